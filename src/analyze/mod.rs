@@ -1,0 +1,88 @@
+//! Analysis state above the parsers: per-connection peer-wire sessions (in
+//! the shards, next to their flows) and the per-swarm state (one, sequential,
+//! fed by the shards' [`SwarmEvent`]s in frame order).
+
+pub mod session;
+pub mod swarm;
+
+use std::net::{IpAddr, SocketAddr};
+
+use crate::sink::{AnomalyRow, RowBatch, Ts};
+
+/// Where a packet came from: what every row needs to say so.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameCtx {
+    pub ts: i64,
+    pub frame: u64,
+    pub capture: u32,
+}
+
+/// What a connection tells the swarm state about a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SwarmEventKind {
+    /// The peer took part in connection `conn_id`.
+    Seen {
+        peer_id: Option<[u8; 20]>,
+        client: Option<String>,
+    },
+    Bitfield(Vec<u8>),
+    Have(u32),
+    HaveAll,
+    HaveNone,
+    DontHave(u32),
+    /// The peer sent `bytes` of piece blocks to `to`.
+    Transfer {
+        to: SocketAddr,
+        bytes: u64,
+    },
+}
+
+/// An event about one peer of one torrent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmEvent {
+    pub ctx: FrameCtx,
+    pub conn_id: u64,
+    pub info_hash: [u8; 20],
+    pub peer: SocketAddr,
+    pub kind: SwarmEventKind,
+}
+
+/// What a shard produces during one batch.
+#[derive(Debug, Default)]
+pub struct ShardOut {
+    pub rows: RowBatch,
+    pub events: Vec<SwarmEvent>,
+    /// Capture names by index, for the `capture` column.
+    pub capture_names: std::sync::Arc<Vec<String>>,
+}
+
+impl ShardOut {
+    pub fn capture_name(&self, idx: u32) -> String {
+        self.capture_names.get(idx as usize).cloned().unwrap_or_default()
+    }
+
+    pub fn anomaly(
+        &mut self,
+        ctx: Option<FrameCtx>,
+        conn_id: Option<u64>,
+        layer: &'static str,
+        kind: &str,
+        detail: Option<String>,
+    ) {
+        let capture = ctx.map(|c| self.capture_name(c.capture)).unwrap_or_default();
+        self.rows.anomalies.push(AnomalyRow {
+            ts: ctx.map(|c| Ts(c.ts)),
+            frame: ctx.map(|c| c.frame),
+            capture,
+            conn_id,
+            layer,
+            kind: kind.to_string(),
+            detail,
+        });
+    }
+}
+
+/// Text form of an address (RFC 5952 for IPv6, as std prints it).
+pub fn ip_text(ip: IpAddr) -> String {
+    ip.to_string()
+}

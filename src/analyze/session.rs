@@ -1,0 +1,562 @@
+//! One peer-wire connection: two framers (orig→resp and resp→orig), the
+//! handshake and BEP 10 state of each side, per-connection counters, rows
+//! for `peer_messages` and `connections`, and events for the swarm state.
+//!
+//! Peer identity: a peer is (info_hash, ip, listen port). The responder's
+//! port is its listen port; the originator's is its BEP 10 `p` when it sends
+//! one. Swarm events are therefore held (bounded by
+//! `Limits::max_held_events`) until the originator's identity is settled: its
+//! BEP 10 handshake arrived, or it does not support BEP 10, or the hold is
+//! full, or the connection ends.
+
+use std::net::SocketAddr;
+
+use super::{FrameCtx, ShardOut, SwarmEvent, SwarmEventKind};
+use crate::config::Limits;
+use crate::flow::Chunk;
+use crate::proto::bencode::{self, BencodeLimits};
+use crate::proto::client_id::{client_from_ltep_v, client_from_peer_id};
+use crate::proto::metainfo::hex;
+use crate::proto::peer_wire::{ExtensionMap, Message, PeerWireFramer, TorrentShape, WireEvent};
+use crate::sink::{ConnectionRow, PeerMessageRow, Ts};
+
+/// Side index: 0 = originator, 1 = responder.
+pub const ORIG: usize = 0;
+pub const RESP: usize = 1;
+
+#[derive(Debug, Clone)]
+struct Held {
+    ctx: FrameCtx,
+    side: usize,
+    kind: SwarmEventKind,
+}
+
+/// Per-side protocol state.
+#[derive(Debug, Clone, Default)]
+struct Side {
+    peer_id: Option<[u8; 20]>,
+    reserved: Option<[u8; 8]>,
+    ltep_seen: bool,
+    ltep_v: Option<String>,
+    listen_port: Option<u16>,
+    /// Extension ids this side asked to receive (its `m`).
+    ext_map: ExtensionMap,
+    ext_names: Vec<String>,
+    piece_bytes: u64,
+    payload_bytes: u64,
+    n_msgs: u64,
+    seen_sent: bool,
+}
+
+/// State of a connection apart from its framers (so both can be borrowed).
+#[derive(Debug, Clone)]
+struct State {
+    conn_id: u64,
+    flow_id: u64,
+    capture: u32,
+    transport: &'static str,
+    ends: [SocketAddr; 2],
+    ends_text: [String; 2],
+    first_ts: i64,
+    last_ts: i64,
+    info_hash: Option<[u8; 20]>,
+    info_hash_hex: Option<String>,
+    sides: [Side; 2],
+    midstream: bool,
+    encrypted: bool,
+    gap_bytes: u64,
+    held: Vec<Held>,
+    settled: bool,
+    messages: bool,
+    max_held: usize,
+    max_ltep: usize,
+    max_pieces: u32,
+}
+
+/// One peer-wire connection.
+#[derive(Debug, Clone)]
+pub struct PeerSession {
+    framers: [PeerWireFramer; 2],
+    st: State,
+}
+
+/// Parameters to open a session.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionInit {
+    pub conn_id: u64,
+    pub flow_id: u64,
+    pub capture: u32,
+    pub transport: &'static str,
+    pub orig: SocketAddr,
+    pub resp: SocketAddr,
+    pub first_ts: i64,
+    /// The stream starts were not captured: hunt for framing.
+    pub midstream: bool,
+}
+
+const LTEP_LIMITS: BencodeLimits = BencodeLimits {
+    max_depth: 16,
+    max_items: 4096,
+};
+
+impl PeerSession {
+    pub fn new(init: SessionInit, limits: &Limits, messages: bool) -> Self {
+        let mk = || {
+            if init.midstream {
+                PeerWireFramer::new_midstream(limits.peer_wire)
+            } else {
+                PeerWireFramer::new(limits.peer_wire)
+            }
+        };
+        PeerSession {
+            framers: [mk(), mk()],
+            st: State {
+                conn_id: init.conn_id,
+                flow_id: init.flow_id,
+                capture: init.capture,
+                transport: init.transport,
+                ends: [init.orig, init.resp],
+                ends_text: [init.orig.ip().to_string(), init.resp.ip().to_string()],
+                first_ts: init.first_ts,
+                last_ts: init.first_ts,
+                info_hash: None,
+                info_hash_hex: None,
+                sides: [Side::default(), Side::default()],
+                midstream: init.midstream,
+                encrypted: false,
+                gap_bytes: 0,
+                held: Vec::new(),
+                settled: false,
+                messages,
+                max_held: limits.max_held_events,
+                max_ltep: limits.max_ltep_handshake,
+                max_pieces: limits.max_pieces,
+            },
+        }
+    }
+
+    /// Sharper framing checks once the torrent's shape is known.
+    pub fn set_shape(&mut self, shape: TorrentShape) {
+        for f in &mut self.framers {
+            f.set_shape(shape);
+        }
+    }
+
+    pub fn info_hash(&self) -> Option<[u8; 20]> {
+        self.st.info_hash
+    }
+
+    /// True once either direction framed at least one message or handshake.
+    pub fn is_peer_wire(&self) -> bool {
+        self.framers
+            .iter()
+            .any(|f| f.stats().n_msgs > 0 || f.stats().framed_bytes > 0)
+    }
+
+    /// True when both directions gave up hunting without framing anything.
+    pub fn gave_up(&self) -> bool {
+        !self.is_peer_wire() && self.framers.iter().all(|f| f.is_dead())
+    }
+
+    pub fn buffered_bytes(&self) -> usize {
+        self.framers.iter().map(|f| f.buffered_bytes()).sum::<usize>() + self.st.held.len() * 64
+    }
+
+    /// Feeds one chunk of direction `side` (0 = from the originator).
+    pub fn feed(&mut self, side: usize, chunk: Chunk<'_>, ctx: FrameCtx, out: &mut ShardOut) {
+        let side = side.min(1);
+        self.st.last_ts = self.st.last_ts.max(ctx.ts);
+        match chunk {
+            Chunk::Data(d) => self.st.sides[side].payload_bytes += d.len() as u64,
+            Chunk::Gap(n) => self.st.gap_bytes += n,
+        }
+        let st = &mut self.st;
+        self.framers[side].feed(chunk, &mut |ev| st.on_event(side, ev, ctx, out));
+        if !self.st.settled {
+            self.st.try_settle(ctx, out);
+        }
+    }
+
+    /// Ends the connection: flushes framers and held events, returns its row.
+    pub fn finish(&mut self, ctx: FrameCtx, out: &mut ShardOut) -> ConnectionRow {
+        for side in [ORIG, RESP] {
+            let st = &mut self.st;
+            self.framers[side].finish(&mut |ev| st.on_event(side, ev, ctx, out));
+        }
+        self.st.settled = true;
+        self.st.release(out);
+        self.row(out)
+    }
+
+    fn row(&self, out: &ShardOut) -> ConnectionRow {
+        let st = &self.st;
+        let fs = [self.framers[ORIG].stats(), self.framers[RESP].stats()];
+        let client = |s: &Side| {
+            s.peer_id
+                .and_then(|p| client_from_peer_id(&p))
+                .or_else(|| s.ltep_v.clone())
+        };
+        ConnectionRow {
+            conn_id: st.conn_id,
+            flow_id: st.flow_id,
+            capture: out.capture_name(st.capture),
+            transport: st.transport,
+            orig_ip: st.ends_text[ORIG].clone(),
+            orig_port: u32::from(st.ends[ORIG].port()),
+            resp_ip: st.ends_text[RESP].clone(),
+            resp_port: u32::from(st.ends[RESP].port()),
+            first_ts: Ts(st.first_ts),
+            last_ts: Ts(st.last_ts),
+            info_hash: st.info_hash_hex.clone(),
+            orig_peer_id: st.sides[ORIG].peer_id.map(|p| hex(&p)),
+            resp_peer_id: st.sides[RESP].peer_id.map(|p| hex(&p)),
+            orig_client: client(&st.sides[ORIG]),
+            resp_client: client(&st.sides[RESP]),
+            orig_ltep_v: st.sides[ORIG].ltep_v.clone(),
+            resp_ltep_v: st.sides[RESP].ltep_v.clone(),
+            orig_listen_port: st.sides[ORIG].listen_port.map(u32::from),
+            orig_extensions: st.sides[ORIG].ext_names.clone(),
+            resp_extensions: st.sides[RESP].ext_names.clone(),
+            encrypted: st.encrypted,
+            midstream: st.midstream,
+            piece_bytes_orig: st.sides[ORIG].piece_bytes,
+            piece_bytes_resp: st.sides[RESP].piece_bytes,
+            payload_bytes_orig: st.sides[ORIG].payload_bytes,
+            payload_bytes_resp: st.sides[RESP].payload_bytes,
+            n_msgs_orig: fs[ORIG].n_msgs,
+            n_msgs_resp: fs[RESP].n_msgs,
+            gap_bytes: st.gap_bytes,
+            unframed_bytes: fs[ORIG].unframed_bytes + fs[RESP].unframed_bytes,
+            n_resyncs: fs[ORIG].n_resyncs + fs[RESP].n_resyncs,
+        }
+    }
+}
+
+impl State {
+    /// The endpoint that identifies `side` as a peer.
+    fn peer_addr(&self, side: usize) -> SocketAddr {
+        let e = self.ends[side];
+        match (side, self.sides[side].listen_port) {
+            (ORIG, Some(p)) if p != 0 => SocketAddr::new(e.ip(), p),
+            _ => e,
+        }
+    }
+
+    fn try_settle(&mut self, _ctx: FrameCtx, out: &mut ShardOut) {
+        let o = &self.sides[ORIG];
+        let supports_ltep = o.reserved.map(|r| r[5] & 0x10 != 0);
+        let settled = o.ltep_seen
+            || supports_ltep == Some(false)
+            || self.held.len() >= self.max_held
+            || (self.midstream && o.reserved.is_none());
+        if settled {
+            self.settled = true;
+            self.release(out);
+        }
+    }
+
+    fn release(&mut self, out: &mut ShardOut) {
+        let Some(info_hash) = self.info_hash else {
+            // Without an info hash nothing can be attributed to a swarm.
+            self.held.clear();
+            return;
+        };
+        let held = std::mem::take(&mut self.held);
+        for h in held {
+            let peer = self.peer_addr(h.side);
+            let kind = match h.kind {
+                SwarmEventKind::Transfer { bytes, .. } => SwarmEventKind::Transfer {
+                    to: self.peer_addr(1 - h.side),
+                    bytes,
+                },
+                k => k,
+            };
+            out.events.push(SwarmEvent {
+                ctx: h.ctx,
+                conn_id: self.conn_id,
+                info_hash,
+                peer,
+                kind,
+            });
+        }
+    }
+
+    fn push_event(&mut self, side: usize, ctx: FrameCtx, kind: SwarmEventKind, out: &mut ShardOut) {
+        if !self.sides[side].seen_sent && !matches!(kind, SwarmEventKind::Seen { .. }) {
+            self.sides[side].seen_sent = true;
+            let s = &self.sides[side];
+            let client = s
+                .peer_id
+                .and_then(|p| client_from_peer_id(&p))
+                .or_else(|| s.ltep_v.clone());
+            let seen = SwarmEventKind::Seen {
+                peer_id: s.peer_id,
+                client,
+            };
+            self.held.push(Held { ctx, side, kind: seen });
+        }
+        self.held.push(Held { ctx, side, kind });
+        if self.settled {
+            self.release(out);
+        }
+    }
+
+    fn message_row(
+        &self,
+        side: usize,
+        ctx: FrameCtx,
+        out: &mut ShardOut,
+        msg: &'static str,
+        f: impl FnOnce(&mut PeerMessageRow),
+    ) {
+        if !self.messages {
+            return;
+        }
+        let mut r = PeerMessageRow {
+            ts: Ts(ctx.ts),
+            frame: ctx.frame,
+            capture: out.capture_name(ctx.capture),
+            conn_id: self.conn_id,
+            src_ip: self.ends_text[side].clone(),
+            src_port: u32::from(self.ends[side].port()),
+            dst_ip: self.ends_text[1 - side].clone(),
+            dst_port: u32::from(self.ends[1 - side].port()),
+            info_hash: self.info_hash_hex.clone(),
+            msg,
+            ..Default::default()
+        };
+        f(&mut r);
+        out.rows.peer_messages.push(r);
+    }
+
+    fn on_event(&mut self, side: usize, ev: WireEvent<'_>, ctx: FrameCtx, out: &mut ShardOut) {
+        match ev {
+            WireEvent::Handshake {
+                reserved,
+                info_hash,
+                peer_id,
+            } => {
+                match self.info_hash {
+                    None => {
+                        self.info_hash = Some(info_hash);
+                        self.info_hash_hex = Some(hex(&info_hash));
+                    }
+                    Some(h) if h != info_hash => {
+                        out.anomaly(
+                            Some(ctx),
+                            Some(self.conn_id),
+                            "peer_wire",
+                            "info_hash_mismatch",
+                            Some(format!("{} vs {}", hex(&h), hex(&info_hash))),
+                        );
+                    }
+                    Some(_) => {}
+                }
+                let s = &mut self.sides[side];
+                s.reserved = Some(reserved);
+                s.peer_id = peer_id;
+                self.message_row(side, ctx, out, "handshake", |r| r.wire_len = 68);
+                self.push_event(
+                    side,
+                    ctx,
+                    SwarmEventKind::Seen {
+                        peer_id,
+                        client: peer_id.and_then(|p| client_from_peer_id(&p)),
+                    },
+                    out,
+                );
+                self.sides[side].seen_sent = true;
+            }
+            WireEvent::NoHandshake => {}
+            WireEvent::Message { msg, wire_len } => self.on_message(side, msg, wire_len, ctx, out),
+            WireEvent::PieceData(_) | WireEvent::PieceGap(_) => {}
+            WireEvent::Resync { skipped_bytes } => {
+                if !self.midstream || self.sides[side].n_msgs > 0 {
+                    out.anomaly(
+                        Some(ctx),
+                        Some(self.conn_id),
+                        "peer_wire",
+                        "resync",
+                        Some(format!("{skipped_bytes} bytes skipped")),
+                    );
+                }
+            }
+            WireEvent::LostSync { reason } => {
+                out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", reason, None);
+            }
+            WireEvent::GaveUp => {
+                out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", "no_framing_found", None);
+            }
+            WireEvent::Anomaly { kind, len } => {
+                out.anomaly(
+                    Some(ctx),
+                    Some(self.conn_id),
+                    "peer_wire",
+                    kind,
+                    Some(format!("length {len}")),
+                );
+            }
+        }
+    }
+
+    fn on_message(&mut self, side: usize, msg: Message<'_>, wire_len: u64, ctx: FrameCtx, out: &mut ShardOut) {
+        self.sides[side].n_msgs += 1;
+        let wl = wire_len;
+        let name = msg.name();
+        match msg {
+            Message::Have { piece } => {
+                self.message_row(side, ctx, out, name, |r| {
+                    r.piece = Some(piece);
+                    r.wire_len = wl;
+                });
+                self.push_event(side, ctx, SwarmEventKind::Have(piece), out);
+            }
+            Message::Bitfield(bits) => {
+                self.message_row(side, ctx, out, name, |r| {
+                    r.length = Some(bits.len() as u32);
+                    r.wire_len = wl;
+                });
+                let max_bytes = self.max_pieces.div_ceil(8) as usize;
+                if bits.len() > max_bytes {
+                    out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", "bitfield_too_long", None);
+                }
+                let keep = &bits[..bits.len().min(max_bytes)];
+                self.push_event(side, ctx, SwarmEventKind::Bitfield(keep.to_vec()), out);
+            }
+            Message::HaveAll => {
+                self.message_row(side, ctx, out, name, |r| r.wire_len = wl);
+                self.push_event(side, ctx, SwarmEventKind::HaveAll, out);
+            }
+            Message::HaveNone => {
+                self.message_row(side, ctx, out, name, |r| r.wire_len = wl);
+                self.push_event(side, ctx, SwarmEventKind::HaveNone, out);
+            }
+            Message::Piece { piece, begin, length } => {
+                self.sides[side].piece_bytes += u64::from(length);
+                self.message_row(side, ctx, out, name, |r| {
+                    r.piece = Some(piece);
+                    r.begin = Some(begin);
+                    r.length = Some(length);
+                    r.wire_len = wl;
+                });
+                let to = self.ends[1 - side];
+                self.push_event(
+                    side,
+                    ctx,
+                    SwarmEventKind::Transfer {
+                        to,
+                        bytes: u64::from(length),
+                    },
+                    out,
+                );
+            }
+            Message::Request { piece, begin, length }
+            | Message::Cancel { piece, begin, length }
+            | Message::Reject { piece, begin, length } => {
+                self.message_row(side, ctx, out, name, |r| {
+                    r.piece = Some(piece);
+                    r.begin = Some(begin);
+                    r.length = Some(length);
+                    r.wire_len = wl;
+                });
+            }
+            Message::Suggest { piece } | Message::AllowedFast { piece } => {
+                self.message_row(side, ctx, out, name, |r| {
+                    r.piece = Some(piece);
+                    r.wire_len = wl;
+                });
+            }
+            Message::HashRequest { index, length }
+            | Message::HashReject { index, length }
+            | Message::Hashes { index, length, .. } => {
+                self.message_row(side, ctx, out, name, |r| {
+                    r.piece = Some(index);
+                    r.length = Some(length);
+                    r.wire_len = wl;
+                });
+            }
+            Message::Extended { ext_id, payload } => {
+                let ext = if ext_id == 0 {
+                    self.on_ltep_handshake(side, payload, ctx, out);
+                    "handshake".to_string()
+                } else {
+                    // Messages *to* the other side use the ids it asked for.
+                    match self.sides[1 - side].ext_map.name(ext_id) {
+                        Some(n) => n.to_string(),
+                        None => format!("id:{ext_id}"),
+                    }
+                };
+                if ext == "lt_donthave" {
+                    if let Some(p) = payload.get(..4) {
+                        let piece = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
+                        self.push_event(side, ctx, SwarmEventKind::DontHave(piece), out);
+                    }
+                }
+                self.message_row(side, ctx, out, name, |r| {
+                    r.ext = Some(ext);
+                    r.wire_len = wl;
+                });
+            }
+            Message::Port(_)
+            | Message::KeepAlive
+            | Message::Choke
+            | Message::Unchoke
+            | Message::Interested
+            | Message::NotInterested
+            | Message::Unknown { .. }
+            | Message::Skipped { .. } => {
+                self.message_row(side, ctx, out, name, |r| r.wire_len = wl);
+            }
+        }
+    }
+
+    /// BEP 10 handshake: `m`, `v`, `p`, and the rest for the record.
+    fn on_ltep_handshake(&mut self, side: usize, payload: &[u8], ctx: FrameCtx, out: &mut ShardOut) {
+        self.sides[side].ltep_seen = true;
+        if payload.len() > self.max_ltep {
+            out.anomaly(
+                Some(ctx),
+                Some(self.conn_id),
+                "peer_wire",
+                "ltep_handshake_too_large",
+                None,
+            );
+            return;
+        }
+        let d = match bencode::parse_dict(payload, &LTEP_LIMITS) {
+            Ok((d, _)) => d,
+            Err(e) => {
+                out.anomaly(
+                    Some(ctx),
+                    Some(self.conn_id),
+                    "peer_wire",
+                    e.kind(),
+                    Some("BEP 10 handshake".into()),
+                );
+                return;
+            }
+        };
+        let s = &mut self.sides[side];
+        if let Some(m) = d.get_dict(b"m") {
+            for (k, v) in m.iter() {
+                let name = String::from_utf8_lossy(k);
+                if let Some(id) = v.as_int() {
+                    if (0..=255).contains(&id) {
+                        s.ext_map.insert(id as u8, &name);
+                        if id != 0 && s.ext_names.len() < crate::proto::peer_wire::MAX_EXTENSIONS {
+                            s.ext_names.push(name.into_owned());
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(v) = d.get_bytes(b"v") {
+            s.ltep_v = client_from_ltep_v(v);
+        }
+        if let Some(p) = d.get_int(b"p") {
+            if (1..=65535).contains(&p) {
+                s.listen_port = Some(p as u16);
+            }
+        }
+    }
+}

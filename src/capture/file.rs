@@ -1,0 +1,1801 @@
+//! pcap and pcapng record parsing over a byte stream.
+//!
+//! This is the inner loop of [`super::CaptureReader`]: it owns one large read
+//! buffer, pulls bytes from any [`Read`] (file, stdin, a decompressor; none of
+//! them needs to be seekable) and hands out one record at a time as a slice of
+//! that buffer, so that the caller copies each frame exactly once, into its
+//! batch.
+//!
+//! # Formats
+//!
+//! * pcap (libpcap savefile, draft-ietf-opsawg-pcap): a 24-byte file header
+//!   (magic, version, zone, sigfigs, snaplen, link type) then records of a
+//!   16-byte header (seconds, fraction, captured length, original length) and
+//!   the captured bytes. The magic tells the byte order and whether the
+//!   fraction counts microseconds (`a1b2c3d4`) or nanoseconds (`a1b23c4d`).
+//!   `a1b2cd34` is Kuznetsov's "modified" pcap whose record header carries 8
+//!   more bytes (interface index, protocol, packet type, padding) that we skip.
+//!   Only the low 16 bits of the link-type field are the link type; the upper
+//!   bits carry FCS information that readers must mask off.
+//!   Files older than version 2.3 may have the two lengths swapped, as libpcap
+//!   notes; we swap them back when the captured one is the larger.
+//! * pcapng (draft-ietf-opsawg-pcapng): a sequence of blocks, each
+//!   `type u32, total_length u32, body, total_length u32`, where total_length
+//!   is a multiple of 4 and at least 12. A Section Header Block (SHB) starts
+//!   every section, gives the byte order through its byte-order magic
+//!   `1a2b3c4d`, and forgets every interface of the previous section.
+//!   Interface Description Blocks (IDB) number the interfaces of a section in
+//!   order and give each its link type, snaplen and the options
+//!   `if_tsresol` (code 9: 10^-n seconds, or 2^-n when the top bit is set;
+//!   default 10^-6) and `if_tsoffset` (code 14: seconds added to every
+//!   timestamp). Packets come in Enhanced Packet Blocks (EPB), Simple Packet
+//!   Blocks (SPB: interface 0, no timestamp, captured length =
+//!   min(original length, snaplen, block room)) and obsolete Packet Blocks
+//!   (OPB, a 16-bit interface id). Every other block (name resolution,
+//!   interface statistics, decryption secrets, custom, unknown) is skipped by
+//!   its length.
+//!
+//! # Invariants
+//!
+//! * No input can make this code panic: every read of a header field goes
+//!   through a bounds-checked accessor, and every length taken from the file
+//!   is checked against [`ReaderLimits`] before the buffer grows to hold it,
+//!   so the buffer never exceeds `max(read_buf_bytes, max_block_len)`.
+//! * A record that cannot be trusted ends the file: a pcap record header with
+//!   impossible lengths (no way to find the next record), a pcapng block whose
+//!   length is malformed or whose trailing copy disagrees. A pcapng packet
+//!   block whose framing is sound but whose content is not (unknown
+//!   interface, lengths that do not fit) is skipped and the file goes on.
+//!   Both cases count in `n_bad_blocks`; the first is described in
+//!   `bad_block_detail`.
+//! * A stream that ends inside a record or block sets `truncated_tail`;
+//!   everything before it has been delivered.
+//! * Frame numbers count well-formed packet records from 1, the way
+//!   Wireshark's `frame.number` does; skipped malformed blocks take none.
+//! * Timestamps are microseconds since the Unix epoch, rounded toward
+//!   negative infinity when the file is finer than that.
+
+use std::io::{self, Read};
+
+use super::{ReaderLimits, ReaderStats};
+
+/// pcap magic, microsecond timestamps.
+pub(crate) const PCAP_MAGIC_US: u32 = 0xa1b2_c3d4;
+/// pcap magic, nanosecond timestamps.
+pub(crate) const PCAP_MAGIC_NS: u32 = 0xa1b2_3c4d;
+/// Kuznetsov's modified pcap (microseconds, 24-byte record headers).
+pub(crate) const PCAP_MAGIC_MODIFIED: u32 = 0xa1b2_cd34;
+/// pcapng Section Header Block type; the same bytes in both byte orders.
+pub(crate) const PCAPNG_SHB: u32 = 0x0a0d_0d0a;
+
+const PCAPNG_BYTE_ORDER_MAGIC: u32 = 0x1a2b_3c4d;
+const BLOCK_IDB: u32 = 1;
+const BLOCK_OPB: u32 = 2;
+const BLOCK_SPB: u32 = 3;
+const BLOCK_EPB: u32 = 6;
+
+/// Length of the pcap file header.
+const PCAP_FILE_HEADER_LEN: usize = 24;
+/// Length of a standard pcap record header.
+const PCAP_RECORD_HEADER_LEN: usize = 16;
+/// Length of a modified-pcap record header (16 + ifindex, protocol, type, pad).
+const PCAP_MODIFIED_RECORD_HEADER_LEN: usize = 24;
+/// Smallest pcapng block: type, length, trailing length.
+const PCAPNG_MIN_BLOCK_LEN: u32 = 12;
+/// Smallest SHB: 12 framing bytes + byte-order magic, versions, section length.
+const PCAPNG_MIN_SHB_LEN: u32 = 28;
+/// Fixed fields of an EPB or OPB body before the packet data.
+const PACKET_BLOCK_FIXED_LEN: usize = 20;
+/// Fixed fields of an IDB body before its options.
+const IDB_FIXED_LEN: usize = 8;
+/// if_tsresol option code.
+const OPT_IF_TSRESOL: u16 = 9;
+/// if_tsoffset option code.
+const OPT_IF_TSOFFSET: u16 = 14;
+/// opt_endofopt.
+const OPT_END: u16 = 0;
+
+/// Byte order of the fields of a pcap file or of one pcapng section.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Endian {
+    Little,
+    Big,
+}
+
+impl Endian {
+    fn u16(self, b: [u8; 2]) -> u16 {
+        match self {
+            Endian::Little => u16::from_le_bytes(b),
+            Endian::Big => u16::from_be_bytes(b),
+        }
+    }
+
+    fn u32(self, b: [u8; 4]) -> u32 {
+        match self {
+            Endian::Little => u32::from_le_bytes(b),
+            Endian::Big => u32::from_be_bytes(b),
+        }
+    }
+
+    fn u64(self, b: [u8; 8]) -> u64 {
+        match self {
+            Endian::Little => u64::from_le_bytes(b),
+            Endian::Big => u64::from_be_bytes(b),
+        }
+    }
+}
+
+/// `N` bytes at `off`, or `None` past the end (never panics).
+fn bytes_at<const N: usize>(b: &[u8], off: usize) -> Option<[u8; N]> {
+    b.get(off..off.checked_add(N)?)?.try_into().ok()
+}
+
+fn u16_at(e: Endian, b: &[u8], off: usize) -> Option<u16> {
+    bytes_at::<2>(b, off).map(|x| e.u16(x))
+}
+
+fn u32_at(e: Endian, b: &[u8], off: usize) -> Option<u32> {
+    bytes_at::<4>(b, off).map(|x| e.u32(x))
+}
+
+fn u64_at(e: Endian, b: &[u8], off: usize) -> Option<u64> {
+    bytes_at::<8>(b, off).map(|x| e.u64(x))
+}
+
+/// The byte stream under the parser, and whether its errors can be content
+/// errors of a decompressor rather than I/O failures.
+pub(crate) struct Source {
+    pub(crate) inner: Box<dyn Read + Send>,
+    /// True when `inner` is a decompressor: its errors without an OS error
+    /// code mean corrupt or truncated compressed data, which is malformed
+    /// content (counted, ends the file), not an I/O failure.
+    pub(crate) compressed: bool,
+}
+
+/// The read buffer: `buf[pos..end]` holds bytes read but not yet consumed.
+pub(crate) struct InBuf {
+    buf: Vec<u8>,
+    pos: usize,
+    end: usize,
+    /// Stream offset of `buf[0]`, for messages about where a bad block is.
+    base: u64,
+    eof: bool,
+}
+
+impl InBuf {
+    pub(crate) fn new(capacity: usize) -> Self {
+        InBuf {
+            buf: vec![0; capacity],
+            pos: 0,
+            end: 0,
+            base: 0,
+            eof: false,
+        }
+    }
+
+    /// The unconsumed bytes.
+    pub(crate) fn avail(&self) -> &[u8] {
+        self.buf.get(self.pos..self.end).unwrap_or(&[])
+    }
+
+    fn avail_len(&self) -> usize {
+        self.end.saturating_sub(self.pos)
+    }
+
+    /// Stream offset of the first unconsumed byte.
+    fn offset(&self) -> u64 {
+        self.base.saturating_add(self.pos as u64)
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.pos = self.pos.saturating_add(n).min(self.end);
+    }
+
+    /// Makes at least `need` bytes available; `Ok(false)` when the stream
+    /// ends first. Callers bound `need` by the limits before calling.
+    #[inline]
+    pub(crate) fn fill(&mut self, src: &mut Source, st: &mut ReaderStats, need: usize) -> io::Result<bool> {
+        if self.avail_len() >= need {
+            return Ok(true);
+        }
+        self.fill_slow(src, st, need)
+    }
+
+    #[inline(never)]
+    fn fill_slow(&mut self, src: &mut Source, st: &mut ReaderStats, need: usize) -> io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        // Move the partial record to the front when it would not fit behind
+        // `pos`, or for free when nothing is pending, so reads stay large.
+        if self.pos == self.end || self.buf.len().saturating_sub(self.pos) < need {
+            self.buf.copy_within(self.pos..self.end, 0);
+            self.base = self.base.saturating_add(self.pos as u64);
+            self.end -= self.pos;
+            self.pos = 0;
+        }
+        if self.buf.len() < need {
+            self.buf.resize(need, 0);
+        }
+        while self.avail_len() < need {
+            let Some(dst) = self.buf.get_mut(self.end..) else {
+                break;
+            };
+            let room = dst.len();
+            match src.inner.read(dst) {
+                Ok(0) => {
+                    self.eof = true;
+                    break;
+                }
+                Ok(n) => self.end += n.min(room),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if src.compressed && e.raw_os_error().is_none() => {
+                    // Corrupt or cut compressed data: the capture ends here,
+                    // like a truncated file, and the reason is kept.
+                    if st.stream_error.is_none() {
+                        st.stream_error = Some(e.to_string());
+                    }
+                    self.eof = true;
+                    break;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self.avail_len() >= need)
+    }
+}
+
+/// Timestamp unit of one interface, reduced to one cheap operation that maps
+/// a raw count to microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TsScale {
+    /// Units coarser than 1 µs: multiply.
+    Mul(u64),
+    /// Units of 10^-n s with n > 6: floor-divide.
+    Div(u64),
+    /// Units of 2^-n s: times 10^6, then shift right by n (a floor).
+    Shift(u32),
+    /// Units so fine (10^-n, n > 25) that every 64-bit count is under 1 µs.
+    Zero,
+}
+
+impl TsScale {
+    const MICROS: TsScale = TsScale::Mul(1);
+
+    /// From the `if_tsresol` byte. Every byte value has a meaning, so this
+    /// never fails.
+    fn from_tsresol(v: u8) -> TsScale {
+        if v & 0x80 == 0 {
+            let n = u32::from(v);
+            if n <= 6 {
+                TsScale::Mul(10u64.pow(6 - n))
+            } else {
+                10u64.checked_pow(n - 6).map_or(TsScale::Zero, TsScale::Div)
+            }
+        } else {
+            TsScale::Shift(u32::from(v & 0x7f))
+        }
+    }
+
+    #[inline]
+    fn to_us(self, t: u64) -> i64 {
+        // Nanoseconds and microseconds are nearly every file: dividing by a
+        // constant compiles to a multiply, a runtime divisor to a slow div.
+        match self {
+            TsScale::Div(1000) => i64::try_from(t / 1000).unwrap_or(i64::MAX),
+            TsScale::Mul(1) => i64::try_from(t).unwrap_or(i64::MAX),
+            _ => self.to_us_general(t),
+        }
+    }
+
+    #[inline(never)]
+    fn to_us_general(self, t: u64) -> i64 {
+        let us: u128 = match self {
+            TsScale::Mul(m) => u128::from(t) * u128::from(m),
+            TsScale::Div(d) => u128::from(t / d.max(1)),
+            TsScale::Shift(n) => (u128::from(t) * 1_000_000) >> n.min(127),
+            TsScale::Zero => 0,
+        };
+        i64::try_from(us).unwrap_or(i64::MAX)
+    }
+}
+
+/// One capture interface: the pcap file itself, or one pcapng IDB.
+#[derive(Clone, Copy, Debug)]
+struct Iface {
+    link_type: u16,
+    snaplen: u32,
+    scale: TsScale,
+    offset_us: i64,
+    /// False for an IDB too short to hold its fixed fields: it keeps its
+    /// place in the numbering, and packets on it are skipped as bad.
+    valid: bool,
+    /// Whether libpcap knows the link type (see `n_unknown_link_type`).
+    known: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Format {
+    Pcap {
+        endian: Endian,
+        nanos: bool,
+        record_header_len: usize,
+        /// Pre-2.3 files may have captured and original length swapped.
+        maybe_swapped_lens: bool,
+    },
+    Pcapng {
+        endian: Endian,
+    },
+}
+
+/// Which container format the stream holds (from its first four bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CaptureFormat {
+    /// libpcap savefile (any byte order, µs or ns, or modified).
+    Pcap,
+    /// pcapng.
+    PcapNg,
+}
+
+impl CaptureFormat {
+    /// Recognises the first four bytes of a capture.
+    pub(crate) fn detect(head: [u8; 4]) -> Option<CaptureFormat> {
+        let le = u32::from_le_bytes(head);
+        let be = u32::from_be_bytes(head);
+        if [PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_MODIFIED]
+            .iter()
+            .any(|&m| m == le || m == be)
+        {
+            Some(CaptureFormat::Pcap)
+        } else if le == PCAPNG_SHB {
+            Some(CaptureFormat::PcapNg)
+        } else {
+            None
+        }
+    }
+}
+
+/// One packet record, borrowed from the read buffer.
+pub(crate) struct Record<'a> {
+    pub(crate) ts_us: i64,
+    pub(crate) frame_no: u64,
+    pub(crate) link_type: u16,
+    pub(crate) orig_len: u32,
+    pub(crate) data: &'a [u8],
+}
+
+/// What [`Parser::next`] found.
+pub(crate) enum Step<'a> {
+    Frame(Record<'a>),
+    /// The next frame is larger than the room the caller gave; it stays
+    /// buffered for the next call.
+    NoRoom,
+    /// End of the capture (clean, truncated, or stopped at a bad record).
+    End,
+}
+
+/// Outcome of one scan, as positions rather than borrows so that the loop
+/// over skipped blocks needs no borrow of the buffer.
+enum Scan {
+    Frame {
+        off: usize,
+        cap_len: usize,
+        orig_len: u32,
+        ts_us: i64,
+        link_type: u16,
+        frame_no: u64,
+    },
+    /// A block or header was handled; look again.
+    Continue,
+    /// Priming stopped in front of the first packet block.
+    AtPacket,
+    NoRoom,
+    End,
+}
+
+/// The record parser: format state, interfaces of the current section, and
+/// the read buffer.
+pub(crate) struct Parser {
+    inb: InBuf,
+    format: Format,
+    ifaces: Vec<Iface>,
+    limits: ReaderLimits,
+    done: bool,
+    /// Whether the pcap file header or the first pcapng SHB was accepted.
+    header_done: bool,
+    /// Timestamp of the last record, given to SPBs, which carry none, so
+    /// that packet time does not jump back to 1970.
+    last_ts_us: Option<i64>,
+}
+
+/// Whether libpcap names a link type; memoised per interface, not per frame.
+type KnownFn = fn(u16) -> bool;
+
+impl Parser {
+    /// A parser over `inb`, which already holds the stream's first bytes.
+    pub(crate) fn new(format: CaptureFormat, inb: InBuf, limits: ReaderLimits) -> Parser {
+        let head = bytes_at::<4>(inb.avail(), 0).unwrap_or([0; 4]);
+        let format = match format {
+            CaptureFormat::Pcap => {
+                let endian = if [PCAP_MAGIC_US, PCAP_MAGIC_NS, PCAP_MAGIC_MODIFIED].contains(&u32::from_le_bytes(head))
+                {
+                    Endian::Little
+                } else {
+                    Endian::Big
+                };
+                let magic = endian.u32(head);
+                Format::Pcap {
+                    endian,
+                    nanos: magic == PCAP_MAGIC_NS,
+                    record_header_len: if magic == PCAP_MAGIC_MODIFIED {
+                        PCAP_MODIFIED_RECORD_HEADER_LEN
+                    } else {
+                        PCAP_RECORD_HEADER_LEN
+                    },
+                    maybe_swapped_lens: false,
+                }
+            }
+            // Replaced by the first SHB's byte-order magic.
+            CaptureFormat::PcapNg => Format::Pcapng { endian: Endian::Little },
+        };
+        Parser {
+            inb,
+            format,
+            ifaces: Vec::new(),
+            limits,
+            done: false,
+            header_done: false,
+            last_ts_us: None,
+        }
+    }
+
+    /// Distinct link types of the interfaces known so far.
+    pub(crate) fn link_types(&self) -> Vec<u16> {
+        let mut v: Vec<u16> = self.ifaces.iter().filter(|i| i.valid).map(|i| i.link_type).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// Reads the pcap file header, or for pcapng every block up to the first
+    /// packet block, so that the link types present at the start are known
+    /// when the filter is compiled. `Err` is a one-line reason why the
+    /// stream is not a usable capture at all.
+    pub(crate) fn prime(
+        &mut self,
+        src: &mut Source,
+        st: &mut ReaderStats,
+        known: KnownFn,
+    ) -> io::Result<Result<(), String>> {
+        if let Format::Pcap { .. } = self.format {
+            return self.read_pcap_header(src, st, known);
+        }
+        loop {
+            match self.scan_pcapng(src, st, usize::MAX, true, known)? {
+                Scan::Continue => continue,
+                Scan::AtPacket => break,
+                // A bad or cut block before the first packet ends the file
+                // now, so that it is counted once. (Frame and NoRoom cannot
+                // happen while priming.)
+                Scan::Frame { .. } | Scan::NoRoom | Scan::End => {
+                    self.done = true;
+                    break;
+                }
+            }
+        }
+        if self.header_done {
+            Ok(Ok(()))
+        } else {
+            let why = st
+                .bad_block_detail
+                .clone()
+                .unwrap_or_else(|| "truncated pcapng section header block".to_string());
+            Ok(Err(why))
+        }
+    }
+
+    fn read_pcap_header(
+        &mut self,
+        src: &mut Source,
+        st: &mut ReaderStats,
+        known: KnownFn,
+    ) -> io::Result<Result<(), String>> {
+        let Format::Pcap { endian, .. } = self.format else {
+            return Ok(Err("internal: not a pcap stream".to_string()));
+        };
+        if !self.inb.fill(src, st, PCAP_FILE_HEADER_LEN)? {
+            self.done = true;
+            return Ok(Err(format!(
+                "truncated pcap file header ({} of {PCAP_FILE_HEADER_LEN} bytes)",
+                self.inb.avail_len()
+            )));
+        }
+        let h = self.inb.avail();
+        let major = u16_at(endian, h, 4).unwrap_or(0);
+        let minor = u16_at(endian, h, 6).unwrap_or(0);
+        let snaplen = u32_at(endian, h, 16).unwrap_or(0);
+        // Only the low 16 bits are the link type; the rest is FCS info.
+        let link_type = (u32_at(endian, h, 20).unwrap_or(0) & 0xffff) as u16;
+        if major != 2 {
+            self.done = true;
+            return Ok(Err(format!("pcap version {major}.{minor} is not supported")));
+        }
+        if let Format::Pcap { maybe_swapped_lens, .. } = &mut self.format {
+            *maybe_swapped_lens = minor < 3;
+        }
+        self.inb.consume(PCAP_FILE_HEADER_LEN);
+        self.ifaces.push(Iface {
+            link_type,
+            snaplen,
+            scale: TsScale::MICROS,
+            offset_us: 0,
+            valid: true,
+            known: known(link_type),
+        });
+        st.n_interfaces += 1;
+        self.header_done = true;
+        Ok(Ok(()))
+    }
+
+    /// The next packet record whose captured length is at most `room`
+    /// (callers pass `usize::MAX` when their batch is empty, so that one
+    /// frame always fits).
+    pub(crate) fn next<'a>(
+        &'a mut self,
+        src: &mut Source,
+        st: &mut ReaderStats,
+        room: usize,
+        known: KnownFn,
+    ) -> io::Result<Step<'a>> {
+        if self.done || !self.header_done {
+            return Ok(Step::End);
+        }
+        let scan = loop {
+            let s = match self.format {
+                Format::Pcap { .. } => self.scan_pcap(src, st, room)?,
+                Format::Pcapng { .. } => self.scan_pcapng(src, st, room, false, known)?,
+            };
+            match s {
+                Scan::Continue | Scan::AtPacket => continue,
+                other => break other,
+            }
+        };
+        match scan {
+            Scan::Frame {
+                off,
+                cap_len,
+                orig_len,
+                ts_us,
+                link_type,
+                frame_no,
+            } => {
+                let data = off
+                    .checked_add(cap_len)
+                    .and_then(|e| self.inb.buf.get(off..e))
+                    .unwrap_or(&[]);
+                Ok(Step::Frame(Record {
+                    ts_us,
+                    frame_no,
+                    link_type,
+                    orig_len,
+                    data,
+                }))
+            }
+            Scan::NoRoom => Ok(Step::NoRoom),
+            _ => {
+                self.done = true;
+                Ok(Step::End)
+            }
+        }
+    }
+
+    /// Counts a well-formed packet record and returns its frame number.
+    fn account(&mut self, st: &mut ReaderStats, ts_us: i64, cap_len: u32, orig_len: u32, known: bool) -> u64 {
+        st.n_records += 1;
+        st.n_bytes += u64::from(orig_len);
+        st.n_cap_bytes += u64::from(cap_len);
+        if cap_len < orig_len {
+            st.n_snaplen_cut += 1;
+        }
+        if !known {
+            st.n_unknown_link_type += 1;
+        }
+        if st.first_ts_us.is_none() {
+            st.first_ts_us = Some(ts_us);
+        }
+        if let Some(prev) = st.last_ts_us {
+            if ts_us < prev {
+                st.n_ts_backwards += 1;
+            }
+        }
+        st.last_ts_us = Some(ts_us);
+        st.min_ts_us = Some(st.min_ts_us.map_or(ts_us, |m| m.min(ts_us)));
+        st.max_ts_us = Some(st.max_ts_us.map_or(ts_us, |m| m.max(ts_us)));
+        self.last_ts_us = Some(ts_us);
+        st.n_records
+    }
+
+    /// Counts a malformed record or block; the first one is described.
+    fn bad(&self, st: &mut ReaderStats, what: impl FnOnce() -> String) {
+        st.n_bad_blocks += 1;
+        if st.bad_block_detail.is_none() {
+            st.bad_block_detail = Some(format!("at byte {}: {}", self.inb.offset(), what()));
+        }
+    }
+
+    fn scan_pcap(&mut self, src: &mut Source, st: &mut ReaderStats, room: usize) -> io::Result<Scan> {
+        let Format::Pcap {
+            endian,
+            nanos,
+            record_header_len: hl,
+            maybe_swapped_lens,
+        } = self.format
+        else {
+            return Ok(Scan::End);
+        };
+        if !self.inb.fill(src, st, hl)? {
+            if self.inb.avail_len() > 0 {
+                st.truncated_tail = true;
+            }
+            return Ok(Scan::End);
+        }
+        let Some(h) = bytes_at::<16>(self.inb.avail(), 0) else {
+            return Ok(Scan::End);
+        };
+        let ts_sec = endian.u32([h[0], h[1], h[2], h[3]]);
+        let ts_frac = endian.u32([h[4], h[5], h[6], h[7]]);
+        let mut cap_len = endian.u32([h[8], h[9], h[10], h[11]]);
+        let mut orig_len = endian.u32([h[12], h[13], h[14], h[15]]);
+        if maybe_swapped_lens && cap_len > orig_len {
+            std::mem::swap(&mut cap_len, &mut orig_len);
+        }
+        // pcap has no trailing length: a record header that cannot be
+        // right leaves no way to find the next one, so the file ends.
+        if cap_len > self.limits.max_cap_len {
+            let max = self.limits.max_cap_len;
+            self.bad(st, || {
+                format!("pcap record captured length {cap_len} exceeds the limit {max}")
+            });
+            return Ok(Scan::End);
+        }
+        if cap_len > orig_len {
+            self.bad(st, || {
+                format!("pcap record captured length {cap_len} exceeds its original length {orig_len}")
+            });
+            return Ok(Scan::End);
+        }
+        let cap = cap_len as usize;
+        if cap > room {
+            return Ok(Scan::NoRoom);
+        }
+        if !self.inb.fill(src, st, hl + cap)? {
+            st.truncated_tail = true;
+            return Ok(Scan::End);
+        }
+        let off = self.inb.pos + hl;
+        self.inb.consume(hl + cap);
+        let frac_us = if nanos { ts_frac / 1000 } else { ts_frac };
+        let ts_us = i64::from(ts_sec) * 1_000_000 + i64::from(frac_us);
+        let (link_type, known) = self.ifaces.first().map_or((0, false), |i| (i.link_type, i.known));
+        let frame_no = self.account(st, ts_us, cap_len, orig_len, known);
+        Ok(Scan::Frame {
+            off,
+            cap_len: cap,
+            orig_len,
+            ts_us,
+            link_type,
+            frame_no,
+        })
+    }
+
+    fn scan_pcapng(
+        &mut self,
+        src: &mut Source,
+        st: &mut ReaderStats,
+        room: usize,
+        priming: bool,
+        known: KnownFn,
+    ) -> io::Result<Scan> {
+        let Format::Pcapng { endian: cur_endian } = self.format else {
+            return Ok(Scan::End);
+        };
+        if !self.inb.fill(src, st, 8)? {
+            if self.inb.avail_len() > 0 {
+                st.truncated_tail = true;
+            }
+            return Ok(Scan::End);
+        }
+        let Some(head) = bytes_at::<8>(self.inb.avail(), 0) else {
+            return Ok(Scan::End);
+        };
+        let type_bytes = [head[0], head[1], head[2], head[3]];
+        let len_bytes = [head[4], head[5], head[6], head[7]];
+        let is_shb = u32::from_le_bytes(type_bytes) == PCAPNG_SHB;
+        let (endian, block_type) = if is_shb {
+            if !self.inb.fill(src, st, 12)? {
+                st.truncated_tail = true;
+                return Ok(Scan::End);
+            }
+            let Some(bom) = bytes_at::<4>(self.inb.avail(), 8) else {
+                return Ok(Scan::End);
+            };
+            let e = if u32::from_le_bytes(bom) == PCAPNG_BYTE_ORDER_MAGIC {
+                Endian::Little
+            } else if u32::from_be_bytes(bom) == PCAPNG_BYTE_ORDER_MAGIC {
+                Endian::Big
+            } else {
+                self.bad(st, || {
+                    format!(
+                        "pcapng section header with byte-order magic {:02x} {:02x} {:02x} {:02x}",
+                        bom[0], bom[1], bom[2], bom[3]
+                    )
+                });
+                return Ok(Scan::End);
+            };
+            (e, PCAPNG_SHB)
+        } else if !self.header_done {
+            // The detected magic guarantees an SHB first; keep the guard.
+            return Ok(Scan::End);
+        } else {
+            (cur_endian, cur_endian.u32(type_bytes))
+        };
+        let total = endian.u32(len_bytes);
+        let min_len = if is_shb {
+            PCAPNG_MIN_SHB_LEN
+        } else {
+            PCAPNG_MIN_BLOCK_LEN
+        };
+        if total < min_len || total % 4 != 0 || total > self.limits.max_block_len {
+            let max = self.limits.max_block_len;
+            self.bad(st, || {
+                format!("pcapng block type {block_type:#x} has invalid length {total} (min {min_len}, multiple of 4, max {max})")
+            });
+            return Ok(Scan::End);
+        }
+        let is_packet = matches!(block_type, BLOCK_EPB | BLOCK_SPB | BLOCK_OPB);
+        if priming && is_packet {
+            return Ok(Scan::AtPacket);
+        }
+        let total = total as usize;
+        if !self.inb.fill(src, st, total)? {
+            st.truncated_tail = true;
+            return Ok(Scan::End);
+        }
+        let block = self.inb.avail().get(..total).unwrap_or(&[]);
+        let trailing = u32_at(endian, block, total - 4).unwrap_or(0);
+        if trailing as usize != total {
+            self.bad(st, || {
+                format!("pcapng block type {block_type:#x} length {total} differs from its trailing copy {trailing}")
+            });
+            return Ok(Scan::End);
+        }
+        let body_off = self.inb.pos + 8;
+        let body = block.get(8..total - 4).unwrap_or(&[]);
+        match block_type {
+            PCAPNG_SHB => {
+                let major = u16_at(endian, body, 4).unwrap_or(0);
+                let minor = u16_at(endian, body, 6).unwrap_or(0);
+                if major != 1 {
+                    self.bad(st, || {
+                        format!("pcapng section version {major}.{minor} is not supported")
+                    });
+                    return Ok(Scan::End);
+                }
+                self.format = Format::Pcapng { endian };
+                self.ifaces.clear();
+                st.n_sections += 1;
+                self.header_done = true;
+            }
+            BLOCK_IDB if self.ifaces.len() >= self.limits.max_interfaces as usize => {
+                let max = self.limits.max_interfaces;
+                self.bad(st, || format!("pcapng section describes more than {max} interfaces"));
+            }
+            BLOCK_IDB => {
+                let iface = parse_idb(endian, body, st, known);
+                if !iface.valid {
+                    self.bad(st, || "pcapng interface description block too short".to_string());
+                }
+                self.ifaces.push(iface);
+                st.n_interfaces += 1;
+            }
+            BLOCK_EPB | BLOCK_OPB | BLOCK_SPB => {
+                return Ok(self.packet_block(st, endian, block_type, body_off, total, room));
+            }
+            _ => st.n_other_blocks += 1,
+        }
+        self.inb.consume(total);
+        Ok(Scan::Continue)
+    }
+
+    /// Handles a packet block whose framing has been checked and which is
+    /// fully buffered: `body_off` is the buffer index of its body.
+    fn packet_block(
+        &mut self,
+        st: &mut ReaderStats,
+        endian: Endian,
+        block_type: u32,
+        body_off: usize,
+        total: usize,
+        room: usize,
+    ) -> Scan {
+        let body_len = total - 12;
+        let body = body_off
+            .checked_add(body_len)
+            .and_then(|e| self.inb.buf.get(body_off..e))
+            .unwrap_or(&[]);
+        // (interface, raw timestamp or None, captured, original, data offset in body)
+        let fields = match block_type {
+            BLOCK_EPB => parse_packet_fixed(endian, body, false),
+            BLOCK_OPB => parse_packet_fixed(endian, body, true),
+            _ => u32_at(endian, body, 0).map(|orig| {
+                let room = (body_len - 4) as u64;
+                let snap = self.ifaces.first().map_or(0, |i| u64::from(i.snaplen));
+                let mut cap = u64::from(orig).min(room);
+                if snap > 0 {
+                    cap = cap.min(snap);
+                }
+                (0u32, None, cap as u32, orig, 4usize)
+            }),
+        };
+        let name = match block_type {
+            BLOCK_EPB => "enhanced packet block",
+            BLOCK_OPB => "packet block",
+            _ => "simple packet block",
+        };
+        let Some((if_id, raw_ts, cap_len, orig_len, data_rel)) = fields else {
+            self.bad(st, || format!("pcapng {name} too short for its fixed fields"));
+            self.inb.consume(total);
+            return Scan::Continue;
+        };
+        let n_ifaces = self.ifaces.len();
+        let Some(iface) = self.ifaces.get(if_id as usize).filter(|i| i.valid).copied() else {
+            self.bad(st, || {
+                format!("pcapng {name} on interface {if_id}, but the section describes {n_ifaces} usable")
+            });
+            self.inb.consume(total);
+            return Scan::Continue;
+        };
+        let fits = (cap_len as usize).checked_add(data_rel).is_some_and(|e| e <= body_len);
+        let max = self.limits.max_cap_len;
+        let problem = if !fits {
+            Some(format!("pcapng {name} captured length {cap_len} overruns the block"))
+        } else if cap_len > max {
+            Some(format!(
+                "pcapng {name} captured length {cap_len} exceeds the limit {max}"
+            ))
+        } else if cap_len > orig_len {
+            Some(format!(
+                "pcapng {name} captured length {cap_len} exceeds its original length {orig_len}"
+            ))
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            self.bad(st, || p);
+            self.inb.consume(total);
+            return Scan::Continue;
+        }
+        if cap_len as usize > room {
+            return Scan::NoRoom;
+        }
+        let ts_us = match raw_ts {
+            Some(t) => iface.scale.to_us(t).saturating_add(iface.offset_us),
+            None => {
+                st.n_no_timestamp += 1;
+                self.last_ts_us.unwrap_or(0)
+            }
+        };
+        self.inb.consume(total);
+        let frame_no = self.account(st, ts_us, cap_len, orig_len, iface.known);
+        Scan::Frame {
+            off: body_off + data_rel,
+            cap_len: cap_len as usize,
+            orig_len,
+            ts_us,
+            link_type: iface.link_type,
+            frame_no,
+        }
+    }
+}
+
+/// Interface id, timestamp, captured and original length, and the data's
+/// offset in the body, of an EPB (`opb == false`) or OPB.
+fn parse_packet_fixed(e: Endian, body: &[u8], opb: bool) -> Option<(u32, Option<u64>, u32, u32, usize)> {
+    let if_id = if opb {
+        u32::from(u16_at(e, body, 0)?)
+    } else {
+        u32_at(e, body, 0)?
+    };
+    let hi = u64::from(u32_at(e, body, 4)?);
+    let lo = u64::from(u32_at(e, body, 8)?);
+    let cap = u32_at(e, body, 12)?;
+    let orig = u32_at(e, body, 16)?;
+    Some((if_id, Some((hi << 32) | lo), cap, orig, PACKET_BLOCK_FIXED_LEN))
+}
+
+/// Reads an IDB body. Malformed options are counted and the options after
+/// them ignored; the interface itself still counts, so that the numbering
+/// of later interfaces stays right.
+fn parse_idb(e: Endian, body: &[u8], st: &mut ReaderStats, known: KnownFn) -> Iface {
+    let (Some(link_type), Some(snaplen)) = (u16_at(e, body, 0), u32_at(e, body, 4)) else {
+        return Iface {
+            link_type: 0,
+            snaplen: 0,
+            scale: TsScale::MICROS,
+            offset_us: 0,
+            valid: false,
+            known: false,
+        };
+    };
+    let mut iface = Iface {
+        link_type,
+        snaplen,
+        scale: TsScale::MICROS,
+        offset_us: 0,
+        valid: true,
+        known: known(link_type),
+    };
+    let mut off = IDB_FIXED_LEN;
+    while off < body.len() {
+        let (Some(code), Some(len)) = (u16_at(e, body, off), u16_at(e, body, off + 2)) else {
+            st.n_bad_options += 1;
+            break;
+        };
+        if code == OPT_END {
+            break;
+        }
+        let start = off + 4;
+        let Some(value) = body.get(start..start + usize::from(len)) else {
+            st.n_bad_options += 1;
+            break;
+        };
+        match (code, value) {
+            (OPT_IF_TSRESOL, [v]) => iface.scale = TsScale::from_tsresol(*v),
+            (OPT_IF_TSOFFSET, v) if v.len() == 8 => {
+                let secs = u64_at(e, v, 0).unwrap_or(0) as i64;
+                iface.offset_us = secs.saturating_mul(1_000_000);
+            }
+            (OPT_IF_TSRESOL | OPT_IF_TSOFFSET, _) => st.n_bad_options += 1,
+            _ => {}
+        }
+        // Values are padded to 32 bits.
+        off = start + usize::from(len).div_ceil(4) * 4;
+    }
+    iface
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    //! Byte fixtures built here, fed through the whole reader.
+
+    use super::*;
+    use crate::capture::{CaptureError, CaptureReader, FrameMeta, ReaderLimits};
+    use std::io::Cursor;
+
+    pub(crate) const LE: Endian = Endian::Little;
+    pub(crate) const BE: Endian = Endian::Big;
+
+    fn w16(e: Endian, v: u16) -> [u8; 2] {
+        match e {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        }
+    }
+
+    fn w32(e: Endian, v: u32) -> [u8; 4] {
+        match e {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        }
+    }
+
+    fn w64(e: Endian, v: u64) -> [u8; 8] {
+        match e {
+            Endian::Little => v.to_le_bytes(),
+            Endian::Big => v.to_be_bytes(),
+        }
+    }
+
+    /// pcap file header.
+    pub(crate) fn pcap_header(e: Endian, magic: u32, minor: u16, link_field: u32) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&w32(e, magic));
+        v.extend_from_slice(&w16(e, 2));
+        v.extend_from_slice(&w16(e, minor));
+        v.extend_from_slice(&[0; 8]);
+        v.extend_from_slice(&w32(e, 65535));
+        v.extend_from_slice(&w32(e, link_field));
+        v
+    }
+
+    /// pcap record; `extra` header bytes for modified pcap.
+    pub(crate) fn pcap_record(e: Endian, sec: u32, frac: u32, data: &[u8], orig: u32, extra: usize) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&w32(e, sec));
+        v.extend_from_slice(&w32(e, frac));
+        v.extend_from_slice(&w32(e, data.len() as u32));
+        v.extend_from_slice(&w32(e, orig));
+        v.resize(v.len() + extra, 0xaa);
+        v.extend_from_slice(data);
+        v
+    }
+
+    /// A pcapng block with its body padded to 32 bits.
+    pub(crate) fn block(e: Endian, block_type: u32, body: &[u8]) -> Vec<u8> {
+        let padded = body.len().div_ceil(4) * 4;
+        let total = (12 + padded) as u32;
+        let mut v = Vec::new();
+        v.extend_from_slice(&w32(e, block_type));
+        v.extend_from_slice(&w32(e, total));
+        v.extend_from_slice(body);
+        v.resize(8 + padded, 0);
+        v.extend_from_slice(&w32(e, total));
+        v
+    }
+
+    pub(crate) fn shb(e: Endian) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&w32(e, PCAPNG_BYTE_ORDER_MAGIC));
+        body.extend_from_slice(&w16(e, 1));
+        body.extend_from_slice(&w16(e, 0));
+        body.extend_from_slice(&w64(e, u64::MAX));
+        // An shb_userappl option, to be skipped.
+        body.extend_from_slice(&w16(e, 4));
+        body.extend_from_slice(&w16(e, 5));
+        body.extend_from_slice(b"test\0\0\0\0");
+        body.extend_from_slice(&[0; 4]);
+        block(e, PCAPNG_SHB, &body)
+    }
+
+    /// IDB with optional if_tsresol and if_tsoffset.
+    pub(crate) fn idb(e: Endian, link_type: u16, snaplen: u32, tsresol: Option<u8>, tsoffset: Option<i64>) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&w16(e, link_type));
+        body.extend_from_slice(&w16(e, 0));
+        body.extend_from_slice(&w32(e, snaplen));
+        // if_name first, to check that options are walked.
+        body.extend_from_slice(&w16(e, 2));
+        body.extend_from_slice(&w16(e, 3));
+        body.extend_from_slice(b"et0\0");
+        if let Some(r) = tsresol {
+            body.extend_from_slice(&w16(e, OPT_IF_TSRESOL));
+            body.extend_from_slice(&w16(e, 1));
+            body.extend_from_slice(&[r, 0, 0, 0]);
+        }
+        if let Some(o) = tsoffset {
+            body.extend_from_slice(&w16(e, OPT_IF_TSOFFSET));
+            body.extend_from_slice(&w16(e, 8));
+            body.extend_from_slice(&w64(e, o as u64));
+        }
+        body.extend_from_slice(&[0; 4]);
+        block(e, BLOCK_IDB, &body)
+    }
+
+    pub(crate) fn epb_raw(e: Endian, if_id: u32, ts: u64, cap_len: u32, orig: u32, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&w32(e, if_id));
+        body.extend_from_slice(&w32(e, (ts >> 32) as u32));
+        body.extend_from_slice(&w32(e, ts as u32));
+        body.extend_from_slice(&w32(e, cap_len));
+        body.extend_from_slice(&w32(e, orig));
+        body.extend_from_slice(data);
+        block(e, BLOCK_EPB, &body)
+    }
+
+    pub(crate) fn epb(e: Endian, if_id: u32, ts: u64, data: &[u8]) -> Vec<u8> {
+        epb_raw(e, if_id, ts, data.len() as u32, data.len() as u32, data)
+    }
+
+    fn opb(e: Endian, if_id: u16, ts: u64, data: &[u8], orig: u32) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&w16(e, if_id));
+        body.extend_from_slice(&w16(e, 0));
+        body.extend_from_slice(&w32(e, (ts >> 32) as u32));
+        body.extend_from_slice(&w32(e, ts as u32));
+        body.extend_from_slice(&w32(e, data.len() as u32));
+        body.extend_from_slice(&w32(e, orig));
+        body.extend_from_slice(data);
+        block(e, BLOCK_OPB, &body)
+    }
+
+    fn spb(e: Endian, orig: u32, data: &[u8]) -> Vec<u8> {
+        let mut body = Vec::new();
+        body.extend_from_slice(&w32(e, orig));
+        body.extend_from_slice(data);
+        block(e, BLOCK_SPB, &body)
+    }
+
+    /// A frame as compared across readers: metadata without the batch
+    /// offset, and its bytes.
+    pub(crate) type Got = (i64, u64, u16, u32, u32, Vec<u8>);
+
+    fn got(m: &FrameMeta, d: &[u8]) -> Got {
+        (m.ts_us, m.frame_no, m.link_type, m.cap_len, m.orig_len, d.to_vec())
+    }
+
+    /// A reader that returns at most one byte per call.
+    pub(crate) struct OneByte(pub(crate) Cursor<Vec<u8>>);
+
+    impl Read for OneByte {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match buf.first_mut() {
+                Some(b) => self.0.read(std::slice::from_mut(b)),
+                None => Ok(0),
+            }
+        }
+    }
+
+    /// Reads everything from `r` in batches of the given size.
+    pub(crate) fn drain(mut r: CaptureReader, max_bytes: usize, max_frames: usize) -> (Vec<Got>, ReaderStats) {
+        let mut out = Vec::new();
+        while let Some(b) = r
+            .next_batch(max_bytes, max_frames)
+            .expect("in-memory reads cannot fail")
+        {
+            assert!(b.len() <= max_frames.max(1));
+            let bytes: usize = b.frames.iter().map(|m| m.cap_len as usize).sum();
+            assert!(bytes <= max_bytes || b.len() == 1, "batch over max_bytes");
+            assert_eq!(bytes, b.data.len());
+            out.extend(b.iter().map(|(m, d)| got(m, d)));
+        }
+        assert!(r.next_batch(max_bytes, max_frames).expect("after end").is_none());
+        (out, r.stats().clone())
+    }
+
+    pub(crate) fn open_bytes(bytes: &[u8], filter: Option<&str>) -> Result<CaptureReader, CaptureError> {
+        CaptureReader::from_reader(
+            "t",
+            Box::new(Cursor::new(bytes.to_vec())),
+            filter,
+            ReaderLimits::default(),
+        )
+    }
+
+    pub(crate) fn read_bytes(bytes: &[u8]) -> (Vec<Got>, ReaderStats) {
+        drain(open_bytes(bytes, None).expect("fixture opens"), 1 << 20, 1000)
+    }
+
+    fn pcap_two_frames(e: Endian, magic: u32) -> Vec<u8> {
+        let mut f = pcap_header(e, magic, 4, 1);
+        f.extend(pcap_record(e, 1_000, 1_999, b"abcdef", 60, 0));
+        f.extend(pcap_record(e, 1_001, 0, b"", 0, 0));
+        f.extend(pcap_record(e, 1_002, 7, b"xyz", 3, 0));
+        f
+    }
+
+    #[test]
+    fn pcap_both_byte_orders_us_and_ns() {
+        for e in [LE, BE] {
+            let (f, st) = read_bytes(&pcap_two_frames(e, PCAP_MAGIC_US));
+            assert_eq!(
+                f,
+                vec![
+                    (1_000_001_999, 1, 1, 6, 60, b"abcdef".to_vec()),
+                    (1_001_000_000, 2, 1, 0, 0, vec![]),
+                    (1_002_000_007, 3, 1, 3, 3, b"xyz".to_vec()),
+                ]
+            );
+            assert_eq!(st.n_records, 3);
+            assert_eq!(st.n_bytes, 63);
+            assert_eq!(st.n_cap_bytes, 9);
+            assert_eq!(st.n_snaplen_cut, 1);
+            assert_eq!(st.first_ts_us, Some(1_000_001_999));
+            assert_eq!(st.last_ts_us, Some(1_002_000_007));
+            assert!(!st.truncated_tail);
+            assert_eq!(st.n_bad_blocks, 0);
+            assert_eq!(st.n_interfaces, 1);
+
+            let (f, _) = read_bytes(&pcap_two_frames(e, PCAP_MAGIC_NS));
+            let ts: Vec<i64> = f.iter().map(|g| g.0).collect();
+            // 1999 ns -> 1 µs; 7 ns -> 0 µs (truncated).
+            assert_eq!(ts, vec![1_000_000_001, 1_001_000_000, 1_002_000_000]);
+        }
+    }
+
+    #[test]
+    fn pcap_link_type_masks_fcs_bits() {
+        // FCS length 4 bytes present (bits 28-31 and bit 26), link type 105.
+        let mut f = pcap_header(LE, PCAP_MAGIC_US, 4, 0x4400_0069);
+        f.extend(pcap_record(LE, 1, 2, b"ab", 2, 0));
+        let (g, _) = read_bytes(&f);
+        assert_eq!(g[0].2, 105);
+    }
+
+    #[test]
+    fn pcap_modified_magic_has_longer_record_headers() {
+        for e in [LE, BE] {
+            let mut f = pcap_header(e, PCAP_MAGIC_MODIFIED, 4, 1);
+            f.extend(pcap_record(e, 5, 6, b"hello", 5, 8));
+            f.extend(pcap_record(e, 7, 8, b"w", 5, 8));
+            let (g, st) = read_bytes(&f);
+            assert_eq!(g.len(), 2);
+            assert_eq!(g[0], (5_000_006, 1, 1, 5, 5, b"hello".to_vec()));
+            assert_eq!(g[1].5, b"w".to_vec());
+            assert_eq!(st.n_bad_blocks, 0);
+        }
+    }
+
+    #[test]
+    fn pcap_before_2_3_may_swap_lengths() {
+        let mut f = pcap_header(LE, PCAP_MAGIC_US, 2, 1);
+        // Captured length field says 60, original 4: swapped by old writers.
+        let mut r = pcap_record(LE, 1, 0, b"abcd", 60, 0);
+        r[8..12].copy_from_slice(&60u32.to_le_bytes());
+        r[12..16].copy_from_slice(&4u32.to_le_bytes());
+        f.extend(r);
+        let (g, st) = read_bytes(&f);
+        assert_eq!(g, vec![(1_000_000, 1, 1, 4, 60, b"abcd".to_vec())]);
+        assert_eq!(st.n_bad_blocks, 0);
+        // In a 2.4 file the same record is malformed.
+        f[6] = 4;
+        let (g, st) = read_bytes(&f);
+        assert!(g.is_empty());
+        assert_eq!(st.n_bad_blocks, 1);
+    }
+
+    /// Section 1: Ethernet in ns, raw IP in µs, Ethernet in 2^-20 s with a
+    /// -10 s offset.
+    pub(crate) fn pcapng_multi(e: Endian) -> Vec<u8> {
+        let mut f = shb(e);
+        f.extend(idb(e, 1, 0, Some(9), None));
+        f.extend(idb(e, 101, 1500, Some(6), None));
+        f.extend(block(e, 4, &[1, 0, 4, 0, 10, 0, 0, 1, b'h', 0, 0, 0, 0, 0, 0, 0]));
+        f.extend(epb(e, 0, 1_631_961_258_895_162_012, b"eth-ns"));
+        f.extend(epb(e, 1, 1_631_961_258_895_163, b"raw-us"));
+        f.extend(idb(e, 1, 0, Some(0x80 | 20), Some(-10)));
+        f.extend(epb(e, 2, 3 << 20 | 1, b"eth-bin"));
+        f.extend(block(e, 5, &[0; 12]));
+        f
+    }
+
+    #[test]
+    fn pcapng_interfaces_with_different_link_types_and_resolutions() {
+        for e in [LE, BE] {
+            let (g, st) = read_bytes(&pcapng_multi(e));
+            assert_eq!(
+                g,
+                vec![
+                    (1_631_961_258_895_162, 1, 1, 6, 6, b"eth-ns".to_vec()),
+                    (1_631_961_258_895_163, 2, 101, 6, 6, b"raw-us".to_vec()),
+                    // 3 s + 2^-20 s (0.95 µs, floored) - 10 s.
+                    (-7_000_000, 3, 1, 7, 7, b"eth-bin".to_vec()),
+                ]
+            );
+            assert_eq!(st.n_sections, 1);
+            assert_eq!(st.n_interfaces, 3);
+            assert_eq!(st.n_other_blocks, 2);
+            assert_eq!(st.n_bad_blocks, 0);
+            assert_eq!(st.n_ts_backwards, 1);
+            assert_eq!(st.min_ts_us, Some(-7_000_000));
+            assert_eq!(st.max_ts_us, Some(1_631_961_258_895_163));
+        }
+    }
+
+    #[test]
+    fn pcapng_sections_reset_interfaces_and_byte_order() {
+        let mut f = pcapng_multi(LE);
+        f.extend(shb(BE));
+        f.extend(idb(BE, 113, 0, None, None));
+        // Interface 1 does not exist in the new section: skipped, counted.
+        f.extend(epb(BE, 1, 5, b"gone"));
+        f.extend(epb(BE, 0, 6, b"sll"));
+        let (g, st) = read_bytes(&f);
+        assert_eq!(g.len(), 4);
+        assert_eq!(g[3], (6, 4, 113, 3, 3, b"sll".to_vec()));
+        assert_eq!(st.n_sections, 2);
+        assert_eq!(st.n_interfaces, 4);
+        assert_eq!(st.n_bad_blocks, 1);
+        assert!(st.bad_block_detail.as_deref().unwrap_or("").contains("interface 1"));
+    }
+
+    #[test]
+    fn pcapng_interfaces_are_capped_per_section() {
+        let mut f = shb(LE);
+        for _ in 0..3 {
+            f.extend(idb(LE, 1, 0, None, None));
+        }
+        f.extend(epb(LE, 1, 1, b"kept"));
+        f.extend(epb(LE, 2, 2, b"over"));
+        f.extend(shb(LE));
+        f.extend(idb(LE, 1, 0, None, None));
+        f.extend(epb(LE, 0, 3, b"new section"));
+        let limits = ReaderLimits {
+            max_interfaces: 2,
+            ..ReaderLimits::default()
+        };
+        let r = CaptureReader::from_reader("t", Box::new(Cursor::new(f)), None, limits).expect("opens");
+        let (g, st) = drain(r, 1 << 20, 100);
+        assert_eq!(
+            g.iter().map(|x| x.5.clone()).collect::<Vec<_>>(),
+            vec![b"kept".to_vec(), b"new section".to_vec()]
+        );
+        assert_eq!((st.n_interfaces, st.n_bad_blocks), (3, 2));
+    }
+
+    #[test]
+    fn pcapng_simple_and_obsolete_packet_blocks_and_skipped_blocks() {
+        for e in [LE, BE] {
+            let mut f = shb(e);
+            f.extend(block(e, 0x0a, &[0; 16])); // decryption secrets
+            f.extend(idb(e, 1, 8, None, None));
+            f.extend(opb(e, 0, 2_000_000, b"opb!", 70));
+            // SPB: original 20 bytes, snaplen 8 -> 8 captured.
+            f.extend(spb(e, 20, &[7; 20]));
+            // SPB shorter than the snaplen: captured = original.
+            f.extend(spb(e, 3, b"abc"));
+            f.extend(block(e, 0x0000_0bad, &[1, 2, 3, 4, 5]));
+            f.extend(block(e, 0x4000_0bad, &[1, 2, 3, 4]));
+            f.extend(block(e, 0x1234_5678, &[]));
+            f.extend(epb(e, 0, 3_000_000, b"epb"));
+            let (g, st) = read_bytes(&f);
+            assert_eq!(
+                g,
+                vec![
+                    (2_000_000, 1, 1, 4, 70, b"opb!".to_vec()),
+                    (2_000_000, 2, 1, 8, 20, vec![7; 8]),
+                    (2_000_000, 3, 1, 3, 3, b"abc".to_vec()),
+                    (3_000_000, 4, 1, 3, 3, b"epb".to_vec()),
+                ]
+            );
+            assert_eq!(st.n_no_timestamp, 2);
+            assert_eq!(st.n_other_blocks, 4);
+            assert_eq!(st.n_bad_blocks, 0);
+        }
+    }
+
+    /// Every cut of a file yields the records wholly before the cut, and
+    /// `truncated_tail` exactly when the cut is inside a record.
+    fn check_every_cut(full: &[u8], header_len: usize, boundaries: &[usize]) {
+        let (all, _) = read_bytes(full);
+        assert_eq!(all.len(), boundaries.len() - 1);
+        for cut in header_len..=full.len() {
+            let (g, st) = read_bytes(&full[..cut]);
+            let whole = boundaries.iter().skip(1).filter(|&&b| b <= cut).count();
+            assert_eq!(g, all[..whole].to_vec(), "cut at {cut}");
+            assert_eq!(st.truncated_tail, !boundaries.contains(&cut), "cut at {cut}");
+            assert_eq!(st.n_bad_blocks, 0, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn truncated_tail_at_every_offset() {
+        let p = pcap_two_frames(BE, PCAP_MAGIC_NS);
+        check_every_cut(&p, 24, &[24, 24 + 22, 24 + 22 + 16, p.len()]);
+
+        let mut n = shb(LE);
+        let mut b = Vec::new();
+        for blk in [
+            idb(LE, 1, 0, Some(9), None),
+            epb(LE, 0, 1, b"one"),
+            block(LE, 4, &[0; 8]),
+            epb(LE, 0, 2, b"two--"),
+        ] {
+            b.push(n.len());
+            n.extend(blk);
+        }
+        b.push(n.len());
+        // Boundaries between packets: after the IDB and NRB no frame is due.
+        let frame_ends = [b[0], b[2], b[4]];
+        let (all, _) = read_bytes(&n);
+        assert_eq!(all.len(), 2);
+        for cut in b[0]..=n.len() {
+            let (g, st) = read_bytes(&n[..cut]);
+            let whole = frame_ends.iter().skip(1).filter(|&&e| e <= cut).count();
+            assert_eq!(g, all[..whole].to_vec(), "cut at {cut}");
+            assert_eq!(st.truncated_tail, !b.contains(&cut), "cut at {cut}");
+        }
+        // Cuts inside the first header are errors at open.
+        for cut in 1..24 {
+            assert!(
+                matches!(
+                    open_bytes(&p[..cut], None),
+                    Err(CaptureError::BadHeader { .. }) | Err(CaptureError::NotCapture { .. })
+                ),
+                "pcap cut {cut}"
+            );
+        }
+        for cut in 4..b[0] {
+            assert!(
+                matches!(open_bytes(&n[..cut], None), Err(CaptureError::BadHeader { .. })),
+                "pcapng cut {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_after_the_header_ends_the_file() {
+        let mut p = pcap_two_frames(LE, PCAP_MAGIC_US);
+        p.extend([0xff; 40]);
+        let (g, st) = read_bytes(&p);
+        assert_eq!(g.len(), 3);
+        assert_eq!(st.n_bad_blocks, 1);
+        assert!(!st.truncated_tail);
+        assert!(st
+            .bad_block_detail
+            .as_deref()
+            .unwrap_or("")
+            .contains("exceeds the limit"));
+
+        let mut n = pcapng_multi(LE);
+        n.extend(b"<html><body>not a block at all</body></html>");
+        let (g, st) = read_bytes(&n);
+        assert_eq!(g.len(), 3);
+        assert_eq!(st.n_bad_blocks, 1);
+
+        // Garbage right after the section header, before any packet.
+        let mut n = shb(BE);
+        n.extend([0x5a; 64]);
+        let (g, st) = read_bytes(&n);
+        assert!(g.is_empty());
+        assert_eq!((st.n_bad_blocks, st.n_sections, st.truncated_tail), (1, 1, false));
+        // A cut block there: a truncated tail, not an error.
+        let mut n = shb(LE);
+        n.extend(&idb(LE, 1, 0, None, None)[..10]);
+        let (g, st) = read_bytes(&n);
+        assert!(g.is_empty());
+        assert_eq!((st.n_bad_blocks, st.truncated_tail), (0, true));
+    }
+
+    #[test]
+    fn bad_block_lengths_end_the_file() {
+        let good = {
+            let mut f = shb(LE);
+            f.extend(idb(LE, 1, 0, None, None));
+            f.extend(epb(LE, 0, 1, b"ok"));
+            f
+        };
+        let e = epb(LE, 0, 2, b"next");
+        let set_len = |b: &mut Vec<u8>, v: u32| b[4..8].copy_from_slice(&v.to_le_bytes());
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("not a multiple of 4", {
+                let mut b = e.clone();
+                set_len(&mut b, 33);
+                b
+            }),
+            ("zero", {
+                let mut b = e.clone();
+                set_len(&mut b, 0);
+                b
+            }),
+            ("under 12", {
+                let mut b = e.clone();
+                set_len(&mut b, 8);
+                b
+            }),
+            ("giant", {
+                let mut b = e.clone();
+                set_len(&mut b, 0xffff_fffc);
+                b
+            }),
+            ("trailing copy differs", {
+                let mut b = e.clone();
+                let n = b.len();
+                b[n - 4..].copy_from_slice(&40u32.to_le_bytes());
+                b
+            }),
+            ("section header with a bad byte-order magic", {
+                let mut b = shb(LE);
+                b[8] = 0x99;
+                b
+            }),
+            ("section version 2", {
+                let mut b = shb(LE);
+                b[12] = 2;
+                b
+            }),
+        ];
+        for (what, bad) in cases {
+            let mut f = good.clone();
+            f.extend(bad);
+            f.extend(epb(LE, 0, 3, b"never"));
+            let (g, st) = read_bytes(&f);
+            assert_eq!(g.len(), 1, "{what}");
+            assert_eq!(st.n_bad_blocks, 1, "{what}");
+            assert!(st.bad_block_detail.is_some(), "{what}");
+            // Lengths are refused before the buffer grows to them, so a
+            // giant length is a bad block, not a truncated tail.
+            assert!(!st.truncated_tail, "{what}");
+        }
+    }
+
+    #[test]
+    fn zero_and_giant_record_lengths() {
+        // pcap: a zero-length record is a frame; a giant one ends the file.
+        let mut p = pcap_header(LE, PCAP_MAGIC_US, 4, 1);
+        p.extend(pcap_record(LE, 1, 0, b"", 0, 0));
+        let mut giant = pcap_record(LE, 2, 0, b"", 0, 0);
+        giant[8..12].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        giant[12..16].copy_from_slice(&0x7fff_ffffu32.to_le_bytes());
+        p.extend(giant);
+        let (g, st) = read_bytes(&p);
+        assert_eq!(g, vec![(1_000_000, 1, 1, 0, 0, vec![])]);
+        assert_eq!(st.n_bad_blocks, 1);
+        // Just over the limit, and just at it.
+        let limit = DEFAULT_MAX;
+        let mut p = pcap_header(LE, PCAP_MAGIC_US, 4, 1);
+        p.extend(pcap_record(LE, 1, 0, &vec![1; limit], limit as u32, 0));
+        p.extend(pcap_record(LE, 1, 0, &vec![1; limit + 1], limit as u32 + 1, 0));
+        let (g, st) = read_bytes(&p);
+        assert_eq!(g.len(), 1);
+        assert_eq!(st.n_bad_blocks, 1);
+
+        // pcapng: the framing is sound, so bad packet blocks are skipped.
+        let mut n = shb(LE);
+        n.extend(idb(LE, 1, 0, None, None));
+        n.extend(epb_raw(LE, 0, 1, 0, 0, b""));
+        n.extend(epb_raw(LE, 0, 2, 400, 400, b"short")); // overruns the block
+        n.extend(epb_raw(LE, 0, 3, 5, 4, b"bigger")); // captured > original
+        n.extend(epb_raw(LE, 0, 4, 0xffff_ffff, 0xffff_ffff, b"x"));
+        n.extend(block(LE, BLOCK_EPB, &[0; 8])); // too short for its fields
+        n.extend(spb(LE, 4, b"")); // SPB: no interface problem, 0 captured
+        n.extend(epb(LE, 0, 5, b"last"));
+        let (g, st) = read_bytes(&n);
+        assert_eq!(
+            g,
+            vec![
+                (1, 1, 1, 0, 0, vec![]),
+                // The SPB has no timestamp: it gets the previous one.
+                (1, 2, 1, 0, 4, vec![]),
+                (5, 3, 1, 4, 4, b"last".to_vec()),
+            ]
+        );
+        assert_eq!(st.n_bad_blocks, 4);
+        assert!(!st.truncated_tail);
+    }
+
+    const DEFAULT_MAX: usize = crate::capture::DEFAULT_MAX_CAP_LEN as usize;
+
+    pub(crate) fn fixtures() -> Vec<Vec<u8>> {
+        let mut trunc = pcapng_multi(BE);
+        trunc.truncate(trunc.len() - 30);
+        let mut garbage = pcap_two_frames(LE, PCAP_MAGIC_NS);
+        garbage.extend([0xee; 17]);
+        let mut big = pcap_header(LE, PCAP_MAGIC_US, 4, 1);
+        for i in 0..50u32 {
+            big.extend(pcap_record(
+                LE,
+                i,
+                i,
+                &vec![i as u8; (i as usize * 997) % 3000],
+                3000,
+                0,
+            ));
+        }
+        vec![
+            pcap_two_frames(LE, PCAP_MAGIC_US),
+            pcap_two_frames(BE, PCAP_MAGIC_NS),
+            pcapng_multi(LE),
+            pcapng_multi(BE),
+            trunc,
+            garbage,
+            big,
+        ]
+    }
+
+    #[test]
+    fn one_byte_reads_and_any_batch_size_give_identical_frames() {
+        for f in fixtures() {
+            let (want, want_st) = read_bytes(&f);
+            let one = CaptureReader::from_reader(
+                "t",
+                Box::new(OneByte(Cursor::new(f.clone()))),
+                None,
+                ReaderLimits::default(),
+            )
+            .expect("opens");
+            let (g, st) = drain(one, 1 << 20, 1000);
+            assert_eq!(g, want);
+            assert_eq!(st, want_st);
+            for (max_bytes, max_frames) in [(0, 1), (1, 1000), (100, 2), (5000, 3), (usize::MAX, usize::MAX)] {
+                let r = open_bytes(&f, None).expect("opens");
+                let (g, st) = drain(r, max_bytes, max_frames);
+                assert_eq!(g, want, "batches of {max_bytes} B / {max_frames}");
+                assert_eq!(st, want_st);
+            }
+            // A small read buffer exercises buffer growth and compaction.
+            let small = ReaderLimits {
+                read_buf_bytes: 1,
+                ..ReaderLimits::default()
+            };
+            let r =
+                CaptureReader::from_reader("t", Box::new(OneByte(Cursor::new(f.clone()))), None, small).expect("opens");
+            assert_eq!(drain(r, 64, 2).0, want);
+        }
+    }
+
+    #[test]
+    fn batch_limits() {
+        let (g, _) = read_bytes(&fixtures()[6]);
+        let r = open_bytes(&fixtures()[6], None).expect("opens");
+        let mut r = r;
+        let b = r.next_batch(4000, 1000).expect("reads").expect("frames");
+        let bytes: usize = b.frames.iter().map(|m| m.cap_len as usize).sum();
+        assert!(bytes <= 4000 && b.len() >= 2);
+        for (i, want) in g.iter().enumerate().take(b.len()) {
+            assert_eq!(b.frame_data(i), &want.5[..]);
+        }
+        assert_eq!(b.frame_data(b.len()), b"");
+        assert_eq!(b.frame_data(usize::MAX), b"");
+        let b = r.next_batch(1, 1000).expect("reads").expect("frames");
+        assert_eq!(b.len(), 1, "an oversize frame comes alone");
+    }
+
+    /// Ethernet + IPv4 + UDP or TCP between 10.0.0.1 and 10.0.0.2.
+    pub(crate) fn eth_ip(proto: u8) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x08, 0x00]);
+        f.extend(ip(proto));
+        f
+    }
+
+    pub(crate) fn ip(proto: u8) -> Vec<u8> {
+        let l4_len: u8 = if proto == 17 { 8 } else { 20 };
+        let mut v = vec![
+            0x45,
+            0,
+            0,
+            20 + l4_len,
+            0,
+            0,
+            0,
+            0,
+            64,
+            proto,
+            0,
+            0,
+            10,
+            0,
+            0,
+            1,
+            10,
+            0,
+            0,
+            2,
+        ];
+        v.extend_from_slice(&[0x1a, 0xe1, 0x1a, 0xe1]);
+        v.resize(20 + usize::from(l4_len), 0);
+        if proto == 6 {
+            v[32] = 0x50;
+        }
+        v
+    }
+
+    #[test]
+    fn filter_skips_and_counts_and_keeps_frame_numbers() {
+        let mut p = pcap_header(LE, PCAP_MAGIC_US, 4, 1);
+        for (i, proto) in [17u8, 6, 6, 17, 6].iter().enumerate() {
+            p.extend(pcap_record(LE, i as u32, 0, &eth_ip(*proto), 60, 0));
+        }
+        let r = open_bytes(&p, Some("udp port 6881")).expect("opens");
+        let (g, st) = drain(r, 1 << 20, 1000);
+        assert_eq!(g.iter().map(|x| x.1).collect::<Vec<_>>(), vec![1, 4]);
+        assert_eq!(st.n_filtered_out, 3);
+        assert_eq!(st.n_records, 5);
+        let r = open_bytes(&p, Some("tcp")).expect("opens");
+        let (g, _) = drain(r, 1 << 20, 1);
+        assert_eq!(g.iter().map(|x| x.1).collect::<Vec<_>>(), vec![2, 3, 5]);
+
+        // Per link type: Ethernet and raw IP in one pcapng.
+        let mut n = shb(LE);
+        n.extend(idb(LE, 1, 0, None, None));
+        n.extend(idb(LE, 101, 0, None, None));
+        n.extend(epb(LE, 0, 1, &eth_ip(17)));
+        n.extend(epb(LE, 1, 2, &ip(17)));
+        n.extend(epb(LE, 1, 3, &ip(6)));
+        n.extend(epb(LE, 0, 4, &eth_ip(6)));
+        // A USB interface appears later: "udp" cannot compile for it.
+        n.extend(idb(LE, 189, 0, None, None));
+        n.extend(epb(LE, 2, 5, &[0; 64]));
+        let r = open_bytes(&n, Some("udp")).expect("opens");
+        let (g, st) = drain(r, 1 << 20, 1000);
+        assert_eq!(g.iter().map(|x| (x.1, x.2)).collect::<Vec<_>>(), vec![(1, 1), (2, 101)]);
+        assert_eq!(st.n_filtered_out, 3);
+        assert_eq!(st.n_filter_unsupported, 1);
+
+        // A filter that does not compile is an error at open, naming the
+        // link type; so is one that cannot apply to a starting interface.
+        let e = open_bytes(&p, Some("udp portt 1")).expect_err("bad filter");
+        assert!(e.to_string().starts_with("invalid filter \"udp portt 1\": "), "{e}");
+        assert!(e.to_string().ends_with("(link type EN10MB)"), "{e}");
+        let mut usb = shb(LE);
+        usb.extend(idb(LE, 189, 0, None, None));
+        assert!(matches!(
+            open_bytes(&usb, Some("udp")),
+            Err(CaptureError::Filter { link_type: 189, .. })
+        ));
+        assert!(open_bytes(&usb, None).is_ok());
+    }
+
+    /// xorshift64*: a dependency-free PRNG for the mutation test.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    #[test]
+    fn mutated_fixtures_never_panic() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let fx = fixtures();
+        for round in 0..3000 {
+            let mut f = fx[round % fx.len()].clone();
+            for _ in 0..1 + rng.below(6) {
+                match rng.below(4) {
+                    0 => {
+                        let i = rng.below(f.len());
+                        if let Some(b) = f.get_mut(i) {
+                            *b = rng.next() as u8;
+                        }
+                    }
+                    1 => {
+                        // Overwrite a 32-bit field with an edge value.
+                        let i = rng.below(f.len().saturating_sub(4)) & !3;
+                        let v = [0u32, 1, 12, 0x7fff_ffff, 0xffff_ffff, 0x0001_0000][rng.below(6)];
+                        if let Some(s) = f.get_mut(i..i + 4) {
+                            s.copy_from_slice(&v.to_le_bytes());
+                        }
+                    }
+                    2 => f.truncate(rng.below(f.len() + 1)),
+                    _ => {
+                        let i = rng.below(f.len() + 1);
+                        f.splice(i..i, (0..rng.below(9)).map(|_| rng.next() as u8));
+                    }
+                }
+            }
+            let Ok(mut r) = open_bytes(&f, if round % 2 == 0 { Some("udp or tcp") } else { None }) else {
+                continue;
+            };
+            let mut last = 0;
+            let mut n = 0u64;
+            while let Some(b) = r.next_batch(512, 3).expect("in memory") {
+                for (m, d) in b.iter() {
+                    assert_eq!(d.len(), m.cap_len as usize);
+                    assert!(m.cap_len <= m.orig_len);
+                    assert!(m.frame_no > last);
+                    last = m.frame_no;
+                    n += 1;
+                }
+            }
+            let st = r.stats();
+            assert_eq!(st.n_records, n + st.n_filtered_out);
+        }
+    }
+
+    #[test]
+    fn tsresol_scales() {
+        assert_eq!(TsScale::from_tsresol(6).to_us(1_234_567), 1_234_567);
+        assert_eq!(TsScale::from_tsresol(9).to_us(1_999), 1);
+        assert_eq!(TsScale::from_tsresol(9).to_us(999), 0);
+        assert_eq!(TsScale::from_tsresol(3).to_us(5), 5_000);
+        assert_eq!(TsScale::from_tsresol(0).to_us(7), 7_000_000);
+        // 2^-10 s: 1024 units = 1 s; 1 unit = 976.5625 µs -> floor 976.
+        assert_eq!(TsScale::from_tsresol(0x80 | 10).to_us(1024), 1_000_000);
+        assert_eq!(TsScale::from_tsresol(0x80 | 10).to_us(1), 976);
+        assert_eq!(TsScale::from_tsresol(0x80).to_us(3), 3_000_000);
+        assert_eq!(TsScale::from_tsresol(0x80 | 127).to_us(u64::MAX), 0);
+        // 1.8e19 units of 10^-25 s.
+        assert_eq!(TsScale::from_tsresol(25).to_us(u64::MAX), 1);
+        assert_eq!(TsScale::from_tsresol(26), TsScale::Zero);
+        assert_eq!(TsScale::from_tsresol(127).to_us(u64::MAX), 0);
+        // Coarse units of a huge count saturate instead of wrapping.
+        assert_eq!(TsScale::from_tsresol(0).to_us(u64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn accessors_never_panic() {
+        let b = [1u8, 2, 3];
+        assert_eq!(u32_at(Endian::Little, &b, 0), None);
+        assert_eq!(u16_at(Endian::Big, &b, 1), Some(0x0203));
+        assert_eq!(u16_at(Endian::Big, &b, usize::MAX), None);
+        assert_eq!(u64_at(Endian::Big, &b, 0), None);
+    }
+}

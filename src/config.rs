@@ -1,0 +1,97 @@
+//! Validated settings and [`Limits`]: every bound on what hostile or simply
+//! huge input may make swarmtap hold, each with its reason.
+
+use crate::flow::reassembly::ReassemblyLimits;
+use crate::proto::peer_wire::PeerWireLimits;
+
+/// Every bound on memory and work that input controls.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Live flows in the whole flow table (split evenly over shards). A flow
+    /// without buffered data costs about 300 bytes, so 2^18 flows ≈ 80 MB; a
+    /// tap sees far fewer concurrent BitTorrent flows. When full, the
+    /// least recently active eighth of a shard is expired (counted).
+    pub max_flows: usize,
+    /// TCP reassembly bounds per direction.
+    pub reassembly: ReassemblyLimits,
+    /// Peer-wire framing bounds per direction.
+    pub peer_wire: PeerWireLimits,
+    /// Idle time (packet time) after which a TCP flow is closed. Peers send
+    /// keep-alives every 2 minutes; libtorrent drops peers idle for 2–4 min.
+    pub tcp_idle_us: i64,
+    /// Idle time after which a UDP flow (DHT, tracker, uTP socket pair) ends.
+    pub udp_idle_us: i64,
+    /// Time a closed (FIN both ways, or RST) TCP flow is kept for stragglers.
+    pub tcp_closed_linger_us: i64,
+    /// How often (packet time) shards sweep for idle flows.
+    pub sweep_interval_us: i64,
+    /// Peers (info_hash, ip, port) tracked in the swarm state; past it new
+    /// peers are counted, not tracked. Each costs ~200 bytes plus its bitfield.
+    pub max_peers: usize,
+    /// Torrents tracked.
+    pub max_torrents: usize,
+    /// Largest piece count a bitfield may describe (2^23 pieces = 1 MiB of
+    /// bitfield, libtorrent's message cap); longer bitfields are truncated
+    /// and counted.
+    pub max_pieces: u32,
+    /// Anomaly rows written per (layer, kind); more are counted only, so a
+    /// flood of one kind cannot fill the disk.
+    pub max_anomaly_rows_per_kind: u64,
+    /// Peer-wire events held per connection side while waiting for the
+    /// originator's BEP 10 handshake (its `p` gives the listen port that
+    /// identifies the peer). Real clients send it within the first few
+    /// messages.
+    pub max_held_events: usize,
+    /// Bytes of BEP 10 handshakes parsed (larger ones are skipped, counted).
+    pub max_ltep_handshake: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_flows: 1 << 18,
+            reassembly: ReassemblyLimits::default(),
+            peer_wire: PeerWireLimits::default(),
+            tcp_idle_us: 10 * 60 * 1_000_000,
+            udp_idle_us: 3 * 60 * 1_000_000,
+            tcp_closed_linger_us: 30 * 1_000_000,
+            sweep_interval_us: 10 * 1_000_000,
+            max_peers: 1 << 20,
+            max_torrents: 1 << 16,
+            max_pieces: 1 << 23,
+            max_anomaly_rows_per_kind: 10_000,
+            max_held_events: 32,
+            max_ltep_handshake: 64 * 1024,
+        }
+    }
+}
+
+/// Settings of one analysis run.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub limits: Limits,
+    /// Completion threshold for confirmed downloads (fraction of pieces).
+    pub threshold: f64,
+    /// Write peer_messages rows.
+    pub messages: bool,
+    /// Window (seconds of packet time) for peak rates.
+    pub rate_window_s: u32,
+    /// Worker threads (rayon); output does not depend on it.
+    pub threads: usize,
+    /// Flow shards; fixed (not derived from threads) so output is identical
+    /// for any thread count.
+    pub n_shards: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            limits: Limits::default(),
+            threshold: 0.98,
+            messages: true,
+            rate_window_s: 5,
+            threads: 0,
+            n_shards: 64,
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Link layer → IP → TCP/UDP decoding of one captured frame.
+//!
+//! Link types: Ethernet (with 802.1Q / 802.1ad / QinQ tags), Linux cooked
+//! capture v1 and v2, raw IPv4/IPv6 (LINKTYPE_RAW, IPV4, IPV6), BSD loopback
+//! (NULL, host byte order; LOOP, network byte order). IP and TCP/UDP headers,
+//! IPv6 extension headers included, are sliced by `etherparse` without
+//! copying. A decoded packet refers to its payload by offset into the frame,
+//! so it can travel to a shard without borrowing.
+//!
+//! Nothing here fails loudly: a frame is either a TCP/UDP packet or a named
+//! outcome that the pipeline counts.
+
+use std::net::IpAddr;
+
+use etherparse::{LaxIpSlice, TcpSlice, UdpSlice};
+
+/// LINKTYPE_* values handled here (tcpdump.org/linktypes.html).
+pub mod linktype {
+    pub const NULL: u16 = 0;
+    pub const ETHERNET: u16 = 1;
+    pub const RAW_OPENBSD: u16 = 12;
+    pub const RAW_BSD: u16 = 14;
+    pub const RAW: u16 = 101;
+    pub const LOOP: u16 = 108;
+    pub const LINUX_SLL: u16 = 113;
+    pub const IPV4: u16 = 228;
+    pub const IPV6: u16 = 229;
+    pub const LINUX_SLL2: u16 = 276;
+}
+
+/// TCP flag bits as in the header's 13th byte.
+pub mod tcp_flags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp { seq: u32, ack: u32, flags: u8 },
+    Udp,
+}
+
+/// A decoded TCP or UDP packet; payload bytes are
+/// `frame[payload_off .. payload_off + payload_len]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: u16,
+    pub dport: u16,
+    pub transport: Transport,
+    pub payload_off: u32,
+    pub payload_len: u32,
+    /// Payload bytes the IP header announces but the capture does not hold
+    /// (snaplen cut). TCP reassembly turns them into a gap.
+    pub payload_missing: u32,
+}
+
+/// What decoding a frame gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decoded {
+    Packet(Packet),
+    /// Not IP (ARP, LLDP, …): counted, not an anomaly.
+    NotIp,
+    /// IP, but neither TCP nor UDP (ICMP, …).
+    OtherIp,
+    /// A fragment of a fragmented IP datagram (not reassembled; counted).
+    Fragment,
+    /// A malformed or truncated header: the anomaly kind.
+    Error(&'static str),
+    /// A link type this module does not decode.
+    UnknownLink,
+}
+
+/// Most VLAN tags accepted in a row (QinQ is 2; a loop of tags is hostile).
+const MAX_VLAN_TAGS: usize = 4;
+
+fn be16(b: &[u8], at: usize) -> Option<u16> {
+    let s = b.get(at..at + 2)?;
+    Some(u16::from_be_bytes([s[0], s[1]]))
+}
+
+/// Offset of the IP header within the frame, or the outcome if there is none.
+fn ip_offset(link_type: u16, frame: &[u8]) -> Result<usize, Decoded> {
+    let ethertype_at = |mut et_off: usize| -> Result<usize, Decoded> {
+        for _ in 0..=MAX_VLAN_TAGS {
+            let et = be16(frame, et_off).ok_or(Decoded::Error("truncated_link_header"))?;
+            match et {
+                0x0800 | 0x86DD => return Ok(et_off + 2),
+                0x8100 | 0x88A8 | 0x9100 => et_off += 4,
+                _ => return Err(Decoded::NotIp),
+            }
+        }
+        Err(Decoded::Error("too_many_vlan_tags"))
+    };
+    match link_type {
+        linktype::ETHERNET => ethertype_at(12),
+        linktype::LINUX_SLL => ethertype_at(14),
+        linktype::LINUX_SLL2 => {
+            let et = be16(frame, 0).ok_or(Decoded::Error("truncated_link_header"))?;
+            if frame.len() < 20 {
+                return Err(Decoded::Error("truncated_link_header"));
+            }
+            match et {
+                0x0800 | 0x86DD => Ok(20),
+                _ => Err(Decoded::NotIp),
+            }
+        }
+        linktype::RAW | linktype::RAW_BSD | linktype::RAW_OPENBSD | linktype::IPV4 | linktype::IPV6 => Ok(0),
+        linktype::NULL | linktype::LOOP => {
+            let fam = frame.get(..4).ok_or(Decoded::Error("truncated_link_header"))?;
+            // NULL is in the capturing host's byte order: accept either.
+            let le = u32::from_le_bytes([fam[0], fam[1], fam[2], fam[3]]);
+            let be = u32::from_be_bytes([fam[0], fam[1], fam[2], fam[3]]);
+            // AF_INET is 2 everywhere; AF_INET6 is 24, 28 or 30 by OS.
+            let is_ip = |f: u32| matches!(f, 2 | 24 | 28 | 30);
+            if is_ip(le) || is_ip(be) {
+                Ok(4)
+            } else {
+                Err(Decoded::NotIp)
+            }
+        }
+        _ => Err(Decoded::UnknownLink),
+    }
+}
+
+/// Decodes one frame. Never panics; `frame` may be cut by the snaplen.
+pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
+    let off = match ip_offset(link_type, frame) {
+        Ok(o) => o,
+        Err(d) => return d,
+    };
+    let Some(ip_bytes) = frame.get(off..) else {
+        return Decoded::Error("truncated_link_header");
+    };
+    let ip = match LaxIpSlice::from_slice(ip_bytes) {
+        Ok((ip, _ext_err)) => ip,
+        Err(_) => return Decoded::Error("bad_ip_header"),
+    };
+    if ip.is_fragmenting_payload() {
+        return Decoded::Fragment;
+    }
+    let p = ip.payload();
+    let proto = p.ip_number.0;
+    // Where the transport header starts in the frame, and how long the IP
+    // layer says the transport segment is.
+    let seg = p.payload;
+    let seg_off = seg.as_ptr() as usize - frame.as_ptr() as usize;
+    let wire_seg_len = match &ip {
+        LaxIpSlice::Ipv4(v4) => {
+            let h = v4.header();
+            let total = usize::from(h.total_len());
+            let before = seg_off - off;
+            if p.len_source == etherparse::LenSource::Ipv4HeaderTotalLen || total >= before {
+                total.saturating_sub(before).max(seg.len())
+            } else {
+                seg.len()
+            }
+        }
+        LaxIpSlice::Ipv6(v6) => {
+            let plen = usize::from(v6.header().payload_length());
+            let before = seg_off - off - 40;
+            if plen == 0 {
+                // Jumbogram or unset length: trust the capture.
+                seg.len()
+            } else {
+                plen.saturating_sub(before).max(seg.len())
+            }
+        }
+    };
+    let (src, dst) = (ip.source_addr(), ip.destination_addr());
+    match proto {
+        6 => {
+            let Ok(tcp) = TcpSlice::from_slice(seg) else {
+                return Decoded::Error("bad_tcp_header");
+            };
+            let hdr = tcp.header_slice().len();
+            let payload = tcp.payload();
+            let flags = seg.get(13).copied().unwrap_or(0);
+            Decoded::Packet(Packet {
+                src,
+                dst,
+                sport: tcp.source_port(),
+                dport: tcp.destination_port(),
+                transport: Transport::Tcp {
+                    seq: tcp.sequence_number(),
+                    ack: tcp.acknowledgment_number(),
+                    flags,
+                },
+                payload_off: (seg_off + hdr) as u32,
+                payload_len: payload.len() as u32,
+                payload_missing: wire_seg_len.saturating_sub(hdr + payload.len()) as u32,
+            })
+        }
+        17 => {
+            let Ok(udp) = UdpSlice::from_slice_lax(seg) else {
+                return Decoded::Error("bad_udp_header");
+            };
+            let payload = udp.payload();
+            Decoded::Packet(Packet {
+                src,
+                dst,
+                sport: udp.source_port(),
+                dport: udp.destination_port(),
+                transport: Transport::Udp,
+                payload_off: (seg_off + 8) as u32,
+                payload_len: payload.len() as u32,
+                payload_missing: wire_seg_len.saturating_sub(8 + payload.len()) as u32,
+            })
+        }
+        _ => Decoded::OtherIp,
+    }
+}
+
+/// IP protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A direction-free flow key: the lower endpoint first, so both directions of
+/// a flow map to the same key (and the same shard).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub proto: Proto,
+    pub a: (IpAddr, u16),
+    pub b: (IpAddr, u16),
+}
+
+impl FlowKey {
+    /// The canonical key of a packet and whether it travels from `a` to `b`.
+    pub fn of(p: &Packet) -> (FlowKey, bool) {
+        let proto = match p.transport {
+            Transport::Tcp { .. } => Proto::Tcp,
+            Transport::Udp => Proto::Udp,
+        };
+        let s = (p.src, p.sport);
+        let d = (p.dst, p.dport);
+        if s <= d {
+            (FlowKey { proto, a: s, b: d }, true)
+        } else {
+            (FlowKey { proto, a: d, b: s }, false)
+        }
+    }
+
+    /// A hash that is the same in every run and on every machine, so that the
+    /// shard a flow lands in (and so the output) never depends on a random
+    /// seed. FNV-1a over the key's bytes.
+    pub fn stable_hash(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |b: &[u8]| {
+            for &x in b {
+                h ^= u64::from(x);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(&[self.proto as u8]);
+        for (ip, port) in [self.a, self.b] {
+            match ip {
+                IpAddr::V4(v) => eat(&v.octets()),
+                IpAddr::V6(v) => eat(&v.octets()),
+            }
+            eat(&port.to_be_bytes());
+        }
+        h
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eth_ipv4_tcp(payload: &[u8], vlan: bool) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend([0x81, 0x00, 0x00, 0x05]);
+        }
+        f.extend([0x08, 0x00]);
+        let total = (20 + 20 + payload.len()) as u16;
+        f.extend([0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, 6, 0, 0]);
+        f.extend([10, 0, 0, 1, 10, 0, 0, 2]);
+        f.extend(6881u16.to_be_bytes());
+        f.extend(51413u16.to_be_bytes());
+        f.extend(1000u32.to_be_bytes());
+        f.extend(2000u32.to_be_bytes());
+        f.extend([0x50, 0x18, 0xff, 0xff, 0, 0, 0, 0]);
+        f.extend_from_slice(payload);
+        f
+    }
+
+    #[test]
+    fn ethernet_vlan_tcp() {
+        for vlan in [false, true] {
+            let f = eth_ipv4_tcp(b"hello", vlan);
+            let Decoded::Packet(p) = decode(linktype::ETHERNET, &f) else {
+                panic!("not decoded");
+            };
+            assert_eq!(p.sport, 6881);
+            assert_eq!(p.dport, 51413);
+            assert_eq!(
+                p.transport,
+                Transport::Tcp {
+                    seq: 1000,
+                    ack: 2000,
+                    flags: 0x18
+                }
+            );
+            let off = p.payload_off as usize;
+            assert_eq!(&f[off..off + p.payload_len as usize], b"hello");
+            assert_eq!(p.payload_missing, 0);
+        }
+    }
+
+    #[test]
+    fn snaplen_cut_reports_missing_bytes() {
+        let f = eth_ipv4_tcp(&[7u8; 100], false);
+        let cut = &f[..f.len() - 60];
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, cut) else {
+            panic!("not decoded");
+        };
+        assert_eq!(p.payload_len, 40);
+        assert_eq!(p.payload_missing, 60);
+    }
+
+    #[test]
+    fn other_link_types_and_garbage() {
+        let f = eth_ipv4_tcp(b"x", false);
+        let ip = &f[14..];
+        assert!(matches!(decode(linktype::RAW, ip), Decoded::Packet(_)));
+        let mut null = 2u32.to_le_bytes().to_vec();
+        null.extend_from_slice(ip);
+        assert!(matches!(decode(linktype::NULL, &null), Decoded::Packet(_)));
+        let mut sll2 = vec![0x08, 0x00];
+        sll2.extend([0u8; 18]);
+        sll2.extend_from_slice(ip);
+        assert!(matches!(decode(linktype::LINUX_SLL2, &sll2), Decoded::Packet(_)));
+        assert_eq!(
+            decode(linktype::ETHERNET, &f[..10]),
+            Decoded::Error("truncated_link_header")
+        );
+        assert_eq!(decode(999, &f), Decoded::UnknownLink);
+        for n in 0..f.len() {
+            let _ = decode(linktype::ETHERNET, &f[..n]);
+            let _ = decode(linktype::RAW, &ip[..n.min(ip.len())]);
+        }
+    }
+
+    #[test]
+    fn flow_key_is_direction_free_and_stable() {
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &eth_ipv4_tcp(b"", false)) else {
+            panic!()
+        };
+        let mut q = p;
+        std::mem::swap(&mut q.src, &mut q.dst);
+        std::mem::swap(&mut q.sport, &mut q.dport);
+        let (k1, d1) = FlowKey::of(&p);
+        let (k2, d2) = FlowKey::of(&q);
+        assert_eq!(k1, k2);
+        assert_ne!(d1, d2);
+        assert_eq!(k1.stable_hash(), k2.stable_hash());
+    }
+}

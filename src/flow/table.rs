@@ -1,0 +1,595 @@
+//! A shard of the flow table: every flow whose key hashes to this shard, with
+//! its TCP reassembly and application state. A shard is processed by one
+//! worker at a time and owns all its state (no locks). Flows end on FIN/RST
+//! (after a linger), on idle expiry in packet time, on eviction when the
+//! shard is full, or at the end of input; each end writes a `flows` row and,
+//! for peer-wire connections, a `connections` row.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::reassembly::StreamReassembler;
+use super::udp::UdpApp;
+use super::Chunk;
+use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
+use crate::analyze::{FrameCtx, ShardOut};
+use crate::config::Limits;
+use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
+use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_PREFIX};
+use crate::sink::{ConnectionRow, FlowRow, Ts};
+
+/// What a TCP flow carries.
+#[derive(Debug)]
+enum TcpApp {
+    /// No payload yet.
+    Undecided,
+    PeerWire(Box<PeerSession>),
+    /// MSE/PE-encrypted (BEP 8 shape): counted, not decodable.
+    Mse,
+    /// Something else: `app` value.
+    Other(&'static str),
+}
+
+#[derive(Debug)]
+struct TcpState {
+    reasm: [StreamReassembler; 2],
+    app: TcpApp,
+}
+
+#[derive(Debug)]
+enum FlowApp {
+    Tcp(Box<TcpState>),
+    Udp(Box<UdpApp>),
+}
+
+#[derive(Debug)]
+struct Flow {
+    conn_id: u64,
+    capture: u32,
+    /// True when the originator is the key's `a` endpoint.
+    orig_is_a: bool,
+    ends: [SocketAddr; 2],
+    first_ts: i64,
+    last_ts: i64,
+    n_packets: [u64; 2],
+    payload: [u64; 2],
+    midstream: bool,
+    syn_seen: bool,
+    fin: [bool; 2],
+    rst: bool,
+    closed_at: Option<i64>,
+    app: FlowApp,
+}
+
+/// Counters a shard keeps for `capture_stats` and the summary.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    pub n_flows: u64,
+    pub n_flows_evicted: u64,
+    pub n_peer_connections: u64,
+}
+
+/// Shared, read-only context for all shards.
+#[derive(Debug, Default)]
+pub struct ShardContext {
+    /// Torrent shapes known from --torrents, by v1 info hash.
+    pub shapes: HashMap<[u8; 20], TorrentShape>,
+}
+
+/// One shard.
+pub struct Shard {
+    flows: HashMap<FlowKey, Flow>,
+    max_flows: usize,
+    limits: Limits,
+    messages: bool,
+    last_sweep: i64,
+    ctx: Arc<ShardContext>,
+    pub out: ShardOut,
+    pub stats: ShardStats,
+}
+
+/// How a flow ended (`flows.end_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    Fin,
+    Rst,
+    Idle,
+    Evicted,
+    End,
+}
+
+impl EndReason {
+    fn name(self) -> &'static str {
+        match self {
+            EndReason::Fin => "fin",
+            EndReason::Rst => "rst",
+            EndReason::Idle => "idle",
+            EndReason::Evicted => "evicted",
+            EndReason::End => "end",
+        }
+    }
+}
+
+/// Shannon entropy (bits per byte) of a sample.
+fn entropy(d: &[u8]) -> f64 {
+    let mut counts = [0u32; 256];
+    for &b in d {
+        counts[usize::from(b)] += 1;
+    }
+    let n = d.len() as f64;
+    counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum()
+}
+
+/// The MSE/PE key exchange opens with a 96-byte Diffie-Hellman public key
+/// followed by 0–512 bytes of random padding: a first payload of 96–608
+/// bytes that looks random. Random 96-byte samples have an empirical entropy
+/// near 6.0 bits; text and binary protocol headers stay far below 5.
+fn looks_like_mse(first: &[u8]) -> bool {
+    (96..=608).contains(&first.len()) && entropy(first) > 5.5
+}
+
+/// A TLS record header (handshake, application data, alert, change cipher
+/// spec) on a flow picked up mid-stream: not worth hunting for peer wire.
+fn looks_like_tls(d: &[u8]) -> bool {
+    matches!(d, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
+}
+
+fn looks_like_http(d: &[u8]) -> bool {
+    const STARTS: [&[u8]; 6] = [b"GET ", b"POST ", b"HEAD ", b"HTTP/1.", b"PUT ", b"OPTIONS "];
+    STARTS.iter().any(|s| d.starts_with(s))
+}
+
+impl Shard {
+    pub fn new(limits: Limits, n_shards: usize, messages: bool, ctx: Arc<ShardContext>, out: ShardOut) -> Self {
+        Shard {
+            flows: HashMap::new(),
+            max_flows: (limits.max_flows / n_shards.max(1)).max(16),
+            limits,
+            messages,
+            last_sweep: i64::MIN,
+            ctx,
+            out,
+            stats: ShardStats::default(),
+        }
+    }
+
+    pub fn n_flows(&self) -> usize {
+        self.flows.len()
+    }
+
+    /// Processes one decoded packet whose payload is `payload`.
+    pub fn packet(&mut self, ctx: FrameCtx, p: &Packet, payload: &[u8]) {
+        let (key, from_a) = FlowKey::of(p);
+        let is_tcp = key.proto == Proto::Tcp;
+        let flags = match p.transport {
+            Transport::Tcp { flags, .. } => flags,
+            Transport::Udp => 0,
+        };
+        let syn = flags & tcp_flags::SYN != 0;
+        let ack = flags & tcp_flags::ACK != 0;
+        // A new SYN on a closed 4-tuple starts a new connection.
+        if is_tcp && syn && !ack {
+            if let Some(f) = self.flows.get(&key) {
+                if f.closed_at.is_some() || f.payload.iter().sum::<u64>() > 0 {
+                    if let Some(f) = self.flows.remove(&key) {
+                        let reason = if f.rst { EndReason::Rst } else { EndReason::Fin };
+                        self.end_flow(key, f, reason, ctx);
+                    }
+                }
+            }
+        }
+        if !self.flows.contains_key(&key) {
+            if self.flows.len() >= self.max_flows {
+                self.evict(ctx);
+            }
+            let flow = self.new_flow(ctx, p, is_tcp, syn, ack);
+            self.stats.n_flows += 1;
+            self.flows.insert(key, flow);
+        }
+        let limits = self.limits;
+        let messages = self.messages;
+        let shapes = &self.ctx.shapes;
+        let Some(f) = self.flows.get_mut(&key) else { return };
+        let side = if from_a == f.orig_is_a { ORIG } else { RESP };
+        f.last_ts = f.last_ts.max(ctx.ts);
+        f.n_packets[side] += 1;
+        f.payload[side] += u64::from(p.payload_len);
+        match (&mut f.app, p.transport) {
+            (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
+                let info = FlowInfo {
+                    conn_id: f.conn_id,
+                    capture: f.capture,
+                    ends: f.ends,
+                    first_ts: f.first_ts,
+                };
+                let t = &mut **t;
+                if syn {
+                    f.syn_seen = true;
+                    if !t.reasm[side].is_started() {
+                        t.reasm[side].start_at(seq.wrapping_add(1));
+                    }
+                    if ack && !t.reasm[1 - side].is_started() {
+                        t.reasm[1 - side].start_at(ackno);
+                    }
+                }
+                let (reasm, app) = (&mut t.reasm, &mut t.app);
+                let midstream = f.midstream;
+                if !payload.is_empty() {
+                    if !reasm[side].is_started() {
+                        reasm[side].start_at(seq);
+                    }
+                    let s = if syn { seq.wrapping_add(1) } else { seq };
+                    reasm[side].segment(s, payload, &mut |c| {
+                        app_feed(
+                            app,
+                            &info,
+                            midstream,
+                            side,
+                            c,
+                            ctx,
+                            &limits,
+                            messages,
+                            shapes,
+                            &mut self.out,
+                        )
+                    });
+                }
+                if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
+                    reasm[1 - side].acked(ackno, &mut |c| {
+                        app_feed(
+                            app,
+                            &info,
+                            midstream,
+                            1 - side,
+                            c,
+                            ctx,
+                            &limits,
+                            messages,
+                            shapes,
+                            &mut self.out,
+                        )
+                    });
+                }
+                if flags & tcp_flags::FIN != 0 {
+                    // The FIN takes the sequence number after the payload.
+                    let base = if syn { seq.wrapping_add(1) } else { seq };
+                    let fin_seq = base.wrapping_add(payload.len() as u32 + p.payload_missing);
+                    if reasm[side].is_started() {
+                        reasm[side].fin(fin_seq, &mut |c| {
+                            app_feed(
+                                app,
+                                &info,
+                                midstream,
+                                side,
+                                c,
+                                ctx,
+                                &limits,
+                                messages,
+                                shapes,
+                                &mut self.out,
+                            )
+                        });
+                    }
+                    f.fin[side] = true;
+                    if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
+                        f.closed_at = Some(ctx.ts);
+                    }
+                }
+                if flags & tcp_flags::RST != 0 {
+                    f.rst = true;
+                    f.closed_at.get_or_insert(ctx.ts);
+                }
+            }
+            (FlowApp::Udp(u), Transport::Udp) => {
+                let info = FlowInfo {
+                    conn_id: f.conn_id,
+                    capture: f.capture,
+                    ends: f.ends,
+                    first_ts: f.first_ts,
+                };
+                u.datagram(ctx, &info, side, payload, &limits, messages, &mut self.out);
+            }
+            _ => {}
+        }
+    }
+
+    fn new_flow(&self, ctx: FrameCtx, p: &Packet, is_tcp: bool, syn: bool, ack: bool) -> Flow {
+        let (key, from_a) = FlowKey::of(p);
+        let src = SocketAddr::new(p.src, p.sport);
+        let dst = SocketAddr::new(p.dst, p.dport);
+        // The originator sent the SYN; a SYN-ACK names its receiver.
+        let src_is_orig = !(is_tcp && syn && ack);
+        let orig_is_a = from_a == src_is_orig;
+        let ends = if src_is_orig { [src, dst] } else { [dst, src] };
+        let _ = key;
+        let app = if is_tcp {
+            FlowApp::Tcp(Box::new(TcpState {
+                reasm: [
+                    StreamReassembler::new(self.limits.reassembly),
+                    StreamReassembler::new(self.limits.reassembly),
+                ],
+                app: TcpApp::Undecided,
+            }))
+        } else {
+            FlowApp::Udp(Box::default())
+        };
+        Flow {
+            conn_id: (u64::from(ctx.capture) << 40) | ctx.frame,
+            capture: ctx.capture,
+            orig_is_a,
+            ends,
+            first_ts: ctx.ts,
+            last_ts: ctx.ts,
+            n_packets: [0, 0],
+            payload: [0, 0],
+            midstream: is_tcp && !syn,
+            syn_seen: false,
+            fin: [false, false],
+            rst: false,
+            closed_at: None,
+            app,
+        }
+    }
+
+    /// Evicts the least recently active eighth of the shard.
+    fn evict(&mut self, ctx: FrameCtx) {
+        let mut by_age: Vec<(i64, u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.last_ts, f.conn_id, *k)).collect();
+        by_age.sort_unstable_by_key(|&(ts, id, _)| (ts, id));
+        let n = (self.flows.len() / 8).max(1);
+        for (_, _, k) in by_age.into_iter().take(n) {
+            if let Some(f) = self.flows.remove(&k) {
+                self.stats.n_flows_evicted += 1;
+                self.end_flow(k, f, EndReason::Evicted, ctx);
+            }
+        }
+        self.out.anomaly(
+            Some(ctx),
+            None,
+            "flow",
+            "flow_table_full",
+            Some(format!("{n} flows evicted (max {} per shard)", self.max_flows)),
+        );
+    }
+
+    /// Ends flows that are idle or closed as of packet time `now`.
+    pub fn sweep(&mut self, now: i64) {
+        if self.last_sweep != i64::MIN && now - self.last_sweep < self.limits.sweep_interval_us {
+            return;
+        }
+        self.last_sweep = now;
+        let l = &self.limits;
+        let mut done: Vec<(u64, FlowKey, EndReason)> = Vec::new();
+        for (k, f) in &self.flows {
+            let idle = match f.app {
+                FlowApp::Tcp(_) => l.tcp_idle_us,
+                FlowApp::Udp(_) => l.udp_idle_us,
+            };
+            if let Some(c) = f.closed_at {
+                if now - c > l.tcp_closed_linger_us {
+                    done.push((f.conn_id, *k, if f.rst { EndReason::Rst } else { EndReason::Fin }));
+                    continue;
+                }
+            }
+            if now - f.last_ts > idle {
+                done.push((f.conn_id, *k, EndReason::Idle));
+            }
+        }
+        done.sort_unstable_by_key(|d| d.0);
+        let ctx = FrameCtx {
+            ts: now,
+            frame: 0,
+            capture: 0,
+        };
+        for (_, k, r) in done {
+            if let Some(f) = self.flows.remove(&k) {
+                self.end_flow(k, f, r, ctx);
+            }
+        }
+    }
+
+    /// Ends every flow (end of input).
+    pub fn finish(&mut self, now: i64) {
+        let mut keys: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.conn_id, *k)).collect();
+        keys.sort_unstable_by_key(|k| k.0);
+        let ctx = FrameCtx {
+            ts: now,
+            frame: 0,
+            capture: 0,
+        };
+        for (_, k) in keys {
+            if let Some(f) = self.flows.remove(&k) {
+                self.end_flow(k, f, EndReason::End, ctx);
+            }
+        }
+    }
+
+    fn end_flow(&mut self, key: FlowKey, mut f: Flow, reason: EndReason, ctx: FrameCtx) {
+        let ctx = FrameCtx {
+            ts: ctx.ts.max(f.last_ts),
+            frame: ctx.frame,
+            capture: f.capture,
+        };
+        let info = FlowInfo {
+            conn_id: f.conn_id,
+            capture: f.capture,
+            ends: f.ends,
+            first_ts: f.first_ts,
+        };
+        let mut gap_bytes = 0;
+        let mut retrans_bytes = 0;
+        let app_name = match &mut f.app {
+            FlowApp::Tcp(t) => {
+                let t = &mut **t;
+                let (reasm, app) = (&mut t.reasm, &mut t.app);
+                for side in [ORIG, RESP] {
+                    reasm[side].flush(&mut |c| {
+                        app_feed(
+                            app,
+                            &info,
+                            f.midstream,
+                            side,
+                            c,
+                            ctx,
+                            &self.limits,
+                            self.messages,
+                            &self.ctx.shapes,
+                            &mut self.out,
+                        )
+                    });
+                    gap_bytes += reasm[side].stats().gap_bytes;
+                    retrans_bytes += reasm[side].stats().retrans_bytes;
+                    let conflicts = reasm[side].stats().overlap_conflict_bytes;
+                    if conflicts > 0 {
+                        self.out.anomaly(
+                            Some(ctx),
+                            Some(f.conn_id),
+                            "tcp",
+                            "conflicting_overlap",
+                            Some(format!("{conflicts} bytes differ from the first copy")),
+                        );
+                    }
+                }
+                match std::mem::replace(app, TcpApp::Other("other")) {
+                    TcpApp::PeerWire(mut s) => {
+                        let mut row = s.finish(ctx, &mut self.out);
+                        row.last_ts = Ts(f.last_ts);
+                        row.gap_bytes = gap_bytes;
+                        self.out.rows.connections.push(row);
+                        self.stats.n_peer_connections += 1;
+                        "peer_wire"
+                    }
+                    TcpApp::Mse => {
+                        self.out.rows.connections.push(self.mse_row(&f, gap_bytes));
+                        "mse"
+                    }
+                    TcpApp::Undecided => "other",
+                    TcpApp::Other(a) => a,
+                }
+            }
+            FlowApp::Udp(u) => u.finish(ctx, &info, &self.limits, self.messages, &mut self.out),
+        };
+        let _ = key;
+        self.out.rows.flows.push(FlowRow {
+            conn_id: f.conn_id,
+            capture: self.out.capture_name(f.capture),
+            proto: match f.app {
+                FlowApp::Tcp(_) => "tcp",
+                FlowApp::Udp(_) => "udp",
+            },
+            orig_ip: f.ends[ORIG].ip().to_string(),
+            orig_port: u32::from(f.ends[ORIG].port()),
+            resp_ip: f.ends[RESP].ip().to_string(),
+            resp_port: u32::from(f.ends[RESP].port()),
+            first_ts: Ts(f.first_ts),
+            last_ts: Ts(f.last_ts),
+            n_packets: f.n_packets[0] + f.n_packets[1],
+            n_packets_orig: f.n_packets[ORIG],
+            n_packets_resp: f.n_packets[RESP],
+            payload_bytes_orig: f.payload[ORIG],
+            payload_bytes_resp: f.payload[RESP],
+            app: app_name,
+            midstream: f.midstream,
+            gap_bytes,
+            retrans_bytes,
+            end_reason: reason.name(),
+        });
+    }
+
+    fn mse_row(&self, f: &Flow, gap_bytes: u64) -> ConnectionRow {
+        ConnectionRow {
+            conn_id: f.conn_id,
+            flow_id: f.conn_id,
+            capture: self.out.capture_name(f.capture),
+            transport: "tcp",
+            orig_ip: f.ends[ORIG].ip().to_string(),
+            orig_port: u32::from(f.ends[ORIG].port()),
+            resp_ip: f.ends[RESP].ip().to_string(),
+            resp_port: u32::from(f.ends[RESP].port()),
+            first_ts: Ts(f.first_ts),
+            last_ts: Ts(f.last_ts),
+            encrypted: true,
+            midstream: f.midstream,
+            payload_bytes_orig: f.payload[ORIG],
+            payload_bytes_resp: f.payload[RESP],
+            gap_bytes,
+            ..Default::default()
+        }
+    }
+}
+
+/// What the application layer needs to know about its flow.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowInfo {
+    pub conn_id: u64,
+    pub capture: u32,
+    /// [originator, responder]
+    pub ends: [SocketAddr; 2],
+    pub first_ts: i64,
+}
+
+/// Hands a reassembled chunk to the flow's application, deciding what the
+/// application is on the first payload.
+#[allow(clippy::too_many_arguments)]
+fn app_feed(
+    app: &mut TcpApp,
+    info: &FlowInfo,
+    midstream: bool,
+    side: usize,
+    chunk: Chunk<'_>,
+    ctx: FrameCtx,
+    limits: &Limits,
+    messages: bool,
+    shapes: &HashMap<[u8; 20], TorrentShape>,
+    out: &mut ShardOut,
+) {
+    if let TcpApp::Undecided = app {
+        let Chunk::Data(d) = chunk else { return };
+        let n = d.len().min(HANDSHAKE_PREFIX.len());
+        *app = if d.get(..n) == HANDSHAKE_PREFIX.get(..n) && !d.is_empty()
+            || midstream && !looks_like_tls(d) && !looks_like_http(d)
+        {
+            TcpApp::PeerWire(Box::new(PeerSession::new(
+                SessionInit {
+                    conn_id: info.conn_id,
+                    flow_id: info.conn_id,
+                    capture: info.capture,
+                    transport: "tcp",
+                    orig: info.ends[ORIG],
+                    resp: info.ends[RESP],
+                    first_ts: info.first_ts,
+                    midstream,
+                },
+                limits,
+                messages,
+            )))
+        } else if looks_like_http(d) {
+            TcpApp::Other("http")
+        } else if side == ORIG && looks_like_mse(d) {
+            TcpApp::Mse
+        } else {
+            TcpApp::Other("other")
+        };
+    }
+    if let TcpApp::PeerWire(s) = app {
+        let had_hash = s.info_hash().is_some();
+        s.feed(side, chunk, ctx, out);
+        if !had_hash {
+            if let Some(h) = s.info_hash() {
+                if let Some(shape) = shapes.get(&h) {
+                    s.set_shape(*shape);
+                }
+            }
+        }
+        if s.gave_up() {
+            *app = TcpApp::Other("other");
+        }
+    }
+}

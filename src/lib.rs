@@ -1,0 +1,29 @@
+//! swarmtap: a passive BitTorrent traffic analyzer.
+//!
+//! ```text
+//! capture  ->  decode  ->  shard by flow  ->  flow/reassembly  ->  proto (pure parsers)
+//!  (file,       (link, IP,    (stable           (TCP, uTP: Data      (bencode, peer_wire,
+//!   live)        TCP/UDP)      flow hash)        and Gap chunks)      dht, tracker_*, lsd)
+//!                                                      |
+//!                                                      v
+//!                                      analyze (per-flow sessions + per-swarm state:
+//!                                       bitfields, volumes, completion)
+//!                                                      |
+//!                                                      v
+//!                                      sink (rows -> Parquet, own thread)
+//! ```
+//!
+//! `pipeline` is the only module with threads. Parsers in `proto` are pure:
+//! no I/O, no threads, bounded memory, no panics on any input.
+#![forbid(unsafe_code)]
+
+pub mod analyze;
+pub mod capture;
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod flow;
+pub mod pipeline;
+pub mod proto;
+pub mod sink;
+pub mod summary;

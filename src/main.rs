@@ -1,0 +1,122 @@
+//! Thin binary: parse arguments, call the library, map errors to exit codes.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use swarmtap::capture::{expand_inputs, InputSpec};
+use swarmtap::cli::{AnalyzeArgs, Cli, Command};
+use swarmtap::config::Settings;
+use swarmtap::proto::metainfo::{hex, parse_torrent, Metainfo};
+
+/// The bundled captures, analyzed when `analyze` gets no input.
+const SAMPLE_PCAPS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/sample-pcaps");
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.command {
+        Command::Analyze(a) => analyze(a),
+        Command::Summary { dir } => swarmtap::summary::print(&dir),
+        Command::Torrent { file } => torrent(&file),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("swarmtap: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// .torrent files named directly or found (recursively) in directories.
+fn load_torrents(paths: &[PathBuf]) -> Result<Vec<Metainfo>, String> {
+    let mut files = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.to_vec();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            let rd = std::fs::read_dir(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+            for e in rd.flatten() {
+                let q = e.path();
+                if q.is_dir() || q.extension().is_some_and(|x| x == "torrent") {
+                    stack.push(q);
+                }
+            }
+        } else {
+            files.push(p);
+        }
+    }
+    files.sort();
+    files
+        .iter()
+        .map(|f| {
+            let b = std::fs::read(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+            parse_torrent(&b).map_err(|e| format!("{} is not a usable .torrent: {e}", f.display()))
+        })
+        .collect()
+}
+
+fn analyze(a: AnalyzeArgs) -> Result<(), String> {
+    let (inputs, mut torrent_paths) = if a.inputs.is_empty() {
+        let dir = PathBuf::from(SAMPLE_PCAPS);
+        eprintln!("swarmtap: no input given; analyzing the bundled {}", dir.display());
+        (vec![dir.clone()], vec![dir])
+    } else {
+        (a.inputs.clone(), Vec::new())
+    };
+    torrent_paths.extend(a.torrents.iter().cloned());
+    if !(0.0..=1.0).contains(&a.threshold) || a.threshold == 0.0 {
+        return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));
+    }
+    let expanded = expand_inputs(&inputs).map_err(|e| e.to_string())?;
+    for s in &expanded.skipped {
+        eprintln!("swarmtap: skipping {}: {}", s.path.display(), s.reason);
+    }
+    let inputs: Vec<InputSpec> = expanded.inputs;
+    if inputs.is_empty() {
+        return Err("no capture files found in the given inputs".into());
+    }
+    let torrents = load_torrents(&torrent_paths)?;
+    let mut settings = Settings {
+        threshold: a.threshold,
+        messages: !a.no_messages,
+        rate_window_s: a.rate_window.max(1),
+        threads: a.threads,
+        ..Settings::default()
+    };
+    if let Some(m) = a.max_flows {
+        settings.limits.max_flows = m.max(1);
+    }
+    let summary = swarmtap::pipeline::analyze(inputs, a.filter.clone(), &a.output, &settings, torrents)?;
+    eprintln!("swarmtap: {}", summary.render());
+    eprintln!("swarmtap: wrote {}", a.output.display());
+    Ok(())
+}
+
+fn torrent(file: &Path) -> Result<(), String> {
+    let b = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let m = parse_torrent(&b).map_err(|e| format!("{} is not a usable .torrent: {e}", file.display()))?;
+    if let Some(h) = m.info_hash_v1 {
+        println!("info_hash     {}", hex(&h));
+    }
+    if let Some(h) = m.info_hash_v2 {
+        println!("info_hash_v2  {}", hex(&h));
+    }
+    println!("name          {}", m.name);
+    println!("piece_length  {}", m.piece_length);
+    println!("pieces        {}", m.n_pieces);
+    println!("total_bytes   {}", m.total_bytes);
+    println!("private       {}", m.private);
+    println!("files         {}", m.files.len());
+    for f in m.files.iter().take(50) {
+        println!("  {:>14}  {}", f.length, f.path);
+    }
+    if m.files.len() > 50 {
+        println!("  … {} more", m.files.len() - 50);
+    }
+    println!("trackers      {}", m.trackers.len());
+    for t in &m.trackers {
+        println!("  {t}");
+    }
+    Ok(())
+}

@@ -1,0 +1,426 @@
+//! The analysis pipeline, and the only place with parallelism.
+//!
+//! A reader thread turns inputs into frame batches (bounded channel). For
+//! each batch: frames are decoded in parallel; packets are partitioned by a
+//! stable flow hash into a fixed number of shards; shards run in parallel,
+//! each owning its flows; their rows and swarm events are merged in shard
+//! order and sorted by frame, the swarm state is updated sequentially, and
+//! the rows go to the Parquet writer thread. Batch boundaries depend only on
+//! the input, and the shard count is fixed, so the output is the same for
+//! any number of threads.
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use crate::analyze::swarm::Swarm;
+use crate::analyze::{FrameCtx, ShardOut};
+use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
+use crate::config::Settings;
+use crate::decode::{decode, Decoded, FlowKey, Packet};
+use crate::flow::table::{Shard, ShardContext};
+use crate::proto::metainfo::Metainfo;
+use crate::proto::peer_wire::TorrentShape;
+use crate::sink::{CaptureStatsRow, RowBatch, SinkThread, Ts};
+
+/// Frame data per batch: large enough to amortise the per-batch merge and
+/// thread hand-offs, small enough to keep a few batches in memory.
+const BATCH_BYTES: usize = 8 << 20;
+const BATCH_FRAMES: usize = 32 * 1024;
+
+/// What a run did, for the summary line.
+#[derive(Debug, Clone, Default)]
+pub struct RunSummary {
+    pub n_inputs: usize,
+    pub n_packets: u64,
+    pub n_bytes: u64,
+    pub n_flows: u64,
+    pub n_flows_evicted: u64,
+    pub n_connections: u64,
+    pub n_torrents: u64,
+    pub n_peers: u64,
+    pub n_messages: u64,
+    pub n_anomalies: u64,
+    pub elapsed_s: f64,
+}
+
+impl RunSummary {
+    pub fn render(&self) -> String {
+        let mb = self.n_bytes as f64 / 1e6;
+        let rate = if self.elapsed_s > 0.0 { mb / self.elapsed_s } else { 0.0 };
+        format!(
+            "{} input(s), {} packets, {:.1} MB, {} flows, {} BitTorrent connections, {} torrents, {} peers, {} messages, {} anomalies; {:.2} s ({:.0} MB/s, {:.0} packets/s)",
+            self.n_inputs,
+            self.n_packets,
+            mb,
+            self.n_flows,
+            self.n_connections,
+            self.n_torrents,
+            self.n_peers,
+            self.n_messages,
+            self.n_anomalies,
+            self.elapsed_s,
+            rate,
+            if self.elapsed_s > 0.0 { self.n_packets as f64 / self.elapsed_s } else { 0.0 },
+        )
+    }
+}
+
+/// Messages from the reader thread.
+enum ReaderMsg {
+    Batch(FrameBatch),
+    /// An input is done: its stats.
+    Done(u32, Box<ReaderStats>),
+    /// An input could not be read: the one-line reason.
+    Failed(String),
+}
+
+/// Per-capture counters kept by the pipeline (decode outcomes, anomalies).
+#[derive(Debug, Clone, Default)]
+struct DecodeCounts {
+    errors: u64,
+    not_ip: u64,
+    other_ip: u64,
+    fragments: u64,
+    tcp: u64,
+    udp: u64,
+    anomalies: u64,
+}
+
+/// Caps anomaly rows per (layer, kind) and counts all of them per capture.
+struct AnomalyGate {
+    max_rows: u64,
+    seen: HashMap<(&'static str, String), u64>,
+}
+
+impl AnomalyGate {
+    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) {
+        let max = self.max_rows;
+        let seen = &mut self.seen;
+        rows.anomalies.retain(|a| {
+            counts.entry(a.capture.clone()).or_default().anomalies += 1;
+            let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
+            *n += 1;
+            *n <= max
+        });
+    }
+}
+
+/// Runs `analyze` over `inputs`, writing every table into `out_dir`.
+pub fn analyze(
+    inputs: Vec<InputSpec>,
+    filter: Option<String>,
+    out_dir: &Path,
+    settings: &Settings,
+    torrents: Vec<Metainfo>,
+) -> Result<RunSummary, String> {
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let names: Vec<String> = inputs.iter().map(|i| i.display_name()).collect();
+    let names = Arc::new(names);
+    let sink = SinkThread::to_dir(out_dir)?;
+
+    let mut ctx = ShardContext::default();
+    let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
+    for m in torrents {
+        if let Some(h) = m.info_hash_v1 {
+            ctx.shapes.insert(
+                h,
+                TorrentShape {
+                    n_pieces: Some(m.n_pieces),
+                    piece_length: u32::try_from(m.piece_length).ok(),
+                },
+            );
+        }
+        swarm.add_metainfo(Arc::new(m), "torrent_file");
+    }
+    let ctx = Arc::new(ctx);
+    let n_shards = settings.n_shards.max(1);
+    let mut shards: Vec<Shard> = (0..n_shards)
+        .map(|_| {
+            Shard::new(
+                settings.limits,
+                n_shards,
+                settings.messages,
+                ctx.clone(),
+                ShardOut {
+                    capture_names: names.clone(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect();
+
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(settings.threads)
+        .thread_name(|i| format!("swarmtap-worker-{i}"))
+        .build()
+        .map_err(|e| format!("cannot start worker threads: {e}"))?;
+
+    // Reader thread: inputs in order, two batches ahead at most.
+    let (tx, rx) = sync_channel::<ReaderMsg>(2);
+    let reader_inputs = inputs.clone();
+    let reader = std::thread::Builder::new()
+        .name("swarmtap-reader".into())
+        .spawn(move || {
+            for (idx, input) in reader_inputs.iter().enumerate() {
+                let mut r = match CaptureReader::open(input, filter.as_deref()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(ReaderMsg::Failed(e.to_string()));
+                        return;
+                    }
+                };
+                loop {
+                    match r.next_batch(BATCH_BYTES, BATCH_FRAMES) {
+                        Ok(Some(mut b)) => {
+                            b.capture_idx = idx as u32;
+                            if tx.send(ReaderMsg::Batch(b)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = tx.send(ReaderMsg::Failed(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(ReaderMsg::Done(idx as u32, Box::new(r.stats().clone())));
+            }
+        })
+        .map_err(|e| format!("cannot start reader thread: {e}"))?;
+
+    let mut summary = RunSummary {
+        n_inputs: inputs.len(),
+        ..Default::default()
+    };
+    let mut counts: HashMap<String, DecodeCounts> = HashMap::new();
+    let mut gate = AnomalyGate {
+        max_rows: settings.limits.max_anomaly_rows_per_kind,
+        seen: HashMap::new(),
+    };
+    let mut reader_stats: Vec<(u32, Box<ReaderStats>)> = Vec::new();
+    let mut watermark = i64::MIN;
+    let mut last_progress = Instant::now();
+    let mut failure: Option<String> = None;
+
+    for msg in rx {
+        let batch = match msg {
+            ReaderMsg::Batch(b) => b,
+            ReaderMsg::Done(idx, st) => {
+                reader_stats.push((idx, st));
+                continue;
+            }
+            ReaderMsg::Failed(e) => {
+                failure = Some(e);
+                break;
+            }
+        };
+        let mut rows =
+            pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
+        let mut events = Vec::new();
+        for s in &mut shards {
+            rows.append(&mut s.out.rows);
+            events.append(&mut s.out.events);
+        }
+        finish_rows(&mut rows);
+        events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        swarm.apply(events, &mut rows);
+        rows.peer_progress.sort_by_key(|r| r.frame);
+        gate.filter(&mut rows, &mut counts);
+        summary.n_packets += batch.frames.len() as u64;
+        summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
+        summary.n_messages += rows.peer_messages.len() as u64;
+        sink.send(rows)?;
+        if progress && last_progress.elapsed().as_millis() >= 250 {
+            last_progress = Instant::now();
+            let secs = started.elapsed().as_secs_f64();
+            eprint!(
+                "\r  {:>10} packets  {:>9.1} MB  {:>7.0} MB/s  {:>8} flows   ",
+                summary.n_packets,
+                summary.n_bytes as f64 / 1e6,
+                summary.n_bytes as f64 / 1e6 / secs.max(1e-9),
+                shards.iter().map(|s| s.n_flows()).sum::<usize>()
+            );
+        }
+    }
+    let _ = reader.join();
+    if let Some(e) = failure {
+        // Finish what was written so far so the directory stays readable,
+        // then report the input error.
+        let _ = sink.finish();
+        return Err(e);
+    }
+    if progress {
+        eprint!("\r{:80}\r", "");
+    }
+
+    // End of input: close every flow, then the swarm.
+    let end_ts = watermark.max(0);
+    let mut rows = pool.install(|| {
+        shards.par_iter_mut().for_each(|s| s.finish(end_ts));
+        RowBatch::default()
+    });
+    let mut events = Vec::new();
+    for s in &mut shards {
+        rows.append(&mut s.out.rows);
+        events.append(&mut s.out.events);
+        summary.n_flows += s.stats.n_flows;
+        summary.n_flows_evicted += s.stats.n_flows_evicted;
+        summary.n_connections += s.stats.n_peer_connections;
+    }
+    finish_rows(&mut rows);
+    events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+    swarm.apply(events, &mut rows);
+    rows.peer_progress.sort_by_key(|r| r.frame);
+    let n_dropped_peers = swarm.n_peers_dropped;
+    swarm.finish(&mut rows);
+    if n_dropped_peers > 0 {
+        rows.anomalies.push(crate::sink::AnomalyRow {
+            layer: "analyze",
+            kind: "peer_table_full".into(),
+            detail: Some(format!("{n_dropped_peers} peer events not tracked (max_peers)")),
+            ..Default::default()
+        });
+    }
+    gate.filter(&mut rows, &mut counts);
+    summary.n_messages += rows.peer_messages.len() as u64;
+    summary.n_torrents = rows.torrents.len() as u64;
+    summary.n_peers = rows.peers.len() as u64;
+
+    reader_stats.sort_by_key(|(i, _)| *i);
+    for (idx, st) in &reader_stats {
+        let name = names.get(*idx as usize).cloned().unwrap_or_default();
+        let c = counts.get(&name).cloned().unwrap_or_default();
+        rows.capture_stats.push(CaptureStatsRow {
+            capture: name,
+            first_ts: st.first_ts_us.map(Ts),
+            last_ts: st.last_ts_us.map(Ts),
+            n_packets: st.n_records,
+            n_bytes: st.n_bytes,
+            n_decode_errors: c.errors,
+            n_truncated: st.n_snaplen_cut,
+            truncated_tail: st.truncated_tail,
+            n_anomalies: c.anomalies + st.n_bad_blocks + u64::from(st.truncated_tail),
+            n_dropped: 0,
+            n_filtered_out: st.n_filtered_out,
+            n_not_ip: c.not_ip,
+            n_other_ip: c.other_ip,
+            n_fragments: c.fragments,
+            n_tcp: c.tcp,
+            n_udp: c.udp,
+        });
+    }
+    summary.n_anomalies = rows.capture_stats.iter().map(|c| c.n_anomalies).sum();
+    sink.send(rows)?;
+    sink.finish()?;
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Orders the rows of one step: per-message tables by frame (stable: rows of
+/// one frame keep their order), per-flow tables by id.
+fn finish_rows(rows: &mut RowBatch) {
+    rows.peer_messages.sort_by_key(|r| r.frame);
+    rows.anomalies.sort_by_key(|r| r.frame);
+    rows.flows.sort_by_key(|r| r.conn_id);
+    rows.connections.sort_by_key(|r| r.conn_id);
+}
+
+/// Decodes a batch in parallel and runs the shards over it.
+fn process_batch(
+    batch: &FrameBatch,
+    shards: &mut [Shard],
+    n_shards: usize,
+    names: &[String],
+    counts: &mut HashMap<String, DecodeCounts>,
+    watermark: &mut i64,
+) -> RowBatch {
+    const CHUNK: usize = 2048;
+    let decoded: Vec<Decoded> = batch
+        .frames
+        .par_chunks(CHUNK)
+        .enumerate()
+        .flat_map_iter(|(ci, chunk)| {
+            chunk.iter().enumerate().map(move |(j, fm)| {
+                let i = ci * CHUNK + j;
+                decode(fm.link_type, batch.frame_data(i))
+            })
+        })
+        .collect();
+    let name = names.get(batch.capture_idx as usize).cloned().unwrap_or_default();
+    let c = counts.entry(name.clone()).or_default();
+    let mut rows = RowBatch::default();
+    // Partition packets by shard, in frame order.
+    let mut parts: Vec<Vec<(u32, Packet)>> = vec![Vec::new(); n_shards];
+    let mut batch_max = *watermark;
+    for (i, d) in decoded.iter().enumerate() {
+        let Some(fm) = batch.frames.get(i) else { continue };
+        batch_max = batch_max.max(fm.ts_us);
+        match d {
+            Decoded::Packet(p) => {
+                match p.transport {
+                    crate::decode::Transport::Tcp { .. } => c.tcp += 1,
+                    crate::decode::Transport::Udp => c.udp += 1,
+                }
+                let (key, _) = FlowKey::of(p);
+                let shard = (key.stable_hash() % n_shards as u64) as usize;
+                if let Some(part) = parts.get_mut(shard) {
+                    part.push((i as u32, *p));
+                }
+            }
+            Decoded::NotIp => c.not_ip += 1,
+            Decoded::OtherIp => c.other_ip += 1,
+            Decoded::Fragment => c.fragments += 1,
+            Decoded::UnknownLink => {
+                c.errors += 1;
+                rows.anomalies.push(crate::sink::AnomalyRow {
+                    ts: Some(Ts(fm.ts_us)),
+                    frame: Some(fm.frame_no),
+                    capture: name.clone(),
+                    layer: "decode",
+                    kind: "unknown_link_type".into(),
+                    detail: Some(format!("link type {}", fm.link_type)),
+                    ..Default::default()
+                });
+            }
+            Decoded::Error(kind) => {
+                c.errors += 1;
+                rows.anomalies.push(crate::sink::AnomalyRow {
+                    ts: Some(Ts(fm.ts_us)),
+                    frame: Some(fm.frame_no),
+                    capture: name.clone(),
+                    layer: "decode",
+                    kind: (*kind).to_string(),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+    *watermark = batch_max;
+    let now = batch_max;
+    shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
+        for (i, p) in part {
+            let Some(fm) = batch.frames.get(*i as usize) else {
+                continue;
+            };
+            let data = batch.frame_data(*i as usize);
+            let off = p.payload_off as usize;
+            let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
+            let ctx = FrameCtx {
+                ts: fm.ts_us,
+                frame: fm.frame_no,
+                capture: batch.capture_idx,
+            };
+            shard.packet(ctx, p, payload);
+        }
+        shard.sweep(now);
+    });
+    rows
+}

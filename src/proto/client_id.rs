@@ -1,0 +1,301 @@
+//! Client names from BitTorrent peer ids and from the BEP 10 `v` string.
+//!
+//! Peer id conventions (BEP 20 and practice): Azureus style `-XXVVVV-…`
+//! (two-letter client code, four version characters), Shadow style
+//! (`S58B-----…`: one letter, version characters, dashes), Mainline style
+//! (`M4-3-6--…`), and a few one-off forms (BitComet `exbc`, Opera `OP`).
+//! Unknown codes still yield the raw code and version, never nothing, so the
+//! `client` column can be grouped on.
+
+/// Azureus-style two-letter codes of clients seen in real swarms.
+const AZUREUS: &[(&[u8; 2], &str)] = &[
+    (b"7T", "aTorrent"),
+    (b"AB", "AnyEvent::BitTorrent"),
+    (b"AG", "Ares"),
+    (b"A~", "Ares"),
+    (b"AR", "Arctic"),
+    (b"AT", "Artemis"),
+    (b"AV", "Avicora"),
+    (b"AX", "BitPump"),
+    (b"AZ", "Azureus"),
+    (b"BB", "BitBuddy"),
+    (b"BC", "BitComet"),
+    (b"BE", "baretorrent"),
+    (b"BF", "Bitflu"),
+    (b"BG", "BTG"),
+    (b"BI", "BiglyBT"),
+    (b"BL", "BitCometLite"),
+    (b"BP", "BitTorrent Pro"),
+    (b"BR", "BitRocket"),
+    (b"BS", "BTSlave"),
+    (b"BT", "BitTorrent"),
+    (b"BW", "BitWombat"),
+    (b"BX", "BittorrentX"),
+    (b"CD", "Enhanced CTorrent"),
+    (b"CT", "CTorrent"),
+    (b"DE", "Deluge"),
+    (b"DP", "Propagate Data Client"),
+    (b"EB", "EBit"),
+    (b"ES", "electric sheep"),
+    (b"FC", "FileCroc"),
+    (b"FD", "Free Download Manager"),
+    (b"FT", "FoxTorrent"),
+    (b"FX", "Freebox BitTorrent"),
+    (b"GS", "GSTorrent"),
+    (b"HK", "Hekate"),
+    (b"HL", "Halite"),
+    (b"HM", "hMule"),
+    (b"HN", "Hydranode"),
+    (b"IL", "iLivid"),
+    (b"JS", "Justseed.it"),
+    (b"JT", "JavaTorrent"),
+    (b"KG", "KGet"),
+    (b"KT", "KTorrent"),
+    (b"LC", "LeechCraft"),
+    (b"LH", "LH-ABC"),
+    (b"LP", "Lphant"),
+    (b"LT", "libtorrent"),
+    (b"lt", "libTorrent (rakshasa)"),
+    (b"LW", "LimeWire"),
+    (b"MK", "Meerkat"),
+    (b"MO", "MonoTorrent"),
+    (b"MP", "MooPolice"),
+    (b"MR", "Miro"),
+    (b"MT", "MoonlightTorrent"),
+    (b"NB", "Net::BitTorrent"),
+    (b"NX", "Net Transport"),
+    (b"OS", "OneSwarm"),
+    (b"OT", "OmegaTorrent"),
+    (b"PB", "Protocol::BitTorrent"),
+    (b"PD", "Pando"),
+    (b"PI", "PicoTorrent"),
+    (b"PT", "PHPTracker"),
+    (b"qB", "qBittorrent"),
+    (b"QD", "QQDownload"),
+    (b"QT", "Qt 4 Torrent example"),
+    (b"RT", "Retriever"),
+    (b"RZ", "RezTorrent"),
+    (b"S~", "Shareaza alpha/beta"),
+    (b"SB", "Swiftbit"),
+    (b"SD", "Thunder (Xunlei)"),
+    (b"SM", "SoMud"),
+    (b"SP", "BitSpirit"),
+    (b"SS", "SwarmScope"),
+    (b"ST", "SymTorrent"),
+    (b"st", "sharktorrent"),
+    (b"SZ", "Shareaza"),
+    (b"TB", "Torch"),
+    (b"TE", "terasaur Seed Bank"),
+    (b"TL", "Tribler"),
+    (b"TN", "TorrentDotNET"),
+    (b"TR", "Transmission"),
+    (b"TS", "Torrentstorm"),
+    (b"TT", "TuoTu"),
+    (b"TX", "Tixati"),
+    (b"UL", "uLeecher!"),
+    (b"UM", "µTorrent Mac"),
+    (b"UT", "µTorrent"),
+    (b"UW", "µTorrent Web"),
+    (b"VG", "Vagaa"),
+    (b"WD", "WebTorrent Desktop"),
+    (b"WT", "BitLet"),
+    (b"WW", "WebTorrent"),
+    (b"WY", "FireTorrent"),
+    (b"XF", "Xfplay"),
+    (b"XL", "Xunlei"),
+    (b"XS", "XSwifter"),
+    (b"XT", "XanTorrent"),
+    (b"XX", "Xtorrent"),
+    (b"ZT", "ZipTorrent"),
+    (b"A2", "aria2"),
+];
+
+/// Shadow-style single-letter codes.
+const SHADOW: &[(u8, &str)] = &[
+    (b'A', "ABC"),
+    (b'O', "Osprey Permaseed"),
+    (b'Q', "BTQueue"),
+    (b'R', "Tribler"),
+    (b'S', "Shadow's client"),
+    (b'T', "BitTornado"),
+    (b'U', "UPnP NAT Bit Torrent"),
+];
+
+fn azureus_name(code: &[u8]) -> Option<&'static str> {
+    AZUREUS.iter().find(|(c, _)| &c[..] == code).map(|(_, n)| *n)
+}
+
+/// One version character: digits as themselves, letters as 10.. (base 36),
+/// as clients use them (libtorrent `-LT1D20-` is 1.13.2.0).
+fn ver_char(c: u8) -> Option<u32> {
+    match c {
+        b'0'..=b'9' => Some(u32::from(c - b'0')),
+        b'A'..=b'Z' => Some(u32::from(c - b'A') + 10),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 10),
+        _ => None,
+    }
+}
+
+fn azureus_version(code: &[u8], v: &[u8]) -> String {
+    let digits: Vec<Option<u32>> = v.iter().map(|&c| ver_char(c)).collect();
+    match code {
+        // Transmission: major digit, two-digit minor; a trailing Z/X marks a
+        // development build ("-TR300Z-" is 3.00+).
+        b"TR" => {
+            // Transmission: "-TRabcd-". Before 4.0 `a.bc` (2.94 is TR2940),
+            // from 4.0 on `a.b.c` (4.0.5 is TR4050); a trailing Z or X marks
+            // a development build.
+            let s = String::from_utf8_lossy(v);
+            let b = s.as_bytes();
+            if b.len() == 4 && b[..3].iter().all(u8::is_ascii_digit) {
+                let dev = if matches!(b[3], b'Z' | b'X') { "+" } else { "" };
+                let (a, m, p) = (b[0] - b'0', b[1] - b'0', b[2] - b'0');
+                return if a >= 4 {
+                    format!("{a}.{m}.{p}{dev}")
+                } else {
+                    format!("{a}.{m}{p}{dev}")
+                };
+            }
+            s.into_owned()
+        }
+        // µTorrent and friends: three digits and a build letter.
+        b"UT" | b"UM" | b"UW" | b"BT" => {
+            let nums: Vec<String> = digits
+                .iter()
+                .take(3)
+                .map(|d| d.map_or("?".into(), |d| d.to_string()))
+                .collect();
+            let build = v.get(3).map(|&b| b as char).filter(|c| c.is_ascii_alphabetic());
+            match build {
+                Some(b) => format!("{}{}", nums.join("."), b),
+                None => nums.join("."),
+            }
+        }
+        _ => {
+            let mut parts: Vec<String> = digits.iter().map(|d| d.map_or("?".into(), |d| d.to_string())).collect();
+            // A trailing zero is a build number nobody quotes.
+            if parts.len() == 4 && parts[3] == "0" {
+                parts.pop();
+            }
+            parts.join(".")
+        }
+    }
+}
+
+/// The client name and version encoded in a 20-byte peer id, when it follows
+/// one of the known conventions.
+pub fn client_from_peer_id(id: &[u8]) -> Option<String> {
+    if id.len() < 8 {
+        return None;
+    }
+    // Azureus style: -XXVVVV-
+    if id[0] == b'-' && id[7] == b'-' {
+        let code = &id[1..3];
+        let ver = &id[3..7];
+        let version = azureus_version(code, ver);
+        return Some(match azureus_name(code) {
+            Some(name) => format!("{name} {version}"),
+            None => format!("{} {version}", String::from_utf8_lossy(code)),
+        });
+    }
+    // Mainline style: M4-3-6-- or M4-10-2-
+    if matches!(id[0], b'M' | b'Q') && id[1].is_ascii_digit() {
+        let s: String = id[1..8]
+            .iter()
+            .map(|&b| b as char)
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        let v: Vec<&str> = s.split('-').filter(|p| !p.is_empty()).collect();
+        if v.len() >= 2 {
+            let name = if id[0] == b'M' { "Mainline" } else { "Queen Bee" };
+            return Some(format!("{name} {}", v.join(".")));
+        }
+    }
+    if id.starts_with(b"exbc") {
+        return Some(format!("BitComet {}.{:02}", id[4], id[5]));
+    }
+    if id.starts_with(b"OP") && id[2..6].iter().all(u8::is_ascii_digit) {
+        return Some(format!("Opera {}", String::from_utf8_lossy(&id[2..6])));
+    }
+    // Shadow style: a letter, up to five version characters, then dashes.
+    if let Some((_, name)) = SHADOW.iter().find(|(c, _)| *c == id[0]) {
+        let ver: Vec<String> = id[1..6]
+            .iter()
+            .take_while(|&&b| b != b'-')
+            .filter_map(|&b| ver_char(b))
+            .map(|d| d.to_string())
+            .collect();
+        if !ver.is_empty() && id[1..9].contains(&b'-') {
+            return Some(format!("{name} {}", ver.join(".")));
+        }
+    }
+    None
+}
+
+/// Tidies the BEP 10 `v` string (free text, e.g. "Transmission 2.94",
+/// "qBittorrent/4.5.2", "µTorrent 3.4.9"): printable, bounded.
+pub fn client_from_ltep_v(v: &[u8]) -> Option<String> {
+    const MAX: usize = 64;
+    let s = String::from_utf8_lossy(v);
+    let s: String = s.chars().filter(|c| !c.is_control()).take(MAX).collect();
+    let s = s.trim().to_string();
+    if s.is_empty() {
+        None
+    } else {
+        Some(s)
+    }
+}
+
+/// The printable prefix of a peer id, as people quote them (`-TR2940-`).
+pub fn peer_id_prefix(id: &[u8]) -> String {
+    id.iter()
+        .take(8)
+        .map(|&b| if b.is_ascii_graphic() { b as char } else { '.' })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_peer_ids() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"-TR2940-abcdefghijkl", "Transmission 2.94"),
+            (b"-TR300Z-abcdefghijkl", "Transmission 3.00+"),
+            (b"-TR4050-abcdefghijkl", "Transmission 4.0.5"),
+            (b"-UT3450-abcdefghijkl", "µTorrent 3.4.5"),
+            (b"-UM1860-abcdefghijkl", "µTorrent Mac 1.8.6"),
+            (b"-UT188B-abcdefghijkl", "µTorrent 1.8.8B"),
+            (b"-qB4520-abcdefghijkl", "qBittorrent 4.5.2"),
+            (b"-LT1100-abcdefghijkl", "libtorrent 1.1.0"),
+            (b"-lt0D80-abcdefghijkl", "libTorrent (rakshasa) 0.13.8"),
+            (b"-DE13F0-abcdefghijkl", "Deluge 1.3.15"),
+            (b"-BT7990-abcdefghijkl", "BitTorrent 7.9.9"),
+            (b"-ZZ1234-abcdefghijkl", "ZZ 1.2.3.4"),
+            (b"M4-3-6--abcdefghijkl", "Mainline 4.3.6"),
+            (b"S58B-----abcdefghijk", "Shadow's client 5.8.11"),
+        ];
+        for (id, want) in cases {
+            assert_eq!(
+                client_from_peer_id(id).as_deref(),
+                Some(*want),
+                "{:?}",
+                String::from_utf8_lossy(id)
+            );
+        }
+        assert_eq!(client_from_peer_id(&[0u8; 20]), None);
+        assert_eq!(client_from_peer_id(b"-TR"), None);
+    }
+
+    #[test]
+    fn ltep_v_is_tidied() {
+        assert_eq!(
+            client_from_ltep_v(b" Transmission 2.94\n").as_deref(),
+            Some("Transmission 2.94")
+        );
+        assert_eq!(client_from_ltep_v(b"\x00\x01"), None);
+        assert_eq!(client_from_ltep_v(&[b'a'; 500]).map(|s| s.len()), Some(64));
+        assert_eq!(peer_id_prefix(b"-TR2940-\x00\x01"), "-TR2940-");
+    }
+}

@@ -1,0 +1,2268 @@
+//! Mainline DHT (KRPC over UDP) message parser and query/response pairing.
+//!
+//! Specs: BEP 5 (KRPC: `t`, `y`, `q`, `a`, `r`, `e`; ping, find_node,
+//! get_peers, announce_peer), BEP 32 (IPv6: `nodes6`, `want`), BEP 33 (DHT
+//! scrape: `scrape`, `noseed`, `BFsd`, `BFpe`), BEP 42 (security extension:
+//! node IDs derived from the IP with CRC32-C, and the top-level `ip` key that
+//! tells the requester its external endpoint), BEP 43 (read-only nodes:
+//! top-level `ro`), BEP 44 (arbitrary data: get/put with `k`, `sig`, `seq`,
+//! `salt`, `v`, `cas`), BEP 51 (sample_infohashes: `samples`, `interval`,
+//! `num`). The 4-byte `v` client version follows libtorrent's
+//! `dht_extensions` note (two letters for the client, two bytes of version).
+//!
+//! Invariants:
+//! - Pure and borrowed: a [`KrpcMessage`] points into the datagram. No I/O,
+//!   and parsing allocates nothing (the anomaly list is a fixed array; node,
+//!   peer and sample lists are lazy iterators over the wire bytes).
+//! - Never panics on any input. Bencode is validated once by
+//!   [`super::bencode`] (iterative, depth- and item-bounded); afterwards every
+//!   access is checked.
+//! - Only a datagram that is not a bencoded dict with `y` in {q, r, e} is a
+//!   [`DhtError`]. Anything else that is wrong (a missing `t`, a `nodes`
+//!   string that is not a multiple of 26 bytes, a 7-byte peer in `values`) is
+//!   recorded as an [`Anomaly`] on the message, and every other field stays
+//!   usable. Anomalies are counted exactly even when more than
+//!   [`MAX_ANOMALIES_KEPT`] occur.
+//! - Unknown keys are never silently lost: [`KrpcMessage::unknown_keys`]
+//!   lists every key outside the tables below, at the top level and in
+//!   `a` / `r`.
+//! - [`PendingQueries`] is bounded by [`DhtLimits::max_pending`] and ages by
+//!   packet time only, so a flood of unique transaction IDs costs a fixed
+//!   amount of memory and offline runs are reproducible.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+
+use super::bencode::{self, BencodeError, BencodeLimits, Dict, List, Value};
+
+/// Bytes per compact IPv4 node: 20-byte node ID, 4-byte IP, 2-byte port (BEP 5).
+pub const NODE4_LEN: usize = 26;
+/// Bytes per compact IPv6 node: 20-byte node ID, 16-byte IP, 2-byte port (BEP 32).
+pub const NODE6_LEN: usize = 38;
+/// Compact IPv4 peer: 4-byte IP, 2-byte port (BEP 5).
+pub const PEER4_LEN: usize = 6;
+/// Compact IPv6 peer: 16-byte IP, 2-byte port (BEP 32).
+pub const PEER6_LEN: usize = 18;
+/// Node IDs, info-hashes, targets and BEP 51 samples are SHA-1 sized.
+pub const ID_LEN: usize = 20;
+/// BEP 33 bloom filters are exactly 2048 bits.
+pub const BLOOM_LEN: usize = 256;
+/// BEP 44: ed25519 public key size.
+pub const BEP44_KEY_LEN: usize = 32;
+/// BEP 44: ed25519 signature size.
+pub const BEP44_SIG_LEN: usize = 64;
+/// BEP 44: "the salt ... must not be longer than 64 bytes".
+pub const BEP44_MAX_SALT_LEN: usize = 64;
+/// BEP 44: the bencoded `v` "must be less than 1000 bytes".
+pub const BEP44_MAX_V_LEN: usize = 1000;
+/// How many anomalies a message keeps in detail. Real messages have zero or
+/// one; a hostile one may have many, and [`KrpcMessage::n_anomalies`] still
+/// counts them all, so nothing is hidden from the totals.
+pub const MAX_ANOMALIES_KEPT: usize = 8;
+/// Longest transaction ID [`PendingQueries`] stores inline. BEP 5 calls the
+/// ID "a short string"; libtorrent sends 2 bytes, uTorrent 4 and the longest
+/// seen in the corpus is 8. A longer one is not tracked (and is counted) so
+/// that an attacker cannot make each entry large.
+pub const MAX_TID_LEN: usize = 16;
+
+/// Bounds for parsing and pairing KRPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DhtLimits {
+    /// Datagrams longer than this are rejected before parsing
+    /// ([`DhtError::TooLarge`]). Real KRPC fits one unfragmented datagram
+    /// (libtorrent and uTorrent stay under 1.5 KB; BEP 44 caps `v` at 1000
+    /// bytes), so 16 KiB leaves a wide margin while bounding the work per
+    /// datagram.
+    pub max_datagram_bytes: usize,
+    /// Bencode bounds for one datagram. KRPC nests 3 levels (message, `a`/`r`,
+    /// `values`/`want`); BEP 44 `v` may nest further, so depth 32. A 16 KiB
+    /// datagram cannot hold more than 8192 elements (each takes 2 bytes).
+    pub bencode: BencodeLimits,
+    /// Outstanding queries kept for pairing (per [`PendingQueries`], one per
+    /// shard). About 100 bytes each, so the default is ~6 MB at worst; a busy
+    /// DHT node sees a few thousand queries per minute.
+    pub max_pending: usize,
+    /// A query unanswered this long (packet time) is dropped from the pairing
+    /// table. libtorrent gives up on a query after about 15 s; 30 s still
+    /// pairs late answers.
+    pub query_timeout_us: u64,
+}
+
+impl Default for DhtLimits {
+    fn default() -> Self {
+        DhtLimits {
+            max_datagram_bytes: 16 * 1024,
+            bencode: BencodeLimits {
+                max_depth: 32,
+                max_items: 8192,
+            },
+            max_pending: 65_536,
+            query_timeout_us: 30_000_000,
+        }
+    }
+}
+
+/// Why a datagram is not a KRPC message at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DhtError {
+    /// Longer than [`DhtLimits::max_datagram_bytes`].
+    TooLarge,
+    /// Not one valid bencoded dict (includes [`BencodeError::NotADict`]).
+    Bencode(BencodeError),
+    /// A dict without a byte-string `y`.
+    MissingType,
+    /// `y` is not `q`, `r` or `e`.
+    UnknownType,
+}
+
+impl DhtError {
+    /// Stable snake_case name for the `anomalies` table.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DhtError::TooLarge => "dht_too_large",
+            DhtError::Bencode(e) => e.kind(),
+            DhtError::MissingType => "dht_missing_y",
+            DhtError::UnknownType => "dht_unknown_y",
+        }
+    }
+}
+
+impl std::fmt::Display for DhtError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DhtError::Bencode(e) => write!(f, "{e}"),
+            _ => f.write_str(self.kind()),
+        }
+    }
+}
+
+impl std::error::Error for DhtError {}
+
+/// `y`: what the message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KrpcKind {
+    Query,
+    Response,
+    Error,
+}
+
+impl KrpcKind {
+    /// Value of the `kind` column in `dht_messages`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KrpcKind::Query => "query",
+            KrpcKind::Response => "response",
+            KrpcKind::Error => "error",
+        }
+    }
+}
+
+/// `q`: the query method. The wire name is always kept in
+/// [`KrpcMessage::method_name`], so `Other` loses nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Method {
+    Ping,
+    FindNode,
+    GetPeers,
+    AnnouncePeer,
+    /// BEP 44
+    Get,
+    /// BEP 44
+    Put,
+    /// BEP 51
+    SampleInfohashes,
+    Other,
+}
+
+impl Method {
+    pub fn from_name(name: &[u8]) -> Method {
+        match name {
+            b"ping" => Method::Ping,
+            b"find_node" => Method::FindNode,
+            b"get_peers" => Method::GetPeers,
+            b"announce_peer" => Method::AnnouncePeer,
+            b"get" => Method::Get,
+            b"put" => Method::Put,
+            b"sample_infohashes" => Method::SampleInfohashes,
+            _ => Method::Other,
+        }
+    }
+
+    /// Value of the `method` column; `"other"` for an unknown method.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Method::Ping => "ping",
+            Method::FindNode => "find_node",
+            Method::GetPeers => "get_peers",
+            Method::AnnouncePeer => "announce_peer",
+            Method::Get => "get",
+            Method::Put => "put",
+            Method::SampleInfohashes => "sample_infohashes",
+            Method::Other => "other",
+        }
+    }
+}
+
+/// What is wrong with one field of an otherwise usable message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AnomalyKind {
+    /// A key the message kind requires is absent (`t`, `id`, `q`, `a`, `r`, `e`).
+    Missing,
+    /// A known key holds the wrong bencode type (say, `port` as a string).
+    WrongType,
+    /// A fixed-size or packed field has the wrong length (`id` of 19 bytes,
+    /// `nodes` not a multiple of 26, `samples` not a multiple of 20, ...).
+    BadLength,
+    /// An integer outside its range (`port` above 65535).
+    OutOfRange,
+    /// An element of a list is malformed (a `values` entry that is not a 6-
+    /// or 18-byte string); the iterator skips it.
+    BadEntry,
+    /// A known key appears twice in one dict; the first one is used.
+    DuplicateKey,
+    /// Bytes after the message's closing `e`.
+    TrailingBytes,
+}
+
+impl AnomalyKind {
+    /// Value of the `kind` column in `anomalies`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AnomalyKind::Missing => "dht_missing_field",
+            AnomalyKind::WrongType => "dht_wrong_type",
+            AnomalyKind::BadLength => "dht_bad_length",
+            AnomalyKind::OutOfRange => "dht_out_of_range",
+            AnomalyKind::BadEntry => "dht_bad_entry",
+            AnomalyKind::DuplicateKey => "dht_duplicate_key",
+            AnomalyKind::TrailingBytes => "dht_trailing_bytes",
+        }
+    }
+}
+
+/// One recorded anomaly: what, and on which key (`field` is the wire key,
+/// e.g. `"nodes"`; empty for [`AnomalyKind::TrailingBytes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Anomaly {
+    pub kind: AnomalyKind,
+    pub field: &'static str,
+}
+
+/// Where an unknown key was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum KeyScope {
+    /// The message dict itself.
+    Top,
+    /// The query arguments `a`.
+    Args,
+    /// The response values `r`.
+    Reply,
+}
+
+impl KeyScope {
+    /// The wire name of the scope: `""`, `"a"` or `"r"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyScope::Top => "",
+            KeyScope::Args => "a",
+            KeyScope::Reply => "r",
+        }
+    }
+}
+
+/// Packed compact IPv4 nodes (`nodes`, BEP 5): 26 bytes each.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactNodes4<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> CompactNodes4<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    /// Whole entries (a trailing partial entry is not counted).
+    pub fn len(&self) -> usize {
+        self.raw.len() / NODE4_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8; ID_LEN], SocketAddrV4)> + 'a {
+        self.raw.chunks_exact(NODE4_LEN).filter_map(|c| {
+            let (id, addr) = c.split_at(ID_LEN);
+            Some((id.try_into().ok()?, compact_v4(addr)?))
+        })
+    }
+}
+
+/// Packed compact IPv6 nodes (`nodes6`, BEP 32): 38 bytes each.
+#[derive(Debug, Clone, Copy)]
+pub struct CompactNodes6<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> CompactNodes6<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    pub fn len(&self) -> usize {
+        self.raw.len() / NODE6_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn iter(&self) -> impl Iterator<Item = (&'a [u8; ID_LEN], SocketAddrV6)> + 'a {
+        self.raw.chunks_exact(NODE6_LEN).filter_map(|c| {
+            let (id, addr) = c.split_at(ID_LEN);
+            Some((id.try_into().ok()?, compact_v6(addr)?))
+        })
+    }
+}
+
+/// `values`: a list of compact peers, 6 bytes (IPv4) or 18 bytes (IPv6) each.
+#[derive(Debug, Clone, Copy)]
+pub struct Values<'a> {
+    list: List<'a>,
+    n_valid: usize,
+}
+
+impl<'a> Values<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.list.raw()
+    }
+    /// Well-formed peers (malformed entries are anomalies and are skipped).
+    pub fn len(&self) -> usize {
+        self.n_valid
+    }
+    pub fn is_empty(&self) -> bool {
+        self.n_valid == 0
+    }
+    pub fn iter(&self) -> impl Iterator<Item = SocketAddr> + 'a {
+        self.list.iter().filter_map(|v| v.as_bytes().and_then(compact_peer))
+    }
+}
+
+/// BEP 51 `samples`: packed 20-byte info-hashes.
+#[derive(Debug, Clone, Copy)]
+pub struct Samples<'a> {
+    raw: &'a [u8],
+}
+
+impl<'a> Samples<'a> {
+    pub fn raw(&self) -> &'a [u8] {
+        self.raw
+    }
+    pub fn len(&self) -> usize {
+        self.raw.len() / ID_LEN
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8; ID_LEN]> + 'a {
+        self.raw.chunks_exact(ID_LEN).filter_map(|c| c.try_into().ok())
+    }
+}
+
+/// BEP 32 `want`: which address families the querier wants nodes for.
+#[derive(Debug, Clone, Copy)]
+pub struct Want<'a> {
+    /// `"n4"` was listed.
+    pub n4: bool,
+    /// `"n6"` was listed.
+    pub n6: bool,
+    /// The whole list, for entries other than n4/n6.
+    pub list: List<'a>,
+}
+
+/// One KRPC message, borrowing from its datagram.
+///
+/// Fields from `a` (queries) and `r` (responses) share one set of names,
+/// since they mean the same thing in both (`id`, `token`, `nodes`, ...).
+#[derive(Debug, Clone, Copy)]
+pub struct KrpcMessage<'a> {
+    /// The whole message dict.
+    pub dict: Dict<'a>,
+    /// `a` for a query, `r` for a response; `None` for errors or when absent.
+    pub body: Option<Dict<'a>>,
+    /// `t`, the transaction ID (empty when missing, with an anomaly).
+    pub tid: &'a [u8],
+    pub kind: KrpcKind,
+    /// Queries only: the method decoded from `q`.
+    pub method: Option<Method>,
+    /// Queries only: `q` as sent.
+    pub method_name: Option<&'a [u8]>,
+    /// Top-level `v`: client and version (see [`client_from_version`]).
+    pub version: Option<&'a [u8]>,
+    /// BEP 43: top-level `ro` = 1, the sender is a read-only node.
+    pub read_only: bool,
+    /// BEP 42: top-level `ip` in a response, the requester's endpoint as the
+    /// responder saw it.
+    pub ip: Option<SocketAddr>,
+    /// `a.id` / `r.id`: the sender's node ID.
+    pub id: Option<&'a [u8; ID_LEN]>,
+    /// find_node, BEP 44 get, BEP 51 sample_infohashes.
+    pub target: Option<&'a [u8; ID_LEN]>,
+    /// get_peers, announce_peer.
+    pub info_hash: Option<&'a [u8; ID_LEN]>,
+    pub token: Option<&'a [u8]>,
+    /// announce_peer `port` (out-of-range values are anomalies, not kept).
+    pub port: Option<u16>,
+    /// announce_peer `implied_port`: use the UDP source port instead.
+    pub implied_port: Option<bool>,
+    /// announce_peer `seed` (libtorrent, for BEP 33 scrapes).
+    pub seed: Option<bool>,
+    /// `n` or `name` in get_peers / announce_peer: the torrent's name, which
+    /// libtorrent sends along.
+    pub name: Option<&'a [u8]>,
+    pub nodes: Option<CompactNodes4<'a>>,
+    pub nodes6: Option<CompactNodes6<'a>>,
+    pub values: Option<Values<'a>>,
+    /// BEP 32
+    pub want: Option<Want<'a>>,
+    /// BEP 33 query flag: return bloom filters.
+    pub scrape: Option<bool>,
+    /// BEP 33 query flag: leave seeds out of `values`.
+    pub noseed: Option<bool>,
+    /// BEP 33 `BFsd`: bloom filter of seeds (256 bytes).
+    pub bf_seeds: Option<&'a [u8]>,
+    /// BEP 33 `BFpe`: bloom filter of downloaders (256 bytes).
+    pub bf_peers: Option<&'a [u8]>,
+    /// BEP 44 `k`: ed25519 public key (32 bytes).
+    pub key: Option<&'a [u8]>,
+    /// BEP 44 `sig` (64 bytes).
+    pub sig: Option<&'a [u8]>,
+    /// BEP 44 `seq`.
+    pub seq: Option<i64>,
+    /// BEP 44 `salt` (at most 64 bytes).
+    pub salt: Option<&'a [u8]>,
+    /// BEP 44 `cas`.
+    pub cas: Option<i64>,
+    /// BEP 44 `v` in `a`/`r`: the stored item, exact bencoded bytes (any type).
+    pub item: Option<&'a [u8]>,
+    /// BEP 51 `samples`.
+    pub samples: Option<Samples<'a>>,
+    /// BEP 51 `interval` (seconds).
+    pub interval: Option<i64>,
+    /// BEP 51 `num`: how many info-hashes the node stores.
+    pub num: Option<i64>,
+    /// Errors: `e[0]`.
+    pub error_code: Option<i64>,
+    /// Errors: `e[1]`.
+    pub error_msg: Option<&'a [u8]>,
+    anomalies: [Anomaly; MAX_ANOMALIES_KEPT],
+    n_anomalies: u32,
+}
+
+impl<'a> KrpcMessage<'a> {
+    /// Anomalies in the order found (at most [`MAX_ANOMALIES_KEPT`]).
+    pub fn anomalies(&self) -> &[Anomaly] {
+        let kept = (self.n_anomalies as usize).min(MAX_ANOMALIES_KEPT);
+        self.anomalies.get(..kept).unwrap_or(&[])
+    }
+
+    /// Every anomaly found, including those beyond [`MAX_ANOMALIES_KEPT`].
+    pub fn n_anomalies(&self) -> u32 {
+        self.n_anomalies
+    }
+
+    /// Keys outside the known tables, with where they were found. Lazy: it
+    /// re-walks the dicts, so it costs nothing unless asked for.
+    pub fn unknown_keys(&self) -> impl Iterator<Item = (KeyScope, &'a [u8])> + 'a {
+        let top = self
+            .dict
+            .iter()
+            .filter(|(k, _)| TopKey::lookup(k).is_none())
+            .map(|(k, _)| (KeyScope::Top, k));
+        let scope = match self.kind {
+            KrpcKind::Query => KeyScope::Args,
+            _ => KeyScope::Reply,
+        };
+        let body = self
+            .body
+            .into_iter()
+            .flat_map(|d| d.iter())
+            .filter(move |(k, _)| BodyKey::lookup(k, scope).is_none())
+            .map(move |(k, _)| (scope, k));
+        top.chain(body)
+    }
+
+    /// Number of whole compact IPv4 nodes (`n_nodes` column; 0 when absent).
+    pub fn n_nodes(&self) -> usize {
+        self.nodes.map_or(0, |n| n.len())
+    }
+
+    /// Number of well-formed peers in `values` (`n_values` column).
+    pub fn n_values(&self) -> usize {
+        self.values.map_or(0, |v| v.len())
+    }
+
+    /// [`client_from_version`] of `v`.
+    pub fn client(&self) -> Option<String> {
+        self.version.and_then(client_from_version)
+    }
+
+    fn note(&mut self, kind: AnomalyKind, field: &'static str) {
+        if let Some(slot) = self.anomalies.get_mut(self.n_anomalies as usize) {
+            *slot = Anomaly { kind, field };
+        }
+        self.n_anomalies = self.n_anomalies.saturating_add(1);
+    }
+}
+
+/// Cheap pre-check for classifying a UDP datagram on a socket shared with
+/// uTP and UDP trackers: true when it could be KRPC.
+///
+/// Why these tests suffice to separate the three: uTP's first byte is
+/// `type << 4 | 1` (0x01..=0x41), a UDP tracker packet starts with a
+/// big-endian action or the 0x0000041727101980 magic (first byte 0x00);
+/// KRPC is a bencoded dict, so `d`, then the first key's length digit, and it
+/// ends with `e`. Every KRPC message carries `1:y1:` (the `y` key), which
+/// rules out other bencoded payloads cheaply. A `true` is confirmed by
+/// [`parse_krpc`].
+pub fn looks_like_krpc(d: &[u8]) -> bool {
+    // Shortest possible: "d1:y1:ee" plus nothing else would be 8 bytes.
+    const MIN_LEN: usize = 8;
+    d.len() >= MIN_LEN
+        && d.first() == Some(&b'd')
+        && d.last() == Some(&b'e')
+        && d.get(1).is_some_and(u8::is_ascii_digit)
+        && d.windows(5).any(|w| w == b"1:y1:")
+}
+
+/// Parses one KRPC datagram (BEP 5 and the extensions in the module doc).
+pub fn parse_krpc<'a>(d: &'a [u8], limits: &DhtLimits) -> Result<KrpcMessage<'a>, DhtError> {
+    if d.len() > limits.max_datagram_bytes {
+        return Err(DhtError::TooLarge);
+    }
+    let (dict, used) = bencode::parse_dict(d, &limits.bencode).map_err(DhtError::Bencode)?;
+
+    // `y` first: it decides everything else, and a dict without it is not KRPC.
+    let kind = match dict.get(b"y") {
+        Some(Value::Bytes(b"q")) => KrpcKind::Query,
+        Some(Value::Bytes(b"r")) => KrpcKind::Response,
+        Some(Value::Bytes(b"e")) => KrpcKind::Error,
+        Some(Value::Bytes(_)) => return Err(DhtError::UnknownType),
+        _ => return Err(DhtError::MissingType),
+    };
+
+    let mut m = KrpcMessage {
+        dict,
+        body: None,
+        tid: &[],
+        kind,
+        method: None,
+        method_name: None,
+        version: None,
+        read_only: false,
+        ip: None,
+        id: None,
+        target: None,
+        info_hash: None,
+        token: None,
+        port: None,
+        implied_port: None,
+        seed: None,
+        name: None,
+        nodes: None,
+        nodes6: None,
+        values: None,
+        want: None,
+        scrape: None,
+        noseed: None,
+        bf_seeds: None,
+        bf_peers: None,
+        key: None,
+        sig: None,
+        seq: None,
+        salt: None,
+        cas: None,
+        item: None,
+        samples: None,
+        interval: None,
+        num: None,
+        error_code: None,
+        error_msg: None,
+        anomalies: [Anomaly {
+            kind: AnomalyKind::Missing,
+            field: "",
+        }; MAX_ANOMALIES_KEPT],
+        n_anomalies: 0,
+    };
+    if used != d.len() {
+        m.note(AnomalyKind::TrailingBytes, "");
+    }
+
+    parse_top(&mut m, dict);
+
+    match kind {
+        KrpcKind::Query => {
+            if m.method_name.is_none() {
+                m.note(AnomalyKind::Missing, "q");
+            }
+            if m.body.is_none() && !m.has_anomaly_on("a") {
+                m.note(AnomalyKind::Missing, "a");
+            }
+        }
+        KrpcKind::Response => {
+            if m.body.is_none() && !m.has_anomaly_on("r") {
+                m.note(AnomalyKind::Missing, "r");
+            }
+        }
+        KrpcKind::Error => {}
+    }
+    if let Some(body) = m.body {
+        let scope = if kind == KrpcKind::Query {
+            KeyScope::Args
+        } else {
+            KeyScope::Reply
+        };
+        parse_body(&mut m, body, scope);
+        if m.id.is_none() && !m.has_anomaly_on("id") {
+            m.note(AnomalyKind::Missing, "id");
+        }
+    }
+    Ok(m)
+}
+
+impl KrpcMessage<'_> {
+    fn has_anomaly_on(&self, field: &str) -> bool {
+        self.anomalies().iter().any(|a| a.field == field)
+    }
+}
+
+/// Known top-level keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopKey {
+    T,
+    Y,
+    Q,
+    A,
+    R,
+    E,
+    V,
+    Ip,
+    Ro,
+}
+
+impl TopKey {
+    const TABLE: [(&'static str, TopKey); 9] = [
+        ("t", TopKey::T),
+        ("y", TopKey::Y),
+        ("q", TopKey::Q),
+        ("a", TopKey::A),
+        ("r", TopKey::R),
+        ("e", TopKey::E),
+        ("v", TopKey::V),
+        ("ip", TopKey::Ip),
+        ("ro", TopKey::Ro),
+    ];
+
+    fn lookup(key: &[u8]) -> Option<(&'static str, TopKey)> {
+        Self::TABLE.iter().find(|(name, _)| name.as_bytes() == key).copied()
+    }
+}
+
+/// Known keys of `a` and `r`. The scope column says where each one belongs,
+/// so that a response-only key inside `a` is reported as unknown there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyKey {
+    Id,
+    Target,
+    InfoHash,
+    Token,
+    Port,
+    ImpliedPort,
+    Seed,
+    Name,
+    Want,
+    Scrape,
+    NoSeed,
+    Nodes,
+    Nodes6,
+    Values,
+    BfSeeds,
+    BfPeers,
+    Key,
+    Sig,
+    Seq,
+    Salt,
+    Cas,
+    Item,
+    Samples,
+    Interval,
+    Num,
+}
+
+/// Where a body key is known: in `a`, in `r`, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum In {
+    Args,
+    Reply,
+    Both,
+}
+
+impl BodyKey {
+    const TABLE: [(&'static str, BodyKey, In); 26] = [
+        ("id", BodyKey::Id, In::Both),
+        ("target", BodyKey::Target, In::Args),
+        ("info_hash", BodyKey::InfoHash, In::Args),
+        ("token", BodyKey::Token, In::Both),
+        ("port", BodyKey::Port, In::Args),
+        ("implied_port", BodyKey::ImpliedPort, In::Args),
+        ("seed", BodyKey::Seed, In::Args),
+        ("n", BodyKey::Name, In::Args),
+        // Seen from libtorrent 1.x in get_peers / announce_peer (corpus: VUT-PDS).
+        ("name", BodyKey::Name, In::Args),
+        ("want", BodyKey::Want, In::Args),
+        ("scrape", BodyKey::Scrape, In::Args),
+        ("noseed", BodyKey::NoSeed, In::Args),
+        ("nodes", BodyKey::Nodes, In::Reply),
+        ("nodes6", BodyKey::Nodes6, In::Reply),
+        ("values", BodyKey::Values, In::Reply),
+        ("BFsd", BodyKey::BfSeeds, In::Reply),
+        ("BFpe", BodyKey::BfPeers, In::Reply),
+        ("k", BodyKey::Key, In::Both),
+        ("sig", BodyKey::Sig, In::Both),
+        ("seq", BodyKey::Seq, In::Both),
+        ("salt", BodyKey::Salt, In::Args),
+        ("cas", BodyKey::Cas, In::Args),
+        ("v", BodyKey::Item, In::Both),
+        ("samples", BodyKey::Samples, In::Reply),
+        ("interval", BodyKey::Interval, In::Reply),
+        ("num", BodyKey::Num, In::Reply),
+    ];
+
+    fn lookup(key: &[u8], scope: KeyScope) -> Option<(&'static str, BodyKey)> {
+        Self::TABLE
+            .iter()
+            .find(|(name, _, place)| {
+                name.as_bytes() == key
+                    && matches!(
+                        (place, scope),
+                        (In::Both, _) | (In::Args, KeyScope::Args) | (In::Reply, KeyScope::Reply)
+                    )
+            })
+            .map(|(name, k, _)| (*name, *k))
+    }
+}
+
+/// Remembers which known keys were seen, to flag duplicates (first wins,
+/// like [`Dict::get`]). 64 bits cover both key tables.
+#[derive(Default)]
+struct Seen(u64);
+
+impl Seen {
+    /// True the first time `bit` is offered.
+    fn first(&mut self, bit: u32) -> bool {
+        let mask = 1u64.checked_shl(bit).unwrap_or(0);
+        let fresh = self.0 & mask == 0;
+        self.0 |= mask;
+        fresh
+    }
+}
+
+fn parse_top<'a>(m: &mut KrpcMessage<'a>, dict: Dict<'a>) {
+    let mut seen = Seen::default();
+    let mut have_tid = false;
+    for (key, val) in dict.iter() {
+        let Some((name, k)) = TopKey::lookup(key) else {
+            continue;
+        };
+        if !seen.first(k as u32) {
+            m.note(AnomalyKind::DuplicateKey, name);
+            continue;
+        }
+        match k {
+            TopKey::T => match val.as_bytes() {
+                Some(t) => {
+                    m.tid = t;
+                    have_tid = true;
+                }
+                None => m.note(AnomalyKind::WrongType, name),
+            },
+            // Already decoded before the walk.
+            TopKey::Y => {}
+            TopKey::Q => {
+                if m.kind == KrpcKind::Query {
+                    match val.as_bytes() {
+                        Some(q) => {
+                            m.method_name = Some(q);
+                            m.method = Some(Method::from_name(q));
+                        }
+                        None => m.note(AnomalyKind::WrongType, name),
+                    }
+                }
+            }
+            TopKey::A | TopKey::R => {
+                let wanted = match m.kind {
+                    KrpcKind::Query => TopKey::A,
+                    KrpcKind::Response => TopKey::R,
+                    KrpcKind::Error => continue,
+                };
+                if k == wanted {
+                    match val.as_dict() {
+                        Some(body) => m.body = Some(body),
+                        None => m.note(AnomalyKind::WrongType, name),
+                    }
+                }
+            }
+            TopKey::E => {
+                if m.kind == KrpcKind::Error {
+                    parse_error_list(m, val);
+                }
+            }
+            TopKey::V => match val.as_bytes() {
+                Some(v) => m.version = Some(v),
+                None => m.note(AnomalyKind::WrongType, name),
+            },
+            TopKey::Ip => match val.as_bytes() {
+                Some(b) => match compact_peer(b) {
+                    Some(addr) => m.ip = Some(addr),
+                    None => m.note(AnomalyKind::BadLength, name),
+                },
+                None => m.note(AnomalyKind::WrongType, name),
+            },
+            TopKey::Ro => match val.as_int() {
+                Some(n) => m.read_only = n != 0,
+                None => m.note(AnomalyKind::WrongType, name),
+            },
+        }
+    }
+    if !have_tid && !m.has_anomaly_on("t") {
+        m.note(AnomalyKind::Missing, "t");
+    }
+    if m.kind == KrpcKind::Error && m.error_code.is_none() && !m.has_anomaly_on("e") {
+        m.note(AnomalyKind::Missing, "e");
+    }
+}
+
+/// `e`: `[code, message]` (BEP 5). Clients disagree on little here, but a
+/// missing message or a string code is still reported.
+fn parse_error_list<'a>(m: &mut KrpcMessage<'a>, val: Value<'a>) {
+    let Some(list) = val.as_list() else {
+        m.note(AnomalyKind::WrongType, "e");
+        return;
+    };
+    let mut items = list.iter();
+    match items.next().map(|v| v.as_int()) {
+        Some(Some(code)) => m.error_code = Some(code),
+        Some(None) => m.note(AnomalyKind::WrongType, "e"),
+        None => m.note(AnomalyKind::BadLength, "e"),
+    }
+    match items.next().map(|v| v.as_bytes()) {
+        Some(Some(msg)) => m.error_msg = Some(msg),
+        Some(None) => m.note(AnomalyKind::WrongType, "e"),
+        None => m.note(AnomalyKind::BadLength, "e"),
+    }
+}
+
+fn parse_body<'a>(m: &mut KrpcMessage<'a>, body: Dict<'a>, scope: KeyScope) {
+    let mut seen = Seen::default();
+    for (key, val, raw) in body.iter_raw() {
+        let Some((name, k)) = BodyKey::lookup(key, scope) else {
+            continue;
+        };
+        if !seen.first(k as u32) {
+            m.note(AnomalyKind::DuplicateKey, name);
+            continue;
+        }
+        match k {
+            BodyKey::Id => m.id = id20(m, name, val),
+            BodyKey::Target => m.target = id20(m, name, val),
+            BodyKey::InfoHash => m.info_hash = id20(m, name, val),
+            BodyKey::Token => m.token = bytes(m, name, val),
+            BodyKey::Name => m.name = bytes(m, name, val),
+            BodyKey::Port => {
+                if let Some(p) = int(m, name, val) {
+                    match u16::try_from(p) {
+                        Ok(p) => m.port = Some(p),
+                        Err(_) => m.note(AnomalyKind::OutOfRange, name),
+                    }
+                }
+            }
+            BodyKey::ImpliedPort => m.implied_port = int(m, name, val).map(|n| n != 0),
+            BodyKey::Seed => m.seed = int(m, name, val).map(|n| n != 0),
+            BodyKey::Scrape => m.scrape = int(m, name, val).map(|n| n != 0),
+            BodyKey::NoSeed => m.noseed = int(m, name, val).map(|n| n != 0),
+            BodyKey::Want => match val.as_list() {
+                Some(list) => {
+                    let mut want = Want {
+                        n4: false,
+                        n6: false,
+                        list,
+                    };
+                    for v in list.iter() {
+                        match v.as_bytes() {
+                            Some(b"n4") => want.n4 = true,
+                            Some(b"n6") => want.n6 = true,
+                            _ => {}
+                        }
+                    }
+                    m.want = Some(want);
+                }
+                None => m.note(AnomalyKind::WrongType, name),
+            },
+            BodyKey::Nodes => {
+                if let Some(raw) = packed(m, name, val, NODE4_LEN) {
+                    m.nodes = Some(CompactNodes4 { raw });
+                }
+            }
+            BodyKey::Nodes6 => {
+                if let Some(raw) = packed(m, name, val, NODE6_LEN) {
+                    m.nodes6 = Some(CompactNodes6 { raw });
+                }
+            }
+            BodyKey::Samples => {
+                if let Some(raw) = packed(m, name, val, ID_LEN) {
+                    m.samples = Some(Samples { raw });
+                }
+            }
+            BodyKey::Values => match val.as_list() {
+                Some(list) => {
+                    let mut n_valid = 0;
+                    let mut n_bad = 0;
+                    for v in list.iter() {
+                        if v.as_bytes().and_then(compact_peer).is_some() {
+                            n_valid += 1;
+                        } else {
+                            n_bad += 1;
+                        }
+                    }
+                    // One anomaly per list, not per entry: a hostile list of
+                    // junk should not drown the others.
+                    if n_bad > 0 {
+                        m.note(AnomalyKind::BadEntry, name);
+                    }
+                    m.values = Some(Values { list, n_valid });
+                }
+                None => m.note(AnomalyKind::WrongType, name),
+            },
+            BodyKey::BfSeeds => m.bf_seeds = exact(m, name, val, BLOOM_LEN),
+            BodyKey::BfPeers => m.bf_peers = exact(m, name, val, BLOOM_LEN),
+            BodyKey::Key => m.key = exact(m, name, val, BEP44_KEY_LEN),
+            BodyKey::Sig => m.sig = exact(m, name, val, BEP44_SIG_LEN),
+            BodyKey::Salt => {
+                m.salt = bytes(m, name, val);
+                if m.salt.is_some_and(|s| s.len() > BEP44_MAX_SALT_LEN) {
+                    m.note(AnomalyKind::BadLength, name);
+                }
+            }
+            BodyKey::Seq => m.seq = int(m, name, val),
+            BodyKey::Cas => m.cas = int(m, name, val),
+            BodyKey::Item => {
+                // Any bencoded type is legal; keep the exact encoding, which
+                // is what BEP 44 signs and hashes.
+                m.item = Some(raw);
+                if raw.len() > BEP44_MAX_V_LEN {
+                    m.note(AnomalyKind::BadLength, name);
+                }
+            }
+            BodyKey::Interval => m.interval = int(m, name, val),
+            BodyKey::Num => m.num = int(m, name, val),
+        }
+    }
+}
+
+fn bytes<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>) -> Option<&'a [u8]> {
+    let b = val.as_bytes();
+    if b.is_none() {
+        m.note(AnomalyKind::WrongType, name);
+    }
+    b
+}
+
+fn int(m: &mut KrpcMessage<'_>, name: &'static str, val: Value<'_>) -> Option<i64> {
+    let n = val.as_int();
+    if n.is_none() {
+        m.note(AnomalyKind::WrongType, name);
+    }
+    n
+}
+
+/// A string of exactly `len` bytes; any other length is an anomaly and the
+/// field is left empty (a wrong-size key or filter cannot be interpreted).
+fn exact<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>, len: usize) -> Option<&'a [u8]> {
+    let b = bytes(m, name, val)?;
+    if b.len() == len {
+        Some(b)
+    } else {
+        m.note(AnomalyKind::BadLength, name);
+        None
+    }
+}
+
+fn id20<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>) -> Option<&'a [u8; ID_LEN]> {
+    exact(m, name, val, ID_LEN).and_then(|b| b.try_into().ok())
+}
+
+/// A packed string of `entry`-sized records. A trailing partial record is an
+/// anomaly but the whole records before it stay usable (the iterators use
+/// `chunks_exact`).
+fn packed<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>, entry: usize) -> Option<&'a [u8]> {
+    let b = bytes(m, name, val)?;
+    if b.len() % entry != 0 {
+        m.note(AnomalyKind::BadLength, name);
+    }
+    Some(b)
+}
+
+fn compact_v4(b: &[u8]) -> Option<SocketAddrV4> {
+    let b: &[u8; PEER4_LEN] = b.try_into().ok()?;
+    let [a, b2, c, d, p0, p1] = *b;
+    Some(SocketAddrV4::new(
+        Ipv4Addr::new(a, b2, c, d),
+        u16::from_be_bytes([p0, p1]),
+    ))
+}
+
+fn compact_v6(b: &[u8]) -> Option<SocketAddrV6> {
+    if b.len() != PEER6_LEN {
+        return None;
+    }
+    let (ip, port) = b.split_at(16);
+    let ip: [u8; 16] = ip.try_into().ok()?;
+    let port: [u8; 2] = port.try_into().ok()?;
+    Some(SocketAddrV6::new(Ipv6Addr::from(ip), u16::from_be_bytes(port), 0, 0))
+}
+
+/// A compact peer or endpoint: 6 bytes (IPv4) or 18 bytes (IPv6).
+pub fn compact_peer(b: &[u8]) -> Option<SocketAddr> {
+    match b.len() {
+        PEER4_LEN => compact_v4(b).map(SocketAddr::V4),
+        PEER6_LEN => compact_v6(b).map(SocketAddr::V6),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Client version
+// ---------------------------------------------------------------------------
+
+/// Decodes the 4-byte top-level `v`: two letters naming the client, then two
+/// version bytes whose layout each client chose:
+///
+/// - `LT` libtorrent (Rasterbar): major, then `minor << 4 | tiny` since 1.0
+///   (`LT 01 2f` = 1.2.15); 0.x versions sent major, minor (`LT 00 10` = 0.16).
+/// - `lt` libtorrent (rakshasa, rtorrent): the middle digits of its peer-ID
+///   version, minor then `patch << 4` (`lt 0d 60` = 0.13.6).
+/// - `TR` Transmission: major, minor (`TR 02 5e` = 2.94).
+/// - `UT`/`UM` µTorrent (Windows / Mac): a big-endian build number.
+///
+/// Client names match `client_id` (peer-ID decoding) so both can be grouped.
+/// - Other known codes get their name and the two bytes in hex; unknown but
+///   printable codes are returned as the code and hex, so nothing is guessed.
+///
+/// `None` when `v` is not 4 bytes or the code is not two ASCII letters/digits.
+pub fn client_from_version(v: &[u8]) -> Option<String> {
+    let [c0, c1, b0, b1]: [u8; 4] = v.try_into().ok()?;
+    if !c0.is_ascii_alphanumeric() || !c1.is_ascii_alphanumeric() {
+        return None;
+    }
+    let build = u16::from_be_bytes([b0, b1]);
+    let s = match &[c0, c1] {
+        b"LT" if b0 == 0 => format!("libtorrent 0.{b1}"),
+        b"LT" => format!("libtorrent {b0}.{}.{}", b1 >> 4, b1 & 0x0f),
+        b"lt" => format!("libTorrent (rakshasa) 0.{b0}.{}", b1 >> 4),
+        b"TR" => format!("Transmission {b0}.{b1:02}"),
+        b"UT" => format!("µTorrent build {build}"),
+        b"UM" => format!("µTorrent Mac build {build}"),
+        code => {
+            let name = match code {
+                b"GR" => "GetRight",
+                b"MP" => "MooPolice",
+                b"ML" | b"ml" => "MLDonkey",
+                b"BT" => "BitTorrent",
+                b"BC" => "BitComet",
+                b"AZ" => "Vuze",
+                b"KT" => "KTorrent",
+                b"DE" => "Deluge",
+                b"qB" => "qBittorrent",
+                b"WD" | b"WW" => "WebTorrent",
+                _ => "",
+            };
+            if name.is_empty() {
+                format!("{}{} {build:04x}", char::from(c0), char::from(c1))
+            } else {
+                format!("{name} {build:04x}")
+            }
+        }
+    };
+    Some(s)
+}
+
+// ---------------------------------------------------------------------------
+// BEP 42
+// ---------------------------------------------------------------------------
+
+/// CRC32-C (Castagnoli, reflected polynomial 0x82F63B78) lookup table, built
+/// at compile time.
+const CRC32C_TABLE: [u32; 256] = {
+    let mut table = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut crc = i as u32;
+        let mut bit = 0;
+        while bit < 8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+            bit += 1;
+        }
+        table[i] = crc;
+        i += 1;
+    }
+    table
+};
+
+/// CRC32-C of `data` (the checksum BEP 42 specifies).
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        // The index is masked to 0..=255, so it cannot leave the table.
+        crc = CRC32C_TABLE[usize::from((crc as u8) ^ b)] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// BEP 42: does `node_id` follow from `ip`? The first 21 bits of the ID must
+/// equal the top 21 bits of CRC32-C over the masked IP (4 bytes of IPv4, the
+/// first 8 of IPv6) with the ID's last byte's low 3 bits (`r`) placed in the
+/// top 3 bits of the first byte.
+///
+/// This is the bare check: BEP 42 exempts local addresses, see
+/// [`bep42_exempt`]; callers decide whether to apply the exemption.
+pub fn bep42_id_matches(ip: IpAddr, node_id: &[u8; ID_LEN]) -> bool {
+    const V4_MASK: [u8; 4] = [0x03, 0x0f, 0x3f, 0xff];
+    const V6_MASK: [u8; 8] = [0x01, 0x03, 0x07, 0x0f, 0x1f, 0x3f, 0x7f, 0xff];
+    let r = node_id[ID_LEN - 1] & 0x07;
+    let mut buf = [0u8; 8];
+    let n = match ip {
+        IpAddr::V4(v4) => {
+            for ((dst, src), mask) in buf.iter_mut().zip(v4.octets()).zip(V4_MASK) {
+                *dst = src & mask;
+            }
+            4
+        }
+        IpAddr::V6(v6) => {
+            for ((dst, src), mask) in buf.iter_mut().zip(v6.octets()).zip(V6_MASK) {
+                *dst = src & mask;
+            }
+            8
+        }
+    };
+    buf[0] |= r << 5;
+    let crc = crc32c(buf.get(..n).unwrap_or(&buf)).to_be_bytes();
+    node_id[0] == crc[0] && node_id[1] == crc[1] && (node_id[2] ^ crc[2]) & 0xf8 == 0
+}
+
+/// BEP 42 does not restrict node IDs on local networks: 10/8, 172.16/12,
+/// 192.168/16, 169.254/16 and 127/8. For IPv6 the same idea is applied to
+/// loopback, link-local (fe80::/10) and unique-local (fc00::/7) addresses,
+/// as libtorrent does.
+pub fn bep42_exempt(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_private() || v4.is_loopback() || v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            let seg0 = v6.segments()[0];
+            v6.is_loopback() || (seg0 & 0xffc0) == 0xfe80 || (seg0 & 0xfe00) == 0xfc00
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Pairing
+// ---------------------------------------------------------------------------
+
+/// Identifies an outstanding query: transaction ID plus both endpoints. A
+/// response travels the other way, so it is looked up with its destination
+/// as `querier` and its source as `responder`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PendingKey {
+    tid: [u8; MAX_TID_LEN],
+    tid_len: u8,
+    pub querier: SocketAddr,
+    pub responder: SocketAddr,
+}
+
+impl PendingKey {
+    /// `None` when `tid` is longer than [`MAX_TID_LEN`].
+    pub fn new(tid: &[u8], querier: SocketAddr, responder: SocketAddr) -> Option<PendingKey> {
+        let mut buf = [0u8; MAX_TID_LEN];
+        buf.get_mut(..tid.len())?.copy_from_slice(tid);
+        Some(PendingKey {
+            tid: buf,
+            tid_len: u8::try_from(tid.len()).ok()?,
+            querier,
+            responder,
+        })
+    }
+
+    pub fn tid(&self) -> &[u8] {
+        self.tid.get(..usize::from(self.tid_len)).unwrap_or(&[])
+    }
+}
+
+/// What is remembered about a query until its answer arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingQuery {
+    pub method: Method,
+    /// Packet time of the query, microseconds.
+    pub ts_us: u64,
+    /// Frame number of the query.
+    pub frame: u64,
+}
+
+/// What [`PendingQueries::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    Inserted,
+    /// The same key was already waiting (a retransmission); the newer query
+    /// replaced it.
+    Replaced,
+    /// The table was full; the oldest query was evicted to make room.
+    EvictedOldest,
+    /// The transaction ID is longer than [`MAX_TID_LEN`]; not tracked.
+    TidTooLong,
+}
+
+/// Bounded table of outstanding queries, for pairing responses and errors
+/// with their query (RTT, method of a response).
+///
+/// Memory is bounded by [`DhtLimits::max_pending`]: the map never holds more
+/// entries, and the insertion-order queue is compacted once it grows past
+/// twice that, so a flood of unique transaction IDs only evicts (and counts)
+/// the oldest entries. Ageing uses packet time passed in by the caller.
+#[derive(Debug)]
+pub struct PendingQueries {
+    map: HashMap<PendingKey, (PendingQuery, u64)>,
+    /// Insertion order: (key, sequence number). Entries whose sequence no
+    /// longer matches the map are stale (taken or replaced) and are skipped.
+    order: VecDeque<(PendingKey, u64)>,
+    next_seq: u64,
+    max_pending: usize,
+    timeout_us: u64,
+    /// Queries evicted because the table was full.
+    pub n_evicted: u64,
+    /// Queries dropped unanswered after the timeout.
+    pub n_expired: u64,
+    /// Queries replaced by a retransmission with the same key.
+    pub n_replaced: u64,
+    /// Queries not tracked because their transaction ID was too long.
+    pub n_tid_too_long: u64,
+    /// Responses/errors for which no query was waiting.
+    pub n_unmatched: u64,
+}
+
+impl PendingQueries {
+    pub fn new(limits: &DhtLimits) -> Self {
+        PendingQueries {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+            next_seq: 0,
+            // A zero bound would make every insert evict itself; one slot is
+            // the smallest table that still pairs anything.
+            max_pending: limits.max_pending.max(1),
+            timeout_us: limits.query_timeout_us,
+            n_evicted: 0,
+            n_expired: 0,
+            n_replaced: 0,
+            n_tid_too_long: 0,
+            n_unmatched: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Remembers a query sent from `querier` to `responder`.
+    pub fn insert(
+        &mut self,
+        tid: &[u8],
+        querier: SocketAddr,
+        responder: SocketAddr,
+        query: PendingQuery,
+    ) -> InsertOutcome {
+        let Some(key) = PendingKey::new(tid, querier, responder) else {
+            self.n_tid_too_long += 1;
+            return InsertOutcome::TidTooLong;
+        };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let mut outcome = InsertOutcome::Inserted;
+        if self.map.insert(key, (query, seq)).is_some() {
+            self.n_replaced += 1;
+            outcome = InsertOutcome::Replaced;
+        } else if self.map.len() > self.max_pending {
+            self.evict_oldest();
+            outcome = InsertOutcome::EvictedOldest;
+        }
+        self.order.push_back((key, seq));
+        if self.order.len() > self.max_pending.saturating_mul(2) {
+            let map = &self.map;
+            self.order
+                .retain(|(k, s)| map.get(k).is_some_and(|(_, live)| live == s));
+        }
+        outcome
+    }
+
+    /// Pairs a response or error travelling `responder` → `querier` with its
+    /// query, removing it from the table.
+    pub fn take(&mut self, tid: &[u8], querier: SocketAddr, responder: SocketAddr) -> Option<PendingQuery> {
+        let found = PendingKey::new(tid, querier, responder)
+            .and_then(|key| self.map.remove(&key))
+            .map(|(q, _)| q);
+        if found.is_none() {
+            self.n_unmatched += 1;
+        }
+        found
+    }
+
+    /// Drops queries older than the timeout at packet time `now_us`; returns
+    /// how many. Entries are aged in insertion order, which is packet order
+    /// within a shard; a query stamped earlier than one inserted before it
+    /// expires when that one does.
+    pub fn expire(&mut self, now_us: u64) -> usize {
+        let mut n = 0;
+        while let Some((key, seq)) = self.order.front().copied() {
+            match self.map.get(&key) {
+                Some((q, live)) if *live == seq => {
+                    if q.ts_us.saturating_add(self.timeout_us) > now_us {
+                        break;
+                    }
+                    self.map.remove(&key);
+                    n += 1;
+                }
+                // Stale: already taken or replaced.
+                _ => {}
+            }
+            self.order.pop_front();
+        }
+        self.n_expired += n as u64;
+        n
+    }
+
+    fn evict_oldest(&mut self) {
+        while let Some((key, seq)) = self.order.pop_front() {
+            if self.map.get(&key).is_some_and(|(_, live)| *live == seq) {
+                self.map.remove(&key);
+                self.n_evicted += 1;
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lim() -> DhtLimits {
+        DhtLimits::default()
+    }
+
+    /// Parses a copy that lives for the rest of the test, so fixtures can be
+    /// built inline (tests only: the copies are leaked on purpose).
+    fn parse(d: &[u8]) -> KrpcMessage<'static> {
+        let d: &'static [u8] = Box::leak(d.to_vec().into_boxed_slice());
+        match parse_krpc(d, &lim()) {
+            Ok(m) => m,
+            Err(e) => panic!("{e} for {}", String::from_utf8_lossy(d)),
+        }
+    }
+
+    fn kinds(m: &KrpcMessage<'_>) -> Vec<(&'static str, &'static str)> {
+        m.anomalies().iter().map(|a| (a.kind.as_str(), a.field)).collect()
+    }
+
+    /// Bencodes a byte string.
+    fn bs(b: &[u8]) -> Vec<u8> {
+        let mut v = format!("{}:", b.len()).into_bytes();
+        v.extend_from_slice(b);
+        v
+    }
+
+    /// Builds `d<entries>e` from already-encoded key/value pairs.
+    fn dict(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut v = b"d".to_vec();
+        for (k, val) in entries {
+            v.extend(bs(k.as_bytes()));
+            v.extend_from_slice(val);
+        }
+        v.push(b'e');
+        v
+    }
+
+    fn int(n: i64) -> Vec<u8> {
+        format!("i{n}e").into_bytes()
+    }
+
+    const ID: &[u8; 20] = b"abcdefghij0123456789";
+    const IH: &[u8; 20] = b"mnopqrstuvwxyz123456";
+
+    fn query(method: &str, args: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut a = vec![("id", bs(ID))];
+        a.extend(args.iter().cloned());
+        dict(&[
+            ("a", dict(&a)),
+            ("q", bs(method.as_bytes())),
+            ("t", bs(b"aa")),
+            ("y", bs(b"q")),
+        ])
+    }
+
+    fn response(vals: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut r = vec![("id", bs(ID))];
+        r.extend(vals.iter().cloned());
+        dict(&[("r", dict(&r)), ("t", bs(b"aa")), ("y", bs(b"r"))])
+    }
+
+    fn node4(id: u8, ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut v = vec![id; 20];
+        v.extend_from_slice(&ip);
+        v.extend_from_slice(&port.to_be_bytes());
+        v
+    }
+
+    #[test]
+    fn bep5_queries() {
+        type Args = Vec<(&'static str, Vec<u8>)>;
+        let cases: &[(&str, Args, Method)] = &[
+            ("ping", vec![], Method::Ping),
+            ("find_node", vec![("target", bs(IH))], Method::FindNode),
+            ("get_peers", vec![("info_hash", bs(IH))], Method::GetPeers),
+            (
+                "announce_peer",
+                vec![
+                    ("implied_port", int(1)),
+                    ("info_hash", bs(IH)),
+                    ("port", int(6881)),
+                    ("token", bs(b"aoeusnth")),
+                ],
+                Method::AnnouncePeer,
+            ),
+            ("vote", vec![("target", bs(IH))], Method::Other),
+        ];
+        for (name, args, method) in cases {
+            let d = query(name, args);
+            assert!(looks_like_krpc(&d), "{name}");
+            let m = parse(&d);
+            assert_eq!(m.kind, KrpcKind::Query);
+            assert_eq!(m.kind.as_str(), "query");
+            assert_eq!(m.method, Some(*method));
+            assert_eq!(m.method_name, Some(name.as_bytes()));
+            assert_eq!(m.tid, b"aa");
+            assert_eq!(m.id, Some(ID));
+            assert!(m.anomalies().is_empty(), "{name}: {:?}", kinds(&m));
+            assert_eq!(m.unknown_keys().count(), 0);
+            match method {
+                Method::FindNode | Method::Other => assert_eq!(m.target, Some(IH)),
+                Method::GetPeers => assert_eq!(m.info_hash, Some(IH)),
+                Method::AnnouncePeer => {
+                    assert_eq!(m.info_hash, Some(IH));
+                    assert_eq!(m.port, Some(6881));
+                    assert_eq!(m.implied_port, Some(true));
+                    assert_eq!(m.token, Some(&b"aoeusnth"[..]));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn bep5_responses_and_errors() {
+        let mut nodes = node4(1, [10, 0, 0, 1], 6881);
+        nodes.extend(node4(2, [192, 168, 1, 2], 51413));
+        let d = response(&[("nodes", bs(&nodes)), ("token", bs(b"tok"))]);
+        let m = parse(&d);
+        assert_eq!(m.kind, KrpcKind::Response);
+        assert_eq!(m.method, None);
+        assert_eq!(m.n_nodes(), 2);
+        let got: Vec<_> = m.nodes.unwrap().iter().collect();
+        assert_eq!(got[0].0, &[1u8; 20]);
+        assert_eq!(got[0].1, "10.0.0.1:6881".parse().unwrap());
+        assert_eq!(got[1].1, "192.168.1.2:51413".parse().unwrap());
+        assert_eq!(m.token, Some(&b"tok"[..]));
+        assert!(m.anomalies().is_empty());
+
+        let mut values = b"l".to_vec();
+        values.extend(bs(&[1, 2, 3, 4, 0x1a, 0xe1]));
+        let mut v6 = [0u8; 18];
+        v6[15] = 1;
+        v6[16] = 0x1a;
+        v6[17] = 0xe1;
+        values.extend(bs(&v6));
+        values.push(b'e');
+        let m = parse(&response(&[("token", bs(b"t")), ("values", values)]));
+        assert_eq!(m.n_values(), 2);
+        let peers: Vec<SocketAddr> = m.values.unwrap().iter().collect();
+        assert_eq!(peers[0], "1.2.3.4:6881".parse().unwrap());
+        assert_eq!(peers[1], "[::1]:6881".parse().unwrap());
+
+        let d = b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee";
+        let m = parse(d);
+        assert_eq!(m.kind, KrpcKind::Error);
+        assert_eq!(m.kind.as_str(), "error");
+        assert_eq!(m.error_code, Some(201));
+        assert_eq!(m.error_msg, Some(&b"A Generic Error Ocurred"[..]));
+        assert!(m.body.is_none());
+        assert!(m.anomalies().is_empty());
+    }
+
+    #[test]
+    fn extensions() {
+        // BEP 32 want + nodes6, BEP 42 ip, BEP 43 ro, client version.
+        let d = dict(&[
+            (
+                "a",
+                dict(&[("id", bs(ID)), ("target", bs(IH)), ("want", b"l2:n42:n62:xxe".to_vec())]),
+            ),
+            ("q", bs(b"find_node")),
+            ("ro", int(1)),
+            ("t", bs(b"xy")),
+            ("v", bs(b"LT\x01\x2f")),
+            ("y", bs(b"q")),
+        ]);
+        let m = parse(&d);
+        assert!(m.read_only);
+        let want = m.want.unwrap();
+        assert!(want.n4 && want.n6);
+        assert_eq!(want.list.iter().count(), 3);
+        assert_eq!(m.client().as_deref(), Some("libtorrent 1.2.15"));
+
+        let mut n6 = vec![7u8; 20];
+        n6.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        n6.extend_from_slice(&[0; 12]);
+        n6.extend_from_slice(&443u16.to_be_bytes());
+        let d = dict(&[
+            ("ip", bs(&[198, 51, 100, 7, 0x1f, 0x90])),
+            ("r", dict(&[("id", bs(ID)), ("nodes6", bs(&n6))])),
+            ("t", bs(b"xy")),
+            ("y", bs(b"r")),
+        ]);
+        let m = parse(&d);
+        assert_eq!(m.ip, Some("198.51.100.7:8080".parse().unwrap()));
+        let n: Vec<_> = m.nodes6.unwrap().iter().collect();
+        assert_eq!(n.len(), 1);
+        assert_eq!(n[0].1, "[2001:db8::]:443".parse().unwrap());
+
+        // BEP 33 scrape.
+        let q = parse(&query(
+            "get_peers",
+            &[("info_hash", bs(IH)), ("noseed", int(1)), ("scrape", int(1))],
+        ));
+        assert_eq!(q.scrape, Some(true));
+        assert_eq!(q.noseed, Some(true));
+        let r = parse(&response(&[
+            ("BFpe", bs(&[0xaa; 256])),
+            ("BFsd", bs(&[0x55; 256])),
+            ("token", bs(b"t")),
+        ]));
+        assert_eq!(r.bf_seeds.map(|b| b.len()), Some(256));
+        assert_eq!(r.bf_peers.map(|b| b[0]), Some(0xaa));
+        let bad = parse(&response(&[("BFsd", bs(&[0; 100]))]));
+        assert_eq!(kinds(&bad), vec![("dht_bad_length", "BFsd")]);
+        assert!(bad.bf_seeds.is_none());
+
+        // BEP 44 put (mutable) and get response.
+        let put = parse(&query(
+            "put",
+            &[
+                ("cas", int(4)),
+                ("k", bs(&[1; 32])),
+                ("salt", bs(b"foobar")),
+                ("seq", int(5)),
+                ("sig", bs(&[2; 64])),
+                ("token", bs(b"tok")),
+                ("v", b"l4:spami42ee".to_vec()),
+            ],
+        ));
+        assert_eq!(put.method, Some(Method::Put));
+        assert_eq!(put.cas, Some(4));
+        assert_eq!(put.seq, Some(5));
+        assert_eq!(put.key.map(|k| k.len()), Some(32));
+        assert_eq!(put.sig.map(|k| k.len()), Some(64));
+        assert_eq!(put.salt, Some(&b"foobar"[..]));
+        assert_eq!(put.item, Some(&b"l4:spami42ee"[..]));
+        assert!(put.anomalies().is_empty(), "{:?}", kinds(&put));
+        let get = parse(&query("get", &[("seq", int(3)), ("target", bs(IH))]));
+        assert_eq!(get.method, Some(Method::Get));
+        assert_eq!(get.target, Some(IH));
+        let got = parse(&response(&[
+            ("k", bs(&[1; 31])),
+            ("seq", int(5)),
+            ("v", bs(b"Hello World!")),
+        ]));
+        assert_eq!(got.item, Some(&b"12:Hello World!"[..]));
+        assert_eq!(kinds(&got), vec![("dht_bad_length", "k")]);
+
+        // BEP 51 sample_infohashes.
+        let q = parse(&query("sample_infohashes", &[("target", bs(IH))]));
+        assert_eq!(q.method, Some(Method::SampleInfohashes));
+        let mut samples = vec![3u8; 20];
+        samples.extend([4u8; 20]);
+        let r = parse(&response(&[
+            ("interval", int(21600)),
+            ("num", int(1234)),
+            ("samples", bs(&samples)),
+        ]));
+        assert_eq!(r.interval, Some(21600));
+        assert_eq!(r.num, Some(1234));
+        let s: Vec<_> = r.samples.unwrap().iter().collect();
+        assert_eq!(s, vec![&[3u8; 20], &[4u8; 20]]);
+        let r = parse(&response(&[("samples", bs(&[0; 45]))]));
+        assert_eq!(r.samples.unwrap().len(), 2);
+        assert_eq!(kinds(&r), vec![("dht_bad_length", "samples")]);
+    }
+
+    #[test]
+    fn unknown_keys_are_listed() {
+        let d = dict(&[
+            (
+                "a",
+                dict(&[
+                    ("id", bs(ID)),
+                    ("info_hash", bs(IH)),
+                    ("nodes", bs(b"")),
+                    ("zz", int(1)),
+                ]),
+            ),
+            ("q", bs(b"get_peers")),
+            ("t", bs(b"aa")),
+            ("x-top", bs(b"?")),
+            ("y", bs(b"q")),
+        ]);
+        let m = parse(&d);
+        let unknown: Vec<_> = m
+            .unknown_keys()
+            .map(|(s, k)| (s.as_str(), String::from_utf8_lossy(k).into_owned()))
+            .collect();
+        // `nodes` is a response key, so inside `a` it is unknown too.
+        assert_eq!(
+            unknown,
+            vec![
+                ("", "x-top".to_string()),
+                ("a", "nodes".to_string()),
+                ("a", "zz".to_string())
+            ]
+        );
+        assert!(m.nodes.is_none());
+    }
+
+    #[test]
+    fn malformed_parts_are_anomalies() {
+        // nodes of 9 bytes (as in the suricata-verify capture).
+        let m = parse(b"d1:rd2:id20:0123456789abcdefghij5:nodes9:def456...e1:t2:aa1:y1:re");
+        assert_eq!(kinds(&m), vec![("dht_bad_length", "nodes")]);
+        assert_eq!(m.n_nodes(), 0);
+        assert_eq!(m.id, Some(b"0123456789abcdefghij"));
+
+        // 1.5 nodes: the whole one stays usable.
+        let mut nodes = node4(9, [1, 1, 1, 1], 1);
+        nodes.extend_from_slice(&[0; 13]);
+        let m = parse(&response(&[("nodes", bs(&nodes))]));
+        assert_eq!(m.n_nodes(), 1);
+        assert_eq!(m.nodes.unwrap().iter().count(), 1);
+        assert_eq!(kinds(&m), vec![("dht_bad_length", "nodes")]);
+
+        // values entries of wrong size and type are skipped, one anomaly.
+        let m = parse(&response(&[("values", b"l6:axje.u7:1234567i5e6:idhtnme".to_vec())]));
+        assert_eq!(m.n_values(), 2);
+        assert_eq!(m.values.unwrap().iter().count(), 2);
+        assert_eq!(kinds(&m), vec![("dht_bad_entry", "values")]);
+
+        // Missing tid (suricata-verify frame 15), bad id, bad port, wrong types.
+        let m = parse(b"d1:ad2:id19:abcdefghij012345678e1:q4:ping1:y1:qe");
+        assert_eq!(m.tid, b"");
+        assert!(m.id.is_none());
+        assert_eq!(kinds(&m), vec![("dht_missing_field", "t"), ("dht_bad_length", "id")]);
+        let m = parse(&query(
+            "announce_peer",
+            &[("info_hash", bs(b"short")), ("port", int(70000)), ("token", int(5))],
+        ));
+        assert_eq!(
+            kinds(&m),
+            vec![
+                ("dht_bad_length", "info_hash"),
+                ("dht_out_of_range", "port"),
+                ("dht_wrong_type", "token"),
+            ]
+        );
+        let m = parse(&query("ping", &[("port", int(-1))]));
+        assert_eq!(kinds(&m), vec![("dht_out_of_range", "port")]);
+
+        // Structure problems: no body, no q, no id, trailing bytes, dup keys.
+        let m = parse(b"d1:t2:aa1:y1:qe");
+        assert_eq!(kinds(&m), vec![("dht_missing_field", "q"), ("dht_missing_field", "a")]);
+        let m = parse(b"d1:rde1:t2:aa1:y1:reXX");
+        assert_eq!(kinds(&m), vec![("dht_trailing_bytes", ""), ("dht_missing_field", "id")]);
+        let m = parse(b"d1:t2:aa1:t2:bb1:y1:e1:eli1eee");
+        assert_eq!(m.tid, b"aa");
+        assert_eq!(m.error_code, Some(1));
+        assert_eq!(kinds(&m), vec![("dht_duplicate_key", "t"), ("dht_bad_length", "e")]);
+        let m = parse(b"d1:t2:aa1:y1:ee");
+        assert_eq!(kinds(&m), vec![("dht_missing_field", "e")]);
+        let m = parse(b"d1:a3:xyz1:q4:ping1:t2:aa1:y1:qe");
+        assert_eq!(kinds(&m), vec![("dht_wrong_type", "a")]);
+        let m = parse(b"d2:ip3:abc1:rd2:id20:0123456789abcdefghije1:t0:1:y1:re");
+        assert_eq!(kinds(&m), vec![("dht_bad_length", "ip")]);
+    }
+
+    #[test]
+    fn many_anomalies_are_counted_beyond_the_kept_ones() {
+        let mut a = vec![("id", bs(b"x"))];
+        for k in [
+            "target",
+            "info_hash",
+            "token",
+            "port",
+            "implied_port",
+            "seed",
+            "n",
+            "want",
+            "scrape",
+            "noseed",
+        ] {
+            a.push((k, b"le".to_vec()));
+        }
+        let d = dict(&[("a", dict(&a)), ("q", bs(b"x")), ("y", bs(b"q"))]);
+        let m = parse(&d);
+        assert_eq!(m.anomalies().len(), MAX_ANOMALIES_KEPT);
+        // id + 9 wrong types (want accepts a list) + missing t.
+        assert_eq!(m.n_anomalies(), 11);
+    }
+
+    #[test]
+    fn errors_for_non_krpc() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"", "bencode_truncated"),
+            (b"hello", "bencode_not_a_dict"),
+            (b"li1ee", "bencode_not_a_dict"),
+            (b"d1:t2:aae", "dht_missing_y"),
+            (b"d1:yi1ee", "dht_missing_y"),
+            (b"d1:y1:xe", "dht_unknown_y"),
+            (b"d1:y1:q", "bencode_truncated"),
+            // uTP SYN and a UDP tracker connect request.
+            (b"\x41\x00\x12\x34\x00\x00\x00\x00", "bencode_not_a_dict"),
+            (
+                b"\x00\x00\x04\x17\x27\x10\x19\x80\x00\x00\x00\x00\x12\x34\x56\x78",
+                "bencode_not_a_dict",
+            ),
+        ];
+        for (d, want) in cases {
+            let e = parse_krpc(d, &lim()).unwrap_err();
+            assert_eq!(e.kind(), *want, "{d:?}");
+            assert!(!looks_like_krpc(d) || *want == "dht_missing_y" || *want == "dht_unknown_y");
+        }
+        let big = vec![b'd'; lim().max_datagram_bytes + 1];
+        assert_eq!(parse_krpc(&big, &lim()).unwrap_err(), DhtError::TooLarge);
+        assert_eq!(DhtError::TooLarge.to_string(), "dht_too_large");
+    }
+
+    #[test]
+    fn hostile_inputs_never_panic() {
+        let n = 100_000;
+        let mut deep = b"d1:t2:aa1:y1:q1:a".to_vec();
+        deep.extend(vec![b'l'; n]);
+        deep.extend(vec![b'e'; n]);
+        deep.push(b'e');
+        let small = DhtLimits {
+            max_datagram_bytes: usize::MAX,
+            ..lim()
+        };
+        assert_eq!(
+            parse_krpc(&deep, &small).unwrap_err(),
+            DhtError::Bencode(BencodeError::TooDeep)
+        );
+        let mut huge_int = b"d1:ad4:porti".to_vec();
+        huge_int.extend(vec![b'9'; 10_000]);
+        huge_int.extend(b"eee1:t2:aa1:y1:qe");
+        assert_eq!(
+            parse_krpc(&huge_int, &lim()).unwrap_err(),
+            DhtError::Bencode(BencodeError::BadInt)
+        );
+        let past_end = b"d1:rd5:nodes999999:abce1:t2:aa1:y1:re";
+        assert_eq!(
+            parse_krpc(past_end, &lim()).unwrap_err(),
+            DhtError::Bencode(BencodeError::Truncated)
+        );
+        for cut in 0..past_end.len() {
+            let _ = parse_krpc(&past_end[..cut], &lim());
+        }
+    }
+
+    /// xorshift64*: deterministic randomness without a dependency.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n.max(1) as u64) as usize
+        }
+    }
+
+    /// Touches every accessor; none may panic.
+    fn exercise(m: &KrpcMessage<'_>) -> usize {
+        let mut n = m.anomalies().len() + m.unknown_keys().count();
+        n += m.nodes.map_or(0, |x| x.iter().count());
+        n += m.nodes6.map_or(0, |x| x.iter().count());
+        n += m.values.map_or(0, |x| x.iter().count());
+        n += m.samples.map_or(0, |x| x.iter().count());
+        n += m.client().map_or(0, |c| c.len());
+        if let Some(id) = m.id {
+            n += usize::from(bep42_id_matches(IpAddr::V4(Ipv4Addr::LOCALHOST), id));
+        }
+        n
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let mut nodes = node4(1, [1, 2, 3, 4], 5);
+        nodes.extend(node4(2, [5, 6, 7, 8], 9));
+        let seeds = [
+            query("announce_peer", &[("info_hash", bs(IH)), ("port", int(1))]),
+            response(&[("nodes", bs(&nodes)), ("values", b"l6:abcdefe".to_vec())]),
+            response(&[("samples", bs(&[1; 40])), ("nodes6", bs(&[2; 38]))]),
+            b"d1:eli201e23:A Generic Error Ocurrede1:t2:aa1:y1:ee".to_vec(),
+            dict(&[("ip", bs(&[1; 18])), ("r", dict(&[])), ("y", bs(b"r"))]),
+        ];
+        let mut rng = XorShift(0xDEAD_BEEF_CAFE_F00D);
+        let mut n_ok = 0;
+        for round in 0..100_000 {
+            let mut d = seeds[round % seeds.len()].clone();
+            for _ in 0..=rng.below(3) {
+                match rng.below(4) {
+                    0 if !d.is_empty() => {
+                        let i = rng.below(d.len());
+                        d[i] = rng.next() as u8;
+                    }
+                    1 if !d.is_empty() => {
+                        let i = rng.below(d.len());
+                        d[i] = b"ilde:0123456789"[rng.below(15)];
+                    }
+                    2 => d.truncate(rng.below(d.len() + 1)),
+                    _ => {
+                        let i = rng.below(d.len() + 1);
+                        d.insert(i, b"ilde:5"[rng.below(6)]);
+                    }
+                }
+            }
+            let _ = looks_like_krpc(&d);
+            if let Ok(m) = parse_krpc(&d, &lim()) {
+                exercise(&m);
+                n_ok += 1;
+            }
+        }
+        assert!(n_ok > 1000, "only {n_ok} mutated messages parsed");
+    }
+
+    #[test]
+    fn client_versions() {
+        let cases: &[(&[u8], Option<&str>)] = &[
+            (b"LT\x01\x2f", Some("libtorrent 1.2.15")),
+            (b"LT\x02\x08", Some("libtorrent 2.0.8")),
+            (b"LT\x01\x01", Some("libtorrent 1.0.1")),
+            (b"LT\x00\x10", Some("libtorrent 0.16")),
+            (b"lt\x0d\x60", Some("libTorrent (rakshasa) 0.13.6")),
+            (b"TR\x02\x5e", Some("Transmission 2.94")),
+            (b"TR\x03\x00", Some("Transmission 3.00")),
+            (b"UT\x38\x7a", Some("µTorrent build 14458")),
+            (b"UM\x07\x48", Some("µTorrent Mac build 1864")),
+            (b"GR\x00\x01", Some("GetRight 0001")),
+            (b"ml\x00\x19", Some("MLDonkey 0019")),
+            (b"JB\x00\x00", Some("JB 0000")),
+            (b"LT\x01", None),
+            (b"LT\x01\x02\x03", None),
+            (b"\x00\x01\x02\x03", None),
+        ];
+        for (v, want) in cases {
+            assert_eq!(client_from_version(v).as_deref(), *want, "{v:?}");
+        }
+    }
+
+    fn hex20(s: &str) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn crc32c_check_value() {
+        // The standard CRC catalogue check value for CRC-32C.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn bep42_vectors() {
+        // The test vectors published in BEP 42.
+        let vectors = [
+            ("124.31.75.21", "5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eee401"),
+            ("21.75.31.124", "5a3ce9c14e7a08645677bbd1cfe7d8f956d53256"),
+            ("65.23.51.170", "a5d43220bc8f112a3d426c84764f8c2a1150e616"),
+            ("84.124.73.14", "1b0321dd1bb1fe518101ceef99462b947a01ff41"),
+            ("43.213.53.83", "e56f6cbf5b7c4be0237986d5243b87aa6d51305a"),
+        ];
+        for (ip, id) in vectors {
+            let ip: IpAddr = ip.parse().unwrap();
+            let id = hex20(id);
+            assert!(bep42_id_matches(ip, &id), "{ip}");
+            // Only the first 21 bits and r are bound: bit 21 matters, bit 22
+            // and the middle bytes do not.
+            let mut flipped = id;
+            flipped[2] ^= 0x08;
+            assert!(!bep42_id_matches(ip, &flipped), "{ip} bit 21");
+            let mut free = id;
+            free[2] ^= 0x04;
+            free[10] ^= 0xff;
+            assert!(bep42_id_matches(ip, &free), "{ip} free bits");
+            // Changing r changes the prefix.
+            let mut other_r = id;
+            other_r[19] ^= 0x01;
+            assert!(!bep42_id_matches(ip, &other_r), "{ip} r");
+            assert!(!bep42_exempt(ip));
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        let id = [0u8; 20];
+        // Deterministic, and agrees with building a compliant prefix by hand.
+        let mut masked = [0x20u8 & 0x01, 0x01 & 0x03, 0x0d & 0x07, 0xb8 & 0x0f, 0, 0, 0, 0];
+        masked[0] |= 0;
+        let crc = crc32c(&masked).to_be_bytes();
+        let mut good = id;
+        good[0] = crc[0];
+        good[1] = crc[1];
+        good[2] = crc[2] & 0xf8;
+        assert!(bep42_id_matches(v6, &good));
+        assert!(!bep42_id_matches(v6, &[0xff; 20]));
+        for local in [
+            "10.1.2.3",
+            "192.168.0.1",
+            "172.16.5.5",
+            "127.0.0.1",
+            "169.254.1.1",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+        ] {
+            assert!(bep42_exempt(local.parse().unwrap()), "{local}");
+        }
+    }
+
+    fn ep(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pending_pairs_and_expires() {
+        let limits = DhtLimits {
+            max_pending: 4,
+            query_timeout_us: 1_000,
+            ..lim()
+        };
+        let mut p = PendingQueries::new(&limits);
+        let (a, b, c) = (ep("1.1.1.1:1"), ep("2.2.2.2:2"), ep("3.3.3.3:3"));
+        let q = |ts| PendingQuery {
+            method: Method::GetPeers,
+            ts_us: ts,
+            frame: ts,
+        };
+        assert_eq!(p.insert(b"aa", a, b, q(10)), InsertOutcome::Inserted);
+        assert_eq!(p.insert(b"aa", a, c, q(11)), InsertOutcome::Inserted);
+        assert_eq!(p.insert(b"aa", a, b, q(12)), InsertOutcome::Replaced);
+        // Wrong direction or wrong tid: no match.
+        assert!(p.take(b"aa", b, a).is_none());
+        assert!(p.take(b"ab", a, b).is_none());
+        assert_eq!(p.n_unmatched, 2);
+        assert_eq!(p.take(b"aa", a, b), Some(q(12)));
+        assert!(p.take(b"aa", a, b).is_none());
+        assert_eq!(p.len(), 1);
+        // The stale order entries for (aa, a, b) do not expire the live one.
+        assert_eq!(p.expire(1_010), 0);
+        assert_eq!(p.expire(1_011), 1);
+        assert!(p.is_empty());
+        assert_eq!(p.n_expired, 1);
+        let long = [7u8; MAX_TID_LEN + 1];
+        assert_eq!(p.insert(&long, a, b, q(1)), InsertOutcome::TidTooLong);
+        assert_eq!(p.n_tid_too_long, 1);
+        assert!(p.take(&long, a, b).is_none());
+    }
+
+    #[test]
+    fn pending_is_bounded_under_a_flood() {
+        let limits = DhtLimits {
+            max_pending: 100,
+            ..lim()
+        };
+        let mut p = PendingQueries::new(&limits);
+        let (a, b) = (ep("1.1.1.1:1"), ep("[::2]:2"));
+        for i in 0u32..100_000 {
+            let q = PendingQuery {
+                method: Method::Ping,
+                ts_us: u64::from(i),
+                frame: u64::from(i),
+            };
+            p.insert(&i.to_be_bytes(), a, b, q);
+            // Answer every other query, so stale order entries pile up too.
+            if i % 2 == 0 {
+                assert!(p.take(&i.to_be_bytes(), a, b).is_some());
+            }
+            assert!(p.len() <= 100);
+            assert!(p.order.len() <= 201, "order queue grew to {}", p.order.len());
+        }
+        // The newest queries survived; the oldest were evicted and counted.
+        assert!(p.take(&99_999u32.to_be_bytes(), a, b).is_some());
+        assert!(p.take(&1u32.to_be_bytes(), a, b).is_none());
+        assert_eq!(p.n_evicted, 50_000 - 100);
+    }
+
+    // -----------------------------------------------------------------------
+    // Real captures (../shared/corpus/public), skipped when absent.
+    // -----------------------------------------------------------------------
+
+    struct Datagram {
+        frame: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: Vec<u8>,
+    }
+
+    /// Minimal classic-pcap reader for the corpus checks: Ethernet (with an
+    /// optional 802.1Q tag), unfragmented IPv4, UDP. Anything else is skipped.
+    fn udp_datagrams(file: &[u8]) -> Option<Vec<Datagram>> {
+        let magic = file.get(..4)?;
+        let le = match magic {
+            [0xd4, 0xc3, 0xb2, 0xa1] | [0x4d, 0x3c, 0xb2, 0xa1] => true,
+            [0xa1, 0xb2, 0xc3, 0xd4] | [0xa1, 0xb2, 0x3c, 0x4d] => false,
+            _ => return None,
+        };
+        let u32_at = |b: &[u8], at: usize| -> Option<u32> {
+            let w: [u8; 4] = b.get(at..at + 4)?.try_into().ok()?;
+            Some(if le {
+                u32::from_le_bytes(w)
+            } else {
+                u32::from_be_bytes(w)
+            })
+        };
+        if u32_at(file, 20)? != 1 {
+            return None;
+        }
+        let be16 =
+            |b: &[u8], at: usize| -> Option<u16> { Some(u16::from_be_bytes(b.get(at..at + 2)?.try_into().ok()?)) };
+        let mut out = Vec::new();
+        let mut pos = 24;
+        let mut frame = 0;
+        while pos + 16 <= file.len() {
+            frame += 1;
+            let incl = u32_at(file, pos + 8)? as usize;
+            let pkt = file.get(pos + 16..pos + 16 + incl)?;
+            pos += 16 + incl;
+            let mut l3 = 14;
+            let mut ethertype = be16(pkt, 12)?;
+            if ethertype == 0x8100 {
+                ethertype = be16(pkt, 16)?;
+                l3 = 18;
+            }
+            if ethertype != 0x0800 {
+                continue;
+            }
+            let ip = pkt.get(l3..)?;
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let frag = be16(ip, 6)? & 0x3fff;
+            if *ip.get(9)? != 17 || frag != 0 {
+                continue;
+            }
+            let v4 = |at: usize| -> Option<Ipv4Addr> {
+                let o: [u8; 4] = ip.get(at..at + 4)?.try_into().ok()?;
+                Some(Ipv4Addr::from(o))
+            };
+            let udp = ip.get(ihl..)?;
+            let ulen = usize::from(be16(udp, 4)?);
+            out.push(Datagram {
+                frame,
+                src: SocketAddr::new(IpAddr::V4(v4(12)?), be16(udp, 0)?),
+                dst: SocketAddr::new(IpAddr::V4(v4(16)?), be16(udp, 2)?),
+                payload: udp.get(8..ulen)?.to_vec(),
+            });
+        }
+        Some(out)
+    }
+
+    fn corpus(rel: &str) -> Option<Vec<u8>> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/corpus/public")
+            .join(rel);
+        match std::fs::read(&path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                println!("skipping {}: {e}", path.display());
+                None
+            }
+        }
+    }
+
+    /// Our view of one message in the compact form used by the expectations
+    /// below: `frame kind[:method][:nN][:vN]`, node/value counts only where
+    /// tshark prints them (responses with `nodes` / `values`).
+    fn summary(frame: u64, m: &KrpcMessage<'_>) -> String {
+        let mut s = format!("{frame} {}", &m.kind.as_str()[..1]);
+        if let Some(method) = m.method {
+            s.push(':');
+            s.push_str(method.as_str());
+        }
+        if m.kind == KrpcKind::Response {
+            if let Some(n) = m.nodes {
+                s.push_str(&format!(":n{}", n.len()));
+            }
+            if let Some(v) = m.values {
+                s.push_str(&format!(":v{}", v.len()));
+            }
+        }
+        s
+    }
+
+    /// Checks every UDP payload of a capture parses as KRPC and matches the
+    /// expectations, which were taken from tshark 4.0.17
+    /// (`tshark -r F -Y bt-dht -O bt-dht -V`: "Message type", "Request type",
+    /// and the "nodes: N" / "values: N peers" lines).
+    fn check_capture(rel: &str, expected: &str) -> Option<Vec<(Datagram, String)>> {
+        let file = corpus(rel)?;
+        let datagrams = udp_datagrams(&file).expect("a classic Ethernet pcap");
+        let want: Vec<&str> = expected.split(',').map(str::trim).collect();
+        let mut got = Vec::new();
+        let mut out = Vec::new();
+        for dg in datagrams {
+            assert!(looks_like_krpc(&dg.payload), "frame {}", dg.frame);
+            let m = match parse_krpc(&dg.payload, &lim()) {
+                Ok(m) => m,
+                Err(e) => panic!("{rel} frame {}: {e}", dg.frame),
+            };
+            exercise(&m);
+            got.push(summary(dg.frame, &m));
+            let anomalies = kinds(&m)
+                .iter()
+                .map(|(k, f)| format!("{k}:{f}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            out.push((dg, anomalies));
+        }
+        assert_eq!(got, want, "{rel}");
+        Some(out)
+    }
+
+    #[test]
+    fn corpus_suricata_verify() {
+        let expected = "1 q:ping, 2 r, 3 q:ping, 4 e, 5 q:find_node, 6 r:n0, \
+            7 q:get_peers, 8 r:v2, 9 q:get_peers, 10 r:n0, 11 q:announce_peer, 12 r, \
+            13 q:announce_peer, 14 r, 15 q:ping, 16 e";
+        let Some(msgs) = check_capture("OISF__suricata-verify/input.pcap", expected) else {
+            return;
+        };
+        // The capture's deliberate defects surface as anomalies.
+        let anomalies: Vec<(u64, &str)> = msgs
+            .iter()
+            .filter(|(_, a)| !a.is_empty())
+            .map(|(d, a)| (d.frame, a.as_str()))
+            .collect();
+        assert_eq!(
+            anomalies,
+            vec![
+                (6, "dht_bad_length:nodes"),
+                (10, "dht_bad_length:nodes"),
+                (15, "dht_missing_field:t"),
+            ]
+        );
+        let m = parse(&msgs[7].0.payload);
+        let peers: Vec<SocketAddr> = m.values.unwrap().iter().collect();
+        // tshark: "Peer 1 (IP/Port: 97.120.106.101:11893)".
+        assert_eq!(peers[0], ep("97.120.106.101:11893"));
+        assert_eq!(
+            parse(&msgs[4].0.payload).client().as_deref(),
+            Some("µTorrent build 12337")
+        );
+        let m = parse(&msgs[12].0.payload);
+        assert_eq!((m.port, m.implied_port), (Some(6881), Some(true)));
+        assert_eq!(parse(&msgs[15].0.payload).error_code, Some(203));
+
+        // Pairing: every response/error but the last answers the query
+        // before it; frame 15 has no tid, so error 16 stays unmatched.
+        let mut pending = PendingQueries::new(&lim());
+        let mut paired = Vec::new();
+        for (dg, _) in &msgs {
+            let m = parse(&dg.payload);
+            match m.kind {
+                KrpcKind::Query => {
+                    pending.insert(
+                        m.tid,
+                        dg.src,
+                        dg.dst,
+                        PendingQuery {
+                            method: m.method.unwrap_or(Method::Other),
+                            ts_us: dg.frame,
+                            frame: dg.frame,
+                        },
+                    );
+                }
+                _ => {
+                    if let Some(q) = pending.take(m.tid, dg.dst, dg.src) {
+                        paired.push((q.frame, dg.frame, q.method.as_str()));
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            paired,
+            vec![
+                (1, 2, "ping"),
+                (3, 4, "ping"),
+                (5, 6, "find_node"),
+                (7, 8, "get_peers"),
+                (9, 10, "get_peers"),
+                (11, 12, "announce_peer"),
+                (13, 14, "announce_peer"),
+            ]
+        );
+        assert_eq!(pending.n_unmatched, 1);
+    }
+
+    #[test]
+    fn corpus_camp0_incc() {
+        let expected = "1 q:ping, 2 q:ping, 3 r, 4 r, 5 q:get_peers, 6 q:get_peers, 7 r:n8, \
+            8 q:announce_peer, 9 r, 10 q:find_node, 11 r:n8, 12 q:ping, 14 q:ping, \
+            15 q:get_peers, 16 q:find_node, 17 q:ping, 18 q:get_peers, 19 q:get_peers, \
+            20 q:find_node, 21 q:get_peers, 22 q:get_peers, 23 q:get_peers, 24 q:get_peers, \
+            25 q:find_node, 26 q:get_peers, 27 q:find_node, 28 q:get_peers, 29 q:get_peers, \
+            30 q:find_node, 31 r:n8, 32 r:v1, 33 q:get_peers, 34 q:find_node, 35 q:ping, \
+            36 q:ping, 37 q:ping, 38 q:ping, 40 q:announce_peer, 41 q:ping, 42 q:ping, 43 r, \
+            44 q:ping, 45 q:ping, 46 q:ping, 47 q:ping, 48 r, 49 q:ping, 50 q:ping, 51 q:ping, \
+            52 r, 53 q:ping, 54 r, 55 q:ping, 56 q:ping, 57 q:ping, 58 q:get_peers, 59 r:v1, \
+            60 q:announce_peer, 61 r, 62 q:get_peers, 63 r:v2, 64 q:announce_peer, \
+            65 q:get_peers, 66 r:v2, 67 q:announce_peer, 68 r, 69 q:get_peers, 70 q:get_peers, \
+            71 r:v3, 72 r:v3, 73 q:get_peers, 74 r:v3, 75 q:announce_peer, 76 r, \
+            77 q:get_peers, 78 r:v4";
+        let Some(msgs) = check_capture("camp0__incc/torrent-dht.pcap", expected) else {
+            return;
+        };
+        assert_eq!(msgs.len(), 76);
+        for (dg, anomalies) in &msgs {
+            assert_eq!(anomalies, "", "frame {}", dg.frame);
+            assert_eq!(parse(&dg.payload).unknown_keys().count(), 0, "frame {}", dg.frame);
+        }
+        // Frame 32 returns one IPv6 peer (an 18-byte value).
+        let m = parse(&msgs.iter().find(|(d, _)| d.frame == 32).unwrap().0.payload);
+        assert!(m.values.unwrap().iter().all(|p| p.is_ipv6()));
+        let versions: std::collections::BTreeSet<String> =
+            msgs.iter().filter_map(|(d, _)| parse(&d.payload).client()).collect();
+        assert!(versions.contains("µTorrent build 14458"), "{versions:?}");
+    }
+}

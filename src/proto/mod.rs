@@ -1,0 +1,11 @@
+//! Pure protocol parsers: no I/O, no threads, no polars. Each bounds what it
+//! holds and never panics on input.
+
+pub mod bencode;
+pub mod client_id;
+pub mod dht;
+pub mod metainfo;
+pub mod peer_wire;
+pub mod tracker_http;
+pub mod tracker_udp;
+pub mod utp;

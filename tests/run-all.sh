@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The whole test suite: set-up on a fresh Debian machine, then every Rust
+# test (unit and integration; corpus tests read ../shared) and, when the
+# notebooks exist, every notebook executed against the sample-pcaps output.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+bash tests/setup.sh
+cargo test --all-targets
+if [ -f notebooks/run.sh ]; then
+  bash notebooks/run.sh
+fi
