@@ -57,7 +57,8 @@ pub fn print(dir: &Path) -> Result<(), String> {
     }
     // Wide, complete tables on a terminal.
     std::env::set_var("POLARS_FMT_MAX_COLS", "14");
-    std::env::set_var("POLARS_FMT_STR_LEN", "42");
+    std::env::set_var("POLARS_FMT_STR_LEN", "64");
+    std::env::set_var("POLARS_TABLE_WIDTH", "240");
     std::env::set_var("POLARS_FMT_TABLE_ROUNDED_CORNERS", "1");
     println!("Dataset {}\n", dir.display());
     println!("{:<20} {:>10}", "table", "rows");

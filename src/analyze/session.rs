@@ -101,13 +101,7 @@ const LTEP_LIMITS: BencodeLimits = BencodeLimits {
 
 impl PeerSession {
     pub fn new(init: SessionInit, limits: &Limits, messages: bool) -> Self {
-        let mk = || {
-            if init.midstream {
-                PeerWireFramer::new_midstream(limits.peer_wire)
-            } else {
-                PeerWireFramer::new(limits.peer_wire)
-            }
-        };
+        let mk = || PeerWireFramer::new_auto(limits.peer_wire, init.midstream);
         PeerSession {
             framers: [mk(), mk()],
             st: State {

@@ -90,6 +90,8 @@ struct PeerState {
     first_pieces: Option<u64>,
     last_pieces: Option<u64>,
     below_seen: bool,
+    /// Since when the peer has been below the threshold (None: not below).
+    below_since: Option<i64>,
     completed_ts: Option<i64>,
     confirmed: bool,
     uploaded: u64,
@@ -102,6 +104,11 @@ struct PeerState {
     conns: Vec<u64>,
     n_connections: u64,
 }
+
+/// How long a peer must stay below the completion threshold for a later
+/// crossing to count as a confirmed download (see the lazy-bitfield note in
+/// `apply_one`); real downloads take far longer than a second.
+pub const MIN_BELOW_US: i64 = 1_000_000;
 
 /// Most connection ids remembered per peer to count distinct connections.
 const MAX_CONNS_REMEMBERED: usize = 64;
@@ -284,11 +291,21 @@ impl Swarm {
         if let (Some(h), Some(n)) = (have, n) {
             if n > 0 {
                 let done = h as f64 >= self.threshold * n as f64;
-                if !done {
+                // A below-threshold state counts once it has lasted
+                // MIN_BELOW_US: seeders that send a "lazy bitfield" (a few
+                // pieces left out, then `have`s for them in the same breath,
+                // as Deluge and libtorrent do against ISP filtering) are
+                // below for a few milliseconds and are not downloads.
+                let since = *p.below_since.get_or_insert(ts);
+                if ts - since >= MIN_BELOW_US {
                     p.below_seen = true;
-                } else if p.completed_ts.is_none() {
-                    p.completed_ts = Some(ts);
-                    p.confirmed = p.below_seen;
+                }
+                if done {
+                    p.below_since = None;
+                    if p.completed_ts.is_none() {
+                        p.completed_ts = Some(ts);
+                        p.confirmed = p.below_seen;
+                    }
                 }
             }
         }
@@ -347,6 +364,10 @@ impl Swarm {
         hashes.sort();
         for h in hashes {
             let Some(t) = self.torrents.get(&h) else { continue };
+            // Torrents only named by --torrents and never seen are not rows.
+            if t.first_ts.is_none() {
+                continue;
+            }
             let (n_peers, n_conf) = per_torrent.get(&h).copied().unwrap_or_default();
             let m = t.meta.as_deref();
             rows.torrents.push(TorrentRow {
@@ -394,6 +415,7 @@ impl PeerState {
             first_pieces: None,
             last_pieces: None,
             below_seen: false,
+            below_since: None,
             completed_ts: None,
             confirmed: false,
             uploaded: 0,

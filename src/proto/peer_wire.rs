@@ -202,6 +202,9 @@ pub enum WireEvent<'a> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// Nothing seen yet: the first byte decides (0x13 starts a handshake;
+    /// otherwise hunt when the stream start was not captured).
+    Start { midstream: bool },
     /// Expecting the 68-byte handshake (stream start).
     Handshake,
     /// Reading a message header into `acc` (4-byte length, id, up to 8 bytes).
@@ -279,6 +282,15 @@ impl PeerWireFramer {
         Self::with_state(limits, State::Hunt)
     }
 
+    /// A framer that looks at the first byte: a handshake when it is 0x13
+    /// (clients write the handshake in one segment, so a captured stream
+    /// start shows it even when the SYN was missed); otherwise a handshake is
+    /// still expected when the start was captured (`midstream` false), and
+    /// boundaries are hunted for when it was not.
+    pub fn new_auto(limits: PeerWireLimits, midstream: bool) -> Self {
+        Self::with_state(limits, State::Start { midstream })
+    }
+
     /// A framer that starts directly at a message boundary (after a handshake
     /// seen elsewhere, e.g. behind an MSE exchange that chose plaintext).
     pub fn new_after_handshake(limits: PeerWireLimits) -> Self {
@@ -307,7 +319,10 @@ impl PeerWireFramer {
 
     /// True while the framer is in sync with message boundaries.
     pub fn in_sync(&self) -> bool {
-        !matches!(self.state, State::Hunt | State::Dead | State::Handshake)
+        !matches!(
+            self.state,
+            State::Hunt | State::Dead | State::Handshake | State::Start { .. }
+        )
     }
 
     pub fn is_dead(&self) -> bool {
@@ -329,6 +344,9 @@ impl PeerWireFramer {
 
     /// End of stream: a partial handshake is still reported.
     pub fn finish(&mut self, out: &mut impl FnMut(WireEvent<'_>)) {
+        if self.state == State::Hunt {
+            self.hunt_at_boundary(out);
+        }
         if self.state == State::Handshake && self.acc.len() >= 48 {
             self.emit_partial_handshake(out);
         }
@@ -355,7 +373,17 @@ impl PeerWireFramer {
         if n == 0 {
             return;
         }
+        if self.state == State::Hunt {
+            // The stream breaks here: a candidate that ends exactly at the
+            // break is as good as one confirmed by a following header.
+            self.hunt_at_boundary(out);
+        }
         match self.state {
+            State::Start { .. } => {
+                self.stats.unframed_bytes += n;
+                self.hunt_skipped = n;
+                self.state = State::Hunt;
+            }
             State::PieceBlock { remaining } if n <= remaining => {
                 self.stats.piece_gap_bytes += n;
                 out(WireEvent::PieceGap(n));
@@ -426,6 +454,13 @@ impl PeerWireFramer {
                 State::Dead => {
                     self.stats.unframed_bytes += d.len() as u64;
                     return;
+                }
+                State::Start { midstream } => {
+                    self.state = if d.first() == Some(&HANDSHAKE_PREFIX[0]) || !midstream {
+                        State::Handshake
+                    } else {
+                        State::Hunt
+                    };
                 }
                 State::Handshake => d = self.handshake(d, out),
                 State::PieceBlock { remaining } => {
@@ -804,6 +839,65 @@ impl PeerWireFramer {
         }
     }
 
+    /// Resumes framing at `pos` of the hunt window, in `state`.
+    fn resync_at(&mut self, pos: usize, state: State, out: &mut impl FnMut(WireEvent<'_>)) {
+        let skipped = self.hunt_skipped + pos as u64;
+        self.stats.unframed_bytes += pos as u64;
+        self.stats.n_resyncs += 1;
+        out(WireEvent::Resync { skipped_bytes: skipped });
+        let window = std::mem::take(&mut self.acc);
+        self.hunt_pos = 0;
+        self.hunt_skipped = 0;
+        self.state = state;
+        self.feed_data(window.get(pos..).unwrap_or_default(), out);
+    }
+
+    /// A header whose fixed bytes alone make it trustworthy: a `have`
+    /// (`00 00 00 05 04`), a request/cancel/reject (`00 00 00 0d 06|08|10`)
+    /// with a sane block, or a piece of one standard 16 KiB block at a block
+    /// boundary. Five fixed bytes occur by chance once in 2^40 positions, so
+    /// these need no second header to confirm them — which matters for short
+    /// mid-stream captures and lossy streams where gaps keep cutting the
+    /// window before a 16 KiB block and the header after it are whole.
+    fn strong(&self, h: &[u8]) -> bool {
+        let (Some(len), Some(&id)) = (be32(h, 0), h.get(4)) else {
+            return false;
+        };
+        match (id, len) {
+            (4, 5) => true,
+            (6 | 8 | 16, 13) => {
+                matches!(be32(h, 13), Some(l) if l > 0 && l <= self.limits.max_block_len)
+                    && matches!(be32(h, 9), Some(b) if b % 1024 == 0)
+            }
+            (7, 16393) => matches!(be32(h, 9), Some(b) if b % 16384 == 0),
+            _ => false,
+        }
+    }
+
+    /// At a break in the stream (a gap or its end) while hunting: accepts
+    /// the first candidate whose message ends exactly at the break, or is
+    /// followed by a plausible header cut by the break.
+    fn hunt_at_boundary(&mut self, out: &mut impl FnMut(WireEvent<'_>)) {
+        let end = self.acc.len();
+        let mut pos = self.hunt_pos;
+        while pos < end {
+            let Some(window) = self.acc.get(pos..) else { break };
+            if self.plausible(window, true) == Plausible::Yes {
+                let next_at = 4 + be32(window, 0).unwrap_or(0) as usize;
+                let ok = match window.get(next_at..) {
+                    Some([]) => true,
+                    Some(next) => self.plausible(next, false) != Plausible::No,
+                    None => false,
+                };
+                if ok {
+                    self.resync_at(pos, State::Header, out);
+                    return;
+                }
+            }
+            pos += 1;
+        }
+    }
+
     /// Hunt mode: appends `d` to the window and looks for a header that is
     /// plausible and followed by a plausible header.
     fn hunt<'d>(&mut self, d: &'d [u8], out: &mut impl FnMut(WireEvent<'_>)) -> &'d [u8] {
@@ -822,6 +916,18 @@ impl PeerWireFramer {
             if window.is_empty() {
                 break;
             }
+            // A handshake inside the stream (after a gap, or a stream whose
+            // first bytes were lost) is the strongest boundary there is.
+            if window.first() == Some(&HANDSHAKE_PREFIX[0]) {
+                let n = window.len().min(HANDSHAKE_PREFIX.len());
+                if window.get(..n) == HANDSHAKE_PREFIX.get(..n) {
+                    if n < HANDSHAKE_PREFIX.len() {
+                        break;
+                    }
+                    self.resync_at(pos, State::Handshake, out);
+                    return rest;
+                }
+            }
             match self.plausible(window, true) {
                 Plausible::No => {
                     self.hunt_pos += 1;
@@ -835,6 +941,10 @@ impl PeerWireFramer {
                     break;
                 }
                 Plausible::Yes => {}
+            }
+            if self.strong(window) {
+                self.resync_at(pos, State::Header, out);
+                return rest;
             }
             let len = be32(window, 0).unwrap_or(0) as usize;
             let next_at = 4 + len;
@@ -857,16 +967,7 @@ impl PeerWireFramer {
                     break;
                 }
                 Plausible::Yes => {
-                    // Found: resume framing at `pos` with the window's bytes.
-                    let skipped = self.hunt_skipped + pos as u64;
-                    self.stats.unframed_bytes += pos as u64;
-                    self.stats.n_resyncs += 1;
-                    out(WireEvent::Resync { skipped_bytes: skipped });
-                    let window = std::mem::take(&mut self.acc);
-                    self.hunt_pos = 0;
-                    self.hunt_skipped = 0;
-                    self.state = State::Header;
-                    self.feed_data(window.get(pos..).unwrap_or_default(), out);
+                    self.resync_at(pos, State::Header, out);
                     return rest;
                 }
             }
