@@ -69,8 +69,18 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
         return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));
     }
     let expanded = expand_inputs(&inputs).map_err(|e| e.to_string())?;
+    // Files named on the command line that are not captures deserve a word;
+    // the other files of a directory (READMEs, .torrent files) do not.
+    let mut quiet = 0;
     for s in &expanded.skipped {
-        eprintln!("swarmtap: skipping {}: {}", s.path.display(), s.reason);
+        if inputs.contains(&s.path) {
+            eprintln!("swarmtap: skipping {}: {}", s.path.display(), s.reason);
+        } else {
+            quiet += 1;
+        }
+    }
+    if quiet > 0 {
+        eprintln!("swarmtap: {quiet} non-capture file(s) in the input directories ignored");
     }
     let inputs: Vec<InputSpec> = expanded.inputs;
     if inputs.is_empty() {

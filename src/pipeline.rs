@@ -128,7 +128,7 @@ pub fn analyze(
     let mut ctx = ShardContext::default();
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
     for m in torrents {
-        if let Some(h) = m.info_hash_v1 {
+        for h in m.wire_hashes() {
             ctx.shapes.insert(
                 h,
                 TorrentShape {

@@ -35,6 +35,49 @@ pub enum SwarmEventKind {
         to: SocketAddr,
         bytes: u64,
     },
+    /// The peer's endpoint was learned from another source (a tracker
+    /// response, a DHT reply or announce, PEX, LSD, a probe) without it
+    /// necessarily being seen on the wire.
+    Learned {
+        source: PeerSource,
+    },
+}
+
+/// Where a peer was learned (`peers.sources`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerSource {
+    Wire,
+    Tracker,
+    Dht,
+    Pex,
+    Lsd,
+    Probe,
+}
+
+impl PeerSource {
+    pub const ALL: [PeerSource; 6] = [
+        PeerSource::Wire,
+        PeerSource::Tracker,
+        PeerSource::Dht,
+        PeerSource::Pex,
+        PeerSource::Lsd,
+        PeerSource::Probe,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerSource::Wire => "wire",
+            PeerSource::Tracker => "tracker",
+            PeerSource::Dht => "dht",
+            PeerSource::Pex => "pex",
+            PeerSource::Lsd => "lsd",
+            PeerSource::Probe => "probe",
+        }
+    }
+
+    pub fn bit(self) -> u8 {
+        1 << (self as u8)
+    }
 }
 
 /// An event about one peer of one torrent.

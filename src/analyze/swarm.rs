@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 
-use super::{SwarmEvent, SwarmEventKind};
+use super::{PeerSource, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::{hex, Metainfo};
@@ -103,6 +103,8 @@ struct PeerState {
     max_rate: [Option<f64>; 2],
     conns: Vec<u64>,
     n_connections: u64,
+    /// PeerSource bits.
+    sources: u8,
 }
 
 /// How long a peer must stay below the completion threshold for a later
@@ -159,16 +161,12 @@ impl Swarm {
     }
 
     /// Registers a torrent from a .torrent file (piece count, name, …).
+    /// A hybrid torrent is registered under both its v1 hash and its v2 hash
+    /// truncated to 20 bytes: clients put either in the handshake (BEP 52).
     pub fn add_metainfo(&mut self, m: std::sync::Arc<Metainfo>, source: &'static str) {
-        if let Some(h) = m.info_hash_v1.or_else(|| {
-            m.info_hash_v2.map(|h2| {
-                let mut t = [0u8; 20];
-                t.copy_from_slice(&h2[..20]);
-                t
-            })
-        }) {
+        for h in m.wire_hashes() {
             let t = self.torrents.entry(h).or_default();
-            t.meta = Some(m);
+            t.meta = Some(m.clone());
             t.metadata_source = source;
         }
     }
@@ -225,7 +223,12 @@ impl Swarm {
         p.first_ts = p.first_ts.min(ts);
         p.last_ts = p.last_ts.max(ts);
         let cause: Option<&'static str> = match ev.kind {
+            SwarmEventKind::Learned { source } => {
+                p.sources |= source.bit();
+                None
+            }
             SwarmEventKind::Seen { peer_id, client } => {
+                p.sources |= PeerSource::Wire.bit();
                 if peer_id.is_some() {
                     p.peer_id = peer_id;
                 }
@@ -357,7 +360,11 @@ impl Swarm {
                 max_rate_bps: p.max_rate[0],
                 max_upload_rate_bps: p.max_rate[1],
                 n_connections: p.n_connections,
-                sources: vec!["wire".to_string()],
+                sources: PeerSource::ALL
+                    .iter()
+                    .filter(|s| p.sources & s.bit() != 0)
+                    .map(|s| s.name().to_string())
+                    .collect(),
             });
         }
         let mut hashes: Vec<_> = self.torrents.keys().copied().collect();
@@ -426,6 +433,7 @@ impl PeerState {
             max_rate: [None, None],
             conns: Vec::new(),
             n_connections: 0,
+            sources: 0,
         }
     }
 

@@ -232,6 +232,23 @@ fn walk_file_tree(tree: Dict<'_>, piece_length: u64) -> (Vec<FileEntry>, u32, u6
     (files, n_pieces.min(u64::from(u32::MAX)) as u32, total)
 }
 
+impl Metainfo {
+    /// The 20-byte hashes this torrent goes by on the wire: the v1 hash and
+    /// the v2 hash truncated to 20 bytes (BEP 52 handshakes, trackers, DHT).
+    pub fn wire_hashes(&self) -> Vec<[u8; 20]> {
+        let mut v = Vec::new();
+        if let Some(h) = self.info_hash_v1 {
+            v.push(h);
+        }
+        if let Some(h2) = self.info_hash_v2 {
+            let mut t = [0u8; 20];
+            t.copy_from_slice(&h2[..20]);
+            v.push(t);
+        }
+        v
+    }
+}
+
 /// Lowercase hex.
 pub fn hex(b: &[u8]) -> String {
     const D: &[u8; 16] = b"0123456789abcdef";
