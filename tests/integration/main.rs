@@ -1,7 +1,10 @@
 //! End-to-end tests: the real pipeline over real captures (the public corpus
-//! in ../shared, and hand-built hostile captures), with the Parquet output
-//! read back by polars. Tests that need ../shared or tshark skip with a
-//! printed reason when those are absent.
+//! in ../shared, the project's own sample-pcaps, and hand-built hostile
+//! captures), with the Parquet output read back by polars. Tests that need
+//! ../shared or tshark skip with a printed reason when those are absent.
+//!
+//! One test binary; its modules group tests by feature and share the
+//! helpers defined here.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +17,7 @@ use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::parse_torrent;
 use swarmtap::sink::TABLE_NAMES;
 
-fn corpus() -> Option<PathBuf> {
+pub fn corpus() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
     if p.is_dir() {
         Some(p)
@@ -24,7 +27,7 @@ fn corpus() -> Option<PathBuf> {
     }
 }
 
-fn tshark() -> bool {
+pub fn tshark() -> bool {
     let ok = Command::new("tshark")
         .arg("--version")
         .output()
@@ -35,12 +38,12 @@ fn tshark() -> bool {
     ok
 }
 
-struct Run {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
+pub struct Run {
+    pub _tmp: tempfile::TempDir,
+    pub dir: PathBuf,
 }
 
-fn run_with(inputs: &[PathBuf], torrents: &[PathBuf], settings: Settings, filter: Option<&str>) -> Run {
+pub fn run_with(inputs: &[PathBuf], torrents: &[PathBuf], settings: Settings, filter: Option<&str>) -> Run {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("out");
     let exp = expand_inputs(inputs).expect("inputs");
@@ -52,18 +55,18 @@ fn run_with(inputs: &[PathBuf], torrents: &[PathBuf], settings: Settings, filter
     Run { _tmp: tmp, dir }
 }
 
-fn run(inputs: &[PathBuf], torrents: &[PathBuf]) -> Run {
+pub fn run(inputs: &[PathBuf], torrents: &[PathBuf]) -> Run {
     run_with(inputs, torrents, Settings::default(), None)
 }
 
-fn table(r: &Run, name: &str) -> DataFrame {
+pub fn table(r: &Run, name: &str) -> DataFrame {
     let p = r.dir.join(format!("{name}.parquet"));
     ParquetReader::new(File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
         .finish()
         .expect("parquet")
 }
 
-fn u64s(df: &DataFrame, col: &str) -> Vec<Option<u64>> {
+pub fn u64s(df: &DataFrame, col: &str) -> Vec<Option<u64>> {
     df.column(col)
         .expect(col)
         .cast(&DataType::UInt64)
@@ -74,7 +77,7 @@ fn u64s(df: &DataFrame, col: &str) -> Vec<Option<u64>> {
         .collect()
 }
 
-fn strs(df: &DataFrame, col: &str) -> Vec<Option<String>> {
+pub fn strs(df: &DataFrame, col: &str) -> Vec<Option<String>> {
     df.column(col)
         .expect(col)
         .str()
@@ -84,15 +87,15 @@ fn strs(df: &DataFrame, col: &str) -> Vec<Option<String>> {
         .collect()
 }
 
-fn bools(df: &DataFrame, col: &str) -> Vec<Option<bool>> {
+pub fn bools(df: &DataFrame, col: &str) -> Vec<Option<bool>> {
     df.column(col).expect(col).bool().expect("bool").iter().collect()
 }
 
-fn sum(df: &DataFrame, col: &str) -> u64 {
+pub fn sum(df: &DataFrame, col: &str) -> u64 {
     u64s(df, col).into_iter().flatten().sum()
 }
 
-fn count_by(df: &DataFrame, col: &str) -> BTreeMap<String, u64> {
+pub fn count_by(df: &DataFrame, col: &str) -> BTreeMap<String, u64> {
     let mut m = BTreeMap::new();
     for v in strs(df, col) {
         *m.entry(v.unwrap_or_default()).or_default() += 1;
@@ -347,7 +350,7 @@ fn output_does_not_depend_on_thread_count() {
 // ---------- hostile input, built here ----------
 
 /// Writes a classic little-endian µs pcap with Ethernet frames.
-fn write_pcap(path: &Path, frames: &[(i64, Vec<u8>)]) {
+pub fn write_pcap(path: &Path, frames: &[(i64, Vec<u8>)]) {
     let mut b = Vec::new();
     b.extend(0xa1b2_c3d4u32.to_le_bytes());
     b.extend(2u16.to_le_bytes());
@@ -365,7 +368,7 @@ fn write_pcap(path: &Path, frames: &[(i64, Vec<u8>)]) {
     std::fs::write(path, b).expect("write pcap");
 }
 
-fn tcp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+pub fn tcp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, ack: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x08, 0x00];
     let total = (40 + payload.len()) as u16;
     f.extend([0x45, 0, (total >> 8) as u8, total as u8, 0, 0, 0x40, 0, 64, 6, 0, 0]);
