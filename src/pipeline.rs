@@ -19,14 +19,17 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::analyze::swarm::Swarm;
+use crate::analyze::swarm::UnattributedEvent;
+use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey, Packet};
 use crate::flow::table::{Shard, ShardContext};
+use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
-use crate::sink::{CaptureStatsRow, RowBatch, SinkThread, Ts};
+use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
 
 /// Frame data per batch: large enough to amortise the per-batch merge and
 /// thread hand-offs, small enough to keep a few batches in memory.
@@ -121,7 +124,7 @@ pub fn analyze(
 ) -> Result<RunSummary, String> {
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
-    let names: Vec<String> = inputs.iter().map(|i| i.display_name()).collect();
+    let names = capture_names(&inputs);
     let names = Arc::new(names);
     let sink = SinkThread::to_dir(out_dir)?;
 
@@ -209,6 +212,8 @@ pub fn analyze(
     let mut watermark = i64::MIN;
     let mut last_progress = Instant::now();
     let mut failure: Option<String> = None;
+    let mut held_conns: Vec<ConnectionRow> = Vec::new();
+    let mut current_capture = 0u32;
 
     for msg in rx {
         let batch = match msg {
@@ -222,21 +227,44 @@ pub fn analyze(
                 break;
             }
         };
+        // A new input that does not continue the previous one in time (it
+        // starts before the previous ended, or after every flow would have
+        // expired) is a separate capture: its packets must not join flows of
+        // the last one. Rotated files of one tap continue each other.
+        if batch.capture_idx != current_capture {
+            let first = batch.frames.first().map(|f| f.ts_us);
+            if let (Some(t0), true) = (first, watermark != i64::MIN) {
+                let idle = settings.limits.tcp_idle_us.max(settings.limits.udp_idle_us);
+                if t0 < watermark || t0 - watermark > idle {
+                    let mut rows = pool.install(|| {
+                        shards.par_iter_mut().for_each(|s| s.finish(watermark));
+                        RowBatch::default()
+                    });
+                    let (events, unattributed) = collect_events(&mut shards, &mut rows);
+                    finish_rows(&mut rows);
+                    swarm.apply(events, unattributed, &mut rows);
+                    hold_unattributed(&mut rows, &mut held_conns);
+                    rows.peer_progress.sort_by_key(|r| r.frame);
+                    gate.filter(&mut rows, &mut counts);
+                    summary.n_connections += rows.connections.len() as u64;
+                    sink.send(rows)?;
+                    watermark = i64::MIN;
+                }
+            }
+            current_capture = batch.capture_idx;
+        }
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
-        let mut events = Vec::new();
-        for s in &mut shards {
-            rows.append(&mut s.out.rows);
-            events.append(&mut s.out.events);
-        }
+        let (events, unattributed) = collect_events(&mut shards, &mut rows);
         finish_rows(&mut rows);
-        events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
-        swarm.apply(events, &mut rows);
+        swarm.apply(events, unattributed, &mut rows);
+        hold_unattributed(&mut rows, &mut held_conns);
         rows.peer_progress.sort_by_key(|r| r.frame);
         gate.filter(&mut rows, &mut counts);
         summary.n_packets += batch.frames.len() as u64;
         summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
         summary.n_messages += rows.peer_messages.len() as u64;
+        summary.n_connections += rows.connections.len() as u64;
         sink.send(rows)?;
         if progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = Instant::now();
@@ -267,19 +295,28 @@ pub fn analyze(
         shards.par_iter_mut().for_each(|s| s.finish(end_ts));
         RowBatch::default()
     });
-    let mut events = Vec::new();
-    for s in &mut shards {
-        rows.append(&mut s.out.rows);
-        events.append(&mut s.out.events);
+    let (events, unattributed) = collect_events(&mut shards, &mut rows);
+    for s in &shards {
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
-        summary.n_connections += s.stats.n_peer_connections;
     }
     finish_rows(&mut rows);
-    events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
-    swarm.apply(events, &mut rows);
+    swarm.apply(events, unattributed, &mut rows);
     rows.peer_progress.sort_by_key(|r| r.frame);
     let n_dropped_peers = swarm.n_peers_dropped;
+    // Mid-stream connections held back get the torrent they were attributed
+    // to (now or at the swarm's last retry).
+    rows.connections.append(&mut held_conns);
+    let mut swarm = swarm;
+    swarm.retry_all(&mut rows);
+    for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
+        if let Some(h) = swarm.attribution(c.conn_id) {
+            c.info_hash = Some(hex(&h));
+            c.info_hash_source = Some("endpoint");
+        }
+    }
+    rows.connections.sort_by_key(|r| r.conn_id);
+    summary.n_connections += rows.connections.len() as u64;
     swarm.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
@@ -322,6 +359,61 @@ pub fn analyze(
     sink.finish()?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The `capture` column: each input's file name, or its path as given when
+/// two inputs share a file name (so rows stay attributable).
+pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
+    let base = |i: &InputSpec| match i {
+        InputSpec::Path(p) => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| i.display_name()),
+        InputSpec::Stdin => "-".to_string(),
+    };
+    let bases: Vec<String> = inputs.iter().map(base).collect();
+    inputs
+        .iter()
+        .zip(&bases)
+        .map(|(i, b)| {
+            if bases.iter().filter(|x| *x == b).count() > 1 {
+                i.display_name()
+            } else {
+                b.clone()
+            }
+        })
+        .collect()
+}
+
+/// Takes every shard's rows and swarm events, events in frame order.
+fn collect_events(shards: &mut [Shard], rows: &mut RowBatch) -> (Vec<SwarmEvent>, Vec<UnattributedEvent>) {
+    let mut events = Vec::new();
+    let mut unattributed = Vec::new();
+    for s in shards.iter_mut() {
+        rows.append(&mut s.out.rows);
+        events.append(&mut s.out.events);
+        unattributed.append(&mut s.out.unattributed);
+    }
+    events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+    unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
+    (events, unattributed)
+}
+
+/// Connection rows without an info_hash (picked up mid-stream) are held
+/// until the end of the run, when the swarm state may have attributed them;
+/// past this many they are written as they are.
+const MAX_HELD_CONNECTIONS: usize = 65_536;
+
+fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
+    let mut i = 0;
+    while i < rows.connections.len() {
+        if rows.connections[i].info_hash.is_none() && held.len() < MAX_HELD_CONNECTIONS {
+            held.push(rows.connections.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    rows.connections.sort_by_key(|r| r.conn_id);
 }
 
 /// Orders the rows of one step: per-message tables by frame (stable: rows of

@@ -24,6 +24,9 @@ pub enum SwarmEventKind {
     Seen {
         peer_id: Option<[u8; 20]>,
         client: Option<String>,
+        /// The endpoint's port is a listen port (the responder's, or the
+        /// originator's BEP 10 `p`), not an ephemeral source port.
+        listen: bool,
     },
     Bitfield(Vec<u8>),
     Have(u32),
@@ -95,6 +98,8 @@ pub struct SwarmEvent {
 pub struct ShardOut {
     pub rows: RowBatch,
     pub events: Vec<SwarmEvent>,
+    /// Events of mid-stream connections whose info_hash is not known yet.
+    pub unattributed: Vec<swarm::UnattributedEvent>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
 }

@@ -186,6 +186,18 @@ impl Shard {
                 }
             }
         }
+        // A flow idle for longer than its timeout ends before this packet,
+        // even if no sweep has run in between (sweeps follow batch ends).
+        let idle = if is_tcp {
+            self.limits.tcp_idle_us
+        } else {
+            self.limits.udp_idle_us
+        };
+        if self.flows.get(&key).is_some_and(|f| ctx.ts - f.last_ts > idle) {
+            if let Some(f) = self.flows.remove(&key) {
+                self.end_flow(key, f, EndReason::Idle, ctx);
+            }
+        }
         if !self.flows.contains_key(&key) {
             if self.flows.len() >= self.max_flows {
                 self.evict(ctx);
