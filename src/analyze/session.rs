@@ -271,7 +271,9 @@ impl State {
                 SwarmEventKind::Seen { peer_id, client, .. } => SwarmEventKind::Seen {
                     peer_id,
                     client,
-                    listen: h.side == RESP || self.sides[h.side].listen_port.is_some(),
+                    // Which side listens is known only when the connection's
+                    // start was captured (the responder), or from BEP 10 `p`.
+                    listen: (h.side == RESP && !self.midstream) || self.sides[h.side].listen_port.is_some(),
                 },
                 k => k,
             };

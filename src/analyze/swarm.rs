@@ -312,25 +312,34 @@ impl Swarm {
     }
 
     /// Applies a batch's events (already in frame order) and appends
-    /// `peer_progress` rows. Waiting mid-stream connections are retried.
+    /// `peer_progress` rows. Listen endpoints are learned from the whole
+    /// batch first, so that mid-stream connections attributed by them are
+    /// applied in frame order with everything else; connections still
+    /// unattributed wait for a later batch.
     pub fn apply(&mut self, events: Vec<SwarmEvent>, unattributed: Vec<UnattributedEvent>, rows: &mut RowBatch) {
-        for ev in events {
+        for ev in &events {
+            let listen = match &ev.kind {
+                SwarmEventKind::Seen { listen, .. } => *listen,
+                SwarmEventKind::Learned { .. } => true,
+                _ => false,
+            };
+            if listen {
+                self.learn_endpoint(ev.peer, ev.info_hash);
+            }
+        }
+        let mut all = events;
+        for u in unattributed {
+            self.queue_unattributed(u);
+        }
+        all.extend(self.take_resolved());
+        all.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        for ev in all {
             self.apply_one(ev, rows);
         }
-        for u in unattributed {
-            self.apply_unattributed(u, rows);
-        }
-        self.retry_pending(rows);
     }
 
-    fn apply_unattributed(&mut self, u: UnattributedEvent, rows: &mut RowBatch) {
+    fn queue_unattributed(&mut self, u: UnattributedEvent) {
         let conn = u.event.conn_id;
-        if let Some(h) = self.attributed.get(&conn).copied() {
-            let mut ev = u.event;
-            ev.info_hash = h;
-            self.apply_one(ev, rows);
-            return;
-        }
         let q = match self.pending.get_mut(&conn) {
             Some(q) => q,
             None => {
@@ -348,6 +357,34 @@ impl Swarm {
         }
     }
 
+    /// Events of waiting connections that can now be attributed (or were
+    /// before), with their info_hash filled in.
+    fn take_resolved(&mut self) -> Vec<SwarmEvent> {
+        let mut done = Vec::new();
+        for (conn, q) in &self.pending {
+            let h = self
+                .attributed
+                .get(conn)
+                .copied()
+                .or_else(|| q.iter().find_map(|u| self.attribute(u)));
+            if let Some(h) = h {
+                done.push((*conn, h));
+            }
+        }
+        let mut out = Vec::new();
+        for (conn, h) in done {
+            self.attributed.insert(conn, h);
+            if let Some(q) = self.pending.remove(&conn) {
+                out.extend(q.into_iter().map(|u| {
+                    let mut ev = u.event;
+                    ev.info_hash = h;
+                    ev
+                }));
+            }
+        }
+        out
+    }
+
     fn attribute(&self, u: &UnattributedEvent) -> Option<[u8; 20]> {
         let a = self.endpoints.get(&u.event.peer);
         let b = self.endpoints.get(&u.other);
@@ -359,24 +396,10 @@ impl Swarm {
     }
 
     fn retry_pending(&mut self, rows: &mut RowBatch) {
-        if self.pending.is_empty() {
-            return;
-        }
-        let mut done = Vec::new();
-        for (conn, q) in &self.pending {
-            if let Some(h) = q.iter().find_map(|u| self.attribute(u)) {
-                done.push((*conn, h));
-            }
-        }
-        for (conn, h) in done {
-            self.attributed.insert(conn, h);
-            if let Some(q) = self.pending.remove(&conn) {
-                for u in q {
-                    let mut ev = u.event;
-                    ev.info_hash = h;
-                    self.apply_one(ev, rows);
-                }
-            }
+        let mut evs = self.take_resolved();
+        evs.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        for ev in evs {
+            self.apply_one(ev, rows);
         }
     }
 
@@ -542,7 +565,15 @@ impl Swarm {
         }
         let window = self.rate_window_us;
         let to_key = match &ev.kind {
-            SwarmEventKind::Transfer { to, .. } => Some(self.resolve((ev.info_hash, *to))),
+            SwarmEventKind::Transfer { to, .. } => {
+                // The receiver may not have a row yet (it has sent nothing
+                // the swarm state keeps): its downloaded bytes still count.
+                let rk = self.resolve((ev.info_hash, *to));
+                if !self.peers.contains_key(&rk) && self.peers.len() < self.limits.max_peers {
+                    self.peers.insert(rk, PeerState::new(ts, self.rate_window_us));
+                }
+                Some(rk)
+            }
             _ => None,
         };
         let Some(p) = self.peers.get_mut(&key) else { return };

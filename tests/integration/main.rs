@@ -11,6 +11,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod samples;
+
 use polars::prelude::*;
 use swarmtap::capture::{expand_inputs, InputSpec};
 use swarmtap::config::Settings;
