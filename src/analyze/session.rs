@@ -68,6 +68,7 @@ struct State {
     sides: [Side; 2],
     midstream: bool,
     encrypted: bool,
+    mse_handshake: bool,
     gap_bytes: u64,
     held: Vec<Held>,
     settled: bool,
@@ -122,6 +123,7 @@ impl PeerSession {
                 sides: [Side::default(), Side::default()],
                 midstream: init.midstream,
                 encrypted: false,
+                mse_handshake: false,
                 gap_bytes: 0,
                 held: Vec::new(),
                 settled: false,
@@ -131,6 +133,11 @@ impl PeerSession {
                 max_pieces: limits.max_pieces,
             },
         }
+    }
+
+    /// The stream began with an MSE key exchange that selected plaintext.
+    pub fn set_mse_handshake(&mut self) {
+        self.st.mse_handshake = true;
     }
 
     /// Sharper framing checks once the torrent's shape is known.
@@ -222,6 +229,7 @@ impl PeerSession {
             orig_extensions: st.sides[ORIG].ext_names.clone(),
             resp_extensions: st.sides[RESP].ext_names.clone(),
             encrypted: st.encrypted,
+            mse_handshake: st.mse_handshake,
             midstream: st.midstream,
             piece_bytes_orig: st.sides[ORIG].piece_bytes,
             piece_bytes_resp: st.sides[RESP].piece_bytes,

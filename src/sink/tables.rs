@@ -138,6 +138,7 @@ tables! {
         orig_extensions: Vec<String> = "Extension names in the originator's BEP 10 handshake `m`.",
         resp_extensions: Vec<String> = "Extension names in the responder's BEP 10 handshake `m`.",
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
+        mse_handshake: bool = "An MSE/PE key exchange opened the stream (true with encrypted = false: it selected plaintext and the rest is decoded).",
         midstream: bool = "Picked up mid-connection (no handshake seen; framing found by hunting).",
         piece_bytes_orig: u64 = "Block bytes of piece messages sent by the originator (from framed headers; bytes lost in capture gaps inside blocks included).",
         piece_bytes_resp: u64 = "Block bytes of piece messages sent by the responder.",
