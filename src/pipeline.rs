@@ -243,6 +243,7 @@ pub fn analyze(
                     let (events, unattributed) = collect_events(&mut shards, &mut rows);
                     finish_rows(&mut rows);
                     swarm.apply(events, unattributed, &mut rows);
+                    swarm.end_segment(&mut rows);
                     hold_unattributed(&mut rows, &mut held_conns);
                     rows.peer_progress.sort_by_key(|r| r.frame);
                     gate.filter(&mut rows, &mut counts);
@@ -307,7 +308,6 @@ pub fn analyze(
     // Mid-stream connections held back get the torrent they were attributed
     // to (now or at the swarm's last retry).
     rows.connections.append(&mut held_conns);
-    let mut swarm = swarm;
     swarm.retry_all(&mut rows);
     for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
         if let Some(h) = swarm.attribution(c.conn_id) {

@@ -171,6 +171,9 @@ struct PeerState {
     sources: u8,
     /// The port is a listen port (responder, BEP 10 `p`, tracker, DHT).
     listen: bool,
+    /// The peer's first known state was a `have` (seen mid-connection, no
+    /// bitfield): its initial pieces are unknown.
+    unknown_start: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -210,6 +213,8 @@ pub struct UnattributedEvent {
 }
 
 type PeerKey = ([u8; 20], SocketAddr);
+/// (info_hash, ip, 8-byte client prefix of the peer id).
+type PrefixKey = ([u8; 20], IpAddr, [u8; 8]);
 
 /// Swarm state over the whole run.
 pub struct Swarm {
@@ -223,9 +228,13 @@ pub struct Swarm {
     /// (info_hash, ip, peer_id) → peer key.
     by_peer_id: HashMap<([u8; 20], IpAddr, [u8; 20]), PeerKey>,
     /// (info_hash, ip, client prefix) → listen keys and ephemeral keys.
-    by_prefix: HashMap<([u8; 20], IpAddr, [u8; 8]), (Vec<PeerKey>, Vec<PeerKey>)>,
-    /// Listen endpoints seen with a torrent (for mid-stream attribution).
+    by_prefix: HashMap<PrefixKey, (Vec<PeerKey>, Vec<PeerKey>)>,
+    /// Listen endpoints seen with a torrent (for mid-stream attribution),
+    /// over the whole run and per input file: a client on one port may serve
+    /// several torrents over a day of captures, so sightings in the same
+    /// file as the connection are asked first.
     endpoints: HashMap<SocketAddr, EndpointHash>,
+    endpoints_in_capture: HashMap<(u32, SocketAddr), EndpointHash>,
     /// Mid-stream connections: attributed ones, and those still waiting.
     attributed: HashMap<u64, [u8; 20]>,
     pending: BTreeMap<u64, Vec<UnattributedEvent>>,
@@ -246,6 +255,7 @@ impl Swarm {
             by_peer_id: HashMap::new(),
             by_prefix: HashMap::new(),
             endpoints: HashMap::new(),
+            endpoints_in_capture: HashMap::new(),
             attributed: HashMap::new(),
             pending: BTreeMap::new(),
             n_peers_dropped: 0,
@@ -294,21 +304,26 @@ impl Swarm {
         k
     }
 
-    fn learn_endpoint(&mut self, ep: SocketAddr, h: [u8; 20]) {
+    fn learn_endpoint(&mut self, ep: SocketAddr, h: [u8; 20], capture: u32) {
+        fn learn<K: std::hash::Hash + Eq>(m: &mut HashMap<K, EndpointHash>, k: K, h: [u8; 20], max: usize) {
+            match m.get(&k) {
+                None => {
+                    if m.len() < max {
+                        m.insert(k, EndpointHash::One(h));
+                    }
+                }
+                Some(EndpointHash::One(x)) if *x != h => {
+                    m.insert(k, EndpointHash::Ambiguous);
+                }
+                Some(_) => {}
+            }
+        }
         if ep.port() == 0 {
             return;
         }
-        match self.endpoints.get(&ep) {
-            None => {
-                if self.endpoints.len() < self.limits.max_peers {
-                    self.endpoints.insert(ep, EndpointHash::One(h));
-                }
-            }
-            Some(EndpointHash::One(x)) if *x != h => {
-                self.endpoints.insert(ep, EndpointHash::Ambiguous);
-            }
-            Some(_) => {}
-        }
+        let max = self.limits.max_peers;
+        learn(&mut self.endpoints, ep, h, max);
+        learn(&mut self.endpoints_in_capture, (capture, ep), h, max);
     }
 
     /// Applies a batch's events (already in frame order) and appends
@@ -324,7 +339,7 @@ impl Swarm {
                 _ => false,
             };
             if listen {
-                self.learn_endpoint(ev.peer, ev.info_hash);
+                self.learn_endpoint(ev.peer, ev.info_hash, ev.ctx.capture);
             }
         }
         let mut all = events;
@@ -386,12 +401,22 @@ impl Swarm {
     }
 
     fn attribute(&self, u: &UnattributedEvent) -> Option<[u8; 20]> {
-        let a = self.endpoints.get(&u.event.peer);
-        let b = self.endpoints.get(&u.other);
-        match (a, b) {
-            (Some(EndpointHash::One(x)), Some(EndpointHash::One(y))) if x != y => None,
-            (Some(EndpointHash::One(x)), _) | (_, Some(EndpointHash::One(x))) => Some(*x),
-            _ => None,
+        fn pick(a: Option<&EndpointHash>, b: Option<&EndpointHash>) -> Option<Option<[u8; 20]>> {
+            match (a, b) {
+                (None, None) => None,
+                (Some(EndpointHash::One(x)), Some(EndpointHash::One(y))) if x != y => Some(None),
+                (Some(EndpointHash::One(x)), _) | (_, Some(EndpointHash::One(x))) => Some(Some(*x)),
+                _ => Some(None),
+            }
+        }
+        let c = u.event.ctx.capture;
+        let here = pick(
+            self.endpoints_in_capture.get(&(c, u.event.peer)),
+            self.endpoints_in_capture.get(&(c, u.other)),
+        );
+        match here {
+            Some(h) => h,
+            None => pick(self.endpoints.get(&u.event.peer), self.endpoints.get(&u.other)).flatten(),
         }
     }
 
@@ -420,7 +445,7 @@ impl Swarm {
                 b.last_ts = b.last_ts.max(a.last_ts);
                 b.pieces.union(&a.pieces);
                 let mut h = a.history;
-                h.extend(b.history.drain(..));
+                h.append(&mut b.history);
                 h.sort_by_key(|p| p.0);
                 b.history = h;
                 b.uploaded += a.uploaded;
@@ -530,7 +555,7 @@ impl Swarm {
             _ => false,
         };
         if is_listen {
-            self.learn_endpoint(ev.peer, ev.info_hash);
+            self.learn_endpoint(ev.peer, ev.info_hash, ev.ctx.capture);
         }
         if let SwarmEventKind::Seen { peer_id: Some(pid), .. } = &ev.kind {
             let idk = (ev.info_hash, ev.peer.ip(), *pid);
@@ -604,10 +629,25 @@ impl Swarm {
                 None
             }
             SwarmEventKind::Bitfield(bits) => {
+                let before = p.pieces.count;
                 p.pieces.union_bitfield(&bits);
+                let added = p.pieces.count - before;
+                if p.unknown_start && added > 0 {
+                    // Clients send `have` to every connected peer, so pieces
+                    // that a later bitfield shows and no `have` announced
+                    // while the peer was watched were there before the
+                    // watching began: they belong to every earlier point.
+                    for h in p.history.iter_mut().filter(|h| h.1 != ALL) {
+                        h.1 = h.1.saturating_add(added.min(u64::from(u32::MAX)) as u32).min(ALL - 1);
+                    }
+                }
+                p.unknown_start = false;
                 Some("bitfield")
             }
             SwarmEventKind::Have(i) => {
+                if p.history.is_empty() && p.pieces.count == 0 && !p.pieces.all {
+                    p.unknown_start = true;
+                }
                 if i < max_pieces && n_exact.is_none_or(|n| u64::from(i) < n) {
                     p.pieces.set(i);
                     Some("have")
@@ -616,10 +656,12 @@ impl Swarm {
                 }
             }
             SwarmEventKind::HaveAll => {
+                p.unknown_start = false;
                 p.pieces.all = true;
                 Some("have_all")
             }
             SwarmEventKind::HaveNone => {
+                p.unknown_start = false;
                 p.pieces.all = false;
                 Some("have_none")
             }
@@ -681,6 +723,18 @@ impl Swarm {
             }
         }
         (None, false)
+    }
+
+    /// The end of one capture that the next does not continue: mid-stream
+    /// connections get their last chance, then the listen endpoints learned
+    /// are forgotten (the same address:port may serve another torrent in an
+    /// unrelated capture, as in the sample captures).
+    pub fn end_segment(&mut self, rows: &mut RowBatch) {
+        self.retry_pending(rows);
+        self.n_unattributed_dropped += self.pending.values().map(|q| q.len() as u64).sum::<u64>();
+        self.pending.clear();
+        self.endpoints.clear();
+        self.endpoints_in_capture.clear();
     }
 
     /// Gives waiting mid-stream connections their last chance (end of run).
@@ -793,6 +847,7 @@ impl PeerState {
             n_connections: 0,
             sources: 0,
             listen: false,
+            unknown_start: false,
         }
     }
 

@@ -386,6 +386,29 @@ tables! {
     }
 }
 
+/// docs/schema.json, generated from the declarations: `{table: [[column,
+/// type], ...]}` with the types of docs/SCHEMA.md, for tools (the notebooks
+/// build empty tables from it).
+pub fn schema_json() -> String {
+    let mut s = String::from("{\n");
+    let mut first = true;
+    for_each_table(|name, _, cols| {
+        if !first {
+            s.push_str(",\n");
+        }
+        first = false;
+        s.push_str(&format!("  \"{name}\": ["));
+        let cols: Vec<String> = cols
+            .iter()
+            .map(|c| format!("[\"{}\", \"{}\"]", c.name, c.type_doc))
+            .collect();
+        s.push_str(&cols.join(", "));
+        s.push(']');
+    });
+    s.push_str("\n}\n");
+    s
+}
+
 /// docs/SCHEMA.md, generated from the declarations.
 pub fn schema_markdown() -> String {
     let mut s = String::from(

@@ -199,7 +199,7 @@ fn every_public_capture_is_analyzed_with_the_manifest_packet_counts() {
         ("zeek__zeek/tracker.pcap", 10),
     ];
     // All at once, as a user pointing at the directory would.
-    let r = run(&[c.clone()], &[]);
+    let r = run(std::slice::from_ref(&c), &[]);
     let cs = table(&r, "capture_stats");
     let names = strs(&cs, "capture");
     let pk = u64s(&cs, "n_packets");
@@ -444,7 +444,7 @@ fn hostile_captures_are_counted_not_fatal() {
     g.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     std::fs::write(&p3, g).expect("write");
     for p in [&p1, &p2, &p3] {
-        let r = run(&[p.clone()], &[]);
+        let r = run(std::slice::from_ref(p), &[]);
         let cs = table(&r, "capture_stats");
         assert_eq!(cs.height(), 1);
         let name = p.file_name().and_then(|s| s.to_str()).unwrap_or_default();
@@ -600,23 +600,31 @@ fn bpf_filter_applies_to_files() {
 
 #[test]
 fn schema_doc_is_current() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/SCHEMA.md");
-    let want = swarmtap::sink::schema_markdown();
-    let have = std::fs::read_to_string(&p).unwrap_or_default();
-    if have != want {
-        if std::env::var_os("SWARMTAP_BLESS").is_some() {
-            std::fs::write(&p, &want).expect("write SCHEMA.md");
-        } else {
-            panic!("docs/SCHEMA.md is stale: run `SWARMTAP_BLESS=1 cargo test schema_doc_is_current`");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for (file, want) in [
+        ("SCHEMA.md", swarmtap::sink::schema_markdown()),
+        ("schema.json", swarmtap::sink::schema_json()),
+    ] {
+        let p = docs.join(file);
+        let have = std::fs::read_to_string(&p).unwrap_or_default();
+        if have != want {
+            if std::env::var_os("SWARMTAP_BLESS").is_some() {
+                std::fs::write(&p, &want).expect("write schema doc");
+            } else {
+                panic!("docs/{file} is stale: run `SWARMTAP_BLESS=1 cargo test schema_doc_is_current`");
+            }
         }
     }
+    // The JSON is valid and names every table.
+    let v: serde_json::Value = serde_json::from_str(&swarmtap::sink::schema_json()).expect("schema.json parses");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(TABLE_NAMES.len()));
 }
 
 #[test]
 fn stdin_and_compressed_inputs_match_the_plain_file() {
     let Some(c) = corpus() else { return };
     let p = c.join("tcoppi__BittorrentReconstituter/mippo.pcap");
-    let plain = run(&[p.clone()], &[]);
+    let plain = run(std::slice::from_ref(&p), &[]);
     let tmp = tempfile::tempdir().expect("tempdir");
     let gz = tmp.path().join("mippo.pcap.gz");
     let raw = std::fs::read(&p).expect("read");
@@ -626,7 +634,7 @@ fn stdin_and_compressed_inputs_match_the_plain_file() {
     let zst = tmp.path().join("mippo.pcap.zst");
     std::fs::write(&zst, zstd::encode_all(&raw[..], 3).expect("zstd")).expect("write");
     for f in [gz, zst] {
-        let r = run(&[f.clone()], &[]);
+        let r = run(std::slice::from_ref(&f), &[]);
         for t in ["peer_messages", "connections", "flows"] {
             let a = table(&plain, t);
             let b = table(&r, t);
