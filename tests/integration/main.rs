@@ -197,7 +197,7 @@ fn every_public_capture_is_analyzed_with_the_manifest_packet_counts() {
         ("zeek__zeek/tracker.pcap", 10),
     ];
     // All at once, as a user pointing at the directory would.
-    let r = run(&[c.clone()], &[]);
+    let r = run(std::slice::from_ref(&c), &[]);
     let cs = table(&r, "capture_stats");
     let names = strs(&cs, "capture");
     let pk = u64s(&cs, "n_packets");
@@ -442,7 +442,7 @@ fn hostile_captures_are_counted_not_fatal() {
     g.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     std::fs::write(&p3, g).expect("write");
     for p in [&p1, &p2, &p3] {
-        let r = run(&[p.clone()], &[]);
+        let r = run(std::slice::from_ref(p), &[]);
         let cs = table(&r, "capture_stats");
         assert_eq!(cs.height(), 1);
         let name = p.file_name().and_then(|s| s.to_str()).unwrap_or_default();
@@ -614,7 +614,7 @@ fn schema_doc_is_current() {
 fn stdin_and_compressed_inputs_match_the_plain_file() {
     let Some(c) = corpus() else { return };
     let p = c.join("tcoppi__BittorrentReconstituter/mippo.pcap");
-    let plain = run(&[p.clone()], &[]);
+    let plain = run(std::slice::from_ref(&p), &[]);
     let tmp = tempfile::tempdir().expect("tempdir");
     let gz = tmp.path().join("mippo.pcap.gz");
     let raw = std::fs::read(&p).expect("read");
@@ -624,7 +624,7 @@ fn stdin_and_compressed_inputs_match_the_plain_file() {
     let zst = tmp.path().join("mippo.pcap.zst");
     std::fs::write(&zst, zstd::encode_all(&raw[..], 3).expect("zstd")).expect("write");
     for f in [gz, zst] {
-        let r = run(&[f.clone()], &[]);
+        let r = run(std::slice::from_ref(&f), &[]);
         for t in ["peer_messages", "connections", "flows"] {
             let a = table(&plain, t);
             let b = table(&r, t);
