@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::analyze::dht::DhtAggregate;
 use crate::analyze::swarm::Swarm;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
@@ -127,6 +128,7 @@ pub fn analyze(
 
     let mut ctx = ShardContext::default();
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
+    let mut dht = DhtAggregate::new(&settings.limits);
     for m in torrents {
         for h in m.wire_hashes() {
             ctx.shapes.insert(
@@ -225,13 +227,17 @@ pub fn analyze(
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
         let mut events = Vec::new();
+        let mut dht_obs = Vec::new();
         for s in &mut shards {
             rows.append(&mut s.out.rows);
             events.append(&mut s.out.events);
+            dht_obs.append(&mut s.out.dht);
         }
         finish_rows(&mut rows);
         events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
         swarm.apply(events, &mut rows);
+        dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+        dht.apply(dht_obs);
         rows.peer_progress.sort_by_key(|r| r.frame);
         gate.filter(&mut rows, &mut counts);
         summary.n_packets += batch.frames.len() as u64;
@@ -268,9 +274,11 @@ pub fn analyze(
         RowBatch::default()
     });
     let mut events = Vec::new();
+    let mut dht_obs = Vec::new();
     for s in &mut shards {
         rows.append(&mut s.out.rows);
         events.append(&mut s.out.events);
+        dht_obs.append(&mut s.out.dht);
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
         summary.n_connections += s.stats.n_peer_connections;
@@ -281,6 +289,9 @@ pub fn analyze(
     rows.peer_progress.sort_by_key(|r| r.frame);
     let n_dropped_peers = swarm.n_peers_dropped;
     swarm.finish(&mut rows);
+    dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+    dht.apply(dht_obs);
+    dht.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
             layer: "analyze",
@@ -328,6 +339,9 @@ pub fn analyze(
 /// one frame keep their order), per-flow tables by id.
 fn finish_rows(rows: &mut RowBatch) {
     rows.peer_messages.sort_by_key(|r| r.frame);
+    rows.dht_messages.sort_by_key(|r| r.frame);
+    rows.dht_peers.sort_by_key(|r| r.frame);
+    rows.lsd_announces.sort_by_key(|r| r.frame);
     rows.anomalies.sort_by_key(|r| r.frame);
     rows.flows.sort_by_key(|r| r.conn_id);
     rows.connections.sort_by_key(|r| r.conn_id);

@@ -2,6 +2,8 @@
 //! the shards, next to their flows) and the per-swarm state (one, sequential,
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
+pub mod dht;
+pub mod lsd;
 pub mod session;
 pub mod swarm;
 
@@ -95,6 +97,8 @@ pub struct SwarmEvent {
 pub struct ShardOut {
     pub rows: RowBatch,
     pub events: Vec<SwarmEvent>,
+    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
+    pub dht: Vec<dht::DhtObservation>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
 }
