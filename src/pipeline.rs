@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::analyze::dht::DhtAggregate;
 use crate::analyze::swarm::Swarm;
 use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::SwarmEvent;
@@ -130,6 +131,7 @@ pub fn analyze(
 
     let mut ctx = ShardContext::default();
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
+    let mut dht = DhtAggregate::new(&settings.limits);
     for m in torrents {
         for h in m.wire_hashes() {
             ctx.shapes.insert(
@@ -240,10 +242,11 @@ pub fn analyze(
                         shards.par_iter_mut().for_each(|s| s.finish(watermark));
                         RowBatch::default()
                     });
-                    let (events, unattributed) = collect_events(&mut shards, &mut rows);
+                    let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
                     finish_rows(&mut rows);
                     swarm.apply(events, unattributed, &mut rows);
                     swarm.end_segment(&mut rows);
+                    dht.apply(dht_obs);
                     hold_unattributed(&mut rows, &mut held_conns);
                     rows.peer_progress.sort_by_key(|r| r.frame);
                     gate.filter(&mut rows, &mut counts);
@@ -256,10 +259,11 @@ pub fn analyze(
         }
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
-        let (events, unattributed) = collect_events(&mut shards, &mut rows);
+        let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
         finish_rows(&mut rows);
         swarm.apply(events, unattributed, &mut rows);
         hold_unattributed(&mut rows, &mut held_conns);
+        dht.apply(dht_obs);
         rows.peer_progress.sort_by_key(|r| r.frame);
         gate.filter(&mut rows, &mut counts);
         summary.n_packets += batch.frames.len() as u64;
@@ -296,7 +300,8 @@ pub fn analyze(
         shards.par_iter_mut().for_each(|s| s.finish(end_ts));
         RowBatch::default()
     });
-    let (events, unattributed) = collect_events(&mut shards, &mut rows);
+    let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+    dht.apply(dht_obs);
     for s in &shards {
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
@@ -318,6 +323,7 @@ pub fn analyze(
     rows.connections.sort_by_key(|r| r.conn_id);
     summary.n_connections += rows.connections.len() as u64;
     swarm.finish(&mut rows);
+    dht.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
             layer: "analyze",
@@ -385,18 +391,29 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
         .collect()
 }
 
-/// Takes every shard's rows and swarm events, events in frame order.
-fn collect_events(shards: &mut [Shard], rows: &mut RowBatch) -> (Vec<SwarmEvent>, Vec<UnattributedEvent>) {
+/// Takes every shard's rows, swarm events and DHT observations, events in
+/// frame order.
+fn collect_events(
+    shards: &mut [Shard],
+    rows: &mut RowBatch,
+) -> (
+    Vec<SwarmEvent>,
+    Vec<UnattributedEvent>,
+    Vec<crate::analyze::dht::DhtObservation>,
+) {
     let mut events = Vec::new();
     let mut unattributed = Vec::new();
+    let mut dht_obs = Vec::new();
     for s in shards.iter_mut() {
         rows.append(&mut s.out.rows);
         events.append(&mut s.out.events);
         unattributed.append(&mut s.out.unattributed);
+        dht_obs.append(&mut s.out.dht);
     }
     events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
     unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
-    (events, unattributed)
+    dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+    (events, unattributed, dht_obs)
 }
 
 /// Connection rows without an info_hash (picked up mid-stream) are held
@@ -420,6 +437,9 @@ fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
 /// one frame keep their order), per-flow tables by id.
 fn finish_rows(rows: &mut RowBatch) {
     rows.peer_messages.sort_by_key(|r| r.frame);
+    rows.dht_messages.sort_by_key(|r| r.frame);
+    rows.dht_peers.sort_by_key(|r| r.frame);
+    rows.lsd_announces.sort_by_key(|r| r.frame);
     rows.anomalies.sort_by_key(|r| r.frame);
     rows.flows.sort_by_key(|r| r.conn_id);
     rows.connections.sort_by_key(|r| r.conn_id);

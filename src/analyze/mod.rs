@@ -2,6 +2,8 @@
 //! the shards, next to their flows) and the per-swarm state (one, sequential,
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
+pub mod dht;
+pub mod lsd;
 pub mod session;
 pub mod swarm;
 
@@ -100,6 +102,8 @@ pub struct ShardOut {
     pub events: Vec<SwarmEvent>,
     /// Events of mid-stream connections whose info_hash is not known yet.
     pub unattributed: Vec<swarm::UnattributedEvent>,
+    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
+    pub dht: Vec<dht::DhtObservation>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::reassembly::StreamReassembler;
 use super::udp::UdpApp;
 use super::Chunk;
+use crate::analyze::dht::DhtShard;
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::config::Limits;
@@ -86,6 +87,8 @@ pub struct Shard {
     messages: bool,
     last_sweep: i64,
     ctx: Arc<ShardContext>,
+    /// Outstanding DHT queries of this shard's UDP flows.
+    dht: DhtShard,
     pub out: ShardOut,
     pub stats: ShardStats,
 }
@@ -157,6 +160,7 @@ impl Shard {
             messages,
             last_sweep: i64::MIN,
             ctx,
+            dht: DhtShard::new(&limits, n_shards),
             out,
             stats: ShardStats::default(),
         }
@@ -308,7 +312,16 @@ impl Shard {
                     ends: f.ends,
                     first_ts: f.first_ts,
                 };
-                u.datagram(ctx, &info, side, payload, &limits, messages, &mut self.out);
+                u.datagram(
+                    ctx,
+                    &info,
+                    side,
+                    payload,
+                    &limits,
+                    messages,
+                    &mut self.dht,
+                    &mut self.out,
+                );
             }
             _ => {}
         }

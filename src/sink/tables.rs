@@ -287,7 +287,7 @@ tables! {
         suspicious: bool = "Any flag raised.",
     }
 
-    /// One row per KRPC message.
+    /// One row per KRPC message (BEP 5; BEP 32, 33, 42, 43, 44, 51 fields).
     dht_messages => DhtMessageRow {
         ts: Ts = "Time.",
         frame: u64 = "Frame.",
@@ -298,25 +298,82 @@ tables! {
         dst_port: u32 = "Receiver port.",
         tid: String = "Transaction id (hex).",
         kind: &'static str = "query, response, error.",
-        method: Option<String> = "Query method (also on paired responses and errors).",
-        node_id: Option<String> = "Sender node id (hex).",
-        target: Option<String> = "find_node target (hex).",
+        method: Option<String> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
+        node_id: Option<String> = "Sender node id (`a.id` / `r.id`, hex).",
+        target: Option<String> = "find_node / get / sample_infohashes target (hex).",
         info_hash: Option<String> = "get_peers / announce_peer info hash (hex).",
         n_nodes: u64 = "Compact nodes returned (nodes + nodes6).",
+        n_nodes6: u64 = "Of which IPv6 (`nodes6`, BEP 32).",
         n_values: u64 = "Peers returned (values).",
-        version: Option<String> = "Client from the `v` key.",
+        version: Option<String> = "Client from the top-level `v` key (two letters + version).",
+        version_raw: Option<String> = "`v` as sent (hex).",
         rtt_ms: Option<f64> = "Response time after its query (paired responses and errors).",
+        query_frame: Option<u64> = "Frame of the paired query.",
         error_code: Option<i64> = "KRPC error code.",
+        error_msg: Option<String> = "KRPC error message (first 256 bytes).",
+        read_only: bool = "BEP 43: top-level `ro` = 1.",
+        external_ip: Option<String> = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
+        external_port: Option<u32> = "Port of `ip`.",
+        port: Option<u32> = "announce_peer `port`.",
+        implied_port: Option<bool> = "announce_peer `implied_port` (the peer's port is the UDP source port).",
+        seed: Option<bool> = "announce_peer `seed` (BEP 33).",
+        name: Option<String> = "Torrent name sent along (`n` / `name`; first 256 bytes).",
+        want: Vec<String> = "BEP 32 `want` (n4, n6).",
+        scrape: Option<bool> = "BEP 33 `scrape` flag of a get_peers query.",
+        scrape_seeds: Option<u64> = "BEP 33: seeds estimated from the `BFsd` bloom filter.",
+        scrape_peers: Option<u64> = "BEP 33: downloaders estimated from the `BFpe` bloom filter.",
+        bep44_key: Option<String> = "BEP 44 `k` (ed25519 public key, hex).",
+        bep44_seq: Option<i64> = "BEP 44 `seq`.",
+        n_samples: Option<u64> = "BEP 51: info hashes in `samples`.",
+        sample_num: Option<i64> = "BEP 51 `num`: info hashes the node stores.",
+        sample_interval: Option<i64> = "BEP 51 `interval` (s).",
+        unknown_keys: Vec<String> = "Keys outside BEP 5/32/33/42/43/44/51 (`a.` / `r.` prefix inside the query arguments / response; at most 32 listed).",
+        n_unknown_keys: u64 = "Number of unknown keys.",
+        n_anomalies: u64 = "Anomalies in this message (details in `anomalies`, layer dht).",
     }
 
     /// One row per peer learned from the DHT.
     dht_peers => DhtPeerRow {
         ts: Ts = "Time.",
-        info_hash: String = "Torrent.",
+        frame: u64 = "Frame.",
+        capture: String = "Input file name.",
+        info_hash: Option<String> = "Torrent (null for `values` whose get_peers query was not captured).",
         peer_ip: String = "Peer address.",
         peer_port: u32 = "Peer port.",
         via: &'static str = "values (get_peers response) or announce_peer.",
-        reporter_ip: String = "Node that reported it.",
+        reporter_ip: String = "Node that reported it (for announce_peer: the peer itself).",
+        reporter_port: u32 = "Its UDP port.",
+    }
+
+    /// One row per DHT node (node id and address) seen sending or listed in `nodes` / `nodes6`.
+    dht_nodes => DhtNodeRow {
+        node_id: String = "Node id (hex).",
+        node_ip: String = "Address.",
+        node_port: u32 = "UDP port.",
+        first_ts: Ts = "First seen (sending, or listed by another node).",
+        last_ts: Ts = "Last seen.",
+        n_messages: u64 = "KRPC messages it sent (n_queries + n_responses + n_errors).",
+        n_queries: u64 = "Queries it sent.",
+        n_responses: u64 = "Responses it sent.",
+        n_errors: u64 = "Errors it sent.",
+        n_reported: u64 = "Times other nodes listed it in `nodes` / `nodes6`.",
+        version: Option<String> = "Client from the last `v` it sent.",
+        version_raw: Option<String> = "That `v` (hex).",
+        bep42_valid: bool = "BEP 42: its id follows from its address (bare check, see bep42_exempt).",
+        bep42_exempt: bool = "BEP 42 does not apply: a local address (10/8, 172.16/12, 192.168/16, 169.254/16, 127/8; IPv6 loopback, fe80::/10, fc00::/7).",
+        read_only: bool = "BEP 43: it sent `ro` = 1.",
+    }
+
+    /// One row per info hash named in the DHT (get_peers, announce_peer, BEP 51 samples).
+    dht_infohashes => DhtInfohashRow {
+        info_hash: String = "Torrent.",
+        first_ts: Ts = "First named.",
+        last_ts: Ts = "Last named.",
+        n_get_peers: u64 = "get_peers queries for it.",
+        n_announce_peer: u64 = "announce_peer queries for it.",
+        n_values: u64 = "Peers returned for it (values of paired get_peers responses).",
+        n_samples: u64 = "Times it appeared in BEP 51 samples.",
+        name: Option<String> = "Torrent name sent along with a query, if any.",
     }
 
     /// One row per peer added or dropped in ut_pex.
@@ -331,12 +388,18 @@ tables! {
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
     }
 
-    /// One row per BEP 14 local service discovery announce.
+    /// One row per info hash in a BEP 14 local service discovery announce.
     lsd_announces => LsdAnnounceRow {
         ts: Ts = "Time.",
+        frame: u64 = "Frame.",
+        capture: String = "Input file name.",
         src_ip: String = "Announcer.",
-        port: u32 = "Announced port.",
+        src_port: u32 = "Its UDP source port.",
+        dst_ip: String = "Destination (239.192.152.143 or ff15::efc0:988f for multicast).",
+        port: Option<u32> = "Announced listen port (null when missing or invalid).",
         info_hash: String = "Torrent.",
+        cookie: Option<String> = "`cookie` header (first 256 bytes).",
+        n_infohashes: u64 = "Info hashes in the datagram.",
     }
 
     /// One row per active contact attempt (`swarmtap probe`).

@@ -19,6 +19,8 @@ use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::parse_torrent;
 use swarmtap::sink::TABLE_NAMES;
 
+mod dht;
+
 pub fn corpus() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
     if p.is_dir() {
@@ -381,6 +383,51 @@ pub fn tcp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, ack: u32, f
     f.extend(seq.to_be_bytes());
     f.extend(ack.to_be_bytes());
     f.extend([0x50, flags, 0xff, 0xff, 0, 0, 0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An Ethernet frame carrying one UDP datagram over IPv4 or IPv6 (both
+/// addresses of one family; checksums left zero, as in `tcp_frame`).
+pub fn udp_frame(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
+    use std::net::IpAddr;
+    let udp_len = (8 + payload.len()) as u16;
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend(udp_len.to_be_bytes());
+            f.extend([17, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = udp_len + 20;
+            f.extend([
+                0x08,
+                0x00,
+                0x45,
+                0,
+                (total >> 8) as u8,
+                total as u8,
+                0,
+                0,
+                0x40,
+                0,
+                64,
+                17,
+                0,
+                0,
+            ]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        _ => panic!("udp_frame: {src} and {dst} are of different families"),
+    }
+    f.extend(src.port().to_be_bytes());
+    f.extend(dst.port().to_be_bytes());
+    f.extend(udp_len.to_be_bytes());
+    f.extend([0, 0]);
     f.extend_from_slice(payload);
     f
 }
