@@ -227,23 +227,20 @@ pub fn analyze(
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
         let mut events = Vec::new();
-        let mut dht_obs = Vec::new();
         for s in &mut shards {
             rows.append(&mut s.out.rows);
             events.append(&mut s.out.events);
-            dht_obs.append(&mut s.out.dht);
         }
         finish_rows(&mut rows);
         events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
         swarm.apply(events, &mut rows);
-        dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
-        dht.apply(dht_obs);
         rows.peer_progress.sort_by_key(|r| r.frame);
         gate.filter(&mut rows, &mut counts);
         summary.n_packets += batch.frames.len() as u64;
         summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
         summary.n_messages += rows.peer_messages.len() as u64;
         sink.send(rows)?;
+        apply_dht(&mut shards, &mut dht);
         if progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = Instant::now();
             let secs = started.elapsed().as_secs_f64();
@@ -274,11 +271,9 @@ pub fn analyze(
         RowBatch::default()
     });
     let mut events = Vec::new();
-    let mut dht_obs = Vec::new();
     for s in &mut shards {
         rows.append(&mut s.out.rows);
         events.append(&mut s.out.events);
-        dht_obs.append(&mut s.out.dht);
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
         summary.n_connections += s.stats.n_peer_connections;
@@ -289,9 +284,6 @@ pub fn analyze(
     rows.peer_progress.sort_by_key(|r| r.frame);
     let n_dropped_peers = swarm.n_peers_dropped;
     swarm.finish(&mut rows);
-    dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
-    dht.apply(dht_obs);
-    dht.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
             layer: "analyze",
@@ -300,6 +292,8 @@ pub fn analyze(
             ..Default::default()
         });
     }
+    apply_dht(&mut shards, &mut dht);
+    dht.finish(&mut rows);
     gate.filter(&mut rows, &mut counts);
     summary.n_messages += rows.peer_messages.len() as u64;
     summary.n_torrents = rows.torrents.len() as u64;
@@ -437,4 +431,15 @@ fn process_batch(
         shard.sweep(now);
     });
     rows
+}
+
+/// Folds the shards' DHT observations of one step into the run-wide DHT
+/// tables, in frame order (as the swarm events are).
+fn apply_dht(shards: &mut [Shard], dht: &mut DhtAggregate) {
+    let mut obs = Vec::new();
+    for s in shards.iter_mut() {
+        obs.append(&mut s.out.dht);
+    }
+    obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+    dht.apply(obs);
 }

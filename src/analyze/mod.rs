@@ -97,10 +97,11 @@ pub struct SwarmEvent {
 pub struct ShardOut {
     pub rows: RowBatch,
     pub events: Vec<SwarmEvent>,
-    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
-    pub dht: Vec<dht::DhtObservation>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
+
+    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
+    pub dht: Vec<dht::DhtObservation>,
 }
 
 impl ShardOut {
