@@ -102,10 +102,11 @@ pub struct ShardOut {
     pub events: Vec<SwarmEvent>,
     /// Events of mid-stream connections whose info_hash is not known yet.
     pub unattributed: Vec<swarm::UnattributedEvent>,
-    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
-    pub dht: Vec<dht::DhtObservation>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
+
+    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
+    pub dht: Vec<dht::DhtObservation>,
 }
 
 impl ShardOut {
