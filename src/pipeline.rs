@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::analyze::audit::Audit;
 use crate::analyze::swarm::Swarm;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
@@ -127,6 +128,8 @@ pub fn analyze(
 
     let mut ctx = ShardContext::default();
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
+    let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
+    let mut audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
     for m in torrents {
         for h in m.wire_hashes() {
             ctx.shapes.insert(
@@ -137,7 +140,7 @@ pub fn analyze(
                 },
             );
         }
-        swarm.add_metainfo(Arc::new(m), "torrent_file");
+        swarm.add_metainfo(m, "torrent_file");
     }
     let ctx = Arc::new(ctx);
     let n_shards = settings.n_shards.max(1);
@@ -225,12 +228,17 @@ pub fn analyze(
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
         let mut events = Vec::new();
+        let mut marks = Vec::new();
         for s in &mut shards {
             rows.append(&mut s.out.rows);
             events.append(&mut s.out.events);
+            marks.append(&mut s.out.marks);
         }
         finish_rows(&mut rows);
         events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
+        audit.observe(&events, &marks);
+        audit.observe_rows(&rows);
         swarm.apply(events, &mut rows);
         rows.peer_progress.sort_by_key(|r| r.frame);
         gate.filter(&mut rows, &mut counts);
@@ -268,19 +276,25 @@ pub fn analyze(
         RowBatch::default()
     });
     let mut events = Vec::new();
+    let mut marks = Vec::new();
     for s in &mut shards {
         rows.append(&mut s.out.rows);
         events.append(&mut s.out.events);
+        marks.append(&mut s.out.marks);
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
         summary.n_connections += s.stats.n_peer_connections;
     }
     finish_rows(&mut rows);
     events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+    marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
+    audit.observe(&events, &marks);
+    audit.observe_rows(&rows);
     swarm.apply(events, &mut rows);
     rows.peer_progress.sort_by_key(|r| r.frame);
     let n_dropped_peers = swarm.n_peers_dropped;
     swarm.finish(&mut rows);
+    audit.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
             layer: "analyze",
@@ -329,6 +343,9 @@ pub fn analyze(
 fn finish_rows(rows: &mut RowBatch) {
     rows.peer_messages.sort_by_key(|r| r.frame);
     rows.anomalies.sort_by_key(|r| r.frame);
+    rows.tracker_announces.sort_by_key(|r| (r.ts, r.frame));
+    rows.tracker_peers.sort_by_key(|r| (r.ts, r.frame));
+    rows.tracker_scrapes.sort_by_key(|r| (r.ts, r.frame));
     rows.flows.sort_by_key(|r| r.conn_id);
     rows.connections.sort_by_key(|r| r.conn_id);
 }

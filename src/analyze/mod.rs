@@ -2,8 +2,10 @@
 //! the shards, next to their flows) and the per-swarm state (one, sequential,
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
+pub mod audit;
 pub mod session;
 pub mod swarm;
+pub mod tracker;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -95,6 +97,8 @@ pub struct SwarmEvent {
 pub struct ShardOut {
     pub rows: RowBatch,
     pub events: Vec<SwarmEvent>,
+    /// Announces for the audit, at their request's frame.
+    pub marks: Vec<tracker::AnnounceMark>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
 }

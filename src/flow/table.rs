@@ -13,6 +13,7 @@ use super::reassembly::StreamReassembler;
 use super::udp::UdpApp;
 use super::Chunk;
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
+use crate::analyze::tracker::{looks_like_tracker_request, HttpTracker, UdpTrackers};
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
@@ -27,6 +28,9 @@ enum TcpApp {
     PeerWire(Box<PeerSession>),
     /// MSE/PE-encrypted (BEP 8 shape): counted, not decodable.
     Mse,
+    /// HTTP that opened with a tracker request (or with a response: picked
+    /// up mid-connection): announces and scrapes.
+    TrackerHttp(Box<HttpTracker>),
     /// Something else: `app` value.
     Other(&'static str),
 }
@@ -85,6 +89,8 @@ pub struct Shard {
     messages: bool,
     last_sweep: i64,
     ctx: Arc<ShardContext>,
+    /// UDP tracker transactions of this shard's flows.
+    udp_trackers: UdpTrackers,
     pub out: ShardOut,
     pub stats: ShardStats,
 }
@@ -156,6 +162,7 @@ impl Shard {
             messages,
             last_sweep: i64::MIN,
             ctx,
+            udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
             out,
             stats: ShardStats::default(),
         }
@@ -295,7 +302,16 @@ impl Shard {
                     ends: f.ends,
                     first_ts: f.first_ts,
                 };
-                u.datagram(ctx, &info, side, payload, &limits, messages, &mut self.out);
+                u.datagram(
+                    ctx,
+                    &info,
+                    side,
+                    payload,
+                    &limits,
+                    messages,
+                    &mut self.udp_trackers,
+                    &mut self.out,
+                );
             }
             _ => {}
         }
@@ -365,6 +381,7 @@ impl Shard {
             return;
         }
         self.last_sweep = now;
+        self.udp_trackers.sweep(now, &mut self.out);
         let l = &self.limits;
         let mut done: Vec<(u64, FlowKey, EndReason)> = Vec::new();
         for (k, f) in &self.flows {
@@ -409,6 +426,7 @@ impl Shard {
                 self.end_flow(k, f, EndReason::End, ctx);
             }
         }
+        self.udp_trackers.finish(&mut self.out);
     }
 
     fn end_flow(&mut self, key: FlowKey, mut f: Flow, reason: EndReason, ctx: FrameCtx) {
@@ -469,6 +487,17 @@ impl Shard {
                     TcpApp::Mse => {
                         self.out.rows.connections.push(self.mse_row(&f, gap_bytes));
                         "mse"
+                    }
+                    TcpApp::TrackerHttp(mut t) => {
+                        // A close-delimited answer completes with the
+                        // flow's last packet, not when the flow is swept.
+                        let end = FrameCtx { ts: f.last_ts, ..ctx };
+                        t.finish(end, &mut self.out);
+                        if t.is_tracker() {
+                            "tracker_http"
+                        } else {
+                            "http"
+                        }
                     }
                     TcpApp::Undecided => "other",
                     TcpApp::Other(a) => a,
@@ -570,6 +599,12 @@ fn app_feed(
                 limits,
                 messages,
             )))
+        } else if looks_like_tracker_request(d) {
+            TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, side, true, limits.tracker_http)))
+        } else if crate::proto::tracker_http::looks_like_http_response(d) {
+            // The request was not captured (mid-connection): the answer may
+            // still be a tracker's; confirmed by its body.
+            TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, 1 - side, false, limits.tracker_http)))
         } else if looks_like_http(d) {
             TcpApp::Other("http")
         } else if side == ORIG && looks_like_mse(d) {
@@ -577,6 +612,10 @@ fn app_feed(
         } else {
             TcpApp::Other("other")
         };
+    }
+    if let TcpApp::TrackerHttp(t) = app {
+        t.feed(side, chunk, ctx, out);
+        return;
     }
     if let TcpApp::PeerWire(s) = app {
         let had_hash = s.info_hash().is_some();

@@ -5,6 +5,7 @@
 use super::table::FlowInfo;
 use super::utp_stream::{CloseReason, Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
+use crate::analyze::tracker::UdpTrackers;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::proto::utp::{parse_utp, utp_confidence, UtpConfidence, UtpProbeLimits};
@@ -153,9 +154,18 @@ impl UdpApp {
         d: &[u8],
         limits: &Limits,
         messages: bool,
+        trackers: &mut UdpTrackers,
         out: &mut ShardOut,
     ) {
         let mut k = classify(d);
+        if k == UdpKind::TrackerUdp || k == UdpKind::Other {
+            // BEP 15 on any port: requests by structure, answers by pairing.
+            k = if trackers.datagram(ctx, info, side, d, out) {
+                UdpKind::TrackerUdp
+            } else {
+                UdpKind::Other
+            };
+        }
         if k == UdpKind::Utp || k == UdpKind::Other {
             k = UdpKind::Other;
             if let Ok(pkt) = parse_utp(d) {
