@@ -17,6 +17,8 @@ use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::parse_torrent;
 use swarmtap::sink::TABLE_NAMES;
 
+mod tracker;
+
 pub fn corpus() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
     if p.is_dir() {
