@@ -631,3 +631,130 @@ fn audit_flags_an_upload_claim_without_started_seen_by_a_long_capture() {
     assert_eq!(f, ["counters_backwards", "upload_without_started"]);
     assert_eq!(strs(&au, "coverage"), [Some("none".into())]);
 }
+
+fn udp6_frame(src: ([u16; 8], u16), dst: ([u16; 8], u16), payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x86, 0xdd];
+    let len = (8 + payload.len()) as u16;
+    f.extend([0x60, 0, 0, 0]);
+    f.extend(len.to_be_bytes());
+    f.extend([17, 64]);
+    for a in [src.0, dst.0] {
+        for w in a {
+            f.extend(w.to_be_bytes());
+        }
+    }
+    f.extend(src.1.to_be_bytes());
+    f.extend(dst.1.to_be_bytes());
+    f.extend(len.to_be_bytes());
+    f.extend([0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn udp_announce(cid: u64, tid: u32, uploaded: u64) -> Vec<u8> {
+    let mut a = cid.to_be_bytes().to_vec();
+    a.extend(1u32.to_be_bytes());
+    a.extend(tid.to_be_bytes());
+    a.extend([0x42; 20]);
+    a.extend(*b"-lt0D80-cccccccccccc");
+    a.extend(0u64.to_be_bytes()); // downloaded
+    a.extend(0u64.to_be_bytes()); // left
+    a.extend(uploaded.to_be_bytes());
+    a.extend(0u32.to_be_bytes()); // event none
+    a.extend([0; 4]);
+    a.extend([9, 9, 9, 9]);
+    a.extend((-1i32).to_be_bytes());
+    a.extend(6890u16.to_be_bytes());
+    a
+}
+
+fn udp_announce_answer(tid: u32, peers: &[u8]) -> Vec<u8> {
+    let mut r = 1u32.to_be_bytes().to_vec();
+    r.extend(tid.to_be_bytes());
+    r.extend(1800u32.to_be_bytes());
+    r.extend(2u32.to_be_bytes());
+    r.extend(3u32.to_be_bytes());
+    r.extend_from_slice(peers);
+    r
+}
+
+#[test]
+fn udp_tracker_over_ipv6_and_announces_without_their_connect() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let client = ([0xfd00, 0x99, 0, 0, 0, 0, 0, 0x12], 6890u16);
+    let tracker = ([0xfd00, 0x99, 0, 0, 0, 0, 0, 1], 6969u16);
+    // Over IPv6 the compact peers are 18 bytes each (BEP 15).
+    let mut peers6 = Vec::new();
+    for last in [0x13u8, 0x14] {
+        peers6.extend([0xfd, 0, 0, 0x99, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, last]);
+        peers6.extend(6881u16.to_be_bytes());
+    }
+    let mut conn = 0x0417_2710_1980u64.to_be_bytes().to_vec();
+    conn.extend([0, 0, 0, 0, 0, 0, 0, 1]);
+    let mut conn_resp = vec![0, 0, 0, 0, 0, 0, 0, 1];
+    conn_resp.extend(77u64.to_be_bytes());
+    let mut frames = vec![
+        (1_000_000, udp6_frame(client, tracker, &conn)),
+        (1_001_000, udp6_frame(tracker, client, &conn_resp)),
+        (1_002_000, udp6_frame(client, tracker, &udp_announce(77, 2, 0))),
+        (1_003_000, udp6_frame(tracker, client, &udp_announce_answer(2, &peers6))),
+    ];
+    // IPv4, another client whose connect was not captured: its first
+    // announce is plausible; once answered, its connection id is known and
+    // the next one is certain. The third is never answered.
+    let c4 = (CLIENT, 6891u16);
+    let t4 = (TRACKER, 6969u16);
+    frames.extend([
+        (2_000_000, udp_frame(c4, t4, &udp_announce(99, 10, 100))),
+        (
+            2_001_000,
+            udp_frame(t4, c4, &udp_announce_answer(10, &[10, 0, 0, 7, 0x1a, 0xe1])),
+        ),
+        (3_000_000, udp_frame(c4, t4, &udp_announce(99, 11, 200))),
+        (3_001_000, udp_frame(t4, c4, &udp_announce_answer(11, &[]))),
+        (4_000_000, udp_frame(c4, t4, &udp_announce(99, 12, 300))),
+    ]);
+    let p = tmp.path().join("udp6.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    let a = table(&r, "tracker_announces");
+    assert_eq!(
+        strs(&a, "client_ip"),
+        [
+            Some("fd00:99::12".into()),
+            Some("10.0.0.1".into()),
+            Some("10.0.0.1".into()),
+            Some("10.0.0.1".into())
+        ]
+    );
+    assert_eq!(
+        strs(&a, "confidence"),
+        [
+            Some("certain".into()),
+            Some("plausible".into()),
+            Some("certain".into()),
+            Some("certain".into())
+        ]
+    );
+    assert_eq!(u64s(&a, "n_peers_returned"), [Some(2), Some(1), Some(0), None]);
+    assert_eq!(u64s(&a, "n_peers6_returned"), [Some(2), Some(0), Some(0), None]);
+    assert_eq!(u64s(&a, "uploaded"), [Some(0), Some(100), Some(200), Some(300)]);
+    assert_eq!(strs(&a, "key"), [Some("09090909".into()); 4]);
+    let lat = f64s(&a, "latency_ms");
+    assert_eq!(lat, [Some(1.0), Some(1.0), Some(1.0), None]);
+    let tp = table(&r, "tracker_peers");
+    assert_eq!(
+        strs(&tp, "peer_ip"),
+        [
+            Some("fd00:99::13".into()),
+            Some("fd00:99::14".into()),
+            Some("10.0.0.7".into())
+        ]
+    );
+    assert_eq!(
+        strs(&tp, "format"),
+        [Some("compact6".into()), Some("compact6".into()), Some("compact".into())]
+    );
+    let flows = table(&r, "flows");
+    assert_eq!(count_by(&flows, "app").get("tracker_udp"), Some(&2));
+}
