@@ -2,6 +2,8 @@
 //! huge input may make swarmtap hold, each with its reason.
 
 use crate::flow::reassembly::ReassemblyLimits;
+use crate::proto::dht::DhtLimits;
+use crate::proto::lsd::LsdLimits;
 use crate::proto::peer_wire::PeerWireLimits;
 use crate::proto::tracker_http::HttpLimits;
 use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
@@ -81,6 +83,25 @@ pub struct Limits {
     /// oldest merge into one covering span (the bound they give only grows
     /// looser, never wrong).
     pub max_audit_spans_per_addr: usize,
+    /// KRPC bounds: datagram size, bencode depth/items, query timeout, and
+    /// `max_pending`, the outstanding queries kept for pairing responses.
+    /// `max_pending` is for the whole run, split evenly over the shards
+    /// (a query and its response are one UDP flow, so one shard): 2^18
+    /// queries of ~100 bytes ≈ 26 MB at worst. With the 30 s timeout that
+    /// pairs a node sending 8,000 queries a second; past it the oldest
+    /// query of the shard is dropped (counted, `dht_pending_full`).
+    pub dht: DhtLimits,
+    /// LSD (BEP 14) datagram bounds.
+    pub lsd: LsdLimits,
+    /// Distinct DHT nodes (node id, address) in `dht_nodes`, counting nodes
+    /// only listed in responses. ~150 bytes each: 2^18 ≈ 40 MB. A crawl
+    /// meets millions of nodes; past the bound new ones are counted, not
+    /// tracked (`dht_node_table_full`).
+    pub max_dht_nodes: usize,
+    /// Distinct info hashes in `dht_infohashes` (get_peers, announce_peer,
+    /// BEP 51 samples). ~120 bytes each: 2^18 ≈ 30 MB; past it new ones are
+    /// counted, not tracked (`dht_infohash_table_full`).
+    pub max_dht_infohashes: usize,
 }
 
 impl Default for Limits {
@@ -110,6 +131,13 @@ impl Default for Limits {
             max_audit_announces: 1024,
             max_audit_addrs: 1 << 18,
             max_audit_spans_per_addr: 64,
+            dht: DhtLimits {
+                max_pending: 1 << 18,
+                ..DhtLimits::default()
+            },
+            lsd: LsdLimits::default(),
+            max_dht_nodes: 1 << 18,
+            max_dht_infohashes: 1 << 18,
         }
     }
 }

@@ -104,29 +104,31 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
 }
 
 fn torrent(file: &Path) -> Result<(), String> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
     let b = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let m = parse_torrent(&b).map_err(|e| format!("{} is not a usable .torrent: {e}", file.display()))?;
     if let Some(h) = m.info_hash_v1 {
-        println!("info_hash     {}", hex(&h));
+        let _ = writeln!(o, "info_hash     {}", hex(&h));
     }
     if let Some(h) = m.info_hash_v2 {
-        println!("info_hash_v2  {}", hex(&h));
+        let _ = writeln!(o, "info_hash_v2  {}", hex(&h));
     }
-    println!("name          {}", m.name);
-    println!("piece_length  {}", m.piece_length);
-    println!("pieces        {}", m.n_pieces);
-    println!("total_bytes   {}", m.total_bytes);
-    println!("private       {}", m.private);
-    println!("files         {}", m.files.len());
+    let _ = writeln!(o, "name          {}", m.name);
+    let _ = writeln!(o, "piece_length  {}", m.piece_length);
+    let _ = writeln!(o, "pieces        {}", m.n_pieces);
+    let _ = writeln!(o, "total_bytes   {}", m.total_bytes);
+    let _ = writeln!(o, "private       {}", m.private);
+    let _ = writeln!(o, "files         {}", m.files.len());
     for f in m.files.iter().take(50) {
-        println!("  {:>14}  {}", f.length, f.path);
+        let _ = writeln!(o, "  {:>14}  {}", f.length, f.path);
     }
     if m.files.len() > 50 {
-        println!("  … {} more", m.files.len() - 50);
+        let _ = writeln!(o, "  … {} more", m.files.len() - 50);
     }
-    println!("trackers      {}", m.trackers.len());
+    let _ = writeln!(o, "trackers      {}", m.trackers.len());
     for t in &m.trackers {
-        println!("  {t}");
+        let _ = writeln!(o, "  {t}");
     }
-    Ok(())
+    swarmtap::summary::write_stdout(&o)
 }

@@ -19,15 +19,20 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use crate::analyze::audit::Audit;
+use crate::analyze::dht::DhtAggregate;
 use crate::analyze::swarm::Swarm;
+use crate::analyze::swarm::UnattributedEvent;
+use crate::analyze::tracker::AnnounceMark;
+use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey, Packet};
 use crate::flow::table::{Shard, ShardContext};
+use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
-use crate::sink::{CaptureStatsRow, RowBatch, SinkThread, Ts};
+use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
 
 /// Frame data per batch: large enough to amortise the per-batch merge and
 /// thread hand-offs, small enough to keep a few batches in memory.
@@ -122,7 +127,7 @@ pub fn analyze(
 ) -> Result<RunSummary, String> {
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
-    let names: Vec<String> = inputs.iter().map(|i| i.display_name()).collect();
+    let names = capture_names(&inputs);
     let names = Arc::new(names);
     let sink = SinkThread::to_dir(out_dir)?;
 
@@ -130,6 +135,7 @@ pub fn analyze(
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
     let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
     let mut audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
+    let mut dht = DhtAggregate::new(&settings.limits);
     for m in torrents {
         for h in m.wire_hashes() {
             ctx.shapes.insert(
@@ -212,6 +218,8 @@ pub fn analyze(
     let mut watermark = i64::MIN;
     let mut last_progress = Instant::now();
     let mut failure: Option<String> = None;
+    let mut held_conns: Vec<ConnectionRow> = Vec::new();
+    let mut current_capture = 0u32;
 
     for msg in rx {
         let batch = match msg {
@@ -225,26 +233,53 @@ pub fn analyze(
                 break;
             }
         };
+        // A new input that does not continue the previous one in time (it
+        // starts before the previous ended, or after every flow would have
+        // expired) is a separate capture: its packets must not join flows of
+        // the last one. Rotated files of one tap continue each other.
+        if batch.capture_idx != current_capture {
+            let first = batch.frames.first().map(|f| f.ts_us);
+            if let (Some(t0), true) = (first, watermark != i64::MIN) {
+                let idle = settings.limits.tcp_idle_us.max(settings.limits.udp_idle_us);
+                if t0 < watermark || t0 - watermark > idle {
+                    let mut rows = pool.install(|| {
+                        shards.par_iter_mut().for_each(|s| s.finish(watermark));
+                        RowBatch::default()
+                    });
+                    let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+                    let marks = take_marks(&mut shards);
+                    finish_rows(&mut rows);
+                    audit.observe(&events, &marks);
+                    audit.observe_rows(&rows);
+                    swarm.apply(events, unattributed, &mut rows);
+                    swarm.end_segment(&mut rows);
+                    dht.apply(dht_obs);
+                    hold_unattributed(&mut rows, &mut held_conns);
+                    rows.peer_progress.sort_by_key(|r| r.frame);
+                    gate.filter(&mut rows, &mut counts);
+                    summary.n_connections += rows.connections.len() as u64;
+                    sink.send(rows)?;
+                    watermark = i64::MIN;
+                }
+            }
+            current_capture = batch.capture_idx;
+        }
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
-        let mut events = Vec::new();
-        let mut marks = Vec::new();
-        for s in &mut shards {
-            rows.append(&mut s.out.rows);
-            events.append(&mut s.out.events);
-            marks.append(&mut s.out.marks);
-        }
+        let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+        let marks = take_marks(&mut shards);
         finish_rows(&mut rows);
-        events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
-        marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
         audit.observe(&events, &marks);
         audit.observe_rows(&rows);
-        swarm.apply(events, &mut rows);
+        swarm.apply(events, unattributed, &mut rows);
+        hold_unattributed(&mut rows, &mut held_conns);
+        dht.apply(dht_obs);
         rows.peer_progress.sort_by_key(|r| r.frame);
         gate.filter(&mut rows, &mut counts);
         summary.n_packets += batch.frames.len() as u64;
         summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
         summary.n_messages += rows.peer_messages.len() as u64;
+        summary.n_connections += rows.connections.len() as u64;
         sink.send(rows)?;
         if progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = Instant::now();
@@ -275,26 +310,34 @@ pub fn analyze(
         shards.par_iter_mut().for_each(|s| s.finish(end_ts));
         RowBatch::default()
     });
-    let mut events = Vec::new();
-    let mut marks = Vec::new();
-    for s in &mut shards {
-        rows.append(&mut s.out.rows);
-        events.append(&mut s.out.events);
-        marks.append(&mut s.out.marks);
+    let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+    let marks = take_marks(&mut shards);
+    dht.apply(dht_obs);
+    for s in &shards {
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
-        summary.n_connections += s.stats.n_peer_connections;
     }
     finish_rows(&mut rows);
-    events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
-    marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
     audit.observe(&events, &marks);
     audit.observe_rows(&rows);
-    swarm.apply(events, &mut rows);
+    swarm.apply(events, unattributed, &mut rows);
     rows.peer_progress.sort_by_key(|r| r.frame);
     let n_dropped_peers = swarm.n_peers_dropped;
+    // Mid-stream connections held back get the torrent they were attributed
+    // to (now or at the swarm's last retry).
+    rows.connections.append(&mut held_conns);
+    swarm.retry_all(&mut rows);
+    for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
+        if let Some(h) = swarm.attribution(c.conn_id) {
+            c.info_hash = Some(hex(&h));
+            c.info_hash_source = Some("endpoint");
+        }
+    }
+    rows.connections.sort_by_key(|r| r.conn_id);
+    summary.n_connections += rows.connections.len() as u64;
     swarm.finish(&mut rows);
     audit.finish(&mut rows);
+    dht.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
             layer: "analyze",
@@ -338,10 +381,89 @@ pub fn analyze(
     Ok(summary)
 }
 
+/// The `capture` column: each input's file name, or its path as given when
+/// two inputs share a file name (so rows stay attributable).
+pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
+    let base = |i: &InputSpec| match i {
+        InputSpec::Path(p) => p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| i.display_name()),
+        InputSpec::Stdin => "-".to_string(),
+    };
+    let bases: Vec<String> = inputs.iter().map(base).collect();
+    inputs
+        .iter()
+        .zip(&bases)
+        .map(|(i, b)| {
+            if bases.iter().filter(|x| *x == b).count() > 1 {
+                i.display_name()
+            } else {
+                b.clone()
+            }
+        })
+        .collect()
+}
+
+/// Takes every shard's rows, swarm events and DHT observations, events in
+/// frame order.
+fn collect_events(
+    shards: &mut [Shard],
+    rows: &mut RowBatch,
+) -> (
+    Vec<SwarmEvent>,
+    Vec<UnattributedEvent>,
+    Vec<crate::analyze::dht::DhtObservation>,
+) {
+    let mut events = Vec::new();
+    let mut unattributed = Vec::new();
+    let mut dht_obs = Vec::new();
+    for s in shards.iter_mut() {
+        rows.append(&mut s.out.rows);
+        events.append(&mut s.out.events);
+        unattributed.append(&mut s.out.unattributed);
+        dht_obs.append(&mut s.out.dht);
+    }
+    events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+    unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
+    dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+    (events, unattributed, dht_obs)
+}
+
+/// Connection rows without an info_hash (picked up mid-stream) are held
+/// until the end of the run, when the swarm state may have attributed them;
+/// past this many they are written as they are.
+const MAX_HELD_CONNECTIONS: usize = 65_536;
+
+/// The shards' announce marks for the audit, in frame order.
+fn take_marks(shards: &mut [Shard]) -> Vec<AnnounceMark> {
+    let mut marks = Vec::new();
+    for s in shards.iter_mut() {
+        marks.append(&mut s.out.marks);
+    }
+    marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
+    marks
+}
+
+fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
+    let mut i = 0;
+    while i < rows.connections.len() {
+        if rows.connections[i].info_hash.is_none() && held.len() < MAX_HELD_CONNECTIONS {
+            held.push(rows.connections.swap_remove(i));
+        } else {
+            i += 1;
+        }
+    }
+    rows.connections.sort_by_key(|r| r.conn_id);
+}
+
 /// Orders the rows of one step: per-message tables by frame (stable: rows of
 /// one frame keep their order), per-flow tables by id.
 fn finish_rows(rows: &mut RowBatch) {
     rows.peer_messages.sort_by_key(|r| r.frame);
+    rows.dht_messages.sort_by_key(|r| r.frame);
+    rows.dht_peers.sort_by_key(|r| r.frame);
+    rows.lsd_announces.sort_by_key(|r| r.frame);
     rows.anomalies.sort_by_key(|r| r.frame);
     rows.tracker_announces.sort_by_key(|r| (r.ts, r.frame));
     rows.tracker_peers.sort_by_key(|r| (r.ts, r.frame));

@@ -52,6 +52,26 @@ fn top_by(df: &DataFrame, col: &str, n: usize) -> Result<DataFrame, String> {
 
 /// Prints the dataset in `dir`.
 pub fn print(dir: &Path) -> Result<(), String> {
+    let text = render(dir)?;
+    write_stdout(&text)
+}
+
+/// Writes to stdout; a reader that went away (`swarmtap summary | head`) is
+/// not an error.
+pub fn write_stdout(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(format!("writing to stdout: {e}")),
+    }
+}
+
+/// The summary of the dataset in `dir` as text.
+pub fn render(dir: &Path) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let mut o = String::new();
     if !dir.is_dir() {
         return Err(format!("{} is not a dataset directory", dir.display()));
     }
@@ -60,24 +80,27 @@ pub fn print(dir: &Path) -> Result<(), String> {
     std::env::set_var("POLARS_FMT_STR_LEN", "64");
     std::env::set_var("POLARS_TABLE_WIDTH", "240");
     std::env::set_var("POLARS_FMT_TABLE_ROUNDED_CORNERS", "1");
-    println!("Dataset {}\n", dir.display());
-    println!("{:<20} {:>10}", "table", "rows");
+    let _ = writeln!(o, "Dataset {}\n", dir.display());
+    let _ = writeln!(o, "{:<20} {:>10}", "table", "rows");
     let mut found = 0;
     for t in TABLE_NAMES {
         match read(dir, t)? {
             Some(df) => {
                 found += 1;
-                println!("{:<20} {:>10}", t, df.height());
+                let _ = writeln!(o, "{:<20} {:>10}", t, df.height());
             }
-            None => println!("{:<20} {:>10}", t, "missing"),
+            None => {
+                let _ = writeln!(o, "{:<20} {:>10}", t, "missing");
+            }
         }
     }
     if found == 0 {
         return Err(format!("{} holds no swarmtap tables", dir.display()));
     }
     if let Some(df) = read(dir, "capture_stats")? {
-        println!("\nInputs");
-        println!(
+        let _ = writeln!(o, "\nInputs");
+        let _ = writeln!(
+            o,
             "{}",
             select(
                 &df,
@@ -96,9 +119,10 @@ pub fn print(dir: &Path) -> Result<(), String> {
     }
     if let Some(df) = read(dir, "torrents")? {
         if df.height() > 0 {
-            println!("\nTorrents (by piece bytes)");
+            let _ = writeln!(o, "\nTorrents (by piece bytes)");
             let t = top_by(&df, "piece_bytes", 20)?;
-            println!(
+            let _ = writeln!(
+                o,
                 "{}",
                 select(
                     &t,
@@ -117,9 +141,10 @@ pub fn print(dir: &Path) -> Result<(), String> {
     }
     if let Some(df) = read(dir, "peers")? {
         if df.height() > 0 {
-            println!("\nPeers (top 20 by downloaded bytes)");
+            let _ = writeln!(o, "\nPeers (top 20 by downloaded bytes)");
             let t = top_by(&df, "downloaded_bytes", 20)?;
-            println!(
+            let _ = writeln!(
+                o,
                 "{}",
                 select(
                     &t,
@@ -142,17 +167,18 @@ pub fn print(dir: &Path) -> Result<(), String> {
             }
             let mut v: Vec<_> = clients.into_iter().collect();
             v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            println!("\nClients");
+            let _ = writeln!(o, "\nClients");
             for (c, n) in v.iter().take(20) {
-                println!("  {n:>6}  {c}");
+                let _ = writeln!(o, "  {n:>6}  {c}");
             }
         }
     }
     if let Some(df) = read(dir, "connections")? {
         if df.height() > 0 {
-            println!("\nConnections (top 10 by piece bytes from the responder)");
+            let _ = writeln!(o, "\nConnections (top 10 by piece bytes from the responder)");
             let t = top_by(&df, "piece_bytes_resp", 10)?;
-            println!(
+            let _ = writeln!(
+                o,
                 "{}",
                 select(
                     &t,
@@ -210,11 +236,11 @@ pub fn print(dir: &Path) -> Result<(), String> {
                 let l = layers.get(i).cloned().flatten().unwrap_or_default();
                 *kinds.entry(format!("{l}/{}", k.unwrap_or_default())).or_default() += 1;
             }
-            println!("\nAnomalies (rows by layer/kind)");
+            let _ = writeln!(o, "\nAnomalies (rows by layer/kind)");
             for (k, n) in kinds {
-                println!("  {n:>6}  {k}");
+                let _ = writeln!(o, "  {n:>6}  {k}");
             }
         }
     }
-    Ok(())
+    Ok(o)
 }

@@ -3,6 +3,8 @@
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
 pub mod audit;
+pub mod dht;
+pub mod lsd;
 pub mod session;
 pub mod swarm;
 pub mod tracker;
@@ -26,6 +28,9 @@ pub enum SwarmEventKind {
     Seen {
         peer_id: Option<[u8; 20]>,
         client: Option<String>,
+        /// The endpoint's port is a listen port (the responder's, or the
+        /// originator's BEP 10 `p`), not an ephemeral source port.
+        listen: bool,
     },
     Bitfield(Vec<u8>),
     Have(u32),
@@ -97,6 +102,10 @@ pub struct SwarmEvent {
 pub struct ShardOut {
     pub rows: RowBatch,
     pub events: Vec<SwarmEvent>,
+    /// Events of mid-stream connections whose info_hash is not known yet.
+    pub unattributed: Vec<swarm::UnattributedEvent>,
+    /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
+    pub dht: Vec<dht::DhtObservation>,
     /// Announces for the audit, at their request's frame.
     pub marks: Vec<tracker::AnnounceMark>,
     /// Capture names by index, for the `capture` column.

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 
+use super::swarm::UnattributedEvent;
 use super::{FrameCtx, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::flow::Chunk;
@@ -43,6 +44,9 @@ struct Side {
     ext_map: ExtensionMap,
     ext_names: Vec<String>,
     piece_bytes: u64,
+    /// Bytes of the current piece block still to come, and seen so far.
+    block_left: u64,
+    block_bytes: u64,
     payload_bytes: u64,
     n_msgs: u64,
     seen_sent: bool,
@@ -64,6 +68,7 @@ struct State {
     sides: [Side; 2],
     midstream: bool,
     encrypted: bool,
+    mse_handshake: bool,
     gap_bytes: u64,
     held: Vec<Held>,
     settled: bool,
@@ -118,6 +123,7 @@ impl PeerSession {
                 sides: [Side::default(), Side::default()],
                 midstream: init.midstream,
                 encrypted: false,
+                mse_handshake: false,
                 gap_bytes: 0,
                 held: Vec::new(),
                 settled: false,
@@ -127,6 +133,11 @@ impl PeerSession {
                 max_pieces: limits.max_pieces,
             },
         }
+    }
+
+    /// The stream began with an MSE key exchange that selected plaintext.
+    pub fn set_mse_handshake(&mut self) {
+        self.st.mse_handshake = true;
     }
 
     /// Sharper framing checks once the torrent's shape is known.
@@ -177,6 +188,11 @@ impl PeerSession {
             let st = &mut self.st;
             self.framers[side].finish(&mut |ev| st.on_event(side, ev, ctx, out));
         }
+        // A block cut off by the end of the connection counts for what was
+        // sent of it (clients count payload as written to the socket).
+        for side in [ORIG, RESP] {
+            self.st.end_block(side, ctx, out);
+        }
         self.st.settled = true;
         self.st.release(out);
         self.row(out)
@@ -202,6 +218,7 @@ impl PeerSession {
             first_ts: Ts(st.first_ts),
             last_ts: Ts(st.last_ts),
             info_hash: st.info_hash_hex.clone(),
+            info_hash_source: st.info_hash.map(|_| "handshake"),
             orig_peer_id: st.sides[ORIG].peer_id.map(|p| hex(&p)),
             resp_peer_id: st.sides[RESP].peer_id.map(|p| hex(&p)),
             orig_client: client(&st.sides[ORIG]),
@@ -212,6 +229,7 @@ impl PeerSession {
             orig_extensions: st.sides[ORIG].ext_names.clone(),
             resp_extensions: st.sides[RESP].ext_names.clone(),
             encrypted: st.encrypted,
+            mse_handshake: st.mse_handshake,
             midstream: st.midstream,
             piece_bytes_orig: st.sides[ORIG].piece_bytes,
             piece_bytes_resp: st.sides[RESP].piece_bytes,
@@ -250,11 +268,6 @@ impl State {
     }
 
     fn release(&mut self, out: &mut ShardOut) {
-        let Some(info_hash) = self.info_hash else {
-            // Without an info hash nothing can be attributed to a swarm.
-            self.held.clear();
-            return;
-        };
         let held = std::mem::take(&mut self.held);
         for h in held {
             let peer = self.peer_addr(h.side);
@@ -263,15 +276,53 @@ impl State {
                     to: self.peer_addr(1 - h.side),
                     bytes,
                 },
+                SwarmEventKind::Seen { peer_id, client, .. } => SwarmEventKind::Seen {
+                    peer_id,
+                    client,
+                    // Which side listens is known only when the connection's
+                    // start was captured (the responder), or from BEP 10 `p`.
+                    listen: (h.side == RESP && !self.midstream) || self.sides[h.side].listen_port.is_some(),
+                },
                 k => k,
             };
-            out.events.push(SwarmEvent {
+            let event = SwarmEvent {
                 ctx: h.ctx,
                 conn_id: self.conn_id,
-                info_hash,
+                info_hash: self.info_hash.unwrap_or([0; 20]),
                 peer,
                 kind,
-            });
+            };
+            if self.info_hash.is_some() {
+                out.events.push(event);
+            } else {
+                // Mid-stream: the swarm state attributes it by endpoint.
+                out.unattributed.push(UnattributedEvent {
+                    event,
+                    other: self.peer_addr(1 - h.side),
+                });
+            }
+        }
+    }
+
+    /// Closes the current piece block of `side` (complete, or cut off).
+    fn end_block(&mut self, side: usize, ctx: FrameCtx, out: &mut ShardOut) {
+        let s = &mut self.sides[side];
+        let bytes = std::mem::take(&mut s.block_bytes);
+        s.block_left = 0;
+        if bytes > 0 {
+            let to = self.ends[1 - side];
+            self.push_event(side, ctx, SwarmEventKind::Transfer { to, bytes }, out);
+        }
+    }
+
+    fn block_progress(&mut self, side: usize, n: u64, ctx: FrameCtx, out: &mut ShardOut) {
+        let s = &mut self.sides[side];
+        let n = n.min(s.block_left);
+        s.block_left -= n;
+        s.block_bytes += n;
+        s.piece_bytes += n;
+        if s.block_left == 0 {
+            self.end_block(side, ctx, out);
         }
     }
 
@@ -286,6 +337,7 @@ impl State {
             let seen = SwarmEventKind::Seen {
                 peer_id: s.peer_id,
                 client,
+                listen: false,
             };
             self.held.push(Held { ctx, side, kind: seen });
         }
@@ -356,6 +408,7 @@ impl State {
                     SwarmEventKind::Seen {
                         peer_id,
                         client: peer_id.and_then(|p| client_from_peer_id(&p)),
+                        listen: false,
                     },
                     out,
                 );
@@ -363,7 +416,7 @@ impl State {
             }
             WireEvent::NoHandshake => {}
             WireEvent::Message { msg, wire_len } => self.on_message(side, msg, wire_len, ctx, out),
-            WireEvent::PieceData(_) | WireEvent::PieceGap(_) => {}
+            WireEvent::PieceData(n) | WireEvent::PieceGap(n) => self.block_progress(side, n, ctx, out),
             WireEvent::Resync { skipped_bytes } => {
                 if !self.midstream || self.sides[side].n_msgs > 0 {
                     out.anomaly(
@@ -426,23 +479,17 @@ impl State {
                 self.push_event(side, ctx, SwarmEventKind::HaveNone, out);
             }
             Message::Piece { piece, begin, length } => {
-                self.sides[side].piece_bytes += u64::from(length);
+                // The block's bytes are counted as they pass (PieceData /
+                // PieceGap), so a block cut off by a close counts what was
+                // sent of it.
+                self.end_block(side, ctx, out);
+                self.sides[side].block_left = u64::from(length);
                 self.message_row(side, ctx, out, name, |r| {
                     r.piece = Some(piece);
                     r.begin = Some(begin);
                     r.length = Some(length);
                     r.wire_len = wl;
                 });
-                let to = self.ends[1 - side];
-                self.push_event(
-                    side,
-                    ctx,
-                    SwarmEventKind::Transfer {
-                        to,
-                        bytes: u64::from(length),
-                    },
-                    out,
-                );
             }
             Message::Request { piece, begin, length }
             | Message::Cancel { piece, begin, length }

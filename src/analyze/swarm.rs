@@ -2,15 +2,58 @@
 //! completion and confirmed downloads, transfer volumes and peak rates, and
 //! per-torrent totals. Fed sequentially with [`SwarmEvent`]s in frame order,
 //! so it needs no locks and its output does not depend on thread count.
+//!
+//! Peer identity is (info_hash, ip, listen port). Two things blur it, and
+//! both are repaired here:
+//! - An originator that sends no BEP 10 `p` is known only by its ephemeral
+//!   source port. Rows of the same (info_hash, ip, peer_id) are merged, and a
+//!   listen endpoint (a responder port, a `p`) wins over an ephemeral one.
+//!   libtorrent 2 and qBittorrent draw a new peer id for every connection,
+//!   so an ephemeral endpoint is also merged into the listen endpoint of the
+//!   same (info_hash, ip) whose peer id has the same 8-byte client prefix
+//!   (`-LT2080-`), when that listen endpoint is the only one: two copies of
+//!   the same client version behind one address on one torrent would be
+//!   needed to merge wrongly, and then there would be two listen endpoints.
+//! - A connection picked up mid-stream has no handshake, so no info_hash. Its
+//!   events wait (bounded) until one of its endpoints is known as the listen
+//!   endpoint of exactly one torrent, from a handshake or a tracker/DHT/LSD
+//!   sighting; the connection is then attributed to that torrent.
+//!
+//! Completion is computed at the end from each peer's history of piece
+//! counts, with the best piece count known by then (a .torrent, metadata, or
+//! the largest bitfield), so early guesses never fix a result.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use super::{PeerSource, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::{hex, Metainfo};
 use crate::sink::{PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts};
+
+/// How long a peer must stay below the completion threshold for its later
+/// crossing to count as a confirmed download. Seeders that send a "lazy
+/// bitfield" (a few pieces left out, then `have`s for them in the same
+/// breath, as Deluge and libtorrent do against ISP filtering) are below for
+/// milliseconds; real downloads take far longer than a second.
+pub const MIN_BELOW_US: i64 = 1_000_000;
+
+/// Most connection ids remembered per peer to count distinct connections.
+const MAX_CONNS_REMEMBERED: usize = 64;
+
+/// Points kept in a peer's progress history; past it, every other point is
+/// dropped (first and last kept), so the shape survives at bounded cost.
+const MAX_HISTORY: usize = 4096;
+
+/// Events of one unattributed (mid-stream) connection kept while waiting.
+const MAX_PENDING_EVENTS_PER_CONN: usize = 4096;
+/// Unattributed connections waiting at once.
+const MAX_PENDING_CONNS: usize = 4096;
+
+/// `count` value in a history point meaning "have_all" with the piece count
+/// unknown at that time.
+const ALL: u32 = u32::MAX;
 
 /// A set of piece indices, grown as indices arrive (bounded by max_pieces).
 #[derive(Debug, Clone, Default)]
@@ -50,23 +93,30 @@ impl PieceSet {
         }
     }
 
-    /// Union with a bitfield (MSB of byte 0 is piece 0). Returns the highest
-    /// set index + 1.
-    fn union_bitfield(&mut self, bits: &[u8]) -> u32 {
-        let mut top = 0;
+    /// Union with a bitfield (MSB of byte 0 is piece 0).
+    fn union_bitfield(&mut self, bits: &[u8]) {
         for (i, &b) in bits.iter().enumerate() {
             if b == 0 {
                 continue;
             }
             for j in 0..8 {
                 if b & (0x80 >> j) != 0 {
-                    let idx = (i * 8 + j) as u32;
-                    self.set(idx);
-                    top = idx + 1;
+                    self.set((i * 8 + j) as u32);
                 }
             }
         }
-        top
+    }
+
+    fn union(&mut self, other: &PieceSet) {
+        self.all |= other.all;
+        for (w, &x) in other.words.iter().enumerate() {
+            let mut x = x;
+            while x != 0 {
+                let b = x.trailing_zeros();
+                self.set((w * 64) as u32 + b);
+                x &= x - 1;
+            }
+        }
     }
 
     /// Pieces held, given the torrent's piece count when known.
@@ -77,6 +127,25 @@ impl PieceSet {
             Some(self.count)
         }
     }
+
+    /// History value: the count, or ALL for have_all.
+    fn point(&self) -> u32 {
+        if self.all {
+            ALL
+        } else {
+            self.count.min(u64::from(ALL - 1)) as u32
+        }
+    }
+}
+
+/// Highest set index + 1 of a bitfield.
+fn bitfield_top(bits: &[u8]) -> u64 {
+    for (i, &b) in bits.iter().enumerate().rev() {
+        if b != 0 {
+            return (i * 8 + 8 - b.trailing_zeros() as usize) as u64;
+        }
+    }
+    0
 }
 
 #[derive(Debug, Clone)]
@@ -86,40 +155,32 @@ struct PeerState {
     first_ts: i64,
     last_ts: i64,
     pieces: PieceSet,
-    known: bool,
-    first_pieces: Option<u64>,
-    last_pieces: Option<u64>,
-    below_seen: bool,
-    /// Since when the peer has been below the threshold (None: not below).
-    below_since: Option<i64>,
-    completed_ts: Option<i64>,
-    confirmed: bool,
+    /// (ts, count) at each change of the known piece set.
+    history: Vec<(i64, u32)>,
     uploaded: u64,
     downloaded: u64,
     /// Current rate window start and bytes (down, up).
     win_start: i64,
     win_bytes: [u64; 2],
+    /// The run's rate window (to close the last one at the end).
     win_len: i64,
     max_rate: [Option<f64>; 2],
     conns: Vec<u64>,
     n_connections: u64,
     /// PeerSource bits.
     sources: u8,
+    /// The port is a listen port (responder, BEP 10 `p`, tracker, DHT).
+    listen: bool,
+    /// The peer's first known state was a `have` (seen mid-connection, no
+    /// bitfield): its initial pieces are unknown.
+    unknown_start: bool,
 }
-
-/// How long a peer must stay below the completion threshold for a later
-/// crossing to count as a confirmed download (see the lazy-bitfield note in
-/// `apply_one`); real downloads take far longer than a second.
-pub const MIN_BELOW_US: i64 = 1_000_000;
-
-/// Most connection ids remembered per peer to count distinct connections.
-const MAX_CONNS_REMEMBERED: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 struct TorrentState {
     meta: Option<std::sync::Arc<Metainfo>>,
     metadata_source: &'static str,
-    /// Estimate from bitfields: max(8·(bytes−1)+1, highest index + 1).
+    /// Lower bound from bitfields: max(8·(bytes−1)+1, highest index + 1).
     estimate: u64,
     first_ts: Option<i64>,
     last_ts: Option<i64>,
@@ -136,15 +197,50 @@ impl TorrentState {
     }
 }
 
+/// A listen endpoint's torrent, or several (then it attributes nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndpointHash {
+    One([u8; 20]),
+    Ambiguous,
+}
+
+/// An event of a connection whose info_hash is not known (mid-stream).
+#[derive(Debug, Clone)]
+pub struct UnattributedEvent {
+    pub event: SwarmEvent,
+    /// The connection's other endpoint.
+    pub other: SocketAddr,
+}
+
+type PeerKey = ([u8; 20], SocketAddr);
+/// (info_hash, ip, 8-byte client prefix of the peer id).
+type PrefixKey = ([u8; 20], IpAddr, [u8; 8]);
+
 /// Swarm state over the whole run.
 pub struct Swarm {
     limits: Limits,
     threshold: f64,
     rate_window_us: i64,
     torrents: HashMap<[u8; 20], TorrentState>,
-    peers: HashMap<([u8; 20], SocketAddr), PeerState>,
+    peers: HashMap<PeerKey, PeerState>,
+    /// Merged peer keys → the key they live under now.
+    alias: HashMap<PeerKey, PeerKey>,
+    /// (info_hash, ip, peer_id) → peer key.
+    by_peer_id: HashMap<([u8; 20], IpAddr, [u8; 20]), PeerKey>,
+    /// (info_hash, ip, client prefix) → listen keys and ephemeral keys.
+    by_prefix: HashMap<PrefixKey, (Vec<PeerKey>, Vec<PeerKey>)>,
+    /// Listen endpoints seen with a torrent (for mid-stream attribution),
+    /// over the whole run and per input file: a client on one port may serve
+    /// several torrents over a day of captures, so sightings in the same
+    /// file as the connection are asked first.
+    endpoints: HashMap<SocketAddr, EndpointHash>,
+    endpoints_in_capture: HashMap<(u32, SocketAddr), EndpointHash>,
+    /// Mid-stream connections: attributed ones, and those still waiting.
+    attributed: HashMap<u64, [u8; 20]>,
+    pending: BTreeMap<u64, Vec<UnattributedEvent>>,
     pub n_peers_dropped: u64,
     pub n_torrents_dropped: u64,
+    pub n_unattributed_dropped: u64,
 }
 
 impl Swarm {
@@ -155,12 +251,20 @@ impl Swarm {
             rate_window_us: i64::from(rate_window_s.max(1)) * 1_000_000,
             torrents: HashMap::new(),
             peers: HashMap::new(),
+            alias: HashMap::new(),
+            by_peer_id: HashMap::new(),
+            by_prefix: HashMap::new(),
+            endpoints: HashMap::new(),
+            endpoints_in_capture: HashMap::new(),
+            attributed: HashMap::new(),
+            pending: BTreeMap::new(),
             n_peers_dropped: 0,
             n_torrents_dropped: 0,
+            n_unattributed_dropped: 0,
         }
     }
 
-    /// Registers a torrent from a .torrent file (piece count, name, …).
+    /// Registers a torrent's metadata (a .torrent file, rebuilt ut_metadata).
     /// A hybrid torrent is registered under both its v1 hash and its v2 hash
     /// truncated to 20 bytes: clients put either in the handshake (BEP 52).
     pub fn add_metainfo(&mut self, m: std::sync::Arc<Metainfo>, source: &'static str) {
@@ -169,6 +273,11 @@ impl Swarm {
             t.meta = Some(m.clone());
             t.metadata_source = source;
         }
+    }
+
+    /// The torrent a mid-stream connection was attributed to.
+    pub fn attribution(&self, conn_id: u64) -> Option<[u8; 20]> {
+        self.attributed.get(&conn_id).copied()
     }
 
     fn torrent(&mut self, h: [u8; 20], ts: i64) -> Option<&mut TorrentState> {
@@ -182,12 +291,241 @@ impl Swarm {
         Some(t)
     }
 
+    fn resolve(&self, k: PeerKey) -> PeerKey {
+        let mut k = k;
+        // Alias chains are short (a merge re-points the old key); bound the
+        // walk anyway.
+        for _ in 0..8 {
+            match self.alias.get(&k) {
+                Some(n) => k = *n,
+                None => break,
+            }
+        }
+        k
+    }
+
+    fn learn_endpoint(&mut self, ep: SocketAddr, h: [u8; 20], capture: u32) {
+        fn learn<K: std::hash::Hash + Eq>(m: &mut HashMap<K, EndpointHash>, k: K, h: [u8; 20], max: usize) {
+            match m.get(&k) {
+                None => {
+                    if m.len() < max {
+                        m.insert(k, EndpointHash::One(h));
+                    }
+                }
+                Some(EndpointHash::One(x)) if *x != h => {
+                    m.insert(k, EndpointHash::Ambiguous);
+                }
+                Some(_) => {}
+            }
+        }
+        if ep.port() == 0 {
+            return;
+        }
+        let max = self.limits.max_peers;
+        learn(&mut self.endpoints, ep, h, max);
+        learn(&mut self.endpoints_in_capture, (capture, ep), h, max);
+    }
+
     /// Applies a batch's events (already in frame order) and appends
-    /// `peer_progress` rows.
-    pub fn apply(&mut self, events: Vec<SwarmEvent>, rows: &mut RowBatch) {
-        for ev in events {
+    /// `peer_progress` rows. Listen endpoints are learned from the whole
+    /// batch first, so that mid-stream connections attributed by them are
+    /// applied in frame order with everything else; connections still
+    /// unattributed wait for a later batch.
+    pub fn apply(&mut self, events: Vec<SwarmEvent>, unattributed: Vec<UnattributedEvent>, rows: &mut RowBatch) {
+        for ev in &events {
+            let listen = match &ev.kind {
+                SwarmEventKind::Seen { listen, .. } => *listen,
+                SwarmEventKind::Learned { .. } => true,
+                _ => false,
+            };
+            if listen {
+                self.learn_endpoint(ev.peer, ev.info_hash, ev.ctx.capture);
+            }
+        }
+        let mut all = events;
+        for u in unattributed {
+            self.queue_unattributed(u);
+        }
+        all.extend(self.take_resolved());
+        all.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        for ev in all {
             self.apply_one(ev, rows);
         }
+    }
+
+    fn queue_unattributed(&mut self, u: UnattributedEvent) {
+        let conn = u.event.conn_id;
+        let q = match self.pending.get_mut(&conn) {
+            Some(q) => q,
+            None => {
+                if self.pending.len() >= MAX_PENDING_CONNS {
+                    self.n_unattributed_dropped += 1;
+                    return;
+                }
+                self.pending.entry(conn).or_default()
+            }
+        };
+        if q.len() < MAX_PENDING_EVENTS_PER_CONN {
+            q.push(u);
+        } else {
+            self.n_unattributed_dropped += 1;
+        }
+    }
+
+    /// Events of waiting connections that can now be attributed (or were
+    /// before), with their info_hash filled in.
+    fn take_resolved(&mut self) -> Vec<SwarmEvent> {
+        let mut done = Vec::new();
+        for (conn, q) in &self.pending {
+            let h = self
+                .attributed
+                .get(conn)
+                .copied()
+                .or_else(|| q.iter().find_map(|u| self.attribute(u)));
+            if let Some(h) = h {
+                done.push((*conn, h));
+            }
+        }
+        let mut out = Vec::new();
+        for (conn, h) in done {
+            self.attributed.insert(conn, h);
+            if let Some(q) = self.pending.remove(&conn) {
+                out.extend(q.into_iter().map(|u| {
+                    let mut ev = u.event;
+                    ev.info_hash = h;
+                    ev
+                }));
+            }
+        }
+        out
+    }
+
+    fn attribute(&self, u: &UnattributedEvent) -> Option<[u8; 20]> {
+        fn pick(a: Option<&EndpointHash>, b: Option<&EndpointHash>) -> Option<Option<[u8; 20]>> {
+            match (a, b) {
+                (None, None) => None,
+                (Some(EndpointHash::One(x)), Some(EndpointHash::One(y))) if x != y => Some(None),
+                (Some(EndpointHash::One(x)), _) | (_, Some(EndpointHash::One(x))) => Some(Some(*x)),
+                _ => Some(None),
+            }
+        }
+        let c = u.event.ctx.capture;
+        let here = pick(
+            self.endpoints_in_capture.get(&(c, u.event.peer)),
+            self.endpoints_in_capture.get(&(c, u.other)),
+        );
+        match here {
+            Some(h) => h,
+            None => pick(self.endpoints.get(&u.event.peer), self.endpoints.get(&u.other)).flatten(),
+        }
+    }
+
+    fn retry_pending(&mut self, rows: &mut RowBatch) {
+        let mut evs = self.take_resolved();
+        evs.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        for ev in evs {
+            self.apply_one(ev, rows);
+        }
+    }
+
+    /// Moves the state of peer `from` into `to` (same torrent and address).
+    fn merge(&mut self, from: PeerKey, to: PeerKey) {
+        if from == to {
+            return;
+        }
+        let Some(a) = self.peers.remove(&from) else {
+            self.alias.insert(from, to);
+            return;
+        };
+        match self.peers.get_mut(&to) {
+            Some(b) => {
+                b.peer_id = b.peer_id.or(a.peer_id);
+                b.client = b.client.take().or(a.client);
+                b.first_ts = b.first_ts.min(a.first_ts);
+                b.last_ts = b.last_ts.max(a.last_ts);
+                b.pieces.union(&a.pieces);
+                let mut h = a.history;
+                h.append(&mut b.history);
+                h.sort_by_key(|p| p.0);
+                b.history = h;
+                b.uploaded += a.uploaded;
+                b.downloaded += a.downloaded;
+                for d in 0..2 {
+                    b.max_rate[d] = match (a.max_rate[d], b.max_rate[d]) {
+                        (Some(x), Some(y)) => Some(x.max(y)),
+                        (x, y) => x.or(y),
+                    };
+                }
+                for c in a.conns {
+                    if !b.conns.contains(&c) && b.conns.len() < MAX_CONNS_REMEMBERED {
+                        b.conns.push(c);
+                    }
+                }
+                b.n_connections = b.n_connections.max(b.conns.len() as u64);
+                b.sources |= a.sources;
+            }
+            None => {
+                self.peers.insert(to, a);
+            }
+        }
+        self.alias.insert(from, to);
+    }
+
+    /// End of run: an ephemeral endpoint that never showed a peer id (a
+    /// connection picked up mid-stream) joins the listen endpoint of its
+    /// (info_hash, ip) when there is exactly one.
+    fn merge_anonymous_ephemerals(&mut self) {
+        let mut listen_by_ip: HashMap<([u8; 20], IpAddr), Vec<PeerKey>> = HashMap::new();
+        for (k, p) in &self.peers {
+            if p.listen {
+                listen_by_ip.entry((k.0, k.1.ip())).or_default().push(*k);
+            }
+        }
+        let mut anon: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.listen && p.peer_id.is_none())
+            .map(|(k, _)| *k)
+            .collect();
+        anon.sort();
+        for k in anon {
+            if let Some([target]) = listen_by_ip.get(&(k.0, k.1.ip())).map(Vec::as_slice) {
+                self.merge(k, *target);
+            }
+        }
+    }
+
+    /// The client-prefix rule of the module doc. Returns the key the peer
+    /// lives under afterwards.
+    fn merge_by_prefix(&mut self, h: [u8; 20], key: PeerKey, pid: &[u8; 20], listen: bool) -> PeerKey {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&pid[..8]);
+        let pk = (h, key.1.ip(), prefix);
+        if !self.by_prefix.contains_key(&pk) && self.by_prefix.len() >= self.limits.max_peers {
+            return key;
+        }
+        let (listens, ephemerals) = self.by_prefix.entry(pk).or_default();
+        // A bounded list: a hostile address cycling ports cannot grow it.
+        const MAX_KEYS: usize = 64;
+        if listen {
+            if !listens.contains(&key) && listens.len() < MAX_KEYS {
+                listens.push(key);
+            }
+        } else if !ephemerals.contains(&key) && ephemerals.len() < MAX_KEYS {
+            ephemerals.push(key);
+        }
+        if listens.len() != 1 {
+            return key;
+        }
+        let target = listens[0];
+        let eph = std::mem::take(ephemerals);
+        for e in eph {
+            let e = self.resolve(e);
+            if e != target {
+                self.merge(e, target);
+            }
+        }
+        self.resolve(key)
     }
 
     fn apply_one(&mut self, ev: SwarmEvent, rows: &mut RowBatch) {
@@ -196,10 +534,9 @@ impl Swarm {
         let Some(t) = self.torrent(ev.info_hash, ts) else {
             return;
         };
-        // Estimate the piece count from what this event shows.
         match &ev.kind {
             SwarmEventKind::Bitfield(b) if !b.is_empty() => {
-                let lower = 8 * (b.len() as u64 - 1) + 1;
+                let lower = (8 * (b.len() as u64 - 1) + 1).max(bitfield_top(b));
                 t.estimate = t.estimate.max(lower);
             }
             SwarmEventKind::Have(i) | SwarmEventKind::DontHave(i) if *i < max_pieces => {
@@ -210,7 +547,40 @@ impl Swarm {
         }
         let n_exact = t.exact();
         let n = t.count();
-        let key = (ev.info_hash, ev.peer);
+        // Identity: learn listen endpoints, merge by peer id.
+        let mut key = self.resolve((ev.info_hash, ev.peer));
+        let is_listen = match &ev.kind {
+            SwarmEventKind::Seen { listen, .. } => *listen,
+            SwarmEventKind::Learned { .. } => true,
+            _ => false,
+        };
+        if is_listen {
+            self.learn_endpoint(ev.peer, ev.info_hash, ev.ctx.capture);
+        }
+        if let SwarmEventKind::Seen { peer_id: Some(pid), .. } = &ev.kind {
+            let idk = (ev.info_hash, ev.peer.ip(), *pid);
+            match self.by_peer_id.get(&idk).copied() {
+                Some(k0) => {
+                    let k0 = self.resolve(k0);
+                    if k0 != key {
+                        let k0_listen = self.peers.get(&k0).is_some_and(|p| p.listen);
+                        if is_listen && !k0_listen {
+                            self.merge(k0, key);
+                            self.by_peer_id.insert(idk, key);
+                        } else {
+                            self.merge(key, k0);
+                            key = k0;
+                        }
+                    }
+                }
+                None => {
+                    if self.by_peer_id.len() < self.limits.max_peers {
+                        self.by_peer_id.insert(idk, key);
+                    }
+                }
+            }
+            key = self.merge_by_prefix(ev.info_hash, key, pid, is_listen);
+        }
         if !self.peers.contains_key(&key) {
             if self.peers.len() >= self.limits.max_peers {
                 self.n_peers_dropped += 1;
@@ -219,15 +589,28 @@ impl Swarm {
             self.peers.insert(key, PeerState::new(ts, self.rate_window_us));
         }
         let window = self.rate_window_us;
+        let to_key = match &ev.kind {
+            SwarmEventKind::Transfer { to, .. } => {
+                // The receiver may not have a row yet (it has sent nothing
+                // the swarm state keeps): its downloaded bytes still count.
+                let rk = self.resolve((ev.info_hash, *to));
+                if !self.peers.contains_key(&rk) && self.peers.len() < self.limits.max_peers {
+                    self.peers.insert(rk, PeerState::new(ts, self.rate_window_us));
+                }
+                Some(rk)
+            }
+            _ => None,
+        };
         let Some(p) = self.peers.get_mut(&key) else { return };
         p.first_ts = p.first_ts.min(ts);
         p.last_ts = p.last_ts.max(ts);
+        p.listen |= is_listen;
         let cause: Option<&'static str> = match ev.kind {
             SwarmEventKind::Learned { source } => {
                 p.sources |= source.bit();
                 None
             }
-            SwarmEventKind::Seen { peer_id, client } => {
+            SwarmEventKind::Seen { peer_id, client, .. } => {
                 p.sources |= PeerSource::Wire.bit();
                 if peer_id.is_some() {
                     p.peer_id = peer_id;
@@ -246,11 +629,26 @@ impl Swarm {
                 None
             }
             SwarmEventKind::Bitfield(bits) => {
+                let before = p.pieces.count;
                 p.pieces.union_bitfield(&bits);
+                let added = p.pieces.count - before;
+                if p.unknown_start && added > 0 {
+                    // Clients send `have` to every connected peer, so pieces
+                    // that a later bitfield shows and no `have` announced
+                    // while the peer was watched were there before the
+                    // watching began: they belong to every earlier point.
+                    for h in p.history.iter_mut().filter(|h| h.1 != ALL) {
+                        h.1 = h.1.saturating_add(added.min(u64::from(u32::MAX)) as u32).min(ALL - 1);
+                    }
+                }
+                p.unknown_start = false;
                 Some("bitfield")
             }
             SwarmEventKind::Have(i) => {
-                if i < self.limits.max_pieces && n_exact.is_none_or(|n| u64::from(i) < n) {
+                if p.history.is_empty() && p.pieces.count == 0 && !p.pieces.all {
+                    p.unknown_start = true;
+                }
+                if i < max_pieces && n_exact.is_none_or(|n| u64::from(i) < n) {
                     p.pieces.set(i);
                     Some("have")
                 } else {
@@ -258,10 +656,12 @@ impl Swarm {
                 }
             }
             SwarmEventKind::HaveAll => {
+                p.unknown_start = false;
                 p.pieces.all = true;
                 Some("have_all")
             }
             SwarmEventKind::HaveNone => {
+                p.unknown_start = false;
                 p.pieces.all = false;
                 Some("have_none")
             }
@@ -270,78 +670,96 @@ impl Swarm {
                 p.pieces.clear(i);
                 Some("dont_have")
             }
-            SwarmEventKind::Transfer { to, bytes } => {
+            SwarmEventKind::Transfer { bytes, .. } => {
                 p.uploaded += bytes;
                 p.add_rate(ts, window, 1, bytes);
-                let rkey = (ev.info_hash, to);
-                if let Some(r) = self.peers.get_mut(&rkey) {
-                    r.downloaded += bytes;
-                    r.last_ts = r.last_ts.max(ts);
-                    r.add_rate(ts, window, 0, bytes);
+                if let Some(rk) = to_key {
+                    if let Some(r) = self.peers.get_mut(&rk) {
+                        r.downloaded += bytes;
+                        r.last_ts = r.last_ts.max(ts);
+                        r.add_rate(ts, window, 0, bytes);
+                    }
                 }
                 None
             }
         };
         let Some(cause) = cause else { return };
         let Some(p) = self.peers.get_mut(&key) else { return };
-        let have = p.pieces.have(n);
-        let changed = have != p.last_pieces || !p.known;
-        p.known = true;
-        if p.first_pieces.is_none() {
-            p.first_pieces = have;
+        let point = p.pieces.point();
+        let changed = p.history.last().is_none_or(|l| l.1 != point);
+        if !changed {
+            return;
         }
-        p.last_pieces = have;
-        if let (Some(h), Some(n)) = (have, n) {
-            if n > 0 {
-                let done = h as f64 >= self.threshold * n as f64;
-                // A below-threshold state counts once it has lasted
-                // MIN_BELOW_US: seeders that send a "lazy bitfield" (a few
-                // pieces left out, then `have`s for them in the same breath,
-                // as Deluge and libtorrent do against ISP filtering) are
-                // below for a few milliseconds and are not downloads.
-                let since = *p.below_since.get_or_insert(ts);
-                if ts - since >= MIN_BELOW_US {
-                    p.below_seen = true;
-                }
-                if done {
-                    p.below_since = None;
-                    if p.completed_ts.is_none() {
-                        p.completed_ts = Some(ts);
-                        p.confirmed = p.below_seen;
-                    }
-                }
-            }
-        }
-        if changed {
-            rows.peer_progress.push(PeerProgressRow {
-                ts: Ts(ts),
-                frame: ev.ctx.frame,
-                conn_id: ev.conn_id,
-                info_hash: hex(&ev.info_hash),
-                peer_ip: ev.peer.ip().to_string(),
-                peer_port: u32::from(ev.peer.port()),
-                n_pieces_have: have,
-                n_pieces: n_exact,
-                cause,
-            });
-        }
+        p.push_history(ts, point);
+        rows.peer_progress.push(PeerProgressRow {
+            ts: Ts(ts),
+            frame: ev.ctx.frame,
+            conn_id: ev.conn_id,
+            info_hash: hex(&ev.info_hash),
+            peer_ip: key.1.ip().to_string(),
+            peer_port: u32::from(key.1.port()),
+            n_pieces_have: p.pieces.have(n),
+            n_pieces: n_exact,
+            cause,
+        });
     }
 
-    /// Final `peers` and `torrents` rows.
+    /// Completion from a history with the final piece count: the first time
+    /// at or above the threshold, and whether the peer had been below it for
+    /// at least MIN_BELOW_US before.
+    fn completion(&self, history: &[(i64, u32)], n: Option<u64>) -> (Option<i64>, bool) {
+        let Some(n) = n.filter(|&n| n > 0) else {
+            return (None, false);
+        };
+        let need = self.threshold * n as f64;
+        let mut below_since: Option<i64> = None;
+        for &(ts, c) in history {
+            let have = if c == ALL { n } else { u64::from(c) };
+            if (have as f64) < need {
+                below_since.get_or_insert(ts);
+            } else {
+                let confirmed = below_since.is_some_and(|b| ts - b >= MIN_BELOW_US);
+                return (Some(ts), confirmed);
+            }
+        }
+        (None, false)
+    }
+
+    /// The end of one capture that the next does not continue: mid-stream
+    /// connections get their last chance, then the listen endpoints learned
+    /// are forgotten (the same address:port may serve another torrent in an
+    /// unrelated capture, as in the sample captures).
+    pub fn end_segment(&mut self, rows: &mut RowBatch) {
+        self.retry_pending(rows);
+        self.n_unattributed_dropped += self.pending.values().map(|q| q.len() as u64).sum::<u64>();
+        self.pending.clear();
+        self.endpoints.clear();
+        self.endpoints_in_capture.clear();
+    }
+
+    /// Gives waiting mid-stream connections their last chance (end of run).
+    pub fn retry_all(&mut self, rows: &mut RowBatch) {
+        self.retry_pending(rows);
+    }
+
+    /// Final `peers` and `torrents` rows. Connections still unattributed are
+    /// given their last chance first.
     pub fn finish(mut self, rows: &mut RowBatch) {
+        self.retry_pending(rows);
+        self.merge_anonymous_ephemerals();
         // Deterministic order: by torrent, then address.
         let mut keys: Vec<_> = self.peers.keys().copied().collect();
         keys.sort();
         let mut per_torrent: BTreeMap<[u8; 20], (u64, u64)> = BTreeMap::new();
         for k in keys {
-            let Some(p) = self.peers.remove(&k) else { continue };
-            let t = self.torrents.get(&k.0);
-            let n = t.and_then(|t| t.count());
-            let mut p = p;
+            let Some(mut p) = self.peers.remove(&k) else { continue };
+            let n = self.torrents.get(&k.0).and_then(|t| t.count());
             p.flush_rate();
+            let (completed_ts, confirmed) = self.completion(&p.history, n);
+            let at = |c: u32| if c == ALL { n } else { Some(u64::from(c)) };
             let e = per_torrent.entry(k.0).or_default();
             e.0 += 1;
-            e.1 += u64::from(p.confirmed);
+            e.1 += u64::from(confirmed);
             rows.peers.push(PeerRow {
                 info_hash: hex(&k.0),
                 peer_ip: k.1.ip().to_string(),
@@ -350,11 +768,11 @@ impl Swarm {
                 client: p.client,
                 first_ts: Ts(p.first_ts),
                 last_ts: Ts(p.last_ts),
-                first_pieces: p.first_pieces,
-                last_pieces: p.last_pieces,
+                first_pieces: p.history.first().and_then(|h| at(h.1)),
+                last_pieces: p.history.last().and_then(|h| at(h.1)),
                 n_pieces: n,
-                completed_ts: p.completed_ts.map(Ts),
-                confirmed_download: p.confirmed,
+                completed_ts: completed_ts.map(Ts),
+                confirmed_download: confirmed,
                 uploaded_bytes: p.uploaded,
                 downloaded_bytes: p.downloaded,
                 max_rate_bps: p.max_rate[0],
@@ -418,13 +836,7 @@ impl PeerState {
             first_ts: ts,
             last_ts: ts,
             pieces: PieceSet::default(),
-            known: false,
-            first_pieces: None,
-            last_pieces: None,
-            below_seen: false,
-            below_since: None,
-            completed_ts: None,
-            confirmed: false,
+            history: Vec::new(),
             uploaded: 0,
             downloaded: 0,
             win_start: ts - ts.rem_euclid(window),
@@ -434,7 +846,26 @@ impl PeerState {
             conns: Vec::new(),
             n_connections: 0,
             sources: 0,
+            listen: false,
+            unknown_start: false,
         }
+    }
+
+    fn push_history(&mut self, ts: i64, point: u32) {
+        if self.history.len() >= MAX_HISTORY {
+            let last = self.history.last().copied();
+            let mut i = 0;
+            self.history.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            if let (Some(l), Some(cur)) = (last, self.history.last().copied()) {
+                if cur != l {
+                    self.history.push(l);
+                }
+            }
+        }
+        self.history.push((ts, point));
     }
 
     /// Adds bytes to the tumbling window holding `ts` (dir 0 = down, 1 = up).
@@ -458,9 +889,148 @@ impl PeerState {
     }
 
     fn flush_rate(&mut self) {
-        let w = self.win_len;
-        if w > 0 {
-            self.flush_rate_with(w);
+        self.flush_rate_with(self.win_len);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::FrameCtx;
+
+    fn ev(ts: i64, peer: &str, kind: SwarmEventKind) -> SwarmEvent {
+        SwarmEvent {
+            ctx: FrameCtx {
+                ts,
+                frame: ts as u64,
+                capture: 0,
+            },
+            conn_id: 1,
+            info_hash: [7; 20],
+            peer: peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+            kind,
         }
+    }
+
+    #[test]
+    fn lazy_bitfield_is_not_a_download_and_a_real_one_is() {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        let mut rows = RowBatch::default();
+        // Seeder: 7 of 8 pieces then a have in the same millisecond.
+        let seen = |listen| SwarmEventKind::Seen {
+            peer_id: None,
+            client: None,
+            listen,
+        };
+        s.apply(
+            vec![
+                ev(0, "10.0.0.1:1", seen(true)),
+                ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFE])),
+                ev(100, "10.0.0.1:1", SwarmEventKind::Have(7)),
+                ev(0, "10.0.0.2:2", seen(true)),
+                ev(10, "10.0.0.2:2", SwarmEventKind::Have(0)),
+            ],
+            Vec::new(),
+            &mut rows,
+        );
+        let haves: Vec<_> = (1..8)
+            .map(|i| ev(2_000_000 + i64::from(i), "10.0.0.2:2", SwarmEventKind::Have(i)))
+            .collect();
+        s.apply(haves, Vec::new(), &mut rows);
+        s.finish(&mut rows);
+        let conf: Vec<_> = rows
+            .peers
+            .iter()
+            .map(|p| (p.peer_ip.clone(), p.confirmed_download))
+            .collect();
+        assert_eq!(conf, [("10.0.0.1".to_string(), false), ("10.0.0.2".to_string(), true)]);
+        assert_eq!(rows.torrents[0].n_pieces, Some(8));
+        assert_eq!(rows.torrents[0].n_confirmed_downloads, 1);
+    }
+
+    #[test]
+    fn ephemeral_rows_merge_into_the_listen_endpoint_by_peer_id() {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        let mut rows = RowBatch::default();
+        let pid = Some([9u8; 20]);
+        s.apply(
+            vec![
+                ev(
+                    0,
+                    "10.0.0.3:40000",
+                    SwarmEventKind::Seen {
+                        peer_id: pid,
+                        client: None,
+                        listen: false,
+                    },
+                ),
+                ev(1, "10.0.0.3:40000", SwarmEventKind::Have(1)),
+                ev(
+                    2,
+                    "10.0.0.3:6881",
+                    SwarmEventKind::Seen {
+                        peer_id: pid,
+                        client: None,
+                        listen: true,
+                    },
+                ),
+                ev(3, "10.0.0.3:6881", SwarmEventKind::Have(2)),
+                ev(
+                    4,
+                    "10.0.0.3:40001",
+                    SwarmEventKind::Seen {
+                        peer_id: pid,
+                        client: None,
+                        listen: false,
+                    },
+                ),
+                ev(5, "10.0.0.3:40001", SwarmEventKind::Have(3)),
+            ],
+            Vec::new(),
+            &mut rows,
+        );
+        s.finish(&mut rows);
+        assert_eq!(rows.peers.len(), 1);
+        assert_eq!(rows.peers[0].peer_port, 6881);
+        assert_eq!(rows.peers[0].last_pieces, Some(3));
+    }
+
+    #[test]
+    fn midstream_events_wait_for_an_endpoint() {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        let mut rows = RowBatch::default();
+        let mut u = ev(1, "10.0.0.5:7000", SwarmEventKind::Have(4));
+        u.conn_id = 77;
+        u.info_hash = [0; 20];
+        s.apply(
+            Vec::new(),
+            vec![UnattributedEvent {
+                event: u,
+                other: "10.0.0.6:6881"
+                    .parse()
+                    .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0))),
+            }],
+            &mut rows,
+        );
+        assert_eq!(s.attribution(77), None);
+        s.apply(
+            vec![ev(
+                5,
+                "10.0.0.6:6881",
+                SwarmEventKind::Seen {
+                    peer_id: None,
+                    client: None,
+                    listen: true,
+                },
+            )],
+            Vec::new(),
+            &mut rows,
+        );
+        assert_eq!(s.attribution(77), Some([7; 20]));
+        s.finish(&mut rows);
+        assert!(rows
+            .peers
+            .iter()
+            .any(|p| p.peer_ip == "10.0.0.5" && p.last_pieces == Some(1)));
     }
 }

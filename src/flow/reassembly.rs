@@ -783,7 +783,7 @@ mod tests {
         /// every 64th call, so that debug-build tests stay quick.
         fn check(&mut self) {
             self.calls += 1;
-            if self.r.held.len() <= 32 || self.calls % 64 == 0 {
+            if self.r.held.len() <= 32 || self.calls.is_multiple_of(64) {
                 check_invariants(&self.r);
             } else {
                 check_bounds(&self.r);
@@ -1317,7 +1317,7 @@ mod tests {
     fn isn_for(seed: u64, rng: &mut Rng) -> u32 {
         // One seed in three starts just before the wrap, so the stream
         // crosses 2^32.
-        if seed % 3 == 0 {
+        if seed.is_multiple_of(3) {
             u32::MAX - 1000 - rng.below(500) as u32
         } else {
             rng.next_u64() as u32

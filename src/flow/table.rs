@@ -12,6 +12,7 @@ use std::sync::Arc;
 use super::reassembly::StreamReassembler;
 use super::udp::UdpApp;
 use super::Chunk;
+use crate::analyze::dht::DhtShard;
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
 use crate::analyze::tracker::{looks_like_tracker_request, HttpTracker, UdpTrackers};
 use crate::analyze::{FrameCtx, ShardOut};
@@ -26,8 +27,9 @@ enum TcpApp {
     /// No payload yet.
     Undecided,
     PeerWire(Box<PeerSession>),
-    /// MSE/PE-encrypted (BEP 8 shape): counted, not decodable.
-    Mse,
+    /// MSE/PE key exchange (its shape): counted; decoded from the
+    /// plaintext handshake on when the exchange selected plaintext.
+    Mse(Box<MseScan>),
     /// HTTP that opened with a tracker request (or with a response: picked
     /// up mid-connection): announces and scrapes.
     TrackerHttp(Box<HttpTracker>),
@@ -89,6 +91,8 @@ pub struct Shard {
     messages: bool,
     last_sweep: i64,
     ctx: Arc<ShardContext>,
+    /// Outstanding DHT queries of this shard's UDP flows.
+    dht: DhtShard,
     /// UDP tracker transactions of this shard's flows.
     udp_trackers: UdpTrackers,
     pub out: ShardOut,
@@ -162,6 +166,7 @@ impl Shard {
             messages,
             last_sweep: i64::MIN,
             ctx,
+            dht: DhtShard::new(&limits, n_shards),
             udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
             out,
             stats: ShardStats::default(),
@@ -191,6 +196,18 @@ impl Shard {
                         self.end_flow(key, f, reason, ctx);
                     }
                 }
+            }
+        }
+        // A flow idle for longer than its timeout ends before this packet,
+        // even if no sweep has run in between (sweeps follow batch ends).
+        let idle = if is_tcp {
+            self.limits.tcp_idle_us
+        } else {
+            self.limits.udp_idle_us
+        };
+        if self.flows.get(&key).is_some_and(|f| ctx.ts - f.last_ts > idle) {
+            if let Some(f) = self.flows.remove(&key) {
+                self.end_flow(key, f, EndReason::Idle, ctx);
             }
         }
         if !self.flows.contains_key(&key) {
@@ -309,6 +326,7 @@ impl Shard {
                     payload,
                     &limits,
                     messages,
+                    &mut self.dht,
                     &mut self.udp_trackers,
                     &mut self.out,
                 );
@@ -484,7 +502,7 @@ impl Shard {
                         self.stats.n_peer_connections += 1;
                         "peer_wire"
                     }
-                    TcpApp::Mse => {
+                    TcpApp::Mse(_) => {
                         self.out.rows.connections.push(self.mse_row(&f, gap_bytes));
                         "mse"
                     }
@@ -545,12 +563,59 @@ impl Shard {
             first_ts: Ts(f.first_ts),
             last_ts: Ts(f.last_ts),
             encrypted: true,
+            mse_handshake: true,
             midstream: f.midstream,
             payload_bytes_orig: f.payload[ORIG],
             payload_bytes_resp: f.payload[RESP],
             gap_bytes,
             ..Default::default()
         }
+    }
+}
+
+/// Bytes of each direction searched for a plaintext handshake after an MSE
+/// key exchange: the exchange is at most 608 bytes (96-byte key + 512 of
+/// padding) each way, then the responder's VC, crypto_select and up to 512
+/// bytes of padD (BEP 8 / MSE spec); 2 KiB covers it with room to spare.
+const MSE_SCAN_BYTES: usize = 2048;
+
+/// The first bytes of both directions of an MSE stream, kept until a
+/// plaintext handshake shows up or the scan window is passed.
+#[derive(Debug, Default)]
+struct MseScan {
+    head: [Vec<u8>; 2],
+    /// Bytes after the window (or lost in gaps) not kept.
+    skipped: [u64; 2],
+    done: bool,
+}
+
+impl MseScan {
+    /// Takes a chunk; returns the side and offset of a plaintext handshake
+    /// when one is found.
+    fn take(&mut self, side: usize, chunk: Chunk<'_>) -> Option<(usize, usize)> {
+        if self.done {
+            return None;
+        }
+        let side = side.min(1);
+        match chunk {
+            Chunk::Data(d) if self.head[side].len() < MSE_SCAN_BYTES && self.skipped[side] == 0 => {
+                self.head[side].extend_from_slice(d);
+            }
+            Chunk::Data(d) => self.skipped[side] += d.len() as u64,
+            Chunk::Gap(n) => self.skipped[side] += n,
+        }
+        for s in [side, 1 - side] {
+            if let Some(pos) = memchr::memmem::find(&self.head[s], HANDSHAKE_PREFIX) {
+                return Some((s, pos));
+            }
+        }
+        let full = |s: usize| self.head[s].len() >= MSE_SCAN_BYTES || self.skipped[s] > 0;
+        if full(0) && full(1) {
+            // Encrypted for good: stop looking, free the buffers.
+            self.done = true;
+            self.head = [Vec::new(), Vec::new()];
+        }
+        None
     }
 }
 
@@ -608,13 +673,51 @@ fn app_feed(
         } else if looks_like_http(d) {
             TcpApp::Other("http")
         } else if side == ORIG && looks_like_mse(d) {
-            TcpApp::Mse
+            TcpApp::Mse(Box::default())
         } else {
             TcpApp::Other("other")
         };
     }
     if let TcpApp::TrackerHttp(t) = app {
         t.feed(side, chunk, ctx, out);
+        return;
+    }
+    if let TcpApp::Mse(scan) = app {
+        if let Some((found, pos)) = scan.take(side, chunk) {
+            // The exchange selected plaintext: decode from the handshake on.
+            // The other direction's handshake went inside the encrypted
+            // initial payload, so that side is hunted for boundaries.
+            let mut s = Box::new(PeerSession::new(
+                SessionInit {
+                    conn_id: info.conn_id,
+                    flow_id: info.conn_id,
+                    capture: info.capture,
+                    transport: "tcp",
+                    orig: info.ends[ORIG],
+                    resp: info.ends[RESP],
+                    first_ts: info.first_ts,
+                    midstream: true,
+                },
+                limits,
+                messages,
+            ));
+            s.set_mse_handshake();
+            let other = 1 - found;
+            let heads = std::mem::take(&mut scan.head);
+            if let Some(h) = heads[found].get(pos..) {
+                s.feed(found, Chunk::Data(h), ctx, out);
+            }
+            if scan.skipped[found] > 0 {
+                s.feed(found, Chunk::Gap(scan.skipped[found]), ctx, out);
+            }
+            if !heads[other].is_empty() {
+                s.feed(other, Chunk::Data(&heads[other]), ctx, out);
+            }
+            if scan.skipped[other] > 0 {
+                s.feed(other, Chunk::Gap(scan.skipped[other]), ctx, out);
+            }
+            *app = TcpApp::PeerWire(s);
+        }
         return;
     }
     if let TcpApp::PeerWire(s) = app {

@@ -1,13 +1,17 @@
 //! UDP flows. One UDP socket pair carries DHT, UDP-tracker and uTP datagrams
 //! side by side, so every datagram is classified on its own; the flow's `app`
-//! is the kind that carried most datagrams.
+//! is the kind that carried most datagrams. KRPC datagrams go to
+//! `analyze::dht` (its query table lives in the shard, passed in), LSD
+//! announces to `analyze::lsd`, uTP to the flow's own uTP tracker.
 
 use super::table::FlowInfo;
 use super::utp_stream::{CloseReason, Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
+use crate::analyze::dht::DhtShard;
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
 use crate::analyze::tracker::UdpTrackers;
-use crate::analyze::{FrameCtx, ShardOut};
+use crate::analyze::{lsd, FrameCtx, ShardOut};
 use crate::config::Limits;
+use crate::proto::lsd::looks_like_lsd;
 use crate::proto::utp::{parse_utp, utp_confidence, UtpConfidence, UtpProbeLimits};
 
 /// Datagram kinds, in `flows.app` vocabulary.
@@ -37,11 +41,13 @@ const UDP_TRACKER_MAGIC: [u8; 8] = 0x0417_2710_1980u64.to_be_bytes();
 
 /// Classifies one datagram by content (never by port).
 pub fn classify(d: &[u8]) -> UdpKind {
-    // KRPC: a bencoded dictionary with a `y` key (BEP 5).
-    if d.first() == Some(&b'd') && d.last() == Some(&b'e') && memchr::memmem::find(d, b"1:y1:").is_some() {
+    // KRPC: a bencoded dictionary with a `y` key (BEP 5). Deliberately loose
+    // (no check of the last byte): a truncated or malformed message that
+    // looks like KRPC is handed to the parser, which reports it.
+    if d.first() == Some(&b'd') && memchr::memmem::find(d, b"1:y1:").is_some() {
         return UdpKind::Dht;
     }
-    if d.starts_with(b"BT-SEARCH * HTTP/1.1\r\n") {
+    if looks_like_lsd(d) {
         return UdpKind::Lsd;
     }
     if d.len() >= 16 && d[..8] == UDP_TRACKER_MAGIC && d[8..12] == [0, 0, 0, 0] {
@@ -154,10 +160,22 @@ impl UdpApp {
         d: &[u8],
         limits: &Limits,
         messages: bool,
+        dht: &mut DhtShard,
         trackers: &mut UdpTrackers,
         out: &mut ShardOut,
     ) {
         let mut k = classify(d);
+        let src = info.ends[side & 1];
+        let dst = info.ends[(side & 1) ^ 1];
+        match k {
+            UdpKind::Dht => {
+                dht.datagram(ctx, info.conn_id, src, dst, d, out);
+            }
+            UdpKind::Lsd if !lsd::datagram(ctx, info.conn_id, src, dst, d, &limits.lsd, out) => {
+                k = UdpKind::Other;
+            }
+            _ => {}
+        }
         if k == UdpKind::TrackerUdp || k == UdpKind::Other {
             // BEP 15 on any port: requests by structure, answers by pairing.
             k = if trackers.datagram(ctx, info, side, d, out) {

@@ -962,7 +962,7 @@ impl UtpTracker {
         if let Some(i) = self.conns.iter().position(overlaps) {
             let c = self.conns.get_mut(i)?;
             let consistent =
-                c.syn.is_none() && c.id(from).map_or(true, |v| v == send_id) && c.id(o).map_or(true, |v| v == x);
+                c.syn.is_none() && c.id(from).is_none_or(|v| v == send_id) && c.id(o).is_none_or(|v| v == x);
             if !consistent {
                 // BEP 29: a SYN colliding with an existing connection is
                 // ignored by the receiver; we keep the existing one too.

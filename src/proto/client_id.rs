@@ -211,6 +211,19 @@ pub fn client_from_peer_id(id: &[u8]) -> Option<String> {
             return Some(format!("{name} {}", v.join(".")));
         }
     }
+    // aria2: "A2-1-36-0-" (major-minor-patch between dashes). Checked before
+    // the Shadow table, whose 'A' (ABC) would otherwise claim it.
+    if id.starts_with(b"A2-") {
+        let s: String = id[3..]
+            .iter()
+            .map(|&b| b as char)
+            .take_while(|c| c.is_ascii_digit() || *c == '-')
+            .collect();
+        let v: Vec<&str> = s.split('-').filter(|p| !p.is_empty()).take(3).collect();
+        if !v.is_empty() {
+            return Some(format!("aria2 {}", v.join(".")));
+        }
+    }
     if id.starts_with(b"exbc") {
         return Some(format!("BitComet {}.{:02}", id[4], id[5]));
     }
@@ -275,6 +288,7 @@ mod tests {
             (b"-ZZ1234-abcdefghijkl", "ZZ 1.2.3.4"),
             (b"M4-3-6--abcdefghijkl", "Mainline 4.3.6"),
             (b"S58B-----abcdefghijk", "Shadow's client 5.8.11"),
+            (b"A2-1-36-0-abcdefghij", "aria2 1.36.0"),
         ];
         for (id, want) in cases {
             assert_eq!(

@@ -78,9 +78,11 @@ pub struct DhtLimits {
     /// `values`/`want`); BEP 44 `v` may nest further, so depth 32. A 16 KiB
     /// datagram cannot hold more than 8192 elements (each takes 2 bytes).
     pub bencode: BencodeLimits,
-    /// Outstanding queries kept for pairing (per [`PendingQueries`], one per
-    /// shard). About 100 bytes each, so the default is ~6 MB at worst; a busy
-    /// DHT node sees a few thousand queries per minute.
+    /// Outstanding queries kept for pairing by one [`PendingQueries`]. The
+    /// analyzer keeps one table per flow shard and treats
+    /// `Limits::dht.max_pending` as the bound for the whole run, split evenly
+    /// over the shards. About 100 bytes each; a busy DHT node sees a few
+    /// thousand queries per minute.
     pub max_pending: usize,
     /// A query unanswered this long (packet time) is dropped from the pairing
     /// table. libtorrent gives up on a query after about 15 s; 30 s still
@@ -1077,6 +1079,8 @@ pub fn client_from_version(v: &[u8]) -> Option<String> {
                 b"DE" => "Deluge",
                 b"qB" => "qBittorrent",
                 b"WD" | b"WW" => "WebTorrent",
+                // aria2 1.36 sends `A2 00 03` (sample-pcaps/magnet.pcap).
+                b"A2" => "aria2",
                 _ => "",
             };
             if name.is_empty() {
@@ -1211,6 +1215,10 @@ pub struct PendingQuery {
     pub ts_us: u64,
     /// Frame number of the query.
     pub frame: u64,
+    /// get_peers / announce_peer: the info hash asked about, so that the
+    /// `values` of the response can be attributed to it (a response does
+    /// not repeat it).
+    pub info_hash: Option<[u8; ID_LEN]>,
 }
 
 /// What [`PendingQueries::insert`] did.
@@ -1879,6 +1887,7 @@ mod tests {
             (b"UM\x07\x48", Some("µTorrent Mac build 1864")),
             (b"GR\x00\x01", Some("GetRight 0001")),
             (b"ml\x00\x19", Some("MLDonkey 0019")),
+            (b"A2\x00\x03", Some("aria2 0003")),
             (b"JB\x00\x00", Some("JB 0000")),
             (b"LT\x01", None),
             (b"LT\x01\x02\x03", None),
@@ -1976,6 +1985,7 @@ mod tests {
             method: Method::GetPeers,
             ts_us: ts,
             frame: ts,
+            info_hash: None,
         };
         assert_eq!(p.insert(b"aa", a, b, q(10)), InsertOutcome::Inserted);
         assert_eq!(p.insert(b"aa", a, c, q(11)), InsertOutcome::Inserted);
@@ -2011,6 +2021,7 @@ mod tests {
                 method: Method::Ping,
                 ts_us: u64::from(i),
                 frame: u64::from(i),
+                info_hash: None,
             };
             p.insert(&i.to_be_bytes(), a, b, q);
             // Answer every other query, so stale order entries pile up too.
@@ -2210,6 +2221,7 @@ mod tests {
                             method: m.method.unwrap_or(Method::Other),
                             ts_us: dg.frame,
                             frame: dg.frame,
+                            info_hash: m.info_hash.copied(),
                         },
                     );
                 }

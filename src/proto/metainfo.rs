@@ -147,7 +147,7 @@ pub fn parse_info(info_raw: &[u8]) -> Result<Metainfo, MetainfoError> {
         let v1: V1Info = serde_bencode::from_bytes(info_raw).map_err(|e| err(format!("info: {e}")))?;
         m.info_hash_v1 = Some(Sha1::digest(info_raw).into());
         let pieces = v1.pieces.map(|p| p.into_vec()).unwrap_or_default();
-        if pieces.len() % 20 != 0 {
+        if !pieces.len().is_multiple_of(20) {
             return Err(err("pieces length is not a multiple of 20"));
         }
         m.piece_hashes = pieces

@@ -4,6 +4,7 @@
 pub mod bencode;
 pub mod client_id;
 pub mod dht;
+pub mod lsd;
 pub mod metainfo;
 pub mod peer_wire;
 pub mod tracker_http;

@@ -739,7 +739,7 @@ impl PeerWireFramer {
                     Message::HashReject { index, length }
                 }
             }
-            (22, 48..) if (n - 48) % 32 == 0 => Message::Hashes {
+            (22, 48..) if (n - 48).is_multiple_of(32) => Message::Hashes {
                 index: be32(body, 36).unwrap_or(0),
                 length: be32(body, 40).unwrap_or(0),
                 n_hashes: ((n - 48) / 32) as u32,

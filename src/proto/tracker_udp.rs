@@ -1008,7 +1008,7 @@ pub fn classify_request(d: &[u8], limits: &UdpLimits) -> Option<(RequestClass, C
         }
         ACTION_SCRAPE
             if d.len() > SCRAPE_REQUEST_HEADER_LEN
-                && (d.len() - SCRAPE_REQUEST_HEADER_LEN) % 20 == 0
+                && (d.len() - SCRAPE_REQUEST_HEADER_LEN).is_multiple_of(20)
                 && (d.len() - SCRAPE_REQUEST_HEADER_LEN) / 20 <= limits.max_scrape_hashes =>
         {
             Some((RequestClass::Scrape, Confidence::Plausible))
@@ -1033,7 +1033,10 @@ pub fn classify_response(d: &[u8], family: AddrFamily, limits: &UdpLimits) -> Op
         ACTION_ANNOUNCE if d.len() >= ANNOUNCE_RESPONSE_HEADER_LEN => {
             let peers_len = d.len() - ANNOUNCE_RESPONSE_HEADER_LEN;
             let counters_ok = (8..20).step_by(4).all(|at| be_i32(d, at).is_some_and(|v| v >= 0));
-            if peers_len % family.peer_len() != 0 || peers_len / family.peer_len() > limits.max_peers || !counters_ok {
+            if !peers_len.is_multiple_of(family.peer_len())
+                || peers_len / family.peer_len() > limits.max_peers
+                || !counters_ok
+            {
                 return None;
             }
             ResponseClass::Announce

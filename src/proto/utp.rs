@@ -456,7 +456,7 @@ fn is_bep15_request(d: &[u8]) -> bool {
         // announce: 98 bytes (+ BEP 41 options); event at 80..84 is 0..=3
         1 => d.len() >= 98 && be32(d, 80) <= 3,
         // scrape: 16-byte header + 20 bytes per info_hash
-        2 => d.len() >= 36 && (d.len() - 16) % 20 == 0,
+        2 => d.len() >= 36 && (d.len() - 16).is_multiple_of(20),
         _ => false,
     }
 }

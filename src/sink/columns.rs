@@ -15,7 +15,7 @@ pub trait ColumnValue: Sized {
     /// Short type name for docs/SCHEMA.md.
     fn type_doc() -> &'static str;
     /// Builds the column from one value per row.
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column
     where
         Self: 'a;
 }
@@ -33,7 +33,7 @@ macro_rules! primitive {
             fn type_doc() -> &'static str {
                 $doc
             }
-            fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
                 <$ca>::from_iter_values(name.into(), values.copied()).into_column()
             }
         }
@@ -44,7 +44,7 @@ macro_rules! primitive {
             fn type_doc() -> &'static str {
                 concat!($doc, "?")
             }
-            fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
                 <$ca>::from_iter_options(name.into(), values.copied()).into_column()
             }
         }
@@ -63,7 +63,7 @@ impl ColumnValue for bool {
     fn type_doc() -> &'static str {
         "bool"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         BooleanChunked::from_iter_values(name.into(), values.copied()).into_column()
     }
 }
@@ -75,7 +75,7 @@ impl ColumnValue for Option<bool> {
     fn type_doc() -> &'static str {
         "bool?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         BooleanChunked::from_iter_options(name.into(), values.copied()).into_column()
     }
 }
@@ -87,7 +87,7 @@ impl ColumnValue for Ts {
     fn type_doc() -> &'static str {
         "timestamp[us, UTC]"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         Int64Chunked::from_iter_values(name.into(), values.map(|t| t.0))
             .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
             .into_column()
@@ -101,7 +101,7 @@ impl ColumnValue for Option<Ts> {
     fn type_doc() -> &'static str {
         "timestamp[us, UTC]?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         Int64Chunked::from_iter_options(name.into(), values.map(|t| t.map(|t| t.0)))
             .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
             .into_column()
@@ -115,7 +115,7 @@ impl ColumnValue for String {
     fn type_doc() -> &'static str {
         "str"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_values(name.into(), values.map(|s| s.as_str())).into_column()
     }
 }
@@ -127,7 +127,7 @@ impl ColumnValue for &'static str {
     fn type_doc() -> &'static str {
         "str"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_values(name.into(), values.copied()).into_column()
     }
 }
@@ -139,7 +139,7 @@ impl ColumnValue for Option<String> {
     fn type_doc() -> &'static str {
         "str?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
     }
 }
@@ -151,7 +151,7 @@ impl ColumnValue for Option<&'static str> {
     fn type_doc() -> &'static str {
         "str?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_options(name.into(), values.copied()).into_column()
     }
 }
@@ -163,7 +163,7 @@ impl ColumnValue for Vec<String> {
     fn type_doc() -> &'static str {
         "list[str]"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         let n = values.len();
         let mut b = ListStringChunkedBuilder::new(name.into(), n, n * 2);
         for v in values {
@@ -180,7 +180,7 @@ impl ColumnValue for Vec<&'static str> {
     fn type_doc() -> &'static str {
         "list[str]"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         let n = values.len();
         let mut b = ListStringChunkedBuilder::new(name.into(), n, n * 2);
         for v in values {

@@ -126,7 +126,8 @@ tables! {
         resp_port: u32 = "Responder port.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
-        info_hash: Option<String> = "Info hash from the handshake (lowercase hex); null when not seen.",
+        info_hash: Option<String> = "Info hash (lowercase hex); null when neither seen nor inferred.",
+        info_hash_source: Option<&'static str> = "handshake, or endpoint: a mid-stream connection attributed by an endpoint known as a listen address of exactly one torrent.",
         orig_peer_id: Option<String> = "Originator's peer id (hex).",
         resp_peer_id: Option<String> = "Responder's peer id (hex).",
         orig_client: Option<String> = "Originator's client, from its peer id, else its BEP 10 `v`.",
@@ -137,6 +138,7 @@ tables! {
         orig_extensions: Vec<String> = "Extension names in the originator's BEP 10 handshake `m`.",
         resp_extensions: Vec<String> = "Extension names in the responder's BEP 10 handshake `m`.",
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
+        mse_handshake: bool = "An MSE/PE key exchange opened the stream (true with encrypted = false: it selected plaintext and the rest is decoded).",
         midstream: bool = "Picked up mid-connection (no handshake seen; framing found by hunting).",
         piece_bytes_orig: u64 = "Block bytes of piece messages sent by the originator (from framed headers; bytes lost in capture gaps inside blocks included).",
         piece_bytes_resp: u64 = "Block bytes of piece messages sent by the responder.",
@@ -336,7 +338,7 @@ tables! {
         suspicious: bool = "Any flag raised.",
     }
 
-    /// One row per KRPC message.
+    /// One row per KRPC message (BEP 5; BEP 32, 33, 42, 43, 44, 51 fields).
     dht_messages => DhtMessageRow {
         ts: Ts = "Time.",
         frame: u64 = "Frame.",
@@ -347,25 +349,82 @@ tables! {
         dst_port: u32 = "Receiver port.",
         tid: String = "Transaction id (hex).",
         kind: &'static str = "query, response, error.",
-        method: Option<String> = "Query method (also on paired responses and errors).",
-        node_id: Option<String> = "Sender node id (hex).",
-        target: Option<String> = "find_node target (hex).",
+        method: Option<String> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
+        node_id: Option<String> = "Sender node id (`a.id` / `r.id`, hex).",
+        target: Option<String> = "find_node / get / sample_infohashes target (hex).",
         info_hash: Option<String> = "get_peers / announce_peer info hash (hex).",
         n_nodes: u64 = "Compact nodes returned (nodes + nodes6).",
+        n_nodes6: u64 = "Of which IPv6 (`nodes6`, BEP 32).",
         n_values: u64 = "Peers returned (values).",
-        version: Option<String> = "Client from the `v` key.",
+        version: Option<String> = "Client from the top-level `v` key (two letters + version).",
+        version_raw: Option<String> = "`v` as sent (hex).",
         rtt_ms: Option<f64> = "Response time after its query (paired responses and errors).",
+        query_frame: Option<u64> = "Frame of the paired query.",
         error_code: Option<i64> = "KRPC error code.",
+        error_msg: Option<String> = "KRPC error message (first 256 bytes).",
+        read_only: bool = "BEP 43: top-level `ro` = 1.",
+        external_ip: Option<String> = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
+        external_port: Option<u32> = "Port of `ip`.",
+        port: Option<u32> = "announce_peer `port`.",
+        implied_port: Option<bool> = "announce_peer `implied_port` (the peer's port is the UDP source port).",
+        seed: Option<bool> = "announce_peer `seed` (BEP 33).",
+        name: Option<String> = "Torrent name sent along (`n` / `name`; first 256 bytes).",
+        want: Vec<String> = "BEP 32 `want` (n4, n6).",
+        scrape: Option<bool> = "BEP 33 `scrape` flag of a get_peers query.",
+        scrape_seeds: Option<u64> = "BEP 33: seeds estimated from the `BFsd` bloom filter.",
+        scrape_peers: Option<u64> = "BEP 33: downloaders estimated from the `BFpe` bloom filter.",
+        bep44_key: Option<String> = "BEP 44 `k` (ed25519 public key, hex).",
+        bep44_seq: Option<i64> = "BEP 44 `seq`.",
+        n_samples: Option<u64> = "BEP 51: info hashes in `samples`.",
+        sample_num: Option<i64> = "BEP 51 `num`: info hashes the node stores.",
+        sample_interval: Option<i64> = "BEP 51 `interval` (s).",
+        unknown_keys: Vec<String> = "Keys outside BEP 5/32/33/42/43/44/51 (`a.` / `r.` prefix inside the query arguments / response; at most 32 listed).",
+        n_unknown_keys: u64 = "Number of unknown keys.",
+        n_anomalies: u64 = "Anomalies in this message (details in `anomalies`, layer dht).",
     }
 
     /// One row per peer learned from the DHT.
     dht_peers => DhtPeerRow {
         ts: Ts = "Time.",
-        info_hash: String = "Torrent.",
+        frame: u64 = "Frame.",
+        capture: String = "Input file name.",
+        info_hash: Option<String> = "Torrent (null for `values` whose get_peers query was not captured).",
         peer_ip: String = "Peer address.",
         peer_port: u32 = "Peer port.",
         via: &'static str = "values (get_peers response) or announce_peer.",
-        reporter_ip: String = "Node that reported it.",
+        reporter_ip: String = "Node that reported it (for announce_peer: the peer itself).",
+        reporter_port: u32 = "Its UDP port.",
+    }
+
+    /// One row per DHT node (node id and address) seen sending or listed in `nodes` / `nodes6`.
+    dht_nodes => DhtNodeRow {
+        node_id: String = "Node id (hex).",
+        node_ip: String = "Address.",
+        node_port: u32 = "UDP port.",
+        first_ts: Ts = "First seen (sending, or listed by another node).",
+        last_ts: Ts = "Last seen.",
+        n_messages: u64 = "KRPC messages it sent (n_queries + n_responses + n_errors).",
+        n_queries: u64 = "Queries it sent.",
+        n_responses: u64 = "Responses it sent.",
+        n_errors: u64 = "Errors it sent.",
+        n_reported: u64 = "Times other nodes listed it in `nodes` / `nodes6`.",
+        version: Option<String> = "Client from the last `v` it sent.",
+        version_raw: Option<String> = "That `v` (hex).",
+        bep42_valid: bool = "BEP 42: its id follows from its address (bare check, see bep42_exempt).",
+        bep42_exempt: bool = "BEP 42 does not apply: a local address (10/8, 172.16/12, 192.168/16, 169.254/16, 127/8; IPv6 loopback, fe80::/10, fc00::/7).",
+        read_only: bool = "BEP 43: it sent `ro` = 1.",
+    }
+
+    /// One row per info hash named in the DHT (get_peers, announce_peer, BEP 51 samples).
+    dht_infohashes => DhtInfohashRow {
+        info_hash: String = "Torrent.",
+        first_ts: Ts = "First named.",
+        last_ts: Ts = "Last named.",
+        n_get_peers: u64 = "get_peers queries for it.",
+        n_announce_peer: u64 = "announce_peer queries for it.",
+        n_values: u64 = "Peers returned for it (values of paired get_peers responses).",
+        n_samples: u64 = "Times it appeared in BEP 51 samples.",
+        name: Option<String> = "Torrent name sent along with a query, if any.",
     }
 
     /// One row per peer added or dropped in ut_pex.
@@ -380,12 +439,18 @@ tables! {
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
     }
 
-    /// One row per BEP 14 local service discovery announce.
+    /// One row per info hash in a BEP 14 local service discovery announce.
     lsd_announces => LsdAnnounceRow {
         ts: Ts = "Time.",
+        frame: u64 = "Frame.",
+        capture: String = "Input file name.",
         src_ip: String = "Announcer.",
-        port: u32 = "Announced port.",
+        src_port: u32 = "Its UDP source port.",
+        dst_ip: String = "Destination (239.192.152.143 or ff15::efc0:988f for multicast).",
+        port: Option<u32> = "Announced listen port (null when missing or invalid).",
         info_hash: String = "Torrent.",
+        cookie: Option<String> = "`cookie` header (first 256 bytes).",
+        n_infohashes: u64 = "Info hashes in the datagram.",
     }
 
     /// One row per active contact attempt (`swarmtap probe`).
@@ -433,6 +498,29 @@ tables! {
         kind: String = "What was wrong (snake_case).",
         detail: Option<String> = "Free text.",
     }
+}
+
+/// docs/schema.json, generated from the declarations: `{table: [[column,
+/// type], ...]}` with the types of docs/SCHEMA.md, for tools (the notebooks
+/// build empty tables from it).
+pub fn schema_json() -> String {
+    let mut s = String::from("{\n");
+    let mut first = true;
+    for_each_table(|name, _, cols| {
+        if !first {
+            s.push_str(",\n");
+        }
+        first = false;
+        s.push_str(&format!("  \"{name}\": ["));
+        let cols: Vec<String> = cols
+            .iter()
+            .map(|c| format!("[\"{}\", \"{}\"]", c.name, c.type_doc))
+            .collect();
+        s.push_str(&cols.join(", "));
+        s.push(']');
+    });
+    s.push_str("\n}\n");
+    s
 }
 
 /// docs/SCHEMA.md, generated from the declarations.

@@ -11,12 +11,15 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod samples;
+
 use polars::prelude::*;
 use swarmtap::capture::{expand_inputs, InputSpec};
 use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::parse_torrent;
 use swarmtap::sink::TABLE_NAMES;
 
+mod dht;
 mod tracker;
 
 pub fn corpus() -> Option<PathBuf> {
@@ -199,7 +202,7 @@ fn every_public_capture_is_analyzed_with_the_manifest_packet_counts() {
         ("zeek__zeek/tracker.pcap", 10),
     ];
     // All at once, as a user pointing at the directory would.
-    let r = run(&[c.clone()], &[]);
+    let r = run(std::slice::from_ref(&c), &[]);
     let cs = table(&r, "capture_stats");
     let names = strs(&cs, "capture");
     let pk = u64s(&cs, "n_packets");
@@ -385,6 +388,51 @@ pub fn tcp_frame(src: ([u8; 4], u16), dst: ([u8; 4], u16), seq: u32, ack: u32, f
     f
 }
 
+/// An Ethernet frame carrying one UDP datagram over IPv4 or IPv6 (both
+/// addresses of one family; checksums left zero, as in `tcp_frame`).
+pub fn udp_frame(src: std::net::SocketAddr, dst: std::net::SocketAddr, payload: &[u8]) -> Vec<u8> {
+    use std::net::IpAddr;
+    let udp_len = (8 + payload.len()) as u16;
+    let mut f = vec![0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2];
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            f.extend([0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend(udp_len.to_be_bytes());
+            f.extend([17, 64]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let total = udp_len + 20;
+            f.extend([
+                0x08,
+                0x00,
+                0x45,
+                0,
+                (total >> 8) as u8,
+                total as u8,
+                0,
+                0,
+                0x40,
+                0,
+                64,
+                17,
+                0,
+                0,
+            ]);
+            f.extend(s.octets());
+            f.extend(d.octets());
+        }
+        _ => panic!("udp_frame: {src} and {dst} are of different families"),
+    }
+    f.extend(src.port().to_be_bytes());
+    f.extend(dst.port().to_be_bytes());
+    f.extend(udp_len.to_be_bytes());
+    f.extend([0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
 fn handshake(ih: [u8; 20], pid: &[u8; 20]) -> Vec<u8> {
     let mut v = b"\x13BitTorrent protocol".to_vec();
     v.extend([0u8; 8]);
@@ -444,7 +492,7 @@ fn hostile_captures_are_counted_not_fatal() {
     g.extend((0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8));
     std::fs::write(&p3, g).expect("write");
     for p in [&p1, &p2, &p3] {
-        let r = run(&[p.clone()], &[]);
+        let r = run(std::slice::from_ref(p), &[]);
         let cs = table(&r, "capture_stats");
         assert_eq!(cs.height(), 1);
         let name = p.file_name().and_then(|s| s.to_str()).unwrap_or_default();
@@ -600,23 +648,31 @@ fn bpf_filter_applies_to_files() {
 
 #[test]
 fn schema_doc_is_current() {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/SCHEMA.md");
-    let want = swarmtap::sink::schema_markdown();
-    let have = std::fs::read_to_string(&p).unwrap_or_default();
-    if have != want {
-        if std::env::var_os("SWARMTAP_BLESS").is_some() {
-            std::fs::write(&p, &want).expect("write SCHEMA.md");
-        } else {
-            panic!("docs/SCHEMA.md is stale: run `SWARMTAP_BLESS=1 cargo test schema_doc_is_current`");
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+    for (file, want) in [
+        ("SCHEMA.md", swarmtap::sink::schema_markdown()),
+        ("schema.json", swarmtap::sink::schema_json()),
+    ] {
+        let p = docs.join(file);
+        let have = std::fs::read_to_string(&p).unwrap_or_default();
+        if have != want {
+            if std::env::var_os("SWARMTAP_BLESS").is_some() {
+                std::fs::write(&p, &want).expect("write schema doc");
+            } else {
+                panic!("docs/{file} is stale: run `SWARMTAP_BLESS=1 cargo test schema_doc_is_current`");
+            }
         }
     }
+    // The JSON is valid and names every table.
+    let v: serde_json::Value = serde_json::from_str(&swarmtap::sink::schema_json()).expect("schema.json parses");
+    assert_eq!(v.as_object().map(|o| o.len()), Some(TABLE_NAMES.len()));
 }
 
 #[test]
 fn stdin_and_compressed_inputs_match_the_plain_file() {
     let Some(c) = corpus() else { return };
     let p = c.join("tcoppi__BittorrentReconstituter/mippo.pcap");
-    let plain = run(&[p.clone()], &[]);
+    let plain = run(std::slice::from_ref(&p), &[]);
     let tmp = tempfile::tempdir().expect("tempdir");
     let gz = tmp.path().join("mippo.pcap.gz");
     let raw = std::fs::read(&p).expect("read");
@@ -626,7 +682,7 @@ fn stdin_and_compressed_inputs_match_the_plain_file() {
     let zst = tmp.path().join("mippo.pcap.zst");
     std::fs::write(&zst, zstd::encode_all(&raw[..], 3).expect("zstd")).expect("write");
     for f in [gz, zst] {
-        let r = run(&[f.clone()], &[]);
+        let r = run(std::slice::from_ref(&f), &[]);
         for t in ["peer_messages", "connections", "flows"] {
             let a = table(&plain, t);
             let b = table(&r, t);

@@ -1,0 +1,727 @@
+//! Mainline DHT (BEP 5 KRPC and its extensions) above the parser.
+//!
+//! Two halves, split by where they run:
+//! - [`DhtShard`] runs inside a flow shard, once per KRPC datagram: it parses
+//!   ([`crate::proto::dht`]), pairs responses and errors with their queries
+//!   (a query and its answer travel on one UDP flow, so on one shard),
+//!   writes `dht_messages` and `dht_peers` rows, pushes the peers it learns
+//!   as [`SwarmEvent`]s (`peers.sources` gets `dht`), reports anomalies and
+//!   emits [`DhtObservation`]s for the run-wide tables.
+//! - [`DhtAggregate`] runs once, sequentially, in the pipeline: it folds the
+//!   observations in frame order into `dht_nodes` (one row per node id and
+//!   address) and `dht_infohashes` (one row per info hash named), written at
+//!   the end of the run.
+//!
+//! Bounds: the pending-query table ([`crate::proto::dht::DhtLimits::max_pending`],
+//! split over shards) and the aggregate tables (`Limits::max_dht_nodes`,
+//! `Limits::max_dht_infohashes`) are fixed; what does not fit is counted and
+//! reported in `anomalies`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
+use crate::config::Limits;
+use crate::proto::dht::{
+    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc, DhtLimits, InsertOutcome, KrpcKind, KrpcMessage,
+    Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
+};
+use crate::proto::metainfo::hex;
+use crate::sink::{AnomalyRow, DhtInfohashRow, DhtMessageRow, DhtNodeRow, DhtPeerRow, RowBatch, Ts};
+
+/// Longest text kept from free-form wire strings (torrent names, error
+/// messages, unknown method names and keys): enough to read, bounded so a
+/// hostile datagram cannot make every row large.
+const MAX_TEXT_BYTES: usize = 256;
+/// Unknown key names listed per message (the rest are counted in
+/// `n_unknown_keys`).
+const MAX_UNKNOWN_KEYS_LISTED: usize = 32;
+
+/// Lossy UTF-8 of at most [`MAX_TEXT_BYTES`] bytes.
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b.get(..MAX_TEXT_BYTES).unwrap_or(b)).into_owned()
+}
+
+/// How an info hash was named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InfohashVia {
+    /// In a get_peers query.
+    GetPeers,
+    /// In an announce_peer query.
+    AnnouncePeer,
+    /// Peers returned for it (`values` of a paired get_peers response).
+    Values(u32),
+    /// In BEP 51 `samples`.
+    Sample,
+}
+
+/// What a shard saw that the run-wide DHT tables aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DhtSeen {
+    /// `addr` sent a message with node id `id`.
+    Sender {
+        id: [u8; ID_LEN],
+        addr: SocketAddr,
+        kind: KrpcKind,
+        /// Top-level `v` when it is the usual 4 bytes.
+        version: Option<[u8; 4]>,
+        read_only: bool,
+    },
+    /// A node listed in a response's `nodes` / `nodes6`.
+    Reported { id: [u8; ID_LEN], addr: SocketAddr },
+    /// An info hash was named.
+    Infohash {
+        info_hash: [u8; ID_LEN],
+        via: InfohashVia,
+        /// Torrent name sent along (`n` / `name`), if any.
+        name: Option<String>,
+    },
+}
+
+/// One observation, with where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DhtObservation {
+    pub ctx: FrameCtx,
+    pub seen: DhtSeen,
+}
+
+/// BEP 33: estimated number of distinct items in a 2048-bit bloom filter
+/// with k = 2 hash functions, from the count `c` of zero bits:
+/// `ln(c / m) / (k · ln(1 − 1/m))`. A full filter (c = 0) is taken as c = 1,
+/// its upper bound, as libtorrent does.
+fn bloom_estimate(filter: &[u8]) -> Option<u64> {
+    if filter.len() != BLOOM_LEN {
+        return None;
+    }
+    let m = (BLOOM_LEN * 8) as f64;
+    let zeros: u32 = filter.iter().map(|b| b.count_zeros()).sum();
+    let c = f64::from(zeros.max(1));
+    let n = (c / m).ln() / (2.0 * (1.0 - 1.0 / m).ln());
+    Some(n.round().max(0.0) as u64)
+}
+
+/// Per-shard DHT state: the bounded table of outstanding queries.
+#[derive(Debug)]
+pub struct DhtShard {
+    limits: DhtLimits,
+    pending: PendingQueries,
+}
+
+impl DhtShard {
+    /// `limits.dht.max_pending` is for the whole run; each of the `n_shards`
+    /// shards gets an even share (at least 16).
+    pub fn new(limits: &Limits, n_shards: usize) -> Self {
+        let mut l = limits.dht;
+        l.max_pending = (l.max_pending / n_shards.max(1)).max(16);
+        DhtShard {
+            limits: l,
+            pending: PendingQueries::new(&l),
+        }
+    }
+
+    /// One datagram that looks like KRPC, sent `src` → `dst` on flow
+    /// `conn_id`. Returns false when it is not KRPC after all (an anomaly
+    /// has been written).
+    pub fn datagram(
+        &mut self,
+        ctx: FrameCtx,
+        conn_id: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        d: &[u8],
+        out: &mut ShardOut,
+    ) -> bool {
+        self.pending.expire(u64::try_from(ctx.ts).unwrap_or(0));
+        let m = match parse_krpc(d, &self.limits) {
+            Ok(m) => m,
+            Err(e) => {
+                out.anomaly(
+                    Some(ctx),
+                    Some(conn_id),
+                    "dht",
+                    e.kind(),
+                    Some(format!("{e}: {} bytes from {src}", d.len())),
+                );
+                return false;
+            }
+        };
+        for a in m.anomalies() {
+            out.anomaly(
+                Some(ctx),
+                Some(conn_id),
+                "dht",
+                a.kind.as_str(),
+                Some(format!("key `{}`", a.field)),
+            );
+        }
+        let n_more = m.n_anomalies() as usize - m.anomalies().len();
+        if n_more > 0 {
+            out.anomaly(
+                Some(ctx),
+                Some(conn_id),
+                "dht",
+                "dht_more_anomalies",
+                Some(format!("{n_more} more anomalies in this message")),
+            );
+        }
+
+        // Pairing: a query waits; a response or error takes its query.
+        let mut query: Option<PendingQuery> = None;
+        match m.kind {
+            KrpcKind::Query => {
+                let q = PendingQuery {
+                    method: m.method.unwrap_or(Method::Other),
+                    ts_us: u64::try_from(ctx.ts).unwrap_or(0),
+                    frame: ctx.frame,
+                    info_hash: m.info_hash.copied(),
+                };
+                match self.pending.insert(m.tid, src, dst, q) {
+                    InsertOutcome::EvictedOldest => out.anomaly(
+                        Some(ctx),
+                        Some(conn_id),
+                        "dht",
+                        "dht_pending_full",
+                        Some(format!(
+                            "oldest outstanding query dropped (max {} per shard)",
+                            self.limits.max_pending
+                        )),
+                    ),
+                    InsertOutcome::TidTooLong => out.anomaly(
+                        Some(ctx),
+                        Some(conn_id),
+                        "dht",
+                        "dht_tid_too_long",
+                        Some(format!("{}-byte transaction id not tracked", m.tid.len())),
+                    ),
+                    InsertOutcome::Inserted | InsertOutcome::Replaced => {}
+                }
+            }
+            KrpcKind::Response | KrpcKind::Error => query = self.pending.take(m.tid, dst, src),
+        }
+
+        self.peers(ctx, conn_id, src, &m, query, out);
+        self.observe(ctx, src, &m, query, out);
+        out.rows.dht_messages.push(message_row(ctx, src, dst, &m, query, out));
+        true
+    }
+
+    /// `dht_peers` rows and `Learned` events: `values` of a get_peers
+    /// response, and the querier of an announce_peer.
+    fn peers(
+        &self,
+        ctx: FrameCtx,
+        conn_id: u64,
+        src: SocketAddr,
+        m: &KrpcMessage<'_>,
+        query: Option<PendingQuery>,
+        out: &mut ShardOut,
+    ) {
+        let capture = out.capture_name(ctx.capture);
+        let add = |out: &mut ShardOut, ih: Option<[u8; ID_LEN]>, peer: SocketAddr, via: &'static str| {
+            out.rows.dht_peers.push(DhtPeerRow {
+                ts: Ts(ctx.ts),
+                frame: ctx.frame,
+                capture: capture.clone(),
+                info_hash: ih.map(|h| hex(&h)),
+                peer_ip: peer.ip().to_string(),
+                peer_port: u32::from(peer.port()),
+                via,
+                reporter_ip: src.ip().to_string(),
+                reporter_port: u32::from(src.port()),
+            });
+            if let Some(info_hash) = ih {
+                out.events.push(SwarmEvent {
+                    ctx,
+                    conn_id,
+                    info_hash,
+                    peer,
+                    kind: SwarmEventKind::Learned {
+                        source: PeerSource::Dht,
+                    },
+                });
+            }
+        };
+        match m.kind {
+            KrpcKind::Response => {
+                if let Some(values) = m.values {
+                    let ih = query.and_then(|q| q.info_hash);
+                    for peer in values.iter() {
+                        add(out, ih, peer, "values");
+                    }
+                }
+            }
+            KrpcKind::Query if m.method == Some(Method::AnnouncePeer) => {
+                // BEP 5: with implied_port = 1 the peer's port is the UDP
+                // source port (it sits behind a NAT), else `port`.
+                let port = if m.implied_port == Some(true) {
+                    Some(src.port())
+                } else {
+                    m.port
+                };
+                if let (Some(ih), Some(port)) = (m.info_hash, port) {
+                    add(out, Some(*ih), SocketAddr::new(src.ip(), port), "announce_peer");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Observations for `dht_nodes` and `dht_infohashes`.
+    fn observe(
+        &self,
+        ctx: FrameCtx,
+        src: SocketAddr,
+        m: &KrpcMessage<'_>,
+        query: Option<PendingQuery>,
+        out: &mut ShardOut,
+    ) {
+        let mut push = |seen| out.dht.push(DhtObservation { ctx, seen });
+        if let Some(id) = m.id {
+            push(DhtSeen::Sender {
+                id: *id,
+                addr: src,
+                kind: m.kind,
+                version: m.version.and_then(|v| v.try_into().ok()),
+                read_only: m.read_only,
+            });
+        }
+        if let Some(nodes) = m.nodes {
+            for (id, addr) in nodes.iter() {
+                push(DhtSeen::Reported {
+                    id: *id,
+                    addr: SocketAddr::V4(addr),
+                });
+            }
+        }
+        if let Some(nodes) = m.nodes6 {
+            for (id, addr) in nodes.iter() {
+                push(DhtSeen::Reported {
+                    id: *id,
+                    addr: SocketAddr::V6(addr),
+                });
+            }
+        }
+        let name = || m.name.map(text);
+        match (m.kind, m.method, m.info_hash) {
+            (KrpcKind::Query, Some(Method::GetPeers), Some(ih)) => push(DhtSeen::Infohash {
+                info_hash: *ih,
+                via: InfohashVia::GetPeers,
+                name: name(),
+            }),
+            (KrpcKind::Query, Some(Method::AnnouncePeer), Some(ih)) => push(DhtSeen::Infohash {
+                info_hash: *ih,
+                via: InfohashVia::AnnouncePeer,
+                name: name(),
+            }),
+            _ => {}
+        }
+        if m.kind == KrpcKind::Response {
+            if let (Some(values), Some(ih)) = (m.values, query.and_then(|q| q.info_hash)) {
+                push(DhtSeen::Infohash {
+                    info_hash: ih,
+                    via: InfohashVia::Values(u32::try_from(values.len()).unwrap_or(u32::MAX)),
+                    name: None,
+                });
+            }
+        }
+        if let Some(samples) = m.samples {
+            for ih in samples.iter() {
+                push(DhtSeen::Infohash {
+                    info_hash: *ih,
+                    via: InfohashVia::Sample,
+                    name: None,
+                });
+            }
+        }
+    }
+}
+
+fn message_row(
+    ctx: FrameCtx,
+    src: SocketAddr,
+    dst: SocketAddr,
+    m: &KrpcMessage<'_>,
+    query: Option<PendingQuery>,
+    out: &ShardOut,
+) -> DhtMessageRow {
+    let method = match (m.method, m.method_name) {
+        (Some(Method::Other), Some(name)) => Some(text(name)),
+        (Some(method), _) => Some(method.as_str().to_string()),
+        (None, _) => query.map(|q| q.method.as_str().to_string()),
+    };
+    let mut unknown_keys = Vec::new();
+    let mut n_unknown_keys = 0u64;
+    for (scope, key) in m.unknown_keys() {
+        n_unknown_keys += 1;
+        if unknown_keys.len() < MAX_UNKNOWN_KEYS_LISTED {
+            let scope = scope.as_str();
+            let key = text(key);
+            unknown_keys.push(if scope.is_empty() {
+                key
+            } else {
+                format!("{scope}.{key}")
+            });
+        }
+    }
+    DhtMessageRow {
+        ts: Ts(ctx.ts),
+        frame: ctx.frame,
+        capture: out.capture_name(ctx.capture),
+        src_ip: src.ip().to_string(),
+        src_port: u32::from(src.port()),
+        dst_ip: dst.ip().to_string(),
+        dst_port: u32::from(dst.port()),
+        tid: hex(m.tid),
+        kind: m.kind.as_str(),
+        method,
+        node_id: m.id.map(|i| hex(i)),
+        target: m.target.map(|i| hex(i)),
+        info_hash: m.info_hash.map(|i| hex(i)),
+        n_nodes: (m.n_nodes() + m.nodes6.map_or(0, |n| n.len())) as u64,
+        n_nodes6: m.nodes6.map_or(0, |n| n.len()) as u64,
+        n_values: m.n_values() as u64,
+        version: m.client(),
+        version_raw: m.version.map(hex),
+        rtt_ms: query.map(|q| (ctx.ts - i64::try_from(q.ts_us).unwrap_or(i64::MAX)) as f64 / 1000.0),
+        query_frame: query.map(|q| q.frame),
+        error_code: m.error_code,
+        error_msg: m.error_msg.map(text),
+        read_only: m.read_only,
+        external_ip: m.ip.map(|a| a.ip().to_string()),
+        external_port: m.ip.map(|a| u32::from(a.port())),
+        port: m.port.map(u32::from),
+        implied_port: m.implied_port,
+        seed: m.seed,
+        name: m.name.map(text),
+        want: m
+            .want
+            .map(|w| {
+                w.list
+                    .iter()
+                    .filter_map(|v| v.as_bytes())
+                    .take(MAX_UNKNOWN_KEYS_LISTED)
+                    .map(text)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        scrape: m.scrape,
+        scrape_seeds: m.bf_seeds.and_then(bloom_estimate),
+        scrape_peers: m.bf_peers.and_then(bloom_estimate),
+        bep44_key: m.key.map(hex),
+        bep44_seq: m.seq,
+        n_samples: m.samples.map(|s| s.len() as u64),
+        sample_num: m.num,
+        sample_interval: m.interval,
+        unknown_keys,
+        n_unknown_keys,
+        n_anomalies: u64::from(m.n_anomalies()),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Run-wide aggregates
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct NodeState {
+    /// Order of first sight, for a reproducible row order.
+    seq: u64,
+    first_ts: i64,
+    last_ts: i64,
+    n_queries: u64,
+    n_responses: u64,
+    n_errors: u64,
+    n_reported: u64,
+    version: Option<[u8; 4]>,
+    read_only: bool,
+}
+
+#[derive(Debug)]
+struct InfohashState {
+    seq: u64,
+    first_ts: i64,
+    last_ts: i64,
+    n_get_peers: u64,
+    n_announce_peer: u64,
+    n_values: u64,
+    n_samples: u64,
+    name: Option<String>,
+}
+
+/// The run-wide `dht_nodes` and `dht_infohashes` state (sequential).
+#[derive(Debug)]
+pub struct DhtAggregate {
+    max_nodes: usize,
+    max_infohashes: usize,
+    nodes: HashMap<([u8; ID_LEN], SocketAddr), NodeState>,
+    infohashes: HashMap<[u8; ID_LEN], InfohashState>,
+    next_seq: u64,
+    /// Observations of nodes not tracked because the table was full.
+    pub n_nodes_dropped: u64,
+    /// Observations of info hashes not tracked because the table was full.
+    pub n_infohashes_dropped: u64,
+}
+
+impl DhtAggregate {
+    pub fn new(limits: &Limits) -> Self {
+        DhtAggregate {
+            max_nodes: limits.max_dht_nodes,
+            max_infohashes: limits.max_dht_infohashes,
+            nodes: HashMap::new(),
+            infohashes: HashMap::new(),
+            next_seq: 0,
+            n_nodes_dropped: 0,
+            n_infohashes_dropped: 0,
+        }
+    }
+
+    /// Folds a batch of observations, already in frame order.
+    pub fn apply(&mut self, obs: Vec<DhtObservation>) {
+        for o in obs {
+            self.apply_one(o);
+        }
+    }
+
+    fn node(&mut self, id: [u8; ID_LEN], addr: SocketAddr, ts: i64) -> Option<&mut NodeState> {
+        let key = (id, addr);
+        if !self.nodes.contains_key(&key) {
+            if self.nodes.len() >= self.max_nodes {
+                self.n_nodes_dropped += 1;
+                return None;
+            }
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.nodes.insert(
+                key,
+                NodeState {
+                    seq,
+                    first_ts: ts,
+                    last_ts: ts,
+                    n_queries: 0,
+                    n_responses: 0,
+                    n_errors: 0,
+                    n_reported: 0,
+                    version: None,
+                    read_only: false,
+                },
+            );
+        }
+        let n = self.nodes.get_mut(&key)?;
+        n.first_ts = n.first_ts.min(ts);
+        n.last_ts = n.last_ts.max(ts);
+        Some(n)
+    }
+
+    fn apply_one(&mut self, o: DhtObservation) {
+        let ts = o.ctx.ts;
+        match o.seen {
+            DhtSeen::Sender {
+                id,
+                addr,
+                kind,
+                version,
+                read_only,
+            } => {
+                let Some(n) = self.node(id, addr, ts) else { return };
+                match kind {
+                    KrpcKind::Query => n.n_queries += 1,
+                    KrpcKind::Response => n.n_responses += 1,
+                    KrpcKind::Error => n.n_errors += 1,
+                }
+                if version.is_some() {
+                    n.version = version;
+                }
+                n.read_only |= read_only;
+            }
+            DhtSeen::Reported { id, addr } => {
+                if let Some(n) = self.node(id, addr, ts) {
+                    n.n_reported += 1;
+                }
+            }
+            DhtSeen::Infohash { info_hash, via, name } => {
+                if !self.infohashes.contains_key(&info_hash) {
+                    if self.infohashes.len() >= self.max_infohashes {
+                        self.n_infohashes_dropped += 1;
+                        return;
+                    }
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.infohashes.insert(
+                        info_hash,
+                        InfohashState {
+                            seq,
+                            first_ts: ts,
+                            last_ts: ts,
+                            n_get_peers: 0,
+                            n_announce_peer: 0,
+                            n_values: 0,
+                            n_samples: 0,
+                            name: None,
+                        },
+                    );
+                }
+                let Some(s) = self.infohashes.get_mut(&info_hash) else {
+                    return;
+                };
+                s.first_ts = s.first_ts.min(ts);
+                s.last_ts = s.last_ts.max(ts);
+                match via {
+                    InfohashVia::GetPeers => s.n_get_peers += 1,
+                    InfohashVia::AnnouncePeer => s.n_announce_peer += 1,
+                    InfohashVia::Values(n) => s.n_values += u64::from(n),
+                    InfohashVia::Sample => s.n_samples += 1,
+                }
+                if s.name.is_none() {
+                    s.name = name;
+                }
+            }
+        }
+    }
+
+    /// Writes `dht_nodes` and `dht_infohashes` (in order of first sight) and
+    /// an anomaly for each table that overflowed.
+    pub fn finish(self, rows: &mut RowBatch) {
+        let mut nodes: Vec<_> = self.nodes.into_iter().collect();
+        nodes.sort_unstable_by_key(|(_, n)| n.seq);
+        rows.dht_nodes
+            .extend(nodes.into_iter().map(|((id, addr), n)| DhtNodeRow {
+                node_id: hex(&id),
+                node_ip: addr.ip().to_string(),
+                node_port: u32::from(addr.port()),
+                first_ts: Ts(n.first_ts),
+                last_ts: Ts(n.last_ts),
+                n_messages: n.n_queries + n.n_responses + n.n_errors,
+                n_queries: n.n_queries,
+                n_responses: n.n_responses,
+                n_errors: n.n_errors,
+                n_reported: n.n_reported,
+                version: n.version.and_then(|v| client_from_version(&v)),
+                version_raw: n.version.map(|v| hex(&v)),
+                bep42_valid: bep42_id_matches(addr.ip(), &id),
+                bep42_exempt: bep42_exempt(addr.ip()),
+                read_only: n.read_only,
+            }));
+        let mut ihs: Vec<_> = self.infohashes.into_iter().collect();
+        ihs.sort_unstable_by_key(|(_, s)| s.seq);
+        rows.dht_infohashes
+            .extend(ihs.into_iter().map(|(ih, s)| DhtInfohashRow {
+                info_hash: hex(&ih),
+                first_ts: Ts(s.first_ts),
+                last_ts: Ts(s.last_ts),
+                n_get_peers: s.n_get_peers,
+                n_announce_peer: s.n_announce_peer,
+                n_values: s.n_values,
+                n_samples: s.n_samples,
+                name: s.name,
+            }));
+        for (n, kind, what, max) in [
+            (
+                self.n_nodes_dropped,
+                "dht_node_table_full",
+                "node observations",
+                self.max_nodes,
+            ),
+            (
+                self.n_infohashes_dropped,
+                "dht_infohash_table_full",
+                "info hash observations",
+                self.max_infohashes,
+            ),
+        ] {
+            if n > 0 {
+                rows.anomalies.push(AnomalyRow {
+                    layer: "dht",
+                    kind: kind.into(),
+                    detail: Some(format!("{n} {what} not tracked (max {max})")),
+                    ..Default::default()
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bloom_estimates() {
+        assert_eq!(bloom_estimate(&[0u8; BLOOM_LEN]), Some(0));
+        assert_eq!(bloom_estimate(&[0u8; 10]), None);
+        // Two bits set: one item (k = 2).
+        let mut f = [0u8; BLOOM_LEN];
+        f[0] = 0b11;
+        assert_eq!(bloom_estimate(&f), Some(1));
+        // Full filter: the estimate saturates instead of diverging.
+        let full = bloom_estimate(&[0xff; BLOOM_LEN]).unwrap_or(0);
+        assert!((7000..8000).contains(&full), "{full}");
+    }
+
+    #[test]
+    fn aggregate_is_bounded_and_ordered() {
+        let limits = Limits {
+            max_dht_nodes: 2,
+            max_dht_infohashes: 1,
+            ..Limits::default()
+        };
+        let mut agg = DhtAggregate::new(&limits);
+        let ctx = |frame| FrameCtx {
+            ts: frame as i64 * 1000,
+            frame,
+            capture: 0,
+        };
+        let addr: SocketAddr = "1.2.3.4:5".parse().unwrap_or_else(|_| unreachable!());
+        let obs = vec![
+            DhtObservation {
+                ctx: ctx(1),
+                seen: DhtSeen::Reported { id: [2; 20], addr },
+            },
+            DhtObservation {
+                ctx: ctx(2),
+                seen: DhtSeen::Sender {
+                    id: [1; 20],
+                    addr,
+                    kind: KrpcKind::Query,
+                    version: Some(*b"LT\x01\x2f"),
+                    read_only: false,
+                },
+            },
+            DhtObservation {
+                ctx: ctx(3),
+                seen: DhtSeen::Reported { id: [3; 20], addr },
+            },
+            DhtObservation {
+                ctx: ctx(4),
+                seen: DhtSeen::Reported { id: [2; 20], addr },
+            },
+            DhtObservation {
+                ctx: ctx(5),
+                seen: DhtSeen::Infohash {
+                    info_hash: [9; 20],
+                    via: InfohashVia::GetPeers,
+                    name: Some("x".into()),
+                },
+            },
+            DhtObservation {
+                ctx: ctx(6),
+                seen: DhtSeen::Infohash {
+                    info_hash: [8; 20],
+                    via: InfohashVia::Sample,
+                    name: None,
+                },
+            },
+        ];
+        agg.apply(obs);
+        let mut rows = RowBatch::default();
+        agg.finish(&mut rows);
+        let ids: Vec<&str> = rows.dht_nodes.iter().map(|r| r.node_id.as_str()).collect();
+        assert_eq!(ids, vec!["02".repeat(20), "01".repeat(20)]);
+        assert_eq!(rows.dht_nodes[0].n_reported, 2);
+        assert_eq!(rows.dht_nodes[0].last_ts, Ts(4000));
+        assert_eq!(rows.dht_nodes[1].version.as_deref(), Some("libtorrent 1.2.15"));
+        assert_eq!(rows.dht_infohashes.len(), 1);
+        assert_eq!(rows.dht_infohashes[0].name.as_deref(), Some("x"));
+        let kinds: Vec<&str> = rows.anomalies.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["dht_node_table_full", "dht_infohash_table_full"]);
+    }
+}
