@@ -558,7 +558,11 @@ fn hostile_tracker_traffic_is_counted_bounded_and_not_fatal() {
     intervals.sort_unstable();
     assert_eq!(intervals, [900, 1800, 1800]);
     let peers: Vec<u64> = u64s(&a, "n_peers_returned").into_iter().flatten().collect();
-    assert_eq!(peers.iter().sum::<u64>(), 5, "{peers:?}: 2 (odd peers string) + 1 (close-delimited) + 2 (UDP)");
+    assert_eq!(
+        peers.iter().sum::<u64>(),
+        5,
+        "{peers:?}: 2 (odd peers string) + 1 (close-delimited) + 2 (UDP)"
+    );
     let tp = table(&r, "tracker_peers");
     assert_eq!(tp.height(), 5);
     let flows = table(&r, "flows");
