@@ -5,6 +5,8 @@ use crate::flow::reassembly::ReassemblyLimits;
 use crate::proto::dht::DhtLimits;
 use crate::proto::lsd::LsdLimits;
 use crate::proto::peer_wire::PeerWireLimits;
+use crate::proto::tracker_http::HttpLimits;
+use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
 
 /// Every bound on memory and work that input controls.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +48,41 @@ pub struct Limits {
     pub max_held_events: usize,
     /// Bytes of BEP 10 handshakes parsed (larger ones are skipped, counted).
     pub max_ltep_handshake: usize,
+    /// HTTP tracker framing and parsing bounds per connection (head, body,
+    /// decompressed body, chunk lines, pipelined requests, peers, scrape
+    /// files; see `HttpLimits` for each reason). Defaults as there.
+    pub tracker_http: HttpLimits,
+    /// UDP tracker datagram bounds (peers, scrape hashes, BEP 41 options).
+    pub tracker_udp: UdpLimits,
+    /// UDP tracker transactions awaiting their answer and connection ids,
+    /// **per shard** (a request and its answer are one UDP flow, hence one
+    /// shard). 1024 per shard × 64 shards = 65 536 in flight, far more than
+    /// a tap sees at once (a client has a handful per tracker), at ~600
+    /// bytes each (the half-built row) ≈ 40 MB at worst. Unanswered ones
+    /// become rows without a response after 60 s (BEP 15 retransmits at
+    /// 15 s, so an answer later than that answers a retransmission), or when
+    /// evicted from a full table (counted).
+    pub tracker_udp_pending: PendingLimits,
+    /// Announce series kept by the audit (tracker, info hash, client
+    /// address, peer id). ~100 bytes each plus their announces; a busy
+    /// tracker's capture holds a few thousand. Past it, new series are
+    /// counted, not audited.
+    pub max_audit_series: usize,
+    /// Announces kept per series. Clients announce every 30 min (opentracker,
+    /// most trackers), so 1024 is three weeks of one client; past it the
+    /// newest replaces the last kept one, so deltas stay whole and only the
+    /// resolution of the interval checks drops.
+    pub max_audit_announces: usize,
+    /// (info hash, address) pairs whose observed piece bytes the audit
+    /// counts (~64 bytes each), and addresses whose unattributable (encrypted
+    /// or unrecognised) TCP flows it remembers. 2^18 covers the peers of a
+    /// large capture; past it new pairs are counted, not tracked, and the
+    /// audit says so (`coverage` unknown).
+    pub max_audit_addrs: usize,
+    /// Undecodable-flow spans remembered per address; past it the two
+    /// oldest merge into one covering span (the bound they give only grows
+    /// looser, never wrong).
+    pub max_audit_spans_per_addr: usize,
     /// KRPC bounds: datagram size, bencode depth/items, query timeout, and
     /// `max_pending`, the outstanding queries kept for pairing responses.
     /// `max_pending` is for the whole run, split evenly over the shards
@@ -83,6 +120,17 @@ impl Default for Limits {
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
             max_ltep_handshake: 64 * 1024,
+            tracker_http: HttpLimits::default(),
+            tracker_udp: UdpLimits::default(),
+            tracker_udp_pending: PendingLimits {
+                max_pending: 1024,
+                max_connection_ids: 1024,
+                ..PendingLimits::default()
+            },
+            max_audit_series: 1 << 16,
+            max_audit_announces: 1024,
+            max_audit_addrs: 1 << 18,
+            max_audit_spans_per_addr: 64,
             dht: DhtLimits {
                 max_pending: 1 << 18,
                 ..DhtLimits::default()
@@ -109,6 +157,11 @@ pub struct Settings {
     /// Flow shards; fixed (not derived from threads) so output is identical
     /// for any thread count.
     pub n_shards: usize,
+    /// Announce audit: the fastest upload rate (bytes/s) a client's link can
+    /// plausibly carry; a reported rate above it is flagged
+    /// `upload_rate_above_link`. 10 Gbit/s (1.25e9 B/s) is the fastest
+    /// access link a home or seedbox client is likely to have.
+    pub audit_max_link_bps: f64,
 }
 
 impl Default for Settings {
@@ -120,6 +173,7 @@ impl Default for Settings {
             rate_window_s: 5,
             threads: 0,
             n_shards: 64,
+            audit_max_link_bps: 1.25e9,
         }
     }
 }

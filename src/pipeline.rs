@@ -18,9 +18,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
 use crate::analyze::swarm::Swarm;
 use crate::analyze::swarm::UnattributedEvent;
+use crate::analyze::tracker::AnnounceMark;
 use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
@@ -131,6 +133,8 @@ pub fn analyze(
 
     let mut ctx = ShardContext::default();
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
+    let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
+    let mut audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
     let mut dht = DhtAggregate::new(&settings.limits);
     for m in torrents {
         for h in m.wire_hashes() {
@@ -142,7 +146,7 @@ pub fn analyze(
                 },
             );
         }
-        swarm.add_metainfo(Arc::new(m), "torrent_file");
+        swarm.add_metainfo(m, "torrent_file");
     }
     let ctx = Arc::new(ctx);
     let n_shards = settings.n_shards.max(1);
@@ -243,7 +247,10 @@ pub fn analyze(
                         RowBatch::default()
                     });
                     let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+                    let marks = take_marks(&mut shards);
                     finish_rows(&mut rows);
+                    audit.observe(&events, &marks);
+                    audit.observe_rows(&rows);
                     swarm.apply(events, unattributed, &mut rows);
                     swarm.end_segment(&mut rows);
                     dht.apply(dht_obs);
@@ -260,7 +267,10 @@ pub fn analyze(
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
         let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+        let marks = take_marks(&mut shards);
         finish_rows(&mut rows);
+        audit.observe(&events, &marks);
+        audit.observe_rows(&rows);
         swarm.apply(events, unattributed, &mut rows);
         hold_unattributed(&mut rows, &mut held_conns);
         dht.apply(dht_obs);
@@ -301,12 +311,15 @@ pub fn analyze(
         RowBatch::default()
     });
     let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+    let marks = take_marks(&mut shards);
     dht.apply(dht_obs);
     for s in &shards {
         summary.n_flows += s.stats.n_flows;
         summary.n_flows_evicted += s.stats.n_flows_evicted;
     }
     finish_rows(&mut rows);
+    audit.observe(&events, &marks);
+    audit.observe_rows(&rows);
     swarm.apply(events, unattributed, &mut rows);
     rows.peer_progress.sort_by_key(|r| r.frame);
     let n_dropped_peers = swarm.n_peers_dropped;
@@ -323,6 +336,7 @@ pub fn analyze(
     rows.connections.sort_by_key(|r| r.conn_id);
     summary.n_connections += rows.connections.len() as u64;
     swarm.finish(&mut rows);
+    audit.finish(&mut rows);
     dht.finish(&mut rows);
     if n_dropped_peers > 0 {
         rows.anomalies.push(crate::sink::AnomalyRow {
@@ -421,6 +435,16 @@ fn collect_events(
 /// past this many they are written as they are.
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
+/// The shards' announce marks for the audit, in frame order.
+fn take_marks(shards: &mut [Shard]) -> Vec<AnnounceMark> {
+    let mut marks = Vec::new();
+    for s in shards.iter_mut() {
+        marks.append(&mut s.out.marks);
+    }
+    marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
+    marks
+}
+
 fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
     let mut i = 0;
     while i < rows.connections.len() {
@@ -441,6 +465,9 @@ fn finish_rows(rows: &mut RowBatch) {
     rows.dht_peers.sort_by_key(|r| r.frame);
     rows.lsd_announces.sort_by_key(|r| r.frame);
     rows.anomalies.sort_by_key(|r| r.frame);
+    rows.tracker_announces.sort_by_key(|r| (r.ts, r.frame));
+    rows.tracker_peers.sort_by_key(|r| (r.ts, r.frame));
+    rows.tracker_scrapes.sort_by_key(|r| (r.ts, r.frame));
     rows.flows.sort_by_key(|r| r.conn_id);
     rows.connections.sort_by_key(|r| r.conn_id);
 }

@@ -1,6 +1,6 @@
 //! `swarmtap summary DIR`: a dataset as readable tables (row counts, inputs,
-//! torrents, top peers, clients, connections). Reads the Parquet files back
-//! with polars, exactly as a notebook would.
+//! torrents, top peers, clients, connections, announce audit). Reads the
+//! Parquet files back with polars, exactly as a notebook would.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -192,6 +192,37 @@ pub fn render(dir: &Path) -> Result<String, String> {
                         "midstream",
                         "piece_bytes_orig",
                         "piece_bytes_resp"
+                    ]
+                )?
+            );
+        }
+    }
+    if let Some(df) = read(dir, "announce_audit")? {
+        if df.height() > 0 {
+            let n_flagged = df
+                .column("suspicious")
+                .ok()
+                .and_then(|c| c.bool().ok().map(|b| b.sum().unwrap_or(0)))
+                .unwrap_or(0);
+            println!(
+                "\nAnnounce audit ({} series, {n_flagged} flagged; top 20 by reported upload)",
+                df.height()
+            );
+            let t = top_by(&df, "reported_uploaded", 20)?;
+            println!(
+                "{}",
+                select(
+                    &t,
+                    &[
+                        "client_ip",
+                        "client",
+                        "tracker_ip",
+                        "n_announces",
+                        "reported_uploaded",
+                        "observed_uploaded",
+                        "opaque_sent_bytes",
+                        "coverage",
+                        "flags"
                     ]
                 )?
             );

@@ -142,6 +142,26 @@ class LibtorrentClient(Client):
             "status_file": self.log("status.json"), "log_file": self.log("alerts.log"),
             "torrents": [],
         }
+        rp = o.get("ratio_proxy")
+        if rp:
+            # A BittOratio-style proxy on this host: tracker requests go
+            # through it, `uploaded` multiplied by rp["factor"]. It listens on
+            # the host's own address (libtorrent binds its tracker sockets to
+            # the listen interface, which cannot reach 127.0.0.1); traffic
+            # between two sockets of one host stays on its loopback, so the
+            # bridge sees only the proxy's requests to the tracker.
+            self.proxy = self.run.procs.start(
+                self.name + "-ratio-proxy",
+                [PY, os.path.join(HERE, "ratio_proxy.py"), "--listen", "%s:%d" % (self.ip, rp["port"]),
+                 "--source", self.ip, "--factor", str(rp["factor"]), "--log", self.log("ratio_proxy.jsonl")],
+                ns=self.ns, log=self.log("ratio_proxy.log"))
+            if not wait_port(self.ns, self.ip, rp["port"], timeout=10):
+                raise RuntimeError("ratio proxy did not start")
+            sess["proxy"] = {"host": self.ip, "port": rp["port"]}
+            self.notes.append("CHEATS: tracker requests go through ratio_proxy.py on this host (port %d), which "
+                              "multiplies `uploaded` by %d (BittOratio-style); its counters above are the "
+                              "true ones, `ratio_proxy.announces` what the tracker was told"
+                              % (rp["port"], rp["factor"]))
         for t in self.torrents:
             tt = {"save_path": self.data, "upload_limit": o.get("up"), "download_limit": o.get("down")}
             if t.get("magnet_only") and not self.seeds(t):
@@ -160,6 +180,22 @@ class LibtorrentClient(Client):
         self.listen_port = port
         self.version = "2.0.8.0"
         self.peer_id_prefix = "-LT2080-"
+
+    def truth(self):
+        d = super().truth()
+        rp = self.opts.get("ratio_proxy")
+        if rp:
+            recs = []
+            try:
+                with open(self.log("ratio_proxy.jsonl")) as f:
+                    recs = [json.loads(line) for line in f if line.strip()]
+            except FileNotFoundError:
+                pass
+            for r in recs:
+                r["t"] = now_iso(r["t"])
+            d["ratio_proxy"] = {"factor": rp["factor"], "listen": "%s:%d" % (self.ip, rp["port"]),
+                                "announces": recs}
+        return d
 
     def read_status(self):
         try:

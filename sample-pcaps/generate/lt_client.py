@@ -13,6 +13,7 @@ Config: {"sessions": [{"name", "listen": ["10.99.0.12:6881"], "dht": bool,
   "dht_bootstrap": "ip:port,...", "tcp": bool, "utp": bool,
   "enc": "plain"|"prefer"|"require", "upload_limit": B/s, "download_limit": B/s,
   "reannounce_s": 0|N, "status_file": path, "log_file": path,
+  "proxy": {"host", "port"} (HTTP proxy for tracker connections only),
   "torrents": [{"torrent_file" | "magnet", "save_path", "seed": bool}]}]}
 """
 import json
@@ -83,6 +84,18 @@ def make_session(cfg):
         s["out_enc_policy"] = int(lt.enc_policy.enabled)
         s["in_enc_policy"] = int(lt.enc_policy.enabled)
         s["allowed_enc_level"] = int(lt.enc_level.both)
+    if cfg.get("proxy"):
+        # Tracker requests through an HTTP proxy (absolute-form GET), peer
+        # connections direct: how a ratio-cheating proxy is set up.
+        s["proxy_type"] = int(lt.proxy_type_t.http)
+        s["proxy_hostname"] = cfg["proxy"]["host"]
+        s["proxy_port"] = int(cfg["proxy"]["port"])
+        s["proxy_tracker_connections"] = True
+        s["proxy_peer_connections"] = False
+        s["proxy_hostnames"] = True
+        # The own-address IP filter below must not refuse the proxy, which
+        # listens on this host's address.
+        s["apply_ip_filter_to_trackers"] = False
     ses = lt.session(s)
     # Peers on private networks fall into libtorrent's "local" peer class,
     # which ignores rate limits: put every address in the global class.

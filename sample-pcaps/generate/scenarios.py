@@ -229,3 +229,25 @@ SCENARIOS["ipv6"] = {
     "stagger_s": 1.0,
     "max_transfer_s": 240,
 }
+
+SCENARIOS["cheat"] = {
+    "name": "cheat",
+    "description": "Ratio cheating through a proxy, as BittOratio does it: leecher ch1 (libtorrent) sends "
+                   "its tracker requests through an HTTP proxy on its own loopback that multiplies "
+                   "`uploaded` by 4 and forwards everything else unchanged; the other clients are honest. "
+                   "libtorrent seeder; leechers ch1 (cheating libtorrent), libtorrent, rTorrent, "
+                   "Transmission; HTTP tracker (opentracker), plain TCP peer wire.",
+    "tracker": "http",
+    "torrents": [one_torrent("cheat", 768 * KiB, 1009)],
+    "hosts": [
+        host("seed1", "libtorrent", 11, "seeder", enc="plain", utp=False),
+        host("ch1", "libtorrent", 12, enc="plain", utp=False, ratio_proxy={"port": 8080, "factor": 4}),
+        host("lt1", "libtorrent", 13, enc="plain", utp=False),
+        host("rt1", "rtorrent", 14, enc="plain"),
+        host("tr1", "transmission", 15, enc="plain", utp=False),
+    ],
+    "reannounce_s": REANN,
+    "notes": ["ch1 cheats: the capture shows its announces as the tracker got them (uploaded x4); its "
+              "own counters in `hosts` are the true ones and `ratio_proxy.announces` pairs each "
+              "announce's true and forwarded `uploaded`"],
+}

@@ -4,7 +4,7 @@ capture every packet on its bridge, and write ground truth.
 
     sudo sample-pcaps/generate/run.sh SCENARIO [--out DIR] [--keep-workdir]
 
-SCENARIO is one of: http udp mse utp magnet midstream lossy two ipv6 (or `all`).
+SCENARIO is one of: http udp mse utp magnet midstream lossy two ipv6 cheat (or `all`).
 Writes OUT/SCENARIO.pcap, OUT/SCENARIO.torrent (and OUT/SCENARIO-*.torrent when
 there are several), OUT/SCENARIO.truth.json.  OUT defaults to sample-pcaps/.
 

@@ -2,10 +2,12 @@
 //! the shards, next to their flows) and the per-swarm state (one, sequential,
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
+pub mod audit;
 pub mod dht;
 pub mod lsd;
 pub mod session;
 pub mod swarm;
+pub mod tracker;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -102,6 +104,8 @@ pub struct ShardOut {
     pub events: Vec<SwarmEvent>,
     /// Events of mid-stream connections whose info_hash is not known yet.
     pub unattributed: Vec<swarm::UnattributedEvent>,
+    /// Announces for the audit, at their request's frame.
+    pub marks: Vec<tracker::AnnounceMark>,
     /// Capture names by index, for the `capture` column.
     pub capture_names: std::sync::Arc<Vec<String>>,
 

@@ -14,6 +14,7 @@ use super::udp::UdpApp;
 use super::Chunk;
 use crate::analyze::dht::DhtShard;
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
+use crate::analyze::tracker::{looks_like_tracker_request, HttpTracker, UdpTrackers};
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
@@ -29,6 +30,9 @@ enum TcpApp {
     /// MSE/PE key exchange (its shape): counted; decoded from the
     /// plaintext handshake on when the exchange selected plaintext.
     Mse(Box<MseScan>),
+    /// HTTP that opened with a tracker request (or with a response: picked
+    /// up mid-connection): announces and scrapes.
+    TrackerHttp(Box<HttpTracker>),
     /// Something else: `app` value.
     Other(&'static str),
 }
@@ -89,6 +93,8 @@ pub struct Shard {
     ctx: Arc<ShardContext>,
     /// Outstanding DHT queries of this shard's UDP flows.
     dht: DhtShard,
+    /// UDP tracker transactions of this shard's flows.
+    udp_trackers: UdpTrackers,
     pub out: ShardOut,
     pub stats: ShardStats,
 }
@@ -161,6 +167,7 @@ impl Shard {
             last_sweep: i64::MIN,
             ctx,
             dht: DhtShard::new(&limits, n_shards),
+            udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
             out,
             stats: ShardStats::default(),
         }
@@ -320,6 +327,7 @@ impl Shard {
                     &limits,
                     messages,
                     &mut self.dht,
+                    &mut self.udp_trackers,
                     &mut self.out,
                 );
             }
@@ -391,6 +399,7 @@ impl Shard {
             return;
         }
         self.last_sweep = now;
+        self.udp_trackers.sweep(now, &mut self.out);
         let l = &self.limits;
         let mut done: Vec<(u64, FlowKey, EndReason)> = Vec::new();
         for (k, f) in &self.flows {
@@ -435,6 +444,7 @@ impl Shard {
                 self.end_flow(k, f, EndReason::End, ctx);
             }
         }
+        self.udp_trackers.finish(&mut self.out);
     }
 
     fn end_flow(&mut self, key: FlowKey, mut f: Flow, reason: EndReason, ctx: FrameCtx) {
@@ -495,6 +505,17 @@ impl Shard {
                     TcpApp::Mse(_) => {
                         self.out.rows.connections.push(self.mse_row(&f, gap_bytes));
                         "mse"
+                    }
+                    TcpApp::TrackerHttp(mut t) => {
+                        // A close-delimited answer completes with the
+                        // flow's last packet, not when the flow is swept.
+                        let end = FrameCtx { ts: f.last_ts, ..ctx };
+                        t.finish(end, &mut self.out);
+                        if t.is_tracker() {
+                            "tracker_http"
+                        } else {
+                            "http"
+                        }
                     }
                     TcpApp::Undecided => "other",
                     TcpApp::Other(a) => a,
@@ -643,6 +664,12 @@ fn app_feed(
                 limits,
                 messages,
             )))
+        } else if looks_like_tracker_request(d) {
+            TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, side, true, limits.tracker_http)))
+        } else if crate::proto::tracker_http::looks_like_http_response(d) {
+            // The request was not captured (mid-connection): the answer may
+            // still be a tracker's; confirmed by its body.
+            TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, 1 - side, false, limits.tracker_http)))
         } else if looks_like_http(d) {
             TcpApp::Other("http")
         } else if side == ORIG && looks_like_mse(d) {
@@ -650,6 +677,10 @@ fn app_feed(
         } else {
             TcpApp::Other("other")
         };
+    }
+    if let TcpApp::TrackerHttp(t) = app {
+        t.feed(side, chunk, ctx, out);
+        return;
     }
     if let TcpApp::Mse(scan) = app {
         if let Some((found, pos)) = scan.take(side, chunk) {

@@ -8,6 +8,7 @@ use super::table::FlowInfo;
 use super::utp_stream::{CloseReason, Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
 use crate::analyze::dht::DhtShard;
 use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
+use crate::analyze::tracker::UdpTrackers;
 use crate::analyze::{lsd, FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::proto::lsd::looks_like_lsd;
@@ -160,6 +161,7 @@ impl UdpApp {
         limits: &Limits,
         messages: bool,
         dht: &mut DhtShard,
+        trackers: &mut UdpTrackers,
         out: &mut ShardOut,
     ) {
         let mut k = classify(d);
@@ -173,6 +175,14 @@ impl UdpApp {
                 k = UdpKind::Other;
             }
             _ => {}
+        }
+        if k == UdpKind::TrackerUdp || k == UdpKind::Other {
+            // BEP 15 on any port: requests by structure, answers by pairing.
+            k = if trackers.datagram(ctx, info, side, d, out) {
+                UdpKind::TrackerUdp
+            } else {
+                UdpKind::Other
+            };
         }
         if k == UdpKind::Utp || k == UdpKind::Other {
             k = UdpKind::Other;

@@ -1176,6 +1176,24 @@ pub struct PendingUdp<T> {
     pending: ExpiringTable<TxKey, Pending<T>>,
     conn_ids: ExpiringTable<ConnKey, ()>,
     stats: PendingStats,
+    /// Requests that left the table unanswered (expired or evicted), kept
+    /// until the caller takes them with [`PendingUdp::take_unanswered`], so
+    /// that an unanswered announce still becomes a row. The caller drains
+    /// it after every call, so it holds what one call dropped.
+    unanswered: Vec<Unanswered<T>>,
+}
+
+/// A request that was never answered: expired after
+/// [`PendingLimits::request_timeout_us`], evicted from a full table, or
+/// still waiting when the caller drained the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unanswered<T> {
+    pub request: RequestClass,
+    /// Packet time of the request, microseconds.
+    pub request_ts_us: i64,
+    pub endpoints: Endpoints,
+    /// What the caller stored with the request.
+    pub value: T,
 }
 
 impl<T> PendingUdp<T> {
@@ -1185,7 +1203,27 @@ impl<T> PendingUdp<T> {
             pending: ExpiringTable::new(limits.max_pending),
             conn_ids: ExpiringTable::new(limits.max_connection_ids),
             stats: PendingStats::default(),
+            unanswered: Vec::new(),
         }
+    }
+
+    /// Requests dropped unanswered since the last call (see [`Unanswered`]).
+    pub fn take_unanswered(&mut self) -> Vec<Unanswered<T>> {
+        std::mem::take(&mut self.unanswered)
+    }
+
+    /// Removes every pending request (end of input): all of them are
+    /// returned by the next [`PendingUdp::take_unanswered`].
+    pub fn drain(&mut self) {
+        let out = &mut self.unanswered;
+        self.pending.drain(&mut |k: TxKey, ts, v: Pending<T>| {
+            out.push(Unanswered {
+                request: v.class,
+                request_ts_us: ts,
+                endpoints: k.endpoints,
+                value: v.value,
+            })
+        });
     }
 
     pub fn stats(&self) -> PendingStats {
@@ -1206,8 +1244,19 @@ impl<T> PendingUdp<T> {
     /// Every other method calls it first, so calling it directly is only
     /// needed to release memory on an idle table.
     pub fn expire(&mut self, now_us: i64) {
-        self.stats.n_expired += self.pending.expire(now_us, self.limits.request_timeout_us);
-        self.conn_ids.expire(now_us, self.limits.connection_id_ttl_us);
+        let out = &mut self.unanswered;
+        self.stats.n_expired += self
+            .pending
+            .expire(now_us, self.limits.request_timeout_us, &mut |k, ts, v| {
+                out.push(Unanswered {
+                    request: v.class,
+                    request_ts_us: ts,
+                    endpoints: k.endpoints,
+                    value: v.value,
+                })
+            });
+        self.conn_ids
+            .expire(now_us, self.limits.connection_id_ttl_us, &mut |_, _, _| {});
     }
 
     /// Whether `connection_id` was handed to (or successfully used by) this
@@ -1232,7 +1281,7 @@ impl<T> PendingUdp<T> {
         };
         // Re-learning restarts the TTL: the tracker has just accepted it.
         self.conn_ids.remove(&key);
-        if self.conn_ids.insert(now_us, key, ()) {
+        if self.conn_ids.insert(now_us, key, ()).is_some() {
             self.stats.n_connection_ids_evicted += 1;
         }
     }
@@ -1274,7 +1323,13 @@ impl<T> PendingUdp<T> {
             connection_id: request.connection_id(),
             value,
         };
-        if self.pending.insert(now_us, key, entry) {
+        if let Some((k, ts, v)) = self.pending.insert(now_us, key, entry) {
+            self.unanswered.push(Unanswered {
+                request: v.class,
+                request_ts_us: ts,
+                endpoints: k.endpoints,
+                value: v.value,
+            });
             self.stats.n_evicted += 1;
             Inserted::EvictedOldest
         } else {
@@ -1352,18 +1407,18 @@ impl<K: Copy + Eq + Hash, V> ExpiringTable<K, V> {
         self.map.remove(k).map(|(_, ts, v)| (ts, v))
     }
 
-    /// Inserts (replacing any entry under `k`); returns whether the oldest
-    /// live entry had to be evicted to respect the cap.
-    fn insert(&mut self, ts: i64, k: K, v: V) -> bool {
-        let mut evicted = false;
+    /// Inserts (replacing any entry under `k`); returns the oldest live
+    /// entry when it had to be evicted to respect the cap (with a cap of 0
+    /// the new entry itself is returned, never stored).
+    fn insert(&mut self, ts: i64, k: K, v: V) -> Option<(K, i64, V)> {
+        let mut evicted = None;
         if self.cap == 0 {
-            return true;
+            return Some((k, ts, v));
         }
         if !self.map.contains_key(&k) && self.map.len() >= self.cap {
             while let Some((seq, _, old)) = self.fifo.pop_front() {
                 if self.map.get(&old).is_some_and(|(s, _, _)| *s == seq) {
-                    self.map.remove(&old);
-                    evicted = true;
+                    evicted = self.map.remove(&old).map(|(_, ots, ov)| (old, ots, ov));
                     break;
                 }
             }
@@ -1380,10 +1435,11 @@ impl<K: Copy + Eq + Hash, V> ExpiringTable<K, V> {
         evicted
     }
 
-    /// Removes live entries older than `ttl` at `now`; returns how many.
-    /// Packet time may step backwards (several files, reordering): an entry
-    /// "from the future" is simply not expired yet.
-    fn expire(&mut self, now: i64, ttl: i64) -> u64 {
+    /// Removes live entries older than `ttl` at `now`, handing each to
+    /// `gone`; returns how many. Packet time may step backwards (several
+    /// files, reordering): an entry "from the future" is simply not expired
+    /// yet.
+    fn expire(&mut self, now: i64, ttl: i64, gone: &mut impl FnMut(K, i64, V)) -> u64 {
         let mut n = 0;
         while let Some(&(seq, ts, k)) = self.fifo.front() {
             if now.saturating_sub(ts) <= ttl {
@@ -1391,11 +1447,25 @@ impl<K: Copy + Eq + Hash, V> ExpiringTable<K, V> {
             }
             self.fifo.pop_front();
             if self.map.get(&k).is_some_and(|(s, _, _)| *s == seq) {
-                self.map.remove(&k);
+                if let Some((_, ts, v)) = self.map.remove(&k) {
+                    gone(k, ts, v);
+                }
                 n += 1;
             }
         }
         n
+    }
+
+    /// Removes every live entry, oldest first, handing each to `gone`.
+    fn drain(&mut self, gone: &mut impl FnMut(K, i64, V)) {
+        while let Some((seq, _, k)) = self.fifo.pop_front() {
+            if self.map.get(&k).is_some_and(|(s, _, _)| *s == seq) {
+                if let Some((_, ts, v)) = self.map.remove(&k) {
+                    gone(k, ts, v);
+                }
+            }
+        }
+        self.map.clear();
     }
 }
 
@@ -2043,6 +2113,44 @@ mod tests {
         p.on_request(5_000_000, e, &parse_request(&d, &lim()).unwrap(), 0);
         p.expire(0);
         assert_eq!(p.n_pending(), 1);
+    }
+
+    #[test]
+    fn unanswered_requests_come_back_to_the_caller() {
+        let limits = PendingLimits {
+            max_pending: 2,
+            ..PendingLimits::default()
+        };
+        let mut p: PendingUdp<u32> = PendingUdp::new(limits);
+        let e = ep();
+        for tid in 0..3u32 {
+            let d = connect_req(tid);
+            p.on_request(i64::from(tid), e, &parse_request(&d, &lim()).unwrap(), tid);
+        }
+        // The table holds 2: the oldest was evicted and comes back.
+        let u = p.take_unanswered();
+        assert_eq!(u.iter().map(|u| u.value).collect::<Vec<_>>(), [0]);
+        assert_eq!(
+            (u[0].request, u[0].request_ts_us, u[0].endpoints),
+            (RequestClass::Connect, 0, e)
+        );
+        assert!(p.take_unanswered().is_empty());
+        // Expiry hands back the expired one.
+        p.expire(1 + limits.request_timeout_us + 1);
+        assert_eq!(p.take_unanswered().iter().map(|u| u.value).collect::<Vec<_>>(), [1]);
+        // Draining hands back the rest, and the table is empty.
+        p.drain();
+        assert_eq!(p.take_unanswered().iter().map(|u| u.value).collect::<Vec<_>>(), [2]);
+        assert_eq!(p.n_pending(), 0);
+        // An answered request never comes back.
+        let d = connect_req(7);
+        p.on_request(10, e, &parse_request(&d, &lim()).unwrap(), 7);
+        let resp = connect_resp(7, 1);
+        assert!(p
+            .on_response(11, e, &parse_response(&resp, AddrFamily::V4, &lim()).unwrap())
+            .is_some());
+        p.drain();
+        assert!(p.take_unanswered().is_empty());
     }
 }
 

@@ -20,6 +20,7 @@ use swarmtap::proto::metainfo::parse_torrent;
 use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
+mod tracker;
 
 pub fn corpus() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
