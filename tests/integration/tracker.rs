@@ -367,6 +367,10 @@ fn the_audit_flags_the_client_behind_a_ratio_proxy_and_no_one_else() {
     assert_eq!(cheater_rows, 1);
     let cov = strs(&au, "coverage");
     assert!(cov.iter().all(|c| c.as_deref() == Some("client")), "{cov:?}");
+    // `swarmtap summary` says so too.
+    let text = swarmtap::summary::render(&r.dir).expect("summary");
+    assert!(text.contains("Announce audit (5 series, 1 flagged"), "{text}");
+    assert!(text.contains("upload_above_wire"), "{text}");
 }
 
 // ---------- hostile tracker traffic, built here ----------
