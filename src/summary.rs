@@ -204,12 +204,14 @@ pub fn render(dir: &Path) -> Result<String, String> {
                 .ok()
                 .and_then(|c| c.bool().ok().map(|b| b.sum().unwrap_or(0)))
                 .unwrap_or(0);
-            println!(
+            let _ = writeln!(
+                o,
                 "\nAnnounce audit ({} series, {n_flagged} flagged; top 20 by reported upload)",
                 df.height()
             );
             let t = top_by(&df, "reported_uploaded", 20)?;
-            println!(
+            let _ = writeln!(
+                o,
                 "{}",
                 select(
                     &t,

@@ -113,6 +113,7 @@ struct SeriesKey {
 #[derive(Debug, Clone, Copy)]
 struct Obs {
     ts: i64,
+    capture: u32,
     uploaded: Option<u64>,
     downloaded: Option<u64>,
     event: MarkEvent,
@@ -149,7 +150,8 @@ pub struct Audit {
     /// (capture, request frame) → series, until the announce's row brings
     /// the response's fields.
     join: HashMap<(u32, u64), usize>,
-    first_ts: Option<i64>,
+    /// First packet time of each input (by capture index).
+    first_ts: HashMap<u32, i64>,
 }
 
 impl Audit {
@@ -185,7 +187,7 @@ impl Audit {
             n_series_dropped: 0,
             n_announces_merged: 0,
             join: HashMap::new(),
-            first_ts: None,
+            first_ts: HashMap::new(),
         }
     }
 
@@ -193,8 +195,9 @@ impl Audit {
         self.alias.get(&h).copied().unwrap_or(h)
     }
 
-    fn seen_ts(&mut self, ts: i64) {
-        self.first_ts = Some(self.first_ts.map_or(ts, |f| f.min(ts)));
+    fn seen_ts(&mut self, capture: u32, ts: i64) {
+        let f = self.first_ts.entry(capture).or_insert(ts);
+        *f = (*f).min(ts);
     }
 
     /// Totals of (torrent, address); created for peer-wire events while
@@ -273,7 +276,7 @@ impl Audit {
     }
 
     fn mark(&mut self, m: &AnnounceMark) {
-        self.seen_ts(m.ctx.ts);
+        self.seen_ts(m.ctx.capture, m.ctx.ts);
         let ih = self.canon(m.info_hash);
         let key = SeriesKey {
             info_hash: ih,
@@ -318,6 +321,7 @@ impl Audit {
         }
         let obs = Obs {
             ts: m.ctx.ts,
+            capture: m.ctx.capture,
             uploaded: m.uploaded,
             downloaded: m.downloaded,
             event: m.event,
@@ -342,7 +346,9 @@ impl Audit {
     /// flows whose piece bytes cannot be attributed to a torrent.
     pub fn observe_rows(&mut self, rows: &RowBatch) {
         for f in &rows.flows {
-            self.seen_ts(f.first_ts.0);
+            if let Some(cap) = self.capture_idx.get(&f.capture).copied() {
+                self.seen_ts(cap, f.first_ts.0);
+            }
             // Unrecognised TCP: any of its payload may be piece bytes.
             if f.proto == "tcp" && f.app == "other" {
                 self.add_spans(
@@ -554,11 +560,14 @@ impl Audit {
         let rep = rep_up.unwrap_or(0);
         let mut flags: Vec<String> = Vec::new();
         // started: an announce claiming upload with no `started` at or
-        // before it, where the capture ran at least one announce interval
-        // before the series began (else the `started` may predate the
-        // capture).
+        // before it, where the capture (the input holding the series' first
+        // announce) ran at least one announce interval before the series
+        // began (else the `started` may predate the capture).
         let interval_us = s.max_interval_s.unwrap_or(DEFAULT_INTERVAL_S).max(1) * 1_000_000;
-        let captured_before = self.first_ts.is_some_and(|t0| first.ts - t0 >= interval_us);
+        let captured_before = self
+            .first_ts
+            .get(&first.capture)
+            .is_some_and(|t0| first.ts - t0 >= interval_us);
         let mut started = false;
         let mut claim_before_started = false;
         for a in &s.announces {

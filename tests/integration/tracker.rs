@@ -146,6 +146,14 @@ fn corpus_every_http_announce_is_a_row_paired_with_its_response() {
         .filter(|s| s.iter().any(|x| x == "tracker"))
         .count();
     assert_eq!(tracker_sourced, 47 + 1);
+    // All of it in one run, as a user pointing at the directory would: the
+    // corpus' clients are honest, and a capture's start is its own (a
+    // Deluge announce carrying upload without `started` minutes into
+    // bt-http.pcapng is not "a capture that ran an interval before it").
+    let r = run(std::slice::from_ref(&c), &[]);
+    let au = table(&r, "announce_audit");
+    assert_eq!(au.height(), 21);
+    assert!(lists(&au, "flags").iter().all(|f| f.is_empty()), "{au}");
     // The 307 answer of nDPI's bt-http: status kept, no body fields.
     let r = run(&[c.join("ntop__nDPI/bt-http.pcapng")], &[]);
     let a = table(&r, "tracker_announces");
@@ -359,6 +367,10 @@ fn the_audit_flags_the_client_behind_a_ratio_proxy_and_no_one_else() {
     assert_eq!(cheater_rows, 1);
     let cov = strs(&au, "coverage");
     assert!(cov.iter().all(|c| c.as_deref() == Some("client")), "{cov:?}");
+    // `swarmtap summary` says so too.
+    let text = swarmtap::summary::render(&r.dir).expect("summary");
+    assert!(text.contains("Announce audit (5 series, 1 flagged"), "{text}");
+    assert!(text.contains("upload_above_wire"), "{text}");
 }
 
 // ---------- hostile tracker traffic, built here ----------
