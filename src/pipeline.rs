@@ -165,8 +165,10 @@ pub fn analyze(
         .build()
         .map_err(|e| format!("cannot start worker threads: {e}"))?;
 
-    // Reader thread: inputs in order, two batches ahead at most.
+    // Reader thread: inputs in order, two batches ahead at most. Used
+    // batches come back over `recycle_tx` so their blocks are reused.
     let (tx, rx) = sync_channel::<ReaderMsg>(2);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let reader_inputs = inputs.clone();
     let reader = std::thread::Builder::new()
         .name("swarmtap-reader".into())
@@ -179,15 +181,16 @@ pub fn analyze(
                         return;
                     }
                 };
+                r.set_capture_idx(idx as u32);
                 loop {
-                    match r.next_batch(BATCH_BYTES, BATCH_FRAMES) {
-                        Ok(Some(mut b)) => {
-                            b.capture_idx = idx as u32;
+                    let mut b = recycle_rx.try_recv().unwrap_or_default();
+                    match r.read_batch(&mut b, BATCH_BYTES, BATCH_FRAMES) {
+                        Ok(true) => {
                             if tx.send(ReaderMsg::Batch(b)).is_err() {
                                 return;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(false) => break,
                         Err(e) => {
                             let _ = tx.send(ReaderMsg::Failed(e.to_string()));
                             return;
@@ -266,6 +269,8 @@ pub fn analyze(
         summary.n_messages += rows.peer_messages.len() as u64;
         summary.n_connections += rows.connections.len() as u64;
         sink.send(rows)?;
+        // The reader may be gone (last batch); then the block is dropped.
+        let _ = recycle_tx.send(batch);
         if progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = Instant::now();
             let secs = started.elapsed().as_secs_f64();
