@@ -17,7 +17,7 @@ pub trait ColumnValue: Sized {
     /// Short type name for docs/SCHEMA.md.
     fn type_doc() -> &'static str;
     /// Builds the column from one value per row.
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column
     where
         Self: 'a;
 }
@@ -35,7 +35,7 @@ macro_rules! primitive {
             fn type_doc() -> &'static str {
                 $doc
             }
-            fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
                 <$ca>::from_iter_values(name.into(), values.copied()).into_column()
             }
         }
@@ -46,7 +46,7 @@ macro_rules! primitive {
             fn type_doc() -> &'static str {
                 concat!($doc, "?")
             }
-            fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
                 <$ca>::from_iter_options(name.into(), values.copied()).into_column()
             }
         }
@@ -65,7 +65,7 @@ impl ColumnValue for bool {
     fn type_doc() -> &'static str {
         "bool"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         BooleanChunked::from_iter_values(name.into(), values.copied()).into_column()
     }
 }
@@ -77,7 +77,7 @@ impl ColumnValue for Option<bool> {
     fn type_doc() -> &'static str {
         "bool?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         BooleanChunked::from_iter_options(name.into(), values.copied()).into_column()
     }
 }
@@ -89,7 +89,7 @@ impl ColumnValue for Ts {
     fn type_doc() -> &'static str {
         "timestamp[us, UTC]"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         Int64Chunked::from_iter_values(name.into(), values.map(|t| t.0))
             .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
             .into_column()
@@ -103,7 +103,7 @@ impl ColumnValue for Option<Ts> {
     fn type_doc() -> &'static str {
         "timestamp[us, UTC]?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         Int64Chunked::from_iter_options(name.into(), values.map(|t| t.map(|t| t.0)))
             .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
             .into_column()
@@ -117,7 +117,7 @@ impl ColumnValue for String {
     fn type_doc() -> &'static str {
         "str"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_values(name.into(), values.map(|s| s.as_str())).into_column()
     }
 }
@@ -131,7 +131,7 @@ impl ColumnValue for Arc<str> {
     fn type_doc() -> &'static str {
         "str"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_values(name.into(), values.map(|s| &**s)).into_column()
     }
 }
@@ -143,7 +143,7 @@ impl ColumnValue for Option<Arc<str>> {
     fn type_doc() -> &'static str {
         "str?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
     }
 }
@@ -155,7 +155,7 @@ impl ColumnValue for &'static str {
     fn type_doc() -> &'static str {
         "str"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_values(name.into(), values.copied()).into_column()
     }
 }
@@ -167,7 +167,7 @@ impl ColumnValue for Option<String> {
     fn type_doc() -> &'static str {
         "str?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
     }
 }
@@ -179,7 +179,7 @@ impl ColumnValue for Option<&'static str> {
     fn type_doc() -> &'static str {
         "str?"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_options(name.into(), values.copied()).into_column()
     }
 }
@@ -191,7 +191,7 @@ impl ColumnValue for Vec<String> {
     fn type_doc() -> &'static str {
         "list[str]"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         let n = values.len();
         let mut b = ListStringChunkedBuilder::new(name.into(), n, n * 2);
         for v in values {
@@ -208,7 +208,7 @@ impl ColumnValue for Vec<&'static str> {
     fn type_doc() -> &'static str {
         "list[str]"
     }
-    fn column<'a>(name: &str, values: impl Iterator<Item = &'a Self> + ExactSizeIterator) -> Column {
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         let n = values.len();
         let mut b = ListStringChunkedBuilder::new(name.into(), n, n * 2);
         for v in values {
