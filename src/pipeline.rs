@@ -27,7 +27,7 @@ use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
-use crate::decode::{decode, Decoded, FlowKey, Packet};
+use crate::decode::{decode, Decoded, FlowKey};
 use crate::flow::table::{Shard, ShardContext};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
@@ -171,8 +171,10 @@ pub fn analyze(
         .build()
         .map_err(|e| format!("cannot start worker threads: {e}"))?;
 
-    // Reader thread: inputs in order, two batches ahead at most.
+    // Reader thread: inputs in order, two batches ahead at most. Used
+    // batches come back over `recycle_tx` so their blocks are reused.
     let (tx, rx) = sync_channel::<ReaderMsg>(2);
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let reader_inputs = inputs.clone();
     let reader = std::thread::Builder::new()
         .name("swarmtap-reader".into())
@@ -185,15 +187,16 @@ pub fn analyze(
                         return;
                     }
                 };
+                r.set_capture_idx(idx as u32);
                 loop {
-                    match r.next_batch(BATCH_BYTES, BATCH_FRAMES) {
-                        Ok(Some(mut b)) => {
-                            b.capture_idx = idx as u32;
+                    let mut b = recycle_rx.try_recv().unwrap_or_default();
+                    match r.read_batch(&mut b, BATCH_BYTES, BATCH_FRAMES) {
+                        Ok(true) => {
                             if tx.send(ReaderMsg::Batch(b)).is_err() {
                                 return;
                             }
                         }
-                        Ok(None) => break,
+                        Ok(false) => break,
                         Err(e) => {
                             let _ = tx.send(ReaderMsg::Failed(e.to_string()));
                             return;
@@ -281,6 +284,8 @@ pub fn analyze(
         summary.n_messages += rows.peer_messages.len() as u64;
         summary.n_connections += rows.connections.len() as u64;
         sink.send(rows)?;
+        // The reader may be gone (last batch); then the block is dropped.
+        let _ = recycle_tx.send(batch);
         if progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = Instant::now();
             let secs = started.elapsed().as_secs_f64();
@@ -482,14 +487,21 @@ fn process_batch(
     watermark: &mut i64,
 ) -> RowBatch {
     const CHUNK: usize = 2048;
-    let decoded: Vec<Decoded> = batch
+    // Decoding and the flow hash (which picks the shard) run in parallel;
+    // the sequential partition below only counts and pushes indices.
+    let decoded: Vec<(Decoded, u32)> = batch
         .frames
         .par_chunks(CHUNK)
         .enumerate()
         .flat_map_iter(|(ci, chunk)| {
             chunk.iter().enumerate().map(move |(j, fm)| {
                 let i = ci * CHUNK + j;
-                decode(fm.link_type, batch.frame_data(i))
+                let d = decode(fm.link_type, batch.frame_data(i));
+                let shard = match &d {
+                    Decoded::Packet(p) => (FlowKey::of(p).0.stable_hash() % n_shards as u64) as u32,
+                    _ => 0,
+                };
+                (d, shard)
             })
         })
         .collect();
@@ -497,9 +509,9 @@ fn process_batch(
     let c = counts.entry(name.clone()).or_default();
     let mut rows = RowBatch::default();
     // Partition packets by shard, in frame order.
-    let mut parts: Vec<Vec<(u32, Packet)>> = vec![Vec::new(); n_shards];
+    let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n_shards];
     let mut batch_max = *watermark;
-    for (i, d) in decoded.iter().enumerate() {
+    for (i, (d, shard)) in decoded.iter().enumerate() {
         let Some(fm) = batch.frames.get(i) else { continue };
         batch_max = batch_max.max(fm.ts_us);
         match d {
@@ -508,10 +520,8 @@ fn process_batch(
                     crate::decode::Transport::Tcp { .. } => c.tcp += 1,
                     crate::decode::Transport::Udp => c.udp += 1,
                 }
-                let (key, _) = FlowKey::of(p);
-                let shard = (key.stable_hash() % n_shards as u64) as usize;
-                if let Some(part) = parts.get_mut(shard) {
-                    part.push((i as u32, *p));
+                if let Some(part) = parts.get_mut(*shard as usize) {
+                    part.push(i as u32);
                 }
             }
             Decoded::NotIp => c.not_ip += 1,
@@ -545,11 +555,12 @@ fn process_batch(
     *watermark = batch_max;
     let now = batch_max;
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
-        for (i, p) in part {
-            let Some(fm) = batch.frames.get(*i as usize) else {
+        for &i in part {
+            let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
+            else {
                 continue;
             };
-            let data = batch.frame_data(*i as usize);
+            let data = batch.frame_data(i as usize);
             let off = p.payload_off as usize;
             let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
             let ctx = FrameCtx {

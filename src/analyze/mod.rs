@@ -111,11 +111,22 @@ pub struct ShardOut {
 
     /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
     pub dht: Vec<dht::DhtObservation>,
+    /// The same as shared strings, made on first use (per-message rows
+    /// share them instead of allocating a copy each).
+    pub capture_texts: Vec<std::sync::Arc<str>>,
 }
 
 impl ShardOut {
     pub fn capture_name(&self, idx: u32) -> String {
         self.capture_names.get(idx as usize).cloned().unwrap_or_default()
+    }
+
+    /// [`ShardOut::capture_name`] as a shared string.
+    pub fn capture_text(&mut self, idx: u32) -> std::sync::Arc<str> {
+        if self.capture_texts.len() != self.capture_names.len() {
+            self.capture_texts = self.capture_names.iter().map(|n| n.as_str().into()).collect();
+        }
+        self.capture_texts.get(idx as usize).cloned().unwrap_or_default()
     }
 
     pub fn anomaly(

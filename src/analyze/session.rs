@@ -10,6 +10,7 @@
 //! full, or the connection ends.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use super::swarm::UnattributedEvent;
 use super::{FrameCtx, ShardOut, SwarmEvent, SwarmEventKind};
@@ -60,11 +61,12 @@ struct State {
     capture: u32,
     transport: &'static str,
     ends: [SocketAddr; 2],
-    ends_text: [String; 2],
+    /// Shared by every message row of the connection.
+    ends_text: [Arc<str>; 2],
     first_ts: i64,
     last_ts: i64,
     info_hash: Option<[u8; 20]>,
-    info_hash_hex: Option<String>,
+    info_hash_hex: Option<Arc<str>>,
     sides: [Side; 2],
     midstream: bool,
     encrypted: bool,
@@ -115,7 +117,7 @@ impl PeerSession {
                 capture: init.capture,
                 transport: init.transport,
                 ends: [init.orig, init.resp],
-                ends_text: [init.orig.ip().to_string(), init.resp.ip().to_string()],
+                ends_text: [init.orig.ip().to_string().into(), init.resp.ip().to_string().into()],
                 first_ts: init.first_ts,
                 last_ts: init.first_ts,
                 info_hash: None,
@@ -211,13 +213,13 @@ impl PeerSession {
             flow_id: st.flow_id,
             capture: out.capture_name(st.capture),
             transport: st.transport,
-            orig_ip: st.ends_text[ORIG].clone(),
+            orig_ip: st.ends_text[ORIG].to_string(),
             orig_port: u32::from(st.ends[ORIG].port()),
-            resp_ip: st.ends_text[RESP].clone(),
+            resp_ip: st.ends_text[RESP].to_string(),
             resp_port: u32::from(st.ends[RESP].port()),
             first_ts: Ts(st.first_ts),
             last_ts: Ts(st.last_ts),
-            info_hash: st.info_hash_hex.clone(),
+            info_hash: st.info_hash_hex.as_deref().map(str::to_string),
             info_hash_source: st.info_hash.map(|_| "handshake"),
             orig_peer_id: st.sides[ORIG].peer_id.map(|p| hex(&p)),
             resp_peer_id: st.sides[RESP].peer_id.map(|p| hex(&p)),
@@ -361,7 +363,7 @@ impl State {
         let mut r = PeerMessageRow {
             ts: Ts(ctx.ts),
             frame: ctx.frame,
-            capture: out.capture_name(ctx.capture),
+            capture: out.capture_text(ctx.capture),
             conn_id: self.conn_id,
             src_ip: self.ends_text[side].clone(),
             src_port: u32::from(self.ends[side].port()),
@@ -385,7 +387,7 @@ impl State {
                 match self.info_hash {
                     None => {
                         self.info_hash = Some(info_hash);
-                        self.info_hash_hex = Some(hex(&info_hash));
+                        self.info_hash_hex = Some(hex(&info_hash).into());
                     }
                     Some(h) if h != info_hash => {
                         out.anomaly(

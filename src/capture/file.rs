@@ -3,8 +3,8 @@
 //! This is the inner loop of [`super::CaptureReader`]: it owns one large read
 //! buffer, pulls bytes from any [`Read`] (file, stdin, a decompressor; none of
 //! them needs to be seekable) and hands out one record at a time as a slice of
-//! that buffer, so that the caller copies each frame exactly once, into its
-//! batch.
+//! that buffer; the caller pins the records it keeps, and the buffer itself
+//! becomes the batch's data (see [`InBuf`]), so frames are not copied.
 //!
 //! # Formats
 //!
@@ -40,7 +40,9 @@
 //! * No input can make this code panic: every read of a header field goes
 //!   through a bounds-checked accessor, and every length taken from the file
 //!   is checked against [`ReaderLimits`] before the buffer grows to hold it,
-//!   so the buffer never exceeds `max(read_buf_bytes, max_block_len)`.
+//!   so the buffer never exceeds twice its block target (a batch's bytes
+//!   plus an eighth plus one read), or the batch's frame bytes plus one
+//!   `max_block_len` record plus one read when more is needed.
 //! * A record that cannot be trusted ends the file: a pcap record header with
 //!   impossible lengths (no way to find the next record), a pcapng block whose
 //!   length is malformed or whose trailing copy disagrees. A pcapng packet
@@ -152,7 +154,25 @@ pub(crate) struct Source {
     pub(crate) compressed: bool,
 }
 
-/// The read buffer: `buf[pos..end]` holds bytes read but not yet consumed.
+/// Largest single `read()` asked of the source, whatever `read_buf_bytes`
+/// says: it bounds the bytes read past the end of a batch (copied into the
+/// next block, see [`InBuf::take_block`]) and keeps every offset into a
+/// block within `u32` (2 GiB of frames + a 1 GiB record + this < 4 GiB).
+const MAX_READ_CHUNK: usize = 64 << 20;
+
+/// The read buffer, which is also the data of the batch being filled.
+///
+/// `buf[pos..end]` holds bytes read but not yet consumed. Records are parsed
+/// in place: a frame kept for the batch is *pinned* (its range in `buf` is
+/// recorded) and stays where it was read, so that when the batch is complete
+/// the whole buffer becomes the batch's data ([`InBuf::take_block`]) and
+/// only the bytes read past the batch's last record are copied, into the
+/// next block. Without pinned frames, consumed bytes are discarded as in any
+/// read buffer. With pinned frames the buffer grows up to twice its block
+/// target; past that (a file of mostly skipped blocks or filtered-out
+/// frames) the pinned frames are packed to the front (one copy, as a
+/// copying reader would make), so a block holds at most the batch's frame
+/// bytes plus one record plus one read.
 pub(crate) struct InBuf {
     buf: Vec<u8>,
     pos: usize,
@@ -160,16 +180,28 @@ pub(crate) struct InBuf {
     /// Stream offset of `buf[0]`, for messages about where a bad block is.
     base: u64,
     eof: bool,
+    /// Bytes asked of the source per `read()`.
+    read_chunk: usize,
+    /// Size a block is given (and grows to) for one batch; see
+    /// [`InBuf::set_block_target`].
+    block_target: usize,
+    /// `(offset, length)` in `buf` of every frame of the batch being
+    /// filled, in order.
+    pinned: Vec<(usize, usize)>,
 }
 
 impl InBuf {
     pub(crate) fn new(capacity: usize) -> Self {
+        let read_chunk = capacity.clamp(1, MAX_READ_CHUNK);
         InBuf {
-            buf: vec![0; capacity],
+            buf: vec![0; read_chunk],
             pos: 0,
             end: 0,
             base: 0,
             eof: false,
+            read_chunk,
+            block_target: read_chunk,
+            pinned: Vec::new(),
         }
     }
 
@@ -191,6 +223,73 @@ impl InBuf {
         self.pos = self.pos.saturating_add(n).min(self.end);
     }
 
+    /// Sets the block size for batches of up to `batch_bytes` frame bytes:
+    /// those bytes, an eighth more for record headers, and one read.
+    pub(crate) fn set_block_target(&mut self, batch_bytes: usize) {
+        // A block never starts larger than this, whatever `batch_bytes`
+        // says; it grows only as records arrive.
+        let b = batch_bytes.min(MAX_READ_CHUNK);
+        self.block_target = b.saturating_add(b / 8).saturating_add(self.read_chunk);
+    }
+
+    /// Keeps the frame at `buf[off..off + len]` (already consumed) for the
+    /// batch; false when the range is not in the buffer or not addressable
+    /// by a `u32` (unreachable with the clamped limits).
+    pub(crate) fn pin(&mut self, off: usize, len: usize) -> bool {
+        let ok = off
+            .checked_add(len)
+            .is_some_and(|e| e <= self.pos && u32::try_from(e).is_ok());
+        if ok {
+            self.pinned.push((off, len));
+        }
+        ok
+    }
+
+    /// Ends the batch: returns the block holding its pinned frames and
+    /// writes each frame's offset in it into `starts` (in pin order). The
+    /// unconsumed bytes move to the front of `fresh` (a recycled block, or
+    /// an empty vector), which becomes the read buffer.
+    pub(crate) fn take_block(&mut self, mut fresh: Vec<u8>, mut starts: impl FnMut(usize, u32)) -> Vec<u8> {
+        let rem = self.avail_len();
+        let want = self.block_target.max(rem.saturating_add(self.read_chunk));
+        if fresh.len() < want {
+            if fresh.capacity() >= want {
+                fresh.resize(want, 0);
+            } else {
+                // Zeroed allocation: fresh pages, no memset.
+                fresh = vec![0; want];
+            }
+        }
+        if let (Some(dst), Some(src)) = (fresh.get_mut(..rem), self.buf.get(self.pos..self.end)) {
+            dst.copy_from_slice(src);
+        }
+        let block = std::mem::replace(&mut self.buf, fresh);
+        self.base = self.base.saturating_add(self.pos as u64);
+        self.pos = 0;
+        self.end = rem;
+        for (i, &(off, _)) in self.pinned.iter().enumerate() {
+            starts(i, off as u32);
+        }
+        self.pinned.clear();
+        block
+    }
+
+    /// Packs the pinned frames to the front of the buffer, then the
+    /// unconsumed bytes behind them.
+    fn compact_pinned(&mut self) {
+        let mut cur = 0;
+        for (off, len) in &mut self.pinned {
+            self.buf.copy_within(*off..*off + *len, cur);
+            *off = cur;
+            cur += *len;
+        }
+        let rem = self.avail_len();
+        self.buf.copy_within(self.pos..self.end, cur);
+        self.base = self.base.saturating_add((self.pos - cur) as u64);
+        self.pos = cur;
+        self.end = cur + rem;
+    }
+
     /// Makes at least `need` bytes available; `Ok(false)` when the stream
     /// ends first. Callers bound `need` by the limits before calling.
     #[inline]
@@ -206,19 +305,39 @@ impl InBuf {
         if self.eof {
             return Ok(false);
         }
-        // Move the partial record to the front when it would not fit behind
-        // `pos`, or for free when nothing is pending, so reads stay large.
-        if self.pos == self.end || self.buf.len().saturating_sub(self.pos) < need {
-            self.buf.copy_within(self.pos..self.end, 0);
-            self.base = self.base.saturating_add(self.pos as u64);
-            self.end -= self.pos;
-            self.pos = 0;
+        if self.pinned.is_empty() {
+            // Nothing to keep: move the partial record to the front when it
+            // would not fit behind `pos`, or for free when nothing is
+            // pending, so reads stay large.
+            if self.pos == self.end || self.buf.len().saturating_sub(self.pos) < need {
+                self.buf.copy_within(self.pos..self.end, 0);
+                self.base = self.base.saturating_add(self.pos as u64);
+                self.end -= self.pos;
+                self.pos = 0;
+            }
+        } else if self.buf.len().saturating_sub(self.pos) < need {
+            // The batch's frames stay in place: grow the block (large
+            // reallocations remap pages rather than copy them), up to twice
+            // its target; beyond, pack the frames instead.
+            let grown = self
+                .pos
+                .saturating_add(need)
+                .saturating_add(self.read_chunk)
+                .max(self.block_target);
+            if grown <= self.block_target.saturating_mul(2) {
+                self.buf.resize(grown, 0);
+            } else {
+                self.compact_pinned();
+            }
         }
-        if self.buf.len() < need {
-            self.buf.resize(need, 0);
+        let min_len = self.pos.saturating_add(need);
+        if self.buf.len() < min_len {
+            self.buf.resize(min_len, 0);
         }
         while self.avail_len() < need {
-            let Some(dst) = self.buf.get_mut(self.end..) else {
+            let want = self.read_chunk.max(need - self.avail_len());
+            let stop = self.end.saturating_add(want).min(self.buf.len());
+            let Some(dst) = self.buf.get_mut(self.end..stop) else {
                 break;
             };
             let room = dst.len();
@@ -362,6 +481,8 @@ pub(crate) struct Record<'a> {
     pub(crate) link_type: u16,
     pub(crate) orig_len: u32,
     pub(crate) data: &'a [u8],
+    /// Offset of `data` in the read buffer, for [`Parser::pin`].
+    pub(crate) off: usize,
 }
 
 /// What [`Parser::next`] found.
@@ -447,6 +568,22 @@ impl Parser {
             header_done: false,
             last_ts_us: None,
         }
+    }
+
+    /// See [`InBuf::set_block_target`].
+    pub(crate) fn set_block_target(&mut self, batch_bytes: usize) {
+        self.inb.set_block_target(batch_bytes);
+    }
+
+    /// Keeps the record just returned by [`Parser::next`] (its `off` and
+    /// length) for the batch being filled; see [`InBuf::pin`].
+    pub(crate) fn pin(&mut self, off: usize, len: usize) -> bool {
+        self.inb.pin(off, len)
+    }
+
+    /// Ends the batch; see [`InBuf::take_block`].
+    pub(crate) fn take_block(&mut self, fresh: Vec<u8>, starts: impl FnMut(usize, u32)) -> Vec<u8> {
+        self.inb.take_block(fresh, starts)
     }
 
     /// Distinct link types of the interfaces known so far.
@@ -579,6 +716,7 @@ impl Parser {
                     link_type,
                     orig_len,
                     data,
+                    off,
                 }))
             }
             Scan::NoRoom => Ok(Step::NoRoom),
@@ -969,7 +1107,7 @@ pub(crate) mod tests {
     //! Byte fixtures built here, fed through the whole reader.
 
     use super::*;
-    use crate::capture::{CaptureError, CaptureReader, FrameMeta, ReaderLimits};
+    use crate::capture::{CaptureError, CaptureReader, FrameBatch, FrameMeta, ReaderLimits};
     use std::io::Cursor;
 
     pub(crate) const LE: Endian = Endian::Little;
@@ -1135,7 +1273,14 @@ pub(crate) mod tests {
             assert!(b.len() <= max_frames.max(1));
             let bytes: usize = b.frames.iter().map(|m| m.cap_len as usize).sum();
             assert!(bytes <= max_bytes || b.len() == 1, "batch over max_bytes");
-            assert_eq!(bytes, b.data.len());
+            // Frames lie inside the block, in order, without overlapping.
+            let mut prev_end = 0usize;
+            for m in &b.frames {
+                let start = m.data_start as usize;
+                assert!(start >= prev_end, "frames overlap or go backwards");
+                prev_end = start + m.cap_len as usize;
+                assert!(prev_end <= b.data.len(), "frame outside the block");
+            }
             out.extend(b.iter().map(|(m, d)| got(m, d)));
         }
         assert!(r.next_batch(max_bytes, max_frames).expect("after end").is_none());
@@ -1601,6 +1746,51 @@ pub(crate) mod tests {
                 CaptureReader::from_reader("t", Box::new(OneByte(Cursor::new(f.clone()))), None, small).expect("opens");
             assert_eq!(drain(r, 64, 2).0, want);
         }
+    }
+
+    /// Kept frames separated by large skipped blocks: with one batch for
+    /// the whole file the block outgrows twice its target, so the pinned
+    /// frames are packed to the front (more than once) and must survive it.
+    #[test]
+    fn pinned_frames_survive_compaction() {
+        let e = LE;
+        let mut f = shb(e);
+        f.extend(idb(e, 1, 0, None, None));
+        let mut want = Vec::new();
+        for i in 0..200u32 {
+            let data: Vec<u8> = (0..60 + i % 7).map(|j| (i * 31 + j) as u8).collect();
+            f.extend(epb(e, 0, u64::from(i), &data));
+            want.push(data);
+            // A 64 KiB custom block to skip.
+            f.extend(block(e, 0x4000_0bad, &vec![0xee; 64 * 1024]));
+        }
+        let small = ReaderLimits {
+            read_buf_bytes: 4096,
+            ..ReaderLimits::default()
+        };
+        for rdr in [
+            Box::new(Cursor::new(f.clone())) as Box<dyn Read + Send>,
+            Box::new(OneByte(Cursor::new(f.clone()))),
+        ] {
+            let r = CaptureReader::from_reader("t", rdr, None, small).expect("opens");
+            let (g, st) = drain(r, 1 << 20, 100_000);
+            assert_eq!(g.len(), 200);
+            for (got, want) in g.iter().zip(&want) {
+                assert_eq!(&got.5, want);
+            }
+            assert_eq!(st.n_other_blocks, 200);
+        }
+        // Recycled batches give the same frames.
+        let mut r = CaptureReader::from_reader("t", Box::new(Cursor::new(f.clone())), None, small).expect("opens");
+        let mut b = FrameBatch::default();
+        let mut n = 0;
+        while r.read_batch(&mut b, 3000, 7).expect("reads") {
+            for (_, d) in b.iter() {
+                assert_eq!(d, &want[n][..]);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 200);
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! by extension; `-` is stdin). [`CaptureReader`] opens one input, sees
 //! through gzip or zstd compression (by magic bytes, on a plain stream, so
 //! stdin and pipes work), recognises pcap or pcapng (by magic again), and
-//! yields [`FrameBatch`]es: frame bytes copied once, back to back, into one
-//! buffer, with a small [`FrameMeta`] per frame. A BPF expression, if given,
+//! yields [`FrameBatch`]es: one large read buffer per batch, parsed in
+//! place, with a small [`FrameMeta`] per frame pointing into it (frames are
+//! not copied; see [`file::InBuf`]). A BPF expression, if given,
 //! is applied to every frame before it is copied (see [`bpf`]).
 //!
 //! Formats and their parsing are described in [`file`]. Magic numbers:
@@ -55,7 +56,10 @@ pub struct FrameMeta {
     pub orig_len: u32,
 }
 
-/// Frames of one capture, their bytes back to back in `data`.
+/// Frames of one capture, their bytes inside `data`: the block the reader
+/// read them into, which also holds record headers and any skipped records
+/// between them (so `data.len()` is not the frames' total length). Pass a
+/// used batch back to [`CaptureReader::read_batch`] to reuse its block.
 #[derive(Debug, Clone, Default)]
 pub struct FrameBatch {
     /// Index of the input the frames come from (see
@@ -90,9 +94,8 @@ impl FrameBatch {
         self.frames.is_empty()
     }
 
-    /// Empties the batch, keeping its allocations for reuse.
+    /// Empties the batch (no frames), keeping its allocations for reuse.
     pub fn clear(&mut self) {
-        self.data.clear();
         self.frames.clear();
     }
 }
@@ -190,9 +193,6 @@ const MAX_CONFIGURED_INTERFACES: u32 = 1 << 20;
 const MAX_CONFIGURED_LEN: u32 = 1 << 30;
 /// Ceiling on `max_bytes` of one batch, for the same reason.
 const MAX_BATCH_BYTES: usize = 1 << 31;
-/// A batch never reserves more than this up front, whatever `max_bytes`
-/// says; it grows only as frames arrive.
-const MAX_BATCH_RESERVE: usize = 64 * 1024 * 1024;
 /// A batch never reserves metadata for more frames than this up front
 /// (2 MiB of [`FrameMeta`]).
 const MAX_FRAMES_RESERVE: usize = 65_536;
@@ -714,7 +714,8 @@ impl CaptureReader {
     pub fn next_batch(&mut self, max_bytes: usize, max_frames: usize) -> Result<Option<FrameBatch>, CaptureError> {
         let mut batch = FrameBatch {
             capture_idx: self.capture_idx,
-            data: Vec::with_capacity(max_bytes.min(MAX_BATCH_RESERVE)),
+            // The reader's buffer becomes the data; nothing to reserve.
+            data: Vec::new(),
             frames: Vec::with_capacity(max_frames.clamp(1, MAX_FRAMES_RESERVE)),
         };
         Ok(self.read_batch(&mut batch, max_bytes, max_frames)?.then_some(batch))
@@ -729,15 +730,19 @@ impl CaptureReader {
         max_bytes: usize,
         max_frames: usize,
     ) -> Result<bool, CaptureError> {
-        batch.clear();
+        // `data` is not cleared: its bytes are overwritten by reads, and
+        // keeping its length spares zeroing it again.
+        batch.frames.clear();
         batch.capture_idx = self.capture_idx;
         let max_bytes = max_bytes.min(MAX_BATCH_BYTES);
         let max_frames = max_frames.max(1);
+        self.parser.set_block_target(max_bytes);
+        let mut n_bytes = 0usize;
         loop {
             let room = if batch.frames.is_empty() {
                 usize::MAX
             } else {
-                max_bytes.saturating_sub(batch.data.len())
+                max_bytes.saturating_sub(n_bytes)
             };
             let step = self
                 .parser
@@ -764,24 +769,43 @@ impl CaptureReader {
                     }
                 }
             }
-            let (Ok(data_start), Ok(cap_len)) = (u32::try_from(batch.data.len()), u32::try_from(rec.data.len())) else {
-                // Unreachable with the clamped limits; never write a wrong offset.
+            let Ok(cap_len) = u32::try_from(rec.data.len()) else {
+                // Unreachable with the clamped limits.
                 break;
             };
-            batch.data.extend_from_slice(rec.data);
-            batch.frames.push(FrameMeta {
+            let meta = FrameMeta {
                 ts_us: rec.ts_us,
                 frame_no: rec.frame_no,
                 link_type: rec.link_type,
-                data_start,
+                // Set when the batch is complete (see below).
+                data_start: 0,
                 cap_len,
                 orig_len: rec.orig_len,
-            });
-            if batch.frames.len() >= max_frames || batch.data.len() >= max_bytes {
+            };
+            let off = rec.off;
+            if !self.parser.pin(off, cap_len as usize) {
+                // Unreachable with the clamped limits; never write a wrong offset.
+                break;
+            }
+            batch.frames.push(meta);
+            n_bytes += cap_len as usize;
+            if batch.frames.len() >= max_frames || n_bytes >= max_bytes {
                 break;
             }
         }
-        Ok(!batch.frames.is_empty())
+        if batch.frames.is_empty() {
+            return Ok(false);
+        }
+        // The read buffer holding the frames becomes the batch's data; the
+        // batch's previous buffer becomes the read buffer.
+        let frames = &mut batch.frames;
+        let recycled = std::mem::take(&mut batch.data);
+        batch.data = self.parser.take_block(recycled, |i, start| {
+            if let Some(m) = frames.get_mut(i) {
+                m.data_start = start;
+            }
+        });
+        Ok(true)
     }
 
     pub fn stats(&self) -> &ReaderStats {

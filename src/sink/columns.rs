@@ -2,6 +2,8 @@
 //! of types rows use, so each table is declared once (see `tables.rs`) and
 //! its Parquet schema, its columns and its documentation all follow from it.
 
+use std::sync::Arc;
+
 use polars::prelude::*;
 
 /// A timestamp: microseconds since the Unix epoch, UTC (CONTRACT: `ts`).
@@ -117,6 +119,32 @@ impl ColumnValue for String {
     }
     fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
         StringChunked::from_iter_values(name.into(), values.map(|s| s.as_str())).into_column()
+    }
+}
+
+/// A string shared between rows (per-message rows repeat their
+/// connection's addresses, info hash and capture name).
+impl ColumnValue for Arc<str> {
+    fn dtype() -> DataType {
+        DataType::String
+    }
+    fn type_doc() -> &'static str {
+        "str"
+    }
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
+        StringChunked::from_iter_values(name.into(), values.map(|s| &**s)).into_column()
+    }
+}
+
+impl ColumnValue for Option<Arc<str>> {
+    fn dtype() -> DataType {
+        DataType::String
+    }
+    fn type_doc() -> &'static str {
+        "str?"
+    }
+    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
+        StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
     }
 }
 

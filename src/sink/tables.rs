@@ -3,6 +3,8 @@
 //! below (a test keeps docs/SCHEMA.md equal to [`schema_markdown`]).
 //! Column names follow CONTRACT.md; additions are documented here.
 
+use std::sync::Arc;
+
 use polars::prelude::*;
 
 use super::columns::{ColumnValue, Ts};
@@ -155,13 +157,13 @@ tables! {
     peer_messages => PeerMessageRow {
         ts: Ts = "Time of the packet that completed the message (for piece: its 13-byte header).",
         frame: u64 = "That packet's frame number in its capture.",
-        capture: String = "Input file name.",
+        capture: Arc<str> = "Input file name.",
         conn_id: u64 = "Connection.",
-        src_ip: String = "Sender address.",
+        src_ip: Arc<str> = "Sender address.",
         src_port: u32 = "Sender port.",
-        dst_ip: String = "Receiver address.",
+        dst_ip: Arc<str> = "Receiver address.",
         dst_port: u32 = "Receiver port.",
-        info_hash: Option<String> = "Info hash of the connection.",
+        info_hash: Option<Arc<str>> = "Info hash of the connection.",
         msg: &'static str = "handshake, keepalive, choke, unchoke, interested, not_interested, have, bitfield, request, piece, cancel, port, suggest, have_all, have_none, reject, allowed_fast, extended, hash_request, hashes, hash_reject, unknown.",
         ext: Option<String> = "For msg=extended: extension name (handshake, ut_metadata, ut_pex, lt_donthave, upload_only, ut_holepunch, …; `id:N` when the name is unknown).",
         piece: Option<u32> = "Piece index (have, request, piece, cancel, reject, suggest, allowed_fast; hash messages: index).",
