@@ -31,10 +31,14 @@ if ! "$py" -c 'import polars, numpy, matplotlib, nbclient, nbformat, ipykernel' 
 fi
 
 swarmtap() {
+  # The test suite has just built the dev binary; a release one is used
+  # when present. Building release only for this would cost CI ~15 minutes.
   if [ -x target/release/swarmtap ]; then
     target/release/swarmtap "$@"
+  elif [ -x target/debug/swarmtap ]; then
+    target/debug/swarmtap "$@"
   else
-    cargo run --release --quiet -- "$@"
+    cargo run --quiet -- "$@"
   fi
 }
 
