@@ -634,6 +634,24 @@ pub struct FlowInfo {
     pub first_ts: i64,
 }
 
+/// A peer-wire session for a TCP flow.
+fn tcp_session(info: &FlowInfo, midstream: bool, limits: &Limits, messages: bool) -> Box<PeerSession> {
+    Box::new(PeerSession::new(
+        SessionInit {
+            conn_id: info.conn_id,
+            flow_id: info.conn_id,
+            capture: info.capture,
+            transport: "tcp",
+            orig: info.ends[ORIG],
+            resp: info.ends[RESP],
+            first_ts: info.first_ts,
+            midstream,
+        },
+        limits,
+        messages,
+    ))
+}
+
 /// Hands a reassembled chunk to the flow's application, deciding what the
 /// application is on the first payload.
 #[allow(clippy::too_many_arguments)]
@@ -655,20 +673,7 @@ fn app_feed(
         *app = if d.get(..n) == HANDSHAKE_PREFIX.get(..n) && !d.is_empty()
             || midstream && !looks_like_tls(d) && !looks_like_http(d)
         {
-            TcpApp::PeerWire(Box::new(PeerSession::new(
-                SessionInit {
-                    conn_id: info.conn_id,
-                    flow_id: info.conn_id,
-                    capture: info.capture,
-                    transport: "tcp",
-                    orig: info.ends[ORIG],
-                    resp: info.ends[RESP],
-                    first_ts: info.first_ts,
-                    midstream,
-                },
-                limits,
-                messages,
-            )))
+            TcpApp::PeerWire(tcp_session(info, midstream, limits, messages))
         } else if looks_like_tracker_request(d) {
             TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, side, true, limits.tracker_http)))
         } else if crate::proto::tracker_http::looks_like_http_response(d) {
@@ -692,20 +697,7 @@ fn app_feed(
             // The exchange selected plaintext: decode from the handshake on.
             // The other direction's handshake went inside the encrypted
             // initial payload, so that side is hunted for boundaries.
-            let mut s = Box::new(PeerSession::new(
-                SessionInit {
-                    conn_id: info.conn_id,
-                    flow_id: info.conn_id,
-                    capture: info.capture,
-                    transport: "tcp",
-                    orig: info.ends[ORIG],
-                    resp: info.ends[RESP],
-                    first_ts: info.first_ts,
-                    midstream: true,
-                },
-                limits,
-                messages,
-            ));
+            let mut s = tcp_session(info, true, limits, messages);
             s.set_mse_handshake();
             let other = 1 - found;
             let heads = std::mem::take(&mut scan.head);
