@@ -38,6 +38,9 @@ pub struct Limits {
     /// bitfield, libtorrent's message cap); longer bitfields are truncated
     /// and counted.
     pub max_pieces: u32,
+    /// Addresses whose geolocation is cached (`--geoip`); each entry is about
+    /// 150 bytes, so 2^18 ≈ 40 MB. Past it the cache starts over.
+    pub max_geo_cache: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.
     pub max_anomaly_rows_per_kind: u64,
@@ -117,6 +120,7 @@ impl Default for Limits {
             max_peers: 1 << 20,
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,
+            max_geo_cache: 1 << 18,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
             max_ltep_handshake: 64 * 1024,
@@ -162,6 +166,8 @@ pub struct Settings {
     /// `upload_rate_above_link`. 10 Gbit/s (1.25e9 B/s) is the fastest
     /// access link a home or seedbox client is likely to have.
     pub audit_max_link_bps: f64,
+    /// Geolocation databases (`--geoip`); without them the geo columns are null.
+    pub geo: Option<std::sync::Arc<crate::geo::GeoDb>>,
 }
 
 impl Default for Settings {
@@ -174,6 +180,7 @@ impl Default for Settings {
             threads: 0,
             n_shards: 64,
             audit_max_link_bps: 1.25e9,
+            geo: None,
         }
     }
 }

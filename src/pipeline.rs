@@ -341,6 +341,9 @@ pub fn analyze(
     rows.connections.sort_by_key(|r| r.conn_id);
     summary.n_connections += rows.connections.len() as u64;
     swarm.finish(&mut rows);
+    if let Some(geo) = &settings.geo {
+        geo.annotate_peers(&mut rows.peers);
+    }
     audit.finish(&mut rows);
     dht.finish(&mut rows);
     if n_dropped_peers > 0 {

@@ -205,6 +205,12 @@ tables! {
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
         sources: Vec<String> = "Where it was seen: wire, tracker, dht, pex, lsd, probe.",
+        country: Option<String> = "ISO 3166-1 country code of peer_ip (`--geoip` City or Country database; null without one, and for private addresses).",
+        city: Option<String> = "City (English name) from a `--geoip` City database.",
+        latitude: Option<f64> = "Approximate latitude from a `--geoip` City database.",
+        longitude: Option<f64> = "Approximate longitude from a `--geoip` City database.",
+        asn: Option<u64> = "Autonomous system number from a `--geoip` ASN database.",
+        as_org: Option<String> = "Autonomous system organisation from a `--geoip` ASN database.",
     }
 
     /// One row per torrent (info_hash).
