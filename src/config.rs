@@ -41,6 +41,12 @@ pub struct Limits {
     /// Addresses whose geolocation is cached (`--geoip`); each entry is about
     /// 150 bytes, so 2^18 ≈ 40 MB. Past it the cache starts over.
     pub max_geo_cache: usize,
+    /// Rows buffered for Parquet row groups, over all tables (bytes,
+    /// estimated). A table's rows are written when it has a full row group
+    /// (64 Ki rows) or, when the tables together pass this, the largest
+    /// buffer is written early: without it twenty slowly filling tables
+    /// could each hold most of a row group until the end of the run.
+    pub sink_buffer_bytes: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.
     pub max_anomaly_rows_per_kind: u64,
@@ -121,6 +127,7 @@ impl Default for Limits {
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,
             max_geo_cache: 1 << 18,
+            sink_buffer_bytes: 24 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
             max_ltep_handshake: 64 * 1024,

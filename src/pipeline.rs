@@ -129,7 +129,7 @@ pub fn analyze(
     let progress = std::io::stderr().is_terminal();
     let names = capture_names(&inputs);
     let names = Arc::new(names);
-    let sink = SinkThread::to_dir(out_dir)?;
+    let sink = SinkThread::to_dir_with_budget(out_dir, settings.limits.sink_buffer_bytes)?;
 
     let mut ctx = ShardContext::default();
     let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);

@@ -84,6 +84,27 @@ macro_rules! tables {
                 $( sink.push(&mut self.$table, batch.$table)?; )*
                 Ok(())
             }
+            /// Bytes buffered over all tables (an estimate).
+            pub fn buffered_bytes(&self, sink: &W) -> usize {
+                0 $( + sink.buffered_bytes(&self.$table) )*
+            }
+            /// While the tables together buffer more than `budget` bytes,
+            /// writes out the largest buffer as a row group: tables that
+            /// fill slowly would otherwise each hold up to a full row group
+            /// until the end, and memory would grow with the capture.
+            pub fn enforce_budget(&mut self, sink: &mut W, budget: usize) -> PolarsResult<()> {
+                while self.buffered_bytes(sink) > budget {
+                    let mut largest = (0usize, "");
+                    $( let b = sink.buffered_bytes(&self.$table);
+                       if b > largest.0 { largest = (b, stringify!($table)); } )*
+                    match largest.1 {
+                        "" => break,
+                        $( stringify!($table) => sink.flush(&mut self.$table)?, )*
+                        _ => break,
+                    }
+                }
+                Ok(())
+            }
             pub fn finish(self, sink: &mut W) -> PolarsResult<()> {
                 $( sink.finish(self.$table)?; )*
                 Ok(())
