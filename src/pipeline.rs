@@ -37,7 +37,7 @@ use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
 /// Frame data per batch: large enough to amortise the per-batch merge and
 /// thread hand-offs, small enough to keep a few batches in memory.
 const BATCH_BYTES: usize = 8 << 20;
-const BATCH_FRAMES: usize = 32 * 1024;
+const BATCH_FRAMES: usize = 8 * 1024;
 
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default)]
