@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -25,6 +26,7 @@ use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::tracker::AnnounceMark;
 use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
+use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
@@ -32,6 +34,7 @@ use crate::flow::table::{Shard, ShardContext};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
+use crate::sink::writer::Interval;
 use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
 
 /// Frame data per batch: large enough to amortise the per-batch merge and
@@ -735,4 +738,236 @@ fn process_batch(
         shard.sweep(now);
     });
     rows
+}
+
+/// How a live run is bounded and rotated.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub capture: LiveOptions,
+    /// Interval length (wall clock): every table is written once per interval.
+    pub rotate: Duration,
+    /// Stop after this long (`--duration`).
+    pub duration: Option<Duration>,
+}
+
+/// Signals a live run watches (set from signal handlers or by a caller).
+#[derive(Debug, Clone, Default)]
+pub struct LiveControl {
+    /// Finish: flush everything and return (SIGINT, SIGTERM).
+    pub stop: Arc<AtomicBool>,
+    /// Rotate now (SIGHUP).
+    pub rotate: Arc<AtomicBool>,
+}
+
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// What one live interval saw, for its `capture_stats` row.
+struct IntervalStats {
+    interval: Interval,
+    started: Instant,
+    first_ts: Option<i64>,
+    last_ts: Option<i64>,
+    n_packets: u64,
+    n_bytes: u64,
+    n_truncated: u64,
+    /// Counter totals at the interval's start.
+    base_ours: u64,
+    base_kernel: u64,
+    base_ifdrop: u64,
+}
+
+impl IntervalStats {
+    fn new(interval: Interval, c: &LiveCounters) -> Self {
+        IntervalStats {
+            interval,
+            started: Instant::now(),
+            first_ts: None,
+            last_ts: None,
+            n_packets: 0,
+            n_bytes: 0,
+            n_truncated: 0,
+            base_ours: c.n_dropped_ours.load(Ordering::Relaxed),
+            base_kernel: c.pcap_dropped.load(Ordering::Relaxed),
+            base_ifdrop: c.pcap_ifdropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&mut self, b: &FrameBatch) {
+        for f in &b.frames {
+            self.first_ts = Some(self.first_ts.map_or(f.ts_us, |t| t.min(f.ts_us)));
+            self.last_ts = Some(self.last_ts.map_or(f.ts_us, |t| t.max(f.ts_us)));
+            self.n_bytes += u64::from(f.orig_len);
+            self.n_truncated += u64::from(f.cap_len < f.orig_len);
+        }
+        self.n_packets += b.frames.len() as u64;
+    }
+
+    fn row(&self, name: &str, c: CaptureCounts, sizes: StateSizes, end_us: i64, lc: &LiveCounters) -> CaptureStatsRow {
+        // libpcap's counters are 32-bit and wrap; a difference taken with
+        // wrapping arithmetic on the low 32 bits survives one wrap.
+        let delta32 = |now: u64, base: u64| u64::from((now as u32).wrapping_sub(base as u32));
+        let ours = lc.n_dropped_ours.load(Ordering::Relaxed) - self.base_ours;
+        let kernel = delta32(lc.pcap_dropped.load(Ordering::Relaxed), self.base_kernel);
+        let ifdrop = delta32(lc.pcap_ifdropped.load(Ordering::Relaxed), self.base_ifdrop);
+        CaptureStatsRow {
+            capture: name.to_string(),
+            first_ts: self.first_ts.map(Ts),
+            last_ts: self.last_ts.map(Ts),
+            n_packets: self.n_packets,
+            n_bytes: self.n_bytes,
+            n_decode_errors: c.n_decode_errors,
+            n_truncated: self.n_truncated,
+            truncated_tail: false,
+            n_anomalies: c.n_anomalies,
+            n_dropped: ours + kernel + ifdrop,
+            n_filtered_out: 0,
+            n_not_ip: c.n_not_ip,
+            n_other_ip: c.n_other_ip,
+            n_fragments: c.n_fragments,
+            n_tcp: c.n_tcp,
+            n_udp: c.n_udp,
+            interval_start: Some(Ts(self.interval.start_us)),
+            interval_end: Some(Ts(end_us)),
+            n_dropped_ours: Some(ours),
+            n_dropped_kernel: Some(kernel),
+            n_dropped_ifdrop: Some(ifdrop),
+            n_flows_live: Some(sizes.n_flows),
+            n_peers_live: Some(sizes.n_peers),
+            n_torrents_live: Some(sizes.n_torrents),
+            n_dht_nodes_live: Some(sizes.n_dht_nodes),
+        }
+    }
+}
+
+/// Summary of a live run: the analyze summary plus the drop counters.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSummary {
+    pub run: RunSummary,
+    pub n_intervals: u64,
+    pub n_dropped_ours: u64,
+    pub n_dropped_kernel: u64,
+    pub n_dropped_ifdrop: u64,
+}
+
+impl LiveSummary {
+    pub fn render(&self) -> String {
+        format!(
+            "{}; {} interval(s); dropped: {} by swarmtap, {} by the kernel, {} by the interface",
+            self.run.render(),
+            self.n_intervals,
+            self.n_dropped_ours,
+            self.n_dropped_kernel,
+            self.n_dropped_ifdrop
+        )
+    }
+}
+
+/// Runs the pipeline on a live interface until `control.stop` is set, the
+/// `--count` or `--duration` bound is reached, or the capture fails,
+/// writing hive-partitioned tables into `out_dir` (see
+/// [`crate::sink::writer::RotatingSink`]). At each rotation (interval
+/// elapsed, or `control.rotate` set) the rows of the long-lived state are
+/// written as snapshots (see [`Engine::snapshot`]) with the interval's
+/// `capture_stats`; at the end everything is finished as `analyze` does at
+/// the end of input, into the last interval.
+pub fn live(
+    ls: &LiveSettings,
+    out_dir: &Path,
+    settings: &Settings,
+    control: &LiveControl,
+) -> Result<LiveSummary, String> {
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let name = ls.capture.iface.clone();
+    let mut engine = Engine::new(settings, Arc::new(vec![name.clone()]), Vec::new())?;
+    let (tx, rx) = sync_channel::<FrameBatch>(ls.capture.queue_batches.max(1));
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
+    let counters = Arc::new(LiveCounters::default());
+    let cap = crate::capture::live::start(&ls.capture, control.stop.clone(), counters.clone(), tx, recycle_rx)?;
+    let mut iv = IntervalStats::new(
+        Interval {
+            start_us: wall_us(),
+            seq: 0,
+        },
+        &counters,
+    );
+    let sink = SinkThread::rotating(out_dir, iv.interval)?;
+    let idle = settings.limits.live_state_idle_us;
+    let mut n_intervals = 1u64;
+    let mut n_anomalies = 0u64;
+    let mut last_progress = Instant::now();
+    let rotate_every = ls.rotate.max(Duration::from_millis(100));
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(batch) => {
+                iv.add(&batch);
+                engine.batch(&batch, &mut |rows| sink.send(rows))?;
+                let _ = recycle_tx.send(batch);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if ls.duration.is_some_and(|d| started.elapsed() >= d) {
+            control.stop.store(true, Ordering::SeqCst);
+        }
+        if control.rotate.swap(false, Ordering::SeqCst) || iv.started.elapsed() >= rotate_every {
+            let end = wall_us();
+            let mut rows = engine.snapshot(idle);
+            let sizes = engine.state_sizes();
+            let c = engine.take_counts(&name);
+            n_anomalies += c.n_anomalies;
+            rows.capture_stats.push(iv.row(&name, c, sizes, end, &counters));
+            sink.send(rows)?;
+            let next = Interval {
+                start_us: end,
+                seq: iv.interval.seq + 1,
+            };
+            sink.rotate(next)?;
+            iv = IntervalStats::new(next, &counters);
+            n_intervals += 1;
+        }
+        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprint!(
+                "\r  {:>10} packets  {:>9.1} MB  {:>8} flows  dropped {} ours, {} kernel   ",
+                engine.summary.n_packets,
+                engine.summary.n_bytes as f64 / 1e6,
+                engine.n_flows(),
+                counters.n_dropped_ours.load(Ordering::Relaxed),
+                counters.pcap_dropped.load(Ordering::Relaxed),
+            );
+        }
+    }
+    let capture_result = cap
+        .handle
+        .join()
+        .unwrap_or_else(|_| Err("the capture thread panicked".into()));
+    if progress {
+        eprint!("\r{:100}\r", "");
+    }
+    // The end: every flow closes, the swarm finishes, into the last interval.
+    let sizes = engine.state_sizes();
+    let (mut rows, counts, mut summary) = engine.finish();
+    let counts = counts.get(&name).copied().unwrap_or_default();
+    let end = wall_us();
+    rows.capture_stats.push(iv.row(&name, counts, sizes, end, &counters));
+    n_anomalies += counts.n_anomalies;
+    sink.send(rows)?;
+    sink.finish()?;
+    summary.n_inputs = 1;
+    summary.n_anomalies = n_anomalies;
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    capture_result?;
+    Ok(LiveSummary {
+        run: summary,
+        n_intervals,
+        n_dropped_ours: counters.n_dropped_ours.load(Ordering::Relaxed),
+        n_dropped_kernel: u64::from(counters.pcap_dropped.load(Ordering::Relaxed) as u32),
+        n_dropped_ifdrop: u64::from(counters.pcap_ifdropped.load(Ordering::Relaxed) as u32),
+    })
 }
