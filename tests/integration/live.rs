@@ -494,3 +494,86 @@ fn live_sigint_flushes_every_table_and_exits_0() {
     assert!(u64s(&stats, "n_packets")[0].unwrap_or(0) > 6000);
     assert_eq!(u64s(&live_table(&out, "connections"), "conn_id").len(), 38);
 }
+
+/// Without root: the engine driven as `live` drives it (small batches, a
+/// snapshot after each) through the rotating writer. Each interval is a
+/// complete set of files; the snapshots only grow (counts never go back);
+/// and the latest rows equal analyze's exactly, timestamps included (the
+/// packets are the file's).
+#[test]
+fn snapshots_through_the_rotating_sink_converge_to_analyze() {
+    use swarmtap::capture::{CaptureReader, FrameBatch, InputSpec};
+    use swarmtap::config::Settings;
+    use swarmtap::pipeline::Engine;
+    use swarmtap::sink::writer::Interval;
+    use swarmtap::sink::SinkThread;
+
+    let pcap = sample("http.pcap");
+    let want = run(std::slice::from_ref(&pcap), &[]);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("live");
+    let settings = Settings::default();
+    let mut engine = Engine::new(&settings, std::sync::Arc::new(vec!["http.pcap".into()]), Vec::new()).expect("engine");
+    let mut iv = Interval {
+        start_us: 1_700_000_000_000_000,
+        seq: 0,
+    };
+    let sink = SinkThread::rotating(&out, iv).expect("sink");
+    let mut r = CaptureReader::open(&InputSpec::Path(pcap.clone()), None).expect("open");
+    let mut b = FrameBatch::default();
+    while r.read_batch(&mut b, 1 << 20, 1000).expect("read") {
+        engine.batch(&b, &mut |rows| sink.send(rows)).expect("batch");
+        sink.send(engine.snapshot(settings.limits.live_state_idle_us))
+            .expect("snapshot");
+        iv = Interval {
+            start_us: iv.start_us + 1_000_000,
+            seq: iv.seq + 1,
+        };
+        sink.rotate(iv).expect("rotate");
+    }
+    let (rows, _, _) = engine.finish();
+    sink.send(rows).expect("final");
+    sink.finish().expect("finish");
+    let n_intervals = iv.seq as usize + 1;
+    assert_eq!(n_intervals, 8, "6586 frames in batches of 1000, and the last interval");
+    for t in TABLE_NAMES {
+        assert_eq!(part_files(&out, t).len(), n_intervals, "{t}");
+    }
+    // Names and partitions: 2023-11-14 22:13:20 UTC onwards.
+    let first = &part_files(&out, "flows")[0];
+    assert!(
+        first.ends_with("flows/date=2023-11-14/hour=22/part-20231114T221320Z-000000.parquet"),
+        "{}",
+        first.display()
+    );
+    let no_ts = ["interval_start"];
+    let key = ["conn_id"];
+    for (t, k) in [
+        ("connections", &key[..]),
+        ("flows", &key[..]),
+        ("peers", &["info_hash", "peer_ip", "peer_port"][..]),
+        ("torrents", &["info_hash"][..]),
+    ] {
+        let l = latest(&live_table(&out, t), k);
+        let a = table(&want, t).sort(k.to_vec(), Default::default()).expect("sort");
+        assert_same(&without(&l, &no_ts), &a, t);
+    }
+    assert_same(
+        &without(&live_table(&out, "peer_messages"), &no_ts),
+        &table(&want, "peer_messages"),
+        "peer_messages",
+    );
+    // Snapshots of a connection never go back.
+    let all = live_table(&out, "connections");
+    let mut last: BTreeMap<u64, u64> = BTreeMap::new();
+    for (id, n) in u64s(&all, "conn_id").into_iter().zip(u64s(&all, "piece_bytes_resp")) {
+        let (id, n) = (id.unwrap_or(0), n.unwrap_or(0));
+        let prev = last.insert(id, n).unwrap_or(0);
+        assert!(n >= prev, "connection {id}: {prev} then {n}");
+    }
+    let open = strs(&live_table(&out, "flows"), "end_reason")
+        .into_iter()
+        .filter(|r| r.as_deref() == Some("open"))
+        .count();
+    assert!(open > 50, "{open} open-flow snapshot rows");
+}
