@@ -91,7 +91,7 @@ pub struct LiveArgs {
     /// Stop after this long (same syntax as --rotate).
     #[arg(long = "duration", value_parser = parse_duration)]
     pub duration: Option<std::time::Duration>,
-    /// Stop after this many packets.
+    /// Stop after this many packets (as libpcap delivers them, after -f; dropped ones included).
     #[arg(long = "count")]
     pub count: Option<u64>,
     /// Worker threads (default: all cores).

@@ -582,10 +582,15 @@ impl Shard {
                     let retrans: u64 = t.reasm.iter().map(|r| r.stats().retrans_bytes).sum();
                     let app = match &t.app {
                         TcpApp::PeerWire(s) => {
-                            let mut row = s.snapshot_row(&self.out);
-                            row.last_ts = Ts(f.last_ts);
-                            row.gap_bytes = gap;
-                            rows.connections.push(row);
+                            // A mid-stream session still hunting for framing
+                            // may yet give up (then no connection row is
+                            // ever written): no snapshot row before it frames.
+                            if s.is_peer_wire() {
+                                let mut row = s.snapshot_row(&self.out);
+                                row.last_ts = Ts(f.last_ts);
+                                row.gap_bytes = gap;
+                                rows.connections.push(row);
+                            }
                             "peer_wire"
                         }
                         TcpApp::Mse(_) => {
