@@ -25,6 +25,9 @@ struct Netns {
     /// Namespace and interface that captures.
     rx_ns: String,
     rx_if: String,
+    /// Processes started in the namespaces, killed on drop if still there
+    /// (a failed assertion must not leave a capture running).
+    pids: std::cell::RefCell<Vec<u32>>,
 }
 
 fn sh(args: &[&str]) -> bool {
@@ -55,6 +58,7 @@ impl Netns {
             tx_if: format!("swx{id}"),
             rx_ns: format!("swrx{id}"),
             rx_if: format!("swr{id}"),
+            pids: Default::default(),
         };
         if !sh(&["ip", "netns", "add", &n.tx_ns]) {
             eprintln!("skipping live test: `ip netns add` failed (no ip, or no CAP_SYS_ADMIN)");
@@ -123,6 +127,7 @@ impl Netns {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn swarmtap live");
+        self.pids.borrow_mut().push(child.id());
         let t0 = Instant::now();
         while !out.join("capture_stats").is_dir() {
             assert!(t0.elapsed() < Duration::from_secs(20), "swarmtap live did not start");
@@ -133,19 +138,29 @@ impl Netns {
 
     /// Replays `pcap` into the sending end (`how`: tcpreplay rate options).
     fn replay(&self, pcap: &Path, how: &[&str]) -> Child {
-        Command::new("ip")
+        let child = Command::new("ip")
             .args(["netns", "exec", &self.tx_ns, "tcpreplay", "-q", "-i", &self.tx_if])
             .args(how)
             .arg(pcap)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("spawn tcpreplay")
+            .expect("spawn tcpreplay");
+        self.pids.borrow_mut().push(child.id());
+        child
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        for pid in self.pids.borrow().iter() {
+            // Only our own children: `ip netns exec` became the program.
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let ours = cmd.windows(8).any(|w| w == b"swarmtap") || cmd.windows(9).any(|w| w == b"tcpreplay");
+            if ours {
+                sh(&["kill", "-9", &pid.to_string()]);
+            }
+        }
         sh(&["ip", "netns", "del", &self.tx_ns]);
         sh(&["ip", "netns", "del", &self.rx_ns]);
     }
@@ -576,4 +591,31 @@ fn snapshots_through_the_rotating_sink_converge_to_analyze() {
         .filter(|r| r.as_deref() == Some("open"))
         .count();
     assert!(open > 50, "{open} open-flow snapshot rows");
+}
+
+/// On a quiet link: SIGHUP rotates at once (a second interval, every table
+/// in both), and SIGTERM stops cleanly even though no packet arrives to
+/// wake the capture.
+#[test]
+fn live_sighup_rotates_and_sigterm_stops_a_quiet_capture() {
+    let Some(ns) = Netns::new() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("live");
+    let mut live = ns.live(&out, &["--rotate", "15m"]);
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&live, "-HUP");
+    let t0 = Instant::now();
+    while part_files(&out, "capture_stats").is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(5), "SIGHUP did not rotate");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(&live, "-TERM");
+    let st = wait_for(&mut live, Duration::from_secs(5));
+    assert!(st.success(), "{st:?}");
+    for t in TABLE_NAMES {
+        assert_eq!(part_files(&out, t).len(), 2, "{t}");
+    }
+    let stats = live_table(&out, "capture_stats");
+    assert_eq!(u64s(&stats, "n_packets"), vec![Some(0), Some(0)]);
+    assert_eq!(u64s(&stats, "n_dropped"), vec![Some(0), Some(0)]);
 }
