@@ -844,6 +844,15 @@ impl IntervalStats {
     }
 }
 
+/// Sets a stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// Summary of a live run: the analyze summary plus the drop counters.
 #[derive(Debug, Clone, Default)]
 pub struct LiveSummary {
@@ -889,6 +898,8 @@ pub fn live(
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let counters = Arc::new(LiveCounters::default());
     let cap = crate::capture::live::start(&ls.capture, control.stop.clone(), counters.clone(), tx, recycle_rx)?;
+    // Any early return (the output cannot be written) stops the capture.
+    let _stop_guard = StopOnDrop(control.stop.clone());
     let mut iv = IntervalStats::new(
         Interval {
             start_us: wall_us(),

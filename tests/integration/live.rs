@@ -619,3 +619,31 @@ fn live_sighup_rotates_and_sigterm_stops_a_quiet_capture() {
     assert_eq!(u64s(&stats, "n_packets"), vec![Some(0), Some(0)]);
     assert_eq!(u64s(&stats, "n_dropped"), vec![Some(0), Some(0)]);
 }
+
+/// Unusable interface, filter or duration: a one-line reason, exit 1, and
+/// nothing written.
+#[test]
+fn live_cli_errors_are_one_line_and_nonzero() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("o");
+    let o = out.to_str().unwrap_or_default();
+    for args in [
+        vec!["live", "-i", "swtnosuchif0", "-o", o],
+        vec!["live", "-i", "lo", "-f", "tcp and and", "-o", o],
+    ] {
+        let r = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+            .args(&args)
+            .output()
+            .expect("runs");
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
+    let r = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["live", "-i", "lo", "--rotate", "5x", "-o", o])
+        .output()
+        .expect("runs");
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unknown unit"));
+}
