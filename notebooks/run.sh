@@ -96,7 +96,11 @@ analyze "$here/target/nb-empty-out" "$empty_in"
 datasets+=("empty=$here/target/nb-empty-out")
 
 if [ -d "$shared" ]; then
-  analyze "$here/target/nb-corpus-out" "$shared" --torrents "$shared/tcoppi__BittorrentReconstituter"
+  geoip=()
+  if [ -f "$here/target/geoip/GeoLite2-City.mmdb" ]; then  # fetched by tests/setup.sh
+    geoip=(--geoip "$here/target/geoip/GeoLite2-City.mmdb")
+  fi
+  analyze "$here/target/nb-corpus-out" "$shared" --torrents "$shared/tcoppi__BittorrentReconstituter" "${geoip[@]}"
   datasets+=("corpus=$here/target/nb-corpus-out")
 else
   echo "run.sh: $shared not found: skipping the dataset of other captures"

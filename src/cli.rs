@@ -48,6 +48,10 @@ pub struct AnalyzeArgs {
     /// .torrent files or directories of them: piece counts, names, completion.
     #[arg(long = "torrents")]
     pub torrents: Vec<PathBuf>,
+    /// MaxMind-format database (GeoLite2/GeoIP2 City, Country or ASN; DB-IP
+    /// lite): country, city, coordinates and AS of peers. Repeatable.
+    #[arg(long = "geoip", value_name = "MMDB")]
+    pub geoip: Vec<PathBuf>,
     /// Worker threads (default: all cores). The output does not depend on it.
     #[arg(long = "threads", default_value_t = 0)]
     pub threads: usize,

@@ -38,6 +38,15 @@ pub struct Limits {
     /// bitfield, libtorrent's message cap); longer bitfields are truncated
     /// and counted.
     pub max_pieces: u32,
+    /// Addresses whose geolocation is cached (`--geoip`); each entry is about
+    /// 150 bytes, so 2^18 ≈ 40 MB. Past it the cache starts over.
+    pub max_geo_cache: usize,
+    /// Rows buffered for Parquet row groups, over all tables (bytes,
+    /// estimated). A table's rows are written when it has a full row group
+    /// (64 Ki rows) or, when the tables together pass this, the largest
+    /// buffer is written early: without it twenty slowly filling tables
+    /// could each hold most of a row group until the end of the run.
+    pub sink_buffer_bytes: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.
     pub max_anomaly_rows_per_kind: u64,
@@ -125,6 +134,8 @@ impl Default for Limits {
             max_peers: 1 << 20,
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,
+            max_geo_cache: 1 << 18,
+            sink_buffer_bytes: 24 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
             max_ltep_handshake: 64 * 1024,
@@ -171,6 +182,8 @@ pub struct Settings {
     /// `upload_rate_above_link`. 10 Gbit/s (1.25e9 B/s) is the fastest
     /// access link a home or seedbox client is likely to have.
     pub audit_max_link_bps: f64,
+    /// Geolocation databases (`--geoip`); without them the geo columns are null.
+    pub geo: Option<std::sync::Arc<crate::geo::GeoDb>>,
 }
 
 impl Default for Settings {
@@ -183,6 +196,7 @@ impl Default for Settings {
             threads: 0,
             n_shards: 64,
             audit_max_link_bps: 1.25e9,
+            geo: None,
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod flow;
+pub mod geo;
 pub mod pipeline;
 pub mod proto;
 pub mod sink;

@@ -95,6 +95,10 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
         threads: a.threads,
         ..Settings::default()
     };
+    if !a.geoip.is_empty() {
+        let db = swarmtap::geo::GeoDb::open(&a.geoip, settings.limits.max_geo_cache)?;
+        settings.geo = Some(std::sync::Arc::new(db));
+    }
     if let Some(m) = a.max_flows {
         settings.limits.max_flows = m.max(1);
     }

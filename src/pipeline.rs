@@ -353,6 +353,9 @@ impl Engine {
         rows.connections.append(&mut held);
         rows.connections.sort_by_key(|r| r.conn_id);
         self.swarm.snapshot(&mut rows);
+        if let Some(geo) = &self.settings.geo {
+            geo.annotate_peers(&mut rows.peers);
+        }
         self.audit.snapshot(&mut rows);
         self.dht.snapshot(&mut rows);
         if self.watermark != i64::MIN {
@@ -398,6 +401,9 @@ impl Engine {
         rows.connections.sort_by_key(|r| r.conn_id);
         self.summary.n_connections += rows.connections.len() as u64;
         self.swarm.finish(&mut rows);
+        if let Some(geo) = &self.settings.geo {
+            geo.annotate_peers(&mut rows.peers);
+        }
         self.audit.finish(&mut rows);
         self.dht.finish(&mut rows);
         if n_dropped_peers > 0 {
@@ -433,7 +439,7 @@ pub fn analyze(
     let progress = std::io::stderr().is_terminal();
     let names = capture_names(&inputs);
     let names = Arc::new(names);
-    let sink = SinkThread::to_dir(out_dir)?;
+    let sink = SinkThread::to_dir_with_budget(out_dir, settings.limits.sink_buffer_bytes)?;
     let mut engine = Engine::new(settings, names.clone(), torrents)?;
 
     // Reader thread: inputs in order, two batches ahead at most. Used
@@ -907,7 +913,7 @@ pub fn live(
         },
         &counters,
     );
-    let sink = SinkThread::rotating(out_dir, iv.interval)?;
+    let sink = SinkThread::rotating(out_dir, iv.interval, settings.limits.sink_buffer_bytes)?;
     let idle = settings.limits.live_state_idle_us;
     let mut n_intervals = 1u64;
     let mut n_anomalies = 0u64;

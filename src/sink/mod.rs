@@ -37,8 +37,15 @@ pub struct SinkThread {
 }
 
 impl SinkThread {
-    /// Starts a writer of `DIR/<table>.parquet` for every table.
+    /// Starts a writer of `DIR/<table>.parquet` for every table, with the
+    /// default row buffer budget.
     pub fn to_dir(dir: &Path) -> Result<SinkThread, String> {
+        Self::to_dir_with_budget(dir, crate::config::Limits::default().sink_buffer_bytes)
+    }
+
+    /// As [`SinkThread::to_dir`], buffering at most about `budget` bytes of
+    /// rows over all tables (see `Limits::sink_buffer_bytes`).
+    pub fn to_dir_with_budget(dir: &Path, budget: usize) -> Result<SinkThread, String> {
         let mut sink =
             DirSink::new(dir).map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
         let mut writers =
@@ -51,6 +58,7 @@ impl SinkThread {
                     if let SinkMsg::Rows(batch) = msg {
                         writers
                             .push(&mut sink, *batch)
+                            .and_then(|()| writers.enforce_budget(&mut sink, budget))
                             .map_err(|e| format!("writing Parquet: {e}"))?;
                     }
                 }
@@ -65,9 +73,10 @@ impl SinkThread {
 
     /// Starts a live writer: every table of each interval as one file in
     /// `DIR/<table>/date=…/hour=…/` (see [`RotatingSink`]), starting with
-    /// `first`. Every table gets a file per interval, empty ones included,
-    /// so each interval is complete on its own.
-    pub fn rotating(dir: &Path, first: Interval) -> Result<SinkThread, String> {
+    /// `first`, buffering at most about `budget` bytes of rows. Every table
+    /// gets a file per interval, empty ones included, so each interval is
+    /// complete on its own.
+    pub fn rotating(dir: &Path, first: Interval, budget: usize) -> Result<SinkThread, String> {
         let mut sink = RotatingSink::new(dir, first)
             .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
         let writers = TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
@@ -80,6 +89,7 @@ impl SinkThread {
                     match msg {
                         SinkMsg::Rows(batch) => writers
                             .push(&mut sink, *batch)
+                            .and_then(|()| writers.enforce_budget(&mut sink, budget))
                             .map_err(|e| format!("writing Parquet: {e}"))?,
                         SinkMsg::Rotate(next) => {
                             writers
@@ -127,5 +137,56 @@ impl SinkThread {
             Some(h) => h.join().map_err(|_| "the Parquet writer panicked".to_string())?,
             None => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use polars::prelude::*;
+
+    #[test]
+    fn the_buffer_budget_bounds_memory_and_keeps_every_row() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut sink = DirSink::new(tmp.path()).unwrap();
+        let mut w = TableWriters::open(&mut sink).unwrap();
+        let budget = 64 * 1024;
+        let (mut n_msgs, mut n_anoms) = (0u64, 0u64);
+        for step in 0..200u64 {
+            let mut b = RowBatch::default();
+            for i in 0..50 {
+                b.peer_messages.push(PeerMessageRow {
+                    frame: step * 100 + i,
+                    msg: "have",
+                    ..Default::default()
+                });
+            }
+            b.anomalies.push(AnomalyRow {
+                frame: Some(step),
+                layer: "test",
+                kind: format!("k{}", step % 3),
+                ..Default::default()
+            });
+            n_msgs += 50;
+            n_anoms += 1;
+            w.push(&mut sink, b).unwrap();
+            w.enforce_budget(&mut sink, budget).unwrap();
+            assert!(
+                w.buffered_bytes(&sink) <= budget,
+                "step {step}: {}",
+                w.buffered_bytes(&sink)
+            );
+        }
+        w.finish(&mut sink).unwrap();
+        let read = |t: &str| {
+            let f = std::fs::File::open(tmp.path().join(format!("{t}.parquet"))).unwrap();
+            ParquetReader::new(f).finish().unwrap()
+        };
+        let m = read("peer_messages");
+        assert_eq!(m.height() as u64, n_msgs);
+        // Rows keep their order across the early row groups.
+        let frames: Vec<u64> = m.column("frame").unwrap().u64().unwrap().into_no_null_iter().collect();
+        assert!(frames.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(read("anomalies").height() as u64, n_anoms);
     }
 }

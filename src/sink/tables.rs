@@ -84,6 +84,27 @@ macro_rules! tables {
                 $( sink.push(&mut self.$table, batch.$table)?; )*
                 Ok(())
             }
+            /// Bytes buffered over all tables (an estimate).
+            pub fn buffered_bytes(&self, sink: &W) -> usize {
+                0 $( + sink.buffered_bytes(&self.$table) )*
+            }
+            /// While the tables together buffer more than `budget` bytes,
+            /// writes out the largest buffer as a row group: tables that
+            /// fill slowly would otherwise each hold up to a full row group
+            /// until the end, and memory would grow with the capture.
+            pub fn enforce_budget(&mut self, sink: &mut W, budget: usize) -> PolarsResult<()> {
+                while self.buffered_bytes(sink) > budget {
+                    let mut largest = (0usize, "");
+                    $( let b = sink.buffered_bytes(&self.$table);
+                       if b > largest.0 { largest = (b, stringify!($table)); } )*
+                    match largest.1 {
+                        "" => break,
+                        $( stringify!($table) => sink.flush(&mut self.$table)?, )*
+                        _ => break,
+                    }
+                }
+                Ok(())
+            }
             pub fn finish(self, sink: &mut W) -> PolarsResult<()> {
                 $( sink.finish(self.$table)?; )*
                 Ok(())
@@ -205,6 +226,12 @@ tables! {
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
         sources: Vec<String> = "Where it was seen: wire, tracker, dht, pex, lsd, probe.",
+        country: Option<String> = "ISO 3166-1 country code of peer_ip (`--geoip` City or Country database; null without one, and for private addresses).",
+        city: Option<String> = "City (English name) from a `--geoip` City database.",
+        latitude: Option<f64> = "Approximate latitude from a `--geoip` City database.",
+        longitude: Option<f64> = "Approximate longitude from a `--geoip` City database.",
+        asn: Option<u64> = "Autonomous system number from a `--geoip` ASN database.",
+        as_org: Option<String> = "Autonomous system organisation from a `--geoip` ASN database.",
     }
 
     /// One row per torrent (info_hash).

@@ -18,6 +18,20 @@ pub trait TableSink {
     fn open<R: Row>(&mut self) -> PolarsResult<Self::For<R>>;
     fn push<R: Row>(&mut self, t: &mut Self::For<R>, rows: Vec<R>) -> PolarsResult<()>;
     fn finish<R: Row>(&mut self, t: Self::For<R>) -> PolarsResult<()>;
+    /// Bytes of rows buffered for the next row group (an estimate).
+    fn buffered_bytes<R: Row>(&self, _t: &Self::For<R>) -> usize {
+        0
+    }
+    /// Writes the buffered rows out now, as a (smaller) row group.
+    fn flush<R: Row>(&mut self, _t: &mut Self::For<R>) -> PolarsResult<()> {
+        Ok(())
+    }
+}
+
+/// Estimated memory of `n` buffered rows: the struct plus a typical heap
+/// share for its strings and lists.
+pub fn row_bytes<R: Row>(n: usize) -> usize {
+    n * (std::mem::size_of::<R>() + 32)
 }
 
 /// One table's Parquet file being written.
@@ -99,6 +113,14 @@ impl TableSink for DirSink {
             write_group(t)?;
         }
         Ok(())
+    }
+
+    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
+        row_bytes::<R>(t.buf.len())
+    }
+
+    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
+        write_group(t)
     }
 
     fn finish<R: Row>(&mut self, mut t: TableFile<R>) -> PolarsResult<()> {
@@ -227,6 +249,14 @@ impl TableSink for RotatingSink {
             write_group(t)?;
         }
         Ok(())
+    }
+
+    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
+        row_bytes::<R>(t.buf.len())
+    }
+
+    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
+        write_group(t)
     }
 
     fn finish<R: Row>(&mut self, mut t: TableFile<R>) -> PolarsResult<()> {
