@@ -79,9 +79,17 @@ SCHEMA: dict[str, dict[str, pl.DataType]] = _load_schema()
 # rotation may write a fresh row for the same entity; `Dataset.table` keeps the
 # latest one (by the time column) so both layouts read the same way.
 ENTITY_KEYS = {
+    # Live output writes these at every rotation (snapshots) and when a
+    # flow ends; the latest row of each key wins (by interval_start, then
+    # last_ts). first_ts is part of the flow key because conn_id (a frame
+    # number) starts again when swarmtap live restarts.
+    "flows": (["conn_id", "first_ts"], "last_ts"),
+    "connections": (["conn_id", "first_ts"], "last_ts"),
     "peers": (["info_hash", "peer_ip", "peer_port"], "last_ts"),
     "torrents": (["info_hash"], "last_ts"),
-    "announce_audit": (["tracker_ip", "info_hash", "client_ip", "peer_id"], "last_ts"),
+    "announce_audit": (["tracker_ip", "tracker_port", "transport", "info_hash", "client_ip", "peer_id"], "last_ts"),
+    "dht_nodes": (["node_id", "node_ip", "node_port"], "last_ts"),
+    "dht_infohashes": (["info_hash"], "last_ts"),
 }
 
 
@@ -197,6 +205,7 @@ class Dataset:
         if dedupe and "hive" in kinds and name in ENTITY_KEYS and df.height:
             keys, order = ENTITY_KEYS[name]
             keys = [k for k in keys if k in df.columns]
+            order = (["interval_start"] if "interval_start" in df.columns else []) + [order]
             df = df.sort(order, nulls_last=False).unique(subset=keys, keep="last", maintain_order=True)
         self.status[name] = "missing" if not files else ("rows" if df.height else "empty")
         self._cache[key] = df

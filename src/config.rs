@@ -111,6 +111,14 @@ pub struct Limits {
     /// BEP 51 samples). ~120 bytes each: 2^18 ≈ 30 MB; past it new ones are
     /// counted, not tracked (`dht_infohash_table_full`).
     pub max_dht_infohashes: usize,
+    /// Live capture: peers, torrents, DHT nodes and info hashes not seen
+    /// for this long (packet time) are forgotten at a rotation, right after
+    /// the snapshot that holds their last state. One hour: clients
+    /// re-announce every 30 min and send keep-alives every 2 min, so a peer
+    /// silent for an hour has left the swarm as far as a tap can tell; a
+    /// sensor running for days then holds what is active, not everything
+    /// it ever saw (the max_* bounds above still cap a burst).
+    pub live_state_idle_us: i64,
 }
 
 impl Default for Limits {
@@ -149,6 +157,7 @@ impl Default for Limits {
             lsd: LsdLimits::default(),
             max_dht_nodes: 1 << 18,
             max_dht_infohashes: 1 << 18,
+            live_state_idle_us: 3600 * 1_000_000,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use swarmtap::capture::{expand_inputs, InputSpec};
-use swarmtap::cli::{AnalyzeArgs, Cli, Command};
+use swarmtap::cli::{AnalyzeArgs, Cli, Command, LiveArgs};
 use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::{hex, parse_torrent, Metainfo};
 
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let res = match cli.command {
         Command::Analyze(a) => analyze(a),
+        Command::Live(a) => live(a),
         Command::Summary { dir } => swarmtap::summary::print(&dir),
         Command::Torrent { file } => torrent(&file),
     };
@@ -102,6 +103,59 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
         settings.limits.max_flows = m.max(1);
     }
     let summary = swarmtap::pipeline::analyze(inputs, a.filter.clone(), &a.output, &settings, torrents)?;
+    eprintln!("swarmtap: {}", summary.render());
+    eprintln!("swarmtap: wrote {}", a.output.display());
+    Ok(())
+}
+
+fn live(a: LiveArgs) -> Result<(), String> {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use swarmtap::capture::live::LiveOptions;
+    use swarmtap::pipeline::{LiveControl, LiveSettings};
+
+    if !(0.0..=1.0).contains(&a.threshold) || a.threshold == 0.0 {
+        return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));
+    }
+    let mut settings = Settings {
+        threshold: a.threshold,
+        messages: !a.no_messages,
+        rate_window_s: a.rate_window.max(1),
+        threads: a.threads,
+        ..Settings::default()
+    };
+    if let Some(m) = a.max_flows {
+        settings.limits.max_flows = m.max(1);
+    }
+    let control = LiveControl {
+        stop: Arc::new(AtomicBool::new(false)),
+        rotate: Arc::new(AtomicBool::new(false)),
+    };
+    // SIGINT/SIGTERM ask for a clean stop (flush, exit 0); a second one
+    // while stopping exits at once (status 130), as users expect of ^C^C.
+    // SIGHUP rotates.
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for sig in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(sig, 130, control.stop.clone())
+            .and_then(|_| signal_hook::flag::register(sig, control.stop.clone()))
+            .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    }
+    signal_hook::flag::register(SIGHUP, control.rotate.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let ls = LiveSettings {
+        capture: LiveOptions {
+            iface: a.interface.clone(),
+            filter: a.filter.clone(),
+            snaplen: a.snaplen.max(64),
+            promisc: !a.no_promisc,
+            buffer_bytes: a.buffer_mb.clamp(1, 2047).saturating_mul(1 << 20),
+            max_packets: a.count,
+            ..LiveOptions::default()
+        },
+        rotate: a.rotate,
+        duration: a.duration,
+    };
+    let summary = swarmtap::pipeline::live(&ls, &a.output, &settings, &control)?;
     eprintln!("swarmtap: {}", summary.render());
     eprintln!("swarmtap: wrote {}", a.output.display());
     Ok(())

@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::mpsc::sync_channel;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
@@ -25,6 +26,7 @@ use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::tracker::AnnounceMark;
 use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
+use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
@@ -32,6 +34,7 @@ use crate::flow::table::{Shard, ShardContext};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
+use crate::sink::writer::Interval;
 use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
 
 /// Frame data per batch: large enough to amortise the per-batch merge and
@@ -117,6 +120,313 @@ impl AnomalyGate {
     }
 }
 
+/// The packet-processing core shared by `analyze` and `live`: the flow
+/// shards, the sequential swarm, DHT and audit state, and the per-capture
+/// counters. A source (files, an interface) feeds it [`FrameBatch`]es in
+/// order; `analyze` asks for the final rows at the end of input, `live` also
+/// asks for snapshots of the long-lived state at every rotation.
+pub struct Engine {
+    settings: Settings,
+    names: Arc<Vec<String>>,
+    pool: rayon::ThreadPool,
+    shards: Vec<Shard>,
+    n_shards: usize,
+    swarm: Swarm,
+    audit: Audit,
+    dht: DhtAggregate,
+    counts: HashMap<String, DecodeCounts>,
+    gate: AnomalyGate,
+    watermark: i64,
+    held_conns: Vec<ConnectionRow>,
+    current_capture: u32,
+    /// Counters for the summary line.
+    pub summary: RunSummary,
+}
+
+/// Decode outcomes of one capture (or live interval), for `capture_stats`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CaptureCounts {
+    pub n_decode_errors: u64,
+    pub n_not_ip: u64,
+    pub n_other_ip: u64,
+    pub n_fragments: u64,
+    pub n_tcp: u64,
+    pub n_udp: u64,
+    pub n_anomalies: u64,
+}
+
+impl From<&DecodeCounts> for CaptureCounts {
+    fn from(c: &DecodeCounts) -> Self {
+        CaptureCounts {
+            n_decode_errors: c.errors,
+            n_not_ip: c.not_ip,
+            n_other_ip: c.other_ip,
+            n_fragments: c.fragments,
+            n_tcp: c.tcp,
+            n_udp: c.udp,
+            n_anomalies: c.anomalies,
+        }
+    }
+}
+
+/// Sizes of the long-lived state, reported per live interval.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StateSizes {
+    pub n_flows: u64,
+    pub n_peers: u64,
+    pub n_torrents: u64,
+    pub n_dht_nodes: u64,
+}
+
+impl Engine {
+    /// `names`: the `capture` column of each input by index; `torrents`:
+    /// metainfo from --torrents.
+    pub fn new(settings: &Settings, names: Arc<Vec<String>>, torrents: Vec<Metainfo>) -> Result<Engine, String> {
+        let mut ctx = ShardContext::default();
+        let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
+        let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
+        let audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
+        let dht = DhtAggregate::new(&settings.limits);
+        for m in torrents {
+            for h in m.wire_hashes() {
+                ctx.shapes.insert(
+                    h,
+                    TorrentShape {
+                        n_pieces: Some(m.n_pieces),
+                        piece_length: u32::try_from(m.piece_length).ok(),
+                    },
+                );
+            }
+            swarm.add_metainfo(m, "torrent_file");
+        }
+        let ctx = Arc::new(ctx);
+        let n_shards = settings.n_shards.max(1);
+        let shards: Vec<Shard> = (0..n_shards)
+            .map(|_| {
+                Shard::new(
+                    settings.limits,
+                    n_shards,
+                    settings.messages,
+                    ctx.clone(),
+                    ShardOut {
+                        capture_names: names.clone(),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(settings.threads)
+            .thread_name(|i| format!("swarmtap-worker-{i}"))
+            .build()
+            .map_err(|e| format!("cannot start worker threads: {e}"))?;
+        Ok(Engine {
+            settings: settings.clone(),
+            names,
+            pool,
+            shards,
+            n_shards,
+            swarm,
+            audit,
+            dht,
+            counts: HashMap::new(),
+            gate: AnomalyGate {
+                max_rows: settings.limits.max_anomaly_rows_per_kind,
+                seen: HashMap::new(),
+            },
+            watermark: i64::MIN,
+            held_conns: Vec::new(),
+            current_capture: 0,
+            summary: RunSummary::default(),
+        })
+    }
+
+    /// Live flows in the shards (for progress lines).
+    pub fn n_flows(&self) -> usize {
+        self.shards.iter().map(|s| s.n_flows()).sum()
+    }
+
+    /// Processes one batch; `emit` receives the rows (once or twice: a new
+    /// input that does not continue the previous one ends the flows first).
+    pub fn batch(
+        &mut self,
+        batch: &FrameBatch,
+        emit: &mut impl FnMut(RowBatch) -> Result<(), String>,
+    ) -> Result<(), String> {
+        // A new input that does not continue the previous one in time (it
+        // starts before the previous ended, or after every flow would have
+        // expired) is a separate capture: its packets must not join flows of
+        // the last one. Rotated files of one tap continue each other.
+        if batch.capture_idx != self.current_capture {
+            let first = batch.frames.first().map(|f| f.ts_us);
+            let watermark = self.watermark;
+            if let (Some(t0), true) = (first, watermark != i64::MIN) {
+                let idle = self.settings.limits.tcp_idle_us.max(self.settings.limits.udp_idle_us);
+                if t0 < watermark || t0 - watermark > idle {
+                    let mut rows = self.pool.install(|| {
+                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark));
+                        RowBatch::default()
+                    });
+                    let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+                    let marks = take_marks(&mut self.shards);
+                    finish_rows(&mut rows);
+                    self.audit.observe(&events, &marks);
+                    self.audit.observe_rows(&rows);
+                    self.swarm.apply(events, unattributed, &mut rows);
+                    self.swarm.end_segment(&mut rows);
+                    self.dht.apply(dht_obs);
+                    hold_unattributed(&mut rows, &mut self.held_conns);
+                    rows.peer_progress.sort_by_key(|r| r.frame);
+                    self.gate.filter(&mut rows, &mut self.counts);
+                    self.summary.n_connections += rows.connections.len() as u64;
+                    emit(rows)?;
+                    self.watermark = i64::MIN;
+                }
+            }
+            self.current_capture = batch.capture_idx;
+        }
+        let (shards, n_shards, names, counts, watermark) = (
+            &mut self.shards,
+            self.n_shards,
+            &self.names,
+            &mut self.counts,
+            &mut self.watermark,
+        );
+        let mut rows = self
+            .pool
+            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark));
+        let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+        let marks = take_marks(&mut self.shards);
+        finish_rows(&mut rows);
+        self.audit.observe(&events, &marks);
+        self.audit.observe_rows(&rows);
+        self.swarm.apply(events, unattributed, &mut rows);
+        hold_unattributed(&mut rows, &mut self.held_conns);
+        self.dht.apply(dht_obs);
+        rows.peer_progress.sort_by_key(|r| r.frame);
+        self.gate.filter(&mut rows, &mut self.counts);
+        self.summary.n_packets += batch.frames.len() as u64;
+        self.summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
+        self.summary.n_messages += rows.peer_messages.len() as u64;
+        self.summary.n_connections += rows.connections.len() as u64;
+        emit(rows)
+    }
+
+    /// Takes the decode counters of capture `name` (live: of the interval
+    /// that ends), leaving them at zero.
+    pub fn take_counts(&mut self, name: &str) -> CaptureCounts {
+        self.counts
+            .get_mut(name)
+            .map(|c| CaptureCounts::from(&std::mem::take(c)))
+            .unwrap_or_default()
+    }
+
+    /// Sizes of the long-lived state now.
+    pub fn state_sizes(&self) -> StateSizes {
+        StateSizes {
+            n_flows: self.n_flows() as u64,
+            n_peers: self.swarm.n_peers() as u64,
+            n_torrents: self.swarm.n_torrents() as u64,
+            n_dht_nodes: self.dht.n_nodes() as u64,
+        }
+    }
+
+    /// Live capture, at a rotation: rows of the state that spans intervals,
+    /// as it is now, without ending anything. Open flows and connections
+    /// (`flows.end_reason` = `open`), every peer, torrent, announce series,
+    /// DHT node and info hash; connections held for attribution are written
+    /// for good. Then state idle for longer than `state_idle_us` of packet
+    /// time is dropped (its last snapshot is the one just written).
+    pub fn snapshot(&mut self, state_idle_us: i64) -> RowBatch {
+        let mut rows = RowBatch::default();
+        for s in &self.shards {
+            s.snapshot(&mut rows);
+        }
+        rows.flows.sort_by_key(|r| r.conn_id);
+        let mut held = std::mem::take(&mut self.held_conns);
+        for c in held.iter_mut().filter(|c| c.info_hash.is_none()) {
+            if let Some(h) = self.swarm.attribution(c.conn_id) {
+                c.info_hash = Some(hex(&h));
+                c.info_hash_source = Some("endpoint");
+            }
+        }
+        rows.connections.append(&mut held);
+        rows.connections.sort_by_key(|r| r.conn_id);
+        self.swarm.snapshot(&mut rows);
+        if let Some(geo) = &self.settings.geo {
+            geo.annotate_peers(&mut rows.peers);
+        }
+        self.audit.snapshot(&mut rows);
+        self.dht.snapshot(&mut rows);
+        if self.watermark != i64::MIN {
+            let cutoff = self.watermark.saturating_sub(state_idle_us);
+            self.swarm.expire_idle(cutoff);
+            self.dht.expire_idle(cutoff);
+        }
+        rows
+    }
+
+    /// End of input: closes every flow, then the swarm; the last rows and
+    /// each capture's decode counters (for `capture_stats`), and the summary.
+    pub fn finish(mut self) -> (RowBatch, HashMap<String, CaptureCounts>, RunSummary) {
+        let end_ts = self.watermark.max(0);
+        let shards = &mut self.shards;
+        let mut rows = self.pool.install(|| {
+            shards.par_iter_mut().for_each(|s| s.finish(end_ts));
+            RowBatch::default()
+        });
+        let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+        let marks = take_marks(&mut self.shards);
+        self.dht.apply(dht_obs);
+        for s in &self.shards {
+            self.summary.n_flows += s.stats.n_flows;
+            self.summary.n_flows_evicted += s.stats.n_flows_evicted;
+        }
+        finish_rows(&mut rows);
+        self.audit.observe(&events, &marks);
+        self.audit.observe_rows(&rows);
+        self.swarm.apply(events, unattributed, &mut rows);
+        rows.peer_progress.sort_by_key(|r| r.frame);
+        let n_dropped_peers = self.swarm.n_peers_dropped;
+        // Mid-stream connections held back get the torrent they were attributed
+        // to (now or at the swarm's last retry).
+        rows.connections.append(&mut self.held_conns);
+        self.swarm.retry_all(&mut rows);
+        for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
+            if let Some(h) = self.swarm.attribution(c.conn_id) {
+                c.info_hash = Some(hex(&h));
+                c.info_hash_source = Some("endpoint");
+            }
+        }
+        rows.connections.sort_by_key(|r| r.conn_id);
+        self.summary.n_connections += rows.connections.len() as u64;
+        self.swarm.finish(&mut rows);
+        if let Some(geo) = &self.settings.geo {
+            geo.annotate_peers(&mut rows.peers);
+        }
+        self.audit.finish(&mut rows);
+        self.dht.finish(&mut rows);
+        if n_dropped_peers > 0 {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                layer: "analyze",
+                kind: "peer_table_full".into(),
+                detail: Some(format!("{n_dropped_peers} peer events not tracked (max_peers)")),
+                ..Default::default()
+            });
+        }
+        self.gate.filter(&mut rows, &mut self.counts);
+        self.summary.n_messages += rows.peer_messages.len() as u64;
+        self.summary.n_torrents = rows.torrents.len() as u64;
+        self.summary.n_peers = rows.peers.len() as u64;
+        let counts = self
+            .counts
+            .iter()
+            .map(|(k, v)| (k.clone(), CaptureCounts::from(v)))
+            .collect();
+        (rows, counts, self.summary)
+    }
+}
+
 /// Runs `analyze` over `inputs`, writing every table into `out_dir`.
 pub fn analyze(
     inputs: Vec<InputSpec>,
@@ -130,46 +440,7 @@ pub fn analyze(
     let names = capture_names(&inputs);
     let names = Arc::new(names);
     let sink = SinkThread::to_dir_with_budget(out_dir, settings.limits.sink_buffer_bytes)?;
-
-    let mut ctx = ShardContext::default();
-    let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
-    let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
-    let mut audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
-    let mut dht = DhtAggregate::new(&settings.limits);
-    for m in torrents {
-        for h in m.wire_hashes() {
-            ctx.shapes.insert(
-                h,
-                TorrentShape {
-                    n_pieces: Some(m.n_pieces),
-                    piece_length: u32::try_from(m.piece_length).ok(),
-                },
-            );
-        }
-        swarm.add_metainfo(m, "torrent_file");
-    }
-    let ctx = Arc::new(ctx);
-    let n_shards = settings.n_shards.max(1);
-    let mut shards: Vec<Shard> = (0..n_shards)
-        .map(|_| {
-            Shard::new(
-                settings.limits,
-                n_shards,
-                settings.messages,
-                ctx.clone(),
-                ShardOut {
-                    capture_names: names.clone(),
-                    ..Default::default()
-                },
-            )
-        })
-        .collect();
-
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(settings.threads)
-        .thread_name(|i| format!("swarmtap-worker-{i}"))
-        .build()
-        .map_err(|e| format!("cannot start worker threads: {e}"))?;
+    let mut engine = Engine::new(settings, names.clone(), torrents)?;
 
     // Reader thread: inputs in order, two batches ahead at most. Used
     // batches come back over `recycle_tx` so their blocks are reused.
@@ -208,21 +479,9 @@ pub fn analyze(
         })
         .map_err(|e| format!("cannot start reader thread: {e}"))?;
 
-    let mut summary = RunSummary {
-        n_inputs: inputs.len(),
-        ..Default::default()
-    };
-    let mut counts: HashMap<String, DecodeCounts> = HashMap::new();
-    let mut gate = AnomalyGate {
-        max_rows: settings.limits.max_anomaly_rows_per_kind,
-        seen: HashMap::new(),
-    };
     let mut reader_stats: Vec<(u32, Box<ReaderStats>)> = Vec::new();
-    let mut watermark = i64::MIN;
     let mut last_progress = Instant::now();
     let mut failure: Option<String> = None;
-    let mut held_conns: Vec<ConnectionRow> = Vec::new();
-    let mut current_capture = 0u32;
 
     for msg in rx {
         let batch = match msg {
@@ -236,65 +495,19 @@ pub fn analyze(
                 break;
             }
         };
-        // A new input that does not continue the previous one in time (it
-        // starts before the previous ended, or after every flow would have
-        // expired) is a separate capture: its packets must not join flows of
-        // the last one. Rotated files of one tap continue each other.
-        if batch.capture_idx != current_capture {
-            let first = batch.frames.first().map(|f| f.ts_us);
-            if let (Some(t0), true) = (first, watermark != i64::MIN) {
-                let idle = settings.limits.tcp_idle_us.max(settings.limits.udp_idle_us);
-                if t0 < watermark || t0 - watermark > idle {
-                    let mut rows = pool.install(|| {
-                        shards.par_iter_mut().for_each(|s| s.finish(watermark));
-                        RowBatch::default()
-                    });
-                    let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
-                    let marks = take_marks(&mut shards);
-                    finish_rows(&mut rows);
-                    audit.observe(&events, &marks);
-                    audit.observe_rows(&rows);
-                    swarm.apply(events, unattributed, &mut rows);
-                    swarm.end_segment(&mut rows);
-                    dht.apply(dht_obs);
-                    hold_unattributed(&mut rows, &mut held_conns);
-                    rows.peer_progress.sort_by_key(|r| r.frame);
-                    gate.filter(&mut rows, &mut counts);
-                    summary.n_connections += rows.connections.len() as u64;
-                    sink.send(rows)?;
-                    watermark = i64::MIN;
-                }
-            }
-            current_capture = batch.capture_idx;
-        }
-        let mut rows =
-            pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
-        let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
-        let marks = take_marks(&mut shards);
-        finish_rows(&mut rows);
-        audit.observe(&events, &marks);
-        audit.observe_rows(&rows);
-        swarm.apply(events, unattributed, &mut rows);
-        hold_unattributed(&mut rows, &mut held_conns);
-        dht.apply(dht_obs);
-        rows.peer_progress.sort_by_key(|r| r.frame);
-        gate.filter(&mut rows, &mut counts);
-        summary.n_packets += batch.frames.len() as u64;
-        summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
-        summary.n_messages += rows.peer_messages.len() as u64;
-        summary.n_connections += rows.connections.len() as u64;
-        sink.send(rows)?;
+        engine.batch(&batch, &mut |rows| sink.send(rows))?;
         // The reader may be gone (last batch); then the block is dropped.
         let _ = recycle_tx.send(batch);
         if progress && last_progress.elapsed().as_millis() >= 250 {
             last_progress = Instant::now();
             let secs = started.elapsed().as_secs_f64();
+            let s = &engine.summary;
             eprint!(
                 "\r  {:>10} packets  {:>9.1} MB  {:>7.0} MB/s  {:>8} flows   ",
-                summary.n_packets,
-                summary.n_bytes as f64 / 1e6,
-                summary.n_bytes as f64 / 1e6 / secs.max(1e-9),
-                shards.iter().map(|s| s.n_flows()).sum::<usize>()
+                s.n_packets,
+                s.n_bytes as f64 / 1e6,
+                s.n_bytes as f64 / 1e6 / secs.max(1e-9),
+                engine.n_flows()
             );
         }
     }
@@ -310,76 +523,31 @@ pub fn analyze(
     }
 
     // End of input: close every flow, then the swarm.
-    let end_ts = watermark.max(0);
-    let mut rows = pool.install(|| {
-        shards.par_iter_mut().for_each(|s| s.finish(end_ts));
-        RowBatch::default()
-    });
-    let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
-    let marks = take_marks(&mut shards);
-    dht.apply(dht_obs);
-    for s in &shards {
-        summary.n_flows += s.stats.n_flows;
-        summary.n_flows_evicted += s.stats.n_flows_evicted;
-    }
-    finish_rows(&mut rows);
-    audit.observe(&events, &marks);
-    audit.observe_rows(&rows);
-    swarm.apply(events, unattributed, &mut rows);
-    rows.peer_progress.sort_by_key(|r| r.frame);
-    let n_dropped_peers = swarm.n_peers_dropped;
-    // Mid-stream connections held back get the torrent they were attributed
-    // to (now or at the swarm's last retry).
-    rows.connections.append(&mut held_conns);
-    swarm.retry_all(&mut rows);
-    for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
-        if let Some(h) = swarm.attribution(c.conn_id) {
-            c.info_hash = Some(hex(&h));
-            c.info_hash_source = Some("endpoint");
-        }
-    }
-    rows.connections.sort_by_key(|r| r.conn_id);
-    summary.n_connections += rows.connections.len() as u64;
-    swarm.finish(&mut rows);
-    if let Some(geo) = &settings.geo {
-        geo.annotate_peers(&mut rows.peers);
-    }
-    audit.finish(&mut rows);
-    dht.finish(&mut rows);
-    if n_dropped_peers > 0 {
-        rows.anomalies.push(crate::sink::AnomalyRow {
-            layer: "analyze",
-            kind: "peer_table_full".into(),
-            detail: Some(format!("{n_dropped_peers} peer events not tracked (max_peers)")),
-            ..Default::default()
-        });
-    }
-    gate.filter(&mut rows, &mut counts);
-    summary.n_messages += rows.peer_messages.len() as u64;
-    summary.n_torrents = rows.torrents.len() as u64;
-    summary.n_peers = rows.peers.len() as u64;
+    let (mut rows, counts, mut summary) = engine.finish();
+    summary.n_inputs = inputs.len();
 
     reader_stats.sort_by_key(|(i, _)| *i);
     for (idx, st) in &reader_stats {
         let name = names.get(*idx as usize).cloned().unwrap_or_default();
-        let c = counts.get(&name).cloned().unwrap_or_default();
+        let c = counts.get(&name).copied().unwrap_or_default();
         rows.capture_stats.push(CaptureStatsRow {
             capture: name,
             first_ts: st.first_ts_us.map(Ts),
             last_ts: st.last_ts_us.map(Ts),
             n_packets: st.n_records,
             n_bytes: st.n_bytes,
-            n_decode_errors: c.errors,
+            n_decode_errors: c.n_decode_errors,
             n_truncated: st.n_snaplen_cut,
             truncated_tail: st.truncated_tail,
-            n_anomalies: c.anomalies + st.n_bad_blocks + u64::from(st.truncated_tail),
+            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail),
             n_dropped: 0,
             n_filtered_out: st.n_filtered_out,
-            n_not_ip: c.not_ip,
-            n_other_ip: c.other_ip,
-            n_fragments: c.fragments,
-            n_tcp: c.tcp,
-            n_udp: c.udp,
+            n_not_ip: c.n_not_ip,
+            n_other_ip: c.n_other_ip,
+            n_fragments: c.n_fragments,
+            n_tcp: c.n_tcp,
+            n_udp: c.n_udp,
+            ..Default::default()
         });
     }
     summary.n_anomalies = rows.capture_stats.iter().map(|c| c.n_anomalies).sum();
@@ -576,4 +744,247 @@ fn process_batch(
         shard.sweep(now);
     });
     rows
+}
+
+/// How a live run is bounded and rotated.
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub capture: LiveOptions,
+    /// Interval length (wall clock): every table is written once per interval.
+    pub rotate: Duration,
+    /// Stop after this long (`--duration`).
+    pub duration: Option<Duration>,
+}
+
+/// Signals a live run watches (set from signal handlers or by a caller).
+#[derive(Debug, Clone, Default)]
+pub struct LiveControl {
+    /// Finish: flush everything and return (SIGINT, SIGTERM).
+    pub stop: Arc<AtomicBool>,
+    /// Rotate now (SIGHUP).
+    pub rotate: Arc<AtomicBool>,
+}
+
+fn wall_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// What one live interval saw, for its `capture_stats` row.
+struct IntervalStats {
+    interval: Interval,
+    started: Instant,
+    first_ts: Option<i64>,
+    last_ts: Option<i64>,
+    n_packets: u64,
+    n_bytes: u64,
+    n_truncated: u64,
+    /// Counter totals at the interval's start.
+    base_ours: u64,
+    base_kernel: u64,
+    base_ifdrop: u64,
+}
+
+impl IntervalStats {
+    fn new(interval: Interval, c: &LiveCounters) -> Self {
+        IntervalStats {
+            interval,
+            started: Instant::now(),
+            first_ts: None,
+            last_ts: None,
+            n_packets: 0,
+            n_bytes: 0,
+            n_truncated: 0,
+            base_ours: c.n_dropped_ours.load(Ordering::Relaxed),
+            base_kernel: c.pcap_dropped.load(Ordering::Relaxed),
+            base_ifdrop: c.pcap_ifdropped.load(Ordering::Relaxed),
+        }
+    }
+
+    fn add(&mut self, b: &FrameBatch) {
+        for f in &b.frames {
+            self.first_ts = Some(self.first_ts.map_or(f.ts_us, |t| t.min(f.ts_us)));
+            self.last_ts = Some(self.last_ts.map_or(f.ts_us, |t| t.max(f.ts_us)));
+            self.n_bytes += u64::from(f.orig_len);
+            self.n_truncated += u64::from(f.cap_len < f.orig_len);
+        }
+        self.n_packets += b.frames.len() as u64;
+    }
+
+    fn row(&self, name: &str, c: CaptureCounts, sizes: StateSizes, end_us: i64, lc: &LiveCounters) -> CaptureStatsRow {
+        // libpcap's counters are 32-bit and wrap; a difference taken with
+        // wrapping arithmetic on the low 32 bits survives one wrap.
+        let delta32 = |now: u64, base: u64| u64::from((now as u32).wrapping_sub(base as u32));
+        let ours = lc.n_dropped_ours.load(Ordering::Relaxed) - self.base_ours;
+        let kernel = delta32(lc.pcap_dropped.load(Ordering::Relaxed), self.base_kernel);
+        let ifdrop = delta32(lc.pcap_ifdropped.load(Ordering::Relaxed), self.base_ifdrop);
+        CaptureStatsRow {
+            capture: name.to_string(),
+            first_ts: self.first_ts.map(Ts),
+            last_ts: self.last_ts.map(Ts),
+            n_packets: self.n_packets,
+            n_bytes: self.n_bytes,
+            n_decode_errors: c.n_decode_errors,
+            n_truncated: self.n_truncated,
+            truncated_tail: false,
+            n_anomalies: c.n_anomalies,
+            n_dropped: ours + kernel + ifdrop,
+            n_filtered_out: 0,
+            n_not_ip: c.n_not_ip,
+            n_other_ip: c.n_other_ip,
+            n_fragments: c.n_fragments,
+            n_tcp: c.n_tcp,
+            n_udp: c.n_udp,
+            interval_start: Some(Ts(self.interval.start_us)),
+            interval_end: Some(Ts(end_us)),
+            n_dropped_ours: Some(ours),
+            n_dropped_kernel: Some(kernel),
+            n_dropped_ifdrop: Some(ifdrop),
+            n_flows_live: Some(sizes.n_flows),
+            n_peers_live: Some(sizes.n_peers),
+            n_torrents_live: Some(sizes.n_torrents),
+            n_dht_nodes_live: Some(sizes.n_dht_nodes),
+        }
+    }
+}
+
+/// Sets a stop flag when dropped.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Summary of a live run: the analyze summary plus the drop counters.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSummary {
+    pub run: RunSummary,
+    pub n_intervals: u64,
+    pub n_dropped_ours: u64,
+    pub n_dropped_kernel: u64,
+    pub n_dropped_ifdrop: u64,
+}
+
+impl LiveSummary {
+    pub fn render(&self) -> String {
+        format!(
+            "{}; {} interval(s); dropped: {} by swarmtap, {} by the kernel, {} by the interface",
+            self.run.render(),
+            self.n_intervals,
+            self.n_dropped_ours,
+            self.n_dropped_kernel,
+            self.n_dropped_ifdrop
+        )
+    }
+}
+
+/// Runs the pipeline on a live interface until `control.stop` is set, the
+/// `--count` or `--duration` bound is reached, or the capture fails,
+/// writing hive-partitioned tables into `out_dir` (see
+/// [`crate::sink::writer::RotatingSink`]). At each rotation (interval
+/// elapsed, or `control.rotate` set) the rows of the long-lived state are
+/// written as snapshots (see [`Engine::snapshot`]) with the interval's
+/// `capture_stats`; at the end everything is finished as `analyze` does at
+/// the end of input, into the last interval.
+pub fn live(
+    ls: &LiveSettings,
+    out_dir: &Path,
+    settings: &Settings,
+    control: &LiveControl,
+) -> Result<LiveSummary, String> {
+    let started = Instant::now();
+    let progress = std::io::stderr().is_terminal();
+    let name = ls.capture.iface.clone();
+    let mut engine = Engine::new(settings, Arc::new(vec![name.clone()]), Vec::new())?;
+    let (tx, rx) = sync_channel::<FrameBatch>(ls.capture.queue_batches.max(1));
+    let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
+    let counters = Arc::new(LiveCounters::default());
+    let cap = crate::capture::live::start(&ls.capture, control.stop.clone(), counters.clone(), tx, recycle_rx)?;
+    // Any early return (the output cannot be written) stops the capture.
+    let _stop_guard = StopOnDrop(control.stop.clone());
+    let mut iv = IntervalStats::new(
+        Interval {
+            start_us: wall_us(),
+            seq: 0,
+        },
+        &counters,
+    );
+    let sink = SinkThread::rotating(out_dir, iv.interval, settings.limits.sink_buffer_bytes)?;
+    let idle = settings.limits.live_state_idle_us;
+    let mut n_intervals = 1u64;
+    let mut n_anomalies = 0u64;
+    let mut last_progress = Instant::now();
+    let rotate_every = ls.rotate.max(Duration::from_millis(100));
+    loop {
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(batch) => {
+                iv.add(&batch);
+                engine.batch(&batch, &mut |rows| sink.send(rows))?;
+                let _ = recycle_tx.send(batch);
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
+        if ls.duration.is_some_and(|d| started.elapsed() >= d) {
+            control.stop.store(true, Ordering::SeqCst);
+        }
+        if control.rotate.swap(false, Ordering::SeqCst) || iv.started.elapsed() >= rotate_every {
+            let end = wall_us();
+            let mut rows = engine.snapshot(idle);
+            let sizes = engine.state_sizes();
+            let c = engine.take_counts(&name);
+            n_anomalies += c.n_anomalies;
+            rows.capture_stats.push(iv.row(&name, c, sizes, end, &counters));
+            sink.send(rows)?;
+            let next = Interval {
+                start_us: end,
+                seq: iv.interval.seq + 1,
+            };
+            sink.rotate(next)?;
+            iv = IntervalStats::new(next, &counters);
+            n_intervals += 1;
+        }
+        if progress && last_progress.elapsed() >= Duration::from_secs(1) {
+            last_progress = Instant::now();
+            eprint!(
+                "\r  {:>10} packets  {:>9.1} MB  {:>8} flows  dropped {} ours, {} kernel   ",
+                engine.summary.n_packets,
+                engine.summary.n_bytes as f64 / 1e6,
+                engine.n_flows(),
+                counters.n_dropped_ours.load(Ordering::Relaxed),
+                counters.pcap_dropped.load(Ordering::Relaxed),
+            );
+        }
+    }
+    let capture_result = cap
+        .handle
+        .join()
+        .unwrap_or_else(|_| Err("the capture thread panicked".into()));
+    if progress {
+        eprint!("\r{:100}\r", "");
+    }
+    // The end: every flow closes, the swarm finishes, into the last interval.
+    let sizes = engine.state_sizes();
+    let (mut rows, counts, mut summary) = engine.finish();
+    let counts = counts.get(&name).copied().unwrap_or_default();
+    let end = wall_us();
+    rows.capture_stats.push(iv.row(&name, counts, sizes, end, &counters));
+    n_anomalies += counts.n_anomalies;
+    sink.send(rows)?;
+    sink.finish()?;
+    summary.n_inputs = 1;
+    summary.n_anomalies = n_anomalies;
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    capture_result?;
+    Ok(LiveSummary {
+        run: summary,
+        n_intervals,
+        n_dropped_ours: counters.n_dropped_ours.load(Ordering::Relaxed),
+        n_dropped_kernel: u64::from(counters.pcap_dropped.load(Ordering::Relaxed) as u32),
+        n_dropped_ifdrop: u64::from(counters.pcap_ifdropped.load(Ordering::Relaxed) as u32),
+    })
 }

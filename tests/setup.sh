@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Installs what swarmtap's build and tests need on a fresh Debian machine:
 # libpcap headers (live capture, BPF), tshark (the independent decoder the
-# tests compare against), and a Python venv for the notebooks when present.
+# tests compare against), tcpreplay, ethtool and iproute2 (the live-capture
+# tests replay captures across a veth pair between network namespaces), and
+# a Python venv for the notebooks when present.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sudo_=""
 [ "$(id -u)" = 0 ] || sudo_="sudo"
 need=()
-for p in libpcap-dev tshark pkg-config; do
+for p in libpcap-dev tshark pkg-config tcpreplay ethtool iproute2; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

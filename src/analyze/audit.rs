@@ -457,8 +457,12 @@ impl Audit {
         (s, r)
     }
 
-    /// One `announce_audit` row per series, in a fixed order.
-    pub fn finish(self, rows: &mut RowBatch) {
+    /// Live capture: the `announce_audit` rows as of now (state unchanged).
+    pub fn snapshot(&self, rows: &mut RowBatch) {
+        self.series_rows(rows);
+    }
+
+    fn series_rows(&self, rows: &mut RowBatch) {
         let mut order: Vec<usize> = (0..self.series.len()).collect();
         order.sort_by_key(|&i| self.series.get(i).map(|s| s.key));
         for i in order {
@@ -467,6 +471,11 @@ impl Audit {
                 rows.announce_audit.push(row);
             }
         }
+    }
+
+    /// One `announce_audit` row per series, in a fixed order.
+    pub fn finish(self, rows: &mut RowBatch) {
+        self.series_rows(rows);
         let mut note = |kind: &str, detail: String| {
             rows.anomalies.push(AnomalyRow {
                 layer: "audit",

@@ -422,7 +422,7 @@ fn message_row(
 // Run-wide aggregates
 // ---------------------------------------------------------------------------
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct NodeState {
     /// Order of first sight, for a reproducible row order.
     seq: u64,
@@ -436,7 +436,7 @@ struct NodeState {
     read_only: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct InfohashState {
     seq: u64,
     first_ts: i64,
@@ -449,7 +449,7 @@ struct InfohashState {
 }
 
 /// The run-wide `dht_nodes` and `dht_infohashes` state (sequential).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DhtAggregate {
     max_nodes: usize,
     max_infohashes: usize,
@@ -576,6 +576,27 @@ impl DhtAggregate {
                 }
             }
         }
+    }
+
+    /// Nodes tracked now.
+    pub fn n_nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Live capture: the `dht_nodes` and `dht_infohashes` rows as of now,
+    /// state unchanged (computed on a copy, bounded by the table limits).
+    pub fn snapshot(&self, rows: &mut RowBatch) {
+        let mut tmp = RowBatch::default();
+        self.clone().finish(&mut tmp);
+        rows.dht_nodes.append(&mut tmp.dht_nodes);
+        rows.dht_infohashes.append(&mut tmp.dht_infohashes);
+    }
+
+    /// Live capture: forgets nodes and info hashes last seen before
+    /// `cutoff` (packet time), after a snapshot wrote their last state.
+    pub fn expire_idle(&mut self, cutoff: i64) {
+        self.nodes.retain(|_, n| n.last_ts >= cutoff);
+        self.infohashes.retain(|_, s| s.last_ts >= cutoff);
     }
 
     /// Writes `dht_nodes` and `dht_infohashes` (in order of first sight) and

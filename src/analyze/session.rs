@@ -200,6 +200,12 @@ impl PeerSession {
         self.row(out)
     }
 
+    /// The connection's row as of now, for a live snapshot: nothing is
+    /// flushed, so a message still being framed is not counted yet.
+    pub fn snapshot_row(&self, out: &ShardOut) -> ConnectionRow {
+        self.row(out)
+    }
+
     fn row(&self, out: &ShardOut) -> ConnectionRow {
         let st = &self.st;
         let fs = [self.framers[ORIG].stats(), self.framers[RESP].stats()];

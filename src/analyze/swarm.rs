@@ -222,6 +222,7 @@ type PeerKey = ([u8; 20], SocketAddr);
 type PrefixKey = ([u8; 20], IpAddr, [u8; 8]);
 
 /// Swarm state over the whole run.
+#[derive(Clone)]
 pub struct Swarm {
     limits: Limits,
     threshold: f64,
@@ -827,6 +828,52 @@ impl Swarm {
                 first_ts: t.first_ts.map(Ts),
                 last_ts: t.last_ts.map(Ts),
             });
+        }
+    }
+
+    /// Peers tracked now.
+    pub fn n_peers(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Torrents tracked now.
+    pub fn n_torrents(&self) -> usize {
+        self.torrents.len()
+    }
+
+    /// Live capture: the `peers` and `torrents` rows the run would end with
+    /// if it ended now, leaving the state as it is. Computed on a copy
+    /// (completion needs the whole history, and finishing merges peers):
+    /// a rotation briefly holds the swarm twice, which `max_peers` bounds.
+    pub fn snapshot(&self, rows: &mut RowBatch) {
+        let mut tmp = RowBatch::default();
+        self.clone().finish(&mut tmp);
+        rows.peers.append(&mut tmp.peers);
+        rows.torrents.append(&mut tmp.torrents);
+    }
+
+    /// Live capture: forgets peers last seen before `cutoff` (packet time),
+    /// the names that point at them, and torrents idle as long that have no
+    /// peer left and no metadata from a .torrent file. Called right after a
+    /// snapshot, so the last state of what is dropped has been written.
+    pub fn expire_idle(&mut self, cutoff: i64) {
+        self.peers.retain(|_, p| p.last_ts >= cutoff);
+        let peers = &self.peers;
+        self.alias.retain(|_, k| peers.contains_key(k));
+        self.by_peer_id.retain(|_, k| peers.contains_key(k));
+        self.by_prefix.retain(|_, (l, e)| {
+            l.retain(|k| peers.contains_key(k));
+            e.retain(|k| peers.contains_key(k));
+            !l.is_empty() || !e.is_empty()
+        });
+        let live: std::collections::HashSet<[u8; 20]> = self.peers.keys().map(|k| k.0).collect();
+        self.torrents.retain(|h, t| {
+            live.contains(h) || t.metadata_source == "torrent_file" || t.last_ts.is_some_and(|l| l >= cutoff)
+        });
+        // Mid-stream attributions are looked up while a connection lives;
+        // its rows are written by then. Bounded like the peer table.
+        if self.attributed.len() > self.limits.max_peers {
+            self.attributed.clear();
         }
     }
 

@@ -28,6 +28,7 @@
 
 pub mod bpf;
 pub mod file;
+pub mod live;
 
 use std::fmt;
 use std::fs::File;

@@ -529,7 +529,19 @@ impl Shard {
             FlowApp::Udp(u) => u.finish(ctx, &info, &self.limits, self.messages, &mut self.out),
         };
         let _ = key;
-        self.out.rows.flows.push(FlowRow {
+        let row = self.flow_row(&f, app_name, gap_bytes, retrans_bytes, reason.name());
+        self.out.rows.flows.push(row);
+    }
+
+    fn flow_row(
+        &self,
+        f: &Flow,
+        app: &'static str,
+        gap_bytes: u64,
+        retrans_bytes: u64,
+        end_reason: &'static str,
+    ) -> FlowRow {
+        FlowRow {
             conn_id: f.conn_id,
             capture: self.out.capture_name(f.capture),
             proto: match f.app {
@@ -547,12 +559,58 @@ impl Shard {
             n_packets_resp: f.n_packets[RESP],
             payload_bytes_orig: f.payload[ORIG],
             payload_bytes_resp: f.payload[RESP],
-            app: app_name,
+            app,
             midstream: f.midstream,
             gap_bytes,
             retrans_bytes,
-            end_reason: reason.name(),
-        });
+            end_reason,
+        }
+    }
+
+    /// Live capture: `flows` rows (end_reason `open`) and `connections`
+    /// rows of every flow still open, as of now. Nothing is flushed or
+    /// closed: bytes waiting in reassembly, and a message still being
+    /// framed, count once they are delivered (in a later snapshot or the
+    /// final row).
+    pub fn snapshot(&self, rows: &mut crate::sink::RowBatch) {
+        let mut flows: Vec<&Flow> = self.flows.values().collect();
+        flows.sort_unstable_by_key(|f| f.conn_id);
+        for f in flows {
+            let (app, gap_bytes, retrans_bytes) = match &f.app {
+                FlowApp::Tcp(t) => {
+                    let gap: u64 = t.reasm.iter().map(|r| r.stats().gap_bytes).sum();
+                    let retrans: u64 = t.reasm.iter().map(|r| r.stats().retrans_bytes).sum();
+                    let app = match &t.app {
+                        TcpApp::PeerWire(s) => {
+                            // A mid-stream session still hunting for framing
+                            // may yet give up (then no connection row is
+                            // ever written): no snapshot row before it frames.
+                            if s.is_peer_wire() {
+                                let mut row = s.snapshot_row(&self.out);
+                                row.last_ts = Ts(f.last_ts);
+                                row.gap_bytes = gap;
+                                rows.connections.push(row);
+                            }
+                            "peer_wire"
+                        }
+                        TcpApp::Mse(_) => {
+                            rows.connections.push(self.mse_row(f, gap));
+                            "mse"
+                        }
+                        TcpApp::TrackerHttp(h) if h.is_tracker() => "tracker_http",
+                        TcpApp::TrackerHttp(_) => "http",
+                        TcpApp::Undecided => "other",
+                        TcpApp::Other(a) => a,
+                    };
+                    (app, gap, retrans)
+                }
+                FlowApp::Udp(u) => {
+                    u.snapshot(&self.out, &mut rows.connections);
+                    (u.app_name(), 0, 0)
+                }
+            };
+            rows.flows.push(self.flow_row(f, app, gap_bytes, retrans_bytes, "open"));
+        }
     }
 
     fn mse_row(&self, f: &Flow, gap_bytes: u64) -> ConnectionRow {

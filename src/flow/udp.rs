@@ -253,6 +253,11 @@ impl UdpApp {
                 );
             }
         }
+        self.app_name()
+    }
+
+    /// The flow's `app`: the kind most of its datagrams had.
+    pub fn app_name(&self) -> &'static str {
         let kinds = [UdpKind::Dht, UdpKind::TrackerUdp, UdpKind::Utp, UdpKind::Lsd];
         let best = kinds
             .iter()
@@ -263,6 +268,18 @@ impl UdpApp {
             UdpKind::Other.name()
         } else {
             best.name()
+        }
+    }
+
+    /// Rows of the flow's open uTP peer-wire connections as of now (live
+    /// snapshot; nothing is flushed or closed).
+    pub fn snapshot(&self, out: &ShardOut, rows: &mut Vec<crate::sink::ConnectionRow>) {
+        if let Some(part) = &self.utp {
+            for (_, _, s) in &part.sessions {
+                if s.is_peer_wire() {
+                    rows.push(s.snapshot_row(out));
+                }
+            }
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Rows → Parquet. The pipeline sends [`RowBatch`]es over a bounded channel
 //! to one writer thread (polars has its own thread pool; it is never called
 //! from our rayon workers), which appends them to one Parquet file per table
-//! in row groups.
+//! in row groups. A live run's writer also takes rotations: it completes
+//! every file of the interval that ends and opens the next interval's.
 
 pub mod columns;
 pub mod tables;
@@ -13,7 +14,7 @@ use std::thread::JoinHandle;
 
 pub use columns::Ts;
 pub use tables::*;
-use writer::DirSink;
+use writer::{DirSink, Interval, RotatingSink};
 
 /// Extra prose at the end of docs/SCHEMA.md.
 pub const SCHEMA_APPENDIX: &str = include_str!("schema_appendix.md");
@@ -22,9 +23,16 @@ pub const SCHEMA_APPENDIX: &str = include_str!("schema_appendix.md");
 /// both busy, few enough to bound memory (each batch is one input batch's rows).
 const CHANNEL_DEPTH: usize = 4;
 
+/// What the writer thread is sent.
+enum SinkMsg {
+    Rows(Box<RowBatch>),
+    /// Complete the current interval's files; later rows go to `Interval`.
+    Rotate(Interval),
+}
+
 /// The writer thread and the channel to it.
 pub struct SinkThread {
-    tx: Option<SyncSender<RowBatch>>,
+    tx: Option<SyncSender<SinkMsg>>,
     handle: Option<JoinHandle<Result<(), String>>>,
 }
 
@@ -42,15 +50,55 @@ impl SinkThread {
             DirSink::new(dir).map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
         let mut writers =
             TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
-        let (tx, rx) = sync_channel::<RowBatch>(CHANNEL_DEPTH);
+        let (tx, rx) = sync_channel::<SinkMsg>(CHANNEL_DEPTH);
         let handle = std::thread::Builder::new()
             .name("swarmtap-sink".into())
             .spawn(move || -> Result<(), String> {
-                for batch in rx {
-                    writers
-                        .push(&mut sink, batch)
-                        .and_then(|()| writers.enforce_budget(&mut sink, budget))
-                        .map_err(|e| format!("writing Parquet: {e}"))?;
+                for msg in rx {
+                    if let SinkMsg::Rows(batch) = msg {
+                        writers
+                            .push(&mut sink, *batch)
+                            .and_then(|()| writers.enforce_budget(&mut sink, budget))
+                            .map_err(|e| format!("writing Parquet: {e}"))?;
+                    }
+                }
+                writers.finish(&mut sink).map_err(|e| format!("finishing Parquet: {e}"))
+            })
+            .map_err(|e| format!("cannot start writer thread: {e}"))?;
+        Ok(SinkThread {
+            tx: Some(tx),
+            handle: Some(handle),
+        })
+    }
+
+    /// Starts a live writer: every table of each interval as one file in
+    /// `DIR/<table>/date=…/hour=…/` (see [`RotatingSink`]), starting with
+    /// `first`, buffering at most about `budget` bytes of rows. Every table
+    /// gets a file per interval, empty ones included, so each interval is
+    /// complete on its own.
+    pub fn rotating(dir: &Path, first: Interval, budget: usize) -> Result<SinkThread, String> {
+        let mut sink = RotatingSink::new(dir, first)
+            .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
+        let writers = TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+        let (tx, rx) = sync_channel::<SinkMsg>(CHANNEL_DEPTH);
+        let handle = std::thread::Builder::new()
+            .name("swarmtap-sink".into())
+            .spawn(move || -> Result<(), String> {
+                let mut writers = writers;
+                for msg in rx {
+                    match msg {
+                        SinkMsg::Rows(batch) => writers
+                            .push(&mut sink, *batch)
+                            .and_then(|()| writers.enforce_budget(&mut sink, budget))
+                            .map_err(|e| format!("writing Parquet: {e}"))?,
+                        SinkMsg::Rotate(next) => {
+                            writers
+                                .finish(&mut sink)
+                                .map_err(|e| format!("finishing Parquet: {e}"))?;
+                            sink.set_interval(next);
+                            writers = TableWriters::open(&mut sink).map_err(|e| format!("opening Parquet: {e}"))?;
+                        }
+                    }
                 }
                 writers.finish(&mut sink).map_err(|e| format!("finishing Parquet: {e}"))
             })
@@ -66,8 +114,18 @@ impl SinkThread {
         if batch.is_empty() {
             return Ok(());
         }
+        self.send_msg(SinkMsg::Rows(Box::new(batch)))
+    }
+
+    /// Live: completes the current interval's files (renamed into place
+    /// once synced); rows sent afterwards belong to `next`.
+    pub fn rotate(&self, next: Interval) -> Result<(), String> {
+        self.send_msg(SinkMsg::Rotate(next))
+    }
+
+    fn send_msg(&self, msg: SinkMsg) -> Result<(), String> {
         match &self.tx {
-            Some(tx) => tx.send(batch).map_err(|_| "the Parquet writer stopped".to_string()),
+            Some(tx) => tx.send(msg).map_err(|_| "the Parquet writer stopped".to_string()),
             None => Err("the Parquet writer is closed".into()),
         }
     }

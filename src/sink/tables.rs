@@ -134,7 +134,7 @@ tables! {
         midstream: bool = "TCP: no SYN was captured, the flow was picked up mid-connection.",
         gap_bytes: u64 = "TCP: stream bytes never captured (both directions).",
         retrans_bytes: u64 = "TCP: retransmitted payload bytes (both directions).",
-        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended).",
+        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), open (live snapshot: still open when the interval was written).",
     }
 
     /// One row per BitTorrent peer-wire connection (TCP or uTP, plain or encrypted).
@@ -497,7 +497,7 @@ tables! {
         n_msgs: u64 = "Messages received.",
     }
 
-    /// One row per input file (or live interval).
+    /// One row per input file (or live interval; n_packets, n_bytes and the drop counts are then the interval's).
     capture_stats => CaptureStatsRow {
         capture: String = "Input file name (- for stdin).",
         first_ts: Option<Ts> = "First frame.",
@@ -515,6 +515,15 @@ tables! {
         n_fragments: u64 = "IP fragments (not reassembled).",
         n_tcp: u64 = "TCP packets.",
         n_udp: u64 = "UDP packets.",
+        interval_start: Option<Ts> = "Live: start of the interval (wall clock); null for files.",
+        interval_end: Option<Ts> = "Live: end of the interval (rotation, signal or end of run); null for files.",
+        n_dropped_ours: Option<u64> = "Live: packets dropped because the analysis queue was full (the capture thread never waits).",
+        n_dropped_kernel: Option<u64> = "Live: packets the kernel dropped (capture buffer full; libpcap ps_drop).",
+        n_dropped_ifdrop: Option<u64> = "Live: packets the interface or driver dropped (libpcap ps_ifdrop).",
+        n_flows_live: Option<u64> = "Live: flows in the flow table at the interval's end.",
+        n_peers_live: Option<u64> = "Live: peers in the swarm state at the interval's end.",
+        n_torrents_live: Option<u64> = "Live: torrents in the swarm state at the interval's end.",
+        n_dht_nodes_live: Option<u64> = "Live: DHT nodes tracked at the interval's end.",
     }
 
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).

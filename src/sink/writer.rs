@@ -1,5 +1,7 @@
 //! Parquet writing: one file per table, written in row groups as rows
-//! arrive, so memory holds at most one row group per table.
+//! arrive, so memory holds at most one row group per table. [`DirSink`]
+//! writes `DIR/<table>.parquet` (analyze); [`RotatingSink`] writes one file
+//! per table and interval into hive partitions (live).
 
 use std::fs::File;
 use std::marker::PhantomData;
@@ -9,8 +11,8 @@ use polars::prelude::*;
 
 use super::tables::Row;
 
-/// Where tables go. Implemented by [`DirSink`] (one Parquet file per table);
-/// live capture adds a rotating sink.
+/// Where tables go. Implemented by [`DirSink`] (one Parquet file per table)
+/// and [`RotatingSink`] (one file per table and live interval).
 pub trait TableSink {
     type For<R: Row>;
     fn open<R: Row>(&mut self) -> PolarsResult<Self::For<R>>;
@@ -38,6 +40,9 @@ pub struct TableFile<R: Row> {
     buf: Vec<R>,
     tmp_path: PathBuf,
     final_path: PathBuf,
+    /// A constant timestamp column added to every row (live: the
+    /// interval's start), when the table does not declare it itself.
+    extra_ts: Option<(&'static str, i64)>,
     _row: PhantomData<R>,
 }
 
@@ -64,7 +69,13 @@ fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
     if t.buf.is_empty() {
         return Ok(());
     }
-    let df = R::to_frame(&t.buf)?;
+    let mut df = R::to_frame(&t.buf)?;
+    if let Some((name, v)) = t.extra_ts {
+        let c = Int64Chunked::full(name.into(), v, df.height())
+            .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
+            .into_column();
+        df.with_column(c)?;
+    }
     t.writer.write_batch(&df)?;
     t.buf.clear();
     Ok(())
@@ -86,6 +97,7 @@ impl TableSink for DirSink {
             buf: Vec::new(),
             tmp_path,
             final_path,
+            extra_ts: None,
             _row: PhantomData,
         })
     }
@@ -117,5 +129,166 @@ impl TableSink for DirSink {
         drop(t.writer);
         std::fs::rename(&t.tmp_path, &t.final_path)?;
         Ok(())
+    }
+}
+
+/// The column every live file carries: the start of the interval it was
+/// written in (consumers of snapshot tables keep the latest row per key).
+pub const INTERVAL_COLUMN: &str = "interval_start";
+
+/// One live interval: its start (wall clock, µs since the epoch, UTC) and
+/// its number in the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interval {
+    pub start_us: i64,
+    pub seq: u64,
+}
+
+/// Civil date (year, month, day) of a day count since 1970-01-01, in the
+/// proleptic Gregorian calendar: days are grouped into 400-year eras of
+/// 146,097 days, and years are counted from March so that the leap day
+/// ends the year.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// (date `YYYY-MM-DD`, hour `HH`, compact stamp `YYYYMMDDTHHMMSSZ`) of a
+/// time in µs since the epoch, UTC.
+pub fn utc_parts(us: i64) -> (String, String, String) {
+    let secs = us.div_euclid(1_000_000);
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let sod = secs.rem_euclid(86_400);
+    let (h, mi, se) = (sod / 3600, sod % 3600 / 60, sod % 60);
+    (
+        format!("{y:04}-{mo:02}-{d:02}"),
+        format!("{h:02}"),
+        format!("{y:04}{mo:02}{d:02}T{h:02}{mi:02}{se:02}Z"),
+    )
+}
+
+/// Writes `DIR/<table>/date=YYYY-MM-DD/hour=HH/part-<start>-<seq>.parquet`
+/// for the current [`Interval`], every file with an `interval_start`
+/// column. Each file is written as a dot-file (`.part-….parquet.tmp`, which
+/// no `*.parquet` glob and no hive reader picks up), synced to disk, then
+/// renamed: a reader sees whole files only, and a crash or power loss loses
+/// at most the interval being written.
+pub struct RotatingSink {
+    dir: PathBuf,
+    interval: Interval,
+    pub row_group_rows: usize,
+}
+
+impl RotatingSink {
+    pub fn new(dir: &Path, first: Interval) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(RotatingSink {
+            dir: dir.to_path_buf(),
+            interval: first,
+            row_group_rows: 64 * 1024,
+        })
+    }
+
+    /// Files opened from now on belong to `next`.
+    pub fn set_interval(&mut self, next: Interval) {
+        self.interval = next;
+    }
+}
+
+impl TableSink for RotatingSink {
+    type For<R: Row> = TableFile<R>;
+
+    fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
+        let (date, hour, stamp) = utc_parts(self.interval.start_us);
+        let part = self
+            .dir
+            .join(R::TABLE)
+            .join(format!("date={date}"))
+            .join(format!("hour={hour}"));
+        std::fs::create_dir_all(&part)?;
+        let name = format!("part-{stamp}-{:06}", self.interval.seq);
+        let final_path = part.join(format!("{name}.parquet"));
+        let tmp_path = part.join(format!(".{name}.parquet.tmp"));
+        let mut schema = R::schema();
+        let extra_ts = if schema.contains(INTERVAL_COLUMN) {
+            None
+        } else {
+            schema.insert_at_index(
+                schema.len(),
+                INTERVAL_COLUMN.into(),
+                DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC)),
+            )?;
+            Some((INTERVAL_COLUMN, self.interval.start_us))
+        };
+        let f = File::create(&tmp_path)?;
+        let writer = ParquetWriter::new(f)
+            .with_compression(ParquetCompression::Zstd(None))
+            .set_parallel(false)
+            .batched(&schema)?;
+        Ok(TableFile {
+            writer,
+            buf: Vec::new(),
+            tmp_path,
+            final_path,
+            extra_ts,
+            _row: PhantomData,
+        })
+    }
+
+    fn push<R: Row>(&mut self, t: &mut TableFile<R>, mut rows: Vec<R>) -> PolarsResult<()> {
+        t.buf.append(&mut rows);
+        if t.buf.len() >= self.row_group_rows {
+            write_group(t)?;
+        }
+        Ok(())
+    }
+
+    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
+        row_bytes::<R>(t.buf.len())
+    }
+
+    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
+        write_group(t)
+    }
+
+    fn finish<R: Row>(&mut self, mut t: TableFile<R>) -> PolarsResult<()> {
+        write_group(&mut t)?;
+        t.writer.finish()?;
+        drop(t.writer);
+        // The data must be on disk before the name says the file is whole.
+        File::open(&t.tmp_path)?.sync_all()?;
+        std::fs::rename(&t.tmp_path, &t.final_path)?;
+        if let Some(parent) = t.final_path.parent() {
+            File::open(parent)?.sync_all()?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(-1), (1969, 12, 31));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+        assert_eq!(civil_from_days(11_017), (2000, 3, 1));
+        // 2026-11-21
+        assert_eq!(civil_from_days(20_778), (2026, 11, 21));
+        let (d, h, s) = utc_parts(1_763_718_245_123_456);
+        assert_eq!(
+            (d.as_str(), h.as_str(), s.as_str()),
+            ("2025-11-21", "09", "20251121T094405Z")
+        );
     }
 }

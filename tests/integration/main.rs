@@ -21,6 +21,7 @@ use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
 mod geo;
+mod live;
 mod tracker;
 
 pub fn corpus() -> Option<PathBuf> {
