@@ -113,6 +113,12 @@ pub struct LiveArgs {
     /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
     #[arg(long = "max-flows")]
     pub max_flows: Option<usize>,
+    /// .torrent files or directories of them: piece counts, names, completion.
+    #[arg(long = "torrents")]
+    pub torrents: Vec<PathBuf>,
+    /// MaxMind-format database(s) for the geolocation columns of peers (see analyze).
+    #[arg(long = "geoip", value_name = "MMDB")]
+    pub geoip: Vec<PathBuf>,
 }
 
 /// A duration: a number with an optional unit (ms, s, m, h, d; seconds

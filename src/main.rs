@@ -127,6 +127,11 @@ fn live(a: LiveArgs) -> Result<(), String> {
     if let Some(m) = a.max_flows {
         settings.limits.max_flows = m.max(1);
     }
+    if !a.geoip.is_empty() {
+        let db = swarmtap::geo::GeoDb::open(&a.geoip, settings.limits.max_geo_cache)?;
+        settings.geo = Some(Arc::new(db));
+    }
+    let torrents = load_torrents(&a.torrents)?;
     let control = LiveControl {
         stop: Arc::new(AtomicBool::new(false)),
         rotate: Arc::new(AtomicBool::new(false)),
@@ -154,6 +159,7 @@ fn live(a: LiveArgs) -> Result<(), String> {
         },
         rotate: a.rotate,
         duration: a.duration,
+        torrents,
     };
     let summary = swarmtap::pipeline::live(&ls, &a.output, &settings, &control)?;
     eprintln!("swarmtap: {}", summary.render());

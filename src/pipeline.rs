@@ -754,6 +754,8 @@ pub struct LiveSettings {
     pub rotate: Duration,
     /// Stop after this long (`--duration`).
     pub duration: Option<Duration>,
+    /// Torrents known up front (`--torrents`): names, piece counts, completion.
+    pub torrents: Vec<Metainfo>,
 }
 
 /// Signals a live run watches (set from signal handlers or by a caller).
@@ -899,7 +901,7 @@ pub fn live(
     let started = Instant::now();
     let progress = std::io::stderr().is_terminal();
     let name = ls.capture.iface.clone();
-    let mut engine = Engine::new(settings, Arc::new(vec![name.clone()]), Vec::new())?;
+    let mut engine = Engine::new(settings, Arc::new(vec![name.clone()]), ls.torrents.clone())?;
     let (tx, rx) = sync_channel::<FrameBatch>(ls.capture.queue_batches.max(1));
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let counters = Arc::new(LiveCounters::default());

@@ -306,13 +306,28 @@ fn sample(name: &str) -> PathBuf {
 fn issue_7_live_capture_matches_analyze_of_the_replayed_packets() {
     let Some(ns) = Netns::new() else { return };
     let pcap = sample("http.pcap");
-    let want = run(std::slice::from_ref(&pcap), &[]);
+    // With the .torrent on both sides: piece counts and names are known.
+    let torrent = sample("http.torrent");
+    let want = run(std::slice::from_ref(&pcap), std::slice::from_ref(&torrent));
     let n_packets = u64s(&table(&want, "capture_stats"), "n_packets")[0].unwrap_or(0);
     assert_eq!(n_packets, 6586);
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("live");
     let count = n_packets.to_string();
-    let mut live = ns.live(&out, &["--count", &count, "--rotate", "1s", "--duration", "40s"]);
+    let torrent_arg = torrent.to_string_lossy().into_owned();
+    let mut live = ns.live(
+        &out,
+        &[
+            "--count",
+            &count,
+            "--rotate",
+            "1s",
+            "--duration",
+            "40s",
+            "--torrents",
+            &torrent_arg,
+        ],
+    );
     let mut replay = ns.replay(&pcap, &["--multiplier", "20"]);
     assert!(wait_for(&mut replay, Duration::from_secs(40)).success(), "tcpreplay");
     let st = wait_for(&mut live, Duration::from_secs(45));
@@ -426,6 +441,10 @@ fn issue_7_live_capture_matches_analyze_of_the_replayed_packets() {
         "torrents",
     );
     assert_eq!(u64s(&l_t, "piece_bytes"), u64s(&a_t, "piece_bytes"));
+    // --torrents reached the live pipeline: the name and piece count come
+    // from the .torrent file.
+    assert_eq!(strs(&l_t, "name"), vec![Some("swarmtap-http.bin".to_string())]);
+    assert_eq!(u64s(&l_t, "n_pieces"), vec![Some(24)]);
 
     // Tracker announces: same requests and answers.
     let a_ann = table(&want, "tracker_announces");
