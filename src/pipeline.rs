@@ -20,6 +20,8 @@ use rayon::prelude::*;
 
 use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
+use crate::analyze::metadata::MetadataAssembler;
+use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::swarm::Swarm;
 use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::tracker::AnnounceMark;
@@ -136,7 +138,13 @@ pub fn analyze(
     let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
     let mut audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
     let mut dht = DhtAggregate::new(&settings.limits);
+    let mut known = KnownTorrents::default();
+    let mut assembler = MetadataAssembler::new(&settings.limits);
     for m in torrents {
+        known.insert(m.clone());
+        for h in m.wire_hashes() {
+            assembler.known(h);
+        }
         for h in m.wire_hashes() {
             ctx.shapes.insert(
                 h,
@@ -149,6 +157,12 @@ pub fn analyze(
         swarm.add_metainfo(m, "torrent_file");
     }
     let ctx = Arc::new(ctx);
+    let known = Arc::new(known);
+    let mut meta = MetaState {
+        assembler,
+        known,
+        names: names.clone(),
+    };
     let n_shards = settings.n_shards.max(1);
     let mut shards: Vec<Shard> = (0..n_shards)
         .map(|_| {
@@ -159,6 +173,7 @@ pub fn analyze(
                 ctx.clone(),
                 ShardOut {
                     capture_names: names.clone(),
+                    known: meta.known.clone(),
                     ..Default::default()
                 },
             )
@@ -250,6 +265,7 @@ pub fn analyze(
                         RowBatch::default()
                     });
                     let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+                    meta.absorb(&mut shards, &mut swarm, &mut rows);
                     let marks = take_marks(&mut shards);
                     finish_rows(&mut rows);
                     audit.observe(&events, &marks);
@@ -270,6 +286,7 @@ pub fn analyze(
         let mut rows =
             pool.install(|| process_batch(&batch, &mut shards, n_shards, &names, &mut counts, &mut watermark));
         let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+        meta.absorb(&mut shards, &mut swarm, &mut rows);
         let marks = take_marks(&mut shards);
         finish_rows(&mut rows);
         audit.observe(&events, &marks);
@@ -316,6 +333,7 @@ pub fn analyze(
         RowBatch::default()
     });
     let (events, unattributed, dht_obs) = collect_events(&mut shards, &mut rows);
+    meta.absorb(&mut shards, &mut swarm, &mut rows);
     let marks = take_marks(&mut shards);
     dht.apply(dht_obs);
     for s in &shards {
@@ -433,6 +451,48 @@ fn collect_events(
     unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
     dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
     (events, unattributed, dht_obs)
+}
+
+/// ut_metadata assembly and the piece hashes the shards verify with.
+struct MetaState {
+    assembler: MetadataAssembler,
+    known: Arc<KnownTorrents>,
+    names: Arc<Vec<String>>,
+}
+
+impl MetaState {
+    /// Takes the shards' metadata pieces (in frame order) to the assembler;
+    /// a rebuilt dictionary joins the swarm state now and the shards' piece
+    /// verification from the next batch on. Counts this step's `pieces`
+    /// rows for the torrents' totals.
+    fn absorb(&mut self, shards: &mut [Shard], swarm: &mut Swarm, rows: &mut RowBatch) {
+        let mut pieces = Vec::new();
+        for s in shards.iter_mut() {
+            pieces.append(&mut s.out.metadata);
+        }
+        pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
+        let mut changed = false;
+        for p in pieces {
+            if let Some(r) = self.assembler.add(p, &self.names, rows) {
+                let m = Arc::new(r.meta);
+                if m.wire_hashes().iter().any(|h| swarm.has_metainfo(h)) {
+                    continue;
+                }
+                Arc::make_mut(&mut self.known).insert(m.clone());
+                swarm.add_metainfo(m, "ut_metadata");
+                changed = true;
+            }
+        }
+        if changed {
+            for s in shards.iter_mut() {
+                s.out.known = self.known.clone();
+            }
+        }
+        rows.pieces.sort_by_key(|r| r.frame);
+        for r in &rows.pieces {
+            swarm.note_piece(&r.info_hash, r.verified);
+        }
+    }
 }
 
 /// Connection rows without an info_hash (picked up mid-stream) are held

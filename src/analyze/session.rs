@@ -12,15 +12,19 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::metadata::MetadataPiece;
+use super::pieces::{CheckLimits, PieceChecker};
 use super::swarm::UnattributedEvent;
-use super::{FrameCtx, ShardOut, SwarmEvent, SwarmEventKind};
+use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::flow::Chunk;
 use crate::proto::bencode::{self, BencodeLimits};
 use crate::proto::client_id::{client_from_ltep_v, client_from_peer_id};
 use crate::proto::metainfo::hex;
 use crate::proto::peer_wire::{ExtensionMap, Message, PeerWireFramer, TorrentShape, WireEvent};
-use crate::sink::{ConnectionRow, PeerMessageRow, Ts};
+use crate::proto::ut_metadata::{self, MetadataMsg};
+use crate::proto::ut_pex;
+use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
 
 /// Side index: 0 = originator, 1 = responder.
 pub const ORIG: usize = 0;
@@ -51,6 +55,8 @@ struct Side {
     payload_bytes: u64,
     n_msgs: u64,
     seen_sent: bool,
+    /// Verification of the pieces this side sends (when hashes are known).
+    check: Option<Box<PieceChecker>>,
 }
 
 /// State of a connection apart from its framers (so both can be borrowed).
@@ -78,6 +84,9 @@ struct State {
     max_held: usize,
     max_ltep: usize,
     max_pieces: u32,
+    check_limits: CheckLimits,
+    max_metadata: u32,
+    max_pex: usize,
 }
 
 /// One peer-wire connection.
@@ -133,6 +142,12 @@ impl PeerSession {
                 max_held: limits.max_held_events,
                 max_ltep: limits.max_ltep_handshake,
                 max_pieces: limits.max_pieces,
+                check_limits: CheckLimits {
+                    max_in_progress: limits.max_pieces_in_progress,
+                    max_buffered: limits.max_piece_buffer_per_direction,
+                },
+                max_metadata: limits.max_metadata_bytes,
+                max_pex: limits.max_pex_entries,
             },
         }
     }
@@ -194,6 +209,9 @@ impl PeerSession {
         // sent of it (clients count payload as written to the socket).
         for side in [ORIG, RESP] {
             self.st.end_block(side, ctx, out);
+            if let Some(c) = self.st.sides[side].check.as_mut() {
+                c.clear(&mut out.piece_budget);
+            }
         }
         self.st.settled = true;
         self.st.release(out);
@@ -401,6 +419,7 @@ impl State {
                     Some(_) => {}
                 }
                 let s = &mut self.sides[side];
+                let first = s.reserved.is_none();
                 s.reserved = Some(reserved);
                 s.peer_id = peer_id;
                 self.message_row(side, ctx, out, "handshake", |r| r.wire_len = 68);
@@ -415,10 +434,34 @@ impl State {
                     out,
                 );
                 self.sides[side].seen_sent = true;
+                if first {
+                    // The transport this peer was seen using (peers.utp).
+                    self.push_event(
+                        side,
+                        ctx,
+                        SwarmEventKind::Traits {
+                            prefers_encryption: None,
+                            utp: Some(self.transport == "utp"),
+                            from_self: true,
+                        },
+                        out,
+                    );
+                }
             }
             WireEvent::NoHandshake => {}
             WireEvent::Message { msg, wire_len } => self.on_message(side, msg, wire_len, ctx, out),
-            WireEvent::PieceData(n) | WireEvent::PieceGap(n) => self.block_progress(side, n, ctx, out),
+            WireEvent::PieceData(d) => {
+                if self.sides[side].check.is_some() {
+                    self.check_data(side, d, ctx, out);
+                }
+                self.block_progress(side, d.len() as u64, ctx, out);
+            }
+            WireEvent::PieceGap(n) => {
+                if let Some(c) = self.sides[side].check.as_mut() {
+                    c.gap(&mut out.piece_budget);
+                }
+                self.block_progress(side, n, ctx, out);
+            }
             WireEvent::Resync { skipped_bytes } => {
                 if !self.midstream || self.sides[side].n_msgs > 0 {
                     out.anomaly(
@@ -486,6 +529,7 @@ impl State {
                 // sent of it.
                 self.end_block(side, ctx, out);
                 self.sides[side].block_left = u64::from(length);
+                self.start_check(side, piece, begin, length, ctx, out);
                 self.message_row(side, ctx, out, name, |r| {
                     r.piece = Some(piece);
                     r.begin = Some(begin);
@@ -529,6 +573,12 @@ impl State {
                         None => format!("id:{ext_id}"),
                     }
                 };
+                let mut meta_piece = None;
+                match ext.as_str() {
+                    "ut_metadata" => meta_piece = self.on_ut_metadata(side, payload, ctx, out),
+                    "ut_pex" => self.on_ut_pex(side, payload, ctx, out),
+                    _ => {}
+                }
                 if ext == "lt_donthave" {
                     if let Some(p) = payload.get(..4) {
                         let piece = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
@@ -538,6 +588,7 @@ impl State {
                 self.message_row(side, ctx, out, name, |r| {
                     r.ext = Some(ext);
                     r.wire_len = wl;
+                    r.piece = meta_piece;
                 });
             }
             Message::Port(_)
@@ -599,6 +650,187 @@ impl State {
         if let Some(p) = d.get_int(b"p") {
             if (1..=65535).contains(&p) {
                 s.listen_port = Some(p as u16);
+            }
+        }
+        // BEP 10 `e`: 1 when the sender prefers MSE encryption.
+        let e = d.get_int(b"e").filter(|e| (0..=1).contains(e));
+        if let Some(size) = d.get_int(b"metadata_size") {
+            if size < 0 || size > i64::from(self.max_metadata) {
+                out.anomaly(
+                    Some(ctx),
+                    Some(self.conn_id),
+                    "peer_wire",
+                    "metadata_size_too_large",
+                    Some(format!("BEP 10 metadata_size {size}")),
+                );
+            }
+        }
+        if let Some(e) = e {
+            self.push_event(
+                side,
+                ctx,
+                SwarmEventKind::Traits {
+                    prefers_encryption: Some(e == 1),
+                    utp: None,
+                    from_self: true,
+                },
+                out,
+            );
+        }
+    }
+
+    /// A piece message header from `side`: follow the piece for
+    /// verification when the torrent's hashes are known.
+    fn start_check(&mut self, side: usize, piece: u32, begin: u32, length: u32, ctx: FrameCtx, out: &mut ShardOut) {
+        let Some(h) = self.info_hash else { return };
+        if self.sides[side].check.is_none() {
+            let Some(m) = out.known.get(&h) else { return };
+            if m.piece_hashes.is_empty() {
+                return;
+            }
+            self.sides[side].check = Some(Box::new(PieceChecker::new(m.clone(), self.check_limits)));
+        }
+        let Some(c) = self.sides[side].check.as_mut() else {
+            return;
+        };
+        if let Some(kind) = c.start_block(piece, begin, length, &mut out.piece_budget) {
+            out.anomaly(
+                Some(ctx),
+                Some(self.conn_id),
+                "peer_wire",
+                kind,
+                Some(format!("piece {piece} begin {begin} length {length}")),
+            );
+        }
+    }
+
+    fn check_data(&mut self, side: usize, d: &[u8], ctx: FrameCtx, out: &mut ShardOut) {
+        let Some(c) = self.sides[side].check.as_mut() else {
+            return;
+        };
+        let (result, anomaly) = c.data(d, &mut out.piece_budget);
+        if let Some(kind) = anomaly {
+            out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", kind, None);
+        }
+        let Some(r) = result else { return };
+        let capture = out.capture_text(ctx.capture);
+        out.rows.pieces.push(PieceRow {
+            ts: Ts(ctx.ts),
+            frame: ctx.frame,
+            capture,
+            conn_id: self.conn_id,
+            info_hash: self.info_hash_hex.as_deref().unwrap_or_default().to_string(),
+            piece: r.piece,
+            sender_ip: self.ends_text[side].to_string(),
+            sender_port: u32::from(self.ends[side].port()),
+            receiver_ip: self.ends_text[1 - side].to_string(),
+            receiver_port: u32::from(self.ends[1 - side].port()),
+            bytes: r.bytes,
+            verified: r.verified,
+        });
+    }
+
+    /// BEP 9: a data message's piece goes to the run-wide assembler (unless
+    /// the torrent's metadata is known already). Returns the metadata piece
+    /// index for the message row.
+    fn on_ut_metadata(&mut self, _side: usize, payload: &[u8], ctx: FrameCtx, out: &mut ShardOut) -> Option<u32> {
+        let msg = match ut_metadata::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", e.kind(), None);
+                return None;
+            }
+        };
+        match msg {
+            MetadataMsg::Request { piece } | MetadataMsg::Reject { piece } => Some(piece),
+            MetadataMsg::Other { .. } => None,
+            MetadataMsg::Data {
+                piece,
+                total_size,
+                data,
+            } => {
+                if total_size > self.max_metadata {
+                    out.anomaly(
+                        Some(ctx),
+                        Some(self.conn_id),
+                        "peer_wire",
+                        "metadata_size_too_large",
+                        Some(format!("total_size {total_size}")),
+                    );
+                    return Some(piece);
+                }
+                if let Some(h) = self.info_hash {
+                    if !out.known.contains(&h) {
+                        out.metadata.push(MetadataPiece {
+                            ctx,
+                            conn_id: self.conn_id,
+                            info_hash: h,
+                            piece,
+                            total_size,
+                            data: data.to_vec(),
+                        });
+                    }
+                }
+                Some(piece)
+            }
+        }
+    }
+
+    /// BEP 11: `pex_peers` rows, and the added peers as PEX-learned peers
+    /// of the torrent with what their flags say.
+    fn on_ut_pex(&mut self, side: usize, payload: &[u8], ctx: FrameCtx, out: &mut ShardOut) {
+        let msg = match ut_pex::parse(payload) {
+            Ok(m) => m,
+            Err(kind) => {
+                out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", kind, None);
+                return;
+            }
+        };
+        for kind in msg.anomalies() {
+            out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", kind, None);
+        }
+        let mut entries = Vec::new();
+        let left_out = msg.entries(self.max_pex, |e| entries.push(e));
+        if left_out > 0 {
+            out.anomaly(
+                Some(ctx),
+                Some(self.conn_id),
+                "peer_wire",
+                "pex_too_many_entries",
+                Some(format!("{left_out} entries left out")),
+            );
+        }
+        for e in entries {
+            out.rows.pex_peers.push(PexPeerRow {
+                ts: Ts(ctx.ts),
+                conn_id: self.conn_id,
+                info_hash: self.info_hash_hex.as_deref().map(str::to_string),
+                reporter_ip: self.ends_text[side].to_string(),
+                peer_ip: e.addr.ip().to_string(),
+                peer_port: u32::from(e.addr.port()),
+                action: if e.added { "added" } else { "dropped" },
+                flags: e.flags.map(ut_pex::flag_names).unwrap_or_default(),
+            });
+            let Some(h) = self.info_hash else { continue };
+            if !e.added || e.addr.port() == 0 {
+                continue;
+            }
+            let ev = |kind| SwarmEvent {
+                ctx,
+                conn_id: self.conn_id,
+                info_hash: h,
+                peer: e.addr,
+                kind,
+            };
+            out.events.push(ev(SwarmEventKind::Learned {
+                source: PeerSource::Pex,
+            }));
+            if let Some(f) = e.flags {
+                out.events.push(ev(SwarmEventKind::Traits {
+                    prefers_encryption: Some(f & ut_pex::FLAG_ENCRYPTION != 0),
+                    utp: Some(f & ut_pex::FLAG_UTP != 0),
+                    from_self: false,
+                }));
             }
         }
     }

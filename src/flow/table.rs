@@ -175,7 +175,13 @@ impl Shard {
             ctx,
             dht: DhtShard::new(&limits, n_shards),
             udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
-            out,
+            out: ShardOut {
+                piece_budget: crate::analyze::pieces::PieceBudget {
+                    used: 0,
+                    max: limits.max_piece_buffer_total / n_shards.max(1),
+                },
+                ..out
+            },
             stats: ShardStats::default(),
         }
     }

@@ -205,6 +205,8 @@ tables! {
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
         sources: Vec<String> = "Where it was seen: wire, tracker, dht, pex, lsd, probe.",
+        prefers_encryption: Option<bool> = "Prefers MSE encryption: its BEP 10 `e` key, else the PEX encryption flag others gave for it; null when nothing said.",
+        utp: Option<bool> = "Seen using uTP: true when a captured connection of it ran over uTP or a PEX message flagged it uTP; false when it was seen only over TCP or flagged without uTP; null when unknown.",
     }
 
     /// One row per torrent (info_hash).
@@ -222,6 +224,15 @@ tables! {
         piece_bytes: u64 = "Piece block bytes seen on the wire for this torrent.",
         first_ts: Option<Ts> = "First seen.",
         last_ts: Option<Ts> = "Last seen.",
+        private: Option<bool> = "BEP 27 private flag from metadata.",
+        n_files: Option<u64> = "Files in the torrent, from metadata.",
+        files: Vec<String> = "File paths from metadata (first 1000; see n_files).",
+        n_peers_encryption_known: u64 = "Peers whose encryption preference is known (peers.prefers_encryption not null).",
+        n_peers_prefer_encryption: u64 = "Of those, peers that prefer encryption.",
+        n_peers_utp_known: u64 = "Peers whose transport is known (peers.utp not null).",
+        n_peers_utp: u64 = "Of those, peers seen using uTP.",
+        n_pieces_verified: u64 = "Whole pieces seen on the wire whose SHA-1 matched (pieces table).",
+        n_pieces_failed: u64 = "Whole pieces seen on the wire whose SHA-1 did not match.",
     }
 
     /// One row per tracker announce request (HTTP or UDP, recognised by content on any port), paired with its response. Rows of requests that were never answered have null response columns.
@@ -439,6 +450,22 @@ tables! {
         peer_port: u32 = "Its port.",
         action: &'static str = "added or dropped.",
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
+    }
+
+    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used from the next batch of frames after it was rebuilt). Pieces cut by a capture gap are not rows.
+    pieces => PieceRow {
+        ts: Ts = "Time of the packet completing the piece.",
+        frame: u64 = "That frame.",
+        capture: Arc<str> = "Input file name.",
+        conn_id: u64 = "Connection.",
+        info_hash: String = "Torrent.",
+        piece: u32 = "Piece index.",
+        sender_ip: String = "Address that sent the piece.",
+        sender_port: u32 = "Its port on this connection.",
+        receiver_ip: String = "Address that received it.",
+        receiver_port: u32 = "Its port on this connection.",
+        bytes: u64 = "Piece length.",
+        verified: bool = "SHA-1 of the bytes equals the piece hash (false: corrupt or poisoned).",
     }
 
     /// One row per info hash in a BEP 14 local service discovery announce.
