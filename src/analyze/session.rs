@@ -835,3 +835,201 @@ impl State {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::pieces::KnownTorrents;
+    use crate::proto::metainfo::Metainfo;
+    use crate::proto::peer_wire::HANDSHAKE_PREFIX;
+    use sha1::{Digest, Sha1};
+
+    const IH: [u8; 20] = [0x11; 20];
+
+    fn msg(id: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        v.push(id);
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn ext(id: u8, payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![id];
+        b.extend_from_slice(payload);
+        msg(20, &b)
+    }
+
+    fn handshake(pid: u8) -> Vec<u8> {
+        let mut v = HANDSHAKE_PREFIX.to_vec();
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+        v.extend_from_slice(&IH);
+        v.extend_from_slice(&[pid; 20]);
+        v
+    }
+
+    /// The responder's side: handshake and BEP 10 ids (ut_metadata 3, ut_pex 4).
+    fn resp_stream() -> Vec<u8> {
+        let mut s = handshake(b'R');
+        s.extend(ext(0, b"d1:md11:ut_metadatai3e6:ut_pexi4eee"));
+        s
+    }
+
+    fn meta_data(piece: u32, total: u64, data: &[u8]) -> Vec<u8> {
+        let mut p = format!("d8:msg_typei1e5:piecei{piece}e10:total_sizei{total}ee").into_bytes();
+        p.extend_from_slice(data);
+        ext(3, &p)
+    }
+
+    /// The torrent whose piece 0 is `data` (one piece).
+    fn known(data: &[u8]) -> Arc<KnownTorrents> {
+        let mut k = KnownTorrents::default();
+        k.insert(Arc::new(Metainfo {
+            info_hash_v1: Some(IH),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: data.len() as u64,
+            n_pieces: 1,
+            total_bytes: data.len() as u64,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![Sha1::digest(data).into()],
+        }));
+        Arc::new(k)
+    }
+
+    /// The originator's side: BEP 10 handshake with a hostile metadata_size
+    /// and `e`, a ut_metadata piece, a hostile PEX message, a whole piece.
+    fn orig_stream(block: &[u8]) -> Vec<u8> {
+        let mut s = handshake(b'O');
+        s.extend(ext(
+            0,
+            b"d1:ei1e1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei2147483648ee",
+        ));
+        s.extend(meta_data(0, 5, b"hello"));
+        let mut pex = b"d5:added13:".to_vec();
+        pex.extend([10, 0, 0, 1, 0x1A, 0xE1, 10, 0, 0, 2, 0x1A, 0xE2, 9]);
+        pex.extend(b"7:added.f2:");
+        pex.extend([0x05, 0x00]);
+        pex.push(b'e');
+        s.extend(ext(4, &pex));
+        let mut p = 0u32.to_be_bytes().to_vec();
+        p.extend(0u32.to_be_bytes());
+        p.extend_from_slice(block);
+        s.extend(msg(7, &p));
+        s
+    }
+
+    type Outcome = (
+        Vec<String>,
+        Vec<(u32, Vec<u8>)>,
+        Vec<(String, u32, Vec<String>)>,
+        Vec<(u32, bool)>,
+        usize,
+    );
+
+    /// Runs a session over the responder's stream and `chunks` of the
+    /// originator's; `block` is the torrent's only piece when its hashes
+    /// are to be known.
+    fn run(chunks: &[&[u8]], block: Option<&[u8]>) -> Outcome {
+        let a: SocketAddr = "10.0.0.1:40000"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let b: SocketAddr = "10.0.0.2:6881"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let init = SessionInit {
+            conn_id: 7,
+            flow_id: 7,
+            capture: 0,
+            transport: "tcp",
+            orig: a,
+            resp: b,
+            first_ts: 0,
+            midstream: false,
+        };
+        let mut out = ShardOut {
+            known: block.map(known).unwrap_or_default(),
+            ..Default::default()
+        };
+        out.piece_budget.max = 1 << 20;
+        let mut s = PeerSession::new(init, &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&resp_stream()), ctx, &mut out);
+        for c in chunks {
+            s.feed(ORIG, Chunk::Data(c), ctx, &mut out);
+        }
+        let _ = s.finish(ctx, &mut out);
+        let mut kinds: Vec<String> = out.rows.anomalies.iter().map(|a| a.kind.clone()).collect();
+        kinds.sort();
+        let meta = out.metadata.iter().map(|m| (m.total_size, m.data.clone())).collect();
+        let pex = out
+            .rows
+            .pex_peers
+            .iter()
+            .map(|r| (r.peer_ip.clone(), r.peer_port, r.flags.clone()))
+            .collect();
+        let pieces = out.rows.pieces.iter().map(|r| (r.piece, r.verified)).collect();
+        let traits = out
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, SwarmEventKind::Traits { .. }))
+            .count();
+        assert_eq!(out.piece_budget.used, 0);
+        (kinds, meta, pex, pieces, traits)
+    }
+
+    #[test]
+    fn hostile_extension_messages_are_counted_and_every_split_agrees() {
+        let block: Vec<u8> = (0..700u32).map(|i| (i * 13) as u8).collect();
+        let s = orig_stream(&block);
+        let whole = run(&[&s], Some(&block));
+        let (kinds, meta, pex, pieces, traits) = whole.clone();
+        assert_eq!(
+            kinds,
+            ["metadata_size_too_large", "pex_ipv4_list_not_multiple_of_6"],
+            "2^31 metadata_size and a 13-byte added list are counted"
+        );
+        // The torrent's metadata is known: its ut_metadata pieces are not
+        // collected again.
+        assert!(meta.is_empty());
+        assert_eq!(
+            pex,
+            [
+                (
+                    "10.0.0.1".to_string(),
+                    6881,
+                    vec!["encryption".to_string(), "utp".to_string()]
+                ),
+                ("10.0.0.2".to_string(), 6882, Vec::new()),
+            ]
+        );
+        assert_eq!(pieces, [(0, true)]);
+        // BEP 10 `e`, each side's transport, two PEX flag bytes.
+        assert!(traits >= 3, "{traits}");
+        for cut in 0..=s.len() {
+            let (x, y) = s.split_at(cut);
+            assert_eq!(run(&[x, y], Some(&block)), whole, "cut at {cut}");
+        }
+        // A flipped block byte fails the piece, and nothing else changes.
+        let mut bad = s.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let (_, _, _, pieces, _) = run(&[&bad], Some(&block));
+        assert_eq!(pieces, [(0, false)]);
+    }
+
+    #[test]
+    fn a_2_pow_31_metadata_piece_is_refused_not_collected() {
+        let mut s = handshake(b'O');
+        s.extend(meta_data(0, 1 << 31, &[0u8; 16384]));
+        s.extend(meta_data(0, 5, b"hell"));
+        s.extend(meta_data(0, 5, b"hello"));
+        let (kinds, meta, _, pieces, _) = run(&[&s], None);
+        assert_eq!(kinds, ["metadata_size_too_large", "ut_metadata_bad_piece"]);
+        // Only the well-formed piece goes to the assembler; no hashes, no
+        // verification.
+        assert_eq!(meta, [(5, b"hello".to_vec())]);
+        assert!(pieces.is_empty());
+    }
+}

@@ -312,3 +312,41 @@ fn encryption_and_utp_shares() {
     let p = table(&r, "peers");
     assert!(bools(&p, "utp").iter().all(|u| *u == Some(false)));
 }
+
+#[test]
+fn public_captures_metadata_and_pieces() {
+    let Some(c) = super::corpus() else { return };
+    // small_torrent.pcap (BitTorrent 7.9.9 and uTorrent/Transmission peers,
+    // 2016): a real ut_metadata transfer. The dictionary hashes to the info
+    // hash, so every field below is the torrent creator's own.
+    let r = run(&[c.join("goncalo-rodrigues__360BitScoping/small_torrent.pcap")], &[]);
+    let t = table(&r, "torrents");
+    assert_eq!(t.height(), 1);
+    assert_eq!(
+        one_str(&t, "info_hash").as_deref(),
+        Some("dbfc0ce745b4c9fb92003323d67ec3987148218c")
+    );
+    assert_eq!(one_str(&t, "metadata_source").as_deref(), Some("ut_metadata"));
+    assert_eq!(u64s(&t, "n_pieces"), [Some(2)]);
+    assert_eq!(u64s(&t, "piece_length"), [Some(16384)]);
+    assert_eq!(u64s(&t, "total_bytes"), [Some(19456)]);
+    assert!(u64s(&table(&r, "peers"), "n_pieces").iter().all(|n| *n == Some(2)));
+    // Its one PEX message names one peer (twice, on two connections).
+    assert_eq!(table(&r, "pex_peers").height(), 2);
+    // The tcoppi captures with their .torrent files: every piece of the
+    // complete transfers passes whole and matches its hash (tshark sees all
+    // 60 piece indices of lookaway).
+    let dir = c.join("tcoppi__BittorrentReconstituter");
+    for (pcap, torrent, n) in [
+        ("lookaway.pcap", "lookaway.mp3.torrent", 60),
+        ("mippo.pcap", "mippo-creative_v92.mp3.torrent", 2),
+        ("test.txt.pcap", "test.txt.torrent", 1),
+    ] {
+        let r = run(&[dir.join(pcap)], &[dir.join(torrent)]);
+        let p = table(&r, "pieces");
+        assert_eq!(p.height(), n, "{pcap}");
+        assert!(bools(&p, "verified").iter().all(|v| *v == Some(true)), "{pcap}");
+        let distinct: BTreeSet<u64> = u64s(&p, "piece").into_iter().flatten().collect();
+        assert_eq!(distinct.len(), n, "{pcap}: every piece once");
+    }
+}
