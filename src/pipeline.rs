@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -271,6 +272,8 @@ pub fn analyze(
                     audit.observe(&events, &marks);
                     audit.observe_rows(&rows);
                     swarm.apply(events, unattributed, &mut rows);
+                    attribute_encrypted(&mut swarm, &mut rows.connections, &names);
+                    attribute_encrypted(&mut swarm, &mut held_conns, &names);
                     swarm.end_segment(&mut rows);
                     dht.apply(dht_obs);
                     hold_unattributed(&mut rows, &mut held_conns);
@@ -354,8 +357,10 @@ pub fn analyze(
         if let Some(h) = swarm.attribution(c.conn_id) {
             c.info_hash = Some(hex(&h));
             c.info_hash_source = Some("endpoint");
+            c.attribution_confidence = "likely";
         }
     }
+    attribute_encrypted(&mut swarm, &mut rows.connections, &names);
     rows.connections.sort_by_key(|r| r.conn_id);
     summary.n_connections += rows.connections.len() as u64;
     swarm.finish(&mut rows);
@@ -493,6 +498,47 @@ impl MetaState {
             swarm.note_piece(&r.info_hash, r.verified);
         }
     }
+}
+
+/// MSE-encrypted connections carry no readable info hash: each is
+/// attributed to the torrent whose listen endpoint one of its ends is
+/// (known from plaintext sightings: trackers, DHT, PEX, LSD, other
+/// connections), with confidence `likely`, and what the choice of
+/// encryption says about its peers goes to the swarm state.
+fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[String]) {
+    if !conns.iter().any(|c| c.encrypted && c.info_hash.is_none()) {
+        return;
+    }
+    let by_ip = swarm.torrents_by_ip();
+    let mut noted = Vec::new();
+    for c in conns.iter_mut().filter(|c| c.encrypted && c.info_hash.is_none()) {
+        let (Ok(oi), Ok(ri)) = (c.orig_ip.parse::<IpAddr>(), c.resp_ip.parse::<IpAddr>()) else {
+            continue;
+        };
+        let (Ok(op), Ok(rp)) = (u16::try_from(c.orig_port), u16::try_from(c.resp_port)) else {
+            continue;
+        };
+        let (o, r) = (SocketAddr::new(oi, op), SocketAddr::new(ri, rp));
+        let capture = names.iter().position(|n| *n == c.capture).unwrap_or(0) as u32;
+        let by_endpoint = swarm.attribute_endpoints(capture, o, r);
+        // By address: one end's address takes part in exactly one torrent,
+        // and the other's in no other.
+        let by_address = match (by_ip.get(&oi), by_ip.get(&ri)) {
+            (Some(x), Some(y)) if x != y => None,
+            (Some(x), _) | (_, Some(x)) => Some(*x),
+            _ => None,
+        };
+        let (h, source, confidence) = match (by_endpoint, by_address) {
+            (Some(h), _) => (h, "endpoint", "likely"),
+            (None, Some(h)) => (h, "address", "weak"),
+            (None, None) => continue,
+        };
+        c.info_hash = Some(hex(&h));
+        c.info_hash_source = Some(source);
+        c.attribution_confidence = confidence;
+        noted.push((h, o, r, c.transport == "utp"));
+    }
+    swarm.note_encrypted(&noted);
 }
 
 /// Connection rows without an info_hash (picked up mid-stream) are held

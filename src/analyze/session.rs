@@ -239,6 +239,7 @@ impl PeerSession {
             last_ts: Ts(st.last_ts),
             info_hash: st.info_hash_hex.as_deref().map(str::to_string),
             info_hash_source: st.info_hash.map(|_| "handshake"),
+            attribution_confidence: if st.info_hash.is_some() { "exact" } else { "none" },
             orig_peer_id: st.sides[ORIG].peer_id.map(|p| hex(&p)),
             resp_peer_id: st.sides[RESP].peer_id.map(|p| hex(&p)),
             orig_client: client(&st.sides[ORIG]),

@@ -460,6 +460,14 @@ impl Swarm {
     }
 
     fn attribute(&self, u: &UnattributedEvent) -> Option<[u8; 20]> {
+        self.attribute_endpoints(u.event.ctx.capture, u.event.peer, u.other)
+    }
+
+    /// The torrent of a connection between `a` and `b` in input `capture`,
+    /// from its endpoints' sightings as listen addresses (same input first):
+    /// an endpoint known for exactly one torrent, and the other not known
+    /// for a different one.
+    pub fn attribute_endpoints(&self, capture: u32, a: SocketAddr, b: SocketAddr) -> Option<[u8; 20]> {
         fn pick(a: Option<&EndpointHash>, b: Option<&EndpointHash>) -> Option<Option<[u8; 20]>> {
             match (a, b) {
                 (None, None) => None,
@@ -468,14 +476,67 @@ impl Swarm {
                 _ => Some(None),
             }
         }
-        let c = u.event.ctx.capture;
         let here = pick(
-            self.endpoints_in_capture.get(&(c, u.event.peer)),
-            self.endpoints_in_capture.get(&(c, u.other)),
+            self.endpoints_in_capture.get(&(capture, a)),
+            self.endpoints_in_capture.get(&(capture, b)),
         );
         match here {
             Some(h) => h,
-            None => pick(self.endpoints.get(&u.event.peer), self.endpoints.get(&u.other)).flatten(),
+            None => pick(self.endpoints.get(&a), self.endpoints.get(&b)).flatten(),
+        }
+    }
+
+    /// The torrent each address takes part in, when it is exactly one (the
+    /// peers of every torrent, all inputs so far): the weakest attribution
+    /// of an encrypted connection, by address alone.
+    pub fn torrents_by_ip(&self) -> HashMap<IpAddr, [u8; 20]> {
+        let mut m: HashMap<IpAddr, Option<[u8; 20]>> = HashMap::new();
+        for k in self.peers.keys() {
+            m.entry(k.1.ip())
+                .and_modify(|h| {
+                    if *h != Some(k.0) {
+                        *h = None;
+                    }
+                })
+                .or_insert(Some(k.0));
+        }
+        m.into_iter().filter_map(|(ip, h)| Some((ip, h?))).collect()
+    }
+
+    /// MSE-encrypted connections attributed to torrents: (info_hash,
+    /// originator, responder, over uTP). The originator chose encryption,
+    /// which says it prefers it; it is known by address only, so it counts
+    /// for the torrent's peer at that address when there is exactly one.
+    /// The responder, at its listen endpoint, is known to use that
+    /// transport.
+    pub fn note_encrypted(&mut self, conns: &[([u8; 20], SocketAddr, SocketAddr, bool)]) {
+        if conns.is_empty() {
+            return;
+        }
+        let mut by_ip: HashMap<([u8; 20], IpAddr), Vec<PeerKey>> = HashMap::new();
+        for k in self.peers.keys() {
+            by_ip.entry((k.0, k.1.ip())).or_default().push(*k);
+        }
+        for &(h, orig, resp, utp) in conns {
+            let rk = self.resolve((h, resp));
+            if let Some(p) = self.peers.get_mut(&rk) {
+                p.utp = any_true(p.utp, Some(utp));
+            }
+            // The address's listen endpoint when it has exactly one, else
+            // its only row.
+            let keys = by_ip.get(&(h, orig.ip())).map(Vec::as_slice).unwrap_or_default();
+            let listen: Vec<PeerKey> = keys
+                .iter()
+                .filter(|k| self.peers.get(k).is_some_and(|p| p.listen))
+                .copied()
+                .collect();
+            let target = match (listen.as_slice(), keys) {
+                ([k], _) | ([], [k]) => Some(*k),
+                _ => None,
+            };
+            if let Some(p) = target.and_then(|k| self.peers.get_mut(&k)) {
+                p.enc_pex = any_true(p.enc_pex, Some(true));
+            }
         }
     }
 

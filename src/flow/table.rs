@@ -575,6 +575,7 @@ impl Shard {
             last_ts: Ts(f.last_ts),
             encrypted: true,
             mse_handshake: true,
+            attribution_confidence: "none",
             midstream: f.midstream,
             payload_bytes_orig: f.payload[ORIG],
             payload_bytes_resp: f.payload[RESP],

@@ -129,7 +129,8 @@ tables! {
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         info_hash: Option<String> = "Info hash (lowercase hex); null when neither seen nor inferred.",
-        info_hash_source: Option<&'static str> = "handshake, or endpoint: a mid-stream connection attributed by an endpoint known as a listen address of exactly one torrent.",
+        info_hash_source: Option<&'static str> = "handshake; endpoint: a mid-stream or MSE-encrypted connection attributed by an endpoint known as a listen address of exactly one torrent; address: an encrypted connection one of whose addresses takes part in exactly one torrent.",
+        attribution_confidence: &'static str = "How sure info_hash is: exact (a handshake carried it), likely (info_hash_source endpoint: from the endpoint's plaintext sightings in tracker, DHT, PEX, LSD or other connections), weak (info_hash_source address), none (no info_hash).",
         orig_peer_id: Option<String> = "Originator's peer id (hex).",
         resp_peer_id: Option<String> = "Responder's peer id (hex).",
         orig_client: Option<String> = "Originator's client, from its peer id, else its BEP 10 `v`.",
@@ -205,7 +206,7 @@ tables! {
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
         sources: Vec<String> = "Where it was seen: wire, tracker, dht, pex, lsd, probe.",
-        prefers_encryption: Option<bool> = "Prefers MSE encryption: its BEP 10 `e` key, else the PEX encryption flag others gave for it; null when nothing said.",
+        prefers_encryption: Option<bool> = "Prefers MSE encryption: its BEP 10 `e` key; else true when a PEX message flagged it so or it opened an MSE-encrypted connection attributed to this torrent, false when PEX flags said otherwise; null when nothing said.",
         utp: Option<bool> = "Seen using uTP: true when a captured connection of it ran over uTP or a PEX message flagged it uTP; false when it was seen only over TCP or flagged without uTP; null when unknown.",
     }
 

@@ -302,15 +302,50 @@ fn encryption_and_utp_shares() {
     assert_eq!(u64s(&t, "n_peers_utp_known"), [Some(4)]);
     assert_eq!(u64s(&t, "n_peers_utp"), [Some(4)]);
     // The plain TCP scenario: none did; clients set to plaintext prefer
-    // no encryption (BEP 10 `e` absent or 0, PEX flags clear).
+    // no encryption (PEX flags clear), except aria2, which opens its
+    // outgoing connections with MSE whatever the others do (its 14
+    // encrypted connections are attributed to the torrent by endpoint).
     let r = run(&[samples().join("http.pcap")], &torrents_of("http"));
     let t = table(&r, "torrents");
     assert_eq!(u64s(&t, "n_peers_utp_known"), [Some(5)]);
     assert_eq!(u64s(&t, "n_peers_utp"), [Some(0)]);
     assert_eq!(u64s(&t, "n_peers_encryption_known"), [Some(5)]);
-    assert_eq!(u64s(&t, "n_peers_prefer_encryption"), [Some(0)]);
+    assert_eq!(u64s(&t, "n_peers_prefer_encryption"), [Some(1)]);
     let p = table(&r, "peers");
     assert!(bools(&p, "utp").iter().all(|u| *u == Some(false)));
+    let enc: Vec<_> = strs(&p, "client")
+        .into_iter()
+        .zip(bools(&p, "prefers_encryption"))
+        .filter(|(_, e)| *e == Some(true))
+        .map(|(c, _)| c.unwrap_or_default())
+        .collect();
+    assert_eq!(enc, ["aria2 1.36.0"]);
+    let c = table(&r, "connections");
+    let conf: Vec<_> = bools(&c, "encrypted")
+        .into_iter()
+        .zip(strs(&c, "attribution_confidence"))
+        .map(|(e, a)| (e.unwrap_or(false), a.unwrap_or_default()))
+        .collect();
+    assert_eq!(conf.iter().filter(|(e, a)| *e && a == "likely").count(), 14);
+    assert!(conf.iter().all(|(e, a)| *e || a == "exact"));
+    // The MSE scenario (encryption required by every client): no plaintext
+    // to read, but every encrypted connection runs between listen endpoints
+    // the tracker gave for the torrent, so each is attributed to it
+    // (likely), and every client opened one: all prefer encryption.
+    let t = truth("mse");
+    let ih = t["torrents"][0]["info_hash"].as_str().unwrap_or_default().to_string();
+    let r = run(&[samples().join("mse.pcap")], &torrents_of("mse"));
+    let c = table(&r, "connections");
+    assert_eq!(c.height(), 19);
+    assert!(strs(&c, "info_hash").iter().all(|h| h.as_deref() == Some(ih.as_str())));
+    assert_eq!(
+        count_by(&c, "attribution_confidence"),
+        BTreeMap::from([("likely".to_string(), 19)])
+    );
+    let t = table(&r, "torrents");
+    assert_eq!(u64s(&t, "n_peers_encryption_known"), [Some(5)]);
+    assert_eq!(u64s(&t, "n_peers_prefer_encryption"), [Some(5)]);
+    assert_eq!(u64s(&t, "n_peers_utp"), [Some(0)]);
 }
 
 #[test]
@@ -349,4 +384,37 @@ fn public_captures_metadata_and_pieces() {
         let distinct: BTreeSet<u64> = u64s(&p, "piece").into_iter().flatten().collect();
         assert_eq!(distinct.len(), n, "{pcap}: every piece once");
     }
+}
+
+#[test]
+fn public_encrypted_connections_are_attributed() {
+    let Some(c) = super::corpus() else { return };
+    // bittorrent_transmission.pcapng: Transmission 2.94 with requirecrypto=1
+    // on one torrent. Its 84 MSE streams carry no readable info hash: 2 run
+    // to endpoints the tracker or DHT gave for the torrent (likely), the
+    // other 82 are the client's own outgoing connections to peers learned
+    // where the capture cannot see (weak: its address takes part in that
+    // torrent only).
+    let r = run(&[c.join("ntop__nDPI/bittorrent_transmission.pcapng")], &[]);
+    let conns = table(&r, "connections");
+    let enc = bools(&conns, "encrypted");
+    let conf = strs(&conns, "attribution_confidence");
+    let mut by: BTreeMap<(bool, String), u64> = BTreeMap::new();
+    for i in 0..conns.height() {
+        *by.entry((enc[i].unwrap_or(false), conf[i].clone().unwrap_or_default()))
+            .or_default() += 1;
+    }
+    assert_eq!(by.get(&(true, "likely".to_string())), Some(&2));
+    assert_eq!(by.get(&(true, "weak".to_string())), Some(&82));
+    assert_eq!(by.get(&(true, "none".to_string())), None);
+    assert_eq!(by.get(&(false, "exact".to_string())), Some(&13));
+    // The client chose encryption: its listen endpoint prefers it.
+    let p = table(&r, "peers");
+    let ip = strs(&p, "peer_ip");
+    let pe = bools(&p, "prefers_encryption");
+    let known: Vec<_> = (0..p.height())
+        .filter(|&i| pe[i].is_some())
+        .map(|i| (ip[i].clone().unwrap_or_default(), pe[i]))
+        .collect();
+    assert_eq!(known, [("192.168.1.128".to_string(), Some(true))]);
 }
