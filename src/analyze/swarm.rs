@@ -618,6 +618,33 @@ impl Swarm {
         }
     }
 
+    /// End of run: an endpoint only PEX named, at an address whose one
+    /// listen endpoint was seen on the wire for the same torrent, is that
+    /// peer. Some clients (Transmission) pass on the port of their
+    /// connection to a peer rather than its listen port, so a peer that
+    /// connected to them shows up in their PEX at an ephemeral port.
+    fn merge_pex_only(&mut self) {
+        let wire = PeerSource::Wire.bit();
+        let mut listen_by_ip: HashMap<([u8; 20], IpAddr), Vec<PeerKey>> = HashMap::new();
+        for (k, p) in &self.peers {
+            if p.listen && p.sources & wire != 0 {
+                listen_by_ip.entry((k.0, k.1.ip())).or_default().push(*k);
+            }
+        }
+        let mut pex_only: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.sources == PeerSource::Pex.bit())
+            .map(|(k, _)| *k)
+            .collect();
+        pex_only.sort();
+        for k in pex_only {
+            if let Some([target]) = listen_by_ip.get(&(k.0, k.1.ip())).map(Vec::as_slice) {
+                self.merge(k, *target);
+            }
+        }
+    }
+
     /// The client-prefix rule of the module doc. Returns the key the peer
     /// lives under afterwards.
     fn merge_by_prefix(&mut self, h: [u8; 20], key: PeerKey, pid: &[u8; 20], listen: bool) -> PeerKey {
@@ -885,6 +912,7 @@ impl Swarm {
     pub fn finish(mut self, rows: &mut RowBatch) {
         self.retry_pending(rows);
         self.merge_anonymous_ephemerals();
+        self.merge_pex_only();
         // Deterministic order: by torrent, then address.
         let mut keys: Vec<_> = self.peers.keys().copied().collect();
         keys.sort();

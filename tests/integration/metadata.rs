@@ -291,6 +291,12 @@ fn pex_peers_are_real_swarm_members() {
             .filter(|s| s.iter().any(|v| v == "pex"))
             .count();
         assert!(n_pex >= 3, "{name}: {n_pex} peers from pex");
+        // An endpoint PEX named at a connection's port (Transmission passes
+        // those on) is the peer at that address, not a peer of its own.
+        assert!(
+            !lists(&p, "sources").iter().any(|s| s == &["pex"]),
+            "{name}: a peer known from PEX only"
+        );
     }
 }
 
