@@ -10,8 +10,11 @@
 //!
 //! Bounds: a dictionary larger than `Limits::max_metadata_bytes` is refused
 //! before anything is allocated; the dictionaries being assembled at once
-//! hold at most `Limits::max_metadata_pending_bytes` (beyond it a new
-//! torrent's pieces are refused, counted).
+//! hold at most `Limits::max_metadata_pending_bytes`, each charged
+//! [`PENDING_OVERHEAD`] more than its size for its bookkeeping (beyond it a
+//! new torrent's pieces are refused, counted); at
+//! most `Limits::max_torrents` dictionaries are rebuilt in a run (a peer can
+//! make up valid ones: the info hash is whatever the dictionary hashes to).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -23,6 +26,10 @@ use crate::config::Limits;
 use crate::proto::metainfo::{hex, parse_info, Metainfo};
 use crate::proto::ut_metadata::{n_pieces, piece_len, METADATA_PIECE_LEN};
 use crate::sink::{AnomalyRow, RowBatch, Ts};
+
+/// What one torrent under assembly costs beyond its bytes (map entry,
+/// piece flags), charged against `max_metadata_pending_bytes`.
+pub const PENDING_OVERHEAD: usize = 256;
 
 /// One metadata piece as a session saw it (copied out of the stream: a
 /// data message is rare and at most 16 KiB).
@@ -57,6 +64,7 @@ pub struct Rebuilt {
 pub struct MetadataAssembler {
     max_bytes: u32,
     max_pending_bytes: usize,
+    max_done: usize,
     pending: BTreeMap<[u8; 20], Pending>,
     pending_bytes: usize,
     done: HashSet<[u8; 20]>,
@@ -69,6 +77,7 @@ impl MetadataAssembler {
         MetadataAssembler {
             max_bytes: limits.max_metadata_bytes,
             max_pending_bytes: limits.max_metadata_pending_bytes,
+            max_done: limits.max_torrents,
             pending: BTreeMap::new(),
             pending_bytes: 0,
             done: HashSet::new(),
@@ -129,7 +138,11 @@ impl MetadataAssembler {
             }
         }
         if !self.pending.contains_key(&p.info_hash) {
-            let size = p.total_size as usize;
+            if self.done.len() >= self.max_done {
+                anomaly(rows, "metadata_table_full", "max_torrents rebuilt".to_string());
+                return None;
+            }
+            let size = p.total_size as usize + PENDING_OVERHEAD;
             if self.pending_bytes + size > self.max_pending_bytes {
                 anomaly(rows, "metadata_pending_full", format!("{} bytes refused", size));
                 return None;
@@ -140,7 +153,7 @@ impl MetadataAssembler {
                 p.info_hash,
                 Pending {
                     total_size: p.total_size,
-                    buf: vec![0; size],
+                    buf: vec![0; p.total_size as usize],
                     have: vec![false; n],
                     n_have: 0,
                 },
@@ -191,7 +204,7 @@ impl MetadataAssembler {
 
     fn forget(&mut self, h: &[u8; 20]) -> Option<Pending> {
         let q = self.pending.remove(h)?;
-        self.pending_bytes -= q.total_size as usize;
+        self.pending_bytes -= q.total_size as usize + PENDING_OVERHEAD;
         Some(q)
     }
 }
@@ -295,5 +308,21 @@ mod tests {
             Some("metadata_pending_full")
         );
         assert!(a.pending_bytes <= 40_000);
+        // A flood of first pieces under distinct hashes (a dictionary of one
+        // piece completes at once, so pending ones have two or more): the
+        // pending bytes stay bounded.
+        let mut a = MetadataAssembler::new(&limits);
+        let mut rows = RowBatch::default();
+        for i in 0..1000u32 {
+            let mut h = [0u8; 20];
+            h[..4].copy_from_slice(&i.to_be_bytes());
+            let mut p = pieces_of(h, b"x").remove(0);
+            p.total_size = 16385;
+            p.data = vec![b'x'; 16384];
+            let _ = a.add(p, &[], &mut rows);
+        }
+        assert_eq!(a.pending.len(), 40_000 / (16385 + PENDING_OVERHEAD));
+        assert!(a.pending_bytes <= 40_000);
+        assert!(rows.anomalies.iter().any(|r| r.kind == "metadata_pending_full"));
     }
 }
