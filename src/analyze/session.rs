@@ -12,6 +12,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sha1::{Digest, Sha1};
+
 use super::metadata::MetadataPiece;
 use super::pieces::{CheckLimits, PieceChecker};
 use super::swarm::UnattributedEvent;
@@ -20,7 +22,7 @@ use crate::config::Limits;
 use crate::flow::Chunk;
 use crate::proto::bencode::{self, BencodeLimits};
 use crate::proto::client_id::{client_from_ltep_v, client_from_peer_id};
-use crate::proto::metainfo::hex;
+use crate::proto::metainfo::{hex, parse_info, Metainfo};
 use crate::proto::peer_wire::{ExtensionMap, Message, PeerWireFramer, TorrentShape, WireEvent};
 use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
@@ -87,6 +89,11 @@ struct State {
     check_limits: CheckLimits,
     max_metadata: u32,
     max_pex: usize,
+    /// An info dictionary of one metadata piece that passed on this very
+    /// connection and hashes to its info_hash: its pieces are verified
+    /// from then on, without waiting for the run-wide assembler (whose
+    /// result reaches the shards only from the next batch).
+    local_meta: Option<Arc<Metainfo>>,
 }
 
 /// One peer-wire connection.
@@ -148,6 +155,7 @@ impl PeerSession {
                 },
                 max_metadata: limits.max_metadata_bytes,
                 max_pex: limits.max_pex_entries,
+                local_meta: None,
             },
         }
     }
@@ -685,7 +693,9 @@ impl State {
     fn start_check(&mut self, side: usize, piece: u32, begin: u32, length: u32, ctx: FrameCtx, out: &mut ShardOut) {
         let Some(h) = self.info_hash else { return };
         if self.sides[side].check.is_none() {
-            let Some(m) = out.known.get(&h) else { return };
+            let Some(m) = out.known.get(&h).or(self.local_meta.as_ref()) else {
+                return;
+            };
             if m.piece_hashes.is_empty() {
                 return;
             }
@@ -762,6 +772,9 @@ impl State {
                 }
                 if let Some(h) = self.info_hash {
                     if !out.known.contains(&h) {
+                        if total_size as usize == data.len() && self.local_meta.is_none() {
+                            self.local_meta = local_metadata(h, data);
+                        }
                         out.metadata.push(MetadataPiece {
                             ctx,
                             conn_id: self.conn_id,
@@ -837,13 +850,20 @@ impl State {
     }
 }
 
+/// The info dictionary in `data` when it hashes to `h` (v1) and parses.
+fn local_metadata(h: [u8; 20], data: &[u8]) -> Option<Arc<Metainfo>> {
+    let digest: [u8; 20] = Sha1::digest(data).into();
+    if digest != h {
+        return None;
+    }
+    parse_info(data).ok().map(Arc::new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::analyze::pieces::KnownTorrents;
-    use crate::proto::metainfo::Metainfo;
     use crate::proto::peer_wire::HANDSHAKE_PREFIX;
-    use sha1::{Digest, Sha1};
 
     const IH: [u8; 20] = [0x11; 20];
 
@@ -861,9 +881,13 @@ mod tests {
     }
 
     fn handshake(pid: u8) -> Vec<u8> {
+        handshake_for(IH, pid)
+    }
+
+    fn handshake_for(ih: [u8; 20], pid: u8) -> Vec<u8> {
         let mut v = HANDSHAKE_PREFIX.to_vec();
         v.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
-        v.extend_from_slice(&IH);
+        v.extend_from_slice(&ih);
         v.extend_from_slice(&[pid; 20]);
         v
     }
@@ -1032,5 +1056,49 @@ mod tests {
         // verification.
         assert_eq!(meta, [(5, b"hello".to_vec())]);
         assert!(pieces.is_empty());
+    }
+
+    #[test]
+    fn metadata_carried_on_the_connection_verifies_its_pieces_at_once() {
+        let block: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let digest: [u8; 20] = Sha1::digest(&block).into();
+        let mut info = b"d6:lengthi1000e4:name1:t12:piece lengthi1000e6:pieces20:".to_vec();
+        info.extend_from_slice(&digest);
+        info.push(b'e');
+        let ih: [u8; 20] = Sha1::digest(&info).into();
+        let mut resp = handshake_for(ih, b'R');
+        resp.extend(ext(0, b"d1:md11:ut_metadatai3eee"));
+        let mut orig = handshake_for(ih, b'O');
+        orig.extend(meta_data(0, info.len() as u64, &info));
+        let mut p = 0u32.to_be_bytes().to_vec();
+        p.extend(0u32.to_be_bytes());
+        p.extend_from_slice(&block);
+        orig.extend(msg(7, &p));
+        let a: SocketAddr = "10.0.0.1:40000"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let b: SocketAddr = "10.0.0.2:6881"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let init = SessionInit {
+            conn_id: 1,
+            flow_id: 1,
+            capture: 0,
+            transport: "tcp",
+            orig: a,
+            resp: b,
+            first_ts: 0,
+            midstream: false,
+        };
+        let mut out = ShardOut::default();
+        out.piece_budget.max = 1 << 20;
+        let mut s = PeerSession::new(init, &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(&orig), ctx, &mut out);
+        let _ = s.finish(ctx, &mut out);
+        assert_eq!(out.metadata.len(), 1, "the piece still goes to the assembler");
+        let got: Vec<_> = out.rows.pieces.iter().map(|r| (r.piece, r.bytes, r.verified)).collect();
+        assert_eq!(got, [(0, 1000, true)]);
     }
 }

@@ -453,7 +453,7 @@ tables! {
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
     }
 
-    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used from the next batch of frames after it was rebuilt). Pieces cut by a capture gap are not rows.
+    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used from the next batch of frames after it was rebuilt, and at once on the connection that carried it when it fits one metadata piece). Pieces cut by a capture gap are not rows.
     pieces => PieceRow {
         ts: Ts = "Time of the packet completing the piece.",
         frame: u64 = "That frame.",

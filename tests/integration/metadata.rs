@@ -84,6 +84,13 @@ fn magnet_metadata_is_rebuilt_from_ut_metadata() {
         .collect();
     assert_eq!(meta_pieces, BTreeSet::from([0]));
     assert_eq!(table(&r, "anomalies").height(), 0);
+    // The connection that carried the dictionary verifies its pieces at
+    // once (23 whole pieces, all good); the others would from the next
+    // batch of frames on (see rebuilt_metadata_verifies_later_pieces).
+    let p = table(&r, "pieces");
+    assert_eq!(p.height(), 23);
+    assert_eq!(u64s(&p, "conn_id").into_iter().collect::<BTreeSet<_>>().len(), 1);
+    assert!(bools(&p, "verified").iter().all(|v| *v == Some(true)));
 }
 
 /// Whole pieces per (connection, sender, piece) from the framed `piece`
@@ -431,7 +438,8 @@ fn rebuilt_metadata_verifies_later_pieces() {
     // batch of frames on. The magnet capture fits in one batch, so it is
     // given twice (as two files): the dictionary rebuilt from the first
     // verifies every whole piece of the second, as many as the .torrent
-    // does on one copy (91, all good).
+    // does on one copy (91, all good); on the first, the connection that
+    // carried it verifies its own 23.
     let tmp = tempfile::tempdir().expect("tmp");
     let mut inputs = Vec::new();
     for n in ["a.pcap", "b.pcap"] {
@@ -441,9 +449,12 @@ fn rebuilt_metadata_verifies_later_pieces() {
     }
     let r = run(&inputs, &[]);
     let p = table(&r, "pieces");
-    assert_eq!(count_by(&p, "capture"), BTreeMap::from([("b.pcap".to_string(), 91)]));
+    assert_eq!(
+        count_by(&p, "capture"),
+        BTreeMap::from([("a.pcap".to_string(), 23), ("b.pcap".to_string(), 91)])
+    );
     assert!(bools(&p, "verified").iter().all(|v| *v == Some(true)));
     let t = table(&r, "torrents");
     assert_eq!(one_str(&t, "metadata_source").as_deref(), Some("ut_metadata"));
-    assert_eq!(u64s(&t, "n_pieces_verified"), [Some(91)]);
+    assert_eq!(u64s(&t, "n_pieces_verified"), [Some(114)]);
 }
