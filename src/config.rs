@@ -119,6 +119,31 @@ pub struct Limits {
     /// sensor running for days then holds what is active, not everything
     /// it ever saw (the max_* bounds above still cap a burst).
     pub live_state_idle_us: i64,
+    /// Largest info dictionary rebuilt from ut_metadata (BEP 9). An info
+    /// dictionary is 20 bytes per piece plus file names: 16 MiB holds
+    /// 800 000 pieces, beyond any real torrent (libtorrent refuses more
+    /// than a few MiB). A larger `metadata_size` or `total_size` (2^31 from
+    /// a hostile peer) is refused before anything is allocated, counted.
+    pub max_metadata_bytes: u32,
+    /// Bytes of info dictionaries being assembled at once, over all
+    /// torrents (a capture rarely holds more than a few magnet downloads);
+    /// past it a new torrent's pieces are refused, counted.
+    pub max_metadata_pending_bytes: usize,
+    /// Pieces followed at once for verification per connection direction.
+    /// Clients download a handful of pieces from one peer at a time; a
+    /// sender interleaving more loses the oldest (counted).
+    pub max_pieces_in_progress: usize,
+    /// Out-of-order block bytes held aside per connection direction while
+    /// a piece is verified. Blocks normally arrive in order and nothing is
+    /// held; 2 MiB covers a reordered request pipeline of 128 blocks.
+    /// Past it the piece is given up (counted).
+    pub max_piece_buffer_per_direction: usize,
+    /// The same over all connections (split evenly over shards): 256 MiB.
+    pub max_piece_buffer_total: usize,
+    /// Peers read from one ut_pex message. BEP 11 allows 50 added and 50
+    /// dropped per message; 1024 leaves room for lax clients while a
+    /// megabyte `added` string cannot turn into 170 000 rows.
+    pub max_pex_entries: usize,
 }
 
 impl Default for Limits {
@@ -158,6 +183,12 @@ impl Default for Limits {
             max_dht_nodes: 1 << 18,
             max_dht_infohashes: 1 << 18,
             live_state_idle_us: 3600 * 1_000_000,
+            max_metadata_bytes: 16 << 20,
+            max_metadata_pending_bytes: 64 << 20,
+            max_pieces_in_progress: 16,
+            max_piece_buffer_per_direction: 2 << 20,
+            max_piece_buffer_total: 256 << 20,
+            max_pex_entries: 1024,
         }
     }
 }

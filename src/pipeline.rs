@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
@@ -21,6 +22,8 @@ use rayon::prelude::*;
 
 use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
+use crate::analyze::metadata::MetadataAssembler;
+use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::swarm::Swarm;
 use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::tracker::AnnounceMark;
@@ -139,6 +142,7 @@ pub struct Engine {
     watermark: i64,
     held_conns: Vec<ConnectionRow>,
     current_capture: u32,
+    meta: MetaState,
     /// Counters for the summary line.
     pub summary: RunSummary,
 }
@@ -187,7 +191,13 @@ impl Engine {
         let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
         let audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
         let dht = DhtAggregate::new(&settings.limits);
+        let mut known = KnownTorrents::default();
+        let mut assembler = MetadataAssembler::new(&settings.limits);
         for m in torrents {
+            known.insert(m.clone());
+            for h in m.wire_hashes() {
+                assembler.known(h);
+            }
             for h in m.wire_hashes() {
                 ctx.shapes.insert(
                     h,
@@ -200,6 +210,11 @@ impl Engine {
             swarm.add_metainfo(m, "torrent_file");
         }
         let ctx = Arc::new(ctx);
+        let meta = MetaState {
+            assembler,
+            known: Arc::new(known),
+            names: names.clone(),
+        };
         let n_shards = settings.n_shards.max(1);
         let shards: Vec<Shard> = (0..n_shards)
             .map(|_| {
@@ -210,6 +225,7 @@ impl Engine {
                     ctx.clone(),
                     ShardOut {
                         capture_names: names.clone(),
+                        known: meta.known.clone(),
                         ..Default::default()
                     },
                 )
@@ -237,6 +253,7 @@ impl Engine {
             watermark: i64::MIN,
             held_conns: Vec::new(),
             current_capture: 0,
+            meta,
             summary: RunSummary::default(),
         })
     }
@@ -268,11 +285,14 @@ impl Engine {
                         RowBatch::default()
                     });
                     let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+                    self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
                     let marks = take_marks(&mut self.shards);
                     finish_rows(&mut rows);
                     self.audit.observe(&events, &marks);
                     self.audit.observe_rows(&rows);
                     self.swarm.apply(events, unattributed, &mut rows);
+                    attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
+                    attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names);
                     self.swarm.end_segment(&mut rows);
                     self.dht.apply(dht_obs);
                     hold_unattributed(&mut rows, &mut self.held_conns);
@@ -296,6 +316,7 @@ impl Engine {
             .pool
             .install(|| process_batch(batch, shards, n_shards, names, counts, watermark));
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+        self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
         let marks = take_marks(&mut self.shards);
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
@@ -348,8 +369,10 @@ impl Engine {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
                 c.info_hash = Some(hex(&h));
                 c.info_hash_source = Some("endpoint");
+                c.attribution_confidence = "likely";
             }
         }
+        attribute_encrypted(&mut self.swarm, &mut held, &self.names);
         rows.connections.append(&mut held);
         rows.connections.sort_by_key(|r| r.conn_id);
         self.swarm.snapshot(&mut rows);
@@ -376,6 +399,7 @@ impl Engine {
             RowBatch::default()
         });
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+        self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
         let marks = take_marks(&mut self.shards);
         self.dht.apply(dht_obs);
         for s in &self.shards {
@@ -396,8 +420,10 @@ impl Engine {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
                 c.info_hash = Some(hex(&h));
                 c.info_hash_source = Some("endpoint");
+                c.attribution_confidence = "likely";
             }
         }
+        attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
         rows.connections.sort_by_key(|r| r.conn_id);
         self.summary.n_connections += rows.connections.len() as u64;
         self.swarm.finish(&mut rows);
@@ -604,6 +630,89 @@ fn collect_events(
     unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
     dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
     (events, unattributed, dht_obs)
+}
+
+/// ut_metadata assembly and the piece hashes the shards verify with.
+struct MetaState {
+    assembler: MetadataAssembler,
+    known: Arc<KnownTorrents>,
+    names: Arc<Vec<String>>,
+}
+
+impl MetaState {
+    /// Takes the shards' metadata pieces (in frame order) to the assembler;
+    /// a rebuilt dictionary joins the swarm state now and the shards' piece
+    /// verification from the next batch on. Counts this step's `pieces`
+    /// rows for the torrents' totals.
+    fn absorb(&mut self, shards: &mut [Shard], swarm: &mut Swarm, rows: &mut RowBatch) {
+        let mut pieces = Vec::new();
+        for s in shards.iter_mut() {
+            pieces.append(&mut s.out.metadata);
+        }
+        pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
+        let mut changed = false;
+        for p in pieces {
+            if let Some(r) = self.assembler.add(p, &self.names, rows) {
+                let m = Arc::new(r.meta);
+                if m.wire_hashes().iter().any(|h| swarm.has_metainfo(h)) {
+                    continue;
+                }
+                Arc::make_mut(&mut self.known).insert(m.clone());
+                swarm.add_metainfo(m, "ut_metadata");
+                changed = true;
+            }
+        }
+        if changed {
+            for s in shards.iter_mut() {
+                s.out.known = self.known.clone();
+            }
+        }
+        rows.pieces.sort_by_key(|r| r.frame);
+        for r in &rows.pieces {
+            swarm.note_piece(&r.info_hash, r.verified);
+        }
+    }
+}
+
+/// MSE-encrypted connections carry no readable info hash: each is
+/// attributed to the torrent whose listen endpoint one of its ends is
+/// (known from plaintext sightings: trackers, DHT, PEX, LSD, other
+/// connections), with confidence `likely`, and what the choice of
+/// encryption says about its peers goes to the swarm state.
+fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[String]) {
+    if !conns.iter().any(|c| c.encrypted && c.info_hash.is_none()) {
+        return;
+    }
+    let by_ip = swarm.torrents_by_ip();
+    let mut noted = Vec::new();
+    for c in conns.iter_mut().filter(|c| c.encrypted && c.info_hash.is_none()) {
+        let (Ok(oi), Ok(ri)) = (c.orig_ip.parse::<IpAddr>(), c.resp_ip.parse::<IpAddr>()) else {
+            continue;
+        };
+        let (Ok(op), Ok(rp)) = (u16::try_from(c.orig_port), u16::try_from(c.resp_port)) else {
+            continue;
+        };
+        let (o, r) = (SocketAddr::new(oi, op), SocketAddr::new(ri, rp));
+        let capture = names.iter().position(|n| *n == c.capture).unwrap_or(0) as u32;
+        let by_endpoint = swarm.attribute_endpoints(capture, o, r);
+        // By address: one end's address takes part in exactly one torrent,
+        // and the other's in no other.
+        let by_address = match (by_ip.get(&oi), by_ip.get(&ri)) {
+            (Some(x), Some(y)) if x != y => None,
+            (Some(x), _) | (_, Some(x)) => Some(*x),
+            _ => None,
+        };
+        let (h, source, confidence) = match (by_endpoint, by_address) {
+            (Some(h), _) => (h, "endpoint", "likely"),
+            (None, Some(h)) => (h, "address", "weak"),
+            (None, None) => continue,
+        };
+        c.info_hash = Some(hex(&h));
+        c.info_hash_source = Some(source);
+        c.attribution_confidence = confidence;
+        noted.push((h, o, r, c.transport == "utp"));
+    }
+    swarm.note_encrypted(&noted);
 }
 
 /// Connection rows without an info_hash (picked up mid-stream) are held

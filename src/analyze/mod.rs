@@ -5,6 +5,8 @@
 pub mod audit;
 pub mod dht;
 pub mod lsd;
+pub mod metadata;
+pub mod pieces;
 pub mod session;
 pub mod swarm;
 pub mod tracker;
@@ -47,6 +49,16 @@ pub enum SwarmEventKind {
     /// necessarily being seen on the wire.
     Learned {
         source: PeerSource,
+    },
+    /// What is known of the peer's transport and encryption preference:
+    /// from its BEP 10 `e` key, from PEX flags about it, or from a uTP
+    /// connection it took part in. `None` fields say nothing.
+    Traits {
+        prefers_encryption: Option<bool>,
+        utp: Option<bool>,
+        /// The peer said it of itself (BEP 10 handshake, its own
+        /// connection), rather than another peer about it (PEX).
+        from_self: bool,
     },
 }
 
@@ -114,6 +126,13 @@ pub struct ShardOut {
     /// The same as shared strings, made on first use (per-message rows
     /// share them instead of allocating a copy each).
     pub capture_texts: Vec<std::sync::Arc<str>>,
+    /// ut_metadata pieces for the run-wide assembler.
+    pub metadata: Vec<metadata::MetadataPiece>,
+    /// Input, not output: torrents whose piece hashes are known, replaced
+    /// by the pipeline between batches (see `pieces`).
+    pub known: std::sync::Arc<pieces::KnownTorrents>,
+    /// Out-of-order piece bytes held by this shard's connections.
+    pub piece_budget: pieces::PieceBudget,
 }
 
 impl ShardOut {

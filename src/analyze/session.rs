@@ -12,15 +12,21 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use sha1::{Digest, Sha1};
+
+use super::metadata::MetadataPiece;
+use super::pieces::{CheckLimits, PieceChecker};
 use super::swarm::UnattributedEvent;
-use super::{FrameCtx, ShardOut, SwarmEvent, SwarmEventKind};
+use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::flow::Chunk;
 use crate::proto::bencode::{self, BencodeLimits};
 use crate::proto::client_id::{client_from_ltep_v, client_from_peer_id};
-use crate::proto::metainfo::hex;
+use crate::proto::metainfo::{hex, parse_info, Metainfo};
 use crate::proto::peer_wire::{ExtensionMap, Message, PeerWireFramer, TorrentShape, WireEvent};
-use crate::sink::{ConnectionRow, PeerMessageRow, Ts};
+use crate::proto::ut_metadata::{self, MetadataMsg};
+use crate::proto::ut_pex;
+use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
 
 /// Side index: 0 = originator, 1 = responder.
 pub const ORIG: usize = 0;
@@ -51,6 +57,8 @@ struct Side {
     payload_bytes: u64,
     n_msgs: u64,
     seen_sent: bool,
+    /// Verification of the pieces this side sends (when hashes are known).
+    check: Option<Box<PieceChecker>>,
 }
 
 /// State of a connection apart from its framers (so both can be borrowed).
@@ -78,6 +86,14 @@ struct State {
     max_held: usize,
     max_ltep: usize,
     max_pieces: u32,
+    check_limits: CheckLimits,
+    max_metadata: u32,
+    max_pex: usize,
+    /// An info dictionary of one metadata piece that passed on this very
+    /// connection and hashes to its info_hash: its pieces are verified
+    /// from then on, without waiting for the run-wide assembler (whose
+    /// result reaches the shards only from the next batch).
+    local_meta: Option<Arc<Metainfo>>,
 }
 
 /// One peer-wire connection.
@@ -133,6 +149,13 @@ impl PeerSession {
                 max_held: limits.max_held_events,
                 max_ltep: limits.max_ltep_handshake,
                 max_pieces: limits.max_pieces,
+                check_limits: CheckLimits {
+                    max_in_progress: limits.max_pieces_in_progress,
+                    max_buffered: limits.max_piece_buffer_per_direction,
+                },
+                max_metadata: limits.max_metadata_bytes,
+                max_pex: limits.max_pex_entries,
+                local_meta: None,
             },
         }
     }
@@ -194,6 +217,9 @@ impl PeerSession {
         // sent of it (clients count payload as written to the socket).
         for side in [ORIG, RESP] {
             self.st.end_block(side, ctx, out);
+            if let Some(c) = self.st.sides[side].check.as_mut() {
+                c.clear(&mut out.piece_budget);
+            }
         }
         self.st.settled = true;
         self.st.release(out);
@@ -227,6 +253,7 @@ impl PeerSession {
             last_ts: Ts(st.last_ts),
             info_hash: st.info_hash_hex.as_deref().map(str::to_string),
             info_hash_source: st.info_hash.map(|_| "handshake"),
+            attribution_confidence: if st.info_hash.is_some() { "exact" } else { "none" },
             orig_peer_id: st.sides[ORIG].peer_id.map(|p| hex(&p)),
             resp_peer_id: st.sides[RESP].peer_id.map(|p| hex(&p)),
             orig_client: client(&st.sides[ORIG]),
@@ -407,6 +434,7 @@ impl State {
                     Some(_) => {}
                 }
                 let s = &mut self.sides[side];
+                let first = s.reserved.is_none();
                 s.reserved = Some(reserved);
                 s.peer_id = peer_id;
                 self.message_row(side, ctx, out, "handshake", |r| r.wire_len = 68);
@@ -421,10 +449,34 @@ impl State {
                     out,
                 );
                 self.sides[side].seen_sent = true;
+                if first {
+                    // The transport this peer was seen using (peers.utp).
+                    self.push_event(
+                        side,
+                        ctx,
+                        SwarmEventKind::Traits {
+                            prefers_encryption: None,
+                            utp: Some(self.transport == "utp"),
+                            from_self: true,
+                        },
+                        out,
+                    );
+                }
             }
             WireEvent::NoHandshake => {}
             WireEvent::Message { msg, wire_len } => self.on_message(side, msg, wire_len, ctx, out),
-            WireEvent::PieceData(n) | WireEvent::PieceGap(n) => self.block_progress(side, n, ctx, out),
+            WireEvent::PieceData(d) => {
+                if self.sides[side].check.is_some() {
+                    self.check_data(side, d, ctx, out);
+                }
+                self.block_progress(side, d.len() as u64, ctx, out);
+            }
+            WireEvent::PieceGap(n) => {
+                if let Some(c) = self.sides[side].check.as_mut() {
+                    c.gap(&mut out.piece_budget);
+                }
+                self.block_progress(side, n, ctx, out);
+            }
             WireEvent::Resync { skipped_bytes } => {
                 if !self.midstream || self.sides[side].n_msgs > 0 {
                     out.anomaly(
@@ -492,6 +544,7 @@ impl State {
                 // sent of it.
                 self.end_block(side, ctx, out);
                 self.sides[side].block_left = u64::from(length);
+                self.start_check(side, piece, begin, length, ctx, out);
                 self.message_row(side, ctx, out, name, |r| {
                     r.piece = Some(piece);
                     r.begin = Some(begin);
@@ -535,6 +588,12 @@ impl State {
                         None => format!("id:{ext_id}"),
                     }
                 };
+                let mut meta_piece = None;
+                match ext.as_str() {
+                    "ut_metadata" => meta_piece = self.on_ut_metadata(side, payload, ctx, out),
+                    "ut_pex" => self.on_ut_pex(side, payload, ctx, out),
+                    _ => {}
+                }
                 if ext == "lt_donthave" {
                     if let Some(p) = payload.get(..4) {
                         let piece = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
@@ -544,6 +603,7 @@ impl State {
                 self.message_row(side, ctx, out, name, |r| {
                     r.ext = Some(ext);
                     r.wire_len = wl;
+                    r.piece = meta_piece;
                 });
             }
             Message::Port(_)
@@ -607,5 +667,444 @@ impl State {
                 s.listen_port = Some(p as u16);
             }
         }
+        // BEP 10 `e`: 1 when the sender prefers MSE encryption.
+        let e = d.get_int(b"e").filter(|e| (0..=1).contains(e));
+        if let Some(size) = d.get_int(b"metadata_size") {
+            if size < 0 || size > i64::from(self.max_metadata) {
+                out.anomaly(
+                    Some(ctx),
+                    Some(self.conn_id),
+                    "peer_wire",
+                    "metadata_size_too_large",
+                    Some(format!("BEP 10 metadata_size {size}")),
+                );
+            }
+        }
+        if let Some(e) = e {
+            self.push_event(
+                side,
+                ctx,
+                SwarmEventKind::Traits {
+                    prefers_encryption: Some(e == 1),
+                    utp: None,
+                    from_self: true,
+                },
+                out,
+            );
+        }
+    }
+
+    /// A piece message header from `side`: follow the piece for
+    /// verification when the torrent's hashes are known.
+    fn start_check(&mut self, side: usize, piece: u32, begin: u32, length: u32, ctx: FrameCtx, out: &mut ShardOut) {
+        let Some(h) = self.info_hash else { return };
+        if self.sides[side].check.is_none() {
+            let Some(m) = out.known.get(&h).or(self.local_meta.as_ref()) else {
+                return;
+            };
+            if m.piece_hashes.is_empty() {
+                return;
+            }
+            self.sides[side].check = Some(Box::new(PieceChecker::new(m.clone(), self.check_limits)));
+        }
+        let Some(c) = self.sides[side].check.as_mut() else {
+            return;
+        };
+        if let Some(kind) = c.start_block(piece, begin, length, &mut out.piece_budget) {
+            out.anomaly(
+                Some(ctx),
+                Some(self.conn_id),
+                "peer_wire",
+                kind,
+                Some(format!("piece {piece} begin {begin} length {length}")),
+            );
+        }
+    }
+
+    fn check_data(&mut self, side: usize, d: &[u8], ctx: FrameCtx, out: &mut ShardOut) {
+        let Some(c) = self.sides[side].check.as_mut() else {
+            return;
+        };
+        let (result, anomaly) = c.data(d, &mut out.piece_budget);
+        if let Some(kind) = anomaly {
+            out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", kind, None);
+        }
+        let Some(r) = result else { return };
+        let capture = out.capture_text(ctx.capture);
+        out.rows.pieces.push(PieceRow {
+            ts: Ts(ctx.ts),
+            frame: ctx.frame,
+            capture,
+            conn_id: self.conn_id,
+            info_hash: self.info_hash_hex.as_deref().unwrap_or_default().to_string(),
+            piece: r.piece,
+            sender_ip: self.ends_text[side].to_string(),
+            sender_port: u32::from(self.ends[side].port()),
+            receiver_ip: self.ends_text[1 - side].to_string(),
+            receiver_port: u32::from(self.ends[1 - side].port()),
+            bytes: r.bytes,
+            verified: r.verified,
+        });
+    }
+
+    /// BEP 9: a data message's piece goes to the run-wide assembler (unless
+    /// the torrent's metadata is known already). Returns the metadata piece
+    /// index for the message row.
+    fn on_ut_metadata(&mut self, _side: usize, payload: &[u8], ctx: FrameCtx, out: &mut ShardOut) -> Option<u32> {
+        let msg = match ut_metadata::parse(payload) {
+            Ok(m) => m,
+            Err(e) => {
+                out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", e.kind(), None);
+                return None;
+            }
+        };
+        match msg {
+            MetadataMsg::Request { piece } | MetadataMsg::Reject { piece } => Some(piece),
+            MetadataMsg::Other { .. } => None,
+            MetadataMsg::Data {
+                piece,
+                total_size,
+                data,
+            } => {
+                if total_size > self.max_metadata {
+                    out.anomaly(
+                        Some(ctx),
+                        Some(self.conn_id),
+                        "peer_wire",
+                        "metadata_size_too_large",
+                        Some(format!("total_size {total_size}")),
+                    );
+                    return Some(piece);
+                }
+                if let Some(h) = self.info_hash {
+                    if !out.known.contains(&h) {
+                        if total_size as usize == data.len() && self.local_meta.is_none() {
+                            self.local_meta = local_metadata(h, data);
+                        }
+                        out.metadata.push(MetadataPiece {
+                            ctx,
+                            conn_id: self.conn_id,
+                            info_hash: h,
+                            piece,
+                            total_size,
+                            data: data.to_vec(),
+                        });
+                    }
+                }
+                Some(piece)
+            }
+        }
+    }
+
+    /// BEP 11: `pex_peers` rows, and the added peers as PEX-learned peers
+    /// of the torrent with what their flags say.
+    fn on_ut_pex(&mut self, side: usize, payload: &[u8], ctx: FrameCtx, out: &mut ShardOut) {
+        let msg = match ut_pex::parse(payload) {
+            Ok(m) => m,
+            Err(kind) => {
+                out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", kind, None);
+                return;
+            }
+        };
+        for kind in msg.anomalies() {
+            out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", kind, None);
+        }
+        let mut entries = Vec::new();
+        let left_out = msg.entries(self.max_pex, |e| entries.push(e));
+        if left_out > 0 {
+            out.anomaly(
+                Some(ctx),
+                Some(self.conn_id),
+                "peer_wire",
+                "pex_too_many_entries",
+                Some(format!("{left_out} entries left out")),
+            );
+        }
+        for e in entries {
+            out.rows.pex_peers.push(PexPeerRow {
+                ts: Ts(ctx.ts),
+                conn_id: self.conn_id,
+                info_hash: self.info_hash_hex.as_deref().map(str::to_string),
+                reporter_ip: self.ends_text[side].to_string(),
+                peer_ip: e.addr.ip().to_string(),
+                peer_port: u32::from(e.addr.port()),
+                action: if e.added { "added" } else { "dropped" },
+                flags: e.flags.map(ut_pex::flag_names).unwrap_or_default(),
+            });
+            let Some(h) = self.info_hash else { continue };
+            if !e.added || e.addr.port() == 0 {
+                continue;
+            }
+            let ev = |kind| SwarmEvent {
+                ctx,
+                conn_id: self.conn_id,
+                info_hash: h,
+                peer: e.addr,
+                kind,
+            };
+            out.events.push(ev(SwarmEventKind::Learned {
+                source: PeerSource::Pex,
+            }));
+            if let Some(f) = e.flags {
+                out.events.push(ev(SwarmEventKind::Traits {
+                    prefers_encryption: Some(f & ut_pex::FLAG_ENCRYPTION != 0),
+                    utp: Some(f & ut_pex::FLAG_UTP != 0),
+                    from_self: false,
+                }));
+            }
+        }
+    }
+}
+
+/// The info dictionary in `data` when it hashes to `h` (v1) and parses.
+fn local_metadata(h: [u8; 20], data: &[u8]) -> Option<Arc<Metainfo>> {
+    let digest: [u8; 20] = Sha1::digest(data).into();
+    if digest != h {
+        return None;
+    }
+    parse_info(data).ok().map(Arc::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::pieces::KnownTorrents;
+    use crate::proto::peer_wire::HANDSHAKE_PREFIX;
+
+    const IH: [u8; 20] = [0x11; 20];
+
+    fn msg(id: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        v.push(id);
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn ext(id: u8, payload: &[u8]) -> Vec<u8> {
+        let mut b = vec![id];
+        b.extend_from_slice(payload);
+        msg(20, &b)
+    }
+
+    fn handshake(pid: u8) -> Vec<u8> {
+        handshake_for(IH, pid)
+    }
+
+    fn handshake_for(ih: [u8; 20], pid: u8) -> Vec<u8> {
+        let mut v = HANDSHAKE_PREFIX.to_vec();
+        v.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+        v.extend_from_slice(&ih);
+        v.extend_from_slice(&[pid; 20]);
+        v
+    }
+
+    /// The responder's side: handshake and BEP 10 ids (ut_metadata 3, ut_pex 4).
+    fn resp_stream() -> Vec<u8> {
+        let mut s = handshake(b'R');
+        s.extend(ext(0, b"d1:md11:ut_metadatai3e6:ut_pexi4eee"));
+        s
+    }
+
+    fn meta_data(piece: u32, total: u64, data: &[u8]) -> Vec<u8> {
+        let mut p = format!("d8:msg_typei1e5:piecei{piece}e10:total_sizei{total}ee").into_bytes();
+        p.extend_from_slice(data);
+        ext(3, &p)
+    }
+
+    /// The torrent whose piece 0 is `data` (one piece).
+    fn known(data: &[u8]) -> Arc<KnownTorrents> {
+        let mut k = KnownTorrents::default();
+        k.insert(Arc::new(Metainfo {
+            info_hash_v1: Some(IH),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: data.len() as u64,
+            n_pieces: 1,
+            total_bytes: data.len() as u64,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![Sha1::digest(data).into()],
+        }));
+        Arc::new(k)
+    }
+
+    /// The originator's side: BEP 10 handshake with a hostile metadata_size
+    /// and `e`, a ut_metadata piece, a hostile PEX message, a whole piece.
+    fn orig_stream(block: &[u8]) -> Vec<u8> {
+        let mut s = handshake(b'O');
+        s.extend(ext(
+            0,
+            b"d1:ei1e1:md11:ut_metadatai1e6:ut_pexi2ee13:metadata_sizei2147483648ee",
+        ));
+        s.extend(meta_data(0, 5, b"hello"));
+        let mut pex = b"d5:added13:".to_vec();
+        pex.extend([10, 0, 0, 1, 0x1A, 0xE1, 10, 0, 0, 2, 0x1A, 0xE2, 9]);
+        pex.extend(b"7:added.f2:");
+        pex.extend([0x05, 0x00]);
+        pex.push(b'e');
+        s.extend(ext(4, &pex));
+        let mut p = 0u32.to_be_bytes().to_vec();
+        p.extend(0u32.to_be_bytes());
+        p.extend_from_slice(block);
+        s.extend(msg(7, &p));
+        s
+    }
+
+    type Outcome = (
+        Vec<String>,
+        Vec<(u32, Vec<u8>)>,
+        Vec<(String, u32, Vec<String>)>,
+        Vec<(u32, bool)>,
+        usize,
+    );
+
+    /// Runs a session over the responder's stream and `chunks` of the
+    /// originator's; `block` is the torrent's only piece when its hashes
+    /// are to be known.
+    fn run(chunks: &[&[u8]], block: Option<&[u8]>) -> Outcome {
+        let a: SocketAddr = "10.0.0.1:40000"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let b: SocketAddr = "10.0.0.2:6881"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let init = SessionInit {
+            conn_id: 7,
+            flow_id: 7,
+            capture: 0,
+            transport: "tcp",
+            orig: a,
+            resp: b,
+            first_ts: 0,
+            midstream: false,
+        };
+        let mut out = ShardOut {
+            known: block.map(known).unwrap_or_default(),
+            ..Default::default()
+        };
+        out.piece_budget.max = 1 << 20;
+        let mut s = PeerSession::new(init, &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&resp_stream()), ctx, &mut out);
+        for c in chunks {
+            s.feed(ORIG, Chunk::Data(c), ctx, &mut out);
+        }
+        let _ = s.finish(ctx, &mut out);
+        let mut kinds: Vec<String> = out.rows.anomalies.iter().map(|a| a.kind.clone()).collect();
+        kinds.sort();
+        let meta = out.metadata.iter().map(|m| (m.total_size, m.data.clone())).collect();
+        let pex = out
+            .rows
+            .pex_peers
+            .iter()
+            .map(|r| (r.peer_ip.clone(), r.peer_port, r.flags.clone()))
+            .collect();
+        let pieces = out.rows.pieces.iter().map(|r| (r.piece, r.verified)).collect();
+        let traits = out
+            .events
+            .iter()
+            .filter(|e| matches!(e.kind, SwarmEventKind::Traits { .. }))
+            .count();
+        assert_eq!(out.piece_budget.used, 0);
+        (kinds, meta, pex, pieces, traits)
+    }
+
+    #[test]
+    fn hostile_extension_messages_are_counted_and_every_split_agrees() {
+        let block: Vec<u8> = (0..700u32).map(|i| (i * 13) as u8).collect();
+        let s = orig_stream(&block);
+        let whole = run(&[&s], Some(&block));
+        let (kinds, meta, pex, pieces, traits) = whole.clone();
+        assert_eq!(
+            kinds,
+            ["metadata_size_too_large", "pex_ipv4_list_not_multiple_of_6"],
+            "2^31 metadata_size and a 13-byte added list are counted"
+        );
+        // The torrent's metadata is known: its ut_metadata pieces are not
+        // collected again.
+        assert!(meta.is_empty());
+        assert_eq!(
+            pex,
+            [
+                (
+                    "10.0.0.1".to_string(),
+                    6881,
+                    vec!["encryption".to_string(), "utp".to_string()]
+                ),
+                ("10.0.0.2".to_string(), 6882, Vec::new()),
+            ]
+        );
+        assert_eq!(pieces, [(0, true)]);
+        // BEP 10 `e`, each side's transport, two PEX flag bytes.
+        assert!(traits >= 3, "{traits}");
+        for cut in 0..=s.len() {
+            let (x, y) = s.split_at(cut);
+            assert_eq!(run(&[x, y], Some(&block)), whole, "cut at {cut}");
+        }
+        // A flipped block byte fails the piece, and nothing else changes.
+        let mut bad = s.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        let (_, _, _, pieces, _) = run(&[&bad], Some(&block));
+        assert_eq!(pieces, [(0, false)]);
+    }
+
+    #[test]
+    fn a_2_pow_31_metadata_piece_is_refused_not_collected() {
+        let mut s = handshake(b'O');
+        s.extend(meta_data(0, 1 << 31, &[0u8; 16384]));
+        s.extend(meta_data(0, 5, b"hell"));
+        s.extend(meta_data(0, 5, b"hello"));
+        let (kinds, meta, _, pieces, _) = run(&[&s], None);
+        assert_eq!(kinds, ["metadata_size_too_large", "ut_metadata_bad_piece"]);
+        // Only the well-formed piece goes to the assembler; no hashes, no
+        // verification.
+        assert_eq!(meta, [(5, b"hello".to_vec())]);
+        assert!(pieces.is_empty());
+    }
+
+    #[test]
+    fn metadata_carried_on_the_connection_verifies_its_pieces_at_once() {
+        let block: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let digest: [u8; 20] = Sha1::digest(&block).into();
+        let mut info = b"d6:lengthi1000e4:name1:t12:piece lengthi1000e6:pieces20:".to_vec();
+        info.extend_from_slice(&digest);
+        info.push(b'e');
+        let ih: [u8; 20] = Sha1::digest(&info).into();
+        let mut resp = handshake_for(ih, b'R');
+        resp.extend(ext(0, b"d1:md11:ut_metadatai3eee"));
+        let mut orig = handshake_for(ih, b'O');
+        orig.extend(meta_data(0, info.len() as u64, &info));
+        let mut p = 0u32.to_be_bytes().to_vec();
+        p.extend(0u32.to_be_bytes());
+        p.extend_from_slice(&block);
+        orig.extend(msg(7, &p));
+        let a: SocketAddr = "10.0.0.1:40000"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let b: SocketAddr = "10.0.0.2:6881"
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let init = SessionInit {
+            conn_id: 1,
+            flow_id: 1,
+            capture: 0,
+            transport: "tcp",
+            orig: a,
+            resp: b,
+            first_ts: 0,
+            midstream: false,
+        };
+        let mut out = ShardOut::default();
+        out.piece_budget.max = 1 << 20;
+        let mut s = PeerSession::new(init, &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(&orig), ctx, &mut out);
+        let _ = s.finish(ctx, &mut out);
+        assert_eq!(out.metadata.len(), 1, "the piece still goes to the assembler");
+        let got: Vec<_> = out.rows.pieces.iter().map(|r| (r.piece, r.bytes, r.verified)).collect();
+        assert_eq!(got, [(0, 1000, true)]);
     }
 }

@@ -56,6 +56,20 @@ const MAX_PENDING_EVENTS_PER_CONN: usize = 4096;
 /// Unattributed connections waiting at once.
 const MAX_PENDING_CONNS: usize = 4096;
 
+/// File paths listed in a `torrents` row (the count is always whole).
+const MAX_FILES_IN_ROW: usize = 1000;
+
+/// Per-torrent totals gathered from the peers at the end.
+#[derive(Debug, Clone, Copy, Default)]
+struct TorrentCounts {
+    peers: u64,
+    confirmed: u64,
+    enc_known: u64,
+    enc: u64,
+    utp_known: u64,
+    utp: u64,
+}
+
 /// `count` value in a history point meaning "have_all" with the piece count
 /// unknown at that time.
 const ALL: u32 = u32::MAX;
@@ -179,6 +193,20 @@ struct PeerState {
     /// The peer's first known state was a `have` (seen mid-connection, no
     /// bitfield): its initial pieces are unknown.
     unknown_start: bool,
+    /// Encryption preference from its own BEP 10 `e`, and from PEX flags
+    /// others gave for it (its own word wins).
+    enc_own: Option<bool>,
+    enc_pex: Option<bool>,
+    /// Seen using uTP (any true wins over false).
+    utp: Option<bool>,
+}
+
+/// Joins two pieces of evidence where any `true` wins.
+fn any_true(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(true), _) | (_, Some(true)) => Some(true),
+        (x, y) => x.or(y),
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -247,6 +275,8 @@ pub struct Swarm {
     pub n_peers_dropped: u64,
     pub n_torrents_dropped: u64,
     pub n_unattributed_dropped: u64,
+    /// Pieces verified and failed, by info hash (hex, as in the rows).
+    piece_checks: Map<String, (u64, u64)>,
 }
 
 impl Swarm {
@@ -267,7 +297,26 @@ impl Swarm {
             n_peers_dropped: 0,
             n_torrents_dropped: 0,
             n_unattributed_dropped: 0,
+            piece_checks: Map::default(),
         }
+    }
+
+    /// Counts a `pieces` row for its torrent's totals.
+    pub fn note_piece(&mut self, info_hash_hex: &str, verified: bool) {
+        if !self.piece_checks.contains_key(info_hash_hex) && self.piece_checks.len() >= self.limits.max_torrents {
+            return;
+        }
+        let e = self.piece_checks.entry(info_hash_hex.to_string()).or_default();
+        if verified {
+            e.0 += 1;
+        } else {
+            e.1 += 1;
+        }
+    }
+
+    /// True when the torrent's metadata (hence piece count) is known.
+    pub fn has_metainfo(&self, h: &[u8; 20]) -> bool {
+        self.torrents.get(h).is_some_and(|t| t.meta.is_some())
     }
 
     /// Registers a torrent's metadata (a .torrent file, rebuilt ut_metadata).
@@ -412,6 +461,14 @@ impl Swarm {
     }
 
     fn attribute(&self, u: &UnattributedEvent) -> Option<[u8; 20]> {
+        self.attribute_endpoints(u.event.ctx.capture, u.event.peer, u.other)
+    }
+
+    /// The torrent of a connection between `a` and `b` in input `capture`,
+    /// from its endpoints' sightings as listen addresses (same input first):
+    /// an endpoint known for exactly one torrent, and the other not known
+    /// for a different one.
+    pub fn attribute_endpoints(&self, capture: u32, a: SocketAddr, b: SocketAddr) -> Option<[u8; 20]> {
         fn pick(a: Option<&EndpointHash>, b: Option<&EndpointHash>) -> Option<Option<[u8; 20]>> {
             match (a, b) {
                 (None, None) => None,
@@ -420,14 +477,67 @@ impl Swarm {
                 _ => Some(None),
             }
         }
-        let c = u.event.ctx.capture;
         let here = pick(
-            self.endpoints_in_capture.get(&(c, u.event.peer)),
-            self.endpoints_in_capture.get(&(c, u.other)),
+            self.endpoints_in_capture.get(&(capture, a)),
+            self.endpoints_in_capture.get(&(capture, b)),
         );
         match here {
             Some(h) => h,
-            None => pick(self.endpoints.get(&u.event.peer), self.endpoints.get(&u.other)).flatten(),
+            None => pick(self.endpoints.get(&a), self.endpoints.get(&b)).flatten(),
+        }
+    }
+
+    /// The torrent each address takes part in, when it is exactly one (the
+    /// peers of every torrent, all inputs so far): the weakest attribution
+    /// of an encrypted connection, by address alone.
+    pub fn torrents_by_ip(&self) -> HashMap<IpAddr, [u8; 20]> {
+        let mut m: HashMap<IpAddr, Option<[u8; 20]>> = HashMap::new();
+        for k in self.peers.keys() {
+            m.entry(k.1.ip())
+                .and_modify(|h| {
+                    if *h != Some(k.0) {
+                        *h = None;
+                    }
+                })
+                .or_insert(Some(k.0));
+        }
+        m.into_iter().filter_map(|(ip, h)| Some((ip, h?))).collect()
+    }
+
+    /// MSE-encrypted connections attributed to torrents: (info_hash,
+    /// originator, responder, over uTP). The originator chose encryption,
+    /// which says it prefers it; it is known by address only, so it counts
+    /// for the torrent's peer at that address when there is exactly one.
+    /// The responder, at its listen endpoint, is known to use that
+    /// transport.
+    pub fn note_encrypted(&mut self, conns: &[([u8; 20], SocketAddr, SocketAddr, bool)]) {
+        if conns.is_empty() {
+            return;
+        }
+        let mut by_ip: HashMap<([u8; 20], IpAddr), Vec<PeerKey>> = HashMap::new();
+        for k in self.peers.keys() {
+            by_ip.entry((k.0, k.1.ip())).or_default().push(*k);
+        }
+        for &(h, orig, resp, utp) in conns {
+            let rk = self.resolve((h, resp));
+            if let Some(p) = self.peers.get_mut(&rk) {
+                p.utp = any_true(p.utp, Some(utp));
+            }
+            // The address's listen endpoint when it has exactly one, else
+            // its only row.
+            let keys = by_ip.get(&(h, orig.ip())).map(Vec::as_slice).unwrap_or_default();
+            let listen: Vec<PeerKey> = keys
+                .iter()
+                .filter(|k| self.peers.get(k).is_some_and(|p| p.listen))
+                .copied()
+                .collect();
+            let target = match (listen.as_slice(), keys) {
+                ([k], _) | ([], [k]) => Some(*k),
+                _ => None,
+            };
+            if let Some(p) = target.and_then(|k| self.peers.get_mut(&k)) {
+                p.enc_pex = any_true(p.enc_pex, Some(true));
+            }
         }
     }
 
@@ -474,6 +584,9 @@ impl Swarm {
                 }
                 b.n_connections = b.n_connections.max(b.conns.len() as u64);
                 b.sources |= a.sources;
+                b.enc_own = b.enc_own.or(a.enc_own);
+                b.enc_pex = any_true(b.enc_pex, a.enc_pex);
+                b.utp = any_true(b.utp, a.utp);
             }
             None => {
                 self.peers.insert(to, a);
@@ -500,6 +613,33 @@ impl Swarm {
             .collect();
         anon.sort();
         for k in anon {
+            if let Some([target]) = listen_by_ip.get(&(k.0, k.1.ip())).map(Vec::as_slice) {
+                self.merge(k, *target);
+            }
+        }
+    }
+
+    /// End of run: an endpoint only PEX named, at an address whose one
+    /// listen endpoint was seen on the wire for the same torrent, is that
+    /// peer. Some clients (Transmission) pass on the port of their
+    /// connection to a peer rather than its listen port, so a peer that
+    /// connected to them shows up in their PEX at an ephemeral port.
+    fn merge_pex_only(&mut self) {
+        let wire = PeerSource::Wire.bit();
+        let mut listen_by_ip: HashMap<([u8; 20], IpAddr), Vec<PeerKey>> = HashMap::new();
+        for (k, p) in &self.peers {
+            if p.listen && p.sources & wire != 0 {
+                listen_by_ip.entry((k.0, k.1.ip())).or_default().push(*k);
+            }
+        }
+        let mut pex_only: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.sources == PeerSource::Pex.bit())
+            .map(|(k, _)| *k)
+            .collect();
+        pex_only.sort();
+        for k in pex_only {
             if let Some([target]) = listen_by_ip.get(&(k.0, k.1.ip())).map(Vec::as_slice) {
                 self.merge(k, *target);
             }
@@ -619,6 +759,21 @@ impl Swarm {
         let cause: Option<&'static str> = match ev.kind {
             SwarmEventKind::Learned { source } => {
                 p.sources |= source.bit();
+                None
+            }
+            SwarmEventKind::Traits {
+                prefers_encryption,
+                utp,
+                from_self,
+            } => {
+                // A peer that reports on itself is believed over others'
+                // reports (PEX flags), and its latest word counts.
+                if from_self {
+                    p.enc_own = prefers_encryption.or(p.enc_own);
+                } else {
+                    p.enc_pex = any_true(p.enc_pex, prefers_encryption);
+                }
+                p.utp = any_true(p.utp, utp);
                 None
             }
             SwarmEventKind::Seen { peer_id, client, .. } => {
@@ -758,19 +913,25 @@ impl Swarm {
     pub fn finish(mut self, rows: &mut RowBatch) {
         self.retry_pending(rows);
         self.merge_anonymous_ephemerals();
+        self.merge_pex_only();
         // Deterministic order: by torrent, then address.
         let mut keys: Vec<_> = self.peers.keys().copied().collect();
         keys.sort();
-        let mut per_torrent: BTreeMap<[u8; 20], (u64, u64)> = BTreeMap::new();
+        let mut per_torrent: BTreeMap<[u8; 20], TorrentCounts> = BTreeMap::new();
         for k in keys {
             let Some(mut p) = self.peers.remove(&k) else { continue };
             let n = self.torrents.get(&k.0).and_then(|t| t.count());
             p.flush_rate();
             let (completed_ts, confirmed) = self.completion(&p.history, n);
             let at = |c: u32| if c == ALL { n } else { Some(u64::from(c)) };
+            let enc = p.enc_own.or(p.enc_pex);
             let e = per_torrent.entry(k.0).or_default();
-            e.0 += 1;
-            e.1 += u64::from(confirmed);
+            e.peers += 1;
+            e.confirmed += u64::from(confirmed);
+            e.enc_known += u64::from(enc.is_some());
+            e.enc += u64::from(enc == Some(true));
+            e.utp_known += u64::from(p.utp.is_some());
+            e.utp += u64::from(p.utp == Some(true));
             rows.peers.push(PeerRow {
                 info_hash: hex(&k.0),
                 peer_ip: k.1.ip().to_string(),
@@ -794,6 +955,8 @@ impl Swarm {
                     .filter(|s| p.sources & s.bit() != 0)
                     .map(|s| s.name().to_string())
                     .collect(),
+                prefers_encryption: enc,
+                utp: p.utp,
                 ..Default::default()
             });
         }
@@ -805,7 +968,8 @@ impl Swarm {
             if t.first_ts.is_none() {
                 continue;
             }
-            let (n_peers, n_conf) = per_torrent.get(&h).copied().unwrap_or_default();
+            let c = per_torrent.get(&h).copied().unwrap_or_default();
+            let (verified, failed) = self.piece_checks.get(&hex(&h)).copied().unwrap_or_default();
             let m = t.meta.as_deref();
             rows.torrents.push(TorrentRow {
                 info_hash: hex(&h),
@@ -822,11 +986,22 @@ impl Swarm {
                 },
                 total_bytes: m.map(|m| m.total_bytes),
                 metadata_source: if m.is_some() { t.metadata_source } else { "none" },
-                n_peers,
-                n_confirmed_downloads: n_conf,
+                n_peers: c.peers,
+                n_confirmed_downloads: c.confirmed,
                 piece_bytes: t.piece_bytes,
                 first_ts: t.first_ts.map(Ts),
                 last_ts: t.last_ts.map(Ts),
+                private: m.map(|m| m.private),
+                n_files: m.map(|m| m.files.len() as u64),
+                files: m
+                    .map(|m| m.files.iter().take(MAX_FILES_IN_ROW).map(|f| f.path.clone()).collect())
+                    .unwrap_or_default(),
+                n_peers_encryption_known: c.enc_known,
+                n_peers_prefer_encryption: c.enc,
+                n_peers_utp_known: c.utp_known,
+                n_peers_utp: c.utp,
+                n_pieces_verified: verified,
+                n_pieces_failed: failed,
             });
         }
     }
@@ -906,6 +1081,9 @@ impl PeerState {
             sources: 0,
             listen: false,
             unknown_start: false,
+            enc_own: None,
+            enc_pex: None,
+            utp: None,
         }
     }
 

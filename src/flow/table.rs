@@ -175,7 +175,13 @@ impl Shard {
             ctx,
             dht: DhtShard::new(&limits, n_shards),
             udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
-            out,
+            out: ShardOut {
+                piece_budget: crate::analyze::pieces::PieceBudget {
+                    used: 0,
+                    max: limits.max_piece_buffer_total / n_shards.max(1),
+                },
+                ..out
+            },
             stats: ShardStats::default(),
         }
     }
@@ -627,6 +633,7 @@ impl Shard {
             last_ts: Ts(f.last_ts),
             encrypted: true,
             mse_handshake: true,
+            attribution_confidence: "none",
             midstream: f.midstream,
             payload_bytes_orig: f.payload[ORIG],
             payload_bytes_resp: f.payload[RESP],

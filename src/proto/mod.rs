@@ -9,4 +9,6 @@ pub mod metainfo;
 pub mod peer_wire;
 pub mod tracker_http;
 pub mod tracker_udp;
+pub mod ut_metadata;
+pub mod ut_pex;
 pub mod utp;

@@ -185,8 +185,9 @@ pub enum WireEvent<'a> {
     NoHandshake,
     /// A message; `wire_len` is its length on the wire (prefix included).
     Message { msg: Message<'a>, wire_len: u64 },
-    /// Bytes of a piece block seen.
-    PieceData(u64),
+    /// Bytes of a piece block seen (borrowed from the chunk; for counting,
+    /// and hashing when piece hashes are known).
+    PieceData(&'a [u8]),
     /// Bytes of a piece block lost in a gap (framing kept).
     PieceGap(u64),
     /// Framing found again after `skipped_bytes` of unframed data (mid-stream
@@ -470,7 +471,7 @@ impl PeerWireFramer {
                     let take = remaining.min(d.len() as u64);
                     self.stats.piece_bytes += take;
                     self.stats.framed_bytes += take;
-                    out(WireEvent::PieceData(take));
+                    out(WireEvent::PieceData(d.get(..take as usize).unwrap_or_default()));
                     let left = remaining - take;
                     self.state = if left == 0 {
                         State::Header
@@ -1075,7 +1076,7 @@ mod tests {
             WireEvent::Handshake { info_hash, peer_id, .. } => Ev::Hs(info_hash, peer_id),
             WireEvent::NoHandshake => Ev::NoHs,
             WireEvent::Message { msg, wire_len } => Ev::Msg(format!("{msg:?}"), wire_len),
-            WireEvent::PieceData(n) => Ev::Data(n),
+            WireEvent::PieceData(d) => Ev::Data(d.len() as u64),
             WireEvent::PieceGap(n) => Ev::Gap(n),
             WireEvent::Resync { skipped_bytes } => Ev::Resync(skipped_bytes),
             WireEvent::LostSync { reason } => Ev::Lost(reason),

@@ -150,7 +150,8 @@ tables! {
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         info_hash: Option<String> = "Info hash (lowercase hex); null when neither seen nor inferred.",
-        info_hash_source: Option<&'static str> = "handshake, or endpoint: a mid-stream connection attributed by an endpoint known as a listen address of exactly one torrent.",
+        info_hash_source: Option<&'static str> = "handshake; endpoint: a mid-stream or MSE-encrypted connection attributed by an endpoint known as a listen address of exactly one torrent; address: an encrypted connection one of whose addresses takes part in exactly one torrent.",
+        attribution_confidence: &'static str = "How sure info_hash is: exact (a handshake carried it), likely (info_hash_source endpoint: from the endpoint's plaintext sightings in tracker, DHT, PEX, LSD or other connections), weak (info_hash_source address), none (no info_hash).",
         orig_peer_id: Option<String> = "Originator's peer id (hex).",
         resp_peer_id: Option<String> = "Responder's peer id (hex).",
         orig_client: Option<String> = "Originator's client, from its peer id, else its BEP 10 `v`.",
@@ -232,6 +233,8 @@ tables! {
         longitude: Option<f64> = "Approximate longitude from a `--geoip` City database.",
         asn: Option<u64> = "Autonomous system number from a `--geoip` ASN database.",
         as_org: Option<String> = "Autonomous system organisation from a `--geoip` ASN database.",
+        prefers_encryption: Option<bool> = "Prefers MSE encryption: its BEP 10 `e` key; else true when a PEX message flagged it so or it opened an MSE-encrypted connection attributed to this torrent, false when PEX flags said otherwise; null when nothing said.",
+        utp: Option<bool> = "Seen using uTP: true when a captured connection of it ran over uTP or a PEX message flagged it uTP; false when it was seen only over TCP or flagged without uTP; null when unknown.",
     }
 
     /// One row per torrent (info_hash).
@@ -249,6 +252,15 @@ tables! {
         piece_bytes: u64 = "Piece block bytes seen on the wire for this torrent.",
         first_ts: Option<Ts> = "First seen.",
         last_ts: Option<Ts> = "Last seen.",
+        private: Option<bool> = "BEP 27 private flag from metadata.",
+        n_files: Option<u64> = "Files in the torrent, from metadata.",
+        files: Vec<String> = "File paths from metadata (first 1000; see n_files).",
+        n_peers_encryption_known: u64 = "Peers whose encryption preference is known (peers.prefers_encryption not null).",
+        n_peers_prefer_encryption: u64 = "Of those, peers that prefer encryption.",
+        n_peers_utp_known: u64 = "Peers whose transport is known (peers.utp not null).",
+        n_peers_utp: u64 = "Of those, peers seen using uTP.",
+        n_pieces_verified: u64 = "Whole pieces seen on the wire whose SHA-1 matched (pieces table).",
+        n_pieces_failed: u64 = "Whole pieces seen on the wire whose SHA-1 did not match.",
     }
 
     /// One row per tracker announce request (HTTP or UDP, recognised by content on any port), paired with its response. Rows of requests that were never answered have null response columns.
@@ -466,6 +478,22 @@ tables! {
         peer_port: u32 = "Its port.",
         action: &'static str = "added or dropped.",
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
+    }
+
+    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used from the next batch of frames after it was rebuilt, and at once on the connection that carried it when it fits one metadata piece). Pieces cut by a capture gap are not rows.
+    pieces => PieceRow {
+        ts: Ts = "Time of the packet completing the piece.",
+        frame: u64 = "That frame.",
+        capture: Arc<str> = "Input file name.",
+        conn_id: u64 = "Connection.",
+        info_hash: String = "Torrent.",
+        piece: u32 = "Piece index.",
+        sender_ip: String = "Address that sent the piece.",
+        sender_port: u32 = "Its port on this connection.",
+        receiver_ip: String = "Address that received it.",
+        receiver_port: u32 = "Its port on this connection.",
+        bytes: u64 = "Piece length.",
+        verified: bool = "SHA-1 of the bytes equals the piece hash (false: corrupt or poisoned).",
     }
 
     /// One row per info hash in a BEP 14 local service discovery announce.

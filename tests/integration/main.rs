@@ -22,6 +22,7 @@ use swarmtap::sink::TABLE_NAMES;
 mod dht;
 mod geo;
 mod live;
+mod metadata;
 mod tracker;
 
 pub fn corpus() -> Option<PathBuf> {
