@@ -24,8 +24,8 @@ use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
 use crate::analyze::metadata::MetadataAssembler;
 use crate::analyze::pieces::KnownTorrents;
-use crate::analyze::swarm::Swarm;
 use crate::analyze::swarm::UnattributedEvent;
+use crate::analyze::swarm::{EncryptedConn, Swarm};
 use crate::analyze::tracker::AnnounceMark;
 use crate::analyze::SwarmEvent;
 use crate::analyze::{FrameCtx, ShardOut};
@@ -710,7 +710,17 @@ fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[
         c.info_hash = Some(hex(&h));
         c.info_hash_source = Some(source);
         c.attribution_confidence = confidence;
-        noted.push((h, o, r, c.transport == "utp"));
+        noted.push(EncryptedConn {
+            info_hash: h,
+            conn_id: c.conn_id,
+            orig: o,
+            resp: r,
+            utp: c.transport == "utp",
+            first_ts: c.first_ts.0,
+            last_ts: c.last_ts.0,
+            payload_bytes_orig: c.payload_bytes_orig,
+            payload_bytes_resp: c.payload_bytes_resp,
+        });
     }
     swarm.note_encrypted(&noted);
 }

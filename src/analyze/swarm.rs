@@ -199,6 +199,24 @@ struct PeerState {
     enc_pex: Option<bool>,
     /// Seen using uTP (any true wins over false).
     utp: Option<bool>,
+    /// Payload bytes it sent / received on MSE-encrypted connections
+    /// attributed to this torrent (unreadable: pieces plus protocol).
+    enc_sent: u64,
+    enc_received: u64,
+}
+
+/// An MSE-encrypted connection attributed to a torrent, for the swarm state.
+#[derive(Debug, Clone, Copy)]
+pub struct EncryptedConn {
+    pub info_hash: [u8; 20],
+    pub conn_id: u64,
+    pub orig: SocketAddr,
+    pub resp: SocketAddr,
+    pub utp: bool,
+    pub first_ts: i64,
+    pub last_ts: i64,
+    pub payload_bytes_orig: u64,
+    pub payload_bytes_resp: u64,
 }
 
 /// Joins two pieces of evidence where any `true` wins.
@@ -510,7 +528,7 @@ impl Swarm {
     /// for the torrent's peer at that address when there is exactly one.
     /// The responder, at its listen endpoint, is known to use that
     /// transport.
-    pub fn note_encrypted(&mut self, conns: &[([u8; 20], SocketAddr, SocketAddr, bool)]) {
+    pub fn note_encrypted(&mut self, conns: &[EncryptedConn]) {
         if conns.is_empty() {
             return;
         }
@@ -518,25 +536,46 @@ impl Swarm {
         for k in self.peers.keys() {
             by_ip.entry((k.0, k.1.ip())).or_default().push(*k);
         }
-        for &(h, orig, resp, utp) in conns {
-            let rk = self.resolve((h, resp));
-            if let Some(p) = self.peers.get_mut(&rk) {
-                p.utp = any_true(p.utp, Some(utp));
-            }
-            // The address's listen endpoint when it has exactly one, else
-            // its only row.
-            let keys = by_ip.get(&(h, orig.ip())).map(Vec::as_slice).unwrap_or_default();
+        for c in conns {
+            let h = c.info_hash;
+            // The responder accepted the connection: its endpoint is its
+            // listen endpoint. The originator connected from an ephemeral
+            // port: its address's listen endpoint when it has exactly one,
+            // else its only row.
+            let rk = self.resolve((h, c.resp));
+            let keys = by_ip.get(&(h, c.orig.ip())).map(Vec::as_slice).unwrap_or_default();
             let listen: Vec<PeerKey> = keys
                 .iter()
                 .filter(|k| self.peers.get(k).is_some_and(|p| p.listen))
                 .copied()
                 .collect();
-            let target = match (listen.as_slice(), keys) {
+            let ok = match (listen.as_slice(), keys) {
                 ([k], _) | ([], [k]) => Some(*k),
                 _ => None,
             };
-            if let Some(p) = target.and_then(|k| self.peers.get_mut(&k)) {
-                p.enc_pex = any_true(p.enc_pex, Some(true));
+            for (key, sent, received, is_orig) in [
+                (Some(rk), c.payload_bytes_resp, c.payload_bytes_orig, false),
+                (ok, c.payload_bytes_orig, c.payload_bytes_resp, true),
+            ] {
+                let Some(p) = key.and_then(|k| self.peers.get_mut(&k)) else {
+                    continue;
+                };
+                if is_orig {
+                    p.enc_pex = any_true(p.enc_pex, Some(true));
+                }
+                p.utp = any_true(p.utp, Some(c.utp));
+                // Seen on the wire, in an encrypted connection of its own.
+                p.sources |= PeerSource::Wire.bit();
+                if !p.conns.contains(&c.conn_id) {
+                    p.n_connections += 1;
+                    p.enc_sent += sent;
+                    p.enc_received += received;
+                    if p.conns.len() < MAX_CONNS_REMEMBERED {
+                        p.conns.push(c.conn_id);
+                    }
+                }
+                p.first_ts = p.first_ts.min(c.first_ts);
+                p.last_ts = p.last_ts.max(c.last_ts);
             }
         }
     }
@@ -587,6 +626,8 @@ impl Swarm {
                 b.enc_own = b.enc_own.or(a.enc_own);
                 b.enc_pex = any_true(b.enc_pex, a.enc_pex);
                 b.utp = any_true(b.utp, a.utp);
+                b.enc_sent += a.enc_sent;
+                b.enc_received += a.enc_received;
             }
             None => {
                 self.peers.insert(to, a);
@@ -957,6 +998,8 @@ impl Swarm {
                     .collect(),
                 prefers_encryption: enc,
                 utp: p.utp,
+                encrypted_bytes_sent: p.enc_sent,
+                encrypted_bytes_received: p.enc_received,
                 ..Default::default()
             });
         }
@@ -1084,6 +1127,8 @@ impl PeerState {
             enc_own: None,
             enc_pex: None,
             utp: None,
+            enc_sent: 0,
+            enc_received: 0,
         }
     }
 

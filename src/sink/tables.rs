@@ -235,6 +235,8 @@ tables! {
         as_org: Option<String> = "Autonomous system organisation from a `--geoip` ASN database.",
         prefers_encryption: Option<bool> = "Prefers MSE encryption: its BEP 10 `e` key; else true when a PEX message flagged it so or it opened an MSE-encrypted connection attributed to this torrent, false when PEX flags said otherwise; null when nothing said.",
         utp: Option<bool> = "Seen using uTP: true when a captured connection of it ran over uTP or a PEX message flagged it uTP; false when it was seen only over TCP or flagged without uTP; null when unknown.",
+        encrypted_bytes_sent: u64 = "Payload bytes it sent on MSE-encrypted connections attributed to this torrent (connections.attribution_confidence likely or weak): piece data and protocol together, unreadable; an upper bound of what it uploaded there. Those connections also count in n_connections and add `wire` to sources.",
+        encrypted_bytes_received: u64 = "Payload bytes it received on such connections.",
     }
 
     /// One row per torrent (info_hash).
