@@ -1036,8 +1036,8 @@ mod tests {
             ]
         );
         assert_eq!(pieces, [(0, true)]);
-        // BEP 10 `e`, each side's transport, two PEX flag bytes.
-        assert!(traits >= 3, "{traits}");
+        // BEP 10 `e` (1), each side's transport (2), two PEX flag bytes (2).
+        assert_eq!(traits, 5);
         for cut in 0..=s.len() {
             let (x, y) = s.split_at(cut);
             assert_eq!(run(&[x, y], Some(&block)), whole, "cut at {cut}");
