@@ -129,6 +129,13 @@ pub struct Limits {
     /// torrents (a capture rarely holds more than a few magnet downloads);
     /// past it a new torrent's pieces are refused, counted.
     pub max_metadata_pending_bytes: usize,
+    /// Bytes of info dictionaries rebuilt from ut_metadata and kept for the
+    /// run (their piece hashes verify pieces). A peer can make up valid
+    /// dictionaries (the info hash is whatever one hashes to), so without
+    /// it `max_torrents` dictionaries of `max_metadata_bytes` each could be
+    /// kept (1 TiB); past it new dictionaries are refused, counted
+    /// (`metadata_table_full`). 256 MiB is thousands of real torrents.
+    pub max_metadata_kept_bytes: usize,
     /// Pieces followed at once for verification per connection direction.
     /// Clients download a handful of pieces from one peer at a time; a
     /// sender interleaving more loses the oldest (counted).
@@ -185,6 +192,7 @@ impl Default for Limits {
             live_state_idle_us: 3600 * 1_000_000,
             max_metadata_bytes: 16 << 20,
             max_metadata_pending_bytes: 64 << 20,
+            max_metadata_kept_bytes: 256 << 20,
             max_pieces_in_progress: 16,
             max_piece_buffer_per_direction: 2 << 20,
             max_piece_buffer_total: 256 << 20,

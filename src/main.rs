@@ -138,10 +138,15 @@ fn live(a: LiveArgs) -> Result<(), String> {
     };
     // SIGINT/SIGTERM ask for a clean stop (flush, exit 0); a second one
     // while stopping exits at once (status 130), as users expect of ^C^C.
-    // SIGHUP rotates.
+    // SIGHUP rotates. "A second one" is a second *signal*: the run also
+    // sets `stop` itself (--duration, an early return), and a supervisor's
+    // one SIGTERM during that final flush must not throw the last interval
+    // away, so the signals keep their own flag.
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let signalled = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(sig, 130, control.stop.clone())
+        signal_hook::flag::register_conditional_shutdown(sig, 130, signalled.clone())
+            .and_then(|_| signal_hook::flag::register(sig, signalled.clone()))
             .and_then(|_| signal_hook::flag::register(sig, control.stop.clone()))
             .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     }

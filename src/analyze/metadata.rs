@@ -13,8 +13,10 @@
 //! hold at most `Limits::max_metadata_pending_bytes`, each charged
 //! [`PENDING_OVERHEAD`] more than its size for its bookkeeping (beyond it a
 //! new torrent's pieces are refused, counted); at
-//! most `Limits::max_torrents` dictionaries are rebuilt in a run (a peer can
-//! make up valid ones: the info hash is whatever the dictionary hashes to).
+//! most `Limits::max_torrents` dictionaries, of at most
+//! `Limits::max_metadata_kept_bytes` together, are rebuilt in a run (a peer
+//! can make up valid ones: the info hash is whatever the dictionary hashes
+//! to).
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -65,6 +67,9 @@ pub struct MetadataAssembler {
     max_bytes: u32,
     max_pending_bytes: usize,
     max_done: usize,
+    max_kept_bytes: usize,
+    /// Bytes of the dictionaries rebuilt so far (kept for the run).
+    kept_bytes: usize,
     pending: BTreeMap<[u8; 20], Pending>,
     pending_bytes: usize,
     done: HashSet<[u8; 20]>,
@@ -78,6 +83,8 @@ impl MetadataAssembler {
             max_bytes: limits.max_metadata_bytes,
             max_pending_bytes: limits.max_metadata_pending_bytes,
             max_done: limits.max_torrents,
+            max_kept_bytes: limits.max_metadata_kept_bytes,
+            kept_bytes: 0,
             pending: BTreeMap::new(),
             pending_bytes: 0,
             done: HashSet::new(),
@@ -142,6 +149,14 @@ impl MetadataAssembler {
                 anomaly(rows, "metadata_table_full", "max_torrents rebuilt".to_string());
                 return None;
             }
+            if self.kept_bytes.saturating_add(p.total_size as usize) > self.max_kept_bytes {
+                anomaly(
+                    rows,
+                    "metadata_table_full",
+                    format!("{} bytes rebuilt (max_metadata_kept_bytes)", self.kept_bytes),
+                );
+                return None;
+            }
             let size = p.total_size as usize + PENDING_OVERHEAD;
             if self.pending_bytes + size > self.max_pending_bytes {
                 anomaly(rows, "metadata_pending_full", format!("{} bytes refused", size));
@@ -186,6 +201,7 @@ impl MetadataAssembler {
         match parse_info(&q.buf) {
             Ok(meta) => {
                 self.done.insert(p.info_hash);
+                self.kept_bytes += q.buf.len();
                 Some(Rebuilt {
                     ctx: p.ctx,
                     meta,
@@ -324,5 +340,30 @@ mod tests {
         assert_eq!(a.pending.len(), 40_000 / (16385 + PENDING_OVERHEAD));
         assert!(a.pending_bytes <= 40_000);
         assert!(rows.anomalies.iter().any(|r| r.kind == "metadata_pending_full"));
+    }
+
+    #[test]
+    fn rebuilt_dictionaries_are_bounded_in_bytes() {
+        // Made-up dictionaries, each valid for the hash it claims: only
+        // max_metadata_kept_bytes of them are kept.
+        let dicts: Vec<Vec<u8>> = (1..=5).map(|i| info_dict(10, 1000 + i)).collect();
+        let size = dicts[0].len();
+        let limits = Limits {
+            max_metadata_kept_bytes: 3 * size + 10,
+            ..Limits::default()
+        };
+        let mut a = MetadataAssembler::new(&limits);
+        let mut rows = RowBatch::default();
+        let mut rebuilt = 0;
+        for d in &dicts {
+            let h: [u8; 20] = Sha1::digest(d).into();
+            for p in pieces_of(h, d) {
+                rebuilt += usize::from(a.add(p, &[], &mut rows).is_some());
+            }
+        }
+        assert_eq!(rebuilt, 3);
+        let kinds: Vec<_> = rows.anomalies.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["metadata_table_full", "metadata_table_full"]);
+        assert_eq!(a.pending_bytes, 0);
     }
 }

@@ -15,7 +15,7 @@
 //! pieces are followed per direction; a sender interleaving more pieces
 //! than that loses the oldest (counted).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sha1::{Digest, Sha1};
@@ -50,6 +50,12 @@ impl KnownTorrents {
     }
 }
 
+/// What one run of bytes held aside costs beyond its bytes (map node, `Vec`
+/// header, allocator rounding), charged against both bounds: without it a
+/// sender of one-byte blocks at every other offset would hold ~50 times the
+/// configured bytes in bookkeeping.
+pub const AHEAD_ENTRY_OVERHEAD: usize = 64;
+
 /// Out-of-order bytes held by all the connections of one shard.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PieceBudget {
@@ -79,8 +85,10 @@ struct InProgress {
     /// Bytes hashed so far: the piece's prefix [0, next).
     next: u64,
     hasher: Sha1,
-    /// Bytes that arrived ahead of `next`: (offset in piece, bytes).
-    ahead: Vec<(u64, Vec<u8>)>,
+    /// Bytes that arrived ahead of `next`, by offset in the piece.
+    ahead: BTreeMap<u64, Vec<u8>>,
+    /// What `ahead` is charged: its bytes plus [`AHEAD_ENTRY_OVERHEAD`] per
+    /// entry.
     ahead_bytes: usize,
 }
 
@@ -166,7 +174,7 @@ impl PieceChecker {
                 len,
                 next: 0,
                 hasher: Sha1::new(),
-                ahead: Vec::new(),
+                ahead: BTreeMap::new(),
                 ahead_bytes: 0,
             });
         }
@@ -200,20 +208,36 @@ impl PieceChecker {
             p.next += tail.len() as u64;
             self.drain_ahead(idx, budget);
         } else {
+            // Bytes that continue a held run extend it; a run already held
+            // at this offset keeps the longer bytes; otherwise a new run.
+            let extends = p
+                .ahead
+                .range(..at)
+                .next_back()
+                .is_some_and(|(off, v)| *off + v.len() as u64 == at);
+            let same = p.ahead.get(&at).map(Vec::len);
+            let cost = match (extends, same) {
+                (true, _) => d.len(),
+                (false, Some(have)) => d.len().saturating_sub(have),
+                (false, None) => d.len() + AHEAD_ENTRY_OVERHEAD,
+            };
             let room_here = self.limits.max_buffered.saturating_sub(self.buffered);
             let room_shard = budget.max.saturating_sub(budget.used);
-            if d.len() > room_here.min(room_shard) {
+            if cost > room_here.min(room_shard) {
                 self.drop_piece(b.piece, budget);
                 self.block = None;
                 return (None, Some("piece_check_buffer_full"));
             }
-            match p.ahead.last_mut() {
-                Some((off, v)) if *off + v.len() as u64 == at => v.extend_from_slice(d),
-                _ => p.ahead.push((at, d.to_vec())),
+            if extends {
+                if let Some((_, v)) = p.ahead.range_mut(..at).next_back() {
+                    v.extend_from_slice(d);
+                }
+            } else if cost > 0 {
+                p.ahead.insert(at, d.to_vec());
             }
-            p.ahead_bytes += d.len();
-            self.buffered += d.len();
-            budget.used += d.len();
+            p.ahead_bytes += cost;
+            self.buffered += cost;
+            budget.used += cost;
         }
         let Some(idx) = self.pieces.iter().position(|p| p.piece == b.piece) else {
             return (None, None);
@@ -255,29 +279,23 @@ impl PieceChecker {
 
     fn drain_ahead(&mut self, idx: usize, budget: &mut PieceBudget) {
         let p = &mut self.pieces[idx];
-        if p.ahead.is_empty() {
-            return;
-        }
-        p.ahead.sort_by_key(|(off, _)| *off);
         let mut freed = 0usize;
-        let mut i = 0;
-        while i < p.ahead.len() {
-            let (off, ref v) = p.ahead[i];
-            if off > p.next {
-                i += 1;
-                continue;
+        // Runs are ordered by offset: take them from the front while they
+        // touch the hashed prefix (each run is visited once).
+        while let Some(e) = p.ahead.first_entry() {
+            if *e.key() > p.next {
+                break;
             }
+            let (off, v) = e.remove_entry();
             let skip = (p.next - off).min(v.len() as u64) as usize;
             let tail = v.get(skip..).unwrap_or_default();
             p.hasher.update(tail);
             p.next += tail.len() as u64;
-            freed += v.len();
-            p.ahead.remove(i);
-            // Earlier entries may fit now that `next` moved: rescan.
-            i = 0;
+            freed += v.len() + AHEAD_ENTRY_OVERHEAD;
         }
+        let freed = freed.min(p.ahead_bytes);
         p.ahead_bytes -= freed;
-        self.buffered -= freed;
+        self.buffered = self.buffered.saturating_sub(freed);
         budget.used = budget.used.saturating_sub(freed);
     }
 
@@ -426,7 +444,7 @@ mod tests {
         // Too many pieces in progress: the oldest goes, its bytes returned.
         c.start_block(0, 8192, 500, &mut b);
         let _ = c.data(&data[8192..8692], &mut b);
-        assert_eq!(b.used, 500);
+        assert_eq!(b.used, 500 + AHEAD_ENTRY_OVERHEAD);
         c.start_block(1, 0, 10, &mut b);
         assert_eq!(
             c.start_block(2, 0, 10, &mut b),
@@ -440,5 +458,57 @@ mod tests {
         assert_eq!(c.data(&data[100..200], &mut tight).1, Some("piece_check_buffer_full"));
         c.clear(&mut tight);
         assert_eq!(tight.used, 0);
+    }
+
+    #[test]
+    fn held_slivers_are_charged_their_bookkeeping() {
+        // One-byte blocks at every other offset: each is a run of its own.
+        let data = payload(4 * 16384);
+        let m = meta(&data, 65536);
+        let lim = CheckLimits {
+            max_in_progress: 4,
+            max_buffered: 64 * 1024,
+        };
+        let mut b = PieceBudget {
+            used: 0,
+            max: usize::MAX,
+        };
+        let mut c = PieceChecker::new(m.clone(), lim);
+        let mut held = 0usize;
+        let mut full = false;
+        for off in (2..65536u32).step_by(2) {
+            c.start_block(0, off, 1, &mut b);
+            match c.data(&data[off as usize..off as usize + 1], &mut b) {
+                (_, Some("piece_check_buffer_full")) => {
+                    full = true;
+                    break;
+                }
+                _ => held += 1,
+            }
+        }
+        assert!(full, "32767 one-byte runs held under a 64 KiB bound");
+        assert_eq!(held, 64 * 1024 / (1 + AHEAD_ENTRY_OVERHEAD));
+        assert_eq!((b.used, c.buffered()), (0, 0));
+        // With room, the same slivers and then the bytes between them, in
+        // order, still verify the piece, and every held byte is returned.
+        let lim = CheckLimits {
+            max_in_progress: 4,
+            max_buffered: 8 << 20,
+        };
+        let mut c = PieceChecker::new(m, lim);
+        for off in (1..65536u32).step_by(2) {
+            c.start_block(0, off, 1, &mut b);
+            assert_eq!(c.data(&data[off as usize..off as usize + 1], &mut b), (None, None));
+        }
+        assert_eq!(b.used, 32768 * (1 + AHEAD_ENTRY_OVERHEAD));
+        let mut got = Vec::new();
+        for off in (0..65536u32).step_by(2) {
+            c.start_block(0, off, 1, &mut b);
+            if let (Some(r), _) = c.data(&data[off as usize..off as usize + 1], &mut b) {
+                got.push((r.piece, r.bytes, r.verified));
+            }
+        }
+        assert_eq!(got, [(0, 65536, true)]);
+        assert_eq!((b.used, c.buffered()), (0, 0));
     }
 }

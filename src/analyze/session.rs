@@ -92,8 +92,12 @@ struct State {
     /// An info dictionary of one metadata piece that passed on this very
     /// connection and hashes to its info_hash: its pieces are verified
     /// from then on, without waiting for the run-wide assembler (whose
-    /// result reaches the shards only from the next batch).
+    /// result reaches the shards only from the next batch). Its bytes are
+    /// charged to the shard's piece budget while the connection lives
+    /// (`local_meta_charge`): a peer can send every connection a made-up
+    /// 16 KiB dictionary, and there are `max_flows` connections.
     local_meta: Option<Arc<Metainfo>>,
+    local_meta_charge: usize,
 }
 
 /// One peer-wire connection.
@@ -156,6 +160,7 @@ impl PeerSession {
                 max_metadata: limits.max_metadata_bytes,
                 max_pex: limits.max_pex_entries,
                 local_meta: None,
+                local_meta_charge: 0,
             },
         }
     }
@@ -221,6 +226,8 @@ impl PeerSession {
                 c.clear(&mut out.piece_budget);
             }
         }
+        let charge = std::mem::take(&mut self.st.local_meta_charge);
+        out.piece_budget.used = out.piece_budget.used.saturating_sub(charge);
         self.st.settled = true;
         self.st.release(out);
         self.row(out)
@@ -778,8 +785,13 @@ impl State {
                 }
                 if let Some(h) = self.info_hash {
                     if !out.known.contains(&h) {
-                        if total_size as usize == data.len() && self.local_meta.is_none() {
+                        let room = out.piece_budget.max.saturating_sub(out.piece_budget.used);
+                        if total_size as usize == data.len() && self.local_meta.is_none() && data.len() <= room {
                             self.local_meta = local_metadata(h, data);
+                            if self.local_meta.is_some() {
+                                self.local_meta_charge = data.len();
+                                out.piece_budget.used += data.len();
+                            }
                         }
                         out.metadata.push(MetadataPiece {
                             ctx,
@@ -1036,8 +1048,8 @@ mod tests {
             ]
         );
         assert_eq!(pieces, [(0, true)]);
-        // BEP 10 `e`, each side's transport, two PEX flag bytes.
-        assert!(traits >= 3, "{traits}");
+        // BEP 10 `e` (1), each side's transport (2), two PEX flag bytes (2).
+        assert_eq!(traits, 5);
         for cut in 0..=s.len() {
             let (x, y) = s.split_at(cut);
             assert_eq!(run(&[x, y], Some(&block)), whole, "cut at {cut}");
@@ -1096,15 +1108,25 @@ mod tests {
             first_ts: 0,
             midstream: false,
         };
-        let mut out = ShardOut::default();
-        out.piece_budget.max = 1 << 20;
-        let mut s = PeerSession::new(init, &Limits::default(), true);
-        let ctx = FrameCtx::default();
-        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
-        s.feed(ORIG, Chunk::Data(&orig), ctx, &mut out);
-        let _ = s.finish(ctx, &mut out);
-        assert_eq!(out.metadata.len(), 1, "the piece still goes to the assembler");
-        let got: Vec<_> = out.rows.pieces.iter().map(|r| (r.piece, r.bytes, r.verified)).collect();
-        assert_eq!(got, [(0, 1000, true)]);
+        let run = |budget: usize| {
+            let mut out = ShardOut::default();
+            out.piece_budget.max = budget;
+            let mut s = PeerSession::new(init, &Limits::default(), true);
+            let ctx = FrameCtx::default();
+            s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+            s.feed(ORIG, Chunk::Data(&orig), ctx, &mut out);
+            let held = out.piece_budget.used;
+            let _ = s.finish(ctx, &mut out);
+            assert_eq!(out.metadata.len(), 1, "the piece still goes to the assembler");
+            assert_eq!(out.piece_budget.used, 0, "returned at the end");
+            let got: Vec<_> = out.rows.pieces.iter().map(|r| (r.piece, r.bytes, r.verified)).collect();
+            (held, got)
+        };
+        // The dictionary is charged to the shard's budget while the
+        // connection lives...
+        assert_eq!(run(1 << 20), (info.len(), vec![(0, 1000, true)]));
+        // ...and without room for it, the connection waits for the
+        // run-wide assembler like any other.
+        assert_eq!(run(info.len() - 1), (0, vec![]));
     }
 }

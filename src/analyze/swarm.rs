@@ -1088,6 +1088,11 @@ impl Swarm {
         self.torrents.retain(|h, t| {
             live.contains(h) || t.metadata_source == "torrent_file" || t.last_ts.is_some_and(|l| l >= cutoff)
         });
+        // Piece counts go with their torrent: the table is bounded by
+        // max_torrents, and counts kept for forgotten torrents would keep
+        // every later torrent's pieces from being counted.
+        let kept: std::collections::HashSet<String> = self.torrents.keys().map(|h| hex(h)).collect();
+        self.piece_checks.retain(|h, _| kept.contains(h));
         // Mid-stream attributions are looked up while a connection lives;
         // its rows are written by then. Bounded like the peer table.
         if self.attributed.len() > self.limits.max_peers {
@@ -1313,5 +1318,38 @@ mod tests {
             .peers
             .iter()
             .any(|p| p.peer_ip == "10.0.0.5" && p.last_pieces == Some(1)));
+    }
+
+    #[test]
+    fn expired_torrents_free_their_piece_counts() {
+        // One torrent's piece counts at a time: the first torrent goes idle
+        // and is forgotten; the next one's pieces must still be counted.
+        let limits = Limits {
+            max_torrents: 1,
+            ..Limits::default()
+        };
+        let mut s = Swarm::new(limits, 0.98, 5);
+        let mut rows = RowBatch::default();
+        let seen = SwarmEventKind::Seen {
+            peer_id: None,
+            client: None,
+            listen: true,
+        };
+        s.apply(vec![ev(0, "10.0.0.1:1", seen.clone())], Vec::new(), &mut rows);
+        s.note_piece(&hex(&[7; 20]), true);
+        s.expire_idle(1_000_000);
+        assert_eq!(s.n_torrents(), 0);
+        let mut e = ev(2_000_000, "10.0.0.2:2", seen);
+        e.info_hash = [8; 20];
+        s.apply(vec![e], Vec::new(), &mut rows);
+        s.note_piece(&hex(&[8; 20]), true);
+        s.note_piece(&hex(&[8; 20]), false);
+        s.finish(&mut rows);
+        let t: Vec<_> = rows
+            .torrents
+            .iter()
+            .map(|t| (t.info_hash.clone(), t.n_pieces_verified, t.n_pieces_failed))
+            .collect();
+        assert_eq!(t, [(hex(&[8; 20]), 1, 1)]);
     }
 }

@@ -210,7 +210,7 @@ fn walk_file_tree(tree: Dict<'_>, piece_length: u64) -> (Vec<FileEntry>, u32, u6
                 // "" key: the file's properties.
                 let len = sub.get_int(b"length").unwrap_or(0).max(0) as u64;
                 total = total.saturating_add(len);
-                n_pieces += len.div_ceil(piece_length);
+                n_pieces = n_pieces.saturating_add(len.div_ceil(piece_length));
                 if files.len() < MAX_FILES_LISTED {
                     files.push(FileEntry {
                         path: prefix.clone(),
@@ -330,5 +330,21 @@ mod tests {
         assert!(parse_torrent(b"d4:infod6:pieces3:abc12:piece lengthi1eee").is_err());
         assert!(parse_torrent(b"d4:infod12:piece lengthi-5e6:pieces0:ee").is_err());
         assert!(parse_torrent(b"").is_err());
+    }
+
+    #[test]
+    fn v2_piece_count_saturates_on_hostile_lengths() {
+        // Two files of i64::MAX bytes and one of 3 at one byte a piece: the
+        // count must not wrap around to 1 (an info dictionary from
+        // ut_metadata is whatever a peer made up).
+        let max = i64::MAX;
+        let info = format!(
+            "d9:file treed1:ad0:d6:lengthi{max}eee1:bd0:d6:lengthi{max}eee1:cd0:d6:lengthi3eeee\
+             12:meta versioni2e4:name1:x12:piece lengthi1ee"
+        );
+        let m = parse_info(info.as_bytes()).expect("parses");
+        assert_eq!(m.files.len(), 3);
+        assert_eq!(m.total_bytes, u64::MAX);
+        assert_eq!(m.n_pieces, u32::MAX);
     }
 }

@@ -179,10 +179,17 @@ mod tests {
         assert_eq!(parse(b""), Err(MetadataError::BadDict));
         let deep = [b"d1:a".repeat(50), b"i1e".to_vec(), b"e".repeat(50)].concat();
         assert_eq!(parse(&deep), Err(MetadataError::BadDict));
-        // Every truncation of a valid message fails cleanly or decodes.
+        // Every truncation of a valid data message is refused: inside the
+        // dictionary it is not one, after it the data is short.
         let m = data_msg(0, 20, &[3; 20]);
+        let dict_len = m.len() - 20;
         for cut in 0..m.len() {
-            let _ = parse(&m[..cut]);
+            let want = if cut < dict_len {
+                MetadataError::BadDict
+            } else {
+                MetadataError::BadPiece
+            };
+            assert_eq!(parse(&m[..cut]), Err(want), "cut at {cut}");
         }
     }
 

@@ -245,6 +245,7 @@ fn pex_peers_are_real_swarm_members() {
         let t = truth(name);
         let mut ips = BTreeSet::new();
         let mut listen = BTreeSet::new();
+        let mut listen_port: BTreeMap<String, u64> = BTreeMap::new();
         for h in t["hosts"].as_array().into_iter().flatten() {
             let port = h["listen_port"].as_u64().unwrap_or(0);
             let mut all: Vec<String> = h["ips"]
@@ -260,6 +261,7 @@ fn pex_peers_are_real_swarm_members() {
             }
             for ip in all {
                 ips.insert(ip.clone());
+                listen_port.insert(ip.clone(), port);
                 listen.insert((ip, port));
             }
         }
@@ -291,13 +293,25 @@ fn pex_peers_are_real_swarm_members() {
         assert!(strs(&x, "info_hash").iter().all(Option::is_some));
         let actions = count_by(&x, "action");
         assert!(actions.keys().all(|a| a == "added" || a == "dropped"));
-        // Every peer PEX named with its listen port is a `pex` source.
+        // Every host PEX added (at its listen port, or at a connection's
+        // port merged into it) is one `pex` source per torrent.
+        let pih = strs(&x, "info_hash");
+        let act = strs(&x, "action");
+        let want_pex: BTreeSet<_> = (0..x.height())
+            .filter(|&i| act[i].as_deref() == Some("added"))
+            .filter_map(|i| {
+                let ip = pip[i].clone().unwrap_or_default();
+                let port = *listen_port.get(&ip)?;
+                Some((pih[i].clone(), ip, port))
+            })
+            .collect();
         let p = table(&r, "peers");
         let n_pex = lists(&p, "sources")
             .iter()
             .filter(|s| s.iter().any(|v| v == "pex"))
             .count();
-        assert!(n_pex >= 3, "{name}: {n_pex} peers from pex");
+        assert!(want_pex.len() >= 3, "{name}: {want_pex:?}");
+        assert_eq!(n_pex, want_pex.len(), "{name}: peers from pex");
         // An endpoint PEX named at a connection's port (Transmission passes
         // those on) is the peer at that address, not a peer of its own.
         assert!(
