@@ -168,7 +168,8 @@ fn fill_asn(r: &Reader<Vec<u8>>, ip: IpAddr, g: &mut GeoInfo) -> Result<(), maxm
 
 /// Whether an address can be on the public Internet (so a database may
 /// place it): not private, loopback, link-local, multicast, documentation,
-/// shared (CGNAT) or unique-local.
+/// shared (CGNAT), benchmarking (198.18.0.0/15), IETF protocol assignments
+/// (192.0.0.0/24) or unique-local.
 pub fn is_global(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => {
@@ -182,7 +183,9 @@ pub fn is_global(ip: IpAddr) -> bool {
                 || a.is_documentation()
                 || o[0] == 0
                 || o[0] >= 240
-                || (o[0] == 100 && (o[1] & 0xC0) == 64))
+                || (o[0] == 100 && (o[1] & 0xC0) == 64)
+                || (o[0] == 198 && (o[1] & 0xFE) == 18)
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0))
         }
         IpAddr::V6(a) => {
             let s = a.segments();
@@ -216,6 +219,9 @@ mod tests {
             "255.255.255.255",
             "0.0.0.0",
             "192.0.2.7",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.8",
             "::1",
             "fd00::1",
             "fe80::1",

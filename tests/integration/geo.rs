@@ -20,6 +20,9 @@ fn db(name: &str) -> Option<PathBuf> {
     let p = dir.join(name);
     if p.is_file() {
         Some(p)
+    } else if std::env::var_os("SWARMTAP_REQUIRE_GEOIP").is_some() {
+        // tests/run-all.sh has just run tests/setup.sh, which fetches it.
+        panic!("{} is absent although SWARMTAP_REQUIRE_GEOIP is set", p.display());
     } else {
         eprintln!("skipping: {} is absent (tests/setup.sh fetches it)", p.display());
         None
