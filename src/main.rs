@@ -127,11 +127,6 @@ fn live(a: LiveArgs) -> Result<(), String> {
     if let Some(m) = a.max_flows {
         settings.limits.max_flows = m.max(1);
     }
-    if !a.geoip.is_empty() {
-        let db = swarmtap::geo::GeoDb::open(&a.geoip, settings.limits.max_geo_cache)?;
-        settings.geo = Some(Arc::new(db));
-    }
-    let torrents = load_torrents(&a.torrents)?;
     let control = LiveControl {
         stop: Arc::new(AtomicBool::new(false)),
         rotate: Arc::new(AtomicBool::new(false)),
@@ -152,6 +147,13 @@ fn live(a: LiveArgs) -> Result<(), String> {
     }
     signal_hook::flag::register(SIGHUP, control.rotate.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    // Loaded after the handlers are in place: a SIGHUP sent while a large
+    // torrent directory or database loads must not kill the sensor.
+    if !a.geoip.is_empty() {
+        let db = swarmtap::geo::GeoDb::open(&a.geoip, settings.limits.max_geo_cache)?;
+        settings.geo = Some(Arc::new(db));
+    }
+    let torrents = load_torrents(&a.torrents)?;
     let ls = LiveSettings {
         capture: LiveOptions {
             iface: a.interface.clone(),
