@@ -24,6 +24,7 @@ pub mod config;
 pub mod decode;
 pub mod flow;
 pub mod pipeline;
+pub mod probe;
 pub mod proto;
 pub mod sink;
 pub mod summary;
