@@ -21,3 +21,6 @@
 
 
 pub mod mse;
+pub mod session;
+pub mod targets;
+pub mod tracker;
