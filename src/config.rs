@@ -102,6 +102,9 @@ pub struct Limits {
     /// BEP 51 samples). ~120 bytes each: 2^18 ≈ 30 MB; past it new ones are
     /// counted, not tracked (`dht_infohash_table_full`).
     pub max_dht_infohashes: usize,
+    /// `swarmtap probe`: peers tracked, visit history, messages and
+    /// metadata per contact (see `ProbeLimits` for each reason).
+    pub probe: crate::probe::ProbeLimits,
 }
 
 impl Default for Limits {
@@ -138,6 +141,7 @@ impl Default for Limits {
             lsd: LsdLimits::default(),
             max_dht_nodes: 1 << 18,
             max_dht_infohashes: 1 << 18,
+            probe: crate::probe::ProbeLimits::default(),
         }
     }
 }
