@@ -20,6 +20,7 @@ use swarmtap::proto::metainfo::parse_torrent;
 use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
+mod probe;
 mod tracker;
 
 pub fn corpus() -> Option<PathBuf> {
