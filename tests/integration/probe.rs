@@ -357,3 +357,53 @@ fn probe_swarm_of_real_clients() {
     assert!(compared >= 3, "compared {compared} peers");
     eprintln!("passive analysis of the probe's capture agrees on {compared} peers' piece counts");
 }
+
+/// SIGINT ends a run cleanly: exit 0, every table written, the attempts
+/// made so far in probe_visits. Loopback only (a closed port: refused).
+#[test]
+fn probe_sigint_writes_every_table() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["probe", "--info-hash", "0123456789abcdef0123456789abcdef01234567"])
+        .args([
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private",
+            "--retry",
+            "200ms",
+        ])
+        .arg("-o")
+        .arg(tmp.path())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "exit status {st:?}");
+    for t in TABLE_NAMES {
+        assert!(tmp.path().join(format!("{t}.parquet")).is_file(), "{t}.parquet missing");
+    }
+    let v = read(tmp.path(), "probe_visits");
+    assert!(v.height() >= 2, "{} attempts", v.height());
+    assert!(strs(&v, "outcome").iter().all(|o| o.as_deref() == Some("refused")));
+    // Without --allow-private the same target is refused by policy: no attempt.
+    let tmp2 = tempfile::tempdir().expect("tempdir");
+    let st = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["probe", "--info-hash", "0123456789abcdef0123456789abcdef01234567"])
+        .args(["--peer", &format!("127.0.0.1:{port}"), "--duration", "1s"])
+        .arg("-o")
+        .arg(tmp2.path())
+        .status()
+        .expect("run");
+    assert!(st.success());
+    assert_eq!(read(tmp2.path(), "probe_visits").height(), 0);
+    assert_eq!(read(tmp2.path(), "peers").height(), 0);
+}
