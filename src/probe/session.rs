@@ -989,4 +989,84 @@ pub(crate) mod tests {
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].outcome, "refused");
     }
+
+    /// A peer serving its metadata over ut_metadata (two 16 KiB pieces),
+    /// answering the probe's requests as they come.
+    async fn metadata_peer(info: Vec<u8>, ih: [u8; 20]) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hs = [0u8; 68];
+            s.read_exact(&mut hs).await.unwrap();
+            let mut out = our_handshake(&ih, b"-LT2080-abcdefghijkl");
+            let d = format!("d1:md11:ut_metadatai3ee13:metadata_sizei{}ee", info.len());
+            out.extend(ext_msg(0, d.as_bytes()));
+            let mut bf = vec![0u8; 125]; // 1000 pieces
+            bf[0] = 0xff;
+            out.extend(msg(5, &bf));
+            s.write_all(&out).await.unwrap();
+            loop {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).await.is_err() {
+                    break;
+                }
+                let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+                if s.read_exact(&mut body).await.is_err() {
+                    break;
+                }
+                // ut_metadata request sent to our id 3: d8:msg_typei0e5:piecei<N>ee
+                if body.len() > 2 && body[0] == 20 && body[1] == 3 {
+                    let req = String::from_utf8_lossy(&body[2..]).to_string();
+                    let i: usize = req
+                        .split("5:piecei")
+                        .nth(1)
+                        .and_then(|r| r.split('e').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap();
+                    let part = &info[i * METADATA_PIECE..((i + 1) * METADATA_PIECE).min(info.len())];
+                    let mut payload = format!("d8:msg_typei1e5:piecei{i}e10:total_sizei{}ee", info.len()).into_bytes();
+                    payload.extend_from_slice(part);
+                    s.write_all(&ext_msg(OUR_UT_METADATA, &payload)).await.unwrap();
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn ut_metadata_fetched_and_verified() {
+        let mut info = b"d6:lengthi16384000e4:name4:test12:piece lengthi16384e6:pieces20000:".to_vec();
+        info.extend(std::iter::repeat_n(0x5a, 20000));
+        info.push(b'e');
+        assert!(info.len() > METADATA_PIECE);
+        let ih: [u8; 20] = Sha1::digest(&info).into();
+        let addr = metadata_peer(info.clone(), ih).await;
+        let mut p = params(ih);
+        p.n_pieces = None;
+        p.want_metadata = true;
+        let v = visit(addr, &[Crypto::Plain], &p, &no_shutdown()).await;
+        let a = &v[0];
+        let (raw, m) = a.metadata.as_ref().expect("metadata");
+        assert_eq!(raw, &info);
+        assert_eq!((m.name.as_str(), m.n_pieces), ("test", 1000));
+        assert_eq!(a.n_pieces_have, Some(8));
+        assert_eq!(a.extensions, vec!["ut_metadata".to_string()]);
+        assert_eq!(a.client.as_deref(), Some("libtorrent 2.0.8"));
+    }
+
+    #[tokio::test]
+    async fn ut_metadata_with_a_wrong_hash_is_rejected() {
+        let mut info = b"d6:lengthi16384e4:name1:x12:piece lengthi16384e6:pieces20:".to_vec();
+        info.extend([0u8; 20]);
+        info.push(b'e');
+        let ih = [0x77u8; 20]; // not the SHA-1 of `info`
+        let addr = metadata_peer(info, ih).await;
+        let mut p = params(ih);
+        p.n_pieces = None;
+        p.want_metadata = true;
+        let v = visit(addr, &[Crypto::Plain], &p, &no_shutdown()).await;
+        assert!(v[0].metadata.is_none());
+        assert_eq!(v[0].outcome, "metadata_mismatch");
+    }
 }
