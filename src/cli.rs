@@ -137,7 +137,10 @@ pub struct ProbeArgs {
     /// Do not announce to trackers.
     #[arg(long = "no-announce")]
     pub no_announce: bool,
-    /// Port announced to trackers.
+    /// Accept incoming peers on this TCP port (plaintext and MSE) and announce it.
+    #[arg(long = "listen")]
+    pub listen: Option<u16>,
+    /// Port announced to trackers (without --listen; nothing listens on it).
     #[arg(long = "announce-port", default_value_t = 6881)]
     pub announce_port: u16,
     /// numwant of our announces.

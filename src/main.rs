@@ -265,6 +265,7 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
     s.announce_port = a.announce_port;
     s.numwant = a.numwant;
     s.pex = !a.no_pex;
+    s.listen = a.listen;
     s.limits = Settings::default().limits.probe;
     s.limits.max_contact = parse_duration(&a.max_contact)?;
     if let Some(m) = a.max_msgs {

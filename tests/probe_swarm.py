@@ -94,7 +94,7 @@ def main():
         time.sleep(2.0)
         probe_out = os.path.join(out, "probe")
         argv = [binary, "probe", "--torrent", ta["torrent_file"], "--magnet", magnet,
-                "--allow-private", "--allow", "10.99.0.0/24",
+                "--allow-private", "--allow", "10.99.0.0/24", "--listen", "6881",
                 "--revisit", "3s", "--retry", "2s", "--idle-timeout", "1500ms",
         "--max-contact", "4s", "--connect-timeout", "2s", "--handshake-timeout", "4s",
                 "--duration", "%ds" % duration, "-o", probe_out]

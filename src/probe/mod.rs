@@ -122,6 +122,8 @@ pub struct ProbeSettings {
     /// Shortest re-announce interval we use even if a tracker asks for less.
     pub min_reannounce: Duration,
     pub pex: bool,
+    /// Port to accept incoming peers on (announced instead of `announce_port`).
+    pub listen: Option<u16>,
     pub limits: ProbeLimits,
 }
 
@@ -149,6 +151,7 @@ impl ProbeSettings {
             tracker_timeout: Duration::from_secs(15),
             min_reannounce: Duration::from_secs(60),
             pex: true,
+            listen: None,
             limits: ProbeLimits::default(),
         }
     }
@@ -165,6 +168,7 @@ pub struct ProbeSummary {
     pub n_first_contacts: u64,
     pub n_first_contacts_ok: u64,
     pub n_announces: u64,
+    pub n_incoming: u64,
     pub n_refused_by_policy: u64,
     pub n_untracked: u64,
     pub n_confirmed: u64,
@@ -186,7 +190,7 @@ impl ProbeSummary {
         };
         format!(
             "{} torrent(s), {} peer(s); {} visit(s) ({} attempts, {} ok), first contacts ok {}/{} ({share:.0} %); \
-             {} announce(s); {} confirmed download(s); {} address(es) refused by policy, {} peer(s) over the tracking cap; \
+             {} announce(s); {} incoming contact(s); {} confirmed download(s); {} address(es) refused by policy, {} peer(s) over the tracking cap; \
              {:.1} s, {vpm:.1} visits/min, {:.2} s CPU",
             self.n_torrents,
             self.n_peers,
@@ -196,6 +200,7 @@ impl ProbeSummary {
             self.n_first_contacts_ok,
             self.n_first_contacts,
             self.n_announces,
+            self.n_incoming,
             self.n_confirmed,
             self.n_refused_by_policy,
             self.n_untracked,
@@ -210,6 +215,7 @@ const SRC_TRACKER: u8 = 1;
 const SRC_PEX: u8 = 2;
 const SRC_PROBE: u8 = 4;
 const SRC_GIVEN: u8 = 8;
+const SRC_INCOMING: u8 = 16;
 
 struct TorrentState {
     target: Target,
@@ -259,6 +265,10 @@ enum Event {
         result: Box<AnnounceResult>,
     },
     TrackerEnded,
+    Incoming {
+        from: SocketAddr,
+        result: Option<Box<(usize, Attempt)>>,
+    },
 }
 
 struct Probe {
@@ -275,6 +285,9 @@ struct Probe {
     /// Our own addresses (local ends of tracker and peer connections):
     /// trackers and ut_pex list us back; we never contact ourselves.
     local_ips: HashSet<IpAddr>,
+    /// (torrent, address, peer id) of peers heard from: an incoming peer
+    /// without a BEP 10 listen port is matched to the peer we know by its id.
+    by_peer_id: HashMap<(u32, IpAddr, [u8; 20]), u32>,
 }
 
 /// Runs a probe to completion (duration reached or SIGINT) and writes every
@@ -328,6 +341,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         summary: ProbeSummary::default(),
         next_conn_id: 1,
         local_ips: HashSet::new(),
+        by_peer_id: HashMap::new(),
         s,
     };
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
@@ -357,6 +371,18 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
             p.add_peer(idx, a, SRC_GIVEN, now);
         }
     }
+
+    // The listen port, when asked for: announced in place of --announce-port.
+    let listener = match p.s.listen {
+        Some(port) => {
+            let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+                .await
+                .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+            p.s.announce_port = l.local_addr().map(|a| a.port()).unwrap_or(port);
+            Some(l)
+        }
+        None => None,
+    };
 
     // Tracker loops.
     let mut n_trackers = 0usize;
@@ -474,14 +500,35 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
             ev = rx.recv() => match ev {
                 Some(Event::Visit { peer, attempts }) => {
                     in_flight -= 1;
-                    p.on_visit(peer, attempts, stopping)?;
+                    p.on_visit(peer, attempts, stopping, false)?;
                 }
                 Some(Event::Announce { torrent, url, udp, params, result }) => {
                     p.on_announce(torrent, &url, udp, &params, *result);
                 }
                 Some(Event::TrackerEnded) => trackers_alive = trackers_alive.saturating_sub(1),
+                Some(Event::Incoming { from, result }) => {
+                    in_flight -= 1;
+                    if let Some(r) = result {
+                        let (ti, a) = *r;
+                        p.on_incoming(ti, from, a)?;
+                    }
+                }
                 None => {}
             },
+            acc = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } }, if listener.is_some() && !stopping => {
+                if let Ok((sock, from)) = acc {
+                    if p.s.policy.refuse(from.ip()).is_none() && in_flight < p.s.concurrency {
+                        let known: Vec<ContactParams> = (0..p.torrents.len()).map(|i| p.params_for(i)).collect();
+                        let tx = tx.clone();
+                        let cut = cut_rx.clone();
+                        in_flight += 1;
+                        tokio::spawn(async move {
+                            let r = session::accept_contact(sock, &known, &cut).await;
+                            let _ = tx.send(Event::Incoming { from, result: r.map(Box::new) }).await;
+                        });
+                    }
+                }
+            }
             _ = tokio::time::sleep_until(wake) => {}
             r = &mut sigint, if !interrupted => {
                 if r.is_ok() {
@@ -662,11 +709,9 @@ impl Probe {
         self.due.insert((Instant::now(), i));
     }
 
-    fn launch(&mut self, peer: u32, tx: &mpsc::Sender<Event>, stop: &watch::Receiver<bool>) {
-        let ps = &mut self.peers[peer as usize];
-        ps.in_flight = true;
-        let t = &self.torrents[ps.torrent as usize];
-        let params = ContactParams {
+    fn params_for(&self, ti: usize) -> ContactParams {
+        let t = &self.torrents[ti];
+        ContactParams {
             info_hash: t.target.info_hash,
             peer_id: self.peer_id,
             n_pieces: t.n_pieces,
@@ -681,7 +726,95 @@ impl Probe {
             max_pex: self.s.limits.max_pex_per_contact,
             max_progress: self.s.limits.max_history.min(256),
             wire: self.s.limits.wire,
+        }
+    }
+
+    /// An incoming contact: the peer is identified by its address and the
+    /// listen port of its BEP 10 handshake, so a peer we also contact
+    /// ourselves is one peer, never two. A peer that gave no listen port is
+    /// kept under its source port and not visited (nobody listens there).
+    fn on_incoming(&mut self, ti: usize, from: SocketAddr, a: Attempt) -> Result<(), String> {
+        self.summary.n_incoming += 1;
+        let by_id = a
+            .peer_id
+            .and_then(|id| self.by_peer_id.get(&(ti as u32, from.ip(), id)))
+            .map(|&i| self.peers[i as usize].addr);
+        // Else the one peer of this torrent we know at that address, if
+        // exactly one (libtorrent draws a new peer id per connection, and
+        // drops a duplicate connection before its BEP 10 handshake).
+        let by_ip = || {
+            let mut at_ip = self
+                .peers
+                .iter()
+                .filter(|p| p.torrent == ti as u32 && p.addr.ip() == from.ip() && p.sources & SRC_PROBE != 0);
+            match (at_ip.next(), at_ip.next()) {
+                (Some(p), None) => Some(p.addr),
+                _ => None,
+            }
         };
+        let addr = match (a.listen_port, by_id.or_else(by_ip)) {
+            (Some(p), _) => SocketAddr::new(from.ip(), p),
+            (None, Some(known)) => known,
+            (None, None) => {
+                if a.n_pieces_have.is_none() {
+                    // Nothing learned and nobody to attach it to: the
+                    // attempt is recorded, no peer is made up.
+                    self.visit_row_only(ti, from, &a);
+                    return self.flush_visits(false);
+                }
+                from
+            }
+        };
+        let key = (ti as u32, addr);
+        if !self.index.contains_key(&key) {
+            self.add_peer(ti as u32, addr, SRC_INCOMING, session::now_us());
+            if let (None, Some(&i)) = (a.listen_port, self.index.get(&key)) {
+                self.peers[i as usize].done = true;
+                self.due.retain(|&(_, x)| x != i);
+            }
+        }
+        let Some(&pi) = self.index.get(&key) else {
+            return Ok(());
+        };
+        self.peers[pi as usize].sources |= SRC_INCOMING;
+        self.on_visit(pi, vec![a], false, true)
+    }
+
+    fn visit_row_only(&mut self, ti: usize, from: SocketAddr, a: &Attempt) {
+        let conn_id = self.next_conn_id;
+        self.next_conn_id += 1;
+        let t = &self.torrents[ti];
+        self.rows.probe_visits.push(ProbeVisitRow {
+            ts: Ts(a.ts_us),
+            peer_ip: from.ip().to_string(),
+            peer_port: u32::from(from.port()),
+            info_hash: hex(&t.target.info_hash),
+            transport: "tcp",
+            encrypted: a.encrypted,
+            success: a.success,
+            outcome: a.outcome.to_string(),
+            duration_ms: a.duration_ms,
+            n_pieces_have: a.n_pieces_have,
+            n_msgs: a.n_msgs,
+            conn_id,
+            visit: 0,
+            attempt: 1,
+            crypto: a.crypto.name(),
+            mse: a.mse,
+            end_reason: a.end_reason,
+            detail: a.detail.clone(),
+            peer_id: a.peer_id.map(|i| hex(&i)),
+            client: a.client.clone(),
+            n_pieces: t.n_pieces.map(u64::from),
+            max_gap_ms: a.max_gap_ms,
+            incoming: true,
+        });
+    }
+
+    fn launch(&mut self, peer: u32, tx: &mpsc::Sender<Event>, stop: &watch::Receiver<bool>) {
+        let params = self.params_for(self.peers[peer as usize].torrent as usize);
+        let ps = &mut self.peers[peer as usize];
+        ps.in_flight = true;
         // What worked last time goes first.
         let mut order = self.s.crypto.clone();
         if let Some(c) = ps.crypto_ok {
@@ -713,7 +846,7 @@ impl Probe {
         Ok(())
     }
 
-    fn on_visit(&mut self, peer: u32, attempts: Vec<Attempt>, stopping: bool) -> Result<(), String> {
+    fn on_visit(&mut self, peer: u32, attempts: Vec<Attempt>, stopping: bool, incoming: bool) -> Result<(), String> {
         let threshold = self.s.threshold;
         let pi = peer as usize;
         let ti = self.peers[pi].torrent as usize;
@@ -722,10 +855,12 @@ impl Probe {
                 self.learn_local(l.ip());
             }
         }
-        let first_visit = self.peers[pi].n_visits == 0;
-        self.peers[pi].in_flight = false;
+        let first_visit = self.peers[pi].n_visits == 0 && !incoming;
+        if !incoming {
+            self.peers[pi].in_flight = false;
+        }
         let cancelled_only = attempts.iter().all(|a| a.outcome == "cancelled");
-        if !cancelled_only {
+        if !cancelled_only && !incoming {
             self.peers[pi].n_visits += 1;
             self.summary.n_visits += 1;
         }
@@ -775,8 +910,12 @@ impl Probe {
                 client: a.client.clone(),
                 n_pieces: t.n_pieces.map(u64::from),
                 max_gap_ms: a.max_gap_ms,
+                incoming: a.incoming,
             });
             if a.success {
+                if let Some(id) = a.peer_id {
+                    self.by_peer_id.insert((ti as u32, addr.ip(), id), peer);
+                }
                 let ps = &mut self.peers[pi];
                 ps.last_ts = a.ts_us + (a.duration_ms * 1000.0) as i64;
                 ps.sources |= SRC_PROBE;
@@ -817,16 +956,20 @@ impl Probe {
             self.summary.n_first_contacts += 1;
             self.summary.n_first_contacts_ok += u64::from(ok.is_some());
         }
-        if ok.is_some() {
+        if ok.is_some() && !incoming {
             self.summary.n_visits_ok += 1;
         }
         // Done once at or above the threshold with a known piece count.
         let n = self.torrents[ti].n_pieces.map(u64::from);
         let ps = &mut self.peers[pi];
-        if completion(&ps.history, n, threshold).0.is_some() {
+        if completion(&ps.history, n, threshold).0.is_some() && !ps.done {
             ps.done = true;
+            if incoming {
+                self.due.retain(|&(_, x)| x != peer);
+            }
         }
-        if !stopping && !ps.done {
+        let ps = &mut self.peers[pi];
+        if !stopping && !ps.done && !incoming {
             let wait = if ok.is_some() {
                 ps.failures = 0;
                 self.s.revisit
@@ -955,6 +1098,7 @@ impl Probe {
                 (SRC_PEX, "pex"),
                 (SRC_PROBE, "probe"),
                 (SRC_GIVEN, "given"),
+                (SRC_INCOMING, "incoming"),
             ] {
                 if p.sources & bit != 0 {
                     sources.push(name.to_string());

@@ -119,6 +119,8 @@ pub struct Attempt {
     pub crypto: Crypto,
     /// Our end of the connection, once connected.
     pub local: Option<SocketAddr>,
+    /// The peer connected to our listen port.
+    pub incoming: bool,
     /// The payload was RC4-encrypted.
     pub encrypted: bool,
     /// MSE was negotiated (RC4 or plaintext selected).
@@ -159,6 +161,7 @@ impl Attempt {
             duration_ms: 0.0,
             crypto,
             local: None,
+            incoming: false,
             encrypted: false,
             mse: false,
             success: false,
@@ -675,7 +678,89 @@ pub async fn run_contact<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
     }
+    converse(wire, leftover, p, &mut shutdown, a, t0).await;
+}
 
+/// Accepts an incoming connection on the listen port: plaintext or MSE (as
+/// receiver, trying every known info hash; RC4 when offered, else
+/// plaintext), our handshake in reply, then the same conversation as an
+/// outgoing contact. `known` holds the parameters of every torrent probed;
+/// the index of the one the peer asked for is returned with the attempt.
+pub async fn accept_contact(
+    mut s: TcpStream,
+    known: &[ContactParams],
+    shutdown: &watch::Receiver<bool>,
+) -> Option<(usize, Attempt)> {
+    let t0 = Instant::now();
+    let first = known.first()?;
+    let handshake_timeout = first.handshake_timeout;
+    let opened = tokio::time::timeout(handshake_timeout, async {
+        let mut b = [0u8; 1];
+        if s.peek(&mut b).await.ok()? == 0 {
+            return None;
+        }
+        if b[0] == 0x13 {
+            let mut hs = vec![0u8; 68];
+            s.read_exact(&mut hs).await.ok()?;
+            let i = known.iter().position(|p| hs[28..48] == p.info_hash)?;
+            Some((i, None, None, hs, false))
+        } else {
+            let hashes: Vec<[u8; 20]> = known.iter().map(|p| p.info_hash).collect();
+            let key = mse::DhKey::random();
+            let mut pad = [0u8; 2];
+            mse::fill_random(&mut pad);
+            let pad = vec![0u8; usize::from(pad[0]) % 64];
+            let m = mse::respond(&mut s, &hashes, &key, &pad, |prov| {
+                if prov & CRYPTO_RC4 != 0 {
+                    Some(CRYPTO_RC4)
+                } else if prov & CRYPTO_PLAIN != 0 {
+                    Some(CRYPTO_PLAIN)
+                } else {
+                    None
+                }
+            })
+            .await
+            .ok()?;
+            let i = hashes.iter().position(|h| *h == m.info_hash)?;
+            let mut first = m.ia;
+            first.extend_from_slice(&m.leftover);
+            Some((i, m.enc, m.dec, first, true))
+        }
+    })
+    .await
+    .ok()??;
+    let (i, enc, dec, pending, mse) = opened;
+    let p = &known[i];
+    let mut a = Attempt::new(Crypto::Plain);
+    a.incoming = true;
+    a.local = s.local_addr().ok();
+    a.mse = mse;
+    a.encrypted = enc.is_some();
+    if mse {
+        a.crypto = if enc.is_some() { Crypto::Rc4 } else { Crypto::MsePlain };
+    }
+    let mut wire = Wire { s, enc, dec };
+    if wire.send(&our_handshake(&p.info_hash, &p.peer_id)).await.is_err() {
+        a.outcome = "reset";
+        a.duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+        return Some((i, a));
+    }
+    let mut shutdown = shutdown.clone();
+    converse(wire, pending, p, &mut shutdown, &mut a, t0).await;
+    a.duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    Some((i, a))
+}
+
+/// After the opening: frame what the peer sends (`pending` first), answer
+/// its handshake, count pieces, until idle, close, a cap or shutdown.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut wire: Wire<S>,
+    leftover: Vec<u8>,
+    p: &ContactParams,
+    shutdown: &mut watch::Receiver<bool>,
+    a: &mut Attempt,
+    t0: Instant,
+) {
     let mut framer = PeerWireFramer::new(p.wire);
     framer.set_shape(TorrentShape {
         n_pieces: p.n_pieces,
@@ -1068,5 +1153,80 @@ pub(crate) mod tests {
         let v = visit(addr, &[Crypto::Plain], &p, &no_shutdown()).await;
         assert!(v[0].metadata.is_none());
         assert_eq!(v[0].outcome, "metadata_mismatch");
+    }
+
+    /// A remote peer connecting to our listen port (plaintext or MSE with
+    /// RC4), reading our handshake, then sending its BEP 10 handshake with a
+    /// listen port and a bitfield of 12 of 20 pieces.
+    async fn remote_initiator(addr: SocketAddr, ih: [u8; 20], use_mse: bool) -> Vec<u8> {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let hs = our_handshake(&ih, b"-qB4500-abcdefghijkl");
+        let (mut enc, mut dec, mut got) = (None, None, Vec::new());
+        if use_mse {
+            let m = mse::initiate_random(&mut s, &ih, CRYPTO_RC4, &hs).await.unwrap();
+            enc = m.enc;
+            dec = m.dec;
+            got = m.leftover;
+        } else {
+            s.write_all(&hs).await.unwrap();
+        }
+        let mut b = [0u8; 256];
+        while got.len() < 68 {
+            let n = s.read(&mut b).await.unwrap();
+            assert!(n > 0);
+            let mut chunk = b[..n].to_vec();
+            if let Some(c) = &mut dec {
+                c.apply(&mut chunk);
+            }
+            got.extend(chunk);
+        }
+        let mut out = ext_msg(0, b"d1:pi7777ee");
+        out.extend(msg(5, &[0xff, 0xf0, 0]));
+        if let Some(c) = &mut enc {
+            c.apply(&mut out);
+        }
+        s.write_all(&out).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        got
+    }
+
+    #[tokio::test]
+    async fn incoming_plain_and_mse() {
+        for use_mse in [false, true] {
+            let ih = [0x42u8; 20];
+            let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = l.local_addr().unwrap();
+            let remote = tokio::spawn(remote_initiator(addr, ih, use_mse));
+            let (sock, _) = l.accept().await.unwrap();
+            let known = [params([1u8; 20]), params(ih)];
+            let (i, a) = accept_contact(sock, &known, &no_shutdown()).await.expect("accepted");
+            let got = remote.await.unwrap();
+            assert_eq!(&got[..20], HANDSHAKE_PREFIX);
+            assert_eq!(&got[28..48], &ih, "our handshake names the torrent");
+            assert_eq!(i, 1);
+            assert!(a.incoming && a.success, "{a:?}");
+            assert_eq!(a.encrypted, use_mse);
+            assert_eq!(a.n_pieces_have, Some(12));
+            assert_eq!(a.listen_port, Some(7777));
+        }
+    }
+
+    #[tokio::test]
+    async fn incoming_for_an_unknown_torrent_is_dropped() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let remote = tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&our_handshake(&[9u8; 20], b"-qB4500-abcdefghijkl"))
+                .await
+                .unwrap();
+            let mut b = [0u8; 68];
+            s.read(&mut b).await.unwrap_or(0)
+        });
+        let (sock, _) = l.accept().await.unwrap();
+        assert!(accept_contact(sock, &[params([1u8; 20])], &no_shutdown())
+            .await
+            .is_none());
+        assert_eq!(remote.await.unwrap(), 0, "nothing sent back");
     }
 }

@@ -479,6 +479,7 @@ tables! {
         client: Option<String> = "Client from the peer id, else the BEP 10 `v`.",
         n_pieces: Option<u64> = "Pieces in the torrent when known at the time of the attempt.",
         max_gap_ms: Option<f64> = "Longest silence between two messages received (calibrates the idle timeout).",
+        incoming: bool = "The peer connected to our listen port (--listen); the peer is identified by its BEP 10 listen port, so a peer contacted both ways is one peer.",
     }
 
     /// One row per input file (or live interval).

@@ -117,7 +117,9 @@ fn probe_swarm_of_real_clients() {
     let mut first_total = 0;
     let mut first_ok = 0;
     for i in 0..v.height() {
-        if succ[i] == Some(true) {
+        // Outgoing visits: incoming contacts are the peer's initiative (a
+        // client dropping a duplicate connection says nothing first).
+        if succ[i] == Some(true) && bools(&v, "incoming")[i] == Some(false) {
             assert!(have_n[i].is_some(), "successful visit without a piece count: row {i}");
         }
     }
@@ -228,6 +230,34 @@ fn probe_swarm_of_real_clients() {
         expected_confirmed >= 1,
         "no leecher completed during the run: the swarm is too slow"
     );
+
+    // --- incoming contacts (--listen 6881, announced): a peer that connected
+    // to us is identified by its BEP 10 listen port (else its peer id) and
+    // merged with the peer we contact ourselves, never a second peer.
+    let inc = bools(&v, "incoming");
+    let n_incoming = inc.iter().filter(|x| **x == Some(true)).count();
+    let pports_all = col_u64(&p, "peer_port");
+    let mut merged = 0;
+    for i in 0..p.height() {
+        let s: Vec<String> = {
+            let x = srcs.list().expect("list").get_as_series(i).expect("row");
+            x.str().expect("str").iter().flatten().map(str::to_string).collect()
+        };
+        if s.iter().any(|x| x == "incoming") {
+            let ip = pips[i].as_deref().unwrap();
+            let h = hosts
+                .iter()
+                .find(|h| h["ip"] == ip)
+                .expect("incoming from a swarm host");
+            assert_eq!(
+                pports_all[i],
+                h["port"].as_u64(),
+                "{ip}: incoming peer under another port"
+            );
+            merged += usize::from(s.iter().any(|x| x == "tracker"));
+        }
+    }
+    eprintln!("incoming contacts: {n_incoming}; peers reached both ways (merged): {merged}");
 
     // --- torrents: A from the file, B's metadata fetched and verified.
     let t = read(&dir, "torrents");
