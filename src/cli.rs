@@ -27,6 +27,9 @@ pub enum Command {
         /// Dataset directory.
         dir: PathBuf,
     },
+    /// Probe swarms actively: announce to trackers, contact peers (TCP,
+    /// plaintext or MSE), read their piece counts, revisit until they complete.
+    Probe(Box<ProbeArgs>),
     /// Print a .torrent file's metainfo: info_hash (v1/v2), name, pieces, files, trackers.
     Torrent {
         /// The .torrent file.
@@ -67,6 +70,100 @@ pub struct AnalyzeArgs {
     /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
     #[arg(long = "max-flows")]
     pub max_flows: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// Torrents: .torrent files, magnet links or info hashes (40 hex / 32 base32).
+    pub targets: Vec<String>,
+    /// .torrent files (also accepted as plain arguments).
+    #[arg(long = "torrent")]
+    pub torrent: Vec<PathBuf>,
+    /// Magnet links (metadata is fetched with ut_metadata and verified).
+    #[arg(long = "magnet")]
+    pub magnet: Vec<String>,
+    /// Bare info hashes.
+    #[arg(long = "info-hash")]
+    pub info_hash: Vec<String>,
+    /// A peer endpoint IP:PORT contacted for every torrent (repeatable).
+    #[arg(long = "peer")]
+    pub peer: Vec<String>,
+    /// A passive dataset directory (written by analyze): its torrents and peer endpoints become targets.
+    #[arg(long = "from")]
+    pub from: Option<PathBuf>,
+    /// Output directory (one <table>.parquet per table, all tables present).
+    #[arg(short = 'o', long = "output", default_value = "swarmtap-out")]
+    pub output: PathBuf,
+    /// Time between visits of a peer that has not completed yet (e.g. 300, 5m, 10s, 500ms).
+    #[arg(long = "revisit", default_value = "5m")]
+    pub revisit: String,
+    /// First back-off after a failed visit; doubles per consecutive failure.
+    #[arg(long = "retry", default_value = "30s")]
+    pub retry: String,
+    /// Longest back-off after repeated failures.
+    #[arg(long = "max-backoff", default_value = "30m")]
+    pub max_backoff: String,
+    /// Run length (default: until SIGINT).
+    #[arg(long = "duration")]
+    pub duration: Option<String>,
+    /// Silence after which a contact ends (after the handshake).
+    #[arg(long = "idle-timeout", default_value = "6s")]
+    pub idle_timeout: String,
+    /// Longest single contact (a peer that keeps sending `have`s is heard until then).
+    #[arg(long = "max-contact", default_value = "2m")]
+    pub max_contact: String,
+    /// TCP connect timeout.
+    #[arg(long = "connect-timeout", default_value = "5s")]
+    pub connect_timeout: String,
+    /// Time allowed for the (MSE and) BitTorrent handshake.
+    #[arg(long = "handshake-timeout", default_value = "10s")]
+    pub handshake_timeout: String,
+    /// Contacts in progress at once.
+    #[arg(long = "concurrency", default_value_t = 64)]
+    pub concurrency: usize,
+    /// New contacts per second (global).
+    #[arg(long = "rate", default_value_t = 20.0)]
+    pub rate: f64,
+    /// Crypto modes tried in order while a peer drops us: plain, rc4 (MSE with RC4),
+    /// mse-plain (MSE, plaintext payload), mse (MSE, peer's choice). Comma-separated.
+    #[arg(long = "crypto", default_value = "plain,rc4")]
+    pub crypto: String,
+    /// Allow contacting private, loopback and other non-public addresses.
+    #[arg(long = "allow-private")]
+    pub allow_private: bool,
+    /// Only contact addresses in these CIDR blocks (repeatable).
+    #[arg(long = "allow")]
+    pub allow: Vec<String>,
+    /// Never contact addresses in these CIDR blocks (repeatable).
+    #[arg(long = "deny")]
+    pub deny: Vec<String>,
+    /// Completion threshold for confirmed downloads, as a fraction of pieces.
+    #[arg(long = "threshold", default_value_t = 0.98)]
+    pub threshold: f64,
+    /// Do not announce to trackers.
+    #[arg(long = "no-announce")]
+    pub no_announce: bool,
+    /// Accept incoming peers on this TCP port (plaintext and MSE) and announce it.
+    #[arg(long = "listen")]
+    pub listen: Option<u16>,
+    /// Port announced to trackers (without --listen; nothing listens on it).
+    #[arg(long = "announce-port", default_value_t = 6881)]
+    pub announce_port: u16,
+    /// numwant of our announces.
+    #[arg(long = "numwant", default_value_t = 200)]
+    pub numwant: i32,
+    /// Shortest re-announce interval, whatever the tracker says.
+    #[arg(long = "min-reannounce", default_value = "60s")]
+    pub min_reannounce: String,
+    /// Do not contact peers learned from ut_pex.
+    #[arg(long = "no-pex")]
+    pub no_pex: bool,
+    /// Messages read per contact before it ends.
+    #[arg(long = "max-msgs")]
+    pub max_msgs: Option<u64>,
+    /// Peers tracked (memory bound).
+    #[arg(long = "max-peers")]
+    pub max_peers: Option<usize>,
 }
 
 #[derive(Debug, Args)]

@@ -151,6 +151,9 @@ pub struct Limits {
     /// dropped per message; 1024 leaves room for lax clients while a
     /// megabyte `added` string cannot turn into 170 000 rows.
     pub max_pex_entries: usize,
+    /// `swarmtap probe`: peers tracked, visit history, messages and
+    /// metadata per contact (see `ProbeLimits` for each reason).
+    pub probe: crate::probe::ProbeLimits,
 }
 
 impl Default for Limits {
@@ -197,6 +200,7 @@ impl Default for Limits {
             max_piece_buffer_per_direction: 2 << 20,
             max_piece_buffer_total: 256 << 20,
             max_pex_entries: 1024,
+            probe: crate::probe::ProbeLimits::default(),
         }
     }
 }

@@ -25,6 +25,7 @@ pub mod decode;
 pub mod flow;
 pub mod geo;
 pub mod pipeline;
+pub mod probe;
 pub mod proto;
 pub mod sink;
 pub mod summary;

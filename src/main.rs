@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use swarmtap::capture::{expand_inputs, InputSpec};
-use swarmtap::cli::{AnalyzeArgs, Cli, Command, LiveArgs};
+use swarmtap::cli::{parse_duration, AnalyzeArgs, Cli, Command, LiveArgs, ProbeArgs};
 use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::{hex, parse_torrent, Metainfo};
 
@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let res = match cli.command {
         Command::Analyze(a) => analyze(a),
         Command::Live(a) => live(a),
+        Command::Probe(a) => probe(*a),
         Command::Summary { dir } => swarmtap::summary::print(&dir),
         Command::Torrent { file } => torrent(&file),
     };
@@ -202,4 +203,129 @@ fn torrent(file: &Path) -> Result<(), String> {
         let _ = writeln!(o, "  {t}");
     }
     swarmtap::summary::write_stdout(&o)
+}
+
+fn probe(a: ProbeArgs) -> Result<(), String> {
+    use swarmtap::probe::session::Crypto;
+    use swarmtap::probe::targets::{self, Cidr, Target};
+    let mut s = swarmtap::probe::ProbeSettings::new(a.output.clone());
+    let mut ts: Vec<Target> = Vec::new();
+    let torrent_target = |p: &Path| -> Result<Target, String> {
+        let m = load_torrents(&[p.to_path_buf()])?
+            .pop()
+            .ok_or_else(|| format!("{} holds no .torrent", p.display()))?;
+        let ih = m
+            .info_hash_v1
+            .ok_or_else(|| format!("{}: v2-only torrents are not probed (no v1 info hash)", p.display()))?;
+        let mut t = Target::bare(ih);
+        t.name = Some(m.name.clone());
+        t.trackers = m.trackers.clone();
+        t.meta = Some(m);
+        Ok(t)
+    };
+    for x in &a.targets {
+        if x.starts_with("magnet:") {
+            ts.push(targets::parse_magnet(x)?);
+        } else if let Some(ih) = targets::parse_info_hash(x) {
+            ts.push(Target::bare(ih));
+        } else {
+            ts.push(torrent_target(Path::new(x))?);
+        }
+    }
+    for p in &a.torrent {
+        ts.push(torrent_target(p)?);
+    }
+    for m in &a.magnet {
+        ts.push(targets::parse_magnet(m)?);
+    }
+    for h in &a.info_hash {
+        ts.push(Target::bare(
+            targets::parse_info_hash(h).ok_or_else(|| format!("not an info hash: {h}"))?,
+        ));
+    }
+    if let Some(d) = &a.from {
+        ts.extend(targets::from_dataset(d)?);
+    }
+    // One target per info hash: merge what several sources said.
+    let mut merged: Vec<Target> = Vec::new();
+    for t in ts {
+        match merged.iter_mut().find(|m| m.info_hash == t.info_hash) {
+            Some(m) => {
+                m.trackers.extend(
+                    t.trackers
+                        .into_iter()
+                        .filter(|x| !m.trackers.contains(x))
+                        .collect::<Vec<_>>(),
+                );
+                m.peers.extend(t.peers);
+                if m.meta.is_none() {
+                    m.meta = t.meta;
+                }
+                m.name = m.name.take().or(t.name);
+                m.n_pieces = m.n_pieces.or(t.n_pieces);
+            }
+            None => merged.push(t),
+        }
+    }
+    if merged.is_empty() {
+        return Err("nothing to probe: give .torrent files, magnet links, info hashes or --from DIR".into());
+    }
+    s.targets = merged;
+    for p in &a.peer {
+        s.peers.push(
+            p.parse()
+                .map_err(|_| format!("--peer wants IP:PORT ([IPv6]:PORT), not {p}"))?,
+        );
+    }
+    for (list, out) in [(&a.allow, &mut s.policy.allow), (&a.deny, &mut s.policy.deny)] {
+        for c in list {
+            out.push(Cidr::parse(c).ok_or_else(|| format!("not an address block: {c}"))?);
+        }
+    }
+    s.policy.allow_private = a.allow_private;
+    s.revisit = parse_duration(&a.revisit)?;
+    s.retry = parse_duration(&a.retry)?;
+    s.max_backoff = parse_duration(&a.max_backoff)?;
+    s.duration = a.duration.as_deref().map(parse_duration).transpose()?;
+    s.idle_timeout = parse_duration(&a.idle_timeout)?;
+    s.connect_timeout = parse_duration(&a.connect_timeout)?;
+    s.handshake_timeout = parse_duration(&a.handshake_timeout)?;
+    s.min_reannounce = parse_duration(&a.min_reannounce)?;
+    if a.concurrency == 0 {
+        return Err("--concurrency must be at least 1".into());
+    }
+    s.concurrency = a.concurrency;
+    if !(a.rate > 0.0 && a.rate.is_finite()) {
+        return Err(format!("--rate must be positive, not {}", a.rate));
+    }
+    s.rate = a.rate;
+    s.crypto = a
+        .crypto
+        .split(',')
+        .map(|c| Crypto::parse(c.trim()).ok_or_else(|| format!("unknown crypto mode {c} (plain, rc4, mse-plain, mse)")))
+        .collect::<Result<_, _>>()?;
+    if s.crypto.is_empty() {
+        return Err("--crypto needs at least one mode".into());
+    }
+    if !(0.0..=1.0).contains(&a.threshold) || a.threshold == 0.0 {
+        return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));
+    }
+    s.threshold = a.threshold;
+    s.announce = !a.no_announce;
+    s.announce_port = a.announce_port;
+    s.numwant = a.numwant;
+    s.pex = !a.no_pex;
+    s.listen = a.listen;
+    s.limits = Settings::default().limits.probe;
+    s.limits.max_contact = parse_duration(&a.max_contact)?;
+    if let Some(m) = a.max_msgs {
+        s.limits.max_msgs = m.max(1);
+    }
+    if let Some(m) = a.max_peers {
+        s.limits.max_peers = m.max(1);
+    }
+    let summary = swarmtap::probe::run(s)?;
+    eprintln!("swarmtap: {}", summary.render());
+    eprintln!("swarmtap: wrote {}", a.output.display());
+    Ok(())
 }

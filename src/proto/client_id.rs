@@ -83,6 +83,7 @@ const AZUREUS: &[(&[u8; 2], &str)] = &[
     (b"SS", "SwarmScope"),
     (b"ST", "SymTorrent"),
     (b"st", "sharktorrent"),
+    (b"SW", "swarmtap"),
     (b"SZ", "Shareaza"),
     (b"TB", "Torch"),
     (b"TE", "terasaur Seed Bank"),

@@ -523,8 +523,20 @@ tables! {
         success: bool = "Handshake completed.",
         outcome: String = "ok, timeout, refused, reset, handshake_failed, …",
         duration_ms: f64 = "Duration.",
-        n_pieces_have: Option<u64> = "Pieces the peer reported.",
+        n_pieces_have: Option<u64> = "Pieces the peer reported (bitfield, have, have_all, have_none; null when it reported none, or have_all while the piece count is unknown).",
         n_msgs: u64 = "Messages received.",
+        conn_id: u64 = "Id of this attempt (peer_progress.conn_id of the changes it saw).",
+        visit: u64 = "Visit number of this peer (1 = first contact); the attempts of one visit share it.",
+        attempt: u32 = "Attempt within the visit (1-based): a visit falls back to the next crypto mode when the peer drops the previous one.",
+        crypto: &'static str = "How the attempt opened the stream: plain (BitTorrent handshake), rc4 (MSE offering RC4), mse-plain (MSE offering plaintext), mse (MSE offering both).",
+        mse: bool = "An MSE key exchange completed (encrypted tells whether RC4 was then selected).",
+        end_reason: Option<&'static str> = "Why a contact that got past the handshake ended: idle (idle timeout), closed, reset, msg_cap, time_cap, shutdown.",
+        detail: Option<String> = "Error text or protocol detail for failed attempts.",
+        peer_id: Option<String> = "Peer id from its handshake (hex).",
+        client: Option<String> = "Client from the peer id, else the BEP 10 `v`.",
+        n_pieces: Option<u64> = "Pieces in the torrent when known at the time of the attempt.",
+        max_gap_ms: Option<f64> = "Longest silence between two messages received (calibrates the idle timeout).",
+        incoming: bool = "The peer connected to our listen port (--listen); the peer is identified by its BEP 10 listen port, so a peer contacted both ways is one peer.",
     }
 
     /// One row per input file (or live interval; n_packets, n_bytes and the drop counts are then the interval's).

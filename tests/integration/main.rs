@@ -23,6 +23,7 @@ mod dht;
 mod geo;
 mod live;
 mod metadata;
+mod probe;
 mod tracker;
 
 pub fn corpus() -> Option<PathBuf> {

@@ -1,0 +1,384 @@
+//! What to probe and where the probe may go: torrents named by .torrent
+//! file, magnet link or bare info hash, explicit peer endpoints, a passive
+//! dataset's torrents and peers (`--from DIR`), and the address policy
+//! (CIDR allow/deny lists, private and loopback ranges refused unless
+//! `--allow-private`).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
+
+use crate::proto::metainfo::Metainfo;
+
+/// One torrent to probe.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub info_hash: [u8; 20],
+    pub name: Option<String>,
+    pub trackers: Vec<String>,
+    /// Metadata when known (from a .torrent).
+    pub meta: Option<Metainfo>,
+    /// Piece count known without metadata (from a passive dataset).
+    pub n_pieces: Option<u32>,
+    /// Peers to contact besides what discovery finds.
+    pub peers: Vec<SocketAddr>,
+}
+
+impl Target {
+    pub fn bare(info_hash: [u8; 20]) -> Self {
+        Target {
+            info_hash,
+            name: None,
+            trackers: Vec::new(),
+            meta: None,
+            n_pieces: None,
+            peers: Vec::new(),
+        }
+    }
+}
+
+fn unhex20(s: &str) -> Option<[u8; 20]> {
+    if s.len() != 40 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// RFC 4648 base32 (the older magnet form of a v1 hash).
+fn unbase32_20(s: &str) -> Option<[u8; 20]> {
+    if s.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 20];
+    let mut acc: u64 = 0;
+    let mut bits = 0;
+    let mut k = 0;
+    for c in s.bytes() {
+        let v = match c.to_ascii_uppercase() {
+            b'A'..=b'Z' => c.to_ascii_uppercase() - b'A',
+            b'2'..=b'7' => c - b'2' + 26,
+            _ => return None,
+        };
+        acc = (acc << 5) | u64::from(v);
+        bits += 5;
+        if bits >= 8 {
+            bits -= 8;
+            *out.get_mut(k)? = (acc >> bits) as u8;
+            k += 1;
+        }
+    }
+    (k == 20).then_some(out)
+}
+
+/// A bare info hash: 40 hex digits or 32 base32 characters.
+pub fn parse_info_hash(s: &str) -> Option<[u8; 20]> {
+    unhex20(s).or_else(|| unbase32_20(s))
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                match std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                    }
+                    None => {
+                        out.push(b'%');
+                        i += 1;
+                    }
+                }
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A magnet link (BEP 9): `xt=urn:btih:` (hex or base32), `dn`, `tr`,
+/// `x.pe` (peer addresses).
+pub fn parse_magnet(m: &str) -> Result<Target, String> {
+    let q = m
+        .strip_prefix("magnet:?")
+        .ok_or_else(|| format!("not a magnet link: {m}"))?;
+    let mut t: Option<Target> = None;
+    let mut name = None;
+    let mut trackers = Vec::new();
+    let mut peers = Vec::new();
+    for kv in q.split('&') {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        let v = percent_decode(v);
+        match k {
+            "xt" => {
+                if let Some(h) = v.strip_prefix("urn:btih:") {
+                    let ih = parse_info_hash(h).ok_or_else(|| format!("bad btih in magnet: {h}"))?;
+                    t.get_or_insert_with(|| Target::bare(ih));
+                }
+            }
+            "dn" => name = Some(v),
+            "tr" => trackers.push(v),
+            "x.pe" => {
+                if let Ok(a) = v.parse() {
+                    peers.push(a);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut t = t.ok_or("magnet link without a v1 info hash (urn:btih)")?;
+    t.name = name;
+    t.trackers = trackers;
+    t.peers = peers;
+    Ok(t)
+}
+
+/// Targets from a passive dataset: every torrent of `torrents.parquet`
+/// (with its name and piece count) and every peer endpoint of
+/// `peers.parquet` under its torrent.
+pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
+    use polars::prelude::*;
+    let read = |name: &str| -> Result<DataFrame, String> {
+        let p = dir.join(format!("{name}.parquet"));
+        let f = std::fs::File::open(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        ParquetReader::new(f)
+            .finish()
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+    };
+    let tdf = read("torrents")?;
+    let pdf = read("peers")?;
+    let mut out: Vec<Target> = Vec::new();
+    let err = |e: PolarsError| format!("unexpected dataset schema: {e}");
+    {
+        let ih = tdf.column("info_hash").map_err(err)?.str().map_err(err)?;
+        let name = tdf.column("name").map_err(err)?.str().map_err(err)?;
+        let np = tdf.column("n_pieces").map_err(err)?.u64().map_err(err)?;
+        let src = tdf.column("n_pieces_source").map_err(err)?.str().map_err(err)?;
+        for i in 0..tdf.height() {
+            let Some(h) = ih.get(i).and_then(unhex20) else { continue };
+            let mut t = Target::bare(h);
+            t.name = name.get(i).map(str::to_string);
+            // An estimate from bitfield lengths is not a piece count.
+            if src.get(i) != Some("bitfield_estimate") {
+                t.n_pieces = np.get(i).and_then(|n| u32::try_from(n).ok());
+            }
+            out.push(t);
+        }
+    }
+    let ih = pdf.column("info_hash").map_err(err)?.str().map_err(err)?;
+    let ip = pdf.column("peer_ip").map_err(err)?.str().map_err(err)?;
+    let port = pdf.column("peer_port").map_err(err)?.u32().map_err(err)?;
+    for i in 0..pdf.height() {
+        let (Some(h), Some(a), Some(p)) = (ih.get(i).and_then(unhex20), ip.get(i), port.get(i)) else {
+            continue;
+        };
+        let (Ok(a), Ok(p)) = (a.parse::<IpAddr>(), u16::try_from(p)) else {
+            continue;
+        };
+        if p == 0 {
+            continue;
+        }
+        let idx = match out.iter().position(|t| t.info_hash == h) {
+            Some(x) => x,
+            None => {
+                out.push(Target::bare(h));
+                out.len() - 1
+            }
+        };
+        out[idx].peers.push(SocketAddr::new(a, p));
+    }
+    Ok(out)
+}
+
+/// An address block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub len: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a.parse::<IpAddr>().ok()?, l.parse::<u8>().ok()?),
+            None => {
+                let a = s.parse::<IpAddr>().ok()?;
+                (a, if a.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if a.is_ipv4() { 32 } else { 128 };
+        (l <= max).then_some(Cidr { addr: a, len: l })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - u32::from(self.len))
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - u32::from(self.len))
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+/// Addresses that are not the public Internet: private (RFC 1918, ULA),
+/// loopback, link-local, CGNAT shared space, "this network", multicast,
+/// reserved and broadcast, documentation. Probing them is refused unless
+/// `--allow-private`: a probe fed a hostile tracker list must not scan the
+/// operator's own network.
+pub fn is_private(ip: IpAddr) -> bool {
+    match canonical(ip) {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_multicast()
+                || a.is_broadcast()
+                || a.is_unspecified()
+                || a.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] >= 240
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+        }
+    }
+}
+
+/// Where the probe may send packets.
+#[derive(Debug, Clone, Default)]
+pub struct AddrPolicy {
+    pub allow_private: bool,
+    /// When not empty, only these blocks.
+    pub allow: Vec<Cidr>,
+    pub deny: Vec<Cidr>,
+}
+
+impl AddrPolicy {
+    /// `None` when the address may be contacted, else why not.
+    pub fn refuse(&self, ip: IpAddr) -> Option<&'static str> {
+        if self.deny.iter().any(|c| c.contains(ip)) {
+            return Some("denied");
+        }
+        if !self.allow.is_empty() && !self.allow.iter().any(|c| c.contains(ip)) {
+            return Some("not_allowed");
+        }
+        if !self.allow_private && is_private(ip) {
+            return Some("private_address");
+        }
+        None
+    }
+}
+
+/// Unused-address sanity: port 0 is never contactable.
+pub fn contactable(a: &SocketAddr) -> bool {
+    a.port() != 0
+        && !a.ip().is_unspecified()
+        && a.ip() != IpAddr::V4(Ipv4Addr::BROADCAST)
+        && a.ip() != IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn magnets() {
+        let t = parse_magnet(
+            "magnet:?xt=urn:btih:0123456789abcdef0123456789ABCDEF01234567&dn=a%20b&tr=udp%3A%2F%2F10.0.0.1%3A6969&x.pe=10.0.0.2:6881",
+        )
+        .unwrap();
+        assert_eq!(t.info_hash[0], 0x01);
+        assert_eq!(t.info_hash[19], 0x67);
+        assert_eq!(t.name.as_deref(), Some("a b"));
+        assert_eq!(t.trackers, vec!["udp://10.0.0.1:6969".to_string()]);
+        assert_eq!(t.peers, vec!["10.0.0.2:6881".parse().unwrap()]);
+        // base32 of 20 zero bytes
+        let t = parse_magnet("magnet:?xt=urn:btih:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap();
+        assert_eq!(t.info_hash, [0; 20]);
+        assert!(parse_magnet("magnet:?dn=x").is_err());
+        assert!(parse_magnet("http://x").is_err());
+    }
+
+    #[test]
+    fn cidrs_and_policy() {
+        let c = Cidr::parse("10.99.0.0/24").unwrap();
+        assert!(c.contains("10.99.0.11".parse().unwrap()));
+        assert!(!c.contains("10.99.1.11".parse().unwrap()));
+        assert!(c.contains("::ffff:10.99.0.5".parse().unwrap()));
+        assert!(Cidr::parse("fd00::/8").unwrap().contains("fd00:99::1".parse().unwrap()));
+        assert!(Cidr::parse("1.2.3.4/33").is_none());
+        let p = AddrPolicy::default();
+        for a in [
+            "10.1.2.3",
+            "127.0.0.1",
+            "192.168.1.1",
+            "172.20.0.1",
+            "100.64.0.1",
+            "fd00::1",
+            "fe80::1",
+            "::1",
+            "169.254.0.1",
+            "224.0.0.1",
+        ] {
+            assert_eq!(p.refuse(a.parse().unwrap()), Some("private_address"), "{a}");
+        }
+        assert_eq!(p.refuse("8.8.8.8".parse().unwrap()), None);
+        let p = AddrPolicy {
+            allow_private: true,
+            allow: vec![Cidr::parse("10.99.0.0/24").unwrap()],
+            deny: vec![Cidr::parse("10.99.0.13").unwrap()],
+        };
+        assert_eq!(p.refuse("10.99.0.12".parse().unwrap()), None);
+        assert_eq!(p.refuse("10.99.0.13".parse().unwrap()), Some("denied"));
+        assert_eq!(p.refuse("10.98.0.1".parse().unwrap()), Some("not_allowed"));
+    }
+}

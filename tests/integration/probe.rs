@@ -1,0 +1,439 @@
+//! `swarmtap probe` against a private swarm of real clients in network
+//! namespaces (tests/probe_swarm.py builds it with the sample-pcaps
+//! generator's helpers): opentracker, a libtorrent seeder, a Transmission
+//! leecher requiring encryption, a libtorrent leecher; the probe runs in a
+//! namespace of its own whose interface is captured. Skipped, with the
+//! reason printed, when not root or when a tool is missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::path::Path;
+use std::process::Command;
+
+use polars::prelude::*;
+use swarmtap::sink::TABLE_NAMES;
+
+fn have(cmd: &str, args: &[&str]) -> bool {
+    Command::new(cmd).args(args).output().is_ok_and(|o| o.status.success())
+}
+
+fn missing_prerequisite() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root (network namespaces need it)".into());
+    }
+    for (cmd, args) in [
+        ("ip", &["netns", "list"][..]),
+        ("/usr/bin/python3", &["-c", "import libtorrent"][..]),
+        ("transmission-daemon", &["--version"][..]),
+        ("opentracker", &["-h"][..]),
+        ("tcpdump", &["--version"][..]),
+        ("tshark", &["--version"][..]),
+        ("mktorrent", &["-h"][..]),
+    ] {
+        // opentracker and mktorrent exit non-zero on -h: being found is enough.
+        let found = have(cmd, args) || Command::new(cmd).args(args).output().is_ok();
+        if !found {
+            return Some(format!("{cmd} is not available"));
+        }
+    }
+    None
+}
+
+fn read(dir: &Path, table: &str) -> DataFrame {
+    let f = File::open(dir.join(format!("{table}.parquet"))).expect("table file");
+    ParquetReader::new(f).finish().expect("parquet")
+}
+
+fn strs(df: &DataFrame, c: &str) -> Vec<Option<String>> {
+    df.column(c)
+        .expect(c)
+        .str()
+        .expect(c)
+        .iter()
+        .map(|v| v.map(str::to_string))
+        .collect()
+}
+
+fn col_u64(df: &DataFrame, c: &str) -> Vec<Option<u64>> {
+    let s = df.column(c).expect(c).cast(&DataType::UInt64).expect(c);
+    s.u64().expect(c).iter().collect()
+}
+
+fn col_i64(df: &DataFrame, c: &str) -> Vec<Option<i64>> {
+    let s = df.column(c).expect(c).cast(&DataType::Int64).expect(c);
+    s.i64().expect(c).iter().collect()
+}
+
+fn bools(df: &DataFrame, c: &str) -> Vec<Option<bool>> {
+    df.column(c).expect(c).bool().expect(c).iter().collect()
+}
+
+#[test]
+fn probe_swarm_of_real_clients() {
+    if let Some(why) = missing_prerequisite() {
+        eprintln!("skipping probe_swarm_of_real_clients: {why}");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/probe_swarm.py");
+    let st = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(env!("CARGO_BIN_EXE_swarmtap"))
+        .arg(out)
+        .args(["--duration", "60"])
+        .status()
+        .expect("run tests/probe_swarm.py");
+    let log = std::fs::read_to_string(out.join("probe.log")).unwrap_or_default();
+    eprintln!("--- probe log ---\n{log}");
+    assert!(st.success(), "swarm driver failed");
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("manifest.json")).expect("manifest")).expect("json");
+    assert_eq!(m["probe_exit"], 0, "probe exit status");
+    let dir = out.join("probe");
+    for t in TABLE_NAMES {
+        assert!(dir.join(format!("{t}.parquet")).is_file(), "{t}.parquet missing");
+    }
+    let t_start_us = (m["probe_started"].as_f64().unwrap() * 1e6) as i64;
+    let t_end_us = (m["probe_ended"].as_f64().unwrap() * 1e6) as i64;
+    let ta = &m["torrents"][0];
+    let tb = &m["torrents"][1];
+    let ih_a = ta["info_hash"].as_str().unwrap().to_string();
+    let ih_b = tb["info_hash"].as_str().unwrap().to_string();
+
+    // --- probe_visits: every client reached, piece count on every success.
+    let v = read(&dir, "probe_visits");
+    let (ips, ihs, succ, enc, have_n, visit, outcome) = (
+        strs(&v, "peer_ip"),
+        strs(&v, "info_hash"),
+        bools(&v, "success"),
+        bools(&v, "encrypted"),
+        col_u64(&v, "n_pieces_have"),
+        col_u64(&v, "visit"),
+        strs(&v, "outcome"),
+    );
+    let hosts = m["hosts"].as_array().unwrap();
+    let mut first_total = 0;
+    let mut first_ok = 0;
+    for i in 0..v.height() {
+        // Outgoing visits: incoming contacts are the peer's initiative (a
+        // client dropping a duplicate connection says nothing first).
+        if succ[i] == Some(true) && bools(&v, "incoming")[i] == Some(false) {
+            assert!(have_n[i].is_some(), "successful visit without a piece count: row {i}");
+        }
+    }
+    // First contacts: attempts of visit 1 per (ip, torrent); ok if any succeeded.
+    let mut firsts: BTreeMap<(String, String), bool> = BTreeMap::new();
+    for i in 0..v.height() {
+        if visit[i] == Some(1) {
+            let e = firsts
+                .entry((ips[i].clone().unwrap(), ihs[i].clone().unwrap()))
+                .or_insert(false);
+            *e |= succ[i] == Some(true);
+        }
+    }
+    for ok in firsts.values() {
+        first_total += 1;
+        first_ok += usize::from(*ok);
+    }
+    for h in hosts {
+        let ip = h["ip"].as_str().unwrap();
+        let n_ok = (0..v.height())
+            .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a) && succ[i] == Some(true))
+            .count();
+        // A seeder is complete at its first visit and not revisited; a
+        // leecher is revisited until it completes.
+        let want = if h["role"] == "seeder" { 1 } else { 2 };
+        assert!(n_ok >= want, "{} ({ip}) reached {n_ok} times", h["name"]);
+        if h["enc"] == "require" {
+            // Every successful visit of the client that requires encryption
+            // was RC4-encrypted; plaintext attempts to it failed.
+            for i in 0..v.height() {
+                if ips[i].as_deref() == Some(ip) {
+                    if succ[i] == Some(true) {
+                        assert_eq!(enc[i], Some(true), "row {i}: unencrypted success to {ip}");
+                    } else {
+                        assert_eq!(enc[i], Some(false));
+                    }
+                }
+            }
+        }
+    }
+    let n_rows = v.height();
+    let n_ok_rows = succ.iter().filter(|s| **s == Some(true)).count();
+    let outcomes: BTreeSet<String> = outcome.iter().flatten().cloned().collect();
+    eprintln!(
+        "probe_visits: {n_rows} attempts, {n_ok_rows} successful; outcomes {outcomes:?}; first contacts ok {first_ok}/{first_total}"
+    );
+
+    // --- peers: each leecher that completed during the run counted once, crossing kept.
+    let p = read(&dir, "peers");
+    let (pips, pihs, conf, cts, srcs) = (
+        strs(&p, "peer_ip"),
+        strs(&p, "info_hash"),
+        bools(&p, "confirmed_download"),
+        col_i64(&p, "completed_ts"),
+        p.column("sources").expect("sources").clone(),
+    );
+    let mut expected_confirmed = 0;
+    for h in hosts {
+        let ip = h["ip"].as_str().unwrap();
+        // Rows heard from by the probe (a peer may also be listed by ut_pex
+        // under an outgoing port nobody listens on: that row is never
+        // reached, never counted).
+        let sources_of = |r: usize| -> Vec<String> {
+            let s = srcs.list().expect("list").get_as_series(r).expect("sources row");
+            s.str().expect("str").iter().flatten().map(str::to_string).collect()
+        };
+        let rows: Vec<usize> = (0..p.height())
+            .filter(|&i| pips[i].as_deref() == Some(ip) && pihs[i].as_deref() == Some(&ih_a))
+            .filter(|&i| sources_of(i).iter().any(|x| x == "probe"))
+            .collect();
+        assert_eq!(rows.len(), 1, "{ip}: one peers row reached by the probe for torrent A");
+        let r = rows[0];
+        let n_confirmed_rows = (0..p.height())
+            .filter(|&i| pips[i].as_deref() == Some(ip) && pihs[i].as_deref() == Some(&ih_a) && conf[i] == Some(true))
+            .count();
+        assert!(n_confirmed_rows <= 1, "{ip} counted {n_confirmed_rows} times");
+        if h["role"] == "leecher" {
+            let done = h["completed_seen"][&ih_a].as_f64();
+            let done_us = done.map(|d| (d * 1e6) as i64);
+            let during = done_us.is_some_and(|d| d > t_start_us && d < t_end_us);
+            if during {
+                expected_confirmed += 1;
+                assert_eq!(
+                    conf[r],
+                    Some(true),
+                    "{ip} completed during the run but is not confirmed"
+                );
+                let c = cts[r].expect("completed_ts");
+                let d = done_us.unwrap();
+                let diff_s = (c - d) as f64 / 1e6;
+                eprintln!("{} ({ip}): crossing seen by the probe {diff_s:+.2} s from the client's own completion (polled every 0.5 s)", h["name"]);
+                // The probe cannot see it before it happens (the client's own
+                // time is polled every 0.5 s, hence the slack below zero), and
+                // sees it at the latest one visit cycle later: --revisit 3 s
+                // plus a contact of at most --max-contact 4 s.
+                assert!((-1.0..=7.0).contains(&diff_s), "{ip}: crossing {diff_s} s off");
+            } else {
+                eprintln!(
+                    "{} ({ip}) did not complete during the run (completed_seen {done:?})",
+                    h["name"]
+                );
+            }
+        } else {
+            assert_eq!(conf[r], Some(false), "the seeder is no download");
+        }
+    }
+    assert!(
+        expected_confirmed >= 1,
+        "no leecher completed during the run: the swarm is too slow"
+    );
+
+    // --- incoming contacts (--listen 6881, announced): a peer that connected
+    // to us is identified by its BEP 10 listen port (else its peer id) and
+    // merged with the peer we contact ourselves, never a second peer.
+    let inc = bools(&v, "incoming");
+    let n_incoming = inc.iter().filter(|x| **x == Some(true)).count();
+    let pports_all = col_u64(&p, "peer_port");
+    let mut merged = 0;
+    for i in 0..p.height() {
+        let s: Vec<String> = {
+            let x = srcs.list().expect("list").get_as_series(i).expect("row");
+            x.str().expect("str").iter().flatten().map(str::to_string).collect()
+        };
+        if s.iter().any(|x| x == "incoming") {
+            let ip = pips[i].as_deref().unwrap();
+            let h = hosts
+                .iter()
+                .find(|h| h["ip"] == ip)
+                .expect("incoming from a swarm host");
+            assert_eq!(
+                pports_all[i],
+                h["port"].as_u64(),
+                "{ip}: incoming peer under another port"
+            );
+            merged += usize::from(s.iter().any(|x| x == "tracker"));
+        }
+    }
+    eprintln!("incoming contacts: {n_incoming}; peers reached both ways (merged): {merged}");
+
+    // --- torrents: A from the file, B's metadata fetched and verified.
+    let t = read(&dir, "torrents");
+    let (tih, tname, tnp, tsrc, tconf) = (
+        strs(&t, "info_hash"),
+        strs(&t, "name"),
+        col_u64(&t, "n_pieces"),
+        strs(&t, "metadata_source"),
+        col_u64(&t, "n_confirmed_downloads"),
+    );
+    let row_a = tih
+        .iter()
+        .position(|h| h.as_deref() == Some(&ih_a))
+        .expect("torrent A row");
+    let row_b = tih
+        .iter()
+        .position(|h| h.as_deref() == Some(&ih_b))
+        .expect("torrent B row");
+    assert_eq!(tsrc[row_a].as_deref(), Some("torrent_file"));
+    assert_eq!(tconf[row_a], Some(expected_confirmed));
+    assert_eq!(
+        tsrc[row_b].as_deref(),
+        Some("ut_metadata"),
+        "magnet metadata not fetched"
+    );
+    assert_eq!(tname[row_b].as_deref(), tb["name"].as_str());
+    assert_eq!(tnp[row_b], tb["n_pieces"].as_u64());
+    assert_eq!(tnp[row_a], ta["n_pieces"].as_u64());
+
+    // --- tracker_announces: HTTP for A, UDP for B, both answered with peers.
+    let a = read(&dir, "tracker_announces");
+    let (aih, atr, anp) = (
+        strs(&a, "info_hash"),
+        strs(&a, "transport"),
+        col_u64(&a, "n_peers_returned"),
+    );
+    for (ih, tr) in [(&ih_a, "http"), (&ih_b, "udp")] {
+        assert!(
+            (0..a.height())
+                .any(|i| aih[i].as_deref() == Some(ih) && atr[i].as_deref() == Some(tr) && anp[i] >= Some(1)),
+            "{tr} announce for {ih}"
+        );
+    }
+
+    // --- nothing sent outside the swarm.
+    let swarm: BTreeSet<String> = m["swarm_ips"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_string())
+        .collect();
+    let o = Command::new("tshark")
+        .args(["-r"])
+        .arg(out.join("probe.pcap"))
+        // IGMP membership reports (224.0.0.22) are the kernel's own, sent
+        // when the interface came up, link-local and never routed; every
+        // other packet is counted.
+        .args([
+            "-Y",
+            "not igmp",
+            "-T",
+            "fields",
+            "-e",
+            "ip.dst",
+            "-e",
+            "arp.dst.proto_ipv4",
+            "-e",
+            "ipv6.dst",
+        ])
+        .output()
+        .expect("tshark");
+    let text = String::from_utf8_lossy(&o.stdout);
+    let mut n_pkts = 0;
+    let mut dsts = BTreeSet::new();
+    for line in text.lines() {
+        n_pkts += 1;
+        for f in line.split('\t').filter(|f| !f.is_empty()) {
+            dsts.insert(f.to_string());
+        }
+    }
+    assert!(n_pkts > 100, "capture too small: {n_pkts} packets");
+    let outside: Vec<&String> = dsts.iter().filter(|d| !swarm.contains(*d)).collect();
+    assert!(outside.is_empty(), "sent outside the swarm: {outside:?}");
+    for h in hosts {
+        assert!(dsts.contains(h["ip"].as_str().unwrap()));
+    }
+    eprintln!("capture: {n_pkts} packets, destinations {dsts:?}");
+
+    // --- the capture of the probe's own traffic, analyzed passively, gives
+    // the same piece counts for the peers reached in plaintext (encrypted
+    // contacts are opaque to a tap, which is why the probe exists).
+    let passive = out.join("passive");
+    let st = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .arg("analyze")
+        .arg(out.join("probe.pcap"))
+        .arg("--torrents")
+        .arg(out.join("pa.torrent"))
+        .arg("--torrents")
+        .arg(out.join("pb.torrent"))
+        .arg("-o")
+        .arg(&passive)
+        .status()
+        .expect("analyze");
+    assert!(st.success());
+    let pp = read(&passive, "peers");
+    let (qips, qihs, qports, qlast) = (
+        strs(&pp, "peer_ip"),
+        strs(&pp, "info_hash"),
+        col_u64(&pp, "peer_port"),
+        col_u64(&pp, "last_pieces"),
+    );
+    let (pports, plast) = (col_u64(&p, "peer_port"), col_u64(&p, "last_pieces"));
+    let mut compared = 0;
+    for h in hosts.iter().filter(|h| h["enc"] != "require") {
+        let ip = h["ip"].as_str().unwrap();
+        for i in 0..p.height() {
+            if pips[i].as_deref() != Some(ip) || plast[i].is_none() {
+                continue;
+            }
+            let j = (0..pp.height())
+                .find(|&j| qips[j] == pips[i] && qihs[j] == pihs[i] && qports[j] == pports[i])
+                .unwrap_or_else(|| panic!("{ip}:{:?} missing from the passive peers", pports[i]));
+            assert_eq!(qlast[j], plast[i], "{ip} {:?}: passive vs probe last_pieces", pihs[i]);
+            compared += 1;
+        }
+    }
+    assert!(compared >= 3, "compared {compared} peers");
+    eprintln!("passive analysis of the probe's capture agrees on {compared} peers' piece counts");
+}
+
+/// SIGINT ends a run cleanly: exit 0, every table written, the attempts
+/// made so far in probe_visits. Loopback only (a closed port: refused).
+#[test]
+fn probe_sigint_writes_every_table() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["probe", "--info-hash", "0123456789abcdef0123456789abcdef01234567"])
+        .args([
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--allow-private",
+            "--retry",
+            "200ms",
+        ])
+        .arg("-o")
+        .arg(tmp.path())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let st = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "exit status {st:?}");
+    for t in TABLE_NAMES {
+        assert!(tmp.path().join(format!("{t}.parquet")).is_file(), "{t}.parquet missing");
+    }
+    let v = read(tmp.path(), "probe_visits");
+    assert!(v.height() >= 2, "{} attempts", v.height());
+    assert!(strs(&v, "outcome").iter().all(|o| o.as_deref() == Some("refused")));
+    // Without --allow-private the same target is refused by policy: no attempt.
+    let tmp2 = tempfile::tempdir().expect("tempdir");
+    let st = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["probe", "--info-hash", "0123456789abcdef0123456789abcdef01234567"])
+        .args(["--peer", &format!("127.0.0.1:{port}"), "--duration", "1s"])
+        .arg("-o")
+        .arg(tmp2.path())
+        .status()
+        .expect("run");
+    assert!(st.success());
+    assert_eq!(read(tmp2.path(), "probe_visits").height(), 0);
+    assert_eq!(read(tmp2.path(), "peers").height(), 0);
+}
