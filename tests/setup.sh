@@ -10,13 +10,32 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 sudo_=""
 [ "$(id -u)" = 0 ] || sudo_="sudo"
 need=()
-for p in libpcap-dev tshark pkg-config tcpreplay ethtool iproute2; do
+# The second line: the real clients and tracker of the probe's swarm test
+# (tests/probe_swarm.py, in network namespaces) and the capture tools of
+# sample-pcaps/generate.
+for p in libpcap-dev tshark pkg-config tcpreplay ethtool iproute2 \
+  opentracker transmission-daemon python3-libtorrent mktorrent tcpdump; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   $sudo_ apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Packages must not start their services (transmission-daemon would join
+  # the public DHT, opentracker would listen on the host): the tests start
+  # their own instances inside network namespaces.
+  policy=/usr/sbin/policy-rc.d
+  made_policy=""
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' | $sudo_ tee "$policy" >/dev/null
+    $sudo_ chmod +x "$policy"
+    made_policy=1
+  fi
+  status=0
+  DEBIAN_FRONTEND=noninteractive $sudo_ apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || status=$?
+  if [ -n "$made_policy" ]; then
+    $sudo_ rm -f "$policy"
+  fi
+  [ "$status" = 0 ] || exit "$status"
 fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install Rust (rustup) first" >&2
