@@ -971,26 +971,25 @@ mod tests {
         usize,
     );
 
+    /// A plain TCP connection 10.0.0.1:40000 -> 10.0.0.2:6881 with its start captured.
+    fn test_init(conn_id: u64) -> SessionInit {
+        SessionInit {
+            conn_id,
+            flow_id: conn_id,
+            capture: 0,
+            transport: "tcp",
+            orig: SocketAddr::from(([10, 0, 0, 1], 40000)),
+            resp: SocketAddr::from(([10, 0, 0, 2], 6881)),
+            first_ts: 0,
+            midstream: false,
+        }
+    }
+
     /// Runs a session over the responder's stream and `chunks` of the
     /// originator's; `block` is the torrent's only piece when its hashes
     /// are to be known.
     fn run(chunks: &[&[u8]], block: Option<&[u8]>) -> Outcome {
-        let a: SocketAddr = "10.0.0.1:40000"
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
-        let b: SocketAddr = "10.0.0.2:6881"
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
-        let init = SessionInit {
-            conn_id: 7,
-            flow_id: 7,
-            capture: 0,
-            transport: "tcp",
-            orig: a,
-            resp: b,
-            first_ts: 0,
-            midstream: false,
-        };
+        let init = test_init(7);
         let mut out = ShardOut {
             known: block.map(known).unwrap_or_default(),
             ..Default::default()
@@ -1092,22 +1091,7 @@ mod tests {
         p.extend(0u32.to_be_bytes());
         p.extend_from_slice(&block);
         orig.extend(msg(7, &p));
-        let a: SocketAddr = "10.0.0.1:40000"
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
-        let b: SocketAddr = "10.0.0.2:6881"
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
-        let init = SessionInit {
-            conn_id: 1,
-            flow_id: 1,
-            capture: 0,
-            transport: "tcp",
-            orig: a,
-            resp: b,
-            first_ts: 0,
-            midstream: false,
-        };
+        let init = test_init(1);
         let run = |budget: usize| {
             let mut out = ShardOut::default();
             out.piece_budget.max = budget;

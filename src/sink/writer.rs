@@ -65,6 +65,20 @@ impl DirSink {
     }
 }
 
+/// Buffers rows and writes a row group each time `group_rows` are held
+/// (a batch that large on its own goes straight out).
+fn push_rows<R: Row>(t: &mut TableFile<R>, mut rows: Vec<R>, group_rows: usize) -> PolarsResult<()> {
+    if t.buf.is_empty() && rows.len() >= group_rows {
+        t.buf = std::mem::take(&mut rows);
+        return write_group(t);
+    }
+    t.buf.append(&mut rows);
+    if t.buf.len() >= group_rows {
+        write_group(t)?;
+    }
+    Ok(())
+}
+
 fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
     if t.buf.is_empty() {
         return Ok(());
@@ -102,17 +116,8 @@ impl TableSink for DirSink {
         })
     }
 
-    fn push<R: Row>(&mut self, t: &mut TableFile<R>, mut rows: Vec<R>) -> PolarsResult<()> {
-        if t.buf.is_empty() && rows.len() >= self.row_group_rows {
-            // Large batches go straight out.
-            t.buf = std::mem::take(&mut rows);
-            return write_group(t);
-        }
-        t.buf.append(&mut rows);
-        if t.buf.len() >= self.row_group_rows {
-            write_group(t)?;
-        }
-        Ok(())
+    fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
+        push_rows(t, rows, self.row_group_rows)
     }
 
     fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
@@ -243,12 +248,8 @@ impl TableSink for RotatingSink {
         })
     }
 
-    fn push<R: Row>(&mut self, t: &mut TableFile<R>, mut rows: Vec<R>) -> PolarsResult<()> {
-        t.buf.append(&mut rows);
-        if t.buf.len() >= self.row_group_rows {
-            write_group(t)?;
-        }
-        Ok(())
+    fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
+        push_rows(t, rows, self.row_group_rows)
     }
 
     fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
