@@ -48,6 +48,13 @@ pub struct AnalyzeArgs {
     /// BPF filter (libpcap syntax), applied to files too.
     #[arg(short = 'f', long = "filter")]
     pub filter: Option<String>,
+    #[command(flatten)]
+    pub opts: AnalysisOpts,
+}
+
+/// Options of the analysis itself, shared by `analyze` and `live`.
+#[derive(Debug, Args)]
+pub struct AnalysisOpts {
     /// .torrent files or directories of them: piece counts, names, completion.
     #[arg(long = "torrents")]
     pub torrents: Vec<PathBuf>,
@@ -195,27 +202,8 @@ pub struct LiveArgs {
     /// Stop after this many packets (as libpcap delivers them, after -f; dropped ones included).
     #[arg(long = "count")]
     pub count: Option<u64>,
-    /// Worker threads (default: all cores).
-    #[arg(long = "threads", default_value_t = 0)]
-    pub threads: usize,
-    /// Do not write the peer_messages table.
-    #[arg(long = "no-messages")]
-    pub no_messages: bool,
-    /// Completion threshold for confirmed downloads, as a fraction of pieces.
-    #[arg(long = "threshold", default_value_t = 0.98)]
-    pub threshold: f64,
-    /// Window in seconds (packet time) for peak transfer rates.
-    #[arg(long = "rate-window", default_value_t = 5)]
-    pub rate_window: u32,
-    /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
-    #[arg(long = "max-flows")]
-    pub max_flows: Option<usize>,
-    /// .torrent files or directories of them: piece counts, names, completion.
-    #[arg(long = "torrents")]
-    pub torrents: Vec<PathBuf>,
-    /// MaxMind-format database(s) for the geolocation columns of peers (see analyze).
-    #[arg(long = "geoip", value_name = "MMDB")]
-    pub geoip: Vec<PathBuf>,
+    #[command(flatten)]
+    pub opts: AnalysisOpts,
 }
 
 /// A duration: a number with an optional unit (ms, s, m, h, d; seconds

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use swarmtap::capture::{expand_inputs, InputSpec};
-use swarmtap::cli::{parse_duration, AnalyzeArgs, Cli, Command, LiveArgs, ProbeArgs};
+use swarmtap::cli::{parse_duration, AnalysisOpts, AnalyzeArgs, Cli, Command, LiveArgs, ProbeArgs};
 use swarmtap::config::Settings;
 use swarmtap::proto::metainfo::{hex, parse_torrent, Metainfo};
 
@@ -58,6 +58,33 @@ fn load_torrents(paths: &[PathBuf]) -> Result<Vec<Metainfo>, String> {
         .collect()
 }
 
+/// The settings `analyze` and `live` share, from their common options.
+fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
+    if !(0.0..=1.0).contains(&o.threshold) || o.threshold == 0.0 {
+        return Err(format!("--threshold must be in (0, 1], not {}", o.threshold));
+    }
+    let mut settings = Settings {
+        threshold: o.threshold,
+        messages: !o.no_messages,
+        rate_window_s: o.rate_window.max(1),
+        threads: o.threads,
+        ..Settings::default()
+    };
+    if let Some(m) = o.max_flows {
+        settings.limits.max_flows = m.max(1);
+    }
+    Ok(settings)
+}
+
+/// Opens the `--geoip` databases into `settings`.
+fn load_geo(o: &AnalysisOpts, settings: &mut Settings) -> Result<(), String> {
+    if !o.geoip.is_empty() {
+        let db = swarmtap::geo::GeoDb::open(&o.geoip, settings.limits.max_geo_cache)?;
+        settings.geo = Some(std::sync::Arc::new(db));
+    }
+    Ok(())
+}
+
 fn analyze(a: AnalyzeArgs) -> Result<(), String> {
     let (inputs, mut torrent_paths) = if a.inputs.is_empty() {
         let dir = PathBuf::from(SAMPLE_PCAPS);
@@ -66,10 +93,7 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
     } else {
         (a.inputs.clone(), Vec::new())
     };
-    torrent_paths.extend(a.torrents.iter().cloned());
-    if !(0.0..=1.0).contains(&a.threshold) || a.threshold == 0.0 {
-        return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));
-    }
+    torrent_paths.extend(a.opts.torrents.iter().cloned());
     let expanded = expand_inputs(&inputs).map_err(|e| e.to_string())?;
     // Files named on the command line that are not captures deserve a word;
     // the other files of a directory (READMEs, .torrent files) do not.
@@ -89,20 +113,8 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
         return Err("no capture files found in the given inputs".into());
     }
     let torrents = load_torrents(&torrent_paths)?;
-    let mut settings = Settings {
-        threshold: a.threshold,
-        messages: !a.no_messages,
-        rate_window_s: a.rate_window.max(1),
-        threads: a.threads,
-        ..Settings::default()
-    };
-    if !a.geoip.is_empty() {
-        let db = swarmtap::geo::GeoDb::open(&a.geoip, settings.limits.max_geo_cache)?;
-        settings.geo = Some(std::sync::Arc::new(db));
-    }
-    if let Some(m) = a.max_flows {
-        settings.limits.max_flows = m.max(1);
-    }
+    let mut settings = settings_of(&a.opts)?;
+    load_geo(&a.opts, &mut settings)?;
     let summary = swarmtap::pipeline::analyze(inputs, a.filter.clone(), &a.output, &settings, torrents)?;
     eprintln!("swarmtap: {}", summary.render());
     eprintln!("swarmtap: wrote {}", a.output.display());
@@ -115,19 +127,7 @@ fn live(a: LiveArgs) -> Result<(), String> {
     use swarmtap::capture::live::LiveOptions;
     use swarmtap::pipeline::{LiveControl, LiveSettings};
 
-    if !(0.0..=1.0).contains(&a.threshold) || a.threshold == 0.0 {
-        return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));
-    }
-    let mut settings = Settings {
-        threshold: a.threshold,
-        messages: !a.no_messages,
-        rate_window_s: a.rate_window.max(1),
-        threads: a.threads,
-        ..Settings::default()
-    };
-    if let Some(m) = a.max_flows {
-        settings.limits.max_flows = m.max(1);
-    }
+    let mut settings = settings_of(&a.opts)?;
     let control = LiveControl {
         stop: Arc::new(AtomicBool::new(false)),
         rotate: Arc::new(AtomicBool::new(false)),
@@ -150,11 +150,8 @@ fn live(a: LiveArgs) -> Result<(), String> {
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     // Loaded after the handlers are in place: a SIGHUP sent while a large
     // torrent directory or database loads must not kill the sensor.
-    if !a.geoip.is_empty() {
-        let db = swarmtap::geo::GeoDb::open(&a.geoip, settings.limits.max_geo_cache)?;
-        settings.geo = Some(Arc::new(db));
-    }
-    let torrents = load_torrents(&a.torrents)?;
+    load_geo(&a.opts, &mut settings)?;
+    let torrents = load_torrents(&a.opts.torrents)?;
     let ls = LiveSettings {
         capture: LiveOptions {
             iface: a.interface.clone(),
