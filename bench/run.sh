@@ -109,6 +109,16 @@ ts_dht() {
     measure "$1" "$2" "$3" tshark -n -r "$2" --enable-heuristic bittorrent_dht_udp -Y bt-dht -T fields -e bt-dht.id
 }
 ndpi() { measure "$1" "$2" "$3" "$NDPI" -q -i "$2"; }
+# Floors: what reading the capture costs before any analysis. floor-cat reads
+# the file once from the page cache; floor-read is swarmtap with a BPF filter
+# no packet passes (read, frame, filter; no decoding, flows or output rows).
+# Their rates bound every ratio this machine can show against tshark.
+floor_cat() { measure floor-cat "$1" "$2" cat "$1"; }
+floor_read() {
+    local out=$OUTDIR/floor-read@$(basename "$1" .pcap)
+    rm -rf "$out"
+    measure floor-read "$1" "$2" "$SWARMTAP" analyze "$1" -o "$out" -f "ip proto 255" "${THREAD_ARGS[@]}"
+}
 
 mkdir -p "$OUTDIR" "$BENCH_DIR/logs"
 : >"$RAW"
@@ -139,14 +149,20 @@ for ((r = 1; r <= RUNS; r++)); do
     if [[ -n $SWARMTAP ]]; then
         st swarmtap-nomsg "$BULK_BIG" "$r" --no-messages
         st swarmtap-msg "$BULK_BIG" "$r"
+        floor_read "$BULK_BIG" "$r"
+        floor_cat "$BULK_BIG" "$r"
         st swarmtap-nomsg "$BULK_SMALL" "$r" --no-messages
         st swarmtap-msg "$BULK_SMALL" "$r"
+        floor_read "$BULK_SMALL" "$r"
+        floor_cat "$BULK_SMALL" "$r"
     fi
     [[ ${BENCH_NO_TSHARK:-0} == 1 ]] || ts_bulk tshark "$BULK_SMALL" "$r"
     [[ -z $NDPI ]] || ndpi ndpi "$BULK_SMALL" "$r"
     if [[ -n $SWARMTAP ]]; then
         st swarmtap-nomsg "$DHT_BIG" "$r" --no-messages
         st swarmtap-msg "$DHT_BIG" "$r"
+        floor_read "$DHT_BIG" "$r"
+        floor_cat "$DHT_BIG" "$r"
         st swarmtap-nomsg "$DHT_SMALL" "$r" --no-messages
         st swarmtap-msg "$DHT_SMALL" "$r"
     fi

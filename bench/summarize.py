@@ -77,8 +77,10 @@ def main():
         ("bulk", "bulk-1g", "bulk-250m", "mb_per_s"),
         ("dht", "dht-500k", "dht-500k", "krpc_per_s"),
     ):
-        for st in ("swarmtap-msg", "swarmtap-nomsg"):
+        for st in ("swarmtap-msg", "swarmtap-nomsg", "floor-read", "floor-cat"):
             for other in ("tshark", "ndpi"):
+                if st.startswith("floor") and other != "tshark":
+                    continue
                 a, b = get(st, st_cap), get(other, other_cap)
                 if a and b and b.get(metric):
                     # the same ratio in CPU time (user + sys), less sensitive to
@@ -136,7 +138,7 @@ def main():
     hdr = f"{'tool':16s} {'capture':10s} {'wall s':>8s} {'MB/s':>9s} {'packets/s':>11s} {'KRPC/s':>10s} {'RSS MiB':>8s} {'CPU s':>7s}"
     print(hdr)
     print("-" * len(hdr))
-    order = {"swarmtap-nomsg": 0, "swarmtap-msg": 1, "tshark": 2, "ndpi": 3}
+    order = {"swarmtap-nomsg": 0, "swarmtap-msg": 1, "floor-read": 2, "floor-cat": 3, "tshark": 4, "ndpi": 5}
     for row in sorted(rows, key=lambda r: (r["capture"].startswith("dht"), -captures.get(r["capture"], {}).get("bytes", 0), order.get(r["tool"], 9))):
         if "wall_s_median" not in row:
             print(f"{row['tool']:16s} {row['capture']:10s}   all {row['runs']} runs failed")
@@ -147,6 +149,9 @@ def main():
     print()
     print("tshark runs on bulk-250m only (it is slow); the bulk-1g ratios divide swarmtap's rate on")
     print("bulk-1g by tshark's rate on bulk-250m. DHT rates are KRPC datagrams per second.")
+    print()
+    print("floor-cat = cat CAP >/dev/null; floor-read = swarmtap with a BPF filter no packet passes")
+    print("(reading only). Their ratios to tshark bound what any analysis can reach on this machine.")
     print()
     print("ratios (swarmtap rate / other tool's rate, wall time; in brackets the same in CPU time):")
     for x in ratios:
@@ -186,6 +191,7 @@ def main():
             "medians of the runs; wall time from clock reads around each run, peak RSS and CPU from /usr/bin/time -v",
             "tshark and ndpiReader are measured on bulk-250m only; ratios marked same_file=false use their bulk-250m rate",
             "swarmtap-nomsg = analyze --no-messages; swarmtap-msg = analyze with the per-message table",
+            "floor-cat = cat CAP > /dev/null; floor-read = swarmtap analyze -f 'ip proto 255' (reads and filters every packet, analyzes none)",
             "tshark bulk: -Y bittorrent -T fields -e bittorrent.msg.type; DHT: --enable-heuristic bittorrent_dht_udp -Y bt-dht -T fields -e bt-dht.id",
         ],
     }, indent=2) + "\n")
