@@ -40,11 +40,6 @@ use crate::proto::peer_wire::TorrentShape;
 use crate::sink::writer::Interval;
 use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
 
-/// Frame data per batch: large enough to amortise the per-batch merge and
-/// thread hand-offs, small enough to keep a few batches in memory.
-const BATCH_BYTES: usize = 8 << 20;
-const BATCH_FRAMES: usize = 8 * 1024;
-
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default)]
 pub struct RunSummary {
@@ -473,6 +468,7 @@ pub fn analyze(
     let (tx, rx) = sync_channel::<ReaderMsg>(2);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let reader_inputs = inputs.clone();
+    let (batch_bytes, batch_frames) = (settings.limits.batch_bytes.max(1), settings.limits.batch_frames.max(1));
     let reader = std::thread::Builder::new()
         .name("swarmtap-reader".into())
         .spawn(move || {
@@ -487,7 +483,7 @@ pub fn analyze(
                 r.set_capture_idx(idx as u32);
                 loop {
                     let mut b = recycle_rx.try_recv().unwrap_or_default();
-                    match r.read_batch(&mut b, BATCH_BYTES, BATCH_FRAMES) {
+                    match r.read_batch(&mut b, batch_bytes, batch_frames) {
                         Ok(true) => {
                             if tx.send(ReaderMsg::Batch(b)).is_err() {
                                 return;

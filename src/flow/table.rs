@@ -213,6 +213,14 @@ impl Shard {
             Some(f) if is_tcp && syn && !ack && (f.closed_at.is_some() || f.payload.iter().sum::<u64>() > 0) => {
                 (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
             }
+            // Closed for longer than the linger: a sweep would have ended it,
+            // so this packet starts a new flow whether or not one ran.
+            Some(f)
+                if f.closed_at
+                    .is_some_and(|c| ctx.ts - c > self.limits.tcp_closed_linger_us) =>
+            {
+                (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
+            }
             Some(f) if ctx.ts - f.last_ts > idle => (true, Some(EndReason::Idle)),
             Some(_) => (true, None),
         };
@@ -441,8 +449,12 @@ impl Shard {
         }
     }
 
-    /// Ends every flow (end of input).
+    /// Ends every flow (end of input). Flows that a sweep at `now` would
+    /// end keep their reason (fin, rst, idle), whatever the sweep interval
+    /// left undone; the rest end with `end`.
     pub fn finish(&mut self, now: i64) {
+        self.last_sweep = i64::MIN;
+        self.sweep(now);
         let mut keys: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.conn_id, *k)).collect();
         keys.sort_unstable_by_key(|k| k.0);
         let ctx = FrameCtx {
@@ -459,8 +471,11 @@ impl Shard {
     }
 
     fn end_flow(&mut self, key: FlowKey, mut f: Flow, reason: EndReason, ctx: FrameCtx) {
+        // Whatever ends the flow (a sweep at a batch end, the next packet of
+        // the 4-tuple, eviction, end of input), what it emits is timed by the
+        // flow's own last packet, so that batch boundaries never show.
         let ctx = FrameCtx {
-            ts: ctx.ts.max(f.last_ts),
+            ts: f.last_ts,
             frame: ctx.frame,
             capture: f.capture,
         };
