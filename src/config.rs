@@ -65,6 +65,11 @@ pub struct Limits {
     /// identifies the peer). Real clients send it within the first few
     /// messages.
     pub max_held_events: usize,
+    /// Swarm events kept back because a connection holds an earlier one
+    /// (see `max_held_events`; each connection holds at most that many, so
+    /// the wait is short). Past it they are applied out of frame order,
+    /// counted as `swarm_order_forced`. ~100 bytes each: 2^18 ≈ 26 MB.
+    pub max_waiting_events: usize,
     /// Bytes of BEP 10 handshakes parsed (larger ones are skipped, counted).
     pub max_ltep_handshake: usize,
     /// HTTP tracker framing and parsing bounds per connection (head, body,
@@ -185,6 +190,7 @@ impl Default for Limits {
             sink_buffer_bytes: 24 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
+            max_waiting_events: 1 << 18,
             max_ltep_handshake: 64 * 1024,
             tracker_http: HttpLimits::default(),
             tracker_udp: UdpLimits::default(),

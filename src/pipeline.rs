@@ -136,6 +136,12 @@ pub struct Engine {
     gate: AnomalyGate,
     watermark: i64,
     held_conns: Vec<ConnectionRow>,
+    /// Swarm events later than an event some connection still holds back:
+    /// applied once it is released, so that the swarm state sees events in
+    /// frame order however batches fall (bounded by `max_waiting_events`).
+    waiting: Vec<SwarmEvent>,
+    /// Times the bound forced events out of order.
+    n_order_forced: u64,
     current_capture: u32,
     meta: MetaState,
     /// Counters for the summary line.
@@ -247,6 +253,8 @@ impl Engine {
             },
             watermark: i64::MIN,
             held_conns: Vec::new(),
+            waiting: Vec::new(),
+            n_order_forced: 0,
             current_capture: 0,
             meta,
             summary: RunSummary::default(),
@@ -285,6 +293,7 @@ impl Engine {
                     finish_rows(&mut rows);
                     self.audit.observe(&events, &marks);
                     self.audit.observe_rows(&rows);
+                    let events = self.ready_events(events, true);
                     self.swarm.apply(events, unattributed, &mut rows);
                     attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
                     attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names);
@@ -316,6 +325,7 @@ impl Engine {
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
+        let events = self.ready_events(events, false);
         self.swarm.apply(events, unattributed, &mut rows);
         hold_unattributed(&mut rows, &mut self.held_conns);
         self.dht.apply(dht_obs);
@@ -326,6 +336,28 @@ impl Engine {
         self.summary.n_messages += rows.peer_messages.len() as u64;
         self.summary.n_connections += rows.connections.len() as u64;
         emit(rows)
+    }
+
+    /// The events the swarm state may apply now: with the ones waiting, all
+    /// that precede the oldest event a connection still holds back (all of
+    /// them when `all`, or when more than `max_waiting_events` wait).
+    fn ready_events(&mut self, events: Vec<SwarmEvent>, all: bool) -> Vec<SwarmEvent> {
+        let cutoff = self.shards.iter().filter_map(|s| s.out.oldest_held()).min();
+        if self.waiting.is_empty() && (all || cutoff.is_none()) {
+            return events;
+        }
+        let mut pool = std::mem::take(&mut self.waiting);
+        pool.extend(events);
+        let Some(cutoff) = cutoff.filter(|_| !all) else {
+            return pool;
+        };
+        if pool.len() > self.settings.limits.max_waiting_events {
+            self.n_order_forced += 1;
+            return pool;
+        }
+        let (ready, wait): (Vec<_>, Vec<_>) = pool.into_iter().partition(|e| (e.ctx.capture, e.ctx.frame) < cutoff);
+        self.waiting = wait;
+        ready
     }
 
     /// Takes the decode counters of capture `name` (live: of the interval
@@ -404,9 +436,21 @@ impl Engine {
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
+        let events = self.ready_events(events, true);
         self.swarm.apply(events, unattributed, &mut rows);
         rows.peer_progress.sort_by_key(|r| r.frame);
         let n_dropped_peers = self.swarm.n_peers_dropped;
+        if self.n_order_forced > 0 {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                layer: "analyze",
+                kind: "swarm_order_forced".into(),
+                detail: Some(format!(
+                    "{} times more than {} events waited for held ones (max_waiting_events); applied out of frame order",
+                    self.n_order_forced, self.settings.limits.max_waiting_events
+                )),
+                ..Default::default()
+            });
+        }
         // Mid-stream connections held back get the torrent they were attributed
         // to (now or at the swarm's last retry).
         rows.connections.append(&mut self.held_conns);

@@ -133,6 +133,32 @@ pub struct ShardOut {
     pub known: std::sync::Arc<pieces::KnownTorrents>,
     /// Out-of-order piece bytes held by this shard's connections.
     pub piece_budget: pieces::PieceBudget,
+    /// (capture, frame) of the oldest event each connection holds back
+    /// (waiting for the originator's identity), with how many connections
+    /// hold one there: the swarm state applies no later event until these
+    /// are released, so the order events are applied in does not depend on
+    /// where batches end.
+    pub held_since: std::collections::BTreeMap<(u32, u64), u32>,
+}
+
+impl ShardOut {
+    /// The oldest (capture, frame) any connection of this shard holds.
+    pub fn oldest_held(&self) -> Option<(u32, u64)> {
+        self.held_since.keys().next().copied()
+    }
+
+    fn hold(&mut self, key: (u32, u64)) {
+        *self.held_since.entry(key).or_default() += 1;
+    }
+
+    fn unhold(&mut self, key: (u32, u64)) {
+        if let std::collections::btree_map::Entry::Occupied(mut e) = self.held_since.entry(key) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
 }
 
 impl ShardOut {

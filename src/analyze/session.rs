@@ -81,6 +81,8 @@ struct State {
     mse_handshake: bool,
     gap_bytes: u64,
     held: Vec<Held>,
+    /// Key of the oldest held event, as registered in `ShardOut::held_since`.
+    held_key: Option<(u32, u64)>,
     settled: bool,
     messages: bool,
     max_held: usize,
@@ -148,6 +150,7 @@ impl PeerSession {
                 mse_handshake: false,
                 gap_bytes: 0,
                 held: Vec::new(),
+                held_key: None,
                 settled: false,
                 messages,
                 max_held: limits.max_held_events,
@@ -310,6 +313,9 @@ impl State {
     }
 
     fn release(&mut self, out: &mut ShardOut) {
+        if let Some(k) = self.held_key.take() {
+            out.unhold(k);
+        }
         let held = std::mem::take(&mut self.held);
         for h in held {
             let peer = self.peer_addr(h.side);
@@ -369,6 +375,11 @@ impl State {
     }
 
     fn push_event(&mut self, side: usize, ctx: FrameCtx, kind: SwarmEventKind, out: &mut ShardOut) {
+        if !self.settled && self.held_key.is_none() {
+            let k = (ctx.capture, ctx.frame);
+            self.held_key = Some(k);
+            out.hold(k);
+        }
         if !self.sides[side].seen_sent && !matches!(kind, SwarmEventKind::Seen { .. }) {
             self.sides[side].seen_sent = true;
             let s = &self.sides[side];

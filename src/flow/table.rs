@@ -180,6 +180,7 @@ impl Shard {
                     used: 0,
                     max: limits.max_piece_buffer_total / n_shards.max(1),
                 },
+                held_since: Default::default(),
                 ..out
             },
             stats: ShardStats::default(),
