@@ -971,9 +971,8 @@ pub async fn visit_over(
                 break;
             }
         }
-        let done = out.iter().any(|a| a.success)
-            || *shutdown.borrow()
-            || out.last().is_some_and(|a| a.outcome == "cancelled");
+        let done =
+            out.iter().any(|a| a.success) || *shutdown.borrow() || out.last().is_some_and(|a| a.outcome == "cancelled");
         if done {
             break;
         }

@@ -244,9 +244,16 @@ struct Conn {
     write_waker: Option<Waker>,
 }
 
+/// Connections by (remote address, the connection id we receive on).
+type ConnMap = HashMap<(SocketAddr, u16), Arc<Mutex<Conn>>>;
+
 struct Shared {
     sock: UdpSocket,
-    conns: Mutex<HashMap<(SocketAddr, u16), Arc<Mutex<Conn>>>>,
+    /// The same socket, for sends from synchronous code: tokio's
+    /// `try_send_to` fails until the reactor has seen the socket writable,
+    /// a plain non-blocking send does not.
+    send: std::net::UdpSocket,
+    conns: Mutex<ConnMap>,
     accept: Option<mpsc::Sender<UtpStream>>,
     limits: UtpLimits,
     stats: UtpStats,
@@ -258,7 +265,7 @@ impl Shared {
         self.epoch.elapsed().as_micros() as u32
     }
 
-    fn lock_conns(&self) -> std::sync::MutexGuard<'_, HashMap<(SocketAddr, u16), Arc<Mutex<Conn>>>> {
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, ConnMap> {
         self.conns.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -359,7 +366,7 @@ impl Conn {
         d.extend_from_slice(payload);
         // A full socket buffer loses the packet like the network would: data
         // is retransmitted on timeout, an ACK is repeated by the next one.
-        let _ = sh.sock.try_send_to(&d, self.peer);
+        let _ = sh.send.send_to(&d, self.peer);
     }
 
     fn send_ack(&self, sh: &Shared) {
@@ -684,7 +691,10 @@ impl UtpSocket {
     /// Binds `addr`; with `listen`, incoming SYNs are accepted (take them
     /// with [`UtpSocket::accept`]), else refused with ST_RESET.
     pub async fn bind(addr: SocketAddr, listen: bool, limits: UtpLimits) -> io::Result<UtpSocket> {
-        let sock = UdpSocket::bind(addr).await?;
+        let std_sock = std::net::UdpSocket::bind(addr)?;
+        std_sock.set_nonblocking(true)?;
+        let send = std_sock.try_clone()?;
+        let sock = UdpSocket::from_std(std_sock)?;
         let (tx, rx) = if listen {
             let (tx, rx) = mpsc::channel(limits.accept_queue.max(1));
             (Some(tx), Some(tokio::sync::Mutex::new(rx)))
@@ -693,6 +703,7 @@ impl UtpSocket {
         };
         let shared = Arc::new(Shared {
             sock,
+            send,
             conns: Mutex::new(HashMap::new()),
             accept: tx,
             limits,
@@ -794,8 +805,7 @@ async fn mux(weak: Weak<Shared>) {
 
 fn on_tick(sh: &Shared) {
     let now = Instant::now();
-    let conns: Vec<((SocketAddr, u16), Arc<Mutex<Conn>>)> =
-        sh.lock_conns().iter().map(|(k, v)| (*k, v.clone())).collect();
+    let conns: Vec<_> = sh.lock_conns().iter().map(|(k, v)| (*k, v.clone())).collect();
     let mut gone = Vec::new();
     for (k, c) in conns {
         if lock(&c).tick(sh, now) {
@@ -975,7 +985,11 @@ impl AsyncWrite for UtpStream {
         if c.want_fin || c.st != St::Connected {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
-        let room = this.shared.limits.send_buffer.saturating_sub(c.queued.len() + c.unacked_bytes);
+        let room = this
+            .shared
+            .limits
+            .send_buffer
+            .saturating_sub(c.queued.len() + c.unacked_bytes);
         if room == 0 {
             c.write_waker = Some(cx.waker().clone());
             return Poll::Pending;
@@ -998,5 +1012,552 @@ impl AsyncWrite for UtpStream {
             c.pump(&this.shared);
         }
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::probe::session::{self, tests::params, visit_over, Crypto, Transport};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn local() -> SocketAddr {
+        "127.0.0.1:0".parse().unwrap()
+    }
+
+    fn pattern(n: usize, salt: u8) -> Vec<u8> {
+        (0..n)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt ^ (i >> 8) as u8))
+            .collect()
+    }
+
+    /// A hand-driven uTP peer on a plain UDP socket: packets are built
+    /// field by field here (not with the code under test) so the test checks
+    /// the wire format, not our own reading of it.
+    struct RawPeer {
+        sock: UdpSocket,
+        peer: SocketAddr,
+        /// Connection id we send with (the initiator's receive id).
+        send_id: u16,
+        seq: u16,
+        ack: u16,
+        wnd: u32,
+        t0: Instant,
+    }
+
+    struct Pkt {
+        ty: u8,
+        cid: u16,
+        ts: u32,
+        ts_diff: u32,
+        seq: u16,
+        ack: u16,
+        payload: Vec<u8>,
+    }
+
+    fn decode(d: &[u8]) -> Pkt {
+        assert!(d.len() >= 20, "short packet from us");
+        let be16 = |i: usize| u16::from_be_bytes([d[i], d[i + 1]]);
+        let be32 = |i: usize| u32::from_be_bytes([d[i], d[i + 1], d[i + 2], d[i + 3]]);
+        assert_eq!(d[0] & 0x0f, 1, "version 1");
+        let mut off = 20;
+        let mut kind = d[1];
+        while kind != 0 {
+            kind = d[off];
+            off += 2 + usize::from(d[off + 1]);
+        }
+        Pkt {
+            ty: d[0] >> 4,
+            cid: be16(2),
+            ts: be32(4),
+            ts_diff: be32(8),
+            seq: be16(16),
+            ack: be16(18),
+            payload: d[off..].to_vec(),
+        }
+    }
+
+    impl RawPeer {
+        /// Binds, then answers the first SYN (our connect) with ST_STATE.
+        async fn bind() -> (UdpSocket, SocketAddr) {
+            let s = UdpSocket::bind(local()).await.unwrap();
+            let a = s.local_addr().unwrap();
+            (s, a)
+        }
+
+        async fn accept(sock: UdpSocket, wnd: u32) -> (RawPeer, Pkt) {
+            let mut b = vec![0u8; 65536];
+            let (n, from) = sock.recv_from(&mut b).await.unwrap();
+            let syn = decode(&b[..n]);
+            assert_eq!(syn.ty, 4, "SYN first");
+            let p = RawPeer {
+                sock,
+                peer: from,
+                send_id: syn.cid,
+                seq: 20_000,
+                ack: syn.seq,
+                wnd,
+                t0: Instant::now(),
+            };
+            p.send(2, p.seq, &[]).await;
+            (p, syn)
+        }
+
+        fn raw(&self, ty: u8, seq: u16, payload: &[u8]) -> Vec<u8> {
+            let mut d = vec![(ty << 4) | 1, 0];
+            d.extend_from_slice(&self.send_id.to_be_bytes());
+            d.extend_from_slice(&(self.t0.elapsed().as_micros() as u32 + 7_000_000).to_be_bytes());
+            d.extend_from_slice(&0u32.to_be_bytes());
+            d.extend_from_slice(&self.wnd.to_be_bytes());
+            d.extend_from_slice(&seq.to_be_bytes());
+            d.extend_from_slice(&self.ack.to_be_bytes());
+            d.extend_from_slice(payload);
+            d
+        }
+
+        async fn send(&self, ty: u8, seq: u16, payload: &[u8]) {
+            let d = self.raw(ty, seq, payload);
+            self.sock.send_to(&d, self.peer).await.unwrap();
+        }
+
+        async fn recv(&self, wait: Duration) -> Option<Pkt> {
+            let mut b = vec![0u8; 65536];
+            match tokio::time::timeout(wait, self.sock.recv_from(&mut b)).await {
+                Ok(Ok((n, _))) => Some(decode(&b[..n])),
+                _ => None,
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_write_read_close_between_two_sockets() {
+        let server = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+        let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let saddr = server.local_addr().unwrap();
+        let up = pattern(100_000, 1);
+        let down = pattern(300_000, 2);
+        let t = Instant::now();
+        let mut c = client.connect(saddr).await.unwrap();
+        let connect_ms = t.elapsed().as_secs_f64() * 1000.0;
+        let mut s = server.accept().await.unwrap();
+        eprintln!("uTP connect on loopback: {connect_ms:.2} ms");
+        let (up2, down2) = (up.clone(), down.clone());
+        let srv = tokio::spawn(async move {
+            let mut got = vec![0u8; up2.len()];
+            s.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, up2);
+            s.write_all(&down2).await.unwrap();
+            // Our peer closes after reading: EOF here.
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+            s
+        });
+        c.write_all(&up).await.unwrap();
+        let mut got = vec![0u8; down.len()];
+        c.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, down);
+        c.shutdown().await.unwrap();
+        let s = tokio::time::timeout(Duration::from_secs(5), srv)
+            .await
+            .unwrap()
+            .unwrap();
+        drop(s);
+        drop(c);
+        // Both ends' FINs acknowledged: the connections are forgotten.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(client.n_connections(), 0);
+        assert_eq!(server.n_connections(), 0);
+        let (cs, ss) = (client.stats(), server.stats());
+        assert_eq!(
+            (cs.malformed, cs.retransmits, cs.reorder_dropped, cs.over_window),
+            (0, 0, 0, 0),
+            "{cs:?}"
+        );
+        assert_eq!((ss.malformed, ss.retransmits, ss.accepted), (0, 0, 1), "{ss:?}");
+    }
+
+    #[tokio::test]
+    async fn reordered_duplicated_and_lost_packets_are_delivered_exactly() {
+        let (sock, addr) = RawPeer::bind().await;
+        let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut p, syn) = RawPeer::accept(sock, 1 << 20).await;
+            let data = pattern(60 * 1000, 9);
+            let chunks: Vec<&[u8]> = data.chunks(1000).collect();
+            let first = p.seq;
+            // Send order: reversed in groups of 5, every 7th duplicated,
+            // every 11th held back (lost), sent after the rest.
+            let mut order = Vec::new();
+            for g in (0..chunks.len()).collect::<Vec<_>>().chunks(5) {
+                order.extend(g.iter().rev().copied());
+            }
+            let mut lost = Vec::new();
+            for &i in &order {
+                if i % 11 == 3 {
+                    lost.push(i);
+                    continue;
+                }
+                let seq = first.wrapping_add(i as u16);
+                p.send(0, seq, chunks[i]).await;
+                if i % 7 == 0 {
+                    p.send(0, seq, chunks[i]).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            for &i in &lost {
+                p.send(0, first.wrapping_add(i as u16), chunks[i]).await;
+            }
+            let fin = first.wrapping_add(chunks.len() as u16);
+            p.send(1, fin, &[]).await;
+            // Our ACKs: cumulative up to the FIN at the end, connection id
+            // = SYN's, timestamp difference = its clock minus ours.
+            let mut last = None;
+            while let Some(a) = p.recv(Duration::from_millis(500)).await {
+                assert_eq!(a.cid, syn.cid.wrapping_add(1), "sends with recv_id + 1");
+                assert_eq!(a.ty, 2);
+                let ours = p.t0.elapsed().as_micros() as u32 + 7_000_000;
+                let theirs_then = a.ts.wrapping_sub(a.ts_diff);
+                let skew = ours.wrapping_sub(theirs_then) as i32;
+                assert!((0..200_000).contains(&skew), "timestamp difference off by {skew} µs");
+                last = Some(a.ack);
+                if a.ack == fin {
+                    break;
+                }
+            }
+            p.seq = fin;
+            (data, last, fin)
+        });
+        let mut s = client.connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+            .await
+            .unwrap()
+            .unwrap();
+        let (data, last, fin) = peer.await.unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data, "bytes differ");
+        assert_eq!(last, Some(fin), "FIN acknowledged");
+        let st = client.stats();
+        // 60 chunks: every 7th sent twice = 9 duplicates (0, 7, ..., 56),
+        // minus the ones held back (i % 11 == 3 and i % 7 == 0: 14) = 8.
+        assert_eq!(st.duplicates, 8, "{st:?}");
+        assert_eq!((st.malformed, st.reorder_dropped, st.over_window), (0, 0, 0), "{st:?}");
+        assert_eq!(s.buffered(), (0, 0, 0));
+    }
+
+    #[tokio::test]
+    async fn our_data_is_retransmitted_until_acknowledged_within_the_window() {
+        let (sock, addr) = RawPeer::bind().await;
+        let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let want = pattern(30_000, 5);
+        let want2 = want.clone();
+        let peer = tokio::spawn(async move {
+            // A window of 4 packets: we must never have more in flight.
+            let (mut p, _) = RawPeer::accept(sock, 4 * MAX_PAYLOAD as u32).await;
+            let mut got: Vec<u8> = Vec::new();
+            let mut held: HashMap<u16, Vec<u8>> = HashMap::new();
+            let mut seen: HashMap<u16, u32> = HashMap::new();
+            let mut max_flight = 0usize;
+            while got.len() < want2.len() {
+                let Some(d) = p.recv(Duration::from_secs(5)).await else {
+                    panic!("stalled at {} bytes", got.len());
+                };
+                if d.ty != 0 {
+                    continue;
+                }
+                let n = seen.entry(d.seq).or_insert(0);
+                *n += 1;
+                // Every 4th packet is lost the first time it is sent.
+                if d.seq % 4 == 0 && *n == 1 {
+                    continue;
+                }
+                let flight = d.seq.wrapping_sub(p.ack) as usize;
+                max_flight = max_flight.max(flight);
+                held.insert(d.seq, d.payload);
+                while let Some(x) = held.remove(&p.ack.wrapping_add(1)) {
+                    got.extend(x);
+                    p.ack = p.ack.wrapping_add(1);
+                }
+                p.send(2, p.seq, &[]).await;
+            }
+            (got, max_flight, seen.values().filter(|&&n| n > 1).count())
+        });
+        let mut s = client.connect(addr).await.unwrap();
+        s.write_all(&want).await.unwrap();
+        let (got, max_flight, resent) = tokio::time::timeout(Duration::from_secs(20), peer)
+            .await
+            .expect("peer finished")
+            .unwrap();
+        assert!(got == want, "bytes differ");
+        assert!(max_flight <= 4, "{max_flight} packets in flight past a 4-packet window");
+        // 30 000 bytes = 22 packets; those with seq % 4 == 0 (5 or 6 of them,
+        // by where the random first sequence number falls) were resent.
+        assert!((5..=6).contains(&resent), "{resent} packets resent");
+        assert!(client.stats().retransmits >= resent as u64);
+    }
+
+    #[tokio::test]
+    async fn hostile_peer_garbage_huge_window_endless_data_reset() {
+        let (sock, addr) = RawPeer::bind().await;
+        let limits = UtpLimits {
+            recv_buffer: 32 * 1024,
+            reorder_packets: 8,
+            reorder_bytes: 16 * 1024,
+            ..UtpLimits::default()
+        };
+        let client = UtpSocket::bind(local(), false, limits).await.unwrap();
+        let caddr = client.local_addr().unwrap();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let peer = tokio::spawn(async move {
+            let (p, _) = RawPeer::accept(sock, u32::MAX).await;
+            // Garbage: short, version 2, type 7, an extension running past
+            // the end; and one valid packet for a connection that does not exist.
+            let mut bad_ext = p.raw(0, p.seq, &[]);
+            bad_ext[1] = 1;
+            bad_ext.extend_from_slice(&[0, 200, 1, 2]);
+            let mut v2 = p.raw(0, p.seq, b"x");
+            v2[0] = 0x02;
+            let mut t7 = p.raw(0, p.seq, b"x");
+            t7[0] = 0x71;
+            for g in [&b"\x01\x00"[..], &[0u8; 19][..], &v2[..], &t7[..], &bad_ext[..]] {
+                p.sock.send_to(g, caddr).await.unwrap();
+            }
+            let mut other = p.raw(0, 1, b"zz");
+            other[2] ^= 0x55;
+            p.sock.send_to(&other, caddr).await.unwrap();
+            // An ACK of a packet never sent (our next seq + 1000).
+            let mut bogus = p.raw(2, p.seq, &[]);
+            let ack = p.ack.wrapping_add(1000).to_be_bytes();
+            bogus[18] = ack[0];
+            bogus[19] = ack[1];
+            p.sock.send_to(&bogus, caddr).await.unwrap();
+            // Out-of-order flood far ahead (reorder bound), then endless
+            // in-order data ignoring our window (receive bound).
+            // Paced so that the kernel's socket buffer loses nothing.
+            for i in 0..40u16 {
+                p.send(0, p.seq.wrapping_add(100 + i), &[7u8; 1000]).await;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let mut seq = p.seq;
+            for i in 0..400 {
+                p.send(0, seq, &[0xab; 1000]).await;
+                seq = seq.wrapping_add(1);
+                if i % 20 == 19 {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+            let _ = go_rx.await;
+            p.send(3, seq, &[]).await;
+            p
+        });
+        let mut s = client.connect(addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (inorder, held, _) = s.buffered();
+        assert!(inorder <= 32 * 1024, "{inorder} bytes buffered past the bound");
+        assert!(held <= 16 * 1024);
+        assert_eq!(inorder, 32 * 1000, "32 packets of 1000 bytes fit in 32 KiB");
+        let st = client.stats();
+        assert_eq!(st.malformed, 5, "{st:?}");
+        assert_eq!(st.unknown_connection, 1, "{st:?}");
+        assert_eq!(st.bad_ack, 1, "{st:?}");
+        // 40 packets 100 ahead: 8 held (the bound), 32 dropped. Then 400 in
+        // order: 32 fill the 32 KiB, the 33rd overruns the window (dropped,
+        // not acknowledged), so the rest are ahead of the in-order point:
+        // 8 of them are the held ones again (duplicates), 359 dropped.
+        assert_eq!(st.reorder_dropped, 32 + 359, "{st:?}");
+        assert_eq!(st.over_window, 1, "{st:?}");
+        assert_eq!(st.duplicates, 8, "{st:?}");
+        assert_eq!(st.datagrams, 1 + 5 + 1 + 1 + 40 + 400, "{st:?}");
+        let mut b = vec![0u8; 64 * 1024];
+        let n = s.read(&mut b).await.unwrap();
+        assert_eq!(n, 32 * 1000);
+        assert!(b[..n].iter().all(|&x| x == 0xab));
+        go_tx.send(()).unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(client.stats().resets, 1);
+        drop(peer.await.unwrap());
+        drop(s);
+        assert_eq!(client.n_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn syn_to_a_silent_or_refusing_address() {
+        let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        // Nobody there: the SYN is resent until the caller's timeout.
+        let (sock, addr) = RawPeer::bind().await;
+        let r = tokio::time::timeout(Duration::from_millis(1300), client.connect(addr)).await;
+        assert!(r.is_err(), "no answer: timeout");
+        let mut b = [0u8; 100];
+        let mut syns = 0;
+        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut b)).await {
+            assert_eq!(decode(&b[..n]).ty, 4);
+            syns += 1;
+        }
+        assert_eq!(syns, 2, "SYN at 0 and after the 1 s timeout");
+        assert_eq!(client.n_connections(), 0, "a dropped connect is forgotten");
+        // A socket that does not listen answers a SYN with RESET: refused.
+        let other = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let e = tokio::time::timeout(Duration::from_secs(2), client.connect(other.local_addr().unwrap()))
+            .await
+            .unwrap()
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert_eq!(other.stats().refused_syns, 1);
+    }
+
+    /// A listening uTP socket for a BitTorrent peer (see [`serve`]).
+    async fn utp_bt_peer() -> (UtpSocket, SocketAddr) {
+        let l = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+        let addr = l.local_addr().unwrap();
+        (l, addr)
+    }
+
+    /// A BitTorrent peer over uTP on our own listener: answers the
+    /// handshake (plaintext, or MSE requiring RC4) and sends a bitfield.
+    async fn serve(l: &UtpSocket, ih: [u8; 20], mse_only: bool, n: usize) {
+        for _ in 0..n {
+            let Some(s) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut s = tokio::io::BufReader::new(s);
+                use tokio::io::AsyncBufReadExt;
+                let Ok(b) = s.fill_buf().await else {
+                    return;
+                };
+                let plain = b.first() == Some(&0x13);
+                let mut enc = None;
+                if plain {
+                    if mse_only {
+                        return;
+                    }
+                    let mut hs = [0u8; 68];
+                    s.read_exact(&mut hs).await.unwrap();
+                    assert_eq!(&hs[28..48], &ih);
+                } else {
+                    let key = crate::probe::mse::DhKey::random();
+                    let m = crate::probe::mse::respond(&mut s, &[ih], &key, &[1; 17], |p| {
+                        (p & crate::probe::mse::CRYPTO_RC4 != 0).then_some(crate::probe::mse::CRYPTO_RC4)
+                    })
+                    .await
+                    .unwrap();
+                    enc = m.enc;
+                }
+                let mut out = session::our_handshake(&ih, b"-LT2080-abcdefghijkl");
+                out.extend_from_slice(&[0, 0, 0, 4, 5, 0xff, 0xf0, 0x00]); // 12 of 20
+                if let Some(c) = &mut enc {
+                    c.apply(&mut out);
+                }
+                s.write_all(&out).await.unwrap();
+                let mut sink = [0u8; 4096];
+                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(3), s.read(&mut sink)).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        std::mem::forget(tx);
+        rx
+    }
+
+    #[tokio::test]
+    async fn visit_falls_back_from_tcp_to_utp_and_to_rc4() {
+        let ih = [0x33u8; 20];
+        let (l, addr) = utp_bt_peer().await;
+        // Nothing listens on the same port over TCP: refused, then uTP,
+        // where the plaintext handshake is dropped and RC4 works.
+        let probe = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let (transports, order, p, stop) = (
+            [Transport::Tcp, Transport::Utp],
+            [Crypto::Plain, Crypto::Rc4],
+            params(ih),
+            no_shutdown(),
+        );
+        let (_, v) = tokio::join!(
+            serve(&l, ih, true, 2),
+            visit_over(addr, &transports, &order, &p, &stop, Some(&probe))
+        );
+        let summary: Vec<(&str, &str, &str)> = v
+            .iter()
+            .map(|a| (a.transport.name(), a.crypto.name(), a.outcome))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("tcp", "plain", "refused"),
+                ("utp", "plain", "closed"),
+                ("utp", "rc4", "ok")
+            ],
+            "{v:?}"
+        );
+        let a = &v[2];
+        assert!(a.success && a.encrypted && a.mse);
+        assert_eq!(a.n_pieces_have, Some(12));
+        assert_eq!(a.client.as_deref(), Some("libtorrent 2.0.8"));
+    }
+
+    #[tokio::test]
+    async fn incoming_utp_contact_plain_and_mse() {
+        for use_mse in [false, true] {
+            let ih = [0x44u8; 20];
+            let listener = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+            let laddr = listener.local_addr().unwrap();
+            let remote = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+            let r = tokio::spawn(async move {
+                let mut s = remote.connect(laddr).await.unwrap();
+                let hs = session::our_handshake(&ih, b"-qB4500-abcdefghijkl");
+                let (mut enc, mut dec, mut got) = (None, None, Vec::new());
+                if use_mse {
+                    let m = crate::probe::mse::initiate_random(&mut s, &ih, crate::probe::mse::CRYPTO_RC4, &hs)
+                        .await
+                        .unwrap();
+                    (enc, dec, got) = (m.enc, m.dec, m.leftover);
+                } else {
+                    s.write_all(&hs).await.unwrap();
+                }
+                let mut b = [0u8; 256];
+                while got.len() < 68 {
+                    let n = s.read(&mut b).await.unwrap();
+                    assert!(n > 0);
+                    let mut c = b[..n].to_vec();
+                    if let Some(d) = &mut dec {
+                        d.apply(&mut c);
+                    }
+                    got.extend(c);
+                }
+                let mut out = b"\x00\x00\x00\x0d\x14\x00d1:pi7777ee".to_vec();
+                out.extend_from_slice(&[0, 0, 0, 4, 5, 0xff, 0xff, 0xf0]);
+                if let Some(c) = &mut enc {
+                    c.apply(&mut out);
+                }
+                s.write_all(&out).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(800)).await;
+                got
+            });
+            let s = listener.accept().await.unwrap();
+            let known = [params([1u8; 20]), params(ih)];
+            let (i, a) = session::accept_stream(s, Transport::Utp, None, &known, &no_shutdown())
+                .await
+                .expect("accepted");
+            let got = r.await.unwrap();
+            assert_eq!(&got[28..48], &ih);
+            assert_eq!(i, 1);
+            assert!(a.incoming && a.success, "{a:?}");
+            assert_eq!(a.transport, Transport::Utp);
+            assert_eq!(a.encrypted, use_mse);
+            assert_eq!(a.n_pieces_have, Some(20));
+            assert_eq!(a.listen_port, Some(7777));
+        }
     }
 }
