@@ -1077,6 +1077,15 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pex_utp_flag() {
+        let p = params([1; 20]);
+        let mut st = State::new(&p);
+        st.on_pex(b"d5:added12:\x0a\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x1a\xe17:added.f2:\x04\x10e");
+        assert_eq!(st.pex.len(), 2);
+        assert_eq!(st.pex_utp, vec!["10.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
     fn bit_counting() {
         assert_eq!(count_bits(&[0xff, 0xff, 0xf0], 20), 20);
         assert_eq!(count_bits(&[0xff, 0xff, 0xff], 20), 20);

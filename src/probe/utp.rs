@@ -590,7 +590,7 @@ impl Conn {
             UtpType::State | UtpType::Reset => {}
         }
         self.pump(sh);
-        if self.want_fin && self.fin_acked && self.eof {
+        if self.want_fin && self.fin_acked && self.eof && self.dropped_at.is_some() {
             self.st = St::Dead;
         }
     }
@@ -667,7 +667,9 @@ impl Conn {
             }
         }
         match self.dropped_at {
-            Some(t) => self.st == St::Dead || self.fin_acked || now - t > l.linger,
+            // Closed by us: kept until both FINs are through (so the peer's
+            // FIN is acknowledged and not resent into the void), or `linger`.
+            Some(t) => self.st == St::Dead || (self.fin_acked && self.eof) || now - t > l.linger,
             None => false,
         }
     }
