@@ -1,8 +1,8 @@
 //! `swarmtap probe`: active probes that ask a swarm what a passive tap did
 //! not see. Torrents come from .torrent files, magnet links, bare info
 //! hashes or a passive dataset; peers from trackers (HTTP, UDP), ut_pex and
-//! explicit endpoints. Each peer is visited over TCP (plaintext, or MSE/PE
-//! with RC4 or plaintext payload, falling back between them), its piece
+//! explicit endpoints. Each peer is visited over TCP or uTP (plaintext, or
+//! MSE/PE with RC4 or plaintext payload, falling back between them), its piece
 //! count read from bitfield / have / have_all / have_none, and revisited on
 //! a schedule until it crosses the completion threshold; failures back off
 //! and retry. Confirmed downloads and their crossing time come from the

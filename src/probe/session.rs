@@ -676,13 +676,24 @@ pub async fn attempt_utp(
     let t0 = Instant::now();
     let mut a = Attempt::new(crypto);
     a.transport = Transport::Utp;
-    match tokio::time::timeout(p.connect_timeout, utp.connect(addr)).await {
-        Err(_) => a.outcome = "timeout",
-        Ok(Err(e)) => {
+    // Nothing answers a SYN sent to a closed UDP port (the kernel's ICMP
+    // error is not reported on an unconnected socket): the SYN is resent
+    // until the timeout, or until shutdown.
+    let mut stop = shutdown.clone();
+    let connect = async {
+        tokio::select! {
+            r = tokio::time::timeout(p.connect_timeout, utp.connect(addr)) => Some(r),
+            _ = stop.wait_for(|&s| s) => None,
+        }
+    };
+    match connect.await {
+        None => a.outcome = "cancelled",
+        Some(Err(_)) => a.outcome = "timeout",
+        Some(Ok(Err(e))) => {
             a.outcome = io_outcome(&e);
             a.detail = Some(e.to_string());
         }
-        Ok(Ok(s)) => {
+        Some(Ok(Ok(s))) => {
             a.local = s.local_addr().ok();
             run_contact(s, crypto, p, shutdown, &mut a, t0).await;
         }

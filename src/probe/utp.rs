@@ -737,6 +737,12 @@ impl UtpSocket {
     /// with a timeout; dropping the future forgets the connection.
     pub async fn connect(&self, peer: SocketAddr) -> io::Result<UtpStream> {
         let sh = &self.shared;
+        if sh.sock.local_addr()?.is_ipv4() != peer.is_ipv4() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "uTP socket and peer address families differ",
+            ));
+        }
         let conn = {
             let mut map = sh.lock_conns();
             if map.len() >= sh.limits.max_connections {

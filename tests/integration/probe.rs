@@ -475,6 +475,8 @@ fn probe_sigint_writes_every_table() {
             "--allow-private",
             "--retry",
             "200ms",
+            "--transport",
+            "tcp",
         ])
         .arg("-o")
         .arg(tmp.path())
@@ -494,6 +496,38 @@ fn probe_sigint_writes_every_table() {
     let v = read(tmp.path(), "probe_visits");
     assert!(v.height() >= 2, "{} attempts", v.height());
     assert!(strs(&v, "outcome").iter().all(|o| o.as_deref() == Some("refused")));
+    // Default transports (tcp, then utp): TCP is refused, the uTP SYN to a
+    // port where nothing listens gets no answer and is resent until the
+    // connect timeout (10 s here); SIGINT ends it at once.
+    let tmp3 = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["probe", "--info-hash", "0123456789abcdef0123456789abcdef01234567"])
+        .args(["--peer", &format!("127.0.0.1:{port}"), "--allow-private"])
+        .args(["--connect-timeout", "10s"])
+        .arg("-o")
+        .arg(tmp3.path())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    assert!(child.wait().expect("wait").success());
+    let waited = t.elapsed().as_secs_f64();
+    assert!(waited < 2.0, "{waited:.1} s from SIGINT to exit");
+    let v = read(tmp3.path(), "probe_visits");
+    let got: Vec<(Option<String>, Option<String>)> =
+        strs(&v, "transport").into_iter().zip(strs(&v, "outcome")).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("tcp".into()), Some("refused".into())),
+            (Some("utp".into()), Some("cancelled".into()))
+        ]
+    );
     // Without --allow-private the same target is refused by policy: no attempt.
     let tmp2 = tempfile::tempdir().expect("tempdir");
     let st = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
