@@ -374,9 +374,14 @@ impl Conn {
     }
 
     /// Sends a new packet (data, SYN or FIN) and keeps it for retransmission.
+    /// A FIN does not advance `seq_nr`: its number is the end of the stream,
+    /// and libtorrent drops any later packet numbered past it (our ACKs of
+    /// the peer's FIN included) as beyond EOF.
     fn send_new(&mut self, sh: &Shared, ty: UtpType, payload: Vec<u8>) {
         let seq = self.seq_nr;
-        self.seq_nr = self.seq_nr.wrapping_add(1);
+        if ty != UtpType::Fin {
+            self.seq_nr = self.seq_nr.wrapping_add(1);
+        }
         self.send_raw(sh, ty, seq, &payload);
         self.unacked_bytes += payload.len();
         self.unacked.push_back(Sent {
@@ -550,10 +555,18 @@ impl Conn {
             self.fail(kind);
             return;
         }
+        if p.ty == UtpType::Syn {
+            // A repeated SYN (our SYN-ACK was lost): acknowledge again. Its
+            // ack_nr means nothing and must not acknowledge our data.
+            if self.st == St::Connected {
+                self.send_ack(sh);
+            }
+            return;
+        }
         // An ACK of a packet we never sent: ignored whole (libtorrent does
         // the same; it is spoofed or from another connection).
-        let last_sent = self.seq_nr.wrapping_sub(1);
-        if p.ty != UtpType::Syn && seq_after(p.ack_nr, last_sent) {
+        let last_sent = self.fin_seq.unwrap_or(self.seq_nr.wrapping_sub(1));
+        if seq_after(p.ack_nr, last_sent) {
             UtpStats::inc(&sh.stats.bad_ack);
             return;
         }
@@ -583,11 +596,7 @@ impl Conn {
                 }
                 self.send_ack(sh);
             }
-            UtpType::Syn => {
-                // A repeated SYN (our SYN-ACK was lost): acknowledge again.
-                self.send_ack(sh);
-            }
-            UtpType::State | UtpType::Reset => {}
+            UtpType::State | UtpType::Reset | UtpType::Syn => {}
         }
         self.pump(sh);
         if self.want_fin && self.fin_acked && self.eof && self.dropped_at.is_some() {
@@ -1391,6 +1400,78 @@ mod tests {
         drop(peer.await.unwrap());
         drop(s);
         assert_eq!(client.n_connections(), 0);
+    }
+
+    #[tokio::test]
+    async fn repeated_syn_is_answered_and_acknowledges_nothing() {
+        let l = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+        let laddr = l.local_addr().unwrap();
+        let (sock, _) = RawPeer::bind().await;
+        let mut p = RawPeer {
+            sock,
+            peer: laddr,
+            send_id: 100,
+            seq: 1,
+            ack: 0,
+            wnd: 1 << 20,
+            t0: Instant::now(),
+        };
+        p.send(4, 1, &[]).await;
+        let st = p.recv(Duration::from_secs(1)).await.expect("SYN-ACK");
+        assert_eq!(
+            (st.ty, st.cid, st.ack),
+            (2, 100, 1),
+            "ST_STATE on the SYN's id, acking it"
+        );
+        let mut s = l.accept().await.unwrap();
+        s.write_all(b"0123456789").await.unwrap();
+        let d = p.recv(Duration::from_secs(1)).await.expect("data");
+        assert_eq!(
+            (d.ty, d.cid, d.seq, d.payload.as_slice()),
+            (0, 100, st.seq, &b"0123456789"[..])
+        );
+        // The SYN again, with an ack_nr that would cover our data.
+        p.ack = st.seq;
+        p.send(4, 1, &[]).await;
+        let again = p.recv(Duration::from_secs(1)).await.expect("SYN-ACK again");
+        assert_eq!((again.ty, again.ack), (2, 1));
+        assert_eq!(s.buffered().2, 10, "still unacknowledged");
+        let resent = p.recv(Duration::from_secs(2)).await.expect("data resent");
+        assert_eq!((resent.ty, resent.seq), (0, st.seq));
+        assert_eq!(l.stats().retransmits, 1);
+    }
+
+    #[tokio::test]
+    async fn fin_numbering_matches_libtorrent() {
+        let (sock, addr) = RawPeer::bind().await;
+        let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut p, _) = RawPeer::accept(sock, 1 << 20).await;
+            let d = p.recv(Duration::from_secs(1)).await.expect("data");
+            assert_eq!((d.ty, d.payload.as_slice()), (0, &b"hello"[..]));
+            p.ack = d.seq;
+            p.send(2, p.seq, &[]).await;
+            let fin = p.recv(Duration::from_secs(1)).await.expect("FIN");
+            assert_eq!((fin.ty, fin.seq), (1, d.seq.wrapping_add(1)));
+            p.ack = fin.seq;
+            p.send(1, p.seq, &[]).await;
+            // Our ACK of their FIN is numbered with our FIN's number, not
+            // past it (libtorrent drops packets beyond the EOF number).
+            let ack = p.recv(Duration::from_secs(1)).await.expect("ACK of their FIN");
+            assert_eq!((ack.ty, ack.seq, ack.ack), (2, fin.seq, p.seq));
+            assert!(p.recv(Duration::from_millis(300)).await.is_none(), "nothing more");
+        });
+        let mut s = client.connect(addr).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
+        drop(s);
+        peer.await.unwrap();
+        assert_eq!(client.n_connections(), 0);
+        let st = client.stats();
+        assert_eq!((st.bad_ack, st.unknown_connection, st.retransmits), (0, 0, 0), "{st:?}");
     }
 
     #[tokio::test]
