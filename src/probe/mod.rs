@@ -369,6 +369,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     for t in targets {
         let n_pieces = t.meta.as_ref().map(|m| m.n_pieces).or(t.n_pieces);
         let given: Vec<SocketAddr> = t.peers.iter().chain(p.s.peers.iter()).copied().collect();
+        let utp_given = t.utp_peers.clone();
         let idx = p.torrents.len() as u32;
         p.torrents.push(TorrentState {
             metadata_source: if t.meta.is_some() { "torrent_file" } else { "none" },
@@ -382,6 +383,12 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         let now = session::now_us();
         for a in given {
             p.add_peer(idx, a, SRC_GIVEN, now);
+        }
+        // Seen over uTP by a passive capture: tried that way first.
+        for a in utp_given {
+            if let Some(&i) = p.index.get(&(idx, a)) {
+                p.peers[i as usize].transport_ok = Some(Transport::Utp);
+            }
         }
     }
 

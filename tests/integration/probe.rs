@@ -318,6 +318,13 @@ fn probe_swarm_of_real_clients() {
         }
     }
     eprintln!("incoming contacts: {n_incoming}; peers reached both ways (merged): {merged}");
+    // Incoming uTP on the listen port's UDP twin: libtorrent prefers uTP for
+    // its outgoing connections, so the seeder (TCP and uTP) comes in over it.
+    let n_incoming_utp = (0..v.height())
+        .filter(|&i| inc[i] == Some(true) && succ[i] == Some(true) && transport[i].as_deref() == Some("utp"))
+        .count();
+    assert!(n_incoming_utp >= 1, "no incoming contact over uTP");
+    eprintln!("incoming contacts over uTP: {n_incoming_utp}");
 
     // --- torrents: A from the file, B's metadata fetched and verified.
     let t = read(&dir, "torrents");
