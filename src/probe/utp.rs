@@ -1475,6 +1475,56 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn random_packets_on_a_live_connection_never_panic_and_stay_bounded() {
+        let (sock, addr) = RawPeer::bind().await;
+        let limits = UtpLimits {
+            recv_buffer: 16 * 1024,
+            reorder_packets: 8,
+            reorder_bytes: 8 * 1024,
+            ..UtpLimits::default()
+        };
+        let client = UtpSocket::bind(local(), false, limits).await.unwrap();
+        let caddr = client.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (p, _) = RawPeer::accept(sock, 1 << 20).await;
+            let mut r = vec![0u8; 64 * 2000];
+            crate::probe::mse::fill_random(&mut r);
+            for (k, c) in r.chunks(64).enumerate() {
+                // A valid header (version 1, any type 0..=4, our connection
+                // id) with random fields, extensions and payload.
+                let mut d = p.raw(
+                    c[0] % 5,
+                    u16::from_be_bytes([c[1], c[2]]),
+                    &c[20..20 + usize::from(c[3] % 44)],
+                );
+                d[0] = ((c[0] % 5) << 4) | 1;
+                if c[4] % 3 == 0 {
+                    d[1] = c[5] % 4;
+                }
+                d[4..16].copy_from_slice(&c[6..18]);
+                d[18..20].copy_from_slice(&c[18..20]);
+                if c[0] % 5 == 3 && k < 1900 {
+                    continue; // keep RESETs for the end
+                }
+                p.sock.send_to(&d, caddr).await.unwrap();
+                if k % 50 == 49 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        });
+        let s = client.connect(addr).await.unwrap();
+        let mut max_held = (0, 0);
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (a, b, _) = s.buffered();
+            max_held = (max_held.0.max(a), max_held.1.max(b));
+        }
+        peer.await.unwrap();
+        assert!(max_held.0 <= 16 * 1024 && max_held.1 <= 8 * 1024, "{max_held:?}");
+        assert!(client.stats().datagrams > 1000);
+    }
+
+    #[tokio::test]
     async fn syn_to_a_silent_or_refusing_address() {
         let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
         // Nobody there: the SYN is resent until the caller's timeout.
