@@ -135,6 +135,10 @@ pub struct ProbeArgs {
     /// mse-plain (MSE, plaintext payload), mse (MSE, peer's choice). Comma-separated.
     #[arg(long = "crypto", default_value = "plain,rc4")]
     pub crypto: String,
+    /// Transports tried in order: tcp, utp (BEP 29). A peer that answered over
+    /// one, or that ut_pex flags as speaking uTP, is tried that way first.
+    #[arg(long = "transport", default_value = "tcp,utp")]
+    pub transport: String,
     /// Allow contacting private, loopback and other non-public addresses.
     #[arg(long = "allow-private")]
     pub allow_private: bool,
@@ -150,7 +154,7 @@ pub struct ProbeArgs {
     /// Do not announce to trackers.
     #[arg(long = "no-announce")]
     pub no_announce: bool,
-    /// Accept incoming peers on this TCP port (plaintext and MSE) and announce it.
+    /// Accept incoming peers on this port, TCP and uTP (plaintext and MSE), and announce it.
     #[arg(long = "listen")]
     pub listen: Option<u16>,
     /// Port announced to trackers (without --listen; nothing listens on it).

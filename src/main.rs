@@ -203,7 +203,7 @@ fn torrent(file: &Path) -> Result<(), String> {
 }
 
 fn probe(a: ProbeArgs) -> Result<(), String> {
-    use swarmtap::probe::session::Crypto;
+    use swarmtap::probe::session::{Crypto, Transport};
     use swarmtap::probe::targets::{self, Cidr, Target};
     let mut s = swarmtap::probe::ProbeSettings::new(a.output.clone());
     let mut ts: Vec<Target> = Vec::new();
@@ -303,6 +303,14 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
         .collect::<Result<_, _>>()?;
     if s.crypto.is_empty() {
         return Err("--crypto needs at least one mode".into());
+    }
+    s.transports = a
+        .transport
+        .split(',')
+        .map(|t| Transport::parse(t.trim()).ok_or_else(|| format!("unknown transport {t} (tcp, utp)")))
+        .collect::<Result<_, _>>()?;
+    if s.transports.is_empty() {
+        return Err("--transport needs at least one of tcp, utp".into());
     }
     if !(0.0..=1.0).contains(&a.threshold) || a.threshold == 0.0 {
         return Err(format!("--threshold must be in (0, 1], not {}", a.threshold));

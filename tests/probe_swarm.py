@@ -6,8 +6,9 @@
 Builds, with the sample-pcaps generator's helpers, namespaces named swp-*
 (so it never collides with a generator run, which uses swt-*): opentracker
 (HTTP + UDP) at 10.99.0.1, a libtorrent seeder of two torrents (plaintext
-only), a Transmission leecher that *requires* encryption, a libtorrent
-leecher (plaintext), all rate-limited so the leechers take tens of seconds,
+only, TCP and uTP), a Transmission leecher that *requires* encryption, a
+libtorrent leecher (plaintext, TCP only), a libtorrent leecher speaking only
+uTP (TCP disabled both ways), all rate-limited so the leechers take tens of seconds,
 and a probe host 10.99.0.40 with nothing but its veth. It captures the probe
 host's interface with tcpdump, runs
 
@@ -59,10 +60,15 @@ def main():
         "hosts": [
             # Accepts plaintext and MSE: the probe's plaintext contact works, and
             # the leecher requiring encryption can download from it.
-            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=False, up=96 * KiB),
+            # TCP and uTP: the uTP-only leecher downloads from it over uTP.
+            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=True, up=96 * KiB),
             # Encryption required: a plaintext handshake is dropped.
             host("tr1", "transmission", 12, enc="require", utp=False, torrents=["pa"], down=20 * KiB),
             host("lt1", "libtorrent", 13, enc="plain", utp=False, torrents=["pa"], down=24 * KiB),
+            # uTP only (enable_{incoming,outgoing}_tcp False): the probe
+            # reaches it over uTP, and it connects to the probe's listen port
+            # over uTP.
+            host("lu1", "libtorrent", 14, enc="plain", tcp=False, utp=True, torrents=["pa"], down=24 * KiB),
         ],
         "stagger_s": 0.2,
     }
@@ -119,7 +125,8 @@ def main():
         for c in run.clients:
             manifest["hosts"].append({
                 "name": c.name, "kind": c.kind, "ip": c.ip, "port": c.listen_port, "role": c.role,
-                "enc": c.opts.get("enc"), "torrents": [t["info_hash"] for t in c.torrents],
+                "enc": c.opts.get("enc"), "tcp": c.opts.get("tcp", True), "utp": c.opts.get("utp", True),
+                "torrents": [t["info_hash"] for t in c.torrents],
                 "completed_seen": {k: v for k, v in c.completed_seen.items()},
                 "completed_at": {k: v.get("completed_at") for k, v in c.last.items()},
             })

@@ -1,8 +1,8 @@
 //! `swarmtap probe`: active probes that ask a swarm what a passive tap did
 //! not see. Torrents come from .torrent files, magnet links, bare info
 //! hashes or a passive dataset; peers from trackers (HTTP, UDP), ut_pex and
-//! explicit endpoints. Each peer is visited over TCP (plaintext, or MSE/PE
-//! with RC4 or plaintext payload, falling back between them), its piece
+//! explicit endpoints. Each peer is visited over TCP or uTP (plaintext, or
+//! MSE/PE with RC4 or plaintext payload, falling back between them), its piece
 //! count read from bitfield / have / have_all / have_none, and revisited on
 //! a schedule until it crosses the completion threshold; failures back off
 //! and retry. Confirmed downloads and their crossing time come from the
@@ -23,6 +23,7 @@ pub mod mse;
 pub mod session;
 pub mod targets;
 pub mod tracker;
+pub mod utp;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +38,7 @@ use crate::proto::peer_wire::PeerWireLimits;
 use crate::sink::{
     PeerProgressRow, PeerRow, ProbeVisitRow, RowBatch, SinkThread, TorrentRow, TrackerAnnounceRow, TrackerPeerRow, Ts,
 };
-use session::{Attempt, ContactParams, Crypto};
+use session::{Attempt, ContactParams, Crypto, Transport};
 use targets::{AddrPolicy, Target};
 use tracker::{AnnounceParams, AnnounceResult, TrackerUrl};
 
@@ -74,6 +75,8 @@ pub struct ProbeLimits {
     pub max_contact: Duration,
     /// probe_visits rows buffered before they are handed to the writer.
     pub visit_rows_per_batch: usize,
+    /// uTP connections, buffers and timers (see `utp::UtpLimits`).
+    pub utp: utp::UtpLimits,
 }
 
 impl Default for ProbeLimits {
@@ -88,6 +91,7 @@ impl Default for ProbeLimits {
             wire: PeerWireLimits::default(),
             max_contact: Duration::from_secs(120),
             visit_rows_per_batch: 4096,
+            utp: utp::UtpLimits::default(),
         }
     }
 }
@@ -111,6 +115,9 @@ pub struct ProbeSettings {
     /// New contacts per second.
     pub rate: f64,
     pub crypto: Vec<Crypto>,
+    /// Transports tried in order (`--transport`); a peer known to speak
+    /// uTP (ut_pex flag) or that answered over one goes that way first.
+    pub transports: Vec<Transport>,
     pub threshold: f64,
     pub connect_timeout: Duration,
     pub handshake_timeout: Duration,
@@ -141,6 +148,7 @@ impl ProbeSettings {
             concurrency: 64,
             rate: 20.0,
             crypto: vec![Crypto::Plain, Crypto::Rc4],
+            transports: vec![Transport::Tcp, Transport::Utp],
             threshold: 0.98,
             connect_timeout: Duration::from_secs(5),
             handshake_timeout: Duration::from_secs(10),
@@ -245,6 +253,8 @@ struct PeerState {
     /// (visit start µs, pieces the peer had), successful visits with a count.
     history: Vec<(i64, u64)>,
     crypto_ok: Option<Crypto>,
+    /// Transport of the last successful visit, else a hint (ut_pex uTP flag).
+    transport_ok: Option<Transport>,
     failures: u32,
     n_visits: u32,
     n_ok: u32,
@@ -288,6 +298,8 @@ struct Probe {
     /// (torrent, address, peer id) of peers heard from: an incoming peer
     /// without a BEP 10 listen port is matched to the peer we know by its id.
     by_peer_id: HashMap<(u32, IpAddr, [u8; 20]), u32>,
+    /// The UDP socket of uTP contacts (on the listen port with --listen).
+    utp: Option<std::sync::Arc<utp::UtpSocket>>,
 }
 
 /// Runs a probe to completion (duration reached or SIGINT) and writes every
@@ -342,6 +354,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         next_conn_id: 1,
         local_ips: HashSet::new(),
         by_peer_id: HashMap::new(),
+        utp: None,
         s,
     };
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
@@ -356,6 +369,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     for t in targets {
         let n_pieces = t.meta.as_ref().map(|m| m.n_pieces).or(t.n_pieces);
         let given: Vec<SocketAddr> = t.peers.iter().chain(p.s.peers.iter()).copied().collect();
+        let utp_given = t.utp_peers.clone();
         let idx = p.torrents.len() as u32;
         p.torrents.push(TorrentState {
             metadata_source: if t.meta.is_some() { "torrent_file" } else { "none" },
@@ -370,6 +384,12 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         for a in given {
             p.add_peer(idx, a, SRC_GIVEN, now);
         }
+        // Seen over uTP by a passive capture: tried that way first.
+        for a in utp_given {
+            if let Some(&i) = p.index.get(&(idx, a)) {
+                p.peers[i as usize].transport_ok = Some(Transport::Utp);
+            }
+        }
     }
 
     // The listen port, when asked for: announced in place of --announce-port.
@@ -383,6 +403,17 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         }
         None => None,
     };
+    // uTP: the same port number over UDP when listening (real clients
+    // connect to the announced port over uTP), else an ephemeral port.
+    if p.s.listen.is_some() || p.s.transports.contains(&Transport::Utp) {
+        let port = if p.s.listen.is_some() { p.s.announce_port } else { 0 };
+        let addr = SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+        let u = utp::UtpSocket::bind(addr, p.s.listen.is_some(), p.s.limits.utp)
+            .await
+            .map_err(|e| format!("cannot bind UDP port {port} for uTP: {e}"))?;
+        p.utp = Some(std::sync::Arc::new(u));
+    }
+    let utp_sock = p.utp.clone();
 
     // Tracker loops.
     let mut n_trackers = 0usize;
@@ -515,6 +546,22 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                 }
                 None => {}
             },
+            acc = async { match &utp_sock { Some(u) => u.accept().await, None => std::future::pending().await } }, if p.s.listen.is_some() && !stopping => {
+                if let Some(stream) = acc {
+                    let from = stream.peer_addr();
+                    if p.s.policy.refuse(from.ip()).is_none() && in_flight < p.s.concurrency {
+                        let known: Vec<ContactParams> = (0..p.torrents.len()).map(|i| p.params_for(i)).collect();
+                        let tx = tx.clone();
+                        let cut = cut_rx.clone();
+                        in_flight += 1;
+                        tokio::spawn(async move {
+                            let local = stream.local_addr().ok();
+                            let r = session::accept_stream(stream, Transport::Utp, local, &known, &cut).await;
+                            let _ = tx.send(Event::Incoming { from, result: r.map(Box::new) }).await;
+                        });
+                    }
+                }
+            }
             acc = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } }, if listener.is_some() && !stopping => {
                 if let Ok((sock, from)) = acc {
                     if p.s.policy.refuse(from.ip()).is_none() && in_flight < p.s.concurrency {
@@ -545,6 +592,9 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         }
     }
 
+    if let Some(u) = &p.utp {
+        eprintln!("swarmtap: {}", u.stats().render());
+    }
     p.summary.elapsed_s = started.elapsed().as_secs_f64();
     p.summary.cpu_s = cpu_seconds() - cpu0;
     p.finish()
@@ -699,6 +749,7 @@ impl Probe {
             last_ts: now_us,
             history: Vec::new(),
             crypto_ok: None,
+            transport_ok: None,
             failures: 0,
             n_visits: 0,
             n_ok: 0,
@@ -789,7 +840,7 @@ impl Probe {
             peer_ip: from.ip().to_string(),
             peer_port: u32::from(from.port()),
             info_hash: hex(&t.target.info_hash),
-            transport: "tcp",
+            transport: a.transport.name(),
             encrypted: a.encrypted,
             success: a.success,
             outcome: a.outcome.to_string(),
@@ -821,11 +872,17 @@ impl Probe {
             order.retain(|&x| x != c);
             order.insert(0, c);
         }
+        let mut transports = self.s.transports.clone();
+        if let Some(t) = ps.transport_ok.filter(|t| transports.contains(t)) {
+            transports.retain(|&x| x != t);
+            transports.insert(0, t);
+        }
         let addr = ps.addr;
         let tx = tx.clone();
         let stop = stop.clone();
+        let utp = self.utp.clone();
         tokio::spawn(async move {
-            let attempts = session::visit(addr, &order, &params, &stop).await;
+            let attempts = session::visit_over(addr, &transports, &order, &params, &stop, utp.as_deref()).await;
             let _ = tx.send(Event::Visit { peer, attempts }).await;
         });
     }
@@ -892,7 +949,7 @@ impl Probe {
                 peer_ip: addr.ip().to_string(),
                 peer_port: u32::from(addr.port()),
                 info_hash: ih.clone(),
-                transport: "tcp",
+                transport: a.transport.name(),
                 encrypted: a.encrypted,
                 success: a.success,
                 outcome: a.outcome.to_string(),
@@ -921,6 +978,7 @@ impl Probe {
                 ps.sources |= SRC_PROBE;
                 ps.n_ok += 1;
                 ps.crypto_ok = Some(a.crypto);
+                ps.transport_ok = Some(a.transport);
                 if a.peer_id.is_some() {
                     ps.peer_id = a.peer_id;
                 }
@@ -949,7 +1007,7 @@ impl Probe {
                         cause,
                     });
                 }
-                pex.extend(a.pex.iter().copied());
+                pex.extend(a.pex.iter().map(|&x| (x, a.pex_utp.contains(&x))));
             }
         }
         if !cancelled_only && first_visit {
@@ -981,8 +1039,12 @@ impl Probe {
         }
         if self.s.pex {
             let now = session::now_us();
-            for a in pex {
+            for (a, utp) in pex {
                 self.add_peer(ti as u32, a, SRC_PEX, now);
+                // A peer flagged as speaking uTP is tried over it first.
+                if let Some(&i) = self.index.get(&(ti as u32, a)).filter(|_| utp) {
+                    self.peers[i as usize].transport_ok.get_or_insert(Transport::Utp);
+                }
             }
         }
         self.flush_visits(false)

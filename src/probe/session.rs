@@ -19,11 +19,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::mse::{self, Rc4, CRYPTO_PLAIN, CRYPTO_RC4};
+use super::utp::UtpSocket;
 use crate::flow::Chunk;
 use crate::proto::bencode::{self, BencodeLimits};
 use crate::proto::client_id::{client_from_ltep_v, client_from_peer_id};
@@ -84,6 +85,31 @@ impl Crypto {
     }
 }
 
+/// The transport of a contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    /// uTP (BEP 29) over the probe's UDP socket.
+    Utp,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Utp => "utp",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Transport> {
+        Some(match s {
+            "tcp" => Transport::Tcp,
+            "utp" => Transport::Utp,
+            _ => return None,
+        })
+    }
+}
+
 /// What a contact needs to know; the same for every contact of a run except
 /// the torrent fields.
 #[derive(Debug, Clone)]
@@ -116,6 +142,7 @@ pub struct ContactParams {
 pub struct Attempt {
     pub ts_us: i64,
     pub duration_ms: f64,
+    pub transport: Transport,
     pub crypto: Crypto,
     /// Our end of the connection, once connected.
     pub local: Option<SocketAddr>,
@@ -144,6 +171,8 @@ pub struct Attempt {
     /// Verified info dictionary (raw bytes) and its parse.
     pub metadata: Option<(Vec<u8>, Metainfo)>,
     pub pex: Vec<SocketAddr>,
+    /// Those of `pex` flagged as speaking uTP (BEP 11 `added.f` bit 0x04).
+    pub pex_utp: Vec<SocketAddr>,
     /// Longest silence between two received messages (calibration of the
     /// idle timeout).
     pub max_gap_ms: Option<f64>,
@@ -155,10 +184,11 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    fn new(crypto: Crypto) -> Self {
+    pub(crate) fn new(crypto: Crypto) -> Self {
         Attempt {
             ts_us: now_us(),
             duration_ms: 0.0,
+            transport: Transport::Tcp,
             crypto,
             local: None,
             incoming: false,
@@ -178,6 +208,7 @@ impl Attempt {
             extensions: Vec::new(),
             metadata: None,
             pex: Vec::new(),
+            pex_utp: Vec::new(),
             max_gap_ms: None,
             progress: Vec::new(),
         }
@@ -284,6 +315,7 @@ struct State<'p> {
     meta_pending: bool,
     metadata: Option<(Vec<u8>, Metainfo)>,
     pex: Vec<SocketAddr>,
+    pex_utp: Vec<SocketAddr>,
     progress: Vec<(i64, u64, &'static str)>,
     /// Bytes to send after this batch of events.
     out: Vec<u8>,
@@ -317,6 +349,7 @@ impl<'p> State<'p> {
             meta_pending: false,
             metadata: None,
             pex: Vec::new(),
+            pex_utp: Vec::new(),
             progress: Vec::new(),
             out: Vec::new(),
             fatal: None,
@@ -561,15 +594,20 @@ impl<'p> State<'p> {
         let Ok((d, _)) = bencode::parse_dict(payload, &EXT_LIMITS) else {
             return;
         };
+        let flags = d.get_bytes(b"added.f").unwrap_or_default();
         if let Some(a) = d.get_bytes(b"added") {
-            for c in a.chunks_exact(6) {
+            for (i, c) in a.chunks_exact(6).enumerate() {
                 if self.pex.len() >= self.p.max_pex {
                     break;
                 }
                 let ip = std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]);
                 let port = u16::from_be_bytes([c[4], c[5]]);
                 if port != 0 {
-                    self.pex.push(SocketAddr::new(ip.into(), port));
+                    let addr = SocketAddr::new(ip.into(), port);
+                    self.pex.push(addr);
+                    if flags.get(i).is_some_and(|f| f & 0x04 != 0) {
+                        self.pex_utp.push(addr);
+                    }
                 }
             }
         }
@@ -590,7 +628,7 @@ fn count_bits(bits: &[u8], n: u64) -> u64 {
     total
 }
 
-fn io_outcome(e: &std::io::Error) -> &'static str {
+pub(crate) fn io_outcome(e: &std::io::Error) -> &'static str {
     use std::io::ErrorKind as K;
     match e.kind() {
         K::ConnectionRefused => "refused",
@@ -619,6 +657,43 @@ pub async fn attempt_tcp(
         }
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
+            a.local = s.local_addr().ok();
+            run_contact(s, crypto, p, shutdown, &mut a, t0).await;
+        }
+    }
+    a.duration_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    a
+}
+
+/// One attempt over uTP, on the probe's shared UDP socket.
+pub async fn attempt_utp(
+    addr: SocketAddr,
+    crypto: Crypto,
+    p: &ContactParams,
+    shutdown: &watch::Receiver<bool>,
+    utp: &UtpSocket,
+) -> Attempt {
+    let t0 = Instant::now();
+    let mut a = Attempt::new(crypto);
+    a.transport = Transport::Utp;
+    // Nothing answers a SYN sent to a closed UDP port (the kernel's ICMP
+    // error is not reported on an unconnected socket): the SYN is resent
+    // until the timeout, or until shutdown.
+    let mut stop = shutdown.clone();
+    let connect = async {
+        tokio::select! {
+            r = tokio::time::timeout(p.connect_timeout, utp.connect(addr)) => Some(r),
+            _ = stop.wait_for(|&s| s) => None,
+        }
+    };
+    match connect.await {
+        None => a.outcome = "cancelled",
+        Some(Err(_)) => a.outcome = "timeout",
+        Some(Ok(Err(e))) => {
+            a.outcome = io_outcome(&e);
+            a.detail = Some(e.to_string());
+        }
+        Some(Ok(Ok(s))) => {
             a.local = s.local_addr().ok();
             run_contact(s, crypto, p, shutdown, &mut a, t0).await;
         }
@@ -687,19 +762,31 @@ pub async fn run_contact<S: AsyncRead + AsyncWrite + Unpin>(
 /// outgoing contact. `known` holds the parameters of every torrent probed;
 /// the index of the one the peer asked for is returned with the attempt.
 pub async fn accept_contact(
-    mut s: TcpStream,
+    s: TcpStream,
+    known: &[ContactParams],
+    shutdown: &watch::Receiver<bool>,
+) -> Option<(usize, Attempt)> {
+    let local = s.local_addr().ok();
+    accept_stream(s, Transport::Tcp, local, known, shutdown).await
+}
+
+/// [`accept_contact`] over any stream (an accepted uTP connection).
+pub async fn accept_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    s: S,
+    transport: Transport,
+    local: Option<SocketAddr>,
     known: &[ContactParams],
     shutdown: &watch::Receiver<bool>,
 ) -> Option<(usize, Attempt)> {
     let t0 = Instant::now();
     let first = known.first()?;
     let handshake_timeout = first.handshake_timeout;
+    // A small read buffer lets us look at the first byte without taking it
+    // (plaintext handshake or MSE); reads past it go straight through.
+    let mut s = tokio::io::BufReader::with_capacity(512, s);
     let opened = tokio::time::timeout(handshake_timeout, async {
-        let mut b = [0u8; 1];
-        if s.peek(&mut b).await.ok()? == 0 {
-            return None;
-        }
-        if b[0] == 0x13 {
+        let b0 = *s.fill_buf().await.ok()?.first()?;
+        if b0 == 0x13 {
             let mut hs = vec![0u8; 68];
             s.read_exact(&mut hs).await.ok()?;
             let i = known.iter().position(|p| hs[28..48] == p.info_hash)?;
@@ -733,7 +820,8 @@ pub async fn accept_contact(
     let p = &known[i];
     let mut a = Attempt::new(Crypto::Plain);
     a.incoming = true;
-    a.local = s.local_addr().ok();
+    a.transport = transport;
+    a.local = local;
     a.mse = mse;
     a.encrypted = enc.is_some();
     if mse {
@@ -842,6 +930,7 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     a.extensions = st.extensions;
     a.metadata = st.metadata;
     a.pex = st.pex;
+    a.pex_utp = st.pex_utp;
     // BEP 3: "downloaders which don't have anything yet may skip the
     // bitfield". A peer that completed the handshake and then stayed silent
     // about pieces until the idle timeout holds none.
@@ -864,12 +953,38 @@ pub async fn visit(
     p: &ContactParams,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<Attempt> {
+    visit_over(addr, &[Transport::Tcp], order, p, shutdown, None).await
+}
+
+/// A visit over the given transports in order: on each, the crypto modes
+/// in order while the peer drops us; the next transport when nothing
+/// worked on this one (TCP refused, silent or closed by a uTP-only client).
+/// uTP is skipped without a socket.
+pub async fn visit_over(
+    addr: SocketAddr,
+    transports: &[Transport],
+    order: &[Crypto],
+    p: &ContactParams,
+    shutdown: &watch::Receiver<bool>,
+    utp: Option<&UtpSocket>,
+) -> Vec<Attempt> {
     let mut out: Vec<Attempt> = Vec::new();
-    for &c in order {
-        let a = attempt_tcp(addr, c, p, shutdown).await;
-        let next = a.worth_fallback() && !*shutdown.borrow();
-        out.push(a);
-        if !next {
+    for &t in transports {
+        for &c in order {
+            let a = match (t, utp) {
+                (Transport::Tcp, _) => attempt_tcp(addr, c, p, shutdown).await,
+                (Transport::Utp, Some(u)) => attempt_utp(addr, c, p, shutdown, u).await,
+                (Transport::Utp, None) => break,
+            };
+            let next = a.worth_fallback() && !*shutdown.borrow();
+            out.push(a);
+            if !next {
+                break;
+            }
+        }
+        let done =
+            out.iter().any(|a| a.success) || *shutdown.borrow() || out.last().is_some_and(|a| a.outcome == "cancelled");
+        if done {
             break;
         }
     }
@@ -970,6 +1085,15 @@ pub(crate) mod tests {
         let (tx, rx) = watch::channel(false);
         std::mem::forget(tx);
         rx
+    }
+
+    #[test]
+    fn pex_utp_flag() {
+        let p = params([1; 20]);
+        let mut st = State::new(&p);
+        st.on_pex(b"d5:added12:\x0a\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x1a\xe17:added.f2:\x04\x10e");
+        assert_eq!(st.pex.len(), 2);
+        assert_eq!(st.pex_utp, vec!["10.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
     }
 
     #[test]

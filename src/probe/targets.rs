@@ -21,6 +21,9 @@ pub struct Target {
     pub n_pieces: Option<u32>,
     /// Peers to contact besides what discovery finds.
     pub peers: Vec<SocketAddr>,
+    /// Those of `peers` a passive dataset saw using uTP (`peers.utp`):
+    /// tried over uTP first.
+    pub utp_peers: Vec<SocketAddr>,
 }
 
 impl Target {
@@ -32,6 +35,7 @@ impl Target {
             meta: None,
             n_pieces: None,
             peers: Vec::new(),
+            utp_peers: Vec::new(),
         }
     }
 }
@@ -184,6 +188,8 @@ pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
     let ih = pdf.column("info_hash").map_err(err)?.str().map_err(err)?;
     let ip = pdf.column("peer_ip").map_err(err)?.str().map_err(err)?;
     let port = pdf.column("peer_port").map_err(err)?.u32().map_err(err)?;
+    // uTP evidence (absent from datasets older than the column).
+    let utp = pdf.column("utp").ok().and_then(|c| c.bool().ok());
     for i in 0..pdf.height() {
         let (Some(h), Some(a), Some(p)) = (ih.get(i).and_then(unhex20), ip.get(i), port.get(i)) else {
             continue;
@@ -202,6 +208,9 @@ pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
             }
         };
         out[idx].peers.push(SocketAddr::new(a, p));
+        if utp.and_then(|u| u.get(i)) == Some(true) {
+            out[idx].utp_peers.push(SocketAddr::new(a, p));
+        }
     }
     Ok(out)
 }
@@ -329,6 +338,37 @@ pub fn contactable(a: &SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dataset_utp_evidence() {
+        use polars::prelude::*;
+        let dir = tempfile::tempdir().unwrap();
+        let ih = "0123456789abcdef0123456789abcdef01234567";
+        let write = |name: &str, mut df: DataFrame| {
+            let f = std::fs::File::create(dir.path().join(format!("{name}.parquet"))).unwrap();
+            ParquetWriter::new(f).finish(&mut df).unwrap();
+        };
+        write(
+            "torrents",
+            df!("info_hash" => [ih], "name" => ["x"], "n_pieces" => [10u64], "n_pieces_source" => ["torrent_file"])
+                .unwrap(),
+        );
+        write(
+            "peers",
+            df!(
+                "info_hash" => [ih, ih, ih],
+                "peer_ip" => ["10.0.0.1", "10.0.0.2", "10.0.0.3"],
+                "peer_port" => [6881u32, 6881, 6881],
+                "utp" => [Some(true), Some(false), None]
+            )
+            .unwrap(),
+        );
+        let t = from_dataset(dir.path()).unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].peers.len(), 3);
+        assert_eq!(t[0].utp_peers, vec!["10.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(t[0].n_pieces, Some(10));
+    }
 
     #[test]
     fn magnets() {

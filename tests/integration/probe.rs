@@ -1,7 +1,8 @@
 //! `swarmtap probe` against a private swarm of real clients in network
 //! namespaces (tests/probe_swarm.py builds it with the sample-pcaps
 //! generator's helpers): opentracker, a libtorrent seeder, a Transmission
-//! leecher requiring encryption, a libtorrent leecher; the probe runs in a
+//! leecher requiring encryption, a libtorrent leecher over TCP only and one
+//! over uTP only; the probe runs in a
 //! namespace of its own whose interface is captured. Skipped, with the
 //! reason printed, when not root or when a tool is missing.
 
@@ -160,6 +161,59 @@ fn probe_swarm_of_real_clients() {
             }
         }
     }
+    // --- the uTP-only client: reached over uTP on every visit, its piece
+    // count read each time; TCP (disabled in it) is not tried again once
+    // uTP worked (the transport is remembered).
+    let transport = strs(&v, "transport");
+    let incoming = bools(&v, "incoming");
+    let utp_only: Vec<&serde_json::Value> = hosts.iter().filter(|h| h["tcp"] == false).collect();
+    assert_eq!(utp_only.len(), 1, "one uTP-only client in the swarm");
+    for h in &utp_only {
+        let ip = h["ip"].as_str().unwrap();
+        let rows: Vec<usize> = (0..v.height())
+            .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a))
+            .filter(|&i| incoming[i] == Some(false))
+            .collect();
+        let visits: BTreeSet<u64> = rows
+            .iter()
+            .filter(|&&i| outcome[i].as_deref() != Some("cancelled"))
+            .map(|&i| visit[i].unwrap())
+            .collect();
+        assert!(visits.len() >= 2, "{ip}: {} visit(s)", visits.len());
+        let mut first_utp_visit = None;
+        for &vis in &visits {
+            let ok: Vec<usize> = rows
+                .iter()
+                .copied()
+                .filter(|&i| visit[i] == Some(vis) && succ[i] == Some(true))
+                .collect();
+            assert_eq!(ok.len(), 1, "{ip}: visit {vis} did not reach it");
+            assert_eq!(transport[ok[0]].as_deref(), Some("utp"), "{ip}: visit {vis}");
+            assert!(have_n[ok[0]].is_some(), "{ip}: visit {vis} without a piece count");
+            first_utp_visit.get_or_insert(vis);
+        }
+        let first = first_utp_visit.unwrap();
+        let tcp_rows: Vec<usize> = rows
+            .iter()
+            .copied()
+            .filter(|&i| transport[i].as_deref() == Some("tcp"))
+            .collect();
+        for &i in &tcp_rows {
+            assert_eq!(succ[i], Some(false), "{ip}: a TCP contact succeeded with TCP disabled");
+            assert!(visit[i].unwrap() <= first, "{ip}: TCP tried again after uTP worked");
+        }
+        let n_in = (0..v.height())
+            .filter(|&i| ips[i].as_deref() == Some(ip) && incoming[i] == Some(true))
+            .filter(|&i| transport[i].as_deref() == Some("utp") && succ[i] == Some(true))
+            .count();
+        eprintln!(
+            "{} ({ip}, uTP only): {} visit(s), each reached over utp; {} failed TCP attempt(s) at visit {first}; {n_in} incoming uTP contact(s)",
+            h["name"],
+            visits.len(),
+            tcp_rows.len()
+        );
+    }
+
     let n_rows = v.height();
     let n_ok_rows = succ.iter().filter(|s| **s == Some(true)).count();
     let outcomes: BTreeSet<String> = outcome.iter().flatten().cloned().collect();
@@ -200,6 +254,12 @@ fn probe_swarm_of_real_clients() {
             let done = h["completed_seen"][&ih_a].as_f64();
             let done_us = done.map(|d| (d * 1e6) as i64);
             let during = done_us.is_some_and(|d| d > t_start_us && d < t_end_us);
+            if h["tcp"] == false {
+                assert!(
+                    during,
+                    "{ip}: the uTP-only leecher did not complete during the run ({done:?})"
+                );
+            }
             if during {
                 expected_confirmed += 1;
                 assert_eq!(
@@ -258,6 +318,13 @@ fn probe_swarm_of_real_clients() {
         }
     }
     eprintln!("incoming contacts: {n_incoming}; peers reached both ways (merged): {merged}");
+    // Incoming uTP on the listen port's UDP twin: libtorrent prefers uTP for
+    // its outgoing connections, so the seeder (TCP and uTP) comes in over it.
+    let n_incoming_utp = (0..v.height())
+        .filter(|&i| inc[i] == Some(true) && succ[i] == Some(true) && transport[i].as_deref() == Some("utp"))
+        .count();
+    assert!(n_incoming_utp >= 1, "no incoming contact over uTP");
+    eprintln!("incoming contacts over uTP: {n_incoming_utp}");
 
     // --- torrents: A from the file, B's metadata fetched and verified.
     let t = read(&dir, "torrents");
@@ -369,8 +436,10 @@ fn probe_swarm_of_real_clients() {
         col_u64(&pp, "peer_port"),
         col_u64(&pp, "last_pieces"),
     );
+    let qutp = bools(&pp, "utp");
     let (pports, plast) = (col_u64(&p, "peer_port"), col_u64(&p, "last_pieces"));
     let mut compared = 0;
+    let mut compared_utp = 0;
     for h in hosts.iter().filter(|h| h["enc"] != "require") {
         let ip = h["ip"].as_str().unwrap();
         for i in 0..p.height() {
@@ -382,10 +451,18 @@ fn probe_swarm_of_real_clients() {
                 .unwrap_or_else(|| panic!("{ip}:{:?} missing from the passive peers", pports[i]));
             assert_eq!(qlast[j], plast[i], "{ip} {:?}: passive vs probe last_pieces", pihs[i]);
             compared += 1;
+            if h["tcp"] == false {
+                // The tap saw this peer's piece count over uTP only.
+                assert_eq!(qutp[j], Some(true), "{ip}: passive peers.utp");
+                compared_utp += 1;
+            }
         }
     }
-    assert!(compared >= 3, "compared {compared} peers");
-    eprintln!("passive analysis of the probe's capture agrees on {compared} peers' piece counts");
+    assert!(compared >= 4, "compared {compared} peers");
+    assert!(compared_utp >= 1, "the uTP-only peer's piece count was not compared");
+    eprintln!(
+        "passive analysis of the probe's capture agrees on {compared} peers' piece counts ({compared_utp} over uTP)"
+    );
 }
 
 /// SIGINT ends a run cleanly: exit 0, every table written, the attempts
@@ -405,6 +482,8 @@ fn probe_sigint_writes_every_table() {
             "--allow-private",
             "--retry",
             "200ms",
+            "--transport",
+            "tcp",
         ])
         .arg("-o")
         .arg(tmp.path())
@@ -424,6 +503,38 @@ fn probe_sigint_writes_every_table() {
     let v = read(tmp.path(), "probe_visits");
     assert!(v.height() >= 2, "{} attempts", v.height());
     assert!(strs(&v, "outcome").iter().all(|o| o.as_deref() == Some("refused")));
+    // Default transports (tcp, then utp): TCP is refused, the uTP SYN to a
+    // port where nothing listens gets no answer and is resent until the
+    // connect timeout (10 s here); SIGINT ends it at once.
+    let tmp3 = tempfile::tempdir().expect("tempdir");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+        .args(["probe", "--info-hash", "0123456789abcdef0123456789abcdef01234567"])
+        .args(["--peer", &format!("127.0.0.1:{port}"), "--allow-private"])
+        .args(["--connect-timeout", "10s"])
+        .arg("-o")
+        .arg(tmp3.path())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let t = std::time::Instant::now();
+    assert!(Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    assert!(child.wait().expect("wait").success());
+    let waited = t.elapsed().as_secs_f64();
+    assert!(waited < 2.0, "{waited:.1} s from SIGINT to exit");
+    let v = read(tmp3.path(), "probe_visits");
+    let got: Vec<(Option<String>, Option<String>)> =
+        strs(&v, "transport").into_iter().zip(strs(&v, "outcome")).collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("tcp".into()), Some("refused".into())),
+            (Some("utp".into()), Some("cancelled".into()))
+        ]
+    );
     // Without --allow-private the same target is refused by policy: no attempt.
     let tmp2 = tempfile::tempdir().expect("tempdir");
     let st = Command::new(env!("CARGO_BIN_EXE_swarmtap"))
