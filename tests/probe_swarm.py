@@ -43,6 +43,10 @@ import swarm  # noqa: E402
 from scenarios import host, one_torrent, KiB  # noqa: E402
 
 PROBE_IP = "10.99.0.40"
+DHT_LEECHER_IP = "10.99.0.14"
+# libtorrent's DHT between the two libtorrent hosts only (no public routers:
+# nothing to resolve, no route out), announcing soon after start.
+DHT_OPTS = {"dht": True, "lt_settings": {"dht_announce_interval": 10}}
 
 
 def main():
@@ -55,14 +59,20 @@ def main():
         "name": "probe",
         "description": "swarmtap probe integration test",
         "tracker": "http",
-        "torrents": [one_torrent("pa", 640 * KiB, 2001), one_torrent("pb", 192 * KiB, 2002)],
+        "torrents": [one_torrent("pa", 640 * KiB, 2001), one_torrent("pb", 192 * KiB, 2002),
+                     one_torrent("pc", 256 * KiB, 2003)],
         "hosts": [
             # Accepts plaintext and MSE: the probe's plaintext contact works, and
             # the leecher requiring encryption can download from it.
-            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=False, up=96 * KiB),
+            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=False, up=96 * KiB, **DHT_OPTS,
+                 dht_bootstrap="%s:6881" % DHT_LEECHER_IP),
             # Encryption required: a plaintext handshake is dropped.
             host("tr1", "transmission", 12, enc="require", utp=False, torrents=["pa"], down=20 * KiB),
             host("lt1", "libtorrent", 13, enc="plain", utp=False, torrents=["pa"], down=24 * KiB),
+            # DHT only (pc is given to the probe as a bare info hash): the
+            # probe must find it and seed1 through the DHT.
+            host("lt2", "libtorrent", 14, enc="plain", utp=False, torrents=["pc"], down=8 * KiB, **DHT_OPTS,
+                 dht_bootstrap="10.99.0.11:6881"),
         ],
         "stagger_s": 0.2,
     }
@@ -87,14 +97,15 @@ def main():
         run.tracker = swarm.OpenTracker(run, run.tracker_ns)
         run.tracker.start([t["info_hash"] for t in run.torrents])
         run.start_clients()
-        ta, tb = run.torrents
+        ta, tb, tc = run.torrents
         magnet = "magnet:?xt=urn:btih:%s&dn=%s&tr=udp%%3A%%2F%%2F%s%%3A%d" % (
             tb["info_hash"], tb["file_name"], swarm.TRACKER_IP, swarm.TRACKER_PORT)
         # Let the leechers announce first, so the tracker lists them to us.
-        time.sleep(2.0)
+        time.sleep(3.0)
         probe_out = os.path.join(out, "probe")
         argv = [binary, "probe", "--torrent", ta["torrent_file"], "--magnet", magnet,
                 "--allow-private", "--allow", "10.99.0.0/24", "--listen", "6881",
+                "--info-hash", tc["info_hash"], "--dht-bootstrap", "10.99.0.11:6881", "--dht-interval", "8s",
                 "--revisit", "3s", "--retry", "2s", "--idle-timeout", "1500ms",
         "--max-contact", "4s", "--connect-timeout", "2s", "--handshake-timeout", "4s",
                 "--duration", "%ds" % duration, "-o", probe_out]
@@ -120,6 +131,7 @@ def main():
             manifest["hosts"].append({
                 "name": c.name, "kind": c.kind, "ip": c.ip, "port": c.listen_port, "role": c.role,
                 "enc": c.opts.get("enc"), "torrents": [t["info_hash"] for t in c.torrents],
+                "dht": bool(c.opts.get("dht")),
                 "completed_seen": {k: v for k, v in c.completed_seen.items()},
                 "completed_at": {k: v.get("completed_at") for k, v in c.last.items()},
             })

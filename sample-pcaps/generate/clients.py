@@ -139,6 +139,7 @@ class LibtorrentClient(Client):
             "dht_bootstrap": o.get("dht_bootstrap", ""), "dht_nodes": o.get("dht_nodes", []),
             "tcp": o.get("tcp", True), "utp": o.get("utp", True), "enc": o.get("enc", "prefer"),
             "reannounce_s": o.get("reannounce_s", 0),
+            "settings": o.get("lt_settings", {}),
             "status_file": self.log("status.json"), "log_file": self.log("alerts.log"),
             "torrents": [],
         }
