@@ -36,17 +36,18 @@ sys.path.insert(0, GEN)
 import netns  # noqa: E402
 
 # Our own namespace names: a generator run (swt-*) may be going on.
-netns.PREFIX = "swp-"
-netns.BR_NS = "swp-br"
+# SWARMTAP_PROBE_NETNS: another prefix, for two runs side by side.
+netns.PREFIX = os.environ.get("SWARMTAP_PROBE_NETNS", "swp-")
+netns.BR_NS = netns.PREFIX + "br"
 
 import swarm  # noqa: E402
 from scenarios import host, one_torrent, KiB  # noqa: E402
 
 PROBE_IP = "10.99.0.40"
-DHT_LEECHER_IP = "10.99.0.14"
-# libtorrent's DHT between the two libtorrent hosts only (no public routers:
-# nothing to resolve, no route out), announcing soon after start.
-DHT_OPTS = {"dht": True, "lt_settings": {"dht_announce_interval": 10}}
+DHT_NODE_IP = "10.99.0.51"
+# libtorrent's DHT inside the swarm only (no public routers: nothing to
+# resolve, no route out), announcing every 10 s instead of 15 min.
+DHT_OPTS = {"dht": True, "dht_bootstrap": DHT_NODE_IP + ":6881", "lt_settings": {"dht_announce_interval": 10}}
 
 
 def main():
@@ -64,15 +65,19 @@ def main():
         "hosts": [
             # Accepts plaintext and MSE: the probe's plaintext contact works, and
             # the leecher requiring encryption can download from it.
-            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=False, up=96 * KiB, **DHT_OPTS,
-                 dht_bootstrap="%s:6881" % DHT_LEECHER_IP),
+            # A DHT-only libtorrent node, started first, from which the
+            # DHT clients bootstrap (libtorrent answers find_node with
+            # confirmed nodes only: two clients bootstrapping off each other
+            # would wait for a routing-table refresh to learn each other).
+            {"name": "dht", "kind": "dhtnodes", "ip": DHT_NODE_IP, "role": "dht-node",
+             "opts": {"addrs": [DHT_NODE_IP], "port": 6881, "wait_listening": True}},
+            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=False, up=96 * KiB, **DHT_OPTS),
             # Encryption required: a plaintext handshake is dropped.
             host("tr1", "transmission", 12, enc="require", utp=False, torrents=["pa"], down=20 * KiB),
             host("lt1", "libtorrent", 13, enc="plain", utp=False, torrents=["pa"], down=24 * KiB),
             # DHT only (pc is given to the probe as a bare info hash): the
             # probe must find it and seed1 through the DHT.
-            host("lt2", "libtorrent", 14, enc="plain", utp=False, torrents=["pc"], down=8 * KiB, **DHT_OPTS,
-                 dht_bootstrap="10.99.0.11:6881"),
+            host("lt2", "libtorrent", 14, enc="plain", utp=False, torrents=["pc"], down=8 * KiB, **DHT_OPTS),
         ],
         "stagger_s": 0.2,
     }

@@ -258,6 +258,10 @@ class DhtNodes(LibtorrentClient):
         self.listen_port = o["port"]
         self.version = "2.0.8.0"
         self.peer_id_prefix = "-LT2080-"
+        if o.get("wait_listening"):
+            # Clients started next bootstrap from these nodes: a bootstrap
+            # sent before they listen is lost.
+            wait_port(self.ns, o["addrs"][0], o["port"], timeout=15, udp=True)
 
     def poll(self):
         n = []

@@ -579,8 +579,10 @@ impl Lookup {
     /// The next node to ask: a seed, else the closest fresh node among the
     /// k closest that have not failed. `None`: nothing closer to ask.
     fn next(&mut self, k: usize) -> Option<(Option<NodeId>, SocketAddr)> {
-        if let Some(a) = self.seeds.pop() {
-            return Some((None, a));
+        while let Some(a) = self.seeds.pop() {
+            if !self.asked.contains(&a) {
+                return Some((None, a));
+            }
         }
         let mut seen = 0;
         for c in self.cands.values_mut() {
@@ -739,8 +741,17 @@ impl Node {
             l.add_cand(nid, a, self.cfg.limits.max_candidates);
         }
         if l.cands.len() < k {
-            // Asked in order: the first given first.
-            l.seeds = self.cfg.bootstrap.iter().rev().copied().collect();
+            // Asked in order: the first given first; not a node the table
+            // already lists (it would be asked twice).
+            let known: HashSet<SocketAddr> = l.cands.values().map(|c| c.addr).collect();
+            l.seeds = self
+                .cfg
+                .bootstrap
+                .iter()
+                .rev()
+                .filter(|a| !known.contains(a))
+                .copied()
+                .collect();
         }
         self.lookups.push(l);
     }

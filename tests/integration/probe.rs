@@ -323,6 +323,10 @@ fn probe_swarm_of_real_clients() {
         .args([
             "-Y",
             "not igmp",
+            // The outer header only: an ICMP error quotes the datagram it
+            // answers (whose destination was us).
+            "-E",
+            "occurrence=f",
             "-T",
             "fields",
             "-e",
