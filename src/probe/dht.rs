@@ -510,7 +510,7 @@ impl RoutingTable {
             .filter(|x| !self.is_bad(x))
             .map(|x| (distance(&x.id, target), x.id, x.addr))
             .collect();
-        all.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        all.sort_unstable_by_key(|a| a.0);
         all.into_iter().take(n).map(|(_, id, a)| (id, a)).collect()
     }
 
@@ -1311,8 +1311,10 @@ mod tests {
 
     #[test]
     fn table_is_bounded_and_closest_sorted() {
-        let mut lim = DhtNodeLimits::default();
-        lim.max_nodes = 20;
+        let lim = DhtNodeLimits {
+            max_nodes: 20,
+            ..Default::default()
+        };
         let t0 = Instant::now();
         let own = [0x55; 20];
         let mut t = RoutingTable::new(own, &lim);
@@ -1347,6 +1349,13 @@ mod tests {
             t.heard(id, addr(i), t0);
         }
         assert!(t.n_stored() <= 2 * 8 * t.n_buckets());
+        eprintln!(
+            "5000 random nodes offered: {} live, {} stored, {} buckets, {} bytes",
+            t.len(),
+            t.n_stored(),
+            t.n_buckets(),
+            t.memory_bytes()
+        );
         assert!(t.memory_bytes() < 64 * 1024, "{}", t.memory_bytes());
     }
 
@@ -1465,14 +1474,15 @@ mod tests {
         assert_eq!(n.n_pending(), 2, "neither answer consumed the query");
 
         // The real answer: 40 nodes (too many), of which private ones, our own id, port 0.
-        let mut nodes: Vec<(NodeId, SocketAddr)> = Vec::new();
-        nodes.push(([0x70; 20], "10.0.0.1:6881".parse().unwrap()));
-        nodes.push(([0x71; 20], "192.168.1.1:6881".parse().unwrap()));
-        nodes.push(([0x72; 20], "127.0.0.1:6881".parse().unwrap()));
-        nodes.push(([0x11; 20], "4.4.4.4:6881".parse().unwrap())); // our id
-        nodes.push(([0x73; 20], "4.4.4.5:0".parse().unwrap())); // port 0
-        nodes.push(([0x74; 20], "4.4.4.6:6881".parse().unwrap()));
-        nodes.push(([0x75; 20], "4.4.4.7:6881".parse().unwrap()));
+        let mut nodes: Vec<(NodeId, SocketAddr)> = vec![
+            ([0x70; 20], "10.0.0.1:6881".parse().unwrap()),
+            ([0x71; 20], "192.168.1.1:6881".parse().unwrap()),
+            ([0x72; 20], "127.0.0.1:6881".parse().unwrap()),
+            ([0x11; 20], "4.4.4.4:6881".parse().unwrap()), // our id
+            ([0x73; 20], "4.4.4.5:0".parse().unwrap()),    // port 0
+            ([0x74; 20], "4.4.4.6:6881".parse().unwrap()),
+            ([0x75; 20], "4.4.4.7:6881".parse().unwrap()),
+        ];
         for i in 0..33u8 {
             nodes.push(([i; 20], SocketAddr::from(([5, 5, 5, i], 6881))));
         }
@@ -1515,7 +1525,7 @@ mod tests {
                 x ^= x << 13;
                 x ^= x >> 17;
                 x ^= x << 5;
-                d.push(if x % 3 == 0 {
+                d.push(if x.is_multiple_of(3) {
                     b"d1:e0ilr"[(x as usize >> 8) % 8]
                 } else {
                     x as u8

@@ -584,6 +584,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     p.finish()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn tracker_loop(
     torrent: u32,
     t: TrackerUrl,

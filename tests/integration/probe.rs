@@ -481,8 +481,8 @@ fn dht_and_scrape(dir: &Path, m: &serde_json::Value, hosts: &[serde_json::Value]
     }
     // Torrent C had no tracker: every peer of it came from the DHT or ut_pex.
     let ih_c = ihs[2];
-    for i in 0..p.height() {
-        if pihs[i].as_deref() == Some(ih_c.as_str()) {
+    for (i, ih) in pihs.iter().enumerate() {
+        if ih.as_deref() == Some(ih_c.as_str()) {
             let s = sources_of(i);
             assert!(!s.iter().any(|x| x == "tracker"), "{s:?}");
         }
