@@ -175,6 +175,19 @@ pub struct ProbeArgs {
     /// Peers tracked (memory bound).
     #[arg(long = "max-peers")]
     pub max_peers: Option<usize>,
+    /// DHT entry point HOST:PORT for our own (read-only) DHT node (repeatable).
+    /// None by default: without it the probe runs no DHT node.
+    #[arg(long = "dht-bootstrap")]
+    pub dht_bootstrap: Vec<String>,
+    /// UDP port of our DHT node (0: any free port).
+    #[arg(long = "dht-port", default_value_t = 0)]
+    pub dht_port: u16,
+    /// Time between DHT get_peers rounds for every torrent.
+    #[arg(long = "dht-interval", default_value = "5m")]
+    pub dht_interval: String,
+    /// Do not scrape trackers (by default each tracker is scraped before each announce).
+    #[arg(long = "no-scrape")]
+    pub no_scrape: bool,
 }
 
 #[derive(Debug, Args)]

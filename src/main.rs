@@ -321,6 +321,13 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
     s.numwant = a.numwant;
     s.pex = !a.no_pex;
     s.listen = a.listen;
+    s.dht_bootstrap = a.dht_bootstrap.clone();
+    s.dht_port = a.dht_port;
+    s.dht_interval = parse_duration(&a.dht_interval)?;
+    if s.dht_interval.is_zero() {
+        return Err("--dht-interval must be positive".into());
+    }
+    s.scrape = !a.no_scrape;
     s.limits = Settings::default().limits.probe;
     s.limits.max_contact = parse_duration(&a.max_contact)?;
     if let Some(m) = a.max_msgs {

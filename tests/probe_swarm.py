@@ -37,13 +37,18 @@ sys.path.insert(0, GEN)
 import netns  # noqa: E402
 
 # Our own namespace names: a generator run (swt-*) may be going on.
-netns.PREFIX = "swp-"
-netns.BR_NS = "swp-br"
+# SWARMTAP_PROBE_NETNS: another prefix, for two runs side by side.
+netns.PREFIX = os.environ.get("SWARMTAP_PROBE_NETNS", "swp-")
+netns.BR_NS = netns.PREFIX + "br"
 
 import swarm  # noqa: E402
 from scenarios import host, one_torrent, KiB  # noqa: E402
 
 PROBE_IP = "10.99.0.40"
+DHT_NODE_IP = "10.99.0.51"
+# libtorrent's DHT inside the swarm only (no public routers: nothing to
+# resolve, no route out), announcing every 10 s instead of 15 min.
+DHT_OPTS = {"dht": True, "dht_bootstrap": DHT_NODE_IP + ":6881", "lt_settings": {"dht_announce_interval": 10}}
 
 
 def main():
@@ -56,12 +61,19 @@ def main():
         "name": "probe",
         "description": "swarmtap probe integration test",
         "tracker": "http",
-        "torrents": [one_torrent("pa", 640 * KiB, 2001), one_torrent("pb", 192 * KiB, 2002)],
+        "torrents": [one_torrent("pa", 640 * KiB, 2001), one_torrent("pb", 192 * KiB, 2002),
+                     one_torrent("pc", 256 * KiB, 2003)],
         "hosts": [
             # Accepts plaintext and MSE: the probe's plaintext contact works, and
             # the leecher requiring encryption can download from it.
+            # A DHT-only libtorrent node, started first, from which the
+            # DHT clients bootstrap (libtorrent answers find_node with
+            # confirmed nodes only: two clients bootstrapping off each other
+            # would wait for a routing-table refresh to learn each other).
+            {"name": "dht", "kind": "dhtnodes", "ip": DHT_NODE_IP, "role": "dht-node",
+             "opts": {"addrs": [DHT_NODE_IP], "port": 6881, "wait_listening": True}},
             # TCP and uTP: the uTP-only leecher downloads from it over uTP.
-            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=True, up=96 * KiB),
+            host("seed1", "libtorrent", 11, "seeder", enc="prefer", utp=True, up=96 * KiB, **DHT_OPTS),
             # Encryption required: a plaintext handshake is dropped.
             host("tr1", "transmission", 12, enc="require", utp=False, torrents=["pa"], down=20 * KiB),
             host("lt1", "libtorrent", 13, enc="plain", utp=False, torrents=["pa"], down=24 * KiB),
@@ -69,6 +81,9 @@ def main():
             # reaches it over uTP, and it connects to the probe's listen port
             # over uTP.
             host("lu1", "libtorrent", 14, enc="plain", tcp=False, utp=True, torrents=["pa"], down=24 * KiB),
+            # DHT only (pc is given to the probe as a bare info hash): the
+            # probe must find it and seed1 through the DHT.
+            host("lt2", "libtorrent", 15, enc="plain", utp=False, torrents=["pc"], down=8 * KiB, **DHT_OPTS),
         ],
         "stagger_s": 0.2,
     }
@@ -93,14 +108,15 @@ def main():
         run.tracker = swarm.OpenTracker(run, run.tracker_ns)
         run.tracker.start([t["info_hash"] for t in run.torrents])
         run.start_clients()
-        ta, tb = run.torrents
+        ta, tb, tc = run.torrents
         magnet = "magnet:?xt=urn:btih:%s&dn=%s&tr=udp%%3A%%2F%%2F%s%%3A%d" % (
             tb["info_hash"], tb["file_name"], swarm.TRACKER_IP, swarm.TRACKER_PORT)
         # Let the leechers announce first, so the tracker lists them to us.
-        time.sleep(2.0)
+        time.sleep(3.0)
         probe_out = os.path.join(out, "probe")
         argv = [binary, "probe", "--torrent", ta["torrent_file"], "--magnet", magnet,
                 "--allow-private", "--allow", "10.99.0.0/24", "--listen", "6881",
+                "--info-hash", tc["info_hash"], "--dht-bootstrap", "10.99.0.11:6881", "--dht-interval", "8s",
                 "--revisit", "3s", "--retry", "2s", "--idle-timeout", "1500ms",
         "--max-contact", "4s", "--connect-timeout", "2s", "--handshake-timeout", "4s",
                 "--duration", "%ds" % duration, "-o", probe_out]
@@ -127,6 +143,7 @@ def main():
                 "name": c.name, "kind": c.kind, "ip": c.ip, "port": c.listen_port, "role": c.role,
                 "enc": c.opts.get("enc"), "tcp": c.opts.get("tcp", True), "utp": c.opts.get("utp", True),
                 "torrents": [t["info_hash"] for t in c.torrents],
+                "dht": bool(c.opts.get("dht")),
                 "completed_seen": {k: v for k, v in c.completed_seen.items()},
                 "completed_at": {k: v.get("completed_at") for k, v in c.last.items()},
             })

@@ -139,6 +139,7 @@ class LibtorrentClient(Client):
             "dht_bootstrap": o.get("dht_bootstrap", ""), "dht_nodes": o.get("dht_nodes", []),
             "tcp": o.get("tcp", True), "utp": o.get("utp", True), "enc": o.get("enc", "prefer"),
             "reannounce_s": o.get("reannounce_s", 0),
+            "settings": o.get("lt_settings", {}),
             "status_file": self.log("status.json"), "log_file": self.log("alerts.log"),
             "torrents": [],
         }
@@ -257,6 +258,10 @@ class DhtNodes(LibtorrentClient):
         self.listen_port = o["port"]
         self.version = "2.0.8.0"
         self.peer_id_prefix = "-LT2080-"
+        if o.get("wait_listening"):
+            # Clients started next bootstrap from these nodes: a bootstrap
+            # sent before they listen is lost.
+            wait_port(self.ns, o["addrs"][0], o["port"], timeout=15, udp=True)
 
     def poll(self):
         n = []

@@ -13,6 +13,7 @@ Config: {"sessions": [{"name", "listen": ["10.99.0.12:6881"], "dht": bool,
   "dht_bootstrap": "ip:port,...", "tcp": bool, "utp": bool,
   "enc": "plain"|"prefer"|"require", "upload_limit": B/s, "download_limit": B/s,
   "reannounce_s": 0|N, "status_file": path, "log_file": path,
+  "settings": {settings_pack name: value} (applied last),
   "proxy": {"host", "port"} (HTTP proxy for tracker connections only),
   "torrents": [{"torrent_file" | "magnet", "save_path", "seed": bool}]}]}
 """
@@ -96,6 +97,9 @@ def make_session(cfg):
         # The own-address IP filter below must not refuse the proxy, which
         # listens on this host's address.
         s["apply_ip_filter_to_trackers"] = False
+    # Extra settings_pack values from the config (e.g. a short
+    # dht_announce_interval for a test that cannot wait 15 minutes).
+    s.update(cfg.get("settings", {}))
     ses = lt.session(s)
     # Peers on private networks fall into libtorrent's "local" peer class,
     # which ignores rate limits: put every address in the global class.

@@ -344,10 +344,37 @@ fn message_row(
     query: Option<PendingQuery>,
     out: &ShardOut,
 ) -> DhtMessageRow {
+    let mut row = krpc_row(
+        ctx.ts,
+        src,
+        dst,
+        m,
+        query.map(|q| q.method),
+        query.map(|q| (ctx.ts - i64::try_from(q.ts_us).unwrap_or(i64::MAX)) as f64 / 1000.0),
+    );
+    row.frame = ctx.frame;
+    row.capture = out.capture_name(ctx.capture);
+    row.query_frame = query.map(|q| q.frame);
+    row
+}
+
+/// The `dht_messages` row of one KRPC message (frame 0, capture empty, no
+/// query frame: the caller fills those in). `query_method`: the method of
+/// the paired query for a response or error; `rtt_ms` its response time.
+/// Shared by the passive pipeline and the probe's own DHT node, so both
+/// write the same columns the same way.
+pub fn krpc_row(
+    ts_us: i64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    m: &KrpcMessage<'_>,
+    query_method: Option<Method>,
+    rtt_ms: Option<f64>,
+) -> DhtMessageRow {
     let method = match (m.method, m.method_name) {
         (Some(Method::Other), Some(name)) => Some(text(name)),
         (Some(method), _) => Some(method.as_str().to_string()),
-        (None, _) => query.map(|q| q.method.as_str().to_string()),
+        (None, _) => query_method.map(|q| q.as_str().to_string()),
     };
     let mut unknown_keys = Vec::new();
     let mut n_unknown_keys = 0u64;
@@ -364,9 +391,9 @@ fn message_row(
         }
     }
     DhtMessageRow {
-        ts: Ts(ctx.ts),
-        frame: ctx.frame,
-        capture: out.capture_name(ctx.capture),
+        ts: Ts(ts_us),
+        frame: 0,
+        capture: String::new(),
         src_ip: src.ip().to_string(),
         src_port: u32::from(src.port()),
         dst_ip: dst.ip().to_string(),
@@ -382,8 +409,8 @@ fn message_row(
         n_values: m.n_values() as u64,
         version: m.client(),
         version_raw: m.version.map(hex),
-        rtt_ms: query.map(|q| (ctx.ts - i64::try_from(q.ts_us).unwrap_or(i64::MAX)) as f64 / 1000.0),
-        query_frame: query.map(|q| q.frame),
+        rtt_ms,
+        query_frame: None,
         error_code: m.error_code,
         error_msg: m.error_msg.map(text),
         read_only: m.read_only,

@@ -19,7 +19,10 @@
 //! global concurrency cap and a rate limit bound what the probe sends, and
 //! [`ProbeLimits`] bound what it keeps.
 
+pub mod dht;
+mod discovery;
 pub mod mse;
+pub mod scrape;
 pub mod session;
 pub mod targets;
 pub mod tracker;
@@ -77,6 +80,8 @@ pub struct ProbeLimits {
     pub visit_rows_per_batch: usize,
     /// uTP connections, buffers and timers (see `utp::UtpLimits`).
     pub utp: utp::UtpLimits,
+    /// The DHT node's bounds (table, queries, values; see [`dht::DhtNodeLimits`]).
+    pub dht: dht::DhtNodeLimits,
 }
 
 impl Default for ProbeLimits {
@@ -92,6 +97,7 @@ impl Default for ProbeLimits {
             max_contact: Duration::from_secs(120),
             visit_rows_per_batch: 4096,
             utp: utp::UtpLimits::default(),
+            dht: dht::DhtNodeLimits::default(),
         }
     }
 }
@@ -131,6 +137,14 @@ pub struct ProbeSettings {
     pub pex: bool,
     /// Port to accept incoming peers on (announced instead of `announce_port`).
     pub listen: Option<u16>,
+    /// DHT entry points, HOST:PORT (`--dht-bootstrap`); none: no DHT node.
+    pub dht_bootstrap: Vec<String>,
+    /// UDP port of our DHT node (0: any).
+    pub dht_port: u16,
+    /// Time between get_peers rounds.
+    pub dht_interval: Duration,
+    /// Scrape every tracker before each announce.
+    pub scrape: bool,
     pub limits: ProbeLimits,
 }
 
@@ -160,6 +174,10 @@ impl ProbeSettings {
             min_reannounce: Duration::from_secs(60),
             pex: true,
             listen: None,
+            dht_bootstrap: Vec::new(),
+            dht_port: 0,
+            dht_interval: Duration::from_secs(300),
+            scrape: true,
             limits: ProbeLimits::default(),
         }
     }
@@ -224,6 +242,7 @@ const SRC_PEX: u8 = 2;
 const SRC_PROBE: u8 = 4;
 const SRC_GIVEN: u8 = 8;
 const SRC_INCOMING: u8 = 16;
+const SRC_DHT: u8 = 32;
 
 struct TorrentState {
     target: Target,
@@ -275,6 +294,13 @@ enum Event {
         result: Box<AnnounceResult>,
     },
     TrackerEnded,
+    Scrape {
+        torrent: u32,
+        url: String,
+        udp: bool,
+        result: Box<scrape::ScrapeResult>,
+    },
+    Dht(Box<dht::DhtReport>),
     Incoming {
         from: SocketAddr,
         result: Option<Box<(usize, Attempt)>>,
@@ -441,6 +467,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                     i as u32,
                     tu,
                     ap,
+                    p.s.scrape,
                     p.s.policy.clone(),
                     p.s.min_reannounce,
                     tx.clone(),
@@ -449,6 +476,11 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                 n_trackers += 1;
             }
         }
+    }
+
+    // Our DHT node, when given entry points: ends like a tracker loop.
+    if p.start_dht(&tx, &stop_rx).await {
+        n_trackers += 1;
     }
 
     let deadline = p.s.duration.map(|d| started + d);
@@ -537,6 +569,8 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                     p.on_announce(torrent, &url, udp, &params, *result);
                 }
                 Some(Event::TrackerEnded) => trackers_alive = trackers_alive.saturating_sub(1),
+                Some(Event::Scrape { torrent, url, udp, result }) => p.on_scrape(torrent, &url, udp, *result),
+                Some(Event::Dht(r)) => p.on_dht(*r),
                 Some(Event::Incoming { from, result }) => {
                     in_flight -= 1;
                     if let Some(r) = result {
@@ -600,10 +634,12 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     p.finish()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn tracker_loop(
     torrent: u32,
     t: TrackerUrl,
     mut ap: AnnounceParams,
+    scrape: bool,
     policy: AddrPolicy,
     min_reannounce: Duration,
     tx: mpsc::Sender<Event>,
@@ -637,6 +673,18 @@ async fn tracker_loop(
                 },
                 Some(&a) => {
                     addr = Some(a);
+                    if scrape && scrape::has_scrape(&t) {
+                        let result = Box::new(scrape::scrape(&t, a, &[ap.info_hash], ap.timeout).await);
+                        let (url, udp) = (t.url.clone(), t.udp);
+                        let _ = tx
+                            .send(Event::Scrape {
+                                torrent,
+                                url,
+                                udp,
+                                result,
+                            })
+                            .await;
+                    }
                     if t.udp {
                         tracker::announce_udp(a, &ap).await
                     } else {
@@ -896,6 +944,8 @@ impl Probe {
                 peer_progress: std::mem::take(&mut self.rows.peer_progress),
                 tracker_announces: std::mem::take(&mut self.rows.tracker_announces),
                 tracker_peers: std::mem::take(&mut self.rows.tracker_peers),
+                tracker_scrapes: std::mem::take(&mut self.rows.tracker_scrapes),
+                dht_messages: std::mem::take(&mut self.rows.dht_messages),
                 ..RowBatch::default()
             };
             self.sink.send(batch)?;
@@ -1161,6 +1211,7 @@ impl Probe {
                 (SRC_PROBE, "probe"),
                 (SRC_GIVEN, "given"),
                 (SRC_INCOMING, "incoming"),
+                (SRC_DHT, "dht"),
             ] {
                 if p.sources & bit != 0 {
                     sources.push(name.to_string());

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::proto::tracker_http::{
-    Expect, HttpEvent, HttpLimits, HttpStream, PeerHost, RequestKind, ResponseBody, Role,
+    Expect, HttpEvent, HttpLimits, HttpResponse, HttpStream, PeerHost, RequestKind, ResponseBody, Role,
 };
 use crate::proto::tracker_udp::{self, AddrFamily, UdpLimits, UdpResponse};
 
@@ -103,7 +103,7 @@ pub struct AnnounceResult {
     pub error: Option<String>,
 }
 
-fn urlencode(b: &[u8]) -> String {
+pub(super) fn urlencode(b: &[u8]) -> String {
     let mut s = String::with_capacity(b.len() * 3);
     for &c in b {
         if c.is_ascii_alphanumeric() || b"-_.~".contains(&c) {
@@ -146,27 +146,30 @@ pub async fn resolve(t: &TrackerUrl) -> Result<Vec<SocketAddr>, String> {
         .map_err(|e| format!("cannot resolve {}: {e}", t.host))
 }
 
-/// Announces over HTTP to `addr`.
-pub async fn announce_http(t: &TrackerUrl, addr: SocketAddr, a: &AnnounceParams) -> AnnounceResult {
-    let mut r = AnnounceResult {
-        tracker: Some(addr),
-        ts_us: super::session::now_us(),
-        ..Default::default()
-    };
+/// One HTTP GET of `target` to the tracker at `addr`, the response read by
+/// the passive parser as an answer of `kind`. Returns our local address and
+/// the response (or why there is none).
+pub(super) async fn http_get(
+    t: &TrackerUrl,
+    addr: SocketAddr,
+    target: &str,
+    kind: RequestKind,
+    timeout: Duration,
+) -> (Option<SocketAddr>, Result<Box<HttpResponse>, String>) {
     let limits = HttpLimits::default();
-    let res = tokio::time::timeout(a.timeout, async {
+    let mut local = None;
+    let res = tokio::time::timeout(timeout, async {
         let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        r.local = s.local_addr().ok();
+        local = s.local_addr().ok();
         let host = if t.port == 80 { t.host.clone() } else { format!("{}:{}", t.host, t.port) };
         let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: swarmtap/{}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
-            http_target(t, a),
+            "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: swarmtap/{}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
             env!("CARGO_PKG_VERSION")
         );
         s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
         let mut stream = HttpStream::new(Role::Response, limits);
         stream.expect(Expect {
-            kind: RequestKind::Announce,
+            kind,
             head: false,
             index: 0,
         });
@@ -198,10 +201,25 @@ pub async fn announce_http(t: &TrackerUrl, addr: SocketAddr, a: &AnnounceParams)
         resp.ok_or_else(|| "no complete HTTP response".to_string())
     })
     .await;
+    let r = match res {
+        Err(_) => Err("timeout".to_string()),
+        Ok(r) => r,
+    };
+    (local, r)
+}
+
+/// Announces over HTTP to `addr`.
+pub async fn announce_http(t: &TrackerUrl, addr: SocketAddr, a: &AnnounceParams) -> AnnounceResult {
+    let mut r = AnnounceResult {
+        tracker: Some(addr),
+        ts_us: super::session::now_us(),
+        ..Default::default()
+    };
+    let (local, res) = http_get(t, addr, &http_target(t, a), RequestKind::Announce, a.timeout).await;
+    r.local = local;
     match res {
-        Err(_) => r.error = Some("timeout".into()),
-        Ok(Err(e)) => r.error = Some(e),
-        Ok(Ok(resp)) => {
+        Err(e) => r.error = Some(e),
+        Ok(resp) => {
             r.response_ts_us = Some(super::session::now_us());
             r.status = Some(u32::from(resp.status));
             match resp.body {
@@ -238,6 +256,53 @@ fn udp_event(e: Option<&'static str>) -> u32 {
     }
 }
 
+/// BEP 15 connect: a socket connected to the tracker, the transaction id
+/// used (the next request uses it + 1) and the connection id. Else (our
+/// local address, the tracker's error message, a transport error).
+#[allow(clippy::type_complexity)]
+pub(super) async fn udp_connect(
+    addr: SocketAddr,
+    buf: &mut [u8],
+    deadline: Instant,
+) -> Result<(UdpSocket, u32, u64), (Option<SocketAddr>, Option<String>, Option<String>)> {
+    let bind: SocketAddr = if addr.is_ipv4() {
+        "0.0.0.0:0".parse().unwrap_or(addr)
+    } else {
+        "[::]:0".parse().unwrap_or(addr)
+    };
+    let sock = UdpSocket::bind(bind)
+        .await
+        .map_err(|e| (None, None, Some(e.to_string())))?;
+    sock.connect(addr)
+        .await
+        .map_err(|e| (None, None, Some(e.to_string())))?;
+    let local = sock.local_addr().ok();
+    let fam = AddrFamily::of(addr.ip());
+    let limits = UdpLimits::default();
+    let mut tid_b = [0u8; 4];
+    super::mse::fill_random(&mut tid_b);
+    let tid = u32::from_be_bytes(tid_b);
+    let mut connect = Vec::with_capacity(16);
+    connect.extend_from_slice(&tracker_udp::PROTOCOL_ID.to_be_bytes());
+    connect.extend_from_slice(&tracker_udp::ACTION_CONNECT.to_be_bytes());
+    connect.extend_from_slice(&tid.to_be_bytes());
+    let got = exchange(&sock, &connect, buf, deadline, |d| {
+        match tracker_udp::parse_response(d, fam, &limits) {
+            Ok(UdpResponse::Connect(c)) if c.transaction_id == tid => Some(Ok(c.connection_id)),
+            Ok(UdpResponse::Error(e)) if e.transaction_id == tid => {
+                Some(Err(String::from_utf8_lossy(e.message).into_owned()))
+            }
+            _ => None,
+        }
+    })
+    .await;
+    match got {
+        None => Err((local, None, Some("timeout".into()))),
+        Some(Err(m)) => Err((local, Some(m), None)),
+        Some(Ok(cid)) => Ok((sock, tid, cid)),
+    }
+}
+
 /// Announces over UDP (BEP 15): connect, then announce; each step retried
 /// on silence until the overall timeout.
 pub async fn announce_udp(addr: SocketAddr, a: &AnnounceParams) -> AnnounceResult {
@@ -246,61 +311,23 @@ pub async fn announce_udp(addr: SocketAddr, a: &AnnounceParams) -> AnnounceResul
         ts_us: super::session::now_us(),
         ..Default::default()
     };
-    let bind: SocketAddr = if addr.is_ipv4() {
-        "0.0.0.0:0".parse().unwrap_or(addr)
-    } else {
-        "[::]:0".parse().unwrap_or(addr)
-    };
-    let sock = match UdpSocket::bind(bind).await {
-        Ok(s) => s,
-        Err(e) => {
-            r.error = Some(e.to_string());
+    let mut buf = vec![0u8; 65536];
+    let deadline = Instant::now() + a.timeout;
+    let (sock, tid, cid) = match udp_connect(addr, &mut buf, deadline).await {
+        Ok(x) => x,
+        Err((local, failure, error)) => {
+            r.local = local;
+            if failure.is_some() {
+                r.response_ts_us = Some(super::session::now_us());
+            }
+            r.failure = failure;
+            r.error = error;
             return r;
         }
     };
-    if let Err(e) = sock.connect(addr).await {
-        r.error = Some(e.to_string());
-        return r;
-    }
     r.local = sock.local_addr().ok();
     let fam = AddrFamily::of(addr.ip());
     let limits = UdpLimits::default();
-    let deadline = Instant::now() + a.timeout;
-    let mut tid_b = [0u8; 4];
-    super::mse::fill_random(&mut tid_b);
-    let tid = u32::from_be_bytes(tid_b);
-
-    let mut connect = Vec::with_capacity(16);
-    connect.extend_from_slice(&tracker_udp::PROTOCOL_ID.to_be_bytes());
-    connect.extend_from_slice(&tracker_udp::ACTION_CONNECT.to_be_bytes());
-    connect.extend_from_slice(&tid.to_be_bytes());
-    let mut buf = vec![0u8; 65536];
-    let Some(cid) = exchange(
-        &sock,
-        &connect,
-        &mut buf,
-        deadline,
-        |d| match tracker_udp::parse_response(d, fam, &limits) {
-            Ok(UdpResponse::Connect(c)) if c.transaction_id == tid => Some(Ok(c.connection_id)),
-            Ok(UdpResponse::Error(e)) if e.transaction_id == tid => {
-                Some(Err(String::from_utf8_lossy(e.message).into_owned()))
-            }
-            _ => None,
-        },
-    )
-    .await
-    else {
-        r.error = Some("timeout".into());
-        return r;
-    };
-    let cid = match cid {
-        Ok(c) => c,
-        Err(m) => {
-            r.response_ts_us = Some(super::session::now_us());
-            r.failure = Some(m);
-            return r;
-        }
-    };
     let tid2 = tid.wrapping_add(1);
     let mut req = Vec::with_capacity(98);
     req.extend_from_slice(&cid.to_be_bytes());
@@ -352,7 +379,7 @@ pub async fn announce_udp(addr: SocketAddr, a: &AnnounceParams) -> AnnounceResul
 /// Sends `req` and waits for a datagram `accept` recognises; resends after
 /// 2, 4, 8 … seconds of silence (BEP 15 uses 15·2^n; a probe is impatient
 /// but still backs off) until `deadline`.
-async fn exchange<T>(
+pub(super) async fn exchange<T>(
     sock: &UdpSocket,
     req: &[u8],
     buf: &mut [u8],

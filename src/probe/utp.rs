@@ -1613,9 +1613,15 @@ mod tests {
     #[tokio::test]
     async fn visit_falls_back_from_tcp_to_utp_and_to_rc4() {
         let ih = [0x33u8; 20];
-        let (l, addr) = utp_bt_peer().await;
         // Nothing listens on the same port over TCP: refused, then uTP,
-        // where the plaintext handshake is dropped and RC4 works.
+        // where the plaintext handshake is dropped and RC4 works. (Tests run
+        // in parallel: a port some other test listens on over TCP is skipped.)
+        let (l, addr) = loop {
+            let (l, addr) = utp_bt_peer().await;
+            if std::net::TcpListener::bind(addr).is_ok() {
+                break (l, addr);
+            }
+        };
         let probe = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
         let (transports, order, p, stop) = (
             [Transport::Tcp, Transport::Utp],

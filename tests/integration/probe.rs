@@ -102,6 +102,9 @@ fn probe_swarm_of_real_clients() {
     let tb = &m["torrents"][1];
     let ih_a = ta["info_hash"].as_str().unwrap().to_string();
     let ih_b = tb["info_hash"].as_str().unwrap().to_string();
+    let tc = &m["torrents"][2];
+    let ih_c = tc["info_hash"].as_str().unwrap().to_string();
+    let has = |h: &serde_json::Value, ih: &str| h["torrents"].as_array().unwrap().iter().any(|x| x == ih);
 
     // --- probe_visits: every client reached, piece count on every success.
     let v = read(&dir, "probe_visits");
@@ -138,7 +141,7 @@ fn probe_swarm_of_real_clients() {
         first_total += 1;
         first_ok += usize::from(*ok);
     }
-    for h in hosts {
+    for h in hosts.iter().filter(|h| has(h, &ih_a)) {
         let ip = h["ip"].as_str().unwrap();
         let n_ok = (0..v.height())
             .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a) && succ[i] == Some(true))
@@ -231,7 +234,7 @@ fn probe_swarm_of_real_clients() {
         p.column("sources").expect("sources").clone(),
     );
     let mut expected_confirmed = 0;
-    for h in hosts {
+    for h in hosts.iter().filter(|h| has(h, &ih_a)) {
         let ip = h["ip"].as_str().unwrap();
         // Rows heard from by the probe (a peer may also be listed by ut_pex
         // under an outgoing port nobody listens on: that row is never
@@ -369,6 +372,8 @@ fn probe_swarm_of_real_clients() {
         );
     }
 
+    dht_and_scrape(&dir, &m, hosts, [&ih_a, &ih_b, &ih_c]);
+
     // --- nothing sent outside the swarm.
     let swarm: BTreeSet<String> = m["swarm_ips"]
         .as_array()
@@ -385,6 +390,10 @@ fn probe_swarm_of_real_clients() {
         .args([
             "-Y",
             "not igmp",
+            // The outer header only: an ICMP error quotes the datagram it
+            // answers (whose destination was us).
+            "-E",
+            "occurrence=f",
             "-T",
             "fields",
             "-e",
@@ -424,6 +433,8 @@ fn probe_swarm_of_real_clients() {
         .arg(out.join("pa.torrent"))
         .arg("--torrents")
         .arg(out.join("pb.torrent"))
+        .arg("--torrents")
+        .arg(out.join("pc.torrent"))
         .arg("-o")
         .arg(&passive)
         .status()
@@ -547,4 +558,125 @@ fn probe_sigint_writes_every_table() {
     assert!(st.success());
     assert_eq!(read(tmp2.path(), "probe_visits").height(), 0);
     assert_eq!(read(tmp2.path(), "peers").height(), 0);
+}
+
+/// Our DHT node (bootstrapped from the seeder only) found exactly the
+/// DHT-enabled clients of each torrent, including torrent C, which the
+/// probe got as a bare info hash with no tracker; its KRPC traffic is in
+/// dht_messages; opentracker's scrape answers match the swarm.
+fn dht_and_scrape(dir: &Path, m: &serde_json::Value, hosts: &[serde_json::Value], ihs: [&String; 3]) {
+    let p = read(dir, "peers");
+    let (pips, pihs, pports, srcs) = (
+        strs(&p, "peer_ip"),
+        strs(&p, "info_hash"),
+        col_u64(&p, "peer_port"),
+        p.column("sources").expect("sources").clone(),
+    );
+    let sources_of = |r: usize| -> Vec<String> {
+        let s = srcs.list().expect("list").get_as_series(r).expect("sources row");
+        s.str().expect("str").iter().flatten().map(str::to_string).collect()
+    };
+    for ih in ihs {
+        let found: BTreeSet<(String, u64)> = (0..p.height())
+            .filter(|&i| pihs[i].as_deref() == Some(ih.as_str()) && sources_of(i).iter().any(|s| s == "dht"))
+            .map(|i| (pips[i].clone().unwrap(), pports[i].unwrap()))
+            .collect();
+        let want: BTreeSet<(String, u64)> = hosts
+            .iter()
+            .filter(|h| h["dht"] == true && h["torrents"].as_array().unwrap().iter().any(|x| x == ih.as_str()))
+            .map(|h| (h["ip"].as_str().unwrap().to_string(), h["port"].as_u64().unwrap()))
+            .collect();
+        eprintln!("DHT peers of {ih}: {found:?}");
+        assert!(!want.is_empty());
+        assert_eq!(found, want, "peers found through the DHT for {ih}");
+    }
+    // Torrent C had no tracker: every peer of it came from the DHT or ut_pex.
+    let ih_c = ihs[2];
+    for (i, ih) in pihs.iter().enumerate() {
+        if ih.as_deref() == Some(ih_c.as_str()) {
+            let s = sources_of(i);
+            assert!(!s.iter().any(|x| x == "tracker"), "{s:?}");
+        }
+    }
+    let d = read(dir, "dht_messages");
+    let (kind, method, src, dst, nv) = (
+        strs(&d, "kind"),
+        strs(&d, "method"),
+        strs(&d, "src_ip"),
+        strs(&d, "dst_ip"),
+        col_u64(&d, "n_values"),
+    );
+    let (ro, rtt) = (bools(&d, "read_only"), d.column("rtt_ms").expect("rtt_ms").clone());
+    let probe_ip = m["probe_ip"].as_str().unwrap();
+    let mut n_q = 0;
+    let mut n_values_answers = 0;
+    for i in 0..d.height() {
+        let ours = src[i].as_deref() == Some(probe_ip);
+        assert!(
+            ours || dst[i].as_deref() == Some(probe_ip),
+            "row {i} is not our traffic"
+        );
+        if ours && kind[i].as_deref() == Some("query") {
+            n_q += 1;
+            assert_eq!(ro[i], Some(true), "our queries are read-only (BEP 43)");
+        }
+        if !ours
+            && kind[i].as_deref() == Some("response")
+            && method[i].as_deref() == Some("get_peers")
+            && nv[i] >= Some(1)
+        {
+            n_values_answers += 1;
+            assert!(rtt.get(i).is_ok_and(|v| !v.is_null()), "paired response has an rtt");
+        }
+    }
+    eprintln!(
+        "dht_messages: {} rows, {n_q} queries of ours, {n_values_answers} get_peers answers with values",
+        d.height()
+    );
+    assert!(
+        n_values_answers >= 3,
+        "get_peers responses with values: {n_values_answers}"
+    );
+
+    // Scrapes: once before the first announce of each tracker (HTTP for A,
+    // UDP for B), while the swarm is as started: the seeder, A's two
+    // leechers, nothing completed yet. The probe has not announced yet.
+    let s = read(dir, "tracker_scrapes");
+    let (sih, str_, ans, se, le, co) = (
+        strs(&s, "info_hash"),
+        strs(&s, "transport"),
+        bools(&s, "answered"),
+        col_i64(&s, "seeders"),
+        col_i64(&s, "leechers"),
+        col_i64(&s, "completed"),
+    );
+    let rts = col_i64(&s, "ts");
+    for (ih, tr) in [(ihs[0], "http"), (ihs[1], "udp")] {
+        let first = (0..s.height())
+            .filter(|&i| sih[i].as_deref() == Some(ih.as_str()))
+            .min_by_key(|&i| rts[i])
+            .unwrap_or_else(|| panic!("no scrape row for {ih}"));
+        let n_leechers = hosts
+            .iter()
+            .filter(|h| h["role"] == "leecher" && h["torrents"].as_array().unwrap().iter().any(|x| x == ih.as_str()))
+            .count() as i64;
+        eprintln!(
+            "scrape of {ih} over {tr}: seeders {:?} leechers {:?} completed {:?}",
+            se[first], le[first], co[first]
+        );
+        assert_eq!(str_[first].as_deref(), Some(tr));
+        assert_eq!(ans[first], Some(true));
+        assert_eq!(
+            (se[first], le[first], co[first]),
+            (Some(1), Some(n_leechers), Some(0)),
+            "{ih}"
+        );
+    }
+    assert_eq!(
+        (0..s.height())
+            .filter(|&i| sih[i].as_deref() == Some(ih_c.as_str()))
+            .count(),
+        0,
+        "C has no tracker"
+    );
 }
