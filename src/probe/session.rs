@@ -30,6 +30,7 @@ use crate::proto::bencode::{self, BencodeLimits};
 use crate::proto::client_id::{client_from_ltep_v, client_from_peer_id};
 use crate::proto::metainfo::{parse_info, Metainfo};
 use crate::proto::peer_wire::{Message, PeerWireFramer, PeerWireLimits, TorrentShape, WireEvent, HANDSHAKE_PREFIX};
+use crate::proto::ut_pex;
 
 /// Our BEP 10 extension ids (what peers use when sending to us).
 pub const OUR_UT_METADATA: u8 = 1;
@@ -590,27 +591,24 @@ impl<'p> State<'p> {
         }
     }
 
+    /// BEP 11 additions, IPv4 (`added`) and IPv6 (`added6`), read with the
+    /// passive pipeline's parser; dropped peers are ignored (we only need
+    /// addresses to contact).
     fn on_pex(&mut self, payload: &[u8]) {
-        let Ok((d, _)) = bencode::parse_dict(payload, &EXT_LIMITS) else {
+        let Ok(m) = ut_pex::parse(payload) else {
             return;
         };
-        let flags = d.get_bytes(b"added.f").unwrap_or_default();
-        if let Some(a) = d.get_bytes(b"added") {
-            for (i, c) in a.chunks_exact(6).enumerate() {
-                if self.pex.len() >= self.p.max_pex {
-                    break;
-                }
-                let ip = std::net::Ipv4Addr::new(c[0], c[1], c[2], c[3]);
-                let port = u16::from_be_bytes([c[4], c[5]]);
-                if port != 0 {
-                    let addr = SocketAddr::new(ip.into(), port);
-                    self.pex.push(addr);
-                    if flags.get(i).is_some_and(|f| f & 0x04 != 0) {
-                        self.pex_utp.push(addr);
-                    }
-                }
+        let max = self.p.max_pex;
+        let (pex, pex_utp) = (&mut self.pex, &mut self.pex_utp);
+        m.entries(usize::MAX, |e| {
+            if !e.added || e.addr.port() == 0 || pex.len() >= max {
+                return;
             }
-        }
+            pex.push(e.addr);
+            if e.flags.is_some_and(|f| f & ut_pex::FLAG_UTP != 0) {
+                pex_utp.push(e.addr);
+            }
+        });
     }
 }
 
@@ -1094,6 +1092,31 @@ pub(crate) mod tests {
         st.on_pex(b"d5:added12:\x0a\x00\x00\x01\x1a\xe1\x0a\x00\x00\x02\x1a\xe17:added.f2:\x04\x10e");
         assert_eq!(st.pex.len(), 2);
         assert_eq!(st.pex_utp, vec!["10.0.0.1:6881".parse::<SocketAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn pex_ipv6_added_and_dropped_and_cap() {
+        let mut p = params([1; 20]);
+        p.max_pex = 3;
+        let mut st = State::new(&p);
+        // added: 10.0.0.1:6881; added6: [fd00::1]:6882 with the uTP flag;
+        // dropped: 10.0.0.9:6881 (ignored).
+        let mut m = b"d5:added6:\x0a\x00\x00\x01\x1a\xe16:added618:".to_vec();
+        m.extend([0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0x1a, 0xe2]);
+        m.extend(b"8:added6.f1:\x047:dropped6:\x0a\x00\x00\x09\x1a\xe1e");
+        st.on_pex(&m);
+        assert_eq!(
+            st.pex,
+            vec![
+                "10.0.0.1:6881".parse::<SocketAddr>().unwrap(),
+                "[fd00::1]:6882".parse::<SocketAddr>().unwrap()
+            ]
+        );
+        assert_eq!(st.pex_utp, vec!["[fd00::1]:6882".parse::<SocketAddr>().unwrap()]);
+        // The cap: two more added, one fits.
+        st.on_pex(b"d5:added12:\x0a\x00\x00\x03\x1a\xe1\x0a\x00\x00\x04\x1a\xe1e");
+        assert_eq!(st.pex.len(), 3);
+        assert_eq!(st.pex[2], "10.0.0.3:6881".parse::<SocketAddr>().unwrap());
     }
 
     #[test]
