@@ -139,7 +139,9 @@ pub struct Engine {
     /// Swarm events later than an event some connection still holds back:
     /// applied once it is released, so that the swarm state sees events in
     /// frame order however batches fall (bounded by `max_waiting_events`).
-    waiting: Vec<SwarmEvent>,
+    waiting: std::collections::BTreeMap<(u32, u64, u64), SwarmEvent>,
+    /// Insertion counter: equal (capture, frame) keys keep their order.
+    waiting_seq: u64,
     /// Times the bound forced events out of order.
     n_order_forced: u64,
     current_capture: u32,
@@ -253,7 +255,8 @@ impl Engine {
             },
             watermark: i64::MIN,
             held_conns: Vec::new(),
-            waiting: Vec::new(),
+            waiting: Default::default(),
+            waiting_seq: 0,
             n_order_forced: 0,
             current_capture: 0,
             meta,
@@ -343,20 +346,31 @@ impl Engine {
     /// them when `all`, or when more than `max_waiting_events` wait).
     fn ready_events(&mut self, events: Vec<SwarmEvent>, all: bool) -> Vec<SwarmEvent> {
         let cutoff = self.shards.iter().filter_map(|s| s.out.oldest_held()).min();
-        if self.waiting.is_empty() && (all || cutoff.is_none()) {
-            return events;
+        let cutoff = cutoff.filter(|_| !all);
+        if self.waiting.is_empty() {
+            let Some(c) = cutoff else { return events };
+            if events.last().is_none_or(|e| (e.ctx.capture, e.ctx.frame) < c) {
+                return events;
+            }
         }
-        let mut pool = std::mem::take(&mut self.waiting);
-        pool.extend(events);
-        let Some(cutoff) = cutoff.filter(|_| !all) else {
-            return pool;
-        };
-        if pool.len() > self.settings.limits.max_waiting_events {
+        // Events arrive sorted by frame; a map keeps the waiting ones so, and
+        // what is ready comes off its front without touching the rest.
+        for e in events {
+            self.waiting_seq += 1;
+            self.waiting.insert((e.ctx.capture, e.ctx.frame, self.waiting_seq), e);
+        }
+        let forced = self.waiting.len() > self.settings.limits.max_waiting_events;
+        if forced {
             self.n_order_forced += 1;
-            return pool;
         }
-        let (ready, wait): (Vec<_>, Vec<_>) = pool.into_iter().partition(|e| (e.ctx.capture, e.ctx.frame) < cutoff);
-        self.waiting = wait;
+        let mut ready = Vec::new();
+        match cutoff.filter(|_| !forced) {
+            None => ready.extend(std::mem::take(&mut self.waiting).into_values()),
+            Some((cap, frame)) => {
+                let rest = self.waiting.split_off(&(cap, frame, 0));
+                ready.extend(std::mem::replace(&mut self.waiting, rest).into_values());
+            }
+        }
         ready
     }
 
