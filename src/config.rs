@@ -65,11 +65,23 @@ pub struct Limits {
     /// identifies the peer). Real clients send it within the first few
     /// messages.
     pub max_held_events: usize,
+    /// Packet time a connection holds its events at most (settled at its
+    /// first packet after that, keep-alives included): an originator that
+    /// announces BEP 10 and never sends its handshake must not hold the
+    /// swarm state's event order (see `max_event_wait_us`) for long.
+    pub max_hold_us: i64,
     /// Swarm events kept back because a connection holds an earlier one
     /// (see `max_held_events`; each connection holds at most that many, so
     /// the wait is short). Past it they are applied out of frame order,
     /// counted as `swarm_order_forced`. ~100 bytes each: 2^18 ≈ 26 MB.
     pub max_waiting_events: usize,
+    /// Packet time an event may wait for an earlier held one before it is
+    /// applied anyway (counted as `swarm_order_forced`): a connection that
+    /// holds events and then sends only keep-alives would otherwise stall
+    /// the swarm state until it ends (up to `tcp_idle_us`), and live
+    /// snapshots with it. Clients send their BEP 10 handshake within a
+    /// second of the connection's start.
+    pub max_event_wait_us: i64,
     /// Bytes of BEP 10 handshakes parsed (larger ones are skipped, counted).
     pub max_ltep_handshake: usize,
     /// HTTP tracker framing and parsing bounds per connection (head, body,
@@ -190,7 +202,9 @@ impl Default for Limits {
             sink_buffer_bytes: 24 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
+            max_hold_us: 20 * 1_000_000,
             max_waiting_events: 1 << 18,
+            max_event_wait_us: 60 * 1_000_000,
             max_ltep_handshake: 64 * 1024,
             tracker_http: HttpLimits::default(),
             tracker_udp: UdpLimits::default(),

@@ -359,17 +359,26 @@ impl Engine {
             self.waiting_seq += 1;
             self.waiting.insert((e.ctx.capture, e.ctx.frame, self.waiting_seq), e);
         }
-        let forced = self.waiting.len() > self.settings.limits.max_waiting_events;
+        let over = self.waiting.len() > self.settings.limits.max_waiting_events;
+        // Events wait at most `max_event_wait_us` of packet time: a
+        // connection that holds events and then only sends keep-alives must
+        // not stall the swarm state (live snapshots would lag behind).
+        let too_old = self.watermark.saturating_sub(self.settings.limits.max_event_wait_us);
+        let mut ready = Vec::new();
+        let mut forced = false;
+        while let Some(entry) = self.waiting.first_entry() {
+            let (cap, frame, _) = *entry.key();
+            let in_order = cutoff.is_none_or(|c| (cap, frame) < c);
+            if !in_order {
+                if !over && entry.get().ctx.ts >= too_old {
+                    break;
+                }
+                forced = true;
+            }
+            ready.push(entry.remove());
+        }
         if forced {
             self.n_order_forced += 1;
-        }
-        let mut ready = Vec::new();
-        match cutoff.filter(|_| !forced) {
-            None => ready.extend(std::mem::take(&mut self.waiting).into_values()),
-            Some((cap, frame)) => {
-                let rest = self.waiting.split_off(&(cap, frame, 0));
-                ready.extend(std::mem::replace(&mut self.waiting, rest).into_values());
-            }
         }
         ready
     }
@@ -459,8 +468,10 @@ impl Engine {
                 layer: "analyze",
                 kind: "swarm_order_forced".into(),
                 detail: Some(format!(
-                    "{} times more than {} events waited for held ones (max_waiting_events); applied out of frame order",
-                    self.n_order_forced, self.settings.limits.max_waiting_events
+                    "{} batches applied events out of frame order: more than {} waited for held ones (max_waiting_events), or one waited longer than {} s (max_event_wait_us)",
+                    self.n_order_forced,
+                    self.settings.limits.max_waiting_events,
+                    self.settings.limits.max_event_wait_us / 1_000_000
                 )),
                 ..Default::default()
             });

@@ -83,6 +83,10 @@ struct State {
     held: Vec<Held>,
     /// Key of the oldest held event, as registered in `ShardOut::held_since`.
     held_key: Option<(u32, u64)>,
+    /// Packet time of the oldest held event.
+    held_since_ts: i64,
+    /// Longest a held event waits (`Limits::max_hold_us`).
+    max_hold_us: i64,
     settled: bool,
     messages: bool,
     max_held: usize,
@@ -151,6 +155,8 @@ impl PeerSession {
                 gap_bytes: 0,
                 held: Vec::new(),
                 held_key: None,
+                held_since_ts: 0,
+                max_hold_us: limits.max_hold_us,
                 settled: false,
                 messages,
                 max_held: limits.max_held_events,
@@ -198,6 +204,17 @@ impl PeerSession {
 
     pub fn buffered_bytes(&self) -> usize {
         self.framers.iter().map(|f| f.buffered_bytes()).sum::<usize>() + self.st.held.len() * 64
+    }
+
+    /// Settles the connection when its oldest held event is older than
+    /// `max_hold_us` at packet time `now` (a sweep: the connection has sent
+    /// nothing since that could settle it).
+    pub fn release_stale(&mut self, now: i64, out: &mut ShardOut) {
+        let st = &mut self.st;
+        if !st.settled && st.held_key.is_some() && now - st.held_since_ts > st.max_hold_us {
+            st.settled = true;
+            st.release(out);
+        }
     }
 
     /// Feeds one chunk of direction `side` (0 = from the originator).
@@ -299,12 +316,13 @@ impl State {
         }
     }
 
-    fn try_settle(&mut self, _ctx: FrameCtx, out: &mut ShardOut) {
+    fn try_settle(&mut self, ctx: FrameCtx, out: &mut ShardOut) {
         let o = &self.sides[ORIG];
         let supports_ltep = o.reserved.map(|r| r[5] & 0x10 != 0);
         let settled = o.ltep_seen
             || supports_ltep == Some(false)
             || self.held.len() >= self.max_held
+            || (self.held_key.is_some() && ctx.ts - self.held_since_ts > self.max_hold_us)
             || (self.midstream && o.reserved.is_none());
         if settled {
             self.settled = true;
@@ -378,6 +396,7 @@ impl State {
         if !self.settled && self.held_key.is_none() {
             let k = (ctx.capture, ctx.frame);
             self.held_key = Some(k);
+            self.held_since_ts = ctx.ts;
             out.hold(k);
         }
         if !self.sides[side].seen_sent && !matches!(kind, SwarmEventKind::Seen { .. }) {
@@ -1030,6 +1049,43 @@ mod tests {
             .count();
         assert_eq!(out.piece_budget.used, 0);
         (kinds, meta, pex, pieces, traits)
+    }
+
+    #[test]
+    fn held_events_are_registered_and_released_after_max_hold() {
+        // The originator announces BEP 10 and never sends its handshake: its
+        // events are held, registered by frame in `held_since`, and released
+        // by a sweep once older than `max_hold_us`, or by a later packet.
+        let limits = Limits::default();
+        let at = |ts: i64, frame: u64| FrameCtx { ts, frame, capture: 0 };
+        for by_packet in [false, true] {
+            let mut out = ShardOut::default();
+            let mut s = PeerSession::new(test_init(7), &limits, true);
+            s.feed(RESP, Chunk::Data(&resp_stream()), at(0, 1), &mut out);
+            let mut o = handshake(b'O');
+            o.extend(msg(5, &[0xff]));
+            s.feed(ORIG, Chunk::Data(&o), at(1_000, 2), &mut out);
+            // The responder's handshake (frame 1, at 0 µs) is the oldest.
+            assert_eq!(out.oldest_held(), Some((0, 1)), "by_packet {by_packet}");
+            assert!(out.events.is_empty());
+            s.release_stale(limits.max_hold_us, &mut out);
+            assert_eq!(out.oldest_held(), Some((0, 1)), "not older than max_hold_us yet");
+            let later = 1 + limits.max_hold_us;
+            if by_packet {
+                s.feed(ORIG, Chunk::Data(&msg(0, &[])), at(later, 3), &mut out);
+            // choke
+            } else {
+                s.release_stale(later, &mut out);
+            }
+            assert_eq!(out.oldest_held(), None);
+            let frames: Vec<u64> = out.events.iter().map(|e| e.ctx.frame).collect();
+            assert_eq!(frames.first(), Some(&1), "{frames:?}");
+            assert!(frames.windows(2).all(|w| w[0] <= w[1]), "{frames:?}");
+            assert!(out
+                .events
+                .iter()
+                .any(|e| matches!(e.kind, SwarmEventKind::Bitfield(_)) && e.ctx.frame == 2));
+        }
     }
 
     #[test]

@@ -420,6 +420,17 @@ impl Shard {
         }
         self.last_sweep = now;
         self.udp_trackers.sweep(now, &mut self.out);
+        // Connections holding swarm events for too long release them, so the
+        // swarm state's frame order is not held up (see Limits::max_hold_us).
+        if self.out.oldest_held().is_some() {
+            for f in self.flows.values_mut() {
+                if let FlowApp::Tcp(t) = &mut f.app {
+                    if let TcpApp::PeerWire(s) = &mut t.app {
+                        s.release_stale(now, &mut self.out);
+                    }
+                }
+            }
+        }
         let l = &self.limits;
         let mut done: Vec<(u64, FlowKey, EndReason)> = Vec::new();
         for (k, f) in &self.flows {
