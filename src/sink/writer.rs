@@ -102,25 +102,46 @@ fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
     Ok(())
 }
 
+impl<R: Row> TableFile<R> {
+    /// Starts `tmp_path` (renamed to `final_path` when finished) with
+    /// `schema`; `extra_ts` is a constant column the rows do not carry.
+    fn create(
+        tmp_path: PathBuf,
+        final_path: PathBuf,
+        schema: &Schema,
+        extra_ts: Option<(&'static str, i64)>,
+    ) -> PolarsResult<Self> {
+        let f = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp_path)?);
+        let writer = ParquetWriter::new(f)
+            .with_compression(ParquetCompression::Zstd(None))
+            .set_parallel(false)
+            .batched(schema)?;
+        Ok(TableFile {
+            writer,
+            buf: Vec::new(),
+            tmp_path,
+            final_path,
+            extra_ts,
+            _row: PhantomData,
+        })
+    }
+
+    /// Writes the rows still buffered and the footer (which flushes the
+    /// file buffer): the file is complete under its temporary name.
+    fn close(mut self) -> PolarsResult<(PathBuf, PathBuf)> {
+        write_group(&mut self)?;
+        self.writer.finish()?;
+        Ok((self.tmp_path, self.final_path))
+    }
+}
+
 impl TableSink for DirSink {
     type For<R: Row> = TableFile<R>;
 
     fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
         let final_path = self.dir.join(format!("{}.parquet", R::TABLE));
         let tmp_path = self.dir.join(format!(".{}.parquet.tmp", R::TABLE));
-        let f = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp_path)?);
-        let writer = ParquetWriter::new(f)
-            .with_compression(ParquetCompression::Zstd(None))
-            .set_parallel(false)
-            .batched(&R::schema())?;
-        Ok(TableFile {
-            writer,
-            buf: Vec::new(),
-            tmp_path,
-            final_path,
-            extra_ts: None,
-            _row: PhantomData,
-        })
+        TableFile::create(tmp_path, final_path, &R::schema(), None)
     }
 
     fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
@@ -135,11 +156,9 @@ impl TableSink for DirSink {
         write_group(t)
     }
 
-    fn finish<R: Row>(&mut self, mut t: TableFile<R>) -> PolarsResult<()> {
-        write_group(&mut t)?;
-        t.writer.finish()?;
-        drop(t.writer);
-        std::fs::rename(&t.tmp_path, &t.final_path)?;
+    fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
+        let (tmp, last) = t.close()?;
+        std::fs::rename(tmp, last)?;
         Ok(())
     }
 }
@@ -240,19 +259,7 @@ impl TableSink for RotatingSink {
             )?;
             Some((INTERVAL_COLUMN, self.interval.start_us))
         };
-        let f = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp_path)?);
-        let writer = ParquetWriter::new(f)
-            .with_compression(ParquetCompression::Zstd(None))
-            .set_parallel(false)
-            .batched(&schema)?;
-        Ok(TableFile {
-            writer,
-            buf: Vec::new(),
-            tmp_path,
-            final_path,
-            extra_ts,
-            _row: PhantomData,
-        })
+        TableFile::create(tmp_path, final_path, &schema, extra_ts)
     }
 
     fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
@@ -267,14 +274,12 @@ impl TableSink for RotatingSink {
         write_group(t)
     }
 
-    fn finish<R: Row>(&mut self, mut t: TableFile<R>) -> PolarsResult<()> {
-        write_group(&mut t)?;
-        t.writer.finish()?;
-        drop(t.writer);
+    fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
+        let (tmp, last) = t.close()?;
         // The data must be on disk before the name says the file is whole.
-        File::open(&t.tmp_path)?.sync_all()?;
-        std::fs::rename(&t.tmp_path, &t.final_path)?;
-        if let Some(parent) = t.final_path.parent() {
+        File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &last)?;
+        if let Some(parent) = last.parent() {
             File::open(parent)?.sync_all()?;
         }
         Ok(())
