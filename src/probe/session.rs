@@ -1079,7 +1079,7 @@ pub(crate) mod tests {
         addr
     }
 
-    fn no_shutdown() -> watch::Receiver<bool> {
+    pub fn no_shutdown() -> watch::Receiver<bool> {
         let (tx, rx) = watch::channel(false);
         std::mem::forget(tx);
         rx
@@ -1307,10 +1307,21 @@ pub(crate) mod tests {
     /// listen port and a bitfield of 12 of 20 pieces.
     async fn remote_initiator(addr: SocketAddr, ih: [u8; 20], use_mse: bool) -> Vec<u8> {
         let mut s = TcpStream::connect(addr).await.unwrap();
+        remote_initiator_on(&mut s, ih, use_mse, &[0xff, 0xf0, 0]).await
+    }
+
+    /// The remote initiator's conversation over any stream (TCP or uTP):
+    /// returns what it read of our side (our handshake first).
+    pub async fn remote_initiator_on<S: AsyncRead + AsyncWrite + Unpin>(
+        s: &mut S,
+        ih: [u8; 20],
+        use_mse: bool,
+        bitfield: &[u8],
+    ) -> Vec<u8> {
         let hs = our_handshake(&ih, b"-qB4500-abcdefghijkl");
         let (mut enc, mut dec, mut got) = (None, None, Vec::new());
         if use_mse {
-            let m = mse::initiate_random(&mut s, &ih, CRYPTO_RC4, &hs).await.unwrap();
+            let m = mse::initiate_random(s, &ih, CRYPTO_RC4, &hs).await.unwrap();
             enc = m.enc;
             dec = m.dec;
             got = m.leftover;
@@ -1328,7 +1339,7 @@ pub(crate) mod tests {
             got.extend(chunk);
         }
         let mut out = ext_msg(0, b"d1:pi7777ee");
-        out.extend(msg(5, &[0xff, 0xf0, 0]));
+        out.extend(msg(5, bitfield));
         if let Some(c) = &mut enc {
             c.apply(&mut out);
         }

@@ -1035,7 +1035,8 @@ impl AsyncWrite for UtpStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::probe::session::{self, tests::params, visit_over, Crypto, Transport};
+    use crate::probe::session::tests::{no_shutdown, params};
+    use crate::probe::session::{self, visit_over, Crypto, Transport};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn local() -> SocketAddr {
@@ -1604,12 +1605,6 @@ mod tests {
         }
     }
 
-    fn no_shutdown() -> tokio::sync::watch::Receiver<bool> {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        std::mem::forget(tx);
-        rx
-    }
-
     #[tokio::test]
     async fn visit_falls_back_from_tcp_to_utp_and_to_rc4() {
         let ih = [0x33u8; 20];
@@ -1661,34 +1656,7 @@ mod tests {
             let remote = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
             let r = tokio::spawn(async move {
                 let mut s = remote.connect(laddr).await.unwrap();
-                let hs = session::our_handshake(&ih, b"-qB4500-abcdefghijkl");
-                let (mut enc, mut dec, mut got) = (None, None, Vec::new());
-                if use_mse {
-                    let m = crate::probe::mse::initiate_random(&mut s, &ih, crate::probe::mse::CRYPTO_RC4, &hs)
-                        .await
-                        .unwrap();
-                    (enc, dec, got) = (m.enc, m.dec, m.leftover);
-                } else {
-                    s.write_all(&hs).await.unwrap();
-                }
-                let mut b = [0u8; 256];
-                while got.len() < 68 {
-                    let n = s.read(&mut b).await.unwrap();
-                    assert!(n > 0);
-                    let mut c = b[..n].to_vec();
-                    if let Some(d) = &mut dec {
-                        d.apply(&mut c);
-                    }
-                    got.extend(c);
-                }
-                let mut out = b"\x00\x00\x00\x0d\x14\x00d1:pi7777ee".to_vec();
-                out.extend_from_slice(&[0, 0, 0, 4, 5, 0xff, 0xff, 0xf0]);
-                if let Some(c) = &mut enc {
-                    c.apply(&mut out);
-                }
-                s.write_all(&out).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(800)).await;
-                got
+                session::tests::remote_initiator_on(&mut s, ih, use_mse, &[0xff, 0xff, 0xf0]).await
             });
             let s = listener.accept().await.unwrap();
             let known = [params([1u8; 20]), params(ih)];
