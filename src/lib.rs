@@ -27,5 +27,10 @@ pub mod geo;
 pub mod pipeline;
 pub mod probe;
 pub mod proto;
+/// Tests that need ../shared, tshark, root or namespaces ask this (one
+/// rule for unit and integration tests: tests/support/require.rs).
+#[cfg(test)]
+#[path = "../tests/support/require.rs"]
+pub(crate) mod require;
 pub mod sink;
 pub mod summary;

@@ -2089,19 +2089,10 @@ mod corpus {
     use crate::proto::utp::{parse_utp, plausible_utp};
     use std::collections::BTreeMap;
     use std::net::IpAddr;
-    use std::path::PathBuf;
 
+    #[track_caller]
     fn corpus_file(rel: &str) -> Option<Vec<u8>> {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public")
-            .join(rel);
-        match std::fs::read(&p) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                println!("skipping: {} not readable ({e})", p.display());
-                None
-            }
-        }
+        crate::require::corpus_file(env!("CARGO_MANIFEST_DIR"), rel)
     }
 
     type Endpoint = (IpAddr, u16);

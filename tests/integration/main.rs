@@ -1,7 +1,10 @@
 //! End-to-end tests: the real pipeline over real captures (the public corpus
 //! in ../shared, the project's own sample-pcaps, and hand-built hostile
 //! captures), with the Parquet output read back by polars. Tests that need
-//! ../shared or tshark skip with a printed reason when those are absent.
+//! ../shared, tshark, root or the geolocation databases ask
+//! `require::require` (tests/support/require.rs): with SWARMTAP_REQUIRE_ALL
+//! set (CI) a missing prerequisite fails the test; otherwise the skip is
+//! recorded in target/test-skips/ and tests/run-all.sh lists it.
 //!
 //! One test binary; its modules group tests by feature and share the
 //! helpers defined here.
@@ -11,6 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod counting;
 mod samples;
 
 use polars::prelude::*;
@@ -26,25 +30,22 @@ mod metadata;
 mod probe;
 mod tracker;
 
+/// Skips go through one rule: see tests/support/require.rs.
+#[path = "../support/require.rs"]
+pub mod require;
+
+/// `../shared/corpus/public`; absent: a failure under SWARMTAP_REQUIRE_ALL,
+/// else a recorded skip.
+#[track_caller]
 pub fn corpus() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is absent", p.display());
-        None
-    }
+    require::corpus(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// tshark is installed; else a failure under SWARMTAP_REQUIRE_ALL, or a
+/// recorded skip.
+#[track_caller]
 pub fn tshark() -> bool {
-    let ok = Command::new("tshark")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping tshark comparison: tshark is not installed");
-    }
-    ok
+    require::tshark()
 }
 
 pub struct Run {
@@ -593,37 +594,75 @@ fn hostile_captures_are_counted_not_fatal() {
     }
 }
 
+/// A single-file .torrent of `n_pieces` pieces of 32 KiB (piece hashes
+/// zero: nothing is verified against them).
+pub fn tiny_torrent(path: &Path, n_pieces: usize) -> [u8; 20] {
+    let mut info = format!(
+        "d6:lengthi{}e4:name4:tiny12:piece lengthi32768e6:pieces{}:",
+        n_pieces * 32768,
+        n_pieces * 20
+    )
+    .into_bytes();
+    info.extend(vec![0u8; n_pieces * 20]);
+    info.push(b'e');
+    let mut t = b"d4:info".to_vec();
+    t.extend(&info);
+    t.push(b'e');
+    std::fs::write(path, &t).expect("write torrent");
+    parse_torrent(&t).expect("torrent").info_hash_v1.expect("v1")
+}
+
 #[test]
 fn bitfield_longer_than_the_torrent_is_counted_and_bounded() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    // A real torrent shape: 2 pieces (mippo), but the peer sends 5000 bytes
-    // of bitfield.
-    let Some(c) = corpus() else { return };
-    let tor = c.join("tcoppi__BittorrentReconstituter/mippo-creative_v92.mp3.torrent");
-    let ih: [u8; 20] = parse_torrent(&std::fs::read(&tor).expect("read"))
-        .expect("t")
-        .info_hash_v1
-        .expect("v1");
+    // A 2-piece torrent (BEP 3: a 1-byte bitfield, 6 spare bits zero), but
+    // the responder sends 5,000 bytes of 0xFF, then a `have` far past the
+    // end; the originator a 1-byte bitfield with a spare bit set.
+    let tor = tmp.path().join("two.torrent");
+    let ih = tiny_torrent(&tor, 2);
     let mut bf = 5001u32.to_be_bytes().to_vec();
     bf.push(5);
     bf.extend(vec![0xFFu8; 5000]);
     let mut have = 5u32.to_be_bytes().to_vec();
     have.push(4);
     have.extend(1_000_000u32.to_be_bytes());
+    let spare = vec![0, 0, 0, 2, 5, 0b1010_0000];
     let frames = connection(
-        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa")],
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), spare],
         &[handshake(ih, b"-qB4520-bbbbbbbbbbbb"), bf, have],
     );
     let p = tmp.path().join("bf.pcap");
     write_pcap(&p, &frames);
     let r = run(&[p], &[tor]);
+    // Counted: one anomaly per bad bitfield.
+    let a = table(&r, "anomalies");
+    let kinds = strs(&a, "kind");
+    let mut details: Vec<_> = strs(&a, "detail")
+        .into_iter()
+        .zip(&kinds)
+        .filter(|(_, k)| k.as_deref() == Some("bitfield_wrong_size"))
+        .map(|(d, _)| d.unwrap_or_default())
+        .collect();
+    details.sort();
+    assert_eq!(
+        details,
+        ["1 bytes for 2 pieces", "5000 bytes for 2 pieces"],
+        "{kinds:?}"
+    );
+    // Bounded: each peer holds at most the torrent's 2 pieces (the
+    // originator's spare bit and the responder's 39,998 extra bits and
+    // `have 1000000` are dropped).
     let peers = table(&r, "peers");
-    // The responder's piece count is capped by the torrent's 2 pieces only
-    // through the completion math; what it claims is kept as seen.
-    let prog = table(&r, "peer_progress");
-    assert!(prog.height() >= 1);
-    assert_eq!(u64s(&prog, "n_pieces"), vec![Some(2); prog.height()]);
     assert_eq!(peers.height(), 2);
+    let by_port: BTreeMap<u64, Option<u64>> = u64s(&peers, "peer_port")
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .zip(u64s(&peers, "last_pieces"))
+        .collect();
+    assert_eq!(by_port, BTreeMap::from([(40000, Some(1)), (6881, Some(2))]));
+    let prog = table(&r, "peer_progress");
+    assert_eq!(u64s(&prog, "n_pieces"), vec![Some(2); prog.height()]);
+    assert!(u64s(&prog, "n_pieces_have").iter().all(|h| h.is_some_and(|h| h <= 2)));
 }
 
 #[test]
