@@ -2080,8 +2080,8 @@ mod tests {
     }
 }
 
-/// Checks against real captures from the shared corpus (skipped when the
-/// corpus is not next to the repository). The reference counts are tshark
+/// Checks against real captures from the shared corpus (when it is absent:
+/// `crate::require`'s rule, a failure under SWARMTAP_REQUIRE_ALL). The reference counts are tshark
 /// 4.0.17 with `--enable-heuristic bt_utp_udp -Y bt-utp`.
 #[cfg(test)]
 mod corpus {

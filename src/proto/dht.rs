@@ -2109,17 +2109,9 @@ mod tests {
         Some(out)
     }
 
+    #[track_caller]
     fn corpus(rel: &str) -> Option<Vec<u8>> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public")
-            .join(rel);
-        match std::fs::read(&path) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                println!("skipping {}: {e}", path.display());
-                None
-            }
-        }
+        crate::require::corpus_file(env!("CARGO_MANIFEST_DIR"), rel)
     }
 
     /// Our view of one message in the compact form used by the expectations
