@@ -26,7 +26,9 @@ pub mod flow;
 pub mod geo;
 pub mod pipeline;
 pub mod probe;
-pub mod proto;
+/// The pure parsers: the workspace crate `swarmtap-wire` (crates/wire),
+/// which depends on nothing else of swarmtap.
+pub use swarmtap_wire as proto;
 /// Tests that need ../shared, tshark, root or namespaces ask this (one
 /// rule for unit and integration tests: tests/support/require.rs).
 #[cfg(test)]

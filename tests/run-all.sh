@@ -27,7 +27,7 @@ report_skips() {
   fi
 }
 trap report_skips EXIT
-cargo test --all-targets
+cargo test --workspace --all-targets
 if [ -f notebooks/run.sh ]; then
   bash notebooks/run.sh
 fi

@@ -2038,7 +2038,8 @@ mod tests {
     }
 
     // -----------------------------------------------------------------------
-    // Real captures (../shared/corpus/public), skipped when absent.
+    // Real captures (../shared/corpus/public); when absent, `crate::require`'s
+    // rule (a failure under SWARMTAP_REQUIRE_ALL, else a recorded skip).
     // -----------------------------------------------------------------------
 
     struct Datagram {
