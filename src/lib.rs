@@ -27,5 +27,6 @@ pub mod geo;
 pub mod pipeline;
 pub mod probe;
 pub mod proto;
+pub mod report;
 pub mod sink;
 pub mod summary;
