@@ -456,7 +456,16 @@ fn torrents(ds: &Dataset, p: &mut Page, t: &Table, tor: &Torrents, peers: &Table
                 }
                 *cell = cur;
             }
-            rows.push((format!("{}:{}", k.1, k.2), cells, confirmed.contains(*k)));
+            if cells.iter().any(Option::is_some) {
+                rows.push((format!("{}:{}", k.1, k.2), cells, confirmed.contains(*k)));
+            }
+        }
+        if rows.is_empty() {
+            p.notes.push(format!(
+                "No heatmap for {}: its piece count is unknown, so shares cannot be computed.",
+                tor.label(ih)
+            ));
+            continue;
         }
         let cap = format!(
             "{} — {} of {} peers with known pieces{}; {} columns of {}",
@@ -604,11 +613,10 @@ fn audit(ds: &Dataset, p: &mut Page, tor: &Torrents, lim: &ReportLimits) -> Resu
     let flagged = idx.iter().filter(|&&r| a.b("suspicious", r) == Some(true)).count();
     let label = |r: usize| {
         format!(
-            "{} → {}:{} {}",
+            "{} → {} {}",
             a.t("client_ip", r),
             a.t("tracker_ip", r),
-            a.u("tracker_port", r),
-            svg::clip(&tor.label(a.t("info_hash", r)), 14)
+            svg::clip(&tor.label(a.t("info_hash", r)), 12)
         )
     };
     let bars: Vec<AuditBar> = idx

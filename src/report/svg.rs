@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 /// Categorical colours (Tableau 10): distinct from each other, and in
 /// lightness enough that neighbours stay apart for most colour-blind readers.
 pub const PALETTE: [&str; 10] = [
-    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#79706e",
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bcbd22",
 ];
 /// Colour of "everything else" (series beyond the palette).
 pub const OTHER: &str = "#c7c7c7";
@@ -397,7 +397,7 @@ impl Chart {
         // (label, colour, shape: "box", "line", "dot", "ring")
         let x = self.x1 + 18.0;
         let mut y = self.y0 + 4.0;
-        let chars = ((self.w - x - 22.0) / 6.6).max(6.0) as usize;
+        let chars = ((self.w - x - 24.0) / 7.4).max(6.0) as usize;
         for (label, col, shape) in items {
             match *shape {
                 "line" => {
@@ -679,7 +679,7 @@ pub fn seq_color(v: f64) -> String {
 pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, step: i64, nbins: usize) -> String {
     let rowh = if rows.len() > 40 { 9.0 } else { 14.0 };
     let h = 60.0 + rowh * rows.len() as f64;
-    let mut c = Chart::new(label, 900.0, h.max(150.0), 190.0, 120.0, 8.0, 46.0);
+    let mut c = Chart::new(label, 900.0, h.max(190.0), 190.0, 150.0, 8.0, 46.0);
     let t1 = t0 + step * nbins as i64;
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
     let cw = (c.x1 - c.x0) / nbins.max(1) as f64;
@@ -707,7 +707,7 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
     c.x_axis(&xt, "time (UTC)", false);
     // Colour legend at the right, outside the cells.
     let lx = c.x1 + 24.0;
-    let lh = 120.0f64.min(c.y1 - c.y0 - 20.0).max(60.0);
+    let lh = 120.0f64.min(c.y1 - c.y0 - 60.0).max(60.0);
     c.text(lx, c.y0 + 8.0, "start", "legend", "share of pieces");
     for k in 0..20 {
         let v = 1.0 - k as f64 / 20.0;
@@ -723,7 +723,7 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
     c.text(lx + 20.0, c.y0 + 16.0 + lh / 2.0 + 4.0, "start", "tick", "50 %");
     c.text(lx + 20.0, c.y0 + 16.0 + lh, "start", "tick", "0 %");
     c.text(lx, c.y0 + 36.0 + lh, "start", "legend", "✓ confirmed");
-    c.text(lx, c.y0 + 52.0 + lh, "start", "legend", "blank: not yet seen");
+    c.text(lx, c.y0 + 52.0 + lh, "start", "legend", "blank: not seen yet");
     c.finish()
 }
 
@@ -746,7 +746,7 @@ pub struct AuditBar {
 pub fn audit(label: &str, bars: &[AuditBar]) -> String {
     let rowh = 24.0;
     let h = 60.0 + rowh * bars.len() as f64;
-    let mut c = Chart::new(label, 900.0, h, 230.0, 200.0, 8.0, 46.0);
+    let mut c = Chart::new(label, 900.0, h, 250.0, 210.0, 8.0, 46.0);
     let max = bars.iter().map(|b| b.reported.max(b.observed + b.opaque + b.tolerance)).fold(0.0, f64::max);
     let xs = Scale::lin(0.0, nice_max(max), c.x0, c.x1);
     let xt: Vec<(f64, String)> = xs.ticks(5).into_iter().map(|t| (xs.at(t), fmt_bytes(t))).collect();
@@ -755,7 +755,7 @@ pub fn audit(label: &str, bars: &[AuditBar]) -> String {
         let y = c.y0 + i as f64 * rowh + 4.0;
         let bh = rowh - 8.0;
         let cls = if b.flagged { "tick flag" } else { "tick" };
-        c.text(c.x0 - 8.0, y + 12.0, "end", cls, &clip(&b.label, 34));
+        c.text(c.x0 - 8.0, y + 12.0, "end", cls, &clip(&b.label, 36));
         let mut x = c.x0;
         for (v, col, what) in [
             (b.observed, PALETTE[0], "observed on the wire"),
@@ -803,7 +803,7 @@ pub fn audit(label: &str, bars: &[AuditBar]) -> String {
     c.legend(&[
         ("observed upload (wire)".into(), PALETTE[0].into(), "box"),
         ("opaque bytes sent".into(), "#9c755f".into(), "box"),
-        ("tolerance: max(10 %, 2 blocks/interval)".into(), "#d9e6f2".into(), "box"),
+        ("tolerance (see above)".into(), "#d9e6f2".into(), "box"),
         ("flag threshold".into(), "#333".into(), "dash"),
         ("reported upload".into(), "#222".into(), "diamond"),
         ("reported, flagged series".into(), "#d62728".into(), "diamond"),
@@ -824,7 +824,7 @@ pub struct MapPoint {
 /// a 360 × 180 frame, x = lon + 180, y = 90 − lat) and peers as dots;
 /// confirmed downloaders as a ring around their dot.
 pub fn world_map(label: &str, outlines: &str, points: &[MapPoint], legend: &[(String, String, &str)]) -> String {
-    let mut c = Chart::new(label, 900.0, 460.0, 10.0, 200.0, 10.0, 10.0);
+    let mut c = Chart::new(label, 900.0, 365.0, 10.0, 200.0, 10.0, 10.0);
     let sx = (c.x1 - c.x0) / 360.0;
     let sy = (c.y1 - c.y0) / 180.0;
     let k = sx.min(sy);
