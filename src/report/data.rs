@@ -103,7 +103,14 @@ fn entity_key(table: &str) -> Option<&'static [&'static str]> {
         "flows" | "connections" => &["conn_id", "first_ts"],
         "peers" => &["info_hash", "peer_ip", "peer_port"],
         "torrents" => &["info_hash"],
-        "announce_audit" => &["tracker_ip", "tracker_port", "transport", "info_hash", "client_ip", "peer_id"],
+        "announce_audit" => &[
+            "tracker_ip",
+            "tracker_port",
+            "transport",
+            "info_hash",
+            "client_ip",
+            "peer_id",
+        ],
         "dht_nodes" => &["node_id", "node_ip", "node_port"],
         "dht_infohashes" => &["info_hash"],
         _ => return None,
@@ -150,7 +157,10 @@ impl Dataset {
         if !any {
             return Err(format!("{} holds no swarmtap tables", dir.display()));
         }
-        Ok(Dataset { dir: dir.to_path_buf(), live })
+        Ok(Dataset {
+            dir: dir.to_path_buf(),
+            live,
+        })
     }
 
     fn files(&self, table: &str) -> Vec<PathBuf> {
@@ -185,7 +195,11 @@ impl Dataset {
                 }
             }
         }
-        let mut out = Table { rows: 0, cols: HashMap::new(), present: !files.is_empty() };
+        let mut out = Table {
+            rows: 0,
+            cols: HashMap::new(),
+            present: !files.is_empty(),
+        };
         for (n, k) in &wanted {
             out.cols.insert(
                 n,
@@ -256,7 +270,10 @@ fn append(dst: &mut Col, src: Option<&Column>, kind: Kind, h: usize) -> Result<(
                 for s in l.amortized_iter() {
                     let items = match s {
                         Some(s) => match s.as_ref().cast(&DataType::String) {
-                            Ok(s) => s.str().map(|ca| ca.iter().flatten().map(str::to_string).collect()).unwrap_or_default(),
+                            Ok(s) => s
+                                .str()
+                                .map(|ca| ca.iter().flatten().map(str::to_string).collect())
+                                .unwrap_or_default(),
                             Err(_) => Vec::new(),
                         },
                         None => Vec::new(),
@@ -279,7 +296,12 @@ fn append(dst: &mut Col, src: Option<&Column>, kind: Kind, h: usize) -> Result<(
 /// Keeps, per key, the row with the largest (interval_start, last_ts).
 fn latest(t: Table, key: &[&str]) -> Table {
     let mut best: HashMap<String, usize> = HashMap::new();
-    let rank = |r: usize| (t.i("interval_start", r).unwrap_or(i64::MIN), t.i("last_ts", r).unwrap_or(i64::MIN));
+    let rank = |r: usize| {
+        (
+            t.i("interval_start", r).unwrap_or(i64::MIN),
+            t.i("last_ts", r).unwrap_or(i64::MIN),
+        )
+    };
     for r in 0..t.rows {
         let mut k = String::new();
         for c in key {
@@ -313,5 +335,9 @@ fn latest(t: Table, key: &[&str]) -> Table {
             (n, c)
         })
         .collect();
-    Table { rows: keep.len(), cols, present: t.present }
+    Table {
+        rows: keep.len(),
+        cols,
+        present: t.present,
+    }
 }

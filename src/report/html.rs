@@ -46,7 +46,11 @@ impl Table {
             n = self.rows.len()
         );
         for (i, (h, help)) in self.headers.iter().enumerate() {
-            let numeric = self.rows.first().map(|r| matches!(r.get(i), Some(Cell::Num(..)))).unwrap_or(false);
+            let numeric = self
+                .rows
+                .first()
+                .map(|r| matches!(r.get(i), Some(Cell::Num(..))))
+                .unwrap_or(false);
             let _ = write!(
                 o,
                 "<th scope=\"col\" data-type=\"{}\" title=\"{}\" tabindex=\"0\" aria-sort=\"none\">{}</th>",
@@ -171,6 +175,10 @@ pub fn page(title: &str, subtitle: &str, nav: &[(&str, &str)], body: &str, foote
     for (id, name) in nav {
         let _ = write!(o, "<a href=\"#{id}\">{}</a>", esc(name));
     }
-    let _ = write!(o, "</nav><main>{body}</main><footer>{}</footer><script>{JS}</script></body></html>\n", esc(footer));
+    let _ = write!(
+        o,
+        "</nav><main>{body}</main><footer>{}</footer><script>{JS}</script></body></html>\n",
+        esc(footer)
+    );
     o
 }

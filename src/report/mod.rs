@@ -64,7 +64,10 @@ pub struct Written {
 pub fn write(dir: &Path, out: &Path) -> Result<Written, String> {
     let page = render(dir, &ReportLimits::default())?;
     std::fs::write(out, &page.0).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
-    Ok(Written { bytes: page.0.len(), charts: page.1 })
+    Ok(Written {
+        bytes: page.0.len(),
+        charts: page.1,
+    })
 }
 
 /// Torrent labels and colours, in the order of their piece bytes.
@@ -101,7 +104,11 @@ fn family(c: &str) -> String {
     }
     let words: Vec<&str> = c
         .split([' ', '/'])
-        .take_while(|w| !w.chars().next().is_some_and(|ch| ch.is_ascii_digit() || ch == 'v' && w.len() > 1 && w[1..].starts_with(|d: char| d.is_ascii_digit())))
+        .take_while(|w| {
+            !w.chars().next().is_some_and(|ch| {
+                ch.is_ascii_digit() || ch == 'v' && w.len() > 1 && w[1..].starts_with(|d: char| d.is_ascii_digit())
+            })
+        })
         .collect();
     if words.is_empty() {
         c.to_string()
@@ -127,7 +134,11 @@ impl Page {
     }
     fn figure(&mut self, caption: &str, svg: String) {
         self.charts += 1;
-        let _ = write!(self.body, "<figure><figcaption>{}</figcaption>{svg}</figure>", esc(caption));
+        let _ = write!(
+            self.body,
+            "<figure><figcaption>{}</figcaption>{svg}</figure>",
+            esc(caption)
+        );
     }
     fn note(&mut self, s: &str) {
         let _ = write!(self.body, "<p class=\"note\">{}</p>", esc(s));
@@ -145,7 +156,12 @@ use Kind::{B, F, I, L, S};
 /// The page as HTML, and the number of charts on it.
 pub fn render(dir: &Path, lim: &ReportLimits) -> Result<(String, usize), String> {
     let ds = Dataset::open(dir)?;
-    let mut p = Page { body: String::new(), nav: Vec::new(), notes: Vec::new(), charts: 0 };
+    let mut p = Page {
+        body: String::new(),
+        nav: Vec::new(),
+        notes: Vec::new(),
+        charts: 0,
+    };
 
     let stats = ds.read(
         "capture_stats",
@@ -239,7 +255,11 @@ pub fn render(dir: &Path, lim: &ReportLimits) -> Result<(String, usize), String>
         p.body.push_str("</section>");
     }
 
-    let kind = if ds.live { "live dataset (hive-partitioned; latest snapshot per key)" } else { "offline dataset" };
+    let kind = if ds.live {
+        "live dataset (hive-partitioned; latest snapshot per key)"
+    } else {
+        "offline dataset"
+    };
     let mut notes = String::new();
     if !p.notes.is_empty() {
         notes.push_str("<section id=\"notes\"><h2>What this page leaves out</h2><ul class=\"notes\">");
@@ -264,7 +284,12 @@ pub fn render(dir: &Path, lim: &ReportLimits) -> Result<(String, usize), String>
 }
 
 fn kpi(o: &mut String, value: &str, what: &str) {
-    let _ = write!(o, "<div class=\"kpi\"><b>{}</b><span>{}</span></div>", esc(value), esc(what));
+    let _ = write!(
+        o,
+        "<div class=\"kpi\"><b>{}</b><span>{}</span></div>",
+        esc(value),
+        esc(what)
+    );
 }
 
 fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
@@ -279,7 +304,11 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     let mut k = String::from("<div class=\"kpis\">");
     match (t0, t1) {
         (Some(a), Some(b)) => {
-            kpi(&mut k, &svg::fmt_dur(b - a), &format!("{} → {}", fmt_ts(a), &fmt_ts(b)[11..]));
+            kpi(
+                &mut k,
+                &svg::fmt_dur(b - a),
+                &format!("{} → {}", fmt_ts(a), &fmt_ts(b)[11..]),
+            );
         }
         _ => kpi(&mut k, "—", "time span (no packets)"),
     }
@@ -295,7 +324,10 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     k.push_str("</div>");
     p.body.push_str(&k);
 
-    let flows = ds.read("flows", &[("app", S), ("payload_bytes_orig", I), ("payload_bytes_resp", I)])?;
+    let flows = ds.read(
+        "flows",
+        &[("app", S), ("payload_bytes_orig", I), ("payload_bytes_resp", I)],
+    )?;
     let mut apps: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for r in 0..flows.rows {
         let e = apps.entry(flows.t("app", r).to_string()).or_default();
@@ -305,7 +337,9 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     let anom = ds.read("anomalies", &[("layer", S), ("kind", S)])?;
     let mut kinds: HashMap<String, i64> = HashMap::new();
     for r in 0..anom.rows {
-        *kinds.entry(format!("{}/{}", anom.t("layer", r), anom.t("kind", r))).or_default() += 1;
+        *kinds
+            .entry(format!("{}/{}", anom.t("layer", r), anom.t("kind", r)))
+            .or_default() += 1;
     }
     if apps.is_empty() {
         p.empty("No flows in this dataset.");
@@ -315,7 +349,12 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
         let items: Vec<(String, f64, String, String)> = v
             .iter()
             .map(|(a, (n, b))| {
-                (a.clone(), *n as f64, svg::PALETTE[0].to_string(), format!("{a}: {} flows, {} payload", fmt_int(*n), fmt_bytes(*b as f64)))
+                (
+                    a.clone(),
+                    *n as f64,
+                    svg::PALETTE[0].to_string(),
+                    format!("{a}: {} flows, {} payload", fmt_int(*n), fmt_bytes(*b as f64)),
+                )
             })
             .collect();
         p.figure(
@@ -330,9 +369,22 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let total = v.len();
         v.truncate(20);
-        let items: Vec<(String, f64, String, String)> =
-            v.iter().map(|(k, n)| (k.clone(), *n as f64, svg::PALETTE[2].to_string(), format!("{k}: {} rows", fmt_int(*n)))).collect();
-        let cap = if total > 20 { format!(" (20 most frequent of {total} kinds)") } else { String::new() };
+        let items: Vec<(String, f64, String, String)> = v
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    *n as f64,
+                    svg::PALETTE[2].to_string(),
+                    format!("{k}: {} rows", fmt_int(*n)),
+                )
+            })
+            .collect();
+        let cap = if total > 20 {
+            format!(" (20 most frequent of {total} kinds)")
+        } else {
+            String::new()
+        };
         p.figure(
             &format!("Anomalies by layer/kind: rows of the anomalies table, which keeps a capped number per kind; capture_stats counts them all ({}){cap}", fmt_int(anomalies)),
             svg::hbars("anomalies by kind", &items, &|v| svg::fmt_num(v), "anomaly rows"),
@@ -341,7 +393,14 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     Ok(())
 }
 
-fn torrents(ds: &Dataset, p: &mut Page, t: &Table, tor: &Torrents, peers: &Table, lim: &ReportLimits) -> Result<(), String> {
+fn torrents(
+    ds: &Dataset,
+    p: &mut Page,
+    t: &Table,
+    tor: &Torrents,
+    peers: &Table,
+    lim: &ReportLimits,
+) -> Result<(), String> {
     p.section("torrents", "Torrents");
     if t.rows == 0 {
         p.empty("No torrent was seen.");
@@ -370,7 +429,10 @@ fn torrents(ds: &Dataset, p: &mut Page, t: &Table, tor: &Torrents, peers: &Table
         id: "t-torrents".into(),
         headers: vec![
             ("name", "torrents.name, else the info hash's start"),
-            ("info_hash", "join key: torrents.info_hash = peers.info_hash = connections.info_hash"),
+            (
+                "info_hash",
+                "join key: torrents.info_hash = peers.info_hash = connections.info_hash",
+            ),
             ("pieces", "torrents.n_pieces"),
             ("pieces from", "torrents.n_pieces_source"),
             ("peers", "torrents.n_peers"),
@@ -386,17 +448,22 @@ fn torrents(ds: &Dataset, p: &mut Page, t: &Table, tor: &Torrents, peers: &Table
     // Swarm progress heatmaps from peer_progress.
     let prog = ds.read(
         "peer_progress",
-        &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I), ("n_pieces_have", I), ("n_pieces", I)],
+        &[
+            ("ts", I),
+            ("info_hash", S),
+            ("peer_ip", S),
+            ("peer_port", I),
+            ("n_pieces_have", I),
+            ("n_pieces", I),
+        ],
     )?;
     // (info_hash, ip, port) -> events (ts, have, n)
     let mut by: HashMap<(&str, &str, i64), Vec<(i64, Option<i64>, Option<i64>)>> = HashMap::new();
     for r in 0..prog.rows {
         let Some(ts) = prog.i("ts", r) else { continue };
-        by.entry((prog.t("info_hash", r), prog.t("peer_ip", r), prog.u("peer_port", r))).or_default().push((
-            ts,
-            prog.i("n_pieces_have", r),
-            prog.i("n_pieces", r),
-        ));
+        by.entry((prog.t("info_hash", r), prog.t("peer_ip", r), prog.u("peer_port", r)))
+            .or_default()
+            .push((ts, prog.i("n_pieces_have", r), prog.i("n_pieces", r)));
     }
     let mut confirmed: HashSet<(&str, &str, i64)> = HashSet::new();
     let mut n_of: HashMap<&str, i64> = HashMap::new();
@@ -472,14 +539,26 @@ fn torrents(ds: &Dataset, p: &mut Page, t: &Table, tor: &Torrents, peers: &Table
             tor.label(ih),
             rows.len(),
             total_peers,
-            if rows.len() < total_peers { " (confirmed downloaders first, then the most active)" } else { "" },
+            if rows.len() < total_peers {
+                " (confirmed downloaders first, then the most active)"
+            } else {
+                ""
+            },
             nb,
             svg::fmt_dur(step)
         );
         if rows.len() < total_peers {
-            p.notes.push(format!("Heatmap of {}: {} of {} peers drawn.", tor.label(ih), rows.len(), total_peers));
+            p.notes.push(format!(
+                "Heatmap of {}: {} of {} peers drawn.",
+                tor.label(ih),
+                rows.len(),
+                total_peers
+            ));
         }
-        p.figure(&cap, svg::heatmap(&format!("swarm progress of {}", tor.label(ih)), &rows, t0, step, nb));
+        p.figure(
+            &cap,
+            svg::heatmap(&format!("swarm progress of {}", tor.label(ih)), &rows, t0, step, nb),
+        );
         drawn += 1;
     }
     if drawn == 0 {
@@ -510,10 +589,26 @@ fn downloads(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
         let mut series: Vec<(String, String, Vec<f64>)> = Vec::new();
         let mut idx: HashMap<String, usize> = HashMap::new();
         for (t, ih) in &done {
-            let in_palette = tor.order.iter().position(|x| x == ih).is_some_and(|i| i < svg::PALETTE.len());
-            let name = if in_palette { tor.label(ih) } else { "other torrents".into() };
+            let in_palette = tor
+                .order
+                .iter()
+                .position(|x| x == ih)
+                .is_some_and(|i| i < svg::PALETTE.len());
+            let name = if in_palette {
+                tor.label(ih)
+            } else {
+                "other torrents".into()
+            };
             let i = *idx.entry(name.clone()).or_insert_with(|| {
-                series.push((name.clone(), if in_palette { tor.color(ih).to_string() } else { svg::OTHER.into() }, vec![0.0; nb]));
+                series.push((
+                    name.clone(),
+                    if in_palette {
+                        tor.color(ih).to_string()
+                    } else {
+                        svg::OTHER.into()
+                    },
+                    vec![0.0; nb],
+                ));
                 series.len() - 1
             });
             let b = (((t - lo) / step) as usize).min(nb - 1);
@@ -526,11 +621,23 @@ fn downloads(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
                 if step == HOUR { "hour" } else { "day" },
                 done.len()
             ),
-            svg::time_columns("confirmed downloads per hour", lo, step, nb, &series, "confirmed downloads"),
+            svg::time_columns(
+                "confirmed downloads per hour",
+                lo,
+                step,
+                nb,
+                &series,
+                "confirmed downloads",
+            ),
         );
     }
     let rates: Vec<(f64, String)> = (0..peers.rows)
-        .filter_map(|r| peers.f("max_rate_bps", r).filter(|v| *v > 0.0).map(|v| (v, family(peers.t("client", r)))))
+        .filter_map(|r| {
+            peers
+                .f("max_rate_bps", r)
+                .filter(|v| *v > 0.0)
+                .map(|v| (v, family(peers.t("client", r))))
+        })
         .collect();
     if rates.is_empty() {
         p.empty("No peer downloaded piece data on a captured connection (peers.max_rate_bps is empty).");
@@ -563,7 +670,10 @@ fn downloads(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
         }
     }
     if sampled {
-        p.notes.push(format!("Download rates by client: at most {} dots per client (every k-th by rate).", lim.strip_dots));
+        p.notes.push(format!(
+            "Download rates by client: at most {} dots per client (every k-th by rate).",
+            lim.strip_dots
+        ));
     }
     p.figure(
         &format!(
@@ -609,7 +719,12 @@ fn audit(ds: &Dataset, p: &mut Page, tor: &Torrents, lim: &ReportLimits) -> Resu
         return Ok(());
     }
     let mut idx: Vec<usize> = (0..a.rows).collect();
-    idx.sort_by_key(|&r| (a.b("suspicious", r) != Some(true), std::cmp::Reverse(a.u("reported_uploaded", r))));
+    idx.sort_by_key(|&r| {
+        (
+            a.b("suspicious", r) != Some(true),
+            std::cmp::Reverse(a.u("reported_uploaded", r)),
+        )
+    });
     let flagged = idx.iter().filter(|&&r| a.b("suspicious", r) == Some(true)).count();
     let label = |r: usize| {
         format!(
@@ -640,7 +755,10 @@ fn audit(ds: &Dataset, p: &mut Page, tor: &Torrents, lim: &ReportLimits) -> Resu
         ));
     }
     p.figure(
-        &format!("{} series, {flagged} flagged (red labels; any flag, see the table for which)", a.rows),
+        &format!(
+            "{} series, {flagged} flagged (red labels; any flag, see the table for which)",
+            a.rows
+        ),
         svg::audit("announce audit", &bars),
     );
     let rows: Vec<Vec<Cell>> = idx
@@ -701,7 +819,11 @@ fn discovery(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents) -> Resul
     let mut first: BTreeMap<&'static str, HashMap<(String, String, i64), i64>> = BTreeMap::new();
     let mut add = |src: &'static str, ih: &str, ip: &str, port: i64, ts: Option<i64>| {
         if let Some(ts) = ts {
-            let e = first.entry(src).or_default().entry((ih.to_string(), ip.to_string(), port)).or_insert(ts);
+            let e = first
+                .entry(src)
+                .or_default()
+                .entry((ih.to_string(), ip.to_string(), port))
+                .or_insert(ts);
             if ts < *e {
                 *e = ts;
             }
@@ -709,7 +831,15 @@ fn discovery(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents) -> Resul
     };
     let c = ds.read(
         "connections",
-        &[("first_ts", I), ("info_hash", S), ("resp_ip", S), ("resp_port", I), ("orig_ip", S), ("orig_port", I), ("orig_listen_port", I)],
+        &[
+            ("first_ts", I),
+            ("info_hash", S),
+            ("resp_ip", S),
+            ("resp_port", I),
+            ("orig_ip", S),
+            ("orig_port", I),
+            ("orig_listen_port", I),
+        ],
     )?;
     for r in 0..c.rows {
         let ih = c.t("info_hash", r);
@@ -717,27 +847,78 @@ fn discovery(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents) -> Resul
         let op = c.i("orig_listen_port", r).unwrap_or(c.u("orig_port", r));
         add("wire", ih, c.t("orig_ip", r), op, c.i("first_ts", r));
     }
-    let t = ds.read("tracker_peers", &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I)])?;
+    let t = ds.read(
+        "tracker_peers",
+        &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I)],
+    )?;
     for r in 0..t.rows {
-        add("tracker", t.t("info_hash", r), t.t("peer_ip", r), t.u("peer_port", r), t.i("ts", r));
+        add(
+            "tracker",
+            t.t("info_hash", r),
+            t.t("peer_ip", r),
+            t.u("peer_port", r),
+            t.i("ts", r),
+        );
     }
-    let d = ds.read("dht_peers", &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I)])?;
+    let d = ds.read(
+        "dht_peers",
+        &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I)],
+    )?;
     for r in 0..d.rows {
-        add("dht", d.t("info_hash", r), d.t("peer_ip", r), d.u("peer_port", r), d.i("ts", r));
+        add(
+            "dht",
+            d.t("info_hash", r),
+            d.t("peer_ip", r),
+            d.u("peer_port", r),
+            d.i("ts", r),
+        );
     }
-    let x = ds.read("pex_peers", &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I), ("action", S)])?;
+    let x = ds.read(
+        "pex_peers",
+        &[
+            ("ts", I),
+            ("info_hash", S),
+            ("peer_ip", S),
+            ("peer_port", I),
+            ("action", S),
+        ],
+    )?;
     for r in 0..x.rows {
         if x.t("action", r) == "added" {
-            add("pex", x.t("info_hash", r), x.t("peer_ip", r), x.u("peer_port", r), x.i("ts", r));
+            add(
+                "pex",
+                x.t("info_hash", r),
+                x.t("peer_ip", r),
+                x.u("peer_port", r),
+                x.i("ts", r),
+            );
         }
     }
-    let l = ds.read("lsd_announces", &[("ts", I), ("info_hash", S), ("src_ip", S), ("port", I)])?;
+    let l = ds.read(
+        "lsd_announces",
+        &[("ts", I), ("info_hash", S), ("src_ip", S), ("port", I)],
+    )?;
     for r in 0..l.rows {
-        add("lsd", l.t("info_hash", r), l.t("src_ip", r), l.u("port", r), l.i("ts", r));
+        add(
+            "lsd",
+            l.t("info_hash", r),
+            l.t("src_ip", r),
+            l.u("port", r),
+            l.i("ts", r),
+        );
     }
-    let v = ds.read("probe_visits", &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I)])?;
+    let v = ds.read(
+        "probe_visits",
+        &[("ts", I), ("info_hash", S), ("peer_ip", S), ("peer_port", I)],
+    )?;
     for r in 0..v.rows {
-        add("probe", v.t("info_hash", r), v.t("peer_ip", r), v.u("peer_port", r), v.i("ts", r));
+        add(
+            "probe",
+            v.t("info_hash", r),
+            v.t("peer_ip", r),
+            v.u("peer_port", r),
+            v.i("ts", r),
+        );
     }
     let order = ["wire", "tracker", "dht", "pex", "lsd", "probe"];
     let mut series = Vec::new();
@@ -747,11 +928,20 @@ fn discovery(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents) -> Resul
         ts.sort_unstable();
         // Cumulative count, thinned to at most ~400 steps.
         let k = ts.len().div_ceil(400).max(1);
-        let mut pts: Vec<(i64, f64)> = ts.iter().enumerate().filter(|(j, _)| j % k == 0).map(|(j, t)| (*t, (j + 1) as f64)).collect();
+        let mut pts: Vec<(i64, f64)> = ts
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % k == 0)
+            .map(|(j, t)| (*t, (j + 1) as f64))
+            .collect();
         if let Some(last) = ts.last() {
             pts.push((*last, ts.len() as f64));
         }
-        series.push((format!("{src} ({})", fmt_int(ts.len() as i64)), color(i).to_string(), pts));
+        series.push((
+            format!("{src} ({})", fmt_int(ts.len() as i64)),
+            color(i).to_string(),
+            pts,
+        ));
     }
     if series.is_empty() {
         p.empty("No peer was learned from any source.");
@@ -766,15 +956,28 @@ fn discovery(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents) -> Resul
     for r in 0..peers.rows {
         let mut s: Vec<&str> = peers.l("sources", r).iter().map(String::as_str).collect();
         s.sort_by_key(|x| order.iter().position(|o| o == x).unwrap_or(99));
-        let k = if s.is_empty() { "(none)".to_string() } else { s.join(" + ") };
+        let k = if s.is_empty() {
+            "(none)".to_string()
+        } else {
+            s.join(" + ")
+        };
         *combos.entry(k).or_default() += 1;
     }
     if !combos.is_empty() {
         let mut v: Vec<_> = combos.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         v.truncate(15);
-        let items: Vec<(String, f64, String, String)> =
-            v.iter().map(|(k, n)| (k.clone(), *n as f64, svg::PALETTE[3].to_string(), format!("{k}: {} peers", fmt_int(*n)))).collect();
+        let items: Vec<(String, f64, String, String)> = v
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.clone(),
+                    *n as f64,
+                    svg::PALETTE[3].to_string(),
+                    format!("{k}: {} peers", fmt_int(*n)),
+                )
+            })
+            .collect();
         p.figure(
             "Peers by the set of sources that named them (peers.sources)",
             svg::hbars("peers by sources", &items, &|v| svg::fmt_num(v), "peers"),
@@ -785,8 +988,9 @@ fn discovery(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents) -> Resul
 
 fn geography(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
     p.section("map", "Where the peers are");
-    let located: Vec<usize> =
-        (0..peers.rows).filter(|&r| peers.f("latitude", r).is_some() && peers.f("longitude", r).is_some()).collect();
+    let located: Vec<usize> = (0..peers.rows)
+        .filter(|&r| peers.f("latitude", r).is_some() && peers.f("longitude", r).is_some())
+        .collect();
     if located.is_empty() {
         p.empty(
             "No peer has coordinates: run analyze or live with --geoip CITY.mmdb (a GeoLite2 or DB-IP City database) to fill peers.latitude/longitude.",
@@ -796,12 +1000,28 @@ fn geography(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
     let mut pick = located.clone();
     if pick.len() > lim.map_points {
         // Confirmed downloaders always, the rest every k-th.
-        let conf: Vec<usize> = pick.iter().copied().filter(|&r| peers.b("confirmed_download", r) == Some(true)).collect();
-        let rest: Vec<usize> = pick.iter().copied().filter(|&r| peers.b("confirmed_download", r) != Some(true)).collect();
+        let conf: Vec<usize> = pick
+            .iter()
+            .copied()
+            .filter(|&r| peers.b("confirmed_download", r) == Some(true))
+            .collect();
+        let rest: Vec<usize> = pick
+            .iter()
+            .copied()
+            .filter(|&r| peers.b("confirmed_download", r) != Some(true))
+            .collect();
         let room = lim.map_points.saturating_sub(conf.len()).max(1);
         let k = rest.len().div_ceil(room).max(1);
-        pick = conf.into_iter().chain(rest.into_iter().step_by(k)).take(lim.map_points).collect();
-        p.notes.push(format!("Map: {} of {} located peers drawn (every confirmed downloader, then every k-th).", pick.len(), located.len()));
+        pick = conf
+            .into_iter()
+            .chain(rest.into_iter().step_by(k))
+            .take(lim.map_points)
+            .collect();
+        p.notes.push(format!(
+            "Map: {} of {} located peers drawn (every confirmed downloader, then every k-th).",
+            pick.len(),
+            located.len()
+        ));
     }
     let points: Vec<MapPoint> = pick
         .iter()
@@ -819,7 +1039,11 @@ fn geography(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
                     peers.t("city", r),
                     peers.t("country", r),
                     tor.label(ih),
-                    if peers.b("confirmed_download", r) == Some(true) { " — confirmed download" } else { "" }
+                    if peers.b("confirmed_download", r) == Some(true) {
+                        " — confirmed download"
+                    } else {
+                        ""
+                    }
                 ),
             }
         })
@@ -831,7 +1055,12 @@ fn geography(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
             legend.push((tor.label(ih), color(i).to_string(), "dot"));
         }
     }
-    if shown.iter().any(|ih| tor.order.iter().position(|x| x == ih).is_none_or(|i| i >= svg::PALETTE.len())) {
+    if shown.iter().any(|ih| {
+        tor.order
+            .iter()
+            .position(|x| x == ih)
+            .is_none_or(|i| i >= svg::PALETTE.len())
+    }) {
         legend.push(("other torrents".into(), svg::OTHER.into(), "dot"));
     }
     legend.push(("confirmed download".into(), "#111".into(), "ring"));
@@ -852,9 +1081,21 @@ fn geography(p: &mut Page, peers: &Table, tor: &Torrents, lim: &ReportLimits) {
         let mut v: Vec<_> = countries.into_iter().collect();
         v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         v.truncate(15);
-        let items: Vec<(String, f64, String, String)> =
-            v.iter().map(|(k, n)| (k.to_string(), *n as f64, svg::PALETTE[4].to_string(), format!("{k}: {} peers", fmt_int(*n)))).collect();
-        p.figure("Peers by country (peers.country, ISO 3166-1)", svg::hbars("peers by country", &items, &|v| svg::fmt_num(v), "peers"));
+        let items: Vec<(String, f64, String, String)> = v
+            .iter()
+            .map(|(k, n)| {
+                (
+                    k.to_string(),
+                    *n as f64,
+                    svg::PALETTE[4].to_string(),
+                    format!("{k}: {} peers", fmt_int(*n)),
+                )
+            })
+            .collect();
+        p.figure(
+            "Peers by country (peers.country, ISO 3166-1)",
+            svg::hbars("peers by country", &items, &|v| svg::fmt_num(v), "peers"),
+        );
     }
 }
 
@@ -863,10 +1104,15 @@ fn tables(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents, lim: &Repor
     p.note("Click a column to sort, type to filter. Join keys: peers (info_hash, peer_ip, peer_port); connections conn_id = flows.conn_id (Wireshark frame.number for one capture), flow_id, info_hash.");
     let mut idx: Vec<usize> = (0..peers.rows).collect();
     idx.sort_by_key(|&r| {
-        std::cmp::Reverse(peers.u("downloaded_bytes", r) + peers.u("uploaded_bytes", r) + peers.u("encrypted_bytes_sent", r))
+        std::cmp::Reverse(
+            peers.u("downloaded_bytes", r) + peers.u("uploaded_bytes", r) + peers.u("encrypted_bytes_sent", r),
+        )
     });
     if peers.rows > lim.table_rows {
-        p.notes.push(format!("Peers table: top {} of {} peers by bytes moved.", lim.table_rows, peers.rows));
+        p.notes.push(format!(
+            "Peers table: top {} of {} peers by bytes moved.",
+            lim.table_rows, peers.rows
+        ));
     }
     let rows: Vec<Vec<Cell>> = idx
         .iter()
@@ -882,7 +1128,11 @@ fn tables(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents, lim: &Repor
                 Cell::opt_int(peers.i("first_pieces", r)),
                 Cell::opt_int(peers.i("last_pieces", r)),
                 Cell::opt_int(peers.i("n_pieces", r)),
-                Cell::text(if peers.b("confirmed_download", r) == Some(true) { "yes" } else { "" }),
+                Cell::text(if peers.b("confirmed_download", r) == Some(true) {
+                    "yes"
+                } else {
+                    ""
+                }),
                 Cell::bytes(peers.u("downloaded_bytes", r)),
                 Cell::bytes(peers.u("uploaded_bytes", r)),
                 match peers.f("max_rate_bps", r) {
@@ -950,7 +1200,10 @@ fn tables(ds: &Dataset, p: &mut Page, peers: &Table, tor: &Torrents, lim: &Repor
     let mut idx: Vec<usize> = (0..c.rows).collect();
     idx.sort_by_key(|&r| std::cmp::Reverse(c.u("payload_bytes_orig", r) + c.u("payload_bytes_resp", r)));
     if c.rows > lim.table_rows {
-        p.notes.push(format!("Connections table: top {} of {} connections by payload bytes.", lim.table_rows, c.rows));
+        p.notes.push(format!(
+            "Connections table: top {} of {} connections by payload bytes.",
+            lim.table_rows, c.rows
+        ));
     }
     let rows: Vec<Vec<Cell>> = idx
         .iter()

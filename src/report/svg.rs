@@ -155,8 +155,10 @@ pub fn fmt_dur(us: i64) -> String {
         format!("{} h {} min", s / 3600, s % 3600 / 60)
     } else if s >= 60 {
         format!("{} min {} s", s / 60, s % 60)
-    } else {
+    } else if us >= 1_000_000 {
         format!("{:.1} s", us as f64 / 1e6)
+    } else {
+        format!("{} ms", us / 1000)
     }
 }
 
@@ -173,17 +175,33 @@ pub struct Scale {
 impl Scale {
     pub fn lin(d0: f64, d1: f64, r0: f64, r1: f64) -> Scale {
         let d1 = if d1 > d0 { d1 } else { d0 + 1.0 };
-        Scale { d0, d1, r0, r1, log: false }
+        Scale {
+            d0,
+            d1,
+            r0,
+            r1,
+            log: false,
+        }
     }
     /// Log scale over whole decades covering [lo, hi] (lo > 0).
     pub fn log(lo: f64, hi: f64, r0: f64, r1: f64) -> Scale {
         let lo = lo.max(1e-9);
         let a = lo.log10().floor();
         let b = hi.max(lo * 10.0).log10().ceil().max(a + 1.0);
-        Scale { d0: a, d1: b, r0, r1, log: true }
+        Scale {
+            d0: a,
+            d1: b,
+            r0,
+            r1,
+            log: true,
+        }
     }
     pub fn at(&self, v: f64) -> f64 {
-        let x = if self.log { v.max(10f64.powf(self.d0)).log10() } else { v };
+        let x = if self.log {
+            v.max(10f64.powf(self.d0)).log10()
+        } else {
+            v
+        };
         self.r0 + (x - self.d0) / (self.d1 - self.d0) * (self.r1 - self.r0)
     }
     /// Tick values (data units).
@@ -211,7 +229,11 @@ pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
     }
     let raw = (hi - lo) / n.max(1) as f64;
     let mag = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 2.5, 5.0, 10.0].iter().map(|m| m * mag).find(|s| *s >= raw).unwrap_or(10.0 * mag);
+    let step = [1.0, 2.0, 2.5, 5.0, 10.0]
+        .iter()
+        .map(|m| m * mag)
+        .find(|s| *s >= raw)
+        .unwrap_or(10.0 * mag);
     let mut v = Vec::new();
     let mut t = (lo / step).ceil() * step;
     while t <= hi + step * 1e-9 {
@@ -238,26 +260,7 @@ pub fn nice_max(v: f64) -> f64 {
 pub fn time_ticks(t0: i64, t1: i64, n: usize) -> Vec<(i64, String)> {
     const S: i64 = 1_000_000;
     let steps = [
-        1,
-        2,
-        5,
-        10,
-        15,
-        30,
-        60,
-        120,
-        300,
-        600,
-        900,
-        1800,
-        3600,
-        7200,
-        10800,
-        21600,
-        43200,
-        86400,
-        172_800,
-        604_800,
+        1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172_800, 604_800,
     ];
     let span = (t1 - t0).max(1);
     let step = steps
@@ -305,7 +308,16 @@ impl Chart {
     /// A chart `w` × `h` whose plot area leaves `left`, `right` (legend),
     /// `top` and `bottom` margins.
     pub fn new(label: &str, w: f64, h: f64, left: f64, right: f64, top: f64, bottom: f64) -> Chart {
-        Chart { w, h, x0: left, x1: w - right, y0: top, y1: h - bottom, body: String::new(), label: label.to_string() }
+        Chart {
+            w,
+            h,
+            x0: left,
+            x1: w - right,
+            y0: top,
+            y1: h - bottom,
+            body: String::new(),
+            label: label.to_string(),
+        }
     }
 
     pub fn finish(self) -> String {
@@ -507,31 +519,48 @@ pub fn time_columns(
     yaxis: &str,
 ) -> String {
     let mut c = Chart::new(label, 900.0, 300.0, 64.0, 230.0, 12.0, 46.0);
-    let totals: Vec<f64> = (0..nbins).map(|b| series.iter().map(|s| s.2.get(b).copied().unwrap_or(0.0)).sum()).collect();
+    let totals: Vec<f64> = (0..nbins)
+        .map(|b| series.iter().map(|s| s.2.get(b).copied().unwrap_or(0.0)).sum())
+        .collect();
     let ymax = nice_max(totals.iter().copied().fold(0.0, f64::max));
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
     let t1 = t0 + step * nbins as i64;
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5).into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
+    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
+        .into_iter()
+        .map(|t| (ys.at(t), fmt_num(t)))
+        .collect();
     c.y_axis(&yt, yaxis, true);
-    let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8).into_iter().map(|(t, l)| (xs.at(t as f64), l)).collect();
+    let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
+        .into_iter()
+        .map(|(t, l)| (xs.at(t as f64), l))
+        .collect();
     c.x_axis(&xt, "time (UTC)", false);
-    let bw = ((c.x1 - c.x0) / nbins.max(1) as f64 - 1.0).max(1.0);
+    let slot = (c.x1 - c.x0) / nbins.max(1) as f64;
+    let bw = (slot - 1.0).clamp(1.0, 48.0);
     for b in 0..nbins {
         let mut acc = 0.0;
-        let x = xs.at((t0 + step * b as i64) as f64) + 0.5;
+        let x = xs.at((t0 + step * b as i64) as f64) + (slot - bw) / 2.0;
         for (name, col, vals) in series {
             let v = vals.get(b).copied().unwrap_or(0.0);
             if v <= 0.0 {
                 continue;
             }
             let ya = ys.at(acc + v);
-            let tip = format!("{}: {} in the hour from {}", name, fmt_num(v), fmt_ts(t0 + step * b as i64));
+            let tip = format!(
+                "{}: {} in the hour from {}",
+                name,
+                fmt_num(v),
+                fmt_ts(t0 + step * b as i64)
+            );
             c.rect(x, ya, bw, ys.at(acc) - ya, col, &tip);
             acc += v;
         }
     }
-    let items: Vec<(String, String, &str)> = series.iter().map(|(n, col, _)| (n.clone(), col.clone(), "box")).collect();
+    let items: Vec<(String, String, &str)> = series
+        .iter()
+        .map(|(n, col, _)| (n.clone(), col.clone(), "box"))
+        .collect();
     c.legend(&items);
     c.finish()
 }
@@ -539,14 +568,29 @@ pub fn time_columns(
 /// Step lines over time: `series` (name, colour, points sorted by time).
 pub fn time_lines(label: &str, series: &[(String, String, Vec<(i64, f64)>)], yaxis: &str) -> String {
     let mut c = Chart::new(label, 900.0, 300.0, 64.0, 230.0, 12.0, 46.0);
-    let t0 = series.iter().filter_map(|s| s.2.first().map(|p| p.0)).min().unwrap_or(0);
-    let t1 = series.iter().filter_map(|s| s.2.last().map(|p| p.0)).max().unwrap_or(1).max(t0 + 1_000_000);
+    let t0 = series
+        .iter()
+        .filter_map(|s| s.2.first().map(|p| p.0))
+        .min()
+        .unwrap_or(0);
+    let t1 = series
+        .iter()
+        .filter_map(|s| s.2.last().map(|p| p.0))
+        .max()
+        .unwrap_or(1)
+        .max(t0 + 1_000_000);
     let ymax = nice_max(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max));
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5).into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
+    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
+        .into_iter()
+        .map(|t| (ys.at(t), fmt_num(t)))
+        .collect();
     c.y_axis(&yt, yaxis, true);
-    let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8).into_iter().map(|(t, l)| (xs.at(t as f64), l)).collect();
+    let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
+        .into_iter()
+        .map(|(t, l)| (xs.at(t as f64), l))
+        .collect();
     c.x_axis(&xt, "time (UTC)", false);
     for (name, col, pts) in series {
         if pts.is_empty() {
@@ -571,7 +615,10 @@ pub fn time_lines(label: &str, series: &[(String, String, Vec<(i64, f64)>)], yax
             fmt_ts(pts.last().map(|p| p.0).unwrap_or(0))
         );
     }
-    let items: Vec<(String, String, &str)> = series.iter().map(|(n, col, _)| (n.clone(), col.clone(), "line")).collect();
+    let items: Vec<(String, String, &str)> = series
+        .iter()
+        .map(|(n, col, _)| (n.clone(), col.clone(), "line"))
+        .collect();
     c.legend(&items);
     c.finish()
 }
@@ -592,7 +639,10 @@ pub fn log_histogram(label: &str, values: &[f64], fmt: &dyn Fn(f64) -> String, x
     }
     let ymax = nice_max(counts.iter().copied().max().unwrap_or(0) as f64);
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5).into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
+    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
+        .into_iter()
+        .map(|t| (ys.at(t), fmt_num(t)))
+        .collect();
     c.y_axis(&yt, "peers", true);
     let xt: Vec<(f64, String)> = xs.ticks(8).into_iter().map(|t| (xs.at(t), fmt(t))).collect();
     c.x_axis(&xt, xaxis, false);
@@ -604,7 +654,14 @@ pub fn log_histogram(label: &str, values: &[f64], fmt: &dyn Fn(f64) -> String, x
         let z = 10f64.powf(xs.d0 + (b + 1) as f64 / per);
         let (xa, xz) = (xs.at(a), xs.at(z));
         let y = ys.at(*n as f64);
-        c.rect(xa + 0.5, y, xz - xa - 1.0, c.y1 - y, PALETTE[0], &format!("{n} peers from {} to {}", fmt(a), fmt(z)));
+        c.rect(
+            xa + 0.5,
+            y,
+            xz - xa - 1.0,
+            c.y1 - y,
+            PALETTE[0],
+            &format!("{n} peers from {} to {}", fmt(a), fmt(z)),
+        );
     }
     c.finish()
 }
@@ -614,7 +671,11 @@ pub fn strips(label: &str, groups: &[(String, Vec<f64>)], fmt: &dyn Fn(f64) -> S
     let rowh = 26.0;
     let h = 56.0 + rowh * groups.len() as f64;
     let mut c = Chart::new(label, 900.0, h, 190.0, 40.0, 8.0, 46.0);
-    let all: Vec<f64> = groups.iter().flat_map(|g| g.1.iter().copied()).filter(|v| *v > 0.0).collect();
+    let all: Vec<f64> = groups
+        .iter()
+        .flat_map(|g| g.1.iter().copied())
+        .filter(|v| *v > 0.0)
+        .collect();
     let lo = all.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = all.iter().copied().fold(0.0, f64::max);
     let xs = Scale::log(lo, hi, c.x0, c.x1);
@@ -622,7 +683,13 @@ pub fn strips(label: &str, groups: &[(String, Vec<f64>)], fmt: &dyn Fn(f64) -> S
     c.x_axis(&xt, xaxis, true);
     for (i, (g, vals)) in groups.iter().enumerate() {
         let yc = c.y0 + i as f64 * rowh + rowh / 2.0;
-        c.text(c.x0 - 8.0, yc + 4.0, "end", "tick", &format!("{} ({})", clip(g, 22), vals.len()));
+        c.text(
+            c.x0 - 8.0,
+            yc + 4.0,
+            "end",
+            "tick",
+            &format!("{} ({})", clip(g, 22), vals.len()),
+        );
         let col = color(i);
         for (j, v) in vals.iter().enumerate() {
             if *v <= 0.0 {
@@ -686,13 +753,27 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
     for (i, (name, cells, confirmed)) in rows.iter().enumerate() {
         let y = c.y0 + i as f64 * rowh;
         if rowh >= 12.0 || i % 2 == 0 {
-            let l = if *confirmed { format!("✓ {}", clip(name, 26)) } else { clip(name, 28) };
-            c.text(c.x0 - 6.0, y + rowh - 3.0, "end", if rowh >= 12.0 { "tick" } else { "tick small" }, &l);
+            let l = if *confirmed {
+                format!("✓ {}", clip(name, 26))
+            } else {
+                clip(name, 28)
+            };
+            c.text(
+                c.x0 - 6.0,
+                y + rowh - 3.0,
+                "end",
+                if rowh >= 12.0 { "tick" } else { "tick small" },
+                &l,
+            );
         }
         for (b, v) in cells.iter().enumerate() {
             let Some(v) = v else { continue };
             let x = c.x0 + b as f64 * cw;
-            let tip = format!("{name}: {:.1} % of pieces at {}", v * 100.0, fmt_ts(t0 + step * b as i64));
+            let tip = format!(
+                "{name}: {:.1} % of pieces at {}",
+                v * 100.0,
+                fmt_ts(t0 + step * b as i64)
+            );
             let _ = write!(
                 c.body,
                 "<rect class=\"mark\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.2}\" height=\"{:.1}\" fill=\"{}\"><title>{}</title></rect>",
@@ -703,7 +784,10 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
             );
         }
     }
-    let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8).into_iter().map(|(t, l)| (xs.at(t as f64), l)).collect();
+    let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
+        .into_iter()
+        .map(|(t, l)| (xs.at(t as f64), l))
+        .collect();
     c.x_axis(&xt, "time (UTC)", false);
     // Colour legend at the right, outside the cells.
     let lx = c.x1 + 24.0;
@@ -746,8 +830,11 @@ pub struct AuditBar {
 pub fn audit(label: &str, bars: &[AuditBar]) -> String {
     let rowh = 24.0;
     let h = 60.0 + rowh * bars.len() as f64;
-    let mut c = Chart::new(label, 900.0, h, 250.0, 210.0, 8.0, 46.0);
-    let max = bars.iter().map(|b| b.reported.max(b.observed + b.opaque + b.tolerance)).fold(0.0, f64::max);
+    let mut c = Chart::new(label, 900.0, h, 262.0, 200.0, 8.0, 46.0);
+    let max = bars
+        .iter()
+        .map(|b| b.reported.max(b.observed + b.opaque + b.tolerance))
+        .fold(0.0, f64::max);
     let xs = Scale::lin(0.0, nice_max(max), c.x0, c.x1);
     let xt: Vec<(f64, String)> = xs.ticks(5).into_iter().map(|t| (xs.at(t), fmt_bytes(t))).collect();
     c.x_axis(&xt, "bytes uploaded in the compared intervals", true);
@@ -755,7 +842,7 @@ pub fn audit(label: &str, bars: &[AuditBar]) -> String {
         let y = c.y0 + i as f64 * rowh + 4.0;
         let bh = rowh - 8.0;
         let cls = if b.flagged { "tick flag" } else { "tick" };
-        c.text(c.x0 - 8.0, y + 12.0, "end", cls, &clip(&b.label, 36));
+        c.text(c.x0 - 8.0, y + 12.0, "end", cls, &clip(&b.label, 33));
         let mut x = c.x0;
         for (v, col, what) in [
             (b.observed, PALETTE[0], "observed on the wire"),
@@ -840,11 +927,17 @@ pub fn world_map(label: &str, outlines: &str, points: &[MapPoint], legend: &[(St
     // Graticule every 30°.
     for i in 1..12 {
         let x = i as f64 * 30.0;
-        let _ = write!(c.body, "<line class=\"grat\" x1=\"{x}\" y1=\"0\" x2=\"{x}\" y2=\"180\"/>");
+        let _ = write!(
+            c.body,
+            "<line class=\"grat\" x1=\"{x}\" y1=\"0\" x2=\"{x}\" y2=\"180\"/>"
+        );
     }
     for i in 1..6 {
         let y = i as f64 * 30.0;
-        let _ = write!(c.body, "<line class=\"grat\" x1=\"0\" y1=\"{y}\" x2=\"360\" y2=\"{y}\"/>");
+        let _ = write!(
+            c.body,
+            "<line class=\"grat\" x1=\"0\" y1=\"{y}\" x2=\"360\" y2=\"{y}\"/>"
+        );
     }
     let _ = write!(
         c.body,
