@@ -256,6 +256,16 @@ pub fn nice_max(v: f64) -> f64 {
         .unwrap_or(10.0 * mag)
 }
 
+/// Upper bound and ticks of an axis of counts: whole numbers only.
+pub fn count_axis(max: f64) -> (f64, Vec<f64>) {
+    if max <= 5.0 {
+        let m = max.ceil().max(1.0);
+        return (m, (0..=m as i64).map(|v| v as f64).collect());
+    }
+    let m = nice_max(max);
+    (m, nice_ticks(0.0, m, 5).into_iter().filter(|t| t.fract() == 0.0).collect())
+}
+
 /// Time ticks (microseconds) at a round step, with their labels.
 pub fn time_ticks(t0: i64, t1: i64, n: usize) -> Vec<(i64, String)> {
     const S: i64 = 1_000_000;
@@ -497,8 +507,9 @@ pub fn hbars(label: &str, items: &[(String, f64, String, String)], fmt: &dyn Fn(
     let h = 50.0 + rowh * items.len() as f64;
     let mut c = Chart::new(label, 760.0, h, 200.0, 90.0, 8.0, 42.0);
     let max = items.iter().map(|i| i.1).fold(0.0, f64::max);
-    let s = Scale::lin(0.0, nice_max(max), c.x0, c.x1);
-    let ticks: Vec<(f64, String)> = s.ticks(5).into_iter().map(|t| (s.at(t), fmt(t))).collect();
+    let (m, ticks) = count_axis(max);
+    let s = Scale::lin(0.0, m, c.x0, c.x1);
+    let ticks: Vec<(f64, String)> = ticks.into_iter().map(|t| (s.at(t), fmt(t))).collect();
     c.x_axis(&ticks, axis, true);
     for (i, (l, v, col, tip)) in items.iter().enumerate() {
         let y = c.y0 + i as f64 * rowh + 3.0;
@@ -579,10 +590,10 @@ pub fn time_lines(label: &str, series: &[(String, String, Vec<(i64, f64)>)], yax
         .max()
         .unwrap_or(1)
         .max(t0 + 1_000_000);
-    let ymax = nice_max(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max));
+    let (ymax, yticks) = count_axis(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max));
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
+    let yt: Vec<(f64, String)> = yticks
         .into_iter()
         .map(|t| (ys.at(t), fmt_num(t)))
         .collect();
@@ -766,22 +777,38 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
                 &l,
             );
         }
-        for (b, v) in cells.iter().enumerate() {
-            let Some(v) = v else { continue };
+        // Runs of cells of one colour are one rectangle (a page of 60 x 90
+        // cells per torrent stays small).
+        let mut b = 0;
+        while b < cells.len() {
+            let Some(v) = cells[b] else {
+                b += 1;
+                continue;
+            };
+            let col = seq_color(v);
+            let mut e = b + 1;
+            while e < cells.len() && cells[e].is_some_and(|w| seq_color(w) == col) {
+                e += 1;
+            }
             let x = c.x0 + b as f64 * cw;
-            let tip = format!(
-                "{name}: {:.1} % of pieces at {}",
-                v * 100.0,
-                fmt_ts(t0 + step * b as i64)
-            );
+            let tip = if e - b == 1 {
+                format!("{name}: {:.1} % of pieces at {}", v * 100.0, fmt_ts(t0 + step * b as i64))
+            } else {
+                format!(
+                    "{name}: {:.1} % of pieces from {} to {}",
+                    v * 100.0,
+                    fmt_ts(t0 + step * b as i64),
+                    fmt_ts(t0 + step * e as i64)
+                )
+            };
             let _ = write!(
                 c.body,
-                "<rect class=\"mark\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.2}\" height=\"{:.1}\" fill=\"{}\"><title>{}</title></rect>",
-                cw + 0.3,
+                "<rect class=\"mark\" x=\"{x:.1}\" y=\"{y:.1}\" width=\"{:.2}\" height=\"{:.1}\" fill=\"{col}\"><title>{}</title></rect>",
+                cw * (e - b) as f64 + 0.3,
                 rowh - 1.0,
-                seq_color(*v),
                 esc(&tip)
             );
+            b = e;
         }
     }
     let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
@@ -888,12 +915,12 @@ pub fn audit(label: &str, bars: &[AuditBar]) -> String {
         );
     }
     c.legend(&[
-        ("observed upload (wire)".into(), PALETTE[0].into(), "box"),
+        ("observed (wire)".into(), PALETTE[0].into(), "box"),
         ("opaque bytes sent".into(), "#9c755f".into(), "box"),
         ("tolerance (see above)".into(), "#d9e6f2".into(), "box"),
         ("flag threshold".into(), "#333".into(), "dash"),
         ("reported upload".into(), "#222".into(), "diamond"),
-        ("reported, flagged series".into(), "#d62728".into(), "diamond"),
+        ("reported, flagged".into(), "#d62728".into(), "diamond"),
     ]);
     c.finish()
 }
