@@ -182,13 +182,12 @@ impl Dataset {
         if let Some(k) = key {
             for c in k.iter().chain(["interval_start", "last_ts"].iter()) {
                 if !wanted.iter().any(|(n, _)| n == c) {
-                    let kind = if c.ends_with("_ts") || *c == "interval_start" || c.ends_with("_port") {
-                        Kind::I
-                    } else if *c == "conn_id" {
-                        Kind::I
-                    } else {
-                        Kind::S
-                    };
+                    let kind =
+                        if c.ends_with("_ts") || c.ends_with("_port") || *c == "interval_start" || *c == "conn_id" {
+                            Kind::I
+                        } else {
+                            Kind::S
+                        };
                     // Keys are read with their kind from `cols` when asked;
                     // else as text or integers by name.
                     wanted.push((*c, kind));

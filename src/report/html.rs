@@ -175,9 +175,9 @@ pub fn page(title: &str, subtitle: &str, nav: &[(&str, &str)], body: &str, foote
     for (id, name) in nav {
         let _ = write!(o, "<a href=\"#{id}\">{}</a>", esc(name));
     }
-    let _ = write!(
+    let _ = writeln!(
         o,
-        "</nav><main>{body}</main><footer>{}</footer><script>{JS}</script></body></html>\n",
+        "</nav><main>{body}</main><footer>{}</footer><script>{JS}</script></body></html>",
         esc(footer)
     );
     o

@@ -458,7 +458,9 @@ fn torrents(
         ],
     )?;
     // (info_hash, ip, port) -> events (ts, have, n)
-    let mut by: HashMap<(&str, &str, i64), Vec<(i64, Option<i64>, Option<i64>)>> = HashMap::new();
+    // (ts, n_pieces_have, n_pieces) per (info_hash, peer_ip, peer_port)
+    type Events = Vec<(i64, Option<i64>, Option<i64>)>;
+    let mut by: HashMap<(&str, &str, i64), Events> = HashMap::new();
     for r in 0..prog.rows {
         let Some(ts) = prog.i("ts", r) else { continue };
         by.entry((prog.t("info_hash", r), prog.t("peer_ip", r), prog.u("peer_port", r)))
@@ -728,10 +730,10 @@ fn audit(ds: &Dataset, p: &mut Page, tor: &Torrents, lim: &ReportLimits) -> Resu
     let flagged = idx.iter().filter(|&&r| a.b("suspicious", r) == Some(true)).count();
     let label = |r: usize| {
         format!(
-            "{} → {} {}",
+            "{} → {}:{}",
             a.t("client_ip", r),
             a.t("tracker_ip", r),
-            svg::clip(&tor.label(a.t("info_hash", r)), 12)
+            a.u("tracker_port", r)
         )
     };
     let bars: Vec<AuditBar> = idx
@@ -746,6 +748,8 @@ fn audit(ds: &Dataset, p: &mut Page, tor: &Torrents, lim: &ReportLimits) -> Resu
             flagged: a.b("suspicious", r) == Some(true),
             flags: a.l("flags", r).join(", "),
             coverage: a.t("coverage", r).to_string(),
+            color: tor.color(a.t("info_hash", r)).to_string(),
+            torrent: tor.label(a.t("info_hash", r)),
         })
         .collect();
     if a.rows > lim.audit_bars {

@@ -74,7 +74,7 @@ pub fn fmt_int(v: i64) -> String {
     let s = v.unsigned_abs().to_string();
     let mut o = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             o.push('\u{202f}');
         }
         o.push(c);
@@ -224,7 +224,7 @@ impl Scale {
 
 /// Round ticks (1, 2, 5 × 10^k) covering [lo, hi].
 pub fn nice_ticks(lo: f64, hi: f64, n: usize) -> Vec<f64> {
-    if !(hi > lo) {
+    if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return vec![lo];
     }
     let raw = (hi - lo) / n.max(1) as f64;
@@ -263,7 +263,10 @@ pub fn count_axis(max: f64) -> (f64, Vec<f64>) {
         return (m, (0..=m as i64).map(|v| v as f64).collect());
     }
     let m = nice_max(max);
-    (m, nice_ticks(0.0, m, 5).into_iter().filter(|t| t.fract() == 0.0).collect())
+    (
+        m,
+        nice_ticks(0.0, m, 5).into_iter().filter(|t| t.fract() == 0.0).collect(),
+    )
 }
 
 /// Time ticks (microseconds) at a round step, with their labels.
@@ -576,8 +579,11 @@ pub fn time_columns(
     c.finish()
 }
 
-/// Step lines over time: `series` (name, colour, points sorted by time).
-pub fn time_lines(label: &str, series: &[(String, String, Vec<(i64, f64)>)], yaxis: &str) -> String {
+/// A named, coloured series of (time in µs, value) points sorted by time.
+pub type TimeSeries = (String, String, Vec<(i64, f64)>);
+
+/// Step lines over time.
+pub fn time_lines(label: &str, series: &[TimeSeries], yaxis: &str) -> String {
     let mut c = Chart::new(label, 900.0, 300.0, 64.0, 230.0, 12.0, 46.0);
     let t0 = series
         .iter()
@@ -593,10 +599,7 @@ pub fn time_lines(label: &str, series: &[(String, String, Vec<(i64, f64)>)], yax
     let (ymax, yticks) = count_axis(series.iter().flat_map(|s| s.2.iter().map(|p| p.1)).fold(0.0, f64::max));
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
-    let yt: Vec<(f64, String)> = yticks
-        .into_iter()
-        .map(|t| (ys.at(t), fmt_num(t)))
-        .collect();
+    let yt: Vec<(f64, String)> = yticks.into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
     c.y_axis(&yt, yaxis, true);
     let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
         .into_iter()
@@ -792,7 +795,11 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
             }
             let x = c.x0 + b as f64 * cw;
             let tip = if e - b == 1 {
-                format!("{name}: {:.1} % of pieces at {}", v * 100.0, fmt_ts(t0 + step * b as i64))
+                format!(
+                    "{name}: {:.1} % of pieces at {}",
+                    v * 100.0,
+                    fmt_ts(t0 + step * b as i64)
+                )
             } else {
                 format!(
                     "{name}: {:.1} % of pieces from {} to {}",
@@ -848,6 +855,9 @@ pub struct AuditBar {
     pub flagged: bool,
     pub flags: String,
     pub coverage: String,
+    /// The torrent's colour (as in the other charts).
+    pub color: String,
+    pub torrent: String,
 }
 
 /// The audit: per series, observed upload, opaque bytes and the tolerance
@@ -869,7 +879,15 @@ pub fn audit(label: &str, bars: &[AuditBar]) -> String {
         let y = c.y0 + i as f64 * rowh + 4.0;
         let bh = rowh - 8.0;
         let cls = if b.flagged { "tick flag" } else { "tick" };
-        c.text(c.x0 - 8.0, y + 12.0, "end", cls, &clip(&b.label, 33));
+        c.text(c.x0 - 22.0, y + 12.0, "end", cls, &clip(&b.label, 31));
+        let _ = write!(
+            c.body,
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"10\" height=\"10\" fill=\"{}\"><title>{}</title></rect>",
+            c.x0 - 16.0,
+            y + 3.0,
+            b.color,
+            esc(&b.torrent)
+        );
         let mut x = c.x0;
         for (v, col, what) in [
             (b.observed, PALETTE[0], "observed on the wire"),
@@ -894,8 +912,9 @@ pub fn audit(label: &str, bars: &[AuditBar]) -> String {
         let cy = y + bh / 2.0;
         let col = if b.flagged { "#d62728" } else { "#222" };
         let tip = format!(
-            "{}: reported {} ; observed {} + opaque {} + tolerance {} = {} ; coverage {} ; flags: {}",
+            "{} ({}): reported {} ; observed {} + opaque {} + tolerance {} = {} ; coverage {} ; flags: {}",
             b.label,
+            b.torrent,
             fmt_bytes(b.reported),
             fmt_bytes(b.observed),
             fmt_bytes(b.opaque),
