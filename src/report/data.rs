@@ -91,6 +91,7 @@ impl Table {
 }
 
 /// A dataset directory.
+#[derive(Debug)]
 pub struct Dataset {
     pub dir: PathBuf,
     /// Some table is hive-partitioned (written by `swarmtap live`).
@@ -338,5 +339,88 @@ fn latest(t: Table, key: &[&str]) -> Table {
         rows: keep.len(),
         cols,
         present: t.present,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(p: &Path, mut df: DataFrame) {
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let f = File::create(p).unwrap();
+        ParquetWriter::new(f).finish(&mut df).unwrap();
+    }
+
+    /// Live snapshots: the latest row per key wins, whatever the integer
+    /// types of the files (one written unsigned, the next signed).
+    #[test]
+    fn live_snapshots_keep_the_latest_row_per_key_across_integer_types() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = dir.path().join("peers/date=2026-01-01/hour=00");
+        let ts = DataType::Datetime(TimeUnit::Microseconds, Some(polars::prelude::TimeZone::UTC));
+        let snap = |start: i64, last: &[u64], port_signed: bool| {
+            let n = last.len();
+            let port: Column = if port_signed {
+                Column::new("peer_port".into(), vec![6881i64; n])
+            } else {
+                Column::new("peer_port".into(), vec![6881u32; n])
+            };
+            DataFrame::new_infer_height(vec![
+                Column::new("info_hash".into(), vec!["aa"; n]),
+                Column::new(
+                    "peer_ip".into(),
+                    (0..n).map(|i| format!("10.0.0.{i}")).collect::<Vec<_>>(),
+                ),
+                port,
+                Column::new("last_pieces".into(), last.to_vec()),
+                Column::new("last_ts".into(), vec![start; n]).cast(&ts).unwrap(),
+                Column::new("interval_start".into(), vec![start; n]).cast(&ts).unwrap(),
+            ])
+            .unwrap()
+        };
+        write(&hour.join("part-1-0.parquet"), snap(1_000_000, &[1, 2, 3], false));
+        write(&hour.join("part-2-0.parquet"), snap(2_000_000, &[10, 20], true));
+        let ds = Dataset::open(dir.path()).unwrap();
+        assert!(ds.live);
+        let t = ds
+            .read(
+                "peers",
+                &[("peer_ip", Kind::S), ("peer_port", Kind::I), ("last_pieces", Kind::I)],
+            )
+            .unwrap();
+        assert_eq!(t.rows, 3);
+        let mut got: Vec<(String, i64, i64)> = (0..t.rows)
+            .map(|r| {
+                (
+                    t.t("peer_ip", r).to_string(),
+                    t.u("peer_port", r),
+                    t.u("last_pieces", r),
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("10.0.0.0".into(), 6881, 10),
+                ("10.0.0.1".into(), 6881, 20),
+                ("10.0.0.2".into(), 6881, 3)
+            ]
+        );
+        // A column no file has reads as nulls; an absent table is empty.
+        let t = ds.read("peers", &[("country", Kind::S)]).unwrap();
+        assert_eq!((t.rows, t.s("country", 0)), (3, None));
+        let t = ds.read("torrents", &[("name", Kind::S)]).unwrap();
+        assert_eq!((t.rows, t.present), (0, false));
+    }
+
+    #[test]
+    fn a_directory_without_tables_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Dataset::open(dir.path())
+            .unwrap_err()
+            .contains("holds no swarmtap tables"));
+        assert!(Dataset::open(&dir.path().join("nope")).is_err());
     }
 }

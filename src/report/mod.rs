@@ -92,7 +92,7 @@ fn short(ih: &str) -> String {
     if ih.is_empty() {
         "(unknown torrent)".into()
     } else {
-        format!("{}…", &ih[..ih.len().min(10)])
+        format!("{}…", ih.chars().take(10).collect::<String>())
     }
 }
 
