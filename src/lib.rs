@@ -34,5 +34,6 @@ pub use swarmtap_wire as proto;
 #[cfg(test)]
 #[path = "../tests/support/require.rs"]
 pub(crate) mod require;
+pub mod report;
 pub mod sink;
 pub mod summary;
