@@ -261,7 +261,11 @@ fn piece_bytes_inside_a_capture_gap_are_counted() {
     let at = |ip: &str| ips.iter().position(|x| x.as_deref() == Some(ip)).expect(ip);
     assert_eq!((up[at("10.0.0.2")], down[at("10.0.0.2")]), (Some(32_768), Some(0)));
     assert_eq!((up[at("10.0.0.1")], down[at("10.0.0.1")]), (Some(0), Some(32_768)));
-    assert_eq!(u64s(&table(&r, "torrents"), "piece_bytes"), [Some(32_768)]);
+    let t = table(&r, "torrents");
+    assert_eq!(u64s(&t, "piece_bytes"), [Some(32_768)]);
+    // No .torrent and no bitfield: the piece count is unknown, not 0.
+    assert_eq!(u64s(&t, "n_pieces"), [None]);
+    assert_eq!(strs(&t, "n_pieces_source"), [Some("none".to_string())]);
 }
 
 /// A capture gap over a piece header: the block whose header is lost is
