@@ -8,6 +8,7 @@ pub mod lsd;
 pub mod metadata;
 pub mod pieces;
 pub mod session;
+pub mod stream;
 pub mod swarm;
 pub mod tracker;
 

@@ -11,36 +11,21 @@ use std::sync::Arc;
 
 use super::reassembly::StreamReassembler;
 use super::udp::UdpApp;
-use super::Chunk;
 use crate::analyze::dht::DhtShard;
-use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
-use crate::analyze::tracker::{looks_like_tracker_request, HttpTracker, UdpTrackers};
+use crate::analyze::session::{ORIG, RESP};
+use crate::analyze::stream::{StreamApp, StreamEnd, StreamEnv, StreamInit};
+use crate::analyze::tracker::UdpTrackers;
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
-use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_PREFIX};
-use crate::sink::{ConnectionRow, FlowRow, Ts};
-
-/// What a TCP flow carries.
-#[derive(Debug)]
-enum TcpApp {
-    /// No payload yet.
-    Undecided,
-    PeerWire(Box<PeerSession>),
-    /// MSE/PE key exchange (its shape): counted; decoded from the
-    /// plaintext handshake on when the exchange selected plaintext.
-    Mse(Box<MseScan>),
-    /// HTTP that opened with a tracker request (or with a response: picked
-    /// up mid-connection): announces and scrapes.
-    TrackerHttp(Box<HttpTracker>),
-    /// Something else: `app` value.
-    Other(&'static str),
-}
+use crate::dissect::Identified;
+use crate::proto::peer_wire::TorrentShape;
+use crate::sink::{FlowRow, Ts};
 
 #[derive(Debug)]
 struct TcpState {
     reasm: [StreamReassembler; 2],
-    app: TcpApp,
+    app: StreamApp,
 }
 
 #[derive(Debug)]
@@ -81,6 +66,8 @@ pub struct ShardStats {
 pub struct ShardContext {
     /// Torrent shapes known from --torrents, by v1 info hash.
     pub shapes: HashMap<[u8; 20], TorrentShape>,
+    /// Write connection rows of weak identifications too (`--keep-weak`).
+    pub keep_weak: bool,
 }
 
 /// The flow table's hasher: foldhash with a per-process random seed. Keys
@@ -126,42 +113,6 @@ impl EndReason {
             EndReason::End => "end",
         }
     }
-}
-
-/// Shannon entropy (bits per byte) of a sample.
-fn entropy(d: &[u8]) -> f64 {
-    let mut counts = [0u32; 256];
-    for &b in d {
-        counts[usize::from(b)] += 1;
-    }
-    let n = d.len() as f64;
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| {
-            let p = f64::from(c) / n;
-            -p * p.log2()
-        })
-        .sum()
-}
-
-/// The MSE/PE key exchange opens with a 96-byte Diffie-Hellman public key
-/// followed by 0–512 bytes of random padding: a first payload of 96–608
-/// bytes that looks random. Random 96-byte samples have an empirical entropy
-/// near 6.0 bits; text and binary protocol headers stay far below 5.
-fn looks_like_mse(first: &[u8]) -> bool {
-    (96..=608).contains(&first.len()) && entropy(first) > 5.5
-}
-
-/// A TLS record header (handshake, application data, alert, change cipher
-/// spec) on a flow picked up mid-stream: not worth hunting for peer wire.
-fn looks_like_tls(d: &[u8]) -> bool {
-    matches!(d, [0x14..=0x17, 0x03, 0x00..=0x04, ..])
-}
-
-fn looks_like_http(d: &[u8]) -> bool {
-    const STARTS: [&[u8]; 6] = [b"GET ", b"POST ", b"HEAD ", b"HTTP/1.", b"PUT ", b"OPTIONS "];
-    STARTS.iter().any(|s| d.starts_with(s))
 }
 
 impl Shard {
@@ -238,9 +189,12 @@ impl Shard {
             self.stats.n_flows += 1;
             self.flows.insert(key, flow);
         }
-        let limits = self.limits;
-        let messages = self.messages;
-        let shapes = &self.ctx.shapes;
+        let env = StreamEnv {
+            limits: &self.limits,
+            messages: self.messages,
+            keep_weak: self.ctx.keep_weak,
+            shapes: &self.ctx.shapes,
+        };
         let Some(f) = self.flows.get_mut(&key) else { return };
         let side = if from_a == f.orig_is_a { ORIG } else { RESP };
         f.last_ts = f.last_ts.max(ctx.ts);
@@ -248,12 +202,7 @@ impl Shard {
         f.payload[side] += u64::from(p.payload_len);
         match (&mut f.app, p.transport) {
             (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
-                let info = FlowInfo {
-                    conn_id: f.conn_id,
-                    capture: f.capture,
-                    ends: f.ends,
-                    first_ts: f.first_ts,
-                };
+                let init = stream_init(f.conn_id, f.capture, f.ends, f.first_ts, f.midstream);
                 let t = &mut **t;
                 if syn {
                     f.syn_seen = true;
@@ -265,62 +214,23 @@ impl Shard {
                     }
                 }
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
-                let midstream = f.midstream;
+                let out = &mut self.out;
                 if !payload.is_empty() {
                     if !reasm[side].is_started() {
                         reasm[side].start_at(seq);
                     }
                     let s = if syn { seq.wrapping_add(1) } else { seq };
-                    reasm[side].segment(s, payload, &mut |c| {
-                        app_feed(
-                            app,
-                            &info,
-                            midstream,
-                            side,
-                            c,
-                            ctx,
-                            &limits,
-                            messages,
-                            shapes,
-                            &mut self.out,
-                        )
-                    });
+                    reasm[side].segment(s, payload, &mut |c| app.feed(&init, side, c, ctx, &env, out));
                 }
                 if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
-                    reasm[1 - side].acked(ackno, &mut |c| {
-                        app_feed(
-                            app,
-                            &info,
-                            midstream,
-                            1 - side,
-                            c,
-                            ctx,
-                            &limits,
-                            messages,
-                            shapes,
-                            &mut self.out,
-                        )
-                    });
+                    reasm[1 - side].acked(ackno, &mut |c| app.feed(&init, 1 - side, c, ctx, &env, out));
                 }
                 if flags & tcp_flags::FIN != 0 {
                     // The FIN takes the sequence number after the payload.
                     let base = if syn { seq.wrapping_add(1) } else { seq };
                     let fin_seq = base.wrapping_add(payload.len() as u32 + p.payload_missing);
                     if reasm[side].is_started() {
-                        reasm[side].fin(fin_seq, &mut |c| {
-                            app_feed(
-                                app,
-                                &info,
-                                midstream,
-                                side,
-                                c,
-                                ctx,
-                                &limits,
-                                messages,
-                                shapes,
-                                &mut self.out,
-                            )
-                        });
+                        reasm[side].fin(fin_seq, &mut |c| app.feed(&init, side, c, ctx, &env, out));
                     }
                     f.fin[side] = true;
                     if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
@@ -344,8 +254,7 @@ impl Shard {
                     &info,
                     side,
                     payload,
-                    &limits,
-                    messages,
+                    &env,
                     &mut self.dht,
                     &mut self.udp_trackers,
                     &mut self.out,
@@ -370,7 +279,7 @@ impl Shard {
                     StreamReassembler::new(self.limits.reassembly),
                     StreamReassembler::new(self.limits.reassembly),
                 ],
-                app: TcpApp::Undecided,
+                app: StreamApp::Undecided,
             }))
         } else {
             FlowApp::Udp(Box::default())
@@ -425,9 +334,7 @@ impl Shard {
         if self.out.oldest_held().is_some() {
             for f in self.flows.values_mut() {
                 if let FlowApp::Tcp(t) = &mut f.app {
-                    if let TcpApp::PeerWire(s) = &mut t.app {
-                        s.release_stale(now, &mut self.out);
-                    }
+                    t.app.release_stale(now, self.limits.max_hold_us, &mut self.out);
                 }
             }
         }
@@ -499,30 +406,25 @@ impl Shard {
         };
         let mut gap_bytes = 0;
         let mut retrans_bytes = 0;
-        let app_name = match &mut f.app {
+        let env = StreamEnv {
+            limits: &self.limits,
+            messages: self.messages,
+            keep_weak: self.ctx.keep_weak,
+            shapes: &self.ctx.shapes,
+        };
+        let app = match &mut f.app {
             FlowApp::Tcp(t) => {
+                let init = stream_init(f.conn_id, f.capture, f.ends, f.first_ts, f.midstream);
                 let t = &mut **t;
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
+                let out = &mut self.out;
                 for side in [ORIG, RESP] {
-                    reasm[side].flush(&mut |c| {
-                        app_feed(
-                            app,
-                            &info,
-                            f.midstream,
-                            side,
-                            c,
-                            ctx,
-                            &self.limits,
-                            self.messages,
-                            &self.ctx.shapes,
-                            &mut self.out,
-                        )
-                    });
+                    reasm[side].flush(&mut |c| app.feed(&init, side, c, ctx, &env, out));
                     gap_bytes += reasm[side].stats().gap_bytes;
                     retrans_bytes += reasm[side].stats().retrans_bytes;
                     let conflicts = reasm[side].stats().overlap_conflict_bytes;
                     if conflicts > 0 {
-                        self.out.anomaly(
+                        out.anomaly(
                             Some(ctx),
                             Some(f.conn_id),
                             "tcp",
@@ -531,45 +433,31 @@ impl Shard {
                         );
                     }
                 }
-                match std::mem::replace(app, TcpApp::Other("other")) {
-                    TcpApp::PeerWire(mut s) => {
-                        let mut row = s.finish(ctx, &mut self.out);
-                        row.last_ts = Ts(f.last_ts);
-                        row.gap_bytes = gap_bytes;
-                        self.out.rows.connections.push(row);
+                let end = StreamEnd {
+                    last_ts: Some(f.last_ts),
+                    gap_bytes: Some(gap_bytes),
+                    payload: Some(f.payload),
+                };
+                let (id, row) = std::mem::take(app).finish(&init, end, ctx, &env, out);
+                if let Some(row) = row {
+                    if !row.encrypted {
                         self.stats.n_peer_connections += 1;
-                        "peer_wire"
                     }
-                    TcpApp::Mse(_) => {
-                        self.out.rows.connections.push(self.mse_row(&f, gap_bytes));
-                        "mse"
-                    }
-                    TcpApp::TrackerHttp(mut t) => {
-                        // A close-delimited answer completes with the
-                        // flow's last packet, not when the flow is swept.
-                        let end = FrameCtx { ts: f.last_ts, ..ctx };
-                        t.finish(end, &mut self.out);
-                        if t.is_tracker() {
-                            "tracker_http"
-                        } else {
-                            "http"
-                        }
-                    }
-                    TcpApp::Undecided => "other",
-                    TcpApp::Other(a) => a,
+                    out.rows.connections.push(row);
                 }
+                id
             }
-            FlowApp::Udp(u) => u.finish(ctx, &info, &self.limits, self.messages, &mut self.out),
+            FlowApp::Udp(u) => u.finish(ctx, &info, &env, &mut self.out),
         };
         let _ = key;
-        let row = self.flow_row(&f, app_name, gap_bytes, retrans_bytes, reason.name());
+        let row = self.flow_row(&f, app, gap_bytes, retrans_bytes, reason.name());
         self.out.rows.flows.push(row);
     }
 
     fn flow_row(
         &self,
         f: &Flow,
-        app: &'static str,
+        app: Identified,
         gap_bytes: u64,
         retrans_bytes: u64,
         end_reason: &'static str,
@@ -592,7 +480,9 @@ impl Shard {
             n_packets_resp: f.n_packets[RESP],
             payload_bytes_orig: f.payload[ORIG],
             payload_bytes_resp: f.payload[RESP],
-            app,
+            app: app.app,
+            app_confidence: app.confidence.map(|c| c.name()),
+            app_evidence: app.evidence,
             midstream: f.midstream,
             gap_bytes,
             retrans_bytes,
@@ -613,106 +503,37 @@ impl Shard {
                 FlowApp::Tcp(t) => {
                     let gap: u64 = t.reasm.iter().map(|r| r.stats().gap_bytes).sum();
                     let retrans: u64 = t.reasm.iter().map(|r| r.stats().retrans_bytes).sum();
-                    let app = match &t.app {
-                        TcpApp::PeerWire(s) => {
-                            // A mid-stream session still hunting for framing
-                            // may yet give up (then no connection row is
-                            // ever written): no snapshot row before it frames.
-                            if s.is_peer_wire() {
-                                let mut row = s.snapshot_row(&self.out);
-                                row.last_ts = Ts(f.last_ts);
-                                row.gap_bytes = gap;
-                                rows.connections.push(row);
-                            }
-                            "peer_wire"
-                        }
-                        TcpApp::Mse(_) => {
-                            rows.connections.push(self.mse_row(f, gap));
-                            "mse"
-                        }
-                        TcpApp::TrackerHttp(h) if h.is_tracker() => "tracker_http",
-                        TcpApp::TrackerHttp(_) => "http",
-                        TcpApp::Undecided => "other",
-                        TcpApp::Other(a) => a,
+                    let init = stream_init(f.conn_id, f.capture, f.ends, f.first_ts, f.midstream);
+                    let end = StreamEnd {
+                        last_ts: Some(f.last_ts),
+                        gap_bytes: Some(gap),
+                        payload: Some(f.payload),
                     };
-                    (app, gap, retrans)
+                    if let Some(row) = t.app.snapshot_row(&init, end, &self.out) {
+                        rows.connections.push(row);
+                    }
+                    (t.app.identified(), gap, retrans)
                 }
                 FlowApp::Udp(u) => {
                     u.snapshot(&self.out, &mut rows.connections);
-                    (u.app_name(), 0, 0)
+                    (u.identified(), 0, 0)
                 }
             };
             rows.flows.push(self.flow_row(f, app, gap_bytes, retrans_bytes, "open"));
         }
     }
-
-    fn mse_row(&self, f: &Flow, gap_bytes: u64) -> ConnectionRow {
-        ConnectionRow {
-            conn_id: f.conn_id,
-            flow_id: f.conn_id,
-            capture: self.out.capture_name(f.capture),
-            transport: "tcp",
-            orig_ip: f.ends[ORIG].ip().to_string(),
-            orig_port: u32::from(f.ends[ORIG].port()),
-            resp_ip: f.ends[RESP].ip().to_string(),
-            resp_port: u32::from(f.ends[RESP].port()),
-            first_ts: Ts(f.first_ts),
-            last_ts: Ts(f.last_ts),
-            encrypted: true,
-            mse_handshake: true,
-            attribution_confidence: "none",
-            midstream: f.midstream,
-            payload_bytes_orig: f.payload[ORIG],
-            payload_bytes_resp: f.payload[RESP],
-            gap_bytes,
-            ..Default::default()
-        }
-    }
 }
 
-/// Bytes of each direction searched for a plaintext handshake after an MSE
-/// key exchange: the exchange is at most 608 bytes (96-byte key + 512 of
-/// padding) each way, then the responder's VC, crypto_select and up to 512
-/// bytes of padD (BEP 8 / MSE spec); 2 KiB covers it with room to spare.
-const MSE_SCAN_BYTES: usize = 2048;
-
-/// The first bytes of both directions of an MSE stream, kept until a
-/// plaintext handshake shows up or the scan window is passed.
-#[derive(Debug, Default)]
-struct MseScan {
-    head: [Vec<u8>; 2],
-    /// Bytes after the window (or lost in gaps) not kept.
-    skipped: [u64; 2],
-    done: bool,
-}
-
-impl MseScan {
-    /// Takes a chunk; returns the side and offset of a plaintext handshake
-    /// when one is found.
-    fn take(&mut self, side: usize, chunk: Chunk<'_>) -> Option<(usize, usize)> {
-        if self.done {
-            return None;
-        }
-        let side = side.min(1);
-        match chunk {
-            Chunk::Data(d) if self.head[side].len() < MSE_SCAN_BYTES && self.skipped[side] == 0 => {
-                self.head[side].extend_from_slice(d);
-            }
-            Chunk::Data(d) => self.skipped[side] += d.len() as u64,
-            Chunk::Gap(n) => self.skipped[side] += n,
-        }
-        for s in [side, 1 - side] {
-            if let Some(pos) = memchr::memmem::find(&self.head[s], HANDSHAKE_PREFIX) {
-                return Some((s, pos));
-            }
-        }
-        let full = |s: usize| self.head[s].len() >= MSE_SCAN_BYTES || self.skipped[s] > 0;
-        if full(0) && full(1) {
-            // Encrypted for good: stop looking, free the buffers.
-            self.done = true;
-            self.head = [Vec::new(), Vec::new()];
-        }
-        None
+/// A TCP flow as a stream for the application layer.
+fn stream_init(conn_id: u64, capture: u32, ends: [SocketAddr; 2], first_ts: i64, midstream: bool) -> StreamInit {
+    StreamInit {
+        conn_id,
+        flow_id: conn_id,
+        capture,
+        transport: "tcp",
+        ends,
+        first_ts,
+        midstream,
     }
 }
 
@@ -724,103 +545,4 @@ pub struct FlowInfo {
     /// [originator, responder]
     pub ends: [SocketAddr; 2],
     pub first_ts: i64,
-}
-
-/// A peer-wire session for a TCP flow.
-fn tcp_session(info: &FlowInfo, midstream: bool, limits: &Limits, messages: bool) -> Box<PeerSession> {
-    Box::new(PeerSession::new(
-        SessionInit {
-            conn_id: info.conn_id,
-            flow_id: info.conn_id,
-            capture: info.capture,
-            transport: "tcp",
-            orig: info.ends[ORIG],
-            resp: info.ends[RESP],
-            first_ts: info.first_ts,
-            midstream,
-        },
-        limits,
-        messages,
-    ))
-}
-
-/// Hands a reassembled chunk to the flow's application, deciding what the
-/// application is on the first payload.
-#[allow(clippy::too_many_arguments)]
-fn app_feed(
-    app: &mut TcpApp,
-    info: &FlowInfo,
-    midstream: bool,
-    side: usize,
-    chunk: Chunk<'_>,
-    ctx: FrameCtx,
-    limits: &Limits,
-    messages: bool,
-    shapes: &HashMap<[u8; 20], TorrentShape>,
-    out: &mut ShardOut,
-) {
-    if let TcpApp::Undecided = app {
-        let Chunk::Data(d) = chunk else { return };
-        let n = d.len().min(HANDSHAKE_PREFIX.len());
-        *app = if d.get(..n) == HANDSHAKE_PREFIX.get(..n) && !d.is_empty()
-            || midstream && !looks_like_tls(d) && !looks_like_http(d)
-        {
-            TcpApp::PeerWire(tcp_session(info, midstream, limits, messages))
-        } else if looks_like_tracker_request(d) {
-            TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, side, true, limits.tracker_http)))
-        } else if crate::proto::tracker_http::looks_like_http_response(d) {
-            // The request was not captured (mid-connection): the answer may
-            // still be a tracker's; confirmed by its body.
-            TcpApp::TrackerHttp(Box::new(HttpTracker::new(info, 1 - side, false, limits.tracker_http)))
-        } else if looks_like_http(d) {
-            TcpApp::Other("http")
-        } else if side == ORIG && looks_like_mse(d) {
-            TcpApp::Mse(Box::default())
-        } else {
-            TcpApp::Other("other")
-        };
-    }
-    if let TcpApp::TrackerHttp(t) = app {
-        t.feed(side, chunk, ctx, out);
-        return;
-    }
-    if let TcpApp::Mse(scan) = app {
-        if let Some((found, pos)) = scan.take(side, chunk) {
-            // The exchange selected plaintext: decode from the handshake on.
-            // The other direction's handshake went inside the encrypted
-            // initial payload, so that side is hunted for boundaries.
-            let mut s = tcp_session(info, true, limits, messages);
-            s.set_mse_handshake();
-            let other = 1 - found;
-            let heads = std::mem::take(&mut scan.head);
-            if let Some(h) = heads[found].get(pos..) {
-                s.feed(found, Chunk::Data(h), ctx, out);
-            }
-            if scan.skipped[found] > 0 {
-                s.feed(found, Chunk::Gap(scan.skipped[found]), ctx, out);
-            }
-            if !heads[other].is_empty() {
-                s.feed(other, Chunk::Data(&heads[other]), ctx, out);
-            }
-            if scan.skipped[other] > 0 {
-                s.feed(other, Chunk::Gap(scan.skipped[other]), ctx, out);
-            }
-            *app = TcpApp::PeerWire(s);
-        }
-        return;
-    }
-    if let TcpApp::PeerWire(s) = app {
-        let had_hash = s.info_hash().is_some();
-        s.feed(side, chunk, ctx, out);
-        if !had_hash {
-            if let Some(h) = s.info_hash() {
-                if let Some(shape) = shapes.get(&h) {
-                    s.set_shape(*shape);
-                }
-            }
-        }
-        if s.gave_up() {
-            *app = TcpApp::Other("other");
-        }
-    }
 }

@@ -1,18 +1,27 @@
 //! UDP flows. One UDP socket pair carries DHT, UDP-tracker and uTP datagrams
-//! side by side, so every datagram is classified on its own; the flow's `app`
-//! is the kind that carried most datagrams. KRPC datagrams go to
-//! `analyze::dht` (its query table lives in the shard, passed in), LSD
-//! announces to `analyze::lsd`, uTP to the flow's own uTP tracker.
+//! side by side, so every datagram goes through the datagram probes on its
+//! own (`dissect::probe_datagram`); the flow's `app` is the kind that
+//! carried most datagrams. KRPC datagrams go to `analyze::dht` (its query
+//! table lives in the shard, passed in), LSD announces to `analyze::lsd`,
+//! BEP 15 to `analyze::tracker`, uTP to the flow's own uTP tracker.
+//!
+//! uTP is believed only once its headers agree over several packets both
+//! ways (`dissect::datagram::UtpConsistency`): until then uTP-shaped
+//! datagrams wait, copied, in a bounded buffer, and are replayed into the
+//! uTP tracker when the flow is confirmed. Each uTP connection's stream
+//! goes to the same stream application as a TCP flow
+//! (`analyze::stream`), so MSE over uTP is reported like MSE over TCP.
 
 use super::table::FlowInfo;
-use super::utp_stream::{CloseReason, Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
+use super::utp_stream::{Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
 use crate::analyze::dht::DhtShard;
-use crate::analyze::session::{PeerSession, SessionInit, ORIG, RESP};
-use crate::analyze::tracker::UdpTrackers;
+use crate::analyze::session::{ORIG, RESP};
+use crate::analyze::stream::{StreamApp, StreamEnd, StreamEnv, StreamInit};
+use crate::analyze::tracker::{RequestSeen, UdpTrackers};
 use crate::analyze::{lsd, FrameCtx, ShardOut};
-use crate::config::Limits;
-use crate::proto::lsd::looks_like_lsd;
-use crate::proto::utp::{parse_utp, utp_confidence, UtpConfidence, UtpProbeLimits};
+use crate::dissect::datagram::UtpConsistency;
+use crate::dissect::{self, Confidence, DatagramProto, Identified, Verdict};
+use crate::proto::utp::parse_utp;
 
 /// Datagram kinds, in `flows.app` vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,35 +45,27 @@ impl UdpKind {
     }
 }
 
-/// BEP 15 connect requests start with this protocol id.
-const UDP_TRACKER_MAGIC: [u8; 8] = 0x0417_2710_1980u64.to_be_bytes();
-
-/// Classifies one datagram by content (never by port).
-pub fn classify(d: &[u8]) -> UdpKind {
-    // KRPC: a bencoded dictionary with a `y` key (BEP 5). Deliberately loose
-    // (no check of the last byte): a truncated or malformed message that
-    // looks like KRPC is handed to the parser, which reports it.
-    if d.first() == Some(&b'd') && memchr::memmem::find(d, b"1:y1:").is_some() {
-        return UdpKind::Dht;
-    }
-    if looks_like_lsd(d) {
-        return UdpKind::Lsd;
-    }
-    if d.len() >= 16 && d[..8] == UDP_TRACKER_MAGIC && d[8..12] == [0, 0, 0, 0] {
-        return UdpKind::TrackerUdp;
-    }
-    // uTP is decided by its parser and plausibility rules (proto::utp).
-    UdpKind::Other
-}
-
-/// uTP connections of one UDP flow and their peer-wire sessions.
+/// uTP connections of one UDP flow and their stream applications.
 #[derive(Debug)]
 struct UtpPart {
     tracker: UtpTracker,
-    /// Sessions by tracker connection number, with the tracker side that
+    /// Streams by tracker connection number, with the tracker side that
     /// originated each; bounded by the tracker's `max_conns`.
-    sessions: Vec<(UtpConnNo, Side, PeerSession)>,
+    sessions: Vec<(UtpConnNo, Side, StreamInit, StreamApp)>,
     last_expire: i64,
+    /// A connection carried a plaintext handshake.
+    handshake: bool,
+}
+
+/// uTP-shaped datagrams waiting for the flow's uTP to be confirmed.
+#[derive(Debug, Default)]
+struct UtpProbe {
+    check: UtpConsistency,
+    waiting: Vec<(FrameCtx, usize, Vec<u8>)>,
+    waiting_bytes: usize,
+    /// The buffer filled up unconfirmed: uTP-shaped datagrams of this flow
+    /// are not followed.
+    gave_up: bool,
 }
 
 /// How often (packet time) idle uTP connections inside a live UDP flow are
@@ -76,19 +77,24 @@ const UTP_EXPIRE_EVERY_US: i64 = 10_000_000;
 pub struct UdpApp {
     counts: [u64; 5],
     utp: Option<Box<UtpPart>>,
+    probe: Option<Box<UtpProbe>>,
+    /// A BEP 15 exchange was paired, or a request used a known id.
+    tracker_certain: bool,
+    /// The first look-alike ruled out (evidence for `other` flows).
+    ruled_out: Option<&'static str>,
 }
 
 /// What the uTP part needs to open sessions.
-struct UtpCtx<'a> {
+struct UtpCtx<'a, 'e> {
     info: &'a FlowInfo,
     ctx: FrameCtx,
-    limits: &'a Limits,
-    messages: bool,
+    env: &'a StreamEnv<'e>,
 }
 
 fn on_utp_event(
-    sessions: &mut Vec<(UtpConnNo, Side, PeerSession)>,
-    c: &UtpCtx<'_>,
+    sessions: &mut Vec<(UtpConnNo, Side, StreamInit, StreamApp)>,
+    handshake: &mut bool,
+    c: &UtpCtx<'_, '_>,
     ev: UtpEvent<'_>,
     out: &mut ShardOut,
 ) {
@@ -107,42 +113,43 @@ fn on_utp_event(
             midstream,
         } => {
             let orig = initiator.unwrap_or(first_from);
-            let s = PeerSession::new(
-                SessionInit {
-                    conn_id: (u64::from(c.ctx.capture) << 40) | c.ctx.frame,
-                    flow_id: c.info.conn_id,
-                    capture: c.info.capture,
-                    transport: "utp",
-                    orig: end(orig),
-                    resp: end(orig.other()),
-                    first_ts: c.ctx.ts,
-                    midstream,
-                },
-                c.limits,
-                c.messages,
-            );
-            sessions.push((conn, orig, s));
+            let init = StreamInit {
+                conn_id: (u64::from(c.ctx.capture) << 40) | c.ctx.frame,
+                flow_id: c.info.conn_id,
+                capture: c.info.capture,
+                transport: "utp",
+                ends: [end(orig), end(orig.other())],
+                first_ts: c.ctx.ts,
+                midstream,
+            };
+            sessions.push((conn, orig, init, StreamApp::Undecided));
         }
         UtpEvent::Roles { .. } => {
             // Roles learned late keep the orientation chosen at open: the
             // rows of a connection never change sides midway.
         }
         UtpEvent::Data { conn, from, chunk, .. } => {
-            if let Some((_, orig, s)) = sessions.iter_mut().find(|(n, _, _)| *n == conn) {
+            if let Some((_, orig, init, app)) = sessions.iter_mut().find(|(n, ..)| *n == conn) {
                 let side = if from == *orig { ORIG } else { RESP };
-                s.feed(side, chunk, c.ctx, out);
+                app.feed(init, side, chunk, c.ctx, c.env, out);
             }
         }
-        UtpEvent::Closed { conn, reason, .. } => {
-            if let Some(i) = sessions.iter().position(|(n, _, _)| *n == conn) {
-                let (_, _, mut s) = sessions.swap_remove(i);
-                let is_bt = s.is_peer_wire();
-                let row = s.finish(c.ctx, out);
-                if is_bt {
+        UtpEvent::Closed { conn, .. } => {
+            if let Some(i) = sessions.iter().position(|(n, ..)| *n == conn) {
+                let (_, _, init, app) = sessions.swap_remove(i);
+                let end = StreamEnd {
+                    last_ts: None,
+                    gap_bytes: None,
+                    payload: None,
+                };
+                let (id, row) = app.finish(&init, end, c.ctx, c.env, out);
+                if id.confidence == Some(Confidence::Certain) {
+                    *handshake = true;
+                }
+                // uTP-shaped but neither peer wire nor MSE in it: nothing
+                // to report beyond the flow row.
+                if let Some(row) = row {
                     out.rows.connections.push(row);
-                } else if reason != CloseReason::Evicted {
-                    // uTP-shaped but no peer wire in it: nothing to report
-                    // beyond the flow row.
                 }
             }
         }
@@ -158,90 +165,146 @@ impl UdpApp {
         info: &FlowInfo,
         side: usize,
         d: &[u8],
-        limits: &Limits,
-        messages: bool,
+        env: &StreamEnv<'_>,
         dht: &mut DhtShard,
         trackers: &mut UdpTrackers,
         out: &mut ShardOut,
     ) {
-        let mut k = classify(d);
         let src = info.ends[side & 1];
         let dst = info.ends[(side & 1) ^ 1];
-        match k {
-            UdpKind::Dht => {
+        let verdict = dissect::probe_datagram(d, &mut || trackers.answer(ctx, info, side, d, out));
+        let k = match verdict {
+            Verdict::Certain(DatagramProto::Dht, _) => {
                 dht.datagram(ctx, info.conn_id, src, dst, d, out);
+                UdpKind::Dht
             }
-            UdpKind::Lsd if !lsd::datagram(ctx, info.conn_id, src, dst, d, &limits.lsd, out) => {
-                k = UdpKind::Other;
-            }
-            _ => {}
-        }
-        if k == UdpKind::TrackerUdp || k == UdpKind::Other {
-            // BEP 15 on any port: requests by structure, answers by pairing.
-            k = if trackers.datagram(ctx, info, side, d, out) {
-                UdpKind::TrackerUdp
-            } else {
-                UdpKind::Other
-            };
-        }
-        if k == UdpKind::Utp || k == UdpKind::Other {
-            k = UdpKind::Other;
-            if let Ok(pkt) = parse_utp(d) {
-                let conf = utp_confidence(d, &pkt, &UtpProbeLimits::default());
-                let accept = match conf {
-                    UtpConfidence::Likely => true,
-                    UtpConfidence::Unsure => true,
-                    UtpConfidence::NotUtp => false,
-                };
-                if accept {
-                    k = UdpKind::Utp;
-                    let part = self.utp.get_or_insert_with(|| {
-                        Box::new(UtpPart {
-                            tracker: UtpTracker::new(UtpLimits::default()),
-                            sessions: Vec::new(),
-                            last_expire: ctx.ts,
-                        })
-                    });
-                    let c = UtpCtx {
-                        info,
-                        ctx,
-                        limits,
-                        messages,
-                    };
-                    let sessions = &mut part.sessions;
-                    part.tracker.packet(ctx.ts, side == ORIG, &pkt, &mut |ev| {
-                        on_utp_event(sessions, &c, ev, out)
-                    });
-                    if ctx.ts - part.last_expire > UTP_EXPIRE_EVERY_US {
-                        part.last_expire = ctx.ts;
-                        let sessions = &mut part.sessions;
-                        part.tracker
-                            .expire(ctx.ts, &mut |ev| on_utp_event(sessions, &c, ev, out));
-                    }
+            Verdict::Certain(DatagramProto::Lsd, _) => {
+                if lsd::datagram(ctx, info.conn_id, src, dst, d, &env.limits.lsd, out) {
+                    UdpKind::Lsd
+                } else {
+                    UdpKind::Other
                 }
             }
-        }
+            Verdict::Certain(DatagramProto::TrackerUdpAnswer, _) => {
+                self.tracker_certain = true;
+                UdpKind::TrackerUdp
+            }
+            Verdict::Certain(DatagramProto::TrackerUdpRequest, _) => {
+                match trackers.request_seen(ctx, info, side, d, out) {
+                    RequestSeen::Confirmed => {
+                        self.tracker_certain = true;
+                        UdpKind::TrackerUdp
+                    }
+                    RequestSeen::Unconfirmed => UdpKind::TrackerUdp,
+                    RequestSeen::No => self.utp_datagram(ctx, info, side, d, env, out),
+                }
+            }
+            Verdict::Certain(DatagramProto::Utp, _) => self.utp_datagram(ctx, info, side, d, env, out),
+            Verdict::NotYet => UdpKind::Other,
+            Verdict::NotMine(why) => {
+                if self.ruled_out.is_none() && why != "no BitTorrent shape" {
+                    self.ruled_out = Some(why);
+                }
+                UdpKind::Other
+            }
+        };
         self.counts[k as usize] += 1;
     }
 
-    /// Ends the flow; returns its `app`.
-    pub fn finish(
+    /// A datagram that may be uTP: straight to the uTP tracker once the
+    /// flow's uTP is confirmed, else to the consistency check.
+    fn utp_datagram(
         &mut self,
         ctx: FrameCtx,
         info: &FlowInfo,
-        limits: &Limits,
-        messages: bool,
+        side: usize,
+        d: &[u8],
+        env: &StreamEnv<'_>,
         out: &mut ShardOut,
-    ) -> &'static str {
+    ) -> UdpKind {
+        let Ok(pkt) = parse_utp(d) else { return UdpKind::Other };
+        if !dissect::datagram::is_utp_shape(d) {
+            return UdpKind::Other;
+        }
+        let probe = self.probe.get_or_insert_with(Box::default);
+        if probe.gave_up {
+            return UdpKind::Utp;
+        }
+        if !probe.check.is_confirmed() {
+            let confirmed = probe.check.packet(side, &pkt);
+            if !confirmed {
+                let limits = env.limits;
+                if probe.waiting.len() >= limits.utp_probe_max_datagrams
+                    || probe.waiting_bytes + d.len() > limits.utp_probe_max_bytes
+                {
+                    probe.gave_up = true;
+                    probe.waiting = Vec::new();
+                    return UdpKind::Utp;
+                }
+                probe.waiting_bytes += d.len();
+                probe.waiting.push((ctx, side, d.to_vec()));
+                return UdpKind::Utp;
+            }
+            // Confirmed: what waited goes first, each at its own frame.
+            let waiting = std::mem::take(&mut probe.waiting);
+            probe.waiting_bytes = 0;
+            for (wctx, wside, wd) in &waiting {
+                if let Ok(wp) = parse_utp(wd) {
+                    self.utp_packet(*wctx, info, *wside, &wp, env, out);
+                }
+            }
+        }
+        self.utp_packet(ctx, info, side, &pkt, env, out);
+        UdpKind::Utp
+    }
+
+    fn utp_packet(
+        &mut self,
+        ctx: FrameCtx,
+        info: &FlowInfo,
+        side: usize,
+        pkt: &crate::proto::utp::UtpPacket<'_>,
+        env: &StreamEnv<'_>,
+        out: &mut ShardOut,
+    ) {
+        let part = self.utp.get_or_insert_with(|| {
+            Box::new(UtpPart {
+                tracker: UtpTracker::new(UtpLimits::default()),
+                sessions: Vec::new(),
+                last_expire: ctx.ts,
+                handshake: false,
+            })
+        });
+        let c = UtpCtx { info, ctx, env };
+        let (sessions, handshake) = (&mut part.sessions, &mut part.handshake);
+        part.tracker.packet(ctx.ts, side == ORIG, pkt, &mut |ev| {
+            on_utp_event(sessions, handshake, &c, ev, out)
+        });
+        if ctx.ts - part.last_expire > UTP_EXPIRE_EVERY_US {
+            part.last_expire = ctx.ts;
+            let (sessions, handshake) = (&mut part.sessions, &mut part.handshake);
+            part.tracker
+                .expire(ctx.ts, &mut |ev| on_utp_event(sessions, handshake, &c, ev, out));
+        }
+    }
+
+    /// Ends the flow; returns its identification.
+    pub fn finish(&mut self, ctx: FrameCtx, info: &FlowInfo, env: &StreamEnv<'_>, out: &mut ShardOut) -> Identified {
+        // Never confirmed: with --keep-weak, what waited is followed anyway.
+        let unconfirmed = self.probe.as_mut().filter(|p| !p.check.is_confirmed());
+        if let (true, Some(p)) = (env.keep_weak, unconfirmed) {
+            let waiting = std::mem::take(&mut p.waiting);
+            for (wctx, wside, wd) in &waiting {
+                if let Ok(wp) = parse_utp(wd) {
+                    self.utp_packet(*wctx, info, *wside, &wp, env, out);
+                }
+            }
+        }
         if let Some(part) = self.utp.as_mut() {
-            let c = UtpCtx {
-                info,
-                ctx,
-                limits,
-                messages,
-            };
-            let sessions = &mut part.sessions;
-            part.tracker.flush(&mut |ev| on_utp_event(sessions, &c, ev, out));
+            let c = UtpCtx { info, ctx, env };
+            let (sessions, handshake) = (&mut part.sessions, &mut part.handshake);
+            part.tracker
+                .flush(&mut |ev| on_utp_event(sessions, handshake, &c, ev, out));
             let st = part.tracker.stats();
             if st.gap_packets > 0 {
                 out.anomaly(
@@ -253,11 +316,11 @@ impl UdpApp {
                 );
             }
         }
-        self.app_name()
+        self.identified()
     }
 
-    /// The flow's `app`: the kind most of its datagrams had.
-    pub fn app_name(&self) -> &'static str {
+    /// The flow's kind: the one most of its datagrams had.
+    fn kind(&self) -> UdpKind {
         let kinds = [UdpKind::Dht, UdpKind::TrackerUdp, UdpKind::Utp, UdpKind::Lsd];
         let best = kinds
             .iter()
@@ -265,42 +328,48 @@ impl UdpApp {
             .copied()
             .unwrap_or(UdpKind::Other);
         if self.counts[best as usize] == 0 {
-            UdpKind::Other.name()
+            UdpKind::Other
         } else {
-            best.name()
+            best
         }
     }
 
-    /// Rows of the flow's open uTP peer-wire connections as of now (live
-    /// snapshot; nothing is flushed or closed).
+    /// The flow's `app`, with how sure and why.
+    pub fn identified(&self) -> Identified {
+        match self.kind() {
+            UdpKind::Dht => Identified::bt("dht", Confidence::Certain, "KRPC dictionary"),
+            UdpKind::Lsd => Identified::bt("lsd", Confidence::Certain, "LSD BT-SEARCH"),
+            UdpKind::TrackerUdp if self.tracker_certain => {
+                Identified::bt("tracker_udp", Confidence::Certain, "BEP 15 exchange")
+            }
+            UdpKind::TrackerUdp => Identified::bt("tracker_udp", Confidence::Weak, "BEP 15 request shape, unanswered"),
+            UdpKind::Utp if self.utp.as_ref().is_some_and(|p| p.handshake) => Identified::bt(
+                "utp",
+                Confidence::Certain,
+                "uTP headers consistent both ways, plaintext handshake",
+            ),
+            UdpKind::Utp if self.probe.as_ref().is_some_and(|p| p.check.is_confirmed()) => {
+                Identified::bt("utp", Confidence::Strong, "uTP headers consistent both ways")
+            }
+            UdpKind::Utp => Identified::bt("utp", Confidence::Weak, "uTP header shape only"),
+            UdpKind::Other => Identified::other("other", self.ruled_out),
+        }
+    }
+
+    /// Rows of the flow's open uTP connections as of now (live snapshot;
+    /// nothing is flushed or closed).
     pub fn snapshot(&self, out: &ShardOut, rows: &mut Vec<crate::sink::ConnectionRow>) {
         if let Some(part) = &self.utp {
-            for (_, _, s) in &part.sessions {
-                if s.is_peer_wire() {
-                    rows.push(s.snapshot_row(out));
+            for (_, _, init, app) in &part.sessions {
+                let end = StreamEnd {
+                    last_ts: None,
+                    gap_bytes: None,
+                    payload: None,
+                };
+                if let Some(row) = app.snapshot_row(init, end, out) {
+                    rows.push(row);
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_by_content() {
-        assert_eq!(
-            classify(b"d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe"),
-            UdpKind::Dht
-        );
-        assert_eq!(
-            classify(b"BT-SEARCH * HTTP/1.1\r\nHost: 239.192.152.143:6771\r\n"),
-            UdpKind::Lsd
-        );
-        let mut c = UDP_TRACKER_MAGIC.to_vec();
-        c.extend([0, 0, 0, 0, 1, 2, 3, 4]);
-        assert_eq!(classify(&c), UdpKind::TrackerUdp);
-        assert_eq!(classify(b"hello"), UdpKind::Other);
     }
 }

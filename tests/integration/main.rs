@@ -21,6 +21,7 @@ use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
 mod geo;
+mod ident;
 mod live;
 mod metadata;
 mod probe;
@@ -306,8 +307,12 @@ fn plaintext_message_counts_at_least_tshark() {
         "tcoppi__BittorrentReconstituter/codemonkey2.pcap",
         "tcoppi__BittorrentReconstituter/codemonkey_and_testtxt.pcap",
         "ntop__nDPI/bittorrent.pcap",
-        "chrissanders__packets/torrential-slowness.pcap",
     ];
+    // Not listed: torrential-slowness.pcap. tshark decodes its 7 messages
+    // because the streams use port 6881; every stream there is picked up
+    // mid-connection and frames at most a message or two one way, which is
+    // not enough to call a stream peer wire on a tap (issue 14: a run of
+    // messages both ways), so it has no connection and no message rows.
     for f in files {
         let path = c.join(f);
         let theirs = tshark_msg_counts(&path);
