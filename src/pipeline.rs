@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::analyze::apps::{ShardApps, ShardContext};
 use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
 use crate::analyze::metadata::MetadataAssembler;
@@ -35,7 +36,7 @@ use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
 use crate::dissect::Confidence;
-use crate::flow::table::{Shard, ShardContext};
+use crate::flow::table::Shard;
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
@@ -129,7 +130,7 @@ pub struct Engine {
     settings: Settings,
     names: Arc<Vec<String>>,
     pool: rayon::ThreadPool,
-    shards: Vec<Shard>,
+    shards: Vec<Shard<ShardApps>>,
     n_shards: usize,
     swarm: Swarm,
     audit: Audit,
@@ -226,9 +227,9 @@ impl Engine {
             names: names.clone(),
         };
         let n_shards = settings.n_shards.max(1);
-        let shards: Vec<Shard> = (0..n_shards)
+        let shards: Vec<Shard<ShardApps>> = (0..n_shards)
             .map(|_| {
-                Shard::new(
+                let apps = ShardApps::new(
                     settings.limits,
                     n_shards,
                     settings.messages,
@@ -238,7 +239,8 @@ impl Engine {
                         known: meta.known.clone(),
                         ..Default::default()
                     },
-                )
+                );
+                Shard::new(settings.limits, n_shards, apps)
             })
             .collect();
         let pool = rayon::ThreadPoolBuilder::new()
@@ -357,7 +359,7 @@ impl Engine {
     /// that precede the oldest event a connection still holds back (all of
     /// them when `all`, or when more than `max_waiting_events` wait).
     fn ready_events(&mut self, events: Vec<SwarmEvent>, all: bool) -> Vec<SwarmEvent> {
-        let cutoff = self.shards.iter().filter_map(|s| s.out.oldest_held()).min();
+        let cutoff = self.shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
         let cutoff = cutoff.filter(|_| !all);
         if self.waiting.is_empty() {
             let Some(c) = cutoff else { return events };
@@ -423,7 +425,7 @@ impl Engine {
     pub fn snapshot(&mut self, state_idle_us: i64) -> RowBatch {
         let mut rows = RowBatch::default();
         for s in &self.shards {
-            s.snapshot(&mut rows);
+            s.snapshot(&mut |apps, f, app| apps.snapshot(f, app, &mut rows));
         }
         rows.flows.sort_by_key(|r| r.conn_id);
         let mut held = std::mem::take(&mut self.held_conns);
@@ -727,7 +729,7 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
 /// Takes every shard's rows, swarm events and DHT observations, events in
 /// frame order.
 fn collect_events(
-    shards: &mut [Shard],
+    shards: &mut [Shard<ShardApps>],
     rows: &mut RowBatch,
 ) -> (
     Vec<SwarmEvent>,
@@ -738,10 +740,10 @@ fn collect_events(
     let mut unattributed = Vec::new();
     let mut dht_obs = Vec::new();
     for s in shards.iter_mut() {
-        rows.append(&mut s.out.rows);
-        events.append(&mut s.out.events);
-        unattributed.append(&mut s.out.unattributed);
-        dht_obs.append(&mut s.out.dht);
+        rows.append(&mut s.apps.out.rows);
+        events.append(&mut s.apps.out.events);
+        unattributed.append(&mut s.apps.out.unattributed);
+        dht_obs.append(&mut s.apps.out.dht);
     }
     events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
     unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
@@ -761,10 +763,10 @@ impl MetaState {
     /// a rebuilt dictionary joins the swarm state now and the shards' piece
     /// verification from the next batch on. Counts this step's `pieces`
     /// rows for the torrents' totals.
-    fn absorb(&mut self, shards: &mut [Shard], swarm: &mut Swarm, rows: &mut RowBatch) {
+    fn absorb(&mut self, shards: &mut [Shard<ShardApps>], swarm: &mut Swarm, rows: &mut RowBatch) {
         let mut pieces = Vec::new();
         for s in shards.iter_mut() {
-            pieces.append(&mut s.out.metadata);
+            pieces.append(&mut s.apps.out.metadata);
         }
         pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
         let mut changed = false;
@@ -781,7 +783,7 @@ impl MetaState {
         }
         if changed {
             for s in shards.iter_mut() {
-                s.out.known = self.known.clone();
+                s.apps.out.known = self.known.clone();
             }
         }
         rows.pieces.sort_by_key(|r| r.frame);
@@ -916,10 +918,10 @@ fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
 /// The shards' announce marks for the audit, in frame order.
-fn take_marks(shards: &mut [Shard]) -> Vec<AnnounceMark> {
+fn take_marks(shards: &mut [Shard<ShardApps>]) -> Vec<AnnounceMark> {
     let mut marks = Vec::new();
     for s in shards.iter_mut() {
-        marks.append(&mut s.out.marks);
+        marks.append(&mut s.apps.out.marks);
     }
     marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
     marks
@@ -955,7 +957,7 @@ fn finish_rows(rows: &mut RowBatch) {
 /// Decodes a batch in parallel and runs the shards over it.
 fn process_batch(
     batch: &FrameBatch,
-    shards: &mut [Shard],
+    shards: &mut [Shard<ShardApps>],
     n_shards: usize,
     names: &[String],
     counts: &mut HashMap<String, DecodeCounts>,

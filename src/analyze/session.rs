@@ -28,9 +28,8 @@ use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
 use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
 
-/// Side index: 0 = originator, 1 = responder.
-pub const ORIG: usize = 0;
-pub const RESP: usize = 1;
+/// Direction indices (0 = from the originator), as the flow layer numbers them.
+pub use crate::flow::{ORIG, RESP};
 
 #[derive(Debug, Clone)]
 struct Held {

@@ -19,8 +19,8 @@ use super::tracker::HttpTracker;
 use super::{FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::dissect::{self, Confidence, Identified, StreamFacts, StreamProto, Verdict};
-use crate::flow::table::FlowInfo;
 use crate::flow::Chunk;
+use crate::flow::FlowInfo;
 use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_PREFIX};
 use crate::sink::{ConnectionRow, Ts};
 
@@ -214,6 +214,7 @@ fn flow_info(init: &StreamInit) -> FlowInfo {
         capture: init.capture,
         ends: init.ends,
         first_ts: init.first_ts,
+        midstream: init.midstream,
     }
 }
 
@@ -571,5 +572,144 @@ fn mse_row(init: &StreamInit, scan: &MseScan, end: StreamEnd, out: &ShardOut) ->
         payload_bytes_resp: payload[RESP],
         gap_bytes: end.gap_bytes.unwrap_or(scan.gap_bytes),
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init(midstream: bool) -> StreamInit {
+        StreamInit {
+            conn_id: 7,
+            flow_id: 7,
+            capture: 0,
+            transport: "tcp",
+            ends: [
+                "10.0.0.1:50000".parse().expect("addr"),
+                "10.0.0.2:6881".parse().expect("addr"),
+            ],
+            first_ts: 1_000_000,
+            midstream,
+        }
+    }
+
+    fn msg(id: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = (body.len() as u32 + 1).to_be_bytes().to_vec();
+        m.push(id);
+        m.extend_from_slice(body);
+        m
+    }
+
+    /// Feeds `chunks` (side, bytes) one frame each, then ends the stream.
+    fn run(midstream: bool, chunks: &[(usize, Vec<u8>)]) -> (Identified, Option<ConnectionRow>, ShardOut) {
+        let limits = Limits::default();
+        let shapes = std::collections::HashMap::new();
+        let env = StreamEnv {
+            limits: &limits,
+            messages: true,
+            keep_weak: false,
+            shapes: &shapes,
+        };
+        let mut out = ShardOut::default();
+        let mut app = StreamApp::default();
+        let i = init(midstream);
+        for (n, (side, d)) in chunks.iter().enumerate() {
+            let ctx = FrameCtx {
+                ts: 1_000_000 + n as i64,
+                frame: n as u64 + 1,
+                capture: 0,
+            };
+            app.feed(&i, *side, Chunk::Data(d), ctx, &env, &mut out);
+        }
+        let end = StreamEnd {
+            last_ts: Some(2_000_000),
+            gap_bytes: Some(0),
+            payload: None,
+        };
+        let ctx = FrameCtx {
+            ts: 2_000_000,
+            frame: 99,
+            capture: 0,
+        };
+        let (id, row) = app.finish(&i, end, ctx, &env, &mut out);
+        (id, row, out)
+    }
+
+    fn have(piece: u32) -> Vec<u8> {
+        msg(4, &piece.to_be_bytes())
+    }
+
+    fn request(piece: u32) -> Vec<u8> {
+        let mut b = piece.to_be_bytes().to_vec();
+        b.extend(0u32.to_be_bytes());
+        b.extend(16384u32.to_be_bytes());
+        msg(6, &b)
+    }
+
+    #[test]
+    fn a_midstream_run_both_ways_becomes_a_connection_with_its_staged_messages() {
+        let mut chunks = Vec::new();
+        for p in 0..4 {
+            chunks.push((ORIG, request(p)));
+            chunks.push((RESP, have(p)));
+        }
+        let (id, row, out) = run(true, &chunks);
+        assert_eq!((id.app, id.confidence), ("peer_wire", Some(Confidence::Strong)));
+        let row = row.expect("connection row");
+        assert!(row.midstream);
+        assert!(row.n_msgs_orig >= MIDSTREAM_MIN_MSGS && row.n_msgs_resp >= MIDSTREAM_MIN_MSGS);
+        // The messages framed before the run was confirmed are written too.
+        assert_eq!(out.rows.peer_messages.len() as u64, row.n_msgs_orig + row.n_msgs_resp);
+    }
+
+    #[test]
+    fn a_midstream_run_one_way_writes_nothing() {
+        let chunks: Vec<(usize, Vec<u8>)> = (0..8).map(|p| (ORIG, request(p))).collect();
+        let (id, row, out) = run(true, &chunks);
+        assert_eq!((id.app, id.confidence), ("peer_wire", Some(Confidence::Weak)));
+        assert!(row.is_none());
+        assert!(out.rows.peer_messages.is_empty() && out.events.is_empty() && out.rows.anomalies.is_empty());
+    }
+
+    #[test]
+    fn smb_and_zero_bytes_picked_up_mid_stream_write_nothing() {
+        // SMB over NetBIOS: ruled out by name at its first bytes.
+        let mut smb = vec![0, 0, 0, 0x45, 0xff, b'S', b'M', b'B', 0x72];
+        smb.resize(0x49, 0);
+        let (id, row, out) = run(true, &[(ORIG, smb.clone()), (RESP, smb)]);
+        assert_eq!((id.app, id.evidence), ("other", Some("smb")));
+        assert!(row.is_none() && out.rows.peer_messages.is_empty());
+        // Zero bytes both ways frame only as keep-alives.
+        let zeros = vec![0u8; 64];
+        let (id, row, out) = run(true, &[(ORIG, zeros.clone()), (RESP, zeros.clone()), (ORIG, zeros)]);
+        assert!(!id.is_sure());
+        assert!(row.is_none() && out.rows.peer_messages.is_empty());
+    }
+
+    #[test]
+    fn mse_rows_are_written_for_the_pipeline_to_judge() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut random = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 32) as u8
+                })
+                .collect()
+        };
+        let (id, row, _) = run(false, &[(ORIG, random(200)), (RESP, random(300))]);
+        assert_eq!((id.app, id.evidence), ("mse", Some(EV_MSE_BOTH)));
+        assert!(row.is_some_and(|r| r.encrypted));
+        let (id, _, _) = run(false, &[(ORIG, random(200))]);
+        assert_eq!(id.evidence, Some(EV_MSE_ONE_WAY));
+        // A TLS ClientHello of the same size is not MSE.
+        let mut hello = vec![0x16, 0x03, 0x01, 0x00, 0xc3];
+        hello.extend(random(195));
+        let (id, row, _) = run(false, &[(ORIG, hello)]);
+        assert_eq!((id.app, id.evidence), ("other", Some("tls")));
+        assert!(row.is_none());
     }
 }

@@ -35,8 +35,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::session::{ORIG, RESP};
 use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
-use crate::flow::table::FlowInfo;
 use crate::flow::Chunk;
+use crate::flow::FlowInfo;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::hex;
 use crate::proto::tracker_http::{

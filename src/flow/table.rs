@@ -1,41 +1,34 @@
 //! A shard of the flow table: every flow whose key hashes to this shard, with
-//! its TCP reassembly and application state. A shard is processed by one
-//! worker at a time and owns all its state (no locks). Flows end on FIN/RST
-//! (after a linger), on idle expiry in packet time, on eviction when the
-//! shard is full, or at the end of input; each end writes a `flows` row and,
-//! for peer-wire connections, a `connections` row.
+//! its TCP reassembly and the state its application side keeps (opaque
+//! here: [`FlowApps`]). A shard is processed by one worker at a time and
+//! owns all its state (no locks). Flows end on FIN/RST (after a linger), on
+//! idle expiry in packet time, on eviction when the shard is full, or at
+//! the end of input; each end is handed to the application side with the
+//! flow's transport facts ([`FlowSummary`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use super::reassembly::StreamReassembler;
-use super::udp::UdpApp;
-use crate::analyze::dht::DhtShard;
-use crate::analyze::session::{ORIG, RESP};
-use crate::analyze::stream::{StreamApp, StreamEnd, StreamEnv, StreamInit};
-use crate::analyze::tracker::UdpTrackers;
-use crate::analyze::{FrameCtx, ShardOut};
+pub use super::FlowInfo;
+use super::{AppRef, FlowApps, FlowSummary, FrameCtx, ORIG, RESP};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
-use crate::dissect::Identified;
-use crate::proto::peer_wire::TorrentShape;
-use crate::sink::{FlowRow, Ts};
 
 #[derive(Debug)]
-struct TcpState {
+struct TcpState<T> {
     reasm: [StreamReassembler; 2],
-    app: StreamApp,
+    app: T,
 }
 
 #[derive(Debug)]
-enum FlowApp {
-    Tcp(Box<TcpState>),
-    Udp(Box<UdpApp>),
+enum FlowApp<T, U> {
+    Tcp(Box<TcpState<T>>),
+    Udp(Box<U>),
 }
 
 #[derive(Debug)]
-struct Flow {
+struct Flow<T, U> {
     conn_id: u64,
     capture: u32,
     /// True when the originator is the key's `a` endpoint.
@@ -50,7 +43,7 @@ struct Flow {
     fin: [bool; 2],
     rst: bool,
     closed_at: Option<i64>,
-    app: FlowApp,
+    app: FlowApp<T, U>,
 }
 
 /// Counters a shard keeps for `capture_stats` and the summary.
@@ -58,16 +51,6 @@ struct Flow {
 pub struct ShardStats {
     pub n_flows: u64,
     pub n_flows_evicted: u64,
-    pub n_peer_connections: u64,
-}
-
-/// Shared, read-only context for all shards.
-#[derive(Debug, Default)]
-pub struct ShardContext {
-    /// Torrent shapes known from --torrents, by v1 info hash.
-    pub shapes: HashMap<[u8; 20], TorrentShape>,
-    /// Write connection rows of weak identifications too (`--keep-weak`).
-    pub keep_weak: bool,
 }
 
 /// The flow table's hasher: foldhash with a per-process random seed. Keys
@@ -77,19 +60,16 @@ pub struct ShardContext {
 /// from. SipHash (std's default) resists more but cost ~5 % of a run.
 type FlowHasher = foldhash::fast::RandomState;
 
-/// One shard.
-pub struct Shard {
-    flows: HashMap<FlowKey, Flow, FlowHasher>,
+/// What [`Shard::snapshot`] calls for every open flow.
+pub type SnapshotFn<'a, A> = dyn FnMut(&A, &FlowSummary, AppRef<'_, <A as FlowApps>::Tcp, <A as FlowApps>::Udp>) + 'a;
+
+/// One shard: its flows, and the application side `A` they are handed to.
+pub struct Shard<A: FlowApps> {
+    flows: HashMap<FlowKey, Flow<A::Tcp, A::Udp>, FlowHasher>,
     max_flows: usize,
     limits: Limits,
-    messages: bool,
     last_sweep: i64,
-    ctx: Arc<ShardContext>,
-    /// Outstanding DHT queries of this shard's UDP flows.
-    dht: DhtShard,
-    /// UDP tracker transactions of this shard's flows.
-    udp_trackers: UdpTrackers,
-    pub out: ShardOut,
+    pub apps: A,
     pub stats: ShardStats,
 }
 
@@ -104,7 +84,7 @@ pub enum EndReason {
 }
 
 impl EndReason {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             EndReason::Fin => "fin",
             EndReason::Rst => "rst",
@@ -115,25 +95,14 @@ impl EndReason {
     }
 }
 
-impl Shard {
-    pub fn new(limits: Limits, n_shards: usize, messages: bool, ctx: Arc<ShardContext>, out: ShardOut) -> Self {
+impl<A: FlowApps> Shard<A> {
+    pub fn new(limits: Limits, n_shards: usize, apps: A) -> Self {
         Shard {
             flows: HashMap::default(),
             max_flows: (limits.max_flows / n_shards.max(1)).max(16),
             limits,
-            messages,
             last_sweep: i64::MIN,
-            ctx,
-            dht: DhtShard::new(&limits, n_shards),
-            udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
-            out: ShardOut {
-                piece_budget: crate::analyze::pieces::PieceBudget {
-                    used: 0,
-                    max: limits.max_piece_buffer_total / n_shards.max(1),
-                },
-                held_since: Default::default(),
-                ..out
-            },
+            apps,
             stats: ShardStats::default(),
         }
     }
@@ -189,20 +158,21 @@ impl Shard {
             self.stats.n_flows += 1;
             self.flows.insert(key, flow);
         }
-        let env = StreamEnv {
-            limits: &self.limits,
-            messages: self.messages,
-            keep_weak: self.ctx.keep_weak,
-            shapes: &self.ctx.shapes,
-        };
         let Some(f) = self.flows.get_mut(&key) else { return };
         let side = if from_a == f.orig_is_a { ORIG } else { RESP };
         f.last_ts = f.last_ts.max(ctx.ts);
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
+        let info = FlowInfo {
+            conn_id: f.conn_id,
+            capture: f.capture,
+            ends: f.ends,
+            first_ts: f.first_ts,
+            midstream: f.midstream,
+        };
+        let apps = &mut self.apps;
         match (&mut f.app, p.transport) {
             (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
-                let init = stream_init(f.conn_id, f.capture, f.ends, f.first_ts, f.midstream);
                 let t = &mut **t;
                 if syn {
                     f.syn_seen = true;
@@ -214,23 +184,22 @@ impl Shard {
                     }
                 }
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
-                let out = &mut self.out;
                 if !payload.is_empty() {
                     if !reasm[side].is_started() {
                         reasm[side].start_at(seq);
                     }
                     let s = if syn { seq.wrapping_add(1) } else { seq };
-                    reasm[side].segment(s, payload, &mut |c| app.feed(&init, side, c, ctx, &env, out));
+                    reasm[side].segment(s, payload, &mut |c| apps.stream(&info, app, side, c, ctx));
                 }
                 if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
-                    reasm[1 - side].acked(ackno, &mut |c| app.feed(&init, 1 - side, c, ctx, &env, out));
+                    reasm[1 - side].acked(ackno, &mut |c| apps.stream(&info, app, 1 - side, c, ctx));
                 }
                 if flags & tcp_flags::FIN != 0 {
                     // The FIN takes the sequence number after the payload.
                     let base = if syn { seq.wrapping_add(1) } else { seq };
                     let fin_seq = base.wrapping_add(payload.len() as u32 + p.payload_missing);
                     if reasm[side].is_started() {
-                        reasm[side].fin(fin_seq, &mut |c| app.feed(&init, side, c, ctx, &env, out));
+                        reasm[side].fin(fin_seq, &mut |c| apps.stream(&info, app, side, c, ctx));
                     }
                     f.fin[side] = true;
                     if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
@@ -242,29 +211,12 @@ impl Shard {
                     f.closed_at.get_or_insert(ctx.ts);
                 }
             }
-            (FlowApp::Udp(u), Transport::Udp) => {
-                let info = FlowInfo {
-                    conn_id: f.conn_id,
-                    capture: f.capture,
-                    ends: f.ends,
-                    first_ts: f.first_ts,
-                };
-                u.datagram(
-                    ctx,
-                    &info,
-                    side,
-                    payload,
-                    &env,
-                    &mut self.dht,
-                    &mut self.udp_trackers,
-                    &mut self.out,
-                );
-            }
+            (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info, u, side, payload, ctx),
             _ => {}
         }
     }
 
-    fn new_flow(&self, ctx: FrameCtx, p: &Packet, is_tcp: bool, syn: bool, ack: bool) -> Flow {
+    fn new_flow(&self, ctx: FrameCtx, p: &Packet, is_tcp: bool, syn: bool, ack: bool) -> Flow<A::Tcp, A::Udp> {
         let (key, from_a) = FlowKey::of(p);
         let src = SocketAddr::new(p.src, p.sport);
         let dst = SocketAddr::new(p.dst, p.dport);
@@ -279,7 +231,7 @@ impl Shard {
                     StreamReassembler::new(self.limits.reassembly),
                     StreamReassembler::new(self.limits.reassembly),
                 ],
-                app: StreamApp::Undecided,
+                app: A::Tcp::default(),
             }))
         } else {
             FlowApp::Udp(Box::default())
@@ -313,7 +265,7 @@ impl Shard {
                 self.end_flow(k, f, EndReason::Evicted, ctx);
             }
         }
-        self.out.anomaly(
+        self.apps.anomaly(
             Some(ctx),
             None,
             "flow",
@@ -328,13 +280,12 @@ impl Shard {
             return;
         }
         self.last_sweep = now;
-        self.udp_trackers.sweep(now, &mut self.out);
-        // Connections holding swarm events for too long release them, so the
-        // swarm state's frame order is not held up (see Limits::max_hold_us).
-        if self.out.oldest_held().is_some() {
+        // The applications' own timers; streams holding something back for
+        // too long let go of it.
+        if self.apps.sweep(now) {
             for f in self.flows.values_mut() {
                 if let FlowApp::Tcp(t) = &mut f.app {
-                    t.app.release_stale(now, self.limits.max_hold_us, &mut self.out);
+                    self.apps.release_stale(&mut t.app, now);
                 }
             }
         }
@@ -386,10 +337,10 @@ impl Shard {
                 self.end_flow(k, f, EndReason::End, ctx);
             }
         }
-        self.udp_trackers.finish(&mut self.out);
+        self.apps.finish();
     }
 
-    fn end_flow(&mut self, key: FlowKey, mut f: Flow, reason: EndReason, ctx: FrameCtx) {
+    fn end_flow(&mut self, key: FlowKey, f: Flow<A::Tcp, A::Udp>, reason: EndReason, ctx: FrameCtx) {
         // Whatever ends the flow (a sweep at a batch end, the next packet of
         // the 4-tuple, eviction, end of input), what it emits is timed by the
         // flow's own last packet, so that batch boundaries never show.
@@ -398,33 +349,21 @@ impl Shard {
             frame: ctx.frame,
             capture: f.capture,
         };
-        let info = FlowInfo {
-            conn_id: f.conn_id,
-            capture: f.capture,
-            ends: f.ends,
-            first_ts: f.first_ts,
-        };
-        let mut gap_bytes = 0;
-        let mut retrans_bytes = 0;
-        let env = StreamEnv {
-            limits: &self.limits,
-            messages: self.messages,
-            keep_weak: self.ctx.keep_weak,
-            shapes: &self.ctx.shapes,
-        };
-        let app = match &mut f.app {
+        let info = flow_info(&f);
+        let _ = key;
+        match f.app {
             FlowApp::Tcp(t) => {
-                let init = stream_init(f.conn_id, f.capture, f.ends, f.first_ts, f.midstream);
-                let t = &mut **t;
+                let mut t = *t;
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
-                let out = &mut self.out;
+                let apps = &mut self.apps;
+                let (mut gap_bytes, mut retrans_bytes) = (0, 0);
                 for side in [ORIG, RESP] {
-                    reasm[side].flush(&mut |c| app.feed(&init, side, c, ctx, &env, out));
+                    reasm[side].flush(&mut |c| apps.stream(&info, app, side, c, ctx));
                     gap_bytes += reasm[side].stats().gap_bytes;
                     retrans_bytes += reasm[side].stats().retrans_bytes;
                     let conflicts = reasm[side].stats().overlap_conflict_bytes;
                     if conflicts > 0 {
-                        out.anomaly(
+                        apps.anomaly(
                             Some(ctx),
                             Some(f.conn_id),
                             "tcp",
@@ -433,116 +372,78 @@ impl Shard {
                         );
                     }
                 }
-                let end = StreamEnd {
-                    last_ts: Some(f.last_ts),
-                    gap_bytes: Some(gap_bytes),
-                    payload: Some(f.payload),
-                };
-                let (id, row) = std::mem::take(app).finish(&init, end, ctx, &env, out);
-                if let Some(row) = row {
-                    if !row.encrypted {
-                        self.stats.n_peer_connections += 1;
-                    }
-                    out.rows.connections.push(row);
-                }
-                id
+                let sum = summary(
+                    &info,
+                    &f.n_packets,
+                    &f.payload,
+                    f.last_ts,
+                    true,
+                    gap_bytes,
+                    retrans_bytes,
+                    reason.name(),
+                );
+                apps.tcp_end(&sum, t.app, ctx);
             }
-            FlowApp::Udp(u) => u.finish(ctx, &info, &env, &mut self.out),
-        };
-        let _ = key;
-        let row = self.flow_row(&f, app, gap_bytes, retrans_bytes, reason.name());
-        self.out.rows.flows.push(row);
-    }
-
-    fn flow_row(
-        &self,
-        f: &Flow,
-        app: Identified,
-        gap_bytes: u64,
-        retrans_bytes: u64,
-        end_reason: &'static str,
-    ) -> FlowRow {
-        FlowRow {
-            conn_id: f.conn_id,
-            capture: self.out.capture_name(f.capture),
-            proto: match f.app {
-                FlowApp::Tcp(_) => "tcp",
-                FlowApp::Udp(_) => "udp",
-            },
-            orig_ip: f.ends[ORIG].ip().to_string(),
-            orig_port: u32::from(f.ends[ORIG].port()),
-            resp_ip: f.ends[RESP].ip().to_string(),
-            resp_port: u32::from(f.ends[RESP].port()),
-            first_ts: Ts(f.first_ts),
-            last_ts: Ts(f.last_ts),
-            n_packets: f.n_packets[0] + f.n_packets[1],
-            n_packets_orig: f.n_packets[ORIG],
-            n_packets_resp: f.n_packets[RESP],
-            payload_bytes_orig: f.payload[ORIG],
-            payload_bytes_resp: f.payload[RESP],
-            app: app.app,
-            app_confidence: app.confidence.map(|c| c.name()),
-            app_evidence: app.evidence,
-            midstream: f.midstream,
-            gap_bytes,
-            retrans_bytes,
-            end_reason,
+            FlowApp::Udp(u) => {
+                let sum = summary(&info, &f.n_packets, &f.payload, f.last_ts, false, 0, 0, reason.name());
+                self.apps.udp_end(&sum, *u, ctx);
+            }
         }
     }
 
-    /// Live capture: `flows` rows (end_reason `open`) and `connections`
-    /// rows of every flow still open, as of now. Nothing is flushed or
-    /// closed: bytes waiting in reassembly, and a message still being
-    /// framed, count once they are delivered (in a later snapshot or the
-    /// final row).
-    pub fn snapshot(&self, rows: &mut crate::sink::RowBatch) {
-        let mut flows: Vec<&Flow> = self.flows.values().collect();
+    /// Live capture: every flow still open, as of now, with its
+    /// application state (`end_reason` `open`). Nothing is flushed or
+    /// closed: bytes waiting in reassembly count once they are delivered.
+    pub fn snapshot(&self, each: &mut SnapshotFn<'_, A>) {
+        let mut flows: Vec<&Flow<A::Tcp, A::Udp>> = self.flows.values().collect();
         flows.sort_unstable_by_key(|f| f.conn_id);
         for f in flows {
-            let (app, gap_bytes, retrans_bytes) = match &f.app {
+            let info = flow_info(f);
+            match &f.app {
                 FlowApp::Tcp(t) => {
                     let gap: u64 = t.reasm.iter().map(|r| r.stats().gap_bytes).sum();
                     let retrans: u64 = t.reasm.iter().map(|r| r.stats().retrans_bytes).sum();
-                    let init = stream_init(f.conn_id, f.capture, f.ends, f.first_ts, f.midstream);
-                    let end = StreamEnd {
-                        last_ts: Some(f.last_ts),
-                        gap_bytes: Some(gap),
-                        payload: Some(f.payload),
-                    };
-                    if let Some(row) = t.app.snapshot_row(&init, end, &self.out) {
-                        rows.connections.push(row);
-                    }
-                    (t.app.identified(), gap, retrans)
+                    let sum = summary(&info, &f.n_packets, &f.payload, f.last_ts, true, gap, retrans, "open");
+                    each(&self.apps, &sum, AppRef::Tcp(&t.app));
                 }
                 FlowApp::Udp(u) => {
-                    u.snapshot(&self.out, &mut rows.connections);
-                    (u.identified(), 0, 0)
+                    let sum = summary(&info, &f.n_packets, &f.payload, f.last_ts, false, 0, 0, "open");
+                    each(&self.apps, &sum, AppRef::Udp(u));
                 }
-            };
-            rows.flows.push(self.flow_row(f, app, gap_bytes, retrans_bytes, "open"));
+            }
         }
     }
 }
 
-/// A TCP flow as a stream for the application layer.
-fn stream_init(conn_id: u64, capture: u32, ends: [SocketAddr; 2], first_ts: i64, midstream: bool) -> StreamInit {
-    StreamInit {
-        conn_id,
-        flow_id: conn_id,
-        capture,
-        transport: "tcp",
-        ends,
-        first_ts,
-        midstream,
+fn flow_info<T, U>(f: &Flow<T, U>) -> FlowInfo {
+    FlowInfo {
+        conn_id: f.conn_id,
+        capture: f.capture,
+        ends: f.ends,
+        first_ts: f.first_ts,
+        midstream: f.midstream,
     }
 }
 
-/// What the application layer needs to know about its flow.
-#[derive(Debug, Clone, Copy)]
-pub struct FlowInfo {
-    pub conn_id: u64,
-    pub capture: u32,
-    /// [originator, responder]
-    pub ends: [SocketAddr; 2],
-    pub first_ts: i64,
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    info: &FlowInfo,
+    n_packets: &[u64; 2],
+    payload: &[u64; 2],
+    last_ts: i64,
+    tcp: bool,
+    gap_bytes: u64,
+    retrans_bytes: u64,
+    end_reason: &'static str,
+) -> FlowSummary {
+    FlowSummary {
+        info: *info,
+        tcp,
+        last_ts,
+        n_packets: *n_packets,
+        payload: *payload,
+        gap_bytes,
+        retrans_bytes,
+        end_reason,
+    }
 }

@@ -21,7 +21,7 @@ use super::{bools, corpus, run, strs, table};
 const BT_APPS: [&str; 7] = ["peer_wire", "mse", "dht", "tracker_http", "tracker_udp", "utp", "lsd"];
 
 /// Anomaly layers below BitTorrent (any other layer is ours to answer for).
-const TRANSPORT_LAYERS: [&str; 3] = ["decode", "tcp", "capture"];
+const TRANSPORT_LAYERS: [&str; 4] = ["decode", "flow", "tcp", "capture"];
 
 fn mixed() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/mixed/OISF__suricata-verify");

@@ -12,8 +12,6 @@
 //! goes to the same stream application as a TCP flow
 //! (`analyze::stream`), so MSE over uTP is reported like MSE over TCP.
 
-use super::table::FlowInfo;
-use super::utp_stream::{Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
 use crate::analyze::dht::DhtShard;
 use crate::analyze::session::{ORIG, RESP};
 use crate::analyze::stream::{StreamApp, StreamEnd, StreamEnv, StreamInit};
@@ -21,6 +19,8 @@ use crate::analyze::tracker::{RequestSeen, UdpTrackers};
 use crate::analyze::{lsd, FrameCtx, ShardOut};
 use crate::dissect::datagram::UtpConsistency;
 use crate::dissect::{self, Confidence, DatagramProto, Identified, Verdict};
+use crate::flow::utp_stream::{Side, UtpConnNo, UtpEvent, UtpLimits, UtpTracker};
+use crate::flow::FlowInfo;
 use crate::proto::utp::parse_utp;
 
 /// Datagram kinds, in `flows.app` vocabulary.
