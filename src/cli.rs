@@ -27,6 +27,14 @@ pub enum Command {
         /// Dataset directory.
         dir: PathBuf,
     },
+    /// Write a dataset as one self-contained HTML page (charts and tables, nothing fetched).
+    Report {
+        /// Dataset directory (offline or live).
+        dir: PathBuf,
+        /// Output HTML file.
+        #[arg(short = 'o', long = "output", default_value = "report.html")]
+        output: PathBuf,
+    },
     /// Probe swarms actively: announce to trackers, contact peers (TCP,
     /// plaintext or MSE), read their piece counts, revisit until they complete.
     Probe(Box<ProbeArgs>),

@@ -577,8 +577,32 @@ impl State {
                 if bits.len() > max_bytes {
                     out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", "bitfield_too_long", None);
                 }
-                let keep = &bits[..bits.len().min(max_bytes)];
-                self.push_event(side, ctx, SwarmEventKind::Bitfield(keep.to_vec()), out);
+                let mut keep = bits[..bits.len().min(max_bytes)].to_vec();
+                // BEP 3: with the torrent known, a bitfield has exactly
+                // ceil(n / 8) bytes and no spare bit set. Anything else is
+                // counted, and only the torrent's n pieces are kept.
+                let n = self
+                    .info_hash
+                    .and_then(|h| out.known.get(&h).or(self.local_meta.as_ref()).map(|m| m.n_pieces));
+                if let Some(n) = n.filter(|&n| n > 0) {
+                    let want = n.div_ceil(8) as usize;
+                    let spare = 0xFFu8.checked_shr(n % 8).filter(|_| n % 8 != 0).unwrap_or(0);
+                    let spare_set = keep.get(want - 1).is_some_and(|b| b & spare != 0);
+                    if bits.len() != want || spare_set {
+                        out.anomaly(
+                            Some(ctx),
+                            Some(self.conn_id),
+                            "peer_wire",
+                            "bitfield_wrong_size",
+                            Some(format!("{} bytes for {n} pieces", bits.len())),
+                        );
+                        keep.truncate(want);
+                        if let Some(b) = keep.get_mut(want - 1) {
+                            *b &= !spare;
+                        }
+                    }
+                }
+                self.push_event(side, ctx, SwarmEventKind::Bitfield(keep), out);
             }
             Message::HaveAll => {
                 self.message_row(side, ctx, out, name, |r| r.wire_len = wl);
