@@ -28,6 +28,8 @@ report_skips() {
 }
 trap report_skips EXIT
 cargo test --workspace --all-targets
+# `swarmtap report` pages in headless Chromium; screenshots in target/report-shots/.
+target/nb-venv/bin/python tests/report_browser.py
 if [ -f notebooks/run.sh ]; then
   bash notebooks/run.sh
 fi

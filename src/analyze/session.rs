@@ -28,9 +28,8 @@ use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
 use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
 
-/// Side index: 0 = originator, 1 = responder.
-pub const ORIG: usize = 0;
-pub const RESP: usize = 1;
+/// Direction indices (0 = from the originator), as the flow layer numbers them.
+pub use crate::flow::{ORIG, RESP};
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -56,6 +55,9 @@ struct Side {
     block_bytes: u64,
     payload_bytes: u64,
     n_msgs: u64,
+    /// Messages of a known kind other than keep-alive: what confirms a
+    /// stream picked up mid-connection (`analyze::stream`).
+    n_busy: u64,
     seen_sent: bool,
     /// Verification of the pieces this side sends (when hashes are known).
     check: Option<Box<PieceChecker>>,
@@ -195,6 +197,11 @@ impl PeerSession {
         self.framers
             .iter()
             .any(|f| f.stats().n_msgs > 0 || f.stats().framed_bytes > 0)
+    }
+
+    /// Messages of a known kind other than keep-alive, per direction.
+    pub fn n_busy_msgs(&self) -> [u64; 2] {
+        [self.st.sides[ORIG].n_busy, self.st.sides[RESP].n_busy]
     }
 
     /// True when both directions gave up hunting without framing anything.
@@ -545,6 +552,12 @@ impl State {
 
     fn on_message(&mut self, side: usize, msg: Message<'_>, wire_len: u64, ctx: FrameCtx, out: &mut ShardOut) {
         self.sides[side].n_msgs += 1;
+        if !matches!(
+            msg,
+            Message::KeepAlive | Message::Unknown { .. } | Message::Skipped { .. }
+        ) {
+            self.sides[side].n_busy += 1;
+        }
         let wl = wire_len;
         let name = msg.name();
         match msg {
