@@ -261,6 +261,22 @@ fn piece_bytes_inside_a_capture_gap_are_counted() {
     let at = |ip: &str| ips.iter().position(|x| x.as_deref() == Some(ip)).expect(ip);
     assert_eq!((up[at("10.0.0.2")], down[at("10.0.0.2")]), (Some(32_768), Some(0)));
     assert_eq!((up[at("10.0.0.1")], down[at("10.0.0.1")]), (Some(0), Some(32_768)));
+    // Both were last seen when the second block ended: B's bytes after the
+    // hole wait in the reassembler until A's ACK past the hole (frame 27:
+    // SYN, SYN-ACK, A's data, 23 of B's 24 segments, then the ACK; 1 ms
+    // apart from 1 s + 1 ms) declares it lost, at 1 s + 27 ms. The FINs
+    // after it carry no message (an empty block "ending" at the close
+    // would move this to 1 s + 30 ms).
+    let last: Vec<Option<i64>> = peers
+        .column("last_ts")
+        .expect("last_ts")
+        .cast(&polars::prelude::DataType::Int64)
+        .expect("cast")
+        .i64()
+        .expect("i64")
+        .iter()
+        .collect();
+    assert_eq!(last, vec![Some(1_027_000); 2]);
     let t = table(&r, "torrents");
     assert_eq!(u64s(&t, "piece_bytes"), [Some(32_768)]);
     // No .torrent and no bitfield: the piece count is unknown, not 0.
