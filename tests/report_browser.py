@@ -303,6 +303,13 @@ def main() -> int:
         else:
             print("      geo: corpus or GeoLite2 database absent" + ("" if not require_geo else " (required)"))
             check(not require_geo, "geo: dataset written")
+            if not require_geo:
+                # The skip list tests/run-all.sh prints (tests/support/require.rs's rule).
+                skips = Path(os.environ.get("SWARMTAP_SKIP_DIR") or ROOT / "target" / "test-skips")
+                skips.mkdir(parents=True, exist_ok=True)
+                with open(skips / "report_browser--geo.txt", "a") as f:
+                    f.write("report_browser tests/report_browser.py: geo dataset: "
+                            "../shared/corpus or target/geoip/GeoLite2-City.mmdb absent\n")
         b = Browser(tmp)
         try:
             for name, ds in datasets.items():
