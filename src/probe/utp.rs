@@ -1569,7 +1569,7 @@ mod tests {
                 }
                 p.sock.send_to(&d, caddr).await.unwrap();
                 sent += 1;
-                if sent % 20 == 0 {
+                if sent.is_multiple_of(20) {
                     settle(&watch, sent).await;
                 }
             }
