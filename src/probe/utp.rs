@@ -1504,19 +1504,39 @@ mod tests {
         let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
         let peer = tokio::spawn(async move {
             let (mut p, _) = RawPeer::accept(sock, 1 << 20).await;
-            let d = p.recv(Duration::from_secs(1)).await.expect("data");
+            let d = p.recv(Duration::from_secs(30)).await.expect("data");
             assert_eq!((d.ty, d.payload.as_slice()), (0, &b"hello"[..]));
             p.ack = d.seq;
             p.send(2, p.seq, &[]).await;
-            let fin = p.recv(Duration::from_secs(1)).await.expect("FIN");
+            // A copy of the data resent before our ACK arrived (a slow
+            // process) is no error: the FIN is the next new packet.
+            let fin = loop {
+                let x = p.recv(Duration::from_secs(30)).await.expect("FIN");
+                if !(x.ty == 0 && x.seq == d.seq) {
+                    break x;
+                }
+            };
             assert_eq!((fin.ty, fin.seq), (1, d.seq.wrapping_add(1)));
             p.ack = fin.seq;
             p.send(1, p.seq, &[]).await;
             // Our ACK of their FIN is numbered with our FIN's number, not
             // past it (libtorrent drops packets beyond the EOF number).
-            let ack = p.recv(Duration::from_secs(1)).await.expect("ACK of their FIN");
+            let ack = loop {
+                let x = p.recv(Duration::from_secs(30)).await.expect("ACK of their FIN");
+                if x.ty != 1 {
+                    break x;
+                }
+            };
             assert_eq!((ack.ty, ack.seq, ack.ack), (2, fin.seq, p.seq));
-            assert!(p.recv(Duration::from_millis(300)).await.is_none(), "nothing more");
+            // Nothing new after: at most copies of that FIN or that ACK.
+            while let Some(x) = p.recv(Duration::from_millis(300)).await {
+                assert!(
+                    matches!(x.ty, 1 | 2) && x.seq == fin.seq,
+                    "type {} seq {} after the close",
+                    x.ty,
+                    x.seq
+                );
+            }
         });
         let mut s = client.connect(addr).await.unwrap();
         s.write_all(b"hello").await.unwrap();
@@ -1528,7 +1548,7 @@ mod tests {
         peer.await.unwrap();
         assert_eq!(client.n_connections(), 0);
         let st = client.stats();
-        assert_eq!((st.bad_ack, st.unknown_connection, st.retransmits), (0, 0, 0), "{st:?}");
+        assert_eq!((st.bad_ack, st.unknown_connection), (0, 0), "{st:?}");
     }
 
     #[tokio::test]
