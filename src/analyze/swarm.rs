@@ -1198,6 +1198,22 @@ mod tests {
         }
     }
 
+    /// A torrent of no pieces (an empty file) has no completion to cross:
+    /// neither at once nor ever.
+    #[test]
+    fn a_torrent_of_no_pieces_has_no_completion() {
+        let s = Swarm::new(Limits::default(), 0.98, 5);
+        let history = [(1_000_000, 0), (3_000_000, 0)];
+        assert_eq!(s.completion(&history, Some(0)), (None, false));
+        assert_eq!(s.completion(&history, None), (None, false));
+        // The same history with one piece of one: complete at its first
+        // point at or above the threshold, after 2 s below.
+        assert_eq!(
+            s.completion(&[(1_000_000, 0), (3_000_000, 1)], Some(1)),
+            (Some(3_000_000), true)
+        );
+    }
+
     /// A swarm of 100 pieces (a seeder's full bitfield: 12 bytes of 0xFF
     /// and 0xF0, highest index 99) and one leecher per `(port, steps)`:
     /// have_none at 0, then `have` for pieces 0, 1, ... at 2 s + k ms for
@@ -1264,20 +1280,21 @@ mod tests {
         ] {
             let mut s = Swarm::new(Limits::default(), 0.98, 5);
             let mut rows = RowBatch::default();
-            // 8 pieces: the leecher has 7 from t = 0 (below: 7 < 7.84) and
-            // the 8th `below_us` later.
+            // 8 pieces: the leecher has 7 from t0 = 50 s (below: 7 < 7.84)
+            // and the 8th `below_us` later.
+            let t0 = 50_000_000;
             s.apply(
                 vec![
-                    ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF])),
-                    ev(0, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xFE])),
-                    ev(below_us, "10.0.0.2:2", SwarmEventKind::Have(7)),
+                    ev(t0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF])),
+                    ev(t0, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xFE])),
+                    ev(t0 + below_us, "10.0.0.2:2", SwarmEventKind::Have(7)),
                 ],
                 Vec::new(),
                 &mut rows,
             );
             s.finish(&mut rows);
             let p = rows.peers.iter().find(|p| p.peer_port == 2).expect("leecher");
-            assert_eq!(p.completed_ts.map(|t| t.0), Some(below_us), "{below_us}");
+            assert_eq!(p.completed_ts.map(|t| t.0), Some(t0 + below_us), "{below_us}");
             assert_eq!(p.confirmed_download, want, "below for {below_us} µs");
         }
     }
