@@ -241,11 +241,23 @@ def open_report(b: Browser, html: Path, name: str) -> dict:
             const r = t.getBoundingClientRect(), s = t.ownerSVGElement.getBoundingClientRect();
             return r.width > 0 && (r.left < s.left - 1 || r.right > s.right + 1);
         }).map(t => t.textContent);
-        return {charts, sections, tables, overflow, height: document.documentElement.scrollHeight};
+        const overlaps = [];
+        document.querySelectorAll('svg.chart').forEach(svg => {
+            const boxes = Array.from(svg.querySelectorAll('text')).map(t => [t.textContent, t.getBoundingClientRect()])
+                .filter(b => b[1].width > 0);
+            for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+                const a = boxes[i][1], b = boxes[j][1];
+                const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+                const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+                if (w > 1 && h > 3) overlaps.push(boxes[i][0] + ' / ' + boxes[j][0]);
+            }
+        });
+        return {charts, sections, tables, overflow, overlaps, height: document.documentElement.scrollHeight};
     })()""")
     for c in info["charts"]:
         check(c["marks"] > 0, f"{name}: chart '{c['label']}' has drawn marks ({c['marks']})")
     check(not info["overflow"], f"{name}: no chart text outside its chart ({info['overflow'][:4]})")
+    check(not info["overlaps"], f"{name}: no two chart labels overlap ({info['overlaps'][:4]})")
     # Full-page screenshot.
     h = min(int(info["height"]), 16000)
     b.call("Emulation.setDeviceMetricsOverride", width=1280, height=h, deviceScaleFactor=1, mobile=False)

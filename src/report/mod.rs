@@ -323,6 +323,55 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     kpi(&mut k, &fmt_int(anomalies), "anomalies counted");
     k.push_str("</div>");
     p.body.push_str(&k);
+    if stats.rows > 1 {
+        // One row per capture file (offline) or per interval (live).
+        let mut idx: Vec<usize> = (0..stats.rows).collect();
+        idx.sort_by_key(|&r| {
+            (
+                stats.i("interval_start", r),
+                stats.i("first_ts", r),
+                stats.t("capture", r).to_string(),
+            )
+        });
+        if stats.rows > 500 {
+            p.notes
+                .push(format!("Captures table: the first 500 of {} rows.", stats.rows));
+        }
+        let rows: Vec<Vec<Cell>> = idx
+            .iter()
+            .take(500)
+            .map(|&r| {
+                vec![
+                    Cell::text(stats.t("capture", r)),
+                    Cell::text(stats.i("interval_start", r).map(fmt_ts).unwrap_or_default()),
+                    Cell::text(stats.i("first_ts", r).map(fmt_ts).unwrap_or_default()),
+                    Cell::text(stats.i("last_ts", r).map(fmt_ts).unwrap_or_default()),
+                    Cell::int(stats.u("n_packets", r)),
+                    Cell::bytes(stats.u("n_bytes", r)),
+                    Cell::int(stats.u("n_dropped", r)),
+                    Cell::int(stats.u("n_anomalies", r)),
+                ]
+            })
+            .collect();
+        p.body.push_str(
+            &html::Table {
+                id: "t-captures".into(),
+                headers: vec![
+                    ("capture", "capture_stats.capture"),
+                    ("interval start", "live: interval_start"),
+                    ("first packet", "first_ts"),
+                    ("last packet", "last_ts"),
+                    ("packets", "n_packets"),
+                    ("bytes", "n_bytes"),
+                    ("dropped", "n_dropped (live)"),
+                    ("anomalies", "n_anomalies"),
+                ],
+                rows,
+            }
+            .render(),
+        );
+    }
+    p.body.push_str("<div class=\"row\">");
 
     let flows = ds.read(
         "flows",
@@ -390,6 +439,7 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
             svg::hbars("anomalies by kind", &items, &|v| svg::fmt_num(v), "anomaly rows"),
         );
     }
+    p.body.push_str("</div>");
     Ok(())
 }
 

@@ -508,7 +508,7 @@ impl Chart {
 pub fn hbars(label: &str, items: &[(String, f64, String, String)], fmt: &dyn Fn(f64) -> String, axis: &str) -> String {
     let rowh = 22.0;
     let h = 50.0 + rowh * items.len() as f64;
-    let mut c = Chart::new(label, 760.0, h, 200.0, 90.0, 8.0, 42.0);
+    let mut c = Chart::new(label, 560.0, h, 200.0, 60.0, 8.0, 42.0);
     let max = items.iter().map(|i| i.1).fold(0.0, f64::max);
     let (m, ticks) = count_axis(max);
     let s = Scale::lin(0.0, m, c.x0, c.x1);
@@ -536,14 +536,11 @@ pub fn time_columns(
     let totals: Vec<f64> = (0..nbins)
         .map(|b| series.iter().map(|s| s.2.get(b).copied().unwrap_or(0.0)).sum())
         .collect();
-    let ymax = nice_max(totals.iter().copied().fold(0.0, f64::max));
+    let (ymax, yticks) = count_axis(totals.iter().copied().fold(0.0, f64::max));
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
     let t1 = t0 + step * nbins as i64;
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
-        .into_iter()
-        .map(|t| (ys.at(t), fmt_num(t)))
-        .collect();
+    let yt: Vec<(f64, String)> = yticks.into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
     c.y_axis(&yt, yaxis, true);
     let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
         .into_iter()
@@ -651,12 +648,9 @@ pub fn log_histogram(label: &str, values: &[f64], fmt: &dyn Fn(f64) -> String, x
         let b = (((v.log10() - xs.d0) * per).floor() as usize).min(counts.len() - 1);
         counts[b] += 1;
     }
-    let ymax = nice_max(counts.iter().copied().max().unwrap_or(0) as f64);
+    let (ymax, yticks) = count_axis(counts.iter().copied().max().unwrap_or(0) as f64);
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
-        .into_iter()
-        .map(|t| (ys.at(t), fmt_num(t)))
-        .collect();
+    let yt: Vec<(f64, String)> = yticks.into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
     c.y_axis(&yt, "peers", true);
     let xt: Vec<(f64, String)> = xs.ticks(8).into_iter().map(|t| (xs.at(t), fmt(t))).collect();
     c.x_axis(&xt, xaxis, false);
@@ -1033,6 +1027,14 @@ mod tests {
         assert_eq!(esc("<a&\"b'>"), "&lt;a&amp;&quot;b&#39;&gt;");
         assert_eq!(seq_color(0.0), "#440154");
         assert_eq!(seq_color(1.0), "#fde725");
+    }
+
+    #[test]
+    fn count_axes_tick_whole_numbers() {
+        assert_eq!(count_axis(2.0), (2.0, vec![0.0, 1.0, 2.0]));
+        assert_eq!(count_axis(0.0), (1.0, vec![0.0, 1.0]));
+        assert_eq!(count_axis(7.0).0, 8.0);
+        assert!(count_axis(7.0).1.iter().all(|t| t.fract() == 0.0));
     }
 
     #[test]
