@@ -289,7 +289,9 @@ pub fn time_ticks(t0: i64, t1: i64, n: usize) -> Vec<(i64, String)> {
     }
     while t <= t1 {
         let full = fmt_ts(t);
-        let label = if step >= 86_400 * S {
+        let label = if step >= 86_400 * S && span > 300 * 86_400 * S {
+            full[..10].to_string()
+        } else if step >= 86_400 * S {
             full[5..10].to_string()
         } else if multi_day && (step >= 3600 * S || v.is_empty()) {
             format!("{} {}", &full[5..10], &full[11..16])
