@@ -348,6 +348,18 @@ def main() -> int:
                     check(tables.get("t-audit") == 39, f"sample: 39 announce series ({tables.get('t-audit')})")
                     flagged = b.js("Array.from(document.querySelectorAll('#t-audit tbody tr')).filter(r => r.cells[0].textContent === 'yes').length")
                     check(flagged == 1, f"sample: 1 flagged series ({flagged})")
+                if tables.get("t-audit"):
+                    # The chart's band is the flag rule: upload_above_wire exactly
+                    # where reported > observed + opaque + tolerance with coverage client.
+                    rows = b.js("""Array.from(document.querySelectorAll('#t-audit tbody tr')).map(r => {
+                        const h = Array.from(document.querySelectorAll('#t-audit thead th')).map(th => th.textContent.replace(/ [▲▼]$/, ''));
+                        const c = k => r.cells[h.indexOf(k)];
+                        return {flags: c('flags').textContent, cov: c('coverage').textContent,
+                                rep: +c('reported up').dataset.v, obs: +c('observed up').dataset.v,
+                                opq: +c('opaque sent').dataset.v, tol: +c('tolerance').dataset.v};
+                    })""")
+                    agree = [(r["rep"] > r["obs"] + r["opq"] + r["tol"] and r["cov"] == "client") == ("upload_above_wire" in r["flags"]) for r in rows]
+                    check(all(agree), f"{name}: the audit band matches upload_above_wire on all {len(rows)} series")
                 if name == "geo":
                     check("map of peers" in labels, "geo: the map is drawn")
                     marks = next(c["marks"] for c in info["charts"] if c["label"] == "map of peers")
