@@ -76,6 +76,12 @@ pub struct AnalysisOpts {
     /// Do not write the peer_messages table.
     #[arg(long = "no-messages")]
     pub no_messages: bool,
+    /// Also write connection, peer, torrent and audit rows of flows whose
+    /// BitTorrent identification is weak (structure alone: an MSE-shaped
+    /// opening nobody corroborates, uTP-shaped datagrams, mid-stream bytes
+    /// that frame as peer wire one way). By default they stay in `flows`.
+    #[arg(long = "keep-weak")]
+    pub keep_weak: bool,
     /// Completion threshold for confirmed downloads, as a fraction of pieces.
     #[arg(long = "threshold", default_value_t = 0.98)]
     pub threshold: f64,

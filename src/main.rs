@@ -80,6 +80,7 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
     let mut settings = Settings {
         threshold: o.threshold,
         messages: !o.no_messages,
+        keep_weak: o.keep_weak,
         rate_window_s: o.rate_window.max(1),
         threads: o.threads,
         ..Settings::default()

@@ -299,7 +299,7 @@ def check_sort_and_search(b: Browser, name: str, table_id: str) -> None:
 def main() -> int:
     if not BIN.is_file():
         subprocess.run(["cargo", "build", "--bin", "swarmtap"], cwd=ROOT, check=True)
-    require_geo = os.environ.get("SWARMTAP_REQUIRE_GEOIP") == "1"
+    require_geo = os.environ.get("SWARMTAP_REQUIRE_GEOIP") == "1" or os.environ.get("SWARMTAP_REQUIRE_ALL", "0") not in ("", "0")
     tmp = Path(tempfile.mkdtemp(prefix="swarmtap-report-"))
     try:
         datasets = {"sample": dataset_sample(tmp), "empty": dataset_empty(tmp)}
