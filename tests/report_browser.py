@@ -11,7 +11,7 @@ Writes the report of four datasets and opens each in headless Chromium
   snapshots per interval: needs root, ip, tcpreplay);
 * geo: the public corpus (../shared/corpus/public or $SWARMTAP_SHARED) with
   --geoip target/geoip/GeoLite2-City.mmdb, for the map (skipped when either
-  is absent, unless SWARMTAP_REQUIRE_GEOIP=1).
+  is absent, unless SWARMTAP_REQUIRE_ALL=1, as tests/support/require.rs).
 
 For each page it asserts: no console error, no uncaught exception, no
 request to anything but the file itself; every chart (svg.chart) has drawn
@@ -52,6 +52,26 @@ def check(cond: bool, what: str) -> None:
         FAILURES.append(what)
 
 
+def require(ok: bool, what: str, reason: str) -> bool:
+    """The rule of tests/support/require.rs: with SWARMTAP_REQUIRE_ALL=1 a
+    missing prerequisite fails; otherwise the part is skipped, and the skip is
+    written to $SWARMTAP_SKIP_DIR (default target/test-skips/) for
+    tests/run-all.sh to list."""
+    if ok:
+        return True
+    strict = os.environ.get("SWARMTAP_REQUIRE_ALL", "") not in ("", "0")
+    if strict:
+        check(False, f"needs {what}: {reason} (SWARMTAP_REQUIRE_ALL is set, so this is a failure, not a skip)")
+        return False
+    line = f"report_browser {what}: {reason} [tests/report_browser.py]"
+    print("SKIPPED " + line, flush=True)
+    d = Path(os.environ.get("SWARMTAP_SKIP_DIR") or ROOT / "target" / "test-skips")
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "report_browser.txt", "a") as f:
+        f.write(line + "\n")
+    return False
+
+
 def run(*args: str | os.PathLike, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, **kw)
 
@@ -76,7 +96,8 @@ def dataset_empty(tmp: Path) -> Path:
 
 
 def dataset_live(tmp: Path) -> Path | None:
-    if os.geteuid() != 0 or not shutil.which("tcpreplay") or not shutil.which("ip"):
+    if not require(os.geteuid() == 0 and bool(shutil.which("tcpreplay")) and bool(shutil.which("ip")),
+                   "root, ip and tcpreplay", "the live dataset is written in network namespaces this test creates"):
         return None
     tag = f"{os.getpid() % 100000}"
     tx_ns, rx_ns, tx_if, rx_if = f"rptx{tag}", f"rprx{tag}", f"rpx{tag}", f"rpr{tag}"
@@ -124,7 +145,9 @@ def dataset_geo(tmp: Path) -> Path | None:
     shared = Path(os.environ.get("SWARMTAP_SHARED") or ROOT.parent / "shared")
     corpus = shared / "corpus" / "public"
     mmdb = ROOT / "target" / "geoip" / "GeoLite2-City.mmdb"
-    if not corpus.is_dir() or not mmdb.is_file():
+    if not require(corpus.is_dir(), "../shared/corpus/public", "the shared corpus is absent (or set SWARMTAP_SHARED)"):
+        return None
+    if not require(mmdb.is_file(), "target/geoip/GeoLite2-City.mmdb", "tests/setup.sh fetches it"):
         return None
     out = tmp / "geo"
     run(BIN, "analyze", corpus, "--geoip", mmdb, "-o", out)
@@ -299,12 +322,10 @@ def check_sort_and_search(b: Browser, name: str, table_id: str) -> None:
 def main() -> int:
     if not BIN.is_file():
         subprocess.run(["cargo", "build", "--bin", "swarmtap"], cwd=ROOT, check=True)
-    require_geo = os.environ.get("SWARMTAP_REQUIRE_GEOIP") == "1" or os.environ.get("SWARMTAP_REQUIRE_ALL", "0") not in ("", "0")
     tmp = Path(tempfile.mkdtemp(prefix="swarmtap-report-"))
     try:
         datasets = {"sample": dataset_sample(tmp), "empty": dataset_empty(tmp)}
         live = dataset_live(tmp)
-        check(live is not None, "live: dataset written (needs root, ip netns and tcpreplay)")
         if live is not None:
             datasets["live"] = live
             parts = list((live / "peers").rglob("*.parquet"))
@@ -312,9 +333,6 @@ def main() -> int:
         geo = dataset_geo(tmp)
         if geo is not None:
             datasets["geo"] = geo
-        else:
-            print("      geo: corpus or GeoLite2 database absent" + ("" if not require_geo else " (required)"))
-            check(not require_geo, "geo: dataset written")
         b = Browser(tmp)
         try:
             for name, ds in datasets.items():
