@@ -337,35 +337,48 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
             p.notes
                 .push(format!("Captures table: the first 500 of {} rows.", stats.rows));
         }
+        // Live: one row per interval, with its start and drops; offline:
+        // one row per file.
+        let live = ds.live;
         let rows: Vec<Vec<Cell>> = idx
             .iter()
             .take(500)
             .map(|&r| {
-                vec![
-                    Cell::text(stats.t("capture", r)),
-                    Cell::text(stats.i("interval_start", r).map(fmt_ts).unwrap_or_default()),
+                let mut v = vec![Cell::text(stats.t("capture", r))];
+                if live {
+                    v.push(Cell::text(stats.i("interval_start", r).map(fmt_ts).unwrap_or_default()));
+                }
+                v.extend([
                     Cell::text(stats.i("first_ts", r).map(fmt_ts).unwrap_or_default()),
                     Cell::text(stats.i("last_ts", r).map(fmt_ts).unwrap_or_default()),
                     Cell::int(stats.u("n_packets", r)),
                     Cell::bytes(stats.u("n_bytes", r)),
-                    Cell::int(stats.u("n_dropped", r)),
-                    Cell::int(stats.u("n_anomalies", r)),
-                ]
+                ]);
+                if live {
+                    v.push(Cell::int(stats.u("n_dropped", r)));
+                }
+                v.push(Cell::int(stats.u("n_anomalies", r)));
+                v
             })
             .collect();
+        let mut headers = vec![("capture", "capture_stats.capture")];
+        if live {
+            headers.push(("interval start", "interval_start"));
+        }
+        headers.extend([
+            ("first packet", "first_ts"),
+            ("last packet", "last_ts"),
+            ("packets", "n_packets"),
+            ("bytes", "n_bytes"),
+        ]);
+        if live {
+            headers.push(("dropped", "n_dropped"));
+        }
+        headers.push(("anomalies", "n_anomalies"));
         p.body.push_str(
             &html::Table {
                 id: "t-captures".into(),
-                headers: vec![
-                    ("capture", "capture_stats.capture"),
-                    ("interval start", "live: interval_start"),
-                    ("first packet", "first_ts"),
-                    ("last packet", "last_ts"),
-                    ("packets", "n_packets"),
-                    ("bytes", "n_bytes"),
-                    ("dropped", "n_dropped (live)"),
-                    ("anomalies", "n_anomalies"),
-                ],
+                headers,
                 rows,
             }
             .render(),

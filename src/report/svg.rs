@@ -756,7 +756,7 @@ pub fn seq_color(v: f64) -> String {
 pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, step: i64, nbins: usize) -> String {
     let rowh = if rows.len() > 40 { 9.0 } else { 14.0 };
     let h = 60.0 + rowh * rows.len() as f64;
-    let mut c = Chart::new(label, 900.0, h.max(190.0), 190.0, 150.0, 8.0, 46.0);
+    let mut c = Chart::new(label, 900.0, h.max(160.0), 190.0, 150.0, 8.0, 46.0);
     let t1 = t0 + step * nbins as i64;
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
     let cw = (c.x1 - c.x0) / nbins.max(1) as f64;
@@ -821,7 +821,7 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
     c.x_axis(&xt, "time (UTC)", false);
     // Colour legend at the right, outside the cells.
     let lx = c.x1 + 24.0;
-    let lh = 120.0f64.min(c.y1 - c.y0 - 60.0).max(60.0);
+    let lh = (c.y1 - c.y0 - 56.0).clamp(40.0, 120.0);
     c.text(lx, c.y0 + 8.0, "start", "legend", "share of pieces");
     for k in 0..20 {
         let v = 1.0 - k as f64 / 20.0;
