@@ -304,11 +304,13 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     let mut k = String::from("<div class=\"kpis\">");
     match (t0, t1) {
         (Some(a), Some(b)) => {
-            kpi(
-                &mut k,
-                &svg::fmt_dur(b - a),
-                &format!("{} → {}", fmt_ts(a), &fmt_ts(b)[11..]),
-            );
+            let (fa, fb) = (fmt_ts(a), fmt_ts(b));
+            let end = if fa[..10] == fb[..10] {
+                fb[11..].to_string()
+            } else {
+                fb.clone()
+            };
+            kpi(&mut k, &svg::fmt_dur(b - a), &format!("{fa} → {end}"));
         }
         _ => kpi(&mut k, "—", "time span (no packets)"),
     }
