@@ -1023,6 +1023,14 @@ impl Parser {
                 self.last_ts_us.unwrap_or(0)
             }
         };
+        // A time outside 1970–2200 (a hostile if_tsoffset or resolution)
+        // is counted, not used: the record gets the previous record's time.
+        let ts_us = if crate::sink::columns::ts_in_range(ts_us) {
+            ts_us
+        } else {
+            st.n_ts_out_of_range += 1;
+            self.last_ts_us.unwrap_or(0)
+        };
         self.inb.consume(total);
         let frame_no = self.account(st, ts_us, cap_len, orig_len, iface.known);
         Scan::Frame {

@@ -23,6 +23,7 @@ mod dht;
 mod geo;
 mod live;
 mod metadata;
+mod output;
 mod probe;
 mod tracker;
 

@@ -1,0 +1,348 @@
+//! Issue 17: output that every engine reads as-is and that no run destroys.
+//! Types and keys on the sample captures; failed runs leave a prior dataset
+//! byte-identical; the command line's tcpdump habits; export and JSON.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use polars::prelude::*;
+use swarmtap::sink::TABLE_NAMES;
+
+use super::{strs, u64s};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_swarmtap"))
+}
+
+fn sample(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap_or_default()
+}
+
+/// Runs swarmtap with stdin from /dev/null; (success, stderr).
+fn sw(args: &[&str]) -> (bool, String) {
+    let o = bin().args(args).stdin(Stdio::null()).output().expect("runs");
+    (o.status.success(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn read(dir: &Path, t: &str) -> DataFrame {
+    let p = dir.join(format!("{t}.parquet"));
+    ParquetReader::new(std::fs::File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .finish()
+        .expect("parquet")
+}
+
+/// Every file under `dir` (relative path → bytes), dot-files included.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("prefix").to_path_buf();
+                m.insert(rel, std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    m
+}
+
+/// The folder beside the target holds nothing of a failed run.
+fn no_leftovers(parent: &Path) -> Vec<String> {
+    std::fs::read_dir(parent)
+        .expect("read_dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("swarmtap-"))
+        .collect()
+}
+
+#[test]
+fn failed_runs_leave_the_prior_dataset_byte_identical() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ds = tmp.path().join("ds");
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "-o", s(&ds)]);
+    assert!(ok, "{err}");
+    let before = snapshot(&ds);
+    assert_eq!(before.len(), TABLE_NAMES.len(), "one file per table, nothing else");
+
+    // Not a capture.
+    let notes = tmp.path().join("notes.txt");
+    std::fs::write(&notes, "meeting notes\n").expect("write");
+    let (ok, err) = sw(&["analyze", s(&notes), "-o", s(&ds)]);
+    assert!(!ok, "{err}");
+    assert_eq!(snapshot(&ds), before, "bad input");
+    // A filter that does not compile.
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "-f", "tcp and and", "-o", s(&ds)]);
+    assert!(!ok, "{err}");
+    assert_eq!(snapshot(&ds), before, "bad filter");
+    // A capture that is cut short still analyzes (its rows are whole); a
+    // capture file that cannot be read at all fails.
+    let (ok, err) = sw(&["analyze", "/nonexistent.pcap", "-o", s(&ds)]);
+    assert!(!ok, "{err}");
+    assert_eq!(snapshot(&ds), before, "missing input");
+    assert_eq!(no_leftovers(tmp.path()), Vec::<String>::new());
+
+    // A successful run replaces the dataset as a whole.
+    let (ok, err) = sw(&["analyze", s(&sample("udp.pcap")), "-o", s(&ds)]);
+    assert!(ok, "{err}");
+    let after = snapshot(&ds);
+    assert_eq!(after.len(), TABLE_NAMES.len());
+    assert_ne!(after, before);
+    assert_eq!(no_leftovers(tmp.path()), Vec::<String>::new());
+}
+
+/// A full disk: as root a tiny tmpfs, else a folder we may not write into
+/// (the staging folder beside the target cannot be made).
+#[test]
+fn a_full_disk_or_read_only_folder_leaves_the_prior_dataset_byte_identical() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).expect("mkdir");
+    struct Unmount(PathBuf, bool);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            if self.1 {
+                let _ = Command::new("umount").arg(&self.0).status();
+            } else {
+                let _ = Command::new("chmod").arg("755").arg(&self.0).status();
+            }
+        }
+    }
+    let mounted = root
+        && Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=600k", "swarmtap-test", s(&mnt)])
+            .status()
+            .is_ok_and(|st| st.success());
+    let _guard = Unmount(mnt.clone(), mounted);
+    let ds = mnt.join("ds");
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "--no-messages", "-o", s(&ds)]);
+    assert!(ok, "{err}");
+    let before = snapshot(&ds);
+    let size: usize = before.values().map(Vec::len).sum();
+    if mounted {
+        // The prior dataset fits; a second one with every message does not.
+        assert!(size < 300 * 1024, "{size} bytes");
+    } else {
+        // Not root: the parent folder becomes read-only.
+        assert!(Command::new("chmod")
+            .arg("555")
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success()));
+    }
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "-o", s(&ds)]);
+    assert!(!ok, "the run must fail: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    if mounted {
+        assert!(err.contains("No space left on device"), "{err}");
+    }
+    assert_eq!(snapshot(&ds), before);
+    assert_eq!(no_leftovers(&mnt), Vec::<String>::new());
+}
+
+#[test]
+fn a_folder_that_is_not_a_dataset_is_refused_unless_forced() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).expect("mkdir");
+    std::fs::write(home.join("thesis.tex"), "\\documentclass{article}").expect("write");
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "-o", s(&home)]);
+    assert!(!ok);
+    assert_eq!(
+        err.trim(),
+        format!(
+            "swarmtap: refusing to write into {}: it holds \"thesis.tex\", which is not part of a swarmtap dataset; expected an analyze dataset (DIR/<table>.parquet) (use --force to replace it)",
+            home.display()
+        )
+    );
+    assert!(home.join("thesis.tex").exists());
+    // A live dataset is not an analyze dataset either, and the reverse.
+    let live = tmp.path().join("live");
+    std::fs::create_dir_all(live.join("flows/date=2026-01-01/hour=00")).expect("mkdir");
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "-o", s(&live)]);
+    assert!(!ok);
+    assert!(err.contains("it holds a live dataset"), "{err}");
+    // Forced: the folder is replaced by the dataset.
+    let (ok, err) = sw(&["analyze", s(&sample("http.pcap")), "--force", "-o", s(&home)]);
+    assert!(ok, "{err}");
+    assert!(!home.join("thesis.tex").exists());
+    assert_eq!(snapshot(&home).len(), TABLE_NAMES.len());
+}
+
+/// Types every engine reads without a cast: signed integers, UTC
+/// microsecond timestamps, plain strings; `sensor` on every table.
+#[test]
+fn columns_are_signed_utc_and_carry_the_sensor() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ds = tmp.path().join("ds");
+    let (ok, err) = sw(&["analyze", s(&sample("magnet.pcap")), "--sensor", "tap-7", "-o", s(&ds)]);
+    assert!(ok, "{err}");
+    for t in TABLE_NAMES {
+        let df = read(&ds, t);
+        for c in df.columns() {
+            let dt = c.dtype();
+            assert!(
+                !matches!(
+                    dt,
+                    DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64
+                ),
+                "{t}.{}: {dt}",
+                c.name()
+            );
+            if let DataType::Datetime(u, tz) = dt {
+                assert_eq!(
+                    (u, tz.as_ref().map(|z| z.to_string())),
+                    (&TimeUnit::Microseconds, Some("UTC".into()))
+                );
+            }
+        }
+        let sensors: BTreeSet<Option<String>> = strs(&df, "sensor").into_iter().collect();
+        if df.height() > 0 {
+            assert_eq!(sensors, BTreeSet::from([Some("tap-7".to_string())]), "{t}");
+        }
+    }
+}
+
+/// Frames are 1-based everywhere, also on rows flushed at the end of input.
+#[test]
+fn frames_are_never_zero() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ds = tmp.path().join("ds");
+    let (ok, err) = sw(&[
+        "analyze",
+        s(&sample("midstream.pcap")),
+        s(&sample("http.pcap")),
+        "-o",
+        s(&ds),
+    ]);
+    assert!(ok, "{err}");
+    let mut n_rows = 0;
+    for t in TABLE_NAMES {
+        let df = read(&ds, t);
+        if df.column("frame").is_err() {
+            continue;
+        }
+        for f in u64s(&df, "frame").into_iter().flatten() {
+            assert!(f >= 1, "{t}: frame 0");
+            n_rows += 1;
+        }
+    }
+    assert!(n_rows > 1000, "{n_rows}");
+}
+
+/// peers name their connections (conn_ids, counted by n_connections) and
+/// connections name the peers rows of both ends; every peer_messages row of
+/// an attributed connection carries its info_hash; flows and connections
+/// carry the same Community ID.
+#[test]
+fn keys_join_peers_connections_and_messages() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ds = tmp.path().join("ds");
+    let (ok, err) = sw(&["analyze", "-o", s(&ds)]);
+    assert!(ok, "{err}");
+    assert!(err.contains("analyzing the bundled"), "{err}");
+    let peers = read(&ds, "peers");
+    let conns = read(&ds, "connections");
+    let by_id: BTreeMap<u64, usize> = u64s(&conns, "conn_id")
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c.expect("conn_id"), i))
+        .collect();
+    let c_hash = strs(&conns, "info_hash");
+    // peers -> connections: every counted connection is found by its id.
+    let (p_hash, p_ip, p_port) = (
+        strs(&peers, "info_hash"),
+        strs(&peers, "peer_ip"),
+        u64s(&peers, "peer_port"),
+    );
+    let n_conn = u64s(&peers, "n_connections");
+    let ids = peers
+        .column("conn_ids")
+        .expect("conn_ids")
+        .list()
+        .expect("list")
+        .clone();
+    let mut n_counted = 0u64;
+    let mut n_found = 0u64;
+    let mut keys = BTreeSet::new();
+    for i in 0..peers.height() {
+        let l: Vec<i64> = ids
+            .get_as_series(i)
+            .map(|s| s.i64().expect("i64").into_no_null_iter().collect())
+            .unwrap_or_default();
+        assert_eq!(l.len() as u64, n_conn[i].unwrap_or(0), "peer {i}");
+        n_counted += n_conn[i].unwrap_or(0);
+        for c in l {
+            let row = by_id
+                .get(&(c as u64))
+                .unwrap_or_else(|| panic!("conn {c} of peer {i} not in connections"));
+            assert_eq!(c_hash[*row], p_hash[i], "conn {c}");
+            n_found += 1;
+        }
+        keys.insert((p_hash[i].clone(), p_ip[i].clone(), p_port[i]));
+    }
+    assert_eq!(n_found, n_counted);
+    // connections -> peers: both ends by (info_hash, ip, *_peer_port).
+    let (oi, op, ri, rp) = (
+        strs(&conns, "orig_ip"),
+        u64s(&conns, "orig_peer_port"),
+        strs(&conns, "resp_ip"),
+        u64s(&conns, "resp_peer_port"),
+    );
+    let mut n_ends = 0;
+    for i in 0..conns.height() {
+        for (ip, port) in [(&oi[i], op[i]), (&ri[i], rp[i])] {
+            if port.is_some() {
+                assert!(keys.contains(&(c_hash[i].clone(), ip.clone(), port)), "conn row {i}");
+                n_ends += 1;
+            }
+        }
+    }
+    assert!(n_ends > 0);
+    // Every message of an attributed connection carries its info_hash.
+    let msgs = read(&ds, "peer_messages");
+    let (m_conn, m_hash) = (u64s(&msgs, "conn_id"), strs(&msgs, "info_hash"));
+    let mid: BTreeSet<u64> = u64s(&conns, "conn_id")
+        .into_iter()
+        .zip(super::bools(&conns, "midstream"))
+        .filter(|(_, m)| *m == Some(true))
+        .filter_map(|(c, _)| c)
+        .collect();
+    let mut n_mid_rows = 0;
+    for (c, h) in m_conn.iter().zip(&m_hash) {
+        let c = c.expect("conn_id");
+        if let Some(row) = by_id.get(&c) {
+            if c_hash[*row].is_some() {
+                assert_eq!(h, &c_hash[*row], "message of conn {c}");
+                n_mid_rows += u64::from(mid.contains(&c));
+            }
+        }
+    }
+    assert!(n_mid_rows > 0, "messages of attributed mid-stream connections");
+    // Community IDs: one per flow, the same on the connection it carries.
+    let flows = read(&ds, "flows");
+    let f_cid: BTreeMap<u64, Option<String>> = u64s(&flows, "conn_id")
+        .into_iter()
+        .map(|c| c.expect("id"))
+        .zip(strs(&flows, "community_id"))
+        .collect();
+    assert!(f_cid
+        .values()
+        .all(|c| c.as_deref().is_some_and(|c| c.starts_with("1:") && c.len() == 30)));
+    for (fid, cid) in u64s(&conns, "flow_id").into_iter().zip(strs(&conns, "community_id")) {
+        assert_eq!(f_cid.get(&fid.expect("flow_id")), Some(&cid));
+    }
+}
