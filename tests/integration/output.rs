@@ -630,3 +630,75 @@ fn summary_reads_live_datasets() {
     assert!(!ok);
     assert!(err.contains("it holds a live dataset"), "{err}");
 }
+
+/// A hostile client claims 9e18 bytes uploaded in each of two sessions
+/// (each value fits a signed 64-bit integer; their sum, the audit's
+/// reported_uploaded, does not): written as the column's maximum, never
+/// wrapped to a negative number, and counted as an anomaly.
+#[test]
+fn values_beyond_int64_saturate_and_are_counted() {
+    use super::{tcp_frame, write_pcap};
+    let t = ([10, 0, 0, 9], 6969u16);
+    let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 29\r\n\r\nd8:intervali1800e5:peers0:e";
+    let mut frames = Vec::new();
+    let mut t0 = 1_700_000_000_000_000i64;
+    for (i, (up, ev)) in [
+        (0u64, "&event=started"),
+        (9_000_000_000_000_000_000, ""),
+        (0, "&event=started"),
+        (9_000_000_000_000_000_000, ""),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let c = ([10, 0, 0, 1], 40000 + i as u16);
+        let req = format!(
+            "GET /announce?info_hash=%42%42%42%42%42%42%42%42%42%42%42%42%42%42%42%42%42%42%42%42\
+             &peer_id=-TR3000-aaaaaaaaaaaa&port=51413&uploaded={up}&downloaded=0&left=0{ev} HTTP/1.1\r\n\r\n"
+        );
+        let rl = req.len() as u32;
+        frames.extend([
+            (t0, tcp_frame(c, t, 1000, 0, 0x02, &[])),
+            (t0 + 100, tcp_frame(t, c, 5000, 1001, 0x12, &[])),
+            (t0 + 200, tcp_frame(c, t, 1001, 5001, 0x18, req.as_bytes())),
+            (t0 + 300, tcp_frame(t, c, 5001, 1001 + rl, 0x18, ok)),
+            (t0 + 400, tcp_frame(c, t, 1001 + rl, 5001 + ok.len() as u32, 0x11, &[])),
+            (t0 + 500, tcp_frame(t, c, 5001 + ok.len() as u32, 1002 + rl, 0x11, &[])),
+        ]);
+        t0 += 1_800_000_000;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("hostile.pcap");
+    write_pcap(&p, &frames);
+    let ds = tmp.path().join("ds");
+    let (ok, err) = sw(&["analyze", s(&p), "-o", s(&ds)]);
+    assert!(ok, "{err}");
+    let ta = read(&ds, "tracker_announces");
+    assert_eq!(ta.height(), 4);
+    let au = read(&ds, "announce_audit");
+    let rep: Vec<Option<i64>> = au
+        .column("reported_uploaded")
+        .expect("col")
+        .i64()
+        .expect("i64")
+        .iter()
+        .collect();
+    assert_eq!(rep, [Some(i64::MAX)]);
+    let an = read(&ds, "anomalies");
+    let sink_rows: Vec<(Option<String>, Option<String>)> = strs(&an, "layer")
+        .into_iter()
+        .zip(strs(&an, "kind").into_iter().zip(strs(&an, "detail")))
+        .filter(|(l, _)| l.as_deref() == Some("sink"))
+        .map(|(_, k)| k)
+        .collect();
+    assert_eq!(
+        sink_rows,
+        [(
+            Some("value_saturated".to_string()),
+            Some(
+                "announce_audit.reported_uploaded: 1 value(s) above the column's signed range written as its maximum"
+                    .to_string()
+            )
+        )]
+    );
+}
