@@ -133,9 +133,17 @@ pub struct ProbeArgs {
     /// A passive dataset directory (written by analyze): its torrents and peer endpoints become targets.
     #[arg(long = "from")]
     pub from: Option<PathBuf>,
-    /// Output directory (one <table>.parquet per table, all tables present).
+    /// Output directory (one <table>.parquet per table, all tables present),
+    /// swapped in when the probe ends.
     #[arg(short = 'o', long = "output", default_value = "swarmtap-out")]
     pub output: PathBuf,
+    /// Name written in every table's `sensor` column (default: the host name).
+    #[arg(long = "sensor", value_name = "NAME")]
+    pub sensor: Option<String>,
+    /// Write into an output folder even when it holds something other than
+    /// a swarmtap dataset (it is replaced).
+    #[arg(long = "force")]
+    pub force: bool,
     /// Time between visits of a peer that has not completed yet (e.g. 300, 5m, 10s, 500ms).
     #[arg(long = "revisit", default_value = "5m")]
     pub revisit: String,

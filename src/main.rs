@@ -271,6 +271,10 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
     use swarmtap::probe::session::{Crypto, Transport};
     use swarmtap::probe::targets::{self, Cidr, Target};
     let mut s = swarmtap::probe::ProbeSettings::new(a.output.clone());
+    s.output_options.force = a.force;
+    if let Some(n) = &a.sensor {
+        s.output_options.sensor = n.clone();
+    }
     let mut ts: Vec<Target> = Vec::new();
     let torrent_target = |p: &Path| -> Result<Target, String> {
         let m = load_torrents(&[p.to_path_buf()])?
