@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 
 use super::tables::TABLE_NAMES;
 
+/// Where a live run writes each file until it is whole (`DIR/.swarmtap-tmp`,
+/// renamed into its partition then): outside every table folder.
+pub const LIVE_TMP_DIR: &str = ".swarmtap-tmp";
+
 /// The two dataset layouts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -48,8 +52,8 @@ fn classify(dir: &Path) -> io::Result<Result<Option<Layout>, String>> {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
         let is_dir = e.file_type()?.is_dir();
-        if name.starts_with('.') && !is_dir && name.ends_with(".tmp") {
-            // A temporary file of an interrupted swarmtap run.
+        if (name.starts_with('.') && !is_dir && name.ends_with(".tmp")) || (is_dir && name == LIVE_TMP_DIR) {
+            // Temporary files of a swarmtap run.
             continue;
         }
         match name.strip_suffix(".parquet") {
@@ -257,7 +261,12 @@ mod tests {
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(p.join(".part-x-000001.parquet.tmp"), b"x").unwrap();
         std::fs::write(p.join("part-x-000000.parquet"), b"x").unwrap();
-        assert_eq!(remove_stale_parts(tmp.path()).unwrap(), 1);
+        let t = tmp.path().join(LIVE_TMP_DIR);
+        std::fs::create_dir_all(&t).unwrap();
+        std::fs::write(t.join(".flows-part-x-000002.parquet.tmp"), b"x").unwrap();
+        check_target(tmp.path(), Layout::Hive, false).unwrap();
+        assert_eq!(remove_stale_parts(tmp.path()).unwrap(), 2);
+        assert_eq!(std::fs::read_dir(&t).unwrap().count(), 0);
         let left: Vec<_> = std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left, ["part-x-000000.parquet"]);
     }

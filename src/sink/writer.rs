@@ -311,10 +311,11 @@ pub fn utc_parts(us: i64) -> (String, String, String) {
 
 /// Writes `DIR/<table>/date=YYYY-MM-DD/hour=HH/part-<start>-<seq>.parquet`
 /// for the current [`Interval`], every file with an `interval_start`
-/// column. Each file is written as a dot-file (`.part-….parquet.tmp`, which
-/// no `*.parquet` glob and no hive reader picks up), synced to disk, then
-/// renamed: a reader sees whole files only, and a crash or power loss loses
-/// at most the interval being written.
+/// column. Each file is written in `DIR/.swarmtap-tmp/` (outside every
+/// table folder, so no hive reader scanning `DIR/<table>/` meets it), synced
+/// to disk, then renamed into its partition: a reader sees whole files only,
+/// and a crash or power loss loses at most the interval being written (its
+/// temporary files are removed when the next run starts).
 pub struct RotatingSink {
     dir: PathBuf,
     interval: Interval,
@@ -356,7 +357,11 @@ impl TableSink for RotatingSink {
         std::fs::create_dir_all(&part)?;
         let name = format!("part-{stamp}-{:06}", self.interval.seq);
         let final_path = part.join(format!("{name}.parquet"));
-        let tmp_path = part.join(format!(".{name}.parquet.tmp"));
+        // Written outside the table folders (a hive reader scanning
+        // DIR/<table>/ never meets a partial file), renamed in when whole.
+        let tmp_dir = self.dir.join(layout::LIVE_TMP_DIR);
+        std::fs::create_dir_all(&tmp_dir)?;
+        let tmp_path = tmp_dir.join(format!(".{}-{name}.parquet.tmp", R::TABLE));
         let mut schema = R::schema();
         let extra_ts = if schema.contains(INTERVAL_COLUMN) {
             None

@@ -652,6 +652,22 @@ fn summary_reads_live_datasets() {
     let (rows, _, _) = engine.finish();
     sink.send(rows).expect("final");
     sink.finish().expect("finish");
+    // The table folders hold whole files only; the temporary folder is empty.
+    let mut n_files = 0;
+    let mut stack = vec![out.join("flows")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("dir").flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else {
+                let n = e.file_name().to_string_lossy().into_owned();
+                assert!(n.starts_with("part-") && n.ends_with(".parquet"), "{n}");
+                n_files += 1;
+            }
+        }
+    }
+    assert_eq!(n_files, 5, "6586 frames in batches of 2000: 4 intervals, and the last");
+    assert_eq!(std::fs::read_dir(out.join(".swarmtap-tmp")).expect("tmp").count(), 0);
     let o = bin()
         .args(["summary", s(&out), "--format", "json"])
         .output()
