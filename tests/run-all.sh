@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash tests/setup.sh
 # setup.sh fetched the geolocation databases: their tests must run, not skip.
-SWARMTAP_REQUIRE_GEOIP=1 cargo test --all-targets
+SWARMTAP_REQUIRE_GEOIP=1 cargo test --workspace --all-targets
 # Every engine reads the output as-is (pandas 2 and 3, pyarrow, DuckDB, PySpark).
 bash tests/engines.sh
 if [ -f notebooks/run.sh ]; then
