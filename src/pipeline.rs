@@ -937,10 +937,13 @@ fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[
 }
 
 /// peer_messages rows without an info_hash, held by connection until the
-/// swarm state attributes it (see `Limits::max_held_messages`).
+/// swarm state attributes it (see `Limits::max_held_messages`). Each step
+/// looks at the held connections, not at every held row.
 #[derive(Default)]
 struct HeldMessages {
-    rows: std::collections::VecDeque<crate::sink::PeerMessageRow>,
+    /// By conn_id (the frame of a connection's first packet: oldest first).
+    by_conn: std::collections::BTreeMap<u64, Vec<crate::sink::PeerMessageRow>>,
+    n_held: usize,
     /// Rows written without an info_hash because the bound was reached.
     n_released: u64,
 }
@@ -948,52 +951,53 @@ struct HeldMessages {
 impl HeldMessages {
     /// Fills and releases the held rows whose connection is attributed
     /// now, then holds this step's rows that have no info_hash; past
-    /// `max`, the oldest go out as they are.
+    /// `max`, the oldest connections' rows go out as they are.
     fn step(&mut self, rows: &mut RowBatch, swarm: &Swarm, max: usize) {
         let mut released = false;
-        if !self.rows.is_empty() {
-            let mut names: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-            let mut keep = std::collections::VecDeque::with_capacity(self.rows.len());
-            for mut r in self.rows.drain(..) {
-                let h = names
-                    .entry(r.conn_id)
-                    .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
-                match h {
-                    Some(h) => {
-                        r.info_hash = Some(h.clone());
-                        rows.peer_messages.push(r);
-                        released = true;
-                    }
-                    None => keep.push_back(r),
-                }
-            }
-            self.rows = keep;
-        }
-        let mut own: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-        let msgs = std::mem::take(&mut rows.peer_messages);
-        let mut out = Vec::with_capacity(msgs.len());
-        for mut r in msgs {
-            if r.info_hash.is_none() {
-                let h = own
-                    .entry(r.conn_id)
-                    .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
-                match h {
-                    Some(h) => r.info_hash = Some(h.clone()),
-                    None => {
-                        self.rows.push_back(r);
-                        continue;
-                    }
-                }
-            }
-            out.push(r);
-        }
-        rows.peer_messages = out;
-        while self.rows.len() > max {
-            if let Some(r) = self.rows.pop_front() {
+        let ready: Vec<(u64, [u8; 20])> = self
+            .by_conn
+            .keys()
+            .filter_map(|c| swarm.attribution(*c).map(|h| (*c, h)))
+            .collect();
+        for (c, h) in ready {
+            let h: Arc<str> = Arc::from(hex(&h));
+            for mut r in self.by_conn.remove(&c).unwrap_or_default() {
+                r.info_hash = Some(h.clone());
                 rows.peer_messages.push(r);
-                self.n_released += 1;
+                self.n_held -= 1;
                 released = true;
             }
+        }
+        if rows.peer_messages.iter().any(|r| r.info_hash.is_none()) {
+            let mut own: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+            let msgs = std::mem::take(&mut rows.peer_messages);
+            let mut out = Vec::with_capacity(msgs.len());
+            for mut r in msgs {
+                if r.info_hash.is_none() {
+                    let h = own
+                        .entry(r.conn_id)
+                        .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
+                    match h {
+                        Some(h) => r.info_hash = Some(h.clone()),
+                        None => {
+                            self.by_conn.entry(r.conn_id).or_default().push(r);
+                            self.n_held += 1;
+                            continue;
+                        }
+                    }
+                }
+                out.push(r);
+            }
+            rows.peer_messages = out;
+        }
+        while self.n_held > max {
+            let Some((_, group)) = self.by_conn.pop_first() else {
+                break;
+            };
+            self.n_held -= group.len();
+            self.n_released += group.len() as u64;
+            rows.peer_messages.extend(group);
+            released = true;
         }
         if released {
             rows.peer_messages.sort_by_key(|r| r.frame);
