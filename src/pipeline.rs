@@ -1018,7 +1018,7 @@ impl HeldMessages {
                 layer: "analyze",
                 kind: "held_messages_released".into(),
                 detail: Some(format!(
-                    "{n} peer_messages rows of connections picked up mid-stream written without an info_hash: unattributed at the end of input, or past max_held_messages"
+                    "{n} peer_messages rows of connections picked up mid-stream written before their connection was attributed (past max_held_messages), without an info_hash"
                 )),
                 ..Default::default()
             });

@@ -759,3 +759,40 @@ fn values_beyond_int64_saturate_and_are_counted() {
         )]
     );
 }
+
+/// The bound on held mid-stream messages: past it the oldest connection's
+/// rows go out without an info_hash, counted in one anomaly row.
+#[test]
+fn held_messages_are_bounded_and_counted() {
+    // Small batches: a mid-stream connection's messages wait several
+    // batches for its attribution.
+    let mut settings = swarmtap::config::Settings::default();
+    settings.limits.batch_frames = 50;
+    let all = super::run_with(&[sample("midstream.pcap")], &[], settings.clone(), None);
+    settings.limits.max_held_messages = 10;
+    let bounded = super::run_with(&[sample("midstream.pcap")], &[], settings, None);
+    let msgs = |r: &super::Run| {
+        let m = super::table(r, "peer_messages");
+        let n_null = strs(&m, "info_hash").iter().filter(|h| h.is_none()).count();
+        (m.height(), n_null)
+    };
+    let (n_all, null_all) = msgs(&all);
+    let (n_bounded, null_bounded) = msgs(&bounded);
+    assert_eq!(n_all, n_bounded, "every row is written either way");
+    assert_eq!(null_all, 0);
+    let an = super::table(&bounded, "anomalies");
+    let details: Vec<Option<String>> = strs(&an, "kind")
+        .into_iter()
+        .zip(strs(&an, "detail"))
+        .filter(|(k, _)| k.as_deref() == Some("held_messages_released"))
+        .map(|(_, d)| d)
+        .collect();
+    assert_eq!(details.len(), 1);
+    let n: usize = details[0]
+        .as_deref()
+        .and_then(|d| d.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("count");
+    assert_eq!(n, null_bounded);
+    assert_eq!((n_all, null_bounded), (810, 32));
+}
