@@ -54,7 +54,8 @@ pub struct ExportArgs {
     /// Only these tables (repeatable; default: every table).
     #[arg(long = "table")]
     pub table: Vec<String>,
-    /// Output directory (default: DIR/export-<format>).
+    /// Output directory (default: DIR-<format> beside DIR, so that the
+    /// dataset folder holds only the dataset).
     #[arg(short = 'o', long = "output")]
     pub output: Option<PathBuf>,
 }

@@ -478,7 +478,7 @@ fn csv_of(v: AnyValue) -> String {
 
 /// `swarmtap export DIR --format csv|ndjson [--table T]…`: each table as
 /// `<table>.csv` (a header line, then a line per row) or `<table>.ndjson`
-/// (an object per row) in `out` (default `DIR/export-<format>`). Live
+/// (an object per row) in `out` (default `DIR-<format>`, beside DIR). Live
 /// datasets are exported as `summary` reads them (every interval; entity
 /// tables at their latest snapshot). Returns nothing; prints the files.
 pub fn export(dir: &Path, format: &str, tables: &[String], out: Option<&Path>) -> Result<(), String> {
@@ -488,7 +488,16 @@ pub fn export(dir: &Path, format: &str, tables: &[String], out: Option<&Path>) -
             return Err(format!("no table {t:?} (tables: {})", TABLE_NAMES.join(", ")));
         }
     }
-    let out = out.map_or_else(|| dir.join(format!("export-{format}")), Path::to_path_buf);
+    let out = out.map_or_else(
+        || {
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "swarmtap".into());
+            dir.with_file_name(format!("{name}-{format}"))
+        },
+        Path::to_path_buf,
+    );
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     let mut listing = String::new();
     let mut n_found = 0;

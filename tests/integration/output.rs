@@ -583,12 +583,14 @@ fn summary_json_and_export() {
     assert!(lines[0].ends_with(",sensor"), "{}", lines[0]);
     let flows = std::fs::read_to_string(csv.join("flows.csv")).expect("read");
     assert_eq!(flows.lines().count(), 69);
-    let nd = tmp.path().join("nd");
+    // By default beside the dataset (DIR-ndjson), which stays a dataset.
+    let nd = tmp.path().join("ds-ndjson");
     let o = bin()
-        .args(["export", s(&ds), "--format", "ndjson", "-o", s(&nd)])
+        .args(["export", s(&ds), "--format", "ndjson"])
         .output()
         .expect("runs");
     assert!(o.status.success());
+    assert_eq!(snapshot(&ds).len(), TABLE_NAMES.len());
     assert_eq!(std::fs::read_dir(&nd).expect("dir").count(), TABLE_NAMES.len());
     let rows: Vec<serde_json::Value> = std::fs::read_to_string(nd.join("peers.ndjson"))
         .expect("read")
