@@ -573,9 +573,9 @@ impl Progress {
             let (bar, tpl) = match total {
                 Some(t) => (
                     indicatif::ProgressBar::new(t),
-                    "{percent:>3}% {bar:30} {bytes}/{total_bytes}  ETA {eta}  {msg}",
+                    "{percent:>3}% [{bar:20}] {bytes}/{total_bytes} ETA {eta} {wide_msg}",
                 ),
-                None => (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes}  {msg}"),
+                None => (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes} {wide_msg}"),
             };
             if let Ok(style) = indicatif::ProgressStyle::with_template(tpl) {
                 bar.set_style(style);
