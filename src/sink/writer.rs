@@ -259,8 +259,7 @@ impl TableSink for DirSink {
 
     fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
         let (tmp, last) = t.close()?;
-        // On disk before the folder is swapped in.
-        File::open(&tmp)?.sync_all()?;
+        // Synced to disk by Staging::commit, all files at once.
         std::fs::rename(tmp, last)?;
         Ok(())
     }
