@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         },
         Command::Export(a) => swarmtap::summary::export(&a.dir, &a.format, &a.table, a.output.as_deref()),
         Command::Torrent { file } => torrent(&file),
+        Command::Report { dir, output } => report(&dir, &output),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,6 +34,19 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn report(dir: &Path, out: &Path) -> Result<(), String> {
+    let t = std::time::Instant::now();
+    let w = swarmtap::report::write(dir, out)?;
+    eprintln!(
+        "swarmtap: wrote {} ({} bytes, {} charts) in {:.2} s",
+        out.display(),
+        w.bytes,
+        w.charts,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// .torrent files named directly or found (recursively) in directories.
@@ -70,6 +84,7 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
     let mut settings = Settings {
         threshold: o.threshold,
         messages: !o.no_messages,
+        keep_weak: o.keep_weak,
         rate_window_s: u32::try_from(o.rate_window.as_secs()).unwrap_or(u32::MAX).max(1),
         threads: o.threads,
         sensor: o.sensor.clone(),

@@ -228,13 +228,10 @@ fn sync_files(dir: &Path) -> io::Result<()> {
             .iter()
             .map(|f| s.spawn(move || std::fs::File::open(f).and_then(|f| f.sync_all())))
             .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
-            })
-            .collect::<io::Result<()>>()
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(io::Error::other("sync thread panicked")))
+        })
     })
 }
 
