@@ -17,7 +17,7 @@ use sha1::{Digest, Sha1};
 use super::metadata::MetadataPiece;
 use super::pieces::{CheckLimits, PieceChecker};
 use super::swarm::UnattributedEvent;
-use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
+use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::flow::Chunk;
 use crate::proto::bencode::{self, BencodeLimits};
@@ -631,6 +631,11 @@ impl State {
                     "ut_pex" => self.on_ut_pex(side, payload, ctx, out),
                     _ => {}
                 }
+                // libtorrent's `upload_only` message: one byte, 1 = it
+                // wants nothing more.
+                if ext == "upload_only" && payload.first().is_some_and(|b| *b == 1) {
+                    self.push_event(side, ctx, SwarmEventKind::Claim(Claim::UploadOnly), out);
+                }
                 if ext == "lt_donthave" {
                     if let Some(p) = payload.get(..4) {
                         let piece = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
@@ -716,6 +721,11 @@ impl State {
                     Some(format!("BEP 10 metadata_size {size}")),
                 );
             }
+        }
+        // BEP 21 / libtorrent: `upload_only` 1 in the handshake says the
+        // sender wants nothing more.
+        if d.get_int(b"upload_only").is_some_and(|u| u == 1) {
+            self.push_event(side, ctx, SwarmEventKind::Claim(Claim::UploadOnly), out);
         }
         if let Some(e) = e {
             self.push_event(
@@ -893,6 +903,9 @@ impl State {
                     utp: Some(f & ut_pex::FLAG_UTP != 0),
                     from_self: false,
                 }));
+                if f & ut_pex::FLAG_SEED != 0 {
+                    out.events.push(ev(SwarmEventKind::Claim(Claim::PexSeed)));
+                }
             }
         }
     }

@@ -74,6 +74,11 @@ pub struct DhtNodeLimits {
     /// Failed queries after which a node is bad and replaced (BEP 5 leaves
     /// it to the implementation; two failures in a row).
     pub bad_after: u8,
+    /// KRPC datagrams waiting when the node shares the uTP port (handed
+    /// over by the uTP socket): a second of queries at a busy node's rate
+    /// (~100/s); past it they are dropped and counted, as a full socket
+    /// buffer would drop them.
+    pub max_queued_datagrams: usize,
 }
 
 impl Default for DhtNodeLimits {
@@ -91,6 +96,7 @@ impl Default for DhtNodeLimits {
             query_timeout: Duration::from_secs(5),
             good_for: Duration::from_secs(15 * 60),
             bad_after: 2,
+            max_queued_datagrams: 128,
         }
     }
 }
@@ -1128,10 +1134,32 @@ pub async fn resolve_bootstrap(names: &[String]) -> Vec<SocketAddr> {
     out
 }
 
+/// The node's UDP port: a socket of its own, or the uTP socket's port
+/// shared with `--listen` (KRPC datagrams arriving there are handed over,
+/// answers go out from it).
+pub enum DhtPort {
+    Own,
+    Shared(
+        std::sync::Arc<super::utp::UtpSocket>,
+        mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    ),
+}
+
 /// Runs the node until `stop`, reporting rows, peers and lookups on `tx`
 /// (the last report carries the stats).
 pub async fn run(
+    cfg: DhtConfig,
+    targets_: Vec<(u32, NodeId)>,
+    tx: mpsc::Sender<DhtReport>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    run_on(cfg, DhtPort::Own, targets_, tx, stop).await
+}
+
+/// [`run`] on the given port.
+pub async fn run_on(
     mut cfg: DhtConfig,
+    port_: DhtPort,
     targets_: Vec<(u32, NodeId)>,
     tx: mpsc::Sender<DhtReport>,
     mut stop: watch::Receiver<bool>,
@@ -1143,10 +1171,22 @@ pub async fn run(
         }
         None => true,
     });
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.port))
-        .await
-        .map_err(|e| format!("cannot bind the DHT port {}: {e}", cfg.port))?;
-    let port = sock.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
+    let (sock, mut shared) = match port_ {
+        DhtPort::Own => (
+            Some(
+                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.port))
+                    .await
+                    .map_err(|e| format!("cannot bind the DHT port {}: {e}", cfg.port))?,
+            ),
+            None,
+        ),
+        DhtPort::Shared(u, rx) => (None, Some((u, rx))),
+    };
+    let port = match (&sock, &shared) {
+        (Some(s), _) => s.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
+        (None, Some((u, _))) => u.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
+        (None, None) => cfg.port,
+    };
     let ip = cfg
         .bootstrap
         .first()
@@ -1163,9 +1203,14 @@ pub async fn run(
         let now = Instant::now();
         let wake = node.next_wake(now);
         tokio::select! {
-            r = sock.recv_from(&mut buf) => {
+            r = async { match &sock { Some(s) => s.recv_from(&mut buf).await, None => std::future::pending().await } } => {
                 if let Ok((n, from)) = r {
                     node.on_datagram(Instant::now(), super::session::now_us(), from, &buf[..n]);
+                }
+            }
+            r = async { match &mut shared { Some((_, rx)) => rx.recv().await, None => std::future::pending().await } } => {
+                if let Some((d, from)) = r {
+                    node.on_datagram(Instant::now(), super::session::now_us(), from, &d);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -1174,7 +1219,15 @@ pub async fn run(
             _ = stop.changed() => {}
         }
         for (to, d) in node.take_out() {
-            let _ = sock.send_to(&d, to).await;
+            match (&sock, &shared) {
+                (Some(s), _) => {
+                    let _ = s.send_to(&d, to).await;
+                }
+                (None, Some((u, _))) => {
+                    let _ = u.send_datagram(&d, to);
+                }
+                (None, None) => {}
+            }
         }
         let (r, f, l) = node.report_len();
         if f > 0 || l > 0 || r >= 512 || (r > 0 && last_report.elapsed() >= Duration::from_secs(1)) {

@@ -37,10 +37,19 @@ impl Probe {
             .enumerate()
             .map(|(i, t)| (i as u32, t.target.info_hash))
             .collect();
+        // With --listen, peers told our listen port send their DHT queries
+        // to it: the node shares that port with uTP unless --dht-port names
+        // another.
+        let port = match (&self.utp, self.s.listen) {
+            (Some(u), Some(_)) if self.s.dht_port == 0 || Some(self.s.dht_port) == self.s.listen => {
+                dht::DhtPort::Shared(u.clone(), u.take_krpc(self.s.limits.dht.max_queued_datagrams))
+            }
+            _ => dht::DhtPort::Own,
+        };
         let (rtx, mut rrx) = mpsc::channel::<DhtReport>(64);
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = dht::run(cfg, targets, rtx, stop).await {
+            if let Err(e) = dht::run_on(cfg, port, targets, rtx, stop).await {
                 eprintln!("swarmtap: DHT node: {e}");
             }
         });

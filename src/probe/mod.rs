@@ -22,6 +22,7 @@
 pub mod dht;
 mod discovery;
 pub mod mse;
+pub mod schedule;
 pub mod scrape;
 pub mod session;
 pub mod targets;
@@ -110,7 +111,11 @@ pub struct ProbeSettings {
     pub peers: Vec<SocketAddr>,
     pub policy: AddrPolicy,
     pub output: PathBuf,
+    /// Longest time between visits of a peer below the threshold (a peer
+    /// whose count does not move is revisited this often).
     pub revisit: Duration,
+    /// Shortest time between visits: the scheduler's lower bound.
+    pub min_revisit: Duration,
     /// First back-off after a failed visit; doubles per consecutive failure
     /// up to `max_backoff`.
     pub retry: Duration,
@@ -156,6 +161,7 @@ impl ProbeSettings {
             policy: AddrPolicy::default(),
             output,
             revisit: Duration::from_secs(300),
+            min_revisit: Duration::from_secs(10),
             retry: Duration::from_secs(30),
             max_backoff: Duration::from_secs(1800),
             duration: None,
@@ -271,6 +277,9 @@ struct PeerState {
     last_ts: i64,
     /// (visit start µs, pieces the peer had), successful visits with a count.
     history: Vec<(i64, u64)>,
+    /// (time µs, pieces) the scheduler estimates the rate from: every
+    /// count heard and each contact's end (see [`schedule`]).
+    obs: Vec<(i64, u64)>,
     crypto_ok: Option<Crypto>,
     /// Transport of the last successful visit, else a hint (ut_pex uTP flag).
     transport_ok: Option<Transport>,
@@ -796,6 +805,7 @@ impl Probe {
             first_ts: now_us,
             last_ts: now_us,
             history: Vec::new(),
+            obs: Vec::new(),
             crypto_ok: None,
             transport_ok: None,
             failures: 0,
@@ -825,7 +835,18 @@ impl Probe {
             max_pex: self.s.limits.max_pex_per_contact,
             max_progress: self.s.limits.max_history.min(256),
             wire: self.s.limits.wire,
+            hold: None,
         }
+    }
+
+    /// What a contact with `peer` needs to stay open until its crossing.
+    fn hold_for(&self, peer: u32) -> Option<schedule::Hold> {
+        let ps = &self.peers[peer as usize];
+        let n = self.torrents[ps.torrent as usize].n_pieces?;
+        Some(schedule::Hold {
+            need: schedule::pieces_needed(u64::from(n), self.s.threshold),
+            baseline: schedule::baseline(&ps.obs, self.s.revisit),
+        })
     }
 
     /// An incoming contact: the peer is identified by its address and the
@@ -911,7 +932,8 @@ impl Probe {
     }
 
     fn launch(&mut self, peer: u32, tx: &mpsc::Sender<Event>, stop: &watch::Receiver<bool>) {
-        let params = self.params_for(self.peers[peer as usize].torrent as usize);
+        let mut params = self.params_for(self.peers[peer as usize].torrent as usize);
+        params.hold = self.hold_for(peer);
         let ps = &mut self.peers[peer as usize];
         ps.in_flight = true;
         // What worked last time goes first.
@@ -1037,6 +1059,14 @@ impl Probe {
                 }
                 t.first_ts.get_or_insert(a.ts_us);
                 t.last_ts = Some(a.ts_us);
+                for &(ts, h, _) in &a.progress {
+                    schedule::observe(&mut ps.obs, ts, h);
+                }
+                if let Some(h) = a.n_pieces_have {
+                    // The count still held when the contact ended: a
+                    // silence lowers the rate.
+                    schedule::observe(&mut ps.obs, ps.last_ts, h);
+                }
                 for &(ts, h, cause) in &a.progress {
                     if ps.history.last().map(|x| x.1) == Some(h) {
                         continue;
@@ -1080,7 +1110,15 @@ impl Probe {
         if !stopping && !ps.done && !incoming {
             let wait = if ok.is_some() {
                 ps.failures = 0;
-                self.s.revisit
+                // Just after the predicted crossing, within the bounds.
+                schedule::next_wait(
+                    &ps.obs,
+                    n,
+                    threshold,
+                    session::now_us(),
+                    self.s.min_revisit,
+                    self.s.revisit,
+                )
             } else {
                 ps.failures += 1;
                 (self.s.retry * 2u32.saturating_pow(ps.failures.min(16) - 1)).min(self.s.max_backoff)
