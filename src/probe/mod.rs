@@ -842,10 +842,15 @@ impl Probe {
     /// What a contact with `peer` needs to stay open until its crossing.
     fn hold_for(&self, peer: u32) -> Option<schedule::Hold> {
         let ps = &self.peers[peer as usize];
-        let n = self.torrents[ps.torrent as usize].n_pieces?;
         Some(schedule::Hold {
-            need: schedule::pieces_needed(u64::from(n), self.s.threshold),
+            threshold: self.s.threshold,
             baseline: schedule::baseline(&ps.obs, self.s.revisit),
+            // Nothing known of its rate yet: listen a while.
+            sample: if ps.obs.is_empty() {
+                schedule::SAMPLE.min(self.s.limits.max_contact)
+            } else {
+                Duration::ZERO
+            },
         })
     }
 

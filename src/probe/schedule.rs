@@ -27,6 +27,13 @@ pub const MAX_OBS: usize = 32;
 /// sees it below and holds the contact open.
 pub const MARGIN: Duration = Duration::from_secs(2);
 
+/// How long a first contact listens to a peer below the threshold that
+/// has not moved yet (its rate unknown) before the idle timeout may end it:
+/// a leecher that is just starting (still finding peers, or choked) sends
+/// its first `have` within this time if it gets one piece per 30 s, and its
+/// rate is then known. Costs contact time, never a visit.
+pub const SAMPLE: Duration = Duration::from_secs(30);
+
 /// Shortest span of observations a rate is computed over: counts read
 /// within one second say nothing about a rate of pieces (a bitfield and
 /// the `have`s of a lazy bitfield arrive together).
@@ -35,11 +42,15 @@ const MIN_SPAN_US: i64 = 1_000_000;
 /// What a contact needs to decide to stay open through silences.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Hold {
-    /// Pieces at which the peer is at or above the threshold.
-    pub need: u64,
+    /// The completion threshold: the pieces needed follow from the piece
+    /// count, which a contact may learn on the way (ut_metadata).
+    pub threshold: f64,
     /// (time µs, pieces) of an earlier observation the rate is measured
     /// from; None: from the contact's first count.
     pub baseline: Option<(i64, u64)>,
+    /// Listen this long into the contact to a peer that has not moved yet
+    /// when nothing earlier told its rate (a first contact): [`SAMPLE`].
+    pub sample: Duration,
 }
 
 /// The smallest piece count at or above `threshold` of `n` pieces, by the
@@ -108,22 +119,36 @@ pub fn baseline(obs: &[(i64, u64)], max: Duration) -> Option<(i64, u64)> {
 }
 
 /// Whether a contact that has heard nothing for an idle timeout stays open:
-/// the peer is below the threshold, moving since `baseline` (or since the
-/// contact's `first` count), and at that rate reaches the threshold within
-/// `left_s` seconds (what remains of the contact's cap).
-pub fn hold_open(h: &Hold, first: Option<(i64, u64)>, count: u64, now_us: i64, left_s: f64) -> bool {
-    if count >= h.need {
+/// the peer is below the threshold, and either moving since `baseline` (or
+/// since the contact's `first` count) at a rate that reaches the threshold
+/// within `left_s` seconds (what remains of the contact's cap), or not
+/// moved yet with nothing known of its rate and the contact younger than
+/// `h.sample` (`elapsed_s`).
+#[allow(clippy::too_many_arguments)]
+pub fn hold_open(
+    h: &Hold,
+    n: u64,
+    first: Option<(i64, u64)>,
+    count: u64,
+    now_us: i64,
+    elapsed_s: f64,
+    left_s: f64,
+) -> bool {
+    let need = pieces_needed(n, h.threshold);
+    if count >= need {
         return false;
     }
-    let Some((tb, cb)) = h.baseline.or(first) else {
-        return false;
+    let moving = h
+        .baseline
+        .or(first)
+        .filter(|&(tb, cb)| count > cb && now_us - tb >= MIN_SPAN_US);
+    let Some((tb, cb)) = moving else {
+        // Not moving (yet): a first contact samples a while.
+        return h.baseline.is_none() && elapsed_s < h.sample.as_secs_f64();
     };
     let span = now_us - tb;
-    if count <= cb || span < MIN_SPAN_US {
-        return false;
-    }
     let r = (count - cb) as f64 / (span as f64 / 1e6);
-    (h.need - count) as f64 / r <= left_s
+    (need - count) as f64 / r <= left_s
 }
 
 /// Adds an observation, keeping at most [`MAX_OBS`] (the oldest go).
@@ -222,22 +247,31 @@ mod tests {
     #[test]
     fn holding_a_contact_open() {
         let h = Hold {
-            need: 99,
+            threshold: 0.98,
             baseline: Some((0, 50)),
+            sample: SAMPLE,
         };
-        // 90 at 40 s: 1 piece/s since the baseline, 9 to go: within 30 s
+        // 90 at 40 s: 1 piece/s since the baseline, 8 to go (98 of 100): within 30 s
         // left, not within 5.
-        assert!(hold_open(&h, None, 90, 40 * S, 30.0));
-        assert!(!hold_open(&h, None, 90, 40 * S, 5.0));
-        // Not moving since the baseline, or already there: no.
-        assert!(!hold_open(&h, None, 50, 40 * S, 100.0));
-        assert!(!hold_open(&h, None, 99, 40 * S, 100.0));
+        assert!(hold_open(&h, 100, None, 90, 40 * S, 10.0, 30.0));
+        assert!(!hold_open(&h, 100, None, 90, 40 * S, 10.0, 7.0));
+        // Not moving since the baseline (its rate is known: 0), or already
+        // there: no.
+        assert!(!hold_open(&h, 100, None, 50, 40 * S, 10.0, 100.0));
+        assert!(!hold_open(&h, 100, None, 98, 40 * S, 10.0, 100.0));
         // Without a baseline, the contact's first count is one.
         let h = Hold {
-            need: 99,
+            threshold: 0.98,
             baseline: None,
+            sample: SAMPLE,
         };
-        assert!(hold_open(&h, Some((10 * S, 80)), 90, 20 * S, 10.0));
-        assert!(!hold_open(&h, None, 90, 20 * S, 10.0));
+        assert!(hold_open(&h, 100, Some((10 * S, 80)), 90, 20 * S, 10.0, 10.0));
+        // A first contact with a peer that has not moved: listened to for
+        // SAMPLE, then let go.
+        assert!(hold_open(&h, 100, Some((10 * S, 0)), 0, 20 * S, 10.0, 100.0));
+        assert!(!hold_open(&h, 100, Some((10 * S, 0)), 0, 45 * S, 35.0, 100.0));
+        // A peer that said nothing about pieces yet (BEP 3 lets one with
+        // none skip the bitfield) is sampled too.
+        assert!(hold_open(&h, 100, None, 0, 20 * S, 10.0, 10.0));
     }
 }

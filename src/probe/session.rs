@@ -890,8 +890,8 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             if st.n_msgs >= p.max_msgs {
                 break ("ok", Some("msg_cap"));
             }
-            if let (Some(h), Some(c)) = (p.hold, st.have_count()) {
-                if c < h.need {
+            if let (Some(h), Some(c), Some(n)) = (p.hold, st.have_count(), st.n_pieces) {
+                if c < super::schedule::pieces_needed(u64::from(n), h.threshold) {
                     below_here = true;
                 } else if below_here {
                     // Seen crossing: what the probe came for.
@@ -921,10 +921,17 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
                             break ("ok", Some("time_cap"));
                         }
                         let first = st.progress.first().map(|x| (x.0, x.1));
-                        let hold = p.hold.is_some_and(|h| {
-                            st.have_count().is_some_and(|c| {
-                                super::schedule::hold_open(&h, first, c, now_us(), (deadline - now).as_secs_f64())
-                            })
+                        // A peer silent about pieces holds none (BEP 3).
+                        let hold = p.hold.zip(st.n_pieces).is_some_and(|(h, n)| {
+                            super::schedule::hold_open(
+                                &h,
+                                u64::from(n),
+                                first,
+                                st.have_count().unwrap_or(0),
+                                now_us(),
+                                (now - t0).as_secs_f64(),
+                                (deadline - now).as_secs_f64(),
+                            )
                         });
                         if hold {
                             // Still expected to cross in this contact: a

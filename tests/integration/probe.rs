@@ -330,6 +330,25 @@ fn probe_swarm_of_real_clients() {
         expected_confirmed >= 1,
         "no leecher completed during the run: the swarm is too slow"
     );
+    // The DHT-only leecher of C (a bare info hash: its piece count comes
+    // from ut_metadata during the first contact): the same rule.
+    for h in hosts.iter().filter(|h| h["role"] == "leecher" && has(h, &ih_c)) {
+        let ip = h["ip"].as_str().unwrap();
+        let done_us = h["completed_seen"][&ih_c].as_f64().map(|d| (d * 1e6) as i64);
+        let Some(d) = done_us.filter(|d| *d > t_start_us && *d < t_end_us) else {
+            eprintln!("{} ({ip}) did not complete C during the run", h["name"]);
+            continue;
+        };
+        let r = (0..p.height())
+            .find(|&i| pips[i].as_deref() == Some(ip) && pihs[i].as_deref() == Some(&ih_c) && conf[i] == Some(true))
+            .unwrap_or_else(|| panic!("{ip} completed C during the run but is not confirmed"));
+        let diff_s = (cts[r].expect("completed_ts") - d) as f64 / 1e6;
+        eprintln!(
+            "{} ({ip}, torrent C): crossing seen by the probe {diff_s:+.2} s from the client's own completion",
+            h["name"]
+        );
+        assert!((-1.0..=30.0).contains(&diff_s), "{ip}: crossing {diff_s} s off");
+    }
 
     // --- incoming contacts (--listen 6881, announced): a peer that connected
     // to us is identified by its BEP 10 listen port (else its peer id) and
