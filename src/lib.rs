@@ -26,6 +26,8 @@ pub mod flow;
 pub mod geo;
 pub mod pipeline;
 pub mod probe;
-pub mod proto;
+/// The pure parsers: the workspace crate `swarmtap-wire` (crates/wire),
+/// which depends on nothing else of swarmtap.
+pub use swarmtap_wire as proto;
 pub mod sink;
 pub mod summary;

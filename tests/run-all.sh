@@ -7,7 +7,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash tests/setup.sh
 # setup.sh fetched the geolocation databases: their tests must run, not skip.
-SWARMTAP_REQUIRE_GEOIP=1 cargo test --all-targets
+SWARMTAP_REQUIRE_GEOIP=1 cargo test --workspace --all-targets
 if [ -f notebooks/run.sh ]; then
   bash notebooks/run.sh
 fi

@@ -7,12 +7,6 @@ pub mod table;
 pub mod udp;
 pub mod utp_stream;
 
-/// A piece of a reassembled byte stream, handed to the application framer in
-/// stream order. `Gap(n)` says that `n` bytes of the stream were never seen
-/// (lost in capture, or given up on when the out-of-order buffer was full);
-/// the framer decides whether it can keep its framing across them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Chunk<'a> {
-    Data(&'a [u8]),
-    Gap(u64),
-}
+/// The stream chunk type lives on the ground floor (the `swarmtap-wire`
+/// crate), shared with the framers there.
+pub use swarmtap_wire::Chunk;

@@ -1,5 +1,7 @@
 //! Pure protocol parsers: no I/O, no threads, no polars. Each bounds what it
-//! holds and never panics on input.
+//! holds and never panics on input. (The workspace crate `swarmtap-wire`,
+//! reached as `swarmtap::proto`; it depends on nothing else of swarmtap.)
+#![forbid(unsafe_code)]
 
 pub mod bencode;
 pub mod client_id;
@@ -7,8 +9,11 @@ pub mod dht;
 pub mod lsd;
 pub mod metainfo;
 pub mod peer_wire;
+pub mod stream;
 pub mod tracker_http;
 pub mod tracker_udp;
 pub mod ut_metadata;
 pub mod ut_pex;
 pub mod utp;
+
+pub use stream::Chunk;

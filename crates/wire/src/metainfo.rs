@@ -266,7 +266,7 @@ mod tests {
 
     fn corpus(name: &str) -> Option<Vec<u8>> {
         let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public/tcoppi__BittorrentReconstituter")
+            .join("../../../shared/corpus/public/tcoppi__BittorrentReconstituter")
             .join(name);
         match std::fs::read(&p) {
             Ok(b) => Some(b),

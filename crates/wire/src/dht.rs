@@ -2111,7 +2111,7 @@ mod tests {
 
     fn corpus(rel: &str) -> Option<Vec<u8>> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public")
+            .join("../../../shared/corpus/public")
             .join(rel);
         match std::fs::read(&path) {
             Ok(b) => Some(b),

@@ -940,7 +940,7 @@ mod tests {
     fn real_torrent_info_hash() {
         use sha1::{Digest, Sha1};
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public/tcoppi__BittorrentReconstituter");
+            .join("../../../shared/corpus/public/tcoppi__BittorrentReconstituter");
         // Info-hashes as listed in the corpus MANIFEST.md.
         let cases = [
             ("test.txt.torrent", "2a72ac0b7b1e62e0d4f6ac9ec997138e1d636bcd"),

@@ -2164,9 +2164,10 @@ pub(crate) mod test_capture {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::path::PathBuf;
 
-    /// `../shared/corpus/public` next to the crate, if present.
+    /// `../shared/corpus/public` next to the repository (three levels above
+    /// this crate's manifest), if present.
     pub(crate) fn corpus_dir() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/corpus/public");
         dir.is_dir().then_some(dir)
     }
 
