@@ -155,7 +155,7 @@ pub fn pieces_from_left(n: u64, plen: u64, total: u64, left: u64) -> u64 {
         return 0;
     }
     let last = total.saturating_sub(plen.saturating_mul(n - 1));
-    let missing = if last > 0 && last < plen && left >= last && (left - last) % plen == 0 {
+    let missing = if last > 0 && last < plen && left >= last && (left - last).is_multiple_of(plen) {
         (left - last) / plen + 1
     } else {
         left.div_ceil(plen)

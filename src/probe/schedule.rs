@@ -181,8 +181,9 @@ mod tests {
         // 0.07 × 100 is 7.000000000000001 in floats: by the rule's own
         // comparison 7 is below, so 8 are needed; 0.58 × 100 is
         // 57.99999999999999: 58 are enough.
-        assert!((7_f64) < 0.07 * 100.0);
-        assert_eq!(pieces_needed(100, 0.07), 8);
+        let (t, n) = (0.07, 100u64);
+        assert!((7_f64) < t * n as f64);
+        assert_eq!(pieces_needed(n, t), 8);
         assert_eq!(pieces_needed(100, 0.58), 58);
         assert_eq!(pieces_needed(24, 0.98), 24);
         assert_eq!(pieces_needed(256, 0.98), 251);

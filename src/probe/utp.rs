@@ -97,6 +97,9 @@ impl Default for UtpLimits {
     }
 }
 
+/// Where KRPC datagrams (payload, sender) arriving on the uTP port go.
+type KrpcSender = mpsc::Sender<(Vec<u8>, SocketAddr)>;
+
 /// Counters of the socket (anomalies and work), for tests and the summary.
 #[derive(Debug, Default)]
 pub struct UtpStats {
@@ -269,7 +272,7 @@ struct Shared {
     accept: Option<mpsc::Sender<UtpStream>>,
     /// Where KRPC datagrams arriving on this port go (the DHT node sharing
     /// it), when one does.
-    krpc: Mutex<Option<mpsc::Sender<(Vec<u8>, SocketAddr)>>>,
+    krpc: Mutex<Option<KrpcSender>>,
     limits: UtpLimits,
     stats: UtpStats,
     epoch: Instant,
