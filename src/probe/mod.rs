@@ -277,6 +277,8 @@ struct PeerState {
     last_ts: i64,
     /// (visit start µs, pieces the peer had), successful visits with a count.
     history: Vec<(i64, u64)>,
+    /// What set each point of `history` (bitfield, have, …), in step.
+    causes: Vec<&'static str>,
     /// (time µs, pieces) the scheduler estimates the rate from: every
     /// count heard and each contact's end (see [`schedule`]).
     obs: Vec<(i64, u64)>,
@@ -805,6 +807,7 @@ impl Probe {
             first_ts: now_us,
             last_ts: now_us,
             history: Vec::new(),
+            causes: Vec::new(),
             obs: Vec::new(),
             crypto_ok: None,
             transport_ok: None,
@@ -1078,8 +1081,10 @@ impl Probe {
                     }
                     if ps.history.len() >= self.s.limits.max_history {
                         ps.history.pop();
+                        ps.causes.pop();
                     }
                     ps.history.push((ts, h));
+                    ps.causes.push(cause);
                     self.rows.peer_progress.push(PeerProgressRow {
                         ts: Ts(ts),
                         frame: 0,
@@ -1236,6 +1241,12 @@ impl Probe {
             let t = &self.torrents[p.torrent as usize];
             let n = t.n_pieces.map(u64::from);
             let (completed_ts, confirmed) = completion(&p.history, n, self.s.threshold);
+            // The message that showed the crossing, else the last count.
+            let at = match completed_ts {
+                Some(ts) => p.history.iter().position(|h| h.0 == ts),
+                None => p.history.len().checked_sub(1),
+            };
+            let completion_source = at.and_then(|i| p.causes.get(i).copied());
             per_torrent[p.torrent as usize].0 += 1;
             per_torrent[p.torrent as usize].1 += u64::from(confirmed);
             self.summary.n_confirmed += u64::from(confirmed);
@@ -1270,6 +1281,7 @@ impl Probe {
                 last_ts: Ts(p.last_ts),
                 first_pieces: p.history.first().map(|h| h.1),
                 last_pieces: p.history.last().map(|h| h.1),
+                completion_source,
                 n_pieces: n.or((t.estimate > 0).then_some(t.estimate)),
                 completed_ts: completed_ts.map(Ts),
                 confirmed_download: confirmed,
