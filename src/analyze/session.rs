@@ -1065,6 +1065,51 @@ mod tests {
     }
 
     #[test]
+    fn upload_only_and_pex_seed_flags_are_claims() {
+        // The responder offers libtorrent's upload_only message (id 3); the
+        // originator says upload_only in its BEP 10 handshake, then in a
+        // message, and its ut_pex flags 10.0.0.9 a seed (0x02), 10.0.0.8
+        // not.
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(7), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        let mut r = handshake(b'R');
+        r.extend(ext(0, b"d1:md11:upload_onlyi3e6:ut_pexi4eee"));
+        s.feed(RESP, Chunk::Data(&r), ctx, &mut out);
+        let mut o = handshake(b'O');
+        o.extend(ext(0, b"d1:md6:ut_pexi2ee11:upload_onlyi1ee"));
+        o.extend(ext(3, &[1]));
+        o.extend(ext(3, &[0]));
+        let mut pex = b"d5:added12:".to_vec();
+        pex.extend([10, 0, 0, 9, 0x1A, 0xE1, 10, 0, 0, 8, 0x1A, 0xE1]);
+        pex.extend(b"7:added.f2:");
+        pex.extend([0x02, 0x00]);
+        pex.push(b'e');
+        o.extend(ext(4, &pex));
+        s.feed(ORIG, Chunk::Data(&o), ctx, &mut out);
+        let _ = s.finish(ctx, &mut out);
+        let mut claims: Vec<(SocketAddr, String)> = out
+            .events
+            .iter()
+            .filter_map(|e| match e.kind {
+                SwarmEventKind::Claim(c) => Some((e.peer, format!("{c:?}"))),
+                _ => None,
+            })
+            .collect();
+        claims.sort();
+        let orig = SocketAddr::from(([10, 0, 0, 1], 40000));
+        let seed = SocketAddr::from(([10, 0, 0, 9], 6881));
+        assert_eq!(
+            claims,
+            [
+                (orig, "UploadOnly".to_string()),
+                (orig, "UploadOnly".to_string()),
+                (seed, "PexSeed".to_string())
+            ]
+        );
+    }
+
+    #[test]
     fn held_events_are_registered_and_released_after_max_hold() {
         // The originator announces BEP 10 and never sends its handshake: its
         // events are held, registered by frame in `held_since`, and released

@@ -494,3 +494,33 @@ fn every_leechers_final_completion_equals_its_own_counter() {
     assert_eq!(n, 40, "{n} leechers");
     assert!(made_up >= 10, "{made_up}");
 }
+
+#[test]
+fn every_signal_is_read_from_real_clients() {
+    // Each claim source shows up in the captures of real clients, as rows
+    // of peer_progress (one per change of a source's word about a peer).
+    let want: [(&str, &[(&str, u64)]); 2] = [
+        // libtorrent's DHT announce_peer with seed=1 (BEP 33), ut_pex seed
+        // flags, upload_only in BEP 10 handshakes; no tracker.
+        ("magnet", &[("dht_seed", 1), ("pex_seed", 4), ("upload_only", 3)]),
+        // Tracker announces: `left` as it falls, `event=completed` of the
+        // three leechers.
+        (
+            "suppressed",
+            &[
+                ("tracker_left", 8),
+                ("tracker_completed", 3),
+                ("pex_seed", 4),
+                ("upload_only", 3),
+            ],
+        ),
+    ];
+    for (name, counts) in want {
+        let (r, _) = analyze(name);
+        let by = super::count_by(&table(&r, "peer_progress"), "cause");
+        eprintln!("{name}: {by:?}");
+        for (cause, n) in counts {
+            assert_eq!(by.get(*cause).copied().unwrap_or(0), *n, "{name}: {cause}");
+        }
+    }
+}
