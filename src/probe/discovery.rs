@@ -82,6 +82,37 @@ impl Probe {
         if let Some(st) = &r.stats {
             eprintln!("swarmtap: DHT totals: {st:?}");
         }
+        // BEP 33 scrapes: one tracker_scrapes row per get_peers lookup
+        // whose answers carried the filters (transport dht, the counts
+        // estimated from the union of the filters).
+        for l in &r.lookups {
+            let (Some(sc), Some(t)) = (l.scrape, l.torrent) else {
+                continue;
+            };
+            let Some(ts) = self.torrents.get(t as usize) else {
+                continue;
+            };
+            eprintln!(
+                "swarmtap: DHT scrape {}: ~{:.1} seed(s), ~{:.1} downloader(s) from {} answer(s)",
+                hex(&l.target),
+                sc.seeds.max(0.0),
+                sc.peers.max(0.0),
+                sc.n_answers
+            );
+            self.rows.tracker_scrapes.push(TrackerScrapeRow {
+                ts: Ts(now),
+                frame: 0,
+                capture: "probe".into(),
+                conn_id: 0,
+                transport: "dht",
+                info_hash: hex(&ts.target.info_hash),
+                request_ts: Some(Ts(now - l.elapsed.as_micros() as i64)),
+                answered: true,
+                seeders: Some(sc.seeds.round().max(0.0) as i64),
+                leechers: Some(sc.peers.round().max(0.0) as i64),
+                ..Default::default()
+            });
+        }
         self.rows.dht_messages.extend(r.rows);
         for (torrent, peer, _from) in r.found {
             if (torrent as usize) < self.torrents.len() {

@@ -332,21 +332,21 @@ tables! {
         format: &'static str = "compact (6-byte), compact6 (18-byte: HTTP peers6, UDP over IPv6) or dict.",
     }
 
-    /// One row per scraped info_hash (HTTP BEP 48 `files`, UDP BEP 15 scrape); rows of unanswered scrapes have null counts.
+    /// One row per scraped info_hash (HTTP BEP 48 `files`, UDP BEP 15 scrape, the probe's BEP 33 DHT scrape); rows of unanswered scrapes have null counts.
     tracker_scrapes => TrackerScrapeRow {
         ts: Ts = "Response time (request time when unanswered).",
         frame: u64 = "Response frame (request frame when unanswered).",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
         client_ip: String = "Scraping client.",
         tracker_ip: String = "Tracker address.",
         tracker_port: u32 = "Tracker port.",
         info_hash: String = "Torrent.",
         request_ts: Option<Ts> = "Request time (null for a response whose request was not captured).",
         answered: bool = "A response was captured.",
-        seeders: Option<i64> = "complete.",
-        leechers: Option<i64> = "incomplete.",
+        seeders: Option<i64> = "complete (dht: seeds estimated from BFsd).",
+        leechers: Option<i64> = "incomplete (dht: downloaders estimated from BFpe).",
         completed: Option<i64> = "downloaded.",
         name: Option<String> = "HTTP `name` (unofficial).",
         failure_reason: Option<String> = "HTTP `failure reason`, or a UDP error message.",
