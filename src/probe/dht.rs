@@ -785,7 +785,7 @@ impl Node {
             started: now,
             bloom: None,
             n_bloom: 0,
-            scrape: method == Method::GetPeers && self.n_rounds >= 2 && self.n_rounds % 2 == 0,
+            scrape: method == Method::GetPeers && self.n_rounds >= 2 && self.n_rounds.is_multiple_of(2),
         };
         let k = self.cfg.limits.k;
         for (nid, a) in self.table.closest(&target, 2 * k) {
