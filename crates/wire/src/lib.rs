@@ -16,4 +16,10 @@ pub mod ut_metadata;
 pub mod ut_pex;
 pub mod utp;
 
+/// Tests that need ../shared ask this: the same rule as swarmtap's own
+/// tests (tests/support/require.rs at the repository root).
+#[cfg(test)]
+#[path = "../../../tests/support/require.rs"]
+pub(crate) mod require;
+
 pub use stream::Chunk;
