@@ -1708,15 +1708,15 @@ mod tests {
     fn progress_history_is_halved_one_past_its_bound() {
         let mut p = PeerState::new(0, 5_000_000);
         for i in 0..MAX_HISTORY as i64 {
-            p.push_history(i, i as u32);
+            p.push_history(i, i as u32, Signal::Have);
         }
         assert_eq!(p.history.len(), MAX_HISTORY);
         let n = MAX_HISTORY as i64;
-        p.push_history(n, n as u32);
+        p.push_history(n, n as u32, Signal::Have);
         assert_eq!(p.history.len(), MAX_HISTORY / 2 + 2);
-        assert_eq!(p.history[0], (0, 0));
-        assert_eq!(p.history[1], (2, 2));
-        let tail: Vec<_> = p.history[p.history.len() - 3..].to_vec();
+        assert_eq!(p.history[0], (0, 0, Signal::Have));
+        assert_eq!(p.history[1], (2, 2, Signal::Have));
+        let tail: Vec<_> = p.history[p.history.len() - 3..].iter().map(|h| (h.0, h.1)).collect();
         assert_eq!(
             tail,
             vec![(n - 2, (n - 2) as u32), (n - 1, (n - 1) as u32), (n, n as u32)]
