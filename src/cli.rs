@@ -159,9 +159,12 @@ pub struct ProbeArgs {
     /// a swarmtap dataset (it is replaced).
     #[arg(long = "force")]
     pub force: bool,
-    /// Time between visits of a peer that has not completed yet (e.g. 300, 5m, 10s, 500ms).
+    /// Longest time between visits of a peer that has not completed yet (e.g. 300, 5m, 10s, 500ms): a peer whose piece count does not move is revisited this often; a moving one just after its predicted threshold crossing, within --min-revisit..--revisit.
     #[arg(long = "revisit", default_value = "5m")]
     pub revisit: String,
+    /// Shortest time between visits of a peer (the scheduler's lower bound).
+    #[arg(long = "min-revisit", default_value = "10s")]
+    pub min_revisit: String,
     /// First back-off after a failed visit; doubles per consecutive failure.
     #[arg(long = "retry", default_value = "30s")]
     pub retry: String,
@@ -174,7 +177,7 @@ pub struct ProbeArgs {
     /// Silence after which a contact ends (after the handshake).
     #[arg(long = "idle-timeout", default_value = "6s")]
     pub idle_timeout: String,
-    /// Longest single contact (a peer that keeps sending `have`s is heard until then).
+    /// Longest single contact (a peer that keeps sending `have`s is heard until then; one expected to cross the threshold before then is held open through silences).
     #[arg(long = "max-contact", default_value = "2m")]
     pub max_contact: String,
     /// TCP connect timeout.

@@ -365,6 +365,7 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
     }
     s.policy.allow_private = a.allow_private;
     s.revisit = parse_duration(&a.revisit)?;
+    s.min_revisit = parse_duration(&a.min_revisit)?.min(s.revisit);
     s.retry = parse_duration(&a.retry)?;
     s.max_backoff = parse_duration(&a.max_backoff)?;
     s.duration = a.duration.as_deref().map(parse_duration).transpose()?;

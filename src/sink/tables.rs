@@ -229,7 +229,7 @@ tables! {
         wire_len: u64 = "Bytes on the wire, length prefix included.",
     }
 
-    /// One row per change of a peer's known piece set.
+    /// One row per change of a peer's known piece set, and per change of what another signal (tracker announce, upload_only, ut_pex seed flag, DHT seed) says of it.
     peer_progress => PeerProgressRow {
         ts: Ts = "Time of the message that changed it.",
         frame: u64 = "Its frame.",
@@ -239,7 +239,7 @@ tables! {
         peer_port: u32 as I32 = "Peer listen port (responder port, or the originator's BEP 10 `p`; else its source port).",
         n_pieces_have: Option<u64> = "Pieces the peer has now (null for have_all while the piece count is unknown).",
         n_pieces: Option<u64> = "Pieces in the torrent when known exactly (.torrent or metadata), else null.",
-        cause: &'static str = "bitfield, have, have_all, have_none, dont_have.",
+        cause: &'static str = "Signal, as peers.completion_source: bitfield, have, have_all, have_none, dont_have (the peer's own messages; a row when its piece set changed), tracker_left, tracker_completed, upload_only, pex_seed, dht_seed (claims; a row when that source's word changed, n_pieces_have being what it says). The probe adds no_bitfield.",
     }
 
     /// One row per (info_hash, peer_ip, peer_port).
@@ -251,11 +251,12 @@ tables! {
         client: Option<String> = "Client name from peer id or BEP 10 `v`.",
         first_ts: Ts = "First seen.",
         last_ts: Ts = "Last seen.",
-        first_pieces: Option<u64> = "Pieces it had when first known.",
-        last_pieces: Option<u64> = "Pieces it had when last known.",
+        first_pieces: Option<u64> = "Pieces it had when first known, fused from every signal (see completion_source).",
+        last_pieces: Option<u64> = "Pieces it had when last known, fused from every signal: its own peer-wire messages, and claims (tracker left/completed, upload_only, ut_pex seed flag, BEP 33 seed) that the wire did not contradict later.",
         n_pieces: Option<u64> = "Pieces in the torrent: exact when known, else an estimate from bitfield lengths (torrents.n_pieces_source).",
-        completed_ts: Option<Ts> = "First time its piece count reached the threshold (--threshold, default 0.98).",
+        completed_ts: Option<Ts> = "First time its piece count reached the threshold (--threshold, default 0.98), by the first signal that showed it.",
         confirmed_download: bool = "Seen below the threshold and later at or above it.",
+        completion_source: Option<&'static str> = "Signal that decided last_pieces and completed_ts, fused from every signal (the highest word of each source counts): for a peer that reached the threshold the first to show it there, else the one behind last_pieces. Its own peer-wire messages: bitfield, have, have_all, have_none, dont_have; tracker_left (an announce's left against the torrent's length), tracker_completed (event=completed), upload_only (its BEP 10 upload_only), pex_seed (a ut_pex seed flag another peer gave for it), dht_seed (BEP 33 seed in its DHT announce_peer). `swarmtap probe`: the message of a contact that showed it (bitfield, have, have_all, have_none, no_bitfield). Null with no progress signal.",
         uploaded_bytes: u64 = "Piece block bytes it sent on captured connections.",
         downloaded_bytes: u64 = "Piece block bytes it received on captured connections.",
         max_rate_bps: Option<f64> = "Highest download rate: piece bytes received per tumbling window of --rate-window seconds (default 5) of packet time.",
@@ -367,21 +368,21 @@ tables! {
         format: &'static str = "compact (6-byte), compact6 (18-byte: HTTP peers6, UDP over IPv6) or dict.",
     }
 
-    /// One row per scraped info_hash (HTTP BEP 48 `files`, UDP BEP 15 scrape); rows of unanswered scrapes have null counts.
+    /// One row per scraped info_hash (HTTP BEP 48 `files`, UDP BEP 15 scrape, the probe's BEP 33 DHT scrape); rows of unanswered scrapes have null counts.
     tracker_scrapes => TrackerScrapeRow {
         ts: Ts = "Response time (request time when unanswered).",
         frame: u64 = "Response frame (request frame when unanswered).",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
         client_ip: String = "Scraping client.",
         tracker_ip: String = "Tracker address.",
         tracker_port: u32 as I32 = "Tracker port.",
         info_hash: String = "Torrent.",
         request_ts: Option<Ts> = "Request time (null for a response whose request was not captured).",
         answered: bool = "A response was captured.",
-        seeders: Option<i64> = "complete.",
-        leechers: Option<i64> = "incomplete.",
+        seeders: Option<i64> = "complete (dht: seeds estimated from BFsd).",
+        leechers: Option<i64> = "incomplete (dht: downloaders estimated from BFpe).",
         completed: Option<i64> = "downloaded.",
         name: Option<String> = "HTTP `name` (unofficial).",
         failure_reason: Option<String> = "HTTP `failure reason`, or a UDP error message.",
@@ -566,7 +567,7 @@ tables! {
         attempt: u32 as I32 = "Attempt within the visit (1-based): a visit falls back to the next crypto mode when the peer drops the previous one.",
         crypto: &'static str = "How the attempt opened the stream: plain (BitTorrent handshake), rc4 (MSE offering RC4), mse-plain (MSE offering plaintext), mse (MSE offering both).",
         mse: bool = "An MSE key exchange completed (encrypted tells whether RC4 was then selected).",
-        end_reason: Option<&'static str> = "Why a contact that got past the handshake ended: idle (idle timeout), closed, reset, msg_cap, time_cap, shutdown.",
+        end_reason: Option<&'static str> = "Why a contact that got past the handshake ended: idle (idle timeout; a peer expected to cross the threshold before --max-contact is held open through silences), crossed (seen below, then at or above the threshold in this contact), closed, reset, msg_cap, time_cap, shutdown.",
         detail: Option<String> = "Error text or protocol detail for failed attempts.",
         peer_id: Option<String> = "Peer id from its handshake (hex).",
         client: Option<String> = "Client from the peer id, else the BEP 10 `v`.",
