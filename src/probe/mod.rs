@@ -110,6 +110,8 @@ pub struct ProbeSettings {
     pub peers: Vec<SocketAddr>,
     pub policy: AddrPolicy,
     pub output: PathBuf,
+    /// How the dataset is written (`--sensor`, `--force`).
+    pub output_options: crate::sink::OutputOptions,
     pub revisit: Duration,
     /// First back-off after a failed visit; doubles per consecutive failure
     /// up to `max_backoff`.
@@ -155,6 +157,7 @@ impl ProbeSettings {
             peers: Vec::new(),
             policy: AddrPolicy::default(),
             output,
+            output_options: crate::sink::OutputOptions::default(),
             revisit: Duration::from_secs(300),
             retry: Duration::from_secs(30),
             max_backoff: Duration::from_secs(1800),
@@ -365,7 +368,7 @@ fn cpu_seconds() -> f64 {
 }
 
 async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
-    let sink = SinkThread::to_dir(&s.output)?;
+    let sink = SinkThread::to_dir_with(&s.output, &s.output_options)?;
     let started = Instant::now();
     let cpu0 = cpu_seconds();
     let mut p = Probe {
