@@ -82,6 +82,11 @@ pub struct Limits {
     /// by what these bytes can frame. Real peer wire confirms within a few
     /// messages (three 16 KiB blocks one way, three requests the other).
     pub max_midstream_probe_bytes: u64,
+    /// Messages one direction of such a stream may frame (their rows staged
+    /// in memory) while the other has not framed its run: past it the
+    /// stream is given up as one-way. Bounds the staged rows of a hostile
+    /// stream of tiny messages to a few kilobytes.
+    pub max_midstream_staged_msgs: u64,
     /// uTP-shaped datagrams of one UDP flow copied while the flow's uTP is
     /// not confirmed yet (`dissect::datagram::UtpConsistency`), and their
     /// bytes: a real connection confirms within its first handful of
@@ -224,6 +229,7 @@ impl Default for Limits {
             max_held_messages: 1 << 18,
             max_hold_us: 20 * 1_000_000,
             max_midstream_probe_bytes: 1 << 20,
+            max_midstream_staged_msgs: 256,
             utp_probe_max_datagrams: 64,
             utp_probe_max_bytes: 96 * 1024,
             max_waiting_events: 1 << 18,

@@ -1112,6 +1112,7 @@ struct MseFlows {
 impl MseFlows {
     /// Takes the rows that may still become strong out of `flows`.
     fn hold(&mut self, flows: &mut Vec<FlowRow>) {
+        let before = flows.len();
         let mut i = 0;
         while i < flows.len() {
             let f = &flows[i];
@@ -1121,7 +1122,9 @@ impl MseFlows {
                 i += 1;
             }
         }
-        flows.sort_by_key(|r| r.conn_id);
+        if flows.len() != before {
+            flows.sort_by_key(|r| r.conn_id);
+        }
     }
 
     /// Writes the held rows, strong where their endpoint was named.
