@@ -310,12 +310,11 @@ mod tests {
     #[test]
     fn short_ids_never_panic() {
         assert_eq!(client_from_peer_id(b"T\xfdTR3000"), None);
+        assert_eq!(client_from_peer_id(b"S58B---").as_deref(), None, "shorter than 8 bytes");
         assert_eq!(
-            client_from_peer_id(b"S58B---").as_deref(),
-            None,
-            "shorter than 8 bytes"
+            client_from_peer_id(b"S58B----").as_deref(),
+            Some("Shadow's client 5.8.11")
         );
-        assert_eq!(client_from_peer_id(b"S58B----").as_deref(), Some("Shadow's client 5.8.11"));
         let styles: &[&[u8]] = &[
             b"-TR2940-abcdefghijkl",
             b"M4-3-6--abcdefghijkl",
