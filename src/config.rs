@@ -65,6 +65,12 @@ pub struct Limits {
     /// identifies the peer). Real clients send it within the first few
     /// messages.
     pub max_held_events: usize,
+    /// peer_messages rows of connections without an info_hash yet (picked
+    /// up mid-stream) held until the swarm state attributes the connection,
+    /// so that every row of it carries the info_hash. ~150 bytes each: 2^18
+    /// ≈ 40 MB. Past it the oldest are written without one, counted as
+    /// anomaly `held_messages_released`.
+    pub max_held_messages: usize,
     /// Packet time a connection holds its events at most (settled at its
     /// first packet after that, keep-alives included): an originator that
     /// announces BEP 10 and never sends its handshake must not hold the
@@ -215,6 +221,7 @@ impl Default for Limits {
             sink_buffer_bytes: 24 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
+            max_held_messages: 1 << 18,
             max_hold_us: 20 * 1_000_000,
             max_midstream_probe_bytes: 1 << 20,
             utp_probe_max_datagrams: 64,
@@ -275,10 +282,29 @@ pub struct Settings {
     pub audit_max_link_bps: f64,
     /// Geolocation databases (`--geoip`); without them the geo columns are null.
     pub geo: Option<std::sync::Arc<crate::geo::GeoDb>>,
+    /// The `sensor` column of every table (`--sensor`); None: the host name.
+    pub sensor: Option<String>,
+    /// Write into an output folder that holds something else (`--force`).
+    pub force: bool,
     /// Write connection, peer, torrent and audit rows of flows identified
     /// with weak confidence too (`--keep-weak`); by default they stay in
     /// `flows` only.
     pub keep_weak: bool,
+}
+
+impl Settings {
+    /// How the run's dataset is written.
+    pub fn output_options(&self) -> crate::sink::OutputOptions {
+        let mut o = crate::sink::OutputOptions {
+            budget: self.limits.sink_buffer_bytes,
+            force: self.force,
+            ..Default::default()
+        };
+        if let Some(s) = &self.sensor {
+            o.sensor = s.clone();
+        }
+        o
+    }
 }
 
 impl Default for Settings {
@@ -292,6 +318,8 @@ impl Default for Settings {
             n_shards: 64,
             audit_max_link_bps: 1.25e9,
             geo: None,
+            sensor: None,
+            force: false,
             keep_weak: false,
         }
     }

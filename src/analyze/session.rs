@@ -309,6 +309,7 @@ impl PeerSession {
             gap_bytes: st.gap_bytes,
             unframed_bytes: fs[ORIG].unframed_bytes + fs[RESP].unframed_bytes,
             n_resyncs: fs[ORIG].n_resyncs + fs[RESP].n_resyncs,
+            ..Default::default()
         }
     }
 }

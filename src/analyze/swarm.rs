@@ -59,7 +59,7 @@ use crate::sink::{AnomalyRow, PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts
 pub const MIN_BELOW_US: i64 = 1_000_000;
 
 /// Most connection ids remembered per peer to count distinct connections.
-const MAX_CONNS_REMEMBERED: usize = 64;
+const MAX_CONNS_REMEMBERED: usize = 1024;
 
 /// Points kept in a peer's progress history; past it, every other point is
 /// dropped (first and last kept), so the shape survives at bounded cost.
@@ -1344,6 +1344,11 @@ impl Swarm {
                 max_rate_bps: p.max_rate[0],
                 max_upload_rate_bps: p.max_rate[1],
                 n_connections: p.n_connections,
+                conn_ids: {
+                    let mut c = p.conns.clone();
+                    c.sort_unstable();
+                    c
+                },
                 sources: PeerSource::ALL
                     .iter()
                     .filter(|s| p.sources & s.bit() != 0)

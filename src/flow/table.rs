@@ -36,6 +36,9 @@ struct Flow<T, U> {
     ends: [SocketAddr; 2],
     first_ts: i64,
     last_ts: i64,
+    /// Frame of the packet that set `last_ts` (rows a flow's end emits
+    /// carry it: frames are 1-based, never 0).
+    last_frame: u64,
     n_packets: [u64; 2],
     payload: [u64; 2],
     midstream: bool,
@@ -160,7 +163,10 @@ impl<A: FlowApps> Shard<A> {
         }
         let Some(f) = self.flows.get_mut(&key) else { return };
         let side = if from_a == f.orig_is_a { ORIG } else { RESP };
-        f.last_ts = f.last_ts.max(ctx.ts);
+        if ctx.ts >= f.last_ts {
+            f.last_ts = ctx.ts;
+            f.last_frame = ctx.frame;
+        }
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
         let info = FlowInfo {
@@ -243,6 +249,7 @@ impl<A: FlowApps> Shard<A> {
             ends,
             first_ts: ctx.ts,
             last_ts: ctx.ts,
+            last_frame: ctx.frame,
             n_packets: [0, 0],
             payload: [0, 0],
             midstream: is_tcp && !syn,
@@ -340,13 +347,13 @@ impl<A: FlowApps> Shard<A> {
         self.apps.finish();
     }
 
-    fn end_flow(&mut self, key: FlowKey, f: Flow<A::Tcp, A::Udp>, reason: EndReason, ctx: FrameCtx) {
+    fn end_flow(&mut self, key: FlowKey, f: Flow<A::Tcp, A::Udp>, reason: EndReason, _ended_at: FrameCtx) {
         // Whatever ends the flow (a sweep at a batch end, the next packet of
         // the 4-tuple, eviction, end of input), what it emits is timed by the
         // flow's own last packet, so that batch boundaries never show.
         let ctx = FrameCtx {
             ts: f.last_ts,
-            frame: ctx.frame,
+            frame: f.last_frame,
             capture: f.capture,
         };
         let info = flow_info(&f);

@@ -111,6 +111,8 @@ pub struct ProbeSettings {
     pub peers: Vec<SocketAddr>,
     pub policy: AddrPolicy,
     pub output: PathBuf,
+    /// How the dataset is written (`--sensor`, `--force`).
+    pub output_options: crate::sink::OutputOptions,
     /// Longest time between visits of a peer below the threshold (a peer
     /// whose count does not move is revisited this often).
     pub revisit: Duration,
@@ -160,6 +162,7 @@ impl ProbeSettings {
             peers: Vec::new(),
             policy: AddrPolicy::default(),
             output,
+            output_options: crate::sink::OutputOptions::default(),
             revisit: Duration::from_secs(300),
             min_revisit: Duration::from_secs(10),
             retry: Duration::from_secs(30),
@@ -376,7 +379,7 @@ fn cpu_seconds() -> f64 {
 }
 
 async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
-    let sink = SinkThread::to_dir(&s.output)?;
+    let sink = SinkThread::to_dir_with(&s.output, &s.output_options)?;
     let started = Instant::now();
     let cpu0 = cpu_seconds();
     let mut p = Probe {

@@ -28,6 +28,7 @@ mod geo;
 mod ident;
 mod live;
 mod metadata;
+mod output;
 mod probe;
 mod tracker;
 
