@@ -1551,19 +1551,39 @@ mod tests {
         let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
         let peer = tokio::spawn(async move {
             let (mut p, _) = RawPeer::accept(sock, 1 << 20).await;
-            let d = p.recv(Duration::from_secs(1)).await.expect("data");
+            let d = p.recv(Duration::from_secs(30)).await.expect("data");
             assert_eq!((d.ty, d.payload.as_slice()), (0, &b"hello"[..]));
             p.ack = d.seq;
             p.send(2, p.seq, &[]).await;
-            let fin = p.recv(Duration::from_secs(1)).await.expect("FIN");
+            // A copy of the data resent before our ACK arrived (a slow
+            // process) is no error: the FIN is the next new packet.
+            let fin = loop {
+                let x = p.recv(Duration::from_secs(30)).await.expect("FIN");
+                if !(x.ty == 0 && x.seq == d.seq) {
+                    break x;
+                }
+            };
             assert_eq!((fin.ty, fin.seq), (1, d.seq.wrapping_add(1)));
             p.ack = fin.seq;
             p.send(1, p.seq, &[]).await;
             // Our ACK of their FIN is numbered with our FIN's number, not
             // past it (libtorrent drops packets beyond the EOF number).
-            let ack = p.recv(Duration::from_secs(1)).await.expect("ACK of their FIN");
+            let ack = loop {
+                let x = p.recv(Duration::from_secs(30)).await.expect("ACK of their FIN");
+                if x.ty != 1 {
+                    break x;
+                }
+            };
             assert_eq!((ack.ty, ack.seq, ack.ack), (2, fin.seq, p.seq));
-            assert!(p.recv(Duration::from_millis(300)).await.is_none(), "nothing more");
+            // Nothing new after: at most copies of that FIN or that ACK.
+            while let Some(x) = p.recv(Duration::from_millis(300)).await {
+                assert!(
+                    matches!(x.ty, 1 | 2) && x.seq == fin.seq,
+                    "type {} seq {} after the close",
+                    x.ty,
+                    x.seq
+                );
+            }
         });
         let mut s = client.connect(addr).await.unwrap();
         s.write_all(b"hello").await.unwrap();
@@ -1575,7 +1595,7 @@ mod tests {
         peer.await.unwrap();
         assert_eq!(client.n_connections(), 0);
         let st = client.stats();
-        assert_eq!((st.bad_ack, st.unknown_connection, st.retransmits), (0, 0, 0), "{st:?}");
+        assert_eq!((st.bad_ack, st.unknown_connection), (0, 0), "{st:?}");
     }
 
     #[tokio::test]
@@ -1587,12 +1607,16 @@ mod tests {
             reorder_bytes: 8 * 1024,
             ..UtpLimits::default()
         };
-        let client = UtpSocket::bind(local(), false, limits).await.unwrap();
+        let client = Arc::new(UtpSocket::bind(local(), false, limits).await.unwrap());
         let caddr = client.local_addr().unwrap();
+        let watch = client.clone();
         let peer = tokio::spawn(async move {
             let (p, _) = RawPeer::accept(sock, 1 << 20).await;
             let mut r = vec![0u8; 64 * 2000];
             crate::probe::mse::fill_random(&mut r);
+            // 1: our ST_STATE. Groups of 20 wait until the client has read
+            // the previous ones (none lost in the kernel, however slow).
+            let mut sent = 1u64;
             for (k, c) in r.chunks(64).enumerate() {
                 // A valid header (version 1, any type 0..=4, our connection
                 // id) with random fields, extensions and payload.
@@ -1611,21 +1635,31 @@ mod tests {
                     continue; // keep RESETs for the end
                 }
                 p.sock.send_to(&d, caddr).await.unwrap();
-                if k % 50 == 49 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
+                sent += 1;
+                if sent.is_multiple_of(20) {
+                    settle(&watch, sent).await;
                 }
             }
+            settle(&watch, sent).await;
+            sent
         });
         let s = client.connect(addr).await.unwrap();
+        // The bounds hold at every point sampled while the peer sends.
         let mut max_held = (0, 0);
-        for _ in 0..40 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        loop {
             let (a, b, _) = s.buffered();
             max_held = (max_held.0.max(a), max_held.1.max(b));
+            if peer.is_finished() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        peer.await.unwrap();
+        let sent = peer.await.unwrap();
         assert!(max_held.0 <= 16 * 1024 && max_held.1 <= 8 * 1024, "{max_held:?}");
-        assert!(client.stats().datagrams > 1000);
+        // Every datagram was read and counted; about 1,600 (those typed
+        // RESET are sent only among the last 100).
+        assert_eq!(client.stats().datagrams, sent);
+        assert!(sent > 1500, "{sent}");
     }
 
     #[tokio::test]
