@@ -322,7 +322,7 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     } else {
         kpi(&mut k, &fmt_int(captures.len() as i64), "capture files");
     }
-    kpi(&mut k, &fmt_int(anomalies), "anomalies counted");
+    kpi(&mut k, &fmt_int(anomalies), "anomalies (capture_stats)");
     k.push_str("</div>");
     p.body.push_str(&k);
     if stats.rows > 1 {
@@ -450,7 +450,11 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
             String::new()
         };
         p.figure(
-            &format!("Anomalies by layer/kind: rows of the anomalies table, which keeps a capped number per kind; capture_stats counts them all ({}){cap}", fmt_int(anomalies)),
+            &format!(
+                "Anomalies by layer/kind: {} rows of the anomalies table (a capped number per kind); capture_stats.n_anomalies sums to {}{cap}",
+                fmt_int(anom.rows as i64),
+                fmt_int(anomalies)
+            ),
             svg::hbars("anomalies by kind", &items, &|v| svg::fmt_num(v), "anomaly rows"),
         );
     }

@@ -510,7 +510,7 @@ impl Chart {
 pub fn hbars(label: &str, items: &[(String, f64, String, String)], fmt: &dyn Fn(f64) -> String, axis: &str) -> String {
     let rowh = 22.0;
     let h = 50.0 + rowh * items.len() as f64;
-    let mut c = Chart::new(label, 520.0, h, 190.0, 64.0, 8.0, 42.0);
+    let mut c = Chart::new(label, 520.0, h, 210.0, 56.0, 8.0, 42.0);
     let max = items.iter().map(|i| i.1).fold(0.0, f64::max);
     let (m, ticks) = count_axis(max);
     let s = Scale::lin(0.0, m, c.x0, c.x1);
@@ -518,7 +518,7 @@ pub fn hbars(label: &str, items: &[(String, f64, String, String)], fmt: &dyn Fn(
     c.x_axis(&ticks, axis, true);
     for (i, (l, v, col, tip)) in items.iter().enumerate() {
         let y = c.y0 + i as f64 * rowh + 3.0;
-        c.text(c.x0 - 8.0, y + 12.0, "end", "tick", &clip(l, 28));
+        c.text(c.x0 - 8.0, y + 12.0, "end", "tick", &clip(l, 27));
         c.rect(c.x0, y, s.at(*v) - c.x0, rowh - 6.0, col, tip);
         let shown = if v.fract() == 0.0 && v.abs() < 1e15 {
             fmt_int(*v as i64)
