@@ -11,10 +11,13 @@ use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
 /// Every bound on memory and work that input controls.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Live flows in the whole flow table (split evenly over shards). A flow
-    /// without buffered data costs about 300 bytes, so 2^18 flows ≈ 80 MB; a
-    /// tap sees far fewer concurrent BitTorrent flows. When full, the
-    /// least recently active eighth of a shard is expired (counted).
+    /// Live flows in the whole flow table. A flow without buffered data
+    /// costs about 300 bytes, so 2^18 flows ≈ 80 MB; a tap sees far fewer
+    /// concurrent BitTorrent flows. Any shard may use the whole table's free
+    /// room (counted between batches, so a batch may pass the bound by at
+    /// most its `batch_frames`): a shard evicts only when the table as a
+    /// whole is full, then its least recently active eighth (counted,
+    /// `flow_table_full`).
     pub max_flows: usize,
     /// TCP reassembly bounds per direction.
     pub reassembly: ReassemblyLimits,
@@ -27,6 +30,32 @@ pub struct Limits {
     pub udp_idle_us: i64,
     /// Time a closed (FIN both ways, or RST) TCP flow is kept for stragglers.
     pub tcp_closed_linger_us: i64,
+    /// How far (bytes, either way) a RST's sequence number may be from the
+    /// next byte expected from its sender for the RST to close the
+    /// connection (RFC 5961 §3 in-window check; the receiver's advertised
+    /// window is not kept). Outside it the RST is ignored and counted
+    /// (`tcp_rst_out_of_window`): a blind spoofer hits it with odds of
+    /// 2 × 2^22 / 2^32 = 1/512 per guess, and one that does is undone by the
+    /// next data its supposed sender sends (`tcp_rst_not_honoured`). 4 MiB
+    /// covers the data in flight of real peer connections (Linux's default
+    /// largest receive buffer is 6 MiB, of which a BitTorrent peer rarely
+    /// fills more than one RTT's worth).
+    pub tcp_rst_window: u32,
+    /// A forward step of the capture's clock between two consecutive frames
+    /// beyond which the time is taken as a clock step of the capturing host
+    /// (NTP, a wrong date set by hand, +50 years) rather than as time that
+    /// passed: the flow clock idle expiry runs on does not advance over it
+    /// (counted, `capture_stats.n_ts_jumps`). Equal to `tcp_idle_us`: a
+    /// transfer running across the step is not split, while any shorter
+    /// silence still counts as time. A whole link silent for longer is
+    /// rare on a tap; its flows then end at their next idle period.
+    pub max_clock_jump_us: i64,
+    /// Sources whose checksum habit is remembered (whether their first
+    /// checked packet carried a checksum-offload pattern, which marks the
+    /// capturing host). A capture holds a handful of such hosts; past the
+    /// bound new sources are judged strictly (an offload pattern counts as
+    /// a wrong checksum). ~40 bytes each.
+    pub max_checksum_sources: usize,
     /// How often (packet time) shards sweep for idle flows.
     pub sweep_interval_us: i64,
     /// Frames per batch read from a capture file. Each batch is decoded and
@@ -192,6 +221,9 @@ impl Default for Limits {
             tcp_idle_us: 10 * 60 * 1_000_000,
             udp_idle_us: 3 * 60 * 1_000_000,
             tcp_closed_linger_us: 30 * 1_000_000,
+            tcp_rst_window: 4 << 20,
+            max_clock_jump_us: 10 * 60 * 1_000_000,
+            max_checksum_sources: 1 << 16,
             sweep_interval_us: 10 * 1_000_000,
             batch_frames: 2 * 1024,
             batch_bytes: 2 << 20,
@@ -259,6 +291,9 @@ pub struct Settings {
     pub audit_max_link_bps: f64,
     /// Geolocation databases (`--geoip`); without them the geo columns are null.
     pub geo: Option<std::sync::Arc<crate::geo::GeoDb>>,
+    /// `--verify-checksums`: drop TCP/UDP packets whose checksum is wrong
+    /// (as a receiver does), counting them, instead of only counting them.
+    pub verify_checksums: bool,
 }
 
 impl Default for Settings {
@@ -272,6 +307,7 @@ impl Default for Settings {
             n_shards: 64,
             audit_max_link_bps: 1.25e9,
             geo: None,
+            verify_checksums: false,
         }
     }
 }

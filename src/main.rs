@@ -68,6 +68,7 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
         messages: !o.no_messages,
         rate_window_s: o.rate_window.max(1),
         threads: o.threads,
+        verify_checksums: o.verify_checksums,
         ..Settings::default()
     };
     if let Some(m) = o.max_flows {

@@ -18,7 +18,7 @@ use crate::analyze::tracker::{looks_like_tracker_request, HttpTracker, UdpTracke
 use crate::analyze::{FrameCtx, ShardOut};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
-use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_PREFIX};
+use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_LEN, HANDSHAKE_PREFIX};
 use crate::sink::{ConnectionRow, FlowRow, Ts};
 
 /// What a TCP flow carries.
@@ -26,6 +26,14 @@ use crate::sink::{ConnectionRow, FlowRow, Ts};
 enum TcpApp {
     /// No payload yet.
     Undecided,
+    /// The first bytes of a BitTorrent handshake from `side`, fewer than its
+    /// 68: kept (no session yet) until the handshake is whole or anything
+    /// else arrives, so that a connection that never completes its
+    /// handshake (a SYN flood with a partial one) costs no session.
+    Handshake {
+        side: u8,
+        bytes: Vec<u8>,
+    },
     PeerWire(Box<PeerSession>),
     /// MSE/PE key exchange (its shape): counted; decoded from the
     /// plaintext handshake on when the exchange selected plaintext.
@@ -58,14 +66,52 @@ struct Flow {
     ends: [SocketAddr; 2],
     first_ts: i64,
     last_ts: i64,
+    /// `last_ts` on the flow clock (see [`PacketNote::clock`]): what idle
+    /// expiry and the close linger are measured on.
+    last_clock: i64,
     n_packets: [u64; 2],
     payload: [u64; 2],
+    /// Packets with a wrong TCP/UDP checksum (see `PacketNote`).
+    n_bad_checksums: u32,
     midstream: bool,
     syn_seen: bool,
     fin: [bool; 2],
     rst: bool,
+    /// The side whose RST was accepted.
+    rst_side: u8,
+    /// Flow clock of the close (FIN both ways, or an accepted RST).
     closed_at: Option<i64>,
+    /// A SYN seen on this open connection, ignored unless the other side
+    /// answers it with a SYN-ACK (then a new connection replaces this one).
+    pending_syn: Option<Box<PendingSyn>>,
     app: FlowApp,
+}
+
+/// A SYN held back on an open connection (see `Flow::pending_syn`).
+#[derive(Debug, Clone, Copy)]
+struct PendingSyn {
+    seq: u32,
+    from_a: bool,
+    ts: i64,
+    frame: u64,
+    capture: u32,
+}
+
+/// What the pipeline knows of a packet besides its headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacketNote {
+    /// The flow clock: packet time with clock steps taken out. It follows
+    /// the capture's timestamps, except that a step back adds nothing and
+    /// a step forward of more than `Limits::max_clock_jump_us` between two
+    /// consecutive frames adds nothing either (counted in `capture_stats`):
+    /// idle expiry measured on it survives a capture host whose clock was
+    /// set mid-transfer. Rows keep the capture's own timestamps.
+    pub clock: i64,
+    /// The TCP/UDP checksum is wrong (see `decode::Checksum`).
+    pub bad_checksum: bool,
+    /// `--verify-checksums` and a wrong checksum: only counted on its flow
+    /// (if that exists), as a receiver drops it.
+    pub drop: bool,
 }
 
 /// Counters a shard keeps for `capture_stats` and the summary.
@@ -93,7 +139,9 @@ type FlowHasher = foldhash::fast::RandomState;
 /// One shard.
 pub struct Shard {
     flows: HashMap<FlowKey, Flow, FlowHasher>,
-    max_flows: usize,
+    /// Flows this shard may hold during the current batch: its own plus the
+    /// whole table's free room (see [`Shard::share_room`]).
+    cap: usize,
     limits: Limits,
     messages: bool,
     last_sweep: i64,
@@ -102,6 +150,8 @@ pub struct Shard {
     dht: DhtShard,
     /// UDP tracker transactions of this shard's flows.
     udp_trackers: UdpTrackers,
+    /// The held SYN of a connection being replaced (see `PendingSyn`).
+    reused_syn: Option<Box<PendingSyn>>,
     pub out: ShardOut,
     pub stats: ShardStats,
 }
@@ -114,6 +164,9 @@ pub enum EndReason {
     Idle,
     Evicted,
     End,
+    /// A SYN, answered by a SYN-ACK, started a new connection on the
+    /// 4-tuple before this one was seen to close.
+    Reused,
 }
 
 impl EndReason {
@@ -124,6 +177,7 @@ impl EndReason {
             EndReason::Idle => "idle",
             EndReason::Evicted => "evicted",
             EndReason::End => "end",
+            EndReason::Reused => "reused",
         }
     }
 }
@@ -168,13 +222,14 @@ impl Shard {
     pub fn new(limits: Limits, n_shards: usize, messages: bool, ctx: Arc<ShardContext>, out: ShardOut) -> Self {
         Shard {
             flows: HashMap::default(),
-            max_flows: (limits.max_flows / n_shards.max(1)).max(16),
+            cap: limits.max_flows.max(1),
             limits,
             messages,
             last_sweep: i64::MIN,
             ctx,
             dht: DhtShard::new(&limits, n_shards),
             udp_trackers: UdpTrackers::new(limits.tracker_udp, limits.tracker_udp_pending),
+            reused_syn: None,
             out: ShardOut {
                 piece_budget: crate::analyze::pieces::PieceBudget {
                     used: 0,
@@ -191,9 +246,31 @@ impl Shard {
         self.flows.len()
     }
 
+    /// Before a batch: every shard may grow into the whole table's free room
+    /// (`max_flows` less the flows of all shards), so no shard evicts while
+    /// the table has room, wherever the hash put the flows. Shards work in
+    /// parallel, so the room is lent to each; a batch creates at most one
+    /// flow per frame, so the table passes `max_flows` by at most one
+    /// batch's frames. Deterministic: it depends on the counts between
+    /// batches only.
+    pub fn share_room(shards: &mut [Shard]) {
+        let total: usize = shards.iter().map(|s| s.flows.len()).sum();
+        for s in shards.iter_mut() {
+            let free = s.limits.max_flows.saturating_sub(total);
+            s.cap = s.flows.len() + free;
+        }
+    }
+
     /// Processes one decoded packet whose payload is `payload`.
-    pub fn packet(&mut self, ctx: FrameCtx, p: &Packet, payload: &[u8]) {
+    pub fn packet(&mut self, ctx: FrameCtx, note: PacketNote, p: &Packet, payload: &[u8]) {
+        let clock = note.clock;
         let (key, from_a) = FlowKey::of(p);
+        if note.drop {
+            if let Some(f) = self.flows.get_mut(&key) {
+                f.n_bad_checksums = f.n_bad_checksums.saturating_add(1);
+            }
+            return;
+        }
         let is_tcp = key.proto == Proto::Tcp;
         let flags = match p.transport {
             Transport::Tcp { flags, .. } => flags,
@@ -211,30 +288,72 @@ impl Shard {
         };
         let (exists, end) = match self.flows.get(&key) {
             None => (false, None),
-            Some(f) if is_tcp && syn && !ack && (f.closed_at.is_some() || f.payload.iter().sum::<u64>() > 0) => {
+            Some(f) if is_tcp && syn && !ack && f.closed_at.is_some() => {
                 (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
             }
             // Closed for longer than the linger: a sweep would have ended it,
             // so this packet starts a new flow whether or not one ran.
             Some(f)
                 if f.closed_at
-                    .is_some_and(|c| ctx.ts - c > self.limits.tcp_closed_linger_us) =>
+                    .is_some_and(|c| clock - c > self.limits.tcp_closed_linger_us) =>
             {
                 (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
             }
-            Some(f) if ctx.ts - f.last_ts > idle => (true, Some(EndReason::Idle)),
+            Some(f) if clock - f.last_clock > idle => (true, Some(EndReason::Idle)),
+            // The other side answered a held SYN (see below): the old
+            // connection was gone there, the SYN starts a new one.
+            Some(f)
+                if is_tcp
+                    && syn
+                    && ack
+                    && f.pending_syn.as_ref().is_some_and(|ps| {
+                        ps.from_a != from_a
+                            && matches!(p.transport, Transport::Tcp { ack: a, .. } if a == ps.seq.wrapping_add(1))
+                    }) =>
+            {
+                (true, Some(EndReason::Reused))
+            }
+            // A SYN on a connection that carried data and was not seen to
+            // close: a receiver in a synchronized state ignores it, payload
+            // and all (RFC 9293 §3.10.7.4, RFC 5961 §4: challenge ACK), so a
+            // spoofed SYN must not end or feed it. A SYN without ACK is held:
+            // it starts a new connection once the other side answers it with
+            // a SYN-ACK.
+            Some(f) if is_tcp && syn && f.payload.iter().sum::<u64>() > 0 => {
+                self.syn_on_open_flow(ctx, key, from_a, p, !ack);
+                return;
+            }
             Some(_) => (true, None),
         };
         if let Some(reason) = end {
-            if let Some(f) = self.flows.remove(&key) {
+            if let Some(mut f) = self.flows.remove(&key) {
+                if reason == EndReason::Reused {
+                    // The held SYN was counted here; it opens the new flow.
+                    if let Some(ps) = f.pending_syn.take() {
+                        let side = if ps.from_a == f.orig_is_a { ORIG } else { RESP };
+                        f.n_packets[side] = f.n_packets[side].saturating_sub(1);
+                        self.reused_syn = Some(ps);
+                    }
+                }
                 self.end_flow(key, f, reason, ctx);
             }
         }
         if !exists || end.is_some() {
-            if self.flows.len() >= self.max_flows {
+            if self.flows.len() >= self.cap {
                 self.evict(ctx);
             }
-            let flow = self.new_flow(ctx, p, is_tcp, syn, ack);
+            let mut flow = self.new_flow(ctx, clock, p, is_tcp, syn, ack);
+            if end == Some(EndReason::Reused) {
+                // The new connection began with the SYN that was held back.
+                if let Some(ps) = self.reused_syn.take() {
+                    flow.conn_id = (u64::from(ps.capture) << 40) | ps.frame;
+                    flow.first_ts = ps.ts;
+                    flow.n_packets[ORIG] += 1;
+                    if let FlowApp::Tcp(t) = &mut flow.app {
+                        t.reasm[ORIG].start_at(ps.seq.wrapping_add(1));
+                    }
+                }
+            }
             self.stats.n_flows += 1;
             self.flows.insert(key, flow);
         }
@@ -244,6 +363,8 @@ impl Shard {
         let Some(f) = self.flows.get_mut(&key) else { return };
         let side = if from_a == f.orig_is_a { ORIG } else { RESP };
         f.last_ts = f.last_ts.max(ctx.ts);
+        f.last_clock = f.last_clock.max(clock);
+        f.n_bad_checksums = f.n_bad_checksums.saturating_add(u32::from(note.bad_checksum));
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
         match (&mut f.app, p.transport) {
@@ -266,6 +387,7 @@ impl Shard {
                 }
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let midstream = f.midstream;
+                let before = [reasm[0].stream_offset(), reasm[1].stream_offset()];
                 if !payload.is_empty() {
                     if !reasm[side].is_started() {
                         reasm[side].start_at(seq);
@@ -324,12 +446,55 @@ impl Shard {
                     }
                     f.fin[side] = true;
                     if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
-                        f.closed_at = Some(ctx.ts);
+                        f.closed_at = Some(clock);
                     }
                 }
                 if flags & tcp_flags::RST != 0 {
-                    f.rst = true;
-                    f.closed_at.get_or_insert(ctx.ts);
+                    // RFC 5961 §3 / RFC 9293 §3.10.7.4: a receiver accepts a
+                    // RST only inside its window; one outside it is spoofed
+                    // or stale and ignored (counted). The window is not on
+                    // the wire we keep, so it is `Limits.tcp_rst_window`.
+                    let rst_seq = if syn { seq.wrapping_add(1) } else { seq };
+                    let in_window = reasm[side].next_seq().is_none_or(|next| {
+                        let rel = rst_seq.wrapping_sub(next) as i32;
+                        (-i64::from(limits.tcp_rst_window)..=i64::from(limits.tcp_rst_window)).contains(&i64::from(rel))
+                    });
+                    if in_window {
+                        f.rst = true;
+                        f.rst_side = side as u8;
+                        f.closed_at.get_or_insert(clock);
+                    } else {
+                        self.out.anomaly(
+                            Some(ctx),
+                            Some(f.conn_id),
+                            "tcp",
+                            "tcp_rst_out_of_window",
+                            Some(format!(
+                                "seq {rst_seq} vs next {}; ignored",
+                                reasm[side].next_seq().unwrap_or_default()
+                            )),
+                        );
+                    }
+                } else if f.rst
+                    && usize::from(f.rst_side) == side
+                    && !payload.is_empty()
+                    && reasm[side].stream_offset() > before[side]
+                {
+                    // New data from the side that sent a RST: the RST was not
+                    // its own (a RST in the window but not at its edge only
+                    // draws a challenge ACK, RFC 5961 §3.2, and the real
+                    // sender goes on), so it did not end the connection.
+                    f.rst = false;
+                    if !(f.fin[0] && f.fin[1]) {
+                        f.closed_at = None;
+                    }
+                    self.out.anomaly(
+                        Some(ctx),
+                        Some(f.conn_id),
+                        "tcp",
+                        "tcp_rst_not_honoured",
+                        Some("data continued after a RST".to_string()),
+                    );
                 }
             }
             (FlowApp::Udp(u), Transport::Udp) => {
@@ -355,7 +520,40 @@ impl Shard {
         }
     }
 
-    fn new_flow(&self, ctx: FrameCtx, p: &Packet, is_tcp: bool, syn: bool, ack: bool) -> Flow {
+    /// A SYN on an open connection that carried data: counted, not acted on;
+    /// one without ACK is held (see the caller).
+    fn syn_on_open_flow(&mut self, ctx: FrameCtx, key: FlowKey, from_a: bool, p: &Packet, hold: bool) {
+        let Transport::Tcp { seq, .. } = p.transport else {
+            return;
+        };
+        let Some(f) = self.flows.get_mut(&key) else { return };
+        let side = if from_a == f.orig_is_a { ORIG } else { RESP };
+        f.n_packets[side] += 1;
+        f.payload[side] += u64::from(p.payload_len);
+        if hold {
+            f.pending_syn = Some(Box::new(PendingSyn {
+                seq,
+                from_a,
+                ts: ctx.ts,
+                frame: ctx.frame,
+                capture: ctx.capture,
+            }));
+        }
+        let conn_id = f.conn_id;
+        self.out.anomaly(
+            Some(ctx),
+            Some(conn_id),
+            "tcp",
+            "tcp_syn_on_open_connection",
+            Some(if hold {
+                format!("seq {seq}; ignored unless answered by a SYN-ACK")
+            } else {
+                format!("SYN-ACK seq {seq}; ignored")
+            }),
+        );
+    }
+
+    fn new_flow(&self, ctx: FrameCtx, clock: i64, p: &Packet, is_tcp: bool, syn: bool, ack: bool) -> Flow {
         let (key, from_a) = FlowKey::of(p);
         let src = SocketAddr::new(p.src, p.sport);
         let dst = SocketAddr::new(p.dst, p.dport);
@@ -382,20 +580,27 @@ impl Shard {
             ends,
             first_ts: ctx.ts,
             last_ts: ctx.ts,
+            last_clock: clock,
             n_packets: [0, 0],
             payload: [0, 0],
+            n_bad_checksums: 0,
             midstream: is_tcp && !syn,
             syn_seen: false,
             fin: [false, false],
             rst: false,
+            rst_side: 0,
             closed_at: None,
+            pending_syn: None,
             app,
         }
     }
 
-    /// Evicts the least recently active eighth of the shard.
+    /// The whole table is full: evicts the least recently active eighth of
+    /// the shard (the shard of a flow is unpredictable, see
+    /// `FlowKey::shard_hash`).
     fn evict(&mut self, ctx: FrameCtx) {
-        let mut by_age: Vec<(i64, u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.last_ts, f.conn_id, *k)).collect();
+        let mut by_age: Vec<(i64, u64, FlowKey)> =
+            self.flows.iter().map(|(k, f)| (f.last_clock, f.conn_id, *k)).collect();
         by_age.sort_unstable_by_key(|&(ts, id, _)| (ts, id));
         let n = (self.flows.len() / 8).max(1);
         for (_, _, k) in by_age.into_iter().take(n) {
@@ -409,16 +614,20 @@ impl Shard {
             None,
             "flow",
             "flow_table_full",
-            Some(format!("{n} flows evicted (max {} per shard)", self.max_flows)),
+            Some(format!(
+                "{n} flows evicted (table full: max_flows {})",
+                self.limits.max_flows
+            )),
         );
     }
 
-    /// Ends flows that are idle or closed as of packet time `now`.
-    pub fn sweep(&mut self, now: i64) {
-        if self.last_sweep != i64::MIN && now - self.last_sweep < self.limits.sweep_interval_us {
+    /// Ends flows that are idle or closed as of packet time `now`, flow
+    /// clock `clock` (see [`PacketNote::clock`]).
+    pub fn sweep(&mut self, now: i64, clock: i64) {
+        if self.last_sweep != i64::MIN && clock - self.last_sweep < self.limits.sweep_interval_us {
             return;
         }
-        self.last_sweep = now;
+        self.last_sweep = clock;
         self.udp_trackers.sweep(now, &mut self.out);
         // Connections holding swarm events for too long release them, so the
         // swarm state's frame order is not held up (see Limits::max_hold_us).
@@ -439,12 +648,12 @@ impl Shard {
                 FlowApp::Udp(_) => l.udp_idle_us,
             };
             if let Some(c) = f.closed_at {
-                if now - c > l.tcp_closed_linger_us {
+                if clock - c > l.tcp_closed_linger_us {
                     done.push((f.conn_id, *k, if f.rst { EndReason::Rst } else { EndReason::Fin }));
                     continue;
                 }
             }
-            if now - f.last_ts > idle {
+            if clock - f.last_clock > idle {
                 done.push((f.conn_id, *k, EndReason::Idle));
             }
         }
@@ -464,9 +673,9 @@ impl Shard {
     /// Ends every flow (end of input). Flows that a sweep at `now` would
     /// end keep their reason (fin, rst, idle), whatever the sweep interval
     /// left undone; the rest end with `end`.
-    pub fn finish(&mut self, now: i64) {
+    pub fn finish(&mut self, now: i64, clock: i64) {
         self.last_sweep = i64::MIN;
-        self.sweep(now);
+        self.sweep(now, clock);
         let mut keys: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.conn_id, *k)).collect();
         keys.sort_unstable_by_key(|k| k.0);
         let ctx = FrameCtx {
@@ -531,6 +740,24 @@ impl Shard {
                         );
                     }
                 }
+                if let TcpApp::Handshake { side, bytes } = app {
+                    // A handshake never completed: its session now, as if
+                    // it had been opened with the first bytes.
+                    let (side, kept) = (usize::from(*side), std::mem::take(bytes));
+                    *app = TcpApp::PeerWire(tcp_session(&info, f.midstream, &self.limits, self.messages));
+                    app_feed(
+                        app,
+                        &info,
+                        f.midstream,
+                        side,
+                        Chunk::Data(&kept),
+                        ctx,
+                        &self.limits,
+                        self.messages,
+                        &self.ctx.shapes,
+                        &mut self.out,
+                    );
+                }
                 match std::mem::replace(app, TcpApp::Other("other")) {
                     TcpApp::PeerWire(mut s) => {
                         let mut row = s.finish(ctx, &mut self.out);
@@ -541,7 +768,8 @@ impl Shard {
                         "peer_wire"
                     }
                     TcpApp::Mse(_) => {
-                        self.out.rows.connections.push(self.mse_row(&f, gap_bytes));
+                        let delivered = [reasm[ORIG].stats().bytes_delivered, reasm[RESP].stats().bytes_delivered];
+                        self.out.rows.connections.push(self.mse_row(&f, gap_bytes, delivered));
                         "mse"
                     }
                     TcpApp::TrackerHttp(mut t) => {
@@ -556,6 +784,7 @@ impl Shard {
                         }
                     }
                     TcpApp::Undecided => "other",
+                    TcpApp::Handshake { .. } => "peer_wire",
                     TcpApp::Other(a) => a,
                 }
             }
@@ -597,6 +826,7 @@ impl Shard {
             gap_bytes,
             retrans_bytes,
             end_reason,
+            n_bad_checksums: u64::from(f.n_bad_checksums),
         }
     }
 
@@ -627,12 +857,18 @@ impl Shard {
                             "peer_wire"
                         }
                         TcpApp::Mse(_) => {
-                            rows.connections.push(self.mse_row(f, gap));
+                            let delivered = [
+                                t.reasm[ORIG].stats().bytes_delivered,
+                                t.reasm[RESP].stats().bytes_delivered,
+                            ];
+                            rows.connections.push(self.mse_row(f, gap, delivered));
                             "mse"
                         }
                         TcpApp::TrackerHttp(h) if h.is_tracker() => "tracker_http",
                         TcpApp::TrackerHttp(_) => "http",
                         TcpApp::Undecided => "other",
+                        // Not framed yet: no connection row before it is.
+                        TcpApp::Handshake { .. } => "peer_wire",
                         TcpApp::Other(a) => a,
                     };
                     (app, gap, retrans)
@@ -646,7 +882,9 @@ impl Shard {
         }
     }
 
-    fn mse_row(&self, f: &Flow, gap_bytes: u64) -> ConnectionRow {
+    /// `delivered`: stream bytes of each side, reassembled (retransmitted
+    /// and injected copies not counted twice).
+    fn mse_row(&self, f: &Flow, gap_bytes: u64, delivered: [u64; 2]) -> ConnectionRow {
         ConnectionRow {
             conn_id: f.conn_id,
             flow_id: f.conn_id,
@@ -662,8 +900,8 @@ impl Shard {
             mse_handshake: true,
             attribution_confidence: "none",
             midstream: f.midstream,
-            payload_bytes_orig: f.payload[ORIG],
-            payload_bytes_resp: f.payload[RESP],
+            payload_bytes_orig: delivered[ORIG],
+            payload_bytes_resp: delivered[RESP],
             gap_bytes,
             ..Default::default()
         }
@@ -716,6 +954,20 @@ impl MseScan {
     }
 }
 
+/// A proper prefix of a BitTorrent handshake: the protocol string as far
+/// as it goes, shorter than the 68-byte handshake.
+fn is_handshake_start(d: &[u8]) -> bool {
+    !d.is_empty() && d.len() < HANDSHAKE_LEN && continues_handshake(&[], d)
+}
+
+/// Whether `d` after the `kept` bytes still follows the protocol string.
+fn continues_handshake(kept: &[u8], d: &[u8]) -> bool {
+    let n = kept.len();
+    d.iter()
+        .enumerate()
+        .all(|(i, b)| HANDSHAKE_PREFIX.get(n + i).is_none_or(|p| p == b))
+}
+
 /// What the application layer needs to know about its flow.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowInfo {
@@ -759,6 +1011,44 @@ fn app_feed(
     shapes: &HashMap<[u8; 20], TorrentShape>,
     out: &mut ShardOut,
 ) {
+    if let TcpApp::Undecided = app {
+        if let Chunk::Data(d) = chunk {
+            if !midstream && is_handshake_start(d) {
+                *app = TcpApp::Handshake {
+                    side: side as u8,
+                    bytes: d.to_vec(),
+                };
+                return;
+            }
+        }
+    }
+    if let TcpApp::Handshake { side: from, bytes } = app {
+        let from = usize::from(*from);
+        let extends = matches!(chunk, Chunk::Data(d)
+            if from == side && bytes.len() + d.len() < HANDSHAKE_LEN && continues_handshake(bytes, d));
+        if extends {
+            if let Chunk::Data(d) = chunk {
+                bytes.extend_from_slice(d);
+            }
+            return;
+        }
+        // Whole, broken, or something else came: the session takes over,
+        // the kept bytes first.
+        let kept = std::mem::take(bytes);
+        *app = TcpApp::PeerWire(tcp_session(info, midstream, limits, messages));
+        app_feed(
+            app,
+            info,
+            midstream,
+            from,
+            Chunk::Data(&kept),
+            ctx,
+            limits,
+            messages,
+            shapes,
+            out,
+        );
+    }
     if let TcpApp::Undecided = app {
         let Chunk::Data(d) = chunk else { return };
         let n = d.len().min(HANDSHAKE_PREFIX.len());

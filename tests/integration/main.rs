@@ -21,6 +21,7 @@ use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
 mod geo;
+mod hostile;
 mod live;
 mod metadata;
 mod probe;
