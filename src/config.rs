@@ -13,11 +13,11 @@ use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
 pub struct Limits {
     /// Live flows in the whole flow table. A flow without buffered data
     /// costs about 300 bytes, so 2^18 flows ≈ 80 MB; a tap sees far fewer
-    /// concurrent BitTorrent flows. Any shard may use the whole table's free
-    /// room (counted between batches, so a batch may pass the bound by at
-    /// most its `batch_frames`): a shard evicts only when the table as a
-    /// whole is full, then its least recently active eighth (counted,
-    /// `flow_table_full`).
+    /// concurrent BitTorrent flows. The table's free room is shared among
+    /// the shards before each batch, in proportion to the packets the batch
+    /// brings each: a shard evicts only when the table as a whole is full
+    /// (less than a batch of room left), then its least recently active
+    /// eighth (counted, `flow_table_full`).
     pub max_flows: usize,
     /// TCP reassembly bounds per direction.
     pub reassembly: ReassemblyLimits,
@@ -151,21 +151,26 @@ pub struct Limits {
     /// KRPC bounds: datagram size, bencode depth/items, query timeout, and
     /// `max_pending`, the outstanding queries kept for pairing responses.
     /// `max_pending` is for the whole run, split evenly over the shards
-    /// (a query and its response are one UDP flow, so one shard): 2^18
-    /// queries of ~100 bytes ≈ 26 MB at worst. With the 30 s timeout that
-    /// pairs a node sending 8,000 queries a second; past it the oldest
-    /// query of the shard is dropped (counted, `dht_pending_full`).
+    /// (a query and its response are one UDP flow, so one shard): 2^16
+    /// queries of ~300 bytes (key with both endpoints, the query, its place
+    /// in the expiry order, the map's slack) ≈ 20 MB at worst; 2^18 cost
+    /// ~80 MB in a flood of queries from fresh addresses. With the 30 s
+    /// timeout that pairs a node sending 2,000 queries a second (a busy
+    /// DHT node sees a few hundred); past it the oldest query of the shard
+    /// is dropped (counted, `dht_pending_full`).
     pub dht: DhtLimits,
     /// LSD (BEP 14) datagram bounds.
     pub lsd: LsdLimits,
     /// Distinct DHT nodes (node id, address) in `dht_nodes`, counting nodes
-    /// only listed in responses. ~150 bytes each: 2^18 ≈ 40 MB. A crawl
-    /// meets millions of nodes; past the bound new ones are counted, not
-    /// tracked (`dht_node_table_full`).
+    /// only listed in responses. A crawl meets millions of nodes; past the
+    /// bound new ones are counted, not tracked (`dht_node_table_full`).
+    /// 7/8 of 2^18: the hash table then fits in 2^18 buckets of ~128 bytes
+    /// (32 MB); at 2^18 entries it would double to 2^19 buckets (64 MB).
     pub max_dht_nodes: usize,
     /// Distinct info hashes in `dht_infohashes` (get_peers, announce_peer,
-    /// BEP 51 samples). ~120 bytes each: 2^18 ≈ 30 MB; past it new ones are
-    /// counted, not tracked (`dht_infohash_table_full`).
+    /// BEP 51 samples); past it new ones are counted, not tracked
+    /// (`dht_infohash_table_full`). 7/8 of 2^18, as `max_dht_nodes`: 2^18
+    /// buckets of ~110 bytes (28 MB).
     pub max_dht_infohashes: usize,
     /// Live capture: peers, torrents, DHT nodes and info hashes not seen
     /// for this long (packet time) are forgotten at a rotation, right after
@@ -250,12 +255,12 @@ impl Default for Limits {
             max_audit_addrs: 1 << 18,
             max_audit_spans_per_addr: 64,
             dht: DhtLimits {
-                max_pending: 1 << 18,
+                max_pending: 1 << 16,
                 ..DhtLimits::default()
             },
             lsd: LsdLimits::default(),
-            max_dht_nodes: 1 << 18,
-            max_dht_infohashes: 1 << 18,
+            max_dht_nodes: (1 << 18) / 8 * 7,
+            max_dht_infohashes: (1 << 18) / 8 * 7,
             live_state_idle_us: 3600 * 1_000_000,
             max_metadata_bytes: 16 << 20,
             max_metadata_pending_bytes: 64 << 20,

@@ -535,6 +535,41 @@ impl Engine {
         rows
     }
 
+    /// End of input, first step: ends the flows a few thousand at a time,
+    /// each step's rows going to `emit` as a batch's do, so that a table
+    /// full of flows (a SYN flood) does not turn into all its rows at once.
+    /// [`finish`](Self::finish) then closes the swarm.
+    pub fn end_flows(&mut self, emit: &mut impl FnMut(RowBatch) -> Result<(), String>) -> Result<(), String> {
+        /// Flows ended per step, over all shards.
+        const STEP: usize = 16 * 1024;
+        let per_shard = (STEP / self.n_shards.max(1)).max(1);
+        let clock = self.judge.clock.max(0);
+        while self.n_flows() > 0 {
+            let shards = &mut self.shards;
+            let mut rows = self.pool.install(|| {
+                shards.par_iter_mut().for_each(|s| {
+                    s.finish_some(clock, per_shard);
+                });
+                RowBatch::default()
+            });
+            let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+            self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
+            let marks = take_marks(&mut self.shards);
+            finish_rows(&mut rows);
+            self.audit.observe(&events, &marks);
+            self.audit.observe_rows(&rows);
+            let events = self.ready_events(events, false);
+            self.swarm.apply(events, unattributed, &mut rows);
+            hold_unattributed(&mut rows, &mut self.held_conns);
+            self.dht.apply(dht_obs);
+            rows.peer_progress.sort_by_key(|r| r.frame);
+            self.gate.filter(&mut rows, &mut self.counts);
+            self.summary.n_connections += rows.connections.len() as u64;
+            emit(rows)?;
+        }
+        Ok(())
+    }
+
     /// End of input: closes every flow, then the swarm; the last rows and
     /// each capture's decode counters (for `capture_stats`), and the summary.
     pub fn finish(mut self) -> (RowBatch, HashMap<String, CaptureCounts>, RunSummary) {
@@ -711,6 +746,7 @@ pub fn analyze(
     }
 
     // End of input: close every flow, then the swarm.
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     summary.n_inputs = inputs.len();
 
@@ -1030,7 +1066,8 @@ fn process_batch(
     let now = batch_max;
     let clock_now = judge.clock;
     let notes = &notes;
-    Shard::share_room(shards);
+    let per_shard: Vec<usize> = parts.iter().map(Vec::len).collect();
+    Shard::share_room(shards, &per_shard);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
             let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
@@ -1281,6 +1318,7 @@ pub fn live(
     }
     // The end: every flow closes, the swarm finishes, into the last interval.
     let sizes = engine.state_sizes();
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     let counts = counts.get(&name).copied().unwrap_or_default();
     let end = wall_us();

@@ -349,8 +349,8 @@ impl FlowKey {
     /// be aimed at the shard of one valid connection. A secret key makes the
     /// shard of a tuple unpredictable (a passive analyzer shows the attacker
     /// no hash). Output does not depend on the key: flows are independent of
-    /// their shard, and the flow table lends every shard the whole table's
-    /// free room (see `Limits::max_flows`).
+    /// their shard, and the flow table shares its free room among the shards
+    /// (see `Limits::max_flows`).
     pub fn shard_hash(&self) -> u64 {
         use std::hash::{BuildHasher, Hash, Hasher};
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();

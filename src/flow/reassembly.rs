@@ -225,7 +225,13 @@ pub struct StreamReassembler {
     held_bytes: u64,
     /// The last delivered bytes, to compare retransmissions with.
     tail: Tail,
-    stats: ReassemblyStats,
+    /// Bytes handed out as data (`ReassemblyStats::bytes_delivered`), the
+    /// one counter of the hot path.
+    delivered: u64,
+    /// Every other counter, allocated at the first event that counts: an
+    /// in-order stream (or a half-open connection of a SYN flood) never
+    /// pays for them.
+    cold: Option<Box<ReassemblyStats>>,
 }
 
 /// The most recent delivered bytes of a stream, at most `cap`: stream
@@ -303,7 +309,8 @@ impl StreamReassembler {
             held: VecDeque::new(),
             held_bytes: 0,
             tail: Tail::default(),
-            stats: ReassemblyStats::default(),
+            delivered: 0,
+            cold: None,
         }
     }
 
@@ -315,7 +322,10 @@ impl StreamReassembler {
     /// in `discarded_bytes`, so call [`flush`](Self::flush) first to keep it.
     pub fn start_at(&mut self, seq: u32) {
         if self.started {
-            self.stats.discarded_bytes += self.held_bytes;
+            if self.held_bytes > 0 {
+                let n = self.held_bytes;
+                self.cold().discarded_bytes += n;
+            }
             self.held.clear();
             self.held_bytes = 0;
             self.tail.clear();
@@ -345,8 +355,14 @@ impl StreamReassembler {
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> &ReassemblyStats {
-        &self.stats
+    pub fn stats(&self) -> ReassemblyStats {
+        let mut s = self.cold.as_deref().cloned().unwrap_or_default();
+        s.bytes_delivered = self.delivered;
+        s
+    }
+
+    fn cold(&mut self) -> &mut ReassemblyStats {
+        self.cold.get_or_insert_with(Box::default)
     }
 
     /// Out-of-order payload bytes held now (never above `max_ooo_bytes`).
@@ -379,7 +395,7 @@ impl StreamReassembler {
         // that they could overlap. One comparison chain, no copy.
         if seq == self.next_seq_raw() && self.held.is_empty() && len <= u64::from(self.limits.max_ahead_bytes) {
             self.next = self.next.saturating_add(len);
-            self.stats.bytes_delivered += len;
+            self.delivered += len;
             self.tail.push(self.limits.max_compare_bytes as usize, payload);
             out(Chunk::Data(payload));
             return;
@@ -403,7 +419,7 @@ impl StreamReassembler {
         }
         let ahead = rel.unsigned_abs();
         if ahead > self.max_ahead() {
-            self.stats.n_out_of_window_acks += 1;
+            self.cold().n_out_of_window_acks += 1;
             return;
         }
         let mut ack_off = self.next.saturating_add(ahead);
@@ -480,20 +496,25 @@ impl StreamReassembler {
             // differences are counted.
             let at = self.next.saturating_sub(rel.unsigned_abs());
             let (_, differing) = self.tail.compare(self.next, at, sub(payload, 0, old_len));
-            self.stats.overlap_conflict_bytes += differing;
-            self.stats.delivered_conflict_bytes += differing;
+            if differing > 0 {
+                let c = self.cold();
+                c.overlap_conflict_bytes += differing;
+                c.delivered_conflict_bytes += differing;
+            }
         }
         if fresh.is_empty() {
-            self.stats.retrans_bytes += len;
-            self.stats.n_retrans += 1;
+            let c = self.cold();
+            c.retrans_bytes += len;
+            c.n_retrans += 1;
             return;
         }
         // A segment reaching past the window is dropped whole: it is garbage
         // (or a length no IP packet can carry), and holding it would let it
         // force a gap that makes the real stream look old.
         if ahead.saturating_add(len_u64(fresh)) > self.max_ahead() {
-            self.stats.n_out_of_window += 1;
-            self.stats.out_of_window_bytes += len;
+            let c = self.cold();
+            c.n_out_of_window += 1;
+            c.out_of_window_bytes += len;
             return;
         }
         let mut tally = Tally {
@@ -509,10 +530,13 @@ impl StreamReassembler {
             self.hold_or_overflow(start, fresh, &mut tally, out);
         }
         if tally.dup_bytes > 0 {
-            self.stats.retrans_bytes += tally.dup_bytes;
-            self.stats.n_retrans += 1;
+            let c = self.cold();
+            c.retrans_bytes += tally.dup_bytes;
+            c.n_retrans += 1;
         }
-        self.stats.overlap_conflict_bytes += tally.conflict_bytes;
+        if tally.conflict_bytes > 0 {
+            self.cold().overlap_conflict_bytes += tally.conflict_bytes;
+        }
     }
 
     /// Holds `data` (at offset `start > next`), making room first if the
@@ -531,9 +555,11 @@ impl StreamReassembler {
                 && (self.held.len() as u64) + new_pieces <= u64::from(self.limits.max_ooo_segments);
             if fits {
                 self.insert(start, data, tally);
-                self.stats.n_ooo_segments += 1;
-                self.stats.max_ooo_bytes_seen = self.stats.max_ooo_bytes_seen.max(self.buffered_bytes());
-                self.stats.max_ooo_segments_seen = self.stats.max_ooo_segments_seen.max(self.buffered_segments());
+                let (bytes, segments) = (self.buffered_bytes(), self.buffered_segments());
+                let c = self.cold();
+                c.n_ooo_segments += 1;
+                c.max_ooo_bytes_seen = c.max_ooo_bytes_seen.max(bytes);
+                c.max_ooo_segments_seen = c.max_ooo_segments_seen.max(segments);
                 return;
             }
             match self.held.front().map(|h| h.start) {
@@ -663,7 +689,7 @@ impl StreamReassembler {
                     rest = skip(rest, take);
                     start = start.saturating_add(take);
                     self.next = self.next.saturating_add(take);
-                    self.stats.bytes_delivered += take;
+                    self.delivered += take;
                     self.tail.push(self.limits.max_compare_bytes as usize, now);
                     out(Chunk::Data(now));
                 }
@@ -724,7 +750,7 @@ impl StreamReassembler {
         }
         let len = len_u64(fresh);
         self.next = self.next.saturating_add(len);
-        self.stats.bytes_delivered += len;
+        self.delivered += len;
         self.tail.push(self.limits.max_compare_bytes as usize, fresh);
         out(Chunk::Data(fresh));
     }
@@ -737,12 +763,13 @@ impl StreamReassembler {
         let n = to - self.next;
         self.next = to;
         self.tail.clear();
-        self.stats.gap_bytes = self.stats.gap_bytes.saturating_add(n);
-        self.stats.n_gaps += 1;
+        let c = self.cold();
+        c.gap_bytes = c.gap_bytes.saturating_add(n);
+        c.n_gaps += 1;
         match cause {
-            GapCause::Overflow => self.stats.n_overflow_gaps += 1,
-            GapCause::Ack => self.stats.n_ack_gaps += 1,
-            GapCause::Flush => self.stats.n_flush_gaps += 1,
+            GapCause::Overflow => c.n_overflow_gaps += 1,
+            GapCause::Ack => c.n_ack_gaps += 1,
+            GapCause::Flush => c.n_flush_gaps += 1,
         }
         out(Chunk::Gap(n));
     }
@@ -912,7 +939,7 @@ mod tests {
             std::mem::take(&mut self.f.evs)
         }
 
-        fn stats(&self) -> &ReassemblyStats {
+        fn stats(&self) -> ReassemblyStats {
             self.r.stats()
         }
     }
@@ -1285,7 +1312,7 @@ mod tests {
             bytes_delivered: 3,
             ..ReassemblyStats::default()
         };
-        assert_eq!(*r.stats(), only_delivery);
+        assert_eq!(r.stats(), only_delivery);
     }
 
     #[test]

@@ -29,7 +29,8 @@ enum TcpApp {
     /// The first bytes of a BitTorrent handshake from `side`, fewer than its
     /// 68: kept (no session yet) until the handshake is whole or anything
     /// else arrives, so that a connection that never completes its
-    /// handshake (a SYN flood with a partial one) costs no session.
+    /// handshake (a SYN flood with a partial one) costs no session and
+    /// writes no `connections` row (its `flows` row has app peer_wire).
     Handshake {
         side: u8,
         bytes: Vec<u8>,
@@ -138,9 +139,11 @@ type FlowHasher = foldhash::fast::RandomState;
 
 /// One shard.
 pub struct Shard {
-    flows: HashMap<FlowKey, Flow, FlowHasher>,
-    /// Flows this shard may hold during the current batch: its own plus the
-    /// whole table's free room (see [`Shard::share_room`]).
+    /// Boxed: a table sized for a flood holds mostly empty buckets, which
+    /// then cost a pointer each instead of a whole `Flow`.
+    flows: HashMap<FlowKey, Box<Flow>, FlowHasher>,
+    /// Flows this shard may hold during the current batch: its own plus its
+    /// share of the whole table's free room (see [`Shard::share_room`]).
     cap: usize,
     limits: Limits,
     messages: bool,
@@ -246,18 +249,22 @@ impl Shard {
         self.flows.len()
     }
 
-    /// Before a batch: every shard may grow into the whole table's free room
-    /// (`max_flows` less the flows of all shards), so no shard evicts while
-    /// the table has room, wherever the hash put the flows. Shards work in
-    /// parallel, so the room is lent to each; a batch creates at most one
-    /// flow per frame, so the table passes `max_flows` by at most one
-    /// batch's frames. Deterministic: it depends on the counts between
-    /// batches only.
-    pub fn share_room(shards: &mut [Shard]) {
+    /// Before a batch: shares the whole table's free room (`max_flows` less
+    /// the flows of all shards) among the shards in proportion to the
+    /// packets the batch brings each (`packets[i]` for shard `i`). A packet
+    /// opens at most one flow, so while the free room is at least the
+    /// batch's packets every shard can take all its new flows: no shard
+    /// evicts while the table has room, wherever the hash put the flows,
+    /// and the table never holds more than `max_flows`. Deterministic: it
+    /// depends on the counts between batches and on the batch only.
+    pub fn share_room(shards: &mut [Shard], packets: &[usize]) {
         let total: usize = shards.iter().map(|s| s.flows.len()).sum();
-        for s in shards.iter_mut() {
-            let free = s.limits.max_flows.saturating_sub(total);
-            s.cap = s.flows.len() + free;
+        let all: usize = packets.iter().sum();
+        for (i, s) in shards.iter_mut().enumerate() {
+            let free = s.limits.max_flows.saturating_sub(total) as u128;
+            let mine = packets.get(i).copied().unwrap_or(0) as u128;
+            let share = if all == 0 { 0 } else { free * mine / all as u128 };
+            s.cap = s.flows.len() + usize::try_from(share).unwrap_or(usize::MAX);
         }
     }
 
@@ -335,7 +342,7 @@ impl Shard {
                         self.reused_syn = Some(ps);
                     }
                 }
-                self.end_flow(key, f, reason, ctx);
+                self.end_flow(key, *f, reason, ctx);
             }
         }
         if !exists || end.is_some() {
@@ -355,7 +362,7 @@ impl Shard {
                 }
             }
             self.stats.n_flows += 1;
-            self.flows.insert(key, flow);
+            self.flows.insert(key, Box::new(flow));
         }
         let limits = self.limits;
         let messages = self.messages;
@@ -606,7 +613,7 @@ impl Shard {
         for (_, _, k) in by_age.into_iter().take(n) {
             if let Some(f) = self.flows.remove(&k) {
                 self.stats.n_flows_evicted += 1;
-                self.end_flow(k, f, EndReason::Evicted, ctx);
+                self.end_flow(k, *f, EndReason::Evicted, ctx);
             }
         }
         self.out.anomaly(
@@ -665,9 +672,50 @@ impl Shard {
         };
         for (_, k, r) in done {
             if let Some(f) = self.flows.remove(&k) {
-                self.end_flow(k, f, r, ctx);
+                self.end_flow(k, *f, r, ctx);
             }
         }
+    }
+
+    /// End of input, a step at a time (so that the rows of a table full of
+    /// flows are not all built at once): ends up to `max` flows, in conn_id
+    /// order, each with the reason a sweep at `clock` would give it (fin,
+    /// rst, idle), else `end`, as [`finish`](Self::finish) does. Returns
+    /// how many flows are left.
+    pub fn finish_some(&mut self, clock: i64, max: usize) -> usize {
+        let mut keys: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.conn_id, *k)).collect();
+        if keys.len() > max {
+            keys.select_nth_unstable_by_key(max, |k| k.0);
+            keys.truncate(max);
+        }
+        keys.sort_unstable_by_key(|k| k.0);
+        let ctx = FrameCtx {
+            ts: clock,
+            frame: 0,
+            capture: 0,
+        };
+        let l = self.limits;
+        for (_, k) in keys {
+            if let Some(f) = self.flows.remove(&k) {
+                let idle = match f.app {
+                    FlowApp::Tcp(_) => l.tcp_idle_us,
+                    FlowApp::Udp(_) => l.udp_idle_us,
+                };
+                let reason = match f.closed_at {
+                    Some(c) if clock - c > l.tcp_closed_linger_us => {
+                        if f.rst {
+                            EndReason::Rst
+                        } else {
+                            EndReason::Fin
+                        }
+                    }
+                    _ if clock - f.last_clock > idle => EndReason::Idle,
+                    _ => EndReason::End,
+                };
+                self.end_flow(k, *f, reason, ctx);
+            }
+        }
+        self.flows.len()
     }
 
     /// Ends every flow (end of input). Flows that a sweep at `now` would
@@ -685,7 +733,7 @@ impl Shard {
         };
         for (_, k) in keys {
             if let Some(f) = self.flows.remove(&k) {
-                self.end_flow(k, f, EndReason::End, ctx);
+                self.end_flow(k, *f, EndReason::End, ctx);
             }
         }
         self.udp_trackers.finish(&mut self.out);
@@ -740,24 +788,6 @@ impl Shard {
                         );
                     }
                 }
-                if let TcpApp::Handshake { side, bytes } = app {
-                    // A handshake never completed: its session now, as if
-                    // it had been opened with the first bytes.
-                    let (side, kept) = (usize::from(*side), std::mem::take(bytes));
-                    *app = TcpApp::PeerWire(tcp_session(&info, f.midstream, &self.limits, self.messages));
-                    app_feed(
-                        app,
-                        &info,
-                        f.midstream,
-                        side,
-                        Chunk::Data(&kept),
-                        ctx,
-                        &self.limits,
-                        self.messages,
-                        &self.ctx.shapes,
-                        &mut self.out,
-                    );
-                }
                 match std::mem::replace(app, TcpApp::Other("other")) {
                     TcpApp::PeerWire(mut s) => {
                         let mut row = s.finish(ctx, &mut self.out);
@@ -784,6 +814,10 @@ impl Shard {
                         }
                     }
                     TcpApp::Undecided => "other",
+                    // A handshake begun and never completed: the flow says
+                    // so (app peer_wire, its payload bytes); there was no
+                    // connection to report (a SYN flood with partial
+                    // handshakes leaves no sessions and no rows behind).
                     TcpApp::Handshake { .. } => "peer_wire",
                     TcpApp::Other(a) => a,
                 }
@@ -836,7 +870,7 @@ impl Shard {
     /// framed, count once they are delivered (in a later snapshot or the
     /// final row).
     pub fn snapshot(&self, rows: &mut crate::sink::RowBatch) {
-        let mut flows: Vec<&Flow> = self.flows.values().collect();
+        let mut flows: Vec<&Flow> = self.flows.values().map(|f| &**f).collect();
         flows.sort_unstable_by_key(|f| f.conn_id);
         for f in flows {
             let (app, gap_bytes, retrans_bytes) = match &f.app {
@@ -1112,5 +1146,28 @@ fn app_feed(
         if s.gave_up() {
             *app = TcpApp::Other("other");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a flow costs before any payload: the table's bucket, the flow,
+    /// and for TCP its two reassemblers. A SYN flood fills the table with
+    /// these, so they stay small (issue 16: ≤ 1 KiB per half-open flow).
+    #[test]
+    fn per_flow_state_is_small() {
+        let bucket = std::mem::size_of::<(FlowKey, Box<Flow>)>();
+        let flow = std::mem::size_of::<Flow>();
+        let tcp = std::mem::size_of::<TcpState>();
+        let udp = std::mem::size_of::<UdpApp>();
+        // Measured: 56, 184, 320, 48. With the payload of a partial
+        // handshake (67 bytes kept for it and 67 for the reassembler's
+        // compare tail) and the map's empty buckets that is ~0.8 KiB.
+        assert!(bucket <= 56, "{bucket}");
+        assert!(flow <= 192, "{flow}");
+        assert!(tcp <= 320, "{tcp}");
+        assert!(udp <= 64, "{udp}");
     }
 }

@@ -572,3 +572,61 @@ fn bad_checksums_are_counted_and_dropped_with_verify_checksums() {
     );
     assert_eq!(crate::sum(&table(&dropped, "flows"), "n_bad_checksums"), n as u64);
 }
+
+// ---------- item 1: half-open connections cost no session ----------
+
+#[test]
+fn partial_handshake_flood_keeps_no_sessions_and_the_valid_download_whole() {
+    use swarmtap::config::Settings;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let http = samples().join("http.pcap");
+    let torrent = samples().join("http.torrent");
+    let clean = run(std::slice::from_ref(&http), std::slice::from_ref(&torrent));
+    // 3,000 connections of a SYN and the first 67 of the 68 handshake bytes
+    // (bench/hostile_gen.py builds the 260,000-connection one), after the
+    // sample's last frame.
+    let mut frames = read_pcap(&http);
+    let t0 = frames.last().map_or(0, |f| f.0) + 1_000;
+    let mut hs = b"\x13BitTorrent protocol".to_vec();
+    hs.extend([0u8; 8]);
+    hs.extend([0x42; 20]);
+    hs.extend(b"-XX0000-aaaaaaaaaaa");
+    assert_eq!(hs.len(), 67);
+    for i in 0..3000u32 {
+        let src = ([10, 64, (i >> 6) as u8, 1], 1024 + (i & 63) as u16 * 900);
+        let dst = ([10, 1, 0, 1], 6881);
+        let isn = i.wrapping_mul(2_654_435_761);
+        frames.push((t0 + i64::from(i) * 20, crate::tcp_frame(src, dst, isn, 0, 0x02, &[])));
+        frames.push((
+            t0 + i64::from(i) * 20 + 10,
+            crate::tcp_frame(src, dst, isn + 1, 0, 0x18, &hs),
+        ));
+    }
+    let p = tmp.path().join("http-flood.pcap");
+    write_pcap(&p, &frames);
+    let r = run(std::slice::from_ref(&p), std::slice::from_ref(&torrent));
+    assert_eq!(verified_pieces(&r), 94);
+    assert!(connection_content(&clean).equals_missing(&connection_content(&r)));
+    let flows = table(&r, "flows");
+    assert_eq!(flows.height(), table(&clean, "flows").height() + 3000);
+    let flood: Vec<Option<String>> = strs(&flows, "resp_ip")
+        .into_iter()
+        .zip(strs(&flows, "app"))
+        .filter(|(ip, _)| ip.as_deref() == Some("10.1.0.1"))
+        .map(|(_, app)| app)
+        .collect();
+    assert_eq!(flood, vec![Some("peer_wire".to_string()); 3000]);
+    // --max-flows bounds the table: the flood is evicted (counted), the
+    // download is untouched.
+    let small = Settings {
+        limits: swarmtap::config::Limits {
+            max_flows: 500,
+            ..Default::default()
+        },
+        ..Settings::default()
+    };
+    let r = crate::run_with(&[p], std::slice::from_ref(&torrent), small, None);
+    assert_eq!(verified_pieces(&r), 94);
+    let reasons = count_by(&table(&r, "flows"), "end_reason");
+    assert!(reasons.get("evicted").copied().unwrap_or(0) >= 2500, "{reasons:?}");
+}
