@@ -84,7 +84,10 @@ pub struct Limits {
     /// estimated). A table's rows are written when it has a full row group
     /// (64 Ki rows) or, when the tables together pass this, the largest
     /// buffer is written early: without it twenty slowly filling tables
-    /// could each hold most of a row group until the end of the run.
+    /// could each hold most of a row group until the end of the run. The
+    /// estimate counts 32 heap bytes a row; rows of hex ids and addresses
+    /// (dht_messages) hold about twice that, so 12 MB estimated is ~25 MB
+    /// held (a DHT query flood held 51 MB of rows at 24 MB).
     pub sink_buffer_bytes: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.
@@ -164,13 +167,14 @@ pub struct Limits {
     /// Distinct DHT nodes (node id, address) in `dht_nodes`, counting nodes
     /// only listed in responses. A crawl meets millions of nodes; past the
     /// bound new ones are counted, not tracked (`dht_node_table_full`).
-    /// 7/8 of 2^18: the hash table then fits in 2^18 buckets of ~128 bytes
-    /// (32 MB); at 2^18 entries it would double to 2^19 buckets (64 MB).
+    /// 7/8 of 2^17 (114,688): the hash table then fits in 2^17 buckets of
+    /// ~128 bytes (16 MB); at 2^17 entries it would double. A flood of
+    /// queries from fresh node ids fills it; 2^18 entries held 64 MB.
     pub max_dht_nodes: usize,
     /// Distinct info hashes in `dht_infohashes` (get_peers, announce_peer,
     /// BEP 51 samples); past it new ones are counted, not tracked
-    /// (`dht_infohash_table_full`). 7/8 of 2^18, as `max_dht_nodes`: 2^18
-    /// buckets of ~110 bytes (28 MB).
+    /// (`dht_infohash_table_full`). 7/8 of 2^17, as `max_dht_nodes`: 2^17
+    /// buckets of ~110 bytes (14 MB).
     pub max_dht_infohashes: usize,
     /// Live capture: peers, torrents, DHT nodes and info hashes not seen
     /// for this long (packet time) are forgotten at a rotation, right after
@@ -236,7 +240,7 @@ impl Default for Limits {
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,
             max_geo_cache: 1 << 18,
-            sink_buffer_bytes: 24 << 20,
+            sink_buffer_bytes: 12 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
             max_hold_us: 20 * 1_000_000,
@@ -259,8 +263,8 @@ impl Default for Limits {
                 ..DhtLimits::default()
             },
             lsd: LsdLimits::default(),
-            max_dht_nodes: (1 << 18) / 8 * 7,
-            max_dht_infohashes: (1 << 18) / 8 * 7,
+            max_dht_nodes: (1 << 17) / 8 * 7,
+            max_dht_infohashes: (1 << 17) / 8 * 7,
             live_state_idle_us: 3600 * 1_000_000,
             max_metadata_bytes: 16 << 20,
             max_metadata_pending_bytes: 64 << 20,
