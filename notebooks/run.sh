@@ -6,7 +6,8 @@
 #   sample-hive the same dataset rewritten in the hive-partitioned layout of `swarmtap live`;
 #   empty       the output for a capture without BitTorrent traffic (every table empty);
 #   corpus      the output for other captures: ../shared/corpus/public with its .torrent
-#               files (skipped, with a message, when ../shared is absent).
+#               files (when ../shared is absent: a failure under SWARMTAP_REQUIRE_ALL,
+#               else a skip recorded for tests/run-all.sh's list).
 # The committed notebooks stay free of outputs: executed copies with their figures (also as
 # PNG files) go to target/notebooks-out/<dataset>/. Prints one line per notebook × dataset
 # and a closing `N passed, M failed`; exits non-zero on any failure.
@@ -95,20 +96,39 @@ fi
 analyze "$here/target/nb-empty-out" "$empty_in"
 datasets+=("empty=$here/target/nb-empty-out")
 
+# A missing prerequisite follows the test suite's rule (tests/support/require.rs): a
+# failure under SWARMTAP_REQUIRE_ALL (CI), else a skip written to the skip list that
+# tests/run-all.sh prints at the end.
+skipped() {
+  if [ -n "${SWARMTAP_REQUIRE_ALL:-}" ] && [ "${SWARMTAP_REQUIRE_ALL}" != 0 ]; then
+    echo "run.sh: needs $1: $2 (SWARMTAP_REQUIRE_ALL is set)" >&2
+    exit 1
+  fi
+  echo "run.sh: SKIPPED: $1: $2"
+  local dir="${SWARMTAP_SKIP_DIR:-$here/target/test-skips}"
+  mkdir -p "$dir"
+  echo "notebooks notebooks/run.sh: $1: $2" >>"$dir/notebooks--$(echo "$1" | tr -c 'A-Za-z0-9_-' _).txt"
+}
+
 if [ -d "$shared" ]; then
   geoip=()
   if [ -f "$here/target/geoip/GeoLite2-City.mmdb" ]; then  # fetched by tests/setup.sh
     geoip=(--geoip "$here/target/geoip/GeoLite2-City.mmdb")
+  else
+    skipped "geolocation" "target/geoip/GeoLite2-City.mmdb is absent: the corpus dataset has no geography (tests/setup.sh fetches it)"
   fi
   analyze "$here/target/nb-corpus-out" "$shared" --torrents "$shared/tcoppi__BittorrentReconstituter" "${geoip[@]}"
   datasets+=("corpus=$here/target/nb-corpus-out")
 else
-  echo "run.sh: $shared not found: skipping the dataset of other captures"
+  skipped "../shared/corpus/public" "$shared not found: no dataset of other captures"
 fi
 
 # The sample output is made afresh above: a capture named like a truth file's but recorded at
 # another time is a timestamp error here, not a stale dataset (see swarmtap_nb.sample_truths).
+# The same run writes the datasets: their schema must be the notebooks' (--strict-schema).
+strict=()
 if [ -z "${SWARMTAP_DATASET:-}" ]; then
   export SWARMTAP_TRUTH_STRICT=1
+  strict=(--strict-schema)
 fi
-exec "$py" notebooks/run_notebooks.py --out "$here/target/notebooks-out" "${hive[@]}" "${datasets[@]}"
+exec "$py" notebooks/run_notebooks.py --out "$here/target/notebooks-out" "${strict[@]}" "${hive[@]}" "${datasets[@]}"

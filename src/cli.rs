@@ -27,6 +27,14 @@ pub enum Command {
         /// Dataset directory.
         dir: PathBuf,
     },
+    /// Write a dataset as one self-contained HTML page (charts and tables, nothing fetched).
+    Report {
+        /// Dataset directory (offline or live).
+        dir: PathBuf,
+        /// Output HTML file.
+        #[arg(short = 'o', long = "output", default_value = "report.html")]
+        output: PathBuf,
+    },
     /// Probe swarms actively: announce to trackers, contact peers (TCP,
     /// plaintext or MSE), read their piece counts, revisit until they complete.
     Probe(Box<ProbeArgs>),
@@ -68,6 +76,12 @@ pub struct AnalysisOpts {
     /// Do not write the peer_messages table.
     #[arg(long = "no-messages")]
     pub no_messages: bool,
+    /// Also write connection, peer, torrent and audit rows of flows whose
+    /// BitTorrent identification is weak (structure alone: an MSE-shaped
+    /// opening nobody corroborates, uTP-shaped datagrams, mid-stream bytes
+    /// that frame as peer wire one way). By default they stay in `flows`.
+    #[arg(long = "keep-weak")]
+    pub keep_weak: bool,
     /// Completion threshold for confirmed downloads, as a fraction of pieces.
     #[arg(long = "threshold", default_value_t = 0.98)]
     pub threshold: f64,

@@ -102,6 +102,19 @@ pub struct Limits {
     /// announces BEP 10 and never sends its handshake must not hold the
     /// swarm state's event order (see `max_event_wait_us`) for long.
     pub max_hold_us: i64,
+    /// Stream bytes (both directions) a flow picked up mid-connection may
+    /// be hunted for peer-wire framing before it must have framed a run of
+    /// messages both ways (`analyze::stream`). Its staged output is bounded
+    /// by what these bytes can frame. Real peer wire confirms within a few
+    /// messages (three 16 KiB blocks one way, three requests the other).
+    pub max_midstream_probe_bytes: u64,
+    /// uTP-shaped datagrams of one UDP flow copied while the flow's uTP is
+    /// not confirmed yet (`dissect::datagram::UtpConsistency`), and their
+    /// bytes: a real connection confirms within its first handful of
+    /// packets both ways; foreign traffic never does, and past the bound
+    /// its uTP-shaped datagrams are no longer followed.
+    pub utp_probe_max_datagrams: usize,
+    pub utp_probe_max_bytes: usize,
     /// Swarm events kept back because a connection holds an earlier one
     /// (see `max_held_events`; each connection holds at most that many, so
     /// the wait is short). Past it they are applied out of frame order,
@@ -244,6 +257,9 @@ impl Default for Limits {
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
             max_hold_us: 20 * 1_000_000,
+            max_midstream_probe_bytes: 1 << 20,
+            utp_probe_max_datagrams: 64,
+            utp_probe_max_bytes: 96 * 1024,
             max_waiting_events: 1 << 18,
             max_event_wait_us: 60 * 1_000_000,
             max_ltep_handshake: 64 * 1024,
@@ -303,6 +319,10 @@ pub struct Settings {
     /// `--verify-checksums`: drop TCP/UDP packets whose checksum is wrong
     /// (as a receiver does), counting them, instead of only counting them.
     pub verify_checksums: bool,
+    /// Write connection, peer, torrent and audit rows of flows identified
+    /// with weak confidence too (`--keep-weak`); by default they stay in
+    /// `flows` only.
+    pub keep_weak: bool,
 }
 
 impl Default for Settings {
@@ -317,6 +337,7 @@ impl Default for Settings {
             audit_max_link_bps: 1.25e9,
             geo: None,
             verify_checksums: false,
+            keep_weak: false,
         }
     }
 }

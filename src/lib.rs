@@ -22,10 +22,19 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod dissect;
 pub mod flow;
 pub mod geo;
 pub mod pipeline;
 pub mod probe;
-pub mod proto;
+/// The pure parsers: the workspace crate `swarmtap-wire` (crates/wire),
+/// which depends on nothing else of swarmtap.
+pub use swarmtap_wire as proto;
+pub mod report;
+/// Tests that need ../shared, tshark, root or namespaces ask this (one
+/// rule for unit and integration tests: tests/support/require.rs).
+#[cfg(test)]
+#[path = "../tests/support/require.rs"]
+pub(crate) mod require;
 pub mod sink;
 pub mod summary;

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Probe(a) => probe(*a),
         Command::Summary { dir } => swarmtap::summary::print(&dir),
         Command::Torrent { file } => torrent(&file),
+        Command::Report { dir, output } => report(&dir, &output),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,
@@ -29,6 +30,19 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn report(dir: &Path, out: &Path) -> Result<(), String> {
+    let t = std::time::Instant::now();
+    let w = swarmtap::report::write(dir, out)?;
+    eprintln!(
+        "swarmtap: wrote {} ({} bytes, {} charts) in {:.2} s",
+        out.display(),
+        w.bytes,
+        w.charts,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// .torrent files named directly or found (recursively) in directories.
@@ -66,6 +80,7 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
     let mut settings = Settings {
         threshold: o.threshold,
         messages: !o.no_messages,
+        keep_weak: o.keep_weak,
         rate_window_s: o.rate_window.max(1),
         threads: o.threads,
         verify_checksums: o.verify_checksums,

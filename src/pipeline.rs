@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::analyze::apps::{ShardApps, ShardContext};
 use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
 use crate::analyze::metadata::MetadataAssembler;
 use crate::analyze::pieces::KnownTorrents;
+use crate::analyze::stream::{EV_MSE_BOTH, EV_MSE_NAMED, EV_MSE_ONE_WAY_NAMED};
 use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::swarm::{EncryptedConn, Swarm};
 use crate::analyze::tracker::AnnounceMark;
@@ -33,12 +35,13 @@ use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
-use crate::flow::table::{PacketNote, Shard, ShardContext};
+use crate::dissect::Confidence;
+use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
 use crate::sink::writer::Interval;
-use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
+use crate::sink::{CaptureStatsRow, ConnectionRow, FlowRow, RowBatch, SinkThread, Ts};
 
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default)]
@@ -213,7 +216,7 @@ pub struct Engine {
     settings: Settings,
     names: Arc<Vec<String>>,
     pool: rayon::ThreadPool,
-    shards: Vec<Shard>,
+    shards: Vec<Shard<ShardApps>>,
     n_shards: usize,
     swarm: Swarm,
     audit: Audit,
@@ -223,6 +226,8 @@ pub struct Engine {
     watermark: i64,
     judge: PacketJudge,
     held_conns: Vec<ConnectionRow>,
+    /// TCP flows with MSE's shape, waiting for the endpoint check.
+    mse: MseFlows,
     /// Swarm events later than an event some connection still holds back:
     /// applied once it is released, so that the swarm state sees events in
     /// frame order however batches fall (bounded by `max_waiting_events`).
@@ -282,7 +287,10 @@ impl Engine {
     /// `names`: the `capture` column of each input by index; `torrents`:
     /// metainfo from --torrents.
     pub fn new(settings: &Settings, names: Arc<Vec<String>>, torrents: Vec<Metainfo>) -> Result<Engine, String> {
-        let mut ctx = ShardContext::default();
+        let mut ctx = ShardContext {
+            keep_weak: settings.keep_weak,
+            ..ShardContext::default()
+        };
         let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
         let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
         let audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
@@ -312,9 +320,9 @@ impl Engine {
             names: names.clone(),
         };
         let n_shards = settings.n_shards.max(1);
-        let shards: Vec<Shard> = (0..n_shards)
+        let shards: Vec<Shard<ShardApps>> = (0..n_shards)
             .map(|_| {
-                Shard::new(
+                let apps = ShardApps::new(
                     settings.limits,
                     n_shards,
                     settings.messages,
@@ -324,7 +332,8 @@ impl Engine {
                         known: meta.known.clone(),
                         ..Default::default()
                     },
-                )
+                );
+                Shard::new(settings.limits, n_shards, apps)
             })
             .collect();
         let pool = rayon::ThreadPoolBuilder::new()
@@ -349,6 +358,7 @@ impl Engine {
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
             held_conns: Vec::new(),
+            mse: MseFlows::default(),
             waiting: Default::default(),
             waiting_seq: 0,
             n_order_forced: 0,
@@ -391,10 +401,13 @@ impl Engine {
                     finish_rows(&mut rows);
                     self.audit.observe(&events, &marks);
                     self.audit.observe_rows(&rows);
+                    self.mse.hold(&mut rows.flows);
                     let events = self.ready_events(events, true);
                     self.swarm.apply(events, unattributed, &mut rows);
-                    attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
-                    attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names);
+                    let kw = self.settings.keep_weak;
+                    let strong = &mut self.mse.strong;
+                    attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names, kw, strong);
+                    attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names, kw, strong);
                     self.swarm.end_segment(&mut rows);
                     self.dht.apply(dht_obs);
                     hold_unattributed(&mut rows, &mut self.held_conns);
@@ -424,6 +437,7 @@ impl Engine {
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
+        self.mse.hold(&mut rows.flows);
         let events = self.ready_events(events, false);
         self.swarm.apply(events, unattributed, &mut rows);
         hold_unattributed(&mut rows, &mut self.held_conns);
@@ -441,7 +455,7 @@ impl Engine {
     /// that precede the oldest event a connection still holds back (all of
     /// them when `all`, or when more than `max_waiting_events` wait).
     fn ready_events(&mut self, events: Vec<SwarmEvent>, all: bool) -> Vec<SwarmEvent> {
-        let cutoff = self.shards.iter().filter_map(|s| s.out.oldest_held()).min();
+        let cutoff = self.shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
         let cutoff = cutoff.filter(|_| !all);
         if self.waiting.is_empty() {
             let Some(c) = cutoff else { return events };
@@ -507,7 +521,7 @@ impl Engine {
     pub fn snapshot(&mut self, state_idle_us: i64) -> RowBatch {
         let mut rows = RowBatch::default();
         for s in &self.shards {
-            s.snapshot(&mut rows);
+            s.snapshot(&mut |apps, f, app| apps.snapshot(f, app, &mut rows));
         }
         rows.flows.sort_by_key(|r| r.conn_id);
         let mut held = std::mem::take(&mut self.held_conns);
@@ -518,9 +532,13 @@ impl Engine {
                 c.attribution_confidence = "likely";
             }
         }
-        attribute_encrypted(&mut self.swarm, &mut held, &self.names);
+        let kw = self.settings.keep_weak;
+        attribute_encrypted(&mut self.swarm, &mut held, &self.names, kw, &mut self.mse.strong);
+        drop_weak_encrypted(&mut held, kw);
         rows.connections.append(&mut held);
         rows.connections.sort_by_key(|r| r.conn_id);
+        self.mse.release(&mut rows.flows);
+        rows.flows.sort_by_key(|r| r.conn_id);
         self.swarm.snapshot(&mut rows);
         if let Some(geo) = &self.settings.geo {
             geo.annotate_peers(&mut rows.peers);
@@ -591,6 +609,7 @@ impl Engine {
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
+        self.mse.hold(&mut rows.flows);
         let events = self.ready_events(events, true);
         self.swarm.apply(events, unattributed, &mut rows);
         rows.peer_progress.sort_by_key(|r| r.frame);
@@ -619,8 +638,18 @@ impl Engine {
                 c.attribution_confidence = "likely";
             }
         }
-        attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
+        let kw = self.settings.keep_weak;
+        attribute_encrypted(
+            &mut self.swarm,
+            &mut rows.connections,
+            &self.names,
+            kw,
+            &mut self.mse.strong,
+        );
+        drop_weak_encrypted(&mut rows.connections, kw);
         rows.connections.sort_by_key(|r| r.conn_id);
+        self.mse.release(&mut rows.flows);
+        rows.flows.sort_by_key(|r| r.conn_id);
         self.summary.n_connections += rows.connections.len() as u64;
         self.swarm.finish(&mut rows);
         if let Some(geo) = &self.settings.geo {
@@ -784,6 +813,31 @@ pub fn analyze(
     Ok(summary)
 }
 
+/// Runs the engine over one input in the calling thread and returns every
+/// row in memory, without writing files or `capture_stats`: for checks over
+/// many small captures at once (the mixed-traffic corpus test runs 1,500
+/// of them side by side).
+pub fn analyze_to_rows(input: &InputSpec, settings: &Settings) -> Result<RowBatch, String> {
+    let names = Arc::new(capture_names(std::slice::from_ref(input)));
+    let mut engine = Engine::new(settings, names, Vec::new())?;
+    let mut reader = CaptureReader::open(input, None).map_err(|e| e.to_string())?;
+    let (batch_bytes, batch_frames) = (settings.limits.batch_bytes.max(1), settings.limits.batch_frames.max(1));
+    let mut all = RowBatch::default();
+    let mut batch = FrameBatch::default();
+    while reader
+        .read_batch(&mut batch, batch_bytes, batch_frames)
+        .map_err(|e| e.to_string())?
+    {
+        engine.batch(&batch, &mut |mut rows| {
+            all.append(&mut rows);
+            Ok(())
+        })?;
+    }
+    let (mut rows, _, _) = engine.finish();
+    all.append(&mut rows);
+    Ok(all)
+}
+
 /// The `capture` column: each input's file name, or its path as given when
 /// two inputs share a file name (so rows stay attributable).
 pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
@@ -811,7 +865,7 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
 /// Takes every shard's rows, swarm events and DHT observations, events in
 /// frame order.
 fn collect_events(
-    shards: &mut [Shard],
+    shards: &mut [Shard<ShardApps>],
     rows: &mut RowBatch,
 ) -> (
     Vec<SwarmEvent>,
@@ -822,10 +876,10 @@ fn collect_events(
     let mut unattributed = Vec::new();
     let mut dht_obs = Vec::new();
     for s in shards.iter_mut() {
-        rows.append(&mut s.out.rows);
-        events.append(&mut s.out.events);
-        unattributed.append(&mut s.out.unattributed);
-        dht_obs.append(&mut s.out.dht);
+        rows.append(&mut s.apps.out.rows);
+        events.append(&mut s.apps.out.events);
+        unattributed.append(&mut s.apps.out.unattributed);
+        dht_obs.append(&mut s.apps.out.dht);
     }
     events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
     unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
@@ -845,10 +899,10 @@ impl MetaState {
     /// a rebuilt dictionary joins the swarm state now and the shards' piece
     /// verification from the next batch on. Counts this step's `pieces`
     /// rows for the torrents' totals.
-    fn absorb(&mut self, shards: &mut [Shard], swarm: &mut Swarm, rows: &mut RowBatch) {
+    fn absorb(&mut self, shards: &mut [Shard<ShardApps>], swarm: &mut Swarm, rows: &mut RowBatch) {
         let mut pieces = Vec::new();
         for s in shards.iter_mut() {
-            pieces.append(&mut s.out.metadata);
+            pieces.append(&mut s.apps.out.metadata);
         }
         pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
         let mut changed = false;
@@ -865,7 +919,7 @@ impl MetaState {
         }
         if changed {
             for s in shards.iter_mut() {
-                s.out.known = self.known.clone();
+                s.apps.out.known = self.known.clone();
             }
         }
         rows.pieces.sort_by_key(|r| r.frame);
@@ -880,7 +934,19 @@ impl MetaState {
 /// (known from plaintext sightings: trackers, DHT, PEX, LSD, other
 /// connections), with confidence `likely`, and what the choice of
 /// encryption says about its peers goes to the swarm state.
-fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[String]) {
+///
+/// Over TCP that endpoint is also what makes an MSE-shaped flow BitTorrent
+/// at all (`strong` collects their ids): a shape seen both ways and an
+/// address alone are weak, and a weak flow neither gets a torrent nor
+/// tells the swarm anything unless `keep_weak`. Over uTP the transport
+/// itself was confirmed, and an address is enough.
+fn attribute_encrypted(
+    swarm: &mut Swarm,
+    conns: &mut [ConnectionRow],
+    names: &[String],
+    keep_weak: bool,
+    strong: &mut std::collections::HashSet<u64>,
+) {
     if !conns.iter().any(|c| c.encrypted && c.info_hash.is_none()) {
         return;
     }
@@ -903,11 +969,15 @@ fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[
             (Some(x), _) | (_, Some(x)) => Some(*x),
             _ => None,
         };
+        let tcp = c.transport == "tcp";
         let (h, source, confidence) = match (by_endpoint, by_address) {
             (Some(h), _) => (h, "endpoint", "likely"),
-            (None, Some(h)) => (h, "address", "weak"),
-            (None, None) => continue,
+            (None, Some(h)) if !tcp || keep_weak => (h, "address", "weak"),
+            _ => continue,
         };
+        if tcp && source == "endpoint" {
+            strong.insert(c.conn_id);
+        }
         c.info_hash = Some(hex(&h));
         c.info_hash_source = Some(source);
         c.attribution_confidence = confidence;
@@ -926,16 +996,68 @@ fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[
     swarm.note_encrypted(&noted);
 }
 
+/// TCP flows with MSE's shape: their `flows` rows wait until the end of the
+/// run (or a live snapshot), when an endpoint named as a peer elsewhere in
+/// the capture makes them `strong`. An opening to a named listen endpoint
+/// that was never answered (a client trying MSE with a plaintext-only peer)
+/// counts too: the endpoint is the corroboration, and such attempts are
+/// common in real swarms.
+#[derive(Debug, Default)]
+struct MseFlows {
+    held: Vec<FlowRow>,
+    /// conn_ids of TCP MSE connections attributed by endpoint.
+    strong: std::collections::HashSet<u64>,
+}
+
+impl MseFlows {
+    /// Takes the rows that may still become strong out of `flows`.
+    fn hold(&mut self, flows: &mut Vec<FlowRow>) {
+        let mut i = 0;
+        while i < flows.len() {
+            let f = &flows[i];
+            if f.proto == "tcp" && f.app == "mse" && self.held.len() < MAX_HELD_CONNECTIONS {
+                self.held.push(flows.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        flows.sort_by_key(|r| r.conn_id);
+    }
+
+    /// Writes the held rows, strong where their endpoint was named.
+    fn release(&mut self, flows: &mut Vec<FlowRow>) {
+        for mut f in self.held.drain(..) {
+            if self.strong.contains(&f.conn_id) {
+                f.app_confidence = Some(Confidence::Strong.name());
+                f.app_evidence = Some(if f.app_evidence == Some(EV_MSE_BOTH) {
+                    EV_MSE_NAMED
+                } else {
+                    EV_MSE_ONE_WAY_NAMED
+                });
+            }
+            flows.push(f);
+        }
+    }
+}
+
+/// Encrypted TCP connections no endpoint corroborated are weak: no row
+/// unless `keep_weak` (their flow stays in `flows`, app `mse`, weak).
+fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
+    if !keep_weak {
+        conns.retain(|c| !(c.encrypted && c.transport == "tcp" && c.info_hash.is_none()));
+    }
+}
+
 /// Connection rows without an info_hash (picked up mid-stream) are held
 /// until the end of the run, when the swarm state may have attributed them;
 /// past this many they are written as they are.
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
 /// The shards' announce marks for the audit, in frame order.
-fn take_marks(shards: &mut [Shard]) -> Vec<AnnounceMark> {
+fn take_marks(shards: &mut [Shard<ShardApps>]) -> Vec<AnnounceMark> {
     let mut marks = Vec::new();
     for s in shards.iter_mut() {
-        marks.append(&mut s.out.marks);
+        marks.append(&mut s.apps.out.marks);
     }
     marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
     marks
@@ -971,7 +1093,7 @@ fn finish_rows(rows: &mut RowBatch) {
 /// Decodes a batch in parallel and runs the shards over it.
 fn process_batch(
     batch: &FrameBatch,
-    shards: &mut [Shard],
+    shards: &mut [Shard<ShardApps>],
     n_shards: usize,
     names: &[String],
     counts: &mut HashMap<String, DecodeCounts>,

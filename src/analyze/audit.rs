@@ -349,8 +349,10 @@ impl Audit {
             if let Some(cap) = self.capture_idx.get(&f.capture).copied() {
                 self.seen_ts(cap, f.first_ts.0);
             }
-            // Unrecognised TCP: any of its payload may be piece bytes.
-            if f.proto == "tcp" && f.app == "other" {
+            // Unrecognised TCP: any of its payload may be piece bytes; so
+            // may an MSE-shaped flow's (encrypted over TCP: counted here,
+            // from the flow, whether or not its connection row is written).
+            if f.proto == "tcp" && (f.app == "other" || f.app == "mse") {
                 self.add_spans(
                     &f.orig_ip,
                     &f.resp_ip,
@@ -361,7 +363,9 @@ impl Audit {
             }
         }
         for c in &rows.connections {
-            if c.encrypted {
+            if c.encrypted && c.transport == "tcp" {
+                // Counted from its flow above.
+            } else if c.encrypted {
                 // MSE: payload bytes bound the piece bytes inside.
                 self.add_spans(
                     &c.orig_ip,

@@ -692,6 +692,110 @@ impl DhtAggregate {
 mod tests {
     use super::*;
 
+    /// A bencoded KRPC message: `y` kind, transaction id `t`, and the rest
+    /// of the top-level dictionary as already-encoded `key value` pairs
+    /// (keys in order).
+    fn krpc(parts: &[(&str, Vec<u8>)]) -> Vec<u8> {
+        let mut v = b"d".to_vec();
+        for (k, val) in parts {
+            v.extend(format!("{}:{k}", k.len()).into_bytes());
+            v.extend(val);
+        }
+        v.push(b'e');
+        v
+    }
+
+    fn bstr(b: &[u8]) -> Vec<u8> {
+        let mut v = format!("{}:", b.len()).into_bytes();
+        v.extend_from_slice(b);
+        v
+    }
+
+    /// Pairing from raw datagrams: a get_peers query from Q to R, then four
+    /// answers with the same transaction id: from Q to R (the wrong
+    /// direction: Q is the querier), from a third node to Q, from R to Q
+    /// (the real answer), and from R to Q again (already taken). Only the
+    /// real one is paired: 25 ms after its query, with the query's method
+    /// and frame, and its `values` peers carry the query's info hash and R
+    /// as the reporter.
+    #[test]
+    fn a_response_pairs_only_with_the_query_it_answers() {
+        let q: SocketAddr = "10.0.0.1:6881".parse().unwrap_or_else(|_| unreachable!());
+        let resp: SocketAddr = "10.0.0.2:7000".parse().unwrap_or_else(|_| unreachable!());
+        let other: SocketAddr = "10.0.0.3:7000".parse().unwrap_or_else(|_| unreachable!());
+        let ih = [0x11u8; 20];
+        let mut args = b"d2:id".to_vec();
+        args.extend(bstr(&[1; 20]));
+        args.extend(b"9:info_hash");
+        args.extend(bstr(&ih));
+        args.push(b'e');
+        let query = krpc(&[
+            ("a", args),
+            ("q", bstr(b"get_peers")),
+            ("t", bstr(b"aa")),
+            ("y", bstr(b"q")),
+        ]);
+        let answer = |id: u8| {
+            let mut r = b"d2:id".to_vec();
+            r.extend(bstr(&[id; 20]));
+            r.extend(b"5:token");
+            r.extend(bstr(b"tok"));
+            r.extend(b"6:valuesl");
+            r.extend(bstr(&[192, 0, 2, id, 0x1a, 0xe1]));
+            r.extend(b"ee");
+            krpc(&[("r", r), ("t", bstr(b"aa")), ("y", bstr(b"r"))])
+        };
+        let mut shard = DhtShard::new(&Limits::default(), 1);
+        let mut out = ShardOut::default();
+        let ctx = |frame: u64, ts: i64| FrameCtx { ts, frame, capture: 0 };
+        let sent = [
+            (ctx(1, 1_000_000), q, resp, query),
+            (ctx(2, 1_010_000), q, resp, answer(9)),
+            (ctx(3, 1_015_000), other, q, answer(3)),
+            (ctx(4, 1_025_000), resp, q, answer(2)),
+            (ctx(5, 1_030_000), resp, q, answer(2)),
+        ];
+        for (c, src, dst, d) in &sent {
+            assert!(shard.datagram(*c, 77, *src, *dst, d, &mut out), "frame {}", c.frame);
+        }
+        let rows = &out.rows.dht_messages;
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.frame, r.kind, r.query_frame, r.rtt_ms, r.method.clone()))
+            .collect();
+        let gp = Some("get_peers".to_string());
+        assert_eq!(
+            got,
+            vec![
+                (1, "query", None, None, gp.clone()),
+                (2, "response", None, None, None),
+                (3, "response", None, None, None),
+                (4, "response", Some(1), Some(25.0), gp),
+                (5, "response", None, None, None),
+            ]
+        );
+        // The paired answer's peers are the query's torrent's, reported by
+        // R; unpaired answers' peers have no torrent.
+        let peers: Vec<_> = out
+            .rows
+            .dht_peers
+            .iter()
+            .map(|p| (p.frame, p.info_hash.clone(), p.peer_ip.clone(), p.reporter_ip.clone()))
+            .collect();
+        assert_eq!(
+            peers,
+            vec![
+                (2, None, "192.0.2.9".into(), "10.0.0.1".into()),
+                (3, None, "192.0.2.3".into(), "10.0.0.3".into()),
+                (4, Some(hex(&ih)), "192.0.2.2".into(), "10.0.0.2".into()),
+                (5, None, "192.0.2.2".into(), "10.0.0.2".into()),
+            ]
+        );
+        let learned: Vec<_> = out.events.iter().map(|e| (e.ctx.frame, e.info_hash, e.peer)).collect();
+        let p2: SocketAddr = "192.0.2.2:6881".parse().unwrap_or_else(|_| unreachable!());
+        assert_eq!(learned, vec![(4, ih, p2)]);
+    }
+
     #[test]
     fn bloom_estimates() {
         assert_eq!(bloom_estimate(&[0u8; BLOOM_LEN]), Some(0));

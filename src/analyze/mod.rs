@@ -2,26 +2,24 @@
 //! the shards, next to their flows) and the per-swarm state (one, sequential,
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
+pub mod apps;
 pub mod audit;
 pub mod dht;
 pub mod lsd;
 pub mod metadata;
 pub mod pieces;
 pub mod session;
+pub mod stream;
 pub mod swarm;
 pub mod tracker;
+pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sink::{AnomalyRow, RowBatch, Ts};
 
-/// Where a packet came from: what every row needs to say so.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FrameCtx {
-    pub ts: i64,
-    pub frame: u64,
-    pub capture: u32,
-}
+/// Where a packet came from (defined by the flow layer, below us).
+pub use crate::flow::FrameCtx;
 
 /// What a connection tells the swarm state about a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,9 +28,8 @@ use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
 use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
 
-/// Side index: 0 = originator, 1 = responder.
-pub const ORIG: usize = 0;
-pub const RESP: usize = 1;
+/// Direction indices (0 = from the originator), as the flow layer numbers them.
+pub use crate::flow::{ORIG, RESP};
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -56,6 +55,9 @@ struct Side {
     block_bytes: u64,
     payload_bytes: u64,
     n_msgs: u64,
+    /// Messages of a known kind other than keep-alive: what confirms a
+    /// stream picked up mid-connection (`analyze::stream`).
+    n_busy: u64,
     seen_sent: bool,
     /// Verification of the pieces this side sends (when hashes are known).
     check: Option<Box<PieceChecker>>,
@@ -195,6 +197,11 @@ impl PeerSession {
         self.framers
             .iter()
             .any(|f| f.stats().n_msgs > 0 || f.stats().framed_bytes > 0)
+    }
+
+    /// Messages of a known kind other than keep-alive, per direction.
+    pub fn n_busy_msgs(&self) -> [u64; 2] {
+        [self.st.sides[ORIG].n_busy, self.st.sides[RESP].n_busy]
     }
 
     /// True when both directions gave up hunting without framing anything.
@@ -545,6 +552,12 @@ impl State {
 
     fn on_message(&mut self, side: usize, msg: Message<'_>, wire_len: u64, ctx: FrameCtx, out: &mut ShardOut) {
         self.sides[side].n_msgs += 1;
+        if !matches!(
+            msg,
+            Message::KeepAlive | Message::Unknown { .. } | Message::Skipped { .. }
+        ) {
+            self.sides[side].n_busy += 1;
+        }
         let wl = wire_len;
         let name = msg.name();
         match msg {
@@ -564,8 +577,32 @@ impl State {
                 if bits.len() > max_bytes {
                     out.anomaly(Some(ctx), Some(self.conn_id), "peer_wire", "bitfield_too_long", None);
                 }
-                let keep = &bits[..bits.len().min(max_bytes)];
-                self.push_event(side, ctx, SwarmEventKind::Bitfield(keep.to_vec()), out);
+                let mut keep = bits[..bits.len().min(max_bytes)].to_vec();
+                // BEP 3: with the torrent known, a bitfield has exactly
+                // ceil(n / 8) bytes and no spare bit set. Anything else is
+                // counted, and only the torrent's n pieces are kept.
+                let n = self
+                    .info_hash
+                    .and_then(|h| out.known.get(&h).or(self.local_meta.as_ref()).map(|m| m.n_pieces));
+                if let Some(n) = n.filter(|&n| n > 0) {
+                    let want = n.div_ceil(8) as usize;
+                    let spare = 0xFFu8.checked_shr(n % 8).filter(|_| n % 8 != 0).unwrap_or(0);
+                    let spare_set = keep.get(want - 1).is_some_and(|b| b & spare != 0);
+                    if bits.len() != want || spare_set {
+                        out.anomaly(
+                            Some(ctx),
+                            Some(self.conn_id),
+                            "peer_wire",
+                            "bitfield_wrong_size",
+                            Some(format!("{} bytes for {n} pieces", bits.len())),
+                        );
+                        keep.truncate(want);
+                        if let Some(b) = keep.get_mut(want - 1) {
+                            *b &= !spare;
+                        }
+                    }
+                }
+                self.push_event(side, ctx, SwarmEventKind::Bitfield(keep), out);
             }
             Message::HaveAll => {
                 self.message_row(side, ctx, out, name, |r| r.wire_len = wl);

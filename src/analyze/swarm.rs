@@ -1198,6 +1198,144 @@ mod tests {
         }
     }
 
+    /// A swarm of 100 pieces (a seeder's full bitfield: 12 bytes of 0xFF
+    /// and 0xF0, highest index 99) and one leecher per `(port, steps)`:
+    /// have_none at 0, then `have` for pieces 0, 1, ... at 2 s + k ms for
+    /// each k in `steps` (k pieces in all). Returns each leecher's
+    /// (completed_ts, confirmed_download), and the torrent's confirmed count.
+    fn complete(threshold: f64, leechers: &[(u16, u32)]) -> (Vec<(Option<i64>, bool)>, u64) {
+        let mut s = Swarm::new(Limits::default(), threshold, 5);
+        let mut rows = RowBatch::default();
+        let mut bits = vec![0xFFu8; 12];
+        bits.push(0xF0);
+        let mut evs = vec![ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(bits))];
+        for &(port, n) in leechers {
+            let peer = format!("10.0.1.{port}:{port}");
+            evs.push(ev(0, &peer, SwarmEventKind::HaveNone));
+            for k in 0..n {
+                evs.push(ev(2_000_000 + i64::from(k) * 1000, &peer, SwarmEventKind::Have(k)));
+            }
+        }
+        evs.sort_by_key(|e| e.ctx.ts);
+        s.apply(evs, Vec::new(), &mut rows);
+        s.finish(&mut rows);
+        assert_eq!(rows.torrents[0].n_pieces, Some(100));
+        let out = leechers
+            .iter()
+            .map(|&(port, _)| {
+                let p = rows
+                    .peers
+                    .iter()
+                    .find(|p| p.peer_port == u32::from(port))
+                    .expect("leecher row");
+                (p.completed_ts.map(|t| t.0), p.confirmed_download)
+            })
+            .collect();
+        (out, rows.torrents[0].n_confirmed_downloads)
+    }
+
+    /// Completion at 98 % of 100 pieces: 97 is below, 98 is exactly at the
+    /// threshold (complete, at the 98th piece), 99 and 100 are above
+    /// (complete at the 98th piece too: the first time at or above).
+    #[test]
+    fn completion_exactly_at_the_threshold_counts_and_one_below_does_not() {
+        let at98 = Some(2_000_000 + 97 * 1000);
+        let (got, n) = complete(0.98, &[(11, 97), (12, 98), (13, 99), (14, 100)]);
+        assert_eq!(got, vec![(None, false), (at98, true), (at98, true), (at98, true)]);
+        assert_eq!(n, 3);
+        // The bound moves with the threshold: at 1.0, 99 of 100 is below.
+        let at100 = Some(2_000_000 + 99 * 1000);
+        let (got, n) = complete(1.0, &[(11, 99), (12, 100)]);
+        assert_eq!(got, vec![(None, false), (at100, true)]);
+        assert_eq!(n, 1);
+        // 0.5 of 100: 49 below, 50 at.
+        let (got, _) = complete(0.5, &[(11, 49), (12, 50)]);
+        assert_eq!(got, vec![(None, false), (Some(2_000_000 + 49 * 1000), true)]);
+    }
+
+    /// A crossing is a confirmed download only after at least MIN_BELOW_US
+    /// below the threshold: exactly that long counts, 1 µs less does not.
+    #[test]
+    fn confirmed_download_needs_exactly_min_below_us_below() {
+        for (below_us, want) in [
+            (MIN_BELOW_US, true),
+            (MIN_BELOW_US - 1, false),
+            (MIN_BELOW_US + 1, true),
+        ] {
+            let mut s = Swarm::new(Limits::default(), 0.98, 5);
+            let mut rows = RowBatch::default();
+            // 8 pieces: the leecher has 7 from t = 0 (below: 7 < 7.84) and
+            // the 8th `below_us` later.
+            s.apply(
+                vec![
+                    ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF])),
+                    ev(0, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xFE])),
+                    ev(below_us, "10.0.0.2:2", SwarmEventKind::Have(7)),
+                ],
+                Vec::new(),
+                &mut rows,
+            );
+            s.finish(&mut rows);
+            let p = rows.peers.iter().find(|p| p.peer_port == 2).expect("leecher");
+            assert_eq!(p.completed_ts.map(|t| t.0), Some(below_us), "{below_us}");
+            assert_eq!(p.confirmed_download, want, "below for {below_us} µs");
+        }
+    }
+
+    /// Peak rates over tumbling windows of 5 s: a window holds [start,
+    /// start + 5 s); bytes at its last microsecond count in it, bytes at the
+    /// next window's first do not. Uploads and downloads both sides.
+    #[test]
+    fn peak_rate_windows_end_exactly_at_their_bound() {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        let mut rows = RowBatch::default();
+        let to: SocketAddr = "10.0.0.2:2".parse().unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
+        let t = |ts, bytes| ev(ts, "10.0.0.1:1", SwarmEventKind::Transfer { to, bytes });
+        s.apply(
+            vec![
+                t(10_000_000, 1000),
+                t(14_999_999, 1500),
+                t(15_000_000, 3000),
+                t(19_999_999, 1),
+                t(20_000_000, 50),
+            ],
+            Vec::new(),
+            &mut rows,
+        );
+        s.finish(&mut rows);
+        let up = rows.peers.iter().find(|p| p.peer_port == 1).expect("sender");
+        let down = rows.peers.iter().find(|p| p.peer_port == 2).expect("receiver");
+        // Windows: [10 s, 15 s) 2,500 B, [15 s, 20 s) 3,001 B, [20 s, 25 s) 50 B.
+        assert_eq!(up.max_upload_rate_bps, Some(3001.0 / 5.0));
+        assert_eq!(down.max_rate_bps, Some(3001.0 / 5.0));
+        assert_eq!((up.uploaded_bytes, up.downloaded_bytes), (5551, 0));
+        assert_eq!((down.uploaded_bytes, down.downloaded_bytes), (0, 5551));
+        assert_eq!(up.max_rate_bps, None, "the sender downloaded nothing");
+        assert_eq!(rows.torrents[0].piece_bytes, 5551);
+    }
+
+    /// A peer's progress history keeps MAX_HISTORY points; at the bound
+    /// nothing is dropped, one more halves it (every other point, the first
+    /// and the last kept).
+    #[test]
+    fn progress_history_is_halved_one_past_its_bound() {
+        let mut p = PeerState::new(0, 5_000_000);
+        for i in 0..MAX_HISTORY as i64 {
+            p.push_history(i, i as u32);
+        }
+        assert_eq!(p.history.len(), MAX_HISTORY);
+        let n = MAX_HISTORY as i64;
+        p.push_history(n, n as u32);
+        assert_eq!(p.history.len(), MAX_HISTORY / 2 + 2);
+        assert_eq!(p.history[0], (0, 0));
+        assert_eq!(p.history[1], (2, 2));
+        let tail: Vec<_> = p.history[p.history.len() - 3..].to_vec();
+        assert_eq!(
+            tail,
+            vec![(n - 2, (n - 2) as u32), (n - 1, (n - 1) as u32), (n, n as u32)]
+        );
+    }
+
     #[test]
     fn lazy_bitfield_is_not_a_download_and_a_real_one_is() {
         let mut s = Swarm::new(Limits::default(), 0.98, 5);

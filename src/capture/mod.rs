@@ -1096,22 +1096,11 @@ mod tests {
         rows
     }
 
+    /// The public corpus, or `require`'s rule (a failure under
+    /// SWARMTAP_REQUIRE_ALL, else a recorded skip).
+    #[track_caller]
     fn corpus_root() -> Option<PathBuf> {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
-        if root.join("MANIFEST.md").is_file() {
-            Some(root)
-        } else {
-            eprintln!("skipped: no public corpus at {}", root.display());
-            None
-        }
-    }
-
-    fn tool_runs(name: &str, arg: &str) -> bool {
-        std::process::Command::new(name)
-            .arg(arg)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
+        crate::require::corpus(env!("CARGO_MANIFEST_DIR"))
     }
 
     #[test]
@@ -1153,10 +1142,7 @@ mod tests {
             assert!(["torrent", "md", "csv"].contains(&ext), "{skipped:?}");
         }
 
-        let with_tshark = tool_runs("tshark", "-v");
-        if !with_tshark {
-            eprintln!("tshark not found: per-frame comparison skipped");
-        }
+        let with_tshark = crate::require::tshark();
         let tshark_out: Vec<Option<String>> = std::thread::scope(|s| {
             let handles: Vec<_> = rows
                 .iter()
@@ -1235,8 +1221,11 @@ mod tests {
         let Some(root) = corpus_root() else {
             return;
         };
-        if !tool_runs("tcpdump", "--version") {
-            eprintln!("skipped: tcpdump not found");
+        if !crate::require::require(
+            crate::require::tool_runs("tcpdump", &["--version"]),
+            "tcpdump",
+            "the independent BPF reference is not installed (tests/setup.sh installs it)",
+        ) {
             return;
         }
         let expr = "udp or (tcp and port 6881)";

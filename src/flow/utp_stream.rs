@@ -2080,8 +2080,8 @@ mod tests {
     }
 }
 
-/// Checks against real captures from the shared corpus (skipped when the
-/// corpus is not next to the repository). The reference counts are tshark
+/// Checks against real captures from the shared corpus (when it is absent:
+/// `crate::require`'s rule, a failure under SWARMTAP_REQUIRE_ALL). The reference counts are tshark
 /// 4.0.17 with `--enable-heuristic bt_utp_udp -Y bt-utp`.
 #[cfg(test)]
 mod corpus {
@@ -2089,19 +2089,10 @@ mod corpus {
     use crate::proto::utp::{parse_utp, plausible_utp};
     use std::collections::BTreeMap;
     use std::net::IpAddr;
-    use std::path::PathBuf;
 
+    #[track_caller]
     fn corpus_file(rel: &str) -> Option<Vec<u8>> {
-        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public")
-            .join(rel);
-        match std::fs::read(&p) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                println!("skipping: {} not readable ({e})", p.display());
-                None
-            }
-        }
+        crate::require::corpus_file(env!("CARGO_MANIFEST_DIR"), rel)
     }
 
     type Endpoint = (IpAddr, u16);

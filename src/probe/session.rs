@@ -1194,22 +1194,34 @@ pub(crate) mod tests {
         assert_eq!(a.n_pieces_have, Some(20));
     }
 
+    /// A peer that answers every handshake for torrent [8; 20], whatever
+    /// it was asked for: the probe, asking for [7; 20], must fail the
+    /// contact (BEP 3: drop a peer that answers for another info hash).
     #[tokio::test]
     async fn wrong_info_hash_is_a_failed_handshake() {
-        let addr = peer([7u8; 20], false, Vec::new(), Duration::from_secs(3)).await;
-        // The test peer asserts on the hash it gets, so ask for the right one
-        // but check the probe's own verification with a different expectation.
-        let mut p = params([7u8; 20]);
-        p.info_hash = [7u8; 20];
-        let v = visit(addr, &[Crypto::Plain], &p, &no_shutdown()).await;
-        assert!(v[0].success);
-        let mut st = State::new(&p);
-        st.on_event(WireEvent::Handshake {
-            reserved: [0; 8],
-            info_hash: [8u8; 20],
-            peer_id: None,
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let asked = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut hs = [0u8; 68];
+            s.read_exact(&mut hs).await.unwrap();
+            s.write_all(&our_handshake(&[8u8; 20], b"-TR3000-abcdefghijkl"))
+                .await
+                .unwrap();
+            // Hold the connection open: the verdict must come from the
+            // handshake, not from a close.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+            hs
         });
-        assert_eq!(st.fatal.map(|f| f.0), Some("handshake_failed"));
+        let p = params([7u8; 20]);
+        let v = visit(addr, &[Crypto::Plain], &p, &no_shutdown()).await;
+        assert_eq!(v.len(), 1);
+        assert!(!v[0].success, "{:?}", v[0]);
+        assert_eq!(v[0].outcome, "handshake_failed", "{:?}", v[0]);
+        assert_eq!(v[0].detail.as_deref(), Some("peer answered for another info hash"));
+        let hs = asked.await.unwrap();
+        assert_eq!(&hs[28..48], &[7u8; 20], "the probe asked for its own torrent");
     }
 
     #[tokio::test]

@@ -1049,6 +1049,33 @@ mod tests {
             .collect()
     }
 
+    /// Waits until `s` has received `n` datagrams. A hang guard, not a
+    /// verdict: the tests below send at most 20 datagrams before waiting
+    /// here, so none is lost in the kernel's socket buffer however the test
+    /// process is scheduled, and every count they assert is the data's.
+    async fn settle(s: &UtpSocket, n: u64) {
+        let wait = async {
+            while s.stats().datagrams < n {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
+            panic!("the socket read {} of {n} datagrams in 30 s", s.stats().datagrams);
+        }
+    }
+
+    /// Waits until `s` holds no connection (hang guard: 30 s).
+    async fn until_forgotten(s: &UtpSocket) {
+        let wait = async {
+            while s.n_connections() > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(30), wait).await.is_err() {
+            panic!("{} connections still held after 30 s", s.n_connections());
+        }
+    }
+
     /// A hand-driven uTP peer on a plain UDP socket: packets are built
     /// field by field here (not with the code under test) so the test checks
     /// the wire format, not our own reading of it.
@@ -1183,9 +1210,8 @@ mod tests {
         drop(s);
         drop(c);
         // Both ends' FINs acknowledged: the connections are forgotten.
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(client.n_connections(), 0);
-        assert_eq!(server.n_connections(), 0);
+        until_forgotten(&client).await;
+        until_forgotten(&server).await;
         let (cs, ss) = (client.stats(), server.stats());
         assert_eq!(
             (cs.malformed, cs.retransmits, cs.reorder_dropped, cs.over_window),
@@ -1222,22 +1248,28 @@ mod tests {
                     p.send(0, seq, chunks[i]).await;
                 }
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
             for &i in &lost {
                 p.send(0, first.wrapping_add(i as u16), chunks[i]).await;
             }
             let fin = first.wrapping_add(chunks.len() as u16);
             p.send(1, fin, &[]).await;
             // Our ACKs: cumulative up to the FIN at the end, connection id
-            // = SYN's, timestamp difference = its clock minus ours.
+            // = SYN's, timestamp difference = its clock minus ours. Its
+            // clock minus the difference is our clock when it last heard
+            // from us: after our clock started (7 s, far from its own
+            // clock's origin) and not after now, however long either side
+            // waited (the recv timeout is a hang guard).
             let mut last = None;
-            while let Some(a) = p.recv(Duration::from_millis(500)).await {
+            while let Some(a) = p.recv(Duration::from_secs(20)).await {
                 assert_eq!(a.cid, syn.cid.wrapping_add(1), "sends with recv_id + 1");
                 assert_eq!(a.ty, 2);
                 let ours = p.t0.elapsed().as_micros() as u32 + 7_000_000;
                 let theirs_then = a.ts.wrapping_sub(a.ts_diff);
-                let skew = ours.wrapping_sub(theirs_then) as i32;
-                assert!((0..200_000).contains(&skew), "timestamp difference off by {skew} µs");
+                assert!(
+                    (theirs_then.wrapping_sub(7_000_000) as i32) >= 0 && (ours.wrapping_sub(theirs_then) as i32) >= 0,
+                    "timestamp difference {}: our clock then {theirs_then} µs, now {ours} µs",
+                    a.ts_diff
+                );
                 last = Some(a.ack);
                 if a.ack == fin {
                     break;
@@ -1248,7 +1280,7 @@ mod tests {
         });
         let mut s = client.connect(addr).await.unwrap();
         let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut got))
+        tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
             .await
             .unwrap()
             .unwrap();
@@ -1299,20 +1331,30 @@ mod tests {
                 }
                 p.send(2, p.seq, &[]).await;
             }
-            (got, max_flight, seen.values().filter(|&&n| n > 1).count())
+            let mut resent: Vec<u16> = seen.iter().filter(|(_, &n)| n > 1).map(|(s, _)| *s).collect();
+            resent.sort_unstable();
+            let mut lost: Vec<u16> = seen.keys().copied().filter(|s| s % 4 == 0).collect();
+            lost.sort_unstable();
+            (got, max_flight, resent, lost)
         });
         let mut s = client.connect(addr).await.unwrap();
         s.write_all(&want).await.unwrap();
-        let (got, max_flight, resent) = tokio::time::timeout(Duration::from_secs(20), peer)
+        let (got, max_flight, resent, lost) = tokio::time::timeout(Duration::from_secs(60), peer)
             .await
             .expect("peer finished")
             .unwrap();
         assert!(got == want, "bytes differ");
         assert!(max_flight <= 4, "{max_flight} packets in flight past a 4-packet window");
         // 30 000 bytes = 22 packets; those with seq % 4 == 0 (5 or 6 of them,
-        // by where the random first sequence number falls) were resent.
-        assert!((5..=6).contains(&resent), "{resent} packets resent");
-        assert!(client.stats().retransmits >= resent as u64);
+        // by where the random first sequence number falls) were lost the
+        // first time, so each was resent. Others may be resent too when the
+        // process is slow to read our ACKs (a spurious timeout is no error).
+        assert!((5..=6).contains(&lost.len()), "{lost:?}");
+        assert!(
+            lost.iter().all(|s| resent.contains(s)),
+            "lost {lost:?}, resent {resent:?}"
+        );
+        assert!(client.stats().retransmits >= resent.len() as u64);
     }
 
     #[tokio::test]
@@ -1324,11 +1366,15 @@ mod tests {
             reorder_bytes: 16 * 1024,
             ..UtpLimits::default()
         };
-        let client = UtpSocket::bind(local(), false, limits).await.unwrap();
+        let client = Arc::new(UtpSocket::bind(local(), false, limits).await.unwrap());
         let caddr = client.local_addr().unwrap();
         let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let watch = client.clone();
         let peer = tokio::spawn(async move {
             let (p, _) = RawPeer::accept(sock, u32::MAX).await;
+            // Every group of at most 20 datagrams waits until the client
+            // has read the previous ones (1: our ST_STATE).
+            let mut sent = 1u64;
             // Garbage: short, version 2, type 7, an extension running past
             // the end; and one valid packet for a connection that does not exist.
             let mut bad_ext = p.raw(0, p.seq, &[]);
@@ -1350,19 +1396,24 @@ mod tests {
             bogus[18] = ack[0];
             bogus[19] = ack[1];
             p.sock.send_to(&bogus, caddr).await.unwrap();
+            sent += 7;
+            settle(&watch, sent).await;
             // Out-of-order flood far ahead (reorder bound), then endless
             // in-order data ignoring our window (receive bound).
-            // Paced so that the kernel's socket buffer loses nothing.
             for i in 0..40u16 {
                 p.send(0, p.seq.wrapping_add(100 + i), &[7u8; 1000]).await;
+                sent += 1;
+                if i % 20 == 19 {
+                    settle(&watch, sent).await;
+                }
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
             let mut seq = p.seq;
             for i in 0..400 {
                 p.send(0, seq, &[0xab; 1000]).await;
                 seq = seq.wrapping_add(1);
+                sent += 1;
                 if i % 20 == 19 {
-                    tokio::time::sleep(Duration::from_millis(3)).await;
+                    settle(&watch, sent).await;
                 }
             }
             let _ = go_rx.await;
@@ -1370,7 +1421,7 @@ mod tests {
             p
         });
         let mut s = client.connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        settle(&client, 1 + 5 + 1 + 1 + 40 + 400).await;
         let (inorder, held, _) = s.buffered();
         assert!(inorder <= 32 * 1024, "{inorder} bytes buffered past the bound");
         assert!(held <= 16 * 1024);
@@ -1392,7 +1443,7 @@ mod tests {
         assert_eq!(n, 32 * 1000);
         assert!(b[..n].iter().all(|&x| x == 0xab));
         go_tx.send(()).unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(2), s.read(&mut b))
+        let e = tokio::time::timeout(Duration::from_secs(30), s.read(&mut b))
             .await
             .unwrap()
             .unwrap_err();
@@ -1437,9 +1488,14 @@ mod tests {
         let again = p.recv(Duration::from_secs(1)).await.expect("SYN-ACK again");
         assert_eq!((again.ty, again.ack), (2, 1));
         assert_eq!(s.buffered().2, 10, "still unacknowledged");
-        let resent = p.recv(Duration::from_secs(2)).await.expect("data resent");
-        assert_eq!((resent.ty, resent.seq), (0, st.seq));
-        assert_eq!(l.stats().retransmits, 1);
+        // Unacknowledged, it is resent: the same packet (at least once; more
+        // when this process is slow to run, which is no error).
+        let resent = p.recv(Duration::from_secs(30)).await.expect("data resent");
+        assert_eq!(
+            (resent.ty, resent.cid, resent.seq, resent.payload.as_slice()),
+            (0, 100, st.seq, &b"0123456789"[..])
+        );
+        assert!(l.stats().retransmits >= 1);
     }
 
     #[tokio::test]
@@ -1528,21 +1584,32 @@ mod tests {
     #[tokio::test]
     async fn syn_to_a_silent_or_refusing_address() {
         let client = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
-        // Nobody there: the SYN is resent until the caller's timeout.
+        // Nobody there: the SYN is resent until the caller gives up. Two
+        // SYNs are awaited (however late the second comes: the wait is a
+        // hang guard), the same packet twice.
         let (sock, addr) = RawPeer::bind().await;
-        let r = tokio::time::timeout(Duration::from_millis(1300), client.connect(addr)).await;
-        assert!(r.is_err(), "no answer: timeout");
         let mut b = [0u8; 100];
-        let mut syns = 0;
-        while let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(50), sock.recv_from(&mut b)).await {
-            assert_eq!(decode(&b[..n]).ty, 4);
-            syns += 1;
+        let mut syns = Vec::new();
+        {
+            let connecting = client.connect(addr);
+            tokio::pin!(connecting);
+            let guard = tokio::time::sleep(Duration::from_secs(30));
+            tokio::pin!(guard);
+            while syns.len() < 2 {
+                tokio::select! {
+                    r = &mut connecting => panic!("connected to a silent address: {:?}", r.map(|_| ())),
+                    r = sock.recv_from(&mut b) => syns.push(decode(&b[..r.unwrap().0])),
+                    _ = &mut guard => panic!("{} SYNs in 30 s", syns.len()),
+                }
+            }
         }
-        assert_eq!(syns, 2, "SYN at 0 and after the 1 s timeout");
+        let key = |p: &Pkt| (p.ty, p.cid, p.seq, p.ack);
+        assert_eq!(syns[0].ty, 4);
+        assert_eq!(key(&syns[0]), key(&syns[1]), "the SYN resent as it was");
         assert_eq!(client.n_connections(), 0, "a dropped connect is forgotten");
         // A socket that does not listen answers a SYN with RESET: refused.
         let other = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
-        let e = tokio::time::timeout(Duration::from_secs(2), client.connect(other.local_addr().unwrap()))
+        let e = tokio::time::timeout(Duration::from_secs(30), client.connect(other.local_addr().unwrap()))
             .await
             .unwrap()
             .err()

@@ -103,6 +103,17 @@ const DHT_COUNTS: &[(&str, u64, u64, u64)] = &[
     ("terezaburianova__VUT-PDS/small.pcap", 492, 0, 500),
 ];
 
+/// Messages we decode that tshark does not (see `DHT_COUNTS`): VUT-PDS
+/// small.pcap's 8 on ports tshark gives to other dissectors, arkime
+/// bt-udp.pcap's response with a mangled key.
+fn dht_extra(file: &str) -> u64 {
+    match file {
+        "terezaburianova__VUT-PDS/small.pcap" => 8,
+        "arkime__arkime/bt-udp.pcap" => 1,
+        _ => 0,
+    }
+}
+
 /// tshark's count of DHT messages outside ICMP errors.
 fn tshark_dht_on_wire(file: &Path) -> u64 {
     let out = Command::new("tshark")
@@ -115,7 +126,7 @@ fn tshark_dht_on_wire(file: &Path) -> u64 {
 }
 
 #[test]
-fn issue5_dht_messages_match_or_exceed_tshark_on_every_public_capture() {
+fn issue5_dht_messages_equal_tshark_or_an_explained_difference_on_every_public_capture() {
     let Some(c) = corpus() else { return };
     let csv = std::fs::read_to_string(c.join("tshark_counts.csv")).expect("tshark_counts.csv");
     let mut tshark_csv: BTreeMap<String, u64> = BTreeMap::new();
@@ -149,7 +160,11 @@ fn issue5_dht_messages_match_or_exceed_tshark_on_every_public_capture() {
             Some((_, t, icmp, o)) => {
                 assert_eq!(n, t, "{f}: tshark_counts.csv changed");
                 assert_eq!(ours(f), *o, "{f}");
-                assert!(*o >= t - icmp, "{f}: ours {o} < tshark {t} - {icmp} ICMP quotes");
+                assert_eq!(
+                    *o,
+                    t - icmp + dht_extra(f),
+                    "{f}: ours vs tshark {t} - {icmp} ICMP quotes"
+                );
             }
         }
     }
@@ -160,7 +175,7 @@ fn issue5_dht_messages_match_or_exceed_tshark_on_every_public_capture() {
         for (f, t, icmp, o) in DHT_COUNTS {
             let wire = tshark_dht_on_wire(&c.join(f));
             assert_eq!(wire, t - icmp, "{f}: tshark outside ICMP");
-            assert!(*o >= wire, "{f}");
+            assert_eq!(*o, wire + dht_extra(f), "{f}");
         }
     }
     // The messages are no anomalies, except the suricata test file's
@@ -681,9 +696,15 @@ fn issue5_query_flood_is_bounded_by_the_pending_table() {
 
 #[test]
 fn issue5_dht_tables_do_not_depend_on_thread_count() {
+    // magnet.pcap alone when the corpus is absent (then the skip is
+    // recorded): 1,011 KRPC messages (tshark: 1,034 bt-dht frames, 23 of
+    // them ICMP errors quoting one), spread over the shards either way.
     let mut inputs = vec![sample("magnet.pcap")];
+    let mut n_messages = 1011;
     if let Some(c) = corpus() {
         inputs.push(c.join("terezaburianova__VUT-PDS/small.pcap"));
+        // VUT small.pcap: 500 (DHT_COUNTS above: tshark's 492 and 8 more).
+        n_messages += 500;
     }
     let with = |threads| {
         run_with(
@@ -707,5 +728,6 @@ fn issue5_dht_tables_do_not_depend_on_thread_count() {
     ] {
         assert!(table(&one, t).equals_missing(&table(&many, t)), "{t} differs");
     }
+    assert_eq!(table(&one, "dht_messages").height(), n_messages);
     assert!(table(&one, "dht_nodes").height() > 100);
 }

@@ -13,20 +13,20 @@ use swarmtap::geo::GeoDb;
 
 use super::*;
 
+/// A database file in `$SWARMTAP_GEOIP_DIR` or target/geoip/ (where
+/// tests/setup.sh puts them); absent: the skip rule of `require`.
+#[track_caller]
 fn db(name: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("SWARMTAP_GEOIP_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/geoip"));
     let p = dir.join(name);
-    if p.is_file() {
-        Some(p)
-    } else if std::env::var_os("SWARMTAP_REQUIRE_GEOIP").is_some() {
-        // tests/run-all.sh has just run tests/setup.sh, which fetches it.
-        panic!("{} is absent although SWARMTAP_REQUIRE_GEOIP is set", p.display());
-    } else {
-        eprintln!("skipping: {} is absent (tests/setup.sh fetches it)", p.display());
-        None
-    }
+    require::require(
+        p.is_file(),
+        "a geolocation database",
+        &format!("{} is absent (tests/setup.sh fetches it)", p.display()),
+    )
+    .then_some(p)
 }
 
 fn with_geo(paths: &[PathBuf]) -> Settings {

@@ -1,8 +1,9 @@
 //! `swarmtap live` (issue 7) on a veth pair between two network namespaces
 //! the test creates: a sample capture is replayed with tcpreplay into one
 //! end and captured on the other. No traffic leaves the namespaces (they
-//! have no route and nothing else attached). The tests skip, saying why,
-//! when not root or when `ip netns` or tcpreplay is unavailable.
+//! have no route and nothing else attached). When not root or when `ip
+//! netns` or tcpreplay is unavailable the tests follow `require`'s rule:
+//! a failure under SWARMTAP_REQUIRE_ALL, else a recorded skip.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use polars::prelude::*;
 use swarmtap::sink::TABLE_NAMES;
 
-use super::{run, strs, table, u64s};
+use super::{require, run, strs, table, u64s};
 
 /// Two namespaces joined by a veth pair; deleted on drop (also when the
 /// test fails), which deletes the veth pair with them.
@@ -42,13 +43,14 @@ fn sh(args: &[&str]) -> bool {
 impl Netns {
     /// Sets up the pair, or says why not.
     fn new() -> Option<Netns> {
-        let uid = Command::new("id").arg("-u").output().ok()?;
-        if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-            eprintln!("skipping live test: needs root (network namespaces)");
+        if !require::root("the live tests create network namespaces and a veth pair") {
             return None;
         }
-        if !sh(&["tcpreplay", "-V"]) {
-            eprintln!("skipping live test: tcpreplay is not installed (tests/setup.sh installs it)");
+        if !require::require(
+            sh(&["tcpreplay", "-V"]),
+            "tcpreplay",
+            "not installed (tests/setup.sh installs it)",
+        ) {
             return None;
         }
         static N: AtomicU32 = AtomicU32::new(0);
@@ -60,8 +62,11 @@ impl Netns {
             rx_if: format!("swr{id}"),
             pids: Default::default(),
         };
-        if !sh(&["ip", "netns", "add", &n.tx_ns]) {
-            eprintln!("skipping live test: `ip netns add` failed (no ip, or no CAP_SYS_ADMIN)");
+        if !require::require(
+            sh(&["ip", "netns", "add", &n.tx_ns]),
+            "network namespaces",
+            "`ip netns add` failed (no ip, or no CAP_SYS_ADMIN)",
+        ) {
             return None;
         }
         let ok = sh(&["ip", "netns", "add", &n.rx_ns])
@@ -69,8 +74,7 @@ impl Netns {
                 "ip", "link", "add", &n.tx_if, "netns", &n.tx_ns, "type", "veth", "peer", "name", &n.rx_if, "netns",
                 &n.rx_ns,
             ]);
-        if !ok {
-            eprintln!("skipping live test: cannot create a veth pair between namespaces");
+        if !require::require(ok, "a veth pair", "cannot create one between the namespaces") {
             return None;
         }
         for (ns, dev) in [(&n.tx_ns, &n.tx_if), (&n.rx_ns, &n.rx_if)] {
@@ -479,7 +483,24 @@ fn live_killed_mid_run_leaves_only_whole_files() {
     let mut live = ns.live(&out, &["--rotate", "1s", "--duration", "60s"]);
     // ~16 s of replay at 2 Mbit/s: traffic through the whole run.
     let mut replay = ns.replay(&sample("utp.pcap"), &["--mbps", "2"]);
-    std::thread::sleep(Duration::from_millis(3500));
+    // Killed once two intervals of every table are on disk and traffic has
+    // reached them: polled, so the verdict does not depend on how fast this
+    // machine runs (the 50 s bound is a hang guard within the 60 s run).
+    let t0 = Instant::now();
+    loop {
+        let ready = TABLE_NAMES.iter().all(|t| part_files(&out, t).len() >= 2)
+            && part_files(&out, "peer_messages")
+                .iter()
+                .any(|f| read(f).is_ok_and(|d| d.height() > 0));
+        if ready {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(50),
+            "two intervals with traffic not written in 50 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     live.kill().expect("SIGKILL");
     let _ = live.wait();
     let _ = replay.kill();

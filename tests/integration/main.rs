@@ -1,7 +1,10 @@
 //! End-to-end tests: the real pipeline over real captures (the public corpus
 //! in ../shared, the project's own sample-pcaps, and hand-built hostile
 //! captures), with the Parquet output read back by polars. Tests that need
-//! ../shared or tshark skip with a printed reason when those are absent.
+//! ../shared, tshark, root or the geolocation databases ask
+//! `require::require` (tests/support/require.rs): with SWARMTAP_REQUIRE_ALL
+//! set (CI) a missing prerequisite fails the test; otherwise the skip is
+//! recorded in target/test-skips/ and tests/run-all.sh lists it.
 //!
 //! One test binary; its modules group tests by feature and share the
 //! helpers defined here.
@@ -11,6 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod counting;
 mod samples;
 
 use polars::prelude::*;
@@ -22,30 +26,28 @@ use swarmtap::sink::TABLE_NAMES;
 mod dht;
 mod geo;
 mod hostile;
+mod ident;
 mod live;
 mod metadata;
 mod probe;
 mod tracker;
 
+/// Skips go through one rule: see tests/support/require.rs.
+#[path = "../support/require.rs"]
+pub mod require;
+
+/// `../shared/corpus/public`; absent: a failure under SWARMTAP_REQUIRE_ALL,
+/// else a recorded skip.
+#[track_caller]
 pub fn corpus() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is absent", p.display());
-        None
-    }
+    require::corpus(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// tshark is installed; else a failure under SWARMTAP_REQUIRE_ALL, or a
+/// recorded skip.
+#[track_caller]
 pub fn tshark() -> bool {
-    let ok = Command::new("tshark")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("skipping tshark comparison: tshark is not installed");
-    }
-    ok
+    require::tshark()
 }
 
 pub struct Run {
@@ -293,8 +295,76 @@ fn lookaway_pieces_and_progress() {
     assert!(u64s(&prog, "n_pieces").iter().all(|n| *n == Some(60)));
 }
 
+/// Where our message count differs from tshark's BitTorrent dissector:
+/// (capture, message, ours, tshark, why). Each number was derived without
+/// swarmtap. Every other message type is equal to tshark's, in both
+/// directions: double counting fails as surely as a miss.
+const TSHARK_DIFFERENCES: &[(&str, &str, u64, u64, &str)] = &[
+    (
+        "lookaway.pcap",
+        "piece",
+        119,
+        116,
+        "a hole-free walk of tshark's TCP payloads finds 119 (counting::message_counts_equal_an_\
+         independent_walk_of_clean_streams), as the torrent needs: 118 blocks of 16 KiB and one of 12 KiB",
+    ),
+    (
+        "codemonkey.pcap",
+        "piece",
+        77,
+        38,
+        "holes in the capture: tshark stops decoding a stream after its first hole; 77 frames carry a \
+         16 KiB block header (tcp.payload contains 00:00:40:09:07)",
+    ),
+    (
+        "codemonkey2.pcap",
+        "piece",
+        203,
+        190,
+        "holes: the captured bytes laid out by sequence number hold 202 headers of 16 KiB blocks \
+         and the 5,809-byte last block (piece 114 of Code Monkey.mp3, 3,741,361 B)",
+    ),
+    (
+        "codemonkey_and_testtxt.pcap",
+        "piece",
+        110,
+        65,
+        "holes: 109 frames carry a 16 KiB block header, plus test.txt's one 58-byte block",
+    ),
+    (
+        "bittorrent.pcap",
+        "piece",
+        40,
+        0,
+        "holes: 40 block headers are in captured bytes (counting::ndpi_bittorrent_piece_bytes_\
+         through_capture_gaps); tshark decodes none",
+    ),
+    (
+        "bittorrent.pcap",
+        "have_none",
+        15,
+        1,
+        "the segment before it is not captured, so tshark shows `Continuation data`; 15 frames \
+         carry the message (tcp.payload contains 00:00:00:01:0f)",
+    ),
+    (
+        "bittorrent.pcap",
+        "have",
+        390,
+        366,
+        "the same: `have`s in segments after a hole, shown as `Continuation data`",
+    ),
+    (
+        "bittorrent.pcap",
+        "bitfield",
+        17,
+        15,
+        "the same: bitfields in segments after a hole",
+    ),
+];
+
 #[test]
-fn plaintext_message_counts_at_least_tshark() {
+fn plaintext_message_counts_equal_tshark_or_an_explained_difference() {
     let Some(c) = corpus() else { return };
     if !tshark() {
         return;
@@ -307,20 +377,46 @@ fn plaintext_message_counts_at_least_tshark() {
         "tcoppi__BittorrentReconstituter/codemonkey2.pcap",
         "tcoppi__BittorrentReconstituter/codemonkey_and_testtxt.pcap",
         "ntop__nDPI/bittorrent.pcap",
-        "chrissanders__packets/torrential-slowness.pcap",
     ];
+    // Not listed: torrential-slowness.pcap. tshark decodes its messages
+    // because the streams use port 6881; every stream there is picked up
+    // mid-connection and frames at most a message or two one way, which is
+    // not enough to call a stream peer wire on a tap (issue 14: a run of
+    // messages both ways), so it has no connection and no message rows.
+    let mut n_equal = 0;
+    let mut n_explained = 0;
     for f in files {
         let path = c.join(f);
+        let base = f.rsplit('/').next().unwrap_or(f);
         let theirs = tshark_msg_counts(&path);
         let r = run(&[path], &[]);
-        let ours = count_by(&table(&r, "peer_messages"), "msg");
-        for (msg, n) in &theirs {
+        let mut ours = count_by(&table(&r, "peer_messages"), "msg");
+        // tshark gives these no message type.
+        ours.remove("handshake");
+        ours.remove("keepalive");
+        let names: std::collections::BTreeSet<&String> = ours.keys().chain(theirs.keys()).collect();
+        for msg in names {
             let o = ours.get(msg).copied().unwrap_or(0);
-            // More is expected where tshark's dissector loses messages it
-            // cannot reassemble (piece messages spanning retransmissions).
-            assert!(o >= *n, "{f}: {msg}: ours {o} < tshark {n} (ours {ours:?})");
+            let t = theirs.get(msg).copied().unwrap_or(0);
+            match TSHARK_DIFFERENCES.iter().find(|d| d.0 == base && d.1 == msg) {
+                Some((_, _, want, tshark_n, why)) => {
+                    assert_eq!(t, *tshark_n, "{f}: {msg}: tshark's count changed");
+                    assert_eq!(o, *want, "{f}: {msg}: ours vs the explained count ({why})");
+                    n_explained += 1;
+                }
+                None => {
+                    assert_eq!(o, t, "{f}: {msg}: ours vs tshark");
+                    n_equal += 1;
+                }
+            }
         }
     }
+    assert_eq!(
+        n_explained,
+        TSHARK_DIFFERENCES.len(),
+        "every listed difference was seen"
+    );
+    assert_eq!(n_equal, 43, "counts equal to tshark's");
 }
 
 #[test]
@@ -594,37 +690,75 @@ fn hostile_captures_are_counted_not_fatal() {
     }
 }
 
+/// A single-file .torrent of `n_pieces` pieces of 32 KiB (piece hashes
+/// zero: nothing is verified against them).
+pub fn tiny_torrent(path: &Path, n_pieces: usize) -> [u8; 20] {
+    let mut info = format!(
+        "d6:lengthi{}e4:name4:tiny12:piece lengthi32768e6:pieces{}:",
+        n_pieces * 32768,
+        n_pieces * 20
+    )
+    .into_bytes();
+    info.extend(vec![0u8; n_pieces * 20]);
+    info.push(b'e');
+    let mut t = b"d4:info".to_vec();
+    t.extend(&info);
+    t.push(b'e');
+    std::fs::write(path, &t).expect("write torrent");
+    parse_torrent(&t).expect("torrent").info_hash_v1.expect("v1")
+}
+
 #[test]
 fn bitfield_longer_than_the_torrent_is_counted_and_bounded() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    // A real torrent shape: 2 pieces (mippo), but the peer sends 5000 bytes
-    // of bitfield.
-    let Some(c) = corpus() else { return };
-    let tor = c.join("tcoppi__BittorrentReconstituter/mippo-creative_v92.mp3.torrent");
-    let ih: [u8; 20] = parse_torrent(&std::fs::read(&tor).expect("read"))
-        .expect("t")
-        .info_hash_v1
-        .expect("v1");
+    // A 2-piece torrent (BEP 3: a 1-byte bitfield, 6 spare bits zero), but
+    // the responder sends 5,000 bytes of 0xFF, then a `have` far past the
+    // end; the originator a 1-byte bitfield with a spare bit set.
+    let tor = tmp.path().join("two.torrent");
+    let ih = tiny_torrent(&tor, 2);
     let mut bf = 5001u32.to_be_bytes().to_vec();
     bf.push(5);
     bf.extend(vec![0xFFu8; 5000]);
     let mut have = 5u32.to_be_bytes().to_vec();
     have.push(4);
     have.extend(1_000_000u32.to_be_bytes());
+    let spare = vec![0, 0, 0, 2, 5, 0b1010_0000];
     let frames = connection(
-        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa")],
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), spare],
         &[handshake(ih, b"-qB4520-bbbbbbbbbbbb"), bf, have],
     );
     let p = tmp.path().join("bf.pcap");
     write_pcap(&p, &frames);
     let r = run(&[p], &[tor]);
+    // Counted: one anomaly per bad bitfield.
+    let a = table(&r, "anomalies");
+    let kinds = strs(&a, "kind");
+    let mut details: Vec<_> = strs(&a, "detail")
+        .into_iter()
+        .zip(&kinds)
+        .filter(|(_, k)| k.as_deref() == Some("bitfield_wrong_size"))
+        .map(|(d, _)| d.unwrap_or_default())
+        .collect();
+    details.sort();
+    assert_eq!(
+        details,
+        ["1 bytes for 2 pieces", "5000 bytes for 2 pieces"],
+        "{kinds:?}"
+    );
+    // Bounded: each peer holds at most the torrent's 2 pieces (the
+    // originator's spare bit and the responder's 39,998 extra bits and
+    // `have 1000000` are dropped).
     let peers = table(&r, "peers");
-    // The responder's piece count is capped by the torrent's 2 pieces only
-    // through the completion math; what it claims is kept as seen.
-    let prog = table(&r, "peer_progress");
-    assert!(prog.height() >= 1);
-    assert_eq!(u64s(&prog, "n_pieces"), vec![Some(2); prog.height()]);
     assert_eq!(peers.height(), 2);
+    let by_port: BTreeMap<u64, Option<u64>> = u64s(&peers, "peer_port")
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .zip(u64s(&peers, "last_pieces"))
+        .collect();
+    assert_eq!(by_port, BTreeMap::from([(40000, Some(1)), (6881, Some(2))]));
+    let prog = table(&r, "peer_progress");
+    assert_eq!(u64s(&prog, "n_pieces"), vec![Some(2); prog.height()]);
+    assert!(u64s(&prog, "n_pieces_have").iter().all(|h| h.is_some_and(|h| h <= 2)));
 }
 
 #[test]

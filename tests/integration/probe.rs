@@ -3,8 +3,9 @@
 //! generator's helpers): opentracker, a libtorrent seeder, a Transmission
 //! leecher requiring encryption, a libtorrent leecher over TCP only and one
 //! over uTP only; the probe runs in a
-//! namespace of its own whose interface is captured. Skipped, with the
-//! reason printed, when not root or when a tool is missing.
+//! namespace of its own whose interface is captured. When not root or when
+//! a tool is missing: a failure under SWARMTAP_REQUIRE_ALL, else a recorded
+//! skip (tests/support/require.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -73,7 +74,7 @@ fn bools(df: &DataFrame, c: &str) -> Vec<Option<bool>> {
 #[test]
 fn probe_swarm_of_real_clients() {
     if let Some(why) = missing_prerequisite() {
-        eprintln!("skipping probe_swarm_of_real_clients: {why}");
+        super::require::skip("the probe's swarm (root, namespaces, real clients)", &why);
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -534,8 +535,10 @@ fn probe_sigint_writes_every_table() {
         .expect("kill")
         .success());
     assert!(child.wait().expect("wait").success());
-    let waited = t.elapsed().as_secs_f64();
-    assert!(waited < 2.0, "{waited:.1} s from SIGINT to exit");
+    // What ended the uTP attempt is in the data: its outcome is
+    // `cancelled`, not `timeout` (below), so the exit came from SIGINT and
+    // not from the 10 s connect timeout; the time taken is only reported.
+    eprintln!("{:.2} s from SIGINT to exit", t.elapsed().as_secs_f64());
     let v = read(tmp3.path(), "probe_visits");
     let got: Vec<(Option<String>, Option<String>)> =
         strs(&v, "transport").into_iter().zip(strs(&v, "outcome")).collect();

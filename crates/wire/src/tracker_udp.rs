@@ -1044,7 +1044,7 @@ pub fn classify_request(d: &[u8], limits: &UdpLimits) -> Option<(RequestClass, C
 /// is cut when parsed, and flagged). With the connection id known (the
 /// connect exchange was captured) this is enough: the values are the
 /// client's to report, out of range or not, and an audit must see them.
-fn request_shape(d: &[u8], limits: &UdpLimits) -> Option<RequestClass> {
+pub fn request_shape(d: &[u8], limits: &UdpLimits) -> Option<RequestClass> {
     let first = be_u64(d, 0)?;
     let action = be_u32(d, 8)?;
     if first == PROTOCOL_ID {
@@ -2277,10 +2277,11 @@ pub(crate) mod test_capture {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::path::PathBuf;
 
-    /// `../shared/corpus/public` next to the crate, if present.
+    /// `../shared/corpus/public`, or the skip rule of `crate::require` (a
+    /// failure under SWARMTAP_REQUIRE_ALL, else a recorded skip).
+    #[track_caller]
     pub(crate) fn corpus_dir() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
-        dir.is_dir().then_some(dir)
+        crate::require::corpus(env!("CARGO_MANIFEST_DIR"))
     }
 
     /// One captured frame: 1-based number, time in µs, link type, bytes.
@@ -2640,14 +2641,8 @@ mod corpus_tests {
     /// (started late, or the client reused a cached connection id), so
     /// announces must be recognised by structure alone.
     fn run_with(file: &str, skip_connects: bool) -> Option<Counts> {
-        let Some(dir) = corpus_dir() else {
-            println!("skipped: ../shared/corpus/public not found");
-            return None;
-        };
-        let Ok(bytes) = std::fs::read(dir.join(file)) else {
-            println!("skipped: {file} not found");
-            return None;
-        };
+        let dir = corpus_dir()?;
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let frames = read_frames(&bytes).expect("capture");
         let limits = UdpLimits::default();
         let mut pending: PendingUdp<usize> = PendingUdp::new(PendingLimits::default());

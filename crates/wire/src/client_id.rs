@@ -239,7 +239,8 @@ pub fn client_from_peer_id(id: &[u8]) -> Option<String> {
             .filter_map(|&b| ver_char(b))
             .map(|d| d.to_string())
             .collect();
-        if !ver.is_empty() && id[1..9].contains(&b'-') {
+        // The dash within bytes 1..9 (fewer when the id is shorter).
+        if !ver.is_empty() && id.iter().skip(1).take(8).any(|&b| b == b'-') {
             return Some(format!("{name} {}", ver.join(".")));
         }
     }
@@ -301,6 +302,33 @@ mod tests {
         }
         assert_eq!(client_from_peer_id(&[0u8; 20]), None);
         assert_eq!(client_from_peer_id(b"-TR"), None);
+    }
+
+    /// Found by the client_id fuzz target: an 8-byte id with a Shadow-style
+    /// first letter indexed bytes 1..9. Every prefix of every known style,
+    /// at every length, must answer without panicking.
+    #[test]
+    fn short_ids_never_panic() {
+        assert_eq!(client_from_peer_id(b"T\xfdTR3000"), None);
+        assert_eq!(client_from_peer_id(b"S58B---").as_deref(), None, "shorter than 8 bytes");
+        assert_eq!(
+            client_from_peer_id(b"S58B----").as_deref(),
+            Some("Shadow's client 5.8.11")
+        );
+        let styles: &[&[u8]] = &[
+            b"-TR2940-abcdefghijkl",
+            b"M4-3-6--abcdefghijkl",
+            b"S58B-----abcdefghijk",
+            b"A2-1-36-0-abcdefghij",
+            b"exbc\x01\x02abcdefghijklmn",
+            b"OP1234abcdefghijklmn",
+            b"T\xfdTR3000abcdefghijk",
+        ];
+        for id in styles {
+            for n in 0..=id.len() {
+                let _ = client_from_peer_id(&id[..n]);
+            }
+        }
     }
 
     #[test]

@@ -2038,7 +2038,8 @@ mod tests {
     }
 
     // -----------------------------------------------------------------------
-    // Real captures (../shared/corpus/public), skipped when absent.
+    // Real captures (../shared/corpus/public); when absent, `crate::require`'s
+    // rule (a failure under SWARMTAP_REQUIRE_ALL, else a recorded skip).
     // -----------------------------------------------------------------------
 
     struct Datagram {
@@ -2109,17 +2110,9 @@ mod tests {
         Some(out)
     }
 
+    #[track_caller]
     fn corpus(rel: &str) -> Option<Vec<u8>> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public")
-            .join(rel);
-        match std::fs::read(&path) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                println!("skipping {}: {e}", path.display());
-                None
-            }
-        }
+        crate::require::corpus_file(env!("CARGO_MANIFEST_DIR"), rel)
     }
 
     /// Our view of one message in the compact form used by the expectations

@@ -18,7 +18,7 @@
 //!   for a message header that is plausible and is followed by another
 //!   plausible header, and resumes framing there. Hunting is bounded in bytes.
 
-use super::super::flow::Chunk;
+use crate::stream::Chunk;
 
 /// `\x13BitTorrent protocol`, the first 20 bytes of a plaintext handshake.
 pub const HANDSHAKE_PREFIX: &[u8; 20] = b"\x13BitTorrent protocol";

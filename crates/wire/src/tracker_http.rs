@@ -2977,14 +2977,8 @@ mod corpus_tests {
     }
 
     fn run(file: &str) -> Option<Found> {
-        let Some(dir) = corpus_dir() else {
-            println!("skipped: ../shared/corpus/public not found");
-            return None;
-        };
-        let Ok(bytes) = std::fs::read(dir.join(file)) else {
-            println!("skipped: {file} not found");
-            return None;
-        };
+        let dir = corpus_dir()?;
+        let bytes = std::fs::read(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         let frames = read_frames(&bytes).expect("capture");
         let mut found = Found::default();
         for conn in tcp_conns(&frames) {

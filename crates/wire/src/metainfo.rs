@@ -264,17 +264,12 @@ pub fn hex(b: &[u8]) -> String {
 mod tests {
     use super::*;
 
+    #[track_caller]
     fn corpus(name: &str) -> Option<Vec<u8>> {
-        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/corpus/public/tcoppi__BittorrentReconstituter")
-            .join(name);
-        match std::fs::read(&p) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                eprintln!("skipping: {} unavailable ({e})", p.display());
-                None
-            }
-        }
+        crate::require::corpus_file(
+            env!("CARGO_MANIFEST_DIR"),
+            &format!("tcoppi__BittorrentReconstituter/{name}"),
+        )
     }
 
     #[test]
