@@ -348,15 +348,14 @@ impl FlowKey {
     /// modulo 64 kept only the low 6 bits of every byte, so 4,700 SYNs could
     /// be aimed at the shard of one valid connection. A secret key makes the
     /// shard of a tuple unpredictable (a passive analyzer shows the attacker
-    /// no hash). Output does not depend on the key: flows are independent of
-    /// their shard, and the flow table shares its free room among the shards
-    /// (see `Limits::max_flows`).
+    /// no hash). Output does not depend on the key while the flow table has
+    /// room: flows are independent of their shard, and the table shares its
+    /// free room among the shards (see `Limits::max_flows`); once it is full,
+    /// which flows are evicted does.
     pub fn shard_hash(&self) -> u64 {
-        use std::hash::{BuildHasher, Hash, Hasher};
+        use std::hash::BuildHasher;
         static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
-        let mut h = KEY.get_or_init(Default::default).build_hasher();
-        self.hash(&mut h);
-        h.finish()
+        KEY.get_or_init(Default::default).hash_one(self)
     }
 
     /// A hash that is the same in every run and on every machine. FNV-1a

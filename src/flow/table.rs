@@ -101,11 +101,14 @@ type FlowHasher = foldhash::fast::RandomState;
 /// What [`Shard::snapshot`] calls for every open flow.
 pub type SnapshotFn<'a, A> = dyn FnMut(&A, &FlowSummary, AppRef<'_, <A as FlowApps>::Tcp, <A as FlowApps>::Udp>) + 'a;
 
+/// A shard's flows by key.
+type FlowMap<A> = HashMap<FlowKey, Box<Flow<<A as FlowApps>::Tcp, <A as FlowApps>::Udp>>, FlowHasher>;
+
 /// One shard: its flows, and the application side `A` they are handed to.
 pub struct Shard<A: FlowApps> {
     /// Boxed: a table sized for a flood holds mostly empty buckets, which
     /// then cost a pointer each instead of a whole `Flow`.
-    flows: HashMap<FlowKey, Box<Flow<A::Tcp, A::Udp>>, FlowHasher>,
+    flows: FlowMap<A>,
     /// Flows this shard may hold during the current batch: its own plus its
     /// share of the whole table's free room (see [`Shard::share_room`]).
     cap: usize,
