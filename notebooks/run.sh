@@ -50,7 +50,8 @@ analyze() {
   shift
   rm -rf "$out"
   mkdir -p "$(dirname "$out")"
-  if swarmtap analyze "$@" -o "$out" >"$out.log" 2>&1; then
+  # stdin from /dev/null: without inputs swarmtap reads a piped stdin.
+  if swarmtap analyze "$@" -o "$out" >"$out.log" 2>&1 </dev/null; then
     echo "run.sh: wrote $out (swarmtap analyze ${*:-[bundled sample-pcaps/]})"
   else
     echo "run.sh: swarmtap analyze $* failed; see $out.log:" >&2

@@ -97,6 +97,12 @@ pub struct Limits {
     /// identifies the peer). Real clients send it within the first few
     /// messages.
     pub max_held_events: usize,
+    /// peer_messages rows of connections without an info_hash yet (picked
+    /// up mid-stream) held until the swarm state attributes the connection,
+    /// so that every row of it carries the info_hash. ~150 bytes each: 2^18
+    /// ≈ 40 MB. Past it the oldest are written without one, counted as
+    /// anomaly `held_messages_released`.
+    pub max_held_messages: usize,
     /// Packet time a connection holds its events at most (settled at its
     /// first packet after that, keep-alives included): an originator that
     /// announces BEP 10 and never sends its handshake must not hold the
@@ -108,6 +114,11 @@ pub struct Limits {
     /// by what these bytes can frame. Real peer wire confirms within a few
     /// messages (three 16 KiB blocks one way, three requests the other).
     pub max_midstream_probe_bytes: u64,
+    /// Messages one direction of such a stream may frame (their rows staged
+    /// in memory) while the other has not framed its run: past it the
+    /// stream is given up as one-way. Bounds the staged rows of a hostile
+    /// stream of tiny messages to a few kilobytes.
+    pub max_midstream_staged_msgs: u64,
     /// uTP-shaped datagrams of one UDP flow copied while the flow's uTP is
     /// not confirmed yet (`dissect::datagram::UtpConsistency`), and their
     /// bytes: a real connection confirms within its first handful of
@@ -256,8 +267,10 @@ impl Default for Limits {
             sink_buffer_bytes: 12 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
+            max_held_messages: 1 << 18,
             max_hold_us: 20 * 1_000_000,
             max_midstream_probe_bytes: 1 << 20,
+            max_midstream_staged_msgs: 256,
             utp_probe_max_datagrams: 64,
             utp_probe_max_bytes: 96 * 1024,
             max_waiting_events: 1 << 18,
@@ -319,10 +332,29 @@ pub struct Settings {
     /// `--verify-checksums`: drop TCP/UDP packets whose checksum is wrong
     /// (as a receiver does), counting them, instead of only counting them.
     pub verify_checksums: bool,
+    /// The `sensor` column of every table (`--sensor`); None: the host name.
+    pub sensor: Option<String>,
+    /// Write into an output folder that holds something else (`--force`).
+    pub force: bool,
     /// Write connection, peer, torrent and audit rows of flows identified
     /// with weak confidence too (`--keep-weak`); by default they stay in
     /// `flows` only.
     pub keep_weak: bool,
+}
+
+impl Settings {
+    /// How the run's dataset is written.
+    pub fn output_options(&self) -> crate::sink::OutputOptions {
+        let mut o = crate::sink::OutputOptions {
+            budget: self.limits.sink_buffer_bytes,
+            force: self.force,
+            ..Default::default()
+        };
+        if let Some(s) = &self.sensor {
+            o.sensor = s.clone();
+        }
+        o
+    }
 }
 
 impl Default for Settings {
@@ -337,6 +369,8 @@ impl Default for Settings {
             audit_max_link_bps: 1.25e9,
             geo: None,
             verify_checksums: false,
+            sensor: None,
+            force: false,
             keep_weak: false,
         }
     }

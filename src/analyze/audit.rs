@@ -746,4 +746,47 @@ mod tests {
         assert_eq!(tolerance(0, 3), 6 * BLOCK_BYTES);
         assert_eq!(tolerance(10_000_000, 1), 1_000_000);
     }
+
+    #[test]
+    fn encrypted_payload_bounds_what_an_encrypted_client_uploaded() {
+        // The client's only connection is MSE-encrypted: no piece message
+        // is visible, its 1 MB of payload sent is the upper bound. A claim
+        // within it (piece data plus protocol overhead) passes; four times
+        // it is flagged.
+        let conn = crate::sink::ConnectionRow {
+            encrypted: true,
+            orig_ip: "10.0.0.1".into(),
+            resp_ip: "10.0.0.2".into(),
+            first_ts: Ts(2_000_000),
+            last_ts: Ts(50_000_000),
+            payload_bytes_orig: 1_000_000,
+            payload_bytes_resp: 20_000,
+            ..Default::default()
+        };
+        for (claim, flagged) in [(950_000u64, false), (4_000_000, true)] {
+            let mut a = Audit::new(Limits::default(), 1.25e9, &["x".into()], &[]);
+            a.observe(
+                &[],
+                &[
+                    mark(1, 1, 0, MarkEvent::Started),
+                    mark(60, 60, claim, MarkEvent::Stopped),
+                ],
+            );
+            a.observe_rows(&RowBatch {
+                connections: vec![conn.clone()],
+                ..Default::default()
+            });
+            let mut rows = RowBatch::default();
+            a.finish(&mut rows);
+            let r = rows.announce_audit.into_iter().next().unwrap_or_default();
+            assert_eq!((r.observed_uploaded, r.opaque_sent_bytes), (0, 1_000_000));
+            assert_eq!(r.coverage, "client");
+            assert_eq!(
+                r.flags.contains(&"upload_above_wire".to_string()),
+                flagged,
+                "{claim}: {:?}",
+                r.flags
+            );
+        }
+    }
 }

@@ -440,7 +440,8 @@ impl StreamApp {
                     );
                     return;
                 }
-                if c.session.gave_up() || c.fed_bytes > env.limits.max_midstream_probe_bytes {
+                let one_way = o.max(r) > env.limits.max_midstream_staged_msgs;
+                if c.session.gave_up() || one_way || c.fed_bytes > env.limits.max_midstream_probe_bytes {
                     let id = self.identified();
                     if let StreamApp::Candidate(c) = self {
                         if let Some(k) = c.hold.take() {
@@ -718,6 +719,15 @@ mod tests {
         assert_eq!((id.app, id.confidence), ("peer_wire", Some(Confidence::Weak)));
         assert!(row.is_none());
         assert!(out.rows.peer_messages.is_empty() && out.events.is_empty() && out.rows.anomalies.is_empty());
+    }
+
+    #[test]
+    fn a_one_way_flood_of_tiny_messages_is_given_up_at_the_staging_bound() {
+        let chunks: Vec<(usize, Vec<u8>)> = (0..1000).map(|p| (ORIG, have(p))).collect();
+        let (id, row, out) = run(true, &chunks);
+        assert_eq!(id.app, "peer_wire");
+        assert!(row.is_none() && out.rows.peer_messages.is_empty());
+        assert!(out.held_since.is_empty());
     }
 
     #[test]

@@ -39,6 +39,9 @@ struct Flow<T, U> {
     /// `last_ts` on the flow clock (see [`PacketNote::clock`]): what idle
     /// expiry and the close linger are measured on.
     last_clock: i64,
+    /// Frame of the packet that set `last_ts` (rows a flow's end emits
+    /// carry it: frames are 1-based, never 0).
+    last_frame: u64,
     n_packets: [u64; 2],
     payload: [u64; 2],
     /// Packets with a wrong TCP/UDP checksum (see `PacketNote`).
@@ -280,7 +283,10 @@ impl<A: FlowApps> Shard<A> {
         }
         let Some(f) = self.flows.get_mut(&key) else { return };
         let side = if from_a == f.orig_is_a { ORIG } else { RESP };
-        f.last_ts = f.last_ts.max(ctx.ts);
+        if ctx.ts >= f.last_ts {
+            f.last_ts = ctx.ts;
+            f.last_frame = ctx.frame;
+        }
         f.last_clock = f.last_clock.max(clock);
         f.n_bad_checksums = f.n_bad_checksums.saturating_add(u32::from(note.bad_checksum));
         f.n_packets[side] += 1;
@@ -452,6 +458,7 @@ impl<A: FlowApps> Shard<A> {
             first_ts: ctx.ts,
             last_ts: ctx.ts,
             last_clock: clock,
+            last_frame: ctx.frame,
             n_packets: [0, 0],
             payload: [0, 0],
             n_bad_checksums: 0,
@@ -600,13 +607,13 @@ impl<A: FlowApps> Shard<A> {
         self.apps.finish();
     }
 
-    fn end_flow(&mut self, key: FlowKey, f: Flow<A::Tcp, A::Udp>, reason: EndReason, ctx: FrameCtx) {
+    fn end_flow(&mut self, key: FlowKey, f: Flow<A::Tcp, A::Udp>, reason: EndReason, _ended_at: FrameCtx) {
         // Whatever ends the flow (a sweep at a batch end, the next packet of
         // the 4-tuple, eviction, end of input), what it emits is timed by the
         // flow's own last packet, so that batch boundaries never show.
         let ctx = FrameCtx {
             ts: f.last_ts,
-            frame: ctx.frame,
+            frame: f.last_frame,
             capture: f.capture,
         };
         let info = flow_info(&f);

@@ -172,7 +172,13 @@ pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
     {
         let ih = tdf.column("info_hash").map_err(err)?.str().map_err(err)?;
         let name = tdf.column("name").map_err(err)?.str().map_err(err)?;
-        let np = tdf.column("n_pieces").map_err(err)?.u64().map_err(err)?;
+        // Older datasets wrote u64, newer ones int64: read either.
+        let np = tdf
+            .column("n_pieces")
+            .map_err(err)?
+            .cast(&DataType::Int64)
+            .map_err(err)?;
+        let np = np.i64().map_err(err)?;
         let src = tdf.column("n_pieces_source").map_err(err)?.str().map_err(err)?;
         for i in 0..tdf.height() {
             let Some(h) = ih.get(i).and_then(unhex20) else { continue };
@@ -187,7 +193,12 @@ pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
     }
     let ih = pdf.column("info_hash").map_err(err)?.str().map_err(err)?;
     let ip = pdf.column("peer_ip").map_err(err)?.str().map_err(err)?;
-    let port = pdf.column("peer_port").map_err(err)?.u32().map_err(err)?;
+    let port = pdf
+        .column("peer_port")
+        .map_err(err)?
+        .cast(&DataType::Int64)
+        .map_err(err)?;
+    let port = port.i64().map_err(err)?;
     // uTP evidence (absent from datasets older than the column).
     let utp = pdf.column("utp").ok().and_then(|c| c.bool().ok());
     for i in 0..pdf.height() {

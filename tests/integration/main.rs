@@ -29,6 +29,7 @@ mod hostile;
 mod ident;
 mod live;
 mod metadata;
+mod output;
 mod probe;
 mod tracker;
 
