@@ -127,6 +127,11 @@ pub struct AnalysisOpts {
     /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
     #[arg(long = "max-flows")]
     pub max_flows: Option<usize>,
+    /// Drop TCP/UDP packets with a wrong checksum, as their receiver would
+    /// (they are always counted: flows.n_bad_checksums, capture_stats).
+    /// Checksum-offload patterns from the capturing host are not wrong.
+    #[arg(long = "verify-checksums")]
+    pub verify_checksums: bool,
 }
 
 #[derive(Debug, Args)]

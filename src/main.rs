@@ -87,6 +87,7 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
         keep_weak: o.keep_weak,
         rate_window_s: u32::try_from(o.rate_window.as_secs()).unwrap_or(u32::MAX).max(1),
         threads: o.threads,
+        verify_checksums: o.verify_checksums,
         sensor: o.sensor.clone(),
         force: o.force,
         ..Settings::default()

@@ -36,7 +36,7 @@ use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
 use crate::dissect::Confidence;
-use crate::flow::table::Shard;
+use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
@@ -106,6 +106,92 @@ struct DecodeCounts {
     tcp: u64,
     udp: u64,
     anomalies: u64,
+    ts_backwards: u64,
+    ts_jumps: u64,
+    bad_checksums: u64,
+}
+
+/// The sequential part of packet judgement, kept across batches: the flow
+/// clock (see `PacketNote::clock`) and which sources send checksum-offload
+/// patterns of their own.
+#[derive(Debug)]
+struct PacketJudge {
+    prev_ts: Option<i64>,
+    clock: i64,
+    max_jump_us: i64,
+    /// Sources judged by their first checked packet: true when it carried a
+    /// checksum-offload pattern (the capturing host, or a namespace of it:
+    /// its packets were captured before the NIC filled the checksum in).
+    offload_sources: HashMap<IpAddr, bool>,
+    max_sources: usize,
+    verify: bool,
+}
+
+/// How a frame's timestamp moved the flow clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClockStep {
+    Normal,
+    Backwards,
+    Jump,
+}
+
+impl PacketJudge {
+    fn new(settings: &Settings) -> Self {
+        PacketJudge {
+            prev_ts: None,
+            clock: i64::MIN,
+            max_jump_us: settings.limits.max_clock_jump_us,
+            offload_sources: HashMap::new(),
+            max_sources: settings.limits.max_checksum_sources,
+            verify: settings.verify_checksums,
+        }
+    }
+
+    /// Advances the flow clock to a frame stamped `ts`: by the time since
+    /// the previous frame, or by nothing when that is negative or more than
+    /// `max_jump_us` (a clock step of the capturing host).
+    fn tick(&mut self, ts: i64) -> (i64, ClockStep) {
+        let step = match self.prev_ts {
+            None => {
+                self.clock = ts;
+                ClockStep::Normal
+            }
+            Some(prev) => {
+                let d = ts.saturating_sub(prev);
+                if d < 0 {
+                    ClockStep::Backwards
+                } else if d > self.max_jump_us {
+                    ClockStep::Jump
+                } else {
+                    self.clock = self.clock.saturating_add(d);
+                    ClockStep::Normal
+                }
+            }
+        };
+        self.prev_ts = Some(ts);
+        (self.clock, step)
+    }
+
+    /// Whether a packet's checksum counts as wrong: `Bad`, or an offload
+    /// pattern from a source whose first checked packet was not one.
+    fn bad_checksum(&mut self, p: &crate::decode::Packet) -> bool {
+        use crate::decode::Checksum;
+        let offloaded = match p.checksum {
+            Checksum::Good => false,
+            Checksum::Unchecked => return false,
+            Checksum::Offloaded => true,
+            Checksum::Bad => return true,
+        };
+        let full = self.offload_sources.len() >= self.max_sources;
+        match self.offload_sources.get(&p.src) {
+            Some(&local) => offloaded && !local,
+            None if full => offloaded,
+            None => {
+                self.offload_sources.insert(p.src, offloaded);
+                false
+            }
+        }
+    }
 }
 
 /// Caps anomaly rows per (layer, kind) and counts all of them per capture.
@@ -144,6 +230,7 @@ pub struct Engine {
     counts: HashMap<String, DecodeCounts>,
     gate: AnomalyGate,
     watermark: i64,
+    judge: PacketJudge,
     held_conns: Vec<ConnectionRow>,
     /// peer_messages rows of connections not attributed yet (mid-stream),
     /// released with the info_hash once the swarm state attributes them.
@@ -174,6 +261,9 @@ pub struct CaptureCounts {
     pub n_tcp: u64,
     pub n_udp: u64,
     pub n_anomalies: u64,
+    pub n_ts_backwards: u64,
+    pub n_ts_jumps: u64,
+    pub n_bad_checksums: u64,
 }
 
 impl From<&DecodeCounts> for CaptureCounts {
@@ -186,6 +276,9 @@ impl From<&DecodeCounts> for CaptureCounts {
             n_tcp: c.tcp,
             n_udp: c.udp,
             n_anomalies: c.anomalies,
+            n_ts_backwards: c.ts_backwards,
+            n_ts_jumps: c.ts_jumps,
+            n_bad_checksums: c.bad_checksums,
         }
     }
 }
@@ -272,6 +365,7 @@ impl Engine {
                 seen: HashMap::new(),
             },
             watermark: i64::MIN,
+            judge: PacketJudge::new(settings),
             held_conns: Vec::new(),
             held_msgs: HeldMessages::default(),
             mse: MseFlows::default(),
@@ -306,8 +400,9 @@ impl Engine {
             if let (Some(t0), true) = (first, watermark != i64::MIN) {
                 let idle = self.settings.limits.tcp_idle_us.max(self.settings.limits.udp_idle_us);
                 if t0 < watermark || t0 - watermark > idle {
+                    let clock = self.judge.clock;
                     let mut rows = self.pool.install(|| {
-                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark));
+                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark, clock));
                         RowBatch::default()
                     });
                     let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
@@ -337,16 +432,17 @@ impl Engine {
             }
             self.current_capture = batch.capture_idx;
         }
-        let (shards, n_shards, names, counts, watermark) = (
+        let (shards, n_shards, names, counts, watermark, judge) = (
             &mut self.shards,
             self.n_shards,
             &self.names,
             &mut self.counts,
             &mut self.watermark,
+            &mut self.judge,
         );
         let mut rows = self
             .pool
-            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark));
+            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge));
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
         self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
         let marks = take_marks(&mut self.shards);
@@ -472,13 +568,49 @@ impl Engine {
         rows
     }
 
+    /// End of input, first step: ends the flows a few thousand at a time,
+    /// each step's rows going to `emit` as a batch's do, so that a table
+    /// full of flows (a SYN flood) does not turn into all its rows at once.
+    /// [`finish`](Self::finish) then closes the swarm.
+    pub fn end_flows(&mut self, emit: &mut impl FnMut(RowBatch) -> Result<(), String>) -> Result<(), String> {
+        /// Flows ended per step, over all shards.
+        const STEP: usize = 16 * 1024;
+        let per_shard = (STEP / self.n_shards.max(1)).max(1);
+        let clock = self.judge.clock.max(0);
+        while self.n_flows() > 0 {
+            let shards = &mut self.shards;
+            let mut rows = self.pool.install(|| {
+                shards.par_iter_mut().for_each(|s| {
+                    s.finish_some(clock, per_shard);
+                });
+                RowBatch::default()
+            });
+            let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+            self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
+            let marks = take_marks(&mut self.shards);
+            finish_rows(&mut rows);
+            self.audit.observe(&events, &marks);
+            self.audit.observe_rows(&rows);
+            let events = self.ready_events(events, false);
+            self.swarm.apply(events, unattributed, &mut rows);
+            hold_unattributed(&mut rows, &mut self.held_conns);
+            self.dht.apply(dht_obs);
+            rows.peer_progress.sort_by_key(|r| r.frame);
+            self.gate.filter(&mut rows, &mut self.counts);
+            self.summary.n_connections += rows.connections.len() as u64;
+            emit(rows)?;
+        }
+        Ok(())
+    }
+
     /// End of input: closes every flow, then the swarm; the last rows and
     /// each capture's decode counters (for `capture_stats`), and the summary.
     pub fn finish(mut self) -> (RowBatch, HashMap<String, CaptureCounts>, RunSummary) {
         let end_ts = self.watermark.max(0);
+        let clock = self.judge.clock.max(0);
         let shards = &mut self.shards;
         let mut rows = self.pool.install(|| {
-            shards.par_iter_mut().for_each(|s| s.finish(end_ts));
+            shards.par_iter_mut().for_each(|s| s.finish(end_ts, clock));
             RowBatch::default()
         });
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
@@ -774,6 +906,7 @@ pub fn analyze(
     }
 
     // End of input: close every flow, then the swarm.
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     summary.n_inputs = inputs.len();
 
@@ -813,6 +946,9 @@ pub fn analyze(
             n_fragments: c.n_fragments,
             n_tcp: c.n_tcp,
             n_udp: c.n_udp,
+            n_ts_backwards: c.n_ts_backwards,
+            n_ts_jumps: c.n_ts_jumps,
+            n_bad_checksums: c.n_bad_checksums,
             ..Default::default()
         });
     }
@@ -1237,6 +1373,7 @@ fn process_batch(
     names: &[String],
     counts: &mut HashMap<String, DecodeCounts>,
     watermark: &mut i64,
+    judge: &mut PacketJudge,
 ) -> RowBatch {
     const CHUNK: usize = 2048;
     // Decoding and the flow hash (which picks the shard) run in parallel;
@@ -1250,7 +1387,7 @@ fn process_batch(
                 let i = ci * CHUNK + j;
                 let d = decode(fm.link_type, batch.frame_data(i));
                 let shard = match &d {
-                    Decoded::Packet(p) => (FlowKey::of(p).0.stable_hash() % n_shards as u64) as u32,
+                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash() % n_shards as u64) as u32,
                     _ => 0,
                 };
                 (d, shard)
@@ -1263,14 +1400,32 @@ fn process_batch(
     // Partition packets by shard, in frame order.
     let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n_shards];
     let mut batch_max = *watermark;
+    let mut notes: Vec<PacketNote> = vec![PacketNote::default(); decoded.len()];
     for (i, (d, shard)) in decoded.iter().enumerate() {
         let Some(fm) = batch.frames.get(i) else { continue };
         batch_max = batch_max.max(fm.ts_us);
+        let (clock, step) = judge.tick(fm.ts_us);
+        match step {
+            ClockStep::Normal => {}
+            ClockStep::Backwards => c.ts_backwards += 1,
+            ClockStep::Jump => c.ts_jumps += 1,
+        }
         match d {
             Decoded::Packet(p) => {
                 match p.transport {
                     crate::decode::Transport::Tcp { .. } => c.tcp += 1,
                     crate::decode::Transport::Udp => c.udp += 1,
+                }
+                let bad_checksum = judge.bad_checksum(p);
+                c.bad_checksums += u64::from(bad_checksum);
+                if let Some(n) = notes.get_mut(i) {
+                    // --verify-checksums: the receiver would drop it; its
+                    // flow only counts it.
+                    *n = PacketNote {
+                        clock,
+                        bad_checksum,
+                        drop: bad_checksum && judge.verify,
+                    };
                 }
                 if let Some(part) = parts.get_mut(*shard as usize) {
                     part.push(i as u32);
@@ -1306,6 +1461,10 @@ fn process_batch(
     }
     *watermark = batch_max;
     let now = batch_max;
+    let clock_now = judge.clock;
+    let notes = &notes;
+    let per_shard: Vec<usize> = parts.iter().map(Vec::len).collect();
+    Shard::share_room(shards, &per_shard);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
             let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
@@ -1320,9 +1479,10 @@ fn process_batch(
                 frame: fm.frame_no,
                 capture: batch.capture_idx,
             };
-            shard.packet(ctx, p, payload);
+            let note = notes.get(i as usize).copied().unwrap_or_default();
+            shard.packet(ctx, note, p, payload);
         }
-        shard.sweep(now);
+        shard.sweep(now, clock_now);
     });
     rows
 }
@@ -1429,6 +1589,9 @@ impl IntervalStats {
             n_peers_live: Some(sizes.n_peers),
             n_torrents_live: Some(sizes.n_torrents),
             n_dht_nodes_live: Some(sizes.n_dht_nodes),
+            n_ts_backwards: c.n_ts_backwards,
+            n_ts_jumps: c.n_ts_jumps,
+            n_bad_checksums: c.n_bad_checksums,
         }
     }
 }
@@ -1552,6 +1715,7 @@ pub fn live(
     }
     // The end: every flow closes, the swarm finishes, into the last interval.
     let sizes = engine.state_sizes();
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     let counts = counts.get(&name).copied().unwrap_or_default();
     let end = wall_us();

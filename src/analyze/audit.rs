@@ -541,7 +541,7 @@ impl Audit {
             if let (Some(a), Some(b)) = (p.uploaded, q.uploaded) {
                 backwards |= b < a;
                 let inc = b.saturating_sub(a);
-                rep_up = Some(rep_up.unwrap_or(0) + inc);
+                rep_up = Some(rep_up.unwrap_or(0).saturating_add(inc));
                 let dur_us = q.ts - p.ts;
                 if dur_us >= 1_000_000 && inc > 0 {
                     let bps = inc as f64 / (dur_us as f64 / 1e6);
@@ -550,7 +550,7 @@ impl Audit {
             }
             if let (Some(a), Some(b)) = (p.downloaded, q.downloaded) {
                 backwards |= b < a;
-                rep_down = Some(rep_down.unwrap_or(0) + b.saturating_sub(a));
+                rep_down = Some(rep_down.unwrap_or(0).saturating_add(b.saturating_sub(a)));
             }
         }
         let (opaque_sent, opaque_received) = self.opaque_between(&addrs, first.ts, last.ts);
@@ -630,7 +630,10 @@ impl Audit {
             observed_downloaded: obs_down,
             opaque_received_bytes: opaque_received,
             tolerance_bytes: tol,
-            excess_uploaded: rep_up.map(|r| r as i64 - (obs_up + opaque_sent) as i64),
+            excess_uploaded: rep_up.map(|r| {
+                let e = i128::from(r) - i128::from(obs_up) - i128::from(opaque_sent);
+                i64::try_from(e).unwrap_or(if e < 0 { i64::MIN } else { i64::MAX })
+            }),
             max_upload_bps: max_bps,
             suspicious: !flags.is_empty(),
             coverage,

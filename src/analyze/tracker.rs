@@ -818,9 +818,13 @@ impl UdpTrackers {
                 row.peer_id = Some(hex(&a.peer_id));
                 row.client = client_from_peer_id(&a.peer_id);
                 row.port = Some(u32::from(a.port));
-                row.uploaded = nonneg(Some(a.uploaded));
-                row.downloaded = nonneg(Some(a.downloaded));
-                row.left = nonneg(Some(a.left));
+                // BEP 15's fields read as unsigned 64-bit, as trackers
+                // (opentracker) read them: a value at or above 2^63 is kept
+                // as sent, flagged udp_tracker_amount_out_of_range, so a
+                // cheater cannot hide a claim by its size.
+                row.uploaded = Some(a.uploaded as u64);
+                row.downloaded = Some(a.downloaded as u64);
+                row.left = Some(a.left as u64);
                 row.event = match a.event {
                     UdpEvent::None => None,
                     UdpEvent::Other(v) => Some(v.to_string()),

@@ -54,8 +54,10 @@ pub struct FlowSummary {
     /// TCP: stream bytes never captured, and retransmitted bytes.
     pub gap_bytes: u64,
     pub retrans_bytes: u64,
-    /// fin, rst, idle, evicted, end, or open (live snapshot).
+    /// fin, rst, idle, evicted, end, reused, or open (live snapshot).
     pub end_reason: &'static str,
+    /// Packets with a wrong TCP/UDP checksum (`flows.n_bad_checksums`).
+    pub n_bad_checksums: u64,
 }
 
 /// A flow's application state, borrowed (live snapshots).

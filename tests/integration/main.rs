@@ -25,6 +25,7 @@ use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
 mod geo;
+mod hostile;
 mod ident;
 mod live;
 mod metadata;
