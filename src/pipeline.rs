@@ -36,7 +36,7 @@ use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
 use crate::dissect::Confidence;
-use crate::flow::table::Shard;
+use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
@@ -56,6 +56,10 @@ pub struct RunSummary {
     pub n_peers: u64,
     pub n_messages: u64,
     pub n_anomalies: u64,
+    /// Peers whose download was confirmed (peers.confirmed_download).
+    pub n_confirmed_downloads: u64,
+    /// Announce series with an audit flag (announce_audit.suspicious).
+    pub n_flagged_series: u64,
     pub elapsed_s: f64,
 }
 
@@ -64,7 +68,7 @@ impl RunSummary {
         let mb = self.n_bytes as f64 / 1e6;
         let rate = if self.elapsed_s > 0.0 { mb / self.elapsed_s } else { 0.0 };
         format!(
-            "{} input(s), {} packets, {:.1} MB, {} flows, {} BitTorrent connections, {} torrents, {} peers, {} messages, {} anomalies; {:.2} s ({:.0} MB/s, {:.0} packets/s)",
+            "{} input(s), {} packets, {:.1} MB, {} flows, {} BitTorrent connections, {} torrents, {} peers, {} confirmed downloads, {} flagged audit series, {} messages, {} anomalies; {:.2} s ({:.0} MB/s, {:.0} packets/s)",
             self.n_inputs,
             self.n_packets,
             mb,
@@ -72,6 +76,8 @@ impl RunSummary {
             self.n_connections,
             self.n_torrents,
             self.n_peers,
+            self.n_confirmed_downloads,
+            self.n_flagged_series,
             self.n_messages,
             self.n_anomalies,
             self.elapsed_s,
@@ -100,6 +106,92 @@ struct DecodeCounts {
     tcp: u64,
     udp: u64,
     anomalies: u64,
+    ts_backwards: u64,
+    ts_jumps: u64,
+    bad_checksums: u64,
+}
+
+/// The sequential part of packet judgement, kept across batches: the flow
+/// clock (see `PacketNote::clock`) and which sources send checksum-offload
+/// patterns of their own.
+#[derive(Debug)]
+struct PacketJudge {
+    prev_ts: Option<i64>,
+    clock: i64,
+    max_jump_us: i64,
+    /// Sources judged by their first checked packet: true when it carried a
+    /// checksum-offload pattern (the capturing host, or a namespace of it:
+    /// its packets were captured before the NIC filled the checksum in).
+    offload_sources: HashMap<IpAddr, bool>,
+    max_sources: usize,
+    verify: bool,
+}
+
+/// How a frame's timestamp moved the flow clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClockStep {
+    Normal,
+    Backwards,
+    Jump,
+}
+
+impl PacketJudge {
+    fn new(settings: &Settings) -> Self {
+        PacketJudge {
+            prev_ts: None,
+            clock: i64::MIN,
+            max_jump_us: settings.limits.max_clock_jump_us,
+            offload_sources: HashMap::new(),
+            max_sources: settings.limits.max_checksum_sources,
+            verify: settings.verify_checksums,
+        }
+    }
+
+    /// Advances the flow clock to a frame stamped `ts`: by the time since
+    /// the previous frame, or by nothing when that is negative or more than
+    /// `max_jump_us` (a clock step of the capturing host).
+    fn tick(&mut self, ts: i64) -> (i64, ClockStep) {
+        let step = match self.prev_ts {
+            None => {
+                self.clock = ts;
+                ClockStep::Normal
+            }
+            Some(prev) => {
+                let d = ts.saturating_sub(prev);
+                if d < 0 {
+                    ClockStep::Backwards
+                } else if d > self.max_jump_us {
+                    ClockStep::Jump
+                } else {
+                    self.clock = self.clock.saturating_add(d);
+                    ClockStep::Normal
+                }
+            }
+        };
+        self.prev_ts = Some(ts);
+        (self.clock, step)
+    }
+
+    /// Whether a packet's checksum counts as wrong: `Bad`, or an offload
+    /// pattern from a source whose first checked packet was not one.
+    fn bad_checksum(&mut self, p: &crate::decode::Packet) -> bool {
+        use crate::decode::Checksum;
+        let offloaded = match p.checksum {
+            Checksum::Good => false,
+            Checksum::Unchecked => return false,
+            Checksum::Offloaded => true,
+            Checksum::Bad => return true,
+        };
+        let full = self.offload_sources.len() >= self.max_sources;
+        match self.offload_sources.get(&p.src) {
+            Some(&local) => offloaded && !local,
+            None if full => offloaded,
+            None => {
+                self.offload_sources.insert(p.src, offloaded);
+                false
+            }
+        }
+    }
 }
 
 /// Caps anomaly rows per (layer, kind) and counts all of them per capture.
@@ -138,7 +230,11 @@ pub struct Engine {
     counts: HashMap<String, DecodeCounts>,
     gate: AnomalyGate,
     watermark: i64,
+    judge: PacketJudge,
     held_conns: Vec<ConnectionRow>,
+    /// peer_messages rows of connections not attributed yet (mid-stream),
+    /// released with the info_hash once the swarm state attributes them.
+    held_msgs: HeldMessages,
     /// TCP flows with MSE's shape, waiting for the endpoint check.
     mse: MseFlows,
     /// Swarm events later than an event some connection still holds back:
@@ -165,6 +261,9 @@ pub struct CaptureCounts {
     pub n_tcp: u64,
     pub n_udp: u64,
     pub n_anomalies: u64,
+    pub n_ts_backwards: u64,
+    pub n_ts_jumps: u64,
+    pub n_bad_checksums: u64,
 }
 
 impl From<&DecodeCounts> for CaptureCounts {
@@ -177,6 +276,9 @@ impl From<&DecodeCounts> for CaptureCounts {
             n_tcp: c.tcp,
             n_udp: c.udp,
             n_anomalies: c.anomalies,
+            n_ts_backwards: c.ts_backwards,
+            n_ts_jumps: c.ts_jumps,
+            n_bad_checksums: c.bad_checksums,
         }
     }
 }
@@ -263,7 +365,9 @@ impl Engine {
                 seen: HashMap::new(),
             },
             watermark: i64::MIN,
+            judge: PacketJudge::new(settings),
             held_conns: Vec::new(),
+            held_msgs: HeldMessages::default(),
             mse: MseFlows::default(),
             waiting: Default::default(),
             waiting_seq: 0,
@@ -296,8 +400,9 @@ impl Engine {
             if let (Some(t0), true) = (first, watermark != i64::MIN) {
                 let idle = self.settings.limits.tcp_idle_us.max(self.settings.limits.udp_idle_us);
                 if t0 < watermark || t0 - watermark > idle {
+                    let clock = self.judge.clock;
                     let mut rows = self.pool.install(|| {
-                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark));
+                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark, clock));
                         RowBatch::default()
                     });
                     let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
@@ -316,6 +421,8 @@ impl Engine {
                     self.swarm.end_segment(&mut rows);
                     self.dht.apply(dht_obs);
                     hold_unattributed(&mut rows, &mut self.held_conns);
+                    self.held_msgs
+                        .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
                     rows.peer_progress.sort_by_key(|r| r.frame);
                     self.gate.filter(&mut rows, &mut self.counts);
                     self.summary.n_connections += rows.connections.len() as u64;
@@ -325,16 +432,17 @@ impl Engine {
             }
             self.current_capture = batch.capture_idx;
         }
-        let (shards, n_shards, names, counts, watermark) = (
+        let (shards, n_shards, names, counts, watermark, judge) = (
             &mut self.shards,
             self.n_shards,
             &self.names,
             &mut self.counts,
             &mut self.watermark,
+            &mut self.judge,
         );
         let mut rows = self
             .pool
-            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark));
+            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge));
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
         self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
         let marks = take_marks(&mut self.shards);
@@ -345,6 +453,8 @@ impl Engine {
         let events = self.ready_events(events, false);
         self.swarm.apply(events, unattributed, &mut rows);
         hold_unattributed(&mut rows, &mut self.held_conns);
+        self.held_msgs
+            .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
         self.dht.apply(dht_obs);
         rows.peer_progress.sort_by_key(|r| r.frame);
         self.gate.filter(&mut rows, &mut self.counts);
@@ -444,6 +554,7 @@ impl Engine {
         self.mse.release(&mut rows.flows);
         rows.flows.sort_by_key(|r| r.conn_id);
         self.swarm.snapshot(&mut rows);
+        fill_peer_ports(&mut rows);
         if let Some(geo) = &self.settings.geo {
             geo.annotate_peers(&mut rows.peers);
         }
@@ -457,13 +568,49 @@ impl Engine {
         rows
     }
 
+    /// End of input, first step: ends the flows a few thousand at a time,
+    /// each step's rows going to `emit` as a batch's do, so that a table
+    /// full of flows (a SYN flood) does not turn into all its rows at once.
+    /// [`finish`](Self::finish) then closes the swarm.
+    pub fn end_flows(&mut self, emit: &mut impl FnMut(RowBatch) -> Result<(), String>) -> Result<(), String> {
+        /// Flows ended per step, over all shards.
+        const STEP: usize = 16 * 1024;
+        let per_shard = (STEP / self.n_shards.max(1)).max(1);
+        let clock = self.judge.clock.max(0);
+        while self.n_flows() > 0 {
+            let shards = &mut self.shards;
+            let mut rows = self.pool.install(|| {
+                shards.par_iter_mut().for_each(|s| {
+                    s.finish_some(clock, per_shard);
+                });
+                RowBatch::default()
+            });
+            let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+            self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
+            let marks = take_marks(&mut self.shards);
+            finish_rows(&mut rows);
+            self.audit.observe(&events, &marks);
+            self.audit.observe_rows(&rows);
+            let events = self.ready_events(events, false);
+            self.swarm.apply(events, unattributed, &mut rows);
+            hold_unattributed(&mut rows, &mut self.held_conns);
+            self.dht.apply(dht_obs);
+            rows.peer_progress.sort_by_key(|r| r.frame);
+            self.gate.filter(&mut rows, &mut self.counts);
+            self.summary.n_connections += rows.connections.len() as u64;
+            emit(rows)?;
+        }
+        Ok(())
+    }
+
     /// End of input: closes every flow, then the swarm; the last rows and
     /// each capture's decode counters (for `capture_stats`), and the summary.
     pub fn finish(mut self) -> (RowBatch, HashMap<String, CaptureCounts>, RunSummary) {
         let end_ts = self.watermark.max(0);
+        let clock = self.judge.clock.max(0);
         let shards = &mut self.shards;
         let mut rows = self.pool.install(|| {
-            shards.par_iter_mut().for_each(|s| s.finish(end_ts));
+            shards.par_iter_mut().for_each(|s| s.finish(end_ts, clock));
             RowBatch::default()
         });
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
@@ -519,7 +666,9 @@ impl Engine {
         self.mse.release(&mut rows.flows);
         rows.flows.sort_by_key(|r| r.conn_id);
         self.summary.n_connections += rows.connections.len() as u64;
+        self.held_msgs.release_all(&mut rows, &self.swarm);
         self.swarm.finish(&mut rows);
+        fill_peer_ports(&mut rows);
         if let Some(geo) = &self.settings.geo {
             geo.annotate_peers(&mut rows.peers);
         }
@@ -537,6 +686,8 @@ impl Engine {
         self.summary.n_messages += rows.peer_messages.len() as u64;
         self.summary.n_torrents = rows.torrents.len() as u64;
         self.summary.n_peers = rows.peers.len() as u64;
+        self.summary.n_confirmed_downloads = rows.peers.iter().filter(|p| p.confirmed_download).count() as u64;
+        self.summary.n_flagged_series = rows.announce_audit.iter().filter(|a| a.suspicious).count() as u64;
         let counts = self
             .counts
             .iter()
@@ -544,6 +695,103 @@ impl Engine {
             .collect();
         (rows, counts, self.summary)
     }
+}
+
+/// A `Read` that adds the bytes it reads to a shared counter (progress).
+struct CountingRead<R>(R, Arc<std::sync::atomic::AtomicU64>);
+
+impl<R: std::io::Read> std::io::Read for CountingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Progress of `analyze`: on a terminal a bar with percent and ETA when the
+/// inputs' size is known (files; a spinner for stdin), else a line every
+/// 10 s once the run takes that long. Cleared at the end.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: Option<u64>,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    /// Wall time between lines when stderr is not a terminal.
+    const LINE_EVERY: Duration = Duration::from_secs(10);
+
+    fn new(inputs: &[InputSpec]) -> Progress {
+        let total: Option<u64> = inputs
+            .iter()
+            .map(|i| match i {
+                InputSpec::Path(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+                InputSpec::Stdin => None,
+            })
+            .sum();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let (bar, tpl) = match total {
+                Some(t) => (
+                    indicatif::ProgressBar::new(t),
+                    "{percent:>3}% [{bar:20}] {bytes}/{total_bytes} ETA {eta} {wide_msg}",
+                ),
+                None => (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes} {wide_msg}"),
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(tpl) {
+                bar.set_style(style);
+            }
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            total,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn tick(&mut self, consumed: u64, s: &RunSummary, n_flows: usize) {
+        let msg = format!("{} packets, {} flows", s.n_packets, n_flows);
+        if let Some(bar) = &self.bar {
+            bar.set_position(consumed);
+            bar.set_message(msg);
+            return;
+        }
+        if self.last.elapsed() < Self::LINE_EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        match self.total.filter(|t| *t > 0) {
+            Some(t) => {
+                let frac = (consumed as f64 / t as f64).min(1.0);
+                let eta = if frac > 0.0 { secs * (1.0 - frac) / frac } else { 0.0 };
+                eprintln!(
+                    "swarmtap: {:.0}% of {:.1} MB, {msg}, ETA {:.0} s",
+                    frac * 100.0,
+                    t as f64 / 1e6,
+                    eta
+                );
+            }
+            None => eprintln!("swarmtap: {:.1} MB read, {msg}, {:.0} s", consumed as f64 / 1e6, secs),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM during `analyze` (the binary registers it): the
+/// run stops, writes nothing and leaves the output folder as it was.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
 }
 
 /// Runs `analyze` over `inputs`, writing every table into `out_dir`.
@@ -555,10 +803,9 @@ pub fn analyze(
     torrents: Vec<Metainfo>,
 ) -> Result<RunSummary, String> {
     let started = Instant::now();
-    let progress = std::io::stderr().is_terminal();
     let names = capture_names(&inputs);
     let names = Arc::new(names);
-    let sink = SinkThread::to_dir_with_budget(out_dir, settings.limits.sink_buffer_bytes)?;
+    let sink = SinkThread::to_dir_with(out_dir, &settings.output_options())?;
     let mut engine = Engine::new(settings, names.clone(), torrents)?;
 
     // Reader thread: inputs in order, two batches ahead at most. Used
@@ -566,12 +813,33 @@ pub fn analyze(
     let (tx, rx) = sync_channel::<ReaderMsg>(2);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let reader_inputs = inputs.clone();
+    let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader_consumed = consumed.clone();
+    let mut progress = Progress::new(&inputs);
     let (batch_bytes, batch_frames) = (settings.limits.batch_bytes.max(1), settings.limits.batch_frames.max(1));
     let reader = std::thread::Builder::new()
         .name("swarmtap-reader".into())
         .spawn(move || {
             for (idx, input) in reader_inputs.iter().enumerate() {
-                let mut r = match CaptureReader::open(input, filter.as_deref()) {
+                let opened = match input {
+                    // Files are read through a counter: the progress line's
+                    // percent is of the bytes on disk.
+                    InputSpec::Path(p) => std::fs::File::open(p)
+                        .map_err(|e| crate::capture::CaptureError::Open {
+                            name: input.display_name(),
+                            source: e,
+                        })
+                        .and_then(|f| {
+                            CaptureReader::from_reader(
+                                input.display_name(),
+                                Box::new(CountingRead(f, reader_consumed.clone())),
+                                filter.as_deref(),
+                                crate::capture::ReaderLimits::default(),
+                            )
+                        }),
+                    InputSpec::Stdin => CaptureReader::open(input, filter.as_deref()),
+                };
+                let mut r = match opened {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(ReaderMsg::Failed(e.to_string()));
@@ -600,10 +868,17 @@ pub fn analyze(
         .map_err(|e| format!("cannot start reader thread: {e}"))?;
 
     let mut reader_stats: Vec<(u32, Box<ReaderStats>)> = Vec::new();
-    let mut last_progress = Instant::now();
     let mut failure: Option<String> = None;
+    let interrupted = interrupt_flag();
 
     for msg in rx {
+        if interrupted.load(Ordering::Relaxed) {
+            failure = Some(format!(
+                "interrupted: nothing written, {} is as it was",
+                out_dir.display()
+            ));
+            break;
+        }
         let batch = match msg {
             ReaderMsg::Batch(b) => b,
             ReaderMsg::Done(idx, st) => {
@@ -618,38 +893,42 @@ pub fn analyze(
         engine.batch(&batch, &mut |rows| sink.send(rows))?;
         // The reader may be gone (last batch); then the block is dropped.
         let _ = recycle_tx.send(batch);
-        if progress && last_progress.elapsed().as_millis() >= 250 {
-            last_progress = Instant::now();
-            let secs = started.elapsed().as_secs_f64();
-            let s = &engine.summary;
-            eprint!(
-                "\r  {:>10} packets  {:>9.1} MB  {:>7.0} MB/s  {:>8} flows   ",
-                s.n_packets,
-                s.n_bytes as f64 / 1e6,
-                s.n_bytes as f64 / 1e6 / secs.max(1e-9),
-                engine.n_flows()
-            );
-        }
+        progress.tick(consumed.load(Ordering::Relaxed), &engine.summary, engine.n_flows());
     }
+    // Leaving the loop dropped the channel: a reader blocked on it stops.
     let _ = reader.join();
+    progress.finish();
     if let Some(e) = failure {
-        // Finish what was written so far so the directory stays readable,
-        // then report the input error.
-        let _ = sink.finish();
+        // The new files are discarded: the output folder keeps whatever
+        // dataset it held before this run.
+        let _ = sink.abort();
         return Err(e);
-    }
-    if progress {
-        eprint!("\r{:80}\r", "");
     }
 
     // End of input: close every flow, then the swarm.
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     summary.n_inputs = inputs.len();
 
     reader_stats.sort_by_key(|(i, _)| *i);
     for (idx, st) in &reader_stats {
         let name = names.get(*idx as usize).cloned().unwrap_or_default();
+        if st.truncated_tail {
+            eprintln!("swarmtap: warning: {name} ends inside a packet record (truncated capture); everything before it was analyzed");
+        }
         let c = counts.get(&name).copied().unwrap_or_default();
+        if st.n_ts_out_of_range > 0 {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                capture: name.clone(),
+                layer: "capture",
+                kind: "timestamp_out_of_range".into(),
+                detail: Some(format!(
+                    "{} record(s) timed outside 1970-01-01..2200-01-01 were given the previous record's time",
+                    st.n_ts_out_of_range
+                )),
+                ..Default::default()
+            });
+        }
         rows.capture_stats.push(CaptureStatsRow {
             capture: name,
             first_ts: st.first_ts_us.map(Ts),
@@ -659,7 +938,7 @@ pub fn analyze(
             n_decode_errors: c.n_decode_errors,
             n_truncated: st.n_snaplen_cut,
             truncated_tail: st.truncated_tail,
-            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail),
+            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail) + st.n_ts_out_of_range,
             n_dropped: 0,
             n_filtered_out: st.n_filtered_out,
             n_not_ip: c.n_not_ip,
@@ -667,6 +946,9 @@ pub fn analyze(
             n_fragments: c.n_fragments,
             n_tcp: c.n_tcp,
             n_udp: c.n_udp,
+            n_ts_backwards: c.n_ts_backwards,
+            n_ts_jumps: c.n_ts_jumps,
+            n_bad_checksums: c.n_bad_checksums,
             ..Default::default()
         });
     }
@@ -860,6 +1142,96 @@ fn attribute_encrypted(
     swarm.note_encrypted(&noted);
 }
 
+/// peer_messages rows without an info_hash, held by connection until the
+/// swarm state attributes it (see `Limits::max_held_messages`). Each step
+/// looks at the held connections, not at every held row.
+#[derive(Default)]
+struct HeldMessages {
+    /// By conn_id (the frame of a connection's first packet: oldest first).
+    by_conn: std::collections::BTreeMap<u64, Vec<crate::sink::PeerMessageRow>>,
+    n_held: usize,
+    /// Rows written without an info_hash because the bound was reached.
+    n_released: u64,
+}
+
+impl HeldMessages {
+    /// Fills and releases the held rows whose connection is attributed
+    /// now, then holds this step's rows that have no info_hash; past
+    /// `max`, the oldest connections' rows go out as they are.
+    fn step(&mut self, rows: &mut RowBatch, swarm: &Swarm, max: usize) {
+        let mut released = false;
+        let ready: Vec<(u64, [u8; 20])> = self
+            .by_conn
+            .keys()
+            .filter_map(|c| swarm.attribution(*c).map(|h| (*c, h)))
+            .collect();
+        for (c, h) in ready {
+            let h: Arc<str> = Arc::from(hex(&h));
+            for mut r in self.by_conn.remove(&c).unwrap_or_default() {
+                r.info_hash = Some(h.clone());
+                rows.peer_messages.push(r);
+                self.n_held -= 1;
+                released = true;
+            }
+        }
+        if rows.peer_messages.iter().any(|r| r.info_hash.is_none()) {
+            let mut own: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+            let msgs = std::mem::take(&mut rows.peer_messages);
+            let mut out = Vec::with_capacity(msgs.len());
+            for mut r in msgs {
+                if r.info_hash.is_none() {
+                    let h = own
+                        .entry(r.conn_id)
+                        .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
+                    match h {
+                        Some(h) => r.info_hash = Some(h.clone()),
+                        None => {
+                            self.by_conn.entry(r.conn_id).or_default().push(r);
+                            self.n_held += 1;
+                            continue;
+                        }
+                    }
+                }
+                out.push(r);
+            }
+            rows.peer_messages = out;
+        }
+        while self.n_held > max {
+            let Some((_, group)) = self.by_conn.pop_first() else {
+                break;
+            };
+            self.n_held -= group.len();
+            self.n_released += group.len() as u64;
+            rows.peer_messages.extend(group);
+            released = true;
+        }
+        if released {
+            rows.peer_messages.sort_by_key(|r| r.frame);
+        }
+    }
+
+    /// End of input: every held row goes out, with the info_hash where the
+    /// connection was attributed.
+    fn release_all(&mut self, rows: &mut RowBatch, swarm: &Swarm) {
+        // Rows of connections never attributed are not counted: only those
+        // the bound sent out early.
+        let n = self.n_released;
+        self.step(rows, swarm, 0);
+        self.n_released = n;
+        if self.n_released > 0 {
+            let n = self.n_released;
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                layer: "analyze",
+                kind: "held_messages_released".into(),
+                detail: Some(format!(
+                    "{n} peer_messages rows of connections picked up mid-stream written before their connection was attributed (past max_held_messages), without an info_hash"
+                )),
+                ..Default::default()
+            });
+        }
+    }
+}
+
 /// TCP flows with MSE's shape: their `flows` rows wait until the end of the
 /// run (or a live snapshot), when an endpoint named as a peer elsewhere in
 /// the capture makes them `strong`. An opening to a named listen endpoint
@@ -876,6 +1248,7 @@ struct MseFlows {
 impl MseFlows {
     /// Takes the rows that may still become strong out of `flows`.
     fn hold(&mut self, flows: &mut Vec<FlowRow>) {
+        let before = flows.len();
         let mut i = 0;
         while i < flows.len() {
             let f = &flows[i];
@@ -885,7 +1258,9 @@ impl MseFlows {
                 i += 1;
             }
         }
-        flows.sort_by_key(|r| r.conn_id);
+        if flows.len() != before {
+            flows.sort_by_key(|r| r.conn_id);
+        }
     }
 
     /// Writes the held rows, strong where their endpoint was named.
@@ -912,9 +1287,10 @@ fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
     }
 }
 
-/// Connection rows without an info_hash (picked up mid-stream) are held
-/// until the end of the run, when the swarm state may have attributed them;
-/// past this many they are written as they are.
+/// Connection rows are held until the end of the run (live: the next
+/// snapshot), when the swarm state may have attributed those picked up
+/// mid-stream and knows the peers rows of both ends; past this many they
+/// are written as they are (~400 bytes each: 26 MB).
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
 /// The shards' announce marks for the audit, in frame order.
@@ -928,15 +1304,50 @@ fn take_marks(shards: &mut [Shard<ShardApps>]) -> Vec<AnnounceMark> {
 }
 
 fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
+    // Every connection row is held (not only those without an info_hash):
+    // its orig/resp_peer_port name the peers rows of the swarm state as it
+    // ends (see `fill_peer_ports`), after every merge of endpoints.
     let mut i = 0;
     while i < rows.connections.len() {
-        if rows.connections[i].info_hash.is_none() && held.len() < MAX_HELD_CONNECTIONS {
+        if held.len() < MAX_HELD_CONNECTIONS {
             held.push(rows.connections.swap_remove(i));
         } else {
             i += 1;
         }
     }
     rows.connections.sort_by_key(|r| r.conn_id);
+}
+
+/// Names the peers rows of both ends of every connection (orig_peer_port,
+/// resp_peer_port), from the peers rows of the same step: a peer lists the
+/// connections it took part in (conn_ids).
+fn fill_peer_ports(rows: &mut RowBatch) {
+    if rows.connections.is_empty() {
+        return;
+    }
+    let mut ends: HashMap<u64, Vec<(&str, &str, u32)>> = HashMap::new();
+    for p in &rows.peers {
+        for c in &p.conn_ids {
+            ends.entry(*c)
+                .or_default()
+                .push((p.info_hash.as_str(), p.peer_ip.as_str(), p.peer_port));
+        }
+    }
+    for c in rows.connections.iter_mut() {
+        let Some(h) = c.info_hash.as_deref() else { continue };
+        let Some(e) = ends.get(&c.conn_id) else { continue };
+        let mine: Vec<(&str, u32)> = e.iter().filter(|x| x.0 == h).map(|x| (x.1, x.2)).collect();
+        // The responder's row is its accepting endpoint when it has one;
+        // the originator's is the other row of its address.
+        let resp = mine
+            .iter()
+            .find(|x| x.0 == c.resp_ip && x.1 == c.resp_port)
+            .or_else(|| mine.iter().find(|x| x.0 == c.resp_ip && c.orig_ip != c.resp_ip))
+            .copied();
+        let orig = mine.iter().find(|x| x.0 == c.orig_ip && Some(**x) != resp).copied();
+        c.resp_peer_port = resp.map(|x| x.1);
+        c.orig_peer_port = orig.map(|x| x.1);
+    }
 }
 
 /// Orders the rows of one step: per-message tables by frame (stable: rows of
@@ -962,6 +1373,7 @@ fn process_batch(
     names: &[String],
     counts: &mut HashMap<String, DecodeCounts>,
     watermark: &mut i64,
+    judge: &mut PacketJudge,
 ) -> RowBatch {
     const CHUNK: usize = 2048;
     // Decoding and the flow hash (which picks the shard) run in parallel;
@@ -975,7 +1387,7 @@ fn process_batch(
                 let i = ci * CHUNK + j;
                 let d = decode(fm.link_type, batch.frame_data(i));
                 let shard = match &d {
-                    Decoded::Packet(p) => (FlowKey::of(p).0.stable_hash() % n_shards as u64) as u32,
+                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash() % n_shards as u64) as u32,
                     _ => 0,
                 };
                 (d, shard)
@@ -988,14 +1400,32 @@ fn process_batch(
     // Partition packets by shard, in frame order.
     let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n_shards];
     let mut batch_max = *watermark;
+    let mut notes: Vec<PacketNote> = vec![PacketNote::default(); decoded.len()];
     for (i, (d, shard)) in decoded.iter().enumerate() {
         let Some(fm) = batch.frames.get(i) else { continue };
         batch_max = batch_max.max(fm.ts_us);
+        let (clock, step) = judge.tick(fm.ts_us);
+        match step {
+            ClockStep::Normal => {}
+            ClockStep::Backwards => c.ts_backwards += 1,
+            ClockStep::Jump => c.ts_jumps += 1,
+        }
         match d {
             Decoded::Packet(p) => {
                 match p.transport {
                     crate::decode::Transport::Tcp { .. } => c.tcp += 1,
                     crate::decode::Transport::Udp => c.udp += 1,
+                }
+                let bad_checksum = judge.bad_checksum(p);
+                c.bad_checksums += u64::from(bad_checksum);
+                if let Some(n) = notes.get_mut(i) {
+                    // --verify-checksums: the receiver would drop it; its
+                    // flow only counts it.
+                    *n = PacketNote {
+                        clock,
+                        bad_checksum,
+                        drop: bad_checksum && judge.verify,
+                    };
                 }
                 if let Some(part) = parts.get_mut(*shard as usize) {
                     part.push(i as u32);
@@ -1031,6 +1461,10 @@ fn process_batch(
     }
     *watermark = batch_max;
     let now = batch_max;
+    let clock_now = judge.clock;
+    let notes = &notes;
+    let per_shard: Vec<usize> = parts.iter().map(Vec::len).collect();
+    Shard::share_room(shards, &per_shard);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
             let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
@@ -1045,9 +1479,10 @@ fn process_batch(
                 frame: fm.frame_no,
                 capture: batch.capture_idx,
             };
-            shard.packet(ctx, p, payload);
+            let note = notes.get(i as usize).copied().unwrap_or_default();
+            shard.packet(ctx, note, p, payload);
         }
-        shard.sweep(now);
+        shard.sweep(now, clock_now);
     });
     rows
 }
@@ -1154,6 +1589,9 @@ impl IntervalStats {
             n_peers_live: Some(sizes.n_peers),
             n_torrents_live: Some(sizes.n_torrents),
             n_dht_nodes_live: Some(sizes.n_dht_nodes),
+            n_ts_backwards: c.n_ts_backwards,
+            n_ts_jumps: c.n_ts_jumps,
+            n_bad_checksums: c.n_bad_checksums,
         }
     }
 }
@@ -1221,7 +1659,7 @@ pub fn live(
         },
         &counters,
     );
-    let sink = SinkThread::rotating(out_dir, iv.interval, settings.limits.sink_buffer_bytes)?;
+    let sink = SinkThread::rotating(out_dir, iv.interval, &settings.output_options())?;
     let idle = settings.limits.live_state_idle_us;
     let mut n_intervals = 1u64;
     let mut n_anomalies = 0u64;
@@ -1277,6 +1715,7 @@ pub fn live(
     }
     // The end: every flow closes, the swarm finishes, into the last interval.
     let sizes = engine.state_sizes();
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     let counts = counts.get(&name).copied().unwrap_or_default();
     let end = wall_us();

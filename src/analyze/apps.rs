@@ -86,6 +86,9 @@ impl ShardApps {
             gap_bytes: f.gap_bytes,
             retrans_bytes: f.retrans_bytes,
             end_reason: f.end_reason,
+            n_bad_checksums: f.n_bad_checksums,
+            // Filled by the writer from the 5-tuple (sink::fill_community_ids).
+            ..Default::default()
         }
     }
 

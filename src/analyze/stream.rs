@@ -21,7 +21,7 @@ use crate::config::Limits;
 use crate::dissect::{self, Confidence, Identified, StreamFacts, StreamProto, Verdict};
 use crate::flow::Chunk;
 use crate::flow::FlowInfo;
-use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_PREFIX};
+use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_LEN, HANDSHAKE_PREFIX};
 use crate::sink::{ConnectionRow, Ts};
 
 /// Known (non keep-alive) messages each direction of a mid-stream stream
@@ -64,6 +64,15 @@ pub enum StreamApp {
     /// No payload yet.
     #[default]
     Undecided,
+    /// The first bytes of a BitTorrent handshake from `side`, fewer than its
+    /// 68: kept (no session yet) until the handshake is whole or anything
+    /// else arrives, so that a connection that never completes its
+    /// handshake (a SYN flood with a partial one, issue 16) costs 0.1 KiB
+    /// instead of a session.
+    Handshake {
+        side: u8,
+        bytes: Vec<u8>,
+    },
     PeerWire(Box<PeerSession>, Identified),
     /// Mid-stream, hunting for peer-wire framing; output staged.
     Candidate(Box<Candidate>),
@@ -87,6 +96,15 @@ pub struct Candidate {
     hold: Option<(u32, u64)>,
     hold_ts: i64,
     fed_bytes: u64,
+}
+
+/// Whether `d` after the `kept` bytes still follows the protocol string.
+fn continues_handshake(kept: &[u8], d: &[u8]) -> bool {
+    let n = kept.len();
+    !d.is_empty()
+        && d.iter()
+            .enumerate()
+            .all(|(i, b)| HANDSHAKE_PREFIX.get(n + i).is_none_or(|p| p == b))
 }
 
 /// The first bytes of both directions of an MSE stream, kept until a
@@ -265,6 +283,7 @@ impl StreamApp {
     pub fn identified(&self) -> Identified {
         match self {
             StreamApp::Undecided => Identified::OTHER,
+            StreamApp::Handshake { .. } => Identified::other("other", Some("handshake start, nothing framed")),
             StreamApp::PeerWire(_, id) => *id,
             StreamApp::Candidate(c) if c.session.is_peer_wire() => {
                 Identified::bt("peer_wire", Confidence::Weak, EV_MID_WEAK)
@@ -309,6 +328,34 @@ impl StreamApp {
         env: &StreamEnv<'_>,
         out: &mut ShardOut,
     ) {
+        if let (StreamApp::Undecided, Chunk::Data(d)) = (&*self, chunk) {
+            if !init.midstream && d.len() < HANDSHAKE_LEN && continues_handshake(&[], d) {
+                *self = StreamApp::Handshake {
+                    side: side as u8,
+                    bytes: d.to_vec(),
+                };
+                return;
+            }
+        }
+        if let StreamApp::Handshake { side: from, bytes } = self {
+            let from = usize::from(*from);
+            let extends = matches!(chunk, Chunk::Data(d)
+                if from == side && bytes.len() + d.len() < HANDSHAKE_LEN && continues_handshake(bytes, d));
+            if extends {
+                if let Chunk::Data(d) = chunk {
+                    bytes.extend_from_slice(d);
+                }
+                return;
+            }
+            // Whole, broken, or something else came: the session takes
+            // over, the kept bytes first.
+            let kept = std::mem::take(bytes);
+            *self = StreamApp::PeerWire(
+                Box::new(session(init, init.midstream, env)),
+                Identified::bt("peer_wire", Confidence::Certain, "plaintext handshake"),
+            );
+            self.feed(init, from, Chunk::Data(&kept), ctx, env, out);
+        }
         if let StreamApp::Undecided = self {
             let Chunk::Data(d) = chunk else { return };
             let facts = StreamFacts {
@@ -393,7 +440,8 @@ impl StreamApp {
                     );
                     return;
                 }
-                if c.session.gave_up() || c.fed_bytes > env.limits.max_midstream_probe_bytes {
+                let one_way = o.max(r) > env.limits.max_midstream_staged_msgs;
+                if c.session.gave_up() || one_way || c.fed_bytes > env.limits.max_midstream_probe_bytes {
                     let id = self.identified();
                     if let StreamApp::Candidate(c) = self {
                         if let Some(k) = c.hold.take() {
@@ -420,7 +468,7 @@ impl StreamApp {
                     _ => {}
                 }
             }
-            StreamApp::Undecided | StreamApp::Other(_) => {}
+            StreamApp::Undecided | StreamApp::Handshake { .. } | StreamApp::Other(_) => {}
         }
     }
 
@@ -484,7 +532,8 @@ impl StreamApp {
                 );
                 (self_id_tracker(&t), None)
             }
-            StreamApp::Undecided | StreamApp::Other(_) => (id, None),
+            // A handshake begun and never completed: no connection.
+            StreamApp::Undecided | StreamApp::Handshake { .. } | StreamApp::Other(_) => (id, None),
         }
     }
 
@@ -670,6 +719,15 @@ mod tests {
         assert_eq!((id.app, id.confidence), ("peer_wire", Some(Confidence::Weak)));
         assert!(row.is_none());
         assert!(out.rows.peer_messages.is_empty() && out.events.is_empty() && out.rows.anomalies.is_empty());
+    }
+
+    #[test]
+    fn a_one_way_flood_of_tiny_messages_is_given_up_at_the_staging_bound() {
+        let chunks: Vec<(usize, Vec<u8>)> = (0..1000).map(|p| (ORIG, have(p))).collect();
+        let (id, row, out) = run(true, &chunks);
+        assert_eq!(id.app, "peer_wire");
+        assert!(row.is_none() && out.rows.peer_messages.is_empty());
+        assert!(out.held_since.is_empty());
     }
 
     #[test]

@@ -34,7 +34,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use super::session::{ORIG, RESP};
-use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
+use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::flow::Chunk;
 use crate::flow::FlowInfo;
 use crate::proto::client_id::client_from_peer_id;
@@ -143,19 +143,39 @@ fn latency_ms(req_ts: i64, resp_ts: i64) -> f64 {
 }
 
 /// The announcing client as a peer of the torrent: its address with the
-/// port it announced (port 0, which qBittorrent sends over UDP, names no
-/// listener and is skipped).
-fn learned_client(out: &mut ShardOut, ctx: FrameCtx, conn_id: u64, ih: [u8; 20], ip: IpAddr, port: Option<u32>) {
-    if let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) {
-        out.events.push(SwarmEvent {
-            ctx,
-            conn_id,
-            info_hash: ih,
-            peer: SocketAddr::new(ip, port),
-            kind: SwarmEventKind::Learned {
-                source: PeerSource::Tracker,
-            },
-        });
+/// port it announced, and what the announce says of its progress (`left`,
+/// `event=completed`) as a [`Claim::Tracker`]. Port 0, which qBittorrent
+/// sends over UDP, names no listener: no peer is learned, and the claim
+/// goes out with port 0 for the swarm state to give to the one peer at
+/// that address.
+#[allow(clippy::too_many_arguments)]
+fn learned_client(
+    out: &mut ShardOut,
+    ctx: FrameCtx,
+    conn_id: u64,
+    ih: [u8; 20],
+    ip: IpAddr,
+    port: Option<u32>,
+    left: Option<u64>,
+    event: MarkEvent,
+) {
+    let port = port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+    let ev = |kind| SwarmEvent {
+        ctx,
+        conn_id,
+        info_hash: ih,
+        peer: SocketAddr::new(ip, port),
+        kind,
+    };
+    if port != 0 {
+        out.events.push(ev(SwarmEventKind::Learned {
+            source: PeerSource::Tracker,
+        }));
+    }
+    let completed = event == MarkEvent::Completed;
+    if left.is_some() || completed {
+        out.events
+            .push(ev(SwarmEventKind::Claim(Claim::Tracker { left, completed })));
     }
 }
 
@@ -442,7 +462,16 @@ impl HttpState {
                 a.peer_id,
                 declared,
             ));
-            learned_client(out, ctx, self.conn_id, ih, self.client.ip(), row.port);
+            learned_client(
+                out,
+                ctx,
+                self.conn_id,
+                ih,
+                self.client.ip(),
+                row.port,
+                row.left,
+                MarkEvent::from_text(row.event.as_deref()),
+            );
         }
         (row, a.info_hash)
     }
@@ -789,9 +818,13 @@ impl UdpTrackers {
                 row.peer_id = Some(hex(&a.peer_id));
                 row.client = client_from_peer_id(&a.peer_id);
                 row.port = Some(u32::from(a.port));
-                row.uploaded = nonneg(Some(a.uploaded));
-                row.downloaded = nonneg(Some(a.downloaded));
-                row.left = nonneg(Some(a.left));
+                // BEP 15's fields read as unsigned 64-bit, as trackers
+                // (opentracker) read them: a value at or above 2^63 is kept
+                // as sent, flagged udp_tracker_amount_out_of_range, so a
+                // cheater cannot hide a claim by its size.
+                row.uploaded = Some(a.uploaded as u64);
+                row.downloaded = Some(a.downloaded as u64);
+                row.left = Some(a.left as u64);
                 row.event = match a.event {
                     UdpEvent::None => None,
                     UdpEvent::Other(v) => Some(v.to_string()),
@@ -852,7 +885,16 @@ impl UdpTrackers {
         let inserted = self.pending.on_request(ctx.ts, ep, &req, value);
         if inserted != Inserted::Retransmit {
             if let Some(m) = mark {
-                learned_client(out, ctx, info.conn_id, m.info_hash, ep.client.ip(), port);
+                learned_client(
+                    out,
+                    ctx,
+                    info.conn_id,
+                    m.info_hash,
+                    ep.client.ip(),
+                    port,
+                    m.left,
+                    m.event,
+                );
                 out.marks.push(m);
             }
         }
@@ -887,7 +929,16 @@ impl UdpTrackers {
                     // Answered: the plausible request is believed now, at
                     // its own frame.
                     let Deferred { mark, port } = *d;
-                    learned_client(out, mark.ctx, row.conn_id, mark.info_hash, mark.client, port);
+                    learned_client(
+                        out,
+                        mark.ctx,
+                        row.conn_id,
+                        mark.info_hash,
+                        mark.client,
+                        port,
+                        mark.left,
+                        mark.event,
+                    );
                     out.marks.push(mark);
                 }
                 row.response_ts = Some(Ts(ctx.ts));

@@ -7,7 +7,7 @@
 //! uTP once [`UtpConsistency`] has seen headers in both directions that
 //! agree the way BEP 29 peers' headers do (see there).
 
-use crate::proto::tracker_udp::{classify_request, UdpLimits};
+use crate::proto::tracker_udp::{request_shape, UdpLimits};
 use crate::proto::utp::{parse_utp, utp_confidence, UtpConfidence, UtpPacket, UtpProbeLimits, UtpType};
 
 /// KRPC: a bencoded dictionary with a `y` key (BEP 5). Deliberately loose
@@ -23,9 +23,12 @@ pub fn is_lsd(d: &[u8]) -> bool {
 }
 
 /// The shape of a BEP 15 request (connect: the protocol id; announce and
-/// scrape: action, size and sane counters).
+/// scrape: action and size), values not judged: with its connection id
+/// known, an announce with numwant or amounts out of range is still the
+/// client's announce (the tracker side decides, `UdpTrackers`, and hands
+/// what it refuses back to the uTP probe).
 pub fn is_tracker_request_shape(d: &[u8]) -> bool {
-    classify_request(d, &UdpLimits::default()).is_some()
+    request_shape(d, &UdpLimits::default()).is_some()
 }
 
 /// A uTP header whose fields fit together (`proto::utp::utp_confidence`).

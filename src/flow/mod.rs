@@ -54,8 +54,10 @@ pub struct FlowSummary {
     /// TCP: stream bytes never captured, and retransmitted bytes.
     pub gap_bytes: u64,
     pub retrans_bytes: u64,
-    /// fin, rst, idle, evicted, end, or open (live snapshot).
+    /// fin, rst, idle, evicted, end, reused, or open (live snapshot).
     pub end_reason: &'static str,
+    /// Packets with a wrong TCP/UDP checksum (`flows.n_bad_checksums`).
+    pub n_bad_checksums: u64,
 }
 
 /// A flow's application state, borrowed (live snapshots).
@@ -96,4 +98,27 @@ pub trait FlowApps {
     fn release_stale(&mut self, app: &mut Self::Tcp, now: i64);
     /// End of input, after every flow ended.
     fn finish(&mut self);
+}
+
+#[cfg(test)]
+mod tests {
+    /// The flow layer stays transport only: none of its files names a stage
+    /// to its right (analysis, dissectors, output). Tests inside the files
+    /// may read shared test helpers.
+    #[test]
+    fn the_flow_layer_imports_no_analysis_dissector_or_output() {
+        let files = [
+            ("mod.rs", include_str!("mod.rs")),
+            ("table.rs", include_str!("table.rs")),
+            ("reassembly.rs", include_str!("reassembly.rs")),
+            ("utp_stream.rs", include_str!("utp_stream.rs")),
+        ];
+        for (name, text) in files {
+            let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+            for stage in ["analyze", "dissect", "sink", "pipeline", "probe"] {
+                let needle = format!("crate::{stage}");
+                assert!(!code.contains(&needle), "flow/{name} uses {needle}");
+            }
+        }
+    }
 }

@@ -97,6 +97,9 @@ impl Default for UtpLimits {
     }
 }
 
+/// Where KRPC datagrams (payload, sender) arriving on the uTP port go.
+type KrpcSender = mpsc::Sender<(Vec<u8>, SocketAddr)>;
+
 /// Counters of the socket (anomalies and work), for tests and the summary.
 #[derive(Debug, Default)]
 pub struct UtpStats {
@@ -121,6 +124,11 @@ pub struct UtpStats {
     pub refused_syns: AtomicU64,
     pub connects: AtomicU64,
     pub accepted: AtomicU64,
+    /// KRPC datagrams (a bencoded dictionary: first byte `d`, which no uTP
+    /// packet starts with) handed to the DHT node sharing the port.
+    pub krpc_handed: AtomicU64,
+    /// Those dropped because the DHT node's queue was full.
+    pub krpc_dropped: AtomicU64,
 }
 
 /// A plain copy of [`UtpStats`].
@@ -138,6 +146,8 @@ pub struct UtpStatsSnapshot {
     pub refused_syns: u64,
     pub connects: u64,
     pub accepted: u64,
+    pub krpc_handed: u64,
+    pub krpc_dropped: u64,
 }
 
 impl UtpStats {
@@ -160,6 +170,8 @@ impl UtpStats {
             refused_syns: g(&self.refused_syns),
             connects: g(&self.connects),
             accepted: g(&self.accepted),
+            krpc_handed: g(&self.krpc_handed),
+            krpc_dropped: g(&self.krpc_dropped),
         }
     }
 }
@@ -168,7 +180,8 @@ impl UtpStatsSnapshot {
     pub fn render(&self) -> String {
         format!(
             "uTP: {} connect(s), {} accepted; {} datagram(s), {} malformed, {} for unknown connections, {} bad ack(s), \
-             {} duplicate(s), {} dropped out of order, {} over our window, {} retransmit(s), {} reset(s), {} SYN(s) refused",
+             {} duplicate(s), {} dropped out of order, {} over our window, {} retransmit(s), {} reset(s), {} SYN(s) refused; \
+             {} KRPC datagram(s) handed to the DHT node ({} dropped)",
             self.connects,
             self.accepted,
             self.datagrams,
@@ -180,7 +193,9 @@ impl UtpStatsSnapshot {
             self.over_window,
             self.retransmits,
             self.resets,
-            self.refused_syns
+            self.refused_syns,
+            self.krpc_handed,
+            self.krpc_dropped
         )
     }
 }
@@ -255,6 +270,9 @@ struct Shared {
     send: std::net::UdpSocket,
     conns: Mutex<ConnMap>,
     accept: Option<mpsc::Sender<UtpStream>>,
+    /// Where KRPC datagrams arriving on this port go (the DHT node sharing
+    /// it), when one does.
+    krpc: Mutex<Option<KrpcSender>>,
     limits: UtpLimits,
     stats: UtpStats,
     epoch: Instant,
@@ -717,6 +735,7 @@ impl UtpSocket {
             send,
             conns: Mutex::new(HashMap::new()),
             accept: tx,
+            krpc: Mutex::new(None),
             limits,
             stats: UtpStats::default(),
             epoch: Instant::now(),
@@ -731,6 +750,23 @@ impl UtpSocket {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.shared.sock.local_addr()
+    }
+
+    /// Hands KRPC datagrams arriving on this socket (first byte `d`: a
+    /// bencoded dictionary, never a uTP header, whose first byte is type
+    /// 0–4 and version 1) to the returned queue, for a DHT node that shares
+    /// the port: a peer told our listen port sends its DHT queries there.
+    /// At most `cap` wait; past it they are dropped and counted.
+    pub fn take_krpc(&self, cap: usize) -> mpsc::Receiver<(Vec<u8>, SocketAddr)> {
+        let (tx, rx) = mpsc::channel(cap.max(1));
+        *self.shared.krpc.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        rx
+    }
+
+    /// Sends one datagram from this socket (the DHT node's answers go out
+    /// from the port its queries came to).
+    pub fn send_datagram(&self, d: &[u8], to: SocketAddr) -> io::Result<usize> {
+        self.shared.send.send_to(d, to)
     }
 
     pub fn stats(&self) -> UtpStatsSnapshot {
@@ -839,6 +875,17 @@ fn on_tick(sh: &Shared) {
 
 fn on_datagram(sh: &Arc<Shared>, d: &[u8], from: SocketAddr) {
     UtpStats::inc(&sh.stats.datagrams);
+    if d.first() == Some(&b'd') {
+        let krpc = sh.krpc.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(tx) = krpc {
+            let c = match tx.try_send((d.to_vec(), from)) {
+                Ok(()) => &sh.stats.krpc_handed,
+                Err(_) => &sh.stats.krpc_dropped,
+            };
+            UtpStats::inc(c);
+            return;
+        }
+    }
     let Ok(p) = parse_utp(d) else {
         UtpStats::inc(&sh.stats.malformed);
         return;

@@ -346,3 +346,32 @@ fn issue_14_every_utp_connection_is_reported_with_its_encryption() {
         );
     }
 }
+
+#[test]
+fn issue_14_keep_weak_writes_the_rows_of_weak_identifications() {
+    // What weak evidence alone leaves out comes back with --keep-weak: the
+    // 82 MSE-shaped TCP openings of bittorrent_transmission tied to the
+    // torrent by address only, and the two uTP connections of
+    // lru_ipv6_caches whose packets were captured one way only.
+    let Some(c) = corpus() else { return };
+    let settings = Settings {
+        keep_weak: true,
+        ..Settings::default()
+    };
+    for (file, transport, encrypted, n_default, n_kept) in [
+        ("ntop__nDPI/bittorrent_transmission.pcapng", "tcp", true, 2, 84),
+        ("ntop__nDPI/lru_ipv6_caches.pcapng", "utp", false, 0, 2),
+    ] {
+        let count = |r: &super::Run| {
+            let conns = table(r, "connections");
+            let t = strs(&conns, "transport");
+            let e = bools(&conns, "encrypted");
+            (0..conns.height())
+                .filter(|&i| t[i].as_deref() == Some(transport) && e[i] == Some(encrypted))
+                .count()
+        };
+        let default = run(&[c.join(file)], &[]);
+        let kept = super::run_with(&[c.join(file)], &[], settings.clone(), None);
+        assert_eq!((count(&default), count(&kept)), (n_default, n_kept), "{file}");
+    }
+}

@@ -573,7 +573,7 @@ fn snapshots_through_the_rotating_sink_converge_to_analyze() {
         start_us: 1_700_000_000_000_000,
         seq: 0,
     };
-    let sink = SinkThread::rotating(&out, iv, settings.limits.sink_buffer_bytes).expect("sink");
+    let sink = SinkThread::rotating(&out, iv, &settings.output_options()).expect("sink");
     let mut r = CaptureReader::open(&InputSpec::Path(pcap.clone()), None).expect("open");
     let mut b = FrameBatch::default();
     while r.read_batch(&mut b, 1 << 20, 1000).expect("read") {

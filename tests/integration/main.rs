@@ -25,9 +25,11 @@ use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
 mod geo;
+mod hostile;
 mod ident;
 mod live;
 mod metadata;
+mod output;
 mod probe;
 mod tracker;
 
