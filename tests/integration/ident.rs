@@ -23,14 +23,19 @@ const BT_APPS: [&str; 7] = ["peer_wire", "mse", "dht", "tracker_http", "tracker_
 /// Anomaly layers below BitTorrent (any other layer is ours to answer for).
 const TRANSPORT_LAYERS: [&str; 4] = ["decode", "flow", "tcp", "capture"];
 
+/// ../shared/corpus/mixed/OISF__suricata-verify; absent: the skip rule of
+/// `require` (a failure under SWARMTAP_REQUIRE_ALL, else a recorded skip).
+#[track_caller]
 fn mixed() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/mixed/OISF__suricata-verify");
-    if p.is_dir() {
-        Some(p)
-    } else {
-        eprintln!("skipping: {} is absent", p.display());
-        None
-    }
+    let shared = super::require::shared_dir(env!("CARGO_MANIFEST_DIR"));
+    let p = shared.map(|d| d.join("corpus/mixed/OISF__suricata-verify"));
+    let found = p.as_ref().is_some_and(|p| p.is_dir());
+    super::require::require(
+        found,
+        "../shared/corpus/mixed",
+        "the shared corpus of other protocols is absent",
+    )
+    .then(|| p.unwrap_or_default())
 }
 
 fn pcaps_under(dir: &Path, out: &mut Vec<PathBuf>) {
