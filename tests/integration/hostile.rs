@@ -108,9 +108,11 @@ fn udp_tracker_out_of_range_announces_and_huge_scrapes_stay_rows() {
         "every announce is a row, none from the tracker's address"
     );
     assert_eq!(strs(&a, "confidence"), vec![Some("certain".to_string()); 4]);
+    // 2^63 + 5 is beyond the signed column (issue 17): written as
+    // i64::MAX, never wrapped, and counted (anomalies, layer sink).
     assert_eq!(
         u64s(&a, "uploaded"),
-        [Some(500), Some(500), Some(500), Some((1 << 63) + 5)]
+        [Some(500), Some(500), Some(500), Some(i64::MAX as u64)]
     );
     assert_eq!(u64s(&a, "n_peers_returned"), vec![Some(1); 4]);
     let kinds = count_by(&table(&r, "anomalies"), "kind");
@@ -122,6 +124,22 @@ fn udp_tracker_out_of_range_announces_and_huge_scrapes_stay_rows() {
     ] {
         assert_eq!(kinds.get(k), Some(&1), "{k}: {kinds:?}");
     }
+    let an = table(&r, "anomalies");
+    let mut saturated: Vec<String> = strs(&an, "kind")
+        .into_iter()
+        .zip(strs(&an, "detail"))
+        .filter(|(k, _)| k.as_deref() == Some("value_saturated"))
+        .filter_map(|(_, d)| d?.split(':').next().map(str::to_string))
+        .collect();
+    saturated.sort();
+    assert_eq!(
+        saturated,
+        [
+            "announce_audit.first_uploaded",
+            "announce_audit.last_uploaded",
+            "tracker_announces.uploaded"
+        ]
+    );
     // The request and its answer.
     assert_eq!(kinds.get("too_many_scrape_hashes"), Some(&2), "{kinds:?}");
     let s = table(&r, "tracker_scrapes");
