@@ -591,9 +591,14 @@ impl Engine {
             finish_rows(&mut rows);
             self.audit.observe(&events, &marks);
             self.audit.observe_rows(&rows);
+            // As in a batch's step: MSE flows wait for their endpoint's
+            // naming, messages for their connection's attribution.
+            self.mse.hold(&mut rows.flows);
             let events = self.ready_events(events, false);
             self.swarm.apply(events, unattributed, &mut rows);
             hold_unattributed(&mut rows, &mut self.held_conns);
+            self.held_msgs
+                .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
             self.dht.apply(dht_obs);
             rows.peer_progress.sort_by_key(|r| r.frame);
             self.gate.filter(&mut rows, &mut self.counts);
