@@ -31,16 +31,15 @@ if ! "$py" -c 'import polars, numpy, matplotlib, nbclient, nbformat, ipykernel' 
   "$venv/bin/pip" install -q -r notebooks/requirements.txt
 fi
 
+# The binary of this checkout: SWARMTAP_BIN when set, else the dev binary,
+# brought up to date first (a no-op after the test suite built it). A
+# release binary left from an earlier build is not used: it may be stale.
+if [ -z "${SWARMTAP_BIN:-}" ]; then
+  cargo build --quiet --bin swarmtap
+  SWARMTAP_BIN="$here/target/debug/swarmtap"
+fi
 swarmtap() {
-  # The test suite has just built the dev binary; a release one is used
-  # when present. Building release only for this would cost CI ~15 minutes.
-  if [ -x target/release/swarmtap ]; then
-    target/release/swarmtap "$@"
-  elif [ -x target/debug/swarmtap ]; then
-    target/debug/swarmtap "$@"
-  else
-    cargo run --quiet -- "$@"
-  fi
+  "$SWARMTAP_BIN" "$@"
 }
 
 # analyze OUT [ARGS...]: runs `swarmtap analyze ARGS -o OUT`, its messages in OUT.log. On
@@ -50,7 +49,8 @@ analyze() {
   shift
   rm -rf "$out"
   mkdir -p "$(dirname "$out")"
-  if swarmtap analyze "$@" -o "$out" >"$out.log" 2>&1; then
+  # stdin from /dev/null: without inputs swarmtap reads a piped stdin.
+  if swarmtap analyze "$@" -o "$out" >"$out.log" 2>&1 </dev/null; then
     echo "run.sh: wrote $out (swarmtap analyze ${*:-[bundled sample-pcaps/]})"
   else
     echo "run.sh: swarmtap analyze $* failed; see $out.log:" >&2

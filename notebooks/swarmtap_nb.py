@@ -52,14 +52,14 @@ TS = pl.Datetime("us", "UTC")
 # missing table or column its type; the files' own schema wins wherever they
 # have a column.
 _TYPES = {
-    "u64": pl.UInt64,
-    "u32": pl.UInt32,
-    "i64": pl.Int64,
-    "f64": pl.Float64,
+    "int64": pl.Int64,
+    "int32": pl.Int32,
+    "float64": pl.Float64,
     "bool": pl.Boolean,
-    "str": pl.String,
+    "string": pl.String,
     "timestamp[us, UTC]": TS,
-    "list[str]": pl.List(pl.String),
+    "list<string>": pl.List(pl.String),
+    "list<int64>": pl.List(pl.Int64),
 }
 
 

@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(
     name = "swarmtap",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SWARMTAP_COMMIT"), ")"),
     about = "Passive BitTorrent traffic analyzer: captures in, Parquet datasets out"
 )]
 pub struct Cli {
@@ -22,11 +22,18 @@ pub enum Command {
     Analyze(AnalyzeArgs),
     /// Capture from a network interface (libpcap) into hive-partitioned Parquet tables, rotated.
     Live(LiveArgs),
-    /// Print a dataset written by `analyze` as readable tables.
+    /// Print a dataset (written by `analyze`, `live` or `probe`) as readable tables.
     Summary {
         /// Dataset directory.
         dir: PathBuf,
+        /// text (readable tables) or json (one object: counts, confirmed
+        /// downloads, flagged audit series, anomalies by kind).
+        #[arg(long = "format", default_value = "text", value_parser = ["text", "json"])]
+        format: String,
     },
+    /// Write a dataset's tables as CSV or NDJSON (one file per table), for
+    /// tools without Parquet.
+    Export(ExportArgs),
     /// Write a dataset as one self-contained HTML page (charts and tables, nothing fetched).
     Report {
         /// Dataset directory (offline or live).
@@ -46,11 +53,32 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Dataset directory (analyze, live or probe output).
+    pub dir: PathBuf,
+    /// csv or ndjson.
+    #[arg(long = "format", value_parser = ["csv", "ndjson"])]
+    pub format: String,
+    /// Only these tables (repeatable; default: every table).
+    #[arg(long = "table")]
+    pub table: Vec<String>,
+    /// Output directory (default: DIR-<format> beside DIR, so that the
+    /// dataset folder holds only the dataset).
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct AnalyzeArgs {
-    /// Captures, directories of captures, or - for stdin. Without any, the
-    /// bundled sample-pcaps/ directory (and its .torrent files) is analyzed.
+    /// Captures, directories of captures, or - for stdin. Without any: stdin
+    /// when it is a pipe or a file, else the bundled sample-pcaps/
+    /// directory (and its .torrent files).
     pub inputs: Vec<PathBuf>,
-    /// Output directory (one <table>.parquet per table).
+    /// A capture to read (as tcpdump -r; repeatable, same as a positional input).
+    #[arg(short = 'r', long = "read", value_name = "FILE")]
+    pub read: Vec<PathBuf>,
+    /// Output directory (one <table>.parquet per table). Written into a new
+    /// folder beside it and swapped in when the run succeeds.
     #[arg(short = 'o', long = "output", default_value = "swarmtap-out")]
     pub output: PathBuf,
     /// BPF filter (libpcap syntax), applied to files too.
@@ -76,15 +104,34 @@ pub struct AnalysisOpts {
     /// Do not write the peer_messages table.
     #[arg(long = "no-messages")]
     pub no_messages: bool,
+    /// Also write connection, peer, torrent and audit rows of flows whose
+    /// BitTorrent identification is weak (structure alone: an MSE-shaped
+    /// opening nobody corroborates, uTP-shaped datagrams, mid-stream bytes
+    /// that frame as peer wire one way). By default they stay in `flows`.
+    #[arg(long = "keep-weak")]
+    pub keep_weak: bool,
     /// Completion threshold for confirmed downloads, as a fraction of pieces.
     #[arg(long = "threshold", default_value_t = 0.98)]
     pub threshold: f64,
-    /// Window in seconds (packet time) for peak transfer rates.
-    #[arg(long = "rate-window", default_value_t = 5)]
-    pub rate_window: u32,
+    /// Window (packet time) for peak transfer rates: seconds, or a duration
+    /// (5s, 1m); whole seconds, at least 1.
+    #[arg(long = "rate-window", default_value = "5s", value_parser = parse_duration)]
+    pub rate_window: std::time::Duration,
+    /// Name written in every table's `sensor` column (default: the host name).
+    #[arg(long = "sensor", value_name = "NAME")]
+    pub sensor: Option<String>,
+    /// Write into an output folder even when it holds something other than
+    /// a swarmtap dataset of this layout (analyze: it is replaced).
+    #[arg(long = "force")]
+    pub force: bool,
     /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
     #[arg(long = "max-flows")]
     pub max_flows: Option<usize>,
+    /// Drop TCP/UDP packets with a wrong checksum, as their receiver would
+    /// (they are always counted: flows.n_bad_checksums, capture_stats).
+    /// Checksum-offload patterns from the capturing host are not wrong.
+    #[arg(long = "verify-checksums")]
+    pub verify_checksums: bool,
 }
 
 #[derive(Debug, Args)]
@@ -106,12 +153,23 @@ pub struct ProbeArgs {
     /// A passive dataset directory (written by analyze): its torrents and peer endpoints become targets.
     #[arg(long = "from")]
     pub from: Option<PathBuf>,
-    /// Output directory (one <table>.parquet per table, all tables present).
+    /// Output directory (one <table>.parquet per table, all tables present),
+    /// swapped in when the probe ends.
     #[arg(short = 'o', long = "output", default_value = "swarmtap-out")]
     pub output: PathBuf,
-    /// Time between visits of a peer that has not completed yet (e.g. 300, 5m, 10s, 500ms).
+    /// Name written in every table's `sensor` column (default: the host name).
+    #[arg(long = "sensor", value_name = "NAME")]
+    pub sensor: Option<String>,
+    /// Write into an output folder even when it holds something other than
+    /// a swarmtap dataset (it is replaced).
+    #[arg(long = "force")]
+    pub force: bool,
+    /// Longest time between visits of a peer that has not completed yet (e.g. 300, 5m, 10s, 500ms): a peer whose piece count does not move is revisited this often; a moving one just after its predicted threshold crossing, within --min-revisit..--revisit.
     #[arg(long = "revisit", default_value = "5m")]
     pub revisit: String,
+    /// Shortest time between visits of a peer (the scheduler's lower bound).
+    #[arg(long = "min-revisit", default_value = "10s")]
+    pub min_revisit: String,
     /// First back-off after a failed visit; doubles per consecutive failure.
     #[arg(long = "retry", default_value = "30s")]
     pub retry: String,
@@ -124,7 +182,7 @@ pub struct ProbeArgs {
     /// Silence after which a contact ends (after the handshake).
     #[arg(long = "idle-timeout", default_value = "6s")]
     pub idle_timeout: String,
-    /// Longest single contact (a peer that keeps sending `have`s is heard until then).
+    /// Longest single contact (a peer that keeps sending `have`s is heard until then; one expected to cross the threshold before then is held open through silences).
     #[arg(long = "max-contact", default_value = "2m")]
     pub max_contact: String,
     /// TCP connect timeout.
@@ -201,8 +259,11 @@ pub struct ProbeArgs {
 #[derive(Debug, Args)]
 pub struct LiveArgs {
     /// Interface to capture on (`any` for all, with Linux cooked headers).
-    #[arg(short = 'i', long = "interface")]
-    pub interface: String,
+    #[arg(short = 'i', long = "interface", required_unless_present = "list_interfaces")]
+    pub interface: Option<String>,
+    /// List the interfaces libpcap can capture on, and exit (as tcpdump -D).
+    #[arg(short = 'D', long = "list-interfaces")]
+    pub list_interfaces: bool,
     /// Output directory: DIR/<table>/date=YYYY-MM-DD/hour=HH/part-<start>-<seq>.parquet.
     #[arg(short = 'o', long = "output", default_value = "swarmtap-out")]
     pub output: PathBuf,

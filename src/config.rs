@@ -11,10 +11,13 @@ use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
 /// Every bound on memory and work that input controls.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Live flows in the whole flow table (split evenly over shards). A flow
-    /// without buffered data costs about 300 bytes, so 2^18 flows ≈ 80 MB; a
-    /// tap sees far fewer concurrent BitTorrent flows. When full, the
-    /// least recently active eighth of a shard is expired (counted).
+    /// Live flows in the whole flow table. A flow without buffered data
+    /// costs about 300 bytes, so 2^18 flows ≈ 80 MB; a tap sees far fewer
+    /// concurrent BitTorrent flows. The table's free room is shared among
+    /// the shards before each batch, in proportion to the packets the batch
+    /// brings each: a shard evicts only when the table as a whole is full
+    /// (less than a batch of room left), then its least recently active
+    /// eighth (counted, `flow_table_full`).
     pub max_flows: usize,
     /// TCP reassembly bounds per direction.
     pub reassembly: ReassemblyLimits,
@@ -27,6 +30,32 @@ pub struct Limits {
     pub udp_idle_us: i64,
     /// Time a closed (FIN both ways, or RST) TCP flow is kept for stragglers.
     pub tcp_closed_linger_us: i64,
+    /// How far (bytes, either way) a RST's sequence number may be from the
+    /// next byte expected from its sender for the RST to close the
+    /// connection (RFC 5961 §3 in-window check; the receiver's advertised
+    /// window is not kept). Outside it the RST is ignored and counted
+    /// (`tcp_rst_out_of_window`): a blind spoofer hits it with odds of
+    /// 2 × 2^22 / 2^32 = 1/512 per guess, and one that does is undone by the
+    /// next data its supposed sender sends (`tcp_rst_not_honoured`). 4 MiB
+    /// covers the data in flight of real peer connections (Linux's default
+    /// largest receive buffer is 6 MiB, of which a BitTorrent peer rarely
+    /// fills more than one RTT's worth).
+    pub tcp_rst_window: u32,
+    /// A forward step of the capture's clock between two consecutive frames
+    /// beyond which the time is taken as a clock step of the capturing host
+    /// (NTP, a wrong date set by hand, +50 years) rather than as time that
+    /// passed: the flow clock idle expiry runs on does not advance over it
+    /// (counted, `capture_stats.n_ts_jumps`). Equal to `tcp_idle_us`: a
+    /// transfer running across the step is not split, while any shorter
+    /// silence still counts as time. A whole link silent for longer is
+    /// rare on a tap; its flows then end at their next idle period.
+    pub max_clock_jump_us: i64,
+    /// Sources whose checksum habit is remembered (whether their first
+    /// checked packet carried a checksum-offload pattern, which marks the
+    /// capturing host). A capture holds a handful of such hosts; past the
+    /// bound new sources are judged strictly (an offload pattern counts as
+    /// a wrong checksum). ~40 bytes each.
+    pub max_checksum_sources: usize,
     /// How often (packet time) shards sweep for idle flows.
     pub sweep_interval_us: i64,
     /// Frames per batch read from a capture file. Each batch is decoded and
@@ -55,7 +84,10 @@ pub struct Limits {
     /// estimated). A table's rows are written when it has a full row group
     /// (64 Ki rows) or, when the tables together pass this, the largest
     /// buffer is written early: without it twenty slowly filling tables
-    /// could each hold most of a row group until the end of the run.
+    /// could each hold most of a row group until the end of the run. The
+    /// estimate counts 32 heap bytes a row; rows of hex ids and addresses
+    /// (dht_messages) hold about twice that, so 12 MB estimated is ~25 MB
+    /// held (a DHT query flood held 51 MB of rows at 24 MB).
     pub sink_buffer_bytes: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.
@@ -65,11 +97,35 @@ pub struct Limits {
     /// identifies the peer). Real clients send it within the first few
     /// messages.
     pub max_held_events: usize,
+    /// peer_messages rows of connections without an info_hash yet (picked
+    /// up mid-stream) held until the swarm state attributes the connection,
+    /// so that every row of it carries the info_hash. ~150 bytes each: 2^18
+    /// ≈ 40 MB. Past it the oldest are written without one, counted as
+    /// anomaly `held_messages_released`.
+    pub max_held_messages: usize,
     /// Packet time a connection holds its events at most (settled at its
     /// first packet after that, keep-alives included): an originator that
     /// announces BEP 10 and never sends its handshake must not hold the
     /// swarm state's event order (see `max_event_wait_us`) for long.
     pub max_hold_us: i64,
+    /// Stream bytes (both directions) a flow picked up mid-connection may
+    /// be hunted for peer-wire framing before it must have framed a run of
+    /// messages both ways (`analyze::stream`). Its staged output is bounded
+    /// by what these bytes can frame. Real peer wire confirms within a few
+    /// messages (three 16 KiB blocks one way, three requests the other).
+    pub max_midstream_probe_bytes: u64,
+    /// Messages one direction of such a stream may frame (their rows staged
+    /// in memory) while the other has not framed its run: past it the
+    /// stream is given up as one-way. Bounds the staged rows of a hostile
+    /// stream of tiny messages to a few kilobytes.
+    pub max_midstream_staged_msgs: u64,
+    /// uTP-shaped datagrams of one UDP flow copied while the flow's uTP is
+    /// not confirmed yet (`dissect::datagram::UtpConsistency`), and their
+    /// bytes: a real connection confirms within its first handful of
+    /// packets both ways; foreign traffic never does, and past the bound
+    /// its uTP-shaped datagrams are no longer followed.
+    pub utp_probe_max_datagrams: usize,
+    pub utp_probe_max_bytes: usize,
     /// Swarm events kept back because a connection holds an earlier one
     /// (see `max_held_events`; each connection holds at most that many, so
     /// the wait is short). Past it they are applied out of frame order,
@@ -122,21 +178,27 @@ pub struct Limits {
     /// KRPC bounds: datagram size, bencode depth/items, query timeout, and
     /// `max_pending`, the outstanding queries kept for pairing responses.
     /// `max_pending` is for the whole run, split evenly over the shards
-    /// (a query and its response are one UDP flow, so one shard): 2^18
-    /// queries of ~100 bytes ≈ 26 MB at worst. With the 30 s timeout that
-    /// pairs a node sending 8,000 queries a second; past it the oldest
-    /// query of the shard is dropped (counted, `dht_pending_full`).
+    /// (a query and its response are one UDP flow, so one shard): 2^16
+    /// queries of ~300 bytes (key with both endpoints, the query, its place
+    /// in the expiry order, the map's slack) ≈ 20 MB at worst; 2^18 cost
+    /// ~80 MB in a flood of queries from fresh addresses. With the 30 s
+    /// timeout that pairs a node sending 2,000 queries a second (a busy
+    /// DHT node sees a few hundred); past it the oldest query of the shard
+    /// is dropped (counted, `dht_pending_full`).
     pub dht: DhtLimits,
     /// LSD (BEP 14) datagram bounds.
     pub lsd: LsdLimits,
     /// Distinct DHT nodes (node id, address) in `dht_nodes`, counting nodes
-    /// only listed in responses. ~150 bytes each: 2^18 ≈ 40 MB. A crawl
-    /// meets millions of nodes; past the bound new ones are counted, not
-    /// tracked (`dht_node_table_full`).
+    /// only listed in responses. A crawl meets millions of nodes; past the
+    /// bound new ones are counted, not tracked (`dht_node_table_full`).
+    /// 7/8 of 2^17 (114,688): the hash table then fits in 2^17 buckets of
+    /// ~128 bytes (16 MB); at 2^17 entries it would double. A flood of
+    /// queries from fresh node ids fills it; 2^18 entries held 64 MB.
     pub max_dht_nodes: usize,
     /// Distinct info hashes in `dht_infohashes` (get_peers, announce_peer,
-    /// BEP 51 samples). ~120 bytes each: 2^18 ≈ 30 MB; past it new ones are
-    /// counted, not tracked (`dht_infohash_table_full`).
+    /// BEP 51 samples); past it new ones are counted, not tracked
+    /// (`dht_infohash_table_full`). 7/8 of 2^17, as `max_dht_nodes`: 2^17
+    /// buckets of ~110 bytes (14 MB).
     pub max_dht_infohashes: usize,
     /// Live capture: peers, torrents, DHT nodes and info hashes not seen
     /// for this long (packet time) are forgotten at a rotation, right after
@@ -192,6 +254,9 @@ impl Default for Limits {
             tcp_idle_us: 10 * 60 * 1_000_000,
             udp_idle_us: 3 * 60 * 1_000_000,
             tcp_closed_linger_us: 30 * 1_000_000,
+            tcp_rst_window: 4 << 20,
+            max_clock_jump_us: 10 * 60 * 1_000_000,
+            max_checksum_sources: 1 << 16,
             sweep_interval_us: 10 * 1_000_000,
             batch_frames: 2 * 1024,
             batch_bytes: 2 << 20,
@@ -199,10 +264,15 @@ impl Default for Limits {
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,
             max_geo_cache: 1 << 18,
-            sink_buffer_bytes: 24 << 20,
+            sink_buffer_bytes: 12 << 20,
             max_anomaly_rows_per_kind: 10_000,
             max_held_events: 32,
+            max_held_messages: 1 << 18,
             max_hold_us: 20 * 1_000_000,
+            max_midstream_probe_bytes: 1 << 20,
+            max_midstream_staged_msgs: 256,
+            utp_probe_max_datagrams: 64,
+            utp_probe_max_bytes: 96 * 1024,
             max_waiting_events: 1 << 18,
             max_event_wait_us: 60 * 1_000_000,
             max_ltep_handshake: 64 * 1024,
@@ -218,12 +288,12 @@ impl Default for Limits {
             max_audit_addrs: 1 << 18,
             max_audit_spans_per_addr: 64,
             dht: DhtLimits {
-                max_pending: 1 << 18,
+                max_pending: 1 << 16,
                 ..DhtLimits::default()
             },
             lsd: LsdLimits::default(),
-            max_dht_nodes: 1 << 18,
-            max_dht_infohashes: 1 << 18,
+            max_dht_nodes: (1 << 17) / 8 * 7,
+            max_dht_infohashes: (1 << 17) / 8 * 7,
             live_state_idle_us: 3600 * 1_000_000,
             max_metadata_bytes: 16 << 20,
             max_metadata_pending_bytes: 64 << 20,
@@ -259,6 +329,32 @@ pub struct Settings {
     pub audit_max_link_bps: f64,
     /// Geolocation databases (`--geoip`); without them the geo columns are null.
     pub geo: Option<std::sync::Arc<crate::geo::GeoDb>>,
+    /// `--verify-checksums`: drop TCP/UDP packets whose checksum is wrong
+    /// (as a receiver does), counting them, instead of only counting them.
+    pub verify_checksums: bool,
+    /// The `sensor` column of every table (`--sensor`); None: the host name.
+    pub sensor: Option<String>,
+    /// Write into an output folder that holds something else (`--force`).
+    pub force: bool,
+    /// Write connection, peer, torrent and audit rows of flows identified
+    /// with weak confidence too (`--keep-weak`); by default they stay in
+    /// `flows` only.
+    pub keep_weak: bool,
+}
+
+impl Settings {
+    /// How the run's dataset is written.
+    pub fn output_options(&self) -> crate::sink::OutputOptions {
+        let mut o = crate::sink::OutputOptions {
+            budget: self.limits.sink_buffer_bytes,
+            force: self.force,
+            ..Default::default()
+        };
+        if let Some(s) = &self.sensor {
+            o.sensor = s.clone();
+        }
+        o
+    }
 }
 
 impl Default for Settings {
@@ -272,6 +368,10 @@ impl Default for Settings {
             n_shards: 64,
             audit_max_link_bps: 1.25e9,
             geo: None,
+            verify_checksums: false,
+            sensor: None,
+            force: false,
+            keep_weak: false,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod decode;
+pub mod dissect;
 pub mod flow;
 pub mod geo;
 pub mod pipeline;

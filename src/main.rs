@@ -19,7 +19,11 @@ fn main() -> ExitCode {
         Command::Analyze(a) => analyze(a),
         Command::Live(a) => live(a),
         Command::Probe(a) => probe(*a),
-        Command::Summary { dir } => swarmtap::summary::print(&dir),
+        Command::Summary { dir, format } => match format.as_str() {
+            "json" => swarmtap::summary::print_json(&dir),
+            _ => swarmtap::summary::print(&dir),
+        },
+        Command::Export(a) => swarmtap::summary::export(&a.dir, &a.format, &a.table, a.output.as_deref()),
         Command::Torrent { file } => torrent(&file),
         Command::Report { dir, output } => report(&dir, &output),
     };
@@ -80,8 +84,12 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
     let mut settings = Settings {
         threshold: o.threshold,
         messages: !o.no_messages,
-        rate_window_s: o.rate_window.max(1),
+        keep_weak: o.keep_weak,
+        rate_window_s: u32::try_from(o.rate_window.as_secs()).unwrap_or(u32::MAX).max(1),
         threads: o.threads,
+        verify_checksums: o.verify_checksums,
+        sensor: o.sensor.clone(),
+        force: o.force,
         ..Settings::default()
     };
     if let Some(m) = o.max_flows {
@@ -99,13 +107,35 @@ fn load_geo(o: &AnalysisOpts, settings: &mut Settings) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether stdin carries data to read: a pipe, a socket or a file (not a
+/// terminal, and not a character device such as /dev/null, which CI jobs
+/// and service managers hand out when there is no input).
+fn stdin_has_data() -> bool {
+    use std::io::IsTerminal;
+    use std::os::unix::fs::FileTypeExt;
+    if std::io::stdin().is_terminal() {
+        return false;
+    }
+    match std::fs::metadata("/proc/self/fd/0") {
+        Ok(m) => {
+            let t = m.file_type();
+            t.is_fifo() || t.is_socket() || t.is_file()
+        }
+        Err(_) => false,
+    }
+}
+
 fn analyze(a: AnalyzeArgs) -> Result<(), String> {
-    let (inputs, mut torrent_paths) = if a.inputs.is_empty() {
+    let named: Vec<PathBuf> = a.read.iter().chain(&a.inputs).cloned().collect();
+    let (inputs, mut torrent_paths) = if !named.is_empty() {
+        (named, Vec::new())
+    } else if stdin_has_data() {
+        eprintln!("swarmtap: no input named; reading the capture on stdin");
+        (vec![PathBuf::from("-")], Vec::new())
+    } else {
         let dir = PathBuf::from(SAMPLE_PCAPS);
         eprintln!("swarmtap: no input given; analyzing the bundled {}", dir.display());
         (vec![dir.clone()], vec![dir])
-    } else {
-        (a.inputs.clone(), Vec::new())
     };
     torrent_paths.extend(a.opts.torrents.iter().cloned());
     let expanded = expand_inputs(&inputs).map_err(|e| e.to_string())?;
@@ -129,6 +159,17 @@ fn analyze(a: AnalyzeArgs) -> Result<(), String> {
     let torrents = load_torrents(&torrent_paths)?;
     let mut settings = settings_of(&a.opts)?;
     load_geo(&a.opts, &mut settings)?;
+    // ^C stops the run cleanly (the output folder stays as it was); a
+    // second one exits at once.
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        let flag = swarmtap::pipeline::interrupt_flag();
+        for sig in [SIGINT, SIGTERM] {
+            signal_hook::flag::register_conditional_shutdown(sig, 130, flag.clone())
+                .and_then(|_| signal_hook::flag::register(sig, flag.clone()))
+                .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        }
+    }
     let summary = swarmtap::pipeline::analyze(inputs, a.filter.clone(), &a.output, &settings, torrents)?;
     eprintln!("swarmtap: {}", summary.render());
     eprintln!("swarmtap: wrote {}", a.output.display());
@@ -141,6 +182,13 @@ fn live(a: LiveArgs) -> Result<(), String> {
     use swarmtap::capture::live::LiveOptions;
     use swarmtap::pipeline::{LiveControl, LiveSettings};
 
+    if a.list_interfaces {
+        return list_interfaces();
+    }
+    let iface = a
+        .interface
+        .clone()
+        .ok_or("live needs -i INTERFACE (swarmtap live -D lists them)")?;
     let mut settings = settings_of(&a.opts)?;
     let control = LiveControl {
         stop: Arc::new(AtomicBool::new(false)),
@@ -168,7 +216,7 @@ fn live(a: LiveArgs) -> Result<(), String> {
     let torrents = load_torrents(&a.opts.torrents)?;
     let ls = LiveSettings {
         capture: LiveOptions {
-            iface: a.interface.clone(),
+            iface,
             filter: a.filter.clone(),
             snaplen: a.snaplen.max(64),
             promisc: !a.no_promisc,
@@ -184,6 +232,25 @@ fn live(a: LiveArgs) -> Result<(), String> {
     eprintln!("swarmtap: {}", summary.render());
     eprintln!("swarmtap: wrote {}", a.output.display());
     Ok(())
+}
+
+/// `live -D`: the interfaces libpcap can open, numbered as tcpdump -D does.
+fn list_interfaces() -> Result<(), String> {
+    use std::fmt::Write as _;
+    let devs = pcap::Device::list().map_err(|e| format!("cannot list interfaces: {e}"))?;
+    let mut o = String::new();
+    for (i, d) in devs.iter().enumerate() {
+        let _ = write!(o, "{}.{}", i + 1, d.name);
+        if let Some(desc) = &d.desc {
+            let _ = write!(o, " ({desc})");
+        }
+        let addrs: Vec<String> = d.addresses.iter().map(|a| a.addr.to_string()).collect();
+        if !addrs.is_empty() {
+            let _ = write!(o, " [{}]", addrs.join(", "));
+        }
+        o.push('\n');
+    }
+    swarmtap::summary::write_stdout(&o)
 }
 
 fn torrent(file: &Path) -> Result<(), String> {
@@ -220,6 +287,10 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
     use swarmtap::probe::session::{Crypto, Transport};
     use swarmtap::probe::targets::{self, Cidr, Target};
     let mut s = swarmtap::probe::ProbeSettings::new(a.output.clone());
+    s.output_options.force = a.force;
+    if let Some(n) = &a.sensor {
+        s.output_options.sensor = n.clone();
+    }
     let mut ts: Vec<Target> = Vec::new();
     let torrent_target = |p: &Path| -> Result<Target, String> {
         let m = load_torrents(&[p.to_path_buf()])?
@@ -295,6 +366,7 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
     }
     s.policy.allow_private = a.allow_private;
     s.revisit = parse_duration(&a.revisit)?;
+    s.min_revisit = parse_duration(&a.min_revisit)?.min(s.revisit);
     s.retry = parse_duration(&a.retry)?;
     s.max_backoff = parse_duration(&a.max_backoff)?;
     s.duration = a.duration.as_deref().map(parse_duration).transpose()?;

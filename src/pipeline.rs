@@ -20,10 +20,12 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
+use crate::analyze::apps::{ShardApps, ShardContext};
 use crate::analyze::audit::Audit;
 use crate::analyze::dht::DhtAggregate;
 use crate::analyze::metadata::MetadataAssembler;
 use crate::analyze::pieces::KnownTorrents;
+use crate::analyze::stream::{EV_MSE_BOTH, EV_MSE_NAMED, EV_MSE_ONE_WAY_NAMED};
 use crate::analyze::swarm::UnattributedEvent;
 use crate::analyze::swarm::{EncryptedConn, Swarm};
 use crate::analyze::tracker::AnnounceMark;
@@ -33,12 +35,13 @@ use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
-use crate::flow::table::{Shard, ShardContext};
+use crate::dissect::Confidence;
+use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
 use crate::sink::writer::Interval;
-use crate::sink::{CaptureStatsRow, ConnectionRow, RowBatch, SinkThread, Ts};
+use crate::sink::{CaptureStatsRow, ConnectionRow, FlowRow, RowBatch, SinkThread, Ts};
 
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default)]
@@ -53,6 +56,10 @@ pub struct RunSummary {
     pub n_peers: u64,
     pub n_messages: u64,
     pub n_anomalies: u64,
+    /// Peers whose download was confirmed (peers.confirmed_download).
+    pub n_confirmed_downloads: u64,
+    /// Announce series with an audit flag (announce_audit.suspicious).
+    pub n_flagged_series: u64,
     pub elapsed_s: f64,
 }
 
@@ -61,7 +68,7 @@ impl RunSummary {
         let mb = self.n_bytes as f64 / 1e6;
         let rate = if self.elapsed_s > 0.0 { mb / self.elapsed_s } else { 0.0 };
         format!(
-            "{} input(s), {} packets, {:.1} MB, {} flows, {} BitTorrent connections, {} torrents, {} peers, {} messages, {} anomalies; {:.2} s ({:.0} MB/s, {:.0} packets/s)",
+            "{} input(s), {} packets, {:.1} MB, {} flows, {} BitTorrent connections, {} torrents, {} peers, {} confirmed downloads, {} flagged audit series, {} messages, {} anomalies; {:.2} s ({:.0} MB/s, {:.0} packets/s)",
             self.n_inputs,
             self.n_packets,
             mb,
@@ -69,6 +76,8 @@ impl RunSummary {
             self.n_connections,
             self.n_torrents,
             self.n_peers,
+            self.n_confirmed_downloads,
+            self.n_flagged_series,
             self.n_messages,
             self.n_anomalies,
             self.elapsed_s,
@@ -97,6 +106,92 @@ struct DecodeCounts {
     tcp: u64,
     udp: u64,
     anomalies: u64,
+    ts_backwards: u64,
+    ts_jumps: u64,
+    bad_checksums: u64,
+}
+
+/// The sequential part of packet judgement, kept across batches: the flow
+/// clock (see `PacketNote::clock`) and which sources send checksum-offload
+/// patterns of their own.
+#[derive(Debug)]
+struct PacketJudge {
+    prev_ts: Option<i64>,
+    clock: i64,
+    max_jump_us: i64,
+    /// Sources judged by their first checked packet: true when it carried a
+    /// checksum-offload pattern (the capturing host, or a namespace of it:
+    /// its packets were captured before the NIC filled the checksum in).
+    offload_sources: HashMap<IpAddr, bool>,
+    max_sources: usize,
+    verify: bool,
+}
+
+/// How a frame's timestamp moved the flow clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClockStep {
+    Normal,
+    Backwards,
+    Jump,
+}
+
+impl PacketJudge {
+    fn new(settings: &Settings) -> Self {
+        PacketJudge {
+            prev_ts: None,
+            clock: i64::MIN,
+            max_jump_us: settings.limits.max_clock_jump_us,
+            offload_sources: HashMap::new(),
+            max_sources: settings.limits.max_checksum_sources,
+            verify: settings.verify_checksums,
+        }
+    }
+
+    /// Advances the flow clock to a frame stamped `ts`: by the time since
+    /// the previous frame, or by nothing when that is negative or more than
+    /// `max_jump_us` (a clock step of the capturing host).
+    fn tick(&mut self, ts: i64) -> (i64, ClockStep) {
+        let step = match self.prev_ts {
+            None => {
+                self.clock = ts;
+                ClockStep::Normal
+            }
+            Some(prev) => {
+                let d = ts.saturating_sub(prev);
+                if d < 0 {
+                    ClockStep::Backwards
+                } else if d > self.max_jump_us {
+                    ClockStep::Jump
+                } else {
+                    self.clock = self.clock.saturating_add(d);
+                    ClockStep::Normal
+                }
+            }
+        };
+        self.prev_ts = Some(ts);
+        (self.clock, step)
+    }
+
+    /// Whether a packet's checksum counts as wrong: `Bad`, or an offload
+    /// pattern from a source whose first checked packet was not one.
+    fn bad_checksum(&mut self, p: &crate::decode::Packet) -> bool {
+        use crate::decode::Checksum;
+        let offloaded = match p.checksum {
+            Checksum::Good => false,
+            Checksum::Unchecked => return false,
+            Checksum::Offloaded => true,
+            Checksum::Bad => return true,
+        };
+        let full = self.offload_sources.len() >= self.max_sources;
+        match self.offload_sources.get(&p.src) {
+            Some(&local) => offloaded && !local,
+            None if full => offloaded,
+            None => {
+                self.offload_sources.insert(p.src, offloaded);
+                false
+            }
+        }
+    }
 }
 
 /// Caps anomaly rows per (layer, kind) and counts all of them per capture.
@@ -127,7 +222,7 @@ pub struct Engine {
     settings: Settings,
     names: Arc<Vec<String>>,
     pool: rayon::ThreadPool,
-    shards: Vec<Shard>,
+    shards: Vec<Shard<ShardApps>>,
     n_shards: usize,
     swarm: Swarm,
     audit: Audit,
@@ -135,7 +230,13 @@ pub struct Engine {
     counts: HashMap<String, DecodeCounts>,
     gate: AnomalyGate,
     watermark: i64,
+    judge: PacketJudge,
     held_conns: Vec<ConnectionRow>,
+    /// peer_messages rows of connections not attributed yet (mid-stream),
+    /// released with the info_hash once the swarm state attributes them.
+    held_msgs: HeldMessages,
+    /// TCP flows with MSE's shape, waiting for the endpoint check.
+    mse: MseFlows,
     /// Swarm events later than an event some connection still holds back:
     /// applied once it is released, so that the swarm state sees events in
     /// frame order however batches fall (bounded by `max_waiting_events`).
@@ -160,6 +261,9 @@ pub struct CaptureCounts {
     pub n_tcp: u64,
     pub n_udp: u64,
     pub n_anomalies: u64,
+    pub n_ts_backwards: u64,
+    pub n_ts_jumps: u64,
+    pub n_bad_checksums: u64,
 }
 
 impl From<&DecodeCounts> for CaptureCounts {
@@ -172,6 +276,9 @@ impl From<&DecodeCounts> for CaptureCounts {
             n_tcp: c.tcp,
             n_udp: c.udp,
             n_anomalies: c.anomalies,
+            n_ts_backwards: c.ts_backwards,
+            n_ts_jumps: c.ts_jumps,
+            n_bad_checksums: c.bad_checksums,
         }
     }
 }
@@ -189,7 +296,10 @@ impl Engine {
     /// `names`: the `capture` column of each input by index; `torrents`:
     /// metainfo from --torrents.
     pub fn new(settings: &Settings, names: Arc<Vec<String>>, torrents: Vec<Metainfo>) -> Result<Engine, String> {
-        let mut ctx = ShardContext::default();
+        let mut ctx = ShardContext {
+            keep_weak: settings.keep_weak,
+            ..ShardContext::default()
+        };
         let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
         let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
         let audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
@@ -219,9 +329,9 @@ impl Engine {
             names: names.clone(),
         };
         let n_shards = settings.n_shards.max(1);
-        let shards: Vec<Shard> = (0..n_shards)
+        let shards: Vec<Shard<ShardApps>> = (0..n_shards)
             .map(|_| {
-                Shard::new(
+                let apps = ShardApps::new(
                     settings.limits,
                     n_shards,
                     settings.messages,
@@ -231,7 +341,8 @@ impl Engine {
                         known: meta.known.clone(),
                         ..Default::default()
                     },
-                )
+                );
+                Shard::new(settings.limits, n_shards, apps)
             })
             .collect();
         let pool = rayon::ThreadPoolBuilder::new()
@@ -254,7 +365,10 @@ impl Engine {
                 seen: HashMap::new(),
             },
             watermark: i64::MIN,
+            judge: PacketJudge::new(settings),
             held_conns: Vec::new(),
+            held_msgs: HeldMessages::default(),
+            mse: MseFlows::default(),
             waiting: Default::default(),
             waiting_seq: 0,
             n_order_forced: 0,
@@ -286,8 +400,9 @@ impl Engine {
             if let (Some(t0), true) = (first, watermark != i64::MIN) {
                 let idle = self.settings.limits.tcp_idle_us.max(self.settings.limits.udp_idle_us);
                 if t0 < watermark || t0 - watermark > idle {
+                    let clock = self.judge.clock;
                     let mut rows = self.pool.install(|| {
-                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark));
+                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark, clock));
                         RowBatch::default()
                     });
                     let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
@@ -296,13 +411,18 @@ impl Engine {
                     finish_rows(&mut rows);
                     self.audit.observe(&events, &marks);
                     self.audit.observe_rows(&rows);
+                    self.mse.hold(&mut rows.flows);
                     let events = self.ready_events(events, true);
                     self.swarm.apply(events, unattributed, &mut rows);
-                    attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
-                    attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names);
+                    let kw = self.settings.keep_weak;
+                    let strong = &mut self.mse.strong;
+                    attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names, kw, strong);
+                    attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names, kw, strong);
                     self.swarm.end_segment(&mut rows);
                     self.dht.apply(dht_obs);
                     hold_unattributed(&mut rows, &mut self.held_conns);
+                    self.held_msgs
+                        .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
                     rows.peer_progress.sort_by_key(|r| r.frame);
                     self.gate.filter(&mut rows, &mut self.counts);
                     self.summary.n_connections += rows.connections.len() as u64;
@@ -312,25 +432,29 @@ impl Engine {
             }
             self.current_capture = batch.capture_idx;
         }
-        let (shards, n_shards, names, counts, watermark) = (
+        let (shards, n_shards, names, counts, watermark, judge) = (
             &mut self.shards,
             self.n_shards,
             &self.names,
             &mut self.counts,
             &mut self.watermark,
+            &mut self.judge,
         );
         let mut rows = self
             .pool
-            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark));
+            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge));
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
         self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
         let marks = take_marks(&mut self.shards);
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
+        self.mse.hold(&mut rows.flows);
         let events = self.ready_events(events, false);
         self.swarm.apply(events, unattributed, &mut rows);
         hold_unattributed(&mut rows, &mut self.held_conns);
+        self.held_msgs
+            .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
         self.dht.apply(dht_obs);
         rows.peer_progress.sort_by_key(|r| r.frame);
         self.gate.filter(&mut rows, &mut self.counts);
@@ -345,7 +469,7 @@ impl Engine {
     /// that precede the oldest event a connection still holds back (all of
     /// them when `all`, or when more than `max_waiting_events` wait).
     fn ready_events(&mut self, events: Vec<SwarmEvent>, all: bool) -> Vec<SwarmEvent> {
-        let cutoff = self.shards.iter().filter_map(|s| s.out.oldest_held()).min();
+        let cutoff = self.shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
         let cutoff = cutoff.filter(|_| !all);
         if self.waiting.is_empty() {
             let Some(c) = cutoff else { return events };
@@ -411,7 +535,7 @@ impl Engine {
     pub fn snapshot(&mut self, state_idle_us: i64) -> RowBatch {
         let mut rows = RowBatch::default();
         for s in &self.shards {
-            s.snapshot(&mut rows);
+            s.snapshot(&mut |apps, f, app| apps.snapshot(f, app, &mut rows));
         }
         rows.flows.sort_by_key(|r| r.conn_id);
         let mut held = std::mem::take(&mut self.held_conns);
@@ -422,10 +546,15 @@ impl Engine {
                 c.attribution_confidence = "likely";
             }
         }
-        attribute_encrypted(&mut self.swarm, &mut held, &self.names);
+        let kw = self.settings.keep_weak;
+        attribute_encrypted(&mut self.swarm, &mut held, &self.names, kw, &mut self.mse.strong);
+        drop_weak_encrypted(&mut held, kw);
         rows.connections.append(&mut held);
         rows.connections.sort_by_key(|r| r.conn_id);
+        self.mse.release(&mut rows.flows);
+        rows.flows.sort_by_key(|r| r.conn_id);
         self.swarm.snapshot(&mut rows);
+        fill_peer_ports(&mut rows);
         if let Some(geo) = &self.settings.geo {
             geo.annotate_peers(&mut rows.peers);
         }
@@ -439,13 +568,54 @@ impl Engine {
         rows
     }
 
+    /// End of input, first step: ends the flows a few thousand at a time,
+    /// each step's rows going to `emit` as a batch's do, so that a table
+    /// full of flows (a SYN flood) does not turn into all its rows at once.
+    /// [`finish`](Self::finish) then closes the swarm.
+    pub fn end_flows(&mut self, emit: &mut impl FnMut(RowBatch) -> Result<(), String>) -> Result<(), String> {
+        /// Flows ended per step, over all shards.
+        const STEP: usize = 16 * 1024;
+        let per_shard = (STEP / self.n_shards.max(1)).max(1);
+        let clock = self.judge.clock.max(0);
+        while self.n_flows() > 0 {
+            let shards = &mut self.shards;
+            let mut rows = self.pool.install(|| {
+                shards.par_iter_mut().for_each(|s| {
+                    s.finish_some(clock, per_shard);
+                });
+                RowBatch::default()
+            });
+            let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
+            self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
+            let marks = take_marks(&mut self.shards);
+            finish_rows(&mut rows);
+            self.audit.observe(&events, &marks);
+            self.audit.observe_rows(&rows);
+            // As in a batch's step: MSE flows wait for their endpoint's
+            // naming, messages for their connection's attribution.
+            self.mse.hold(&mut rows.flows);
+            let events = self.ready_events(events, false);
+            self.swarm.apply(events, unattributed, &mut rows);
+            hold_unattributed(&mut rows, &mut self.held_conns);
+            self.held_msgs
+                .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
+            self.dht.apply(dht_obs);
+            rows.peer_progress.sort_by_key(|r| r.frame);
+            self.gate.filter(&mut rows, &mut self.counts);
+            self.summary.n_connections += rows.connections.len() as u64;
+            emit(rows)?;
+        }
+        Ok(())
+    }
+
     /// End of input: closes every flow, then the swarm; the last rows and
     /// each capture's decode counters (for `capture_stats`), and the summary.
     pub fn finish(mut self) -> (RowBatch, HashMap<String, CaptureCounts>, RunSummary) {
         let end_ts = self.watermark.max(0);
+        let clock = self.judge.clock.max(0);
         let shards = &mut self.shards;
         let mut rows = self.pool.install(|| {
-            shards.par_iter_mut().for_each(|s| s.finish(end_ts));
+            shards.par_iter_mut().for_each(|s| s.finish(end_ts, clock));
             RowBatch::default()
         });
         let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
@@ -459,6 +629,7 @@ impl Engine {
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
+        self.mse.hold(&mut rows.flows);
         let events = self.ready_events(events, true);
         self.swarm.apply(events, unattributed, &mut rows);
         rows.peer_progress.sort_by_key(|r| r.frame);
@@ -487,10 +658,22 @@ impl Engine {
                 c.attribution_confidence = "likely";
             }
         }
-        attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names);
+        let kw = self.settings.keep_weak;
+        attribute_encrypted(
+            &mut self.swarm,
+            &mut rows.connections,
+            &self.names,
+            kw,
+            &mut self.mse.strong,
+        );
+        drop_weak_encrypted(&mut rows.connections, kw);
         rows.connections.sort_by_key(|r| r.conn_id);
+        self.mse.release(&mut rows.flows);
+        rows.flows.sort_by_key(|r| r.conn_id);
         self.summary.n_connections += rows.connections.len() as u64;
+        self.held_msgs.release_all(&mut rows, &self.swarm);
         self.swarm.finish(&mut rows);
+        fill_peer_ports(&mut rows);
         if let Some(geo) = &self.settings.geo {
             geo.annotate_peers(&mut rows.peers);
         }
@@ -508,6 +691,8 @@ impl Engine {
         self.summary.n_messages += rows.peer_messages.len() as u64;
         self.summary.n_torrents = rows.torrents.len() as u64;
         self.summary.n_peers = rows.peers.len() as u64;
+        self.summary.n_confirmed_downloads = rows.peers.iter().filter(|p| p.confirmed_download).count() as u64;
+        self.summary.n_flagged_series = rows.announce_audit.iter().filter(|a| a.suspicious).count() as u64;
         let counts = self
             .counts
             .iter()
@@ -515,6 +700,103 @@ impl Engine {
             .collect();
         (rows, counts, self.summary)
     }
+}
+
+/// A `Read` that adds the bytes it reads to a shared counter (progress).
+struct CountingRead<R>(R, Arc<std::sync::atomic::AtomicU64>);
+
+impl<R: std::io::Read> std::io::Read for CountingRead<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.0.read(buf)?;
+        self.1.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Progress of `analyze`: on a terminal a bar with percent and ETA when the
+/// inputs' size is known (files; a spinner for stdin), else a line every
+/// 10 s once the run takes that long. Cleared at the end.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    total: Option<u64>,
+    started: Instant,
+    last: Instant,
+}
+
+impl Progress {
+    /// Wall time between lines when stderr is not a terminal.
+    const LINE_EVERY: Duration = Duration::from_secs(10);
+
+    fn new(inputs: &[InputSpec]) -> Progress {
+        let total: Option<u64> = inputs
+            .iter()
+            .map(|i| match i {
+                InputSpec::Path(p) => std::fs::metadata(p).ok().map(|m| m.len()),
+                InputSpec::Stdin => None,
+            })
+            .sum();
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let (bar, tpl) = match total {
+                Some(t) => (
+                    indicatif::ProgressBar::new(t),
+                    "{percent:>3}% [{bar:20}] {bytes}/{total_bytes} ETA {eta} {wide_msg}",
+                ),
+                None => (indicatif::ProgressBar::new_spinner(), "{spinner} {bytes} {wide_msg}"),
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(tpl) {
+                bar.set_style(style);
+            }
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+            bar
+        });
+        let now = Instant::now();
+        Progress {
+            bar,
+            total,
+            started: now,
+            last: now,
+        }
+    }
+
+    fn tick(&mut self, consumed: u64, s: &RunSummary, n_flows: usize) {
+        let msg = format!("{} packets, {} flows", s.n_packets, n_flows);
+        if let Some(bar) = &self.bar {
+            bar.set_position(consumed);
+            bar.set_message(msg);
+            return;
+        }
+        if self.last.elapsed() < Self::LINE_EVERY {
+            return;
+        }
+        self.last = Instant::now();
+        let secs = self.started.elapsed().as_secs_f64();
+        match self.total.filter(|t| *t > 0) {
+            Some(t) => {
+                let frac = (consumed as f64 / t as f64).min(1.0);
+                let eta = if frac > 0.0 { secs * (1.0 - frac) / frac } else { 0.0 };
+                eprintln!(
+                    "swarmtap: {:.0}% of {:.1} MB, {msg}, ETA {:.0} s",
+                    frac * 100.0,
+                    t as f64 / 1e6,
+                    eta
+                );
+            }
+            None => eprintln!("swarmtap: {:.1} MB read, {msg}, {:.0} s", consumed as f64 / 1e6, secs),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Set by SIGINT/SIGTERM during `analyze` (the binary registers it): the
+/// run stops, writes nothing and leaves the output folder as it was.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| Arc::new(AtomicBool::new(false))).clone()
 }
 
 /// Runs `analyze` over `inputs`, writing every table into `out_dir`.
@@ -526,10 +808,9 @@ pub fn analyze(
     torrents: Vec<Metainfo>,
 ) -> Result<RunSummary, String> {
     let started = Instant::now();
-    let progress = std::io::stderr().is_terminal();
     let names = capture_names(&inputs);
     let names = Arc::new(names);
-    let sink = SinkThread::to_dir_with_budget(out_dir, settings.limits.sink_buffer_bytes)?;
+    let sink = SinkThread::to_dir_with(out_dir, &settings.output_options())?;
     let mut engine = Engine::new(settings, names.clone(), torrents)?;
 
     // Reader thread: inputs in order, two batches ahead at most. Used
@@ -537,12 +818,33 @@ pub fn analyze(
     let (tx, rx) = sync_channel::<ReaderMsg>(2);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let reader_inputs = inputs.clone();
+    let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let reader_consumed = consumed.clone();
+    let mut progress = Progress::new(&inputs);
     let (batch_bytes, batch_frames) = (settings.limits.batch_bytes.max(1), settings.limits.batch_frames.max(1));
     let reader = std::thread::Builder::new()
         .name("swarmtap-reader".into())
         .spawn(move || {
             for (idx, input) in reader_inputs.iter().enumerate() {
-                let mut r = match CaptureReader::open(input, filter.as_deref()) {
+                let opened = match input {
+                    // Files are read through a counter: the progress line's
+                    // percent is of the bytes on disk.
+                    InputSpec::Path(p) => std::fs::File::open(p)
+                        .map_err(|e| crate::capture::CaptureError::Open {
+                            name: input.display_name(),
+                            source: e,
+                        })
+                        .and_then(|f| {
+                            CaptureReader::from_reader(
+                                input.display_name(),
+                                Box::new(CountingRead(f, reader_consumed.clone())),
+                                filter.as_deref(),
+                                crate::capture::ReaderLimits::default(),
+                            )
+                        }),
+                    InputSpec::Stdin => CaptureReader::open(input, filter.as_deref()),
+                };
+                let mut r = match opened {
                     Ok(r) => r,
                     Err(e) => {
                         let _ = tx.send(ReaderMsg::Failed(e.to_string()));
@@ -571,10 +873,17 @@ pub fn analyze(
         .map_err(|e| format!("cannot start reader thread: {e}"))?;
 
     let mut reader_stats: Vec<(u32, Box<ReaderStats>)> = Vec::new();
-    let mut last_progress = Instant::now();
     let mut failure: Option<String> = None;
+    let interrupted = interrupt_flag();
 
     for msg in rx {
+        if interrupted.load(Ordering::Relaxed) {
+            failure = Some(format!(
+                "interrupted: nothing written, {} is as it was",
+                out_dir.display()
+            ));
+            break;
+        }
         let batch = match msg {
             ReaderMsg::Batch(b) => b,
             ReaderMsg::Done(idx, st) => {
@@ -589,38 +898,42 @@ pub fn analyze(
         engine.batch(&batch, &mut |rows| sink.send(rows))?;
         // The reader may be gone (last batch); then the block is dropped.
         let _ = recycle_tx.send(batch);
-        if progress && last_progress.elapsed().as_millis() >= 250 {
-            last_progress = Instant::now();
-            let secs = started.elapsed().as_secs_f64();
-            let s = &engine.summary;
-            eprint!(
-                "\r  {:>10} packets  {:>9.1} MB  {:>7.0} MB/s  {:>8} flows   ",
-                s.n_packets,
-                s.n_bytes as f64 / 1e6,
-                s.n_bytes as f64 / 1e6 / secs.max(1e-9),
-                engine.n_flows()
-            );
-        }
+        progress.tick(consumed.load(Ordering::Relaxed), &engine.summary, engine.n_flows());
     }
+    // Leaving the loop dropped the channel: a reader blocked on it stops.
     let _ = reader.join();
+    progress.finish();
     if let Some(e) = failure {
-        // Finish what was written so far so the directory stays readable,
-        // then report the input error.
-        let _ = sink.finish();
+        // The new files are discarded: the output folder keeps whatever
+        // dataset it held before this run.
+        let _ = sink.abort();
         return Err(e);
-    }
-    if progress {
-        eprint!("\r{:80}\r", "");
     }
 
     // End of input: close every flow, then the swarm.
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     summary.n_inputs = inputs.len();
 
     reader_stats.sort_by_key(|(i, _)| *i);
     for (idx, st) in &reader_stats {
         let name = names.get(*idx as usize).cloned().unwrap_or_default();
+        if st.truncated_tail {
+            eprintln!("swarmtap: warning: {name} ends inside a packet record (truncated capture); everything before it was analyzed");
+        }
         let c = counts.get(&name).copied().unwrap_or_default();
+        if st.n_ts_out_of_range > 0 {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                capture: name.clone(),
+                layer: "capture",
+                kind: "timestamp_out_of_range".into(),
+                detail: Some(format!(
+                    "{} record(s) timed outside 1970-01-01..2200-01-01 were given the previous record's time",
+                    st.n_ts_out_of_range
+                )),
+                ..Default::default()
+            });
+        }
         rows.capture_stats.push(CaptureStatsRow {
             capture: name,
             first_ts: st.first_ts_us.map(Ts),
@@ -630,7 +943,7 @@ pub fn analyze(
             n_decode_errors: c.n_decode_errors,
             n_truncated: st.n_snaplen_cut,
             truncated_tail: st.truncated_tail,
-            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail),
+            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail) + st.n_ts_out_of_range,
             n_dropped: 0,
             n_filtered_out: st.n_filtered_out,
             n_not_ip: c.n_not_ip,
@@ -638,6 +951,9 @@ pub fn analyze(
             n_fragments: c.n_fragments,
             n_tcp: c.n_tcp,
             n_udp: c.n_udp,
+            n_ts_backwards: c.n_ts_backwards,
+            n_ts_jumps: c.n_ts_jumps,
+            n_bad_checksums: c.n_bad_checksums,
             ..Default::default()
         });
     }
@@ -646,6 +962,31 @@ pub fn analyze(
     sink.finish()?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// Runs the engine over one input in the calling thread and returns every
+/// row in memory, without writing files or `capture_stats`: for checks over
+/// many small captures at once (the mixed-traffic corpus test runs 1,500
+/// of them side by side).
+pub fn analyze_to_rows(input: &InputSpec, settings: &Settings) -> Result<RowBatch, String> {
+    let names = Arc::new(capture_names(std::slice::from_ref(input)));
+    let mut engine = Engine::new(settings, names, Vec::new())?;
+    let mut reader = CaptureReader::open(input, None).map_err(|e| e.to_string())?;
+    let (batch_bytes, batch_frames) = (settings.limits.batch_bytes.max(1), settings.limits.batch_frames.max(1));
+    let mut all = RowBatch::default();
+    let mut batch = FrameBatch::default();
+    while reader
+        .read_batch(&mut batch, batch_bytes, batch_frames)
+        .map_err(|e| e.to_string())?
+    {
+        engine.batch(&batch, &mut |mut rows| {
+            all.append(&mut rows);
+            Ok(())
+        })?;
+    }
+    let (mut rows, _, _) = engine.finish();
+    all.append(&mut rows);
+    Ok(all)
 }
 
 /// The `capture` column: each input's file name, or its path as given when
@@ -675,7 +1016,7 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
 /// Takes every shard's rows, swarm events and DHT observations, events in
 /// frame order.
 fn collect_events(
-    shards: &mut [Shard],
+    shards: &mut [Shard<ShardApps>],
     rows: &mut RowBatch,
 ) -> (
     Vec<SwarmEvent>,
@@ -686,10 +1027,10 @@ fn collect_events(
     let mut unattributed = Vec::new();
     let mut dht_obs = Vec::new();
     for s in shards.iter_mut() {
-        rows.append(&mut s.out.rows);
-        events.append(&mut s.out.events);
-        unattributed.append(&mut s.out.unattributed);
-        dht_obs.append(&mut s.out.dht);
+        rows.append(&mut s.apps.out.rows);
+        events.append(&mut s.apps.out.events);
+        unattributed.append(&mut s.apps.out.unattributed);
+        dht_obs.append(&mut s.apps.out.dht);
     }
     events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
     unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
@@ -709,10 +1050,10 @@ impl MetaState {
     /// a rebuilt dictionary joins the swarm state now and the shards' piece
     /// verification from the next batch on. Counts this step's `pieces`
     /// rows for the torrents' totals.
-    fn absorb(&mut self, shards: &mut [Shard], swarm: &mut Swarm, rows: &mut RowBatch) {
+    fn absorb(&mut self, shards: &mut [Shard<ShardApps>], swarm: &mut Swarm, rows: &mut RowBatch) {
         let mut pieces = Vec::new();
         for s in shards.iter_mut() {
-            pieces.append(&mut s.out.metadata);
+            pieces.append(&mut s.apps.out.metadata);
         }
         pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
         let mut changed = false;
@@ -729,7 +1070,7 @@ impl MetaState {
         }
         if changed {
             for s in shards.iter_mut() {
-                s.out.known = self.known.clone();
+                s.apps.out.known = self.known.clone();
             }
         }
         rows.pieces.sort_by_key(|r| r.frame);
@@ -744,7 +1085,19 @@ impl MetaState {
 /// (known from plaintext sightings: trackers, DHT, PEX, LSD, other
 /// connections), with confidence `likely`, and what the choice of
 /// encryption says about its peers goes to the swarm state.
-fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[String]) {
+///
+/// Over TCP that endpoint is also what makes an MSE-shaped flow BitTorrent
+/// at all (`strong` collects their ids): a shape seen both ways and an
+/// address alone are weak, and a weak flow neither gets a torrent nor
+/// tells the swarm anything unless `keep_weak`. Over uTP the transport
+/// itself was confirmed, and an address is enough.
+fn attribute_encrypted(
+    swarm: &mut Swarm,
+    conns: &mut [ConnectionRow],
+    names: &[String],
+    keep_weak: bool,
+    strong: &mut std::collections::HashSet<u64>,
+) {
     if !conns.iter().any(|c| c.encrypted && c.info_hash.is_none()) {
         return;
     }
@@ -767,11 +1120,15 @@ fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[
             (Some(x), _) | (_, Some(x)) => Some(*x),
             _ => None,
         };
+        let tcp = c.transport == "tcp";
         let (h, source, confidence) = match (by_endpoint, by_address) {
             (Some(h), _) => (h, "endpoint", "likely"),
-            (None, Some(h)) => (h, "address", "weak"),
-            (None, None) => continue,
+            (None, Some(h)) if !tcp || keep_weak => (h, "address", "weak"),
+            _ => continue,
         };
+        if tcp && source == "endpoint" {
+            strong.insert(c.conn_id);
+        }
         c.info_hash = Some(hex(&h));
         c.info_hash_source = Some(source);
         c.attribution_confidence = confidence;
@@ -790,31 +1147,212 @@ fn attribute_encrypted(swarm: &mut Swarm, conns: &mut [ConnectionRow], names: &[
     swarm.note_encrypted(&noted);
 }
 
-/// Connection rows without an info_hash (picked up mid-stream) are held
-/// until the end of the run, when the swarm state may have attributed them;
-/// past this many they are written as they are.
+/// peer_messages rows without an info_hash, held by connection until the
+/// swarm state attributes it (see `Limits::max_held_messages`). Each step
+/// looks at the held connections, not at every held row.
+#[derive(Default)]
+struct HeldMessages {
+    /// By conn_id (the frame of a connection's first packet: oldest first).
+    by_conn: std::collections::BTreeMap<u64, Vec<crate::sink::PeerMessageRow>>,
+    n_held: usize,
+    /// Rows written without an info_hash because the bound was reached.
+    n_released: u64,
+}
+
+impl HeldMessages {
+    /// Fills and releases the held rows whose connection is attributed
+    /// now, then holds this step's rows that have no info_hash; past
+    /// `max`, the oldest connections' rows go out as they are.
+    fn step(&mut self, rows: &mut RowBatch, swarm: &Swarm, max: usize) {
+        let mut released = false;
+        let ready: Vec<(u64, [u8; 20])> = self
+            .by_conn
+            .keys()
+            .filter_map(|c| swarm.attribution(*c).map(|h| (*c, h)))
+            .collect();
+        for (c, h) in ready {
+            let h: Arc<str> = Arc::from(hex(&h));
+            for mut r in self.by_conn.remove(&c).unwrap_or_default() {
+                r.info_hash = Some(h.clone());
+                rows.peer_messages.push(r);
+                self.n_held -= 1;
+                released = true;
+            }
+        }
+        if rows.peer_messages.iter().any(|r| r.info_hash.is_none()) {
+            let mut own: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+            let msgs = std::mem::take(&mut rows.peer_messages);
+            let mut out = Vec::with_capacity(msgs.len());
+            for mut r in msgs {
+                if r.info_hash.is_none() {
+                    let h = own
+                        .entry(r.conn_id)
+                        .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
+                    match h {
+                        Some(h) => r.info_hash = Some(h.clone()),
+                        None => {
+                            self.by_conn.entry(r.conn_id).or_default().push(r);
+                            self.n_held += 1;
+                            continue;
+                        }
+                    }
+                }
+                out.push(r);
+            }
+            rows.peer_messages = out;
+        }
+        while self.n_held > max {
+            let Some((_, group)) = self.by_conn.pop_first() else {
+                break;
+            };
+            self.n_held -= group.len();
+            self.n_released += group.len() as u64;
+            rows.peer_messages.extend(group);
+            released = true;
+        }
+        if released {
+            rows.peer_messages.sort_by_key(|r| r.frame);
+        }
+    }
+
+    /// End of input: every held row goes out, with the info_hash where the
+    /// connection was attributed.
+    fn release_all(&mut self, rows: &mut RowBatch, swarm: &Swarm) {
+        // Rows of connections never attributed are not counted: only those
+        // the bound sent out early.
+        let n = self.n_released;
+        self.step(rows, swarm, 0);
+        self.n_released = n;
+        if self.n_released > 0 {
+            let n = self.n_released;
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                layer: "analyze",
+                kind: "held_messages_released".into(),
+                detail: Some(format!(
+                    "{n} peer_messages rows of connections picked up mid-stream written before their connection was attributed (past max_held_messages), without an info_hash"
+                )),
+                ..Default::default()
+            });
+        }
+    }
+}
+
+/// TCP flows with MSE's shape: their `flows` rows wait until the end of the
+/// run (or a live snapshot), when an endpoint named as a peer elsewhere in
+/// the capture makes them `strong`. An opening to a named listen endpoint
+/// that was never answered (a client trying MSE with a plaintext-only peer)
+/// counts too: the endpoint is the corroboration, and such attempts are
+/// common in real swarms.
+#[derive(Debug, Default)]
+struct MseFlows {
+    held: Vec<FlowRow>,
+    /// conn_ids of TCP MSE connections attributed by endpoint.
+    strong: std::collections::HashSet<u64>,
+}
+
+impl MseFlows {
+    /// Takes the rows that may still become strong out of `flows`.
+    fn hold(&mut self, flows: &mut Vec<FlowRow>) {
+        let before = flows.len();
+        let mut i = 0;
+        while i < flows.len() {
+            let f = &flows[i];
+            if f.proto == "tcp" && f.app == "mse" && self.held.len() < MAX_HELD_CONNECTIONS {
+                self.held.push(flows.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        if flows.len() != before {
+            flows.sort_by_key(|r| r.conn_id);
+        }
+    }
+
+    /// Writes the held rows, strong where their endpoint was named.
+    fn release(&mut self, flows: &mut Vec<FlowRow>) {
+        for mut f in self.held.drain(..) {
+            if self.strong.contains(&f.conn_id) {
+                f.app_confidence = Some(Confidence::Strong.name());
+                f.app_evidence = Some(if f.app_evidence == Some(EV_MSE_BOTH) {
+                    EV_MSE_NAMED
+                } else {
+                    EV_MSE_ONE_WAY_NAMED
+                });
+            }
+            flows.push(f);
+        }
+    }
+}
+
+/// Encrypted TCP connections no endpoint corroborated are weak: no row
+/// unless `keep_weak` (their flow stays in `flows`, app `mse`, weak).
+fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
+    if !keep_weak {
+        conns.retain(|c| !(c.encrypted && c.transport == "tcp" && c.info_hash.is_none()));
+    }
+}
+
+/// Connection rows are held until the end of the run (live: the next
+/// snapshot), when the swarm state may have attributed those picked up
+/// mid-stream and knows the peers rows of both ends; past this many they
+/// are written as they are (~400 bytes each: 26 MB).
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
 /// The shards' announce marks for the audit, in frame order.
-fn take_marks(shards: &mut [Shard]) -> Vec<AnnounceMark> {
+fn take_marks(shards: &mut [Shard<ShardApps>]) -> Vec<AnnounceMark> {
     let mut marks = Vec::new();
     for s in shards.iter_mut() {
-        marks.append(&mut s.out.marks);
+        marks.append(&mut s.apps.out.marks);
     }
     marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
     marks
 }
 
 fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
+    // Every connection row is held (not only those without an info_hash):
+    // its orig/resp_peer_port name the peers rows of the swarm state as it
+    // ends (see `fill_peer_ports`), after every merge of endpoints.
     let mut i = 0;
     while i < rows.connections.len() {
-        if rows.connections[i].info_hash.is_none() && held.len() < MAX_HELD_CONNECTIONS {
+        if held.len() < MAX_HELD_CONNECTIONS {
             held.push(rows.connections.swap_remove(i));
         } else {
             i += 1;
         }
     }
     rows.connections.sort_by_key(|r| r.conn_id);
+}
+
+/// Names the peers rows of both ends of every connection (orig_peer_port,
+/// resp_peer_port), from the peers rows of the same step: a peer lists the
+/// connections it took part in (conn_ids).
+fn fill_peer_ports(rows: &mut RowBatch) {
+    if rows.connections.is_empty() {
+        return;
+    }
+    let mut ends: HashMap<u64, Vec<(&str, &str, u32)>> = HashMap::new();
+    for p in &rows.peers {
+        for c in &p.conn_ids {
+            ends.entry(*c)
+                .or_default()
+                .push((p.info_hash.as_str(), p.peer_ip.as_str(), p.peer_port));
+        }
+    }
+    for c in rows.connections.iter_mut() {
+        let Some(h) = c.info_hash.as_deref() else { continue };
+        let Some(e) = ends.get(&c.conn_id) else { continue };
+        let mine: Vec<(&str, u32)> = e.iter().filter(|x| x.0 == h).map(|x| (x.1, x.2)).collect();
+        // The responder's row is its accepting endpoint when it has one;
+        // the originator's is the other row of its address.
+        let resp = mine
+            .iter()
+            .find(|x| x.0 == c.resp_ip && x.1 == c.resp_port)
+            .or_else(|| mine.iter().find(|x| x.0 == c.resp_ip && c.orig_ip != c.resp_ip))
+            .copied();
+        let orig = mine.iter().find(|x| x.0 == c.orig_ip && Some(**x) != resp).copied();
+        c.resp_peer_port = resp.map(|x| x.1);
+        c.orig_peer_port = orig.map(|x| x.1);
+    }
 }
 
 /// Orders the rows of one step: per-message tables by frame (stable: rows of
@@ -835,11 +1373,12 @@ fn finish_rows(rows: &mut RowBatch) {
 /// Decodes a batch in parallel and runs the shards over it.
 fn process_batch(
     batch: &FrameBatch,
-    shards: &mut [Shard],
+    shards: &mut [Shard<ShardApps>],
     n_shards: usize,
     names: &[String],
     counts: &mut HashMap<String, DecodeCounts>,
     watermark: &mut i64,
+    judge: &mut PacketJudge,
 ) -> RowBatch {
     const CHUNK: usize = 2048;
     // Decoding and the flow hash (which picks the shard) run in parallel;
@@ -853,7 +1392,7 @@ fn process_batch(
                 let i = ci * CHUNK + j;
                 let d = decode(fm.link_type, batch.frame_data(i));
                 let shard = match &d {
-                    Decoded::Packet(p) => (FlowKey::of(p).0.stable_hash() % n_shards as u64) as u32,
+                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash() % n_shards as u64) as u32,
                     _ => 0,
                 };
                 (d, shard)
@@ -866,14 +1405,32 @@ fn process_batch(
     // Partition packets by shard, in frame order.
     let mut parts: Vec<Vec<u32>> = vec![Vec::new(); n_shards];
     let mut batch_max = *watermark;
+    let mut notes: Vec<PacketNote> = vec![PacketNote::default(); decoded.len()];
     for (i, (d, shard)) in decoded.iter().enumerate() {
         let Some(fm) = batch.frames.get(i) else { continue };
         batch_max = batch_max.max(fm.ts_us);
+        let (clock, step) = judge.tick(fm.ts_us);
+        match step {
+            ClockStep::Normal => {}
+            ClockStep::Backwards => c.ts_backwards += 1,
+            ClockStep::Jump => c.ts_jumps += 1,
+        }
         match d {
             Decoded::Packet(p) => {
                 match p.transport {
                     crate::decode::Transport::Tcp { .. } => c.tcp += 1,
                     crate::decode::Transport::Udp => c.udp += 1,
+                }
+                let bad_checksum = judge.bad_checksum(p);
+                c.bad_checksums += u64::from(bad_checksum);
+                if let Some(n) = notes.get_mut(i) {
+                    // --verify-checksums: the receiver would drop it; its
+                    // flow only counts it.
+                    *n = PacketNote {
+                        clock,
+                        bad_checksum,
+                        drop: bad_checksum && judge.verify,
+                    };
                 }
                 if let Some(part) = parts.get_mut(*shard as usize) {
                     part.push(i as u32);
@@ -909,6 +1466,10 @@ fn process_batch(
     }
     *watermark = batch_max;
     let now = batch_max;
+    let clock_now = judge.clock;
+    let notes = &notes;
+    let per_shard: Vec<usize> = parts.iter().map(Vec::len).collect();
+    Shard::share_room(shards, &per_shard);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
             let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
@@ -923,9 +1484,10 @@ fn process_batch(
                 frame: fm.frame_no,
                 capture: batch.capture_idx,
             };
-            shard.packet(ctx, p, payload);
+            let note = notes.get(i as usize).copied().unwrap_or_default();
+            shard.packet(ctx, note, p, payload);
         }
-        shard.sweep(now);
+        shard.sweep(now, clock_now);
     });
     rows
 }
@@ -1032,6 +1594,9 @@ impl IntervalStats {
             n_peers_live: Some(sizes.n_peers),
             n_torrents_live: Some(sizes.n_torrents),
             n_dht_nodes_live: Some(sizes.n_dht_nodes),
+            n_ts_backwards: c.n_ts_backwards,
+            n_ts_jumps: c.n_ts_jumps,
+            n_bad_checksums: c.n_bad_checksums,
         }
     }
 }
@@ -1099,7 +1664,7 @@ pub fn live(
         },
         &counters,
     );
-    let sink = SinkThread::rotating(out_dir, iv.interval, settings.limits.sink_buffer_bytes)?;
+    let sink = SinkThread::rotating(out_dir, iv.interval, &settings.output_options())?;
     let idle = settings.limits.live_state_idle_us;
     let mut n_intervals = 1u64;
     let mut n_anomalies = 0u64;
@@ -1155,6 +1720,7 @@ pub fn live(
     }
     // The end: every flow closes, the swarm finishes, into the last interval.
     let sizes = engine.state_sizes();
+    engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();
     let counts = counts.get(&name).copied().unwrap_or_default();
     let end = wall_us();

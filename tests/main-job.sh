@@ -6,5 +6,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 bash tests/setup.sh
 cargo build --release --quiet
-./target/release/swarmtap analyze -o swarmtap-out "$@"
+# stdin from /dev/null: without inputs swarmtap would read a piped stdin.
+./target/release/swarmtap analyze -o swarmtap-out "$@" </dev/null
 ./target/release/swarmtap summary swarmtap-out

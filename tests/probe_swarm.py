@@ -117,8 +117,9 @@ def main():
         argv = [binary, "probe", "--torrent", ta["torrent_file"], "--magnet", magnet,
                 "--allow-private", "--allow", "10.99.0.0/24", "--listen", "6881",
                 "--info-hash", tc["info_hash"], "--dht-bootstrap", "10.99.0.11:6881", "--dht-interval", "8s",
-                "--revisit", "3s", "--retry", "2s", "--idle-timeout", "1500ms",
-        "--max-contact", "4s", "--connect-timeout", "2s", "--handshake-timeout", "4s",
+                # Visits on the default schedule (--revisit 5m, --min-revisit
+                # 10s, --idle-timeout 6s, --max-contact 2m): the crossing must
+                # be caught by planning, not by short fixed revisits.
                 "--duration", "%ds" % duration, "-o", probe_out]
         t0 = time.time()
         p = run.procs.start("probe", argv, ns=probe_ns, log=os.path.join(out, "probe.log"))

@@ -11,7 +11,7 @@ Writes the report of four datasets and opens each in headless Chromium
   snapshots per interval: needs root, ip, tcpreplay);
 * geo: the public corpus (../shared/corpus/public or $SWARMTAP_SHARED) with
   --geoip target/geoip/GeoLite2-City.mmdb, for the map (skipped when either
-  is absent, unless SWARMTAP_REQUIRE_GEOIP=1).
+  is absent, unless SWARMTAP_REQUIRE_ALL=1, as tests/support/require.rs).
 
 For each page it asserts: no console error, no uncaught exception, no
 request to anything but the file itself; every chart (svg.chart) has drawn
@@ -52,6 +52,26 @@ def check(cond: bool, what: str) -> None:
         FAILURES.append(what)
 
 
+def require(ok: bool, what: str, reason: str) -> bool:
+    """The rule of tests/support/require.rs: with SWARMTAP_REQUIRE_ALL=1 a
+    missing prerequisite fails; otherwise the part is skipped, and the skip is
+    written to $SWARMTAP_SKIP_DIR (default target/test-skips/) for
+    tests/run-all.sh to list."""
+    if ok:
+        return True
+    strict = os.environ.get("SWARMTAP_REQUIRE_ALL", "") not in ("", "0")
+    if strict:
+        check(False, f"needs {what}: {reason} (SWARMTAP_REQUIRE_ALL is set, so this is a failure, not a skip)")
+        return False
+    line = f"report_browser {what}: {reason} [tests/report_browser.py]"
+    print("SKIPPED " + line, flush=True)
+    d = Path(os.environ.get("SWARMTAP_SKIP_DIR") or ROOT / "target" / "test-skips")
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "report_browser.txt", "a") as f:
+        f.write(line + "\n")
+    return False
+
+
 def run(*args: str | os.PathLike, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(a) for a in args], check=True, capture_output=True, text=True, **kw)
 
@@ -76,7 +96,8 @@ def dataset_empty(tmp: Path) -> Path:
 
 
 def dataset_live(tmp: Path) -> Path | None:
-    if os.geteuid() != 0 or not shutil.which("tcpreplay") or not shutil.which("ip"):
+    if not require(os.geteuid() == 0 and bool(shutil.which("tcpreplay")) and bool(shutil.which("ip")),
+                   "root, ip and tcpreplay", "the live dataset is written in network namespaces this test creates"):
         return None
     tag = f"{os.getpid() % 100000}"
     tx_ns, rx_ns, tx_if, rx_if = f"rptx{tag}", f"rprx{tag}", f"rpx{tag}", f"rpr{tag}"
@@ -124,7 +145,9 @@ def dataset_geo(tmp: Path) -> Path | None:
     shared = Path(os.environ.get("SWARMTAP_SHARED") or ROOT.parent / "shared")
     corpus = shared / "corpus" / "public"
     mmdb = ROOT / "target" / "geoip" / "GeoLite2-City.mmdb"
-    if not corpus.is_dir() or not mmdb.is_file():
+    if not require(corpus.is_dir(), "../shared/corpus/public", "the shared corpus is absent (or set SWARMTAP_SHARED)"):
+        return None
+    if not require(mmdb.is_file(), "target/geoip/GeoLite2-City.mmdb", "tests/setup.sh fetches it"):
         return None
     out = tmp / "geo"
     run(BIN, "analyze", corpus, "--geoip", mmdb, "-o", out)
@@ -241,11 +264,23 @@ def open_report(b: Browser, html: Path, name: str) -> dict:
             const r = t.getBoundingClientRect(), s = t.ownerSVGElement.getBoundingClientRect();
             return r.width > 0 && (r.left < s.left - 1 || r.right > s.right + 1);
         }).map(t => t.textContent);
-        return {charts, sections, tables, overflow, height: document.documentElement.scrollHeight};
+        const overlaps = [];
+        document.querySelectorAll('svg.chart').forEach(svg => {
+            const boxes = Array.from(svg.querySelectorAll('text')).map(t => [t.textContent, t.getBoundingClientRect()])
+                .filter(b => b[1].width > 0);
+            for (let i = 0; i < boxes.length; i++) for (let j = i + 1; j < boxes.length; j++) {
+                const a = boxes[i][1], b = boxes[j][1];
+                const w = Math.min(a.right, b.right) - Math.max(a.left, b.left);
+                const h = Math.min(a.bottom, b.bottom) - Math.max(a.top, b.top);
+                if (w > 1 && h > 3) overlaps.push(boxes[i][0] + ' / ' + boxes[j][0]);
+            }
+        });
+        return {charts, sections, tables, overflow, overlaps, height: document.documentElement.scrollHeight};
     })()""")
     for c in info["charts"]:
         check(c["marks"] > 0, f"{name}: chart '{c['label']}' has drawn marks ({c['marks']})")
     check(not info["overflow"], f"{name}: no chart text outside its chart ({info['overflow'][:4]})")
+    check(not info["overlaps"], f"{name}: no two chart labels overlap ({info['overlaps'][:4]})")
     # Full-page screenshot.
     h = min(int(info["height"]), 16000)
     b.call("Emulation.setDeviceMetricsOverride", width=1280, height=h, deviceScaleFactor=1, mobile=False)
@@ -287,12 +322,10 @@ def check_sort_and_search(b: Browser, name: str, table_id: str) -> None:
 def main() -> int:
     if not BIN.is_file():
         subprocess.run(["cargo", "build", "--bin", "swarmtap"], cwd=ROOT, check=True)
-    require_geo = os.environ.get("SWARMTAP_REQUIRE_GEOIP") == "1" or os.environ.get("SWARMTAP_REQUIRE_ALL", "0") not in ("", "0")
     tmp = Path(tempfile.mkdtemp(prefix="swarmtap-report-"))
     try:
         datasets = {"sample": dataset_sample(tmp), "empty": dataset_empty(tmp)}
         live = dataset_live(tmp)
-        check(live is not None, "live: dataset written (needs root, ip netns and tcpreplay)")
         if live is not None:
             datasets["live"] = live
             parts = list((live / "peers").rglob("*.parquet"))
@@ -300,9 +333,6 @@ def main() -> int:
         geo = dataset_geo(tmp)
         if geo is not None:
             datasets["geo"] = geo
-        else:
-            print("      geo: corpus or GeoLite2 database absent" + ("" if not require_geo else " (required)"))
-            check(not require_geo, "geo: dataset written")
         b = Browser(tmp)
         try:
             for name, ds in datasets.items():
@@ -331,11 +361,31 @@ def main() -> int:
                           f"{name}: peers, connections and audit tables have rows ({tables})")
                     check_sort_and_search(b, name, "t-peers")
                 if name == "sample":
-                    # 12 torrents in sample-pcaps, 39 announce series of which 1 (cheat.pcap's BittOratio) is flagged.
-                    check(tables.get("t-torrents") == 12, f"sample: 12 torrents listed ({tables.get('t-torrents')})")
-                    check(tables.get("t-audit") == 39, f"sample: 39 announce series ({tables.get('t-audit')})")
+                    # The page lists every torrent and announce series of the
+                    # dataset, flagged ones as the audit flagged them
+                    # (sample-pcaps/cheat.pcap's BittOratio client among them).
+                    import polars as pl
+                    tor = pl.read_parquet(ds / "torrents.parquet")
+                    aud = pl.read_parquet(ds / "announce_audit.parquet")
+                    n_flagged = int(aud["suspicious"].sum())
+                    check(tor.height >= 12 and tables.get("t-torrents") == tor.height,
+                          f"sample: {tor.height} torrents listed ({tables.get('t-torrents')})")
+                    check(aud.height >= 39 and tables.get("t-audit") == aud.height,
+                          f"sample: {aud.height} announce series ({tables.get('t-audit')})")
                     flagged = b.js("Array.from(document.querySelectorAll('#t-audit tbody tr')).filter(r => r.cells[0].textContent === 'yes').length")
-                    check(flagged == 1, f"sample: 1 flagged series ({flagged})")
+                    check(n_flagged >= 1 and flagged == n_flagged, f"sample: {n_flagged} flagged series ({flagged})")
+                if tables.get("t-audit"):
+                    # The chart's band is the flag rule: upload_above_wire exactly
+                    # where reported > observed + opaque + tolerance with coverage client.
+                    rows = b.js("""Array.from(document.querySelectorAll('#t-audit tbody tr')).map(r => {
+                        const h = Array.from(document.querySelectorAll('#t-audit thead th')).map(th => th.textContent.replace(/ [▲▼]$/, ''));
+                        const c = k => r.cells[h.indexOf(k)];
+                        return {flags: c('flags').textContent, cov: c('coverage').textContent,
+                                rep: +c('reported up').dataset.v, obs: +c('observed up').dataset.v,
+                                opq: +c('opaque sent').dataset.v, tol: +c('tolerance').dataset.v};
+                    })""")
+                    agree = [(r["rep"] > r["obs"] + r["opq"] + r["tol"] and r["cov"] == "client") == ("upload_above_wire" in r["flags"]) for r in rows]
+                    check(all(agree), f"{name}: the audit band matches upload_above_wire on all {len(rows)} series")
                 if name == "geo":
                     check("map of peers" in labels, "geo: the map is drawn")
                     marks = next(c["marks"] for c in info["charts"] if c["label"] == "map of peers")

@@ -30,6 +30,8 @@ trap report_skips EXIT
 cargo test --workspace --all-targets
 # `swarmtap report` pages in headless Chromium; screenshots in target/report-shots/.
 target/nb-venv/bin/python tests/report_browser.py
+# Every engine reads the output as-is (pandas 2 and 3, pyarrow, DuckDB, PySpark).
+bash tests/engines.sh
 if [ -f notebooks/run.sh ]; then
   bash notebooks/run.sh
 fi

@@ -13,10 +13,11 @@ need=()
 # The second line: the real clients and tracker of the probe's swarm test
 # (tests/probe_swarm.py, in network namespaces) and the capture tools of
 # sample-pcaps/generate. The third: the headless browser that opens
-# `swarmtap report` pages (tests/report_browser.py) and a font for them.
+# `swarmtap report` pages (tests/report_browser.py) and a font for them, and
+# Java for PySpark in the engine tests (tests/engines.sh).
 for p in libpcap-dev tshark pkg-config tcpreplay ethtool iproute2 \
   opentracker transmission-daemon python3-libtorrent mktorrent tcpdump \
-  chromium fonts-dejavu-core; do
+  chromium fonts-dejavu-core default-jre-headless; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ "${#need[@]}" -gt 0 ]; then

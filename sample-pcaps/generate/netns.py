@@ -17,8 +17,9 @@ import time
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
-BR_NS = "swt-br"
-PREFIX = "swt-"
+# SWARMTAP_GEN_NETNS: another prefix, for two generator runs side by side.
+PREFIX = os.environ.get("SWARMTAP_GEN_NETNS", "swt-")
+BR_NS = PREFIX + "br"
 
 
 def sh(*args, check=True, ns=None, quiet=False):

@@ -7,13 +7,14 @@ import json
 import os
 import sys
 
-ORDER = ["http", "udp", "mse", "utp", "magnet", "midstream", "lossy", "two", "ipv6", "cheat"]
+ORDER = ["http", "udp", "mse", "utp", "magnet", "midstream", "lossy", "two", "ipv6", "cheat", "suppressed"]
 TITLES = {"http": "HTTP tracker, plain TCP peer wire", "udp": "UDP tracker (BEP 15)",
           "mse": "MSE/PE required everywhere", "utp": "uTP peer wire (BEP 29)",
           "magnet": "magnet links, DHT, ut_metadata", "midstream": "capture starts mid-transfer",
           "lossy": "loss, reordering, delay, htb limits", "two": "two torrents, one hybrid v1+v2",
           "ipv6": "IPv6-only, DHT over IPv6",
-          "cheat": "ratio cheat: announces through an uploaded x4 proxy"}
+          "cheat": "ratio cheat: announces through an uploaded x4 proxy",
+          "suppressed": "leechers among seeds: `have`s sent to no one"}
 
 
 def load(d, n):

@@ -1,7 +1,7 @@
 #!/bin/bash
 # Regenerate sample captures (needs root for network namespaces):
 #   sudo sample-pcaps/generate/run.sh SCENARIO|all [--out DIR] [--keep-workdir]
-# SCENARIO: http udp mse utp magnet midstream lossy two ipv6 cheat
+# SCENARIO: http udp mse utp magnet midstream lossy two ipv6 cheat suppressed
 # Writes OUT/SCENARIO.pcap, .torrent, .truth.json (OUT defaults to sample-pcaps/),
 # then adds tshark's counts and an independent wire reassembly to each truth file.
 set -euo pipefail
@@ -19,7 +19,7 @@ limit=600
 [ "$scen" = all ] && limit=3600
 timeout -k 20 "$limit" /usr/bin/python3 "$here/swarm.py" "$@"
 if [ "$scen" = all ]; then
-  names=(http udp mse utp magnet midstream lossy two ipv6 cheat)
+  names=(http udp mse utp magnet midstream lossy two ipv6 cheat suppressed)
 else
   names=("$scen")
 fi

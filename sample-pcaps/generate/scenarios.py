@@ -251,3 +251,30 @@ SCENARIOS["cheat"] = {
               "own counters in `hosts` are the true ones and `ratio_proxy.announces` pairs each "
               "announce's true and forwarded `uploaded`"],
 }
+
+SCENARIOS["suppressed"] = {
+    "name": "suppressed",
+    "description": "Suppressed `have`s: every leecher downloads alone among seeds, so no other peer needs "
+                   "the pieces it gets. Seeders libtorrent and Transmission; leechers started one after "
+                   "the other, each once the previous one is complete (so it is a seed too): rTorrent, "
+                   "libtorrent with `send_redundant_have` off (its default is on), Transmission. A client "
+                   "that sends no `have` to a peer holding the piece tells the wire nothing of its "
+                   "progress; its tracker announces (`left`, `event=completed`) still do. HTTP tracker, "
+                   "plain TCP.",
+    "tracker": "http",
+    "torrents": [one_torrent("suppressed", 384 * KiB, 1010)],
+    "hosts": [
+        host("seed1", "libtorrent", 11, "seeder", enc="plain", utp=False),
+        host("seed2", "transmission", 12, "seeder", enc="plain", utp=False),
+        host("rt1", "rtorrent", 13, enc="plain"),
+        host("lt1", "libtorrent", 14, enc="plain", utp=False, lt_settings={"send_redundant_have": False}),
+        host("tr1", "transmission", 15, enc="plain", utp=False),
+    ],
+    "sequential_leechers": True,
+    "reannounce_s": REANN,
+    "max_transfer_s": 240,
+    "notes": ["leechers start one at a time, each after the previous one completed: every other peer "
+              "a leecher meets is a seed",
+              "lt1 runs libtorrent with settings_pack send_redundant_have=False (a documented libtorrent "
+              "setting; the default True sends every have to every peer)"],
+}

@@ -409,6 +409,27 @@ class Run:
             c.start()
             self.ev("started %s (%s %s) as %s" % (c.name, c.kind, c.version, c.role))
             time.sleep(sc.get("stagger_s", 0.5))
+            if sc.get("sequential_leechers") and c.role == "leecher":
+                # The next leecher meets only seeds: wait (bounded) until
+                # this one is complete, re-announcing as wait_transfers does.
+                t_end = time.time() + sc.get("max_transfer_s", 180) / 2
+                last_reann = time.time()
+                while time.time() < t_end:
+                    for x in self.clients:
+                        if x.proc is not None or x is c:
+                            self.safe_poll(x)
+                    if c.all_complete():
+                        break
+                    if sc.get("reannounce_s") and time.time() - last_reann >= sc["reannounce_s"]:
+                        last_reann = time.time()
+                        for x in self.clients:
+                            if x.proc is not None and hasattr(x, "reannounce"):
+                                try:
+                                    x.reannounce()
+                                except Exception:
+                                    pass
+                    time.sleep(0.5)
+                self.ev("%s complete=%s; next leecher" % (c.name, c.all_complete()))
 
     def safe_poll(self, c):
         try:

@@ -349,8 +349,10 @@ impl Audit {
             if let Some(cap) = self.capture_idx.get(&f.capture).copied() {
                 self.seen_ts(cap, f.first_ts.0);
             }
-            // Unrecognised TCP: any of its payload may be piece bytes.
-            if f.proto == "tcp" && f.app == "other" {
+            // Unrecognised TCP: any of its payload may be piece bytes; so
+            // may an MSE-shaped flow's (encrypted over TCP: counted here,
+            // from the flow, whether or not its connection row is written).
+            if f.proto == "tcp" && (f.app == "other" || f.app == "mse") {
                 self.add_spans(
                     &f.orig_ip,
                     &f.resp_ip,
@@ -361,7 +363,9 @@ impl Audit {
             }
         }
         for c in &rows.connections {
-            if c.encrypted {
+            if c.encrypted && c.transport == "tcp" {
+                // Counted from its flow above.
+            } else if c.encrypted {
                 // MSE: payload bytes bound the piece bytes inside.
                 self.add_spans(
                     &c.orig_ip,
@@ -537,7 +541,7 @@ impl Audit {
             if let (Some(a), Some(b)) = (p.uploaded, q.uploaded) {
                 backwards |= b < a;
                 let inc = b.saturating_sub(a);
-                rep_up = Some(rep_up.unwrap_or(0) + inc);
+                rep_up = Some(rep_up.unwrap_or(0).saturating_add(inc));
                 let dur_us = q.ts - p.ts;
                 if dur_us >= 1_000_000 && inc > 0 {
                     let bps = inc as f64 / (dur_us as f64 / 1e6);
@@ -546,7 +550,7 @@ impl Audit {
             }
             if let (Some(a), Some(b)) = (p.downloaded, q.downloaded) {
                 backwards |= b < a;
-                rep_down = Some(rep_down.unwrap_or(0) + b.saturating_sub(a));
+                rep_down = Some(rep_down.unwrap_or(0).saturating_add(b.saturating_sub(a)));
             }
         }
         let (opaque_sent, opaque_received) = self.opaque_between(&addrs, first.ts, last.ts);
@@ -626,7 +630,10 @@ impl Audit {
             observed_downloaded: obs_down,
             opaque_received_bytes: opaque_received,
             tolerance_bytes: tol,
-            excess_uploaded: rep_up.map(|r| r as i64 - (obs_up + opaque_sent) as i64),
+            excess_uploaded: rep_up.map(|r| {
+                let e = i128::from(r) - i128::from(obs_up) - i128::from(opaque_sent);
+                i64::try_from(e).unwrap_or(if e < 0 { i64::MIN } else { i64::MAX })
+            }),
             max_upload_bps: max_bps,
             suspicious: !flags.is_empty(),
             coverage,
@@ -738,5 +745,48 @@ mod tests {
     fn tolerance_is_the_larger_of_the_two_terms() {
         assert_eq!(tolerance(0, 3), 6 * BLOCK_BYTES);
         assert_eq!(tolerance(10_000_000, 1), 1_000_000);
+    }
+
+    #[test]
+    fn encrypted_payload_bounds_what_an_encrypted_client_uploaded() {
+        // The client's only connection is MSE-encrypted: no piece message
+        // is visible, its 1 MB of payload sent is the upper bound. A claim
+        // within it (piece data plus protocol overhead) passes; four times
+        // it is flagged.
+        let conn = crate::sink::ConnectionRow {
+            encrypted: true,
+            orig_ip: "10.0.0.1".into(),
+            resp_ip: "10.0.0.2".into(),
+            first_ts: Ts(2_000_000),
+            last_ts: Ts(50_000_000),
+            payload_bytes_orig: 1_000_000,
+            payload_bytes_resp: 20_000,
+            ..Default::default()
+        };
+        for (claim, flagged) in [(950_000u64, false), (4_000_000, true)] {
+            let mut a = Audit::new(Limits::default(), 1.25e9, &["x".into()], &[]);
+            a.observe(
+                &[],
+                &[
+                    mark(1, 1, 0, MarkEvent::Started),
+                    mark(60, 60, claim, MarkEvent::Stopped),
+                ],
+            );
+            a.observe_rows(&RowBatch {
+                connections: vec![conn.clone()],
+                ..Default::default()
+            });
+            let mut rows = RowBatch::default();
+            a.finish(&mut rows);
+            let r = rows.announce_audit.into_iter().next().unwrap_or_default();
+            assert_eq!((r.observed_uploaded, r.opaque_sent_bytes), (0, 1_000_000));
+            assert_eq!(r.coverage, "client");
+            assert_eq!(
+                r.flags.contains(&"upload_above_wire".to_string()),
+                flagged,
+                "{claim}: {:?}",
+                r.flags
+            );
+        }
     }
 }

@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
+use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::dht::{
     bep42_exempt, bep42_id_matches, client_from_version, parse_krpc, DhtLimits, InsertOutcome, KrpcKind, KrpcMessage,
@@ -259,7 +259,18 @@ impl DhtShard {
                     m.port
                 };
                 if let (Some(ih), Some(port)) = (m.info_hash, port) {
-                    add(out, Some(*ih), SocketAddr::new(src.ip(), port), "announce_peer");
+                    let peer = SocketAddr::new(src.ip(), port);
+                    add(out, Some(*ih), peer, "announce_peer");
+                    // BEP 33: the announcer says it is a seed.
+                    if m.seed == Some(true) {
+                        out.events.push(SwarmEvent {
+                            ctx,
+                            conn_id,
+                            info_hash: *ih,
+                            peer,
+                            kind: SwarmEventKind::Claim(Claim::DhtSeed),
+                        });
+                    }
                 }
             }
             _ => {}

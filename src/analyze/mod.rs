@@ -2,26 +2,24 @@
 //! the shards, next to their flows) and the per-swarm state (one, sequential,
 //! fed by the shards' [`SwarmEvent`]s in frame order).
 
+pub mod apps;
 pub mod audit;
 pub mod dht;
 pub mod lsd;
 pub mod metadata;
 pub mod pieces;
 pub mod session;
+pub mod stream;
 pub mod swarm;
 pub mod tracker;
+pub mod udp;
 
 use std::net::{IpAddr, SocketAddr};
 
 use crate::sink::{AnomalyRow, RowBatch, Ts};
 
-/// Where a packet came from: what every row needs to say so.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct FrameCtx {
-    pub ts: i64,
-    pub frame: u64,
-    pub capture: u32,
-}
+/// Where a packet came from (defined by the flow layer, below us).
+pub use crate::flow::FrameCtx;
 
 /// What a connection tells the swarm state about a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +58,28 @@ pub enum SwarmEventKind {
         /// connection), rather than another peer about it (PEX).
         from_self: bool,
     },
+    /// What a signal other than the peer's own bitfield and `have`s says
+    /// of its progress (see [`Claim`]).
+    Claim(Claim),
+}
+
+/// A statement about a peer's progress from outside its peer-wire piece
+/// messages: its tracker announces, its BEP 10 `upload_only`, another
+/// peer's ut_pex flags about it, its BEP 33 DHT announce. The swarm state
+/// fuses them with the wire (`peers.completion_source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// A tracker announce by the peer: bytes `left` (BEP 3; null when the
+    /// request had none) and whether it was `event=completed`.
+    Tracker { left: Option<u64>, completed: bool },
+    /// `upload_only` = 1 from the peer itself, in its BEP 10 handshake or a
+    /// libtorrent `upload_only` extension message: it wants nothing more
+    /// (a seed, or a partial seed of the files it selected).
+    UploadOnly,
+    /// ut_pex flag 0x02 (seed / upload only) that another peer gave for it.
+    PexSeed,
+    /// BEP 33 `seed` = 1 in its own DHT announce_peer.
+    DhtSeed,
 }
 
 /// Where a peer was learned (`peers.sources`).

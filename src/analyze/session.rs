@@ -17,7 +17,7 @@ use sha1::{Digest, Sha1};
 use super::metadata::MetadataPiece;
 use super::pieces::{CheckLimits, PieceChecker};
 use super::swarm::UnattributedEvent;
-use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
+use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::flow::Chunk;
 use crate::proto::bencode::{self, BencodeLimits};
@@ -28,9 +28,8 @@ use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
 use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
 
-/// Side index: 0 = originator, 1 = responder.
-pub const ORIG: usize = 0;
-pub const RESP: usize = 1;
+/// Direction indices (0 = from the originator), as the flow layer numbers them.
+pub use crate::flow::{ORIG, RESP};
 
 #[derive(Debug, Clone)]
 struct Held {
@@ -56,6 +55,9 @@ struct Side {
     block_bytes: u64,
     payload_bytes: u64,
     n_msgs: u64,
+    /// Messages of a known kind other than keep-alive: what confirms a
+    /// stream picked up mid-connection (`analyze::stream`).
+    n_busy: u64,
     seen_sent: bool,
     /// Verification of the pieces this side sends (when hashes are known).
     check: Option<Box<PieceChecker>>,
@@ -197,6 +199,11 @@ impl PeerSession {
             .any(|f| f.stats().n_msgs > 0 || f.stats().framed_bytes > 0)
     }
 
+    /// Messages of a known kind other than keep-alive, per direction.
+    pub fn n_busy_msgs(&self) -> [u64; 2] {
+        [self.st.sides[ORIG].n_busy, self.st.sides[RESP].n_busy]
+    }
+
     /// True when both directions gave up hunting without framing anything.
     pub fn gave_up(&self) -> bool {
         !self.is_peer_wire() && self.framers.iter().all(|f| f.is_dead())
@@ -302,6 +309,7 @@ impl PeerSession {
             gap_bytes: st.gap_bytes,
             unframed_bytes: fs[ORIG].unframed_bytes + fs[RESP].unframed_bytes,
             n_resyncs: fs[ORIG].n_resyncs + fs[RESP].n_resyncs,
+            ..Default::default()
         }
     }
 }
@@ -545,6 +553,12 @@ impl State {
 
     fn on_message(&mut self, side: usize, msg: Message<'_>, wire_len: u64, ctx: FrameCtx, out: &mut ShardOut) {
         self.sides[side].n_msgs += 1;
+        if !matches!(
+            msg,
+            Message::KeepAlive | Message::Unknown { .. } | Message::Skipped { .. }
+        ) {
+            self.sides[side].n_busy += 1;
+        }
         let wl = wire_len;
         let name = msg.name();
         match msg {
@@ -655,6 +669,11 @@ impl State {
                     "ut_pex" => self.on_ut_pex(side, payload, ctx, out),
                     _ => {}
                 }
+                // libtorrent's `upload_only` message: one byte, 1 = it
+                // wants nothing more.
+                if ext == "upload_only" && payload.first().is_some_and(|b| *b == 1) {
+                    self.push_event(side, ctx, SwarmEventKind::Claim(Claim::UploadOnly), out);
+                }
                 if ext == "lt_donthave" {
                     if let Some(p) = payload.get(..4) {
                         let piece = u32::from_be_bytes([p[0], p[1], p[2], p[3]]);
@@ -740,6 +759,11 @@ impl State {
                     Some(format!("BEP 10 metadata_size {size}")),
                 );
             }
+        }
+        // BEP 21 / libtorrent: `upload_only` 1 in the handshake says the
+        // sender wants nothing more.
+        if d.get_int(b"upload_only").is_some_and(|u| u == 1) {
+            self.push_event(side, ctx, SwarmEventKind::Claim(Claim::UploadOnly), out);
         }
         if let Some(e) = e {
             self.push_event(
@@ -917,6 +941,9 @@ impl State {
                     utp: Some(f & ut_pex::FLAG_UTP != 0),
                     from_self: false,
                 }));
+                if f & ut_pex::FLAG_SEED != 0 {
+                    out.events.push(ev(SwarmEventKind::Claim(Claim::PexSeed)));
+                }
             }
         }
     }
@@ -1073,6 +1100,51 @@ mod tests {
             .count();
         assert_eq!(out.piece_budget.used, 0);
         (kinds, meta, pex, pieces, traits)
+    }
+
+    #[test]
+    fn upload_only_and_pex_seed_flags_are_claims() {
+        // The responder offers libtorrent's upload_only message (id 3); the
+        // originator says upload_only in its BEP 10 handshake, then in a
+        // message, and its ut_pex flags 10.0.0.9 a seed (0x02), 10.0.0.8
+        // not.
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(7), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        let mut r = handshake(b'R');
+        r.extend(ext(0, b"d1:md11:upload_onlyi3e6:ut_pexi4eee"));
+        s.feed(RESP, Chunk::Data(&r), ctx, &mut out);
+        let mut o = handshake(b'O');
+        o.extend(ext(0, b"d1:md6:ut_pexi2ee11:upload_onlyi1ee"));
+        o.extend(ext(3, &[1]));
+        o.extend(ext(3, &[0]));
+        let mut pex = b"d5:added12:".to_vec();
+        pex.extend([10, 0, 0, 9, 0x1A, 0xE1, 10, 0, 0, 8, 0x1A, 0xE1]);
+        pex.extend(b"7:added.f2:");
+        pex.extend([0x02, 0x00]);
+        pex.push(b'e');
+        o.extend(ext(4, &pex));
+        s.feed(ORIG, Chunk::Data(&o), ctx, &mut out);
+        let _ = s.finish(ctx, &mut out);
+        let mut claims: Vec<(SocketAddr, String)> = out
+            .events
+            .iter()
+            .filter_map(|e| match e.kind {
+                SwarmEventKind::Claim(c) => Some((e.peer, format!("{c:?}"))),
+                _ => None,
+            })
+            .collect();
+        claims.sort();
+        let orig = SocketAddr::from(([10, 0, 0, 1], 40000));
+        let seed = SocketAddr::from(([10, 0, 0, 9], 6881));
+        assert_eq!(
+            claims,
+            [
+                (orig, "UploadOnly".to_string()),
+                (orig, "UploadOnly".to_string()),
+                (seed, "PexSeed".to_string())
+            ]
+        );
     }
 
     #[test]

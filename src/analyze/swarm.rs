@@ -22,6 +22,20 @@
 //! Completion is computed at the end from each peer's history of piece
 //! counts, with the best piece count known by then (a .torrent, metadata, or
 //! the largest bitfield), so early guesses never fix a result.
+//!
+//! A peer's progress is fused from every signal the capture holds: its own
+//! bitfield, `have`, have_all/have_none and lt_donthave on the wire, and the
+//! claims of other sources ([`Claim`]): its tracker announces (`left`
+//! against the torrent's length, `event=completed`), its BEP 10
+//! `upload_only`, ut_pex seed flags others gave for it, its BEP 33 `seed` in
+//! a DHT announce. Each source's latest word counts and the fused count is
+//! the highest of them ([`fuse`]), so a client that sent its last `have` to
+//! no one (clients skip peers that hold the piece) is still complete when
+//! its tracker says so. A claim the wire contradicts later (a bitfield or
+//! `have` at least [`MIN_BELOW_US`] after it showing fewer pieces) is set
+//! aside; both that and a claim standing above the wire's last word are
+//! `anomalies` rows (layer swarm). The crossing of a confirmed download is
+//! the first evidence of crossing, from whichever signal.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -31,11 +45,11 @@ use std::collections::{BTreeMap, HashMap};
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 
-use super::{PeerSource, SwarmEvent, SwarmEventKind};
+use super::{Claim, PeerSource, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::{hex, Metainfo};
-use crate::sink::{PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts};
+use crate::sink::{AnomalyRow, PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts};
 
 /// How long a peer must stay below the completion threshold for its later
 /// crossing to count as a confirmed download. Seeders that send a "lazy
@@ -45,7 +59,7 @@ use crate::sink::{PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts};
 pub const MIN_BELOW_US: i64 = 1_000_000;
 
 /// Most connection ids remembered per peer to count distinct connections.
-const MAX_CONNS_REMEMBERED: usize = 64;
+const MAX_CONNS_REMEMBERED: usize = 1024;
 
 /// Points kept in a peer's progress history; past it, every other point is
 /// dropped (first and last kept), so the shape survives at bounded cost.
@@ -73,6 +87,238 @@ struct TorrentCounts {
 /// `count` value in a history point meaning "have_all" with the piece count
 /// unknown at that time.
 const ALL: u32 = u32::MAX;
+
+/// A signal about a peer's progress: `peer_progress.cause` and
+/// `peers.completion_source`. The first five are the peer's own peer-wire
+/// messages; the rest are claims ([`Claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Signal {
+    Bitfield,
+    Have,
+    HaveAll,
+    HaveNone,
+    DontHave,
+    /// A tracker announce's `left`, turned into pieces with the torrent's
+    /// piece length and total length (0 left: every piece).
+    TrackerLeft,
+    /// A tracker announce with `event=completed`.
+    TrackerCompleted,
+    /// The peer's BEP 10 `upload_only`.
+    UploadOnly,
+    /// A ut_pex seed flag (0x02) another peer gave for it.
+    PexSeed,
+    /// BEP 33 `seed` in its DHT announce_peer.
+    DhtSeed,
+}
+
+impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Bitfield => "bitfield",
+            Signal::Have => "have",
+            Signal::HaveAll => "have_all",
+            Signal::HaveNone => "have_none",
+            Signal::DontHave => "dont_have",
+            Signal::TrackerLeft => "tracker_left",
+            Signal::TrackerCompleted => "tracker_completed",
+            Signal::UploadOnly => "upload_only",
+            Signal::PexSeed => "pex_seed",
+            Signal::DhtSeed => "dht_seed",
+        }
+    }
+
+    /// The claim source it speaks for (each keeps its latest word), or
+    /// None for the peer's own wire messages.
+    fn claim_slot(self) -> Option<usize> {
+        match self {
+            Signal::TrackerLeft | Signal::TrackerCompleted => Some(0),
+            Signal::UploadOnly => Some(1),
+            Signal::PexSeed => Some(2),
+            Signal::DhtSeed => Some(3),
+            _ => None,
+        }
+    }
+}
+
+/// Claim sources (tracker, upload_only, ut_pex, DHT).
+const N_CLAIM_SLOTS: usize = 4;
+
+/// Pieces a peer has when a tracker announce says `left` bytes are left,
+/// with the torrent's `n` pieces of `plen` bytes and `total` bytes: the
+/// missing pieces are ⌈left / plen⌉, except that a short last piece counts
+/// as one when `left` is that piece plus whole pieces.
+pub fn pieces_from_left(n: u64, plen: u64, total: u64, left: u64) -> u64 {
+    if left == 0 {
+        return n;
+    }
+    if n == 0 || plen == 0 || left >= total {
+        return 0;
+    }
+    let last = total.saturating_sub(plen.saturating_mul(n - 1));
+    let missing = if last > 0 && last < plen && left >= last && (left - last).is_multiple_of(plen) {
+        (left - last) / plen + 1
+    } else {
+        left.div_ceil(plen)
+    };
+    n.saturating_sub(missing)
+}
+
+/// A peer's progress fused from every signal (see [`fuse`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Fused {
+    /// (ts, count or ALL, signal) at each change of the fused count; the
+    /// signal is the one that said the new count first.
+    pub history: Vec<(i64, u32, Signal)>,
+    /// (anomaly kind, detail, time of the claim).
+    pub conflicts: Vec<(&'static str, String, i64)>,
+}
+
+/// Fuses a peer's wire history with its claims. `n`: the torrent's piece
+/// count; `shape`: (piece length, total length) when the metadata is known,
+/// to read `left`. Each claim source keeps its latest word; the fused count
+/// at any time is the highest of the wire's and the sources' words (a tie
+/// goes to the one that said it first). A wire message at least
+/// MIN_BELOW_US after a claim that shows fewer pieces than the claim voids
+/// it (`completion_contradicted`): a claim set aside is no evidence at all,
+/// not even of an early crossing. A claim still above the wire's last word
+/// at the end is kept and reported (`completion_wire_behind`).
+pub fn fuse(
+    wire: &[(i64, u32, Signal)],
+    claims: &[(i64, Signal, u64)],
+    n: Option<u64>,
+    shape: Option<(u64, u64)>,
+) -> Fused {
+    // Claims as points; a `left` without the torrent's shape says nothing
+    // countable (0 left still means every piece).
+    let points: Vec<(i64, u32, Signal)> = claims
+        .iter()
+        .filter_map(|&(ts, sig, left)| {
+            let v = match sig {
+                Signal::TrackerLeft if left > 0 => {
+                    let (plen, total) = shape?;
+                    let c = pieces_from_left(n?, plen, total, left);
+                    c.min(u64::from(ALL - 1)) as u32
+                }
+                _ => ALL,
+            };
+            Some((ts, v, sig))
+        })
+        .collect();
+    let first = walk(wire, &points, n);
+    if first.voided.is_empty() {
+        return first.fused;
+    }
+    // Again without the claims set aside; their conflicts stay reported.
+    let kept: Vec<(i64, u32, Signal)> = points
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !first.voided.contains(i))
+        .map(|(_, p)| *p)
+        .collect();
+    let mut again = walk(wire, &kept, n).fused;
+    let mut conflicts = first.fused.conflicts;
+    conflicts.extend(again.conflicts.drain(..).filter(|c| c.0 != "completion_contradicted"));
+    again.conflicts = conflicts;
+    again
+}
+
+/// One pass of [`fuse`]: the fused history, the conflicts, and the claim
+/// points (indices into `points`) the wire contradicted.
+struct Walk {
+    fused: Fused,
+    voided: Vec<usize>,
+}
+
+fn walk(wire: &[(i64, u32, Signal)], points: &[(i64, u32, Signal)], n: Option<u64>) -> Walk {
+    let level = |v: u32| -> u64 {
+        if v == ALL {
+            n.unwrap_or(u64::MAX)
+        } else {
+            u64::from(v)
+        }
+    };
+    let show = |v: u32| -> String {
+        let c = if v == ALL { n } else { Some(u64::from(v)) };
+        match (c, n) {
+            (Some(c), Some(n)) => format!("{c} of {n}"),
+            (Some(c), None) => format!("{c}"),
+            (None, _) => "all".to_string(),
+        }
+    };
+    let mut out = Fused::default();
+    let mut voided = Vec::new();
+    let mut wire_cur: Option<(u32, i64, Signal)> = None;
+    // Each claim source's word: (count, time, signal, index in points).
+    let mut slots: [Option<(u32, i64, Signal, usize)>; N_CLAIM_SLOTS] = [None; N_CLAIM_SLOTS];
+    let (mut wi, mut ci) = (0, 0);
+    loop {
+        // Merge by time; the wire first at equal times.
+        let take_wire = match (wire.get(wi), points.get(ci)) {
+            (Some(w), Some(c)) => w.0 <= c.0,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        let ts;
+        if take_wire {
+            let (t, v, sig) = wire[wi];
+            wi += 1;
+            ts = t;
+            wire_cur = Some((v, t, sig));
+            for slot in slots.iter_mut() {
+                if let Some((cv, cts, csig, idx)) = *slot {
+                    if t - cts >= MIN_BELOW_US && level(v) < level(cv) {
+                        out.conflicts.push((
+                            "completion_contradicted",
+                            format!(
+                                "{} said {} at {cts} µs; the wire said {} ({}) at {t} µs: the claim is set aside",
+                                csig.name(),
+                                show(cv),
+                                show(v),
+                                sig.name()
+                            ),
+                            cts,
+                        ));
+                        voided.push(idx);
+                        *slot = None;
+                    }
+                }
+            }
+        } else {
+            let (t, v, sig) = points[ci];
+            ts = t;
+            if let Some(k) = sig.claim_slot() {
+                slots[k] = Some((v, t, sig, ci));
+            }
+            ci += 1;
+        }
+        let best = std::iter::once(wire_cur)
+            .chain(slots.iter().map(|s| s.map(|(v, t, sig, _)| (v, t, sig))))
+            .flatten()
+            .max_by(|a, b| level(a.0).cmp(&level(b.0)).then(b.1.cmp(&a.1)));
+        if let Some((v, _, sig)) = best {
+            if out.history.last().is_none_or(|l| level(l.1) != level(v)) {
+                out.history.push((ts, v, sig));
+            }
+        }
+    }
+    if let (Some((wv, wts, wsig)), Some(&(fts, fv, fsig))) = (wire_cur, out.history.last()) {
+        if fsig.claim_slot().is_some() && level(fv) > level(wv) {
+            out.conflicts.push((
+                "completion_wire_behind",
+                format!(
+                    "{} said {} at {fts} µs; the wire's last word was {} ({}) at {wts} µs: the claim is kept",
+                    fsig.name(),
+                    show(fv),
+                    show(wv),
+                    wsig.name()
+                ),
+                fts,
+            ));
+        }
+    }
+    Walk { fused: out, voided }
+}
 
 /// A set of piece indices, grown as indices arrive (bounded by max_pieces).
 #[derive(Debug, Clone, Default)]
@@ -174,8 +420,12 @@ struct PeerState {
     first_ts: i64,
     last_ts: i64,
     pieces: PieceSet,
-    /// (ts, count) at each change of the known piece set.
-    history: Vec<(i64, u32)>,
+    /// (ts, count, signal) at each change of the piece set its own wire
+    /// messages showed.
+    history: Vec<(i64, u32, Signal)>,
+    /// (ts, signal, bytes left for TrackerLeft) at each change of a claim
+    /// source's word (see [`fuse`]).
+    claims: Vec<(i64, Signal, u64)>,
     uploaded: u64,
     downloaded: u64,
     /// Current rate window start and bytes (down, up).
@@ -193,6 +443,10 @@ struct PeerState {
     /// The peer's first known state was a `have` (seen mid-connection, no
     /// bitfield): its initial pieces are unknown.
     unknown_start: bool,
+    /// A connection of it was seen from its handshake: a first `have`
+    /// then means it started with nothing (BEP 3 lets a peer with no piece
+    /// skip the bitfield), not that its earlier pieces went unseen.
+    start_known: bool,
     /// Encryption preference from its own BEP 10 `e`, and from PEX flags
     /// others gave for it (its own word wins).
     enc_own: Option<bool>,
@@ -608,6 +862,10 @@ impl Swarm {
                 h.append(&mut b.history);
                 h.sort_by_key(|p| p.0);
                 b.history = h;
+                let mut c = a.claims;
+                c.append(&mut b.claims);
+                c.sort_by_key(|p| p.0);
+                b.claims = c;
                 b.uploaded += a.uploaded;
                 b.downloaded += a.downloaded;
                 for d in 0..2 {
@@ -624,6 +882,7 @@ impl Swarm {
                 b.n_connections = b.n_connections.max(b.conns.len() as u64);
                 b.sources |= a.sources;
                 b.enc_own = b.enc_own.or(a.enc_own);
+                b.start_known |= a.start_known;
                 b.enc_pex = any_true(b.enc_pex, a.enc_pex);
                 b.utp = any_true(b.utp, a.utp);
                 b.enc_sent += a.enc_sent;
@@ -687,6 +946,35 @@ impl Swarm {
         }
     }
 
+    /// End of run: a hybrid v1+v2 torrent goes by two hashes (BEP 52), and
+    /// a client may announce under one while its peer wire uses the other.
+    /// A peer known under one hash only from elsewhere than the wire
+    /// (tracker, DHT, PEX: its claims included) joins the peer at the same
+    /// endpoint that the wire showed under the other hash.
+    fn merge_hybrid_hashes(&mut self) {
+        let wire = PeerSource::Wire.bit();
+        let mut pairs: Vec<(PeerKey, PeerKey)> = Vec::new();
+        for (k, p) in &self.peers {
+            if p.sources & wire != 0 {
+                continue;
+            }
+            let Some(m) = self.torrents.get(&k.0).and_then(|t| t.meta.as_ref()) else {
+                continue;
+            };
+            for h in m.wire_hashes() {
+                let other = (h, k.1);
+                if h != k.0 && self.peers.get(&other).is_some_and(|o| o.sources & wire != 0) {
+                    pairs.push((*k, other));
+                    break;
+                }
+            }
+        }
+        pairs.sort();
+        for (from, to) in pairs {
+            self.merge(from, to);
+        }
+    }
+
     /// The client-prefix rule of the module doc. Returns the key the peer
     /// lives under afterwards.
     fn merge_by_prefix(&mut self, h: [u8; 20], key: PeerKey, pid: &[u8; 20], listen: bool) -> PeerKey {
@@ -739,6 +1027,7 @@ impl Swarm {
         }
         let n_exact = t.exact();
         let n = t.count();
+        let shape = t.meta.as_ref().map(|m| (m.piece_length, m.total_bytes));
         // Identity: learn listen endpoints, merge by peer id.
         let mut key = self.resolve((ev.info_hash, ev.peer));
         let is_listen = match &ev.kind {
@@ -797,7 +1086,7 @@ impl Swarm {
         p.first_ts = p.first_ts.min(ts);
         p.last_ts = p.last_ts.max(ts);
         p.listen |= is_listen;
-        let cause: Option<&'static str> = match ev.kind {
+        let cause: Option<Signal> = match ev.kind {
             SwarmEventKind::Learned { source } => {
                 p.sources |= source.bit();
                 None
@@ -819,6 +1108,8 @@ impl Swarm {
             }
             SwarmEventKind::Seen { peer_id, client, .. } => {
                 p.sources |= PeerSource::Wire.bit();
+                // A peer id comes only from a captured handshake.
+                p.start_known |= peer_id.is_some();
                 if peer_id.is_some() {
                     p.peer_id = peer_id;
                 }
@@ -849,15 +1140,15 @@ impl Swarm {
                     }
                 }
                 p.unknown_start = false;
-                Some("bitfield")
+                Some(Signal::Bitfield)
             }
             SwarmEventKind::Have(i) => {
-                if p.history.is_empty() && p.pieces.count == 0 && !p.pieces.all {
+                if p.history.is_empty() && p.pieces.count == 0 && !p.pieces.all && !p.start_known {
                     p.unknown_start = true;
                 }
                 if i < max_pieces && n_exact.is_none_or(|n| u64::from(i) < n) {
                     p.pieces.set(i);
-                    Some("have")
+                    Some(Signal::Have)
                 } else {
                     None
                 }
@@ -865,17 +1156,48 @@ impl Swarm {
             SwarmEventKind::HaveAll => {
                 p.unknown_start = false;
                 p.pieces.all = true;
-                Some("have_all")
+                Some(Signal::HaveAll)
             }
             SwarmEventKind::HaveNone => {
                 p.unknown_start = false;
                 p.pieces.all = false;
-                Some("have_none")
+                Some(Signal::HaveNone)
             }
             SwarmEventKind::DontHave(i) => {
                 p.pieces.all = false;
                 p.pieces.clear(i);
-                Some("dont_have")
+                Some(Signal::DontHave)
+            }
+            SwarmEventKind::Claim(c) => {
+                let (sig, left) = match c {
+                    Claim::Tracker { completed: true, .. } => (Signal::TrackerCompleted, 0),
+                    Claim::Tracker { left: Some(l), .. } => (Signal::TrackerLeft, l),
+                    Claim::Tracker { left: None, .. } => return,
+                    Claim::UploadOnly => (Signal::UploadOnly, 0),
+                    Claim::PexSeed => (Signal::PexSeed, 0),
+                    Claim::DhtSeed => (Signal::DhtSeed, 0),
+                };
+                if p.push_claim(ts, sig, left) {
+                    let have = if sig == Signal::TrackerLeft && left > 0 {
+                        shape
+                            .zip(n_exact)
+                            .map(|((plen, total), n)| pieces_from_left(n, plen, total, left))
+                    } else {
+                        n
+                    };
+                    rows.peer_progress.push(PeerProgressRow {
+                        ts: Ts(ts),
+                        frame: ev.ctx.frame,
+                        conn_id: ev.conn_id,
+                        info_hash: hex(&ev.info_hash),
+                        peer_ip: key.1.ip().to_string(),
+                        peer_port: u32::from(key.1.port()),
+                        n_pieces_have: have,
+                        n_pieces: n_exact,
+                        cause: sig.name(),
+                    });
+                }
+                None
             }
             SwarmEventKind::Transfer { bytes, .. } => {
                 p.uploaded += bytes;
@@ -897,7 +1219,7 @@ impl Swarm {
         if !changed {
             return;
         }
-        p.push_history(ts, point);
+        p.push_history(ts, point, cause);
         rows.peer_progress.push(PeerProgressRow {
             ts: Ts(ts),
             frame: ev.ctx.frame,
@@ -907,7 +1229,7 @@ impl Swarm {
             peer_port: u32::from(key.1.port()),
             n_pieces_have: p.pieces.have(n),
             n_pieces: n_exact,
-            cause,
+            cause: cause.name(),
         });
     }
 
@@ -953,6 +1275,7 @@ impl Swarm {
     /// given their last chance first.
     pub fn finish(mut self, rows: &mut RowBatch) {
         self.retry_pending(rows);
+        self.merge_hybrid_hashes();
         self.merge_anonymous_ephemerals();
         self.merge_pex_only();
         // Deterministic order: by torrent, then address.
@@ -961,10 +1284,39 @@ impl Swarm {
         let mut per_torrent: BTreeMap<[u8; 20], TorrentCounts> = BTreeMap::new();
         for k in keys {
             let Some(mut p) = self.peers.remove(&k) else { continue };
-            let n = self.torrents.get(&k.0).and_then(|t| t.count());
+            // A tracker claim announced with port 0 that found no peer at
+            // its address to join: it names no peer.
+            if k.1.port() == 0 && p.sources == 0 {
+                continue;
+            }
+            let t = self.torrents.get(&k.0);
+            let n = t.and_then(|t| t.count());
+            let shape = t.and_then(|t| t.meta.as_ref()).map(|m| (m.piece_length, m.total_bytes));
             p.flush_rate();
-            let (completed_ts, confirmed) = self.completion(&p.history, n);
+            let fused = fuse(&p.history, &p.claims, n, shape);
+            let points: Vec<(i64, u32)> = fused.history.iter().map(|h| (h.0, h.1)).collect();
+            let (completed_ts, confirmed) = self.completion(&points, n);
             let at = |c: u32| if c == ALL { n } else { Some(u64::from(c)) };
+            // The signal that decided: the one that first showed the
+            // crossing, else the one behind the last count.
+            let completion_source = match completed_ts {
+                Some(ts) => fused
+                    .history
+                    .iter()
+                    .filter(|h| h.0 == ts)
+                    .max_by_key(|h| at(h.1))
+                    .map(|h| h.2.name()),
+                None => fused.history.last().map(|h| h.2.name()),
+            };
+            for (kind, detail, ts) in fused.conflicts {
+                rows.anomalies.push(AnomalyRow {
+                    ts: Some(Ts(ts)),
+                    layer: "swarm",
+                    kind: kind.to_string(),
+                    detail: Some(format!("{} {}:{}: {detail}", hex(&k.0), k.1.ip(), k.1.port())),
+                    ..Default::default()
+                });
+            }
             let enc = p.enc_own.or(p.enc_pex);
             let e = per_torrent.entry(k.0).or_default();
             e.peers += 1;
@@ -981,9 +1333,10 @@ impl Swarm {
                 client: p.client,
                 first_ts: Ts(p.first_ts),
                 last_ts: Ts(p.last_ts),
-                first_pieces: p.history.first().and_then(|h| at(h.1)),
-                last_pieces: p.history.last().and_then(|h| at(h.1)),
+                first_pieces: fused.history.first().and_then(|h| at(h.1)),
+                last_pieces: fused.history.last().and_then(|h| at(h.1)),
                 n_pieces: n,
+                completion_source,
                 completed_ts: completed_ts.map(Ts),
                 confirmed_download: confirmed,
                 uploaded_bytes: p.uploaded,
@@ -991,6 +1344,11 @@ impl Swarm {
                 max_rate_bps: p.max_rate[0],
                 max_upload_rate_bps: p.max_rate[1],
                 n_connections: p.n_connections,
+                conn_ids: {
+                    let mut c = p.conns.clone();
+                    c.sort_unstable();
+                    c
+                },
                 sources: PeerSource::ALL
                     .iter()
                     .filter(|s| p.sources & s.bit() != 0)
@@ -1118,6 +1476,7 @@ impl PeerState {
             last_ts: ts,
             pieces: PieceSet::default(),
             history: Vec::new(),
+            claims: Vec::new(),
             uploaded: 0,
             downloaded: 0,
             win_start: ts - ts.rem_euclid(window),
@@ -1129,6 +1488,7 @@ impl PeerState {
             sources: 0,
             listen: false,
             unknown_start: false,
+            start_known: false,
             enc_own: None,
             enc_pex: None,
             utp: None,
@@ -1137,7 +1497,39 @@ impl PeerState {
         }
     }
 
-    fn push_history(&mut self, ts: i64, point: u32) {
+    /// Records a claim when it changes its source's word (a re-announce
+    /// saying the same is not a new point). Returns whether it did.
+    fn push_claim(&mut self, ts: i64, sig: Signal, left: u64) -> bool {
+        // A source's word: complete (None), or bytes left.
+        let word = |sig: Signal, left: u64| {
+            let complete = sig != Signal::TrackerLeft || left == 0;
+            (sig.claim_slot(), (!complete).then_some(left))
+        };
+        let slot = sig.claim_slot();
+        if let Some(&(_, ls, ll)) = self.claims.iter().rev().find(|c| c.1.claim_slot() == slot) {
+            if word(ls, ll) == word(sig, left) {
+                return false;
+            }
+        }
+        if self.claims.len() >= MAX_HISTORY {
+            // Thin as the wire history is: every other point, the last kept.
+            let last = self.claims.last().copied();
+            let mut i = 0;
+            self.claims.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            if let (Some(l), Some(cur)) = (last, self.claims.last().copied()) {
+                if cur != l {
+                    self.claims.push(l);
+                }
+            }
+        }
+        self.claims.push((ts, sig, left));
+        true
+    }
+
+    fn push_history(&mut self, ts: i64, point: u32, sig: Signal) {
         if self.history.len() >= MAX_HISTORY {
             let last = self.history.last().copied();
             let mut i = 0;
@@ -1151,7 +1543,7 @@ impl PeerState {
                 }
             }
         }
-        self.history.push((ts, point));
+        self.history.push((ts, point, sig));
     }
 
     /// Adds bytes to the tumbling window holding `ts` (dir 0 = down, 1 = up).
@@ -1196,6 +1588,22 @@ mod tests {
             peer: peer.parse().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
             kind,
         }
+    }
+
+    /// A torrent of no pieces (an empty file) has no completion to cross:
+    /// neither at once nor ever.
+    #[test]
+    fn a_torrent_of_no_pieces_has_no_completion() {
+        let s = Swarm::new(Limits::default(), 0.98, 5);
+        let history = [(1_000_000, 0), (3_000_000, 0)];
+        assert_eq!(s.completion(&history, Some(0)), (None, false));
+        assert_eq!(s.completion(&history, None), (None, false));
+        // The same history with one piece of one: complete at its first
+        // point at or above the threshold, after 2 s below.
+        assert_eq!(
+            s.completion(&[(1_000_000, 0), (3_000_000, 1)], Some(1)),
+            (Some(3_000_000), true)
+        );
     }
 
     /// A swarm of 100 pieces (a seeder's full bitfield: 12 bytes of 0xFF
@@ -1264,20 +1672,21 @@ mod tests {
         ] {
             let mut s = Swarm::new(Limits::default(), 0.98, 5);
             let mut rows = RowBatch::default();
-            // 8 pieces: the leecher has 7 from t = 0 (below: 7 < 7.84) and
-            // the 8th `below_us` later.
+            // 8 pieces: the leecher has 7 from t0 = 50 s (below: 7 < 7.84)
+            // and the 8th `below_us` later.
+            let t0 = 50_000_000;
             s.apply(
                 vec![
-                    ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF])),
-                    ev(0, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xFE])),
-                    ev(below_us, "10.0.0.2:2", SwarmEventKind::Have(7)),
+                    ev(t0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF])),
+                    ev(t0, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xFE])),
+                    ev(t0 + below_us, "10.0.0.2:2", SwarmEventKind::Have(7)),
                 ],
                 Vec::new(),
                 &mut rows,
             );
             s.finish(&mut rows);
             let p = rows.peers.iter().find(|p| p.peer_port == 2).expect("leecher");
-            assert_eq!(p.completed_ts.map(|t| t.0), Some(below_us), "{below_us}");
+            assert_eq!(p.completed_ts.map(|t| t.0), Some(t0 + below_us), "{below_us}");
             assert_eq!(p.confirmed_download, want, "below for {below_us} µs");
         }
     }
@@ -1321,15 +1730,15 @@ mod tests {
     fn progress_history_is_halved_one_past_its_bound() {
         let mut p = PeerState::new(0, 5_000_000);
         for i in 0..MAX_HISTORY as i64 {
-            p.push_history(i, i as u32);
+            p.push_history(i, i as u32, Signal::Have);
         }
         assert_eq!(p.history.len(), MAX_HISTORY);
         let n = MAX_HISTORY as i64;
-        p.push_history(n, n as u32);
+        p.push_history(n, n as u32, Signal::Have);
         assert_eq!(p.history.len(), MAX_HISTORY / 2 + 2);
-        assert_eq!(p.history[0], (0, 0));
-        assert_eq!(p.history[1], (2, 2));
-        let tail: Vec<_> = p.history[p.history.len() - 3..].to_vec();
+        assert_eq!(p.history[0], (0, 0, Signal::Have));
+        assert_eq!(p.history[1], (2, 2, Signal::Have));
+        let tail: Vec<_> = p.history[p.history.len() - 3..].iter().map(|h| (h.0, h.1)).collect();
         assert_eq!(
             tail,
             vec![(n - 2, (n - 2) as u32), (n - 1, (n - 1) as u32), (n, n as u32)]
@@ -1489,5 +1898,165 @@ mod tests {
             .map(|t| (t.info_hash.clone(), t.n_pieces_verified, t.n_pieces_failed))
             .collect();
         assert_eq!(t, [(hex(&[8; 20]), 1, 1)]);
+    }
+
+    fn seen(listen: bool) -> SwarmEventKind {
+        SwarmEventKind::Seen {
+            peer_id: None,
+            client: None,
+            listen,
+        }
+    }
+
+    /// A seeder at .1 fixing the piece count at 8, and the events of the
+    /// peer at .2 after its own `seen`.
+    fn with_seeder(events: Vec<SwarmEvent>) -> (Vec<PeerRow>, Vec<AnomalyRow>, Vec<PeerProgressRow>) {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        let mut rows = RowBatch::default();
+        let mut all = vec![
+            ev(0, "10.0.0.1:1", seen(true)),
+            ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF])),
+            ev(0, "10.0.0.2:2", seen(true)),
+        ];
+        all.extend(events);
+        s.apply(all, Vec::new(), &mut rows);
+        s.finish(&mut rows);
+        (rows.peers, rows.anomalies, rows.peer_progress)
+    }
+
+    fn tracker(left: u64, completed: bool) -> SwarmEventKind {
+        SwarmEventKind::Claim(Claim::Tracker {
+            left: Some(left),
+            completed,
+        })
+    }
+
+    #[test]
+    fn a_last_have_sent_to_no_one_is_made_up_by_the_tracker() {
+        // 7 of 8 `have`s on the wire; the last piece's went to no one (every
+        // other peer held it); the tracker hears `completed`, left 0.
+        let mut evs: Vec<_> = (0..7)
+            .map(|i| ev(1_000_000 + i64::from(i), "10.0.0.2:2", SwarmEventKind::Have(i)))
+            .collect();
+        evs.push(ev(5_000_000, "10.0.0.2:2", tracker(0, true)));
+        evs.push(ev(15_000_000, "10.0.0.2:2", tracker(0, false)));
+        let (peers, anomalies, progress) = with_seeder(evs);
+        let p = &peers[1];
+        assert_eq!((p.last_pieces, p.n_pieces), (Some(8), Some(8)));
+        assert_eq!(p.completion_source, Some("tracker_completed"));
+        assert!(p.confirmed_download);
+        assert_eq!(p.completed_ts, Some(Ts(5_000_000)));
+        // The seeder decided by its bitfield.
+        assert_eq!(peers[0].completion_source, Some("bitfield"));
+        // Kept, and said: the wire's last word was 7 of 8.
+        assert_eq!(anomalies.len(), 1);
+        assert_eq!(anomalies[0].kind, "completion_wire_behind");
+        assert!(anomalies[0]
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.contains("7 of 8 (have)")));
+        // One progress row per change of the tracker's word, not per announce.
+        let causes: Vec<_> = progress
+            .iter()
+            .filter(|r| r.peer_ip == "10.0.0.2")
+            .map(|r| r.cause)
+            .collect();
+        assert_eq!(
+            causes.iter().filter(|c| c.starts_with("tracker")).count(),
+            1,
+            "{causes:?}"
+        );
+    }
+
+    #[test]
+    fn the_crossing_is_the_first_evidence_of_it() {
+        // The tracker hears `completed` 1 s before the wire's last `have`.
+        let mut evs = vec![ev(0, "10.0.0.2:2", SwarmEventKind::HaveNone)];
+        evs.extend((0..7).map(|i| ev(1_000_000 + i64::from(i), "10.0.0.2:2", SwarmEventKind::Have(i))));
+        evs.push(ev(9_000_000, "10.0.0.2:2", tracker(0, true)));
+        evs.push(ev(10_000_000, "10.0.0.2:2", SwarmEventKind::Have(7)));
+        let (peers, anomalies, _) = with_seeder(evs);
+        let p = &peers[1];
+        assert_eq!(p.completed_ts, Some(Ts(9_000_000)));
+        assert_eq!(p.completion_source, Some("tracker_completed"));
+        assert_eq!(p.last_pieces, Some(8));
+        assert!(p.confirmed_download);
+        // The wire caught up: no conflict.
+        assert!(anomalies.is_empty(), "{anomalies:?}");
+        // And the other way round: the wire first.
+        let mut evs = vec![ev(0, "10.0.0.2:2", SwarmEventKind::HaveNone)];
+        evs.extend((0..8).map(|i| ev(1_000_000 + i64::from(i), "10.0.0.2:2", SwarmEventKind::Have(i))));
+        evs.push(ev(1_000_100, "10.0.0.2:2", tracker(0, true)));
+        let (peers, _, _) = with_seeder(evs);
+        assert_eq!(peers[1].completion_source, Some("have"));
+        assert_eq!(peers[1].completed_ts, Some(Ts(1_000_007)));
+    }
+
+    #[test]
+    fn a_claim_the_wire_contradicts_later_is_set_aside() {
+        // upload_only, then 3 s later a bitfield of 4 of 8: a partial seed.
+        let evs = vec![
+            ev(0, "10.0.0.2:2", SwarmEventKind::Claim(Claim::UploadOnly)),
+            ev(3_000_000, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xF0])),
+        ];
+        let (peers, anomalies, _) = with_seeder(evs);
+        let p = &peers[1];
+        assert_eq!(p.last_pieces, Some(4));
+        assert_eq!(p.completion_source, Some("bitfield"));
+        assert!(!p.confirmed_download);
+        assert_eq!(anomalies.len(), 1);
+        assert_eq!(anomalies[0].kind, "completion_contradicted");
+        // Within a second it is the same breath (a lazy bitfield after an
+        // LTEP handshake saying upload_only): no contradiction.
+        let evs = vec![
+            ev(0, "10.0.0.2:2", SwarmEventKind::Claim(Claim::UploadOnly)),
+            ev(10, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0xFE])),
+            ev(20, "10.0.0.2:2", SwarmEventKind::Have(7)),
+        ];
+        let (peers, anomalies, _) = with_seeder(evs);
+        assert_eq!(peers[1].last_pieces, Some(8));
+        assert_eq!(peers[1].completion_source, Some("upload_only"));
+        assert!(anomalies.is_empty(), "{anomalies:?}");
+    }
+
+    #[test]
+    fn seed_flags_of_others_and_of_the_dht_count() {
+        for (claim, name) in [(Claim::PexSeed, "pex_seed"), (Claim::DhtSeed, "dht_seed")] {
+            let evs = vec![
+                ev(0, "10.0.0.2:2", SwarmEventKind::Bitfield(vec![0x80])),
+                ev(60_000_000, "10.0.0.2:2", SwarmEventKind::Claim(claim)),
+            ];
+            let (peers, _, _) = with_seeder(evs);
+            assert_eq!(peers[1].last_pieces, Some(8), "{name}");
+            assert_eq!(peers[1].completion_source, Some(name));
+            assert!(peers[1].confirmed_download, "{name}");
+        }
+    }
+
+    #[test]
+    fn tracker_left_in_pieces() {
+        // 24 pieces of 32 KiB.
+        assert_eq!(pieces_from_left(24, 32768, 786_432, 0), 24);
+        assert_eq!(pieces_from_left(24, 32768, 786_432, 32768), 23);
+        assert_eq!(pieces_from_left(24, 32768, 786_432, 786_432), 0);
+        // A client that counts a half-received piece as left: still missing.
+        assert_eq!(pieces_from_left(24, 32768, 786_432, 16384), 23);
+        // A short last piece (25 bytes in pieces of 10): 5 left is that
+        // piece, 15 is it and one more, 7 is some other piece.
+        assert_eq!(pieces_from_left(3, 10, 25, 5), 2);
+        assert_eq!(pieces_from_left(3, 10, 25, 15), 1);
+        assert_eq!(pieces_from_left(3, 10, 25, 7), 2);
+        // Nonsense stays in range.
+        assert_eq!(pieces_from_left(3, 10, 25, u64::MAX), 0);
+        assert_eq!(pieces_from_left(0, 10, 25, 5), 0);
+        assert_eq!(pieces_from_left(3, 0, 25, 5), 0);
+        // Without the torrent's shape a `left` above 0 counts nothing; 0
+        // still says every piece.
+        let f = fuse(&[], &[(0, Signal::TrackerLeft, 5)], Some(3), None);
+        assert!(f.history.is_empty());
+        let f = fuse(&[], &[(0, Signal::TrackerLeft, 0)], Some(3), None);
+        assert_eq!(f.history, [(0, ALL, Signal::TrackerLeft)]);
+        let f = fuse(&[], &[(0, Signal::TrackerLeft, 15)], Some(3), Some((10, 25)));
+        assert_eq!(f.history, [(0, 1, Signal::TrackerLeft)]);
     }
 }

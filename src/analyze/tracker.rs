@@ -34,9 +34,9 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 
 use super::session::{ORIG, RESP};
-use super::{FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
-use crate::flow::table::FlowInfo;
+use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::flow::Chunk;
+use crate::flow::FlowInfo;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::hex;
 use crate::proto::tracker_http::{
@@ -104,14 +104,7 @@ pub struct AnnounceMark {
 /// segment or `.php`, never drop the word). A client's first segment holds
 /// its whole request line in practice (under 2 KB for an announce).
 pub fn looks_like_tracker_request(d: &[u8]) -> bool {
-    if !crate::proto::tracker_http::looks_like_http_request(d) {
-        return false;
-    }
-    let end = memchr::memchr(b'\n', d).unwrap_or(d.len()).min(8192);
-    let line = d.get(..end).unwrap_or(d);
-    [&b"info_hash="[..], b"announce", b"scrape"]
-        .iter()
-        .any(|w| line.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w)))
+    crate::dissect::stream::is_tracker_request(d)
 }
 
 /// A request path as stored: the query removed, at most 256 characters,
@@ -150,19 +143,39 @@ fn latency_ms(req_ts: i64, resp_ts: i64) -> f64 {
 }
 
 /// The announcing client as a peer of the torrent: its address with the
-/// port it announced (port 0, which qBittorrent sends over UDP, names no
-/// listener and is skipped).
-fn learned_client(out: &mut ShardOut, ctx: FrameCtx, conn_id: u64, ih: [u8; 20], ip: IpAddr, port: Option<u32>) {
-    if let Some(port) = port.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0) {
-        out.events.push(SwarmEvent {
-            ctx,
-            conn_id,
-            info_hash: ih,
-            peer: SocketAddr::new(ip, port),
-            kind: SwarmEventKind::Learned {
-                source: PeerSource::Tracker,
-            },
-        });
+/// port it announced, and what the announce says of its progress (`left`,
+/// `event=completed`) as a [`Claim::Tracker`]. Port 0, which qBittorrent
+/// sends over UDP, names no listener: no peer is learned, and the claim
+/// goes out with port 0 for the swarm state to give to the one peer at
+/// that address.
+#[allow(clippy::too_many_arguments)]
+fn learned_client(
+    out: &mut ShardOut,
+    ctx: FrameCtx,
+    conn_id: u64,
+    ih: [u8; 20],
+    ip: IpAddr,
+    port: Option<u32>,
+    left: Option<u64>,
+    event: MarkEvent,
+) {
+    let port = port.and_then(|p| u16::try_from(p).ok()).unwrap_or(0);
+    let ev = |kind| SwarmEvent {
+        ctx,
+        conn_id,
+        info_hash: ih,
+        peer: SocketAddr::new(ip, port),
+        kind,
+    };
+    if port != 0 {
+        out.events.push(ev(SwarmEventKind::Learned {
+            source: PeerSource::Tracker,
+        }));
+    }
+    let completed = event == MarkEvent::Completed;
+    if left.is_some() || completed {
+        out.events
+            .push(ev(SwarmEventKind::Claim(Claim::Tracker { left, completed })));
     }
 }
 
@@ -449,7 +462,16 @@ impl HttpState {
                 a.peer_id,
                 declared,
             ));
-            learned_client(out, ctx, self.conn_id, ih, self.client.ip(), row.port);
+            learned_client(
+                out,
+                ctx,
+                self.conn_id,
+                ih,
+                self.client.ip(),
+                row.port,
+                row.left,
+                MarkEvent::from_text(row.event.as_deref()),
+            );
         }
         (row, a.info_hash)
     }
@@ -613,8 +635,32 @@ fn fill_http_answer(row: &mut TrackerAnnounceRow, a: &AnnounceResponse) {
 #[derive(Debug)]
 pub enum UdpPending {
     Connect,
-    Announce(Box<TrackerAnnounceRow>, [u8; 20]),
+    /// The row, the info hash, and what waits for the answer when the
+    /// request was only plausible (its connect not captured): a request
+    /// recognised by its structure alone is believed once answered.
+    Announce(Box<TrackerAnnounceRow>, [u8; 20], Option<Box<Deferred>>),
     Scrape(Box<UdpScrape>),
+}
+
+/// What a plausible announce writes only once it is answered.
+#[derive(Debug)]
+pub struct Deferred {
+    mark: AnnounceMark,
+    port: Option<u32>,
+}
+
+/// What a datagram was to the UDP tracker side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestSeen {
+    /// Not a BEP 15 request.
+    No,
+    /// A request by its structure only (a connect, or an announce or
+    /// scrape whose connection id the capture never saw handed out): it
+    /// writes rows only once answered.
+    Unconfirmed,
+    /// An announce or scrape with a connection id known from a captured
+    /// exchange.
+    Confirmed,
 }
 
 #[derive(Debug)]
@@ -624,6 +670,8 @@ pub struct UdpScrape {
     client: SocketAddr,
     tracker: SocketAddr,
     hashes: Vec<[u8; 20]>,
+    /// The request's connection id was known (else: rows only if answered).
+    confirmed: bool,
 }
 
 /// UDP tracker exchanges of one shard.
@@ -641,36 +689,37 @@ impl UdpTrackers {
         }
     }
 
-    /// One datagram of flow `info`, sent by flow side `side`. Returns
-    /// whether it was UDP tracker traffic (a request, or a response that
-    /// answers a pending request).
-    pub fn datagram(&mut self, ctx: FrameCtx, info: &FlowInfo, side: usize, d: &[u8], out: &mut ShardOut) -> bool {
-        let src = info.ends[side];
-        let dst = info.ends[1 - side];
-        // An answer to a pending request first: the pairing is stronger
-        // evidence than any structural test (a scrape answer can have the
-        // shape of a scrape request).
-        let handled = self.response(
-            ctx,
-            info,
-            Endpoints {
-                client: dst,
-                tracker: src,
-            },
-            d,
-            out,
-        ) || self.request(
-            ctx,
-            info,
-            Endpoints {
-                client: src,
-                tracker: dst,
-            },
-            d,
-            out,
-        );
+    /// Datagram `d` of flow `info`, sent by flow side `side`, as the
+    /// answer to a pending request. The pairing is stronger evidence than
+    /// any structural test (a scrape answer can have the shape of a scrape
+    /// request), so it runs first.
+    pub fn answer(&mut self, ctx: FrameCtx, info: &FlowInfo, side: usize, d: &[u8], out: &mut ShardOut) -> bool {
+        let ep = Endpoints {
+            client: info.ends[1 - side],
+            tracker: info.ends[side],
+        };
+        let handled = self.response(ctx, info, ep, d, out);
         self.flush(out);
         handled
+    }
+
+    /// Datagram `d` of flow `info`, sent by flow side `side`, as a request
+    /// (BEP 15 on any port, by its structure).
+    pub fn request_seen(
+        &mut self,
+        ctx: FrameCtx,
+        info: &FlowInfo,
+        side: usize,
+        d: &[u8],
+        out: &mut ShardOut,
+    ) -> RequestSeen {
+        let ep = Endpoints {
+            client: info.ends[side],
+            tracker: info.ends[1 - side],
+        };
+        let seen = self.request(ctx, info, ep, d, out);
+        self.flush(out);
+        seen
     }
 
     /// Drops what is older than the limits at packet time `now`; unanswered
@@ -703,7 +752,10 @@ impl UdpTrackers {
         for u in self.pending.take_unanswered() {
             match u.value {
                 UdpPending::Connect => {}
-                UdpPending::Announce(row, _) => out.rows.tracker_announces.push(*row),
+                // Plausible by structure and never answered: not believed.
+                UdpPending::Announce(_, _, Some(_)) => {}
+                UdpPending::Scrape(s) if !s.confirmed => {}
+                UdpPending::Announce(row, _, None) => out.rows.tracker_announces.push(*row),
                 UdpPending::Scrape(s) => {
                     for h in &s.hashes {
                         out.rows.tracker_scrapes.push(TrackerScrapeRow {
@@ -726,24 +778,32 @@ impl UdpTrackers {
         }
     }
 
-    fn request(&mut self, ctx: FrameCtx, info: &FlowInfo, ep: Endpoints, d: &[u8], out: &mut ShardOut) -> bool {
+    fn request(&mut self, ctx: FrameCtx, info: &FlowInfo, ep: Endpoints, d: &[u8], out: &mut ShardOut) -> RequestSeen {
         let Some((class, conf)) = self.pending.classify_request(ctx.ts, ep, d, &self.limits) else {
-            return false;
+            return RequestSeen::No;
         };
         if class == RequestClass::Scrape && conf == Confidence::Plausible && is_likely_utp(d) {
             // A bare size-and-action match is weak; uTP with a recognised
             // structure wins.
-            return false;
+            return RequestSeen::No;
         }
+        let known = conf == Confidence::Certain && class != RequestClass::Connect;
         let req = match udp::parse_request(d, &self.limits) {
             Ok(r) => r,
-            Err(e) => {
+            Err(e) if known => {
                 out.anomaly(Some(ctx), Some(info.conn_id), "tracker", e.kind(), Some(e.to_string()));
-                return true;
+                return RequestSeen::Confirmed;
             }
+            // A datagram with a request's shape that does not parse, from
+            // a client the capture never saw connect: not a tracker's.
+            Err(_) => return RequestSeen::No,
         };
-        for a in req.anomalies().iter() {
-            out.anomaly(Some(ctx), Some(info.conn_id), "tracker", a.kind(), None);
+        // Defects of a request believed by its structure alone are not
+        // reported: it may be another protocol's datagram.
+        if known {
+            for a in req.anomalies().iter() {
+                out.anomaly(Some(ctx), Some(info.conn_id), "tracker", a.kind(), None);
+            }
         }
         let mut mark = None;
         let value = match &req {
@@ -758,9 +818,13 @@ impl UdpTrackers {
                 row.peer_id = Some(hex(&a.peer_id));
                 row.client = client_from_peer_id(&a.peer_id);
                 row.port = Some(u32::from(a.port));
-                row.uploaded = nonneg(Some(a.uploaded));
-                row.downloaded = nonneg(Some(a.downloaded));
-                row.left = nonneg(Some(a.left));
+                // BEP 15's fields read as unsigned 64-bit, as trackers
+                // (opentracker) read them: a value at or above 2^63 is kept
+                // as sent, flagged udp_tracker_amount_out_of_range, so a
+                // cheater cannot hide a claim by its size.
+                row.uploaded = Some(a.uploaded as u64);
+                row.downloaded = Some(a.downloaded as u64);
+                row.left = Some(a.left as u64);
                 row.event = match a.event {
                     UdpEvent::None => None,
                     UdpEvent::Other(v) => Some(v.to_string()),
@@ -786,7 +850,7 @@ impl UdpTrackers {
                     Some(a.peer_id),
                     declared,
                 ));
-                UdpPending::Announce(Box::new(row), a.info_hash)
+                UdpPending::Announce(Box::new(row), a.info_hash, None)
             }
             UdpRequest::Scrape(s) => {
                 if s.info_hashes.len() > MAX_SCRAPE_HASHES_KEPT {
@@ -804,21 +868,41 @@ impl UdpTrackers {
                     client: ep.client,
                     tracker: ep.tracker,
                     hashes: s.info_hashes.iter().take(MAX_SCRAPE_HASHES_KEPT).collect(),
+                    confirmed: known,
                 }))
             }
         };
         let port = match &value {
-            UdpPending::Announce(row, _) => row.port,
+            UdpPending::Announce(row, _, _) => row.port,
             _ => None,
         };
+        let mut value = value;
+        if !known {
+            if let (UdpPending::Announce(_, _, deferred), Some(m)) = (&mut value, mark.take()) {
+                *deferred = Some(Box::new(Deferred { mark: m, port }));
+            }
+        }
         let inserted = self.pending.on_request(ctx.ts, ep, &req, value);
         if inserted != Inserted::Retransmit {
             if let Some(m) = mark {
-                learned_client(out, ctx, info.conn_id, m.info_hash, ep.client.ip(), port);
+                learned_client(
+                    out,
+                    ctx,
+                    info.conn_id,
+                    m.info_hash,
+                    ep.client.ip(),
+                    port,
+                    m.left,
+                    m.event,
+                );
                 out.marks.push(m);
             }
         }
-        true
+        if known {
+            RequestSeen::Confirmed
+        } else {
+            RequestSeen::Unconfirmed
+        }
     }
 
     fn response(&mut self, ctx: FrameCtx, info: &FlowInfo, ep: Endpoints, d: &[u8], out: &mut ShardOut) -> bool {
@@ -840,7 +924,23 @@ impl UdpTrackers {
         };
         match m.value {
             UdpPending::Connect => {}
-            UdpPending::Announce(mut row, ih) => {
+            UdpPending::Announce(mut row, ih, deferred) => {
+                if let Some(d) = deferred {
+                    // Answered: the plausible request is believed now, at
+                    // its own frame.
+                    let Deferred { mark, port } = *d;
+                    learned_client(
+                        out,
+                        mark.ctx,
+                        row.conn_id,
+                        mark.info_hash,
+                        mark.client,
+                        port,
+                        mark.left,
+                        mark.event,
+                    );
+                    out.marks.push(mark);
+                }
                 row.response_ts = Some(Ts(ctx.ts));
                 row.latency_ms = Some(latency_ms(m.request_ts_us, ctx.ts));
                 row.failure_reason = error;

@@ -1023,6 +1023,14 @@ impl Parser {
                 self.last_ts_us.unwrap_or(0)
             }
         };
+        // A time outside 1970–2200 (a hostile if_tsoffset or resolution)
+        // is counted, not used: the record gets the previous record's time.
+        let ts_us = if crate::sink::columns::ts_in_range(ts_us) {
+            ts_us
+        } else {
+            st.n_ts_out_of_range += 1;
+            self.last_ts_us.unwrap_or(0)
+        };
         self.inb.consume(total);
         let frame_no = self.account(st, ts_us, cap_len, orig_len, iface.known);
         Scan::Frame {
@@ -1379,7 +1387,7 @@ pub(crate) mod tests {
     }
 
     /// Section 1: Ethernet in ns, raw IP in µs, Ethernet in 2^-20 s with a
-    /// -10 s offset.
+    /// +10 s offset.
     pub(crate) fn pcapng_multi(e: Endian) -> Vec<u8> {
         let mut f = shb(e);
         f.extend(idb(e, 1, 0, Some(9), None));
@@ -1387,7 +1395,7 @@ pub(crate) mod tests {
         f.extend(block(e, 4, &[1, 0, 4, 0, 10, 0, 0, 1, b'h', 0, 0, 0, 0, 0, 0, 0]));
         f.extend(epb(e, 0, 1_631_961_258_895_162_012, b"eth-ns"));
         f.extend(epb(e, 1, 1_631_961_258_895_163, b"raw-us"));
-        f.extend(idb(e, 1, 0, Some(0x80 | 20), Some(-10)));
+        f.extend(idb(e, 1, 0, Some(0x80 | 20), Some(10)));
         f.extend(epb(e, 2, 3 << 20 | 1, b"eth-bin"));
         f.extend(block(e, 5, &[0; 12]));
         f
@@ -1402,8 +1410,8 @@ pub(crate) mod tests {
                 vec![
                     (1_631_961_258_895_162, 1, 1, 6, 6, b"eth-ns".to_vec()),
                     (1_631_961_258_895_163, 2, 101, 6, 6, b"raw-us".to_vec()),
-                    // 3 s + 2^-20 s (0.95 µs, floored) - 10 s.
-                    (-7_000_000, 3, 1, 7, 7, b"eth-bin".to_vec()),
+                    // 3 s + 2^-20 s (0.95 µs, floored) + 10 s.
+                    (13_000_000, 3, 1, 7, 7, b"eth-bin".to_vec()),
                 ]
             );
             assert_eq!(st.n_sections, 1);
@@ -1411,8 +1419,29 @@ pub(crate) mod tests {
             assert_eq!(st.n_other_blocks, 2);
             assert_eq!(st.n_bad_blocks, 0);
             assert_eq!(st.n_ts_backwards, 1);
-            assert_eq!(st.min_ts_us, Some(-7_000_000));
+            assert_eq!(st.min_ts_us, Some(13_000_000));
             assert_eq!(st.max_ts_us, Some(1_631_961_258_895_163));
+            assert_eq!(st.n_ts_out_of_range, 0);
+        }
+    }
+
+    /// A hostile offset or resolution puts a record before 1970 or after
+    /// 2200: it is counted and takes the previous record's time.
+    #[test]
+    fn pcapng_times_outside_1970_2200_are_counted_not_used() {
+        for e in [LE, BE] {
+            let mut f = shb(e);
+            f.extend(idb(e, 1, 0, None, None));
+            f.extend(epb(e, 0, 1_631_961_258_895_163, b"ok"));
+            f.extend(idb(e, 1, 0, None, Some(-2_000_000_000)));
+            f.extend(epb(e, 1, 5, b"before-1970"));
+            f.extend(idb(e, 1, 0, None, Some(i64::MAX / 2)));
+            f.extend(epb(e, 2, 5, b"far-future"));
+            let (g, st) = read_bytes(&f);
+            let ts: Vec<i64> = g.iter().map(|x| x.0).collect();
+            assert_eq!(ts, [1_631_961_258_895_163; 3]);
+            assert_eq!(st.n_ts_out_of_range, 2);
+            assert_eq!(st.n_records, 3);
         }
     }
 

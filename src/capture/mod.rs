@@ -148,6 +148,9 @@ pub struct ReaderStats {
     /// Records without a timestamp (pcapng SPB); they get the previous
     /// record's timestamp so that packet time never jumps back to 1970.
     pub n_no_timestamp: u64,
+    /// pcapng records whose time falls outside 1970-01-01..2200-01-01; they
+    /// get the previous record's timestamp (anomaly `timestamp_out_of_range`).
+    pub n_ts_out_of_range: u64,
     /// The decompressor reported corrupt or truncated data; the capture
     /// ends there (everything before it was delivered).
     pub stream_error: Option<String>,

@@ -57,6 +57,91 @@ pub struct Packet {
     /// Payload bytes the IP header announces but the capture does not hold
     /// (snaplen cut). TCP reassembly turns them into a gap.
     pub payload_missing: u32,
+    /// The TCP/UDP checksum, verified.
+    pub checksum: Checksum,
+}
+
+/// What the TCP or UDP checksum (RFC 9293 §3.1, RFC 768, RFC 8200 §8.1)
+/// says of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checksum {
+    Good,
+    /// Not checkable: the segment is cut by the snaplen, or UDP over IPv4
+    /// without a checksum (0, allowed by RFC 768).
+    Unchecked,
+    /// Wrong, in the pattern checksum offload leaves in packets captured on
+    /// the host that sent them before the NIC filled the checksum in: 0, or
+    /// the pseudo-header's sum (Linux CHECKSUM_PARTIAL) or its complement.
+    /// The pipeline decides whether the sender is such a host.
+    Offloaded,
+    /// Wrong.
+    Bad,
+}
+
+/// Ones'-complement sum of `b` as big-endian 16-bit words (odd length
+/// padded with a zero byte), folded to 16 bits. Sums 32-bit words into a
+/// 64-bit accumulator (2^16 ≡ 1 mod 0xffff, so the fold is the same).
+fn ones_sum(b: &[u8]) -> u32 {
+    let mut acc: u64 = 0;
+    let mut words = b.chunks_exact(4);
+    for w in &mut words {
+        acc += u64::from(u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+    }
+    let mut tail = [0u8; 4];
+    for (t, &x) in tail.iter_mut().zip(words.remainder()) {
+        *t = x;
+    }
+    acc += u64::from(u32::from_be_bytes(tail));
+    while acc >> 16 != 0 {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    acc as u32
+}
+
+fn fold16(mut s: u32) -> u32 {
+    while s >> 16 != 0 {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    s
+}
+
+/// Verifies the checksum of transport segment `seg` (header and payload,
+/// `wire_len` bytes on the wire) carried between `src` and `dst`.
+fn verify_checksum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8], wire_len: usize) -> Checksum {
+    let field_at = if proto == 6 { 16 } else { 6 };
+    let Some(field) = seg
+        .get(field_at..field_at + 2)
+        .map(|f| u32::from(u16::from_be_bytes([f[0], f[1]])))
+    else {
+        return Checksum::Unchecked;
+    };
+    if seg.len() < wire_len {
+        return Checksum::Unchecked;
+    }
+    if proto == 17 && field == 0 && src.is_ipv4() {
+        return Checksum::Unchecked;
+    }
+    let seg = seg.get(..wire_len).unwrap_or(seg);
+    let mut pseudo = 0u32;
+    match (src, dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            pseudo += ones_sum(&a.octets()) + ones_sum(&b.octets());
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            pseudo += ones_sum(&a.octets()) + ones_sum(&b.octets());
+        }
+        _ => return Checksum::Unchecked,
+    }
+    let len = seg.len() as u32;
+    pseudo = fold16(pseudo + u32::from(proto) + (len >> 16) + (len & 0xffff));
+    if fold16(pseudo + ones_sum(seg)) == 0xffff {
+        return Checksum::Good;
+    }
+    if field == 0 || field == pseudo || field == (!pseudo & 0xffff) {
+        Checksum::Offloaded
+    } else {
+        Checksum::Bad
+    }
 }
 
 /// What decoding a frame gave.
@@ -193,6 +278,7 @@ pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
                 payload_off: (seg_off + hdr) as u32,
                 payload_len: payload.len() as u32,
                 payload_missing: wire_seg_len.saturating_sub(hdr + payload.len()) as u32,
+                checksum: verify_checksum(src, dst, 6, seg, wire_seg_len),
             })
         }
         17 => {
@@ -209,6 +295,7 @@ pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
                 payload_off: (seg_off + 8) as u32,
                 payload_len: payload.len() as u32,
                 payload_missing: wire_seg_len.saturating_sub(8 + payload.len()) as u32,
+                checksum: verify_checksum(src, dst, 17, seg, wire_seg_len),
             })
         }
         _ => Decoded::OtherIp,
@@ -256,9 +343,23 @@ impl FlowKey {
         }
     }
 
-    /// A hash that is the same in every run and on every machine, so that the
-    /// shard a flow lands in (and so the output) never depends on a random
-    /// seed. FNV-1a over the key's bytes.
+    /// The shard hash: SipHash-1-3 (std's) with a key drawn once per process.
+    /// The 5-tuple is chosen by whoever sends the packets; FNV-1a taken
+    /// modulo 64 kept only the low 6 bits of every byte, so 4,700 SYNs could
+    /// be aimed at the shard of one valid connection. A secret key makes the
+    /// shard of a tuple unpredictable (a passive analyzer shows the attacker
+    /// no hash). Output does not depend on the key while the flow table has
+    /// room: flows are independent of their shard, and the table shares its
+    /// free room among the shards (see `Limits::max_flows`); once it is full,
+    /// which flows are evicted does.
+    pub fn shard_hash(&self) -> u64 {
+        use std::hash::BuildHasher;
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        KEY.get_or_init(Default::default).hash_one(self)
+    }
+
+    /// A hash that is the same in every run and on every machine. FNV-1a
+    /// over the key's bytes: predictable, so not for choosing shards.
     pub fn stable_hash(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         let mut eat = |b: &[u8]| {
@@ -325,6 +426,48 @@ mod tests {
     }
 
     #[test]
+    fn checksums_are_verified_and_offload_patterns_told_apart() {
+        let mut f = eth_ipv4_tcp(b"hello", false);
+        // The frame is built with checksum 0: the offload pattern.
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &f) else {
+            panic!()
+        };
+        assert_eq!(p.checksum, Checksum::Offloaded);
+        // Fill in the right checksum (computed independently, word by word).
+        let seg = f[34..].to_vec();
+        let mut sum: u32 = 0;
+        let mut words = vec![10u16 << 8, 1, 10 << 8, 2, 6, seg.len() as u16];
+        words.extend(
+            seg.chunks(2)
+                .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])),
+        );
+        for w in words {
+            sum += u32::from(w);
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let ck = !(sum as u16);
+        f[50..52].copy_from_slice(&ck.to_be_bytes());
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &f) else {
+            panic!()
+        };
+        assert_eq!(p.checksum, Checksum::Good);
+        // One flipped payload byte: bad.
+        let last = f.len() - 1;
+        f[last] ^= 0x20;
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &f) else {
+            panic!()
+        };
+        assert_eq!(p.checksum, Checksum::Bad);
+        // Cut by the snaplen: not checkable.
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &f[..f.len() - 2]) else {
+            panic!()
+        };
+        assert_eq!(p.checksum, Checksum::Unchecked);
+    }
+
+    #[test]
     fn snaplen_cut_reports_missing_bytes() {
         let f = eth_ipv4_tcp(&[7u8; 100], false);
         let cut = &f[..f.len() - 60];
@@ -371,5 +514,30 @@ mod tests {
         assert_eq!(k1, k2);
         assert_ne!(d1, d2);
         assert_eq!(k1.stable_hash(), k2.stable_hash());
+        assert_eq!(k1.shard_hash(), k2.shard_hash());
+    }
+
+    #[test]
+    fn shard_hash_spreads_tuples_that_agree_in_their_low_bits() {
+        // Tuples whose bytes agree modulo 64 all fell in one FNV shard.
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &eth_ipv4_tcp(b"", false)) else {
+            panic!()
+        };
+        let mut shards = std::collections::BTreeSet::new();
+        let mut fnv = std::collections::BTreeSet::new();
+        for i in 0..4700u32 {
+            let mut q = p;
+            // Every byte keeps its low 6 bits; the high 2 bits vary.
+            let hi = |k: u32| ((k % 4) as u8) << 6;
+            q.sport = u16::from_be_bytes([0x1a | hi(i), 0x21 | hi(i >> 2)]);
+            q.dport = u16::from_be_bytes([0x09 | hi(i >> 4), 0x3f | hi(i >> 6)]);
+            q.src = IpAddr::from([10, ((i >> 8) % 3) as u8 * 64, hi(i >> 10), 1]);
+            q.dst = IpAddr::from([10, 200, 0, 2]);
+            let k = FlowKey::of(&q).0;
+            shards.insert(k.shard_hash() % 64);
+            fnv.insert(k.stable_hash() % 64);
+        }
+        assert_eq!(fnv.len(), 1);
+        assert_eq!(shards.len(), 64);
     }
 }

@@ -50,11 +50,12 @@
 //! - Held bytes never exceed `max_ooo_bytes` and held segments never exceed
 //!   `max_ooo_segments`; when new data would break either, the hole before
 //!   the earliest held data is declared a gap and delivery continues.
-//! - Overlapping copies: the first copy of a byte wins. Bytes already handed
-//!   out are gone (not kept), so a later copy of them is only counted as a
-//!   retransmission; a later copy of a byte still held is also compared, and
-//!   differing bytes are counted as conflicts (a sign of injection or of a
-//!   broken middlebox).
+//! - Overlapping copies: the first copy of a byte wins. A later copy of a
+//!   byte still held, or of one of the last `max_compare_bytes` delivered
+//!   ones, is compared, and differing bytes are counted as conflicts (a sign
+//!   of injection, Ptacek–Newsham's overlap evasion, or of a broken
+//!   middlebox); older delivered bytes are gone, so a later copy of them is
+//!   only counted as a retransmission.
 //! - Stream offsets are 64-bit and saturate rather than wrap: reaching 2^64
 //!   takes more than 2^34 forged window-sized jumps, and past it the stream
 //!   stalls instead of misplacing data.
@@ -100,6 +101,16 @@ pub struct ReassemblyLimits {
     /// the check, since sequence numbers 2^31 or more ahead read as old
     /// (RFC 9293 §3.4).
     pub max_ahead_bytes: u32,
+    /// Delivered bytes kept (the most recent ones) to compare a later copy
+    /// of them with: a retransmission that differs from what was delivered
+    /// is the Ptacek–Newsham overlap evasion (the receiver may have taken
+    /// the other copy) and is counted (`overlap_conflict_bytes`, anomaly
+    /// `conflicting_overlap`); the first copy stays the one delivered. 4 KiB
+    /// holds the last two full segments, where an injected copy and the
+    /// real one meet; older retransmissions are counted as such without a
+    /// comparison. Kept only for directions that carried data, grown as
+    /// data comes (a 67-byte handshake keeps 67 bytes); 0 disables it.
+    pub max_compare_bytes: u32,
 }
 
 impl Default for ReassemblyLimits {
@@ -108,6 +119,7 @@ impl Default for ReassemblyLimits {
             max_ooo_bytes: 256 * 1024,
             max_ooo_segments: 1024,
             max_ahead_bytes: TCP_MAX_WINDOW_BYTES,
+            max_compare_bytes: 4096,
         }
     }
 }
@@ -132,8 +144,11 @@ pub struct ReassemblyStats {
     pub retrans_bytes: u64,
     /// Segments that carried at least one already-seen byte.
     pub n_retrans: u64,
-    /// Already-seen bytes whose value differed from the held first copy.
+    /// Already-seen bytes whose value differed from the first copy (held,
+    /// or delivered and still among the last `max_compare_bytes`).
     pub overlap_conflict_bytes: u64,
+    /// Of those, bytes that differed from delivered ones.
+    pub delivered_conflict_bytes: u64,
     /// Segments of which at least one byte was held out of order.
     pub n_ooo_segments: u64,
     /// Segments dropped because they reach past `max_ahead_bytes`.
@@ -208,7 +223,77 @@ pub struct StreamReassembler {
     held: VecDeque<Held>,
     /// Sum of `held[i].data.len()`, at most `limits.max_ooo_bytes`.
     held_bytes: u64,
-    stats: ReassemblyStats,
+    /// The last delivered bytes, to compare retransmissions with.
+    tail: Tail,
+    /// Bytes handed out as data (`ReassemblyStats::bytes_delivered`), the
+    /// one counter of the hot path.
+    delivered: u64,
+    /// Every other counter, allocated at the first event that counts: an
+    /// in-order stream (or a half-open connection of a SYN flood) never
+    /// pays for them.
+    cold: Option<Box<ReassemblyStats>>,
+}
+
+/// The most recent delivered bytes of a stream, at most `cap`: stream
+/// offsets `[end - len, end)` where `end` is the reassembler's `next`. A
+/// ring once full (`start` is the oldest byte), allocated as data comes.
+#[derive(Debug, Clone, Default)]
+struct Tail {
+    buf: Vec<u8>,
+    start: usize,
+}
+
+impl Tail {
+    fn push(&mut self, cap: usize, d: &[u8]) {
+        if cap == 0 {
+            return;
+        }
+        let d = d.get(d.len().saturating_sub(cap)..).unwrap_or_default();
+        let room = cap - self.buf.len().min(cap);
+        let (now, mut rest) = d.split_at(room.min(d.len()));
+        if !now.is_empty() {
+            if self.buf.capacity() < self.buf.len() + now.len() {
+                let want = (self.buf.capacity() * 2).max(self.buf.len() + now.len()).min(cap);
+                self.buf.reserve_exact(want - self.buf.len());
+            }
+            self.buf.extend_from_slice(now);
+        }
+        while !rest.is_empty() {
+            let n = rest.len().min(cap - self.start);
+            if let Some(dst) = self.buf.get_mut(self.start..self.start + n) {
+                dst.copy_from_slice(&rest[..n]);
+            }
+            rest = &rest[n..];
+            self.start = (self.start + n) % cap;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.buf.clear();
+        self.start = 0;
+    }
+
+    /// Compares `later`, a copy of stream offsets `[at, at + len)` that all
+    /// lie below `end`, with the kept bytes: `(compared, differing)`.
+    fn compare(&self, end: u64, at: u64, later: &[u8]) -> (u64, u64) {
+        let len = self.buf.len() as u64;
+        let kept_from = end.saturating_sub(len);
+        let from = at.max(kept_from);
+        let to = at.saturating_add(len_u64(later)).min(end);
+        if from >= to {
+            return (0, 0);
+        }
+        let mut differing = 0u64;
+        for o in from..to {
+            let idx = usize::try_from(o - kept_from).unwrap_or(0);
+            let phys = (self.start + idx) % self.buf.len();
+            let a = later.get(usize::try_from(o - at).unwrap_or(usize::MAX));
+            if a != self.buf.get(phys) {
+                differing += 1;
+            }
+        }
+        (to - from, differing)
+    }
 }
 
 impl StreamReassembler {
@@ -223,7 +308,9 @@ impl StreamReassembler {
             fin_at: None,
             held: VecDeque::new(),
             held_bytes: 0,
-            stats: ReassemblyStats::default(),
+            tail: Tail::default(),
+            delivered: 0,
+            cold: None,
         }
     }
 
@@ -235,9 +322,13 @@ impl StreamReassembler {
     /// in `discarded_bytes`, so call [`flush`](Self::flush) first to keep it.
     pub fn start_at(&mut self, seq: u32) {
         if self.started {
-            self.stats.discarded_bytes += self.held_bytes;
+            if self.held_bytes > 0 {
+                let n = self.held_bytes;
+                self.cold().discarded_bytes += n;
+            }
             self.held.clear();
             self.held_bytes = 0;
+            self.tail.clear();
         }
         self.started = true;
         // Keep offsets monotonic across restarts so the accounting invariant
@@ -264,8 +355,14 @@ impl StreamReassembler {
     }
 
     /// The counters so far.
-    pub fn stats(&self) -> &ReassemblyStats {
-        &self.stats
+    pub fn stats(&self) -> ReassemblyStats {
+        let mut s = self.cold.as_deref().cloned().unwrap_or_default();
+        s.bytes_delivered = self.delivered;
+        s
+    }
+
+    fn cold(&mut self) -> &mut ReassemblyStats {
+        self.cold.get_or_insert_with(Box::default)
     }
 
     /// Out-of-order payload bytes held now (never above `max_ooo_bytes`).
@@ -298,7 +395,8 @@ impl StreamReassembler {
         // that they could overlap. One comparison chain, no copy.
         if seq == self.next_seq_raw() && self.held.is_empty() && len <= u64::from(self.limits.max_ahead_bytes) {
             self.next = self.next.saturating_add(len);
-            self.stats.bytes_delivered += len;
+            self.delivered += len;
+            self.tail.push(self.limits.max_compare_bytes as usize, payload);
             out(Chunk::Data(payload));
             return;
         }
@@ -321,7 +419,7 @@ impl StreamReassembler {
         }
         let ahead = rel.unsigned_abs();
         if ahead > self.max_ahead() {
-            self.stats.n_out_of_window_acks += 1;
+            self.cold().n_out_of_window_acks += 1;
             return;
         }
         let mut ack_off = self.next.saturating_add(ahead);
@@ -393,17 +491,30 @@ impl StreamReassembler {
             (0, rel.unsigned_abs())
         };
         let fresh = skip(payload, old_len);
+        if old_len > 0 {
+            // The old part against what was delivered: first copy wins,
+            // differences are counted.
+            let at = self.next.saturating_sub(rel.unsigned_abs());
+            let (_, differing) = self.tail.compare(self.next, at, sub(payload, 0, old_len));
+            if differing > 0 {
+                let c = self.cold();
+                c.overlap_conflict_bytes += differing;
+                c.delivered_conflict_bytes += differing;
+            }
+        }
         if fresh.is_empty() {
-            self.stats.retrans_bytes += len;
-            self.stats.n_retrans += 1;
+            let c = self.cold();
+            c.retrans_bytes += len;
+            c.n_retrans += 1;
             return;
         }
         // A segment reaching past the window is dropped whole: it is garbage
         // (or a length no IP packet can carry), and holding it would let it
         // force a gap that makes the real stream look old.
         if ahead.saturating_add(len_u64(fresh)) > self.max_ahead() {
-            self.stats.n_out_of_window += 1;
-            self.stats.out_of_window_bytes += len;
+            let c = self.cold();
+            c.n_out_of_window += 1;
+            c.out_of_window_bytes += len;
             return;
         }
         let mut tally = Tally {
@@ -419,10 +530,13 @@ impl StreamReassembler {
             self.hold_or_overflow(start, fresh, &mut tally, out);
         }
         if tally.dup_bytes > 0 {
-            self.stats.retrans_bytes += tally.dup_bytes;
-            self.stats.n_retrans += 1;
+            let c = self.cold();
+            c.retrans_bytes += tally.dup_bytes;
+            c.n_retrans += 1;
         }
-        self.stats.overlap_conflict_bytes += tally.conflict_bytes;
+        if tally.conflict_bytes > 0 {
+            self.cold().overlap_conflict_bytes += tally.conflict_bytes;
+        }
     }
 
     /// Holds `data` (at offset `start > next`), making room first if the
@@ -441,9 +555,11 @@ impl StreamReassembler {
                 && (self.held.len() as u64) + new_pieces <= u64::from(self.limits.max_ooo_segments);
             if fits {
                 self.insert(start, data, tally);
-                self.stats.n_ooo_segments += 1;
-                self.stats.max_ooo_bytes_seen = self.stats.max_ooo_bytes_seen.max(self.buffered_bytes());
-                self.stats.max_ooo_segments_seen = self.stats.max_ooo_segments_seen.max(self.buffered_segments());
+                let (bytes, segments) = (self.buffered_bytes(), self.buffered_segments());
+                let c = self.cold();
+                c.n_ooo_segments += 1;
+                c.max_ooo_bytes_seen = c.max_ooo_bytes_seen.max(bytes);
+                c.max_ooo_segments_seen = c.max_ooo_segments_seen.max(segments);
                 return;
             }
             match self.held.front().map(|h| h.start) {
@@ -573,7 +689,8 @@ impl StreamReassembler {
                     rest = skip(rest, take);
                     start = start.saturating_add(take);
                     self.next = self.next.saturating_add(take);
-                    self.stats.bytes_delivered += take;
+                    self.delivered += take;
+                    self.tail.push(self.limits.max_compare_bytes as usize, now);
                     out(Chunk::Data(now));
                 }
                 _ => {
@@ -633,7 +750,8 @@ impl StreamReassembler {
         }
         let len = len_u64(fresh);
         self.next = self.next.saturating_add(len);
-        self.stats.bytes_delivered += len;
+        self.delivered += len;
+        self.tail.push(self.limits.max_compare_bytes as usize, fresh);
         out(Chunk::Data(fresh));
     }
 
@@ -644,12 +762,14 @@ impl StreamReassembler {
         }
         let n = to - self.next;
         self.next = to;
-        self.stats.gap_bytes = self.stats.gap_bytes.saturating_add(n);
-        self.stats.n_gaps += 1;
+        self.tail.clear();
+        let c = self.cold();
+        c.gap_bytes = c.gap_bytes.saturating_add(n);
+        c.n_gaps += 1;
         match cause {
-            GapCause::Overflow => self.stats.n_overflow_gaps += 1,
-            GapCause::Ack => self.stats.n_ack_gaps += 1,
-            GapCause::Flush => self.stats.n_flush_gaps += 1,
+            GapCause::Overflow => c.n_overflow_gaps += 1,
+            GapCause::Ack => c.n_ack_gaps += 1,
+            GapCause::Flush => c.n_flush_gaps += 1,
         }
         out(Chunk::Gap(n));
     }
@@ -819,7 +939,7 @@ mod tests {
             std::mem::take(&mut self.f.evs)
         }
 
-        fn stats(&self) -> &ReassemblyStats {
+        fn stats(&self) -> ReassemblyStats {
             self.r.stats()
         }
     }
@@ -911,6 +1031,36 @@ mod tests {
         assert_eq!(rig.r.buffered_bytes(), 5);
         assert_eq!(rig.stats().overlap_conflict_bytes, 2);
         assert_eq!(rig.stats().n_ooo_segments, 1);
+    }
+
+    #[test]
+    fn conflicting_copy_of_delivered_bytes_is_counted_first_copy_stays() {
+        let mut rig = fresh();
+        rig.seg(0, b"GET /good");
+        // A copy of delivered bytes that differs in 4 (injected, or the
+        // real one after an injected first copy), straddling new data.
+        rig.seg(5, b"evilXX");
+        assert_eq!(rig.out(), vec![d(b"GET /goodXX")]);
+        assert_eq!(rig.stats().overlap_conflict_bytes, 4);
+        assert_eq!(rig.stats().delivered_conflict_bytes, 4);
+        // An identical copy is a plain retransmission.
+        rig.seg(0, b"GET /goodXX");
+        assert_eq!(rig.stats().overlap_conflict_bytes, 4);
+        assert_eq!(rig.stats().retrans_bytes, 15);
+        // Past the kept tail nothing is compared (nothing claimed either).
+        let mut r = StreamReassembler::new(ReassemblyLimits {
+            max_compare_bytes: 8,
+            ..ReassemblyLimits::default()
+        });
+        r.start_at(0);
+        r.segment(0, b"0123456789abcdef", &mut |_| {});
+        r.segment(20, b"ghij", &mut |_| {});
+        r.segment(16, b"wxyz", &mut |_| {});
+        assert_eq!(r.stats().bytes_delivered, 24);
+        r.segment(0, b"XXXXXXXXXXXXXXXXXXXXXXXX", &mut |_| {});
+        // Offsets 16..24 are kept: "wxyzghij" against 8 X's.
+        assert_eq!(r.stats().delivered_conflict_bytes, 8);
+        assert_eq!(r.stats().retrans_bytes, 24);
     }
 
     #[test]
@@ -1162,7 +1312,7 @@ mod tests {
             bytes_delivered: 3,
             ..ReassemblyStats::default()
         };
-        assert_eq!(*r.stats(), only_delivery);
+        assert_eq!(r.stats(), only_delivery);
     }
 
     #[test]
@@ -1312,6 +1462,7 @@ mod tests {
         max_ooo_bytes: 64 << 20,
         max_ooo_segments: 1 << 20,
         max_ahead_bytes: TCP_MAX_WINDOW_BYTES,
+        max_compare_bytes: 4096,
     };
 
     fn isn_for(seed: u64, rng: &mut Rng) -> u32 {
@@ -1460,6 +1611,7 @@ mod tests {
                 max_ooo_bytes: rng.below(20_000) as u32,
                 max_ooo_segments: rng.below(40) as u32,
                 max_ahead_bytes: TCP_MAX_WINDOW_BYTES,
+                max_compare_bytes: rng.below(3000) as u32,
             };
             let mut rig = Rig::new(limits, isn);
             for a in &arrivals {
@@ -1521,6 +1673,7 @@ mod tests {
                     max_ooo_bytes: 4096,
                     max_ooo_segments: 16,
                     max_ahead_bytes: rng.next_u64() as u32,
+                    max_compare_bytes: 64,
                 }
             };
             let mut r = StreamReassembler::new(limits);

@@ -74,6 +74,11 @@ pub struct DhtNodeLimits {
     /// Failed queries after which a node is bad and replaced (BEP 5 leaves
     /// it to the implementation; two failures in a row).
     pub bad_after: u8,
+    /// KRPC datagrams waiting when the node shares the uTP port (handed
+    /// over by the uTP socket): a second of queries at a busy node's rate
+    /// (~100/s); past it they are dropped and counted, as a full socket
+    /// buffer would drop them.
+    pub max_queued_datagrams: usize,
 }
 
 impl Default for DhtNodeLimits {
@@ -91,6 +96,7 @@ impl Default for DhtNodeLimits {
             query_timeout: Duration::from_secs(5),
             good_for: Duration::from_secs(15 * 60),
             bad_after: 2,
+            max_queued_datagrams: 128,
         }
     }
 }
@@ -126,6 +132,35 @@ pub struct DhtStats {
     pub lookups_done: u64,
 }
 
+/// BEP 33 bloom filters: 2048 bits, two hash functions.
+pub const BLOOM_BITS: f64 = 2048.0;
+
+/// BEP 33: how many distinct addresses a bloom filter (256 bytes, k = 2)
+/// holds, from its zero bits: ln(c / m) / (k · ln(1 − 1/m)). A filter with
+/// no zero bit is saturated: BEP 33 puts its size at 6000 or more, and so
+/// do we.
+pub fn bloom_estimate(bf: &[u8]) -> f64 {
+    let zeros: u32 = bf.iter().map(|b| b.count_zeros()).sum();
+    if zeros == 0 {
+        return 6000.0;
+    }
+    if f64::from(zeros) >= BLOOM_BITS {
+        return 0.0;
+    }
+    (f64::from(zeros) / BLOOM_BITS).ln() / (2.0 * (1.0 - 1.0 / BLOOM_BITS).ln())
+}
+
+/// A lookup's BEP 33 scrape: the union of the bloom filters of its get_peers
+/// answers, as counts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DhtScrape {
+    /// Seeds (BFsd) and downloaders (BFpe), estimated.
+    pub seeds: f64,
+    pub peers: f64,
+    /// Answers that carried the filters.
+    pub n_answers: u32,
+}
+
 /// One finished lookup.
 #[derive(Debug, Clone)]
 pub struct LookupDone {
@@ -138,6 +173,9 @@ pub struct LookupDone {
     /// Of the k closest nodes found, how many answered.
     pub n_closest_answered: usize,
     pub elapsed: Duration,
+    /// get_peers asks for a BEP 33 scrape: the estimate, when any node
+    /// answered with the filters.
+    pub scrape: Option<DhtScrape>,
 }
 
 /// Found peers, rows and finished lookups since the last report.
@@ -554,6 +592,13 @@ struct Lookup {
     n_responses: u32,
     values: HashSet<SocketAddr>,
     started: Instant,
+    /// BEP 33 filters (seeds, downloaders), OR-ed over the answers, and how
+    /// many answers carried them.
+    bloom: Option<Box<([u8; 256], [u8; 256])>>,
+    n_bloom: u32,
+    /// A BEP 33 scrape round: get_peers with `scrape` 1, which nodes
+    /// (libtorrent) answer with the filters instead of `values`.
+    scrape: bool,
 }
 
 impl Lookup {
@@ -655,6 +700,8 @@ pub struct Node {
     pending: HashMap<u16, Pending>,
     lookups: Vec<Lookup>,
     next_lookup_id: u32,
+    /// Lookup rounds started (see `start_round`).
+    n_rounds: u64,
     tokens: f64,
     refilled: Instant,
     next_round: Instant,
@@ -676,6 +723,7 @@ impl Node {
             pending: HashMap::new(),
             lookups: Vec::new(),
             next_lookup_id: 1,
+            n_rounds: 0,
             tokens: cfg.limits.queries_per_sec.max(1.0),
             refilled: now,
             next_round: now,
@@ -735,6 +783,9 @@ impl Node {
             n_responses: 0,
             values: HashSet::new(),
             started: now,
+            bloom: None,
+            n_bloom: 0,
+            scrape: method == Method::GetPeers && self.n_rounds >= 2 && self.n_rounds.is_multiple_of(2),
         };
         let k = self.cfg.limits.k;
         for (nid, a) in self.table.closest(&target, 2 * k) {
@@ -759,6 +810,10 @@ impl Node {
     /// A new round: find_node of our own id while the table is small, and
     /// get_peers for every target.
     fn start_round(&mut self, now: Instant) {
+        // Rounds alternate: peers (`values`), then a BEP 33 scrape (nodes
+        // answer a scrape with filters instead of peers), so every other
+        // round finds peers, the first one included.
+        self.n_rounds += 1;
         if self.table.len() < self.cfg.limits.k * 2 {
             self.start_lookup(Method::FindNode, self.id, None, now);
         }
@@ -796,6 +851,7 @@ impl Node {
         now_us: i64,
         to: SocketAddr,
         method: Method,
+        scrape: bool,
         target: &NodeId,
         lookup: Option<u32>,
         node: Option<NodeId>,
@@ -806,6 +862,14 @@ impl Node {
         let tb = tid.to_be_bytes();
         let tgt = ben_id(target);
         let bytes = match method {
+            // BEP 33: `scrape` 1 asks for the seed and downloader filters.
+            Method::GetPeers if scrape => encode_query(
+                &tb,
+                "get_peers",
+                &self.id,
+                &[("info_hash", &tgt), ("scrape", b"i1e")],
+                true,
+            ),
             Method::GetPeers => encode_query(&tb, "get_peers", &self.id, &[("info_hash", &tgt)], true),
             Method::FindNode => encode_query(&tb, "find_node", &self.id, &[("target", &tgt)], true),
             _ => encode_query(&tb, "ping", &self.id, &[], true),
@@ -864,8 +928,8 @@ impl Node {
                 l.in_flight += 1;
                 l.n_queries += 1;
                 l.asked.insert(addr);
-                let (method, target, id) = (l.method, l.target, l.id);
-                self.send_query(now, now_us, addr, method, &target, Some(id), node);
+                let (method, target, id, scrape) = (l.method, l.target, l.id, l.scrape);
+                self.send_query(now, now_us, addr, method, scrape, &target, Some(id), node);
             }
             let l = &mut self.lookups[i];
             let stuck = l.in_flight == 0
@@ -891,6 +955,11 @@ impl Node {
                     n_values: l.values.len(),
                     n_closest_answered: l.n_closest_answered(k),
                     elapsed: now.saturating_duration_since(l.started),
+                    scrape: l.bloom.as_ref().map(|b| DhtScrape {
+                        seeds: bloom_estimate(&b.0),
+                        peers: bloom_estimate(&b.1),
+                        n_answers: l.n_bloom,
+                    }),
                 });
                 continue;
             }
@@ -929,7 +998,7 @@ impl Node {
             let n = (self.tokens as usize).min(self.cfg.limits.k);
             for (id, a) in self.table.take_questionable(now, self.cfg.limits.good_for, n) {
                 if self.can_send() {
-                    self.send_query(now, now_us, a, Method::Ping, &id, None, Some(id));
+                    self.send_query(now, now_us, a, Method::Ping, false, &id, None, Some(id));
                 }
             }
         }
@@ -1061,6 +1130,16 @@ impl Node {
                 }
             }
             if l.method == Method::GetPeers {
+                if let (Some(sd), Some(pe)) = (m.bf_seeds, m.bf_peers) {
+                    let b = l.bloom.get_or_insert_with(|| Box::new(([0; 256], [0; 256])));
+                    for (x, y) in b.0.iter_mut().zip(sd) {
+                        *x |= y;
+                    }
+                    for (x, y) in b.1.iter_mut().zip(pe) {
+                        *x |= y;
+                    }
+                    l.n_bloom += 1;
+                }
                 if let (Some(v), Some(t)) = (m.values, l.torrent) {
                     for peer in v.iter() {
                         if l.values.contains(&peer) {
@@ -1128,10 +1207,32 @@ pub async fn resolve_bootstrap(names: &[String]) -> Vec<SocketAddr> {
     out
 }
 
+/// The node's UDP port: a socket of its own, or the uTP socket's port
+/// shared with `--listen` (KRPC datagrams arriving there are handed over,
+/// answers go out from it).
+pub enum DhtPort {
+    Own,
+    Shared(
+        std::sync::Arc<super::utp::UtpSocket>,
+        mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+    ),
+}
+
 /// Runs the node until `stop`, reporting rows, peers and lookups on `tx`
 /// (the last report carries the stats).
 pub async fn run(
+    cfg: DhtConfig,
+    targets_: Vec<(u32, NodeId)>,
+    tx: mpsc::Sender<DhtReport>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), String> {
+    run_on(cfg, DhtPort::Own, targets_, tx, stop).await
+}
+
+/// [`run`] on the given port.
+pub async fn run_on(
     mut cfg: DhtConfig,
+    port_: DhtPort,
     targets_: Vec<(u32, NodeId)>,
     tx: mpsc::Sender<DhtReport>,
     mut stop: watch::Receiver<bool>,
@@ -1143,10 +1244,22 @@ pub async fn run(
         }
         None => true,
     });
-    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.port))
-        .await
-        .map_err(|e| format!("cannot bind the DHT port {}: {e}", cfg.port))?;
-    let port = sock.local_addr().map(|a| a.port()).unwrap_or(cfg.port);
+    let (sock, mut shared) = match port_ {
+        DhtPort::Own => (
+            Some(
+                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.port))
+                    .await
+                    .map_err(|e| format!("cannot bind the DHT port {}: {e}", cfg.port))?,
+            ),
+            None,
+        ),
+        DhtPort::Shared(u, rx) => (None, Some((u, rx))),
+    };
+    let port = match (&sock, &shared) {
+        (Some(s), _) => s.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
+        (None, Some((u, _))) => u.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
+        (None, None) => cfg.port,
+    };
     let ip = cfg
         .bootstrap
         .first()
@@ -1163,9 +1276,14 @@ pub async fn run(
         let now = Instant::now();
         let wake = node.next_wake(now);
         tokio::select! {
-            r = sock.recv_from(&mut buf) => {
+            r = async { match &sock { Some(s) => s.recv_from(&mut buf).await, None => std::future::pending().await } } => {
                 if let Ok((n, from)) = r {
                     node.on_datagram(Instant::now(), super::session::now_us(), from, &buf[..n]);
+                }
+            }
+            r = async { match &mut shared { Some((_, rx)) => rx.recv().await, None => std::future::pending().await } } => {
+                if let Some((d, from)) = r {
+                    node.on_datagram(Instant::now(), super::session::now_us(), from, &d);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
@@ -1174,7 +1292,15 @@ pub async fn run(
             _ = stop.changed() => {}
         }
         for (to, d) in node.take_out() {
-            let _ = sock.send_to(&d, to).await;
+            match (&sock, &shared) {
+                (Some(s), _) => {
+                    let _ = s.send_to(&d, to).await;
+                }
+                (None, Some((u, _))) => {
+                    let _ = u.send_datagram(&d, to);
+                }
+                (None, None) => {}
+            }
         }
         let (r, f, l) = node.report_len();
         if f > 0 || l > 0 || r >= 512 || (r > 0 && last_report.elapsed() >= Duration::from_secs(1)) {
@@ -1203,6 +1329,32 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bep33_bloom_estimates() {
+        // Filled by BEP 33's rule: SHA-1 of the address, its first two
+        // 16-bit little-endian words mod 2048 are the bits.
+        use sha1::{Digest, Sha1};
+        let fill = |n: u32| {
+            let mut bf = [0u8; 256];
+            for i in 0..n {
+                let ip = [10, (i >> 16) as u8, (i >> 8) as u8, i as u8];
+                let h: [u8; 20] = Sha1::digest(ip).into();
+                for w in [u16::from_le_bytes([h[0], h[1]]), u16::from_le_bytes([h[2], h[3]])] {
+                    let b = usize::from(w) % 2048;
+                    bf[b / 8] |= 1 << (b % 8);
+                }
+            }
+            bf
+        };
+        assert_eq!(bloom_estimate(&[0u8; 256]), 0.0);
+        assert_eq!(bloom_estimate(&[0xFF; 256]), 6000.0);
+        for n in [1u32, 2, 10, 100, 1000] {
+            let e = bloom_estimate(&fill(n));
+            let err = (e - f64::from(n)).abs() / f64::from(n);
+            assert!(err < 0.15, "{n}: estimated {e:.2}");
+        }
+    }
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::Arc;
 

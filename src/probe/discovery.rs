@@ -37,10 +37,19 @@ impl Probe {
             .enumerate()
             .map(|(i, t)| (i as u32, t.target.info_hash))
             .collect();
+        // With --listen, peers told our listen port send their DHT queries
+        // to it: the node shares that port with uTP unless --dht-port names
+        // another.
+        let port = match (&self.utp, self.s.listen) {
+            (Some(u), Some(_)) if self.s.dht_port == 0 || Some(self.s.dht_port) == self.s.listen => {
+                dht::DhtPort::Shared(u.clone(), u.take_krpc(self.s.limits.dht.max_queued_datagrams))
+            }
+            _ => dht::DhtPort::Own,
+        };
         let (rtx, mut rrx) = mpsc::channel::<DhtReport>(64);
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = dht::run(cfg, targets, rtx, stop).await {
+            if let Err(e) = dht::run_on(cfg, port, targets, rtx, stop).await {
                 eprintln!("swarmtap: DHT node: {e}");
             }
         });
@@ -72,6 +81,37 @@ impl Probe {
         }
         if let Some(st) = &r.stats {
             eprintln!("swarmtap: DHT totals: {st:?}");
+        }
+        // BEP 33 scrapes: one tracker_scrapes row per get_peers lookup
+        // whose answers carried the filters (transport dht, the counts
+        // estimated from the union of the filters).
+        for l in &r.lookups {
+            let (Some(sc), Some(t)) = (l.scrape, l.torrent) else {
+                continue;
+            };
+            let Some(ts) = self.torrents.get(t as usize) else {
+                continue;
+            };
+            eprintln!(
+                "swarmtap: DHT scrape {}: ~{:.1} seed(s), ~{:.1} downloader(s) from {} answer(s)",
+                hex(&l.target),
+                sc.seeds.max(0.0),
+                sc.peers.max(0.0),
+                sc.n_answers
+            );
+            self.rows.tracker_scrapes.push(TrackerScrapeRow {
+                ts: Ts(now),
+                frame: 0,
+                capture: "probe".into(),
+                conn_id: 0,
+                transport: "dht",
+                info_hash: hex(&ts.target.info_hash),
+                request_ts: Some(Ts(now - l.elapsed.as_micros() as i64)),
+                answered: true,
+                seeders: Some(sc.seeds.round().max(0.0) as i64),
+                leechers: Some(sc.peers.round().max(0.0) as i64),
+                ..Default::default()
+            });
         }
         self.rows.dht_messages.extend(r.rows);
         for (torrent, peer, _from) in r.found {

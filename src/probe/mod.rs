@@ -22,6 +22,7 @@
 pub mod dht;
 mod discovery;
 pub mod mse;
+pub mod schedule;
 pub mod scrape;
 pub mod session;
 pub mod targets;
@@ -110,7 +111,13 @@ pub struct ProbeSettings {
     pub peers: Vec<SocketAddr>,
     pub policy: AddrPolicy,
     pub output: PathBuf,
+    /// How the dataset is written (`--sensor`, `--force`).
+    pub output_options: crate::sink::OutputOptions,
+    /// Longest time between visits of a peer below the threshold (a peer
+    /// whose count does not move is revisited this often).
     pub revisit: Duration,
+    /// Shortest time between visits: the scheduler's lower bound.
+    pub min_revisit: Duration,
     /// First back-off after a failed visit; doubles per consecutive failure
     /// up to `max_backoff`.
     pub retry: Duration,
@@ -155,7 +162,9 @@ impl ProbeSettings {
             peers: Vec::new(),
             policy: AddrPolicy::default(),
             output,
+            output_options: crate::sink::OutputOptions::default(),
             revisit: Duration::from_secs(300),
+            min_revisit: Duration::from_secs(10),
             retry: Duration::from_secs(30),
             max_backoff: Duration::from_secs(1800),
             duration: None,
@@ -271,6 +280,11 @@ struct PeerState {
     last_ts: i64,
     /// (visit start µs, pieces the peer had), successful visits with a count.
     history: Vec<(i64, u64)>,
+    /// What set each point of `history` (bitfield, have, …), in step.
+    causes: Vec<&'static str>,
+    /// (time µs, pieces) the scheduler estimates the rate from: every
+    /// count heard and each contact's end (see [`schedule`]).
+    obs: Vec<(i64, u64)>,
     crypto_ok: Option<Crypto>,
     /// Transport of the last successful visit, else a hint (ut_pex uTP flag).
     transport_ok: Option<Transport>,
@@ -365,7 +379,7 @@ fn cpu_seconds() -> f64 {
 }
 
 async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
-    let sink = SinkThread::to_dir(&s.output)?;
+    let sink = SinkThread::to_dir_with(&s.output, &s.output_options)?;
     let started = Instant::now();
     let cpu0 = cpu_seconds();
     let mut p = Probe {
@@ -796,6 +810,8 @@ impl Probe {
             first_ts: now_us,
             last_ts: now_us,
             history: Vec::new(),
+            causes: Vec::new(),
+            obs: Vec::new(),
             crypto_ok: None,
             transport_ok: None,
             failures: 0,
@@ -825,7 +841,23 @@ impl Probe {
             max_pex: self.s.limits.max_pex_per_contact,
             max_progress: self.s.limits.max_history.min(256),
             wire: self.s.limits.wire,
+            hold: None,
         }
+    }
+
+    /// What a contact with `peer` needs to stay open until its crossing.
+    fn hold_for(&self, peer: u32) -> Option<schedule::Hold> {
+        let ps = &self.peers[peer as usize];
+        Some(schedule::Hold {
+            threshold: self.s.threshold,
+            baseline: schedule::baseline(&ps.obs, self.s.revisit),
+            // Nothing known of its rate yet: listen a while.
+            sample: if ps.obs.is_empty() {
+                schedule::SAMPLE.min(self.s.limits.max_contact)
+            } else {
+                Duration::ZERO
+            },
+        })
     }
 
     /// An incoming contact: the peer is identified by its address and the
@@ -911,7 +943,8 @@ impl Probe {
     }
 
     fn launch(&mut self, peer: u32, tx: &mpsc::Sender<Event>, stop: &watch::Receiver<bool>) {
-        let params = self.params_for(self.peers[peer as usize].torrent as usize);
+        let mut params = self.params_for(self.peers[peer as usize].torrent as usize);
+        params.hold = self.hold_for(peer);
         let ps = &mut self.peers[peer as usize];
         ps.in_flight = true;
         // What worked last time goes first.
@@ -1037,14 +1070,24 @@ impl Probe {
                 }
                 t.first_ts.get_or_insert(a.ts_us);
                 t.last_ts = Some(a.ts_us);
+                for &(ts, h, _) in &a.progress {
+                    schedule::observe(&mut ps.obs, ts, h);
+                }
+                if let Some(h) = a.n_pieces_have {
+                    // The count still held when the contact ended: a
+                    // silence lowers the rate.
+                    schedule::observe(&mut ps.obs, ps.last_ts, h);
+                }
                 for &(ts, h, cause) in &a.progress {
                     if ps.history.last().map(|x| x.1) == Some(h) {
                         continue;
                     }
                     if ps.history.len() >= self.s.limits.max_history {
                         ps.history.pop();
+                        ps.causes.pop();
                     }
                     ps.history.push((ts, h));
+                    ps.causes.push(cause);
                     self.rows.peer_progress.push(PeerProgressRow {
                         ts: Ts(ts),
                         frame: 0,
@@ -1080,7 +1123,15 @@ impl Probe {
         if !stopping && !ps.done && !incoming {
             let wait = if ok.is_some() {
                 ps.failures = 0;
-                self.s.revisit
+                // Just after the predicted crossing, within the bounds.
+                schedule::next_wait(
+                    &ps.obs,
+                    n,
+                    threshold,
+                    session::now_us(),
+                    self.s.min_revisit,
+                    self.s.revisit,
+                )
             } else {
                 ps.failures += 1;
                 (self.s.retry * 2u32.saturating_pow(ps.failures.min(16) - 1)).min(self.s.max_backoff)
@@ -1193,6 +1244,12 @@ impl Probe {
             let t = &self.torrents[p.torrent as usize];
             let n = t.n_pieces.map(u64::from);
             let (completed_ts, confirmed) = completion(&p.history, n, self.s.threshold);
+            // The message that showed the crossing, else the last count.
+            let at = match completed_ts {
+                Some(ts) => p.history.iter().position(|h| h.0 == ts),
+                None => p.history.len().checked_sub(1),
+            };
+            let completion_source = at.and_then(|i| p.causes.get(i).copied());
             per_torrent[p.torrent as usize].0 += 1;
             per_torrent[p.torrent as usize].1 += u64::from(confirmed);
             self.summary.n_confirmed += u64::from(confirmed);
@@ -1227,6 +1284,7 @@ impl Probe {
                 last_ts: Ts(p.last_ts),
                 first_pieces: p.history.first().map(|h| h.1),
                 last_pieces: p.history.last().map(|h| h.1),
+                completion_source,
                 n_pieces: n.or((t.estimate > 0).then_some(t.estimate)),
                 completed_ts: completed_ts.map(Ts),
                 confirmed_download: confirmed,

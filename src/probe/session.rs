@@ -136,6 +136,10 @@ pub struct ContactParams {
     /// Progress points kept per contact.
     pub max_progress: usize,
     pub wire: PeerWireLimits,
+    /// Keep the contact open through silences while the peer is expected
+    /// to cross the threshold before `max_contact` (see `schedule`), and
+    /// end it once it crossed; None: end at the idle timeout.
+    pub hold: Option<super::schedule::Hold>,
 }
 
 /// What one contact attempt found.
@@ -858,6 +862,9 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
     let mut max_gap = Duration::ZERO;
     let deadline = t0 + p.max_contact;
     let mut pending = leftover;
+    // Set once the peer was seen below the threshold in this contact: its
+    // crossing ends the contact.
+    let mut below_here = false;
     let end: (&'static str, Option<&'static str>) = loop {
         if !pending.is_empty() {
             let before = st.n_msgs;
@@ -883,6 +890,14 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             if st.n_msgs >= p.max_msgs {
                 break ("ok", Some("msg_cap"));
             }
+            if let (Some(h), Some(c), Some(n)) = (p.hold, st.have_count(), st.n_pieces) {
+                if c < super::schedule::pieces_needed(u64::from(n), h.threshold) {
+                    below_here = true;
+                } else if below_here {
+                    // Seen crossing: what the probe came for.
+                    break ("ok", Some("crossed"));
+                }
+            }
         }
         let now = Instant::now();
         if now >= deadline {
@@ -901,7 +916,32 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             r = tokio::time::timeout(wait, wire.recv(&mut buf)) => match r {
                 Err(_) => {
                     if st.handshake {
-                        break ("ok", Some(if Instant::now() >= deadline { "time_cap" } else { "idle" }));
+                        let now = Instant::now();
+                        if now >= deadline {
+                            break ("ok", Some("time_cap"));
+                        }
+                        let first = st.progress.first().map(|x| (x.0, x.1));
+                        // A peer silent about pieces holds none (BEP 3).
+                        let hold = p.hold.zip(st.n_pieces).is_some_and(|(h, n)| {
+                            super::schedule::hold_open(
+                                &h,
+                                u64::from(n),
+                                first,
+                                st.have_count().unwrap_or(0),
+                                now_us(),
+                                (now - t0).as_secs_f64(),
+                                (deadline - now).as_secs_f64(),
+                            )
+                        });
+                        if hold {
+                            // Still expected to cross in this contact: a
+                            // keep-alive, and listen on.
+                            if wire.send(&[0, 0, 0, 0]).await.is_err() {
+                                break ("ok", Some("reset"));
+                            }
+                            continue;
+                        }
+                        break ("ok", Some("idle"));
                     }
                     break ("timeout", None);
                 }
@@ -1009,6 +1049,7 @@ pub(crate) mod tests {
             max_pieces: 1 << 23,
             max_pex: 100,
             max_progress: 64,
+            hold: None,
             wire: PeerWireLimits::default(),
         }
     }

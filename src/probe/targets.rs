@@ -172,7 +172,13 @@ pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
     {
         let ih = tdf.column("info_hash").map_err(err)?.str().map_err(err)?;
         let name = tdf.column("name").map_err(err)?.str().map_err(err)?;
-        let np = tdf.column("n_pieces").map_err(err)?.u64().map_err(err)?;
+        // Older datasets wrote u64, newer ones int64: read either.
+        let np = tdf
+            .column("n_pieces")
+            .map_err(err)?
+            .cast(&DataType::Int64)
+            .map_err(err)?;
+        let np = np.i64().map_err(err)?;
         let src = tdf.column("n_pieces_source").map_err(err)?.str().map_err(err)?;
         for i in 0..tdf.height() {
             let Some(h) = ih.get(i).and_then(unhex20) else { continue };
@@ -187,7 +193,12 @@ pub fn from_dataset(dir: &Path) -> Result<Vec<Target>, String> {
     }
     let ih = pdf.column("info_hash").map_err(err)?.str().map_err(err)?;
     let ip = pdf.column("peer_ip").map_err(err)?.str().map_err(err)?;
-    let port = pdf.column("peer_port").map_err(err)?.u32().map_err(err)?;
+    let port = pdf
+        .column("peer_port")
+        .map_err(err)?
+        .cast(&DataType::Int64)
+        .map_err(err)?;
+    let port = port.i64().map_err(err)?;
     // uTP evidence (absent from datasets older than the column).
     let utp = pdf.column("utp").ok().and_then(|c| c.bool().ok());
     for i in 0..pdf.height() {
@@ -270,34 +281,101 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Addresses that are not the public Internet: private (RFC 1918, ULA),
-/// loopback, link-local, CGNAT shared space, "this network", multicast,
-/// reserved and broadcast, documentation. Probing them is refused unless
-/// `--allow-private`: a probe fed a hostile tracker list must not scan the
-/// operator's own network.
+/// IPv4 blocks of the IANA IPv4 Special-Purpose Address Registry (RFC 6890
+/// and its updates, as of 2025), plus multicast (224/4, its own registry):
+/// none of them is a BitTorrent peer on the public Internet. The registry
+/// marks a few as globally reachable (192.0.0.9 and .10, the AS112 and AMT
+/// anycast blocks); those are anycast infrastructure, refused as well.
+const SPECIAL_V4: [(u32, u8); 19] = [
+    (0x0000_0000, 8),  // 0.0.0.0/8 "this network" (RFC 791)
+    (0x0a00_0000, 8),  // 10.0.0.0/8 private (RFC 1918)
+    (0x6440_0000, 10), // 100.64.0.0/10 shared address space, CGNAT (RFC 6598)
+    (0x7f00_0000, 8),  // 127.0.0.0/8 loopback (RFC 1122)
+    (0xa9fe_0000, 16), // 169.254.0.0/16 link local (RFC 3927)
+    (0xac10_0000, 12), // 172.16.0.0/12 private (RFC 1918)
+    (0xc000_0000, 24), // 192.0.0.0/24 IETF protocol assignments (RFC 6890)
+    (0xc000_0200, 24), // 192.0.2.0/24 documentation TEST-NET-1 (RFC 5737)
+    (0xc01f_c400, 24), // 192.31.196.0/24 AS112-v4 (RFC 7535)
+    (0xc034_c100, 24), // 192.52.193.0/24 AMT (RFC 7450)
+    (0xc058_6300, 24), // 192.88.99.0/24 deprecated 6to4 relay anycast (RFC 7526)
+    (0xc0a8_0000, 16), // 192.168.0.0/16 private (RFC 1918)
+    (0xc0af_3000, 24), // 192.175.48.0/24 direct delegation AS112 (RFC 7534)
+    (0xc612_0000, 15), // 198.18.0.0/15 benchmarking (RFC 2544)
+    (0xc633_6400, 24), // 198.51.100.0/24 documentation TEST-NET-2 (RFC 5737)
+    (0xcb00_7100, 24), // 203.0.113.0/24 documentation TEST-NET-3 (RFC 5737)
+    (0xe000_0000, 4),  // 224.0.0.0/4 multicast (RFC 5771)
+    (0xf000_0000, 4),  // 240.0.0.0/4 reserved (RFC 1112)
+    (0xffff_ffff, 32), // 255.255.255.255/32 limited broadcast (RFC 919)
+];
+
+/// IPv6 blocks inside 2000::/3 (the only global unicast space IANA has
+/// allocated; everything outside it is refused, which covers ::/128, ::1,
+/// ::/96 IPv4-compatible, 100::/64 discard, 64:ff9b:1::/48 local NAT64,
+/// fc00::/7 ULA, fe80::/10 link local, fec0::/10 site local and ff00::/8
+/// multicast) that the IANA IPv6 Special-Purpose Address Registry lists.
+/// 2001::/23 is IETF protocol assignments (2001:2::/48 benchmarking, ORCHID,
+/// AS112, ...); its Teredo block 2001::/32, and 6to4 2002::/16, are judged
+/// by the IPv4 addresses they embed instead (see `embedded_v4`).
+const SPECIAL_V6: [(u128, u8); 5] = [
+    (0x2001_0000_0000_0000_0000_0000_0000_0000, 23), // 2001::/23 IETF protocol assignments (RFC 2928)
+    (0x2001_0db8_0000_0000_0000_0000_0000_0000, 32), // 2001:db8::/32 documentation (RFC 3849)
+    (0x2620_004f_8000_0000_0000_0000_0000_0000, 48), // 2620:4f:8000::/48 direct delegation AS112 (RFC 7534)
+    (0x3fff_0000_0000_0000_0000_0000_0000_0000, 20), // 3fff::/20 documentation (RFC 9637)
+    (0x5f00_0000_0000_0000_0000_0000_0000_0000, 16), // 5f00::/16 SRv6 SIDs (RFC 9602)
+];
+
+fn in_block(a: u128, net: u128, len: u8, bits: u32) -> bool {
+    let shift = bits - u32::from(len);
+    len == 0 || a >> shift == net >> shift
+}
+
+/// The IPv4 address an IPv6 address stands for, where the prefix makes the
+/// packet reach that IPv4 host: IPv4-mapped ::ffff:0:0/96 and SIIT
+/// ::ffff:0:0:0/96, the NAT64 well-known prefix 64:ff9b::/96 (RFC 6052),
+/// 6to4 2002::/16 (RFC 3056, bits 16..48) and Teredo 2001::/32 (RFC 4380:
+/// the client's address inverted in the low 32 bits; the server's in bits
+/// 32..64 is judged too, by the caller). A NAT64 gateway would carry a probe
+/// to 64:ff9b::10.0.0.1 straight into the operator's own network.
+fn embedded_v4(a: Ipv6Addr) -> Option<Ipv4Addr> {
+    let v = u128::from(a);
+    let low = Ipv4Addr::from(v as u32);
+    if v >> 32 == 0xffff || v >> 32 == 0xffff_0000 || v >> 32 == 0x0064_ff9b_0000_0000_0000_0000 {
+        return Some(low);
+    }
+    if v >> 112 == 0x2002 {
+        return Some(Ipv4Addr::from((v >> 80) as u32));
+    }
+    if v >> 96 == 0x2001_0000 {
+        return Some(Ipv4Addr::from(!(v as u32)));
+    }
+    None
+}
+
+/// Addresses that are not the public Internet: every block of the IANA
+/// IPv4 and IPv6 special-purpose registries (private, loopback, link local,
+/// CGNAT, benchmarking, documentation, protocol assignments, 6to4 relay
+/// anycast, AS112, reserved, broadcast, multicast), IPv6 outside 2000::/3
+/// (site local, ULA, IPv4-compatible, discard, ...), and IPv6 forms that
+/// embed an IPv4 address (mapped, NAT64, 6to4, Teredo) when that IPv4
+/// address is one of these. Probing them is refused unless
+/// `--allow-private`: a probe fed a hostile tracker list or DHT answer must
+/// not scan the operator's own network, nor reach it through a translator.
 pub fn is_private(ip: IpAddr) -> bool {
-    match canonical(ip) {
+    match ip {
         IpAddr::V4(a) => {
-            let o = a.octets();
-            a.is_private()
-                || a.is_loopback()
-                || a.is_link_local()
-                || a.is_multicast()
-                || a.is_broadcast()
-                || a.is_unspecified()
-                || a.is_documentation()
-                || o[0] == 0
-                || (o[0] == 100 && (o[1] & 0xc0) == 64)
-                || o[0] >= 240
+            let v = u128::from(u32::from(a));
+            SPECIAL_V4
+                .iter()
+                .any(|&(net, len)| in_block(v, u128::from(net), len, 32))
         }
         IpAddr::V6(a) => {
-            let s = a.segments();
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || (s[0] == 0x2001 && s[1] == 0x0db8)
+            if let Some(v4) = embedded_v4(a) {
+                let teredo_server =
+                    (u128::from(a) >> 96 == 0x2001_0000).then(|| Ipv4Addr::from((u128::from(a) >> 64) as u32));
+                return is_private(IpAddr::V4(v4)) || teredo_server.is_some_and(|s| is_private(IpAddr::V4(s)));
+            }
+            let v = u128::from(a);
+            !in_block(v, 0x2000 << 112, 3, 128) || SPECIAL_V6.iter().any(|&(net, len)| in_block(v, net, len, 128))
         }
     }
 }
@@ -386,6 +464,72 @@ mod tests {
         assert_eq!(t.info_hash, [0; 20]);
         assert!(parse_magnet("magnet:?dn=x").is_err());
         assert!(parse_magnet("http://x").is_err());
+    }
+
+    #[test]
+    fn special_purpose_registries_are_refused() {
+        let p = AddrPolicy::default();
+        let refused = [
+            // IPv4 special-purpose registry
+            "0.1.2.3",
+            "198.18.0.1",
+            "198.19.255.254",
+            "192.0.0.9",
+            "192.0.0.170",
+            "192.0.2.1",
+            "192.88.99.1",
+            "192.31.196.1",
+            "192.52.193.1",
+            "192.175.48.6",
+            "198.51.100.7",
+            "203.0.113.9",
+            "240.0.0.1",
+            "255.255.255.255",
+            "239.1.2.3",
+            // IPv6
+            "::",
+            "::1",
+            "::a00:1",
+            "::8.8.8.8",
+            "64:ff9b::10.0.0.1",
+            "64:ff9b::198.18.0.1",
+            "64:ff9b:1::8.8.8.8",
+            "::ffff:10.0.0.1",
+            "::ffff:0:192.168.0.1",
+            "2002:0a00:0001::1",
+            "2002:c058:6301::1",
+            "2001:2::1",
+            "2001:db8::1",
+            "3fff::1",
+            "5f00::1",
+            "2620:4f:8000::1",
+            "fec0::1",
+            "fc00::1",
+            "100::1",
+            "ff02::1",
+            "4000::1",
+            "2001:0:4136:e378:8000:63bf:f5ff:fffe", // Teredo for client 10.0.0.1
+        ];
+        for a in refused {
+            assert_eq!(p.refuse(a.parse().unwrap()), Some("private_address"), "{a}");
+        }
+        for a in [
+            "8.8.8.8",
+            "198.20.0.1",
+            "192.0.1.1",
+            "64:ff9b::8.8.8.8",
+            "::ffff:8.8.8.8",
+            "2002:0808:0808::1",
+            "2001:4860:4860::8888",
+            "2a00:1450::1",
+        ] {
+            assert_eq!(p.refuse(a.parse().unwrap()), None, "{a}");
+        }
+        let open = AddrPolicy {
+            allow_private: true,
+            ..AddrPolicy::default()
+        };
+        assert_eq!(open.refuse("64:ff9b::10.0.0.1".parse().unwrap()), None);
     }
 
     #[test]

@@ -215,9 +215,9 @@ impl Dataset {
         for f in &files {
             let df = read_file(f, &wanted)?;
             let h = df.height();
-            for (n, k) in &wanted {
+            for (n, _) in &wanted {
                 let col = out.cols.get_mut(n).expect("allocated above");
-                append(col, df.column(n).ok(), *k, h)?;
+                append(col, df.column(n).ok(), h);
             }
             out.rows += h;
         }
@@ -246,51 +246,40 @@ fn read_file(p: &Path, wanted: &[(&'static str, Kind)]) -> Result<DataFrame, Str
         .map_err(|e| format!("cannot read {}: {e}", p.display()))
 }
 
-fn append(dst: &mut Col, src: Option<&Column>, kind: Kind, h: usize) -> Result<(), String> {
-    let err = |e: PolarsError| e.to_string();
-    match (dst, src) {
-        (Col::I(v), Some(c)) => {
-            let c = c.cast(&DataType::Int64).map_err(err)?;
-            v.extend(c.i64().map_err(err)?.iter());
-        }
-        (Col::F(v), Some(c)) => {
-            let c = c.cast(&DataType::Float64).map_err(err)?;
-            v.extend(c.f64().map_err(err)?.iter());
-        }
-        (Col::S(v), Some(c)) => {
-            let c = c.cast(&DataType::String).map_err(err)?;
-            v.extend(c.str().map_err(err)?.iter().map(|s| s.map(str::to_string)));
-        }
-        (Col::B(v), Some(c)) => {
-            let c = c.cast(&DataType::Boolean).map_err(err)?;
-            v.extend(c.bool().map_err(err)?.iter());
-        }
-        (Col::L(v), Some(c)) => match c.list() {
-            Ok(l) => {
+/// Appends `h` values of `src` to `dst`. A column missing from this file, or
+/// of a type that does not convert (a file from another swarmtap, or not
+/// one at all), reads as nulls: the page shows what it can.
+fn append(dst: &mut Col, src: Option<&Column>, h: usize) {
+    match dst {
+        Col::I(v) => match src.and_then(|c| c.cast(&DataType::Int64).ok()) {
+            Some(c) if c.i64().is_ok() => v.extend(c.i64().expect("checked").iter()),
+            _ => v.extend((0..h).map(|_| None)),
+        },
+        Col::F(v) => match src.and_then(|c| c.cast(&DataType::Float64).ok()) {
+            Some(c) if c.f64().is_ok() => v.extend(c.f64().expect("checked").iter()),
+            _ => v.extend((0..h).map(|_| None)),
+        },
+        Col::S(v) => match src.and_then(|c| c.cast(&DataType::String).ok()) {
+            Some(c) if c.str().is_ok() => v.extend(c.str().expect("checked").iter().map(|s| s.map(str::to_string))),
+            _ => v.extend((0..h).map(|_| None)),
+        },
+        Col::B(v) => match src.and_then(|c| c.cast(&DataType::Boolean).ok()) {
+            Some(c) if c.bool().is_ok() => v.extend(c.bool().expect("checked").iter()),
+            _ => v.extend((0..h).map(|_| None)),
+        },
+        Col::L(v) => match src.and_then(|c| c.list().ok()) {
+            Some(l) => {
                 for s in l.amortized_iter() {
-                    let items = match s {
-                        Some(s) => match s.as_ref().cast(&DataType::String) {
-                            Ok(s) => s
-                                .str()
-                                .map(|ca| ca.iter().flatten().map(str::to_string).collect())
-                                .unwrap_or_default(),
-                            Err(_) => Vec::new(),
-                        },
-                        None => Vec::new(),
-                    };
+                    let items = s
+                        .and_then(|s| s.as_ref().cast(&DataType::String).ok())
+                        .and_then(|s| s.str().ok().map(|ca| ca.iter().flatten().map(str::to_string).collect()))
+                        .unwrap_or_default();
                     v.push(items);
                 }
             }
-            Err(_) => v.extend((0..h).map(|_| Vec::new())),
+            None => v.extend((0..h).map(|_| Vec::new())),
         },
-        (Col::I(v), None) => v.extend((0..h).map(|_| None)),
-        (Col::F(v), None) => v.extend((0..h).map(|_| None)),
-        (Col::S(v), None) => v.extend((0..h).map(|_| None)),
-        (Col::B(v), None) => v.extend((0..h).map(|_| None)),
-        (Col::L(v), None) => v.extend((0..h).map(|_| Vec::new())),
     }
-    let _ = kind;
-    Ok(())
 }
 
 /// Keeps, per key, the row with the largest (interval_start, last_ts).
@@ -411,6 +400,9 @@ mod tests {
         // A column no file has reads as nulls; an absent table is empty.
         let t = ds.read("peers", &[("country", Kind::S)]).unwrap();
         assert_eq!((t.rows, t.s("country", 0)), (3, None));
+        // A column whose type does not convert reads as nulls, not an error.
+        let t = ds.read("peers", &[("last_pieces", Kind::L)]).unwrap();
+        assert_eq!((t.rows, t.l("last_pieces", 0).len()), (3, 0));
         let t = ds.read("torrents", &[("name", Kind::S)]).unwrap();
         assert_eq!((t.rows, t.present), (0, false));
     }

@@ -100,6 +100,7 @@ p.empty{color:var(--muted);font-style:italic}
 .kpi b{display:block;font-size:20px}
 .kpi span{color:var(--muted);font-size:13px}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+.row figure{max-width:520px}
 figure{margin:8px 0 14px}
 figcaption{font-size:14px;color:var(--muted);margin-bottom:4px}
 svg.chart{max-width:100%;height:auto;font-family:inherit}

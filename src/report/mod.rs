@@ -304,11 +304,13 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     let mut k = String::from("<div class=\"kpis\">");
     match (t0, t1) {
         (Some(a), Some(b)) => {
-            kpi(
-                &mut k,
-                &svg::fmt_dur(b - a),
-                &format!("{} → {}", fmt_ts(a), &fmt_ts(b)[11..]),
-            );
+            let (fa, fb) = (fmt_ts(a), fmt_ts(b));
+            let end = if fa[..10] == fb[..10] {
+                fb[11..].to_string()
+            } else {
+                fb.clone()
+            };
+            kpi(&mut k, &svg::fmt_dur(b - a), &format!("{fa} → {end}"));
         }
         _ => kpi(&mut k, "—", "time span (no packets)"),
     }
@@ -320,9 +322,71 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
     } else {
         kpi(&mut k, &fmt_int(captures.len() as i64), "capture files");
     }
-    kpi(&mut k, &fmt_int(anomalies), "anomalies counted");
+    kpi(&mut k, &fmt_int(anomalies), "anomalies (capture_stats)");
     k.push_str("</div>");
     p.body.push_str(&k);
+    if stats.rows > 1 {
+        // One row per capture file (offline) or per interval (live).
+        let mut idx: Vec<usize> = (0..stats.rows).collect();
+        idx.sort_by_key(|&r| {
+            (
+                stats.i("interval_start", r),
+                stats.i("first_ts", r),
+                stats.t("capture", r).to_string(),
+            )
+        });
+        if stats.rows > 500 {
+            p.notes
+                .push(format!("Captures table: the first 500 of {} rows.", stats.rows));
+        }
+        // Live: one row per interval, with its start and drops; offline:
+        // one row per file.
+        let live = ds.live;
+        let rows: Vec<Vec<Cell>> = idx
+            .iter()
+            .take(500)
+            .map(|&r| {
+                let mut v = vec![Cell::text(stats.t("capture", r))];
+                if live {
+                    v.push(Cell::text(stats.i("interval_start", r).map(fmt_ts).unwrap_or_default()));
+                }
+                v.extend([
+                    Cell::text(stats.i("first_ts", r).map(fmt_ts).unwrap_or_default()),
+                    Cell::text(stats.i("last_ts", r).map(fmt_ts).unwrap_or_default()),
+                    Cell::int(stats.u("n_packets", r)),
+                    Cell::bytes(stats.u("n_bytes", r)),
+                ]);
+                if live {
+                    v.push(Cell::int(stats.u("n_dropped", r)));
+                }
+                v.push(Cell::int(stats.u("n_anomalies", r)));
+                v
+            })
+            .collect();
+        let mut headers = vec![("capture", "capture_stats.capture")];
+        if live {
+            headers.push(("interval start", "interval_start"));
+        }
+        headers.extend([
+            ("first packet", "first_ts"),
+            ("last packet", "last_ts"),
+            ("packets", "n_packets"),
+            ("bytes", "n_bytes"),
+        ]);
+        if live {
+            headers.push(("dropped", "n_dropped"));
+        }
+        headers.push(("anomalies", "n_anomalies"));
+        p.body.push_str(
+            &html::Table {
+                id: "t-captures".into(),
+                headers,
+                rows,
+            }
+            .render(),
+        );
+    }
+    p.body.push_str("<div class=\"row\">");
 
     let flows = ds.read(
         "flows",
@@ -386,10 +450,15 @@ fn overview(ds: &Dataset, p: &mut Page, stats: &Table) -> Result<(), String> {
             String::new()
         };
         p.figure(
-            &format!("Anomalies by layer/kind: rows of the anomalies table, which keeps a capped number per kind; capture_stats counts them all ({}){cap}", fmt_int(anomalies)),
+            &format!(
+                "Anomalies by layer/kind: {} rows of the anomalies table (a capped number per kind); capture_stats.n_anomalies sums to {}{cap}",
+                fmt_int(anom.rows as i64),
+                fmt_int(anomalies)
+            ),
             svg::hbars("anomalies by kind", &items, &|v| svg::fmt_num(v), "anomaly rows"),
         );
     }
+    p.body.push_str("</div>");
     Ok(())
 }
 

@@ -289,7 +289,9 @@ pub fn time_ticks(t0: i64, t1: i64, n: usize) -> Vec<(i64, String)> {
     }
     while t <= t1 {
         let full = fmt_ts(t);
-        let label = if step >= 86_400 * S {
+        let label = if step >= 86_400 * S && span > 300 * 86_400 * S {
+            full[..10].to_string()
+        } else if step >= 86_400 * S {
             full[5..10].to_string()
         } else if multi_day && (step >= 3600 * S || v.is_empty()) {
             format!("{} {}", &full[5..10], &full[11..16])
@@ -508,7 +510,7 @@ impl Chart {
 pub fn hbars(label: &str, items: &[(String, f64, String, String)], fmt: &dyn Fn(f64) -> String, axis: &str) -> String {
     let rowh = 22.0;
     let h = 50.0 + rowh * items.len() as f64;
-    let mut c = Chart::new(label, 760.0, h, 200.0, 90.0, 8.0, 42.0);
+    let mut c = Chart::new(label, 520.0, h, 210.0, 56.0, 8.0, 42.0);
     let max = items.iter().map(|i| i.1).fold(0.0, f64::max);
     let (m, ticks) = count_axis(max);
     let s = Scale::lin(0.0, m, c.x0, c.x1);
@@ -516,9 +518,14 @@ pub fn hbars(label: &str, items: &[(String, f64, String, String)], fmt: &dyn Fn(
     c.x_axis(&ticks, axis, true);
     for (i, (l, v, col, tip)) in items.iter().enumerate() {
         let y = c.y0 + i as f64 * rowh + 3.0;
-        c.text(c.x0 - 8.0, y + 12.0, "end", "tick", &clip(l, 30));
+        c.text(c.x0 - 8.0, y + 12.0, "end", "tick", &clip(l, 27));
         c.rect(c.x0, y, s.at(*v) - c.x0, rowh - 6.0, col, tip);
-        c.text(s.at(*v) + 5.0, y + 12.0, "start", "value", &fmt(*v));
+        let shown = if v.fract() == 0.0 && v.abs() < 1e15 {
+            fmt_int(*v as i64)
+        } else {
+            fmt(*v)
+        };
+        c.text(s.at(*v) + 5.0, y + 12.0, "start", "value", &shown);
     }
     c.finish()
 }
@@ -536,14 +543,11 @@ pub fn time_columns(
     let totals: Vec<f64> = (0..nbins)
         .map(|b| series.iter().map(|s| s.2.get(b).copied().unwrap_or(0.0)).sum())
         .collect();
-    let ymax = nice_max(totals.iter().copied().fold(0.0, f64::max));
+    let (ymax, yticks) = count_axis(totals.iter().copied().fold(0.0, f64::max));
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
     let t1 = t0 + step * nbins as i64;
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
-        .into_iter()
-        .map(|t| (ys.at(t), fmt_num(t)))
-        .collect();
+    let yt: Vec<(f64, String)> = yticks.into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
     c.y_axis(&yt, yaxis, true);
     let xt: Vec<(f64, String)> = time_ticks(t0, t1, 8)
         .into_iter()
@@ -651,12 +655,9 @@ pub fn log_histogram(label: &str, values: &[f64], fmt: &dyn Fn(f64) -> String, x
         let b = (((v.log10() - xs.d0) * per).floor() as usize).min(counts.len() - 1);
         counts[b] += 1;
     }
-    let ymax = nice_max(counts.iter().copied().max().unwrap_or(0) as f64);
+    let (ymax, yticks) = count_axis(counts.iter().copied().max().unwrap_or(0) as f64);
     let ys = Scale::lin(0.0, ymax, c.y1, c.y0);
-    let yt: Vec<(f64, String)> = nice_ticks(0.0, ymax, 5)
-        .into_iter()
-        .map(|t| (ys.at(t), fmt_num(t)))
-        .collect();
+    let yt: Vec<(f64, String)> = yticks.into_iter().map(|t| (ys.at(t), fmt_num(t))).collect();
     c.y_axis(&yt, "peers", true);
     let xt: Vec<(f64, String)> = xs.ticks(8).into_iter().map(|t| (xs.at(t), fmt(t))).collect();
     c.x_axis(&xt, xaxis, false);
@@ -760,7 +761,7 @@ pub fn seq_color(v: f64) -> String {
 pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, step: i64, nbins: usize) -> String {
     let rowh = if rows.len() > 40 { 9.0 } else { 14.0 };
     let h = 60.0 + rowh * rows.len() as f64;
-    let mut c = Chart::new(label, 900.0, h.max(190.0), 190.0, 150.0, 8.0, 46.0);
+    let mut c = Chart::new(label, 900.0, h.max(160.0), 190.0, 150.0, 8.0, 46.0);
     let t1 = t0 + step * nbins as i64;
     let xs = Scale::lin(t0 as f64, t1 as f64, c.x0, c.x1);
     let cw = (c.x1 - c.x0) / nbins.max(1) as f64;
@@ -825,7 +826,7 @@ pub fn heatmap(label: &str, rows: &[(String, Vec<Option<f64>>, bool)], t0: i64, 
     c.x_axis(&xt, "time (UTC)", false);
     // Colour legend at the right, outside the cells.
     let lx = c.x1 + 24.0;
-    let lh = 120.0f64.min(c.y1 - c.y0 - 60.0).max(60.0);
+    let lh = (c.y1 - c.y0 - 56.0).clamp(40.0, 120.0);
     c.text(lx, c.y0 + 8.0, "start", "legend", "share of pieces");
     for k in 0..20 {
         let v = 1.0 - k as f64 / 20.0;
@@ -1033,6 +1034,14 @@ mod tests {
         assert_eq!(esc("<a&\"b'>"), "&lt;a&amp;&quot;b&#39;&gt;");
         assert_eq!(seq_color(0.0), "#440154");
         assert_eq!(seq_color(1.0), "#fde725");
+    }
+
+    #[test]
+    fn count_axes_tick_whole_numbers() {
+        assert_eq!(count_axis(2.0), (2.0, vec![0.0, 1.0, 2.0]));
+        assert_eq!(count_axis(0.0), (1.0, vec![0.0, 1.0]));
+        assert_eq!(count_axis(7.0).0, 8.0);
+        assert!(count_axis(7.0).1.iter().all(|t| t.fract() == 0.0));
     }
 
     #[test]

@@ -5,16 +5,21 @@
 //! every file of the interval that ends and opens the next interval's.
 
 pub mod columns;
+pub mod community_id;
+pub mod layout;
 pub mod tables;
 pub mod writer;
 
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
+
+use polars::prelude::PolarsResult;
 
 pub use columns::Ts;
 pub use tables::*;
-use writer::{DirSink, Interval, RotatingSink};
+use writer::{DirSink, Interval, RotatingSink, TableSink};
 
 /// Extra prose at the end of docs/SCHEMA.md.
 pub const SCHEMA_APPENDIX: &str = include_str!("schema_appendix.md");
@@ -23,63 +28,151 @@ pub const SCHEMA_APPENDIX: &str = include_str!("schema_appendix.md");
 /// both busy, few enough to bound memory (each batch is one input batch's rows).
 const CHANNEL_DEPTH: usize = 4;
 
+/// How a run writes its dataset.
+#[derive(Debug, Clone)]
+pub struct OutputOptions {
+    /// Row buffer budget over all tables (see `Limits::sink_buffer_bytes`).
+    pub budget: usize,
+    /// The `sensor` column of every row.
+    pub sensor: String,
+    /// Replace a target folder that holds something else than a dataset
+    /// of the run's layout.
+    pub force: bool,
+}
+
+impl Default for OutputOptions {
+    fn default() -> Self {
+        OutputOptions {
+            budget: crate::config::Limits::default().sink_buffer_bytes,
+            sensor: writer::host_name(),
+            force: false,
+        }
+    }
+}
+
 /// What the writer thread is sent.
 enum SinkMsg {
     Rows(Box<RowBatch>),
     /// Complete the current interval's files; later rows go to `Interval`.
     Rotate(Interval),
+    /// The run succeeded: complete the files and put the dataset in place.
+    Commit,
+}
+
+/// Completes every file of `writers`: the rows still buffered, then one
+/// `anomalies` row (layer `sink`) per table, column and kind of value that
+/// could not be written as it was (see [`columns::ValueNote`]).
+fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsResult<()> {
+    writers.flush_all(sink)?;
+    let rows: Vec<AnomalyRow> = columns::take_notes()
+        .into_iter()
+        .map(|n| AnomalyRow {
+            layer: "sink",
+            kind: n.kind.to_string(),
+            detail: Some(match n.kind {
+                "value_saturated" => format!(
+                    "{}.{}: {} value(s) above the column's signed range written as its maximum",
+                    n.table, n.column, n.n
+                ),
+                _ => format!(
+                    "{}.{}: {} timestamp(s) outside 1970-01-01..2200-01-01 not written (null, or the nearest bound where the column cannot be null)",
+                    n.table, n.column, n.n
+                ),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    sink.push(&mut writers.anomalies, rows)?;
+    writers.finish(sink)
+}
+
+/// Fills `community_id` of flows and connections (every row producer
+/// leaves it empty: the writer computes it from the row's 5-tuple).
+pub fn fill_community_ids(batch: &mut RowBatch) {
+    use community_id::community_id_of;
+    for f in batch.flows.iter_mut().filter(|f| f.community_id.is_empty()) {
+        f.community_id = community_id_of(f.proto, &f.orig_ip, f.orig_port, &f.resp_ip, f.resp_port).unwrap_or_default();
+    }
+    for c in batch.connections.iter_mut().filter(|c| c.community_id.is_empty()) {
+        c.community_id =
+            community_id_of(c.transport, &c.orig_ip, c.orig_port, &c.resp_ip, c.resp_port).unwrap_or_default();
+    }
 }
 
 /// The writer thread and the channel to it.
 pub struct SinkThread {
     tx: Option<SyncSender<SinkMsg>>,
-    handle: Option<JoinHandle<Result<(), String>>>,
+    /// Behind a lock so that a failed `send` can collect the thread's error.
+    handle: Mutex<Option<JoinHandle<Result<(), String>>>>,
 }
 
 impl SinkThread {
     /// Starts a writer of `DIR/<table>.parquet` for every table, with the
-    /// default row buffer budget.
+    /// default options.
     pub fn to_dir(dir: &Path) -> Result<SinkThread, String> {
-        Self::to_dir_with_budget(dir, crate::config::Limits::default().sink_buffer_bytes)
+        Self::to_dir_with(dir, &OutputOptions::default())
     }
 
-    /// As [`SinkThread::to_dir`], buffering at most about `budget` bytes of
-    /// rows over all tables (see `Limits::sink_buffer_bytes`).
-    pub fn to_dir_with_budget(dir: &Path, budget: usize) -> Result<SinkThread, String> {
-        let mut sink =
-            DirSink::new(dir).map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
+    /// Starts a writer of `DIR/<table>.parquet` for every table. The files
+    /// are written into a new folder beside DIR, which replaces DIR at
+    /// [`SinkThread::finish`]; a run that ends otherwise (an error, a
+    /// panic, [`SinkThread::abort`]) leaves DIR as it was.
+    pub fn to_dir_with(dir: &Path, opts: &OutputOptions) -> Result<SinkThread, String> {
+        let mut sink = DirSink::new(dir, &opts.sensor, opts.force).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                e.to_string()
+            } else {
+                format!("cannot create output directory {}: {e}", dir.display())
+            }
+        })?;
         let mut writers =
             TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+        let budget = opts.budget;
+        let shown = dir.display().to_string();
         let (tx, rx) = sync_channel::<SinkMsg>(CHANNEL_DEPTH);
         let handle = std::thread::Builder::new()
             .name("swarmtap-sink".into())
             .spawn(move || -> Result<(), String> {
+                let mut commit = false;
                 for msg in rx {
-                    if let SinkMsg::Rows(batch) = msg {
-                        writers
+                    match msg {
+                        SinkMsg::Rows(batch) => writers
                             .push(&mut sink, *batch)
                             .and_then(|()| writers.enforce_budget(&mut sink, budget))
-                            .map_err(|e| format!("writing Parquet: {e}"))?;
+                            .map_err(|e| format!("writing Parquet: {e}"))?,
+                        SinkMsg::Rotate(_) => {}
+                        SinkMsg::Commit => commit = true,
                     }
                 }
-                writers.finish(&mut sink).map_err(|e| format!("finishing Parquet: {e}"))
+                if !commit {
+                    // Dropping the sink removes the unfinished folder.
+                    return Ok(());
+                }
+                complete(writers, &mut sink).map_err(|e| format!("finishing Parquet: {e}"))?;
+                sink.commit()
+                    .map_err(|e| format!("cannot put the new dataset in place of {shown}: {e}"))
             })
             .map_err(|e| format!("cannot start writer thread: {e}"))?;
         Ok(SinkThread {
             tx: Some(tx),
-            handle: Some(handle),
+            handle: Mutex::new(Some(handle)),
         })
     }
 
     /// Starts a live writer: every table of each interval as one file in
     /// `DIR/<table>/date=…/hour=…/` (see [`RotatingSink`]), starting with
-    /// `first`, buffering at most about `budget` bytes of rows. Every table
-    /// gets a file per interval, empty ones included, so each interval is
-    /// complete on its own.
-    pub fn rotating(dir: &Path, first: Interval, budget: usize) -> Result<SinkThread, String> {
-        let mut sink = RotatingSink::new(dir, first)
-            .map_err(|e| format!("cannot create output directory {}: {e}", dir.display()))?;
+    /// `first`. Every table gets a file per interval, empty ones included,
+    /// so each interval is complete on its own. Files already there stay.
+    pub fn rotating(dir: &Path, first: Interval, opts: &OutputOptions) -> Result<SinkThread, String> {
+        let mut sink = RotatingSink::new(dir, first, &opts.sensor, opts.force).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                e.to_string()
+            } else {
+                format!("cannot create output directory {}: {e}", dir.display())
+            }
+        })?;
         let writers = TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
+        let budget = opts.budget;
         let (tx, rx) = sync_channel::<SinkMsg>(CHANNEL_DEPTH);
         let handle = std::thread::Builder::new()
             .name("swarmtap-sink".into())
@@ -92,28 +185,29 @@ impl SinkThread {
                             .and_then(|()| writers.enforce_budget(&mut sink, budget))
                             .map_err(|e| format!("writing Parquet: {e}"))?,
                         SinkMsg::Rotate(next) => {
-                            writers
-                                .finish(&mut sink)
-                                .map_err(|e| format!("finishing Parquet: {e}"))?;
+                            complete(writers, &mut sink).map_err(|e| format!("finishing Parquet: {e}"))?;
                             sink.set_interval(next);
                             writers = TableWriters::open(&mut sink).map_err(|e| format!("opening Parquet: {e}"))?;
                         }
+                        SinkMsg::Commit => {}
                     }
                 }
-                writers.finish(&mut sink).map_err(|e| format!("finishing Parquet: {e}"))
+                // Live output is kept whatever ended the run.
+                complete(writers, &mut sink).map_err(|e| format!("finishing Parquet: {e}"))
             })
             .map_err(|e| format!("cannot start writer thread: {e}"))?;
         Ok(SinkThread {
             tx: Some(tx),
-            handle: Some(handle),
+            handle: Mutex::new(Some(handle)),
         })
     }
 
     /// Sends rows; an error means the writer thread failed (see `finish`).
-    pub fn send(&self, batch: RowBatch) -> Result<(), String> {
+    pub fn send(&self, mut batch: RowBatch) -> Result<(), String> {
         if batch.is_empty() {
             return Ok(());
         }
+        fill_community_ids(&mut batch);
         self.send_msg(SinkMsg::Rows(Box::new(batch)))
     }
 
@@ -125,18 +219,52 @@ impl SinkThread {
 
     fn send_msg(&self, msg: SinkMsg) -> Result<(), String> {
         match &self.tx {
-            Some(tx) => tx.send(msg).map_err(|_| "the Parquet writer stopped".to_string()),
+            Some(tx) => tx.send(msg).map_err(|_| self.writer_error()),
             None => Err("the Parquet writer is closed".into()),
         }
     }
 
-    /// Closes the channel and waits for every file to be complete.
+    /// The writer thread stopped: its own error (a full disk, …) says why.
+    fn writer_error(&self) -> String {
+        let h = self.handle.lock().ok().and_then(|mut h| h.take());
+        match h.map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e,
+            Some(Err(_)) => "the Parquet writer panicked".into(),
+            _ => "the Parquet writer stopped".into(),
+        }
+    }
+
+    /// The run succeeded: closes the channel, waits for every file to be
+    /// complete and (analyze) puts the new dataset in place of the target.
     pub fn finish(mut self) -> Result<(), String> {
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(SinkMsg::Commit);
+        }
+        self.join()
+    }
+
+    /// The run failed: the new files are discarded (analyze) and the target
+    /// stays as it was; a live run's completed files are kept.
+    pub fn abort(mut self) -> Result<(), String> {
         self.tx.take();
-        match self.handle.take() {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<(), String> {
+        self.tx.take();
+        let h = self.handle.lock().ok().and_then(|mut h| h.take());
+        match h {
             Some(h) => h.join().map_err(|_| "the Parquet writer panicked".to_string())?,
             None => Ok(()),
         }
+    }
+}
+
+impl Drop for SinkThread {
+    /// A run that returns early (an error) waits for the writer to remove
+    /// its unfinished folder.
+    fn drop(&mut self) {
+        let _ = self.join();
     }
 }
 
@@ -148,7 +276,8 @@ mod tests {
     #[test]
     fn the_buffer_budget_bounds_memory_and_keeps_every_row() {
         let tmp = tempfile::tempdir().unwrap();
-        let mut sink = DirSink::new(tmp.path()).unwrap();
+        let out = tmp.path().join("ds");
+        let mut sink = DirSink::new(&out, "test", false).unwrap();
         let mut w = TableWriters::open(&mut sink).unwrap();
         let budget = 64 * 1024;
         let (mut n_msgs, mut n_anoms) = (0u64, 0u64);
@@ -178,14 +307,15 @@ mod tests {
             );
         }
         w.finish(&mut sink).unwrap();
+        sink.commit().unwrap();
         let read = |t: &str| {
-            let f = std::fs::File::open(tmp.path().join(format!("{t}.parquet"))).unwrap();
+            let f = std::fs::File::open(out.join(format!("{t}.parquet"))).unwrap();
             ParquetReader::new(f).finish().unwrap()
         };
         let m = read("peer_messages");
         assert_eq!(m.height() as u64, n_msgs);
         // Rows keep their order across the early row groups.
-        let frames: Vec<u64> = m.column("frame").unwrap().u64().unwrap().into_no_null_iter().collect();
+        let frames: Vec<i64> = m.column("frame").unwrap().i64().unwrap().into_no_null_iter().collect();
         assert!(frames.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(read("anomalies").height() as u64, n_anoms);
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use polars::prelude::*;
 
-use super::columns::{ColumnValue, Ts};
+use super::columns::{ColumnSpec, Ts, I32};
 
 /// Documentation of one column.
 #[derive(Debug, Clone, Copy)]
@@ -17,20 +17,43 @@ pub struct ColumnDoc {
     pub doc: &'static str,
 }
 
+/// The column every table ends with: the `--sensor` name of the run
+/// (CONTRACT "sensor"), added by the writer, not carried by the rows.
+pub const SENSOR_COLUMN: &str = "sensor";
+
+const SENSOR_DOC: ColumnDoc = ColumnDoc {
+    name: SENSOR_COLUMN,
+    type_doc: "string",
+    doc: "Sensor that saw the row (`--sensor`, default the host name), so that datasets of several sensors merge.",
+};
+
 /// A row type of one table.
 pub trait Row: Sized + Send + 'static {
     const TABLE: &'static str;
     const DOC: &'static str;
+    /// Every column, `sensor` last.
     fn columns() -> Vec<ColumnDoc>;
+    /// The Parquet schema: the row's columns, then `sensor`.
     fn schema() -> Schema;
+    /// The row's columns (without `sensor`).
     fn to_frame(rows: &[Self]) -> PolarsResult<DataFrame>;
+}
+
+/// The type a column is written with: the field's own, or a marker's.
+macro_rules! spec {
+    ($ty:ty) => {
+        $ty
+    };
+    ($ty:ty, $w:ty) => {
+        $w
+    };
 }
 
 macro_rules! tables {
     ($(
         $(#[doc = $tdoc:literal])*
         $table:ident => $row:ident {
-            $( $col:ident : $ty:ty = $cdoc:literal ),* $(,)?
+            $( $col:ident : $ty:ty $(as $w:ty)? = $cdoc:literal ),* $(,)?
         }
     )*) => {
         $(
@@ -42,14 +65,15 @@ macro_rules! tables {
                 const TABLE: &'static str = stringify!($table);
                 const DOC: &'static str = concat!($($tdoc, "\n"),*);
                 fn columns() -> Vec<ColumnDoc> {
-                    vec![$( ColumnDoc { name: stringify!($col), type_doc: <$ty as ColumnValue>::type_doc(), doc: $cdoc } ),*]
+                    vec![$( ColumnDoc { name: stringify!($col), type_doc: <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::type_doc(), doc: $cdoc }, )* SENSOR_DOC]
                 }
                 fn schema() -> Schema {
-                    Schema::from_iter([$( Field::new(stringify!($col).into(), <$ty as ColumnValue>::dtype()) ),*])
+                    Schema::from_iter([$( Field::new(stringify!($col).into(), <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::dtype()), )*
+                        Field::new(SENSOR_COLUMN.into(), DataType::String)])
                 }
                 fn to_frame(rows: &[Self]) -> PolarsResult<DataFrame> {
                     DataFrame::new(rows.len(), vec![
-                        $( <$ty as ColumnValue>::column(stringify!($col), rows.iter().map(|r| &r.$col)) ),*
+                        $( <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::column(stringify!($col), rows.iter().map(|r| &r.$col)) ),*
                     ])
                 }
             }
@@ -105,6 +129,11 @@ macro_rules! tables {
                 }
                 Ok(())
             }
+            /// Writes every buffered row out.
+            pub fn flush_all(&mut self, sink: &mut W) -> PolarsResult<()> {
+                $( sink.flush(&mut self.$table)?; )*
+                Ok(())
+            }
             pub fn finish(self, sink: &mut W) -> PolarsResult<()> {
                 $( sink.finish(self.$table)?; )*
                 Ok(())
@@ -120,9 +149,10 @@ tables! {
         capture: String = "Input file name the flow started in.",
         proto: &'static str = "tcp or udp.",
         orig_ip: String = "Originator address: the side that sent the first SYN, else the first packet.",
-        orig_port: u32 = "Originator port.",
+        orig_port: u32 as I32 = "Originator port.",
         resp_ip: String = "Responder address.",
-        resp_port: u32 = "Responder port.",
+        resp_port: u32 as I32 = "Responder port.",
+        community_id: String = "Community ID v1 (seed 0) of the 5-tuple: the same value Zeek (`conn.log` community_id), Suricata and Arkime give this flow.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         n_packets: u64 = "Packets in both directions.",
@@ -130,11 +160,14 @@ tables! {
         n_packets_resp: u64 = "Packets from the responder.",
         payload_bytes_orig: u64 = "TCP/UDP payload bytes captured from the originator (retransmissions included).",
         payload_bytes_resp: u64 = "TCP/UDP payload bytes captured from the responder.",
-        app: &'static str = "What the flow carries: peer_wire, mse, dht, tracker_http, tracker_udp, utp, lsd, other.",
+        app: &'static str = "What the flow carries: peer_wire, mse, dht, tracker_http, tracker_udp, utp, lsd, http, other.",
+        app_confidence: Option<&'static str> = "BitTorrent apps: certain (the bytes prove it: plaintext handshake, KRPC, BEP 15 exchange, LSD, tracker request), strong (structure both ways plus corroboration: MSE with an endpoint named as a peer in the capture, uTP headers consistent both ways, mid-stream peer wire framed in a run both ways), weak (structure alone; no connection, peer, torrent or audit rows unless --keep-weak). Null for other apps.",
+        app_evidence: Option<&'static str> = "Why: what the probe saw, or the look-alike ruled out for other flows (tls, ssh, http, dns, dhcp, ...).",
         midstream: bool = "TCP: no SYN was captured, the flow was picked up mid-connection.",
         gap_bytes: u64 = "TCP: stream bytes never captured (both directions).",
         retrans_bytes: u64 = "TCP: retransmitted payload bytes (both directions).",
-        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), open (live snapshot: still open when the interval was written).",
+        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
+        n_bad_checksums: u64 = "Packets whose TCP/UDP checksum is wrong (offload patterns of the capturing host excepted, see capture_stats.n_bad_checksums); with --verify-checksums they are dropped (only counted here and there).",
     }
 
     /// One row per BitTorrent peer-wire connection (TCP or uTP, plain or encrypted).
@@ -144,9 +177,12 @@ tables! {
         capture: String = "Input file name.",
         transport: &'static str = "tcp or utp.",
         orig_ip: String = "Originator (connecting side) address.",
-        orig_port: u32 = "Originator port.",
+        orig_port: u32 as I32 = "Originator port.",
         resp_ip: String = "Responder (accepting side) address.",
-        resp_port: u32 = "Responder port.",
+        resp_port: u32 as I32 = "Responder port.",
+        community_id: String = "Community ID v1 (seed 0) of the flow carrying the connection (TCP, or UDP for uTP): joins with Zeek, Suricata and Arkime records.",
+        orig_peer_port: Option<u32> as I32 = "The originator's row in `peers` is (info_hash, orig_ip, orig_peer_port): its listen port (BEP 10 `p`, or the endpoint the swarm state merged it into), else its source port; null when the originator has no peers row (no info_hash; or past the bound on connection rows held until the end of the run).",
+        resp_peer_port: Option<u32> as I32 = "The responder's row in `peers` is (info_hash, resp_ip, resp_peer_port); null as for orig_peer_port.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         info_hash: Option<String> = "Info hash (lowercase hex); null when neither seen nor inferred.",
@@ -158,7 +194,7 @@ tables! {
         resp_client: Option<String> = "Responder's client.",
         orig_ltep_v: Option<String> = "Originator's BEP 10 `v` string.",
         resp_ltep_v: Option<String> = "Responder's BEP 10 `v` string.",
-        orig_listen_port: Option<u32> = "Originator's listen port from its BEP 10 `p`.",
+        orig_listen_port: Option<u32> as I32 = "Originator's listen port from its BEP 10 `p`.",
         orig_extensions: Vec<String> = "Extension names in the originator's BEP 10 handshake `m`.",
         resp_extensions: Vec<String> = "Extension names in the responder's BEP 10 handshake `m`.",
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
@@ -182,9 +218,9 @@ tables! {
         capture: Arc<str> = "Input file name.",
         conn_id: u64 = "Connection.",
         src_ip: Arc<str> = "Sender address.",
-        src_port: u32 = "Sender port.",
+        src_port: u32 as I32 = "Sender port.",
         dst_ip: Arc<str> = "Receiver address.",
-        dst_port: u32 = "Receiver port.",
+        dst_port: u32 as I32 = "Receiver port.",
         info_hash: Option<Arc<str>> = "Info hash of the connection.",
         msg: &'static str = "handshake, keepalive, choke, unchoke, interested, not_interested, have, bitfield, request, piece, cancel, port, suggest, have_all, have_none, reject, allowed_fast, extended, hash_request, hashes, hash_reject, unknown.",
         ext: Option<String> = "For msg=extended: extension name (handshake, ut_metadata, ut_pex, lt_donthave, upload_only, ut_holepunch, …; `id:N` when the name is unknown).",
@@ -194,38 +230,40 @@ tables! {
         wire_len: u64 = "Bytes on the wire, length prefix included.",
     }
 
-    /// One row per change of a peer's known piece set.
+    /// One row per change of a peer's known piece set, and per change of what another signal (tracker announce, upload_only, ut_pex seed flag, DHT seed) says of it.
     peer_progress => PeerProgressRow {
         ts: Ts = "Time of the message that changed it.",
         frame: u64 = "Its frame.",
         conn_id: u64 = "Connection it came on.",
         info_hash: String = "Torrent.",
         peer_ip: String = "Peer address.",
-        peer_port: u32 = "Peer listen port (responder port, or the originator's BEP 10 `p`; else its source port).",
+        peer_port: u32 as I32 = "Peer listen port (responder port, or the originator's BEP 10 `p`; else its source port).",
         n_pieces_have: Option<u64> = "Pieces the peer has now (null for have_all while the piece count is unknown).",
         n_pieces: Option<u64> = "Pieces in the torrent when known exactly (.torrent or metadata), else null.",
-        cause: &'static str = "bitfield, have, have_all, have_none, dont_have.",
+        cause: &'static str = "Signal, as peers.completion_source: bitfield, have, have_all, have_none, dont_have (the peer's own messages; a row when its piece set changed), tracker_left, tracker_completed, upload_only, pex_seed, dht_seed (claims; a row when that source's word changed, n_pieces_have being what it says). The probe adds no_bitfield.",
     }
 
     /// One row per (info_hash, peer_ip, peer_port).
     peers => PeerRow {
         info_hash: String = "Torrent.",
         peer_ip: String = "Peer address.",
-        peer_port: u32 = "Peer listen port (see peer_progress.peer_port).",
+        peer_port: u32 as I32 = "Peer listen port (see peer_progress.peer_port).",
         peer_id: Option<String> = "Last peer id seen (hex).",
         client: Option<String> = "Client name from peer id or BEP 10 `v`.",
         first_ts: Ts = "First seen.",
         last_ts: Ts = "Last seen.",
-        first_pieces: Option<u64> = "Pieces it had when first known.",
-        last_pieces: Option<u64> = "Pieces it had when last known.",
+        first_pieces: Option<u64> = "Pieces it had when first known, fused from every signal (see completion_source).",
+        last_pieces: Option<u64> = "Pieces it had when last known, fused from every signal: its own peer-wire messages, and claims (tracker left/completed, upload_only, ut_pex seed flag, BEP 33 seed) that the wire did not contradict later.",
         n_pieces: Option<u64> = "Pieces in the torrent: exact when known, else an estimate from bitfield lengths (torrents.n_pieces_source).",
-        completed_ts: Option<Ts> = "First time its piece count reached the threshold (--threshold, default 0.98).",
+        completed_ts: Option<Ts> = "First time its piece count reached the threshold (--threshold, default 0.98), by the first signal that showed it.",
         confirmed_download: bool = "Seen below the threshold and later at or above it.",
+        completion_source: Option<&'static str> = "Signal that decided last_pieces and completed_ts, fused from every signal (the highest word of each source counts): for a peer that reached the threshold the first to show it there, else the one behind last_pieces. Its own peer-wire messages: bitfield, have, have_all, have_none, dont_have; tracker_left (an announce's left against the torrent's length), tracker_completed (event=completed), upload_only (its BEP 10 upload_only), pex_seed (a ut_pex seed flag another peer gave for it), dht_seed (BEP 33 seed in its DHT announce_peer). `swarmtap probe`: the message of a contact that showed it (bitfield, have, have_all, have_none, no_bitfield). Null with no progress signal.",
         uploaded_bytes: u64 = "Piece block bytes it sent on captured connections.",
         downloaded_bytes: u64 = "Piece block bytes it received on captured connections.",
         max_rate_bps: Option<f64> = "Highest download rate: piece bytes received per tumbling window of --rate-window seconds (default 5) of packet time.",
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
+        conn_ids: Vec<u64> = "connections.conn_id of those connections, ascending (the first 1024; n_connections counts them all): `explode` it to join `connections`.",
         sources: Vec<String> = "Where it was seen: wire, tracker, dht, pex, lsd, probe.",
         country: Option<String> = "ISO 3166-1 country code of peer_ip (`--geoip` City or Country database; null without one, and for private addresses).",
         city: Option<String> = "City (English name) from a `--geoip` City database.",
@@ -274,13 +312,13 @@ tables! {
         transport: &'static str = "http or udp.",
         confidence: &'static str = "certain (HTTP; UDP with its connection id seen in a captured connect or answer) or plausible (UDP announce recognised by its structure alone: its connect was not captured).",
         client_ip: String = "Announcing client address (the request's source).",
-        client_port: u32 = "Its source port.",
+        client_port: u32 as I32 = "Its source port.",
         tracker_ip: String = "Tracker address.",
-        tracker_port: u32 = "Tracker port.",
+        tracker_port: u32 as I32 = "Tracker port.",
         info_hash: Option<String> = "Torrent (null when the request's info_hash is missing or not 20 bytes).",
         peer_id: Option<String> = "Peer id (hex).",
         client: Option<String> = "Client from the peer id.",
-        port: Option<u32> = "Announced listen port.",
+        port: Option<u32> as I32 = "Announced listen port.",
         uploaded: Option<u64> = "Reported uploaded bytes (null when absent or negative).",
         downloaded: Option<u64> = "Reported downloaded bytes.",
         left: Option<u64> = "Reported bytes left.",
@@ -300,7 +338,7 @@ tables! {
         user_agent: Option<String> = "HTTP User-Agent.",
         response_ts: Option<Ts> = "Response time (HTTP: the packet completing the response; close-delimited bodies complete at the connection's end).",
         latency_ms: Option<f64> = "response_ts - ts, milliseconds.",
-        status: Option<u32> = "HTTP status code of the response.",
+        status: Option<u32> as I32 = "HTTP status code of the response.",
         interval: Option<i64> = "Announce interval (s).",
         min_interval: Option<i64> = "HTTP `min interval` (s).",
         seeders: Option<i64> = "complete / seeders.",
@@ -323,29 +361,29 @@ tables! {
         transport: &'static str = "http or udp.",
         info_hash: String = "Torrent.",
         tracker_ip: String = "Tracker address.",
-        tracker_port: u32 = "Tracker port.",
+        tracker_port: u32 as I32 = "Tracker port.",
         client_ip: String = "Client the list was sent to.",
         peer_ip: String = "Returned peer address (a DNS name when a dictionary-model tracker sent one).",
-        peer_port: u32 = "Returned peer port.",
+        peer_port: u32 as I32 = "Returned peer port.",
         peer_id: Option<String> = "Peer id (dictionary model only, hex).",
         format: &'static str = "compact (6-byte), compact6 (18-byte: HTTP peers6, UDP over IPv6) or dict.",
     }
 
-    /// One row per scraped info_hash (HTTP BEP 48 `files`, UDP BEP 15 scrape); rows of unanswered scrapes have null counts.
+    /// One row per scraped info_hash (HTTP BEP 48 `files`, UDP BEP 15 scrape, the probe's BEP 33 DHT scrape); rows of unanswered scrapes have null counts.
     tracker_scrapes => TrackerScrapeRow {
         ts: Ts = "Response time (request time when unanswered).",
         frame: u64 = "Response frame (request frame when unanswered).",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
         client_ip: String = "Scraping client.",
         tracker_ip: String = "Tracker address.",
-        tracker_port: u32 = "Tracker port.",
+        tracker_port: u32 as I32 = "Tracker port.",
         info_hash: String = "Torrent.",
         request_ts: Option<Ts> = "Request time (null for a response whose request was not captured).",
         answered: bool = "A response was captured.",
-        seeders: Option<i64> = "complete.",
-        leechers: Option<i64> = "incomplete.",
+        seeders: Option<i64> = "complete (dht: seeds estimated from BFsd).",
+        leechers: Option<i64> = "incomplete (dht: downloaders estimated from BFpe).",
         completed: Option<i64> = "downloaded.",
         name: Option<String> = "HTTP `name` (unofficial).",
         failure_reason: Option<String> = "HTTP `failure reason`, or a UDP error message.",
@@ -358,7 +396,7 @@ tables! {
         peer_id: Option<String> = "Peer id (hex).",
         client: Option<String> = "Client from the peer id.",
         tracker_ip: String = "Tracker address.",
-        tracker_port: u32 = "Tracker port.",
+        tracker_port: u32 as I32 = "Tracker port.",
         transport: &'static str = "http or udp.",
         first_ts: Ts = "First announce.",
         last_ts: Ts = "Last announce.",
@@ -387,9 +425,9 @@ tables! {
         frame: u64 = "Frame.",
         capture: String = "Input file name.",
         src_ip: String = "Sender.",
-        src_port: u32 = "Sender port.",
+        src_port: u32 as I32 = "Sender port.",
         dst_ip: String = "Receiver.",
-        dst_port: u32 = "Receiver port.",
+        dst_port: u32 as I32 = "Receiver port.",
         tid: String = "Transaction id (hex).",
         kind: &'static str = "query, response, error.",
         method: Option<String> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
@@ -407,8 +445,8 @@ tables! {
         error_msg: Option<String> = "KRPC error message (first 256 bytes).",
         read_only: bool = "BEP 43: top-level `ro` = 1.",
         external_ip: Option<String> = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
-        external_port: Option<u32> = "Port of `ip`.",
-        port: Option<u32> = "announce_peer `port`.",
+        external_port: Option<u32> as I32 = "Port of `ip`.",
+        port: Option<u32> as I32 = "announce_peer `port`.",
         implied_port: Option<bool> = "announce_peer `implied_port` (the peer's port is the UDP source port).",
         seed: Option<bool> = "announce_peer `seed` (BEP 33).",
         name: Option<String> = "Torrent name sent along (`n` / `name`; first 256 bytes).",
@@ -433,17 +471,17 @@ tables! {
         capture: String = "Input file name.",
         info_hash: Option<String> = "Torrent (null for `values` whose get_peers query was not captured).",
         peer_ip: String = "Peer address.",
-        peer_port: u32 = "Peer port.",
+        peer_port: u32 as I32 = "Peer port.",
         via: &'static str = "values (get_peers response) or announce_peer.",
         reporter_ip: String = "Node that reported it (for announce_peer: the peer itself).",
-        reporter_port: u32 = "Its UDP port.",
+        reporter_port: u32 as I32 = "Its UDP port.",
     }
 
     /// One row per DHT node (node id and address) seen sending or listed in `nodes` / `nodes6`.
     dht_nodes => DhtNodeRow {
         node_id: String = "Node id (hex).",
         node_ip: String = "Address.",
-        node_port: u32 = "UDP port.",
+        node_port: u32 as I32 = "UDP port.",
         first_ts: Ts = "First seen (sending, or listed by another node).",
         last_ts: Ts = "Last seen.",
         n_messages: u64 = "KRPC messages it sent (n_queries + n_responses + n_errors).",
@@ -477,7 +515,7 @@ tables! {
         info_hash: Option<String> = "Torrent.",
         reporter_ip: String = "Peer that sent the PEX message.",
         peer_ip: String = "Peer added or dropped.",
-        peer_port: u32 = "Its port.",
+        peer_port: u32 as I32 = "Its port.",
         action: &'static str = "added or dropped.",
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
     }
@@ -491,9 +529,9 @@ tables! {
         info_hash: String = "Torrent.",
         piece: u32 = "Piece index.",
         sender_ip: String = "Address that sent the piece.",
-        sender_port: u32 = "Its port on this connection.",
+        sender_port: u32 as I32 = "Its port on this connection.",
         receiver_ip: String = "Address that received it.",
-        receiver_port: u32 = "Its port on this connection.",
+        receiver_port: u32 as I32 = "Its port on this connection.",
         bytes: u64 = "Piece length.",
         verified: bool = "SHA-1 of the bytes equals the piece hash (false: corrupt or poisoned).",
     }
@@ -504,9 +542,9 @@ tables! {
         frame: u64 = "Frame.",
         capture: String = "Input file name.",
         src_ip: String = "Announcer.",
-        src_port: u32 = "Its UDP source port.",
+        src_port: u32 as I32 = "Its UDP source port.",
         dst_ip: String = "Destination (239.192.152.143 or ff15::efc0:988f for multicast).",
-        port: Option<u32> = "Announced listen port (null when missing or invalid).",
+        port: Option<u32> as I32 = "Announced listen port (null when missing or invalid).",
         info_hash: String = "Torrent.",
         cookie: Option<String> = "`cookie` header (first 256 bytes).",
         n_infohashes: u64 = "Info hashes in the datagram.",
@@ -516,7 +554,7 @@ tables! {
     probe_visits => ProbeVisitRow {
         ts: Ts = "Start of the attempt.",
         peer_ip: String = "Target address.",
-        peer_port: u32 = "Target port.",
+        peer_port: u32 as I32 = "Target port.",
         info_hash: String = "Torrent.",
         transport: &'static str = "tcp or utp.",
         encrypted: bool = "MSE used.",
@@ -527,10 +565,10 @@ tables! {
         n_msgs: u64 = "Messages received.",
         conn_id: u64 = "Id of this attempt (peer_progress.conn_id of the changes it saw).",
         visit: u64 = "Visit number of this peer (1 = first contact); the attempts of one visit share it.",
-        attempt: u32 = "Attempt within the visit (1-based): a visit falls back to the next crypto mode when the peer drops the previous one.",
+        attempt: u32 as I32 = "Attempt within the visit (1-based): a visit falls back to the next crypto mode when the peer drops the previous one.",
         crypto: &'static str = "How the attempt opened the stream: plain (BitTorrent handshake), rc4 (MSE offering RC4), mse-plain (MSE offering plaintext), mse (MSE offering both).",
         mse: bool = "An MSE key exchange completed (encrypted tells whether RC4 was then selected).",
-        end_reason: Option<&'static str> = "Why a contact that got past the handshake ended: idle (idle timeout), closed, reset, msg_cap, time_cap, shutdown.",
+        end_reason: Option<&'static str> = "Why a contact that got past the handshake ended: idle (idle timeout; a peer expected to cross the threshold before --max-contact is held open through silences), crossed (seen below, then at or above the threshold in this contact), closed, reset, msg_cap, time_cap, shutdown.",
         detail: Option<String> = "Error text or protocol detail for failed attempts.",
         peer_id: Option<String> = "Peer id from its handshake (hex).",
         client: Option<String> = "Client from the peer id, else the BEP 10 `v`.",
@@ -566,6 +604,9 @@ tables! {
         n_peers_live: Option<u64> = "Live: peers in the swarm state at the interval's end.",
         n_torrents_live: Option<u64> = "Live: torrents in the swarm state at the interval's end.",
         n_dht_nodes_live: Option<u64> = "Live: DHT nodes tracked at the interval's end.",
+        n_ts_backwards: u64 = "Frames whose timestamp is earlier than the previous frame's (the flow clock does not go back with them).",
+        n_ts_jumps: u64 = "Frames more than Limits.max_clock_jump_us (10 min) after the previous frame: taken as clock steps, not as time that passed (idle expiry does not see them).",
+        n_bad_checksums: u64 = "TCP/UDP packets with a wrong checksum. Checksum-offload patterns (0, or the pseudo-header sum) count only from sources whose first packet did not carry one; a source whose first packet did is the capturing host (or one of its namespaces), whose own packets never had their checksum filled in. With --verify-checksums these packets are dropped.",
     }
 
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).
@@ -610,7 +651,9 @@ pub fn schema_markdown() -> String {
          Generated from `src/sink/tables.rs` (a test keeps this file equal to it). \
          Every table is written as `<table>.parquet` by `swarmtap analyze`, always, \
          with its schema even when empty. Timestamps are microseconds, UTC. \
-         IP addresses are text. A `?` after a type means the column is nullable.\n",
+         IP addresses are text. Types are Arrow's names (see \"Column types in each engine\" \
+         for what they are in polars, pandas, DuckDB and Spark); a `?` after a type means \
+         the column is nullable, and only those columns are.\n",
     );
     for_each_table(|name, doc, cols| {
         s.push_str(&format!("\n## `{name}`\n\n{}\n", doc.trim()));

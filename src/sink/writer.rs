@@ -7,10 +7,19 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use polars::prelude::*;
+use polars_parquet::parquet::error::ParquetError;
+use polars_parquet::write::{
+    array_to_columns, get_dtype_encoding, to_parquet_schema, CompressionOptions, Compressor, DynIter,
+    DynStreamingIterator, Encoding, FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version,
+    WriteOptions,
+};
 
-use super::tables::Row;
+use super::columns::set_current_table;
+use super::layout::{self, Layout, Staging};
+use super::tables::{Row, SENSOR_COLUMN};
 
 /// Where tables go. Implemented by [`DirSink`] (one Parquet file per table)
 /// and [`RotatingSink`] (one file per table and live interval).
@@ -35,40 +44,92 @@ pub fn row_bytes<R: Row>(n: usize) -> usize {
     n * (std::mem::size_of::<R>() + 32)
 }
 
-/// Bytes buffered in front of each Parquet file. polars issues one `write`
-/// per page header, page and footer field (about 500 for an empty table), so
-/// unbuffered files cost thousands of system calls per run. The footer write
-/// flushes the buffer and reports its errors.
+/// Bytes buffered in front of each Parquet file. The Parquet writer issues
+/// one `write` per page header, page and footer field (about 500 for an
+/// empty table), so unbuffered files cost thousands of system calls per
+/// run. The footer write flushes the buffer and reports its errors.
 const WRITE_BUFFER: usize = 256 * 1024;
+
+/// The host's name, the default `--sensor` (no libc: read from /proc, else
+/// /etc/hostname, else $HOSTNAME, else `unknown`).
+pub fn host_name() -> String {
+    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string());
+    read("/proc/sys/kernel/hostname")
+        .or_else(|| read("/etc/hostname"))
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The Arrow schema written for `schema` (the table's columns plus the
+/// writer's constant ones): plain `large_string` (no string views, which
+/// pandas 3 cannot convert), `list`, UTC microsecond timestamps, and a
+/// column nullable only where its declaration says so (`?`).
+fn arrow_schema<R: Row>(schema: &Schema) -> ArrowSchema {
+    let docs = R::columns();
+    let arrow = schema.to_arrow(CompatLevel::oldest());
+    ArrowSchema::from_iter(arrow.iter_values().map(|f| {
+        let nullable = docs
+            .iter()
+            .find(|d| d.name == f.name.as_str())
+            .is_some_and(|d| d.type_doc.ends_with('?'));
+        // Lists with 32-bit offsets (Arrow `list`, not `large_list`):
+        // pandas 2's pyarrow backend explodes only those.
+        let dtype = match &f.dtype {
+            ArrowDataType::LargeList(inner) => ArrowDataType::List(inner.clone()),
+            d => d.clone(),
+        };
+        ArrowField::new(f.name.clone(), dtype, nullable)
+    }))
+}
 
 /// One table's Parquet file being written.
 pub struct TableFile<R: Row> {
-    writer: polars::io::parquet::write::BatchedWriter<BufWriter<File>>,
+    writer: FileWriter<BufWriter<File>>,
+    fields: Vec<ParquetType>,
+    encodings: Vec<Vec<Encoding>>,
+    options: WriteOptions,
     buf: Vec<R>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     /// A constant timestamp column added to every row (live: the
     /// interval's start), when the table does not declare it itself.
     extra_ts: Option<(&'static str, i64)>,
+    sensor: Arc<str>,
     _row: PhantomData<R>,
 }
 
-/// Writes `DIR/<table>.parquet`. Files are written as `.<table>.parquet.tmp`
-/// and renamed when complete, so a reader never sees a partial file.
+/// Writes `DIR/<table>.parquet`. The files are written into a new folder
+/// beside DIR ([`Staging`]), which replaces DIR only when the run succeeded
+/// ([`DirSink::commit`]): a failed run leaves a prior dataset as it was.
 pub struct DirSink {
-    dir: PathBuf,
+    staging: Staging,
+    sensor: Arc<str>,
     /// Rows per row group: large enough for good compression and fast scans,
     /// small enough that buffering one group per table stays a few MB.
     pub row_group_rows: usize,
 }
 
 impl DirSink {
-    pub fn new(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+    /// A sink for `dir`: refused when `dir` holds anything but an `analyze`
+    /// dataset, unless `force`.
+    pub fn new(dir: &Path, sensor: &str, force: bool) -> std::io::Result<Self> {
+        layout::check_target(dir, Layout::Single, force)?;
         Ok(DirSink {
-            dir: dir.to_path_buf(),
+            staging: Staging::new(dir)?,
+            sensor: sensor.into(),
             row_group_rows: 64 * 1024,
         })
+    }
+
+    /// Puts the completed dataset in place of the target folder.
+    pub fn commit(self) -> std::io::Result<()> {
+        self.staging.commit()
+    }
+
+    /// The folder the files are written to until [`DirSink::commit`].
+    pub fn staging_dir(&self) -> &Path {
+        self.staging.path()
     }
 }
 
@@ -90,14 +151,41 @@ fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
     if t.buf.is_empty() {
         return Ok(());
     }
+    set_current_table(R::TABLE);
     let mut df = R::to_frame(&t.buf)?;
+    let h = df.height();
+    df.with_column(StringChunked::full(SENSOR_COLUMN.into(), &t.sensor, h).into_column())?;
     if let Some((name, v)) = t.extra_ts {
-        let c = Int64Chunked::full(name.into(), v, df.height())
+        let c = Int64Chunked::full(name.into(), v, h)
             .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
             .into_column();
         df.with_column(c)?;
     }
-    t.writer.write_batch(&df)?;
+    df.rechunk_mut();
+    for batch in df.iter_chunks(CompatLevel::oldest(), false) {
+        let n = batch.height() as u64;
+        let mut columns = Vec::with_capacity(t.fields.len());
+        for (((array, type_), enc), f) in batch
+            .into_arrays()
+            .into_iter()
+            .zip(&t.fields)
+            .zip(&t.encodings)
+            .zip(t.writer.schema().iter_values())
+        {
+            let array = if array.dtype() == &f.dtype {
+                array
+            } else {
+                polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
+            };
+            for pages in array_to_columns(array, type_.clone(), t.options, enc)? {
+                let pages = DynIter::new(pages.map(|p| p.map_err(ParquetError::from)));
+                let compressed = Compressor::new(pages, t.options.compression, vec![])
+                    .map_err(|e| PolarsError::ComputeError(e.to_string().into()));
+                columns.push(Ok(DynStreamingIterator::new(compressed)));
+            }
+        }
+        t.writer.write(n, DynIter::new(columns.into_iter()))?;
+    }
     t.buf.clear();
     Ok(())
 }
@@ -110,18 +198,30 @@ impl<R: Row> TableFile<R> {
         final_path: PathBuf,
         schema: &Schema,
         extra_ts: Option<(&'static str, i64)>,
+        sensor: Arc<str>,
     ) -> PolarsResult<Self> {
+        let arrow = arrow_schema::<R>(schema);
+        let parquet = to_parquet_schema(&arrow)?;
+        let fields = parquet.fields().to_vec();
+        let encodings = arrow.iter_values().map(|f| get_dtype_encoding(&f.dtype)).collect();
+        let options = WriteOptions {
+            statistics: StatisticsOptions::default(),
+            version: Version::V1,
+            compression: CompressionOptions::Zstd(None),
+            data_page_size: None,
+        };
         let f = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp_path)?);
-        let writer = ParquetWriter::new(f)
-            .with_compression(ParquetCompression::Zstd(None))
-            .set_parallel(false)
-            .batched(schema)?;
+        let writer = FileWriter::new_with_parquet_schema(f, arrow, parquet, options);
         Ok(TableFile {
             writer,
+            fields,
+            encodings,
+            options,
             buf: Vec::new(),
             tmp_path,
             final_path,
             extra_ts,
+            sensor,
             _row: PhantomData,
         })
     }
@@ -130,7 +230,7 @@ impl<R: Row> TableFile<R> {
     /// file buffer): the file is complete under its temporary name.
     fn close(mut self) -> PolarsResult<(PathBuf, PathBuf)> {
         write_group(&mut self)?;
-        self.writer.finish()?;
+        self.writer.end(None)?;
         Ok((self.tmp_path, self.final_path))
     }
 }
@@ -139,9 +239,10 @@ impl TableSink for DirSink {
     type For<R: Row> = TableFile<R>;
 
     fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
-        let final_path = self.dir.join(format!("{}.parquet", R::TABLE));
-        let tmp_path = self.dir.join(format!(".{}.parquet.tmp", R::TABLE));
-        TableFile::create(tmp_path, final_path, &R::schema(), None)
+        let dir = self.staging.path();
+        let final_path = dir.join(format!("{}.parquet", R::TABLE));
+        let tmp_path = dir.join(format!(".{}.parquet.tmp", R::TABLE));
+        TableFile::create(tmp_path, final_path, &R::schema(), None, self.sensor.clone())
     }
 
     fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
@@ -158,6 +259,7 @@ impl TableSink for DirSink {
 
     fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
         let (tmp, last) = t.close()?;
+        // Synced to disk by Staging::commit, all files at once.
         std::fs::rename(tmp, last)?;
         Ok(())
     }
@@ -208,22 +310,29 @@ pub fn utc_parts(us: i64) -> (String, String, String) {
 
 /// Writes `DIR/<table>/date=YYYY-MM-DD/hour=HH/part-<start>-<seq>.parquet`
 /// for the current [`Interval`], every file with an `interval_start`
-/// column. Each file is written as a dot-file (`.part-….parquet.tmp`, which
-/// no `*.parquet` glob and no hive reader picks up), synced to disk, then
-/// renamed: a reader sees whole files only, and a crash or power loss loses
-/// at most the interval being written.
+/// column. Each file is written in `DIR/.swarmtap-tmp/` (outside every
+/// table folder, so no hive reader scanning `DIR/<table>/` meets it), synced
+/// to disk, then renamed into its partition: a reader sees whole files only,
+/// and a crash or power loss loses at most the interval being written (its
+/// temporary files are removed when the next run starts).
 pub struct RotatingSink {
     dir: PathBuf,
     interval: Interval,
+    sensor: Arc<str>,
     pub row_group_rows: usize,
 }
 
 impl RotatingSink {
-    pub fn new(dir: &Path, first: Interval) -> std::io::Result<Self> {
+    /// A live sink into `dir`: refused when `dir` holds anything but a live
+    /// dataset, unless `force`; dot-files a killed run left are removed.
+    pub fn new(dir: &Path, first: Interval, sensor: &str, force: bool) -> std::io::Result<Self> {
+        layout::check_target(dir, Layout::Hive, force)?;
         std::fs::create_dir_all(dir)?;
+        layout::remove_stale_parts(dir)?;
         Ok(RotatingSink {
             dir: dir.to_path_buf(),
             interval: first,
+            sensor: sensor.into(),
             row_group_rows: 64 * 1024,
         })
     }
@@ -247,7 +356,11 @@ impl TableSink for RotatingSink {
         std::fs::create_dir_all(&part)?;
         let name = format!("part-{stamp}-{:06}", self.interval.seq);
         let final_path = part.join(format!("{name}.parquet"));
-        let tmp_path = part.join(format!(".{name}.parquet.tmp"));
+        // Written outside the table folders (a hive reader scanning
+        // DIR/<table>/ never meets a partial file), renamed in when whole.
+        let tmp_dir = self.dir.join(layout::LIVE_TMP_DIR);
+        std::fs::create_dir_all(&tmp_dir)?;
+        let tmp_path = tmp_dir.join(format!(".{}-{name}.parquet.tmp", R::TABLE));
         let mut schema = R::schema();
         let extra_ts = if schema.contains(INTERVAL_COLUMN) {
             None
@@ -259,7 +372,7 @@ impl TableSink for RotatingSink {
             )?;
             Some((INTERVAL_COLUMN, self.interval.start_us))
         };
-        TableFile::create(tmp_path, final_path, &schema, extra_ts)
+        TableFile::create(tmp_path, final_path, &schema, extra_ts, self.sensor.clone())
     }
 
     fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {

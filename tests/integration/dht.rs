@@ -701,10 +701,14 @@ fn issue5_dht_tables_do_not_depend_on_thread_count() {
     // them ICMP errors quoting one), spread over the shards either way.
     let mut inputs = vec![sample("magnet.pcap")];
     let mut n_messages = 1011;
+    // magnet.pcap's 5 clients and 8 helper nodes (10.99.0.51–58) all send
+    // KRPC, each with its node id; VUT small.pcap adds hundreds.
+    let mut min_nodes = 13;
     if let Some(c) = corpus() {
         inputs.push(c.join("terezaburianova__VUT-PDS/small.pcap"));
         // VUT small.pcap: 500 (DHT_COUNTS above: tshark's 492 and 8 more).
         n_messages += 500;
+        min_nodes = 100;
     }
     let with = |threads| {
         run_with(
@@ -729,5 +733,6 @@ fn issue5_dht_tables_do_not_depend_on_thread_count() {
         assert!(table(&one, t).equals_missing(&table(&many, t)), "{t} differs");
     }
     assert_eq!(table(&one, "dht_messages").height(), n_messages);
-    assert!(table(&one, "dht_nodes").height() > 100);
+    let n_nodes = table(&one, "dht_nodes").height();
+    assert!(n_nodes >= min_nodes, "{n_nodes} DHT nodes");
 }

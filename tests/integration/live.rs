@@ -286,12 +286,17 @@ fn assert_same(live: &DataFrame, want: &DataFrame, what: &str) {
                 .unwrap_or(true)
         })
         .map(|c| {
-            format!(
-                "{}: live {:?} analyze {:?}",
-                c.name(),
-                live.column(c.name()).ok().map(|l| l.head(Some(4))),
-                c.head(Some(4))
-            )
+            let l: Vec<String> = live
+                .column(c.name())
+                .map(|l| l.as_materialized_series().iter().map(|v| v.to_string()).collect())
+                .unwrap_or_default();
+            let a: Vec<String> = c.as_materialized_series().iter().map(|v| v.to_string()).collect();
+            let rows: Vec<String> = (0..a.len())
+                .filter(|&i| l.get(i) != a.get(i))
+                .take(4)
+                .map(|i| format!("row {i}: live {:?} analyze {:?}", l.get(i), a[i]))
+                .collect();
+            format!("{}: {}", c.name(), rows.join("; "))
         })
         .collect();
     assert!(differ.is_empty(), "{what} differs:\n{}", differ.join("\n"));
@@ -573,7 +578,7 @@ fn snapshots_through_the_rotating_sink_converge_to_analyze() {
         start_us: 1_700_000_000_000_000,
         seq: 0,
     };
-    let sink = SinkThread::rotating(&out, iv, settings.limits.sink_buffer_bytes).expect("sink");
+    let sink = SinkThread::rotating(&out, iv, &settings.output_options()).expect("sink");
     let mut r = CaptureReader::open(&InputSpec::Path(pcap.clone()), None).expect("open");
     let mut b = FrameBatch::default();
     while r.read_batch(&mut b, 1 << 20, 1000).expect("read") {

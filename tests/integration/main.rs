@@ -25,8 +25,11 @@ use swarmtap::sink::TABLE_NAMES;
 
 mod dht;
 mod geo;
+mod hostile;
+mod ident;
 mod live;
 mod metadata;
+mod output;
 mod probe;
 mod tracker;
 
@@ -359,21 +362,6 @@ const TSHARK_DIFFERENCES: &[(&str, &str, u64, u64, &str)] = &[
         15,
         "the same: bitfields in segments after a hole",
     ),
-    (
-        "torrential-slowness.pcap",
-        "piece",
-        3,
-        0,
-        "every stream starts mid-way: we find message boundaries (frames 42, 87, 98); \
-         tshark shows `Continuation data`",
-    ),
-    (
-        "torrential-slowness.pcap",
-        "request",
-        2,
-        1,
-        "the same (frames 24 and 83)",
-    ),
 ];
 
 #[test]
@@ -390,8 +378,12 @@ fn plaintext_message_counts_equal_tshark_or_an_explained_difference() {
         "tcoppi__BittorrentReconstituter/codemonkey2.pcap",
         "tcoppi__BittorrentReconstituter/codemonkey_and_testtxt.pcap",
         "ntop__nDPI/bittorrent.pcap",
-        "chrissanders__packets/torrential-slowness.pcap",
     ];
+    // Not listed: torrential-slowness.pcap. tshark decodes its messages
+    // because the streams use port 6881; every stream there is picked up
+    // mid-connection and frames at most a message or two one way, which is
+    // not enough to call a stream peer wire on a tap (issue 14: a run of
+    // messages both ways), so it has no connection and no message rows.
     let mut n_equal = 0;
     let mut n_explained = 0;
     for f in files {
@@ -425,7 +417,7 @@ fn plaintext_message_counts_equal_tshark_or_an_explained_difference() {
         TSHARK_DIFFERENCES.len(),
         "every listed difference was seen"
     );
-    assert_eq!(n_equal, 45, "counts equal to tshark's");
+    assert_eq!(n_equal, 43, "counts equal to tshark's");
 }
 
 #[test]

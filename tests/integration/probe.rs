@@ -148,9 +148,9 @@ fn probe_swarm_of_real_clients() {
             .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a) && succ[i] == Some(true))
             .count();
         // A seeder is complete at its first visit and not revisited; a
-        // leecher is revisited until it completes.
-        let want = if h["role"] == "seeder" { 1 } else { 2 };
-        assert!(n_ok >= want, "{} ({ip}) reached {n_ok} times", h["name"]);
+        // leecher is watched until it completes (in one contact held open
+        // through its crossing, or in several).
+        assert!(n_ok >= 1, "{} ({ip}) reached {n_ok} times", h["name"]);
         if h["enc"] == "require" {
             // Every successful visit of the client that requires encryption
             // was RC4-encrypted; plaintext attempts to it failed.
@@ -183,7 +183,7 @@ fn probe_swarm_of_real_clients() {
             .filter(|&&i| outcome[i].as_deref() != Some("cancelled"))
             .map(|&i| visit[i].unwrap())
             .collect();
-        assert!(visits.len() >= 2, "{ip}: {} visit(s)", visits.len());
+        assert!(!visits.is_empty(), "{ip}: no visit");
         let mut first_utp_visit = None;
         for &vis in &visits {
             let ok: Vec<usize> = rows
@@ -223,6 +223,34 @@ fn probe_swarm_of_real_clients() {
     let outcomes: BTreeSet<String> = outcome.iter().flatten().cloned().collect();
     eprintln!(
         "probe_visits: {n_rows} attempts, {n_ok_rows} successful; outcomes {outcomes:?}; first contacts ok {first_ok}/{first_total}"
+    );
+    // Visits per (peer, torrent), outgoing: the figure the schedule is
+    // judged by (a 60 s run on fixed 5-minute revisits makes one each).
+    let mut per_peer: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
+    for i in 0..v.height() {
+        if incoming[i] == Some(false) && outcome[i].as_deref() != Some("cancelled") {
+            per_peer
+                .entry((ips[i].clone().unwrap_or_default(), ihs[i].clone().unwrap_or_default()))
+                .or_default()
+                .insert(visit[i].unwrap_or(0));
+        }
+    }
+    let total: usize = per_peer.values().map(BTreeSet::len).sum();
+    let end_reasons: BTreeMap<String, usize> =
+        strs(&v, "end_reason")
+            .into_iter()
+            .flatten()
+            .fold(BTreeMap::new(), |mut m, r| {
+                *m.entry(r).or_default() += 1;
+                m
+            });
+    eprintln!(
+        "visits: {total} to {} (peer, torrent) pairs: {:?}; end reasons {end_reasons:?}",
+        per_peer.len(),
+        per_peer
+            .iter()
+            .map(|((ip, ih), n)| format!("{ip}/{}={}", &ih[..8], n.len()))
+            .collect::<Vec<_>>()
     );
 
     // --- peers: each leecher that completed during the run counted once, crossing kept.
@@ -274,12 +302,21 @@ fn probe_swarm_of_real_clients() {
                 let c = cts[r].expect("completed_ts");
                 let d = done_us.unwrap();
                 let diff_s = (c - d) as f64 / 1e6;
-                eprintln!("{} ({ip}): crossing seen by the probe {diff_s:+.2} s from the client's own completion (polled every 0.5 s)", h["name"]);
-                // The probe cannot see it before it happens (the client's own
-                // time is polled every 0.5 s, hence the slack below zero), and
-                // sees it at the latest one visit cycle later: --revisit 3 s
-                // plus a contact of at most --max-contact 4 s.
-                assert!((-1.0..=7.0).contains(&diff_s), "{ip}: crossing {diff_s} s off");
+                let n_visits = (0..v.height())
+                    .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a))
+                    .filter(|&i| incoming[i] == Some(false) && outcome[i].as_deref() != Some("cancelled"))
+                    .filter_map(|i| visit[i])
+                    .collect::<BTreeSet<u64>>()
+                    .len();
+                eprintln!(
+                    "{} ({ip}): crossing seen by the probe {diff_s:+.2} s from the client's own completion (polled every 0.5 s); {n_visits} visit(s)",
+                    h["name"]
+                );
+                // With the default schedule (--revisit 5 min): the probe
+                // cannot see it before it happens (the client's own time is
+                // polled every 0.5 s, hence the slack below zero), and must
+                // see it within 30 s (issue 18), not a revisit later.
+                assert!((-1.0..=30.0).contains(&diff_s), "{ip}: crossing {diff_s} s off");
             } else {
                 eprintln!(
                     "{} ({ip}) did not complete during the run (completed_seen {done:?})",
@@ -294,6 +331,25 @@ fn probe_swarm_of_real_clients() {
         expected_confirmed >= 1,
         "no leecher completed during the run: the swarm is too slow"
     );
+    // The DHT-only leecher of C (a bare info hash: its piece count comes
+    // from ut_metadata during the first contact): the same rule.
+    for h in hosts.iter().filter(|h| h["role"] == "leecher" && has(h, &ih_c)) {
+        let ip = h["ip"].as_str().unwrap();
+        let done_us = h["completed_seen"][&ih_c].as_f64().map(|d| (d * 1e6) as i64);
+        let Some(d) = done_us.filter(|d| *d > t_start_us && *d < t_end_us) else {
+            eprintln!("{} ({ip}) did not complete C during the run", h["name"]);
+            continue;
+        };
+        let r = (0..p.height())
+            .find(|&i| pips[i].as_deref() == Some(ip) && pihs[i].as_deref() == Some(&ih_c) && conf[i] == Some(true))
+            .unwrap_or_else(|| panic!("{ip} completed C during the run but is not confirmed"));
+        let diff_s = (cts[r].expect("completed_ts") - d) as f64 / 1e6;
+        eprintln!(
+            "{} ({ip}, torrent C): crossing seen by the probe {diff_s:+.2} s from the client's own completion",
+            h["name"]
+        );
+        assert!((-1.0..=30.0).contains(&diff_s), "{ip}: crossing {diff_s} s off");
+    }
 
     // --- incoming contacts (--listen 6881, announced): a peer that connected
     // to us is identified by its BEP 10 listen port (else its peer id) and
@@ -656,7 +712,7 @@ fn dht_and_scrape(dir: &Path, m: &serde_json::Value, hosts: &[serde_json::Value]
     let rts = col_i64(&s, "ts");
     for (ih, tr) in [(ihs[0], "http"), (ihs[1], "udp")] {
         let first = (0..s.height())
-            .filter(|&i| sih[i].as_deref() == Some(ih.as_str()))
+            .filter(|&i| sih[i].as_deref() == Some(ih.as_str()) && str_[i].as_deref() != Some("dht"))
             .min_by_key(|&i| rts[i])
             .unwrap_or_else(|| panic!("no scrape row for {ih}"));
         let n_leechers = hosts
@@ -677,9 +733,27 @@ fn dht_and_scrape(dir: &Path, m: &serde_json::Value, hosts: &[serde_json::Value]
     }
     assert_eq!(
         (0..s.height())
-            .filter(|&i| sih[i].as_deref() == Some(ih_c.as_str()))
+            .filter(|&i| sih[i].as_deref() == Some(ih_c.as_str()) && str_[i].as_deref() != Some("dht"))
             .count(),
         0,
         "C has no tracker"
+    );
+    // BEP 33: our get_peers ask for the seed and downloader filters; the
+    // libtorrent nodes holding C's announces answer with them. C's seeder
+    // (seed1) announces as a seed, so some scrape of C counts a seed.
+    let dht_rows: Vec<usize> = (0..s.height()).filter(|&i| str_[i].as_deref() == Some("dht")).collect();
+    for &i in &dht_rows {
+        eprintln!(
+            "DHT scrape of {:?}: seeds ~{:?}, downloaders ~{:?}",
+            sih[i].as_deref().map(|h| &h[..8]),
+            se[i],
+            le[i]
+        );
+    }
+    assert!(
+        dht_rows
+            .iter()
+            .any(|&i| sih[i].as_deref() == Some(ih_c.as_str()) && se[i] >= Some(1)),
+        "no BEP 33 scrape of C counting its seeder"
     );
 }

@@ -218,6 +218,7 @@ const SAMPLE_ANNOUNCES: &[(&str, u64, u64)] = &[
     ("lossy", 21, 0),
     ("two", 57, 0),
     ("cheat", 38, 0),
+    ("suppressed", 31, 0),
 ];
 
 fn sample_run(name: &str) -> Run {
@@ -340,6 +341,37 @@ fn the_audit_raises_no_flag_on_honest_clients() {
         assert!(bools(&au, "suspicious").iter().all(|s| *s == Some(false)));
         println!("{name}: {au}");
     }
+}
+
+#[test]
+fn the_audit_bounds_encrypted_clients_by_their_encrypted_bytes() {
+    // mse.pcap: every peer-wire byte is RC4. No piece message is visible,
+    // so each client's reported upload is compared with the payload its
+    // address sent on encrypted connections (piece data plus protocol):
+    // never below what it reported.
+    let r = sample_run("mse");
+    let au = table(&r, "announce_audit");
+    let (ips, rep, obs, opaque) = (
+        strs(&au, "client_ip"),
+        u64s(&au, "reported_uploaded"),
+        u64s(&au, "observed_uploaded"),
+        u64s(&au, "opaque_sent_bytes"),
+    );
+    let mut bounded = 0;
+    for i in 0..au.height() {
+        assert_eq!(obs[i], Some(0), "{:?}: a piece message seen through RC4", ips[i]);
+        let (r, o) = (rep[i].unwrap_or(0), opaque[i].unwrap_or(0));
+        if r > 0 {
+            assert!(o >= r, "{:?}: reported {r} above its encrypted bytes {o}", ips[i]);
+            println!(
+                "{:?}: reported {r}, encrypted bytes sent {o} (+{:.1} %)",
+                ips[i],
+                100.0 * (o - r) as f64 / r as f64
+            );
+            bounded += 1;
+        }
+    }
+    assert!(bounded >= 4, "{bounded} series bounded");
 }
 
 #[test]

@@ -180,10 +180,16 @@ pub enum UdpAnomaly {
     BadEvent,
     /// Announce or scrape response: a negative count.
     NegativeCount,
+    /// Announce request: `num_want` outside -1..=[`UdpLimits::max_plausible_num_want`].
+    NumWantOutOfRange,
+    /// Announce request: `uploaded`, `downloaded` or `left` at or above 2^63
+    /// (negative as BEP 15's signed field), or `downloaded` / `left` above
+    /// [`UdpLimits::max_plausible_amount_bytes`].
+    AmountOutOfRange,
 }
 
 impl UdpAnomaly {
-    const ALL: [UdpAnomaly; 9] = [
+    const ALL: [UdpAnomaly; 11] = [
         UdpAnomaly::TrailingBytes,
         UdpAnomaly::PeersNotMultiple,
         UdpAnomaly::TooManyPeers,
@@ -193,6 +199,8 @@ impl UdpAnomaly {
         UdpAnomaly::TooManyOptions,
         UdpAnomaly::BadEvent,
         UdpAnomaly::NegativeCount,
+        UdpAnomaly::NumWantOutOfRange,
+        UdpAnomaly::AmountOutOfRange,
     ];
 
     /// Stable snake_case name, used as `kind` in the `anomalies` table.
@@ -207,6 +215,8 @@ impl UdpAnomaly {
             UdpAnomaly::TooManyOptions => "bep41_too_many_options",
             UdpAnomaly::BadEvent => "udp_tracker_bad_event",
             UdpAnomaly::NegativeCount => "udp_tracker_negative_count",
+            UdpAnomaly::NumWantOutOfRange => "udp_tracker_numwant_out_of_range",
+            UdpAnomaly::AmountOutOfRange => "udp_tracker_amount_out_of_range",
         }
     }
 
@@ -779,18 +789,31 @@ fn parse_announce_request<'a>(
     if matches!(event, UdpEvent::Other(_)) {
         anomalies.insert(UdpAnomaly::BadEvent);
     }
+    let (downloaded, left, uploaded, num_want) = (
+        be_i64(d, 56).ok_or_else(|| t(64))?,
+        be_i64(d, 64).ok_or_else(|| t(72))?,
+        be_i64(d, 72).ok_or_else(|| t(80))?,
+        be_i32(d, 92).ok_or_else(|| t(96))?,
+    );
+    if !(-1..=limits.max_plausible_num_want).contains(&num_want) {
+        anomalies.insert(UdpAnomaly::NumWantOutOfRange);
+    }
+    let max = limits.max_plausible_amount_bytes;
+    if uploaded < 0 || !(0..=max).contains(&downloaded) || !(0..=max).contains(&left) {
+        anomalies.insert(UdpAnomaly::AmountOutOfRange);
+    }
     Ok(AnnounceRequest {
         connection_id,
         transaction_id,
         info_hash: arr20(d, 16).ok_or_else(|| t(36))?,
         peer_id: arr20(d, 36).ok_or_else(|| t(56))?,
-        downloaded: be_i64(d, 56).ok_or_else(|| t(64))?,
-        left: be_i64(d, 64).ok_or_else(|| t(72))?,
-        uploaded: be_i64(d, 72).ok_or_else(|| t(80))?,
+        downloaded,
+        left,
+        uploaded,
         event,
         ip: Ipv4Addr::from(be_u32(d, 84).ok_or_else(|| t(88))?),
         key: be_u32(d, 88).ok_or_else(|| t(92))?,
-        num_want: be_i32(d, 92).ok_or_else(|| t(96))?,
+        num_want,
         port: be_u16(d, 96).ok_or_else(|| t(98))?,
         options: Bep41Options {
             bytes: opt_bytes,
@@ -972,46 +995,72 @@ impl ResponseClass {
 ///   announces port 0 in real captures.
 /// - Scrape: action 2 and a size of 16 + 20·n (n ≥ 1), connection id not the
 ///   protocol id. Weaker; pair it with its response to be sure.
+/// - Neither when the connection id starts with a response action (1..=3):
+///   that is an answer whose request was not captured.
 ///
 /// Announce and scrape are only ever plausible here: [`PendingUdp`] upgrades
 /// them to certain when their connection id is known.
 pub fn classify_request(d: &[u8], limits: &UdpLimits) -> Option<(RequestClass, Confidence)> {
+    let class = request_shape(d, limits)?;
+    if class == RequestClass::Connect {
+        let conf = if d.len() == CONNECT_LEN {
+            Confidence::Certain
+        } else {
+            Confidence::Plausible
+        };
+        return Some((class, conf));
+    }
+    // The first four bytes of an announce, scrape or error answer are its
+    // action (1..=3): a connection id starting so is such an answer seen
+    // without its request (a scrape answer whose first seeders count is 1
+    // has the shape of an announce request), or one chance in 2^30 of a
+    // real id; without a known connection id it is not taken for a request.
+    if be_u32(d, 0).is_some_and(|v| (ACTION_ANNOUNCE..=ACTION_ERROR).contains(&v)) {
+        return None;
+    }
+    if class == RequestClass::Announce {
+        let downloaded = be_i64(d, 56)?;
+        let left = be_i64(d, 64)?;
+        let uploaded = be_i64(d, 72)?;
+        let event = be_u32(d, 80)?;
+        let num_want = be_i32(d, 92)?;
+        let max = limits.max_plausible_amount_bytes;
+        let sane = event <= 3
+            && (0..=max).contains(&left)
+            && (0..=max).contains(&downloaded)
+            && uploaded >= 0
+            && (-1..=limits.max_plausible_num_want).contains(&num_want);
+        if !sane {
+            return None;
+        }
+    }
+    Some((class, Confidence::Plausible))
+}
+
+/// The structure of a client-to-tracker datagram, without judging its
+/// values: connect (protocol id, action 0), announce (action 1, at least 98
+/// bytes, a well-formed BEP 41 option area, connection id not the protocol
+/// id) or scrape (action 2, 16 + 20·n bytes, n ≥ 1, any n: a longer scrape
+/// is cut when parsed, and flagged). With the connection id known (the
+/// connect exchange was captured) this is enough: the values are the
+/// client's to report, out of range or not, and an audit must see them.
+pub fn request_shape(d: &[u8], limits: &UdpLimits) -> Option<RequestClass> {
     let first = be_u64(d, 0)?;
     let action = be_u32(d, 8)?;
     if first == PROTOCOL_ID {
-        return if action == ACTION_CONNECT && d.len() >= CONNECT_LEN {
-            let conf = if d.len() == CONNECT_LEN {
-                Confidence::Certain
-            } else {
-                Confidence::Plausible
-            };
-            Some((RequestClass::Connect, conf))
-        } else {
-            None
-        };
+        return (action == ACTION_CONNECT && d.len() >= CONNECT_LEN).then_some(RequestClass::Connect);
     }
     match action {
-        ACTION_ANNOUNCE if d.len() >= ANNOUNCE_REQUEST_LEN => {
-            let downloaded = be_i64(d, 56)?;
-            let left = be_i64(d, 64)?;
-            let uploaded = be_i64(d, 72)?;
-            let event = be_u32(d, 80)?;
-            let num_want = be_i32(d, 92)?;
-            let max = limits.max_plausible_amount_bytes;
-            let sane = event <= 3
-                && (0..=max).contains(&left)
-                && (0..=max).contains(&downloaded)
-                && uploaded >= 0
-                && (-1..=limits.max_plausible_num_want).contains(&num_want)
-                && check_options(d.get(ANNOUNCE_REQUEST_LEN..).unwrap_or(&[]), limits.max_options).is_empty();
-            sane.then_some((RequestClass::Announce, Confidence::Plausible))
+        ACTION_ANNOUNCE
+            if d.len() >= ANNOUNCE_REQUEST_LEN
+                && check_options(d.get(ANNOUNCE_REQUEST_LEN..).unwrap_or(&[]), limits.max_options).is_empty() =>
+        {
+            Some(RequestClass::Announce)
         }
         ACTION_SCRAPE
-            if d.len() > SCRAPE_REQUEST_HEADER_LEN
-                && (d.len() - SCRAPE_REQUEST_HEADER_LEN).is_multiple_of(20)
-                && (d.len() - SCRAPE_REQUEST_HEADER_LEN) / 20 <= limits.max_scrape_hashes =>
+            if d.len() > SCRAPE_REQUEST_HEADER_LEN && (d.len() - SCRAPE_REQUEST_HEADER_LEN).is_multiple_of(20) =>
         {
-            Some((RequestClass::Scrape, Confidence::Plausible))
+            Some(RequestClass::Scrape)
         }
         _ => None,
     }
@@ -1041,11 +1090,7 @@ pub fn classify_response(d: &[u8], family: AddrFamily, limits: &UdpLimits) -> Op
             }
             ResponseClass::Announce
         }
-        ACTION_SCRAPE
-            if !body.is_empty()
-                && body.len() % SCRAPE_ENTRY_LEN == 0
-                && body.len() / SCRAPE_ENTRY_LEN <= limits.max_scrape_hashes =>
-        {
+        ACTION_SCRAPE if !body.is_empty() && body.len() % SCRAPE_ENTRY_LEN == 0 => {
             let ok = (0..body.len())
                 .step_by(4)
                 .all(|at| be_i32(body, at).is_some_and(|v| v >= 0));
@@ -1296,15 +1341,15 @@ impl<T> PendingUdp<T> {
         d: &[u8],
         limits: &UdpLimits,
     ) -> Option<(RequestClass, Confidence)> {
-        let (class, conf) = classify_request(d, limits)?;
-        if conf == Confidence::Plausible && class != RequestClass::Connect {
+        let class = request_shape(d, limits)?;
+        if class != RequestClass::Connect {
             if let Some(cid) = be_u64(d, 0) {
                 if self.knows_connection(now_us, ep, cid) {
                     return Some((class, Confidence::Certain));
                 }
             }
         }
-        Some((class, conf))
+        classify_request(d, limits)
     }
 
     /// Records a request sent by `ep.client` to `ep.tracker`.
@@ -1979,6 +2024,74 @@ mod tests {
                 let _ = a.peers.iter().count();
             }
         }
+    }
+
+    #[test]
+    fn known_connection_ids_keep_out_of_range_values_flagged() {
+        let mut p: PendingUdp<()> = PendingUdp::new(PendingLimits::default());
+        let e = ep();
+        p.learn_connection(0, e, 0xabcd);
+        let cases = [
+            (
+                Ann {
+                    num_want: 100_000,
+                    ..Ann::default()
+                },
+                UdpAnomaly::NumWantOutOfRange,
+            ),
+            (
+                Ann {
+                    num_want: -7,
+                    ..Ann::default()
+                },
+                UdpAnomaly::NumWantOutOfRange,
+            ),
+            (
+                Ann {
+                    event: 9,
+                    ..Ann::default()
+                },
+                UdpAnomaly::BadEvent,
+            ),
+            (
+                Ann {
+                    uploaded: i64::MIN + 5,
+                    ..Ann::default()
+                },
+                UdpAnomaly::AmountOutOfRange,
+            ),
+        ];
+        for (a, flag) in cases {
+            let d = announce_req(&Ann { cid: 0xabcd, ..a });
+            // Out of range: not plausible by content alone...
+            assert_eq!(classify_request(&d, &lim()), None);
+            // ...but certain with the connection id known, and flagged.
+            assert_eq!(
+                p.classify_request(10, e, &d, &lim()),
+                Some((RequestClass::Announce, Confidence::Certain))
+            );
+            assert!(parse_request(&d, &lim()).unwrap().anomalies().contains(flag));
+        }
+        // A scrape of 1,500 hashes: plausible, parsed up to the bound, flagged.
+        let mut big = scrape_req(0xabcd, 3, 0);
+        for i in 0..1500u32 {
+            big.extend_from_slice(&[i.to_be_bytes(), [7; 4], [7; 4], [7; 4], [7; 4]].concat());
+        }
+        assert_eq!(
+            p.classify_request(10, e, &big, &lim()),
+            Some((RequestClass::Scrape, Confidence::Certain))
+        );
+        let r = parse_request(&big, &lim()).unwrap();
+        assert!(r.anomalies().contains(UdpAnomaly::TooManyScrapeHashes));
+        // Its answer (first seeders count 1: action 1 at offset 8) is never a
+        // request, seen alone.
+        let entries: Vec<(i32, i32, i32)> = (0..1500).map(|i| (1, i, 2)).collect();
+        let answer = scrape_resp(3, &entries);
+        assert_eq!(classify_request(&answer, &lim()), None);
+        assert_eq!(
+            classify_response(&answer, AddrFamily::V4, &lim()),
+            Some((ResponseClass::Scrape, Confidence::Plausible))
+        );
     }
 
     #[test]

@@ -342,13 +342,14 @@ pub enum UtpConfidence {
 /// Bounds used by the false-positive guard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UtpProbeLimits {
-    /// Largest believable `wnd_size` (advertised receive buffer, bytes).
+    /// Largest usual `wnd_size` (advertised receive buffer, bytes).
     /// Clients advertise 0x40000 (older libtorrent), 0x100000 (libutp since
     /// 2013) and 0x380000 (early libutp, still in Transmission); the largest
-    /// in our corpus is 0x380000. 16 MiB leaves four times that for tuned
-    /// clients while rejecting 255 of 256 random 32-bit values, which is the
-    /// single strongest filter on arbitrary datagrams that pass the header
-    /// checks. (Wireshark stops at 0x380000 and would miss a larger window.)
+    /// in our corpus is 0x380000. libtorrent takes any 32-bit window from
+    /// its peer (`m_adv_wnd = wnd_size`, no bound), so a larger one is still
+    /// uTP: it only withholds `Likely` (a tuned or hostile client must not
+    /// make its transfer invisible). Wireshark stops at 0x380000 and misses
+    /// such a transfer.
     pub max_wnd_size: u32,
     /// Most extensions in one header. libtorrent sends at most two (SACK and
     /// close reason), libutp at most two (SACK and extension bits); a long
@@ -401,18 +402,15 @@ pub fn plausible_utp(d: &[u8], p: &UtpPacket<'_>) -> bool {
 ///   `ntop__nDPI/bittorrent_transmission.pcapng` send their last data in the
 ///   FIN itself (4, 225 and 394 bytes at the next sequence number), so a FIN
 ///   with payload only withholds `Likely`.
-/// - `wnd_size` above [`UtpProbeLimits::max_wnd_size`], or more extensions
-///   than [`UtpProbeLimits::max_extensions`]. The window rule alone already
-///   stops most DNS queries and tracker announces (bytes 12..16 are a name
-///   label or a random transaction id there); the shape rules above catch
-///   the rest and keep working if the window bound is raised.
+/// - More extensions than [`UtpProbeLimits::max_extensions`].
 ///
 /// There is no range rule for the timestamps: `timestamp_us` is the
 /// sender's microsecond clock modulo 2^32 and the difference is taken
 /// between two unsynchronised clocks, so every value occurs in real traffic.
 ///
 /// Rules that only withhold `Likely` (so a real but unusual sender is not
-/// lost): unknown or odd extensions; a FIN with payload; a SYN with a
+/// lost): `wnd_size` above [`UtpProbeLimits::max_wnd_size`] (libtorrent
+/// accepts any window); unknown or odd extensions; a FIN with payload; a SYN with a
 /// non-zero timestamp difference or ack_nr (both are 0 from every client we
 /// have seen, and BEP 29 requires the difference to be 0 before the first
 /// sample); a zero `timestamp_us` outside RESET (libutp's RESET is all
@@ -427,11 +425,12 @@ pub fn utp_confidence(d: &[u8], p: &UtpPacket<'_>, limits: &UtpProbeLimits) -> U
         UtpType::Fin => true,
         UtpType::Syn | UtpType::State | UtpType::Reset => p.payload.is_empty(),
     };
-    if !payload_allowed || p.wnd_size > limits.max_wnd_size || p.n_extensions > limits.max_extensions {
+    if !payload_allowed || p.n_extensions > limits.max_extensions {
         return UtpConfidence::NotUtp;
     }
 
-    let unusual = p.odd_extension
+    let unusual = p.wnd_size > limits.max_wnd_size
+        || p.odd_extension
         || p.n_unknown_extensions > 0
         || (p.ty == UtpType::Fin && !p.payload.is_empty())
         || (p.ty == UtpType::Syn && (p.timestamp_difference_us != 0 || p.ack_nr != 0))
@@ -738,9 +737,14 @@ mod tests {
         // DATA without payload
         let d = hdr(0, 0, 7, 99, 0, 4096, 10, 0, b"");
         assert!(!plausible_utp(&d, &parse_utp(&d).unwrap()));
-        // absurd window
+        // a window above the usual ones: still uTP (libtorrent takes any
+        // 32-bit window), only not Likely even with a handshake
         let d = hdr(0, 0, 7, 99, 0, 0x7fff_0000, 10, 0, b"x");
-        assert!(!plausible_utp(&d, &parse_utp(&d).unwrap()));
+        assert_eq!(conf(&d), UtpConfidence::Unsure);
+        let mut hs = vec![19u8];
+        hs.extend_from_slice(b"BitTorrent protocol");
+        let d = hdr(0, 0, 7, 99, 0, 0xffff_ffff, 10, 0, &hs);
+        assert_eq!(conf(&d), UtpConfidence::Unsure);
         // too many extensions
         let d = hdr(0, 9, 7, 99, 0, 4096, 10, 0, &[9, 0, 9, 0, 9, 0, 9, 0, 0, 0, b'x']);
         assert_eq!(parse_utp(&d).unwrap().n_extensions, 5);
