@@ -202,6 +202,7 @@ fn tcp(ctl: u8, mut input: Input<'_>) {
         max_ooo_bytes: [24, 600, 1 << 20][usize::from(ctl % 3)],
         max_ooo_segments: [2, 8, 1024][usize::from(ctl / 3 % 3)],
         max_ahead_bytes: [700, 1 << 30, 1 << 31][usize::from(ctl / 9 % 3)],
+        ..ReassemblyLimits::default()
     };
     let Some(isn) = input.u32() else { return };
     let mut r = StreamReassembler::new(limits);
