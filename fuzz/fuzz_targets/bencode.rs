@@ -1,7 +1,7 @@
 //! The bencode reader: parse, then walk everything it accepted.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmtap::proto::bencode::{parse, BencodeLimits, Value};
+use swarmtap_wire::bencode::{parse, BencodeLimits, Value};
 
 fn walk(v: Value<'_>, budget: &mut u32) {
     if *budget == 0 {
@@ -16,7 +16,10 @@ fn walk(v: Value<'_>, budget: &mut u32) {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let limits = BencodeLimits { max_depth: 64, max_items: 1 << 16 };
+    let limits = BencodeLimits {
+        max_depth: 64,
+        max_items: 1 << 16,
+    };
     if let Ok((v, used)) = parse(data, &limits) {
         assert!(used <= data.len());
         let mut budget = 100_000;

@@ -1,7 +1,7 @@
 //! KRPC parsing and every lazy iterator over the result.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmtap::proto::dht::{looks_like_krpc, parse_krpc, DhtLimits};
+use swarmtap_wire::dht::{looks_like_krpc, parse_krpc, DhtLimits};
 
 fuzz_target!(|data: &[u8]| {
     let _ = looks_like_krpc(data);

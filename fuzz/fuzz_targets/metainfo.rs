@@ -1,7 +1,7 @@
 //! .torrent / info dictionary parsing.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmtap::proto::metainfo::{parse_info, parse_torrent};
+use swarmtap_wire::metainfo::{parse_info, parse_torrent};
 
 fuzz_target!(|data: &[u8]| {
     let _ = parse_torrent(data);

@@ -2,8 +2,8 @@
 //! with gaps between pieces; checks the buffer bound after every chunk.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmtap::flow::Chunk;
-use swarmtap::proto::peer_wire::{PeerWireFramer, PeerWireLimits};
+use swarmtap_wire::peer_wire::{PeerWireFramer, PeerWireLimits};
+use swarmtap_wire::Chunk;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&ctl, rest)) = data.split_first() else { return };
@@ -20,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
             f.feed(Chunk::Gap(u64::from(c[0])), &mut |_| n += 1);
         }
         f.feed(Chunk::Data(c), &mut |_| n += 1);
-        assert!(f.buffered_bytes() <= (limits.max_buffered_body as usize).max(limits.max_hunt_window as usize) * 2 + 4096);
+        assert!(
+            f.buffered_bytes() <= (limits.max_buffered_body as usize).max(limits.max_hunt_window as usize) * 2 + 4096
+        );
     }
     f.finish(&mut |_| n += 1);
 });

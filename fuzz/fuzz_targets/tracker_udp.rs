@@ -1,7 +1,9 @@
 //! BEP 15 request/response parsing and classification.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmtap::proto::tracker_udp::{classify_request, classify_response, parse_request, parse_response, AddrFamily, UdpLimits};
+use swarmtap_wire::tracker_udp::{
+    classify_request, classify_response, parse_request, parse_response, AddrFamily, UdpLimits,
+};
 
 fuzz_target!(|data: &[u8]| {
     let l = UdpLimits::default();

@@ -1,24 +1,23 @@
-//! uTP: datagrams split from the input (length-prefixed) go through the
-//! header parser, the plausibility rules and one connection tracker.
+//! The uTP header parser and the false-positive guard: a parsed header
+//! borrows inside the datagram, its extension chain walks to the payload,
+//! and the selective ACK yields at most 8 numbers per mask byte.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use swarmtap::flow::utp_stream::{UtpLimits, UtpTracker};
-use swarmtap::proto::utp::{parse_utp, plausible_utp};
+use swarmtap_wire::utp::{parse_utp, plausible_utp, utp_confidence, UtpProbeLimits};
 
 fuzz_target!(|data: &[u8]| {
-    let mut t = UtpTracker::new(UtpLimits::default());
-    let mut rest = data;
-    let mut ts = 0i64;
-    let mut n = 0u64;
-    while let Some((&len, tail)) = rest.split_first() {
-        let take = usize::from(len).min(tail.len());
-        let (d, after) = tail.split_at(take);
-        if let Ok(p) = parse_utp(d) {
-            let _ = plausible_utp(d, &p);
-            t.packet(ts, len & 1 == 0, &p, &mut |_| n += 1);
-        }
-        ts += i64::from(len) * 1000;
-        rest = after;
+    let Ok(p) = parse_utp(data) else { return };
+    assert_eq!(p.header_len + p.payload.len(), data.len());
+    let mut chain = 0usize;
+    let mut n = 0u16;
+    for e in p.extensions() {
+        chain += 2 + e.body.len();
+        n += 1;
     }
-    t.flush(&mut |_| n += 1);
+    assert_eq!(20 + chain, p.header_len);
+    assert_eq!(n, p.n_extensions);
+    let sack_len = p.sack.map_or(0, <[u8]>::len);
+    assert!(p.sack_acked().count() <= sack_len * 8);
+    let _ = plausible_utp(data, &p);
+    let _ = utp_confidence(data, &p, &UtpProbeLimits::default());
 });

@@ -10,12 +10,24 @@ fuzz_target!(|data: &[u8]| {
     let path = dir.path().join("in.pcap");
     let mut bytes = Vec::new();
     if !data.starts_with(&[0xd4, 0xc3, 0xb2, 0xa1]) && !data.starts_with(&[0x0a, 0x0d, 0x0d, 0x0a]) {
-        bytes.extend([0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0]);
+        bytes.extend([
+            0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 1, 0, 0, 0,
+        ]);
     }
     bytes.extend_from_slice(data);
     if std::fs::write(&path, &bytes).is_err() {
         return;
     }
-    let settings = Settings { threads: 1, n_shards: 4, ..Settings::default() };
-    let _ = swarmtap::pipeline::analyze(vec![InputSpec::Path(path)], None, &dir.path().join("out"), &settings, Vec::new());
+    let settings = Settings {
+        threads: 1,
+        n_shards: 4,
+        ..Settings::default()
+    };
+    let _ = swarmtap::pipeline::analyze(
+        vec![InputSpec::Path(path)],
+        None,
+        &dir.path().join("out"),
+        &settings,
+        Vec::new(),
+    );
 });
