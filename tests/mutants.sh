@@ -33,6 +33,10 @@
 # - The dev profile already has debug = 0 (Cargo.toml), so a separate
 #   mutants profile (its own target dir, every dependency built again) would
 #   buy nothing.
+# - The targets are chosen with --cargo-arg, which cargo-mutants passes to
+#   the build (`cargo test --no-run`) as well as to the test run; arguments
+#   after `--` reach only the test run, and the build would also make and
+#   link the binary's own unit-test executable.
 # - Only tests that exercise src/analyze run (below): the lib's capture,
 #   flow and probe tests take ~65 s and never reach analyze. cargo stops at
 #   the first failing binary, so a mutant the unit tests catch costs no
@@ -74,7 +78,10 @@ shared="${SWARMTAP_SHARED:-$(dirname "$here")/shared}"
 out="${MUTANTS_OUT:-$here/target/mutants}"
 work="$(mktemp -d)/tree"
 git -C "$here" worktree add --detach "$work" HEAD >/dev/null
-cleanup() { git -C "$here" worktree remove --force "$work" || true; }
+cleanup() {
+  git -C "$here" worktree remove --force "$work" || true
+  rm -rf "$(dirname "$work")"
+}
 trap cleanup EXIT
 if [ -d "$here/target/debug" ]; then
   mkdir -p "$work/target"
@@ -105,8 +112,9 @@ read -r -a tests <<<"${MUTANTS_TESTS:-analyze:: counting:: samples:: complete_tr
 status=0
 SWARMTAP_SHARED="$shared" "${deadline[@]}" "${wrapper[@]}" nice -n 19 \
   cargo mutants --in-place --cap-lints false --baseline skip "${order[@]}" \
-  "${files[@]}" "${filter[@]}" --timeout 300 --build-timeout 900 -o "$out" "$@" \
-  -- --lib --test integration -- "${tests[@]}" || status=$?
+  "${files[@]}" "${filter[@]}" --timeout 300 --build-timeout 900 -o "$out" \
+  --cargo-arg=--lib --cargo-arg=--test --cargo-arg=integration "$@" \
+  -- "${tests[@]}" || status=$?
 if [ -f "$out/mutants.out/outcomes.json" ]; then
   python3 "$here/tests/mutants_summary.py" "$out/mutants.out/outcomes.json"
 fi
