@@ -9,6 +9,7 @@ pub mod lsd;
 pub mod metadata;
 pub mod pieces;
 pub mod session;
+pub mod stage;
 pub mod stream;
 pub mod swarm;
 pub mod tracker;
