@@ -366,21 +366,36 @@ impl Engine {
             }
             self.current_capture = batch.capture_idx;
         }
-        let (shards, n_shards, names, counts, watermark, judge) = (
-            &mut self.shards,
-            self.n_shards,
-            &self.names,
-            &mut self.counts,
-            &mut self.watermark,
-            &mut self.judge,
-        );
-        let rows = self
-            .pool
-            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge));
-        let rows = self.step(rows, StepKind::Batch);
+        // One step per run of frames spanning fewer than
+        // `metadata_join_frames` frame numbers (see `KnownTorrents`): a
+        // batch of the default size is one step, unless a filter left
+        // gaps in its numbering.
+        let span = self.settings.limits.metadata_join_frames.max(1);
+        let mut lo = 0;
+        while lo < batch.frames.len() {
+            let first = batch.frames.get(lo).map_or(0, |f| f.frame_no);
+            let hi = lo
+                + batch.frames[lo..]
+                    .partition_point(|f| f.frame_no.wrapping_sub(first) < span)
+                    .max(1);
+            let (shards, n_shards, names, counts, watermark, judge) = (
+                &mut self.shards,
+                self.n_shards,
+                &self.names,
+                &mut self.counts,
+                &mut self.watermark,
+                &mut self.judge,
+            );
+            let rows = self
+                .pool
+                .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge, lo..hi));
+            let rows = self.step(rows, StepKind::Batch);
+            emit(rows)?;
+            lo = hi;
+        }
         self.summary.n_packets += batch.frames.len() as u64;
         self.summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
-        emit(rows)
+        Ok(())
     }
 
     /// Takes the decode counters of capture `name` (live: of the interval
@@ -808,17 +823,19 @@ fn process_batch(
     counts: &mut HashMap<String, DecodeCounts>,
     watermark: &mut i64,
     judge: &mut PacketJudge,
+    range: std::ops::Range<usize>,
 ) -> RowBatch {
+    let lo = range.start;
+    let frames = batch.frames.get(range).unwrap_or_default();
     const CHUNK: usize = 2048;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
-    let decoded: Vec<(Decoded, u32)> = batch
-        .frames
+    let decoded: Vec<(Decoded, u32)> = frames
         .par_chunks(CHUNK)
         .enumerate()
         .flat_map_iter(|(ci, chunk)| {
             chunk.iter().enumerate().map(move |(j, fm)| {
-                let i = ci * CHUNK + j;
+                let i = lo + ci * CHUNK + j;
                 let d = decode(fm.link_type, batch.frame_data(i));
                 let shard = match &d {
                     Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash() % n_shards as u64) as u32,
@@ -836,7 +853,7 @@ fn process_batch(
     let mut batch_max = *watermark;
     let mut notes: Vec<PacketNote> = vec![PacketNote::default(); decoded.len()];
     for (i, (d, shard)) in decoded.iter().enumerate() {
-        let Some(fm) = batch.frames.get(i) else { continue };
+        let Some(fm) = frames.get(i) else { continue };
         batch_max = batch_max.max(fm.ts_us);
         let (clock, step) = judge.tick(fm.ts_us);
         match step {
@@ -901,11 +918,10 @@ fn process_batch(
     Shard::share_room(shards, &per_shard);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
-            let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
-            else {
+            let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize)) else {
                 continue;
             };
-            let data = batch.frame_data(i as usize);
+            let data = batch.frame_data(lo + i as usize);
             let off = p.payload_off as usize;
             let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
             let ctx = FrameCtx {

@@ -65,34 +65,68 @@ struct MetaState {
 }
 
 impl MetaState {
-    /// Takes the shards' metadata pieces to the assembler, in frame order;
-    /// a rebuilt dictionary joins the swarm state now and the shards' piece
-    /// verification from the next step on (the new set is returned). Counts
-    /// this step's `pieces` rows for the torrents' totals.
+    /// Takes the shards' metadata pieces to the assembler, in frame order.
+    /// A rebuilt dictionary is returned with the (capture, frame) that
+    /// completed it, where the swarm state takes it in event order; the
+    /// shards verify pieces with it `join_frames` frames later (the new
+    /// set is returned when it changed). Counts this step's `pieces` rows
+    /// for the torrents' totals.
     fn absorb(
         &mut self,
         mut pieces: Vec<MetadataPiece>,
+        join_frames: u64,
         swarm: &mut Swarm,
         rows: &mut RowBatch,
-    ) -> Option<Arc<KnownTorrents>> {
+    ) -> (Vec<Rejoin>, Option<Arc<KnownTorrents>>) {
         pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
-        let mut changed = false;
+        let mut rebuilt = Vec::new();
         for p in pieces {
             if let Some(r) = self.assembler.add(p, &self.names, rows) {
                 let m = Arc::new(r.meta);
-                if m.wire_hashes().iter().any(|h| swarm.has_metainfo(h)) {
+                if m.wire_hashes().iter().any(|h| self.known.has(h)) {
                     continue;
                 }
-                Arc::make_mut(&mut self.known).insert(m.clone());
-                swarm.add_metainfo(m, "ut_metadata");
-                changed = true;
+                let from = (r.ctx.capture, r.ctx.frame.saturating_add(join_frames));
+                Arc::make_mut(&mut self.known).insert_from(m.clone(), from);
+                rebuilt.push(Rejoin { ctx: r.ctx, meta: m });
             }
         }
         rows.pieces.sort_by_key(|r| r.frame);
         for r in &rows.pieces {
             swarm.note_piece(&r.info_hash, r.verified);
         }
-        changed.then(|| self.known.clone())
+        let known = (!rebuilt.is_empty()).then(|| self.known.clone());
+        (rebuilt, known)
+    }
+}
+
+/// A dictionary rebuilt from ut_metadata, for the swarm state at the frame
+/// that completed it.
+struct Rejoin {
+    ctx: crate::analyze::FrameCtx,
+    meta: Arc<Metainfo>,
+}
+
+/// What waits in the stage's order: an event, or rebuilt metadata that the
+/// swarm state takes between the events before and after it.
+enum Ordered {
+    Event(SwarmEvent),
+    Meta(Rejoin),
+}
+
+impl Ordered {
+    fn key(&self) -> (u32, u64) {
+        match self {
+            Ordered::Event(e) => (e.ctx.capture, e.ctx.frame),
+            Ordered::Meta(r) => (r.ctx.capture, r.ctx.frame),
+        }
+    }
+
+    fn ts(&self) -> i64 {
+        match self {
+            Ordered::Event(e) => e.ctx.ts,
+            Ordered::Meta(r) => r.ctx.ts,
+        }
     }
 }
 
@@ -114,7 +148,7 @@ pub struct Stage {
     /// Swarm events later than an event some connection still holds back:
     /// applied once it is released, so that the swarm state sees events in
     /// frame order however batches fall (bounded by `max_waiting_events`).
-    waiting: BTreeMap<(u32, u64, u64), SwarmEvent>,
+    waiting: BTreeMap<(u32, u64, u64), Ordered>,
     /// Insertion counter: equal (capture, frame) keys keep their order.
     waiting_seq: u64,
     /// Times the bound forced events out of order.
@@ -201,15 +235,16 @@ impl Stage {
         unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
         dht.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
         marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
-        let known = self.meta.absorb(metadata, &mut self.swarm, &mut rows);
+        let join = self.settings.limits.metadata_join_frames;
+        let (rebuilt, known) = self.meta.absorb(metadata, join, &mut self.swarm, &mut rows);
         finish_rows(&mut rows);
         self.audit.observe(&events, &marks);
         self.audit.observe_rows(&rows);
         // MSE flows wait for their endpoint's naming.
         self.mse.hold(&mut rows.flows);
         let all = kind != StepKind::Batch;
-        let events = self.ready_events(events, held_since.filter(|_| !all), watermark);
-        self.swarm.apply(events, unattributed, &mut rows);
+        let ready = self.ready(events, rebuilt, held_since.filter(|_| !all), watermark);
+        self.apply(ready, unattributed, &mut rows);
         self.dht.apply(dht);
         if kind == StepKind::SegmentEnd {
             let kw = self.settings.keep_weak;
@@ -229,22 +264,36 @@ impl Stage {
         (rows, known)
     }
 
-    /// The events the swarm state may apply now: with the ones waiting, all
-    /// that precede `cutoff`, the oldest event a connection still holds
-    /// back (all of them without one, or when more than
+    /// What the swarm state may take now, in frame order: with what waits,
+    /// everything that precedes `cutoff`, the oldest event a connection
+    /// still holds back (everything without one, or when more than
     /// `max_waiting_events` wait).
-    fn ready_events(&mut self, events: Vec<SwarmEvent>, cutoff: Option<(u32, u64)>, watermark: i64) -> Vec<SwarmEvent> {
-        if self.waiting.is_empty() {
-            let Some(c) = cutoff else { return events };
-            if events.last().is_none_or(|e| (e.ctx.capture, e.ctx.frame) < c) {
-                return events;
+    fn ready(
+        &mut self,
+        events: Vec<SwarmEvent>,
+        rebuilt: Vec<Rejoin>,
+        cutoff: Option<(u32, u64)>,
+        watermark: i64,
+    ) -> Vec<Ordered> {
+        if self.waiting.is_empty() && rebuilt.is_empty() {
+            let in_order = match cutoff {
+                None => true,
+                Some(c) => events.last().is_none_or(|e| (e.ctx.capture, e.ctx.frame) < c),
+            };
+            if in_order {
+                return events.into_iter().map(Ordered::Event).collect();
             }
         }
-        // Events arrive sorted by frame; a map keeps the waiting ones so, and
-        // what is ready comes off its front without touching the rest.
-        for e in events {
+        // A map keeps the waiting ones in order, and what is ready comes
+        // off its front without touching the rest.
+        for o in events
+            .into_iter()
+            .map(Ordered::Event)
+            .chain(rebuilt.into_iter().map(Ordered::Meta))
+        {
             self.waiting_seq += 1;
-            self.waiting.insert((e.ctx.capture, e.ctx.frame, self.waiting_seq), e);
+            let (cap, frame) = o.key();
+            self.waiting.insert((cap, frame, self.waiting_seq), o);
         }
         let over = self.waiting.len() > self.settings.limits.max_waiting_events;
         // Events wait at most `max_event_wait_us` of packet time: a
@@ -257,7 +306,7 @@ impl Stage {
             let (cap, frame, _) = *entry.key();
             let in_order = cutoff.is_none_or(|c| (cap, frame) < c);
             if !in_order {
-                if !over && entry.get().ctx.ts >= too_old {
+                if !over && entry.get().ts() >= too_old {
                     break;
                 }
                 forced = true;
@@ -268,6 +317,20 @@ impl Stage {
             self.n_order_forced += 1;
         }
         ready
+    }
+
+    /// Applies what is ready: runs of events, and rebuilt metadata between
+    /// them where it was completed.
+    fn apply(&mut self, ready: Vec<Ordered>, unattributed: Vec<UnattributedEvent>, rows: &mut RowBatch) {
+        let mut events = Vec::with_capacity(ready.len());
+        let mut metas = Vec::new();
+        for o in ready {
+            match o {
+                Ordered::Event(e) => events.push(e),
+                Ordered::Meta(r) => metas.push(((r.ctx.capture, r.ctx.frame), r.meta)),
+            }
+        }
+        self.swarm.apply_with_metadata(events, unattributed, metas, rows);
     }
 
     pub fn n_peers(&self) -> usize {
