@@ -806,3 +806,56 @@ fn udp_tracker_over_ipv6_and_announces_without_their_connect() {
     let flows = table(&r, "flows");
     assert_eq!(count_by(&flows, "app").get("tracker_udp"), Some(&2));
 }
+
+/// `max_audit_series` at its bound, on the http sample: with room for
+/// exactly the announce series its clients form, every series is audited
+/// and nothing is counted; with room for one less, the series whose first
+/// announce came last is not audited, and each of its announces is counted
+/// in one `audit_series_full` anomaly. The series and their announces are
+/// taken from the tracker_announces table (one series per torrent, client
+/// address, peer id, tracker and transport).
+#[test]
+fn audit_series_past_max_audit_series_are_counted_not_audited() {
+    let d = samples();
+    let input = [d.join("http.pcap")];
+    let torrents = [d.join("http.torrent")];
+    let base = run(&input, &torrents);
+    let ann = table(&base, "tracker_announces");
+    let frame = u64s(&ann, "frame");
+    let cols = ["info_hash", "client_ip", "peer_id", "tracker_ip", "transport"].map(|c| strs(&ann, c));
+    let tracker_port = u64s(&ann, "tracker_port");
+    let mut rows: Vec<usize> = (0..ann.height()).filter(|&i| cols[0][i].is_some()).collect();
+    rows.sort_by_key(|&i| frame[i]);
+    let mut order = Vec::new();
+    let mut announces: BTreeMap<_, u64> = BTreeMap::new();
+    for i in rows {
+        let key = (cols.each_ref().map(|c| c[i].clone()), tracker_port[i]);
+        if !announces.contains_key(&key) {
+            order.push(key.clone());
+        }
+        *announces.entry(key).or_default() += 1;
+    }
+    let n = order.len();
+    // The truth file's five clients, one tracker, one torrent.
+    assert_eq!(n, 5, "series in http.pcap");
+    assert_eq!(table(&base, "announce_audit").height(), n);
+    let last = announces[&order[n - 1]];
+    for (room, dropped) in [(n, 0), (n - 1, last)] {
+        let mut settings = swarmtap::config::Settings::default();
+        settings.limits.max_audit_series = room;
+        let r = crate::run_with(&input, &torrents, settings, None);
+        assert_eq!(table(&r, "announce_audit").height(), room, "room for {room}");
+        let a = table(&r, "anomalies");
+        let details: Vec<_> = strs(&a, "kind")
+            .into_iter()
+            .zip(strs(&a, "detail"))
+            .filter(|(k, _)| k.as_deref() == Some("audit_series_full"))
+            .map(|(_, d)| d.unwrap_or_default())
+            .collect();
+        let want: Vec<String> = (dropped > 0)
+            .then(|| format!("{dropped} announces of series not audited (max_audit_series)"))
+            .into_iter()
+            .collect();
+        assert_eq!(details, want, "room for {room} of {n} series");
+    }
+}
