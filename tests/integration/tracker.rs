@@ -807,15 +807,12 @@ fn udp_tracker_over_ipv6_and_announces_without_their_connect() {
     assert_eq!(count_by(&flows, "app").get("tracker_udp"), Some(&2));
 }
 
-/// `max_audit_series` at its bound, on the http sample: with room for
-/// exactly the announce series its clients form, every series is audited
-/// and nothing is counted; with room for one less, the series whose first
-/// announce came last is not audited, and each of its announces is counted
-/// in one `audit_series_full` anomaly. The series and their announces are
-/// taken from the tracker_announces table (one series per torrent, client
-/// address, peer id, tracker and transport).
-#[test]
-fn audit_series_past_max_audit_series_are_counted_not_audited() {
+type SeriesKey = ([Option<String>; 5], Option<u64>);
+
+/// The http sample's announce series (torrent, client address, peer id,
+/// tracker, transport) in the order of their first announce, and the
+/// announces of each, from its tracker_announces table.
+fn http_series() -> ([PathBuf; 1], [PathBuf; 1], Vec<SeriesKey>, BTreeMap<SeriesKey, u64>) {
     let d = samples();
     let input = [d.join("http.pcap")];
     let torrents = [d.join("http.torrent")];
@@ -827,7 +824,7 @@ fn audit_series_past_max_audit_series_are_counted_not_audited() {
     let mut rows: Vec<usize> = (0..ann.height()).filter(|&i| cols[0][i].is_some()).collect();
     rows.sort_by_key(|&i| frame[i]);
     let mut order = Vec::new();
-    let mut announces: BTreeMap<_, u64> = BTreeMap::new();
+    let mut announces: BTreeMap<SeriesKey, u64> = BTreeMap::new();
     for i in rows {
         let key = (cols.each_ref().map(|c| c[i].clone()), tracker_port[i]);
         if !announces.contains_key(&key) {
@@ -835,27 +832,79 @@ fn audit_series_past_max_audit_series_are_counted_not_audited() {
         }
         *announces.entry(key).or_default() += 1;
     }
-    let n = order.len();
     // The truth file's five clients, one tracker, one torrent.
-    assert_eq!(n, 5, "series in http.pcap");
-    assert_eq!(table(&base, "announce_audit").height(), n);
+    assert_eq!(order.len(), 5, "series in http.pcap");
+    assert_eq!(table(&base, "announce_audit").height(), 5);
+    (input, torrents, order, announces)
+}
+
+/// The details of the anomalies of `kind`.
+fn anomaly_details(r: &Run, kind: &str) -> Vec<String> {
+    let a = table(r, "anomalies");
+    strs(&a, "kind")
+        .into_iter()
+        .zip(strs(&a, "detail"))
+        .filter(|(k, _)| k.as_deref() == Some(kind))
+        .map(|(_, d)| d.unwrap_or_default())
+        .collect()
+}
+
+/// `max_audit_series` at its bound, on the http sample: with room for
+/// exactly the announce series its clients form, every series is audited
+/// and nothing is counted; with room for one less, the series whose first
+/// announce came last is not audited, and each of its announces is counted
+/// in one `audit_series_full` anomaly.
+#[test]
+fn audit_series_past_max_audit_series_are_counted_not_audited() {
+    let (input, torrents, order, announces) = http_series();
+    let n = order.len();
     let last = announces[&order[n - 1]];
     for (room, dropped) in [(n, 0), (n - 1, last)] {
         let mut settings = swarmtap::config::Settings::default();
         settings.limits.max_audit_series = room;
         let r = crate::run_with(&input, &torrents, settings, None);
         assert_eq!(table(&r, "announce_audit").height(), room, "room for {room}");
-        let a = table(&r, "anomalies");
-        let details: Vec<_> = strs(&a, "kind")
-            .into_iter()
-            .zip(strs(&a, "detail"))
-            .filter(|(k, _)| k.as_deref() == Some("audit_series_full"))
-            .map(|(_, d)| d.unwrap_or_default())
-            .collect();
         let want: Vec<String> = (dropped > 0)
             .then(|| format!("{dropped} announces of series not audited (max_audit_series)"))
             .into_iter()
             .collect();
-        assert_eq!(details, want, "room for {room} of {n} series");
+        assert_eq!(
+            anomaly_details(&r, "audit_series_full"),
+            want,
+            "room for {room} of {n} series"
+        );
+    }
+}
+
+/// `max_audit_announces` at its bound, on the http sample: with room for
+/// the longest series' announces nothing is replaced; with room for one
+/// less, every announce past the room is counted, series by series, in one
+/// `audit_announces_merged` anomaly, and the series keep their count of
+/// announces at the room.
+#[test]
+fn audit_announces_past_max_audit_announces_are_counted() {
+    let (input, torrents, _, announces) = http_series();
+    let longest = announces.values().copied().max().unwrap_or(0);
+    assert!(longest >= 3, "the longest series has {longest} announces");
+    for room in [longest, longest - 1] {
+        let merged: u64 = announces.values().map(|&a| a.saturating_sub(room)).sum();
+        let mut settings = swarmtap::config::Settings::default();
+        settings.limits.max_audit_announces = room as usize;
+        let r = crate::run_with(&input, &torrents, settings, None);
+        let au = table(&r, "announce_audit");
+        let mut kept = u64s(&au, "n_announces");
+        kept.sort();
+        let mut want_kept: Vec<Option<u64>> = announces.values().map(|&a| Some(a.min(room))).collect();
+        want_kept.sort();
+        assert_eq!(kept, want_kept, "room for {room}");
+        let want: Vec<String> = (merged > 0)
+            .then(|| format!("{merged} announces replaced by later ones (max_audit_announces)"))
+            .into_iter()
+            .collect();
+        assert_eq!(
+            anomaly_details(&r, "audit_announces_merged"),
+            want,
+            "room for {room} of {longest} announces"
+        );
     }
 }
