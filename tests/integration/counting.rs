@@ -536,3 +536,50 @@ fn message_counts_equal_an_independent_walk_of_clean_streams() {
     // lookaway 311, mippo 15, test.txt 10 (keep-alives included).
     assert_eq!(total, 336);
 }
+
+// ---------- pieces a peer says it no longer has ----------
+
+/// libtorrent's lt_donthave takes a piece out of the peer's count. Built
+/// here, so the answer is known by construction: B announces pieces 3, 64
+/// and 70 of a 100-piece torrent with `have`, then withdraws 70 (an index
+/// that is not the first of its 64-piece word) with lt_donthave, sent with
+/// the extension id A asked for. B ends with 2 pieces.
+#[test]
+fn lt_donthave_takes_the_piece_out_of_the_peers_count() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let torrent = dir.path().join("tiny.torrent");
+    let ih = super::tiny_torrent(&torrent, 100);
+    let ltep = |pid: &[u8; 20]| {
+        let mut h = handshake(ih, pid);
+        h[20 + 5] |= 0x10;
+        h
+    };
+    let ext_handshake = |m: &str| {
+        let mut body = vec![0u8];
+        body.extend(format!("d1:md{m}ee").as_bytes());
+        msg(20, &body)
+    };
+    let mut a = ltep(b"-LT2080-aaaaaaaaaaaa");
+    a.extend(ext_handshake("11:lt_donthavei7e"));
+    let mut b = ltep(b"-LT2080-bbbbbbbbbbbb");
+    b.extend(ext_handshake("11:lt_donthavei9e"));
+    for i in [3u32, 64, 70] {
+        b.extend(msg(4, &i.to_be_bytes()));
+    }
+    let mut donthave = vec![7u8];
+    donthave.extend(70u32.to_be_bytes());
+    b.extend(msg(20, &donthave));
+    let pcap = dir.path().join("donthave.pcap");
+    write_pcap(&pcap, &gapped_connection(&a, &b, &[]));
+    let r = run(&[pcap], &[torrent]);
+    let p = table(&r, "peers");
+    let (ip, last) = (strs(&p, "peer_ip"), u64s(&p, "last_pieces"));
+    let b_last: Vec<_> = (0..p.height())
+        .filter(|&i| ip[i].as_deref() == Some("10.0.0.2"))
+        .map(|i| last[i])
+        .collect();
+    assert_eq!(b_last, [Some(2)], "B's pieces after have 3, 64, 70 and lt_donthave 70");
+    let m = table(&r, "peer_messages");
+    let ext = strs(&m, "ext");
+    assert_eq!(ext.iter().filter(|e| e.as_deref() == Some("lt_donthave")).count(), 1);
+}
