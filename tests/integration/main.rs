@@ -766,6 +766,34 @@ fn bitfield_longer_than_the_torrent_is_counted_and_bounded() {
     assert!(u64s(&prog, "n_pieces_have").iter().all(|h| h.is_some_and(|h| h <= 2)));
 }
 
+/// `Limits::max_pieces` at its bound, with no torrent known: a bitfield of
+/// exactly ceil(max_pieces / 8) bytes is taken whole and raises nothing;
+/// one byte more is counted (`bitfield_too_long`) and cut to the bound.
+#[test]
+fn bitfield_at_and_one_byte_past_max_pieces() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ih = [7u8; 20];
+    let bitfield = |n: usize| {
+        let mut v = (n as u32 + 1).to_be_bytes().to_vec();
+        v.push(5);
+        v.extend(vec![0xFFu8; n]);
+        v
+    };
+    let frames = connection(
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), bitfield(2)],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb"), bitfield(3)],
+    );
+    let p = tmp.path().join("bf.pcap");
+    write_pcap(&p, &frames);
+    let mut settings = Settings::default();
+    settings.limits.max_pieces = 16;
+    let r = run_with(&[p], &[], settings, None);
+    let kinds = count_by(&table(&r, "anomalies"), "kind");
+    assert_eq!(kinds.get("bitfield_too_long"), Some(&1), "{kinds:?}");
+    let peers = table(&r, "peers");
+    assert_eq!(u64s(&peers, "last_pieces"), [Some(16), Some(16)]);
+}
+
 #[test]
 fn syn_flood_is_bounded_by_the_flow_table() {
     let tmp = tempfile::tempdir().expect("tempdir");
