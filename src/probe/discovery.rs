@@ -122,12 +122,16 @@ impl Probe {
     }
 
     pub(super) fn on_scrape(&mut self, _torrent: u32, url: &str, udp: bool, r: ScrapeResult) {
+        self.summary.n_tls_refused += u64::from(r.tls_refused);
+        let transport = super::tracker::TrackerUrl::parse(url)
+            .map(|t| t.transport())
+            .unwrap_or(if udp { "udp" } else { "http" });
         let base = TrackerScrapeRow {
             ts: Ts(r.response_ts_us.unwrap_or(r.ts_us)),
             frame: 0,
             capture: "probe".into(),
             conn_id: 0,
-            transport: if udp { "udp" } else { "http" },
+            transport,
             client_ip: r.local.map(|a| a.ip().to_string()).unwrap_or_default(),
             tracker_ip: r.tracker.map(|a| a.ip().to_string()).unwrap_or_default(),
             tracker_port: r.tracker.map(|a| u32::from(a.port())).unwrap_or(0),

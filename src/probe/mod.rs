@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod scrape;
 pub mod session;
 pub mod targets;
+pub mod tls;
 pub mod tracker;
 pub mod utp;
 
@@ -152,6 +153,11 @@ pub struct ProbeSettings {
     pub dht_interval: Duration,
     /// Scrape every tracker before each announce.
     pub scrape: bool,
+    /// How https trackers' certificates are verified (`--tracker-ca`,
+    /// `--tracker-insecure`).
+    pub tls: tls::TlsOptions,
+    /// Ends the run when it turns true, as --duration does (embedding, tests).
+    pub stop: Option<watch::Receiver<bool>>,
     pub limits: ProbeLimits,
 }
 
@@ -187,6 +193,8 @@ impl ProbeSettings {
             dht_port: 0,
             dht_interval: Duration::from_secs(300),
             scrape: true,
+            tls: tls::TlsOptions::default(),
+            stop: None,
             limits: ProbeLimits::default(),
         }
     }
@@ -203,6 +211,8 @@ pub struct ProbeSummary {
     pub n_first_contacts: u64,
     pub n_first_contacts_ok: u64,
     pub n_announces: u64,
+    /// https announces and scrapes refused: the tracker's certificate failed verification.
+    pub n_tls_refused: u64,
     pub n_incoming: u64,
     pub n_refused_by_policy: u64,
     pub n_untracked: u64,
@@ -225,7 +235,7 @@ impl ProbeSummary {
         };
         format!(
             "{} torrent(s), {} peer(s); {} visit(s) ({} attempts, {} ok), first contacts ok {}/{} ({share:.0} %); \
-             {} announce(s); {} incoming contact(s); {} confirmed download(s); {} address(es) refused by policy, {} peer(s) over the tracking cap; \
+             {} announce(s) ({} refused for their TLS certificate); {} incoming contact(s); {} confirmed download(s); {} address(es) refused by policy, {} peer(s) over the tracking cap; \
              {:.1} s, {vpm:.1} visits/min, {:.2} s CPU",
             self.n_torrents,
             self.n_peers,
@@ -235,6 +245,7 @@ impl ProbeSummary {
             self.n_first_contacts_ok,
             self.n_first_contacts,
             self.n_announces,
+            self.n_tls_refused,
             self.n_incoming,
             self.n_confirmed,
             self.n_refused_by_policy,
@@ -455,13 +466,34 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     }
     let utp_sock = p.utp.clone();
 
+    // TLS for https trackers: the trust anchors are read once, and a bad
+    // --tracker-ca fails the run before anything is sent.
+    let https = p.s.announce
+        && p.torrents
+            .iter()
+            .flat_map(|t| &t.target.trackers)
+            .any(|u| TrackerUrl::parse(u).is_some_and(|t| t.tls));
+    let tls_config = if https || !p.s.tls.ca_files.is_empty() {
+        let (cfg, n) = tls::client_config(&p.s.tls)?;
+        if https {
+            if p.s.tls.insecure {
+                eprintln!("swarmtap: https trackers: certificates NOT verified (--tracker-insecure)");
+            } else {
+                eprintln!("swarmtap: https trackers: certificates verified against {n} trust anchor(s)");
+            }
+        }
+        Some(cfg)
+    } else {
+        None
+    };
+
     // Tracker loops.
     let mut n_trackers = 0usize;
     if p.s.announce {
         for (i, t) in p.torrents.iter().enumerate() {
             for url in &t.target.trackers {
                 let Some(tu) = TrackerUrl::parse(url) else {
-                    eprintln!("swarmtap: skipping tracker {url}: only http:// and udp:// are supported");
+                    eprintln!("swarmtap: skipping tracker {url}: only http://, https:// and udp:// are supported");
                     continue;
                 };
                 let left = t.meta.as_ref().map(|m| m.total_bytes).unwrap_or(1).max(1);
@@ -484,6 +516,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                     p.s.scrape,
                     p.s.policy.clone(),
                     p.s.min_reannounce,
+                    tls_config.clone(),
                     tx.clone(),
                     stop_rx.clone(),
                 ));
@@ -508,6 +541,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     let mut drain_deadline: Option<Instant> = None;
     let mut cut_at: Option<Instant> = None;
     let mut interrupted = false;
+    let mut outside_stop = p.s.stop.clone();
 
     loop {
         let now = Instant::now();
@@ -625,6 +659,16 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
+            _ = async {
+                match &mut outside_stop {
+                    Some(r) => {
+                        let _ = r.wait_for(|&s| s).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }, if !stopping && outside_stop.is_some() => {
+                stopping = true;
+            }
             r = &mut sigint, if !interrupted => {
                 if r.is_ok() {
                     eprintln!("swarmtap: interrupted; ending contacts in progress and writing tables");
@@ -656,6 +700,7 @@ async fn tracker_loop(
     scrape: bool,
     policy: AddrPolicy,
     min_reannounce: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     tx: mpsc::Sender<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -688,7 +733,7 @@ async fn tracker_loop(
                 Some(&a) => {
                     addr = Some(a);
                     if scrape && scrape::has_scrape(&t) {
-                        let result = Box::new(scrape::scrape(&t, a, &[ap.info_hash], ap.timeout).await);
+                        let result = Box::new(scrape::scrape(&t, a, &[ap.info_hash], ap.timeout, tls.as_ref()).await);
                         let (url, udp) = (t.url.clone(), t.udp);
                         let _ = tx
                             .send(Event::Scrape {
@@ -702,7 +747,7 @@ async fn tracker_loop(
                     if t.udp {
                         tracker::announce_udp(a, &ap).await
                     } else {
-                        tracker::announce_http(&t, a, &ap).await
+                        tracker::announce_http(&t, a, &ap, tls.as_ref()).await
                     }
                 }
             },
@@ -748,7 +793,7 @@ async fn tracker_loop(
             let result = if t.udp {
                 tracker::announce_udp(a, &ap).await
             } else {
-                tracker::announce_http(&t, a, &ap).await
+                tracker::announce_http(&t, a, &ap, tls.as_ref()).await
             };
             let _ = tx
                 .send(Event::Announce {
@@ -1167,6 +1212,7 @@ impl Probe {
 
     fn on_announce(&mut self, torrent: u32, url: &str, udp: bool, ap: &AnnounceParams, r: AnnounceResult) {
         self.summary.n_announces += 1;
+        self.summary.n_tls_refused += u64::from(r.tls_refused);
         if let Some(l) = r.local {
             self.learn_local(l.ip());
         }
@@ -1174,13 +1220,15 @@ impl Probe {
         let tracker_ip = r.tracker.map(|a| a.ip().to_string()).unwrap_or_default();
         let tracker_port = r.tracker.map(|a| u32::from(a.port())).unwrap_or(0);
         let client_ip = r.local.map(|a| a.ip().to_string()).unwrap_or_default();
-        let path = TrackerUrl::parse(url).map(|t| t.path.split('?').next().unwrap_or("").to_string());
+        let tu = TrackerUrl::parse(url);
+        let path = tu.as_ref().map(|t| t.path.split('?').next().unwrap_or("").to_string());
+        let transport = tu.map(|t| t.transport()).unwrap_or(if udp { "udp" } else { "http" });
         self.rows.tracker_announces.push(TrackerAnnounceRow {
             ts: Ts(r.ts_us),
             frame: 0,
             capture: "probe".into(),
             conn_id: 0,
-            transport: if udp { "udp" } else { "http" },
+            transport,
             confidence: "certain",
             client_ip: client_ip.clone(),
             client_port: r.local.map(|a| u32::from(a.port())).unwrap_or(0),
@@ -1221,7 +1269,7 @@ impl Probe {
                 frame: 0,
                 capture: "probe".into(),
                 conn_id: 0,
-                transport: if udp { "udp" } else { "http" },
+                transport,
                 info_hash: ih.clone(),
                 tracker_ip: tracker_ip.clone(),
                 tracker_port,
