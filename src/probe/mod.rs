@@ -351,6 +351,9 @@ struct Probe {
     by_peer_id: HashMap<(u32, IpAddr, [u8; 20]), u32>,
     /// The UDP socket of uTP contacts (on the listen port with --listen).
     utp: Option<std::sync::Arc<utp::UtpSocket>>,
+    /// The same over IPv6 (IPv6-only, same port number): IPv6 peers are
+    /// tried over uTP like IPv4 ones. None when the host has no IPv6.
+    utp6: Option<std::sync::Arc<utp::UtpSocket>>,
 }
 
 /// Runs a probe to completion (duration reached or SIGINT) and writes every
@@ -406,6 +409,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         local_ips: HashSet::new(),
         by_peer_id: HashMap::new(),
         utp: None,
+        utp6: None,
         s,
     };
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
@@ -463,8 +467,22 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
             .await
             .map_err(|e| format!("cannot bind UDP port {port} for uTP: {e}"))?;
         p.utp = Some(std::sync::Arc::new(u));
+        let port = p
+            .utp
+            .as_ref()
+            .and_then(|u| u.local_addr().ok())
+            .map(|a| a.port())
+            .unwrap_or(port);
+        let addr6 = SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            if p.s.listen.is_some() { port } else { 0 },
+        ));
+        match utp::UtpSocket::bind(addr6, p.s.listen.is_some(), p.s.limits.utp).await {
+            Ok(u) => p.utp6 = Some(std::sync::Arc::new(u)),
+            Err(e) => eprintln!("swarmtap: no IPv6 UDP socket for uTP ({e}); IPv6 peers are tried over TCP only"),
+        }
     }
-    let utp_sock = p.utp.clone();
+    let utp_socks = [p.utp.clone(), p.utp6.clone()];
 
     // TLS for https trackers: the trust anchors are read once, and a bad
     // --tracker-ca fails the run before anything is sent.
@@ -628,7 +646,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                 }
                 None => {}
             },
-            acc = async { match &utp_sock { Some(u) => u.accept().await, None => std::future::pending().await } }, if p.s.listen.is_some() && !stopping => {
+            acc = accept_utp(&utp_socks), if p.s.listen.is_some() && !stopping => {
                 if let Some(stream) = acc {
                     let from = stream.peer_addr();
                     if p.s.policy.refuse(from.ip()).is_none() && in_flight < p.s.concurrency {
@@ -687,9 +705,29 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     if let Some(u) = &p.utp {
         eprintln!("swarmtap: {}", u.stats().render());
     }
+    if let Some(u) = &p.utp6 {
+        eprintln!("swarmtap: IPv6 {}", u.stats().render());
+    }
     p.summary.elapsed_s = started.elapsed().as_secs_f64();
     p.summary.cpu_s = cpu_seconds() - cpu0;
     p.finish()
+}
+
+/// The next incoming uTP connection on either socket (IPv4, IPv6).
+async fn accept_utp(socks: &[Option<std::sync::Arc<utp::UtpSocket>>; 2]) -> Option<utp::UtpStream> {
+    let one = |s: &Option<std::sync::Arc<utp::UtpSocket>>| {
+        let s = s.clone();
+        async move {
+            match s {
+                Some(u) => u.accept().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        a = one(&socks[0]) => a,
+        a = one(&socks[1]) => a,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1006,7 +1044,12 @@ impl Probe {
         let addr = ps.addr;
         let tx = tx.clone();
         let stop = stop.clone();
-        let utp = self.utp.clone();
+        // The uTP socket of the peer's address family.
+        let utp = if addr.is_ipv4() {
+            self.utp.clone()
+        } else {
+            self.utp6.clone()
+        };
         tokio::spawn(async move {
             let attempts = session::visit_over(addr, &transports, &order, &params, &stop, utp.as_deref()).await;
             let _ = tx.send(Event::Visit { peer, attempts }).await;
