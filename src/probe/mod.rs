@@ -393,6 +393,26 @@ fn cpu_seconds() -> f64 {
 }
 
 async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
+    // TLS for https trackers: the trust anchors are read once, and a bad
+    // --tracker-ca fails the run before anything is sent or written.
+    let https = s.announce
+        && s.targets
+            .iter()
+            .flat_map(|t| &t.trackers)
+            .any(|u| TrackerUrl::parse(u).is_some_and(|t| t.tls));
+    let tls_config = if https || !s.tls.ca_files.is_empty() {
+        let (cfg, n) = tls::client_config(&s.tls)?;
+        if https {
+            if s.tls.insecure {
+                eprintln!("swarmtap: https trackers: certificates NOT verified (--tracker-insecure)");
+            } else {
+                eprintln!("swarmtap: https trackers: certificates verified against {n} trust anchor(s)");
+            }
+        }
+        Some(cfg)
+    } else {
+        None
+    };
     let sink = SinkThread::to_dir_with(&s.output, &s.output_options)?;
     let started = Instant::now();
     let cpu0 = cpu_seconds();
@@ -483,27 +503,11 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         }
     }
     let utp_socks = [p.utp.clone(), p.utp6.clone()];
-
-    // TLS for https trackers: the trust anchors are read once, and a bad
-    // --tracker-ca fails the run before anything is sent.
-    let https = p.s.announce
-        && p.torrents
-            .iter()
-            .flat_map(|t| &t.target.trackers)
-            .any(|u| TrackerUrl::parse(u).is_some_and(|t| t.tls));
-    let tls_config = if https || !p.s.tls.ca_files.is_empty() {
-        let (cfg, n) = tls::client_config(&p.s.tls)?;
-        if https {
-            if p.s.tls.insecure {
-                eprintln!("swarmtap: https trackers: certificates NOT verified (--tracker-insecure)");
-            } else {
-                eprintln!("swarmtap: https trackers: certificates verified against {n} trust anchor(s)");
-            }
-        }
-        Some(cfg)
-    } else {
-        None
-    };
+    // Incoming uTP from an address the policy refuses gets no answer at all.
+    for u in utp_socks.iter().flatten() {
+        let policy = p.s.policy.clone();
+        u.set_accept_filter(std::sync::Arc::new(move |ip| policy.refuse(ip).is_none()));
+    }
 
     // Tracker loops.
     let mut n_trackers = 0usize;

@@ -122,6 +122,9 @@ pub struct UtpStats {
     pub resets: AtomicU64,
     /// SYNs refused: no listener, accept queue full or connection cap.
     pub refused_syns: AtomicU64,
+    /// SYNs from addresses the accept filter refuses (the probe's address
+    /// policy): dropped without an answer.
+    pub syns_filtered: AtomicU64,
     pub connects: AtomicU64,
     pub accepted: AtomicU64,
     /// KRPC datagrams (a bencoded dictionary: first byte `d`, which no uTP
@@ -144,6 +147,7 @@ pub struct UtpStatsSnapshot {
     pub retransmits: u64,
     pub resets: u64,
     pub refused_syns: u64,
+    pub syns_filtered: u64,
     pub connects: u64,
     pub accepted: u64,
     pub krpc_handed: u64,
@@ -168,6 +172,7 @@ impl UtpStats {
             retransmits: g(&self.retransmits),
             resets: g(&self.resets),
             refused_syns: g(&self.refused_syns),
+            syns_filtered: g(&self.syns_filtered),
             connects: g(&self.connects),
             accepted: g(&self.accepted),
             krpc_handed: g(&self.krpc_handed),
@@ -180,7 +185,7 @@ impl UtpStatsSnapshot {
     pub fn render(&self) -> String {
         format!(
             "uTP: {} connect(s), {} accepted; {} datagram(s), {} malformed, {} for unknown connections, {} bad ack(s), \
-             {} duplicate(s), {} dropped out of order, {} over our window, {} retransmit(s), {} reset(s), {} SYN(s) refused; \
+             {} duplicate(s), {} dropped out of order, {} over our window, {} retransmit(s), {} reset(s), {} SYN(s) refused, {} from refused addresses dropped; \
              {} KRPC datagram(s) handed to the DHT node ({} dropped)",
             self.connects,
             self.accepted,
@@ -194,6 +199,7 @@ impl UtpStatsSnapshot {
             self.retransmits,
             self.resets,
             self.refused_syns,
+            self.syns_filtered,
             self.krpc_handed,
             self.krpc_dropped
         )
@@ -273,10 +279,15 @@ struct Shared {
     /// Where KRPC datagrams arriving on this port go (the DHT node sharing
     /// it), when one does.
     krpc: Mutex<Option<KrpcSender>>,
+    /// Which remote addresses may connect to us (see [`UtpSocket::set_accept_filter`]).
+    accept_filter: Mutex<Option<AcceptFilter>>,
     limits: UtpLimits,
     stats: UtpStats,
     epoch: Instant,
 }
+
+/// Whether a remote address may open a connection to us.
+pub type AcceptFilter = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
 
 impl Shared {
     fn micros(&self) -> u32 {
@@ -739,6 +750,7 @@ impl UtpSocket {
             conns: Mutex::new(HashMap::new()),
             accept: tx,
             krpc: Mutex::new(None),
+            accept_filter: Mutex::new(None),
             limits,
             stats: UtpStats::default(),
             epoch: Instant::now(),
@@ -764,6 +776,12 @@ impl UtpSocket {
         let (tx, rx) = mpsc::channel(cap.max(1));
         *self.shared.krpc.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         rx
+    }
+
+    /// Only SYNs from addresses `f` accepts are answered; others are
+    /// dropped silently (nothing is sent to a refused address) and counted.
+    pub fn set_accept_filter(&self, f: AcceptFilter) {
+        *self.shared.accept_filter.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Sends one datagram from this socket (the DHT node's answers go out
@@ -927,6 +945,11 @@ fn on_datagram(sh: &Arc<Shared>, d: &[u8], from: SocketAddr) {
 }
 
 fn accept_syn(sh: &Arc<Shared>, p: &UtpPacket<'_>, from: SocketAddr) {
+    let filter = sh.accept_filter.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if filter.is_some_and(|f| !f(from.ip())) {
+        UtpStats::inc(&sh.stats.syns_filtered);
+        return;
+    }
     let mut r = [0u8; 2];
     super::mse::fill_random(&mut r);
     let mut c = Conn::new(
@@ -1827,6 +1850,51 @@ mod tests {
         let v4 = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
         let e = v4.connect(addr).await.err().expect("refused");
         assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// A SYN from an address the accept filter refuses (the probe's
+    /// address policy) is dropped without any answer, and counted; one
+    /// from an allowed address is answered.
+    #[tokio::test]
+    async fn syn_from_a_refused_address_gets_no_answer() {
+        let l = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+        let laddr = l.local_addr().unwrap();
+        let (sock, _) = RawPeer::bind().await;
+        let refused = sock.local_addr().unwrap();
+        l.set_accept_filter(Arc::new(move |ip| ip != refused.ip()));
+        let p = RawPeer {
+            sock,
+            peer: laddr,
+            send_id: 100,
+            seq: 1,
+            ack: 0,
+            wnd: 1 << 20,
+            t0: Instant::now(),
+        };
+        p.send(4, 1, &[]).await;
+        let wait = async {
+            while l.stats().syns_filtered < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("SYN read");
+        let mut b = [0u8; 64];
+        assert_eq!(
+            p.sock.try_recv_from(&mut b).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "an answer was sent"
+        );
+        assert_eq!(
+            (l.n_connections(), l.stats().refused_syns, l.stats().accepted),
+            (0, 0, 0)
+        );
+        // The same listener answers an address the filter allows.
+        l.set_accept_filter(Arc::new(|_| true));
+        p.send(4, 1, &[]).await;
+        let st = p.recv(Duration::from_secs(30)).await.expect("SYN-ACK");
+        assert_eq!(st.ty, 2);
     }
 
     /// Under --listen both families listen on one port number: the IPv6
