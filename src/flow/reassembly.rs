@@ -365,6 +365,23 @@ impl StreamReassembler {
         self.cold.get_or_insert_with(Box::default)
     }
 
+    /// Heap bytes this direction holds (accounted against
+    /// `Limits::max_memory`): the held segments (their bytes, an
+    /// allocation each, and the queue's slots), the compare tail, and the
+    /// counters once allocated.
+    pub fn heap_bytes(&self) -> usize {
+        // O(1), as it runs per packet: a chunk's header and rounding are
+        // 8 to 23 bytes, taken as 16.
+        let held = usize::try_from(self.held_bytes).unwrap_or(usize::MAX) + self.held.len() * 16;
+        let slots = super::alloc_bytes(self.held.capacity() * std::mem::size_of::<Held>());
+        let cold = if self.cold.is_some() {
+            super::alloc_bytes(std::mem::size_of::<ReassemblyStats>())
+        } else {
+            0
+        };
+        held + slots + super::alloc_bytes(self.tail.buf.capacity()) + cold
+    }
+
     /// Out-of-order payload bytes held now (never above `max_ooo_bytes`).
     pub fn buffered_bytes(&self) -> u32 {
         u32::try_from(self.held_bytes).unwrap_or(u32::MAX)
