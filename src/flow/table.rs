@@ -929,12 +929,6 @@ mod tests {
         // Measured: 56, 184, 320, 80. With the payload of a partial
         // handshake (67 bytes kept for it and 67 for the reassembler's
         // compare tail) and the map's empty buckets that is ~0.8 KiB.
-        eprintln!(
-            "SIZES bucket {bucket} flow {flow} tcp {tcp} udp {udp} reasm {} streamapp {} key {}",
-            std::mem::size_of::<StreamReassembler>(),
-            std::mem::size_of::<StreamApp>(),
-            std::mem::size_of::<FlowKey>()
-        );
         assert!(bucket <= 56, "{bucket}");
         assert!(flow <= 192, "{flow}");
         assert!(tcp <= 352, "{tcp}");

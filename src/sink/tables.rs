@@ -166,7 +166,7 @@ tables! {
         midstream: bool = "TCP: no SYN was captured, the flow was picked up mid-connection.",
         gap_bytes: u64 = "TCP: stream bytes never captured (both directions).",
         retrans_bytes: u64 = "TCP: retransmitted payload bytes (both directions).",
-        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
+        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full, or the flows' memory past --max-memory: least recently active first), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
         n_bad_checksums: u64 = "Packets whose TCP/UDP checksum is wrong (offload patterns of the capturing host excepted, see capture_stats.n_bad_checksums); with --verify-checksums they are dropped (only counted here and there).",
     }
 
