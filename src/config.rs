@@ -87,6 +87,13 @@ pub struct Limits {
     pub batch_frames: usize,
     /// Bytes of frame data per batch (see `batch_frames`).
     pub batch_bytes: usize,
+    /// Frames after the one that completed a dictionary rebuilt from
+    /// ut_metadata before the shards verify pieces with it (the connection
+    /// that carried it whole does at once). The shards learn it between
+    /// steps, and a step never spans more frames than this, so which
+    /// pieces are verified does not depend on where batches end. 2 Ki: one
+    /// default batch.
+    pub metadata_join_frames: u64,
     /// Peers (info_hash, ip, port) tracked in the swarm state; past it new
     /// peers are counted, not tracked. Each costs ~200 bytes plus its bitfield.
     pub max_peers: usize,
@@ -280,6 +287,7 @@ impl Default for Limits {
             sweep_interval_us: 10 * 1_000_000,
             batch_frames: 2 * 1024,
             batch_bytes: 2 << 20,
+            metadata_join_frames: 2 * 1024,
             max_peers: 1 << 20,
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,

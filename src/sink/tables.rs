@@ -260,7 +260,7 @@ tables! {
         completion_source: Option<&'static str> = "Signal that decided last_pieces and completed_ts, fused from every signal (the highest word of each source counts): for a peer that reached the threshold the first to show it there, else the one behind last_pieces. Its own peer-wire messages: bitfield, have, have_all, have_none, dont_have; tracker_left (an announce's left against the torrent's length), tracker_completed (event=completed), upload_only (its BEP 10 upload_only), pex_seed (a ut_pex seed flag another peer gave for it), dht_seed (BEP 33 seed in its DHT announce_peer). `swarmtap probe`: the message of a contact that showed it (bitfield, have, have_all, have_none, no_bitfield). Null with no progress signal.",
         uploaded_bytes: u64 = "Piece block bytes it sent on captured connections.",
         downloaded_bytes: u64 = "Piece block bytes it received on captured connections.",
-        max_rate_bps: Option<f64> = "Highest download rate: piece bytes received per tumbling window of --rate-window seconds (default 5) of packet time.",
+        max_rate_bps: Option<f64> = "Highest download rate: piece bytes received per tumbling window of --rate-window seconds (default 5) of packet time. The rest of a block cut off by the end of its connection counts in the byte totals, not here (it is known only when the flow ends).",
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
         conn_ids: Vec<u64> = "connections.conn_id of those connections, ascending (the first 1024; n_connections counts them all): `explode` it to join `connections`.",
@@ -520,7 +520,7 @@ tables! {
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
     }
 
-    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used from the next batch of frames after it was rebuilt, and at once on the connection that carried it when it fits one metadata piece). Pieces cut by a capture gap are not rows.
+    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used for pieces whose first block comes 2,048 frames after the one that completed it or later (`metadata_join_frames`), and at once on the connection that carried it when it fits one metadata piece). Pieces cut by a capture gap are not rows.
     pieces => PieceRow {
         ts: Ts = "Time of the packet completing the piece.",
         frame: u64 = "That frame.",
