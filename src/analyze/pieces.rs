@@ -33,11 +33,11 @@ use crate::proto::metainfo::Metainfo;
 /// sees does not depend on where steps end.
 #[derive(Debug, Default, Clone)]
 pub struct KnownTorrents {
-    by_hash: HashMap<[u8; 20], Known>,
+    by_hash: HashMap<[u8; 20], KnownFrom>,
 }
 
-/// A torrent's metadata and the (capture, frame) packets see it from.
-type Known = (Arc<Metainfo>, (u32, u64));
+/// A dictionary and the (capture, frame) from which the shards may use it.
+type KnownFrom = (Arc<Metainfo>, (u32, u64));
 
 impl KnownTorrents {
     /// Known from the start of the run.
