@@ -260,6 +260,14 @@ pub struct ProbeArgs {
     /// Do not scrape trackers (by default each tracker is scraped before each announce).
     #[arg(long = "no-scrape")]
     pub no_scrape: bool,
+    /// A PEM file of CA certificates trusted for https trackers, besides the
+    /// system's store (a private tracker's own CA; repeatable).
+    #[arg(long = "tracker-ca", value_name = "FILE")]
+    pub tracker_ca: Vec<PathBuf>,
+    /// Do not verify https trackers' certificates (chain and name). Only
+    /// when you know why: anyone on the path can then answer for the tracker.
+    #[arg(long = "tracker-insecure")]
+    pub tracker_insecure: bool,
 }
 
 #[derive(Debug, Args)]

@@ -176,9 +176,12 @@ impl PeerSession {
         }
     }
 
-    /// The stream began with an MSE key exchange that selected plaintext.
-    pub fn set_mse_handshake(&mut self) {
+    /// The stream began with an MSE key exchange that selected plaintext;
+    /// `side` sent `exchange_bytes` of it before its plaintext handshake
+    /// (stream bytes of the connection, though not peer wire).
+    pub fn set_mse_handshake(&mut self, side: usize, exchange_bytes: u64) {
         self.st.mse_handshake = true;
+        self.st.sides[side.min(1)].payload_bytes += exchange_bytes;
     }
 
     /// Sharper framing checks once the torrent's shape is known.

@@ -609,9 +609,12 @@ fn mse_plaintext(
     out: &mut ShardOut,
 ) -> PeerSession {
     let mut s = session(init, true, env);
-    s.set_mse_handshake();
     let other = 1 - found;
     let heads = std::mem::take(&mut scan.head);
+    // The key exchange before the handshake is not decoded, but it is
+    // stream bytes of that side (payload_bytes; the other side's exchange
+    // is fed to the session and counted there).
+    s.set_mse_handshake(found, pos.min(heads[found].len()) as u64);
     if let Some(h) = heads[found].get(pos..) {
         s.feed(found, Chunk::Data(h), ctx, out);
     }
