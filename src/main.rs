@@ -95,6 +95,9 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
     if let Some(m) = o.max_flows {
         settings.limits.max_flows = m.max(1);
     }
+    if let Some(m) = o.max_memory {
+        settings.limits.max_memory = m;
+    }
     Ok(settings)
 }
 

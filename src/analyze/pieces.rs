@@ -161,6 +161,12 @@ impl PieceChecker {
         self.buffered
     }
 
+    /// Heap bytes beyond its own size: the pieces in progress and the
+    /// blocks held aside (a flow's memory account).
+    pub fn heap_bytes(&self) -> usize {
+        crate::flow::alloc_bytes(self.pieces.capacity() * std::mem::size_of::<InProgress>()) + self.buffered
+    }
+
     /// A piece message header: the next `length` bytes are piece `piece`
     /// from offset `begin`. Returns an anomaly kind when the block cannot
     /// belong to the piece or a piece had to be dropped for room.

@@ -176,9 +176,12 @@ impl PeerSession {
         }
     }
 
-    /// The stream began with an MSE key exchange that selected plaintext.
-    pub fn set_mse_handshake(&mut self) {
+    /// The stream began with an MSE key exchange that selected plaintext;
+    /// `side` sent `exchange_bytes` of it before its plaintext handshake
+    /// (stream bytes of the connection, though not peer wire).
+    pub fn set_mse_handshake(&mut self, side: usize, exchange_bytes: u64) {
         self.st.mse_handshake = true;
+        self.st.sides[side.min(1)].payload_bytes += exchange_bytes;
     }
 
     /// Sharper framing checks once the torrent's shape is known.
@@ -211,6 +214,20 @@ impl PeerSession {
 
     pub fn buffered_bytes(&self) -> usize {
         self.framers.iter().map(|f| f.buffered_bytes()).sum::<usize>() + self.st.held.len() * 64
+    }
+
+    /// Heap bytes the session holds beyond its own size (the flow's memory
+    /// account, `Limits::max_memory`): framing buffers, held events, the
+    /// piece checkers and the blocks they hold aside.
+    pub fn heap_bytes(&self) -> usize {
+        let checks: usize = self
+            .st
+            .sides
+            .iter()
+            .filter_map(|s| s.check.as_deref())
+            .map(|c| crate::flow::alloc_bytes(std::mem::size_of::<PieceChecker>()) + c.heap_bytes())
+            .sum();
+        self.buffered_bytes() + checks
     }
 
     /// Settles the connection when its oldest held event is older than

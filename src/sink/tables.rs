@@ -166,7 +166,7 @@ tables! {
         midstream: bool = "TCP: no SYN was captured, the flow was picked up mid-connection.",
         gap_bytes: u64 = "TCP: stream bytes never captured (both directions).",
         retrans_bytes: u64 = "TCP: retransmitted payload bytes (both directions).",
-        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
+        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full, or the flows' memory past --max-memory: least recently active first), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
         n_bad_checksums: u64 = "Packets whose TCP/UDP checksum is wrong (offload patterns of the capturing host excepted, see capture_stats.n_bad_checksums); with --verify-checksums they are dropped (only counted here and there).",
     }
 
@@ -607,6 +607,8 @@ tables! {
         n_ts_backwards: u64 = "Frames whose timestamp is earlier than the previous frame's (the flow clock does not go back with them).",
         n_ts_jumps: u64 = "Frames more than Limits.max_clock_jump_us (10 min) after the previous frame: taken as clock steps, not as time that passed (idle expiry does not see them).",
         n_bad_checksums: u64 = "TCP/UDP packets with a wrong checksum. Checksum-offload patterns (0, or the pseudo-header sum) count only from sources whose first packet did not carry one; a source whose first packet did is the capturing host (or one of its namespaces), whose own packets never had their checksum filled in. With --verify-checksums these packets are dropped.",
+        n_flows_evicted: u64 = "Flows ended early (flows.end_reason evicted) because the flow table was full (--max-flows) or the flows' accounted memory passed --max-memory: the least recently active first (last packet, then conn_id), the same flows in every run. Each round is an anomaly flow_table_full or flow_memory_full.",
+        max_flow_memory: u64 = "Highest memory (bytes) the flows' state and buffers were accounted for, as checked before each batch against --max-memory (default 128 MiB; it may pass it by what one batch adds before eviction brings it under).",
     }
 
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).
