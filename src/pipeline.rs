@@ -823,6 +823,7 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
 }
 
 /// Decodes a batch in parallel and runs the shards over it.
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     batch: &FrameBatch,
     shards: &mut [Shard<ShardApps>],

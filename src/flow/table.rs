@@ -848,7 +848,7 @@ impl<A: FlowApps> Shard<A> {
     /// application state (`end_reason` `open`). Nothing is flushed or
     /// closed: bytes waiting in reassembly count once they are delivered.
     pub fn snapshot(&self, each: &mut SnapshotFn<'_, A>) {
-        let mut flows: Vec<(&FlowKey, &Flow<A::Tcp, A::Udp>)> = self.flows.iter().map(|(k, f)| (k, &**f)).collect();
+        let mut flows: Vec<_> = self.flows.iter().map(|(k, f)| (k, &**f)).collect();
         flows.sort_unstable_by_key(|(_, f)| f.conn_id);
         for (k, f) in flows {
             let info = flow_info(f, k);
