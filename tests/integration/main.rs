@@ -516,8 +516,17 @@ fn output_does_not_depend_on_batch_size() {
         for t in TABLE_NAMES {
             // Rows are written as their entity ends (a flow at its sweep),
             // so the order within a file follows batch ends: compare sets.
-            let a = canonical(table(&default, t));
-            let b = canonical(table(&tiny, t));
+            let (mut da, mut db) = (table(&default, t), table(&tiny, t));
+            if *t == "capture_stats" {
+                // The engine's memory high-water mark is taken before each
+                // batch (SCHEMA.md says so): a measurement of the run, not
+                // of the capture.
+                for d in [&mut da, &mut db] {
+                    *d = d.drop("max_flow_memory").expect("capture_stats.max_flow_memory");
+                }
+            }
+            let a = canonical(da);
+            let b = canonical(db);
             assert!(
                 a.equals_missing(&b),
                 "{}: {t} differs between batch sizes",
