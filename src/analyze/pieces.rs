@@ -31,13 +31,13 @@ use crate::proto::metainfo::Metainfo;
 /// the one that completed it. The shards see a new dictionary only at the
 /// next step, and steps span fewer frames than that, so what a packet
 /// sees does not depend on where steps end.
-/// A dictionary and the (capture, frame) from which the shards may use it.
-type KnownFrom = (Arc<Metainfo>, (u32, u64));
-
 #[derive(Debug, Default, Clone)]
 pub struct KnownTorrents {
     by_hash: HashMap<[u8; 20], KnownFrom>,
 }
+
+/// A dictionary and the (capture, frame) from which the shards may use it.
+type KnownFrom = (Arc<Metainfo>, (u32, u64));
 
 impl KnownTorrents {
     /// Known from the start of the run.
