@@ -1696,7 +1696,11 @@ mod tests {
             .rows
             .iter()
             .any(|r| r.kind == "response" && r.method.as_deref() == Some("get_peers") && r.rtt_ms == Some(1.0)));
-        assert!(rep.rows.iter().filter(|r| r.src_ip == "2.2.2.2").all(|r| r.read_only));
+        assert!(rep
+            .rows
+            .iter()
+            .filter(|r| r.src_ip.0.to_string() == "2.2.2.2")
+            .all(|r| r.read_only));
     }
 
     #[test]
