@@ -481,12 +481,12 @@ fn output_does_not_depend_on_batch_size() {
     // cheat and lossy.pcap have connections whose events are held until the
     // originator's BEP 10 handshake, released in a later batch when batches
     // are small: the swarm state still applies every event in frame order.
-    //
-    // Not listed, where the swarm state still depends on batch ends:
-    // udp and ipv6.pcap (a piece block cut off by the end of a connection is
-    // counted when the flow ends, at a sweep: one peer's peak rate differs)
-    // and magnet.pcap (a dictionary rebuilt from ut_metadata joins at the
-    // end of the batch that completed it).
+    // udp and ipv6.pcap have piece blocks cut off by the end of their
+    // connection, known when the flow ends at a sweep (their bytes count in
+    // totals, not in rate windows). In magnet.pcap a dictionary rebuilt from
+    // ut_metadata joins the swarm state at the frame that completed it and
+    // the shards' piece verification a fixed number of frames later
+    // (`Limits::metadata_join_frames`), wherever batches end.
     let Some(c) = corpus() else { return };
     let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps");
     let inputs = [
@@ -501,6 +501,10 @@ fn output_does_not_depend_on_batch_size() {
         samples.join("midstream.pcap"),
         samples.join("cheat.pcap"),
         samples.join("lossy.pcap"),
+        samples.join("udp.pcap"),
+        samples.join("ipv6.pcap"),
+        samples.join("magnet.pcap"),
+        samples.join("suppressed.pcap"),
     ];
     let mut rows = 0;
     for input in inputs {
