@@ -110,7 +110,7 @@ fn bloom_estimate(filter: &[u8]) -> Option<u64> {
 /// name is made per row instead of kept.
 #[derive(Debug, Default)]
 pub struct ClientNames {
-    map: HashMap<[u8; 4], Option<Arc<str>>>,
+    map: HashMap<[u8; 4], Option<Arc<str>>, foldhash::fast::RandomState>,
 }
 
 impl ClientNames {

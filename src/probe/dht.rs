@@ -2204,7 +2204,9 @@ mod tests {
         let rows: Vec<&DhtMessageRow> = reports.iter().flat_map(|r| r.rows.iter()).collect();
         let queries = rows.iter().filter(|r| r.kind == "query").count() as u32;
         assert_eq!(net.want_n6.load(Ordering::SeqCst), queries);
-        assert!(rows.iter().all(|r| r.src_ip == "::1" && r.dst_ip == "::1"));
+        assert!(rows
+            .iter()
+            .all(|r| r.src_ip.0.to_string() == "::1" && r.dst_ip.0.to_string() == "::1"));
         let a: Vec<_> = rows
             .iter()
             .filter(|r| r.kind == "response" && r.method.as_deref() == Some("get_peers"))
