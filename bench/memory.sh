@@ -39,8 +39,9 @@ FILE[synpartial-600k]=$(cap synpartial-600k synpartial 600000)
 FILE[syn1-200k]=$(cap syn1-200k syn1 200000)
 FILE[established-1k]=$(cap established-1k established 1000)
 FILE[established-1m]=$(cap established-1m established 1000000)
-ARGS[established-1k]="--max-flows 2000000 --max-memory 4G"
-ARGS[established-1m]="--max-flows 2000000 --max-memory 4G"
+# (--max-memory exists from session 5 on; older binaries get --max-flows only)
+ARGS[established-1k]="--max-flows 2000000"
+ARGS[established-1m]="--max-flows 2000000"
 CASES=(synpartial-260k synpartial-600k syn1-200k established-1k established-1m)
 
 median() { sort -n | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
@@ -49,6 +50,8 @@ printf '%-10s %-16s %10s %12s %10s %8s\n' binary case rss_mib rss_kib account_mi
 for bin in "$@"; do
     name=$(basename "$bin")
     declare -A RSS=()
+    big=""
+    if "$bin" analyze --help 2>/dev/null | grep -q -- --max-memory; then big="--max-memory 4G"; fi
     for c in "${CASES[@]}"; do
         vals=()
         acc=-1 ev=-1
@@ -57,6 +60,7 @@ for bin in "$@"; do
             rm -rf "$out"
             # shellcheck disable=SC2086
             /usr/bin/time -v -o "$WORK/time.txt" "$bin" analyze "${FILE[$c]}" -o "$out" ${ARGS[$c]:-} \
+                $([[ $c == established-* ]] && echo "$big") \
                 >/dev/null 2>"$WORK/err.txt" || { cat "$WORK/err.txt" >&2; exit 1; }
             vals+=("$(awk -F': ' '/Maximum resident/{print $2}' "$WORK/time.txt")")
         done

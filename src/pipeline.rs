@@ -822,7 +822,10 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
     input
 }
 
-/// Decodes a batch in parallel and runs the shards over it.
+/// Decodes frames `range` of a batch in parallel and runs the shards over
+/// them (the state they update is the engine's, passed field by field so
+/// that the pool's closure borrows them apart).
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     batch: &FrameBatch,
     shards: &mut [Shard<ShardApps>],

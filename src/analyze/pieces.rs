@@ -33,8 +33,11 @@ use crate::proto::metainfo::Metainfo;
 /// sees does not depend on where steps end.
 #[derive(Debug, Default, Clone)]
 pub struct KnownTorrents {
-    by_hash: HashMap<[u8; 20], (Arc<Metainfo>, (u32, u64))>,
+    by_hash: HashMap<[u8; 20], KnownFrom>,
 }
+
+/// A dictionary and the (capture, frame) from which the shards may use it.
+type KnownFrom = (Arc<Metainfo>, (u32, u64));
 
 impl KnownTorrents {
     /// Known from the start of the run.

@@ -718,6 +718,15 @@ pub struct Node {
     report: DhtReport,
     pub stats: DhtStats,
     parse_limits: DhtLimits,
+    /// BEP 32: ask for nodes of both families (both nodes run).
+    want_other: bool,
+    /// Nodes of the other family listed in answers, for the other node.
+    other: Vec<(NodeId, SocketAddr)>,
+    /// Nodes of our family the other node learned (see [`Node::offer`]).
+    offered: Vec<(NodeId, SocketAddr)>,
+    /// A round found nothing to ask (no table, no bootstrap, nothing
+    /// offered): the next one starts as soon as nodes are offered.
+    idle_round: bool,
 }
 
 impl Node {
@@ -740,7 +749,68 @@ impl Node {
             report: DhtReport::default(),
             stats: DhtStats::default(),
             parse_limits: DhtLimits::default(),
+            want_other: false,
+            other: Vec::new(),
+            offered: Vec::new(),
+            idle_round: false,
             cfg,
+        }
+    }
+
+    /// BEP 32 with both nodes running: our queries want nodes of both
+    /// families, and those of the other family are kept for the other node
+    /// ([`Node::take_other_family`]).
+    pub fn set_want_other(&mut self, on: bool) {
+        self.want_other = on;
+    }
+
+    /// Nodes of the other family heard of since the last call.
+    pub fn take_other_family(&mut self) -> Vec<(NodeId, SocketAddr)> {
+        std::mem::take(&mut self.other)
+    }
+
+    /// Nodes of our family that the other node heard of: candidates of the
+    /// running lookups and of the next ones (how an IPv6 node without an
+    /// IPv6 bootstrap address joins, through IPv4 nodes' `nodes6`). Checked
+    /// like the nodes of an answer; at most `max_candidates` kept.
+    pub fn offer(&mut self, nodes: Vec<(NodeId, SocketAddr)>, now: Instant) {
+        let lim = self.cfg.limits;
+        let mut any = false;
+        if self.local.ip().is_unspecified() {
+            // No bootstrap address told us our source address: the first
+            // offered node does (for our rows).
+            if let Some(ip) = nodes
+                .iter()
+                .find(|x| x.1.is_ipv6() == self.local.is_ipv6())
+                .and_then(|x| routed_source(x.1))
+            {
+                self.local.set_ip(ip);
+            }
+        }
+        for (nid, a) in nodes {
+            if a.is_ipv6() != self.local.is_ipv6() || self.offered.iter().any(|x| x.1 == a) {
+                continue;
+            }
+            if nid == self.id || !targets::contactable(&a) || a == self.local {
+                self.stats.nodes_invalid += 1;
+                continue;
+            }
+            if self.cfg.policy.refuse(a.ip()).is_some() {
+                self.stats.nodes_refused += 1;
+                continue;
+            }
+            for l in &mut self.lookups {
+                l.add_cand(nid, a, lim.max_candidates);
+            }
+            if self.offered.len() >= lim.max_candidates {
+                self.offered.remove(0);
+            }
+            self.offered.push((nid, a));
+            any = true;
+        }
+        if any && self.idle_round {
+            self.idle_round = false;
+            self.next_round = now;
         }
     }
 
@@ -799,6 +869,9 @@ impl Node {
         for (nid, a) in self.table.closest(&target, 2 * k) {
             l.add_cand(nid, a, self.cfg.limits.max_candidates);
         }
+        for &(nid, a) in &self.offered {
+            l.add_cand(nid, a, self.cfg.limits.max_candidates);
+        }
         if l.cands.len() < k {
             // Asked in order: the first given first; not a node the table
             // already lists (it would be asked twice).
@@ -818,6 +891,10 @@ impl Node {
     /// A new round: find_node of our own id while the table is small, and
     /// get_peers for every target.
     fn start_round(&mut self, now: Instant) {
+        if self.table.is_empty() && self.cfg.bootstrap.is_empty() && self.offered.is_empty() {
+            self.idle_round = true;
+            return;
+        }
         // Rounds alternate: peers (`values`), then a BEP 33 scrape (nodes
         // answer a scrape with filters instead of peers), so every other
         // round finds peers, the first one included.
@@ -877,9 +954,14 @@ impl Node {
             _ => Vec::new(),
         };
         // BEP 32: the IPv6 node asks for `nodes6`; the IPv4 node relies on
-        // the default (the querier's family) and sends no `want`.
-        if self.local.is_ipv6() && !a.is_empty() {
-            a.push(("want", &b"l2:n6e"[..]));
+        // the default (the querier's family) and sends no `want`; with both
+        // nodes running, each asks for both families.
+        if !a.is_empty() {
+            if self.want_other {
+                a.push(("want", &b"l2:n42:n6e"[..]));
+            } else if self.local.is_ipv6() {
+                a.push(("want", &b"l2:n6e"[..]));
+            }
         }
         let name = match method {
             Method::GetPeers => "get_peers",
@@ -1161,6 +1243,29 @@ impl Node {
                 self.stats.too_many_nodes += 1;
             }
             new_nodes.extend(listed);
+            // The other family's, for the other node (checked there).
+            if self.want_other {
+                let other: Vec<(NodeId, SocketAddr)> = if self.local.is_ipv6() {
+                    m.nodes.map_or(Vec::new(), |n| {
+                        n.iter()
+                            .take(lim.max_nodes_per_response)
+                            .map(|(i, a)| (*i, SocketAddr::V4(a)))
+                            .collect()
+                    })
+                } else {
+                    m.nodes6.map_or(Vec::new(), |n| {
+                        n.iter()
+                            .take(lim.max_nodes_per_response)
+                            .map(|(i, a)| (*i, SocketAddr::V6(a)))
+                            .collect()
+                    })
+                };
+                for x in other {
+                    if self.other.len() < lim.max_candidates && !self.other.contains(&x) {
+                        self.other.push(x);
+                    }
+                }
+            }
             if l.method == Method::GetPeers {
                 if let (Some(sd), Some(pe)) = (m.bf_seeds, m.bf_peers) {
                     let b = l.bloom.get_or_insert_with(|| Box::new(([0; 256], [0; 256])));
@@ -1281,16 +1386,19 @@ struct Side {
 }
 
 impl Side {
+    /// `seeded`: the other family's node runs and may hand this one
+    /// nodes, so it starts even without a bootstrap address of its family.
     async fn start(
         cfg: &DhtConfig,
         v6: bool,
         port_: DhtPort,
         id: NodeId,
         targets_: &[(u32, NodeId)],
+        seeded: bool,
     ) -> Result<Option<Side>, String> {
         let mut cfg = cfg.clone();
         cfg.bootstrap.retain(|a| a.is_ipv6() == v6);
-        if cfg.bootstrap.is_empty() {
+        if cfg.bootstrap.is_empty() && !seeded {
             return Ok(None);
         }
         let (sock, shared) = match port_ {
@@ -1385,8 +1493,10 @@ pub async fn run_on(
     });
     let id = random_id();
     let [p4, p6] = ports;
-    let mut s4 = Side::start(&cfg, false, p4, id, &targets_).await?;
-    let mut s6 = match Side::start(&cfg, true, p6, id, &targets_).await {
+    let mut s4 = Side::start(&cfg, false, p4, id, &targets_, false).await?;
+    // The IPv6 node runs with an IPv6 bootstrap address, or beside the
+    // IPv4 node, which then asks for `nodes6` to seed it (BEP 32).
+    let mut s6 = match Side::start(&cfg, true, p6, id, &targets_, s4.is_some()).await {
         Ok(s) => s,
         // A host without IPv6: the IPv4 node still runs.
         Err(e) if s4.is_some() => {
@@ -1395,6 +1505,10 @@ pub async fn run_on(
         }
         Err(e) => return Err(e),
     };
+    if let (Some(a), Some(b)) = (s4.as_mut(), s6.as_mut()) {
+        a.node.set_want_other(true);
+        b.node.set_want_other(true);
+    }
     if s4.is_none() && s6.is_none() {
         eprintln!("swarmtap: no usable DHT bootstrap address; DHT off");
         return Ok(());
@@ -1428,6 +1542,12 @@ pub async fn run_on(
                 }
             }
             _ = stop.changed() => {}
+        }
+        // Nodes of the other family heard by one node go to the other.
+        if let (Some(a), Some(b)) = (s4.as_mut(), s6.as_mut()) {
+            let now = Instant::now();
+            b.node.offer(a.node.take_other_family(), now);
+            a.node.offer(b.node.take_other_family(), now);
         }
         for s in [&mut s4, &mut s6].into_iter().flatten() {
             s.send_out().await;
@@ -1965,13 +2085,23 @@ mod tests {
     /// else each knows a BEP 5 table of the others (8 per bucket). The 8
     /// nodes closest to `ih` hold `peers`, peer i at the (i mod 8)-th.
     async fn fake_net(n: usize, full: bool, ih: NodeId, peers: &[SocketAddr]) -> FakeNet {
-        fake_net_on("127.0.0.1", n, full, ih, peers, 0x9e37_79b9_7f4a_7c15).await
+        fake_net_on("127.0.0.1", n, full, ih, peers, 0x9e37_79b9_7f4a_7c15, &[]).await
     }
 
     /// [`fake_net`] on `ip` (127.0.0.1 or ::1). Nodes answer as BEP 32
     /// says: `nodes` and/or `nodes6` as `want` lists n4/n6, else the
     /// querier's own family; they know only nodes of their own family.
-    async fn fake_net_on(ip: &str, n: usize, full: bool, ih: NodeId, peers: &[SocketAddr], seed: u64) -> FakeNet {
+    /// `also6`: IPv6 nodes these (IPv4) nodes list in `nodes6` when asked,
+    /// as a dual-stack node would.
+    async fn fake_net_on(
+        ip: &str,
+        n: usize,
+        full: bool,
+        ih: NodeId,
+        peers: &[SocketAddr],
+        seed: u64,
+        also6: &[(NodeId, SocketAddr)],
+    ) -> FakeNet {
         let ids = xorshift_ids(n, seed);
         let mut socks = Vec::new();
         let mut nodes = Vec::new();
@@ -2008,6 +2138,11 @@ mod tests {
             };
             let counter = counter.clone();
             let want6 = want_n6.clone();
+            let pool6: Vec<(NodeId, SocketAddr)> = if also6.is_empty() {
+                known.clone()
+            } else {
+                also6.to_vec()
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 loop {
@@ -2036,7 +2171,11 @@ mod tests {
                         extra.push(("nodes", nodes_field(&close)));
                     }
                     if n6 {
-                        extra.push(("nodes6", nodes6_field(&close)));
+                        let mut close6 = pool6.clone();
+                        close6.sort_by_key(|x| distance(&x.0, &target));
+                        close6.retain(|x| x.1.is_ipv6());
+                        close6.truncate(8);
+                        extra.push(("nodes6", nodes6_field(&close6)));
                     }
                     if m.method == Some(Method::GetPeers) {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -2190,7 +2329,7 @@ mod tests {
     async fn iterative_get_peers_over_ipv6() {
         let ih = [0x6c; 20];
         let peers = ipv6_swarm_peers();
-        let net = fake_net_on("::1", 50, true, ih, &peers, 0x0123_4567_89ab_cdef).await;
+        let net = fake_net_on("::1", 50, true, ih, &peers, 0x0123_4567_89ab_cdef, &[]).await;
         let (done, found, reports) = lookup(net.nodes[49].1, ih).await;
         let gp = done.iter().find(|d| d.method == Method::GetPeers).unwrap();
         assert!(gp.ipv6);
@@ -2221,7 +2360,7 @@ mod tests {
     async fn iterative_get_peers_kademlia_network_over_ipv6() {
         let ih = [0x93; 20];
         let peers = ipv6_swarm_peers();
-        let net = fake_net_on("::1", 50, false, ih, &peers, 0x0123_4567_89ab_cdef).await;
+        let net = fake_net_on("::1", 50, false, ih, &peers, 0x0123_4567_89ab_cdef, &[]).await;
         let (done, found, _) = lookup(net.nodes[49].1, ih).await;
         let gp = done.iter().find(|d| d.method == Method::GetPeers).unwrap();
         assert_eq!(found, peers.iter().copied().collect::<HashSet<_>>());
@@ -2232,15 +2371,16 @@ mod tests {
 
     /// Both families at once: an IPv4 network on 127.0.0.1 and an IPv6
     /// one on ::1, one bootstrap address each. Two nodes, one lookup each
-    /// (1 + 8 queries on each network), the union of the peers found; the
-    /// IPv4 node sends no `want`, so the IPv4 network never lists nodes6.
+    /// (1 + 8 queries on each network), the union of the peers found; both
+    /// ask for both families (BEP 32), which these single-stack networks
+    /// answer with empty lists of the other family.
     #[tokio::test]
     async fn ipv4_and_ipv6_nodes_side_by_side() {
         let ih = [0x3c; 20];
         let (p4, p6) = (swarm_peers(), ipv6_swarm_peers());
         let net4 = fake_net(50, true, ih, &p4).await;
-        let net6 = fake_net_on("::1", 50, true, ih, &p6, 0x0123_4567_89ab_cdef).await;
-        let (done, found, _) = lookups(vec![net4.nodes[49].1, net6.nodes[49].1], ih, 2).await;
+        let net6 = fake_net_on("::1", 50, true, ih, &p6, 0x0123_4567_89ab_cdef, &[]).await;
+        let (done, found, reports) = lookups(vec![net4.nodes[49].1, net6.nodes[49].1], ih, 2).await;
         let gp: Vec<&LookupDone> = done.iter().filter(|d| d.method == Method::GetPeers).collect();
         assert_eq!(gp.len(), 2);
         assert_eq!(gp.iter().filter(|d| d.ipv6).count(), 1);
@@ -2255,6 +2395,52 @@ mod tests {
             ),
             (9, 9)
         );
-        assert_eq!(net4.want_n6.load(Ordering::SeqCst), 0);
+        let q4 = reports
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .filter(|r| r.kind == "query" && r.dst_ip == "127.0.0.1")
+            .count() as u32;
+        assert_eq!(net4.want_n6.load(Ordering::SeqCst), q4);
+    }
+
+    /// An IPv6 node with no IPv6 bootstrap address joins through the IPv4
+    /// node (BEP 32): the IPv4 node's queries want n4 and n6, the IPv4
+    /// network (dual-stack nodes) lists the IPv6 nodes closest to the
+    /// target in `nodes6`, and those seed the IPv6 node's lookup, which
+    /// then walks the IPv6 network by itself: every peer of both.
+    #[tokio::test]
+    async fn ipv6_node_seeded_by_nodes6_from_ipv4_nodes() {
+        let ih = [0xa5; 20];
+        let (p4, p6) = (swarm_peers(), ipv6_swarm_peers());
+        let net6 = fake_net_on("::1", 50, true, ih, &p6, 0x0123_4567_89ab_cdef, &[]).await;
+        let net4 = fake_net_on("127.0.0.1", 50, true, ih, &p4, 0x9e37_79b9_7f4a_7c15, &net6.nodes).await;
+        let (done, found, reports) = lookups(vec![net4.nodes[49].1], ih, 2).await;
+        let gp: Vec<&LookupDone> = done.iter().filter(|d| d.method == Method::GetPeers).collect();
+        assert_eq!(gp.len(), 2);
+        let (g4, g6) = match gp[0].ipv6 {
+            true => (gp[1], gp[0]),
+            false => (gp[0], gp[1]),
+        };
+        assert!(!g4.ipv6 && g6.ipv6);
+        assert_eq!(found, p4.iter().chain(&p6).copied().collect::<HashSet<_>>());
+        assert_eq!((g4.n_queries, g4.n_closest_answered), (9, 8));
+        assert_eq!(g6.n_closest_answered, 8);
+        assert_eq!(
+            u64::from(g6.n_queries),
+            u64::from(net6.get_peers.load(Ordering::SeqCst))
+        );
+        // Every query of ours to the IPv4 network wanted n6 (find_node
+        // included); rows of the IPv6 node carry its routed address.
+        let rows: Vec<&DhtMessageRow> = reports.iter().flat_map(|r| r.rows.iter()).collect();
+        let q4 = rows
+            .iter()
+            .filter(|r| r.kind == "query" && r.dst_ip == "127.0.0.1")
+            .count() as u32;
+        assert_eq!(net4.want_n6.load(Ordering::SeqCst), q4);
+        assert!(rows.iter().filter(|r| r.dst_ip == "::1").all(|r| r.src_ip == "::1"));
+        eprintln!(
+            "IPv6 lookup seeded through IPv4: {} queries, {} answers",
+            g6.n_queries, g6.n_responses
+        );
     }
 }
