@@ -132,6 +132,14 @@ impl From<IpAddr> for Ip {
     }
 }
 
+/// Compares with an address's text (`r.src_ip == "10.0.0.1"` in tests and
+/// filters): equal when the text parses to the same address.
+impl PartialEq<&str> for Ip {
+    fn eq(&self, other: &&str) -> bool {
+        other.parse::<IpAddr>().is_ok_and(|ip| ip == self.0)
+    }
+}
+
 impl ToText for Ip {
     fn push_text(&self, buf: &mut String) {
         push_ip(buf, self.0);
