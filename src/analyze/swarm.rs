@@ -409,15 +409,15 @@ pub fn progress(fused: &Fused, n: Option<u64>, threshold: f64) -> Progress {
 
 /// A set of piece indices, grown as indices arrive (bounded by max_pieces).
 #[derive(Debug, Clone, Default)]
-struct PieceSet {
+pub struct PieceSet {
     words: Vec<u64>,
     count: u64,
     /// have_all: every piece, whatever the count turns out to be.
-    all: bool,
+    pub all: bool,
 }
 
 impl PieceSet {
-    fn set(&mut self, i: u32) -> bool {
+    pub fn set(&mut self, i: u32) -> bool {
         let w = (i / 64) as usize;
         if w >= self.words.len() {
             self.words.resize(w + 1, 0);
@@ -432,7 +432,7 @@ impl PieceSet {
         }
     }
 
-    fn clear(&mut self, i: u32) -> bool {
+    pub fn clear(&mut self, i: u32) -> bool {
         let w = (i / 64) as usize;
         let bit = 1u64 << (i % 64);
         match self.words.get_mut(w) {
@@ -446,7 +446,7 @@ impl PieceSet {
     }
 
     /// Union with a bitfield (MSB of byte 0 is piece 0).
-    fn union_bitfield(&mut self, bits: &[u8]) {
+    pub fn union_bitfield(&mut self, bits: &[u8]) {
         for (i, &b) in bits.iter().enumerate() {
             if b == 0 {
                 continue;
@@ -481,7 +481,7 @@ impl PieceSet {
     }
 
     /// History value: the count, or ALL for have_all.
-    fn point(&self) -> u32 {
+    pub fn point(&self) -> u32 {
         if self.all {
             ALL
         } else {
@@ -1177,6 +1177,10 @@ impl Swarm {
             SwarmEventKind::Have(i) | SwarmEventKind::DontHave(i) => Some(*i),
             _ => None,
         };
+        let bitfield_hex = match &ev.kind {
+            SwarmEventKind::Bitfield(b) => Some(hex(b)),
+            _ => None,
+        };
         let cause: Option<Signal> = match ev.kind {
             SwarmEventKind::Learned { source } => {
                 p.sources |= source.bit();
@@ -1287,6 +1291,7 @@ impl Swarm {
                         n_pieces: n_exact,
                         cause: sig.name(),
                         piece: None,
+                        bitfield: None,
                     });
                 }
                 None
@@ -1323,6 +1328,7 @@ impl Swarm {
             n_pieces: n_exact,
             cause: cause.name(),
             piece: piece_idx,
+            bitfield: bitfield_hex,
         });
     }
 

@@ -10,7 +10,7 @@ use polars::prelude::*;
 use super::frame::*;
 use super::MergeOptions;
 use crate::analyze::audit::Audit;
-use crate::analyze::swarm::{fuse_points, progress, Signal, ALL};
+use crate::analyze::swarm::{fuse_points, progress, PieceSet, Signal, ALL};
 use crate::analyze::tracker::{AnnounceMark, MarkEvent};
 use crate::analyze::{FrameCtx, PeerSource, SwarmEvent, SwarmEventKind};
 use crate::sink::{ConnectionRow, FlowRow, Row, RowBatch, TrackerAnnounceRow, Ts};
@@ -49,14 +49,9 @@ const CONN_FILL_PAIRS: &[(&str, &str)] = &[
 /// other across a cut are joined; copies across sensors are removed.
 /// Returns the merged frame, the id rewrites, the number of rows joined
 /// into an earlier one, and (flows) which merged flows ended closed.
-pub fn join_flows(
-    df: &DataFrame,
-    opts: &MergeOptions,
-    is_conn: bool,
-    flow_closed: Option<&HashMap<i64, bool>>,
-) -> Res<(DataFrame, HashMap<i64, i64>, usize, HashMap<i64, bool>)> {
-    let (out, joined, n, closed) = join_inner(df, opts, is_conn, flow_closed)?;
-    Ok((out, joined.ids, n, closed))
+pub fn join_flows(df: &DataFrame, opts: &MergeOptions) -> Res<(DataFrame, HashMap<i64, i64>, usize)> {
+    let (out, joined, n) = join_inner(df, opts, false, None)?;
+    Ok((out, joined.ids, n))
 }
 
 pub fn join_connections(
@@ -64,8 +59,7 @@ pub fn join_connections(
     opts: &MergeOptions,
     flow_closed: &HashMap<i64, bool>,
 ) -> Res<(DataFrame, Joined, usize)> {
-    let (out, joined, n, _) = join_inner(df, opts, true, Some(flow_closed))?;
-    Ok((out, joined, n))
+    join_inner(df, opts, true, Some(flow_closed))
 }
 
 fn join_inner(
@@ -73,7 +67,7 @@ fn join_inner(
     opts: &MergeOptions,
     is_conn: bool,
     flow_closed: Option<&HashMap<i64, bool>>,
-) -> Res<(DataFrame, Joined, usize, HashMap<i64, bool>)> {
+) -> Res<(DataFrame, Joined, usize)> {
     let h = df.height();
     let proto = strs0(df, if is_conn { "transport" } else { "proto" })?;
     let cid = strs0(df, "community_id")?;
@@ -251,16 +245,11 @@ fn join_inner(
         set(&mut out, col_i64(a, sa))?;
         set(&mut out, col_i64(b, sb))?;
     }
-    let mut closed_out = HashMap::new();
     if !is_conn {
         // The last piece says how the flow ended.
         let lasts: Vec<usize> = kg.iter().map(|g| *g.last().unwrap_or(&g[0])).collect();
         let er = take(df, &lasts)?;
         set(&mut out, er.column("end_reason").map_err(err)?.clone())?;
-        for (k, g) in kg.iter().enumerate() {
-            let l = *g.last().unwrap_or(&g[0]);
-            closed_out.insert(ids[reps[k]], closed[l]);
-        }
     }
     let mut renames = PeerRenames::new();
     if is_conn {
@@ -351,7 +340,6 @@ fn join_inner(
             peer_renames: renames,
         },
         n_joined,
-        closed_out,
     ))
 }
 
@@ -519,6 +507,7 @@ struct Prog {
     cause: Signal,
     have: Option<i64>,
     piece: Option<i64>,
+    bitfield: Option<Vec<u8>>,
     ds: usize,
 }
 
@@ -560,6 +549,7 @@ impl Extracts {
                 let cause = strs0(df, "cause")?;
                 let have = i64s(df, "n_pieces_have")?;
                 let piece = i64s(df, "piece")?;
+                let bitfield = strs(df, "bitfield")?;
                 let cid = i64s0(df, "conn_id")?;
                 let ds = ds_of(df)?;
                 for i in 0..df.height() {
@@ -586,6 +576,7 @@ impl Extracts {
                             cause: sig,
                             have: have[i],
                             piece: piece[i],
+                            bitfield: bitfield[i].as_deref().and_then(unhex),
                             ds: ds[i],
                         });
                 }
@@ -945,6 +936,9 @@ pub fn peers(
         match ex.progress.get(&key) {
             Some(rows) if !rows.is_empty() => {
                 let (wire, claims) = points(rows);
+                if std::env::var_os("SWARMTAP_MERGE_DEBUG").is_some() {
+                    eprintln!("{key:?} n={n:?} wire={wire:?} claims={claims:?}");
+                }
                 let fused = fuse_points(&wire, &claims, n.map(|n| n.max(0) as u64));
                 let p = progress(&fused, n.map(|n| n.max(0) as u64), threshold);
                 cols.0.push(p.first_pieces.map(|v| v as i64));
@@ -998,46 +992,113 @@ fn points(rows: &[Prog]) -> (Vec<(i64, u32, Signal)>, Vec<(i64, u32, Signal)>) {
             by_ds.entry(r.ds).or_default().push(r);
         }
     }
+    // Every wire row names what changed (`piece`, `bitfield`): the peer's
+    // piece set is rebuilt as the analysis builds it, over all datasets.
+    let exact = by_ds.values().flatten().all(|r| match r.cause {
+        Signal::Have | Signal::DontHave => r.piece.is_some(),
+        Signal::Bitfield => r.bitfield.is_some(),
+        _ => true,
+    });
+    if exact {
+        let mut wire: Vec<(i64, u32, Signal)> = Vec::new();
+        let mut set = PieceSet::default();
+        let mut last: Option<u32> = None;
+        let mut all: Vec<&Prog> = by_ds.values().flatten().copied().collect();
+        all.sort_by_key(|r| (r.ts, r.ds));
+        let first_ds = all.first().map(|r| r.ds);
+        let mut last_ds = None;
+        for r in all {
+            let idx = r.piece.and_then(|p| u32::try_from(p).ok());
+            match r.cause {
+                Signal::Bitfield => set.union_bitfield(r.bitfield.as_deref().unwrap_or_default()),
+                Signal::Have => {
+                    if let Some(i) = idx {
+                        set.set(i);
+                    }
+                }
+                Signal::HaveAll => set.all = true,
+                Signal::HaveNone => set.all = false,
+                Signal::DontHave => {
+                    set.all = false;
+                    if let Some(i) = idx {
+                        set.clear(i);
+                    }
+                }
+                _ => {}
+            }
+            let pt = set.point();
+            if last != Some(pt) {
+                // A later dataset's changes of one instant are one point:
+                // it may see at once what one run saw a moment apart (a
+                // `have` lost in the bytes passed over at a cut arrives
+                // again on another connection).
+                match wire.last_mut() {
+                    Some(w) if w.0 == r.ts && Some(r.ds) != first_ds && last_ds == Some(r.ds) => {
+                        *w = (r.ts, pt, r.cause)
+                    }
+                    _ => wire.push((r.ts, pt, r.cause)),
+                }
+                last = Some(pt);
+                last_ds = Some(r.ds);
+            }
+        }
+        return (wire, claims);
+    }
+    // Datasets without those columns (older versions): counts only.
     // Datasets in the order they first saw the peer.
     let mut dss: Vec<(i64, usize)> = by_ds.iter().map(|(d, v)| (v[0].ts, *d)).collect();
     dss.sort();
     let mut wire: Vec<(i64, u32, Signal)> = Vec::new();
-    // Pieces earlier datasets saw announced by `have`.
+    // Pieces announced by `have` so far (earlier datasets, then this one).
     let mut seen: std::collections::HashSet<i64> = std::collections::HashSet::new();
     for (t0, d) in dss {
         let v = &by_ds[&d];
-        let relative = matches!(v[0].cause, Signal::Have | Signal::DontHave);
-        let base = if relative {
-            wire.iter()
-                .filter(|w| w.0 <= t0)
-                .max_by_key(|w| w.0)
-                .map(|w| w.1)
-                .unwrap_or(0)
-        } else {
-            0
-        };
-        let mut absolute = !relative;
-        // `have`s of pieces an earlier dataset saw announced: the same
-        // announcement sent to another peer just after the cut.
-        let mut again = 0u32;
-        for r in v {
-            if matches!(r.cause, Signal::Bitfield | Signal::HaveAll | Signal::HaveNone) {
-                absolute = true;
+        if !matches!(v[0].cause, Signal::Have | Signal::DontHave) {
+            // The dataset saw the peer's start: its counts are whole.
+            for r in v {
+                wire.push((r.ts, val(r.have), r.cause));
             }
-            if !absolute && r.cause == Signal::Have && r.piece.is_some_and(|p| seen.contains(&p)) {
-                again += 1;
-            }
-            let c = val(r.have);
-            let c = if absolute {
-                c
-            } else if c == ALL || base == ALL {
-                ALL
-            } else {
-                c.saturating_add(base).saturating_sub(again).min(ALL - 1)
-            };
-            wire.push((r.ts, c, r.cause));
+            seen.extend(v.iter().filter(|r| r.cause == Signal::Have).filter_map(|r| r.piece));
+            continue;
         }
-        seen.extend(v.iter().filter(|r| r.cause == Signal::Have).filter_map(|r| r.piece));
+        // Picked up mid-stream: the peer's count before the dataset, plus
+        // each piece its `have`s announce for the first time (the same
+        // announcement reaches several connections, and the dataset may
+        // have counted it per connection under different source ports).
+        let mut cur = wire
+            .iter()
+            .filter(|w| w.0 <= t0)
+            .max_by_key(|w| w.0)
+            .map(|w| w.1)
+            .unwrap_or(0);
+        let mut pushed_here = false;
+        for r in v {
+            let before = cur;
+            match r.cause {
+                Signal::Have => {
+                    let new = r.piece.is_none_or(|p| seen.insert(p));
+                    if new && cur != ALL {
+                        cur = (cur + 1).min(ALL - 1);
+                    }
+                }
+                Signal::DontHave => {
+                    if cur != ALL {
+                        cur = cur.saturating_sub(1);
+                    }
+                }
+                _ => cur = val(r.have),
+            }
+            // As analyze: a point where the piece set changed; the
+            // dataset's `have`s of one instant (from several connections
+            // under several source ports) are one point, its last.
+            if cur != before || !matches!(r.cause, Signal::Have | Signal::DontHave) {
+                match wire.last_mut() {
+                    Some(w) if w.0 == r.ts && pushed_here => *w = (r.ts, cur, r.cause),
+                    _ => wire.push((r.ts, cur, r.cause)),
+                }
+                pushed_here = true;
+            }
+        }
     }
     wire.sort_by_key(|w| w.0);
     (wire, claims)
@@ -1184,6 +1245,15 @@ pub fn torrents(df: &DataFrame, peers: &DataFrame, conns: &ConnInfo, ex: &Extrac
         ),
     )?;
     Ok(out)
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len() / 2)
+        .map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
 }
 
 fn unhex20(s: &str) -> Option<[u8; 20]> {

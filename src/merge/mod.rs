@@ -431,13 +431,18 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
 
     // 2. Flows and connections.
     let flows = cx.load("flows")?;
-    let (mut flows, flow_ids, n_joined, flow_closed) = entities::join_flows(&flows, opts, false, None)?;
+    // Whether each piece of a flow ended closed (fin, rst, reused): a
+    // connection piece that did cannot continue in the next.
+    let flow_closed: HashMap<i64, bool> = i64s0(&flows, "conn_id")?
+        .into_iter()
+        .zip(strs0(&flows, "end_reason")?)
+        .map(|(id, e)| (id, matches!(e.as_str(), "fin" | "rst" | "reused")))
+        .collect();
+    let (mut flows, flow_ids, n_joined) = entities::join_flows(&flows, opts)?;
     cx.summary.joined_flows = n_joined;
-    // A connection's flow_id names its flow as joined.
-    cx.ids = flow_ids;
-    let mut conns = cx.load("connections")?;
-    cx.rewrite_ids(&mut conns)?;
+    let conns = cx.load("connections")?;
     let (mut conns, joined, n_joined_c) = entities::join_connections(&conns, opts, &flow_closed)?;
+    cx.ids = flow_ids;
     cx.summary.joined_connections = n_joined_c;
     cx.ids.extend(joined.ids.iter().map(|(a, b)| (*a, *b)));
     // The joined rows keep their first piece's id; connections' flow_id

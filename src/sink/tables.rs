@@ -259,6 +259,7 @@ tables! {
         n_pieces: Option<u64> = "Pieces in the torrent when known exactly (.torrent or metadata), else null.",
         cause: &'static str = "Signal, as peers.completion_source: bitfield, have, have_all, have_none, dont_have (the peer's own messages; a row when its piece set changed), tracker_left, tracker_completed, upload_only, pex_seed, dht_seed (claims; a row when that source's word changed, n_pieces_have being what it says). The probe adds no_bitfield.",
         piece: Option<u32> = "Piece index of a have or dont_have row (null for other causes): `swarmtap merge` uses it to tell a piece a later time piece sees announced again (clients send `have` to each peer a little apart) from a new one.",
+        bitfield: Option<String> = "The bitfield a bitfield row received, as sent (hex; null for other causes): with `piece`, `swarmtap merge` rebuilds the peer's piece set across time pieces exactly as one run does.",
     }
 
     /// One row per (info_hash, peer_ip, peer_port).
