@@ -317,17 +317,25 @@ fn join_inner(
             for &i in g.iter().skip(1) {
                 let h = ih[i].clone().unwrap_or_else(|| h0.clone());
                 let rev = reversed(r, i);
-                let ends = [(&oip[i], opp[i]), (&rip[i], rpp[i])];
-                let targets = if rev {
-                    [rpp_o[k], opp_o[k]]
+                // (ip, this piece's peer port, its transport port) per end,
+                // and the first piece's (peer port, transport port).
+                let ends = [(&oip[i], opp[i], oport[i]), (&rip[i], rpp[i], rport[i])];
+                let firsts = if rev {
+                    [(rpp_o[k], rport[r]), (opp_o[k], oport[r])]
                 } else {
-                    [opp_o[k], rpp_o[k]]
+                    [(opp_o[k], oport[r]), (rpp_o[k], rport[r])]
                 };
-                for ((ip, port), to) in ends.into_iter().zip(targets) {
-                    if let (Some(p), Some(t)) = (port, to) {
-                        if p != t {
-                            renames.insert((h.clone(), ip.clone(), p), t);
-                        }
+                for ((ip, port, raw), (to, to_raw)) in ends.into_iter().zip(firsts) {
+                    let (Some(p), Some(t)) = (port, to) else { continue };
+                    if p == t {
+                        continue;
+                    }
+                    // The listen port wins over a source port, whichever
+                    // piece knew it; else the first piece's.
+                    if t == to_raw && p != raw {
+                        renames.insert((h.clone(), ip.clone(), t), p);
+                    } else {
+                        renames.insert((h.clone(), ip.clone(), p), t);
                     }
                 }
             }
@@ -871,9 +879,35 @@ pub fn peers(
     let mut col_ids = Vec::new();
     let mut n_conns = Vec::new();
     let mut bytes: [Vec<Option<i64>>; 4] = Default::default();
+    // Connections by the peers rows their ends name (a connection an
+    // earlier piece could not attribute is attributed by a later one).
+    let mut by_end: HashMap<(&str, &str, i64), Vec<i64>> = HashMap::new();
+    // Ends no peers row names (an ephemeral port the analysis merged into
+    // the address's one listen endpoint without writing it back).
+    let mut unnamed: HashMap<(&str, &str), Vec<i64>> = HashMap::new();
+    for (id, c) in &conns.by_id {
+        let Some(h) = c.info_hash.as_deref() else { continue };
+        for (ip, p) in [(&c.orig_ip, c.orig_peer_port), (&c.resp_ip, c.resp_peer_port)] {
+            match p {
+                Some(p) => by_end.entry((h, ip.as_str(), p)).or_default().push(*id),
+                None => unnamed.entry((h, ip.as_str())).or_default().push(*id),
+            }
+        }
+    }
+    let mut per_addr: HashMap<(&str, &str), usize> = HashMap::new();
+    for g in &groups {
+        *per_addr.entry((ih[g[0]].as_str(), ip[g[0]].as_str())).or_default() += 1;
+    }
     for g in &groups {
         let r = g[0];
-        let ids: BTreeSet<i64> = g.iter().flat_map(|&i| cids[i].iter().copied()).collect();
+        let mut ids: BTreeSet<i64> = g.iter().flat_map(|&i| cids[i].iter().copied()).collect();
+        if let Some(v) = by_end.get(&(ih[r].as_str(), ip[r].as_str(), port[r])) {
+            ids.extend(v.iter().copied());
+        }
+        let addr = (ih[r].as_str(), ip[r].as_str());
+        if per_addr.get(&addr) == Some(&1) {
+            ids.extend(unnamed.get(&addr).into_iter().flatten().copied());
+        }
         // Rows whose list was cut at its bound: their extra connections are
         // counted, not listed (as in analyze).
         let extra: i64 = g.iter().map(|&i| (nconn[i] - cids[i].len() as i64).max(0)).sum();
@@ -1658,4 +1692,140 @@ pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     let f = i64s0(&out, "first_ts")?;
     idx.sort_by_key(|&i| (f[i], i));
     take(&out, &idx)
+}
+
+/// Section 3, peers 1: a peer that a piece met only as the originator of
+/// connections without its listen port (no BEP 10 `p`) is keyed there by
+/// an ephemeral source port. As the analysis does at its end (one peer id,
+/// or its 8-byte client prefix, or no peer id at all, and exactly one
+/// listen endpoint of that address for the torrent), such rows join the
+/// listen endpoint another piece knew.
+pub fn ephemeral_renames(peers: &DataFrame, conns: &DataFrame) -> Res<PeerRenames> {
+    let ih = strs0(peers, "info_hash")?;
+    let ip = strs0(peers, "peer_ip")?;
+    let port = i64s0(peers, "peer_port")?;
+    let pid = strs(peers, "peer_id")?;
+    let sources = str_lists(peers, "sources")?;
+    // Listen endpoints: a responder's port, an originator's `p`, or a
+    // sighting outside the peer wire (tracker, DHT, LSD).
+    let mut listen: BTreeSet<(String, String, i64)> = BTreeSet::new();
+    let cih = strs(conns, "info_hash")?;
+    let (oip, oport, opp) = (
+        strs0(conns, "orig_ip")?,
+        i64s0(conns, "orig_port")?,
+        i64s(conns, "orig_peer_port")?,
+    );
+    let (rip, rpp) = (strs0(conns, "resp_ip")?, i64s(conns, "resp_peer_port")?);
+    for i in 0..conns.height() {
+        let Some(h) = &cih[i] else { continue };
+        if let Some(p) = rpp[i] {
+            listen.insert((h.clone(), rip[i].clone(), p));
+        }
+        if let Some(p) = opp[i] {
+            if p != oport[i] {
+                listen.insert((h.clone(), oip[i].clone(), p));
+            }
+        }
+    }
+    for i in 0..peers.height() {
+        // PEX passes on connection ports too (Transmission): no evidence.
+        if sources[i].iter().any(|s| s != "wire" && s != "pex") {
+            listen.insert((ih[i].clone(), ip[i].clone(), port[i]));
+        }
+    }
+    let mut by_addr: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for i in 0..peers.height() {
+        by_addr.entry((ih[i].clone(), ip[i].clone())).or_default().push(i);
+    }
+    let mut out = PeerRenames::new();
+    for rows in by_addr.values() {
+        // The address's listen ports, with every peer id their rows carry.
+        let mut ports: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
+        for &i in rows {
+            if listen.contains(&(ih[i].clone(), ip[i].clone(), port[i])) {
+                ports.entry(port[i]).or_default().extend(pid[i].as_ref());
+            }
+        }
+        if ports.len() != 1 {
+            continue;
+        }
+        let Some((target, tpids)) = ports.iter().next() else {
+            continue;
+        };
+        for &i in rows {
+            if port[i] == *target || listen.contains(&(ih[i].clone(), ip[i].clone(), port[i])) {
+                continue;
+            }
+            let same = match &pid[i] {
+                None => true,
+                Some(a) => tpids
+                    .iter()
+                    .any(|b| a == *b || a.get(..16).is_some_and(|p| b.get(..16) == Some(p))),
+            };
+            if same {
+                out.insert((ih[i].clone(), ip[i].clone(), port[i]), *target);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Renames the peer ports of connection ends (`orig_peer_port`,
+/// `resp_peer_port`) as `peers` rows are renamed.
+pub fn rename_conn_ports(conns: &mut DataFrame, renames: &PeerRenames) -> Res<()> {
+    if renames.is_empty() {
+        return Ok(());
+    }
+    let ih = strs(conns, "info_hash")?;
+    for (ipc, pc) in [("orig_ip", "orig_peer_port"), ("resp_ip", "resp_peer_port")] {
+        let ip = strs0(conns, ipc)?;
+        let p = i64s(conns, pc)?;
+        let out: Vec<Option<i64>> = (0..conns.height())
+            .map(|i| match (&ih[i], p[i]) {
+                (Some(h), Some(v)) => Some(renames.get(&(h.clone(), ip[i].clone(), v)).copied().unwrap_or(v)),
+                (_, v) => v,
+            })
+            .collect();
+        let c = col_i64(pc, out).cast(&DataType::Int32).map_err(err)?;
+        set(conns, c)?;
+    }
+    Ok(())
+}
+
+/// A TCP connection's part in an earlier piece can be too short to be
+/// recognised there (a handshake and fewer than 3 messages each way): its
+/// flow was joined, its connection row starts in a later piece. As in one
+/// run, a TCP connection is its flow: its id is the flow's and it starts
+/// with the flow. Returns the connection ids so rewritten.
+pub fn align_tcp_connections(conns: &mut DataFrame, flows: &DataFrame) -> Res<HashMap<i64, i64>> {
+    let fid = i64s0(flows, "conn_id")?;
+    let ffirst = i64s0(flows, "first_ts")?;
+    let first_of: HashMap<i64, i64> = fid.into_iter().zip(ffirst).collect();
+    let tr = strs0(conns, "transport")?;
+    let ids = i64s0(conns, "conn_id")?;
+    let flow = i64s0(conns, "flow_id")?;
+    let first = i64s0(conns, "first_ts")?;
+    let mut map = HashMap::new();
+    let mut new_ids = Vec::with_capacity(ids.len());
+    let mut new_first = Vec::with_capacity(ids.len());
+    let mut changed = false;
+    for i in 0..ids.len() {
+        let f = first_of
+            .get(&flow[i])
+            .copied()
+            .filter(|&f| tr[i] == "tcp" && f < first[i]);
+        if f.is_some() && ids[i] != flow[i] {
+            map.insert(ids[i], flow[i]);
+            new_ids.push(Some(flow[i]));
+        } else {
+            new_ids.push(Some(ids[i]));
+        }
+        changed |= f.is_some();
+        new_first.push(Some(f.unwrap_or(first[i])));
+    }
+    if changed {
+        set(conns, col_i64("conn_id", new_ids))?;
+        set(conns, col_ts("first_ts", new_first))?;
+    }
+    Ok(map)
 }

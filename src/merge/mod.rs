@@ -449,10 +449,38 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
     // and uTP ids follow the rewrites; later tables are rewritten by `load`.
     cx.rewrite_ids(&mut flows)?;
     cx.rewrite_ids(&mut conns)?;
+    let aligned = entities::align_tcp_connections(&mut conns, &flows)?;
+    for v in cx.ids.values_mut() {
+        if let Some(n) = aligned.get(v) {
+            *v = *n;
+        }
+    }
+    cx.ids.extend(aligned);
+    // Peer keys: a later piece's ports of joined connections, then
+    // ephemeral ports joining the one listen endpoint of their address.
+    let mut peer_renames = joined.peer_renames;
+    let mut peers_in = cx.load("peers")?;
+    entities::rename_peers(&mut peers_in, &peer_renames, "peer_ip", "peer_port")?;
+    let eph = entities::ephemeral_renames(&peers_in, &conns)?;
+    entities::rename_peers(&mut peers_in, &eph, "peer_ip", "peer_port")?;
+    entities::rename_conn_ports(&mut conns, &eph)?;
+    // Compose: a cut rename may land on an ephemeral key.
+    let composed: Vec<_> = peer_renames
+        .iter()
+        .map(|((h, ip, p), t)| {
+            (
+                (h.clone(), ip.clone(), *p),
+                eph.get(&(h.clone(), ip.clone(), *t)).copied().unwrap_or(*t),
+            )
+        })
+        .collect();
+    peer_renames.extend(composed);
+    for (k, v) in &eph {
+        peer_renames.entry(k.clone()).or_insert(*v);
+    }
     cx.write("flows", &flows)?;
     cx.write("connections", &conns)?;
     let conn_info = entities::ConnInfo::from_frame(&conns)?;
-    let peer_renames = joined.peer_renames;
     let opaque_flows = entities::OpaqueFlows::from_frames(&flows, &conns)?;
     drop(flows);
     drop(conns);
@@ -482,8 +510,6 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
 
     // 3. Entity tables.
     let torrents_in = cx.load("torrents")?;
-    let mut peers_in = cx.load("peers")?;
-    entities::rename_peers(&mut peers_in, &peer_renames, "peer_ip", "peer_port")?;
     let n_pieces = entities::torrent_pieces(&torrents_in)?;
     let peers = entities::peers(&peers_in, &ex, &conn_info, &n_pieces, opts.threshold)?;
     drop(peers_in);
