@@ -900,20 +900,23 @@ pub fn peers(
     }
     for g in &groups {
         let r = g[0];
-        let mut ids: BTreeSet<i64> = g.iter().flat_map(|&i| cids[i].iter().copied()).collect();
+        // Listed: the connections the rows name (as analyze lists them).
+        let ids: BTreeSet<i64> = g.iter().flat_map(|&i| cids[i].iter().copied()).collect();
+        // Counted for bytes: also those whose ends name the peer.
+        let mut counted = ids.clone();
         if let Some(v) = by_end.get(&(ih[r].as_str(), ip[r].as_str(), port[r])) {
-            ids.extend(v.iter().copied());
+            counted.extend(v.iter().copied());
         }
         let addr = (ih[r].as_str(), ip[r].as_str());
         if per_addr.get(&addr) == Some(&1) {
-            ids.extend(unnamed.get(&addr).into_iter().flatten().copied());
+            counted.extend(unnamed.get(&addr).into_iter().flatten().copied());
         }
         // Rows whose list was cut at its bound: their extra connections are
         // counted, not listed (as in analyze).
         let extra: i64 = g.iter().map(|&i| (nconn[i] - cids[i].len() as i64).max(0)).sum();
         let complete = extra == 0;
         let mut b = [0i64; 4];
-        for id in &ids {
+        for id in &counted {
             let Some(c) = conns.by_id.get(id) else { continue };
             let Some(s) = ConnInfo::side(c, &ip[r], port[r]) else {
                 continue;

@@ -281,6 +281,25 @@ impl Ctx<'_> {
                 .cmp(&key[b])
                 .then(ts[a].cmp(&ts[b]))
                 .then(sensors[a].cmp(&sensors[b]))
+                .then(a.cmp(&b))
+        });
+        // Two equal events of one sensor at one instant (two messages in
+        // one packet): the n-th of each sensor's pair with the n-th of the
+        // other's.
+        let mut occ = vec![0u32; h];
+        for w in 1..h {
+            let (p, c) = (idx[w - 1], idx[w]);
+            if key[p] == key[c] && ts[p] == ts[c] && sensors[p] == sensors[c] {
+                occ[c] = occ[p] + 1;
+            }
+        }
+        idx.sort_by(|&a, &b| {
+            key[a]
+                .cmp(&key[b])
+                .then(ts[a].cmp(&ts[b]))
+                .then(occ[a].cmp(&occ[b]))
+                .then(sensors[a].cmp(&sensors[b]))
+                .then(a.cmp(&b))
         });
         let tol = self.opts.tolerance_us;
         let mut kept: Vec<(usize, String)> = Vec::with_capacity(h);
