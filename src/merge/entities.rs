@@ -79,6 +79,7 @@ fn join_inner(
         .map(|b| b.unwrap_or(false))
         .collect();
     let ids = i64s0(df, "conn_id")?;
+    let ds = ds_of(df)?;
     let (oip, oport, rip, rport) = (
         strs0(df, "orig_ip")?,
         i64s0(df, "orig_port")?,
@@ -107,7 +108,11 @@ fn join_inner(
         if let Some(g) = groups.last_mut() {
             let r = g[0];
             let prev = *g.last().unwrap_or(&r);
+            // uTP connections share their UDP flow's community_id: only
+            // TCP connections are told apart by it.
             if sensor[i] == sensor[r]
+                && (!is_conn || proto[i] == "tcp")
+                && ds[i] != ds[prev]
                 && cid[i] == cid[r]
                 && proto[i] == proto[r]
                 && !cid[i].is_empty()
