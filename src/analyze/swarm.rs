@@ -1667,12 +1667,12 @@ mod tests {
     fn a_torrent_of_no_pieces_has_no_completion() {
         let s = Swarm::new(Limits::default(), 0.98, 5);
         let history = [(1_000_000, 0), (3_000_000, 0)];
-        assert_eq!(s.completion(&history, Some(0)), (None, false));
-        assert_eq!(s.completion(&history, None), (None, false));
+        assert_eq!(completion(&history, Some(0), s.threshold), (None, false));
+        assert_eq!(completion(&history, None, s.threshold), (None, false));
         // The same history with one piece of one: complete at its first
         // point at or above the threshold, after 2 s below.
         assert_eq!(
-            s.completion(&[(1_000_000, 0), (3_000_000, 1)], Some(1)),
+            completion(&[(1_000_000, 0), (3_000_000, 1)], Some(1), s.threshold),
             (Some(3_000_000), true)
         );
     }

@@ -962,14 +962,7 @@ pub fn peers(
     let ct_in = i64s(df, "completed_ts")?;
     let cd_in = bools(df, "confirmed_download")?;
     let cs_in = strs(df, "completion_source")?;
-    let mut cols: (
-        Vec<Option<i64>>,
-        Vec<Option<i64>>,
-        Vec<Option<i64>>,
-        Vec<Option<i64>>,
-        Vec<Option<bool>>,
-        Vec<Option<String>>,
-    ) = Default::default();
+    let mut cols = ProgressCols::default();
     for g in &groups {
         let r = g[0];
         let n = n_pieces.get(&ih[r]).and_then(|x| x.0);
@@ -1012,7 +1005,22 @@ pub fn peers(
 /// A peer's merged progress rows as the analysis's fusion reads them: the
 /// wire points, with the counts of a dataset that picked the peer up
 /// mid-stream made absolute (docs/MERGE.md, peers 5), and the claim points.
-fn points(rows: &[Prog]) -> (Vec<(i64, u32, Signal)>, Vec<(i64, u32, Signal)>) {
+/// The peers progress columns being built: first_pieces, last_pieces,
+/// n_pieces, completed_ts, confirmed_download, completion_source.
+#[derive(Default)]
+struct ProgressCols(
+    Vec<Option<i64>>,
+    Vec<Option<i64>>,
+    Vec<Option<i64>>,
+    Vec<Option<i64>>,
+    Vec<Option<bool>>,
+    Vec<Option<String>>,
+);
+
+/// (ts, count or ALL, signal) points, as `fuse_points` reads them.
+type Points = Vec<(i64, u32, Signal)>;
+
+fn points(rows: &[Prog]) -> (Points, Points) {
     let mut rows: Vec<&Prog> = rows.iter().collect();
     rows.sort_by_key(|r| (r.ts, r.ds));
     let val = |h: Option<i64>| h.map_or(ALL, |v| v.clamp(0, i64::from(ALL - 1)) as u32);
@@ -1290,7 +1298,7 @@ pub fn torrents(df: &DataFrame, peers: &DataFrame, conns: &ConnInfo, ex: &Extrac
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len() / 2)

@@ -22,7 +22,7 @@ const CROSSING_RESOLUTION_US: i64 = 1_000_000;
 /// files, link type and snaplen kept); returns the files and the cut times
 /// (µs: a frame at or after cut k is in piece k + 1).
 fn cut(input: &Path, n: usize, dir: &Path) -> (Vec<PathBuf>, Vec<i64>) {
-    let us = |h: &pcap::PacketHeader| h.ts.tv_sec as i64 * 1_000_000 + h.ts.tv_usec as i64;
+    let us = |h: &pcap::PacketHeader| h.ts.tv_sec * 1_000_000 + h.ts.tv_usec;
     let mut cap = pcap::Capture::from_file(input).expect("open capture");
     let (mut t0, mut t1) = (i64::MAX, i64::MIN);
     while let Ok(p) = cap.next_packet() {
@@ -112,7 +112,10 @@ struct Conn {
     gap: i64,
 }
 
-fn connections(dir: &Path) -> (BTreeMap<(String, i64), Conn>, HashMap<i64, (String, i64)>) {
+/// (community_id, first_ts): a connection's key across datasets.
+type ConnKey = (String, i64);
+
+fn connections(dir: &Path) -> (BTreeMap<ConnKey, Conn>, HashMap<i64, ConnKey>) {
     let c = read(dir, "connections");
     let cid = strs(&c, "community_id");
     let (f, l) = (i64s(&c, "first_ts"), i64s(&c, "last_ts"));
