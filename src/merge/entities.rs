@@ -1405,6 +1405,7 @@ pub fn audit(
                 kind: SwarmEventKind::Transfer {
                     to,
                     bytes: t.bytes.max(0) as u64,
+                    cut_off: false,
                 },
             }),
         ));
