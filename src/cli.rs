@@ -45,11 +45,43 @@ pub enum Command {
     /// Probe swarms actively: announce to trackers, contact peers (TCP,
     /// plaintext or MSE), read their piece counts, revisit until they complete.
     Probe(Box<ProbeArgs>),
+    /// Merge datasets (time pieces of one tap, several sensors; offline or
+    /// live) into one analyze dataset: events unioned and deduplicated,
+    /// connections cut by a piece joined back, peers, torrents and the
+    /// announce audit recomputed (docs/MERGE.md).
+    Merge(MergeArgs),
     /// Print a .torrent file's metainfo: info_hash (v1/v2), name, pieces, files, trackers.
     Torrent {
         /// The .torrent file.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Datasets to merge (analyze output, or live hive-partitioned output).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output directory (one <table>.parquet per table). Written into a new
+    /// folder beside it and swapped in when the merge succeeds.
+    #[arg(short = 'o', long = "output", default_value = "swarmtap-merged")]
+    pub output: PathBuf,
+    /// How far apart two sensors' timestamps of the same packet may be
+    /// (e.g. 2s, 500ms): rows of different sensors with the same key
+    /// within it are one event.
+    #[arg(long = "tolerance", default_value = "2s", value_parser = parse_duration)]
+    pub tolerance: std::time::Duration,
+    /// Longest pause between a connection's end in one time piece and its
+    /// mid-stream pick-up in the next for the two to be joined.
+    #[arg(long = "join-gap", default_value = "120s", value_parser = parse_duration)]
+    pub join_gap: std::time::Duration,
+    /// Completion threshold for confirmed downloads, as a fraction of
+    /// pieces (as analyze's).
+    #[arg(long = "threshold", default_value_t = 0.98)]
+    pub threshold: f64,
+    /// Replace an output folder that holds something other than an analyze dataset.
+    #[arg(long = "force")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]
@@ -127,6 +159,12 @@ pub struct AnalysisOpts {
     /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
     #[arg(long = "max-flows")]
     pub max_flows: Option<usize>,
+    /// Memory the flows' state and buffers may be accounted for, over the
+    /// whole flow table (default 128MiB): past it the least recently
+    /// active flows are evicted (counted). Bytes, or with a unit: 512M,
+    /// 1.5GiB (K/M/G/T are powers of 1024); at least 1M.
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
     /// Drop TCP/UDP packets with a wrong checksum, as their receiver would
     /// (they are always counted: flows.n_bad_checksums, capture_stats).
     /// Checksum-offload patterns from the capturing host are not wrong.
@@ -254,6 +292,14 @@ pub struct ProbeArgs {
     /// Do not scrape trackers (by default each tracker is scraped before each announce).
     #[arg(long = "no-scrape")]
     pub no_scrape: bool,
+    /// A PEM file of CA certificates trusted for https trackers, besides the
+    /// system's store (a private tracker's own CA; repeatable).
+    #[arg(long = "tracker-ca", value_name = "FILE")]
+    pub tracker_ca: Vec<PathBuf>,
+    /// Do not verify https trackers' certificates (chain and name). Only
+    /// when you know why: anyone on the path can then answer for the tracker.
+    #[arg(long = "tracker-insecure")]
+    pub tracker_insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +340,34 @@ pub struct LiveArgs {
 
 /// A duration: a number with an optional unit (ms, s, m, h, d; seconds
 /// without one).
+/// A size in bytes: a number, optionally with a unit (B, K/KB/KiB,
+/// M/MB/MiB, G/GB/GiB, T/TB/TiB; all powers of 1024), at least 1 MiB.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (e.g. 512M, 2GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?} (K, M, G or T)")),
+    };
+    let bytes = num * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < (1u64 << 20) as f64 {
+        return Err(format!("{s:?} is less than 1 MiB"));
+    }
+    Ok(if bytes >= usize::MAX as f64 {
+        usize::MAX
+    } else {
+        bytes as usize
+    })
+}
+
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -317,8 +391,22 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_size};
     use std::time::Duration;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("4096K"), Ok(4 << 20));
+        assert!(parse_size("1048575").is_err());
+        assert!(parse_size("100K").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -11,14 +11,33 @@ use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
 /// Every bound on memory and work that input controls.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Live flows in the whole flow table. A flow without buffered data
-    /// costs about 300 bytes, so 2^18 flows ≈ 80 MB; a tap sees far fewer
-    /// concurrent BitTorrent flows. The table's free room is shared among
-    /// the shards before each batch, in proportion to the packets the batch
-    /// brings each: a shard evicts only when the table as a whole is full
-    /// (less than a batch of room left), then its least recently active
-    /// eighth (counted, `flow_table_full`).
+    /// Live flows in the whole flow table (`--max-flows`). An idle or
+    /// half-open flow is accounted 0.5–0.8 KiB (see `max_memory`), so 2^18
+    /// flows are ≤ 200 MiB; a tap sees far fewer concurrent BitTorrent
+    /// flows. Before each batch the table makes room for the batch's
+    /// packets: when it would pass this, the least recently active flows
+    /// of the whole table (last packet, then conn_id: the same flows every
+    /// run, whatever the hash key) are evicted until an eighth is free
+    /// (counted: `flow_table_full`, `capture_stats.n_flows_evicted`).
     pub max_flows: usize,
+    /// Bytes the flows' state may be accounted for, over the whole table
+    /// (`--max-memory`): each flow's own allocations, its reassembly
+    /// buffers (out-of-order segments, the compare tail) and its
+    /// application state (handshake bytes, peer-wire framing buffers, piece
+    /// blocks held for verification, staged mid-stream rows, uTP buffers),
+    /// added up from sizes and buffer capacities (an account, not the
+    /// process's RSS). Checked before each batch as `max_flows` is: past
+    /// it the least recently active flows are evicted until an eighth is
+    /// free (`flow_memory_full`), so the account passes it by at most what
+    /// one batch adds (2 Ki frames, 2 MiB of payload). 128 MiB: ~170 k
+    /// half-open flows (0.75 KiB each) or 240 k idle ones, or a busy tap's
+    /// thousands of peer connections (2–4 KiB each) with hundreds of them
+    /// holding a loss's worth of out-of-order data; a 1 GB bulk capture
+    /// needs 5 MiB. With the rest of a run's state (batches in flight, the
+    /// sink's row buffers, swarm and DHT tables, each bounded on its own) a
+    /// flood of 600 k half-open connections then peaks under 300 MiB of RSS
+    /// (bench/README.md, Session 5).
+    pub max_memory: usize,
     /// TCP reassembly bounds per direction.
     pub reassembly: ReassemblyLimits,
     /// Peer-wire framing bounds per direction.
@@ -186,9 +205,10 @@ pub struct Limits {
     /// `max_pending`, the outstanding queries kept for pairing responses.
     /// `max_pending` is for the whole run, split evenly over the shards
     /// (a query and its response are one UDP flow, so one shard): 2^16
-    /// queries of ~300 bytes (key with both endpoints, the query, its place
-    /// in the expiry order, the map's slack) ≈ 20 MB at worst; 2^18 cost
-    /// ~80 MB in a flood of queries from fresh addresses. With the 30 s
+    /// queries of ~150 bytes (an 8-byte keyed hash of the transaction id
+    /// and both endpoints, the 48-byte query, two 16-byte places in the
+    /// expiry order, the map's slack) ≈ 10 MB at worst (~300 bytes each
+    /// while the key held both endpoints). With the 30 s
     /// timeout that pairs a node sending 2,000 queries a second (a busy
     /// DHT node sees a few hundred); past it the oldest query of the shard
     /// is dropped (counted, `dht_pending_full`).
@@ -199,8 +219,9 @@ pub struct Limits {
     /// only listed in responses. A crawl meets millions of nodes; past the
     /// bound new ones are counted, not tracked (`dht_node_table_full`).
     /// 7/8 of 2^17 (114,688): the hash table then fits in 2^17 buckets of
-    /// ~128 bytes (16 MB); at 2^17 entries it would double. A flood of
-    /// queries from fresh node ids fills it; 2^18 entries held 64 MB.
+    /// ~105 bytes (14 MB; the key packs id, address and port in 39 bytes);
+    /// at 2^17 entries it would double. A flood of queries from fresh node
+    /// ids fills it (bench/README.md, session 5: the 600 k flood).
     pub max_dht_nodes: usize,
     /// Distinct info hashes in `dht_infohashes` (get_peers, announce_peer,
     /// BEP 51 samples); past it new ones are counted, not tracked
@@ -256,6 +277,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_flows: 1 << 18,
+            max_memory: 128 << 20,
             reassembly: ReassemblyLimits::default(),
             peer_wire: PeerWireLimits::default(),
             tcp_idle_us: 10 * 60 * 1_000_000,

@@ -99,6 +99,8 @@ struct DecodeCounts {
     ts_backwards: u64,
     ts_jumps: u64,
     bad_checksums: u64,
+    flows_evicted: u64,
+    max_flow_memory: u64,
 }
 
 /// The sequential part of packet judgement, kept across batches: the flow
@@ -238,6 +240,8 @@ pub struct CaptureCounts {
     pub n_ts_backwards: u64,
     pub n_ts_jumps: u64,
     pub n_bad_checksums: u64,
+    pub n_flows_evicted: u64,
+    pub max_flow_memory: u64,
 }
 
 impl From<&DecodeCounts> for CaptureCounts {
@@ -253,6 +257,8 @@ impl From<&DecodeCounts> for CaptureCounts {
             n_ts_backwards: c.ts_backwards,
             n_ts_jumps: c.ts_jumps,
             n_bad_checksums: c.bad_checksums,
+            n_flows_evicted: c.flows_evicted,
+            max_flow_memory: c.max_flow_memory,
         }
     }
 }
@@ -736,6 +742,8 @@ pub fn analyze(
             n_ts_backwards: c.n_ts_backwards,
             n_ts_jumps: c.n_ts_jumps,
             n_bad_checksums: c.n_bad_checksums,
+            n_flows_evicted: c.n_flows_evicted,
+            max_flow_memory: c.max_flow_memory,
             ..Default::default()
         });
     }
@@ -809,12 +817,16 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         input.dht.append(&mut out.dht);
         input.metadata.append(&mut out.metadata);
         input.marks.append(&mut out.marks);
+        input.conn_ends.append(&mut out.conn_ends);
     }
     input.held_since = shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
     input
 }
 
-/// Decodes a batch in parallel and runs the shards over it.
+/// Decodes frames `range` of a batch in parallel and runs the shards over
+/// them (the state they update is the engine's, passed field by field so
+/// that the pool's closure borrows them apart).
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     batch: &FrameBatch,
     shards: &mut [Shard<ShardApps>],
@@ -914,8 +926,26 @@ fn process_batch(
     let now = batch_max;
     let clock_now = judge.clock;
     let notes = &notes;
-    let per_shard: Vec<usize> = parts.iter().map(Vec::len).collect();
-    Shard::share_room(shards, &per_shard);
+    // An upper bound on the flows each shard's part of the batch may open:
+    // its packets whose key has no flow yet (a lookup each, in parallel).
+    let decoded_ref = &decoded;
+    let per_shard: Vec<usize> = shards
+        .par_iter()
+        .zip(parts.par_iter())
+        .map(|(s, part)| {
+            part.iter()
+                .filter(|&&i| matches!(decoded_ref.get(i as usize), Some((Decoded::Packet(p), _)) if !s.has_flow(p)))
+                .count()
+        })
+        .collect();
+    let evicted_before: u64 = shards.iter().map(|s| s.stats.n_flows_evicted).sum();
+    let first = batch.frames.first().map_or(FrameCtx::default(), |fm| FrameCtx {
+        ts: fm.ts_us,
+        frame: fm.frame_no,
+        capture: batch.capture_idx,
+    });
+    let room = Shard::make_room(shards, &per_shard, first);
+    c.max_flow_memory = c.max_flow_memory.max(room.mem_before as u64);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
             let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize)) else {
@@ -934,6 +964,8 @@ fn process_batch(
         }
         shard.sweep(now, clock_now);
     });
+    let evicted: u64 = shards.iter().map(|s| s.stats.n_flows_evicted).sum();
+    c.flows_evicted += evicted - evicted_before;
     rows
 }
 
@@ -1042,6 +1074,8 @@ impl IntervalStats {
             n_ts_backwards: c.n_ts_backwards,
             n_ts_jumps: c.n_ts_jumps,
             n_bad_checksums: c.n_bad_checksums,
+            n_flows_evicted: c.n_flows_evicted,
+            max_flow_memory: c.max_flow_memory,
         }
     }
 }

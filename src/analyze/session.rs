@@ -216,6 +216,20 @@ impl PeerSession {
         self.framers.iter().map(|f| f.buffered_bytes()).sum::<usize>() + self.st.held.len() * 64
     }
 
+    /// Heap bytes the session holds beyond its own size (the flow's memory
+    /// account, `Limits::max_memory`): framing buffers, held events, the
+    /// piece checkers and the blocks they hold aside.
+    pub fn heap_bytes(&self) -> usize {
+        let checks: usize = self
+            .st
+            .sides
+            .iter()
+            .filter_map(|s| s.check.as_deref())
+            .map(|c| crate::flow::alloc_bytes(std::mem::size_of::<PieceChecker>()) + c.heap_bytes())
+            .sum();
+        self.buffered_bytes() + checks
+    }
+
     /// Settles the connection when its oldest held event is older than
     /// `max_hold_us` at packet time `now` (a sweep: the connection has sent
     /// nothing since that could settle it).

@@ -67,7 +67,7 @@ pub enum MarkEvent {
 }
 
 impl MarkEvent {
-    fn from_text(e: Option<&str>) -> Self {
+    pub fn from_text(e: Option<&str>) -> Self {
         match e {
             None | Some("") => MarkEvent::None,
             Some("started") => MarkEvent::Started,
@@ -315,6 +315,11 @@ pub struct HttpTracker {
 }
 
 impl HttpTracker {
+    /// Bytes the HTTP framing holds (a flow's memory account).
+    pub fn buffered_bytes(&self) -> usize {
+        self.session.buffered_bytes()
+    }
+
     /// `client_side`: the flow side that sends requests. `confirmed`: the
     /// first request already showed it is tracker traffic.
     pub fn new(info: &FlowInfo, client_side: usize, confirmed: bool, limits: HttpLimits) -> Self {

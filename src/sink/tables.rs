@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use polars::prelude::*;
 
+use std::borrow::Cow;
+
 use super::columns::{ColumnSpec, Ts, I32};
+use super::typed::{Hex, Ip, IpText, ShortBytes};
 
 /// Documentation of one column.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +100,23 @@ macro_rules! tables {
             $( f(<$row as Row>::TABLE, <$row as Row>::DOC, <$row as Row>::columns()); )*
         }
 
+        /// Writes `df` as `table`'s Parquet file `path` with the table's
+        /// schema ([`super::writer::write_frame`]); false for an unknown table.
+        pub fn write_table_frame(table: &str, path: &std::path::Path, df: &DataFrame) -> PolarsResult<bool> {
+            match table {
+                $( stringify!($table) => super::writer::write_frame::<$row>(path, df).map(|()| true), )*
+                _ => Ok(false),
+            }
+        }
+
+        /// The Parquet schema of `table` (its columns, `sensor` last).
+        pub fn table_schema(table: &str) -> Option<Schema> {
+            match table {
+                $( stringify!($table) => Some(<$row as Row>::schema()), )*
+                _ => None,
+            }
+        }
+
         /// Per-table writers, generated alongside the tables.
         pub struct TableWriters<W: super::writer::TableSink> { $( pub $table: W::For<$row> ),* }
 
@@ -166,7 +186,7 @@ tables! {
         midstream: bool = "TCP: no SYN was captured, the flow was picked up mid-connection.",
         gap_bytes: u64 = "TCP: stream bytes never captured (both directions).",
         retrans_bytes: u64 = "TCP: retransmitted payload bytes (both directions).",
-        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
+        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full, or the flows' memory past --max-memory: least recently active first), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
         n_bad_checksums: u64 = "Packets whose TCP/UDP checksum is wrong (offload patterns of the capturing host excepted, see capture_stats.n_bad_checksums); with --verify-checksums they are dropped (only counted here and there).",
     }
 
@@ -241,6 +261,8 @@ tables! {
         n_pieces_have: Option<u64> = "Pieces the peer has now (null for have_all while the piece count is unknown).",
         n_pieces: Option<u64> = "Pieces in the torrent when known exactly (.torrent or metadata), else null.",
         cause: &'static str = "Signal, as peers.completion_source: bitfield, have, have_all, have_none, dont_have (the peer's own messages; a row when its piece set changed), tracker_left, tracker_completed, upload_only, pex_seed, dht_seed (claims; a row when that source's word changed, n_pieces_have being what it says). The probe adds no_bitfield.",
+        piece: Option<u32> = "Piece index of a have or dont_have row (null for other causes): `swarmtap merge` uses it to tell a piece a later time piece sees announced again (clients send `have` to each peer a little apart) from a new one.",
+        bitfield: Option<String> = "The bitfield a bitfield row received, as sent (hex; null for other causes): with `piece`, `swarmtap merge` rebuilds the peer's piece set across time pieces exactly as one run does.",
     }
 
     /// One row per (info_hash, peer_ip, peer_port).
@@ -309,7 +331,7 @@ tables! {
         frame: u64 = "Request frame.",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange (flows.conn_id).",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; https for `swarmtap probe`'s exchanges with https trackers (a tap sees only TLS there).",
         confidence: &'static str = "certain (HTTP; UDP with its connection id seen in a captured connect or answer) or plausible (UDP announce recognised by its structure alone: its connect was not captured).",
         client_ip: String = "Announcing client address (the request's source).",
         client_port: u32 as I32 = "Its source port.",
@@ -358,7 +380,7 @@ tables! {
         frame: u64 = "Response frame.",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; https for `swarmtap probe`'s exchanges with https trackers (a tap sees only TLS there).",
         info_hash: String = "Torrent.",
         tracker_ip: String = "Tracker address.",
         tracker_port: u32 as I32 = "Tracker port.",
@@ -375,7 +397,7 @@ tables! {
         frame: u64 = "Response frame (request frame when unanswered).",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
+        transport: &'static str = "http or udp; https for `swarmtap probe`'s scrapes of https trackers; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup, the IPv4 and IPv6 nodes' each: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
         client_ip: String = "Scraping client.",
         tracker_ip: String = "Tracker address.",
         tracker_port: u32 as I32 = "Tracker port.",
@@ -423,28 +445,28 @@ tables! {
     dht_messages => DhtMessageRow {
         ts: Ts = "Time.",
         frame: u64 = "Frame.",
-        capture: String = "Input file name.",
-        src_ip: String = "Sender.",
+        capture: Arc<str> = "Input file name.",
+        src_ip: Ip as IpText = "Sender.",
         src_port: u32 as I32 = "Sender port.",
-        dst_ip: String = "Receiver.",
+        dst_ip: Ip as IpText = "Receiver.",
         dst_port: u32 as I32 = "Receiver port.",
-        tid: String = "Transaction id (hex).",
+        tid: ShortBytes as Hex = "Transaction id (hex).",
         kind: &'static str = "query, response, error.",
-        method: Option<String> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
-        node_id: Option<String> = "Sender node id (`a.id` / `r.id`, hex).",
-        target: Option<String> = "find_node / get / sample_infohashes target (hex).",
-        info_hash: Option<String> = "get_peers / announce_peer info hash (hex).",
+        method: Option<Cow<'static, str>> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
+        node_id: Option<[u8; 20]> as Hex = "Sender node id (`a.id` / `r.id`, hex).",
+        target: Option<[u8; 20]> as Hex = "find_node / get / sample_infohashes target (hex).",
+        info_hash: Option<[u8; 20]> as Hex = "get_peers / announce_peer info hash (hex).",
         n_nodes: u64 = "Compact nodes returned (nodes + nodes6).",
         n_nodes6: u64 = "Of which IPv6 (`nodes6`, BEP 32).",
         n_values: u64 = "Peers returned (values).",
-        version: Option<String> = "Client from the top-level `v` key (two letters + version).",
-        version_raw: Option<String> = "`v` as sent (hex).",
+        version: Option<Arc<str>> = "Client from the top-level `v` key (two letters + version).",
+        version_raw: Option<ShortBytes> as Hex = "`v` as sent (hex).",
         rtt_ms: Option<f64> = "Response time after its query (paired responses and errors).",
         query_frame: Option<u64> = "Frame of the paired query.",
         error_code: Option<i64> = "KRPC error code.",
         error_msg: Option<String> = "KRPC error message (first 256 bytes).",
         read_only: bool = "BEP 43: top-level `ro` = 1.",
-        external_ip: Option<String> = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
+        external_ip: Option<Ip> as IpText = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
         external_port: Option<u32> as I32 = "Port of `ip`.",
         port: Option<u32> as I32 = "announce_peer `port`.",
         implied_port: Option<bool> = "announce_peer `implied_port` (the peer's port is the UDP source port).",
@@ -468,19 +490,19 @@ tables! {
     dht_peers => DhtPeerRow {
         ts: Ts = "Time.",
         frame: u64 = "Frame.",
-        capture: String = "Input file name.",
-        info_hash: Option<String> = "Torrent (null for `values` whose get_peers query was not captured).",
-        peer_ip: String = "Peer address.",
+        capture: Arc<str> = "Input file name.",
+        info_hash: Option<[u8; 20]> as Hex = "Torrent (null for `values` whose get_peers query was not captured).",
+        peer_ip: Ip as IpText = "Peer address.",
         peer_port: u32 as I32 = "Peer port.",
         via: &'static str = "values (get_peers response) or announce_peer.",
-        reporter_ip: String = "Node that reported it (for announce_peer: the peer itself).",
+        reporter_ip: Ip as IpText = "Node that reported it (for announce_peer: the peer itself).",
         reporter_port: u32 as I32 = "Its UDP port.",
     }
 
     /// One row per DHT node (node id and address) seen sending or listed in `nodes` / `nodes6`.
     dht_nodes => DhtNodeRow {
-        node_id: String = "Node id (hex).",
-        node_ip: String = "Address.",
+        node_id: [u8; 20] as Hex = "Node id (hex).",
+        node_ip: Ip as IpText = "Address.",
         node_port: u32 as I32 = "UDP port.",
         first_ts: Ts = "First seen (sending, or listed by another node).",
         last_ts: Ts = "Last seen.",
@@ -498,7 +520,7 @@ tables! {
 
     /// One row per info hash named in the DHT (get_peers, announce_peer, BEP 51 samples).
     dht_infohashes => DhtInfohashRow {
-        info_hash: String = "Torrent.",
+        info_hash: [u8; 20] as Hex = "Torrent.",
         first_ts: Ts = "First named.",
         last_ts: Ts = "Last named.",
         n_get_peers: u64 = "get_peers queries for it.",
@@ -607,6 +629,8 @@ tables! {
         n_ts_backwards: u64 = "Frames whose timestamp is earlier than the previous frame's (the flow clock does not go back with them).",
         n_ts_jumps: u64 = "Frames more than Limits.max_clock_jump_us (10 min) after the previous frame: taken as clock steps, not as time that passed (idle expiry does not see them).",
         n_bad_checksums: u64 = "TCP/UDP packets with a wrong checksum. Checksum-offload patterns (0, or the pseudo-header sum) count only from sources whose first packet did not carry one; a source whose first packet did is the capturing host (or one of its namespaces), whose own packets never had their checksum filled in. With --verify-checksums these packets are dropped.",
+        n_flows_evicted: u64 = "Flows ended early (flows.end_reason evicted) because the flow table was full (--max-flows) or the flows' accounted memory passed --max-memory: the least recently active first (last packet, then conn_id), the same flows in every run. Each round is an anomaly flow_table_full or flow_memory_full.",
+        max_flow_memory: u64 = "Highest memory (bytes) the flows' state and buffers were accounted for, as checked before each batch against --max-memory (default 128 MiB; it may pass it by what one batch adds before eviction brings it under).",
     }
 
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).
