@@ -23,8 +23,7 @@ for o in data["outcomes"]:
     kind = names.get(o.get("summary"), o.get("summary"))
     per_file[m["file"]][kind] += 1
     if kind == "missed":
-        span = m.get("span", {}).get("start", {})
-        missed.append(f'{m["file"]}:{span.get("line")}:{span.get("column")}: {m.get("name") or m}')
+        missed.append(m["name"])
 total = collections.Counter()
 print(f'{"file":32} {"tested":>6} ' + " ".join(f"{k:>8}" for k in kinds))
 for f in sorted(per_file):
@@ -32,6 +31,5 @@ for f in sorted(per_file):
     total.update(c)
     print(f"{f:32} {sum(c.values()):6} " + " ".join(f"{c[k]:8}" for k in kinds))
 print(f'{"total":32} {sum(total.values()):6} ' + " ".join(f"{total[k]:8}" for k in kinds))
-print(f"of {data.get('total_mutants', '?')} mutants in scope")
 for line in sorted(missed):
     print("missed:", line)
