@@ -68,7 +68,15 @@ def split(capture: str, dest: str, interval: Optional[float], pieces: Optional[i
     base = os.path.basename(capture)
     stem, ext = os.path.splitext(base)
     subprocess.run(["editcap", "-i", f"{interval:.6f}", capture, os.path.join(dest, base)], check=True)
-    return sorted(glob.glob(os.path.join(dest, f"{stem}_*{ext}")))
+    out = []
+    for f in sorted(glob.glob(os.path.join(dest, f"{stem}_*{ext}"))):
+        # editcap -i writes a file for an interval without packets too.
+        c = subprocess.run(["capinfos", "-T", "-r", "-c", f], stdout=subprocess.PIPE, text=True).stdout.split("\t")
+        if len(c) > 1 and c[1].strip() == "0":
+            os.remove(f)
+        else:
+            out.append(f)
+    return out
 
 
 def find_binary(given: Optional[str]) -> str:

@@ -611,6 +611,257 @@ def progress_fn(threshold: float):
     return run
 
 
+# ---------------------------------------------------------------- announce_audit replay
+
+BLOCK = 16 * 1024
+DEFAULT_INTERVAL_S = 1800
+AUDIT_KEY = ["tracker_ip", "tracker_port", "transport", "info_hash", "client_ip", "peer_id"]
+
+SERIES_OUT = T.StructType(
+    [
+        T.StructField(G, T.IntegerType()),
+        T.StructField("info_hash", T.StringType()),
+        T.StructField("client_ip", T.StringType()),
+        T.StructField("peer_id", T.StringType()),
+        T.StructField("tracker_ip", T.StringType()),
+        T.StructField("tracker_port", T.IntegerType()),
+        T.StructField("transport", T.StringType()),
+        T.StructField("_first", T.LongType()),
+        T.StructField("_last", T.LongType()),
+        T.StructField("n_announces", T.LongType()),
+        T.StructField("n_intervals", T.LongType()),
+        T.StructField("started_seen", T.BooleanType()),
+        T.StructField("first_uploaded", T.LongType()),
+        T.StructField("last_uploaded", T.LongType()),
+        T.StructField("reported_uploaded", T.LongType()),
+        T.StructField("observed_uploaded", T.LongType()),
+        T.StructField("reported_downloaded", T.LongType()),
+        T.StructField("observed_downloaded", T.LongType()),
+        T.StructField("max_upload_bps", T.DoubleType()),
+        T.StructField("_backwards", T.BooleanType()),
+        T.StructField("_claim_before_started", T.BooleanType()),
+        T.StructField("_client_wire", T.BooleanType()),
+        T.StructField("_torrent_wire", T.BooleanType()),
+        T.StructField("_nobody_else", T.BooleanType()),
+        T.StructField("_max_interval", T.LongType()),
+        T.StructField("_max_swarm", T.LongType()),
+        T.StructField("_addrs", T.ArrayType(T.StringType())),
+    ]
+)
+
+
+def audit_fn(max_link_bps: float):
+    """analyze::audit::Audit replayed over one torrent's merged events
+    (docs/MERGE.md, announce_audit; src/merge/entities.rs `audit`): every
+    connection with the info_hash puts its ends on the wire at its first
+    packet, every piece message is a transfer, tracker/DHT/PEX peers are
+    witnesses, every announce a mark (after the events of its instant).
+    The unattributable bytes (opaque_*) and the flags are added in Spark."""
+    import pandas as pd
+
+    def isnull(v):
+        return v is None or (not isinstance(v, str) and pd.isna(v))
+
+    def run(pdf: "pd.DataFrame") -> "pd.DataFrame":
+        # _k: 0 seen, 1 transfer, 2 learned, 3 mark; marks after events of one instant.
+        pdf = pdf.assign(_o=(pdf["_k"] == 3).astype(int)).sort_values(["_t", "_o", "_k", "_i"], kind="stable")
+        observed = {}  # ip -> [up, down, wire]
+        witness_wire = False
+        witness = []
+        series = {}
+        order = []
+        for r in pdf.to_dict("records"):
+            k = r["_k"]
+            if k == 0:
+                witness_wire = True
+                if r["a_ip"] not in witness:
+                    witness.append(r["a_ip"])
+                observed.setdefault(r["a_ip"], [0, 0, False])[2] = True
+            elif k == 1:
+                witness_wire = True
+                for ip in (r["a_ip"], r["b_ip"]):
+                    if ip not in witness:
+                        witness.append(ip)
+                o = observed.setdefault(r["a_ip"], [0, 0, False])
+                o[0] += int(r["n"])
+                o[2] = True
+                o = observed.setdefault(r["b_ip"], [0, 0, False])
+                o[1] += int(r["n"])
+                o[2] = True
+            elif k == 2:
+                if r["a_ip"] not in witness:
+                    witness.append(r["a_ip"])
+            else:
+                key = (r["a_ip"], None if isnull(r["peer_id"]) else r["peer_id"], r["tracker_ip"], int(r["tracker_port"]), r["transport"])
+                s = series.get(key)
+                if s is None:
+                    s = {"declared": [], "ann": [], "max_interval": None, "max_swarm": None}
+                    series[key] = s
+                    order.append(key)
+                for ip in ([] if isnull(r["declared_ip"]) else [x.strip() for x in r["declared_ip"].split(",") if x.strip()][:3]):
+                    if len(s["declared"]) < 3 and ip not in s["declared"]:
+                        s["declared"].append(ip)
+                addrs = [r["a_ip"]] + s["declared"]
+                up = down = 0
+                for ip in addrs:
+                    o = observed.setdefault(ip, [0, 0, False])
+                    up += o[0]
+                    down += o[1]
+                s["ann"].append((int(r["_t"]), None if isnull(r["uploaded"]) else max(int(r["uploaded"]), 0),
+                                 None if isnull(r["downloaded"]) else max(int(r["downloaded"]), 0),
+                                 None if isnull(r["event"]) else r["event"], up, down))
+                if not isnull(r["interval"]):
+                    i = int(r["interval"])
+                    s["max_interval"] = i if s["max_interval"] is None else max(s["max_interval"], i)
+                if not isnull(r["seeders"]) or not isnull(r["leechers"]):
+                    n = (0 if isnull(r["seeders"]) else int(r["seeders"])) + (0 if isnull(r["leechers"]) else int(r["leechers"]))
+                    s["max_swarm"] = n if s["max_swarm"] is None else max(s["max_swarm"], n)
+        out = []
+        g = int(pdf[G].iloc[0])
+        ih = pdf["info_hash"].iloc[0]
+        for key in order:
+            s = series[key]
+            ann = s["ann"]
+            addrs = [key[0]] + s["declared"]
+            n_int = 0
+            rep_up = rep_down = None
+            obs_up = obs_down = 0
+            back = False
+            max_bps = None
+            for p, q in zip(ann, ann[1:]):
+                if q[3] == "started":
+                    continue
+                n_int += 1
+                obs_up += max(q[4] - p[4], 0)
+                obs_down += max(q[5] - p[5], 0)
+                if p[1] is not None and q[1] is not None:
+                    back |= q[1] < p[1]
+                    inc = max(q[1] - p[1], 0)
+                    rep_up = (rep_up or 0) + inc
+                    dur = q[0] - p[0]
+                    if dur >= US and inc > 0:
+                        bps = inc / (dur / 1e6)
+                        max_bps = bps if max_bps is None else max(max_bps, bps)
+                if p[2] is not None and q[2] is not None:
+                    back |= q[2] < p[2]
+                    rep_down = (rep_down or 0) + max(q[2] - p[2], 0)
+            started = False
+            before = False
+            for a in ann:
+                started |= a[3] == "started"
+                if not started and a[1] is not None and a[1] > 0:
+                    before = True
+            client_wire = any(observed.get(ip, [0, 0, False])[2] for ip in addrs)
+            nobody = all(ip in addrs for ip in witness)
+            out.append({
+                G: g, "info_hash": ih, "client_ip": key[0], "peer_id": key[1], "tracker_ip": key[2],
+                "tracker_port": key[3], "transport": key[4], "_first": ann[0][0], "_last": ann[-1][0],
+                "n_announces": len(ann), "n_intervals": n_int, "started_seen": started,
+                "first_uploaded": ann[0][1], "last_uploaded": ann[-1][1], "reported_uploaded": rep_up,
+                "observed_uploaded": obs_up, "reported_downloaded": rep_down, "observed_downloaded": obs_down,
+                "max_upload_bps": max_bps, "_backwards": back, "_claim_before_started": before,
+                "_client_wire": client_wire, "_torrent_wire": witness_wire, "_nobody_else": nobody,
+                "_max_interval": s["max_interval"], "_max_swarm": s["max_swarm"], "_addrs": addrs,
+            })
+        cols = [f.name for f in SERIES_OUT.fields]
+        df = pd.DataFrame(out, columns=cols)
+        for c in ("first_uploaded", "last_uploaded", "reported_uploaded", "reported_downloaded", "_max_interval",
+                  "_max_swarm"):
+            df[c] = df[c].astype("Int64")
+        return df
+
+    return run
+
+
+def audit(spark, conns, flows, ev, caps, max_link_bps: float) -> DataFrame:
+    """announce_audit recomputed over the whole series (see audit_fn)."""
+    cols = ["_k", "_t", "_i", "info_hash", "a_ip", "b_ip", "n", "peer_id", "tracker_ip", "tracker_port", "transport",
+            "declared_ip", "uploaded", "downloaded", "event", "interval", "seeders", "leechers"]
+
+    def shape(df, **kw):
+        for c in cols:
+            if c not in kw:
+                kw[c] = F.lit(None)
+        types = {"_k": "int", "_t": "long", "_i": "long", "n": "long", "tracker_port": "int", "uploaded": "long",
+                 "downloaded": "long", "interval": "long", "seeders": "long", "leechers": "long"}
+        return df.select(F.col(G), *[kw[c].cast(types.get(c, "string")).alias(c) for c in cols])
+
+    ci = conns.where("info_hash is not null")
+    seen = shape(ci, _k=F.lit(0), _t=F.unix_micros("first_ts"), _i=F.col("conn_id"), info_hash=F.col("info_hash"),
+                 a_ip=F.col("orig_ip")).unionByName(
+        shape(ci, _k=F.lit(0), _t=F.unix_micros("first_ts"), _i=F.col("conn_id"), info_hash=F.col("info_hash"),
+              a_ip=F.col("resp_ip")))
+    pm = ev["peer_messages"].where("msg = 'piece' and info_hash is not null")
+    tr = shape(pm, _k=F.lit(1), _t=F.unix_micros("ts"), _i=F.col("frame"), info_hash=F.col("info_hash"),
+               a_ip=F.col("src_ip"), b_ip=F.col("dst_ip"), n=F.greatest(F.col("length"), F.lit(0)))
+    parts = [seen, tr]
+    for name in ("tracker_peers", "dht_peers", "pex_peers"):
+        if name in ev:
+            d = ev[name].where("info_hash is not null")
+            parts.append(shape(d, _k=F.lit(2), _t=F.unix_micros("ts"), _i=F.lit(0), info_hash=F.col("info_hash"),
+                               a_ip=F.col("peer_ip")))
+    an = ev["tracker_announces"].where("info_hash is not null")
+    parts.append(shape(an, _k=F.lit(3), _t=F.unix_micros("ts"), _i=F.col("frame"), info_hash=F.col("info_hash"),
+                       a_ip=F.col("client_ip"), peer_id=F.col("peer_id"), tracker_ip=F.col("tracker_ip"),
+                       tracker_port=F.col("tracker_port"), transport=F.col("transport"),
+                       declared_ip=F.col("declared_ip") if "declared_ip" in an.columns else F.lit(None),
+                       uploaded=F.col("uploaded"), downloaded=F.col("downloaded"), event=F.col("event"),
+                       interval=F.col("interval"), seeders=F.col("seeders"), leechers=F.col("leechers")))
+    items = parts[0]
+    for p in parts[1:]:
+        items = items.unionByName(p)
+    # Only torrents somebody announced.
+    items = items.join(an.select(G, "info_hash").distinct(), [G, "info_hash"], "left_semi")
+    series = _cut(items.groupBy(G, "info_hash").applyInPandas(audit_fn(max_link_bps), SERIES_OUT))
+
+    # Unattributable bytes per address (Audit::observe_rows), then per series.
+    fl = flows.where("proto = 'tcp' and app in ('other', 'mse')").select(
+        G, "orig_ip", "resp_ip", "first_ts", "last_ts", F.col("payload_bytes_orig").alias("_o"),
+        F.col("payload_bytes_resp").alias("_r"))
+    enc = F.coalesce(F.col("encrypted"), F.lit(False))
+    cn = conns.where((enc & (F.col("transport") != "tcp")) | (~enc & F.col("info_hash").isNull())).select(
+        G, "orig_ip", "resp_ip", "first_ts", "last_ts",
+        F.when(enc, F.col("payload_bytes_orig")).otherwise(F.col("piece_bytes_orig")).alias("_o"),
+        F.when(enc, F.col("payload_bytes_resp")).otherwise(F.col("piece_bytes_resp")).alias("_r"))
+    sp = fl.unionByName(cn).where("_o + _r > 0")
+    spans = sp.select(G, F.col("orig_ip").alias("_ip"), F.unix_micros("first_ts").alias("_f"),
+                      F.unix_micros("last_ts").alias("_l"), F.col("_o").alias("_s"), F.col("_r").alias("_rv")) \
+        .unionByName(sp.select(G, F.col("resp_ip").alias("_ip"), F.unix_micros("first_ts").alias("_f"),
+                               F.unix_micros("last_ts").alias("_l"), F.col("_r").alias("_s"), F.col("_o").alias("_rv")))
+    skey = [G] + AUDIT_KEY
+    ex = series.select(*skey, "_first", "_last", F.explode("_addrs").alias("_ip"))
+    op = ex.join(spans, [G, "_ip"]).where((F.col("_l") >= F.col("_first")) & (F.col("_f") <= F.col("_last"))) \
+        .groupBy(*skey).agg(F.sum("_s").alias("opaque_sent_bytes"), F.sum("_rv").alias("opaque_received_bytes"))
+    t0 = caps.groupBy(G).agg(F.min(F.unix_micros("first_ts")).alias("_t0"))
+    sens = ev["tracker_announces"].groupBy(*skey).agg(sensor_set(F.collect_list("sensor")).alias("sensor"))
+    a = series.join(op, skey, "left").fillna(0, ["opaque_sent_bytes", "opaque_received_bytes"]) \
+        .join(t0, G, "left").join(sens, skey, "left")
+    seen_b = F.col("observed_uploaded") + F.col("opaque_sent_bytes")
+    tol = F.greatest(F.ceil(seen_b * 0.10).cast("long"), F.lit(2 * BLOCK) * F.col("n_intervals"))
+    cov = F.when(F.col("_client_wire") | (F.col("opaque_sent_bytes") + F.col("opaque_received_bytes") > 0), "client") \
+        .when(F.col("_torrent_wire"), "swarm").otherwise("none")
+    a = a.withColumn("tolerance_bytes", tol).withColumn("coverage", cov)
+    rep = F.coalesce(F.col("reported_uploaded"), F.lit(0))
+    iv = F.greatest(F.coalesce(F.col("_max_interval"), F.lit(DEFAULT_INTERVAL_S)), F.lit(1)) * US
+    flags = F.array(
+        F.when(F.col("_claim_before_started") & F.col("_t0").isNotNull() & (F.col("_first") - F.col("_t0") >= iv),
+               F.lit("upload_without_started")),
+        F.when(F.col("_backwards"), F.lit("counters_backwards")),
+        F.when((rep > 0) & F.col("_nobody_else") & (F.col("_max_swarm").isNull() | (F.col("_max_swarm") <= 1)),
+               F.lit("upload_without_peers")),
+        F.when((F.col("coverage") == "client") & (rep > seen_b + F.col("tolerance_bytes")), F.lit("upload_above_wire")),
+        F.when(F.coalesce(F.col("max_upload_bps") > max_link_bps, F.lit(False)), F.lit("upload_rate_above_link")),
+        F.when(F.col("coverage").isin("client", "swarm") & (F.col("observed_uploaded") == 0)
+               & (F.col("opaque_sent_bytes") == 0) & (rep > F.col("tolerance_bytes")), F.lit("upload_not_on_wire")),
+    )
+    a = a.withColumn("flags", F.filter(flags, lambda x: x.isNotNull()))
+    a = a.withColumn("suspicious", F.size("flags") > 0) \
+        .withColumn("excess_uploaded", F.when(F.col("reported_uploaded").isNotNull(),
+                                              F.col("reported_uploaded") - seen_b)) \
+        .withColumn("first_ts", F.timestamp_micros("_first")).withColumn("last_ts", F.timestamp_micros("_last"))
+    return a
+
+
 # ---------------------------------------------------------------- the merge
 
 def merge(
@@ -619,12 +870,19 @@ def merge(
     tolerance_s: float = 2.0,
     join_gap_s: float = 120.0,
     threshold: float = 0.98,
+    max_link_bps: float = 10e9 / 8,
 ) -> Dict[str, DataFrame]:
     """Merged tables of every group in `sets` (each a list of dataset paths),
     with the `_set` column telling the groups apart."""
     if __name__ != "__main__":
         # Workers unpickle the progress fusion by reference to this module.
-        spark.sparkContext.addPyFile(os.path.abspath(__file__))
+        # (A copy: the file may change while a long job runs.)
+        import shutil
+        import tempfile
+
+        d = tempfile.mkdtemp(prefix="swarmtap-merge-")
+        shutil.copy(os.path.abspath(__file__), os.path.join(d, "merge.py"))
+        spark.sparkContext.addPyFile(os.path.join(d, "merge.py"))
     tol = int(round(tolerance_s * US))
     gap = int(round(join_gap_s * US))
     raw = read_sets(spark, sets)
@@ -658,7 +916,9 @@ def merge(
             df = df.withColumn("conn_ids", F.transform("conn_ids", lambda x: F.shiftleft(F.shiftright(x, 40) + F.col("_base"), 40).bitwiseOR(x.bitwiseAND(F.lit(LOW40)))))
         return df.drop("_base")
 
-    t = {k: _cut(based(v)) for k, v in raw.items()}
+    # Materialised where a table feeds several steps.
+    reused = {"flows", "connections", "capture_stats", "peers", "torrents"}
+    t = {k: _cut(based(v)) if k in reused else based(v) for k, v in raw.items()}
 
     # 2. Flows and connections.
     flows = join_pieces(t["flows"], "flows", gap, None)
@@ -717,7 +977,8 @@ def merge(
         df = t[name]
         if "conn_id" in df.columns:
             df = remap(df)
-        ev[name] = _cut(dedupe_events(df, name, tol, multi))
+        df = dedupe_events(df, name, tol, multi)
+        ev[name] = _cut(df) if name in ("peer_progress", "peer_messages", "tracker_announces", "dht_messages") else df
     caps = t["capture_stats"]
 
     # Torrents: metadata from the best dataset, counts recomputed below.
@@ -859,35 +1120,17 @@ def merge(
     tor = tor.drop(*recount).join(pt, [G, "info_hash"], "left").join(ct, [G, "info_hash"], "left") \
         .join(pv, [G, "info_hash"], "left").fillna(0, recount).select(*tcols)
 
-    # announce_audit: the datasets' series rows combined (MERGE.md's fallback).
-    au = t["announce_audit"]
-    akey = [G, "tracker_ip", "tracker_port", "transport", "info_hash", "client_ip", "peer_id"]
-    aw = Window.partitionBy(*akey)
-    aall = aw.orderBy("first_ts", "_ds").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    acols = au.columns
-    au = au.withColumn("_pid", F.coalesce("peer_id", F.lit("")))
-    aw = Window.partitionBy(*[c if c != "peer_id" else "_pid" for c in akey])
-    aall = aw.orderBy("first_ts", "_ds").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    sums = ["n_announces", "n_intervals", "reported_uploaded", "observed_uploaded", "opaque_sent_bytes",
-            "reported_downloaded", "observed_downloaded", "opaque_received_bytes", "tolerance_bytes", "excess_uploaded"]
-    for c in sums:
-        au = au.withColumn(c, F.sum(c).over(aw))
-    au = (
-        au.withColumn("first_uploaded", F.first("first_uploaded").over(aall))
-        .withColumn("last_uploaded", F.last("last_uploaded").over(aall))
-        .withColumn("_ft", F.min("first_ts").over(aw)).withColumn("_lt", F.max("last_ts").over(aw))
-        .withColumn("started_seen", F.max(F.col("started_seen").cast("int")).over(aw) == 1)
-        .withColumn("max_upload_bps", F.max("max_upload_bps").over(aw))
-        .withColumn("coverage", F.first("coverage").over(aw.orderBy(
-            F.when(F.col("coverage") == "client", 0).when(F.col("coverage") == "swarm", 1)
-            .when(F.col("coverage") == "none", 2).otherwise(3)).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
-        .withColumn("flags", F.array_sort(F.array_distinct(F.flatten(F.collect_list("flags").over(aw)))))
-        .withColumn("_sens", sensor_set(F.collect_list("sensor").over(aw)))
-        .withColumn("_rk", F.row_number().over(aw.orderBy("first_ts", "_ds"))).where("_rk = 1")
-        .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens"))
-        .withColumn("suspicious", F.size("flags") > 0)
-        .select(*[c for c in acols if c != "_ds"])
-    )
+    # announce_audit: replayed over the merged events; without any piece
+    # message rows (--no-messages inputs) the datasets' rows are combined.
+    acols = [c for c in t["announce_audit"].columns if c != "_ds"]
+    if ev["peer_messages"].limit(1).count() > 0 or t["announce_audit"].limit(1).count() == 0:
+        au = audit(spark, conns, flows, ev, caps, max_link_bps)
+        for c in acols:
+            if c not in au.columns:
+                au = au.withColumn(c, F.lit(None))
+        au = au.select(*acols)
+    else:
+        au = combine_audit(t["announce_audit"], acols)
 
     # dht_nodes, dht_infohashes.
     dm = ev["dht_messages"]
@@ -959,6 +1202,39 @@ def merge(
     return out
 
 
+def combine_audit(au: DataFrame, acols: List[str]) -> DataFrame:
+    """The datasets' announce_audit rows combined per series (MERGE.md's
+    rule for inputs without peer_messages)."""
+    akey = [G, "tracker_ip", "tracker_port", "transport", "info_hash", "client_ip", "peer_id"]
+    aw = Window.partitionBy(*akey)
+    aall = aw.orderBy("first_ts", "_ds").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    au = au.withColumn("_pid", F.coalesce("peer_id", F.lit("")))
+    aw = Window.partitionBy(*[c if c != "peer_id" else "_pid" for c in akey])
+    aall = aw.orderBy("first_ts", "_ds").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    sums = ["n_announces", "n_intervals", "reported_uploaded", "observed_uploaded", "opaque_sent_bytes",
+            "reported_downloaded", "observed_downloaded", "opaque_received_bytes", "tolerance_bytes", "excess_uploaded"]
+    for c in sums:
+        au = au.withColumn(c, F.sum(c).over(aw))
+    au = (
+        au.withColumn("first_uploaded", F.first("first_uploaded").over(aall))
+        .withColumn("last_uploaded", F.last("last_uploaded").over(aall))
+        .withColumn("_ft", F.min("first_ts").over(aw)).withColumn("_lt", F.max("last_ts").over(aw))
+        .withColumn("started_seen", F.max(F.col("started_seen").cast("int")).over(aw) == 1)
+        .withColumn("max_upload_bps", F.max("max_upload_bps").over(aw))
+        .withColumn("coverage", F.first("coverage").over(aw.orderBy(
+            F.when(F.col("coverage") == "client", 0).when(F.col("coverage") == "swarm", 1)
+            .when(F.col("coverage") == "none", 2).otherwise(3)).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
+        .withColumn("flags", F.array_sort(F.array_distinct(F.flatten(F.collect_list("flags").over(aw)))))
+        .withColumn("_sens", sensor_set(F.collect_list("sensor").over(aw)))
+        .withColumn("_rk", F.row_number().over(aw.orderBy("first_ts", "_ds"))).where("_rk = 1")
+        .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens"))
+        .withColumn("suspicious", F.size("flags") > 0)
+        .select(*acols)
+    )
+
+    return au
+
+
 def write(out: Dict[str, DataFrame], dest: str) -> None:
     """OUT/<table>/date=YYYY-MM-DD/part-*.parquet."""
     for name, df in out.items():
@@ -988,6 +1264,7 @@ def session(app: str = "swarmtap-merge", master: Optional[str] = None) -> SparkS
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.enabled", os.environ.get("SWARMTAP_SPARK_UI", "false"))
         .config("spark.driver.memory", os.environ.get("SWARMTAP_SPARK_DRIVER_MEMORY", "2g"))
         .getOrCreate()
     )

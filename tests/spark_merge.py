@@ -75,16 +75,24 @@ def span(capture: str) -> tuple:
     return float(out[1]), float(out[2])
 
 
-def cut(capture: str, n: int, dest: str) -> list:
+def cut(capture: str, n: int, dest: str, reuse: bool = False) -> list:
     """`editcap -i` with an interval of duration / n: n pieces (fewer only
     when a whole interval holds no packet)."""
-    os.makedirs(dest, exist_ok=True)
-    a, b = span(capture)
-    interval = max((b - a) / n * (1 + 1e-6), 1e-6)
-    base = os.path.basename(capture)
-    run(["editcap", "-i", f"{interval:.6f}", capture, os.path.join(dest, base)])
-    stem, ext = os.path.splitext(base)
-    return sorted(glob.glob(os.path.join(dest, f"{stem}_*{ext}")))
+    stem, ext = os.path.splitext(os.path.basename(capture))
+    if not reuse:
+        os.makedirs(dest, exist_ok=True)
+        a, b = span(capture)
+        interval = max((b - a) / n * (1 + 1e-6), 1e-6)
+        run(["editcap", "-i", f"{interval:.6f}", capture, os.path.join(dest, stem + ext)])
+    out = []
+    for f in sorted(glob.glob(os.path.join(dest, f"{stem}_*{ext}"))):
+        # editcap -i writes a file for an interval without packets too.
+        c = subprocess.run(["capinfos", "-T", "-r", "-c", f], stdout=subprocess.PIPE, text=True).stdout.split("\t")
+        if len(c) > 1 and c[1].strip() == "0":
+            os.remove(f)
+        else:
+            out.append(f)
+    return out
 
 
 def analyze(binary: str, inputs: list, out: str, torrents: list, sensor: str, bpf: str = None) -> str:
@@ -276,11 +284,22 @@ def compare_engines(name: str, emb: str, m: dict) -> None:
         check((j["_merge"] == "both").all(), f"{name}: {t} keys differ between the engines")
         for c in cols:
             a, b = j[c + "_e"], j[c + "_s"]
-            if c == "flags":
-                diff = [(x, y) for x, y in zip(a, b) if sorted(list(x)) != sorted(list(y))]
-            else:
-                diff = [(x, y) for x, y in zip(a, b) if not ((pd.isna(x) and pd.isna(y)) if not hasattr(x, '__len__') or isinstance(x, str) else False) and str(x) != str(y)]
-            check(not diff, f"{name}: {t}.{c} differs between the engines: {diff[:3]}")
+            diff = [(x, y) for x, y in zip(a, b) if norm(x, c) != norm(y, c)]
+            check(not diff, f"{name}: {t}.{c} differs between the engines ({len(diff)} rows): {diff[:3]}")
+
+
+def norm(x, col: str):
+    """A cell as comparable text: null, list (flags as a set), time in µs."""
+    if isinstance(x, (list, tuple)) or hasattr(x, "tolist") and not isinstance(x, str):
+        v = list(x.tolist() if hasattr(x, "tolist") else x)
+        return tuple(sorted(v)) if col == "flags" else tuple(v)
+    if x is None or pd.isna(x):
+        return None
+    if isinstance(x, pd.Timestamp):
+        return ts_us(x)
+    if isinstance(x, float):
+        return round(x, 6)
+    return str(x)
 
 
 # ------------------------------------------------------------------ main
@@ -292,12 +311,17 @@ def main() -> int:
     ap.add_argument("--shared", default=os.environ.get("SWARMTAP_SHARED", os.path.join(ROOT, "..", "shared")))
     ap.add_argument("--pieces", default="2,3,7")
     ap.add_argument("--only", default=None, help="comma list of capture names (quick runs)")
+    ap.add_argument("--reuse", action="store_true", help="keep the pieces and datasets of an earlier run in --work")
+    ap.add_argument("--analyze-only", action="store_true", help="stop after cutting and analysing")
     a = ap.parse_args()
     t0 = time.time()
     v = os.environ.get("SWARMTAP_REQUIRE_ALL", "")
     require_all = v not in ("", "0")
-    shutil.rmtree(a.work, ignore_errors=True)
-    os.makedirs(a.work)
+    done = os.path.join(a.work, ".analysed")
+    reuse = a.reuse and os.path.exists(done)
+    if not reuse:
+        shutil.rmtree(a.work, ignore_errors=True)
+        os.makedirs(a.work)
 
     samples = os.path.join(ROOT, "sample-pcaps")
     captures = [(p, [samples]) for p in sorted(glob.glob(os.path.join(samples, "*.pcap")))]
@@ -332,7 +356,7 @@ def main() -> int:
         whole = os.path.join(base, "whole")
         jobs.append(([cap], whole, tor, "tap", None))
         for n in pieces:
-            files = cut(cap, n, os.path.join(base, f"cut{n}"))
+            files = cut(cap, n, os.path.join(base, f"cut{n}"), reuse)
             outs = [os.path.join(base, f"p{n}", f"{i:02d}") for i in range(len(files))]
             for f, o in zip(files, outs):
                 jobs.append(([f], o, tor, "tap", None))
@@ -351,16 +375,20 @@ def main() -> int:
         cases.append(("http/sensors filtered", "sensors_half", w, [os.path.join(base, "fa"), os.path.join(base, "fb")], []))
         # The same two sensors each cut in 3: joins and dedupe together.
         for s in ("a", "b"):
-            files = cut(http, 3, os.path.join(base, f"cut-{s}"))
+            files = cut(http, 3, os.path.join(base, f"cut-{s}"), reuse)
             for i, f in enumerate(files):
                 jobs.append(([f], os.path.join(base, f"{s}3", f"{i:02d}"), [samples], s, None))
         outs = [os.path.join(base, f"{s}3", f"{i:02d}") for s in ("a", "b") for i in range(3)]
         cases.append(("http/sensors a+b in 3 pieces", "sensors_both", w, outs, []))
 
-    with cf.ThreadPoolExecutor(max_workers=2) as ex:
-        list(ex.map(lambda j: analyze(a.bin, j[0], j[1], j[2], j[3], j[4]), jobs))
+    if not reuse:
+        with cf.ThreadPoolExecutor(max_workers=2) as ex:
+            list(ex.map(lambda j: analyze(a.bin, j[0], j[1], j[2], j[3], j[4]), jobs))
+        open(done, "w").close()
     t1 = time.time()
     print(f"spark_merge: {len(jobs)} analyze runs in {t1 - t0:.0f} s; {len(cases)} merge cases", flush=True)
+    if a.analyze_only:
+        return 0
 
     spark = M.session(app="swarmtap-spark-merge-test", master="local[2]")
     spark.sparkContext.setLogLevel("ERROR")
