@@ -28,6 +28,14 @@
 # (192.168.38.0/24, 192.168.1.0/24, 190.0.0.0/24 -> 10.(64+3*(k/256)+{0,1,2}).(k%256).0/24),
 # enough copies for DHT_DATAGRAMS datagrams (default 500000); dht-125k is
 # the same with a quarter of the copies.
+#
+# Mixed ("mixed", what is not ours): one unit = every Ethernet capture of
+# the mixed corpus (Suricata's verification suite: hundreds of protocols,
+# evasions, bad checksums) except the bittorrent-dht tests, in path order,
+# each moved in time to follow the previous one (GAP seconds apart).
+# Copies of the unit follow one another (copy k starts after copy k-1
+# ends, so a 4-tuple that comes back is a new flow after the idle
+# timeouts), enough for MIXED_BYTES (default 250 MB): mixed-250m.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -37,6 +45,8 @@ CONCURRENCY=${BENCH_CONCURRENCY:-8}
 BULK_BIG_BYTES=${BENCH_BULK_BIG_BYTES:-1073741824}    # 1 GiB
 BULK_SMALL_BYTES=${BENCH_BULK_SMALL_BYTES:-250000000} # 250 MB
 DHT_DATAGRAMS=${BENCH_DHT_DATAGRAMS:-500000}
+MIXED=${BENCH_MIXED:-$ROOT/../shared/corpus/mixed}
+MIXED_BYTES=${BENCH_MIXED_BYTES:-250000000}
 T0=1600000000   # fixed epoch the units start at (2020-09-13), for determinism
 GAP=1.0         # seconds between the files of one unit
 RECIPE_VERSION=2
@@ -229,13 +239,59 @@ build_dht() {
     log "dht: done in $((SECONDS - t_start)) s"
 }
 
+build_mixed() {
+    local recipe="v$RECIPE_VERSION mixed bytes=$MIXED_BYTES"
+    if up_to_date mixed-250m "$recipe"; then
+        log "mixed capture up to date"
+        return
+    fi
+    [[ -d $MIXED ]] || die "mixed corpus not found: $MIXED (set BENCH_MIXED)"
+    local work=$BENCH_DIR/work-mixed t_start=$SECONDS
+    rm -rf "$work"; mkdir -p "$work/parts" "$CAPDIR"
+    # Ethernet captures with at least one packet, outside the DHT tests,
+    # spanning at most an hour (10 span years: clock jumps inside them);
+    # one capinfos and one awk for all of them, then one editcap each.
+    local list=$work/list.tsv f dt i=0 parts=() span
+    find "$MIXED" -type f \( -name '*.pcap' -o -name '*.pcapng' \) | grep -v '/bittorrent-dht' | LC_ALL=C sort |
+        tr '\n' '\0' | { xargs -0 capinfos -T -r -E -c -a -e -S 2>/dev/null || true; } |
+        awk -F'\t' -v t0="$T0" -v gap="$GAP" '
+            $2 == "ether" && $3 ~ /^[1-9][0-9]*$/ && $4 ~ /^[0-9.]+$/ && $5 ~ /^[0-9.]+$/ && $5 - $4 <= 3600 {
+                printf "%s\t%.6f\n", $1, t0 + off - $4; off += ($5 - $4) + gap }
+            END { printf "SPAN\t%.6f\n", off }' >"$list"
+    while IFS=$'\t' read -r f dt; do
+        [[ $f == SPAN ]] && { span=$dt; continue; }
+        if editcap -F pcap -t "$dt" "$f" "$work/parts/$i.pcap" 2>/dev/null; then
+            parts+=("$work/parts/$i.pcap")
+        else
+            rm -f "$work/parts/$i.pcap"
+        fi
+        i=$((i + 1))
+    done <"$list"
+    mergecap -F pcap -a -w "$work/unit.pcap" "${parts[@]}"
+    rm -rf "$work/parts"
+    local ubytes=$(($(fsize "$work/unit.pcap") - 24)) upk; upk=$(packets "$work/unit.pcap")
+    local n_copies=$(((MIXED_BYTES + ubytes - 1) / ubytes)) k copies=()
+    log "mixed: unit = ${#parts[@]} captures, $upk packets, $ubytes bytes, span ${span}s; $n_copies copies"
+    for ((k = 0; k < n_copies; k++)); do
+        dt=$(awk -v k="$k" -v s="$span" -v gap="$GAP" 'BEGIN{printf "%.6f", k * (s + gap)}')
+        editcap -F pcap -t "$dt" "$work/unit.pcap" "$work/$k.pcap"
+        copies+=("$work/$k.pcap")
+    done
+    mergecap -F pcap -a -w "$CAPDIR/mixed-250m.pcap.tmp" "${copies[@]}"
+    mv "$CAPDIR/mixed-250m.pcap.tmp" "$CAPDIR/mixed-250m.pcap"
+    write_meta mixed-250m "$recipe" "$n_copies" "unit_captures=${#parts[@]}" "unit_packets=$upk" "span_s=$span"
+    rm -rf "$work"
+    log "mixed: done in $((SECONDS - t_start)) s"
+}
+
 main() {
     mkdir -p "$CAPDIR"
     case ${1:-all} in
         bulk) build_bulk ;;
         dht) build_dht ;;
-        all) build_bulk; build_dht ;;
-        *) die "usage: $0 [all|bulk|dht]" ;;
+        mixed) build_mixed ;;
+        all) build_bulk; build_dht; build_mixed ;;
+        *) die "usage: $0 [all|bulk|dht|mixed]" ;;
     esac
     ls -l "$CAPDIR"/*.pcap >&2
 }

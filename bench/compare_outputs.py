@@ -7,8 +7,13 @@ Every `*.parquet` file in either directory must exist in both, with the same
 schema (column names, order and dtypes) and the same rows in the same order
 (nulls and floats compared exactly). Exits 1 and names the first differing
 row of each differing table, 0 when every table is equal.
+
+COMPARE_NEW_COLUMNS=table.column,... names columns the second directory
+may have and the first lacks (columns a change adds): they are left out
+of the comparison, everything else must still be equal.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -51,6 +56,11 @@ def main() -> int:
             bad += 1
             continue
         a, b = pl.read_parquet(pa), pl.read_parquet(pb)
+        table = n.removesuffix(".parquet")
+        for spec in filter(None, os.environ.get("COMPARE_NEW_COLUMNS", "").split(",")):
+            t, _, col = spec.partition(".")
+            if t == table and col in b.columns and col not in a.columns:
+                b = b.drop(col)
         diff = first_difference(a, b)
         if diff:
             print(f"{n}: {diff}")

@@ -45,6 +45,7 @@ bash "$ROOT/bench/captures.sh" all
 log "captures ready ($((SECONDS - t_cap)) s)"
 BULK_BIG=$CAPDIR/bulk-1g.pcap BULK_SMALL=$CAPDIR/bulk-250m.pcap
 DHT_BIG=$CAPDIR/dht-500k.pcap DHT_SMALL=$CAPDIR/dht-125k.pcap
+MIXED=$CAPDIR/mixed-250m.pcap
 
 # ---- 2. swarmtap release build -----------------------------------------------------
 SWARMTAP=""
@@ -141,7 +142,7 @@ mkdir -p "$OUTDIR" "$BENCH_DIR/logs"
 } >"$BENCH_DIR/env.txt"
 
 log "warming the page cache"
-cat "$BULK_BIG" "$BULK_SMALL" "$DHT_BIG" "$DHT_SMALL" >/dev/null
+cat "$BULK_BIG" "$BULK_SMALL" "$DHT_BIG" "$DHT_SMALL" "$MIXED" >/dev/null
 
 t_meas=$SECONDS
 for ((r = 1; r <= RUNS; r++)); do
@@ -168,6 +169,19 @@ for ((r = 1; r <= RUNS; r++)); do
     fi
     [[ ${BENCH_NO_TSHARK:-0} == 1 ]] || ts_dht tshark "$DHT_BIG" "$r"
     [[ -z $NDPI ]] || ndpi ndpi "$DHT_BIG" "$r"
+    # What is not ours: other protocols only (bench/captures.sh mixed).
+    if [[ -n $SWARMTAP ]]; then
+        st swarmtap-nomsg "$MIXED" "$r" --no-messages
+        st swarmtap-msg "$MIXED" "$r"
+    fi
+    [[ -z $NDPI ]] || ndpi ndpi "$MIXED" "$r"
+    # nDPI on the 1 GB file too (the ratio is on the same file), and
+    # the speed-up from a second worker thread (the output is the same).
+    [[ -z $NDPI ]] || ndpi ndpi "$BULK_BIG" "$r"
+    if [[ -n $SWARMTAP && -z ${BENCH_THREADS:-} ]]; then
+        st swarmtap-t1 "$BULK_BIG" "$r" --no-messages --threads 1
+        st swarmtap-t2 "$BULK_BIG" "$r" --no-messages --threads 2
+    fi
 done
 echo "loadavg_end=$(cut -d' ' -f1-3 /proc/loadavg)" >>"$BENCH_DIR/env.txt"
 

@@ -75,7 +75,9 @@ def main():
     for kind, st_cap, other_cap, metric in (
         ("bulk", "bulk-250m", "bulk-250m", "mb_per_s"),
         ("bulk", "bulk-1g", "bulk-250m", "mb_per_s"),
+        ("bulk", "bulk-1g", "bulk-1g", "mb_per_s"),
         ("dht", "dht-500k", "dht-500k", "krpc_per_s"),
+        ("mixed", "mixed-250m", "mixed-250m", "mb_per_s"),
     ):
         for st in ("swarmtap-msg", "swarmtap-nomsg", "floor-read", "floor-cat"):
             for other in ("tshark", "ndpi"):
@@ -114,6 +116,15 @@ def main():
                     "growth": round(growth, 3), "flat": growth <= FLAT_TOLERANCE,
                 })
 
+    # --threads 1 vs --threads 2 on the same file (same output: the
+    # comparison script checks that): wall-time speed-up, and CPU time.
+    threads = None
+    t1, t2 = get("swarmtap-t1", "bulk-1g"), get("swarmtap-t2", "bulk-1g")
+    if t1 and t2 and t2["wall_s_median"] > 0:
+        threads = {"capture": "bulk-1g", "t1_wall_s": t1["wall_s_median"], "t2_wall_s": t2["wall_s_median"],
+                   "speedup": round(t1["wall_s_median"] / t2["wall_s_median"], 2),
+                   "t1_cpu_s": t1["cpu_s_median"], "t2_cpu_s": t2["cpu_s_median"]}
+
     targets = {}
     for kind in ("bulk", "dht"):
         r = [x for x in ratios if x["kind"] == kind and x["same_file"] and x["vs"] == "tshark"
@@ -138,7 +149,8 @@ def main():
     hdr = f"{'tool':16s} {'capture':10s} {'wall s':>8s} {'MB/s':>9s} {'packets/s':>11s} {'KRPC/s':>10s} {'RSS MiB':>8s} {'CPU s':>7s}"
     print(hdr)
     print("-" * len(hdr))
-    order = {"swarmtap-nomsg": 0, "swarmtap-msg": 1, "floor-read": 2, "floor-cat": 3, "tshark": 4, "ndpi": 5}
+    order = {"swarmtap-nomsg": 0, "swarmtap-msg": 1, "swarmtap-t1": 2, "swarmtap-t2": 3, "floor-read": 4,
+             "floor-cat": 5, "tshark": 6, "ndpi": 7}
     for row in sorted(rows, key=lambda r: (r["capture"].startswith("dht"), -captures.get(r["capture"], {}).get("bytes", 0), order.get(r["tool"], 9))):
         if "wall_s_median" not in row:
             print(f"{row['tool']:16s} {row['capture']:10s}   all {row['runs']} runs failed")
@@ -148,7 +160,8 @@ def main():
               f"{row['packets_per_s']:11d} {kr} {row['max_rss_mib_median']:8.1f} {row['cpu_s_median']:7.2f}")
     print()
     print("tshark runs on bulk-250m only (it is slow); the bulk-1g ratios divide swarmtap's rate on")
-    print("bulk-1g by tshark's rate on bulk-250m. DHT rates are KRPC datagrams per second.")
+    print("bulk-1g by tshark's rate on bulk-250m. ndpiReader also runs on bulk-1g and mixed-250m")
+    print("(other protocols only). DHT rates are KRPC datagrams per second.")
     print()
     print("floor-cat = cat CAP >/dev/null; floor-read = swarmtap with a BPF filter no packet passes")
     print("(reading only). Their ratios to tshark bound what any analysis can reach on this machine.")
@@ -159,6 +172,10 @@ def main():
         print(f"  {x['kind']:4s} {x['swarmtap']:15s} on {x['swarmtap_capture']:9s} / {x['vs']:6s} on "
               f"{x['vs_capture']:9s}: {x['ratio']:8.2f}x {cr:>13s}  ({x['swarmtap_rate']} vs {x['vs_rate']} {x['metric']})")
     print()
+    if threads:
+        print(f"--threads 2 vs --threads 1 on {threads['capture']} (--no-messages): {threads['speedup']}x wall "
+              f"({threads['t1_wall_s']} s -> {threads['t2_wall_s']} s; CPU {threads['t1_cpu_s']} s -> {threads['t2_cpu_s']} s)")
+        print()
     print(f"memory flat (peak RSS on the small vs the 4x capture; flat if growth <= {FLAT_TOLERANCE}):")
     for x in memory:
         print(f"  {x['kind']:4s} {x['swarmtap']:15s} {x['small_capture']} {x['small_rss_mib']:.1f} MiB -> "
@@ -186,10 +203,11 @@ def main():
         "medians": rows,
         "ratios": ratios,
         "memory_flat": memory,
+        "threads": threads,
         "targets": targets,
         "notes": [
             "medians of the runs; wall time from clock reads around each run, peak RSS and CPU from /usr/bin/time -v",
-            "tshark and ndpiReader are measured on bulk-250m only; ratios marked same_file=false use their bulk-250m rate",
+            "tshark is measured on bulk-250m only, ndpiReader on bulk-250m and bulk-1g; ratios marked same_file=false use the bulk-250m rate",
             "swarmtap-nomsg = analyze --no-messages; swarmtap-msg = analyze with the per-message table",
             "floor-cat = cat CAP > /dev/null; floor-read = swarmtap analyze -f 'ip proto 255' (reads and filters every packet, analyzes none)",
             "tshark bulk: -Y bittorrent -T fields -e bittorrent.msg.type; DHT: --enable-heuristic bittorrent_dht_udp -Y bt-dht -T fields -e bt-dht.id",

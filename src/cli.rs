@@ -127,6 +127,12 @@ pub struct AnalysisOpts {
     /// Maximum live flows (memory bound; the least recently active are evicted beyond it).
     #[arg(long = "max-flows")]
     pub max_flows: Option<usize>,
+    /// Memory the flows' state and buffers may be accounted for, over the
+    /// whole flow table (default 128MiB): past it the least recently
+    /// active flows are evicted (counted). Bytes, or with a unit: 512M,
+    /// 1.5GiB (K/M/G/T are powers of 1024); at least 1M.
+    #[arg(long = "max-memory", value_name = "SIZE", value_parser = parse_size)]
+    pub max_memory: Option<usize>,
     /// Drop TCP/UDP packets with a wrong checksum, as their receiver would
     /// (they are always counted: flows.n_bad_checksums, capture_stats).
     /// Checksum-offload patterns from the capturing host are not wrong.
@@ -254,6 +260,14 @@ pub struct ProbeArgs {
     /// Do not scrape trackers (by default each tracker is scraped before each announce).
     #[arg(long = "no-scrape")]
     pub no_scrape: bool,
+    /// A PEM file of CA certificates trusted for https trackers, besides the
+    /// system's store (a private tracker's own CA; repeatable).
+    #[arg(long = "tracker-ca", value_name = "FILE")]
+    pub tracker_ca: Vec<PathBuf>,
+    /// Do not verify https trackers' certificates (chain and name). Only
+    /// when you know why: anyone on the path can then answer for the tracker.
+    #[arg(long = "tracker-insecure")]
+    pub tracker_insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -294,6 +308,34 @@ pub struct LiveArgs {
 
 /// A duration: a number with an optional unit (ms, s, m, h, d; seconds
 /// without one).
+/// A size in bytes: a number, optionally with a unit (B, K/KB/KiB,
+/// M/MB/MiB, G/GB/GiB, T/TB/TiB; all powers of 1024), at least 1 MiB.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("not a size: {s:?} (e.g. 512M, 2GiB)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        u => return Err(format!("unknown size unit {u:?} in {s:?} (K, M, G or T)")),
+    };
+    let bytes = num * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < (1u64 << 20) as f64 {
+        return Err(format!("{s:?} is less than 1 MiB"));
+    }
+    Ok(if bytes >= usize::MAX as f64 {
+        usize::MAX
+    } else {
+        bytes as usize
+    })
+}
+
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -317,8 +359,22 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration;
+    use super::{parse_duration, parse_size};
     use std::time::Duration;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("2gb"), Ok(2 << 30));
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("4096K"), Ok(4 << 20));
+        assert!(parse_size("1048575").is_err());
+        assert!(parse_size("100K").is_err());
+        assert!(parse_size("12X").is_err());
+        assert!(parse_size("M").is_err());
+    }
 
     #[test]
     fn durations() {

@@ -11,14 +11,33 @@ use crate::proto::tracker_udp::{PendingLimits, UdpLimits};
 /// Every bound on memory and work that input controls.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Live flows in the whole flow table. A flow without buffered data
-    /// costs about 300 bytes, so 2^18 flows ≈ 80 MB; a tap sees far fewer
-    /// concurrent BitTorrent flows. The table's free room is shared among
-    /// the shards before each batch, in proportion to the packets the batch
-    /// brings each: a shard evicts only when the table as a whole is full
-    /// (less than a batch of room left), then its least recently active
-    /// eighth (counted, `flow_table_full`).
+    /// Live flows in the whole flow table (`--max-flows`). An idle or
+    /// half-open flow is accounted 0.5–0.8 KiB (see `max_memory`), so 2^18
+    /// flows are ≤ 200 MiB; a tap sees far fewer concurrent BitTorrent
+    /// flows. Before each batch the table makes room for the batch's
+    /// packets: when it would pass this, the least recently active flows
+    /// of the whole table (last packet, then conn_id: the same flows every
+    /// run, whatever the hash key) are evicted until an eighth is free
+    /// (counted: `flow_table_full`, `capture_stats.n_flows_evicted`).
     pub max_flows: usize,
+    /// Bytes the flows' state may be accounted for, over the whole table
+    /// (`--max-memory`): each flow's own allocations, its reassembly
+    /// buffers (out-of-order segments, the compare tail) and its
+    /// application state (handshake bytes, peer-wire framing buffers, piece
+    /// blocks held for verification, staged mid-stream rows, uTP buffers),
+    /// added up from sizes and buffer capacities (an account, not the
+    /// process's RSS). Checked before each batch as `max_flows` is: past
+    /// it the least recently active flows are evicted until an eighth is
+    /// free (`flow_memory_full`), so the account passes it by at most what
+    /// one batch adds (2 Ki frames, 2 MiB of payload). 128 MiB: ~170 k
+    /// half-open flows (0.75 KiB each) or 240 k idle ones, or a busy tap's
+    /// thousands of peer connections (2–4 KiB each) with hundreds of them
+    /// holding a loss's worth of out-of-order data; a 1 GB bulk capture
+    /// needs 5 MiB. With the rest of a run's state (batches in flight, the
+    /// sink's row buffers, swarm and DHT tables, each bounded on its own) a
+    /// flood of 600 k half-open connections then peaks under 300 MiB of RSS
+    /// (bench/README.md, Session 5).
+    pub max_memory: usize,
     /// TCP reassembly bounds per direction.
     pub reassembly: ReassemblyLimits,
     /// Peer-wire framing bounds per direction.
@@ -68,6 +87,13 @@ pub struct Limits {
     pub batch_frames: usize,
     /// Bytes of frame data per batch (see `batch_frames`).
     pub batch_bytes: usize,
+    /// Frames after the one that completed a dictionary rebuilt from
+    /// ut_metadata before the shards verify pieces with it (the connection
+    /// that carried it whole does at once). The shards learn it between
+    /// steps, and a step never spans more frames than this, so which
+    /// pieces are verified does not depend on where batches end. 2 Ki: one
+    /// default batch.
+    pub metadata_join_frames: u64,
     /// Peers (info_hash, ip, port) tracked in the swarm state; past it new
     /// peers are counted, not tracked. Each costs ~200 bytes plus its bitfield.
     pub max_peers: usize,
@@ -249,6 +275,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_flows: 1 << 18,
+            max_memory: 128 << 20,
             reassembly: ReassemblyLimits::default(),
             peer_wire: PeerWireLimits::default(),
             tcp_idle_us: 10 * 60 * 1_000_000,
@@ -260,6 +287,7 @@ impl Default for Limits {
             sweep_interval_us: 10 * 1_000_000,
             batch_frames: 2 * 1024,
             batch_bytes: 2 << 20,
+            metadata_join_frames: 2 * 1024,
             max_peers: 1 << 20,
             max_torrents: 1 << 16,
             max_pieces: 1 << 23,

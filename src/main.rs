@@ -95,6 +95,9 @@ fn settings_of(o: &AnalysisOpts) -> Result<Settings, String> {
     if let Some(m) = o.max_flows {
         settings.limits.max_flows = m.max(1);
     }
+    if let Some(m) = o.max_memory {
+        settings.limits.max_memory = m;
+    }
     Ok(settings)
 }
 
@@ -414,6 +417,8 @@ fn probe(a: ProbeArgs) -> Result<(), String> {
         return Err("--dht-interval must be positive".into());
     }
     s.scrape = !a.no_scrape;
+    s.tls.ca_files = a.tracker_ca.clone();
+    s.tls.insecure = a.tracker_insecure;
     s.limits = Settings::default().limits.probe;
     s.limits.max_contact = parse_duration(&a.max_contact)?;
     if let Some(m) = a.max_msgs {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
@@ -20,28 +20,18 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::analyze::apps::{ShardApps, ShardContext};
-use crate::analyze::audit::Audit;
-use crate::analyze::dht::DhtAggregate;
-use crate::analyze::metadata::MetadataAssembler;
-use crate::analyze::pieces::KnownTorrents;
-use crate::analyze::stream::{EV_MSE_BOTH, EV_MSE_NAMED, EV_MSE_ONE_WAY_NAMED};
-use crate::analyze::swarm::UnattributedEvent;
-use crate::analyze::swarm::{EncryptedConn, Swarm};
-use crate::analyze::tracker::AnnounceMark;
-use crate::analyze::SwarmEvent;
-use crate::analyze::{FrameCtx, ShardOut};
+use crate::analyze::apps::ShardApps;
+use crate::analyze::stage::{Stage, StepInput, StepKind};
+use crate::analyze::FrameCtx;
+use crate::analyze::ShardOut;
 use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
-use crate::dissect::Confidence;
 use crate::flow::table::{PacketNote, Shard};
-use crate::proto::metainfo::hex;
 use crate::proto::metainfo::Metainfo;
-use crate::proto::peer_wire::TorrentShape;
 use crate::sink::writer::Interval;
-use crate::sink::{CaptureStatsRow, ConnectionRow, FlowRow, RowBatch, SinkThread, Ts};
+use crate::sink::{CaptureStatsRow, RowBatch, SinkThread, Ts};
 
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default)]
@@ -109,6 +99,8 @@ struct DecodeCounts {
     ts_backwards: u64,
     ts_jumps: u64,
     bad_checksums: u64,
+    flows_evicted: u64,
+    max_flow_memory: u64,
 }
 
 /// The sequential part of packet judgement, kept across batches: the flow
@@ -220,33 +212,17 @@ impl AnomalyGate {
 /// asks for snapshots of the long-lived state at every rotation.
 pub struct Engine {
     settings: Settings,
-    names: Arc<Vec<String>>,
     pool: rayon::ThreadPool,
     shards: Vec<Shard<ShardApps>>,
     n_shards: usize,
-    swarm: Swarm,
-    audit: Audit,
-    dht: DhtAggregate,
+    /// Everything after the shards, in order (see `analyze::stage`).
+    stage: Stage,
+    names: Arc<Vec<String>>,
     counts: HashMap<String, DecodeCounts>,
     gate: AnomalyGate,
     watermark: i64,
     judge: PacketJudge,
-    held_conns: Vec<ConnectionRow>,
-    /// peer_messages rows of connections not attributed yet (mid-stream),
-    /// released with the info_hash once the swarm state attributes them.
-    held_msgs: HeldMessages,
-    /// TCP flows with MSE's shape, waiting for the endpoint check.
-    mse: MseFlows,
-    /// Swarm events later than an event some connection still holds back:
-    /// applied once it is released, so that the swarm state sees events in
-    /// frame order however batches fall (bounded by `max_waiting_events`).
-    waiting: std::collections::BTreeMap<(u32, u64, u64), SwarmEvent>,
-    /// Insertion counter: equal (capture, frame) keys keep their order.
-    waiting_seq: u64,
-    /// Times the bound forced events out of order.
-    n_order_forced: u64,
     current_capture: u32,
-    meta: MetaState,
     /// Counters for the summary line.
     pub summary: RunSummary,
 }
@@ -264,6 +240,8 @@ pub struct CaptureCounts {
     pub n_ts_backwards: u64,
     pub n_ts_jumps: u64,
     pub n_bad_checksums: u64,
+    pub n_flows_evicted: u64,
+    pub max_flow_memory: u64,
 }
 
 impl From<&DecodeCounts> for CaptureCounts {
@@ -279,6 +257,8 @@ impl From<&DecodeCounts> for CaptureCounts {
             n_ts_backwards: c.ts_backwards,
             n_ts_jumps: c.ts_jumps,
             n_bad_checksums: c.bad_checksums,
+            n_flows_evicted: c.flows_evicted,
+            max_flow_memory: c.max_flow_memory,
         }
     }
 }
@@ -296,38 +276,8 @@ impl Engine {
     /// `names`: the `capture` column of each input by index; `torrents`:
     /// metainfo from --torrents.
     pub fn new(settings: &Settings, names: Arc<Vec<String>>, torrents: Vec<Metainfo>) -> Result<Engine, String> {
-        let mut ctx = ShardContext {
-            keep_weak: settings.keep_weak,
-            ..ShardContext::default()
-        };
-        let mut swarm = Swarm::new(settings.limits, settings.threshold, settings.rate_window_s);
-        let torrents: Vec<Arc<Metainfo>> = torrents.into_iter().map(Arc::new).collect();
-        let audit = Audit::new(settings.limits, settings.audit_max_link_bps, &names, &torrents);
-        let dht = DhtAggregate::new(&settings.limits);
-        let mut known = KnownTorrents::default();
-        let mut assembler = MetadataAssembler::new(&settings.limits);
-        for m in torrents {
-            known.insert(m.clone());
-            for h in m.wire_hashes() {
-                assembler.known(h);
-            }
-            for h in m.wire_hashes() {
-                ctx.shapes.insert(
-                    h,
-                    TorrentShape {
-                        n_pieces: Some(m.n_pieces),
-                        piece_length: u32::try_from(m.piece_length).ok(),
-                    },
-                );
-            }
-            swarm.add_metainfo(m, "torrent_file");
-        }
-        let ctx = Arc::new(ctx);
-        let meta = MetaState {
-            assembler,
-            known: Arc::new(known),
-            names: names.clone(),
-        };
+        let (stage, setup) = Stage::new(settings, names.clone(), torrents);
+        let ctx = Arc::new(setup.ctx);
         let n_shards = settings.n_shards.max(1);
         let shards: Vec<Shard<ShardApps>> = (0..n_shards)
             .map(|_| {
@@ -338,7 +288,7 @@ impl Engine {
                     ctx.clone(),
                     ShardOut {
                         capture_names: names.clone(),
-                        known: meta.known.clone(),
+                        known: setup.known.clone(),
                         ..Default::default()
                     },
                 );
@@ -352,13 +302,11 @@ impl Engine {
             .map_err(|e| format!("cannot start worker threads: {e}"))?;
         Ok(Engine {
             settings: settings.clone(),
-            names,
             pool,
             shards,
             n_shards,
-            swarm,
-            audit,
-            dht,
+            stage,
+            names,
             counts: HashMap::new(),
             gate: AnomalyGate {
                 max_rows: settings.limits.max_anomaly_rows_per_kind,
@@ -366,14 +314,7 @@ impl Engine {
             },
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
-            held_conns: Vec::new(),
-            held_msgs: HeldMessages::default(),
-            mse: MseFlows::default(),
-            waiting: Default::default(),
-            waiting_seq: 0,
-            n_order_forced: 0,
             current_capture: 0,
-            meta,
             summary: RunSummary::default(),
         })
     }
@@ -381,6 +322,26 @@ impl Engine {
     /// Live flows in the shards (for progress lines).
     pub fn n_flows(&self) -> usize {
         self.shards.iter().map(|s| s.n_flows()).sum()
+    }
+
+    /// The one step every path takes once the shards have run (over a
+    /// batch, or ending flows): their output goes through the sequential
+    /// stage, rebuilt metadata reaches the shards, and the rows come back
+    /// gated and counted (the final step's are gated by `finish`).
+    fn step(&mut self, rows: RowBatch, kind: StepKind) -> RowBatch {
+        let input = collect_step(&mut self.shards, rows);
+        let (mut rows, known) = self.stage.step(input, kind, self.watermark);
+        if let Some(known) = known {
+            for s in self.shards.iter_mut() {
+                s.apps.out.known = known.clone();
+            }
+        }
+        if kind != StepKind::Final {
+            self.gate.filter(&mut rows, &mut self.counts);
+            self.summary.n_messages += rows.peer_messages.len() as u64;
+            self.summary.n_connections += rows.connections.len() as u64;
+        }
+        rows
     }
 
     /// Processes one batch; `emit` receives the rows (once or twice: a new
@@ -401,110 +362,46 @@ impl Engine {
                 let idle = self.settings.limits.tcp_idle_us.max(self.settings.limits.udp_idle_us);
                 if t0 < watermark || t0 - watermark > idle {
                     let clock = self.judge.clock;
-                    let mut rows = self.pool.install(|| {
-                        self.shards.par_iter_mut().for_each(|s| s.finish(watermark, clock));
-                        RowBatch::default()
-                    });
-                    let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
-                    self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
-                    let marks = take_marks(&mut self.shards);
-                    finish_rows(&mut rows);
-                    self.audit.observe(&events, &marks);
-                    self.audit.observe_rows(&rows);
-                    self.mse.hold(&mut rows.flows);
-                    let events = self.ready_events(events, true);
-                    self.swarm.apply(events, unattributed, &mut rows);
-                    let kw = self.settings.keep_weak;
-                    let strong = &mut self.mse.strong;
-                    attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names, kw, strong);
-                    attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names, kw, strong);
-                    self.swarm.end_segment(&mut rows);
-                    self.dht.apply(dht_obs);
-                    hold_unattributed(&mut rows, &mut self.held_conns);
-                    self.held_msgs
-                        .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
-                    rows.peer_progress.sort_by_key(|r| r.frame);
-                    self.gate.filter(&mut rows, &mut self.counts);
-                    self.summary.n_connections += rows.connections.len() as u64;
+                    let shards = &mut self.shards;
+                    self.pool
+                        .install(|| shards.par_iter_mut().for_each(|s| s.finish(watermark, clock)));
+                    let rows = self.step(RowBatch::default(), StepKind::SegmentEnd);
                     emit(rows)?;
                     self.watermark = i64::MIN;
                 }
             }
             self.current_capture = batch.capture_idx;
         }
-        let (shards, n_shards, names, counts, watermark, judge) = (
-            &mut self.shards,
-            self.n_shards,
-            &self.names,
-            &mut self.counts,
-            &mut self.watermark,
-            &mut self.judge,
-        );
-        let mut rows = self
-            .pool
-            .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge));
-        let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
-        self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
-        let marks = take_marks(&mut self.shards);
-        finish_rows(&mut rows);
-        self.audit.observe(&events, &marks);
-        self.audit.observe_rows(&rows);
-        self.mse.hold(&mut rows.flows);
-        let events = self.ready_events(events, false);
-        self.swarm.apply(events, unattributed, &mut rows);
-        hold_unattributed(&mut rows, &mut self.held_conns);
-        self.held_msgs
-            .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
-        self.dht.apply(dht_obs);
-        rows.peer_progress.sort_by_key(|r| r.frame);
-        self.gate.filter(&mut rows, &mut self.counts);
+        // One step per run of frames spanning fewer than
+        // `metadata_join_frames` frame numbers (see `KnownTorrents`): a
+        // batch of the default size is one step, unless a filter left
+        // gaps in its numbering.
+        let span = self.settings.limits.metadata_join_frames.max(1);
+        let mut lo = 0;
+        while lo < batch.frames.len() {
+            let first = batch.frames.get(lo).map_or(0, |f| f.frame_no);
+            let hi = lo
+                + batch.frames[lo..]
+                    .partition_point(|f| f.frame_no.wrapping_sub(first) < span)
+                    .max(1);
+            let (shards, n_shards, names, counts, watermark, judge) = (
+                &mut self.shards,
+                self.n_shards,
+                &self.names,
+                &mut self.counts,
+                &mut self.watermark,
+                &mut self.judge,
+            );
+            let rows = self
+                .pool
+                .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge, lo..hi));
+            let rows = self.step(rows, StepKind::Batch);
+            emit(rows)?;
+            lo = hi;
+        }
         self.summary.n_packets += batch.frames.len() as u64;
         self.summary.n_bytes += batch.frames.iter().map(|f| u64::from(f.orig_len)).sum::<u64>();
-        self.summary.n_messages += rows.peer_messages.len() as u64;
-        self.summary.n_connections += rows.connections.len() as u64;
-        emit(rows)
-    }
-
-    /// The events the swarm state may apply now: with the ones waiting, all
-    /// that precede the oldest event a connection still holds back (all of
-    /// them when `all`, or when more than `max_waiting_events` wait).
-    fn ready_events(&mut self, events: Vec<SwarmEvent>, all: bool) -> Vec<SwarmEvent> {
-        let cutoff = self.shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
-        let cutoff = cutoff.filter(|_| !all);
-        if self.waiting.is_empty() {
-            let Some(c) = cutoff else { return events };
-            if events.last().is_none_or(|e| (e.ctx.capture, e.ctx.frame) < c) {
-                return events;
-            }
-        }
-        // Events arrive sorted by frame; a map keeps the waiting ones so, and
-        // what is ready comes off its front without touching the rest.
-        for e in events {
-            self.waiting_seq += 1;
-            self.waiting.insert((e.ctx.capture, e.ctx.frame, self.waiting_seq), e);
-        }
-        let over = self.waiting.len() > self.settings.limits.max_waiting_events;
-        // Events wait at most `max_event_wait_us` of packet time: a
-        // connection that holds events and then only sends keep-alives must
-        // not stall the swarm state (live snapshots would lag behind).
-        let too_old = self.watermark.saturating_sub(self.settings.limits.max_event_wait_us);
-        let mut ready = Vec::new();
-        let mut forced = false;
-        while let Some(entry) = self.waiting.first_entry() {
-            let (cap, frame, _) = *entry.key();
-            let in_order = cutoff.is_none_or(|c| (cap, frame) < c);
-            if !in_order {
-                if !over && entry.get().ctx.ts >= too_old {
-                    break;
-                }
-                forced = true;
-            }
-            ready.push(entry.remove());
-        }
-        if forced {
-            self.n_order_forced += 1;
-        }
-        ready
+        Ok(())
     }
 
     /// Takes the decode counters of capture `name` (live: of the interval
@@ -520,9 +417,9 @@ impl Engine {
     pub fn state_sizes(&self) -> StateSizes {
         StateSizes {
             n_flows: self.n_flows() as u64,
-            n_peers: self.swarm.n_peers() as u64,
-            n_torrents: self.swarm.n_torrents() as u64,
-            n_dht_nodes: self.dht.n_nodes() as u64,
+            n_peers: self.stage.n_peers() as u64,
+            n_torrents: self.stage.n_torrents() as u64,
+            n_dht_nodes: self.stage.n_dht_nodes() as u64,
         }
     }
 
@@ -537,34 +434,7 @@ impl Engine {
         for s in &self.shards {
             s.snapshot(&mut |apps, f, app| apps.snapshot(f, app, &mut rows));
         }
-        rows.flows.sort_by_key(|r| r.conn_id);
-        let mut held = std::mem::take(&mut self.held_conns);
-        for c in held.iter_mut().filter(|c| c.info_hash.is_none()) {
-            if let Some(h) = self.swarm.attribution(c.conn_id) {
-                c.info_hash = Some(hex(&h));
-                c.info_hash_source = Some("endpoint");
-                c.attribution_confidence = "likely";
-            }
-        }
-        let kw = self.settings.keep_weak;
-        attribute_encrypted(&mut self.swarm, &mut held, &self.names, kw, &mut self.mse.strong);
-        drop_weak_encrypted(&mut held, kw);
-        rows.connections.append(&mut held);
-        rows.connections.sort_by_key(|r| r.conn_id);
-        self.mse.release(&mut rows.flows);
-        rows.flows.sort_by_key(|r| r.conn_id);
-        self.swarm.snapshot(&mut rows);
-        fill_peer_ports(&mut rows);
-        if let Some(geo) = &self.settings.geo {
-            geo.annotate_peers(&mut rows.peers);
-        }
-        self.audit.snapshot(&mut rows);
-        self.dht.snapshot(&mut rows);
-        if self.watermark != i64::MIN {
-            let cutoff = self.watermark.saturating_sub(state_idle_us);
-            self.swarm.expire_idle(cutoff);
-            self.dht.expire_idle(cutoff);
-        }
+        self.stage.snapshot(&mut rows, self.watermark, state_idle_us);
         rows
     }
 
@@ -579,30 +449,12 @@ impl Engine {
         let clock = self.judge.clock.max(0);
         while self.n_flows() > 0 {
             let shards = &mut self.shards;
-            let mut rows = self.pool.install(|| {
+            self.pool.install(|| {
                 shards.par_iter_mut().for_each(|s| {
                     s.finish_some(clock, per_shard);
-                });
-                RowBatch::default()
+                })
             });
-            let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
-            self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
-            let marks = take_marks(&mut self.shards);
-            finish_rows(&mut rows);
-            self.audit.observe(&events, &marks);
-            self.audit.observe_rows(&rows);
-            // As in a batch's step: MSE flows wait for their endpoint's
-            // naming, messages for their connection's attribution.
-            self.mse.hold(&mut rows.flows);
-            let events = self.ready_events(events, false);
-            self.swarm.apply(events, unattributed, &mut rows);
-            hold_unattributed(&mut rows, &mut self.held_conns);
-            self.held_msgs
-                .step(&mut rows, &self.swarm, self.settings.limits.max_held_messages);
-            self.dht.apply(dht_obs);
-            rows.peer_progress.sort_by_key(|r| r.frame);
-            self.gate.filter(&mut rows, &mut self.counts);
-            self.summary.n_connections += rows.connections.len() as u64;
+            let rows = self.step(RowBatch::default(), StepKind::Batch);
             emit(rows)?;
         }
         Ok(())
@@ -614,80 +466,16 @@ impl Engine {
         let end_ts = self.watermark.max(0);
         let clock = self.judge.clock.max(0);
         let shards = &mut self.shards;
-        let mut rows = self.pool.install(|| {
-            shards.par_iter_mut().for_each(|s| s.finish(end_ts, clock));
-            RowBatch::default()
-        });
-        let (events, unattributed, dht_obs) = collect_events(&mut self.shards, &mut rows);
-        self.meta.absorb(&mut self.shards, &mut self.swarm, &mut rows);
-        let marks = take_marks(&mut self.shards);
-        self.dht.apply(dht_obs);
+        self.pool
+            .install(|| shards.par_iter_mut().for_each(|s| s.finish(end_ts, clock)));
         for s in &self.shards {
             self.summary.n_flows += s.stats.n_flows;
             self.summary.n_flows_evicted += s.stats.n_flows_evicted;
         }
-        finish_rows(&mut rows);
-        self.audit.observe(&events, &marks);
-        self.audit.observe_rows(&rows);
-        self.mse.hold(&mut rows.flows);
-        let events = self.ready_events(events, true);
-        self.swarm.apply(events, unattributed, &mut rows);
-        rows.peer_progress.sort_by_key(|r| r.frame);
-        let n_dropped_peers = self.swarm.n_peers_dropped;
-        if self.n_order_forced > 0 {
-            rows.anomalies.push(crate::sink::AnomalyRow {
-                layer: "analyze",
-                kind: "swarm_order_forced".into(),
-                detail: Some(format!(
-                    "{} batches applied events out of frame order: more than {} waited for held ones (max_waiting_events), or one waited longer than {} s (max_event_wait_us)",
-                    self.n_order_forced,
-                    self.settings.limits.max_waiting_events,
-                    self.settings.limits.max_event_wait_us / 1_000_000
-                )),
-                ..Default::default()
-            });
-        }
-        // Mid-stream connections held back get the torrent they were attributed
-        // to (now or at the swarm's last retry).
-        rows.connections.append(&mut self.held_conns);
-        self.swarm.retry_all(&mut rows);
-        for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
-            if let Some(h) = self.swarm.attribution(c.conn_id) {
-                c.info_hash = Some(hex(&h));
-                c.info_hash_source = Some("endpoint");
-                c.attribution_confidence = "likely";
-            }
-        }
-        let kw = self.settings.keep_weak;
-        attribute_encrypted(
-            &mut self.swarm,
-            &mut rows.connections,
-            &self.names,
-            kw,
-            &mut self.mse.strong,
-        );
-        drop_weak_encrypted(&mut rows.connections, kw);
-        rows.connections.sort_by_key(|r| r.conn_id);
-        self.mse.release(&mut rows.flows);
-        rows.flows.sort_by_key(|r| r.conn_id);
-        self.summary.n_connections += rows.connections.len() as u64;
-        self.held_msgs.release_all(&mut rows, &self.swarm);
-        self.swarm.finish(&mut rows);
-        fill_peer_ports(&mut rows);
-        if let Some(geo) = &self.settings.geo {
-            geo.annotate_peers(&mut rows.peers);
-        }
-        self.audit.finish(&mut rows);
-        self.dht.finish(&mut rows);
-        if n_dropped_peers > 0 {
-            rows.anomalies.push(crate::sink::AnomalyRow {
-                layer: "analyze",
-                kind: "peer_table_full".into(),
-                detail: Some(format!("{n_dropped_peers} peer events not tracked (max_peers)")),
-                ..Default::default()
-            });
-        }
+        let mut rows = self.step(RowBatch::default(), StepKind::Final);
+        self.stage.finish(&mut rows);
         self.gate.filter(&mut rows, &mut self.counts);
+        self.summary.n_connections += rows.connections.len() as u64;
         self.summary.n_messages += rows.peer_messages.len() as u64;
         self.summary.n_torrents = rows.torrents.len() as u64;
         self.summary.n_peers = rows.peers.len() as u64;
@@ -954,6 +742,8 @@ pub fn analyze(
             n_ts_backwards: c.n_ts_backwards,
             n_ts_jumps: c.n_ts_jumps,
             n_bad_checksums: c.n_bad_checksums,
+            n_flows_evicted: c.n_flows_evicted,
+            max_flow_memory: c.max_flow_memory,
             ..Default::default()
         });
     }
@@ -1013,364 +803,29 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
         .collect()
 }
 
-/// Takes every shard's rows, swarm events and DHT observations, events in
-/// frame order.
-fn collect_events(
-    shards: &mut [Shard<ShardApps>],
-    rows: &mut RowBatch,
-) -> (
-    Vec<SwarmEvent>,
-    Vec<UnattributedEvent>,
-    Vec<crate::analyze::dht::DhtObservation>,
-) {
-    let mut events = Vec::new();
-    let mut unattributed = Vec::new();
-    let mut dht_obs = Vec::new();
+/// Takes what every shard produced during a step, for the stage.
+fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
+    let mut input = StepInput {
+        rows,
+        ..StepInput::default()
+    };
     for s in shards.iter_mut() {
-        rows.append(&mut s.apps.out.rows);
-        events.append(&mut s.apps.out.events);
-        unattributed.append(&mut s.apps.out.unattributed);
-        dht_obs.append(&mut s.apps.out.dht);
+        let out = &mut s.apps.out;
+        input.rows.append(&mut out.rows);
+        input.events.append(&mut out.events);
+        input.unattributed.append(&mut out.unattributed);
+        input.dht.append(&mut out.dht);
+        input.metadata.append(&mut out.metadata);
+        input.marks.append(&mut out.marks);
     }
-    events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
-    unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
-    dht_obs.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
-    (events, unattributed, dht_obs)
+    input.held_since = shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
+    input
 }
 
-/// ut_metadata assembly and the piece hashes the shards verify with.
-struct MetaState {
-    assembler: MetadataAssembler,
-    known: Arc<KnownTorrents>,
-    names: Arc<Vec<String>>,
-}
-
-impl MetaState {
-    /// Takes the shards' metadata pieces (in frame order) to the assembler;
-    /// a rebuilt dictionary joins the swarm state now and the shards' piece
-    /// verification from the next batch on. Counts this step's `pieces`
-    /// rows for the torrents' totals.
-    fn absorb(&mut self, shards: &mut [Shard<ShardApps>], swarm: &mut Swarm, rows: &mut RowBatch) {
-        let mut pieces = Vec::new();
-        for s in shards.iter_mut() {
-            pieces.append(&mut s.apps.out.metadata);
-        }
-        pieces.sort_by_key(|p| (p.ctx.capture, p.ctx.frame));
-        let mut changed = false;
-        for p in pieces {
-            if let Some(r) = self.assembler.add(p, &self.names, rows) {
-                let m = Arc::new(r.meta);
-                if m.wire_hashes().iter().any(|h| swarm.has_metainfo(h)) {
-                    continue;
-                }
-                Arc::make_mut(&mut self.known).insert(m.clone());
-                swarm.add_metainfo(m, "ut_metadata");
-                changed = true;
-            }
-        }
-        if changed {
-            for s in shards.iter_mut() {
-                s.apps.out.known = self.known.clone();
-            }
-        }
-        rows.pieces.sort_by_key(|r| r.frame);
-        for r in &rows.pieces {
-            swarm.note_piece(&r.info_hash, r.verified);
-        }
-    }
-}
-
-/// MSE-encrypted connections carry no readable info hash: each is
-/// attributed to the torrent whose listen endpoint one of its ends is
-/// (known from plaintext sightings: trackers, DHT, PEX, LSD, other
-/// connections), with confidence `likely`, and what the choice of
-/// encryption says about its peers goes to the swarm state.
-///
-/// Over TCP that endpoint is also what makes an MSE-shaped flow BitTorrent
-/// at all (`strong` collects their ids): a shape seen both ways and an
-/// address alone are weak, and a weak flow neither gets a torrent nor
-/// tells the swarm anything unless `keep_weak`. Over uTP the transport
-/// itself was confirmed, and an address is enough.
-fn attribute_encrypted(
-    swarm: &mut Swarm,
-    conns: &mut [ConnectionRow],
-    names: &[String],
-    keep_weak: bool,
-    strong: &mut std::collections::HashSet<u64>,
-) {
-    if !conns.iter().any(|c| c.encrypted && c.info_hash.is_none()) {
-        return;
-    }
-    let by_ip = swarm.torrents_by_ip();
-    let mut noted = Vec::new();
-    for c in conns.iter_mut().filter(|c| c.encrypted && c.info_hash.is_none()) {
-        let (Ok(oi), Ok(ri)) = (c.orig_ip.parse::<IpAddr>(), c.resp_ip.parse::<IpAddr>()) else {
-            continue;
-        };
-        let (Ok(op), Ok(rp)) = (u16::try_from(c.orig_port), u16::try_from(c.resp_port)) else {
-            continue;
-        };
-        let (o, r) = (SocketAddr::new(oi, op), SocketAddr::new(ri, rp));
-        let capture = names.iter().position(|n| *n == c.capture).unwrap_or(0) as u32;
-        let by_endpoint = swarm.attribute_endpoints(capture, o, r);
-        // By address: one end's address takes part in exactly one torrent,
-        // and the other's in no other.
-        let by_address = match (by_ip.get(&oi), by_ip.get(&ri)) {
-            (Some(x), Some(y)) if x != y => None,
-            (Some(x), _) | (_, Some(x)) => Some(*x),
-            _ => None,
-        };
-        let tcp = c.transport == "tcp";
-        let (h, source, confidence) = match (by_endpoint, by_address) {
-            (Some(h), _) => (h, "endpoint", "likely"),
-            (None, Some(h)) if !tcp || keep_weak => (h, "address", "weak"),
-            _ => continue,
-        };
-        if tcp && source == "endpoint" {
-            strong.insert(c.conn_id);
-        }
-        c.info_hash = Some(hex(&h));
-        c.info_hash_source = Some(source);
-        c.attribution_confidence = confidence;
-        noted.push(EncryptedConn {
-            info_hash: h,
-            conn_id: c.conn_id,
-            orig: o,
-            resp: r,
-            utp: c.transport == "utp",
-            first_ts: c.first_ts.0,
-            last_ts: c.last_ts.0,
-            payload_bytes_orig: c.payload_bytes_orig,
-            payload_bytes_resp: c.payload_bytes_resp,
-        });
-    }
-    swarm.note_encrypted(&noted);
-}
-
-/// peer_messages rows without an info_hash, held by connection until the
-/// swarm state attributes it (see `Limits::max_held_messages`). Each step
-/// looks at the held connections, not at every held row.
-#[derive(Default)]
-struct HeldMessages {
-    /// By conn_id (the frame of a connection's first packet: oldest first).
-    by_conn: std::collections::BTreeMap<u64, Vec<crate::sink::PeerMessageRow>>,
-    n_held: usize,
-    /// Rows written without an info_hash because the bound was reached.
-    n_released: u64,
-}
-
-impl HeldMessages {
-    /// Fills and releases the held rows whose connection is attributed
-    /// now, then holds this step's rows that have no info_hash; past
-    /// `max`, the oldest connections' rows go out as they are.
-    fn step(&mut self, rows: &mut RowBatch, swarm: &Swarm, max: usize) {
-        let mut released = false;
-        let ready: Vec<(u64, [u8; 20])> = self
-            .by_conn
-            .keys()
-            .filter_map(|c| swarm.attribution(*c).map(|h| (*c, h)))
-            .collect();
-        for (c, h) in ready {
-            let h: Arc<str> = Arc::from(hex(&h));
-            for mut r in self.by_conn.remove(&c).unwrap_or_default() {
-                r.info_hash = Some(h.clone());
-                rows.peer_messages.push(r);
-                self.n_held -= 1;
-                released = true;
-            }
-        }
-        if rows.peer_messages.iter().any(|r| r.info_hash.is_none()) {
-            let mut own: HashMap<u64, Option<Arc<str>>> = HashMap::new();
-            let msgs = std::mem::take(&mut rows.peer_messages);
-            let mut out = Vec::with_capacity(msgs.len());
-            for mut r in msgs {
-                if r.info_hash.is_none() {
-                    let h = own
-                        .entry(r.conn_id)
-                        .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
-                    match h {
-                        Some(h) => r.info_hash = Some(h.clone()),
-                        None => {
-                            self.by_conn.entry(r.conn_id).or_default().push(r);
-                            self.n_held += 1;
-                            continue;
-                        }
-                    }
-                }
-                out.push(r);
-            }
-            rows.peer_messages = out;
-        }
-        while self.n_held > max {
-            let Some((_, group)) = self.by_conn.pop_first() else {
-                break;
-            };
-            self.n_held -= group.len();
-            self.n_released += group.len() as u64;
-            rows.peer_messages.extend(group);
-            released = true;
-        }
-        if released {
-            rows.peer_messages.sort_by_key(|r| r.frame);
-        }
-    }
-
-    /// End of input: every held row goes out, with the info_hash where the
-    /// connection was attributed.
-    fn release_all(&mut self, rows: &mut RowBatch, swarm: &Swarm) {
-        // Rows of connections never attributed are not counted: only those
-        // the bound sent out early.
-        let n = self.n_released;
-        self.step(rows, swarm, 0);
-        self.n_released = n;
-        if self.n_released > 0 {
-            let n = self.n_released;
-            rows.anomalies.push(crate::sink::AnomalyRow {
-                layer: "analyze",
-                kind: "held_messages_released".into(),
-                detail: Some(format!(
-                    "{n} peer_messages rows of connections picked up mid-stream written before their connection was attributed (past max_held_messages), without an info_hash"
-                )),
-                ..Default::default()
-            });
-        }
-    }
-}
-
-/// TCP flows with MSE's shape: their `flows` rows wait until the end of the
-/// run (or a live snapshot), when an endpoint named as a peer elsewhere in
-/// the capture makes them `strong`. An opening to a named listen endpoint
-/// that was never answered (a client trying MSE with a plaintext-only peer)
-/// counts too: the endpoint is the corroboration, and such attempts are
-/// common in real swarms.
-#[derive(Debug, Default)]
-struct MseFlows {
-    held: Vec<FlowRow>,
-    /// conn_ids of TCP MSE connections attributed by endpoint.
-    strong: std::collections::HashSet<u64>,
-}
-
-impl MseFlows {
-    /// Takes the rows that may still become strong out of `flows`.
-    fn hold(&mut self, flows: &mut Vec<FlowRow>) {
-        let before = flows.len();
-        let mut i = 0;
-        while i < flows.len() {
-            let f = &flows[i];
-            if f.proto == "tcp" && f.app == "mse" && self.held.len() < MAX_HELD_CONNECTIONS {
-                self.held.push(flows.swap_remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        if flows.len() != before {
-            flows.sort_by_key(|r| r.conn_id);
-        }
-    }
-
-    /// Writes the held rows, strong where their endpoint was named.
-    fn release(&mut self, flows: &mut Vec<FlowRow>) {
-        for mut f in self.held.drain(..) {
-            if self.strong.contains(&f.conn_id) {
-                f.app_confidence = Some(Confidence::Strong.name());
-                f.app_evidence = Some(if f.app_evidence == Some(EV_MSE_BOTH) {
-                    EV_MSE_NAMED
-                } else {
-                    EV_MSE_ONE_WAY_NAMED
-                });
-            }
-            flows.push(f);
-        }
-    }
-}
-
-/// Encrypted TCP connections no endpoint corroborated are weak: no row
-/// unless `keep_weak` (their flow stays in `flows`, app `mse`, weak).
-fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
-    if !keep_weak {
-        conns.retain(|c| !(c.encrypted && c.transport == "tcp" && c.info_hash.is_none()));
-    }
-}
-
-/// Connection rows are held until the end of the run (live: the next
-/// snapshot), when the swarm state may have attributed those picked up
-/// mid-stream and knows the peers rows of both ends; past this many they
-/// are written as they are (~400 bytes each: 26 MB).
-const MAX_HELD_CONNECTIONS: usize = 65_536;
-
-/// The shards' announce marks for the audit, in frame order.
-fn take_marks(shards: &mut [Shard<ShardApps>]) -> Vec<AnnounceMark> {
-    let mut marks = Vec::new();
-    for s in shards.iter_mut() {
-        marks.append(&mut s.apps.out.marks);
-    }
-    marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
-    marks
-}
-
-fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
-    // Every connection row is held (not only those without an info_hash):
-    // its orig/resp_peer_port name the peers rows of the swarm state as it
-    // ends (see `fill_peer_ports`), after every merge of endpoints.
-    let mut i = 0;
-    while i < rows.connections.len() {
-        if held.len() < MAX_HELD_CONNECTIONS {
-            held.push(rows.connections.swap_remove(i));
-        } else {
-            i += 1;
-        }
-    }
-    rows.connections.sort_by_key(|r| r.conn_id);
-}
-
-/// Names the peers rows of both ends of every connection (orig_peer_port,
-/// resp_peer_port), from the peers rows of the same step: a peer lists the
-/// connections it took part in (conn_ids).
-fn fill_peer_ports(rows: &mut RowBatch) {
-    if rows.connections.is_empty() {
-        return;
-    }
-    let mut ends: HashMap<u64, Vec<(&str, &str, u32)>> = HashMap::new();
-    for p in &rows.peers {
-        for c in &p.conn_ids {
-            ends.entry(*c)
-                .or_default()
-                .push((p.info_hash.as_str(), p.peer_ip.as_str(), p.peer_port));
-        }
-    }
-    for c in rows.connections.iter_mut() {
-        let Some(h) = c.info_hash.as_deref() else { continue };
-        let Some(e) = ends.get(&c.conn_id) else { continue };
-        let mine: Vec<(&str, u32)> = e.iter().filter(|x| x.0 == h).map(|x| (x.1, x.2)).collect();
-        // The responder's row is its accepting endpoint when it has one;
-        // the originator's is the other row of its address.
-        let resp = mine
-            .iter()
-            .find(|x| x.0 == c.resp_ip && x.1 == c.resp_port)
-            .or_else(|| mine.iter().find(|x| x.0 == c.resp_ip && c.orig_ip != c.resp_ip))
-            .copied();
-        let orig = mine.iter().find(|x| x.0 == c.orig_ip && Some(**x) != resp).copied();
-        c.resp_peer_port = resp.map(|x| x.1);
-        c.orig_peer_port = orig.map(|x| x.1);
-    }
-}
-
-/// Orders the rows of one step: per-message tables by frame (stable: rows of
-/// one frame keep their order), per-flow tables by id.
-fn finish_rows(rows: &mut RowBatch) {
-    rows.peer_messages.sort_by_key(|r| r.frame);
-    rows.dht_messages.sort_by_key(|r| r.frame);
-    rows.dht_peers.sort_by_key(|r| r.frame);
-    rows.lsd_announces.sort_by_key(|r| r.frame);
-    rows.anomalies.sort_by_key(|r| r.frame);
-    rows.tracker_announces.sort_by_key(|r| (r.ts, r.frame));
-    rows.tracker_peers.sort_by_key(|r| (r.ts, r.frame));
-    rows.tracker_scrapes.sort_by_key(|r| (r.ts, r.frame));
-    rows.flows.sort_by_key(|r| r.conn_id);
-    rows.connections.sort_by_key(|r| r.conn_id);
-}
-
-/// Decodes a batch in parallel and runs the shards over it.
+/// Decodes frames `range` of a batch in parallel and runs the shards over
+/// them (the state they update is the engine's, passed field by field so
+/// that the pool's closure borrows them apart).
+#[allow(clippy::too_many_arguments)]
 fn process_batch(
     batch: &FrameBatch,
     shards: &mut [Shard<ShardApps>],
@@ -1379,17 +834,19 @@ fn process_batch(
     counts: &mut HashMap<String, DecodeCounts>,
     watermark: &mut i64,
     judge: &mut PacketJudge,
+    range: std::ops::Range<usize>,
 ) -> RowBatch {
+    let lo = range.start;
+    let frames = batch.frames.get(range).unwrap_or_default();
     const CHUNK: usize = 2048;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
-    let decoded: Vec<(Decoded, u32)> = batch
-        .frames
+    let decoded: Vec<(Decoded, u32)> = frames
         .par_chunks(CHUNK)
         .enumerate()
         .flat_map_iter(|(ci, chunk)| {
             chunk.iter().enumerate().map(move |(j, fm)| {
-                let i = ci * CHUNK + j;
+                let i = lo + ci * CHUNK + j;
                 let d = decode(fm.link_type, batch.frame_data(i));
                 let shard = match &d {
                     Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash() % n_shards as u64) as u32,
@@ -1407,7 +864,7 @@ fn process_batch(
     let mut batch_max = *watermark;
     let mut notes: Vec<PacketNote> = vec![PacketNote::default(); decoded.len()];
     for (i, (d, shard)) in decoded.iter().enumerate() {
-        let Some(fm) = batch.frames.get(i) else { continue };
+        let Some(fm) = frames.get(i) else { continue };
         batch_max = batch_max.max(fm.ts_us);
         let (clock, step) = judge.tick(fm.ts_us);
         match step {
@@ -1468,15 +925,32 @@ fn process_batch(
     let now = batch_max;
     let clock_now = judge.clock;
     let notes = &notes;
-    let per_shard: Vec<usize> = parts.iter().map(Vec::len).collect();
-    Shard::share_room(shards, &per_shard);
+    // An upper bound on the flows each shard's part of the batch may open:
+    // its packets whose key has no flow yet (a lookup each, in parallel).
+    let decoded_ref = &decoded;
+    let per_shard: Vec<usize> = shards
+        .par_iter()
+        .zip(parts.par_iter())
+        .map(|(s, part)| {
+            part.iter()
+                .filter(|&&i| matches!(decoded_ref.get(i as usize), Some((Decoded::Packet(p), _)) if !s.has_flow(p)))
+                .count()
+        })
+        .collect();
+    let evicted_before: u64 = shards.iter().map(|s| s.stats.n_flows_evicted).sum();
+    let first = batch.frames.first().map_or(FrameCtx::default(), |fm| FrameCtx {
+        ts: fm.ts_us,
+        frame: fm.frame_no,
+        capture: batch.capture_idx,
+    });
+    let room = Shard::make_room(shards, &per_shard, first);
+    c.max_flow_memory = c.max_flow_memory.max(room.mem_before as u64);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
         for &i in part {
-            let (Some(fm), Some((Decoded::Packet(p), _))) = (batch.frames.get(i as usize), decoded.get(i as usize))
-            else {
+            let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize)) else {
                 continue;
             };
-            let data = batch.frame_data(i as usize);
+            let data = batch.frame_data(lo + i as usize);
             let off = p.payload_off as usize;
             let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
             let ctx = FrameCtx {
@@ -1489,6 +963,8 @@ fn process_batch(
         }
         shard.sweep(now, clock_now);
     });
+    let evicted: u64 = shards.iter().map(|s| s.stats.n_flows_evicted).sum();
+    c.flows_evicted += evicted - evicted_before;
     rows
 }
 
@@ -1597,6 +1073,8 @@ impl IntervalStats {
             n_ts_backwards: c.n_ts_backwards,
             n_ts_jumps: c.n_ts_jumps,
             n_bad_checksums: c.n_bad_checksums,
+            n_flows_evicted: c.n_flows_evicted,
+            max_flow_memory: c.max_flow_memory,
         }
     }
 }

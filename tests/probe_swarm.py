@@ -8,8 +8,11 @@ Builds, with the sample-pcaps generator's helpers, namespaces named swp-*
 (HTTP + UDP) at 10.99.0.1, a libtorrent seeder of two torrents (plaintext
 only, TCP and uTP), a Transmission leecher that *requires* encryption, a
 libtorrent leecher (plaintext, TCP only), a libtorrent leecher speaking only
-uTP (TCP disabled both ways), all rate-limited so the leechers take tens of seconds,
-and a probe host 10.99.0.40 with nothing but its veth. It captures the probe
+uTP (TCP disabled both ways), a second uTP-only libtorrent leecher with an
+IPv6 address too (fd00:99::16: it downloads over IPv4, the probe is given
+its IPv6 endpoint, denied its IPv4 one, and reaches it over uTP on IPv6), all rate-limited so the
+leechers take tens of seconds, and a probe host 10.99.0.40 / fd00:99::40
+with nothing but its veth. It captures the probe
 host's interface with tcpdump, runs
 
     swarmtap probe --torrent A.torrent --magnet <B with a udp:// tracker> ...
@@ -45,6 +48,7 @@ import swarm  # noqa: E402
 from scenarios import host, one_torrent, KiB  # noqa: E402
 
 PROBE_IP = "10.99.0.40"
+PROBE_IP6 = "fd00:99::40"
 DHT_NODE_IP = "10.99.0.51"
 # libtorrent's DHT inside the swarm only (no public routers: nothing to
 # resolve, no route out), announcing every 10 s instead of 15 min.
@@ -81,6 +85,10 @@ def main():
             # reaches it over uTP, and it connects to the probe's listen port
             # over uTP.
             host("lu1", "libtorrent", 14, enc="plain", tcp=False, utp=True, torrents=["pa"], down=24 * KiB),
+            # uTP only, IPv4 and IPv6: the probe reaches it over uTP on
+            # IPv6 at the endpoint it is given (--peer [fd00:99::16]:PORT).
+            host("lu6", "libtorrent", 16, enc="plain", tcp=False, utp=True, dual=True, torrents=["pa"],
+                 down=24 * KiB),
             # DHT only (pc is given to the probe as a bare info hash): the
             # probe must find it and seed1 through the DHT.
             host("lt2", "libtorrent", 15, enc="plain", utp=False, torrents=["pc"], down=8 * KiB, **DHT_OPTS),
@@ -96,7 +104,7 @@ def main():
     try:
         run.build_torrents()
         run.build_net()
-        probe_ns = run.net.add_host("probe", [PROBE_IP])
+        probe_ns = run.net.add_host("probe", [PROBE_IP], [PROBE_IP6])
         run.net.assert_no_route_out()
         pcap = os.path.join(out, "probe.pcap")
         tcpdump = run.procs.start("tcpdump", ["tcpdump", "-i", "eth0", "-s", "0", "-U", "-n", "-w", pcap],
@@ -115,12 +123,18 @@ def main():
         time.sleep(3.0)
         probe_out = os.path.join(out, "probe")
         argv = [binary, "probe", "--torrent", ta["torrent_file"], "--magnet", magnet,
-                "--allow-private", "--allow", "10.99.0.0/24", "--listen", "6881",
+                "--allow-private", "--allow", "10.99.0.0/24", "--allow", "fd00:99::/64", "--listen", "6881",
                 "--info-hash", tc["info_hash"], "--dht-bootstrap", "10.99.0.11:6881", "--dht-interval", "8s",
                 # Visits on the default schedule (--revisit 5m, --min-revisit
                 # 10s, --idle-timeout 6s, --max-contact 2m): the crossing must
                 # be caught by planning, not by short fixed revisits.
                 "--duration", "%ds" % duration, "-o", probe_out]
+        for c in run.clients:
+            if c.opts.get("dual"):
+                # Reached over IPv6 only: libtorrent drops a second
+                # connection with the same peer id, so contacts over both
+                # families to one client would cut each other.
+                argv += ["--peer", "[%s]:%d" % (c.ip6, c.listen_port), "--deny", "%s/32" % c.ip]
         t0 = time.time()
         p = run.procs.start("probe", argv, ns=probe_ns, log=os.path.join(out, "probe.log"))
         while p.poll() is None:
@@ -141,14 +155,15 @@ def main():
             shutil.copyfile(t["torrent_file"], os.path.join(out, "%s.torrent" % t["label"]))
         for c in run.clients:
             manifest["hosts"].append({
-                "name": c.name, "kind": c.kind, "ip": c.ip, "port": c.listen_port, "role": c.role,
+                "name": c.name, "kind": c.kind, "ip": c.ip, "ip6": c.ip6, "port": c.listen_port, "role": c.role,
                 "enc": c.opts.get("enc"), "tcp": c.opts.get("tcp", True), "utp": c.opts.get("utp", True),
                 "torrents": [t["info_hash"] for t in c.torrents],
                 "dht": bool(c.opts.get("dht")),
                 "completed_seen": {k: v for k, v in c.completed_seen.items()},
                 "completed_at": {k: v.get("completed_at") for k, v in c.last.items()},
             })
-        manifest["swarm_ips"] = [swarm.TRACKER_IP] + [c.ip for c in run.clients] + [PROBE_IP]
+        manifest["swarm_ips"] = [swarm.TRACKER_IP] + [c.ip for c in run.clients] + [PROBE_IP, PROBE_IP6] + \
+            [c.ip6 for c in run.clients if c.ip6]
         with open(os.path.join(out, "manifest.json"), "w") as f:
             json.dump(manifest, f, indent=1)
     finally:

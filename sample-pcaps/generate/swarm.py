@@ -330,8 +330,10 @@ class Run:
         if sc.get("tracker"):
             self.tracker_ns = self.net.add_host("tracker", [TRACKER_IP], hosts_file=hosts_lines)
         for h in sc["hosts"]:
+            # opts "dual": an IPv4 host that has its IPv6 address too.
+            dual = h.get("opts", {}).get("dual", False)
             ipv4s = [] if v6 else ([h["ip"]] if h.get("ip") else [])
-            ipv6s = [h["ip6"]] if (v6 and h.get("ip6")) else []
+            ipv6s = [h["ip6"]] if ((v6 or dual) and h.get("ip6")) else []
             if h["kind"] == "dhtnodes":
                 ipv4s = [] if v6 else h["opts"]["addrs"]
                 ipv6s = h["opts"]["addrs"] if v6 else []
@@ -383,8 +385,10 @@ class Run:
             if h["kind"] == "dhtnodes":
                 tors = []
             cls = KINDS[h["kind"]]
+            dual = h.get("opts", {}).get("dual", False)
             c = cls(self, h["name"], h["_ns"], h.get("ip") if not sc.get("ipv6") else None,
-                    h.get("ip6") if sc.get("ipv6") else None, h.get("role", "leecher"), tors, h.get("opts", {}))
+                    h.get("ip6") if (sc.get("ipv6") or dual) else None, h.get("role", "leecher"), tors,
+                    h.get("opts", {}))
             self.clients.append(c)
         order = [c for c in self.clients if c.kind == "libtorrent-dht-node"] + \
                 [c for c in self.clients if c.role == "seeder" and c.kind != "libtorrent-dht-node"]

@@ -217,6 +217,14 @@ impl FlowApps for ShardApps {
         app.release_stale(now, self.limits.max_hold_us, &mut self.out);
     }
 
+    fn tcp_heap_bytes(app: &StreamApp) -> usize {
+        app.heap_bytes()
+    }
+
+    fn udp_heap_bytes(app: &UdpApp) -> usize {
+        app.heap_bytes()
+    }
+
     fn finish(&mut self) {
         self.udp_trackers.finish(&mut self.out);
     }

@@ -258,7 +258,7 @@ impl Audit {
                     o.wire = true;
                 }
             }
-            SwarmEventKind::Transfer { to, bytes } => {
+            SwarmEventKind::Transfer { to, bytes, .. } => {
                 self.witness_addr(ih, ip, true);
                 self.witness_addr(ih, to.ip(), true);
                 if let Some(o) = self.observed_mut(ih, ip, false) {
@@ -680,6 +680,7 @@ mod tests {
             kind: SwarmEventKind::Transfer {
                 to: SocketAddr::from(([10, 0, 0, 2], 6881)),
                 bytes,
+                cut_off: false,
             },
         }
     }

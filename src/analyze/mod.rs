@@ -9,6 +9,7 @@ pub mod lsd;
 pub mod metadata;
 pub mod pieces;
 pub mod session;
+pub mod stage;
 pub mod stream;
 pub mod swarm;
 pub mod tracker;
@@ -41,6 +42,12 @@ pub enum SwarmEventKind {
     Transfer {
         to: SocketAddr,
         bytes: u64,
+        /// The rest of a block cut off by the end of the connection: known
+        /// only when the flow ends, which may be long after its last packet
+        /// (an idle timeout, seen at a sweep). It counts in the byte totals
+        /// but not in the rate windows, which by then may have moved on
+        /// depending on where batches ended.
+        cut_off: bool,
     },
     /// The peer's endpoint was learned from another source (a tracker
     /// response, a DHT reply or announce, PEX, LSD, a probe) without it

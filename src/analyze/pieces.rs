@@ -24,24 +24,46 @@ use crate::proto::metainfo::Metainfo;
 
 /// Torrents whose piece hashes are known, by the info hash the wire
 /// carries. Read-only for the shards; the pipeline replaces it (a new
-/// `Arc`) between batches when metadata is rebuilt.
+/// `Arc`) between steps when metadata is rebuilt.
+///
+/// Each torrent is known from a (capture, frame) on: a .torrent from the
+/// start, rebuilt metadata from `Limits::metadata_join_frames` frames after
+/// the one that completed it. The shards see a new dictionary only at the
+/// next step, and steps span fewer frames than that, so what a packet
+/// sees does not depend on where steps end.
 #[derive(Debug, Default, Clone)]
 pub struct KnownTorrents {
-    by_hash: HashMap<[u8; 20], Arc<Metainfo>>,
+    by_hash: HashMap<[u8; 20], KnownFrom>,
 }
 
+/// A dictionary and the (capture, frame) from which the shards may use it.
+type KnownFrom = (Arc<Metainfo>, (u32, u64));
+
 impl KnownTorrents {
+    /// Known from the start of the run.
     pub fn insert(&mut self, m: Arc<Metainfo>) {
+        self.insert_from(m, (0, 0));
+    }
+
+    /// Known to packets at or after `(capture, frame)`.
+    pub fn insert_from(&mut self, m: Arc<Metainfo>, from: (u32, u64)) {
         for h in m.wire_hashes() {
-            self.by_hash.insert(h, m.clone());
+            self.by_hash.insert(h, (m.clone(), from));
         }
     }
 
-    pub fn get(&self, h: &[u8; 20]) -> Option<&Arc<Metainfo>> {
-        self.by_hash.get(h)
+    /// The torrent, as a packet at `at` (capture, frame) sees it.
+    pub fn get(&self, h: &[u8; 20], at: (u32, u64)) -> Option<&Arc<Metainfo>> {
+        self.by_hash.get(h).filter(|e| at >= e.1).map(|e| &e.0)
     }
 
-    pub fn contains(&self, h: &[u8; 20]) -> bool {
+    /// Whether a packet at `at` sees the torrent.
+    pub fn contains(&self, h: &[u8; 20], at: (u32, u64)) -> bool {
+        self.get(h, at).is_some()
+    }
+
+    /// Whether the torrent is known at all (to some later packet).
+    pub fn has(&self, h: &[u8; 20]) -> bool {
         self.by_hash.contains_key(h)
     }
 
@@ -140,6 +162,12 @@ impl PieceChecker {
     /// Bytes this checker holds aside.
     pub fn buffered(&self) -> usize {
         self.buffered
+    }
+
+    /// Heap bytes beyond its own size: the pieces in progress and the
+    /// blocks held aside (a flow's memory account).
+    pub fn heap_bytes(&self) -> usize {
+        crate::flow::alloc_bytes(self.pieces.capacity() * std::mem::size_of::<InProgress>()) + self.buffered
     }
 
     /// A piece message header: the next `length` bytes are piece `piece`

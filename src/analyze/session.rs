@@ -176,9 +176,12 @@ impl PeerSession {
         }
     }
 
-    /// The stream began with an MSE key exchange that selected plaintext.
-    pub fn set_mse_handshake(&mut self) {
+    /// The stream began with an MSE key exchange that selected plaintext;
+    /// `side` sent `exchange_bytes` of it before its plaintext handshake
+    /// (stream bytes of the connection, though not peer wire).
+    pub fn set_mse_handshake(&mut self, side: usize, exchange_bytes: u64) {
         self.st.mse_handshake = true;
+        self.st.sides[side.min(1)].payload_bytes += exchange_bytes;
     }
 
     /// Sharper framing checks once the torrent's shape is known.
@@ -211,6 +214,20 @@ impl PeerSession {
 
     pub fn buffered_bytes(&self) -> usize {
         self.framers.iter().map(|f| f.buffered_bytes()).sum::<usize>() + self.st.held.len() * 64
+    }
+
+    /// Heap bytes the session holds beyond its own size (the flow's memory
+    /// account, `Limits::max_memory`): framing buffers, held events, the
+    /// piece checkers and the blocks they hold aside.
+    pub fn heap_bytes(&self) -> usize {
+        let checks: usize = self
+            .st
+            .sides
+            .iter()
+            .filter_map(|s| s.check.as_deref())
+            .map(|c| crate::flow::alloc_bytes(std::mem::size_of::<PieceChecker>()) + c.heap_bytes())
+            .sum();
+        self.buffered_bytes() + checks
     }
 
     /// Settles the connection when its oldest held event is older than
@@ -248,7 +265,7 @@ impl PeerSession {
         // A block cut off by the end of the connection counts for what was
         // sent of it (clients count payload as written to the socket).
         for side in [ORIG, RESP] {
-            self.st.end_block(side, ctx, out);
+            self.st.end_block(side, ctx, true, out);
             if let Some(c) = self.st.sides[side].check.as_mut() {
                 c.clear(&mut out.piece_budget);
             }
@@ -346,9 +363,10 @@ impl State {
         for h in held {
             let peer = self.peer_addr(h.side);
             let kind = match h.kind {
-                SwarmEventKind::Transfer { bytes, .. } => SwarmEventKind::Transfer {
+                SwarmEventKind::Transfer { bytes, cut_off, .. } => SwarmEventKind::Transfer {
                     to: self.peer_addr(1 - h.side),
                     bytes,
+                    cut_off,
                 },
                 SwarmEventKind::Seen { peer_id, client, .. } => SwarmEventKind::Seen {
                     peer_id,
@@ -379,13 +397,13 @@ impl State {
     }
 
     /// Closes the current piece block of `side` (complete, or cut off).
-    fn end_block(&mut self, side: usize, ctx: FrameCtx, out: &mut ShardOut) {
+    fn end_block(&mut self, side: usize, ctx: FrameCtx, cut_off: bool, out: &mut ShardOut) {
         let s = &mut self.sides[side];
         let bytes = std::mem::take(&mut s.block_bytes);
         s.block_left = 0;
         if bytes > 0 {
             let to = self.ends[1 - side];
-            self.push_event(side, ctx, SwarmEventKind::Transfer { to, bytes }, out);
+            self.push_event(side, ctx, SwarmEventKind::Transfer { to, bytes, cut_off }, out);
         }
     }
 
@@ -396,7 +414,7 @@ impl State {
         s.block_bytes += n;
         s.piece_bytes += n;
         if s.block_left == 0 {
-            self.end_block(side, ctx, out);
+            self.end_block(side, ctx, false, out);
         }
     }
 
@@ -582,9 +600,12 @@ impl State {
                 // BEP 3: with the torrent known, a bitfield has exactly
                 // ceil(n / 8) bytes and no spare bit set. Anything else is
                 // counted, and only the torrent's n pieces are kept.
-                let n = self
-                    .info_hash
-                    .and_then(|h| out.known.get(&h).or(self.local_meta.as_ref()).map(|m| m.n_pieces));
+                let n = self.info_hash.and_then(|h| {
+                    out.known
+                        .get(&h, (ctx.capture, ctx.frame))
+                        .or(self.local_meta.as_ref())
+                        .map(|m| m.n_pieces)
+                });
                 if let Some(n) = n.filter(|&n| n > 0) {
                     let want = n.div_ceil(8) as usize;
                     let spare = 0xFFu8.checked_shr(n % 8).filter(|_| n % 8 != 0).unwrap_or(0);
@@ -617,7 +638,7 @@ impl State {
                 // The block's bytes are counted as they pass (PieceData /
                 // PieceGap), so a block cut off by a close counts what was
                 // sent of it.
-                self.end_block(side, ctx, out);
+                self.end_block(side, ctx, false, out);
                 self.sides[side].block_left = u64::from(length);
                 self.start_check(side, piece, begin, length, ctx, out);
                 self.message_row(side, ctx, out, name, |r| {
@@ -784,7 +805,7 @@ impl State {
     fn start_check(&mut self, side: usize, piece: u32, begin: u32, length: u32, ctx: FrameCtx, out: &mut ShardOut) {
         let Some(h) = self.info_hash else { return };
         if self.sides[side].check.is_none() {
-            let Some(m) = out.known.get(&h).or(self.local_meta.as_ref()) else {
+            let Some(m) = out.known.get(&h, (ctx.capture, ctx.frame)).or(self.local_meta.as_ref()) else {
                 return;
             };
             if m.piece_hashes.is_empty() {
@@ -862,7 +883,7 @@ impl State {
                     return Some(piece);
                 }
                 if let Some(h) = self.info_hash {
-                    if !out.known.contains(&h) {
+                    if !out.known.contains(&h, (ctx.capture, ctx.frame)) {
                         let room = out.piece_budget.max.saturating_sub(out.piece_budget.used);
                         if total_size as usize == data.len() && self.local_meta.is_none() && data.len() <= room {
                             self.local_meta = local_metadata(h, data);

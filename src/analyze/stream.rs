@@ -98,6 +98,34 @@ pub struct Candidate {
     fed_bytes: u64,
 }
 
+/// Accounted bytes of one row or event a mid-stream candidate stages (the
+/// row, its strings and the vector slot): what `StreamApp::heap_bytes`
+/// counts for them.
+const STAGED_ROW_BYTES: usize = 256;
+
+impl StreamApp {
+    /// Heap bytes this stream's state holds beyond the enum itself (the
+    /// flow's memory account, `Limits::max_memory`; see
+    /// `flow::alloc_bytes`).
+    pub fn heap_bytes(&self) -> usize {
+        use crate::flow::alloc_bytes;
+        use std::mem::size_of;
+        match self {
+            StreamApp::Undecided | StreamApp::Other(_) => 0,
+            StreamApp::Handshake { bytes, .. } => alloc_bytes(bytes.capacity()),
+            StreamApp::PeerWire(s, _) => alloc_bytes(size_of::<PeerSession>()) + s.heap_bytes(),
+            StreamApp::Candidate(c) => {
+                let staged = c.staged.rows.len() + c.staged.events.len() + c.staged.unattributed.len();
+                alloc_bytes(size_of::<Candidate>()) + c.session.heap_bytes() + staged * STAGED_ROW_BYTES
+            }
+            StreamApp::Mse(m) => {
+                alloc_bytes(size_of::<MseScan>()) + m.head.iter().map(|h| alloc_bytes(h.capacity())).sum::<usize>()
+            }
+            StreamApp::TrackerHttp(t) => alloc_bytes(size_of::<HttpTracker>()) + t.buffered_bytes(),
+        }
+    }
+}
+
 /// Whether `d` after the `kept` bytes still follows the protocol string.
 fn continues_handshake(kept: &[u8], d: &[u8]) -> bool {
     let n = kept.len();
@@ -581,9 +609,12 @@ fn mse_plaintext(
     out: &mut ShardOut,
 ) -> PeerSession {
     let mut s = session(init, true, env);
-    s.set_mse_handshake();
     let other = 1 - found;
     let heads = std::mem::take(&mut scan.head);
+    // The key exchange before the handshake is not decoded, but it is
+    // stream bytes of that side (payload_bytes; the other side's exchange
+    // is fed to the session and counted there).
+    s.set_mse_handshake(found, pos.min(heads[found].len()) as u64);
     if let Some(h) = heads[found].get(pos..) {
         s.feed(found, Chunk::Data(h), ctx, out);
     }

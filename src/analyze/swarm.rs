@@ -664,6 +664,19 @@ impl Swarm {
     /// applied in frame order with everything else; connections still
     /// unattributed wait for a later batch.
     pub fn apply(&mut self, events: Vec<SwarmEvent>, unattributed: Vec<UnattributedEvent>, rows: &mut RowBatch) {
+        self.apply_with_metadata(events, unattributed, Vec::new(), rows);
+    }
+
+    /// [`apply`](Self::apply), with dictionaries rebuilt from ut_metadata
+    /// by the (capture, frame) that completed them: each is taken before
+    /// the events of that frame and the later ones.
+    pub fn apply_with_metadata(
+        &mut self,
+        events: Vec<SwarmEvent>,
+        unattributed: Vec<UnattributedEvent>,
+        metas: Vec<((u32, u64), std::sync::Arc<Metainfo>)>,
+        rows: &mut RowBatch,
+    ) {
         for ev in &events {
             let listen = match &ev.kind {
                 SwarmEventKind::Seen { listen, .. } => *listen,
@@ -680,8 +693,15 @@ impl Swarm {
         }
         all.extend(self.take_resolved());
         all.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
+        let mut metas = metas.into_iter().peekable();
         for ev in all {
+            while let Some((_, m)) = metas.next_if(|(k, _)| *k <= (ev.ctx.capture, ev.ctx.frame)) {
+                self.add_metainfo(m, "ut_metadata");
+            }
             self.apply_one(ev, rows);
+        }
+        for (_, m) in metas {
+            self.add_metainfo(m, "ut_metadata");
         }
     }
 
@@ -1199,14 +1219,18 @@ impl Swarm {
                 }
                 None
             }
-            SwarmEventKind::Transfer { bytes, .. } => {
+            SwarmEventKind::Transfer { bytes, cut_off, .. } => {
                 p.uploaded += bytes;
-                p.add_rate(ts, window, 1, bytes);
+                if !cut_off {
+                    p.add_rate(ts, window, 1, bytes);
+                }
                 if let Some(rk) = to_key {
                     if let Some(r) = self.peers.get_mut(&rk) {
                         r.downloaded += bytes;
                         r.last_ts = r.last_ts.max(ts);
-                        r.add_rate(ts, window, 0, bytes);
+                        if !cut_off {
+                            r.add_rate(ts, window, 0, bytes);
+                        }
                     }
                 }
                 None
@@ -1699,7 +1723,17 @@ mod tests {
         let mut s = Swarm::new(Limits::default(), 0.98, 5);
         let mut rows = RowBatch::default();
         let to: SocketAddr = "10.0.0.2:2".parse().unwrap_or_else(|_| SocketAddr::from(([0; 4], 0)));
-        let t = |ts, bytes| ev(ts, "10.0.0.1:1", SwarmEventKind::Transfer { to, bytes });
+        let t = |ts, bytes| {
+            ev(
+                ts,
+                "10.0.0.1:1",
+                SwarmEventKind::Transfer {
+                    to,
+                    bytes,
+                    cut_off: false,
+                },
+            )
+        };
         s.apply(
             vec![
                 t(10_000_000, 1000),

@@ -315,6 +315,11 @@ pub struct HttpTracker {
 }
 
 impl HttpTracker {
+    /// Bytes the HTTP framing holds (a flow's memory account).
+    pub fn buffered_bytes(&self) -> usize {
+        self.session.buffered_bytes()
+    }
+
     /// `client_side`: the flow side that sends requests. `confirmed`: the
     /// first request already showed it is tracker traffic.
     pub fn new(info: &FlowInfo, client_side: usize, confirmed: bool, limits: HttpLimits) -> Self {

@@ -68,6 +68,28 @@ struct UtpProbe {
     gave_up: bool,
 }
 
+impl UdpApp {
+    /// Heap bytes this flow's state holds beyond its own size (the flow's
+    /// memory account, `Limits::max_memory`): the uTP tracker and its
+    /// streams, the datagrams waiting for uTP to be confirmed.
+    pub fn heap_bytes(&self) -> usize {
+        use crate::flow::alloc_bytes;
+        use std::mem::size_of;
+        let utp = self.utp.as_ref().map_or(0, |u| {
+            alloc_bytes(size_of::<UtpPart>())
+                + u.tracker.heap_bytes()
+                + alloc_bytes(u.sessions.capacity() * size_of::<(UtpConnNo, Side, StreamInit, StreamApp)>())
+                + u.sessions.iter().map(|s| s.3.heap_bytes()).sum::<usize>()
+        });
+        let probe = self.probe.as_ref().map_or(0, |p| {
+            alloc_bytes(size_of::<UtpProbe>())
+                + alloc_bytes(p.waiting.capacity() * size_of::<(FrameCtx, usize, Vec<u8>)>())
+                + p.waiting.iter().map(|w| alloc_bytes(w.2.capacity())).sum::<usize>()
+        });
+        utp + probe
+    }
+}
+
 /// How often (packet time) idle uTP connections inside a live UDP flow are
 /// expired: the flow itself may live for hours (a client's one socket).
 const UTP_EXPIRE_EVERY_US: i64 = 10_000_000;

@@ -21,6 +21,23 @@ pub use swarmtap_wire::Chunk;
 pub const ORIG: usize = 0;
 pub const RESP: usize = 1;
 
+/// What the allocator takes for an allocation of `n` bytes: glibc's chunk
+/// (the request plus an 8-byte header, rounded up to 16, at least 32).
+/// Memory accounts (`Limits::max_memory`) add it up per allocation, so
+/// that a flow's account is what it costs, not the sum of its fields.
+pub const fn alloc_bytes(n: usize) -> usize {
+    if n == 0 {
+        0
+    } else {
+        let c = (n + 8 + 15) & !15;
+        if c < 32 {
+            32
+        } else {
+            c
+        }
+    }
+}
+
 /// Where a packet came from: what every row needs to say so.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FrameCtx {
@@ -96,6 +113,12 @@ pub trait FlowApps {
     /// offered [`FlowApps::release_stale`].
     fn sweep(&mut self, now: i64) -> bool;
     fn release_stale(&mut self, app: &mut Self::Tcp, now: i64);
+    /// Heap bytes a TCP flow's application state holds beyond its own
+    /// size, as its buffers' lengths and capacities tell (accounted against
+    /// `Limits::max_memory`; an account, not a measurement of the heap).
+    fn tcp_heap_bytes(app: &Self::Tcp) -> usize;
+    /// The same for a UDP flow's state.
+    fn udp_heap_bytes(app: &Self::Udp) -> usize;
     /// End of input, after every flow ended.
     fn finish(&mut self);
 }

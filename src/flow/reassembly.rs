@@ -186,6 +186,55 @@ impl Held {
     }
 }
 
+/// The out-of-order queue, allocated at the first held segment: a
+/// direction that never holds data (nearly all of them, and every
+/// half-open flow of a SYN flood) pays one pointer for it, not a
+/// `VecDeque`. Read-only calls on an unallocated queue see it empty.
+// The Box is the point: 8 bytes per direction until something is held.
+#[allow(clippy::box_collection)]
+#[derive(Debug, Clone, Default)]
+struct HeldQueue(Option<Box<VecDeque<Held>>>);
+
+impl HeldQueue {
+    fn q(&self) -> Option<&VecDeque<Held>> {
+        self.0.as_deref()
+    }
+    fn front(&self) -> Option<&Held> {
+        self.q().and_then(VecDeque::front)
+    }
+    fn pop_front(&mut self) -> Option<Held> {
+        self.0.as_deref_mut().and_then(VecDeque::pop_front)
+    }
+    fn is_empty(&self) -> bool {
+        self.q().is_none_or(VecDeque::is_empty)
+    }
+    fn len(&self) -> usize {
+        self.q().map_or(0, VecDeque::len)
+    }
+    fn capacity(&self) -> usize {
+        self.q().map_or(0, VecDeque::capacity)
+    }
+    fn get(&self, i: usize) -> Option<&Held> {
+        self.q().and_then(|q| q.get(i))
+    }
+    fn partition_point(&self, pred: impl FnMut(&Held) -> bool) -> usize {
+        self.q().map_or(0, |q| q.partition_point(pred))
+    }
+    fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.q().into_iter().flatten()
+    }
+    fn range(&self, from: usize) -> impl Iterator<Item = &Held> {
+        self.q().into_iter().flat_map(move |q| q.range(from.min(q.len())..))
+    }
+    fn insert(&mut self, i: usize, h: Held) {
+        self.0.get_or_insert_with(Box::default).insert(i, h);
+    }
+    /// Empties the queue and gives its memory back.
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+}
+
 /// Already-seen bytes found while placing one segment; committed to the stats
 /// once per segment so that `n_retrans` counts segments, not pieces.
 #[derive(Debug, Default)]
@@ -220,7 +269,7 @@ pub struct StreamReassembler {
     /// Stream offset of the FIN, once one was seen: the stream's length.
     fin_at: Option<u64>,
     /// Out-of-order data: disjoint, sorted by `start`, every `start > next`.
-    held: VecDeque<Held>,
+    held: HeldQueue,
     /// Sum of `held[i].data.len()`, at most `limits.max_ooo_bytes`.
     held_bytes: u64,
     /// The last delivered bytes, to compare retransmissions with.
@@ -306,7 +355,7 @@ impl StreamReassembler {
             next: 0,
             acked: 0,
             fin_at: None,
-            held: VecDeque::new(),
+            held: HeldQueue::default(),
             held_bytes: 0,
             tail: Tail::default(),
             delivered: 0,
@@ -363,6 +412,28 @@ impl StreamReassembler {
 
     fn cold(&mut self) -> &mut ReassemblyStats {
         self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// Heap bytes this direction holds (accounted against
+    /// `Limits::max_memory`): the held segments (their bytes, an
+    /// allocation each, and the queue's slots), the compare tail, and the
+    /// counters once allocated.
+    pub fn heap_bytes(&self) -> usize {
+        // O(1), as it runs per packet: a chunk's header and rounding are
+        // 8 to 23 bytes, taken as 16.
+        let held = usize::try_from(self.held_bytes).unwrap_or(usize::MAX) + self.held.len() * 16;
+        let slots = if self.held.0.is_some() {
+            super::alloc_bytes(std::mem::size_of::<VecDeque<Held>>())
+                + super::alloc_bytes(self.held.capacity() * std::mem::size_of::<Held>())
+        } else {
+            0
+        };
+        let cold = if self.cold.is_some() {
+            super::alloc_bytes(std::mem::size_of::<ReassemblyStats>())
+        } else {
+            0
+        };
+        held + slots + super::alloc_bytes(self.tail.buf.capacity()) + cold
     }
 
     /// Out-of-order payload bytes held now (never above `max_ooo_bytes`).
@@ -593,7 +664,7 @@ impl StreamReassembler {
         let mut cursor = start;
         let mut new_bytes = 0;
         let mut new_pieces = 0;
-        for h in self.held.range(first..) {
+        for h in self.held.range(first) {
             if h.start >= end {
                 break;
             }

@@ -753,6 +753,17 @@ impl UtpTracker {
         self.flow_bytes
     }
 
+    /// Heap bytes the tracker holds beyond its own size (the flow's memory
+    /// account, `Limits::max_memory`): connection slots, out-of-order
+    /// bytes, spare buffers.
+    pub fn heap_bytes(&self) -> usize {
+        use super::alloc_bytes;
+        alloc_bytes(self.conns.capacity() * std::mem::size_of::<Conn>())
+            + self.flow_bytes
+            + alloc_bytes(self.spare.capacity() * std::mem::size_of::<Vec<u8>>())
+            + self.spare.iter().map(|b| alloc_bytes(b.capacity())).sum::<usize>()
+    }
+
     pub fn conn_info(&self, conn: UtpConnNo) -> Option<UtpConnInfo> {
         self.conns.iter().find(|c| c.no == conn).map(|c| UtpConnInfo {
             conn: c.no,

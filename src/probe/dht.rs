@@ -17,11 +17,17 @@
 //! socket. Bounds are in [`DhtNodeLimits`]; hostile input never panics and
 //! is counted in [`DhtStats`].
 //!
-//! IPv4 only for routing (we bind one IPv4 socket and follow `nodes`);
-//! `values` may hold IPv6 peers (18-byte compact, BEP 32), which are kept.
+//! IPv4 and IPv6 (BEP 32): one node per address family, as libtorrent
+//! runs them, each with its own socket, routing table and lookups, started
+//! when a bootstrap address of that family is given. The IPv6 node follows
+//! `nodes6` and asks for them (`want` = `n6`); the IPv4 node follows
+//! `nodes` and sends no `want` (BEP 32: the default is the querier's own
+//! family). `values` of either may hold peers of both families (6- and
+//! 18-byte compact), which are all kept. The IPv6 socket is IPv6-only, on
+//! the same port number as the IPv4 one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
@@ -176,6 +182,8 @@ pub struct LookupDone {
     /// get_peers asks for a BEP 33 scrape: the estimate, when any node
     /// answered with the filters.
     pub scrape: Option<DhtScrape>,
+    /// Run by the IPv6 node (BEP 32).
+    pub ipv6: bool,
 }
 
 /// Found peers, rows and finished lookups since the last report.
@@ -710,6 +718,15 @@ pub struct Node {
     report: DhtReport,
     pub stats: DhtStats,
     parse_limits: DhtLimits,
+    /// BEP 32: ask for nodes of both families (both nodes run).
+    want_other: bool,
+    /// Nodes of the other family listed in answers, for the other node.
+    other: Vec<(NodeId, SocketAddr)>,
+    /// Nodes of our family the other node learned (see [`Node::offer`]).
+    offered: Vec<(NodeId, SocketAddr)>,
+    /// A round found nothing to ask (no table, no bootstrap, nothing
+    /// offered): the next one starts as soon as nodes are offered.
+    idle_round: bool,
 }
 
 impl Node {
@@ -732,7 +749,68 @@ impl Node {
             report: DhtReport::default(),
             stats: DhtStats::default(),
             parse_limits: DhtLimits::default(),
+            want_other: false,
+            other: Vec::new(),
+            offered: Vec::new(),
+            idle_round: false,
             cfg,
+        }
+    }
+
+    /// BEP 32 with both nodes running: our queries want nodes of both
+    /// families, and those of the other family are kept for the other node
+    /// ([`Node::take_other_family`]).
+    pub fn set_want_other(&mut self, on: bool) {
+        self.want_other = on;
+    }
+
+    /// Nodes of the other family heard of since the last call.
+    pub fn take_other_family(&mut self) -> Vec<(NodeId, SocketAddr)> {
+        std::mem::take(&mut self.other)
+    }
+
+    /// Nodes of our family that the other node heard of: candidates of the
+    /// running lookups and of the next ones (how an IPv6 node without an
+    /// IPv6 bootstrap address joins, through IPv4 nodes' `nodes6`). Checked
+    /// like the nodes of an answer; at most `max_candidates` kept.
+    pub fn offer(&mut self, nodes: Vec<(NodeId, SocketAddr)>, now: Instant) {
+        let lim = self.cfg.limits;
+        let mut any = false;
+        if self.local.ip().is_unspecified() {
+            // No bootstrap address told us our source address: the first
+            // offered node does (for our rows).
+            if let Some(ip) = nodes
+                .iter()
+                .find(|x| x.1.is_ipv6() == self.local.is_ipv6())
+                .and_then(|x| routed_source(x.1))
+            {
+                self.local.set_ip(ip);
+            }
+        }
+        for (nid, a) in nodes {
+            if a.is_ipv6() != self.local.is_ipv6() || self.offered.iter().any(|x| x.1 == a) {
+                continue;
+            }
+            if nid == self.id || !targets::contactable(&a) || a == self.local {
+                self.stats.nodes_invalid += 1;
+                continue;
+            }
+            if self.cfg.policy.refuse(a.ip()).is_some() {
+                self.stats.nodes_refused += 1;
+                continue;
+            }
+            for l in &mut self.lookups {
+                l.add_cand(nid, a, lim.max_candidates);
+            }
+            if self.offered.len() >= lim.max_candidates {
+                self.offered.remove(0);
+            }
+            self.offered.push((nid, a));
+            any = true;
+        }
+        if any && self.idle_round {
+            self.idle_round = false;
+            self.next_round = now;
         }
     }
 
@@ -791,6 +869,9 @@ impl Node {
         for (nid, a) in self.table.closest(&target, 2 * k) {
             l.add_cand(nid, a, self.cfg.limits.max_candidates);
         }
+        for &(nid, a) in &self.offered {
+            l.add_cand(nid, a, self.cfg.limits.max_candidates);
+        }
         if l.cands.len() < k {
             // Asked in order: the first given first; not a node the table
             // already lists (it would be asked twice).
@@ -810,6 +891,10 @@ impl Node {
     /// A new round: find_node of our own id while the table is small, and
     /// get_peers for every target.
     fn start_round(&mut self, now: Instant) {
+        if self.table.is_empty() && self.cfg.bootstrap.is_empty() && self.offered.is_empty() {
+            self.idle_round = true;
+            return;
+        }
         // Rounds alternate: peers (`values`), then a BEP 33 scrape (nodes
         // answer a scrape with filters instead of peers), so every other
         // round finds peers, the first one included.
@@ -861,19 +946,29 @@ impl Node {
         };
         let tb = tid.to_be_bytes();
         let tgt = ben_id(target);
-        let bytes = match method {
+        let mut a: Vec<(&str, &[u8])> = match method {
             // BEP 33: `scrape` 1 asks for the seed and downloader filters.
-            Method::GetPeers if scrape => encode_query(
-                &tb,
-                "get_peers",
-                &self.id,
-                &[("info_hash", &tgt), ("scrape", b"i1e")],
-                true,
-            ),
-            Method::GetPeers => encode_query(&tb, "get_peers", &self.id, &[("info_hash", &tgt)], true),
-            Method::FindNode => encode_query(&tb, "find_node", &self.id, &[("target", &tgt)], true),
-            _ => encode_query(&tb, "ping", &self.id, &[], true),
+            Method::GetPeers if scrape => vec![("info_hash", &tgt[..]), ("scrape", &b"i1e"[..])],
+            Method::GetPeers => vec![("info_hash", &tgt[..])],
+            Method::FindNode => vec![("target", &tgt[..])],
+            _ => Vec::new(),
         };
+        // BEP 32: the IPv6 node asks for `nodes6`; the IPv4 node relies on
+        // the default (the querier's family) and sends no `want`; with both
+        // nodes running, each asks for both families.
+        if !a.is_empty() {
+            if self.want_other {
+                a.push(("want", &b"l2:n42:n6e"[..]));
+            } else if self.local.is_ipv6() {
+                a.push(("want", &b"l2:n6e"[..]));
+            }
+        }
+        let name = match method {
+            Method::GetPeers => "get_peers",
+            Method::FindNode => "find_node",
+            _ => "ping",
+        };
+        let bytes = encode_query(&tb, name, &self.id, &a, true);
         self.tokens -= 1.0;
         self.stats.sent += 1;
         self.pending.insert(
@@ -960,6 +1055,7 @@ impl Node {
                         peers: bloom_estimate(&b.1),
                         n_answers: l.n_bloom,
                     }),
+                    ipv6: self.local.is_ipv6(),
                 });
                 continue;
             }
@@ -1121,12 +1217,53 @@ impl Node {
                     l.set_state(&id, p.addr, CandState::Answered);
                 }
             }
-            if let Some(nodes) = m.nodes {
-                if nodes.len() > lim.max_nodes_per_response {
-                    self.stats.too_many_nodes += 1;
-                }
-                for (nid, a) in nodes.iter().take(lim.max_nodes_per_response) {
-                    new_nodes.push((*nid, SocketAddr::V4(a)));
+            // Nodes of our own family: `nodes` (IPv4), `nodes6` (IPv6).
+            let (n_listed, listed): (usize, Vec<(NodeId, SocketAddr)>) = if self.local.is_ipv6() {
+                m.nodes6.map_or((0, Vec::new()), |n| {
+                    (
+                        n.len(),
+                        n.iter()
+                            .take(lim.max_nodes_per_response)
+                            .map(|(i, a)| (*i, SocketAddr::V6(a)))
+                            .collect(),
+                    )
+                })
+            } else {
+                m.nodes.map_or((0, Vec::new()), |n| {
+                    (
+                        n.len(),
+                        n.iter()
+                            .take(lim.max_nodes_per_response)
+                            .map(|(i, a)| (*i, SocketAddr::V4(a)))
+                            .collect(),
+                    )
+                })
+            };
+            if n_listed > lim.max_nodes_per_response {
+                self.stats.too_many_nodes += 1;
+            }
+            new_nodes.extend(listed);
+            // The other family's, for the other node (checked there).
+            if self.want_other {
+                let other: Vec<(NodeId, SocketAddr)> = if self.local.is_ipv6() {
+                    m.nodes.map_or(Vec::new(), |n| {
+                        n.iter()
+                            .take(lim.max_nodes_per_response)
+                            .map(|(i, a)| (*i, SocketAddr::V4(a)))
+                            .collect()
+                    })
+                } else {
+                    m.nodes6.map_or(Vec::new(), |n| {
+                        n.iter()
+                            .take(lim.max_nodes_per_response)
+                            .map(|(i, a)| (*i, SocketAddr::V6(a)))
+                            .collect()
+                    })
+                };
+                for x in other {
+                    if self.other.len() < lim.max_candidates && !self.other.contains(&x) {
+                        self.other.push(x);
+                    }
                 }
             }
             if l.method == Method::GetPeers {
@@ -1183,31 +1320,36 @@ pub fn random_id() -> NodeId {
 
 /// The source address the kernel uses towards `dst` (for our rows).
 fn routed_source(dst: SocketAddr) -> Option<IpAddr> {
-    let s = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    let any = if dst.is_ipv4() {
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+    } else {
+        IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+    };
+    let s = std::net::UdpSocket::bind((any, 0)).ok()?;
     s.connect(dst).ok()?;
     s.local_addr().ok().map(|a| a.ip()).filter(|ip| !ip.is_unspecified())
 }
 
-/// Resolves `HOST:PORT` bootstrap names (IPv4 only: our socket is IPv4).
+/// Resolves `HOST:PORT` bootstrap names, IPv4 and IPv6 addresses alike
+/// (each family's node takes its own).
 pub async fn resolve_bootstrap(names: &[String]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
     for n in names {
         match tokio::net::lookup_host(n.as_str()).await {
             Ok(addrs) => {
-                let v4: Vec<SocketAddr> = addrs.filter(|a| a.is_ipv4()).collect();
-                if v4.is_empty() {
-                    eprintln!("swarmtap: DHT bootstrap {n} has no IPv4 address; skipped");
+                let before = out.len();
+                out.extend(addrs.filter(|a| !out.contains(a)).collect::<Vec<_>>());
+                if out.len() == before {
+                    eprintln!("swarmtap: DHT bootstrap {n} has no address; skipped");
                 }
-                out.extend(v4);
             }
             Err(e) => eprintln!("swarmtap: cannot resolve DHT bootstrap {n}: {e}"),
         }
     }
-    out.dedup();
     out
 }
 
-/// The node's UDP port: a socket of its own, or the uTP socket's port
+/// A node's UDP port: a socket of its own, or the uTP socket's port
 /// shared with `--listen` (KRPC datagrams arriving there are handed over,
 /// answers go out from it).
 pub enum DhtPort {
@@ -1218,21 +1360,126 @@ pub enum DhtPort {
     ),
 }
 
-/// Runs the node until `stop`, reporting rows, peers and lookups on `tx`
-/// (the last report carries the stats).
+/// Runs the nodes until `stop`, reporting rows, peers and lookups on `tx`
+/// (each node's last report carries its stats), on ports of their own.
 pub async fn run(
     cfg: DhtConfig,
     targets_: Vec<(u32, NodeId)>,
     tx: mpsc::Sender<DhtReport>,
     stop: watch::Receiver<bool>,
 ) -> Result<(), String> {
-    run_on(cfg, DhtPort::Own, targets_, tx, stop).await
+    run_on(cfg, [DhtPort::Own, DhtPort::Own], targets_, tx, stop).await
 }
 
-/// [`run`] on the given port.
+/// A uTP socket whose KRPC datagrams a node takes (see [`DhtPort::Shared`]).
+type SharedPort = (
+    std::sync::Arc<super::utp::UtpSocket>,
+    mpsc::Receiver<(Vec<u8>, SocketAddr)>,
+);
+
+/// One family's node and its socket.
+struct Side {
+    node: Node,
+    sock: Option<UdpSocket>,
+    shared: Option<SharedPort>,
+    buf: Vec<u8>,
+}
+
+impl Side {
+    /// `seeded`: the other family's node runs and may hand this one
+    /// nodes, so it starts even without a bootstrap address of its family.
+    async fn start(
+        cfg: &DhtConfig,
+        v6: bool,
+        port_: DhtPort,
+        id: NodeId,
+        targets_: &[(u32, NodeId)],
+        seeded: bool,
+    ) -> Result<Option<Side>, String> {
+        let mut cfg = cfg.clone();
+        cfg.bootstrap.retain(|a| a.is_ipv6() == v6);
+        if cfg.bootstrap.is_empty() && !seeded {
+            return Ok(None);
+        }
+        let (sock, shared) = match port_ {
+            DhtPort::Own => {
+                let any = if v6 {
+                    IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+                };
+                let s = super::utp::bind_udp(SocketAddr::new(any, cfg.port))
+                    .and_then(|s| {
+                        s.set_nonblocking(true)?;
+                        UdpSocket::from_std(s)
+                    })
+                    .map_err(|e| {
+                        format!(
+                            "cannot bind the DHT port {} ({}): {e}",
+                            cfg.port,
+                            if v6 { "IPv6" } else { "IPv4" }
+                        )
+                    })?;
+                (Some(s), None)
+            }
+            DhtPort::Shared(u, rx) => (None, Some((u, rx))),
+        };
+        let port = match (&sock, &shared) {
+            (Some(s), _) => s.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
+            (None, Some((u, _))) => u.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
+            (None, None) => cfg.port,
+        };
+        let ip = cfg.bootstrap.first().and_then(|&b| routed_source(b)).unwrap_or(if v6 {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        });
+        let node = Node::new(id, cfg, SocketAddr::new(ip, port), targets_.to_vec(), Instant::now());
+        Ok(Some(Side {
+            node,
+            sock,
+            shared,
+            buf: vec![0u8; 65536],
+        }))
+    }
+
+    /// The next datagram for this node (pending for ever when absent).
+    async fn recv(side: &mut Option<Side>) -> Option<(Vec<u8>, SocketAddr)> {
+        let Some(s) = side else {
+            return std::future::pending().await;
+        };
+        match (&s.sock, &mut s.shared) {
+            (Some(sock), _) => {
+                let (n, from) = sock.recv_from(&mut s.buf).await.ok()?;
+                Some((s.buf[..n].to_vec(), from))
+            }
+            (None, Some((_, rx))) => match rx.recv().await {
+                Some(x) => Some(x),
+                None => std::future::pending().await,
+            },
+            (None, None) => std::future::pending().await,
+        }
+    }
+
+    async fn send_out(&mut self) {
+        for (to, d) in self.node.take_out() {
+            match (&self.sock, &self.shared) {
+                (Some(s), _) => {
+                    let _ = s.send_to(&d, to).await;
+                }
+                (None, Some((u, _))) => {
+                    let _ = u.send_datagram(&d, to);
+                }
+                (None, None) => {}
+            }
+        }
+    }
+}
+
+/// [`run`] on the given ports (IPv4, IPv6).
 pub async fn run_on(
     mut cfg: DhtConfig,
-    port_: DhtPort,
+    ports: [DhtPort; 2],
     targets_: Vec<(u32, NodeId)>,
     tx: mpsc::Sender<DhtReport>,
     mut stop: watch::Receiver<bool>,
@@ -1244,85 +1491,92 @@ pub async fn run_on(
         }
         None => true,
     });
-    let (sock, mut shared) = match port_ {
-        DhtPort::Own => (
-            Some(
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, cfg.port))
-                    .await
-                    .map_err(|e| format!("cannot bind the DHT port {}: {e}", cfg.port))?,
-            ),
-            None,
-        ),
-        DhtPort::Shared(u, rx) => (None, Some((u, rx))),
+    let id = random_id();
+    let [p4, p6] = ports;
+    let mut s4 = Side::start(&cfg, false, p4, id, &targets_, false).await?;
+    // The IPv6 node runs with an IPv6 bootstrap address, or beside the
+    // IPv4 node, which then asks for `nodes6` to seed it (BEP 32).
+    let mut s6 = match Side::start(&cfg, true, p6, id, &targets_, s4.is_some()).await {
+        Ok(s) => s,
+        // A host without IPv6: the IPv4 node still runs.
+        Err(e) if s4.is_some() => {
+            eprintln!("swarmtap: {e}; DHT over IPv6 off");
+            None
+        }
+        Err(e) => return Err(e),
     };
-    let port = match (&sock, &shared) {
-        (Some(s), _) => s.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
-        (None, Some((u, _))) => u.local_addr().map(|a| a.port()).unwrap_or(cfg.port),
-        (None, None) => cfg.port,
-    };
-    let ip = cfg
-        .bootstrap
-        .first()
-        .and_then(|&b| routed_source(b))
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
-    let local = SocketAddr::new(ip, port);
-    let mut node = Node::new(random_id(), cfg, local, targets_, Instant::now());
-    let mut buf = vec![0u8; 65536];
+    if let (Some(a), Some(b)) = (s4.as_mut(), s6.as_mut()) {
+        a.node.set_want_other(true);
+        b.node.set_want_other(true);
+    }
+    if s4.is_none() && s6.is_none() {
+        eprintln!("swarmtap: no usable DHT bootstrap address; DHT off");
+        return Ok(());
+    }
     let mut last_report = Instant::now();
     loop {
         if *stop.borrow() {
             break;
         }
         let now = Instant::now();
-        let wake = node.next_wake(now);
+        let wake = [&s4, &s6]
+            .into_iter()
+            .flatten()
+            .map(|s| s.node.next_wake(now))
+            .min()
+            .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
-            r = async { match &sock { Some(s) => s.recv_from(&mut buf).await, None => std::future::pending().await } } => {
-                if let Ok((n, from)) = r {
-                    node.on_datagram(Instant::now(), super::session::now_us(), from, &buf[..n]);
+            r = Side::recv(&mut s4) => {
+                if let (Some((d, from)), Some(s)) = (r, s4.as_mut()) {
+                    s.node.on_datagram(Instant::now(), super::session::now_us(), from, &d);
                 }
             }
-            r = async { match &mut shared { Some((_, rx)) => rx.recv().await, None => std::future::pending().await } } => {
-                if let Some((d, from)) = r {
-                    node.on_datagram(Instant::now(), super::session::now_us(), from, &d);
+            r = Side::recv(&mut s6) => {
+                if let (Some((d, from)), Some(s)) = (r, s6.as_mut()) {
+                    s.node.on_datagram(Instant::now(), super::session::now_us(), from, &d);
                 }
             }
             _ = tokio::time::sleep_until(wake.into()) => {
-                node.tick(Instant::now(), super::session::now_us());
+                for s in [&mut s4, &mut s6].into_iter().flatten() {
+                    s.node.tick(Instant::now(), super::session::now_us());
+                }
             }
             _ = stop.changed() => {}
         }
-        for (to, d) in node.take_out() {
-            match (&sock, &shared) {
-                (Some(s), _) => {
-                    let _ = s.send_to(&d, to).await;
-                }
-                (None, Some((u, _))) => {
-                    let _ = u.send_datagram(&d, to);
-                }
-                (None, None) => {}
-            }
+        // Nodes of the other family heard by one node go to the other.
+        if let (Some(a), Some(b)) = (s4.as_mut(), s6.as_mut()) {
+            let now = Instant::now();
+            b.node.offer(a.node.take_other_family(), now);
+            a.node.offer(b.node.take_other_family(), now);
         }
-        let (r, f, l) = node.report_len();
-        if f > 0 || l > 0 || r >= 512 || (r > 0 && last_report.elapsed() >= Duration::from_secs(1)) {
-            last_report = Instant::now();
-            if tx.send(node.take_report()).await.is_err() {
-                break;
+        for s in [&mut s4, &mut s6].into_iter().flatten() {
+            s.send_out().await;
+            let (r, f, l) = s.node.report_len();
+            if f > 0 || l > 0 || r >= 512 || (r > 0 && last_report.elapsed() >= Duration::from_secs(1)) {
+                last_report = Instant::now();
+                if tx.send(s.node.take_report()).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     }
-    let mut rep = node.take_report();
-    rep.stats = Some(node.stats.clone());
-    eprintln!(
-        "swarmtap: DHT node {}: {} in table ({} buckets, {} bytes), {} sent, {} received, {} lookups",
-        crate::proto::metainfo::hex(&node.id),
-        node.table.len(),
-        node.table.n_buckets(),
-        node.table.memory_bytes(),
-        node.stats.sent,
-        node.stats.received,
-        node.stats.lookups_done
-    );
-    let _ = tx.send(rep).await;
+    for s in [s4, s6].into_iter().flatten() {
+        let mut node = s.node;
+        let mut rep = node.take_report();
+        rep.stats = Some(node.stats.clone());
+        eprintln!(
+            "swarmtap: DHT node {} ({}): {} in table ({} buckets, {} bytes), {} sent, {} received, {} lookups",
+            crate::proto::metainfo::hex(&node.id),
+            if node.local.is_ipv6() { "IPv6" } else { "IPv4" },
+            node.table.len(),
+            node.table.n_buckets(),
+            node.table.memory_bytes(),
+            node.stats.sent,
+            node.stats.received,
+            node.stats.lookups_done
+        );
+        let _ = tx.send(rep).await;
+    }
     Ok(())
 }
 
@@ -1699,6 +1953,58 @@ mod tests {
         assert!(rep.rows.iter().filter(|r| r.src_ip == "2.2.2.2").all(|r| r.read_only));
     }
 
+    /// The IPv6 node (BEP 32): its queries want n6; of an answer it
+    /// follows `nodes6` only (the IPv4 `nodes` beside them are not its
+    /// family), with the same bounds and policy as over IPv4.
+    #[test]
+    fn ipv6_node_follows_nodes6_only() {
+        let boot: SocketAddr = "[2a00:1::1]:6881".parse().unwrap();
+        let me: SocketAddr = "[2a00:2::2]:7000".parse().unwrap();
+        let t0 = Instant::now();
+        let mut n = Node::new([0x11; 20], public_cfg(boot), me, vec![(0, [0x77; 20])], t0);
+        n.tick(t0, 0);
+        let out = sent(&mut n);
+        assert_eq!(out.len(), 2);
+        for (to, d) in &out {
+            let m = parse_krpc(d, &DhtLimits::default()).unwrap();
+            let w = m.want.expect("want");
+            assert_eq!((*to, w.n4, w.n6), (boot, false, true));
+        }
+        let gp = out
+            .iter()
+            .find(|(_, d)| method_of(d) == Some(Method::GetPeers))
+            .unwrap();
+        let tid = tid_of(&gp.1);
+        let v4: Vec<(NodeId, SocketAddr)> = (0..8u8)
+            .map(|i| ([i; 20], SocketAddr::from(([5, 5, 5, i], 6881))))
+            .collect();
+        let mut v6: Vec<(NodeId, SocketAddr)> = vec![([0x70; 20], "[fd00::1]:6881".parse().unwrap())];
+        for i in 0..19u16 {
+            v6.push((
+                [0x76 ^ i as u8; 20],
+                SocketAddr::from(([0x2a00, 0x3, 0, 0, 0, 0, 0, i + 1], 6881)),
+            ));
+        }
+        let resp = encode_response(
+            &tid,
+            &[0x20; 20],
+            &[("nodes", nodes_field(&v4)), ("nodes6", nodes6_field(&v6))],
+        );
+        n.on_datagram(t0, 1000, boot, &resp);
+        assert_eq!((n.stats.too_many_nodes, n.stats.nodes_refused), (1, 1));
+        let to: Vec<SocketAddr> = sent(&mut n)
+            .iter()
+            .filter(|(_, d)| method_of(d) == Some(Method::GetPeers))
+            .map(|(a, _)| *a)
+            .collect();
+        assert_eq!(to.len(), 3, "{to:?}");
+        assert!(
+            to.iter()
+                .all(|a| a.is_ipv6() && a.ip().to_string().starts_with("2a00:3::")),
+            "{to:?}"
+        );
+    }
+
     #[test]
     fn answers_pings_and_nothing_else() {
         let boot: SocketAddr = "1.1.1.1:6881".parse().unwrap();
@@ -1736,6 +2042,23 @@ mod tests {
     struct FakeNet {
         nodes: Vec<(NodeId, SocketAddr)>,
         get_peers: Arc<AtomicU32>,
+        /// Queries whose BEP 32 `want` listed n6.
+        want_n6: Arc<AtomicU32>,
+    }
+
+    /// Compact IPv6 node info (38 bytes each, BEP 32 `nodes6`).
+    fn nodes6_field(nodes: &[(NodeId, SocketAddr)]) -> Vec<u8> {
+        let mut raw = Vec::new();
+        for (id, a) in nodes {
+            if let SocketAddr::V6(a) = a {
+                raw.extend_from_slice(id);
+                raw.extend_from_slice(&a.ip().octets());
+                raw.extend_from_slice(&a.port().to_be_bytes());
+            }
+        }
+        let mut v = Vec::new();
+        ben::bytes(&mut v, &raw);
+        v
     }
 
     fn xorshift_ids(n: usize, seed: u64) -> Vec<NodeId> {
@@ -1758,17 +2081,35 @@ mod tests {
     /// else each knows a BEP 5 table of the others (8 per bucket). The 8
     /// nodes closest to `ih` hold `peers`, peer i at the (i mod 8)-th.
     async fn fake_net(n: usize, full: bool, ih: NodeId, peers: &[SocketAddr]) -> FakeNet {
-        let ids = xorshift_ids(n, 0x9e37_79b9_7f4a_7c15);
+        fake_net_on("127.0.0.1", n, full, ih, peers, 0x9e37_79b9_7f4a_7c15, &[]).await
+    }
+
+    /// [`fake_net`] on `ip` (127.0.0.1 or ::1). Nodes answer as BEP 32
+    /// says: `nodes` and/or `nodes6` as `want` lists n4/n6, else the
+    /// querier's own family; they know only nodes of their own family.
+    /// `also6`: IPv6 nodes these (IPv4) nodes list in `nodes6` when asked,
+    /// as a dual-stack node would.
+    async fn fake_net_on(
+        ip: &str,
+        n: usize,
+        full: bool,
+        ih: NodeId,
+        peers: &[SocketAddr],
+        seed: u64,
+        also6: &[(NodeId, SocketAddr)],
+    ) -> FakeNet {
+        let ids = xorshift_ids(n, seed);
         let mut socks = Vec::new();
         let mut nodes = Vec::new();
         for id in &ids {
-            let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let s = UdpSocket::bind(SocketAddr::new(ip.parse().unwrap(), 0)).await.unwrap();
             nodes.push((*id, s.local_addr().unwrap()));
             socks.push(s);
         }
         let mut by_dist: Vec<usize> = (0..n).collect();
         by_dist.sort_by_key(|&i| distance(&ids[i], &ih));
         let counter = Arc::new(AtomicU32::new(0));
+        let want_n6 = Arc::new(AtomicU32::new(0));
         for (i, s) in socks.into_iter().enumerate() {
             let me = ids[i];
             let known: Vec<(NodeId, SocketAddr)> = if full {
@@ -1792,6 +2133,12 @@ mod tests {
                 Vec::new()
             };
             let counter = counter.clone();
+            let want6 = want_n6.clone();
+            let pool6: Vec<(NodeId, SocketAddr)> = if also6.is_empty() {
+                known.clone()
+            } else {
+                also6.to_vec()
+            };
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 2048];
                 loop {
@@ -1808,7 +2155,24 @@ mod tests {
                     let mut close = known.clone();
                     close.sort_by_key(|x| distance(&x.0, &target));
                     close.truncate(8);
-                    let mut extra = vec![("nodes", nodes_field(&close))];
+                    let (n4, n6) = match m.want {
+                        Some(w) => (w.n4, w.n6),
+                        None => (from.is_ipv4(), from.is_ipv6()),
+                    };
+                    if m.want.is_some_and(|w| w.n6) {
+                        want6.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let mut extra = Vec::new();
+                    if n4 {
+                        extra.push(("nodes", nodes_field(&close)));
+                    }
+                    if n6 {
+                        let mut close6 = pool6.clone();
+                        close6.sort_by_key(|x| distance(&x.0, &target));
+                        close6.retain(|x| x.1.is_ipv6());
+                        close6.truncate(8);
+                        extra.push(("nodes6", nodes6_field(&close6)));
+                    }
                     if m.method == Some(Method::GetPeers) {
                         counter.fetch_add(1, Ordering::SeqCst);
                         let mut tok = Vec::new();
@@ -1831,6 +2195,7 @@ mod tests {
         FakeNet {
             nodes: by_dist.iter().map(|&i| nodes[i]).collect(),
             get_peers: counter,
+            want_n6,
         }
     }
 
@@ -1844,8 +2209,17 @@ mod tests {
     }
 
     async fn lookup(bootstrap: SocketAddr, ih: NodeId) -> (Vec<LookupDone>, HashSet<SocketAddr>, Vec<DhtReport>) {
+        lookups(vec![bootstrap], ih, 1).await
+    }
+
+    /// Runs the node(s) from `bootstrap` until `n` get_peers lookups ended.
+    async fn lookups(
+        bootstrap: Vec<SocketAddr>,
+        ih: NodeId,
+        n: usize,
+    ) -> (Vec<LookupDone>, HashSet<SocketAddr>, Vec<DhtReport>) {
         let cfg = DhtConfig {
-            bootstrap: vec![bootstrap],
+            bootstrap,
             port: 0,
             interval: Duration::from_secs(3600),
             policy: AddrPolicy {
@@ -1868,7 +2242,7 @@ mod tests {
             .iter()
             .filter(|d: &&LookupDone| d.method == Method::GetPeers)
             .count()
-            == 0
+            < n
         {
             let r = tokio::time::timeout_at(deadline, rx.recv())
                 .await
@@ -1934,5 +2308,133 @@ mod tests {
         assert!((9..=30).contains(&gp.n_queries), "{} queries", gp.n_queries);
         assert_eq!(u64::from(gp.n_queries), u64::from(net.get_peers.load(Ordering::SeqCst)));
         eprintln!("kademlia network: {} get_peers queries, {:?}", gp.n_queries, gp.elapsed);
+    }
+
+    fn ipv6_swarm_peers() -> Vec<SocketAddr> {
+        let mut v: Vec<SocketAddr> = (0..10u16)
+            .map(|i| SocketAddr::from(([0xfd00, 0x66, 0, 0, 0, 0, 0, i + 1], 6881 + i)))
+            .collect();
+        v.push("10.66.0.1:6881".parse().unwrap());
+        v
+    }
+
+    /// The full-knowledge test over IPv6 (BEP 32): 50 nodes on ::1 that
+    /// list each other in `nodes6`; the IPv6 node asks with `want` n6 and
+    /// follows `nodes6`: exactly 1 + 8 get_peers queries, every peer found.
+    #[tokio::test]
+    async fn iterative_get_peers_over_ipv6() {
+        let ih = [0x6c; 20];
+        let peers = ipv6_swarm_peers();
+        let net = fake_net_on("::1", 50, true, ih, &peers, 0x0123_4567_89ab_cdef, &[]).await;
+        let (done, found, reports) = lookup(net.nodes[49].1, ih).await;
+        let gp = done.iter().find(|d| d.method == Method::GetPeers).unwrap();
+        assert!(gp.ipv6);
+        assert_eq!(found, peers.iter().copied().collect::<HashSet<_>>());
+        assert_eq!(
+            (gp.n_values, gp.n_queries, gp.n_responses, gp.n_closest_answered),
+            (11, 9, 9, 8)
+        );
+        assert_eq!(net.get_peers.load(Ordering::SeqCst), 9);
+        // Every query (the find_node of our own id included) wanted n6.
+        let rows: Vec<&DhtMessageRow> = reports.iter().flat_map(|r| r.rows.iter()).collect();
+        let queries = rows.iter().filter(|r| r.kind == "query").count() as u32;
+        assert_eq!(net.want_n6.load(Ordering::SeqCst), queries);
+        assert!(rows.iter().all(|r| r.src_ip == "::1" && r.dst_ip == "::1"));
+        let a: Vec<_> = rows
+            .iter()
+            .filter(|r| r.kind == "response" && r.method.as_deref() == Some("get_peers"))
+            .collect();
+        assert_eq!(a.len(), 9);
+        assert_eq!(a.iter().map(|r| r.n_values).sum::<u64>(), 11);
+    }
+
+    /// Each IPv6 node knows only its own BEP 5 table: the walk through
+    /// `nodes6` still ends at the 8 closest, with every peer.
+    #[tokio::test]
+    async fn iterative_get_peers_kademlia_network_over_ipv6() {
+        let ih = [0x93; 20];
+        let peers = ipv6_swarm_peers();
+        let net = fake_net_on("::1", 50, false, ih, &peers, 0x0123_4567_89ab_cdef, &[]).await;
+        let (done, found, _) = lookup(net.nodes[49].1, ih).await;
+        let gp = done.iter().find(|d| d.method == Method::GetPeers).unwrap();
+        assert_eq!(found, peers.iter().copied().collect::<HashSet<_>>());
+        assert_eq!(gp.n_closest_answered, 8);
+        assert!((9..=30).contains(&gp.n_queries), "{} queries", gp.n_queries);
+        assert_eq!(u64::from(gp.n_queries), u64::from(net.get_peers.load(Ordering::SeqCst)));
+    }
+
+    /// Both families at once: an IPv4 network on 127.0.0.1 and an IPv6
+    /// one on ::1, one bootstrap address each. Two nodes, one lookup each
+    /// (1 + 8 queries on each network), the union of the peers found; both
+    /// ask for both families (BEP 32), which these single-stack networks
+    /// answer with empty lists of the other family.
+    #[tokio::test]
+    async fn ipv4_and_ipv6_nodes_side_by_side() {
+        let ih = [0x3c; 20];
+        let (p4, p6) = (swarm_peers(), ipv6_swarm_peers());
+        let net4 = fake_net(50, true, ih, &p4).await;
+        let net6 = fake_net_on("::1", 50, true, ih, &p6, 0x0123_4567_89ab_cdef, &[]).await;
+        let (done, found, reports) = lookups(vec![net4.nodes[49].1, net6.nodes[49].1], ih, 2).await;
+        let gp: Vec<&LookupDone> = done.iter().filter(|d| d.method == Method::GetPeers).collect();
+        assert_eq!(gp.len(), 2);
+        assert_eq!(gp.iter().filter(|d| d.ipv6).count(), 1);
+        for d in &gp {
+            assert_eq!((d.n_queries, d.n_responses, d.n_closest_answered), (9, 9, 8), "{d:?}");
+        }
+        assert_eq!(found, p4.iter().chain(&p6).copied().collect::<HashSet<_>>());
+        assert_eq!(
+            (
+                net4.get_peers.load(Ordering::SeqCst),
+                net6.get_peers.load(Ordering::SeqCst)
+            ),
+            (9, 9)
+        );
+        let q4 = reports
+            .iter()
+            .flat_map(|r| r.rows.iter())
+            .filter(|r| r.kind == "query" && r.dst_ip == "127.0.0.1")
+            .count() as u32;
+        assert_eq!(net4.want_n6.load(Ordering::SeqCst), q4);
+    }
+
+    /// An IPv6 node with no IPv6 bootstrap address joins through the IPv4
+    /// node (BEP 32): the IPv4 node's queries want n4 and n6, the IPv4
+    /// network (dual-stack nodes) lists the IPv6 nodes closest to the
+    /// target in `nodes6`, and those seed the IPv6 node's lookup, which
+    /// then walks the IPv6 network by itself: every peer of both.
+    #[tokio::test]
+    async fn ipv6_node_seeded_by_nodes6_from_ipv4_nodes() {
+        let ih = [0xa5; 20];
+        let (p4, p6) = (swarm_peers(), ipv6_swarm_peers());
+        let net6 = fake_net_on("::1", 50, true, ih, &p6, 0x0123_4567_89ab_cdef, &[]).await;
+        let net4 = fake_net_on("127.0.0.1", 50, true, ih, &p4, 0x9e37_79b9_7f4a_7c15, &net6.nodes).await;
+        let (done, found, reports) = lookups(vec![net4.nodes[49].1], ih, 2).await;
+        let gp: Vec<&LookupDone> = done.iter().filter(|d| d.method == Method::GetPeers).collect();
+        assert_eq!(gp.len(), 2);
+        let (g4, g6) = match gp[0].ipv6 {
+            true => (gp[1], gp[0]),
+            false => (gp[0], gp[1]),
+        };
+        assert!(!g4.ipv6 && g6.ipv6);
+        assert_eq!(found, p4.iter().chain(&p6).copied().collect::<HashSet<_>>());
+        assert_eq!((g4.n_queries, g4.n_closest_answered), (9, 8));
+        assert_eq!(g6.n_closest_answered, 8);
+        assert_eq!(
+            u64::from(g6.n_queries),
+            u64::from(net6.get_peers.load(Ordering::SeqCst))
+        );
+        // Every query of ours to the IPv4 network wanted n6 (find_node
+        // included); rows of the IPv6 node carry its routed address.
+        let rows: Vec<&DhtMessageRow> = reports.iter().flat_map(|r| r.rows.iter()).collect();
+        let q4 = rows
+            .iter()
+            .filter(|r| r.kind == "query" && r.dst_ip == "127.0.0.1")
+            .count() as u32;
+        assert_eq!(net4.want_n6.load(Ordering::SeqCst), q4);
+        assert!(rows.iter().filter(|r| r.dst_ip == "::1").all(|r| r.src_ip == "::1"));
+        eprintln!(
+            "IPv6 lookup seeded through IPv4: {} queries, {} answers",
+            g6.n_queries, g6.n_responses
+        );
     }
 }

@@ -40,16 +40,17 @@ impl Probe {
         // With --listen, peers told our listen port send their DHT queries
         // to it: the node shares that port with uTP unless --dht-port names
         // another.
-        let port = match (&self.utp, self.s.listen) {
-            (Some(u), Some(_)) if self.s.dht_port == 0 || Some(self.s.dht_port) == self.s.listen => {
-                dht::DhtPort::Shared(u.clone(), u.take_krpc(self.s.limits.dht.max_queued_datagrams))
-            }
+        // Each family's node on its own uTP socket's port (IPv4, IPv6).
+        let share = self.s.listen.is_some() && (self.s.dht_port == 0 || Some(self.s.dht_port) == self.s.listen);
+        let port = |u: &Option<std::sync::Arc<super::utp::UtpSocket>>| match u {
+            Some(u) if share => dht::DhtPort::Shared(u.clone(), u.take_krpc(self.s.limits.dht.max_queued_datagrams)),
             _ => dht::DhtPort::Own,
         };
+        let ports = [port(&self.utp), port(&self.utp6)];
         let (rtx, mut rrx) = mpsc::channel::<DhtReport>(64);
         let stop = stop.clone();
         tokio::spawn(async move {
-            if let Err(e) = dht::run_on(cfg, port, targets, rtx, stop).await {
+            if let Err(e) = dht::run_on(cfg, ports, targets, rtx, stop).await {
                 eprintln!("swarmtap: DHT node: {e}");
             }
         });
@@ -68,7 +69,8 @@ impl Probe {
         for l in &r.lookups {
             if l.method == Method::GetPeers {
                 eprintln!(
-                    "swarmtap: DHT get_peers {}: {} peer(s), {} queries, {} answers, {}/{} closest answered, {:.0} ms",
+                    "swarmtap: DHT{} get_peers {}: {} peer(s), {} queries, {} answers, {}/{} closest answered, {:.0} ms",
+                    if l.ipv6 { " (IPv6)" } else { "" },
                     hex(&l.target),
                     l.n_values,
                     l.n_queries,
@@ -93,7 +95,8 @@ impl Probe {
                 continue;
             };
             eprintln!(
-                "swarmtap: DHT scrape {}: ~{:.1} seed(s), ~{:.1} downloader(s) from {} answer(s)",
+                "swarmtap: DHT{} scrape {}: ~{:.1} seed(s), ~{:.1} downloader(s) from {} answer(s)",
+                if l.ipv6 { " (IPv6)" } else { "" },
                 hex(&l.target),
                 sc.seeds.max(0.0),
                 sc.peers.max(0.0),
@@ -122,12 +125,16 @@ impl Probe {
     }
 
     pub(super) fn on_scrape(&mut self, _torrent: u32, url: &str, udp: bool, r: ScrapeResult) {
+        self.summary.n_tls_refused += u64::from(r.tls_refused);
+        let transport = super::tracker::TrackerUrl::parse(url)
+            .map(|t| t.transport())
+            .unwrap_or(if udp { "udp" } else { "http" });
         let base = TrackerScrapeRow {
             ts: Ts(r.response_ts_us.unwrap_or(r.ts_us)),
             frame: 0,
             capture: "probe".into(),
             conn_id: 0,
-            transport: if udp { "udp" } else { "http" },
+            transport,
             client_ip: r.local.map(|a| a.ip().to_string()).unwrap_or_default(),
             tracker_ip: r.tracker.map(|a| a.ip().to_string()).unwrap_or_default(),
             tracker_port: r.tracker.map(|a| u32::from(a.port())).unwrap_or(0),

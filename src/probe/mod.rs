@@ -26,6 +26,7 @@ pub mod schedule;
 pub mod scrape;
 pub mod session;
 pub mod targets;
+pub mod tls;
 pub mod tracker;
 pub mod utp;
 
@@ -152,6 +153,11 @@ pub struct ProbeSettings {
     pub dht_interval: Duration,
     /// Scrape every tracker before each announce.
     pub scrape: bool,
+    /// How https trackers' certificates are verified (`--tracker-ca`,
+    /// `--tracker-insecure`).
+    pub tls: tls::TlsOptions,
+    /// Ends the run when it turns true, as --duration does (embedding, tests).
+    pub stop: Option<watch::Receiver<bool>>,
     pub limits: ProbeLimits,
 }
 
@@ -187,6 +193,8 @@ impl ProbeSettings {
             dht_port: 0,
             dht_interval: Duration::from_secs(300),
             scrape: true,
+            tls: tls::TlsOptions::default(),
+            stop: None,
             limits: ProbeLimits::default(),
         }
     }
@@ -203,6 +211,8 @@ pub struct ProbeSummary {
     pub n_first_contacts: u64,
     pub n_first_contacts_ok: u64,
     pub n_announces: u64,
+    /// https announces and scrapes refused: the tracker's certificate failed verification.
+    pub n_tls_refused: u64,
     pub n_incoming: u64,
     pub n_refused_by_policy: u64,
     pub n_untracked: u64,
@@ -225,7 +235,7 @@ impl ProbeSummary {
         };
         format!(
             "{} torrent(s), {} peer(s); {} visit(s) ({} attempts, {} ok), first contacts ok {}/{} ({share:.0} %); \
-             {} announce(s); {} incoming contact(s); {} confirmed download(s); {} address(es) refused by policy, {} peer(s) over the tracking cap; \
+             {} announce(s) ({} refused for their TLS certificate); {} incoming contact(s); {} confirmed download(s); {} address(es) refused by policy, {} peer(s) over the tracking cap; \
              {:.1} s, {vpm:.1} visits/min, {:.2} s CPU",
             self.n_torrents,
             self.n_peers,
@@ -235,6 +245,7 @@ impl ProbeSummary {
             self.n_first_contacts_ok,
             self.n_first_contacts,
             self.n_announces,
+            self.n_tls_refused,
             self.n_incoming,
             self.n_confirmed,
             self.n_refused_by_policy,
@@ -340,6 +351,9 @@ struct Probe {
     by_peer_id: HashMap<(u32, IpAddr, [u8; 20]), u32>,
     /// The UDP socket of uTP contacts (on the listen port with --listen).
     utp: Option<std::sync::Arc<utp::UtpSocket>>,
+    /// The same over IPv6 (IPv6-only, same port number): IPv6 peers are
+    /// tried over uTP like IPv4 ones. None when the host has no IPv6.
+    utp6: Option<std::sync::Arc<utp::UtpSocket>>,
 }
 
 /// Runs a probe to completion (duration reached or SIGINT) and writes every
@@ -379,6 +393,26 @@ fn cpu_seconds() -> f64 {
 }
 
 async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
+    // TLS for https trackers: the trust anchors are read once, and a bad
+    // --tracker-ca fails the run before anything is sent or written.
+    let https = s.announce
+        && s.targets
+            .iter()
+            .flat_map(|t| &t.trackers)
+            .any(|u| TrackerUrl::parse(u).is_some_and(|t| t.tls));
+    let tls_config = if https || !s.tls.ca_files.is_empty() {
+        let (cfg, n) = tls::client_config(&s.tls)?;
+        if https {
+            if s.tls.insecure {
+                eprintln!("swarmtap: https trackers: certificates NOT verified (--tracker-insecure)");
+            } else {
+                eprintln!("swarmtap: https trackers: certificates verified against {n} trust anchor(s)");
+            }
+        }
+        Some(cfg)
+    } else {
+        None
+    };
     let sink = SinkThread::to_dir_with(&s.output, &s.output_options)?;
     let started = Instant::now();
     let cpu0 = cpu_seconds();
@@ -395,6 +429,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         local_ips: HashSet::new(),
         by_peer_id: HashMap::new(),
         utp: None,
+        utp6: None,
         s,
     };
     let (tx, mut rx) = mpsc::channel::<Event>(1024);
@@ -452,8 +487,27 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
             .await
             .map_err(|e| format!("cannot bind UDP port {port} for uTP: {e}"))?;
         p.utp = Some(std::sync::Arc::new(u));
+        let port = p
+            .utp
+            .as_ref()
+            .and_then(|u| u.local_addr().ok())
+            .map(|a| a.port())
+            .unwrap_or(port);
+        let addr6 = SocketAddr::from((
+            std::net::Ipv6Addr::UNSPECIFIED,
+            if p.s.listen.is_some() { port } else { 0 },
+        ));
+        match utp::UtpSocket::bind(addr6, p.s.listen.is_some(), p.s.limits.utp).await {
+            Ok(u) => p.utp6 = Some(std::sync::Arc::new(u)),
+            Err(e) => eprintln!("swarmtap: no IPv6 UDP socket for uTP ({e}); IPv6 peers are tried over TCP only"),
+        }
     }
-    let utp_sock = p.utp.clone();
+    let utp_socks = [p.utp.clone(), p.utp6.clone()];
+    // Incoming uTP from an address the policy refuses gets no answer at all.
+    for u in utp_socks.iter().flatten() {
+        let policy = p.s.policy.clone();
+        u.set_accept_filter(std::sync::Arc::new(move |ip| policy.refuse(ip).is_none()));
+    }
 
     // Tracker loops.
     let mut n_trackers = 0usize;
@@ -461,7 +515,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
         for (i, t) in p.torrents.iter().enumerate() {
             for url in &t.target.trackers {
                 let Some(tu) = TrackerUrl::parse(url) else {
-                    eprintln!("swarmtap: skipping tracker {url}: only http:// and udp:// are supported");
+                    eprintln!("swarmtap: skipping tracker {url}: only http://, https:// and udp:// are supported");
                     continue;
                 };
                 let left = t.meta.as_ref().map(|m| m.total_bytes).unwrap_or(1).max(1);
@@ -484,6 +538,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                     p.s.scrape,
                     p.s.policy.clone(),
                     p.s.min_reannounce,
+                    tls_config.clone(),
                     tx.clone(),
                     stop_rx.clone(),
                 ));
@@ -508,6 +563,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     let mut drain_deadline: Option<Instant> = None;
     let mut cut_at: Option<Instant> = None;
     let mut interrupted = false;
+    let mut outside_stop = p.s.stop.clone();
 
     loop {
         let now = Instant::now();
@@ -594,7 +650,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                 }
                 None => {}
             },
-            acc = async { match &utp_sock { Some(u) => u.accept().await, None => std::future::pending().await } }, if p.s.listen.is_some() && !stopping => {
+            acc = accept_utp(&utp_socks), if p.s.listen.is_some() && !stopping => {
                 if let Some(stream) = acc {
                     let from = stream.peer_addr();
                     if p.s.policy.refuse(from.ip()).is_none() && in_flight < p.s.concurrency {
@@ -625,6 +681,16 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                 }
             }
             _ = tokio::time::sleep_until(wake) => {}
+            _ = async {
+                match &mut outside_stop {
+                    Some(r) => {
+                        let _ = r.wait_for(|&s| s).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }, if !stopping && outside_stop.is_some() => {
+                stopping = true;
+            }
             r = &mut sigint, if !interrupted => {
                 if r.is_ok() {
                     eprintln!("swarmtap: interrupted; ending contacts in progress and writing tables");
@@ -643,9 +709,29 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     if let Some(u) = &p.utp {
         eprintln!("swarmtap: {}", u.stats().render());
     }
+    if let Some(u) = &p.utp6 {
+        eprintln!("swarmtap: IPv6 {}", u.stats().render());
+    }
     p.summary.elapsed_s = started.elapsed().as_secs_f64();
     p.summary.cpu_s = cpu_seconds() - cpu0;
     p.finish()
+}
+
+/// The next incoming uTP connection on either socket (IPv4, IPv6).
+async fn accept_utp(socks: &[Option<std::sync::Arc<utp::UtpSocket>>; 2]) -> Option<utp::UtpStream> {
+    let one = |s: &Option<std::sync::Arc<utp::UtpSocket>>| {
+        let s = s.clone();
+        async move {
+            match s {
+                Some(u) => u.accept().await,
+                None => std::future::pending().await,
+            }
+        }
+    };
+    tokio::select! {
+        a = one(&socks[0]) => a,
+        a = one(&socks[1]) => a,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -656,6 +742,7 @@ async fn tracker_loop(
     scrape: bool,
     policy: AddrPolicy,
     min_reannounce: Duration,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     tx: mpsc::Sender<Event>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -688,7 +775,7 @@ async fn tracker_loop(
                 Some(&a) => {
                     addr = Some(a);
                     if scrape && scrape::has_scrape(&t) {
-                        let result = Box::new(scrape::scrape(&t, a, &[ap.info_hash], ap.timeout).await);
+                        let result = Box::new(scrape::scrape(&t, a, &[ap.info_hash], ap.timeout, tls.as_ref()).await);
                         let (url, udp) = (t.url.clone(), t.udp);
                         let _ = tx
                             .send(Event::Scrape {
@@ -702,7 +789,7 @@ async fn tracker_loop(
                     if t.udp {
                         tracker::announce_udp(a, &ap).await
                     } else {
-                        tracker::announce_http(&t, a, &ap).await
+                        tracker::announce_http(&t, a, &ap, tls.as_ref()).await
                     }
                 }
             },
@@ -748,7 +835,7 @@ async fn tracker_loop(
             let result = if t.udp {
                 tracker::announce_udp(a, &ap).await
             } else {
-                tracker::announce_http(&t, a, &ap).await
+                tracker::announce_http(&t, a, &ap, tls.as_ref()).await
             };
             let _ = tx
                 .send(Event::Announce {
@@ -961,7 +1048,12 @@ impl Probe {
         let addr = ps.addr;
         let tx = tx.clone();
         let stop = stop.clone();
-        let utp = self.utp.clone();
+        // The uTP socket of the peer's address family.
+        let utp = if addr.is_ipv4() {
+            self.utp.clone()
+        } else {
+            self.utp6.clone()
+        };
         tokio::spawn(async move {
             let attempts = session::visit_over(addr, &transports, &order, &params, &stop, utp.as_deref()).await;
             let _ = tx.send(Event::Visit { peer, attempts }).await;
@@ -1167,6 +1259,7 @@ impl Probe {
 
     fn on_announce(&mut self, torrent: u32, url: &str, udp: bool, ap: &AnnounceParams, r: AnnounceResult) {
         self.summary.n_announces += 1;
+        self.summary.n_tls_refused += u64::from(r.tls_refused);
         if let Some(l) = r.local {
             self.learn_local(l.ip());
         }
@@ -1174,13 +1267,15 @@ impl Probe {
         let tracker_ip = r.tracker.map(|a| a.ip().to_string()).unwrap_or_default();
         let tracker_port = r.tracker.map(|a| u32::from(a.port())).unwrap_or(0);
         let client_ip = r.local.map(|a| a.ip().to_string()).unwrap_or_default();
-        let path = TrackerUrl::parse(url).map(|t| t.path.split('?').next().unwrap_or("").to_string());
+        let tu = TrackerUrl::parse(url);
+        let path = tu.as_ref().map(|t| t.path.split('?').next().unwrap_or("").to_string());
+        let transport = tu.map(|t| t.transport()).unwrap_or(if udp { "udp" } else { "http" });
         self.rows.tracker_announces.push(TrackerAnnounceRow {
             ts: Ts(r.ts_us),
             frame: 0,
             capture: "probe".into(),
             conn_id: 0,
-            transport: if udp { "udp" } else { "http" },
+            transport,
             confidence: "certain",
             client_ip: client_ip.clone(),
             client_port: r.local.map(|a| u32::from(a.port())).unwrap_or(0),
@@ -1221,7 +1316,7 @@ impl Probe {
                 frame: 0,
                 capture: "probe".into(),
                 conn_id: 0,
-                transport: if udp { "udp" } else { "http" },
+                transport,
                 info_hash: ih.clone(),
                 tracker_ip: tracker_ip.clone(),
                 tracker_port,

@@ -7,7 +7,10 @@
 //! replaced by `scrape` (the rest of the segment and the query kept).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
 
 use super::tracker::{exchange, http_get, udp_connect, urlencode, TrackerUrl};
 use crate::proto::tracker_http::{RequestKind, ResponseBody};
@@ -35,6 +38,8 @@ pub struct ScrapeResult {
     pub failure: Option<String>,
     /// No usable answer (timeout, connection refused, not a scrape).
     pub error: Option<String>,
+    /// https: the tracker's certificate failed verification (nothing was sent).
+    pub tls_refused: bool,
 }
 
 /// The scrape path (and query) of an HTTP announce URL's path, when BEP 48
@@ -75,8 +80,14 @@ pub fn udp_scrape_request(connection_id: u64, tid: u32, hashes: &[[u8; 20]]) -> 
     req
 }
 
-/// Scrapes `hashes` over HTTP (the caller checked [`http_scrape_target`]).
-pub async fn scrape_http(t: &TrackerUrl, addr: SocketAddr, hashes: &[[u8; 20]], timeout: Duration) -> ScrapeResult {
+/// Scrapes `hashes` over HTTP or https (the caller checked [`http_scrape_target`]).
+pub async fn scrape_http(
+    t: &TrackerUrl,
+    addr: SocketAddr,
+    hashes: &[[u8; 20]],
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> ScrapeResult {
     let mut r = ScrapeResult {
         tracker: Some(addr),
         ts_us: super::session::now_us(),
@@ -86,8 +97,9 @@ pub async fn scrape_http(t: &TrackerUrl, addr: SocketAddr, hashes: &[[u8; 20]], 
         r.error = Some("no scrape URL (BEP 48: the announce path must end in announce*)".into());
         return r;
     };
-    let (local, res) = http_get(t, addr, &target, RequestKind::Scrape, timeout).await;
+    let (local, res, refused) = http_get(t, addr, &target, RequestKind::Scrape, timeout, tls).await;
     r.local = local;
+    r.tls_refused = refused;
     match res {
         Err(e) => r.error = Some(e),
         Ok(resp) => {
@@ -181,12 +193,18 @@ pub fn has_scrape(t: &TrackerUrl) -> bool {
     t.udp || scrape_path(&t.path).is_some()
 }
 
-/// Scrapes one tracker (HTTP or UDP) at `addr`.
-pub async fn scrape(t: &TrackerUrl, addr: SocketAddr, hashes: &[[u8; 20]], timeout: Duration) -> ScrapeResult {
+/// Scrapes one tracker (HTTP, https or UDP) at `addr`.
+pub async fn scrape(
+    t: &TrackerUrl,
+    addr: SocketAddr,
+    hashes: &[[u8; 20]],
+    timeout: Duration,
+    tls: Option<&Arc<ClientConfig>>,
+) -> ScrapeResult {
     if t.udp {
         scrape_udp(addr, hashes, timeout).await
     } else {
-        scrape_http(t, addr, hashes, timeout).await
+        scrape_http(t, addr, hashes, timeout, tls).await
     }
 }
 
@@ -292,7 +310,7 @@ mod tests {
             String::from_utf8_lossy(&b[..n]).into_owned()
         });
         let t = TrackerUrl::parse(&format!("http://127.0.0.1:{}/announce", addr.port())).unwrap();
-        let r = scrape_http(&t, addr, &[[1; 20], [2; 20]], Duration::from_secs(3)).await;
+        let r = scrape_http(&t, addr, &[[1; 20], [2; 20]], Duration::from_secs(3), None).await;
         let req = srv.await.unwrap();
         assert!(
             req.starts_with(&format!(

@@ -1,5 +1,5 @@
-//! Tracker announces made by the probe: HTTP (BEP 3, compact BEP 23) and
-//! UDP (BEP 15). Requests are built here; responses are read with the
+//! Tracker announces made by the probe: HTTP (BEP 3, compact BEP 23), the
+//! same over TLS (https, see [`super::tls`]) and UDP (BEP 15). Requests are built here; responses are read with the
 //! passive pipeline's parsers ([`HttpStream`], [`tracker_udp::parse_response`]),
 //! so a capture of the probe decodes to the same numbers.
 //!
@@ -8,9 +8,11 @@
 //! tracker does not count us as a seeder).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::proto::tracker_http::{
@@ -22,6 +24,8 @@ use crate::proto::tracker_udp::{self, AddrFamily, UdpLimits, UdpResponse};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TrackerUrl {
     pub udp: bool,
+    /// https: HTTP over TLS.
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     /// HTTP: path and any query of the URL (passkeys live here); UDP: unused.
@@ -31,12 +35,14 @@ pub struct TrackerUrl {
 
 impl TrackerUrl {
     pub fn parse(url: &str) -> Option<TrackerUrl> {
-        let (udp, rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
-            (false, r, 80)
+        let (udp, tls, rest, default_port) = if let Some(r) = url.strip_prefix("http://") {
+            (false, false, r, 80)
+        } else if let Some(r) = url.strip_prefix("https://") {
+            (false, true, r, 443)
         } else if let Some(r) = url.strip_prefix("udp://") {
-            (true, r, 0)
+            (true, false, r, 0)
         } else {
-            return None; // https would need TLS: not supported
+            return None;
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -60,11 +66,29 @@ impl TrackerUrl {
         }
         Some(TrackerUrl {
             udp,
+            tls,
             host,
             port,
             path: path.to_string(),
             url: url.to_string(),
         })
+    }
+
+    /// The `transport` of its rows: http, https or udp.
+    pub fn transport(&self) -> &'static str {
+        match (self.udp, self.tls) {
+            (true, _) => "udp",
+            (false, true) => "https",
+            (false, false) => "http",
+        }
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.tls {
+            443
+        } else {
+            80
+        }
     }
 }
 
@@ -101,6 +125,8 @@ pub struct AnnounceResult {
     pub status: Option<u32>,
     /// Transport-level failure (no answer at all).
     pub error: Option<String>,
+    /// https: the tracker's certificate failed verification (nothing was sent).
+    pub tls_refused: bool,
 }
 
 pub(super) fn urlencode(b: &[u8]) -> String {
@@ -146,77 +172,121 @@ pub async fn resolve(t: &TrackerUrl) -> Result<Vec<SocketAddr>, String> {
         .map_err(|e| format!("cannot resolve {}: {e}", t.host))
 }
 
-/// One HTTP GET of `target` to the tracker at `addr`, the response read by
-/// the passive parser as an answer of `kind`. Returns our local address and
-/// the response (or why there is none).
+/// One HTTP GET of `target` to the tracker at `addr` (over TLS for an
+/// https tracker, with `tls`), the response read by the passive parser as
+/// an answer of `kind`. Returns our local address, the response (or why
+/// there is none), and whether the tracker's certificate was refused.
 pub(super) async fn http_get(
     t: &TrackerUrl,
     addr: SocketAddr,
     target: &str,
     kind: RequestKind,
     timeout: Duration,
-) -> (Option<SocketAddr>, Result<Box<HttpResponse>, String>) {
-    let limits = HttpLimits::default();
+    tls: Option<&Arc<ClientConfig>>,
+) -> (Option<SocketAddr>, Result<Box<HttpResponse>, String>, bool) {
     let mut local = None;
+    let mut refused = false;
+    let host = if t.port == t.default_port() {
+        t.host.clone()
+    } else if t.host.contains(':') {
+        format!("[{}]:{}", t.host, t.port)
+    } else {
+        format!("{}:{}", t.host, t.port)
+    };
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: swarmtap/{}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        env!("CARGO_PKG_VERSION")
+    );
     let res = tokio::time::timeout(timeout, async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
         local = s.local_addr().ok();
-        let host = if t.port == 80 { t.host.clone() } else { format!("{}:{}", t.host, t.port) };
-        let req = format!(
-            "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: swarmtap/{}\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
-            env!("CARGO_PKG_VERSION")
-        );
-        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut stream = HttpStream::new(Role::Response, limits);
-        stream.expect(Expect {
-            kind,
-            head: false,
-            index: 0,
-        });
-        let mut buf = vec![0u8; 16 * 1024];
-        let mut total = 0usize;
-        let mut resp = None;
-        loop {
-            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
-            let mut on = |ev: HttpEvent| {
-                if let HttpEvent::Response(x) = ev {
-                    if !x.interim && resp.is_none() {
-                        resp = Some(x);
-                    }
-                }
-            };
-            if n == 0 {
-                stream.finish(&mut on);
-                break;
-            }
-            total += n;
-            if total > limits.max_body_bytes + limits.max_head_bytes {
-                return Err("tracker response too large".to_string());
-            }
-            stream.feed(&buf[..n], &mut on);
-            if resp.is_some() {
-                break;
-            }
+        if !t.tls {
+            return request(s, req.as_bytes(), kind, false).await;
         }
-        resp.ok_or_else(|| "no complete HTTP response".to_string())
+        let cfg = tls.ok_or_else(|| "https tracker without a TLS configuration".to_string())?;
+        let name = super::tls::server_name(&t.host)?;
+        let s = tokio_rustls::TlsConnector::from(cfg.clone())
+            .connect(name, s)
+            .await
+            .map_err(|e| {
+                refused = super::tls::is_certificate_refusal(&e);
+                format!("TLS: {e}")
+            })?;
+        request(s, req.as_bytes(), kind, true).await
     })
     .await;
     let r = match res {
         Err(_) => Err("timeout".to_string()),
         Ok(r) => r,
     };
-    (local, r)
+    (local, r, refused)
 }
 
-/// Announces over HTTP to `addr`.
-pub async fn announce_http(t: &TrackerUrl, addr: SocketAddr, a: &AnnounceParams) -> AnnounceResult {
+/// Sends `req` on `s` and reads the response with the passive parser.
+async fn request<S: AsyncRead + AsyncWrite + Unpin>(
+    mut s: S,
+    req: &[u8],
+    kind: RequestKind,
+    tls: bool,
+) -> Result<Box<HttpResponse>, String> {
+    let limits = HttpLimits::default();
+    s.write_all(req).await.map_err(|e| e.to_string())?;
+    let mut stream = HttpStream::new(Role::Response, limits);
+    stream.expect(Expect {
+        kind,
+        head: false,
+        index: 0,
+    });
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut total = 0usize;
+    let mut resp = None;
+    loop {
+        let n = match s.read(&mut buf).await {
+            Ok(n) => n,
+            // Many servers close a TLS connection without close_notify; the
+            // body's own framing (length, chunks, a complete bencoded
+            // dictionary) says whether the answer is whole.
+            Err(e) if tls && e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut on = |ev: HttpEvent| {
+            if let HttpEvent::Response(x) = ev {
+                if !x.interim && resp.is_none() {
+                    resp = Some(x);
+                }
+            }
+        };
+        if n == 0 {
+            stream.finish(&mut on);
+            break;
+        }
+        total += n;
+        if total > limits.max_body_bytes + limits.max_head_bytes {
+            return Err("tracker response too large".to_string());
+        }
+        stream.feed(&buf[..n], &mut on);
+        if resp.is_some() {
+            break;
+        }
+    }
+    resp.ok_or_else(|| "no complete HTTP response".to_string())
+}
+
+/// Announces over HTTP (or https, with `tls`) to `addr`.
+pub async fn announce_http(
+    t: &TrackerUrl,
+    addr: SocketAddr,
+    a: &AnnounceParams,
+    tls: Option<&Arc<ClientConfig>>,
+) -> AnnounceResult {
     let mut r = AnnounceResult {
         tracker: Some(addr),
         ts_us: super::session::now_us(),
         ..Default::default()
     };
-    let (local, res) = http_get(t, addr, &http_target(t, a), RequestKind::Announce, a.timeout).await;
+    let (local, res, refused) = http_get(t, addr, &http_target(t, a), RequestKind::Announce, a.timeout, tls).await;
     r.local = local;
+    r.tls_refused = refused;
     match res {
         Err(e) => r.error = Some(e),
         Ok(resp) => {
@@ -427,7 +497,11 @@ mod tests {
         let t = TrackerUrl::parse("http://[fd00::1]/a?pk=1").unwrap();
         assert_eq!((t.host.as_str(), t.port, t.path.as_str()), ("fd00::1", 80, "/a?pk=1"));
         assert!(TrackerUrl::parse("udp://host").is_none());
-        assert!(TrackerUrl::parse("https://x/announce").is_none());
+        let t = TrackerUrl::parse("https://x/announce").unwrap();
+        assert_eq!((t.tls, t.udp, t.port, t.transport()), (true, false, 443, "https"));
+        let t = TrackerUrl::parse("https://[::1]:8443/announce").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.transport()), ("::1", 8443, "https"));
+        assert!(TrackerUrl::parse("wss://x/announce").is_none());
     }
 
     #[test]
@@ -474,7 +548,7 @@ mod tests {
             key: 1,
             timeout: Duration::from_secs(3),
         };
-        let r = announce_http(&t, addr, &a).await;
+        let r = announce_http(&t, addr, &a, None).await;
         assert_eq!(r.error, None);
         assert_eq!(r.interval, Some(900));
         assert_eq!(r.min_interval, Some(60));

@@ -122,6 +122,9 @@ pub struct UtpStats {
     pub resets: AtomicU64,
     /// SYNs refused: no listener, accept queue full or connection cap.
     pub refused_syns: AtomicU64,
+    /// SYNs from addresses the accept filter refuses (the probe's address
+    /// policy): dropped without an answer.
+    pub syns_filtered: AtomicU64,
     pub connects: AtomicU64,
     pub accepted: AtomicU64,
     /// KRPC datagrams (a bencoded dictionary: first byte `d`, which no uTP
@@ -144,6 +147,7 @@ pub struct UtpStatsSnapshot {
     pub retransmits: u64,
     pub resets: u64,
     pub refused_syns: u64,
+    pub syns_filtered: u64,
     pub connects: u64,
     pub accepted: u64,
     pub krpc_handed: u64,
@@ -168,6 +172,7 @@ impl UtpStats {
             retransmits: g(&self.retransmits),
             resets: g(&self.resets),
             refused_syns: g(&self.refused_syns),
+            syns_filtered: g(&self.syns_filtered),
             connects: g(&self.connects),
             accepted: g(&self.accepted),
             krpc_handed: g(&self.krpc_handed),
@@ -180,7 +185,7 @@ impl UtpStatsSnapshot {
     pub fn render(&self) -> String {
         format!(
             "uTP: {} connect(s), {} accepted; {} datagram(s), {} malformed, {} for unknown connections, {} bad ack(s), \
-             {} duplicate(s), {} dropped out of order, {} over our window, {} retransmit(s), {} reset(s), {} SYN(s) refused; \
+             {} duplicate(s), {} dropped out of order, {} over our window, {} retransmit(s), {} reset(s), {} SYN(s) refused, {} from refused addresses dropped; \
              {} KRPC datagram(s) handed to the DHT node ({} dropped)",
             self.connects,
             self.accepted,
@@ -194,6 +199,7 @@ impl UtpStatsSnapshot {
             self.retransmits,
             self.resets,
             self.refused_syns,
+            self.syns_filtered,
             self.krpc_handed,
             self.krpc_dropped
         )
@@ -273,10 +279,15 @@ struct Shared {
     /// Where KRPC datagrams arriving on this port go (the DHT node sharing
     /// it), when one does.
     krpc: Mutex<Option<KrpcSender>>,
+    /// Which remote addresses may connect to us (see [`UtpSocket::set_accept_filter`]).
+    accept_filter: Mutex<Option<AcceptFilter>>,
     limits: UtpLimits,
     stats: UtpStats,
     epoch: Instant,
 }
+
+/// Whether a remote address may open a connection to us.
+pub type AcceptFilter = Arc<dyn Fn(std::net::IpAddr) -> bool + Send + Sync>;
 
 impl Shared {
     fn micros(&self) -> u32 {
@@ -718,9 +729,12 @@ impl Drop for UtpSocket {
 
 impl UtpSocket {
     /// Binds `addr`; with `listen`, incoming SYNs are accepted (take them
-    /// with [`UtpSocket::accept`]), else refused with ST_RESET.
+    /// with [`UtpSocket::accept`]), else refused with ST_RESET. An IPv6
+    /// address is bound IPv6-only (IPV6_V6ONLY), so the IPv4 socket of the
+    /// probe can hold the same port number: each family has its own socket,
+    /// and IPv4 peers never appear as IPv4-mapped addresses.
     pub async fn bind(addr: SocketAddr, listen: bool, limits: UtpLimits) -> io::Result<UtpSocket> {
-        let std_sock = std::net::UdpSocket::bind(addr)?;
+        let std_sock = bind_udp(addr)?;
         std_sock.set_nonblocking(true)?;
         let send = std_sock.try_clone()?;
         let sock = UdpSocket::from_std(std_sock)?;
@@ -736,6 +750,7 @@ impl UtpSocket {
             conns: Mutex::new(HashMap::new()),
             accept: tx,
             krpc: Mutex::new(None),
+            accept_filter: Mutex::new(None),
             limits,
             stats: UtpStats::default(),
             epoch: Instant::now(),
@@ -761,6 +776,12 @@ impl UtpSocket {
         let (tx, rx) = mpsc::channel(cap.max(1));
         *self.shared.krpc.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
         rx
+    }
+
+    /// Only SYNs from addresses `f` accepts are answered; others are
+    /// dropped silently (nothing is sent to a refused address) and counted.
+    pub fn set_accept_filter(&self, f: AcceptFilter) {
+        *self.shared.accept_filter.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     }
 
     /// Sends one datagram from this socket (the DHT node's answers go out
@@ -836,6 +857,21 @@ impl UtpSocket {
     }
 }
 
+/// A UDP socket on `addr`; IPv6 ones IPv6-only (see [`UtpSocket::bind`]).
+pub fn bind_udp(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    if addr.is_ipv4() {
+        return std::net::UdpSocket::bind(addr);
+    }
+    let s = socket2::Socket::new(
+        socket2::Domain::IPV6,
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    s.set_only_v6(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
 /// Receives datagrams and runs the timers until the socket is dropped.
 async fn mux(weak: Weak<Shared>) {
     let mut buf = vec![0u8; 65536];
@@ -909,6 +945,11 @@ fn on_datagram(sh: &Arc<Shared>, d: &[u8], from: SocketAddr) {
 }
 
 fn accept_syn(sh: &Arc<Shared>, p: &UtpPacket<'_>, from: SocketAddr) {
+    let filter = sh.accept_filter.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if filter.is_some_and(|f| !f(from.ip())) {
+        UtpStats::inc(&sh.stats.syns_filtered);
+        return;
+    }
     let mut r = [0u8; 2];
     super::mse::fill_random(&mut r);
     let mut c = Conn::new(
@@ -1708,12 +1749,14 @@ mod tests {
 
     /// A BitTorrent peer over uTP on our own listener: answers the
     /// handshake (plaintext, or MSE requiring RC4) and sends a bitfield.
-    async fn serve(l: &UtpSocket, ih: [u8; 20], mse_only: bool, n: usize) {
+    /// Returns the connections' tasks.
+    async fn serve(l: &UtpSocket, ih: [u8; 20], mse_only: bool, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks = Vec::new();
         for _ in 0..n {
             let Some(s) = l.accept().await else {
-                return;
+                return tasks;
             };
-            tokio::spawn(async move {
+            tasks.push(tokio::spawn(async move {
                 let mut s = tokio::io::BufReader::new(s);
                 use tokio::io::AsyncBufReadExt;
                 let Ok(b) = s.fill_buf().await else {
@@ -1749,8 +1792,186 @@ mod tests {
                         break;
                     }
                 }
-            });
+            }));
         }
+        tasks
+    }
+
+    /// A listening uTP BitTorrent peer on `ip` whose port has no TCP
+    /// listener (tests run in parallel: a port another test listens on over
+    /// TCP is skipped).
+    async fn utp_only_peer_on(ip: &str) -> (UtpSocket, SocketAddr) {
+        let at = SocketAddr::new(ip.parse().unwrap(), 0);
+        loop {
+            let l = UtpSocket::bind(at, true, UtpLimits::default()).await.unwrap();
+            let addr = l.local_addr().unwrap();
+            if std::net::TcpListener::bind(addr).is_ok() {
+                return (l, addr);
+            }
+        }
+    }
+
+    /// The same fallback as above over IPv6, on ::1: TCP refused, then uTP
+    /// on an IPv6 socket, plaintext dropped by the MSE-only peer, RC4 works.
+    #[tokio::test]
+    async fn visit_over_ipv6_utp() {
+        let ih = [0x36u8; 20];
+        let (l, addr) = utp_only_peer_on("::1").await;
+        assert!(addr.is_ipv6());
+        let probe = UtpSocket::bind("[::]:0".parse().unwrap(), false, UtpLimits::default())
+            .await
+            .unwrap();
+        let (transports, order, p, stop) = (
+            [Transport::Tcp, Transport::Utp],
+            [Crypto::Plain, Crypto::Rc4],
+            params(ih),
+            no_shutdown(),
+        );
+        let (_, v) = tokio::join!(
+            serve(&l, ih, true, 2),
+            visit_over(addr, &transports, &order, &p, &stop, Some(&probe))
+        );
+        let summary: Vec<(&str, &str, &str)> = v
+            .iter()
+            .map(|a| (a.transport.name(), a.crypto.name(), a.outcome))
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("tcp", "plain", "refused"),
+                ("utp", "plain", "closed"),
+                ("utp", "rc4", "ok")
+            ],
+            "{v:?}"
+        );
+        assert_eq!(v[2].n_pieces_have, Some(12));
+        // An IPv4 socket does not carry an IPv6 peer (the probe keeps one
+        // socket per family).
+        let v4 = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let e = v4.connect(addr).await.err().expect("refused");
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported);
+    }
+
+    /// A SYN from an address the accept filter refuses (the probe's
+    /// address policy) is dropped without any answer, and counted; one
+    /// from an allowed address is answered.
+    #[tokio::test]
+    async fn syn_from_a_refused_address_gets_no_answer() {
+        let l = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+        let laddr = l.local_addr().unwrap();
+        let (sock, _) = RawPeer::bind().await;
+        let refused = sock.local_addr().unwrap();
+        l.set_accept_filter(Arc::new(move |ip| ip != refused.ip()));
+        let p = RawPeer {
+            sock,
+            peer: laddr,
+            send_id: 100,
+            seq: 1,
+            ack: 0,
+            wnd: 1 << 20,
+            t0: Instant::now(),
+        };
+        p.send(4, 1, &[]).await;
+        let wait = async {
+            while l.stats().syns_filtered < 1 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("SYN read");
+        let mut b = [0u8; 64];
+        assert_eq!(
+            p.sock.try_recv_from(&mut b).map_err(|e| e.kind()).err(),
+            Some(io::ErrorKind::WouldBlock),
+            "an answer was sent"
+        );
+        assert_eq!(
+            (l.n_connections(), l.stats().refused_syns, l.stats().accepted),
+            (0, 0, 0)
+        );
+        // The same listener answers an address the filter allows.
+        l.set_accept_filter(Arc::new(|_| true));
+        p.send(4, 1, &[]).await;
+        let st = p.recv(Duration::from_secs(30)).await.expect("SYN-ACK");
+        assert_eq!(st.ty, 2);
+    }
+
+    /// Under --listen both families listen on one port number: the IPv6
+    /// socket is IPv6-only, so binding it beside the IPv4 one works, and
+    /// each accepts its own family's connections.
+    #[tokio::test]
+    async fn ipv4_and_ipv6_sockets_share_a_port_number() {
+        let v4 = UtpSocket::bind(local(), true, UtpLimits::default()).await.unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6 = UtpSocket::bind(
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            true,
+            UtpLimits::default(),
+        )
+        .await
+        .expect("IPv6-only socket on the IPv4 socket's port");
+        let c6 = UtpSocket::bind("[::1]:0".parse().unwrap(), false, UtpLimits::default())
+            .await
+            .unwrap();
+        let c4 = UtpSocket::bind(local(), false, UtpLimits::default()).await.unwrap();
+        let to6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+        let to4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let (a6, s6, a4, s4) = tokio::join!(v6.accept(), c6.connect(to6), v4.accept(), c4.connect(to4));
+        let (a6, a4) = (a6.unwrap(), a4.unwrap());
+        assert_eq!(a6.peer_addr(), c6.local_addr().unwrap());
+        assert_eq!(a4.peer_addr(), c4.local_addr().unwrap());
+        assert!(s6.is_ok() && s4.is_ok());
+        assert_eq!((v4.stats().accepted, v6.stats().accepted), (1, 1));
+    }
+
+    /// `swarmtap probe` given an IPv6 peer that speaks only uTP: its IPv6
+    /// socket (bound IPv6-only beside the IPv4 one) reaches it; the rows
+    /// say so.
+    #[test]
+    fn probe_reaches_an_ipv6_utp_only_peer() {
+        use polars::prelude::*;
+        let ih = [0x66u8; 20];
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (l, addr) = rt.block_on(utp_only_peer_on("::1"));
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        rt.spawn(async move {
+            // One contact served to its end, then the run stops.
+            for t in serve(&l, ih, false, 1).await {
+                let _ = t.await;
+            }
+            let _ = stop_tx.send(true);
+            // The socket lives until the probe has ended (its FIN acknowledged).
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(l);
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = crate::probe::ProbeSettings::new(dir.path().to_path_buf());
+        s.targets = vec![crate::probe::targets::Target::bare(ih)];
+        s.peers = vec![addr];
+        s.policy.allow_private = true;
+        s.crypto = vec![Crypto::Plain];
+        s.stop = Some(stop_rx);
+        s.duration = Some(Duration::from_secs(120)); // hang guard; ends on `stop`
+        let sum = crate::probe::run(s).unwrap();
+        assert_eq!((sum.n_visits_ok, sum.n_first_contacts_ok), (1, 1), "{}", sum.render());
+        let f = std::fs::File::open(dir.path().join("probe_visits.parquet")).unwrap();
+        let v = ParquetReader::new(f).finish().unwrap();
+        let col = |c: &str| -> Vec<String> {
+            v.column(c)
+                .unwrap()
+                .cast(&DataType::String)
+                .unwrap()
+                .str()
+                .unwrap()
+                .iter()
+                .map(|x| x.unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(col("transport"), vec!["tcp", "utp"]);
+        assert_eq!(col("success"), vec!["false", "true"]);
+        assert_eq!(col("peer_ip"), vec!["::1", "::1"]);
+        assert_eq!(col("n_pieces_have"), vec!["", "12"]);
     }
 
     #[tokio::test]

@@ -166,7 +166,7 @@ tables! {
         midstream: bool = "TCP: no SYN was captured, the flow was picked up mid-connection.",
         gap_bytes: u64 = "TCP: stream bytes never captured (both directions).",
         retrans_bytes: u64 = "TCP: retransmitted payload bytes (both directions).",
-        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
+        end_reason: &'static str = "fin, rst, idle (expired in packet time), evicted (flow table full, or the flows' memory past --max-memory: least recently active first), end (input ended), reused (a SYN answered by a SYN-ACK started a new connection on the 4-tuple before this one was seen to close), open (live snapshot: still open when the interval was written).",
         n_bad_checksums: u64 = "Packets whose TCP/UDP checksum is wrong (offload patterns of the capturing host excepted, see capture_stats.n_bad_checksums); with --verify-checksums they are dropped (only counted here and there).",
     }
 
@@ -260,7 +260,7 @@ tables! {
         completion_source: Option<&'static str> = "Signal that decided last_pieces and completed_ts, fused from every signal (the highest word of each source counts): for a peer that reached the threshold the first to show it there, else the one behind last_pieces. Its own peer-wire messages: bitfield, have, have_all, have_none, dont_have; tracker_left (an announce's left against the torrent's length), tracker_completed (event=completed), upload_only (its BEP 10 upload_only), pex_seed (a ut_pex seed flag another peer gave for it), dht_seed (BEP 33 seed in its DHT announce_peer). `swarmtap probe`: the message of a contact that showed it (bitfield, have, have_all, have_none, no_bitfield). Null with no progress signal.",
         uploaded_bytes: u64 = "Piece block bytes it sent on captured connections.",
         downloaded_bytes: u64 = "Piece block bytes it received on captured connections.",
-        max_rate_bps: Option<f64> = "Highest download rate: piece bytes received per tumbling window of --rate-window seconds (default 5) of packet time.",
+        max_rate_bps: Option<f64> = "Highest download rate: piece bytes received per tumbling window of --rate-window seconds (default 5) of packet time. The rest of a block cut off by the end of its connection counts in the byte totals, not here (it is known only when the flow ends).",
         max_upload_rate_bps: Option<f64> = "Highest upload rate, same windows.",
         n_connections: u64 = "Captured peer-wire connections it took part in.",
         conn_ids: Vec<u64> = "connections.conn_id of those connections, ascending (the first 1024; n_connections counts them all): `explode` it to join `connections`.",
@@ -309,7 +309,7 @@ tables! {
         frame: u64 = "Request frame.",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange (flows.conn_id).",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; https for `swarmtap probe`'s exchanges with https trackers (a tap sees only TLS there).",
         confidence: &'static str = "certain (HTTP; UDP with its connection id seen in a captured connect or answer) or plausible (UDP announce recognised by its structure alone: its connect was not captured).",
         client_ip: String = "Announcing client address (the request's source).",
         client_port: u32 as I32 = "Its source port.",
@@ -358,7 +358,7 @@ tables! {
         frame: u64 = "Response frame.",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp.",
+        transport: &'static str = "http or udp; https for `swarmtap probe`'s exchanges with https trackers (a tap sees only TLS there).",
         info_hash: String = "Torrent.",
         tracker_ip: String = "Tracker address.",
         tracker_port: u32 as I32 = "Tracker port.",
@@ -375,7 +375,7 @@ tables! {
         frame: u64 = "Response frame (request frame when unanswered).",
         capture: String = "Input file name.",
         conn_id: u64 = "Flow carrying the exchange.",
-        transport: &'static str = "http or udp; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
+        transport: &'static str = "http or udp; https for `swarmtap probe`'s scrapes of https trackers; dht for `swarmtap probe`'s BEP 33 scrapes (one per DHT lookup, the IPv4 and IPv6 nodes' each: tracker_ip empty, counts estimated from the union of the answers' bloom filters).",
         client_ip: String = "Scraping client.",
         tracker_ip: String = "Tracker address.",
         tracker_port: u32 as I32 = "Tracker port.",
@@ -520,7 +520,7 @@ tables! {
         flags: Vec<String> = "Decoded added.f flags: encryption, seed, utp, holepunch, reachable.",
     }
 
-    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used from the next batch of frames after it was rebuilt, and at once on the connection that carried it when it fits one metadata piece). Pieces cut by a capture gap are not rows.
+    /// One row per whole piece seen passing on one connection from one sender, when the torrent's piece hashes are known (--torrents, or metadata rebuilt from ut_metadata: used for pieces whose first block comes 2,048 frames after the one that completed it or later (`metadata_join_frames`), and at once on the connection that carried it when it fits one metadata piece). Pieces cut by a capture gap are not rows.
     pieces => PieceRow {
         ts: Ts = "Time of the packet completing the piece.",
         frame: u64 = "That frame.",
@@ -607,6 +607,8 @@ tables! {
         n_ts_backwards: u64 = "Frames whose timestamp is earlier than the previous frame's (the flow clock does not go back with them).",
         n_ts_jumps: u64 = "Frames more than Limits.max_clock_jump_us (10 min) after the previous frame: taken as clock steps, not as time that passed (idle expiry does not see them).",
         n_bad_checksums: u64 = "TCP/UDP packets with a wrong checksum. Checksum-offload patterns (0, or the pseudo-header sum) count only from sources whose first packet did not carry one; a source whose first packet did is the capturing host (or one of its namespaces), whose own packets never had their checksum filled in. With --verify-checksums these packets are dropped.",
+        n_flows_evicted: u64 = "Flows ended early (flows.end_reason evicted) because the flow table was full (--max-flows) or the flows' accounted memory passed --max-memory: the least recently active first (last packet, then conn_id), the same flows in every run. Each round is an anomaly flow_table_full or flow_memory_full.",
+        max_flow_memory: u64 = "Highest memory (bytes) the flows' state and buffers were accounted for, as checked before each batch against --max-memory (default 128 MiB; it may pass it by what one batch adds before eviction brings it under).",
     }
 
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).

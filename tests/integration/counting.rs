@@ -62,11 +62,19 @@ const WIRE_SAMPLES: [&str; 9] = [
 /// own. A connection the reference counts as encrypted is either encrypted
 /// for us too, or an MSE exchange that selected plaintext (the reference
 /// does not decode MSE streams; we do): those are listed and excluded.
+///
+/// Also per connection and direction, on every connection (encrypted ones
+/// too): `payload_bytes_*` equal the reference's reassembled stream bytes
+/// and `gap_bytes` its bytes never captured; and on every plaintext one
+/// `n_msgs_*` equal the messages the reference walked, plus the piece
+/// message cut off at the end of a stream when there is one (we count its
+/// header; the reference lists it apart as partial_piece_bytes).
 #[test]
-fn connection_piece_bytes_equal_the_wire_reference_both_directions() {
+fn connection_bytes_and_messages_equal_the_wire_reference_both_directions() {
     let mut n_compared = 0;
     let mut n_half = 0;
     let mut bytes_compared = 0u64;
+    let (mut n_stream_compared, mut stream_bytes_compared, mut msgs_compared) = (0, 0u64, 0u64);
     for name in WIRE_SAMPLES {
         let t = truth(name);
         let r = analyze(name);
@@ -79,6 +87,9 @@ fn connection_piece_bytes_equal_the_wire_reference_both_directions() {
             u64s(&c, "resp_port"),
         );
         let (po, pr) = (u64s(&c, "piece_bytes_orig"), u64s(&c, "piece_bytes_resp"));
+        let (pay_o, pay_r) = (u64s(&c, "payload_bytes_orig"), u64s(&c, "payload_bytes_resp"));
+        let (msgs_o, msgs_r) = (u64s(&c, "n_msgs_orig"), u64s(&c, "n_msgs_resp"));
+        let gap = u64s(&c, "gap_bytes");
         let unframed = u64s(&c, "unframed_bytes");
         let (enc, mse) = (bools(&c, "encrypted"), bools(&c, "mse_handshake"));
         let mut ours: BTreeMap<ConnKey, usize> = BTreeMap::new();
@@ -106,6 +117,19 @@ fn connection_piece_bytes_equal_the_wire_reference_both_directions() {
                 panic!("{name}: reference connection {k:?} is not in connections");
             };
             matched.insert(i);
+            let stream = |d: &Value| d["payload_bytes"].as_u64().expect("payload_bytes");
+            let lost = |d: &Value| d["gap_bytes"].as_u64().expect("gap_bytes");
+            assert_eq!(
+                (pay_o[i], pay_r[i], gap[i]),
+                (
+                    Some(stream(&w["orig"])),
+                    Some(stream(&w["resp"])),
+                    Some(lost(&w["orig"]) + lost(&w["resp"]))
+                ),
+                "{name} {k:?}: payload bytes (orig, resp) and gap bytes vs the wire reference"
+            );
+            n_stream_compared += 1;
+            stream_bytes_compared += stream(&w["orig"]) + stream(&w["resp"]);
             if w["encrypted"].as_bool() == Some(true) {
                 if enc[i] == Some(true) || mse[i] == Some(true) {
                     continue;
@@ -136,6 +160,19 @@ fn connection_piece_bytes_equal_the_wire_reference_both_directions() {
                 "{name} {k:?}: unframed bytes {:?} vs the reference's skipped bytes",
                 unframed[i]
             );
+            let walked = |d: &Value| -> u64 {
+                let msgs = d["msgs"].as_object().expect("msgs");
+                msgs.values().map(|n| n.as_u64().expect("count")).sum::<u64>()
+                    + u64::from(d.get("partial_piece_bytes").is_some())
+            };
+            if readable {
+                assert_eq!(
+                    (msgs_o[i], msgs_r[i]),
+                    (Some(walked(&w["orig"])), Some(walked(&w["resp"]))),
+                    "{name} {k:?}: messages (orig, resp) vs the wire reference"
+                );
+                msgs_compared += walked(&w["orig"]) + walked(&w["resp"]);
+            }
             n_compared += 1;
             bytes_compared += want_o + want_r;
         }
@@ -152,6 +189,11 @@ fn connection_piece_bytes_equal_the_wire_reference_both_directions() {
     // side, 30.4 MB of piece payload (the truth files' sums).
     assert_eq!((n_compared, n_half), (127, 7), "connections compared");
     assert_eq!(bytes_compared, 30_353_416, "piece bytes compared");
+    // Every connection of the 9 captures: 120 plaintext, 7 half, 46
+    // encrypted, 4 MSE exchanges that selected plaintext.
+    assert_eq!(n_stream_compared, 177, "connections compared");
+    assert_eq!(stream_bytes_compared, 31_362_016, "stream bytes compared");
+    assert_eq!(msgs_compared, 8_260, "messages compared");
 }
 
 // ---------- a capture gap inside a piece payload ----------

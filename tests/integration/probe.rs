@@ -119,6 +119,9 @@ fn probe_swarm_of_real_clients() {
         strs(&v, "outcome"),
     );
     let hosts = m["hosts"].as_array().unwrap();
+    // The dual-stack client is probed at its IPv6 endpoint only (its IPv4
+    // one is denied): checked in its own block below.
+    let v4_probed = |h: &&serde_json::Value| !h["ip6"].is_string();
     let mut first_total = 0;
     let mut first_ok = 0;
     for i in 0..v.height() {
@@ -142,7 +145,7 @@ fn probe_swarm_of_real_clients() {
         first_total += 1;
         first_ok += usize::from(*ok);
     }
-    for h in hosts.iter().filter(|h| has(h, &ih_a)) {
+    for h in hosts.iter().filter(|h| has(h, &ih_a)).filter(v4_probed) {
         let ip = h["ip"].as_str().unwrap();
         let n_ok = (0..v.height())
             .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a) && succ[i] == Some(true))
@@ -171,8 +174,12 @@ fn probe_swarm_of_real_clients() {
     let transport = strs(&v, "transport");
     let incoming = bools(&v, "incoming");
     let utp_only: Vec<&serde_json::Value> = hosts.iter().filter(|h| h["tcp"] == false).collect();
-    assert_eq!(utp_only.len(), 1, "one uTP-only client in the swarm");
-    for h in &utp_only {
+    assert_eq!(
+        utp_only.len(),
+        2,
+        "two uTP-only clients in the swarm (one probed over IPv6)"
+    );
+    for h in utp_only.iter().copied().filter(v4_probed) {
         let ip = h["ip"].as_str().unwrap();
         let rows: Vec<usize> = (0..v.height())
             .filter(|&i| ips[i].as_deref() == Some(ip) && ihs[i].as_deref() == Some(&ih_a))
@@ -263,7 +270,7 @@ fn probe_swarm_of_real_clients() {
         p.column("sources").expect("sources").clone(),
     );
     let mut expected_confirmed = 0;
-    for h in hosts.iter().filter(|h| has(h, &ih_a)) {
+    for h in hosts.iter().filter(|h| has(h, &ih_a)).filter(v4_probed) {
         let ip = h["ip"].as_str().unwrap();
         // Rows heard from by the probe (a peer may also be listed by ut_pex
         // under an outgoing port nobody listens on: that row is never
@@ -327,6 +334,52 @@ fn probe_swarm_of_real_clients() {
             assert_eq!(conf[r], Some(false), "the seeder is no download");
         }
     }
+    // --- the dual-stack uTP-only leecher at its IPv6 endpoint (given with
+    // --peer): reached over uTP on IPv6 at every visit, piece counts read,
+    // its crossing caught as over IPv4.
+    for h in hosts.iter().filter(|h| h["ip6"].is_string() && has(h, &ih_a)) {
+        let ip6 = h["ip6"].as_str().unwrap();
+        let rows: Vec<usize> = (0..v.height())
+            .filter(|&i| ips[i].as_deref() == Some(ip6) && ihs[i].as_deref() == Some(&ih_a))
+            .filter(|&i| incoming[i] == Some(false) && outcome[i].as_deref() != Some("cancelled"))
+            .collect();
+        let ok: Vec<usize> = rows.iter().copied().filter(|&i| succ[i] == Some(true)).collect();
+        assert!(!ok.is_empty(), "{ip6}: never reached over IPv6");
+        for &i in &ok {
+            assert_eq!(transport[i].as_deref(), Some("utp"), "{ip6}: row {i}");
+            assert!(have_n[i].is_some(), "{ip6}: row {i} without a piece count");
+        }
+        let visits: BTreeSet<u64> = rows.iter().filter_map(|&i| visit[i]).collect();
+        for vis in &visits {
+            assert!(
+                ok.iter().any(|&i| visit[i] == Some(*vis)),
+                "{ip6}: visit {vis} did not reach it"
+            );
+        }
+        let r = (0..p.height())
+            .find(|&i| pips[i].as_deref() == Some(ip6) && pihs[i].as_deref() == Some(&ih_a))
+            .unwrap_or_else(|| panic!("{ip6}: no peers row"));
+        let done_us = h["completed_seen"][&ih_a].as_f64().map(|d| (d * 1e6) as i64);
+        let during = done_us.is_some_and(|d| d > t_start_us && d < t_end_us);
+        assert!(
+            during,
+            "{ip6}: the IPv6 uTP-only leecher did not complete during the run"
+        );
+        expected_confirmed += 1;
+        assert_eq!(
+            conf[r],
+            Some(true),
+            "{ip6} completed during the run but is not confirmed"
+        );
+        let diff_s = (cts[r].expect("completed_ts") - done_us.unwrap()) as f64 / 1e6;
+        eprintln!(
+            "{} ({ip6}, IPv6, uTP only): {} visit(s), {} reached over utp; crossing seen {diff_s:+.2} s from the client's own completion",
+            h["name"],
+            visits.len(),
+            ok.len()
+        );
+        assert!((-1.0..=30.0).contains(&diff_s), "{ip6}: crossing {diff_s} s off");
+    }
     assert!(
         expected_confirmed >= 1,
         "no leecher completed during the run: the swarm is too slow"
@@ -367,7 +420,7 @@ fn probe_swarm_of_real_clients() {
             let ip = pips[i].as_deref().unwrap();
             let h = hosts
                 .iter()
-                .find(|h| h["ip"] == ip)
+                .find(|h| h["ip"] == ip || h["ip6"] == ip)
                 .expect("incoming from a swarm host");
             assert_eq!(
                 pports_all[i],
@@ -441,12 +494,12 @@ fn probe_swarm_of_real_clients() {
     let o = Command::new("tshark")
         .args(["-r"])
         .arg(out.join("probe.pcap"))
-        // IGMP membership reports (224.0.0.22) are the kernel's own, sent
-        // when the interface came up, link-local and never routed; every
-        // other packet is counted.
+        // IGMP membership reports (224.0.0.22) and IPv6 neighbour discovery
+        // and MLD (ICMPv6 to ff02::/16 and fe80::/10) are the kernel's own,
+        // link-local and never routed; every other packet is counted.
         .args([
             "-Y",
-            "not igmp",
+            "not igmp and not (icmpv6 and (ipv6.dst == ff02::/16 or ipv6.dst == fe80::/10))",
             // The outer header only: an ICMP error quotes the datagram it
             // answers (whose destination was us).
             "-E",
@@ -475,7 +528,32 @@ fn probe_swarm_of_real_clients() {
     let outside: Vec<&String> = dsts.iter().filter(|d| !swarm.contains(*d)).collect();
     assert!(outside.is_empty(), "sent outside the swarm: {outside:?}");
     for h in hosts {
-        assert!(dsts.contains(h["ip"].as_str().unwrap()));
+        // The dual-stack client at its IPv6 address (its IPv4 one denied).
+        let ip = h["ip6"].as_str().unwrap_or_else(|| h["ip"].as_str().unwrap());
+        assert!(dsts.contains(ip), "{ip} never sent to");
+        if h["ip6"].is_string() {
+            // Its IPv4 address is denied: the probe opens nothing to it (no
+            // TCP SYN) and sends it no datagram at all: no uTP SYN of ours,
+            // and its own uTP SYNs to our announced listen port get no
+            // answer (the socket's accept filter); no visit row.
+            let denied = h["ip"].as_str().unwrap();
+            let o = Command::new("tshark")
+                .args(["-r"])
+                .arg(out.join("probe.pcap"))
+                .args([
+                    "-Y",
+                    &format!("ip.dst == {denied} and ((tcp.flags.syn == 1 and tcp.flags.ack == 0) or udp)"),
+                ])
+                .output()
+                .expect("tshark");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let opened = String::from_utf8_lossy(&o.stdout).lines().count();
+            assert_eq!(opened, 0, "packets sent to the denied {denied}");
+            assert!(
+                !(0..v.height()).any(|i| ips[i].as_deref() == Some(denied) && incoming[i] == Some(false)),
+                "a visit to the denied {denied}"
+            );
+        }
     }
     eprintln!("capture: {n_pkts} packets, destinations {dsts:?}");
 
@@ -508,8 +586,13 @@ fn probe_swarm_of_real_clients() {
     let (pports, plast) = (col_u64(&p, "peer_port"), col_u64(&p, "last_pieces"));
     let mut compared = 0;
     let mut compared_utp = 0;
-    for h in hosts.iter().filter(|h| h["enc"] != "require") {
-        let ip = h["ip"].as_str().unwrap();
+    let mut compared_v6 = 0;
+    for (h, ip) in hosts.iter().filter(|h| h["enc"] != "require").flat_map(|h| {
+        [h["ip"].as_str(), h["ip6"].as_str()]
+            .into_iter()
+            .flatten()
+            .map(move |ip| (h, ip))
+    }) {
         for i in 0..p.height() {
             if pips[i].as_deref() != Some(ip) || plast[i].is_none() {
                 continue;
@@ -519,6 +602,7 @@ fn probe_swarm_of_real_clients() {
                 .unwrap_or_else(|| panic!("{ip}:{:?} missing from the passive peers", pports[i]));
             assert_eq!(qlast[j], plast[i], "{ip} {:?}: passive vs probe last_pieces", pihs[i]);
             compared += 1;
+            compared_v6 += usize::from(ip.contains(':'));
             if h["tcp"] == false {
                 // The tap saw this peer's piece count over uTP only.
                 assert_eq!(qutp[j], Some(true), "{ip}: passive peers.utp");
@@ -527,9 +611,10 @@ fn probe_swarm_of_real_clients() {
         }
     }
     assert!(compared >= 4, "compared {compared} peers");
-    assert!(compared_utp >= 1, "the uTP-only peer's piece count was not compared");
+    assert!(compared_utp >= 2, "the uTP-only peers' piece counts were not compared");
+    assert!(compared_v6 >= 1, "the IPv6 peer's piece count was not compared");
     eprintln!(
-        "passive analysis of the probe's capture agrees on {compared} peers' piece counts ({compared_utp} over uTP)"
+        "passive analysis of the probe's capture agrees on {compared} peers' piece counts ({compared_utp} over uTP, {compared_v6} over IPv6)"
     );
 }
 
