@@ -949,7 +949,16 @@ def merge(
         return df.join(m, [G, "_ds", col], "left").withColumn(col, F.coalesce("_new", col)).drop("_new")
 
     flows = flows.drop("_ds")
-    conns = _cut(remap(conns, "flow_id", fmap).drop("_ds"))
+    conns = remap(conns, "flow_id", fmap).drop("_ds")
+    # A TCP connection spans its joined flow: a later piece may hold only
+    # the flow's last packets (a FIN) with no connection row of its own.
+    fspan = flows.select(G, F.col("conn_id").alias("flow_id"), F.col("first_ts").alias("_ff"),
+                         F.col("last_ts").alias("_fl"))
+    tcp = F.col("transport") == "tcp"
+    conns = _cut(conns.join(fspan, [G, "flow_id"], "left")
+                 .withColumn("first_ts", F.when(tcp & F.col("_ff").isNotNull(), F.least("first_ts", "_ff")).otherwise(F.col("first_ts")))
+                 .withColumn("last_ts", F.when(tcp & F.col("_fl").isNotNull(), F.greatest("last_ts", "_fl")).otherwise(F.col("last_ts")))
+                 .drop("_ff", "_fl"))
 
     # 3.1 Peer renames: a later piece's end port differing from the first piece's.
     c2 = conns_j.withColumn("_op", F.when(F.col("_rev"), F.col("resp_peer_port")).otherwise(F.col("orig_peer_port"))) \
