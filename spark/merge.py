@@ -1268,7 +1268,7 @@ def session(app: str = "swarmtap-merge", master: Optional[str] = None) -> SparkS
     b = SparkSession.builder.appName(app)
     if master:
         b = b.master(master)
-    return (
+    spark = (
         b.config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
@@ -1277,6 +1277,8 @@ def session(app: str = "swarmtap-merge", master: Optional[str] = None) -> SparkS
         .config("spark.driver.memory", os.environ.get("SWARMTAP_SPARK_DRIVER_MEMORY", "2g"))
         .getOrCreate()
     )
+    spark.sparkContext.setLogLevel(os.environ.get("SWARMTAP_SPARK_LOG", "WARN"))
+    return spark
 
 
 def main(argv: Optional[List[str]] = None) -> int:
