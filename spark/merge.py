@@ -862,6 +862,31 @@ def audit(spark, conns, flows, ev, caps, max_link_bps: float) -> DataFrame:
     return a
 
 
+def ephemeral_renames(peers: DataFrame, conns: DataFrame) -> DataFrame:
+    """docs/MERGE.md peers 1 (src/merge/entities.rs `ephemeral_renames`): a
+    peer a piece met only as the originator of connections without its
+    listen port is keyed there by an ephemeral source port; where the
+    address has exactly one listen endpoint for the torrent and the peer ids
+    agree (equal, or the same 8-byte client prefix, or none), such rows join
+    it. Returns (_set, info_hash, peer_ip, peer_port) -> _to."""
+    k = [G, "info_hash", "peer_ip", "peer_port"]
+    pk = peers.select(*k, "peer_id", "sources")
+    lc1 = conns.where("info_hash is not null and resp_peer_port is not null").select(
+        G, "info_hash", F.col("resp_ip").alias("peer_ip"), F.col("resp_peer_port").alias("peer_port"))
+    lc2 = conns.where("info_hash is not null and orig_peer_port is not null and orig_peer_port != orig_port").select(
+        G, "info_hash", F.col("orig_ip").alias("peer_ip"), F.col("orig_peer_port").alias("peer_port"))
+    lp = pk.where(F.exists("sources", lambda x: ~x.isin("wire", "pex"))).select(*k)
+    listen = lc1.unionByName(lc2).unionByName(lp).distinct().withColumn("_L", F.lit(True))
+    pl = pk.join(listen, k, "left")
+    one = pl.where("_L").groupBy(G, "info_hash", "peer_ip").agg(
+        F.collect_set("peer_port").alias("_ports"), F.collect_set("peer_id").alias("_tpids"))
+    one = one.where(F.size("_ports") == 1).select(G, "info_hash", "peer_ip", F.col("_ports")[0].alias("_target"), "_tpids")
+    cand = pl.where("_L is null").join(one, [G, "info_hash", "peer_ip"]).where(F.col("peer_port") != F.col("_target"))
+    same = F.col("peer_id").isNull() | F.exists(
+        "_tpids", lambda b: (b == F.col("peer_id")) | (F.substring(b, 1, 16) == F.substring(F.col("peer_id"), 1, 16)))
+    return cand.where(same).select(*k, F.col("_target").alias("_to")).dropDuplicates(k)
+
+
 # ---------------------------------------------------------------- the merge
 
 def merge(
@@ -1011,6 +1036,14 @@ def merge(
 
     # 3. Peers.
     peers = rename(t["peers"])
+    eph = F.broadcast(_cut(ephemeral_renames(peers, conns)))
+
+    def eph_apply(df: DataFrame, ip: str = "peer_ip", port: str = "peer_port") -> DataFrame:
+        m = eph.withColumnRenamed("peer_ip", ip).withColumnRenamed("peer_port", port)
+        return df.join(m, [G, "info_hash", ip, port], "left").withColumn(port, F.coalesce("_to", port)).drop("_to")
+
+    peers = eph_apply(peers)
+    conns = _cut(eph_apply(eph_apply(conns, "orig_ip", "orig_peer_port"), "resp_ip", "resp_peer_port"))
     pw = Window.partitionBy(G, "info_hash", "peer_ip", "peer_port")
     pall = pw.orderBy("last_ts").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
 
@@ -1087,7 +1120,7 @@ def merge(
         .when((F.col("_ri") == F.col("peer_ip")) & (F.col("_rp") == F.col("peer_port")),
               F.coalesce("_rpp", "peer_port"))
         .otherwise(F.col("peer_port")))
-    pp = rename(pp).select(G, "_ds", "info_hash", "peer_ip", "peer_port", "cause", "n_pieces_have", "piece",
+    pp = eph_apply(rename(pp)).select(G, "_ds", "info_hash", "peer_ip", "peer_port", "cause", "n_pieces_have", "piece",
                            "bitfield", F.unix_micros("ts").alias("_t")).join(tn, [G, "info_hash"], "left")
     fused = pp.groupBy(G, "info_hash", "peer_ip", "peer_port").applyInPandas(progress_fn(threshold), PROGRESS_OUT)
     peers = peers.join(pbytes, [G, "info_hash", "peer_ip", "peer_port"], "left") \
