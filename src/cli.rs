@@ -45,11 +45,43 @@ pub enum Command {
     /// Probe swarms actively: announce to trackers, contact peers (TCP,
     /// plaintext or MSE), read their piece counts, revisit until they complete.
     Probe(Box<ProbeArgs>),
+    /// Merge datasets (time pieces of one tap, several sensors; offline or
+    /// live) into one analyze dataset: events unioned and deduplicated,
+    /// connections cut by a piece joined back, peers, torrents and the
+    /// announce audit recomputed (docs/MERGE.md).
+    Merge(MergeArgs),
     /// Print a .torrent file's metainfo: info_hash (v1/v2), name, pieces, files, trackers.
     Torrent {
         /// The .torrent file.
         file: PathBuf,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Datasets to merge (analyze output, or live hive-partitioned output).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Output directory (one <table>.parquet per table). Written into a new
+    /// folder beside it and swapped in when the merge succeeds.
+    #[arg(short = 'o', long = "output", default_value = "swarmtap-merged")]
+    pub output: PathBuf,
+    /// How far apart two sensors' timestamps of the same packet may be
+    /// (e.g. 2s, 500ms): rows of different sensors with the same key
+    /// within it are one event.
+    #[arg(long = "tolerance", default_value = "2s", value_parser = parse_duration)]
+    pub tolerance: std::time::Duration,
+    /// Longest pause between a connection's end in one time piece and its
+    /// mid-stream pick-up in the next for the two to be joined.
+    #[arg(long = "join-gap", default_value = "120s", value_parser = parse_duration)]
+    pub join_gap: std::time::Duration,
+    /// Completion threshold for confirmed downloads, as a fraction of
+    /// pieces (as analyze's).
+    #[arg(long = "threshold", default_value_t = 0.98)]
+    pub threshold: f64,
+    /// Replace an output folder that holds something other than an analyze dataset.
+    #[arg(long = "force")]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -25,6 +25,7 @@ pub mod decode;
 pub mod dissect;
 pub mod flow;
 pub mod geo;
+pub mod merge;
 pub mod pipeline;
 pub mod probe;
 /// The pure parsers: the workspace crate `swarmtap-wire` (crates/wire),

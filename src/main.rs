@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         },
         Command::Export(a) => swarmtap::summary::export(&a.dir, &a.format, &a.table, a.output.as_deref()),
         Command::Torrent { file } => torrent(&file),
+        Command::Merge(a) => merge(a),
         Command::Report { dir, output } => report(&dir, &output),
     };
     match res {
@@ -34,6 +35,35 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+fn merge(a: swarmtap::cli::MergeArgs) -> Result<(), String> {
+    if !(a.threshold > 0.0 && a.threshold <= 1.0) {
+        return Err(format!("--threshold {} is not in (0, 1]", a.threshold));
+    }
+    let t = std::time::Instant::now();
+    let mut o = swarmtap::merge::MergeOptions::new(a.inputs, a.output);
+    o.force = a.force;
+    o.tolerance_us = a.tolerance.as_micros().min(i64::MAX as u128) as i64;
+    o.join_gap_us = a.join_gap.as_micros().min(i64::MAX as u128) as i64;
+    o.threshold = a.threshold;
+    let s = swarmtap::merge::merge(&o)?;
+    let rows = |t: &str| s.rows.get(t).copied().unwrap_or(0);
+    eprintln!(
+        "swarmtap: merged {} datasets into {}: {} flows ({} joined across pieces), {} connections ({} joined), {} peers, {} torrents, {} audit series; {} rows removed as copies of another sensor's; {:.2} s",
+        s.n_datasets,
+        o.output.display(),
+        rows("flows"),
+        s.joined_flows,
+        rows("connections"),
+        s.joined_connections,
+        rows("peers"),
+        rows("torrents"),
+        rows("announce_audit"),
+        s.deduplicated.values().sum::<usize>(),
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn report(dir: &Path, out: &Path) -> Result<(), String> {

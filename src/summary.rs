@@ -13,7 +13,7 @@ use crate::sink::TABLE_NAMES;
 /// Tables that hold one row per entity: live output writes a snapshot of
 /// each at every rotation, and the latest row of a key is the entity's
 /// state (the notebooks read them the same way).
-const ENTITY_KEYS: &[(&str, &[&str])] = &[
+pub const ENTITY_KEYS: &[(&str, &[&str])] = &[
     ("flows", &["conn_id", "first_ts"]),
     ("connections", &["conn_id", "first_ts"]),
     ("peers", &["info_hash", "peer_ip", "peer_port"]),

@@ -195,6 +195,13 @@ impl Audit {
         self.alias.get(&h).copied().unwrap_or(h)
     }
 
+    /// The first packet time of input `capture` (`swarmtap merge`, which
+    /// replays announces without the captures: the merge's first capture
+    /// time), for `upload_without_started`.
+    pub fn note_capture_start(&mut self, capture: u32, ts: i64) {
+        self.seen_ts(capture, ts);
+    }
+
     fn seen_ts(&mut self, capture: u32, ts: i64) {
         let f = self.first_ts.entry(capture).or_insert(ts);
         *f = (*f).min(ts);

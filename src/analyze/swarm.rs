@@ -86,7 +86,7 @@ struct TorrentCounts {
 
 /// `count` value in a history point meaning "have_all" with the piece count
 /// unknown at that time.
-const ALL: u32 = u32::MAX;
+pub const ALL: u32 = u32::MAX;
 
 /// A signal about a peer's progress: `peer_progress.cause` and
 /// `peers.completion_source`. The first five are the peer's own peer-wire
@@ -125,6 +125,29 @@ impl Signal {
             Signal::PexSeed => "pex_seed",
             Signal::DhtSeed => "dht_seed",
         }
+    }
+
+    /// The signal named `name` (the inverse of [`Signal::name`]).
+    pub fn from_name(name: &str) -> Option<Signal> {
+        Some(match name {
+            "bitfield" => Signal::Bitfield,
+            "have" => Signal::Have,
+            "have_all" => Signal::HaveAll,
+            "have_none" => Signal::HaveNone,
+            "dont_have" => Signal::DontHave,
+            "tracker_left" => Signal::TrackerLeft,
+            "tracker_completed" => Signal::TrackerCompleted,
+            "upload_only" => Signal::UploadOnly,
+            "pex_seed" => Signal::PexSeed,
+            "dht_seed" => Signal::DhtSeed,
+            _ => return None,
+        })
+    }
+
+    /// A claim about the peer (tracker, upload_only, ut_pex, DHT), not its
+    /// own peer-wire message.
+    pub fn is_claim(self) -> bool {
+        self.claim_slot().is_some()
     }
 
     /// The claim source it speaks for (each keeps its latest word), or
@@ -204,7 +227,14 @@ pub fn fuse(
             Some((ts, v, sig))
         })
         .collect();
-    let first = walk(wire, &points, n);
+    fuse_points(wire, &points, n)
+}
+
+/// [`fuse`] with the claims already read as points (ts, count or [`ALL`],
+/// signal): what `swarmtap merge` feeds from `peer_progress` rows, whose
+/// claim rows carry the count the claim said.
+pub fn fuse_points(wire: &[(i64, u32, Signal)], points: &[(i64, u32, Signal)], n: Option<u64>) -> Fused {
+    let first = walk(wire, points, n);
     if first.voided.is_empty() {
         return first.fused;
     }
@@ -320,17 +350,74 @@ fn walk(wire: &[(i64, u32, Signal)], points: &[(i64, u32, Signal)], n: Option<u6
     Walk { fused: out, voided }
 }
 
+/// Completion from a history with the final piece count: the first time
+/// at or above `threshold` × n, and whether the peer had been below it for
+/// at least MIN_BELOW_US before (a confirmed download).
+pub fn completion(history: &[(i64, u32)], n: Option<u64>, threshold: f64) -> (Option<i64>, bool) {
+    let Some(n) = n.filter(|&n| n > 0) else {
+        return (None, false);
+    };
+    let need = threshold * n as f64;
+    let mut below_since: Option<i64> = None;
+    for &(ts, c) in history {
+        let have = if c == ALL { n } else { u64::from(c) };
+        if (have as f64) < need {
+            below_since.get_or_insert(ts);
+        } else {
+            let confirmed = below_since.is_some_and(|b| ts - b >= MIN_BELOW_US);
+            return (Some(ts), confirmed);
+        }
+    }
+    (None, false)
+}
+
+/// The `peers` progress columns of a fused history: first_pieces,
+/// last_pieces, completed_ts, confirmed_download, completion_source.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub first_pieces: Option<u64>,
+    pub last_pieces: Option<u64>,
+    pub completed_ts: Option<i64>,
+    pub confirmed: bool,
+    pub source: Option<&'static str>,
+}
+
+/// [`Progress`] of `fused` with the torrent's piece count `n`.
+pub fn progress(fused: &Fused, n: Option<u64>, threshold: f64) -> Progress {
+    let points: Vec<(i64, u32)> = fused.history.iter().map(|h| (h.0, h.1)).collect();
+    let (completed_ts, confirmed) = completion(&points, n, threshold);
+    let at = |c: u32| if c == ALL { n } else { Some(u64::from(c)) };
+    // The signal that decided: the one that first showed the crossing,
+    // else the one behind the last count.
+    let source = match completed_ts {
+        Some(ts) => fused
+            .history
+            .iter()
+            .filter(|h| h.0 == ts)
+            .max_by_key(|h| at(h.1))
+            .map(|h| h.2.name()),
+        None => fused.history.last().map(|h| h.2.name()),
+    };
+    Progress {
+        first_pieces: fused.history.first().and_then(|h| at(h.1)),
+        last_pieces: fused.history.last().and_then(|h| at(h.1)),
+        completed_ts,
+        confirmed,
+        source,
+    }
+}
+
 /// A set of piece indices, grown as indices arrive (bounded by max_pieces).
 #[derive(Debug, Clone, Default)]
-struct PieceSet {
+pub struct PieceSet {
     words: Vec<u64>,
     count: u64,
     /// have_all: every piece, whatever the count turns out to be.
-    all: bool,
+    pub all: bool,
 }
 
 impl PieceSet {
-    fn set(&mut self, i: u32) -> bool {
+    pub fn set(&mut self, i: u32) -> bool {
         let w = (i / 64) as usize;
         if w >= self.words.len() {
             self.words.resize(w + 1, 0);
@@ -345,7 +432,7 @@ impl PieceSet {
         }
     }
 
-    fn clear(&mut self, i: u32) -> bool {
+    pub fn clear(&mut self, i: u32) -> bool {
         let w = (i / 64) as usize;
         let bit = 1u64 << (i % 64);
         match self.words.get_mut(w) {
@@ -359,7 +446,7 @@ impl PieceSet {
     }
 
     /// Union with a bitfield (MSB of byte 0 is piece 0).
-    fn union_bitfield(&mut self, bits: &[u8]) {
+    pub fn union_bitfield(&mut self, bits: &[u8]) {
         for (i, &b) in bits.iter().enumerate() {
             if b == 0 {
                 continue;
@@ -394,7 +481,7 @@ impl PieceSet {
     }
 
     /// History value: the count, or ALL for have_all.
-    fn point(&self) -> u32 {
+    pub fn point(&self) -> u32 {
         if self.all {
             ALL
         } else {
@@ -1106,6 +1193,14 @@ impl Swarm {
         p.first_ts = p.first_ts.min(ts);
         p.last_ts = p.last_ts.max(ts);
         p.listen |= is_listen;
+        let piece_idx = match &ev.kind {
+            SwarmEventKind::Have(i) | SwarmEventKind::DontHave(i) => Some(*i),
+            _ => None,
+        };
+        let bitfield_hex = match &ev.kind {
+            SwarmEventKind::Bitfield(b) => Some(hex(b)),
+            _ => None,
+        };
         let cause: Option<Signal> = match ev.kind {
             SwarmEventKind::Learned { source } => {
                 p.sources |= source.bit();
@@ -1215,6 +1310,8 @@ impl Swarm {
                         n_pieces_have: have,
                         n_pieces: n_exact,
                         cause: sig.name(),
+                        piece: None,
+                        bitfield: None,
                     });
                 }
                 None
@@ -1254,28 +1351,9 @@ impl Swarm {
             n_pieces_have: p.pieces.have(n),
             n_pieces: n_exact,
             cause: cause.name(),
+            piece: piece_idx,
+            bitfield: bitfield_hex,
         });
-    }
-
-    /// Completion from a history with the final piece count: the first time
-    /// at or above the threshold, and whether the peer had been below it for
-    /// at least MIN_BELOW_US before.
-    fn completion(&self, history: &[(i64, u32)], n: Option<u64>) -> (Option<i64>, bool) {
-        let Some(n) = n.filter(|&n| n > 0) else {
-            return (None, false);
-        };
-        let need = self.threshold * n as f64;
-        let mut below_since: Option<i64> = None;
-        for &(ts, c) in history {
-            let have = if c == ALL { n } else { u64::from(c) };
-            if (have as f64) < need {
-                below_since.get_or_insert(ts);
-            } else {
-                let confirmed = below_since.is_some_and(|b| ts - b >= MIN_BELOW_US);
-                return (Some(ts), confirmed);
-            }
-        }
-        (None, false)
     }
 
     /// The end of one capture that the next does not continue: mid-stream
@@ -1318,20 +1396,13 @@ impl Swarm {
             let shape = t.and_then(|t| t.meta.as_ref()).map(|m| (m.piece_length, m.total_bytes));
             p.flush_rate();
             let fused = fuse(&p.history, &p.claims, n, shape);
-            let points: Vec<(i64, u32)> = fused.history.iter().map(|h| (h.0, h.1)).collect();
-            let (completed_ts, confirmed) = self.completion(&points, n);
-            let at = |c: u32| if c == ALL { n } else { Some(u64::from(c)) };
-            // The signal that decided: the one that first showed the
-            // crossing, else the one behind the last count.
-            let completion_source = match completed_ts {
-                Some(ts) => fused
-                    .history
-                    .iter()
-                    .filter(|h| h.0 == ts)
-                    .max_by_key(|h| at(h.1))
-                    .map(|h| h.2.name()),
-                None => fused.history.last().map(|h| h.2.name()),
-            };
+            let Progress {
+                first_pieces,
+                last_pieces,
+                completed_ts,
+                confirmed,
+                source: completion_source,
+            } = progress(&fused, n, self.threshold);
             for (kind, detail, ts) in fused.conflicts {
                 rows.anomalies.push(AnomalyRow {
                     ts: Some(Ts(ts)),
@@ -1357,8 +1428,8 @@ impl Swarm {
                 client: p.client,
                 first_ts: Ts(p.first_ts),
                 last_ts: Ts(p.last_ts),
-                first_pieces: fused.history.first().and_then(|h| at(h.1)),
-                last_pieces: fused.history.last().and_then(|h| at(h.1)),
+                first_pieces,
+                last_pieces,
                 n_pieces: n,
                 completion_source,
                 completed_ts: completed_ts.map(Ts),
@@ -1620,12 +1691,12 @@ mod tests {
     fn a_torrent_of_no_pieces_has_no_completion() {
         let s = Swarm::new(Limits::default(), 0.98, 5);
         let history = [(1_000_000, 0), (3_000_000, 0)];
-        assert_eq!(s.completion(&history, Some(0)), (None, false));
-        assert_eq!(s.completion(&history, None), (None, false));
+        assert_eq!(completion(&history, Some(0), s.threshold), (None, false));
+        assert_eq!(completion(&history, None, s.threshold), (None, false));
         // The same history with one piece of one: complete at its first
         // point at or above the threshold, after 2 s below.
         assert_eq!(
-            s.completion(&[(1_000_000, 0), (3_000_000, 1)], Some(1)),
+            completion(&[(1_000_000, 0), (3_000_000, 1)], Some(1), s.threshold),
             (Some(3_000_000), true)
         );
     }

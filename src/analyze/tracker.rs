@@ -67,7 +67,7 @@ pub enum MarkEvent {
 }
 
 impl MarkEvent {
-    fn from_text(e: Option<&str>) -> Self {
+    pub fn from_text(e: Option<&str>) -> Self {
         match e {
             None | Some("") => MarkEvent::None,
             Some("started") => MarkEvent::Started,

@@ -1190,6 +1190,8 @@ impl Probe {
                         n_pieces_have: Some(h),
                         n_pieces: t.n_pieces.map(u64::from),
                         cause,
+                        piece: None,
+                        bitfield: None,
                     });
                 }
                 pex.extend(a.pex.iter().map(|&x| (x, a.pex_utp.contains(&x))));

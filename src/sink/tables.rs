@@ -100,6 +100,23 @@ macro_rules! tables {
             $( f(<$row as Row>::TABLE, <$row as Row>::DOC, <$row as Row>::columns()); )*
         }
 
+        /// Writes `df` as `table`'s Parquet file `path` with the table's
+        /// schema ([`super::writer::write_frame`]); false for an unknown table.
+        pub fn write_table_frame(table: &str, path: &std::path::Path, df: &DataFrame) -> PolarsResult<bool> {
+            match table {
+                $( stringify!($table) => super::writer::write_frame::<$row>(path, df).map(|()| true), )*
+                _ => Ok(false),
+            }
+        }
+
+        /// The Parquet schema of `table` (its columns, `sensor` last).
+        pub fn table_schema(table: &str) -> Option<Schema> {
+            match table {
+                $( stringify!($table) => Some(<$row as Row>::schema()), )*
+                _ => None,
+            }
+        }
+
         /// Per-table writers, generated alongside the tables.
         pub struct TableWriters<W: super::writer::TableSink> { $( pub $table: W::For<$row> ),* }
 
@@ -244,6 +261,8 @@ tables! {
         n_pieces_have: Option<u64> = "Pieces the peer has now (null for have_all while the piece count is unknown).",
         n_pieces: Option<u64> = "Pieces in the torrent when known exactly (.torrent or metadata), else null.",
         cause: &'static str = "Signal, as peers.completion_source: bitfield, have, have_all, have_none, dont_have (the peer's own messages; a row when its piece set changed), tracker_left, tracker_completed, upload_only, pex_seed, dht_seed (claims; a row when that source's word changed, n_pieces_have being what it says). The probe adds no_bitfield.",
+        piece: Option<u32> = "Piece index of a have or dont_have row (null for other causes): `swarmtap merge` uses it to tell a piece a later time piece sees announced again (clients send `have` to each peer a little apart) from a new one.",
+        bitfield: Option<String> = "The bitfield a bitfield row received, as sent (hex; null for other causes): with `piece`, `swarmtap merge` rebuilds the peer's piece set across time pieces exactly as one run does.",
     }
 
     /// One row per (info_hash, peer_ip, peer_port).

@@ -161,6 +161,13 @@ fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
             .into_column();
         df.with_column(c)?;
     }
+    write_df(t, &mut df)?;
+    t.buf.clear();
+    Ok(())
+}
+
+/// Writes `df` (every column of the file, in its order) as row groups.
+fn write_df<R: Row>(t: &mut TableFile<R>, df: &mut DataFrame) -> PolarsResult<()> {
     df.rechunk_mut();
     for batch in df.iter_chunks(CompatLevel::oldest(), false) {
         let n = batch.height() as u64;
@@ -186,7 +193,45 @@ fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
         }
         t.writer.write(n, DynIter::new(columns.into_iter()))?;
     }
-    t.buf.clear();
+    Ok(())
+}
+
+/// Rows per row group when a whole frame is written ([`write_frame`]).
+const FRAME_GROUP_ROWS: usize = 64 * 1024;
+
+/// Writes `df` as table `R`'s Parquet file `path` (through `.<name>.tmp`
+/// beside it, renamed when complete), with the same Arrow schema as the
+/// pipeline's files: `df` holds the table's columns, `sensor` included
+/// (`swarmtap merge` writes rows that keep their sensors); columns are
+/// taken in the table's order and cast to its types, and a column `df`
+/// lacks is written as nulls.
+pub fn write_frame<R: Row>(path: &Path, df: &DataFrame) -> PolarsResult<()> {
+    let schema = R::schema();
+    let h = df.height();
+    let mut cols = Vec::with_capacity(schema.len());
+    for (name, dtype) in schema.iter() {
+        let c = match df.column(name.as_str()) {
+            Ok(c) if c.dtype() == dtype => c.clone(),
+            Ok(c) => c.cast(dtype)?,
+            Err(_) => Column::full_null(name.clone(), h, dtype),
+        };
+        cols.push(c);
+    }
+    let out = DataFrame::new(h, cols)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    set_current_table(R::TABLE);
+    let mut t = TableFile::<R>::create(tmp, path.to_path_buf(), &schema, None, Arc::from(""))?;
+    for off in (0..h).step_by(FRAME_GROUP_ROWS) {
+        let mut part = out.slice(off as i64, FRAME_GROUP_ROWS.min(h - off));
+        write_df(&mut t, &mut part)?;
+    }
+    drop(out);
+    let (tmp, last) = t.close()?;
+    std::fs::rename(tmp, last)?;
     Ok(())
 }
 

@@ -28,6 +28,7 @@ mod geo;
 mod hostile;
 mod ident;
 mod live;
+mod merge;
 mod metadata;
 mod output;
 mod probe;

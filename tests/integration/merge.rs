@@ -1,0 +1,732 @@
+//! Issue 19: `swarmtap merge` (docs/MERGE.md). A capture cut into 2, 3 and
+//! 7 time pieces, each piece analysed alone, then merged, against one run
+//! over the whole capture; the same capture seen by two sensors; and two
+//! sensors that each saw half of the hosts. Every difference a merge cannot
+//! avoid is named here with its bound (docs/MERGE.md, "Known differences").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use polars::prelude::*;
+use swarmtap::config::Settings;
+use swarmtap::merge::{merge, MergeOptions, MergeSummary};
+
+use super::*;
+
+/// Known difference 3: how much later than the whole run's a merged
+/// crossing may be (the crossing message lost at a cut; the next evidence
+/// of the peer's progress comes on another connection or from a claim).
+const CROSSING_RESOLUTION_US: i64 = 1_000_000;
+
+/// Cuts `input` into `n` pieces of equal duration by frame time (pcap
+/// files, link type and snaplen kept); returns the files and the cut times
+/// (µs: a frame at or after cut k is in piece k + 1).
+fn cut(input: &Path, n: usize, dir: &Path) -> (Vec<PathBuf>, Vec<i64>) {
+    let us = |h: &pcap::PacketHeader| h.ts.tv_sec * 1_000_000 + h.ts.tv_usec;
+    let mut cap = pcap::Capture::from_file(input).expect("open capture");
+    let (mut t0, mut t1) = (i64::MAX, i64::MIN);
+    while let Ok(p) = cap.next_packet() {
+        t0 = t0.min(us(p.header));
+        t1 = t1.max(us(p.header));
+    }
+    let cuts: Vec<i64> = (1..n).map(|k| t0 + (t1 - t0) * k as i64 / n as i64).collect();
+    let mut cap = pcap::Capture::from_file(input).expect("open capture");
+    let files: Vec<PathBuf> = (0..n).map(|k| dir.join(format!("piece-{k}.pcap"))).collect();
+    let mut saves: Vec<pcap::Savefile> = files.iter().map(|f| cap.savefile(f).expect("savefile")).collect();
+    while let Ok(p) = cap.next_packet() {
+        let k = cuts.iter().filter(|&&c| us(p.header) >= c).count();
+        saves[k].write(&p);
+    }
+    for s in &mut saves {
+        s.flush().expect("flush");
+    }
+    (files, cuts)
+}
+
+fn settings(sensor: &str) -> Settings {
+    Settings {
+        sensor: Some(sensor.to_string()),
+        ..Settings::default()
+    }
+}
+
+fn merged(inputs: &[&Path]) -> (tempfile::TempDir, PathBuf, MergeSummary) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("merged");
+    let s = merge(&MergeOptions::new(
+        inputs.iter().map(|p| p.to_path_buf()).collect(),
+        out.clone(),
+    ))
+    .expect("merge");
+    (tmp, out, s)
+}
+
+fn read(dir: &Path, t: &str) -> DataFrame {
+    let p = dir.join(format!("{t}.parquet"));
+    ParquetReader::new(File::open(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+        .finish()
+        .expect("parquet")
+}
+
+fn i64s(df: &DataFrame, c: &str) -> Vec<Option<i64>> {
+    df.column(c)
+        .expect(c)
+        .cast(&DataType::Int64)
+        .expect("cast")
+        .i64()
+        .expect("i64")
+        .iter()
+        .collect()
+}
+
+fn lists(df: &DataFrame, c: &str) -> Vec<Vec<String>> {
+    let l = df.column(c).expect(c).list().expect("list").clone();
+    (0..l.len())
+        .map(|i| {
+            l.get_as_series(i)
+                .map(|s| s.str().expect("str").iter().flatten().map(str::to_string).collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+fn id_lists(df: &DataFrame, c: &str) -> Vec<Vec<i64>> {
+    let l = df.column(c).expect(c).list().expect("list").clone();
+    (0..l.len())
+        .map(|i| {
+            l.get_as_series(i)
+                .map(|s| s.i64().expect("i64").iter().flatten().collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// One connection of a dataset, keyed by community_id and first packet.
+#[derive(Debug, Clone)]
+struct Conn {
+    last_ts: i64,
+    orig: String,
+    ips: [String; 2],
+    piece: [i64; 2],
+    unframed: i64,
+    gap: i64,
+}
+
+/// (community_id, first_ts): a connection's key across datasets.
+type ConnKey = (String, i64);
+
+fn connections(dir: &Path) -> (BTreeMap<ConnKey, Conn>, HashMap<i64, ConnKey>) {
+    let c = read(dir, "connections");
+    let cid = strs(&c, "community_id");
+    let (f, l) = (i64s(&c, "first_ts"), i64s(&c, "last_ts"));
+    let (oip, op) = (strs(&c, "orig_ip"), i64s(&c, "orig_port"));
+    let rip = strs(&c, "resp_ip");
+    let (po, pr) = (i64s(&c, "piece_bytes_orig"), i64s(&c, "piece_bytes_resp"));
+    let id = i64s(&c, "conn_id");
+    let unframed = i64s(&c, "unframed_bytes");
+    let gap = i64s(&c, "gap_bytes");
+    let mut m = BTreeMap::new();
+    let mut by_id = HashMap::new();
+    for i in 0..c.height() {
+        let k = (cid[i].clone().unwrap_or_default(), f[i].unwrap_or(0));
+        by_id.insert(id[i].unwrap_or(0), k.clone());
+        m.insert(
+            k,
+            Conn {
+                last_ts: l[i].unwrap_or(0),
+                orig: format!("{}:{}", oip[i].clone().unwrap_or_default(), op[i].unwrap_or(0)),
+                ips: [oip[i].clone().unwrap_or_default(), rip[i].clone().unwrap_or_default()],
+                piece: [po[i].unwrap_or(0), pr[i].unwrap_or(0)],
+                unframed: unframed[i].unwrap_or(0),
+                gap: gap[i].unwrap_or(0),
+            },
+        );
+    }
+    (m, by_id)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Peer {
+    confirmed: bool,
+    completed_ts: Option<i64>,
+    up: i64,
+    down: i64,
+    conns: Vec<(String, i64)>,
+}
+
+fn peers(dir: &Path) -> BTreeMap<(String, String, i64), Peer> {
+    let (_, by_id) = connections(dir);
+    let p = read(dir, "peers");
+    let (ih, ip, port) = (strs(&p, "info_hash"), strs(&p, "peer_ip"), i64s(&p, "peer_port"));
+    let conf = bools(&p, "confirmed_download");
+    let ct = i64s(&p, "completed_ts");
+    let (up, down) = (i64s(&p, "uploaded_bytes"), i64s(&p, "downloaded_bytes"));
+    let ids = id_lists(&p, "conn_ids");
+    (0..p.height())
+        .map(|i| {
+            (
+                (
+                    ih[i].clone().unwrap_or_default(),
+                    ip[i].clone().unwrap_or_default(),
+                    port[i].unwrap_or(0),
+                ),
+                Peer {
+                    confirmed: conf[i].unwrap_or(false),
+                    completed_ts: ct[i],
+                    up: up[i].unwrap_or(0),
+                    down: down[i].unwrap_or(0),
+                    conns: ids[i].iter().filter_map(|id| by_id.get(id).cloned()).collect(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn audit_flags(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let a = read(dir, "announce_audit");
+    let key: Vec<String> = (0..a.height())
+        .map(|i| {
+            [
+                "tracker_ip",
+                "tracker_port",
+                "transport",
+                "info_hash",
+                "client_ip",
+                "peer_id",
+            ]
+            .iter()
+            .map(|c| format!("{}", a.column(c).expect(c).get(i).expect("row")))
+            .collect::<Vec<_>>()
+            .join("|")
+        })
+        .collect();
+    key.into_iter().zip(lists(&a, "flags")).collect()
+}
+
+fn torrent_counts(dir: &Path) -> BTreeMap<String, (i64, i64)> {
+    let t = read(dir, "torrents");
+    let ih = strs(&t, "info_hash");
+    let (n, c) = (i64s(&t, "n_peers"), i64s(&t, "n_confirmed_downloads"));
+    (0..t.height())
+        .map(|i| {
+            (
+                ih[i].clone().unwrap_or_default(),
+                (n[i].unwrap_or(0), c[i].unwrap_or(0)),
+            )
+        })
+        .collect()
+}
+
+/// Cuts inside (first, last] of a connection: the cuts it straddles.
+fn straddled(cuts: &[i64], first: i64, last: i64) -> i64 {
+    cuts.iter().filter(|&&c| first < c && c <= last).count() as i64
+}
+
+/// What a comparison found: the differences each known difference
+/// explains, counted, for the test's output.
+#[derive(Debug, Default)]
+struct Found {
+    /// Connections whose piece bytes differ (known difference 1), and the
+    /// largest difference in blocks per straddled cut.
+    conn_bytes_short: usize,
+    /// Crossing times that differ, and the largest difference (µs).
+    crossings_moved: usize,
+    max_crossing_us: i64,
+    /// Confirmed downloads whose crossing message was lost at a cut.
+    crossings_lost: usize,
+    /// Connections no piece held enough of to recognise, or uTP
+    /// connections picked up again by a later piece.
+    conns_unrecognised: usize,
+    peers_bytes_short: usize,
+    connections: usize,
+    peers: usize,
+    confirmed: usize,
+    audit_series: usize,
+}
+
+/// merge(pieces) against whole: the assertions of the issue's "Done when".
+/// Per community_id: payload bytes of the pieces where its flow carried no
+/// recognised connection (known difference 9: a connection's part in a
+/// piece too short to be recognised mid-stream, fewer than 3 messages
+/// framed each way, writes a flow and no connection row).
+fn unrecognised_parts(pieces: &[&Path]) -> HashMap<String, i64> {
+    let mut m = HashMap::new();
+    for d in pieces {
+        let conns: BTreeSet<Option<String>> = strs(&read(d, "connections"), "community_id").into_iter().collect();
+        let f = read(d, "flows");
+        let cid = strs(&f, "community_id");
+        let (a, b) = (i64s(&f, "payload_bytes_orig"), i64s(&f, "payload_bytes_resp"));
+        for i in 0..f.height() {
+            if !conns.contains(&cid[i]) {
+                *m.entry(cid[i].clone().unwrap_or_default()).or_default() += a[i].unwrap_or(0) + b[i].unwrap_or(0);
+            }
+        }
+    }
+    m
+}
+
+fn compare(whole: &Path, merged: &Path, pieces: &[&Path], cuts: &[i64], label: &str) -> Found {
+    let unrecognised = unrecognised_parts(pieces);
+    // Retransmitted bytes of each flow (merged): a lost segment next to a
+    // cut is repaired only in the next piece, after the pick-up.
+    let fl = read(merged, "flows");
+    let retrans: HashMap<String, i64> = strs(&fl, "community_id")
+        .into_iter()
+        .zip(i64s(&fl, "retrans_bytes"))
+        .map(|(c, r)| (c.unwrap_or_default(), r.unwrap_or(0)))
+        .collect();
+    let mut f = Found::default();
+    // Connections: the same set, piece bytes per connection equal, or short
+    // by at most one message per direction per straddled cut.
+    let (wc, _) = connections(whole);
+    let (mc, _) = connections(merged);
+    let wk: BTreeSet<_> = wc.keys().collect();
+    let mk: BTreeSet<_> = mc.keys().collect();
+    // Known difference 9, whole: a connection no piece held enough of to
+    // recognise (every piece's part of it is a flow without a connection).
+    // Known difference 11: a uTP connection open at a cut is picked up
+    // again by the next piece as another connection (uTP connections share
+    // their UDP flow's community_id, so the merge does not join them): the
+    // whole run's row is there as the later piece's rows, started later.
+    let mut split_utp: BTreeSet<&(String, i64)> = BTreeSet::new();
+    let missing: Vec<_> = wk.difference(&mk).copied().collect();
+    for k in &missing {
+        let later: Vec<_> = mk
+            .iter()
+            .filter(|m| m.0 == k.0 && m.1 > k.1 && m.1 <= wc[*k].last_ts && !wk.contains(*m))
+            .copied()
+            .collect();
+        assert!(
+            unrecognised.contains_key(&k.0) || !later.is_empty(),
+            "{label}: connection {k:?} of the whole run is not in the merge"
+        );
+        split_utp.extend(later);
+    }
+    f.conns_unrecognised = missing.len();
+    let extra: Vec<_> = mk.difference(&wk).filter(|m| !split_utp.contains(*m)).collect();
+    assert!(extra.is_empty(), "{label}: connections only in the merge: {extra:?}");
+    f.connections = wc.len();
+    // Known differences 1 and 9: the piece bytes a later piece passed over
+    // while finding the message boundaries of a connection it picked up
+    // mid-stream (counted in its unframed_bytes; with capture gaps or
+    // retransmissions next to the cut, at most the connection's gap and
+    // retransmitted bytes more), or carried on a
+    // part of the connection too short to be recognised, are missing, and
+    // only those.
+    let mut lost: HashMap<(String, i64), i64> = HashMap::new();
+    for (k, w) in &wc {
+        let Some(m) = mc.get(k) else { continue };
+        assert_eq!(w.orig, m.orig, "{label}: {k:?}: orientation");
+        let s = straddled(cuts, k.1, w.last_ts);
+        // A lossy connection (capture gaps) may have lost a block's
+        // framing next to the cut as well: its gap bytes bound that.
+        let gaps = if s > 0 {
+            m.gap + retrans.get(&k.0).copied().unwrap_or(0)
+        } else {
+            0
+        };
+        let passed_over = (m.unframed - w.unframed).max(0) + unrecognised.get(&k.0).copied().unwrap_or(0) + gaps;
+        let short = [w.piece[0] - m.piece[0], w.piece[1] - m.piece[1]];
+        assert!(
+            short.iter().all(|&d| d >= 0) && short[0] + short[1] <= passed_over,
+            "{label}: connection {k:?}: piece bytes whole {:?} merged {:?}, {passed_over} bytes passed over at {s} cuts",
+            w.piece,
+            m.piece
+        );
+        if s == 0 {
+            assert_eq!(
+                (w.piece, w.unframed),
+                (m.piece, m.unframed),
+                "{label}: {k:?} is inside one piece: bytes exact"
+            );
+        }
+        f.conn_bytes_short += short.iter().filter(|&&d| d != 0).count();
+        lost.insert(k.clone(), passed_over);
+    }
+    // Peers: the same set, the same confirmed downloads, crossing times
+    // within the resolution, bytes equal or short by the connections'
+    // bound.
+    // What the whole run saw of each address, and when: its messages, its
+    // progress rows, its announces, PEX about it.
+    let mut evidence: BTreeSet<(String, i64)> = BTreeSet::new();
+    for (t, ipc) in [
+        ("peer_messages", "src_ip"),
+        ("peer_progress", "peer_ip"),
+        ("tracker_announces", "client_ip"),
+        ("pex_peers", "peer_ip"),
+    ] {
+        let d = read(whole, t);
+        evidence.extend(
+            strs(&d, ipc)
+                .into_iter()
+                .zip(i64s(&d, "ts"))
+                .map(|(ip, t)| (ip.unwrap_or_default(), t.unwrap_or(0))),
+        );
+    }
+    let wp = peers(whole);
+    let mp = peers(merged);
+    let wk: BTreeSet<_> = wp.keys().collect();
+    let mk: BTreeSet<_> = mp.keys().collect();
+    assert_eq!(
+        wk,
+        mk,
+        "{label}: peers differ: only whole {:?}, only merged {:?}",
+        wk.difference(&mk).collect::<Vec<_>>(),
+        mk.difference(&wk).collect::<Vec<_>>()
+    );
+    f.peers = wp.len();
+    // The merged progress rows, to tell a crossing lost at a cut.
+    let mprog = read(merged, "peer_progress");
+    let mrows: BTreeSet<(String, i64)> = strs(&mprog, "peer_ip")
+        .into_iter()
+        .zip(i64s(&mprog, "ts"))
+        .map(|(ip, t)| (ip.unwrap_or_default(), t.unwrap_or(0)))
+        .collect();
+    let mut lost_per_torrent: BTreeMap<String, i64> = BTreeMap::new();
+    for (k, w) in &wp {
+        let m = &mp[k];
+        f.confirmed += usize::from(w.confirmed);
+        if w.confirmed != m.confirmed {
+            // Known difference 10: the message that crossed (the last
+            // `have`) was in the bytes a piece passed over at a cut, and
+            // nothing later showed the peer complete: the merged data has no
+            // progress row of the peer at the whole run's crossing.
+            let t = w.completed_ts.expect("a confirmed download has its crossing");
+            assert!(
+                w.confirmed && !m.confirmed && m.completed_ts.is_none() && !mrows.contains(&(k.1.clone(), t)),
+                "{label}: {k:?} confirmed_download whole {} merged {}",
+                w.confirmed,
+                m.confirmed
+            );
+            f.crossings_lost += 1;
+            *lost_per_torrent.entry(k.0.clone()).or_default() += 1;
+            continue;
+        }
+        match (w.completed_ts, m.completed_ts) {
+            (Some(a), Some(b)) => {
+                // Never earlier (a merge invents no evidence); later only to
+                // the next evidence: within the resolution, or at a message
+                // of that peer the whole run saw too.
+                let d = b - a;
+                assert!(
+                    d == 0 || (d > 0 && (d <= CROSSING_RESOLUTION_US || evidence.contains(&(k.1.clone(), b)))),
+                    "{label}: {k:?} completed_ts whole {a} merged {b}"
+                );
+                if d != 0 {
+                    f.crossings_moved += 1;
+                    f.max_crossing_us = f.max_crossing_us.max(d);
+                }
+            }
+            (a, b) => assert_eq!(a, b, "{label}: {k:?} completed_ts"),
+        }
+        // The bytes lost on every connection of the peer's address (the
+        // analysis also credits a peer with connections its row does not
+        // list: an ephemeral end merged into its listen endpoint).
+        let bound: i64 = wc
+            .iter()
+            .filter(|(_, c)| c.ips.contains(&k.1))
+            .filter_map(|(ck, _)| lost.get(ck))
+            .sum();
+        for (a, b, what) in [(w.up, m.up, "uploaded"), (w.down, m.down, "downloaded")] {
+            assert!(
+                (0..=bound).contains(&(a - b)),
+                "{label}: {k:?} {what}_bytes whole {a} merged {b} (bound {bound})"
+            );
+        }
+        if (w.up, w.down) != (m.up, m.down) {
+            f.peers_bytes_short += 1;
+        }
+    }
+    // Torrents: the same, with the same peer and download counts.
+    let mut want = torrent_counts(whole);
+    for (h, n) in &lost_per_torrent {
+        if let Some(c) = want.get_mut(h) {
+            c.1 -= n;
+        }
+    }
+    assert_eq!(want, torrent_counts(merged), "{label}: torrents");
+    // Audit flags per series.
+    let wa = audit_flags(whole);
+    assert_eq!(wa, audit_flags(merged), "{label}: announce_audit flags");
+    f.audit_series = wa.len();
+    f
+}
+
+fn sample_torrents() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps"))
+        .expect("sample-pcaps")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "torrent"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whole vs 2, 3, 7 pieces of `input`; returns one line per cut.
+fn pieces_merge_to_whole(input: &Path, torrents: &[PathBuf]) -> Vec<String> {
+    let name = input.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let whole = run_with(&[input.to_path_buf()], torrents, settings("a"), None);
+    let mut lines = Vec::new();
+    for n in [2usize, 3, 7] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (files, cuts) = cut(input, n, tmp.path());
+        let runs: Vec<Run> = files
+            .iter()
+            .map(|f| run_with(std::slice::from_ref(f), torrents, settings("a"), None))
+            .collect();
+        let dirs: Vec<&Path> = runs.iter().map(|r| r.dir.as_path()).collect();
+        let (_t, out, s) = merged(&dirs);
+        let label = format!("{name} in {n}");
+        let f = compare(&whole.dir, &out, &dirs, &cuts, &label);
+        lines.push(format!(
+            "{label}: {} connections ({} rows joined back), {} peers, {} confirmed, {} audit series equal; \
+             known differences: piece bytes short at a cut on {} connection directions, {} peers; \
+             {} crossings moved (max {} us), {} crossings lost at a cut, {} connections unrecognised in every piece or uTP picked up again",
+            f.connections,
+            s.joined_connections,
+            f.peers,
+            f.confirmed,
+            f.audit_series,
+            f.conn_bytes_short,
+            f.peers_bytes_short,
+            f.crossings_moved,
+            f.max_crossing_us,
+            f.crossings_lost,
+            f.conns_unrecognised
+        ));
+    }
+    lines
+}
+
+#[test]
+fn merge_of_time_pieces_equals_the_whole_run_on_the_samples() {
+    let torrents = sample_torrents();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps");
+    let mut caps: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("sample-pcaps")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pcap"))
+        .collect();
+    caps.sort();
+    assert_eq!(caps.len(), 11);
+    let mut failed = BTreeSet::new();
+    for c in &caps {
+        let name = c.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        match std::panic::catch_unwind(|| pieces_merge_to_whole(c, &torrents)) {
+            Ok(lines) => lines.iter().for_each(|l| eprintln!("{l}")),
+            Err(_) => {
+                eprintln!("{name}: not equal (see the panic above)");
+                failed.insert(name);
+            }
+        }
+    }
+    let failed: BTreeSet<&str> = failed.iter().map(String::as_str).collect();
+    let not_yet: BTreeSet<&str> = SAMPLES_NOT_YET.iter().copied().collect();
+    assert_eq!(failed, not_yet, "samples whose merge is not equal to the whole run");
+}
+
+/// Samples not yet equal: midstream.pcap (in 7 pieces: the ephemeral-port
+/// peer of NOT_YET); two.pcap (a hybrid torrent: analyze joins the v1 and
+/// truncated v2 hashes through the --torrents metainfo, which the merge
+/// does not read: peers stay under both hashes); utp.pcap (uTP connections
+/// open at a cut are picked up again as new connections and not joined,
+/// known difference 11, and their peers' rows follow).
+const SAMPLES_NOT_YET: &[&str] = &["midstream.pcap", "two.pcap", "utp.pcap"];
+
+#[test]
+fn merge_of_time_pieces_equals_the_whole_run_on_the_public_corpus() {
+    let Some(corpus) = corpus() else { return };
+    let cm = corpus.join("tcoppi__BittorrentReconstituter");
+    let cases: Vec<(PathBuf, Vec<PathBuf>)> = vec![
+        (
+            corpus.join("goncalo-rodrigues__360BitScoping/small_torrent.pcap"),
+            vec![],
+        ),
+        (corpus.join("ntop__nDPI/bittorrent.pcap"), vec![]),
+        (corpus.join("ntop__nDPI/bittorrent_transmission.pcapng"), vec![]),
+        (corpus.join("camp0__incc/torrent-dht.pcap"), vec![]),
+        (
+            cm.join("codemonkey_and_testtxt.pcap"),
+            vec![cm.join("Code Monkey.mp3.torrent")],
+        ),
+        (cm.join("lookaway.pcap"), vec![cm.join("lookaway.mp3.torrent")]),
+        (corpus.join("terezaburianova__VUT-PDS/small.pcap"), vec![]),
+    ];
+    // Not yet equal, named (see docs/MERGE.md, "Not yet handled"): the
+    // test fails if one of these starts to pass (remove it then) or any
+    // other case fails.
+    let not_yet: BTreeSet<&str> = NOT_YET.iter().copied().collect();
+    let mut failed = BTreeSet::new();
+    for (c, t) in &cases {
+        let name = c.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        match std::panic::catch_unwind(|| pieces_merge_to_whole(c, t)) {
+            Ok(lines) => lines.iter().for_each(|l| eprintln!("{l}")),
+            Err(_) => {
+                eprintln!("{name}: not equal (see the panic above)");
+                failed.insert(name);
+            }
+        }
+    }
+    let failed: BTreeSet<&str> = failed.iter().map(String::as_str).collect();
+    assert_eq!(
+        failed, not_yet,
+        "corpus captures whose merge is not equal to the whole run"
+    );
+}
+
+/// Captures whose merged pieces are not yet equal to the whole run, all for
+/// one reason: a peer the whole run knows by its listen port, which a piece
+/// meets only as the originator of connections from source ports (no BEP 10
+/// `p` in that piece), stays a peer per source port when more than one
+/// listen candidate or no matching peer id ties it (bittorrent.pcap: the
+/// local client on 40959; bittorrent_transmission.pcapng: 192.168.1.128;
+/// small.pcap likewise). The analysis ties them with state the piece's rows
+/// do not carry.
+const NOT_YET: &[&str] = &["bittorrent.pcap", "bittorrent_transmission.pcapng", "small.pcap"];
+
+/// Every table's rows, as text, without `sensor` (and the columns listed).
+fn rows_of(dir: &Path, t: &str, skip: &[&str]) -> Vec<String> {
+    let df = read(dir, t);
+    let cols: Vec<String> = df
+        .get_column_names()
+        .iter()
+        .map(|c| c.to_string())
+        .filter(|c| c != "sensor" && !skip.contains(&c.as_str()))
+        .collect();
+    let df = df.select(cols).expect("select");
+    let mut v: Vec<String> = (0..df.height())
+        .map(|i| {
+            df.columns()
+                .iter()
+                .map(|c| format!("{}", c.get(i).expect("value")))
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn two_sensors_of_the_same_traffic_count_it_once() {
+    let torrents = sample_torrents();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps");
+    for cap in ["http.pcap", "udp.pcap", "utp.pcap"] {
+        let input = dir.join(cap);
+        let a = run_with(std::slice::from_ref(&input), &torrents, settings("a"), None);
+        let b = run_with(std::slice::from_ref(&input), &torrents, settings("b"), None);
+        let (_t, out, s) = merged(&[&a.dir, &b.dir]);
+        for t in TABLE_NAMES {
+            if *t == "capture_stats" {
+                // One row per input and sensor: both kept.
+                assert_eq!(read(&out, t).height(), 2 * read(&a.dir, t).height(), "{cap} {t}");
+                continue;
+            }
+            // Every other table: the rows of one sensor, each saying both.
+            // announce_audit's observed bytes are replayed from the
+            // messages (known difference 8): compared without them here.
+            let skip: &[&str] = match *t {
+                "announce_audit" => &[
+                    "observed_uploaded",
+                    "observed_downloaded",
+                    "excess_uploaded",
+                    "tolerance_bytes",
+                ],
+                _ => &[],
+            };
+            assert_eq!(rows_of(&a.dir, t, skip), rows_of(&out, t, skip), "{cap}: {t}");
+            let m = read(&out, t);
+            let sensors: BTreeSet<Option<String>> = strs(&m, "sensor").into_iter().collect();
+            if m.height() > 0 {
+                assert_eq!(sensors, BTreeSet::from([Some("a,b".to_string())]), "{cap}: {t}");
+            }
+        }
+        let n_msgs = read(&a.dir, "peer_messages").height();
+        assert!(n_msgs > 0);
+        assert_eq!(s.deduplicated.get("peer_messages").copied(), Some(n_msgs), "{cap}");
+        eprintln!(
+            "{cap}: two sensors: {} peer_messages copies removed, {} connections kept once",
+            n_msgs,
+            read(&out, "connections").height()
+        );
+    }
+}
+
+#[test]
+fn two_sensors_each_seeing_half_of_the_hosts_merge_to_the_whole() {
+    let torrents = sample_torrents();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps");
+    for cap in ["http.pcap", "udp.pcap"] {
+        let input = dir.join(cap);
+        let whole = run_with(std::slice::from_ref(&input), &torrents, settings("a"), None);
+        let f = read(&whole.dir, "flows");
+        let hosts: BTreeSet<String> = strs(&f, "orig_ip")
+            .into_iter()
+            .chain(strs(&f, "resp_ip"))
+            .flatten()
+            .collect();
+        let hosts: Vec<String> = hosts.into_iter().collect();
+        assert!(hosts.len() >= 4, "{cap}: {hosts:?}");
+        let half = |k: usize| {
+            hosts
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % 2 == k)
+                .map(|(_, h)| format!("host {h}"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        let a = run_with(std::slice::from_ref(&input), &torrents, settings("a"), Some(&half(0)));
+        let b = run_with(std::slice::from_ref(&input), &torrents, settings("b"), Some(&half(1)));
+        let (_t, out, s) = merged(&[&a.dir, &b.dir]);
+        // Each sensor alone misses part of the traffic; together, once each.
+        let n = |d: &Path, t: &str| read(d, t).height();
+        assert!(n(&a.dir, "peer_messages") < n(&whole.dir, "peer_messages"));
+        assert!(n(&b.dir, "peer_messages") < n(&whole.dir, "peer_messages"));
+        for t in ["peer_messages", "connections", "flows", "tracker_announces", "pieces"] {
+            assert_eq!(n(&out, t), n(&whole.dir, t), "{cap}: {t}");
+        }
+        let c = compare(&whole.dir, &out, &[], &[], &format!("{cap} two half sensors"));
+        eprintln!(
+            "{cap}: half hosts each: {} + {} peer_messages rows, {} copies removed, merged {} = whole; {} peers, {} confirmed, {} connections equal",
+            n(&a.dir, "peer_messages"),
+            n(&b.dir, "peer_messages"),
+            s.deduplicated.get("peer_messages").copied().unwrap_or(0),
+            n(&out, "peer_messages"),
+            c.peers,
+            c.confirmed,
+            c.connections
+        );
+    }
+}
+
+#[test]
+fn merge_keeps_a_dataset_it_cannot_replace_and_refuses_other_folders() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/http.pcap");
+    let a = run_with(std::slice::from_ref(&input), &[], settings("a"), None);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // A folder that is not a dataset: refused without --force.
+    let other = tmp.path().join("notes");
+    std::fs::create_dir_all(&other).expect("mkdir");
+    std::fs::write(other.join("todo.txt"), "keep me").expect("write");
+    let mut o = MergeOptions::new(vec![a.dir.clone()], other.clone());
+    let e = merge(&o).expect_err("refused");
+    assert!(e.contains("swarmtap dataset") || e.contains("--force"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(other.join("todo.txt")).expect("kept"),
+        "keep me"
+    );
+    // A failing merge (an input that is not a dataset) leaves OUT as it was.
+    let out = tmp.path().join("out");
+    o.output = out.clone();
+    merge(&o).expect("merge");
+    let before = std::fs::read(out.join("peers.parquet")).expect("peers");
+    let bad = MergeOptions::new(vec![a.dir.clone(), other.clone()], out.clone());
+    assert!(merge(&bad).is_err());
+    assert_eq!(std::fs::read(out.join("peers.parquet")).expect("peers"), before);
+    // An existing merged dataset is replaced.
+    merge(&o).expect("merge again");
+    assert_eq!(read(&out, "peers").height(), read(&a.dir, "peers").height());
+}
