@@ -731,3 +731,34 @@ fn merge_keeps_a_dataset_it_cannot_replace_and_refuses_other_folders() {
     merge(&o).expect("merge again");
     assert_eq!(read(&out, "peers").height(), read(&a.dir, "peers").height());
 }
+
+#[test]
+fn merge_reads_hive_partitioned_datasets_as_offline_ones() {
+    // Two time pieces of http.pcap, each laid out as a live dataset
+    // (DIR/<table>/date=…/hour=…/part-0.parquet, as bench/merge.sh does),
+    // merge to the same tables as the same pieces in analyze layout.
+    let torrents = sample_torrents();
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/http.pcap");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 2, tmp.path());
+    let runs: Vec<Run> = files
+        .iter()
+        .map(|f| run_with(std::slice::from_ref(f), &torrents, settings("a"), None))
+        .collect();
+    let mut hive = Vec::new();
+    for (k, r) in runs.iter().enumerate() {
+        let d = tmp.path().join(format!("live{k}"));
+        for t in TABLE_NAMES {
+            let part = d.join(t).join("date=2026-11-21").join(format!("hour={k:02}"));
+            std::fs::create_dir_all(&part).expect("mkdir");
+            std::fs::copy(r.dir.join(format!("{t}.parquet")), part.join("part-0.parquet")).expect("copy");
+        }
+        hive.push(d);
+    }
+    let (_a, offline, _) = merged(&runs.iter().map(|r| r.dir.as_path()).collect::<Vec<_>>());
+    let (_b, live, s) = merged(&hive.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    assert!(s.joined_connections > 0);
+    for t in TABLE_NAMES {
+        assert_eq!(rows_of(&offline, t, &[]), rows_of(&live, t, &[]), "{t}");
+    }
+}
