@@ -205,9 +205,10 @@ pub struct Limits {
     /// `max_pending`, the outstanding queries kept for pairing responses.
     /// `max_pending` is for the whole run, split evenly over the shards
     /// (a query and its response are one UDP flow, so one shard): 2^16
-    /// queries of ~300 bytes (key with both endpoints, the query, its place
-    /// in the expiry order, the map's slack) ≈ 20 MB at worst; 2^18 cost
-    /// ~80 MB in a flood of queries from fresh addresses. With the 30 s
+    /// queries of ~150 bytes (an 8-byte keyed hash of the transaction id
+    /// and both endpoints, the 48-byte query, two 16-byte places in the
+    /// expiry order, the map's slack) ≈ 10 MB at worst (~300 bytes each
+    /// while the key held both endpoints). With the 30 s
     /// timeout that pairs a node sending 2,000 queries a second (a busy
     /// DHT node sees a few hundred); past it the oldest query of the shard
     /// is dropped (counted, `dht_pending_full`).
@@ -218,8 +219,9 @@ pub struct Limits {
     /// only listed in responses. A crawl meets millions of nodes; past the
     /// bound new ones are counted, not tracked (`dht_node_table_full`).
     /// 7/8 of 2^17 (114,688): the hash table then fits in 2^17 buckets of
-    /// ~128 bytes (16 MB); at 2^17 entries it would double. A flood of
-    /// queries from fresh node ids fills it; 2^18 entries held 64 MB.
+    /// ~105 bytes (14 MB; the key packs id, address and port in 39 bytes);
+    /// at 2^17 entries it would double. A flood of queries from fresh node
+    /// ids fills it (bench/README.md, session 5: the 600 k flood).
     pub max_dht_nodes: usize,
     /// Distinct info hashes in `dht_infohashes` (get_peers, announce_peer,
     /// BEP 51 samples); past it new ones are counted, not tracked

@@ -817,6 +817,7 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         input.dht.append(&mut out.dht);
         input.metadata.append(&mut out.metadata);
         input.marks.append(&mut out.marks);
+        input.conn_ends.append(&mut out.conn_ends);
     }
     input.held_since = shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
     input

@@ -172,12 +172,13 @@ impl FlowApps for ShardApps {
             keep_weak: self.ctx.keep_weak,
             shapes: &self.ctx.shapes,
         };
-        let (id, row) = app.finish(&stream_init(&f.info), stream_end(f), ctx, &env, &mut self.out);
+        let init = stream_init(&f.info);
+        let (id, row) = app.finish(&init, stream_end(f), ctx, &env, &mut self.out);
         if let Some(row) = row {
             if !row.encrypted {
                 self.n_peer_connections += 1;
             }
-            self.out.rows.connections.push(row);
+            self.out.push_connection(&init, row);
         }
         let row = self.flow_row(f, id);
         self.out.rows.flows.push(row);

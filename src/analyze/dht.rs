@@ -17,8 +17,11 @@
 //! `Limits::max_dht_infohashes`) are fixed; what does not fit is counted and
 //! reported in `anomalies`.
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 
 use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
@@ -27,7 +30,7 @@ use crate::proto::dht::{
     Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
 };
 use crate::proto::metainfo::hex;
-use crate::sink::{AnomalyRow, DhtInfohashRow, DhtMessageRow, DhtNodeRow, DhtPeerRow, RowBatch, Ts};
+use crate::sink::{AnomalyRow, DhtInfohashRow, DhtMessageRow, DhtNodeRow, DhtPeerRow, Ip, RowBatch, ShortBytes, Ts};
 
 /// Longest text kept from free-form wire strings (torrent names, error
 /// messages, unknown method names and keys): enough to read, bounded so a
@@ -100,11 +103,40 @@ fn bloom_estimate(filter: &[u8]) -> Option<u64> {
     Some(n.round().max(0.0) as u64)
 }
 
+/// Client names of 4-byte `v` values ([`client_from_version`]), made once
+/// per distinct value and shared by every row that carries it: a KRPC row
+/// then allocates nothing for its `version`. Bounded: past
+/// [`ClientNames::MAX`] distinct values (a hostile sender varies `v`) a
+/// name is made per row instead of kept.
+#[derive(Debug, Default)]
+pub struct ClientNames {
+    map: HashMap<[u8; 4], Option<Arc<str>>, foldhash::fast::RandomState>,
+}
+
+impl ClientNames {
+    /// Distinct `v` values kept: real captures hold a few dozen (clients
+    /// times versions); 4,096 entries are about 160 KB.
+    pub const MAX: usize = 4096;
+
+    pub fn name(&mut self, v: &[u8]) -> Option<Arc<str>> {
+        let key: [u8; 4] = v.try_into().ok()?;
+        if let Some(n) = self.map.get(&key) {
+            return n.clone();
+        }
+        let n: Option<Arc<str>> = client_from_version(v).map(Into::into);
+        if self.map.len() < Self::MAX {
+            self.map.insert(key, n.clone());
+        }
+        n
+    }
+}
+
 /// Per-shard DHT state: the bounded table of outstanding queries.
 #[derive(Debug)]
 pub struct DhtShard {
     limits: DhtLimits,
     pending: PendingQueries,
+    names: ClientNames,
 }
 
 impl DhtShard {
@@ -116,6 +148,7 @@ impl DhtShard {
         DhtShard {
             limits: l,
             pending: PendingQueries::new(&l),
+            names: ClientNames::default(),
         }
     }
 
@@ -201,7 +234,8 @@ impl DhtShard {
 
         self.peers(ctx, conn_id, src, &m, query, out);
         self.observe(ctx, src, &m, query, out);
-        out.rows.dht_messages.push(message_row(ctx, src, dst, &m, query, out));
+        let row = message_row(ctx, src, dst, &m, query, &mut self.names, out);
+        out.rows.dht_messages.push(row);
         true
     }
 
@@ -216,17 +250,17 @@ impl DhtShard {
         query: Option<PendingQuery>,
         out: &mut ShardOut,
     ) {
-        let capture = out.capture_name(ctx.capture);
         let add = |out: &mut ShardOut, ih: Option<[u8; ID_LEN]>, peer: SocketAddr, via: &'static str| {
+            let capture = out.capture_text(ctx.capture);
             out.rows.dht_peers.push(DhtPeerRow {
                 ts: Ts(ctx.ts),
                 frame: ctx.frame,
-                capture: capture.clone(),
-                info_hash: ih.map(|h| hex(&h)),
-                peer_ip: peer.ip().to_string(),
+                capture,
+                info_hash: ih,
+                peer_ip: Ip(peer.ip()),
                 peer_port: u32::from(peer.port()),
                 via,
-                reporter_ip: src.ip().to_string(),
+                reporter_ip: Ip(src.ip()),
                 reporter_port: u32::from(src.port()),
             });
             if let Some(info_hash) = ih {
@@ -353,18 +387,20 @@ fn message_row(
     dst: SocketAddr,
     m: &KrpcMessage<'_>,
     query: Option<PendingQuery>,
-    out: &ShardOut,
+    names: &mut ClientNames,
+    out: &mut ShardOut,
 ) -> DhtMessageRow {
-    let mut row = krpc_row(
+    let mut row = krpc_row_named(
         ctx.ts,
         src,
         dst,
         m,
         query.map(|q| q.method),
         query.map(|q| (ctx.ts - i64::try_from(q.ts_us).unwrap_or(i64::MAX)) as f64 / 1000.0),
+        names,
     );
     row.frame = ctx.frame;
-    row.capture = out.capture_name(ctx.capture);
+    row.capture = out.capture_text(ctx.capture);
     row.query_frame = query.map(|q| q.frame);
     row
 }
@@ -382,10 +418,26 @@ pub fn krpc_row(
     query_method: Option<Method>,
     rtt_ms: Option<f64>,
 ) -> DhtMessageRow {
-    let method = match (m.method, m.method_name) {
-        (Some(Method::Other), Some(name)) => Some(text(name)),
-        (Some(method), _) => Some(method.as_str().to_string()),
-        (None, _) => query_method.map(|q| q.as_str().to_string()),
+    krpc_row_named(ts_us, src, dst, m, query_method, rtt_ms, &mut ClientNames::default())
+}
+
+/// [`krpc_row`] with the client names kept in `names`. Nothing is
+/// allocated for a message without free text (an unknown method, an error
+/// message, a name, unknown keys, `want`, BEP 44 `k`): ids, addresses and
+/// the transaction id stay bytes until the sink writes them.
+pub fn krpc_row_named(
+    ts_us: i64,
+    src: SocketAddr,
+    dst: SocketAddr,
+    m: &KrpcMessage<'_>,
+    query_method: Option<Method>,
+    rtt_ms: Option<f64>,
+    names: &mut ClientNames,
+) -> DhtMessageRow {
+    let method: Option<Cow<'static, str>> = match (m.method, m.method_name) {
+        (Some(Method::Other), Some(name)) => Some(Cow::Owned(text(name))),
+        (Some(method), _) => Some(Cow::Borrowed(method.as_str())),
+        (None, _) => query_method.map(|q| Cow::Borrowed(q.as_str())),
     };
     let mut unknown_keys = Vec::new();
     let mut n_unknown_keys = 0u64;
@@ -404,28 +456,28 @@ pub fn krpc_row(
     DhtMessageRow {
         ts: Ts(ts_us),
         frame: 0,
-        capture: String::new(),
-        src_ip: src.ip().to_string(),
+        capture: Arc::default(),
+        src_ip: Ip(src.ip()),
         src_port: u32::from(src.port()),
-        dst_ip: dst.ip().to_string(),
+        dst_ip: Ip(dst.ip()),
         dst_port: u32::from(dst.port()),
-        tid: hex(m.tid),
+        tid: ShortBytes::new(m.tid),
         kind: m.kind.as_str(),
         method,
-        node_id: m.id.map(|i| hex(i)),
-        target: m.target.map(|i| hex(i)),
-        info_hash: m.info_hash.map(|i| hex(i)),
+        node_id: m.id.copied(),
+        target: m.target.copied(),
+        info_hash: m.info_hash.copied(),
         n_nodes: (m.n_nodes() + m.nodes6.map_or(0, |n| n.len())) as u64,
         n_nodes6: m.nodes6.map_or(0, |n| n.len()) as u64,
         n_values: m.n_values() as u64,
-        version: m.client(),
-        version_raw: m.version.map(hex),
+        version: m.version.and_then(|v| names.name(v)),
+        version_raw: m.version.map(ShortBytes::new),
         rtt_ms,
         query_frame: None,
         error_code: m.error_code,
         error_msg: m.error_msg.map(text),
         read_only: m.read_only,
-        external_ip: m.ip.map(|a| a.ip().to_string()),
+        external_ip: m.ip.map(|a| Ip(a.ip())),
         external_port: m.ip.map(|a| u32::from(a.port())),
         port: m.port.map(u32::from),
         implied_port: m.implied_port,
@@ -483,16 +535,56 @@ struct InfohashState {
     n_announce_peer: u64,
     n_values: u64,
     n_samples: u64,
-    name: Option<String>,
+    name: Option<Box<str>>,
 }
+
+/// A node's key in the run-wide table: id, address and port packed into
+/// 39 bytes (a `SocketAddr` alone takes 32), IPv4 kept as its mapped IPv6
+/// form with a flag so that an IPv4-mapped address sent in `nodes6` stays
+/// IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct NodeKey {
+    id: [u8; ID_LEN],
+    ip: [u8; 16],
+    port: [u8; 2],
+    v4: bool,
+}
+
+impl NodeKey {
+    fn new(id: [u8; ID_LEN], addr: SocketAddr) -> NodeKey {
+        let (ip, v4) = match addr.ip() {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), true),
+            IpAddr::V6(a) => (a.octets(), false),
+        };
+        NodeKey {
+            id,
+            ip,
+            port: addr.port().to_be_bytes(),
+            v4,
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        let v6 = Ipv6Addr::from(self.ip);
+        let ip = match (self.v4, v6.to_ipv4_mapped()) {
+            (true, Some(a)) => IpAddr::V4(a),
+            _ => IpAddr::V6(v6),
+        };
+        SocketAddr::new(ip, u16::from_be_bytes(self.port))
+    }
+}
+
+/// The aggregate tables' hasher: foldhash with a per-process random seed
+/// (node ids and info hashes are chosen by the sender), as the swarm maps.
+type AggMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The run-wide `dht_nodes` and `dht_infohashes` state (sequential).
 #[derive(Debug, Clone)]
 pub struct DhtAggregate {
     max_nodes: usize,
     max_infohashes: usize,
-    nodes: HashMap<([u8; ID_LEN], SocketAddr), NodeState>,
-    infohashes: HashMap<[u8; ID_LEN], InfohashState>,
+    nodes: AggMap<NodeKey, NodeState>,
+    infohashes: AggMap<[u8; ID_LEN], InfohashState>,
     next_seq: u64,
     /// Observations of nodes not tracked because the table was full.
     pub n_nodes_dropped: u64,
@@ -505,8 +597,8 @@ impl DhtAggregate {
         DhtAggregate {
             max_nodes: limits.max_dht_nodes,
             max_infohashes: limits.max_dht_infohashes,
-            nodes: HashMap::new(),
-            infohashes: HashMap::new(),
+            nodes: AggMap::default(),
+            infohashes: AggMap::default(),
             next_seq: 0,
             n_nodes_dropped: 0,
             n_infohashes_dropped: 0,
@@ -521,17 +613,17 @@ impl DhtAggregate {
     }
 
     fn node(&mut self, id: [u8; ID_LEN], addr: SocketAddr, ts: i64) -> Option<&mut NodeState> {
-        let key = (id, addr);
-        if !self.nodes.contains_key(&key) {
-            if self.nodes.len() >= self.max_nodes {
+        let len = self.nodes.len();
+        let n = match self.nodes.entry(NodeKey::new(id, addr)) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(_) if len >= self.max_nodes => {
                 self.n_nodes_dropped += 1;
                 return None;
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.nodes.insert(
-                key,
-                NodeState {
+            Entry::Vacant(e) => {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                e.insert(NodeState {
                     seq,
                     first_ts: ts,
                     last_ts: ts,
@@ -541,10 +633,9 @@ impl DhtAggregate {
                     n_reported: 0,
                     version: None,
                     read_only: false,
-                },
-            );
-        }
-        let n = self.nodes.get_mut(&key)?;
+                })
+            }
+        };
         n.first_ts = n.first_ts.min(ts);
         n.last_ts = n.last_ts.max(ts);
         Some(n)
@@ -577,16 +668,17 @@ impl DhtAggregate {
                 }
             }
             DhtSeen::Infohash { info_hash, via, name } => {
-                if !self.infohashes.contains_key(&info_hash) {
-                    if self.infohashes.len() >= self.max_infohashes {
+                let len = self.infohashes.len();
+                let s = match self.infohashes.entry(info_hash) {
+                    Entry::Occupied(e) => e.into_mut(),
+                    Entry::Vacant(_) if len >= self.max_infohashes => {
                         self.n_infohashes_dropped += 1;
                         return;
                     }
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    self.infohashes.insert(
-                        info_hash,
-                        InfohashState {
+                    Entry::Vacant(e) => {
+                        let seq = self.next_seq;
+                        self.next_seq += 1;
+                        e.insert(InfohashState {
                             seq,
                             first_ts: ts,
                             last_ts: ts,
@@ -595,11 +687,8 @@ impl DhtAggregate {
                             n_values: 0,
                             n_samples: 0,
                             name: None,
-                        },
-                    );
-                }
-                let Some(s) = self.infohashes.get_mut(&info_hash) else {
-                    return;
+                        })
+                    }
                 };
                 s.first_ts = s.first_ts.min(ts);
                 s.last_ts = s.last_ts.max(ts);
@@ -610,7 +699,7 @@ impl DhtAggregate {
                     InfohashVia::Sample => s.n_samples += 1,
                 }
                 if s.name.is_none() {
-                    s.name = name;
+                    s.name = name.map(String::into_boxed_str);
                 }
             }
         }
@@ -642,36 +731,40 @@ impl DhtAggregate {
     pub fn finish(self, rows: &mut RowBatch) {
         let mut nodes: Vec<_> = self.nodes.into_iter().collect();
         nodes.sort_unstable_by_key(|(_, n)| n.seq);
-        rows.dht_nodes
-            .extend(nodes.into_iter().map(|((id, addr), n)| DhtNodeRow {
-                node_id: hex(&id),
-                node_ip: addr.ip().to_string(),
-                node_port: u32::from(addr.port()),
-                first_ts: Ts(n.first_ts),
-                last_ts: Ts(n.last_ts),
-                n_messages: n.n_queries + n.n_responses + n.n_errors,
-                n_queries: n.n_queries,
-                n_responses: n.n_responses,
-                n_errors: n.n_errors,
-                n_reported: n.n_reported,
-                version: n.version.and_then(|v| client_from_version(&v)),
-                version_raw: n.version.map(|v| hex(&v)),
-                bep42_valid: bep42_id_matches(addr.ip(), &id),
-                bep42_exempt: bep42_exempt(addr.ip()),
-                read_only: n.read_only,
-            }));
+        rows.dht_nodes.extend(
+            nodes
+                .into_iter()
+                .map(|(key, n)| (key.id, key.addr(), n))
+                .map(|(id, addr, n)| DhtNodeRow {
+                    node_id: id,
+                    node_ip: Ip(addr.ip()),
+                    node_port: u32::from(addr.port()),
+                    first_ts: Ts(n.first_ts),
+                    last_ts: Ts(n.last_ts),
+                    n_messages: n.n_queries + n.n_responses + n.n_errors,
+                    n_queries: n.n_queries,
+                    n_responses: n.n_responses,
+                    n_errors: n.n_errors,
+                    n_reported: n.n_reported,
+                    version: n.version.and_then(|v| client_from_version(&v)),
+                    version_raw: n.version.map(|v| hex(&v)),
+                    bep42_valid: bep42_id_matches(addr.ip(), &id),
+                    bep42_exempt: bep42_exempt(addr.ip()),
+                    read_only: n.read_only,
+                }),
+        );
         let mut ihs: Vec<_> = self.infohashes.into_iter().collect();
         ihs.sort_unstable_by_key(|(_, s)| s.seq);
         rows.dht_infohashes
             .extend(ihs.into_iter().map(|(ih, s)| DhtInfohashRow {
-                info_hash: hex(&ih),
+                info_hash: ih,
                 first_ts: Ts(s.first_ts),
                 last_ts: Ts(s.last_ts),
                 n_get_peers: s.n_get_peers,
                 n_announce_peer: s.n_announce_peer,
                 n_values: s.n_values,
                 n_samples: s.n_samples,
-                name: s.name,
+                name: s.name.map(String::from),
             }));
         for (n, kind, what, max) in [
             (
@@ -772,7 +865,15 @@ mod tests {
         let rows = &out.rows.dht_messages;
         let got: Vec<_> = rows
             .iter()
-            .map(|r| (r.frame, r.kind, r.query_frame, r.rtt_ms, r.method.clone()))
+            .map(|r| {
+                (
+                    r.frame,
+                    r.kind,
+                    r.query_frame,
+                    r.rtt_ms,
+                    r.method.as_deref().map(String::from),
+                )
+            })
             .collect();
         let gp = Some("get_peers".to_string());
         assert_eq!(
@@ -791,7 +892,14 @@ mod tests {
             .rows
             .dht_peers
             .iter()
-            .map(|p| (p.frame, p.info_hash.clone(), p.peer_ip.clone(), p.reporter_ip.clone()))
+            .map(|p| {
+                (
+                    p.frame,
+                    p.info_hash.map(|h| hex(&h)),
+                    p.peer_ip.0.to_string(),
+                    p.reporter_ip.0.to_string(),
+                )
+            })
             .collect();
         assert_eq!(
             peers,
@@ -805,6 +913,19 @@ mod tests {
         let learned: Vec<_> = out.events.iter().map(|e| (e.ctx.frame, e.info_hash, e.peer)).collect();
         let p2: SocketAddr = "192.0.2.2:6881".parse().unwrap_or_else(|_| unreachable!());
         assert_eq!(learned, vec![(4, ih, p2)]);
+    }
+
+    #[test]
+    fn node_keys_keep_the_address_and_its_family() {
+        for a in ["1.2.3.4:5", "[2001:db8::1]:6881", "[::ffff:1.2.3.4]:5", "0.0.0.0:0"] {
+            let addr: SocketAddr = a.parse().unwrap_or_else(|_| unreachable!());
+            let k = NodeKey::new([7; 20], addr);
+            assert_eq!((k.id, k.addr()), ([7; 20], addr), "{a}");
+        }
+        let v4: SocketAddr = "1.2.3.4:5".parse().unwrap_or_else(|_| unreachable!());
+        let mapped: SocketAddr = "[::ffff:1.2.3.4]:5".parse().unwrap_or_else(|_| unreachable!());
+        assert_ne!(NodeKey::new([7; 20], v4), NodeKey::new([7; 20], mapped));
+        assert!(std::mem::size_of::<NodeKey>() <= 40);
     }
 
     #[test]
@@ -877,7 +998,7 @@ mod tests {
         agg.apply(obs);
         let mut rows = RowBatch::default();
         agg.finish(&mut rows);
-        let ids: Vec<&str> = rows.dht_nodes.iter().map(|r| r.node_id.as_str()).collect();
+        let ids: Vec<String> = rows.dht_nodes.iter().map(|r| hex(&r.node_id)).collect();
         assert_eq!(ids, vec!["02".repeat(20), "01".repeat(20)]);
         assert_eq!(rows.dht_nodes[0].n_reported, 2);
         assert_eq!(rows.dht_nodes[0].last_ts, Ts(4000));

@@ -136,10 +136,23 @@ pub struct SwarmEvent {
     pub kind: SwarmEventKind,
 }
 
+/// An encrypted connection's ends, typed, for the sequential stage's
+/// attribution by endpoint (its `connections` row carries them as text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnEnds {
+    pub conn_id: u64,
+    pub capture: u32,
+    /// [originator, responder]
+    pub ends: [SocketAddr; 2],
+    pub utp: bool,
+}
+
 /// What a shard produces during one batch.
 #[derive(Debug, Default)]
 pub struct ShardOut {
     pub rows: RowBatch,
+    /// The ends of this batch's encrypted connection rows without a torrent.
+    pub conn_ends: Vec<ConnEnds>,
     pub events: Vec<SwarmEvent>,
     /// Events of mid-stream connections whose info_hash is not known yet.
     pub unattributed: Vec<swarm::UnattributedEvent>,
@@ -189,6 +202,20 @@ impl ShardOut {
 }
 
 impl ShardOut {
+    /// A connection's row, with its typed ends when the stage may have to
+    /// attribute it (encrypted, no info hash).
+    pub fn push_connection(&mut self, init: &stream::StreamInit, row: crate::sink::ConnectionRow) {
+        if row.encrypted && row.info_hash.is_none() {
+            self.conn_ends.push(ConnEnds {
+                conn_id: row.conn_id,
+                capture: init.capture,
+                ends: init.ends,
+                utp: init.transport == "utp",
+            });
+        }
+        self.rows.connections.push(row);
+    }
+
     pub fn capture_name(&self, idx: u32) -> String {
         self.capture_names.get(idx as usize).cloned().unwrap_or_default()
     }

@@ -344,6 +344,33 @@ impl PieceChecker {
 mod tests {
     use super::*;
 
+    /// A .torrent is known to every packet; rebuilt metadata to packets at
+    /// or after the (capture, frame) it was inserted from, in that capture
+    /// and every later one.
+    #[test]
+    fn known_torrents_are_seen_from_their_frame_on() {
+        let m = meta(&[7u8; 100], 50);
+        let h = [1u8; 20];
+        let mut k = KnownTorrents::default();
+        k.insert_from(m.clone(), (1, 2048 + 37));
+        assert!(k.has(&h));
+        for (at, seen) in [
+            ((0, u64::MAX), false),
+            ((1, 0), false),
+            ((1, 2048 + 36), false),
+            ((1, 2048 + 37), true),
+            ((1, 2048 + 38), true),
+            ((2, 0), true),
+        ] {
+            assert_eq!(k.contains(&h, at), seen, "{at:?}");
+            assert_eq!(k.get(&h, at).is_some(), seen, "{at:?}");
+        }
+        let mut t = KnownTorrents::default();
+        t.insert(m);
+        assert!(t.contains(&h, (0, 0)));
+        assert!(!t.contains(&[2; 20], (5, 5)));
+    }
+
     fn meta(data: &[u8], piece_length: u64) -> Arc<Metainfo> {
         let hashes: Vec<[u8; 20]> = data
             .chunks(piece_length as usize)

@@ -9,7 +9,6 @@
 //! of the shards.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::analyze::apps::ShardContext;
@@ -20,7 +19,7 @@ use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::stream::{EV_MSE_BOTH, EV_MSE_NAMED, EV_MSE_ONE_WAY_NAMED};
 use crate::analyze::swarm::{EncryptedConn, Swarm, UnattributedEvent};
 use crate::analyze::tracker::AnnounceMark;
-use crate::analyze::SwarmEvent;
+use crate::analyze::{ConnEnds, SwarmEvent};
 use crate::config::Settings;
 use crate::dissect::Confidence;
 use crate::proto::metainfo::{hex, Metainfo};
@@ -39,6 +38,8 @@ pub struct StepInput {
     pub metadata: Vec<MetadataPiece>,
     /// Announces for the audit.
     pub marks: Vec<AnnounceMark>,
+    /// Typed ends of the encrypted connection rows without a torrent.
+    pub conn_ends: Vec<ConnEnds>,
     /// The oldest (capture, frame) a connection still holds events back
     /// from: no later event is applied before it is released.
     pub held_since: Option<(u32, u64)>,
@@ -133,13 +134,15 @@ impl Ordered {
 /// The sequential stage (see the module's documentation).
 pub struct Stage {
     settings: Settings,
-    names: Arc<Vec<String>>,
     swarm: Swarm,
     audit: Audit,
     dht: DhtAggregate,
     meta: MetaState,
     /// Connection rows, held for attribution and the peers' ports.
     held_conns: Vec<ConnectionRow>,
+    /// Typed ends of the encrypted connections not attributed yet, by
+    /// conn_id (at most `2 * MAX_HELD_CONNECTIONS`).
+    ends: HashMap<u64, ConnEnds>,
     /// peer_messages rows of connections not attributed yet (mid-stream),
     /// released with the info_hash once the swarm state attributes them.
     held_msgs: HeldMessages,
@@ -203,12 +206,12 @@ impl Stage {
         };
         let stage = Stage {
             settings: settings.clone(),
-            names,
             swarm,
             audit,
             dht,
             meta,
             held_conns: Vec::new(),
+            ends: HashMap::new(),
             held_msgs: HeldMessages::default(),
             mse: MseFlows::default(),
             waiting: BTreeMap::new(),
@@ -229,8 +232,14 @@ impl Stage {
             mut dht,
             metadata,
             mut marks,
+            conn_ends,
             held_since,
         } = input;
+        for e in conn_ends {
+            if self.ends.len() < 2 * MAX_HELD_CONNECTIONS {
+                self.ends.insert(e.conn_id, e);
+            }
+        }
         events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
         unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
         dht.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
@@ -249,9 +258,12 @@ impl Stage {
         if kind == StepKind::SegmentEnd {
             let kw = self.settings.keep_weak;
             let strong = &mut self.mse.strong;
-            attribute_encrypted(&mut self.swarm, &mut rows.connections, &self.names, kw, strong);
-            attribute_encrypted(&mut self.swarm, &mut self.held_conns, &self.names, kw, strong);
+            attribute_encrypted(&mut self.swarm, &mut rows.connections, &mut self.ends, kw, strong);
+            attribute_encrypted(&mut self.swarm, &mut self.held_conns, &mut self.ends, kw, strong);
             self.swarm.end_segment(&mut rows);
+            // Rows not held are written with this step: their ends go.
+            let held: HashSet<u64> = self.held_conns.iter().map(|c| c.conn_id).collect();
+            self.ends.retain(|id, _| held.contains(id));
         }
         if kind != StepKind::Final {
             // Connections wait for attribution, messages for their
@@ -361,7 +373,8 @@ impl Stage {
             }
         }
         let kw = self.settings.keep_weak;
-        attribute_encrypted(&mut self.swarm, &mut held, &self.names, kw, &mut self.mse.strong);
+        attribute_encrypted(&mut self.swarm, &mut held, &mut self.ends, kw, &mut self.mse.strong);
+        self.ends.clear();
         drop_weak_encrypted(&mut held, kw);
         rows.connections.append(&mut held);
         rows.connections.sort_by_key(|r| r.conn_id);
@@ -414,7 +427,7 @@ impl Stage {
         attribute_encrypted(
             &mut self.swarm,
             &mut rows.connections,
-            &self.names,
+            &mut self.ends,
             kw,
             &mut self.mse.strong,
         );
@@ -455,7 +468,7 @@ impl Stage {
 fn attribute_encrypted(
     swarm: &mut Swarm,
     conns: &mut [ConnectionRow],
-    names: &[String],
+    ends: &mut HashMap<u64, ConnEnds>,
     keep_weak: bool,
     strong: &mut HashSet<u64>,
 ) {
@@ -465,23 +478,19 @@ fn attribute_encrypted(
     let by_ip = swarm.torrents_by_ip();
     let mut noted = Vec::new();
     for c in conns.iter_mut().filter(|c| c.encrypted && c.info_hash.is_none()) {
-        let (Ok(oi), Ok(ri)) = (c.orig_ip.parse::<IpAddr>(), c.resp_ip.parse::<IpAddr>()) else {
+        let Some(e) = ends.get(&c.conn_id).copied() else {
             continue;
         };
-        let (Ok(op), Ok(rp)) = (u16::try_from(c.orig_port), u16::try_from(c.resp_port)) else {
-            continue;
-        };
-        let (o, r) = (SocketAddr::new(oi, op), SocketAddr::new(ri, rp));
-        let capture = names.iter().position(|n| *n == c.capture).unwrap_or(0) as u32;
-        let by_endpoint = swarm.attribute_endpoints(capture, o, r);
+        let [o, r] = e.ends;
+        let by_endpoint = swarm.attribute_endpoints(e.capture, o, r);
         // By address: one end's address takes part in exactly one torrent,
         // and the other's in no other.
-        let by_address = match (by_ip.get(&oi), by_ip.get(&ri)) {
+        let by_address = match (by_ip.get(&o.ip()), by_ip.get(&r.ip())) {
             (Some(x), Some(y)) if x != y => None,
             (Some(x), _) | (_, Some(x)) => Some(*x),
             _ => None,
         };
-        let tcp = c.transport == "tcp";
+        let tcp = !e.utp;
         let (h, source, confidence) = match (by_endpoint, by_address) {
             (Some(h), _) => (h, "endpoint", "likely"),
             (None, Some(h)) if !tcp || keep_weak => (h, "address", "weak"),
@@ -490,6 +499,7 @@ fn attribute_encrypted(
         if tcp && source == "endpoint" {
             strong.insert(c.conn_id);
         }
+        ends.remove(&c.conn_id);
         c.info_hash = Some(hex(&h));
         c.info_hash_source = Some(source);
         c.attribution_confidence = confidence;
@@ -498,7 +508,7 @@ fn attribute_encrypted(
             conn_id: c.conn_id,
             orig: o,
             resp: r,
-            utp: c.transport == "utp",
+            utp: e.utp,
             first_ts: c.first_ts.0,
             last_ts: c.last_ts.0,
             payload_bytes_orig: c.payload_bytes_orig,
@@ -710,7 +720,12 @@ fn fill_peer_ports(rows: &mut RowBatch) {
 /// one frame keep their order), per-flow tables by id.
 fn finish_rows(rows: &mut RowBatch) {
     rows.peer_messages.sort_by_key(|r| r.frame);
-    rows.dht_messages.sort_by_key(|r| r.frame);
+    // KRPC rows are many and wide (~40 columns): sort their keys and move
+    // each row once, instead of moving rows in every merge pass of the
+    // shards' runs (stable, as sort_by_key).
+    if !rows.dht_messages.is_sorted_by_key(|r| r.frame) {
+        rows.dht_messages.sort_by_cached_key(|r| r.frame);
+    }
     rows.dht_peers.sort_by_key(|r| r.frame);
     rows.lsd_announces.sort_by_key(|r| r.frame);
     // No frame column: by time, then connection (the shard a flow lands in

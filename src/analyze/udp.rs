@@ -171,7 +171,7 @@ fn on_utp_event(
                 // uTP-shaped but neither peer wire nor MSE in it: nothing
                 // to report beyond the flow row.
                 if let Some(row) = row {
-                    out.rows.connections.push(row);
+                    out.push_connection(&init, row);
                 }
             }
         }

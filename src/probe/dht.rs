@@ -1950,7 +1950,11 @@ mod tests {
             .rows
             .iter()
             .any(|r| r.kind == "response" && r.method.as_deref() == Some("get_peers") && r.rtt_ms == Some(1.0)));
-        assert!(rep.rows.iter().filter(|r| r.src_ip == "2.2.2.2").all(|r| r.read_only));
+        assert!(rep
+            .rows
+            .iter()
+            .filter(|r| r.src_ip.0.to_string() == "2.2.2.2")
+            .all(|r| r.read_only));
     }
 
     /// The IPv6 node (BEP 32): its queries want n6; of an answer it
@@ -2339,7 +2343,9 @@ mod tests {
         let rows: Vec<&DhtMessageRow> = reports.iter().flat_map(|r| r.rows.iter()).collect();
         let queries = rows.iter().filter(|r| r.kind == "query").count() as u32;
         assert_eq!(net.want_n6.load(Ordering::SeqCst), queries);
-        assert!(rows.iter().all(|r| r.src_ip == "::1" && r.dst_ip == "::1"));
+        assert!(rows
+            .iter()
+            .all(|r| r.src_ip.0.to_string() == "::1" && r.dst_ip.0.to_string() == "::1"));
         let a: Vec<_> = rows
             .iter()
             .filter(|r| r.kind == "response" && r.method.as_deref() == Some("get_peers"))

@@ -8,6 +8,7 @@ pub mod columns;
 pub mod community_id;
 pub mod layout;
 pub mod tables;
+pub mod typed;
 pub mod writer;
 
 use std::path::Path;
@@ -19,6 +20,7 @@ use polars::prelude::PolarsResult;
 
 pub use columns::Ts;
 pub use tables::*;
+pub use typed::{Hex, Ip, IpText, ShortBytes};
 use writer::{DirSink, Interval, RotatingSink, TableSink};
 
 /// Extra prose at the end of docs/SCHEMA.md.

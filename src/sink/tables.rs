@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use polars::prelude::*;
 
+use std::borrow::Cow;
+
 use super::columns::{ColumnSpec, Ts, I32};
+use super::typed::{Hex, Ip, IpText, ShortBytes};
 
 /// Documentation of one column.
 #[derive(Debug, Clone, Copy)]
@@ -442,28 +445,28 @@ tables! {
     dht_messages => DhtMessageRow {
         ts: Ts = "Time.",
         frame: u64 = "Frame.",
-        capture: String = "Input file name.",
-        src_ip: String = "Sender.",
+        capture: Arc<str> = "Input file name.",
+        src_ip: Ip as IpText = "Sender.",
         src_port: u32 as I32 = "Sender port.",
-        dst_ip: String = "Receiver.",
+        dst_ip: Ip as IpText = "Receiver.",
         dst_port: u32 as I32 = "Receiver port.",
-        tid: String = "Transaction id (hex).",
+        tid: ShortBytes as Hex = "Transaction id (hex).",
         kind: &'static str = "query, response, error.",
-        method: Option<String> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
-        node_id: Option<String> = "Sender node id (`a.id` / `r.id`, hex).",
-        target: Option<String> = "find_node / get / sample_infohashes target (hex).",
-        info_hash: Option<String> = "get_peers / announce_peer info hash (hex).",
+        method: Option<Cow<'static, str>> = "Query method (ping, find_node, get_peers, announce_peer, get, put, sample_infohashes, else the name sent); on responses and errors, the method of the paired query ('other' for an unknown one).",
+        node_id: Option<[u8; 20]> as Hex = "Sender node id (`a.id` / `r.id`, hex).",
+        target: Option<[u8; 20]> as Hex = "find_node / get / sample_infohashes target (hex).",
+        info_hash: Option<[u8; 20]> as Hex = "get_peers / announce_peer info hash (hex).",
         n_nodes: u64 = "Compact nodes returned (nodes + nodes6).",
         n_nodes6: u64 = "Of which IPv6 (`nodes6`, BEP 32).",
         n_values: u64 = "Peers returned (values).",
-        version: Option<String> = "Client from the top-level `v` key (two letters + version).",
-        version_raw: Option<String> = "`v` as sent (hex).",
+        version: Option<Arc<str>> = "Client from the top-level `v` key (two letters + version).",
+        version_raw: Option<ShortBytes> as Hex = "`v` as sent (hex).",
         rtt_ms: Option<f64> = "Response time after its query (paired responses and errors).",
         query_frame: Option<u64> = "Frame of the paired query.",
         error_code: Option<i64> = "KRPC error code.",
         error_msg: Option<String> = "KRPC error message (first 256 bytes).",
         read_only: bool = "BEP 43: top-level `ro` = 1.",
-        external_ip: Option<String> = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
+        external_ip: Option<Ip> as IpText = "BEP 42: top-level `ip`, the receiver's address as the sender sees it.",
         external_port: Option<u32> as I32 = "Port of `ip`.",
         port: Option<u32> as I32 = "announce_peer `port`.",
         implied_port: Option<bool> = "announce_peer `implied_port` (the peer's port is the UDP source port).",
@@ -487,19 +490,19 @@ tables! {
     dht_peers => DhtPeerRow {
         ts: Ts = "Time.",
         frame: u64 = "Frame.",
-        capture: String = "Input file name.",
-        info_hash: Option<String> = "Torrent (null for `values` whose get_peers query was not captured).",
-        peer_ip: String = "Peer address.",
+        capture: Arc<str> = "Input file name.",
+        info_hash: Option<[u8; 20]> as Hex = "Torrent (null for `values` whose get_peers query was not captured).",
+        peer_ip: Ip as IpText = "Peer address.",
         peer_port: u32 as I32 = "Peer port.",
         via: &'static str = "values (get_peers response) or announce_peer.",
-        reporter_ip: String = "Node that reported it (for announce_peer: the peer itself).",
+        reporter_ip: Ip as IpText = "Node that reported it (for announce_peer: the peer itself).",
         reporter_port: u32 as I32 = "Its UDP port.",
     }
 
     /// One row per DHT node (node id and address) seen sending or listed in `nodes` / `nodes6`.
     dht_nodes => DhtNodeRow {
-        node_id: String = "Node id (hex).",
-        node_ip: String = "Address.",
+        node_id: [u8; 20] as Hex = "Node id (hex).",
+        node_ip: Ip as IpText = "Address.",
         node_port: u32 as I32 = "UDP port.",
         first_ts: Ts = "First seen (sending, or listed by another node).",
         last_ts: Ts = "Last seen.",
@@ -517,7 +520,7 @@ tables! {
 
     /// One row per info hash named in the DHT (get_peers, announce_peer, BEP 51 samples).
     dht_infohashes => DhtInfohashRow {
-        info_hash: String = "Torrent.",
+        info_hash: [u8; 20] as Hex = "Torrent.",
         first_ts: Ts = "First named.",
         last_ts: Ts = "Last named.",
         n_get_peers: u64 = "get_peers queries for it.",

@@ -736,3 +736,83 @@ fn issue5_dht_tables_do_not_depend_on_thread_count() {
     let n_nodes = table(&one, "dht_nodes").height();
     assert!(n_nodes >= min_nodes, "{n_nodes} DHT nodes");
 }
+
+/// Issue 16, item 1 (DHT): one real get_peers exchange, then a flood of
+/// 5,000 get_peers queries, each with a fresh node id, info hash and
+/// transaction id (bench/hostile_gen.py's `dht` flood, on one flow so that
+/// the pairing table's share is one shard's). Every DHT table stays within
+/// its bound and everything that did not fit is counted: the node and
+/// info-hash tables keep the first 1,000 they met (the real exchange's among
+/// them) and count the rest; the pairing table keeps the newest 100 queries
+/// and evicts the others, one `dht_pending_full` each.
+#[test]
+fn issue16_dht_flood_with_fresh_ids_is_bounded_and_counted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (ep("10.0.0.1:6881"), ep("10.0.0.2:6881"));
+    let ih0 = [0x42u8; 20];
+    let mut args = b"9:info_hash".to_vec();
+    args.extend(bs(&ih0));
+    let mut values = b"5:token".to_vec();
+    values.extend(bs(b"tok"));
+    values.extend(b"6:valuesl");
+    values.extend(bs(&[192, 0, 2, 1, 0x1a, 0xe1]));
+    values.push(b'e');
+    let mut frames = vec![
+        (1_000_000, udp_frame(a, b, &query(b"aa", "get_peers", &args))),
+        (1_025_000, udp_frame(b, a, &response(b"aa", &values))),
+    ];
+    let n: u32 = 5_000;
+    for i in 0..n {
+        let (mut id, mut ih) = ([1u8; 20], [2u8; 20]);
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        ih[..4].copy_from_slice(&i.to_be_bytes());
+        let mut q = b"d1:ad2:id".to_vec();
+        q.extend(bs(&id));
+        q.extend(b"9:info_hash");
+        q.extend(bs(&ih));
+        q.extend(b"e1:q9:get_peers1:t");
+        q.extend(bs(&i.to_be_bytes()));
+        q.extend(b"1:y1:qe");
+        frames.push((2_000_000 + i64::from(i) * 10, udp_frame(a, b, &q)));
+    }
+    let p = tmp.path().join("dht-flood.pcap");
+    write_pcap(&p, &frames);
+    let mut settings = Settings::default();
+    settings.limits.max_dht_nodes = 1000;
+    settings.limits.max_dht_infohashes = 1000;
+    // 100 outstanding queries per shard (64 shards).
+    settings.limits.dht.max_pending = 64 * 100;
+    let r = run_with(&[p], &[], settings, None);
+
+    let m = table(&r, "dht_messages");
+    assert_eq!(m.height() as u32, n + 2);
+    // The real exchange is paired and its peer attributed.
+    assert_eq!(f64s(&m, "rtt_ms")[1], Some(25.0));
+    let peers = table(&r, "dht_peers");
+    assert_eq!(strs(&peers, "info_hash"), [Some("42".repeat(20))]);
+
+    // Nodes: the two real ones, then the first 998 flood ids; the other
+    // 4,002 observations counted.
+    let nodes = table(&r, "dht_nodes");
+    assert_eq!(nodes.height(), 1000);
+    let ids = strs(&nodes, "node_id");
+    assert_eq!(ids[..2], [Some("11".repeat(20)), Some("22".repeat(20))]);
+    assert_eq!(ids[999], Some(format!("000003e5{}", "01".repeat(16))));
+    // Info hashes: the real one, then the first 999 of the flood.
+    let ihs = table(&r, "dht_infohashes");
+    assert_eq!(ihs.height(), 1000);
+    assert_eq!(strs(&ihs, "info_hash")[0], Some("42".repeat(20)));
+    assert_eq!(u64s(&ihs, "n_values")[0], Some(1));
+
+    let an = table(&r, "anomalies");
+    let details = |kind: &str| strs(&rows_eq(&an, "kind", kind), "detail");
+    assert_eq!(
+        details("dht_node_table_full"),
+        [Some("4002 node observations not tracked (max 1000)".to_string())]
+    );
+    assert_eq!(
+        details("dht_infohash_table_full"),
+        [Some("4001 info hash observations not tracked (max 1000)".to_string())]
+    );
+    assert_eq!(count_by(&an, "kind").get("dht_pending_full"), Some(&u64::from(n - 100)));
+}

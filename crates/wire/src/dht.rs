@@ -1178,34 +1178,83 @@ pub fn bep42_exempt(ip: IpAddr) -> bool {
 // Pairing
 // ---------------------------------------------------------------------------
 
-/// Identifies an outstanding query: transaction ID plus both endpoints. A
-/// response travels the other way, so it is looked up with its destination
-/// as `querier` and its source as `responder`.
+/// Identifies an outstanding query: a 64-bit keyed hash of the transaction
+/// ID and both endpoints (querier, responder). A response travels the
+/// other way, so it is looked up with its destination as `querier` and its
+/// source as `responder`.
+///
+/// The table keeps only this integer, not the ID and the two addresses
+/// (88 bytes before): the key is SipHash-1-3 with a random key per table
+/// (std's `RandomState`), so two different queries share a key with
+/// probability about n / 2^64 per lookup for n waiting queries (never, in
+/// practice), and an attacker who does not know the table's key cannot aim
+/// a response at someone else's query.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct PendingKey {
-    tid: [u8; MAX_TID_LEN],
-    tid_len: u8,
-    pub querier: SocketAddr,
-    pub responder: SocketAddr,
-}
+pub struct PendingKey(u64);
 
 impl PendingKey {
     /// `None` when `tid` is longer than [`MAX_TID_LEN`].
-    pub fn new(tid: &[u8], querier: SocketAddr, responder: SocketAddr) -> Option<PendingKey> {
-        let mut buf = [0u8; MAX_TID_LEN];
-        buf.get_mut(..tid.len())?.copy_from_slice(tid);
-        Some(PendingKey {
-            tid: buf,
-            tid_len: u8::try_from(tid.len()).ok()?,
-            querier,
-            responder,
-        })
-    }
-
-    pub fn tid(&self) -> &[u8] {
-        self.tid.get(..usize::from(self.tid_len)).unwrap_or(&[])
+    pub fn new(
+        hasher: &std::collections::hash_map::RandomState,
+        tid: &[u8],
+        querier: SocketAddr,
+        responder: SocketAddr,
+    ) -> Option<PendingKey> {
+        use std::hash::{BuildHasher, Hasher};
+        if tid.len() > MAX_TID_LEN {
+            return None;
+        }
+        // One write of a packed buffer: the ID's length and bytes, then
+        // each endpoint as its family, 16 address bytes and port.
+        let mut buf = [0u8; 1 + MAX_TID_LEN + 2 * 19];
+        let mut n = 0;
+        let mut put = |b: &[u8]| {
+            if let Some(dst) = buf.get_mut(n..n + b.len()) {
+                dst.copy_from_slice(b);
+            }
+            n += b.len();
+        };
+        put(&[tid.len() as u8]);
+        put(tid);
+        for a in [querier, responder] {
+            match a.ip() {
+                IpAddr::V4(v4) => {
+                    put(&[4]);
+                    put(&v4.to_ipv6_mapped().octets());
+                }
+                IpAddr::V6(v6) => {
+                    put(&[6]);
+                    put(&v6.octets());
+                }
+            }
+            put(&a.port().to_be_bytes());
+        }
+        let mut h = hasher.build_hasher();
+        h.write(buf.get(..n).unwrap_or(&buf));
+        Some(PendingKey(h.finish()))
     }
 }
+
+/// Hashes a [`PendingKey`], already a keyed hash, as itself.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Only u64 keys are hashed here; fold anything else in anyway.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type KeyMap<V> = HashMap<PendingKey, V, std::hash::BuildHasherDefault<KeyHasher>>;
 
 /// What is remembered about a query until its answer arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1243,7 +1292,8 @@ pub enum InsertOutcome {
 /// the oldest entries. Ageing uses packet time passed in by the caller.
 #[derive(Debug)]
 pub struct PendingQueries {
-    map: HashMap<PendingKey, (PendingQuery, u64)>,
+    hasher: std::collections::hash_map::RandomState,
+    map: KeyMap<(PendingQuery, u64)>,
     /// Insertion order: (key, sequence number). Entries whose sequence no
     /// longer matches the map are stale (taken or replaced) and are skipped.
     order: VecDeque<(PendingKey, u64)>,
@@ -1265,7 +1315,8 @@ pub struct PendingQueries {
 impl PendingQueries {
     pub fn new(limits: &DhtLimits) -> Self {
         PendingQueries {
-            map: HashMap::new(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            map: KeyMap::default(),
             order: VecDeque::new(),
             next_seq: 0,
             // A zero bound would make every insert evict itself; one slot is
@@ -1296,7 +1347,7 @@ impl PendingQueries {
         responder: SocketAddr,
         query: PendingQuery,
     ) -> InsertOutcome {
-        let Some(key) = PendingKey::new(tid, querier, responder) else {
+        let Some(key) = PendingKey::new(&self.hasher, tid, querier, responder) else {
             self.n_tid_too_long += 1;
             return InsertOutcome::TidTooLong;
         };
@@ -1322,7 +1373,7 @@ impl PendingQueries {
     /// Pairs a response or error travelling `responder` → `querier` with its
     /// query, removing it from the table.
     pub fn take(&mut self, tid: &[u8], querier: SocketAddr, responder: SocketAddr) -> Option<PendingQuery> {
-        let found = PendingKey::new(tid, querier, responder)
+        let found = PendingKey::new(&self.hasher, tid, querier, responder)
             .and_then(|key| self.map.remove(&key))
             .map(|(q, _)| q);
         if found.is_none() {
