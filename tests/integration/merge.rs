@@ -576,14 +576,15 @@ fn merge_of_time_pieces_equals_the_whole_run_on_the_public_corpus() {
     );
 }
 
-/// Captures whose merged pieces are not yet equal to the whole run, all for
-/// one reason: a peer the whole run knows by its listen port, which a piece
-/// meets only as the originator of connections from source ports (no BEP 10
-/// `p` in that piece), stays a peer per source port when more than one
-/// listen candidate or no matching peer id ties it (bittorrent.pcap: the
-/// local client on 40959; bittorrent_transmission.pcapng: 192.168.1.128;
-/// small.pcap likewise). The analysis ties them with state the piece's rows
-/// do not carry.
+/// Corpus captures whose merged pieces are not yet equal to the whole run:
+/// bittorrent.pcap and bittorrent_transmission.pcapng: a peer the whole run
+/// knows by its listen port, which a piece meets only as the originator of
+/// connections from source ports (no BEP 10 `p` in that piece), stays a
+/// peer per source port where its address has no single listen candidate
+/// or no matching peer id (the local clients 192.168.1.3 and
+/// 192.168.1.128); small.pcap (VUT): 192.168.38.130:8999 is a confirmed
+/// download in the merge of 2 pieces and not in the whole run (not yet
+/// understood).
 const NOT_YET: &[&str] = &["bittorrent.pcap", "bittorrent_transmission.pcapng", "small.pcap"];
 
 /// Every table's rows, as text, without `sensor` (and the columns listed).
@@ -729,4 +730,35 @@ fn merge_keeps_a_dataset_it_cannot_replace_and_refuses_other_folders() {
     // An existing merged dataset is replaced.
     merge(&o).expect("merge again");
     assert_eq!(read(&out, "peers").height(), read(&a.dir, "peers").height());
+}
+
+#[test]
+fn merge_reads_hive_partitioned_datasets_as_offline_ones() {
+    // Two time pieces of http.pcap, each laid out as a live dataset
+    // (DIR/<table>/date=…/hour=…/part-0.parquet, as bench/merge.sh does),
+    // merge to the same tables as the same pieces in analyze layout.
+    let torrents = sample_torrents();
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/http.pcap");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 2, tmp.path());
+    let runs: Vec<Run> = files
+        .iter()
+        .map(|f| run_with(std::slice::from_ref(f), &torrents, settings("a"), None))
+        .collect();
+    let mut hive = Vec::new();
+    for (k, r) in runs.iter().enumerate() {
+        let d = tmp.path().join(format!("live{k}"));
+        for t in TABLE_NAMES {
+            let part = d.join(t).join("date=2026-11-21").join(format!("hour={k:02}"));
+            std::fs::create_dir_all(&part).expect("mkdir");
+            std::fs::copy(r.dir.join(format!("{t}.parquet")), part.join("part-0.parquet")).expect("copy");
+        }
+        hive.push(d);
+    }
+    let (_a, offline, _) = merged(&runs.iter().map(|r| r.dir.as_path()).collect::<Vec<_>>());
+    let (_b, live, s) = merged(&hive.iter().map(PathBuf::as_path).collect::<Vec<_>>());
+    assert!(s.joined_connections > 0);
+    for t in TABLE_NAMES {
+        assert_eq!(rows_of(&offline, t, &[]), rows_of(&live, t, &[]), "{t}");
+    }
 }
