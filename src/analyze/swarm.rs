@@ -65,6 +65,25 @@ const MAX_CONNS_REMEMBERED: usize = 1024;
 /// dropped (first and last kept), so the shape survives at bounded cost.
 const MAX_HISTORY: usize = 4096;
 
+/// At `MAX_HISTORY` points, keeps every other point and the last one: the
+/// history stays bounded and keeps its shape and its latest value.
+fn thin_at_bound<T: Copy + PartialEq>(v: &mut Vec<T>) {
+    if v.len() < MAX_HISTORY {
+        return;
+    }
+    let last = v.last().copied();
+    let mut i = 0;
+    v.retain(|_| {
+        i += 1;
+        i % 2 == 1
+    });
+    if let (Some(l), Some(cur)) = (last, v.last().copied()) {
+        if cur != l {
+            v.push(l);
+        }
+    }
+}
+
 /// Events of one unattributed (mid-stream) connection kept while waiting.
 const MAX_PENDING_EVENTS_PER_CONN: usize = 4096;
 /// Unattributed connections waiting at once.
@@ -1606,38 +1625,14 @@ impl PeerState {
                 return false;
             }
         }
-        if self.claims.len() >= MAX_HISTORY {
-            // Thin as the wire history is: every other point, the last kept.
-            let last = self.claims.last().copied();
-            let mut i = 0;
-            self.claims.retain(|_| {
-                i += 1;
-                i % 2 == 1
-            });
-            if let (Some(l), Some(cur)) = (last, self.claims.last().copied()) {
-                if cur != l {
-                    self.claims.push(l);
-                }
-            }
-        }
+        // Thinned as the wire history is.
+        thin_at_bound(&mut self.claims);
         self.claims.push((ts, sig, left));
         true
     }
 
     fn push_history(&mut self, ts: i64, point: u32, sig: Signal) {
-        if self.history.len() >= MAX_HISTORY {
-            let last = self.history.last().copied();
-            let mut i = 0;
-            self.history.retain(|_| {
-                i += 1;
-                i % 2 == 1
-            });
-            if let (Some(l), Some(cur)) = (last, self.history.last().copied()) {
-                if cur != l {
-                    self.history.push(l);
-                }
-            }
-        }
+        thin_at_bound(&mut self.history);
         self.history.push((ts, point, sig));
     }
 

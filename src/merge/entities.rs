@@ -702,6 +702,51 @@ pub fn torrent_pieces(df: &DataFrame) -> Res<HashMap<String, (Option<i64>, Strin
 }
 
 /// Groups row indices of `df` by a text key, groups in first-row order.
+/// The latest row of each group (by last_ts; the earlier row on a tie):
+/// its identity columns are the last seen.
+fn latest_of(groups: &[Vec<usize>], last: &[i64]) -> Vec<usize> {
+    groups
+        .iter()
+        .map(|g| {
+            *g.iter()
+                .max_by_key(|&&i| (last[i], std::cmp::Reverse(i)))
+                .unwrap_or(&g[0])
+        })
+        .collect()
+}
+
+/// One row per group: the row `reps` names, with the sensors of the whole
+/// group, its earliest first_ts and its latest last_ts.
+fn collapse(df: &DataFrame, groups: &[Vec<usize>], reps: &[usize], first: &[i64], last: &[i64]) -> Res<DataFrame> {
+    let mut out = take(df, reps)?;
+    let sensor = strs0(df, "sensor")?;
+    set(
+        &mut out,
+        col_str(
+            "sensor",
+            groups
+                .iter()
+                .map(|g| Some(sensor_set(g.iter().map(|&i| sensor[i].as_str()))))
+                .collect(),
+        ),
+    )?;
+    set(
+        &mut out,
+        col_ts(
+            "first_ts",
+            groups.iter().map(|g| g.iter().map(|&i| first[i]).min()).collect(),
+        ),
+    )?;
+    set(
+        &mut out,
+        col_ts(
+            "last_ts",
+            groups.iter().map(|g| g.iter().map(|&i| last[i]).max()).collect(),
+        ),
+    )?;
+    Ok(out)
+}
+
 fn group_by_key(keys: &[String]) -> Vec<Vec<usize>> {
     let mut at: HashMap<&str, usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
@@ -737,40 +782,8 @@ pub fn peers(
     let last = i64s0(df, "last_ts")?;
     // The representative: the latest row (its peer_id and client are the
     // last seen), filled from the others where null.
-    let reps: Vec<usize> = groups
-        .iter()
-        .map(|g| {
-            *g.iter()
-                .max_by_key(|&&i| (last[i], std::cmp::Reverse(i)))
-                .unwrap_or(&g[0])
-        })
-        .collect();
-    let mut out = take(df, &reps)?;
-    let sensor = strs0(df, "sensor")?;
-    set(
-        &mut out,
-        col_str(
-            "sensor",
-            groups
-                .iter()
-                .map(|g| Some(sensor_set(g.iter().map(|&i| sensor[i].as_str()))))
-                .collect(),
-        ),
-    )?;
-    set(
-        &mut out,
-        col_ts(
-            "first_ts",
-            groups.iter().map(|g| g.iter().map(|&i| first[i]).min()).collect(),
-        ),
-    )?;
-    set(
-        &mut out,
-        col_ts(
-            "last_ts",
-            groups.iter().map(|g| g.iter().map(|&i| last[i]).max()).collect(),
-        ),
-    )?;
+    let reps = latest_of(&groups, &last);
+    let mut out = collapse(df, &groups, &reps, &first, &last)?;
     // Fill nullable identity and geo columns from other rows, latest first.
     for c in [
         "peer_id",
@@ -1567,40 +1580,9 @@ pub fn dht_nodes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     let groups = group_by_key(&keys);
     let last = i64s0(df, "last_ts")?;
     let first = i64s0(df, "first_ts")?;
-    let reps: Vec<usize> = groups
-        .iter()
-        .map(|g| {
-            *g.iter()
-                .max_by_key(|&&i| (last[i], std::cmp::Reverse(i)))
-                .unwrap_or(&g[0])
-        })
-        .collect();
-    let mut out = take(df, &reps)?;
+    let reps = latest_of(&groups, &last);
+    let mut out = collapse(df, &groups, &reps, &first, &last)?;
     let sensor = strs0(df, "sensor")?;
-    set(
-        &mut out,
-        col_str(
-            "sensor",
-            groups
-                .iter()
-                .map(|g| Some(sensor_set(g.iter().map(|&i| sensor[i].as_str()))))
-                .collect(),
-        ),
-    )?;
-    set(
-        &mut out,
-        col_ts(
-            "first_ts",
-            groups.iter().map(|g| g.iter().map(|&i| first[i]).min()).collect(),
-        ),
-    )?;
-    set(
-        &mut out,
-        col_ts(
-            "last_ts",
-            groups.iter().map(|g| g.iter().map(|&i| last[i]).max()).collect(),
-        ),
-    )?;
     let counts: Vec<[i64; 3]> = groups
         .iter()
         .map(|g| {
@@ -1663,32 +1645,8 @@ pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
         .iter()
         .map(|g| *g.iter().find(|&&i| name[i].is_some()).unwrap_or(&g[0]))
         .collect();
-    let mut out = take(df, &reps)?;
+    let mut out = collapse(df, &groups, &reps, &first, &last)?;
     let sensor = strs0(df, "sensor")?;
-    set(
-        &mut out,
-        col_str(
-            "sensor",
-            groups
-                .iter()
-                .map(|g| Some(sensor_set(g.iter().map(|&i| sensor[i].as_str()))))
-                .collect(),
-        ),
-    )?;
-    set(
-        &mut out,
-        col_ts(
-            "first_ts",
-            groups.iter().map(|g| g.iter().map(|&i| first[i]).min()).collect(),
-        ),
-    )?;
-    set(
-        &mut out,
-        col_ts(
-            "last_ts",
-            groups.iter().map(|g| g.iter().map(|&i| last[i]).max()).collect(),
-        ),
-    )?;
     let q: Vec<[i64; 2]> = groups
         .iter()
         .map(|g| ex.ih_queries.get(&ih[g[0]]).copied().unwrap_or_default())
