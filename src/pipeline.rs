@@ -190,13 +190,23 @@ impl PacketJudge {
 struct AnomalyGate {
     max_rows: u64,
     seen: HashMap<(&'static str, String), u64>,
+    /// The run's capture when it has only one (`analyze` of one input,
+    /// `live`): run-level rows (a table that filled up, the audit's and the
+    /// swarm's totals: no packet of their own) are that capture's. With
+    /// several inputs they belong to none (capture empty) and are counted
+    /// under "" (see `capture_stats.n_anomalies` in docs/SCHEMA.md).
+    only: Option<String>,
 }
 
 impl AnomalyGate {
     fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) {
         let max = self.max_rows;
         let seen = &mut self.seen;
-        rows.anomalies.retain(|a| {
+        let only = &self.only;
+        rows.anomalies.retain_mut(|a| {
+            if let (true, Some(name)) = (a.capture.is_empty(), only) {
+                a.capture.clone_from(name);
+            }
             counts.entry(a.capture.clone()).or_default().anomalies += 1;
             let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
             *n += 1;
@@ -300,6 +310,10 @@ impl Engine {
             .thread_name(|i| format!("swarmtap-worker-{i}"))
             .build()
             .map_err(|e| format!("cannot start worker threads: {e}"))?;
+        let only = match names.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        };
         Ok(Engine {
             settings: settings.clone(),
             pool,
@@ -311,6 +325,7 @@ impl Engine {
             gate: AnomalyGate {
                 max_rows: settings.limits.max_anomaly_rows_per_kind,
                 seen: HashMap::new(),
+                only,
             },
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
@@ -710,6 +725,36 @@ pub fn analyze(
             eprintln!("swarmtap: warning: {name} ends inside a packet record (truncated capture); everything before it was analyzed");
         }
         let c = counts.get(&name).copied().unwrap_or_default();
+        // The reader's findings: one row per kind, its count in the
+        // detail; each row counts once in n_anomalies, as every other row.
+        let rows_before = rows.anomalies.len();
+        if st.truncated_tail {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                ts: st.last_ts_us.map(Ts),
+                frame: Some(st.n_records).filter(|&n| n > 0),
+                capture: name.clone(),
+                layer: "capture",
+                kind: "truncated_tail".into(),
+                detail: Some(format!(
+                    "the capture ends inside a packet record or block, after frame {}",
+                    st.n_records
+                )),
+                ..Default::default()
+            });
+        }
+        if st.n_bad_blocks > 0 {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                capture: name.clone(),
+                layer: "capture",
+                kind: "bad_block".into(),
+                detail: Some(format!(
+                    "{} malformed record(s) or block(s); the first {}",
+                    st.n_bad_blocks,
+                    st.bad_block_detail.as_deref().unwrap_or("")
+                )),
+                ..Default::default()
+            });
+        }
         if st.n_ts_out_of_range > 0 {
             rows.anomalies.push(crate::sink::AnomalyRow {
                 capture: name.clone(),
@@ -731,7 +776,7 @@ pub fn analyze(
             n_decode_errors: c.n_decode_errors,
             n_truncated: st.n_snaplen_cut,
             truncated_tail: st.truncated_tail,
-            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail) + st.n_ts_out_of_range,
+            n_anomalies: c.n_anomalies + (rows.anomalies.len() - rows_before) as u64,
             n_dropped: 0,
             n_filtered_out: st.n_filtered_out,
             n_not_ip: c.n_not_ip,
@@ -747,7 +792,9 @@ pub fn analyze(
             ..Default::default()
         });
     }
-    summary.n_anomalies = rows.capture_stats.iter().map(|c| c.n_anomalies).sum();
+    // Run-level rows of a run over several inputs belong to no capture.
+    let run_level = counts.get("").map_or(0, |c| c.n_anomalies);
+    summary.n_anomalies = rows.capture_stats.iter().map(|c| c.n_anomalies).sum::<u64>() + run_level;
     sink.send(rows)?;
     sink.finish()?;
     summary.elapsed_s = started.elapsed().as_secs_f64();

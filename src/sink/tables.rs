@@ -609,7 +609,7 @@ tables! {
         n_decode_errors: u64 = "Frames whose headers could not be decoded.",
         n_truncated: u64 = "Frames cut by the snaplen.",
         truncated_tail: bool = "The file ended inside a record.",
-        n_anomalies: u64 = "Anomalies counted (including those beyond the per-kind row cap).",
+        n_anomalies: u64 = "Rows of `anomalies` with this capture, plus those of its rows the per-kind cap (Limits.max_anomaly_rows_per_kind, 10,000 per layer and kind over the run) left out: without the cap, exactly its rows. A row that sums several events (a table that filled up, malformed blocks, out-of-range times) counts once; its detail gives their number. Rows with an empty capture are in no capture's count: layer sink (written after capture_stats), and run-level rows (a table that filled up, the audit's totals) of a run over several inputs; with one input (and live) those are its capture's.",
         n_dropped: u64 = "Live capture: packets dropped (ours + kernel + interface).",
         n_filtered_out: u64 = "Frames rejected by -f.",
         n_not_ip: u64 = "Non-IP frames (ARP, …).",
@@ -636,8 +636,8 @@ tables! {
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).
     anomalies => AnomalyRow {
         ts: Option<Ts> = "Time.",
-        frame: Option<u64> = "Frame.",
-        capture: String = "Input file name.",
+        frame: Option<u64> = "Frame of the packet it is about: for what a flow's end finds (idle, closed, end of input, eviction), the flow's last packet; for a swarm conflict, the claim's packet. Null for run-level rows (totals over the run).",
+        capture: String = "Input file name; empty for run-level rows of a run over several inputs and for layer sink (see capture_stats.n_anomalies).",
         conn_id: Option<u64> = "Flow/connection, where one applies.",
         layer: &'static str = "capture, decode, tcp, peer_wire, tracker, dht, utp, flow, …",
         kind: String = "What was wrong (snake_case).",

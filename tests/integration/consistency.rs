@@ -1,0 +1,128 @@
+//! Tables that count the same things agree with each other: a capture's
+//! `capture_stats.n_anomalies` with its `anomalies` rows, an anomaly's
+//! frame and time with the capture's own record, a peer's byte totals with
+//! the connections its `conn_ids` lists. Run on the samples and on the
+//! public corpus.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use swarmtap::capture::expand_inputs;
+use swarmtap::config::Settings;
+use swarmtap::pipeline::RunSummary;
+use swarmtap::proto::metainfo::parse_torrent;
+
+use super::{corpus, strs, table, u64s, Run};
+
+fn samples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps")
+}
+
+/// `analyze` as the binary runs it, with the run's summary.
+fn analyze(inputs: &[PathBuf], torrents: &[PathBuf], settings: &Settings) -> (Run, RunSummary) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("out");
+    let exp = expand_inputs(inputs).expect("inputs");
+    let metas = torrents
+        .iter()
+        .map(|t| parse_torrent(&std::fs::read(t).expect("read torrent")).expect("torrent"))
+        .collect();
+    let s = swarmtap::pipeline::analyze(exp.inputs, None, &dir, settings, metas).expect("analyze");
+    (Run { _tmp: tmp, dir }, s)
+}
+
+/// Checks that each capture's `n_anomalies` is its number of `anomalies`
+/// rows (no kind reached the row cap in these runs) and that the summary
+/// counts every row; returns the rows per capture (empty: run-level).
+fn anomalies_per_capture(r: &Run, s: &RunSummary) -> BTreeMap<String, u64> {
+    let cs = table(r, "capture_stats");
+    let an = table(r, "anomalies");
+    let mut rows: BTreeMap<String, u64> = BTreeMap::new();
+    for c in strs(&an, "capture") {
+        *rows.entry(c.unwrap_or_default()).or_default() += 1;
+    }
+    for (c, n) in strs(&cs, "capture").into_iter().zip(u64s(&cs, "n_anomalies")) {
+        let c = c.unwrap_or_default();
+        assert_eq!(n, Some(rows.get(&c).copied().unwrap_or(0)), "capture {c}");
+    }
+    assert_eq!(s.n_anomalies, an.height() as u64, "summary");
+    rows
+}
+
+#[test]
+fn n_anomalies_equals_the_anomaly_rows_of_each_capture() {
+    // The samples in one run: the swarm's conflicts name the claim's
+    // capture (they were counted nowhere before: 5 rows, 0 counted).
+    let torrents: Vec<PathBuf> = std::fs::read_dir(samples())
+        .expect("samples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+        .collect();
+    let (r, s) = analyze(&[samples()], &torrents, &Settings::default());
+    let got = anomalies_per_capture(&r, &s);
+    let one = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| (n.to_string(), 1))
+            .collect::<BTreeMap<String, u64>>()
+    };
+    assert_eq!(
+        got,
+        one(&["lossy.pcap", "magnet.pcap", "midstream.pcap", "udp.pcap", "utp.pcap"])
+    );
+    let an = table(&r, "anomalies");
+    let swarm: Vec<usize> = strs(&an, "layer")
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.as_deref() == Some("swarm"))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(swarm.len(), 5);
+    let frames = u64s(&an, "frame");
+    let conns = u64s(&an, "conn_id");
+    for &i in &swarm {
+        assert!(frames[i].is_some_and(|f| f > 0) && conns[i].is_some(), "row {i}");
+    }
+
+    let Some(c) = corpus() else { return };
+    // The whole corpus in one run, then a few captures alone (one input:
+    // run-level rows are its own).
+    let (r, s) = analyze(&[c.clone()], &[], &Settings::default());
+    let got = anomalies_per_capture(&r, &s);
+    let want: BTreeMap<String, u64> = [
+        ("bittorrent.pcap", 28),
+        ("bittorrent_transmission.pcapng", 2),
+        ("codemonkey.pcap", 63),
+        ("codemonkey2.pcap", 7),
+        ("codemonkey_and_testtxt.pcap", 71),
+        ("input.pcap", 3),
+        ("lookaway.pcap", 1),
+        ("mippo.pcap", 1),
+        ("small_torrent.pcap", 3),
+    ]
+    .into_iter()
+    .map(|(c, n)| (c.to_string(), n))
+    .collect();
+    // 179 rows: 170 counted before, and 9 swarm conflicts counted nowhere.
+    assert_eq!(got, want);
+    for (dir, name) in [
+        ("ntop__nDPI", "bittorrent.pcap"),
+        ("ntop__nDPI", "bittorrent_transmission.pcapng"),
+        ("tcoppi__BittorrentReconstituter", "codemonkey_and_testtxt.pcap"),
+        ("OISF__suricata-verify", "input.pcap"),
+    ] {
+        let (r, s) = analyze(&[c.join(dir).join(name)], &[], &Settings::default());
+        let got = anomalies_per_capture(&r, &s);
+        assert_eq!(got, [(name.to_string(), want[name])].into_iter().collect(), "{name}");
+    }
+    // A real capture cut inside its last record: one row says so.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cut = tmp.path().join("mippo-cut.pcap");
+    let bytes = std::fs::read(c.join("tcoppi__BittorrentReconstituter/mippo.pcap")).expect("read");
+    std::fs::write(&cut, &bytes[..bytes.len() - 700]).expect("write");
+    let (r, s) = analyze(&[cut], &[], &Settings::default());
+    let got = anomalies_per_capture(&r, &s);
+    assert_eq!(got, [("mippo-cut.pcap".to_string(), 2)].into_iter().collect());
+    let kinds = super::count_by(&table(&r, "anomalies"), "kind");
+    assert_eq!(kinds.get("truncated_tail"), Some(&1), "{kinds:?}");
+}
