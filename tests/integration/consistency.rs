@@ -4,10 +4,11 @@
 //! the connections its `conn_ids` lists. Run on the samples and on the
 //! public corpus.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use swarmtap::capture::expand_inputs;
+use polars::prelude::{DataFrame, DataType};
+use swarmtap::capture::{expand_inputs, CaptureReader, FrameBatch, InputSpec};
 use swarmtap::config::Settings;
 use swarmtap::pipeline::RunSummary;
 use swarmtap::proto::metainfo::parse_torrent;
@@ -16,6 +17,17 @@ use super::{corpus, strs, table, u64s, Run};
 
 fn samples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps")
+}
+
+fn i64s(df: &DataFrame, col: &str) -> Vec<Option<i64>> {
+    df.column(col)
+        .expect(col)
+        .cast(&DataType::Int64)
+        .expect("cast")
+        .i64()
+        .expect("i64")
+        .iter()
+        .collect()
 }
 
 /// `analyze` as the binary runs it, with the run's summary.
@@ -125,4 +137,92 @@ fn n_anomalies_equals_the_anomaly_rows_of_each_capture() {
     assert_eq!(got, [("mippo-cut.pcap".to_string(), 2)].into_iter().collect());
     let kinds = super::count_by(&table(&r, "anomalies"), "kind");
     assert_eq!(kinds.get("truncated_tail"), Some(&1), "{kinds:?}");
+}
+
+/// Each record's time by frame number, as the capture file has it.
+fn record_times(p: &Path) -> HashMap<u64, i64> {
+    let mut r = CaptureReader::open(&InputSpec::Path(p.to_path_buf()), None).expect("open");
+    let mut b = FrameBatch::default();
+    let mut m = HashMap::new();
+    while r.read_batch(&mut b, 1 << 20, 4096).expect("read") {
+        m.extend(b.frames.iter().map(|f| (f.frame_no, f.ts_us)));
+    }
+    m
+}
+
+/// Checks that every anomaly with a frame names a record of its capture
+/// at the row's time, and one of its flow's (between the flow's first and
+/// last packet); returns (rows with a frame, rows of flows ended idle that
+/// carry the flow's last packet's time).
+fn check_frames(r: &Run, files: &HashMap<String, PathBuf>) -> (usize, usize) {
+    let an = table(r, "anomalies");
+    let fl = table(r, "flows");
+    let flows: HashMap<(String, u64), (i64, i64, String)> = strs(&fl, "capture")
+        .into_iter()
+        .zip(u64s(&fl, "conn_id"))
+        .zip(i64s(&fl, "first_ts").into_iter().zip(i64s(&fl, "last_ts")))
+        .zip(strs(&fl, "end_reason"))
+        .map(|(((c, id), (a, b)), e)| {
+            (
+                (c.unwrap_or_default(), id.unwrap_or_default()),
+                (a.unwrap_or_default(), b.unwrap_or_default(), e.unwrap_or_default()),
+            )
+        })
+        .collect();
+    let mut times: HashMap<String, HashMap<u64, i64>> = HashMap::new();
+    let (mut n_framed, mut n_idle_last) = (0, 0);
+    let rows = strs(&an, "capture")
+        .into_iter()
+        .zip(u64s(&an, "frame"))
+        .zip(i64s(&an, "ts"))
+        .zip(u64s(&an, "conn_id"))
+        .zip(strs(&an, "kind"));
+    for ((((c, frame), ts), conn), kind) in rows {
+        let (c, kind) = (c.unwrap_or_default(), kind.unwrap_or_default());
+        let Some(frame) = frame else { continue };
+        n_framed += 1;
+        let t = times
+            .entry(c.clone())
+            .or_insert_with(|| record_times(files.get(&c).unwrap_or_else(|| panic!("no file for {c}"))));
+        assert_eq!(t.get(&frame).copied(), ts, "{c} {kind}: frame {frame}");
+        if let Some(id) = conn {
+            let Some((first, last, end)) = flows.get(&(c.clone(), id)) else {
+                continue;
+            };
+            let ts = ts.unwrap_or_default();
+            assert!((*first..=*last).contains(&ts), "{c} {kind}: conn {id} at {ts}");
+            n_idle_last += usize::from(end == "idle" && ts == *last);
+        }
+    }
+    (n_framed, n_idle_last)
+}
+
+#[test]
+fn anomaly_frames_are_the_records_they_name_also_for_flows_ended_by_a_sweep() {
+    let Some(c) = corpus() else { return };
+    let exp = expand_inputs(&[c.clone(), samples()]).expect("inputs");
+    let mut files: HashMap<String, PathBuf> = HashMap::new();
+    let mut inputs = Vec::new();
+    for i in exp.inputs {
+        if let InputSpec::Path(p) = i {
+            files.insert(
+                p.file_name().unwrap_or_default().to_string_lossy().into_owned(),
+                p.clone(),
+            );
+            inputs.push(p);
+        }
+    }
+    // Every row with a frame (none with frame 0, which no record has).
+    let (r, _) = analyze(&inputs, &[], &Settings::default());
+    assert_eq!(check_frames(&r, &files), (184, 0));
+    // Flows idle for 2 s end at the next sweep, in the middle of the
+    // capture: what their end finds (a message cut by a gap, lost uTP
+    // packets, conflicting overlaps) is timed by their last packet, not
+    // the sweep (frame 0 before session 5).
+    let mut s = Settings::default();
+    s.limits.tcp_idle_us = 2_000_000;
+    s.limits.udp_idle_us = 2_000_000;
+    s.limits.sweep_interval_us = 1_000_000;
+    let (r, _) = analyze(&inputs, &[], &s);
+    assert_eq!(check_frames(&r, &files), (193, 16));
 }
