@@ -99,7 +99,7 @@ fn n_anomalies_equals_the_anomaly_rows_of_each_capture() {
     let Some(c) = corpus() else { return };
     // The whole corpus in one run, then a few captures alone (one input:
     // run-level rows are its own).
-    let (r, s) = analyze(&[c.clone()], &[], &Settings::default());
+    let (r, s) = analyze(std::slice::from_ref(&c), &[], &Settings::default());
     let got = anomalies_per_capture(&r, &s);
     let want: BTreeMap<String, u64> = [
         ("bittorrent.pcap", 28),
