@@ -199,10 +199,13 @@ struct AnomalyGate {
 }
 
 impl AnomalyGate {
-    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) {
+    /// Counts and caps a step's rows; returns whether a kind reached the
+    /// cap in this step (the shards are then told, see `full_kinds`).
+    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) -> bool {
         let max = self.max_rows;
         let seen = &mut self.seen;
         let only = &self.only;
+        let mut newly_full = false;
         rows.anomalies.retain_mut(|a| {
             if let (true, Some(name)) = (a.capture.is_empty(), only) {
                 a.capture.clone_from(name);
@@ -210,8 +213,39 @@ impl AnomalyGate {
             counts.entry(a.capture.clone()).or_default().anomalies += 1;
             let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
             *n += 1;
+            newly_full |= *n == max;
             *n <= max
         });
+        newly_full
+    }
+
+    /// Kinds whose rows reached the cap: every later row of them is dropped.
+    fn full_kinds(&self) -> crate::analyze::FullKinds {
+        let mut full = crate::analyze::FullKinds::new();
+        for ((layer, kind), n) in &self.seen {
+            if *n >= self.max_rows {
+                full.entry(*layer).or_default().insert(kind.clone());
+            }
+        }
+        full
+    }
+
+    /// Counts the rows the shards did not build (their kind was full).
+    fn count_withheld(
+        &self,
+        shards: &mut [Shard<ShardApps>],
+        names: &[String],
+        counts: &mut HashMap<String, DecodeCounts>,
+    ) {
+        for s in shards.iter_mut() {
+            for (capture, n) in std::mem::take(&mut s.apps.out.anomalies_withheld) {
+                let name = match capture.and_then(|c| names.get(c as usize)).or(self.only.as_ref()) {
+                    Some(name) => name.clone(),
+                    None => String::new(),
+                };
+                counts.entry(name).or_default().anomalies += n;
+            }
+        }
     }
 }
 
@@ -344,6 +378,8 @@ impl Engine {
     /// stage, rebuilt metadata reaches the shards, and the rows come back
     /// gated and counted (the final step's are gated by `finish`).
     fn step(&mut self, rows: RowBatch, kind: StepKind) -> RowBatch {
+        self.gate
+            .count_withheld(&mut self.shards, &self.names, &mut self.counts);
         let input = collect_step(&mut self.shards, rows);
         let (mut rows, known) = self.stage.step(input, kind, self.watermark);
         if let Some(known) = known {
@@ -351,8 +387,13 @@ impl Engine {
                 s.apps.out.known = known.clone();
             }
         }
+        if kind != StepKind::Final && self.gate.filter(&mut rows, &mut self.counts) {
+            let full = Arc::new(self.gate.full_kinds());
+            for s in self.shards.iter_mut() {
+                s.apps.out.full_kinds = full.clone();
+            }
+        }
         if kind != StepKind::Final {
-            self.gate.filter(&mut rows, &mut self.counts);
             self.summary.n_messages += rows.peer_messages.len() as u64;
             self.summary.n_connections += rows.connections.len() as u64;
         }
