@@ -1262,12 +1262,7 @@ impl Swarm {
                 } else if p.client.is_none() {
                     p.client = peer_id.and_then(|i| client_from_peer_id(&i));
                 }
-                if !p.conns.contains(&ev.conn_id) {
-                    p.n_connections += 1;
-                    if p.conns.len() < MAX_CONNS_REMEMBERED {
-                        p.conns.push(ev.conn_id);
-                    }
-                }
+                p.take_part(ev.conn_id, true);
                 None
             }
             SwarmEventKind::Bitfield(bits) => {
@@ -1351,12 +1346,19 @@ impl Swarm {
                 None
             }
             SwarmEventKind::Transfer { bytes, cut_off, .. } => {
+                // Both ends took part in the connection whose bytes they
+                // are credited with (a receiver that sent nothing the swarm
+                // keeps, on a connection picked up mid-stream, had no other
+                // event naming it): conn_ids lists every connection behind
+                // uploaded_bytes and downloaded_bytes.
+                p.take_part(ev.conn_id, false);
                 p.uploaded += bytes;
                 if !cut_off {
                     p.add_rate(ts, window, 1, bytes);
                 }
                 if let Some(rk) = to_key {
                     if let Some(r) = self.peers.get_mut(&rk) {
+                        r.take_part(ev.conn_id, false);
                         r.downloaded += bytes;
                         r.last_ts = r.last_ts.max(ts);
                         if !cut_off {
@@ -1633,6 +1635,23 @@ impl PeerState {
             utp: None,
             enc_sent: 0,
             enc_received: 0,
+        }
+    }
+
+    /// Counts a connection it took part in (listed while fewer than
+    /// MAX_CONNS_REMEMBERED are). `once`: the caller's event comes once per
+    /// connection, so one past the list is still counted; a block's bytes
+    /// (many per connection) count only a connection the list can hold.
+    fn take_part(&mut self, conn_id: u64, once: bool) {
+        // Blocks come in runs of one connection: the last one first.
+        if self.conns.last() == Some(&conn_id) || self.conns.contains(&conn_id) {
+            return;
+        }
+        if self.conns.len() < MAX_CONNS_REMEMBERED {
+            self.conns.push(conn_id);
+            self.n_connections += 1;
+        } else if once {
+            self.n_connections += 1;
         }
     }
 

@@ -226,3 +226,100 @@ fn anomaly_frames_are_the_records_they_name_also_for_flows_ended_by_a_sweep() {
     let (r, _) = analyze(&inputs, &[], &s);
     assert_eq!(check_frames(&r, &files), (193, 16));
 }
+
+fn id_lists(df: &DataFrame, c: &str) -> Vec<Vec<u64>> {
+    let l = df.column(c).expect(c).list().expect("list").clone();
+    (0..l.len())
+        .map(|i| {
+            l.get_as_series(i)
+                .map(|s| s.i64().expect("i64").iter().flatten().map(|v| v as u64).collect())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// For every peer whose `conn_ids` is whole (n_connections of them): its
+/// uploaded and downloaded bytes are the piece bytes it sent and received
+/// on exactly those connections, and each of them names it as one of its
+/// ends (orig/resp_peer_port). Returns (peers, bytes checked).
+fn check_peer_bytes(r: &Run) -> (usize, u64) {
+    let peers = table(r, "peers");
+    let conns = table(r, "connections");
+    type End = (Option<String>, Option<u64>);
+    let mut by_id: HashMap<u64, (End, End, u64, u64)> = HashMap::new();
+    let ids = u64s(&conns, "conn_id");
+    let (oi, op, ri, rp) = (
+        strs(&conns, "orig_ip"),
+        u64s(&conns, "orig_peer_port"),
+        strs(&conns, "resp_ip"),
+        u64s(&conns, "resp_peer_port"),
+    );
+    let (po, pr) = (u64s(&conns, "piece_bytes_orig"), u64s(&conns, "piece_bytes_resp"));
+    for i in 0..conns.height() {
+        let end = |ip: &[Option<String>], port: &[Option<u64>]| (ip[i].clone(), port[i]);
+        by_id.insert(
+            ids[i].unwrap_or_default(),
+            (end(&oi, &op), end(&ri, &rp), po[i].unwrap_or(0), pr[i].unwrap_or(0)),
+        );
+    }
+    let (ip, port, n_conn) = (
+        strs(&peers, "peer_ip"),
+        u64s(&peers, "peer_port"),
+        u64s(&peers, "n_connections"),
+    );
+    let (up, down) = (u64s(&peers, "uploaded_bytes"), u64s(&peers, "downloaded_bytes"));
+    let (mut n_peers, mut n_bytes) = (0, 0);
+    for (i, list) in id_lists(&peers, "conn_ids").into_iter().enumerate() {
+        if n_conn[i] != Some(list.len() as u64) {
+            continue;
+        }
+        let me: End = (ip[i].clone(), port[i]);
+        let (mut sent, mut received) = (0, 0);
+        for id in &list {
+            let (o, r, bo, br) = by_id
+                .get(id)
+                .unwrap_or_else(|| panic!("peer {me:?}: conn {id} has no row"));
+            if *o == me {
+                (sent, received) = (sent + bo, received + br);
+            } else if *r == me {
+                (sent, received) = (sent + br, received + bo);
+            } else {
+                panic!("peer {me:?}: conn {id} names {o:?} and {r:?}");
+            }
+        }
+        assert_eq!(
+            (up[i], down[i]),
+            (Some(sent), Some(received)),
+            "peer {me:?}, conns {list:?}"
+        );
+        n_peers += 1;
+        n_bytes += sent + received;
+    }
+    (n_peers, n_bytes)
+}
+
+#[test]
+fn peers_bytes_are_the_piece_bytes_of_the_connections_they_list() {
+    // midstream.pcap's connection 42 (10.99.0.11 sends 737,280 piece bytes
+    // to 10.99.0.13 on an ephemeral port) was in no peer's conn_ids while
+    // its bytes were in 10.99.0.13:2706's downloaded_bytes.
+    let torrents: Vec<PathBuf> = std::fs::read_dir(samples())
+        .expect("samples")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "torrent"))
+        .collect();
+    let (r, _) = analyze(&[samples()], &torrents, &Settings::default());
+    assert_eq!(check_peer_bytes(&r), (53, 65_228_816));
+    let Some(c) = corpus() else { return };
+    let (r, _) = analyze(std::slice::from_ref(&c), &[], &Settings::default());
+    assert_eq!(check_peer_bytes(&r), (871, 19_217_738));
+    // And each capture alone.
+    let exp = expand_inputs(&[samples(), c]).expect("inputs");
+    let mut n = 0;
+    for i in exp.inputs {
+        let InputSpec::Path(p) = i else { continue };
+        let (r, _) = analyze(&[p], &torrents, &Settings::default());
+        n += check_peer_bytes(&r).0;
+    }
+    assert_eq!(n, 928, "peers of the 37 captures analysed alone");
+}
