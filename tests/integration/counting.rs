@@ -281,6 +281,31 @@ fn mse_exchange_longer_than_the_scan_window_is_counted_exactly() {
         );
     }
     assert_eq!(from_wire, 2, "connections compared with the wire reference");
+    // A hole inside what the scan passed over changes no framing: each
+    // lossy connection frames the originator's stream like its lossless
+    // twin (the framer resumes after unkept + lost bytes either way).
+    let unframed = u64s(&c, "unframed_bytes");
+    let msgs_o = u64s(&c, "n_msgs_orig");
+    let at = |tr_: &str, port: u64| {
+        (0..c.height())
+            .find(|&i| tr[i].as_deref() == Some(tr_) && op[i] == Some(port))
+            .map(|i| (unframed[i], msgs_o[i]))
+    };
+    assert_eq!(
+        at("tcp", 50001),
+        at("tcp", 50002),
+        "unframed bytes, messages: tcp twins"
+    );
+    assert_eq!(
+        at("utp", 50003),
+        at("utp", 50004),
+        "unframed bytes, messages: utp twins"
+    );
+    assert_eq!(
+        at("tcp", 50001),
+        at("utp", 50003),
+        "unframed bytes, messages: tcp vs utp"
+    );
     // The figures themselves (a regenerated capture must not move them).
     assert_eq!(
         (

@@ -775,6 +775,33 @@ fn bitfield_longer_than_the_torrent_is_counted_and_bounded() {
     assert!(u64s(&prog, "n_pieces_have").iter().all(|h| h.is_some_and(|h| h <= 2)));
 }
 
+/// BEP 3's bitfield of a known 10-piece torrent: 2 bytes, the last 6 bits
+/// spare. Exactly that size with no spare bit set raises nothing and keeps
+/// every piece it names (all 10 from the originator; 0 and 9, the last
+/// piece, the lowest real bit of the last byte, from the responder).
+#[test]
+fn bitfield_of_exactly_the_torrents_size_raises_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tor = tmp.path().join("ten.torrent");
+    let ih = tiny_torrent(&tor, 10);
+    let frames = connection(
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), vec![0, 0, 0, 3, 5, 0xFF, 0xC0]],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb"), vec![0, 0, 0, 3, 5, 0x80, 0x40]],
+    );
+    let p = tmp.path().join("bf.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[tor]);
+    let kinds = count_by(&table(&r, "anomalies"), "kind");
+    assert_eq!(kinds.get("bitfield_wrong_size"), None, "{kinds:?}");
+    let peers = table(&r, "peers");
+    let by_port: BTreeMap<u64, Option<u64>> = u64s(&peers, "peer_port")
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .zip(u64s(&peers, "last_pieces"))
+        .collect();
+    assert_eq!(by_port, BTreeMap::from([(40000, Some(10)), (6881, Some(2))]));
+}
+
 /// `Limits::max_pieces` at its bound, with no torrent known: a bitfield of
 /// exactly ceil(max_pieces / 8) bytes is taken whole and raises nothing;
 /// one byte more is counted (`bitfield_too_long`) and cut to the bound.
