@@ -125,7 +125,7 @@ mkdir -p "$out"
 # takes ~310 s. MUTANTS_TESTS replaces the list (a missed mutant is worth a
 # run against every test: MUTANTS_TESTS=' ' runs them all).
 unit="analyze::"
-integration="counting:: samples:: complete_transfers bitfield_ tracker::the_audit_raises_no_flag_on_honest_clients dht::issue5_dht_messages_equal_tshark metadata::pieces_are_verified_on_every_sample"
+integration="counting:: samples:: complete_transfers bitfield_ handshake_info_hash_mismatch tracker::the_audit_raises_no_flag_on_honest_clients dht::issue5_dht_messages_equal_tshark metadata::pieces_are_verified_on_every_sample"
 # MUTANTS_STAGE splits the run in two cheaper passes: `unit` builds and runs
 # only the lib's analyze:: tests (one compile of the crate per mutant
 # instead of two, and one link); `integration` builds the lib and the

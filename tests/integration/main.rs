@@ -802,6 +802,65 @@ fn bitfield_of_exactly_the_torrents_size_raises_nothing() {
     assert_eq!(by_port, BTreeMap::from([(40000, Some(10)), (6881, Some(2))]));
 }
 
+/// With no torrent known, a bitfield's length bounds the piece count from
+/// below: 2 bytes hold at least 9 pieces (8 would fit in one), whatever
+/// bits are set; a `have 20` raises it to 21.
+#[test]
+fn bitfield_estimate_is_the_fewest_pieces_its_length_allows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ih = [9u8; 20];
+    let frames = connection(
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), vec![0, 0, 0, 3, 5, 0xFF, 0x00]],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb")],
+    );
+    let p = tmp.path().join("bf.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    let t = table(&r, "torrents");
+    assert_eq!(
+        (u64s(&t, "n_pieces"), strs(&t, "n_pieces_source")),
+        (vec![Some(9)], vec![Some("bitfield_estimate".to_string())])
+    );
+    let mut have = vec![0, 0, 0, 5, 4];
+    have.extend(20u32.to_be_bytes());
+    let frames = connection(
+        &[
+            handshake(ih, b"-TR3000-aaaaaaaaaaaa"),
+            vec![0, 0, 0, 3, 5, 0xFF, 0x00],
+            have,
+        ],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb")],
+    );
+    let p = tmp.path().join("have.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    assert_eq!(u64s(&table(&r, "torrents"), "n_pieces"), vec![Some(21)]);
+}
+
+/// Two handshakes on one connection naming different torrents: one
+/// `info_hash_mismatch` anomaly naming both (the first, then the other),
+/// the connection keeps the first.
+#[test]
+fn handshake_info_hash_mismatch_is_counted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let frames = connection(
+        &[handshake([1u8; 20], b"-TR3000-aaaaaaaaaaaa")],
+        &[handshake([2u8; 20], b"-qB4520-bbbbbbbbbbbb")],
+    );
+    let p = tmp.path().join("hs.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    let a = table(&r, "anomalies");
+    let found: Vec<_> = strs(&a, "kind")
+        .into_iter()
+        .zip(strs(&a, "detail"))
+        .filter(|(k, _)| k.as_deref() == Some("info_hash_mismatch"))
+        .map(|(_, d)| d.unwrap_or_default())
+        .collect();
+    assert_eq!(found, [format!("{} vs {}", "01".repeat(20), "02".repeat(20))]);
+    assert_eq!(strs(&table(&r, "connections"), "info_hash"), [Some("01".repeat(20))]);
+}
+
 /// `Limits::max_pieces` at its bound, with no torrent known: a bitfield of
 /// exactly ceil(max_pieces / 8) bytes is taken whole and raises nothing;
 /// one byte more is counted (`bitfield_too_long`) and cut to the bound.
