@@ -2190,6 +2190,12 @@ mod tests {
         assert_eq!(pieces_from_left(3, 10, 25, 5), 2);
         assert_eq!(pieces_from_left(3, 10, 25, 15), 1);
         assert_eq!(pieces_from_left(3, 10, 25, 7), 2);
+        // Less than the short last piece left: that one piece is missing
+        // (not `left - last`, which would underflow).
+        assert_eq!(pieces_from_left(3, 10, 25, 3), 2);
+        // Lengths past the pieces (a `pieces` field one hash short): the
+        // whole-piece count of `left`, no special last piece.
+        assert_eq!(pieces_from_left(2, 10, 25, 15), 0);
         // Nonsense stays in range.
         assert_eq!(pieces_from_left(3, 10, 25, u64::MAX), 0);
         assert_eq!(pieces_from_left(0, 10, 25, 5), 0);
