@@ -43,6 +43,7 @@ const CONN_FILL_PAIRS: &[(&str, &str)] = &[
     ("orig_client", "resp_client"),
     ("orig_ltep_v", "resp_ltep_v"),
     ("orig_peer_port", "resp_peer_port"),
+    ("orig_listen_port", "resp_listen_port"),
 ];
 
 /// Section 2: rows of one sensor and community_id that continue each
@@ -767,6 +768,7 @@ pub fn peers(
     df: &DataFrame,
     ex: &Extracts,
     conns: &ConnInfo,
+    enc_owners: &HashMap<i64, Option<i64>>,
     n_pieces: &HashMap<String, (Option<i64>, String)>,
     threshold: f64,
 ) -> Res<DataFrame> {
@@ -912,14 +914,36 @@ pub fn peers(
             }
         }
     }
+    let mut enc_by_owner: HashMap<(&str, &str, i64), Vec<i64>> = HashMap::new();
+    for (id, t) in enc_owners {
+        if let (Some(t), Some(c)) = (t, conns.by_id.get(id)) {
+            if let Some(h) = c.info_hash.as_deref() {
+                enc_by_owner.entry((h, c.orig_ip.as_str(), *t)).or_default().push(*id);
+            }
+        }
+    }
     let mut per_addr: HashMap<(&str, &str), usize> = HashMap::new();
     for g in &groups {
         *per_addr.entry((ih[g[0]].as_str(), ip[g[0]].as_str())).or_default() += 1;
     }
     for g in &groups {
         let r = g[0];
-        // Listed: the connections the rows name (as analyze lists them).
-        let ids: BTreeSet<i64> = g.iter().flat_map(|&i| cids[i].iter().copied()).collect();
+        // Listed: the connections the rows name (as analyze lists them),
+        // an encrypted connection's originator end only at the peer
+        // `encrypted_originators` named.
+        let mut ids: BTreeSet<i64> = g
+            .iter()
+            .flat_map(|&i| cids[i].iter().copied())
+            .filter(|id| match (enc_owners.get(id), conns.by_id.get(id)) {
+                (Some(t), Some(c)) if c.orig_ip == ip[r] => {
+                    *t == Some(port[r]) || (c.resp_ip == ip[r] && c.resp_port == port[r])
+                }
+                _ => true,
+            })
+            .collect();
+        if let Some(v) = enc_by_owner.get(&(ih[r].as_str(), ip[r].as_str(), port[r])) {
+            ids.extend(v.iter().copied());
+        }
         // Counted for bytes: also those whose ends name the peer.
         let mut counted = ids.clone();
         if let Some(v) = by_end.get(&(ih[r].as_str(), ip[r].as_str(), port[r])) {
@@ -1670,79 +1694,218 @@ pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
 }
 
 /// Section 3, peers 1: a peer that a piece met only as the originator of
-/// connections without its listen port (no BEP 10 `p`) is keyed there by
-/// an ephemeral source port. As the analysis does at its end (one peer id,
-/// or its 8-byte client prefix, or no peer id at all, and exactly one
-/// listen endpoint of that address for the torrent), such rows join the
-/// listen endpoint another piece knew.
+/// connections without its listen port (no BEP 10 `p` in that piece) is
+/// keyed there by an ephemeral source port. As the analysis does (its
+/// swarm state, `analyze::swarm`), such rows join the listen endpoint
+/// another piece knew. The listen endpoints are those the analysis marks
+/// so: a connection's responder port unless the connection was picked up
+/// mid-stream, the port of a BEP 10 `p` (`orig_listen_port`; a responder's
+/// `p` of a mid-stream connection marks its transport port, as in the
+/// analysis), and tracker, DHT and LSD sightings (PEX passes on connection
+/// ports and is no evidence). A row at another port joins:
+/// - the one listen endpoint of its address whose peer id is its own (the
+///   analysis merges the rows of one peer id, the listen endpoint winning);
+/// - else the one listen endpoint of its address with a peer id of the
+///   same 8-byte client prefix (libtorrent and qBittorrent draw a new id
+///   per connection);
+/// - a row without peer id: the address's one listen endpoint.
 pub fn ephemeral_renames(peers: &DataFrame, conns: &DataFrame) -> Res<PeerRenames> {
     let ih = strs0(peers, "info_hash")?;
     let ip = strs0(peers, "peer_ip")?;
     let port = i64s0(peers, "peer_port")?;
     let pid = strs(peers, "peer_id")?;
     let sources = str_lists(peers, "sources")?;
-    // Listen endpoints: a responder's port, an originator's `p`, or a
-    // sighting outside the peer wire (tracker, DHT, LSD).
-    let mut listen: BTreeSet<(String, String, i64)> = BTreeSet::new();
+    // (info_hash, ip) → listen port → the peer ids seen at it.
+    type Listen = HashMap<(String, String), BTreeMap<i64, BTreeSet<String>>>;
+    let mut listen: Listen = HashMap::new();
+    fn add(l: &mut Listen, h: &str, ip: &str, p: i64, id: Option<&String>) {
+        let ids = l
+            .entry((h.to_string(), ip.to_string()))
+            .or_default()
+            .entry(p)
+            .or_default();
+        ids.extend(id.cloned());
+    }
     let cih = strs(conns, "info_hash")?;
-    let (oip, oport, opp) = (
+    let (oip, olp, opid) = (
         strs0(conns, "orig_ip")?,
-        i64s0(conns, "orig_port")?,
-        i64s(conns, "orig_peer_port")?,
+        i64s(conns, "orig_listen_port")?,
+        strs(conns, "orig_peer_id")?,
     );
-    let (rip, rpp) = (strs0(conns, "resp_ip")?, i64s(conns, "resp_peer_port")?);
+    let (rip, rport, rlp, rpid) = (
+        strs0(conns, "resp_ip")?,
+        i64s0(conns, "resp_port")?,
+        i64s(conns, "resp_listen_port")?,
+        strs(conns, "resp_peer_id")?,
+    );
+    let mid = bools(conns, "midstream")?;
     for i in 0..conns.height() {
         let Some(h) = &cih[i] else { continue };
-        if let Some(p) = rpp[i] {
-            listen.insert((h.clone(), rip[i].clone(), p));
+        if let Some(p) = olp[i] {
+            add(&mut listen, h, &oip[i], p, opid[i].as_ref());
         }
-        if let Some(p) = opp[i] {
-            if p != oport[i] {
-                listen.insert((h.clone(), oip[i].clone(), p));
-            }
+        if mid[i] != Some(true) || rlp[i].is_some() {
+            add(&mut listen, h, &rip[i], rport[i], rpid[i].as_ref());
         }
     }
     for i in 0..peers.height() {
-        // PEX passes on connection ports too (Transmission): no evidence.
         if sources[i].iter().any(|s| s != "wire" && s != "pex") {
-            listen.insert((ih[i].clone(), ip[i].clone(), port[i]));
+            add(&mut listen, &ih[i], &ip[i], port[i], pid[i].as_ref());
         }
     }
-    let mut by_addr: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    // The peer ids of rows at a listen port count for it.
     for i in 0..peers.height() {
-        by_addr.entry((ih[i].clone(), ip[i].clone())).or_default().push(i);
-    }
-    let mut out = PeerRenames::new();
-    for rows in by_addr.values() {
-        // The address's listen ports, with every peer id their rows carry.
-        let mut ports: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
-        for &i in rows {
-            if listen.contains(&(ih[i].clone(), ip[i].clone(), port[i])) {
-                ports.entry(port[i]).or_default().extend(pid[i].as_ref());
+        if let (Some(id), Some(ports)) = (&pid[i], listen.get_mut(&(ih[i].clone(), ip[i].clone()))) {
+            if let Some(ids) = ports.get_mut(&port[i]) {
+                ids.insert(id.clone());
             }
         }
-        if ports.len() != 1 {
-            continue;
-        }
-        let Some((target, tpids)) = ports.iter().next() else {
+    }
+    let prefix = |id: &str| id.get(..16).map(str::to_string);
+    let mut out = PeerRenames::new();
+    for i in 0..peers.height() {
+        let Some(ports) = listen.get(&(ih[i].clone(), ip[i].clone())) else {
             continue;
         };
-        for &i in rows {
-            if port[i] == *target || listen.contains(&(ih[i].clone(), ip[i].clone(), port[i])) {
-                continue;
+        if ports.contains_key(&port[i]) {
+            continue;
+        }
+        let one = |f: &dyn Fn(&BTreeSet<String>) -> bool| -> Option<i64> {
+            let mut m = ports.iter().filter(|(_, ids)| f(ids)).map(|(p, _)| *p);
+            match (m.next(), m.next()) {
+                (Some(p), None) => Some(p),
+                _ => None,
             }
-            let same = match &pid[i] {
-                None => true,
-                Some(a) => tpids
-                    .iter()
-                    .any(|b| a == *b || a.get(..16).is_some_and(|p| b.get(..16) == Some(p))),
-            };
-            if same {
-                out.insert((ih[i].clone(), ip[i].clone(), port[i]), *target);
+        };
+        let target = match &pid[i] {
+            Some(a) => one(&|ids| ids.contains(a)).or_else(|| {
+                let pa = prefix(a);
+                one(&|ids| pa.is_some() && ids.iter().any(|b| prefix(b) == pa))
+            }),
+            None => one(&|_| true),
+        };
+        if let Some(t) = target {
+            out.insert((ih[i].clone(), ip[i].clone(), port[i]), t);
+        }
+    }
+    // Rows of one peer id at ports that are not listen ports, with no
+    // listen endpoint to join: the analysis keeps the first key the id was
+    // seen at (earliest dataset, then first_ts).
+    let ds = ds_of(peers)?;
+    let first = i64s0(peers, "first_ts")?;
+    let mut by_id: BTreeMap<(&str, &str, &str), (usize, i64, i64)> = BTreeMap::new();
+    for i in 0..peers.height() {
+        let Some(id) = &pid[i] else { continue };
+        let key = (ih[i].clone(), ip[i].clone(), port[i]);
+        let at_listen = listen
+            .get(&(ih[i].clone(), ip[i].clone()))
+            .is_some_and(|ps| ps.contains_key(&port[i]));
+        if at_listen || out.contains_key(&key) {
+            continue;
+        }
+        let e = by_id
+            .entry((ih[i].as_str(), ip[i].as_str(), id.as_str()))
+            .or_insert((ds[i], first[i], port[i]));
+        if (ds[i], first[i]) < (e.0, e.1) {
+            *e = (ds[i], first[i], port[i]);
+        }
+    }
+    for i in 0..peers.height() {
+        let Some(id) = &pid[i] else { continue };
+        if let Some(&(_, _, t)) = by_id.get(&(ih[i].as_str(), ip[i].as_str(), id.as_str())) {
+            if t != port[i] {
+                out.insert((ih[i].clone(), ip[i].clone(), port[i]), t);
             }
         }
     }
     Ok(out)
+}
+
+/// Section 3, peers 1: the originator of an MSE-encrypted connection
+/// (no handshake is readable) is, as the analysis credits it, its
+/// address's one listen endpoint for the torrent, else the address's only
+/// peer row, else no peer. `peers` are the renamed rows; `listen` as in
+/// [`ephemeral_renames`]. Returns conn_id → that port (None: no peer).
+pub fn encrypted_originators(
+    peers: &DataFrame,
+    conns: &DataFrame,
+    renames: &PeerRenames,
+) -> Res<HashMap<i64, Option<i64>>> {
+    let ih = strs0(peers, "info_hash")?;
+    let ip = strs0(peers, "peer_ip")?;
+    let port = i64s0(peers, "peer_port")?;
+    let sources = str_lists(peers, "sources")?;
+    let mut rows: HashMap<(&str, &str), BTreeSet<i64>> = HashMap::new();
+    for i in 0..peers.height() {
+        rows.entry((ih[i].as_str(), ip[i].as_str()))
+            .or_default()
+            .insert(port[i]);
+    }
+    let mut listen: BTreeSet<(String, String, i64)> = BTreeSet::new();
+    for i in 0..peers.height() {
+        if sources[i].iter().any(|s| s != "wire" && s != "pex") {
+            listen.insert((ih[i].clone(), ip[i].clone(), port[i]));
+        }
+    }
+    let cih = strs(conns, "info_hash")?;
+    let ids = i64s0(conns, "conn_id")?;
+    let enc = bools(conns, "encrypted")?;
+    let (oip, olp) = (strs0(conns, "orig_ip")?, i64s(conns, "orig_listen_port")?);
+    let (rip, rport, rlp) = (
+        strs0(conns, "resp_ip")?,
+        i64s0(conns, "resp_port")?,
+        i64s(conns, "resp_listen_port")?,
+    );
+    let mid = bools(conns, "midstream")?;
+    let re = |h: &str, a: &str, p: i64| renames.get(&(h.to_string(), a.to_string(), p)).copied().unwrap_or(p);
+    for i in 0..conns.height() {
+        let Some(h) = &cih[i] else { continue };
+        if let Some(p) = olp[i] {
+            listen.insert((h.clone(), oip[i].clone(), re(h, &oip[i], p)));
+        }
+        if mid[i] != Some(true) || rlp[i].is_some() {
+            listen.insert((h.clone(), rip[i].clone(), re(h, &rip[i], rport[i])));
+        }
+    }
+    let mut out = HashMap::new();
+    for i in 0..conns.height() {
+        let (Some(h), Some(true)) = (&cih[i], enc[i]) else {
+            continue;
+        };
+        let Some(ports) = rows.get(&(h.as_str(), oip[i].as_str())) else {
+            out.insert(ids[i], None);
+            continue;
+        };
+        let l: Vec<i64> = ports
+            .iter()
+            .copied()
+            .filter(|p| listen.contains(&(h.clone(), oip[i].clone(), *p)))
+            .collect();
+        let t = match (l.as_slice(), ports.len()) {
+            ([p], _) => Some(*p),
+            ([], 1) => ports.iter().next().copied(),
+            _ => None,
+        };
+        out.insert(ids[i], t);
+    }
+    Ok(out)
+}
+
+/// Sets the originator's peer port of the encrypted connections
+/// [`encrypted_originators`] named.
+pub fn set_orig_ports(conns: &mut DataFrame, owners: &HashMap<i64, Option<i64>>) -> Res<()> {
+    if owners.is_empty() {
+        return Ok(());
+    }
+    let ids = i64s0(conns, "conn_id")?;
+    let p = i64s(conns, "orig_peer_port")?;
+    let out: Vec<Option<i64>> = ids
+        .iter()
+        .zip(p)
+        .map(|(id, p)| owners.get(id).copied().unwrap_or(p))
+        .collect();
+    let c = col_i64("orig_peer_port", out).cast(&DataType::Int32).map_err(err)?;
+    set(conns, c)
 }
 
 /// Renames the peer ports of connection ends (`orig_peer_port`,

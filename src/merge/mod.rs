@@ -483,6 +483,8 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
     let eph = entities::ephemeral_renames(&peers_in, &conns)?;
     entities::rename_peers(&mut peers_in, &eph, "peer_ip", "peer_port")?;
     entities::rename_conn_ports(&mut conns, &eph)?;
+    let enc_owners = entities::encrypted_originators(&peers_in, &conns, &eph)?;
+    entities::set_orig_ports(&mut conns, &enc_owners)?;
     // Compose: a cut rename may land on an ephemeral key.
     let composed: Vec<_> = peer_renames
         .iter()
@@ -530,7 +532,7 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
     // 3. Entity tables.
     let torrents_in = cx.load("torrents")?;
     let n_pieces = entities::torrent_pieces(&torrents_in)?;
-    let peers = entities::peers(&peers_in, &ex, &conn_info, &n_pieces, opts.threshold)?;
+    let peers = entities::peers(&peers_in, &ex, &conn_info, &enc_owners, &n_pieces, opts.threshold)?;
     drop(peers_in);
     let torrents = entities::torrents(&torrents_in, &peers, &conn_info, &ex)?;
     cx.write("peers", &peers)?;

@@ -215,6 +215,7 @@ tables! {
         orig_ltep_v: Option<String> = "Originator's BEP 10 `v` string.",
         resp_ltep_v: Option<String> = "Responder's BEP 10 `v` string.",
         orig_listen_port: Option<u32> as I32 = "Originator's listen port from its BEP 10 `p`.",
+        resp_listen_port: Option<u32> as I32 = "Responder's listen port from its BEP 10 `p`. On a connection picked up mid-stream (`midstream`) the responder is a guess (the receiver of the first packet seen) and may be the side that connected: its `p` is then its listen port, which `resp_peer_port` does not name. `swarmtap merge` reads it (docs/MERGE.md, peers 1).",
         orig_extensions: Vec<String> = "Extension names in the originator's BEP 10 handshake `m`.",
         resp_extensions: Vec<String> = "Extension names in the responder's BEP 10 handshake `m`.",
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
