@@ -1708,7 +1708,8 @@ pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
 /// - else the one listen endpoint of its address with a peer id of the
 ///   same 8-byte client prefix (libtorrent and qBittorrent draw a new id
 ///   per connection);
-/// - a row without peer id: the address's one listen endpoint.
+/// - a row without peer id, and the port-0 key of a tracker claim
+///   announced with port 0: the address's one listen endpoint.
 pub fn ephemeral_renames(peers: &DataFrame, conns: &DataFrame) -> Res<PeerRenames> {
     let ih = strs0(peers, "info_hash")?;
     let ip = strs0(peers, "peer_ip")?;
@@ -1786,6 +1787,14 @@ pub fn ephemeral_renames(peers: &DataFrame, conns: &DataFrame) -> Res<PeerRename
         };
         if let Some(t) = target {
             out.insert((ih[i].clone(), ip[i].clone(), port[i]), t);
+        }
+    }
+    // A tracker claim announced with port 0 (qBittorrent over UDP) is
+    // keyed (info_hash, ip, 0) in peer_progress: the analysis gives it to
+    // the address's one listen endpoint (an anonymous key), else drops it.
+    for ((h, a), ports) in &listen {
+        if let (Some((&t, _)), 1) = (ports.iter().next(), ports.len()) {
+            out.entry((h.clone(), a.clone(), 0)).or_insert(t);
         }
     }
     // Rows of one peer id at ports that are not listen ports, with no
