@@ -385,6 +385,9 @@ pub struct Conn {
     pub payload: [i64; 2],
     pub encrypted: bool,
     pub info_hash: Option<String>,
+    /// The info_hash came from a captured handshake (`info_hash_source`
+    /// handshake), not from an attribution by endpoint or address.
+    pub exact: bool,
 }
 
 pub struct ConnInfo {
@@ -409,6 +412,7 @@ impl ConnInfo {
         let (yo, yr) = (i64s0(df, "payload_bytes_orig")?, i64s0(df, "payload_bytes_resp")?);
         let enc = bools(df, "encrypted")?;
         let ih = strs(df, "info_hash")?;
+        let src = strs(df, "info_hash_source")?;
         let mut by_id = HashMap::new();
         for i in 0..df.height() {
             by_id.insert(
@@ -425,6 +429,7 @@ impl ConnInfo {
                     payload: [yo[i], yr[i]],
                     encrypted: enc[i].unwrap_or(false),
                     info_hash: ih[i].clone(),
+                    exact: src[i].as_deref() == Some("handshake"),
                 },
             );
         }
@@ -539,6 +544,12 @@ struct Transfer {
 #[derive(Default)]
 pub struct Extracts {
     progress: HashMap<(String, String, i64), Vec<Prog>>,
+    /// Peer keys moved to the other hash of a hybrid torrent
+    /// ([`hybrid_renames`]).
+    pub hybrid: HybridRenames,
+    /// A hybrid torrent's hashes → the one its audit series go by (the v1
+    /// hash, as `Metainfo::wire_hashes` lists it first).
+    pub hash_alias: Vec<([u8; 20], [u8; 20])>,
     transfers: Vec<Transfer>,
     has_messages: bool,
     announces: Option<DataFrame>,
@@ -582,17 +593,18 @@ impl Extracts {
                         }
                     }
                     let p = renames.get(&(ih[i].clone(), ip[i].clone(), p)).copied().unwrap_or(p);
-                    self.progress
-                        .entry((ih[i].clone(), ip[i].clone(), p))
-                        .or_default()
-                        .push(Prog {
-                            ts: ts[i],
-                            cause: sig,
-                            have: have[i],
-                            piece: piece[i],
-                            bitfield: bitfield[i].as_deref().and_then(unhex),
-                            ds: ds[i],
-                        });
+                    let mut key = (ih[i].clone(), ip[i].clone(), p);
+                    if let Some(h) = self.hybrid.get(&key) {
+                        key.0 = h.clone();
+                    }
+                    self.progress.entry(key).or_default().push(Prog {
+                        ts: ts[i],
+                        cause: sig,
+                        have: have[i],
+                        piece: piece[i],
+                        bitfield: bitfield[i].as_deref().and_then(unhex),
+                        ds: ds[i],
+                    });
                 }
             }
             "peer_messages" => {
@@ -934,6 +946,14 @@ pub fn peers(
         let mut ids: BTreeSet<i64> = g
             .iter()
             .flat_map(|&i| cids[i].iter().copied())
+            // A connection a later piece attributed to this torrent whose
+            // joined row's handshake names another is not this peer's.
+            .filter(|id| {
+                conns
+                    .by_id
+                    .get(id)
+                    .is_none_or(|c| !c.exact || c.info_hash.as_deref() == Some(ih[r].as_str()))
+            })
             .filter(|id| match (enc_owners.get(id), conns.by_id.get(id)) {
                 (Some(t), Some(c)) if c.orig_ip == ip[r] => {
                     *t == Some(port[r]) || (c.resp_ip == ip[r] && c.resp_port == port[r])
@@ -1388,6 +1408,9 @@ pub fn audit(
     );
     if let Some(t0) = capture_start {
         audit.note_capture_start(0, t0);
+    }
+    for (h, c) in &ex.hash_alias {
+        audit.alias_hash(*h, *c);
     }
     // The timeline: (ts, order at equal ts, event or mark).
     enum Item {
@@ -1898,6 +1921,178 @@ pub fn encrypted_originators(
         out.insert(ids[i], t);
     }
     Ok(out)
+}
+
+/// (info_hash, ip, port) of a peer → the other hash of its hybrid torrent.
+pub type HybridRenames = HashMap<(String, String, i64), String>;
+
+/// Section 3, peers 1: a hybrid v1+v2 torrent goes by two hashes (BEP 52),
+/// its v1 hash and its v2 hash truncated to 20 bytes, paired in the
+/// datasets' `torrents` rows (`info_hash_v2`: a row whose info_hash is
+/// either). As the analysis does at its end, a peer known under one hash
+/// only from elsewhere than the wire (no dataset's row of it has source
+/// `wire`) joins the peer at the same endpoint that the wire showed under
+/// the other hash. Needs no `--torrents`: the pieces analysed with the
+/// metainfo wrote the pairing.
+pub fn hybrid_renames(peers: &DataFrame, torrents: &DataFrame) -> Res<HybridRenames> {
+    let tih = strs0(torrents, "info_hash")?;
+    let v2 = strs(torrents, "info_hash_v2")?;
+    // Every hash of a hybrid torrent → its full v2 hash.
+    let mut family: HashMap<&str, &str> = HashMap::new();
+    for (h, v) in tih.iter().zip(&v2) {
+        if let Some(v) = v {
+            family.insert(h.as_str(), v.as_str());
+        }
+    }
+    let mut members: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for (h, v) in &family {
+        members.entry(v).or_default().insert(h);
+    }
+    let ih = strs0(peers, "info_hash")?;
+    let ip = strs0(peers, "peer_ip")?;
+    let port = i64s0(peers, "peer_port")?;
+    let sources = str_lists(peers, "sources")?;
+    let mut wire: HashMap<(&str, &str, i64), bool> = HashMap::new();
+    for i in 0..peers.height() {
+        *wire.entry((ih[i].as_str(), ip[i].as_str(), port[i])).or_default() |= sources[i].iter().any(|s| s == "wire");
+    }
+    let mut out = HybridRenames::new();
+    for (&(h, a, p), &w) in &wire {
+        let Some(v) = family.get(h) else { continue };
+        if w {
+            continue;
+        }
+        let other = members
+            .get(v)
+            .into_iter()
+            .flatten()
+            .find(|o| **o != h && wire.get(&(**o, a, p)) == Some(&true));
+        if let Some(o) = other {
+            out.insert((h.to_string(), a.to_string(), p), o.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// A hybrid torrent's hashes paired in the datasets' `torrents` rows →
+/// the hash its audit series go by: the v1 hash (the member that is not
+/// the truncated v2 hash), else the truncated v2 hash.
+pub fn hash_aliases(torrents: &DataFrame) -> Res<Vec<([u8; 20], [u8; 20])>> {
+    let tih = strs0(torrents, "info_hash")?;
+    let v2 = strs(torrents, "info_hash_v2")?;
+    let mut members: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (h, v) in tih.iter().zip(&v2) {
+        if let Some(v) = v {
+            members.entry(v.as_str()).or_default().insert(h.as_str());
+        }
+    }
+    let mut out = Vec::new();
+    for (v, hs) in &members {
+        let trunc = v.get(..40).unwrap_or(v);
+        let canon = hs.iter().find(|h| **h != trunc).copied().unwrap_or(trunc);
+        let Some(c) = unhex20(canon) else { continue };
+        for h in hs.iter().chain(std::iter::once(&trunc)) {
+            if let Some(h) = unhex20(h) {
+                out.push((h, c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Section 2: a later piece that picked a connection up mid-stream
+/// attributes it by endpoint or address, or not at all; the joined
+/// connection has its first piece's handshake. An event row of a
+/// connection (`peer_messages`, `peer_progress`, `pex_peers`) takes the
+/// merged connection's info_hash when the row has none, or when the
+/// connection's came from a handshake and the row's differs.
+pub fn fill_info_hash(df: &mut DataFrame, conns: &ConnInfo) -> Res<()> {
+    let ih = strs(df, "info_hash")?;
+    let cid = i64s(df, "conn_id")?;
+    let mut changed = false;
+    let out: Vec<Option<String>> = ih
+        .into_iter()
+        .zip(cid)
+        .map(|(h, c)| {
+            let Some(c) = c.and_then(|c| conns.by_id.get(&c)) else {
+                return h;
+            };
+            match (&h, &c.info_hash) {
+                (None, Some(x)) => {
+                    changed = true;
+                    Some(x.clone())
+                }
+                (Some(a), Some(x)) if c.exact && a != x => {
+                    changed = true;
+                    Some(x.clone())
+                }
+                _ => h,
+            }
+        })
+        .collect();
+    if changed {
+        set(df, col_str("info_hash", out))?;
+    }
+    Ok(())
+}
+
+/// Section 3, peers 1: a peers row a later piece made only from a
+/// connection it attributed to another torrent (by endpoint or address)
+/// than the joined connection's handshake says (sources only `wire`, and
+/// every listed connection's merged info_hash is another one, from a
+/// handshake, the same for all) moves to that torrent.
+pub fn rekey_misattributed(peers: &mut DataFrame, conns: &DataFrame) -> Res<()> {
+    let cid = i64s0(conns, "conn_id")?;
+    let cih = strs(conns, "info_hash")?;
+    let src = strs(conns, "info_hash_source")?;
+    let exact: HashMap<i64, &str> = (0..conns.height())
+        .filter(|&i| src[i].as_deref() == Some("handshake"))
+        .filter_map(|i| cih[i].as_deref().map(|h| (cid[i], h)))
+        .collect();
+    let ih = strs0(peers, "info_hash")?;
+    let sources = str_lists(peers, "sources")?;
+    let ids = i64_lists(peers, "conn_ids")?;
+    let mut changed = false;
+    let out: Vec<Option<String>> = (0..peers.height())
+        .map(|i| {
+            if ids[i].is_empty() || sources[i].iter().any(|s| s != "wire") {
+                return Some(ih[i].clone());
+            }
+            let hs: BTreeSet<Option<&str>> = ids[i].iter().map(|c| exact.get(c).copied()).collect();
+            match hs.iter().next() {
+                Some(Some(h)) if hs.len() == 1 && *h != ih[i] => {
+                    changed = true;
+                    Some(h.to_string())
+                }
+                _ => Some(ih[i].clone()),
+            }
+        })
+        .collect();
+    if changed {
+        set(peers, col_str("info_hash", out))?;
+    }
+    Ok(())
+}
+
+/// Moves peer rows (info_hash column) as [`hybrid_renames`] says.
+pub fn rename_hashes(df: &mut DataFrame, renames: &HybridRenames) -> Res<()> {
+    if renames.is_empty() {
+        return Ok(());
+    }
+    let ih = strs0(df, "info_hash")?;
+    let ip = strs0(df, "peer_ip")?;
+    let port = i64s0(df, "peer_port")?;
+    let out: Vec<Option<String>> = (0..df.height())
+        .map(|i| {
+            Some(
+                renames
+                    .get(&(ih[i].clone(), ip[i].clone(), port[i]))
+                    .cloned()
+                    .unwrap_or_else(|| ih[i].clone()),
+            )
+        })
+        .collect();
+    set(df, col_str("info_hash", out))
 }
 
 /// Sets the originator's peer port of the encrypted connections

@@ -532,12 +532,10 @@ fn merge_of_time_pieces_equals_the_whole_run_on_the_samples() {
     assert_eq!(failed, not_yet, "samples whose merge is not equal to the whole run");
 }
 
-/// Samples not yet equal: two.pcap (a hybrid torrent: analyze joins the v1
-/// and truncated v2 hashes through the --torrents metainfo, which the merge
-/// does not read: peers stay under both hashes); utp.pcap (uTP connections
-/// open at a cut are picked up again as new connections and not joined,
-/// known difference 11, and their peers' rows follow).
-const SAMPLES_NOT_YET: &[&str] = &["two.pcap", "utp.pcap"];
+/// Samples not yet equal: utp.pcap (uTP connections open at a cut are
+/// picked up again as new connections and not joined, known difference 11,
+/// and their peers' rows follow).
+const SAMPLES_NOT_YET: &[&str] = &["utp.pcap"];
 
 #[test]
 fn merge_of_time_pieces_equals_the_whole_run_on_the_public_corpus() {
