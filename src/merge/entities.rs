@@ -98,6 +98,12 @@ fn join_inner(
             .map(|e| matches!(e.as_str(), "fin" | "rst" | "reused"))
             .collect()
     };
+    // uTP connections of one UDP flow are told apart by their connection id.
+    let utp_id: Vec<Option<i64>> = if is_conn {
+        i64s(df, "utp_conn_id")?
+    } else {
+        vec![None; h]
+    };
     let mut order: Vec<usize> = (0..h).collect();
     order.sort_by(|&a, &b| {
         (&sensor[a], &cid[a], &proto[a], first[a], a).cmp(&(&sensor[b], &cid[b], &proto[b], first[b], b))
@@ -109,10 +115,17 @@ fn join_inner(
         if let Some(g) = groups.last_mut() {
             let r = g[0];
             let prev = *g.last().unwrap_or(&r);
-            // uTP connections share their UDP flow's community_id: only
-            // TCP connections are told apart by it.
+            // uTP connections share their UDP flow's community_id: a
+            // later piece's mid-stream uTP connection continues the
+            // latest one of that flow (a connection that ended before the
+            // cut is not picked up mid-stream: its successor opens with
+            // ST_SYN, not mid-stream).
+            let same_utp = match (utp_id[i], utp_id[prev]) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
             if sensor[i] == sensor[r]
-                && (!is_conn || proto[i] == "tcp")
+                && same_utp
                 && ds[i] != ds[prev]
                 && cid[i] == cid[r]
                 && proto[i] == proto[r]
