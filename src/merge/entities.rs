@@ -773,14 +773,16 @@ fn collapse(df: &DataFrame, groups: &[Vec<usize>], reps: &[usize], first: &[i64]
     Ok(out)
 }
 
-fn group_by_key(keys: &[String]) -> Vec<Vec<usize>> {
-    let mut at: HashMap<&str, usize> = HashMap::new();
+/// Row indices grouped by key, groups in first-row order. Keys are typed
+/// values (tuples of borrowed columns), not a text built per row.
+fn group_by_key<K: std::hash::Hash + Eq>(keys: impl IntoIterator<Item = K>) -> Vec<Vec<usize>> {
+    let mut at: HashMap<K, usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        match at.get(k.as_str()) {
-            Some(&g) => groups[g].push(i),
-            None => {
-                at.insert(k, groups.len());
+    for (i, k) in keys.into_iter().enumerate() {
+        match at.entry(k) {
+            std::collections::hash_map::Entry::Occupied(e) => groups[*e.get()].push(i),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(groups.len());
                 groups.push(vec![i]);
             }
         }
@@ -800,10 +802,7 @@ pub fn peers(
     let ih = strs0(df, "info_hash")?;
     let ip = strs0(df, "peer_ip")?;
     let port = i64s0(df, "peer_port")?;
-    let keys: Vec<String> = (0..df.height())
-        .map(|i| format!("{}|{}|{}", ih[i], ip[i], port[i]))
-        .collect();
-    let mut groups = group_by_key(&keys);
+    let mut groups = group_by_key((0..df.height()).map(|i| (ih[i].as_str(), ip[i].as_str(), port[i])));
     groups.sort_by(|a, b| (&ih[a[0]], &ip[a[0]], port[a[0]]).cmp(&(&ih[b[0]], &ip[b[0]], port[b[0]])));
     let first = i64s0(df, "first_ts")?;
     let last = i64s0(df, "last_ts")?;
@@ -1227,7 +1226,7 @@ fn points(rows: &[Prog]) -> (Points, Points) {
 /// Section 3, torrents.
 pub fn torrents(df: &DataFrame, peers: &DataFrame, conns: &ConnInfo, ex: &Extracts) -> Res<DataFrame> {
     let ih = strs0(df, "info_hash")?;
-    let mut groups = group_by_key(&ih);
+    let mut groups = group_by_key(ih.iter().map(String::as_str));
     groups.sort_by(|a, b| ih[a[0]].cmp(&ih[b[0]]));
     let msrc = strs0(df, "metadata_source")?;
     let rank = |s: &str| match s {
@@ -1634,10 +1633,7 @@ pub fn dht_nodes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     let id = strs0(df, "node_id")?;
     let ip = strs0(df, "node_ip")?;
     let port = i64s0(df, "node_port")?;
-    let keys: Vec<String> = (0..df.height())
-        .map(|i| format!("{}|{}|{}", id[i], ip[i], port[i]))
-        .collect();
-    let groups = group_by_key(&keys);
+    let groups = group_by_key((0..df.height()).map(|i| (id[i].as_str(), ip[i].as_str(), port[i])));
     let last = i64s0(df, "last_ts")?;
     let first = i64s0(df, "first_ts")?;
     let reps = latest_of(&groups, &last);
@@ -1697,7 +1693,7 @@ pub fn dht_nodes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
 /// Section 3, dht_infohashes.
 pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     let ih = strs0(df, "info_hash")?;
-    let groups = group_by_key(&ih);
+    let groups = group_by_key(ih.iter().map(String::as_str));
     let last = i64s0(df, "last_ts")?;
     let first = i64s0(df, "first_ts")?;
     let name = strs(df, "name")?;
