@@ -363,14 +363,10 @@ impl<A: FlowApps> Shard<A> {
     }
 
     /// Processes one decoded packet whose payload is `payload`.
+    /// The flow's account is brought up to date after it (see
+    /// [`Shard::flow_bytes`]), on the flow it already holds rather than by a
+    /// second lookup.
     pub fn packet(&mut self, ctx: FrameCtx, note: PacketNote, p: &Packet, payload: &[u8]) {
-        self.packet_inner(ctx, note, p, payload);
-        if !note.drop {
-            self.account(&FlowKey::of(p).0);
-        }
-    }
-
-    fn packet_inner(&mut self, ctx: FrameCtx, note: PacketNote, p: &Packet, payload: &[u8]) {
         let clock = note.clock;
         let (key, from_a) = FlowKey::of(p);
         if note.drop {
@@ -429,6 +425,7 @@ impl<A: FlowApps> Shard<A> {
             // a SYN-ACK.
             Some(f) if is_tcp && syn && f.payload.iter().sum::<u64>() > 0 => {
                 self.syn_on_open_flow(ctx, key, from_a, p, !ack);
+                self.account(&key);
                 return;
             }
             Some(_) => (true, None),
@@ -565,6 +562,9 @@ impl<A: FlowApps> Shard<A> {
             (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info, u, side, payload, ctx),
             _ => {}
         }
+        let m = u32::try_from(Self::flow_bytes(f)).unwrap_or(u32::MAX);
+        self.mem = self.mem.saturating_sub(f.mem as usize) + m as usize;
+        f.mem = m;
     }
 
     /// A SYN on an open connection that carried data: counted, not acted on;
