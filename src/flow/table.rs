@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use super::reassembly::StreamReassembler;
 pub use super::FlowInfo;
-use super::{alloc_bytes, AppRef, FlowApps, FlowSummary, FrameCtx, ORIG, RESP};
+use super::{alloc_bytes, AppRef, Chunk, FlowApps, FlowSummary, FrameCtx, ORIG, RESP};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
 
@@ -477,6 +477,13 @@ impl<A: FlowApps> Shard<A> {
         match (&mut f.app, p.transport) {
             (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
                 let t = &mut **t;
+                // Ruled out (issue 15): sequence ranges only from here on,
+                // and nothing for the application.
+                if !t.reasm[ORIG].is_ranges_only() && A::tcp_ruled_out(&t.app) {
+                    t.reasm[ORIG].set_ranges_only();
+                    t.reasm[RESP].set_ranges_only();
+                }
+                let blind = t.reasm[ORIG].is_ranges_only();
                 if syn {
                     f.syn_seen = true;
                     if !t.reasm[side].is_started() {
@@ -488,22 +495,27 @@ impl<A: FlowApps> Shard<A> {
                 }
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let before = [reasm[0].stream_offset(), reasm[1].stream_offset()];
+                let mut deliver = |side: usize, c: Chunk<'_>| {
+                    if !blind {
+                        apps.stream(&info, app, side, c, ctx);
+                    }
+                };
                 if !payload.is_empty() {
                     if !reasm[side].is_started() {
                         reasm[side].start_at(seq);
                     }
                     let s = if syn { seq.wrapping_add(1) } else { seq };
-                    reasm[side].segment(s, payload, &mut |c| apps.stream(&info, app, side, c, ctx));
+                    reasm[side].segment(s, payload, &mut |c| deliver(side, c));
                 }
                 if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
-                    reasm[1 - side].acked(ackno, &mut |c| apps.stream(&info, app, 1 - side, c, ctx));
+                    reasm[1 - side].acked(ackno, &mut |c| deliver(1 - side, c));
                 }
                 if flags & tcp_flags::FIN != 0 {
                     // The FIN takes the sequence number after the payload.
                     let base = if syn { seq.wrapping_add(1) } else { seq };
                     let fin_seq = base.wrapping_add(payload.len() as u32 + p.payload_missing);
                     if reasm[side].is_started() {
-                        reasm[side].fin(fin_seq, &mut |c| apps.stream(&info, app, side, c, ctx));
+                        reasm[side].fin(fin_seq, &mut |c| deliver(side, c));
                     }
                     f.fin[side] = true;
                     if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
@@ -803,8 +815,13 @@ impl<A: FlowApps> Shard<A> {
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let apps = &mut self.apps;
                 let (mut gap_bytes, mut retrans_bytes) = (0, 0);
+                let blind = reasm[ORIG].is_ranges_only();
                 for side in [ORIG, RESP] {
-                    reasm[side].flush(&mut |c| apps.stream(&info, app, side, c, ctx));
+                    reasm[side].flush(&mut |c| {
+                        if !blind {
+                            apps.stream(&info, app, side, c, ctx);
+                        }
+                    });
                     gap_bytes += reasm[side].stats().gap_bytes;
                     retrans_bytes += reasm[side].stats().retrans_bytes;
                     let conflicts = reasm[side].stats().overlap_conflict_bytes;
