@@ -114,7 +114,9 @@ struct PacketJudge {
     /// Sources judged by their first checked packet: true when it carried a
     /// checksum-offload pattern (the capturing host, or a namespace of it:
     /// its packets were captured before the NIC filled the checksum in).
-    offload_sources: HashMap<IpAddr, bool>,
+    /// Keyed by foldhash with a per-process seed (addresses are the
+    /// sender's choice; SipHash cost a lookup per packet more than this).
+    offload_sources: HashMap<IpAddr, bool, foldhash::quality::RandomState>,
     max_sources: usize,
     verify: bool,
 }
@@ -133,7 +135,7 @@ impl PacketJudge {
             prev_ts: None,
             clock: i64::MIN,
             max_jump_us: settings.limits.max_clock_jump_us,
-            offload_sources: HashMap::new(),
+            offload_sources: HashMap::default(),
             max_sources: settings.limits.max_checksum_sources,
             verify: settings.verify_checksums,
         }
