@@ -166,7 +166,7 @@ def read_sets(spark: SparkSession, sets: Sequence[Sequence[str]]) -> Dict[str, D
         df = cs if table == "capture_stats" else load(table)
         if df is None:
             continue
-        df = df.join(F.broadcast(dsmap), "_dir").drop("_dir")
+        df = df.join(_bc(dsmap), "_dir").drop("_dir")
         df = df.withColumn("_o", F.shiftleft(F.col("_ds").cast("long"), 40).bitwiseOR(F.col("_ri"))).drop("_ri")
         if table in SNAPSHOT_KEYS and "interval_start" in df.columns:
             keys = [G, "_ds"] + SNAPSHOT_KEYS[table]
@@ -206,6 +206,13 @@ def _cut(df: DataFrame) -> DataFrame:
     steps many times, and without this the plan tree (and the driver's
     memory) grows with every reuse."""
     return df.localCheckpoint(eager=True)
+
+
+def _bc(df: DataFrame) -> DataFrame:
+    """A broadcast hint for a small side, unless SWARMTAP_SPARK_BROADCAST=0:
+    each broadcast is a Spark job of its own, which on small local data
+    costs more than the shuffle it saves."""
+    return df if os.environ.get("SWARMTAP_SPARK_BROADCAST", "1") == "0" else F.broadcast(df)
 
 
 def _ts_us(c: str) -> "F.Column":
@@ -268,7 +275,7 @@ def dedupe_events(df: DataFrame, table: str, tol_us: int, multi: DataFrame) -> D
     key = [c for c in EVENT_KEYS.get(table, []) if c in df.columns and c != "ts"]
     if "ts" not in df.columns or not key:
         return df
-    df = df.join(F.broadcast(multi), G, "left").fillna(False, ["_multi"])
+    df = df.join(_bc(multi), G, "left").fillna(False, ["_multi"])
     single = df.where(~F.col("_multi")).drop("_multi")
     many = df.where(F.col("_multi")).drop("_multi")
     k = F.concat_ws("\x1f", *[F.coalesce(F.col(c).cast("string"), F.lit("\x00")) for c in key])
@@ -1029,7 +1036,7 @@ def merge(
     raw = read_sets(spark, sets)
     cs = raw["capture_stats"]
     sens = cs.groupBy(G).agg(sensor_set(F.collect_list("sensor")).alias("_all"))
-    multi = F.broadcast(_cut(sens.select(G, F.col("_all").contains(",").alias("_multi"))))
+    multi = _bc(_cut(sens.select(G, F.col("_all").contains(",").alias("_multi"))))
 
     def based(df: DataFrame) -> DataFrame:
         for c in ("conn_id", "flow_id"):
@@ -1054,7 +1061,7 @@ def merge(
 
     def remap(df: DataFrame, col: str, m: DataFrame) -> DataFrame:
         m = m.withColumnRenamed("_old", col)
-        return df.join(F.broadcast(m), [G, col], "left").withColumn(col, F.coalesce("_new", col)).drop("_new")
+        return df.join(_bc(m), [G, col], "left").withColumn(col, F.coalesce("_new", col)).drop("_new")
 
     flows = remap(flows, "conn_id", ids)
     conns = remap(remap(conns, "conn_id", ids), "flow_id", ids)
@@ -1078,7 +1085,7 @@ def merge(
                 df = remap(df, c, ids)
         if "conn_ids" in df.columns:
             ex = df.select(G, "_o", F.posexplode("conn_ids").alias("_i", "_old"))
-            ex = ex.join(F.broadcast(ids), [G, "_old"], "left").withColumn("_v", F.coalesce("_new", "_old")) \
+            ex = ex.join(_bc(ids), [G, "_old"], "left").withColumn("_v", F.coalesce("_new", "_old")) \
                 .groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.struct("_i", "_v"))).alias("_l"))
             df = df.join(ex, [G, "_o"], "left").withColumn(
                 "conn_ids", F.when(F.col("_l").isNull(), F.col("conn_ids")).otherwise(F.transform("_l", lambda x: x["_v"]))
@@ -1090,7 +1097,7 @@ def merge(
 
     def rename(df: DataFrame, m: DataFrame, ip: str = "peer_ip", port: str = "peer_port") -> DataFrame:
         m = m.withColumnRenamed("peer_ip", ip).withColumnRenamed("peer_port", port)
-        return df.join(F.broadcast(m), [G, "info_hash", ip, port], "left") \
+        return df.join(_bc(m), [G, "info_hash", ip, port], "left") \
             .withColumn(port, F.coalesce(F.col("_to").cast(dict(df.dtypes)[port]), F.col(port))).drop("_to")
 
     jren = _cut(jren)
@@ -1419,8 +1426,12 @@ def session(app: str = "swarmtap-merge", master: Optional[str] = None) -> SparkS
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", os.environ.get("SWARMTAP_SPARK_UI", "false"))
         .config("spark.driver.memory", os.environ.get("SWARMTAP_SPARK_DRIVER_MEMORY", "2g"))
-        .getOrCreate()
     )
+    # Extra settings, "key=value,key=value" (measurements, tuning).
+    for kv in filter(None, os.environ.get("SWARMTAP_SPARK_CONF", "").split(",")):
+        k, v = kv.split("=", 1)
+        spark = spark.config(k.strip(), v.strip())
+    spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SWARMTAP_SPARK_LOG", "WARN"))
     return spark
 

@@ -339,6 +339,34 @@ def compare_engines(name: str, emb: str, m: dict, stats: Counter) -> None:
 
 # ------------------------------------------------------------------ main
 
+def spark_cpu(spark) -> float:
+    """User + system CPU seconds of the JVM and its descendants (the Python
+    workers), from /proc: a measure that does not depend on the load."""
+    try:
+        jvm = int(spark._jvm.java.lang.ProcessHandle.current().pid())
+        tick = os.sysconf("SC_CLK_TCK")
+        kids = defaultdict(list)
+        stat = {}
+        for p in os.listdir("/proc"):
+            if not p.isdigit():
+                continue
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    v = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stat[int(p)] = sum(int(x) for x in v[11:15])  # utime stime cutime cstime
+            kids[int(v[1])].append(int(p))
+        total, todo = 0, [jvm]
+        while todo:
+            p = todo.pop()
+            total += stat.get(p, 0)
+            todo += kids.get(p, [])
+        return total / tick
+    except Exception:  # noqa: BLE001 (a figure, not a verdict)
+        return float("nan")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=os.environ.get("SWARMTAP_BIN", os.path.join(ROOT, "target/debug/swarmtap")))
@@ -453,7 +481,22 @@ def main() -> int:
         jobs = sc.statusTracker().getJobIdsForGroup("merge")
         stages = sum(len(sc.statusTracker().getJobInfo(j).stageIds) for j in jobs if sc.statusTracker().getJobInfo(j))
         print(f"spark_merge: plan and materialised steps {tq - tp:.0f} s, tables collected {time.time() - tq:.0f} s; "
-              f"{len(jobs)} Spark jobs, {stages} stages", flush=True)
+              f"{len(jobs)} Spark jobs, {stages} stages; CPU {spark_cpu(spark):.0f} s (JVM and Python workers)",
+              flush=True)
+        prof = os.environ.get("SWARMTAP_SPARK_PROFILE")
+        if prof:
+            # Needs SWARMTAP_SPARK_UI=true: every job's call site and time.
+            import json
+            import urllib.request
+
+            ui = sc.uiWebUrl
+            app = sc.applicationId
+            with urllib.request.urlopen(f"{ui}/api/v1/applications/{app}/jobs") as f:
+                js = json.load(f)
+            with urllib.request.urlopen(f"{ui}/api/v1/applications/{app}/stages") as f:
+                st = json.load(f)
+            with open(prof, "w") as f:
+                json.dump({"jobs": js, "stages": st}, f)
         import pickle
 
         with open(pkl, "wb") as f:
