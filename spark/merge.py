@@ -297,7 +297,8 @@ CONN_SUM_PAIRS = [
 ]
 CONN_SUMS = ["gap_bytes", "unframed_bytes", "n_resyncs"]
 CONN_FILL_PAIRS = [("orig_peer_id", "resp_peer_id"), ("orig_client", "resp_client"),
-                   ("orig_ltep_v", "resp_ltep_v"), ("orig_peer_port", "resp_peer_port")]
+                   ("orig_ltep_v", "resp_ltep_v"), ("orig_peer_port", "resp_peer_port"),
+                   ("orig_listen_port", "resp_listen_port")]
 
 JOIN_OUT = f"{G} int, _o long, _rep long, _pos int, _rev boolean, _new long, _sens string, _last boolean"
 
@@ -421,6 +422,8 @@ def join_rows(df: DataFrame, kind: str, gap_us: int, tol_us: int, closed: Option
         aggs.append(F.min_by(F.struct("info_hash", "info_hash_source", "attribution_confidence"),
                              F.when(ih.isNotNull(), F.col("_pos")).otherwise(F.col("_pos") + BIG)).alias("_ih"))
         for a, b in CONN_FILL_PAIRS:
+            if a not in cols or b not in cols:
+                continue  # datasets written before the column existed
             for x, y in ((a, b), (b, a)):
                 v = F.when(F.col("_rev"), F.col(y)).otherwise(F.col(x))
                 aggs.append(F.min_by(v, F.when(v.isNotNull(), F.col("_pos")).otherwise(F.col("_pos") + BIG)).alias(x))
@@ -436,6 +439,19 @@ def join_rows(df: DataFrame, kind: str, gap_us: int, tol_us: int, closed: Option
     rows = reps.join(agg.withColumnRenamed("_rep", "_o"), [G, "_o"]) \
         .withColumn("sensor", F.col("_sens")).drop("_sens").select(*cols)
     return _cut(rows), _cut(idmap), kept
+
+
+def fill_info_hash(df: DataFrame, conns: DataFrame) -> DataFrame:
+    """Attribution by a later piece (entities.rs `fill_info_hash`): an event
+    row of a connection takes the merged connection's info_hash when the
+    row has none, or when the connection's came from a handshake and the
+    row's differs."""
+    c = conns.dropDuplicates([G, "conn_id"]).select(
+        G, "conn_id", F.col("info_hash").alias("_cih"),
+        F.coalesce(F.col("info_hash_source") == "handshake", F.lit(False)).alias("_exact"))
+    df = df.join(c, [G, "conn_id"], "left")
+    take = F.col("_cih").isNotNull() & (F.col("info_hash").isNull() | (F.col("_exact") & (F.col("info_hash") != F.col("_cih"))))
+    return df.withColumn("info_hash", F.when(take, F.col("_cih")).otherwise(F.col("info_hash"))).drop("_cih", "_exact")
 
 
 def join_renames(kept: DataFrame, rows: DataFrame) -> DataFrame:
@@ -1118,6 +1134,8 @@ def merge(
             continue
         df = remap_all(t[name])
         df = dedupe_events(df, name, tol, multi)
+        if name in ("peer_messages", "peer_progress", "pex_peers"):
+            df = fill_info_hash(df, conns)
         ev[name] = _cut(df) if name in ("peer_progress", "peer_messages", "tracker_announces", "dht_messages") else df
     caps = t["capture_stats"]
 

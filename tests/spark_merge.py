@@ -272,6 +272,55 @@ def compare_sensors(name: str, whole: str, m: dict, both: bool, stats: Counter) 
 #   to 1e-9 relative (one division computed by another language).
 FLOAT_REL = 1e-9
 
+# `swarmtap merge` rules of session 6 not yet ported to spark/merge.py
+# (docs/MERGE.md, "The Spark job"; spark/README.md, "Status"), and the
+# (case, table) pairs where they make the engines differ. A listed pair
+# that differs is counted as "not yet ported", not as a failure; a listed
+# pair that is equal is a failure too (the list must shrink as rules are
+# ported); any unlisted difference fails.
+NOT_YET_PORTED: dict = {
+    ("utp/2", "flows"): "uTP joins by utp_conn_id",
+    ("utp/2", "connections"): "uTP joins by utp_conn_id",
+    ("utp/2", "peer_messages"): "uTP joins by utp_conn_id",
+    ("utp/2", "peer_progress"): "uTP joins by utp_conn_id",
+    ("utp/2", "peers"): "uTP joins by utp_conn_id",
+    ("two/2", "peers"): "hybrid torrents' two hashes",
+    ("two/2", "torrents"): "hybrid torrents' two hashes",
+    ("two/2", "announce_audit"): "hybrid torrents' two hashes",
+    ("small/2", "peers"): "tracker claims announced with port 0",
+    ("small/2", "torrents"): "tracker claims announced with port 0",
+    ("utp/3", "flows"): "uTP joins by utp_conn_id",
+    ("utp/3", "connections"): "uTP joins by utp_conn_id",
+    ("utp/3", "peer_messages"): "uTP joins by utp_conn_id",
+    ("utp/3", "peer_progress"): "uTP joins by utp_conn_id",
+    ("utp/3", "peers"): "uTP joins by utp_conn_id",
+    ("two/3", "peers"): "hybrid torrents' two hashes",
+    ("two/3", "torrents"): "hybrid torrents' two hashes",
+    ("two/3", "announce_audit"): "hybrid torrents' two hashes",
+    ("small/3", "peers"): "tracker claims announced with port 0",
+    ("small/3", "torrents"): "tracker claims announced with port 0",
+    ("utp/7", "flows"): "uTP joins by utp_conn_id",
+    ("utp/7", "connections"): "uTP joins by utp_conn_id",
+    ("utp/7", "peer_messages"): "uTP joins by utp_conn_id",
+    ("utp/7", "peer_progress"): "uTP joins by utp_conn_id",
+    ("utp/7", "peers"): "uTP joins by utp_conn_id",
+    ("two/7", "peers"): "hybrid torrents' two hashes",
+    ("two/7", "torrents"): "hybrid torrents' two hashes",
+    ("two/7", "announce_audit"): "hybrid torrents' two hashes",
+    ("small/7", "peers"): "tracker claims announced with port 0",
+    ("small/7", "torrents"): "tracker claims announced with port 0",
+    ("http/3", "connections"): "MSE-encrypted originators and listen endpoints",
+    ("http/3", "peers"): "MSE-encrypted originators and listen endpoints",
+    ("http/sensors a+b in 3 pieces", "connections"): "MSE-encrypted originators and listen endpoints",
+    ("http/sensors a+b in 3 pieces", "peers"): "MSE-encrypted originators and listen endpoints",
+    ("midstream/7", "connections"): "listen endpoints and the ephemeral-port join",
+    ("midstream/7", "peers"): "listen endpoints and the ephemeral-port join",
+    ("midstream/7", "torrents"): "listen endpoints and the ephemeral-port join",
+    ("bittorrent/2", "connections"): "listen endpoints and the ephemeral-port join",
+    ("bittorrent/2", "peers"): "listen endpoints and the ephemeral-port join",
+    ("bittorrent/2", "torrents"): "listen endpoints and the ephemeral-port join",
+}
+
 
 def norm(x):
     """A cell as comparable value: null, list as tuple, time in µs, float
@@ -319,10 +368,15 @@ def compare_engines(name: str, emb: str, m: dict, stats: Counter) -> None:
         check(list(e.columns) == list(s.columns), f"{name}: {t} columns spark {list(s.columns)} vs swarmtap merge {list(e.columns)}")
         cols = [c for c in e.columns if c in s.columns]
         re_, rs = Counter(rows_of(e, cols)), Counter(rows_of(s, cols))
+        known = NOT_YET_PORTED.get((name, t))
         if re_ == rs:
-            check(True, "")
+            check(known is None, f"{name}: {t} is equal between the engines but listed as not yet ported ({known})")
             stats["engine_tables_equal"] += 1
             stats["engine_rows_equal"] += len(e)
+            continue
+        if known is not None:
+            stats["engine_tables_not_yet_ported"] += 1
+            print(f"not yet ported: {name}: {t} ({known})", flush=True)
             continue
         # Which columns differ: the multiset of each column's values.
         bad = [c for i, c in enumerate(cols)
