@@ -63,7 +63,15 @@ pub trait Row: Sized + Send + 'static {
         let cols = fields
             .iter()
             .zip(arrays)
-            .map(|(f, a)| Series::from_arrow(f.name.clone(), a).map(Column::from))
+            .map(|(f, a)| {
+                // Names are built dictionary-encoded: their text here.
+                let a = if a.dtype() == &f.dtype {
+                    a
+                } else {
+                    polars::polars_compute::cast::cast(&*a, &f.dtype, Default::default())?
+                };
+                Series::from_arrow(f.name.clone(), a).map(Column::from)
+            })
             .collect::<PolarsResult<Vec<_>>>()?;
         DataFrame::new(rows.len(), cols)
     }
