@@ -610,6 +610,20 @@ impl ColumnBuilder<Option<&'static str>> for NameBuilder {
     }
 }
 
+/// The text of a [`NameBuilder`] column (polars cannot cast a dictionary
+/// to text): for a DataFrame of rows ([`super::tables::Row::to_frame`]).
+pub fn names_as_text(array: &dyn Array) -> PolarsResult<Box<dyn Array>> {
+    let bad = || PolarsError::ComputeError("not a dictionary of large_string names".into());
+    let d = array.as_any().downcast_ref::<DictionaryArray<u32>>().ok_or_else(bad)?;
+    let names = d.values().as_any().downcast_ref::<Utf8Array<i64>>().ok_or_else(bad)?;
+    let text: Utf8Array<i64> = d
+        .keys()
+        .iter()
+        .map(|k| k.and_then(|k| names.get(*k as usize)))
+        .collect();
+    Ok(text.boxed())
+}
+
 /// Whether `array` can be written as a column of type `dtype` as it is:
 /// the same type, or a dictionary of values of that type (see
 /// [`NameBuilder`]).
@@ -817,6 +831,7 @@ mod tests {
         let text = StrBuilder::default().tap_push(&v);
         let cast = polars::polars_compute::cast::cast(&*text, c.dtype(), Default::default()).unwrap();
         assert_eq!(&*cast, &*c);
+        assert_eq!(&*names_as_text(&*c).unwrap(), &*StrBuilder::default().tap_push(&v));
         let d = c.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
         assert_eq!(
             d.keys().iter().map(|k| k.copied()).collect::<Vec<_>>(),

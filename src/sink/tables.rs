@@ -65,10 +65,9 @@ pub trait Row: Sized + Send + 'static {
             .zip(arrays)
             .map(|(f, a)| {
                 // Names are built dictionary-encoded: their text here.
-                let a = if a.dtype() == &f.dtype {
-                    a
-                } else {
-                    polars::polars_compute::cast::cast(&*a, &f.dtype, Default::default())?
+                let a = match a.dtype() {
+                    ArrowDataType::Dictionary(..) => super::columns::names_as_text(&*a)?,
+                    _ => a,
                 };
                 Series::from_arrow(f.name.clone(), a).map(Column::from)
             })

@@ -22,7 +22,7 @@ use polars_parquet::write::{
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
 use polars_arrow::datatypes::IntegerType;
 
-use super::columns::{set_current_table, writes_as};
+use super::columns::{names_as_text, set_current_table, writes_as};
 use super::layout::{self, Layout, Staging};
 use super::tables::Row;
 
@@ -205,6 +205,9 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
     {
         let array = if writes_as(&*array, &f.dtype) {
             array
+        } else if let ArrowDataType::Dictionary(..) = array.dtype() {
+            // polars cannot cast a dictionary: its text first.
+            polars::polars_compute::cast::cast(&*names_as_text(&*array)?, &f.dtype, Default::default())?
         } else {
             polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
         };
