@@ -112,8 +112,9 @@ pub struct Limits {
     /// has a full row group (64 Ki rows) or, when the tables together pass
     /// this, the largest buffer is written early: without it twenty slowly
     /// filling tables could each hold most of a row group until the end of
-    /// the run. A dht_messages row takes about 250 bytes of columns, so a
-    /// DHT flood writes row groups of about 50 Ki rows.
+    /// the run. The budget is checked every 1,024 rows of a table: between
+    /// checks the buffers grow by those rows (and a buffer that fills up
+    /// doubles its capacity).
     pub sink_buffer_bytes: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.

@@ -18,8 +18,9 @@ use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use polars::prelude::*;
-use polars_arrow::array::{Array, BooleanArray, ListArray, PrimitiveArray, Utf8Array};
+use polars_arrow::array::{Array, BooleanArray, DictionaryArray, ListArray, PrimitiveArray, Utf8Array};
 use polars_arrow::bitmap::{Bitmap, MutableBitmap};
+use polars_arrow::datatypes::IntegerType;
 use polars_arrow::types::NativeType;
 
 /// A timestamp: microseconds since the Unix epoch, UTC (CONTRACT: `ts`).
@@ -356,7 +357,7 @@ value_and_option!(bool, BoolBuilder, DataType::Boolean, "bool");
 value_and_option!(Ts, PrimBuilder<i64>, utc(), "timestamp[us, UTC]");
 value_and_option!(String, StrBuilder, DataType::String, "string");
 value_and_option!(Arc<str>, StrBuilder, DataType::String, "string");
-value_and_option!(&'static str, StrBuilder, DataType::String, "string");
+value_and_option!(&'static str, NameBuilder, DataType::String, "string");
 value!(Option<Cow<'static, str>>, StrBuilder, DataType::String, "string?");
 value!(
     Vec<String>,
@@ -529,13 +530,109 @@ macro_rules! str_builder {
 
 str_builder!(String, |s| s.as_str());
 str_builder!(Arc<str>, |s| s);
-str_builder!(&'static str, |s| s);
 str_builder!(opt Option<String>, |s| s.as_deref());
 str_builder!(opt Option<Arc<str>>, |s| s.as_deref());
-str_builder!(opt Option<&'static str>, |s| *s);
 // Text that is a static name almost always (a method name) and owned only
 // when the wire sent something else.
 str_builder!(opt Option<Cow<'static, str>>, |s| s.as_deref());
+
+/// A column of names from a fixed set (`&'static str`: kinds, methods,
+/// reasons): built dictionary-encoded, as the Parquet writer would encode
+/// it anyway (a row group's distinct names in order of first appearance,
+/// one 32-bit key per row), without making the text of every cell first.
+#[derive(Default)]
+pub struct NameBuilder {
+    keys: Vec<u32>,
+    validity: Validity,
+    /// This row group's distinct names, in order of first appearance.
+    names: Vec<&'static str>,
+}
+
+impl NameBuilder {
+    #[inline]
+    fn key(&mut self, s: &'static str) -> u32 {
+        let i = match self.names.iter().position(|n| *n == s) {
+            Some(i) => i,
+            None => {
+                self.names.push(s);
+                self.names.len() - 1
+            }
+        };
+        // Names come from the program's text: a few dozen at most.
+        i as u32
+    }
+
+    fn heap(&self) -> usize {
+        self.keys.capacity() * 4 + self.validity.bytes() + self.names.capacity() * std::mem::size_of::<&str>()
+    }
+
+    /// A dictionary array of `large_string` values (the type of every text
+    /// column in the files): the Parquet writer takes it as it is.
+    fn array(&mut self) -> PolarsResult<Box<dyn Array>> {
+        let names = std::mem::take(&mut self.names);
+        let values = Utf8Array::<i64>::from_slice(&names);
+        let keys = PrimitiveArray::<u32>::try_new(
+            ArrowDataType::UInt32,
+            std::mem::take(&mut self.keys).into(),
+            self.validity.take(),
+        )?;
+        let dict = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(values.dtype().clone()), false);
+        Ok(DictionaryArray::<u32>::try_new(dict, keys, values.boxed())?.boxed())
+    }
+}
+
+impl ColumnBuilder<&'static str> for NameBuilder {
+    #[inline]
+    fn push(&mut self, v: &&'static str) {
+        let k = self.key(v);
+        self.keys.push(k);
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, _name: &str, _dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array()
+    }
+}
+
+impl ColumnBuilder<Option<&'static str>> for NameBuilder {
+    #[inline]
+    fn push(&mut self, v: &Option<&'static str>) {
+        self.validity.push(self.keys.len(), v.is_some());
+        let k = v.map_or(0, |s| self.key(s));
+        self.keys.push(k);
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, _name: &str, _dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array()
+    }
+}
+
+/// The text of a [`NameBuilder`] column (polars cannot cast a dictionary
+/// to text): for a DataFrame of rows ([`super::tables::Row::to_frame`]).
+pub fn names_as_text(array: &dyn Array) -> PolarsResult<Box<dyn Array>> {
+    let bad = || PolarsError::ComputeError("not a dictionary of large_string names".into());
+    let d = array.as_any().downcast_ref::<DictionaryArray<u32>>().ok_or_else(bad)?;
+    let names = d.values().as_any().downcast_ref::<Utf8Array<i64>>().ok_or_else(bad)?;
+    let text: Utf8Array<i64> = d
+        .keys()
+        .iter()
+        .map(|k| k.and_then(|k| names.get(*k as usize)))
+        .collect();
+    Ok(text.boxed())
+}
+
+/// Whether `array` can be written as a column of type `dtype` as it is:
+/// the same type, or a dictionary of values of that type (see
+/// [`NameBuilder`]).
+pub fn writes_as(array: &dyn Array, dtype: &ArrowDataType) -> bool {
+    match array.dtype() {
+        ArrowDataType::Dictionary(_, values, _) => **values == *dtype,
+        t => t == dtype,
+    }
+}
 
 /// Offset of the next list element (Arrow `list`: 32-bit offsets). A row
 /// group holds far fewer elements than 2^31 (64 Ki rows, lists capped at
@@ -647,6 +744,18 @@ mod tests {
         a
     }
 
+    trait TapPush {
+        fn tap_push(self, v: &[Option<&'static str>]) -> Box<dyn Array>;
+    }
+    impl TapPush for StrBuilder {
+        fn tap_push(mut self, v: &[Option<&'static str>]) -> Box<dyn Array> {
+            for x in v {
+                self.push_opt_str(*x);
+            }
+            self.array(&ArrowDataType::LargeUtf8).unwrap()
+        }
+    }
+
     fn ints<T: NativeType>(a: &dyn Array) -> Vec<Option<T>> {
         let a = a.as_any().downcast_ref::<PrimitiveArray<T>>().unwrap();
         a.iter().map(|v| v.copied()).collect()
@@ -708,8 +817,26 @@ mod tests {
         let got: Vec<Option<&str>> = c.iter().collect();
         assert_eq!(got, [Some("ab"), None, Some(""), Some("ü")]);
         // No bitmap when nothing is null.
-        let c = build::<&'static str, StrBuilder>("k", ArrowDataType::LargeUtf8, &["query", "response"]);
+        let c = build::<Option<String>, StrBuilder>(
+            "k",
+            ArrowDataType::LargeUtf8,
+            &[Some("query".into()), Some("x".into())],
+        );
         assert!(c.validity().is_none());
+        // Names: dictionary-encoded in order of first appearance, as the
+        // Parquet writer's own cast of the text makes them.
+        let v = [Some("query"), None, Some("response"), Some("query")];
+        let c = build::<Option<&'static str>, NameBuilder>("k", ArrowDataType::LargeUtf8, &v);
+        assert!(writes_as(&*c, &ArrowDataType::LargeUtf8));
+        let text = StrBuilder::default().tap_push(&v);
+        let cast = polars::polars_compute::cast::cast(&*text, c.dtype(), Default::default()).unwrap();
+        assert_eq!(&*cast, &*c);
+        assert_eq!(&*names_as_text(&*c).unwrap(), &*StrBuilder::default().tap_push(&v));
+        let d = c.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
+        assert_eq!(
+            d.keys().iter().map(|k| k.copied()).collect::<Vec<_>>(),
+            [Some(0), None, Some(1), Some(0)]
+        );
         let b = [Some(true), None, Some(false)];
         let c = build::<Option<bool>, BoolBuilder>("b", ArrowDataType::Boolean, &b);
         let c = c.as_any().downcast_ref::<BooleanArray>().unwrap();

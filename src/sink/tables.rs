@@ -63,7 +63,14 @@ pub trait Row: Sized + Send + 'static {
         let cols = fields
             .iter()
             .zip(arrays)
-            .map(|(f, a)| Series::from_arrow(f.name.clone(), a).map(Column::from))
+            .map(|(f, a)| {
+                // Names are built dictionary-encoded: their text here.
+                let a = match a.dtype() {
+                    ArrowDataType::Dictionary(..) => super::columns::names_as_text(&*a)?,
+                    _ => a,
+                };
+                Series::from_arrow(f.name.clone(), a).map(Column::from)
+            })
             .collect::<PolarsResult<Vec<_>>>()?;
         DataFrame::new(rows.len(), cols)
     }
