@@ -28,7 +28,7 @@ Each connection, from the originator A (10.98.0.1) to the responder B
   A: have 0, have 1, not_interested
   both: FIN
 
-Connections:
+Connections (the first four select plaintext):
   tcp 50001 -> 6881   no loss
   tcp 50002 -> 6881   A's 4th pipelined segment (1,000 bytes, inside what
                       lies past the 2 KiB scan head) never captured; B's ACKs
@@ -37,6 +37,11 @@ Connections:
   utp 50004 -> 6882   as 50002, over uTP: the missing packet is 1,000 bytes
                       between two 1,000-byte packets, so the analyzer's
                       estimate of a lost uTP packet's size is exact
+  utp 50005 -> 6882   an exchange that stays encrypted (RC4 selected): the
+                      same 296/396/124-byte opening, then 3,000 random bytes
+                      from A and 2,000 from B; no plaintext handshake, so the
+                      row is the MSE scan's own count (over uTP the
+                      transport gives none)
 
 Standard library only; payloads from random.Random(21), so the output is the
 same on every run.
@@ -106,6 +111,14 @@ def script(rnd):
     b_known = {"piece_bytes": 4 * BLOCK, "msgs": {"bitfield": 1, "unchoke": 1, "piece": 4, "have": 1},
                "mse_exchange_bytes": len(b1) + len(b2)}
     return flights, b_known
+
+
+def encrypted_script(rnd):
+    """An exchange that selected RC4: random bytes both ways, nothing to
+    decode."""
+    flights = [("A", rnd.randbytes(296)), ("B", rnd.randbytes(396)), ("A", rnd.randbytes(124)),
+               ("A", rnd.randbytes(3000)), ("B", rnd.randbytes(2000))]
+    return flights
 
 
 def segments(flights, mss):
@@ -203,8 +216,21 @@ def main():
     frames = []
     ts = [1_800_000_000_000_000]
     conns = []
+    encrypted = encrypted_script(random.Random(22))
     for transport, sport, dport, lost in (("tcp", 50001, 6881, False), ("tcp", 50002, 6881, True),
-                                          ("utp", 50003, 6882, False), ("utp", 50004, 6882, True)):
+                                          ("utp", 50003, 6882, False), ("utp", 50004, 6882, True),
+                                          ("utp", 50005, 6882, None)):
+        if lost is None:
+            packets = segments(encrypted, 1400)
+            (tcp_conn if transport == "tcp" else utp_conn)(frames, ts, sport, dport, packets, False)
+            ts[0] += 1_000_000
+            conns.append({
+                "transport": transport, "orig_ip": A_IP, "orig_port": sport, "resp_ip": B_IP, "resp_port": dport,
+                "lost_orig_packet": False, "stays_encrypted": True,
+                "orig": {"payload_bytes": sum(len(d) for s, d in packets if s == "A"), "gap_bytes": 0},
+                "resp": {"payload_bytes": sum(len(d) for s, d in packets if s == "B"), "gap_bytes": 0},
+            })
+            continue
         packets = segments(flights, 1400)
         a_sizes = [len(d) for s, d in packets if s == "A"]
         if lost:
@@ -219,7 +245,7 @@ def main():
         b_total = sum(len(d) for s, d in packets if s == "B")
         conns.append({
             "transport": transport, "orig_ip": A_IP, "orig_port": sport, "resp_ip": B_IP, "resp_port": dport,
-            "lost_orig_packet": lost,
+            "lost_orig_packet": lost, "stays_encrypted": False,
             "orig": {"payload_bytes": a_total - lost_bytes, "gap_bytes": lost_bytes,
                      "bytes_before_resp_handshake": sum(len(d) for s, d in flights[:-2] if s == "A")},
             "resp": {"payload_bytes": b_total, "gap_bytes": 0, **b_known},
