@@ -4,13 +4,14 @@
 # a function body replaced) is built and the analysis tests are run against
 # it; a mutant no test catches is "missed" and needs a test.
 #
-#   bash tests/mutants.sh                 # the byte/piece counting functions (~120 mutants)
+#   bash tests/mutants.sh                 # byte and piece counting (352 mutants, tests/mutants_counting.py)
 #   bash tests/mutants.sh all             # every mutant of src/analyze (~1,600), shuffled
 #   bash tests/mutants.sh sample 16       # a fair 1/16 of them: every 16th mutant in
 #                                         # source order (round-robin shard 0/16), shuffled
 #   bash tests/mutants.sh counting --list # what would run
 #   MUTANTS_MINUTES=60 bash tests/mutants.sh sample 16   # stop after 60 min
 #   bash tests/mutants.sh all --re 'session.rs:396:.*-= with \+='  # one mutant again
+#   MUTANTS_STAGE=unit bash tests/mutants.sh; MUTANTS_STAGE=integration bash tests/mutants.sh counting --iterate
 #
 # Results: target/mutants/mutants.out/{caught,missed,timeout,unviable}.txt
 # and outcomes.json; the script ends with the counts per file. Tests in
@@ -52,14 +53,17 @@ filter=()
 order=(--no-shuffle)
 case "$scope" in
   counting)
-    # Where bytes and pieces are counted: block progress and ends (piece
-    # bytes, gaps), the connection row's totals, piece-count estimates and
-    # completion.
-    # (cargo-mutants 27 lets the field deletions of row-building struct
-    # literals through any --re: about 120 mutants. The session-4 run took
-    # the 54 on the counting lines themselves with --in-diff: 4 missed,
-    # since killed by tests.)
-    filter=(--re '(State::block_progress|State::end_block|PeerSession::row|State::on_event|Swarm::completion|bitfield_top|TorrentState::count|piece_len)')
+    # The mutants in byte and piece counting: tests/mutants_counting.py
+    # holds the rule (functions, and counting lines of mixed functions) and
+    # turns it into a diff of those lines for --in-diff (cargo-mutants 27
+    # lets struct-literal field deletions through every --re). Shuffled, so
+    # that a run cut short by MUTANTS_MINUTES is a fair sample of the set.
+    files=(--file 'src/analyze/*.rs')
+    sel="$(mktemp)"
+    (cd "$here" && cargo mutants --list --json "${files[@]}" >"$sel.json" &&
+      python3 tests/mutants_counting.py "$sel.json" --diff >"$sel")
+    filter=(--in-diff "$sel")
+    order=(--shuffle)
     ;;
   all)
     files=(--file 'src/analyze/*.rs')
@@ -120,14 +124,27 @@ mkdir -p "$out"
 # load 14 they take ~60 s of wall time in all; the whole integration suite
 # takes ~310 s. MUTANTS_TESTS replaces the list (a missed mutant is worth a
 # run against every test: MUTANTS_TESTS=' ' runs them all).
-read -r -a tests <<<"${MUTANTS_TESTS:-analyze:: counting:: samples:: complete_transfers tracker::the_audit_raises_no_flag_on_honest_clients dht::issue5_dht_messages_equal_tshark metadata::pieces_are_verified_on_every_sample}"
+unit="analyze::"
+integration="counting:: samples:: complete_transfers bitfield_ handshake_info_hash_mismatch tracker::the_audit_raises_no_flag_on_honest_clients dht::issue5_dht_messages_equal_tshark metadata::pieces_are_verified_on_every_sample"
+# MUTANTS_STAGE splits the run in two cheaper passes: `unit` builds and runs
+# only the lib's analyze:: tests (one compile of the crate per mutant
+# instead of two, and one link); `integration` builds the lib and the
+# integration tests and runs those. Run `unit` first, then `integration`
+# with --iterate on the same output: only what the unit tests missed (or
+# never reached) is built again.
+case "${MUTANTS_STAGE:-both}" in
+  unit) targets=(--cargo-arg=--lib) && default_tests="$unit" ;;
+  integration) targets=(--cargo-arg=--test --cargo-arg=integration) && default_tests="$integration" ;;
+  *) targets=(--cargo-arg=--lib --cargo-arg=--test --cargo-arg=integration) && default_tests="$unit $integration" ;;
+esac
+read -r -a tests <<<"${MUTANTS_TESTS:-$default_tests}"
 # The test timeout is for a loaded machine at nice 19: the selected tests
 # take ~30 s of wall time on an idle one.
 status=0
 SWARMTAP_SHARED="$shared" "${deadline[@]}" "${wrapper[@]}" nice -n 19 \
   cargo mutants --in-place --cap-lints false --baseline skip "${order[@]}" \
   "${files[@]}" "${filter[@]}" --timeout 300 --build-timeout 900 -o "$out" \
-  --cargo-arg=--lib --cargo-arg=--test --cargo-arg=integration "$@" \
+  "${targets[@]}" "$@" \
   -- -- "${tests[@]}" || status=$?
 if [ -f "$out/mutants.out/outcomes.json" ]; then
   python3 "$here/tests/mutants_summary.py" "$out/mutants.out/outcomes.json"

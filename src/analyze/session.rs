@@ -244,11 +244,26 @@ impl PeerSession {
     /// Feeds one chunk of direction `side` (0 = from the originator).
     pub fn feed(&mut self, side: usize, chunk: Chunk<'_>, ctx: FrameCtx, out: &mut ShardOut) {
         let side = side.min(1);
-        self.st.last_ts = self.st.last_ts.max(ctx.ts);
         match chunk {
             Chunk::Data(d) => self.st.sides[side].payload_bytes += d.len() as u64,
             Chunk::Gap(n) => self.st.gap_bytes += n,
         }
+        self.frame(side, chunk, ctx, out);
+    }
+
+    /// Feeds `unkept` bytes of `side` that were captured but not kept (an
+    /// MSE scan passed over them) and `lost` bytes a capture gap took among
+    /// them: stream bytes (`payload_bytes`) and lost bytes (`gap_bytes`),
+    /// after which the framer resumes as after one gap.
+    pub fn feed_unkept(&mut self, side: usize, unkept: u64, lost: u64, ctx: FrameCtx, out: &mut ShardOut) {
+        let side = side.min(1);
+        self.st.sides[side].payload_bytes += unkept;
+        self.st.gap_bytes += lost;
+        self.frame(side, Chunk::Gap(unkept + lost), ctx, out);
+    }
+
+    fn frame(&mut self, side: usize, chunk: Chunk<'_>, ctx: FrameCtx, out: &mut ShardOut) {
+        self.st.last_ts = self.st.last_ts.max(ctx.ts);
         let st = &mut self.st;
         self.framers[side].feed(chunk, &mut |ev| st.on_event(side, ev, ctx, out));
         if !self.st.settled {

@@ -140,8 +140,11 @@ fn continues_handshake(kept: &[u8], d: &[u8]) -> bool {
 #[derive(Debug, Default)]
 pub struct MseScan {
     head: [Vec<u8>; 2],
-    /// Bytes after the window (or lost in gaps) not kept.
-    skipped: [u64; 2],
+    /// Captured bytes after the window, not kept: stream bytes of the
+    /// connection all the same (`payload_bytes`).
+    unkept: [u64; 2],
+    /// Bytes lost in capture gaps while scanning (`gap_bytes`).
+    lost: [u64; 2],
     done: bool,
     /// The responder's first flight had MSE's shape too (None: undecided).
     reply: Option<bool>,
@@ -164,14 +167,13 @@ impl MseScan {
             return None;
         }
         match chunk {
-            Chunk::Data(d) if self.head[side].len() < MSE_SCAN_BYTES && self.skipped[side] == 0 => {
+            Chunk::Data(d) if self.head[side].len() < MSE_SCAN_BYTES && !self.passed(side) => {
                 self.head[side].extend_from_slice(d);
             }
-            Chunk::Data(d) => self.skipped[side] += d.len() as u64,
-            Chunk::Gap(n) => self.skipped[side] += n,
+            Chunk::Data(d) => self.unkept[side] += d.len() as u64,
+            Chunk::Gap(n) => self.lost[side] += n,
         }
-        if self.reply.is_none()
-            && (self.head[RESP].len() >= *dissect::stream::MSE_FLIGHT.start() || self.skipped[RESP] > 0)
+        if self.reply.is_none() && (self.head[RESP].len() >= *dissect::stream::MSE_FLIGHT.start() || self.passed(RESP))
         {
             self.reply = Some(dissect::stream::is_mse_reply(&self.head[RESP]));
         }
@@ -180,13 +182,19 @@ impl MseScan {
                 return Some((s, pos));
             }
         }
-        let full = |s: usize| self.head[s].len() >= MSE_SCAN_BYTES || self.skipped[s] > 0;
+        let full = |s: usize| self.head[s].len() >= MSE_SCAN_BYTES || self.passed(s);
         if full(0) && full(1) {
             // Encrypted for good: stop looking, free the buffers.
             self.done = true;
             self.head = [Vec::new(), Vec::new()];
         }
         None
+    }
+
+    /// The scan of `side` stopped keeping bytes: its head is full, or a gap
+    /// broke it.
+    fn passed(&self, side: usize) -> bool {
+        self.unkept[side] > 0 || self.lost[side] > 0
     }
 
     fn both_ways(&self) -> bool {
@@ -618,14 +626,17 @@ fn mse_plaintext(
     if let Some(h) = heads[found].get(pos..) {
         s.feed(found, Chunk::Data(h), ctx, out);
     }
-    if scan.skipped[found] > 0 {
-        s.feed(found, Chunk::Gap(scan.skipped[found]), ctx, out);
-    }
     if !heads[other].is_empty() {
         s.feed(other, Chunk::Data(&heads[other]), ctx, out);
     }
-    if scan.skipped[other] > 0 {
-        s.feed(other, Chunk::Gap(scan.skipped[other]), ctx, out);
+    // What the scan passed over past its window: stream bytes that the
+    // session does not see, and bytes lost in gaps; the framers resume after
+    // them as after one gap. (The found side has none: its handshake was
+    // found in its head, and a side's head stops growing once it passed.)
+    for side in [found, other] {
+        if scan.passed(side) {
+            s.feed_unkept(side, scan.unkept[side], scan.lost[side], ctx, out);
+        }
     }
     s
 }

@@ -14,6 +14,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+mod consistency;
 mod counting;
 mod samples;
 
@@ -773,6 +774,92 @@ fn bitfield_longer_than_the_torrent_is_counted_and_bounded() {
     let prog = table(&r, "peer_progress");
     assert_eq!(u64s(&prog, "n_pieces"), vec![Some(2); prog.height()]);
     assert!(u64s(&prog, "n_pieces_have").iter().all(|h| h.is_some_and(|h| h <= 2)));
+}
+
+/// BEP 3's bitfield of a known 10-piece torrent: 2 bytes, the last 6 bits
+/// spare. Exactly that size with no spare bit set raises nothing and keeps
+/// every piece it names (all 10 from the originator; 0 and 9, the last
+/// piece, the lowest real bit of the last byte, from the responder).
+#[test]
+fn bitfield_of_exactly_the_torrents_size_raises_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tor = tmp.path().join("ten.torrent");
+    let ih = tiny_torrent(&tor, 10);
+    let frames = connection(
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), vec![0, 0, 0, 3, 5, 0xFF, 0xC0]],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb"), vec![0, 0, 0, 3, 5, 0x80, 0x40]],
+    );
+    let p = tmp.path().join("bf.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[tor]);
+    let kinds = count_by(&table(&r, "anomalies"), "kind");
+    assert_eq!(kinds.get("bitfield_wrong_size"), None, "{kinds:?}");
+    let peers = table(&r, "peers");
+    let by_port: BTreeMap<u64, Option<u64>> = u64s(&peers, "peer_port")
+        .into_iter()
+        .map(Option::unwrap_or_default)
+        .zip(u64s(&peers, "last_pieces"))
+        .collect();
+    assert_eq!(by_port, BTreeMap::from([(40000, Some(10)), (6881, Some(2))]));
+}
+
+/// With no torrent known, a bitfield's length bounds the piece count from
+/// below: 2 bytes hold at least 9 pieces (8 would fit in one), whatever
+/// bits are set; a `have 20` raises it to 21.
+#[test]
+fn bitfield_estimate_is_the_fewest_pieces_its_length_allows() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ih = [9u8; 20];
+    let frames = connection(
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), vec![0, 0, 0, 3, 5, 0xFF, 0x00]],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb")],
+    );
+    let p = tmp.path().join("bf.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    let t = table(&r, "torrents");
+    assert_eq!(
+        (u64s(&t, "n_pieces"), strs(&t, "n_pieces_source")),
+        (vec![Some(9)], vec![Some("bitfield_estimate".to_string())])
+    );
+    let mut have = vec![0, 0, 0, 5, 4];
+    have.extend(20u32.to_be_bytes());
+    let frames = connection(
+        &[
+            handshake(ih, b"-TR3000-aaaaaaaaaaaa"),
+            vec![0, 0, 0, 3, 5, 0xFF, 0x00],
+            have,
+        ],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb")],
+    );
+    let p = tmp.path().join("have.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    assert_eq!(u64s(&table(&r, "torrents"), "n_pieces"), vec![Some(21)]);
+}
+
+/// Two handshakes on one connection naming different torrents: one
+/// `info_hash_mismatch` anomaly naming both (the first, then the other),
+/// the connection keeps the first.
+#[test]
+fn handshake_info_hash_mismatch_is_counted() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let frames = connection(
+        &[handshake([1u8; 20], b"-TR3000-aaaaaaaaaaaa")],
+        &[handshake([2u8; 20], b"-qB4520-bbbbbbbbbbbb")],
+    );
+    let p = tmp.path().join("hs.pcap");
+    write_pcap(&p, &frames);
+    let r = run(&[p], &[]);
+    let a = table(&r, "anomalies");
+    let found: Vec<_> = strs(&a, "kind")
+        .into_iter()
+        .zip(strs(&a, "detail"))
+        .filter(|(k, _)| k.as_deref() == Some("info_hash_mismatch"))
+        .map(|(_, d)| d.unwrap_or_default())
+        .collect();
+    assert_eq!(found, [format!("{} vs {}", "01".repeat(20), "02".repeat(20))]);
+    assert_eq!(strs(&table(&r, "connections"), "info_hash"), [Some("01".repeat(20))]);
 }
 
 /// `Limits::max_pieces` at its bound, with no torrent known: a bitfield of
