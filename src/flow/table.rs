@@ -181,6 +181,11 @@ impl<A: FlowApps> Shard<A> {
         self.flows.len()
     }
 
+    /// The bounds this shard was made with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
     /// Bytes the shard's flows are accounted for (`Limits::max_memory`).
     pub fn mem_bytes(&self) -> usize {
         self.mem
