@@ -110,52 +110,67 @@ def _file_dir(table: str) -> "F.Column":
 
 
 def read_sets(spark: SparkSession, sets: Sequence[Sequence[str]]) -> Dict[str, DataFrame]:
-    """Every table of every dataset, with `_set` (merge group) and `_ds`
-    (dataset number, unique over all groups). Snapshot tables of live
-    datasets keep their latest row per key."""
-    dsinfo = []  # (_set, _ds, dir path part, dir, live)
-    n = 0
+    """Every table of every dataset, with `_set` (merge group), `_ds` (the
+    dataset's number in the merge's order: by first capture time, then
+    command-line order, as MERGE.md 0.1; unique over all groups), `_base`
+    (its capture offset) and `_o` (the row's place in the union of the
+    group's datasets: `_ds << 40 | row index`, the order `swarmtap merge`
+    breaks ties by). Snapshot tables of live datasets keep their latest
+    row per key."""
+    info = []  # (set, command-line index, dir, live)
     for s, dirs in enumerate(sets):
-        for d in dirs:
+        for k, d in enumerate(dirs):
             d = d.rstrip("/")
             live = not _fs_exists(spark, d + "/capture_stats.parquet") and _fs_exists(spark, d + "/capture_stats")
-            dsinfo.append((s, n, _path_part(spark=spark, path=d), d, live))
-            n += 1
-    dsmap = spark.createDataFrame(
-        [(s, i, p) for s, i, p, _, _ in dsinfo],
-        T.StructType(
-            [
-                T.StructField(G, T.IntegerType(), False),
-                T.StructField("_ds", T.IntegerType(), False),
-                T.StructField("_dir", T.StringType(), False),
-            ]
-        ),
-    )
-    out: Dict[str, DataFrame] = {}
-    for table in TABLES:
+            info.append((s, k, d, live))
+    uniq = sorted({(d, live) for _, _, d, live in info})
+    part = {d: _path_part(spark=spark, path=d) for d, _ in uniq}
+
+    def load(table: str) -> Optional[DataFrame]:
         parts = []
-        offline = [d + f"/{table}.parquet" for _, _, _, d, live in dsinfo if not live and _fs_exists(spark, d + f"/{table}.parquet")]
-        livep = [d + f"/{table}" for _, _, _, d, live in dsinfo if live and _fs_exists(spark, d + f"/{table}")]
+        offline = [d + f"/{table}.parquet" for d, live in uniq if not live and _fs_exists(spark, d + f"/{table}.parquet")]
+        livep = [d + f"/{table}" for d, live in uniq if live and _fs_exists(spark, d + f"/{table}")]
         if offline:
-            parts.append(spark.read.option("mergeSchema", "true").parquet(*offline).withColumn("_dir", _file_dir(table)))
+            parts.append(spark.read.option("mergeSchema", "true").parquet(*offline))
         if livep:
-            df = (
-                spark.read.option("mergeSchema", "true")
-                .option("recursiveFileLookup", "true")
-                .option("pathGlobFilter", "*.parquet")
-                .parquet(*livep)
-                .withColumn("_dir", _file_dir(table))
-            )
-            parts.append(df)
+            parts.append(spark.read.option("mergeSchema", "true").option("recursiveFileLookup", "true")
+                         .option("pathGlobFilter", "*.parquet").parquet(*livep))
         if not parts:
-            continue
+            return None
+        parts = [p.withColumn("_dir", _file_dir(table)).withColumn("_ri", F.col("_metadata.row_index")) for p in parts]
         df = parts[0]
         for p in parts[1:]:
             df = df.unionByName(p, allowMissingColumns=True)
-        df = df.join(F.broadcast(dsmap), "_dir").drop("_dir")
+        return df
+
+    # MERGE.md 0.1-0.2: the datasets' order and capture offsets.
+    cs = load("capture_stats")
+    per_dir = {}
+    if cs is not None:
+        for r in cs.groupBy("_dir").agg(F.min(F.unix_micros("first_ts")).alias("_t0"),
+                                         F.count(F.lit(1)).alias("_n")).collect():
+            per_dir[r["_dir"]] = (r["_t0"], r["_n"])
+    rows = []
+    n = 0
+    for s in range(len(sets)):
+        mine = [(per_dir.get(part[d], (None, 0)), k, d) for s2, k, d, _ in info if s2 == s]
+        mine.sort(key=lambda x: (x[0][0] is None, x[0][0] or 0, x[1]))
+        base = 0
+        for (_, cnt), _, d in mine:
+            rows.append((s, n, part[d], base))
+            n += 1
+            base += max(cnt, 1)
+    dsmap = spark.createDataFrame(rows, f"{G} int, _ds int, _dir string, _base long")
+    out: Dict[str, DataFrame] = {}
+    for table in TABLES:
+        df = cs if table == "capture_stats" else load(table)
+        if df is None:
+            continue
+        df = df.join(_bc(dsmap), "_dir").drop("_dir")
+        df = df.withColumn("_o", F.shiftleft(F.col("_ds").cast("long"), 40).bitwiseOR(F.col("_ri"))).drop("_ri")
         if table in SNAPSHOT_KEYS and "interval_start" in df.columns:
             keys = [G, "_ds"] + SNAPSHOT_KEYS[table]
-            w = Window.partitionBy(*keys).orderBy(F.col("interval_start").desc_nulls_last())
+            w = Window.partitionBy(*keys).orderBy(F.col("interval_start").desc_nulls_last(), F.col("_o"))
             df = df.withColumn("_rn", F.row_number().over(w)).where("_rn = 1").drop("_rn")
         for c in ("interval_start", "date", "hour"):
             if c in df.columns and table != "capture_stats":
@@ -169,7 +184,12 @@ def read_sets(spark: SparkSession, sets: Sequence[Sequence[str]]) -> Dict[str, D
 def sensor_set(col: "F.Column") -> "F.Column":
     """Sorted distinct sensor names of a collected array of sensor strings
     (each possibly a comma list) joined with ','."""
-    return F.array_join(F.array_sort(F.array_distinct(F.flatten(F.transform(col, lambda s: F.split(s, ","))))), ",")
+    return F.array_join(F.array_sort(F.array_distinct(F.filter(F.flatten(F.transform(col, lambda s: F.split(s, ","))),
+                                                               lambda x: x != ""))), ",")
+
+
+def _sensor_set_py(names) -> str:
+    return ",".join(sorted({p for s in names for p in (s or "").split(",") if p}))
 
 
 def rebase(col: "F.Column") -> "F.Column":
@@ -188,54 +208,86 @@ def _cut(df: DataFrame) -> DataFrame:
     return df.localCheckpoint(eager=True)
 
 
+def _bc(df: DataFrame) -> DataFrame:
+    """A broadcast hint for a small side, unless SWARMTAP_SPARK_BROADCAST=0:
+    each broadcast is a Spark job of its own, which on small local data
+    costs more than the shuffle it saves."""
+    return df if os.environ.get("SWARMTAP_SPARK_BROADCAST", "1") == "0" else F.broadcast(df)
+
+
 def _ts_us(c: str) -> "F.Column":
     return F.unix_micros(F.col(c))
 
 
 # ---------------------------------------------------------------- events
 
+# Buckets of one merge group's event keys, each sorted and scanned by one
+# pandas call (a key's rows are all in one bucket).
+KEY_BUCKETS = 4
+BIG = 1 << 40
+
+
+def _dedupe_fn(tol_us: int):
+    """src/merge/mod.rs `Ctx::events`, line for line, over one bucket of
+    keys: rows sorted by key, time, sensor, order; equal events of one
+    sensor at one instant numbered (`occ`) so the n-th pairs with the other
+    sensor's n-th; then clusters of one key, times within T of the
+    cluster's first, one row per sensor. Returns the kept rows' `_o` and
+    the clusters' sensor sets."""
+    import pandas as pd
+
+    def run(pdf: "pd.DataFrame") -> "pd.DataFrame":
+        pdf = pdf.assign(_tn=pdf["_t"].notna().astype(int), _tv=pdf["_t"].fillna(0).astype("int64"))
+        pdf = pdf.sort_values(["_k", "_tn", "_tv", "sensor", "_o"], kind="stable")
+        pdf["_occ"] = pdf.groupby(["_k", "_tn", "_tv", "sensor"], sort=False).cumcount()
+        pdf = pdf.sort_values(["_k", "_tn", "_tv", "_occ", "sensor", "_o"], kind="stable")
+        k, tn, tv = pdf["_k"].tolist(), pdf["_tn"].tolist(), pdf["_tv"].tolist()
+        s, o = pdf["sensor"].tolist(), pdf["_o"].tolist()
+        h = len(k)
+        out_o, out_s = [], []
+        i = 0
+        while i < h:
+            members = [i]
+            seen = {s[i]}
+            j = i + 1
+            while j < h:
+                same = k[j] == k[i] and (
+                    (tn[i] and tn[j] and tv[j] - tv[i] <= tol_us) or (not tn[i] and not tn[j])) and s[j] not in seen
+                if not same:
+                    break
+                members.append(j)
+                seen.add(s[j])
+                j += 1
+            first = min(members, key=lambda m: s[m])
+            out_o.append(o[first])
+            out_s.append(_sensor_set_py(s[m] for m in members))
+            i = j
+        return pd.DataFrame({G: [int(pdf[G].iloc[0])] * len(out_o), "_o": out_o, "_sens": out_s})
+
+    return run
+
+
 def dedupe_events(df: DataFrame, table: str, tol_us: int, multi: DataFrame) -> DataFrame:
     """MERGE.md section 1: copies of one event seen by different sensors
-    (same key, ts within T) become one row, the first sensor's, with the
-    group's sensor set. Only groups with more than one sensor are looked at."""
+    (same key, ts within T, equal events of one instant paired one to one)
+    become one row, the first sensor's, with the group's sensor set. Only
+    groups with more than one sensor are looked at."""
     key = [c for c in EVENT_KEYS.get(table, []) if c in df.columns and c != "ts"]
-    if "ts" not in df.columns:
+    if "ts" not in df.columns or not key:
         return df
-    df = df.join(F.broadcast(multi), G, "left").fillna(False, ["_multi"])
+    df = df.join(_bc(multi), G, "left").fillna(False, ["_multi"])
     single = df.where(~F.col("_multi")).drop("_multi")
     many = df.where(F.col("_multi")).drop("_multi")
-    part = [G] + key
-    w = Window.partitionBy(*part).orderBy(F.col("ts").asc_nulls_first(), F.col("sensor"))
-    t = _ts_us("ts")
-    many = many.withColumn("_t", t).withColumn(
-        "_new",
-        F.when(
-            F.lag("_t").over(w).isNull()
-            | (F.col("_t") - F.lag("_t").over(w) > tol_us)
-            | (F.lag("sensor").over(w) == F.col("sensor")),
-            1,
-        ).otherwise(0),
-    )
-    many = many.withColumn("_grp", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
-    gw = Window.partitionBy(*(part + ["_grp"]))
-    many = (
-        many.withColumn("_sens", sensor_set(F.collect_list("sensor").over(gw)))
-        .withColumn("_rk", F.row_number().over(gw.orderBy("sensor", "ts")))
-        .where("_rk = 1")
-        .withColumn("sensor", F.col("_sens"))
-        .drop("_t", "_new", "_grp", "_sens", "_rk")
-    )
+    k = F.concat_ws("\x1f", *[F.coalesce(F.col(c).cast("string"), F.lit("\x00")) for c in key])
+    slim = many.select(G, "_o", "sensor", k.alias("_k"), F.unix_micros("ts").alias("_t")) \
+        .withColumn("_b", F.pmod(F.hash("_k"), F.lit(KEY_BUCKETS)))
+    kept = slim.groupBy(G, "_b").applyInPandas(_dedupe_fn(tol_us), f"{G} int, _o long, _sens string")
+    many = many.join(kept, [G, "_o"]).withColumn("sensor", F.col("_sens")).drop("_sens")
     return single.unionByName(many)
 
 
 # ---------------------------------------------------------------- flows, connections
 
-FLOW_IDENT = ["app", "app_confidence", "app_evidence", "midstream"]
-CONN_IDENT = [
-    "info_hash", "info_hash_source", "attribution_confidence", "orig_peer_id", "resp_peer_id", "orig_client",
-    "resp_client", "orig_ltep_v", "resp_ltep_v", "orig_listen_port", "orig_peer_port", "resp_peer_port",
-    "midstream", "mse_handshake", "encrypted",
-]
 FLOW_SUM_PAIRS = [("n_packets_orig", "n_packets_resp"), ("payload_bytes_orig", "payload_bytes_resp")]
 FLOW_SUMS = ["n_packets", "gap_bytes", "retrans_bytes", "n_bad_checksums"]
 CONN_SUM_PAIRS = [
@@ -244,112 +296,176 @@ CONN_SUM_PAIRS = [
     ("n_msgs_orig", "n_msgs_resp"),
 ]
 CONN_SUMS = ["gap_bytes", "unframed_bytes", "n_resyncs"]
+CONN_FILL_PAIRS = [("orig_peer_id", "resp_peer_id"), ("orig_client", "resp_client"),
+                   ("orig_ltep_v", "resp_ltep_v"), ("orig_peer_port", "resp_peer_port")]
+
+JOIN_OUT = f"{G} int, _o long, _rep long, _pos int, _rev boolean, _new long, _sens string, _last boolean"
 
 
-def join_pieces(df: DataFrame, kind: str, gap_us: int, flow_end: Optional[DataFrame]) -> DataFrame:
-    """MERGE.md section 2, "Join across pieces": adds `_grp` (segment group
-    within (set, sensor, proto, community_id)), `_first` (the group's first
-    row), `_rev` (orientation reversed against the first row)."""
-    proto = "proto" if kind == "flows" else "transport"
-    if kind == "connections":
-        df = df.join(flow_end, [G, "_ds", "flow_id"], "left")
+def _join_fn(gap_us: int, tol_us: int, is_conn: bool):
+    """src/merge/entities.rs `join_inner`, line for line, over one merge
+    group's rows of one (proto, community_id): the pieces of one connection
+    per sensor (joined across cuts), then copies across sensors (clusters
+    of overlapping groups). Per row: the kept row it is summed into (`_rep`,
+    null when its group is not kept), its place in its group, whether it is
+    reversed against the group's first row, the id it is rewritten to, the
+    cluster's sensor set, and whether it is its group's last piece."""
+    import pandas as pd
+
+    def run(pdf: "pd.DataFrame") -> "pd.DataFrame":
+        pdf = pdf.sort_values(["sensor", "_f", "_o"], kind="stable").reset_index(drop=True)
+        r = pdf.to_dict("records")
+        groups: List[List[int]] = []
+        g_last = 0
+        for i, x in enumerate(r):
+            if groups:
+                g = groups[-1]
+                r0, prev = r[g[0]], r[g[-1]]
+                if (x["sensor"] == r0["sensor"] and (not is_conn or x["_p"] == "tcp") and x["_ds"] != prev["_ds"]
+                        and bool(x["_mid"]) and x["_f"] >= r0["_f"] and x["_f"] - g_last <= gap_us
+                        and not bool(prev["_closed"])):
+                    g.append(i)
+                    g_last = max(g_last, x["_l"])
+                    continue
+            groups.append([i])
+            g_last = x["_l"]
+
+        def rev(a: int, i: int) -> bool:
+            oi, ri = r[i], r[a]
+            return (oi["oip"] == ri["rip"] and oi["oport"] == ri["rport"]
+                    and not (oi["oip"] == ri["oip"] and oi["oport"] == ri["oport"]))
+
+        gw = [sum(int(r[i]["_w"]) for i in g) for g in groups]
+        gspan = [(min(r[i]["_f"] for i in g), max(r[i]["_l"] for i in g)) for g in groups]
+        gorder = sorted(range(len(groups)), key=lambda g: (gspan[g][0], g))
+        clusters: List[List[int]] = []
+        c_last = 0
+        for g in gorder:
+            if clusters:
+                c = clusters[-1]
+                if gspan[g][0] <= c_last + tol_us and not any(r[groups[x][0]]["sensor"] == r[groups[g][0]]["sensor"]
+                                                               for x in c):
+                    c.append(g)
+                    c_last = max(c_last, gspan[g][1])
+                    continue
+            clusters.append([g])
+            c_last = gspan[g][1]
+        n = len(r)
+        rep = [None] * n
+        pos = [0] * n
+        rv = [False] * n
+        new = [None] * n
+        sens = [None] * n
+        last = [False] * n
+        for c in clusters:
+            best = max(c, key=lambda g: (gw[g], -g))
+            first = groups[best][0]
+            rid = r[first]["conn_id"]
+            ss = _sensor_set_py(r[groups[g][0]]["sensor"] for g in c)
+            for g in c:
+                for p, m in enumerate(groups[g]):
+                    new[m] = rid
+                    sens[m] = ss
+                    pos[m] = p
+                    rv[m] = rev(groups[g][0], m)
+                    last[m] = p == len(groups[g]) - 1
+                    if g == best:
+                        rep[m] = r[first]["_o"]
+        return pd.DataFrame({G: [int(r[0][G])] * n, "_o": [x["_o"] for x in r],
+                             "_rep": pd.array(rep, dtype="Int64"), "_pos": pos, "_rev": rv,
+                             "_new": pd.array(new, dtype="Int64"), "_sens": sens, "_last": last})
+
+    return run
+
+
+def join_rows(df: DataFrame, kind: str, gap_us: int, tol_us: int, closed: Optional[DataFrame]):
+    """MERGE.md section 2 for `flows` or `connections`: returns the merged
+    rows, the id rewrites (_set, _old, _new) and, for connections, the rows
+    of the kept groups with their place (for the peer renames)."""
+    is_conn = kind == "connections"
+    proto = "transport" if is_conn else "proto"
+    cols = [c for c in df.columns]
+    if is_conn:
+        df = df.join(closed, [G, "flow_id"], "left")
     else:
-        df = df.withColumn("_end", F.col("end_reason"))
-    part = [G, "sensor", proto, "community_id"]
-    w = Window.partitionBy(*part).orderBy("first_ts", "_ds", "conn_id")
-    prev_last = F.lag("last_ts").over(w)
-    prev_end = F.lag("_end").over(w)
-    joins = (
-        prev_last.isNotNull()
-        & F.col("midstream")
-        & (F.unix_micros("first_ts") - F.unix_micros(prev_last) <= gap_us)
-        & (~F.coalesce(prev_end, F.lit("")).isin("fin", "rst", "reused"))
-    )
-    df = df.withColumn("_new", F.when(joins, 0).otherwise(1))
-    df = df.withColumn("_grp", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
-    gw = Window.partitionBy(*(part + ["_grp"])).orderBy("first_ts", "_ds", "conn_id")
-    first = F.first(F.struct("orig_ip", "orig_port", "_ds", "conn_id")).over(
-        gw.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    )
-    df = df.withColumn("_f", first)
-    df = df.withColumn(
-        "_rev", (F.col("orig_ip") != F.col("_f.orig_ip")) | (F.col("orig_port") != F.col("_f.orig_port"))
-    )
-    return df
-
-
-def combine_segments(df: DataFrame, kind: str) -> DataFrame:
-    """One row per joined group: the first piece's row, identity filled from
-    later pieces, first/last min/max, counts summed (swapped when reversed)."""
-    proto = "proto" if kind == "flows" else "transport"
-    part = [G, "sensor", proto, "community_id", "_grp"]
-    pairs = FLOW_SUM_PAIRS if kind == "flows" else CONN_SUM_PAIRS
-    sums = FLOW_SUMS if kind == "flows" else CONN_SUMS
-    ident = FLOW_IDENT if kind == "flows" else CONN_IDENT
-    cols = df.columns
-    # Per-row values in the first row's orientation.
-    for a, b in pairs:
-        df = df.withColumn("_" + a, F.when(F.col("_rev"), F.col(b)).otherwise(F.col(a)))
-        df = df.withColumn("_" + b, F.when(F.col("_rev"), F.col(a)).otherwise(F.col(b)))
-    if kind == "connections":
-        # Ports and ids of each end, in the first row's orientation.
-        for a, b in [("orig_peer_port", "resp_peer_port"), ("orig_peer_id", "resp_peer_id"),
-                     ("orig_client", "resp_client"), ("orig_ltep_v", "resp_ltep_v")]:
-            df = df.withColumn("_" + a, F.when(F.col("_rev"), F.col(b)).otherwise(F.col(a)))
-            df = df.withColumn("_" + b, F.when(F.col("_rev"), F.col(a)).otherwise(F.col(b)))
-        df = df.withColumn("_orig_listen_port", F.when(F.col("_rev"), F.lit(None)).otherwise(F.col("orig_listen_port")))
-    w = Window.partitionBy(*part).orderBy("first_ts", "_ds", "conn_id")
-    wall = w.rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    agg = df
-    for a, b in pairs:
-        agg = agg.withColumn(a, F.sum("_" + a).over(wall)).withColumn(b, F.sum("_" + b).over(wall))
+        df = df.withColumn("_closed", F.col("end_reason").isin("fin", "rst", "reused"))
+    df = df.withColumn("_closed", F.coalesce("_closed", F.lit(False)))
+    w = (F.coalesce(F.col("payload_bytes_orig"), F.lit(0)) + F.coalesce(F.col("payload_bytes_resp"), F.lit(0))) \
+        if is_conn else F.coalesce(F.col("n_packets"), F.lit(0))
+    slim = df.select(G, "_o", "_ds", "conn_id", F.coalesce("sensor", F.lit("")).alias("sensor"),
+                     F.coalesce(proto, F.lit("")).alias("_p"), F.coalesce("community_id", F.lit("")).alias("_cid"),
+                     F.unix_micros("first_ts").alias("_f"), F.unix_micros("last_ts").alias("_l"),
+                     F.coalesce("midstream", F.lit(False)).alias("_mid"), "_closed",
+                     F.coalesce("orig_ip", F.lit("")).alias("oip"), F.coalesce("orig_port", F.lit(0)).alias("oport"),
+                     F.coalesce("resp_ip", F.lit("")).alias("rip"), F.coalesce("resp_port", F.lit(0)).alias("rport"),
+                     w.alias("_w")).fillna(0, ["_f", "_l"])
+    dec = slim.where("_cid != ''").groupBy(G, "_p", "_cid").applyInPandas(_join_fn(gap_us, tol_us, is_conn), JOIN_OUT)
+    alone = slim.where("_cid = ''").select(
+        G, "_o", F.col("_o").alias("_rep"), F.lit(0).alias("_pos"), F.lit(False).alias("_rev"),
+        F.col("conn_id").alias("_new"), sensor_set(F.array("sensor")).alias("_sens"), F.lit(True).alias("_last"))
+    dec = dec.unionByName(alone)
+    j = _cut(df.join(dec, [G, "_o"]))
+    idmap = j.where("_new is not null and _new != conn_id").select(G, F.col("conn_id").alias("_old"), "_new")
+    kept = j.where("_rep is not null")
+    pairs = CONN_SUM_PAIRS if is_conn else FLOW_SUM_PAIRS
+    sums = CONN_SUMS if is_conn else FLOW_SUMS
+    aggs = [F.min("first_ts").alias("first_ts"), F.max("last_ts").alias("last_ts")]
     for c in sums:
-        if c in cols:
-            agg = agg.withColumn(c, F.sum(c).over(wall))
-    agg = agg.withColumn("first_ts", F.min("first_ts").over(wall)).withColumn("last_ts", F.max("last_ts").over(wall))
-    if kind == "flows":
-        agg = agg.withColumn("end_reason", F.last("end_reason").over(wall))
-    for c in ident:
-        if c not in cols:
-            continue
-        src = "_" + c if kind == "connections" and ("_" + c) in df.columns else c
-        if c in ("midstream", "mse_handshake", "encrypted"):
-            agg = agg.withColumn(c, F.first(c).over(wall))
-        else:
-            agg = agg.withColumn(c, F.first(src, ignorenulls=True).over(wall))
-    if kind == "connections":
-        for c in ("orig_extensions", "resp_extensions"):
-            if c in cols:
-                agg = agg.withColumn(c, F.first(c).over(wall))
-    # Map of every segment to the group's first (dataset, conn_id).
-    seg = agg.select(G, F.col("_ds").alias("_old_ds"), F.col("conn_id").alias("_old_id"), F.col("_f._ds").alias("_ds0"),
-                     F.col("_f.conn_id").alias("_id0"))
-    rows = agg.where((F.col("_ds") == F.col("_f._ds")) & (F.col("conn_id") == F.col("_f.conn_id")))
-    keep = [c for c in cols if not c.startswith("_")] + [G, "_ds"]
-    return rows.select(*keep), seg
+        aggs.append(F.coalesce(F.sum(c), F.lit(0)).alias(c))
+    for a, b in pairs:
+        aggs.append(F.coalesce(F.sum(F.when(F.col("_rev"), F.col(b)).otherwise(F.col(a))), F.lit(0)).alias(a))
+        aggs.append(F.coalesce(F.sum(F.when(F.col("_rev"), F.col(a)).otherwise(F.col(b))), F.lit(0)).alias(b))
+    repl = ["first_ts", "last_ts"] + sums + [x for p in pairs for x in p]
+    if is_conn:
+        ih = F.col("info_hash")
+        aggs.append(F.min_by(F.struct("info_hash", "info_hash_source", "attribution_confidence"),
+                             F.when(ih.isNotNull(), F.col("_pos")).otherwise(F.col("_pos") + BIG)).alias("_ih"))
+        for a, b in CONN_FILL_PAIRS:
+            for x, y in ((a, b), (b, a)):
+                v = F.when(F.col("_rev"), F.col(y)).otherwise(F.col(x))
+                aggs.append(F.min_by(v, F.when(v.isNotNull(), F.col("_pos")).otherwise(F.col("_pos") + BIG)).alias(x))
+                repl.append(x)
+        repl += ["info_hash", "info_hash_source", "attribution_confidence"]
+    else:
+        aggs.append(F.max_by("end_reason", "_pos").alias("end_reason"))
+        repl.append("end_reason")
+    agg = kept.groupBy(G, "_rep").agg(*aggs)
+    if is_conn:
+        agg = agg.select("*", "_ih.*").drop("_ih")
+    reps = kept.where("_o = _rep").select(*[c for c in cols if c not in repl], "_sens")
+    rows = reps.join(agg.withColumnRenamed("_rep", "_o"), [G, "_o"]) \
+        .withColumn("sensor", F.col("_sens")).drop("_sens").select(*cols)
+    return _cut(rows), _cut(idmap), kept
 
 
-def dedupe_sensors(df: DataFrame, kind: str, tol_us: int) -> (DataFrame, DataFrame):
-    """MERGE.md section 2, "Deduplicate across sensors": overlapping rows of
-    one community_id from several sensors are one; the largest is kept."""
-    proto = "proto" if kind == "flows" else "transport"
-    part = [G, proto, "community_id"]
-    w = Window.partitionBy(*part).orderBy("first_ts", "sensor", "_ds", "conn_id")
-    runmax = F.max(F.unix_micros("last_ts")).over(w.rowsBetween(Window.unboundedPreceding, -1))
-    df = df.withColumn(
-        "_new", F.when(runmax.isNull() | (F.unix_micros("first_ts") - tol_us > runmax + tol_us), 1).otherwise(0)
-    )
-    df = df.withColumn("_cl", F.sum("_new").over(w.rowsBetween(Window.unboundedPreceding, 0)))
-    size = F.col("n_packets") if kind == "flows" else F.col("payload_bytes_orig") + F.col("payload_bytes_resp")
-    cw = Window.partitionBy(*(part + ["_cl"]))
-    df = df.withColumn("_sens", sensor_set(F.collect_list("sensor").over(cw)))
-    df = df.withColumn("_rk", F.row_number().over(cw.orderBy(size.desc(), "sensor", "first_ts", "_ds", "conn_id")))
-    keep = df.withColumn("_win", F.first(F.struct("_ds", "conn_id")).over(cw.orderBy("_rk").rowsBetween(
-        Window.unboundedPreceding, Window.unboundedFollowing)))
-    seg = keep.select(G, F.col("_ds").alias("_old_ds"), F.col("conn_id").alias("_old_id"),
-                      F.col("_win._ds").alias("_ds0"), F.col("_win.conn_id").alias("_id0"))
-    rows = keep.where("_rk = 1").withColumn("sensor", F.col("_sens")).drop("_new", "_cl", "_sens", "_rk", "_win")
-    return rows, seg
+def join_renames(kept: DataFrame, rows: DataFrame) -> DataFrame:
+    """The peer renames of joined connections (src/merge/entities.rs,
+    `join_inner`'s last part): for each later piece's end whose peer port
+    differs from the first piece's, the listen port wins over a source
+    port, whichever piece knew it; else the first piece's. Keys are
+    (_set, info_hash, ip, port) -> _to; a later rename of one key wins."""
+    out = rows.select(G, F.col("_o").alias("_rep"), F.col("info_hash").alias("_h0"),
+                      F.col("orig_peer_port").alias("_opp_o"), F.col("resp_peer_port").alias("_rpp_o"),
+                      F.col("orig_port").alias("_oport_r"), F.col("resp_port").alias("_rport_r"),
+                      F.unix_micros("first_ts").alias("_gf"))
+    m = kept.where("_pos >= 1").join(out, [G, "_rep"]).where("_h0 is not null")
+    h = F.coalesce("info_hash", "_h0")
+    parts = []
+    for e, (ip, p, raw) in enumerate([("orig_ip", "orig_peer_port", "orig_port"), ("resp_ip", "resp_peer_port", "resp_port")]):
+        own = ("_opp_o", "_oport_r") if e == 0 else ("_rpp_o", "_rport_r")
+        oth = ("_rpp_o", "_rport_r") if e == 0 else ("_opp_o", "_oport_r")
+        t = F.when(F.col("_rev"), F.col(oth[0])).otherwise(F.col(own[0]))
+        traw = F.when(F.col("_rev"), F.col(oth[1])).otherwise(F.col(own[1]))
+        x = m.select(G, h.alias("info_hash"), F.col(ip).alias("peer_ip"), F.col(p).cast("long").alias("_p"),
+                     F.col(raw).cast("long").alias("_raw"), t.cast("long").alias("_t"), traw.cast("long").alias("_traw"),
+                     F.struct("_gf", "_rep", "_pos", F.lit(e)).alias("_ord"))
+        x = x.where("_p is not null and _t is not null and _p != _t")
+        listen_first = (F.col("_t") == F.col("_traw")) & (F.col("_p") != F.col("_raw"))
+        parts.append(x.select(G, "info_hash", "peer_ip",
+                              F.when(listen_first, F.col("_t")).otherwise(F.col("_p")).alias("peer_port"),
+                              F.when(listen_first, F.col("_p")).otherwise(F.col("_t")).alias("_to"), "_ord"))
+    r = parts[0].unionByName(parts[1])
+    return r.groupBy(G, "info_hash", "peer_ip", "peer_port").agg(F.max_by("_to", "_ord").alias("_to"))
 
 
 # ---------------------------------------------------------------- peers: progress fusion
@@ -573,6 +689,8 @@ def progress_fn(threshold: float):
     def run(pdf: "pd.DataFrame") -> "pd.DataFrame":
         n = pdf["_n"].iloc[0]
         n = None if pd.isna(n) else max(int(n), 0)
+        # The merged table's order: time, then the union's row order.
+        pdf = pdf.sort_values(["_t", "_o"], kind="stable")
         wire, claims = points(pdf.to_dict("records"))
         hist = fuse(wire, claims, n)
         cts, conf = completion([(h[0], h[1]) for h in hist], n, threshold)
@@ -801,7 +919,7 @@ def audit(spark, conns, flows, ev, caps, max_link_bps: float) -> DataFrame:
             parts.append(shape(d, _k=F.lit(2), _t=F.unix_micros("ts"), _i=F.lit(0), info_hash=F.col("info_hash"),
                                a_ip=F.col("peer_ip")))
     an = ev["tracker_announces"].where("info_hash is not null")
-    parts.append(shape(an, _k=F.lit(3), _t=F.unix_micros("ts"), _i=F.col("frame"), info_hash=F.col("info_hash"),
+    parts.append(shape(an, _k=F.lit(3), _t=F.unix_micros("ts"), _i=F.col("_o"), info_hash=F.col("info_hash"),
                        a_ip=F.col("client_ip"), peer_id=F.col("peer_id"), tracker_ip=F.col("tracker_ip"),
                        tracker_port=F.col("tracker_port"), transport=F.col("transport"),
                        declared_ip=F.col("declared_ip") if "declared_ip" in an.columns else F.lit(None),
@@ -855,6 +973,10 @@ def audit(spark, conns, flows, ev, caps, max_link_bps: float) -> DataFrame:
                & (F.col("opaque_sent_bytes") == 0) & (rep > F.col("tolerance_bytes")), F.lit("upload_not_on_wire")),
     )
     a = a.withColumn("flags", F.filter(flags, lambda x: x.isNotNull()))
+    # client: a function of the peer id (as tracker_announces.client).
+    cl = ev["tracker_announces"].where("peer_id is not null and client is not null").groupBy(G, "peer_id") \
+        .agg(F.min("client").alias("client"))
+    a = a.join(cl, [G, "peer_id"], "left")
     a = a.withColumn("suspicious", F.size("flags") > 0) \
         .withColumn("excess_uploaded", F.when(F.col("reported_uploaded").isNotNull(),
                                               F.col("reported_uploaded") - seen_b)) \
@@ -898,9 +1020,10 @@ def merge(
     max_link_bps: float = 10e9 / 8,
 ) -> Dict[str, DataFrame]:
     """Merged tables of every group in `sets` (each a list of dataset paths),
-    with the `_set` column telling the groups apart."""
+    with the `_set` column telling the groups apart. Follows src/merge/
+    (`swarmtap merge`) step by step."""
     if __name__ != "__main__":
-        # Workers unpickle the progress fusion by reference to this module.
+        # Workers unpickle the pandas functions by reference to this module.
         # (A copy: the file may change while a long job runs.)
         import shutil
         import tempfile
@@ -912,259 +1035,256 @@ def merge(
     gap = int(round(join_gap_s * US))
     raw = read_sets(spark, sets)
     cs = raw["capture_stats"]
-
-    # 0. Order, capture offsets (collected: one row per dataset).
-    per_ds = cs.groupBy(G, "_ds").agg(F.min("first_ts").alias("_t0"), F.count(F.lit(1)).alias("_n"),
-                                      F.collect_set("sensor").alias("_sens")).collect()
-    bases = []
-    sensors: Dict[int, set] = {}
-    by_set: Dict[int, list] = {}
-    for r in per_ds:
-        by_set.setdefault(r[G], []).append(r)
-        sensors.setdefault(r[G], set()).update(x for s in r["_sens"] for x in s.split(","))
-    for s, rows in by_set.items():
-        rows.sort(key=lambda r: (r["_t0"] is None, r["_t0"], r["_ds"]))
-        b = 0
-        for r in rows:
-            bases.append((s, r["_ds"], b))
-            b += r["_n"]
-    basedf = F.broadcast(spark.createDataFrame(bases, f"{G} int, _ds int, _base long"))
-    multi = F.broadcast(spark.createDataFrame([(s, len(v) > 1) for s, v in sensors.items()] or [(0, False)],
-                                              f"{G} int, _multi boolean"))
+    sens = cs.groupBy(G).agg(sensor_set(F.collect_list("sensor")).alias("_all"))
+    multi = _bc(_cut(sens.select(G, F.col("_all").contains(",").alias("_multi"))))
 
     def based(df: DataFrame) -> DataFrame:
-        df = df.join(basedf, [G, "_ds"], "left").fillna(0, ["_base"])
         for c in ("conn_id", "flow_id"):
             if c in df.columns:
                 df = df.withColumn(c, rebase(F.col(c)))
         if "conn_ids" in df.columns:
-            df = df.withColumn("conn_ids", F.transform("conn_ids", lambda x: F.shiftleft(F.shiftright(x, 40) + F.col("_base"), 40).bitwiseOR(x.bitwiseAND(F.lit(LOW40)))))
+            df = df.withColumn("conn_ids", F.transform("conn_ids", lambda x: F.shiftleft(
+                F.shiftright(x, 40) + F.col("_base"), 40).bitwiseOR(x.bitwiseAND(F.lit(LOW40)))))
         return df.drop("_base")
 
-    # Materialised where a table feeds several steps.
-    reused = {"flows", "connections", "capture_stats", "peers", "torrents"}
-    t = {k: _cut(based(v)) if k in reused else based(v) for k, v in raw.items()}
+    t = {k: based(v) for k, v in raw.items()}
 
-    # 2. Flows and connections.
-    flows = join_pieces(t["flows"], "flows", gap, None)
-    flows, fseg = combine_segments(flows, "flows")
-    flows, fseg = _cut(flows), _cut(fseg)
-    flows, fseg2 = dedupe_sensors(flows, "flows", tol)
-    flows, fseg2 = _cut(flows), _cut(fseg2)
-    flow_end = t["flows"].select(G, "_ds", F.col("conn_id").alias("flow_id"), F.col("end_reason").alias("_end"))
-    conns = join_pieces(t["connections"], "connections", gap, flow_end)
-    conns_j = _cut(conns)
-    conns, cseg = combine_segments(conns_j, "connections")
-    conns, cseg = _cut(conns), _cut(cseg)
-    conns, cseg2 = dedupe_sensors(conns, "connections", tol)
-    cseg2 = _cut(cseg2)
+    # 2. Flows and connections (src/merge/mod.rs `run`).
+    closed = t["flows"].select(G, F.col("conn_id").alias("flow_id"),
+                               F.col("end_reason").isin("fin", "rst", "reused").alias("_closed"))
+    flows, fmap, _ = join_rows(t["flows"], "flows", gap, tol, None)
+    conns, cmap, ckept = join_rows(t["connections"], "connections", gap, tol, closed)
+    jren = join_renames(ckept, conns)
+    # ids: the flows' rewrites, the connections' over them.
+    ids = fmap.join(cmap.select(G, "_old"), [G, "_old"], "left_anti").unionByName(cmap)
+    ids = _cut(ids)
 
-    def chain(seg1: DataFrame, seg2: DataFrame) -> DataFrame:
-        s2 = seg2.select(G, F.col("_old_ds").alias("_ds0"), F.col("_old_id").alias("_id0"),
-                         F.col("_id0").alias("_final"))
-        return seg1.join(s2, [G, "_ds0", "_id0"], "left").select(
-            G, F.col("_old_ds").alias("_ds"), F.col("_old_id").alias("_old"), F.coalesce("_final", "_id0").alias("_new"))
+    def remap(df: DataFrame, col: str, m: DataFrame) -> DataFrame:
+        m = m.withColumnRenamed("_old", col)
+        return df.join(_bc(m), [G, col], "left").withColumn(col, F.coalesce("_new", col)).drop("_new")
 
-    fmap = chain(fseg, fseg2)
-    cmap = chain(cseg, cseg2)
-    idmap = _cut(cmap.unionByName(fmap.join(cmap.select(G, "_ds", "_old"), [G, "_ds", "_old"], "left_anti")))
+    flows = remap(flows, "conn_id", ids)
+    conns = remap(remap(conns, "conn_id", ids), "flow_id", ids)
+    # A TCP connection is its flow (entities.rs `align_tcp_connections`).
+    ff = flows.select(G, F.col("conn_id").alias("flow_id"), F.col("first_ts").alias("_ff"))
+    conns = conns.join(ff, [G, "flow_id"], "left")
+    shift = (F.col("transport") == "tcp") & F.col("_ff").isNotNull() & (F.col("_ff") < F.col("first_ts"))
+    conns = conns.withColumn("_al", shift & (F.col("conn_id") != F.col("flow_id"))) \
+        .withColumn("_aold", F.col("conn_id"))
+    conns = _cut(conns.withColumn("conn_id", F.when(F.col("_al"), F.col("flow_id")).otherwise(F.col("conn_id")))
+                 .withColumn("first_ts", F.when(shift, F.col("_ff")).otherwise(F.col("first_ts"))).drop("_ff"))
+    aligned = conns.where("_al").select(G, F.col("_aold").alias("_old"), F.col("conn_id").alias("_new"))
+    conns = conns.drop("_al", "_aold")
+    al2 = aligned.select(G, F.col("_old").alias("_new"), F.col("_new").alias("_a"))
+    ids = ids.join(al2, [G, "_new"], "left").withColumn("_new", F.coalesce("_a", "_new")).drop("_a")
+    ids = _cut(ids.join(aligned.select(G, "_old"), [G, "_old"], "left_anti").unionByName(aligned))
 
-    def remap(df: DataFrame, col: str = "conn_id", m: Optional[DataFrame] = None) -> DataFrame:
-        m = (idmap if m is None else m).withColumnRenamed("_old", col)
-        return df.join(m, [G, "_ds", col], "left").withColumn(col, F.coalesce("_new", col)).drop("_new")
+    def remap_all(df: DataFrame) -> DataFrame:
+        for c in ("conn_id", "flow_id"):
+            if c in df.columns:
+                df = remap(df, c, ids)
+        if "conn_ids" in df.columns:
+            ex = df.select(G, "_o", F.posexplode("conn_ids").alias("_i", "_old"))
+            ex = ex.join(_bc(ids), [G, "_old"], "left").withColumn("_v", F.coalesce("_new", "_old")) \
+                .groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.struct("_i", "_v"))).alias("_l"))
+            df = df.join(ex, [G, "_o"], "left").withColumn(
+                "conn_ids", F.when(F.col("_l").isNull(), F.col("conn_ids")).otherwise(F.transform("_l", lambda x: x["_v"]))
+            ).drop("_l")
+        return df
 
-    flows = flows.drop("_ds")
-    conns = remap(conns, "flow_id", fmap).drop("_ds")
-    # A TCP connection spans its joined flow: a later piece may hold only
-    # the flow's last packets (a FIN) with no connection row of its own.
-    fspan = flows.select(G, F.col("conn_id").alias("flow_id"), F.col("first_ts").alias("_ff"),
-                         F.col("last_ts").alias("_fl"))
-    tcp = F.col("transport") == "tcp"
-    conns = _cut(conns.join(fspan, [G, "flow_id"], "left")
-                 .withColumn("first_ts", F.when(tcp & F.col("_ff").isNotNull(), F.least("first_ts", "_ff")).otherwise(F.col("first_ts")))
-                 .withColumn("last_ts", F.when(tcp & F.col("_fl").isNotNull(), F.greatest("last_ts", "_fl")).otherwise(F.col("last_ts")))
-                 .drop("_ff", "_fl"))
+    # 3.1 Peer keys: the joined connections' renames, then ephemeral ports.
+    pk = [G, "info_hash", "peer_ip", "peer_port"]
 
-    # 3.1 Peer renames: a later piece's end port differing from the first piece's.
-    c2 = conns_j.withColumn("_op", F.when(F.col("_rev"), F.col("resp_peer_port")).otherwise(F.col("orig_peer_port"))) \
-        .withColumn("_rp", F.when(F.col("_rev"), F.col("orig_peer_port")).otherwise(F.col("resp_peer_port")))
-    gw = Window.partitionBy(G, "sensor", "transport", "community_id", "_grp").orderBy("first_ts", "_ds", "conn_id") \
-        .rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-    c2 = c2.withColumn("_op0", F.first("_op", ignorenulls=True).over(gw)).withColumn("_rp0", F.first("_rp", ignorenulls=True).over(gw))
-    rn1 = c2.where("_op is not null and _op0 is not null and _op != _op0 and info_hash is not null").select(
-        G, "_ds", "info_hash", F.when(F.col("_rev"), F.col("resp_ip")).otherwise(F.col("orig_ip")).alias("peer_ip"),
-        F.col("_op").alias("peer_port"), F.col("_op0").alias("_to"))
-    rn2 = c2.where("_rp is not null and _rp0 is not null and _rp != _rp0 and info_hash is not null").select(
-        G, "_ds", "info_hash", F.when(F.col("_rev"), F.col("orig_ip")).otherwise(F.col("resp_ip")).alias("peer_ip"),
-        F.col("_rp").alias("peer_port"), F.col("_rp0").alias("_to"))
-    renames = F.broadcast(_cut(rn1.unionByName(rn2).dropDuplicates([G, "_ds", "info_hash", "peer_ip", "peer_port"])))
+    def rename(df: DataFrame, m: DataFrame, ip: str = "peer_ip", port: str = "peer_port") -> DataFrame:
+        m = m.withColumnRenamed("peer_ip", ip).withColumnRenamed("peer_port", port)
+        return df.join(_bc(m), [G, "info_hash", ip, port], "left") \
+            .withColumn(port, F.coalesce(F.col("_to").cast(dict(df.dtypes)[port]), F.col(port))).drop("_to")
 
-    def rename(df: DataFrame) -> DataFrame:
-        return df.join(renames, [G, "_ds", "info_hash", "peer_ip", "peer_port"], "left") \
-            .withColumn("peer_port", F.coalesce("_to", "peer_port")).drop("_to")
+    jren = _cut(jren)
+    peers_in = _cut(rename(remap_all(t["peers"]), jren))
+    eph = _cut(ephemeral_renames(peers_in, conns))
+    peers_in = rename(peers_in, eph)
+    conns = _cut(rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port"))
+    # Composed: a cut rename may land on an ephemeral key.
+    comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
+                     [G, "info_hash", "peer_ip", "_to"], "left") \
+        .withColumn("_to", F.coalesce("_e", "_to")).drop("_e")
+    allren = _cut(comp.unionByName(eph.join(comp.select(*pk), pk, "left_anti")))
 
     # 1. Event tables.
     ev = {}
     for name in EVENT_KEYS:
         if name not in t:
             continue
-        df = t[name]
-        if "conn_id" in df.columns:
-            df = remap(df)
+        df = remap_all(t[name])
         df = dedupe_events(df, name, tol, multi)
         ev[name] = _cut(df) if name in ("peer_progress", "peer_messages", "tracker_announces", "dht_messages") else df
     caps = t["capture_stats"]
 
-    # Torrents: metadata from the best dataset, counts recomputed below.
-    tor = t["torrents"]
-    pref = F.when(F.col("metadata_source") == "torrent_file", 0).when(F.col("metadata_source") == "ut_metadata", 1).otherwise(2)
-    nsrc = F.when(F.col("n_pieces_source").isin("torrent_file", "ut_metadata"), 0).otherwise(1)
-    tw = Window.partitionBy(G, "info_hash")
-    tor = (
-        tor.withColumn("_pref", pref)
-        .withColumn("_np", F.first(F.struct("n_pieces", "n_pieces_source")).over(
-            tw.orderBy(nsrc, F.col("n_pieces").desc_nulls_last()).rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
-        .withColumn("_ft", F.min("first_ts").over(tw)).withColumn("_lt", F.max("last_ts").over(tw))
-        .withColumn("_sens", sensor_set(F.collect_list("sensor").over(tw)))
-        .withColumn("_rk", F.row_number().over(tw.orderBy("_pref", "_ds")))
-        .where("_rk = 1")
-        .withColumn("n_pieces", F.col("_np.n_pieces")).withColumn("n_pieces_source", F.col("_np.n_pieces_source"))
-        .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens"))
-        .drop("_pref", "_np", "_ft", "_lt", "_sens", "_rk", "_ds")
-    )
-    tor = _cut(tor)
+    # Torrents (entities.rs `torrents`, `torrent_pieces`).
+    tor_in = _cut(t["torrents"])
+    rank = F.when(F.col("n_pieces_source") == "torrent_file", 3).when(F.col("n_pieces_source") == "ut_metadata", 2) \
+        .when(F.col("n_pieces_source") == "bitfield_estimate", 1).otherwise(0)
+    npw = Window.partitionBy(G, "info_hash").orderBy(rank.desc(), F.when(rank <= 1, -F.col("n_pieces")), "_o")
+    tn = tor_in.where("n_pieces is not null").withColumn("_rn", F.row_number().over(npw)).where("_rn = 1") \
+        .select(G, "info_hash", F.col("n_pieces").alias("_n"), F.coalesce("n_pieces_source", F.lit("")).alias("_nsrc"))
+    tn = _cut(tor_in.select(G, "info_hash").distinct().join(tn, [G, "info_hash"], "left")
+              .fillna("none", ["_nsrc"]))
 
-    # 3. Peers.
-    peers = rename(t["peers"])
-    eph = F.broadcast(_cut(ephemeral_renames(peers, conns)))
-
-    def eph_apply(df: DataFrame, ip: str = "peer_ip", port: str = "peer_port") -> DataFrame:
-        m = eph.withColumnRenamed("peer_ip", ip).withColumnRenamed("peer_port", port)
-        return df.join(m, [G, "info_hash", ip, port], "left").withColumn(port, F.coalesce("_to", port)).drop("_to")
-
-    peers = eph_apply(peers)
-    conns = _cut(eph_apply(eph_apply(conns, "orig_ip", "orig_peer_port"), "resp_ip", "resp_peer_port"))
-    pw = Window.partitionBy(G, "info_hash", "peer_ip", "peer_port")
-    pall = pw.orderBy("last_ts").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
+    # 3. Peers (entities.rs `peers`).
+    pw = Window.partitionBy(*pk)
+    pall = pw.orderBy(F.col("last_ts").desc(), "_o").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
 
     def tri(c):  # true if any true, else false if any false, else null
         return F.when(F.max(F.col(c).cast("int")).over(pw) == 1, True).when(F.min(F.col(c).cast("int")).over(pw) == 0, False)
 
+    order = ["wire", "tracker", "dht", "pex", "lsd", "probe"]
+    srcs = F.array_distinct(F.flatten(F.collect_list("sources").over(pw)))
+    known = F.filter(F.array(*[F.lit(x) for x in order]), lambda x: F.array_contains(srcs, x))
+    other = F.array_sort(F.filter(srcs, lambda x: ~x.isin(*order)))
     peers = (
-        peers.withColumn("_ft", F.min("first_ts").over(pw)).withColumn("_lt", F.max("last_ts").over(pw))
-        .withColumn("peer_id", F.last("peer_id", ignorenulls=True).over(pall))
-        .withColumn("client", F.last("client", ignorenulls=True).over(pall))
-        .withColumn("_fp0", F.first("first_pieces").over(pw.orderBy("first_ts").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
-        .withColumn("_lp0", F.last("last_pieces").over(pall))
-        .withColumn("_src0", F.last("completion_source").over(pall))
-        .withColumn("_cts0", F.min("completed_ts").over(pw))
-        .withColumn("_conf0", F.max(F.col("confirmed_download").cast("int")).over(pw) == 1)
-        .withColumn("sources", F.array_sort(F.array_distinct(F.flatten(F.collect_list("sources").over(pw)))))
-        .withColumn("_ids", F.array_distinct(F.flatten(F.collect_list("conn_ids").over(pw))))
+        peers_in.withColumn("_ft", F.min("first_ts").over(pw)).withColumn("_lt", F.max("last_ts").over(pw))
+        .withColumn("_sens", sensor_set(F.collect_list("sensor").over(pw)))
+        .withColumn("sources", F.concat(known, other))
         .withColumn("prefers_encryption", tri("prefers_encryption"))
         .withColumn("utp", tri("utp"))
         .withColumn("max_rate_bps", F.max("max_rate_bps").over(pw))
         .withColumn("max_upload_rate_bps", F.max("max_upload_rate_bps").over(pw))
-        .withColumn("_sens", sensor_set(F.collect_list("sensor").over(pw)))
+        .withColumn("_ids", F.array_sort(F.array_distinct(F.flatten(F.collect_list("conn_ids").over(pw)))))
+        .withColumn("_extra", F.sum(F.greatest(F.coalesce(F.col("n_connections"), F.lit(0)) - F.size("conn_ids"),
+                                               F.lit(0))).over(pw))
+        .withColumn("_sup", F.sum("uploaded_bytes").over(pw)).withColumn("_sdown", F.sum("downloaded_bytes").over(pw))
+        .withColumn("_ses", F.sum("encrypted_bytes_sent").over(pw))
+        .withColumn("_ser", F.sum("encrypted_bytes_received").over(pw))
+        .withColumn("_fp0", F.first("first_pieces").over(pw.orderBy("first_ts", "_o").rowsBetween(
+            Window.unboundedPreceding, Window.unboundedFollowing)))
+        .withColumn("_l", F.first(F.struct("last_pieces", "completion_source")).over(
+            pw.orderBy(F.col("last_ts").desc(), F.col("_o").desc()).rowsBetween(
+                Window.unboundedPreceding, Window.unboundedFollowing)))
+        .withColumn("_cts0", F.min("completed_ts").over(pw))
+        .withColumn("_conf0", F.coalesce(F.max(F.col("confirmed_download").cast("int")).over(pw) == 1, F.lit(False)))
     )
-    for c in ("country", "city", "latitude", "longitude", "asn", "as_org"):
+    for c in ("peer_id", "client", "country", "city", "latitude", "longitude", "asn", "as_org"):
         if c in peers.columns:
             peers = peers.withColumn(c, F.first(c, ignorenulls=True).over(pall))
-    peers = peers.withColumn("_rk", F.row_number().over(pw.orderBy("first_ts", "_ds"))).where("_rk = 1") \
+    peers = peers.withColumn("_rk", F.row_number().over(pw.orderBy(F.col("last_ts").desc(), "_o"))).where("_rk = 1") \
         .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens")) \
         .drop("_ft", "_lt", "_sens", "_rk")
-    # Map conn_ids (rebased) to merged ids.
-    ids = peers.select(G, "_ds", "info_hash", "peer_ip", "peer_port", F.explode("_ids").alias("conn_id"))
-    # conn_ids lists were collected over several datasets: map through every dataset's ids.
-    ids = ids.join(idmap.withColumnRenamed("_old", "conn_id").drop("_ds"), [G, "conn_id"], "left") \
-        .withColumn("conn_id", F.coalesce("_new", "conn_id")).drop("_new").drop("_ds").distinct()
-    cside = conns.select(G, "conn_id", "orig_ip", "orig_peer_port", "resp_ip", "resp_peer_port", "encrypted",
-                         "piece_bytes_orig", "piece_bytes_resp", "payload_bytes_orig", "payload_bytes_resp")
-    pc = ids.join(cside, [G, "conn_id"], "left")
-    # Which end the peer is (src/merge/entities.rs ConnInfo::side).
-    oside = F.coalesce((F.col("orig_ip") == F.col("peer_ip")) & (F.col("orig_peer_port") == F.col("peer_port")), F.lit(False))
-    rside = F.coalesce((F.col("resp_ip") == F.col("peer_ip")) & (F.col("resp_peer_port") == F.col("peer_port")), F.lit(False))
-    oip = F.coalesce(F.col("orig_ip") == F.col("peer_ip"), F.lit(False))
-    rip = F.coalesce(F.col("resp_ip") == F.col("peer_ip"), F.lit(False))
+    peers = _cut(peers)
+    # Connections counted for bytes: listed, whose ends name the peer, and
+    # the unnamed ends at an address with one peer for the torrent.
+    cinfo = conns.where("info_hash is not null")
+    ends = cinfo.select(G, "info_hash", F.col("orig_ip").alias("peer_ip"), F.col("orig_peer_port").alias("_pp"), "conn_id") \
+        .unionByName(cinfo.select(G, "info_hash", F.col("resp_ip").alias("peer_ip"), F.col("resp_peer_port").alias("_pp"),
+                                  "conn_id"))
+    by_end = ends.where("_pp is not null").select(G, "info_hash", "peer_ip", F.col("_pp").cast("int").alias("peer_port"),
+                                                  "conn_id")
+    unnamed = ends.where("_pp is null").select(G, "info_hash", "peer_ip", "conn_id")
+    one = peers.groupBy(G, "info_hash", "peer_ip").agg(F.count(F.lit(1)).alias("_na")).where("_na = 1").drop("_na")
+    listed = peers.select(*pk, F.explode("_ids").alias("conn_id"))
+    pkeys = peers.select(*pk)
+    counted = listed.unionByName(pkeys.join(by_end, pk)).unionByName(
+        pkeys.join(one, [G, "info_hash", "peer_ip"]).join(unnamed, [G, "info_hash", "peer_ip"])).distinct()
+    cside = conns.dropDuplicates([G, "conn_id"]).select(
+        G, "conn_id", F.col("orig_ip").alias("_oi"), F.col("orig_peer_port").alias("_opp"),
+        F.col("resp_ip").alias("_ri"), F.col("resp_peer_port").alias("_rpp"), "encrypted",
+        "piece_bytes_orig", "piece_bytes_resp", "payload_bytes_orig", "payload_bytes_resp")
+    pc = counted.join(cside, [G, "conn_id"])
+    # Which end the peer is (entities.rs ConnInfo::side).
+    oside = F.coalesce((F.col("_oi") == F.col("peer_ip")) & (F.col("_opp") == F.col("peer_port")), F.lit(False))
+    rside = F.coalesce((F.col("_ri") == F.col("peer_ip")) & (F.col("_rpp") == F.col("peer_port")), F.lit(False))
+    oip = F.col("_oi") == F.col("peer_ip")
+    rip = F.col("_ri") == F.col("peer_ip")
     is_orig = oside | (~rside & oip & ~rip)
-    side_ok = oside | rside | (oip != rip)
+    side_ok = oside | rside | (oip & ~rip) | (rip & ~oip)
     sent = F.when(is_orig, F.col("piece_bytes_orig")).otherwise(F.col("piece_bytes_resp"))
     recv = F.when(is_orig, F.col("piece_bytes_resp")).otherwise(F.col("piece_bytes_orig"))
     esent = F.when(is_orig, F.col("payload_bytes_orig")).otherwise(F.col("payload_bytes_resp"))
     erecv = F.when(is_orig, F.col("payload_bytes_resp")).otherwise(F.col("payload_bytes_orig"))
     enc = F.coalesce(F.col("encrypted"), F.lit(False))
     plain, encd = side_ok & ~enc, side_ok & enc
-    pbytes = pc.groupBy(G, "info_hash", "peer_ip", "peer_port").agg(
+    pbytes = pc.groupBy(*pk).agg(
         F.sum(F.when(plain, sent).otherwise(0)).alias("_up"),
         F.sum(F.when(plain, recv).otherwise(0)).alias("_down"),
         F.sum(F.when(encd, esent).otherwise(0)).alias("_esent"),
         F.sum(F.when(encd, erecv).otherwise(0)).alias("_erecv"),
-        F.count(F.lit(1)).alias("_nc"),
-        F.array_sort(F.collect_list("conn_id")).alias("_cids"),
     )
     # Progress fusion over the merged peer_progress rows.
-    tn = tor.select(G, "info_hash", F.col("n_pieces").alias("_n"))
     pp = ev["peer_progress"]
     for c in ("piece", "bitfield"):
         if c not in pp.columns:
             pp = pp.withColumn(c, F.lit(None).cast("long" if c == "piece" else "string"))
+    pp = pp.where(F.col("cause").isin(*(WIRE_CAUSES + list(CLAIM_SLOT))))
     # A row keyed by its connection's source port goes to the peer the
     # connection names (its listen port), then through the renames.
-    cp = conns.select(G, "conn_id", F.col("orig_ip").alias("_oi"), F.col("orig_port").alias("_op"),
-                      F.col("orig_peer_port").alias("_opp"), F.col("resp_ip").alias("_ri"),
-                      F.col("resp_port").alias("_rp"), F.col("resp_peer_port").alias("_rpp"))
+    cp = conns.dropDuplicates([G, "conn_id"]).select(
+        G, "conn_id", F.col("orig_ip").alias("_oi"), F.col("orig_port").alias("_op"),
+        F.col("orig_peer_port").alias("_opp"), F.col("resp_ip").alias("_ri"),
+        F.col("resp_port").alias("_rp"), F.col("resp_peer_port").alias("_rpp"))
     pp = pp.join(cp, [G, "conn_id"], "left").withColumn(
         "peer_port",
         F.when((F.col("_oi") == F.col("peer_ip")) & (F.col("_op") == F.col("peer_port")),
                F.coalesce("_opp", "peer_port"))
         .when((F.col("_ri") == F.col("peer_ip")) & (F.col("_rp") == F.col("peer_port")),
               F.coalesce("_rpp", "peer_port"))
-        .otherwise(F.col("peer_port")))
-    pp = eph_apply(rename(pp)).select(G, "_ds", "info_hash", "peer_ip", "peer_port", "cause", "n_pieces_have", "piece",
-                           "bitfield", F.unix_micros("ts").alias("_t")).join(tn, [G, "info_hash"], "left")
-    fused = pp.groupBy(G, "info_hash", "peer_ip", "peer_port").applyInPandas(progress_fn(threshold), PROGRESS_OUT)
-    peers = peers.join(pbytes, [G, "info_hash", "peer_ip", "peer_port"], "left") \
-        .join(fused, [G, "info_hash", "peer_ip", "peer_port"], "left").join(tn, [G, "info_hash"], "left")
-    has = F.col("_src").isNotNull() | F.col("_fp").isNotNull()
+        .otherwise(F.col("peer_port")).cast("int"))
+    pp = rename(pp, allren).select(G, "_ds", "_o", "info_hash", "peer_ip", "peer_port", "cause", "n_pieces_have",
+                                   "piece", "bitfield", F.unix_micros("ts").alias("_t")) \
+        .join(tn.select(G, "info_hash", "_n"), [G, "info_hash"], "left")
+    fused = pp.groupBy(*pk).applyInPandas(progress_fn(threshold), PROGRESS_OUT).withColumn("_has", F.lit(True))
+    peers = peers.join(pbytes, pk, "left").join(fused, pk, "left").join(tn.select(G, "info_hash", "_n"),
+                                                                        [G, "info_hash"], "left")
+    has = F.col("_has").isNotNull()
+    whole = F.col("_extra") == 0
     peers = (
-        peers.withColumn("uploaded_bytes", F.coalesce("_up", F.lit(0)).cast("long"))
-        .withColumn("downloaded_bytes", F.coalesce("_down", F.lit(0)).cast("long"))
-        .withColumn("encrypted_bytes_sent", F.coalesce("_esent", F.lit(0)).cast("long"))
-        .withColumn("encrypted_bytes_received", F.coalesce("_erecv", F.lit(0)).cast("long"))
-        .withColumn("n_connections", F.coalesce("_nc", F.lit(0)).cast("long"))
-        .withColumn("conn_ids", F.coalesce("_cids", F.array().cast("array<long>")))
+        peers.withColumn("uploaded_bytes", F.when(whole, F.coalesce("_up", F.lit(0))).otherwise(F.col("_sup")))
+        .withColumn("downloaded_bytes", F.when(whole, F.coalesce("_down", F.lit(0))).otherwise(F.col("_sdown")))
+        .withColumn("encrypted_bytes_sent", F.when(whole, F.coalesce("_esent", F.lit(0))).otherwise(F.col("_ses")))
+        .withColumn("encrypted_bytes_received", F.when(whole, F.coalesce("_erecv", F.lit(0))).otherwise(F.col("_ser")))
+        .withColumn("n_connections", F.size("_ids") + F.col("_extra"))
+        .withColumn("conn_ids", F.slice("_ids", 1, 1024))
         .withColumn("n_pieces", F.col("_n"))
         .withColumn("first_pieces", F.when(has, F.col("_fp")).otherwise(F.col("_fp0")))
-        .withColumn("last_pieces", F.when(has, F.col("_lp")).otherwise(F.col("_lp0")))
+        .withColumn("last_pieces", F.when(has, F.col("_lp")).otherwise(F.col("_l.last_pieces")))
         .withColumn("completed_ts", F.when(has, F.timestamp_micros("_cts")).otherwise(F.col("_cts0")))
         .withColumn("confirmed_download", F.when(has, F.coalesce("_conf", F.lit(False))).otherwise(F.col("_conf0")))
-        .withColumn("completion_source", F.when(has, F.col("_src")).otherwise(F.col("_src0")))
+        .withColumn("completion_source", F.when(has, F.col("_src")).otherwise(F.col("_l.completion_source")))
     )
-    peers = _cut(peers.select(*[c for c in peers.columns if not c.startswith("_") or c == G]))
+    peers = _cut(peers.select(*[c for c in peers.columns if not c.startswith("_") or c in (G, "_o")]))
 
-    # Torrents: counts from the merged peers, connections and pieces.
+    # Torrents: the best metadata's row, counts from the merged tables.
+    mrank = F.when(F.col("metadata_source") == "torrent_file", 2).when(F.col("metadata_source") == "ut_metadata", 1) \
+        .otherwise(0)
+    tw = Window.partitionBy(G, "info_hash")
+    tor = (
+        tor_in.withColumn("_ft", F.min("first_ts").over(tw)).withColumn("_lt", F.max("last_ts").over(tw))
+        .withColumn("_sens", sensor_set(F.collect_list("sensor").over(tw)))
+        .withColumn("_rk", F.row_number().over(tw.orderBy(mrank.desc(), "_o"))).where("_rk = 1")
+        .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens"))
+        .join(tn, [G, "info_hash"], "left").withColumn("n_pieces", F.col("_n")).withColumn("n_pieces_source", F.col("_nsrc"))
+    )
     pt = peers.groupBy(G, "info_hash").agg(
         F.count(F.lit(1)).alias("n_peers"),
-        F.sum(F.col("confirmed_download").cast("long")).alias("n_confirmed_downloads"),
+        F.sum(F.coalesce(F.col("confirmed_download"), F.lit(False)).cast("long")).alias("n_confirmed_downloads"),
         F.sum(F.col("prefers_encryption").isNotNull().cast("long")).alias("n_peers_encryption_known"),
         F.sum(F.coalesce(F.col("prefers_encryption"), F.lit(False)).cast("long")).alias("n_peers_prefer_encryption"),
         F.sum(F.col("utp").isNotNull().cast("long")).alias("n_peers_utp_known"),
         F.sum(F.coalesce(F.col("utp"), F.lit(False)).cast("long")).alias("n_peers_utp"),
     )
-    ct = conns.where("info_hash is not null").groupBy(G, "info_hash").agg(
-        F.sum(F.col("piece_bytes_orig") + F.col("piece_bytes_resp")).alias("piece_bytes"))
+    ct = conns.dropDuplicates([G, "conn_id"]).where("info_hash is not null and not coalesce(encrypted, false)") \
+        .groupBy(G, "info_hash").agg(F.sum(F.col("piece_bytes_orig") + F.col("piece_bytes_resp")).alias("piece_bytes"))
     pv = ev["pieces"].groupBy(G, "info_hash").agg(
-        F.sum(F.col("verified").cast("long")).alias("n_pieces_verified"),
-        F.sum((~F.col("verified")).cast("long")).alias("n_pieces_failed"))
+        F.sum(F.coalesce(F.col("verified"), F.lit(False)).cast("long")).alias("n_pieces_verified"),
+        F.sum((~F.coalesce(F.col("verified"), F.lit(False))).cast("long")).alias("n_pieces_failed"))
     recount = ["n_peers", "n_confirmed_downloads", "n_peers_encryption_known", "n_peers_prefer_encryption",
                "n_peers_utp_known", "n_peers_utp", "piece_bytes", "n_pieces_verified", "n_pieces_failed"]
-    tcols = tor.columns
+    tcols = tor_in.columns
     tor = tor.drop(*recount).join(pt, [G, "info_hash"], "left").join(ct, [G, "info_hash"], "left") \
         .join(pv, [G, "info_hash"], "left").fillna(0, recount).select(*tcols)
 
     # announce_audit: replayed over the merged events; without any piece
     # message rows (--no-messages inputs) the datasets' rows are combined.
-    acols = [c for c in t["announce_audit"].columns if c != "_ds"]
+    acols = [c for c in t["announce_audit"].columns if c not in ("_ds", "_o")]
     if ev["peer_messages"].limit(1).count() > 0 or t["announce_audit"].limit(1).count() == 0:
         au = audit(spark, conns, flows, ev, caps, max_link_bps)
         for c in acols:
@@ -1174,52 +1294,50 @@ def merge(
     else:
         au = combine_audit(t["announce_audit"], acols)
 
-    # dht_nodes, dht_infohashes.
+    # dht_nodes, dht_infohashes (entities.rs `dht_nodes`, `dht_infohashes`).
     dm = ev["dht_messages"]
+
+    def per_sensor_max(df, keys, c):
+        return df.groupBy(*(keys + ["sensor"])).agg(F.sum(F.coalesce(F.col(c), F.lit(0))).alias("_v")) \
+            .groupBy(*keys).agg(F.max("_v").alias(c))
+
     nodes = t["dht_nodes"]
     nk = [G, "node_id", "node_ip", "node_port"]
     nw = Window.partitionBy(*nk)
     ncols = nodes.columns
-    rep = nodes.groupBy(*(nk + ["sensor"])).agg(F.sum("n_reported").alias("_r")).groupBy(*nk).agg(F.max("_r").alias("_rep"))
     cnt = dm.where("node_id is not null").groupBy(G, F.col("node_id"), F.col("src_ip").alias("node_ip"),
                                                   F.col("src_port").alias("node_port")).agg(
-        F.sum((F.col("kind") == "query").cast("long")).alias("_q"),
-        F.sum((F.col("kind") == "response").cast("long")).alias("_r2"),
-        F.sum((F.col("kind") == "error").cast("long")).alias("_e"))
+        F.sum((F.col("kind") == "query").cast("long")).alias("n_queries"),
+        F.sum((F.col("kind") == "response").cast("long")).alias("n_responses"),
+        F.sum((~F.col("kind").isin("query", "response")).cast("long")).alias("n_errors"))
     nodes = (
         nodes.withColumn("_ft", F.min("first_ts").over(nw)).withColumn("_lt", F.max("last_ts").over(nw))
-        .withColumn("version", F.last("version", ignorenulls=True).over(nw.orderBy("last_ts").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
-        .withColumn("version_raw", F.last("version_raw", ignorenulls=True).over(nw.orderBy("last_ts").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
-        .withColumn("bep42_valid", F.max(F.col("bep42_valid").cast("int")).over(nw) == 1)
-        .withColumn("bep42_exempt", F.max(F.col("bep42_exempt").cast("int")).over(nw) == 1)
-        .withColumn("read_only", F.max(F.col("read_only").cast("int")).over(nw) == 1)
+        .withColumn("read_only", F.coalesce(F.max(F.col("read_only").cast("int")).over(nw) == 1, F.lit(False)))
         .withColumn("_sens", sensor_set(F.collect_list("sensor").over(nw)))
-        .withColumn("_rk", F.row_number().over(nw.orderBy("first_ts", "_ds"))).where("_rk = 1")
+        .withColumn("_rk", F.row_number().over(nw.orderBy(F.col("last_ts").desc(), "_o"))).where("_rk = 1")
         .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens"))
-        .join(rep, nk, "left").join(cnt, nk, "left").fillna(0, ["_q", "_r2", "_e"])
-        .withColumn("n_queries", F.col("_q")).withColumn("n_responses", F.col("_r2")).withColumn("n_errors", F.col("_e"))
-        .withColumn("n_messages", F.col("_q") + F.col("_r2") + F.col("_e")).withColumn("n_reported", F.col("_rep"))
-        .select(*[c for c in ncols if c != "_ds"])
+        .drop("n_queries", "n_responses", "n_errors", "n_reported")
+        .join(per_sensor_max(nodes, nk, "n_reported"), nk, "left").join(cnt, nk, "left")
+        .fillna(0, ["n_queries", "n_responses", "n_errors"])
+        .withColumn("n_messages", F.col("n_queries") + F.col("n_responses") + F.col("n_errors"))
+        .select(*ncols)
     )
     ih = t["dht_infohashes"]
     ik = [G, "info_hash"]
     iw = Window.partitionBy(*ik)
     icols = ih.columns
-    isum = ih.groupBy(*(ik + ["sensor"])).agg(F.sum("n_values").alias("_v"), F.sum("n_samples").alias("_s")) \
-        .groupBy(*ik).agg(F.max("_v").alias("_v"), F.max("_s").alias("_s"))
     icnt = dm.where("kind = 'query' and info_hash is not null").groupBy(G, "info_hash").agg(
-        F.sum((F.col("method") == "get_peers").cast("long")).alias("_g"),
-        F.sum((F.col("method") == "announce_peer").cast("long")).alias("_a"))
+        F.sum((F.col("method") == "get_peers").cast("long")).alias("n_get_peers"),
+        F.sum((F.col("method") == "announce_peer").cast("long")).alias("n_announce_peer"))
     ih = (
         ih.withColumn("_ft", F.min("first_ts").over(iw)).withColumn("_lt", F.max("last_ts").over(iw))
-        .withColumn("name", F.first("name", ignorenulls=True).over(iw.orderBy("first_ts").rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)))
         .withColumn("_sens", sensor_set(F.collect_list("sensor").over(iw)))
-        .withColumn("_rk", F.row_number().over(iw.orderBy("first_ts", "_ds"))).where("_rk = 1")
+        .withColumn("_rk", F.row_number().over(iw.orderBy(F.col("name").isNull(), "_o"))).where("_rk = 1")
         .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens"))
-        .join(isum, ik, "left").join(icnt, ik, "left").fillna(0, ["_g", "_a"])
-        .withColumn("n_get_peers", F.col("_g")).withColumn("n_announce_peer", F.col("_a"))
-        .withColumn("n_values", F.col("_v")).withColumn("n_samples", F.col("_s"))
-        .select(*[c for c in icols if c != "_ds"])
+        .drop("n_get_peers", "n_announce_peer", "n_values", "n_samples")
+        .join(per_sensor_max(ih, ik, "n_values"), ik, "left").join(per_sensor_max(ih, ik, "n_samples"), ik, "left")
+        .join(icnt, ik, "left").fillna(0, ["n_get_peers", "n_announce_peer"])
+        .select(*icols)
     )
 
     out = {
@@ -1230,14 +1348,14 @@ def merge(
         "announce_audit": au,
         "dht_nodes": nodes,
         "dht_infohashes": ih,
-        "capture_stats": caps.drop("_ds"),
+        "capture_stats": caps,
     }
     for name, df in ev.items():
-        out[name] = df.drop("_ds")
+        out[name] = df
     # Column order and types of the inputs.
     for name, df in list(out.items()):
         src = raw[name]
-        want = [c for c in src.columns if c not in ("_ds", "interval_start", "date", "hour") or
+        want = [c for c in src.columns if c not in ("_ds", "_o", "_base", "interval_start", "date", "hour") or
                 (name == "capture_stats" and c == "interval_start")]
         types = dict(src.dtypes)
         out[name] = df.select(*[F.col(c).cast(types[c]) if c != G else F.col(c) for c in want])
@@ -1308,8 +1426,12 @@ def session(app: str = "swarmtap-merge", master: Optional[str] = None) -> SparkS
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.ui.enabled", os.environ.get("SWARMTAP_SPARK_UI", "false"))
         .config("spark.driver.memory", os.environ.get("SWARMTAP_SPARK_DRIVER_MEMORY", "2g"))
-        .getOrCreate()
     )
+    # Extra settings, "key=value,key=value" (measurements, tuning).
+    for kv in filter(None, os.environ.get("SWARMTAP_SPARK_CONF", "").split(",")):
+        k, v = kv.split("=", 1)
+        spark = spark.config(k.strip(), v.strip())
+    spark = spark.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("SWARMTAP_SPARK_LOG", "WARN"))
     return spark
 

@@ -106,14 +106,15 @@ pub struct Limits {
     /// Addresses whose geolocation is cached (`--geoip`); each entry is about
     /// 150 bytes, so 2^18 ≈ 40 MB. Past it the cache starts over.
     pub max_geo_cache: usize,
-    /// Rows buffered for Parquet row groups, over all tables (bytes,
-    /// estimated). A table's rows are written when it has a full row group
-    /// (64 Ki rows) or, when the tables together pass this, the largest
-    /// buffer is written early: without it twenty slowly filling tables
-    /// could each hold most of a row group until the end of the run. The
-    /// estimate counts 32 heap bytes a row; rows of hex ids and addresses
-    /// (dht_messages) hold about twice that, so 12 MB estimated is ~25 MB
-    /// held (a DHT query flood held 51 MB of rows at 24 MB).
+    /// Rows buffered for Parquet row groups, over all tables (bytes). Rows
+    /// are held as columns (the writer's column builders; counted exactly,
+    /// by their buffers' capacities). A table's rows are written when it
+    /// has a full row group (64 Ki rows) or, when the tables together pass
+    /// this, the largest buffer is written early: without it twenty slowly
+    /// filling tables could each hold most of a row group until the end of
+    /// the run. The budget is checked every 1,024 rows of a table: between
+    /// checks the buffers grow by those rows (and a buffer that fills up
+    /// doubles its capacity).
     pub sink_buffer_bytes: usize,
     /// Anomaly rows written per (layer, kind); more are counted only, so a
     /// flood of one kind cannot fill the disk.

@@ -114,7 +114,10 @@ struct PacketJudge {
     /// Sources judged by their first checked packet: true when it carried a
     /// checksum-offload pattern (the capturing host, or a namespace of it:
     /// its packets were captured before the NIC filled the checksum in).
-    offload_sources: HashMap<IpAddr, bool>,
+    /// Keyed by foldhash with a per-process seed (addresses are the
+    /// sender's choice; it is looked up for every packet, and SipHash took
+    /// 1.5 % of a bulk run here).
+    offload_sources: HashMap<IpAddr, bool, foldhash::quality::RandomState>,
     max_sources: usize,
     verify: bool,
 }
@@ -133,7 +136,7 @@ impl PacketJudge {
             prev_ts: None,
             clock: i64::MIN,
             max_jump_us: settings.limits.max_clock_jump_us,
-            offload_sources: HashMap::new(),
+            offload_sources: HashMap::default(),
             max_sources: settings.limits.max_checksum_sources,
             verify: settings.verify_checksums,
         }
@@ -190,18 +193,62 @@ impl PacketJudge {
 struct AnomalyGate {
     max_rows: u64,
     seen: HashMap<(&'static str, String), u64>,
+    /// The run's capture when it has only one (`analyze` of one input,
+    /// `live`): run-level rows (a table that filled up, the audit's and the
+    /// swarm's totals: no packet of their own) are that capture's. With
+    /// several inputs they belong to none (capture empty) and are counted
+    /// under "" (see `capture_stats.n_anomalies` in docs/SCHEMA.md).
+    only: Option<String>,
 }
 
 impl AnomalyGate {
-    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) {
+    /// Counts and caps a step's rows; returns whether a kind reached the
+    /// cap in this step (the shards are then told, see `full_kinds`).
+    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) -> bool {
         let max = self.max_rows;
         let seen = &mut self.seen;
-        rows.anomalies.retain(|a| {
+        let only = &self.only;
+        let mut newly_full = false;
+        rows.anomalies.retain_mut(|a| {
+            if let (true, Some(name)) = (a.capture.is_empty(), only) {
+                a.capture.clone_from(name);
+            }
             counts.entry(a.capture.clone()).or_default().anomalies += 1;
             let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
             *n += 1;
+            newly_full |= *n == max;
             *n <= max
         });
+        newly_full
+    }
+
+    /// Kinds whose rows reached the cap: every later row of them is dropped.
+    fn full_kinds(&self) -> crate::analyze::FullKinds {
+        let mut full = crate::analyze::FullKinds::new();
+        for ((layer, kind), n) in &self.seen {
+            if *n >= self.max_rows {
+                full.entry(*layer).or_default().insert(kind.clone());
+            }
+        }
+        full
+    }
+
+    /// Counts the rows the shards did not build (their kind was full).
+    fn count_withheld(
+        &self,
+        shards: &mut [Shard<ShardApps>],
+        names: &[String],
+        counts: &mut HashMap<String, DecodeCounts>,
+    ) {
+        for s in shards.iter_mut() {
+            for (capture, n) in std::mem::take(&mut s.apps.out.anomalies_withheld) {
+                let name = match capture.and_then(|c| names.get(c as usize)).or(self.only.as_ref()) {
+                    Some(name) => name.clone(),
+                    None => String::new(),
+                };
+                counts.entry(name).or_default().anomalies += n;
+            }
+        }
     }
 }
 
@@ -300,6 +347,10 @@ impl Engine {
             .thread_name(|i| format!("swarmtap-worker-{i}"))
             .build()
             .map_err(|e| format!("cannot start worker threads: {e}"))?;
+        let only = match names.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        };
         Ok(Engine {
             settings: settings.clone(),
             pool,
@@ -311,6 +362,7 @@ impl Engine {
             gate: AnomalyGate {
                 max_rows: settings.limits.max_anomaly_rows_per_kind,
                 seen: HashMap::new(),
+                only,
             },
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
@@ -329,6 +381,8 @@ impl Engine {
     /// stage, rebuilt metadata reaches the shards, and the rows come back
     /// gated and counted (the final step's are gated by `finish`).
     fn step(&mut self, rows: RowBatch, kind: StepKind) -> RowBatch {
+        self.gate
+            .count_withheld(&mut self.shards, &self.names, &mut self.counts);
         let input = collect_step(&mut self.shards, rows);
         let (mut rows, known) = self.stage.step(input, kind, self.watermark);
         if let Some(known) = known {
@@ -336,8 +390,13 @@ impl Engine {
                 s.apps.out.known = known.clone();
             }
         }
+        if kind != StepKind::Final && self.gate.filter(&mut rows, &mut self.counts) {
+            let full = Arc::new(self.gate.full_kinds());
+            for s in self.shards.iter_mut() {
+                s.apps.out.full_kinds = full.clone();
+            }
+        }
         if kind != StepKind::Final {
-            self.gate.filter(&mut rows, &mut self.counts);
             self.summary.n_messages += rows.peer_messages.len() as u64;
             self.summary.n_connections += rows.connections.len() as u64;
         }
@@ -710,6 +769,36 @@ pub fn analyze(
             eprintln!("swarmtap: warning: {name} ends inside a packet record (truncated capture); everything before it was analyzed");
         }
         let c = counts.get(&name).copied().unwrap_or_default();
+        // The reader's findings: one row per kind, its count in the
+        // detail; each row counts once in n_anomalies, as every other row.
+        let rows_before = rows.anomalies.len();
+        if st.truncated_tail {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                ts: st.last_ts_us.map(Ts),
+                frame: Some(st.n_records).filter(|&n| n > 0),
+                capture: name.clone(),
+                layer: "capture",
+                kind: "truncated_tail".into(),
+                detail: Some(format!(
+                    "the capture ends inside a packet record or block, after frame {}",
+                    st.n_records
+                )),
+                ..Default::default()
+            });
+        }
+        if st.n_bad_blocks > 0 {
+            rows.anomalies.push(crate::sink::AnomalyRow {
+                capture: name.clone(),
+                layer: "capture",
+                kind: "bad_block".into(),
+                detail: Some(format!(
+                    "{} malformed record(s) or block(s); the first {}",
+                    st.n_bad_blocks,
+                    st.bad_block_detail.as_deref().unwrap_or("")
+                )),
+                ..Default::default()
+            });
+        }
         if st.n_ts_out_of_range > 0 {
             rows.anomalies.push(crate::sink::AnomalyRow {
                 capture: name.clone(),
@@ -731,7 +820,7 @@ pub fn analyze(
             n_decode_errors: c.n_decode_errors,
             n_truncated: st.n_snaplen_cut,
             truncated_tail: st.truncated_tail,
-            n_anomalies: c.n_anomalies + st.n_bad_blocks + u64::from(st.truncated_tail) + st.n_ts_out_of_range,
+            n_anomalies: c.n_anomalies + (rows.anomalies.len() - rows_before) as u64,
             n_dropped: 0,
             n_filtered_out: st.n_filtered_out,
             n_not_ip: c.n_not_ip,
@@ -747,7 +836,9 @@ pub fn analyze(
             ..Default::default()
         });
     }
-    summary.n_anomalies = rows.capture_stats.iter().map(|c| c.n_anomalies).sum();
+    // Run-level rows of a run over several inputs belong to no capture.
+    let run_level = counts.get("").map_or(0, |c| c.n_anomalies);
+    summary.n_anomalies = rows.capture_stats.iter().map(|c| c.n_anomalies).sum::<u64>() + run_level;
     sink.send(rows)?;
     sink.finish()?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
@@ -928,16 +1019,29 @@ fn process_batch(
     let notes = &notes;
     // An upper bound on the flows each shard's part of the batch may open:
     // its packets whose key has no flow yet (a lookup each, in parallel).
+    // When the table could take every packet of the batch as a new flow,
+    // the packet counts bound as well and decide the same (make_room then
+    // evicts for memory only, and every shard's share covers its packets):
+    // the lookups are skipped.
     let decoded_ref = &decoded;
-    let per_shard: Vec<usize> = shards
-        .par_iter()
-        .zip(parts.par_iter())
-        .map(|(s, part)| {
-            part.iter()
-                .filter(|&&i| matches!(decoded_ref.get(i as usize), Some((Decoded::Packet(p), _)) if !s.has_flow(p)))
-                .count()
-        })
-        .collect();
+    let n_flows: usize = shards.iter().map(Shard::n_flows).sum();
+    let n_packets: usize = parts.iter().map(Vec::len).sum();
+    let max_flows = shards.first().map_or(0, |s| s.limits().max_flows);
+    let per_shard: Vec<usize> = if n_flows.saturating_add(n_packets) <= max_flows {
+        parts.iter().map(Vec::len).collect()
+    } else {
+        shards
+            .par_iter()
+            .zip(parts.par_iter())
+            .map(|(s, part)| {
+                part.iter()
+                    .filter(
+                        |&&i| matches!(decoded_ref.get(i as usize), Some((Decoded::Packet(p), _)) if !s.has_flow(p)),
+                    )
+                    .count()
+            })
+            .collect()
+    };
     let evicted_before: u64 = shards.iter().map(|s| s.stats.n_flows_evicted).sum();
     let first = batch.frames.first().map_or(FrameCtx::default(), |fm| FrameCtx {
         ts: fm.ts_us,

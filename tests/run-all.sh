@@ -35,6 +35,9 @@ cargo test --workspace --all-targets
 target/nb-venv/bin/python tests/report_browser.py
 # Every engine reads the output as-is (pandas 2 and 3, pyarrow, DuckDB, PySpark).
 bash tests/engines.sh
+# The Spark merge (spark/merge.py, PySpark local[2]) equals `swarmtap merge`
+# on every piece and two-sensor case of the merge tests.
+bash tests/spark_merge.sh
 if [ -f notebooks/run.sh ]; then
   bash notebooks/run.sh
 fi

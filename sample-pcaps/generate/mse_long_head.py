@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes sample-pcaps/built/mse-long-head.pcap and its truth file: MSE key
+"""Writes tests/captures/mse-long-head.pcap and its truth file: MSE key
 exchanges that selected plaintext, where the originator sends more than the
 analyzer's 2 KiB MSE scan window (`MSE_SCAN_BYTES` in src/analyze/stream.rs)
 before the responder's plaintext handshake arrives.
@@ -211,7 +211,7 @@ def utp_conn(frames, ts, sport, dport, packets, lost):
 
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
-    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "built")
+    out_dir = sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "..", "..", "tests", "captures")
     os.makedirs(out_dir, exist_ok=True)
     pcap = os.path.join(out_dir, "mse-long-head.pcap")
     rnd = random.Random(21)

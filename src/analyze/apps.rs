@@ -214,6 +214,10 @@ impl FlowApps for ShardApps {
         self.out.oldest_held().is_some()
     }
 
+    fn tcp_ruled_out(app: &StreamApp) -> bool {
+        matches!(app, StreamApp::Other(_))
+    }
+
     fn release_stale(&mut self, app: &mut StreamApp, now: i64) {
         app.release_stale(now, self.limits.max_hold_us, &mut self.out);
     }

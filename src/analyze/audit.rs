@@ -191,6 +191,13 @@ impl Audit {
         }
     }
 
+    /// Audits hash `h` as `canon`: `swarmtap merge` pairs a hybrid
+    /// torrent's hashes from the datasets' `torrents` rows, as [`Audit::new`]
+    /// pairs them from metainfo.
+    pub fn alias_hash(&mut self, h: [u8; 20], canon: [u8; 20]) {
+        self.alias.insert(h, canon);
+    }
+
     fn canon(&self, h: [u8; 20]) -> [u8; 20] {
         self.alias.get(&h).copied().unwrap_or(h)
     }

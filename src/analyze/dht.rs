@@ -168,24 +168,16 @@ impl DhtShard {
         let m = match parse_krpc(d, &self.limits) {
             Ok(m) => m,
             Err(e) => {
-                out.anomaly(
-                    Some(ctx),
-                    Some(conn_id),
-                    "dht",
-                    e.kind(),
-                    Some(format!("{e}: {} bytes from {src}", d.len())),
-                );
+                out.anomaly_with(Some(ctx), Some(conn_id), "dht", e.kind(), || {
+                    Some(format!("{e}: {} bytes from {src}", d.len()))
+                });
                 return false;
             }
         };
         for a in m.anomalies() {
-            out.anomaly(
-                Some(ctx),
-                Some(conn_id),
-                "dht",
-                a.kind.as_str(),
-                Some(format!("key `{}`", a.field)),
-            );
+            out.anomaly_with(Some(ctx), Some(conn_id), "dht", a.kind.as_str(), || {
+                Some(format!("key `{}`", a.field))
+            });
         }
         let n_more = m.n_anomalies() as usize - m.anomalies().len();
         if n_more > 0 {
@@ -208,24 +200,20 @@ impl DhtShard {
                     frame: ctx.frame,
                     info_hash: m.info_hash.copied(),
                 };
+                let max_pending = self.limits.max_pending;
                 match self.pending.insert(m.tid, src, dst, q) {
-                    InsertOutcome::EvictedOldest => out.anomaly(
-                        Some(ctx),
-                        Some(conn_id),
-                        "dht",
-                        "dht_pending_full",
-                        Some(format!(
-                            "oldest outstanding query dropped (max {} per shard)",
-                            self.limits.max_pending
-                        )),
-                    ),
-                    InsertOutcome::TidTooLong => out.anomaly(
-                        Some(ctx),
-                        Some(conn_id),
-                        "dht",
-                        "dht_tid_too_long",
-                        Some(format!("{}-byte transaction id not tracked", m.tid.len())),
-                    ),
+                    InsertOutcome::EvictedOldest => {
+                        out.anomaly_with(Some(ctx), Some(conn_id), "dht", "dht_pending_full", || {
+                            Some(format!(
+                                "oldest outstanding query dropped (max {max_pending} per shard)"
+                            ))
+                        })
+                    }
+                    InsertOutcome::TidTooLong => {
+                        out.anomaly_with(Some(ctx), Some(conn_id), "dht", "dht_tid_too_long", || {
+                            Some(format!("{}-byte transaction id not tracked", m.tid.len()))
+                        })
+                    }
                     InsertOutcome::Inserted | InsertOutcome::Replaced => {}
                 }
             }

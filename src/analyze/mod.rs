@@ -179,7 +179,20 @@ pub struct ShardOut {
     /// are released, so the order events are applied in does not depend on
     /// where batches end.
     pub held_since: std::collections::BTreeMap<(u32, u64), u32>,
+    /// Input, not output: anomaly kinds (layer → kinds) whose rows have
+    /// reached the run's per-kind cap (Limits::max_anomaly_rows_per_kind),
+    /// replaced by the pipeline between steps. Rows of these kinds are
+    /// counted in `anomalies_withheld` and never built: the pipeline's gate
+    /// would drop every one of them (a kind is full only once the gate has
+    /// kept its last row).
+    pub full_kinds: std::sync::Arc<FullKinds>,
+    /// Anomalies not built because their kind was full, by capture index
+    /// (None: no frame, a run-level row); taken by the pipeline each step.
+    pub anomalies_withheld: std::collections::BTreeMap<Option<u32>, u64>,
 }
+
+/// Anomaly kinds by layer (see [`ShardOut::full_kinds`]).
+pub type FullKinds = std::collections::HashMap<&'static str, std::collections::HashSet<String>>;
 
 impl ShardOut {
     /// The oldest (capture, frame) any connection of this shard holds.
@@ -236,6 +249,25 @@ impl ShardOut {
         kind: &str,
         detail: Option<String>,
     ) {
+        self.anomaly_with(ctx, conn_id, layer, kind, || detail);
+    }
+
+    /// [`anomaly`](Self::anomaly) with the detail made only when the row is
+    /// built: a kind past the run's row cap is only counted (a flood of
+    /// them formats no text).
+    pub fn anomaly_with(
+        &mut self,
+        ctx: Option<FrameCtx>,
+        conn_id: Option<u64>,
+        layer: &'static str,
+        kind: &str,
+        detail: impl FnOnce() -> Option<String>,
+    ) {
+        if !self.full_kinds.is_empty() && self.full_kinds.get(layer).is_some_and(|k| k.contains(kind)) {
+            *self.anomalies_withheld.entry(ctx.map(|c| c.capture)).or_default() += 1;
+            return;
+        }
+        let detail = detail();
         let capture = ctx.map(|c| self.capture_name(c.capture)).unwrap_or_default();
         self.rows.anomalies.push(AnomalyRow {
             ts: ctx.map(|c| Ts(c.ts)),
@@ -252,4 +284,40 @@ impl ShardOut {
 /// Text form of an address (RFC 5952 for IPv6, as std prints it).
 pub fn ip_text(ip: IpAddr) -> String {
     ip.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A kind the pipeline reported full is counted, by capture, and its
+    /// row (detail included) is never made; other kinds still are.
+    #[test]
+    fn full_kinds_are_counted_without_building_rows() {
+        let mut out = ShardOut {
+            capture_names: std::sync::Arc::new(vec!["a.pcap".into(), "b.pcap".into()]),
+            ..Default::default()
+        };
+        let mut full = FullKinds::new();
+        full.entry("dht").or_default().insert("dht_pending_full".into());
+        out.full_kinds = std::sync::Arc::new(full);
+        let ctx = |capture| FrameCtx {
+            ts: 1,
+            frame: 7,
+            capture,
+        };
+        for c in [1, 1, 0] {
+            out.anomaly_with(Some(ctx(c)), Some(3), "dht", "dht_pending_full", || {
+                panic!("a full kind's detail is made")
+            });
+        }
+        out.anomaly_with(None, None, "dht", "dht_pending_full", || panic!("made"));
+        out.anomaly(Some(ctx(0)), Some(3), "dht", "dht_tid_too_long", Some("x".into()));
+        assert_eq!(
+            out.anomalies_withheld,
+            std::collections::BTreeMap::from([(None, 1), (Some(0), 1), (Some(1), 2)])
+        );
+        assert_eq!(out.rows.anomalies.len(), 1);
+        assert_eq!(out.rows.anomalies[0].capture, "a.pcap");
+    }
 }

@@ -327,6 +327,7 @@ impl PeerSession {
             orig_ltep_v: st.sides[ORIG].ltep_v.clone(),
             resp_ltep_v: st.sides[RESP].ltep_v.clone(),
             orig_listen_port: st.sides[ORIG].listen_port.map(u32::from),
+            resp_listen_port: st.sides[RESP].listen_port.map(u32::from),
             orig_extensions: st.sides[ORIG].ext_names.clone(),
             resp_extensions: st.sides[RESP].ext_names.clone(),
             encrypted: st.encrypted,

@@ -436,7 +436,7 @@ impl Stage {
         self.mse.release(&mut rows.flows);
         rows.flows.sort_by_key(|r| r.conn_id);
         self.held_msgs.release_all(rows, &self.swarm);
-        self.swarm.finish(rows);
+        self.swarm.finish(rows, &self.meta.names);
         fill_peer_ports(rows);
         if let Some(geo) = &self.settings.geo {
             geo.annotate_peers(&mut rows.peers);

@@ -529,9 +529,9 @@ struct PeerState {
     /// (ts, count, signal) at each change of the piece set its own wire
     /// messages showed.
     history: Vec<(i64, u32, Signal)>,
-    /// (ts, signal, bytes left for TrackerLeft) at each change of a claim
-    /// source's word (see [`fuse`]).
-    claims: Vec<(i64, Signal, u64)>,
+    /// (ts, signal, bytes left for TrackerLeft, where it was said) at each
+    /// change of a claim source's word (see [`fuse`]).
+    claims: Vec<(i64, Signal, u64, ClaimAt)>,
     uploaded: u64,
     downloaded: u64,
     /// Current rate window start and bytes (down, up).
@@ -563,6 +563,16 @@ struct PeerState {
     /// attributed to this torrent (unreadable: pieces plus protocol).
     enc_sent: u64,
     enc_received: u64,
+}
+
+/// Where a claim was said: its frame, capture and connection, so that an
+/// anomaly about it (`completion_contradicted`, `completion_wire_behind`)
+/// points at the packet a user can look up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ClaimAt {
+    frame: u64,
+    conn_id: u64,
+    capture: u32,
 }
 
 /// An MSE-encrypted connection attributed to a torrent, for the swarm state.
@@ -1252,12 +1262,7 @@ impl Swarm {
                 } else if p.client.is_none() {
                     p.client = peer_id.and_then(|i| client_from_peer_id(&i));
                 }
-                if !p.conns.contains(&ev.conn_id) {
-                    p.n_connections += 1;
-                    if p.conns.len() < MAX_CONNS_REMEMBERED {
-                        p.conns.push(ev.conn_id);
-                    }
-                }
+                p.take_part(ev.conn_id, true);
                 None
             }
             SwarmEventKind::Bitfield(bits) => {
@@ -1311,7 +1316,12 @@ impl Swarm {
                     Claim::PexSeed => (Signal::PexSeed, 0),
                     Claim::DhtSeed => (Signal::DhtSeed, 0),
                 };
-                if p.push_claim(ts, sig, left) {
+                let at = ClaimAt {
+                    frame: ev.ctx.frame,
+                    conn_id: ev.conn_id,
+                    capture: ev.ctx.capture,
+                };
+                if p.push_claim(ts, sig, left, at) {
                     let have = if sig == Signal::TrackerLeft && left > 0 {
                         shape
                             .zip(n_exact)
@@ -1336,12 +1346,19 @@ impl Swarm {
                 None
             }
             SwarmEventKind::Transfer { bytes, cut_off, .. } => {
+                // Both ends took part in the connection whose bytes they
+                // are credited with (a receiver that sent nothing the swarm
+                // keeps, on a connection picked up mid-stream, had no other
+                // event naming it): conn_ids lists every connection behind
+                // uploaded_bytes and downloaded_bytes.
+                p.take_part(ev.conn_id, false);
                 p.uploaded += bytes;
                 if !cut_off {
                     p.add_rate(ts, window, 1, bytes);
                 }
                 if let Some(rk) = to_key {
                     if let Some(r) = self.peers.get_mut(&rk) {
+                        r.take_part(ev.conn_id, false);
                         r.downloaded += bytes;
                         r.last_ts = r.last_ts.max(ts);
                         if !cut_off {
@@ -1393,8 +1410,9 @@ impl Swarm {
     }
 
     /// Final `peers` and `torrents` rows. Connections still unattributed are
-    /// given their last chance first.
-    pub fn finish(mut self, rows: &mut RowBatch) {
+    /// given their last chance first. `names`: the `capture` column by
+    /// input index (for the anomalies about claims).
+    pub fn finish(mut self, rows: &mut RowBatch, names: &[String]) {
         self.retry_pending(rows);
         self.merge_hybrid_hashes();
         self.merge_anonymous_ephemerals();
@@ -1414,7 +1432,8 @@ impl Swarm {
             let n = t.and_then(|t| t.count());
             let shape = t.and_then(|t| t.meta.as_ref()).map(|m| (m.piece_length, m.total_bytes));
             p.flush_rate();
-            let fused = fuse(&p.history, &p.claims, n, shape);
+            let claims: Vec<(i64, Signal, u64)> = p.claims.iter().map(|c| (c.0, c.1, c.2)).collect();
+            let fused = fuse(&p.history, &claims, n, shape);
             let Progress {
                 first_pieces,
                 last_pieces,
@@ -1423,12 +1442,20 @@ impl Swarm {
                 source: completion_source,
             } = progress(&fused, n, self.threshold);
             for (kind, detail, ts) in fused.conflicts {
+                // The row points at the claim it is about (the conflict's
+                // time is the claim's): its frame, capture and connection.
+                let at = p.claims.iter().find(|c| c.0 == ts).map(|c| c.3);
                 rows.anomalies.push(AnomalyRow {
                     ts: Some(Ts(ts)),
+                    frame: at.map(|a| a.frame),
+                    capture: at
+                        .and_then(|a| names.get(a.capture as usize))
+                        .cloned()
+                        .unwrap_or_default(),
+                    conn_id: at.map(|a| a.conn_id),
                     layer: "swarm",
                     kind: kind.to_string(),
                     detail: Some(format!("{} {}:{}: {detail}", hex(&k.0), k.1.ip(), k.1.port())),
-                    ..Default::default()
                 });
             }
             let enc = p.enc_own.or(p.enc_pex);
@@ -1537,7 +1564,7 @@ impl Swarm {
     /// a rotation briefly holds the swarm twice, which `max_peers` bounds.
     pub fn snapshot(&self, rows: &mut RowBatch) {
         let mut tmp = RowBatch::default();
-        self.clone().finish(&mut tmp);
+        self.clone().finish(&mut tmp, &[]);
         rows.peers.append(&mut tmp.peers);
         rows.torrents.append(&mut tmp.torrents);
     }
@@ -1611,23 +1638,40 @@ impl PeerState {
         }
     }
 
+    /// Counts a connection it took part in (listed while fewer than
+    /// MAX_CONNS_REMEMBERED are). `once`: the caller's event comes once per
+    /// connection, so one past the list is still counted; a block's bytes
+    /// (many per connection) count only a connection the list can hold.
+    fn take_part(&mut self, conn_id: u64, once: bool) {
+        // Blocks come in runs of one connection: the last one first.
+        if self.conns.last() == Some(&conn_id) || self.conns.contains(&conn_id) {
+            return;
+        }
+        if self.conns.len() < MAX_CONNS_REMEMBERED {
+            self.conns.push(conn_id);
+            self.n_connections += 1;
+        } else if once {
+            self.n_connections += 1;
+        }
+    }
+
     /// Records a claim when it changes its source's word (a re-announce
     /// saying the same is not a new point). Returns whether it did.
-    fn push_claim(&mut self, ts: i64, sig: Signal, left: u64) -> bool {
+    fn push_claim(&mut self, ts: i64, sig: Signal, left: u64, at: ClaimAt) -> bool {
         // A source's word: complete (None), or bytes left.
         let word = |sig: Signal, left: u64| {
             let complete = sig != Signal::TrackerLeft || left == 0;
             (sig.claim_slot(), (!complete).then_some(left))
         };
         let slot = sig.claim_slot();
-        if let Some(&(_, ls, ll)) = self.claims.iter().rev().find(|c| c.1.claim_slot() == slot) {
+        if let Some(&(_, ls, ll, _)) = self.claims.iter().rev().find(|c| c.1.claim_slot() == slot) {
             if word(ls, ll) == word(sig, left) {
                 return false;
             }
         }
         // Thinned as the wire history is.
         thin_at_bound(&mut self.claims);
-        self.claims.push((ts, sig, left));
+        self.claims.push((ts, sig, left, at));
         true
     }
 
@@ -1716,7 +1760,7 @@ mod tests {
         }
         evs.sort_by_key(|e| e.ctx.ts);
         s.apply(evs, Vec::new(), &mut rows);
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         assert_eq!(rows.torrents[0].n_pieces, Some(100));
         let out = leechers
             .iter()
@@ -1774,7 +1818,7 @@ mod tests {
                 Vec::new(),
                 &mut rows,
             );
-            s.finish(&mut rows);
+            s.finish(&mut rows, &[]);
             let p = rows.peers.iter().find(|p| p.peer_port == 2).expect("leecher");
             assert_eq!(p.completed_ts.map(|t| t.0), Some(t0 + below_us), "{below_us}");
             assert_eq!(p.confirmed_download, want, "below for {below_us} µs");
@@ -1811,7 +1855,7 @@ mod tests {
             Vec::new(),
             &mut rows,
         );
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         let up = rows.peers.iter().find(|p| p.peer_port == 1).expect("sender");
         let down = rows.peers.iter().find(|p| p.peer_port == 2).expect("receiver");
         // Windows: [10 s, 15 s) 2,500 B, [15 s, 20 s) 3,001 B, [20 s, 25 s) 50 B.
@@ -1870,7 +1914,7 @@ mod tests {
             .map(|i| ev(2_000_000 + i64::from(i), "10.0.0.2:2", SwarmEventKind::Have(i)))
             .collect();
         s.apply(haves, Vec::new(), &mut rows);
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         let conf: Vec<_> = rows
             .peers
             .iter()
@@ -1922,7 +1966,7 @@ mod tests {
             Vec::new(),
             &mut rows,
         );
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         assert_eq!(rows.peers.len(), 1);
         assert_eq!(rows.peers[0].peer_port, 6881);
         assert_eq!(rows.peers[0].last_pieces, Some(3));
@@ -1960,7 +2004,7 @@ mod tests {
             &mut rows,
         );
         assert_eq!(s.attribution(77), Some([7; 20]));
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         assert!(rows
             .peers
             .iter()
@@ -1991,7 +2035,7 @@ mod tests {
         s.apply(vec![e], Vec::new(), &mut rows);
         s.note_piece(&hex(&[8; 20]), true);
         s.note_piece(&hex(&[8; 20]), false);
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         let t: Vec<_> = rows
             .torrents
             .iter()
@@ -2020,7 +2064,7 @@ mod tests {
         ];
         all.extend(events);
         s.apply(all, Vec::new(), &mut rows);
-        s.finish(&mut rows);
+        s.finish(&mut rows, &[]);
         (rows.peers, rows.anomalies, rows.peer_progress)
     }
 

@@ -156,7 +156,7 @@ fn on_utp_event(
                 app.feed(init, side, chunk, c.ctx, c.env, out);
             }
         }
-        UtpEvent::Closed { conn, .. } => {
+        UtpEvent::Closed { conn, conn_id, .. } => {
             if let Some(i) = sessions.iter().position(|(n, ..)| *n == conn) {
                 let (_, _, init, app) = sessions.swap_remove(i);
                 let end = StreamEnd {
@@ -170,7 +170,8 @@ fn on_utp_event(
                 }
                 // uTP-shaped but neither peer wire nor MSE in it: nothing
                 // to report beyond the flow row.
-                if let Some(row) = row {
+                if let Some(mut row) = row {
+                    row.utp_conn_id = conn_id.map(u32::from);
                     out.push_connection(&init, row);
                 }
             }

@@ -533,6 +533,32 @@ pub(crate) struct Parser {
 type KnownFn = fn(u16) -> bool;
 
 impl Parser {
+    /// Whether the next record (pcap) or block (pcapng) is whole in the
+    /// read buffer, so that parsing it needs no read (or the stream has
+    /// ended). A stream read as it arrives (stdin) hands over its batch
+    /// instead of waiting for a record that is not there yet.
+    pub(crate) fn next_record_buffered(&self) -> bool {
+        if self.done {
+            return true;
+        }
+        let a = self.inb.avail();
+        match self.format {
+            Format::Pcap {
+                endian,
+                record_header_len: hl,
+                maybe_swapped_lens,
+                ..
+            } => {
+                let (Some(cap), Some(orig)) = (u32_at(endian, a, 8), u32_at(endian, a, 12)) else {
+                    return false;
+                };
+                let cap = if maybe_swapped_lens { cap.min(orig) } else { cap };
+                a.len() >= hl.saturating_add(cap as usize)
+            }
+            Format::Pcapng { endian } => u32_at(endian, a, 4).is_some_and(|len| a.len() >= len as usize),
+        }
+    }
+
     /// A parser over `inb`, which already holds the stream's first bytes.
     pub(crate) fn new(format: CaptureFormat, inb: InBuf, limits: ReaderLimits) -> Parser {
         let head = bytes_at::<4>(inb.avail(), 0).unwrap_or([0; 4]);

@@ -34,6 +34,9 @@ use std::fmt;
 use std::fs::File;
 use std::io::{self, Cursor, Read};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
 
 pub use file::CaptureFormat;
 use file::{InBuf, Parser, Source, Step};
@@ -584,6 +587,108 @@ pub struct CaptureReader {
     format: CaptureFormat,
     compression: Compression,
     capture_idx: u32,
+    /// A stream read as it arrives (stdin): what its pump holds.
+    arrivals: Option<Arc<Arrivals>>,
+}
+
+/// Bytes a stream's pump reads at once (a pipe hands over at most its
+/// 64 KiB buffer per read on Linux).
+const PUMP_CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks a stream's pump may hold ahead of the parser: 256 KiB, one
+/// read buffer's worth, so a fast writer still fills whole batches.
+const PUMP_CHUNKS: usize = 4;
+
+/// What a stream's pump thread has read and the parser not yet taken.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    queued: AtomicU64,
+    ended: AtomicBool,
+}
+
+impl Arrivals {
+    /// Whether reading the stream now returns without waiting: bytes have
+    /// arrived, or it has ended.
+    pub fn ready(&self) -> bool {
+        self.queued.load(Ordering::Acquire) > 0 || self.ended.load(Ordering::Acquire)
+    }
+
+    /// Bytes read from the stream that the parser has not taken yet.
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Acquire)
+    }
+}
+
+/// The parser's side of a pump: the chunks its thread read, in order.
+struct PumpRead {
+    rx: Receiver<io::Result<Vec<u8>>>,
+    cur: Vec<u8>,
+    pos: usize,
+    arrivals: Arc<Arrivals>,
+}
+
+impl Read for PumpRead {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pos >= self.cur.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.cur = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let rest = self.cur.get(self.pos..).unwrap_or(&[]);
+        let n = rest.len().min(buf.len());
+        if let (Some(dst), Some(src)) = (buf.get_mut(..n), rest.get(..n)) {
+            dst.copy_from_slice(src);
+        }
+        self.pos += n;
+        self.arrivals.queued.fetch_sub(n as u64, Ordering::AcqRel);
+        Ok(n)
+    }
+}
+
+/// Reads `raw` on a thread of its own, so that the parser can tell whether
+/// more bytes have arrived without waiting for them (see
+/// [`CaptureReader::from_stream`]). The thread ends with the stream (or
+/// when the reader is gone and a chunk arrives).
+fn pump(mut raw: Box<dyn Read + Send>) -> io::Result<(PumpRead, Arc<Arrivals>)> {
+    let arrivals = Arc::new(Arrivals::default());
+    let (tx, rx) = sync_channel::<io::Result<Vec<u8>>>(PUMP_CHUNKS);
+    let state = arrivals.clone();
+    std::thread::Builder::new()
+        .name("swarmtap-stdin".into())
+        .spawn(move || {
+            loop {
+                let mut chunk = vec![0u8; PUMP_CHUNK_BYTES];
+                match raw.read(&mut chunk) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        chunk.truncate(n);
+                        state.queued.fetch_add(n as u64, Ordering::AcqRel);
+                        if tx.send(Ok(chunk)).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        break;
+                    }
+                }
+            }
+            // Past here a read gets the rest, the error or the end at once
+            // (the sender goes with the thread).
+            state.ended.store(true, Ordering::Release);
+        })?;
+    let read = PumpRead {
+        rx,
+        cur: Vec::new(),
+        pos: 0,
+        arrivals: arrivals.clone(),
+    };
+    Ok((read, arrivals))
 }
 
 impl fmt::Debug for CaptureReader {
@@ -616,9 +721,36 @@ impl CaptureReader {
                 name: name.clone(),
                 source: e,
             })?),
-            InputSpec::Stdin => Box::new(io::stdin()),
+            InputSpec::Stdin => return Self::from_stream(name, Box::new(io::stdin()), filter, limits),
         };
         Self::from_reader(name, raw, filter, limits)
+    }
+
+    /// Reads a capture from a stream whose writer may pause (stdin, a
+    /// pipe): it is read on a thread of its own, and a batch is handed over
+    /// as soon as the records that have arrived are parsed, instead of
+    /// waiting for a full batch (or the end) while the writer is idle.
+    /// [`arrivals`](Self::arrivals) tells what has arrived.
+    pub fn from_stream(
+        name: impl Into<String>,
+        raw: Box<dyn Read + Send>,
+        filter: Option<&str>,
+        limits: ReaderLimits,
+    ) -> Result<Self, CaptureError> {
+        let name = name.into();
+        let (read, arrivals) = pump(raw).map_err(|e| CaptureError::Read {
+            name: name.clone(),
+            source: e,
+        })?;
+        let mut r = Self::from_reader(name, Box::new(read), filter, limits)?;
+        r.arrivals = Some(arrivals);
+        Ok(r)
+    }
+
+    /// For a stream reader ([`from_stream`](Self::from_stream)): what its
+    /// pump has read ahead of the parser.
+    pub fn arrivals(&self) -> Option<Arc<Arrivals>> {
+        self.arrivals.clone()
     }
 
     /// Reads a capture from any byte stream (no seeking needed); `name` is
@@ -703,6 +835,7 @@ impl CaptureReader {
             format,
             compression,
             capture_idx: 0,
+            arrivals: None,
         })
     }
 
@@ -747,6 +880,14 @@ impl CaptureReader {
         self.parser.set_block_target(max_bytes);
         let mut n_bytes = 0usize;
         loop {
+            // A stream hands over what has arrived rather than wait for
+            // more while its writer is idle (a batch ends where the data
+            // paused; the output does not depend on where batches end).
+            if let (false, Some(a)) = (batch.frames.is_empty(), &self.arrivals) {
+                if !a.ready() && !self.parser.next_record_buffered() {
+                    break;
+                }
+            }
             let room = if batch.frames.is_empty() {
                 usize::MAX
             } else {
@@ -1273,5 +1414,83 @@ mod tests {
             let (g, _) = read_bytes(&gzip(&bytes));
             assert_eq!(g, want, "{f} gzip");
         }
+    }
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+    use std::io::Write;
+    use std::sync::mpsc::channel;
+    use std::time::Duration;
+
+    /// What the reader thread reports: a batch's first and last frame
+    /// numbers, or the end with the stream's stats.
+    enum Seen {
+        Batch(u64, u64),
+        End(u64, bool),
+    }
+
+    /// `analyze -` on a pipe its writer keeps open: the records written so
+    /// far come out in batches before the writer writes more or closes (they
+    /// used to wait for a full batch, or the end); the rest, and the end,
+    /// after it closes. No verdict depends on time: the receives wait for
+    /// what the data determines (the timeout only turns a hang into a
+    /// failure).
+    #[test]
+    fn a_pipe_held_open_hands_over_what_has_arrived() {
+        let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/http.pcap")).expect("read");
+        // The end of record 100 (pcap: 24-byte header, 16-byte record
+        // headers, little-endian captured length at offset 8).
+        let mut off = 24;
+        for _ in 0..100 {
+            let len = u32::from_le_bytes(bytes[off + 8..off + 12].try_into().expect("4 bytes"));
+            off += 16 + len as usize;
+        }
+        let (r, mut w) = io::pipe().expect("pipe");
+        let (tx, rx) = channel();
+        let reader = std::thread::spawn(move || {
+            let mut c = CaptureReader::from_stream("-", Box::new(r), None, ReaderLimits::default()).expect("open");
+            let mut b = FrameBatch::default();
+            while c.read_batch(&mut b, 1 << 20, 4096).expect("read") {
+                let (first, last) = (b.frames[0].frame_no, b.frames[b.frames.len() - 1].frame_no);
+                tx.send(Seen::Batch(first, last)).expect("send");
+            }
+            tx.send(Seen::End(c.stats().n_records, c.stats().truncated_tail))
+                .expect("send");
+        });
+        let next = || {
+            rx.recv_timeout(Duration::from_secs(600))
+                .expect("the reader hands over")
+        };
+        w.write_all(&bytes[..off]).expect("write");
+        // Frames 1..=100, in one batch or several, with the pipe still open.
+        let mut upto = 0;
+        while upto < 100 {
+            match next() {
+                Seen::Batch(first, last) => {
+                    assert_eq!(first, upto + 1);
+                    upto = last;
+                }
+                Seen::End(..) => panic!("ended while the pipe is open"),
+            }
+        }
+        assert_eq!(upto, 100, "nothing past what was written");
+        // The rest, then the end.
+        w.write_all(&bytes[off..]).expect("write");
+        drop(w);
+        loop {
+            match next() {
+                Seen::Batch(first, last) => {
+                    assert_eq!(first, upto + 1);
+                    upto = last;
+                }
+                Seen::End(n, truncated) => {
+                    assert_eq!((n, truncated, upto), (6586, false, 6586));
+                    break;
+                }
+            }
+        }
+        reader.join().expect("reader");
     }
 }

@@ -113,6 +113,14 @@ pub trait FlowApps {
     /// offered [`FlowApps::release_stale`].
     fn sweep(&mut self, now: i64) -> bool;
     fn release_stale(&mut self, app: &mut Self::Tcp, now: i64);
+    /// Whether a TCP flow's application is ruled out for good (identified
+    /// as not ours, a state it never leaves). From its next packet on, the
+    /// flow layer follows the flow as sequence ranges only
+    /// ([`reassembly::StreamReassembler::set_ranges_only`]): a packet costs a
+    /// lookup and counters, no payload is copied and nothing more is handed
+    /// to `stream` (its end still comes, with exact gap and retransmitted
+    /// bytes; overlap conflicts are no longer examined).
+    fn tcp_ruled_out(app: &Self::Tcp) -> bool;
     /// Heap bytes a TCP flow's application state holds beyond its own
     /// size, as its buffers' lengths and capacities tell (accounted against
     /// `Limits::max_memory`; an account, not a measurement of the heap).

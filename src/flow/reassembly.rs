@@ -177,12 +177,38 @@ enum GapCause {
 #[derive(Debug, Clone)]
 struct Held {
     start: u64,
-    data: Box<[u8]>,
+    data: HeldBytes,
+}
+
+/// A held piece's bytes, or only their number once the stream is followed
+/// as ranges only ([`StreamReassembler::set_ranges_only`]). The same 16
+/// bytes as the box alone (the length sits beside the box's non-null
+/// pointer, which tells the two apart).
+#[derive(Debug, Clone)]
+enum HeldBytes {
+    Kept(Box<[u8]>),
+    Len(u64),
+}
+
+impl HeldBytes {
+    fn len(&self) -> u64 {
+        match self {
+            HeldBytes::Kept(b) => len_u64(b),
+            HeldBytes::Len(n) => *n,
+        }
+    }
+
+    fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            HeldBytes::Kept(b) => Some(b),
+            HeldBytes::Len(_) => None,
+        }
+    }
 }
 
 impl Held {
     fn end(&self) -> u64 {
-        self.start.saturating_add(len_u64(&self.data))
+        self.start.saturating_add(self.data.len())
     }
 }
 
@@ -226,6 +252,9 @@ impl HeldQueue {
     fn range(&self, from: usize) -> impl Iterator<Item = &Held> {
         self.q().into_iter().flat_map(move |q| q.range(from.min(q.len())..))
     }
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Held> {
+        self.0.as_deref_mut().into_iter().flatten()
+    }
     fn insert(&mut self, i: usize, h: Held) {
         self.0.get_or_insert_with(Box::default).insert(i, h);
     }
@@ -244,8 +273,13 @@ struct Tally {
 }
 
 impl Tally {
-    /// Counts `later` against the first copy `first` of the same bytes.
-    fn compare(&mut self, later: &[u8], first: &[u8]) {
+    /// Counts `later` against the first copy `first` of the same bytes
+    /// (`None`: only its length was kept, nothing to compare).
+    fn compare(&mut self, later: &[u8], first: Option<&[u8]>) {
+        let Some(first) = first else {
+            self.dup_bytes += len_u64(later);
+            return;
+        };
         let n = later.len().min(first.len());
         self.dup_bytes += n as u64;
         let differing = later.iter().zip(first).filter(|(a, b)| a != b).count();
@@ -258,6 +292,8 @@ impl Tally {
 pub struct StreamReassembler {
     limits: ReassemblyLimits,
     started: bool,
+    /// Ranges only (see [`StreamReassembler::set_ranges_only`]).
+    ranges_only: bool,
     /// Sequence number of stream offset 0, so offset `o` is at
     /// `base_seq + o (mod 2^32)`.
     base_seq: u32,
@@ -351,6 +387,7 @@ impl StreamReassembler {
         StreamReassembler {
             limits,
             started: false,
+            ranges_only: false,
             base_seq: 0,
             next: 0,
             acked: 0,
@@ -387,6 +424,31 @@ impl StreamReassembler {
         self.fin_at = None;
     }
 
+    /// From now on, follows the stream as sequence ranges only, for a flow
+    /// whose application was ruled out (nothing will read its bytes): no
+    /// payload byte is copied (held pieces keep their length, the compare
+    /// tail is given back), and nothing is delivered as data. Every offset,
+    /// gap and retransmission is placed and counted exactly as before, so
+    /// `gap_bytes`, `retrans_bytes`, `next_seq` and `stream_offset` stay
+    /// what they would have been; only overlap conflicts are no longer
+    /// examined (there is no first copy to compare with). Only gaps are
+    /// still handed to `out`.
+    pub fn set_ranges_only(&mut self) {
+        if self.ranges_only {
+            return;
+        }
+        self.ranges_only = true;
+        self.tail = Tail::default();
+        for h in self.held.iter_mut() {
+            h.data = HeldBytes::Len(h.data.len());
+        }
+    }
+
+    /// Whether [`set_ranges_only`](Self::set_ranges_only) was called.
+    pub fn is_ranges_only(&self) -> bool {
+        self.ranges_only
+    }
+
     /// Whether the stream position is known (`start_at` or a first segment).
     pub fn is_started(&self) -> bool {
         self.started
@@ -421,7 +483,12 @@ impl StreamReassembler {
     pub fn heap_bytes(&self) -> usize {
         // O(1), as it runs per packet: a chunk's header and rounding are
         // 8 to 23 bytes, taken as 16.
-        let held = usize::try_from(self.held_bytes).unwrap_or(usize::MAX) + self.held.len() * 16;
+        // Ranges only: the pieces hold no bytes and no allocation.
+        let held = if self.ranges_only {
+            0
+        } else {
+            usize::try_from(self.held_bytes).unwrap_or(usize::MAX) + self.held.len() * 16
+        };
         let slots = if self.held.0.is_some() {
             super::alloc_bytes(std::mem::size_of::<VecDeque<Held>>())
                 + super::alloc_bytes(self.held.capacity() * std::mem::size_of::<Held>())
@@ -467,8 +534,10 @@ impl StreamReassembler {
         if seq == self.next_seq_raw() && self.held.is_empty() && len <= u64::from(self.limits.max_ahead_bytes) {
             self.next = self.next.saturating_add(len);
             self.delivered += len;
-            self.tail.push(self.limits.max_compare_bytes as usize, payload);
-            out(Chunk::Data(payload));
+            if !self.ranges_only {
+                self.tail.push(self.limits.max_compare_bytes as usize, payload);
+                out(Chunk::Data(payload));
+            }
             return;
         }
         self.segment_slow(seq, payload, out);
@@ -562,7 +631,7 @@ impl StreamReassembler {
             (0, rel.unsigned_abs())
         };
         let fresh = skip(payload, old_len);
-        if old_len > 0 {
+        if old_len > 0 && !self.ranges_only {
             // The old part against what was delivered: first copy wins,
             // differences are counted.
             let at = self.next.saturating_sub(rel.unsigned_abs());
@@ -695,7 +764,7 @@ impl StreamReassembler {
                     let to = h.end().min(end);
                     tally.compare(
                         sub(data, from, to - start),
-                        sub(&h.data, cursor - h.start, to - h.start),
+                        h.data.bytes().map(|b| sub(b, cursor - h.start, to - h.start)),
                     );
                     cursor = to;
                     i += 1;
@@ -704,13 +773,12 @@ impl StreamReassembler {
                     let to = next_held.map_or(end, |h| h.start.min(end));
                     let piece = sub(data, from, to - start);
                     self.held_bytes += len_u64(piece);
-                    self.held.insert(
-                        i,
-                        Held {
-                            start: cursor,
-                            data: piece.into(),
-                        },
-                    );
+                    let data = if self.ranges_only {
+                        HeldBytes::Len(len_u64(piece))
+                    } else {
+                        HeldBytes::Kept(piece.into())
+                    };
+                    self.held.insert(i, Held { start: cursor, data });
                     cursor = to;
                     i += 1;
                 }
@@ -746,7 +814,9 @@ impl StreamReassembler {
                         if overlap_from < overlap_to {
                             tally.compare(
                                 sub(rest, overlap_from - start, overlap_to - start),
-                                sub(&h.data, overlap_from - h.start, overlap_to - h.start),
+                                h.data
+                                    .bytes()
+                                    .map(|b| sub(b, overlap_from - h.start, overlap_to - h.start)),
                             );
                         }
                         self.deliver_held(h, out);
@@ -761,8 +831,10 @@ impl StreamReassembler {
                     start = start.saturating_add(take);
                     self.next = self.next.saturating_add(take);
                     self.delivered += take;
-                    self.tail.push(self.limits.max_compare_bytes as usize, now);
-                    out(Chunk::Data(now));
+                    if !self.ranges_only {
+                        self.tail.push(self.limits.max_compare_bytes as usize, now);
+                        out(Chunk::Data(now));
+                    }
                 }
                 _ => {
                     let to = front.map_or(start, |f| f.min(start));
@@ -814,8 +886,16 @@ impl StreamReassembler {
     /// Hands out a piece just taken off the queue, minus any part below
     /// `next` (none while the invariants hold).
     fn deliver_held(&mut self, h: Held, out: &mut impl FnMut(Chunk<'_>)) {
-        self.held_bytes = self.held_bytes.saturating_sub(len_u64(&h.data));
-        let fresh = skip(&h.data, self.next.saturating_sub(h.start));
+        self.held_bytes = self.held_bytes.saturating_sub(h.data.len());
+        let below = self.next.saturating_sub(h.start);
+        let Some(bytes) = h.data.bytes() else {
+            // Ranges only: the piece's place, no bytes to hand out.
+            let len = h.data.len().saturating_sub(below);
+            self.next = self.next.saturating_add(len);
+            self.delivered += len;
+            return;
+        };
+        let fresh = skip(bytes, below);
         if fresh.is_empty() {
             return;
         }
@@ -935,11 +1015,11 @@ mod tests {
     /// Every structural promise of the module doc.
     fn check_invariants(r: &StreamReassembler) {
         check_bounds(r);
-        let sum: u64 = r.held.iter().map(|h| h.data.len() as u64).sum();
+        let sum: u64 = r.held.iter().map(|h| h.data.len()).sum();
         assert_eq!(sum, r.held_bytes, "held byte count");
         let mut prev_end = r.next;
         for (i, h) in r.held.iter().enumerate() {
-            assert!(!h.data.is_empty(), "empty held piece");
+            assert!(h.data.len() > 0, "empty held piece");
             if i == 0 {
                 assert!(h.start > r.next, "held piece not after next");
             } else {
@@ -1705,6 +1785,78 @@ mod tests {
             overflow_gaps += rig.stats().n_overflow_gaps;
         }
         assert!(overflow_gaps > 0, "limits never overflowed");
+    }
+
+    /// Issue 15: a stream switched to ranges only at any point (here:
+    /// random, tight and roomy limits, conflicting copies, ACKs) keeps its
+    /// position and every counter of the sighted run but the overlap
+    /// conflicts, copies no byte after the switch and delivers no data.
+    #[test]
+    fn ranges_only_counts_what_the_full_run_counts() {
+        let mut switched_with_held = 0;
+        for seed in 5000..5060 {
+            let mut rng = Rng::new(seed);
+            let len = 50_000 + rng.below(150_000);
+            let stream = rng.bytes(len);
+            let shape = Shape {
+                conflict: seed % 2 == 0,
+                ..SHAPE
+            };
+            let arrivals = capture(&mut rng, &stream, shape);
+            let isn = isn_for(seed, &mut rng);
+            let limits = if seed % 3 == 0 {
+                ReassemblyLimits {
+                    max_ooo_bytes: rng.below(20_000) as u32,
+                    max_ooo_segments: rng.below(40) as u32,
+                    max_ahead_bytes: TCP_MAX_WINDOW_BYTES,
+                    max_compare_bytes: rng.below(3000) as u32,
+                }
+            } else {
+                ROOMY
+            };
+            let switch_at = rng.below(arrivals.len() + 1);
+            let mut full = Rig::new(limits, isn);
+            let mut blind = Rig::new(limits, isn);
+            let mut data_after = 0usize;
+            for (i, a) in arrivals.iter().enumerate() {
+                if i == switch_at {
+                    switched_with_held += usize::from(!blind.r.held.is_empty());
+                    blind.r.set_ranges_only();
+                    assert_eq!(blind.r.tail.buf.capacity(), 0);
+                    data_after = blind.f.evs.len();
+                }
+                let ack = rng.pct(10).then(|| rng.below(a.off + a.data.len() + 1) as u64);
+                for rig in [&mut full, &mut blind] {
+                    rig.seg(a.off as u64, &a.data);
+                    if let Some(ack) = ack {
+                        rig.ack(ack);
+                    }
+                }
+                assert_eq!(full.r.next, blind.r.next, "seed {seed} arrival {i}");
+                assert_eq!(full.r.next_seq(), blind.r.next_seq(), "seed {seed} arrival {i}");
+                assert_eq!(full.r.held_bytes, blind.r.held_bytes, "seed {seed} arrival {i}");
+            }
+            for rig in [&mut full, &mut blind] {
+                rig.ack(len as u64);
+                rig.flush();
+            }
+            let (f, b) = (full.stats(), blind.stats());
+            assert_eq!(f.gap_bytes, b.gap_bytes, "seed {seed}");
+            assert_eq!(f.retrans_bytes, b.retrans_bytes, "seed {seed}");
+            assert_eq!(f.n_retrans, b.n_retrans, "seed {seed}");
+            assert_eq!(f.bytes_delivered, b.bytes_delivered, "seed {seed}");
+            assert_eq!(f.n_gaps, b.n_gaps, "seed {seed}");
+            assert!(b.overlap_conflict_bytes <= f.overlap_conflict_bytes, "seed {seed}");
+            if switch_at < arrivals.len() {
+                // After the switch only gaps reach the framer, and no held
+                // piece keeps bytes.
+                let after = blind.f.evs.get(data_after..).unwrap_or_default();
+                assert!(after.iter().all(|e| matches!(e, Ev::G(_))), "seed {seed}");
+                assert!(blind.r.held.iter().all(|h| h.data.bytes().is_none()));
+            }
+        }
+        assert!(switched_with_held > 0, "never switched with pieces held");
+        assert_eq!(std::mem::size_of::<Held>(), 24);
     }
 
     // ---- hostile input ----

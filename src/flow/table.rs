@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 
 use super::reassembly::StreamReassembler;
 pub use super::FlowInfo;
-use super::{alloc_bytes, AppRef, FlowApps, FlowSummary, FrameCtx, ORIG, RESP};
+use super::{alloc_bytes, AppRef, Chunk, FlowApps, FlowSummary, FrameCtx, ORIG, RESP};
 use crate::config::Limits;
 use crate::decode::{tcp_flags, FlowKey, Packet, Proto, Transport};
 
@@ -179,6 +179,11 @@ impl<A: FlowApps> Shard<A> {
 
     pub fn n_flows(&self) -> usize {
         self.flows.len()
+    }
+
+    /// The bounds this shard was made with.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Bytes the shard's flows are accounted for (`Limits::max_memory`).
@@ -363,14 +368,10 @@ impl<A: FlowApps> Shard<A> {
     }
 
     /// Processes one decoded packet whose payload is `payload`.
+    /// The flow's account is brought up to date after it (see
+    /// [`Shard::flow_bytes`]), on the flow it already holds rather than by a
+    /// second lookup.
     pub fn packet(&mut self, ctx: FrameCtx, note: PacketNote, p: &Packet, payload: &[u8]) {
-        self.packet_inner(ctx, note, p, payload);
-        if !note.drop {
-            self.account(&FlowKey::of(p).0);
-        }
-    }
-
-    fn packet_inner(&mut self, ctx: FrameCtx, note: PacketNote, p: &Packet, payload: &[u8]) {
         let clock = note.clock;
         let (key, from_a) = FlowKey::of(p);
         if note.drop {
@@ -429,6 +430,7 @@ impl<A: FlowApps> Shard<A> {
             // a SYN-ACK.
             Some(f) if is_tcp && syn && f.payload.iter().sum::<u64>() > 0 => {
                 self.syn_on_open_flow(ctx, key, from_a, p, !ack);
+                self.account(&key);
                 return;
             }
             Some(_) => (true, None),
@@ -480,6 +482,13 @@ impl<A: FlowApps> Shard<A> {
         match (&mut f.app, p.transport) {
             (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
                 let t = &mut **t;
+                // Ruled out (issue 15): sequence ranges only from here on,
+                // and nothing for the application.
+                if !t.reasm[ORIG].is_ranges_only() && A::tcp_ruled_out(&t.app) {
+                    t.reasm[ORIG].set_ranges_only();
+                    t.reasm[RESP].set_ranges_only();
+                }
+                let blind = t.reasm[ORIG].is_ranges_only();
                 if syn {
                     f.syn_seen = true;
                     if !t.reasm[side].is_started() {
@@ -491,22 +500,27 @@ impl<A: FlowApps> Shard<A> {
                 }
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let before = [reasm[0].stream_offset(), reasm[1].stream_offset()];
+                let mut deliver = |side: usize, c: Chunk<'_>| {
+                    if !blind {
+                        apps.stream(&info, app, side, c, ctx);
+                    }
+                };
                 if !payload.is_empty() {
                     if !reasm[side].is_started() {
                         reasm[side].start_at(seq);
                     }
                     let s = if syn { seq.wrapping_add(1) } else { seq };
-                    reasm[side].segment(s, payload, &mut |c| apps.stream(&info, app, side, c, ctx));
+                    reasm[side].segment(s, payload, &mut |c| deliver(side, c));
                 }
                 if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
-                    reasm[1 - side].acked(ackno, &mut |c| apps.stream(&info, app, 1 - side, c, ctx));
+                    reasm[1 - side].acked(ackno, &mut |c| deliver(1 - side, c));
                 }
                 if flags & tcp_flags::FIN != 0 {
                     // The FIN takes the sequence number after the payload.
                     let base = if syn { seq.wrapping_add(1) } else { seq };
                     let fin_seq = base.wrapping_add(payload.len() as u32 + p.payload_missing);
                     if reasm[side].is_started() {
-                        reasm[side].fin(fin_seq, &mut |c| apps.stream(&info, app, side, c, ctx));
+                        reasm[side].fin(fin_seq, &mut |c| deliver(side, c));
                     }
                     f.fin[side] = true;
                     if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
@@ -565,6 +579,9 @@ impl<A: FlowApps> Shard<A> {
             (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info, u, side, payload, ctx),
             _ => {}
         }
+        let m = u32::try_from(Self::flow_bytes(f)).unwrap_or(u32::MAX);
+        self.mem = self.mem.saturating_sub(f.mem as usize) + m as usize;
+        f.mem = m;
     }
 
     /// A SYN on an open connection that carried data: counted, not acted on;
@@ -803,8 +820,13 @@ impl<A: FlowApps> Shard<A> {
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let apps = &mut self.apps;
                 let (mut gap_bytes, mut retrans_bytes) = (0, 0);
+                let blind = reasm[ORIG].is_ranges_only();
                 for side in [ORIG, RESP] {
-                    reasm[side].flush(&mut |c| apps.stream(&info, app, side, c, ctx));
+                    reasm[side].flush(&mut |c| {
+                        if !blind {
+                            apps.stream(&info, app, side, c, ctx);
+                        }
+                    });
                     gap_bytes += reasm[side].stats().gap_bytes;
                     retrans_bytes += reasm[side].stats().retrans_bytes;
                     let conflicts = reasm[side].stats().overlap_conflict_bytes;

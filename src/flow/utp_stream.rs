@@ -172,6 +172,10 @@ pub enum UtpEvent<'a> {
         conn: UtpConnNo,
         reason: CloseReason,
         peer_close_reason: Option<(Side, u16)>,
+        /// The connection's id: the lower of its two `connection_id`s (the
+        /// one the initiator's SYN announced; the initiator's later packets
+        /// carry it + 1), when both sides' ids were seen.
+        conn_id: Option<u16>,
     },
 }
 
@@ -696,6 +700,16 @@ impl Conn {
         self.halves.get(s.idx()).and_then(|h| h.id)
     }
 
+    /// The lower of the two sides' ids (one is the other + 1, wrapping).
+    fn pair_id(&self) -> Option<u16> {
+        match (self.id(Side::A), self.id(Side::B)) {
+            (Some(a), Some(b)) if a.wrapping_add(1) == b => Some(a),
+            (Some(a), Some(b)) if b.wrapping_add(1) == a => Some(b),
+            (Some(a), Some(b)) => Some(a.min(b)),
+            _ => None,
+        }
+    }
+
     fn half(&self, s: Side) -> Option<&Half> {
         self.halves.get(s.idx())
     }
@@ -898,6 +912,7 @@ impl UtpTracker {
             conn: c.no,
             reason,
             peer_close_reason: c.peer_close,
+            conn_id: c.pair_id(),
         });
         match reason {
             CloseReason::Fin | CloseReason::Reset => {
@@ -1233,6 +1248,7 @@ mod tests {
                 conn,
                 reason,
                 peer_close_reason,
+                ..
             } => Ev::Closed(conn, reason, peer_close_reason),
         }
     }

@@ -43,6 +43,7 @@ const CONN_FILL_PAIRS: &[(&str, &str)] = &[
     ("orig_client", "resp_client"),
     ("orig_ltep_v", "resp_ltep_v"),
     ("orig_peer_port", "resp_peer_port"),
+    ("orig_listen_port", "resp_listen_port"),
 ];
 
 /// Section 2: rows of one sensor and community_id that continue each
@@ -97,6 +98,12 @@ fn join_inner(
             .map(|e| matches!(e.as_str(), "fin" | "rst" | "reused"))
             .collect()
     };
+    // uTP connections of one UDP flow are told apart by their connection id.
+    let utp_id: Vec<Option<i64>> = if is_conn {
+        i64s(df, "utp_conn_id")?
+    } else {
+        vec![None; h]
+    };
     let mut order: Vec<usize> = (0..h).collect();
     order.sort_by(|&a, &b| {
         (&sensor[a], &cid[a], &proto[a], first[a], a).cmp(&(&sensor[b], &cid[b], &proto[b], first[b], b))
@@ -108,10 +115,17 @@ fn join_inner(
         if let Some(g) = groups.last_mut() {
             let r = g[0];
             let prev = *g.last().unwrap_or(&r);
-            // uTP connections share their UDP flow's community_id: only
-            // TCP connections are told apart by it.
+            // uTP connections share their UDP flow's community_id: a
+            // later piece's mid-stream uTP connection continues the
+            // latest one of that flow (a connection that ended before the
+            // cut is not picked up mid-stream: its successor opens with
+            // ST_SYN, not mid-stream).
+            let same_utp = match (utp_id[i], utp_id[prev]) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
             if sensor[i] == sensor[r]
-                && (!is_conn || proto[i] == "tcp")
+                && same_utp
                 && ds[i] != ds[prev]
                 && cid[i] == cid[r]
                 && proto[i] == proto[r]
@@ -314,13 +328,21 @@ fn join_inner(
         }
         // Peer keys of later pieces → the first piece's.
         let ih_out = strs(&out, "info_hash")?;
+        let src_out = strs(&out, "info_hash_source")?;
         let (opp, rpp) = (i64s(df, "orig_peer_port")?, i64s(df, "resp_peer_port")?);
         let (opp_o, rpp_o) = (i64s(&out, "orig_peer_port")?, i64s(&out, "resp_peer_port")?);
         for (k, g) in kg.iter().enumerate() {
             let r = g[0];
             let Some(h0) = ih_out[k].clone() else { continue };
+            let exact = src_out[k].as_deref() == Some("handshake");
             for &i in g.iter().skip(1) {
-                let h = ih[i].clone().unwrap_or_else(|| h0.clone());
+                // A later piece's own attribution (by endpoint) gives way
+                // to the handshake's torrent: its rows are re-keyed to it
+                // (`rekey_misattributed`), so the rename is keyed there too.
+                let h = match &ih[i] {
+                    Some(x) if !exact => x.clone(),
+                    _ => h0.clone(),
+                };
                 let rev = reversed(r, i);
                 // (ip, this piece's peer port, its transport port) per end,
                 // and the first piece's (peer port, transport port).
@@ -384,6 +406,9 @@ pub struct Conn {
     pub payload: [i64; 2],
     pub encrypted: bool,
     pub info_hash: Option<String>,
+    /// The info_hash came from a captured handshake (`info_hash_source`
+    /// handshake), not from an attribution by endpoint or address.
+    pub exact: bool,
 }
 
 pub struct ConnInfo {
@@ -408,6 +433,7 @@ impl ConnInfo {
         let (yo, yr) = (i64s0(df, "payload_bytes_orig")?, i64s0(df, "payload_bytes_resp")?);
         let enc = bools(df, "encrypted")?;
         let ih = strs(df, "info_hash")?;
+        let src = strs(df, "info_hash_source")?;
         let mut by_id = HashMap::new();
         for i in 0..df.height() {
             by_id.insert(
@@ -424,6 +450,7 @@ impl ConnInfo {
                     payload: [yo[i], yr[i]],
                     encrypted: enc[i].unwrap_or(false),
                     info_hash: ih[i].clone(),
+                    exact: src[i].as_deref() == Some("handshake"),
                 },
             );
         }
@@ -538,6 +565,12 @@ struct Transfer {
 #[derive(Default)]
 pub struct Extracts {
     progress: HashMap<(String, String, i64), Vec<Prog>>,
+    /// Peer keys moved to the other hash of a hybrid torrent
+    /// ([`hybrid_renames`]).
+    pub hybrid: HybridRenames,
+    /// A hybrid torrent's hashes → the one its audit series go by (the v1
+    /// hash, as `Metainfo::wire_hashes` lists it first).
+    pub hash_alias: Vec<([u8; 20], [u8; 20])>,
     transfers: Vec<Transfer>,
     has_messages: bool,
     announces: Option<DataFrame>,
@@ -581,17 +614,18 @@ impl Extracts {
                         }
                     }
                     let p = renames.get(&(ih[i].clone(), ip[i].clone(), p)).copied().unwrap_or(p);
-                    self.progress
-                        .entry((ih[i].clone(), ip[i].clone(), p))
-                        .or_default()
-                        .push(Prog {
-                            ts: ts[i],
-                            cause: sig,
-                            have: have[i],
-                            piece: piece[i],
-                            bitfield: bitfield[i].as_deref().and_then(unhex),
-                            ds: ds[i],
-                        });
+                    let mut key = (ih[i].clone(), ip[i].clone(), p);
+                    if let Some(h) = self.hybrid.get(&key) {
+                        key.0 = h.clone();
+                    }
+                    self.progress.entry(key).or_default().push(Prog {
+                        ts: ts[i],
+                        cause: sig,
+                        have: have[i],
+                        piece: piece[i],
+                        bitfield: bitfield[i].as_deref().and_then(unhex),
+                        ds: ds[i],
+                    });
                 }
             }
             "peer_messages" => {
@@ -747,14 +781,16 @@ fn collapse(df: &DataFrame, groups: &[Vec<usize>], reps: &[usize], first: &[i64]
     Ok(out)
 }
 
-fn group_by_key(keys: &[String]) -> Vec<Vec<usize>> {
-    let mut at: HashMap<&str, usize> = HashMap::new();
+/// Row indices grouped by key, groups in first-row order. Keys are typed
+/// values (tuples of borrowed columns), not a text built per row.
+fn group_by_key<K: std::hash::Hash + Eq>(keys: impl IntoIterator<Item = K>) -> Vec<Vec<usize>> {
+    let mut at: HashMap<K, usize> = HashMap::new();
     let mut groups: Vec<Vec<usize>> = Vec::new();
-    for (i, k) in keys.iter().enumerate() {
-        match at.get(k.as_str()) {
-            Some(&g) => groups[g].push(i),
-            None => {
-                at.insert(k, groups.len());
+    for (i, k) in keys.into_iter().enumerate() {
+        match at.entry(k) {
+            std::collections::hash_map::Entry::Occupied(e) => groups[*e.get()].push(i),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(groups.len());
                 groups.push(vec![i]);
             }
         }
@@ -767,16 +803,14 @@ pub fn peers(
     df: &DataFrame,
     ex: &Extracts,
     conns: &ConnInfo,
+    enc_owners: &HashMap<i64, Option<i64>>,
     n_pieces: &HashMap<String, (Option<i64>, String)>,
     threshold: f64,
 ) -> Res<DataFrame> {
     let ih = strs0(df, "info_hash")?;
     let ip = strs0(df, "peer_ip")?;
     let port = i64s0(df, "peer_port")?;
-    let keys: Vec<String> = (0..df.height())
-        .map(|i| format!("{}|{}|{}", ih[i], ip[i], port[i]))
-        .collect();
-    let mut groups = group_by_key(&keys);
+    let mut groups = group_by_key((0..df.height()).map(|i| (ih[i].as_str(), ip[i].as_str(), port[i])));
     groups.sort_by(|a, b| (&ih[a[0]], &ip[a[0]], port[a[0]]).cmp(&(&ih[b[0]], &ip[b[0]], port[b[0]])));
     let first = i64s0(df, "first_ts")?;
     let last = i64s0(df, "last_ts")?;
@@ -912,14 +946,44 @@ pub fn peers(
             }
         }
     }
+    let mut enc_by_owner: HashMap<(&str, &str, i64), Vec<i64>> = HashMap::new();
+    for (id, t) in enc_owners {
+        if let (Some(t), Some(c)) = (t, conns.by_id.get(id)) {
+            if let Some(h) = c.info_hash.as_deref() {
+                enc_by_owner.entry((h, c.orig_ip.as_str(), *t)).or_default().push(*id);
+            }
+        }
+    }
     let mut per_addr: HashMap<(&str, &str), usize> = HashMap::new();
     for g in &groups {
         *per_addr.entry((ih[g[0]].as_str(), ip[g[0]].as_str())).or_default() += 1;
     }
     for g in &groups {
         let r = g[0];
-        // Listed: the connections the rows name (as analyze lists them).
-        let ids: BTreeSet<i64> = g.iter().flat_map(|&i| cids[i].iter().copied()).collect();
+        // Listed: the connections the rows name (as analyze lists them),
+        // an encrypted connection's originator end only at the peer
+        // `encrypted_originators` named.
+        let mut ids: BTreeSet<i64> = g
+            .iter()
+            .flat_map(|&i| cids[i].iter().copied())
+            // A connection a later piece attributed to this torrent whose
+            // joined row's handshake names another is not this peer's.
+            .filter(|id| {
+                conns
+                    .by_id
+                    .get(id)
+                    .is_none_or(|c| !c.exact || c.info_hash.as_deref() == Some(ih[r].as_str()))
+            })
+            .filter(|id| match (enc_owners.get(id), conns.by_id.get(id)) {
+                (Some(t), Some(c)) if c.orig_ip == ip[r] => {
+                    *t == Some(port[r]) || (c.resp_ip == ip[r] && c.resp_port == port[r])
+                }
+                _ => true,
+            })
+            .collect();
+        if let Some(v) = enc_by_owner.get(&(ih[r].as_str(), ip[r].as_str(), port[r])) {
+            ids.extend(v.iter().copied());
+        }
         // Counted for bytes: also those whose ends name the peer.
         let mut counted = ids.clone();
         if let Some(v) = by_end.get(&(ih[r].as_str(), ip[r].as_str(), port[r])) {
@@ -1170,7 +1234,7 @@ fn points(rows: &[Prog]) -> (Points, Points) {
 /// Section 3, torrents.
 pub fn torrents(df: &DataFrame, peers: &DataFrame, conns: &ConnInfo, ex: &Extracts) -> Res<DataFrame> {
     let ih = strs0(df, "info_hash")?;
-    let mut groups = group_by_key(&ih);
+    let mut groups = group_by_key(ih.iter().map(String::as_str));
     groups.sort_by(|a, b| ih[a[0]].cmp(&ih[b[0]]));
     let msrc = strs0(df, "metadata_source")?;
     let rank = |s: &str| match s {
@@ -1364,6 +1428,9 @@ pub fn audit(
     );
     if let Some(t0) = capture_start {
         audit.note_capture_start(0, t0);
+    }
+    for (h, c) in &ex.hash_alias {
+        audit.alias_hash(*h, *c);
     }
     // The timeline: (ts, order at equal ts, event or mark).
     enum Item {
@@ -1574,10 +1641,7 @@ pub fn dht_nodes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     let id = strs0(df, "node_id")?;
     let ip = strs0(df, "node_ip")?;
     let port = i64s0(df, "node_port")?;
-    let keys: Vec<String> = (0..df.height())
-        .map(|i| format!("{}|{}|{}", id[i], ip[i], port[i]))
-        .collect();
-    let groups = group_by_key(&keys);
+    let groups = group_by_key((0..df.height()).map(|i| (id[i].as_str(), ip[i].as_str(), port[i])));
     let last = i64s0(df, "last_ts")?;
     let first = i64s0(df, "first_ts")?;
     let reps = latest_of(&groups, &last);
@@ -1637,7 +1701,7 @@ pub fn dht_nodes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
 /// Section 3, dht_infohashes.
 pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     let ih = strs0(df, "info_hash")?;
-    let groups = group_by_key(&ih);
+    let groups = group_by_key(ih.iter().map(String::as_str));
     let last = i64s0(df, "last_ts")?;
     let first = i64s0(df, "first_ts")?;
     let name = strs(df, "name")?;
@@ -1670,79 +1734,399 @@ pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
 }
 
 /// Section 3, peers 1: a peer that a piece met only as the originator of
-/// connections without its listen port (no BEP 10 `p`) is keyed there by
-/// an ephemeral source port. As the analysis does at its end (one peer id,
-/// or its 8-byte client prefix, or no peer id at all, and exactly one
-/// listen endpoint of that address for the torrent), such rows join the
-/// listen endpoint another piece knew.
+/// connections without its listen port (no BEP 10 `p` in that piece) is
+/// keyed there by an ephemeral source port. As the analysis does (its
+/// swarm state, `analyze::swarm`), such rows join the listen endpoint
+/// another piece knew. The listen endpoints are those the analysis marks
+/// so: a connection's responder port unless the connection was picked up
+/// mid-stream, the port of a BEP 10 `p` (`orig_listen_port`; a responder's
+/// `p` of a mid-stream connection marks its transport port, as in the
+/// analysis), and tracker, DHT and LSD sightings (PEX passes on connection
+/// ports and is no evidence). A row at another port joins:
+/// - the one listen endpoint of its address whose peer id is its own (the
+///   analysis merges the rows of one peer id, the listen endpoint winning);
+/// - else the one listen endpoint of its address with a peer id of the
+///   same 8-byte client prefix (libtorrent and qBittorrent draw a new id
+///   per connection);
+/// - a row without peer id, and the port-0 key of a tracker claim
+///   announced with port 0: the address's one listen endpoint.
 pub fn ephemeral_renames(peers: &DataFrame, conns: &DataFrame) -> Res<PeerRenames> {
     let ih = strs0(peers, "info_hash")?;
     let ip = strs0(peers, "peer_ip")?;
     let port = i64s0(peers, "peer_port")?;
     let pid = strs(peers, "peer_id")?;
     let sources = str_lists(peers, "sources")?;
-    // Listen endpoints: a responder's port, an originator's `p`, or a
-    // sighting outside the peer wire (tracker, DHT, LSD).
-    let mut listen: BTreeSet<(String, String, i64)> = BTreeSet::new();
+    // (info_hash, ip) → listen port → the peer ids seen at it.
+    type Listen = HashMap<(String, String), BTreeMap<i64, BTreeSet<String>>>;
+    let mut listen: Listen = HashMap::new();
+    fn add(l: &mut Listen, h: &str, ip: &str, p: i64, id: Option<&String>) {
+        let ids = l
+            .entry((h.to_string(), ip.to_string()))
+            .or_default()
+            .entry(p)
+            .or_default();
+        ids.extend(id.cloned());
+    }
     let cih = strs(conns, "info_hash")?;
-    let (oip, oport, opp) = (
+    let (oip, olp, opid) = (
         strs0(conns, "orig_ip")?,
-        i64s0(conns, "orig_port")?,
-        i64s(conns, "orig_peer_port")?,
+        i64s(conns, "orig_listen_port")?,
+        strs(conns, "orig_peer_id")?,
     );
-    let (rip, rpp) = (strs0(conns, "resp_ip")?, i64s(conns, "resp_peer_port")?);
+    let (rip, rport, rlp, rpid) = (
+        strs0(conns, "resp_ip")?,
+        i64s0(conns, "resp_port")?,
+        i64s(conns, "resp_listen_port")?,
+        strs(conns, "resp_peer_id")?,
+    );
+    let mid = bools(conns, "midstream")?;
     for i in 0..conns.height() {
         let Some(h) = &cih[i] else { continue };
-        if let Some(p) = rpp[i] {
-            listen.insert((h.clone(), rip[i].clone(), p));
+        if let Some(p) = olp[i] {
+            add(&mut listen, h, &oip[i], p, opid[i].as_ref());
         }
-        if let Some(p) = opp[i] {
-            if p != oport[i] {
-                listen.insert((h.clone(), oip[i].clone(), p));
-            }
+        if mid[i] != Some(true) || rlp[i].is_some() {
+            add(&mut listen, h, &rip[i], rport[i], rpid[i].as_ref());
         }
     }
     for i in 0..peers.height() {
-        // PEX passes on connection ports too (Transmission): no evidence.
         if sources[i].iter().any(|s| s != "wire" && s != "pex") {
-            listen.insert((ih[i].clone(), ip[i].clone(), port[i]));
+            add(&mut listen, &ih[i], &ip[i], port[i], pid[i].as_ref());
         }
     }
-    let mut by_addr: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    // The peer ids of rows at a listen port count for it.
     for i in 0..peers.height() {
-        by_addr.entry((ih[i].clone(), ip[i].clone())).or_default().push(i);
-    }
-    let mut out = PeerRenames::new();
-    for rows in by_addr.values() {
-        // The address's listen ports, with every peer id their rows carry.
-        let mut ports: BTreeMap<i64, Vec<&String>> = BTreeMap::new();
-        for &i in rows {
-            if listen.contains(&(ih[i].clone(), ip[i].clone(), port[i])) {
-                ports.entry(port[i]).or_default().extend(pid[i].as_ref());
+        if let (Some(id), Some(ports)) = (&pid[i], listen.get_mut(&(ih[i].clone(), ip[i].clone()))) {
+            if let Some(ids) = ports.get_mut(&port[i]) {
+                ids.insert(id.clone());
             }
         }
-        if ports.len() != 1 {
-            continue;
-        }
-        let Some((target, tpids)) = ports.iter().next() else {
+    }
+    let prefix = |id: &str| id.get(..16).map(str::to_string);
+    let mut out = PeerRenames::new();
+    for i in 0..peers.height() {
+        let Some(ports) = listen.get(&(ih[i].clone(), ip[i].clone())) else {
             continue;
         };
-        for &i in rows {
-            if port[i] == *target || listen.contains(&(ih[i].clone(), ip[i].clone(), port[i])) {
-                continue;
+        if ports.contains_key(&port[i]) {
+            continue;
+        }
+        let one = |f: &dyn Fn(&BTreeSet<String>) -> bool| -> Option<i64> {
+            let mut m = ports.iter().filter(|(_, ids)| f(ids)).map(|(p, _)| *p);
+            match (m.next(), m.next()) {
+                (Some(p), None) => Some(p),
+                _ => None,
             }
-            let same = match &pid[i] {
-                None => true,
-                Some(a) => tpids
-                    .iter()
-                    .any(|b| a == *b || a.get(..16).is_some_and(|p| b.get(..16) == Some(p))),
-            };
-            if same {
-                out.insert((ih[i].clone(), ip[i].clone(), port[i]), *target);
+        };
+        let target = match &pid[i] {
+            Some(a) => one(&|ids| ids.contains(a)).or_else(|| {
+                let pa = prefix(a);
+                one(&|ids| pa.is_some() && ids.iter().any(|b| prefix(b) == pa))
+            }),
+            None => one(&|_| true),
+        };
+        if let Some(t) = target {
+            out.insert((ih[i].clone(), ip[i].clone(), port[i]), t);
+        }
+    }
+    // A tracker claim announced with port 0 (qBittorrent over UDP) is
+    // keyed (info_hash, ip, 0) in peer_progress: the analysis gives it to
+    // the address's one listen endpoint (an anonymous key), else drops it.
+    for ((h, a), ports) in &listen {
+        if let (Some((&t, _)), 1) = (ports.iter().next(), ports.len()) {
+            out.entry((h.clone(), a.clone(), 0)).or_insert(t);
+        }
+    }
+    // Rows of one peer id at ports that are not listen ports, with no
+    // listen endpoint to join: the analysis keeps the first key the id was
+    // seen at (earliest dataset, then first_ts).
+    let ds = ds_of(peers)?;
+    let first = i64s0(peers, "first_ts")?;
+    let mut by_id: BTreeMap<(&str, &str, &str), (usize, i64, i64)> = BTreeMap::new();
+    for i in 0..peers.height() {
+        let Some(id) = &pid[i] else { continue };
+        let key = (ih[i].clone(), ip[i].clone(), port[i]);
+        let at_listen = listen
+            .get(&(ih[i].clone(), ip[i].clone()))
+            .is_some_and(|ps| ps.contains_key(&port[i]));
+        if at_listen || out.contains_key(&key) {
+            continue;
+        }
+        let e = by_id
+            .entry((ih[i].as_str(), ip[i].as_str(), id.as_str()))
+            .or_insert((ds[i], first[i], port[i]));
+        if (ds[i], first[i]) < (e.0, e.1) {
+            *e = (ds[i], first[i], port[i]);
+        }
+    }
+    for i in 0..peers.height() {
+        let Some(id) = &pid[i] else { continue };
+        if let Some(&(_, _, t)) = by_id.get(&(ih[i].as_str(), ip[i].as_str(), id.as_str())) {
+            if t != port[i] {
+                out.insert((ih[i].clone(), ip[i].clone(), port[i]), t);
             }
         }
     }
     Ok(out)
+}
+
+/// Section 3, peers 1: the originator of an MSE-encrypted connection
+/// (no handshake is readable) is, as the analysis credits it, its
+/// address's one listen endpoint for the torrent, else the address's only
+/// peer row, else no peer. `peers` are the renamed rows; `listen` as in
+/// [`ephemeral_renames`]. Returns conn_id → that port (None: no peer).
+pub fn encrypted_originators(
+    peers: &DataFrame,
+    conns: &DataFrame,
+    renames: &PeerRenames,
+) -> Res<HashMap<i64, Option<i64>>> {
+    let ih = strs0(peers, "info_hash")?;
+    let ip = strs0(peers, "peer_ip")?;
+    let port = i64s0(peers, "peer_port")?;
+    let sources = str_lists(peers, "sources")?;
+    let mut rows: HashMap<(&str, &str), BTreeSet<i64>> = HashMap::new();
+    for i in 0..peers.height() {
+        rows.entry((ih[i].as_str(), ip[i].as_str()))
+            .or_default()
+            .insert(port[i]);
+    }
+    let mut listen: BTreeSet<(String, String, i64)> = BTreeSet::new();
+    for i in 0..peers.height() {
+        if sources[i].iter().any(|s| s != "wire" && s != "pex") {
+            listen.insert((ih[i].clone(), ip[i].clone(), port[i]));
+        }
+    }
+    let cih = strs(conns, "info_hash")?;
+    let ids = i64s0(conns, "conn_id")?;
+    let enc = bools(conns, "encrypted")?;
+    let (oip, olp) = (strs0(conns, "orig_ip")?, i64s(conns, "orig_listen_port")?);
+    let (rip, rport, rlp) = (
+        strs0(conns, "resp_ip")?,
+        i64s0(conns, "resp_port")?,
+        i64s(conns, "resp_listen_port")?,
+    );
+    let mid = bools(conns, "midstream")?;
+    let re = |h: &str, a: &str, p: i64| renames.get(&(h.to_string(), a.to_string(), p)).copied().unwrap_or(p);
+    for i in 0..conns.height() {
+        let Some(h) = &cih[i] else { continue };
+        if let Some(p) = olp[i] {
+            listen.insert((h.clone(), oip[i].clone(), re(h, &oip[i], p)));
+        }
+        if mid[i] != Some(true) || rlp[i].is_some() {
+            listen.insert((h.clone(), rip[i].clone(), re(h, &rip[i], rport[i])));
+        }
+    }
+    let mut out = HashMap::new();
+    for i in 0..conns.height() {
+        let (Some(h), Some(true)) = (&cih[i], enc[i]) else {
+            continue;
+        };
+        let Some(ports) = rows.get(&(h.as_str(), oip[i].as_str())) else {
+            out.insert(ids[i], None);
+            continue;
+        };
+        let l: Vec<i64> = ports
+            .iter()
+            .copied()
+            .filter(|p| listen.contains(&(h.clone(), oip[i].clone(), *p)))
+            .collect();
+        let t = match (l.as_slice(), ports.len()) {
+            ([p], _) => Some(*p),
+            ([], 1) => ports.iter().next().copied(),
+            _ => None,
+        };
+        out.insert(ids[i], t);
+    }
+    Ok(out)
+}
+
+/// (info_hash, ip, port) of a peer → the other hash of its hybrid torrent.
+pub type HybridRenames = HashMap<(String, String, i64), String>;
+
+/// Section 3, peers 1: a hybrid v1+v2 torrent goes by two hashes (BEP 52),
+/// its v1 hash and its v2 hash truncated to 20 bytes, paired in the
+/// datasets' `torrents` rows (`info_hash_v2`: a row whose info_hash is
+/// either). As the analysis does at its end, a peer known under one hash
+/// only from elsewhere than the wire (no dataset's row of it has source
+/// `wire`) joins the peer at the same endpoint that the wire showed under
+/// the other hash. Needs no `--torrents`: the pieces analysed with the
+/// metainfo wrote the pairing.
+pub fn hybrid_renames(peers: &DataFrame, torrents: &DataFrame) -> Res<HybridRenames> {
+    let tih = strs0(torrents, "info_hash")?;
+    let v2 = strs(torrents, "info_hash_v2")?;
+    // Every hash of a hybrid torrent → its full v2 hash.
+    let mut family: HashMap<&str, &str> = HashMap::new();
+    for (h, v) in tih.iter().zip(&v2) {
+        if let Some(v) = v {
+            family.insert(h.as_str(), v.as_str());
+        }
+    }
+    let mut members: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    for (h, v) in &family {
+        members.entry(v).or_default().insert(h);
+    }
+    let ih = strs0(peers, "info_hash")?;
+    let ip = strs0(peers, "peer_ip")?;
+    let port = i64s0(peers, "peer_port")?;
+    let sources = str_lists(peers, "sources")?;
+    let mut wire: HashMap<(&str, &str, i64), bool> = HashMap::new();
+    for i in 0..peers.height() {
+        *wire.entry((ih[i].as_str(), ip[i].as_str(), port[i])).or_default() |= sources[i].iter().any(|s| s == "wire");
+    }
+    let mut out = HybridRenames::new();
+    for (&(h, a, p), &w) in &wire {
+        let Some(v) = family.get(h) else { continue };
+        if w {
+            continue;
+        }
+        let other = members
+            .get(v)
+            .into_iter()
+            .flatten()
+            .find(|o| **o != h && wire.get(&(**o, a, p)) == Some(&true));
+        if let Some(o) = other {
+            out.insert((h.to_string(), a.to_string(), p), o.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// A hybrid torrent's hashes paired in the datasets' `torrents` rows →
+/// the hash its audit series go by: the v1 hash (the member that is not
+/// the truncated v2 hash), else the truncated v2 hash.
+pub fn hash_aliases(torrents: &DataFrame) -> Res<Vec<([u8; 20], [u8; 20])>> {
+    let tih = strs0(torrents, "info_hash")?;
+    let v2 = strs(torrents, "info_hash_v2")?;
+    let mut members: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (h, v) in tih.iter().zip(&v2) {
+        if let Some(v) = v {
+            members.entry(v.as_str()).or_default().insert(h.as_str());
+        }
+    }
+    let mut out = Vec::new();
+    for (v, hs) in &members {
+        let trunc = v.get(..40).unwrap_or(v);
+        let canon = hs.iter().find(|h| **h != trunc).copied().unwrap_or(trunc);
+        let Some(c) = unhex20(canon) else { continue };
+        for h in hs.iter().chain(std::iter::once(&trunc)) {
+            if let Some(h) = unhex20(h) {
+                out.push((h, c));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Section 2: a later piece that picked a connection up mid-stream
+/// attributes it by endpoint or address, or not at all; the joined
+/// connection has its first piece's handshake. An event row of a
+/// connection (`peer_messages`, `peer_progress`, `pex_peers`) takes the
+/// merged connection's info_hash when the row has none, or when the
+/// connection's came from a handshake and the row's differs.
+pub fn fill_info_hash(df: &mut DataFrame, conns: &ConnInfo) -> Res<()> {
+    let ih = strs(df, "info_hash")?;
+    let cid = i64s(df, "conn_id")?;
+    let mut changed = false;
+    let out: Vec<Option<String>> = ih
+        .into_iter()
+        .zip(cid)
+        .map(|(h, c)| {
+            let Some(c) = c.and_then(|c| conns.by_id.get(&c)) else {
+                return h;
+            };
+            match (&h, &c.info_hash) {
+                (None, Some(x)) => {
+                    changed = true;
+                    Some(x.clone())
+                }
+                (Some(a), Some(x)) if c.exact && a != x => {
+                    changed = true;
+                    Some(x.clone())
+                }
+                _ => h,
+            }
+        })
+        .collect();
+    if changed {
+        set(df, col_str("info_hash", out))?;
+    }
+    Ok(())
+}
+
+/// Section 3, peers 1: a peers row a later piece made only from a
+/// connection it attributed to another torrent (by endpoint or address)
+/// than the joined connection's handshake says (sources only `wire`, and
+/// every listed connection's merged info_hash is another one, from a
+/// handshake, the same for all) moves to that torrent.
+pub fn rekey_misattributed(peers: &mut DataFrame, conns: &DataFrame) -> Res<()> {
+    let cid = i64s0(conns, "conn_id")?;
+    let cih = strs(conns, "info_hash")?;
+    let src = strs(conns, "info_hash_source")?;
+    let exact: HashMap<i64, &str> = (0..conns.height())
+        .filter(|&i| src[i].as_deref() == Some("handshake"))
+        .filter_map(|i| cih[i].as_deref().map(|h| (cid[i], h)))
+        .collect();
+    let ih = strs0(peers, "info_hash")?;
+    let sources = str_lists(peers, "sources")?;
+    let ids = i64_lists(peers, "conn_ids")?;
+    let mut changed = false;
+    let out: Vec<Option<String>> = (0..peers.height())
+        .map(|i| {
+            if ids[i].is_empty() || sources[i].iter().any(|s| s != "wire") {
+                return Some(ih[i].clone());
+            }
+            let hs: BTreeSet<Option<&str>> = ids[i].iter().map(|c| exact.get(c).copied()).collect();
+            match hs.iter().next() {
+                Some(Some(h)) if hs.len() == 1 && *h != ih[i] => {
+                    changed = true;
+                    Some(h.to_string())
+                }
+                _ => Some(ih[i].clone()),
+            }
+        })
+        .collect();
+    if changed {
+        set(peers, col_str("info_hash", out))?;
+    }
+    Ok(())
+}
+
+/// Moves peer rows (info_hash column) as [`hybrid_renames`] says.
+pub fn rename_hashes(df: &mut DataFrame, renames: &HybridRenames) -> Res<()> {
+    if renames.is_empty() {
+        return Ok(());
+    }
+    let ih = strs0(df, "info_hash")?;
+    let ip = strs0(df, "peer_ip")?;
+    let port = i64s0(df, "peer_port")?;
+    let out: Vec<Option<String>> = (0..df.height())
+        .map(|i| {
+            Some(
+                renames
+                    .get(&(ih[i].clone(), ip[i].clone(), port[i]))
+                    .cloned()
+                    .unwrap_or_else(|| ih[i].clone()),
+            )
+        })
+        .collect();
+    set(df, col_str("info_hash", out))
+}
+
+/// Sets the originator's peer port of the encrypted connections
+/// [`encrypted_originators`] named.
+pub fn set_orig_ports(conns: &mut DataFrame, owners: &HashMap<i64, Option<i64>>) -> Res<()> {
+    if owners.is_empty() {
+        return Ok(());
+    }
+    let ids = i64s0(conns, "conn_id")?;
+    let p = i64s(conns, "orig_peer_port")?;
+    let out: Vec<Option<i64>> = ids
+        .iter()
+        .zip(p)
+        .map(|(id, p)| owners.get(id).copied().unwrap_or(p))
+        .collect();
+    let c = col_i64("orig_peer_port", out).cast(&DataType::Int32).map_err(err)?;
+    set(conns, c)
 }
 
 /// Renames the peer ports of connection ends (`orig_peer_port`,

@@ -479,10 +479,18 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
     // ephemeral ports joining the one listen endpoint of their address.
     let mut peer_renames = joined.peer_renames;
     let mut peers_in = cx.load("peers")?;
+    entities::rekey_misattributed(&mut peers_in, &conns)?;
     entities::rename_peers(&mut peers_in, &peer_renames, "peer_ip", "peer_port")?;
     let eph = entities::ephemeral_renames(&peers_in, &conns)?;
     entities::rename_peers(&mut peers_in, &eph, "peer_ip", "peer_port")?;
     entities::rename_conn_ports(&mut conns, &eph)?;
+    let enc_owners = entities::encrypted_originators(&peers_in, &conns, &eph)?;
+    // Hybrid torrents: a peer known under one hash off the wire joins the
+    // wire's peer at that endpoint under the other.
+    let torrents_in = cx.load("torrents")?;
+    let hybrid = entities::hybrid_renames(&peers_in, &torrents_in)?;
+    entities::rename_hashes(&mut peers_in, &hybrid)?;
+    entities::set_orig_ports(&mut conns, &enc_owners)?;
     // Compose: a cut rename may land on an ephemeral key.
     let composed: Vec<_> = peer_renames
         .iter()
@@ -506,6 +514,8 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
 
     // 1. Event tables, one at a time; what the entity tables need is kept.
     let mut ex = entities::Extracts::default();
+    ex.hybrid = hybrid;
+    ex.hash_alias = entities::hash_aliases(&torrents_in)?;
     for &t in TABLE_NAMES {
         if matches!(
             t,
@@ -522,15 +532,17 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
             continue;
         }
         let df = cx.load(t)?;
-        let df = cx.events(t, df)?;
+        let mut df = cx.events(t, df)?;
+        if matches!(t, "peer_messages" | "peer_progress" | "pex_peers") {
+            entities::fill_info_hash(&mut df, &conn_info)?;
+        }
         ex.take_from(t, &df, &conn_info, &peer_renames)?;
         cx.write(t, &df)?;
     }
 
     // 3. Entity tables.
-    let torrents_in = cx.load("torrents")?;
     let n_pieces = entities::torrent_pieces(&torrents_in)?;
-    let peers = entities::peers(&peers_in, &ex, &conn_info, &n_pieces, opts.threshold)?;
+    let peers = entities::peers(&peers_in, &ex, &conn_info, &enc_owners, &n_pieces, opts.threshold)?;
     drop(peers_in);
     let torrents = entities::torrents(&torrents_in, &peers, &conn_info, &ex)?;
     cx.write("peers", &peers)?;

@@ -468,15 +468,13 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     }
 
     // The listen port, when asked for: announced in place of --announce-port.
-    let listener = match p.s.listen {
+    let listeners = match p.s.listen {
         Some(port) => {
-            let l = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
-                .await
-                .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
-            p.s.announce_port = l.local_addr().map(|a| a.port()).unwrap_or(port);
-            Some(l)
+            let (l4, l6) = listen_tcp(port).await?;
+            p.s.announce_port = l4.local_addr().map(|a| a.port()).unwrap_or(port);
+            [Some(l4), l6]
         }
-        None => None,
+        None => [None, None],
     };
     // uTP: the same port number over UDP when listening (real clients
     // connect to the announced port over uTP), else an ephemeral port.
@@ -666,7 +664,7 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
                     }
                 }
             }
-            acc = async { match &listener { Some(l) => l.accept().await, None => std::future::pending().await } }, if listener.is_some() && !stopping => {
+            acc = accept_tcp(&listeners), if listeners[0].is_some() && !stopping => {
                 if let Ok((sock, from)) = acc {
                     if p.s.policy.refuse(from.ip()).is_none() && in_flight < p.s.concurrency {
                         let known: Vec<ContactParams> = (0..p.torrents.len()).map(|i| p.params_for(i)).collect();
@@ -715,6 +713,58 @@ async fn run_async(s: ProbeSettings) -> Result<ProbeSummary, String> {
     p.summary.elapsed_s = started.elapsed().as_secs_f64();
     p.summary.cpu_s = cpu_seconds() - cpu0;
     p.finish()
+}
+
+/// The TCP listeners of `--listen`: IPv4 on `port` (0: one the system
+/// picks), and IPv6 on the same port number, bound IPv6-only (IPV6_V6ONLY)
+/// as the uTP socket is, so that each family has its own and IPv4 peers
+/// never appear as IPv4-mapped addresses. A host without IPv6 listens on
+/// IPv4 alone (said on stderr).
+pub(crate) async fn listen_tcp(
+    port: u16,
+) -> Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>), String> {
+    let l4 = tokio::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+        .await
+        .map_err(|e| format!("cannot listen on port {port}: {e}"))?;
+    let port = l4.local_addr().map(|a| a.port()).unwrap_or(port);
+    let v6 = || -> std::io::Result<tokio::net::TcpListener> {
+        let s = socket2::Socket::new(
+            socket2::Domain::IPV6,
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        s.set_only_v6(true)?;
+        // As tokio's own bind: a restarted probe gets its port back while
+        // old connections linger in TIME_WAIT.
+        s.set_reuse_address(true)?;
+        s.bind(&SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)).into())?;
+        s.listen(1024)?;
+        s.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(s.into())
+    };
+    let l6 = match v6() {
+        Ok(l) => Some(l),
+        Err(e) => {
+            eprintln!("swarmtap: no IPv6 TCP listener on port {port} ({e}); incoming IPv6 peers only over uTP");
+            None
+        }
+    };
+    Ok((l4, l6))
+}
+
+/// The next incoming TCP connection on either listener (IPv4, IPv6).
+async fn accept_tcp(ls: &[Option<tokio::net::TcpListener>; 2]) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    tokio::select! {
+        a = accept_on(ls[0].as_ref()) => a,
+        a = accept_on(ls[1].as_ref()) => a,
+    }
+}
+
+async fn accept_on(l: Option<&tokio::net::TcpListener>) -> std::io::Result<(tokio::net::TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The next incoming uTP connection on either socket (IPv4, IPv6).
@@ -1447,6 +1497,41 @@ mod tests {
         assert_eq!(completion(&[(1, 10), (2, 20)], Some(100), 0.98), (None, false));
         // Unknown piece count: no verdict.
         assert_eq!(completion(&h, None, 0.98), (None, false));
+    }
+
+    /// `--listen`: one port number for both families; a peer reaching it
+    /// over ::1 is served (its handshake, bitfield and BEP 10 listen port
+    /// read), as one over 127.0.0.1 is, and each shows its own address
+    /// (no IPv4-mapped one).
+    #[tokio::test]
+    async fn tcp_listen_serves_ipv6_and_ipv4_peers_on_one_port() {
+        use session::tests::{no_shutdown, params, remote_initiator};
+        let (l4, l6) = listen_tcp(0).await.expect("listen");
+        let port = l4.local_addr().expect("addr").port();
+        let l6 = l6.expect("an IPv6-only listener beside the IPv4 one");
+        assert_eq!(
+            l6.local_addr().expect("addr"),
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port))
+        );
+        let ls = [Some(l4), Some(l6)];
+        let ih = [0x42u8; 20];
+        for (ip, use_mse) in [("::1", false), ("::1", true), ("127.0.0.1", false)] {
+            let to = SocketAddr::new(ip.parse().expect("ip"), port);
+            let remote = tokio::spawn(remote_initiator(to, ih, use_mse));
+            let (sock, from) = accept_tcp(&ls).await.expect("accepted");
+            assert_eq!(from.ip(), to.ip());
+            let (i, a) = session::accept_contact(sock, &[params([1u8; 20]), params(ih)], &no_shutdown())
+                .await
+                .expect("served");
+            let got = remote.await.expect("remote");
+            assert_eq!(&got[28..48], &ih, "our handshake names the torrent");
+            assert_eq!(i, 1);
+            assert!(a.incoming && a.success, "{a:?}");
+            assert_eq!(
+                (a.encrypted, a.n_pieces_have, a.listen_port),
+                (use_mse, Some(12), Some(7777))
+            );
+        }
     }
 
     #[test]

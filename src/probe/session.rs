@@ -1358,7 +1358,7 @@ pub(crate) mod tests {
     /// A remote peer connecting to our listen port (plaintext or MSE with
     /// RC4), reading our handshake, then sending its BEP 10 handshake with a
     /// listen port and a bitfield of 12 of 20 pieces.
-    async fn remote_initiator(addr: SocketAddr, ih: [u8; 20], use_mse: bool) -> Vec<u8> {
+    pub async fn remote_initiator(addr: SocketAddr, ih: [u8; 20], use_mse: bool) -> Vec<u8> {
         let mut s = TcpStream::connect(addr).await.unwrap();
         remote_initiator_on(&mut s, ih, use_mse, &[0xff, 0xf0, 0]).await
     }

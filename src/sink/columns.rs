@@ -1,6 +1,8 @@
-//! Rust field types → polars columns. One trait, implemented for the handful
+//! Rust field types → Arrow columns. One trait, implemented for the handful
 //! of types rows use, so each table is declared once (see `tables.rs`) and
-//! its Parquet schema, its columns and its documentation all follow from it.
+//! its Parquet schema, its column builders and its documentation all follow
+//! from it. A row reaching the writer is pushed into its table's builders
+//! at once and dropped; a row group is the builders' buffers, handed over.
 //!
 //! What every engine reads without a cast (CONTRACT "Column conventions"):
 //! counts and sizes are written as signed 64-bit integers (a `u64` field
@@ -11,10 +13,15 @@
 //! text as plain UTF-8. The notes become `anomalies` rows (layer `sink`)
 //! when the run's files are completed.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 
 use polars::prelude::*;
+use polars_arrow::array::{Array, BooleanArray, DictionaryArray, ListArray, PrimitiveArray, Utf8Array};
+use polars_arrow::bitmap::{Bitmap, MutableBitmap};
+use polars_arrow::datatypes::IntegerType;
+use polars_arrow::types::NativeType;
 
 /// A timestamp: microseconds since the Unix epoch, UTC (CONTRACT: `ts`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -83,41 +90,217 @@ pub fn take_notes() -> Vec<ValueNote> {
 }
 
 /// How a field is written: its polars type, its documented type, and the
-/// column built from one value per row. Implemented by every
-/// [`ColumnValue`] for itself, and by markers such as [`I32`] for a field
-/// written narrower than its Rust type.
+/// builder its values go into as rows reach the writer. Implemented by
+/// every [`ColumnValue`] for itself, and by markers such as [`I32`] for a
+/// field written narrower than its Rust type.
 pub trait ColumnSpec<V> {
+    type Builder: ColumnBuilder<V>;
     fn dtype() -> DataType;
     fn type_doc() -> &'static str;
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a V>) -> Column
-    where
-        V: 'a;
 }
 
 /// A field type that can become a column.
 pub trait ColumnValue: Sized {
+    type Builder: ColumnBuilder<Self>;
     /// The polars dtype of the column.
     fn dtype() -> DataType;
     /// Short type name for docs/SCHEMA.md (Arrow's names; `?`: nullable).
     fn type_doc() -> &'static str;
-    /// Builds the column from one value per row.
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column
-    where
-        Self: 'a;
 }
 
 impl<V: ColumnValue> ColumnSpec<V> for V {
+    type Builder = V::Builder;
     fn dtype() -> DataType {
         V::dtype()
     }
     fn type_doc() -> &'static str {
         V::type_doc()
     }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a V>) -> Column
-    where
-        V: 'a,
-    {
-        V::column(name, values)
+}
+
+/// One column of a table being filled, row by row, in the Arrow layout
+/// it is written in: values, offsets and validity buffers that become the
+/// row group's array without a copy. Each row's value is converted when it
+/// is pushed, so the row itself need not be kept.
+pub trait ColumnBuilder<V>: Default + Send + 'static {
+    fn push(&mut self, v: &V);
+    /// Heap bytes held: the capacities of the builder's buffers, exactly
+    /// (the same pushes give the same figure in every run).
+    fn bytes(&self) -> usize;
+    /// The values pushed since the last call, as an array of `dtype` (the
+    /// type the file's schema gives column `name`); values that could not be
+    /// written as they were are noted under `name`. The builder is left
+    /// empty, its buffers handed over to the array.
+    fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>>;
+}
+
+/// Validity of a nullable column: no bitmap until the first null.
+#[derive(Default)]
+pub struct Validity(Option<MutableBitmap>);
+
+impl Validity {
+    /// Records whether the value at index `len` (the values already
+    /// pushed) is valid.
+    #[inline]
+    fn push(&mut self, len: usize, valid: bool) {
+        match &mut self.0 {
+            Some(b) => b.push(valid),
+            None if valid => {}
+            None => {
+                let mut b = MutableBitmap::with_capacity(len + 1);
+                b.extend_constant(len, true);
+                b.push(false);
+                self.0 = Some(b);
+            }
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.0.as_ref().map_or(0, |b| b.capacity() / 8)
+    }
+
+    fn take(&mut self) -> Option<Bitmap> {
+        self.0.take().and_then(Into::into)
+    }
+}
+
+/// A fixed-width column (int32, int64, float64, timestamp).
+#[derive(Default)]
+pub struct PrimBuilder<T> {
+    values: Vec<T>,
+    validity: Validity,
+    /// Values not written as they were (saturated, or out of range).
+    noted: u64,
+}
+
+impl<T: NativeType> PrimBuilder<T> {
+    #[inline]
+    fn push_value(&mut self, v: T) {
+        self.values.push(v);
+    }
+
+    #[inline]
+    fn push_opt(&mut self, v: Option<T>) {
+        self.validity.push(self.values.len(), v.is_some());
+        self.values.push(v.unwrap_or_default());
+    }
+
+    fn heap(&self) -> usize {
+        self.values.capacity() * std::mem::size_of::<T>() + self.validity.bytes()
+    }
+
+    fn array(&mut self, name: &str, dtype: &ArrowDataType, kind: &'static str) -> PolarsResult<Box<dyn Array>> {
+        note(name, kind, std::mem::take(&mut self.noted));
+        let values = std::mem::take(&mut self.values);
+        let validity = self.validity.take();
+        Ok(PrimitiveArray::<T>::try_new(dtype.clone(), values.into(), validity)?.boxed())
+    }
+}
+
+/// Implements [`ColumnBuilder`] of `$v` for `PrimBuilder<$t>`: `$conv`
+/// turns a value into the column's (noting it in `$b.noted` when it
+/// cannot be written as it was), `$kind` names such notes.
+macro_rules! prim_builder {
+    ($v:ty, $t:ty, $kind:literal, |$b:ident, $x:ident| $conv:expr) => {
+        impl ColumnBuilder<$v> for PrimBuilder<$t> {
+            #[inline]
+            fn push(&mut self, v: &$v) {
+                let $b = &mut *self;
+                let $x = *v;
+                let c = $conv;
+                self.push_value(c);
+            }
+            fn bytes(&self) -> usize {
+                self.heap()
+            }
+            fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+                self.array(name, dtype, $kind)
+            }
+        }
+        impl ColumnBuilder<Option<$v>> for PrimBuilder<$t> {
+            #[inline]
+            fn push(&mut self, v: &Option<$v>) {
+                let c = match *v {
+                    Some($x) => {
+                        let $b = &mut *self;
+                        Some($conv)
+                    }
+                    None => None,
+                };
+                self.push_opt(c);
+            }
+            fn bytes(&self) -> usize {
+                self.heap()
+            }
+            fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+                self.array(name, dtype, $kind)
+            }
+        }
+    };
+}
+
+fn saturate_i64(v: u64, n: &mut u64) -> i64 {
+    i64::try_from(v).unwrap_or_else(|_| {
+        *n += 1;
+        i64::MAX
+    })
+}
+
+fn saturate_i32(v: u32, n: &mut u64) -> i32 {
+    i32::try_from(v).unwrap_or_else(|_| {
+        *n += 1;
+        i32::MAX
+    })
+}
+
+prim_builder!(u64, i64, "value_saturated", |b, x| saturate_i64(x, &mut b.noted));
+prim_builder!(u32, i32, "value_saturated", |b, x| saturate_i32(x, &mut b.noted));
+// u32 fields without a marker (piece indices, offsets and lengths from the
+// wire) take every u32 value: int64, lossless.
+prim_builder!(u32, i64, "value_saturated", |_b, x| i64::from(x));
+prim_builder!(i64, i64, "value_saturated", |_b, x| x);
+prim_builder!(f64, f64, "value_saturated", |_b, x| x);
+
+/// A timestamp outside 1970–2200 is written as the nearest bound where the
+/// column cannot be null.
+impl ColumnBuilder<Ts> for PrimBuilder<i64> {
+    #[inline]
+    fn push(&mut self, t: &Ts) {
+        let v = if ts_in_range(t.0) {
+            t.0
+        } else {
+            self.noted += 1;
+            t.0.clamp(TS_MIN_US, TS_END_US - 1)
+        };
+        self.push_value(v);
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(name, dtype, "timestamp_out_of_range")
+    }
+}
+
+/// ... and as null where it can.
+impl ColumnBuilder<Option<Ts>> for PrimBuilder<i64> {
+    #[inline]
+    fn push(&mut self, t: &Option<Ts>) {
+        let v = match t {
+            Some(t) if ts_in_range(t.0) => Some(t.0),
+            Some(_) => {
+                self.noted += 1;
+                None
+            }
+            None => None,
+        };
+        self.push_opt(v);
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(name, dtype, "timestamp_out_of_range")
     }
 }
 
@@ -125,322 +308,425 @@ impl<V: ColumnValue> ColumnSpec<V> for V {
 /// numbers), written as int32. A larger value saturates and is noted.
 pub struct I32;
 
-fn to_i32(v: u32, n: &mut u64) -> i32 {
-    i32::try_from(v).unwrap_or_else(|_| {
-        *n += 1;
-        i32::MAX
-    })
-}
-
 impl ColumnSpec<u32> for I32 {
+    type Builder = PrimBuilder<i32>;
     fn dtype() -> DataType {
         DataType::Int32
     }
     fn type_doc() -> &'static str {
         "int32"
     }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a u32>) -> Column {
-        let mut n = 0;
-        let c = Int32Chunked::from_iter_values(name.into(), values.map(|v| to_i32(*v, &mut n))).into_column();
-        note(name, "value_saturated", n);
-        c
-    }
 }
 
 impl ColumnSpec<Option<u32>> for I32 {
+    type Builder = PrimBuilder<i32>;
     fn dtype() -> DataType {
         DataType::Int32
     }
     fn type_doc() -> &'static str {
         "int32?"
     }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Option<u32>>) -> Column {
-        let mut n = 0;
-        let c =
-            Int32Chunked::from_iter_options(name.into(), values.map(|v| v.map(|v| to_i32(v, &mut n)))).into_column();
-        note(name, "value_saturated", n);
-        c
-    }
 }
 
-fn u64_to_i64(v: u64, n: &mut u64) -> i64 {
-    i64::try_from(v).unwrap_or_else(|_| {
-        *n += 1;
-        i64::MAX
-    })
-}
-
-impl ColumnValue for u64 {
-    fn dtype() -> DataType {
-        DataType::Int64
-    }
-    fn type_doc() -> &'static str {
-        "int64"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let mut n = 0;
-        let c = Int64Chunked::from_iter_values(name.into(), values.map(|v| u64_to_i64(*v, &mut n))).into_column();
-        note(name, "value_saturated", n);
-        c
-    }
-}
-
-impl ColumnValue for Option<u64> {
-    fn dtype() -> DataType {
-        DataType::Int64
-    }
-    fn type_doc() -> &'static str {
-        "int64?"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let mut n = 0;
-        let c = Int64Chunked::from_iter_options(name.into(), values.map(|v| v.map(|v| u64_to_i64(v, &mut n))))
-            .into_column();
-        note(name, "value_saturated", n);
-        c
-    }
-}
-
-macro_rules! primitive {
-    ($t:ty, $ca:ty, $dt:expr, $doc:literal, $conv:expr) => {
-        impl ColumnValue for $t {
+macro_rules! value {
+    ($v:ty, $builder:ty, $dt:expr, $doc:expr) => {
+        impl ColumnValue for $v {
+            type Builder = $builder;
             fn dtype() -> DataType {
                 $dt
             }
             fn type_doc() -> &'static str {
                 $doc
             }
-            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-                <$ca>::from_iter_values(name.into(), values.copied().map($conv)).into_column()
-            }
-        }
-        impl ColumnValue for Option<$t> {
-            fn dtype() -> DataType {
-                $dt
-            }
-            fn type_doc() -> &'static str {
-                concat!($doc, "?")
-            }
-            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-                <$ca>::from_iter_options(name.into(), values.map(|v| v.map($conv))).into_column()
-            }
         }
     };
 }
 
-// u32 fields without a marker (piece indices, offsets and lengths from the
-// wire) take every u32 value: int64, lossless.
-primitive!(u32, Int64Chunked, DataType::Int64, "int64", i64::from);
-primitive!(i64, Int64Chunked, DataType::Int64, "int64", |v: i64| v);
-primitive!(f64, Float64Chunked, DataType::Float64, "float64", |v: f64| v);
-
-impl ColumnValue for bool {
-    fn dtype() -> DataType {
-        DataType::Boolean
-    }
-    fn type_doc() -> &'static str {
-        "bool"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        BooleanChunked::from_iter_values(name.into(), values.copied()).into_column()
-    }
+macro_rules! value_and_option {
+    ($v:ty, $builder:ty, $dt:expr, $doc:literal) => {
+        value!($v, $builder, $dt, $doc);
+        value!(Option<$v>, $builder, $dt, concat!($doc, "?"));
+    };
 }
 
-impl ColumnValue for Option<bool> {
-    fn dtype() -> DataType {
-        DataType::Boolean
-    }
-    fn type_doc() -> &'static str {
-        "bool?"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        BooleanChunked::from_iter_options(name.into(), values.copied()).into_column()
-    }
-}
+value_and_option!(u64, PrimBuilder<i64>, DataType::Int64, "int64");
+value_and_option!(u32, PrimBuilder<i64>, DataType::Int64, "int64");
+value_and_option!(i64, PrimBuilder<i64>, DataType::Int64, "int64");
+value_and_option!(f64, PrimBuilder<f64>, DataType::Float64, "float64");
+value_and_option!(bool, BoolBuilder, DataType::Boolean, "bool");
+value_and_option!(Ts, PrimBuilder<i64>, utc(), "timestamp[us, UTC]");
+value_and_option!(String, StrBuilder, DataType::String, "string");
+value_and_option!(Arc<str>, StrBuilder, DataType::String, "string");
+value_and_option!(&'static str, NameBuilder, DataType::String, "string");
+value!(Option<Cow<'static, str>>, StrBuilder, DataType::String, "string?");
+value!(
+    Vec<String>,
+    ListStrBuilder,
+    DataType::List(Box::new(DataType::String)),
+    "list<string>"
+);
+value!(
+    Vec<&'static str>,
+    ListStrBuilder,
+    DataType::List(Box::new(DataType::String)),
+    "list<string>"
+);
+// Conn ids a peer took part in (peers.conn_ids).
+value!(
+    Vec<u64>,
+    ListI64Builder,
+    DataType::List(Box::new(DataType::Int64)),
+    "list<int64>"
+);
 
 fn utc() -> DataType {
     DataType::Datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
 }
 
-impl ColumnValue for Ts {
-    fn dtype() -> DataType {
-        utc()
+/// A boolean column.
+#[derive(Default)]
+pub struct BoolBuilder {
+    values: MutableBitmap,
+    validity: Validity,
+}
+
+impl BoolBuilder {
+    fn heap(&self) -> usize {
+        self.values.capacity() / 8 + self.validity.bytes()
     }
-    fn type_doc() -> &'static str {
-        "timestamp[us, UTC]"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let mut n = 0;
-        let c = Int64Chunked::from_iter_values(
-            name.into(),
-            values.map(|t| {
-                if ts_in_range(t.0) {
-                    t.0
-                } else {
-                    n += 1;
-                    t.0.clamp(TS_MIN_US, TS_END_US - 1)
-                }
-            }),
-        )
-        .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
-        .into_column();
-        note(name, "timestamp_out_of_range", n);
-        c
+    fn array(&mut self, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        let values = std::mem::take(&mut self.values).into();
+        let validity = self.validity.take();
+        Ok(BooleanArray::try_new(dtype.clone(), values, validity)?.boxed())
     }
 }
 
-impl ColumnValue for Option<Ts> {
-    fn dtype() -> DataType {
-        utc()
+impl ColumnBuilder<bool> for BoolBuilder {
+    #[inline]
+    fn push(&mut self, v: &bool) {
+        self.values.push(*v);
     }
-    fn type_doc() -> &'static str {
-        "timestamp[us, UTC]?"
+    fn bytes(&self) -> usize {
+        self.heap()
     }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let mut n = 0;
-        let c = Int64Chunked::from_iter_options(
-            name.into(),
-            values.map(|t| match t {
-                Some(t) if ts_in_range(t.0) => Some(t.0),
-                Some(_) => {
-                    n += 1;
-                    None
-                }
-                None => None,
-            }),
-        )
-        .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
-        .into_column();
-        note(name, "timestamp_out_of_range", n);
-        c
+    fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(dtype)
     }
 }
 
-impl ColumnValue for String {
-    fn dtype() -> DataType {
-        DataType::String
+impl ColumnBuilder<Option<bool>> for BoolBuilder {
+    #[inline]
+    fn push(&mut self, v: &Option<bool>) {
+        self.validity.push(self.values.len(), v.is_some());
+        self.values.push(v.unwrap_or_default());
     }
-    fn type_doc() -> &'static str {
-        "string"
+    fn bytes(&self) -> usize {
+        self.heap()
     }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_values(name.into(), values.map(|s| s.as_str())).into_column()
-    }
-}
-
-/// A string shared between rows (per-message rows repeat their
-/// connection's addresses, info hash and capture name).
-impl ColumnValue for Arc<str> {
-    fn dtype() -> DataType {
-        DataType::String
-    }
-    fn type_doc() -> &'static str {
-        "string"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_values(name.into(), values.map(|s| &**s)).into_column()
+    fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(dtype)
     }
 }
 
-impl ColumnValue for Option<Arc<str>> {
-    fn dtype() -> DataType {
-        DataType::String
-    }
-    fn type_doc() -> &'static str {
-        "string?"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
-    }
+/// A text column (Arrow `large_string`): the cells' bytes one after the
+/// other, with 64-bit offsets. Text that the rows carry as values (hex
+/// ids, addresses) is written into it directly (see `typed.rs`).
+#[derive(Default)]
+pub struct StrBuilder {
+    /// Start of every cell and the end of the last; empty before the first.
+    offsets: Vec<i64>,
+    data: Vec<u8>,
+    validity: Validity,
 }
 
-impl ColumnValue for &'static str {
-    fn dtype() -> DataType {
-        DataType::String
+impl StrBuilder {
+    /// Cells pushed.
+    fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
     }
-    fn type_doc() -> &'static str {
-        "string"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_values(name.into(), values.copied()).into_column()
-    }
-}
 
-impl ColumnValue for Option<String> {
-    fn dtype() -> DataType {
-        DataType::String
-    }
-    fn type_doc() -> &'static str {
-        "string?"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
-    }
-}
-
-impl ColumnValue for Option<&'static str> {
-    fn dtype() -> DataType {
-        DataType::String
-    }
-    fn type_doc() -> &'static str {
-        "string?"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_options(name.into(), values.copied()).into_column()
-    }
-}
-
-impl ColumnValue for Vec<String> {
-    fn dtype() -> DataType {
-        DataType::List(Box::new(DataType::String))
-    }
-    fn type_doc() -> &'static str {
-        "list<string>"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let n = values.len();
-        let mut b = ListStringChunkedBuilder::new(name.into(), n, n * 2);
-        for v in values {
-            b.append_values_iter(v.iter().map(|s| s.as_str()));
+    /// Appends one cell written by `write` into the data buffer.
+    #[inline]
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
         }
-        b.finish().into_column()
+        write(&mut self.data);
+        // A buffer is never longer than isize::MAX bytes.
+        self.offsets.push(self.data.len() as i64);
+    }
+
+    #[inline]
+    pub fn push_str(&mut self, s: &str) {
+        self.push_with(|d| d.extend_from_slice(s.as_bytes()));
+    }
+
+    #[inline]
+    pub fn push_opt_with(&mut self, valid: bool, write: impl FnOnce(&mut Vec<u8>)) {
+        self.validity.push(self.len(), valid);
+        if valid {
+            self.push_with(write);
+        } else {
+            self.push_with(|_| {});
+        }
+    }
+
+    #[inline]
+    fn push_opt_str(&mut self, s: Option<&str>) {
+        match s {
+            Some(s) => self.push_opt_with(true, |d| d.extend_from_slice(s.as_bytes())),
+            None => self.push_opt_with(false, |_| {}),
+        }
+    }
+
+    pub fn heap(&self) -> usize {
+        self.offsets.capacity() * 8 + self.data.capacity() + self.validity.bytes()
+    }
+
+    pub fn array(&mut self, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        let mut offsets = std::mem::take(&mut self.offsets);
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
+        let data = std::mem::take(&mut self.data);
+        let validity = self.validity.take();
+        Ok(Utf8Array::<i64>::try_new(dtype.clone(), offsets.try_into()?, data.into(), validity)?.boxed())
     }
 }
 
-impl ColumnValue for Vec<&'static str> {
-    fn dtype() -> DataType {
-        DataType::List(Box::new(DataType::String))
-    }
-    fn type_doc() -> &'static str {
-        "list<string>"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let n = values.len();
-        let mut b = ListStringChunkedBuilder::new(name.into(), n, n * 2);
-        for v in values {
-            b.append_values_iter(v.iter().copied());
+/// Implements [`ColumnBuilder`] of text types for [`StrBuilder`].
+macro_rules! str_builder {
+    ($v:ty, |$x:ident| $s:expr) => {
+        impl ColumnBuilder<$v> for StrBuilder {
+            #[inline]
+            fn push(&mut self, v: &$v) {
+                let $x = v;
+                self.push_str($s);
+            }
+            fn bytes(&self) -> usize {
+                self.heap()
+            }
+            fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+                self.array(dtype)
+            }
         }
-        b.finish().into_column()
+    };
+    (opt $v:ty, |$x:ident| $s:expr) => {
+        impl ColumnBuilder<$v> for StrBuilder {
+            #[inline]
+            fn push(&mut self, v: &$v) {
+                let $x = v;
+                self.push_opt_str($s);
+            }
+            fn bytes(&self) -> usize {
+                self.heap()
+            }
+            fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+                self.array(dtype)
+            }
+        }
+    };
+}
+
+str_builder!(String, |s| s.as_str());
+str_builder!(Arc<str>, |s| s);
+str_builder!(opt Option<String>, |s| s.as_deref());
+str_builder!(opt Option<Arc<str>>, |s| s.as_deref());
+// Text that is a static name almost always (a method name) and owned only
+// when the wire sent something else.
+str_builder!(opt Option<Cow<'static, str>>, |s| s.as_deref());
+
+/// A column of names from a fixed set (`&'static str`: kinds, methods,
+/// reasons): built dictionary-encoded, as the Parquet writer would encode
+/// it anyway (a row group's distinct names in order of first appearance,
+/// one 32-bit key per row), without making the text of every cell first.
+#[derive(Default)]
+pub struct NameBuilder {
+    keys: Vec<u32>,
+    validity: Validity,
+    /// This row group's distinct names, in order of first appearance.
+    names: Vec<&'static str>,
+}
+
+impl NameBuilder {
+    #[inline]
+    fn key(&mut self, s: &'static str) -> u32 {
+        let i = match self.names.iter().position(|n| *n == s) {
+            Some(i) => i,
+            None => {
+                self.names.push(s);
+                self.names.len() - 1
+            }
+        };
+        // Names come from the program's text: a few dozen at most.
+        i as u32
+    }
+
+    fn heap(&self) -> usize {
+        self.keys.capacity() * 4 + self.validity.bytes() + self.names.capacity() * std::mem::size_of::<&str>()
+    }
+
+    /// A dictionary array of `large_string` values (the type of every text
+    /// column in the files): the Parquet writer takes it as it is.
+    fn array(&mut self) -> PolarsResult<Box<dyn Array>> {
+        let names = std::mem::take(&mut self.names);
+        let values = Utf8Array::<i64>::from_slice(&names);
+        let keys = PrimitiveArray::<u32>::try_new(
+            ArrowDataType::UInt32,
+            std::mem::take(&mut self.keys).into(),
+            self.validity.take(),
+        )?;
+        let dict = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(values.dtype().clone()), false);
+        Ok(DictionaryArray::<u32>::try_new(dict, keys, values.boxed())?.boxed())
     }
 }
 
-/// Conn ids a peer took part in (peers.conn_ids).
-impl ColumnValue for Vec<u64> {
-    fn dtype() -> DataType {
-        DataType::List(Box::new(DataType::Int64))
+impl ColumnBuilder<&'static str> for NameBuilder {
+    #[inline]
+    fn push(&mut self, v: &&'static str) {
+        let k = self.key(v);
+        self.keys.push(k);
     }
-    fn type_doc() -> &'static str {
-        "list<int64>"
+    fn bytes(&self) -> usize {
+        self.heap()
     }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        let n = values.len();
-        let mut b = ListPrimitiveChunkedBuilder::<Int64Type>::new(name.into(), n, n * 2, DataType::Int64);
-        let mut sat = 0;
-        for v in values {
-            b.append_values_iter(v.iter().map(|x| u64_to_i64(*x, &mut sat)));
+    fn finish(&mut self, _name: &str, _dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array()
+    }
+}
+
+impl ColumnBuilder<Option<&'static str>> for NameBuilder {
+    #[inline]
+    fn push(&mut self, v: &Option<&'static str>) {
+        self.validity.push(self.keys.len(), v.is_some());
+        let k = v.map_or(0, |s| self.key(s));
+        self.keys.push(k);
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, _name: &str, _dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array()
+    }
+}
+
+/// The text of a [`NameBuilder`] column (polars cannot cast a dictionary
+/// to text): for a DataFrame of rows ([`super::tables::Row::to_frame`]).
+pub fn names_as_text(array: &dyn Array) -> PolarsResult<Box<dyn Array>> {
+    let bad = || PolarsError::ComputeError("not a dictionary of large_string names".into());
+    let d = array.as_any().downcast_ref::<DictionaryArray<u32>>().ok_or_else(bad)?;
+    let names = d.values().as_any().downcast_ref::<Utf8Array<i64>>().ok_or_else(bad)?;
+    let text: Utf8Array<i64> = d
+        .keys()
+        .iter()
+        .map(|k| k.and_then(|k| names.get(*k as usize)))
+        .collect();
+    Ok(text.boxed())
+}
+
+/// Whether `array` can be written as a column of type `dtype` as it is:
+/// the same type, or a dictionary of values of that type (see
+/// [`NameBuilder`]).
+pub fn writes_as(array: &dyn Array, dtype: &ArrowDataType) -> bool {
+    match array.dtype() {
+        ArrowDataType::Dictionary(_, values, _) => **values == *dtype,
+        t => t == dtype,
+    }
+}
+
+/// Offset of the next list element (Arrow `list`: 32-bit offsets). A row
+/// group holds far fewer elements than 2^31 (64 Ki rows, lists capped at
+/// 1024); past it the offsets stop growing and the array is refused.
+fn list_offset(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// A `list<string>` column (lists are never null).
+#[derive(Default)]
+pub struct ListStrBuilder {
+    offsets: Vec<i32>,
+    values: StrBuilder,
+}
+
+impl ListStrBuilder {
+    fn push_iter<'a>(&mut self, items: impl Iterator<Item = &'a str>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
         }
-        note(name, "value_saturated", sat);
-        b.finish().into_column()
+        for s in items {
+            self.values.push_str(s);
+        }
+        self.offsets.push(list_offset(self.values.len()));
+    }
+    fn heap(&self) -> usize {
+        self.offsets.capacity() * 4 + self.values.heap()
+    }
+    fn array(&mut self, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        let mut offsets = std::mem::take(&mut self.offsets);
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
+        let child = ListArray::<i32>::try_get_child(dtype)?.dtype().clone();
+        let values = self.values.array(&child)?;
+        Ok(ListArray::<i32>::try_new(dtype.clone(), offsets.try_into()?, values, None)?.boxed())
+    }
+}
+
+impl ColumnBuilder<Vec<String>> for ListStrBuilder {
+    fn push(&mut self, v: &Vec<String>) {
+        self.push_iter(v.iter().map(String::as_str));
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(dtype)
+    }
+}
+
+impl ColumnBuilder<Vec<&'static str>> for ListStrBuilder {
+    fn push(&mut self, v: &Vec<&'static str>) {
+        self.push_iter(v.iter().copied());
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(dtype)
+    }
+}
+
+/// A `list<int64>` column of unsigned values (saturated and noted).
+#[derive(Default)]
+pub struct ListI64Builder {
+    offsets: Vec<i32>,
+    values: Vec<i64>,
+    noted: u64,
+}
+
+impl ColumnBuilder<Vec<u64>> for ListI64Builder {
+    fn push(&mut self, v: &Vec<u64>) {
+        if self.offsets.is_empty() {
+            self.offsets.push(0);
+        }
+        for x in v {
+            let y = saturate_i64(*x, &mut self.noted);
+            self.values.push(y);
+        }
+        self.offsets.push(list_offset(self.values.len()));
+    }
+    fn bytes(&self) -> usize {
+        self.offsets.capacity() * 4 + self.values.capacity() * 8
+    }
+    fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        note(name, "value_saturated", std::mem::take(&mut self.noted));
+        let mut offsets = std::mem::take(&mut self.offsets);
+        if offsets.is_empty() {
+            offsets.push(0);
+        }
+        let child = ListArray::<i32>::try_get_child(dtype)?.dtype().clone();
+        let values = PrimitiveArray::<i64>::try_new(child, std::mem::take(&mut self.values).into(), None)?.boxed();
+        Ok(ListArray::<i32>::try_new(dtype.clone(), offsets.try_into()?, values, None)?.boxed())
     }
 }
 
@@ -448,22 +734,55 @@ impl ColumnValue for Vec<u64> {
 mod tests {
     use super::*;
 
+    fn build<V, B: ColumnBuilder<V>>(name: &str, dtype: ArrowDataType, values: &[V]) -> Box<dyn Array> {
+        let mut b = B::default();
+        for v in values {
+            b.push(v);
+        }
+        let a = b.finish(name, &dtype).unwrap();
+        assert_eq!(b.bytes(), 0, "finish hands the buffers over");
+        a
+    }
+
+    trait TapPush {
+        fn tap_push(self, v: &[Option<&'static str>]) -> Box<dyn Array>;
+    }
+    impl TapPush for StrBuilder {
+        fn tap_push(mut self, v: &[Option<&'static str>]) -> Box<dyn Array> {
+            for x in v {
+                self.push_opt_str(*x);
+            }
+            self.array(&ArrowDataType::LargeUtf8).unwrap()
+        }
+    }
+
+    fn ints<T: NativeType>(a: &dyn Array) -> Vec<Option<T>> {
+        let a = a.as_any().downcast_ref::<PrimitiveArray<T>>().unwrap();
+        a.iter().map(|v| v.copied()).collect()
+    }
+
     #[test]
     fn unsigned_values_saturate_and_are_noted() {
         set_current_table("t");
         let _ = take_notes();
         let v = [1u64, u64::MAX, i64::MAX as u64, 1 << 63];
-        let c = <u64 as ColumnValue>::column("x", v.iter());
-        let got: Vec<i64> = c.i64().unwrap().into_no_null_iter().collect();
-        assert_eq!(got, [1, i64::MAX, i64::MAX, i64::MAX]);
+        let c = build::<u64, PrimBuilder<i64>>("x", ArrowDataType::Int64, &v);
+        assert_eq!(ints::<i64>(&*c), [1, i64::MAX, i64::MAX, i64::MAX].map(Some));
         let p = [80u32, 65535, u32::MAX];
-        let c = <I32 as ColumnSpec<u32>>::column("port", p.iter());
-        let got: Vec<i32> = c.i32().unwrap().into_no_null_iter().collect();
-        assert_eq!(got, [80, 65535, i32::MAX]);
+        let c = build::<u32, <I32 as ColumnSpec<u32>>::Builder>("port", ArrowDataType::Int32, &p);
+        assert_eq!(ints::<i32>(&*c), [80, 65535, i32::MAX].map(Some));
+        let l = [vec![1u64, u64::MAX], vec![], vec![3]];
+        let dt = ArrowDataType::List(Box::new(ArrowField::new("item".into(), ArrowDataType::Int64, true)));
+        let c = build::<Vec<u64>, ListI64Builder>("ids", dt, &l);
+        let c = c.as_any().downcast_ref::<ListArray<i32>>().unwrap();
+        assert_eq!(c.offsets().as_slice(), [0, 2, 2, 3]);
+        assert_eq!(ints::<i64>(&**c.values()), [1, i64::MAX, 3].map(Some));
         let notes = take_notes();
-        assert_eq!(notes.len(), 2);
+        assert_eq!(notes.len(), 3);
         assert_eq!((notes[0].column.as_str(), notes[0].n), ("x", 2));
         assert_eq!((notes[1].column.as_str(), notes[1].n), ("port", 1));
+        assert_eq!((notes[2].column.as_str(), notes[2].n), ("ids", 1));
+        assert!(notes.iter().all(|n| n.kind == "value_saturated" && n.table == "t"));
         assert!(take_notes().is_empty());
     }
 
@@ -478,14 +797,71 @@ mod tests {
             None,
             Some(Ts(TS_END_US - 1)),
         ];
-        let c = <Option<Ts> as ColumnValue>::column("ts", v.iter());
-        let got: Vec<Option<i64>> = c.datetime().unwrap().physical().iter().collect();
-        assert_eq!(got, [Some(5), None, None, None, Some(TS_END_US - 1)]);
-        let c = <Ts as ColumnValue>::column("t2", [Ts(-1), Ts(7)].iter());
-        let got: Vec<i64> = c.datetime().unwrap().physical().into_no_null_iter().collect();
-        assert_eq!(got, [0, 7]);
+        let dt = ArrowDataType::Timestamp(polars_arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
+        let c = build::<Option<Ts>, PrimBuilder<i64>>("ts", dt.clone(), &v);
+        assert_eq!(ints::<i64>(&*c), [Some(5), None, None, None, Some(TS_END_US - 1)]);
+        assert_eq!(c.dtype(), &dt);
+        let c = build::<Ts, PrimBuilder<i64>>("t2", dt, &[Ts(-1), Ts(7)]);
+        assert_eq!(ints::<i64>(&*c), [Some(0), Some(7)]);
+        assert!(c.validity().is_none());
         let notes = take_notes();
         assert_eq!(notes.iter().map(|n| n.n).collect::<Vec<_>>(), [2, 1]);
         assert!(notes.iter().all(|n| n.kind == "timestamp_out_of_range"));
+    }
+
+    #[test]
+    fn text_bool_and_list_columns_and_their_bytes() {
+        let v = [Some("ab".to_string()), None, Some(String::new()), Some("ü".into())];
+        let c = build::<Option<String>, StrBuilder>("s", ArrowDataType::LargeUtf8, &v);
+        let c = c.as_any().downcast_ref::<Utf8Array<i64>>().unwrap();
+        let got: Vec<Option<&str>> = c.iter().collect();
+        assert_eq!(got, [Some("ab"), None, Some(""), Some("ü")]);
+        // No bitmap when nothing is null.
+        let c = build::<Option<String>, StrBuilder>(
+            "k",
+            ArrowDataType::LargeUtf8,
+            &[Some("query".into()), Some("x".into())],
+        );
+        assert!(c.validity().is_none());
+        // Names: dictionary-encoded in order of first appearance, as the
+        // Parquet writer's own cast of the text makes them.
+        let v = [Some("query"), None, Some("response"), Some("query")];
+        let c = build::<Option<&'static str>, NameBuilder>("k", ArrowDataType::LargeUtf8, &v);
+        assert!(writes_as(&*c, &ArrowDataType::LargeUtf8));
+        let text = StrBuilder::default().tap_push(&v);
+        let cast = polars::polars_compute::cast::cast(&*text, c.dtype(), Default::default()).unwrap();
+        assert_eq!(&*cast, &*c);
+        assert_eq!(&*names_as_text(&*c).unwrap(), &*StrBuilder::default().tap_push(&v));
+        let d = c.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
+        assert_eq!(
+            d.keys().iter().map(|k| k.copied()).collect::<Vec<_>>(),
+            [Some(0), None, Some(1), Some(0)]
+        );
+        let b = [Some(true), None, Some(false)];
+        let c = build::<Option<bool>, BoolBuilder>("b", ArrowDataType::Boolean, &b);
+        let c = c.as_any().downcast_ref::<BooleanArray>().unwrap();
+        assert_eq!(c.iter().collect::<Vec<_>>(), b);
+        let dt = ArrowDataType::List(Box::new(ArrowField::new("item".into(), ArrowDataType::LargeUtf8, true)));
+        let l = [vec!["a".to_string(), "bc".into()], vec![]];
+        let c = build::<Vec<String>, ListStrBuilder>("l", dt, &l);
+        let c = c.as_any().downcast_ref::<ListArray<i32>>().unwrap();
+        assert_eq!(c.offsets().as_slice(), [0, 2, 2]);
+        // Exact bytes: the capacities of the buffers.
+        let mut s = StrBuilder::default();
+        for _ in 0..100 {
+            ColumnBuilder::<String>::push(&mut s, &"0123456789".to_string());
+        }
+        assert_eq!(
+            ColumnBuilder::<String>::bytes(&s),
+            s.offsets.capacity() * 8 + s.data.capacity()
+        );
+        assert!(s.data.capacity() >= 1000 && s.offsets.capacity() >= 101);
+        let mut p = PrimBuilder::<i64>::default();
+        for i in 0..1000u64 {
+            ColumnBuilder::<Option<u64>>::push(&mut p, &(i % 2 == 0).then_some(i));
+        }
+        let bytes = ColumnBuilder::<Option<u64>>::bytes(&p);
+        assert_eq!(bytes, p.values.capacity() * 8 + p.validity.bytes());
+        assert!(p.validity.bytes() >= 125);
     }
 }

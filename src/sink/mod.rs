@@ -84,7 +84,7 @@ fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsR
             ..Default::default()
         })
         .collect();
-    sink.push(&mut writers.anomalies, rows)?;
+    sink.push(&mut writers.anomalies, rows.into_iter())?;
     writers.finish(sink)
 }
 
@@ -139,8 +139,7 @@ impl SinkThread {
                 for msg in rx {
                     match msg {
                         SinkMsg::Rows(batch) => writers
-                            .push(&mut sink, *batch)
-                            .and_then(|()| writers.enforce_budget(&mut sink, budget))
+                            .push(&mut sink, *batch, budget)
                             .map_err(|e| format!("writing Parquet: {e}"))?,
                         SinkMsg::Rotate(_) => {}
                         SinkMsg::Commit => commit = true,
@@ -183,8 +182,7 @@ impl SinkThread {
                 for msg in rx {
                     match msg {
                         SinkMsg::Rows(batch) => writers
-                            .push(&mut sink, *batch)
-                            .and_then(|()| writers.enforce_budget(&mut sink, budget))
+                            .push(&mut sink, *batch, budget)
                             .map_err(|e| format!("writing Parquet: {e}"))?,
                         SinkMsg::Rotate(next) => {
                             complete(writers, &mut sink).map_err(|e| format!("finishing Parquet: {e}"))?;
@@ -300,8 +298,7 @@ mod tests {
             });
             n_msgs += 50;
             n_anoms += 1;
-            w.push(&mut sink, b).unwrap();
-            w.enforce_budget(&mut sink, budget).unwrap();
+            w.push(&mut sink, b, budget).unwrap();
             assert!(
                 w.buffered_bytes(&sink) <= budget,
                 "step {step}: {}",

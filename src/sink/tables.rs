@@ -9,7 +9,9 @@ use polars::prelude::*;
 
 use std::borrow::Cow;
 
-use super::columns::{ColumnSpec, Ts, I32};
+use polars_arrow::array::Array;
+
+use super::columns::{ColumnBuilder, ColumnSpec, Ts, I32};
 use super::typed::{Hex, Ip, IpText, ShortBytes};
 
 /// Documentation of one column.
@@ -34,13 +36,49 @@ const SENSOR_DOC: ColumnDoc = ColumnDoc {
 pub trait Row: Sized + Send + 'static {
     const TABLE: &'static str;
     const DOC: &'static str;
+    /// One column builder per column (see [`super::columns::ColumnBuilder`]).
+    type Builders: Default + Send;
     /// Every column, `sensor` last.
     fn columns() -> Vec<ColumnDoc>;
     /// The Parquet schema: the row's columns, then `sensor`.
     fn schema() -> Schema;
-    /// The row's columns (without `sensor`).
-    fn to_frame(rows: &[Self]) -> PolarsResult<DataFrame>;
+    /// Appends the row's values to the builders.
+    fn push_row(b: &mut Self::Builders, row: &Self);
+    /// Rows pushed since the last [`Row::finish_arrays`].
+    fn builder_rows(b: &Self::Builders) -> usize;
+    /// Heap bytes the builders hold, exactly.
+    fn builder_bytes(b: &Self::Builders) -> usize;
+    /// The rows pushed so far as one array per column (without `sensor`),
+    /// of the types of `fields` (the file's Arrow fields, the row's columns
+    /// first); the builders are left empty.
+    fn finish_arrays(b: &mut Self::Builders, fields: &[ArrowField]) -> PolarsResult<Vec<Box<dyn Array>>>;
+    /// The row's columns (without `sensor`) as a DataFrame.
+    fn to_frame(rows: &[Self]) -> PolarsResult<DataFrame> {
+        let mut b = Self::Builders::default();
+        for r in rows {
+            Self::push_row(&mut b, r);
+        }
+        let fields = super::writer::arrow_fields::<Self>(&Self::schema());
+        let arrays = Self::finish_arrays(&mut b, &fields)?;
+        let cols = fields
+            .iter()
+            .zip(arrays)
+            .map(|(f, a)| {
+                // Names are built dictionary-encoded: their text here.
+                let a = match a.dtype() {
+                    ArrowDataType::Dictionary(..) => super::columns::names_as_text(&*a)?,
+                    _ => a,
+                };
+                Series::from_arrow(f.name.clone(), a).map(Column::from)
+            })
+            .collect::<PolarsResult<Vec<_>>>()?;
+        DataFrame::new(rows.len(), cols)
+    }
 }
+
+/// Rows pushed into one table between two checks of the writer's buffer
+/// budget (see `TableWriters::push`).
+pub const BUDGET_CHECK_ROWS: usize = 1024;
 
 /// The type a column is written with: the field's own, or a marker's.
 macro_rules! spec {
@@ -67,6 +105,7 @@ macro_rules! tables {
             impl Row for $row {
                 const TABLE: &'static str = stringify!($table);
                 const DOC: &'static str = concat!($($tdoc, "\n"),*);
+                type Builders = row_builders::$table;
                 fn columns() -> Vec<ColumnDoc> {
                     vec![$( ColumnDoc { name: stringify!($col), type_doc: <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::type_doc(), doc: $cdoc }, )* SENSOR_DOC]
                 }
@@ -74,13 +113,40 @@ macro_rules! tables {
                     Schema::from_iter([$( Field::new(stringify!($col).into(), <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::dtype()), )*
                         Field::new(SENSOR_COLUMN.into(), DataType::String)])
                 }
-                fn to_frame(rows: &[Self]) -> PolarsResult<DataFrame> {
-                    DataFrame::new(rows.len(), vec![
-                        $( <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::column(stringify!($col), rows.iter().map(|r| &r.$col)) ),*
-                    ])
+                #[inline]
+                fn push_row(b: &mut Self::Builders, row: &Self) {
+                    $( ColumnBuilder::<$ty>::push(&mut b.$col, &row.$col); )*
+                    b.n_rows += 1;
+                }
+                fn builder_rows(b: &Self::Builders) -> usize {
+                    b.n_rows
+                }
+                fn builder_bytes(b: &Self::Builders) -> usize {
+                    0 $( + ColumnBuilder::<$ty>::bytes(&b.$col) )*
+                }
+                fn finish_arrays(b: &mut Self::Builders, fields: &[ArrowField]) -> PolarsResult<Vec<Box<dyn Array>>> {
+                    let mut fields = fields.iter();
+                    let mut next = || fields.next().map(|f| &f.dtype).ok_or_else(|| PolarsError::ComputeError("fewer fields than columns".into()));
+                    let arrays = vec![$( ColumnBuilder::<$ty>::finish(&mut b.$col, stringify!($col), next()?)? ),*];
+                    b.n_rows = 0;
+                    Ok(arrays)
                 }
             }
         )*
+
+        /// Each table's column builders (see [`Row::Builders`]).
+        #[doc(hidden)]
+        pub mod row_builders {
+            use super::*;
+            $(
+                #[allow(non_camel_case_types)]
+                #[derive(Default)]
+                pub struct $table {
+                    $( pub $col: <spec!($ty $(, $w)?) as ColumnSpec<$ty>>::Builder, )*
+                    pub n_rows: usize,
+                }
+            )*
+        }
 
         /// Rows of every table, as produced by one pipeline step.
         #[derive(Debug, Default)]
@@ -124,11 +190,21 @@ macro_rules! tables {
             pub fn open(sink: &mut W) -> PolarsResult<Self> {
                 Ok(TableWriters { $( $table: sink.open::<$row>()? ),* })
             }
-            pub fn push(&mut self, sink: &mut W, batch: RowBatch) -> PolarsResult<()> {
-                $( sink.push(&mut self.$table, batch.$table)?; )*
+            /// Pushes every row into its table's builders (rows are dropped
+            /// there; full row groups are written), keeping the builders
+            /// within `budget` bytes: checked every [`BUDGET_CHECK_ROWS`]
+            /// rows, so a large batch cannot pass it by more than that.
+            pub fn push(&mut self, sink: &mut W, batch: RowBatch, budget: usize) -> PolarsResult<()> {
+                $(
+                    let mut rows = batch.$table.into_iter();
+                    while rows.len() > 0 {
+                        sink.push(&mut self.$table, rows.by_ref().take(BUDGET_CHECK_ROWS))?;
+                        self.enforce_budget(sink, budget)?;
+                    }
+                )*
                 Ok(())
             }
-            /// Bytes buffered over all tables (an estimate).
+            /// Bytes buffered over all tables: the builders' heap, exactly.
             pub fn buffered_bytes(&self, sink: &W) -> usize {
                 0 $( + sink.buffered_bytes(&self.$table) )*
             }
@@ -215,11 +291,13 @@ tables! {
         orig_ltep_v: Option<String> = "Originator's BEP 10 `v` string.",
         resp_ltep_v: Option<String> = "Responder's BEP 10 `v` string.",
         orig_listen_port: Option<u32> as I32 = "Originator's listen port from its BEP 10 `p`.",
+        resp_listen_port: Option<u32> as I32 = "Responder's listen port from its BEP 10 `p`. On a connection picked up mid-stream (`midstream`) the responder is a guess (the receiver of the first packet seen) and may be the side that connected: its `p` is then its listen port, which `resp_peer_port` does not name. `swarmtap merge` reads it (docs/MERGE.md, peers 1).",
         orig_extensions: Vec<String> = "Extension names in the originator's BEP 10 handshake `m`.",
         resp_extensions: Vec<String> = "Extension names in the responder's BEP 10 handshake `m`.",
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
         mse_handshake: bool = "An MSE/PE key exchange opened the stream (true with encrypted = false: it selected plaintext and the rest is decoded).",
         midstream: bool = "Picked up mid-connection (no handshake seen; framing found by hunting).",
+        utp_conn_id: Option<u32> as I32 = "uTP only: the connection's id, the lower of its two BEP 29 `connection_id`s (the initiator's SYN announces it; the initiator's later packets carry it + 1); null for TCP, when one side's id was never seen, or in a live snapshot of a connection still open. uTP connections share their UDP flow's community_id: `swarmtap merge` tells them apart by it (docs/MERGE.md section 2).",
         piece_bytes_orig: u64 = "Block bytes of piece messages sent by the originator (from framed headers; bytes lost in capture gaps inside blocks included).",
         piece_bytes_resp: u64 = "Block bytes of piece messages sent by the responder.",
         payload_bytes_orig: u64 = "Stream bytes from the originator (reassembled, gaps excluded).",
@@ -609,7 +687,7 @@ tables! {
         n_decode_errors: u64 = "Frames whose headers could not be decoded.",
         n_truncated: u64 = "Frames cut by the snaplen.",
         truncated_tail: bool = "The file ended inside a record.",
-        n_anomalies: u64 = "Anomalies counted (including those beyond the per-kind row cap).",
+        n_anomalies: u64 = "Rows of `anomalies` with this capture, plus those of its rows the per-kind cap (Limits.max_anomaly_rows_per_kind, 10,000 per layer and kind over the run) left out: without the cap, exactly its rows. A row that sums several events (a table that filled up, malformed blocks, out-of-range times) counts once; its detail gives their number. Rows with an empty capture are in no capture's count: layer sink (written after capture_stats), and run-level rows (a table that filled up, the audit's totals) of a run over several inputs; with one input (and live) those are its capture's.",
         n_dropped: u64 = "Live capture: packets dropped (ours + kernel + interface).",
         n_filtered_out: u64 = "Frames rejected by -f.",
         n_not_ip: u64 = "Non-IP frames (ARP, …).",
@@ -636,8 +714,8 @@ tables! {
     /// One row per malformed or hostile input event (capped per kind; totals in capture_stats).
     anomalies => AnomalyRow {
         ts: Option<Ts> = "Time.",
-        frame: Option<u64> = "Frame.",
-        capture: String = "Input file name.",
+        frame: Option<u64> = "Frame of the packet it is about: for what a flow's end finds (idle, closed, end of input, eviction), the flow's last packet; for a swarm conflict, the claim's packet. Null for run-level rows (totals over the run).",
+        capture: String = "Input file name; empty for run-level rows of a run over several inputs and for layer sink (see capture_stats.n_anomalies).",
         conn_id: Option<u64> = "Flow/connection, where one applies.",
         layer: &'static str = "capture, decode, tcp, peer_wire, tracker, dht, utp, flow, …",
         kind: String = "What was wrong (snake_case).",

@@ -1,17 +1,16 @@
 //! Typed values whose text is made only here, at the sink edge: rows carry
 //! ids as bytes and addresses as `IpAddr`, and the writer formats each cell
-//! into one reused buffer straight into the column builder (no `String` per
-//! cell). Used by the DHT tables, where a row per KRPC datagram made the
+//! straight into the text column's data buffer as the row arrives (no
+//! `String` per cell, no intermediate buffer). Used by the DHT tables, where a row per KRPC datagram made the
 //! per-cell strings the largest cost of the run (bench/README.md, session 5).
 
-use std::borrow::Cow;
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::net::IpAddr;
 
 use polars::prelude::*;
+use polars_arrow::array::Array;
 
-use super::columns::ColumnSpec;
-use super::columns::ColumnValue;
+use super::columns::{ColumnBuilder, ColumnSpec, StrBuilder};
 
 /// A short byte string kept inline (transaction ids, `v`): up to
 /// [`ShortBytes::INLINE`] bytes without allocating; longer ones (rare, and
@@ -54,39 +53,68 @@ impl Default for ShortBytes {
 
 impl std::fmt::Debug for ShortBytes {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut s = String::new();
+        let mut s = Vec::new();
         push_hex(&mut s, self.as_slice());
-        write!(f, "ShortBytes({s})")
+        write!(f, "ShortBytes({})", String::from_utf8_lossy(&s))
     }
 }
 
 const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
-/// Appends `b` as lowercase hex.
-pub fn push_hex(buf: &mut String, b: &[u8]) {
-    for &x in b {
-        buf.push(char::from(HEX_DIGITS[usize::from(x >> 4)]));
-        buf.push(char::from(HEX_DIGITS[usize::from(x & 15)]));
+/// The two hex digits of every byte value.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX_DIGITS[i >> 4], HEX_DIGITS[i & 15]];
+        i += 1;
     }
+    t
+};
+
+/// Appends `b` as lowercase hex.
+#[inline]
+pub fn push_hex(buf: &mut Vec<u8>, b: &[u8]) {
+    buf.reserve(2 * b.len());
+    for &x in b {
+        buf.extend_from_slice(&HEX_PAIRS[usize::from(x)]);
+    }
+}
+
+/// Appends a 20-byte id as 40 hex digits (made on the stack, appended once).
+#[inline]
+pub fn push_hex20(buf: &mut Vec<u8>, id: &[u8; 20]) {
+    let mut out = [0u8; 40];
+    for (o, &x) in out.chunks_exact_mut(2).zip(id) {
+        o.copy_from_slice(&HEX_PAIRS[usize::from(x)]);
+    }
+    buf.extend_from_slice(&out);
 }
 
 /// Appends `ip` as text: dotted quad, or RFC 5952 for IPv6 (as std prints
 /// it, the same text as `IpAddr::to_string`).
-pub fn push_ip(buf: &mut String, ip: IpAddr) {
+#[inline]
+pub fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf.push('.');
-                }
+            // At most 15 bytes, made on the stack and appended once.
+            let mut out = [0u8; 16];
+            let mut n = 0;
+            for o in v4.octets() {
                 if o >= 100 {
-                    buf.push(char::from(b'0' + o / 100));
+                    out[n] = b'0' + o / 100;
+                    n += 1;
                 }
                 if o >= 10 {
-                    buf.push(char::from(b'0' + o / 10 % 10));
+                    out[n] = b'0' + o / 10 % 10;
+                    n += 1;
                 }
-                buf.push(char::from(b'0' + o % 10));
+                out[n] = b'0' + o % 10;
+                out[n + 1] = b'.';
+                n += 2;
             }
+            // Without the last dot.
+            buf.extend_from_slice(&out[..n - 1]);
         }
         IpAddr::V6(_) => {
             let _ = write!(buf, "{ip}");
@@ -94,9 +122,9 @@ pub fn push_ip(buf: &mut String, ip: IpAddr) {
     }
 }
 
-/// Text of a value, written into a reused buffer.
+/// Text of a value, appended to a text column's data buffer.
 pub trait ToText {
-    fn push_text(&self, buf: &mut String);
+    fn push_text(&self, buf: &mut Vec<u8>);
 }
 
 /// Bytes written as lowercase hex text.
@@ -105,13 +133,14 @@ pub struct Hex;
 pub struct IpText;
 
 impl ToText for [u8; 20] {
-    fn push_text(&self, buf: &mut String) {
-        push_hex(buf, self);
+    #[inline]
+    fn push_text(&self, buf: &mut Vec<u8>) {
+        push_hex20(buf, self);
     }
 }
 
 impl ToText for ShortBytes {
-    fn push_text(&self, buf: &mut String) {
+    fn push_text(&self, buf: &mut Vec<u8>) {
         push_hex(buf, self.as_slice());
     }
 }
@@ -141,60 +170,56 @@ impl PartialEq<&str> for Ip {
 }
 
 impl ToText for Ip {
-    fn push_text(&self, buf: &mut String) {
+    fn push_text(&self, buf: &mut Vec<u8>) {
         push_ip(buf, self.0);
     }
-}
-
-fn text_column<'a, V: ToText + 'a>(name: &str, values: impl ExactSizeIterator<Item = &'a V>) -> Column {
-    let mut b = StringChunkedBuilder::new(name.into(), values.len());
-    let mut buf = String::with_capacity(64);
-    for v in values {
-        buf.clear();
-        v.push_text(&mut buf);
-        b.append_value(buf.as_str());
-    }
-    b.finish().into_column()
-}
-
-fn opt_text_column<'a, V: ToText + 'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Option<V>>) -> Column {
-    let mut b = StringChunkedBuilder::new(name.into(), values.len());
-    let mut buf = String::with_capacity(64);
-    for v in values {
-        match v {
-            Some(v) => {
-                buf.clear();
-                v.push_text(&mut buf);
-                b.append_value(buf.as_str());
-            }
-            None => b.append_null(),
-        }
-    }
-    b.finish().into_column()
 }
 
 macro_rules! text_spec {
     ($marker:ty, $v:ty) => {
         impl ColumnSpec<$v> for $marker {
+            type Builder = StrBuilder;
             fn dtype() -> DataType {
                 DataType::String
             }
             fn type_doc() -> &'static str {
                 "string"
             }
-            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a $v>) -> Column {
-                text_column(name, values)
-            }
         }
         impl ColumnSpec<Option<$v>> for $marker {
+            type Builder = StrBuilder;
             fn dtype() -> DataType {
                 DataType::String
             }
             fn type_doc() -> &'static str {
                 "string?"
             }
-            fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Option<$v>>) -> Column {
-                opt_text_column(name, values)
+        }
+        impl ColumnBuilder<$v> for StrBuilder {
+            #[inline]
+            fn push(&mut self, v: &$v) {
+                self.push_with(|d| v.push_text(d));
+            }
+            fn bytes(&self) -> usize {
+                self.heap()
+            }
+            fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+                self.array(dtype)
+            }
+        }
+        impl ColumnBuilder<Option<$v>> for StrBuilder {
+            #[inline]
+            fn push(&mut self, v: &Option<$v>) {
+                match v {
+                    Some(v) => self.push_opt_with(true, |d| v.push_text(d)),
+                    None => self.push_opt_with(false, |_| {}),
+                }
+            }
+            fn bytes(&self) -> usize {
+                self.heap()
+            }
+            fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+                self.array(dtype)
             }
         }
     };
@@ -203,20 +228,6 @@ macro_rules! text_spec {
 text_spec!(Hex, [u8; 20]);
 text_spec!(Hex, ShortBytes);
 text_spec!(IpText, Ip);
-
-/// Text that is a static name almost always (a method name) and owned
-/// only when the wire sent something else.
-impl ColumnValue for Option<Cow<'static, str>> {
-    fn dtype() -> DataType {
-        DataType::String
-    }
-    fn type_doc() -> &'static str {
-        "string?"
-    }
-    fn column<'a>(name: &str, values: impl ExactSizeIterator<Item = &'a Self>) -> Column {
-        StringChunked::from_iter_options(name.into(), values.map(|s| s.as_deref())).into_column()
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -231,23 +242,42 @@ mod tests {
             "::1",
             "2001:db8::8:800:200c:417a",
             "::ffff:1.2.3.4",
+            "255.255.255.255",
+            "100.10.1.0",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            assert_eq!(s, ip.to_string().as_bytes());
         }
-        let mut s = String::new();
+        let mut s = b"x".to_vec();
         push_hex(&mut s, &[0, 0xab, 0x10, 0xff]);
-        assert_eq!(s, "00ab10ff");
+        assert_eq!(s, b"x00ab10ff");
+        let id: [u8; 20] = std::array::from_fn(|i| (i * 13) as u8);
+        let mut s = Vec::new();
+        push_hex20(&mut s, &id);
+        let mut t = Vec::new();
+        push_hex(&mut t, &id);
+        assert_eq!(s, t);
+        assert_eq!(&s[..8], b"000d1a27");
         for n in [0usize, 2, 14, 15, 40] {
             let b: Vec<u8> = (0..n as u8).collect();
             let sb = ShortBytes::new(&b);
             assert_eq!(sb.as_slice(), &b[..]);
             assert_eq!(matches!(sb, ShortBytes::Heap(_)), n > ShortBytes::INLINE);
         }
-        let c = <Hex as ColumnSpec<Option<[u8; 20]>>>::column("id", [Some([0x1f; 20]), None].iter());
-        let got: Vec<Option<&str>> = c.str().unwrap().iter().collect();
-        assert_eq!(got, [Some("1f".repeat(20).as_str()), None]);
+        let mut b = <Hex as ColumnSpec<Option<[u8; 20]>>>::Builder::default();
+        for v in [Some([0x1f; 20]), None] {
+            b.push(&v);
+        }
+        let ip: Ip = "2001:db8::1".parse::<IpAddr>().unwrap().into();
+        ColumnBuilder::<Option<Ip>>::push(&mut b, &Some(ip));
+        let c = ColumnBuilder::<Option<Ip>>::finish(&mut b, "id", &ArrowDataType::LargeUtf8).unwrap();
+        let c = c
+            .as_any()
+            .downcast_ref::<polars_arrow::array::Utf8Array<i64>>()
+            .unwrap();
+        let got: Vec<Option<&str>> = c.iter().collect();
+        assert_eq!(got, [Some("1f".repeat(20).as_str()), None, Some("2001:db8::1")]);
     }
 }

@@ -1,34 +1,39 @@
 //! Parquet writing: one file per table, written in row groups as rows
-//! arrive, so memory holds at most one row group per table. [`DirSink`]
+//! arrive. Rows go into their table's column builders as soon as they reach
+//! the writer, so memory holds at most one row group's columns per table
+//! (and less: see `TableWriters::enforce_budget`). [`DirSink`]
 //! writes `DIR/<table>.parquet` (analyze); [`RotatingSink`] writes one file
 //! per table and interval into hive partitions (live).
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use polars::prelude::*;
-use polars_parquet::parquet::error::ParquetError;
+use polars_parquet::parquet::compression::Compression;
+use polars_parquet::parquet::page::{CompressedDataPage, CompressedDictPage, CompressedPage, DataPageHeader, Page};
+use polars_parquet::parquet::CowBuffer;
 use polars_parquet::write::{
-    array_to_columns, get_dtype_encoding, to_parquet_schema, CompressionOptions, Compressor, DynIter,
-    DynStreamingIterator, Encoding, FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version,
-    WriteOptions,
+    array_to_columns, get_dtype_encoding, to_parquet_schema, CompressionOptions, DynIter, DynStreamingIterator,
+    Encoding, FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version, WriteOptions,
 };
 
-use super::columns::set_current_table;
+use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
+use polars_arrow::datatypes::IntegerType;
+
+use super::columns::{names_as_text, set_current_table, writes_as};
 use super::layout::{self, Layout, Staging};
-use super::tables::{Row, SENSOR_COLUMN};
+use super::tables::Row;
 
 /// Where tables go. Implemented by [`DirSink`] (one Parquet file per table)
 /// and [`RotatingSink`] (one file per table and live interval).
 pub trait TableSink {
     type For<R: Row>;
     fn open<R: Row>(&mut self) -> PolarsResult<Self::For<R>>;
-    fn push<R: Row>(&mut self, t: &mut Self::For<R>, rows: Vec<R>) -> PolarsResult<()>;
+    fn push<R: Row>(&mut self, t: &mut Self::For<R>, rows: impl Iterator<Item = R>) -> PolarsResult<()>;
     fn finish<R: Row>(&mut self, t: Self::For<R>) -> PolarsResult<()>;
-    /// Bytes of rows buffered for the next row group (an estimate).
+    /// Bytes buffered for the next row group (the column builders' heap).
     fn buffered_bytes<R: Row>(&self, _t: &Self::For<R>) -> usize {
         0
     }
@@ -36,12 +41,6 @@ pub trait TableSink {
     fn flush<R: Row>(&mut self, _t: &mut Self::For<R>) -> PolarsResult<()> {
         Ok(())
     }
-}
-
-/// Estimated memory of `n` buffered rows: the struct plus a typical heap
-/// share for its strings and lists.
-pub fn row_bytes<R: Row>(n: usize) -> usize {
-    n * (std::mem::size_of::<R>() + 32)
 }
 
 /// Bytes buffered in front of each Parquet file. The Parquet writer issues
@@ -66,21 +65,29 @@ pub fn host_name() -> String {
 /// pandas 3 cannot convert), `list`, UTC microsecond timestamps, and a
 /// column nullable only where its declaration says so (`?`).
 fn arrow_schema<R: Row>(schema: &Schema) -> ArrowSchema {
+    ArrowSchema::from_iter(arrow_fields::<R>(schema))
+}
+
+/// The fields of [`arrow_schema`], in order.
+pub fn arrow_fields<R: Row>(schema: &Schema) -> Vec<ArrowField> {
     let docs = R::columns();
     let arrow = schema.to_arrow(CompatLevel::oldest());
-    ArrowSchema::from_iter(arrow.iter_values().map(|f| {
-        let nullable = docs
-            .iter()
-            .find(|d| d.name == f.name.as_str())
-            .is_some_and(|d| d.type_doc.ends_with('?'));
-        // Lists with 32-bit offsets (Arrow `list`, not `large_list`):
-        // pandas 2's pyarrow backend explodes only those.
-        let dtype = match &f.dtype {
-            ArrowDataType::LargeList(inner) => ArrowDataType::List(inner.clone()),
-            d => d.clone(),
-        };
-        ArrowField::new(f.name.clone(), dtype, nullable)
-    }))
+    arrow
+        .iter_values()
+        .map(|f| {
+            let nullable = docs
+                .iter()
+                .find(|d| d.name == f.name.as_str())
+                .is_some_and(|d| d.type_doc.ends_with('?'));
+            // Lists with 32-bit offsets (Arrow `list`, not `large_list`):
+            // pandas 2's pyarrow backend explodes only those.
+            let dtype = match &f.dtype {
+                ArrowDataType::LargeList(inner) => ArrowDataType::List(inner.clone()),
+                d => d.clone(),
+            };
+            ArrowField::new(f.name.clone(), dtype, nullable)
+        })
+        .collect()
 }
 
 /// One table's Parquet file being written.
@@ -89,14 +96,19 @@ pub struct TableFile<R: Row> {
     fields: Vec<ParquetType>,
     encodings: Vec<Vec<Encoding>>,
     options: WriteOptions,
-    buf: Vec<R>,
+    /// The file's Arrow fields: the row's columns, `sensor`, then
+    /// `extra_ts` when there is one.
+    arrow_fields: Vec<ArrowField>,
+    /// The rows of the next row group, as columns.
+    builders: R::Builders,
+    /// The file's zstd context, reused for every page.
+    zstd: Mutex<zstd::bulk::Compressor<'static>>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     /// A constant timestamp column added to every row (live: the
     /// interval's start), when the table does not declare it itself.
     extra_ts: Option<(&'static str, i64)>,
     sensor: Arc<str>,
-    _row: PhantomData<R>,
 }
 
 /// Writes `DIR/<table>.parquet`. The files are written into a new folder
@@ -133,67 +145,159 @@ impl DirSink {
     }
 }
 
-/// Buffers rows and writes a row group each time `group_rows` are held
-/// (a batch that large on its own goes straight out).
-fn push_rows<R: Row>(t: &mut TableFile<R>, mut rows: Vec<R>, group_rows: usize) -> PolarsResult<()> {
-    if t.buf.is_empty() && rows.len() >= group_rows {
-        t.buf = std::mem::take(&mut rows);
-        return write_group(t);
-    }
-    t.buf.append(&mut rows);
-    if t.buf.len() >= group_rows {
-        write_group(t)?;
+/// Pushes rows into the table's builders and writes a row group each time
+/// `group_rows` are held. Each row is dropped once its values are in.
+fn push_rows<R: Row>(t: &mut TableFile<R>, rows: impl Iterator<Item = R>, group_rows: usize) -> PolarsResult<()> {
+    for r in rows {
+        R::push_row(&mut t.builders, &r);
+        if R::builder_rows(&t.builders) >= group_rows {
+            write_group(t)?;
+        }
     }
     Ok(())
 }
 
+/// Writes the rows held in the builders as one row group: the builders'
+/// buffers become the arrays, no second pass over rows.
 fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
-    if t.buf.is_empty() {
+    let h = R::builder_rows(&t.builders);
+    if h == 0 {
         return Ok(());
     }
     set_current_table(R::TABLE);
-    let mut df = R::to_frame(&t.buf)?;
-    let h = df.height();
-    df.with_column(StringChunked::full(SENSOR_COLUMN.into(), &t.sensor, h).into_column())?;
+    let mut arrays = R::finish_arrays(&mut t.builders, &t.arrow_fields)?;
+    // One value: written as the dictionary the Parquet writer would make.
+    let values = Utf8Array::<i64>::from_slice([&*t.sensor]).boxed();
+    let keys = PrimitiveArray::<u32>::from_vec(vec![0; h]);
+    let dict = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(values.dtype().clone()), false);
+    arrays.push(DictionaryArray::<u32>::try_new(dict, keys, values)?.boxed());
     if let Some((name, v)) = t.extra_ts {
-        let c = Int64Chunked::full(name.into(), v, h)
-            .into_datetime(TimeUnit::Microseconds, Some(TimeZone::UTC))
-            .into_column();
-        df.with_column(c)?;
+        let dtype = t
+            .arrow_fields
+            .iter()
+            .find(|f| f.name.as_str() == name)
+            .map(|f| f.dtype.clone())
+            .ok_or_else(|| PolarsError::ComputeError(format!("no field {name}").into()))?;
+        arrays.push(PrimitiveArray::<i64>::from_vec(vec![v; h]).to(dtype).boxed());
     }
-    write_df(t, &mut df)?;
-    t.buf.clear();
-    Ok(())
+    write_arrays(t, h, arrays)
 }
 
 /// Writes `df` (every column of the file, in its order) as row groups.
 fn write_df<R: Row>(t: &mut TableFile<R>, df: &mut DataFrame) -> PolarsResult<()> {
     df.rechunk_mut();
     for batch in df.iter_chunks(CompatLevel::oldest(), false) {
-        let n = batch.height() as u64;
-        let mut columns = Vec::with_capacity(t.fields.len());
-        for (((array, type_), enc), f) in batch
-            .into_arrays()
-            .into_iter()
-            .zip(&t.fields)
-            .zip(&t.encodings)
-            .zip(t.writer.schema().iter_values())
-        {
-            let array = if array.dtype() == &f.dtype {
-                array
-            } else {
-                polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
-            };
-            for pages in array_to_columns(array, type_.clone(), t.options, enc)? {
-                let pages = DynIter::new(pages.map(|p| p.map_err(ParquetError::from)));
-                let compressed = Compressor::new(pages, t.options.compression, vec![])
-                    .map_err(|e| PolarsError::ComputeError(e.to_string().into()));
-                columns.push(Ok(DynStreamingIterator::new(compressed)));
-            }
-        }
-        t.writer.write(n, DynIter::new(columns.into_iter()))?;
+        let n = batch.height();
+        write_arrays(t, n, batch.into_arrays())?;
     }
     Ok(())
+}
+
+/// Writes one row group of `n` rows: one array per field of the file, in
+/// its order (cast to the field's type where it differs).
+fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Array>>) -> PolarsResult<()> {
+    let mut columns = Vec::with_capacity(t.fields.len());
+    for (((array, type_), enc), f) in arrays
+        .into_iter()
+        .zip(&t.fields)
+        .zip(&t.encodings)
+        .zip(t.writer.schema().iter_values())
+    {
+        let array = if writes_as(&*array, &f.dtype) {
+            array
+        } else if let ArrowDataType::Dictionary(..) = array.dtype() {
+            // polars cannot cast a dictionary: its text first.
+            polars::polars_compute::cast::cast(&*names_as_text(&*array)?, &f.dtype, Default::default())?
+        } else {
+            polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
+        };
+        for pages in array_to_columns(array, type_.clone(), t.options, enc)? {
+            columns.push(Ok(DynStreamingIterator::new(Compressed {
+                pages,
+                zstd: &t.zstd,
+                current: None,
+            })));
+        }
+    }
+    t.writer.write(n as u64, DynIter::new(columns.into_iter()))?;
+    Ok(())
+}
+
+/// Compresses one encoded page with zstd at its default level, as
+/// polars-parquet's `Compressor` does (same bytes), but with the table
+/// file's one zstd context (it makes a context per page, 1–2 % of a run)
+/// and without zero-filling the output first.
+fn compress_page(z: &mut zstd::bulk::Compressor<'static>, page: Page) -> PolarsResult<CompressedPage> {
+    let mut zstd = |src: &[u8]| -> PolarsResult<Vec<u8>> {
+        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(src.len()));
+        z.compress_to_buffer(src, &mut out)
+            .map_err(|e| PolarsError::ComputeError(format!("zstd: {e}").into()))?;
+        Ok(out)
+    };
+    match page {
+        Page::Data(p) => {
+            if !matches!(p.header(), DataPageHeader::V1(_)) {
+                // The files are written with Version::V1 pages only.
+                return Err(PolarsError::ComputeError("unexpected V2 data page".into()));
+            }
+            let src = p.buffer();
+            let out = zstd(src)?;
+            let num_rows = p
+                .num_rows()
+                .ok_or_else(|| PolarsError::ComputeError("data page without a row count".into()))?;
+            Ok(CompressedPage::Data(CompressedDataPage::new(
+                p.header().clone(),
+                CowBuffer::Owned(out),
+                Compression::Zstd,
+                src.len(),
+                p.descriptor.clone(),
+                num_rows,
+            )))
+        }
+        Page::Dict(p) => {
+            let out = zstd(&p.buffer)?;
+            Ok(CompressedPage::Dict(CompressedDictPage::new(
+                CowBuffer::Owned(out),
+                Compression::Zstd,
+                p.buffer.len(),
+                p.num_values,
+                p.is_sorted,
+            )))
+        }
+    }
+}
+
+/// One column's pages of a row group, compressed one at a time as the file
+/// writer takes them (the columns of a group are written one after the
+/// other, so the lock is never contended).
+struct Compressed<'a, I> {
+    pages: I,
+    zstd: &'a Mutex<zstd::bulk::Compressor<'static>>,
+    current: Option<CompressedPage>,
+}
+
+impl<I: Iterator<Item = PolarsResult<Page>>> FallibleStreamingIterator for Compressed<'_, I> {
+    type Item = CompressedPage;
+    type Error = PolarsError;
+    fn advance(&mut self) -> PolarsResult<()> {
+        self.current = match self.pages.next() {
+            Some(page) => {
+                let mut z = self
+                    .zstd
+                    .lock()
+                    .map_err(|_| PolarsError::ComputeError("zstd context poisoned".into()))?;
+                Some(compress_page(&mut z, page?)?)
+            }
+            None => None,
+        };
+        Ok(())
+    }
+    fn get(&self) -> Option<&CompressedPage> {
+        self.current.as_ref()
+    }
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.pages.size_hint()
+    }
 }
 
 /// Rows per row group when a whole frame is written ([`write_frame`]).
@@ -246,6 +350,7 @@ impl<R: Row> TableFile<R> {
         sensor: Arc<str>,
     ) -> PolarsResult<Self> {
         let arrow = arrow_schema::<R>(schema);
+        let arrow_fields = arrow.iter_values().cloned().collect();
         let parquet = to_parquet_schema(&arrow)?;
         let fields = parquet.fields().to_vec();
         let encodings = arrow.iter_values().map(|f| get_dtype_encoding(&f.dtype)).collect();
@@ -262,12 +367,14 @@ impl<R: Row> TableFile<R> {
             fields,
             encodings,
             options,
-            buf: Vec::new(),
+            arrow_fields,
+            builders: R::Builders::default(),
+            // Level 0: zstd's default, as CompressionOptions::Zstd(None).
+            zstd: Mutex::new(zstd::bulk::Compressor::new(0)?),
             tmp_path,
             final_path,
             extra_ts,
             sensor,
-            _row: PhantomData,
         })
     }
 
@@ -290,12 +397,12 @@ impl TableSink for DirSink {
         TableFile::create(tmp_path, final_path, &R::schema(), None, self.sensor.clone())
     }
 
-    fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
+    fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = R>) -> PolarsResult<()> {
         push_rows(t, rows, self.row_group_rows)
     }
 
     fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
-        row_bytes::<R>(t.buf.len())
+        R::builder_bytes(&t.builders)
     }
 
     fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
@@ -420,12 +527,12 @@ impl TableSink for RotatingSink {
         TableFile::create(tmp_path, final_path, &schema, extra_ts, self.sensor.clone())
     }
 
-    fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: Vec<R>) -> PolarsResult<()> {
+    fn push<R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = R>) -> PolarsResult<()> {
         push_rows(t, rows, self.row_group_rows)
     }
 
     fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
-        row_bytes::<R>(t.buf.len())
+        R::builder_bytes(&t.builders)
     }
 
     fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {

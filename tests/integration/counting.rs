@@ -198,7 +198,7 @@ fn connection_bytes_and_messages_equal_the_wire_reference_both_directions() {
 
 // ---------- an MSE exchange longer than the scan window ----------
 
-/// sample-pcaps/built/mse-long-head.pcap (made by
+/// tests/captures/mse-long-head.pcap (made by
 /// sample-pcaps/generate/mse_long_head.py): four MSE exchanges that
 /// selected plaintext, where the originator sends 5,578 bytes (its key
 /// exchange, then pipelined plaintext requests) before the responder's
@@ -218,7 +218,7 @@ fn connection_bytes_and_messages_equal_the_wire_reference_both_directions() {
 /// counted as lost.)
 #[test]
 fn mse_exchange_longer_than_the_scan_window_is_counted_exactly() {
-    let dir = samples().join("built");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures");
     let text = std::fs::read_to_string(dir.join("mse-long-head.truth.json")).expect("truth");
     let t: Value = serde_json::from_str(&text).expect("truth json");
     let r = run(&[dir.join("mse-long-head.pcap")], &[]);

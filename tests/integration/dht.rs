@@ -748,41 +748,9 @@ fn issue5_dht_tables_do_not_depend_on_thread_count() {
 #[test]
 fn issue16_dht_flood_with_fresh_ids_is_bounded_and_counted() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (a, b) = (ep("10.0.0.1:6881"), ep("10.0.0.2:6881"));
-    let ih0 = [0x42u8; 20];
-    let mut args = b"9:info_hash".to_vec();
-    args.extend(bs(&ih0));
-    let mut values = b"5:token".to_vec();
-    values.extend(bs(b"tok"));
-    values.extend(b"6:valuesl");
-    values.extend(bs(&[192, 0, 2, 1, 0x1a, 0xe1]));
-    values.push(b'e');
-    let mut frames = vec![
-        (1_000_000, udp_frame(a, b, &query(b"aa", "get_peers", &args))),
-        (1_025_000, udp_frame(b, a, &response(b"aa", &values))),
-    ];
-    let n: u32 = 5_000;
-    for i in 0..n {
-        let (mut id, mut ih) = ([1u8; 20], [2u8; 20]);
-        id[..4].copy_from_slice(&i.to_be_bytes());
-        ih[..4].copy_from_slice(&i.to_be_bytes());
-        let mut q = b"d1:ad2:id".to_vec();
-        q.extend(bs(&id));
-        q.extend(b"9:info_hash");
-        q.extend(bs(&ih));
-        q.extend(b"e1:q9:get_peers1:t");
-        q.extend(bs(&i.to_be_bytes()));
-        q.extend(b"1:y1:qe");
-        frames.push((2_000_000 + i64::from(i) * 10, udp_frame(a, b, &q)));
-    }
     let p = tmp.path().join("dht-flood.pcap");
-    write_pcap(&p, &frames);
-    let mut settings = Settings::default();
-    settings.limits.max_dht_nodes = 1000;
-    settings.limits.max_dht_infohashes = 1000;
-    // 100 outstanding queries per shard (64 shards).
-    settings.limits.dht.max_pending = 64 * 100;
-    let r = run_with(&[p], &[], settings, None);
+    let n = dht_flood(&p);
+    let r = run_with(&[p], &[], flood_settings(), None);
 
     let m = table(&r, "dht_messages");
     assert_eq!(m.height() as u32, n + 2);
@@ -815,4 +783,75 @@ fn issue16_dht_flood_with_fresh_ids_is_bounded_and_counted() {
         [Some("4001 info hash observations not tracked (max 1000)".to_string())]
     );
     assert_eq!(count_by(&an, "kind").get("dht_pending_full"), Some(&u64::from(n - 100)));
+}
+
+/// The flood's limits: 1,000 nodes and info hashes, 100 outstanding
+/// queries per shard (64 shards).
+fn flood_settings() -> Settings {
+    let mut settings = Settings::default();
+    settings.limits.max_dht_nodes = 1000;
+    settings.limits.max_dht_infohashes = 1000;
+    settings.limits.dht.max_pending = 64 * 100;
+    settings
+}
+
+/// Past the per-kind row cap the shards count a flood's anomalies without
+/// building their rows (535 k formatted rows in the 600 k case before):
+/// the count stays exact, and the rows kept are the ones the cap kept when
+/// every row was built.
+#[test]
+fn dht_flood_rows_stop_at_the_cap_and_the_count_stays_exact() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("dht-flood.pcap");
+    let n = dht_flood(&p);
+    let pending = |r: &Run| u64s(&rows_eq(&table(r, "anomalies"), "kind", "dht_pending_full"), "frame");
+    // Every row built: 4,900 dht_pending_full, 4,902 anomalies in all.
+    let all = run_with(std::slice::from_ref(&p), &[], flood_settings(), None);
+    let every = pending(&all);
+    assert_eq!(every.len() as u32, n - 100);
+    assert_eq!(table(&all, "anomalies").height(), 4902);
+    assert_eq!(u64s(&table(&all, "capture_stats"), "n_anomalies"), [Some(4902)]);
+    // Capped at 1,000 rows a kind, in steps of 256 frames: once a step has
+    // filled the kind, the shards count the rest without building them.
+    let mut s = flood_settings();
+    s.limits.max_anomaly_rows_per_kind = 1000;
+    s.limits.batch_frames = 256;
+    let capped = run_with(&[p], &[], s, None);
+    assert_eq!(pending(&capped), every[..1000]);
+    assert_eq!(table(&capped, "anomalies").height(), 1002);
+    assert_eq!(u64s(&table(&capped, "capture_stats"), "n_anomalies"), [Some(4902)]);
+}
+
+/// One real get_peers exchange, then `n` = 5,000 get_peers queries from
+/// fresh node ids for fresh info hashes, never answered; returns `n`.
+fn dht_flood(p: &Path) -> u32 {
+    let (a, b) = (ep("10.0.0.1:6881"), ep("10.0.0.2:6881"));
+    let ih0 = [0x42u8; 20];
+    let mut args = b"9:info_hash".to_vec();
+    args.extend(bs(&ih0));
+    let mut values = b"5:token".to_vec();
+    values.extend(bs(b"tok"));
+    values.extend(b"6:valuesl");
+    values.extend(bs(&[192, 0, 2, 1, 0x1a, 0xe1]));
+    values.push(b'e');
+    let mut frames = vec![
+        (1_000_000, udp_frame(a, b, &query(b"aa", "get_peers", &args))),
+        (1_025_000, udp_frame(b, a, &response(b"aa", &values))),
+    ];
+    let n: u32 = 5_000;
+    for i in 0..n {
+        let (mut id, mut ih) = ([1u8; 20], [2u8; 20]);
+        id[..4].copy_from_slice(&i.to_be_bytes());
+        ih[..4].copy_from_slice(&i.to_be_bytes());
+        let mut q = b"d1:ad2:id".to_vec();
+        q.extend(bs(&id));
+        q.extend(b"9:info_hash");
+        q.extend(bs(&ih));
+        q.extend(b"e1:q9:get_peers1:t");
+        q.extend(bs(&i.to_be_bytes()));
+        q.extend(b"1:y1:qe");
+        frames.push((2_000_000 + i64::from(i) * 10, udp_frame(a, b, &q)));
+    }
+    write_pcap(p, &frames);
+    n
 }
