@@ -28,7 +28,7 @@ Each connection, from the originator A (10.98.0.1) to the responder B
   A: have 0, have 1, not_interested
   both: FIN
 
-Connections:
+Connections (the first four select plaintext):
   tcp 50001 -> 6881   no loss
   tcp 50002 -> 6881   A's 4th pipelined segment (1,000 bytes, inside what
                       lies past the 2 KiB scan head) never captured; B's ACKs
@@ -37,6 +37,14 @@ Connections:
   utp 50004 -> 6882   as 50002, over uTP: the missing packet is 1,000 bytes
                       between two 1,000-byte packets, so the analyzer's
                       estimate of a lost uTP packet's size is exact
+  utp 50006 -> 6882   a gap inside the scan window: A sends 1,920 bytes
+                      before B's handshake (296, 124, 3 x 500), the middle
+                      500-byte packet missing
+  utp 50005 -> 6882   an exchange that stays encrypted (RC4 selected): the
+                      same 296/396/124-byte opening, then 3,000 random bytes
+                      from A and 2,000 from B; no plaintext handshake, so the
+                      row is the MSE scan's own count (over uTP the
+                      transport gives none)
 
 Standard library only; payloads from random.Random(21), so the output is the
 same on every run.
@@ -108,6 +116,14 @@ def script(rnd):
     return flights, b_known
 
 
+def encrypted_script(rnd):
+    """An exchange that selected RC4: random bytes both ways, nothing to
+    decode."""
+    flights = [("A", rnd.randbytes(296)), ("B", rnd.randbytes(396)), ("A", rnd.randbytes(124)),
+               ("A", rnd.randbytes(3000)), ("B", rnd.randbytes(2000))]
+    return flights
+
+
 def segments(flights, mss):
     """(side, bytes) per packet: a flight is cut at `mss`."""
     out = []
@@ -140,7 +156,7 @@ def tcp_conn(frames, ts, sport, dport, packets, lost):
     n_a = 0
     for side, data in packets:
         other = "B" if side == "A" else "A"
-        skip = side == "A" and lost and n_a == LOST_A_PACKET
+        skip = side == "A" and n_a == lost
         if side == "A":
             n_a += 1
         if not skip:
@@ -178,7 +194,7 @@ def utp_conn(frames, ts, sport, dport, packets, lost):
     n_a = 0
     for side, data in packets:
         other = "B" if side == "A" else "A"
-        skip = side == "A" and lost and n_a == LOST_A_PACKET
+        skip = side == "A" and n_a == lost
         if side == "A":
             n_a += 1
         if not skip:
@@ -203,8 +219,41 @@ def main():
     frames = []
     ts = [1_800_000_000_000_000]
     conns = []
+    encrypted = encrypted_script(random.Random(22))
     for transport, sport, dport, lost in (("tcp", 50001, 6881, False), ("tcp", 50002, 6881, True),
-                                          ("utp", 50003, 6882, False), ("utp", 50004, 6882, True)):
+                                          ("utp", 50003, 6882, False), ("utp", 50004, 6882, True),
+                                          ("utp", 50005, 6882, None), ("utp", 50006, 6882, "short")):
+        if lost == "short":
+            # A gap inside the scan window: A sends 1,920 bytes before B's
+            # handshake, in 296, 124 and three 500-byte packets, of which
+            # the middle one is missing.
+            sflights, _ = script(random.Random(23))
+            a_pipe = b"".join(d for s_, d in sflights[3:-2])[:1500]
+            short = sflights[:3] + [("A", a_pipe[i:i + 500]) for i in range(0, 1500, 500)] + sflights[-2:]
+            packets = segments(short, 1400)
+            a_sizes = [len(d) for s_, d in packets if s_ == "A"]
+            assert a_sizes[2:6] == [500, 500, 500, 23] and sum(a_sizes[:5]) < 2048, a_sizes
+            utp_conn(frames, ts, sport, dport, packets, 3)
+            ts[0] += 1_000_000
+            conns.append({
+                "transport": transport, "orig_ip": A_IP, "orig_port": sport, "resp_ip": B_IP, "resp_port": dport,
+                "lost_orig_packet": True, "stays_encrypted": False, "gap_inside_window": True,
+                "orig": {"payload_bytes": sum(a_sizes) - 500, "gap_bytes": 500,
+                         "bytes_before_resp_handshake": sum(a_sizes[:5])},
+                "resp": {"payload_bytes": sum(len(d) for s_, d in packets if s_ == "B"), "gap_bytes": 0, **b_known},
+            })
+            continue
+        if lost is None:
+            packets = segments(encrypted, 1400)
+            (tcp_conn if transport == "tcp" else utp_conn)(frames, ts, sport, dport, packets, None)
+            ts[0] += 1_000_000
+            conns.append({
+                "transport": transport, "orig_ip": A_IP, "orig_port": sport, "resp_ip": B_IP, "resp_port": dport,
+                "lost_orig_packet": False, "stays_encrypted": True,
+                "orig": {"payload_bytes": sum(len(d) for s, d in packets if s == "A"), "gap_bytes": 0},
+                "resp": {"payload_bytes": sum(len(d) for s, d in packets if s == "B"), "gap_bytes": 0},
+            })
+            continue
         packets = segments(flights, 1400)
         a_sizes = [len(d) for s, d in packets if s == "A"]
         if lost:
@@ -213,13 +262,14 @@ def main():
             assert sum(a_sizes[:LOST_A_PACKET]) >= 2048, a_sizes
             assert a_sizes[LOST_A_PACKET - 1:LOST_A_PACKET + 2] == [SEG] * 3, a_sizes
         lost_bytes = a_sizes[LOST_A_PACKET] if lost else 0
-        (tcp_conn if transport == "tcp" else utp_conn)(frames, ts, sport, dport, packets, lost)
+        (tcp_conn if transport == "tcp" else utp_conn)(frames, ts, sport, dport, packets,
+                                                        LOST_A_PACKET if lost else None)
         ts[0] += 1_000_000
         a_total = sum(a_sizes)
         b_total = sum(len(d) for s, d in packets if s == "B")
         conns.append({
             "transport": transport, "orig_ip": A_IP, "orig_port": sport, "resp_ip": B_IP, "resp_port": dport,
-            "lost_orig_packet": lost,
+            "lost_orig_packet": lost, "stays_encrypted": False,
             "orig": {"payload_bytes": a_total - lost_bytes, "gap_bytes": lost_bytes,
                      "bytes_before_resp_handshake": sum(len(d) for s, d in flights[:-2] if s == "A")},
             "resp": {"payload_bytes": b_total, "gap_bytes": 0, **b_known},

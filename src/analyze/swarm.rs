@@ -2177,6 +2177,33 @@ mod tests {
         }
     }
 
+    /// A peer seen from an ephemeral port (have 0, have 1) and on its listen
+    /// port (have 2), then named on the listen port by the same peer id:
+    /// one entry, whose piece set is the union, so a later have 3 makes 4.
+    #[test]
+    fn merged_peer_entries_keep_both_piece_sets() {
+        let seen_pid = |listen| SwarmEventKind::Seen {
+            peer_id: Some([5u8; 20]),
+            client: None,
+            listen,
+        };
+        let evs = vec![
+            ev(1_000_000, "10.0.0.3:40000", seen_pid(false)),
+            ev(1_000_001, "10.0.0.3:40000", SwarmEventKind::Have(0)),
+            ev(1_000_002, "10.0.0.3:40000", SwarmEventKind::Have(1)),
+            ev(1_500_000, "10.0.0.3:6881", SwarmEventKind::Have(2)),
+            ev(2_000_000, "10.0.0.3:6881", seen_pid(true)),
+            ev(2_000_001, "10.0.0.3:6881", SwarmEventKind::Have(3)),
+        ];
+        let (peers, _, _) = with_seeder(evs);
+        let got: Vec<_> = peers
+            .iter()
+            .filter(|p| p.peer_ip == "10.0.0.3")
+            .map(|p| (p.peer_port, p.last_pieces))
+            .collect();
+        assert_eq!(got, [(6881, Some(4))]);
+    }
+
     #[test]
     fn tracker_left_in_pieces() {
         // 24 pieces of 32 KiB.

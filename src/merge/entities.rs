@@ -328,13 +328,21 @@ fn join_inner(
         }
         // Peer keys of later pieces → the first piece's.
         let ih_out = strs(&out, "info_hash")?;
+        let src_out = strs(&out, "info_hash_source")?;
         let (opp, rpp) = (i64s(df, "orig_peer_port")?, i64s(df, "resp_peer_port")?);
         let (opp_o, rpp_o) = (i64s(&out, "orig_peer_port")?, i64s(&out, "resp_peer_port")?);
         for (k, g) in kg.iter().enumerate() {
             let r = g[0];
             let Some(h0) = ih_out[k].clone() else { continue };
+            let exact = src_out[k].as_deref() == Some("handshake");
             for &i in g.iter().skip(1) {
-                let h = ih[i].clone().unwrap_or_else(|| h0.clone());
+                // A later piece's own attribution (by endpoint) gives way
+                // to the handshake's torrent: its rows are re-keyed to it
+                // (`rekey_misattributed`), so the rename is keyed there too.
+                let h = match &ih[i] {
+                    Some(x) if !exact => x.clone(),
+                    _ => h0.clone(),
+                };
                 let rev = reversed(r, i);
                 // (ip, this piece's peer port, its transport port) per end,
                 // and the first piece's (peer port, transport port).

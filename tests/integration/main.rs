@@ -888,6 +888,18 @@ fn bitfield_at_and_one_byte_past_max_pieces() {
     assert_eq!(kinds.get("bitfield_too_long"), Some(&1), "{kinds:?}");
     let peers = table(&r, "peers");
     assert_eq!(u64s(&peers, "last_pieces"), [Some(16), Some(16)]);
+    // The anomaly is the 3-byte one's: 2 bytes both ways raise none.
+    let frames = connection(
+        &[handshake(ih, b"-TR3000-aaaaaaaaaaaa"), bitfield(2)],
+        &[handshake(ih, b"-qB4520-bbbbbbbbbbbb"), bitfield(2)],
+    );
+    let p = tmp.path().join("bf2.pcap");
+    write_pcap(&p, &frames);
+    let mut settings = Settings::default();
+    settings.limits.max_pieces = 16;
+    let r = run_with(&[p], &[], settings, None);
+    let kinds = count_by(&table(&r, "anomalies"), "kind");
+    assert_eq!(kinds.get("bitfield_too_long"), None, "{kinds:?}");
 }
 
 #[test]
