@@ -461,11 +461,13 @@ def join_renames(kept: DataFrame, rows: DataFrame) -> DataFrame:
     port, whichever piece knew it; else the first piece's. Keys are
     (_set, info_hash, ip, port) -> _to; a later rename of one key wins."""
     out = rows.select(G, F.col("_o").alias("_rep"), F.col("info_hash").alias("_h0"),
+                      F.coalesce(F.col("info_hash_source") == "handshake", F.lit(False)).alias("_exact"),
                       F.col("orig_peer_port").alias("_opp_o"), F.col("resp_peer_port").alias("_rpp_o"),
                       F.col("orig_port").alias("_oport_r"), F.col("resp_port").alias("_rport_r"),
                       F.unix_micros("first_ts").alias("_gf"))
     m = kept.where("_pos >= 1").join(out, [G, "_rep"]).where("_h0 is not null")
-    h = F.coalesce("info_hash", "_h0")
+    # A later piece's own attribution gives way to the handshake's torrent.
+    h = F.when(F.col("_exact"), F.col("_h0")).otherwise(F.coalesce("info_hash", "_h0"))
     parts = []
     for e, (ip, p, raw) in enumerate([("orig_ip", "orig_peer_port", "orig_port"), ("resp_ip", "resp_peer_port", "resp_port")]):
         own = ("_opp_o", "_oport_r") if e == 0 else ("_rpp_o", "_rport_r")
