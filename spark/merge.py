@@ -1024,7 +1024,14 @@ def ephemeral_renames(peers: DataFrame, conns: DataFrame) -> DataFrame:
     cand = pl.where("_L is null").join(one, [G, "info_hash", "peer_ip"]).where(F.col("peer_port") != F.col("_target"))
     same = F.col("peer_id").isNull() | F.exists(
         "_tpids", lambda b: (b == F.col("peer_id")) | (F.substring(b, 1, 16) == F.substring(F.col("peer_id"), 1, 16)))
-    return cand.where(same).select(*k, F.col("_target").alias("_to")).dropDuplicates(k)
+    out = cand.where(same).select(*k, F.col("_target").alias("_to")).dropDuplicates(k)
+    # A tracker claim announced with port 0 (qBittorrent over UDP) is keyed
+    # (info_hash, ip, 0) in peer_progress: it counts for the address's one
+    # listen endpoint, else for no peer (main 5493de1).
+    zero = listen.groupBy(G, "info_hash", "peer_ip").agg(F.collect_set("peer_port").alias("_ports")) \
+        .where(F.size("_ports") == 1).select(G, "info_hash", "peer_ip", F.lit(0).cast("int").alias("peer_port"),
+                                             F.col("_ports")[0].alias("_to"))
+    return out.unionByName(zero.join(out.select(*k), k, "left_anti"))
 
 
 # ---------------------------------------------------------------- the merge
