@@ -322,7 +322,12 @@ def _join_fn(gap_us: int, tol_us: int, is_conn: bool):
             if groups:
                 g = groups[-1]
                 r0, prev = r[g[0]], r[g[-1]]
-                if (x["sensor"] == r0["sensor"] and (not is_conn or x["_p"] == "tcp") and x["_ds"] != prev["_ds"]
+                # uTP connections share their UDP flow's community_id: two
+                # uTP rows join only when their utp_conn_id are equal or one
+                # is null (main d81103f).
+                a, b = x.get("_uid"), prev.get("_uid")
+                same_utp = a is None or b is None or pd.isna(a) or pd.isna(b) or int(a) == int(b)
+                if (x["sensor"] == r0["sensor"] and same_utp and x["_ds"] != prev["_ds"]
                         and bool(x["_mid"]) and x["_f"] >= r0["_f"] and x["_f"] - g_last <= gap_us
                         and not bool(prev["_closed"])):
                     g.append(i)
@@ -399,7 +404,9 @@ def join_rows(df: DataFrame, kind: str, gap_us: int, tol_us: int, closed: Option
                      F.coalesce("midstream", F.lit(False)).alias("_mid"), "_closed",
                      F.coalesce("orig_ip", F.lit("")).alias("oip"), F.coalesce("orig_port", F.lit(0)).alias("oport"),
                      F.coalesce("resp_ip", F.lit("")).alias("rip"), F.coalesce("resp_port", F.lit(0)).alias("rport"),
-                     w.alias("_w")).fillna(0, ["_f", "_l"])
+                     w.alias("_w"),
+                     (F.col("utp_conn_id") if is_conn and "utp_conn_id" in cols else F.lit(None).cast("long"))
+                     .cast("long").alias("_uid")).fillna(0, ["_f", "_l"])
     dec = slim.where("_cid != ''").groupBy(G, "_p", "_cid").applyInPandas(_join_fn(gap_us, tol_us, is_conn), JOIN_OUT)
     alone = slim.where("_cid = ''").select(
         G, "_o", F.col("_o").alias("_rep"), F.lit(0).alias("_pos"), F.lit(False).alias("_rev"),
@@ -1091,7 +1098,9 @@ def merge(
     flows = remap(flows, "conn_id", ids)
     conns = remap(remap(conns, "conn_id", ids), "flow_id", ids)
     # A TCP connection is its flow (entities.rs `align_tcp_connections`).
-    ff = flows.select(G, F.col("conn_id").alias("flow_id"), F.col("first_ts").alias("_ff"))
+    # One row per flow id: a UDP flow a cut left in two rows keeps both ids
+    # (its uTP connections, now joined, must not be doubled by this join).
+    ff = flows.groupBy(G, F.col("conn_id").alias("flow_id")).agg(F.min("first_ts").alias("_ff"))
     conns = conns.join(ff, [G, "flow_id"], "left")
     shift = (F.col("transport") == "tcp") & F.col("_ff").isNotNull() & (F.col("_ff") < F.col("first_ts"))
     conns = conns.withColumn("_al", shift & (F.col("conn_id") != F.col("flow_id"))) \
