@@ -916,7 +916,24 @@ def audit_fn(max_link_bps: float):
     return run
 
 
-def audit(spark, conns, flows, ev, caps, max_link_bps: float) -> DataFrame:
+def hash_aliases(torrents: DataFrame) -> Optional[DataFrame]:
+    """entities.rs `hash_aliases` (main fce1f76): a hybrid torrent's hashes
+    paired in the torrents rows (info_hash_v2) -> the hash its audit series
+    go by: the v1 hash (the member that is not the truncated v2 hash), else
+    the truncated v2 hash. Returns (_set, info_hash, _canon)."""
+    if "info_hash_v2" not in torrents.columns:
+        return None
+    fam = torrents.where("info_hash_v2 is not null").select(
+        G, "info_hash", F.col("info_hash_v2").alias("_v")).distinct().withColumn("_tr", F.substring("_v", 1, 40))
+    canon = fam.groupBy(G, "_v", "_tr").agg(
+        F.min(F.when(F.col("info_hash") != F.col("_tr"), F.col("info_hash"))).alias("_c")) \
+        .withColumn("_canon", F.coalesce("_c", "_tr"))
+    mem = fam.select(G, "_v", "info_hash").unionByName(canon.select(G, "_v", F.col("_tr").alias("info_hash")))
+    return mem.join(canon.select(G, "_v", "_canon"), [G, "_v"]).select(G, "info_hash", "_canon") \
+        .dropDuplicates([G, "info_hash"])
+
+
+def audit(spark, conns, flows, ev, caps, max_link_bps: float, alias: Optional[DataFrame] = None) -> DataFrame:
     """announce_audit recomputed over the whole series (see audit_fn)."""
     cols = ["_k", "_t", "_i", "info_hash", "a_ip", "b_ip", "n", "peer_id", "tracker_ip", "tracker_port", "transport",
             "declared_ip", "uploaded", "downloaded", "event", "interval", "seeders", "leechers"]
@@ -953,8 +970,12 @@ def audit(spark, conns, flows, ev, caps, max_link_bps: float) -> DataFrame:
     items = parts[0]
     for p in parts[1:]:
         items = items.unionByName(p)
+    if alias is not None:
+        # A hybrid torrent's hashes are audited as one (Audit::alias_hash).
+        items = items.join(_bc(alias), [G, "info_hash"], "left") \
+            .withColumn("info_hash", F.coalesce("_canon", "info_hash")).drop("_canon")
     # Only torrents somebody announced.
-    items = items.join(an.select(G, "info_hash").distinct(), [G, "info_hash"], "left_semi")
+    items = items.join(items.where("_k = 3").select(G, "info_hash").distinct(), [G, "info_hash"], "left_semi")
     series = _cut(items.groupBy(G, "info_hash").applyInPandas(audit_fn(max_link_bps), SERIES_OUT))
 
     # Unattributable bytes per address (Audit::observe_rows), then per series.
@@ -1138,6 +1159,26 @@ def merge(
     peers_in = _cut(rename(remap_all(t["peers"]), jren))
     eph = _cut(ephemeral_renames(peers_in, conns))
     peers_in = rename(peers_in, eph)
+    # Hybrid torrents (main fce1f76): the hashes paired in the datasets'
+    # torrents rows (info_hash_v2); a peer key none of whose rows has source
+    # wire joins the wire's peer at that endpoint under the other hash.
+    hyb = None
+    if "info_hash_v2" in t["torrents"].columns:
+        fam = t["torrents"].where("info_hash_v2 is not null").select(
+            G, "info_hash", F.col("info_hash_v2").alias("_v")).distinct()
+        wire = peers_in.groupBy(*pk).agg(F.max(F.exists("sources", lambda x: x == "wire")).alias("_w"))
+        cand = wire.where("not _w").join(fam, [G, "info_hash"])
+        oth = wire.where("_w").join(fam, [G, "info_hash"]).select(
+            G, "_v", "peer_ip", "peer_port", F.col("info_hash").alias("_h"))
+        hyb = _cut(cand.join(oth, [G, "_v", "peer_ip", "peer_port"]).where(F.col("_h") != F.col("info_hash"))
+                   .groupBy(*pk).agg(F.min("_h").alias("_h")))
+
+    def rehash(df: DataFrame) -> DataFrame:
+        if hyb is None:
+            return df
+        return df.join(_bc(hyb), pk, "left").withColumn("info_hash", F.coalesce("_h", "info_hash")).drop("_h")
+
+    peers_in = rehash(peers_in)
     conns = _cut(rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port"))
     # Composed: a cut rename may land on an ephemeral key.
     comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
@@ -1264,7 +1305,7 @@ def merge(
         .when((F.col("_ri") == F.col("peer_ip")) & (F.col("_rp") == F.col("peer_port")),
               F.coalesce("_rpp", "peer_port"))
         .otherwise(F.col("peer_port")).cast("int"))
-    pp = rename(pp, allren).select(G, "_ds", "_o", "info_hash", "peer_ip", "peer_port", "cause", "n_pieces_have",
+    pp = rehash(rename(pp, allren)).select(G, "_ds", "_o", "info_hash", "peer_ip", "peer_port", "cause", "n_pieces_have",
                                    "piece", "bitfield", F.unix_micros("ts").alias("_t")) \
         .join(tn.select(G, "info_hash", "_n"), [G, "info_hash"], "left")
     fused = pp.groupBy(*pk).applyInPandas(progress_fn(threshold), PROGRESS_OUT).withColumn("_has", F.lit(True))
@@ -1322,7 +1363,7 @@ def merge(
     # message rows (--no-messages inputs) the datasets' rows are combined.
     acols = [c for c in t["announce_audit"].columns if c not in ("_ds", "_o")]
     if ev["peer_messages"].limit(1).count() > 0 or t["announce_audit"].limit(1).count() == 0:
-        au = audit(spark, conns, flows, ev, caps, max_link_bps)
+        au = audit(spark, conns, flows, ev, caps, max_link_bps, hash_aliases(t["torrents"]))
         for c in acols:
             if c not in au.columns:
                 au = au.withColumn(c, F.lit(None))
