@@ -461,6 +461,21 @@ def fill_info_hash(df: DataFrame, conns: DataFrame) -> DataFrame:
     return df.withColumn("info_hash", F.when(take, F.col("_cih")).otherwise(F.col("info_hash"))).drop("_cih", "_exact")
 
 
+def rekey_misattributed(peers: DataFrame, hs: DataFrame) -> DataFrame:
+    """entities.rs `rekey_misattributed` (main fce1f76): a peers row with
+    sources only wire whose listed connections all have one other
+    handshake info_hash (the merged connection's) moves to that torrent."""
+    ex = peers.where(F.size("conn_ids") > 0).select(G, "_o", F.explode("conn_ids").alias("conn_id")) \
+        .join(_bc(hs), [G, "conn_id"], "left") \
+        .groupBy(G, "_o").agg(F.count(F.lit(1)).alias("_n"), F.count("_hih").alias("_nh"),
+                              F.countDistinct("_hih").alias("_nd"), F.min("_hih").alias("_rh"))
+    ex = ex.where("_n = _nh and _nd = 1").select(G, "_o", "_rh")
+    only_wire = F.coalesce(~F.exists("sources", lambda x: x != "wire"), F.lit(True))
+    df = peers.join(ex, [G, "_o"], "left")
+    take = F.col("_rh").isNotNull() & only_wire & (F.col("_rh") != F.col("info_hash"))
+    return df.withColumn("info_hash", F.when(take, F.col("_rh")).otherwise(F.col("info_hash"))).drop("_rh")
+
+
 def join_renames(kept: DataFrame, rows: DataFrame) -> DataFrame:
     """The peer renames of joined connections (src/merge/entities.rs,
     `join_inner`'s last part): for each later piece's end whose peer port
@@ -1156,7 +1171,11 @@ def merge(
             .withColumn(port, F.coalesce(F.col("_to").cast(dict(df.dtypes)[port]), F.col(port))).drop("_to")
 
     jren = _cut(jren)
-    peers_in = _cut(rename(remap_all(t["peers"]), jren))
+    # Handshake torrents of the merged connections (entities.rs `Conn.exact`).
+    hs = _cut(conns.where((F.col("info_hash_source") == "handshake") & F.col("info_hash").isNotNull())
+              .dropDuplicates([G, "conn_id"]).select(G, "conn_id", F.col("info_hash").alias("_hih")))
+    peers_in = _cut(rekey_misattributed(remap_all(t["peers"]), hs))
+    peers_in = _cut(rename(peers_in, jren))
     eph = _cut(ephemeral_renames(peers_in, conns))
     peers_in = rename(peers_in, eph)
     # Hybrid torrents (main fce1f76): the hashes paired in the datasets'
@@ -1179,6 +1198,14 @@ def merge(
         return df.join(_bc(hyb), pk, "left").withColumn("info_hash", F.coalesce("_h", "info_hash")).drop("_h")
 
     peers_in = rehash(peers_in)
+    # Listed connections (entities.rs `peers`, main fce1f76): not those whose
+    # joined row's handshake names another torrent than the row's.
+    ex = peers_in.select(G, "_o", "info_hash", F.explode("conn_ids").alias("conn_id")) \
+        .join(_bc(hs), [G, "conn_id"], "left") \
+        .groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.when(
+            F.col("_hih").isNull() | (F.col("_hih") == F.col("info_hash")), F.col("conn_id")))).alias("_cf"))
+    peers_in = _cut(peers_in.join(ex, [G, "_o"], "left")
+                    .withColumn("_cf", F.coalesce("_cf", "conn_ids")))
     conns = _cut(rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port"))
     # Composed: a cut rename may land on an ephemeral key.
     comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
@@ -1227,7 +1254,7 @@ def merge(
         .withColumn("utp", tri("utp"))
         .withColumn("max_rate_bps", F.max("max_rate_bps").over(pw))
         .withColumn("max_upload_rate_bps", F.max("max_upload_rate_bps").over(pw))
-        .withColumn("_ids", F.array_sort(F.array_distinct(F.flatten(F.collect_list("conn_ids").over(pw)))))
+        .withColumn("_ids", F.array_sort(F.array_distinct(F.flatten(F.collect_list("_cf").over(pw)))))
         .withColumn("_extra", F.sum(F.greatest(F.coalesce(F.col("n_connections"), F.lit(0)) - F.size("conn_ids"),
                                                F.lit(0))).over(pw))
         .withColumn("_sup", F.sum("uploaded_bytes").over(pw)).withColumn("_sdown", F.sum("downloaded_bytes").over(pw))

@@ -279,8 +279,6 @@ FLOAT_REL = 1e-9
 # pair that is equal is a failure too (the list must shrink as rules are
 # ported); any unlisted difference fails.
 NOT_YET_PORTED: dict = {
-    ("two/7", "peers"): "hybrid torrents: peers rows moved to the joined connection's handshake torrent",
-    ("two/7", "torrents"): "hybrid torrents: peers rows moved to the joined connection's handshake torrent",
     ("http/3", "connections"): "MSE-encrypted originators and listen endpoints",
     ("http/3", "peers"): "MSE-encrypted originators and listen endpoints",
     ("http/sensors a+b in 3 pieces", "connections"): "MSE-encrypted originators and listen endpoints",
