@@ -1139,6 +1139,84 @@ mod tests {
         (kinds, meta, pex, pieces, traits)
     }
 
+    /// A connection built byte by byte, its row and transfers known by
+    /// construction. The originator: handshake, `interested`, a piece
+    /// message of 300 bytes of which 50 are lost in a capture gap
+    /// mid-block. The responder: handshake, a piece message of 100 bytes,
+    /// then one of 200 bytes cut off after 120 by the end of the
+    /// connection.
+    #[test]
+    fn a_connections_bytes_and_transfers_by_construction() {
+        let piece = |len: usize, fill: u8| {
+            let mut p = 3u32.to_be_bytes().to_vec();
+            p.extend(16384u32.to_be_bytes());
+            p.extend(vec![fill; len]);
+            msg(7, &p)
+        };
+        let mut orig = handshake(b'O');
+        orig.extend(msg(2, &[]));
+        let o_piece = piece(300, 0xAA);
+        // Header (13) and 100 block bytes, 50 lost, 150 more.
+        let (o_head, o_rest) = o_piece.split_at(13 + 100);
+        let o_tail = &o_rest[50..];
+        let mut resp = handshake(b'R');
+        resp.extend(piece(100, 0xBB));
+        let r_cut = piece(200, 0xCC);
+        resp.extend_from_slice(&r_cut[..13 + 120]);
+
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(9), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+        let mut o_first = orig.clone();
+        o_first.extend_from_slice(o_head);
+        s.feed(ORIG, Chunk::Data(&o_first), ctx, &mut out);
+        s.feed(ORIG, Chunk::Gap(50), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(o_tail), ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        let want_orig = (68 + 5 + 13 + 300 - 50) as u64;
+        let want_resp = (68 + 13 + 100 + 13 + 120) as u64;
+        assert_eq!(
+            (row.payload_bytes_orig, row.payload_bytes_resp, row.gap_bytes),
+            (want_orig, want_resp, 50)
+        );
+        assert_eq!((row.piece_bytes_orig, row.piece_bytes_resp), (300, 220));
+        assert_eq!((row.n_msgs_orig, row.n_msgs_resp), (2, 2));
+        assert_eq!((row.unframed_bytes, row.n_resyncs), (0, 0));
+        let mut transfers: Vec<_> = out
+            .events
+            .iter()
+            .filter_map(|e| match e.kind {
+                SwarmEventKind::Transfer { bytes, cut_off, .. } => Some((e.peer.port(), bytes, cut_off)),
+                _ => None,
+            })
+            .collect();
+        transfers.sort_unstable();
+        assert_eq!(transfers, [(6881, 100, false), (6881, 120, true), (40000, 300, false)]);
+    }
+
+    /// An MSE exchange that selected plaintext, as the stream hands it
+    /// over: the originator's 96 bytes of key exchange before its
+    /// handshake, and 1,000 bytes of the responder that the scan passed
+    /// over (800 captured, 200 lost) after its handshake. Stream bytes and
+    /// lost bytes by construction.
+    #[test]
+    fn mse_exchange_and_unkept_bytes_are_stream_bytes() {
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(10), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.set_mse_handshake(ORIG, 96);
+        s.feed(ORIG, Chunk::Data(&handshake(b'O')), ctx, &mut out);
+        s.feed(RESP, Chunk::Data(&handshake(b'R')), ctx, &mut out);
+        s.feed_unkept(RESP, 800, 200, ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        assert!(row.mse_handshake);
+        assert_eq!(
+            (row.payload_bytes_orig, row.payload_bytes_resp, row.gap_bytes),
+            (96 + 68, 68 + 800, 200)
+        );
+    }
+
     #[test]
     fn upload_only_and_pex_seed_flags_are_claims() {
         // The responder offers libtorrent's upload_only message (id 3); the
