@@ -2358,6 +2358,42 @@ mod tests {
         assert_eq!(rows, [Some(1), Some(2)], "the rows say what was seen then");
     }
 
+    /// `pieces_from_left` against its contract, for every `left` from 0 to
+    /// past the total: 0 left is every piece, `total` or more is none, and
+    /// in between the pieces not covered by ⌈left / plen⌉ missing ones.
+    /// Shapes: a short last piece (10 pieces of 10, 95 bytes), exact pieces
+    /// (4 of 8, 32 bytes), a single short piece, a `pieces` field one hash
+    /// short (2 of 10, 25 bytes), and a v2 torrent of 10 five-byte files
+    /// (one piece each: 10 pieces, 50 bytes, less than 9 whole pieces).
+    #[test]
+    fn pieces_from_left_for_every_left_of_each_shape() {
+        let want = |n: u64, plen: u64, total: u64, left: u64| {
+            if left == 0 {
+                n
+            } else if left >= total {
+                0
+            } else {
+                n.saturating_sub(left.div_ceil(plen))
+            }
+        };
+        for (n, plen, total) in [(10, 10, 95), (4, 8, 32), (1, 10, 7), (2, 10, 25), (10, 10, 50)] {
+            for left in 0..=total + 12 {
+                assert_eq!(
+                    pieces_from_left(n, plen, total, left),
+                    want(n, plen, total, left),
+                    "{n} pieces of {plen}, {total} bytes, {left} left"
+                );
+            }
+        }
+        // Spot values of the first shape: 53 and 60 left are at least 6
+        // pieces missing (4 held), 61 at least 7 (3 held); 5 is the short
+        // last piece alone (9 held).
+        assert_eq!(pieces_from_left(10, 10, 95, 53), 4);
+        assert_eq!(pieces_from_left(10, 10, 95, 60), 4);
+        assert_eq!(pieces_from_left(10, 10, 95, 61), 3);
+        assert_eq!(pieces_from_left(10, 10, 95, 5), 9);
+    }
+
     #[test]
     fn tracker_left_in_pieces() {
         // 24 pieces of 32 KiB.
