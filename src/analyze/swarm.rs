@@ -2311,6 +2311,11 @@ mod tests {
                 on(8, ev(3, "10.0.0.6:6", SwarmEventKind::Have(16))),
                 on(8, ev(4, "10.0.0.7:7", SwarmEventKind::Bitfield(vec![0x80, 0x00]))),
                 on(9, ev(1, "10.0.0.8:8", seen(true))),
+                on(
+                    10,
+                    ev(1, "10.0.0.9:9", SwarmEventKind::Bitfield(vec![0x80, 0x00, 0x00])),
+                ),
+                on(11, ev(1, "10.0.0.10:10", SwarmEventKind::Bitfield(vec![0x80, 0x00]))),
             ],
             Vec::new(),
             &mut rows,
@@ -2326,13 +2331,19 @@ mod tests {
         assert_eq!(last(6), Some((Some(1), Some(16))));
         assert_eq!(last(7), Some((Some(1), Some(16))));
         assert_eq!(last(8), Some((None, None)));
+        // A bitfield alone: at least 8·(bytes − 1) + 1 pieces (3 bytes: 17,
+        // 2 bytes: 9).
+        assert_eq!(last(9), Some((Some(1), Some(17))));
+        assert_eq!(last(10), Some((Some(1), Some(9))));
         let t: Vec<_> = rows.torrents.iter().map(|t| (t.n_pieces, t.n_pieces_source)).collect();
         assert_eq!(
             t,
             [
                 (Some(10), "torrent_file"),
                 (Some(16), "bitfield_estimate"),
-                (None, "none")
+                (None, "none"),
+                (Some(17), "bitfield_estimate"),
+                (Some(9), "bitfield_estimate")
             ]
         );
     }
@@ -2340,16 +2351,28 @@ mod tests {
     /// A peer first seen through a `have` (no bitfield, no handshake): the
     /// pieces a later bitfield adds beyond its `have`s were there all along
     /// and raise every earlier point by as many (2 `have`s, then a bitfield
-    /// of 5: 3 added, the points 1, 2 become 4, 5).
+    /// of 5: 3 added, the points 1, 2 become 4, 5). A peer whose handshake
+    /// was seen started with nothing: the same messages leave its points.
     #[test]
     fn a_late_bitfield_raises_the_earlier_points_by_what_it_adds() {
+        let pid = SwarmEventKind::Seen {
+            peer_id: Some([3; 20]),
+            client: None,
+            listen: true,
+        };
         let (peers, _, progress) = with_seeder(vec![
             ev(1_000_000, "10.0.0.5:5", SwarmEventKind::Have(0)),
             ev(2_000_000, "10.0.0.5:5", SwarmEventKind::Have(1)),
             ev(3_000_000, "10.0.0.5:5", SwarmEventKind::Bitfield(vec![0xF8])),
+            ev(500_000, "10.0.0.6:6", pid),
+            ev(1_000_000, "10.0.0.6:6", SwarmEventKind::Have(0)),
+            ev(2_000_000, "10.0.0.6:6", SwarmEventKind::Have(1)),
+            ev(3_000_000, "10.0.0.6:6", SwarmEventKind::Bitfield(vec![0xF8])),
         ]);
         let p = peers.iter().find(|p| p.peer_port == 5).expect("peer");
         assert_eq!((p.first_pieces, p.last_pieces, p.n_pieces), (Some(4), Some(5), Some(8)));
+        let p = peers.iter().find(|p| p.peer_port == 6).expect("peer with a handshake");
+        assert_eq!((p.first_pieces, p.last_pieces), (Some(1), Some(5)));
         let rows: Vec<_> = progress
             .iter()
             .filter(|r| r.peer_port == 5)
