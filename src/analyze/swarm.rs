@@ -2348,6 +2348,47 @@ mod tests {
         );
     }
 
+    /// The progress row of a tracker's `left`: pieces held when the
+    /// torrent's shape is known (10 pieces of 16 bytes, 150 bytes: 40 left
+    /// is at least 3 pieces missing, 7 held); `left` 0 is every piece, the
+    /// bitfield estimate (8) where no metadata is known.
+    #[test]
+    fn tracker_left_progress_rows_hold_the_pieces_left_allows() {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        s.add_metainfo(
+            std::sync::Arc::new(Metainfo {
+                info_hash_v1: Some([7; 20]),
+                info_hash_v2: None,
+                name: "t".into(),
+                piece_length: 16,
+                n_pieces: 10,
+                total_bytes: 150,
+                files: Vec::new(),
+                private: false,
+                trackers: Vec::new(),
+                piece_hashes: vec![[0; 20]; 10],
+            }),
+            "torrent_file",
+        );
+        let mut other = ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF]));
+        other.info_hash = [8; 20];
+        let mut zero = ev(2, "10.0.0.6:6", tracker(0, false));
+        zero.info_hash = [8; 20];
+        let mut rows = RowBatch::default();
+        s.apply(
+            vec![other, ev(1, "10.0.0.5:5", tracker(40, false)), zero],
+            Vec::new(),
+            &mut rows,
+        );
+        let got: Vec<_> = rows
+            .peer_progress
+            .iter()
+            .filter(|r| r.cause == "tracker_left")
+            .map(|r| (r.peer_port, r.n_pieces_have, r.n_pieces))
+            .collect();
+        assert_eq!(got, [(5, Some(7), Some(10)), (6, Some(8), None)]);
+    }
+
     /// A peer first seen through a `have` (no bitfield, no handshake): the
     /// pieces a later bitfield adds beyond its `have`s were there all along
     /// and raise every earlier point by as many (2 `have`s, then a bitfield
