@@ -334,6 +334,27 @@ fn mse_exchange_longer_than_the_scan_window_is_counted_exactly() {
         )
     );
     assert_eq!(sum(&c, "piece_bytes_resp"), 5 * 65_536);
+    // A uTP flow is certain where one of its connections carried a
+    // plaintext handshake (after the MSE exchange), strong where the
+    // exchange stayed encrypted (50005).
+    let f = table(&r, "flows");
+    let (proto, fport, conf) = (strs(&f, "proto"), u64s(&f, "orig_port"), strs(&f, "app_confidence"));
+    let mut utp: Vec<(u64, String)> = (0..f.height())
+        .filter(|&i| proto[i].as_deref() == Some("udp"))
+        .map(|i| (fport[i].unwrap_or(0), conf[i].clone().unwrap_or_default()))
+        .collect();
+    utp.sort();
+    let want = [
+        (50003, "certain"),
+        (50004, "certain"),
+        (50005, "strong"),
+        (50006, "certain"),
+    ];
+    assert_eq!(
+        utp,
+        want.map(|(p, c)| (p, c.to_string())),
+        "uTP flows: orig_port, app_confidence"
+    );
 }
 
 // ---------- a capture gap inside a piece payload ----------
