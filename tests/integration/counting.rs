@@ -357,6 +357,38 @@ fn mse_exchange_longer_than_the_scan_window_is_counted_exactly() {
     );
 }
 
+/// Two captures in one run, each with uTP connections (and the MSE
+/// capture with TCP ones): every connection's `conn_id` is `(capture index
+/// << 40) | frame` (docs/SCHEMA.md), so the connections of one capture
+/// share its index and the two captures' differ.
+#[test]
+fn connection_ids_carry_their_capture_index_over_utp_as_over_tcp() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures");
+    let r = run(&[dir.join("mse-long-head.pcap"), samples().join("utp.pcap")], &[]);
+    let c = table(&r, "connections");
+    let (cap, tr, id) = (strs(&c, "capture"), strs(&c, "transport"), u64s(&c, "conn_id"));
+    let mut by_capture: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
+    let mut utp = 0;
+    for i in 0..c.height() {
+        utp += usize::from(tr[i].as_deref() == Some("utp"));
+        let high = id[i].expect("conn_id") >> 40;
+        by_capture
+            .entry(cap[i].clone().unwrap_or_default())
+            .or_default()
+            .insert(high);
+    }
+    assert!(utp >= 6, "uTP connections in both captures: {utp}");
+    let highs: Vec<Vec<u64>> = by_capture.values().map(|h| h.iter().copied().collect()).collect();
+    assert_eq!(by_capture.len(), 2, "{by_capture:?}");
+    assert!(
+        highs.iter().all(|h| h.len() == 1),
+        "one index per capture: {by_capture:?}"
+    );
+    let mut all: Vec<u64> = highs.concat();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1], "{by_capture:?}");
+}
+
 // ---------- a capture gap inside a piece payload ----------
 
 const A: ([u8; 4], u16) = ([10, 0, 0, 1], 40000);
