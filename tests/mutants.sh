@@ -148,11 +148,13 @@ if [ "${MUTANTS_TOOL:-}" = nextest ]; then
   tool=(--test-tool=nextest)
 fi
 # The test timeout is for a loaded machine at nice 19: the selected tests
-# take ~30 s of wall time on an idle one.
+# take ~30 s of wall time on an idle one. MUTANTS_TIMEOUT (seconds) sets
+# it: the unit stage's tests take 1-3 s, and a mutant that loops forever
+# (PieceSet::union's `x &= x - 1` made `x / 1`) costs the whole timeout.
 status=0
 SWARMTAP_SHARED="$shared" "${deadline[@]}" "${wrapper[@]}" nice -n 19 \
   cargo mutants --in-place --cap-lints false --baseline skip "${order[@]}" \
-  "${files[@]}" "${filter[@]}" --timeout 300 --build-timeout 900 -o "$out" \
+  "${files[@]}" "${filter[@]}" --timeout "${MUTANTS_TIMEOUT:-300}" --build-timeout 900 -o "$out" \
   "${tool[@]}" "${targets[@]}" "$@" \
   -- -- "${tests[@]}" || status=$?
 if [ -f "$out/mutants.out/outcomes.json" ]; then
