@@ -2348,6 +2348,37 @@ mod tests {
         );
     }
 
+    /// Verified and failed pieces per torrent, under `max_torrents` 2: a
+    /// third torrent's pieces are not counted, the first two's still are
+    /// once the table is full.
+    #[test]
+    fn piece_checks_count_per_torrent_within_max_torrents() {
+        let limits = Limits {
+            max_torrents: 2,
+            ..Limits::default()
+        };
+        let mut s = Swarm::new(limits, 0.98, 5);
+        let mut rows = RowBatch::default();
+        let mut other = ev(0, "10.0.0.2:2", SwarmEventKind::HaveNone);
+        other.info_hash = [8; 20];
+        s.apply(
+            vec![ev(0, "10.0.0.1:1", SwarmEventKind::HaveNone), other],
+            Vec::new(),
+            &mut rows,
+        );
+        let (a, b, c) = (hex(&[7; 20]), hex(&[8; 20]), hex(&[9; 20]));
+        for (h, ok) in [(&a, true), (&a, true), (&a, false), (&b, false), (&c, true), (&a, true)] {
+            s.note_piece(h, ok);
+        }
+        s.finish(&mut rows, &[]);
+        let got: Vec<_> = rows
+            .torrents
+            .iter()
+            .map(|t| (t.info_hash.clone(), t.n_pieces_verified, t.n_pieces_failed))
+            .collect();
+        assert_eq!(got, [(a, 3, 1), (b, 0, 1)]);
+    }
+
     /// The progress row of a tracker's `left`: pieces held when the
     /// torrent's shape is known (10 pieces of 16 bytes, 150 bytes: 40 left
     /// is at least 3 pieces missing, 7 held); `left` 0 is every piece, the
