@@ -1404,6 +1404,9 @@ mod tests {
             (row.payload_bytes_orig, row.payload_bytes_resp, row.gap_bytes),
             (96 + 68, 68 + 800, 200)
         );
+        // The framer resumes after all 1,000 bytes, as after one gap: they
+        // are bytes it did not frame.
+        assert_eq!(row.unframed_bytes, 1000);
     }
 
     #[test]
