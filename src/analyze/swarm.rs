@@ -2252,8 +2252,10 @@ mod tests {
         a.union(&b);
         assert_eq!(idx(&a), [0, 9, 15, 31, 40, 200]);
         assert_eq!((a.count, a.all), (6, false));
-        let mut all = PieceSet::default();
-        all.all = true;
+        let mut all = PieceSet {
+            all: true,
+            ..Default::default()
+        };
         a.union(&all);
         assert!(a.all);
         all.union(&b);
