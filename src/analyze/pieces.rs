@@ -371,6 +371,40 @@ mod tests {
         assert!(!t.contains(&[2; 20], (5, 5)));
     }
 
+    /// Piece lengths of v1 torrents by construction: 3 pieces of 10 in 25
+    /// bytes (the last 5), 3 in exactly 30, and shapes that name no length:
+    /// past the last piece, hashes not one per piece, piece length 0, and a
+    /// piece count past the bytes (4 pieces of 10 in 30: the fourth starts
+    /// at the end, 0 bytes: none).
+    #[test]
+    fn piece_len_of_each_piece_and_of_no_piece() {
+        let m = |n: u32, plen: u64, total: u64, hashes: usize| Metainfo {
+            info_hash_v1: Some([1; 20]),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: plen,
+            n_pieces: n,
+            total_bytes: total,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![[0; 20]; hashes],
+        };
+        let short = m(3, 10, 25, 3);
+        let lens: Vec<_> = (0..5).map(|i| piece_len(&short, i)).collect();
+        assert_eq!(lens, [Some(10), Some(10), Some(5), None, None]);
+        let exact = m(3, 10, 30, 3);
+        assert_eq!(piece_len(&exact, 2), Some(10));
+        assert_eq!(piece_len(&m(3, 10, 25, 2), 0), None, "2 hashes for 3 pieces");
+        assert_eq!(piece_len(&m(3, 10, 25, 4), 0), None, "4 hashes for 3 pieces");
+        assert_eq!(piece_len(&m(3, 0, 25, 3), 0), None, "piece length 0");
+        let long = m(4, 10, 30, 4);
+        assert_eq!(piece_len(&long, 2), Some(10));
+        assert_eq!(piece_len(&long, 3), None, "starts at the end");
+        assert_eq!(piece_len(&m(5, 10, 30, 5), 4), None, "starts past the end");
+        assert_eq!(piece_len(&m(2, u64::MAX, u64::MAX, 2), 1), None, "start overflows");
+    }
+
     fn meta(data: &[u8], piece_length: u64) -> Arc<Metainfo> {
         let hashes: Vec<[u8; 20]> = data
             .chunks(piece_length as usize)

@@ -2229,6 +2229,22 @@ mod tests {
         assert_eq!((s.point(), s.have(Some(200)), s.have(None)), (ALL, Some(200), None));
     }
 
+    /// A count as large as the have_all marker still reads as a count:
+    /// `point` clamps it one below ALL.
+    #[test]
+    fn piece_set_point_never_reads_as_have_all() {
+        let big = PieceSet {
+            count: u64::from(ALL),
+            ..Default::default()
+        };
+        assert_eq!(big.point(), ALL - 1);
+        let bigger = PieceSet {
+            count: u64::from(ALL) + 5,
+            ..Default::default()
+        };
+        assert_eq!(bigger.point(), ALL - 1);
+    }
+
     /// Bitfields (MSB of byte 0 is piece 0) into a set, the union of two
     /// sets, and the highest index + 1 of a bitfield.
     #[test]
