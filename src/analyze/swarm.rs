@@ -2474,7 +2474,8 @@ mod tests {
     /// `pieces_from_left` against its contract, for every `left` from 0 to
     /// past the total: 0 left is every piece, `total` or more is none, and
     /// in between the pieces not covered by ⌈left / plen⌉ missing ones.
-    /// Shapes: a short last piece (10 pieces of 10, 95 bytes), exact pieces
+    /// Shapes: a short last piece (10 pieces of 10, 95, 97 and 93 bytes:
+    /// last pieces of half, more and less than half a piece), exact pieces
     /// (4 of 8, 32 bytes), a single short piece, a `pieces` field one hash
     /// short (2 of 10, 25 bytes), and a v2 torrent of 10 five-byte files
     /// (one piece each: 10 pieces, 50 bytes, less than 9 whole pieces).
@@ -2489,7 +2490,15 @@ mod tests {
                 n.saturating_sub(left.div_ceil(plen))
             }
         };
-        for (n, plen, total) in [(10, 10, 95), (4, 8, 32), (1, 10, 7), (2, 10, 25), (10, 10, 50)] {
+        for (n, plen, total) in [
+            (10, 10, 95),
+            (10, 10, 97),
+            (10, 10, 93),
+            (4, 8, 32),
+            (1, 10, 7),
+            (2, 10, 25),
+            (10, 10, 50),
+        ] {
             for left in 0..=total + 12 {
                 assert_eq!(
                     pieces_from_left(n, plen, total, left),
