@@ -1286,6 +1286,48 @@ mod tests {
         assert_eq!(kept, [(40000, vec![0x80, 0x40]), (6881, vec![0xFF, 0xC0])]);
     }
 
+    /// A torrent of 16 pieces: its bitfield is two whole bytes with no
+    /// spare bit, so every bit may be set and nothing is raised.
+    #[test]
+    fn a_bitfield_of_whole_bytes_has_no_spare_bits() {
+        let mut k = KnownTorrents::default();
+        k.insert(Arc::new(Metainfo {
+            info_hash_v1: Some(IH),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: 16,
+            n_pieces: 16,
+            total_bytes: 256,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![[0; 20]; 16],
+        }));
+        let mut out = ShardOut {
+            known: Arc::new(k),
+            ..Default::default()
+        };
+        let mut s = PeerSession::new(test_init(16), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        let mut orig = handshake(b'O');
+        orig.extend(msg(5, &[0xFF, 0xFF]));
+        let mut resp = handshake(b'R');
+        resp.extend(msg(5, &[0x00, 0x01]));
+        s.feed(ORIG, Chunk::Data(&orig), ctx, &mut out);
+        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+        let _ = s.finish(ctx, &mut out);
+        assert!(out.rows.anomalies.is_empty(), "{:?}", out.rows.anomalies);
+        let kept: Vec<(u16, Vec<u8>)> = out
+            .events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                SwarmEventKind::Bitfield(b) => Some((e.peer.port(), b.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kept, [(40000, vec![0xFF, 0xFF]), (6881, vec![0x00, 0x01])]);
+    }
+
     /// A handshake naming another torrent than the connection's first one
     /// is counted; the same torrent both ways is not.
     #[test]
