@@ -1466,6 +1466,8 @@ mod tests {
         let mut o = handshake(b'O');
         o.extend(ext(0, b"d1:md6:ut_pexi2ee11:upload_onlyi1ee"));
         o.extend(ext(3, &[1]));
+        // 0: it wants pieces again; said twice, it is no claim either time.
+        o.extend(ext(3, &[0]));
         o.extend(ext(3, &[0]));
         let mut pex = b"d5:added12:".to_vec();
         pex.extend([10, 0, 0, 9, 0x1A, 0xE1, 10, 0, 0, 8, 0x1A, 0xE1]);
