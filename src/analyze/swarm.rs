@@ -2289,7 +2289,7 @@ mod tests {
 
     /// A torrent of 10 known pieces ([7; 20]) and one without metadata
     /// ([8; 20]) under `max_pieces` 16: a `have` counts only for an index
-    /// below both (9 and 15 count, 10 and 16 do not); the second torrent's
+    /// below both (8, 9 and 15 count, 10 and 16 do not); the second torrent's
     /// count is its bitfield estimate, a third torrent seen with no piece
     /// message has none.
     #[test]
@@ -2322,6 +2322,7 @@ mod tests {
         s.apply(
             vec![
                 ev(1, "10.0.0.5:5", SwarmEventKind::HaveNone),
+                ev(2, "10.0.0.5:5", SwarmEventKind::Have(8)),
                 ev(2, "10.0.0.5:5", SwarmEventKind::Have(9)),
                 ev(3, "10.0.0.5:5", SwarmEventKind::Have(10)),
                 on(8, ev(1, "10.0.0.6:6", SwarmEventKind::HaveNone)),
@@ -2345,7 +2346,7 @@ mod tests {
                 .find(|p| p.peer_port == port)
                 .map(|p| (p.last_pieces, p.n_pieces))
         };
-        assert_eq!(last(5), Some((Some(1), Some(10))));
+        assert_eq!(last(5), Some((Some(2), Some(10))));
         assert_eq!(last(6), Some((Some(1), Some(16))));
         assert_eq!(last(7), Some((Some(1), Some(16))));
         assert_eq!(last(8), Some((None, None)));
