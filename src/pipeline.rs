@@ -933,7 +933,11 @@ fn process_batch(
 ) -> RowBatch {
     let lo = range.start;
     let frames = batch.frames.get(range).unwrap_or_default();
-    const CHUNK: usize = 2048;
+    // A batch is at most `batch_frames` (2,048) frames: chunks of 256 let
+    // every worker decode a part of it (one chunk of 2,048 had one worker
+    // decode and verify the checksums of the whole batch while the others
+    // waited).
+    const CHUNK: usize = 256;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
     let decoded: Vec<(Decoded, u32)> = frames
