@@ -12,8 +12,11 @@
 # rotating hourly writes (one dataset per hour; the same hosts every hour).
 #
 # Runs BENCH_RUNS (default 3) rounds; prints wall and CPU time (user+sys of
-# the whole process tree: JVM and Python workers) per round and the median,
-# and the load average. Figures go in bench/README.md ("Merge").
+# the whole process tree: the Python driver, the JVM it starts and does not
+# wait for, and the Python workers, all reaped by bench/reap.py) per round
+# and the median, and the load average. Figures go in bench/README.md
+# ("Merge on Spark"). bulk-1g in 100 hourly datasets: run bench/merge.sh
+# first, then BENCH_MERGE_INPUT=target/bench/merge/datasets.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
@@ -77,8 +80,10 @@ has_merge=0
 "$bin" merge --help >/dev/null 2>&1 && has_merge=1
 for r in $(seq 1 "$runs"); do
   rm -rf "$work/merge-spark-out"
-  read -r w c < <(measure spark nice -n 10 "$venv/bin/python" spark/merge.py --master 'local[2]' \
-    -o "$work/merge-spark-out" "${dirs[@]}")
+  # bench/reap.py: the driver does not wait for its JVM; as a subreaper it
+  # reaps the JVM and every Python worker, so their CPU time is counted.
+  read -r w c < <(measure spark python3 bench/reap.py nice -n 10 "$venv/bin/python" spark/merge.py \
+    --master 'local[2]' -o "$work/merge-spark-out" "${dirs[@]}")
   spark_w+=("$w")
   spark_c+=("$c")
   echo "round $r: spark local[2] ${w} s wall, ${c} s CPU; load $(cut -d' ' -f1 /proc/loadavg)"

@@ -1045,36 +1045,149 @@ def audit(spark, conns, flows, ev, caps, max_link_bps: float, alias: Optional[Da
     return a
 
 
+def _ephemeral_fn():
+    """src/merge/entities.rs `ephemeral_renames`, line for line, over one
+    merge group's (info_hash, peer_ip): its peers rows (`_k` 0, in the
+    union's row order) and its listen evidence from connections (`_k` 1).
+    Returns the renames peer_port -> _to."""
+    import pandas as pd
+
+    def isnull(v):
+        return v is None or (not isinstance(v, str) and pd.isna(v))
+
+    def prefix(a):
+        return a[:16] if len(a) >= 16 else None
+
+    def run(pdf: "pd.DataFrame") -> "pd.DataFrame":
+        pdf = pdf.sort_values(["_k", "_o"], kind="stable")
+        r = pdf.to_dict("records")
+        rows = [x for x in r if x["_k"] == 0]
+        for x in r:
+            x["peer_port"] = int(x["peer_port"])
+            x["peer_id"] = None if isnull(x["peer_id"]) else x["peer_id"]
+        # Listen port -> the peer ids seen at it: connection evidence (a
+        # responder port unless mid-stream, a BEP 10 `p`), sightings outside
+        # the peer wire (tracker, DHT, LSD; not PEX), then the peer ids of
+        # every row at a listen port.
+        ports: Dict[int, set] = {}
+        for x in r:
+            if x["_k"] == 1 or bool(x["_L"]):
+                ids = ports.setdefault(x["peer_port"], set())
+                if x["peer_id"] is not None:
+                    ids.add(x["peer_id"])
+        for x in rows:
+            if x["peer_id"] is not None and x["peer_port"] in ports:
+                ports[x["peer_port"]].add(x["peer_id"])
+        out: Dict[int, int] = {}
+        if ports:
+            def one(f):
+                m = [p for p in sorted(ports) if f(ports[p])]
+                return m[0] if len(m) == 1 else None
+
+            for x in rows:
+                if x["peer_port"] in ports:
+                    continue
+                a = x["peer_id"]
+                if a is not None:
+                    t = one(lambda ids: a in ids)
+                    if t is None:
+                        pa = prefix(a)
+                        t = one(lambda ids: pa is not None and any(prefix(b) == pa for b in ids))
+                else:
+                    t = one(lambda ids: True)
+                if t is not None:
+                    out[x["peer_port"]] = t
+            # A tracker claim announced with port 0: the one listen port.
+            if len(ports) == 1:
+                out.setdefault(0, next(iter(ports)))
+        # One peer id at ports that are not listen ports, with no listen
+        # endpoint to join: the first key it was seen at (dataset, first_ts).
+        by_id: Dict[str, tuple] = {}
+        for x in rows:
+            a = x["peer_id"]
+            if a is None or x["peer_port"] in ports or x["peer_port"] in out:
+                continue
+            e = by_id.setdefault(a, (int(x["_ds"]), int(x["_f"]), x["peer_port"]))
+            if (int(x["_ds"]), int(x["_f"])) < e[:2]:
+                by_id[a] = (int(x["_ds"]), int(x["_f"]), x["peer_port"])
+        for x in rows:
+            a = x["peer_id"]
+            if a is not None and a in by_id and by_id[a][2] != x["peer_port"]:
+                out[x["peer_port"]] = by_id[a][2]
+        g = r[0]
+        return pd.DataFrame({G: [int(g[G])] * len(out), "info_hash": [g["info_hash"]] * len(out),
+                             "peer_ip": [g["peer_ip"]] * len(out), "peer_port": list(out),
+                             "_to": [out[p] for p in out]}).astype(
+            {G: "int64", "info_hash": object, "peer_ip": object, "peer_port": "int64", "_to": "int64"})
+
+    return run
+
+
+def listen_evidence(conns: DataFrame, with_ids: bool) -> DataFrame:
+    """The listen endpoints connections show (entities.rs): the port of an
+    originator's BEP 10 `p` (`orig_listen_port`), and the responder port
+    unless the connection was picked up mid-stream (then only when the
+    responder sent a `p`: `resp_listen_port`). (_set, info_hash, peer_ip,
+    peer_port[, peer_id])."""
+    c = conns.where("info_hash is not null")
+    lo = c.where("orig_listen_port is not null").select(
+        G, "info_hash", F.col("orig_ip").alias("peer_ip"), F.col("orig_listen_port").cast("int").alias("peer_port"),
+        F.col("orig_peer_id").alias("peer_id"))
+    lr = c.where(~F.coalesce(F.col("midstream"), F.lit(False)) | F.col("resp_listen_port").isNotNull()).select(
+        G, "info_hash", F.col("resp_ip").alias("peer_ip"), F.col("resp_port").cast("int").alias("peer_port"),
+        F.col("resp_peer_id").alias("peer_id"))
+    out = lo.unionByName(lr)
+    return out if with_ids else out.drop("peer_id")
+
+
+def _outside_wire() -> "F.Column":
+    """A peers row seen outside the peer wire (tracker, DHT, LSD): PEX
+    passes on connection ports and is no listen evidence."""
+    return F.coalesce(F.exists("sources", lambda x: ~x.isin("wire", "pex")), F.lit(False))
+
+
 def ephemeral_renames(peers: DataFrame, conns: DataFrame) -> DataFrame:
-    """docs/MERGE.md peers 1 (src/merge/entities.rs `ephemeral_renames`): a
-    peer a piece met only as the originator of connections without its
-    listen port is keyed there by an ephemeral source port; where the
-    address has exactly one listen endpoint for the torrent and the peer ids
-    agree (equal, or the same 8-byte client prefix, or none), such rows join
-    it. Returns (_set, info_hash, peer_ip, peer_port) -> _to."""
+    """docs/MERGE.md peers 1 (src/merge/entities.rs `ephemeral_renames`,
+    main f917a29): listen endpoints follow the analysis (a responder port
+    unless mid-stream, BEP 10 `p`, tracker/DHT/LSD sightings); a peers row
+    at another port joins the one listen port of its address carrying its
+    peer id, else the one carrying a peer id with its 8-byte client prefix,
+    else (no peer id) the address's only listen port; rows of one peer id
+    with no listen port to join join the first (dataset, first_ts); a
+    port-0 tracker claim goes to the address's only listen port. Returns
+    (_set, info_hash, peer_ip, peer_port) -> _to."""
+    cols = [G, "info_hash", "peer_ip", "peer_port", "peer_id", "_k", "_L", "_ds", "_f", "_o"]
+    p = peers.select(G, "info_hash", "peer_ip", F.col("peer_port").cast("int").alias("peer_port"), "peer_id",
+                     F.lit(0).alias("_k"), _outside_wire().alias("_L"), F.col("_ds").cast("long").alias("_ds"),
+                     F.coalesce(F.unix_micros("first_ts"), F.lit(0)).alias("_f"), "_o")
+    c = listen_evidence(conns, True).select(
+        G, "info_hash", "peer_ip", "peer_port", "peer_id", F.lit(1).alias("_k"), F.lit(False).alias("_L"),
+        F.lit(0).cast("long").alias("_ds"), F.lit(0).cast("long").alias("_f"), F.lit(0).cast("long").alias("_o"))
+    return p.select(*cols).unionByName(c.select(*cols)).groupBy(G, "info_hash", "peer_ip").applyInPandas(
+        _ephemeral_fn(), f"{G} int, info_hash string, peer_ip string, peer_port int, _to int")
+
+
+def encrypted_originators(peers: DataFrame, conns: DataFrame, eph: DataFrame) -> DataFrame:
+    """entities.rs `encrypted_originators` (main f917a29): the originator of
+    an MSE-encrypted connection (no readable handshake) is its address's
+    one listen endpoint among its peers rows for the torrent, else the
+    address's only peers row, else no peer. `peers` are the renamed rows,
+    `eph` the ephemeral renames (connection evidence goes through them).
+    Returns (_set, conn_id, _own) for every encrypted connection with an
+    info_hash (_own null: no peer)."""
     k = [G, "info_hash", "peer_ip", "peer_port"]
-    pk = peers.select(*k, "peer_id", "sources")
-    lc1 = conns.where("info_hash is not null and resp_peer_port is not null").select(
-        G, "info_hash", F.col("resp_ip").alias("peer_ip"), F.col("resp_peer_port").alias("peer_port"))
-    lc2 = conns.where("info_hash is not null and orig_peer_port is not null and orig_peer_port != orig_port").select(
-        G, "info_hash", F.col("orig_ip").alias("peer_ip"), F.col("orig_peer_port").alias("peer_port"))
-    lp = pk.where(F.exists("sources", lambda x: ~x.isin("wire", "pex"))).select(*k)
-    listen = lc1.unionByName(lc2).unionByName(lp).distinct().withColumn("_L", F.lit(True))
-    pl = pk.join(listen, k, "left")
-    one = pl.where("_L").groupBy(G, "info_hash", "peer_ip").agg(
-        F.collect_set("peer_port").alias("_ports"), F.collect_set("peer_id").alias("_tpids"))
-    one = one.where(F.size("_ports") == 1).select(G, "info_hash", "peer_ip", F.col("_ports")[0].alias("_target"), "_tpids")
-    cand = pl.where("_L is null").join(one, [G, "info_hash", "peer_ip"]).where(F.col("peer_port") != F.col("_target"))
-    same = F.col("peer_id").isNull() | F.exists(
-        "_tpids", lambda b: (b == F.col("peer_id")) | (F.substring(b, 1, 16) == F.substring(F.col("peer_id"), 1, 16)))
-    out = cand.where(same).select(*k, F.col("_target").alias("_to")).dropDuplicates(k)
-    # A tracker claim announced with port 0 (qBittorrent over UDP) is keyed
-    # (info_hash, ip, 0) in peer_progress: it counts for the address's one
-    # listen endpoint, else for no peer (main 5493de1).
-    zero = listen.groupBy(G, "info_hash", "peer_ip").agg(F.collect_set("peer_port").alias("_ports")) \
-        .where(F.size("_ports") == 1).select(G, "info_hash", "peer_ip", F.lit(0).cast("int").alias("peer_port"),
-                                             F.col("_ports")[0].alias("_to"))
-    return out.unionByName(zero.join(out.select(*k), k, "left_anti"))
+    rows = peers.select(G, "info_hash", "peer_ip", F.col("peer_port").cast("int").alias("peer_port")).distinct()
+    lc = listen_evidence(conns, False).join(_bc(eph), k, "left") \
+        .withColumn("peer_port", F.coalesce("_to", "peer_port")).drop("_to")
+    lp = peers.where(_outside_wire()).select(G, "info_hash", "peer_ip", F.col("peer_port").cast("int").alias("peer_port"))
+    listen = lc.unionByName(lp).distinct().withColumn("_L", F.lit(True))
+    addr = rows.join(listen, k, "left").groupBy(G, "info_hash", "peer_ip").agg(
+        F.count(F.lit(1)).alias("_np"), F.collect_set(F.when(F.col("_L"), F.col("peer_port"))).alias("_lp"),
+        F.min("peer_port").alias("_only"))
+    own = F.when(F.size("_lp") == 1, F.col("_lp")[0]).when((F.size("_lp") == 0) & (F.col("_np") == 1), F.col("_only"))
+    enc = conns.where(F.coalesce(F.col("encrypted"), F.lit(False)) & F.col("info_hash").isNotNull()) \
+        .dropDuplicates([G, "conn_id"]).select(G, "conn_id", "info_hash", F.col("orig_ip").alias("peer_ip"))
+    return enc.join(addr, [G, "info_hash", "peer_ip"], "left").select(G, "conn_id", own.cast("int").alias("_own"))
 
 
 # ---------------------------------------------------------------- the merge
@@ -1178,6 +1291,9 @@ def merge(
     peers_in = _cut(rename(peers_in, jren))
     eph = _cut(ephemeral_renames(peers_in, conns))
     peers_in = rename(peers_in, eph)
+    # The originators of MSE-encrypted connections (main f917a29): who they
+    # are, as the analysis credits them; set after the renames below.
+    enc = _cut(encrypted_originators(peers_in, conns, eph))
     # Hybrid torrents (main fce1f76): the hashes paired in the datasets'
     # torrents rows (info_hash_v2); a peer key none of whose rows has source
     # wire joins the wire's peer at that endpoint under the other hash.
@@ -1198,15 +1314,30 @@ def merge(
         return df.join(_bc(hyb), pk, "left").withColumn("info_hash", F.coalesce("_h", "info_hash")).drop("_h")
 
     peers_in = rehash(peers_in)
-    # Listed connections (entities.rs `peers`, main fce1f76): not those whose
-    # joined row's handshake names another torrent than the row's.
-    ex = peers_in.select(G, "_o", "info_hash", F.explode("conn_ids").alias("conn_id")) \
-        .join(_bc(hs), [G, "conn_id"], "left") \
-        .groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.when(
-            F.col("_hih").isNull() | (F.col("_hih") == F.col("info_hash")), F.col("conn_id")))).alias("_cf"))
+    # Listed connections (entities.rs `peers`): not those whose joined
+    # row's handshake names another torrent than the row's (main fce1f76);
+    # an encrypted connection's originator end only at the peer
+    # `encrypted_originators` named, or at the connection's responder end
+    # (main f917a29).
+    encx = enc.join(conns.dropDuplicates([G, "conn_id"]).select(
+        G, "conn_id", F.col("orig_ip").alias("_eoi"), F.col("resp_ip").alias("_eri"),
+        F.col("resp_port").cast("int").alias("_erp")), [G, "conn_id"])
+    ex = peers_in.select(G, "_o", "info_hash", "peer_ip", "peer_port", F.explode("conn_ids").alias("conn_id")) \
+        .join(_bc(hs), [G, "conn_id"], "left").join(_bc(encx), [G, "conn_id"], "left")
+    keep = (F.col("_hih").isNull() | (F.col("_hih") == F.col("info_hash"))) & (
+        F.col("_eoi").isNull() | (F.col("_eoi") != F.col("peer_ip"))
+        | F.coalesce(F.col("_own") == F.col("peer_port"), F.lit(False))
+        | ((F.col("_eri") == F.col("peer_ip")) & (F.col("_erp") == F.col("peer_port"))))
+    ex = ex.groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.when(keep, F.col("conn_id")))).alias("_cf"))
     peers_in = _cut(peers_in.join(ex, [G, "_o"], "left")
                     .withColumn("_cf", F.coalesce("_cf", "conn_ids")))
-    conns = _cut(rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port"))
+    conns = rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port")
+    # entities.rs `set_orig_ports`: an encrypted connection's originator
+    # end is the peer named above (null: none).
+    conns = _cut(conns.join(_bc(enc.withColumn("_e", F.lit(True))), [G, "conn_id"], "left")
+                 .withColumn("orig_peer_port", F.when(F.col("_e"), F.col("_own")).otherwise(F.col("orig_peer_port"))
+                             .cast(dict(conns.dtypes)["orig_peer_port"]))
+                 .drop("_e", "_own"))
     # Composed: a cut rename may land on an ephemeral key.
     comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
                      [G, "info_hash", "peer_ip", "_to"], "left") \
@@ -1274,6 +1405,14 @@ def merge(
     peers = peers.withColumn("_rk", F.row_number().over(pw.orderBy(F.col("last_ts").desc(), "_o"))).where("_rk = 1") \
         .withColumn("first_ts", F.col("_ft")).withColumn("last_ts", F.col("_lt")).withColumn("sensor", F.col("_sens")) \
         .drop("_ft", "_lt", "_sens", "_rk")
+    # An encrypted connection is listed at the peer its originator end was
+    # credited to (entities.rs `peers`, `enc_by_owner`).
+    eo = enc.where("_own is not null").join(conns.dropDuplicates([G, "conn_id"]).select(
+        G, "conn_id", "info_hash", F.col("orig_ip").alias("peer_ip")), [G, "conn_id"]) \
+        .groupBy(G, "info_hash", "peer_ip", F.col("_own").alias("peer_port")).agg(F.collect_list("conn_id").alias("_eids"))
+    peers = peers.join(eo, pk, "left").withColumn(
+        "_ids", F.when(F.col("_eids").isNull(), F.col("_ids"))
+        .otherwise(F.array_sort(F.array_distinct(F.concat("_ids", "_eids"))))).drop("_eids")
     peers = _cut(peers)
     # Connections counted for bytes: listed, whose ends name the peer, and
     # the unnamed ends at an address with one peer for the torrent.

@@ -383,13 +383,18 @@ impl UdpApp {
     /// nothing is flushed or closed).
     pub fn snapshot(&self, out: &ShardOut, rows: &mut Vec<crate::sink::ConnectionRow>) {
         if let Some(part) = &self.utp {
-            for (_, _, init, app) in &part.sessions {
+            for (conn, _, init, app) in &part.sessions {
                 let end = StreamEnd {
                     last_ts: None,
                     gap_bytes: None,
                     payload: None,
                 };
-                if let Some(row) = app.snapshot_row(init, end, out) {
+                if let Some(mut row) = app.snapshot_row(init, end, out) {
+                    // The id as the closed row will carry it, once both
+                    // sides' ids were seen: without it `swarmtap merge`
+                    // joins an hourly snapshot to any uTP connection of
+                    // the flow (docs/MERGE.md section 2).
+                    row.utp_conn_id = part.tracker.conn_info(*conn).and_then(|c| c.pair_id).map(u32::from);
                     rows.push(row);
                 }
             }

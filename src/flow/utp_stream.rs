@@ -342,6 +342,9 @@ pub struct UtpConnInfo {
     /// `connection_id` used by side A's (resp. B's) non-SYN packets, when seen.
     pub id_a: Option<u16>,
     pub id_b: Option<u16>,
+    /// The connection's id as `connections.utp_conn_id` reports it: the
+    /// lower of the two, when both sides' ids were seen.
+    pub pair_id: Option<u16>,
     pub initiator: Option<Side>,
     pub midstream: bool,
     /// Closed and kept only as a tombstone.
@@ -783,6 +786,7 @@ impl UtpTracker {
             conn: c.no,
             id_a: c.id(Side::A),
             id_b: c.id(Side::B),
+            pair_id: c.pair_id(),
             initiator: c.initiator,
             midstream: c.midstream,
             closed: !c.live(),

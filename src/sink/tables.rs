@@ -302,7 +302,7 @@ tables! {
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
         mse_handshake: bool = "An MSE/PE key exchange opened the stream (true with encrypted = false: it selected plaintext and the rest is decoded).",
         midstream: bool = "Picked up mid-connection (no handshake seen; framing found by hunting).",
-        utp_conn_id: Option<u32> as I32 = "uTP only: the connection's id, the lower of its two BEP 29 `connection_id`s (the initiator's SYN announces it; the initiator's later packets carry it + 1); null for TCP, when one side's id was never seen, or in a live snapshot of a connection still open. uTP connections share their UDP flow's community_id: `swarmtap merge` tells them apart by it (docs/MERGE.md section 2).",
+        utp_conn_id: Option<u32> as I32 = "uTP only: the connection's id, the lower of its two BEP 29 `connection_id`s (the initiator's SYN announces it; the initiator's later packets carry it + 1); null for TCP or when one side's id was never seen (in a live snapshot of a connection still open: not seen yet). uTP connections share their UDP flow's community_id: `swarmtap merge` tells them apart by it (docs/MERGE.md section 2).",
         piece_bytes_orig: u64 = "Block bytes of piece messages sent by the originator (from framed headers; bytes lost in capture gaps inside blocks included).",
         piece_bytes_resp: u64 = "Block bytes of piece messages sent by the responder.",
         payload_bytes_orig: u64 = "Stream bytes from the originator (reassembled, gaps excluded).",

@@ -555,25 +555,22 @@ fn live_sigint_flushes_every_table_and_exits_0() {
     assert_eq!(u64s(&live_table(&out, "connections"), "conn_id").len(), 38);
 }
 
-/// Without root: the engine driven as `live` drives it (small batches, a
-/// snapshot after each) through the rotating writer. Each interval is a
-/// complete set of files; the snapshots only grow (counts never go back);
-/// and the latest rows equal analyze's exactly, timestamps included (the
-/// packets are the file's).
-#[test]
-fn snapshots_through_the_rotating_sink_converge_to_analyze() {
+/// The engine driven as `live` drives it (batches of 1,000 frames, a
+/// snapshot after each, a rotation after each) through the rotating
+/// writer, over one sample. Returns the live dataset's directory (inside
+/// `tmp`), analyze's output of the same file, and the number of intervals.
+fn drive_live(name: &str, tmp: &Path) -> (PathBuf, super::Run, usize) {
     use swarmtap::capture::{CaptureReader, FrameBatch, InputSpec};
     use swarmtap::config::Settings;
     use swarmtap::pipeline::Engine;
     use swarmtap::sink::writer::Interval;
     use swarmtap::sink::SinkThread;
 
-    let pcap = sample("http.pcap");
+    let pcap = sample(name);
     let want = run(std::slice::from_ref(&pcap), &[]);
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let out = tmp.path().join("live");
+    let out = tmp.join("live");
     let settings = Settings::default();
-    let mut engine = Engine::new(&settings, std::sync::Arc::new(vec!["http.pcap".into()]), Vec::new()).expect("engine");
+    let mut engine = Engine::new(&settings, std::sync::Arc::new(vec![name.into()]), Vec::new()).expect("engine");
     let mut iv = Interval {
         start_us: 1_700_000_000_000_000,
         seq: 0,
@@ -594,7 +591,18 @@ fn snapshots_through_the_rotating_sink_converge_to_analyze() {
     let (rows, _, _) = engine.finish();
     sink.send(rows).expect("final");
     sink.finish().expect("finish");
-    let n_intervals = iv.seq as usize + 1;
+    (out, want, iv.seq as usize + 1)
+}
+
+/// Without root: the engine driven as `live` drives it (small batches, a
+/// snapshot after each) through the rotating writer. Each interval is a
+/// complete set of files; the snapshots only grow (counts never go back);
+/// and the latest rows equal analyze's exactly, timestamps included (the
+/// packets are the file's).
+#[test]
+fn snapshots_through_the_rotating_sink_converge_to_analyze() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (out, want, n_intervals) = drive_live("http.pcap", tmp.path());
     assert_eq!(n_intervals, 8, "6586 frames in batches of 1000, and the last interval");
     for t in TABLE_NAMES {
         assert_eq!(part_files(&out, t).len(), n_intervals, "{t}");
@@ -636,6 +644,51 @@ fn snapshots_through_the_rotating_sink_converge_to_analyze() {
         .filter(|r| r.as_deref() == Some("open"))
         .count();
     assert!(open > 50, "{open} open-flow snapshot rows");
+}
+
+/// uTP connections still open at a live snapshot carry their
+/// `utp_conn_id` as soon as both sides' ids were seen (the closed row's id,
+/// never another): `swarmtap merge` joins an hourly snapshot to its
+/// connection's later rows by it, and would join a null to any uTP
+/// connection of the flow. utp.pcap: 4,496 frames, 6 intervals.
+#[test]
+fn live_snapshots_of_open_utp_connections_carry_their_id() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (out, want, n_intervals) = drive_live("utp.pcap", tmp.path());
+    assert_eq!(n_intervals, 6, "4496 frames in batches of 1000, and the last interval");
+    let fin = table(&want, "connections");
+    let mut final_id: BTreeMap<u64, Option<u64>> = BTreeMap::new();
+    for ((id, t), u) in u64s(&fin, "conn_id")
+        .into_iter()
+        .zip(strs(&fin, "transport"))
+        .zip(u64s(&fin, "utp_conn_id"))
+    {
+        if t.as_deref() == Some("utp") {
+            final_id.insert(id.unwrap_or(0), u);
+        }
+    }
+    assert!(!final_id.is_empty(), "utp.pcap has uTP connections");
+    assert!(final_id.values().all(Option::is_some), "{final_id:?}");
+    let all = live_table(&out, "connections");
+    let (mut with_id, mut rows) = (0, 0);
+    for (id, u) in u64s(&all, "conn_id").into_iter().zip(u64s(&all, "utp_conn_id")) {
+        let Some(want_id) = final_id.get(&id.unwrap_or(0)) else {
+            continue;
+        };
+        rows += 1;
+        if let Some(u) = u {
+            with_id += 1;
+            assert_eq!(Some(u), *want_id, "connection {id:?}");
+        }
+    }
+    // Every uTP row in the live dataset, snapshots and final rows alike,
+    // carries the id: the ids are seen in the first packets both ways.
+    assert!(
+        rows > final_id.len(),
+        "{rows} live rows of {} uTP connections",
+        final_id.len()
+    );
+    assert_eq!(with_id, rows, "{rows} uTP rows, {with_id} with an id");
 }
 
 /// On a quiet link: SIGHUP rotates at once (a second interval, every table
