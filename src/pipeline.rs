@@ -270,6 +270,9 @@ pub struct Engine {
     watermark: i64,
     judge: PacketJudge,
     current_capture: u32,
+    /// The shard hash's key, drawn from the run's first frame
+    /// ([`crate::decode::ShardKey`]).
+    shard_key: Option<crate::decode::ShardKey>,
     /// Counters for the summary line.
     pub summary: RunSummary,
 }
@@ -367,6 +370,7 @@ impl Engine {
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
             current_capture: 0,
+            shard_key: None,
             summary: RunSummary::default(),
         })
     }
@@ -431,6 +435,19 @@ impl Engine {
             }
             self.current_capture = batch.capture_idx;
         }
+        if self.shard_key.is_none() {
+            if let Some(f) = batch.frames.first() {
+                self.shard_key = Some(crate::decode::ShardKey::from_first_frame(
+                    f.ts_us,
+                    f.orig_len,
+                    batch.frame_data(0),
+                ));
+            }
+        }
+        let Some(key) = self.shard_key.clone() else {
+            // An empty batch: nothing to do.
+            return Ok(());
+        };
         // One step per run of frames spanning fewer than
         // `metadata_join_frames` frame numbers (see `KnownTorrents`): a
         // batch of the default size is one step, unless a filter left
@@ -453,7 +470,7 @@ impl Engine {
             );
             let rows = self
                 .pool
-                .install(|| process_batch(batch, shards, n_shards, names, counts, watermark, judge, lo..hi));
+                .install(|| process_batch(batch, shards, n_shards, &key, names, counts, watermark, judge, lo..hi));
             let rows = self.step(rows, StepKind::Batch);
             emit(rows)?;
             lo = hi;
@@ -922,6 +939,7 @@ fn process_batch(
     batch: &FrameBatch,
     shards: &mut [Shard<ShardApps>],
     n_shards: usize,
+    key: &crate::decode::ShardKey,
     names: &[String],
     counts: &mut HashMap<String, DecodeCounts>,
     watermark: &mut i64,
@@ -941,7 +959,7 @@ fn process_batch(
                 let i = lo + ci * CHUNK + j;
                 let d = decode(fm.link_type, batch.frame_data(i));
                 let shard = match &d {
-                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash() % n_shards as u64) as u32,
+                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash(key) % n_shards as u64) as u32,
                     _ => 0,
                 };
                 (d, shard)

@@ -138,13 +138,22 @@ case "${MUTANTS_STAGE:-both}" in
   *) targets=(--cargo-arg=--lib --cargo-arg=--test --cargo-arg=integration) && default_tests="$unit $integration" ;;
 esac
 read -r -a tests <<<"${MUTANTS_TESTS:-$default_tests}"
+# MUTANTS_TOOL=nextest runs the tests with cargo-nextest (installed apart:
+# `cargo install cargo-nextest --locked`), one process per test, and stops
+# at the first failing test rather than at the end of the first failing
+# binary: a mutant the integration tests catch costs the time to its first
+# failure instead of the whole list (tests/MUTANTS.md, session 7).
+tool=()
+if [ "${MUTANTS_TOOL:-}" = nextest ]; then
+  tool=(--test-tool=nextest)
+fi
 # The test timeout is for a loaded machine at nice 19: the selected tests
 # take ~30 s of wall time on an idle one.
 status=0
 SWARMTAP_SHARED="$shared" "${deadline[@]}" "${wrapper[@]}" nice -n 19 \
   cargo mutants --in-place --cap-lints false --baseline skip "${order[@]}" \
   "${files[@]}" "${filter[@]}" --timeout 300 --build-timeout 900 -o "$out" \
-  "${targets[@]}" "$@" \
+  "${tool[@]}" "${targets[@]}" "$@" \
   -- -- "${tests[@]}" || status=$?
 if [ -f "$out/mutants.out/outcomes.json" ]; then
   python3 "$here/tests/mutants_summary.py" "$out/mutants.out/outcomes.json"

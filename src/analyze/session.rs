@@ -1139,6 +1139,273 @@ mod tests {
         (kinds, meta, pex, pieces, traits)
     }
 
+    /// A connection built byte by byte, its row and transfers known by
+    /// construction. The originator: handshake, `interested`, a piece
+    /// message of 300 bytes of which 50 are lost in a capture gap
+    /// mid-block. The responder: handshake, a piece message of 100 bytes,
+    /// then one of 200 bytes cut off after 120 by the end of the
+    /// connection.
+    #[test]
+    fn a_connections_bytes_and_transfers_by_construction() {
+        let piece = |len: usize, fill: u8| {
+            let mut p = 3u32.to_be_bytes().to_vec();
+            p.extend(16384u32.to_be_bytes());
+            p.extend(vec![fill; len]);
+            msg(7, &p)
+        };
+        let mut orig = handshake(b'O');
+        orig.extend(msg(2, &[]));
+        let o_piece = piece(300, 0xAA);
+        // Header (13) and 100 block bytes, 50 lost, 150 more.
+        let (o_head, o_rest) = o_piece.split_at(13 + 100);
+        let o_tail = &o_rest[50..];
+        let mut resp = handshake(b'R');
+        resp.extend(piece(100, 0xBB));
+        let r_cut = piece(200, 0xCC);
+        resp.extend_from_slice(&r_cut[..13 + 120]);
+
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(9), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+        let mut o_first = orig.clone();
+        o_first.extend_from_slice(o_head);
+        s.feed(ORIG, Chunk::Data(&o_first), ctx, &mut out);
+        s.feed(ORIG, Chunk::Gap(50), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(o_tail), ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        let want_orig = (68 + 5 + 13 + 300 - 50) as u64;
+        let want_resp = (68 + 13 + 100 + 13 + 120) as u64;
+        assert_eq!(
+            (row.payload_bytes_orig, row.payload_bytes_resp, row.gap_bytes),
+            (want_orig, want_resp, 50)
+        );
+        assert_eq!((row.piece_bytes_orig, row.piece_bytes_resp), (300, 220));
+        assert_eq!((row.n_msgs_orig, row.n_msgs_resp), (2, 2));
+        assert_eq!((row.unframed_bytes, row.n_resyncs), (0, 0));
+        let mut transfers: Vec<_> = out
+            .events
+            .iter()
+            .filter_map(|e| match e.kind {
+                SwarmEventKind::Transfer { bytes, cut_off, .. } => Some((e.peer.port(), bytes, cut_off)),
+                _ => None,
+            })
+            .collect();
+        transfers.sort_unstable();
+        assert_eq!(transfers, [(6881, 100, false), (6881, 120, true), (40000, 300, false)]);
+    }
+
+    /// A capture gap of 3 bytes inside the originator's first message
+    /// after its handshake (2 bytes of a `have` before it, 4 after): the
+    /// framer loses sync and resyncs at the piece message that follows,
+    /// having passed over 9 bytes; that resync is counted although the side
+    /// framed no message before it (the connection's start was captured).
+    #[test]
+    fn a_gap_in_the_first_message_costs_one_resync_counted() {
+        let have1 = msg(4, &1u32.to_be_bytes());
+        let mut p = 3u32.to_be_bytes().to_vec();
+        p.extend(0u32.to_be_bytes());
+        p.extend(vec![0x5A; 1000]);
+        let mut a = handshake(b'O');
+        a.extend_from_slice(&have1[..2]);
+        let mut b = have1[5..].to_vec();
+        b.extend(msg(7, &p));
+        b.extend(msg(4, &3u32.to_be_bytes()));
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(11), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(RESP, Chunk::Data(&handshake(b'R')), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(&a), ctx, &mut out);
+        s.feed(ORIG, Chunk::Gap(3), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(&b), ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        let kinds: Vec<&str> = out.rows.anomalies.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, ["gap_in_message", "resync"]);
+        assert_eq!((row.unframed_bytes, row.n_resyncs, row.gap_bytes), (9, 1, 3));
+        assert_eq!((row.n_msgs_orig, row.piece_bytes_orig), (2, 1000));
+        assert_eq!(row.payload_bytes_orig, (68 + 2 + 4 + 13 + 1000 + 9) as u64);
+    }
+
+    /// Bitfields against a known torrent of 10 pieces, `max_pieces` 16 (2
+    /// bytes at most): the right size with no spare bit raises nothing and
+    /// is kept as sent; a spare bit set (0x20 of 0x60) or a third byte is
+    /// `bitfield_wrong_size` and keeps only the torrent's 10 bits; the
+    /// third byte is past `max_pieces` too (`bitfield_too_long`).
+    #[test]
+    fn bitfields_are_checked_against_the_torrent_and_max_pieces() {
+        let mut k = KnownTorrents::default();
+        k.insert(Arc::new(Metainfo {
+            info_hash_v1: Some(IH),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: 16,
+            n_pieces: 10,
+            total_bytes: 160,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![[0; 20]; 10],
+        }));
+        let limits = Limits {
+            max_pieces: 16,
+            ..Limits::default()
+        };
+        let bitfields = |o: &[u8], r: &[u8]| {
+            let mut out = ShardOut {
+                known: Arc::new(k.clone()),
+                ..Default::default()
+            };
+            let mut s = PeerSession::new(test_init(12), &limits, true);
+            let ctx = FrameCtx::default();
+            let mut orig = handshake(b'O');
+            orig.extend(msg(5, o));
+            let mut resp = handshake(b'R');
+            resp.extend(msg(5, r));
+            s.feed(ORIG, Chunk::Data(&orig), ctx, &mut out);
+            s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+            let _ = s.finish(ctx, &mut out);
+            let kinds: Vec<String> = out.rows.anomalies.iter().map(|a| a.kind.clone()).collect();
+            let kept: Vec<(u16, Vec<u8>)> = out
+                .events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    SwarmEventKind::Bitfield(b) => Some((e.peer.port(), b.clone())),
+                    _ => None,
+                })
+                .collect();
+            (kinds, kept)
+        };
+        let (kinds, kept) = bitfields(&[0xFF, 0xC0], &[0x80, 0x40]);
+        assert!(kinds.is_empty(), "{kinds:?}");
+        assert_eq!(kept, [(40000, vec![0xFF, 0xC0]), (6881, vec![0x80, 0x40])]);
+        let (kinds, kept) = bitfields(&[0x80, 0x60], &[0xFF, 0xC0, 0x01]);
+        assert_eq!(
+            kinds,
+            ["bitfield_wrong_size", "bitfield_too_long", "bitfield_wrong_size"]
+        );
+        assert_eq!(kept, [(40000, vec![0x80, 0x40]), (6881, vec![0xFF, 0xC0])]);
+    }
+
+    /// A handshake naming another torrent than the connection's first one
+    /// is counted; the same torrent both ways is not.
+    #[test]
+    fn a_handshake_for_another_torrent_is_an_info_hash_mismatch() {
+        for (other, want) in [([0x22; 20], vec!["info_hash_mismatch"]), (IH, vec![])] {
+            let mut out = ShardOut::default();
+            let mut s = PeerSession::new(test_init(13), &Limits::default(), true);
+            let ctx = FrameCtx::default();
+            s.feed(ORIG, Chunk::Data(&handshake(b'O')), ctx, &mut out);
+            s.feed(RESP, Chunk::Data(&handshake_for(other, b'R')), ctx, &mut out);
+            let row = s.finish(ctx, &mut out);
+            let kinds: Vec<&str> = out.rows.anomalies.iter().map(|a| a.kind.as_str()).collect();
+            assert_eq!(kinds, want);
+            assert_eq!(row.info_hash, Some(hex(&IH)), "the first handshake's torrent");
+            // Each side's first handshake says its transport (TCP: no uTP).
+            let utp: Vec<_> = out
+                .events
+                .iter()
+                .filter_map(|e| match e.kind {
+                    SwarmEventKind::Traits { utp, .. } => Some(utp),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(utp, [Some(false), Some(false)]);
+        }
+    }
+
+    /// A connection picked up mid-stream: the resync that finds its first
+    /// message boundary is not an anomaly (nothing was lost), a later one
+    /// after a capture gap is.
+    #[test]
+    fn midstream_resyncs_count_only_after_a_framed_message() {
+        let init = SessionInit {
+            midstream: true,
+            ..test_init(14)
+        };
+        let mut a = vec![0x77; 7];
+        for i in 1..=4u32 {
+            a.extend(msg(4, &i.to_be_bytes()));
+        }
+        let have5 = msg(4, &5u32.to_be_bytes());
+        a.extend_from_slice(&have5[..2]);
+        let mut b = have5[5..].to_vec();
+        for i in 6..=9u32 {
+            b.extend(msg(4, &i.to_be_bytes()));
+        }
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(init, &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.feed(ORIG, Chunk::Data(&a), ctx, &mut out);
+        s.feed(ORIG, Chunk::Gap(3), ctx, &mut out);
+        s.feed(ORIG, Chunk::Data(&b), ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        let kinds: Vec<&str> = out.rows.anomalies.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, ["gap_in_message", "resync"]);
+        assert_eq!((row.n_resyncs, row.gap_bytes), (2, 3));
+    }
+
+    /// A piece the responder sends and the torrent's hash verifies: its
+    /// `pieces` row names the responder as sender, the originator as
+    /// receiver.
+    #[test]
+    fn a_responders_piece_row_names_both_ends() {
+        let block: Vec<u8> = (0..500u32).map(|i| (i * 11) as u8).collect();
+        let mut out = ShardOut {
+            known: known(&block),
+            ..Default::default()
+        };
+        out.piece_budget.max = 1 << 20;
+        let mut s = PeerSession::new(test_init(15), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        let mut resp = handshake(b'R');
+        let mut p = 0u32.to_be_bytes().to_vec();
+        p.extend(0u32.to_be_bytes());
+        p.extend_from_slice(&block);
+        resp.extend(msg(7, &p));
+        s.feed(ORIG, Chunk::Data(&handshake(b'O')), ctx, &mut out);
+        s.feed(RESP, Chunk::Data(&resp), ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        let got: Vec<_> = out
+            .rows
+            .pieces
+            .iter()
+            .map(|r| {
+                (
+                    r.sender_ip.as_str(),
+                    r.sender_port,
+                    r.receiver_ip.as_str(),
+                    r.receiver_port,
+                    r.bytes,
+                    r.verified,
+                )
+            })
+            .collect();
+        assert_eq!(got, [("10.0.0.2", 6881, "10.0.0.1", 40000, 500, true)]);
+        assert_eq!((row.piece_bytes_orig, row.piece_bytes_resp), (0, 500));
+    }
+
+    /// An MSE exchange that selected plaintext, as the stream hands it
+    /// over: the originator's 96 bytes of key exchange before its
+    /// handshake, and 1,000 bytes of the responder that the scan passed
+    /// over (800 captured, 200 lost) after its handshake. Stream bytes and
+    /// lost bytes by construction.
+    #[test]
+    fn mse_exchange_and_unkept_bytes_are_stream_bytes() {
+        let mut out = ShardOut::default();
+        let mut s = PeerSession::new(test_init(10), &Limits::default(), true);
+        let ctx = FrameCtx::default();
+        s.set_mse_handshake(ORIG, 96);
+        s.feed(ORIG, Chunk::Data(&handshake(b'O')), ctx, &mut out);
+        s.feed(RESP, Chunk::Data(&handshake(b'R')), ctx, &mut out);
+        s.feed_unkept(RESP, 800, 200, ctx, &mut out);
+        let row = s.finish(ctx, &mut out);
+        assert!(row.mse_handshake);
+        assert_eq!(
+            (row.payload_bytes_orig, row.payload_bytes_resp, row.gap_bytes),
+            (96 + 68, 68 + 800, 200)
+        );
+    }
+
     #[test]
     fn upload_only_and_pex_seed_flags_are_claims() {
         // The responder offers libtorrent's upload_only message (id 3); the

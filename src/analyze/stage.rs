@@ -729,7 +729,7 @@ fn finish_rows(rows: &mut RowBatch) {
     rows.dht_peers.sort_by_key(|r| r.frame);
     rows.lsd_announces.sort_by_key(|r| r.frame);
     // No frame column: by time, then connection (the shard a flow lands in
-    // depends on a per-process hash key, so the order they come in does too).
+    // depends on the capture's hash key, so the order they come in does too).
     rows.pex_peers.sort_by_key(|r| (r.ts, r.conn_id));
     rows.anomalies.sort_by_key(|r| r.frame);
     rows.tracker_announces.sort_by_key(|r| (r.ts, r.frame));

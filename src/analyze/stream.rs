@@ -787,6 +787,131 @@ mod tests {
         assert!(row.is_none() && out.rows.peer_messages.is_empty());
     }
 
+    fn xorshift(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    /// The scan of an MSE stream by construction: a side's head keeps
+    /// whole chunks while it holds under 2 KiB (1,500 + 548 = 2,048 kept,
+    /// then none); what comes after is counted, not kept (300), as are the
+    /// bytes lost in gaps;
+    /// the responder's 60 bytes leave its reply undecided, 120 decide it;
+    /// a gap ends the responder's window, and with both windows passed
+    /// the scan stops and frees its heads, counting payload still.
+    #[test]
+    fn mse_scan_keeps_2_kib_a_side_and_counts_everything() {
+        let mut m = MseScan::default();
+        assert_eq!(m.take(ORIG, Chunk::Data(&xorshift(1, 1500))), None);
+        assert_eq!(m.take(ORIG, Chunk::Data(&xorshift(2, 548))), None);
+        assert!(!m.passed(ORIG));
+        assert_eq!(m.take(ORIG, Chunk::Data(&xorshift(3, 300))), None);
+        assert!(m.passed(ORIG));
+        assert_eq!(m.take(ORIG, Chunk::Gap(40)), None);
+        assert_eq!((m.head[ORIG].len(), m.unkept, m.lost), (2048, [300, 0], [40, 0]));
+        assert_eq!(m.take(RESP, Chunk::Data(&xorshift(4, 60))), None);
+        assert_eq!((m.reply, m.passed(RESP)), (None, false));
+        assert_eq!(m.take(RESP, Chunk::Data(&xorshift(5, 60))), None);
+        assert_eq!((m.reply, m.done), (Some(true), false));
+        assert_eq!(m.take(RESP, Chunk::Gap(10)), None);
+        assert!(m.passed(RESP) && m.done);
+        assert!(m.head.iter().all(Vec::is_empty));
+        assert_eq!(m.take(ORIG, Chunk::Data(&[0; 50])), None);
+        assert_eq!(m.take(RESP, Chunk::Gap(5)), None);
+        assert_eq!((m.payload, m.gap_bytes), ([1500 + 548 + 300 + 50, 120], 55));
+        assert_eq!((m.unkept, m.lost), ([300, 0], [40, 10]), "nothing scanned once done");
+    }
+
+    /// A plaintext handshake in the responder's head, its prefix split
+    /// over two chunks, is found at its offset whichever side's chunk
+    /// completes it; a gap before any byte ends a side's window at once
+    /// (nothing kept), and an undecided reply is decided (no) by it.
+    #[test]
+    fn mse_scan_finds_a_split_handshake_and_a_gap_ends_the_window() {
+        let mut m = MseScan::default();
+        let mut r = xorshift(6, 150);
+        r.extend_from_slice(&HANDSHAKE_PREFIX[..10]);
+        assert_eq!(m.take(RESP, Chunk::Data(&r)), None);
+        assert_eq!(m.take(ORIG, Chunk::Data(&xorshift(7, 200))), None);
+        assert_eq!(m.take(RESP, Chunk::Data(&HANDSHAKE_PREFIX[10..])), Some((RESP, 150)));
+        let mut m = MseScan::default();
+        assert_eq!(m.take(RESP, Chunk::Gap(5)), None);
+        assert_eq!(m.reply, Some(false));
+        assert_eq!(m.take(RESP, Chunk::Data(HANDSHAKE_PREFIX)), None);
+        assert_eq!((m.head[RESP].len(), m.unkept[RESP], m.lost[RESP]), (0, 20, 5));
+        assert!(!m.done, "the originator's window is still open");
+        let mut o = xorshift(8, 64);
+        o.extend_from_slice(HANDSHAKE_PREFIX);
+        assert_eq!(m.take(ORIG, Chunk::Data(&o)), Some((ORIG, 64)));
+    }
+
+    /// An MSE exchange that selects plaintext: the responder's handshake
+    /// follows 150 bytes of its key exchange, the originator's 200 bytes
+    /// are all exchange. Both are stream bytes of the connection row; the
+    /// transport's end sets the row's last time and lost bytes.
+    #[test]
+    fn mse_plaintext_rows_count_both_exchanges() {
+        let mut r = xorshift(9, 150);
+        r.extend_from_slice(HANDSHAKE_PREFIX);
+        r.extend_from_slice(&[0; 8]);
+        r.extend_from_slice(&[0x11; 20]);
+        r.extend_from_slice(&[b'R'; 20]);
+        r.extend(have(1));
+        let (id, row, _) = run(false, &[(ORIG, xorshift(10, 200)), (RESP, r)]);
+        assert_eq!(id.app, "peer_wire");
+        let row = row.expect("connection row");
+        assert!(row.mse_handshake && !row.encrypted);
+        assert_eq!((row.payload_bytes_orig, row.payload_bytes_resp), (200, 150 + 68 + 9));
+        assert_eq!((row.n_msgs_resp, row.last_ts, row.gap_bytes), (1, Ts(2_000_000), 0));
+    }
+
+    /// The row of an encrypted stream: the scan's counts unless the
+    /// transport's end says otherwise (TCP), the transport's when it does.
+    #[test]
+    fn mse_row_counts_the_scan_or_the_transport() {
+        let mut m = MseScan::default();
+        m.take(ORIG, Chunk::Data(&xorshift(11, 200)));
+        m.take(RESP, Chunk::Gap(7));
+        m.take(RESP, Chunk::Data(&xorshift(12, 300)));
+        let out = ShardOut::default();
+        let own = StreamEnd {
+            last_ts: None,
+            gap_bytes: None,
+            payload: None,
+        };
+        let row = mse_row(&init(false), &m, own, &out);
+        assert!(row.encrypted && row.mse_handshake);
+        assert_eq!(
+            (row.payload_bytes_orig, row.payload_bytes_resp, row.gap_bytes),
+            (200, 300, 7)
+        );
+        let tcp = StreamEnd {
+            last_ts: Some(5_000_000),
+            gap_bytes: Some(9),
+            payload: Some([205, 310]),
+        };
+        let row = mse_row(&init(false), &m, tcp, &out);
+        assert_eq!(
+            (
+                row.payload_bytes_orig,
+                row.payload_bytes_resp,
+                row.gap_bytes,
+                row.last_ts
+            ),
+            (205, 310, 9, Ts(5_000_000))
+        );
+        let mut row = ConnectionRow::default();
+        tcp.apply(&mut row);
+        assert_eq!((row.last_ts, row.gap_bytes), (Ts(5_000_000), 9));
+    }
+
     #[test]
     fn mse_rows_are_written_for_the_pipeline_to_judge() {
         let mut x = 0x2545_f491_4f6c_dd1du64;

@@ -2204,6 +2204,262 @@ mod tests {
         assert_eq!(got, [(6881, Some(4))]);
     }
 
+    /// A piece set by construction, indices in three 64-bit words (3, 5,
+    /// 64, 70, 130): each index counts once, `clear` takes out exactly its
+    /// own bit (not its word's others) and says whether it was there.
+    #[test]
+    fn piece_set_counts_each_index_once_across_words() {
+        let mut s = PieceSet::default();
+        for i in [3, 5, 64, 70, 130] {
+            assert!(s.set(i), "set {i}");
+        }
+        assert!(!s.set(70) && !s.set(3), "set twice");
+        assert_eq!((s.count, s.point(), s.have(Some(200))), (5, 5, Some(5)));
+        assert_eq!(s.words, [(1 << 3) | (1 << 5), (1 << 0) | (1 << 6), 1 << 2]);
+        // 69 and 6 are not set (their words are); 200 is past the words.
+        assert!(!s.clear(69) && !s.clear(6) && !s.clear(200));
+        assert!(s.clear(70) && s.clear(5));
+        assert!(!s.clear(70), "cleared twice");
+        assert_eq!(s.count, 3);
+        assert_eq!(s.words, [1 << 3, 1 << 0, 1 << 2]);
+        assert!(s.set(70) && !s.set(64) && !s.set(3));
+        assert_eq!(s.count, 4);
+        // have_all: the torrent's count whatever the set holds.
+        s.all = true;
+        assert_eq!((s.point(), s.have(Some(200)), s.have(None)), (ALL, Some(200), None));
+    }
+
+    /// Bitfields (MSB of byte 0 is piece 0) into a set, the union of two
+    /// sets, and the highest index + 1 of a bitfield.
+    #[test]
+    fn piece_set_from_bitfields_and_unions() {
+        let mut a = PieceSet::default();
+        // Pieces 0, 9, 15 and 31 (byte 3, last bit); the zero byte adds
+        // nothing.
+        a.union_bitfield(&[0x80, 0x41, 0x00, 0x01]);
+        let idx = |s: &PieceSet| -> Vec<u32> {
+            (0..300)
+                .filter(|&i| s.words.get(i as usize / 64).is_some_and(|w| w & (1 << (i % 64)) != 0))
+                .collect()
+        };
+        assert_eq!(idx(&a), [0, 9, 15, 31]);
+        assert_eq!(a.count, 4);
+        let mut b = PieceSet::default();
+        for i in [9, 40, 200] {
+            b.set(i);
+        }
+        // b's words: [9, 40], [], [], [200]: a zero word between.
+        a.union(&b);
+        assert_eq!(idx(&a), [0, 9, 15, 31, 40, 200]);
+        assert_eq!((a.count, a.all), (6, false));
+        let mut all = PieceSet {
+            all: true,
+            ..Default::default()
+        };
+        a.union(&all);
+        assert!(a.all);
+        all.union(&b);
+        assert!(all.all, "a union keeps have_all");
+        assert_eq!(all.count, 3);
+        // Highest set index + 1.
+        assert_eq!(bitfield_top(&[]), 0);
+        assert_eq!(bitfield_top(&[0, 0]), 0);
+        assert_eq!(bitfield_top(&[0x80]), 1);
+        assert_eq!(bitfield_top(&[0x01]), 8);
+        assert_eq!(bitfield_top(&[0x40, 0x00]), 2);
+        assert_eq!(bitfield_top(&[0xFF, 0x20, 0x00]), 11);
+        assert_eq!(bitfield_top(&[0, 0, 0x01]), 24);
+    }
+
+    /// A torrent of 10 known pieces ([7; 20]) and one without metadata
+    /// ([8; 20]) under `max_pieces` 16: a `have` counts only for an index
+    /// below both (9 and 15 count, 10 and 16 do not); the second torrent's
+    /// count is its bitfield estimate, a third torrent seen with no piece
+    /// message has none.
+    #[test]
+    fn haves_count_below_the_piece_count_and_max_pieces_only() {
+        let limits = Limits {
+            max_pieces: 16,
+            ..Limits::default()
+        };
+        let mut s = Swarm::new(limits, 0.98, 5);
+        s.add_metainfo(
+            std::sync::Arc::new(Metainfo {
+                info_hash_v1: Some([7; 20]),
+                info_hash_v2: None,
+                name: "t".into(),
+                piece_length: 16,
+                n_pieces: 10,
+                total_bytes: 150,
+                files: Vec::new(),
+                private: false,
+                trackers: Vec::new(),
+                piece_hashes: vec![[0; 20]; 10],
+            }),
+            "torrent_file",
+        );
+        let on = |h: u8, e: SwarmEvent| SwarmEvent {
+            info_hash: [h; 20],
+            ..e
+        };
+        let mut rows = RowBatch::default();
+        s.apply(
+            vec![
+                ev(1, "10.0.0.5:5", SwarmEventKind::HaveNone),
+                ev(2, "10.0.0.5:5", SwarmEventKind::Have(9)),
+                ev(3, "10.0.0.5:5", SwarmEventKind::Have(10)),
+                on(8, ev(1, "10.0.0.6:6", SwarmEventKind::HaveNone)),
+                on(8, ev(2, "10.0.0.6:6", SwarmEventKind::Have(15))),
+                on(8, ev(3, "10.0.0.6:6", SwarmEventKind::Have(16))),
+                on(8, ev(4, "10.0.0.7:7", SwarmEventKind::Bitfield(vec![0x80, 0x00]))),
+                on(9, ev(1, "10.0.0.8:8", seen(true))),
+                on(
+                    10,
+                    ev(1, "10.0.0.9:9", SwarmEventKind::Bitfield(vec![0x80, 0x00, 0x00])),
+                ),
+                on(11, ev(1, "10.0.0.10:10", SwarmEventKind::Bitfield(vec![0x80, 0x00]))),
+            ],
+            Vec::new(),
+            &mut rows,
+        );
+        s.finish(&mut rows, &[]);
+        let last = |port: u32| {
+            rows.peers
+                .iter()
+                .find(|p| p.peer_port == port)
+                .map(|p| (p.last_pieces, p.n_pieces))
+        };
+        assert_eq!(last(5), Some((Some(1), Some(10))));
+        assert_eq!(last(6), Some((Some(1), Some(16))));
+        assert_eq!(last(7), Some((Some(1), Some(16))));
+        assert_eq!(last(8), Some((None, None)));
+        // A bitfield alone: at least 8·(bytes − 1) + 1 pieces (3 bytes: 17,
+        // 2 bytes: 9).
+        assert_eq!(last(9), Some((Some(1), Some(17))));
+        assert_eq!(last(10), Some((Some(1), Some(9))));
+        let t: Vec<_> = rows.torrents.iter().map(|t| (t.n_pieces, t.n_pieces_source)).collect();
+        assert_eq!(
+            t,
+            [
+                (Some(10), "torrent_file"),
+                (Some(16), "bitfield_estimate"),
+                (None, "none"),
+                (Some(17), "bitfield_estimate"),
+                (Some(9), "bitfield_estimate")
+            ]
+        );
+    }
+
+    /// The progress row of a tracker's `left`: pieces held when the
+    /// torrent's shape is known (10 pieces of 16 bytes, 150 bytes: 40 left
+    /// is at least 3 pieces missing, 7 held); `left` 0 is every piece, the
+    /// bitfield estimate (8) where no metadata is known.
+    #[test]
+    fn tracker_left_progress_rows_hold_the_pieces_left_allows() {
+        let mut s = Swarm::new(Limits::default(), 0.98, 5);
+        s.add_metainfo(
+            std::sync::Arc::new(Metainfo {
+                info_hash_v1: Some([7; 20]),
+                info_hash_v2: None,
+                name: "t".into(),
+                piece_length: 16,
+                n_pieces: 10,
+                total_bytes: 150,
+                files: Vec::new(),
+                private: false,
+                trackers: Vec::new(),
+                piece_hashes: vec![[0; 20]; 10],
+            }),
+            "torrent_file",
+        );
+        let mut other = ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF]));
+        other.info_hash = [8; 20];
+        let mut zero = ev(2, "10.0.0.6:6", tracker(0, false));
+        zero.info_hash = [8; 20];
+        let mut rows = RowBatch::default();
+        s.apply(
+            vec![other, ev(1, "10.0.0.5:5", tracker(40, false)), zero],
+            Vec::new(),
+            &mut rows,
+        );
+        let got: Vec<_> = rows
+            .peer_progress
+            .iter()
+            .filter(|r| r.cause == "tracker_left")
+            .map(|r| (r.peer_port, r.n_pieces_have, r.n_pieces))
+            .collect();
+        assert_eq!(got, [(5, Some(7), Some(10)), (6, Some(8), None)]);
+    }
+
+    /// A peer first seen through a `have` (no bitfield, no handshake): the
+    /// pieces a later bitfield adds beyond its `have`s were there all along
+    /// and raise every earlier point by as many (2 `have`s, then a bitfield
+    /// of 5: 3 added, the points 1, 2 become 4, 5). A peer whose handshake
+    /// was seen started with nothing: the same messages leave its points.
+    #[test]
+    fn a_late_bitfield_raises_the_earlier_points_by_what_it_adds() {
+        let pid = SwarmEventKind::Seen {
+            peer_id: Some([3; 20]),
+            client: None,
+            listen: true,
+        };
+        let (peers, _, progress) = with_seeder(vec![
+            ev(1_000_000, "10.0.0.5:5", SwarmEventKind::Have(0)),
+            ev(2_000_000, "10.0.0.5:5", SwarmEventKind::Have(1)),
+            ev(3_000_000, "10.0.0.5:5", SwarmEventKind::Bitfield(vec![0xF8])),
+            ev(500_000, "10.0.0.6:6", pid),
+            ev(1_000_000, "10.0.0.6:6", SwarmEventKind::Have(0)),
+            ev(2_000_000, "10.0.0.6:6", SwarmEventKind::Have(1)),
+            ev(3_000_000, "10.0.0.6:6", SwarmEventKind::Bitfield(vec![0xF8])),
+        ]);
+        let p = peers.iter().find(|p| p.peer_port == 5).expect("peer");
+        assert_eq!((p.first_pieces, p.last_pieces, p.n_pieces), (Some(4), Some(5), Some(8)));
+        let p = peers.iter().find(|p| p.peer_port == 6).expect("peer with a handshake");
+        assert_eq!((p.first_pieces, p.last_pieces), (Some(1), Some(5)));
+        let rows: Vec<_> = progress
+            .iter()
+            .filter(|r| r.peer_port == 5)
+            .map(|r| r.n_pieces_have)
+            .collect();
+        assert_eq!(rows, [Some(1), Some(2)], "the rows say what was seen then");
+    }
+
+    /// `pieces_from_left` against its contract, for every `left` from 0 to
+    /// past the total: 0 left is every piece, `total` or more is none, and
+    /// in between the pieces not covered by ⌈left / plen⌉ missing ones.
+    /// Shapes: a short last piece (10 pieces of 10, 95 bytes), exact pieces
+    /// (4 of 8, 32 bytes), a single short piece, a `pieces` field one hash
+    /// short (2 of 10, 25 bytes), and a v2 torrent of 10 five-byte files
+    /// (one piece each: 10 pieces, 50 bytes, less than 9 whole pieces).
+    #[test]
+    fn pieces_from_left_for_every_left_of_each_shape() {
+        let want = |n: u64, plen: u64, total: u64, left: u64| {
+            if left == 0 {
+                n
+            } else if left >= total {
+                0
+            } else {
+                n.saturating_sub(left.div_ceil(plen))
+            }
+        };
+        for (n, plen, total) in [(10, 10, 95), (4, 8, 32), (1, 10, 7), (2, 10, 25), (10, 10, 50)] {
+            for left in 0..=total + 12 {
+                assert_eq!(
+                    pieces_from_left(n, plen, total, left),
+                    want(n, plen, total, left),
+                    "{n} pieces of {plen}, {total} bytes, {left} left"
+                );
+            }
+        }
+        // Spot values of the first shape: 53 and 60 left are at least 6
+        // pieces missing (4 held), 61 at least 7 (3 held); 5 is the short
+        // last piece alone (9 held).
+        assert_eq!(pieces_from_left(10, 10, 95, 53), 4);
+        assert_eq!(pieces_from_left(10, 10, 95, 60), 4);
+        assert_eq!(pieces_from_left(10, 10, 95, 61), 3);
+        assert_eq!(pieces_from_left(10, 10, 95, 5), 9);
+    }
+
     #[test]
     fn tracker_left_in_pieces() {
         // 24 pieces of 32 KiB.

@@ -334,6 +334,43 @@ impl Proto {
     }
 }
 
+/// The key of [`FlowKey::shard_hash`], drawn from the capture's first
+/// frame (its timestamp, length and bytes, through SHA-1).
+///
+/// Most of a run does not depend on which shard a flow lands in: flows are
+/// independent of their shard, and the flow table shares its room and
+/// evicts across shards (`Limits::max_flows`, `Shard::make_room`). The
+/// per-shard bounds do (pending KRPC queries and UDP tracker transactions,
+/// the piece buffers: `Limits::dht`, `tracker_udp_pending`,
+/// `max_piece_buffer_total`): once a flood fills one, which entries it
+/// drops depends on its shard's other flows. A key drawn at random per
+/// process made two runs over the same flood write different rows (a
+/// 600 k-datagram DHT flood: `anomalies` and `flows` differed); a key from
+/// the capture gives the same output for the same input, on any machine.
+/// It stays unknown to a sender who does not have the capture's first
+/// packet to the microsecond (an attacker who wrote that packet, or who
+/// knows it, can aim tuples at one shard again, as it could with FNV: it
+/// then fills that shard's bounds and no other's).
+#[derive(Debug, Clone)]
+pub struct ShardKey(foldhash::quality::FixedState);
+
+impl ShardKey {
+    /// From the first frame of a run: its capture time, original length
+    /// and captured bytes.
+    pub fn from_first_frame(ts_us: i64, orig_len: u32, data: &[u8]) -> ShardKey {
+        use sha1::{Digest, Sha1};
+        let mut h = Sha1::new();
+        h.update(b"swarmtap shard key v1");
+        h.update(ts_us.to_le_bytes());
+        h.update(orig_len.to_le_bytes());
+        h.update(data);
+        let d = h.finalize();
+        let mut seed = [0u8; 8];
+        seed.copy_from_slice(&d[..8]);
+        ShardKey(foldhash::quality::FixedState::with_seed(u64::from_le_bytes(seed)))
+    }
+}
+
 /// A direction-free flow key: the lower endpoint first, so both directions of
 /// a flow map to the same key (and the same shard).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -382,23 +419,18 @@ impl FlowKey {
         }
     }
 
-    /// The shard hash: foldhash's quality variant keyed by a seed drawn
-    /// once per process. The 5-tuple is chosen by whoever sends the
-    /// packets; FNV-1a taken modulo 64 kept only the low 6 bits of every
-    /// byte, so 4,700 SYNs could be aimed at the shard of one valid
-    /// connection. A secret seed makes the shard of a tuple unpredictable
-    /// (a passive analyzer shows the attacker no hash, so the seed cannot
-    /// be learnt from timing of answers), and the quality variant's final
-    /// avalanche spreads the seed over the low bits the modulo keeps.
-    /// SipHash-1-3 (std's) did the same at 6 % of a run on mixed traffic.
-    /// Output does not depend on the seed while the flow table has room:
-    /// flows are independent of their shard, and the table shares its free
-    /// room among the shards (see `Limits::max_flows`); once it is full,
-    /// which flows are evicted does not either (`Shard::make_room`).
-    pub fn shard_hash(&self) -> u64 {
+    /// The shard hash: foldhash's quality variant under the run's
+    /// [`ShardKey`]. The 5-tuple is chosen by whoever sends the packets;
+    /// FNV-1a taken modulo 64 kept only the low 6 bits of every byte, so
+    /// 4,700 SYNs could be aimed at the shard of one valid connection. A key
+    /// the sender cannot know makes the shard of a tuple unpredictable (a
+    /// passive analyzer shows the attacker no hash, so the key cannot be
+    /// learnt from timing of answers), and the quality variant's final
+    /// avalanche spreads it over the low bits the modulo keeps. SipHash-1-3
+    /// (std's) did the same at 6 % of a run on mixed traffic.
+    pub fn shard_hash(&self, key: &ShardKey) -> u64 {
         use std::hash::BuildHasher;
-        static KEY: std::sync::OnceLock<foldhash::quality::RandomState> = std::sync::OnceLock::new();
-        KEY.get_or_init(Default::default).hash_one(self)
+        key.0.hash_one(self)
     }
 
     /// A hash that is the same in every run and on every machine. FNV-1a
@@ -593,7 +625,8 @@ mod tests {
         assert_eq!(k1, k2);
         assert_ne!(d1, d2);
         assert_eq!(k1.stable_hash(), k2.stable_hash());
-        assert_eq!(k1.shard_hash(), k2.shard_hash());
+        let key = ShardKey::from_first_frame(1, 2, b"x");
+        assert_eq!(k1.shard_hash(&key), k2.shard_hash(&key));
     }
 
     #[test]
@@ -602,6 +635,7 @@ mod tests {
         let Decoded::Packet(p) = decode(linktype::ETHERNET, &eth_ipv4_tcp(b"", false)) else {
             panic!()
         };
+        let key = ShardKey::from_first_frame(1_700_000_000_123_456, 60, b"first frame");
         let mut shards = std::collections::BTreeSet::new();
         let mut fnv = std::collections::BTreeSet::new();
         for i in 0..4700u32 {
@@ -613,7 +647,7 @@ mod tests {
             q.src = IpAddr::from([10, ((i >> 8) % 3) as u8 * 64, hi(i >> 10), 1]);
             q.dst = IpAddr::from([10, 200, 0, 2]);
             let k = FlowKey::of(&q).0;
-            shards.insert(k.shard_hash() % 64);
+            shards.insert(k.shard_hash(&key) % 64);
             fnv.insert(k.stable_hash() % 64);
         }
         assert_eq!(fnv.len(), 1);

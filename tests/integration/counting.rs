@@ -334,6 +334,59 @@ fn mse_exchange_longer_than_the_scan_window_is_counted_exactly() {
         )
     );
     assert_eq!(sum(&c, "piece_bytes_resp"), 5 * 65_536);
+    // A uTP flow is certain where one of its connections carried a
+    // plaintext handshake (after the MSE exchange), strong where the
+    // exchange stayed encrypted (50005).
+    let f = table(&r, "flows");
+    let (proto, fport, conf) = (strs(&f, "proto"), u64s(&f, "orig_port"), strs(&f, "app_confidence"));
+    let mut utp: Vec<(u64, String)> = (0..f.height())
+        .filter(|&i| proto[i].as_deref() == Some("udp"))
+        .map(|i| (fport[i].unwrap_or(0), conf[i].clone().unwrap_or_default()))
+        .collect();
+    utp.sort();
+    let want = [
+        (50003, "certain"),
+        (50004, "certain"),
+        (50005, "strong"),
+        (50006, "certain"),
+    ];
+    assert_eq!(
+        utp,
+        want.map(|(p, c)| (p, c.to_string())),
+        "uTP flows: orig_port, app_confidence"
+    );
+}
+
+/// Two captures in one run, each with uTP connections (and the MSE
+/// capture with TCP ones): every connection's `conn_id` is `(capture index
+/// << 40) | frame` (docs/SCHEMA.md), so the connections of one capture
+/// share its index and the two captures' differ.
+#[test]
+fn connection_ids_carry_their_capture_index_over_utp_as_over_tcp() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/captures");
+    let r = run(&[dir.join("mse-long-head.pcap"), samples().join("utp.pcap")], &[]);
+    let c = table(&r, "connections");
+    let (cap, tr, id) = (strs(&c, "capture"), strs(&c, "transport"), u64s(&c, "conn_id"));
+    let mut by_capture: std::collections::BTreeMap<String, std::collections::BTreeSet<u64>> = Default::default();
+    let mut utp = 0;
+    for i in 0..c.height() {
+        utp += usize::from(tr[i].as_deref() == Some("utp"));
+        let high = id[i].expect("conn_id") >> 40;
+        by_capture
+            .entry(cap[i].clone().unwrap_or_default())
+            .or_default()
+            .insert(high);
+    }
+    assert!(utp >= 6, "uTP connections in both captures: {utp}");
+    let highs: Vec<Vec<u64>> = by_capture.values().map(|h| h.iter().copied().collect()).collect();
+    assert_eq!(by_capture.len(), 2, "{by_capture:?}");
+    assert!(
+        highs.iter().all(|h| h.len() == 1),
+        "one index per capture: {by_capture:?}"
+    );
+    let mut all: Vec<u64> = highs.concat();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1], "{by_capture:?}");
 }
 
 // ---------- a capture gap inside a piece payload ----------

@@ -822,6 +822,53 @@ fn dht_flood_rows_stop_at_the_cap_and_the_count_stays_exact() {
     assert_eq!(u64s(&table(&capped, "capture_stats"), "n_anomalies"), [Some(4902)]);
 }
 
+/// A flood over many flows fills the per-shard pairing tables: 70,000
+/// get_peers queries, each from its own UDP port (its own flow), in 7 s,
+/// never answered, against 65,536 outstanding queries for the run (1,024 a
+/// shard). Which queries a shard drops depends on which flows share it, and
+/// shards follow the shard hash's key: drawn per process, it made two runs
+/// of the binary over this capture disagree on how many queries were
+/// dropped and on which; drawn from the capture, every run writes the same
+/// tables.
+#[test]
+fn a_dht_flood_over_many_flows_gives_the_same_tables_in_every_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = tmp.path().join("dht-flows-flood.pcap");
+    let b = ep("10.0.0.2:6881");
+    let n: u32 = 70_000;
+    let frames: Vec<(i64, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let a = SocketAddr::from(([10, 1, (i >> 14) as u8, 1], 1024 + (i & 0x3fff) as u16));
+            let mut args = b"9:info_hash".to_vec();
+            args.extend(bs(&[0x42; 20]));
+            (
+                1_000_000 + i64::from(i) * 100,
+                udp_frame(a, b, &query(&i.to_be_bytes(), "get_peers", &args)),
+            )
+        })
+        .collect();
+    write_pcap(&p, &frames);
+    let read = |d: &Path, t: &str| {
+        let f = std::fs::File::open(d.join(format!("{t}.parquet"))).expect("table");
+        ParquetReader::new(f).finish().expect("parquet")
+    };
+    let (x, y) = (tmp.path().join("x"), tmp.path().join("y"));
+    super::hostile::analyze_in_process_of_its_own(&p, &x, &[]);
+    super::hostile::analyze_in_process_of_its_own(&p, &y, &[]);
+    // The tables filled: 70,000 − 65,536 = 4,464 queries would fit no
+    // table evenly shared; uneven shards drop more.
+    let an = read(&x, "anomalies");
+    let full = count_by(&an, "kind").get("dht_pending_full").copied().unwrap_or(0);
+    assert!(full >= 4464, "{full} dht_pending_full");
+    assert_eq!(read(&x, "dht_messages").height() as u32, n);
+    for t in swarmtap::sink::TABLE_NAMES {
+        assert!(
+            read(&x, t).equals_missing(&read(&y, t)),
+            "table {t} differs between two runs ({full} dht_pending_full in the first)"
+        );
+    }
+}
+
 /// One real get_peers exchange, then `n` = 5,000 get_peers queries from
 /// fresh node ids for fresh info hashes, never answered; returns `n`.
 fn dht_flood(p: &Path) -> u32 {

@@ -745,7 +745,7 @@ fn memory_budget_bounds_the_flood_counts_evictions_and_keeps_the_download() {
 }
 
 /// Runs the binary (a process of its own: a hash key of its own).
-fn analyze_in_process_of_its_own(input: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
+pub(crate) fn analyze_in_process_of_its_own(input: &std::path::Path, out: &std::path::Path, extra: &[&str]) {
     let o = std::process::Command::new(env!("CARGO_BIN_EXE_swarmtap"))
         .arg("analyze")
         .arg(input)
@@ -765,8 +765,8 @@ fn a_full_flow_table_evicts_the_same_flows_in_every_run() {
     let p = tmp.path().join("http-flood.pcap");
     write_pcap(&p, &http_then_partial_handshakes(9000));
     // The table fills (max_flows) and the account passes the budget: the
-    // flows to evict were picked per shard, and shards follow a hash key
-    // drawn per process; now they are the oldest of the whole table.
+    // flows to evict were picked per shard, and shards then followed a hash
+    // key drawn per process; now they are the oldest of the whole table.
     for extra in [&["--max-flows", "3000"][..], &["--max-memory", "1M"][..]] {
         let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
         for d in [&a, &b] {
