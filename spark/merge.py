@@ -1648,10 +1648,17 @@ def write(out: Dict[str, DataFrame], dest: str) -> None:
         else:
             df = df.withColumn("date", F.lit(None).cast("string"))
         sort = [c for c in (tcol,) if c] or []
+        path = f"{dest.rstrip('/')}/{name}"
+        if df.limit(1).count() == 0:
+            # partitionBy writes no file for an empty table, so a reader
+            # would find no schema: one empty file with the table's columns,
+            # in no date partition (there is no date to name).
+            df.drop("date").coalesce(1).write.mode("overwrite").parquet(path)
+            continue
         df = df.repartition("date")
         if sort:
             df = df.sortWithinPartitions(*sort)
-        df.write.mode("overwrite").partitionBy("date").parquet(f"{dest.rstrip('/')}/{name}")
+        df.write.mode("overwrite").partitionBy("date").parquet(path)
 
 
 def session(app: str = "swarmtap-merge", master: Optional[str] = None) -> SparkSession:

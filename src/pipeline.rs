@@ -31,7 +31,7 @@ use crate::decode::{decode, Decoded, FlowKey};
 use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::Metainfo;
 use crate::sink::writer::Interval;
-use crate::sink::{CaptureStatsRow, RowBatch, SinkThread, Ts};
+use crate::sink::{move_rows, CaptureStatsRow, RowBatch, SinkThread, Ts};
 
 /// What a run did, for the summary line.
 #[derive(Debug, Clone, Default)]
@@ -918,14 +918,17 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         ..StepInput::default()
     };
     for s in shards.iter_mut() {
+        // Moved, not copied: a shard's buffers start empty each step
+        // instead of keeping the capacity of the run's largest step (a
+        // `have` burst: thousands of rows) for the rest of the run.
         let out = &mut s.apps.out;
-        input.rows.append(&mut out.rows);
-        input.events.append(&mut out.events);
-        input.unattributed.append(&mut out.unattributed);
-        input.dht.append(&mut out.dht);
-        input.metadata.append(&mut out.metadata);
-        input.marks.append(&mut out.marks);
-        input.conn_ends.append(&mut out.conn_ends);
+        input.rows.take_from(&mut out.rows);
+        move_rows(&mut input.events, &mut out.events);
+        move_rows(&mut input.unattributed, &mut out.unattributed);
+        move_rows(&mut input.dht, &mut out.dht);
+        move_rows(&mut input.metadata, &mut out.metadata);
+        move_rows(&mut input.marks, &mut out.marks);
+        move_rows(&mut input.conn_ends, &mut out.conn_ends);
     }
     input.held_since = shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
     input
@@ -948,7 +951,11 @@ fn process_batch(
 ) -> RowBatch {
     let lo = range.start;
     let frames = batch.frames.get(range).unwrap_or_default();
-    const CHUNK: usize = 2048;
+    // A batch is at most `batch_frames` (2,048) frames: chunks of 256 let
+    // every worker decode a part of it (one chunk of 2,048 had one worker
+    // decode and verify the checksums of the whole batch while the others
+    // waited).
+    const CHUNK: usize = 256;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
     let decoded: Vec<(Decoded, u32)> = frames

@@ -8,7 +8,7 @@
 //! state, and returns the step's rows. It has no threads and knows nothing
 //! of the shards.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use crate::analyze::apps::ShardContext;
@@ -131,6 +131,71 @@ impl Ordered {
     }
 }
 
+/// What waits in the stage's order, by (capture, frame, arrival). Nearly
+/// everything arrives in that order (a step's events follow the previous
+/// step's): it queues at the back of `run`, one move in and one out. What
+/// arrives before the run's last (events a connection held back, then
+/// released) goes to `late`, a map. What is ready comes off the smaller of
+/// the two fronts, so the order is that of one map over every key, without
+/// a map insertion and removal (node shifts of ~150-byte events) for each:
+/// those were ~20 % of the stage's instructions on bulk-250m.
+#[derive(Default)]
+struct Waiting {
+    run: VecDeque<((u32, u64, u64), Ordered)>,
+    late: BTreeMap<(u32, u64, u64), Ordered>,
+}
+
+impl Waiting {
+    fn len(&self) -> usize {
+        self.run.len() + self.late.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.run.is_empty() && self.late.is_empty()
+    }
+
+    /// Keys are unique (the arrival counter is their last part).
+    fn insert(&mut self, key: (u32, u64, u64), o: Ordered) {
+        if self.run.back().is_none_or(|(k, _)| *k < key) {
+            self.run.push_back((key, o));
+        } else {
+            self.late.insert(key, o);
+        }
+    }
+
+    /// Whether the first in order is `run`'s front (else `late`'s).
+    fn first_in_run(&self) -> bool {
+        match (self.run.front(), self.late.first_key_value()) {
+            (Some((a, _)), Some((b, _))) => a < b,
+            (a, _) => a.is_some(),
+        }
+    }
+
+    fn first(&self) -> Option<(&(u32, u64, u64), &Ordered)> {
+        if self.first_in_run() {
+            self.run.front().map(|(k, o)| (k, o))
+        } else {
+            self.late.first_key_value()
+        }
+    }
+
+    fn pop_first(&mut self) -> Option<Ordered> {
+        if self.first_in_run() {
+            self.run.pop_front().map(|(_, o)| o)
+        } else {
+            self.late.pop_first().map(|(_, o)| o)
+        }
+    }
+
+    /// Gives back the queue's memory after a burst (up to
+    /// `max_waiting_events` entries) instead of keeping it for the run.
+    fn trim(&mut self) {
+        if self.run.capacity() > 4 * self.run.len() + 1024 {
+            self.run.shrink_to(2 * self.run.len());
+        }
+    }
+}
+
 /// The sequential stage (see the module's documentation).
 pub struct Stage {
     settings: Settings,
@@ -151,7 +216,7 @@ pub struct Stage {
     /// Swarm events later than an event some connection still holds back:
     /// applied once it is released, so that the swarm state sees events in
     /// frame order however batches fall (bounded by `max_waiting_events`).
-    waiting: BTreeMap<(u32, u64, u64), Ordered>,
+    waiting: Waiting,
     /// Insertion counter: equal (capture, frame) keys keep their order.
     waiting_seq: u64,
     /// Times the bound forced events out of order.
@@ -214,7 +279,7 @@ impl Stage {
             ends: HashMap::new(),
             held_msgs: HeldMessages::default(),
             mse: MseFlows::default(),
-            waiting: BTreeMap::new(),
+            waiting: Waiting::default(),
             waiting_seq: 0,
             n_order_forced: 0,
         };
@@ -296,8 +361,8 @@ impl Stage {
                 return events.into_iter().map(Ordered::Event).collect();
             }
         }
-        // A map keeps the waiting ones in order, and what is ready comes
-        // off its front without touching the rest.
+        // `Waiting` keeps them in order, and what is ready comes off its
+        // front without touching the rest.
         for o in events
             .into_iter()
             .map(Ordered::Event)
@@ -314,17 +379,19 @@ impl Stage {
         let too_old = watermark.saturating_sub(self.settings.limits.max_event_wait_us);
         let mut ready = Vec::new();
         let mut forced = false;
-        while let Some(entry) = self.waiting.first_entry() {
-            let (cap, frame, _) = *entry.key();
+        while let Some((cap, frame, ts)) = self.waiting.first().map(|(k, o)| (k.0, k.1, o.ts())) {
             let in_order = cutoff.is_none_or(|c| (cap, frame) < c);
             if !in_order {
-                if !over && entry.get().ts() >= too_old {
+                if !over && ts >= too_old {
                     break;
                 }
                 forced = true;
             }
-            ready.push(entry.remove());
+            if let Some(o) = self.waiting.pop_first() {
+                ready.push(o);
+            }
         }
+        self.waiting.trim();
         if forced {
             self.n_order_forced += 1;
         }
@@ -737,4 +804,77 @@ fn finish_rows(rows: &mut RowBatch) {
     rows.tracker_scrapes.sort_by_key(|r| (r.ts, r.frame));
     rows.flows.sort_by_key(|r| r.conn_id);
     rows.connections.sort_by_key(|r| r.conn_id);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::{FrameCtx, SwarmEventKind};
+
+    fn event(capture: u32, frame: u64, id: u64) -> Ordered {
+        Ordered::Event(SwarmEvent {
+            ctx: FrameCtx {
+                ts: frame as i64,
+                frame,
+                capture,
+            },
+            conn_id: id,
+            info_hash: [0; 20],
+            peer: "10.0.0.1:6881".parse().unwrap(),
+            kind: SwarmEventKind::HaveAll,
+        })
+    }
+
+    fn id(o: &Ordered) -> u64 {
+        match o {
+            Ordered::Event(e) => e.conn_id,
+            Ordered::Meta(_) => u64::MAX,
+        }
+    }
+
+    /// Oracle: `Waiting` gives everything back in the order of one map
+    /// over (capture, frame, arrival), for arrivals mostly in order with
+    /// some earlier ones (released held events), ties, and a second
+    /// capture, taken off in steps as the stage does.
+    #[test]
+    fn waiting_pops_in_the_order_of_one_map() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        for _ in 0..200 {
+            let mut w = Waiting::default();
+            let mut oracle: BTreeMap<(u32, u64, u64), u64> = BTreeMap::new();
+            let (mut seq, mut frame) = (0u64, 0u64);
+            for _ in 0..20 {
+                for _ in 0..next() % 40 {
+                    seq += 1;
+                    frame += next() % 3;
+                    let capture = u32::from(next() % 16 == 0);
+                    // One in five arrives earlier than the newest so far.
+                    let f = if next() % 5 == 0 {
+                        frame.saturating_sub(next() % 50)
+                    } else {
+                        frame
+                    };
+                    w.insert((capture, f, seq), event(capture, f, seq));
+                    oracle.insert((capture, f, seq), seq);
+                }
+                assert_eq!(w.len(), oracle.len());
+                for _ in 0..next() % 50 {
+                    let want = oracle.pop_first().map(|(_, v)| v);
+                    assert_eq!(w.first().map(|(_, o)| id(o)), want);
+                    assert_eq!(w.pop_first().as_ref().map(id), want);
+                }
+                w.trim();
+            }
+            while let Some((_, v)) = oracle.pop_first() {
+                assert_eq!(w.pop_first().as_ref().map(id), Some(v));
+            }
+            assert!(w.is_empty());
+        }
+    }
 }

@@ -49,7 +49,7 @@ use super::{Claim, PeerSource, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::{hex, Metainfo};
-use crate::sink::{AnomalyRow, PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts};
+use crate::sink::{AnomalyRow, Ip, PeerProgressRow, PeerRow, RowBatch, TorrentRow, Ts};
 
 /// How long a peer must stay below the completion threshold for its later
 /// crossing to count as a confirmed download. Seeders that send a "lazy
@@ -1333,8 +1333,8 @@ impl Swarm {
                         ts: Ts(ts),
                         frame: ev.ctx.frame,
                         conn_id: ev.conn_id,
-                        info_hash: hex(&ev.info_hash),
-                        peer_ip: key.1.ip().to_string(),
+                        info_hash: ev.info_hash,
+                        peer_ip: Ip(key.1.ip()),
                         peer_port: u32::from(key.1.port()),
                         n_pieces_have: have,
                         n_pieces: n_exact,
@@ -1381,8 +1381,8 @@ impl Swarm {
             ts: Ts(ts),
             frame: ev.ctx.frame,
             conn_id: ev.conn_id,
-            info_hash: hex(&ev.info_hash),
-            peer_ip: key.1.ip().to_string(),
+            info_hash: ev.info_hash,
+            peer_ip: Ip(key.1.ip()),
             peer_port: u32::from(key.1.port()),
             n_pieces_have: p.pieces.have(n),
             n_pieces: n_exact,

@@ -1148,6 +1148,7 @@ impl Probe {
         }
         let ok = attempts.iter().find(|a| a.success).cloned();
         let ih = hex(&self.torrents[ti].target.info_hash);
+        let ih_raw = self.torrents[ti].target.info_hash;
         let addr = self.peers[pi].addr;
         let mut pex = Vec::new();
         for (k, a) in attempts.iter().enumerate() {
@@ -1234,8 +1235,8 @@ impl Probe {
                         ts: Ts(ts),
                         frame: 0,
                         conn_id,
-                        info_hash: ih.clone(),
-                        peer_ip: addr.ip().to_string(),
+                        info_hash: ih_raw,
+                        peer_ip: crate::sink::Ip(addr.ip()),
                         peer_port: u32::from(addr.port()),
                         n_pieces_have: Some(h),
                         n_pieces: t.n_pieces.map(u64::from),

@@ -156,6 +156,11 @@ macro_rules! tables {
             pub fn is_empty(&self) -> bool { true $( && self.$table.is_empty() )* }
             pub fn len(&self) -> usize { 0 $( + self.$table.len() )* }
             pub fn append(&mut self, other: &mut RowBatch) { $( self.$table.append(&mut other.$table); )* }
+            /// Moves `other`'s rows to the end of these, as `append`, and
+            /// leaves `other` without buffers: a producer that refills its
+            /// batch every step (a shard) does not keep the capacity of its
+            /// largest step for the rest of the run.
+            pub fn take_from(&mut self, other: &mut RowBatch) { $( move_rows(&mut self.$table, &mut other.$table); )* }
         }
 
         /// Table names in declaration order.
@@ -333,8 +338,8 @@ tables! {
         ts: Ts = "Time of the message that changed it.",
         frame: u64 = "Its frame.",
         conn_id: u64 = "Connection it came on.",
-        info_hash: String = "Torrent.",
-        peer_ip: String = "Peer address.",
+        info_hash: [u8; 20] as Hex = "Torrent.",
+        peer_ip: Ip as IpText = "Peer address.",
         peer_port: u32 as I32 = "Peer listen port (responder port, or the originator's BEP 10 `p`; else its source port).",
         n_pieces_have: Option<u64> = "Pieces the peer has now (null for have_all while the piece count is unknown).",
         n_pieces: Option<u64> = "Pieces in the torrent when known exactly (.torrent or metadata), else null.",
@@ -766,4 +771,15 @@ pub fn schema_markdown() -> String {
     });
     s.push_str(super::SCHEMA_APPENDIX);
     s
+}
+
+/// Moves `src`'s items to the end of `dst` and frees `src`'s buffer; into
+/// an empty `dst` the buffer itself moves (no copy).
+pub fn move_rows<T>(dst: &mut Vec<T>, src: &mut Vec<T>) {
+    if dst.is_empty() {
+        *dst = std::mem::take(src);
+    } else {
+        dst.append(src);
+        *src = Vec::new();
+    }
 }

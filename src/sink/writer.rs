@@ -15,8 +15,9 @@ use polars_parquet::parquet::compression::Compression;
 use polars_parquet::parquet::page::{CompressedDataPage, CompressedDictPage, CompressedPage, DataPageHeader, Page};
 use polars_parquet::parquet::CowBuffer;
 use polars_parquet::write::{
-    array_to_columns, get_dtype_encoding, to_parquet_schema, CompressionOptions, DynIter, DynStreamingIterator,
-    Encoding, FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version, WriteOptions,
+    array_to_columns, array_to_pages, get_dtype_encoding, to_nested, to_parquet_schema, CompressionOptions, DynIter,
+    DynStreamingIterator, Encoding, FallibleStreamingIterator, FileWriter, ParquetType, StatisticsOptions, Version,
+    WriteOptions,
 };
 
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
@@ -101,8 +102,6 @@ pub struct TableFile<R: Row> {
     arrow_fields: Vec<ArrowField>,
     /// The rows of the next row group, as columns.
     builders: R::Builders,
-    /// The file's zstd context, reused for every page.
-    zstd: Mutex<zstd::bulk::Compressor<'static>>,
     tmp_path: PathBuf,
     final_path: PathBuf,
     /// A constant timestamp column added to every row (live: the
@@ -196,6 +195,11 @@ fn write_df<R: Row>(t: &mut TableFile<R>, df: &mut DataFrame) -> PolarsResult<()
 /// Writes one row group of `n` rows: one array per field of the file, in
 /// its order (cast to the field's type where it differs).
 fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Array>>) -> PolarsResult<()> {
+    // A zstd context for this row group only: its workspace (up to about
+    // 1 MB, sized by the largest page) is freed with the group instead of
+    // living as long as the file (one per table that flushed a group).
+    // Level 0: zstd's default, as CompressionOptions::Zstd(None).
+    let ctx = Mutex::new(zstd::bulk::Compressor::new(0)?);
     let mut columns = Vec::with_capacity(t.fields.len());
     for (((array, type_), enc), f) in arrays
         .into_iter()
@@ -211,10 +215,10 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
         } else {
             polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
         };
-        for pages in array_to_columns(array, type_.clone(), t.options, enc)? {
+        for pages in column_pages(array, type_, t.options, enc)? {
             columns.push(Ok(DynStreamingIterator::new(Compressed {
                 pages,
-                zstd: &t.zstd,
+                zstd: &ctx,
                 current: None,
             })));
         }
@@ -223,9 +227,44 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
     Ok(())
 }
 
+/// The pages of one column chunk. A flat column (every column the tables
+/// declare but lists) is one leaf: its pages are made here as
+/// `array_to_columns` makes them, without its leaf expansion, which turns
+/// the validity of a column with no value in the row group into
+/// `Bitmap::new_zeroed` and so touches polars' 8 MiB shared zero buffer
+/// (allocated and filled on first use, never freed: 8 MiB of resident
+/// memory for every run with a null-only column chunk). The leaf keeps its
+/// own validity bitmap, equal bit for bit, so the pages are the same bytes.
+fn column_pages(
+    array: Box<dyn Array>,
+    type_: &ParquetType,
+    options: WriteOptions,
+    enc: &[Encoding],
+) -> PolarsResult<Vec<DynIter<'static, PolarsResult<Page>>>> {
+    let (ParquetType::PrimitiveType(leaf_type), [encoding]) = (type_, enc) else {
+        return array_to_columns(array, type_.clone(), options, enc);
+    };
+    let nested = to_nested(&*array, type_)?;
+    let [nested] = nested.as_slice() else {
+        return array_to_columns(array, type_.clone(), options, enc);
+    };
+    // As `to_leaves`: a validity without a null is dropped.
+    let leaf = match array.validity() {
+        Some(v) if v.unset_bits() == 0 => array.with_validity(None),
+        _ => array,
+    };
+    Ok(vec![array_to_pages(
+        &*leaf,
+        leaf_type.clone(),
+        nested,
+        options,
+        *encoding,
+    )?])
+}
+
 /// Compresses one encoded page with zstd at its default level, as
 /// polars-parquet's `Compressor` does (same bytes), but with the table
-/// file's one zstd context (it makes a context per page, 1–2 % of a run)
+/// row group's one zstd context (it makes a context per page, 1–2 % of a run)
 /// and without zero-filling the output first.
 fn compress_page(z: &mut zstd::bulk::Compressor<'static>, page: Page) -> PolarsResult<CompressedPage> {
     let mut zstd = |src: &[u8]| -> PolarsResult<Vec<u8>> {
@@ -369,8 +408,6 @@ impl<R: Row> TableFile<R> {
             options,
             arrow_fields,
             builders: R::Builders::default(),
-            // Level 0: zstd's default, as CompressionOptions::Zstd(None).
-            zstd: Mutex::new(zstd::bulk::Compressor::new(0)?),
             tmp_path,
             final_path,
             extra_ts,
