@@ -2548,5 +2548,11 @@ mod tests {
         assert_eq!(f.history, [(0, ALL, Signal::TrackerLeft)]);
         let f = fuse(&[], &[(0, Signal::TrackerLeft, 15)], Some(3), Some((10, 25)));
         assert_eq!(f.history, [(0, 1, Signal::TrackerLeft)]);
+        // A count from `left` stays a count at the limit: one byte left of
+        // 2^32 + 9 one-byte pieces is 2^32 + 8 held, clamped to ALL - 1,
+        // never read as have-all (ALL).
+        let n = u64::from(ALL) + 10;
+        let f = fuse(&[], &[(0, Signal::TrackerLeft, 1)], Some(n), Some((1, n)));
+        assert_eq!(f.history, [(0, ALL - 1, Signal::TrackerLeft)]);
     }
 }
