@@ -1041,6 +1041,24 @@ mod tests {
         ext(3, &p)
     }
 
+    /// The torrent IH of `n` pieces of 16 bytes (piece hashes zero).
+    fn known_16b_pieces(n: u32) -> KnownTorrents {
+        let mut k = KnownTorrents::default();
+        k.insert(Arc::new(Metainfo {
+            info_hash_v1: Some(IH),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: 16,
+            n_pieces: n,
+            total_bytes: 16 * u64::from(n),
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![[0; 20]; n as usize],
+        }));
+        k
+    }
+
     /// The torrent whose piece 0 is `data` (one piece).
     fn known(data: &[u8]) -> Arc<KnownTorrents> {
         let mut k = KnownTorrents::default();
@@ -1233,19 +1251,7 @@ mod tests {
     /// third byte is past `max_pieces` too (`bitfield_too_long`).
     #[test]
     fn bitfields_are_checked_against_the_torrent_and_max_pieces() {
-        let mut k = KnownTorrents::default();
-        k.insert(Arc::new(Metainfo {
-            info_hash_v1: Some(IH),
-            info_hash_v2: None,
-            name: "t".into(),
-            piece_length: 16,
-            n_pieces: 10,
-            total_bytes: 160,
-            files: Vec::new(),
-            private: false,
-            trackers: Vec::new(),
-            piece_hashes: vec![[0; 20]; 10],
-        }));
+        let k = known_16b_pieces(10);
         let limits = Limits {
             max_pieces: 16,
             ..Limits::default()
@@ -1290,19 +1296,7 @@ mod tests {
     /// spare bit, so every bit may be set and nothing is raised.
     #[test]
     fn a_bitfield_of_whole_bytes_has_no_spare_bits() {
-        let mut k = KnownTorrents::default();
-        k.insert(Arc::new(Metainfo {
-            info_hash_v1: Some(IH),
-            info_hash_v2: None,
-            name: "t".into(),
-            piece_length: 16,
-            n_pieces: 16,
-            total_bytes: 256,
-            files: Vec::new(),
-            private: false,
-            trackers: Vec::new(),
-            piece_hashes: vec![[0; 20]; 16],
-        }));
+        let k = known_16b_pieces(16);
         let mut out = ShardOut {
             known: Arc::new(k),
             ..Default::default()

@@ -2287,6 +2287,23 @@ mod tests {
         assert_eq!(bitfield_top(&[0, 0, 0x01]), 24);
     }
 
+    /// Info hash 07…07: 10 pieces of 16 bytes, 150 bytes in all (a short
+    /// last piece of 6), piece hashes zero.
+    fn torrent_10x16() -> std::sync::Arc<Metainfo> {
+        std::sync::Arc::new(Metainfo {
+            info_hash_v1: Some([7; 20]),
+            info_hash_v2: None,
+            name: "t".into(),
+            piece_length: 16,
+            n_pieces: 10,
+            total_bytes: 150,
+            files: Vec::new(),
+            private: false,
+            trackers: Vec::new(),
+            piece_hashes: vec![[0; 20]; 10],
+        })
+    }
+
     /// A torrent of 10 known pieces ([7; 20]) and one without metadata
     /// ([8; 20]) under `max_pieces` 16: a `have` counts only for an index
     /// below both (8, 9 and 15 count, 10 and 16 do not); the second torrent's
@@ -2299,21 +2316,7 @@ mod tests {
             ..Limits::default()
         };
         let mut s = Swarm::new(limits, 0.98, 5);
-        s.add_metainfo(
-            std::sync::Arc::new(Metainfo {
-                info_hash_v1: Some([7; 20]),
-                info_hash_v2: None,
-                name: "t".into(),
-                piece_length: 16,
-                n_pieces: 10,
-                total_bytes: 150,
-                files: Vec::new(),
-                private: false,
-                trackers: Vec::new(),
-                piece_hashes: vec![[0; 20]; 10],
-            }),
-            "torrent_file",
-        );
+        s.add_metainfo(torrent_10x16(), "torrent_file");
         let on = |h: u8, e: SwarmEvent| SwarmEvent {
             info_hash: [h; 20],
             ..e
@@ -2405,21 +2408,7 @@ mod tests {
     #[test]
     fn tracker_left_progress_rows_hold_the_pieces_left_allows() {
         let mut s = Swarm::new(Limits::default(), 0.98, 5);
-        s.add_metainfo(
-            std::sync::Arc::new(Metainfo {
-                info_hash_v1: Some([7; 20]),
-                info_hash_v2: None,
-                name: "t".into(),
-                piece_length: 16,
-                n_pieces: 10,
-                total_bytes: 150,
-                files: Vec::new(),
-                private: false,
-                trackers: Vec::new(),
-                piece_hashes: vec![[0; 20]; 10],
-            }),
-            "torrent_file",
-        );
+        s.add_metainfo(torrent_10x16(), "torrent_file");
         let mut other = ev(0, "10.0.0.1:1", SwarmEventKind::Bitfield(vec![0xFF]));
         other.info_hash = [8; 20];
         let mut zero = ev(2, "10.0.0.6:6", tracker(0, false));
