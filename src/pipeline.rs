@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::analyze::apps::ShardApps;
+use crate::analyze::order::merge_sorted_runs;
 use crate::analyze::stage::{Stage, StepInput, StepKind};
 use crate::analyze::FrameCtx;
 use crate::analyze::ShardOut;
@@ -917,15 +918,41 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         rows,
         ..StepInput::default()
     };
+    // Moved, not copied: a shard's buffers start empty each step instead
+    // of keeping the capacity of the run's largest step (a `have` burst:
+    // thousands of rows) for the rest of the run. What a shard pushes per
+    // packet is in frame order: merged into the order the stage sorts it
+    // in, each row moved once (see `analyze::order`), instead of appended
+    // shard by shard and sorted again.
+    let frame = |c: &FrameCtx| (c.capture, c.frame);
+    merge_sorted_runs(
+        &mut input.events,
+        shards.iter_mut().map(|s| &mut s.apps.out.events),
+        |e| frame(&e.ctx),
+    );
+    merge_sorted_runs(&mut input.dht, shards.iter_mut().map(|s| &mut s.apps.out.dht), |o| {
+        frame(&o.ctx)
+    });
+    let rows = &mut input.rows;
+    merge_sorted_runs(
+        &mut rows.dht_messages,
+        shards.iter_mut().map(|s| &mut s.apps.out.rows.dht_messages),
+        |r| r.frame,
+    );
+    merge_sorted_runs(
+        &mut rows.dht_peers,
+        shards.iter_mut().map(|s| &mut s.apps.out.rows.dht_peers),
+        |r| r.frame,
+    );
+    merge_sorted_runs(
+        &mut rows.peer_messages,
+        shards.iter_mut().map(|s| &mut s.apps.out.rows.peer_messages),
+        |r| r.frame,
+    );
+    rows.take_all_from(&mut shards.iter_mut().map(|s| &mut s.apps.out.rows).collect::<Vec<_>>());
     for s in shards.iter_mut() {
-        // Moved, not copied: a shard's buffers start empty each step
-        // instead of keeping the capacity of the run's largest step (a
-        // `have` burst: thousands of rows) for the rest of the run.
         let out = &mut s.apps.out;
-        input.rows.take_from(&mut out.rows);
-        move_rows(&mut input.events, &mut out.events);
         move_rows(&mut input.unattributed, &mut out.unattributed);
-        move_rows(&mut input.dht, &mut out.dht);
         move_rows(&mut input.metadata, &mut out.metadata);
         move_rows(&mut input.marks, &mut out.marks);
         move_rows(&mut input.conn_ends, &mut out.conn_ends);

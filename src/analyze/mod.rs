@@ -7,6 +7,7 @@ pub mod audit;
 pub mod dht;
 pub mod lsd;
 pub mod metadata;
+pub mod order;
 pub mod pieces;
 pub mod session;
 pub mod stage;

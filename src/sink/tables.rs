@@ -161,6 +161,12 @@ macro_rules! tables {
             /// batch every step (a shard) does not keep the capacity of its
             /// largest step for the rest of the run.
             pub fn take_from(&mut self, other: &mut RowBatch) { $( move_rows(&mut self.$table, &mut other.$table); )* }
+            /// [`RowBatch::take_from`] each of `others` in turn, with each
+            /// table reserved once for all of them (appending shard by
+            /// shard regrew and copied it up to once per shard).
+            pub fn take_all_from(&mut self, others: &mut [&mut RowBatch]) {
+                $( take_all_rows(&mut self.$table, &mut others.iter_mut().map(|o| &mut o.$table).collect::<Vec<_>>()); )*
+            }
         }
 
         /// Table names in declaration order.
@@ -775,6 +781,24 @@ pub fn schema_markdown() -> String {
 
 /// Moves `src`'s items to the end of `dst` and frees `src`'s buffer; into
 /// an empty `dst` the buffer itself moves (no copy).
+/// [`move_rows`] from each of `srcs` in turn, `dst` reserved once for all.
+pub fn take_all_rows<T>(dst: &mut Vec<T>, srcs: &mut [&mut Vec<T>]) {
+    let n: usize = srcs.iter().map(|s| s.len()).sum();
+    let non_empty = srcs.iter().filter(|s| !s.is_empty()).count();
+    if dst.is_empty() && non_empty <= 1 {
+        // At most one source: its vector becomes dst's, nothing is copied.
+        for s in srcs.iter_mut() {
+            move_rows(dst, s);
+        }
+        return;
+    }
+    dst.reserve(n);
+    for s in srcs.iter_mut() {
+        dst.append(s);
+        **s = Vec::new();
+    }
+}
+
 pub fn move_rows<T>(dst: &mut Vec<T>, src: &mut Vec<T>) {
     if dst.is_empty() {
         *dst = std::mem::take(src);
