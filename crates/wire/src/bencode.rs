@@ -206,6 +206,11 @@ pub struct Dict<'a> {
 }
 
 impl<'a> List<'a> {
+    /// A span the caller validated as one list (`l…e`).
+    pub(crate) fn validated(raw: &'a [u8]) -> Self {
+        List { raw }
+    }
+
     /// Exact encoded bytes, `l` and `e` included.
     pub fn raw(&self) -> &'a [u8] {
         self.raw
@@ -231,6 +236,11 @@ impl<'a> List<'a> {
 }
 
 impl<'a> Dict<'a> {
+    /// A span the caller validated as one dict (`d…e`).
+    pub(crate) fn validated(raw: &'a [u8]) -> Self {
+        Dict { raw }
+    }
+
     /// Exact encoded bytes, `d` and `e` included: hash this for an info-hash.
     pub fn raw(&self) -> &'a [u8] {
         self.raw
@@ -426,6 +436,22 @@ impl KindStack {
 
 /// Returns the length of the first complete value of `buf`.
 fn validate(buf: &[u8], limits: &BencodeLimits) -> Result<usize, BencodeError> {
+    validate_nested(buf, 0, 0, &mut 0, limits)
+}
+
+/// Validates the element starting at `start`, inside `open` containers
+/// (for the depth bound) with `items` elements before it (for the item
+/// bound, updated): the same steps as [`validate`] takes over that
+/// element inside a whole value, so a reader that walks the outer levels
+/// itself (the KRPC parser) gets the same errors at the same offsets.
+/// Returns the offset just past the element.
+pub(crate) fn validate_nested(
+    buf: &[u8],
+    start: usize,
+    open: u32,
+    items: &mut u32,
+    limits: &BencodeLimits,
+) -> Result<usize, BencodeError> {
     let max_depth = limits.max_depth.min(MAX_DEPTH_CEILING);
     let mut stack = KindStack::new();
     // In the innermost dict: is the next element a key? Only the innermost
@@ -433,8 +459,7 @@ fn validate(buf: &[u8], limits: &BencodeLimits) -> Result<usize, BencodeError> {
     // is necessarily waiting for a value, and once the child closes the parent
     // wants a key again.
     let mut expect_key = false;
-    let mut items: u32 = 0;
-    let mut pos: usize = 0;
+    let mut pos: usize = start;
 
     loop {
         let byte = *buf.get(pos).ok_or(BencodeError::Truncated)?;
@@ -455,15 +480,15 @@ fn validate(buf: &[u8], limits: &BencodeLimits) -> Result<usize, BencodeError> {
             if in_dict && expect_key && !byte.is_ascii_digit() {
                 return Err(BencodeError::UnexpectedByte { at: pos });
             }
-            items = items.checked_add(1).ok_or(BencodeError::TooManyItems)?;
-            if items > limits.max_items {
+            *items = items.checked_add(1).ok_or(BencodeError::TooManyItems)?;
+            if *items > limits.max_items {
                 return Err(BencodeError::TooManyItems);
             }
             match byte {
                 b'i' => pos = scan_int(buf, pos)?.1,
                 b'0'..=b'9' => pos = scan_bytes(buf, pos)?.1,
                 b'l' | b'd' => {
-                    if stack.len >= max_depth {
+                    if open.saturating_add(stack.len) >= max_depth {
                         return Err(BencodeError::TooDeep);
                     }
                     let is_dict = byte == b'd';
@@ -488,7 +513,7 @@ fn validate(buf: &[u8], limits: &BencodeLimits) -> Result<usize, BencodeError> {
 
 /// Scans `i…e` starting at `start` (which holds `i`). Returns the value and
 /// the offset just past the `e`.
-fn scan_int(buf: &[u8], start: usize) -> Result<(i64, usize), BencodeError> {
+pub(crate) fn scan_int(buf: &[u8], start: usize) -> Result<(i64, usize), BencodeError> {
     let mut pos = start + 1;
     let negative = buf.get(pos) == Some(&b'-');
     if negative {
@@ -532,7 +557,7 @@ fn scan_int(buf: &[u8], start: usize) -> Result<(i64, usize), BencodeError> {
 /// Scans `<len>:<bytes>` starting at `start` (which holds a digit). Returns
 /// the content and the offset just past it. Never allocates: a huge length
 /// is compared against what is left, not reserved.
-fn scan_bytes(buf: &[u8], start: usize) -> Result<(&[u8], usize), BencodeError> {
+pub(crate) fn scan_bytes(buf: &[u8], start: usize) -> Result<(&[u8], usize), BencodeError> {
     let mut pos = start;
     let mut len: usize = 0;
     loop {

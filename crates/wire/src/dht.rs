@@ -14,9 +14,11 @@
 //! - Pure and borrowed: a [`KrpcMessage`] points into the datagram. No I/O,
 //!   and parsing allocates nothing (the anomaly list is a fixed array; node,
 //!   peer and sample lists are lazy iterators over the wire bytes).
-//! - Never panics on any input. Bencode is validated once by
-//!   [`super::bencode`] (iterative, depth- and item-bounded); afterwards every
-//!   access is checked.
+//! - Never panics on any input. [`parse_krpc`] reads a datagram in one walk
+//!   that validates the bencode as [`super::bencode`] does (iterative, depth-
+//!   and item-bounded, the same errors) while it takes the fields; every
+//!   access is checked. The parser it replaced (validate, then look up,
+//!   then walk each level) is kept in [`reference`] for tests and fuzzing.
 //! - Only a datagram that is not a bencoded dict with `y` in {q, r, e} is a
 //!   [`DhtError`]. Anything else that is wrong (a missing `t`, a `nodes`
 //!   string that is not a multiple of 26 bytes, a 7-byte peer in `values`) is
@@ -34,6 +36,12 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use super::bencode::{self, BencodeError, BencodeLimits, Dict, List, Value};
+
+/// The parser before the single walk, kept as the oracle for tests and
+/// fuzzing (see the module's doc).
+#[cfg(any(test, fuzzing))]
+#[path = "dht_reference.rs"]
+pub mod reference;
 
 /// Bytes per compact IPv4 node: 20-byte node ID, 4-byte IP, 2-byte port (BEP 5).
 pub const NODE4_LEN: usize = 26;
@@ -450,28 +458,80 @@ pub struct KrpcMessage<'a> {
     pub error_code: Option<i64>,
     /// Errors: `e[1]`.
     pub error_msg: Option<&'a [u8]>,
-    anomalies: [Anomaly; MAX_ANOMALIES_KEPT],
-    n_anomalies: u32,
+    notes: Notes,
+    /// Keys outside the known tables (top level and body).
+    n_unknown: u32,
 }
 
 impl<'a> KrpcMessage<'a> {
+    /// A message of `kind` with nothing read yet.
+    fn empty(dict: Dict<'a>, kind: KrpcKind) -> Self {
+        KrpcMessage {
+            dict,
+            body: None,
+            tid: &[],
+            kind,
+            method: None,
+            method_name: None,
+            version: None,
+            read_only: false,
+            ip: None,
+            id: None,
+            target: None,
+            info_hash: None,
+            token: None,
+            port: None,
+            implied_port: None,
+            seed: None,
+            name: None,
+            nodes: None,
+            nodes6: None,
+            values: None,
+            want: None,
+            scrape: None,
+            noseed: None,
+            bf_seeds: None,
+            bf_peers: None,
+            key: None,
+            sig: None,
+            seq: None,
+            salt: None,
+            cas: None,
+            item: None,
+            samples: None,
+            interval: None,
+            num: None,
+            error_code: None,
+            error_msg: None,
+            notes: Notes::default(),
+            n_unknown: 0,
+        }
+    }
+
     /// Anomalies in the order found (at most [`MAX_ANOMALIES_KEPT`]).
     pub fn anomalies(&self) -> &[Anomaly] {
-        let kept = (self.n_anomalies as usize).min(MAX_ANOMALIES_KEPT);
-        self.anomalies.get(..kept).unwrap_or(&[])
+        self.notes.kept()
     }
 
     /// Every anomaly found, including those beyond [`MAX_ANOMALIES_KEPT`].
     pub fn n_anomalies(&self) -> u32 {
-        self.n_anomalies
+        self.notes.n
+    }
+
+    /// How many keys [`KrpcMessage::unknown_keys`] lists (counted by the
+    /// parse, so a message without any costs no walk).
+    pub fn n_unknown_keys(&self) -> usize {
+        self.n_unknown as usize
     }
 
     /// Keys outside the known tables, with where they were found. Lazy: it
-    /// re-walks the dicts, so it costs nothing unless asked for.
+    /// re-walks the dicts, and only when the parse counted some.
     pub fn unknown_keys(&self) -> impl Iterator<Item = (KeyScope, &'a [u8])> + 'a {
+        let any = self.n_unknown > 0;
         let top = self
             .dict
             .iter()
+            .take_while(move |_| any)
             .filter(|(k, _)| TopKey::lookup(k).is_none())
             .map(|(k, _)| (KeyScope::Top, k));
         let scope = match self.kind {
@@ -480,6 +540,7 @@ impl<'a> KrpcMessage<'a> {
         };
         let body = self
             .body
+            .filter(|_| any)
             .into_iter()
             .flat_map(|d| d.iter())
             .filter(move |(k, _)| BodyKey::lookup(k, scope).is_none())
@@ -501,13 +562,6 @@ impl<'a> KrpcMessage<'a> {
     pub fn client(&self) -> Option<String> {
         self.version.and_then(client_from_version)
     }
-
-    fn note(&mut self, kind: AnomalyKind, field: &'static str) {
-        if let Some(slot) = self.anomalies.get_mut(self.n_anomalies as usize) {
-            *slot = Anomaly { kind, field };
-        }
-        self.n_anomalies = self.n_anomalies.saturating_add(1);
-    }
 }
 
 /// Cheap pre-check for classifying a UDP datagram on a socket shared with
@@ -527,107 +581,371 @@ pub fn looks_like_krpc(d: &[u8]) -> bool {
         && d.first() == Some(&b'd')
         && d.last() == Some(&b'e')
         && d.get(1).is_some_and(u8::is_ascii_digit)
-        && d.windows(5).any(|w| w == b"1:y1:")
+        // From the end: `y` is the last key of a message with sorted keys.
+        && memchr::memmem::rfind(d, b"1:y1:").is_some()
 }
 
 /// Parses one KRPC datagram (BEP 5 and the extensions in the module doc).
+///
+/// One walk over the datagram: the bencode is validated exactly as
+/// [`bencode::parse_dict`] validates it (the same checks in the same byte
+/// order, so the same error and offset for a bad datagram, the same depth
+/// and item bounds), and every field is taken as its bytes go by: the top
+/// level, the query arguments or response values (`a` / `r`) and the
+/// entries of `values`. Only containers the message does not read
+/// (BEP 44 `v`, unknown keys' values, a second `a`) are validated without
+/// being looked into. Nothing is allocated.
+///
+/// What `y` says decides which of `a` and `r` is the body, and `y` comes
+/// last in a message with sorted keys: the walk assumes the kind the
+/// datagram's last bytes name (`1:y1:qe`, ...), and walks once more with
+/// the kind it found when that was wrong (only for a message whose keys
+/// are not in order).
 pub fn parse_krpc<'a>(d: &'a [u8], limits: &DhtLimits) -> Result<KrpcMessage<'a>, DhtError> {
     if d.len() > limits.max_datagram_bytes {
         return Err(DhtError::TooLarge);
     }
-    let (dict, used) = bencode::parse_dict(d, &limits.bencode).map_err(DhtError::Bencode)?;
-
-    // `y` first: it decides everything else, and a dict without it is not KRPC.
-    let kind = match dict.get(b"y") {
+    match d.first() {
+        None => return Err(DhtError::Bencode(BencodeError::Truncated)),
+        Some(b'd') => {}
+        Some(_) => return Err(DhtError::Bencode(BencodeError::NotADict)),
+    }
+    let guess = match d.len().checked_sub(7).and_then(|i| d.get(i..)) {
+        Some(b"1:y1:qe") => KrpcKind::Query,
+        Some(b"1:y1:ee") => KrpcKind::Error,
+        _ => KrpcKind::Response,
+    };
+    let walked = Walk::new(d, limits).message(guess).map_err(DhtError::Bencode)?;
+    let kind = match walked.y {
         Some(Value::Bytes(b"q")) => KrpcKind::Query,
         Some(Value::Bytes(b"r")) => KrpcKind::Response,
         Some(Value::Bytes(b"e")) => KrpcKind::Error,
         Some(Value::Bytes(_)) => return Err(DhtError::UnknownType),
         _ => return Err(DhtError::MissingType),
     };
-
-    let mut m = KrpcMessage {
-        dict,
-        body: None,
-        tid: &[],
-        kind,
-        method: None,
-        method_name: None,
-        version: None,
-        read_only: false,
-        ip: None,
-        id: None,
-        target: None,
-        info_hash: None,
-        token: None,
-        port: None,
-        implied_port: None,
-        seed: None,
-        name: None,
-        nodes: None,
-        nodes6: None,
-        values: None,
-        want: None,
-        scrape: None,
-        noseed: None,
-        bf_seeds: None,
-        bf_peers: None,
-        key: None,
-        sig: None,
-        seq: None,
-        salt: None,
-        cas: None,
-        item: None,
-        samples: None,
-        interval: None,
-        num: None,
-        error_code: None,
-        error_msg: None,
-        anomalies: [Anomaly {
-            kind: AnomalyKind::Missing,
-            field: "",
-        }; MAX_ANOMALIES_KEPT],
-        n_anomalies: 0,
-    };
-    if used != d.len() {
-        m.note(AnomalyKind::TrailingBytes, "");
+    if kind == guess {
+        return Ok(walked.finish());
     }
+    // The datagram validated once already: this walk cannot fail.
+    let again = Walk::new(d, limits).message(kind).map_err(DhtError::Bencode)?;
+    Ok(again.finish())
+}
 
-    parse_top(&mut m, dict);
+/// A message as one walk found it, before the checks that need the whole
+/// of it (see [`Walked::finish`]).
+struct Walked<'a> {
+    m: KrpcMessage<'a>,
+    /// The first `y`, whatever its type.
+    y: Option<Value<'a>>,
+    /// Bytes the message dict takes (the datagram's length unless
+    /// something trails it).
+    used: usize,
+    len: usize,
+    have_tid: bool,
+    top: Notes,
+    body: Notes,
+}
 
-    match kind {
-        KrpcKind::Query => {
-            if m.method_name.is_none() {
-                m.note(AnomalyKind::Missing, "q");
+impl<'a> Walked<'a> {
+    /// The anomalies in the order of the walks the message used to take:
+    /// trailing bytes, the top level, what it lacks, then the body.
+    fn finish(self) -> KrpcMessage<'a> {
+        let Walked {
+            mut m,
+            used,
+            len,
+            have_tid,
+            top,
+            body,
+            ..
+        } = self;
+        if used != len {
+            m.notes.note(AnomalyKind::TrailingBytes, "");
+        }
+        m.notes.append(&top);
+        if !have_tid && !m.has_anomaly_on("t") {
+            m.notes.note(AnomalyKind::Missing, "t");
+        }
+        if m.kind == KrpcKind::Error && m.error_code.is_none() && !m.has_anomaly_on("e") {
+            m.notes.note(AnomalyKind::Missing, "e");
+        }
+        match m.kind {
+            KrpcKind::Query => {
+                if m.method_name.is_none() {
+                    m.notes.note(AnomalyKind::Missing, "q");
+                }
+                if m.body.is_none() && !m.has_anomaly_on("a") {
+                    m.notes.note(AnomalyKind::Missing, "a");
+                }
             }
-            if m.body.is_none() && !m.has_anomaly_on("a") {
-                m.note(AnomalyKind::Missing, "a");
+            KrpcKind::Response => {
+                if m.body.is_none() && !m.has_anomaly_on("r") {
+                    m.notes.note(AnomalyKind::Missing, "r");
+                }
+            }
+            KrpcKind::Error => {}
+        }
+        if m.body.is_some() {
+            m.notes.append(&body);
+            if m.id.is_none() && !m.has_anomaly_on("id") {
+                m.notes.note(AnomalyKind::Missing, "id");
             }
         }
-        KrpcKind::Response => {
-            if m.body.is_none() && !m.has_anomaly_on("r") {
-                m.note(AnomalyKind::Missing, "r");
+        m
+    }
+}
+
+/// The single walk: the bencode validator's steps (`bencode::validate`),
+/// written out for the levels a KRPC message has.
+struct Walk<'a> {
+    buf: &'a [u8],
+    limits: BencodeLimits,
+    max_depth: u32,
+    /// Elements so far, as the validator counts them.
+    items: u32,
+}
+
+impl<'a> Walk<'a> {
+    fn new(buf: &'a [u8], limits: &DhtLimits) -> Self {
+        Walk {
+            buf,
+            limits: limits.bencode,
+            max_depth: limits.bencode.max_depth.min(bencode::MAX_DEPTH_CEILING),
+            items: 0,
+        }
+    }
+
+    fn byte(&self, pos: usize) -> Result<u8, BencodeError> {
+        self.buf.get(pos).copied().ok_or(BencodeError::Truncated)
+    }
+
+    /// One more element (the validator counts each one as it starts).
+    fn count(&mut self) -> Result<(), BencodeError> {
+        self.items = self.items.checked_add(1).ok_or(BencodeError::TooManyItems)?;
+        if self.items > self.limits.max_items {
+            return Err(BencodeError::TooManyItems);
+        }
+        Ok(())
+    }
+
+    /// Opens a container at `pos` with `open` containers around it.
+    fn open(&mut self, open: u32) -> Result<(), BencodeError> {
+        self.count()?;
+        if open >= self.max_depth {
+            return Err(BencodeError::TooDeep);
+        }
+        Ok(())
+    }
+
+    /// The key at `pos` of an open dict, with the offset past it; `None`
+    /// at the dict's closing `e`.
+    fn key(&mut self, pos: usize) -> Result<Option<(&'a [u8], usize)>, BencodeError> {
+        let b = self.byte(pos)?;
+        if b == b'e' {
+            return Ok(None);
+        }
+        if !b.is_ascii_digit() {
+            return Err(BencodeError::UnexpectedByte { at: pos });
+        }
+        self.count()?;
+        bencode::scan_bytes(self.buf, pos).map(Some)
+    }
+
+    /// The value at `pos` of a dict entry, inside `open` containers: a
+    /// scalar, or a container validated whole.
+    fn value(&mut self, pos: usize, open: u32) -> Result<(Value<'a>, usize), BencodeError> {
+        let b = self.byte(pos)?;
+        match b {
+            // A key without a value.
+            b'e' => Err(BencodeError::UnexpectedByte { at: pos }),
+            b'l' | b'd' => {
+                let end = bencode::validate_nested(self.buf, pos, open, &mut self.items, &self.limits)?;
+                let raw = self.buf.get(pos..end).ok_or(BencodeError::Truncated)?;
+                let v = if b == b'l' {
+                    Value::List(List::validated(raw))
+                } else {
+                    Value::Dict(Dict::validated(raw))
+                };
+                Ok((v, end))
+            }
+            _ => {
+                self.count()?;
+                match b {
+                    b'i' => bencode::scan_int(self.buf, pos).map(|(n, end)| (Value::Int(n), end)),
+                    b'0'..=b'9' => bencode::scan_bytes(self.buf, pos).map(|(s, end)| (Value::Bytes(s), end)),
+                    _ => Err(BencodeError::UnexpectedByte { at: pos }),
+                }
             }
         }
-        KrpcKind::Error => {}
     }
-    if let Some(body) = m.body {
-        let scope = if kind == KrpcKind::Query {
-            KeyScope::Args
-        } else {
-            KeyScope::Reply
+
+    /// The message dict, walked as a message of `kind`.
+    fn message(mut self, kind: KrpcKind) -> Result<Walked<'a>, BencodeError> {
+        let buf = self.buf;
+        let mut m = KrpcMessage::empty(Dict::validated(buf), kind);
+        let (mut y, mut have_tid) = (None, false);
+        let (mut top, mut body_notes) = (Notes::default(), Notes::default());
+        let (wanted, scope) = match kind {
+            KrpcKind::Query => (Some(TopKey::A), KeyScope::Args),
+            KrpcKind::Response => (Some(TopKey::R), KeyScope::Reply),
+            KrpcKind::Error => (None, KeyScope::Reply),
         };
-        parse_body(&mut m, body, scope);
-        if m.id.is_none() && !m.has_anomaly_on("id") {
-            m.note(AnomalyKind::Missing, "id");
+        let mut seen = Seen::default();
+        self.open(0)?;
+        let mut pos = 1;
+        while let Some((key, start)) = self.key(pos)? {
+            let known = TopKey::lookup(key);
+            let body =
+                matches!(known, Some((_, k)) if Some(k) == wanted && !seen.has(k as u32)) && self.byte(start)? == b'd';
+            let (val, end) = if body {
+                let end = self.body(start, scope, &mut m, &mut body_notes)?;
+                let raw = buf.get(start..end).ok_or(BencodeError::Truncated)?;
+                (Value::Dict(Dict::validated(raw)), end)
+            } else {
+                self.value(start, 1)?
+            };
+            pos = end;
+            if key == b"y" && y.is_none() {
+                y = Some(val);
+            }
+            match known {
+                Some((name, k)) => top_entry(&mut m, &mut top, &mut seen, &mut have_tid, name, k, val),
+                None => m.n_unknown = m.n_unknown.saturating_add(1),
+            }
+        }
+        // Past the closing `e`.
+        let used = pos + 1;
+        m.dict = Dict::validated(buf.get(..used).ok_or(BencodeError::Truncated)?);
+        Ok(Walked {
+            m,
+            y,
+            used,
+            len: buf.len(),
+            have_tid,
+            top,
+            body: body_notes,
+        })
+    }
+
+    /// The body dict (`a` or `r`) at `pos`, inside the message: its fields
+    /// go to `m`, its anomalies to `notes`. Returns the offset past it.
+    fn body(
+        &mut self,
+        pos: usize,
+        scope: KeyScope,
+        m: &mut KrpcMessage<'a>,
+        notes: &mut Notes,
+    ) -> Result<usize, BencodeError> {
+        let buf = self.buf;
+        self.open(1)?;
+        let mut seen = Seen::default();
+        let mut pos = pos + 1;
+        while let Some((key, start)) = self.key(pos)? {
+            let known = BodyKey::lookup(key, scope);
+            let (val, end, counts) = if matches!(known, Some((_, BodyKey::Values))) && self.byte(start)? == b'l' {
+                let (end, counts) = self.values(start)?;
+                let raw = buf.get(start..end).ok_or(BencodeError::Truncated)?;
+                (Value::List(List::validated(raw)), end, Some(counts))
+            } else {
+                let (v, end) = self.value(start, 2)?;
+                (v, end, None)
+            };
+            pos = end;
+            match known {
+                Some((name, k)) => {
+                    let raw = buf.get(start..end).ok_or(BencodeError::Truncated)?;
+                    body_entry(m, notes, &mut seen, name, k, val, raw, counts);
+                }
+                None => m.n_unknown = m.n_unknown.saturating_add(1),
+            }
+        }
+        Ok(pos + 1)
+    }
+
+    /// A `values` list at `pos` inside the body: the offset past it and
+    /// how many of its entries are compact peers and how many are not.
+    fn values(&mut self, pos: usize) -> Result<(usize, (usize, usize)), BencodeError> {
+        self.open(2)?;
+        let (mut valid, mut bad) = (0, 0);
+        let mut pos = pos + 1;
+        loop {
+            let b = self.byte(pos)?;
+            match b {
+                b'e' => return Ok((pos + 1, (valid, bad))),
+                b'l' | b'd' => {
+                    pos = bencode::validate_nested(self.buf, pos, 3, &mut self.items, &self.limits)?;
+                    bad += 1;
+                }
+                _ => {
+                    self.count()?;
+                    match b {
+                        b'i' => {
+                            pos = bencode::scan_int(self.buf, pos)?.1;
+                            bad += 1;
+                        }
+                        b'0'..=b'9' => {
+                            let (s, end) = bencode::scan_bytes(self.buf, pos)?;
+                            pos = end;
+                            if compact_peer(s).is_some() {
+                                valid += 1;
+                            } else {
+                                bad += 1;
+                            }
+                        }
+                        _ => return Err(BencodeError::UnexpectedByte { at: pos }),
+                    }
+                }
+            }
         }
     }
-    Ok(m)
 }
 
 impl KrpcMessage<'_> {
     fn has_anomaly_on(&self, field: &str) -> bool {
         self.anomalies().iter().any(|a| a.field == field)
+    }
+}
+
+/// Anomalies of one message or of one part of it: the first
+/// [`MAX_ANOMALIES_KEPT`] in detail, all of them counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Notes {
+    kept: [Anomaly; MAX_ANOMALIES_KEPT],
+    n: u32,
+}
+
+impl Default for Notes {
+    fn default() -> Self {
+        Notes {
+            kept: [Anomaly {
+                kind: AnomalyKind::Missing,
+                field: "",
+            }; MAX_ANOMALIES_KEPT],
+            n: 0,
+        }
+    }
+}
+
+impl Notes {
+    fn note(&mut self, kind: AnomalyKind, field: &'static str) {
+        if let Some(slot) = self.kept.get_mut(self.n as usize) {
+            *slot = Anomaly { kind, field };
+        }
+        self.n = self.n.saturating_add(1);
+    }
+
+    fn kept(&self) -> &[Anomaly] {
+        let kept = (self.n as usize).min(MAX_ANOMALIES_KEPT);
+        self.kept.get(..kept).unwrap_or(&[])
+    }
+
+    /// `other`'s anomalies after these, as if noted here one by one.
+    fn append(&mut self, other: &Notes) {
+        for a in other.kept() {
+            self.note(a.kind, a.field);
+        }
+        let rest = other.n.saturating_sub(other.kept().len() as u32);
+        self.n = self.n.saturating_add(rest);
     }
 }
 
@@ -646,25 +964,25 @@ enum TopKey {
 }
 
 impl TopKey {
-    const TABLE: [(&'static str, TopKey); 9] = [
-        ("t", TopKey::T),
-        ("y", TopKey::Y),
-        ("q", TopKey::Q),
-        ("a", TopKey::A),
-        ("r", TopKey::R),
-        ("e", TopKey::E),
-        ("v", TopKey::V),
-        ("ip", TopKey::Ip),
-        ("ro", TopKey::Ro),
-    ];
-
     fn lookup(key: &[u8]) -> Option<(&'static str, TopKey)> {
-        Self::TABLE.iter().find(|(name, _)| name.as_bytes() == key).copied()
+        Some(match key {
+            b"t" => ("t", TopKey::T),
+            b"y" => ("y", TopKey::Y),
+            b"q" => ("q", TopKey::Q),
+            b"a" => ("a", TopKey::A),
+            b"r" => ("r", TopKey::R),
+            b"e" => ("e", TopKey::E),
+            b"v" => ("v", TopKey::V),
+            b"ip" => ("ip", TopKey::Ip),
+            b"ro" => ("ro", TopKey::Ro),
+            _ => return None,
+        })
     }
 }
 
-/// Known keys of `a` and `r`. The scope column says where each one belongs,
-/// so that a response-only key inside `a` is reported as unknown there.
+/// Known keys of `a` and `r`. [`BodyKey::lookup`] says where each one
+/// belongs, so that a response-only key inside `a` is reported as unknown
+/// there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum BodyKey {
     Id,
@@ -703,47 +1021,41 @@ enum In {
 }
 
 impl BodyKey {
-    const TABLE: [(&'static str, BodyKey, In); 26] = [
-        ("id", BodyKey::Id, In::Both),
-        ("target", BodyKey::Target, In::Args),
-        ("info_hash", BodyKey::InfoHash, In::Args),
-        ("token", BodyKey::Token, In::Both),
-        ("port", BodyKey::Port, In::Args),
-        ("implied_port", BodyKey::ImpliedPort, In::Args),
-        ("seed", BodyKey::Seed, In::Args),
-        ("n", BodyKey::Name, In::Args),
-        // Seen from libtorrent 1.x in get_peers / announce_peer (corpus: VUT-PDS).
-        ("name", BodyKey::Name, In::Args),
-        ("want", BodyKey::Want, In::Args),
-        ("scrape", BodyKey::Scrape, In::Args),
-        ("noseed", BodyKey::NoSeed, In::Args),
-        ("nodes", BodyKey::Nodes, In::Reply),
-        ("nodes6", BodyKey::Nodes6, In::Reply),
-        ("values", BodyKey::Values, In::Reply),
-        ("BFsd", BodyKey::BfSeeds, In::Reply),
-        ("BFpe", BodyKey::BfPeers, In::Reply),
-        ("k", BodyKey::Key, In::Both),
-        ("sig", BodyKey::Sig, In::Both),
-        ("seq", BodyKey::Seq, In::Both),
-        ("salt", BodyKey::Salt, In::Args),
-        ("cas", BodyKey::Cas, In::Args),
-        ("v", BodyKey::Item, In::Both),
-        ("samples", BodyKey::Samples, In::Reply),
-        ("interval", BodyKey::Interval, In::Reply),
-        ("num", BodyKey::Num, In::Reply),
-    ];
-
     fn lookup(key: &[u8], scope: KeyScope) -> Option<(&'static str, BodyKey)> {
-        Self::TABLE
-            .iter()
-            .find(|(name, _, place)| {
-                name.as_bytes() == key
-                    && matches!(
-                        (place, scope),
-                        (In::Both, _) | (In::Args, KeyScope::Args) | (In::Reply, KeyScope::Reply)
-                    )
-            })
-            .map(|(name, k, _)| (*name, *k))
+        let (name, k, place) = match key {
+            b"id" => ("id", BodyKey::Id, In::Both),
+            b"target" => ("target", BodyKey::Target, In::Args),
+            b"info_hash" => ("info_hash", BodyKey::InfoHash, In::Args),
+            b"token" => ("token", BodyKey::Token, In::Both),
+            b"port" => ("port", BodyKey::Port, In::Args),
+            b"implied_port" => ("implied_port", BodyKey::ImpliedPort, In::Args),
+            b"seed" => ("seed", BodyKey::Seed, In::Args),
+            b"n" => ("n", BodyKey::Name, In::Args),
+            // Seen from libtorrent 1.x in get_peers / announce_peer (corpus: VUT-PDS).
+            b"name" => ("name", BodyKey::Name, In::Args),
+            b"want" => ("want", BodyKey::Want, In::Args),
+            b"scrape" => ("scrape", BodyKey::Scrape, In::Args),
+            b"noseed" => ("noseed", BodyKey::NoSeed, In::Args),
+            b"nodes" => ("nodes", BodyKey::Nodes, In::Reply),
+            b"nodes6" => ("nodes6", BodyKey::Nodes6, In::Reply),
+            b"values" => ("values", BodyKey::Values, In::Reply),
+            b"BFsd" => ("BFsd", BodyKey::BfSeeds, In::Reply),
+            b"BFpe" => ("BFpe", BodyKey::BfPeers, In::Reply),
+            b"k" => ("k", BodyKey::Key, In::Both),
+            b"sig" => ("sig", BodyKey::Sig, In::Both),
+            b"seq" => ("seq", BodyKey::Seq, In::Both),
+            b"salt" => ("salt", BodyKey::Salt, In::Args),
+            b"cas" => ("cas", BodyKey::Cas, In::Args),
+            b"v" => ("v", BodyKey::Item, In::Both),
+            b"samples" => ("samples", BodyKey::Samples, In::Reply),
+            b"interval" => ("interval", BodyKey::Interval, In::Reply),
+            b"num" => ("num", BodyKey::Num, In::Reply),
+            _ => return None,
+        };
+        match (place, scope) {
+            (In::Both, _) | (In::Args, KeyScope::Args) | (In::Reply, KeyScope::Reply) => Some((name, k)),
+            _ => None,
+        }
     }
 }
 
@@ -760,249 +1072,262 @@ impl Seen {
         self.0 |= mask;
         fresh
     }
+
+    /// Whether `bit` was offered already.
+    fn has(&self, bit: u32) -> bool {
+        self.0 & 1u64.checked_shl(bit).unwrap_or(0) != 0
+    }
 }
 
-fn parse_top<'a>(m: &mut KrpcMessage<'a>, dict: Dict<'a>) {
-    let mut seen = Seen::default();
-    let mut have_tid = false;
-    for (key, val) in dict.iter() {
-        let Some((name, k)) = TopKey::lookup(key) else {
-            continue;
-        };
-        if !seen.first(k as u32) {
-            m.note(AnomalyKind::DuplicateKey, name);
-            continue;
-        }
-        match k {
-            TopKey::T => match val.as_bytes() {
-                Some(t) => {
-                    m.tid = t;
-                    have_tid = true;
-                }
-                None => m.note(AnomalyKind::WrongType, name),
-            },
-            // Already decoded before the walk.
-            TopKey::Y => {}
-            TopKey::Q => {
-                if m.kind == KrpcKind::Query {
-                    match val.as_bytes() {
-                        Some(q) => {
-                            m.method_name = Some(q);
-                            m.method = Some(Method::from_name(q));
-                        }
-                        None => m.note(AnomalyKind::WrongType, name),
-                    }
-                }
-            }
-            TopKey::A | TopKey::R => {
-                let wanted = match m.kind {
-                    KrpcKind::Query => TopKey::A,
-                    KrpcKind::Response => TopKey::R,
-                    KrpcKind::Error => continue,
-                };
-                if k == wanted {
-                    match val.as_dict() {
-                        Some(body) => m.body = Some(body),
-                        None => m.note(AnomalyKind::WrongType, name),
-                    }
-                }
-            }
-            TopKey::E => {
-                if m.kind == KrpcKind::Error {
-                    parse_error_list(m, val);
-                }
-            }
-            TopKey::V => match val.as_bytes() {
-                Some(v) => m.version = Some(v),
-                None => m.note(AnomalyKind::WrongType, name),
-            },
-            TopKey::Ip => match val.as_bytes() {
-                Some(b) => match compact_peer(b) {
-                    Some(addr) => m.ip = Some(addr),
-                    None => m.note(AnomalyKind::BadLength, name),
-                },
-                None => m.note(AnomalyKind::WrongType, name),
-            },
-            TopKey::Ro => match val.as_int() {
-                Some(n) => m.read_only = n != 0,
-                None => m.note(AnomalyKind::WrongType, name),
-            },
-        }
+/// One top-level entry of a message of kind `m.kind`, in wire order.
+fn top_entry<'a>(
+    m: &mut KrpcMessage<'a>,
+    notes: &mut Notes,
+    seen: &mut Seen,
+    have_tid: &mut bool,
+    name: &'static str,
+    k: TopKey,
+    val: Value<'a>,
+) {
+    if !seen.first(k as u32) {
+        notes.note(AnomalyKind::DuplicateKey, name);
+        return;
     }
-    if !have_tid && !m.has_anomaly_on("t") {
-        m.note(AnomalyKind::Missing, "t");
-    }
-    if m.kind == KrpcKind::Error && m.error_code.is_none() && !m.has_anomaly_on("e") {
-        m.note(AnomalyKind::Missing, "e");
+    match k {
+        TopKey::T => match val.as_bytes() {
+            Some(t) => {
+                m.tid = t;
+                *have_tid = true;
+            }
+            None => notes.note(AnomalyKind::WrongType, name),
+        },
+        // Decoded apart: it decides the kind.
+        TopKey::Y => {}
+        TopKey::Q => {
+            if m.kind == KrpcKind::Query {
+                match val.as_bytes() {
+                    Some(q) => {
+                        m.method_name = Some(q);
+                        m.method = Some(Method::from_name(q));
+                    }
+                    None => notes.note(AnomalyKind::WrongType, name),
+                }
+            }
+        }
+        TopKey::A | TopKey::R => {
+            let wanted = match m.kind {
+                KrpcKind::Query => TopKey::A,
+                KrpcKind::Response => TopKey::R,
+                KrpcKind::Error => return,
+            };
+            if k == wanted {
+                match val.as_dict() {
+                    Some(body) => m.body = Some(body),
+                    None => notes.note(AnomalyKind::WrongType, name),
+                }
+            }
+        }
+        TopKey::E => {
+            if m.kind == KrpcKind::Error {
+                parse_error_list(m, notes, val);
+            }
+        }
+        TopKey::V => match val.as_bytes() {
+            Some(v) => m.version = Some(v),
+            None => notes.note(AnomalyKind::WrongType, name),
+        },
+        TopKey::Ip => match val.as_bytes() {
+            Some(b) => match compact_peer(b) {
+                Some(addr) => m.ip = Some(addr),
+                None => notes.note(AnomalyKind::BadLength, name),
+            },
+            None => notes.note(AnomalyKind::WrongType, name),
+        },
+        TopKey::Ro => match val.as_int() {
+            Some(n) => m.read_only = n != 0,
+            None => notes.note(AnomalyKind::WrongType, name),
+        },
     }
 }
 
 /// `e`: `[code, message]` (BEP 5). Clients disagree on little here, but a
 /// missing message or a string code is still reported.
-fn parse_error_list<'a>(m: &mut KrpcMessage<'a>, val: Value<'a>) {
+fn parse_error_list<'a>(m: &mut KrpcMessage<'a>, notes: &mut Notes, val: Value<'a>) {
     let Some(list) = val.as_list() else {
-        m.note(AnomalyKind::WrongType, "e");
+        notes.note(AnomalyKind::WrongType, "e");
         return;
     };
     let mut items = list.iter();
     match items.next().map(|v| v.as_int()) {
         Some(Some(code)) => m.error_code = Some(code),
-        Some(None) => m.note(AnomalyKind::WrongType, "e"),
-        None => m.note(AnomalyKind::BadLength, "e"),
+        Some(None) => notes.note(AnomalyKind::WrongType, "e"),
+        None => notes.note(AnomalyKind::BadLength, "e"),
     }
     match items.next().map(|v| v.as_bytes()) {
         Some(Some(msg)) => m.error_msg = Some(msg),
-        Some(None) => m.note(AnomalyKind::WrongType, "e"),
-        None => m.note(AnomalyKind::BadLength, "e"),
+        Some(None) => notes.note(AnomalyKind::WrongType, "e"),
+        None => notes.note(AnomalyKind::BadLength, "e"),
     }
 }
 
-fn parse_body<'a>(m: &mut KrpcMessage<'a>, body: Dict<'a>, scope: KeyScope) {
-    let mut seen = Seen::default();
-    for (key, val, raw) in body.iter_raw() {
-        let Some((name, k)) = BodyKey::lookup(key, scope) else {
-            continue;
-        };
-        if !seen.first(k as u32) {
-            m.note(AnomalyKind::DuplicateKey, name);
-            continue;
+/// Good and bad entries of a `values` list: compact peers, and the rest.
+fn values_counts(list: List<'_>) -> (usize, usize) {
+    let (mut valid, mut bad) = (0, 0);
+    for v in list.iter() {
+        if v.as_bytes().and_then(compact_peer).is_some() {
+            valid += 1;
+        } else {
+            bad += 1;
         }
-        match k {
-            BodyKey::Id => m.id = id20(m, name, val),
-            BodyKey::Target => m.target = id20(m, name, val),
-            BodyKey::InfoHash => m.info_hash = id20(m, name, val),
-            BodyKey::Token => m.token = bytes(m, name, val),
-            BodyKey::Name => m.name = bytes(m, name, val),
-            BodyKey::Port => {
-                if let Some(p) = int(m, name, val) {
-                    match u16::try_from(p) {
-                        Ok(p) => m.port = Some(p),
-                        Err(_) => m.note(AnomalyKind::OutOfRange, name),
-                    }
+    }
+    (valid, bad)
+}
+
+/// One entry of the body, in wire order: `raw` is the value's exact
+/// encoding; `counts`, for a `values` list, its good and bad entries
+/// when the walk counted them already.
+#[allow(clippy::too_many_arguments)]
+fn body_entry<'a>(
+    m: &mut KrpcMessage<'a>,
+    notes: &mut Notes,
+    seen: &mut Seen,
+    name: &'static str,
+    k: BodyKey,
+    val: Value<'a>,
+    raw: &'a [u8],
+    counts: Option<(usize, usize)>,
+) {
+    if !seen.first(k as u32) {
+        notes.note(AnomalyKind::DuplicateKey, name);
+        return;
+    }
+    match k {
+        BodyKey::Id => m.id = id20(notes, name, val),
+        BodyKey::Target => m.target = id20(notes, name, val),
+        BodyKey::InfoHash => m.info_hash = id20(notes, name, val),
+        BodyKey::Token => m.token = bytes(notes, name, val),
+        BodyKey::Name => m.name = bytes(notes, name, val),
+        BodyKey::Port => {
+            if let Some(p) = int(notes, name, val) {
+                match u16::try_from(p) {
+                    Ok(p) => m.port = Some(p),
+                    Err(_) => notes.note(AnomalyKind::OutOfRange, name),
                 }
             }
-            BodyKey::ImpliedPort => m.implied_port = int(m, name, val).map(|n| n != 0),
-            BodyKey::Seed => m.seed = int(m, name, val).map(|n| n != 0),
-            BodyKey::Scrape => m.scrape = int(m, name, val).map(|n| n != 0),
-            BodyKey::NoSeed => m.noseed = int(m, name, val).map(|n| n != 0),
-            BodyKey::Want => match val.as_list() {
-                Some(list) => {
-                    let mut want = Want {
-                        n4: false,
-                        n6: false,
-                        list,
-                    };
-                    for v in list.iter() {
-                        match v.as_bytes() {
-                            Some(b"n4") => want.n4 = true,
-                            Some(b"n6") => want.n6 = true,
-                            _ => {}
-                        }
-                    }
-                    m.want = Some(want);
-                }
-                None => m.note(AnomalyKind::WrongType, name),
-            },
-            BodyKey::Nodes => {
-                if let Some(raw) = packed(m, name, val, NODE4_LEN) {
-                    m.nodes = Some(CompactNodes4 { raw });
-                }
-            }
-            BodyKey::Nodes6 => {
-                if let Some(raw) = packed(m, name, val, NODE6_LEN) {
-                    m.nodes6 = Some(CompactNodes6 { raw });
-                }
-            }
-            BodyKey::Samples => {
-                if let Some(raw) = packed(m, name, val, ID_LEN) {
-                    m.samples = Some(Samples { raw });
-                }
-            }
-            BodyKey::Values => match val.as_list() {
-                Some(list) => {
-                    let mut n_valid = 0;
-                    let mut n_bad = 0;
-                    for v in list.iter() {
-                        if v.as_bytes().and_then(compact_peer).is_some() {
-                            n_valid += 1;
-                        } else {
-                            n_bad += 1;
-                        }
-                    }
-                    // One anomaly per list, not per entry: a hostile list of
-                    // junk should not drown the others.
-                    if n_bad > 0 {
-                        m.note(AnomalyKind::BadEntry, name);
-                    }
-                    m.values = Some(Values { list, n_valid });
-                }
-                None => m.note(AnomalyKind::WrongType, name),
-            },
-            BodyKey::BfSeeds => m.bf_seeds = exact(m, name, val, BLOOM_LEN),
-            BodyKey::BfPeers => m.bf_peers = exact(m, name, val, BLOOM_LEN),
-            BodyKey::Key => m.key = exact(m, name, val, BEP44_KEY_LEN),
-            BodyKey::Sig => m.sig = exact(m, name, val, BEP44_SIG_LEN),
-            BodyKey::Salt => {
-                m.salt = bytes(m, name, val);
-                if m.salt.is_some_and(|s| s.len() > BEP44_MAX_SALT_LEN) {
-                    m.note(AnomalyKind::BadLength, name);
-                }
-            }
-            BodyKey::Seq => m.seq = int(m, name, val),
-            BodyKey::Cas => m.cas = int(m, name, val),
-            BodyKey::Item => {
-                // Any bencoded type is legal; keep the exact encoding, which
-                // is what BEP 44 signs and hashes.
-                m.item = Some(raw);
-                if raw.len() > BEP44_MAX_V_LEN {
-                    m.note(AnomalyKind::BadLength, name);
-                }
-            }
-            BodyKey::Interval => m.interval = int(m, name, val),
-            BodyKey::Num => m.num = int(m, name, val),
         }
+        BodyKey::ImpliedPort => m.implied_port = int(notes, name, val).map(|n| n != 0),
+        BodyKey::Seed => m.seed = int(notes, name, val).map(|n| n != 0),
+        BodyKey::Scrape => m.scrape = int(notes, name, val).map(|n| n != 0),
+        BodyKey::NoSeed => m.noseed = int(notes, name, val).map(|n| n != 0),
+        BodyKey::Want => match val.as_list() {
+            Some(list) => {
+                let mut want = Want {
+                    n4: false,
+                    n6: false,
+                    list,
+                };
+                for v in list.iter() {
+                    match v.as_bytes() {
+                        Some(b"n4") => want.n4 = true,
+                        Some(b"n6") => want.n6 = true,
+                        _ => {}
+                    }
+                }
+                m.want = Some(want);
+            }
+            None => notes.note(AnomalyKind::WrongType, name),
+        },
+        BodyKey::Nodes => {
+            if let Some(raw) = packed(notes, name, val, NODE4_LEN) {
+                m.nodes = Some(CompactNodes4 { raw });
+            }
+        }
+        BodyKey::Nodes6 => {
+            if let Some(raw) = packed(notes, name, val, NODE6_LEN) {
+                m.nodes6 = Some(CompactNodes6 { raw });
+            }
+        }
+        BodyKey::Samples => {
+            if let Some(raw) = packed(notes, name, val, ID_LEN) {
+                m.samples = Some(Samples { raw });
+            }
+        }
+        BodyKey::Values => match val.as_list() {
+            Some(list) => {
+                let (n_valid, n_bad) = counts.unwrap_or_else(|| values_counts(list));
+                // One anomaly per list, not per entry: a hostile list of
+                // junk should not drown the others.
+                if n_bad > 0 {
+                    notes.note(AnomalyKind::BadEntry, name);
+                }
+                m.values = Some(Values { list, n_valid });
+            }
+            None => notes.note(AnomalyKind::WrongType, name),
+        },
+        BodyKey::BfSeeds => m.bf_seeds = exact(notes, name, val, BLOOM_LEN),
+        BodyKey::BfPeers => m.bf_peers = exact(notes, name, val, BLOOM_LEN),
+        BodyKey::Key => m.key = exact(notes, name, val, BEP44_KEY_LEN),
+        BodyKey::Sig => m.sig = exact(notes, name, val, BEP44_SIG_LEN),
+        BodyKey::Salt => {
+            m.salt = bytes(notes, name, val);
+            if m.salt.is_some_and(|s| s.len() > BEP44_MAX_SALT_LEN) {
+                notes.note(AnomalyKind::BadLength, name);
+            }
+        }
+        BodyKey::Seq => m.seq = int(notes, name, val),
+        BodyKey::Cas => m.cas = int(notes, name, val),
+        BodyKey::Item => {
+            // Any bencoded type is legal; keep the exact encoding, which
+            // is what BEP 44 signs and hashes.
+            m.item = Some(raw);
+            if raw.len() > BEP44_MAX_V_LEN {
+                notes.note(AnomalyKind::BadLength, name);
+            }
+        }
+        BodyKey::Interval => m.interval = int(notes, name, val),
+        BodyKey::Num => m.num = int(notes, name, val),
     }
 }
 
-fn bytes<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>) -> Option<&'a [u8]> {
+fn bytes<'a>(notes: &mut Notes, name: &'static str, val: Value<'a>) -> Option<&'a [u8]> {
     let b = val.as_bytes();
     if b.is_none() {
-        m.note(AnomalyKind::WrongType, name);
+        notes.note(AnomalyKind::WrongType, name);
     }
     b
 }
 
-fn int(m: &mut KrpcMessage<'_>, name: &'static str, val: Value<'_>) -> Option<i64> {
+fn int(notes: &mut Notes, name: &'static str, val: Value<'_>) -> Option<i64> {
     let n = val.as_int();
     if n.is_none() {
-        m.note(AnomalyKind::WrongType, name);
+        notes.note(AnomalyKind::WrongType, name);
     }
     n
 }
 
 /// A string of exactly `len` bytes; any other length is an anomaly and the
 /// field is left empty (a wrong-size key or filter cannot be interpreted).
-fn exact<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>, len: usize) -> Option<&'a [u8]> {
-    let b = bytes(m, name, val)?;
+fn exact<'a>(notes: &mut Notes, name: &'static str, val: Value<'a>, len: usize) -> Option<&'a [u8]> {
+    let b = bytes(notes, name, val)?;
     if b.len() == len {
         Some(b)
     } else {
-        m.note(AnomalyKind::BadLength, name);
+        notes.note(AnomalyKind::BadLength, name);
         None
     }
 }
 
-fn id20<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>) -> Option<&'a [u8; ID_LEN]> {
-    exact(m, name, val, ID_LEN).and_then(|b| b.try_into().ok())
+fn id20<'a>(notes: &mut Notes, name: &'static str, val: Value<'a>) -> Option<&'a [u8; ID_LEN]> {
+    exact(notes, name, val, ID_LEN).and_then(|b| b.try_into().ok())
 }
 
 /// A packed string of `entry`-sized records. A trailing partial record is an
 /// anomaly but the whole records before it stay usable (the iterators use
 /// `chunks_exact`).
-fn packed<'a>(m: &mut KrpcMessage<'a>, name: &'static str, val: Value<'a>, entry: usize) -> Option<&'a [u8]> {
-    let b = bytes(m, name, val)?;
+fn packed<'a>(notes: &mut Notes, name: &'static str, val: Value<'a>, entry: usize) -> Option<&'a [u8]> {
+    let b = bytes(notes, name, val)?;
     if b.len() % entry != 0 {
-        m.note(AnomalyKind::BadLength, name);
+        notes.note(AnomalyKind::BadLength, name);
     }
     Some(b)
 }
@@ -2203,6 +2528,12 @@ mod tests {
                 Err(e) => panic!("{rel} frame {}: {e}", dg.frame),
             };
             exercise(&m);
+            let old = reference::parse_krpc(&dg.payload, &lim());
+            assert!(
+                reference::same(&old, &Ok(m)),
+                "{rel} frame {}: the old parser differs",
+                dg.frame
+            );
             got.push(summary(dg.frame, &m));
             let anomalies = kinds(&m)
                 .iter()
