@@ -137,6 +137,50 @@ pub struct DhtShard {
     limits: DhtLimits,
     pending: PendingQueries,
     names: ClientNames,
+    /// Rows and observations pushed since the shard's output was last
+    /// taken, and as many in the step before: the next step's vectors are
+    /// reserved from it (see [`StepSizes`]).
+    sizes: StepSizes,
+}
+
+/// How much a shard pushed into its DHT outputs in one step. The pipeline
+/// takes a shard's output vectors whole after each step (so that a shard
+/// keeps no capacity of its largest step), and they then regrew from empty
+/// by doubling, copying the wide KRPC rows several times a step; reserved
+/// at the step's first datagram with what the last step took (plus a
+/// quarter), they are allocated once.
+#[derive(Debug, Default)]
+struct StepSizes {
+    /// This step so far: dht_messages, dht_peers, observations.
+    now: [usize; 3],
+    last: [usize; 3],
+}
+
+impl StepSizes {
+    /// Called before a datagram's output is pushed: a new step when the
+    /// messages vector was taken (no buffer).
+    fn reserve(&mut self, out: &mut ShardOut) {
+        if out.rows.dht_messages.capacity() != 0 {
+            return;
+        }
+        self.last = self.now;
+        self.now = [0; 3];
+        let want = |n: usize| n + n / 4 + 4;
+        out.rows.dht_messages.reserve(want(self.last[0]));
+        if out.rows.dht_peers.is_empty() {
+            out.rows.dht_peers.reserve(want(self.last[1]));
+        }
+        if out.dht.is_empty() {
+            out.dht.reserve(want(self.last[2]));
+        }
+    }
+
+    fn count(&mut self, out: &ShardOut, before: [usize; 3]) {
+        let after = [out.rows.dht_messages.len(), out.rows.dht_peers.len(), out.dht.len()];
+        for ((n, a), b) in self.now.iter_mut().zip(after).zip(before) {
+            *n += a.saturating_sub(b);
+        }
+    }
 }
 
 impl DhtShard {
@@ -149,6 +193,7 @@ impl DhtShard {
             limits: l,
             pending: PendingQueries::new(&l),
             names: ClientNames::default(),
+            sizes: StepSizes::default(),
         }
     }
 
@@ -220,10 +265,13 @@ impl DhtShard {
             KrpcKind::Response | KrpcKind::Error => query = self.pending.take(m.tid, dst, src),
         }
 
+        self.sizes.reserve(out);
+        let before = [out.rows.dht_messages.len(), out.rows.dht_peers.len(), out.dht.len()];
         self.peers(ctx, conn_id, src, &m, query, out);
         self.observe(ctx, src, &m, query, out);
         let row = message_row(ctx, src, dst, &m, query, &mut self.names, out);
         out.rows.dht_messages.push(row);
+        self.sizes.count(out, before);
         true
     }
 
