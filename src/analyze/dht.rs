@@ -578,12 +578,33 @@ struct InfohashState {
 /// 39 bytes (a `SocketAddr` alone takes 32), IPv4 kept as its mapped IPv6
 /// form with a flag so that an IPv4-mapped address sent in `nodes6` stays
 /// IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct NodeKey {
     id: [u8; ID_LEN],
     ip: [u8; 16],
     port: [u8; 2],
     v4: bool,
+}
+
+/// Three words instead of four length-prefixed byte strings (the derived
+/// hash): every field goes in, so equal keys hash equal and the table's
+/// order-free use (rows come out in order of first sight) is unchanged.
+impl std::hash::Hash for NodeKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        let [a, b, c, d, e, f, g, i, j, k, l, m, n, o, p, q, r, s, t, u] = self.id;
+        h.write_u128(u128::from_le_bytes([a, b, c, d, e, f, g, i, j, k, l, m, n, o, p, q]));
+        h.write_u64(u64::from_le_bytes([
+            r,
+            s,
+            t,
+            u,
+            self.port[0],
+            self.port[1],
+            u8::from(self.v4),
+            0,
+        ]));
+        h.write_u128(u128::from_le_bytes(self.ip));
+    }
 }
 
 impl NodeKey {

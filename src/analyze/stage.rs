@@ -802,7 +802,11 @@ fn finish_rows(rows: &mut RowBatch) {
     rows.tracker_announces.sort_by_key(|r| (r.ts, r.frame));
     rows.tracker_peers.sort_by_key(|r| (r.ts, r.frame));
     rows.tracker_scrapes.sort_by_key(|r| (r.ts, r.frame));
-    rows.flows.sort_by_key(|r| r.conn_id);
+    // Flows end in sweep order, not in id order, and their rows are wide
+    // (text columns): sorted as the KRPC rows, by key, each row moved once.
+    if !rows.flows.is_sorted_by_key(|r| r.conn_id) {
+        rows.flows.sort_by_cached_key(|r| r.conn_id);
+    }
     rows.connections.sort_by_key(|r| r.conn_id);
 }
 
