@@ -16,6 +16,7 @@ use crate::config::Limits;
 use crate::dissect::Identified;
 use crate::flow::{AppRef, Chunk, FlowApps, FlowInfo, FlowSummary, ORIG, RESP};
 use crate::proto::peer_wire::TorrentShape;
+use crate::sink::typed::ip_string;
 use crate::sink::{FlowRow, RowBatch, Ts};
 
 /// Shared, read-only context for all shards.
@@ -68,9 +69,9 @@ impl ShardApps {
             conn_id: f.info.conn_id,
             capture: self.out.capture_name(f.info.capture),
             proto: if f.tcp { "tcp" } else { "udp" },
-            orig_ip: ends[ORIG].ip().to_string(),
+            orig_ip: ip_string(ends[ORIG].ip()),
             orig_port: u32::from(ends[ORIG].port()),
-            resp_ip: ends[RESP].ip().to_string(),
+            resp_ip: ip_string(ends[RESP].ip()),
             resp_port: u32::from(ends[RESP].port()),
             first_ts: Ts(f.info.first_ts),
             last_ts: Ts(f.last_ts),

@@ -528,10 +528,10 @@ impl<'a> KrpcMessage<'a> {
     /// re-walks the dicts, and only when the parse counted some.
     pub fn unknown_keys(&self) -> impl Iterator<Item = (KeyScope, &'a [u8])> + 'a {
         let any = self.n_unknown > 0;
-        let top = self
-            .dict
+        // Without unknown keys, an empty dict: nothing is walked.
+        let dict = if any { self.dict } else { Dict::validated(b"de") };
+        let top = dict
             .iter()
-            .take_while(move |_| any)
             .filter(|(k, _)| TopKey::lookup(k).is_none())
             .map(|(k, _)| (KeyScope::Top, k));
         let scope = match self.kind {
