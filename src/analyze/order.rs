@@ -125,10 +125,8 @@ mod tests {
             run.sort_by_key(|r| r.0);
             random.push(run);
         }
-        let mut tag = 0;
-        for r in random.iter_mut().flatten() {
-            r.1 = tag;
-            tag += 1;
+        for (tag, r) in random.iter_mut().flatten().enumerate() {
+            r.1 = tag as u32;
         }
         let mut cases = cases;
         cases.push(random);
