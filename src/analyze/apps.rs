@@ -16,6 +16,7 @@ use crate::config::Limits;
 use crate::dissect::Identified;
 use crate::flow::{AppRef, Chunk, FlowApps, FlowInfo, FlowSummary, ORIG, RESP};
 use crate::proto::peer_wire::TorrentShape;
+use crate::sink::community_id::{community_id, PROTO_TCP, PROTO_UDP};
 use crate::sink::typed::ip_string;
 use crate::sink::{FlowRow, RowBatch, Ts};
 
@@ -88,8 +89,19 @@ impl ShardApps {
             retrans_bytes: f.retrans_bytes,
             end_reason: f.end_reason,
             n_bad_checksums: f.n_bad_checksums,
-            // Filled by the writer from the 5-tuple (sink::fill_community_ids).
-            ..Default::default()
+            // From the typed 5-tuple here, in the shards, rather than
+            // parsed back from the row's text on the pipeline's thread
+            // (sink::fill_community_ids, which still fills connections
+            // and anything left empty): the same value.
+            community_id: community_id(
+                0,
+                if f.tcp { PROTO_TCP } else { PROTO_UDP },
+                ends[ORIG].ip(),
+                ends[ORIG].port(),
+                ends[RESP].ip(),
+                ends[RESP].port(),
+            )
+            .unwrap_or_default(),
         }
     }
 
