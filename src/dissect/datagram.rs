@@ -14,7 +14,12 @@ use crate::proto::utp::{parse_utp, utp_confidence, UtpConfidence, UtpPacket, Utp
 /// (no check of the last byte): a truncated or malformed message that looks
 /// like KRPC is handed to the parser, which reports it.
 pub fn is_krpc(d: &[u8]) -> bool {
-    d.first() == Some(&b'd') && memchr::memmem::find(d, b"1:y1:").is_some()
+    const Y: &[u8] = b"1:y1:";
+    // `y` is the last key of a message with sorted keys (`...1:y1:qe`):
+    // found there at once, the search of the whole datagram (about 570
+    // instructions on DHT traffic) only for the others. The same answer.
+    let at_end = d.len().checked_sub(7).and_then(|i| d.get(i..i + Y.len())) == Some(Y);
+    d.first() == Some(&b'd') && (at_end || memchr::memmem::find(d, Y).is_some())
 }
 
 /// LSD: `BT-SEARCH * HTTP/1.1` (BEP 14).
