@@ -615,20 +615,22 @@ pub fn parse_krpc<'a>(d: &'a [u8], limits: &DhtLimits) -> Result<KrpcMessage<'a>
         Some(b"1:y1:ee") => KrpcKind::Error,
         _ => KrpcKind::Response,
     };
-    let walked = Walk::new(d, limits).message(guess).map_err(DhtError::Bencode)?;
-    let kind = match walked.y {
+    let mut w = Walked::new(d, guess);
+    Walk::new(d, limits).message(guess, &mut w).map_err(DhtError::Bencode)?;
+    let kind = match w.y {
         Some(Value::Bytes(b"q")) => KrpcKind::Query,
         Some(Value::Bytes(b"r")) => KrpcKind::Response,
         Some(Value::Bytes(b"e")) => KrpcKind::Error,
         Some(Value::Bytes(_)) => return Err(DhtError::UnknownType),
         _ => return Err(DhtError::MissingType),
     };
-    if kind == guess {
-        return Ok(walked.finish());
+    if kind != guess {
+        // The datagram validated once already: this walk cannot fail.
+        w = Walked::new(d, kind);
+        Walk::new(d, limits).message(kind, &mut w).map_err(DhtError::Bencode)?;
     }
-    // The datagram validated once already: this walk cannot fail.
-    let again = Walk::new(d, limits).message(kind).map_err(DhtError::Bencode)?;
-    Ok(again.finish())
+    w.finish();
+    Ok(w.m)
 }
 
 /// A message as one walk found it, before the checks that need the whole
@@ -647,11 +649,23 @@ struct Walked<'a> {
 }
 
 impl<'a> Walked<'a> {
+    fn new(buf: &'a [u8], kind: KrpcKind) -> Self {
+        Walked {
+            m: KrpcMessage::empty(Dict::validated(buf), kind),
+            y: None,
+            used: 0,
+            len: buf.len(),
+            have_tid: false,
+            top: Notes::default(),
+            body: Notes::default(),
+        }
+    }
+
     /// The anomalies in the order of the walks the message used to take:
     /// trailing bytes, the top level, what it lacks, then the body.
-    fn finish(self) -> KrpcMessage<'a> {
+    fn finish(&mut self) {
         let Walked {
-            mut m,
+            m,
             used,
             len,
             have_tid,
@@ -662,8 +676,8 @@ impl<'a> Walked<'a> {
         if used != len {
             m.notes.note(AnomalyKind::TrailingBytes, "");
         }
-        m.notes.append(&top);
-        if !have_tid && !m.has_anomaly_on("t") {
+        m.notes.append(top);
+        if !*have_tid && !m.has_anomaly_on("t") {
             m.notes.note(AnomalyKind::Missing, "t");
         }
         if m.kind == KrpcKind::Error && m.error_code.is_none() && !m.has_anomaly_on("e") {
@@ -686,12 +700,11 @@ impl<'a> Walked<'a> {
             KrpcKind::Error => {}
         }
         if m.body.is_some() {
-            m.notes.append(&body);
+            m.notes.append(body);
             if m.id.is_none() && !m.has_anomaly_on("id") {
                 m.notes.note(AnomalyKind::Missing, "id");
             }
         }
-        m
     }
 }
 
@@ -780,11 +793,19 @@ impl<'a> Walk<'a> {
     }
 
     /// The message dict, walked as a message of `kind`.
-    fn message(mut self, kind: KrpcKind) -> Result<Walked<'a>, BencodeError> {
+    /// `w`, fresh from [`Walked::new`] with the same kind, is filled in
+    /// place (a message is about a kilobyte: moving it through the walk's
+    /// results cost more than a walk of its keys).
+    fn message(mut self, kind: KrpcKind, w: &mut Walked<'a>) -> Result<(), BencodeError> {
         let buf = self.buf;
-        let mut m = KrpcMessage::empty(Dict::validated(buf), kind);
-        let (mut y, mut have_tid) = (None, false);
-        let (mut top, mut body_notes) = (Notes::default(), Notes::default());
+        let Walked {
+            m,
+            y,
+            have_tid,
+            top,
+            body: body_notes,
+            ..
+        } = w;
         let (wanted, scope) = match kind {
             KrpcKind::Query => (Some(TopKey::A), KeyScope::Args),
             KrpcKind::Response => (Some(TopKey::R), KeyScope::Reply),
@@ -798,7 +819,7 @@ impl<'a> Walk<'a> {
             let body =
                 matches!(known, Some((_, k)) if Some(k) == wanted && !seen.has(k as u32)) && self.byte(start)? == b'd';
             let (val, end) = if body {
-                let end = self.body(start, scope, &mut m, &mut body_notes)?;
+                let end = self.body(start, scope, m, body_notes)?;
                 let raw = buf.get(start..end).ok_or(BencodeError::Truncated)?;
                 (Value::Dict(Dict::validated(raw)), end)
             } else {
@@ -806,25 +827,18 @@ impl<'a> Walk<'a> {
             };
             pos = end;
             if key == b"y" && y.is_none() {
-                y = Some(val);
+                *y = Some(val);
             }
             match known {
-                Some((name, k)) => top_entry(&mut m, &mut top, &mut seen, &mut have_tid, name, k, val),
+                Some((name, k)) => top_entry(m, top, &mut seen, have_tid, name, k, val),
                 None => m.n_unknown = m.n_unknown.saturating_add(1),
             }
         }
         // Past the closing `e`.
         let used = pos + 1;
         m.dict = Dict::validated(buf.get(..used).ok_or(BencodeError::Truncated)?);
-        Ok(Walked {
-            m,
-            y,
-            used,
-            len: buf.len(),
-            have_tid,
-            top,
-            body: body_notes,
-        })
+        w.used = used;
+        Ok(())
     }
 
     /// The body dict (`a` or `r`) at `pos`, inside the message: its fields
