@@ -4,10 +4,13 @@
 //! each batch: frames are decoded in parallel; packets are partitioned by a
 //! stable flow hash into a fixed number of shards; shards run in parallel,
 //! each owning its flows; their rows and swarm events are merged in shard
-//! order and sorted by frame, the swarm state is updated sequentially, and
-//! the rows go to the Parquet writer thread. Batch boundaries depend only on
-//! the input, and the shard count is fixed, so the output is the same for
-//! any number of threads.
+//! order and sorted by frame, the swarm state is updated sequentially (the
+//! stage, on the calling thread, while the worker threads already run the
+//! shards over the next step: see `Engine::shards_step`), and the rows go
+//! to the Parquet writer thread. Batch boundaries depend only on the
+//! input, the shard count is fixed, and what the stage hands back to the
+//! shards reaches them at the same step whatever the thread count, so the
+//! output is the same for any number of threads.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
