@@ -203,21 +203,26 @@ struct AnomalyGate {
     /// several inputs they belong to none (capture empty) and are counted
     /// under "" (see `capture_stats.n_anomalies` in docs/SCHEMA.md).
     only: Option<String>,
+    /// Anomalies counted per capture name since the engine last took them
+    /// (`Engine::take_counts`, `finish`): kept apart from the decode
+    /// counters, which the shards' step updates while the gate runs.
+    counts: HashMap<String, u64>,
 }
 
 impl AnomalyGate {
     /// Counts and caps a step's rows; returns whether a kind reached the
     /// cap in this step (the shards are then told, see `full_kinds`).
-    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) -> bool {
+    fn filter(&mut self, rows: &mut RowBatch) -> bool {
         let max = self.max_rows;
         let seen = &mut self.seen;
         let only = &self.only;
+        let counts = &mut self.counts;
         let mut newly_full = false;
         rows.anomalies.retain_mut(|a| {
             if let (true, Some(name)) = (a.capture.is_empty(), only) {
                 a.capture.clone_from(name);
             }
-            counts.entry(a.capture.clone()).or_default().anomalies += 1;
+            *counts.entry(a.capture.clone()).or_default() += 1;
             let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
             *n += 1;
             newly_full |= *n == max;
@@ -238,20 +243,35 @@ impl AnomalyGate {
     }
 
     /// Counts the rows the shards did not build (their kind was full), as
-    /// taken from them by [`Engine::collect`].
-    fn count_withheld(
-        &self,
-        withheld: Vec<(Option<u32>, u64)>,
-        names: &[String],
-        counts: &mut HashMap<String, DecodeCounts>,
-    ) {
+    /// taken from them by `collect`.
+    fn count_withheld(&mut self, withheld: Vec<(Option<u32>, u64)>, names: &[String]) {
         for (capture, n) in withheld {
             let name = match capture.and_then(|c| names.get(c as usize)).or(self.only.as_ref()) {
                 Some(name) => name.clone(),
                 None => String::new(),
             };
-            counts.entry(name).or_default().anomalies += n;
+            *self.counts.entry(name).or_default() += n;
         }
+    }
+
+    /// A step's rows after its stage: counted and capped (the final step's
+    /// are gated by `finish`). Returns them, and whether a kind filled.
+    fn step(
+        &mut self,
+        withheld: Vec<(Option<u32>, u64)>,
+        names: &[String],
+        mut rows: RowBatch,
+        kind: StepKind,
+        summary: &mut RunSummary,
+    ) -> (RowBatch, bool) {
+        self.count_withheld(withheld, names);
+        if kind == StepKind::Final {
+            return (rows, false);
+        }
+        let newly_full = self.filter(&mut rows);
+        summary.n_messages += rows.peer_messages.len() as u64;
+        summary.n_connections += rows.connections.len() as u64;
+        (rows, newly_full)
     }
 }
 
@@ -397,6 +417,7 @@ impl Engine {
                 max_rows: settings.limits.max_anomaly_rows_per_kind,
                 seen: HashMap::new(),
                 only,
+                counts: HashMap::new(),
             },
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
@@ -429,61 +450,35 @@ impl Engine {
         self.shards.iter().map(|s| s.n_flows()).sum()
     }
 
-    /// Takes what the shards produced in a step (with the packets'
-    /// decode anomalies, `rows`), for the stage.
+    /// Takes what the shards produced in a step, for the stage.
     fn collect(&mut self, rows: RowBatch) -> PendingStep {
-        let mut withheld = Vec::new();
-        for s in self.shards.iter_mut() {
-            withheld.extend(std::mem::take(&mut s.apps.out.anomalies_withheld));
-        }
-        let input = collect_step(&mut self.shards, rows);
         let join = self.settings.limits.metadata_join_frames;
-        let barrier = input
-            .metadata
-            .iter()
-            .map(|p| (p.ctx.capture, p.ctx.frame.saturating_add(join)))
-            .min();
-        PendingStep {
-            input,
-            withheld,
-            watermark: self.watermark,
-            barrier,
-        }
+        collect(&mut self.shards, rows, self.watermark, join)
     }
 
-    /// What follows a step's stage: rebuilt metadata reaches the shards,
-    /// and the rows come back gated and counted (the final step's are gated
-    /// by `finish`).
-    fn close_step(
-        &mut self,
-        withheld: Vec<(Option<u32>, u64)>,
-        mut rows: RowBatch,
-        known: Option<Arc<KnownTorrents>>,
-        kind: StepKind,
-    ) -> RowBatch {
-        self.gate.count_withheld(withheld, &self.names, &mut self.counts);
+    /// What a step's stage hands back to the shards, given to them before
+    /// their next step: rebuilt metadata, and the anomaly kinds that
+    /// reached their row cap when one more did (`newly_full`).
+    fn feed_back(&mut self, known: Option<Arc<KnownTorrents>>, newly_full: bool) {
         if let Some(known) = known {
             for s in self.shards.iter_mut() {
                 s.apps.out.known = known.clone();
             }
         }
-        if kind != StepKind::Final && self.gate.filter(&mut rows, &mut self.counts) {
+        if newly_full {
             let full = Arc::new(self.gate.full_kinds());
             for s in self.shards.iter_mut() {
                 s.apps.out.full_kinds = full.clone();
             }
         }
-        if kind != StepKind::Final {
-            self.summary.n_messages += rows.peer_messages.len() as u64;
-            self.summary.n_connections += rows.connections.len() as u64;
-        }
-        rows
     }
 
-    /// A step's stage, now, on this thread.
+    /// A step's stage, now, on this thread: its rows, gated and counted.
     fn stage_now(&mut self, p: PendingStep, kind: StepKind) -> RowBatch {
         let (rows, known) = self.stage.step(p.input, kind, p.watermark);
-        self.close_step(p.withheld, rows, known, kind)
+        let (rows, newly_full) = self.gate.step(p.withheld, &self.names, rows, kind, &mut self.summary);
+        self.feed_back(known, newly_full);
+        rows
     }
 
     /// The step every path that ends flows outside a batch takes once the
@@ -552,32 +547,34 @@ impl Engine {
             self.flush(emit)?;
         }
         let pending = self.pending.take();
-        let mut out: Option<RowBatch> = None;
-        let mut staged = None;
+        let join = self.settings.limits.metadata_join_frames;
+        let mut next: Option<PendingStep> = None;
+        let mut handed_back = None;
+        let mut emitted = Ok(());
         {
-            let (shards, counts, watermark, judge, stage) = (
-                &mut self.shards,
-                &mut self.counts,
-                &mut self.watermark,
-                &mut self.judge,
-                &mut self.stage,
-            );
-            let out = &mut out;
-            let staged = &mut staged;
+            let (shards, counts, watermark, judge) =
+                (&mut self.shards, &mut self.counts, &mut self.watermark, &mut self.judge);
+            let (stage, gate, summary, names) = (&mut self.stage, &mut self.gate, &mut self.summary, &self.names);
+            let (next, handed_back, emitted) = (&mut next, &mut handed_back, &mut emitted);
+            let emit = &mut *emit;
             self.pool.in_place_scope(move |s| {
-                s.spawn(move |_| *out = Some(work(shards, counts, watermark, judge)));
+                s.spawn(move |_| {
+                    let rows = work(shards, counts, watermark, judge);
+                    *next = Some(collect(shards, rows, *watermark, join));
+                });
                 if let Some(p) = pending {
                     let (rows, known) = stage.step(p.input, StepKind::Batch, p.watermark);
-                    *staged = Some((p.withheld, rows, known));
+                    let (rows, newly_full) = gate.step(p.withheld, names, rows, StepKind::Batch, summary);
+                    *emitted = emit(rows);
+                    *handed_back = Some((known, newly_full));
                 }
             });
         }
-        if let Some((withheld, rows, known)) = staged {
-            let rows = self.close_step(withheld, rows, known, StepKind::Batch);
-            emit(rows)?;
+        if let Some((known, newly_full)) = handed_back {
+            self.feed_back(known, newly_full);
         }
-        let p = self.collect(out.unwrap_or_default());
-        self.pending = Some(p);
+        self.pending = next;
+        emitted?;
         if !self.overlap {
             self.flush(emit)?;
         }
@@ -661,10 +658,9 @@ impl Engine {
     /// that ends), leaving them at zero. The anomalies of a pending step
     /// are counted once it is flushed (see [`flush`](Self::flush)).
     pub fn take_counts(&mut self, name: &str) -> CaptureCounts {
-        self.counts
-            .get_mut(name)
-            .map(|c| CaptureCounts::from(&std::mem::take(c)))
-            .unwrap_or_default()
+        let mut c = self.counts.get_mut(name).map(std::mem::take).unwrap_or_default();
+        c.anomalies += self.gate.counts.remove(name).unwrap_or(0);
+        CaptureCounts::from(&c)
     }
 
     /// Sizes of the long-lived state now (the swarm's as of the last step
@@ -744,7 +740,10 @@ impl Engine {
         }
         let mut rows = self.step(RowBatch::default(), StepKind::Final);
         self.stage.finish(&mut rows);
-        self.gate.filter(&mut rows, &mut self.counts);
+        self.gate.filter(&mut rows);
+        for (name, n) in std::mem::take(&mut self.gate.counts) {
+            self.counts.entry(name).or_default().anomalies += n;
+        }
         self.summary.n_connections += rows.connections.len() as u64;
         self.summary.n_messages += rows.peer_messages.len() as u64;
         self.summary.n_torrents = rows.torrents.len() as u64;
@@ -1104,6 +1103,28 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// Takes what the shards produced in a step (with the packets' decode
+/// anomalies, `rows`), for the stage; `watermark`: the latest packet time
+/// then; `join`: `metadata_join_frames`.
+fn collect(shards: &mut [Shard<ShardApps>], rows: RowBatch, watermark: i64, join: u64) -> PendingStep {
+    let mut withheld = Vec::new();
+    for s in shards.iter_mut() {
+        withheld.extend(std::mem::take(&mut s.apps.out.anomalies_withheld));
+    }
+    let input = collect_step(shards, rows);
+    let barrier = input
+        .metadata
+        .iter()
+        .map(|p| (p.ctx.capture, p.ctx.frame.saturating_add(join)))
+        .min();
+    PendingStep {
+        input,
+        withheld,
+        watermark,
+        barrier,
+    }
 }
 
 /// Takes what every shard produced during a step, for the stage.
