@@ -117,7 +117,7 @@ fn stream_init(info: &FlowInfo) -> StreamInit {
         conn_id: info.conn_id,
         flow_id: info.conn_id,
         capture: info.capture,
-        transport: "tcp",
+        transport: crate::sink::ConnTransport::Tcp,
         ends: info.ends,
         first_ts: info.first_ts,
         midstream: info.midstream,

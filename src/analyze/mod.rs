@@ -223,7 +223,7 @@ impl ShardOut {
                 conn_id: row.conn_id,
                 capture: init.capture,
                 ends: init.ends,
-                utp: init.transport == "utp",
+                utp: init.transport == crate::sink::ConnTransport::Utp,
             });
         }
         self.rows.connections.push(row);
@@ -231,6 +231,15 @@ impl ShardOut {
 
     pub fn capture_name(&self, idx: u32) -> String {
         self.capture_names.get(idx as usize).cloned().unwrap_or_default()
+    }
+
+    /// [`ShardOut::capture_name`] as a shared string, without filling the
+    /// cache of [`ShardOut::capture_text`] (a new one when it is empty).
+    pub fn capture_arc(&self, idx: u32) -> std::sync::Arc<str> {
+        match self.capture_texts.get(idx as usize) {
+            Some(t) if self.capture_texts.len() == self.capture_names.len() => t.clone(),
+            _ => self.capture_name(idx).into(),
+        }
     }
 
     /// [`ShardOut::capture_name`] as a shared string.
