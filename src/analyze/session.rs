@@ -9,6 +9,7 @@
 //! BEP 10 handshake arrived, or it does not support BEP 10, or the hold is
 //! full, or the connection ends.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -27,6 +28,31 @@ use crate::proto::peer_wire::{ExtensionMap, Message, PeerWireFramer, TorrentShap
 use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
 use crate::sink::{ConnTransport, ConnectionRow, Ip, PeerMessageRow, PexPeerRow, PieceRow, Ts};
+
+/// Extension names clients put in their BEP 10 `m`: kept as these
+/// (every connection row lists them, and rows are held to the end of the
+/// run) instead of a copy per side and connection.
+const COMMON_EXTENSIONS: &[&str] = &[
+    "ut_metadata",
+    "ut_pex",
+    "upload_only",
+    "lt_donthave",
+    "ut_holepunch",
+    "ut_comment",
+    "ut_recommend",
+    "LT_metadata",
+    "lt_tex",
+    "i2p_pex",
+    "share_mode",
+];
+
+/// `name` as a common extension name, else its own copy.
+fn ext_name(name: Cow<'_, str>) -> Cow<'static, str> {
+    match COMMON_EXTENSIONS.iter().find(|n| **n == name) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(name.into_owned()),
+    }
+}
 
 /// Direction indices (0 = from the originator), as the flow layer numbers them.
 pub use crate::flow::{ORIG, RESP};
@@ -48,7 +74,8 @@ struct Side {
     listen_port: Option<u16>,
     /// Extension ids this side asked to receive (its `m`).
     ext_map: ExtensionMap,
-    ext_names: Vec<String>,
+    /// Names of its `m`, the common ones without a copy ([`ext_name`]).
+    ext_names: Vec<Cow<'static, str>>,
     piece_bytes: u64,
     /// Bytes of the current piece block still to come, and seen so far.
     block_left: u64,
@@ -770,7 +797,7 @@ impl State {
                     if (0..=255).contains(&id) {
                         s.ext_map.insert(id as u8, &name);
                         if id != 0 && s.ext_names.len() < crate::proto::peer_wire::MAX_EXTENSIONS {
-                            s.ext_names.push(name.into_owned());
+                            s.ext_names.push(ext_name(name));
                         }
                     }
                 }
