@@ -366,23 +366,20 @@ impl Audit {
     /// flows whose piece bytes cannot be attributed to a torrent.
     pub fn observe_rows(&mut self, rows: &RowBatch) {
         for f in &rows.flows {
-            if let Some(cap) = self.capture_idx.get(&f.capture).copied() {
+            if let Some(cap) = self.capture_idx.get(&*f.capture).copied() {
                 self.seen_ts(cap, f.first_ts.0);
             }
             // Unrecognised TCP: any of its payload may be piece bytes; so
             // may an MSE-shaped flow's (encrypted over TCP: counted here,
             // from the flow, whether or not its connection row is written).
             if f.proto == "tcp" && (f.app == "other" || f.app == "mse") {
-                // Flows carry their addresses as text.
-                if let (Ok(o), Ok(r)) = (f.orig_ip.parse::<IpAddr>(), f.resp_ip.parse::<IpAddr>()) {
-                    self.add_spans(
-                        o,
-                        r,
-                        (f.first_ts.0, f.last_ts.0),
-                        f.payload_bytes_orig,
-                        f.payload_bytes_resp,
-                    );
-                }
+                self.add_spans(
+                    f.orig_ip.0,
+                    f.resp_ip.0,
+                    (f.first_ts.0, f.last_ts.0),
+                    f.payload_bytes_orig,
+                    f.payload_bytes_resp,
+                );
             }
         }
         for c in &rows.connections {

@@ -499,12 +499,18 @@ impl OpaqueFlows {
                 "mse" => "mse",
                 _ => "bittorrent",
             };
+            // A row whose addresses are not addresses (not written by
+            // swarmtap) still dates its capture but adds no span.
+            let (o, r, app) = match (oip[i].parse::<IpAddr>(), rip[i].parse::<IpAddr>()) {
+                (Ok(o), Ok(r)) => (Ip(o), Ip(r), app),
+                _ => (Ip::default(), Ip::default(), "bittorrent"),
+            };
             out.flows.push(FlowRow {
                 capture: MERGED_CAPTURE.into(),
                 proto: if proto[i] == "tcp" { "tcp" } else { "udp" },
                 app,
-                orig_ip: oip[i].clone(),
-                resp_ip: rip[i].clone(),
+                orig_ip: o,
+                resp_ip: r,
                 first_ts: Ts(f[i]),
                 last_ts: Ts(l[i]),
                 payload_bytes_orig: po[i].max(0) as u64,

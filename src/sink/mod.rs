@@ -91,22 +91,25 @@ fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsR
 /// Fills `community_id` of flows and connections (every row producer
 /// leaves it empty: the writer thread computes it from the row's 5-tuple).
 pub fn fill_community_ids(batch: &mut RowBatch) {
-    use community_id::community_id_of;
-    for f in batch.flows.iter_mut().filter(|f| f.community_id.is_empty()) {
-        f.community_id = community_id_of(f.proto, &f.orig_ip, f.orig_port, &f.resp_ip, f.resp_port).unwrap_or_default();
-    }
-    // Connections carry typed ends: the digest here, its text at the
-    // column (a mixed-family pair has none and is recomputed, as rare).
-    for c in batch.connections.iter_mut().filter(|c| c.community_id.0.is_none()) {
-        let end = |ip: Ip, port: u32| std::net::SocketAddr::new(ip.0, u16::try_from(port).unwrap_or(0));
-        c.community_id = match (u16::try_from(c.orig_port), u16::try_from(c.resp_port)) {
-            (Ok(_), Ok(_)) => CommunityId::of(
-                c.transport.ip_proto(),
-                end(c.orig_ip, c.orig_port),
-                end(c.resp_ip, c.resp_port),
-            ),
+    // Rows carry typed ends: the digest here, its text at the column (a
+    // mixed-family pair has none and is recomputed, as rare).
+    fn of(proto: u8, a: Ip, ap: u32, b: Ip, bp: u32) -> CommunityId {
+        match (u16::try_from(ap), u16::try_from(bp)) {
+            (Ok(ap), Ok(bp)) => CommunityId(community_id::digest(0, proto, a.0, ap, b.0, bp)),
             _ => CommunityId(None),
+        }
+    }
+    for f in batch.flows.iter_mut().filter(|f| f.community_id.0.is_none()) {
+        // `proto` is one of the two names the flow layer gives.
+        let proto = if f.proto == "tcp" {
+            community_id::PROTO_TCP
+        } else {
+            community_id::PROTO_UDP
         };
+        f.community_id = of(proto, f.orig_ip, f.orig_port, f.resp_ip, f.resp_port);
+    }
+    for c in batch.connections.iter_mut().filter(|c| c.community_id.0.is_none()) {
+        c.community_id = of(c.transport.ip_proto(), c.orig_ip, c.orig_port, c.resp_ip, c.resp_port);
     }
 }
 

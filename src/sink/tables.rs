@@ -247,13 +247,13 @@ tables! {
     /// One row per TCP or UDP flow (5-tuple; a reused 4-tuple after a close is a new flow).
     flows => FlowRow {
         conn_id: u64 = "Flow id: (capture index << 40) | frame number of the flow's first packet; shared with `connections` when the flow carries one peer-wire connection.",
-        capture: String = "Input file name the flow started in.",
+        capture: Arc<str> = "Input file name the flow started in.",
         proto: &'static str = "tcp or udp.",
-        orig_ip: String = "Originator address: the side that sent the first SYN, else the first packet.",
+        orig_ip: Ip as IpText = "Originator address: the side that sent the first SYN, else the first packet.",
         orig_port: u32 as I32 = "Originator port.",
-        resp_ip: String = "Responder address.",
+        resp_ip: Ip as IpText = "Responder address.",
         resp_port: u32 as I32 = "Responder port.",
-        community_id: String = "Community ID v1 (seed 0) of the 5-tuple: the same value Zeek (`conn.log` community_id), Suricata and Arkime give this flow.",
+        community_id: CommunityId as CidText = "Community ID v1 (seed 0) of the 5-tuple: the same value Zeek (`conn.log` community_id), Suricata and Arkime give this flow.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         n_packets: u64 = "Packets in both directions.",

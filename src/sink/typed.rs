@@ -161,6 +161,12 @@ impl From<IpAddr> for Ip {
     }
 }
 
+impl std::fmt::Display for Ip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Compares with an address's text (`r.src_ip == "10.0.0.1"` in tests and
 /// filters): equal when the text parses to the same address.
 impl PartialEq<&str> for Ip {
