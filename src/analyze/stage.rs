@@ -205,7 +205,7 @@ pub struct Stage {
     dht: DhtAggregate,
     meta: MetaState,
     /// Connection rows, held for attribution and the peers' ports.
-    held_conns: HeldConns,
+    held_conns: Vec<ConnectionRow>,
     /// Typed ends of the encrypted connections not attributed yet, by
     /// conn_id (at most `2 * MAX_HELD_CONNECTIONS`).
     ends: HashMap<u64, ConnEnds>,
@@ -276,7 +276,7 @@ impl Stage {
             audit,
             dht,
             meta,
-            held_conns: HeldConns::default(),
+            held_conns: Vec::new(),
             ends: HashMap::new(),
             held_msgs: HeldMessages::default(),
             mse: MseFlows::default(),
@@ -324,11 +324,11 @@ impl Stage {
         if kind == StepKind::SegmentEnd {
             let kw = self.settings.keep_weak;
             let strong = &mut self.mse.strong;
-            attribute_encrypted(&mut self.swarm, rows.connections.iter_mut(), &mut self.ends, kw, strong);
-            attribute_encrypted(&mut self.swarm, self.held_conns.iter_mut(), &mut self.ends, kw, strong);
+            attribute_encrypted(&mut self.swarm, &mut rows.connections, &mut self.ends, kw, strong);
+            attribute_encrypted(&mut self.swarm, &mut self.held_conns, &mut self.ends, kw, strong);
             self.swarm.end_segment(&mut rows);
             // Rows not held are written with this step: their ends go.
-            let held: HashSet<u64> = self.held_conns.chunks.iter().flatten().map(|c| c.conn_id).collect();
+            let held: HashSet<u64> = self.held_conns.iter().map(|c| c.conn_id).collect();
             self.ends.retain(|id, _| held.contains(id));
         }
         if kind != StepKind::Final {
@@ -432,7 +432,7 @@ impl Stage {
     /// `watermark` is dropped.
     pub fn snapshot(&mut self, rows: &mut RowBatch, watermark: i64, state_idle_us: i64) {
         rows.flows.sort_by_key(|r| r.conn_id);
-        let mut held = self.held_conns.take_all();
+        let mut held = std::mem::take(&mut self.held_conns);
         for c in held.iter_mut().filter(|c| c.info_hash.is_none()) {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
                 c.info_hash = Some(h);
@@ -441,13 +441,7 @@ impl Stage {
             }
         }
         let kw = self.settings.keep_weak;
-        attribute_encrypted(
-            &mut self.swarm,
-            held.iter_mut(),
-            &mut self.ends,
-            kw,
-            &mut self.mse.strong,
-        );
+        attribute_encrypted(&mut self.swarm, &mut held, &mut self.ends, kw, &mut self.mse.strong);
         self.ends.clear();
         drop_weak_encrypted(&mut held, kw);
         rows.connections.append(&mut held);
@@ -488,7 +482,7 @@ impl Stage {
         }
         // Mid-stream connections held back get the torrent they were attributed
         // to (now or at the swarm's last retry).
-        self.held_conns.move_into(&mut rows.connections);
+        rows.connections.append(&mut self.held_conns);
         self.swarm.retry_all(rows);
         for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
@@ -500,7 +494,7 @@ impl Stage {
         let kw = self.settings.keep_weak;
         attribute_encrypted(
             &mut self.swarm,
-            rows.connections.iter_mut(),
+            &mut rows.connections,
             &mut self.ends,
             kw,
             &mut self.mse.strong,
@@ -539,20 +533,19 @@ impl Stage {
 /// address alone are weak, and a weak flow neither gets a torrent nor
 /// tells the swarm anything unless `keep_weak`. Over uTP the transport
 /// itself was confirmed, and an address is enough.
-fn attribute_encrypted<'a>(
+fn attribute_encrypted(
     swarm: &mut Swarm,
-    conns: impl Iterator<Item = &'a mut ConnectionRow>,
+    conns: &mut [ConnectionRow],
     ends: &mut HashMap<u64, ConnEnds>,
     keep_weak: bool,
     strong: &mut HashSet<u64>,
 ) {
-    let open: Vec<&mut ConnectionRow> = conns.filter(|c| c.encrypted && c.info_hash.is_none()).collect();
-    if open.is_empty() {
+    if !conns.iter().any(|c| c.encrypted && c.info_hash.is_none()) {
         return;
     }
     let by_ip = swarm.torrents_by_ip();
     let mut noted = Vec::new();
-    for c in open {
+    for c in conns.iter_mut().filter(|c| c.encrypted && c.info_hash.is_none()) {
         let Some(e) = ends.get(&c.conn_id).copied() else {
             continue;
         };
@@ -744,59 +737,17 @@ fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
 /// are written as they are (~400 bytes each: 26 MB).
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
-/// Held connection rows: each step's rows as they came (one vector, sized
-/// to them), not one vector that doubles as it grows; a run holds every
-/// connection of its capture, and a doubling vector would keep up to twice
-/// that (and both buffers while it grows).
-#[derive(Default)]
-struct HeldConns {
-    chunks: Vec<Vec<ConnectionRow>>,
-    n: usize,
-}
-
-impl HeldConns {
-    fn iter_mut(&mut self) -> impl Iterator<Item = &mut ConnectionRow> {
-        self.chunks.iter_mut().flatten()
-    }
-
-    /// Every held row, in one vector; none held afterwards.
-    fn take_all(&mut self) -> Vec<ConnectionRow> {
-        let mut all = Vec::new();
-        self.move_into(&mut all);
-        all
-    }
-
-    /// Appends every held row to `out`, freeing each step's vector once
-    /// moved.
-    fn move_into(&mut self, out: &mut Vec<ConnectionRow>) {
-        out.reserve_exact(self.n);
-        for c in self.chunks.drain(..) {
-            out.extend(c);
-        }
-        self.chunks = Vec::new();
-        self.n = 0;
-    }
-}
-
-fn hold_unattributed(rows: &mut RowBatch, held: &mut HeldConns) {
+fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
     // Every connection row is held (not only those without an info_hash):
     // its orig/resp_peer_port name the peers rows of the swarm state as it
     // ends (see `fill_peer_ports`), after every merge of endpoints.
-    let room = MAX_HELD_CONNECTIONS.saturating_sub(held.n);
-    let mut chunk = if rows.connections.len() <= room {
-        std::mem::take(&mut rows.connections)
-    } else {
-        // Past the bound the rest is written as it is.
-        let mut c = Vec::with_capacity(room);
-        while c.len() < room && !rows.connections.is_empty() {
-            c.push(rows.connections.swap_remove(0));
+    let mut i = 0;
+    while i < rows.connections.len() {
+        if held.len() < MAX_HELD_CONNECTIONS {
+            held.push(rows.connections.swap_remove(i));
+        } else {
+            i += 1;
         }
-        c
-    };
-    if !chunk.is_empty() {
-        chunk.shrink_to_fit();
-        held.n += chunk.len();
-        held.chunks.push(chunk);
     }
     rows.connections.sort_by_key(|r| r.conn_id);
 }
