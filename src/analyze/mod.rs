@@ -163,9 +163,10 @@ pub struct ShardOut {
 
     /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
     pub dht: Vec<dht::DhtObservation>,
-    /// The same as shared strings, made on first use (per-message rows
-    /// share them instead of allocating a copy each).
-    pub capture_texts: Vec<std::sync::Arc<str>>,
+    /// The same as shared strings, made on first use (per-message,
+    /// per-flow and per-connection rows share them instead of allocating a
+    /// copy each).
+    pub capture_texts: std::sync::OnceLock<Vec<std::sync::Arc<str>>>,
     /// ut_metadata pieces for the run-wide assembler.
     pub metadata: Vec<metadata::MetadataPiece>,
     /// Input, not output: torrents whose piece hashes are known, replaced
@@ -233,21 +234,22 @@ impl ShardOut {
         self.capture_names.get(idx as usize).cloned().unwrap_or_default()
     }
 
-    /// [`ShardOut::capture_name`] as a shared string, without filling the
-    /// cache of [`ShardOut::capture_text`] (a new one when it is empty).
+    /// [`ShardOut::capture_name`] as a shared string.
     pub fn capture_arc(&self, idx: u32) -> std::sync::Arc<str> {
-        match self.capture_texts.get(idx as usize) {
-            Some(t) if self.capture_texts.len() == self.capture_names.len() => t.clone(),
-            _ => self.capture_name(idx).into(),
+        let names = &self.capture_names;
+        let texts = self
+            .capture_texts
+            .get_or_init(|| names.iter().map(|n| n.as_str().into()).collect());
+        match texts.get(idx as usize) {
+            Some(t) if texts.len() == names.len() => t.clone(),
+            // Names set after the first use (not done): a copy.
+            _ => names.get(idx as usize).map_or("", |n| n.as_str()).into(),
         }
     }
 
-    /// [`ShardOut::capture_name`] as a shared string.
+    /// The same (kept for the callers that hold the output mutably).
     pub fn capture_text(&mut self, idx: u32) -> std::sync::Arc<str> {
-        if self.capture_texts.len() != self.capture_names.len() {
-            self.capture_texts = self.capture_names.iter().map(|n| n.as_str().into()).collect();
-        }
-        self.capture_texts.get(idx as usize).cloned().unwrap_or_default()
+        self.capture_arc(idx)
     }
 
     pub fn anomaly(
