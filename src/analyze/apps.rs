@@ -16,9 +16,8 @@ use crate::config::Limits;
 use crate::dissect::Identified;
 use crate::flow::{AppRef, Chunk, FlowApps, FlowInfo, FlowSummary, ORIG, RESP};
 use crate::proto::peer_wire::TorrentShape;
-use crate::sink::community_id::{community_id, PROTO_TCP, PROTO_UDP};
-use crate::sink::typed::ip_string;
-use crate::sink::{FlowRow, RowBatch, Ts};
+use crate::sink::community_id::{digest, PROTO_TCP, PROTO_UDP};
+use crate::sink::{CommunityId, FlowRow, Ip, RowBatch, Ts};
 
 /// Shared, read-only context for all shards.
 #[derive(Debug, Default)]
@@ -68,11 +67,11 @@ impl ShardApps {
         let ends = f.info.ends;
         FlowRow {
             conn_id: f.info.conn_id,
-            capture: self.out.capture_name(f.info.capture),
+            capture: self.out.capture_arc(f.info.capture),
             proto: if f.tcp { "tcp" } else { "udp" },
-            orig_ip: ip_string(ends[ORIG].ip()),
+            orig_ip: Ip(ends[ORIG].ip()),
             orig_port: u32::from(ends[ORIG].port()),
-            resp_ip: ip_string(ends[RESP].ip()),
+            resp_ip: Ip(ends[RESP].ip()),
             resp_port: u32::from(ends[RESP].port()),
             first_ts: Ts(f.info.first_ts),
             last_ts: Ts(f.last_ts),
@@ -89,19 +88,18 @@ impl ShardApps {
             retrans_bytes: f.retrans_bytes,
             end_reason: f.end_reason,
             n_bad_checksums: f.n_bad_checksums,
-            // From the typed 5-tuple here, in the shards, rather than
-            // parsed back from the row's text on the pipeline's thread
-            // (sink::fill_community_ids, which still fills connections
-            // and anything left empty): the same value.
-            community_id: community_id(
+            // The digest of the typed 5-tuple, here in the shards (two
+            // workers) rather than on the sink's thread, the longest one
+            // on DHT traffic (sink::fill_community_ids still fills
+            // connections and any flow left without one): the same value.
+            community_id: CommunityId(digest(
                 0,
                 if f.tcp { PROTO_TCP } else { PROTO_UDP },
                 ends[ORIG].ip(),
                 ends[ORIG].port(),
                 ends[RESP].ip(),
                 ends[RESP].port(),
-            )
-            .unwrap_or_default(),
+            )),
         }
     }
 
@@ -130,7 +128,7 @@ fn stream_init(info: &FlowInfo) -> StreamInit {
         conn_id: info.conn_id,
         flow_id: info.conn_id,
         capture: info.capture,
-        transport: "tcp",
+        transport: crate::sink::ConnTransport::Tcp,
         ends: info.ends,
         first_ts: info.first_ts,
         midstream: info.midstream,

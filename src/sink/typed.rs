@@ -5,12 +5,12 @@
 //! per-cell strings the largest cost of the run (bench/README.md, session 5).
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use polars::prelude::*;
 use polars_arrow::array::Array;
 
-use super::columns::{ColumnBuilder, ColumnSpec, StrBuilder};
+use super::columns::{ColumnBuilder, ColumnSpec, ColumnValue, NameBuilder, StrBuilder};
 
 /// A short byte string kept inline (transaction ids, `v`): up to
 /// [`ShortBytes::INLINE`] bytes without allocating; longer ones (rare, and
@@ -122,15 +122,6 @@ pub fn push_ip(buf: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
-/// An address's text as a `String`, equal to `ip.to_string()`: IPv4 made by
-/// [`push_ip`] (the formatter took about 1.5 k instructions per address, a
-/// fifth of the shards' work per flow on DHT traffic).
-pub fn ip_string(ip: IpAddr) -> String {
-    let mut b = Vec::with_capacity(15);
-    push_ip(&mut b, ip);
-    String::from_utf8(b).unwrap_or_else(|_| ip.to_string())
-}
-
 /// Text of a value, appended to a text column's data buffer.
 pub trait ToText {
     fn push_text(&self, buf: &mut Vec<u8>);
@@ -170,6 +161,12 @@ impl From<IpAddr> for Ip {
     }
 }
 
+impl std::fmt::Display for Ip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Compares with an address's text (`r.src_ip == "10.0.0.1"` in tests and
 /// filters): equal when the text parses to the same address.
 impl PartialEq<&str> for Ip {
@@ -181,6 +178,84 @@ impl PartialEq<&str> for Ip {
 impl ToText for Ip {
     fn push_text(&self, buf: &mut Vec<u8>) {
         push_ip(buf, self.0);
+    }
+}
+
+/// The transport of a peer-wire connection (`connections.transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ConnTransport {
+    #[default]
+    Tcp,
+    Utp,
+}
+
+impl ConnTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnTransport::Tcp => "tcp",
+            ConnTransport::Utp => "utp",
+        }
+    }
+
+    /// The IANA number of the flow carrying it (uTP rides on UDP).
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            ConnTransport::Tcp => super::community_id::PROTO_TCP,
+            ConnTransport::Utp => super::community_id::PROTO_UDP,
+        }
+    }
+}
+
+impl ColumnValue for ConnTransport {
+    type Builder = NameBuilder;
+    fn dtype() -> DataType {
+        DataType::String
+    }
+    fn type_doc() -> &'static str {
+        "string"
+    }
+}
+
+impl ColumnBuilder<ConnTransport> for NameBuilder {
+    #[inline]
+    fn push(&mut self, v: &ConnTransport) {
+        ColumnBuilder::<&'static str>::push(self, &v.name());
+    }
+    fn bytes(&self) -> usize {
+        ColumnBuilder::<&'static str>::bytes(self)
+    }
+    fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        ColumnBuilder::<&'static str>::finish(self, name, dtype)
+    }
+}
+
+/// A flow's Community ID v1 as its SHA-1 (see [`super::community_id`]);
+/// None for a flow between address families (written as empty text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommunityId(pub Option<[u8; 20]>);
+
+impl CommunityId {
+    /// Of the flow between `a` and `b` with IANA protocol `proto`, seed 0.
+    pub fn of(proto: u8, a: SocketAddr, b: SocketAddr) -> CommunityId {
+        CommunityId(super::community_id::digest(
+            0,
+            proto,
+            a.ip(),
+            a.port(),
+            b.ip(),
+            b.port(),
+        ))
+    }
+}
+
+/// A Community ID written as its text (`1:` + base64).
+pub struct CidText;
+
+impl ToText for CommunityId {
+    fn push_text(&self, buf: &mut Vec<u8>) {
+        if let Some(d) = &self.0 {
+            super::community_id::push_text(buf, d);
+        }
     }
 }
 
@@ -237,6 +312,7 @@ macro_rules! text_spec {
 text_spec!(Hex, [u8; 20]);
 text_spec!(Hex, ShortBytes);
 text_spec!(IpText, Ip);
+text_spec!(CidText, CommunityId);
 
 #[cfg(test)]
 mod tests {
@@ -258,12 +334,13 @@ mod tests {
             let mut s = Vec::new();
             push_ip(&mut s, ip);
             assert_eq!(s, ip.to_string().as_bytes());
-            assert_eq!(ip_string(ip), ip.to_string());
         }
         // Every octet value in every position.
         for o in 0..=255u8 {
             let ip = IpAddr::from([o, o / 3, 255 - o, o ^ 0x55]);
-            assert_eq!(ip_string(ip), ip.to_string());
+            let mut s = Vec::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string().as_bytes());
         }
         let mut s = b"x".to_vec();
         push_hex(&mut s, &[0, 0xab, 0x10, 0xff]);
