@@ -958,19 +958,21 @@ fn process_batch(
     const CHUNK: usize = 256;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
+    // An indexed collect: each chunk writes its frames' results straight
+    // into their places in the vector (collecting chunk by chunk, as
+    // `flat_map_iter` did, built one vector per chunk and copied them all
+    // into the result).
     let decoded: Vec<(Decoded, u32)> = frames
-        .par_chunks(CHUNK)
+        .par_iter()
         .enumerate()
-        .flat_map_iter(|(ci, chunk)| {
-            chunk.iter().enumerate().map(move |(j, fm)| {
-                let i = lo + ci * CHUNK + j;
-                let d = decode(fm.link_type, batch.frame_data(i));
-                let shard = match &d {
-                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash(key) % n_shards as u64) as u32,
-                    _ => 0,
-                };
-                (d, shard)
-            })
+        .with_min_len(CHUNK)
+        .map(|(j, fm)| {
+            let d = decode(fm.link_type, batch.frame_data(lo + j));
+            let shard = match &d {
+                Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash(key) % n_shards as u64) as u32,
+                _ => 0,
+            };
+            (d, shard)
         })
         .collect();
     let name = names.get(batch.capture_idx as usize).cloned().unwrap_or_default();
