@@ -118,6 +118,10 @@ struct PacketJudge {
     /// sender's choice; it is looked up for every packet, and SipHash took
     /// 1.5 % of a bulk run here).
     offload_sources: HashMap<IpAddr, bool, foldhash::quality::RandomState>,
+    /// The last source found in `offload_sources`, with its entry (which
+    /// never changes once made): a run of packets from one sender (a bulk
+    /// transfer) takes one lookup, not one each.
+    last_source: Option<(IpAddr, bool)>,
     max_sources: usize,
     verify: bool,
 }
@@ -137,6 +141,7 @@ impl PacketJudge {
             clock: i64::MIN,
             max_jump_us: settings.limits.max_clock_jump_us,
             offload_sources: HashMap::default(),
+            last_source: None,
             max_sources: settings.limits.max_checksum_sources,
             verify: settings.verify_checksums,
         }
@@ -177,12 +182,21 @@ impl PacketJudge {
             Checksum::Offloaded => true,
             Checksum::Bad => return true,
         };
+        if let Some((src, local)) = self.last_source {
+            if src == p.src {
+                return offloaded && !local;
+            }
+        }
         let full = self.offload_sources.len() >= self.max_sources;
         match self.offload_sources.get(&p.src) {
-            Some(&local) => offloaded && !local,
+            Some(&local) => {
+                self.last_source = Some((p.src, local));
+                offloaded && !local
+            }
             None if full => offloaded,
             None => {
                 self.offload_sources.insert(p.src, offloaded);
+                self.last_source = Some((p.src, offloaded));
                 false
             }
         }

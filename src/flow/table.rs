@@ -416,7 +416,17 @@ impl<A: FlowApps> Shard<A> {
         f.n_bad_checksums = f.n_bad_checksums.saturating_add(u32::from(note.bad_checksum));
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
-        let info = flow_info(f, &key);
+        // What the application side is told of the flow, made only for a
+        // packet it is handed (not for one of a ruled-out TCP flow).
+        let (conn_id, capture, orig_is_a, first_ts, midstream) =
+            (f.conn_id, f.capture, f.orig_is_a, f.first_ts, f.midstream);
+        let info = || FlowInfo {
+            conn_id,
+            capture,
+            ends: flow_ends(&key, orig_is_a),
+            first_ts,
+            midstream,
+        };
         let apps = &mut self.apps;
         match (&mut f.app, p.transport) {
             (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
@@ -428,6 +438,7 @@ impl<A: FlowApps> Shard<A> {
                     t.reasm[RESP].set_ranges_only();
                 }
                 let blind = t.reasm[ORIG].is_ranges_only();
+                let info = (!blind).then(info);
                 if syn {
                     f.syn_seen = true;
                     if !t.reasm[side].is_started() {
@@ -440,8 +451,8 @@ impl<A: FlowApps> Shard<A> {
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let before = [reasm[0].stream_offset(), reasm[1].stream_offset()];
                 let mut deliver = |side: usize, c: Chunk<'_>| {
-                    if !blind {
-                        apps.stream(&info, app, side, c, ctx);
+                    if let Some(info) = &info {
+                        apps.stream(info, app, side, c, ctx);
                     }
                 };
                 if !payload.is_empty() {
@@ -515,7 +526,7 @@ impl<A: FlowApps> Shard<A> {
                     );
                 }
             }
-            (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info, u, side, payload, ctx),
+            (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info(), u, side, payload, ctx),
             _ => {}
         }
         let m = u32::try_from(Self::flow_bytes(f)).unwrap_or(u32::MAX);
@@ -933,14 +944,24 @@ impl<A: FlowApps> Shard<A> {
 }
 
 fn flow_info<T, U>(f: &Flow<T, U>, key: &FlowKey) -> FlowInfo {
-    let a = SocketAddr::new(key.a.0, key.a.1);
-    let b = SocketAddr::new(key.b.0, key.b.1);
     FlowInfo {
         conn_id: f.conn_id,
         capture: f.capture,
-        ends: if f.orig_is_a { [a, b] } else { [b, a] },
+        ends: flow_ends(key, f.orig_is_a),
         first_ts: f.first_ts,
         midstream: f.midstream,
+    }
+}
+
+/// [originator, responder] of a flow keyed `key`.
+#[inline]
+fn flow_ends(key: &FlowKey, orig_is_a: bool) -> [SocketAddr; 2] {
+    let a = SocketAddr::new(key.a.0, key.a.1);
+    let b = SocketAddr::new(key.b.0, key.b.1);
+    if orig_is_a {
+        [a, b]
+    } else {
+        [b, a]
     }
 }
 
