@@ -4,10 +4,13 @@
 //! each batch: frames are decoded in parallel; packets are partitioned by a
 //! stable flow hash into a fixed number of shards; shards run in parallel,
 //! each owning its flows; their rows and swarm events are merged in shard
-//! order and sorted by frame, the swarm state is updated sequentially, and
-//! the rows go to the Parquet writer thread. Batch boundaries depend only on
-//! the input, and the shard count is fixed, so the output is the same for
-//! any number of threads.
+//! order and sorted by frame, the swarm state is updated sequentially (the
+//! stage, on the calling thread, while the worker threads already run the
+//! shards over the next step: see `Engine::shards_step`), and the rows go
+//! to the Parquet writer thread. Batch boundaries depend only on the
+//! input, the shard count is fixed, and what the stage hands back to the
+//! shards reaches them at the same step whatever the thread count, so the
+//! output is the same for any number of threads.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -21,6 +24,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::analyze::apps::ShardApps;
+use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::stage::{Stage, StepInput, StepKind};
 use crate::analyze::FrameCtx;
 use crate::analyze::ShardOut;
@@ -213,21 +217,26 @@ struct AnomalyGate {
     /// several inputs they belong to none (capture empty) and are counted
     /// under "" (see `capture_stats.n_anomalies` in docs/SCHEMA.md).
     only: Option<String>,
+    /// Anomalies counted per capture name since the engine last took them
+    /// (`Engine::take_counts`, `finish`): kept apart from the decode
+    /// counters, which the shards' step updates while the gate runs.
+    counts: HashMap<String, u64>,
 }
 
 impl AnomalyGate {
     /// Counts and caps a step's rows; returns whether a kind reached the
     /// cap in this step (the shards are then told, see `full_kinds`).
-    fn filter(&mut self, rows: &mut RowBatch, counts: &mut HashMap<String, DecodeCounts>) -> bool {
+    fn filter(&mut self, rows: &mut RowBatch) -> bool {
         let max = self.max_rows;
         let seen = &mut self.seen;
         let only = &self.only;
+        let counts = &mut self.counts;
         let mut newly_full = false;
         rows.anomalies.retain_mut(|a| {
             if let (true, Some(name)) = (a.capture.is_empty(), only) {
                 a.capture.clone_from(name);
             }
-            counts.entry(a.capture.clone()).or_default().anomalies += 1;
+            *counts.entry(a.capture.clone()).or_default() += 1;
             let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
             *n += 1;
             newly_full |= *n == max;
@@ -247,23 +256,53 @@ impl AnomalyGate {
         full
     }
 
-    /// Counts the rows the shards did not build (their kind was full).
-    fn count_withheld(
-        &self,
-        shards: &mut [Shard<ShardApps>],
-        names: &[String],
-        counts: &mut HashMap<String, DecodeCounts>,
-    ) {
-        for s in shards.iter_mut() {
-            for (capture, n) in std::mem::take(&mut s.apps.out.anomalies_withheld) {
-                let name = match capture.and_then(|c| names.get(c as usize)).or(self.only.as_ref()) {
-                    Some(name) => name.clone(),
-                    None => String::new(),
-                };
-                counts.entry(name).or_default().anomalies += n;
-            }
+    /// Counts the rows the shards did not build (their kind was full), as
+    /// taken from them by `collect`.
+    fn count_withheld(&mut self, withheld: Vec<(Option<u32>, u64)>, names: &[String]) {
+        for (capture, n) in withheld {
+            let name = match capture.and_then(|c| names.get(c as usize)).or(self.only.as_ref()) {
+                Some(name) => name.clone(),
+                None => String::new(),
+            };
+            *self.counts.entry(name).or_default() += n;
         }
     }
+
+    /// A step's rows after its stage: counted and capped (the final step's
+    /// are gated by `finish`). Returns them, and whether a kind filled.
+    fn step(
+        &mut self,
+        withheld: Vec<(Option<u32>, u64)>,
+        names: &[String],
+        mut rows: RowBatch,
+        kind: StepKind,
+        summary: &mut RunSummary,
+    ) -> (RowBatch, bool) {
+        self.count_withheld(withheld, names);
+        if kind == StepKind::Final {
+            return (rows, false);
+        }
+        let newly_full = self.filter(&mut rows);
+        summary.n_messages += rows.peer_messages.len() as u64;
+        summary.n_connections += rows.connections.len() as u64;
+        (rows, newly_full)
+    }
+}
+
+/// A step whose shards have run and whose stage has not yet: it runs while
+/// the shards take the next step (see [`Engine::shards_step`]).
+struct PendingStep {
+    input: StepInput,
+    /// Anomalies the shards counted without building their rows.
+    withheld: Vec<(Option<u32>, u64)>,
+    /// The latest packet time when the shards finished the step.
+    watermark: i64,
+    /// The first (capture, frame) that may see metadata this step's stage
+    /// rebuilds: the earliest of its ut_metadata pieces plus
+    /// `metadata_join_frames` (a dictionary is used from the frame that
+    /// completed it plus that many, see `KnownTorrents`). None: the step
+    /// carried no piece, so its stage cannot change what the shards know.
+    barrier: Option<(u32, u64)>,
 }
 
 /// The packet-processing core shared by `analyze` and `live`: the flow
@@ -287,6 +326,18 @@ pub struct Engine {
     /// The shard hash's key, drawn from the run's first frame
     /// ([`crate::decode::ShardKey`]).
     shard_key: Option<crate::decode::ShardKey>,
+    /// The last step the shards ran, its stage not yet (see
+    /// [`Engine::shards_step`]).
+    pending: Option<PendingStep>,
+    /// The latest (capture, frame) given to the shards: nothing they do
+    /// (packets, flows ended by sweeps or at the end) is timed later.
+    seen_key: (u32, u64),
+    /// Whether a step's stage runs while the shards take the next step
+    /// (always, but in the tests that compare it with one step at a time).
+    overlap: bool,
+    /// Steps whose shards waited for the previous step's stage (rebuilt
+    /// metadata they may need), for the tests.
+    n_barrier_waits: u64,
     /// Counters for the summary line.
     pub summary: RunSummary,
 }
@@ -380,13 +431,32 @@ impl Engine {
                 max_rows: settings.limits.max_anomaly_rows_per_kind,
                 seen: HashMap::new(),
                 only,
+                counts: HashMap::new(),
             },
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
             current_capture: 0,
             shard_key: None,
+            pending: None,
+            seen_key: (0, 0),
+            overlap: true,
+            n_barrier_waits: 0,
             summary: RunSummary::default(),
         })
+    }
+
+    /// Runs each step's stage before the shards take the next step: the
+    /// order before steps overlapped, for the tests that compare the two.
+    #[doc(hidden)]
+    pub fn one_step_at_a_time(&mut self) {
+        self.overlap = false;
+    }
+
+    /// Steps whose shards waited for the stage of the step before (it may
+    /// have rebuilt metadata they need), for the tests.
+    #[doc(hidden)]
+    pub fn n_barrier_waits(&self) -> u64 {
+        self.n_barrier_waits
     }
 
     /// Live flows in the shards (for progress lines).
@@ -394,31 +464,135 @@ impl Engine {
         self.shards.iter().map(|s| s.n_flows()).sum()
     }
 
-    /// The one step every path takes once the shards have run (over a
-    /// batch, or ending flows): their output goes through the sequential
-    /// stage, rebuilt metadata reaches the shards, and the rows come back
-    /// gated and counted (the final step's are gated by `finish`).
-    fn step(&mut self, rows: RowBatch, kind: StepKind) -> RowBatch {
-        self.gate
-            .count_withheld(&mut self.shards, &self.names, &mut self.counts);
-        let input = collect_step(&mut self.shards, rows);
-        let (mut rows, known) = self.stage.step(input, kind, self.watermark);
+    /// Takes what the shards produced in a step, for the stage.
+    fn collect(&mut self, rows: RowBatch) -> PendingStep {
+        let join = self.settings.limits.metadata_join_frames;
+        collect(&mut self.shards, rows, self.watermark, join)
+    }
+
+    /// What a step's stage hands back to the shards, given to them before
+    /// their next step: rebuilt metadata, and the anomaly kinds that
+    /// reached their row cap when one more did (`newly_full`).
+    fn feed_back(&mut self, known: Option<Arc<KnownTorrents>>, newly_full: bool) {
         if let Some(known) = known {
             for s in self.shards.iter_mut() {
                 s.apps.out.known = known.clone();
             }
         }
-        if kind != StepKind::Final && self.gate.filter(&mut rows, &mut self.counts) {
+        if newly_full {
             let full = Arc::new(self.gate.full_kinds());
             for s in self.shards.iter_mut() {
                 s.apps.out.full_kinds = full.clone();
             }
         }
-        if kind != StepKind::Final {
-            self.summary.n_messages += rows.peer_messages.len() as u64;
-            self.summary.n_connections += rows.connections.len() as u64;
-        }
+    }
+
+    /// A step's stage, now, on this thread: its rows, gated and counted.
+    fn stage_now(&mut self, p: PendingStep, kind: StepKind) -> RowBatch {
+        let (rows, known) = self.stage.step(p.input, kind, p.watermark);
+        let (rows, newly_full) = self.gate.step(p.withheld, &self.names, rows, kind, &mut self.summary);
+        self.feed_back(known, newly_full);
         rows
+    }
+
+    /// The step every path that ends flows outside a batch takes once the
+    /// shards have run (a capture's end, the end of input): its output goes
+    /// through the stage at once. Nothing may be pending (see `flush`).
+    fn step(&mut self, rows: RowBatch, kind: StepKind) -> RowBatch {
+        let p = self.collect(rows);
+        self.stage_now(p, kind)
+    }
+
+    /// Runs the stage of the step the shards ran last, if it has not run,
+    /// and gives its rows to `emit`. `batch` leaves a step pending (its
+    /// stage runs while the shards take the next); `snapshot`, `end_flows`
+    /// and `finish` flush it themselves. Call it before `state_sizes` or
+    /// `take_counts` to have them include the last batch.
+    pub fn flush(&mut self, emit: &mut impl FnMut(RowBatch) -> Result<(), String>) -> Result<(), String> {
+        if let Some(p) = self.pending.take() {
+            let rows = self.stage_now(p, StepKind::Batch);
+            emit(rows)?;
+        }
+        Ok(())
+    }
+
+    /// One step of the shards (`work`: a batch's packets, or flows ended
+    /// at the end of input), with the stage of the previous step running
+    /// on this thread meanwhile; its rows go to `emit` and what it hands
+    /// back to the shards reaches them after both (so the shards' next
+    /// step is the first to see it); this step is left pending.
+    ///
+    /// What the stage hands back, and why a step later changes no output:
+    /// - rebuilt metadata (`KnownTorrents`): a packet sees a dictionary
+    ///   only from the frame that completed it plus `metadata_join_frames`
+    ///   on (`KnownTorrents::get`), so handing it over early or late makes
+    ///   no difference as long as it is there before the shards take such
+    ///   a frame. `upto` is the latest (capture, frame) `work` may touch;
+    ///   when it reaches the pending step's `barrier` the stage runs first
+    ///   (with default batches of 2 Ki frames, steps span fewer frames than
+    ///   the join, so this happens only when a step carried ut_metadata
+    ///   pieces and the next reaches that far);
+    /// - the anomaly kinds that reached their row cap (`full_kinds`): the
+    ///   shards then count a row instead of building it; a row built
+    ///   anyway is dropped and counted the same by the gate, which sees
+    ///   every row in step order;
+    /// - `held_since`, the watermark, the withheld counts: taken with the
+    ///   step's output when its shards end (`collect`).
+    ///
+    /// With `--threads 1` the one worker runs the shards while this thread
+    /// runs the stage; the order of everything the output depends on is
+    /// the same for any number of threads.
+    fn shards_step<W>(
+        &mut self,
+        upto: (u32, u64),
+        emit: &mut impl FnMut(RowBatch) -> Result<(), String>,
+        work: W,
+    ) -> Result<(), String>
+    where
+        W: FnOnce(&mut [Shard<ShardApps>], &mut HashMap<String, DecodeCounts>, &mut i64, &mut PacketJudge) -> RowBatch
+            + Send,
+    {
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.barrier.is_some_and(|b| upto >= b))
+        {
+            self.n_barrier_waits += 1;
+            self.flush(emit)?;
+        }
+        let pending = self.pending.take();
+        let join = self.settings.limits.metadata_join_frames;
+        let mut next: Option<PendingStep> = None;
+        let mut handed_back = None;
+        let mut emitted = Ok(());
+        {
+            let (shards, counts, watermark, judge) =
+                (&mut self.shards, &mut self.counts, &mut self.watermark, &mut self.judge);
+            let (stage, gate, summary, names) = (&mut self.stage, &mut self.gate, &mut self.summary, &self.names);
+            let (next, handed_back, emitted) = (&mut next, &mut handed_back, &mut emitted);
+            let emit = &mut *emit;
+            self.pool.in_place_scope(move |s| {
+                s.spawn(move |_| {
+                    let rows = work(shards, counts, watermark, judge);
+                    *next = Some(collect(shards, rows, *watermark, join));
+                });
+                if let Some(p) = pending {
+                    let (rows, known) = stage.step(p.input, StepKind::Batch, p.watermark);
+                    let (rows, newly_full) = gate.step(p.withheld, names, rows, StepKind::Batch, summary);
+                    *emitted = emit(rows);
+                    *handed_back = Some((known, newly_full));
+                }
+            });
+        }
+        if let Some((known, newly_full)) = handed_back {
+            self.feed_back(known, newly_full);
+        }
+        self.pending = next;
+        emitted?;
+        if !self.overlap {
+            self.flush(emit)?;
+        }
+        Ok(())
     }
 
     /// Processes one batch; `emit` receives the rows (once or twice: a new
@@ -438,6 +612,7 @@ impl Engine {
             if let (Some(t0), true) = (first, watermark != i64::MIN) {
                 let idle = self.settings.limits.tcp_idle_us.max(self.settings.limits.udp_idle_us);
                 if t0 < watermark || t0 - watermark > idle {
+                    self.flush(emit)?;
                     let clock = self.judge.clock;
                     let shards = &mut self.shards;
                     self.pool
@@ -474,19 +649,18 @@ impl Engine {
                 + batch.frames[lo..]
                     .partition_point(|f| f.frame_no.wrapping_sub(first) < span)
                     .max(1);
-            let (shards, n_shards, names, counts, watermark, judge) = (
-                &mut self.shards,
-                self.n_shards,
-                &self.names,
-                &mut self.counts,
-                &mut self.watermark,
-                &mut self.judge,
-            );
-            let rows = self
-                .pool
-                .install(|| process_batch(batch, shards, n_shards, &key, names, counts, watermark, judge, lo..hi));
-            let rows = self.step(rows, StepKind::Batch);
-            emit(rows)?;
+            let last = batch
+                .frames
+                .get(lo..hi)
+                .unwrap_or_default()
+                .iter()
+                .map(|f| f.frame_no)
+                .max();
+            self.seen_key = self.seen_key.max((batch.capture_idx, last.unwrap_or(0)));
+            let (n_shards, names, key) = (self.n_shards, self.names.clone(), &key);
+            self.shards_step(self.seen_key, emit, move |shards, counts, watermark, judge| {
+                process_batch(batch, shards, n_shards, key, &names, counts, watermark, judge, lo..hi)
+            })?;
             lo = hi;
         }
         self.summary.n_packets += batch.frames.len() as u64;
@@ -495,15 +669,16 @@ impl Engine {
     }
 
     /// Takes the decode counters of capture `name` (live: of the interval
-    /// that ends), leaving them at zero.
+    /// that ends), leaving them at zero. The anomalies of a pending step
+    /// are counted once it is flushed (see [`flush`](Self::flush)).
     pub fn take_counts(&mut self, name: &str) -> CaptureCounts {
-        self.counts
-            .get_mut(name)
-            .map(|c| CaptureCounts::from(&std::mem::take(c)))
-            .unwrap_or_default()
+        let mut c = self.counts.get_mut(name).map(std::mem::take).unwrap_or_default();
+        c.anomalies += self.gate.counts.remove(name).unwrap_or(0);
+        CaptureCounts::from(&c)
     }
 
-    /// Sizes of the long-lived state now.
+    /// Sizes of the long-lived state now (the swarm's as of the last step
+    /// whose stage ran: see [`flush`](Self::flush)).
     pub fn state_sizes(&self) -> StateSizes {
         StateSizes {
             n_flows: self.n_flows() as u64,
@@ -519,13 +694,21 @@ impl Engine {
     /// DHT node and info hash; connections held for attribution are written
     /// for good. Then state idle for longer than `state_idle_us` of packet
     /// time is dropped (its last snapshot is the one just written).
+    ///
+    /// The rows of a step still pending (see [`flush`](Self::flush)) come
+    /// first, as if emitted before.
     pub fn snapshot(&mut self, state_idle_us: i64) -> RowBatch {
+        let mut before = match self.pending.take() {
+            Some(p) => self.stage_now(p, StepKind::Batch),
+            None => RowBatch::default(),
+        };
         let mut rows = RowBatch::default();
         for s in &self.shards {
             s.snapshot(&mut |apps, f, app| apps.snapshot(f, app, &mut rows));
         }
         self.stage.snapshot(&mut rows, self.watermark, state_idle_us);
-        rows
+        before.append(&mut rows);
+        before
     }
 
     /// End of input, first step: ends the flows a few thousand at a time,
@@ -538,21 +721,28 @@ impl Engine {
         let per_shard = (STEP / self.n_shards.max(1)).max(1);
         let clock = self.judge.clock.max(0);
         while self.n_flows() > 0 {
-            let shards = &mut self.shards;
-            self.pool.install(|| {
+            // An ended flow's output is timed by its last packet: no later
+            // than `seen_key`.
+            self.shards_step(self.seen_key, emit, move |shards, _, _, _| {
                 shards.par_iter_mut().for_each(|s| {
                     s.finish_some(clock, per_shard);
-                })
-            });
-            let rows = self.step(RowBatch::default(), StepKind::Batch);
-            emit(rows)?;
+                });
+                RowBatch::default()
+            })?;
         }
-        Ok(())
+        self.flush(emit)
     }
 
     /// End of input: closes every flow, then the swarm; the last rows and
     /// each capture's decode counters (for `capture_stats`), and the summary.
+    ///
+    /// The rows of a step still pending (see [`flush`](Self::flush)) come
+    /// first, as if emitted before.
     pub fn finish(mut self) -> (RowBatch, HashMap<String, CaptureCounts>, RunSummary) {
+        let mut before = match self.pending.take() {
+            Some(p) => self.stage_now(p, StepKind::Batch),
+            None => RowBatch::default(),
+        };
         let end_ts = self.watermark.max(0);
         let clock = self.judge.clock.max(0);
         let shards = &mut self.shards;
@@ -564,7 +754,10 @@ impl Engine {
         }
         let mut rows = self.step(RowBatch::default(), StepKind::Final);
         self.stage.finish(&mut rows);
-        self.gate.filter(&mut rows, &mut self.counts);
+        self.gate.filter(&mut rows);
+        for (name, n) in std::mem::take(&mut self.gate.counts) {
+            self.counts.entry(name).or_default().anomalies += n;
+        }
         self.summary.n_connections += rows.connections.len() as u64;
         self.summary.n_messages += rows.peer_messages.len() as u64;
         self.summary.n_torrents = rows.torrents.len() as u64;
@@ -576,7 +769,8 @@ impl Engine {
             .iter()
             .map(|(k, v)| (k.clone(), CaptureCounts::from(v)))
             .collect();
-        (rows, counts, self.summary)
+        before.append(&mut rows);
+        (before, counts, self.summary)
     }
 }
 
@@ -923,6 +1117,28 @@ pub fn capture_names(inputs: &[InputSpec]) -> Vec<String> {
             }
         })
         .collect()
+}
+
+/// Takes what the shards produced in a step (with the packets' decode
+/// anomalies, `rows`), for the stage; `watermark`: the latest packet time
+/// then; `join`: `metadata_join_frames`.
+fn collect(shards: &mut [Shard<ShardApps>], rows: RowBatch, watermark: i64, join: u64) -> PendingStep {
+    let mut withheld = Vec::new();
+    for s in shards.iter_mut() {
+        withheld.extend(std::mem::take(&mut s.apps.out.anomalies_withheld));
+    }
+    let input = collect_step(shards, rows);
+    let barrier = input
+        .metadata
+        .iter()
+        .map(|p| (p.ctx.capture, p.ctx.frame.saturating_add(join)))
+        .min();
+    PendingStep {
+        input,
+        withheld,
+        watermark,
+        barrier,
+    }
 }
 
 /// Takes what every shard produced during a step, for the stage.
@@ -1343,6 +1559,7 @@ pub fn live(
         eprint!("\r{:100}\r", "");
     }
     // The end: every flow closes, the swarm finishes, into the last interval.
+    engine.flush(&mut |rows| sink.send(rows))?;
     let sizes = engine.state_sizes();
     engine.end_flows(&mut |rows| sink.send(rows))?;
     let (mut rows, counts, mut summary) = engine.finish();

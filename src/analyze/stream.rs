@@ -457,6 +457,10 @@ impl StreamApp {
                 if let Chunk::Data(d) = chunk {
                     c.fed_bytes += d.len() as u64;
                 }
+                // The torrents known now, not when the candidate began: a
+                // packet sees rebuilt metadata from a fixed frame on
+                // (`KnownTorrents::get`), whichever step it falls in.
+                c.staged.known.clone_from(&out.known);
                 c.session.feed(side, chunk, ctx, &mut c.staged);
                 let [o, r] = c.session.n_busy_msgs();
                 if o >= MIDSTREAM_MIN_MSGS && r >= MIDSTREAM_MIN_MSGS {
@@ -543,6 +547,7 @@ impl StreamApp {
                     out.unhold(k);
                 }
                 if env.keep_weak && session.is_peer_wire() {
+                    staged.known.clone_from(&out.known);
                     let mut row = session.finish(ctx, &mut staged);
                     out.absorb(staged);
                     end.apply(&mut row);

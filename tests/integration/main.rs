@@ -32,6 +32,7 @@ mod live;
 mod merge;
 mod metadata;
 mod output;
+mod overlap;
 mod probe;
 mod tracker;
 
