@@ -16,7 +16,7 @@ use crate::config::Limits;
 use crate::dissect::Identified;
 use crate::flow::{AppRef, Chunk, FlowApps, FlowInfo, FlowSummary, ORIG, RESP};
 use crate::proto::peer_wire::TorrentShape;
-use crate::sink::{FlowRow, RowBatch, Ts};
+use crate::sink::{FlowRow, Ip, RowBatch, Ts};
 
 /// Shared, read-only context for all shards.
 #[derive(Debug, Default)]
@@ -66,11 +66,11 @@ impl ShardApps {
         let ends = f.info.ends;
         FlowRow {
             conn_id: f.info.conn_id,
-            capture: self.out.capture_name(f.info.capture),
+            capture: self.out.capture_arc(f.info.capture),
             proto: if f.tcp { "tcp" } else { "udp" },
-            orig_ip: ends[ORIG].ip().to_string(),
+            orig_ip: Ip(ends[ORIG].ip()),
             orig_port: u32::from(ends[ORIG].port()),
-            resp_ip: ends[RESP].ip().to_string(),
+            resp_ip: Ip(ends[RESP].ip()),
             resp_port: u32::from(ends[RESP].port()),
             first_ts: Ts(f.info.first_ts),
             last_ts: Ts(f.last_ts),
@@ -117,7 +117,7 @@ fn stream_init(info: &FlowInfo) -> StreamInit {
         conn_id: info.conn_id,
         flow_id: info.conn_id,
         capture: info.capture,
-        transport: "tcp",
+        transport: crate::sink::ConnTransport::Tcp,
         ends: info.ends,
         first_ts: info.first_ts,
         midstream: info.midstream,

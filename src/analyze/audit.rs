@@ -42,7 +42,7 @@ use super::{SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::client_id::client_from_peer_id;
 use crate::proto::metainfo::{hex, Metainfo};
-use crate::sink::{AnnounceAuditRow, AnomalyRow, RowBatch, Ts};
+use crate::sink::{AnnounceAuditRow, AnomalyRow, ConnTransport, RowBatch, Ts};
 
 /// A piece block (BEP 3 requests are 16 KiB in every client).
 pub const BLOCK_BYTES: u64 = 16 * 1024;
@@ -366,7 +366,7 @@ impl Audit {
     /// flows whose piece bytes cannot be attributed to a torrent.
     pub fn observe_rows(&mut self, rows: &RowBatch) {
         for f in &rows.flows {
-            if let Some(cap) = self.capture_idx.get(&f.capture).copied() {
+            if let Some(cap) = self.capture_idx.get(&*f.capture).copied() {
                 self.seen_ts(cap, f.first_ts.0);
             }
             // Unrecognised TCP: any of its payload may be piece bytes; so
@@ -374,8 +374,8 @@ impl Audit {
             // from the flow, whether or not its connection row is written).
             if f.proto == "tcp" && (f.app == "other" || f.app == "mse") {
                 self.add_spans(
-                    &f.orig_ip,
-                    &f.resp_ip,
+                    f.orig_ip.0,
+                    f.resp_ip.0,
                     (f.first_ts.0, f.last_ts.0),
                     f.payload_bytes_orig,
                     f.payload_bytes_resp,
@@ -383,13 +383,13 @@ impl Audit {
             }
         }
         for c in &rows.connections {
-            if c.encrypted && c.transport == "tcp" {
+            if c.encrypted && c.transport == ConnTransport::Tcp {
                 // Counted from its flow above.
             } else if c.encrypted {
                 // MSE: payload bytes bound the piece bytes inside.
                 self.add_spans(
-                    &c.orig_ip,
-                    &c.resp_ip,
+                    c.orig_ip.0,
+                    c.resp_ip.0,
                     (c.first_ts.0, c.last_ts.0),
                     c.payload_bytes_orig,
                     c.payload_bytes_resp,
@@ -399,8 +399,8 @@ impl Audit {
                 // mid-connection): its piece bytes are known, its torrent
                 // is not.
                 self.add_spans(
-                    &c.orig_ip,
-                    &c.resp_ip,
+                    c.orig_ip.0,
+                    c.resp_ip.0,
                     (c.first_ts.0, c.last_ts.0),
                     c.piece_bytes_orig,
                     c.piece_bytes_resp,
@@ -426,13 +426,10 @@ impl Audit {
     }
 
     /// Spans for both ends of a flow that sent `from_orig` / `from_resp`.
-    fn add_spans(&mut self, orig: &str, resp: &str, (first_ts, last_ts): (i64, i64), from_orig: u64, from_resp: u64) {
+    fn add_spans(&mut self, o: IpAddr, r: IpAddr, (first_ts, last_ts): (i64, i64), from_orig: u64, from_resp: u64) {
         if from_orig + from_resp == 0 {
             return;
         }
-        let (Ok(o), Ok(r)) = (orig.parse::<IpAddr>(), resp.parse::<IpAddr>()) else {
-            return;
-        };
         for (ip, sent, received) in [(o, from_orig, from_resp), (r, from_resp, from_orig)] {
             self.add_span(
                 ip,
@@ -666,6 +663,7 @@ impl Audit {
 mod tests {
     use super::*;
     use crate::analyze::FrameCtx;
+    use crate::sink::Ip;
 
     fn ctx(frame: u64, ts_s: i64) -> FrameCtx {
         FrameCtx {
@@ -776,8 +774,10 @@ mod tests {
         // it is flagged.
         let conn = crate::sink::ConnectionRow {
             encrypted: true,
-            orig_ip: "10.0.0.1".into(),
-            resp_ip: "10.0.0.2".into(),
+            // Over TCP the flow's row counts it; this is the connection's own path.
+            transport: ConnTransport::Utp,
+            orig_ip: Ip(IpAddr::from([10, 0, 0, 1])),
+            resp_ip: Ip(IpAddr::from([10, 0, 0, 2])),
             first_ts: Ts(2_000_000),
             last_ts: Ts(50_000_000),
             payload_bytes_orig: 1_000_000,

@@ -163,9 +163,10 @@ pub struct ShardOut {
 
     /// What the DHT tables aggregate run-wide (`dht_nodes`, `dht_infohashes`).
     pub dht: Vec<dht::DhtObservation>,
-    /// The same as shared strings, made on first use (per-message rows
-    /// share them instead of allocating a copy each).
-    pub capture_texts: Vec<std::sync::Arc<str>>,
+    /// The same as shared strings, made on first use (per-message,
+    /// per-flow and per-connection rows share them instead of allocating a
+    /// copy each).
+    pub capture_texts: std::sync::OnceLock<Vec<std::sync::Arc<str>>>,
     /// ut_metadata pieces for the run-wide assembler.
     pub metadata: Vec<metadata::MetadataPiece>,
     /// Input, not output: torrents whose piece hashes are known, replaced
@@ -223,7 +224,7 @@ impl ShardOut {
                 conn_id: row.conn_id,
                 capture: init.capture,
                 ends: init.ends,
-                utp: init.transport == "utp",
+                utp: init.transport == crate::sink::ConnTransport::Utp,
             });
         }
         self.rows.connections.push(row);
@@ -234,11 +235,21 @@ impl ShardOut {
     }
 
     /// [`ShardOut::capture_name`] as a shared string.
-    pub fn capture_text(&mut self, idx: u32) -> std::sync::Arc<str> {
-        if self.capture_texts.len() != self.capture_names.len() {
-            self.capture_texts = self.capture_names.iter().map(|n| n.as_str().into()).collect();
+    pub fn capture_arc(&self, idx: u32) -> std::sync::Arc<str> {
+        let names = &self.capture_names;
+        let texts = self
+            .capture_texts
+            .get_or_init(|| names.iter().map(|n| n.as_str().into()).collect());
+        match texts.get(idx as usize) {
+            Some(t) if texts.len() == names.len() => t.clone(),
+            // Names set after the first use (not done): a copy.
+            _ => names.get(idx as usize).map_or("", |n| n.as_str()).into(),
         }
-        self.capture_texts.get(idx as usize).cloned().unwrap_or_default()
+    }
+
+    /// The same (kept for the callers that hold the output mutably).
+    pub fn capture_text(&mut self, idx: u32) -> std::sync::Arc<str> {
+        self.capture_arc(idx)
     }
 
     pub fn anomaly(

@@ -9,6 +9,7 @@
 //! BEP 10 handshake arrived, or it does not support BEP 10, or the hold is
 //! full, or the connection ends.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -26,7 +27,32 @@ use crate::proto::metainfo::{hex, parse_info, Metainfo};
 use crate::proto::peer_wire::{ExtensionMap, Message, PeerWireFramer, TorrentShape, WireEvent};
 use crate::proto::ut_metadata::{self, MetadataMsg};
 use crate::proto::ut_pex;
-use crate::sink::{ConnectionRow, PeerMessageRow, PexPeerRow, PieceRow, Ts};
+use crate::sink::{ConnTransport, ConnectionRow, Ip, PeerMessageRow, PexPeerRow, PieceRow, Ts};
+
+/// Extension names clients put in their BEP 10 `m`: kept as these
+/// (every connection row lists them, and rows are held to the end of the
+/// run) instead of a copy per side and connection.
+const COMMON_EXTENSIONS: &[&str] = &[
+    "ut_metadata",
+    "ut_pex",
+    "upload_only",
+    "lt_donthave",
+    "ut_holepunch",
+    "ut_comment",
+    "ut_recommend",
+    "LT_metadata",
+    "lt_tex",
+    "i2p_pex",
+    "share_mode",
+];
+
+/// `name` as a common extension name, else its own copy.
+fn ext_name(name: Cow<'_, str>) -> Cow<'static, str> {
+    match COMMON_EXTENSIONS.iter().find(|n| **n == name) {
+        Some(n) => Cow::Borrowed(n),
+        None => Cow::Owned(name.into_owned()),
+    }
+}
 
 /// Direction indices (0 = from the originator), as the flow layer numbers them.
 pub use crate::flow::{ORIG, RESP};
@@ -48,7 +74,8 @@ struct Side {
     listen_port: Option<u16>,
     /// Extension ids this side asked to receive (its `m`).
     ext_map: ExtensionMap,
-    ext_names: Vec<String>,
+    /// Names of its `m`, the common ones without a copy ([`ext_name`]).
+    ext_names: Vec<Cow<'static, str>>,
     piece_bytes: u64,
     /// Bytes of the current piece block still to come, and seen so far.
     block_left: u64,
@@ -69,7 +96,7 @@ struct State {
     conn_id: u64,
     flow_id: u64,
     capture: u32,
-    transport: &'static str,
+    transport: ConnTransport,
     ends: [SocketAddr; 2],
     /// Shared by every message row of the connection.
     ends_text: [Arc<str>; 2],
@@ -121,7 +148,7 @@ pub struct SessionInit {
     pub conn_id: u64,
     pub flow_id: u64,
     pub capture: u32,
-    pub transport: &'static str,
+    pub transport: ConnTransport,
     pub orig: SocketAddr,
     pub resp: SocketAddr,
     pub first_ts: i64,
@@ -309,19 +336,19 @@ impl PeerSession {
         ConnectionRow {
             conn_id: st.conn_id,
             flow_id: st.flow_id,
-            capture: out.capture_name(st.capture),
+            capture: out.capture_arc(st.capture),
             transport: st.transport,
-            orig_ip: st.ends_text[ORIG].to_string(),
+            orig_ip: Ip(st.ends[ORIG].ip()),
             orig_port: u32::from(st.ends[ORIG].port()),
-            resp_ip: st.ends_text[RESP].to_string(),
+            resp_ip: Ip(st.ends[RESP].ip()),
             resp_port: u32::from(st.ends[RESP].port()),
             first_ts: Ts(st.first_ts),
             last_ts: Ts(st.last_ts),
-            info_hash: st.info_hash_hex.as_deref().map(str::to_string),
+            info_hash: st.info_hash,
             info_hash_source: st.info_hash.map(|_| "handshake"),
             attribution_confidence: if st.info_hash.is_some() { "exact" } else { "none" },
-            orig_peer_id: st.sides[ORIG].peer_id.map(|p| hex(&p)),
-            resp_peer_id: st.sides[RESP].peer_id.map(|p| hex(&p)),
+            orig_peer_id: st.sides[ORIG].peer_id,
+            resp_peer_id: st.sides[RESP].peer_id,
             orig_client: client(&st.sides[ORIG]),
             resp_client: client(&st.sides[RESP]),
             orig_ltep_v: st.sides[ORIG].ltep_v.clone(),
@@ -541,7 +568,7 @@ impl State {
                         ctx,
                         SwarmEventKind::Traits {
                             prefers_encryption: None,
-                            utp: Some(self.transport == "utp"),
+                            utp: Some(self.transport == ConnTransport::Utp),
                             from_self: true,
                         },
                         out,
@@ -776,7 +803,7 @@ impl State {
                     if (0..=255).contains(&id) {
                         s.ext_map.insert(id as u8, &name);
                         if id != 0 && s.ext_names.len() < crate::proto::peer_wire::MAX_EXTENSIONS {
-                            s.ext_names.push(name.into_owned());
+                            s.ext_names.push(ext_name(name));
                         }
                     }
                 }
@@ -1119,7 +1146,7 @@ mod tests {
             conn_id,
             flow_id: conn_id,
             capture: 0,
-            transport: "tcp",
+            transport: ConnTransport::Tcp,
             orig: SocketAddr::from(([10, 0, 0, 1], 40000)),
             resp: SocketAddr::from(([10, 0, 0, 2], 6881)),
             first_ts: 0,
@@ -1341,7 +1368,7 @@ mod tests {
             let row = s.finish(ctx, &mut out);
             let kinds: Vec<&str> = out.rows.anomalies.iter().map(|a| a.kind.as_str()).collect();
             assert_eq!(kinds, want);
-            assert_eq!(row.info_hash, Some(hex(&IH)), "the first handshake's torrent");
+            assert_eq!(row.info_hash, Some(IH), "the first handshake's torrent");
             // Each side's first handshake says its transport (TCP: no uTP).
             let utp: Vec<_> = out
                 .events

@@ -24,7 +24,8 @@ use crate::config::Settings;
 use crate::dissect::Confidence;
 use crate::proto::metainfo::{hex, Metainfo};
 use crate::proto::peer_wire::TorrentShape;
-use crate::sink::{AnomalyRow, ConnectionRow, FlowRow, RowBatch};
+use crate::sink::typed::{push_hex20, push_ip};
+use crate::sink::{AnomalyRow, ConnTransport, ConnectionRow, FlowRow, RowBatch};
 
 /// What the shards produced during one step, in no particular order.
 #[derive(Default)]
@@ -434,7 +435,7 @@ impl Stage {
         let mut held = std::mem::take(&mut self.held_conns);
         for c in held.iter_mut().filter(|c| c.info_hash.is_none()) {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
-                c.info_hash = Some(hex(&h));
+                c.info_hash = Some(h);
                 c.info_hash_source = Some("endpoint");
                 c.attribution_confidence = "likely";
             }
@@ -485,7 +486,7 @@ impl Stage {
         self.swarm.retry_all(rows);
         for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
-                c.info_hash = Some(hex(&h));
+                c.info_hash = Some(h);
                 c.info_hash_source = Some("endpoint");
                 c.attribution_confidence = "likely";
             }
@@ -567,7 +568,7 @@ fn attribute_encrypted(
             strong.insert(c.conn_id);
         }
         ends.remove(&c.conn_id);
-        c.info_hash = Some(hex(&h));
+        c.info_hash = Some(h);
         c.info_hash_source = Some(source);
         c.attribution_confidence = confidence;
         noted.push(EncryptedConn {
@@ -726,7 +727,7 @@ impl MseFlows {
 /// unless `keep_weak` (their flow stays in `flows`, app `mse`, weak).
 fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
     if !keep_weak {
-        conns.retain(|c| !(c.encrypted && c.transport == "tcp" && c.info_hash.is_none()));
+        conns.retain(|c| !(c.encrypted && c.transport == ConnTransport::Tcp && c.info_hash.is_none()));
     }
 }
 
@@ -766,18 +767,33 @@ fn fill_peer_ports(rows: &mut RowBatch) {
                 .push((p.info_hash.as_str(), p.peer_ip.as_str(), p.peer_port));
         }
     }
+    // The peers rows carry text: each connection's hash and addresses are
+    // written once into these buffers to be compared with it.
+    let (mut hb, mut ob, mut rb) = (Vec::new(), Vec::new(), Vec::new());
     for c in rows.connections.iter_mut() {
-        let Some(h) = c.info_hash.as_deref() else { continue };
+        let Some(h) = &c.info_hash else { continue };
         let Some(e) = ends.get(&c.conn_id) else { continue };
-        let mine: Vec<(&str, u32)> = e.iter().filter(|x| x.0 == h).map(|x| (x.1, x.2)).collect();
+        for (b, f) in [(&mut hb, None), (&mut ob, Some(c.orig_ip)), (&mut rb, Some(c.resp_ip))] {
+            b.clear();
+            match f {
+                None => push_hex20(b, h),
+                Some(ip) => push_ip(b, ip.0),
+            }
+        }
+        let mine: Vec<(&str, u32)> = e
+            .iter()
+            .filter(|x| x.0.as_bytes() == hb.as_slice())
+            .map(|x| (x.1, x.2))
+            .collect();
         // The responder's row is its accepting endpoint when it has one;
         // the originator's is the other row of its address.
+        let is = |x: &(&str, u32), b: &[u8]| x.0.as_bytes() == b;
         let resp = mine
             .iter()
-            .find(|x| x.0 == c.resp_ip && x.1 == c.resp_port)
-            .or_else(|| mine.iter().find(|x| x.0 == c.resp_ip && c.orig_ip != c.resp_ip))
+            .find(|x| is(x, &rb) && x.1 == c.resp_port)
+            .or_else(|| mine.iter().find(|x| is(x, &rb) && c.orig_ip != c.resp_ip))
             .copied();
-        let orig = mine.iter().find(|x| x.0 == c.orig_ip && Some(**x) != resp).copied();
+        let orig = mine.iter().find(|x| is(x, &ob) && Some(**x) != resp).copied();
         c.resp_peer_port = resp.map(|x| x.1);
         c.orig_peer_port = orig.map(|x| x.1);
     }

@@ -22,7 +22,7 @@ use crate::dissect::{self, Confidence, Identified, StreamFacts, StreamProto, Ver
 use crate::flow::Chunk;
 use crate::flow::FlowInfo;
 use crate::proto::peer_wire::{TorrentShape, HANDSHAKE_LEN, HANDSHAKE_PREFIX};
-use crate::sink::{ConnectionRow, Ts};
+use crate::sink::{ConnTransport, ConnectionRow, Ip, Ts};
 
 /// Known (non keep-alive) messages each direction of a mid-stream stream
 /// must frame before it is believed to be peer wire.
@@ -40,8 +40,8 @@ pub struct StreamInit {
     pub conn_id: u64,
     pub flow_id: u64,
     pub capture: u32,
-    /// `tcp` or `utp` (`connections.transport`).
-    pub transport: &'static str,
+    /// `connections.transport`.
+    pub transport: ConnTransport,
     /// [originator, responder]
     pub ends: [SocketAddr; 2],
     pub first_ts: i64,
@@ -652,11 +652,11 @@ fn mse_row(init: &StreamInit, scan: &MseScan, end: StreamEnd, out: &ShardOut) ->
     ConnectionRow {
         conn_id: init.conn_id,
         flow_id: init.flow_id,
-        capture: out.capture_name(init.capture),
+        capture: out.capture_arc(init.capture),
         transport: init.transport,
-        orig_ip: init.ends[ORIG].ip().to_string(),
+        orig_ip: Ip(init.ends[ORIG].ip()),
         orig_port: u32::from(init.ends[ORIG].port()),
-        resp_ip: init.ends[RESP].ip().to_string(),
+        resp_ip: Ip(init.ends[RESP].ip()),
         resp_port: u32::from(init.ends[RESP].port()),
         first_ts: Ts(init.first_ts),
         last_ts: Ts(end.last_ts.unwrap_or(scan.last_ts)),
@@ -680,7 +680,7 @@ mod tests {
             conn_id: 7,
             flow_id: 7,
             capture: 0,
-            transport: "tcp",
+            transport: ConnTransport::Tcp,
             ends: [
                 "10.0.0.1:50000".parse().expect("addr"),
                 "10.0.0.2:6881".parse().expect("addr"),

@@ -139,7 +139,7 @@ fn on_utp_event(
                 conn_id: (u64::from(c.ctx.capture) << 40) | c.ctx.frame,
                 flow_id: c.info.conn_id,
                 capture: c.info.capture,
-                transport: "utp",
+                transport: crate::sink::ConnTransport::Utp,
                 ends: [end(orig), end(orig.other())],
                 first_ts: c.ctx.ts,
                 midstream,

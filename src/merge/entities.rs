@@ -13,7 +13,7 @@ use crate::analyze::audit::Audit;
 use crate::analyze::swarm::{fuse_points, progress, PieceSet, Signal, ALL};
 use crate::analyze::tracker::{AnnounceMark, MarkEvent};
 use crate::analyze::{FrameCtx, PeerSource, SwarmEvent, SwarmEventKind};
-use crate::sink::{ConnectionRow, FlowRow, Row, RowBatch, TrackerAnnounceRow, Ts};
+use crate::sink::{ConnTransport, ConnectionRow, FlowRow, Ip, Row, RowBatch, TrackerAnnounceRow, Ts};
 
 /// (info_hash, ip, port) of a later piece → the port of the same end in
 /// the earlier piece of a joined connection.
@@ -499,12 +499,18 @@ impl OpaqueFlows {
                 "mse" => "mse",
                 _ => "bittorrent",
             };
+            // A row whose addresses are not addresses (not written by
+            // swarmtap) still dates its capture but adds no span.
+            let (o, r, app) = match (oip[i].parse::<IpAddr>(), rip[i].parse::<IpAddr>()) {
+                (Ok(o), Ok(r)) => (Ip(o), Ip(r), app),
+                _ => (Ip::default(), Ip::default(), "bittorrent"),
+            };
             out.flows.push(FlowRow {
                 capture: MERGED_CAPTURE.into(),
                 proto: if proto[i] == "tcp" { "tcp" } else { "udp" },
                 app,
-                orig_ip: oip[i].clone(),
-                resp_ip: rip[i].clone(),
+                orig_ip: o,
+                resp_ip: r,
                 first_ts: Ts(f[i]),
                 last_ts: Ts(l[i]),
                 payload_bytes_orig: po[i].max(0) as u64,
@@ -520,11 +526,20 @@ impl OpaqueFlows {
         let enc = bools(conns, "encrypted")?;
         let ih = strs(conns, "info_hash")?;
         for i in 0..conns.height() {
+            // The audit counts the spans of both addresses: a row whose
+            // address is not one (not written by swarmtap) has none.
+            let (Ok(o), Ok(r)) = (oip[i].parse::<IpAddr>(), rip[i].parse::<IpAddr>()) else {
+                continue;
+            };
             out.conns.push(ConnectionRow {
                 capture: MERGED_CAPTURE.into(),
-                transport: if tr[i] == "tcp" { "tcp" } else { "utp" },
-                orig_ip: oip[i].clone(),
-                resp_ip: rip[i].clone(),
+                transport: if tr[i] == "tcp" {
+                    ConnTransport::Tcp
+                } else {
+                    ConnTransport::Utp
+                },
+                orig_ip: Ip(o),
+                resp_ip: Ip(r),
                 first_ts: Ts(f[i]),
                 last_ts: Ts(l[i]),
                 payload_bytes_orig: po[i].max(0) as u64,
@@ -532,7 +547,8 @@ impl OpaqueFlows {
                 piece_bytes_orig: qo[i].max(0) as u64,
                 piece_bytes_resp: qr[i].max(0) as u64,
                 encrypted: enc[i].unwrap_or(false),
-                info_hash: ih[i].clone(),
+                // The audit asks only whether there is one.
+                info_hash: ih[i].as_deref().map(|h| unhex20(h).unwrap_or_default()),
                 ..Default::default()
             });
         }

@@ -366,6 +366,12 @@ value!(
     "list<string>"
 );
 value!(
+    Vec<Cow<'static, str>>,
+    ListStrBuilder,
+    DataType::List(Box::new(DataType::String)),
+    "list<string>"
+);
+value!(
     Vec<&'static str>,
     ListStrBuilder,
     DataType::List(Box::new(DataType::String)),
@@ -675,6 +681,18 @@ impl ListStrBuilder {
 impl ColumnBuilder<Vec<String>> for ListStrBuilder {
     fn push(&mut self, v: &Vec<String>) {
         self.push_iter(v.iter().map(String::as_str));
+    }
+    fn bytes(&self) -> usize {
+        self.heap()
+    }
+    fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        self.array(dtype)
+    }
+}
+
+impl ColumnBuilder<Vec<Cow<'static, str>>> for ListStrBuilder {
+    fn push(&mut self, v: &Vec<Cow<'static, str>>) {
+        self.push_iter(v.iter().map(|s| &**s));
     }
     fn bytes(&self) -> usize {
         self.heap()

@@ -40,6 +40,12 @@ fn base64(data: &[u8]) -> String {
 /// The Community ID v1 of a TCP/UDP flow between (a, ap) and (b, bp), with
 /// `seed` (0 by default in every tool). None for mixed address families.
 pub fn community_id(seed: u16, proto: u8, a: IpAddr, ap: u16, b: IpAddr, bp: u16) -> Option<String> {
+    digest(seed, proto, a, ap, b, bp).map(|d| text(&d))
+}
+
+/// The SHA-1 behind [`community_id`]: rows carry it, the sink writes its
+/// text ([`push_text`]).
+pub fn digest(seed: u16, proto: u8, a: IpAddr, ap: u16, b: IpAddr, bp: u16) -> Option<[u8; 20]> {
     if a.is_ipv4() != b.is_ipv4() {
         return None;
     }
@@ -56,7 +62,18 @@ pub fn community_id(seed: u16, proto: u8, a: IpAddr, ap: u16, b: IpAddr, bp: u16
     h.update([proto, 0]);
     h.update(sp.to_be_bytes());
     h.update(dp.to_be_bytes());
-    Some(format!("1:{}", base64(&h.finalize())))
+    Some(h.finalize().into())
+}
+
+/// The text of a digest: `1:` + base64.
+pub fn text(d: &[u8; 20]) -> String {
+    format!("1:{}", base64(d))
+}
+
+/// Appends [`text`] of `d` to a text column's buffer.
+pub fn push_text(buf: &mut Vec<u8>, d: &[u8; 20]) {
+    buf.extend_from_slice(b"1:");
+    buf.extend_from_slice(base64(d).as_bytes());
 }
 
 /// The same, from the text addresses and ports of a row.
@@ -111,6 +128,18 @@ mod tests {
         );
         assert_eq!(seeded.as_deref(), Some("1:3V71V58M3Ksw/yuFALMcW0LAHvc="));
         assert_eq!(community_id_of("tcp", "10.0.0.1", 1, "::1", 2), None);
+        let d = digest(
+            0,
+            PROTO_UDP,
+            "10.0.0.1".parse().unwrap(),
+            6881,
+            "10.0.0.1".parse().unwrap(),
+            6881,
+        )
+        .unwrap();
+        let mut t = Vec::new();
+        push_text(&mut t, &d);
+        assert_eq!(t, b"1:PCUP7scfEGscB+YbkXUI7H4aPVE=");
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");

@@ -20,7 +20,7 @@ use polars::prelude::PolarsResult;
 
 pub use columns::Ts;
 pub use tables::*;
-pub use typed::{Hex, Ip, IpText, ShortBytes};
+pub use typed::{CidText, CommunityId, ConnTransport, Hex, Ip, IpText, ShortBytes};
 use writer::{DirSink, Interval, RotatingSink, TableSink};
 
 /// Extra prose at the end of docs/SCHEMA.md.
@@ -89,15 +89,27 @@ fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsR
 }
 
 /// Fills `community_id` of flows and connections (every row producer
-/// leaves it empty: the writer computes it from the row's 5-tuple).
+/// leaves it empty: the writer thread computes it from the row's 5-tuple).
 pub fn fill_community_ids(batch: &mut RowBatch) {
-    use community_id::community_id_of;
-    for f in batch.flows.iter_mut().filter(|f| f.community_id.is_empty()) {
-        f.community_id = community_id_of(f.proto, &f.orig_ip, f.orig_port, &f.resp_ip, f.resp_port).unwrap_or_default();
+    // Rows carry typed ends: the digest here, its text at the column (a
+    // mixed-family pair has none and is recomputed, as rare).
+    fn of(proto: u8, a: Ip, ap: u32, b: Ip, bp: u32) -> CommunityId {
+        match (u16::try_from(ap), u16::try_from(bp)) {
+            (Ok(ap), Ok(bp)) => CommunityId(community_id::digest(0, proto, a.0, ap, b.0, bp)),
+            _ => CommunityId(None),
+        }
     }
-    for c in batch.connections.iter_mut().filter(|c| c.community_id.is_empty()) {
-        c.community_id =
-            community_id_of(c.transport, &c.orig_ip, c.orig_port, &c.resp_ip, c.resp_port).unwrap_or_default();
+    for f in batch.flows.iter_mut().filter(|f| f.community_id.0.is_none()) {
+        // `proto` is one of the two names the flow layer gives.
+        let proto = if f.proto == "tcp" {
+            community_id::PROTO_TCP
+        } else {
+            community_id::PROTO_UDP
+        };
+        f.community_id = of(proto, f.orig_ip, f.orig_port, f.resp_ip, f.resp_port);
+    }
+    for c in batch.connections.iter_mut().filter(|c| c.community_id.0.is_none()) {
+        c.community_id = of(c.transport.ip_proto(), c.orig_ip, c.orig_port, c.resp_ip, c.resp_port);
     }
 }
 
@@ -138,9 +150,12 @@ impl SinkThread {
                 let mut commit = false;
                 for msg in rx {
                     match msg {
-                        SinkMsg::Rows(batch) => writers
-                            .push(&mut sink, *batch, budget)
-                            .map_err(|e| format!("writing Parquet: {e}"))?,
+                        SinkMsg::Rows(mut batch) => {
+                            fill_community_ids(&mut batch);
+                            writers
+                                .push(&mut sink, *batch, budget)
+                                .map_err(|e| format!("writing Parquet: {e}"))?
+                        }
                         SinkMsg::Rotate(_) => {}
                         SinkMsg::Commit => commit = true,
                     }
@@ -181,9 +196,12 @@ impl SinkThread {
                 let mut writers = writers;
                 for msg in rx {
                     match msg {
-                        SinkMsg::Rows(batch) => writers
-                            .push(&mut sink, *batch, budget)
-                            .map_err(|e| format!("writing Parquet: {e}"))?,
+                        SinkMsg::Rows(mut batch) => {
+                            fill_community_ids(&mut batch);
+                            writers
+                                .push(&mut sink, *batch, budget)
+                                .map_err(|e| format!("writing Parquet: {e}"))?
+                        }
                         SinkMsg::Rotate(next) => {
                             complete(writers, &mut sink).map_err(|e| format!("finishing Parquet: {e}"))?;
                             sink.set_interval(next);
@@ -203,11 +221,10 @@ impl SinkThread {
     }
 
     /// Sends rows; an error means the writer thread failed (see `finish`).
-    pub fn send(&self, mut batch: RowBatch) -> Result<(), String> {
+    pub fn send(&self, batch: RowBatch) -> Result<(), String> {
         if batch.is_empty() {
             return Ok(());
         }
-        fill_community_ids(&mut batch);
         self.send_msg(SinkMsg::Rows(Box::new(batch)))
     }
 

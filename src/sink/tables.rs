@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use polars_arrow::array::Array;
 
 use super::columns::{ColumnBuilder, ColumnSpec, Ts, I32};
-use super::typed::{Hex, Ip, IpText, ShortBytes};
+use super::typed::{CidText, CommunityId, ConnTransport, Hex, Ip, IpText, ShortBytes};
 
 /// Documentation of one column.
 #[derive(Debug, Clone, Copy)]
@@ -247,13 +247,13 @@ tables! {
     /// One row per TCP or UDP flow (5-tuple; a reused 4-tuple after a close is a new flow).
     flows => FlowRow {
         conn_id: u64 = "Flow id: (capture index << 40) | frame number of the flow's first packet; shared with `connections` when the flow carries one peer-wire connection.",
-        capture: String = "Input file name the flow started in.",
+        capture: Arc<str> = "Input file name the flow started in.",
         proto: &'static str = "tcp or udp.",
-        orig_ip: String = "Originator address: the side that sent the first SYN, else the first packet.",
+        orig_ip: Ip as IpText = "Originator address: the side that sent the first SYN, else the first packet.",
         orig_port: u32 as I32 = "Originator port.",
-        resp_ip: String = "Responder address.",
+        resp_ip: Ip as IpText = "Responder address.",
         resp_port: u32 as I32 = "Responder port.",
-        community_id: String = "Community ID v1 (seed 0) of the 5-tuple: the same value Zeek (`conn.log` community_id), Suricata and Arkime give this flow.",
+        community_id: CommunityId as CidText = "Community ID v1 (seed 0) of the 5-tuple: the same value Zeek (`conn.log` community_id), Suricata and Arkime give this flow.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         n_packets: u64 = "Packets in both directions.",
@@ -275,30 +275,30 @@ tables! {
     connections => ConnectionRow {
         conn_id: u64 = "Connection id (see flows.conn_id; for uTP the frame of the connection's first packet).",
         flow_id: u64 = "conn_id of the TCP/UDP flow carrying the connection.",
-        capture: String = "Input file name.",
-        transport: &'static str = "tcp or utp.",
-        orig_ip: String = "Originator (connecting side) address.",
+        capture: Arc<str> = "Input file name.",
+        transport: ConnTransport = "tcp or utp.",
+        orig_ip: Ip as IpText = "Originator (connecting side) address.",
         orig_port: u32 as I32 = "Originator port.",
-        resp_ip: String = "Responder (accepting side) address.",
+        resp_ip: Ip as IpText = "Responder (accepting side) address.",
         resp_port: u32 as I32 = "Responder port.",
-        community_id: String = "Community ID v1 (seed 0) of the flow carrying the connection (TCP, or UDP for uTP): joins with Zeek, Suricata and Arkime records.",
+        community_id: CommunityId as CidText = "Community ID v1 (seed 0) of the flow carrying the connection (TCP, or UDP for uTP): joins with Zeek, Suricata and Arkime records.",
         orig_peer_port: Option<u32> as I32 = "The originator's row in `peers` is (info_hash, orig_ip, orig_peer_port): its listen port (BEP 10 `p`, or the endpoint the swarm state merged it into), else its source port; null when the originator has no peers row (no info_hash; or past the bound on connection rows held until the end of the run).",
         resp_peer_port: Option<u32> as I32 = "The responder's row in `peers` is (info_hash, resp_ip, resp_peer_port); null as for orig_peer_port.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
-        info_hash: Option<String> = "Info hash (lowercase hex); null when neither seen nor inferred.",
+        info_hash: Option<[u8; 20]> as Hex = "Info hash (lowercase hex); null when neither seen nor inferred.",
         info_hash_source: Option<&'static str> = "handshake; endpoint: a mid-stream or MSE-encrypted connection attributed by an endpoint known as a listen address of exactly one torrent; address: an encrypted connection one of whose addresses takes part in exactly one torrent.",
         attribution_confidence: &'static str = "How sure info_hash is: exact (a handshake carried it), likely (info_hash_source endpoint: from the endpoint's plaintext sightings in tracker, DHT, PEX, LSD or other connections), weak (info_hash_source address), none (no info_hash).",
-        orig_peer_id: Option<String> = "Originator's peer id (hex).",
-        resp_peer_id: Option<String> = "Responder's peer id (hex).",
+        orig_peer_id: Option<[u8; 20]> as Hex = "Originator's peer id (hex).",
+        resp_peer_id: Option<[u8; 20]> as Hex = "Responder's peer id (hex).",
         orig_client: Option<String> = "Originator's client, from its peer id, else its BEP 10 `v`.",
         resp_client: Option<String> = "Responder's client.",
         orig_ltep_v: Option<String> = "Originator's BEP 10 `v` string.",
         resp_ltep_v: Option<String> = "Responder's BEP 10 `v` string.",
         orig_listen_port: Option<u32> as I32 = "Originator's listen port from its BEP 10 `p`.",
         resp_listen_port: Option<u32> as I32 = "Responder's listen port from its BEP 10 `p`. On a connection picked up mid-stream (`midstream`) the responder is a guess (the receiver of the first packet seen) and may be the side that connected: its `p` is then its listen port, which `resp_peer_port` does not name. `swarmtap merge` reads it (docs/MERGE.md, peers 1).",
-        orig_extensions: Vec<String> = "Extension names in the originator's BEP 10 handshake `m`.",
-        resp_extensions: Vec<String> = "Extension names in the responder's BEP 10 handshake `m`.",
+        orig_extensions: Vec<Cow<'static, str>> = "Extension names in the originator's BEP 10 handshake `m`.",
+        resp_extensions: Vec<Cow<'static, str>> = "Extension names in the responder's BEP 10 handshake `m`.",
         encrypted: bool = "The stream is MSE/PE-encrypted (not decodable passively).",
         mse_handshake: bool = "An MSE/PE key exchange opened the stream (true with encrypted = false: it selected plaintext and the rest is decoded).",
         midstream: bool = "Picked up mid-connection (no handshake seen; framing found by hunting).",

@@ -5,12 +5,12 @@
 //! per-cell strings the largest cost of the run (bench/README.md, session 5).
 
 use std::io::Write as _;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use polars::prelude::*;
 use polars_arrow::array::Array;
 
-use super::columns::{ColumnBuilder, ColumnSpec, StrBuilder};
+use super::columns::{ColumnBuilder, ColumnSpec, ColumnValue, NameBuilder, StrBuilder};
 
 /// A short byte string kept inline (transaction ids, `v`): up to
 /// [`ShortBytes::INLINE`] bytes without allocating; longer ones (rare, and
@@ -161,6 +161,12 @@ impl From<IpAddr> for Ip {
     }
 }
 
+impl std::fmt::Display for Ip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// Compares with an address's text (`r.src_ip == "10.0.0.1"` in tests and
 /// filters): equal when the text parses to the same address.
 impl PartialEq<&str> for Ip {
@@ -172,6 +178,84 @@ impl PartialEq<&str> for Ip {
 impl ToText for Ip {
     fn push_text(&self, buf: &mut Vec<u8>) {
         push_ip(buf, self.0);
+    }
+}
+
+/// The transport of a peer-wire connection (`connections.transport`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ConnTransport {
+    #[default]
+    Tcp,
+    Utp,
+}
+
+impl ConnTransport {
+    pub fn name(self) -> &'static str {
+        match self {
+            ConnTransport::Tcp => "tcp",
+            ConnTransport::Utp => "utp",
+        }
+    }
+
+    /// The IANA number of the flow carrying it (uTP rides on UDP).
+    pub fn ip_proto(self) -> u8 {
+        match self {
+            ConnTransport::Tcp => super::community_id::PROTO_TCP,
+            ConnTransport::Utp => super::community_id::PROTO_UDP,
+        }
+    }
+}
+
+impl ColumnValue for ConnTransport {
+    type Builder = NameBuilder;
+    fn dtype() -> DataType {
+        DataType::String
+    }
+    fn type_doc() -> &'static str {
+        "string"
+    }
+}
+
+impl ColumnBuilder<ConnTransport> for NameBuilder {
+    #[inline]
+    fn push(&mut self, v: &ConnTransport) {
+        ColumnBuilder::<&'static str>::push(self, &v.name());
+    }
+    fn bytes(&self) -> usize {
+        ColumnBuilder::<&'static str>::bytes(self)
+    }
+    fn finish(&mut self, name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
+        ColumnBuilder::<&'static str>::finish(self, name, dtype)
+    }
+}
+
+/// A flow's Community ID v1 as its SHA-1 (see [`super::community_id`]);
+/// None for a flow between address families (written as empty text).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommunityId(pub Option<[u8; 20]>);
+
+impl CommunityId {
+    /// Of the flow between `a` and `b` with IANA protocol `proto`, seed 0.
+    pub fn of(proto: u8, a: SocketAddr, b: SocketAddr) -> CommunityId {
+        CommunityId(super::community_id::digest(
+            0,
+            proto,
+            a.ip(),
+            a.port(),
+            b.ip(),
+            b.port(),
+        ))
+    }
+}
+
+/// A Community ID written as its text (`1:` + base64).
+pub struct CidText;
+
+impl ToText for CommunityId {
+    fn push_text(&self, buf: &mut Vec<u8>) {
+        if let Some(d) = &self.0 {
+            super::community_id::push_text(buf, d);
+        }
     }
 }
 
@@ -228,6 +312,7 @@ macro_rules! text_spec {
 text_spec!(Hex, [u8; 20]);
 text_spec!(Hex, ShortBytes);
 text_spec!(IpText, Ip);
+text_spec!(CidText, CommunityId);
 
 #[cfg(test)]
 mod tests {

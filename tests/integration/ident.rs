@@ -211,8 +211,9 @@ fn judge(path: &Path, rows: &RowBatch, labels: Option<&Vec<Label>>) -> Outcome {
             let fits = |ip: &Option<String>, port: &Option<u32>, a: (&str, u32)| {
                 ip.as_ref().is_none_or(|i| same_ip(a.0, i)) && port.is_none_or(|p| p == a.1)
             };
-            let o_end = (f.orig_ip.as_str(), f.orig_port);
-            let r_end = (f.resp_ip.as_str(), f.resp_port);
+            let (oi, ri) = (f.orig_ip.to_string(), f.resp_ip.to_string());
+            let o_end = (oi.as_str(), f.orig_port);
+            let r_end = (ri.as_str(), f.resp_port);
             let fwd = fits(&l.src_ip, &l.src_port, o_end) && fits(&l.dest_ip, &l.dest_port, r_end);
             let rev = fits(&l.src_ip, &l.src_port, r_end) && fits(&l.dest_ip, &l.dest_port, o_end);
             let narrowed = l.src_ip.is_some() || l.dest_ip.is_some() || l.src_port.is_some() || l.dest_port.is_some();
