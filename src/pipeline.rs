@@ -123,6 +123,10 @@ struct PacketJudge {
     /// sender's choice; it is looked up for every packet, and SipHash took
     /// 1.5 % of a bulk run here).
     offload_sources: HashMap<IpAddr, bool, foldhash::quality::RandomState>,
+    /// The last source found in `offload_sources`, with its entry (which
+    /// never changes once made): a run of packets from one sender (a bulk
+    /// transfer) takes one lookup, not one each.
+    last_source: Option<(IpAddr, bool)>,
     max_sources: usize,
     verify: bool,
 }
@@ -142,6 +146,7 @@ impl PacketJudge {
             clock: i64::MIN,
             max_jump_us: settings.limits.max_clock_jump_us,
             offload_sources: HashMap::default(),
+            last_source: None,
             max_sources: settings.limits.max_checksum_sources,
             verify: settings.verify_checksums,
         }
@@ -182,12 +187,21 @@ impl PacketJudge {
             Checksum::Offloaded => true,
             Checksum::Bad => return true,
         };
+        if let Some((src, local)) = self.last_source {
+            if src == p.src {
+                return offloaded && !local;
+            }
+        }
         let full = self.offload_sources.len() >= self.max_sources;
         match self.offload_sources.get(&p.src) {
-            Some(&local) => offloaded && !local,
+            Some(&local) => {
+                self.last_source = Some((p.src, local));
+                offloaded && !local
+            }
             None if full => offloaded,
             None => {
                 self.offload_sources.insert(p.src, offloaded);
+                self.last_source = Some((p.src, offloaded));
                 false
             }
         }
@@ -1201,19 +1215,21 @@ fn process_batch(
     const CHUNK: usize = 256;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
+    // An indexed collect: each chunk writes its frames' results straight
+    // into their places in the vector (collecting chunk by chunk, as
+    // `flat_map_iter` did, built one vector per chunk and copied them all
+    // into the result).
     let decoded: Vec<(Decoded, u32)> = frames
-        .par_chunks(CHUNK)
+        .par_iter()
         .enumerate()
-        .flat_map_iter(|(ci, chunk)| {
-            chunk.iter().enumerate().map(move |(j, fm)| {
-                let i = lo + ci * CHUNK + j;
-                let d = decode(fm.link_type, batch.frame_data(i));
-                let shard = match &d {
-                    Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash(key) % n_shards as u64) as u32,
-                    _ => 0,
-                };
-                (d, shard)
-            })
+        .with_min_len(CHUNK)
+        .map(|(j, fm)| {
+            let d = decode(fm.link_type, batch.frame_data(lo + j));
+            let shard = match &d {
+                Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash(key) % n_shards as u64) as u32,
+                _ => 0,
+            };
+            (d, shard)
         })
         .collect();
     let name = names.get(batch.capture_idx as usize).cloned().unwrap_or_default();

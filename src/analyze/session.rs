@@ -402,8 +402,8 @@ impl State {
         if let Some(k) = self.held_key.take() {
             out.unhold(k);
         }
-        let held = std::mem::take(&mut self.held);
-        for h in held {
+        let mut held = std::mem::take(&mut self.held);
+        for h in held.drain(..) {
             let peer = self.peer_addr(h.side);
             let kind = match h.kind {
                 SwarmEventKind::Transfer { bytes, cut_off, .. } => SwarmEventKind::Transfer {
@@ -436,6 +436,12 @@ impl State {
                     other: self.peer_addr(1 - h.side),
                 });
             }
+        }
+        // A settled connection releases each event as it comes: a small
+        // vector is kept for the next one rather than allocated per event
+        // (the memory account counts held events, not this capacity).
+        if held.capacity() <= 4 {
+            self.held = held;
         }
     }
 

@@ -387,87 +387,26 @@ impl<A: FlowApps> Shard<A> {
         };
         let syn = flags & tcp_flags::SYN != 0;
         let ack = flags & tcp_flags::ACK != 0;
-        // A new SYN on a closed 4-tuple starts a new connection; a flow idle
-        // for longer than its timeout ends before this packet, even if no
-        // sweep has run in between (sweeps follow batch ends).
         let idle = if is_tcp {
             self.limits.tcp_idle_us
         } else {
             self.limits.udp_idle_us
         };
-        let (exists, end) = match self.flows.get(&key) {
-            None => (false, None),
-            Some(f) if is_tcp && syn && !ack && f.closed_at.is_some() => {
-                (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
+        // The common packet: of an open flow, no SYN, not closed, not idle.
+        // It takes one lookup; every other packet goes the long way
+        // (`open_or_end`, which lets this one through unchanged too).
+        let f = match self.flows.get_mut(&key) {
+            Some(f) if !syn && f.closed_at.is_none() && clock - f.last_clock <= idle => &mut **f,
+            _ => {
+                if !self.open_or_end(ctx, clock, p, key, from_a) {
+                    return;
+                }
+                match self.flows.get_mut(&key) {
+                    Some(f) => &mut **f,
+                    None => return,
+                }
             }
-            // Closed for longer than the linger: a sweep would have ended it,
-            // so this packet starts a new flow whether or not one ran.
-            Some(f)
-                if f.closed_at
-                    .is_some_and(|c| clock - c > self.limits.tcp_closed_linger_us) =>
-            {
-                (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
-            }
-            Some(f) if clock - f.last_clock > idle => (true, Some(EndReason::Idle)),
-            // The other side answered a held SYN (see below): the old
-            // connection was gone there, the SYN starts a new one.
-            Some(f)
-                if is_tcp
-                    && syn
-                    && ack
-                    && f.pending_syn.as_ref().is_some_and(|ps| {
-                        ps.from_a != from_a
-                            && matches!(p.transport, Transport::Tcp { ack: a, .. } if a == ps.seq.wrapping_add(1))
-                    }) =>
-            {
-                (true, Some(EndReason::Reused))
-            }
-            // A SYN on a connection that carried data and was not seen to
-            // close: a receiver in a synchronized state ignores it, payload
-            // and all (RFC 9293 §3.10.7.4, RFC 5961 §4: challenge ACK), so a
-            // spoofed SYN must not end or feed it. A SYN without ACK is held:
-            // it starts a new connection once the other side answers it with
-            // a SYN-ACK.
-            Some(f) if is_tcp && syn && f.payload.iter().sum::<u64>() > 0 => {
-                self.syn_on_open_flow(ctx, key, from_a, p, !ack);
-                self.account(&key);
-                return;
-            }
-            Some(_) => (true, None),
         };
-        if let Some(reason) = end {
-            if let Some(mut f) = self.take(&key) {
-                if reason == EndReason::Reused {
-                    // The held SYN was counted here; it opens the new flow.
-                    if let Some(ps) = f.pending_syn.take() {
-                        let side = if ps.from_a == f.orig_is_a { ORIG } else { RESP };
-                        f.n_packets[side] = f.n_packets[side].saturating_sub(1);
-                        self.reused_syn = Some(ps);
-                    }
-                }
-                self.end_flow(key, *f, reason, ctx);
-            }
-        }
-        if !exists || end.is_some() {
-            if self.flows.len() >= self.cap {
-                self.evict(ctx);
-            }
-            let mut flow = self.new_flow(ctx, clock, p, is_tcp, syn, ack);
-            if end == Some(EndReason::Reused) {
-                // The new connection began with the SYN that was held back.
-                if let Some(ps) = self.reused_syn.take() {
-                    flow.conn_id = (u64::from(ps.capture) << 40) | ps.frame;
-                    flow.first_ts = ps.ts;
-                    flow.n_packets[ORIG] += 1;
-                    if let FlowApp::Tcp(t) = &mut flow.app {
-                        t.reasm[ORIG].start_at(ps.seq.wrapping_add(1));
-                    }
-                }
-            }
-            self.stats.n_flows += 1;
-            self.flows.insert(key, Box::new(flow));
-        }
-        let Some(f) = self.flows.get_mut(&key) else { return };
         let side = if from_a == f.orig_is_a { ORIG } else { RESP };
         if ctx.ts >= f.last_ts {
             f.last_ts = ctx.ts;
@@ -477,7 +416,17 @@ impl<A: FlowApps> Shard<A> {
         f.n_bad_checksums = f.n_bad_checksums.saturating_add(u32::from(note.bad_checksum));
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
-        let info = flow_info(f, &key);
+        // What the application side is told of the flow, made only for a
+        // packet it is handed (not for one of a ruled-out TCP flow).
+        let (conn_id, capture, orig_is_a, first_ts, midstream) =
+            (f.conn_id, f.capture, f.orig_is_a, f.first_ts, f.midstream);
+        let info = || FlowInfo {
+            conn_id,
+            capture,
+            ends: flow_ends(&key, orig_is_a),
+            first_ts,
+            midstream,
+        };
         let apps = &mut self.apps;
         match (&mut f.app, p.transport) {
             (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) => {
@@ -489,6 +438,7 @@ impl<A: FlowApps> Shard<A> {
                     t.reasm[RESP].set_ranges_only();
                 }
                 let blind = t.reasm[ORIG].is_ranges_only();
+                let info = (!blind).then(info);
                 if syn {
                     f.syn_seen = true;
                     if !t.reasm[side].is_started() {
@@ -501,8 +451,8 @@ impl<A: FlowApps> Shard<A> {
                 let (reasm, app) = (&mut t.reasm, &mut t.app);
                 let before = [reasm[0].stream_offset(), reasm[1].stream_offset()];
                 let mut deliver = |side: usize, c: Chunk<'_>| {
-                    if !blind {
-                        apps.stream(&info, app, side, c, ctx);
+                    if let Some(info) = &info {
+                        apps.stream(info, app, side, c, ctx);
                     }
                 };
                 if !payload.is_empty() {
@@ -576,12 +526,109 @@ impl<A: FlowApps> Shard<A> {
                     );
                 }
             }
-            (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info, u, side, payload, ctx),
+            (FlowApp::Udp(u), Transport::Udp) => apps.datagram(&info(), u, side, payload, ctx),
             _ => {}
         }
         let m = u32::try_from(Self::flow_bytes(f)).unwrap_or(u32::MAX);
         self.mem = self.mem.saturating_sub(f.mem as usize) + m as usize;
         f.mem = m;
+    }
+
+    /// [`Shard::packet`]'s long way, for a packet that is not of an open,
+    /// active flow or that carries a SYN: ends the flow it finds when the
+    /// packet closes a chapter (a new SYN on a closed 4-tuple, a linger or
+    /// idle time passed, a held SYN answered) and opens a new one when
+    /// there is none; false when the packet was dealt with here (a SYN on
+    /// an open connection).
+    fn open_or_end(&mut self, ctx: FrameCtx, clock: i64, p: &Packet, key: FlowKey, from_a: bool) -> bool {
+        let is_tcp = key.proto == Proto::Tcp;
+        let flags = match p.transport {
+            Transport::Tcp { flags, .. } => flags,
+            Transport::Udp => 0,
+        };
+        let syn = flags & tcp_flags::SYN != 0;
+        let ack = flags & tcp_flags::ACK != 0;
+        // A new SYN on a closed 4-tuple starts a new connection; a flow idle
+        // for longer than its timeout ends before this packet, even if no
+        // sweep has run in between (sweeps follow batch ends).
+        let idle = if is_tcp {
+            self.limits.tcp_idle_us
+        } else {
+            self.limits.udp_idle_us
+        };
+        let (exists, end) = match self.flows.get(&key) {
+            None => (false, None),
+            Some(f) if is_tcp && syn && !ack && f.closed_at.is_some() => {
+                (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
+            }
+            // Closed for longer than the linger: a sweep would have ended it,
+            // so this packet starts a new flow whether or not one ran.
+            Some(f)
+                if f.closed_at
+                    .is_some_and(|c| clock - c > self.limits.tcp_closed_linger_us) =>
+            {
+                (true, Some(if f.rst { EndReason::Rst } else { EndReason::Fin }))
+            }
+            Some(f) if clock - f.last_clock > idle => (true, Some(EndReason::Idle)),
+            // The other side answered a held SYN (see below): the old
+            // connection was gone there, the SYN starts a new one.
+            Some(f)
+                if is_tcp
+                    && syn
+                    && ack
+                    && f.pending_syn.as_ref().is_some_and(|ps| {
+                        ps.from_a != from_a
+                            && matches!(p.transport, Transport::Tcp { ack: a, .. } if a == ps.seq.wrapping_add(1))
+                    }) =>
+            {
+                (true, Some(EndReason::Reused))
+            }
+            // A SYN on a connection that carried data and was not seen to
+            // close: a receiver in a synchronized state ignores it, payload
+            // and all (RFC 9293 §3.10.7.4, RFC 5961 §4: challenge ACK), so a
+            // spoofed SYN must not end or feed it. A SYN without ACK is held:
+            // it starts a new connection once the other side answers it with
+            // a SYN-ACK.
+            Some(f) if is_tcp && syn && f.payload.iter().sum::<u64>() > 0 => {
+                self.syn_on_open_flow(ctx, key, from_a, p, !ack);
+                self.account(&key);
+                return false;
+            }
+            Some(_) => (true, None),
+        };
+        if let Some(reason) = end {
+            if let Some(mut f) = self.take(&key) {
+                if reason == EndReason::Reused {
+                    // The held SYN was counted here; it opens the new flow.
+                    if let Some(ps) = f.pending_syn.take() {
+                        let side = if ps.from_a == f.orig_is_a { ORIG } else { RESP };
+                        f.n_packets[side] = f.n_packets[side].saturating_sub(1);
+                        self.reused_syn = Some(ps);
+                    }
+                }
+                self.end_flow(key, *f, reason, ctx);
+            }
+        }
+        if !exists || end.is_some() {
+            if self.flows.len() >= self.cap {
+                self.evict(ctx);
+            }
+            let mut flow = self.new_flow(ctx, clock, p, is_tcp, syn, ack);
+            if end == Some(EndReason::Reused) {
+                // The new connection began with the SYN that was held back.
+                if let Some(ps) = self.reused_syn.take() {
+                    flow.conn_id = (u64::from(ps.capture) << 40) | ps.frame;
+                    flow.first_ts = ps.ts;
+                    flow.n_packets[ORIG] += 1;
+                    if let FlowApp::Tcp(t) = &mut flow.app {
+                        t.reasm[ORIG].start_at(ps.seq.wrapping_add(1));
+                    }
+                }
+            }
+            self.stats.n_flows += 1;
+            self.flows.insert(key, Box::new(flow));
+        }
+        true
     }
 
     /// A SYN on an open connection that carried data: counted, not acted on;
@@ -897,14 +944,24 @@ impl<A: FlowApps> Shard<A> {
 }
 
 fn flow_info<T, U>(f: &Flow<T, U>, key: &FlowKey) -> FlowInfo {
-    let a = SocketAddr::new(key.a.0, key.a.1);
-    let b = SocketAddr::new(key.b.0, key.b.1);
     FlowInfo {
         conn_id: f.conn_id,
         capture: f.capture,
-        ends: if f.orig_is_a { [a, b] } else { [b, a] },
+        ends: flow_ends(key, f.orig_is_a),
         first_ts: f.first_ts,
         midstream: f.midstream,
+    }
+}
+
+/// [originator, responder] of a flow keyed `key`.
+#[inline]
+fn flow_ends(key: &FlowKey, orig_is_a: bool) -> [SocketAddr; 2] {
+    let a = SocketAddr::new(key.a.0, key.a.1);
+    let b = SocketAddr::new(key.b.0, key.b.1);
+    if orig_is_a {
+        [a, b]
+    } else {
+        [b, a]
     }
 }
 
