@@ -198,8 +198,7 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
     // A zstd context for this row group only: its workspace (up to about
     // 1 MB, sized by the largest page) is freed with the group instead of
     // living as long as the file (one per table that flushed a group).
-    // Level 0: zstd's default, as CompressionOptions::Zstd(None).
-    let ctx = Mutex::new(zstd::bulk::Compressor::new(0)?);
+    let ctx = Mutex::new(zstd::bulk::Compressor::new(ZSTD_LEVEL)?);
     let mut columns = Vec::with_capacity(t.fields.len());
     for (((array, type_), enc), f) in arrays
         .into_iter()
@@ -262,8 +261,14 @@ fn column_pages(
     )?])
 }
 
-/// Compresses one encoded page with zstd at its default level, as
-/// polars-parquet's `Compressor` does (same bytes), but with the table
+/// zstd level of every page: 1, not zstd's default 3 (what polars-parquet's
+/// `Compressor` uses): on dht-125k 4 % fewer instructions on the writer
+/// thread and 0.6 % smaller files (dht-500k 0.4 % smaller, bulk-1g 1.4 %
+/// larger). Readers see the same codec (ZSTD) either way.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Compresses one encoded page with zstd at [`ZSTD_LEVEL`], as
+/// polars-parquet's `Compressor` does, but with the table
 /// row group's one zstd context (it makes a context per page, 1–2 % of a run)
 /// and without zero-filling the output first.
 fn compress_page(z: &mut zstd::bulk::Compressor<'static>, page: Page) -> PolarsResult<CompressedPage> {
