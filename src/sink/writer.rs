@@ -179,7 +179,7 @@ fn write_group<R: Row>(t: &mut TableFile<R>) -> PolarsResult<()> {
             .ok_or_else(|| PolarsError::ComputeError(format!("no field {name}").into()))?;
         arrays.push(PrimitiveArray::<i64>::from_vec(vec![v; h]).to(dtype).boxed());
     }
-    write_arrays(t, h, arrays)
+    write_arrays(t, h, arrays, true)
 }
 
 /// Writes `df` (every column of the file, in its order) as row groups.
@@ -187,14 +187,18 @@ fn write_df<R: Row>(t: &mut TableFile<R>, df: &mut DataFrame) -> PolarsResult<()
     df.rechunk_mut();
     for batch in df.iter_chunks(CompatLevel::oldest(), false) {
         let n = batch.height();
-        write_arrays(t, n, batch.into_arrays())?;
+        write_arrays(t, n, batch.into_arrays(), false)?;
     }
     Ok(())
 }
 
 /// Writes one row group of `n` rows: one array per field of the file, in
-/// its order (cast to the field's type where it differs).
-fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Array>>) -> PolarsResult<()> {
+/// its order (cast to the field's type where it differs). `built`: the
+/// arrays come from the column builders, whose text columns chose between
+/// a dictionary and plain text themselves (`dict.rs`): a text array that
+/// is not a dictionary is written plain, without polars-parquet's
+/// cardinality estimate and dictionary cast.
+fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Array>>, built: bool) -> PolarsResult<()> {
     // A zstd context for this row group only: its workspace (up to about
     // 1 MB, sized by the largest page) is freed with the group instead of
     // living as long as the file (one per table that flushed a group).
@@ -213,6 +217,11 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
             polars::polars_compute::cast::cast(&*names_as_text(&*array)?, &f.dtype, Default::default())?
         } else {
             polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
+        };
+        let enc = if built && *array.dtype() == ArrowDataType::LargeUtf8 {
+            &[Encoding::Plain]
+        } else {
+            enc.as_slice()
         };
         for pages in column_pages(array, type_, t.options, enc)? {
             columns.push(Ok(DynStreamingIterator::new(Compressed {
