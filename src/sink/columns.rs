@@ -831,7 +831,7 @@ mod tests {
     fn validity_bits_as_a_mutable_bitmap_makes_them() {
         for n in [0usize, 1, 7, 8, 9, 63, 64, 65, 200] {
             for first_null in [0usize, 1, 7, 8, 13, 64, 199, usize::MAX] {
-                let valid = |i: usize| i != first_null && (i < first_null || i % 3 != 0);
+                let valid = |i: usize| i != first_null && (i < first_null || !i.is_multiple_of(3));
                 let mut v = Validity::default();
                 let mut want = MutableBitmap::new();
                 for i in 0..n {

@@ -21,7 +21,7 @@ use polars_parquet::write::{
 };
 
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
-use polars_arrow::datatypes::IntegerType;
+use polars_arrow::datatypes::{IntegerType, PhysicalType};
 
 use super::columns::{names_as_text, set_current_table, writes_as};
 use super::layout::{self, Layout, Staging};
@@ -197,7 +197,9 @@ fn write_df<R: Row>(t: &mut TableFile<R>, df: &mut DataFrame) -> PolarsResult<()
 /// arrays come from the column builders, whose text columns chose between
 /// a dictionary and plain text themselves (`dict.rs`): a text array that
 /// is not a dictionary is written plain, without polars-parquet's
-/// cardinality estimate and dictionary cast.
+/// cardinality estimate and dictionary cast; so are floats (see below),
+/// and integer columns of nulls only are handed over as the dictionary
+/// polars-parquet would make of them ([`null_dictionary`]).
 fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Array>>, built: bool) -> PolarsResult<()> {
     // A zstd context for this row group only: its workspace (up to about
     // 1 MB, sized by the largest page) is freed with the group instead of
@@ -218,7 +220,15 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
         } else {
             polars::polars_compute::cast::cast(&*array, &f.dtype, Default::default())?
         };
-        let enc = if built && *array.dtype() == ArrowDataType::LargeUtf8 {
+        let array = if built && is_null_numbers(&*array) {
+            null_dictionary(&*array)?
+        } else {
+            array
+        };
+        // Floats: polars-parquet estimates their cardinality, then fails to
+        // cast them to a dictionary (it has no float dictionaries) and
+        // writes them plain; plain at once.
+        let enc = if built && matches!(array.dtype(), ArrowDataType::LargeUtf8 | ArrowDataType::Float64) {
             &[Encoding::Plain]
         } else {
             enc.as_slice()
@@ -233,6 +243,34 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
     }
     t.writer.write(n as u64, DynIter::new(columns.into_iter()))?;
     Ok(())
+}
+
+/// Whether `array` is integers (or times) and all null.
+fn is_null_numbers(array: &dyn Array) -> bool {
+    use polars_arrow::types::PrimitiveType as P;
+    !array.is_empty()
+        && array.null_count() == array.len()
+        && matches!(
+            array.dtype().to_physical_type(),
+            PhysicalType::Primitive(
+                P::Int8 | P::Int16 | P::Int32 | P::Int64 | P::UInt8 | P::UInt16 | P::UInt32 | P::UInt64
+            )
+        )
+}
+
+/// A column of nulls only (a DHT message's optional numbers mostly are),
+/// as the empty dictionary polars-parquet makes of it: its cardinality
+/// estimate says one value, and its cast to a dictionary pushes every
+/// null; made here at once. The array's own validity (all unset) is kept.
+fn null_dictionary(array: &dyn Array) -> PolarsResult<Box<dyn Array>> {
+    let keys = PrimitiveArray::<u32>::try_new(
+        ArrowDataType::UInt32,
+        vec![0u32; array.len()].into(),
+        array.validity().cloned(),
+    )?;
+    let values = polars_arrow::array::new_empty_array(array.dtype().clone());
+    let dict = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(array.dtype().clone()), false);
+    Ok(DictionaryArray::<u32>::try_new(dict, keys, values)?.boxed())
 }
 
 /// The pages of one column chunk. A flat column (every column the tables
