@@ -85,7 +85,7 @@ fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsR
             ..Default::default()
         })
         .collect();
-    sink.push(&mut writers.anomalies, rows.into_iter())?;
+    sink.push(&mut writers.anomalies, rows.iter())?;
     writers.finish(sink)
 }
 
