@@ -21,7 +21,7 @@ use crate::sink::{CommunityId, ConnTransport, ConnectionRow, Ip, Ts};
 pub struct HeldConns {
     buf: Vec<u8>,
     n: usize,
-    /// The `capture` names of the rows (a handful per run).
+    /// The `capture` names of the rows held (a handful).
     captures: Vec<Arc<str>>,
     /// `'static` names the rows carried (sources, confidences, extension
     /// names known at compile time).
@@ -338,6 +338,9 @@ impl HeldConns {
             rows.push(self.read(&mut r));
         }
         self.n = 0;
+        // Nothing refers to the capture names now: a live run, which takes
+        // the rows at every rotation, does not collect one per input file.
+        self.captures.clear();
         rows
     }
 
@@ -515,8 +518,10 @@ mod tests {
             packed < 2 * std::mem::size_of::<ConnectionRow>(),
             "{packed} bytes for 4 rows"
         );
-        // Packing again after a take starts a fresh buffer with the tables kept.
+        // Packing again after a take starts afresh.
+        assert!(h.captures.is_empty());
         h.push(rows[2].clone());
-        assert_eq!(h.take_all(), vec![rows[2].clone()]);
+        h.push(rows[0].clone());
+        assert_eq!(h.take_all(), vec![rows[2].clone(), rows[0].clone()]);
     }
 }
