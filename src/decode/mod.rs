@@ -270,9 +270,16 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 /// and copied (it is 64 bytes), and the call's register saves go.
 #[inline]
 pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
-    let off = match ip_offset(link_type, frame) {
-        Ok(o) => o,
-        Err(d) => return d,
+    // Untagged Ethernet carrying IP, nearly every frame: `ip_offset`'s
+    // answer (14) without its call and its switch over link types.
+    let plain_ethernet = link_type == linktype::ETHERNET && matches!(be16(frame, 12), Some(0x0800 | 0x86DD));
+    let off = if plain_ethernet {
+        14
+    } else {
+        match ip_offset(link_type, frame) {
+            Ok(o) => o,
+            Err(d) => return d,
+        }
     };
     let Some(ip_bytes) = frame.get(off..) else {
         return Decoded::Error("truncated_link_header");
