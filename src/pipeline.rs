@@ -1231,6 +1231,9 @@ fn process_batch(
     // into their places in the vector (collecting chunk by chunk, as
     // `flat_map_iter` did, built one vector per chunk and copied them all
     // into the result).
+    // With a power-of-two shard count (the default 64) the remainder is a
+    // mask: the same shard, without a 64-bit division per packet.
+    let shard_mask = n_shards.is_power_of_two().then_some(n_shards as u64 - 1);
     let decoded: Vec<(Decoded, u32)> = frames
         .par_iter()
         .enumerate()
@@ -1238,10 +1241,16 @@ fn process_batch(
         .map(|(j, fm)| {
             let d = decode(fm.link_type, batch.frame_data(lo + j));
             let shard = match &d {
-                Decoded::Packet(p) => (FlowKey::of(p).0.shard_hash(key) % n_shards as u64) as u32,
+                Decoded::Packet(p) => {
+                    let h = FlowKey::of(p).0.shard_hash(key);
+                    match shard_mask {
+                        Some(m) => h & m,
+                        None => h % n_shards as u64,
+                    }
+                }
                 _ => 0,
             };
-            (d, shard)
+            (d, shard as u32)
         })
         .collect();
     let name = names.get(batch.capture_idx as usize).cloned().unwrap_or_default();
