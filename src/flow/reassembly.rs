@@ -343,13 +343,19 @@ impl Tail {
             }
             self.buf.extend_from_slice(now);
         }
+        // At most two copies (`rest` is at most `cap` bytes): up to the
+        // ring's end, then from its start.
         while !rest.is_empty() {
             let n = rest.len().min(cap - self.start);
+            let (now, later) = rest.split_at(n);
             if let Some(dst) = self.buf.get_mut(self.start..self.start + n) {
-                dst.copy_from_slice(&rest[..n]);
+                dst.copy_from_slice(now);
             }
-            rest = &rest[n..];
-            self.start = (self.start + n) % cap;
+            rest = later;
+            self.start += n;
+            if self.start >= cap {
+                self.start = 0;
+            }
         }
     }
 
