@@ -1221,14 +1221,14 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
     input
 }
 
-/// Gives a shard's emptied output vector room for `n` items, what it
-/// pushed last step, up to [`RESERVE_BYTES`]: a settled connection pushes
-/// its swarm events one at a time, and a vector regrown from nothing every
-/// step reallocated and copied them ~log2(n) times (0.9 % of bulk-1g's
-/// worker instructions). Bounded, so a burst step does not leave every
-/// shard holding its size.
+/// Gives a shard's emptied output vector room for twice the `n` items it
+/// pushed last step (steps vary), up to [`RESERVE_BYTES`]: a settled
+/// connection pushes its swarm events one at a time, and a vector regrown
+/// from nothing every step reallocated and copied them ~log2(n) times
+/// (0.9 % of bulk-1g's worker instructions). Bounded, so a burst step does
+/// not leave every shard holding its size.
 fn reserve_like<T>(v: &mut Vec<T>, n: usize) {
-    let n = n.min(RESERVE_BYTES / std::mem::size_of::<T>().max(1));
+    let n = n.saturating_mul(2).min(RESERVE_BYTES / std::mem::size_of::<T>().max(1));
     if v.capacity() < n {
         v.reserve_exact(n - v.len());
     }
