@@ -1148,23 +1148,13 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         rows,
         ..StepInput::default()
     };
-    // Moved, not copied: a shard's buffers start each step with room for
-    // about what it pushed last step (at most `RESERVE_BYTES` each) instead
+    // Moved, not copied: a shard's buffers start empty each step instead
     // of keeping the capacity of the run's largest step (a `have` burst:
     // thousands of rows) for the rest of the run. What a shard pushes per
     // packet is in frame order: merged into the order the stage sorts it
     // in, each row moved once (see `analyze::order`), instead of appended
     // shard by shard and sorted again.
     let frame = |c: &FrameCtx| (c.capture, c.frame);
-    // What each shard pushed this step, to give it room for about as many
-    // next step (see `reserve_like`).
-    let last: Vec<[usize; 3]> = shards
-        .iter()
-        .map(|s| {
-            let o = &s.apps.out;
-            [o.events.len(), o.unattributed.len(), o.rows.peer_messages.len()]
-        })
-        .collect();
     merge_sorted_runs(
         &mut input.events,
         shards.iter_mut().map(|s| &mut s.apps.out.events),
@@ -1199,7 +1189,7 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
             .filter(|r| !r.is_empty())
             .collect::<Vec<_>>(),
     );
-    for (s, &[n_events, n_unattributed, n_messages]) in shards.iter_mut().zip(&last) {
+    for s in shards.iter_mut() {
         let out = &mut s.apps.out;
         if !out.unattributed.is_empty() {
             move_rows(&mut input.unattributed, &mut out.unattributed);
@@ -1213,29 +1203,10 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         if !out.conn_ends.is_empty() {
             move_rows(&mut input.conn_ends, &mut out.conn_ends);
         }
-        reserve_like(&mut out.events, n_events);
-        reserve_like(&mut out.unattributed, n_unattributed);
-        reserve_like(&mut out.rows.peer_messages, n_messages);
     }
     input.held_since = shards.iter().filter_map(|s| s.apps.out.oldest_held()).min();
     input
 }
-
-/// Gives a shard's emptied output vector room for twice the `n` items it
-/// pushed last step (steps vary), up to [`RESERVE_BYTES`]: a settled
-/// connection pushes its swarm events one at a time, and a vector regrown
-/// from nothing every step reallocated and copied them ~log2(n) times
-/// (0.9 % of bulk-1g's worker instructions). Bounded, so a burst step does
-/// not leave every shard holding its size.
-fn reserve_like<T>(v: &mut Vec<T>, n: usize) {
-    let n = n.saturating_mul(2).min(RESERVE_BYTES / std::mem::size_of::<T>().max(1));
-    if v.capacity() < n {
-        v.reserve_exact(n - v.len());
-    }
-}
-
-/// The most [`reserve_like`] reserves for one vector of one shard.
-const RESERVE_BYTES: usize = 16 * 1024;
 
 /// Decodes frames `range` of a batch in parallel and runs the shards over
 /// them (the state they update is the engine's, passed field by field so
