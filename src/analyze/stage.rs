@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::analyze::apps::ShardContext;
 use crate::analyze::audit::Audit;
 use crate::analyze::dht::{DhtAggregate, DhtObservation};
+use crate::analyze::held::HeldConns;
 use crate::analyze::metadata::{MetadataAssembler, MetadataPiece};
 use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::stream::{EV_MSE_BOTH, EV_MSE_NAMED, EV_MSE_ONE_WAY_NAMED};
@@ -204,8 +205,8 @@ pub struct Stage {
     audit: Audit,
     dht: DhtAggregate,
     meta: MetaState,
-    /// Connection rows, held for attribution and the peers' ports.
-    held_conns: Vec<ConnectionRow>,
+    /// Connection rows, held for attribution and the peers' ports (packed).
+    held_conns: HeldConns,
     /// Typed ends of the encrypted connections not attributed yet, by
     /// conn_id (at most `2 * MAX_HELD_CONNECTIONS`).
     ends: HashMap<u64, ConnEnds>,
@@ -276,7 +277,7 @@ impl Stage {
             audit,
             dht,
             meta,
-            held_conns: Vec::new(),
+            held_conns: HeldConns::default(),
             ends: HashMap::new(),
             held_msgs: HeldMessages::default(),
             mse: MseFlows::default(),
@@ -325,11 +326,15 @@ impl Stage {
             let kw = self.settings.keep_weak;
             let strong = &mut self.mse.strong;
             attribute_encrypted(&mut self.swarm, &mut rows.connections, &mut self.ends, kw, strong);
-            attribute_encrypted(&mut self.swarm, &mut self.held_conns, &mut self.ends, kw, strong);
+            let mut held = self.held_conns.take_all();
+            attribute_encrypted(&mut self.swarm, &mut held, &mut self.ends, kw, strong);
             self.swarm.end_segment(&mut rows);
             // Rows not held are written with this step: their ends go.
-            let held: HashSet<u64> = self.held_conns.iter().map(|c| c.conn_id).collect();
-            self.ends.retain(|id, _| held.contains(id));
+            let ids: HashSet<u64> = held.iter().map(|c| c.conn_id).collect();
+            self.ends.retain(|id, _| ids.contains(id));
+            for c in held {
+                self.held_conns.push(c);
+            }
         }
         if kind != StepKind::Final {
             // Connections wait for attribution, messages for their
@@ -432,7 +437,7 @@ impl Stage {
     /// `watermark` is dropped.
     pub fn snapshot(&mut self, rows: &mut RowBatch, watermark: i64, state_idle_us: i64) {
         rows.flows.sort_by_key(|r| r.conn_id);
-        let mut held = std::mem::take(&mut self.held_conns);
+        let mut held = self.held_conns.take_all();
         for c in held.iter_mut().filter(|c| c.info_hash.is_none()) {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
                 c.info_hash = Some(h);
@@ -482,7 +487,7 @@ impl Stage {
         }
         // Mid-stream connections held back get the torrent they were attributed
         // to (now or at the swarm's last retry).
-        rows.connections.append(&mut self.held_conns);
+        rows.connections.append(&mut self.held_conns.take_all());
         self.swarm.retry_all(rows);
         for c in rows.connections.iter_mut().filter(|c| c.info_hash.is_none()) {
             if let Some(h) = self.swarm.attribution(c.conn_id) {
@@ -734,10 +739,11 @@ fn drop_weak_encrypted(conns: &mut Vec<ConnectionRow>, keep_weak: bool) {
 /// Connection rows are held until the end of the run (live: the next
 /// snapshot), when the swarm state may have attributed those picked up
 /// mid-stream and knows the peers rows of both ends; past this many they
-/// are written as they are (~400 bytes each: 26 MB).
+/// are written as they are (packed, ~100-200 bytes each: under 13 MB; see
+/// [`HeldConns`]).
 const MAX_HELD_CONNECTIONS: usize = 65_536;
 
-fn hold_unattributed(rows: &mut RowBatch, held: &mut Vec<ConnectionRow>) {
+fn hold_unattributed(rows: &mut RowBatch, held: &mut HeldConns) {
     // Every connection row is held (not only those without an info_hash):
     // its orig/resp_peer_port name the peers rows of the swarm state as it
     // ends (see `fill_peer_ports`), after every merge of endpoints.
