@@ -404,44 +404,49 @@ impl State {
         }
         let mut held = std::mem::take(&mut self.held);
         for h in held.drain(..) {
-            let peer = self.peer_addr(h.side);
-            let kind = match h.kind {
-                SwarmEventKind::Transfer { bytes, cut_off, .. } => SwarmEventKind::Transfer {
-                    to: self.peer_addr(1 - h.side),
-                    bytes,
-                    cut_off,
-                },
-                SwarmEventKind::Seen { peer_id, client, .. } => SwarmEventKind::Seen {
-                    peer_id,
-                    client,
-                    // Which side listens is known only when the connection's
-                    // start was captured (the responder), or from BEP 10 `p`.
-                    listen: (h.side == RESP && !self.midstream) || self.sides[h.side].listen_port.is_some(),
-                },
-                k => k,
-            };
-            let event = SwarmEvent {
-                ctx: h.ctx,
-                conn_id: self.conn_id,
-                info_hash: self.info_hash.unwrap_or([0; 20]),
-                peer,
-                kind,
-            };
-            if self.info_hash.is_some() {
-                out.events.push(event);
-            } else {
-                // Mid-stream: the swarm state attributes it by endpoint.
-                out.unattributed.push(UnattributedEvent {
-                    event,
-                    other: self.peer_addr(1 - h.side),
-                });
-            }
+            self.emit(h, out);
         }
         // A settled connection releases each event as it comes: a small
         // vector is kept for the next one rather than allocated per event
         // (the memory account counts held events, not this capacity).
         if held.capacity() <= 4 {
             self.held = held;
+        }
+    }
+
+    /// Writes one event that is no longer held back.
+    fn emit(&self, h: Held, out: &mut ShardOut) {
+        let peer = self.peer_addr(h.side);
+        let kind = match h.kind {
+            SwarmEventKind::Transfer { bytes, cut_off, .. } => SwarmEventKind::Transfer {
+                to: self.peer_addr(1 - h.side),
+                bytes,
+                cut_off,
+            },
+            SwarmEventKind::Seen { peer_id, client, .. } => SwarmEventKind::Seen {
+                peer_id,
+                client,
+                // Which side listens is known only when the connection's
+                // start was captured (the responder), or from BEP 10 `p`.
+                listen: (h.side == RESP && !self.midstream) || self.sides[h.side].listen_port.is_some(),
+            },
+            k => k,
+        };
+        let event = SwarmEvent {
+            ctx: h.ctx,
+            conn_id: self.conn_id,
+            info_hash: self.info_hash.unwrap_or([0; 20]),
+            peer,
+            kind,
+        };
+        if self.info_hash.is_some() {
+            out.events.push(event);
+        } else {
+            // Mid-stream: the swarm state attributes it by endpoint.
+            out.unattributed.push(UnattributedEvent {
+                event,
+                other: self.peer_addr(1 - h.side),
+            });
         }
     }
 
@@ -486,9 +491,19 @@ impl State {
                 client,
                 listen: false,
             };
-            self.held.push(Held { ctx, side, kind: seen });
+            self.hold_or_emit(Held { ctx, side, kind: seen }, out);
         }
-        self.held.push(Held { ctx, side, kind });
+        self.hold_or_emit(Held { ctx, side, kind }, out);
+    }
+
+    /// Holds `h` until the connection settles, or writes it at once when
+    /// it has (nothing held before it: the order stays that of `held`).
+    fn hold_or_emit(&mut self, h: Held, out: &mut ShardOut) {
+        if self.settled && self.held.is_empty() && self.held_key.is_none() {
+            self.emit(h, out);
+            return;
+        }
+        self.held.push(h);
         if self.settled {
             self.release(out);
         }
@@ -795,8 +810,27 @@ impl State {
                 return;
             }
         };
+        // The first value of each key read below, found in one walk of the
+        // dict (a `get` per key walked it once per key: ~19 k instructions
+        // a handshake).
+        let [mut m, mut v, mut p, mut e, mut metadata_size, mut upload_only] = [None; 6];
+        for (k, val) in d.iter() {
+            let slot = match k {
+                b"m" => &mut m,
+                b"v" => &mut v,
+                b"p" => &mut p,
+                b"e" => &mut e,
+                b"metadata_size" => &mut metadata_size,
+                b"upload_only" => &mut upload_only,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(val);
+            }
+        }
+        let int = |x: Option<bencode::Value<'_>>| x.and_then(|x| x.as_int());
         let s = &mut self.sides[side];
-        if let Some(m) = d.get_dict(b"m") {
+        if let Some(m) = m.and_then(|m| m.as_dict()) {
             for (k, v) in m.iter() {
                 let name = String::from_utf8_lossy(k);
                 if let Some(id) = v.as_int() {
@@ -809,17 +843,17 @@ impl State {
                 }
             }
         }
-        if let Some(v) = d.get_bytes(b"v") {
+        if let Some(v) = v.and_then(|v| v.as_bytes()) {
             s.ltep_v = client_from_ltep_v(v);
         }
-        if let Some(p) = d.get_int(b"p") {
+        if let Some(p) = int(p) {
             if (1..=65535).contains(&p) {
                 s.listen_port = Some(p as u16);
             }
         }
         // BEP 10 `e`: 1 when the sender prefers MSE encryption.
-        let e = d.get_int(b"e").filter(|e| (0..=1).contains(e));
-        if let Some(size) = d.get_int(b"metadata_size") {
+        let e = int(e).filter(|e| (0..=1).contains(e));
+        if let Some(size) = int(metadata_size) {
             if size < 0 || size > i64::from(self.max_metadata) {
                 out.anomaly(
                     Some(ctx),
@@ -832,7 +866,7 @@ impl State {
         }
         // BEP 21 / libtorrent: `upload_only` 1 in the handshake says the
         // sender wants nothing more.
-        if d.get_int(b"upload_only").is_some_and(|u| u == 1) {
+        if int(upload_only).is_some_and(|u| u == 1) {
             self.push_event(side, ctx, SwarmEventKind::Claim(Claim::UploadOnly), out);
         }
         if let Some(e) = e {

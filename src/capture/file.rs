@@ -59,7 +59,7 @@
 
 use std::io::{self, Read};
 
-use super::{ReaderLimits, ReaderStats};
+use super::{FrameMeta, ReaderLimits, ReaderStats};
 
 /// pcap magic, microsecond timestamps.
 pub(crate) const PCAP_MAGIC_US: u32 = 0xa1b2_c3d4;
@@ -188,6 +188,17 @@ pub(crate) struct InBuf {
     /// `(offset, length)` in `buf` of every frame of the batch being
     /// filled, in order.
     pinned: Vec<(usize, usize)>,
+    /// Sum of the pinned lengths.
+    pinned_bytes: usize,
+    /// The batch's bounds (see [`InBuf::set_block_target`]): with
+    /// `record_avg` they size the reads near a batch's end.
+    batch_bytes: usize,
+    batch_frames: usize,
+    /// Stream bytes per pinned frame in the last batch (record headers and
+    /// skipped records included); 0 before the first batch ends.
+    record_avg: usize,
+    /// Stream offset where the current batch began.
+    batch_began: u64,
 }
 
 impl InBuf {
@@ -202,6 +213,11 @@ impl InBuf {
             read_chunk,
             block_target: read_chunk,
             pinned: Vec::new(),
+            pinned_bytes: 0,
+            batch_bytes: usize::MAX,
+            batch_frames: usize::MAX,
+            record_avg: 0,
+            batch_began: 0,
         }
     }
 
@@ -223,13 +239,38 @@ impl InBuf {
         self.pos = self.pos.saturating_add(n).min(self.end);
     }
 
-    /// Sets the block size for batches of up to `batch_bytes` frame bytes:
-    /// those bytes, an eighth more for record headers, and one read.
-    pub(crate) fn set_block_target(&mut self, batch_bytes: usize) {
+    /// Sets the block size for batches of up to `batch_bytes` frame bytes
+    /// and `batch_frames` frames: those bytes, an eighth more for record
+    /// headers, and one read.
+    pub(crate) fn set_block_target(&mut self, batch_bytes: usize, batch_frames: usize) {
         // A block never starts larger than this, whatever `batch_bytes`
         // says; it grows only as records arrive.
         let b = batch_bytes.min(MAX_READ_CHUNK);
         self.block_target = b.saturating_add(b / 8).saturating_add(self.read_chunk);
+        self.batch_bytes = batch_bytes;
+        self.batch_frames = batch_frames;
+    }
+
+    /// Bytes to ask of the source when `short` more are needed. A full
+    /// read, except in a batch under way: what a read brings beyond the
+    /// batch's last record is copied into the next block
+    /// ([`InBuf::take_block`]), half a read per batch on average, so a
+    /// read is cut to what the rest of the batch should take (its frames
+    /// left at the last batch's bytes per frame, or its bytes left), an
+    /// eighth and a page more. An estimate that falls short costs one
+    /// more read, never a wrong batch: batches end where records say.
+    fn read_size(&self, short: usize) -> usize {
+        let mut want = self.read_chunk;
+        if !self.pinned.is_empty() && self.record_avg > 0 {
+            let frames_left = self.batch_frames.saturating_sub(self.pinned.len());
+            let bytes_left = self.batch_bytes.saturating_sub(self.pinned_bytes);
+            let est = frames_left
+                .saturating_mul(self.record_avg)
+                .min(bytes_left.saturating_add(bytes_left / 8))
+                .saturating_sub(self.avail_len());
+            want = want.min(est.saturating_add(est / 8).saturating_add(4096));
+        }
+        want.max(short)
     }
 
     /// Keeps the frame at `buf[off..off + len]` (already consumed) for the
@@ -241,6 +282,7 @@ impl InBuf {
             .is_some_and(|e| e <= self.pos && u32::try_from(e).is_ok());
         if ok {
             self.pinned.push((off, len));
+            self.pinned_bytes += len;
         }
         ok
     }
@@ -270,7 +312,12 @@ impl InBuf {
         for (i, &(off, _)) in self.pinned.iter().enumerate() {
             starts(i, off as u32);
         }
+        let began = std::mem::replace(&mut self.batch_began, self.base);
+        if let Some(avg) = self.base.saturating_sub(began).checked_div(self.pinned.len() as u64) {
+            self.record_avg = usize::try_from(avg).unwrap_or(usize::MAX);
+        }
         self.pinned.clear();
+        self.pinned_bytes = 0;
         block
     }
 
@@ -335,7 +382,7 @@ impl InBuf {
             self.buf.resize(min_len, 0);
         }
         while self.avail_len() < need {
-            let want = self.read_chunk.max(need - self.avail_len());
+            let want = self.read_size(need - self.avail_len());
             let stop = self.end.saturating_add(want).min(self.buf.len());
             let Some(dst) = self.buf.get_mut(self.end..stop) else {
                 break;
@@ -597,8 +644,8 @@ impl Parser {
     }
 
     /// See [`InBuf::set_block_target`].
-    pub(crate) fn set_block_target(&mut self, batch_bytes: usize) {
-        self.inb.set_block_target(batch_bytes);
+    pub(crate) fn set_block_target(&mut self, batch_bytes: usize, batch_frames: usize) {
+        self.inb.set_block_target(batch_bytes, batch_frames);
     }
 
     /// Keeps the record just returned by [`Parser::next`] (its `off` and
@@ -751,6 +798,134 @@ impl Parser {
                 Ok(Step::End)
             }
         }
+    }
+
+    /// The packet records of a pcap stream that lie whole in the read
+    /// buffer, parsed in one loop without reading: the frames a batch gets
+    /// from [`Parser::next`] one call at a time, pinned and counted alike,
+    /// with the batch's bounds checked as the caller checks them (a batch
+    /// ends after `max_frames` frames or once `n_bytes` reaches
+    /// `max_bytes`; a frame that does not fit the room left is not taken).
+    /// It stops in front of anything else (a record not yet whole in the
+    /// buffer, a record header that cannot be right, the batch full), and
+    /// leaves a batch's first frame and the file's first record to
+    /// [`Parser::next`] too: that takes them, with its reads and its
+    /// reasons, exactly as it does when called alone.
+    pub(crate) fn pcap_run(
+        &mut self,
+        st: &mut ReaderStats,
+        frames: &mut Vec<FrameMeta>,
+        max_frames: usize,
+        max_bytes: usize,
+        n_bytes: &mut usize,
+    ) {
+        let Format::Pcap { endian, .. } = self.format else {
+            return;
+        };
+        if self.done || !self.header_done || frames.is_empty() || st.last_ts_us.is_none() {
+            return;
+        }
+        // One loop per byte order, each reading its words directly.
+        match endian {
+            Endian::Little => self.pcap_run_in(st, frames, max_frames, max_bytes, n_bytes, u32::from_le_bytes),
+            Endian::Big => self.pcap_run_in(st, frames, max_frames, max_bytes, n_bytes, u32::from_be_bytes),
+        }
+    }
+
+    #[inline(always)]
+    fn pcap_run_in(
+        &mut self,
+        st: &mut ReaderStats,
+        frames: &mut Vec<FrameMeta>,
+        max_frames: usize,
+        max_bytes: usize,
+        n_bytes: &mut usize,
+        word: fn([u8; 4]) -> u32,
+    ) {
+        let Format::Pcap {
+            nanos,
+            record_header_len: hl,
+            maybe_swapped_lens,
+            ..
+        } = self.format
+        else {
+            return;
+        };
+        let (Some(mut last), Some(mut lo), Some(mut hi)) = (st.last_ts_us, st.min_ts_us, st.max_ts_us) else {
+            return;
+        };
+        let (link_type, known) = self.ifaces.first().map_or((0, false), |i| (i.link_type, i.known));
+        let max_cap = self.limits.max_cap_len;
+        let inb = &mut self.inb;
+        let end = inb.end.min(inb.buf.len());
+        let mut pos = inb.pos;
+        // `account`'s counts, in locals for the run.
+        // (Frame numbers follow from the frames' count and the captured
+        // bytes from the batch's: fewer values to carry through the loop.)
+        let (mut n_orig, mut n_cut, mut n_back) = (st.n_bytes, st.n_snaplen_cut, st.n_ts_backwards);
+        let mut taken = *n_bytes;
+        let (taken_before, frames_before) = (taken, frames.len());
+        let first_no = st.n_records + 1 - frames_before as u64;
+        while frames.len() < max_frames && taken < max_bytes {
+            let Some(h) = inb.buf.get(pos..end).and_then(|a| bytes_at::<16>(a, 0)) else {
+                break;
+            };
+            let mut cap_len = word([h[8], h[9], h[10], h[11]]);
+            let mut orig_len = word([h[12], h[13], h[14], h[15]]);
+            if maybe_swapped_lens && cap_len > orig_len {
+                std::mem::swap(&mut cap_len, &mut orig_len);
+            }
+            let cap = cap_len as usize;
+            if cap_len > max_cap || cap_len > orig_len || cap > max_bytes - taken {
+                break;
+            }
+            let off = pos + hl;
+            let rec_end = off + cap;
+            if rec_end > end || u32::try_from(rec_end).is_err() {
+                break;
+            }
+            pos = rec_end;
+            let ts_sec = word([h[0], h[1], h[2], h[3]]);
+            let ts_frac = word([h[4], h[5], h[6], h[7]]);
+            let frac_us = if nanos { ts_frac / 1000 } else { ts_frac };
+            let ts_us = i64::from(ts_sec) * 1_000_000 + i64::from(frac_us);
+            n_orig += u64::from(orig_len);
+            n_cut += u64::from(cap_len < orig_len);
+            n_back += u64::from(ts_us < last);
+            last = ts_us;
+            lo = lo.min(ts_us);
+            hi = hi.max(ts_us);
+            frames.push(FrameMeta {
+                ts_us,
+                frame_no: first_no + frames.len() as u64,
+                link_type,
+                data_start: 0,
+                cap_len,
+                orig_len,
+            });
+            inb.pinned.push((off, cap));
+            taken += cap;
+        }
+        let n = (frames.len() - frames_before) as u64;
+        if n == 0 {
+            return;
+        }
+        let cap_bytes = taken - taken_before;
+        inb.pinned_bytes += cap_bytes;
+        *n_bytes = taken;
+        inb.pos = pos;
+        st.n_records += n;
+        st.n_bytes = n_orig;
+        st.n_cap_bytes += cap_bytes as u64;
+        st.n_snaplen_cut = n_cut;
+        st.n_ts_backwards = n_back;
+        if !known {
+            st.n_unknown_link_type += n;
+        }
+        st.last_ts_us = Some(last);
+        st.min_ts_us = Some(lo);
+        st.max_ts_us = Some(hi);
+        self.last_ts_us = Some(last);
     }
 
     /// Counts a well-formed packet record and returns its frame number.
@@ -1761,7 +1936,39 @@ pub(crate) mod tests {
                 0,
             ));
         }
-        vec![
+        // Records the buffered pcap loop (`Parser::pcap_run`) must leave to
+        // `Parser::next` or take alike: modified headers, pre-2.3 swapped
+        // lengths, snaplen cuts, timestamps going back, an unknown link
+        // type, and a record longer than the limit that ends the file
+        // after 40 good ones (one-byte reads never have a second record
+        // buffered, so they take the general path for every record).
+        let mut hostile = Vec::new();
+        for (e, magic, minor, link) in [
+            (LE, PCAP_MAGIC_MODIFIED, 4, 1),
+            (BE, PCAP_MAGIC_US, 2, 1),
+            (LE, PCAP_MAGIC_NS, 4, 4242),
+        ] {
+            let extra = if magic == PCAP_MAGIC_MODIFIED { 8 } else { 0 };
+            let mut f = pcap_header(e, magic, minor, link);
+            for i in 0..60u32 {
+                let data = vec![i as u8; (i as usize * 37) % 200];
+                let len = data.len() as u32;
+                let (sec, frac) = (1_000 + (i % 7) * 3 - (i % 3), i * 1_001);
+                let mut r = pcap_record(e, sec, frac, &data, len + (i % 4) * 10, extra);
+                if minor < 3 && i % 5 == 0 && len > 0 {
+                    // Captured and original length swapped.
+                    let (c, o) = (w32(e, len + 10), w32(e, len));
+                    r[8..12].copy_from_slice(&c);
+                    r[12..16].copy_from_slice(&o);
+                }
+                if i == 40 && link == 4242 {
+                    r[8..12].copy_from_slice(&w32(e, crate::capture::DEFAULT_MAX_CAP_LEN + 1));
+                }
+                f.extend(r);
+            }
+            hostile.push(f);
+        }
+        let mut out = vec![
             pcap_two_frames(LE, PCAP_MAGIC_US),
             pcap_two_frames(BE, PCAP_MAGIC_NS),
             pcapng_multi(LE),
@@ -1769,7 +1976,9 @@ pub(crate) mod tests {
             trunc,
             garbage,
             big,
-        ]
+        ];
+        out.extend(hostile);
+        out
     }
 
     #[test]

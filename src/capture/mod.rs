@@ -877,9 +877,18 @@ impl CaptureReader {
         batch.capture_idx = self.capture_idx;
         let max_bytes = max_bytes.min(MAX_BATCH_BYTES);
         let max_frames = max_frames.max(1);
-        self.parser.set_block_target(max_bytes);
+        self.parser.set_block_target(max_bytes, max_frames);
         let mut n_bytes = 0usize;
         loop {
+            // The records already whole in the buffer, in one loop (pcap
+            // without a filter); whatever it leaves is the next call's.
+            if self.filter.is_none() && !batch.frames.is_empty() {
+                self.parser
+                    .pcap_run(&mut self.stats, &mut batch.frames, max_frames, max_bytes, &mut n_bytes);
+                if batch.frames.len() >= max_frames || n_bytes >= max_bytes {
+                    break;
+                }
+            }
             // A stream hands over what has arrived rather than wait for
             // more while its writer is idle (a batch ends where the data
             // paused; the output does not depend on where batches end).

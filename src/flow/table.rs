@@ -73,6 +73,17 @@ struct PendingSyn {
     capture: u32,
 }
 
+/// What [`Shard::packet`] read from a packet's header and the limits,
+/// handed to its long way (`open_or_end`) rather than read again.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    is_tcp: bool,
+    syn: bool,
+    ack: bool,
+    /// The idle timeout of the packet's protocol.
+    idle: i64,
+}
+
 /// What the pipeline knows of a packet besides its headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PacketNote {
@@ -398,7 +409,7 @@ impl<A: FlowApps> Shard<A> {
         let f = match self.flows.get_mut(&key) {
             Some(f) if !syn && f.closed_at.is_none() && clock - f.last_clock <= idle => &mut **f,
             _ => {
-                if !self.open_or_end(ctx, clock, p, key, from_a) {
+                if !self.open_or_end(ctx, clock, p, key, from_a, Seen { is_tcp, syn, ack, idle }) {
                     return;
                 }
                 match self.flows.get_mut(&key) {
@@ -540,22 +551,11 @@ impl<A: FlowApps> Shard<A> {
     /// idle time passed, a held SYN answered) and opens a new one when
     /// there is none; false when the packet was dealt with here (a SYN on
     /// an open connection).
-    fn open_or_end(&mut self, ctx: FrameCtx, clock: i64, p: &Packet, key: FlowKey, from_a: bool) -> bool {
-        let is_tcp = key.proto == Proto::Tcp;
-        let flags = match p.transport {
-            Transport::Tcp { flags, .. } => flags,
-            Transport::Udp => 0,
-        };
-        let syn = flags & tcp_flags::SYN != 0;
-        let ack = flags & tcp_flags::ACK != 0;
+    fn open_or_end(&mut self, ctx: FrameCtx, clock: i64, p: &Packet, key: FlowKey, from_a: bool, seen: Seen) -> bool {
+        let Seen { is_tcp, syn, ack, idle } = seen;
         // A new SYN on a closed 4-tuple starts a new connection; a flow idle
         // for longer than its timeout ends before this packet, even if no
         // sweep has run in between (sweeps follow batch ends).
-        let idle = if is_tcp {
-            self.limits.tcp_idle_us
-        } else {
-            self.limits.udp_idle_us
-        };
         let (exists, end) = match self.flows.get(&key) {
             None => (false, None),
             Some(f) if is_tcp && syn && !ack && f.closed_at.is_some() => {

@@ -22,19 +22,27 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 
 /// Standard base64 with padding.
 fn base64(data: &[u8]) -> String {
-    let mut s = String::with_capacity(data.len().div_ceil(3) * 4);
+    let mut s = Vec::with_capacity(data.len().div_ceil(3) * 4);
+    push_base64(&mut s, data);
+    // Only characters of the base64 alphabet were written.
+    String::from_utf8(s).unwrap_or_default()
+}
+
+/// Appends `data` as standard base64 with padding (no `String` made: the
+/// writer appends community ids straight into a text column's buffer).
+fn push_base64(out: &mut Vec<u8>, data: &[u8]) {
+    out.reserve(data.len().div_ceil(3) * 4);
     for c in data.chunks(3) {
         let b = [c[0], c.get(1).copied().unwrap_or(0), c.get(2).copied().unwrap_or(0)];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= c.len() {
-                s.push(B64[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize]);
             } else {
-                s.push('=');
+                out.push(b'=');
             }
         }
     }
-    s
 }
 
 /// The Community ID v1 of a TCP/UDP flow between (a, ap) and (b, bp), with
@@ -73,7 +81,7 @@ pub fn text(d: &[u8; 20]) -> String {
 /// Appends [`text`] of `d` to a text column's buffer.
 pub fn push_text(buf: &mut Vec<u8>, d: &[u8; 20]) {
     buf.extend_from_slice(b"1:");
-    buf.extend_from_slice(base64(d).as_bytes());
+    push_base64(buf, d);
 }
 
 /// The same, from the text addresses and ports of a row.

@@ -6,6 +6,7 @@
 
 pub mod columns;
 pub mod community_id;
+pub mod dict;
 pub mod layout;
 pub mod tables;
 pub mod typed;
@@ -84,7 +85,7 @@ fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsR
             ..Default::default()
         })
         .collect();
-    sink.push(&mut writers.anomalies, rows.into_iter())?;
+    sink.push(&mut writers.anomalies, rows.iter())?;
     writers.finish(sink)
 }
 
@@ -334,5 +335,60 @@ mod tests {
         let frames: Vec<i64> = m.column("frame").unwrap().i64().unwrap().into_no_null_iter().collect();
         assert!(frames.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(read("anomalies").height() as u64, n_anoms);
+    }
+
+    #[test]
+    fn text_columns_are_written_as_their_builders_chose() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ds");
+        let mut sink = DirSink::new(&out, "test", false).unwrap();
+        let mut w = TableWriters::open(&mut sink).unwrap();
+        // Row group 0: 300 distinct kinds (plain); row group 1: 3 kinds
+        // (a dictionary). `detail`: null or one text (a dictionary).
+        let row = |i: u64, kinds: u64| AnomalyRow {
+            frame: Some(i),
+            layer: "test",
+            kind: format!("k{}", i % kinds),
+            detail: i.is_multiple_of(2).then(|| "d".to_string()),
+            ..Default::default()
+        };
+        let mut want = Vec::new();
+        for (start, kinds) in [(0u64, 1000u64), (300, 3)] {
+            let b = RowBatch {
+                anomalies: (start..start + 300).map(|i| row(i, kinds)).collect(),
+                ..Default::default()
+            };
+            want.extend(b.anomalies.iter().map(|r| (r.kind.clone(), r.detail.clone())));
+            w.push(&mut sink, b, usize::MAX).unwrap();
+            w.flush_all(&mut sink).unwrap();
+        }
+        w.finish(&mut sink).unwrap();
+        sink.commit().unwrap();
+        let path = out.join("anomalies.parquet");
+        let df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        let kinds = df.column("kind").unwrap().str().unwrap();
+        let details = df.column("detail").unwrap().str().unwrap();
+        let got: Vec<(String, Option<String>)> = kinds
+            .iter()
+            .zip(details.iter())
+            .map(|(k, d)| (k.unwrap().to_string(), d.map(str::to_string)))
+            .collect();
+        assert_eq!(got, want);
+        let meta = polars_parquet::read::read_metadata(&mut std::fs::File::open(&path).unwrap()).unwrap();
+        let dict = |g: usize, c: &str| {
+            let mut cols = meta.row_groups[g].columns_under_root_iter(c).unwrap();
+            cols.next().unwrap().dictionary_page_offset().is_some()
+        };
+        assert_eq!(meta.row_groups.len(), 2);
+        assert!(!dict(0, "kind") && dict(1, "kind"));
+        assert!(dict(0, "detail") && dict(1, "detail") && dict(0, "capture"));
+        // Integers and times of nulls only: an empty dictionary, as
+        // polars-parquet makes of them; read back as nulls.
+        for c in ["conn_id", "ts"] {
+            assert_eq!(df.column(c).unwrap().null_count(), 600, "{c}");
+            assert!(dict(0, c) && dict(1, c), "{c}");
+        }
     }
 }

@@ -201,17 +201,17 @@ macro_rules! tables {
             pub fn open(sink: &mut W) -> PolarsResult<Self> {
                 Ok(TableWriters { $( $table: sink.open::<$row>()? ),* })
             }
-            /// Pushes every row into its table's builders (rows are dropped
-            /// there; full row groups are written), keeping the builders
+            /// Pushes every row into its table's builders (a table's rows are dropped
+            /// once pushed; full row groups are written), keeping the builders
             /// within `budget` bytes: checked every [`BUDGET_CHECK_ROWS`]
             /// rows, so a large batch cannot pass it by more than that.
             pub fn push(&mut self, sink: &mut W, batch: RowBatch, budget: usize) -> PolarsResult<()> {
                 $(
-                    let mut rows = batch.$table.into_iter();
-                    while rows.len() > 0 {
-                        sink.push(&mut self.$table, rows.by_ref().take(BUDGET_CHECK_ROWS))?;
+                    for rows in batch.$table.chunks(BUDGET_CHECK_ROWS) {
+                        sink.push(&mut self.$table, rows.iter())?;
                         self.enforce_budget(sink, budget)?;
                     }
+                    drop(batch.$table);
                 )*
                 Ok(())
             }

@@ -10,12 +10,13 @@ use std::net::{IpAddr, SocketAddr};
 use polars::prelude::*;
 use polars_arrow::array::Array;
 
-use super::columns::{ColumnBuilder, ColumnSpec, ColumnValue, NameBuilder, StrBuilder};
+use super::columns::{ColumnBuilder, ColumnSpec, ColumnValue, NameBuilder};
+use super::dict::{DictBuilder, Typed};
 
 /// A short byte string kept inline (transaction ids, `v`): up to
 /// [`ShortBytes::INLINE`] bytes without allocating; longer ones (rare, and
 /// bounded by the datagram) on the heap.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum ShortBytes {
     Inline { len: u8, bytes: [u8; ShortBytes::INLINE] },
     Heap(Box<[u8]>),
@@ -231,7 +232,7 @@ impl ColumnBuilder<ConnTransport> for NameBuilder {
 
 /// A flow's Community ID v1 as its SHA-1 (see [`super::community_id`]);
 /// None for a flow between address families (written as empty text).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct CommunityId(pub Option<[u8; 20]>);
 
 impl CommunityId {
@@ -262,7 +263,7 @@ impl ToText for CommunityId {
 macro_rules! text_spec {
     ($marker:ty, $v:ty) => {
         impl ColumnSpec<$v> for $marker {
-            type Builder = StrBuilder;
+            type Builder = DictBuilder<Typed<$v>>;
             fn dtype() -> DataType {
                 DataType::String
             }
@@ -271,39 +272,12 @@ macro_rules! text_spec {
             }
         }
         impl ColumnSpec<Option<$v>> for $marker {
-            type Builder = StrBuilder;
+            type Builder = DictBuilder<Typed<$v>>;
             fn dtype() -> DataType {
                 DataType::String
             }
             fn type_doc() -> &'static str {
                 "string?"
-            }
-        }
-        impl ColumnBuilder<$v> for StrBuilder {
-            #[inline]
-            fn push(&mut self, v: &$v) {
-                self.push_with(|d| v.push_text(d));
-            }
-            fn bytes(&self) -> usize {
-                self.heap()
-            }
-            fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
-                self.array(dtype)
-            }
-        }
-        impl ColumnBuilder<Option<$v>> for StrBuilder {
-            #[inline]
-            fn push(&mut self, v: &Option<$v>) {
-                match v {
-                    Some(v) => self.push_opt_with(true, |d| v.push_text(d)),
-                    None => self.push_opt_with(false, |_| {}),
-                }
-            }
-            fn bytes(&self) -> usize {
-                self.heap()
-            }
-            fn finish(&mut self, _name: &str, dtype: &ArrowDataType) -> PolarsResult<Box<dyn Array>> {
-                self.array(dtype)
             }
         }
     };
@@ -358,18 +332,35 @@ mod tests {
             assert_eq!(sb.as_slice(), &b[..]);
             assert_eq!(matches!(sb, ShortBytes::Heap(_)), n > ShortBytes::INLINE);
         }
+        // Ids, addresses and short bytes become the same text in their
+        // columns (dictionary-encoded: see dict.rs).
         let mut b = <Hex as ColumnSpec<Option<[u8; 20]>>>::Builder::default();
-        for v in [Some([0x1f; 20]), None] {
+        for v in [Some([0x1f; 20]), None, Some(id)] {
             b.push(&v);
         }
-        let ip: Ip = "2001:db8::1".parse::<IpAddr>().unwrap().into();
-        ColumnBuilder::<Option<Ip>>::push(&mut b, &Some(ip));
-        let c = ColumnBuilder::<Option<Ip>>::finish(&mut b, "id", &ArrowDataType::LargeUtf8).unwrap();
-        let c = c
+        let c = ColumnBuilder::<Option<[u8; 20]>>::finish(&mut b, "id", &ArrowDataType::LargeUtf8).unwrap();
+        let hex_id = String::from_utf8(t).unwrap();
+        assert_eq!(text_of(&*c), [Some("1f".repeat(20)), None, Some(hex_id)]);
+        let mut b = <IpText as ColumnSpec<Ip>>::Builder::default();
+        let ips = ["2001:db8::1", "10.0.0.1", "2001:db8::1"];
+        for ip in ips {
+            b.push(&Ip(ip.parse().unwrap()));
+        }
+        let c = ColumnBuilder::<Ip>::finish(&mut b, "ip", &ArrowDataType::LargeUtf8).unwrap();
+        assert_eq!(text_of(&*c), ips.map(|s| Some(s.to_string())));
+        let mut b = <Hex as ColumnSpec<ShortBytes>>::Builder::default();
+        b.push(&ShortBytes::new(&[0xab, 0x01]));
+        b.push(&ShortBytes::new(&[0x5a; 20]));
+        let c = ColumnBuilder::<ShortBytes>::finish(&mut b, "tid", &ArrowDataType::LargeUtf8).unwrap();
+        assert_eq!(text_of(&*c), [Some("ab01".into()), Some("5a".repeat(20))]);
+    }
+
+    fn text_of(a: &dyn Array) -> Vec<Option<String>> {
+        let t = super::super::columns::names_as_text(a).unwrap();
+        let t = t
             .as_any()
             .downcast_ref::<polars_arrow::array::Utf8Array<i64>>()
             .unwrap();
-        let got: Vec<Option<&str>> = c.iter().collect();
-        assert_eq!(got, [Some("1f".repeat(20).as_str()), None, Some("2001:db8::1")]);
+        t.iter().map(|s| s.map(str::to_string)).collect()
     }
 }

@@ -161,26 +161,46 @@ fn azureus_version(code: &[u8], v: &[u8]) -> String {
         }
         // µTorrent and friends: three digits and a build letter.
         b"UT" | b"UM" | b"UW" | b"BT" => {
-            let nums: Vec<String> = digits
-                .iter()
-                .take(3)
-                .map(|d| d.map_or("?".into(), |d| d.to_string()))
-                .collect();
-            let build = v.get(3).map(|&b| b as char).filter(|c| c.is_ascii_alphabetic());
-            match build {
-                Some(b) => format!("{}{}", nums.join("."), b),
-                None => nums.join("."),
+            let mut s = dotted(digits.iter().take(3));
+            if let Some(b) = v.get(3).map(|&b| b as char).filter(|c| c.is_ascii_alphabetic()) {
+                s.push(b);
             }
+            s
         }
         _ => {
-            let mut parts: Vec<String> = digits.iter().map(|d| d.map_or("?".into(), |d| d.to_string())).collect();
             // A trailing zero is a build number nobody quotes.
-            if parts.len() == 4 && parts[3] == "0" {
-                parts.pop();
-            }
-            parts.join(".")
+            let n = if digits.len() == 4 && digits[3] == Some(0) {
+                3
+            } else {
+                digits.len()
+            };
+            dotted(digits.iter().take(n))
         }
     }
+}
+
+/// Version characters joined by dots, `?` for one that is not a version
+/// character (what joining each one's `to_string` gave, without a string
+/// per part: this runs for every peer id of every connection).
+fn dotted<'a>(parts: impl Iterator<Item = &'a Option<u32>>) -> String {
+    let mut s = String::with_capacity(12);
+    for (i, d) in parts.enumerate() {
+        if i > 0 {
+            s.push('.');
+        }
+        match d {
+            // Version characters are below 36 (base 36).
+            Some(d) if *d < 100 => {
+                if *d >= 10 {
+                    s.push(char::from(b'0' + (*d / 10) as u8));
+                }
+                s.push(char::from(b'0' + (*d % 10) as u8));
+            }
+            Some(d) => s.push_str(&d.to_string()),
+            None => s.push('?'),
+        }
+    }
+    s
 }
 
 /// The client name and version encoded in a 20-byte peer id, when it follows
@@ -194,10 +214,14 @@ pub fn client_from_peer_id(id: &[u8]) -> Option<String> {
         let code = &id[1..3];
         let ver = &id[3..7];
         let version = azureus_version(code, ver);
-        return Some(match azureus_name(code) {
-            Some(name) => format!("{name} {version}"),
-            None => format!("{} {version}", String::from_utf8_lossy(code)),
-        });
+        let mut s = String::with_capacity(24);
+        match azureus_name(code) {
+            Some(name) => s.push_str(name),
+            None => s.push_str(&String::from_utf8_lossy(code)),
+        }
+        s.push(' ');
+        s.push_str(&version);
+        return Some(s);
     }
     // Mainline style: M4-3-6-- or M4-10-2-
     if matches!(id[0], b'M' | b'Q') && id[1].is_ascii_digit() {
@@ -272,6 +296,56 @@ pub fn peer_id_prefix(id: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The Azureus-style version as it was written before `dotted` (one
+    /// string per part, joined): the oracle for the rewrite.
+    fn azureus_version_joined(code: &[u8], v: &[u8]) -> String {
+        let digits: Vec<Option<u32>> = v.iter().map(|&c| ver_char(c)).collect();
+        let part = |d: &Option<u32>| d.map_or("?".to_string(), |d| d.to_string());
+        match code {
+            b"TR" => azureus_version(code, v),
+            b"UT" | b"UM" | b"UW" | b"BT" => {
+                let nums: Vec<String> = digits.iter().take(3).map(part).collect();
+                match v.get(3).map(|&b| b as char).filter(|c| c.is_ascii_alphabetic()) {
+                    Some(b) => format!("{}{}", nums.join("."), b),
+                    None => nums.join("."),
+                }
+            }
+            _ => {
+                let mut parts: Vec<String> = digits.iter().map(part).collect();
+                if parts.len() == 4 && parts[3] == "0" {
+                    parts.pop();
+                }
+                parts.join(".")
+            }
+        }
+    }
+
+    /// Every version byte in each position (one position at a time over a
+    /// base of digits, letters and other bytes), for a known code of each
+    /// branch and an unknown one: the same text as the joined parts.
+    #[test]
+    fn azureus_versions_equal_the_joined_parts() {
+        let bases: [&[u8; 4]; 5] = [b"0000", b"1234", b"3Z0B", b"a-9?", b"\xff\x00z0"];
+        let mut n = 0;
+        for code in [&b"UT"[..], b"BT", b"qB", b"LT", b"ZZ", b"TR"] {
+            for base in bases {
+                for pos in 0..4 {
+                    for b in 0..=255u8 {
+                        let mut v = *base;
+                        v[pos] = b;
+                        assert_eq!(
+                            azureus_version(code, &v),
+                            azureus_version_joined(code, &v),
+                            "{code:?} {v:?}"
+                        );
+                        n += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(n, 6 * 5 * 4 * 256);
+    }
 
     #[test]
     fn known_peer_ids() {

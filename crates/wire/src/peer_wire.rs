@@ -913,8 +913,8 @@ impl PeerWireFramer {
         let (head, rest) = d.split_at(take);
         self.acc.extend_from_slice(head);
         loop {
-            let pos = self.hunt_pos;
-            let Some(window) = self.acc.get(pos..) else {
+            let mut pos = self.hunt_pos;
+            let Some(mut window) = self.acc.get(pos..) else {
                 break;
             };
             if window.is_empty() {
@@ -930,8 +930,12 @@ impl PeerWireFramer {
                 let skip =
                     memchr::memchr2(0, HANDSHAKE_PREFIX[0], window.get(..full).unwrap_or_default()).unwrap_or(full);
                 if skip > 0 {
+                    // Examined right here: a new round would search again
+                    // from this offset only to find it at once (a second
+                    // search per candidate, ~50 instructions each).
                     self.hunt_pos += skip;
-                    continue;
+                    pos = self.hunt_pos;
+                    window = window.get(skip..).unwrap_or_default();
                 }
             }
             // A handshake inside the stream (after a gap, or a stream whose
