@@ -37,6 +37,7 @@ use std::collections::HashMap;
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 
+use super::packed::{put_i, put_u, Packed, Reader, Record};
 use super::tracker::{AnnounceMark, MarkEvent};
 use super::{SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
@@ -128,11 +129,74 @@ struct Obs {
     snap_down: u64,
 }
 
+/// An announce packed: time and the four counters as differences from the
+/// announce before, their presence and the event in one byte, the capture
+/// as it is (about 12 bytes instead of 64).
+impl Record for Obs {
+    fn put(&self, prev: Option<&Self>, buf: &mut Vec<u8>) {
+        let p = prev.copied().unwrap_or(OBS_ZERO);
+        put_i(buf, self.ts.wrapping_sub(p.ts));
+        let bits =
+            u8::from(self.uploaded.is_some()) | u8::from(self.downloaded.is_some()) << 1 | (self.event as u8) << 2;
+        buf.push(bits);
+        put_u(buf, u64::from(self.capture));
+        for (v, pv) in [(self.uploaded, p.uploaded), (self.downloaded, p.downloaded)] {
+            if let Some(v) = v {
+                put_i(buf, v.wrapping_sub(pv.unwrap_or(0)) as i64);
+            }
+        }
+        put_i(buf, self.snap_up.wrapping_sub(p.snap_up) as i64);
+        put_i(buf, self.snap_down.wrapping_sub(p.snap_down) as i64);
+    }
+
+    fn get(prev: Option<&Self>, r: &mut Reader<'_>) -> Self {
+        let p = prev.copied().unwrap_or(OBS_ZERO);
+        let ts = p.ts.wrapping_add(r.i());
+        let bits = r.byte();
+        let capture = r.u() as u32;
+        let mut counter = |present: bool, pv: Option<u64>| present.then(|| pv.unwrap_or(0).wrapping_add(r.i() as u64));
+        let uploaded = counter(bits & 1 != 0, p.uploaded);
+        let downloaded = counter(bits & 2 != 0, p.downloaded);
+        Obs {
+            ts,
+            capture,
+            uploaded,
+            downloaded,
+            event: mark_event_from_u8(bits >> 2),
+            snap_up: p.snap_up.wrapping_add(r.i() as u64),
+            snap_down: p.snap_down.wrapping_add(r.i() as u64),
+        }
+    }
+}
+
+/// What the first announce of a series is packed against.
+const OBS_ZERO: Obs = Obs {
+    ts: 0,
+    capture: 0,
+    uploaded: None,
+    downloaded: None,
+    event: MarkEvent::None,
+    snap_up: 0,
+    snap_down: 0,
+};
+
+/// The inverse of `MarkEvent as u8` (our own bytes hold nothing else).
+fn mark_event_from_u8(b: u8) -> MarkEvent {
+    match b {
+        1 => MarkEvent::Started,
+        2 => MarkEvent::Completed,
+        3 => MarkEvent::Stopped,
+        4 => MarkEvent::Other,
+        _ => MarkEvent::None,
+    }
+}
+
+/// A series' key lives in `series_idx` alone (112 bytes; a series is 88).
 #[derive(Debug, Clone)]
 struct Series {
-    key: SeriesKey,
     declared: Vec<IpAddr>,
-    announces: Vec<Obs>,
+    /// Packed: a series grows by one announce per interval of each client.
+    announces: Packed<Obs>,
     max_interval_s: Option<i64>,
     /// Largest seeders + leechers a response reported.
     max_swarm: Option<i64>,
@@ -313,9 +377,8 @@ impl Audit {
                     return;
                 }
                 self.series.push(Series {
-                    key,
                     declared: Vec::new(),
-                    announces: Vec::new(),
+                    announces: Packed::new(),
                     max_interval_s: None,
                     max_swarm: None,
                 });
@@ -484,11 +547,12 @@ impl Audit {
     }
 
     fn series_rows(&self, rows: &mut RowBatch) {
-        let mut order: Vec<usize> = (0..self.series.len()).collect();
-        order.sort_by_key(|&i| self.series.get(i).map(|s| s.key));
-        for i in order {
+        // By key (every series has one in series_idx, each its own).
+        let mut order: Vec<(SeriesKey, usize)> = self.series_idx.iter().map(|(k, &i)| (*k, i)).collect();
+        order.sort_unstable();
+        for (k, i) in order {
             let Some(s) = self.series.get(i) else { continue };
-            if let Some(row) = self.row(s) {
+            if let Some(row) = self.row(k, s) {
                 rows.announce_audit.push(row);
             }
         }
@@ -534,10 +598,10 @@ impl Audit {
         }
     }
 
-    fn row(&self, s: &Series) -> Option<AnnounceAuditRow> {
-        let first = s.announces.first()?;
-        let last = s.announces.last()?;
-        let k = s.key;
+    fn row(&self, k: SeriesKey, s: &Series) -> Option<AnnounceAuditRow> {
+        let announces = s.announces.to_vec();
+        let first = announces.first()?;
+        let last = announces.last()?;
         let mut addrs = vec![k.client];
         addrs.extend(s.declared.iter().copied());
 
@@ -546,7 +610,7 @@ impl Audit {
         let (mut obs_up, mut obs_down) = (0u64, 0u64);
         let mut backwards = false;
         let mut max_bps: Option<f64> = None;
-        for w in s.announces.windows(2) {
+        for w in announces.windows(2) {
             let [p, q] = w else { continue };
             if q.event == MarkEvent::Started {
                 // A new client session: its counters start again.
@@ -600,7 +664,7 @@ impl Audit {
             .is_some_and(|t0| first.ts - t0 >= interval_us);
         let mut started = false;
         let mut claim_before_started = false;
-        for a in &s.announces {
+        for a in &announces {
             started |= a.event == MarkEvent::Started;
             if !started && a.uploaded.is_some_and(|u| u > 0) {
                 claim_before_started = true;
@@ -664,6 +728,55 @@ mod tests {
     use super::*;
     use crate::analyze::FrameCtx;
     use crate::sink::Ip;
+
+    /// Announces come back from their packed series as they went in:
+    /// every event, counters absent or present, going down as well as up.
+    #[test]
+    fn announces_pack_and_come_back_equal() {
+        let events = [
+            MarkEvent::None,
+            MarkEvent::Started,
+            MarkEvent::Completed,
+            MarkEvent::Stopped,
+            MarkEvent::Other,
+        ];
+        let items: Vec<Obs> = (0..20u64)
+            .map(|i| Obs {
+                ts: 1_700_000_000_000_000 + (i as i64 - 3) * 1_800_000_000,
+                capture: (i % 3) as u32,
+                uploaded: (i % 4 != 1).then_some(if i == 7 { u64::MAX } else { 1000 * (20 - i) }),
+                downloaded: (i % 5 != 2).then_some(i << 40),
+                event: events[i as usize % 5],
+                snap_up: if i == 9 { u64::MAX } else { 16384 * i },
+                snap_down: 0,
+            })
+            .collect();
+        let p = Packed::from_slice(&items);
+        let back = p.to_vec();
+        assert_eq!(back.len(), items.len());
+        for (a, b) in items.iter().zip(&back) {
+            assert_eq!(
+                (
+                    a.ts,
+                    a.capture,
+                    a.uploaded,
+                    a.downloaded,
+                    a.event,
+                    a.snap_up,
+                    a.snap_down
+                ),
+                (
+                    b.ts,
+                    b.capture,
+                    b.uploaded,
+                    b.downloaded,
+                    b.event,
+                    b.snap_up,
+                    b.snap_down
+                )
+            );
+        }
+    }
 
     fn ctx(frame: u64, ts_s: i64) -> FrameCtx {
         FrameCtx {

@@ -9,6 +9,7 @@ pub mod held;
 pub mod lsd;
 pub mod metadata;
 pub mod order;
+pub mod packed;
 pub mod pieces;
 pub mod session;
 pub mod stage;

@@ -45,6 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::net::{IpAddr, SocketAddr};
 
+use super::packed::{put_i, put_u, Packed, Reader, Record, Track};
 use super::{Claim, PeerSource, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::client_id::client_from_peer_id;
@@ -81,6 +82,25 @@ fn thin_at_bound<T: Copy + PartialEq>(v: &mut Vec<T>) {
         if cur != l {
             v.push(l);
         }
+    }
+}
+
+/// [`thin_at_bound`] for a packed series (decoded and packed again, once
+/// every MAX_HISTORY / 2 points past the bound).
+fn thin_packed<T: Record + PartialEq>(p: &mut Packed<T>) {
+    if p.len() >= MAX_HISTORY {
+        let mut v = p.to_vec();
+        thin_at_bound(&mut v);
+        *p = Packed::from_slice(&v);
+    }
+}
+
+/// [`thin_packed`] for a [`Track`].
+fn thin_track<T: Record + PartialEq>(p: &mut Track<T>) {
+    if p.len() >= MAX_HISTORY {
+        let mut v = p.to_vec();
+        thin_at_bound(&mut v);
+        *p = Track::from_slice(&v);
     }
 }
 
@@ -167,6 +187,25 @@ impl Signal {
     /// own peer-wire message.
     pub fn is_claim(self) -> bool {
         self.claim_slot().is_some()
+    }
+
+    /// The signal numbered `b` (the inverse of `self as u8`, for packed
+    /// series; an unknown number, which our own bytes never hold, reads as
+    /// `have`).
+    fn from_u8(b: u8) -> Signal {
+        const ALL_SIGNALS: [Signal; 10] = [
+            Signal::Bitfield,
+            Signal::Have,
+            Signal::HaveAll,
+            Signal::HaveNone,
+            Signal::DontHave,
+            Signal::TrackerLeft,
+            Signal::TrackerCompleted,
+            Signal::UploadOnly,
+            Signal::PexSeed,
+            Signal::DhtSeed,
+        ];
+        ALL_SIGNALS.get(usize::from(b)).copied().unwrap_or(Signal::Have)
     }
 
     /// The claim source it speaks for (each keeps its latest word), or
@@ -527,11 +566,11 @@ struct PeerState {
     last_ts: i64,
     pieces: PieceSet,
     /// (ts, count, signal) at each change of the piece set its own wire
-    /// messages showed.
-    history: Vec<(i64, u32, Signal)>,
+    /// messages showed (packed: it grows with the pieces a peer gets).
+    history: Track<(i64, u32, Signal)>,
     /// (ts, signal, bytes left for TrackerLeft, where it was said) at each
     /// change of a claim source's word (see [`fuse`]).
-    claims: Vec<(i64, Signal, u64, ClaimAt)>,
+    claims: Packed<(i64, Signal, u64, ClaimAt)>,
     uploaded: u64,
     downloaded: u64,
     /// Current rate window start and bytes (down, up).
@@ -573,6 +612,58 @@ struct ClaimAt {
     frame: u64,
     conn_id: u64,
     capture: u32,
+}
+
+/// A history point: the time and count as differences from the point
+/// before, the signal as its number.
+impl Record for (i64, u32, Signal) {
+    fn put(&self, prev: Option<&Self>, buf: &mut Vec<u8>) {
+        let (pts, pv, _) = prev.copied().unwrap_or((0, 0, Signal::Have));
+        put_i(buf, self.0.wrapping_sub(pts));
+        put_i(buf, i64::from(self.1) - i64::from(pv));
+        buf.push(self.2 as u8);
+    }
+
+    fn get(prev: Option<&Self>, r: &mut Reader<'_>) -> Self {
+        let (pts, pv, _) = prev.copied().unwrap_or((0, 0, Signal::Have));
+        let ts = pts.wrapping_add(r.i());
+        let v = (i64::from(pv) + r.i()) as u32;
+        (ts, v, Signal::from_u8(r.byte()))
+    }
+}
+
+/// A claim: time, frame and connection as differences from the claim
+/// before; signal, bytes left and capture as they are.
+impl Record for (i64, Signal, u64, ClaimAt) {
+    fn put(&self, prev: Option<&Self>, buf: &mut Vec<u8>) {
+        let (pts, pframe, pconn) = prev.map_or((0, 0, 0), |p| (p.0, p.3.frame, p.3.conn_id));
+        put_i(buf, self.0.wrapping_sub(pts));
+        buf.push(self.1 as u8);
+        put_u(buf, self.2);
+        put_i(buf, self.3.frame.wrapping_sub(pframe) as i64);
+        put_i(buf, self.3.conn_id.wrapping_sub(pconn) as i64);
+        put_u(buf, u64::from(self.3.capture));
+    }
+
+    fn get(prev: Option<&Self>, r: &mut Reader<'_>) -> Self {
+        let (pts, pframe, pconn) = prev.map_or((0, 0, 0), |p| (p.0, p.3.frame, p.3.conn_id));
+        let ts = pts.wrapping_add(r.i());
+        let sig = Signal::from_u8(r.byte());
+        let left = r.u();
+        let frame = pframe.wrapping_add(r.i() as u64);
+        let conn_id = pconn.wrapping_add(r.i() as u64);
+        let capture = r.u() as u32;
+        (
+            ts,
+            sig,
+            left,
+            ClaimAt {
+                frame,
+                conn_id,
+                capture,
+            },
+        )
+    }
 }
 
 /// An MSE-encrypted connection attributed to a torrent, for the swarm state.
@@ -1088,14 +1179,14 @@ impl Swarm {
                 b.first_ts = b.first_ts.min(a.first_ts);
                 b.last_ts = b.last_ts.max(a.last_ts);
                 b.pieces.union(&a.pieces);
-                let mut h = a.history;
-                h.append(&mut b.history);
+                let mut h = a.history.to_vec();
+                h.extend(b.history.iter());
                 h.sort_by_key(|p| p.0);
-                b.history = h;
-                let mut c = a.claims;
-                c.append(&mut b.claims);
+                b.history = Track::from_slice(&h);
+                let mut c = a.claims.to_vec();
+                c.extend(b.claims.iter());
                 c.sort_by_key(|p| p.0);
-                b.claims = c;
+                b.claims = Packed::from_slice(&c);
                 b.uploaded += a.uploaded;
                 b.downloaded += a.downloaded;
                 for d in 0..2 {
@@ -1376,9 +1467,11 @@ impl Swarm {
                     // that a later bitfield shows and no `have` announced
                     // while the peer was watched were there before the
                     // watching began: they belong to every earlier point.
-                    for h in p.history.iter_mut().filter(|h| h.1 != ALL) {
+                    let mut h = p.history.to_vec();
+                    for h in h.iter_mut().filter(|h| h.1 != ALL) {
                         h.1 = h.1.saturating_add(added.min(u64::from(u32::MAX)) as u32).min(ALL - 1);
                     }
+                    p.history = Track::from_slice(&h);
                 }
                 p.unknown_start = false;
                 Some(Signal::Bitfield)
@@ -1535,7 +1628,7 @@ impl Swarm {
             let shape = t.and_then(|t| t.meta.as_ref()).map(|m| (m.piece_length, m.total_bytes));
             p.flush_rate();
             let claims: Vec<(i64, Signal, u64)> = p.claims.iter().map(|c| (c.0, c.1, c.2)).collect();
-            let fused = fuse(&p.history, &claims, n, shape);
+            let fused = fuse(&p.history.to_vec(), &claims, n, shape);
             let Progress {
                 first_pieces,
                 last_pieces,
@@ -1719,8 +1812,8 @@ impl PeerState {
             first_ts: ts,
             last_ts: ts,
             pieces: PieceSet::default(),
-            history: Vec::new(),
-            claims: Vec::new(),
+            history: Track::new(),
+            claims: Packed::new(),
             uploaded: 0,
             downloaded: 0,
             win_start: ts - ts.rem_euclid(window),
@@ -1767,19 +1860,19 @@ impl PeerState {
             (sig.claim_slot(), (!complete).then_some(left))
         };
         let slot = sig.claim_slot();
-        if let Some(&(_, ls, ll, _)) = self.claims.iter().rev().find(|c| c.1.claim_slot() == slot) {
+        if let Some((_, ls, ll, _)) = self.claims.iter().filter(|c| c.1.claim_slot() == slot).last() {
             if word(ls, ll) == word(sig, left) {
                 return false;
             }
         }
         // Thinned as the wire history is.
-        thin_at_bound(&mut self.claims);
+        thin_packed(&mut self.claims);
         self.claims.push((ts, sig, left, at));
         true
     }
 
     fn push_history(&mut self, ts: i64, point: u32, sig: Signal) {
-        thin_at_bound(&mut self.history);
+        thin_track(&mut self.history);
         self.history.push((ts, point, sig));
     }
 
@@ -2010,6 +2103,43 @@ mod tests {
         assert_eq!(rows.torrents[0].piece_bytes, 5551);
     }
 
+    /// Every signal survives its number (packed series store it so).
+    #[test]
+    fn signals_come_back_from_their_numbers() {
+        for name in [
+            "bitfield",
+            "have",
+            "have_all",
+            "have_none",
+            "dont_have",
+            "tracker_left",
+            "tracker_completed",
+            "upload_only",
+            "pex_seed",
+            "dht_seed",
+        ] {
+            let s = Signal::from_name(name).unwrap_or(Signal::Have);
+            assert_eq!(Signal::from_u8(s as u8).name(), name);
+        }
+        let at = |f: u64| ClaimAt {
+            frame: f,
+            conn_id: u64::MAX - f,
+            capture: 2,
+        };
+        let claims = vec![
+            (5_000_000, Signal::TrackerLeft, 123_456_789, at(10)),
+            (4_000_000, Signal::PexSeed, 0, at(3)),
+            (9_000_000, Signal::DhtSeed, u64::MAX, at(u64::MAX)),
+        ];
+        assert_eq!(Packed::from_slice(&claims).to_vec(), claims);
+        let hist = vec![
+            (1, ALL, Signal::HaveAll),
+            (2, 0, Signal::DontHave),
+            (0, ALL - 1, Signal::Have),
+        ];
+        assert_eq!(Packed::from_slice(&hist).to_vec(), hist);
+    }
+
     /// A peer's progress history keeps MAX_HISTORY points; at the bound
     /// nothing is dropped, one more halves it (every other point, the first
     /// and the last kept).
@@ -2023,9 +2153,10 @@ mod tests {
         let n = MAX_HISTORY as i64;
         p.push_history(n, n as u32, Signal::Have);
         assert_eq!(p.history.len(), MAX_HISTORY / 2 + 2);
-        assert_eq!(p.history[0], (0, 0, Signal::Have));
-        assert_eq!(p.history[1], (2, 2, Signal::Have));
-        let tail: Vec<_> = p.history[p.history.len() - 3..].iter().map(|h| (h.0, h.1)).collect();
+        let h = p.history.to_vec();
+        assert_eq!(h[0], (0, 0, Signal::Have));
+        assert_eq!(h[1], (2, 2, Signal::Have));
+        let tail: Vec<_> = h[h.len() - 3..].iter().map(|h| (h.0, h.1)).collect();
         assert_eq!(
             tail,
             vec![(n - 2, (n - 2) as u32), (n - 1, (n - 1) as u32), (n, n as u32)]
