@@ -17,7 +17,7 @@
 //! polars-parquet: [`fast_pages`] says so.
 
 use polars::prelude::ArrowDataType;
-use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
+use polars_arrow::array::{Array, DictionaryArray, ListArray, PrimitiveArray, Utf8Array};
 use polars_arrow::bitmap::Bitmap;
 use polars_parquet::parquet::metadata::Descriptor;
 use polars_parquet::parquet::page::{DataPage, DataPageHeader, DataPageHeaderV1, DictPage, Page};
@@ -75,20 +75,57 @@ fn ceil8(n: usize) -> usize {
     n.div_ceil(8)
 }
 
-/// Packs 32 values of `bits` bits, least significant bit first, into
-/// `4 * bits` bytes of `out` (as polars-parquet's `encode_pack`).
-fn pack32(block: &[u32; 32], bits: u32, out: &mut [u8; 128]) {
+/// Packs 32 values of `bits` bits, least significant bit first, as
+/// `4 * bits` bytes onto `out` (as polars-parquet's `encode_pack`).
+#[inline]
+fn pack32(block: &[u32], bits: u32, out: &mut Vec<u8>) {
     let mut acc: u64 = 0;
     let mut filled = 0u32;
-    let mut o = 0;
     for &v in block {
         acc |= u64::from(v) << filled;
         filled += bits;
-        while filled >= 8 {
-            out[o] = acc as u8;
-            o += 1;
-            acc >>= 8;
-            filled -= 8;
+        if filled >= 32 {
+            out.extend_from_slice(&(acc as u32).to_le_bytes());
+            acc >>= 32;
+            filled -= 32;
+        }
+    }
+}
+
+/// Calls `f` with every value whose validity bit is set (every value
+/// without a validity), in order, a validity byte at a time.
+#[inline]
+fn each_valid<T: Copy>(vals: &[T], validity: Option<&Bitmap>, mut f: impl FnMut(T)) {
+    let Some(v) = validity else {
+        vals.iter().for_each(|&x| f(x));
+        return;
+    };
+    let (bytes, offset, len) = v.as_slice();
+    if offset != 0 || len != vals.len() {
+        vals.iter().zip(v.iter()).filter(|(_, ok)| *ok).for_each(|(&x, _)| f(x));
+        return;
+    }
+    let mut chunks = vals.chunks_exact(8);
+    for (c, &b) in chunks.by_ref().zip(bytes) {
+        match b {
+            0 => {}
+            0xff => c.iter().for_each(|&x| f(x)),
+            _ => {
+                for (k, &x) in c.iter().enumerate() {
+                    if b & (1 << k) != 0 {
+                        f(x);
+                    }
+                }
+            }
+        }
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let b = bytes[vals.len() / 8];
+        for (k, &x) in rest.iter().enumerate() {
+            if b & (1 << k) != 0 {
+                f(x);
+            }
         }
     }
 }
@@ -113,14 +150,15 @@ impl Levels for Keys<'_> {
     fn bitpack(&self, out: &mut Vec<u8>, start: usize, n: usize, bits: u32) {
         uleb(out, ((ceil8(n) as u64) << 1) | 1);
         let vals = &self.0[start..start + n];
-        let mut block = [0u32; 32];
-        let mut packed = [0u8; 128];
+        out.reserve(ceil8(n) * bits as usize + 4 * bits as usize);
         let chunks = vals.chunks_exact(32);
         let rest = chunks.remainder();
+        let mut block = [0u32; 32];
+        if let Some(last) = chunks.clone().last() {
+            block.copy_from_slice(last);
+        }
         for c in chunks {
-            block.copy_from_slice(c);
-            pack32(&block, bits, &mut packed);
-            out.extend_from_slice(&packed[..4 * bits as usize]);
+            pack32(c, bits, out);
         }
         if !rest.is_empty() {
             // As polars-parquet: the block keeps the previous chunk's values
@@ -128,8 +166,9 @@ impl Levels for Keys<'_> {
             // bytes of bits are written, some of them stale (readers stop at
             // the column's length).
             block[..rest.len()].copy_from_slice(rest);
-            pack32(&block, bits, &mut packed);
-            out.extend_from_slice(&packed[..ceil8(rest.len()) * bits as usize]);
+            let at = out.len();
+            pack32(&block, bits, out);
+            out.truncate(at + ceil8(rest.len()) * bits as usize);
         }
     }
     fn rle(out: &mut Vec<u8>, run: usize, v: u32, bits: u32) {
@@ -385,42 +424,57 @@ fn integers<T>(
 where
     T: polars_arrow::types::NativeType + Ord + Into<i64> + TryFrom<i64>,
 {
-    let validity = a.validity();
-    let valid = |i: usize| validity.is_none_or(|v| v.get_bit(i));
+    let validity = a.validity().filter(|v| v.unset_bits() > 0);
     let vals = a.values().as_slice();
     let mut bounds: Option<(T, T)> = None;
-    for (i, &v) in vals.iter().enumerate() {
-        if valid(i) {
-            bounds = Some(match bounds {
-                None => (v, v),
-                Some((lo, hi)) => (lo.min(v), hi.max(v)),
-            });
-        }
-    }
+    each_valid(vals, validity, |v| {
+        bounds = Some(match bounds {
+            None => (v, v),
+            Some((lo, hi)) => (lo.min(v), hi.max(v)),
+        });
+    });
     let (min, max) = bounds?;
     let (lo, hi): (i64, i64) = (min.into(), max.into());
     let diff = usize::try_from(hi.checked_sub(lo)?).ok()?;
     if diff > u16::MAX as usize {
         return None;
     }
-    // One slot per value between min and max: first marked, then numbered
-    // in ascending order of value.
+    // One slot per value between min and max: marked, then numbered in
+    // ascending order of value. When few values are seen in a wide range,
+    // the seen ones are sorted instead of scanning every slot.
     let mut lookup = vec![0u16; diff + 1];
-    for (i, &v) in vals.iter().enumerate() {
-        if valid(i) {
-            let x: i64 = v.into();
-            lookup[(x - lo) as usize] = 1;
+    let mut seen: Vec<u16> = Vec::new();
+    each_valid(vals, validity, |v| {
+        let x: i64 = v.into();
+        let off = (x - lo) as usize;
+        if lookup[off] == 0 {
+            lookup[off] = 1;
+            if seen.len() < 4096 {
+                // Offsets are at most 65,535.
+                seen.push(off as u16);
+            }
         }
-    }
+    });
     let mut page = Vec::new();
     let mut n = 0usize;
-    for (off, slot) in lookup.iter_mut().enumerate() {
-        if *slot != 0 {
-            // At most 65,536 values: their numbers fit.
-            *slot = n as u16;
-            n += 1;
-            let v = T::try_from(lo + off as i64).ok()?;
-            page.extend_from_slice(&le(v));
+    let mut number = |off: usize, slot: &mut u16| -> Option<()> {
+        // At most 65,536 values: their numbers fit.
+        *slot = n as u16;
+        n += 1;
+        let v = T::try_from(lo + off as i64).ok()?;
+        page.extend_from_slice(&le(v));
+        Some(())
+    };
+    if seen.len() < 4096 && seen.len() * 16 < diff {
+        seen.sort_unstable();
+        for &off in &seen {
+            number(usize::from(off), &mut lookup[usize::from(off)])?;
+        }
+    } else {
+        for (off, slot) in lookup.iter_mut().enumerate() {
+            if *slot != 0 {
+                number(off, slot)?;
+            }
         }
     }
     if !(n <= few || (n as f64) / (a.len() as f64) < 0.75) {
@@ -435,6 +489,7 @@ where
             u32::from(lookup[(x - lo) as usize])
         })
         .collect();
+    let validity = a.validity();
     let dict = DictValues {
         page,
         n,
@@ -487,11 +542,9 @@ fn pages(
     let keys = match validity {
         None => keys,
         Some(v) => {
-            gathered = keys
-                .iter()
-                .zip(v.iter())
-                .filter_map(|(&k, ok)| ok.then_some(k))
-                .collect();
+            let mut g = Vec::with_capacity(n - null_count);
+            each_valid(keys, Some(v), |k| g.push(k));
+            gathered = g;
             &gathered
         }
     };
@@ -511,6 +564,119 @@ fn pages(
         max_rep_level: 0,
     };
     [dict_page, Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, n))]
+}
+
+/// The one data page of a `list<string>` column (lists never null, their
+/// values never null) as polars-parquet's nested writer makes it:
+/// repetition levels (1 bit), definition levels (2 bits: 0 for an empty
+/// list, 2 for a value), the values PLAIN, the values' bounds as
+/// statistics. None when polars-parquet would write it otherwise (other
+/// types, nulls, several pages, bounds it truncates).
+pub fn list_page(array: &dyn Array, type_: &ParquetType, options: WriteOptions) -> Option<Page> {
+    let ParquetType::GroupType { field_info, fields, .. } = type_ else {
+        return None;
+    };
+    let [ParquetType::GroupType {
+        field_info: middle,
+        fields: inner,
+        ..
+    }] = fields.as_slice()
+    else {
+        return None;
+    };
+    let [ParquetType::PrimitiveType(leaf)] = inner.as_slice() else {
+        return None;
+    };
+    if field_info.repetition != Repetition::Required
+        || middle.repetition != Repetition::Repeated
+        || leaf.field_info.repetition != Repetition::Optional
+        || options.version != Version::V1
+        || options.data_page_size.is_some_and(|s| s != PAGE_BYTES)
+        || !options.has_statistics()
+    {
+        return None;
+    }
+    let list = array.as_any().downcast_ref::<ListArray<i32>>()?;
+    let values = list.values().as_any().downcast_ref::<Utf8Array<i64>>()?;
+    let rows = list.len();
+    if list.validity().is_some() || values.validity().is_some() || rows == 0 {
+        return None;
+    }
+    // One page: polars-parquet splits the values' estimated bytes
+    // (`estimated_bytes_size`: text and offsets) into pages of 1 MiB by
+    // whole bytes per row.
+    let estimate = values.values().len() + 8 * (values.len() + 1);
+    if PAGE_BYTES / (estimate / rows + 1) < rows {
+        return None;
+    }
+    let offsets = list.offsets().as_slice();
+    let (first, last) = (offsets[0] as usize, offsets[rows] as usize);
+    let mut rep = Vec::with_capacity(rows + last - first);
+    let mut def = Vec::with_capacity(rows + last - first);
+    for w in offsets.windows(2) {
+        let k = (w[1] - w[0]) as usize;
+        if k == 0 {
+            rep.push(0);
+            def.push(0);
+        } else {
+            rep.push(0);
+            rep.extend(std::iter::repeat_n(1, k - 1));
+            def.extend(std::iter::repeat_n(2, k));
+        }
+    }
+    let mut buf = Vec::with_capacity(64 + estimate);
+    for (levels, bits) in [(&rep, 1), (&def, 2)] {
+        let at = buf.len();
+        buf.extend_from_slice(&[0; 4]);
+        hybrid(&mut buf, &Keys(levels), bits);
+        let len = (buf.len() - at - 4) as i32;
+        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    }
+    let (mut min, mut max): (Option<&[u8]>, Option<&[u8]>) = (None, None);
+    for i in first..last {
+        let b = values.value(i).as_bytes();
+        buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        buf.extend_from_slice(b);
+        if min.is_none_or(|m| b < m) {
+            min = Some(b);
+        }
+        if max.is_none_or(|m| b > m) {
+            max = Some(b);
+        }
+    }
+    if first != 0 || last != values.len() {
+        // Statistics span the whole child array in polars-parquet.
+        return None;
+    }
+    if let Some(len) = options.statistics.binary_statistics_truncate_length_usize() {
+        if min.is_some_and(|m| m.len() > len) || max.is_some_and(|m| m.len() > len) {
+            return None;
+        }
+    }
+    let st = options.statistics;
+    let statistics = ParquetStatistics {
+        null_count: st.null_count.then_some(0),
+        distinct_count: None,
+        max_value: max.filter(|_| st.max_value).map(<[u8]>::to_vec),
+        min_value: min.filter(|_| st.min_value).map(<[u8]>::to_vec),
+        max: None,
+        min: None,
+        is_max_value_exact: None,
+        is_min_value_exact: None,
+    };
+    let header = DataPageHeader::V1(DataPageHeaderV1 {
+        num_values: rep.len() as i32,
+        encoding: Encoding::Plain.into(),
+        definition_level_encoding: Encoding::Rle.into(),
+        repetition_level_encoding: Encoding::Rle.into(),
+        statistics: Some(statistics),
+    });
+    let descriptor = Descriptor {
+        primitive_type: leaf.clone(),
+        max_def_level: 0,
+        max_rep_level: 0,
+    };
+    Some(Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, rows)))
 }
 
 #[cfg(test)]
@@ -699,6 +865,39 @@ mod tests {
                     Pages::Polars => {}
                 }
             }
+        }
+    }
+
+    #[test]
+    fn list_pages_are_polars_parquet_s() {
+        let mut rng = Rng(11);
+        for case in 0..40 {
+            let rows = [1usize, 9, 100, 3000, 20_000][case % 5];
+            let mut offsets = vec![0i32];
+            let mut vals: Vec<String> = Vec::new();
+            for _ in 0..rows {
+                let k = match rng.next() % 10 {
+                    0..=6 if case % 3 != 0 => 0,
+                    7 | 8 => 1,
+                    _ => (rng.next() % 5) as usize,
+                };
+                for _ in 0..k {
+                    vals.push(format!("k{}", rng.next() % 50));
+                }
+                offsets.push(vals.len() as i32);
+            }
+            let child = Utf8Array::<i64>::from_slice(&vals);
+            let inner = polars::prelude::ArrowField::new("item".into(), ArrowDataType::LargeUtf8, true);
+            let dt = ArrowDataType::List(Box::new(inner));
+            let list = ListArray::<i32>::try_new(dt.clone(), offsets.try_into().unwrap(), child.boxed(), None).unwrap();
+            let t = field("l", dt, false);
+            let got = list_page(&list, &t, options()).unwrap_or_else(|| panic!("not made here: {t:?}"));
+            let want: Vec<Page> = polars_parquet::write::array_to_columns(list.boxed(), t.clone(), options(), &[Encoding::RleDictionary])
+                .unwrap()
+                .remove(0)
+                .map(|p| p.unwrap())
+                .collect();
+            same(&[got], &want, &format!("list {case}, {rows} rows"));
         }
     }
 }

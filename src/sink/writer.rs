@@ -298,6 +298,11 @@ fn column_pages(
     enc: &[Encoding],
     built: bool,
 ) -> PolarsResult<Vec<DynIter<'static, PolarsResult<Page>>>> {
+    if built {
+        if let Some(page) = pages::list_page(&*array, type_, options) {
+            return Ok(vec![DynIter::new(std::iter::once(Ok(page)))]);
+        }
+    }
     let (ParquetType::PrimitiveType(leaf_type), [encoding]) = (type_, enc) else {
         return array_to_columns(array, type_.clone(), options, enc);
     };
