@@ -401,13 +401,19 @@ fn dictionary(array: &dyn Array, leaf: &PrimitiveType, options: WriteOptions) ->
         return None;
     };
     let keys = d.keys();
-    Some(Pages::Made(pages(
-        dict,
-        keys.values(),
-        keys.validity(),
-        leaf,
-        options,
-    )))
+    let validity = keys.validity().filter(|v| v.unset_bits() > 0);
+    let all = keys.values().as_slice();
+    let valid: Vec<u32>;
+    let valid_keys = match validity {
+        None => all,
+        Some(v) => {
+            let mut g = Vec::with_capacity(all.len() - v.unset_bits());
+            each_valid(all, Some(v), |k| g.push(k));
+            valid = g;
+            &valid
+        }
+    };
+    Some(Pages::Made(pages(dict, valid_keys, all.len(), validity, leaf, options)))
 }
 
 /// An integer column with a value: its dictionary when polars-parquet's
@@ -480,36 +486,33 @@ where
     if !(n <= few || (n as f64) / (a.len() as f64) < 0.75) {
         return Some(Pages::Plain);
     }
-    // A null's value is clamped into the range: a key like any other
-    // (never written).
-    let keys: Vec<u32> = vals
-        .iter()
-        .map(|&v| {
-            let x: i64 = v.clamp(min, max).into();
-            u32::from(lookup[(x - lo) as usize])
-        })
-        .collect();
-    let validity = a.validity();
+    // The keys of the values (a null has none written).
+    let mut keys: Vec<u32> = Vec::with_capacity(vals.len() - validity.map_or(0, Bitmap::unset_bits));
+    each_valid(vals, validity, |v| {
+        let x: i64 = v.into();
+        keys.push(u32::from(lookup[(x - lo) as usize]));
+    });
     let dict = DictValues {
         page,
         n,
         min: Some(le(min)),
         max: Some(le(max)),
     };
-    Some(Pages::Made(pages(dict, &keys, validity, leaf, options)))
+    Some(Pages::Made(pages(dict, &keys, vals.len(), validity, leaf, options)))
 }
 
 /// The dictionary page and the data page of keys, as polars-parquet's
 /// `dictionary::array_to_pages` makes them.
+/// `keys`: those of the valid rows only, of `n` rows; `validity`: None
+/// when every row is valid.
 fn pages(
     dict: DictValues,
     keys: &[u32],
+    n: usize,
     validity: Option<&Bitmap>,
     leaf: &PrimitiveType,
     options: WriteOptions,
 ) -> [Page; 2] {
-    let n = keys.len();
-    let validity = validity.filter(|v| v.unset_bits() > 0);
     let null_count = validity.map_or(0, Bitmap::unset_bits);
     let st = options.statistics;
     let statistics = ParquetStatistics {
@@ -537,17 +540,6 @@ fn pages(
         let len = (buf.len() - 4) as i32;
         buf[..4].copy_from_slice(&len.to_le_bytes());
     }
-    // Keys of null rows are not written.
-    let gathered: Vec<u32>;
-    let keys = match validity {
-        None => keys,
-        Some(v) => {
-            let mut g = Vec::with_capacity(n - null_count);
-            each_valid(keys, Some(v), |k| g.push(k));
-            gathered = g;
-            &gathered
-        }
-    };
     let bits = bit_width(keys.iter().copied().max().unwrap_or(0));
     buf.push(bits as u8);
     hybrid(&mut buf, &Keys(keys), bits);
