@@ -30,7 +30,7 @@ use polars_parquet::write::{Encoding, ParquetType, Version, WriteOptions};
 /// What to do with a column.
 pub enum Pages {
     /// Its pages, made here: a dictionary page, then one data page.
-    Made([Page; 2]),
+    Made(Box<[Page; 2]>),
     /// Write it plain (polars-parquet's choice for an integer column with
     /// too many distinct values, made here on the exact count it uses).
     Plain,
@@ -355,10 +355,12 @@ pub fn fast_pages(array: &dyn Array, type_: &ParquetType, options: WriteOptions,
     }
     let made = match array.dtype() {
         ArrowDataType::Dictionary(..) => dictionary(array, leaf, options),
-        ArrowDataType::Int64 | ArrowDataType::Timestamp(..) => match array.as_any().downcast_ref::<PrimitiveArray<i64>>() {
-            Some(a) => integers(a, leaf, options, 2048, |v| v.to_le_bytes().to_vec()),
-            None => return Pages::Polars,
-        },
+        ArrowDataType::Int64 | ArrowDataType::Timestamp(..) => {
+            match array.as_any().downcast_ref::<PrimitiveArray<i64>>() {
+                Some(a) => integers(a, leaf, options, 2048, |v| v.to_le_bytes().to_vec()),
+                None => return Pages::Polars,
+            }
+        }
         ArrowDataType::Int32 => match array.as_any().downcast_ref::<PrimitiveArray<i32>>() {
             Some(a) => integers(a, leaf, options, 512, |v| v.to_le_bytes().to_vec()),
             None => return Pages::Polars,
@@ -413,7 +415,14 @@ fn dictionary(array: &dyn Array, leaf: &PrimitiveType, options: WriteOptions) ->
             &valid
         }
     };
-    Some(Pages::Made(pages(dict, valid_keys, all.len(), validity, leaf, options)))
+    Some(Pages::Made(Box::new(pages(
+        dict,
+        valid_keys,
+        all.len(),
+        validity,
+        leaf,
+        options,
+    ))))
 }
 
 /// An integer column with a value: its dictionary when polars-parquet's
@@ -498,7 +507,14 @@ where
         min: Some(le(min)),
         max: Some(le(max)),
     };
-    Some(Pages::Made(pages(dict, &keys, vals.len(), validity, leaf, options)))
+    Some(Pages::Made(Box::new(pages(
+        dict,
+        &keys,
+        vals.len(),
+        validity,
+        leaf,
+        options,
+    ))))
 }
 
 /// The dictionary page and the data page of keys, as polars-parquet's
@@ -555,7 +571,10 @@ fn pages(
         max_def_level: 0,
         max_rep_level: 0,
     };
-    [dict_page, Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, n))]
+    [
+        dict_page,
+        Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, n)),
+    ]
 }
 
 /// The one data page of a `list<string>` column (lists never null, their
@@ -668,7 +687,12 @@ pub fn list_page(array: &dyn Array, type_: &ParquetType, options: WriteOptions) 
         max_def_level: 0,
         max_rep_level: 0,
     };
-    Some(Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, rows)))
+    Some(Page::Data(DataPage::new(
+        header,
+        CowBuffer::Owned(buf),
+        descriptor,
+        rows,
+    )))
 }
 
 #[cfg(test)]
@@ -732,7 +756,15 @@ mod tests {
                 hybrid_rle::encode::<bool, _, _>(&mut want, bm.iter(), 1).unwrap();
                 let (bytes, off, len) = bm.as_slice();
                 let mut got = Vec::new();
-                hybrid(&mut got, &Bits { bytes, offset: off, len }, 1);
+                hybrid(
+                    &mut got,
+                    &Bits {
+                        bytes,
+                        offset: off,
+                        len,
+                    },
+                    1,
+                );
                 assert_eq!(got, want, "bits: case {case}, offset {offset}");
             }
         }
@@ -772,7 +804,11 @@ mod tests {
                 }
                 (Page::Data(g), Page::Data(w)) => {
                     assert_eq!(g.buffer(), w.buffer(), "{what}: data page");
-                    assert_eq!(format!("{:?}", g.header()), format!("{:?}", w.header()), "{what}: header");
+                    assert_eq!(
+                        format!("{:?}", g.header()),
+                        format!("{:?}", w.header()),
+                        "{what}: header"
+                    );
                     assert_eq!(
                         (g.num_rows(), &g.descriptor),
                         (w.num_rows(), &w.descriptor),
@@ -796,7 +832,7 @@ mod tests {
             let nulls = case % 3;
             let validity: Option<Bitmap> = (nulls > 0).then(|| {
                 (0..n)
-                    .map(|i| nulls == 1 || !(rng.next() % 5 == 0 || (i / 100) % 7 == 3))
+                    .map(|i| nulls == 1 || !(rng.next().is_multiple_of(5) || (i / 100) % 7 == 3))
                     .collect()
             });
             let validity = validity.filter(|v| v.unset_bits() > 0);
@@ -817,7 +853,11 @@ mod tests {
             let Pages::Made(got) = fast_pages(&d, &t, options(), &[Encoding::RleDictionary]) else {
                 panic!("text case {case}: not made here")
             };
-            same(&got, &polars_pages(&d, &t, Encoding::RleDictionary), &format!("text {case}"));
+            same(
+                &got[..],
+                &polars_pages(&d, &t, Encoding::RleDictionary),
+                &format!("text {case}"),
+            );
             // Integers: few values, a wide range (left to polars), many
             // distinct (plain).
             for spread in [5i64, 3000, 60_000, 1 << 40] {
@@ -834,13 +874,16 @@ mod tests {
                     let t = field("i", dt, nullable);
                     let what = format!("i64 {case} spread {spread}");
                     match fast_pages(&a, &t, options(), &[Encoding::RleDictionary]) {
-                        Pages::Made(got) => same(&got, &polars_pages(&a, &t, Encoding::RleDictionary), &what),
+                        Pages::Made(got) => same(&got[..], &polars_pages(&a, &t, Encoding::RleDictionary), &what),
                         Pages::Plain => same(
                             &polars_pages(&a, &t, Encoding::Plain),
                             &polars_pages(&a, &t, Encoding::RleDictionary),
                             &what,
                         ),
-                        Pages::Polars => assert!(spread > 65_535 || validity.as_ref().is_some_and(|v| v.set_bits() == 0), "{what}"),
+                        Pages::Polars => assert!(
+                            spread > 65_535 || validity.as_ref().is_some_and(|v| v.set_bits() == 0),
+                            "{what}"
+                        ),
                     }
                 }
                 let v32: Vec<i32> = v.iter().map(|&x| x as i32).collect();
@@ -848,7 +891,7 @@ mod tests {
                 let t = field("p", ArrowDataType::Int32, nullable);
                 let what = format!("i32 {case} spread {spread}");
                 match fast_pages(&a, &t, options(), &[Encoding::RleDictionary]) {
-                    Pages::Made(got) => same(&got, &polars_pages(&a, &t, Encoding::RleDictionary), &what),
+                    Pages::Made(got) => same(&got[..], &polars_pages(&a, &t, Encoding::RleDictionary), &what),
                     Pages::Plain => same(
                         &polars_pages(&a, &t, Encoding::Plain),
                         &polars_pages(&a, &t, Encoding::RleDictionary),
@@ -884,11 +927,12 @@ mod tests {
             let list = ListArray::<i32>::try_new(dt.clone(), offsets.try_into().unwrap(), child.boxed(), None).unwrap();
             let t = field("l", dt, false);
             let got = list_page(&list, &t, options()).unwrap_or_else(|| panic!("not made here: {t:?}"));
-            let want: Vec<Page> = polars_parquet::write::array_to_columns(list.boxed(), t.clone(), options(), &[Encoding::RleDictionary])
-                .unwrap()
-                .remove(0)
-                .map(|p| p.unwrap())
-                .collect();
+            let want: Vec<Page> =
+                polars_parquet::write::array_to_columns(list.boxed(), t.clone(), options(), &[Encoding::RleDictionary])
+                    .unwrap()
+                    .remove(0)
+                    .map(|p| p.unwrap())
+                    .collect();
             same(&[got], &want, &format!("list {case}, {rows} rows"));
         }
     }
