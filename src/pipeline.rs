@@ -787,62 +787,6 @@ impl Engine {
     }
 }
 
-/// Full batches' worth of bytes the reader may have out (sent to the
-/// engine and not yet back): four batches of `batch_bytes` (2 MiB) fill
-/// it, the four blocks a bounded channel of two kept in flight (two
-/// queued, one analyzed, one read and waiting to be sent; ~8 MB: see
-/// `Limits::batch_frames`).
-const READ_AHEAD_BATCHES: usize = 4;
-/// At most this many batches out, however small: the channel's bound.
-const READ_AHEAD_MAX: usize = 16;
-
-/// The reader's count of the batches it has out, and the blocks that came
-/// back for reuse.
-struct ReadAhead {
-    /// Batches sent and not yet back.
-    n_out: usize,
-    /// Their blocks' bytes (each block's length when sent).
-    bytes_out: usize,
-    /// Each batch's block bytes when sent, in send order (batches come
-    /// back in that order: the engine takes them one at a time).
-    sizes: std::collections::VecDeque<usize>,
-    budget: usize,
-    spare: Vec<FrameBatch>,
-}
-
-impl ReadAhead {
-    fn new(budget: usize) -> Self {
-        ReadAhead {
-            n_out: 0,
-            bytes_out: 0,
-            sizes: std::collections::VecDeque::new(),
-            budget,
-            spare: Vec::new(),
-        }
-    }
-
-    /// Two batches out are always allowed (the reader never waits for the
-    /// one the engine is on alone); beyond, while their bytes are under the
-    /// budget.
-    fn full(&self) -> bool {
-        self.n_out >= READ_AHEAD_MAX - 1 || (self.n_out >= 2 && self.bytes_out >= self.budget)
-    }
-
-    fn sent(&mut self, b: &FrameBatch) {
-        let n = b.data.len();
-        self.n_out += 1;
-        self.bytes_out += n;
-        self.sizes.push_back(n);
-    }
-
-    fn back(&mut self, b: FrameBatch) {
-        let n = self.sizes.pop_front().unwrap_or(0);
-        self.n_out = self.n_out.saturating_sub(1);
-        self.bytes_out = self.bytes_out.saturating_sub(n);
-        self.spare.push(b);
-    }
-}
-
 /// A `Read` that adds the bytes it reads to a shared counter (progress).
 struct CountingRead<R>(R, Arc<std::sync::atomic::AtomicU64>);
 
@@ -954,26 +898,18 @@ pub fn analyze(
 
     // Reader thread, started before the output files and the engine are
     // set up (~5 ms on one core, which its first reads now overlap):
-    // inputs in order. Used batches come back over `recycle_tx`, so their
-    // blocks are reused, and they are its credit: it reads ahead while
-    // the batches out (sent, not yet back) hold less than
-    // `READ_AHEAD_BATCHES` full batches' bytes, so that a run of small
-    // frames gets as many bytes ahead as one of full-size frames (the
-    // bytes in flight stay about what four batches of `batch_bytes` hold;
-    // the reader can run while a worker is in the sequential part of a
-    // step, instead of waiting with four small batches out).
-    let (tx, rx) = sync_channel::<ReaderMsg>(READ_AHEAD_MAX);
+    // inputs in order, two batches ahead at most. Used batches come back
+    // over `recycle_tx` so their blocks are reused.
+    let (tx, rx) = sync_channel::<ReaderMsg>(2);
     let (recycle_tx, recycle_rx) = std::sync::mpsc::channel::<FrameBatch>();
     let reader_inputs = inputs.clone();
     let consumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let reader_consumed = consumed.clone();
     let mut progress = Progress::new(&inputs);
     let (batch_bytes, batch_frames) = (settings.limits.batch_bytes.max(1), settings.limits.batch_frames.max(1));
-    let read_ahead_bytes = batch_bytes.saturating_mul(READ_AHEAD_BATCHES);
     let reader = std::thread::Builder::new()
         .name("swarmtap-reader".into())
         .spawn(move || {
-            let mut out = ReadAhead::new(read_ahead_bytes);
             for (idx, input) in reader_inputs.iter().enumerate() {
                 let opened = match input {
                     // Files are read through a counter: the progress line's
@@ -1002,22 +938,9 @@ pub fn analyze(
                 };
                 r.set_capture_idx(idx as u32);
                 loop {
-                    // Take back what has come back; wait while the batches
-                    // out are as many as their size allows.
-                    while let Ok(b) = recycle_rx.try_recv() {
-                        out.back(b);
-                    }
-                    while out.full() {
-                        match recycle_rx.recv() {
-                            Ok(b) => out.back(b),
-                            // The engine is gone: nothing more is read.
-                            Err(_) => return,
-                        }
-                    }
-                    let mut b = out.spare.pop().unwrap_or_default();
+                    let mut b = recycle_rx.try_recv().unwrap_or_default();
                     match r.read_batch(&mut b, batch_bytes, batch_frames) {
                         Ok(true) => {
-                            out.sent(&b);
                             if tx.send(ReaderMsg::Batch(b)).is_err() {
                                 return;
                             }
@@ -1064,9 +987,7 @@ pub fn analyze(
         let _ = recycle_tx.send(batch);
         progress.tick(consumed.load(Ordering::Relaxed), &engine.summary, engine.n_flows());
     }
-    // Leaving the loop dropped the channel, and dropping `recycle_tx`
-    // ends its wait for a batch back: a reader blocked on either stops.
-    drop(recycle_tx);
+    // Leaving the loop dropped the channel: a reader blocked on it stops.
     let _ = reader.join();
     progress.finish();
     if let Some(e) = failure {
