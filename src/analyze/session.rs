@@ -375,11 +375,17 @@ impl PeerSession {
 }
 
 impl State {
-    /// The endpoint that identifies `side` as a peer.
+    /// The endpoint that identifies `side` as a peer: its listen endpoint
+    /// as far as the connection shows it. The originator's transport port
+    /// is ephemeral, so its BEP 10 `p` names it. The responder's transport
+    /// port is the port it accepted on, unless the connection was picked
+    /// up mid-stream: then who connected to whom is a guess (the receiver
+    /// of the first packet seen is called the responder) and either
+    /// transport port may be ephemeral, so a `p` it sent names it too.
     fn peer_addr(&self, side: usize) -> SocketAddr {
         let e = self.ends[side];
-        match (side, self.sides[side].listen_port) {
-            (ORIG, Some(p)) if p != 0 => SocketAddr::new(e.ip(), p),
+        match self.sides[side].listen_port {
+            Some(p) if p != 0 && (side == ORIG || self.midstream) => SocketAddr::new(e.ip(), p),
             _ => e,
         }
     }
@@ -848,7 +854,26 @@ impl State {
         }
         if let Some(p) = int(p) {
             if (1..=65535).contains(&p) {
-                s.listen_port = Some(p as u16);
+                let before = self.peer_addr(side);
+                self.sides[side].listen_port = Some(p as u16);
+                // Events this side sent before its `p` (a connection picked
+                // up mid-stream whose BEP 10 handshake came later) went out
+                // at its transport endpoint: a sighting at the listen
+                // endpoint lets the swarm state join them (same peer id, or
+                // at the end the address's one listen endpoint).
+                if self.sides[side].seen_sent && self.peer_addr(side) != before {
+                    let s = &self.sides[side];
+                    let client = s
+                        .peer_id
+                        .and_then(|p| client_from_peer_id(&p))
+                        .or_else(|| s.ltep_v.clone());
+                    let seen = SwarmEventKind::Seen {
+                        peer_id: s.peer_id,
+                        client,
+                        listen: true,
+                    };
+                    self.hold_or_emit(Held { ctx, side, kind: seen }, out);
+                }
             }
         }
         // BEP 10 `e`: 1 when the sender prefers MSE encryption.
