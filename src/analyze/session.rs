@@ -856,12 +856,13 @@ impl State {
             if (1..=65535).contains(&p) {
                 let before = self.peer_addr(side);
                 self.sides[side].listen_port = Some(p as u16);
-                // Events this side sent before its `p` (a connection picked
-                // up mid-stream whose BEP 10 handshake came later) went out
-                // at its transport endpoint: a sighting at the listen
-                // endpoint lets the swarm state join them (same peer id, or
-                // at the end the address's one listen endpoint).
-                if self.sides[side].seen_sent && self.peer_addr(side) != before {
+                // Events a mid-stream responder sent before its `p` (its
+                // BEP 10 handshake came later) went out at its transport
+                // endpoint: a sighting at the listen endpoint lets the
+                // swarm state join them (same peer id, or at the end the
+                // address's one listen endpoint). An originator's late `p`
+                // (its events released before it) is left as it was.
+                if side == RESP && self.sides[side].seen_sent && self.peer_addr(side) != before {
                     let s = &self.sides[side];
                     let client = s
                         .peer_id
