@@ -1338,18 +1338,21 @@ def merge(
     ex = ex.groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.when(keep, F.col("conn_id")))).alias("_cf"))
     peers_in = _cut(peers_in.join(ex, [G, "_o"], "left")
                     .withColumn("_cf", F.coalesce("_cf", "conn_ids")))
-    conns = rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port")
+    # Composed: a cut rename may land on an ephemeral key.
+    comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
+                     [G, "info_hash", "peer_ip", "_to"], "left") \
+        .withColumn("_to", F.coalesce("_e", "_to")).drop("_e")
+    allren = _cut(comp.unionByName(eph.join(comp.select(*pk), pk, "left_anti")))
+    # Connection ends follow their peers rows through both renames
+    # (mod.rs: a joined connection's first piece may name an end by the
+    # source port a later piece's `p` renamed).
+    conns = rename(rename(conns, allren, "orig_ip", "orig_peer_port"), allren, "resp_ip", "resp_peer_port")
     # entities.rs `set_orig_ports`: an encrypted connection's originator
     # end is the peer named above (null: none).
     conns = _cut(conns.join(_bc(enc.withColumn("_e", F.lit(True))), [G, "conn_id"], "left")
                  .withColumn("orig_peer_port", F.when(F.col("_e"), F.col("_own")).otherwise(F.col("orig_peer_port"))
                              .cast(dict(conns.dtypes)["orig_peer_port"]))
                  .drop("_e", "_own"))
-    # Composed: a cut rename may land on an ephemeral key.
-    comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
-                     [G, "info_hash", "peer_ip", "_to"], "left") \
-        .withColumn("_to", F.coalesce("_e", "_to")).drop("_e")
-    allren = _cut(comp.unionByName(eph.join(comp.select(*pk), pk, "left_anti")))
 
     # 1. Event tables.
     ev = {}

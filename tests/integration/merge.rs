@@ -806,3 +806,140 @@ fn merge_reads_hive_partitioned_datasets_as_offline_ones() {
         assert_eq!(rows_of(&offline, t, &[]), rows_of(&live, t, &[]), "{t}");
     }
 }
+
+/// A dataset's peers rows at one address: port → (uploaded, downloaded,
+/// n_connections, conn_ids); and the whole table's byte totals checked
+/// against the connections each row lists (no byte counted twice).
+fn peers_at(dir: &Path, addr: &str) -> BTreeMap<i64, (i64, i64, i64, Vec<i64>)> {
+    let p = read(dir, "peers");
+    let c = read(dir, "connections");
+    let (pip, port) = (lists_of_str(&p, "peer_ip"), i64s(&p, "peer_port"));
+    let (up, down, n) = (
+        i64s(&p, "uploaded_bytes"),
+        i64s(&p, "downloaded_bytes"),
+        i64s(&p, "n_connections"),
+    );
+    let ids = id_lists(&p, "conn_ids");
+    let cid = i64s(&c, "conn_id");
+    let (oip, rip) = (lists_of_str(&c, "orig_ip"), lists_of_str(&c, "resp_ip"));
+    let (po, pr) = (i64s(&c, "piece_bytes_orig"), i64s(&c, "piece_bytes_resp"));
+    let by_id: HashMap<i64, usize> = cid.iter().enumerate().map(|(i, x)| (x.unwrap_or(-1), i)).collect();
+    let mut out = BTreeMap::new();
+    for i in 0..p.height() {
+        let (mut sent, mut got) = (0, 0);
+        for id in &ids[i] {
+            let j = by_id[id];
+            if oip[j] == pip[i] {
+                sent += po[j].unwrap_or(0);
+                got += pr[j].unwrap_or(0);
+            } else {
+                assert_eq!(rip[j], pip[i], "peer {}:{:?} lists connection {id}", pip[i], port[i]);
+                sent += pr[j].unwrap_or(0);
+                got += po[j].unwrap_or(0);
+            }
+        }
+        assert_eq!(
+            (up[i].unwrap_or(0), down[i].unwrap_or(0)),
+            (sent, got),
+            "peer {}:{:?}: bytes equal those of the connections it lists",
+            pip[i],
+            port[i]
+        );
+        if pip[i] == addr {
+            out.insert(
+                port[i].unwrap_or(-1),
+                (up[i].unwrap_or(0), down[i].unwrap_or(0), n[i].unwrap_or(0), ids[i].clone()),
+            );
+        }
+    }
+    out
+}
+
+fn lists_of_str(df: &DataFrame, c: &str) -> Vec<String> {
+    strs(df, c).into_iter().map(Option::unwrap_or_default).collect()
+}
+
+/// A connection's (resp_port, resp_listen_port, resp_peer_port, midstream).
+fn resp_end(dir: &Path, conn_id: i64) -> (Option<i64>, Option<i64>, Option<i64>, Option<bool>) {
+    let c = read(dir, "connections");
+    let i = i64s(&c, "conn_id")
+        .iter()
+        .position(|x| *x == Some(conn_id))
+        .expect("connection");
+    (
+        i64s(&c, "resp_port")[i],
+        i64s(&c, "resp_listen_port")[i],
+        i64s(&c, "resp_peer_port")[i],
+        bools(&c, "midstream")[i],
+    )
+}
+
+/// A mid-stream responder's BEP 10 `p` is its listen endpoint (session 10;
+/// open since session 6). nDPI bittorrent.pcap is 24 connections of
+/// 192.168.1.3 (µTorrent Mac 1.8.6, listen port 40959), every one picked
+/// up mid-stream. Cut in 2, the second half alone sees connection 5 the
+/// other way round (82.58.216.115:38305 → 192.168.1.3:52907: the sender of
+/// the first packet is called the originator), and 192.168.1.3 sends its
+/// BEP 10 handshake with p = 40959 there. Before: its peers row was
+/// 192.168.1.3:52907 (its source port), with connections 1 and 5, and
+/// 52907 counted as a listen endpoint; now it is 192.168.1.3:40959.
+#[test]
+fn a_midstream_responders_listen_port_is_its_bep10_p() {
+    let Some(corpus) = corpus() else { return };
+    let input = corpus.join("ntop__nDPI/bittorrent.pcap");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 2, tmp.path());
+    let runs: Vec<Run> = files
+        .iter()
+        .map(|f| run_with(std::slice::from_ref(f), &[], settings("a"), None))
+        .collect();
+    let second = &runs[1].dir;
+    // Connection 5: the responder's transport port is its source port.
+    assert_eq!(resp_end(second, 5), (Some(52907), Some(40959), Some(40959), Some(true)));
+    // Connection 1 (82.57.97.83 → 192.168.1.3:52906, no `p`, no peer id):
+    // the address's one listen endpoint, now the real one.
+    assert_eq!(resp_end(second, 1), (Some(52906), None, Some(40959), Some(true)));
+    let at = peers_at(second, "192.168.1.3");
+    assert_eq!(at.get(&40959), Some(&(0, 0, 2, vec![1, 5])));
+    assert!(!at.contains_key(&52907), "no peers row at the ephemeral port p names otherwise");
+    // The 12 other rows are originators known only by their source port
+    // (their handshakes and `p` fell in the first half): unchanged.
+    let ports: Vec<i64> = at.keys().copied().collect();
+    assert_eq!(
+        ports,
+        [40959, 52908, 52909, 52910, 52911, 52912, 52914, 52915, 52917, 52921, 52922, 52925, 52926, 52927]
+    );
+    assert_eq!(at[&52915], (0, 649_063, 1, vec![20]));
+    let p = read(second, "peers");
+    assert_eq!((p.height(), sum_i64(&p, "uploaded_bytes"), sum_i64(&p, "downloaded_bytes")), (25, 649_063, 649_063));
+
+    // Merged, and as one run: one row for 192.168.1.3, at 40959, with all
+    // 24 connections and the 649,063 bytes it downloaded counted once.
+    let whole = run_with(&[input.clone()], &[], settings("a"), None);
+    let dirs: Vec<&Path> = runs.iter().map(|r| r.dir.as_path()).collect();
+    let (_t, out, _) = merged(&dirs);
+    for dir in [whole.dir.as_path(), out.as_path()] {
+        let at = peers_at(dir, "192.168.1.3");
+        let ports: Vec<i64> = at.keys().copied().collect();
+        assert_eq!(ports, [40959], "{}", dir.display());
+        let (up, down, n, ids) = &at[&40959];
+        assert_eq!((*up, *down, *n, ids.len()), (0, 649_063, 24, 24), "{}", dir.display());
+        let p = read(dir, "peers");
+        assert_eq!((p.height(), sum_i64(&p, "uploaded_bytes"), sum_i64(&p, "downloaded_bytes")), (13, 649_063, 649_063));
+        let c = read(dir, "connections");
+        let ends: BTreeSet<Option<i64>> = (0..c.height())
+            .map(|i| {
+                if lists_of_str(&c, "orig_ip")[i] == "192.168.1.3" {
+                    i64s(&c, "orig_peer_port")[i]
+                } else {
+                    i64s(&c, "resp_peer_port")[i]
+                }
+            })
+            .collect();
+        assert_eq!(ends, BTreeSet::from([Some(40959)]), "{}", dir.display());
+    }
+}
+
+fn sum_i64(df: &DataFrame, c: &str) -> i64 {
+    i64s(df, c).into_iter().flatten().sum()
+}
