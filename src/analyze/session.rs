@@ -1496,9 +1496,8 @@ mod tests {
                 p.extend(vec![0x5a; n]);
                 msg(7, &p)
             };
-            let haves = |r: std::ops::RangeInclusive<u32>| -> Vec<u8> {
-                r.flat_map(|i| msg(4, &i.to_be_bytes())).collect()
-            };
+            let haves =
+                |r: std::ops::RangeInclusive<u32>| -> Vec<u8> { r.flat_map(|i| msg(4, &i.to_be_bytes())).collect() };
             // With the start captured, each side opens with its handshake.
             let open = |pid: u8| if midstream { Vec::new() } else { handshake(pid) };
             let mut before = open(b'R');
@@ -1521,7 +1520,9 @@ mod tests {
             for e in out.events.iter().chain(out.unattributed.iter().map(|u| &u.event)) {
                 match e.kind {
                     SwarmEventKind::Seen { listen, .. } => seen.push((e.peer.ip() == resp, e.peer.port(), listen)),
-                    SwarmEventKind::Have(i) if e.peer.ip() == resp => kinds.push(format!("have {i} at {}", e.peer.port())),
+                    SwarmEventKind::Have(i) if e.peer.ip() == resp => {
+                        kinds.push(format!("have {i} at {}", e.peer.port()))
+                    }
                     SwarmEventKind::Transfer { to, bytes, .. } => {
                         kinds.push(format!("{bytes} B from {} to {}", e.peer.port(), to.port()))
                     }

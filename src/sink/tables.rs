@@ -289,7 +289,7 @@ tables! {
         resp_port: u32 as I32 = "Responder port.",
         community_id: CommunityId as CidText = "Community ID v1 (seed 0) of the flow carrying the connection (TCP, or UDP for uTP): joins with Zeek, Suricata and Arkime records.",
         orig_peer_port: Option<u32> as I32 = "The originator's row in `peers` is (info_hash, orig_ip, orig_peer_port): its listen port (BEP 10 `p`, or the endpoint the swarm state merged it into), else its source port; null when the originator has no peers row (no info_hash; or past the bound on connection rows held until the end of the run).",
-        resp_peer_port: Option<u32> as I32 = "The responder's row in `peers` is (info_hash, resp_ip, resp_peer_port): the port it accepted on (resp_port), or the endpoint the swarm state merged it into; on a connection picked up mid-stream that sent a BEP 10 `p` from the responder, that port (resp_listen_port); null as for orig_peer_port.",
+        resp_peer_port: Option<u32> as I32 = "The responder's row in `peers` is (info_hash, resp_ip, resp_peer_port): the port it accepted on (resp_port), or the endpoint the swarm state merged it into; on a connection picked up mid-stream, the port of the responder's BEP 10 `p` when it sent one (resp_listen_port); null as for orig_peer_port.",
         first_ts: Ts = "First packet.",
         last_ts: Ts = "Last packet.",
         info_hash: Option<[u8; 20]> as Hex = "Info hash (lowercase hex); null when neither seen nor inferred.",

@@ -848,7 +848,12 @@ fn peers_at(dir: &Path, addr: &str) -> BTreeMap<i64, (i64, i64, i64, Vec<i64>)> 
         if pip[i] == addr {
             out.insert(
                 port[i].unwrap_or(-1),
-                (up[i].unwrap_or(0), down[i].unwrap_or(0), n[i].unwrap_or(0), ids[i].clone()),
+                (
+                    up[i].unwrap_or(0),
+                    down[i].unwrap_or(0),
+                    n[i].unwrap_or(0),
+                    ids[i].clone(),
+                ),
             );
         }
     }
@@ -901,7 +906,10 @@ fn a_midstream_responders_listen_port_is_its_bep10_p() {
     assert_eq!(resp_end(second, 1), (Some(52906), None, Some(40959), Some(true)));
     let at = peers_at(second, "192.168.1.3");
     assert_eq!(at.get(&40959), Some(&(0, 0, 2, vec![1, 5])));
-    assert!(!at.contains_key(&52907), "no peers row at the ephemeral port p names otherwise");
+    assert!(
+        !at.contains_key(&52907),
+        "no peers row at the ephemeral port p names otherwise"
+    );
     // The 12 other rows are originators known only by their source port
     // (their handshakes and `p` fell in the first half): unchanged.
     let ports: Vec<i64> = at.keys().copied().collect();
@@ -911,11 +919,18 @@ fn a_midstream_responders_listen_port_is_its_bep10_p() {
     );
     assert_eq!(at[&52915], (0, 649_063, 1, vec![20]));
     let p = read(second, "peers");
-    assert_eq!((p.height(), sum_i64(&p, "uploaded_bytes"), sum_i64(&p, "downloaded_bytes")), (25, 649_063, 649_063));
+    assert_eq!(
+        (
+            p.height(),
+            sum_i64(&p, "uploaded_bytes"),
+            sum_i64(&p, "downloaded_bytes")
+        ),
+        (25, 649_063, 649_063)
+    );
 
     // Merged, and as one run: one row for 192.168.1.3, at 40959, with all
     // 24 connections and the 649,063 bytes it downloaded counted once.
-    let whole = run_with(&[input.clone()], &[], settings("a"), None);
+    let whole = run_with(std::slice::from_ref(&input), &[], settings("a"), None);
     let dirs: Vec<&Path> = runs.iter().map(|r| r.dir.as_path()).collect();
     let (_t, out, _) = merged(&dirs);
     for dir in [whole.dir.as_path(), out.as_path()] {
@@ -925,7 +940,14 @@ fn a_midstream_responders_listen_port_is_its_bep10_p() {
         let (up, down, n, ids) = &at[&40959];
         assert_eq!((*up, *down, *n, ids.len()), (0, 649_063, 24, 24), "{}", dir.display());
         let p = read(dir, "peers");
-        assert_eq!((p.height(), sum_i64(&p, "uploaded_bytes"), sum_i64(&p, "downloaded_bytes")), (13, 649_063, 649_063));
+        assert_eq!(
+            (
+                p.height(),
+                sum_i64(&p, "uploaded_bytes"),
+                sum_i64(&p, "downloaded_bytes")
+            ),
+            (13, 649_063, 649_063)
+        );
         let c = read(dir, "connections");
         let ends: BTreeSet<Option<i64>> = (0..c.height())
             .map(|i| {
