@@ -965,3 +965,54 @@ fn a_midstream_responders_listen_port_is_its_bep10_p() {
 fn sum_i64(df: &DataFrame, c: &str) -> i64 {
     i64s(df, c).into_iter().flatten().sum()
 }
+
+/// The same on a sample (no ../shared needed): http.pcap cut in 3, the
+/// third piece alone. aria2 at 10.99.0.13 (listen port 6882) is the
+/// responder, as that piece guesses it, of connections 55 and 61 picked
+/// up mid-stream (Transmission and qBittorrent sent their first packet
+/// there), and sends p = 6882 on both. Before: three peers rows for it,
+/// at 46194 and 49440 (its source ports, each counted as a listen
+/// endpoint) and 6882, so the four MSE-encrypted connections it opened
+/// (384, 387, 390, 393) had no single listen endpoint to be credited to:
+/// their 1,375 bytes sent counted for no peer (encrypted bytes sent 568
+/// against 1,943 received). Now one row at 6882 with ten connections,
+/// and the encrypted bytes balance.
+#[test]
+fn a_midstream_responders_p_joins_its_rows_on_a_sample() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/http.pcap");
+    let torrents = sample_torrents();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 3, tmp.path());
+    let third = run_with(&files[2..3], &torrents, settings("a"), None);
+    let dir = third.dir.as_path();
+    assert_eq!(resp_end(dir, 55), (Some(46194), Some(6882), Some(6882), Some(true)));
+    assert_eq!(resp_end(dir, 61), (Some(49440), Some(6882), Some(6882), Some(true)));
+    let at = peers_at(dir, "10.99.0.13");
+    assert_eq!(
+        at.into_iter().collect::<Vec<_>>(),
+        [(6882, (0, 0, 10, vec![55, 61, 384, 387, 390, 393, 438, 441, 444, 447]))]
+    );
+    let p = read(dir, "peers");
+    let (sent, got) = (
+        sum_i64(&p, "encrypted_bytes_sent"),
+        sum_i64(&p, "encrypted_bytes_received"),
+    );
+    assert_eq!((p.height(), sent, got), (5, 1_943, 1_943));
+    let row = strs(&p, "peer_ip")
+        .iter()
+        .position(|x| x.as_deref() == Some("10.99.0.13"))
+        .expect("10.99.0.13");
+    assert_eq!(
+        (
+            i64s(&p, "encrypted_bytes_sent")[row],
+            i64s(&p, "encrypted_bytes_received")[row],
+            strs(&p, "completion_source")[row].as_deref(),
+        ),
+        (Some(1_375), Some(568), Some("have_all"))
+    );
+    let t = read(dir, "torrents");
+    assert_eq!(
+        (i64s(&t, "n_peers"), i64s(&t, "n_peers_prefer_encryption")),
+        (vec![Some(5)], vec![Some(1)])
+    );
+}
