@@ -8,6 +8,7 @@ pub mod columns;
 pub mod community_id;
 pub mod dict;
 pub mod layout;
+mod pages;
 pub mod tables;
 pub mod typed;
 pub mod writer;

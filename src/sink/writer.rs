@@ -25,6 +25,7 @@ use polars_arrow::datatypes::{IntegerType, PhysicalType};
 
 use super::columns::{names_as_text, set_current_table, writes_as};
 use super::layout::{self, Layout, Staging};
+use super::pages;
 use super::tables::Row;
 
 /// Where tables go. Implemented by [`DirSink`] (one Parquet file per table)
@@ -239,7 +240,7 @@ fn write_arrays<R: Row>(t: &mut TableFile<R>, n: usize, arrays: Vec<Box<dyn Arra
         } else {
             enc.as_slice()
         };
-        for pages in column_pages(array, type_, t.options, enc)? {
+        for pages in column_pages(array, type_, t.options, enc, built)? {
             columns.push(Ok(DynStreamingIterator::new(Compressed {
                 pages,
                 zstd: &ctx,
@@ -287,12 +288,21 @@ fn null_dictionary(array: &dyn Array) -> PolarsResult<Box<dyn Array>> {
 /// (allocated and filled on first use, never freed: 8 MiB of resident
 /// memory for every run with a null-only column chunk). The leaf keeps its
 /// own validity bitmap, equal bit for bit, so the pages are the same bytes.
+///
+/// `built`: the array comes from the column builders, and its pages are
+/// made by [`pages::fast_pages`] where it can (the same bytes).
 fn column_pages(
     array: Box<dyn Array>,
     type_: &ParquetType,
     options: WriteOptions,
     enc: &[Encoding],
+    built: bool,
 ) -> PolarsResult<Vec<DynIter<'static, PolarsResult<Page>>>> {
+    if built {
+        if let Some(page) = pages::list_page(&*array, type_, options) {
+            return Ok(vec![DynIter::new(std::iter::once(Ok(page)))]);
+        }
+    }
     let (ParquetType::PrimitiveType(leaf_type), [encoding]) = (type_, enc) else {
         return array_to_columns(array, type_.clone(), options, enc);
     };
@@ -305,12 +315,21 @@ fn column_pages(
         Some(v) if v.unset_bits() == 0 => array.with_validity(None),
         _ => array,
     };
+    let encoding = if built {
+        match pages::fast_pages(&*leaf, type_, options, enc) {
+            pages::Pages::Made(made) => return Ok(vec![DynIter::new((*made).into_iter().map(Ok))]),
+            pages::Pages::Plain => Encoding::Plain,
+            pages::Pages::Polars => *encoding,
+        }
+    } else {
+        *encoding
+    };
     Ok(vec![array_to_pages(
         &*leaf,
         leaf_type.clone(),
         nested,
         options,
-        *encoding,
+        encoding,
     )?])
 }
 
