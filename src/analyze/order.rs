@@ -151,30 +151,32 @@ fn merge_into<T, K: DenseKey>(mut runs: Vec<Vec<T>>, key: impl Fn(&T) -> K) -> (
 /// merge it replaces. `None` otherwise: the caller merges by comparing (or
 /// concatenates unsorted runs).
 fn dense_order<T, K: DenseKey>(runs: &[Vec<T>], total: usize, key: &impl Fn(&T) -> K) -> Option<Vec<u32>> {
-    let mut lo: Option<K> = None;
-    let mut hi: Option<K> = None;
-    for run in runs {
-        if !run.is_sorted_by_key(key) {
-            return None;
-        }
-        let (Some(f), Some(l)) = (run.first(), run.last()) else {
-            continue;
-        };
-        let (f, l) = (key(f), key(l));
-        lo = Some(lo.map_or(f, |x| x.min(f)));
-        hi = Some(hi.map_or(l, |x| x.max(l)));
+    // The range from the runs' ends (each run's first and last key, were it
+    // sorted); the count pass below checks that it is.
+    let mut ends = runs.iter().filter_map(|r| Some((key(r.first()?), key(r.last()?))));
+    let (mut lo, mut hi) = ends.next()?;
+    for (f, l) in ends {
+        lo = lo.min(f);
+        hi = hi.max(l);
     }
-    let (lo, hi) = (lo?, hi?);
     let span = hi.offset_from(lo)?;
     let bound = (total as u64).saturating_mul(DENSE_PER_ROW).saturating_add(DENSE_SLACK);
     if span > bound || u32::try_from(runs.len()).is_err() || u32::try_from(total).is_err() {
         return None;
     }
-    // Rows per key offset, then each offset's first place in the output.
+    // Rows per key offset (each run checked sorted on the way: then every
+    // key lies in [lo, hi]), then each offset's first place in the output.
     let mut next = vec![0u32; span as usize + 2];
-    for r in runs.iter().flatten() {
-        let at = usize::try_from(key(r).offset_from(lo)?).ok()? + 1;
-        *next.get_mut(at)? += 1;
+    for run in runs {
+        let mut prev = 0;
+        for r in run {
+            let off = key(r).offset_from(lo)?;
+            if off < prev || off > span {
+                return None;
+            }
+            prev = off;
+            *next.get_mut(off as usize + 1)? += 1;
+        }
     }
     let mut sum = 0u32;
     for n in next.iter_mut() {
@@ -184,8 +186,7 @@ fn dense_order<T, K: DenseKey>(runs: &[Vec<T>], total: usize, key: &impl Fn(&T) 
     let mut order = vec![0u32; total];
     for (i, run) in runs.iter().enumerate() {
         for r in run {
-            let at = usize::try_from(key(r).offset_from(lo)?).ok()?;
-            let place = next.get_mut(at)?;
+            let place = next.get_mut(usize::try_from(key(r).offset_from(lo)?).ok()?)?;
             *order.get_mut(*place as usize)? = i as u32;
             *place += 1;
         }
