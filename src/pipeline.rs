@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::analyze::apps::ShardApps;
-use crate::analyze::order::{merge_sorted_runs, merge_sorted_runs_refill};
+use crate::analyze::order::merge_sorted_runs;
 use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::stage::{Stage, StepInput, StepKind};
 use crate::analyze::FrameCtx;
@@ -1172,18 +1172,16 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         shards.iter_mut().map(|s| &mut s.apps.out.events),
         |e| frame(&e.ctx),
     );
-    // The KRPC tables' shard buffers are left room for a step like this
-    // one (`merge_sorted_runs_refill`).
-    merge_sorted_runs_refill(&mut input.dht, shards.iter_mut().map(|s| &mut s.apps.out.dht), |o| {
+    merge_sorted_runs(&mut input.dht, shards.iter_mut().map(|s| &mut s.apps.out.dht), |o| {
         frame(&o.ctx)
     });
     let rows = &mut input.rows;
-    merge_sorted_runs_refill(
+    merge_sorted_runs(
         &mut rows.dht_messages,
         shards.iter_mut().map(|s| &mut s.apps.out.rows.dht_messages),
         |r| r.frame,
     );
-    merge_sorted_runs_refill(
+    merge_sorted_runs(
         &mut rows.dht_peers,
         shards.iter_mut().map(|s| &mut s.apps.out.rows.dht_peers),
         |r| r.frame,

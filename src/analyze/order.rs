@@ -72,39 +72,13 @@ pub fn merge_sorted_runs<'a, T: 'a, K: DenseKey>(
     runs: impl IntoIterator<Item = &'a mut Vec<T>>,
     key: impl Fn(&T) -> K,
 ) -> bool {
-    merge_runs(dst, runs, key, false)
-}
-
-/// [`merge_sorted_runs`], leaving each non-empty run a new buffer with room
-/// for what it held plus half: a shard's share of the next step is about
-/// the same, so its vector is allocated once instead of regrown from empty
-/// (copying its rows at each doubling); a shard that produced nothing
-/// keeps no buffer. For the KRPC tables (~32 rows of ~650 bytes per shard
-/// and step on dht-125k; observations vary more, with the nodes a response
-/// lists).
-pub fn merge_sorted_runs_refill<'a, T: 'a, K: DenseKey>(
-    dst: &mut Vec<T>,
-    runs: impl IntoIterator<Item = &'a mut Vec<T>>,
-    key: impl Fn(&T) -> K,
-) -> bool {
-    merge_runs(dst, runs, key, true)
-}
-
-fn merge_runs<'a, T: 'a, K: DenseKey>(
-    dst: &mut Vec<T>,
-    runs: impl IntoIterator<Item = &'a mut Vec<T>>,
-    key: impl Fn(&T) -> K,
-    refill: bool,
-) -> bool {
     let mut all: Vec<Vec<T>> = Vec::new();
     if !dst.is_empty() {
         all.push(std::mem::take(dst));
     }
     for r in runs {
         // Taken whole (an empty run keeps no buffer either).
-        let n = r.len();
-        let room = if refill && n > 0 { n + n / 2 } else { 0 };
-        let r = std::mem::replace(r, Vec::with_capacity(room));
+        let r = std::mem::take(r);
         if !r.is_empty() {
             all.push(r);
         }
@@ -310,22 +284,5 @@ mod tests {
             assert_eq!(sorted, all_sorted, "case {n}");
             assert!(rest.iter().all(|r| r.capacity() == 0), "case {n}: runs keep no buffer");
         }
-    }
-
-    /// The refilling merge gives the same rows in the same order, and
-    /// leaves each run room for as many rows plus half (none for a run that
-    /// was empty).
-    #[test]
-    fn refilled_runs_keep_room_for_a_like_step() {
-        let mut runs: Vec<Vec<(u64, u32)>> = vec![vec![(1, 0), (4, 1)], vec![], vec![(0, 2), (2, 3), (3, 4), (9, 5)]];
-        let mut plain = runs.clone();
-        let (mut a, mut b) = (Vec::new(), Vec::new());
-        assert!(merge_sorted_runs_refill(&mut a, runs.iter_mut(), |x| x.0));
-        assert!(merge_sorted_runs(&mut b, plain.iter_mut(), |x| x.0));
-        assert_eq!(a, b);
-        assert_eq!(a.iter().map(|x| x.1).collect::<Vec<_>>(), [2, 0, 3, 4, 1, 5]);
-        assert!(runs.iter().all(Vec::is_empty));
-        assert_eq!(runs.iter().map(Vec::capacity).collect::<Vec<_>>(), [3, 0, 6]);
-        assert!(plain.iter().all(|r| r.capacity() == 0));
     }
 }
