@@ -257,7 +257,6 @@ mod tests {
                     .collect()
             })
             .collect();
-        let mut cases = cases;
         cases.extend(sparse);
         for (n, case) in cases.into_iter().enumerate() {
             let concat: Vec<(u32, u32)> = case.iter().flatten().copied().collect();
