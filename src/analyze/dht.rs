@@ -148,7 +148,7 @@ pub struct DhtShard {
 /// keeps no capacity of its largest step), and they then regrew from empty
 /// by doubling, copying the wide KRPC rows several times a step; reserved
 /// at the step's first datagram with what the last step took (plus a
-/// half), they are mostly allocated once.
+/// quarter), they are allocated once.
 #[derive(Debug, Default)]
 struct StepSizes {
     /// This step so far: dht_messages, dht_peers, observations.
@@ -165,11 +165,11 @@ impl StepSizes {
         }
         self.last = self.now;
         self.now = [0; 3];
-        // Half again: a shard's share of a step varies (~32 KRPC rows a
-        // step on dht-125k, and observations vary more, with the nodes a
-        // response lists); with a quarter, ~3 k of ~4 k shard-steps still
-        // regrew a vector (copying it) on dht-125k.
-        let want = |n: usize| n + n / 2 + 8;
+        // A quarter more: ~1.8 k of ~4 k shard-steps still regrow one of
+        // the vectors on dht-125k (~110 instructions a datagram); half
+        // again avoided most of that, but peak RSS was not lower with it
+        // (bench/README.md, session 10 dhtw).
+        let want = |n: usize| n + n / 4 + 4;
         out.rows.dht_messages.reserve(want(self.last[0]));
         if out.rows.dht_peers.is_empty() {
             out.rows.dht_peers.reserve(want(self.last[1]));
