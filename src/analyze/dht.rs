@@ -165,9 +165,9 @@ impl StepSizes {
         }
         self.last = self.now;
         self.now = [0; 3];
-        // A quarter more: ~1.8 k of ~4 k shard-steps still regrow one of
-        // the vectors on dht-125k (~110 instructions a datagram); half
-        // again avoided most of that, but peak RSS was not lower with it
+        // A quarter more: ~3 k of ~4 k shard-steps still regrow one of the
+        // vectors on dht-125k; half again saved ~110 instructions a
+        // datagram of that, but peak RSS was not lower with it
         // (bench/README.md, session 10 dhtw).
         let want = |n: usize| n + n / 4 + 4;
         out.rows.dht_messages.reserve(want(self.last[0]));
