@@ -165,6 +165,10 @@ impl StepSizes {
         }
         self.last = self.now;
         self.now = [0; 3];
+        // A quarter more: ~3 k of ~4 k shard-steps still regrow one of the
+        // vectors on dht-125k; half again saved ~110 instructions a
+        // datagram of that, but peak RSS was not lower with it
+        // (bench/README.md, session 10 dhtw).
         let want = |n: usize| n + n / 4 + 4;
         out.rows.dht_messages.reserve(want(self.last[0]));
         if out.rows.dht_peers.is_empty() {
@@ -269,8 +273,10 @@ impl DhtShard {
         let before = [out.rows.dht_messages.len(), out.rows.dht_peers.len(), out.dht.len()];
         self.peers(ctx, conn_id, src, &m, query, out);
         self.observe(ctx, src, &m, query, out);
-        let row = message_row(ctx, src, dst, &m, query, &mut self.names, out);
-        out.rows.dht_messages.push(row);
+        let capture = out.capture_text(ctx.capture);
+        out.rows
+            .dht_messages
+            .push(message_row(ctx, capture, src, dst, &m, query, &mut self.names));
         self.sizes.count(out, before);
         true
     }
@@ -417,28 +423,42 @@ impl DhtShard {
     }
 }
 
+/// The row of a KRPC message the shard saw: built whole, where it is
+/// pushed (a row is ~650 bytes; built, patched and returned it was copied
+/// three times).
+#[inline(always)]
 fn message_row(
     ctx: FrameCtx,
+    capture: Arc<str>,
     src: SocketAddr,
     dst: SocketAddr,
     m: &KrpcMessage<'_>,
     query: Option<PendingQuery>,
     names: &mut ClientNames,
-    out: &mut ShardOut,
 ) -> DhtMessageRow {
-    let mut row = krpc_row_named(
-        ctx.ts,
+    krpc_row_at(
+        RowPlace {
+            ts_us: ctx.ts,
+            frame: ctx.frame,
+            capture,
+            query_frame: query.map(|q| q.frame),
+        },
         src,
         dst,
         m,
         query.map(|q| q.method),
         query.map(|q| (ctx.ts - i64::try_from(q.ts_us).unwrap_or(i64::MAX)) as f64 / 1000.0),
         names,
-    );
-    row.frame = ctx.frame;
-    row.capture = out.capture_text(ctx.capture);
-    row.query_frame = query.map(|q| q.frame);
-    row
+    )
+}
+
+/// Where a KRPC row comes from: its time, frame, capture and the frame of
+/// its paired query.
+struct RowPlace {
+    ts_us: i64,
+    frame: u64,
+    capture: Arc<str>,
+    query_frame: Option<u64>,
 }
 
 /// The `dht_messages` row of one KRPC message (frame 0, capture empty, no
@@ -470,6 +490,39 @@ pub fn krpc_row_named(
     rtt_ms: Option<f64>,
     names: &mut ClientNames,
 ) -> DhtMessageRow {
+    krpc_row_at(
+        RowPlace {
+            ts_us,
+            frame: 0,
+            capture: Arc::default(),
+            query_frame: None,
+        },
+        src,
+        dst,
+        m,
+        query_method,
+        rtt_ms,
+        names,
+    )
+}
+
+/// [`krpc_row_named`] with its frame, capture and query frame.
+#[inline(always)]
+fn krpc_row_at(
+    at: RowPlace,
+    src: SocketAddr,
+    dst: SocketAddr,
+    m: &KrpcMessage<'_>,
+    query_method: Option<Method>,
+    rtt_ms: Option<f64>,
+    names: &mut ClientNames,
+) -> DhtMessageRow {
+    let RowPlace {
+        ts_us,
+        frame,
+        capture,
+        query_frame,
+    } = at;
     let method: Option<Cow<'static, str>> = match (m.method, m.method_name) {
         (Some(Method::Other), Some(name)) => Some(Cow::Owned(text(name))),
         (Some(method), _) => Some(Cow::Borrowed(method.as_str())),
@@ -477,7 +530,9 @@ pub fn krpc_row_named(
     };
     let mut unknown_keys = Vec::new();
     let mut n_unknown_keys = 0u64;
-    for (scope, key) in m.unknown_keys() {
+    // Most messages have none: not even the (cheap) iterator.
+    let unknown = (m.n_unknown_keys() > 0).then(|| m.unknown_keys());
+    for (scope, key) in unknown.into_iter().flatten() {
         n_unknown_keys += 1;
         if unknown_keys.len() < MAX_UNKNOWN_KEYS_LISTED {
             let scope = scope.as_str();
@@ -485,14 +540,18 @@ pub fn krpc_row_named(
             unknown_keys.push(if scope.is_empty() {
                 key
             } else {
-                format!("{scope}.{key}")
+                let mut k = String::with_capacity(scope.len() + 1 + key.len());
+                k.push_str(scope);
+                k.push('.');
+                k.push_str(&key);
+                k
             });
         }
     }
     DhtMessageRow {
         ts: Ts(ts_us),
-        frame: 0,
-        capture: Arc::default(),
+        frame,
+        capture,
         src_ip: Ip(src.ip()),
         src_port: u32::from(src.port()),
         dst_ip: Ip(dst.ip()),
@@ -509,7 +568,7 @@ pub fn krpc_row_named(
         version: m.version.and_then(|v| names.name(v)),
         version_raw: m.version.map(ShortBytes::new),
         rtt_ms,
-        query_frame: None,
+        query_frame,
         error_code: m.error_code,
         error_msg: m.error_msg.map(text),
         read_only: m.read_only,

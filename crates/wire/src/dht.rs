@@ -461,6 +461,39 @@ pub struct KrpcMessage<'a> {
     notes: Notes,
     /// Keys outside the known tables (top level and body).
     n_unknown: u32,
+    /// The first unknown keys, as the walk met them (see
+    /// [`KrpcMessage::unknown_keys`]).
+    unknown: UnknownKept<'a>,
+}
+
+/// Unknown keys a message lists without another walk: real messages have
+/// none or one (`r.p` on a third of dht-125k's responses, where walking the
+/// message again to list it cost ~4 k instructions).
+const UNKNOWN_KEPT: usize = 4;
+
+/// The first [`UNKNOWN_KEPT`] unknown keys the walk met, in its order (a
+/// body's keys where the body sits among the top-level keys).
+#[derive(Clone, Copy)]
+struct UnknownKept<'a> {
+    keys: [(KeyScope, &'a [u8]); UNKNOWN_KEPT],
+    n: u8,
+}
+
+impl Default for UnknownKept<'_> {
+    fn default() -> Self {
+        UnknownKept {
+            keys: [(KeyScope::Top, &[]); UNKNOWN_KEPT],
+            n: 0,
+        }
+    }
+}
+
+/// What [`KrpcMessage::unknown_keys`] lists is compared instead (the old
+/// parser keeps none: it walks).
+impl std::fmt::Debug for UnknownKept<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UnknownKept")
+    }
 }
 
 impl<'a> KrpcMessage<'a> {
@@ -505,7 +538,17 @@ impl<'a> KrpcMessage<'a> {
             error_msg: None,
             notes: Notes::default(),
             n_unknown: 0,
+            unknown: UnknownKept::default(),
         }
+    }
+
+    /// Counts an unknown key found by the walk, kept while there is room.
+    fn add_unknown(&mut self, scope: KeyScope, key: &'a [u8]) {
+        if let Some(slot) = self.unknown.keys.get_mut(usize::from(self.unknown.n)) {
+            *slot = (scope, key);
+            self.unknown.n += 1;
+        }
+        self.n_unknown = self.n_unknown.saturating_add(1);
     }
 
     /// Anomalies in the order found (at most [`MAX_ANOMALIES_KEPT`]).
@@ -524,10 +567,17 @@ impl<'a> KrpcMessage<'a> {
         self.n_unknown as usize
     }
 
-    /// Keys outside the known tables, with where they were found. Lazy: it
-    /// re-walks the dicts, and only when the parse counted some.
+    /// Keys outside the known tables, with where they were found: the
+    /// top-level ones, then those of `a` / `r`, each in dict order. The
+    /// ones the parse kept (all of them, for up to [`UNKNOWN_KEPT`]), else
+    /// lazily, walking the dicts again.
     pub fn unknown_keys(&self) -> impl Iterator<Item = (KeyScope, &'a [u8])> + 'a {
-        let any = self.n_unknown > 0;
+        let kept_all = u32::from(self.unknown.n) == self.n_unknown;
+        let kept = self.unknown.keys;
+        let n_kept = if kept_all { usize::from(self.unknown.n) } else { 0 };
+        let kept_top = kept.into_iter().take(n_kept).filter(|(s, _)| *s == KeyScope::Top);
+        let kept_body = kept.into_iter().take(n_kept).filter(|(s, _)| *s != KeyScope::Top);
+        let any = self.n_unknown > 0 && !kept_all;
         // Without unknown keys, an empty dict: nothing is walked.
         let dict = if any { self.dict } else { Dict::validated(b"de") };
         let top = dict
@@ -545,7 +595,7 @@ impl<'a> KrpcMessage<'a> {
             .flat_map(|d| d.iter())
             .filter(move |(k, _)| BodyKey::lookup(k, scope).is_none())
             .map(move |(k, _)| (scope, k));
-        top.chain(body)
+        kept_top.chain(kept_body).chain(top).chain(body)
     }
 
     /// Number of whole compact IPv4 nodes (`n_nodes` column; 0 when absent).
@@ -831,7 +881,7 @@ impl<'a> Walk<'a> {
             }
             match known {
                 Some((name, k)) => top_entry(m, top, &mut seen, have_tid, name, k, val),
-                None => m.n_unknown = m.n_unknown.saturating_add(1),
+                None => m.add_unknown(KeyScope::Top, key),
             }
         }
         // Past the closing `e`.
@@ -870,7 +920,7 @@ impl<'a> Walk<'a> {
                     let raw = buf.get(start..end).ok_or(BencodeError::Truncated)?;
                     body_entry(m, notes, &mut seen, name, k, val, raw, counts);
                 }
-                None => m.n_unknown = m.n_unknown.saturating_add(1),
+                None => m.add_unknown(scope, key),
             }
         }
         Ok(pos + 1)
@@ -1544,7 +1594,9 @@ impl PendingKey {
             return None;
         }
         // One write of a packed buffer: the ID's length and bytes, then
-        // each endpoint as its family, 16 address bytes and port.
+        // each endpoint as its family, its 4 or 16 address bytes and port
+        // (the family tag tells the lengths apart; IPv4 unmapped keeps the
+        // hashed input at ~20 bytes, half the SipHash rounds of 16).
         let mut buf = [0u8; 1 + MAX_TID_LEN + 2 * 19];
         let mut n = 0;
         let mut put = |b: &[u8]| {
@@ -1559,7 +1611,7 @@ impl PendingKey {
             match a.ip() {
                 IpAddr::V4(v4) => {
                     put(&[4]);
-                    put(&v4.to_ipv6_mapped().octets());
+                    put(&v4.octets());
                 }
                 IpAddr::V6(v6) => {
                     put(&[6]);
@@ -2050,6 +2102,26 @@ mod tests {
             ]
         );
         assert!(m.nodes.is_none());
+        // More unknown keys than the walk keeps: listed by walking again,
+        // in the same order (top level, then the body).
+        let d = dict(&[
+            (
+                "a",
+                dict(&[("id", bs(ID)), ("k1", int(1)), ("k2", int(2)), ("k3", int(3))]),
+            ),
+            ("q", bs(b"ping")),
+            ("t", bs(b"aa")),
+            ("x1", int(1)),
+            ("x2", int(2)),
+            ("y", bs(b"q")),
+        ]);
+        let m = parse(&d);
+        let unknown: Vec<_> = m
+            .unknown_keys()
+            .map(|(s, k)| format!("{}.{}", s.as_str(), String::from_utf8_lossy(k)))
+            .collect();
+        assert!(m.n_unknown_keys() > UNKNOWN_KEPT);
+        assert_eq!(unknown, [".x1", ".x2", "a.k1", "a.k2", "a.k3"]);
     }
 
     #[test]

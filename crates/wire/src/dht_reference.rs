@@ -86,7 +86,11 @@ pub fn parse_krpc<'a>(d: &'a [u8], limits: &DhtLimits) -> Result<KrpcMessage<'a>
 pub fn same(a: &Result<KrpcMessage<'_>, DhtError>, b: &Result<KrpcMessage<'_>, DhtError>) -> bool {
     match (a, b) {
         (Err(x), Err(y)) => x == y,
-        (Ok(x), Ok(y)) => format!("{x:?}") == format!("{y:?}") && x.anomalies() == y.anomalies(),
+        (Ok(x), Ok(y)) => {
+            format!("{x:?}") == format!("{y:?}")
+                && x.anomalies() == y.anomalies()
+                && x.unknown_keys().eq(y.unknown_keys())
+        }
         _ => false,
     }
 }
