@@ -33,6 +33,7 @@ use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
+use crate::flow::reassembly::{superseded_tail_pushes, SegmentView};
 use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::Metainfo;
 use crate::sink::writer::Interval;
@@ -1303,6 +1304,7 @@ fn process_batch(
                         clock,
                         bad_checksum,
                         drop: bad_checksum && verify,
+                        tail_superseded: false,
                     };
                 }
                 if let Some(part) = parts.get_mut(*shard as usize) {
@@ -1381,19 +1383,54 @@ fn process_batch(
     let room = Shard::make_room(shards, &per_shard, first);
     c.max_flow_memory = c.max_flow_memory.max(room.mem_before as u64);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
-        for &i in part {
-            let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize)) else {
-                continue;
-            };
-            let data = batch.frame_data(lo + i as usize);
-            let off = p.payload_off as usize;
-            let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
+        let items: Vec<(&crate::capture::FrameMeta, &crate::decode::Packet, &[u8], PacketNote)> = part
+            .iter()
+            .filter_map(|&i| {
+                let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize))
+                else {
+                    return None;
+                };
+                let data = batch.frame_data(lo + i as usize);
+                let off = p.payload_off as usize;
+                let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
+                let note = notes.get(i as usize).copied().unwrap_or_default();
+                Some((fm, p, payload, note))
+            })
+            .collect();
+        // Which payload copies into the compare tails later in-order data
+        // of the same direction overwrites (see `superseded_tail_pushes`).
+        let cap = shard.limits().reassembly.max_compare_bytes;
+        let superseded = if items.len() > 1 && cap > 0 {
+            let views: Vec<Option<SegmentView>> = items
+                .iter()
+                .map(|(_, p, payload, note)| match p.transport {
+                    crate::decode::Transport::Tcp { seq, flags, .. } => Some(SegmentView {
+                        src: p.src,
+                        dst: p.dst,
+                        ports: u32::from(p.sport) << 16 | u32::from(p.dport),
+                        seq,
+                        len: payload.len() as u32,
+                        breaks: note.drop
+                            || flags
+                                & (crate::decode::tcp_flags::SYN
+                                    | crate::decode::tcp_flags::FIN
+                                    | crate::decode::tcp_flags::RST)
+                                != 0,
+                    }),
+                    crate::decode::Transport::Udp => None,
+                })
+                .collect();
+            superseded_tail_pushes(cap, &views)
+        } else {
+            Vec::new()
+        };
+        for (k, (fm, p, payload, mut note)) in items.into_iter().enumerate() {
             let ctx = FrameCtx {
                 ts: fm.ts_us,
                 frame: fm.frame_no,
                 capture: batch.capture_idx,
             };
-            let note = notes.get(i as usize).copied().unwrap_or_default();
+            note.tail_superseded = superseded.get(k).copied().unwrap_or(false);
             shard.packet(ctx, note, p, payload);
         }
         shard.sweep(now, clock_now);
