@@ -146,11 +146,14 @@ impl Ordered {
 /// stage's thread); a queue takes one move in and one out.
 #[derive(Default)]
 struct Waiting {
-    run: VecDeque<((u32, u64, u64), Ordered)>,
+    run: WaitQueue,
     /// Sorted runs, none empty.
-    late: Vec<VecDeque<((u32, u64, u64), Ordered)>>,
+    late: Vec<WaitQueue>,
     n_late: usize,
 }
+
+/// Entries in key order: (capture, frame, arrival) and what waits.
+type WaitQueue = VecDeque<((u32, u64, u64), Ordered)>;
 
 /// Sorted runs `Waiting::late` keeps before merging them into one.
 const MAX_LATE_RUNS: usize = 16;
