@@ -152,8 +152,11 @@ struct Waiting {
     n_late: usize,
 }
 
-/// Entries in key order: (capture, frame, arrival) and what waits.
-type WaitQueue = VecDeque<((u32, u64, u64), Ordered)>;
+/// (capture, frame, arrival): the order things wait in.
+type WaitKey = (u32, u64, u64);
+
+/// Entries in key order, with what waits.
+type WaitQueue = VecDeque<(WaitKey, Ordered)>;
 
 /// Sorted runs `Waiting::late` keeps before merging them into one.
 const MAX_LATE_RUNS: usize = 16;
@@ -234,7 +237,7 @@ impl Waiting {
 
     /// The first in order: where it is (for [`pop_at`](Self::pop_at)),
     /// its key and its packet time.
-    fn front(&self) -> Option<(Option<usize>, (u32, u64, u64), i64)> {
+    fn front(&self) -> Option<(Option<usize>, WaitKey, i64)> {
         let at = self.first_at();
         let e = match at {
             None => self.run.front(),
