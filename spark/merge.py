@@ -486,6 +486,7 @@ def join_renames(kept: DataFrame, rows: DataFrame) -> DataFrame:
                       F.coalesce(F.col("info_hash_source") == "handshake", F.lit(False)).alias("_exact"),
                       F.col("orig_peer_port").alias("_opp_o"), F.col("resp_peer_port").alias("_rpp_o"),
                       F.col("orig_port").alias("_oport_r"), F.col("resp_port").alias("_rport_r"),
+                      F.coalesce(F.col("midstream"), F.lit(False)).alias("_mid_r"),
                       F.unix_micros("first_ts").alias("_gf"))
     m = kept.where("_pos >= 1").join(out, [G, "_rep"]).where("_h0 is not null")
     # A later piece's own attribution gives way to the handshake's torrent.
@@ -498,9 +499,12 @@ def join_renames(kept: DataFrame, rows: DataFrame) -> DataFrame:
         traw = F.when(F.col("_rev"), F.col(oth[1])).otherwise(F.col(own[1]))
         x = m.select(G, h.alias("info_hash"), F.col(ip).alias("peer_ip"), F.col(p).cast("long").alias("_p"),
                      F.col(raw).cast("long").alias("_raw"), t.cast("long").alias("_t"), traw.cast("long").alias("_traw"),
-                     F.struct("_gf", "_rep", "_pos", F.lit(e)).alias("_ord"))
+                     F.struct("_gf", "_rep", "_pos", F.lit(e)).alias("_ord"),
+                     # The first piece's responder of a connection whose
+                     # start it saw is at the port it accepted on: a listen port.
+                     ((F.col("_rev") if e == 0 else ~F.col("_rev")) & ~F.col("_mid_r")).alias("_acc"))
         x = x.where("_p is not null and _t is not null and _p != _t")
-        listen_first = (F.col("_t") == F.col("_traw")) & (F.col("_p") != F.col("_raw"))
+        listen_first = (F.col("_t") == F.col("_traw")) & (F.col("_p") != F.col("_raw")) & ~F.col("_acc")
         parts.append(x.select(G, "info_hash", "peer_ip",
                               F.when(listen_first, F.col("_t")).otherwise(F.col("_p")).alias("peer_port"),
                               F.when(listen_first, F.col("_p")).otherwise(F.col("_t")).alias("_to"), "_ord"))
@@ -1126,15 +1130,18 @@ def _ephemeral_fn():
 def listen_evidence(conns: DataFrame, with_ids: bool) -> DataFrame:
     """The listen endpoints connections show (entities.rs): the port of an
     originator's BEP 10 `p` (`orig_listen_port`), and the responder port
-    unless the connection was picked up mid-stream (then only when the
-    responder sent a `p`: `resp_listen_port`). (_set, info_hash, peer_ip,
-    peer_port[, peer_id])."""
+    unless the connection was picked up mid-stream (then who connected is a
+    guess and the responder's transport port may be ephemeral: the port of
+    its `p`, `resp_listen_port`, when it sent one; entities.rs
+    `resp_listen`). (_set, info_hash, peer_ip, peer_port[, peer_id])."""
     c = conns.where("info_hash is not null")
     lo = c.where("orig_listen_port is not null").select(
         G, "info_hash", F.col("orig_ip").alias("peer_ip"), F.col("orig_listen_port").cast("int").alias("peer_port"),
         F.col("orig_peer_id").alias("peer_id"))
-    lr = c.where(~F.coalesce(F.col("midstream"), F.lit(False)) | F.col("resp_listen_port").isNotNull()).select(
-        G, "info_hash", F.col("resp_ip").alias("peer_ip"), F.col("resp_port").cast("int").alias("peer_port"),
+    mid = F.coalesce(F.col("midstream"), F.lit(False))
+    lr = c.where(~mid | F.col("resp_listen_port").isNotNull()).select(
+        G, "info_hash", F.col("resp_ip").alias("peer_ip"),
+        F.when(mid, F.col("resp_listen_port")).otherwise(F.col("resp_port")).cast("int").alias("peer_port"),
         F.col("resp_peer_id").alias("peer_id"))
     out = lo.unionByName(lr)
     return out if with_ids else out.drop("peer_id")
@@ -1331,18 +1338,21 @@ def merge(
     ex = ex.groupBy(G, "_o").agg(F.array_sort(F.collect_list(F.when(keep, F.col("conn_id")))).alias("_cf"))
     peers_in = _cut(peers_in.join(ex, [G, "_o"], "left")
                     .withColumn("_cf", F.coalesce("_cf", "conn_ids")))
-    conns = rename(rename(conns, eph, "orig_ip", "orig_peer_port"), eph, "resp_ip", "resp_peer_port")
+    # Composed: a cut rename may land on an ephemeral key.
+    comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
+                     [G, "info_hash", "peer_ip", "_to"], "left") \
+        .withColumn("_to", F.coalesce("_e", "_to")).drop("_e")
+    allren = _cut(comp.unionByName(eph.join(comp.select(*pk), pk, "left_anti")))
+    # Connection ends follow their peers rows through both renames
+    # (mod.rs: a joined connection's first piece may name an end by the
+    # source port a later piece's `p` renamed).
+    conns = rename(rename(conns, allren, "orig_ip", "orig_peer_port"), allren, "resp_ip", "resp_peer_port")
     # entities.rs `set_orig_ports`: an encrypted connection's originator
     # end is the peer named above (null: none).
     conns = _cut(conns.join(_bc(enc.withColumn("_e", F.lit(True))), [G, "conn_id"], "left")
                  .withColumn("orig_peer_port", F.when(F.col("_e"), F.col("_own")).otherwise(F.col("orig_peer_port"))
                              .cast(dict(conns.dtypes)["orig_peer_port"]))
                  .drop("_e", "_own"))
-    # Composed: a cut rename may land on an ephemeral key.
-    comp = jren.join(eph.select(G, "info_hash", "peer_ip", F.col("peer_port").alias("_to"), F.col("_to").alias("_e")),
-                     [G, "info_hash", "peer_ip", "_to"], "left") \
-        .withColumn("_to", F.coalesce("_e", "_to")).drop("_e")
-    allren = _cut(comp.unionByName(eph.join(comp.select(*pk), pk, "left_anti")))
 
     # 1. Event tables.
     ev = {}

@@ -376,11 +376,17 @@ impl PeerSession {
 }
 
 impl State {
-    /// The endpoint that identifies `side` as a peer.
+    /// The endpoint that identifies `side` as a peer: its listen endpoint
+    /// as far as the connection shows it. The originator's transport port
+    /// is ephemeral, so its BEP 10 `p` names it. The responder's transport
+    /// port is the port it accepted on, unless the connection was picked
+    /// up mid-stream: then who connected to whom is a guess (the receiver
+    /// of the first packet seen is called the responder) and either
+    /// transport port may be ephemeral, so a `p` it sent names it too.
     fn peer_addr(&self, side: usize) -> SocketAddr {
         let e = self.ends[side];
-        match (side, self.sides[side].listen_port) {
-            (ORIG, Some(p)) if p != 0 => SocketAddr::new(e.ip(), p),
+        match self.sides[side].listen_port {
+            Some(p) if p != 0 && (side == ORIG || self.midstream) => SocketAddr::new(e.ip(), p),
             _ => e,
         }
     }
@@ -849,7 +855,27 @@ impl State {
         }
         if let Some(p) = int(p) {
             if (1..=65535).contains(&p) {
-                s.listen_port = Some(p as u16);
+                let before = self.peer_addr(side);
+                self.sides[side].listen_port = Some(p as u16);
+                // Events a mid-stream responder sent before its `p` (its
+                // BEP 10 handshake came later) went out at its transport
+                // endpoint: a sighting at the listen endpoint lets the
+                // swarm state join them (same peer id, or at the end the
+                // address's one listen endpoint). An originator's late `p`
+                // (its events released before it) is left as it was.
+                if side == RESP && self.sides[side].seen_sent && self.peer_addr(side) != before {
+                    let s = &self.sides[side];
+                    let client = s
+                        .peer_id
+                        .and_then(|p| client_from_peer_id(&p))
+                        .or_else(|| s.ltep_v.clone());
+                    let seen = SwarmEventKind::Seen {
+                        peer_id: s.peer_id,
+                        client,
+                        listen: true,
+                    };
+                    self.hold_or_emit(Held { ctx, side, kind: seen }, out);
+                }
             }
         }
         // BEP 10 `e`: 1 when the sender prefers MSE encryption.
@@ -1446,6 +1472,96 @@ mod tests {
         let kinds: Vec<&str> = out.rows.anomalies.iter().map(|a| a.kind.as_str()).collect();
         assert_eq!(kinds, ["gap_in_message", "resync"]);
         assert_eq!((row.n_resyncs, row.gap_bytes), (2, 3));
+    }
+
+    /// A connection picked up mid-stream: who connected is a guess, so the
+    /// responder's transport port (here 52907) may be ephemeral, and the
+    /// BEP 10 `p` it sends (40959) names it as a peer from then on; its
+    /// earlier events, at 52907, are followed by a sighting at 40959 that
+    /// lets the swarm state join them. With the start captured, the
+    /// responder stays at the port it accepted on.
+    #[test]
+    fn a_midstream_responders_p_names_it_from_then_on() {
+        let resp_at = |midstream: bool| {
+            let init = SessionInit {
+                midstream,
+                resp: SocketAddr::from(([10, 0, 0, 2], 52907)),
+                ..test_init(16)
+            };
+            let mut out = ShardOut::default();
+            let mut s = PeerSession::new(init, &Limits::default(), true);
+            let ctx = FrameCtx::default();
+            let piece = |n: usize| {
+                let mut p = 0u32.to_be_bytes().to_vec();
+                p.extend(0u32.to_be_bytes());
+                p.extend(vec![0x5a; n]);
+                msg(7, &p)
+            };
+            let haves =
+                |r: std::ops::RangeInclusive<u32>| -> Vec<u8> { r.flat_map(|i| msg(4, &i.to_be_bytes())).collect() };
+            // With the start captured, each side opens with its handshake.
+            let open = |pid: u8| if midstream { Vec::new() } else { handshake(pid) };
+            let mut before = open(b'R');
+            before.extend(haves(1..=4));
+            before.extend(piece(100));
+            s.feed(RESP, Chunk::Data(&before), ctx, &mut out);
+            let mut o = open(b'O');
+            o.extend(haves(11..=14));
+            s.feed(ORIG, Chunk::Data(&o), ctx, &mut out);
+            let mut after = ext(0, b"d1:pi40959ee");
+            after.extend(haves(5..=5));
+            s.feed(RESP, Chunk::Data(&after), ctx, &mut out);
+            s.feed(ORIG, Chunk::Data(&piece(300)), ctx, &mut out);
+            let row = s.finish(ctx, &mut out);
+            assert_eq!((row.resp_port, row.resp_listen_port), (52907, Some(40959)));
+            let resp = SocketAddr::from(([10, 0, 0, 2], 52907)).ip();
+            let mut seen = Vec::new();
+            let mut kinds = Vec::new();
+            // Mid-stream: no handshake, no torrent yet (unattributed).
+            for e in out.events.iter().chain(out.unattributed.iter().map(|u| &u.event)) {
+                match e.kind {
+                    SwarmEventKind::Seen { listen, .. } => seen.push((e.peer.ip() == resp, e.peer.port(), listen)),
+                    SwarmEventKind::Have(i) if e.peer.ip() == resp => {
+                        kinds.push(format!("have {i} at {}", e.peer.port()))
+                    }
+                    SwarmEventKind::Transfer { to, bytes, .. } => {
+                        kinds.push(format!("{bytes} B from {} to {}", e.peer.port(), to.port()))
+                    }
+                    _ => {}
+                }
+            }
+            (seen, kinds)
+        };
+        let (seen, kinds) = resp_at(true);
+        // (responder?, port, listen): the responder first at its transport
+        // port, then at its `p`, as a listen endpoint.
+        assert_eq!(seen, [(true, 52907, false), (false, 40000, false), (true, 40959, true)]);
+        assert_eq!(
+            kinds,
+            [
+                "have 1 at 52907",
+                "have 2 at 52907",
+                "have 3 at 52907",
+                "have 4 at 52907",
+                "100 B from 52907 to 40000",
+                "have 5 at 40959",
+                "300 B from 40000 to 40959",
+            ]
+        );
+        let (seen, kinds) = resp_at(false);
+        assert_eq!(seen, [(true, 52907, true), (false, 40000, false)]);
+        assert_eq!(
+            kinds,
+            [
+                "have 1 at 52907",
+                "have 2 at 52907",
+                "have 3 at 52907",
+                "have 4 at 52907",
+                "100 B from 52907 to 40000",
+                "have 5 at 52907",
+                "300 B from 40000 to 52907",
+            ]
+        );
     }
 
     /// A piece the responder sends and the torrent's hash verifies: its

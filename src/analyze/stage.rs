@@ -869,12 +869,16 @@ fn fill_peer_ports(rows: &mut RowBatch) {
             .filter(|x| x.0.as_bytes() == hb.as_slice())
             .map(|x| (x.1, x.2))
             .collect();
-        // The responder's row is its accepting endpoint when it has one;
-        // the originator's is the other row of its address.
+        // The responder's row is its accepting endpoint when it has one
+        // (picked up mid-stream, the listen port of its BEP 10 `p`: see
+        // `session::State::peer_addr`); the originator's is the other row
+        // of its address.
         let is = |x: &(&str, u32), b: &[u8]| x.0.as_bytes() == b;
+        let resp_listen = if c.midstream { c.resp_listen_port } else { None };
         let resp = mine
             .iter()
-            .find(|x| is(x, &rb) && x.1 == c.resp_port)
+            .find(|x| is(x, &rb) && (resp_listen == Some(x.1) || (resp_listen.is_none() && x.1 == c.resp_port)))
+            .or_else(|| mine.iter().find(|x| is(x, &rb) && x.1 == c.resp_port))
             .or_else(|| mine.iter().find(|x| is(x, &rb) && c.orig_ip != c.resp_ip))
             .copied();
         let orig = mine.iter().find(|x| is(x, &ob) && Some(**x) != resp).copied();

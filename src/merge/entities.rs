@@ -347,19 +347,24 @@ fn join_inner(
                 // (ip, this piece's peer port, its transport port) per end,
                 // and the first piece's (peer port, transport port).
                 let ends = [(&oip[i], opp[i], oport[i]), (&rip[i], rpp[i], rport[i])];
+                // The first piece's responder of a connection whose start
+                // it saw is at the port it accepted on: a listen port.
+                let accepted = !mid[r];
                 let firsts = if rev {
-                    [(rpp_o[k], rport[r]), (opp_o[k], oport[r])]
+                    [(rpp_o[k], rport[r], accepted), (opp_o[k], oport[r], false)]
                 } else {
-                    [(opp_o[k], oport[r]), (rpp_o[k], rport[r])]
+                    [(opp_o[k], oport[r], false), (rpp_o[k], rport[r], accepted)]
                 };
-                for ((ip, port, raw), (to, to_raw)) in ends.into_iter().zip(firsts) {
+                for ((ip, port, raw), (to, to_raw, accepted)) in ends.into_iter().zip(firsts) {
                     let (Some(p), Some(t)) = (port, to) else { continue };
                     if p == t {
                         continue;
                     }
                     // The listen port wins over a source port, whichever
-                    // piece knew it; else the first piece's.
-                    if t == to_raw && p != raw {
+                    // piece knew it (a later piece's mid-stream end keyed
+                    // by its BEP 10 `p` is at one; so is the first piece's
+                    // accepting responder); else the first piece's.
+                    if t == to_raw && p != raw && !accepted {
                         renames.insert((h.clone(), ip.clone(), t), p);
                     } else {
                         renames.insert((h.clone(), ip.clone(), p), t);
@@ -1749,16 +1754,29 @@ pub fn dht_infohashes(df: &DataFrame, ex: &Extracts) -> Res<DataFrame> {
     take(&out, &idx)
 }
 
+/// The responder's listen port a connection row shows, as the analysis
+/// marks it (`session::State::peer_addr`): the port it accepted on, unless
+/// the connection was picked up mid-stream (who connected is then a guess
+/// and its transport port may be ephemeral): then the port of its BEP 10
+/// `p` (`resp_listen_port`), else none.
+fn resp_listen(midstream: Option<bool>, resp_port: i64, resp_listen_port: Option<i64>) -> Option<i64> {
+    if midstream == Some(true) {
+        resp_listen_port
+    } else {
+        Some(resp_port)
+    }
+}
+
 /// Section 3, peers 1: a peer that a piece met only as the originator of
 /// connections without its listen port (no BEP 10 `p` in that piece) is
 /// keyed there by an ephemeral source port. As the analysis does (its
 /// swarm state, `analyze::swarm`), such rows join the listen endpoint
 /// another piece knew. The listen endpoints are those the analysis marks
 /// so: a connection's responder port unless the connection was picked up
-/// mid-stream, the port of a BEP 10 `p` (`orig_listen_port`; a responder's
-/// `p` of a mid-stream connection marks its transport port, as in the
-/// analysis), and tracker, DHT and LSD sightings (PEX passes on connection
-/// ports and is no evidence). A row at another port joins:
+/// mid-stream, the port of a BEP 10 `p` (`orig_listen_port`, and
+/// `resp_listen_port` of a mid-stream connection: [`resp_listen`]), and
+/// tracker, DHT and LSD sightings (PEX passes on connection ports and is
+/// no evidence). A row at another port joins:
 /// - the one listen endpoint of its address whose peer id is its own (the
 ///   analysis merges the rows of one peer id, the listen endpoint winning);
 /// - else the one listen endpoint of its address with a peer id of the
@@ -1801,8 +1819,8 @@ pub fn ephemeral_renames(peers: &DataFrame, conns: &DataFrame) -> Res<PeerRename
         if let Some(p) = olp[i] {
             add(&mut listen, h, &oip[i], p, opid[i].as_ref());
         }
-        if mid[i] != Some(true) || rlp[i].is_some() {
-            add(&mut listen, h, &rip[i], rport[i], rpid[i].as_ref());
+        if let Some(p) = resp_listen(mid[i], rport[i], rlp[i]) {
+            add(&mut listen, h, &rip[i], p, rpid[i].as_ref());
         }
     }
     for i in 0..peers.height() {
@@ -1928,8 +1946,8 @@ pub fn encrypted_originators(
         if let Some(p) = olp[i] {
             listen.insert((h.clone(), oip[i].clone(), re(h, &oip[i], p)));
         }
-        if mid[i] != Some(true) || rlp[i].is_some() {
-            listen.insert((h.clone(), rip[i].clone(), re(h, &rip[i], rport[i])));
+        if let Some(p) = resp_listen(mid[i], rport[i], rlp[i]) {
+            listen.insert((h.clone(), rip[i].clone(), re(h, &rip[i], p)));
         }
     }
     let mut out = HashMap::new();

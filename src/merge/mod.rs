@@ -483,14 +483,6 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
     entities::rename_peers(&mut peers_in, &peer_renames, "peer_ip", "peer_port")?;
     let eph = entities::ephemeral_renames(&peers_in, &conns)?;
     entities::rename_peers(&mut peers_in, &eph, "peer_ip", "peer_port")?;
-    entities::rename_conn_ports(&mut conns, &eph)?;
-    let enc_owners = entities::encrypted_originators(&peers_in, &conns, &eph)?;
-    // Hybrid torrents: a peer known under one hash off the wire joins the
-    // wire's peer at that endpoint under the other.
-    let torrents_in = cx.load("torrents")?;
-    let hybrid = entities::hybrid_renames(&peers_in, &torrents_in)?;
-    entities::rename_hashes(&mut peers_in, &hybrid)?;
-    entities::set_orig_ports(&mut conns, &enc_owners)?;
     // Compose: a cut rename may land on an ephemeral key.
     let composed: Vec<_> = peer_renames
         .iter()
@@ -505,6 +497,17 @@ fn run(opts: &MergeOptions, staging: &Path) -> Res<MergeSummary> {
     for (k, v) in &eph {
         peer_renames.entry(k.clone()).or_insert(*v);
     }
+    // Connection ends follow their peers rows through both renames (a
+    // joined connection's first piece may name an end by the source port
+    // a later piece's `p` renamed).
+    entities::rename_conn_ports(&mut conns, &peer_renames)?;
+    let enc_owners = entities::encrypted_originators(&peers_in, &conns, &eph)?;
+    // Hybrid torrents: a peer known under one hash off the wire joins the
+    // wire's peer at that endpoint under the other.
+    let torrents_in = cx.load("torrents")?;
+    let hybrid = entities::hybrid_renames(&peers_in, &torrents_in)?;
+    entities::rename_hashes(&mut peers_in, &hybrid)?;
+    entities::set_orig_ports(&mut conns, &enc_owners)?;
     cx.write("flows", &flows)?;
     cx.write("connections", &conns)?;
     let conn_info = entities::ConnInfo::from_frame(&conns)?;

@@ -191,7 +191,6 @@ impl Staging {
     /// if the second rename fails, it is put back.
     pub fn commit(mut self) -> io::Result<()> {
         sync_files(&self.path)?;
-        sync_dir(&self.path)?;
         if self.target.exists() {
             let old = sibling(&self.target, "old");
             if old.exists() {
@@ -215,14 +214,19 @@ impl Staging {
     }
 }
 
-/// Puts every file of `dir` on disk before the folder is swapped in: a
-/// power loss must not leave the new name on empty files. One thread per
-/// file: 20 fsyncs one after the other cost ~120 ms here, at once ~30 ms.
+/// Puts every file of `dir`, and `dir`'s own entries, on disk before the
+/// folder is swapped in: a power loss must not leave the new name on
+/// empty files. One thread per file: 20 fsyncs one after the other cost
+/// ~120 ms here, at once ~30 ms. The folder is synced beside its files,
+/// not after them: its entries are final (every file is written and
+/// renamed), and both only have to be on disk before the swap; after
+/// them it was one more wait for the journal, 0.3-12 ms under load.
 fn sync_files(dir: &Path) -> io::Result<()> {
-    let files: Vec<PathBuf> = std::fs::read_dir(dir)?
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
         .collect();
+    files.push(dir.to_path_buf());
     std::thread::scope(|s| {
         let handles: Vec<_> = files
             .iter()

@@ -531,6 +531,15 @@ fn pieces_merge_to_whole(input: &Path, torrents: &[PathBuf]) -> Vec<String> {
         let dirs: Vec<&Path> = runs.iter().map(|r| r.dir.as_path()).collect();
         let (_t, out, s) = merged(&dirs);
         let label = format!("{name} in {n}");
+        // Every connection end names a peers row (session 10: ends of a
+        // joined connection follow the renames; before, 11 ends in 5 cases
+        // were left at a source port whose row had been renamed, e.g.
+        // ipv6.pcap in 2: fd00:99::13 at 44487, 34975, 46117 for 8999).
+        assert_eq!(
+            dangling_ends(&out),
+            Vec::<(i64, String, i64)>::new(),
+            "{label}: connection ends without a peers row"
+        );
         let f = compare(&whole.dir, &out, &dirs, &cuts, &label);
         lines.push(format!(
             "{label}: {} connections ({} rows joined back), {} peers, {} confirmed, {} audit series equal; \
@@ -805,4 +814,241 @@ fn merge_reads_hive_partitioned_datasets_as_offline_ones() {
     for t in TABLE_NAMES {
         assert_eq!(rows_of(&offline, t, &[]), rows_of(&live, t, &[]), "{t}");
     }
+}
+
+/// A dataset's peers rows at one address: port → (uploaded, downloaded,
+/// n_connections, conn_ids); and the whole table's byte totals checked
+/// against the connections each row lists (no byte counted twice).
+fn peers_at(dir: &Path, addr: &str) -> BTreeMap<i64, (i64, i64, i64, Vec<i64>)> {
+    let p = read(dir, "peers");
+    let c = read(dir, "connections");
+    let (pip, port) = (lists_of_str(&p, "peer_ip"), i64s(&p, "peer_port"));
+    let (up, down, n) = (
+        i64s(&p, "uploaded_bytes"),
+        i64s(&p, "downloaded_bytes"),
+        i64s(&p, "n_connections"),
+    );
+    let ids = id_lists(&p, "conn_ids");
+    let cid = i64s(&c, "conn_id");
+    let (oip, rip) = (lists_of_str(&c, "orig_ip"), lists_of_str(&c, "resp_ip"));
+    let (po, pr) = (i64s(&c, "piece_bytes_orig"), i64s(&c, "piece_bytes_resp"));
+    let by_id: HashMap<i64, usize> = cid.iter().enumerate().map(|(i, x)| (x.unwrap_or(-1), i)).collect();
+    let mut out = BTreeMap::new();
+    for i in 0..p.height() {
+        let (mut sent, mut got) = (0, 0);
+        for id in &ids[i] {
+            let j = by_id[id];
+            if oip[j] == pip[i] {
+                sent += po[j].unwrap_or(0);
+                got += pr[j].unwrap_or(0);
+            } else {
+                assert_eq!(rip[j], pip[i], "peer {}:{:?} lists connection {id}", pip[i], port[i]);
+                sent += pr[j].unwrap_or(0);
+                got += po[j].unwrap_or(0);
+            }
+        }
+        assert_eq!(
+            (up[i].unwrap_or(0), down[i].unwrap_or(0)),
+            (sent, got),
+            "peer {}:{:?}: bytes equal those of the connections it lists",
+            pip[i],
+            port[i]
+        );
+        if pip[i] == addr {
+            out.insert(
+                port[i].unwrap_or(-1),
+                (
+                    up[i].unwrap_or(0),
+                    down[i].unwrap_or(0),
+                    n[i].unwrap_or(0),
+                    ids[i].clone(),
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn lists_of_str(df: &DataFrame, c: &str) -> Vec<String> {
+    strs(df, c).into_iter().map(Option::unwrap_or_default).collect()
+}
+
+/// A connection's (resp_port, resp_listen_port, resp_peer_port, midstream).
+fn resp_end(dir: &Path, conn_id: i64) -> (Option<i64>, Option<i64>, Option<i64>, Option<bool>) {
+    let c = read(dir, "connections");
+    let i = i64s(&c, "conn_id")
+        .iter()
+        .position(|x| *x == Some(conn_id))
+        .expect("connection");
+    (
+        i64s(&c, "resp_port")[i],
+        i64s(&c, "resp_listen_port")[i],
+        i64s(&c, "resp_peer_port")[i],
+        bools(&c, "midstream")[i],
+    )
+}
+
+/// A mid-stream responder's BEP 10 `p` is its listen endpoint (session 10;
+/// open since session 6). nDPI bittorrent.pcap is 24 connections of
+/// 192.168.1.3 (µTorrent Mac 1.8.6, listen port 40959), every one picked
+/// up mid-stream. Cut in 2, the second half alone sees connection 5 the
+/// other way round (82.58.216.115:38305 → 192.168.1.3:52907: the sender of
+/// the first packet is called the originator), and 192.168.1.3 sends its
+/// BEP 10 handshake with p = 40959 there. Before: its peers row was
+/// 192.168.1.3:52907 (its source port), with connections 1 and 5, and
+/// 52907 counted as a listen endpoint; now it is 192.168.1.3:40959.
+#[test]
+fn a_midstream_responders_listen_port_is_its_bep10_p() {
+    let Some(corpus) = corpus() else { return };
+    let input = corpus.join("ntop__nDPI/bittorrent.pcap");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 2, tmp.path());
+    let runs: Vec<Run> = files
+        .iter()
+        .map(|f| run_with(std::slice::from_ref(f), &[], settings("a"), None))
+        .collect();
+    let second = &runs[1].dir;
+    // Connection 5: the responder's transport port is its source port.
+    assert_eq!(resp_end(second, 5), (Some(52907), Some(40959), Some(40959), Some(true)));
+    // Connection 1 (82.57.97.83 → 192.168.1.3:52906, no `p`, no peer id):
+    // the address's one listen endpoint, now the real one.
+    assert_eq!(resp_end(second, 1), (Some(52906), None, Some(40959), Some(true)));
+    let at = peers_at(second, "192.168.1.3");
+    assert_eq!(at.get(&40959), Some(&(0, 0, 2, vec![1, 5])));
+    assert!(
+        !at.contains_key(&52907),
+        "no peers row at the ephemeral port p names otherwise"
+    );
+    // The 12 other rows are originators known only by their source port
+    // (their handshakes and `p` fell in the first half): unchanged.
+    let ports: Vec<i64> = at.keys().copied().collect();
+    assert_eq!(
+        ports,
+        [40959, 52908, 52909, 52910, 52911, 52912, 52914, 52915, 52917, 52921, 52922, 52925, 52926, 52927]
+    );
+    assert_eq!(at[&52915], (0, 649_063, 1, vec![20]));
+    let p = read(second, "peers");
+    assert_eq!(
+        (
+            p.height(),
+            sum_i64(&p, "uploaded_bytes"),
+            sum_i64(&p, "downloaded_bytes")
+        ),
+        (25, 649_063, 649_063)
+    );
+
+    // Merged, and as one run: one row for 192.168.1.3, at 40959, with all
+    // 24 connections and the 649,063 bytes it downloaded counted once.
+    let whole = run_with(std::slice::from_ref(&input), &[], settings("a"), None);
+    let dirs: Vec<&Path> = runs.iter().map(|r| r.dir.as_path()).collect();
+    let (_t, out, _) = merged(&dirs);
+    for dir in [whole.dir.as_path(), out.as_path()] {
+        let at = peers_at(dir, "192.168.1.3");
+        let ports: Vec<i64> = at.keys().copied().collect();
+        assert_eq!(ports, [40959], "{}", dir.display());
+        let (up, down, n, ids) = &at[&40959];
+        assert_eq!((*up, *down, *n, ids.len()), (0, 649_063, 24, 24), "{}", dir.display());
+        let p = read(dir, "peers");
+        assert_eq!(
+            (
+                p.height(),
+                sum_i64(&p, "uploaded_bytes"),
+                sum_i64(&p, "downloaded_bytes")
+            ),
+            (13, 649_063, 649_063)
+        );
+        let c = read(dir, "connections");
+        let ends: BTreeSet<Option<i64>> = (0..c.height())
+            .map(|i| {
+                if lists_of_str(&c, "orig_ip")[i] == "192.168.1.3" {
+                    i64s(&c, "orig_peer_port")[i]
+                } else {
+                    i64s(&c, "resp_peer_port")[i]
+                }
+            })
+            .collect();
+        assert_eq!(ends, BTreeSet::from([Some(40959)]), "{}", dir.display());
+    }
+}
+
+fn sum_i64(df: &DataFrame, c: &str) -> i64 {
+    i64s(df, c).into_iter().flatten().sum()
+}
+
+/// The same on a sample (no ../shared needed): http.pcap cut in 3, the
+/// third piece alone. aria2 at 10.99.0.13 (listen port 6882) is the
+/// responder, as that piece guesses it, of connections 55 and 61 picked
+/// up mid-stream (Transmission and qBittorrent sent their first packet
+/// there), and sends p = 6882 on both. Before: three peers rows for it,
+/// at 46194 and 49440 (its source ports, each counted as a listen
+/// endpoint) and 6882, so the four MSE-encrypted connections it opened
+/// (384, 387, 390, 393) had no single listen endpoint to be credited to:
+/// their 1,375 bytes sent counted for no peer (encrypted bytes sent 568
+/// against 1,943 received). Now one row at 6882 with ten connections,
+/// and the encrypted bytes balance.
+#[test]
+fn a_midstream_responders_p_joins_its_rows_on_a_sample() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/http.pcap");
+    let torrents = sample_torrents();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 3, tmp.path());
+    let third = run_with(&files[2..3], &torrents, settings("a"), None);
+    let dir = third.dir.as_path();
+    assert_eq!(resp_end(dir, 55), (Some(46194), Some(6882), Some(6882), Some(true)));
+    assert_eq!(resp_end(dir, 61), (Some(49440), Some(6882), Some(6882), Some(true)));
+    let at = peers_at(dir, "10.99.0.13");
+    assert_eq!(
+        at.into_iter().collect::<Vec<_>>(),
+        [(6882, (0, 0, 10, vec![55, 61, 384, 387, 390, 393, 438, 441, 444, 447]))]
+    );
+    let p = read(dir, "peers");
+    let (sent, got) = (
+        sum_i64(&p, "encrypted_bytes_sent"),
+        sum_i64(&p, "encrypted_bytes_received"),
+    );
+    assert_eq!((p.height(), sent, got), (5, 1_943, 1_943));
+    let row = strs(&p, "peer_ip")
+        .iter()
+        .position(|x| x.as_deref() == Some("10.99.0.13"))
+        .expect("10.99.0.13");
+    assert_eq!(
+        (
+            i64s(&p, "encrypted_bytes_sent")[row],
+            i64s(&p, "encrypted_bytes_received")[row],
+            strs(&p, "completion_source")[row].as_deref(),
+        ),
+        (Some(1_375), Some(568), Some("have_all"))
+    );
+    let t = read(dir, "torrents");
+    assert_eq!(
+        (i64s(&t, "n_peers"), i64s(&t, "n_peers_prefer_encryption")),
+        (vec![Some(5)], vec![Some(1)])
+    );
+}
+
+/// Connection ends (conn_id, ip, peer port) whose (info_hash, ip, port)
+/// has no `peers` row.
+fn dangling_ends(dir: &Path) -> Vec<(i64, String, i64)> {
+    let p = read(dir, "peers");
+    let keys: BTreeSet<(String, String, i64)> = lists_of_str(&p, "info_hash")
+        .into_iter()
+        .zip(lists_of_str(&p, "peer_ip"))
+        .zip(i64s(&p, "peer_port"))
+        .map(|((h, ip), port)| (h, ip, port.unwrap_or(-1)))
+        .collect();
+    let c = read(dir, "connections");
+    let (id, ih) = (i64s(&c, "conn_id"), strs(&c, "info_hash"));
+    let mut out = Vec::new();
+    for (ipc, pc) in [("orig_ip", "orig_peer_port"), ("resp_ip", "resp_peer_port")] {
+        let (ip, port) = (lists_of_str(&c, ipc), i64s(&c, pc));
+        for i in 0..c.height() {
+            if let (Some(h), Some(p)) = (&ih[i], port[i]) {
+                if !keys.contains(&(h.clone(), ip[i].clone(), p)) {
+                    out.push((id[i].unwrap_or(-1), ip[i].clone(), p));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
