@@ -33,6 +33,7 @@ use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
 use crate::decode::{decode, Decoded, FlowKey};
+use crate::flow::reassembly::{superseded_tail_pushes, SegmentView};
 use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::Metainfo;
 use crate::sink::writer::Interval;
@@ -1305,6 +1306,7 @@ fn process_batch(
                         clock,
                         bad_checksum,
                         drop: bad_checksum && verify,
+                        tail_superseded: false,
                     };
                 }
                 if let Some(part) = parts.get_mut(*shard as usize) {
@@ -1383,7 +1385,43 @@ fn process_batch(
     let room = Shard::make_room(shards, &per_shard, first);
     c.max_flow_memory = c.max_flow_memory.max(room.mem_before as u64);
     shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
-        for &i in part {
+        // Which payload copies into the compare tails later in-order data
+        // of the same direction overwrites (see `superseded_tail_pushes`).
+        let cap = shard.limits().reassembly.max_compare_bytes;
+        let superseded = superseded_tail_pushes(cap, part.len(), |k| {
+            let i = *part.get(k)? as usize;
+            let (Decoded::Packet(p), _) = decoded.get(i)? else {
+                return None;
+            };
+            let (crate::decode::Transport::Tcp { seq, flags, .. }, IpAddr::V4(src), IpAddr::V4(dst)) =
+                (p.transport, p.src, p.dst)
+            else {
+                // UDP, or IPv6: not followed, nothing of it skipped.
+                return None;
+            };
+            use crate::decode::tcp_flags::{FIN, RST, SYN};
+            let breaks = flags & (SYN | FIN | RST) != 0 || notes.get(i).is_some_and(|n| n.drop);
+            // The payload the loop below hands over (none when the frame
+            // does not hold it all).
+            let end = p.payload_off as usize + p.payload_len as usize;
+            let len = if end <= batch.frame_data(lo + i).len() {
+                p.payload_len
+            } else {
+                0
+            };
+            if len == 0 && !breaks {
+                // A bare ACK leaves its direction's reassembler as it is.
+                return None;
+            }
+            Some(SegmentView {
+                addrs: u64::from(u32::from(src)) << 32 | u64::from(u32::from(dst)),
+                ports: u32::from(p.sport) << 16 | u32::from(p.dport),
+                seq,
+                len,
+                breaks,
+            })
+        });
+        for (k, &i) in part.iter().enumerate() {
             let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize)) else {
                 continue;
             };
@@ -1395,7 +1433,8 @@ fn process_batch(
                 frame: fm.frame_no,
                 capture: batch.capture_idx,
             };
-            let note = notes.get(i as usize).copied().unwrap_or_default();
+            let mut note = notes.get(i as usize).copied().unwrap_or_default();
+            note.tail_superseded = superseded.get(k).copied().unwrap_or(false);
             shard.packet(ctx, note, p, payload);
         }
         shard.sweep(now, clock_now);

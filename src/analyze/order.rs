@@ -13,10 +13,14 @@
 //! Why the result is the same: when every run is sorted by the key, the
 //! stable sort of their concatenation puts equal keys in run order, then in
 //! order within a run; the merge takes the smallest `(key, run index)` head
-//! each time and so produces exactly that order. When some run is not
-//! sorted (rows a flow's end pushes for an older frame), the runs are only
-//! concatenated, in one reserved vector, and the caller's stable sort
-//! orders them as before.
+//! each time and so produces exactly that order. A run that is not sorted
+//! (rows a flow's end pushes for an older frame, events a connection held
+//! back until it settled) is first sorted alone with a stable sort: equal
+//! keys keep their order within it, so the merge is still the stable sort
+//! of the concatenation. Concatenating such runs instead left the whole
+//! step to the caller's stable sort, which moved every ~150-byte swarm
+//! event once per merge level of ~25 runs (bulk-1g: ~80 M instructions of
+//! the stage's thread).
 //!
 //! Most steps need no comparisons at all: the keys are frame numbers of
 //! one capture, and a step's frames are numbered consecutively, so a
@@ -63,10 +67,10 @@ impl DenseKey for (u32, u64) {
 }
 
 /// Moves `dst`'s rows and then every run's rows (emptied, without their
-/// buffers) into `dst`, in the order of a stable sort of their
-/// concatenation by `key` (equal keys keep run order) when that can be had
-/// without sorting, else concatenated in that order. Returns whether the
-/// result is sorted by `key`.
+/// buffers) into `dst`, merged by `key` (stable: equal keys keep run order,
+/// a run not sorted by it is sorted first). Returns whether the result is
+/// sorted by `key`: always, but for `dst` alone (no run with rows), which
+/// is returned as it was.
 pub fn merge_sorted_runs<'a, T: 'a, K: DenseKey>(
     dst: &mut Vec<T>,
     runs: impl IntoIterator<Item = &'a mut Vec<T>>,
@@ -105,16 +109,17 @@ fn merge_into<T, K: DenseKey>(mut runs: Vec<Vec<T>>, key: impl Fn(&T) -> K) -> (
         let sorted = only.is_sorted_by_key(&key);
         return (only, sorted);
     }
+    for r in runs.iter_mut() {
+        if !r.is_sorted_by_key(&key) {
+            // Sorted alone (stable), then merged: still the stable sort of
+            // the concatenation (see the module's documentation).
+            r.sort_by_key(&key);
+        }
+    }
     if let Some(order) = dense_order(&runs, total, &key) {
         return (take_in_order(runs, &order, total), true);
     }
     let mut out = Vec::with_capacity(total);
-    if !runs.iter().all(|r| r.is_sorted_by_key(&key)) {
-        for mut r in runs {
-            out.append(&mut r);
-        }
-        return (out, false);
-    }
     let mut iters: Vec<std::vec::IntoIter<T>> = runs.into_iter().map(Vec::into_iter).collect();
     let mut heap: BinaryHeap<Reverse<(K, usize)>> = BinaryHeap::with_capacity(iters.len());
     for (i, it) in iters.iter().enumerate() {
@@ -148,8 +153,7 @@ fn merge_into<T, K: DenseKey>(mut runs: Vec<Vec<T>>, key: impl Fn(&T) -> K) -> (
 /// every run is sorted and every key lies in one dense range (see
 /// [`DENSE_PER_ROW`]): a counting sort by the key's offset, which is
 /// stable (equal keys in run order, then in order within a run), like the
-/// merge it replaces. `None` otherwise: the caller merges by comparing (or
-/// concatenates unsorted runs).
+/// merge it replaces. `None` otherwise: the caller merges by comparing.
 fn dense_order<T, K: DenseKey>(runs: &[Vec<T>], total: usize, key: &impl Fn(&T) -> K) -> Option<Vec<u32>> {
     // The range from the runs' ends (each run's first and last key, were it
     // sorted); the count pass below checks that it is.
@@ -212,9 +216,9 @@ mod tests {
     use super::*;
 
     /// The merge equals the stable sort of the concatenation, on runs
-    /// with equal keys across and within runs, empty runs, and an unsorted
-    /// run (with keys in one dense range it is sorted by counting; with
-    /// keys far apart it is the concatenation, for the caller to sort).
+    /// with equal keys across and within runs, empty runs, and unsorted
+    /// runs (sorted alone, then merged), each with keys in one dense range
+    /// (placed by counting) and with keys far apart (merged by comparing).
     #[test]
     fn merged_runs_equal_the_stable_sort_of_their_concatenation() {
         // (key, tag): the tag tells equal keys apart.
@@ -242,11 +246,25 @@ mod tests {
             run.sort_by_key(|r| r.0);
             random.push(run);
         }
+        // The same with every third run left unsorted (equal keys within
+        // and across runs).
+        let mut unsorted = random.clone();
+        for (i, run) in unsorted.iter_mut().enumerate() {
+            if i % 3 == 0 {
+                run.reverse();
+            }
+        }
         for (tag, r) in random.iter_mut().flatten().enumerate() {
             r.1 = tag as u32;
         }
+        for (tag, r) in unsorted.iter_mut().flatten().enumerate() {
+            r.1 = tag as u32;
+        }
+        assert!(!unsorted.iter().all(|r| r.is_sorted_by_key(|x| x.0)));
         let mut cases = cases;
         cases.push(random);
+        cases.push(unsorted);
+        cases.push(vec![vec![(4, 0), (1, 1)]]);
         // The same shapes with keys far apart: merged by comparing (the
         // counting sort's array would be too large).
         let sparse: Vec<Vec<Vec<(u32, u32)>>> = cases
@@ -276,11 +294,13 @@ mod tests {
                 .map_or((Vec::new(), &mut [][..]), |(f, r)| (f.clone(), r));
             let mut dst = first;
             let sorted = merge_sorted_runs(&mut dst, rest.iter_mut(), |x| x.0);
-            // Sorted runs, or dense keys: the stable sort's order; else
-            // the concatenation, for the caller to sort.
-            let want = if all_sorted { &stable } else { &concat };
+            // One run with rows comes back as it was; more are merged into
+            // the stable sort's order.
+            let alone = nonempty.len() <= 1;
+            let want = if all_sorted || !alone { &stable } else { &concat };
             assert_eq!(&dst, want, "case {n}");
-            assert_eq!(sorted, all_sorted, "case {n}");
+            assert_eq!(sorted, dst.is_sorted_by_key(|x| x.0), "case {n}");
+            assert_eq!(sorted, all_sorted || !alone, "case {n}");
             assert!(rest.iter().all(|r| r.capacity() == 0), "case {n}: runs keep no buffer");
         }
     }

@@ -98,8 +98,9 @@ struct State {
     capture: u32,
     transport: ConnTransport,
     ends: [SocketAddr; 2],
-    /// Shared by every message row of the connection.
-    ends_text: [Arc<str>; 2],
+    /// Shared by every message row of the connection; made only when
+    /// messages are written (`--no-messages` formats no address here).
+    ends_text: Option<[Arc<str>; 2]>,
     first_ts: i64,
     last_ts: i64,
     info_hash: Option<[u8; 20]>,
@@ -172,7 +173,7 @@ impl PeerSession {
                 capture: init.capture,
                 transport: init.transport,
                 ends: [init.orig, init.resp],
-                ends_text: [init.orig.ip().to_string().into(), init.resp.ip().to_string().into()],
+                ends_text: messages.then(|| [init.orig.ip().to_string().into(), init.resp.ip().to_string().into()]),
                 first_ts: init.first_ts,
                 last_ts: init.first_ts,
                 info_hash: None,
@@ -523,17 +524,17 @@ impl State {
         msg: &'static str,
         f: impl FnOnce(&mut PeerMessageRow),
     ) {
-        if !self.messages {
+        let (true, Some(text)) = (self.messages, &self.ends_text) else {
             return;
-        }
+        };
         let mut r = PeerMessageRow {
             ts: Ts(ctx.ts),
             frame: ctx.frame,
             capture: out.capture_text(ctx.capture),
             conn_id: self.conn_id,
-            src_ip: self.ends_text[side].clone(),
+            src_ip: text[side].clone(),
             src_port: u32::from(self.ends[side].port()),
-            dst_ip: self.ends_text[1 - side].clone(),
+            dst_ip: text[1 - side].clone(),
             dst_port: u32::from(self.ends[1 - side].port()),
             info_hash: self.info_hash_hex.clone(),
             msg,
@@ -953,9 +954,9 @@ impl State {
             conn_id: self.conn_id,
             info_hash: self.info_hash_hex.as_deref().unwrap_or_default().to_string(),
             piece: r.piece,
-            sender_ip: self.ends_text[side].to_string(),
+            sender_ip: self.ends[side].ip().to_string(),
             sender_port: u32::from(self.ends[side].port()),
-            receiver_ip: self.ends_text[1 - side].to_string(),
+            receiver_ip: self.ends[1 - side].ip().to_string(),
             receiver_port: u32::from(self.ends[1 - side].port()),
             bytes: r.bytes,
             verified: r.verified,
@@ -1045,7 +1046,7 @@ impl State {
                 ts: Ts(ctx.ts),
                 conn_id: self.conn_id,
                 info_hash: self.info_hash_hex.as_deref().map(str::to_string),
-                reporter_ip: self.ends_text[side].to_string(),
+                reporter_ip: self.ends[side].ip().to_string(),
                 peer_ip: e.addr.ip().to_string(),
                 peer_port: u32::from(e.addr.port()),
                 action: if e.added { "added" } else { "dropped" },

@@ -137,55 +137,133 @@ impl Ordered {
 /// everything arrives in that order (a step's events follow the previous
 /// step's): it queues at the back of `run`, one move in and one out. What
 /// arrives before the run's last (events a connection held back, then
-/// released) goes to `late`, a map. What is ready comes off the smaller of
-/// the two fronts, so the order is that of one map over every key, without
-/// a map insertion and removal (node shifts of ~150-byte events) for each:
-/// those were ~20 % of the stage's instructions on bulk-250m.
+/// released) goes to `late`: sorted runs of their own (a step's late
+/// events come in frame order, so each step adds one), merged into one
+/// when there are more than [`MAX_LATE_RUNS`]. What is ready comes off the
+/// smallest of the fronts, so the order is that of one map over every
+/// key. A map for `late` moved ~150-byte events in node shifts: ~1,900
+/// instructions a late event (56,719 of them on bulk-1g, ~110 M of the
+/// stage's thread); a queue takes one move in and one out.
 #[derive(Default)]
 struct Waiting {
-    run: VecDeque<((u32, u64, u64), Ordered)>,
-    late: BTreeMap<(u32, u64, u64), Ordered>,
+    run: WaitQueue,
+    /// Sorted runs, none empty.
+    late: Vec<WaitQueue>,
+    n_late: usize,
 }
+
+/// (capture, frame, arrival): the order things wait in.
+type WaitKey = (u32, u64, u64);
+
+/// Entries in key order, with what waits.
+type WaitQueue = VecDeque<(WaitKey, Ordered)>;
+
+/// Sorted runs `Waiting::late` keeps before merging them into one.
+const MAX_LATE_RUNS: usize = 16;
 
 impl Waiting {
     fn len(&self) -> usize {
-        self.run.len() + self.late.len()
+        self.run.len() + self.n_late
     }
 
     fn is_empty(&self) -> bool {
-        self.run.is_empty() && self.late.is_empty()
+        self.run.is_empty() && self.n_late == 0
     }
 
     /// Keys are unique (the arrival counter is their last part).
     fn insert(&mut self, key: (u32, u64, u64), o: Ordered) {
         if self.run.back().is_none_or(|(k, _)| *k < key) {
             self.run.push_back((key, o));
-        } else {
-            self.late.insert(key, o);
+            return;
+        }
+        self.n_late += 1;
+        match self.late.last_mut() {
+            Some(last) if last.back().is_some_and(|(k, _)| *k < key) => last.push_back((key, o)),
+            _ => {
+                if self.late.len() >= MAX_LATE_RUNS {
+                    self.merge_late();
+                }
+                self.late.push(VecDeque::from([(key, o)]));
+            }
         }
     }
 
-    /// Whether the first in order is `run`'s front (else `late`'s).
-    fn first_in_run(&self) -> bool {
-        match (self.run.front(), self.late.first_key_value()) {
-            (Some((a, _)), Some((b, _))) => a < b,
-            (a, _) => a.is_some(),
+    /// The late run whose front comes first.
+    fn late_first(&self) -> Option<usize> {
+        let mut best: Option<(usize, &(u32, u64, u64))> = None;
+        for (i, r) in self.late.iter().enumerate() {
+            if let Some((k, _)) = r.front() {
+                if best.is_none_or(|(_, b)| k < b) {
+                    best = Some((i, k));
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// Merges the late runs into one (each entry moved once).
+    fn merge_late(&mut self) {
+        let mut merged = VecDeque::with_capacity(self.n_late);
+        while let Some(i) = self.late_first() {
+            if let Some(e) = self.late.get_mut(i).and_then(VecDeque::pop_front) {
+                merged.push_back(e);
+            }
+        }
+        self.late.clear();
+        if !merged.is_empty() {
+            self.late.push(merged);
         }
     }
 
+    /// Where the first in order is: None for `run`'s front, else the late
+    /// run (when both are empty: None).
+    fn first_at(&self) -> Option<usize> {
+        let late = self.late_first()?;
+        let late_key = self.late.get(late).and_then(|r| r.front()).map(|(k, _)| k);
+        match (self.run.front(), late_key) {
+            (Some((a, _)), Some(b)) if a < b => None,
+            _ => Some(late),
+        }
+    }
+
+    #[cfg(test)]
     fn first(&self) -> Option<(&(u32, u64, u64), &Ordered)> {
-        if self.first_in_run() {
-            self.run.front().map(|(k, o)| (k, o))
-        } else {
-            self.late.first_key_value()
-        }
+        let e = match self.first_at() {
+            None => self.run.front(),
+            Some(i) => self.late.get(i).and_then(|r| r.front()),
+        };
+        e.map(|(k, o)| (k, o))
     }
 
+    /// The first in order: where it is (for [`pop_at`](Self::pop_at)),
+    /// its key and its packet time.
+    fn front(&self) -> Option<(Option<usize>, WaitKey, i64)> {
+        let at = self.first_at();
+        let e = match at {
+            None => self.run.front(),
+            Some(i) => self.late.get(i).and_then(|r| r.front()),
+        };
+        e.map(|(k, o)| (at, *k, o.ts()))
+    }
+
+    #[cfg(test)]
     fn pop_first(&mut self) -> Option<Ordered> {
-        if self.first_in_run() {
-            self.run.pop_front().map(|(_, o)| o)
-        } else {
-            self.late.pop_first().map(|(_, o)| o)
+        self.pop_at(self.first_at())
+    }
+
+    /// Takes the first in order, found by [`front`](Self::front) as `at`.
+    fn pop_at(&mut self, at: Option<usize>) -> Option<Ordered> {
+        match at {
+            None => self.run.pop_front().map(|(_, o)| o),
+            Some(i) => {
+                let r = self.late.get_mut(i)?;
+                let e = r.pop_front();
+                if r.is_empty() {
+                    self.late.remove(i);
+                }
+                self.n_late -= usize::from(e.is_some());
+                e.map(|(_, o)| o)
+            }
         }
     }
 
@@ -385,7 +463,7 @@ impl Stage {
         let too_old = watermark.saturating_sub(self.settings.limits.max_event_wait_us);
         let mut ready = Vec::new();
         let mut forced = false;
-        while let Some((cap, frame, ts)) = self.waiting.first().map(|(k, o)| (k.0, k.1, o.ts())) {
+        while let Some((at, (cap, frame, _), ts)) = self.waiting.front() {
             let in_order = cutoff.is_none_or(|c| (cap, frame) < c);
             if !in_order {
                 if !over && ts >= too_old {
@@ -393,7 +471,7 @@ impl Stage {
                 }
                 forced = true;
             }
-            if let Some(o) = self.waiting.pop_first() {
+            if let Some(o) = self.waiting.pop_at(at) {
                 ready.push(o);
             }
         }
@@ -897,7 +975,13 @@ mod tests {
                 for _ in 0..next() % 50 {
                     let want = oracle.pop_first().map(|(_, v)| v);
                     assert_eq!(w.first().map(|(_, o)| id(o)), want);
-                    assert_eq!(w.pop_first().as_ref().map(id), want);
+                    let got = if want.is_some_and(|v| v % 2 == 0) {
+                        w.pop_first()
+                    } else {
+                        let at = w.front().and_then(|(at, _, _)| at);
+                        w.pop_at(at)
+                    };
+                    assert_eq!(got.as_ref().map(id), want);
                 }
                 w.trim();
             }

@@ -99,6 +99,10 @@ pub struct PacketNote {
     /// `--verify-checksums` and a wrong checksum: only counted on its flow
     /// (if that exists), as a receiver drops it.
     pub drop: bool,
+    /// Its payload's copy into the compare tail is superseded by in-order
+    /// data of its direction later in the batch
+    /// ([`superseded_tail_pushes`](super::reassembly::superseded_tail_pushes)).
+    pub tail_superseded: bool,
 }
 
 /// What [`Shard::make_room`] found and did before a batch.
@@ -471,7 +475,7 @@ impl<A: FlowApps> Shard<A> {
                         reasm[side].start_at(seq);
                     }
                     let s = if syn { seq.wrapping_add(1) } else { seq };
-                    reasm[side].segment(s, payload, &mut |c| deliver(side, c));
+                    reasm[side].segment_with(s, payload, note.tail_superseded, &mut |c| deliver(side, c));
                 }
                 if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
                     reasm[1 - side].acked(ackno, &mut |c| deliver(1 - side, c));
