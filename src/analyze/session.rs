@@ -488,19 +488,26 @@ impl State {
         }
         if !self.sides[side].seen_sent && !matches!(kind, SwarmEventKind::Seen { .. }) {
             self.sides[side].seen_sent = true;
-            let s = &self.sides[side];
-            let client = s
-                .peer_id
-                .and_then(|p| client_from_peer_id(&p))
-                .or_else(|| s.ltep_v.clone());
-            let seen = SwarmEventKind::Seen {
-                peer_id: s.peer_id,
-                client,
-                listen: false,
-            };
+            let seen = self.seen(side, false);
             self.hold_or_emit(Held { ctx, side, kind: seen }, out);
         }
         self.hold_or_emit(Held { ctx, side, kind }, out);
+    }
+
+    /// The sighting of `side` as far as the connection knows it: its peer
+    /// id, the client that id (or else its BEP 10 `v`) names, and whether
+    /// the endpoint it names is a listen endpoint.
+    fn seen(&self, side: usize, listen: bool) -> SwarmEventKind {
+        let s = &self.sides[side];
+        let client = s
+            .peer_id
+            .and_then(|p| client_from_peer_id(&p))
+            .or_else(|| s.ltep_v.clone());
+        SwarmEventKind::Seen {
+            peer_id: s.peer_id,
+            client,
+            listen,
+        }
     }
 
     /// Holds `h` until the connection settles, or writes it at once when
@@ -864,16 +871,7 @@ impl State {
                 // address's one listen endpoint). An originator's late `p`
                 // (its events released before it) is left as it was.
                 if side == RESP && self.sides[side].seen_sent && self.peer_addr(side) != before {
-                    let s = &self.sides[side];
-                    let client = s
-                        .peer_id
-                        .and_then(|p| client_from_peer_id(&p))
-                        .or_else(|| s.ltep_v.clone());
-                    let seen = SwarmEventKind::Seen {
-                        peer_id: s.peer_id,
-                        client,
-                        listen: true,
-                    };
+                    let seen = self.seen(side, true);
                     self.hold_or_emit(Held { ctx, side, kind: seen }, out);
                 }
             }

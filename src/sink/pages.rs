@@ -559,9 +559,23 @@ fn pages(
     let bits = bit_width(keys.iter().copied().max().unwrap_or(0));
     buf.push(bits as u8);
     hybrid(&mut buf, &Keys(keys), bits);
+    [dict_page, v1_page(buf, n, n, Encoding::RleDictionary, statistics, leaf)]
+}
+
+/// A version 1 data page of `leaf` from its encoded body `buf` (levels and
+/// values), with levels RLE as polars-parquet writes them: `num_values`
+/// level entries for `rows` rows.
+fn v1_page(
+    buf: Vec<u8>,
+    num_values: usize,
+    rows: usize,
+    encoding: Encoding,
+    statistics: ParquetStatistics,
+    leaf: &PrimitiveType,
+) -> Page {
     let header = DataPageHeader::V1(DataPageHeaderV1 {
-        num_values: n as i32,
-        encoding: Encoding::RleDictionary.into(),
+        num_values: num_values as i32,
+        encoding: encoding.into(),
         definition_level_encoding: Encoding::Rle.into(),
         repetition_level_encoding: Encoding::Rle.into(),
         statistics: Some(statistics),
@@ -571,10 +585,7 @@ fn pages(
         max_def_level: 0,
         max_rep_level: 0,
     };
-    [
-        dict_page,
-        Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, n)),
-    ]
+    Page::Data(DataPage::new(header, CowBuffer::Owned(buf), descriptor, rows))
 }
 
 /// The one data page of a `list<string>` column (lists never null, their
@@ -675,24 +686,7 @@ pub fn list_page(array: &dyn Array, type_: &ParquetType, options: WriteOptions) 
         is_max_value_exact: None,
         is_min_value_exact: None,
     };
-    let header = DataPageHeader::V1(DataPageHeaderV1 {
-        num_values: rep.len() as i32,
-        encoding: Encoding::Plain.into(),
-        definition_level_encoding: Encoding::Rle.into(),
-        repetition_level_encoding: Encoding::Rle.into(),
-        statistics: Some(statistics),
-    });
-    let descriptor = Descriptor {
-        primitive_type: leaf.clone(),
-        max_def_level: 0,
-        max_rep_level: 0,
-    };
-    Some(Page::Data(DataPage::new(
-        header,
-        CowBuffer::Owned(buf),
-        descriptor,
-        rows,
-    )))
+    Some(v1_page(buf, rep.len(), rows, Encoding::Plain, statistics, leaf))
 }
 
 #[cfg(test)]
