@@ -234,12 +234,12 @@ impl<T> Pushed<T> {
     }
 
     #[inline]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.v.len()
     }
 
     #[inline]
-    pub fn last(&self) -> Option<&T> {
+    pub(super) fn last(&self) -> Option<&T> {
         self.v.last()
     }
 
