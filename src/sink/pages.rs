@@ -301,6 +301,27 @@ fn bit_width(max: u32) -> u32 {
     32 - max.leading_zeros()
 }
 
+/// Appends `values` PLAIN-encoded as byte arrays (a 4-byte length, then
+/// the bytes) to `out`; returns the smallest and the largest of them (byte
+/// order), None when there is none.
+fn plain_byte_arrays<'a>(
+    out: &mut Vec<u8>,
+    values: impl Iterator<Item = &'a [u8]>,
+) -> (Option<&'a [u8]>, Option<&'a [u8]>) {
+    let (mut min, mut max): (Option<&[u8]>, Option<&[u8]>) = (None, None);
+    for b in values {
+        out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        out.extend_from_slice(b);
+        if min.is_none_or(|m| b < m) {
+            min = Some(b);
+        }
+        if max.is_none_or(|m| b > m) {
+            max = Some(b);
+        }
+    }
+    (min, max)
+}
+
 /// The values of a dictionary page and its statistics' bounds.
 struct DictValues {
     /// PLAIN-encoded values.
@@ -315,18 +336,7 @@ struct DictValues {
 impl DictValues {
     fn text(values: &Utf8Array<i64>) -> Self {
         let mut page = Vec::with_capacity(values.values().len() + 4 * values.len());
-        let (mut min, mut max): (Option<&[u8]>, Option<&[u8]>) = (None, None);
-        for s in values.values_iter() {
-            let b = s.as_bytes();
-            page.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            page.extend_from_slice(b);
-            if min.is_none_or(|m| b < m) {
-                min = Some(b);
-            }
-            if max.is_none_or(|m| b > m) {
-                max = Some(b);
-            }
-        }
+        let (min, max) = plain_byte_arrays(&mut page, values.values_iter().map(str::as_bytes));
         DictValues {
             page,
             n: values.len(),
@@ -357,12 +367,12 @@ pub fn fast_pages(array: &dyn Array, type_: &ParquetType, options: WriteOptions,
         ArrowDataType::Dictionary(..) => dictionary(array, leaf, options),
         ArrowDataType::Int64 | ArrowDataType::Timestamp(..) => {
             match array.as_any().downcast_ref::<PrimitiveArray<i64>>() {
-                Some(a) => integers(a, leaf, options, 2048, |v| v.to_le_bytes().to_vec()),
+                Some(a) => integers(a, leaf, options, 2048),
                 None => return Pages::Polars,
             }
         }
         ArrowDataType::Int32 => match array.as_any().downcast_ref::<PrimitiveArray<i32>>() {
-            Some(a) => integers(a, leaf, options, 512, |v| v.to_le_bytes().to_vec()),
+            Some(a) => integers(a, leaf, options, 512),
             None => return Pages::Polars,
         },
         _ => return Pages::Polars,
@@ -425,96 +435,127 @@ fn dictionary(array: &dyn Array, leaf: &PrimitiveType, options: WriteOptions) ->
     ))))
 }
 
+/// Marks of the values seen in an integer column between its bounds, kept
+/// by the thread between columns (at most 65,536 slots: 384 KiB) so that
+/// no column zeroes a table of its range: slot `off` is marked when
+/// `stamp[off]` is the current column's `generation`; `number[off]` is
+/// then the value's key.
+#[derive(Default)]
+struct Marks {
+    generation: u32,
+    stamp: Vec<u32>,
+    number: Vec<u16>,
+}
+
+impl Marks {
+    /// Starts a column of `slots` slots, none marked.
+    fn start(&mut self, slots: usize) {
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        if self.stamp.len() < slots {
+            self.stamp.resize(slots, 0);
+            self.number.resize(slots, 0);
+        }
+    }
+}
+
+thread_local! {
+    static MARKS: std::cell::RefCell<Marks> = std::cell::RefCell::new(Marks::default());
+}
+
 /// An integer column with a value: its dictionary when polars-parquet's
 /// `min_max_integer_encode_as_dictionary_optional` would make one (values
 /// within 65,535 of each other, and at most `few` distinct or fewer than
 /// 3/4 of the rows), plain when it would write it plain, else left to it.
-fn integers<T>(
-    a: &PrimitiveArray<T>,
-    leaf: &PrimitiveType,
-    options: WriteOptions,
-    few: usize,
-    le: impl Fn(T) -> Vec<u8>,
-) -> Option<Pages>
+fn integers<T>(a: &PrimitiveArray<T>, leaf: &PrimitiveType, options: WriteOptions, few: usize) -> Option<Pages>
 where
     T: polars_arrow::types::NativeType + Ord + Into<i64> + TryFrom<i64>,
 {
     let validity = a.validity().filter(|v| v.unset_bits() > 0);
     let vals = a.values().as_slice();
-    let mut bounds: Option<(T, T)> = None;
+    let first = match validity {
+        None => *vals.first()?,
+        Some(v) => vals[v.iter().position(|ok| ok)?],
+    };
+    let (mut min, mut max) = (first, first);
     each_valid(vals, validity, |v| {
-        bounds = Some(match bounds {
-            None => (v, v),
-            Some((lo, hi)) => (lo.min(v), hi.max(v)),
-        });
+        min = min.min(v);
+        max = max.max(v);
     });
-    let (min, max) = bounds?;
     let (lo, hi): (i64, i64) = (min.into(), max.into());
     let diff = usize::try_from(hi.checked_sub(lo)?).ok()?;
     if diff > u16::MAX as usize {
         return None;
     }
-    // One slot per value between min and max: marked, then numbered in
-    // ascending order of value. When few values are seen in a wide range,
-    // the seen ones are sorted instead of scanning every slot.
-    let mut lookup = vec![0u16; diff + 1];
-    let mut seen: Vec<u16> = Vec::new();
-    each_valid(vals, validity, |v| {
-        let x: i64 = v.into();
-        let off = (x - lo) as usize;
-        if lookup[off] == 0 {
-            lookup[off] = 1;
-            if seen.len() < 4096 {
-                // Offsets are at most 65,535.
-                seen.push(off as u16);
+    MARKS.with_borrow_mut(|m| {
+        // One slot per value between min and max: marked, then numbered in
+        // ascending order of value. When few values are seen in a wide
+        // range, the seen ones are sorted instead of scanning every slot.
+        m.start(diff + 1);
+        let generation = m.generation;
+        let stamp = &mut m.stamp[..=diff];
+        let number = &mut m.number[..=diff];
+        let mut seen: Vec<u16> = Vec::new();
+        each_valid(vals, validity, |v| {
+            let x: i64 = v.into();
+            let off = (x - lo) as usize;
+            if stamp[off] != generation {
+                stamp[off] = generation;
+                if seen.len() < 4096 {
+                    // Offsets are at most 65,535.
+                    seen.push(off as u16);
+                }
+            }
+        });
+        let mut page = Vec::new();
+        let mut n = 0usize;
+        let mut add = |off: usize, slot: &mut u16| -> Option<()> {
+            // At most 65,536 values: their numbers fit.
+            *slot = n as u16;
+            n += 1;
+            let v = T::try_from(lo + off as i64).ok()?;
+            page.extend_from_slice(v.to_le_bytes().as_ref());
+            Some(())
+        };
+        if seen.len() < 4096 && seen.len() * 16 < diff {
+            seen.sort_unstable();
+            for &off in &seen {
+                add(usize::from(off), &mut number[usize::from(off)])?;
+            }
+        } else {
+            for (off, (slot, &s)) in number.iter_mut().zip(stamp.iter()).enumerate() {
+                if s == generation {
+                    add(off, slot)?;
+                }
             }
         }
-    });
-    let mut page = Vec::new();
-    let mut n = 0usize;
-    let mut number = |off: usize, slot: &mut u16| -> Option<()> {
-        // At most 65,536 values: their numbers fit.
-        *slot = n as u16;
-        n += 1;
-        let v = T::try_from(lo + off as i64).ok()?;
-        page.extend_from_slice(&le(v));
-        Some(())
-    };
-    if seen.len() < 4096 && seen.len() * 16 < diff {
-        seen.sort_unstable();
-        for &off in &seen {
-            number(usize::from(off), &mut lookup[usize::from(off)])?;
+        if !(n <= few || (n as f64) / (a.len() as f64) < 0.75) {
+            return Some(Pages::Plain);
         }
-    } else {
-        for (off, slot) in lookup.iter_mut().enumerate() {
-            if *slot != 0 {
-                number(off, slot)?;
-            }
-        }
-    }
-    if !(n <= few || (n as f64) / (a.len() as f64) < 0.75) {
-        return Some(Pages::Plain);
-    }
-    // The keys of the values (a null has none written).
-    let mut keys: Vec<u32> = Vec::with_capacity(vals.len() - validity.map_or(0, Bitmap::unset_bits));
-    each_valid(vals, validity, |v| {
-        let x: i64 = v.into();
-        keys.push(u32::from(lookup[(x - lo) as usize]));
-    });
-    let dict = DictValues {
-        page,
-        n,
-        min: Some(le(min)),
-        max: Some(le(max)),
-    };
-    Some(Pages::Made(Box::new(pages(
-        dict,
-        &keys,
-        vals.len(),
-        validity,
-        leaf,
-        options,
-    ))))
+        // The keys of the values (a null has none written).
+        let mut keys: Vec<u32> = Vec::with_capacity(vals.len() - validity.map_or(0, Bitmap::unset_bits));
+        each_valid(vals, validity, |v| {
+            let x: i64 = v.into();
+            keys.push(u32::from(number[(x - lo) as usize]));
+        });
+        let dict = DictValues {
+            page,
+            n,
+            min: Some(min.to_le_bytes().as_ref().to_vec()),
+            max: Some(max.to_le_bytes().as_ref().to_vec()),
+        };
+        Some(Pages::Made(Box::new(pages(
+            dict,
+            &keys,
+            vals.len(),
+            validity,
+            leaf,
+            options,
+        ))))
+    })
 }
 
 /// The dictionary page and the data page of keys, as polars-parquet's
@@ -654,18 +695,7 @@ pub fn list_page(array: &dyn Array, type_: &ParquetType, options: WriteOptions) 
         let len = (buf.len() - at - 4) as i32;
         buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
-    let (mut min, mut max): (Option<&[u8]>, Option<&[u8]>) = (None, None);
-    for i in first..last {
-        let b = values.value(i).as_bytes();
-        buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
-        buf.extend_from_slice(b);
-        if min.is_none_or(|m| b < m) {
-            min = Some(b);
-        }
-        if max.is_none_or(|m| b > m) {
-            max = Some(b);
-        }
-    }
+    let (min, max) = plain_byte_arrays(&mut buf, (first..last).map(|i| values.value(i).as_bytes()));
     if first != 0 || last != values.len() {
         // Statistics span the whole child array in polars-parquet.
         return None;
