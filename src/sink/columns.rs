@@ -201,70 +201,10 @@ impl Validity {
     }
 }
 
-/// The values or keys of a column, one pushed per row (nothing else is
-/// done to them until the row group is handed over). What the builder
-/// budget counts for them ([`Pushed::counted_bytes`]) is the capacity a
-/// `Vec` grown by its own pushes would have (the row groups end where they
-/// always did), but the buffer is allocated once at the previous row
-/// group's length, so a row group's buffers are not copied over and over
-/// as they double (`realloc` copying was 6 % of the DHT writer thread).
-#[derive(Default)]
-pub struct Pushed<T> {
-    v: Vec<T>,
-    /// Values in the previous row group: the buffer's first size.
-    hint: usize,
-}
-
-impl<T> Pushed<T> {
-    #[inline]
-    pub fn push(&mut self, x: T) {
-        if self.v.len() == self.v.capacity() {
-            self.reserve();
-        }
-        self.v.push(x);
-    }
-
-    /// Room for the previous row group's values at first, then twice as
-    /// many each time it is full.
-    #[cold]
-    fn reserve(&mut self) {
-        let len = self.v.len();
-        let want = self.hint.max(len * 2).max(4);
-        self.v.reserve_exact(want - len);
-    }
-
-    #[inline]
-    pub(super) fn len(&self) -> usize {
-        self.v.len()
-    }
-
-    #[inline]
-    pub(super) fn last(&self) -> Option<&T> {
-        self.v.last()
-    }
-
-    /// The heap bytes of a `Vec` of these values grown by pushes alone:
-    /// its capacity doubles from 4 (for values of 2 to 1,024 bytes; the
-    /// test `pushed_counts_what_a_vec_grown_by_pushes_holds` holds std to
-    /// it), so the budget's figure does not depend on the first size.
-    pub fn counted_bytes(&self) -> usize {
-        match self.v.len() {
-            0 => 0,
-            n => n.next_power_of_two().max(4) * std::mem::size_of::<T>(),
-        }
-    }
-
-    /// The values pushed since the last call; empty afterwards.
-    pub fn take(&mut self) -> Vec<T> {
-        self.hint = self.v.len();
-        std::mem::take(&mut self.v)
-    }
-}
-
 /// A fixed-width column (int32, int64, float64, timestamp).
 #[derive(Default)]
 pub struct PrimBuilder<T> {
-    values: Pushed<T>,
+    values: Vec<T>,
     validity: Validity,
     /// Values not written as they were (saturated, or out of range).
     noted: u64,
@@ -283,12 +223,12 @@ impl<T: NativeType> PrimBuilder<T> {
     }
 
     fn heap(&self) -> usize {
-        self.values.counted_bytes() + self.validity.bytes()
+        self.values.capacity() * std::mem::size_of::<T>() + self.validity.bytes()
     }
 
     fn array(&mut self, name: &str, dtype: &ArrowDataType, kind: &'static str) -> PolarsResult<Box<dyn Array>> {
         note(name, kind, std::mem::take(&mut self.noted));
-        let values = self.values.take();
+        let values = std::mem::take(&mut self.values);
         let validity = self.validity.take();
         Ok(PrimitiveArray::<T>::try_new(dtype.clone(), values.into(), validity)?.boxed())
     }
@@ -608,7 +548,7 @@ impl StrBuilder {
 /// one 32-bit key per row), without making the text of every cell first.
 #[derive(Default)]
 pub struct NameBuilder {
-    keys: Pushed<u32>,
+    keys: Vec<u32>,
     validity: Validity,
     /// This row group's distinct names, in order of first appearance.
     names: Vec<&'static str>,
@@ -629,7 +569,7 @@ impl NameBuilder {
     }
 
     fn heap(&self) -> usize {
-        self.keys.counted_bytes() + self.validity.bytes() + self.names.capacity() * std::mem::size_of::<&str>()
+        self.keys.capacity() * 4 + self.validity.bytes() + self.names.capacity() * std::mem::size_of::<&str>()
     }
 
     /// A dictionary array of `large_string` values (the type of every text
@@ -637,8 +577,11 @@ impl NameBuilder {
     fn array(&mut self) -> PolarsResult<Box<dyn Array>> {
         let names = std::mem::take(&mut self.names);
         let values = Utf8Array::<i64>::from_slice(&names);
-        let keys =
-            PrimitiveArray::<u32>::try_new(ArrowDataType::UInt32, self.keys.take().into(), self.validity.take())?;
+        let keys = PrimitiveArray::<u32>::try_new(
+            ArrowDataType::UInt32,
+            std::mem::take(&mut self.keys).into(),
+            self.validity.take(),
+        )?;
         let dict = ArrowDataType::Dictionary(IntegerType::UInt32, Box::new(values.dtype().clone()), false);
         Ok(DictionaryArray::<u32>::try_new(dict, keys, values.boxed())?.boxed())
     }
@@ -954,38 +897,7 @@ mod tests {
             ColumnBuilder::<Option<u64>>::push(&mut p, &(i % 2 == 0).then_some(i));
         }
         let bytes = ColumnBuilder::<Option<u64>>::bytes(&p);
-        assert_eq!(bytes, 1024 * 8 + p.validity.bytes());
+        assert_eq!(bytes, p.values.capacity() * 8 + p.validity.bytes());
         assert!(p.validity.bytes() >= 125);
-    }
-
-    #[test]
-    fn pushed_counts_what_a_vec_grown_by_pushes_holds() {
-        // The budget's figure is the capacity std's `Vec` reaches by pushes
-        // (row groups end where they did), whatever `Pushed` allocated.
-        fn check<T: Copy + Default>() {
-            let mut v: Vec<T> = Vec::new();
-            let mut p: Pushed<T> = Pushed::default();
-            for round in 0..2 {
-                for n in 1..=5000usize {
-                    v.push(T::default());
-                    p.push(T::default());
-                    assert_eq!(p.counted_bytes(), v.capacity() * std::mem::size_of::<T>(), "{n} values");
-                    assert_eq!(p.len(), n);
-                }
-                assert_eq!(p.take().len(), 5000);
-                assert_eq!(p.counted_bytes(), 0);
-                if round == 0 {
-                    // The next row group starts with room for 5,000.
-                    p.push(T::default());
-                    assert!(p.v.capacity() >= 5000);
-                    p.v.clear();
-                }
-                v = Vec::new();
-            }
-        }
-        check::<u32>();
-        check::<i64>();
-        check::<i32>();
-        check::<f64>();
     }
 }

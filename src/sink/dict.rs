@@ -21,7 +21,7 @@ use polars::prelude::*;
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
 use polars_arrow::datatypes::IntegerType;
 
-use super::columns::{ColumnBuilder, Pushed, Validity};
+use super::columns::{ColumnBuilder, Validity};
 use super::typed::ToText;
 
 /// Rows at most in a row group written with a dictionary whatever its
@@ -166,7 +166,7 @@ const EMPTY: u64 = u64::MAX;
 /// module's documentation.
 pub struct DictBuilder<S: Distinct> {
     /// One per row: the index of its value in `distinct` (0 for a null).
-    keys: Pushed<u32>,
+    keys: Vec<u32>,
     validity: Validity,
     distinct: S,
     /// Open addressing, linear probing: each slot is the index of a value
@@ -181,7 +181,7 @@ pub struct DictBuilder<S: Distinct> {
 impl<S: Distinct> Default for DictBuilder<S> {
     fn default() -> Self {
         DictBuilder {
-            keys: Pushed::default(),
+            keys: Vec::new(),
             validity: Validity::default(),
             distinct: S::default(),
             slots: Vec::new(),
@@ -259,7 +259,7 @@ impl<S: Distinct> DictBuilder<S> {
     }
 
     fn heap(&self) -> usize {
-        self.keys.counted_bytes() + self.validity.bytes() + self.distinct.heap() + self.slots.capacity() * 8
+        self.keys.capacity() * 4 + self.validity.bytes() + self.distinct.heap() + self.slots.capacity() * 8
     }
 
     /// The rows pushed since the last call: a dictionary array of
@@ -267,7 +267,7 @@ impl<S: Distinct> DictBuilder<S> {
     /// when [`plain`] says so, the rows' text (a `large_string` array the
     /// writer is told to write plain, see `writer::write_group`).
     fn array(&mut self) -> PolarsResult<Box<dyn Array>> {
-        let keys = self.keys.take();
+        let keys = std::mem::take(&mut self.keys);
         let validity = self.validity.take();
         self.slots = Vec::new();
         let has_null = validity.as_ref().is_some_and(|v| v.unset_bits() > 0);
