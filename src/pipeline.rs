@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::analyze::apps::ShardApps;
-use crate::analyze::order::merge_sorted_runs;
+use crate::analyze::order::{keep_room, merge_sorted_runs};
 use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::stage::{Stage, StepInput, StepKind};
 use crate::analyze::FrameCtx;
@@ -1157,6 +1157,53 @@ fn collect(shards: &mut [Shard<ShardApps>], rows: RowBatch, watermark: i64, join
     }
 }
 
+/// Moves every run's rows to the end of `dst`, in run order (as
+/// [`RowBatch::take_all_from`] does), each run keeping its buffer for the
+/// next step (see [`keep_room`]).
+fn append_keeping_room<'a, T: 'a>(dst: &mut Vec<T>, runs: impl Iterator<Item = &'a mut Vec<T>>) {
+    let runs: Vec<&mut Vec<T>> = runs.filter(|r| !r.is_empty()).collect();
+    if dst.is_empty() && runs.len() == 1 {
+        // One run: it becomes `dst` whole, nothing is copied.
+        for r in runs {
+            *dst = std::mem::take(r);
+        }
+        return;
+    }
+    dst.reserve(runs.iter().map(|r| r.len()).sum());
+    for r in runs {
+        let used = r.len();
+        dst.append(r);
+        keep_room(r, used);
+    }
+}
+
+/// A shard's emptied tables whose buffers [`collect_step`] keeps, set
+/// aside while [`RowBatch::take_all_from`] takes the shard's other rows.
+struct KeptRoom {
+    dht_messages: Vec<crate::sink::DhtMessageRow>,
+    dht_peers: Vec<crate::sink::DhtPeerRow>,
+    peer_messages: Vec<crate::sink::PeerMessageRow>,
+    flows: Vec<crate::sink::FlowRow>,
+}
+
+impl KeptRoom {
+    fn set_aside(rows: &mut RowBatch) -> KeptRoom {
+        KeptRoom {
+            dht_messages: std::mem::take(&mut rows.dht_messages),
+            dht_peers: std::mem::take(&mut rows.dht_peers),
+            peer_messages: std::mem::take(&mut rows.peer_messages),
+            flows: std::mem::take(&mut rows.flows),
+        }
+    }
+
+    fn restore(self, rows: &mut RowBatch) {
+        rows.dht_messages = self.dht_messages;
+        rows.dht_peers = self.dht_peers;
+        rows.peer_messages = self.peer_messages;
+        rows.flows = self.flows;
+    }
+}
+
 /// Takes what every shard produced during a step, for the stage.
 fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
     let mut input = StepInput {
@@ -1194,16 +1241,35 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         shards.iter_mut().map(|s| &mut s.apps.out.rows.peer_messages),
         |r| r.frame,
     );
-    // Only the shards that produced rows (most produce none in a step: a
-    // batch of 64 shards visited table by table cost ~70 k instructions a
-    // step on bulk captures).
-    rows.take_all_from(
-        &mut shards
-            .iter_mut()
-            .map(|s| &mut s.apps.out.rows)
-            .filter(|r| !r.is_empty())
-            .collect::<Vec<_>>(),
-    );
+    // Flow rows (pushed at flow end, on most steps of a DHT run) appended
+    // shard by shard, as `take_all_from` would, the shards keeping their
+    // buffers.
+    append_keeping_room(&mut rows.flows, shards.iter_mut().map(|s| &mut s.apps.out.rows.flows));
+    // The rest: only the shards that produced rows (most produce none in a
+    // step: a batch of 64 shards visited table by table cost ~70 k
+    // instructions a step on bulk captures). `take_all_from` leaves every
+    // table of such a shard without a buffer: the emptied ones kept above
+    // are set aside meanwhile.
+    let mut kept: Vec<(usize, KeptRoom)> = Vec::new();
+    for (i, s) in shards.iter_mut().enumerate() {
+        if !s.apps.out.rows.is_empty() {
+            kept.push((i, KeptRoom::set_aside(&mut s.apps.out.rows)));
+        }
+    }
+    if !kept.is_empty() {
+        rows.take_all_from(
+            &mut shards
+                .iter_mut()
+                .map(|s| &mut s.apps.out.rows)
+                .filter(|r| !r.is_empty())
+                .collect::<Vec<_>>(),
+        );
+        for (i, k) in kept {
+            if let Some(s) = shards.get_mut(i) {
+                k.restore(&mut s.apps.out.rows);
+            }
+        }
+    }
     for s in shards.iter_mut() {
         let out = &mut s.apps.out;
         if !out.unattributed.is_empty() {

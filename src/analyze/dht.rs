@@ -137,54 +137,6 @@ pub struct DhtShard {
     limits: DhtLimits,
     pending: PendingQueries,
     names: ClientNames,
-    /// Rows and observations pushed since the shard's output was last
-    /// taken, and as many in the step before: the next step's vectors are
-    /// reserved from it (see [`StepSizes`]).
-    sizes: StepSizes,
-}
-
-/// How much a shard pushed into its DHT outputs in one step. The pipeline
-/// takes a shard's output vectors whole after each step (so that a shard
-/// keeps no capacity of its largest step), and they then regrew from empty
-/// by doubling, copying the wide KRPC rows several times a step; reserved
-/// at the step's first datagram with what the last step took (plus a
-/// quarter), they are allocated once.
-#[derive(Debug, Default)]
-struct StepSizes {
-    /// This step so far: dht_messages, dht_peers, observations.
-    now: [usize; 3],
-    last: [usize; 3],
-}
-
-impl StepSizes {
-    /// Called before a datagram's output is pushed: a new step when the
-    /// messages vector was taken (no buffer).
-    fn reserve(&mut self, out: &mut ShardOut) {
-        if out.rows.dht_messages.capacity() != 0 {
-            return;
-        }
-        self.last = self.now;
-        self.now = [0; 3];
-        // A quarter more: ~3 k of ~4 k shard-steps still regrow one of the
-        // vectors on dht-125k; half again saved ~110 instructions a
-        // datagram of that, but peak RSS was not lower with it
-        // (bench/README.md, session 10 dhtw).
-        let want = |n: usize| n + n / 4 + 4;
-        out.rows.dht_messages.reserve(want(self.last[0]));
-        if out.rows.dht_peers.is_empty() {
-            out.rows.dht_peers.reserve(want(self.last[1]));
-        }
-        if out.dht.is_empty() {
-            out.dht.reserve(want(self.last[2]));
-        }
-    }
-
-    fn count(&mut self, out: &ShardOut, before: [usize; 3]) {
-        let after = [out.rows.dht_messages.len(), out.rows.dht_peers.len(), out.dht.len()];
-        for ((n, a), b) in self.now.iter_mut().zip(after).zip(before) {
-            *n += a.saturating_sub(b);
-        }
-    }
 }
 
 impl DhtShard {
@@ -197,7 +149,6 @@ impl DhtShard {
             limits: l,
             pending: PendingQueries::new(&l),
             names: ClientNames::default(),
-            sizes: StepSizes::default(),
         }
     }
 
@@ -269,15 +220,12 @@ impl DhtShard {
             KrpcKind::Response | KrpcKind::Error => query = self.pending.take(m.tid, dst, src),
         }
 
-        self.sizes.reserve(out);
-        let before = [out.rows.dht_messages.len(), out.rows.dht_peers.len(), out.dht.len()];
         self.peers(ctx, conn_id, src, &m, query, out);
         self.observe(ctx, src, &m, query, out);
         let capture = out.capture_text(ctx.capture);
         out.rows
             .dht_messages
             .push(message_row(ctx, capture, src, dst, &m, query, &mut self.names));
-        self.sizes.count(out, before);
         true
     }
 
@@ -536,10 +484,12 @@ fn krpc_row_at(
         n_unknown_keys += 1;
         if unknown_keys.len() < MAX_UNKNOWN_KEYS_LISTED {
             let scope = scope.as_str();
-            let key = text(key);
             unknown_keys.push(if scope.is_empty() {
-                key
+                text(key)
             } else {
+                // `text(key)` after the scope, in one allocation (a third
+                // of dht-125k's responses carry `r.p`).
+                let key = String::from_utf8_lossy(key.get(..MAX_TEXT_BYTES).unwrap_or(key));
                 let mut k = String::with_capacity(scope.len() + 1 + key.len());
                 k.push_str(scope);
                 k.push('.');
