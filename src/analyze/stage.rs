@@ -110,6 +110,10 @@ struct Rejoin {
     meta: Arc<Metainfo>,
 }
 
+/// Rebuilt metadata by the (capture, frame) that completed it, as the
+/// swarm state takes it.
+type MetaAt = ((u32, u64), Arc<Metainfo>);
+
 /// What waits in the stage's order: an event, or rebuilt metadata that the
 /// swarm state takes between the events before and after it.
 enum Ordered {
@@ -439,7 +443,7 @@ impl Stage {
         rebuilt: Vec<Rejoin>,
         cutoff: Option<(u32, u64)>,
         watermark: i64,
-    ) -> (Vec<SwarmEvent>, Vec<((u32, u64), Arc<Metainfo>)>) {
+    ) -> (Vec<SwarmEvent>, Vec<MetaAt>) {
         if self.waiting.is_empty() && rebuilt.is_empty() {
             let in_order = match cutoff {
                 None => true,
