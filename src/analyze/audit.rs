@@ -28,13 +28,14 @@
 //! with unattributable flows (`max_audit_addrs`), spans per address
 //! (`max_audit_spans_per_addr`).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 /// The audit's maps: keyed by foldhash with a per-process random seed (as
 /// std's SipHash, so no order is promised either), which the sequential
 /// stage runs per event: SipHash was 40 M of its 300 M instructions on
 /// bulk-250m.
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Map<K, V> = HashMap<K, V, super::keyhash::KeyState>;
 use std::net::{IpAddr, SocketAddr};
 
 use super::packed::{put_i, put_u, Packed, Reader, Record};
@@ -288,32 +289,42 @@ impl Audit {
     /// the table has room (`force`: always, for announcing clients, whose
     /// totals matter from their first announce on).
     fn observed_mut(&mut self, ih: [u8; 20], ip: IpAddr, force: bool) -> Option<&mut Observed> {
-        let k = (ih, ip);
-        if !self.observed.contains_key(&k) {
-            if self.observed.len() >= self.limits.max_audit_addrs && !force {
-                self.n_observed_dropped += 1;
-                return None;
-            }
-            let complete = self.n_observed_dropped == 0;
-            self.observed.insert(
-                k,
-                Observed {
+        // One hash and probe per call (the entry), not three: every
+        // `Transfer` event asks twice.
+        let full = self.observed.len() >= self.limits.max_audit_addrs && !force;
+        let complete = self.n_observed_dropped == 0;
+        match self.observed.entry((ih, ip)) {
+            Entry::Occupied(o) => Some(o.into_mut()),
+            Entry::Vacant(v) => {
+                if full {
+                    self.n_observed_dropped += 1;
+                    return None;
+                }
+                Some(v.insert(Observed {
                     complete,
                     ..Default::default()
-                },
-            );
+                }))
+            }
         }
-        self.observed.get_mut(&k)
     }
 
-    fn witness_addr(&mut self, ih: [u8; 20], ip: IpAddr, wire: bool) {
-        if !self.witness.contains_key(&ih) && self.witness.len() >= self.limits.max_torrents {
-            return;
-        }
-        let w = self.witness.entry(ih).or_default();
+    /// Notes `ips` (in order) as addresses of torrent `ih`.
+    fn witness_addrs(&mut self, ih: [u8; 20], ips: &[IpAddr], wire: bool) {
+        let full = self.witness.len() >= self.limits.max_torrents;
+        let w = match self.witness.entry(ih) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                if full {
+                    return;
+                }
+                v.insert(Witness::default())
+            }
+        };
         w.wire |= wire;
-        if w.addrs.len() < MAX_WITNESSES && !w.addrs.contains(&ip) {
-            w.addrs.push(ip);
+        for ip in ips {
+            if w.addrs.len() < MAX_WITNESSES && !w.addrs.contains(ip) {
+                w.addrs.push(*ip);
+            }
         }
     }
 
@@ -337,14 +348,13 @@ impl Audit {
         let ip = ev.peer.ip();
         match &ev.kind {
             SwarmEventKind::Seen { .. } => {
-                self.witness_addr(ih, ip, true);
+                self.witness_addrs(ih, &[ip], true);
                 if let Some(o) = self.observed_mut(ih, ip, false) {
                     o.wire = true;
                 }
             }
             SwarmEventKind::Transfer { to, bytes, .. } => {
-                self.witness_addr(ih, ip, true);
-                self.witness_addr(ih, to.ip(), true);
+                self.witness_addrs(ih, &[ip, to.ip()], true);
                 if let Some(o) = self.observed_mut(ih, ip, false) {
                     o.up += bytes;
                     o.wire = true;
@@ -354,7 +364,7 @@ impl Audit {
                     o.wire = true;
                 }
             }
-            SwarmEventKind::Learned { .. } => self.witness_addr(ih, ip, false),
+            SwarmEventKind::Learned { .. } => self.witness_addrs(ih, &[ip], false),
             _ => {}
         }
     }

@@ -6,6 +6,7 @@ pub mod apps;
 pub mod audit;
 pub mod dht;
 pub mod held;
+pub mod keyhash;
 pub mod lsd;
 pub mod metadata;
 pub mod order;

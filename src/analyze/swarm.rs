@@ -37,12 +37,14 @@
 //! `anomalies` rows (layer swarm). The crossing of a confirmed download is
 //! the first evidence of crossing, from whichever signal.
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 /// The swarm's maps are keyed by addresses and hashes from the wire: a
 /// hasher with a per-process random seed (as std's), but foldhash rather
-/// than SipHash, which cost ~5 % of a bulk run here (see flow::table).
-type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// than SipHash, which cost ~5 % of a bulk run here (see flow::table),
+/// with 20-byte keys taken as two numbers (see keyhash).
+type Map<K, V> = HashMap<K, V, super::keyhash::KeyState>;
 use std::net::{IpAddr, SocketAddr};
 
 use super::packed::{put_i, put_u, Packed, Reader, Record, Track};
@@ -816,6 +818,10 @@ impl<K: Base + std::hash::Hash + Eq + Copy> PortMap<K> {
     }
 }
 
+/// Keys `Swarm::resolve` remembers (an event's two ends, and the two of
+/// the event before).
+const RESOLVED: usize = 4;
+
 /// Swarm state over the whole run.
 #[derive(Clone)]
 pub struct Swarm {
@@ -830,6 +836,12 @@ pub struct Swarm {
     peers: Map<PeerKey, Box<PeerState>>,
     /// Merged peer keys → the key they live under now.
     alias: PortMap<PeerKey>,
+    /// The last keys `resolve` looked up in `alias` and where they led,
+    /// newest first; emptied whenever `alias` changes. Events come in runs
+    /// of one connection (a `Transfer` per block names both its ends), so
+    /// most resolve here instead of through a hash and probe of a 52-byte
+    /// key.
+    resolved: [Option<(PeerKey, PeerKey)>; RESOLVED],
     /// (info_hash, ip, peer_id) → peer key.
     by_peer_id: PortMap<PeerIdKey>,
     /// (info_hash, ip, client prefix) → ports of the listen keys and of the
@@ -860,6 +872,7 @@ impl Swarm {
             torrents: Map::default(),
             peers: Map::default(),
             alias: PortMap::default(),
+            resolved: [None; RESOLVED],
             by_peer_id: PortMap::default(),
             by_prefix: Map::default(),
             endpoints: Map::default(),
@@ -908,17 +921,28 @@ impl Swarm {
     }
 
     fn torrent(&mut self, h: [u8; 20], ts: i64) -> Option<&mut TorrentState> {
-        if !self.torrents.contains_key(&h) && self.torrents.len() >= self.limits.max_torrents {
-            self.n_torrents_dropped += 1;
-            return None;
-        }
-        let t = self.torrents.entry(h).or_default();
+        // One hash and probe per event (the entry).
+        let full = self.torrents.len() >= self.limits.max_torrents;
+        let t = match self.torrents.entry(h) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                if full {
+                    self.n_torrents_dropped += 1;
+                    return None;
+                }
+                v.insert(TorrentState::default())
+            }
+        };
         t.first_ts = Some(t.first_ts.map_or(ts, |f| f.min(ts)));
         t.last_ts = Some(t.last_ts.map_or(ts, |l| l.max(ts)));
         Some(t)
     }
 
-    fn resolve(&self, k: PeerKey) -> PeerKey {
+    fn resolve(&mut self, k: PeerKey) -> PeerKey {
+        if let Some((_, to)) = self.resolved.iter().flatten().find(|(from, _)| *from == k) {
+            return *to;
+        }
+        let from = k;
         let mut k = k;
         // Alias chains are short (a merge re-points the old key); bound the
         // walk anyway.
@@ -928,7 +952,15 @@ impl Swarm {
                 None => break,
             }
         }
+        self.resolved.rotate_right(1);
+        self.resolved[0] = Some((from, k));
         k
+    }
+
+    /// Points `from` at `to` from now on.
+    fn alias_to(&mut self, from: PeerKey, to: PeerKey) {
+        self.alias.insert(from, to);
+        self.resolved = [None; RESOLVED];
     }
 
     fn learn_endpoint(&mut self, ep: SocketAddr, h: [u8; 20], capture: u32) {
@@ -1168,7 +1200,7 @@ impl Swarm {
             return;
         }
         let Some(a) = self.peers.remove(&from) else {
-            self.alias.insert(from, to);
+            self.alias_to(from, to);
             return;
         };
         match self.peers.get_mut(&to) {
@@ -1213,7 +1245,7 @@ impl Swarm {
                 self.peers.insert(to, a);
             }
         }
-        self.alias.insert(from, to);
+        self.alias_to(from, to);
     }
 
     /// End of run: an ephemeral endpoint that never showed a peer id (a
@@ -1390,28 +1422,24 @@ impl Swarm {
             }
             key = self.merge_by_prefix(ev.info_hash, key, pid, is_listen);
         }
-        if !self.peers.contains_key(&key) {
-            if self.peers.len() >= self.limits.max_peers {
-                self.n_peers_dropped += 1;
-                return;
-            }
-            self.peers
-                .insert(key, Box::new(PeerState::new(ts, self.rate_window_us)));
-        }
         let window = self.rate_window_us;
         let to_key = match &ev.kind {
-            SwarmEventKind::Transfer { to, .. } => {
-                // The receiver may not have a row yet (it has sent nothing
-                // the swarm state keeps): its downloaded bytes still count.
-                let rk = self.resolve((ev.info_hash, *to));
-                if !self.peers.contains_key(&rk) && self.peers.len() < self.limits.max_peers {
-                    self.peers.insert(rk, Box::new(PeerState::new(ts, self.rate_window_us)));
-                }
-                Some(rk)
-            }
+            SwarmEventKind::Transfer { to, .. } => Some(self.resolve((ev.info_hash, *to))),
             _ => None,
         };
-        let Some(p) = self.peers.get_mut(&key) else { return };
+        // One hash and probe for the sender's state (the entry) and one for
+        // the receiver's, after it.
+        let full = self.peers.len() >= self.limits.max_peers;
+        let p: &mut PeerState = match self.peers.entry(key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                if full {
+                    self.n_peers_dropped += 1;
+                    return;
+                }
+                v.insert(Box::new(PeerState::new(ts, window)))
+            }
+        };
         p.first_ts = p.first_ts.min(ts);
         p.last_ts = p.last_ts.max(ts);
         p.listen |= is_listen;
@@ -1552,7 +1580,16 @@ impl Swarm {
                     p.add_rate(ts, window, 1, bytes);
                 }
                 if let Some(rk) = to_key {
-                    if let Some(r) = self.peers.get_mut(&rk) {
+                    // The receiver may not have a row yet (it has sent
+                    // nothing the swarm state keeps): its downloaded bytes
+                    // still count. (Taken after the sender's: the sender
+                    // has the first claim on the table's room.)
+                    let full = self.peers.len() >= self.limits.max_peers;
+                    let r = match self.peers.entry(rk) {
+                        Entry::Occupied(o) => Some(o.into_mut()),
+                        Entry::Vacant(v) => (!full).then(|| v.insert(Box::new(PeerState::new(ts, window)))),
+                    };
+                    if let Some(r) = r {
                         r.take_part(ev.conn_id, false);
                         r.downloaded += bytes;
                         r.last_ts = r.last_ts.max(ts);
@@ -1561,11 +1598,12 @@ impl Swarm {
                         }
                     }
                 }
-                None
+                // No history point: done (the sender's state is not
+                // looked up again).
+                return;
             }
         };
         let Some(cause) = cause else { return };
-        let Some(p) = self.peers.get_mut(&key) else { return };
         let point = p.pieces.point();
         let changed = p.history.last().is_none_or(|l| l.1 != point);
         if !changed {
@@ -1772,6 +1810,7 @@ impl Swarm {
         self.peers.retain(|_, p| p.last_ts >= cutoff);
         let peers = &self.peers;
         self.alias.retain(|k| peers.contains_key(k));
+        self.resolved = [None; RESOLVED];
         self.by_peer_id.retain(|k| peers.contains_key(k));
         self.by_prefix.retain(|pk, (l, e)| {
             let at = |p: &u16| peers.contains_key(&(pk.0, SocketAddr::new(pk.1, *p)));
