@@ -864,13 +864,17 @@ impl State {
             if (1..=65535).contains(&p) {
                 let before = self.peer_addr(side);
                 self.sides[side].listen_port = Some(p as u16);
-                // Events a mid-stream responder sent before its `p` (its
-                // BEP 10 handshake came later) went out at its transport
-                // endpoint: a sighting at the listen endpoint lets the
-                // swarm state join them (same peer id, or at the end the
-                // address's one listen endpoint). An originator's late `p`
-                // (its events released before it) is left as it was.
-                if side == RESP && self.sides[side].seen_sent && self.peer_addr(side) != before {
+                // Events this side sent before its `p` that already went
+                // out went out at its transport endpoint: a sighting at the
+                // listen endpoint lets the swarm state join them (same peer
+                // id, or at the end the address's one listen endpoint).
+                // That is a mid-stream responder whose BEP 10 handshake came
+                // after its messages, and an originator whose `p` came after
+                // the connection settled (picked up mid-stream, or its
+                // events released by the hold bounds). An originator's `p`
+                // before that names every held event itself (`emit`).
+                let went_out = side == RESP || self.settled;
+                if went_out && self.sides[side].seen_sent && self.peer_addr(side) != before {
                     let seen = self.seen(side, true);
                     self.hold_or_emit(Held { ctx, side, kind: seen }, out);
                 }
@@ -1560,6 +1564,57 @@ mod tests {
                 "300 B from 40000 to 52907",
             ]
         );
+    }
+
+    /// The originator's `p` (6882; transport port 40000). Picked up
+    /// mid-stream, the connection settles at once and the originator's
+    /// haves go out at 40000 before its BEP 10 handshake: then a listen
+    /// sighting at 6882 follows, and its later events are at 6882. With
+    /// the start captured, its `p` comes while its events are still held:
+    /// they all go out at 6882, and no second sighting is written.
+    #[test]
+    fn an_originators_late_p_adds_a_listen_sighting_only_after_its_events_went_out() {
+        let orig_at = |midstream: bool| {
+            let init = SessionInit {
+                midstream,
+                ..test_init(17)
+            };
+            let mut out = ShardOut::default();
+            let mut s = PeerSession::new(init, &Limits::default(), true);
+            let ctx = FrameCtx::default();
+            let haves =
+                |r: std::ops::RangeInclusive<u32>| -> Vec<u8> { r.flat_map(|i| msg(4, &i.to_be_bytes())).collect() };
+            let open = |pid: u8| if midstream { Vec::new() } else { handshake(pid) };
+            let mut o = open(b'O');
+            o.extend(haves(1..=3));
+            s.feed(ORIG, Chunk::Data(&o), ctx, &mut out);
+            let mut r = open(b'R');
+            r.extend(haves(11..=11));
+            s.feed(RESP, Chunk::Data(&r), ctx, &mut out);
+            let mut after = ext(0, b"d1:pi6882ee");
+            after.extend(haves(4..=4));
+            s.feed(ORIG, Chunk::Data(&after), ctx, &mut out);
+            let row = s.finish(ctx, &mut out);
+            assert_eq!((row.orig_port, row.orig_listen_port), (40000, Some(6882)));
+            let orig = SocketAddr::from(([10, 0, 0, 1], 40000)).ip();
+            let mut seen = Vec::new();
+            let mut haves_at = Vec::new();
+            for e in out.events.iter().chain(out.unattributed.iter().map(|u| &u.event)) {
+                match e.kind {
+                    SwarmEventKind::Seen { listen, .. } => seen.push((e.peer.ip() == orig, e.peer.port(), listen)),
+                    SwarmEventKind::Have(i) if e.peer.ip() == orig => haves_at.push((i, e.peer.port())),
+                    _ => {}
+                }
+            }
+            (seen, haves_at)
+        };
+        let (seen, haves_at) = orig_at(true);
+        // (originator?, port, listen)
+        assert_eq!(seen, [(true, 40000, false), (false, 6881, false), (true, 6882, true)]);
+        assert_eq!(haves_at, [(1, 40000), (2, 40000), (3, 40000), (4, 6882)]);
+        let (seen, haves_at) = orig_at(false);
+        assert_eq!(seen, [(true, 6882, true), (false, 6881, true)]);
+        assert_eq!(haves_at, [(1, 6882), (2, 6882), (3, 6882), (4, 6882)]);
     }
 
     /// A piece the responder sends and the torrent's hash verifies: its

@@ -301,7 +301,7 @@ tables! {
         resp_client: Option<String> = "Responder's client.",
         orig_ltep_v: Option<String> = "Originator's BEP 10 `v` string.",
         resp_ltep_v: Option<String> = "Responder's BEP 10 `v` string.",
-        orig_listen_port: Option<u32> as I32 = "Originator's listen port from its BEP 10 `p`.",
+        orig_listen_port: Option<u32> as I32 = "Originator's listen port from its BEP 10 `p`. The originator's events name it at this port (`orig_peer_port`, its `peers` row) from the connection's start: they are held until its BEP 10 handshake comes. When some went out at its source port first (a connection picked up mid-stream settles at once; the hold bounds `max_held_events`, `max_hold_us` release them), the `p` adds a listen sighting at this port, and the rows at the source port join it (same peer id, or the address's one listen endpoint), as a mid-stream responder's do.",
         resp_listen_port: Option<u32> as I32 = "Responder's listen port from its BEP 10 `p`. On a connection picked up mid-stream (`midstream`) the responder is a guess (the receiver of the first packet seen) and may be the side that connected: its transport port may be ephemeral, and its `p` names its listen endpoint: `resp_peer_port` and its `peers` row take this port. On a connection whose start was seen, `resp_port` is its listen endpoint and this column is only recorded. `swarmtap merge` reads it (docs/MERGE.md, peers 1).",
         orig_extensions: Vec<Cow<'static, str>> = "Extension names in the originator's BEP 10 handshake `m`.",
         resp_extensions: Vec<Cow<'static, str>> = "Extension names in the responder's BEP 10 handshake `m`.",

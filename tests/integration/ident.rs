@@ -379,5 +379,32 @@ fn issue_14_keep_weak_writes_the_rows_of_weak_identifications() {
         let default = run(&[c.join(file)], &[]);
         let kept = super::run_with(&[c.join(file)], &[], settings.clone(), None);
         assert_eq!((count(&default), count(&kept)), (n_default, n_kept), "{file}");
+        if encrypted {
+            // The 82 are tied to the torrent by address (an address of
+            // theirs takes part in it and in no other torrent), the rest by
+            // a listen endpoint: every encrypted connection carries the
+            // info hash.
+            let conns = table(&kept, "connections");
+            let mut by: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
+            let cols =
+                ["transport", "info_hash", "info_hash_source", "attribution_confidence"].map(|c| strs(&conns, c));
+            for (i, e) in bools(&conns, "encrypted").into_iter().enumerate() {
+                if e == Some(true) {
+                    let [t, h, s, a] = cols.each_ref().map(|c| c[i].clone().unwrap_or_default());
+                    *by.entry((t, h, s, a)).or_default() += 1;
+                }
+            }
+            let ih = "aa3769c4530dde06241873dad43ab5ccec2ce622";
+            let key = |t: &str, s: &str, a: &str| (t.to_string(), ih.to_string(), s.to_string(), a.to_string());
+            assert_eq!(
+                by,
+                BTreeMap::from([
+                    (key("tcp", "address", "weak"), 82),
+                    (key("tcp", "endpoint", "likely"), 2),
+                    (key("utp", "endpoint", "likely"), 156),
+                ]),
+                "{file}"
+            );
+        }
     }
 }

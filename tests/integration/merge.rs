@@ -1026,6 +1026,54 @@ fn a_midstream_responders_p_joins_its_rows_on_a_sample() {
     );
 }
 
+/// An originator's late BEP 10 `p` joins its rows too (session 11). The
+/// sample udp.pcap cut in 7, first piece alone: aria2 1.36.0 at
+/// 10.99.0.15 (listen port 6882) is the originator of connection 346,
+/// picked up mid-stream from its source port 39694; the connection
+/// settled, and aria2's events went out at 39694, before its BEP 10
+/// handshake with p = 6882 came. Before: two peers rows for aria2, 39694
+/// (connection 346, with the peer id) and 6882 (351, 356, 361), and 346's
+/// orig_peer_port 39694 though its orig_listen_port was 6882; 6 peers.
+/// Now one row at 6882 with the four connections, as in the whole run.
+#[test]
+fn an_originators_late_p_joins_its_rows_on_a_sample() {
+    let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-pcaps/udp.pcap");
+    let torrents = sample_torrents();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (files, _) = cut(&input, 7, tmp.path());
+    let first = run_with(&files[0..1], &torrents, settings("a"), None);
+    let dir = first.dir.as_path();
+    let c = read(dir, "connections");
+    let i = i64s(&c, "conn_id")
+        .iter()
+        .position(|x| *x == Some(346))
+        .expect("connection 346");
+    assert_eq!(
+        (
+            i64s(&c, "orig_port")[i],
+            i64s(&c, "orig_listen_port")[i],
+            i64s(&c, "orig_peer_port")[i],
+            bools(&c, "midstream")[i],
+        ),
+        (Some(39694), Some(6882), Some(6882), Some(true))
+    );
+    let at = peers_at(dir, "10.99.0.15");
+    assert_eq!(
+        at.into_iter().collect::<Vec<_>>(),
+        [(6882, (0, 0, 4, vec![346, 351, 356, 361]))]
+    );
+    let p = read(dir, "peers");
+    let row = strs(&p, "peer_ip")
+        .iter()
+        .position(|x| x.as_deref() == Some("10.99.0.15"))
+        .expect("10.99.0.15");
+    assert_eq!(
+        (p.height(), strs(&p, "client")[row].as_deref()),
+        (5, Some("aria2 1.36.0"))
+    );
+    assert_eq!(i64s(&read(dir, "torrents"), "n_peers"), vec![Some(5)]);
+}
+
 /// Connection ends (conn_id, ip, peer port) whose (info_hash, ip, port)
 /// has no `peers` row.
 fn dangling_ends(dir: &Path) -> Vec<(i64, String, i64)> {

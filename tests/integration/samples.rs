@@ -253,6 +253,50 @@ fn sample_lossy() {
     assert_eq!(super::sum(&table(&r, "connections"), "gap_bytes"), 0);
 }
 
+/// `orig_extensions` and `resp_extensions` are each side's own BEP 10 `m`
+/// (names with a non-zero id, in the dict's order), as tshark dissects the
+/// twelve extended handshakes of lossy.pcap: rTorrent 0.9.8 (10.99.0.13)
+/// and Transmission 3.00 (10.99.0.12) ask for 2 extensions, libtorrent
+/// 2.0.8 (10.99.0.11) and qBittorrent 4.5.2 (10.99.0.14) for 6. No other
+/// test read these columns (tests/MUTANTS.md, session 11: deleting
+/// `resp_extensions` from the row passed the whole suite).
+#[test]
+fn sample_lossy_extension_names_are_each_sides_bep10_m() {
+    let (r, _) = analyze("lossy");
+    let c = table(&r, "connections");
+    let names = |col: &str| -> Vec<String> {
+        let l = c.column(col).expect(col).list().expect("list").clone();
+        (0..l.len())
+            .map(|i| {
+                let s = l.get_as_series(i).expect("a list per connection");
+                let v: Vec<&str> = s.str().expect("str").iter().flatten().collect();
+                v.join(",")
+            })
+            .collect()
+    };
+    let two = "ut_metadata,ut_pex";
+    let six = "lt_donthave,share_mode,upload_only,ut_holepunch,ut_metadata,ut_pex";
+    let mut got: Vec<(String, String, String, String)> = strs(&c, "orig_ip")
+        .into_iter()
+        .zip(strs(&c, "resp_ip"))
+        .zip(names("orig_extensions").into_iter().zip(names("resp_extensions")))
+        .map(|((o, r), (oe, re))| (o.unwrap_or_default(), r.unwrap_or_default(), oe, re))
+        .collect();
+    got.sort();
+    let row = |o: &str, r: &str, oe: &str, re: &str| (o.to_string(), r.to_string(), oe.to_string(), re.to_string());
+    assert_eq!(
+        got,
+        [
+            row("10.99.0.12", "10.99.0.11", two, six),
+            row("10.99.0.12", "10.99.0.13", two, two),
+            row("10.99.0.13", "10.99.0.11", two, six),
+            row("10.99.0.14", "10.99.0.11", six, six),
+            row("10.99.0.14", "10.99.0.12", six, two),
+            row("10.99.0.14", "10.99.0.13", six, two),
+        ]
+    );
+}
+
 #[test]
 fn sample_two() {
     check("two");
@@ -279,6 +323,18 @@ fn sample_mse_is_all_encrypted_and_never_misparsed() {
     assert_eq!(c.height(), n);
     assert!(bools(&c, "encrypted").iter().all(|e| *e == Some(true)));
     assert_eq!(table(&r, "peer_messages").height(), 0, "no plaintext garbage decoded");
+    // Their flows: an MSE shape both ways alone is weak; each of the 19
+    // goes to an endpoint the tracker named, which makes it strong
+    // (tests/MUTANTS.md, session 11: flows not held for that upgrade left
+    // all 19 weak, and no test saw it).
+    let f = table(&r, "flows");
+    let (app, conf, ev) = (strs(&f, "app"), strs(&f, "app_confidence"), strs(&f, "app_evidence"));
+    let mse: Vec<(Option<&str>, Option<&str>)> = (0..f.height())
+        .filter(|&i| app[i].as_deref() == Some("mse"))
+        .map(|i| (conf[i].as_deref(), ev[i].as_deref()))
+        .collect();
+    let named = "MSE key exchange both ways, endpoint named as a peer in the capture";
+    assert_eq!(mse, vec![(Some("strong"), Some(named)); n]);
 
     // Each attributed encrypted connection counts for both of its peers:
     // as many as the generator saw per host, `wire` among the sources, and
