@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use crate::analyze::apps::ShardApps;
-use crate::analyze::order::{keep_room, merge_sorted_runs};
+use crate::analyze::order::{give_back_large, keep_room, merge_sorted_runs};
 use crate::analyze::pieces::KnownTorrents;
 use crate::analyze::stage::{Stage, StepInput, StepKind};
 use crate::analyze::FrameCtx;
@@ -1241,6 +1241,12 @@ fn collect_step(shards: &mut [Shard<ShardApps>], rows: RowBatch) -> StepInput {
         shards.iter_mut().map(|s| &mut s.apps.out.rows.peer_messages),
         |r| r.frame,
     );
+    // The peer-wire tables of bulk traffic give large buffers back (see
+    // `give_back_large`); the DHT tables keep theirs.
+    for s in shards.iter_mut() {
+        give_back_large(&mut s.apps.out.events);
+        give_back_large(&mut s.apps.out.rows.peer_messages);
+    }
     // Flow rows (pushed at flow end, on most steps of a DHT run) appended
     // shard by shard, as `take_all_from` would, the shards keeping their
     // buffers.
