@@ -128,6 +128,15 @@ struct PacketJudge {
     last_source: Option<(IpAddr, bool)>,
     max_sources: usize,
     verify: bool,
+    /// The partition's per-shard frame indices, emptied and refilled each
+    /// batch (one vector per shard allocated and freed per batch was
+    /// ~29 k allocations on mixed-250m). Each holds at most a batch's
+    /// frames (`batch_frames`), so the room kept is bounded by
+    /// shards x batch_frames x 4 bytes.
+    parts: Vec<Vec<u32>>,
+    /// TCP payload bytes of each shard's part of the batch (an upper
+    /// bound on what `superseded_tail_pushes` can count behind a segment).
+    tcp_bytes: Vec<u64>,
 }
 
 /// The flow clock (see `PacketNote::clock`): a copy is advanced over a
@@ -187,6 +196,8 @@ impl PacketJudge {
             last_source: None,
             max_sources: settings.limits.max_checksum_sources,
             verify: settings.verify_checksums,
+            parts: Vec::new(),
+            tcp_bytes: Vec::new(),
         }
     }
 
@@ -1351,8 +1362,12 @@ fn process_batch(
     // Partition packets by shard, in frame order. The loop keeps the
     // clock and the counters in locals (stored back after it): it is the
     // one sequential pass over every frame.
-    let per_part = decoded.len() / n_shards.max(1) * 2 + 8;
-    let mut parts: Vec<Vec<u32>> = (0..n_shards).map(|_| Vec::with_capacity(per_part)).collect();
+    let mut parts = std::mem::take(&mut judge.parts);
+    parts.resize_with(n_shards, Vec::new);
+    parts.iter_mut().for_each(Vec::clear);
+    let mut tcp_bytes = std::mem::take(&mut judge.tcp_bytes);
+    tcp_bytes.clear();
+    tcp_bytes.resize(n_shards, 0);
     let mut batch_max = *watermark;
     let mut notes: Vec<PacketNote> = vec![PacketNote::default(); decoded.len()];
     let mut clk = judge.clock;
@@ -1366,7 +1381,12 @@ fn process_batch(
         match d {
             Decoded::Packet(p) => {
                 match p.transport {
-                    crate::decode::Transport::Tcp { .. } => n_tcp += 1,
+                    crate::decode::Transport::Tcp { .. } => {
+                        n_tcp += 1;
+                        if let Some(b) = tcp_bytes.get_mut(*shard as usize) {
+                            *b += u64::from(p.payload_len);
+                        }
+                    }
                     crate::decode::Transport::Udp => n_udp += 1,
                 }
                 let bad_checksum = judge.bad_checksum(p);
@@ -1456,63 +1476,78 @@ fn process_batch(
     });
     let room = Shard::make_room(shards, &per_shard, first);
     c.max_flow_memory = c.max_flow_memory.max(room.mem_before as u64);
-    shards.par_iter_mut().zip(parts.par_iter()).for_each(|(shard, part)| {
-        // Which payload copies into the compare tails later in-order data
-        // of the same direction overwrites (see `superseded_tail_pushes`).
-        let cap = shard.limits().reassembly.max_compare_bytes;
-        let superseded = superseded_tail_pushes(cap, part.len(), |k| {
-            let i = *part.get(k)? as usize;
-            let (Decoded::Packet(p), _) = decoded.get(i)? else {
-                return None;
-            };
-            let (crate::decode::Transport::Tcp { seq, flags, .. }, IpAddr::V4(src), IpAddr::V4(dst)) =
-                (p.transport, p.src, p.dst)
-            else {
-                // UDP, or IPv6: not followed, nothing of it skipped.
-                return None;
-            };
-            use crate::decode::tcp_flags::{FIN, RST, SYN};
-            let breaks = flags & (SYN | FIN | RST) != 0 || notes.get(i).is_some_and(|n| n.drop);
-            // The payload the loop below hands over (none when the frame
-            // does not hold it all).
-            let end = p.payload_off as usize + p.payload_len as usize;
-            let len = if end <= batch.frame_data(lo + i).len() {
-                p.payload_len
+    shards
+        .par_iter_mut()
+        .zip(parts.par_iter().zip(tcp_bytes.par_iter()))
+        .for_each(|(shard, (part, &tcp))| {
+            // Which payload copies into the compare tails later in-order data
+            // of the same direction overwrites (see `superseded_tail_pushes`).
+            // A segment's copy is superseded only when the part's later TCP
+            // payload of its direction reaches `cap`: a part with fewer TCP
+            // payload bytes than that in all has none (every entry false,
+            // which `get` below also gives for an empty vector), and its
+            // scan is skipped (most parts of mixed traffic).
+            let cap = shard.limits().reassembly.max_compare_bytes;
+            let superseded = if cap > 0 && tcp < u64::from(cap) {
+                Vec::new()
             } else {
-                0
+                superseded_tail_pushes(cap, part.len(), |k| {
+                    let i = *part.get(k)? as usize;
+                    let (Decoded::Packet(p), _) = decoded.get(i)? else {
+                        return None;
+                    };
+                    let (crate::decode::Transport::Tcp { seq, flags, .. }, IpAddr::V4(src), IpAddr::V4(dst)) =
+                        (p.transport, p.src, p.dst)
+                    else {
+                        // UDP, or IPv6: not followed, nothing of it skipped.
+                        return None;
+                    };
+                    use crate::decode::tcp_flags::{FIN, RST, SYN};
+                    let breaks = flags & (SYN | FIN | RST) != 0 || notes.get(i).is_some_and(|n| n.drop);
+                    // The payload the loop below hands over (none when the frame
+                    // does not hold it all).
+                    let end = p.payload_off as usize + p.payload_len as usize;
+                    let len = if end <= batch.frame_data(lo + i).len() {
+                        p.payload_len
+                    } else {
+                        0
+                    };
+                    if len == 0 && !breaks {
+                        // A bare ACK leaves its direction's reassembler as it is.
+                        return None;
+                    }
+                    Some(SegmentView {
+                        addrs: u64::from(u32::from(src)) << 32 | u64::from(u32::from(dst)),
+                        ports: u32::from(p.sport) << 16 | u32::from(p.dport),
+                        seq,
+                        len,
+                        breaks,
+                    })
+                })
             };
-            if len == 0 && !breaks {
-                // A bare ACK leaves its direction's reassembler as it is.
-                return None;
+            for (k, &i) in part.iter().enumerate() {
+                let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize))
+                else {
+                    continue;
+                };
+                let data = batch.frame_data(lo + i as usize);
+                let off = p.payload_off as usize;
+                let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
+                let ctx = FrameCtx {
+                    ts: fm.ts_us,
+                    frame: fm.frame_no,
+                    capture: batch.capture_idx,
+                };
+                let mut note = notes.get(i as usize).copied().unwrap_or_default();
+                note.tail_superseded = superseded.get(k).copied().unwrap_or(false);
+                shard.packet(ctx, note, p, payload);
             }
-            Some(SegmentView {
-                addrs: u64::from(u32::from(src)) << 32 | u64::from(u32::from(dst)),
-                ports: u32::from(p.sport) << 16 | u32::from(p.dport),
-                seq,
-                len,
-                breaks,
-            })
+            shard.sweep(now, clock_now);
         });
-        for (k, &i) in part.iter().enumerate() {
-            let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize)) else {
-                continue;
-            };
-            let data = batch.frame_data(lo + i as usize);
-            let off = p.payload_off as usize;
-            let payload = data.get(off..off + p.payload_len as usize).unwrap_or_default();
-            let ctx = FrameCtx {
-                ts: fm.ts_us,
-                frame: fm.frame_no,
-                capture: batch.capture_idx,
-            };
-            let mut note = notes.get(i as usize).copied().unwrap_or_default();
-            note.tail_superseded = superseded.get(k).copied().unwrap_or(false);
-            shard.packet(ctx, note, p, payload);
-        }
-        shard.sweep(now, clock_now);
-    });
     let evicted: u64 = shards.iter().map(|s| s.stats.n_flows_evicted).sum();
     c.flows_evicted += evicted - evicted_before;
+    judge.parts = parts;
+    judge.tcp_bytes = tcp_bytes;
     rows
 }
 
