@@ -235,7 +235,11 @@ impl PacketJudge {
 /// Caps anomaly rows per (layer, kind) and counts all of them per capture.
 struct AnomalyGate {
     max_rows: u64,
-    seen: HashMap<(&'static str, String), u64>,
+    /// Rows seen per layer and kind (by layer first: a row's kind is
+    /// looked up by reference, without a clone). This map and `counts`
+    /// are keyed by names from the code and the input files' names, looked
+    /// up once per anomaly row: foldhash (per-process seed), not SipHash.
+    seen: HashMap<&'static str, HashMap<String, u64, GateHash>, GateHash>,
     /// The run's capture when it has only one (`analyze` of one input,
     /// `live`): run-level rows (a table that filled up, the audit's and the
     /// swarm's totals: no packet of their own) are that capture's. With
@@ -245,8 +249,10 @@ struct AnomalyGate {
     /// Anomalies counted per capture name since the engine last took them
     /// (`Engine::take_counts`, `finish`): kept apart from the decode
     /// counters, which the shards' step updates while the gate runs.
-    counts: HashMap<String, u64>,
+    counts: HashMap<String, u64, GateHash>,
 }
+
+type GateHash = foldhash::quality::RandomState;
 
 impl AnomalyGate {
     /// Counts and caps a step's rows; returns whether a kind reached the
@@ -261,11 +267,29 @@ impl AnomalyGate {
             if let (true, Some(name)) = (a.capture.is_empty(), only) {
                 a.capture.clone_from(name);
             }
-            *counts.entry(a.capture.clone()).or_default() += 1;
-            let n = seen.entry((a.layer, a.kind.clone())).or_insert(0);
-            *n += 1;
-            newly_full |= *n == max;
-            *n <= max
+            // Looked up by reference: the names are cloned only for a
+            // capture or kind seen for the first time (a clone and an
+            // insert per row cost ~470 instructions a row on bulk-250m's
+            // 9,576 anomaly rows).
+            match counts.get_mut(a.capture.as_str()) {
+                Some(c) => *c += 1,
+                None => {
+                    counts.insert(a.capture.clone(), 1);
+                }
+            }
+            let kinds = seen.entry(a.layer).or_default();
+            let n = match kinds.get_mut(a.kind.as_str()) {
+                Some(n) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    kinds.insert(a.kind.clone(), 1);
+                    1
+                }
+            };
+            newly_full |= n == max;
+            n <= max
         });
         newly_full
     }
@@ -273,9 +297,11 @@ impl AnomalyGate {
     /// Kinds whose rows reached the cap: every later row of them is dropped.
     fn full_kinds(&self) -> crate::analyze::FullKinds {
         let mut full = crate::analyze::FullKinds::new();
-        for ((layer, kind), n) in &self.seen {
-            if *n >= self.max_rows {
-                full.entry(*layer).or_default().insert(kind.clone());
+        for (layer, kinds) in &self.seen {
+            for (kind, n) in kinds {
+                if *n >= self.max_rows {
+                    full.entry(*layer).or_default().insert(kind.clone());
+                }
             }
         }
         full
@@ -454,9 +480,9 @@ impl Engine {
             counts: HashMap::new(),
             gate: AnomalyGate {
                 max_rows: settings.limits.max_anomaly_rows_per_kind,
-                seen: HashMap::new(),
+                seen: HashMap::default(),
                 only,
-                counts: HashMap::new(),
+                counts: HashMap::default(),
             },
             watermark: i64::MIN,
             judge: PacketJudge::new(settings),
@@ -1801,4 +1827,60 @@ pub fn live(
         n_dropped_kernel: u64::from(counters.pcap_dropped.load(Ordering::Relaxed) as u32),
         n_dropped_ifdrop: u64::from(counters.pcap_ifdropped.load(Ordering::Relaxed) as u32),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `process_batch` skips `superseded_tail_pushes` for a shard's part
+    /// whose TCP payload is below `max_compare_bytes` and takes every
+    /// answer as false: checked here against the function itself on
+    /// random parts (in-order runs of a few directions, with bare ACKs and
+    /// breaks), every part below the bound all false, and parts at or
+    /// above it do find superseded copies (the generator reaches them).
+    #[test]
+    fn parts_below_the_compare_cap_have_no_superseded_push() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let cap = 4096u32;
+        let (mut below, mut above_with_true) = (0, 0);
+        for _ in 0..3000 {
+            let n = (next() % 40) as usize + 2;
+            let n_dirs = next() % 3 + 1;
+            let mut seqs = [1000u32, 50_000, 900_000];
+            let mut segs = Vec::with_capacity(n);
+            for _ in 0..n {
+                let d = (next() % n_dirs) as usize;
+                let len = match next() % 4 {
+                    0 => 0,
+                    1 => 1448,
+                    _ => (next() % 700) as u32,
+                };
+                let seq = seqs[d];
+                seqs[d] = seq.wrapping_add(len);
+                segs.push(SegmentView {
+                    addrs: 0x0a00_0001_0a00_0002 + d as u64,
+                    ports: 6881 << 16 | 40_000,
+                    seq,
+                    len,
+                    breaks: next() % 50 == 0,
+                });
+            }
+            let total: u64 = segs.iter().map(|s| u64::from(s.len)).sum();
+            let out = superseded_tail_pushes(cap, n, |k| segs.get(k).copied());
+            if total < u64::from(cap) {
+                below += 1;
+                assert!(out.iter().all(|&b| !b), "total {total} below {cap}: {out:?}");
+            } else if out.iter().any(|&b| b) {
+                above_with_true += 1;
+            }
+        }
+        assert!(below > 200 && above_with_true > 200, "{below} {above_with_true}");
+    }
 }
