@@ -455,7 +455,8 @@ impl Stage {
         }
         // Room for as many ready events as came in (most steps release
         // about that many): `ready` grown one event at a time reallocated
-        // and copied its ~150-byte events ~8 times a step.
+        // and copied its ~150-byte events (bulk-250m: 208 regrowths, 2.49 M
+        // instructions; 37 and 1.66 M sized so).
         let n_in = events.len();
         // `Waiting` keeps them in order, and what is ready comes off its
         // front without touching the rest.
