@@ -453,6 +453,11 @@ impl Stage {
                 return (events, Vec::new());
             }
         }
+        // Room for as many ready events as came in (most steps release
+        // about that many): `ready` grown one event at a time reallocated
+        // and copied its ~150-byte events (bulk-250m: 208 regrowths, 2.49 M
+        // instructions; 37 and 1.66 M sized so).
+        let n_in = events.len();
         // `Waiting` keeps them in order, and what is ready comes off its
         // front without touching the rest.
         for o in events
@@ -469,7 +474,7 @@ impl Stage {
         // connection that holds events and then only sends keep-alives must
         // not stall the swarm state (live snapshots would lag behind).
         let too_old = watermark.saturating_sub(self.settings.limits.max_event_wait_us);
-        let mut ready = Vec::new();
+        let mut ready = Vec::with_capacity(n_in);
         let mut metas = Vec::new();
         let mut forced = false;
         while let Some((at, (cap, frame, _), ts)) = self.waiting.front() {
