@@ -26,8 +26,8 @@ use std::sync::Arc;
 use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::dht::{
-    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc, DhtLimits, InsertOutcome, KrpcKind, KrpcMessage,
-    Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
+    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc_with, DhtLimits, InsertOutcome, KeyScope, KrpcKind,
+    KrpcMessage, Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
 };
 use crate::proto::metainfo::hex;
 use crate::sink::{AnomalyRow, DhtInfohashRow, DhtMessageRow, DhtNodeRow, DhtPeerRow, Ip, RowBatch, ShortBytes, Ts};
@@ -165,15 +165,31 @@ impl DhtShard {
         out: &mut ShardOut,
     ) -> bool {
         self.pending.expire(u64::try_from(ctx.ts).unwrap_or(0));
-        let m = match parse_krpc(d, &self.limits) {
-            Ok(m) => m,
+        // The message is read where the parse built it (not moved out).
+        let limits = self.limits;
+        match parse_krpc_with(d, &limits, |m| self.message(ctx, conn_id, src, dst, m, out)) {
+            Ok(()) => true,
             Err(e) => {
                 out.anomaly_with(Some(ctx), Some(conn_id), "dht", e.kind(), || {
                     Some(format!("{e}: {} bytes from {src}", d.len()))
                 });
-                return false;
+                false
             }
-        };
+        }
+    }
+
+    /// A parsed KRPC message of [`DhtShard::datagram`]: its anomalies,
+    /// pairing, rows, events and observations.
+    #[inline(always)]
+    fn message(
+        &mut self,
+        ctx: FrameCtx,
+        conn_id: u64,
+        src: SocketAddr,
+        dst: SocketAddr,
+        m: &KrpcMessage<'_>,
+        out: &mut ShardOut,
+    ) {
         for a in m.anomalies() {
             out.anomaly_with(Some(ctx), Some(conn_id), "dht", a.kind.as_str(), || {
                 Some(format!("key `{}`", a.field))
@@ -220,13 +236,12 @@ impl DhtShard {
             KrpcKind::Response | KrpcKind::Error => query = self.pending.take(m.tid, dst, src),
         }
 
-        self.peers(ctx, conn_id, src, &m, query, out);
-        self.observe(ctx, src, &m, query, out);
+        self.peers(ctx, conn_id, src, m, query, out);
+        self.observe(ctx, src, m, query, out);
         let capture = out.capture_text(ctx.capture);
         out.rows
             .dht_messages
-            .push(message_row(ctx, capture, src, dst, &m, query, &mut self.names));
-        true
+            .push(message_row(ctx, capture, src, dst, m, query, &mut self.names));
     }
 
     /// `dht_peers` rows and `Learned` events: `values` of a get_peers
@@ -478,9 +493,7 @@ fn krpc_row_at(
     };
     let mut unknown_keys = Vec::new();
     let mut n_unknown_keys = 0u64;
-    // Most messages have none: not even the (cheap) iterator.
-    let unknown = (m.n_unknown_keys() > 0).then(|| m.unknown_keys());
-    for (scope, key) in unknown.into_iter().flatten() {
+    let mut list = |scope: KeyScope, key: &[u8]| {
         n_unknown_keys += 1;
         if unknown_keys.len() < MAX_UNKNOWN_KEYS_LISTED {
             let scope = scope.as_str();
@@ -496,6 +509,27 @@ fn krpc_row_at(
                 k.push_str(&key);
                 k
             });
+        }
+    };
+    // Most messages have none: not even an iterator. Those with a few
+    // (a third of dht-125k's responses carry `r.p`) list the ones the
+    // parse kept, top level first, as `unknown_keys` does; moving that
+    // iterator (two copies of the kept keys) cost ~150 instructions a
+    // message with one.
+    if m.n_unknown_keys() > 0 {
+        match m.kept_unknown_keys() {
+            Some(kept) => {
+                let top = kept.iter().filter(|(s, _)| *s == KeyScope::Top);
+                let body = kept.iter().filter(|(s, _)| *s != KeyScope::Top);
+                for &(scope, key) in top.chain(body) {
+                    list(scope, key);
+                }
+            }
+            None => {
+                for (scope, key) in m.unknown_keys() {
+                    list(scope, key);
+                }
+            }
         }
     }
     DhtMessageRow {
