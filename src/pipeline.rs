@@ -32,7 +32,7 @@ use crate::analyze::ShardOut;
 use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
-use crate::decode::{decode, Decoded, FlowKey};
+use crate::decode::{decode, Decoded};
 use crate::flow::reassembly::{superseded_tail_pushes, SegmentView};
 use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::Metainfo;
@@ -1371,7 +1371,7 @@ fn process_batch(
             let d = decode(fm.link_type, batch.frame_data(lo + j));
             let shard = match &d {
                 Decoded::Packet(p) => {
-                    let h = FlowKey::of(p).0.shard_hash(key);
+                    let h = p.shard_hash(key);
                     match shard_mask {
                         Some(m) => h & m,
                         None => h % n_shards as u64,

@@ -107,7 +107,10 @@ fn ones_sum(b: &[u8]) -> u32 {
 /// and then at most one block each of 128, 64, 32, 16 and 8 for the rest
 /// (bench/README.md "Session 11 — bulk": ~40 % fewer instructions than
 /// [`ones_sum_le_portable`] on full-size segments).
+/// Inlined into `verify_segment` (one call a packet; left to itself the
+/// compiler called it once `verify_segment` had two callers).
 #[cfg(target_arch = "x86_64")]
+#[inline(always)]
 fn ones_sum_le(init: u64, b: &[u8]) -> u32 {
     use std::arch::x86_64::_addcarry_u64;
     /// Adds `words`' 8-byte words (its length a multiple of 8) to `acc`
@@ -208,8 +211,8 @@ fn fold16(mut s: u32) -> u32 {
 
 /// The sum of an address's 16-bit words as ones_sum gives it: its
 /// big-endian value folded (the words of a number read big-endian are
-/// its 16-bit digits).
-#[inline]
+/// its 16-bit digits). The tests' network-order oracle.
+#[cfg(test)]
 fn addr_sum(ip: IpAddr) -> u32 {
     match ip {
         IpAddr::V4(a) => fold64(u128::from(u32::from(a))),
@@ -217,33 +220,55 @@ fn addr_sum(ip: IpAddr) -> u32 {
     }
 }
 
-/// The pseudo-header's words `verify_checksum` adds (the addresses, the
+/// The pseudo-header's words `verify_segment` adds (the addresses, the
 /// protocol and the two 16-bit halves of the length) as [`ones_sum_le`]
-/// reads them: each word byte-swapped, the addresses' octets read as
-/// little-endian numbers, summed with end-around carries into 64 bits.
+/// reads them: each word byte-swapped, summed with end-around carries
+/// into 64 bits. The addresses (`addrs`: 8 or 32 bytes) are read as
+/// little-endian 8-byte words: an IPv4 pair is one word, the source's
+/// value plus the destination's times 2^32, and 2^32 ≡ 1 modulo 0xffff,
+/// so the sum is the words' sum modulo 0xffff (all a ones'-complement sum
+/// keeps), and it is never 0 (the protocol word is not).
 #[inline]
-fn pseudo_le(src: IpAddr, dst: IpAddr, proto: u8, len: u32) -> u64 {
-    fn addr(ip: IpAddr) -> u128 {
-        match ip {
-            IpAddr::V4(a) => u128::from(u32::from_le_bytes(a.octets())),
-            IpAddr::V6(a) => {
-                let x = u128::from_le_bytes(a.octets());
-                (x & u128::from(u64::MAX)) + (x >> 64)
-            }
-        }
-    }
+fn pseudo_le(addrs: &[u8], proto: u8, len: u32) -> u64 {
     let words = u16::from(proto).swap_bytes() as u128
         + ((len >> 16) as u16).swap_bytes() as u128
         + (len as u16).swap_bytes() as u128;
     // Below 2^67: one fold into 64 bits and its carry.
-    let x = addr(src) + addr(dst) + words;
+    let x = addrs.chunks_exact(8).fold(words, |x, w| x + u128::from(le64(w)));
     let (s, c) = (x as u64).overflowing_add((x >> 64) as u64);
     s + u64::from(c)
 }
 
 /// Verifies the checksum of transport segment `seg` (header and payload,
-/// `wire_len` bytes on the wire) carried between `src` and `dst`.
+/// `wire_len` bytes on the wire) carried between `src` and `dst`: the
+/// general path's form ([`decode_ip`]), over [`verify_segment`].
 fn verify_checksum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8], wire_len: usize) -> Checksum {
+    let mut addrs = [0u8; 32];
+    let n = match (src, dst) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => {
+            addrs[..4].copy_from_slice(&a.octets());
+            addrs[4..8].copy_from_slice(&b.octets());
+            8
+        }
+        (IpAddr::V6(a), IpAddr::V6(b)) => {
+            addrs[..16].copy_from_slice(&a.octets());
+            addrs[16..].copy_from_slice(&b.octets());
+            32
+        }
+        _ => return Checksum::Unchecked,
+    };
+    verify_segment(addrs.get(..n).unwrap_or_default(), proto, seg, wire_len)
+}
+
+/// Verifies the checksum of transport segment `seg` (header and payload,
+/// `wire_len` bytes on the wire) whose pseudo-header addresses are `addrs`:
+/// the source's then the destination's octets as the IP header holds them
+/// (8 bytes for IPv4, 32 for IPv6). The plain path hands the header's own
+/// bytes, with no `IpAddr` to take apart (bench/README.md "Session 12 —
+/// decode": ~20 fewer instructions a segment than reading the addresses
+/// back out of two `IpAddr`s).
+#[inline]
+fn verify_segment(addrs: &[u8], proto: u8, seg: &[u8], wire_len: usize) -> Checksum {
     let field_at = if proto == 6 { 16 } else { 6 };
     let Some(field) = seg
         .get(field_at..field_at + 2)
@@ -254,23 +279,28 @@ fn verify_checksum(src: IpAddr, dst: IpAddr, proto: u8, seg: &[u8], wire_len: us
     if seg.len() < wire_len {
         return Checksum::Unchecked;
     }
-    if proto == 17 && field == 0 && src.is_ipv4() {
+    if proto == 17 && field == 0 && addrs.len() == 8 {
         return Checksum::Unchecked;
     }
     let seg = seg.get(..wire_len).unwrap_or(seg);
-    if src.is_ipv4() != dst.is_ipv4() {
-        return Checksum::Unchecked;
-    }
     let len = seg.len() as u32;
     // Right when the pseudo-header's and the segment's words sum to 0
     // modulo 0xffff (the sum is never 0: `proto` is not). Summed in the
     // machine's word order, where each word is byte-swapped, i.e. times
     // 2^8 modulo 0xffff (coprime to it): 0 there exactly when 0 in
     // network order.
-    if ones_sum_le(pseudo_le(src, dst, proto, len), seg) == 0xffff {
+    if ones_sum_le(pseudo_le(addrs, proto, len), seg) == 0xffff {
         return Checksum::Good;
     }
-    let pseudo = fold16(addr_sum(src) + addr_sum(dst) + u32::from(proto) + (len >> 16) + (len & 0xffff));
+    // Wrong: the pseudo-header's network-order sum tells the offload
+    // patterns apart (at most 16 address words, no overflow). Summed here
+    // word by word rather than by a second `ones_sum_le` call, which kept
+    // the compiler from inlining the first.
+    let a: u32 = addrs
+        .chunks_exact(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    let pseudo = fold16(a + u32::from(proto) + (len >> 16) + (len & 0xffff));
     if field == 0 || field == pseudo || field == (!pseudo & 0xffff) {
         Checksum::Offloaded
     } else {
@@ -389,7 +419,7 @@ pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
 /// and corpora, and on mutated headers).
 #[inline]
 fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
-    let (src, dst, proto, hdr_len, seg_len) = match ip.first()? >> 4 {
+    let (src, dst, addrs, proto, hdr_len, seg_len) = match ip.first()? >> 4 {
         4 => {
             let h = ip.get(..20)?;
             if h[0] != 0x45 {
@@ -405,7 +435,7 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
             }
             let a = IpAddr::from([h[12], h[13], h[14], h[15]]);
             let b = IpAddr::from([h[16], h[17], h[18], h[19]]);
-            (a, b, h[9], 20, total - 20)
+            (a, b, h.get(12..20)?, h[9], 20, total - 20)
         }
         6 => {
             let h = ip.get(..40)?;
@@ -445,7 +475,14 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
                 next = *ip.get(at)?;
                 at += len;
             }
-            (IpAddr::from(a), IpAddr::from(b), next, at, 40 + plen - at)
+            (
+                IpAddr::from(a),
+                IpAddr::from(b),
+                h.get(8..40)?,
+                next,
+                at,
+                40 + plen - at,
+            )
         }
         _ => return None,
     };
@@ -470,7 +507,7 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
                 payload_off: (seg_off + hdr) as u32,
                 payload_len: (seg.len() - hdr) as u32,
                 payload_missing: 0,
-                checksum: verify_checksum(src, dst, 6, seg, seg.len()),
+                checksum: verify_segment(addrs, 6, seg, seg.len()),
             }))
         }
         p if other_ip(p) => Some(Decoded::OtherIp),
@@ -487,7 +524,7 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
                 payload_off: (seg_off + 8) as u32,
                 payload_len: (seg.len() - 8) as u32,
                 payload_missing: 0,
-                checksum: verify_checksum(src, dst, 17, seg, seg.len()),
+                checksum: verify_segment(addrs, 17, seg, seg.len()),
             }))
         }
         _ => None,
@@ -670,19 +707,58 @@ pub struct FlowKey {
 impl std::hash::Hash for FlowKey {
     #[inline]
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        fn word(ip: IpAddr) -> (u128, u64) {
-            match ip {
-                IpAddr::V4(v) => (u128::from(u32::from(v)), 0),
-                IpAddr::V6(v) => (u128::from(v), 1),
-            }
-        }
-        let (a, fa) = word(self.a.0);
-        let (b, fb) = word(self.b.0);
-        state.write_u128(a);
-        state.write_u128(b);
-        state.write_u64(
-            u64::from(self.a.1) | u64::from(self.b.1) << 16 | fa << 32 | fb << 33 | (self.proto as u64) << 34,
-        );
+        let (a, fa) = addr_word(self.a.0);
+        let (b, fb) = addr_word(self.b.0);
+        hash_key_words(state, self.proto, (a, fa, self.a.1), (b, fb, self.b.1));
+    }
+}
+
+/// An address as the key's hash writes it: its value and its family bit.
+#[inline]
+fn addr_word(ip: IpAddr) -> (u128, bool) {
+    match ip {
+        IpAddr::V4(v) => (u128::from(u32::from(v)), false),
+        IpAddr::V6(v) => (u128::from(v), true),
+    }
+}
+
+/// The words [`FlowKey`]'s hash writes, endpoint `a` (the lower) first,
+/// each as (address value, IPv6, port): [`Packet::shard_hash`] writes the
+/// same ones without building the key.
+#[inline(always)]
+fn hash_key_words<H: std::hash::Hasher>(state: &mut H, proto: Proto, a: (u128, bool, u16), b: (u128, bool, u16)) {
+    state.write_u128(a.0);
+    state.write_u128(b.0);
+    state.write_u64(
+        u64::from(a.2) | u64::from(b.2) << 16 | u64::from(a.1) << 32 | u64::from(b.1) << 33 | (proto as u64) << 34,
+    );
+}
+
+impl Packet {
+    /// `FlowKey::of(self).0.shard_hash(key)`, the same value, without
+    /// building the key: each address is taken apart once, and the two
+    /// 17-byte `IpAddr`s are not copied into a key only to be hashed
+    /// (the pipeline's decode closure, once a packet).
+    #[inline]
+    pub fn shard_hash(&self, key: &ShardKey) -> u64 {
+        use std::hash::{BuildHasher, Hasher};
+        let proto = match self.transport {
+            Transport::Tcp { .. } => Proto::Tcp,
+            Transport::Udp => Proto::Udp,
+        };
+        let (vs, fs) = addr_word(self.src);
+        let (vd, fd) = addr_word(self.dst);
+        let s = (vs, fs, self.sport);
+        let d = (vd, fd, self.dport);
+        // `endpoint_rank`'s order: family, value, port.
+        let (a, b) = if (fs, vs, self.sport) <= (fd, vd, self.dport) {
+            (s, d)
+        } else {
+            (d, s)
+        };
+        let mut h = key.0.build_hasher();
+        hash_key_words(&mut h, proto, a, b);
+        h.finish()
     }
 }
 
@@ -1220,5 +1296,49 @@ mod tests {
         }
         assert_eq!(fnv.len(), 1);
         assert_eq!(shards.len(), 64);
+    }
+
+    /// `Packet::shard_hash` is the key's shard hash: on both families,
+    /// both protocols, both directions, equal endpoints, addresses equal
+    /// but for their family, and ports that alone decide the order.
+    #[test]
+    fn packet_shard_hash_equals_the_keys() {
+        let Decoded::Packet(p) = decode(linktype::ETHERNET, &eth_ipv4_tcp(b"", false)) else {
+            panic!()
+        };
+        let key = ShardKey::from_first_frame(1_700_000_000_123_456, 60, b"first frame");
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let v4 = |r: u64| IpAddr::from((r as u32 % 4).to_be_bytes());
+        let v6 = |r: u64| IpAddr::from(u128::from(r as u32 % 4).to_be_bytes());
+        let (mut hashes, mut swapped) = (std::collections::BTreeSet::new(), 0);
+        for i in 0..4_000u32 {
+            let mut q = p;
+            let (r1, r2) = (next(), next());
+            // Few distinct values, so that equal addresses and ports come up.
+            q.src = if r1 & 1 == 0 { v4(r1 >> 8) } else { v6(r1 >> 8) };
+            q.dst = if r2 & 1 == 0 { v4(r2 >> 8) } else { v6(r2 >> 8) };
+            q.sport = (r1 >> 40) as u16 % 3;
+            q.dport = (r2 >> 40) as u16 % 3;
+            if i % 2 == 1 {
+                q.transport = Transport::Udp;
+            }
+            if i % 7 == 0 {
+                // Non-trivial values too.
+                q.src = IpAddr::from((next() as u32).to_be_bytes());
+                q.sport = next() as u16;
+            }
+            let (k, from_a) = FlowKey::of(&q);
+            swapped += usize::from(!from_a);
+            assert_eq!(q.shard_hash(&key), k.shard_hash(&key), "{q:?}");
+            hashes.insert(q.shard_hash(&key));
+        }
+        assert!(swapped > 1_000, "{swapped}");
+        assert!(hashes.len() > 500, "{}", hashes.len());
     }
 }
