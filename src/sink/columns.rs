@@ -1047,7 +1047,10 @@ mod tests {
         let a = a.as_any().downcast_ref::<PrimitiveArray<i64>>().unwrap();
         let want: Vec<i64> = rows.iter().map(|r| r.map_or(0, |x| x as i64)).collect();
         assert_eq!(a.values().as_slice(), want.as_slice());
-        assert_eq!(a.iter().map(|x| x.copied()).collect::<Vec<_>>(), rows.iter().map(|r| r.map(|x| x as i64)).collect::<Vec<_>>());
+        assert_eq!(
+            a.iter().map(|x| x.copied()).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.map(|x| x as i64)).collect::<Vec<_>>()
+        );
         assert_eq!(a.null_count(), 234);
         for _ in 0..77 {
             ColumnBuilder::<Option<u64>>::push(&mut p, &None);
