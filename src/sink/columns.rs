@@ -232,7 +232,7 @@ fn pushed_capacity(n: usize) -> usize {
 impl<T: Copy + Default> NullFirst<T> {
     /// Rows held.
     #[inline]
-    pub fn len(&self) -> usize {
+    pub(super) fn len(&self) -> usize {
         self.v.len() + self.nulls
     }
 
