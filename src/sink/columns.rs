@@ -201,10 +201,100 @@ impl Validity {
     }
 }
 
+/// One slot per row of a nullable column (its values, or a dictionary's
+/// keys), not written while every row of the row group so far is null:
+/// those rows are only counted, and made (as default values) at the first
+/// row with a value or when the row group is handed over. A DHT message's
+/// optional columns are mostly null, several of them in every row of a
+/// row group: their slots were pushed one by one and copied at every
+/// doubling of the buffer, to be ignored by the page writer.
+///
+/// The builder budget counts what a `Vec` grown by pushes alone would
+/// hold ([`NullFirst::bytes`]): never less than what is allocated here, and
+/// the same figure as before, so the row groups end at the same rows.
+#[derive(Default)]
+pub struct NullFirst<T> {
+    v: Vec<T>,
+    /// Leading null rows not yet in `v` (0 once `v` holds anything).
+    nulls: usize,
+}
+
+/// The capacity std's `Vec` reaches by pushing `n` values of 2 to 1,024
+/// bytes one at a time: 0, then doubling from 4 (the test
+/// `null_first_counts_what_a_vec_grown_by_pushes_holds` holds std to it).
+fn pushed_capacity(n: usize) -> usize {
+    match n {
+        0 => 0,
+        n => n.next_power_of_two().max(4),
+    }
+}
+
+impl<T: Copy + Default> NullFirst<T> {
+    /// Rows held.
+    #[inline]
+    pub(super) fn len(&self) -> usize {
+        self.v.len() + self.nulls
+    }
+
+    /// The last row's slot, when it has been made (None while the rows
+    /// are only counted nulls).
+    #[inline]
+    pub fn last(&self) -> Option<T> {
+        self.v.last().copied()
+    }
+
+    #[inline(always)]
+    pub fn push(&mut self, x: T) {
+        if self.nulls != 0 {
+            self.make();
+        }
+        self.v.push(x);
+    }
+
+    /// A null row: `fill` is its slot once the buffer holds values; before
+    /// that, the row is counted (its slot will be the default value).
+    #[inline(always)]
+    pub fn push_null(&mut self, fill: T) {
+        if self.v.is_empty() {
+            self.nulls += 1;
+        } else {
+            self.v.push(fill);
+        }
+    }
+
+    /// Makes the counted null rows, in a buffer of the capacity pushes
+    /// would have given it (the next pushes grow it as they would have).
+    #[cold]
+    fn make(&mut self) {
+        let n = std::mem::take(&mut self.nulls);
+        let mut v = Vec::with_capacity(pushed_capacity(n));
+        v.resize(n, T::default());
+        self.v = v;
+    }
+
+    /// Heap bytes counted by the budget: the buffer's capacity, or what
+    /// pushing the counted nulls would have allocated (nothing is).
+    pub fn bytes(&self) -> usize {
+        let cap = match self.nulls {
+            0 => self.v.capacity(),
+            n => pushed_capacity(n),
+        };
+        cap * std::mem::size_of::<T>()
+    }
+
+    /// The rows held, as a buffer; empty afterwards.
+    pub fn take(&mut self) -> Vec<T> {
+        match std::mem::take(&mut self.nulls) {
+            0 => std::mem::take(&mut self.v),
+            n => vec![T::default(); n],
+        }
+    }
+}
+
 /// A fixed-width column (int32, int64, float64, timestamp).
 #[derive(Default)]
 pub struct PrimBuilder<T> {
-    values: Vec<T>,
+    values: NullFirst<T>,
     validity: Validity,
     /// Values not written as they were (saturated, or out of range).
     noted: u64,
@@ -216,19 +306,24 @@ impl<T: NativeType> PrimBuilder<T> {
         self.values.push(v);
     }
 
-    #[inline]
+    // Always inlined: outlined (as it was with `NullFirst`), its calls cost
+    // more than the pushes they saved.
+    #[inline(always)]
     fn push_opt(&mut self, v: Option<T>) {
         self.validity.push(self.values.len(), v.is_some());
-        self.values.push(v.unwrap_or_default());
+        match v {
+            Some(x) => self.values.push(x),
+            None => self.values.push_null(T::default()),
+        }
     }
 
     fn heap(&self) -> usize {
-        self.values.capacity() * std::mem::size_of::<T>() + self.validity.bytes()
+        self.values.bytes() + self.validity.bytes()
     }
 
     fn array(&mut self, name: &str, dtype: &ArrowDataType, kind: &'static str) -> PolarsResult<Box<dyn Array>> {
         note(name, kind, std::mem::take(&mut self.noted));
-        let values = std::mem::take(&mut self.values);
+        let values = self.values.take();
         let validity = self.validity.take();
         Ok(PrimitiveArray::<T>::try_new(dtype.clone(), values.into(), validity)?.boxed())
     }
@@ -897,7 +992,73 @@ mod tests {
             ColumnBuilder::<Option<u64>>::push(&mut p, &(i % 2 == 0).then_some(i));
         }
         let bytes = ColumnBuilder::<Option<u64>>::bytes(&p);
-        assert_eq!(bytes, p.values.capacity() * 8 + p.validity.bytes());
+        assert_eq!(bytes, p.values.v.capacity() * 8 + p.validity.bytes());
         assert!(p.validity.bytes() >= 125);
+    }
+
+    #[test]
+    fn null_first_counts_what_a_vec_grown_by_pushes_holds() {
+        // Row groups of leading nulls then values, of nulls only, of
+        // values only: the budget's figure after every row is the capacity
+        // of a `Vec` that got every slot pushed (the row groups end where
+        // they did), what is allocated is never more, and the rows handed
+        // over are the same.
+        fn check<T: Copy + Default + PartialEq + std::fmt::Debug + From<u8>>() {
+            let mut p = NullFirst::<T>::default();
+            for (nulls, values) in [(0, 3000), (1, 0), (700, 1300), (2500, 0), (5, 1), (0, 0), (63, 66)] {
+                let mut v: Vec<T> = Vec::new();
+                for i in 0..nulls + values {
+                    let x = if i < nulls {
+                        let fill = p.last().unwrap_or_default();
+                        p.push_null(fill);
+                        fill
+                    } else {
+                        let x = T::from((i % 251) as u8);
+                        p.push(x);
+                        x
+                    };
+                    v.push(x);
+                    let size = std::mem::size_of::<T>();
+                    assert_eq!(p.bytes(), v.capacity() * size, "{nulls} nulls, row {i}");
+                    assert!(p.v.capacity() * size <= p.bytes());
+                    assert_eq!(p.len(), v.len());
+                }
+                assert_eq!(p.take(), v);
+                assert_eq!((p.len(), p.bytes()), (0, 0));
+            }
+        }
+        check::<u32>();
+        check::<i32>();
+        check::<i64>();
+        check::<f64>();
+    }
+
+    #[test]
+    fn nulls_before_the_first_value_are_the_same_array() {
+        // A column null in its first rows, then with values and nulls, and
+        // a row group of nulls only: the values under the nulls are 0, as
+        // pushing them made them.
+        let mut p = PrimBuilder::<i64>::default();
+        let rows: Vec<Option<u64>> = (0..300u64).map(|i| (i >= 100 && i % 3 == 0).then_some(i)).collect();
+        for r in &rows {
+            ColumnBuilder::<Option<u64>>::push(&mut p, r);
+        }
+        let a = ColumnBuilder::<Option<u64>>::finish(&mut p, "c", &ArrowDataType::Int64).unwrap();
+        let a = a.as_any().downcast_ref::<PrimitiveArray<i64>>().unwrap();
+        let want: Vec<i64> = rows.iter().map(|r| r.map_or(0, |x| x as i64)).collect();
+        assert_eq!(a.values().as_slice(), want.as_slice());
+        assert_eq!(
+            a.iter().map(|x| x.copied()).collect::<Vec<_>>(),
+            rows.iter().map(|r| r.map(|x| x as i64)).collect::<Vec<_>>()
+        );
+        assert_eq!(a.null_count(), 234);
+        for _ in 0..77 {
+            ColumnBuilder::<Option<u64>>::push(&mut p, &None);
+        }
+        assert_eq!(ColumnBuilder::<Option<u64>>::bytes(&p), 128 * 8 + p.validity.bytes());
+        let a = ColumnBuilder::<Option<u64>>::finish(&mut p, "c", &ArrowDataType::Int64).unwrap();
+        let a = a.as_any().downcast_ref::<PrimitiveArray<i64>>().unwrap();
+        assert_eq!((a.len(), a.null_count()), (77, 77));
+        assert_eq!(a.values().as_slice(), [0i64; 77]);
     }
 }

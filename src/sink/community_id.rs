@@ -30,18 +30,27 @@ fn base64(data: &[u8]) -> String {
 
 /// Appends `data` as standard base64 with padding (no `String` made: the
 /// writer appends community ids straight into a text column's buffer).
+/// Four characters are appended per three bytes at once (a push per
+/// character was ~500 instructions a community id, 2.5 % of the DHT
+/// writer thread with its 51 k flows).
 fn push_base64(out: &mut Vec<u8>, data: &[u8]) {
     out.reserve(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let b = [c[0], c.get(1).copied().unwrap_or(0), c.get(2).copied().unwrap_or(0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(B64[((n >> (18 - 6 * i)) & 63) as usize]);
-            } else {
-                out.push(b'=');
-            }
+    let sextet = |n: u32, i: u32| B64[((n >> (18 - 6 * i)) & 63) as usize];
+    let (groups, rest) = data.as_chunks::<3>();
+    for g in groups {
+        let n = (u32::from(g[0]) << 16) | (u32::from(g[1]) << 8) | u32::from(g[2]);
+        out.extend_from_slice(&[sextet(n, 0), sextet(n, 1), sextet(n, 2), sextet(n, 3)]);
+    }
+    match *rest {
+        [a] => {
+            let n = u32::from(a) << 16;
+            out.extend_from_slice(&[sextet(n, 0), sextet(n, 1), b'=', b'=']);
         }
+        [a, b] => {
+            let n = (u32::from(a) << 16) | (u32::from(b) << 8);
+            out.extend_from_slice(&[sextet(n, 0), sextet(n, 1), sextet(n, 2), b'=']);
+        }
+        _ => {}
     }
 }
 
@@ -151,5 +160,10 @@ mod tests {
         assert_eq!(base64(b"f"), "Zg==");
         assert_eq!(base64(b"fo"), "Zm8=");
         assert_eq!(base64(b"foo"), "Zm9v");
+        assert_eq!(base64(b""), "");
+        assert_eq!(base64(b"foob"), "Zm9vYg==");
+        assert_eq!(base64(b"fooba"), "Zm9vYmE=");
+        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64(&[0xff, 0xfe, 0x00, 0x3e, 0x3f]), "//4APj8=");
     }
 }

@@ -21,7 +21,7 @@ use polars::prelude::*;
 use polars_arrow::array::{Array, DictionaryArray, PrimitiveArray, Utf8Array};
 use polars_arrow::datatypes::IntegerType;
 
-use super::columns::{ColumnBuilder, Validity};
+use super::columns::{ColumnBuilder, NullFirst, Validity};
 use super::typed::ToText;
 
 /// Rows at most in a row group written with a dictionary whatever its
@@ -165,8 +165,9 @@ const EMPTY: u64 = u64::MAX;
 /// A text column (Arrow `large_string`) built as a dictionary: see the
 /// module's documentation.
 pub struct DictBuilder<S: Distinct> {
-    /// One per row: the index of its value in `distinct` (0 for a null).
-    keys: Vec<u32>,
+    /// One per row: the index of its value in `distinct` (for a null, the
+    /// previous row's key, or 0 while only nulls came).
+    keys: NullFirst<u32>,
     validity: Validity,
     distinct: S,
     /// Open addressing, linear probing: each slot is the index of a value
@@ -181,7 +182,7 @@ pub struct DictBuilder<S: Distinct> {
 impl<S: Distinct> Default for DictBuilder<S> {
     fn default() -> Self {
         DictBuilder {
-            keys: Vec::new(),
+            keys: NullFirst::default(),
             validity: Validity::default(),
             distinct: S::default(),
             slots: Vec::new(),
@@ -196,7 +197,7 @@ impl<S: Distinct> DictBuilder<S> {
     fn key(&mut self, v: &S::Value) -> u32 {
         // The previous row's value again (a capture name, a constant): one
         // comparison, no hash.
-        if let Some(&last) = self.keys.last() {
+        if let Some(last) = self.keys.last() {
             if self.distinct.is(last as usize, v) {
                 return last;
             }
@@ -244,7 +245,8 @@ impl<S: Distinct> DictBuilder<S> {
         self.keys.push(k);
     }
 
-    #[inline]
+    // Always inlined: see `PrimBuilder::push_opt`.
+    #[inline(always)]
     pub fn push_opt(&mut self, v: Option<&S::Value>) {
         self.validity.push(self.keys.len(), v.is_some());
         match v {
@@ -252,14 +254,14 @@ impl<S: Distinct> DictBuilder<S> {
             // The key of a null is never read; the previous row's key
             // keeps the "same as the previous row" check useful.
             None => {
-                let k = self.keys.last().copied().unwrap_or(0);
-                self.keys.push(k);
+                let k = self.keys.last().unwrap_or(0);
+                self.keys.push_null(k);
             }
         }
     }
 
     fn heap(&self) -> usize {
-        self.keys.capacity() * 4 + self.validity.bytes() + self.distinct.heap() + self.slots.capacity() * 8
+        self.keys.bytes() + self.validity.bytes() + self.distinct.heap() + self.slots.capacity() * 8
     }
 
     /// The rows pushed since the last call: a dictionary array of
@@ -267,7 +269,7 @@ impl<S: Distinct> DictBuilder<S> {
     /// when [`plain`] says so, the rows' text (a `large_string` array the
     /// writer is told to write plain, see `writer::write_group`).
     fn array(&mut self) -> PolarsResult<Box<dyn Array>> {
-        let keys = std::mem::take(&mut self.keys);
+        let keys = self.keys.take();
         let validity = self.validity.take();
         self.slots = Vec::new();
         let has_null = validity.as_ref().is_some_and(|v| v.unset_bits() > 0);
@@ -498,5 +500,37 @@ mod tests {
         let c = build::<Option<Arc<str>>, DictBuilder<Texts>>(&[None, None, None]);
         assert!(is_dict(&*c));
         assert_eq!(text(&*c), [None, None, None]);
+    }
+
+    #[test]
+    fn leading_nulls_keep_their_keys_and_the_counted_bytes() {
+        // 300 nulls, then values and nulls: the keys under the nulls are 0
+        // before the first value and the previous row's after it (what was
+        // pushed for them), and the budget's figure for the keys is that of
+        // a `Vec` that got all of them pushed.
+        let rows: Vec<Option<String>> = (0..1000u32)
+            .map(|i| (i >= 300 && i % 4 != 1).then(|| format!("v{}", i % 7)))
+            .collect();
+        let mut b = DictBuilder::<Texts>::default();
+        let mut want_keys: Vec<u32> = Vec::new();
+        let mut first = std::collections::HashMap::new();
+        for r in &rows {
+            ColumnBuilder::<Option<String>>::push(&mut b, r);
+            let k = match r {
+                Some(s) => {
+                    let n = first.len() as u32;
+                    *first.entry(s.clone()).or_insert(n)
+                }
+                None => want_keys.last().copied().unwrap_or(0),
+            };
+            want_keys.push(k);
+            assert_eq!(b.keys.bytes(), want_keys.capacity() * 4, "row {}", want_keys.len());
+        }
+        let c = ColumnBuilder::<Option<String>>::finish(&mut b, "c", &ArrowDataType::LargeUtf8).unwrap();
+        assert!(is_dict(&*c));
+        assert_eq!(text(&*c), rows);
+        let d = c.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
+        assert_eq!(d.keys().values().as_slice(), want_keys.as_slice());
+        assert_eq!(d.values().len(), 7);
     }
 }

@@ -212,15 +212,26 @@ impl Levels for Bits<'_> {
     }
     fn bitpack(&self, out: &mut Vec<u8>, start: usize, n: usize, _bits: u32) {
         uleb(out, ((ceil8(n) as u64) << 1) | 1);
-        let mut byte = 0u8;
-        for k in 0..n {
-            byte |= u8::from(self.get(start + k)) << (k & 7);
-            if k & 7 == 7 {
-                out.push(byte);
-                byte = 0;
-            }
+        // Whole bytes of 8 values: the bitmap's own bytes (least
+        // significant bit first, as the levels are packed), shifted when
+        // the run does not start on a byte.
+        let first = self.offset + start;
+        let (at, shift, whole) = (first >> 3, (first & 7) as u32, n / 8);
+        if shift == 0 {
+            out.extend_from_slice(&self.bytes[at..at + whole]);
+        } else {
+            // The run's last whole byte ends inside byte `at + whole`.
+            out.extend(
+                self.bytes[at..=at + whole]
+                    .windows(2)
+                    .map(|w| (w[0] >> shift) | (w[1] << (8 - shift))),
+            );
         }
         if n & 7 != 0 {
+            let mut byte = 0u8;
+            for k in whole * 8..n {
+                byte |= u8::from(self.get(start + k)) << (k & 7);
+            }
             out.push(byte);
         }
     }
