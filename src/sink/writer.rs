@@ -565,8 +565,8 @@ impl TableSink for DirSink {
 /// Encodes every table exactly as [`DirSink`] does (column builders,
 /// pages, zstd, footer) and drops the bytes: no folder, no file, no
 /// fsync. For a run that needs the writer's work done but not its files:
-/// the pipeline fuzz target, where the 21 files and their syncs were
-/// nearly all of each input's time.
+/// the pipeline fuzz target, which has no use for 21 files and their
+/// fsyncs per input.
 pub struct DiscardSink {
     sensor: Arc<str>,
     /// Bytes the files would have held.

@@ -1000,7 +1000,7 @@ fn encrypted_connection_between_two_addresses_of_one_torrent_is_attributed_by_ad
     write_pcap(&pcap, &frames);
 
     // By default an MSE shape tied by address only is weak: no row.
-    let r = run(&[pcap.clone()], &[]);
+    let r = run(std::slice::from_ref(&pcap), &[]);
     assert_eq!(table(&r, "connections").height(), 0);
     let flows = table(&r, "flows");
     let (app, conf) = (strs(&flows, "app"), strs(&flows, "app_confidence"));
