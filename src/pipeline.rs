@@ -930,6 +930,32 @@ pub fn analyze(
     settings: &Settings,
     torrents: Vec<Metainfo>,
 ) -> Result<RunSummary, String> {
+    run(inputs, filter, Some(out_dir), settings, torrents)
+}
+
+/// Runs `analyze` over `inputs` and encodes every table as [`analyze`]
+/// does, writing no file ([`SinkThread::discarding`]): the whole program
+/// but the file system, for the pipeline fuzz target (no temporary
+/// folder, 21 files and 22 fsyncs per input: 2.6-3.6 s -> 2.0-2.4 s of
+/// wall for the 7 seeds under load; the CPU, ~160 ms an input, is mostly
+/// libFuzzer's comparison tracing, which this does not change).
+pub fn analyze_without_files(
+    inputs: Vec<InputSpec>,
+    filter: Option<String>,
+    settings: &Settings,
+    torrents: Vec<Metainfo>,
+) -> Result<RunSummary, String> {
+    run(inputs, filter, None, settings, torrents)
+}
+
+/// [`analyze`] into `out_dir`, or into no file when `None`.
+fn run(
+    inputs: Vec<InputSpec>,
+    filter: Option<String>,
+    out_dir: Option<&Path>,
+    settings: &Settings,
+    torrents: Vec<Metainfo>,
+) -> Result<RunSummary, String> {
     let started = Instant::now();
     let names = capture_names(&inputs);
     let names = Arc::new(names);
@@ -994,7 +1020,10 @@ pub fn analyze(
             }
         })
         .map_err(|e| format!("cannot start reader thread: {e}"))?;
-    let sink = SinkThread::to_dir_with(out_dir, &settings.output_options())?;
+    let sink = match out_dir {
+        Some(dir) => SinkThread::to_dir_with(dir, &settings.output_options())?,
+        None => SinkThread::discarding(&settings.output_options())?,
+    };
     let mut engine = Engine::new(settings, names.clone(), torrents)?;
 
     let mut reader_stats: Vec<(u32, Box<ReaderStats>)> = Vec::new();
@@ -1003,10 +1032,10 @@ pub fn analyze(
 
     for msg in rx {
         if interrupted.load(Ordering::Relaxed) {
-            failure = Some(format!(
-                "interrupted: nothing written, {} is as it was",
-                out_dir.display()
-            ));
+            failure = Some(match out_dir {
+                Some(dir) => format!("interrupted: nothing written, {} is as it was", dir.display()),
+                None => "interrupted".into(),
+            });
             break;
         }
         let batch = match msg {

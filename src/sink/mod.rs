@@ -134,22 +134,46 @@ impl SinkThread {
     /// [`SinkThread::finish`]; a run that ends otherwise (an error, a
     /// panic, [`SinkThread::abort`]) leaves DIR as it was.
     pub fn to_dir_with(dir: &Path, opts: &OutputOptions) -> Result<SinkThread, String> {
-        let mut sink = DirSink::new(dir, &opts.sensor, opts.force).map_err(|e| {
+        let sink = DirSink::new(dir, &opts.sensor, opts.force).map_err(|e| {
             if e.kind() == std::io::ErrorKind::AlreadyExists {
                 e.to_string()
             } else {
                 format!("cannot create output directory {}: {e}", dir.display())
             }
         })?;
-        let mut writers =
-            TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {}: {e}", dir.display()))?;
-        let budget = opts.budget;
         let shown = dir.display().to_string();
+        let target = shown.clone();
+        Self::start_single(sink, &target, opts.budget, move |sink| {
+            sink.commit()
+                .map_err(|e| format!("cannot put the new dataset in place of {shown}: {e}"))
+        })
+    }
+
+    /// Starts a writer that encodes every table as [`SinkThread::to_dir_with`]
+    /// does (the same builders, pages, compression and footers) and writes
+    /// no file ([`writer::DiscardSink`]): the pipeline fuzz target's sink.
+    pub fn discarding(opts: &OutputOptions) -> Result<SinkThread, String> {
+        let sink = writer::DiscardSink::new(&opts.sensor);
+        Self::start_single(sink, "no output", opts.budget, |_| Ok(()))
+    }
+
+    /// The writer thread of one dataset written once (analyze): `commit`
+    /// runs when the run succeeded and every table is complete.
+    fn start_single<W: TableSink + Send + 'static>(
+        mut sink: W,
+        shown: &str,
+        budget: usize,
+        commit: impl FnOnce(W) -> Result<(), String> + Send + 'static,
+    ) -> Result<SinkThread, String>
+    where
+        TableWriters<W>: Send,
+    {
+        let mut writers = TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {shown}: {e}"))?;
         let (tx, rx) = sync_channel::<SinkMsg>(CHANNEL_DEPTH);
         let handle = std::thread::Builder::new()
             .name("swarmtap-sink".into())
             .spawn(move || -> Result<(), String> {
-                let mut commit = false;
+                let mut commit_now = false;
                 for msg in rx {
                     match msg {
                         SinkMsg::Rows(mut batch) => {
@@ -159,16 +183,15 @@ impl SinkThread {
                                 .map_err(|e| format!("writing Parquet: {e}"))?
                         }
                         SinkMsg::Rotate(_) => {}
-                        SinkMsg::Commit => commit = true,
+                        SinkMsg::Commit => commit_now = true,
                     }
                 }
-                if !commit {
+                if !commit_now {
                     // Dropping the sink removes the unfinished folder.
                     return Ok(());
                 }
                 complete(writers, &mut sink).map_err(|e| format!("finishing Parquet: {e}"))?;
-                sink.commit()
-                    .map_err(|e| format!("cannot put the new dataset in place of {shown}: {e}"))
+                commit(sink)
             })
             .map_err(|e| format!("cannot start writer thread: {e}"))?;
         Ok(SinkThread {
@@ -336,6 +359,47 @@ mod tests {
         let frames: Vec<i64> = m.column("frame").unwrap().i64().unwrap().into_no_null_iter().collect();
         assert!(frames.windows(2).all(|w| w[0] < w[1]));
         assert_eq!(read("anomalies").height() as u64, n_anoms);
+    }
+
+    /// The discarding sink does all of the directory sink's encoding: the
+    /// bytes it drops are as many as the files hold.
+    #[test]
+    fn the_discarding_sink_encodes_every_byte_the_files_hold() {
+        let batch = || {
+            let mut b = RowBatch::default();
+            for i in 0..1000u64 {
+                b.peer_messages.push(PeerMessageRow {
+                    frame: i,
+                    msg: if i % 3 == 0 { "have" } else { "request" },
+                    piece: Some(i as u32 / 7),
+                    ..Default::default()
+                });
+            }
+            b.anomalies.push(AnomalyRow {
+                layer: "test",
+                kind: "k".into(),
+                ..Default::default()
+            });
+            b
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ds");
+        let mut dir = DirSink::new(&out, "test", false).unwrap();
+        let mut w = TableWriters::open(&mut dir).unwrap();
+        w.push(&mut dir, batch(), usize::MAX).unwrap();
+        w.finish(&mut dir).unwrap();
+        dir.commit().unwrap();
+        let on_disk: u64 = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        let mut none = writer::DiscardSink::new("test");
+        let mut w = TableWriters::open(&mut none).unwrap();
+        w.push(&mut none, batch(), usize::MAX).unwrap();
+        w.finish(&mut none).unwrap();
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), TABLE_NAMES.len());
+        assert!(on_disk > 20_000, "{on_disk} bytes");
+        assert_eq!(none.bytes_encoded(), on_disk);
     }
 
     #[test]

@@ -3,11 +3,13 @@
 //! the writer, so memory holds at most one row group's columns per table
 //! (and less: see `TableWriters::enforce_budget`). [`DirSink`]
 //! writes `DIR/<table>.parquet` (analyze); [`RotatingSink`] writes one file
-//! per table and interval into hive partitions (live).
+//! per table and interval into hive partitions (live); [`DiscardSink`]
+//! encodes every table as `DirSink` does and keeps no byte of it.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use polars::prelude::*;
@@ -92,9 +94,34 @@ pub fn arrow_fields<R: Row>(schema: &Schema) -> Vec<ArrowField> {
         .collect()
 }
 
+/// Where a table file's bytes go: its file, or nowhere ([`DiscardSink`],
+/// which counts them).
+enum Dest {
+    File(File),
+    Discard(Arc<AtomicU64>),
+}
+
+impl Write for Dest {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Dest::File(f) => f.write(buf),
+            Dest::Discard(n) => {
+                n.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                Ok(buf.len())
+            }
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Dest::File(f) => f.flush(),
+            Dest::Discard(_) => Ok(()),
+        }
+    }
+}
+
 /// One table's Parquet file being written.
 pub struct TableFile<R: Row> {
-    writer: FileWriter<BufWriter<File>>,
+    writer: FileWriter<BufWriter<Dest>>,
     fields: Vec<ParquetType>,
     encodings: Vec<Vec<Encoding>>,
     options: WriteOptions,
@@ -444,7 +471,8 @@ pub fn write_frame<R: Row>(path: &Path, df: &DataFrame) -> PolarsResult<()> {
         .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{name}.tmp"));
     set_current_table(R::TABLE);
-    let mut t = TableFile::<R>::create(tmp, path.to_path_buf(), &schema, None, Arc::from(""))?;
+    let f = Dest::File(File::create(&tmp)?);
+    let mut t = TableFile::<R>::create(f, tmp, path.to_path_buf(), &schema, None, Arc::from(""))?;
     for off in (0..h).step_by(FRAME_GROUP_ROWS) {
         let mut part = out.slice(off as i64, FRAME_GROUP_ROWS.min(h - off));
         write_df(&mut t, &mut part)?;
@@ -456,9 +484,11 @@ pub fn write_frame<R: Row>(path: &Path, df: &DataFrame) -> PolarsResult<()> {
 }
 
 impl<R: Row> TableFile<R> {
-    /// Starts `tmp_path` (renamed to `final_path` when finished) with
-    /// `schema`; `extra_ts` is a constant column the rows do not carry.
+    /// Starts the file `dest` (`tmp_path`, renamed to `final_path` when
+    /// finished) with `schema`; `extra_ts` is a constant column the rows do
+    /// not carry.
     fn create(
+        dest: Dest,
         tmp_path: PathBuf,
         final_path: PathBuf,
         schema: &Schema,
@@ -476,7 +506,7 @@ impl<R: Row> TableFile<R> {
             compression: CompressionOptions::Zstd(None),
             data_page_size: None,
         };
-        let f = BufWriter::with_capacity(WRITE_BUFFER, File::create(&tmp_path)?);
+        let f = BufWriter::with_capacity(WRITE_BUFFER, dest);
         let writer = FileWriter::new_with_parquet_schema(f, arrow, parquet, options);
         Ok(TableFile {
             writer,
@@ -508,7 +538,8 @@ impl TableSink for DirSink {
         let dir = self.staging.path();
         let final_path = dir.join(format!("{}.parquet", R::TABLE));
         let tmp_path = dir.join(format!(".{}.parquet.tmp", R::TABLE));
-        TableFile::create(tmp_path, final_path, &R::schema(), None, self.sensor.clone())
+        let f = Dest::File(File::create(&tmp_path)?);
+        TableFile::create(f, tmp_path, final_path, &R::schema(), None, self.sensor.clone())
     }
 
     fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {
@@ -528,6 +559,66 @@ impl TableSink for DirSink {
         // Synced to disk by Staging::commit, all files at once.
         std::fs::rename(tmp, last)?;
         Ok(())
+    }
+}
+
+/// Encodes every table exactly as [`DirSink`] does (column builders,
+/// pages, zstd, footer) and drops the bytes: no folder, no file, no
+/// fsync. For a run that needs the writer's work done but not its files:
+/// the pipeline fuzz target, which has no use for 21 files and their
+/// fsyncs per input.
+pub struct DiscardSink {
+    sensor: Arc<str>,
+    /// Bytes the files would have held.
+    encoded: Arc<AtomicU64>,
+    /// As [`DirSink::row_group_rows`].
+    pub row_group_rows: usize,
+}
+
+impl DiscardSink {
+    pub fn new(sensor: &str) -> Self {
+        DiscardSink {
+            sensor: sensor.into(),
+            encoded: Arc::default(),
+            row_group_rows: 64 * 1024,
+        }
+    }
+
+    /// Bytes encoded so far over every table: what the files would hold.
+    pub fn bytes_encoded(&self) -> u64 {
+        self.encoded.load(Ordering::Relaxed)
+    }
+}
+
+impl TableSink for DiscardSink {
+    type For<R: Row> = TableFile<R>;
+
+    fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
+        let none = PathBuf::new();
+        TableFile::create(
+            Dest::Discard(self.encoded.clone()),
+            none.clone(),
+            none,
+            &R::schema(),
+            None,
+            self.sensor.clone(),
+        )
+    }
+
+    fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {
+        push_rows(t, rows, self.row_group_rows)
+    }
+
+    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
+        R::builder_bytes(&t.builders)
+    }
+
+    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
+        write_group(t)
+    }
+
+    fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
+        t.close().map(drop)
     }
 }
 
@@ -638,7 +729,8 @@ impl TableSink for RotatingSink {
             )?;
             Some((INTERVAL_COLUMN, self.interval.start_us))
         };
-        TableFile::create(tmp_path, final_path, &schema, extra_ts, self.sensor.clone())
+        let f = Dest::File(File::create(&tmp_path)?);
+        TableFile::create(f, tmp_path, final_path, &schema, extra_ts, self.sensor.clone())
     }
 
     fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {

@@ -64,7 +64,7 @@ fn magnet_metadata_is_rebuilt_from_ut_metadata() {
     // The piece count now sizes every peer's bitfield: completion is the
     // same as with the .torrent given (4 leechers, truth).
     let p = table(&r, "peers");
-    assert!(u64s(&p, "n_pieces").iter().all(|n| *n == Some(24)));
+    assert_eq!(u64s(&p, "n_pieces"), vec![Some(24); 5]);
     assert_eq!(u64s(&t, "n_confirmed_downloads"), [Some(4)]);
     let with_file = run(&[samples().join("magnet.pcap")], &torrents_of("magnet"));
     assert_eq!(
@@ -356,7 +356,7 @@ fn encryption_and_utp_shares() {
     assert_eq!(u64s(&t, "n_peers_encryption_known"), [Some(5)]);
     assert_eq!(u64s(&t, "n_peers_prefer_encryption"), [Some(1)]);
     let p = table(&r, "peers");
-    assert!(bools(&p, "utp").iter().all(|u| *u == Some(false)));
+    assert_eq!(bools(&p, "utp"), vec![Some(false); 5]);
     let enc: Vec<_> = strs(&p, "client")
         .into_iter()
         .zip(bools(&p, "prefers_encryption"))
@@ -409,7 +409,7 @@ fn public_captures_metadata_and_pieces() {
     assert_eq!(u64s(&t, "n_pieces"), [Some(2)]);
     assert_eq!(u64s(&t, "piece_length"), [Some(16384)]);
     assert_eq!(u64s(&t, "total_bytes"), [Some(19456)]);
-    assert!(u64s(&table(&r, "peers"), "n_pieces").iter().all(|n| *n == Some(2)));
+    assert_eq!(u64s(&table(&r, "peers"), "n_pieces"), vec![Some(2); 32]);
     // Its one PEX message names one peer (twice, on two connections).
     assert_eq!(table(&r, "pex_peers").height(), 2);
     // The tcoppi captures with their .torrent files: every piece of the

@@ -908,3 +908,179 @@ fn audit_announces_past_max_audit_announces_are_counted() {
         );
     }
 }
+
+// ---------- peers named by trackers only (tests/MUTANTS.md, session 12) ----------
+
+/// An announce of `ih` from CLIENT (its listen port 51413).
+fn announce_of(ih: &[u8; 20]) -> Vec<u8> {
+    let escaped: String = ih.iter().map(|b| format!("%{b:02x}")).collect();
+    format!(
+        "GET /announce?info_hash={escaped}&peer_id=-TR3000-aaaaaaaaaaaa&port=51413\
+         &uploaded=0&downloaded=0&left=100&event=started HTTP/1.1\r\nHost: 10.0.0.9:6969\r\n\r\n"
+    )
+    .into_bytes()
+}
+
+/// A tracker answer naming `peers` (compact IPv4 form).
+fn answer_naming(peers: &[([u8; 4], u16)]) -> Vec<u8> {
+    let mut compact = Vec::new();
+    for (ip, port) in peers {
+        compact.extend(ip);
+        compact.extend(port.to_be_bytes());
+    }
+    let mut body = format!("d8:intervali1800e5:peers{}:", compact.len()).into_bytes();
+    body.extend(compact);
+    body.push(b'e');
+    with_length(&body)
+}
+
+/// `n` bytes of xorshift64 output: what an MSE key exchange looks like.
+fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// A TCP connection from `o` to `r` that opens with an MSE key exchange's
+/// shape both ways (200 then 300 random bytes), then closes.
+fn mse_connection(o: ([u8; 4], u16), r: ([u8; 4], u16), t0: i64, seed: u64) -> Vec<(i64, Vec<u8>)> {
+    let (a, b) = (random_bytes(seed, 200), random_bytes(seed + 1, 300));
+    vec![
+        (t0, tcp_frame(o, r, 100, 0, 0x02, &[])),
+        (t0 + 100, tcp_frame(r, o, 900, 101, 0x12, &[])),
+        (t0 + 200, tcp_frame(o, r, 101, 901, 0x18, &a)),
+        (t0 + 300, tcp_frame(r, o, 901, 301, 0x18, &b)),
+        (t0 + 400, tcp_frame(o, r, 301, 1201, 0x11, &[])),
+        (t0 + 500, tcp_frame(r, o, 1201, 302, 0x11, &[])),
+    ]
+}
+
+/// MUTANTS.md session 11, stage.rs:640 (`attribute_encrypted`, the match
+/// guard `x != y` made `true`): an encrypted connection neither of whose
+/// endpoints is a known listen endpoint is tied to a torrent by address
+/// when both ends' addresses take part in that torrent only, and to none
+/// when they take part in two different torrents. One tracker answer
+/// names .2 and .3 under torrent 42…, another names .4 under 43…; the
+/// connections go .2 -> .3 and .2 -> .4, at ports no tracker named.
+#[test]
+fn encrypted_connection_between_two_addresses_of_one_torrent_is_attributed_by_address() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (t1, t2) = ([0x42u8; 20], [0x43u8; 20]);
+    let mut frames = http_exchange(
+        40000,
+        1_000_000,
+        &announce_of(&t1),
+        &answer_naming(&[([10, 0, 0, 2], 6881), ([10, 0, 0, 3], 6881)]),
+    );
+    frames.extend(http_exchange(
+        40001,
+        2_000_000,
+        &announce_of(&t2),
+        &answer_naming(&[([10, 0, 0, 4], 6881)]),
+    ));
+    frames.extend(mse_connection(
+        ([10, 0, 0, 2], 50000),
+        ([10, 0, 0, 3], 7000),
+        3_000_000,
+        7,
+    ));
+    frames.extend(mse_connection(
+        ([10, 0, 0, 2], 50001),
+        ([10, 0, 0, 4], 7000),
+        4_000_000,
+        11,
+    ));
+    let pcap = tmp.path().join("mse-by-address.pcap");
+    write_pcap(&pcap, &frames);
+
+    // By default an MSE shape tied by address only is weak: no row.
+    let r = run(std::slice::from_ref(&pcap), &[]);
+    assert_eq!(table(&r, "connections").height(), 0);
+    let flows = table(&r, "flows");
+    let (app, conf) = (strs(&flows, "app"), strs(&flows, "app_confidence"));
+    let mse: Vec<(Option<String>, Option<String>)> = (0..flows.height())
+        .filter(|&i| app[i].as_deref() == Some("mse"))
+        .map(|i| (app[i].clone(), conf[i].clone()))
+        .collect();
+    assert_eq!(mse, vec![(Some("mse".into()), Some("weak".into())); 2]);
+
+    let kept = crate::run_with(
+        &[pcap],
+        &[],
+        swarmtap::config::Settings {
+            keep_weak: true,
+            ..Default::default()
+        },
+        None,
+    );
+    let conns = table(&kept, "connections");
+    let cols = ["resp_ip", "info_hash", "info_hash_source", "attribution_confidence"].map(|c| strs(&conns, c));
+    let rows: Vec<[Option<String>; 4]> = (0..conns.height())
+        .map(|i| cols.each_ref().map(|c| c[i].clone()))
+        .collect();
+    let s = |v: &str| Some(v.to_string());
+    assert_eq!(
+        rows,
+        vec![
+            [s("10.0.0.3"), s(&"42".repeat(20)), s("address"), s("weak")],
+            [s("10.0.0.4"), None, None, s("none")],
+        ]
+    );
+    assert_eq!(bools(&conns, "encrypted"), vec![Some(true); 2]);
+}
+
+/// MUTANTS.md session 11, swarm.rs:1287 (`merge_hybrid_hashes`, `&` made
+/// `|`): a hybrid torrent's peer known under one hash from a tracker
+/// only joins the same endpoint under the other hash only when the wire
+/// showed it there. Here a tracker names 10.0.0.5:6881 under both hashes
+/// of two-hybrid.torrent (v1, and v2 truncated) and nobody connects to
+/// it: two peers rows, one per hash, each from the tracker alone.
+#[test]
+fn hybrid_peer_named_under_both_hashes_by_trackers_only_stays_two_rows() {
+    let torrent = samples().join("two-hybrid.torrent");
+    let meta =
+        swarmtap::proto::metainfo::parse_torrent(&std::fs::read(&torrent).expect("read torrent")).expect("torrent");
+    let hashes = meta.wire_hashes();
+    assert_eq!(hashes.len(), 2, "two-hybrid.torrent is v1 + v2");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = ([10, 0, 0, 5], 6881);
+    let mut frames = http_exchange(40000, 1_000_000, &announce_of(&hashes[0]), &answer_naming(&[p]));
+    frames.extend(http_exchange(
+        40001,
+        2_000_000,
+        &announce_of(&hashes[1]),
+        &answer_naming(&[p]),
+    ));
+    let pcap = tmp.path().join("hybrid-tracker-only.pcap");
+    write_pcap(&pcap, &frames);
+    let r = run(&[pcap], &[torrent]);
+    let peers = table(&r, "peers");
+    let cols = ["info_hash", "peer_ip"].map(|c| strs(&peers, c));
+    let ports = u64s(&peers, "peer_port");
+    let sources = lists(&peers, "sources");
+    let mut rows: Vec<(String, String, u64, Vec<String>)> = (0..peers.height())
+        .map(|i| {
+            (
+                cols[0][i].clone().unwrap_or_default(),
+                cols[1][i].clone().unwrap_or_default(),
+                ports[i].unwrap_or_default(),
+                sources[i].clone(),
+            )
+        })
+        .collect();
+    rows.sort();
+    let hex = |h: &[u8; 20]| h.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut want = Vec::new();
+    for h in &hashes {
+        want.push((hex(h), "10.0.0.1".to_string(), 51413, vec!["tracker".to_string()]));
+        want.push((hex(h), "10.0.0.5".to_string(), 6881, vec!["tracker".to_string()]));
+    }
+    want.sort();
+    assert_eq!(rows, want);
+}

@@ -1,5 +1,9 @@
 //! The whole pipeline: the input is a capture file (pcap header added when
-//! the fuzzer's bytes lack one), analyzed into a temporary directory.
+//! the fuzzer's bytes lack one), analyzed with every table encoded as
+//! Parquet (column builders, pages, zstd, footers) and no file written
+//! (`analyze_without_files`): no folder, 21 files and 22 fsyncs per input.
+//! Most of an input's CPU (~160 ms) is libFuzzer's comparison tracing of
+//! the unoptimized dependencies (polars), not the file system.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use swarmtap::capture::InputSpec;
@@ -23,11 +27,5 @@ fuzz_target!(|data: &[u8]| {
         n_shards: 4,
         ..Settings::default()
     };
-    let _ = swarmtap::pipeline::analyze(
-        vec![InputSpec::Path(path)],
-        None,
-        &dir.path().join("out"),
-        &settings,
-        Vec::new(),
-    );
+    let _ = swarmtap::pipeline::analyze_without_files(vec![InputSpec::Path(path)], None, &settings, Vec::new());
 });
