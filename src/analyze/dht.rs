@@ -17,8 +17,8 @@
 //! `Limits::max_dht_infohashes`) are fixed; what does not fit is counted and
 //! reported in `anomalies`.
 
+use hashbrown::hash_map::Entry as AggEntry;
 use std::borrow::Cow;
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -676,7 +676,12 @@ impl NodeKey {
 
 /// The aggregate tables' hasher: foldhash with a per-process random seed
 /// (node ids and info hashes are chosen by the sender), as the swarm maps.
-type AggMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// hashbrown's own map (std's is the same table) because its default
+/// `inline-more` lets `entry` inline into `node` and `apply_one` whichever
+/// code-generation unit the instance lands in: with std's map the merged
+/// session 12 build lost that inlining (dht-125k's stage +31 M
+/// instructions, bench/README.md "Session 12 — final main").
+type AggMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The run-wide `dht_nodes` and `dht_infohashes` state (sequential).
 #[derive(Debug, Clone)]
@@ -715,12 +720,12 @@ impl DhtAggregate {
     fn node(&mut self, id: [u8; ID_LEN], addr: SocketAddr, ts: i64) -> Option<&mut NodeState> {
         let len = self.nodes.len();
         let n = match self.nodes.entry(NodeKey::new(id, addr)) {
-            Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(_) if len >= self.max_nodes => {
+            AggEntry::Occupied(e) => e.into_mut(),
+            AggEntry::Vacant(_) if len >= self.max_nodes => {
                 self.n_nodes_dropped += 1;
                 return None;
             }
-            Entry::Vacant(e) => {
+            AggEntry::Vacant(e) => {
                 let seq = self.next_seq;
                 self.next_seq += 1;
                 e.insert(NodeState {
@@ -770,12 +775,12 @@ impl DhtAggregate {
             DhtSeen::Infohash { info_hash, via, name } => {
                 let len = self.infohashes.len();
                 let s = match self.infohashes.entry(info_hash) {
-                    Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(_) if len >= self.max_infohashes => {
+                    AggEntry::Occupied(e) => e.into_mut(),
+                    AggEntry::Vacant(_) if len >= self.max_infohashes => {
                         self.n_infohashes_dropped += 1;
                         return;
                     }
-                    Entry::Vacant(e) => {
+                    AggEntry::Vacant(e) => {
                         let seq = self.next_seq;
                         self.next_seq += 1;
                         e.insert(InfohashState {
