@@ -66,7 +66,7 @@ enum SinkMsg {
 /// Completes every file of `writers`: the rows still buffered, then one
 /// `anomalies` row (layer `sink`) per table, column and kind of value that
 /// could not be written as it was (see [`columns::ValueNote`]).
-fn complete<W: TableSink>(mut writers: TableWriters<W>, sink: &mut W) -> PolarsResult<()> {
+fn complete<W: TableSink>(mut writers: TableWriters, sink: &mut W) -> PolarsResult<()> {
     writers.flush_all(sink)?;
     let rows: Vec<AnomalyRow> = columns::take_notes()
         .into_iter()
@@ -166,7 +166,7 @@ impl SinkThread {
         commit: impl FnOnce(W) -> Result<(), String> + Send + 'static,
     ) -> Result<SinkThread, String>
     where
-        TableWriters<W>: Send,
+        TableWriters: Send,
     {
         let mut writers = TableWriters::open(&mut sink).map_err(|e| format!("cannot write to {shown}: {e}"))?;
         let (tx, rx) = sync_channel::<SinkMsg>(CHANNEL_DEPTH);

@@ -195,17 +195,17 @@ macro_rules! tables {
         }
 
         /// Per-table writers, generated alongside the tables.
-        pub struct TableWriters<W: super::writer::TableSink> { $( pub $table: W::For<$row> ),* }
+        pub struct TableWriters { $( pub $table: super::writer::TableFile<$row> ),* }
 
-        impl<W: super::writer::TableSink> TableWriters<W> {
-            pub fn open(sink: &mut W) -> PolarsResult<Self> {
+        impl TableWriters {
+            pub fn open<W: super::writer::TableSink>(sink: &mut W) -> PolarsResult<Self> {
                 Ok(TableWriters { $( $table: sink.open::<$row>()? ),* })
             }
             /// Pushes every row into its table's builders (a table's rows are dropped
             /// once pushed; full row groups are written), keeping the builders
             /// within `budget` bytes: checked every [`BUDGET_CHECK_ROWS`]
             /// rows, so a large batch cannot pass it by more than that.
-            pub fn push(&mut self, sink: &mut W, batch: RowBatch, budget: usize) -> PolarsResult<()> {
+            pub fn push<W: super::writer::TableSink>(&mut self, sink: &mut W, batch: RowBatch, budget: usize) -> PolarsResult<()> {
                 $(
                     for rows in batch.$table.chunks(BUDGET_CHECK_ROWS) {
                         sink.push(&mut self.$table, rows.iter())?;
@@ -216,14 +216,14 @@ macro_rules! tables {
                 Ok(())
             }
             /// Bytes buffered over all tables: the builders' heap, exactly.
-            pub fn buffered_bytes(&self, sink: &W) -> usize {
+            pub fn buffered_bytes<W: super::writer::TableSink>(&self, sink: &W) -> usize {
                 0 $( + sink.buffered_bytes(&self.$table) )*
             }
             /// While the tables together buffer more than `budget` bytes,
             /// writes out the largest buffer as a row group: tables that
             /// fill slowly would otherwise each hold up to a full row group
             /// until the end, and memory would grow with the capture.
-            pub fn enforce_budget(&mut self, sink: &mut W, budget: usize) -> PolarsResult<()> {
+            pub fn enforce_budget<W: super::writer::TableSink>(&mut self, sink: &mut W, budget: usize) -> PolarsResult<()> {
                 while self.buffered_bytes(sink) > budget {
                     let mut largest = (0usize, "");
                     $( let b = sink.buffered_bytes(&self.$table);
@@ -237,11 +237,11 @@ macro_rules! tables {
                 Ok(())
             }
             /// Writes every buffered row out.
-            pub fn flush_all(&mut self, sink: &mut W) -> PolarsResult<()> {
+            pub fn flush_all<W: super::writer::TableSink>(&mut self, sink: &mut W) -> PolarsResult<()> {
                 $( sink.flush(&mut self.$table)?; )*
                 Ok(())
             }
-            pub fn finish(self, sink: &mut W) -> PolarsResult<()> {
+            pub fn finish<W: super::writer::TableSink>(self, sink: &mut W) -> PolarsResult<()> {
                 $( sink.finish(self.$table)?; )*
                 Ok(())
             }

@@ -30,20 +30,27 @@ use super::layout::{self, Layout, Staging};
 use super::pages;
 use super::tables::Row;
 
-/// Where tables go. Implemented by [`DirSink`] (one Parquet file per table)
-/// and [`RotatingSink`] (one file per table and live interval).
+/// Where tables go: [`DirSink`] (one Parquet file per table),
+/// [`RotatingSink`] (one file per table and live interval) and
+/// [`DiscardSink`] (encoded, then dropped). They differ only in where a
+/// [`TableFile`] writes and what closing it means; rows reach the file's
+/// column builders and row groups the same way for all three.
 pub trait TableSink {
-    type For<R: Row>;
-    fn open<R: Row>(&mut self) -> PolarsResult<Self::For<R>>;
-    fn push<'a, R: Row>(&mut self, t: &mut Self::For<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()>;
-    fn finish<R: Row>(&mut self, t: Self::For<R>) -> PolarsResult<()>;
+    fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>>;
+    fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()>;
+    /// Rows a row group holds at most.
+    fn row_group_rows(&self) -> usize;
+
+    fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {
+        push_rows(t, rows, self.row_group_rows())
+    }
     /// Bytes buffered for the next row group (the column builders' heap).
-    fn buffered_bytes<R: Row>(&self, _t: &Self::For<R>) -> usize {
-        0
+    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
+        R::builder_bytes(&t.builders)
     }
     /// Writes the buffered rows out now, as a (smaller) row group.
-    fn flush<R: Row>(&mut self, _t: &mut Self::For<R>) -> PolarsResult<()> {
-        Ok(())
+    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
+        write_group(t)
     }
 }
 
@@ -532,8 +539,6 @@ impl<R: Row> TableFile<R> {
 }
 
 impl TableSink for DirSink {
-    type For<R: Row> = TableFile<R>;
-
     fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
         let dir = self.staging.path();
         let final_path = dir.join(format!("{}.parquet", R::TABLE));
@@ -542,16 +547,8 @@ impl TableSink for DirSink {
         TableFile::create(f, tmp_path, final_path, &R::schema(), None, self.sensor.clone())
     }
 
-    fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {
-        push_rows(t, rows, self.row_group_rows)
-    }
-
-    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
-        R::builder_bytes(&t.builders)
-    }
-
-    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
-        write_group(t)
+    fn row_group_rows(&self) -> usize {
+        self.row_group_rows
     }
 
     fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
@@ -591,8 +588,6 @@ impl DiscardSink {
 }
 
 impl TableSink for DiscardSink {
-    type For<R: Row> = TableFile<R>;
-
     fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
         let none = PathBuf::new();
         TableFile::create(
@@ -605,16 +600,8 @@ impl TableSink for DiscardSink {
         )
     }
 
-    fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {
-        push_rows(t, rows, self.row_group_rows)
-    }
-
-    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
-        R::builder_bytes(&t.builders)
-    }
-
-    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
-        write_group(t)
+    fn row_group_rows(&self) -> usize {
+        self.row_group_rows
     }
 
     fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
@@ -701,8 +688,6 @@ impl RotatingSink {
 }
 
 impl TableSink for RotatingSink {
-    type For<R: Row> = TableFile<R>;
-
     fn open<R: Row>(&mut self) -> PolarsResult<TableFile<R>> {
         let (date, hour, stamp) = utc_parts(self.interval.start_us);
         let part = self
@@ -733,16 +718,8 @@ impl TableSink for RotatingSink {
         TableFile::create(f, tmp_path, final_path, &schema, extra_ts, self.sensor.clone())
     }
 
-    fn push<'a, R: Row>(&mut self, t: &mut TableFile<R>, rows: impl Iterator<Item = &'a R>) -> PolarsResult<()> {
-        push_rows(t, rows, self.row_group_rows)
-    }
-
-    fn buffered_bytes<R: Row>(&self, t: &TableFile<R>) -> usize {
-        R::builder_bytes(&t.builders)
-    }
-
-    fn flush<R: Row>(&mut self, t: &mut TableFile<R>) -> PolarsResult<()> {
-        write_group(t)
+    fn row_group_rows(&self) -> usize {
+        self.row_group_rows
     }
 
     fn finish<R: Row>(&mut self, t: TableFile<R>) -> PolarsResult<()> {
