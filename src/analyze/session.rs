@@ -98,9 +98,11 @@ struct State {
     capture: u32,
     transport: ConnTransport,
     ends: [SocketAddr; 2],
-    /// Shared by every message row of the connection; made only when
-    /// messages are written (`--no-messages` formats no address here).
-    ends_text: Option<[Arc<str>; 2]>,
+    /// Where the connection's address text for message rows was (two
+    /// `Arc<str>`, now made at the sink): kept so the session's size, which
+    /// `capture_stats.max_flow_memory` counts, and so every table, stay as
+    /// they were. Dropping it lowers that column by 32 bytes a session.
+    _size_kept: [usize; 4],
     first_ts: i64,
     last_ts: i64,
     info_hash: Option<[u8; 20]>,
@@ -173,7 +175,7 @@ impl PeerSession {
                 capture: init.capture,
                 transport: init.transport,
                 ends: [init.orig, init.resp],
-                ends_text: messages.then(|| [init.orig.ip().to_string().into(), init.resp.ip().to_string().into()]),
+                _size_kept: [0; 4],
                 first_ts: init.first_ts,
                 last_ts: init.first_ts,
                 info_hash: None,
@@ -531,19 +533,22 @@ impl State {
         msg: &'static str,
         f: impl FnOnce(&mut PeerMessageRow),
     ) {
-        let (true, Some(text)) = (self.messages, &self.ends_text) else {
+        if !self.messages {
             return;
-        };
+        }
+        // Addresses and the info hash as values: their text is made at the
+        // sink, once per distinct value of a row group.
+        let (src, dst) = (self.ends[side], self.ends[1 - side]);
         let mut r = PeerMessageRow {
             ts: Ts(ctx.ts),
             frame: ctx.frame,
             capture: out.capture_text(ctx.capture),
             conn_id: self.conn_id,
-            src_ip: text[side].clone(),
-            src_port: u32::from(self.ends[side].port()),
-            dst_ip: text[1 - side].clone(),
-            dst_port: u32::from(self.ends[1 - side].port()),
-            info_hash: self.info_hash_hex.clone(),
+            src_ip: Ip(src.ip()),
+            src_port: u32::from(src.port()),
+            dst_ip: Ip(dst.ip()),
+            dst_port: u32::from(dst.port()),
+            info_hash: self.info_hash,
             msg,
             ..Default::default()
         };
@@ -752,18 +757,18 @@ impl State {
                 });
             }
             Message::Extended { ext_id, payload } => {
-                let ext = if ext_id == 0 {
+                let ext: Cow<'static, str> = if ext_id == 0 {
                     self.on_ltep_handshake(side, payload, ctx, out);
-                    "handshake".to_string()
+                    Cow::Borrowed("handshake")
                 } else {
                     // Messages *to* the other side use the ids it asked for.
                     match self.sides[1 - side].ext_map.name(ext_id) {
-                        Some(n) => n.to_string(),
-                        None => format!("id:{ext_id}"),
+                        Some(n) => ext_name(Cow::Borrowed(n)),
+                        None => Cow::Owned(format!("id:{ext_id}")),
                     }
                 };
                 let mut meta_piece = None;
-                match ext.as_str() {
+                match &*ext {
                     "ut_metadata" => meta_piece = self.on_ut_metadata(side, payload, ctx, out),
                     "ut_pex" => self.on_ut_pex(side, payload, ctx, out),
                     _ => {}

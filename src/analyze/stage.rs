@@ -23,7 +23,7 @@ use crate::analyze::tracker::AnnounceMark;
 use crate::analyze::{ConnEnds, SwarmEvent};
 use crate::config::Settings;
 use crate::dissect::Confidence;
-use crate::proto::metainfo::{hex, Metainfo};
+use crate::proto::metainfo::Metainfo;
 use crate::proto::peer_wire::TorrentShape;
 use crate::sink::typed::{push_hex20, push_ip};
 use crate::sink::{AnomalyRow, ConnTransport, ConnectionRow, FlowRow, RowBatch};
@@ -695,25 +695,22 @@ impl HeldMessages {
             .filter_map(|c| swarm.attribution(*c).map(|h| (*c, h)))
             .collect();
         for (c, h) in ready {
-            let h: Arc<str> = Arc::from(hex(&h));
             for mut r in self.by_conn.remove(&c).unwrap_or_default() {
-                r.info_hash = Some(h.clone());
+                r.info_hash = Some(h);
                 rows.peer_messages.push(r);
                 self.n_held -= 1;
                 released = true;
             }
         }
         if rows.peer_messages.iter().any(|r| r.info_hash.is_none()) {
-            let mut own: HashMap<u64, Option<Arc<str>>> = HashMap::new();
+            let mut own: HashMap<u64, Option<[u8; 20]>> = HashMap::new();
             let msgs = std::mem::take(&mut rows.peer_messages);
             let mut out = Vec::with_capacity(msgs.len());
             for mut r in msgs {
                 if r.info_hash.is_none() {
-                    let h = own
-                        .entry(r.conn_id)
-                        .or_insert_with(|| swarm.attribution(r.conn_id).map(|h| Arc::from(hex(&h))));
+                    let h = *own.entry(r.conn_id).or_insert_with(|| swarm.attribution(r.conn_id));
                     match h {
-                        Some(h) => r.info_hash = Some(h.clone()),
+                        Some(h) => r.info_hash = Some(h),
                         None => {
                             self.by_conn.entry(r.conn_id).or_default().push(r);
                             self.n_held += 1;

@@ -757,6 +757,27 @@ mod tests {
         assert!(row.n_msgs_orig >= MIDSTREAM_MIN_MSGS && row.n_msgs_resp >= MIDSTREAM_MIN_MSGS);
         // The messages framed before the run was confirmed are written too.
         assert_eq!(out.rows.peer_messages.len() as u64, row.n_msgs_orig + row.n_msgs_resp);
+        // Each row names its sender and receiver as the connection does
+        // (the typed addresses the sink writes as text): requests from the
+        // originator, haves from the responder.
+        let orig = (row.orig_ip, row.orig_port);
+        let resp = (row.resp_ip, row.resp_port);
+        assert_ne!(orig, resp);
+        for m in &out.rows.peer_messages {
+            let (src, dst) = match m.msg {
+                "request" => (orig, resp),
+                "have" => (resp, orig),
+                other => panic!("unexpected message {other}"),
+            };
+            assert_eq!(((m.src_ip, m.src_port), (m.dst_ip, m.dst_port)), (src, dst));
+            assert_eq!(m.conn_id, row.conn_id);
+            assert_eq!(m.info_hash, None, "no handshake seen");
+        }
+        let n = |name: &str| out.rows.peer_messages.iter().filter(|m| m.msg == name).count();
+        assert_eq!(
+            (n("request") as u64, n("have") as u64),
+            (row.n_msgs_orig, row.n_msgs_resp)
+        );
     }
 
     #[test]
