@@ -98,11 +98,6 @@ struct State {
     capture: u32,
     transport: ConnTransport,
     ends: [SocketAddr; 2],
-    /// Where the connection's address text for message rows was (two
-    /// `Arc<str>`, now made at the sink): kept so the session's size, which
-    /// `capture_stats.max_flow_memory` counts, and so every table, stay as
-    /// they were. Dropping it lowers that column by 32 bytes a session.
-    _size_kept: [usize; 4],
     first_ts: i64,
     last_ts: i64,
     info_hash: Option<[u8; 20]>,
@@ -175,7 +170,6 @@ impl PeerSession {
                 capture: init.capture,
                 transport: init.transport,
                 ends: [init.orig, init.resp],
-                _size_kept: [0; 4],
                 first_ts: init.first_ts,
                 last_ts: init.first_ts,
                 info_hash: None,
