@@ -99,10 +99,6 @@ pub struct PacketNote {
     /// `--verify-checksums` and a wrong checksum: only counted on its flow
     /// (if that exists), as a receiver drops it.
     pub drop: bool,
-    /// Its payload's copy into the compare tail is superseded by in-order
-    /// data of its direction later in the batch
-    /// ([`superseded_tail_pushes`](super::reassembly::superseded_tail_pushes)).
-    pub tail_superseded: bool,
 }
 
 /// What [`Shard::make_room`] found and did before a batch.
@@ -387,6 +383,25 @@ impl<A: FlowApps> Shard<A> {
     /// [`Shard::flow_bytes`]), on the flow it already holds rather than by a
     /// second lookup.
     pub fn packet(&mut self, ctx: FrameCtx, note: PacketNote, p: &Packet, payload: &[u8]) {
+        self.packet_with(ctx, note, p, payload, || false);
+    }
+
+    /// [`Shard::packet`], with `tail_superseded` answering whether the
+    /// payload's copy into the compare tail is superseded by in-order data
+    /// of its direction later in the batch
+    /// ([`superseded_tail_pushes`](super::reassembly::superseded_tail_pushes)).
+    /// It is asked only when the answer matters (an in-order segment of a
+    /// flow that is not ruled out, whose tail is full): the caller's scan
+    /// of its part of the batch then runs only for parts that hold such a
+    /// segment (a part of ruled-out flows never scans).
+    pub fn packet_with(
+        &mut self,
+        ctx: FrameCtx,
+        note: PacketNote,
+        p: &Packet,
+        payload: &[u8],
+        tail_superseded: impl FnOnce() -> bool,
+    ) {
         let clock = note.clock;
         let (key, from_a) = FlowKey::of(p);
         if note.drop {
@@ -475,7 +490,7 @@ impl<A: FlowApps> Shard<A> {
                         reasm[side].start_at(seq);
                     }
                     let s = if syn { seq.wrapping_add(1) } else { seq };
-                    reasm[side].segment_with(s, payload, note.tail_superseded, &mut |c| deliver(side, c));
+                    reasm[side].segment_with(s, payload, tail_superseded, &mut |c| deliver(side, c));
                 }
                 if ack && flags & tcp_flags::RST == 0 && reasm[1 - side].is_started() {
                     reasm[1 - side].acked(ackno, &mut |c| deliver(1 - side, c));
