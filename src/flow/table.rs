@@ -213,12 +213,6 @@ pub struct Shard<A: FlowApps> {
     cap: usize,
     limits: Limits,
     last_sweep: i64,
-    /// A flow clock at or below which no flow of the shard is due to end
-    /// in a sweep (at most every flow's [`deadline`]): a sweep at or
-    /// below it skips the walk over the flows. A flow's deadline only
-    /// drops when it opens or closes (its last packet only moves it
-    /// later), and those places lower this; a walk sets it exactly.
-    due: i64,
     /// The held SYN of a connection being replaced (see `PendingSyn`).
     reused_syn: Option<Box<PendingSyn>>,
     /// Sum of the flows' `mem`: what they are accounted for.
@@ -260,7 +254,6 @@ impl<A: FlowApps> Shard<A> {
             cap: limits.max_flows.max(1),
             limits,
             last_sweep: i64::MIN,
-            due: i64::MAX,
             reused_syn: None,
             mem: 0,
             apps,
@@ -586,7 +579,6 @@ impl<A: FlowApps> Shard<A> {
                     f.fin[side] = true;
                     if f.fin[0] && f.fin[1] && f.closed_at.is_none() {
                         f.closed_at = Some(clock);
-                        self.due = self.due.min(clock.saturating_add(self.limits.tcp_closed_linger_us));
                     }
                 }
                 if flags & tcp_flags::RST != 0 {
@@ -603,8 +595,7 @@ impl<A: FlowApps> Shard<A> {
                     if in_window {
                         f.rst = true;
                         f.rst_side = side as u8;
-                        let c = *f.closed_at.get_or_insert(clock);
-                        self.due = self.due.min(c.saturating_add(self.limits.tcp_closed_linger_us));
+                        f.closed_at.get_or_insert(clock);
                     } else {
                         apps.anomaly(
                             Some(ctx),
@@ -728,8 +719,6 @@ impl<A: FlowApps> Shard<A> {
                 }
             }
             self.stats.n_flows += 1;
-            // A new flow is due `idle` after its packet (not closed yet).
-            self.due = self.due.min(flow.last_clock.saturating_add(idle));
             self.flows.insert(key, Box::new(flow));
         }
         true
@@ -863,14 +852,8 @@ impl<A: FlowApps> Shard<A> {
                 }
             }
         }
-        // No flow is due: the walk below would end none (a flow ends when
-        // `clock` passes its deadline, and `due` is at most every one).
-        if clock <= self.due {
-            return;
-        }
         let l = &self.limits;
         let mut done: Vec<(u64, FlowKey, EndReason)> = Vec::new();
-        let mut due = i64::MAX;
         for (k, f) in self.flows.iter() {
             let idle = match f.app {
                 FlowApp::Tcp(_) => l.tcp_idle_us,
@@ -884,11 +867,8 @@ impl<A: FlowApps> Shard<A> {
             }
             if clock - f.last_clock > idle {
                 done.push((f.conn_id, *k, EndReason::Idle));
-            } else {
-                due = due.min(deadline(f, l));
             }
         }
-        self.due = due;
         done.sort_unstable_by_key(|d| d.0);
         let ctx = FrameCtx {
             ts: now,
@@ -1053,22 +1033,6 @@ impl<A: FlowApps> Shard<A> {
                 }
             }
         }
-    }
-}
-
-/// The flow clock after which a sweep ends flow `f`: its idle timeout
-/// after its last packet, or the close linger after its close, whichever
-/// comes first (a sweep at `clock` ends it exactly when `clock` is past
-/// this: see [`Shard::sweep`]).
-fn deadline<T, U>(f: &Flow<T, U>, l: &Limits) -> i64 {
-    let idle = match f.app {
-        FlowApp::Tcp(_) => l.tcp_idle_us,
-        FlowApp::Udp(_) => l.udp_idle_us,
-    };
-    let d = f.last_clock.saturating_add(idle);
-    match f.closed_at {
-        Some(c) => d.min(c.saturating_add(l.tcp_closed_linger_us)),
-        None => d,
     }
 }
 
@@ -1244,10 +1208,10 @@ mod tests {
         assert_eq!(shards[1].mem_bytes(), newest);
     }
 
-    /// A sweep that skips its walk (no flow due) ends what a walk would:
-    /// a flow ends exactly when the sweep's clock passes its idle timeout
-    /// after its last packet, or the close linger after its close, and
-    /// opening and closing flows lower the bound the skip is taken on.
+    /// A sweep ends a flow exactly when its clock passes the flow's idle
+    /// timeout after its last packet, or the close linger after its close
+    /// (the edge itself keeps it), whichever comes first: a closed TCP
+    /// flow ends on its linger before an older UDP flow's idle timeout.
     #[test]
     fn sweeps_end_flows_exactly_past_their_deadline() {
         let limits = Limits {
@@ -1305,7 +1269,7 @@ mod tests {
         assert_eq!(s.n_flows(), 1);
         s.sweep(t0 + udp_idle + 1, t0 + udp_idle + 1);
         assert_eq!(s.n_flows(), 0);
-        // A flow opened after an empty table's walk is due again.
+        // A flow opened after the table emptied ends the same way.
         let late = t0 + udp_idle + 10;
         let (x, n) = at(late);
         s.packet(x, n, &packet(c, 5001, srv, 53, Transport::Udp, 4), &[1; 4]);
