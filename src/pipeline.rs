@@ -1453,7 +1453,6 @@ fn process_batch(
                         clock,
                         bad_checksum,
                         drop: bad_checksum && verify,
-                        tail_superseded: false,
                     };
                 }
                 if let Some(part) = parts.get_mut(*shard as usize) {
@@ -1541,11 +1540,16 @@ fn process_batch(
             // payload of its direction reaches `cap`: a part with fewer TCP
             // payload bytes than that in all has none (every entry false,
             // which `get` below also gives for an empty vector), and its
-            // scan is skipped (most parts of mixed traffic).
+            // scan is skipped (most parts of mixed traffic). The scan is a
+            // function of the part alone, made the first time the flow
+            // table asks for an answer (an in-order segment of a flow that
+            // is not ruled out, into a full tail): a part whose payload is
+            // all of ruled-out flows never makes it.
             let cap = shard.limits().reassembly.max_compare_bytes;
-            let superseded = if cap > 0 && tcp < u64::from(cap) {
-                Vec::new()
-            } else {
+            let scan = || {
+                if cap > 0 && tcp < u64::from(cap) {
+                    return Vec::new();
+                }
                 superseded_tail_pushes(cap, part.len(), |k| {
                     let i = *part.get(k)? as usize;
                     let (Decoded::Packet(p), _) = decoded.get(i)? else {
@@ -1580,6 +1584,7 @@ fn process_batch(
                     })
                 })
             };
+            let mut superseded: Option<Vec<bool>> = None;
             for (k, &i) in part.iter().enumerate() {
                 let (Some(fm), Some((Decoded::Packet(p), _))) = (frames.get(i as usize), decoded.get(i as usize))
                 else {
@@ -1593,9 +1598,9 @@ fn process_batch(
                     frame: fm.frame_no,
                     capture: batch.capture_idx,
                 };
-                let mut note = notes.get(i as usize).copied().unwrap_or_default();
-                note.tail_superseded = superseded.get(k).copied().unwrap_or(false);
-                shard.packet(ctx, note, p, payload);
+                let note = notes.get(i as usize).copied().unwrap_or_default();
+                let tail_superseded = || superseded.get_or_insert_with(scan).get(k).copied().unwrap_or(false);
+                shard.packet_with(ctx, note, p, payload, tail_superseded);
             }
             shard.sweep(now, clock_now);
         });

@@ -533,11 +533,13 @@ impl StreamReassembler {
     /// payloads do nothing. An unstarted reassembler starts at `seq`.
     #[inline]
     pub fn segment(&mut self, seq: u32, payload: &[u8], out: &mut impl FnMut(Chunk<'_>)) {
-        self.segment_with(seq, payload, false, out);
+        self.segment_with(seq, payload, || false, out);
     }
 
     /// [`segment`](Self::segment), told whether the payload's copy into
-    /// the compare tail is `superseded`: in-order data of this direction
+    /// the compare tail is `superseded` (asked only when the answer
+    /// matters: an in-order segment, a full tail, not ranges only; the
+    /// caller's scan of its batch runs only then): in-order data of this direction
     /// that follows in the same batch will push at least
     /// `max_compare_bytes` more before anything can read the tail (see
     /// [`superseded_tail_pushes`]). Then an in-order segment skips the
@@ -545,7 +547,13 @@ impl StreamReassembler {
     /// the memory account sees, is already final): the bytes it would
     /// have written are overwritten before any comparison.
     #[inline]
-    pub fn segment_with(&mut self, seq: u32, payload: &[u8], superseded: bool, out: &mut impl FnMut(Chunk<'_>)) {
+    pub fn segment_with(
+        &mut self,
+        seq: u32,
+        payload: &[u8],
+        superseded: impl FnOnce() -> bool,
+        out: &mut impl FnMut(Chunk<'_>),
+    ) {
         if payload.is_empty() {
             return;
         }
@@ -560,7 +568,7 @@ impl StreamReassembler {
             self.delivered += len;
             if !self.ranges_only {
                 let cap = self.limits.max_compare_bytes as usize;
-                if !(superseded && self.tail.is_full(cap)) {
+                if !(self.tail.is_full(cap) && superseded()) {
                     self.tail.push(cap, payload);
                 }
                 out(Chunk::Data(payload));
@@ -2275,7 +2283,7 @@ mod tests {
                     plain.segment(seq, &payload, &mut |c| a.push(format!("{c:?}")));
                     let flag = flags[k];
                     skipped += usize::from(flag && cap > 0);
-                    fast.segment_with(seq, &payload, flag, &mut |c| b.push(format!("{c:?}")));
+                    fast.segment_with(seq, &payload, || flag, &mut |c| b.push(format!("{c:?}")));
                     assert_eq!(a, b, "round {round}, segment at {off}");
                     if rnd(50) == 0 {
                         let ack = seq.wrapping_add(len + rnd(3000));
