@@ -1385,32 +1385,33 @@ fn process_batch(
     const CHUNK: usize = 256;
     // Decoding and the flow hash (which picks the shard) run in parallel;
     // the sequential partition below only counts and pushes indices.
-    // An indexed collect: each chunk writes its frames' results straight
-    // into their places in the vector (collecting chunk by chunk, as
-    // `flat_map_iter` did, built one vector per chunk and copied them all
-    // into the result).
+    // Each chunk writes its frames' results straight into their places in
+    // the vector, as they are made (an indexed collect, as before, moved
+    // each 72-byte result once more through rayon's consumer: ~29
+    // instructions a frame).
     // With a power-of-two shard count (the default 64) the remainder is a
     // mask: the same shard, without a 64-bit division per packet.
     let shard_mask = n_shards.is_power_of_two().then_some(n_shards as u64 - 1);
-    let decoded: Vec<(Decoded, u32)> = frames
-        .par_iter()
-        .enumerate()
-        .with_min_len(CHUNK)
-        .map(|(j, fm)| {
-            let d = decode(fm.link_type, batch.frame_data(lo + j));
-            let shard = match &d {
-                Decoded::Packet(p) => {
-                    let h = p.shard_hash(key);
-                    match shard_mask {
-                        Some(m) => h & m,
-                        None => h % n_shards as u64,
+    let mut decoded: Vec<(Decoded, u32)> = vec![(Decoded::NotIp, 0); frames.len()];
+    decoded
+        .par_chunks_mut(CHUNK)
+        .zip(frames.par_chunks(CHUNK))
+        .for_each(|(out, fms)| {
+            for (slot, fm) in out.iter_mut().zip(fms) {
+                let d = decode(fm.link_type, batch.data_of(fm));
+                let shard = match &d {
+                    Decoded::Packet(p) => {
+                        let h = p.shard_hash(key);
+                        match shard_mask {
+                            Some(m) => h & m,
+                            None => h % n_shards as u64,
+                        }
                     }
-                }
-                _ => 0,
-            };
-            (d, shard as u32)
-        })
-        .collect();
+                    _ => 0,
+                };
+                *slot = (d, shard as u32);
+            }
+        });
     let name = names.get(batch.capture_idx as usize).cloned().unwrap_or_default();
     let c = counts.entry(name.clone()).or_default();
     let mut rows = RowBatch::default();

@@ -41,8 +41,10 @@
 //!   through a bounds-checked accessor, and every length taken from the file
 //!   is checked against [`ReaderLimits`] before the buffer grows to hold it,
 //!   so the buffer never exceeds twice its block target (a batch's bytes
-//!   plus an eighth plus one read), or the batch's frame bytes plus one
-//!   `max_block_len` record plus one read when more is needed.
+//!   plus an eighth plus one read), or twice the batch's frame bytes and
+//!   the framing between neighbouring frames (at most `MAX_RUN_GAP` bytes
+//!   a frame) plus one `max_block_len` record plus one read when more is
+//!   needed.
 //! * A record that cannot be trusted ends the file: a pcap record header with
 //!   impossible lengths (no way to find the next record), a pcapng block whose
 //!   length is malformed or whose trailing copy disagrees. A pcapng packet
@@ -160,19 +162,44 @@ pub(crate) struct Source {
 /// block within `u32` (2 GiB of frames + a 1 GiB record + this < 4 GiB).
 const MAX_READ_CHUNK: usize = 64 << 20;
 
+/// Largest gap between two pinned frames that still keeps them in one
+/// [`Run`]: a pcap record header (16 or 24 bytes) or a pcapng packet
+/// block's framing (28 to 35 bytes, a few bytes of options). Compaction
+/// moves a run whole, gaps included, so a compacted block holds at most
+/// this many bytes per frame beyond the frames themselves.
+const MAX_RUN_GAP: usize = 64;
+
+/// Neighbouring frames pinned for a batch: the bytes `off..off + len` of
+/// the buffer hold `frames` frames (the first starts at `off`, the last
+/// ends at `off + len`) and the record framing between them. Each frame's
+/// `data_start` is written once, when it is pinned; `moved` counts the
+/// bytes compaction has since moved the run toward the front, which
+/// [`InBuf::take_block`] takes off them. One run per stretch of records
+/// rather than one entry per frame: pinning a frame that follows the last
+/// one only moves the run's end.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    off: usize,
+    len: usize,
+    frames: usize,
+    moved: usize,
+}
+
 /// The read buffer, which is also the data of the batch being filled.
 ///
 /// `buf[pos..end]` holds bytes read but not yet consumed. Records are parsed
-/// in place: a frame kept for the batch is *pinned* (its range in `buf` is
-/// recorded) and stays where it was read, so that when the batch is complete
+/// in place: a frame kept for the batch is *pinned* (its offset in `buf`
+/// becomes its `data_start`, and its range joins the batch's [`Run`]s) and
+/// stays where it was read, so that when the batch is complete
 /// the whole buffer becomes the batch's data ([`InBuf::take_block`]) and
 /// only the bytes read past the batch's last record are copied, into the
 /// next block. Without pinned frames, consumed bytes are discarded as in any
 /// read buffer. With pinned frames the buffer grows up to twice its block
 /// target; past that (a file of mostly skipped blocks or filtered-out
-/// frames) the pinned frames are packed to the front (one copy, as a
-/// copying reader would make), so a block holds at most the batch's frame
-/// bytes plus one record plus one read.
+/// frames) the pinned runs are packed to the front (one copy, as a
+/// copying reader would make), so a block holds at most about twice the
+/// batch's frame bytes and the framing between neighbouring frames, plus
+/// one record plus one read.
 pub(crate) struct InBuf {
     buf: Vec<u8>,
     pos: usize,
@@ -185,11 +212,22 @@ pub(crate) struct InBuf {
     /// Size a block is given (and grows to) for one batch; see
     /// [`InBuf::set_block_target`].
     block_target: usize,
-    /// `(offset, length)` in `buf` of every frame of the batch being
-    /// filled, in order.
-    pinned: Vec<(usize, usize)>,
+    /// The batch's frames as runs of neighbouring frames, in order (see
+    /// [`Run`]): what compaction moves and what it shifted.
+    runs: Vec<Run>,
+    /// Frames pinned for the batch being filled.
+    n_pinned: usize,
     /// Sum of the pinned lengths.
     pinned_bytes: usize,
+    /// Sum of the runs' lengths: the pinned frames and the framing
+    /// between neighbours, what a compaction keeps.
+    run_bytes: usize,
+    /// Whether a compaction moved frames of the batch being filled (their
+    /// `data_start`s are put right in [`InBuf::take_block`]).
+    moved: bool,
+    /// Runs a compaction moved, for the tests to see that it happened.
+    #[cfg(test)]
+    n_runs_moved: u64,
     /// The batch's bounds (see [`InBuf::set_block_target`]): with
     /// `record_avg` they size the reads near a batch's end.
     batch_bytes: usize,
@@ -212,8 +250,13 @@ impl InBuf {
             eof: false,
             read_chunk,
             block_target: read_chunk,
-            pinned: Vec::new(),
+            runs: Vec::new(),
+            n_pinned: 0,
             pinned_bytes: 0,
+            run_bytes: 0,
+            moved: false,
+            #[cfg(test)]
+            n_runs_moved: 0,
             batch_bytes: usize::MAX,
             batch_frames: usize::MAX,
             record_avg: 0,
@@ -256,42 +299,68 @@ impl InBuf {
     /// batch's last record is copied into the next block
     /// ([`InBuf::take_block`]), half a read per batch on average, so a
     /// read is cut to what the rest of the batch should take (its frames
-    /// left at the last batch's bytes per frame, or its bytes left), an
-    /// eighth and a page more. An estimate that falls short costs one
-    /// more read, never a wrong batch: batches end where records say.
+    /// left at the last batch's bytes per frame, or its bytes left) and a
+    /// page more. An estimate that falls short costs one more read, never
+    /// a wrong batch: batches end where records say. (An eighth more, as
+    /// before, left 15.8 MB to copy on mixed-250m in 1,675 reads; without
+    /// it 8.9 MB in 1,734: bench/README.md "Session 13 — reader".)
     fn read_size(&self, short: usize) -> usize {
         let mut want = self.read_chunk;
-        if !self.pinned.is_empty() && self.record_avg > 0 {
-            let frames_left = self.batch_frames.saturating_sub(self.pinned.len());
+        if self.n_pinned > 0 && self.record_avg > 0 {
+            let frames_left = self.batch_frames.saturating_sub(self.n_pinned);
             let bytes_left = self.batch_bytes.saturating_sub(self.pinned_bytes);
             let est = frames_left
                 .saturating_mul(self.record_avg)
                 .min(bytes_left.saturating_add(bytes_left / 8))
                 .saturating_sub(self.avail_len());
-            want = want.min(est.saturating_add(est / 8).saturating_add(4096));
+            want = want.min(est.saturating_add(4096));
         }
         want.max(short)
     }
 
     /// Keeps the frame at `buf[off..off + len]` (already consumed) for the
-    /// batch; false when the range is not in the buffer or not addressable
-    /// by a `u32` (unreachable with the clamped limits).
-    pub(crate) fn pin(&mut self, off: usize, len: usize) -> bool {
-        let ok = off
-            .checked_add(len)
-            .is_some_and(|e| e <= self.pos && u32::try_from(e).is_ok());
-        if ok {
-            self.pinned.push((off, len));
-            self.pinned_bytes += len;
-        }
-        ok
+    /// batch; its offset in the block, for its [`FrameMeta::data_start`],
+    /// or `None` when the range is not in the buffer or not addressable by
+    /// a `u32` (unreachable with the clamped limits).
+    pub(crate) fn pin(&mut self, off: usize, len: usize) -> Option<u32> {
+        let end = off.checked_add(len).filter(|&e| e <= self.pos)?;
+        u32::try_from(end).ok()?;
+        self.add_run(off, end, 1, len);
+        u32::try_from(off).ok()
     }
 
-    /// Ends the batch: returns the block holding its pinned frames and
-    /// writes each frame's offset in it into `starts` (in pin order). The
-    /// unconsumed bytes move to the front of `fresh` (a recycled block, or
-    /// an empty vector), which becomes the read buffer.
-    pub(crate) fn take_block(&mut self, mut fresh: Vec<u8>, mut starts: impl FnMut(usize, u32)) -> Vec<u8> {
+    /// Adds `frames` frames (`bytes` of them) lying in `buf[off..end]` to
+    /// the batch: they extend the last run when they follow it closely
+    /// enough (at most [`MAX_RUN_GAP`] bytes after it) and it was not
+    /// moved, else they start a run.
+    #[inline]
+    fn add_run(&mut self, off: usize, end: usize, frames: usize, bytes: usize) {
+        self.n_pinned += frames;
+        self.pinned_bytes += bytes;
+        if let Some(last) = self.runs.last_mut() {
+            let last_end = last.off + last.len;
+            if last.moved == 0 && off >= last_end && off - last_end <= MAX_RUN_GAP {
+                self.run_bytes += end - last_end;
+                last.len = end - last.off;
+                last.frames += frames;
+                return;
+            }
+        }
+        self.run_bytes += end - off;
+        self.runs.push(Run {
+            off,
+            len: end - off,
+            frames,
+            moved: 0,
+        });
+    }
+
+    /// Ends the batch: returns the block holding its pinned frames, whose
+    /// `data_start`s (`frames`: the batch's frames, in pin order) are set
+    /// right where a compaction moved them. The unconsumed bytes move to
+    /// the front of `fresh` (a recycled block, or an empty vector), which
+    /// becomes the read buffer.
+    pub(crate) fn take_block(&mut self, mut fresh: Vec<u8>, frames: &mut [FrameMeta]) -> Vec<u8> {
         let rem = self.avail_len();
         let want = self.block_target.max(rem.saturating_add(self.read_chunk));
         if fresh.len() < want {
@@ -309,26 +378,48 @@ impl InBuf {
         self.base = self.base.saturating_add(self.pos as u64);
         self.pos = 0;
         self.end = rem;
-        for (i, &(off, _)) in self.pinned.iter().enumerate() {
-            starts(i, off as u32);
+        if self.moved {
+            let mut i = 0usize;
+            for r in &self.runs {
+                let run = frames.get_mut(i..).unwrap_or_default();
+                let n = r.frames.min(run.len());
+                if r.moved > 0 {
+                    for m in run.iter_mut().take(n) {
+                        // Moved toward the front: never below 0.
+                        m.data_start = m.data_start.saturating_sub(r.moved as u32);
+                    }
+                }
+                i += n;
+            }
         }
         let began = std::mem::replace(&mut self.batch_began, self.base);
-        if let Some(avg) = self.base.saturating_sub(began).checked_div(self.pinned.len() as u64) {
+        if let Some(avg) = self.base.saturating_sub(began).checked_div(self.n_pinned as u64) {
             self.record_avg = usize::try_from(avg).unwrap_or(usize::MAX);
         }
-        self.pinned.clear();
+        self.runs.clear();
+        self.n_pinned = 0;
         self.pinned_bytes = 0;
+        self.run_bytes = 0;
+        self.moved = false;
         block
     }
 
-    /// Packs the pinned frames to the front of the buffer, then the
+    /// Packs the pinned runs to the front of the buffer, then the
     /// unconsumed bytes behind them.
     fn compact_pinned(&mut self) {
         let mut cur = 0;
-        for (off, len) in &mut self.pinned {
-            self.buf.copy_within(*off..*off + *len, cur);
-            *off = cur;
-            cur += *len;
+        for r in &mut self.runs {
+            if r.off > cur {
+                self.buf.copy_within(r.off..r.off + r.len, cur);
+                r.moved += r.off - cur;
+                self.moved = true;
+                #[cfg(test)]
+                {
+                    self.n_runs_moved += 1;
+                }
+            }
+            r.off = cur;
+            cur += r.len;
         }
         let rem = self.avail_len();
         self.buf.copy_within(self.pos..self.end, cur);
@@ -352,7 +443,7 @@ impl InBuf {
         if self.eof {
             return Ok(false);
         }
-        if self.pinned.is_empty() {
+        if self.n_pinned == 0 {
             // Nothing to keep: move the partial record to the front when it
             // would not fit behind `pos`, or for free when nothing is
             // pending, so reads stay large.
@@ -365,13 +456,20 @@ impl InBuf {
         } else if self.buf.len().saturating_sub(self.pos) < need {
             // The batch's frames stay in place: grow the block (large
             // reallocations remap pages rather than copy them), up to twice
-            // its target; beyond, pack the frames instead.
+            // its target; beyond, pack the frames instead, unless that
+            // would free less than half of what lies before `pos` (the
+            // runs keep the record framing between neighbouring frames:
+            // a batch of tiny frames is mostly framing, and packing it
+            // again at every read would copy it again and again). So the
+            // block stays within twice its target, or twice the runs'
+            // bytes (the batch's frames and up to `MAX_RUN_GAP` bytes per
+            // frame) plus one record and one read.
             let grown = self
                 .pos
                 .saturating_add(need)
                 .saturating_add(self.read_chunk)
                 .max(self.block_target);
-            if grown <= self.block_target.saturating_mul(2) {
+            if grown <= self.block_target.saturating_mul(2) || self.run_bytes >= self.pos / 2 {
                 self.buf.resize(grown, 0);
             } else {
                 self.compact_pinned();
@@ -650,13 +748,13 @@ impl Parser {
 
     /// Keeps the record just returned by [`Parser::next`] (its `off` and
     /// length) for the batch being filled; see [`InBuf::pin`].
-    pub(crate) fn pin(&mut self, off: usize, len: usize) -> bool {
+    pub(crate) fn pin(&mut self, off: usize, len: usize) -> Option<u32> {
         self.inb.pin(off, len)
     }
 
     /// Ends the batch; see [`InBuf::take_block`].
-    pub(crate) fn take_block(&mut self, fresh: Vec<u8>, starts: impl FnMut(usize, u32)) -> Vec<u8> {
-        self.inb.take_block(fresh, starts)
+    pub(crate) fn take_block(&mut self, fresh: Vec<u8>, frames: &mut [FrameMeta]) -> Vec<u8> {
+        self.inb.take_block(fresh, frames)
     }
 
     /// Distinct link types of the interfaces known so far.
@@ -811,6 +909,10 @@ impl Parser {
     /// leaves a batch's first frame and the file's first record to
     /// [`Parser::next`] too: that takes them, with its reads and its
     /// reasons, exactly as it does when called alone.
+    ///
+    /// Standard record headers only (16 bytes, lengths in their places):
+    /// a modified pcap or a file before version 2.3 goes through
+    /// [`Parser::next`] frame by frame, which reads them the same way.
     pub(crate) fn pcap_run(
         &mut self,
         st: &mut ReaderStats,
@@ -819,21 +921,44 @@ impl Parser {
         max_bytes: usize,
         n_bytes: &mut usize,
     ) {
-        let Format::Pcap { endian, .. } = self.format else {
+        let Format::Pcap {
+            endian,
+            nanos,
+            record_header_len,
+            maybe_swapped_lens,
+        } = self.format
+        else {
             return;
         };
-        if self.done || !self.header_done || frames.is_empty() || st.last_ts_us.is_none() {
+        if self.done
+            || !self.header_done
+            || frames.is_empty()
+            || st.last_ts_us.is_none()
+            || maybe_swapped_lens
+            || record_header_len != PCAP_RECORD_HEADER_LEN
+        {
             return;
         }
-        // One loop per byte order, each reading its words directly.
-        match endian {
-            Endian::Little => self.pcap_run_in(st, frames, max_frames, max_bytes, n_bytes, u32::from_le_bytes),
-            Endian::Big => self.pcap_run_in(st, frames, max_frames, max_bytes, n_bytes, u32::from_be_bytes),
+        // One loop per byte order and timestamp unit, each reading its
+        // words directly: fewer values live in the loop.
+        match (endian, nanos) {
+            (Endian::Little, false) => {
+                self.pcap_run_in::<false>(st, frames, max_frames, max_bytes, n_bytes, u32::from_le_bytes)
+            }
+            (Endian::Little, true) => {
+                self.pcap_run_in::<true>(st, frames, max_frames, max_bytes, n_bytes, u32::from_le_bytes)
+            }
+            (Endian::Big, false) => {
+                self.pcap_run_in::<false>(st, frames, max_frames, max_bytes, n_bytes, u32::from_be_bytes)
+            }
+            (Endian::Big, true) => {
+                self.pcap_run_in::<true>(st, frames, max_frames, max_bytes, n_bytes, u32::from_be_bytes)
+            }
         }
     }
 
     #[inline(always)]
-    fn pcap_run_in(
+    fn pcap_run_in<const NANOS: bool>(
         &mut self,
         st: &mut ReaderStats,
         frames: &mut Vec<FrameMeta>,
@@ -842,23 +967,19 @@ impl Parser {
         n_bytes: &mut usize,
         word: fn([u8; 4]) -> u32,
     ) {
-        let Format::Pcap {
-            nanos,
-            record_header_len: hl,
-            maybe_swapped_lens,
-            ..
-        } = self.format
-        else {
-            return;
-        };
+        const HL: usize = PCAP_RECORD_HEADER_LEN;
         let (Some(mut last), Some(mut lo), Some(mut hi)) = (st.last_ts_us, st.min_ts_us, st.max_ts_us) else {
             return;
         };
         let (link_type, known) = self.ifaces.first().map_or((0, false), |i| (i.link_type, i.known));
         let max_cap = self.limits.max_cap_len;
         let inb = &mut self.inb;
-        let end = inb.end.min(inb.buf.len());
-        let mut pos = inb.pos;
+        // Records are taken only below `u32::MAX`: every frame's offset
+        // and end fit a `u32` without a check per record.
+        let end = inb.end.min(inb.buf.len()).min(u32::MAX as usize);
+        let buf = inb.buf.get(..end).unwrap_or_default();
+        let first = inb.pos;
+        let mut pos = first;
         // `account`'s counts, in locals for the run.
         // (Frame numbers follow from the frames' count and the captured
         // bytes from the batch's: fewer values to carry through the loop.)
@@ -867,27 +988,25 @@ impl Parser {
         let (taken_before, frames_before) = (taken, frames.len());
         let first_no = st.n_records + 1 - frames_before as u64;
         while frames.len() < max_frames && taken < max_bytes {
-            let Some(h) = inb.buf.get(pos..end).and_then(|a| bytes_at::<16>(a, 0)) else {
+            let Some(h) = buf.get(pos..pos + HL).and_then(|a| bytes_at::<16>(a, 0)) else {
                 break;
             };
-            let mut cap_len = word([h[8], h[9], h[10], h[11]]);
-            let mut orig_len = word([h[12], h[13], h[14], h[15]]);
-            if maybe_swapped_lens && cap_len > orig_len {
-                std::mem::swap(&mut cap_len, &mut orig_len);
-            }
+            let cap_len = word([h[8], h[9], h[10], h[11]]);
+            let orig_len = word([h[12], h[13], h[14], h[15]]);
             let cap = cap_len as usize;
-            if cap_len > max_cap || cap_len > orig_len || cap > max_bytes - taken {
+            // `taken + cap` cannot overflow: both are below 2^32.
+            if cap_len > max_cap || cap_len > orig_len || taken + cap > max_bytes {
                 break;
             }
-            let off = pos + hl;
+            let off = pos + HL;
             let rec_end = off + cap;
-            if rec_end > end || u32::try_from(rec_end).is_err() {
+            if rec_end > end {
                 break;
             }
             pos = rec_end;
             let ts_sec = word([h[0], h[1], h[2], h[3]]);
             let ts_frac = word([h[4], h[5], h[6], h[7]]);
-            let frac_us = if nanos { ts_frac / 1000 } else { ts_frac };
+            let frac_us = if NANOS { ts_frac / 1000 } else { ts_frac };
             let ts_us = i64::from(ts_sec) * 1_000_000 + i64::from(frac_us);
             n_orig += u64::from(orig_len);
             n_cut += u64::from(cap_len < orig_len);
@@ -899,19 +1018,22 @@ impl Parser {
                 ts_us,
                 frame_no: first_no + frames.len() as u64,
                 link_type,
-                data_start: 0,
+                // Below `end`, itself at most `u32::MAX`.
+                data_start: off as u32,
                 cap_len,
                 orig_len,
             });
-            inb.pinned.push((off, cap));
             taken += cap;
         }
-        let n = (frames.len() - frames_before) as u64;
+        let n = frames.len() - frames_before;
         if n == 0 {
             return;
         }
+        // The run's frames: from the first one's data (behind its header)
+        // to the last one's end.
+        inb.add_run(first + HL, pos, n, taken - taken_before);
         let cap_bytes = taken - taken_before;
-        inb.pinned_bytes += cap_bytes;
+        let n = n as u64;
         *n_bytes = taken;
         inb.pos = pos;
         st.n_records += n;
@@ -2055,6 +2177,100 @@ pub(crate) mod tests {
             }
         }
         assert_eq!(n, 200);
+    }
+
+    /// Tiny records, taken many at a time by `pcap_run`: a batch's block
+    /// is mostly record headers, which its runs keep between neighbouring
+    /// frames (so packing them would free little, and is not done), with
+    /// records cut across reads and batches of every size.
+    #[test]
+    fn runs_of_tiny_frames() {
+        for (e, magic) in [(LE, PCAP_MAGIC_US), (BE, PCAP_MAGIC_NS)] {
+            let mut f = pcap_header(e, magic, 4, 1);
+            let mut want = Vec::new();
+            for i in 0..3000u32 {
+                let data: Vec<u8> = (0..i % 5).map(|j| (i * 7 + j) as u8).collect();
+                f.extend(pcap_record(e, 1_000 + i, i % 1000, &data, data.len() as u32 + i % 2, 0));
+                want.push(data);
+            }
+            for (read_buf, max_bytes, max_frames) in [(1, 64, 100_000), (4096, 100, 100_000), (64, 1 << 20, 500)] {
+                let limits = ReaderLimits {
+                    read_buf_bytes: read_buf,
+                    ..ReaderLimits::default()
+                };
+                for one_byte in [false, true] {
+                    let rdr: Box<dyn Read + Send> = if one_byte {
+                        Box::new(OneByte(Cursor::new(f.clone())))
+                    } else {
+                        Box::new(Cursor::new(f.clone()))
+                    };
+                    let mut r = CaptureReader::from_reader("t", rdr, None, limits).expect("opens");
+                    let mut b = FrameBatch::default();
+                    let mut n = 0usize;
+                    while r.read_batch(&mut b, max_bytes, max_frames).expect("reads") {
+                        for (m, d) in b.iter() {
+                            assert_eq!(d, &want[n][..], "frame {}", n + 1);
+                            assert_eq!(m.frame_no, n as u64 + 1);
+                            assert_eq!(m.cap_len as usize + n % 2, m.orig_len as usize);
+                            n += 1;
+                        }
+                    }
+                    assert_eq!(n, 3000);
+                    assert_eq!(r.stats().n_records, 3000);
+                    assert_eq!(r.stats().n_snaplen_cut, 1500);
+                    assert_eq!(r.parser.inb.n_runs_moved, 0);
+                }
+            }
+        }
+    }
+
+    /// Runs of several frames moved by compaction: three kept TCP frames
+    /// in a row (one run: only record headers between them), then a large
+    /// UDP frame the filter drops (a gap that starts the next run). The
+    /// block outgrows twice its target many times per batch, the runs are
+    /// packed to the front, and each frame's `data_start` must follow its
+    /// run.
+    #[test]
+    fn runs_moved_by_compaction_keep_their_frames() {
+        let mut f = pcap_header(LE, PCAP_MAGIC_US, 4, 1);
+        let mut want = Vec::new();
+        for i in 0..600u32 {
+            if i % 4 == 3 {
+                let mut big = eth_ip(17);
+                big.resize(3000, 0xee);
+                f.extend(pcap_record(LE, i, 0, &big, 3000, 0));
+            } else {
+                let mut small = eth_ip(6);
+                small.extend(i.to_le_bytes());
+                f.extend(pcap_record(LE, i, 0, &small, small.len() as u32, 0));
+                want.push((u64::from(i) + 1, small));
+            }
+        }
+        let limits = ReaderLimits {
+            read_buf_bytes: 512,
+            ..ReaderLimits::default()
+        };
+        for one_byte in [false, true] {
+            let rdr: Box<dyn Read + Send> = if one_byte {
+                Box::new(OneByte(Cursor::new(f.clone())))
+            } else {
+                Box::new(Cursor::new(f.clone()))
+            };
+            let mut r = CaptureReader::from_reader("t", rdr, Some("tcp"), limits).expect("opens");
+            let mut b = FrameBatch::default();
+            let mut n = 0usize;
+            while r.read_batch(&mut b, 4096, 100_000).expect("reads") {
+                for (m, d) in b.iter() {
+                    assert_eq!(m.frame_no, want[n].0);
+                    assert_eq!(d, &want[n].1[..], "frame {}", m.frame_no);
+                    n += 1;
+                }
+            }
+            assert_eq!(n, 450);
+            assert_eq!(r.stats().n_filtered_out, 150);
+            let moved = r.parser.inb.n_runs_moved;
+            assert!(moved > 20, "compaction moved {moved} runs");
+        }
     }
 
     #[test]

@@ -76,12 +76,17 @@ pub struct FrameBatch {
 impl FrameBatch {
     /// The bytes of frame `i`; empty when `i` is out of range (never panics).
     pub fn frame_data(&self, i: usize) -> &[u8] {
-        self.frames
-            .get(i)
-            .and_then(|m| {
-                let start = m.data_start as usize;
-                self.data.get(start..start.checked_add(m.cap_len as usize)?)
-            })
+        self.frames.get(i).map_or(&[], |m| self.data_of(m))
+    }
+
+    /// The bytes of the frame `m` describes (one of this batch's frames);
+    /// empty when they are not in the block (never panics).
+    #[inline]
+    pub fn data_of(&self, m: &FrameMeta) -> &[u8] {
+        let start = m.data_start as usize;
+        start
+            .checked_add(m.cap_len as usize)
+            .and_then(|end| self.data.get(start..end))
             .unwrap_or(&[])
     }
 
@@ -931,21 +936,22 @@ impl CaptureReader {
                 // Unreachable with the clamped limits.
                 break;
             };
-            let meta = FrameMeta {
-                ts_us: rec.ts_us,
-                frame_no: rec.frame_no,
-                link_type: rec.link_type,
-                // Set when the batch is complete (see below).
-                data_start: 0,
-                cap_len,
-                orig_len: rec.orig_len,
-            };
-            let off = rec.off;
-            if !self.parser.pin(off, cap_len as usize) {
+            let (ts_us, frame_no, link_type, orig_len, off) =
+                (rec.ts_us, rec.frame_no, rec.link_type, rec.orig_len, rec.off);
+            let Some(data_start) = self.parser.pin(off, cap_len as usize) else {
                 // Unreachable with the clamped limits; never write a wrong offset.
                 break;
-            }
-            batch.frames.push(meta);
+            };
+            batch.frames.push(FrameMeta {
+                ts_us,
+                frame_no,
+                link_type,
+                // Its offset in the block (put right in `take_block` if a
+                // compaction moves it).
+                data_start,
+                cap_len,
+                orig_len,
+            });
             n_bytes += cap_len as usize;
             if batch.frames.len() >= max_frames || n_bytes >= max_bytes {
                 break;
@@ -956,13 +962,8 @@ impl CaptureReader {
         }
         // The read buffer holding the frames becomes the batch's data; the
         // batch's previous buffer becomes the read buffer.
-        let frames = &mut batch.frames;
         let recycled = std::mem::take(&mut batch.data);
-        batch.data = self.parser.take_block(recycled, |i, start| {
-            if let Some(m) = frames.get_mut(i) {
-                m.data_start = start;
-            }
-        });
+        batch.data = self.parser.take_block(recycled, &mut batch.frames);
         Ok(true)
     }
 
