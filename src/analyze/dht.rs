@@ -26,8 +26,8 @@ use std::sync::Arc;
 use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::dht::{
-    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc_with, DhtLimits, InsertOutcome, KeyScope, KrpcKind,
-    KrpcMessage, Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
+    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc_with, CompactNodes4, CompactNodes6, DhtLimits,
+    InsertOutcome, KeyScope, KrpcKind, KrpcMessage, Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
 };
 use crate::proto::metainfo::hex;
 use crate::sink::{AnomalyRow, DhtInfohashRow, DhtMessageRow, DhtNodeRow, DhtPeerRow, Ip, RowBatch, ShortBytes, Ts};
@@ -70,8 +70,13 @@ pub enum DhtSeen {
         version: Option<[u8; 4]>,
         read_only: bool,
     },
-    /// A node listed in a response's `nodes` / `nodes6`.
-    Reported { id: [u8; ID_LEN], addr: SocketAddr },
+    /// The nodes a response lists in `nodes` / `nodes6`, as sent (compact
+    /// entries of 26 / 38 bytes), each one reported in that order, IPv4
+    /// first. One observation a response instead of one a node: a
+    /// response lists 8 or so, and each observation is pushed, merged
+    /// into frame order and walked once more (dht-125k: 251,765 nodes in
+    /// 31 k responses).
+    Reported { nodes: Box<[u8]>, nodes6: Box<[u8]> },
     /// An info hash was named.
     Infohash {
         info_hash: [u8; ID_LEN],
@@ -335,21 +340,13 @@ impl DhtShard {
                 read_only: m.read_only,
             });
         }
-        if let Some(nodes) = m.nodes {
-            for (id, addr) in nodes.iter() {
-                push(DhtSeen::Reported {
-                    id: *id,
-                    addr: SocketAddr::V4(addr),
-                });
-            }
-        }
-        if let Some(nodes) = m.nodes6 {
-            for (id, addr) in nodes.iter() {
-                push(DhtSeen::Reported {
-                    id: *id,
-                    addr: SocketAddr::V6(addr),
-                });
-            }
+        let nodes = m.nodes.filter(|n| !n.is_empty()).map_or(&[][..], |n| n.raw());
+        let nodes6 = m.nodes6.filter(|n| !n.is_empty()).map_or(&[][..], |n| n.raw());
+        if !nodes.is_empty() || !nodes6.is_empty() {
+            push(DhtSeen::Reported {
+                nodes: nodes.into(),
+                nodes6: nodes6.into(),
+            });
         }
         let name = || m.name.map(text);
         match (m.kind, m.method, m.info_hash) {
@@ -746,6 +743,23 @@ impl DhtAggregate {
         Some(n)
     }
 
+    /// Nodes listed in a response (see [`DhtSeen::Reported`]), kept out
+    /// of `apply_one` (dht-125k stage 183.2 -> 180.3 M instructions with
+    /// the loops there and here).
+    #[inline(never)]
+    fn reported(&mut self, nodes: &[u8], nodes6: &[u8], ts: i64) {
+        for (id, addr) in CompactNodes4::new(nodes).iter() {
+            if let Some(n) = self.node(*id, SocketAddr::V4(addr), ts) {
+                n.n_reported += 1;
+            }
+        }
+        for (id, addr) in CompactNodes6::new(nodes6).iter() {
+            if let Some(n) = self.node(*id, SocketAddr::V6(addr), ts) {
+                n.n_reported += 1;
+            }
+        }
+    }
+
     fn apply_one(&mut self, o: DhtObservation) {
         let ts = o.ctx.ts;
         match o.seen {
@@ -767,11 +781,7 @@ impl DhtAggregate {
                 }
                 n.read_only |= read_only;
             }
-            DhtSeen::Reported { id, addr } => {
-                if let Some(n) = self.node(id, addr, ts) {
-                    n.n_reported += 1;
-                }
-            }
+            DhtSeen::Reported { nodes, nodes6 } => self.reported(&nodes, &nodes6, ts),
             DhtSeen::Infohash { info_hash, via, name } => {
                 let len = self.infohashes.len();
                 let s = match self.infohashes.entry(info_hash) {
@@ -1060,10 +1070,21 @@ mod tests {
             capture: 0,
         };
         let addr: SocketAddr = "1.2.3.4:5".parse().unwrap_or_else(|_| unreachable!());
+        // Compact IPv4 node entries of `addr` (26 bytes each).
+        let reported = |ids: &[u8]| {
+            let nodes: Vec<u8> = ids
+                .iter()
+                .flat_map(|&i| [[i; 20].as_slice(), &[1, 2, 3, 4, 0, 5]].concat())
+                .collect();
+            DhtSeen::Reported {
+                nodes: nodes.into(),
+                nodes6: Box::default(),
+            }
+        };
         let obs = vec![
             DhtObservation {
                 ctx: ctx(1),
-                seen: DhtSeen::Reported { id: [2; 20], addr },
+                seen: reported(&[2]),
             },
             DhtObservation {
                 ctx: ctx(2),
@@ -1077,11 +1098,11 @@ mod tests {
             },
             DhtObservation {
                 ctx: ctx(3),
-                seen: DhtSeen::Reported { id: [3; 20], addr },
+                seen: reported(&[3]),
             },
             DhtObservation {
                 ctx: ctx(4),
-                seen: DhtSeen::Reported { id: [2; 20], addr },
+                seen: reported(&[2]),
             },
             DhtObservation {
                 ctx: ctx(5),

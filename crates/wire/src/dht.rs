@@ -286,6 +286,11 @@ pub struct CompactNodes4<'a> {
 }
 
 impl<'a> CompactNodes4<'a> {
+    /// Entries as sent (26 bytes each; a trailing partial entry is
+    /// skipped), e.g. [`Self::raw`] kept beyond the datagram.
+    pub fn new(raw: &'a [u8]) -> Self {
+        CompactNodes4 { raw }
+    }
     pub fn raw(&self) -> &'a [u8] {
         self.raw
     }
@@ -311,6 +316,11 @@ pub struct CompactNodes6<'a> {
 }
 
 impl<'a> CompactNodes6<'a> {
+    /// Entries as sent (38 bytes each; a trailing partial entry is
+    /// skipped), e.g. [`Self::raw`] kept beyond the datagram.
+    pub fn new(raw: &'a [u8]) -> Self {
+        CompactNodes6 { raw }
+    }
     pub fn raw(&self) -> &'a [u8] {
         self.raw
     }
