@@ -345,7 +345,7 @@ fn column_pages(
     let encoding = if built {
         match pages::fast_pages(&*leaf, type_, options, enc) {
             pages::Pages::Made(made) => return Ok(vec![DynIter::new((*made).into_iter().map(Ok))]),
-            pages::Pages::Plain => Encoding::Plain,
+            pages::Pages::Plain => pages::plain_integers(&*leaf),
             pages::Pages::Polars => *encoding,
         }
     } else {
