@@ -34,8 +34,24 @@ pub enum Pages {
     /// Write it plain (polars-parquet's choice for an integer column with
     /// too many distinct values, made here on the exact count it uses).
     Plain,
+    /// Write it as the dictionary polars-parquet's cardinality estimate
+    /// chose for an integer column of a wide range ([`dictionary_of`]),
+    /// without estimating again.
+    Dictionary,
     /// Leave it to polars-parquet.
     Polars,
+}
+
+/// `array` cast to the dictionary polars-parquet's
+/// `encode_as_dictionary_optional` makes after its estimate (None when the
+/// cast fails: it then writes the column plain).
+pub fn dictionary_of(array: &dyn Array) -> Option<Box<dyn Array>> {
+    let dtype = ArrowDataType::Dictionary(
+        polars_arrow::datatypes::IntegerType::UInt32,
+        Box::new(array.dtype().clone()),
+        false,
+    );
+    polars::polars_compute::cast::cast(array, &dtype, Default::default()).ok()
 }
 
 /// Values per literal run at most (polars-parquet's `MAX_VALUES_PER_LITERAL_RUN`).
@@ -574,13 +590,13 @@ where
 
 /// An integer column whose values span more than 65,536: plain when
 /// polars-parquet's cardinality estimate (the same call on the same array)
-/// would write it plain, else left to it (it makes the dictionary).
+/// would write it plain, else its dictionary.
 fn wide(a: &dyn Array) -> Pages {
     let estimate = polars::polars_compute::cardinality::estimate_cardinality(a);
     if a.len() > 128 && (estimate as f64) / (a.len() as f64) > 0.75 {
         Pages::Plain
     } else {
-        Pages::Polars
+        Pages::Dictionary
     }
 }
 
@@ -981,6 +997,14 @@ mod tests {
                             &polars_pages(&a, &t, Encoding::RleDictionary),
                             &what,
                         ),
+                        Pages::Dictionary => {
+                            assert!(spread > 65_535, "{what}");
+                            same(
+                                &polars_pages(&*dictionary_of(&a).unwrap(), &t, Encoding::RleDictionary),
+                                &polars_pages(&a, &t, Encoding::RleDictionary),
+                                &what,
+                            )
+                        }
                         Pages::Polars => assert!(
                             spread > 65_535 || validity.as_ref().is_some_and(|v| v.set_bits() == 0),
                             "{what}"
@@ -995,6 +1019,11 @@ mod tests {
                     Pages::Made(got) => same(&got[..], &polars_pages(&a, &t, Encoding::RleDictionary), &what),
                     Pages::Plain => same(
                         &polars_pages(&a, &t, Encoding::Plain),
+                        &polars_pages(&a, &t, Encoding::RleDictionary),
+                        &what,
+                    ),
+                    Pages::Dictionary => same(
+                        &polars_pages(&*dictionary_of(&a).unwrap(), &t, Encoding::RleDictionary),
                         &polars_pages(&a, &t, Encoding::RleDictionary),
                         &what,
                     ),
