@@ -456,4 +456,67 @@ mod tests {
             assert!(dict(0, c) && dict(1, c), "{c}");
         }
     }
+    #[test]
+    fn growing_integers_are_written_as_deltas_and_read_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ds");
+        let mut sink = DirSink::new(&out, "test", false).unwrap();
+        let mut w = TableWriters::open(&mut sink).unwrap();
+        // 3,000 distinct frames (too many for a dictionary): row group 0
+        // ascending with a few nulls, row group 1 the same values in no
+        // order. Times: ascending in both groups by 1 to 1,000 us.
+        let n = 3000u64;
+        let frame = |g: u64, i: u64| match g {
+            0 => (i % 97 != 5).then_some(1000 + 3 * i),
+            _ => Some(1000 + 3 * (i * 1999 % n)),
+        };
+        let mut want = Vec::new();
+        for g in 0..2u64 {
+            let b = RowBatch {
+                anomalies: (0..n)
+                    .map(|i| AnomalyRow {
+                        ts: Some(Ts(1_700_000_000_000_000 + ((i * i) % 1000 + 1000 * i) as i64)),
+                        frame: frame(g, i),
+                        layer: "test",
+                        kind: "k".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            want.extend(
+                b.anomalies
+                    .iter()
+                    .map(|r| (r.ts.map(|t| t.0), r.frame.map(|f| f as i64))),
+            );
+            w.push(&mut sink, b, usize::MAX).unwrap();
+            w.flush_all(&mut sink).unwrap();
+        }
+        w.finish(&mut sink).unwrap();
+        sink.commit().unwrap();
+        let path = out.join("anomalies.parquet");
+        let df = ParquetReader::new(std::fs::File::open(&path).unwrap())
+            .finish()
+            .unwrap();
+        let ts = df.column("ts").unwrap().datetime().unwrap().physical().clone();
+        let frames = df.column("frame").unwrap().i64().unwrap().clone();
+        let got: Vec<(Option<i64>, Option<i64>)> = ts.iter().zip(frames.iter()).collect();
+        assert_eq!(got, want);
+        let meta = polars_parquet::read::read_metadata(&mut std::fs::File::open(&path).unwrap()).unwrap();
+        let size = |g: usize, c: &str| {
+            let mut cols = meta.row_groups[g].columns_under_root_iter(c).unwrap();
+            cols.next().unwrap().uncompressed_size()
+        };
+        // Deltas of 3 or 6 (frames) and of 1 to 1,999 (times): a few bits
+        // a value, against 8 bytes a value plain.
+        assert!(size(0, "frame") < 2_000, "{}", size(0, "frame"));
+        assert!(
+            size(0, "ts") < 6_000 && size(1, "ts") < 6_000,
+            "{} {}",
+            size(0, "ts"),
+            size(1, "ts")
+        );
+        // Frames in no order: their differences are as wide as they are.
+        assert!(size(1, "frame") > 8 * 3000, "{}", size(1, "frame"));
+    }
 }

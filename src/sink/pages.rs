@@ -34,8 +34,24 @@ pub enum Pages {
     /// Write it plain (polars-parquet's choice for an integer column with
     /// too many distinct values, made here on the exact count it uses).
     Plain,
+    /// Write it as the dictionary polars-parquet's cardinality estimate
+    /// chose for an integer column of a wide range ([`dictionary_of`]),
+    /// without estimating again.
+    Dictionary,
     /// Leave it to polars-parquet.
     Polars,
+}
+
+/// `array` cast to the dictionary polars-parquet's
+/// `encode_as_dictionary_optional` makes after its estimate (None when the
+/// cast fails: it then writes the column plain).
+pub fn dictionary_of(array: &dyn Array) -> Option<Box<dyn Array>> {
+    let dtype = ArrowDataType::Dictionary(
+        polars_arrow::datatypes::IntegerType::UInt32,
+        Box::new(array.dtype().clone()),
+        false,
+    );
+    polars::polars_compute::cast::cast(array, &dtype, Default::default()).ok()
 }
 
 /// Values per literal run at most (polars-parquet's `MAX_VALUES_PER_LITERAL_RUN`).
@@ -497,10 +513,13 @@ where
         max = max.max(v);
     });
     let (lo, hi): (i64, i64) = (min.into(), max.into());
-    let diff = usize::try_from(hi.checked_sub(lo)?).ok()?;
-    if diff > u16::MAX as usize {
-        return None;
-    }
+    let Some(diff) = hi
+        .checked_sub(lo)
+        .and_then(|d| usize::try_from(d).ok())
+        .filter(|&d| d <= u16::MAX as usize)
+    else {
+        return Some(wide(a));
+    };
     MARKS.with_borrow_mut(|m| {
         // One slot per value between min and max: marked, then numbered in
         // ascending order of value. When few values are seen in a wide
@@ -567,6 +586,69 @@ where
             options,
         ))))
     })
+}
+
+/// An integer column whose values span more than 65,536: plain when
+/// polars-parquet's cardinality estimate (the same call on the same array)
+/// would write it plain, else its dictionary.
+fn wide(a: &dyn Array) -> Pages {
+    let estimate = polars::polars_compute::cardinality::estimate_cardinality(a);
+    if a.len() > 128 && (estimate as f64) / (a.len() as f64) > 0.75 {
+        Pages::Plain
+    } else {
+        Pages::Dictionary
+    }
+}
+
+/// The encoding of an integer column polars-parquet would write plain:
+/// DELTA_BINARY_PACKED when the differences between neighbouring values
+/// (nulls skipped) span fewer bits than the values themselves and at most
+/// half the type's width: times and frame numbers, which grow row by row,
+/// take a few bits a value instead of 64, and zstd gets that many fewer
+/// bytes. Values in no order (a table sorted by another column) have
+/// differences as wide as they are: PLAIN, whose constant high bytes zstd
+/// takes better.
+pub fn plain_integers(array: &dyn Array) -> Encoding {
+    fn narrow<T: polars_arrow::types::NativeType + Into<i64>>(a: &PrimitiveArray<T>, half: u32) -> bool {
+        let validity = a.validity().filter(|v| v.unset_bits() > 0);
+        let mut prev: Option<i64> = None;
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        let (mut min, mut max) = (i64::MAX, i64::MIN);
+        each_valid(a.values().as_slice(), validity, |v| {
+            let x: i64 = v.into();
+            min = min.min(x);
+            max = max.max(x);
+            if let Some(p) = prev {
+                let d = x.wrapping_sub(p);
+                lo = lo.min(d);
+                hi = hi.max(d);
+            }
+            prev = Some(x);
+        });
+        if lo > hi {
+            // One value at most.
+            return false;
+        }
+        let deltas = 64 - hi.abs_diff(lo).leading_zeros();
+        let values = 64 - max.abs_diff(min).leading_zeros();
+        deltas <= half && deltas < values
+    }
+    let narrow = match array.dtype() {
+        ArrowDataType::Int64 | ArrowDataType::Timestamp(..) => array
+            .as_any()
+            .downcast_ref::<PrimitiveArray<i64>>()
+            .is_some_and(|a| narrow(a, 32)),
+        ArrowDataType::Int32 => array
+            .as_any()
+            .downcast_ref::<PrimitiveArray<i32>>()
+            .is_some_and(|a| narrow(a, 16)),
+        _ => false,
+    };
+    if narrow {
+        Encoding::DeltaBinaryPacked
+    } else {
+        Encoding::Plain
+    }
 }
 
 /// The dictionary page and the data page of keys, as polars-parquet's
@@ -915,6 +997,14 @@ mod tests {
                             &polars_pages(&a, &t, Encoding::RleDictionary),
                             &what,
                         ),
+                        Pages::Dictionary => {
+                            assert!(spread > 65_535, "{what}");
+                            same(
+                                &polars_pages(&*dictionary_of(&a).unwrap(), &t, Encoding::RleDictionary),
+                                &polars_pages(&a, &t, Encoding::RleDictionary),
+                                &what,
+                            )
+                        }
                         Pages::Polars => assert!(
                             spread > 65_535 || validity.as_ref().is_some_and(|v| v.set_bits() == 0),
                             "{what}"
@@ -929,6 +1019,11 @@ mod tests {
                     Pages::Made(got) => same(&got[..], &polars_pages(&a, &t, Encoding::RleDictionary), &what),
                     Pages::Plain => same(
                         &polars_pages(&a, &t, Encoding::Plain),
+                        &polars_pages(&a, &t, Encoding::RleDictionary),
+                        &what,
+                    ),
+                    Pages::Dictionary => same(
+                        &polars_pages(&*dictionary_of(&a).unwrap(), &t, Encoding::RleDictionary),
                         &polars_pages(&a, &t, Encoding::RleDictionary),
                         &what,
                     ),
