@@ -2179,6 +2179,14 @@ pub(crate) mod tests {
         assert_eq!(n, 200);
     }
 
+    /// The same file as two sources: read whole, then a byte a read.
+    fn whole_and_one_byte(f: &[u8]) -> [Box<dyn Read + Send>; 2] {
+        [
+            Box::new(Cursor::new(f.to_vec())),
+            Box::new(OneByte(Cursor::new(f.to_vec()))),
+        ]
+    }
+
     /// Tiny records, taken many at a time by `pcap_run`: a batch's block
     /// is mostly record headers, which its runs keep between neighbouring
     /// frames (so packing them would free little, and is not done), with
@@ -2198,12 +2206,7 @@ pub(crate) mod tests {
                     read_buf_bytes: read_buf,
                     ..ReaderLimits::default()
                 };
-                for one_byte in [false, true] {
-                    let rdr: Box<dyn Read + Send> = if one_byte {
-                        Box::new(OneByte(Cursor::new(f.clone())))
-                    } else {
-                        Box::new(Cursor::new(f.clone()))
-                    };
+                for rdr in whole_and_one_byte(&f) {
                     let mut r = CaptureReader::from_reader("t", rdr, None, limits).expect("opens");
                     let mut b = FrameBatch::default();
                     let mut n = 0usize;
@@ -2250,12 +2253,7 @@ pub(crate) mod tests {
             read_buf_bytes: 512,
             ..ReaderLimits::default()
         };
-        for one_byte in [false, true] {
-            let rdr: Box<dyn Read + Send> = if one_byte {
-                Box::new(OneByte(Cursor::new(f.clone())))
-            } else {
-                Box::new(Cursor::new(f.clone()))
-            };
+        for rdr in whole_and_one_byte(&f) {
             let mut r = CaptureReader::from_reader("t", rdr, Some("tcp"), limits).expect("opens");
             let mut b = FrameBatch::default();
             let mut n = 0usize;

@@ -402,6 +402,29 @@ mod tests {
         assert_eq!(none.bytes_encoded(), on_disk);
     }
 
+    /// A written file read back twice: its table (polars) and its
+    /// metadata (row groups, column chunks), for tests of how it was
+    /// encoded.
+    fn read_back(
+        path: &std::path::Path,
+    ) -> (
+        polars::prelude::DataFrame,
+        polars_parquet::parquet::metadata::FileMetadata,
+    ) {
+        let df = ParquetReader::new(std::fs::File::open(path).unwrap()).finish().unwrap();
+        let meta = polars_parquet::read::read_metadata(&mut std::fs::File::open(path).unwrap()).unwrap();
+        (df, meta)
+    }
+
+    /// Column `c`'s chunk in row group `g`.
+    fn chunk<'a>(
+        meta: &'a polars_parquet::parquet::metadata::FileMetadata,
+        g: usize,
+        c: &str,
+    ) -> &'a polars_parquet::parquet::metadata::ColumnChunkMetadata {
+        meta.row_groups[g].columns_under_root_iter(c).unwrap().next().unwrap()
+    }
+
     #[test]
     fn text_columns_are_written_as_their_builders_chose() {
         let tmp = tempfile::tempdir().unwrap();
@@ -429,10 +452,7 @@ mod tests {
         }
         w.finish(&mut sink).unwrap();
         sink.commit().unwrap();
-        let path = out.join("anomalies.parquet");
-        let df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-            .finish()
-            .unwrap();
+        let (df, meta) = read_back(&out.join("anomalies.parquet"));
         let kinds = df.column("kind").unwrap().str().unwrap();
         let details = df.column("detail").unwrap().str().unwrap();
         let got: Vec<(String, Option<String>)> = kinds
@@ -441,11 +461,7 @@ mod tests {
             .map(|(k, d)| (k.unwrap().to_string(), d.map(str::to_string)))
             .collect();
         assert_eq!(got, want);
-        let meta = polars_parquet::read::read_metadata(&mut std::fs::File::open(&path).unwrap()).unwrap();
-        let dict = |g: usize, c: &str| {
-            let mut cols = meta.row_groups[g].columns_under_root_iter(c).unwrap();
-            cols.next().unwrap().dictionary_page_offset().is_some()
-        };
+        let dict = |g: usize, c: &str| chunk(&meta, g, c).dictionary_page_offset().is_some();
         assert_eq!(meta.row_groups.len(), 2);
         assert!(!dict(0, "kind") && dict(1, "kind"));
         assert!(dict(0, "detail") && dict(1, "detail") && dict(0, "capture"));
@@ -494,19 +510,12 @@ mod tests {
         }
         w.finish(&mut sink).unwrap();
         sink.commit().unwrap();
-        let path = out.join("anomalies.parquet");
-        let df = ParquetReader::new(std::fs::File::open(&path).unwrap())
-            .finish()
-            .unwrap();
+        let (df, meta) = read_back(&out.join("anomalies.parquet"));
         let ts = df.column("ts").unwrap().datetime().unwrap().physical().clone();
         let frames = df.column("frame").unwrap().i64().unwrap().clone();
         let got: Vec<(Option<i64>, Option<i64>)> = ts.iter().zip(frames.iter()).collect();
         assert_eq!(got, want);
-        let meta = polars_parquet::read::read_metadata(&mut std::fs::File::open(&path).unwrap()).unwrap();
-        let size = |g: usize, c: &str| {
-            let mut cols = meta.row_groups[g].columns_under_root_iter(c).unwrap();
-            cols.next().unwrap().uncompressed_size()
-        };
+        let size = |g: usize, c: &str| chunk(&meta, g, c).uncompressed_size();
         // Deltas of 3 or 6 (frames) and of 1 to 1,999 (times): a few bits
         // a value, against 8 bytes a value plain.
         assert!(size(0, "frame") < 2_000, "{}", size(0, "frame"));
