@@ -520,6 +520,20 @@ impl<A: FlowApps> Shard<A> {
         f.n_bad_checksums = f.n_bad_checksums.saturating_add(u32::from(note.bad_checksum));
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
+        // A ruled-out TCP flow's plain segment (no SYN, FIN or RST, no RST
+        // pending on the flow): its sequence ranges and its account, what
+        // the long match below does for it, without the application's
+        // side of it (nothing is delivered).
+        if let (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) = (&mut f.app, p.transport) {
+            use tcp_flags::{FIN, RST, SYN};
+            if flags & (SYN | FIN | RST) == 0 && !f.rst && t.reasm[ORIG].is_ranges_only() {
+                ranges_only_segment(&mut t.reasm, side, seq, (ack, ackno), payload);
+                let m = u32::try_from(Self::flow_bytes(f)).unwrap_or(u32::MAX);
+                self.mem = self.mem.saturating_sub(f.mem as usize) + m as usize;
+                f.mem = m;
+                return;
+            }
+        }
         // What the application side is told of the flow, made only for a
         // packet it is handed (not for one of a ruled-out TCP flow).
         let (conn_id, capture, orig_is_a, first_ts, midstream) =
@@ -1032,6 +1046,29 @@ impl<A: FlowApps> Shard<A> {
                     each(&self.apps, &sum, AppRef::Udp(u));
                 }
             }
+        }
+    }
+}
+
+/// A segment (no SYN, FIN or RST) of a flow followed as sequence ranges
+/// only: placed on its side, its ACK on the other, as [`Shard::packet_with`]'s
+/// general path places them. Nothing is delivered (gaps included: no one
+/// reads them); the compare tail is never asked about (ranges only have
+/// none).
+#[inline]
+fn ranges_only_segment(reasm: &mut [StreamReassembler; 2], side: usize, seq: u32, ack: (bool, u32), payload: &[u8]) {
+    let mut nothing = |_: Chunk<'_>| {};
+    if let Some(r) = reasm.get_mut(side) {
+        if !payload.is_empty() {
+            if !r.is_started() {
+                r.start_at(seq);
+            }
+            r.segment_with(seq, payload, || false, &mut nothing);
+        }
+    }
+    if let (true, Some(r)) = (ack.0, reasm.get_mut(1 - side)) {
+        if r.is_started() {
+            r.acked(ack.1, &mut nothing);
         }
     }
 }
