@@ -32,7 +32,7 @@ use crate::analyze::ShardOut;
 use crate::capture::live::{LiveCounters, LiveOptions};
 use crate::capture::{CaptureReader, FrameBatch, InputSpec, ReaderStats};
 use crate::config::Settings;
-use crate::decode::{decode, Decoded};
+use crate::decode::{decode_into, Decoded};
 use crate::flow::reassembly::{superseded_tail_pushes, SegmentView};
 use crate::flow::table::{PacketNote, Shard};
 use crate::proto::metainfo::Metainfo;
@@ -1398,18 +1398,17 @@ fn process_batch(
         .zip(frames.par_chunks(CHUNK))
         .for_each(|(out, fms)| {
             for (slot, fm) in out.iter_mut().zip(fms) {
-                let d = decode(fm.link_type, batch.data_of(fm));
-                let shard = match &d {
-                    Decoded::Packet(p) => {
-                        let h = p.shard_hash(key);
-                        match shard_mask {
-                            Some(m) => h & m,
-                            None => h % n_shards as u64,
-                        }
-                    }
-                    _ => 0,
-                };
-                *slot = (d, shard as u32);
+                // Written in place (`decode_into`): a frame that is not a
+                // packet stores its variant alone (the slot's shard stays
+                // 0, as made), a packet is built in its slot.
+                decode_into(fm.link_type, batch.data_of(fm), &mut slot.0);
+                if let Decoded::Packet(p) = &slot.0 {
+                    let h = p.shard_hash(key);
+                    slot.1 = match shard_mask {
+                        Some(m) => h & m,
+                        None => h % n_shards as u64,
+                    } as u32;
+                }
             }
         });
     let name = names.get(batch.capture_idx as usize).cloned().unwrap_or_default();

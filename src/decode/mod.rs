@@ -388,6 +388,20 @@ fn be32(b: &[u8], at: usize) -> Option<u32> {
 /// and copied (it is 64 bytes), and the call's register saves go.
 #[inline]
 pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
+    let mut d = Decoded::NotIp;
+    decode_into(link_type, frame, &mut d);
+    d
+}
+
+/// [`decode`], written into `out` (the pipeline's decode closure, once a
+/// frame, into the frame's slot). Each outcome is stored where it is
+/// found: a fragment or another protocol stores its variant alone, a
+/// packet is built in the slot. Returned by value, every outcome met at
+/// one place where the whole 64-byte value was assembled on the stack
+/// and then copied into the slot, for every frame (bench/README.md
+/// "Session 14 — mixed").
+#[inline]
+pub fn decode_into(link_type: u16, frame: &[u8], out: &mut Decoded) {
     // Untagged Ethernet carrying IP, nearly every frame: `ip_offset`'s
     // answer (14) without its call and its switch over link types.
     let plain_ethernet = link_type == linktype::ETHERNET && matches!(be16(frame, 12), Some(0x0800 | 0x86DD));
@@ -396,16 +410,20 @@ pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
     } else {
         match ip_offset(link_type, frame) {
             Ok(o) => o,
-            Err(d) => return d,
+            Err(d) => {
+                *out = d;
+                return;
+            }
         }
     };
     let Some(ip_bytes) = frame.get(off..) else {
-        return Decoded::Error("truncated_link_header");
+        *out = Decoded::Error("truncated_link_header");
+        return;
     };
-    if let Some(d) = decode_plain(off, ip_bytes) {
-        return d;
+    if decode_plain_into(off, ip_bytes, out).is_some() {
+        return;
     }
-    decode_ip(off, ip_bytes)
+    *out = decode_ip(off, ip_bytes);
 }
 
 /// The plain shapes of nearly every packet, read straight from the
@@ -417,8 +435,16 @@ pub fn decode(link_type: u16, frame: &[u8]) -> Decoded {
 /// [`decode_ip`] (etherparse) decodes; on the shapes taken here both give
 /// the same `Packet` (a test compares them on every frame of the samples
 /// and corpora, and on mutated headers).
-#[inline]
+#[cfg(test)]
 fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
+    let mut d = Decoded::NotIp;
+    decode_plain_into(off, ip, &mut d).map(|()| d)
+}
+
+/// [`decode_plain`], written into `out` where each outcome is found (see
+/// [`decode_into`]); `None` (and `out` untouched) for the general path.
+#[inline]
+fn decode_plain_into(off: usize, ip: &[u8], out: &mut Decoded) -> Option<()> {
     let (src, dst, addrs, proto, hdr_len, seg_len) = match ip.first()? >> 4 {
         4 => {
             let h = ip.get(..20)?;
@@ -431,7 +457,8 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
             }
             // More fragments, or a fragment offset.
             if be16(h, 6)? & 0x3fff != 0 {
-                return Some(Decoded::Fragment);
+                *out = Decoded::Fragment;
+                return Some(());
             }
             let a = IpAddr::from([h[12], h[13], h[14], h[15]]);
             let b = IpAddr::from([h[16], h[17], h[18], h[19]]);
@@ -469,7 +496,8 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
                 // A fragment offset, or more fragments (an atomic fragment
                 // header, neither, is passed over).
                 if next == 44 && be16(ip, at + 2)? & 0xfff9 != 0 {
-                    return Some(Decoded::Fragment);
+                    *out = Decoded::Fragment;
+                    return Some(());
                 }
                 seen |= bit;
                 next = *ip.get(at)?;
@@ -494,7 +522,7 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
             if hdr < 20 || hdr > seg.len() {
                 return None;
             }
-            Some(Decoded::Packet(Packet {
+            *out = Decoded::Packet(Packet {
                 src,
                 dst,
                 sport: be16(seg, 0)?,
@@ -508,14 +536,18 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
                 payload_len: (seg.len() - hdr) as u32,
                 payload_missing: 0,
                 checksum: verify_segment(addrs, 6, seg, seg.len()),
-            }))
+            });
+            Some(())
         }
-        p if other_ip(p) => Some(Decoded::OtherIp),
+        p if other_ip(p) => {
+            *out = Decoded::OtherIp;
+            Some(())
+        }
         17 => {
             if seg.len() < 8 || usize::from(be16(seg, 4)?) != seg.len() {
                 return None;
             }
-            Some(Decoded::Packet(Packet {
+            *out = Decoded::Packet(Packet {
                 src,
                 dst,
                 sport: be16(seg, 0)?,
@@ -525,7 +557,8 @@ fn decode_plain(off: usize, ip: &[u8]) -> Option<Decoded> {
                 payload_len: (seg.len() - 8) as u32,
                 payload_missing: 0,
                 checksum: verify_segment(addrs, 17, seg, seg.len()),
-            }))
+            });
+            Some(())
         }
         _ => None,
     }

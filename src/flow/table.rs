@@ -520,6 +520,20 @@ impl<A: FlowApps> Shard<A> {
         f.n_bad_checksums = f.n_bad_checksums.saturating_add(u32::from(note.bad_checksum));
         f.n_packets[side] += 1;
         f.payload[side] += u64::from(p.payload_len);
+        // A ruled-out TCP flow's plain segment (no SYN, FIN or RST, no RST
+        // pending on the flow): its sequence ranges and its account, what
+        // the long match below does for it, without the application's
+        // side of it (nothing is delivered).
+        if let (FlowApp::Tcp(t), Transport::Tcp { seq, ack: ackno, flags }) = (&mut f.app, p.transport) {
+            use tcp_flags::{FIN, RST, SYN};
+            if flags & (SYN | FIN | RST) == 0 && !f.rst && t.reasm[ORIG].is_ranges_only() {
+                ranges_only_segment(&mut t.reasm, side, seq, (ack, ackno), payload);
+                let m = u32::try_from(Self::flow_bytes(f)).unwrap_or(u32::MAX);
+                self.mem = self.mem.saturating_sub(f.mem as usize) + m as usize;
+                f.mem = m;
+                return;
+            }
+        }
         // What the application side is told of the flow, made only for a
         // packet it is handed (not for one of a ruled-out TCP flow).
         let (conn_id, capture, orig_is_a, first_ts, midstream) =
@@ -1036,6 +1050,29 @@ impl<A: FlowApps> Shard<A> {
     }
 }
 
+/// A segment (no SYN, FIN or RST) of a flow followed as sequence ranges
+/// only: placed on its side, its ACK on the other, as [`Shard::packet_with`]'s
+/// general path places them. Nothing is delivered (gaps included: no one
+/// reads them); the compare tail is never asked about (ranges only have
+/// none).
+#[inline]
+fn ranges_only_segment(reasm: &mut [StreamReassembler; 2], side: usize, seq: u32, ack: (bool, u32), payload: &[u8]) {
+    let mut nothing = |_: Chunk<'_>| {};
+    if let Some(r) = reasm.get_mut(side) {
+        if !payload.is_empty() {
+            if !r.is_started() {
+                r.start_at(seq);
+            }
+            r.segment_with(seq, payload, || false, &mut nothing);
+        }
+    }
+    if let (true, Some(r)) = (ack.0, reasm.get_mut(1 - side)) {
+        if r.is_started() {
+            r.acked(ack.1, &mut nothing);
+        }
+    }
+}
+
 fn flow_info<T, U>(f: &Flow<T, U>, key: &FlowKey) -> FlowInfo {
     FlowInfo {
         conn_id: f.conn_id,
@@ -1128,6 +1165,117 @@ mod tests {
             crate::analyze::ShardOut::default(),
         );
         Shard::new(limits, 1, apps)
+    }
+
+    /// An application side that rules every TCP flow out (`OUT`) or none,
+    /// keeping the ends it is given and the data bytes delivered.
+    #[derive(Default)]
+    struct Rec<const OUT: bool> {
+        ends: Vec<FlowSummary>,
+        delivered: u64,
+    }
+
+    impl<const OUT: bool> FlowApps for Rec<OUT> {
+        type Tcp = ();
+        type Udp = ();
+        fn stream(&mut self, _: &FlowInfo, _: &mut (), _: usize, c: Chunk<'_>, _: FrameCtx) {
+            if let Chunk::Data(d) = c {
+                self.delivered += d.len() as u64;
+            }
+        }
+        fn datagram(&mut self, _: &FlowInfo, _: &mut (), _: usize, _: &[u8], _: FrameCtx) {}
+        fn tcp_end(&mut self, f: &FlowSummary, _: (), _: FrameCtx) {
+            self.ends.push(*f);
+        }
+        fn udp_end(&mut self, f: &FlowSummary, _: (), _: FrameCtx) {
+            self.ends.push(*f);
+        }
+        fn anomaly(&mut self, _: Option<FrameCtx>, _: Option<u64>, _: &'static str, _: &str, _: Option<String>) {}
+        fn sweep(&mut self, _: i64) -> bool {
+            false
+        }
+        fn release_stale(&mut self, _: &mut (), _: i64) {}
+        fn tcp_ruled_out(_: &()) -> bool {
+            OUT
+        }
+        fn tcp_heap_bytes(_: &()) -> usize {
+            0
+        }
+        fn udp_heap_bytes(_: &()) -> usize {
+            0
+        }
+        fn finish(&mut self) {}
+    }
+
+    /// Issue 15: a ruled-out flow's plain segments take `packet_with`'s
+    /// short path (`ranges_only_segment`); its row's figures are those of
+    /// the same packets through the general path: a hole the other side
+    /// acknowledges past (a gap), a retransmission, an old copy, data and
+    /// ACKs both ways, an out-of-window ACK, a tail acknowledged but never
+    /// captured (a gap at the end).
+    #[test]
+    fn ruled_out_flows_count_what_followed_flows_count() {
+        use tcp_flags::{ACK, SYN};
+        fn run<const OUT: bool>() -> (Vec<FlowSummary>, u64, usize) {
+            let limits = Limits::default();
+            let mut s = Shard::new(limits, 1, Rec::<OUT>::default());
+            let (c, sv) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+            let data = [7u8; 1000];
+            // (from client, seq, ack, flags, payload length)
+            let script: &[(bool, u32, u32, u8, usize)] = &[
+                (true, 100, 0, SYN, 0),
+                (false, 500, 101, SYN | ACK, 0),
+                (true, 101, 501, ACK, 0),
+                (true, 101, 501, ACK, 300),
+                (false, 501, 401, ACK, 200),
+                // 401..501 never captured; the server acknowledges past it.
+                (true, 501, 701, ACK, 400),
+                (false, 701, 901, ACK, 0),
+                // A retransmission of delivered bytes, and one half old.
+                (true, 501, 701, ACK, 400),
+                (true, 851, 701, ACK, 100),
+                (false, 701, 951, ACK, 50),
+                // An ACK far beyond the window; then the server acknowledges
+                // 100 bytes the capture never shows (a gap once the flow
+                // ends without a FIN).
+                (true, 951, 2_000_000_000, ACK, 0),
+                (false, 751, 1051, ACK, 0),
+                (true, 951, 751, ACK, 0),
+            ];
+            for (i, &(from_c, seq, ack, flags, len)) in script.iter().enumerate() {
+                let (a, ap, b, bp) = if from_c { (c, 40000, sv, 80) } else { (sv, 80, c, 40000) };
+                let p = packet(a, ap, b, bp, Transport::Tcp { seq, ack, flags }, len);
+                let ctx = FrameCtx {
+                    ts: 1_000 + i as i64,
+                    frame: i as u64 + 1,
+                    capture: 0,
+                };
+                let note = PacketNote {
+                    clock: ctx.ts,
+                    ..PacketNote::default()
+                };
+                s.packet(ctx, note, &p, &data[..len]);
+            }
+            let mem = s.mem_bytes();
+            s.finish(1_000_000_000_000, 1_000_000_000_000);
+            (std::mem::take(&mut s.apps.ends), s.apps.delivered, mem)
+        }
+        let (out, out_delivered, out_mem) = run::<true>();
+        let (seen, seen_delivered, seen_mem) = run::<false>();
+        assert_eq!((out.len(), seen.len()), (1, 1));
+        let (o, f) = (&out[0], &seen[0]);
+        assert_eq!(o.n_packets, [8, 5]);
+        assert_eq!(o.payload, [1200, 250]);
+        assert_eq!((o.gap_bytes, o.retrans_bytes), (200, 450));
+        assert_eq!(o.end_reason, "idle");
+        assert_eq!(
+            (o.n_packets, o.payload, o.gap_bytes, o.retrans_bytes, o.end_reason),
+            (f.n_packets, f.payload, f.gap_bytes, f.retrans_bytes, f.end_reason)
+        );
+        // Only the followed flow's bytes are delivered, and only it keeps
+        // a compare tail (its account is the larger).
+        assert_eq!((out_delivered, seen_delivered), (0, 1000));
+        assert!(out_mem < seen_mem, "{out_mem} vs {seen_mem}");
     }
 
     /// Issue 15: an idle or half-open flow is accounted at most 1 KiB with
