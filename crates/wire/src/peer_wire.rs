@@ -1309,6 +1309,58 @@ mod tests {
         }
     }
 
+    /// The fast skip against trying every offset, on noise dense in the
+    /// bytes it stops at and the bytes that decide there (zeros, 0x13, 'B',
+    /// small length bytes), with cut-off protocol strings ("\x13B",
+    /// "\x13BitTorrent") and a whole handshake, under several chunkings and
+    /// a gap.
+    #[test]
+    fn hunting_fast_skip_changes_nothing_on_dense_noise() {
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut noise = |n: usize| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    match x % 8 {
+                        0 | 1 => 0,
+                        2 => HANDSHAKE_PREFIX[0],
+                        3 => b'B',
+                        4 => (x >> 8) as u8 % 0x12,
+                        _ => (x >> 16) as u8,
+                    }
+                })
+                .collect()
+        };
+        let mut s = noise(4000);
+        s.extend(b"\x13B");
+        s.extend(noise(500));
+        s.extend(&HANDSHAKE_PREFIX[..12]);
+        s.extend(noise(900));
+        s.extend(handshake());
+        s.extend(msg(4, &9u32.to_be_bytes()));
+        s.extend(noise(3000));
+        s.extend(piece(1, 0, 1000));
+        s.extend(msg(1, &[]));
+        s.extend(noise(2000));
+        s.extend(msg(4, &2u32.to_be_bytes()));
+        for cut in [1usize, 5, 64, 1448, s.len()] {
+            let mut chunks: Vec<Chunk<'_>> = s.chunks(cut).map(Chunk::Data).collect();
+            let at = chunks.len() / 3;
+            chunks.insert(at, Chunk::Gap(100));
+            let fast = run(PeerWireFramer::new_midstream(PeerWireLimits::default()), &chunks);
+            let mut f = PeerWireFramer::new_midstream(PeerWireLimits::default());
+            f.fast_skip = false;
+            let slow = run(f, &chunks);
+            assert_eq!(fast, slow, "chunks of {cut}");
+            assert!(
+                fast.iter().filter(|e| matches!(e, Ev::Resync(_))).count() >= 2,
+                "{fast:?}"
+            );
+        }
+    }
+
     #[test]
     fn midstream_pickup_inside_a_block() {
         let mut s = Vec::new();
