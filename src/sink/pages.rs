@@ -2,7 +2,8 @@
 //! by polars-parquet: a text column built as a dictionary ([`super::dict`],
 //! [`super::columns::NameBuilder`], the `sensor` column), an integer or
 //! timestamp column (written as a dictionary of its distinct values when
-//! polars-parquet would), an integer column of nulls only. The pages are
+//! polars-parquet would, or DELTA_BINARY_PACKED: [`delta_page`]), an
+//! integer column of nulls only. The pages are
 //! byte for byte what polars-parquet 0.55 makes of the same arrays (its
 //! dictionary page, its one data page of keys, the same statistics in the
 //! page header; tests below compare them), so the files do not change; what
@@ -10,7 +11,8 @@
 //! [`hybrid`], a port of polars-parquet's RLE/bit-packed hybrid encoder
 //! that reads slices and skips over runs instead of pulling one value at a
 //! time through iterators into a 32 KiB buffer it zeroes on every call, and
-//! an integer column's dictionary is made in one pass over a lookup table.
+//! an integer column's dictionary is made in one pass over a lookup table
+//! (a hash table when its values span more than 65,536).
 //!
 //! Anything else (floats, booleans, plain text, lists; a dictionary whose
 //! statistics polars would truncate; a page polars would split) is left to
@@ -34,24 +36,8 @@ pub enum Pages {
     /// Write it plain (polars-parquet's choice for an integer column with
     /// too many distinct values, made here on the exact count it uses).
     Plain,
-    /// Write it as the dictionary polars-parquet's cardinality estimate
-    /// chose for an integer column of a wide range ([`dictionary_of`]),
-    /// without estimating again.
-    Dictionary,
     /// Leave it to polars-parquet.
     Polars,
-}
-
-/// `array` cast to the dictionary polars-parquet's
-/// `encode_as_dictionary_optional` makes after its estimate (None when the
-/// cast fails: it then writes the column plain).
-pub fn dictionary_of(array: &dyn Array) -> Option<Box<dyn Array>> {
-    let dtype = ArrowDataType::Dictionary(
-        polars_arrow::datatypes::IntegerType::UInt32,
-        Box::new(array.dtype().clone()),
-        false,
-    );
-    polars::polars_compute::cast::cast(array, &dtype, Default::default()).ok()
 }
 
 /// Values per literal run at most (polars-parquet's `MAX_VALUES_PER_LITERAL_RUN`).
@@ -499,7 +485,7 @@ thread_local! {
 /// 3/4 of the rows), plain when it would write it plain, else left to it.
 fn integers<T>(a: &PrimitiveArray<T>, leaf: &PrimitiveType, options: WriteOptions, few: usize) -> Option<Pages>
 where
-    T: polars_arrow::types::NativeType + Ord + Into<i64> + TryFrom<i64>,
+    T: polars_arrow::types::NativeType + Ord + Into<i64> + TryFrom<i64> + std::hash::Hash,
 {
     let validity = a.validity().filter(|v| v.unset_bits() > 0);
     let vals = a.values().as_slice();
@@ -518,7 +504,7 @@ where
         .and_then(|d| usize::try_from(d).ok())
         .filter(|&d| d <= u16::MAX as usize)
     else {
-        return Some(wide(a));
+        return Some(wide(a, leaf, options));
     };
     MARKS.with_borrow_mut(|m| {
         // One slot per value between min and max: marked, then numbered in
@@ -590,14 +576,70 @@ where
 
 /// An integer column whose values span more than 65,536: plain when
 /// polars-parquet's cardinality estimate (the same call on the same array)
-/// would write it plain, else its dictionary.
-fn wide(a: &dyn Array) -> Pages {
+/// would write it plain, else its dictionary ([`first_seen_dictionary`]).
+fn wide<T>(a: &PrimitiveArray<T>, leaf: &PrimitiveType, options: WriteOptions) -> Pages
+where
+    T: polars_arrow::types::NativeType + Ord + std::hash::Hash,
+{
     let estimate = polars::polars_compute::cardinality::estimate_cardinality(a);
     if a.len() > 128 && (estimate as f64) / (a.len() as f64) > 0.75 {
         Pages::Plain
     } else {
-        Pages::Dictionary
+        first_seen_dictionary(a, leaf, options, estimate)
     }
+}
+
+/// The pages polars-parquet makes of an integer column after its estimate
+/// chose a dictionary: its cast to a dictionary (`UInt32` keys) numbers the
+/// distinct values in the order they first appear, then the
+/// dictionary page holds them in that order, with their smallest and
+/// largest as statistics. Made here with one hash table lookup a value
+/// (seeded per process: the values come from the capture) instead of the
+/// cast's `MutableDictionaryArray` and polars-parquet's key encoder. The
+/// table is sized by the cardinality estimate (at most the column's
+/// length) and a value equal to the one before takes its key without a
+/// lookup.
+fn first_seen_dictionary<T>(
+    a: &PrimitiveArray<T>,
+    leaf: &PrimitiveType,
+    options: WriteOptions,
+    estimate: usize,
+) -> Pages
+where
+    T: polars_arrow::types::NativeType + Ord + std::hash::Hash,
+{
+    let validity = a.validity().filter(|v| v.unset_bits() > 0);
+    let vals = a.values().as_slice();
+    let mut number: hashbrown::HashMap<T, u32, foldhash::fast::RandomState> =
+        hashbrown::HashMap::with_capacity_and_hasher(estimate.min(vals.len()), foldhash::fast::RandomState::default());
+    let mut page = Vec::new();
+    let mut keys: Vec<u32> = Vec::with_capacity(vals.len() - validity.map_or(0, Bitmap::unset_bits));
+    let (mut min, mut max): (Option<T>, Option<T>) = (None, None);
+    let mut last: Option<(T, u32)> = None;
+    each_valid(vals, validity, |v| {
+        let k = match last {
+            Some((p, k)) if p == v => k,
+            _ => {
+                let next = number.len() as u32;
+                let k = *number.entry(v).or_insert_with(|| {
+                    page.extend_from_slice(v.to_le_bytes().as_ref());
+                    min = Some(min.map_or(v, |m| m.min(v)));
+                    max = Some(max.map_or(v, |m| m.max(v)));
+                    next
+                });
+                last = Some((v, k));
+                k
+            }
+        };
+        keys.push(k);
+    });
+    let dict = DictValues {
+        page,
+        n: number.len(),
+        min: min.map(|m| m.to_le_bytes().as_ref().to_vec()),
+        max: max.map(|m| m.to_le_bytes().as_ref().to_vec()),
+    };
+    Pages::Made(Box::new(pages(dict, &keys, vals.len(), validity, leaf, options)))
 }
 
 /// The encoding of an integer column polars-parquet would write plain:
@@ -651,6 +693,164 @@ pub fn plain_integers(array: &dyn Array) -> Encoding {
     }
 }
 
+/// The one DELTA_BINARY_PACKED data page polars-parquet's
+/// `array_to_pages` makes of an integer or time column (`array`, one flat
+/// column of a row group) that [`plain_integers`] chose to delta-encode:
+/// the same definition levels, values and statistics, byte for byte
+/// ([`delta_binary_packed`]), without its iterator per value. None when
+/// polars-parquet would make something else of it (several pages, other
+/// types or options): it is then left to polars-parquet.
+pub fn delta_page(array: &dyn Array, type_: &ParquetType, options: WriteOptions) -> Option<Page> {
+    let ParquetType::PrimitiveType(leaf) = type_ else {
+        return None;
+    };
+    if options.version != Version::V1 || options.data_page_size.is_some_and(|s| s != PAGE_BYTES) {
+        return None;
+    }
+    match array.dtype() {
+        ArrowDataType::Int64 | ArrowDataType::Timestamp(..) => {
+            delta(array.as_any().downcast_ref::<PrimitiveArray<i64>>()?, leaf, options)
+        }
+        ArrowDataType::Int32 => delta(array.as_any().downcast_ref::<PrimitiveArray<i32>>()?, leaf, options),
+        _ => None,
+    }
+}
+
+fn delta<T>(a: &PrimitiveArray<T>, leaf: &PrimitiveType, options: WriteOptions) -> Option<Page>
+where
+    T: polars_arrow::types::NativeType + Ord + Into<i64>,
+{
+    let n = a.len();
+    // polars-parquet splits a column into pages of at most 1 MiB by its
+    // estimate of the array's bytes (the values and the validity: under
+    // `size_of::<T>() + 1` a row); one page here.
+    if n == 0 || n * (std::mem::size_of::<T>() + 2) > PAGE_BYTES {
+        return None;
+    }
+    let optional = leaf.field_info.repetition == Repetition::Optional;
+    let validity = if optional { a.validity() } else { None };
+    let vals = a.values().as_slice();
+    let mut valid: Vec<i64> = Vec::with_capacity(n - validity.map_or(0, Bitmap::unset_bits));
+    let (mut min, mut max): (Option<T>, Option<T>) = (None, None);
+    if let Some(&first) = match validity {
+        None => vals.first(),
+        Some(v) => v.iter().position(|ok| ok).map(|i| &vals[i]),
+    } {
+        let (mut lo, mut hi) = (first, first);
+        each_valid(vals, validity, |v| {
+            lo = lo.min(v);
+            hi = hi.max(v);
+            valid.push(v.into());
+        });
+        (min, max) = (Some(lo), Some(hi));
+    }
+    let st = options.statistics;
+    let statistics = options.has_statistics().then(|| ParquetStatistics {
+        null_count: st.null_count.then_some(a.null_count() as i64),
+        distinct_count: None,
+        max_value: max.filter(|_| st.max_value).map(|m| m.to_le_bytes().as_ref().to_vec()),
+        min_value: min.filter(|_| st.min_value).map(|m| m.to_le_bytes().as_ref().to_vec()),
+        max: None,
+        min: None,
+        is_max_value_exact: None,
+        is_min_value_exact: None,
+    });
+    let mut buf = Vec::with_capacity(64 + n * 2);
+    if optional {
+        def_levels(&mut buf, validity, n);
+    }
+    delta_binary_packed(&mut buf, &valid);
+    Some(v1_page(buf, n, n, Encoding::DeltaBinaryPacked, statistics, leaf))
+}
+
+/// Values a DELTA_BINARY_PACKED block holds (polars-parquet's, with one
+/// miniblock a block).
+const DELTA_BLOCK: usize = 256;
+
+fn zigzag(out: &mut Vec<u8>, v: i64) {
+    uleb(out, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+/// `values` DELTA_BINARY_PACKED onto `out`, as polars-parquet 0.55's
+/// `delta_bitpacked::encode` writes them with one miniblock a block: a
+/// header (block size 256, 1 miniblock, the count, the first value), then
+/// per block of up to 256 differences its smallest difference, the bit
+/// width of the differences less it, and 256 of them bit-packed. A last,
+/// short block is padded as polars-parquet pads it: with what its buffer
+/// still holds from the block before (readers skip the padding), packed as
+/// its `pack64` packs them, so the bytes are the same.
+fn delta_binary_packed(out: &mut Vec<u8>, values: &[i64]) {
+    uleb(out, DELTA_BLOCK as u64);
+    uleb(out, 1);
+    uleb(out, values.len() as u64);
+    let Some((&first, rest)) = values.split_first() else {
+        zigzag(out, 0);
+        return;
+    };
+    zigzag(out, first);
+    let mut deltas = [0u64; DELTA_BLOCK];
+    let mut prev = first;
+    for block in rest.chunks(DELTA_BLOCK) {
+        let (mut lo, mut hi) = (i64::MAX, i64::MIN);
+        for (d, &v) in deltas.iter_mut().zip(block) {
+            let x = v.wrapping_sub(prev);
+            prev = v;
+            lo = lo.min(x);
+            hi = hi.max(x);
+            *d = x as u64;
+        }
+        for d in &mut deltas[..block.len()] {
+            *d = d.wrapping_sub(lo as u64);
+        }
+        let bits = 64 - hi.abs_diff(lo).leading_zeros();
+        zigzag(out, lo);
+        out.push(bits as u8);
+        if bits > 0 {
+            pack_miniblock(out, &deltas, bits);
+        }
+    }
+}
+
+/// The 256 values of a miniblock packed in `bits` bits each, least
+/// significant first, as `4 * bits` little-endian words. A value wider than
+/// `bits` (only in a short block's padding) is ORed in whole, as
+/// polars-parquet's `pack64` does: its high bits reach into the slots after
+/// it, up to the end of the word after its own.
+fn pack_miniblock(out: &mut Vec<u8>, deltas: &[u64; DELTA_BLOCK], bits: u32) {
+    let mut words = [0u64; 4 * 64];
+    let words = &mut words[..4 * bits as usize];
+    let mut pos = 0u32;
+    for &v in deltas {
+        let (w, s) = ((pos / 64) as usize, pos % 64);
+        words[w] |= v << s;
+        if s + bits > 64 {
+            words[w + 1] |= v >> (64 - s);
+        }
+        pos += bits;
+    }
+    out.reserve(words.len() * 8);
+    for w in words.iter() {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+}
+
+/// The definition levels of a version 1 page (a 4-byte length, then the
+/// RLE/bit-packed hybrid of the validity; one run when there is none), as
+/// polars-parquet's `write_def_levels` writes them.
+fn def_levels(buf: &mut Vec<u8>, validity: Option<&Bitmap>, n: usize) {
+    let start = buf.len();
+    buf.extend_from_slice(&[0; 4]);
+    match validity {
+        None => Bits::rle(buf, n, true, 1),
+        Some(v) => {
+            let (bytes, offset, len) = v.as_slice();
+            hybrid(buf, &Bits { bytes, offset, len }, 1);
+        }
+    }
+    let len = (buf.len() - start - 4) as i32;
+    buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
+}
+
 /// The dictionary page and the data page of keys, as polars-parquet's
 /// `dictionary::array_to_pages` makes them.
 /// `keys`: those of the valid rows only, of `n` rows; `validity`: None
@@ -679,21 +879,15 @@ fn pages(
 
     let mut buf = Vec::with_capacity(16 + n / 2);
     if leaf.field_info.repetition == Repetition::Optional {
-        buf.extend_from_slice(&[0; 4]);
-        match validity {
-            None => Bits::rle(&mut buf, n, true, 1),
-            Some(v) => {
-                let (bytes, offset, len) = v.as_slice();
-                hybrid(&mut buf, &Bits { bytes, offset, len }, 1);
-            }
-        }
-        let len = (buf.len() - 4) as i32;
-        buf[..4].copy_from_slice(&len.to_le_bytes());
+        def_levels(&mut buf, validity, n);
     }
     let bits = bit_width(keys.iter().copied().max().unwrap_or(0));
     buf.push(bits as u8);
     hybrid(&mut buf, &Keys(keys), bits);
-    [dict_page, v1_page(buf, n, n, Encoding::RleDictionary, statistics, leaf)]
+    [
+        dict_page,
+        v1_page(buf, n, n, Encoding::RleDictionary, Some(statistics), leaf),
+    ]
 }
 
 /// A version 1 data page of `leaf` from its encoded body `buf` (levels and
@@ -704,7 +898,7 @@ fn v1_page(
     num_values: usize,
     rows: usize,
     encoding: Encoding,
-    statistics: ParquetStatistics,
+    statistics: Option<ParquetStatistics>,
     leaf: &PrimitiveType,
 ) -> Page {
     let header = DataPageHeader::V1(DataPageHeaderV1 {
@@ -712,7 +906,7 @@ fn v1_page(
         encoding: encoding.into(),
         definition_level_encoding: Encoding::Rle.into(),
         repetition_level_encoding: Encoding::Rle.into(),
-        statistics: Some(statistics),
+        statistics,
     });
     let descriptor = Descriptor {
         primitive_type: leaf.clone(),
@@ -809,7 +1003,7 @@ pub fn list_page(array: &dyn Array, type_: &ParquetType, options: WriteOptions) 
         is_max_value_exact: None,
         is_min_value_exact: None,
     };
-    Some(v1_page(buf, rep.len(), rows, Encoding::Plain, statistics, leaf))
+    Some(v1_page(buf, rep.len(), rows, Encoding::Plain, Some(statistics), leaf))
 }
 
 #[cfg(test)]
@@ -997,14 +1191,6 @@ mod tests {
                             &polars_pages(&a, &t, Encoding::RleDictionary),
                             &what,
                         ),
-                        Pages::Dictionary => {
-                            assert!(spread > 65_535, "{what}");
-                            same(
-                                &polars_pages(&*dictionary_of(&a).unwrap(), &t, Encoding::RleDictionary),
-                                &polars_pages(&a, &t, Encoding::RleDictionary),
-                                &what,
-                            )
-                        }
                         Pages::Polars => assert!(
                             spread > 65_535 || validity.as_ref().is_some_and(|v| v.set_bits() == 0),
                             "{what}"
@@ -1022,15 +1208,64 @@ mod tests {
                         &polars_pages(&a, &t, Encoding::RleDictionary),
                         &what,
                     ),
-                    Pages::Dictionary => same(
-                        &polars_pages(&*dictionary_of(&a).unwrap(), &t, Encoding::RleDictionary),
-                        &polars_pages(&a, &t, Encoding::RleDictionary),
-                        &what,
-                    ),
                     Pages::Polars => {}
                 }
             }
         }
+    }
+
+    #[test]
+    fn delta_pages_are_polars_parquet_s() {
+        let mut rng = Rng(23);
+        let ts = ArrowDataType::Timestamp(polars_arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into()));
+        for case in 0..120 {
+            // Lengths around the 256-value blocks (a short last block after
+            // a wider one: its padding), and a full row group.
+            let n = [1usize, 2, 3, 256, 257, 258, 511, 513, 700, 5000, 65_536][case % 11];
+            let nulls = case % 3;
+            let validity: Option<Bitmap> = (nulls > 0).then(|| {
+                (0..n)
+                    .map(|i| nulls == 1 || !(rng.next().is_multiple_of(4) || (i / 50) % 5 == 2))
+                    .collect()
+            });
+            let validity = validity.filter(|v| v.unset_bits() > 0);
+            let nullable = validity.is_some() || case % 2 == 0;
+            // Growing values with steps of a few bits, a jump now and then
+            // (wide blocks before narrow ones), sometimes going back.
+            let step = [1u64, 7, 1000, 1 << 20, 1 << 40][case % 5];
+            let mut x = (rng.next() % 1_000_000) as i64 - 500_000;
+            let v: Vec<i64> = (0..n)
+                .map(|i| {
+                    x = x.wrapping_add((rng.next() % step) as i64);
+                    if i % 300 == 299 {
+                        x = x.wrapping_sub((rng.next() % (step * 50)) as i64);
+                    }
+                    x
+                })
+                .collect();
+            for dt in [ArrowDataType::Int64, ts.clone()] {
+                let a = PrimitiveArray::<i64>::try_new(dt.clone(), v.clone().into(), validity.clone()).unwrap();
+                let t = field("i", dt, nullable);
+                let got = delta_page(&a, &t, options()).unwrap_or_else(|| panic!("i64 {case}: not made here"));
+                same(
+                    &[got],
+                    &polars_pages(&a, &t, Encoding::DeltaBinaryPacked),
+                    &format!("i64 {case}"),
+                );
+            }
+            let v32: Vec<i32> = v.iter().map(|&x| (x >> (case % 4 * 8)) as i32).collect();
+            let a = PrimitiveArray::<i32>::try_new(ArrowDataType::Int32, v32.into(), validity.clone()).unwrap();
+            let t = field("p", ArrowDataType::Int32, nullable);
+            let got = delta_page(&a, &t, options()).unwrap_or_else(|| panic!("i32 {case}: not made here"));
+            same(
+                &[got],
+                &polars_pages(&a, &t, Encoding::DeltaBinaryPacked),
+                &format!("i32 {case}"),
+            );
+        }
+        // More rows than one page holds: left to polars-parquet.
+        let a = PrimitiveArray::<i64>::from_vec((0..200_000).collect());
+        assert!(delta_page(&a, &field("i", ArrowDataType::Int64, false), options()).is_none());
     }
 
     #[test]

@@ -353,25 +353,16 @@ fn column_pages(
         match pages::fast_pages(&*leaf, type_, options, enc) {
             pages::Pages::Made(made) => return Ok(vec![DynIter::new((*made).into_iter().map(Ok))]),
             pages::Pages::Plain => pages::plain_integers(&*leaf),
-            // What polars-parquet does after its estimate, which
-            // `fast_pages` made (the cast, then the dictionary's pages).
-            pages::Pages::Dictionary => match pages::dictionary_of(&*leaf) {
-                Some(dict) => {
-                    return Ok(vec![array_to_pages(
-                        &*dict,
-                        leaf_type.clone(),
-                        nested,
-                        options,
-                        Encoding::RleDictionary,
-                    )?])
-                }
-                None => pages::plain_integers(&*leaf),
-            },
             pages::Pages::Polars => *encoding,
         }
     } else {
         *encoding
     };
+    if built && matches!(encoding, Encoding::DeltaBinaryPacked) {
+        if let Some(page) = pages::delta_page(&*leaf, type_, options) {
+            return Ok(vec![DynIter::new(std::iter::once(Ok(page)))]);
+        }
+    }
     Ok(vec![array_to_pages(
         &*leaf,
         leaf_type.clone(),
