@@ -349,6 +349,18 @@ pub async fn initiate_random<S: AsyncRead + AsyncWrite + Unpin>(
     initiate(s, info_hash, provide, ia, &key, &pad).await
 }
 
+/// How an incoming connection opens: its first 20 bytes, and whether they
+/// are a plaintext handshake's (`\x13BitTorrent protocol`). Both openings
+/// are longer than 20 bytes (a handshake 68, an MSE public key 96). The
+/// whole prefix decides, not its first byte: an MSE public key starts with
+/// 0x13 once in 256 connections, and taking those for plaintext would drop
+/// them.
+pub async fn read_opening<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<([u8; 20], bool)> {
+    let mut first = [0u8; 20];
+    s.read_exact(&mut first).await?;
+    Ok((first, first == *crate::proto::peer_wire::HANDSHAKE_PREFIX))
+}
+
 /// Runs the handshake as responder, for any of `known` info hashes.
 /// `choose` picks crypto_select from the initiator's crypto_provide (`None`:
 /// no acceptable method, the handshake fails).
@@ -359,7 +371,21 @@ pub async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
     pad_b: &[u8],
     choose: impl Fn(u32) -> Option<u32>,
 ) -> Result<MseStream, MseError> {
+    respond_after(s, &[], known, key, pad_b, choose).await
+}
+
+/// [`respond`] on a stream whose first bytes, `first` (at most the
+/// initiator's public key, as [`read_opening`] takes), were already read.
+pub async fn respond_after<S: AsyncRead + AsyncWrite + Unpin>(
+    s: &mut S,
+    first: &[u8],
+    known: &[[u8; 20]],
+    key: &DhKey,
+    pad_b: &[u8],
+    choose: impl Fn(u32) -> Option<u32>,
+) -> Result<MseStream, MseError> {
     let mut buf = Vec::with_capacity(KEY_LEN + MAX_PAD + 64);
+    buf.extend_from_slice(&first[..first.len().min(KEY_LEN)]);
     fill_to(s, &mut buf, 0, KEY_LEN).await?;
     let mut ya = [0u8; KEY_LEN];
     ya.copy_from_slice(&buf[..KEY_LEN]);
@@ -531,6 +557,40 @@ mod tests {
         assert_eq!(rb.ia, ia);
         assert_eq!(rb.info_hash, ih);
         (ra, rb)
+    }
+
+    /// One MSE public key in 256 starts with 0x13, a plaintext
+    /// handshake's first byte: the opening is told by its 20 bytes, so such
+    /// a connection is still answered as MSE (taken for plaintext, it was
+    /// dropped), and a handshake is still plaintext.
+    #[tokio::test]
+    async fn a_public_key_starting_like_a_handshake_is_mse() {
+        let ka = (1u32..)
+            .map(|i| {
+                let mut x = [7u8; 20];
+                x[16..].copy_from_slice(&i.to_be_bytes());
+                DhKey::from_private(&x)
+            })
+            .find(|k| k.public[0] == 0x13)
+            .unwrap();
+        let (_, kb) = keys();
+        let ih = skey();
+        let ia = b"\x13BitTorrent protocol-initial-payload".to_vec();
+        let (mut x, mut y) = tokio::io::duplex(4096);
+        let (ra, rb) = tokio::join!(initiate(&mut x, &ih, CRYPTO_RC4, &ia, &ka, &[]), async {
+            let (first, plain) = read_opening(&mut y).await.unwrap();
+            assert_eq!((first[0], plain), (0x13, false));
+            respond_after(&mut y, &first, &[[9u8; 20], ih], &kb, &[3; 5], prefer_rc4).await
+        });
+        let (ra, rb) = (ra.unwrap(), rb.unwrap());
+        assert_eq!((rb.ia, rb.info_hash), (ia.clone(), ih));
+        assert!(ra.enc.is_some() && rb.enc.is_some());
+
+        let (mut x, mut y) = tokio::io::duplex(4096);
+        x.write_all(&ia[..]).await.unwrap();
+        let (first, plain) = read_opening(&mut y).await.unwrap();
+        assert!(plain);
+        assert_eq!(&first[..], &ia[..20]);
     }
 
     fn prefer_rc4(p: u32) -> Option<u32> {

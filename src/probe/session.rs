@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha1::{Digest, Sha1};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -783,14 +783,14 @@ pub async fn accept_stream<S: AsyncRead + AsyncWrite + Unpin>(
     let t0 = Instant::now();
     let first = known.first()?;
     let handshake_timeout = first.handshake_timeout;
-    // A small read buffer lets us look at the first byte without taking it
-    // (plaintext handshake or MSE); reads past it go straight through.
     let mut s = tokio::io::BufReader::with_capacity(512, s);
     let opened = tokio::time::timeout(handshake_timeout, async {
-        let b0 = *s.fill_buf().await.ok()?.first()?;
-        if b0 == 0x13 {
+        // Plaintext handshake or MSE, told by the first 20 bytes.
+        let (first, plain) = mse::read_opening(&mut s).await.ok()?;
+        if plain {
             let mut hs = vec![0u8; 68];
-            s.read_exact(&mut hs).await.ok()?;
+            hs[..20].copy_from_slice(&first);
+            s.read_exact(&mut hs[20..]).await.ok()?;
             let i = known.iter().position(|p| hs[28..48] == p.info_hash)?;
             Some((i, None, None, hs, false))
         } else {
@@ -799,7 +799,7 @@ pub async fn accept_stream<S: AsyncRead + AsyncWrite + Unpin>(
             let mut pad = [0u8; 2];
             mse::fill_random(&mut pad);
             let pad = vec![0u8; usize::from(pad[0]) % 64];
-            let m = mse::respond(&mut s, &hashes, &key, &pad, |prov| {
+            let m = mse::respond_after(&mut s, &first, &hashes, &key, &pad, |prov| {
                 if prov & CRYPTO_RC4 != 0 {
                     Some(CRYPTO_RC4)
                 } else if prov & CRYPTO_PLAIN != 0 {
@@ -1070,23 +1070,22 @@ pub(crate) mod tests {
             while let Ok((mut s, _)) = l.accept().await {
                 let script = script.clone();
                 tokio::spawn(async move {
-                    let mut first = [0u8; 1];
-                    if s.peek(&mut first).await.is_err() {
+                    let Ok((first, plain)) = mse::read_opening(&mut s).await else {
                         return;
-                    }
-                    let plain = first[0] == 0x13;
+                    };
                     let (mut enc, hs_in) = if plain {
                         if mse_only {
                             return; // drop plaintext, as a peer requiring encryption does
                         }
                         let mut hs = [0u8; 68];
-                        if s.read_exact(&mut hs).await.is_err() {
+                        hs[..20].copy_from_slice(&first);
+                        if s.read_exact(&mut hs[20..]).await.is_err() {
                             return;
                         }
                         (None, hs.to_vec())
                     } else {
                         let key = mse::DhKey::random();
-                        let Ok(m) = mse::respond(&mut s, &[ih], &key, &[7; 33], |p| {
+                        let Ok(m) = mse::respond_after(&mut s, &first, &[ih], &key, &[7; 33], |p| {
                             (p & CRYPTO_RC4 != 0).then_some(CRYPTO_RC4)
                         })
                         .await

@@ -1758,22 +1758,21 @@ mod tests {
             };
             tasks.push(tokio::spawn(async move {
                 let mut s = tokio::io::BufReader::new(s);
-                use tokio::io::AsyncBufReadExt;
-                let Ok(b) = s.fill_buf().await else {
+                let Ok((first, plain)) = crate::probe::mse::read_opening(&mut s).await else {
                     return;
                 };
-                let plain = b.first() == Some(&0x13);
                 let mut enc = None;
                 if plain {
                     if mse_only {
                         return;
                     }
                     let mut hs = [0u8; 68];
-                    s.read_exact(&mut hs).await.unwrap();
+                    hs[..20].copy_from_slice(&first);
+                    s.read_exact(&mut hs[20..]).await.unwrap();
                     assert_eq!(&hs[28..48], &ih);
                 } else {
                     let key = crate::probe::mse::DhKey::random();
-                    let m = crate::probe::mse::respond(&mut s, &[ih], &key, &[1; 17], |p| {
+                    let m = crate::probe::mse::respond_after(&mut s, &first, &[ih], &key, &[1; 17], |p| {
                         (p & crate::probe::mse::CRYPTO_RC4 != 0).then_some(crate::probe::mse::CRYPTO_RC4)
                     })
                     .await
