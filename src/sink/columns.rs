@@ -652,7 +652,10 @@ pub struct NameBuilder {
 impl NameBuilder {
     #[inline]
     fn key(&mut self, s: &'static str) -> u32 {
-        let i = match self.names.iter().position(|n| *n == s) {
+        // The same `&'static str` (its address and length) first: the same
+        // text without comparing it.
+        let same = self.names.iter().position(|n| std::ptr::eq(*n, s));
+        let i = match same.or_else(|| self.names.iter().position(|n| *n == s)) {
             Some(i) => i,
             None => {
                 self.names.push(s);
