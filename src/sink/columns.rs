@@ -652,7 +652,10 @@ pub struct NameBuilder {
 impl NameBuilder {
     #[inline]
     fn key(&mut self, s: &'static str) -> u32 {
-        let i = match self.names.iter().position(|n| *n == s) {
+        // The same `&'static str` (its address and length) first: the same
+        // text without comparing it.
+        let same = self.names.iter().position(|n| std::ptr::eq(*n, s));
+        let i = match same.or_else(|| self.names.iter().position(|n| *n == s)) {
             Some(i) => i,
             None => {
                 self.names.push(s);
@@ -750,6 +753,16 @@ pub struct ListStrBuilder {
 }
 
 impl ListStrBuilder {
+    /// An empty list (most rows of `dht_messages.want` and `unknown_keys`):
+    /// the previous offset again, inlined into the row's push.
+    #[inline(always)]
+    fn push_list<'a, T: 'a>(&mut self, v: &'a [T], text: impl Fn(&'a T) -> &'a str) {
+        match (v.is_empty(), self.offsets.last()) {
+            (true, Some(&end)) => self.offsets.push(end),
+            _ => self.push_iter(v.iter().map(text)),
+        }
+    }
+
     fn push_iter<'a>(&mut self, items: impl Iterator<Item = &'a str>) {
         if self.offsets.is_empty() {
             self.offsets.push(0);
@@ -774,8 +787,9 @@ impl ListStrBuilder {
 }
 
 impl ColumnBuilder<Vec<String>> for ListStrBuilder {
+    #[inline]
     fn push(&mut self, v: &Vec<String>) {
-        self.push_iter(v.iter().map(String::as_str));
+        self.push_list(v, String::as_str);
     }
     fn bytes(&self) -> usize {
         self.heap()
@@ -786,8 +800,9 @@ impl ColumnBuilder<Vec<String>> for ListStrBuilder {
 }
 
 impl ColumnBuilder<Vec<Cow<'static, str>>> for ListStrBuilder {
+    #[inline]
     fn push(&mut self, v: &Vec<Cow<'static, str>>) {
-        self.push_iter(v.iter().map(|s| &**s));
+        self.push_list(v, |s| &**s);
     }
     fn bytes(&self) -> usize {
         self.heap()
@@ -798,8 +813,9 @@ impl ColumnBuilder<Vec<Cow<'static, str>>> for ListStrBuilder {
 }
 
 impl ColumnBuilder<Vec<&'static str>> for ListStrBuilder {
+    #[inline]
     fn push(&mut self, v: &Vec<&'static str>) {
-        self.push_iter(v.iter().copied());
+        self.push_list(v, |s| *s);
     }
     fn bytes(&self) -> usize {
         self.heap()
@@ -977,9 +993,23 @@ mod tests {
         assert_eq!(c.iter().collect::<Vec<_>>(), b);
         let dt = ArrowDataType::List(Box::new(ArrowField::new("item".into(), ArrowDataType::LargeUtf8, true)));
         let l = [vec!["a".to_string(), "bc".into()], vec![]];
-        let c = build::<Vec<String>, ListStrBuilder>("l", dt, &l);
+        let c = build::<Vec<String>, ListStrBuilder>("l", dt.clone(), &l);
         let c = c.as_any().downcast_ref::<ListArray<i32>>().unwrap();
         assert_eq!(c.offsets().as_slice(), [0, 2, 2]);
+        // Empty lists first, between and last.
+        let l: [Vec<Cow<'static, str>>; 6] = [
+            vec![],
+            vec!["a".into(), "bc".into()],
+            vec![],
+            vec![],
+            vec!["d".into()],
+            vec![],
+        ];
+        let c = build::<Vec<Cow<'static, str>>, ListStrBuilder>("l", dt, &l);
+        let c = c.as_any().downcast_ref::<ListArray<i32>>().unwrap();
+        assert_eq!(c.offsets().as_slice(), [0, 0, 2, 2, 2, 3, 3]);
+        let items = c.values().as_any().downcast_ref::<Utf8Array<i64>>().unwrap();
+        assert_eq!(items.values_iter().collect::<Vec<_>>(), ["a", "bc", "d"]);
         // Exact bytes: the capacities of the buffers.
         let mut s = StrBuilder::default();
         for _ in 0..100 {

@@ -14,7 +14,7 @@
 //! one value), else the dictionary. It depends on the rows alone, so the
 //! same input gives the same files.
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use polars::prelude::*;
@@ -62,7 +62,21 @@ impl<K> Default for Typed<K> {
     }
 }
 
-impl<K: Hash + Eq + Clone + ToText + Send + 'static> Distinct for Typed<K> {
+/// A typed value a column keeps as its dictionary: compared with `==`,
+/// hashed by [`DictKey::dict_hash`].
+pub trait DictKey: Eq + Clone + ToText + Send + 'static {
+    /// The value's hash under `s` (seeded per process). Every bit of the
+    /// value goes through `s`'s keyed mixing, so no input can choose values
+    /// that collide; values that are equal hash equally.
+    fn dict_hash(&self, s: &foldhash::fast::RandomState) -> u64;
+    /// `self == other`, for a type whose `==` can be made cheaper.
+    #[inline]
+    fn dict_eq(&self, other: &Self) -> bool {
+        self == other
+    }
+}
+
+impl<K: DictKey> Distinct for Typed<K> {
     type Value = K;
     #[inline]
     fn add(&mut self, v: &K) {
@@ -70,11 +84,11 @@ impl<K: Hash + Eq + Clone + ToText + Send + 'static> Distinct for Typed<K> {
     }
     #[inline]
     fn is(&self, i: usize, v: &K) -> bool {
-        self.0.get(i) == Some(v)
+        self.0.get(i).is_some_and(|x| x.dict_eq(v))
     }
     #[inline]
     fn hash(&self, s: &foldhash::fast::RandomState, v: &K) -> u64 {
-        s.hash_one(v)
+        v.dict_hash(s)
     }
     fn len(&self) -> usize {
         self.0.len()
@@ -108,6 +122,31 @@ fn text_array(offsets: Vec<i64>, data: Vec<u8>) -> Utf8Array<i64> {
     .unwrap_or_else(|_| Utf8Array::new_empty(ArrowDataType::LargeUtf8))
 }
 
+/// `a == b`, short slices (capture and client names, methods) compared
+/// in two overlapping words rather than by a call to `memcmp`.
+#[inline]
+pub(super) fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |x: &[u8], at: usize| {
+        x.get(at..at + 8)
+            .and_then(|w| w.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let half = |x: &[u8], at: usize| {
+        x.get(at..at + 4)
+            .and_then(|w| w.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    match n {
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        4..=7 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        _ => a == b,
+    }
+}
+
 /// Text values, one after the other.
 #[derive(Default)]
 pub struct Texts {
@@ -137,7 +176,7 @@ impl Distinct for Texts {
     }
     #[inline]
     fn is(&self, i: usize, v: &str) -> bool {
-        self.get(i) == Some(v.as_bytes())
+        self.get(i).is_some_and(|x| same_bytes(x, v.as_bytes()))
     }
     #[inline]
     fn hash(&self, s: &foldhash::fast::RandomState, v: &str) -> u64 {
@@ -275,6 +314,12 @@ impl<S: Distinct> DictBuilder<S> {
         let has_null = validity.as_ref().is_some_and(|v| v.unset_bits() > 0);
         let values = self.distinct.take_text();
         if plain(keys.len(), values.len() + usize::from(has_null)) {
+            if values.len() == keys.len() {
+                // A new value in every row (community ids): the keys are
+                // 0, 1, 2, … and the values in order are the rows' text.
+                // (A null repeats a key, so there is none.)
+                return Ok(values.with_validity(validity).boxed());
+            }
             let mut offsets = Vec::with_capacity(keys.len() + 1);
             offsets.push(0i64);
             let mut data = Vec::with_capacity(values.values().len().max(keys.len() * 8));
@@ -333,10 +378,11 @@ macro_rules! dict_builder {
 }
 
 dict_builder!(Texts, String, |s| s.as_str());
+
 dict_builder!(Texts, Arc<str>, |s| &**s);
 dict_builder!(Texts, std::borrow::Cow<'static, str>, |s| &**s);
 
-impl<K: Hash + Eq + Clone + ToText + Send + 'static> ColumnBuilder<K> for DictBuilder<Typed<K>> {
+impl<K: DictKey> ColumnBuilder<K> for DictBuilder<Typed<K>> {
     #[inline]
     fn push(&mut self, v: &K) {
         self.push_value(v);
@@ -349,7 +395,7 @@ impl<K: Hash + Eq + Clone + ToText + Send + 'static> ColumnBuilder<K> for DictBu
     }
 }
 
-impl<K: Hash + Eq + Clone + ToText + Send + 'static> ColumnBuilder<Option<K>> for DictBuilder<Typed<K>> {
+impl<K: DictKey> ColumnBuilder<Option<K>> for DictBuilder<Typed<K>> {
     #[inline]
     fn push(&mut self, v: &Option<K>) {
         self.push_opt(v.as_ref());
@@ -532,5 +578,91 @@ mod tests {
         let d = c.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
         assert_eq!(d.keys().values().as_slice(), want_keys.as_slice());
         assert_eq!(d.values().len(), 7);
+    }
+
+    /// Keys and values of a dictionary array.
+    fn parts(a: &dyn Array) -> (Vec<Option<u32>>, Vec<String>) {
+        let d = a.as_any().downcast_ref::<DictionaryArray<u32>>().unwrap();
+        let v = d.values().as_any().downcast_ref::<Utf8Array<i64>>().unwrap();
+        (
+            d.keys().iter().map(|k| k.copied()).collect(),
+            v.values_iter().map(str::to_string).collect(),
+        )
+    }
+
+    #[test]
+    fn short_comparisons_see_every_byte() {
+        use crate::sink::typed::ShortBytes;
+        for n in 0..=24usize {
+            let a: Vec<u8> = (0..n as u8).map(|i| i.wrapping_mul(31) ^ 0x5a).collect();
+            assert!(same_bytes(&a, &a.clone()), "{n}");
+            assert!(ShortBytes::new(&a).dict_eq(&ShortBytes::new(&a)), "{n}");
+            for i in 0..n {
+                let mut b = a.clone();
+                b[i] ^= 0x80;
+                assert!(!same_bytes(&a, &b), "{n} at {i}");
+                assert!(!ShortBytes::new(&a).dict_eq(&ShortBytes::new(&b)), "{n} at {i}");
+            }
+            // One byte longer or shorter.
+            let mut c = a.clone();
+            c.push(0);
+            assert!(!same_bytes(&a, &c) && !same_bytes(&c, &a), "{n}");
+            assert!(!ShortBytes::new(&a).dict_eq(&ShortBytes::new(&c)), "{n}");
+        }
+    }
+
+    #[test]
+    fn every_bit_of_a_typed_value_is_hashed() {
+        use crate::sink::typed::ShortBytes;
+        let s = foldhash::fast::RandomState::default();
+        // Ids that differ in one byte only, at each of the 20 places; the
+        // same id hashes the same.
+        let id: [u8; 20] = std::array::from_fn(|i| (i * 37) as u8);
+        assert_eq!(id.dict_hash(&s), { id }.dict_hash(&s));
+        let mut hashes = vec![id.dict_hash(&s)];
+        for i in 0..20 {
+            for bit in [0x01u8, 0x80] {
+                let mut x = id;
+                x[i] ^= bit;
+                hashes.push(x.dict_hash(&s));
+            }
+        }
+        let ips = [
+            "10.0.0.1",
+            "10.0.0.2",
+            "11.0.0.1",
+            "::1:2:3",
+            "2001:db8::1",
+            "2001:db8::1:0",
+        ];
+        hashes.extend(ips.iter().map(|ip| Ip(ip.parse().unwrap()).dict_hash(&s)));
+        // Short bytes: the length counts (a trailing zero byte is a value).
+        for b in [
+            &[][..],
+            &[0],
+            &[0, 0],
+            &[0xab, 0x01],
+            &[0xab, 0x02],
+            &[7; 14],
+            &[7; 15],
+            &[7; 16],
+        ] {
+            hashes.push(ShortBytes::new(b).dict_hash(&s));
+        }
+        let n = hashes.len();
+        hashes.sort_unstable();
+        hashes.dedup();
+        assert_eq!(hashes.len(), n, "distinct values hash apart");
+        assert_eq!(n, 1 + 40 + 6 + 8);
+        // The same number as IPv4 and IPv6 hashes alike (`==` tells them
+        // apart: two values in the dictionary).
+        let (v4, v6) = (Ip("10.0.0.1".parse().unwrap()), Ip("::a00:1".parse().unwrap()));
+        assert_eq!(v4.dict_hash(&s), v6.dict_hash(&s));
+        let c = build::<Ip, DictBuilder<Typed<Ip>>>(&[v4, v6, v4, v6]);
+        assert_eq!(parts(&*c).0, [Some(0), Some(1), Some(0), Some(1)]);
+        assert_eq!(
+            text(&*c),
+            ["10.0.0.1", "::a00:1", "10.0.0.1", "::a00:1"].map(|s| Some(s.to_string()))
+        );
     }
 }

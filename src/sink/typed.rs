@@ -4,6 +4,7 @@
 //! `String` per cell, no intermediate buffer). Used by the DHT tables, where a row per KRPC datagram made the
 //! per-cell strings the largest cost of the run (bench/README.md, session 5).
 
+use std::hash::BuildHasher as _;
 use std::io::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
@@ -11,7 +12,7 @@ use polars::prelude::*;
 use polars_arrow::array::Array;
 
 use super::columns::{ColumnBuilder, ColumnSpec, ColumnValue, NameBuilder};
-use super::dict::{DictBuilder, Typed};
+use super::dict::{DictBuilder, DictKey, Typed};
 
 /// A short byte string kept inline (transaction ids, `v`): up to
 /// [`ShortBytes::INLINE`] bytes without allocating; longer ones (rare, and
@@ -256,6 +257,80 @@ impl ToText for CommunityId {
     fn push_text(&self, buf: &mut Vec<u8>) {
         if let Some(d) = &self.0 {
             super::community_id::push_text(buf, d);
+        }
+    }
+}
+
+// A dictionary's hashes, from the value's bits as few integers as hold
+// them: a 128-bit write is one keyed multiply, where `Hash` (derived) writes
+// a length, an enum tag and bytes, and hashes a 20-byte id with the long
+// byte path. Values that are equal give the same integers.
+
+/// The hash of a 20-byte id: its first 16 bytes, then its last 4.
+#[inline]
+fn hash20(s: &foldhash::fast::RandomState, id: &[u8; 20]) -> u64 {
+    let (a, b) = id.split_at(16);
+    let a = u128::from_le_bytes(a.try_into().unwrap_or_default());
+    let b = u32::from_le_bytes(b.try_into().unwrap_or_default());
+    s.hash_one((a, b))
+}
+
+impl DictKey for [u8; 20] {
+    #[inline]
+    fn dict_hash(&self, s: &foldhash::fast::RandomState) -> u64 {
+        hash20(s, self)
+    }
+}
+
+impl DictKey for CommunityId {
+    #[inline]
+    fn dict_hash(&self, s: &foldhash::fast::RandomState) -> u64 {
+        match &self.0 {
+            Some(d) => hash20(s, d),
+            None => s.hash_one(0u8),
+        }
+    }
+}
+
+impl DictKey for Ip {
+    #[inline]
+    fn dict_hash(&self, s: &foldhash::fast::RandomState) -> u64 {
+        // An IPv4 address and the IPv6 address of the same 128-bit number
+        // hash equally; `==` tells them apart.
+        match self.0 {
+            IpAddr::V4(a) => s.hash_one(u32::from(a)),
+            IpAddr::V6(a) => s.hash_one(u128::from(a)),
+        }
+    }
+}
+
+impl DictKey for ShortBytes {
+    #[inline]
+    fn dict_hash(&self, s: &foldhash::fast::RandomState) -> u64 {
+        match self {
+            // The length and the 14 bytes (zero past the length): 15 bytes.
+            ShortBytes::Inline { len, bytes } => {
+                let mut b = [0u8; 16];
+                b[0] = *len;
+                b[1..15].copy_from_slice(bytes);
+                s.hash_one(u128::from_le_bytes(b))
+            }
+            ShortBytes::Heap(b) => s.hash_one(&**b),
+        }
+    }
+    #[inline]
+    fn dict_eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            // The 15 bytes as two words (derived `==` calls `memcmp`).
+            (ShortBytes::Inline { len: a, bytes: x }, ShortBytes::Inline { len: b, bytes: y }) => {
+                let words = |x: &[u8; ShortBytes::INLINE]| {
+                    let lo = x.first_chunk::<8>().copied().map(u64::from_le_bytes);
+                    let hi = x.last_chunk::<8>().copied().map(u64::from_le_bytes);
+                    (lo, hi)
+                };
+                a == b && words(x) == words(y)
+            }
+            _ => self == other,
         }
     }
 }
