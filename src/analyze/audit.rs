@@ -28,14 +28,7 @@
 //! with unattributable flows (`max_audit_addrs`), spans per address
 //! (`max_audit_spans_per_addr`).
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
-
-/// The audit's maps: keyed by foldhash with a per-process random seed (as
-/// std's SipHash, so no order is promised either), which the sequential
-/// stage runs per event: SipHash was 40 M of its 300 M instructions on
-/// bulk-250m.
-type Map<K, V> = HashMap<K, V, super::keyhash::KeyState>;
+use super::keyhash::{Entry, Map};
 use std::net::{IpAddr, SocketAddr};
 
 use super::packed::{put_i, put_u, Packed, Reader, Record};

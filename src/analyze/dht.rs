@@ -671,14 +671,14 @@ impl NodeKey {
     }
 }
 
-/// The aggregate tables' hasher: foldhash with a per-process random seed
-/// (node ids and info hashes are chosen by the sender), as the swarm maps.
-/// hashbrown's own map (std's is the same table) because its default
-/// `inline-more` lets `entry` inline into `node` and `apply_one` whichever
-/// code-generation unit the instance lands in: with std's map the merged
-/// session 12 build lost that inlining (dht-125k's stage +31 M
-/// instructions, bench/README.md "Session 12 — final main").
-type AggMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+/// The aggregate tables' map: the stage's (keyhash: foldhash with a
+/// per-process random seed, since node ids and info hashes are chosen by
+/// the sender). hashbrown's own map because its default `inline-more` lets
+/// `entry` inline into `node` and `apply_one` whichever code-generation
+/// unit the instance lands in: with std's map the merged session 12 build
+/// lost that inlining (dht-125k's stage +31 M instructions, bench/README.md
+/// "Session 12 — final main").
+type AggMap<K, V> = super::keyhash::Map<K, V>;
 
 /// The run-wide `dht_nodes` and `dht_infohashes` state (sequential).
 #[derive(Debug, Clone)]

@@ -37,14 +37,9 @@
 //! `anomalies` rows (layer swarm). The crossing of a confirmed download is
 //! the first evidence of crossing, from whichever signal.
 
-use std::collections::hash_map::Entry;
+use super::keyhash::{Entry, Map};
 use std::collections::{BTreeMap, HashMap};
 
-/// The swarm's maps are keyed by addresses and hashes from the wire: a
-/// hasher with a per-process random seed (as std's), but foldhash rather
-/// than SipHash, which cost ~5 % of a bulk run here (see flow::table),
-/// with 20-byte keys taken as two numbers (see keyhash).
-type Map<K, V> = HashMap<K, V, super::keyhash::KeyState>;
 use std::net::{IpAddr, SocketAddr};
 
 use super::packed::{put_i, put_u, Packed, Reader, Record, Track};
@@ -976,12 +971,7 @@ impl Swarm {
     }
 
     fn learn_endpoint(&mut self, ep: SocketAddr, h: [u8; 20], capture: u32) {
-        fn learn<K: std::hash::Hash + Eq, S: std::hash::BuildHasher>(
-            m: &mut HashMap<K, EndpointHash, S>,
-            k: K,
-            h: [u8; 20],
-            max: usize,
-        ) {
+        fn learn<K: std::hash::Hash + Eq>(m: &mut Map<K, EndpointHash>, k: K, h: [u8; 20], max: usize) {
             match m.get(&k) {
                 None => {
                     if m.len() < max {
@@ -1164,7 +1154,7 @@ impl Swarm {
             let keys = by_ip.get(&(h, c.orig.ip())).map(Vec::as_slice).unwrap_or_default();
             let listen: Vec<PeerKey> = keys
                 .iter()
-                .filter(|k| self.peers.get(k).is_some_and(|p| p.listen))
+                .filter(|k| self.peers.get(*k).is_some_and(|p| p.listen))
                 .copied()
                 .collect();
             let ok = match (listen.as_slice(), keys) {
