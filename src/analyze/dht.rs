@@ -26,8 +26,8 @@ use std::sync::Arc;
 use super::{Claim, FrameCtx, PeerSource, ShardOut, SwarmEvent, SwarmEventKind};
 use crate::config::Limits;
 use crate::proto::dht::{
-    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc_with, CompactNodes4, CompactNodes6, DhtLimits,
-    InsertOutcome, KeyScope, KrpcKind, KrpcMessage, Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN,
+    bep42_exempt, bep42_id_matches, client_from_version, parse_krpc_with, DhtLimits, InsertOutcome, KeyScope, KrpcKind,
+    KrpcMessage, Method, PendingQueries, PendingQuery, BLOOM_LEN, ID_LEN, NODE4_LEN, NODE6_LEN,
 };
 use crate::proto::metainfo::hex;
 use crate::sink::{AnomalyRow, DhtInfohashRow, DhtMessageRow, DhtNodeRow, DhtPeerRow, Ip, RowBatch, ShortBytes, Ts};
@@ -661,6 +661,33 @@ impl NodeKey {
         }
     }
 
+    /// The key of a `nodes` entry as sent (id, IPv4 address, port in
+    /// network order), equal to [`NodeKey::new`] of what
+    /// `CompactNodes4::iter` reads from it, without the round trip
+    /// through a `SocketAddr`.
+    fn compact4(e: &[u8; NODE4_LEN]) -> NodeKey {
+        let [id @ .., a, b, c, d, p0, p1] = *e;
+        NodeKey {
+            id,
+            ip: [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d],
+            port: [p0, p1],
+            v4: true,
+        }
+    }
+
+    /// The same for a `nodes6` entry (id, IPv6 address, port): an
+    /// IPv4-mapped address stays IPv6, as in [`NodeKey::new`].
+    fn compact6(e: &[u8; NODE6_LEN]) -> NodeKey {
+        let (id, rest) = e.split_at(ID_LEN);
+        let (ip, port) = rest.split_at(16);
+        NodeKey {
+            id: id.try_into().unwrap_or([0; ID_LEN]),
+            ip: ip.try_into().unwrap_or([0; 16]),
+            port: port.try_into().unwrap_or([0; 2]),
+            v4: false,
+        }
+    }
+
     fn addr(&self) -> SocketAddr {
         let v6 = Ipv6Addr::from(self.ip);
         let ip = match (self.v4, v6.to_ipv4_mapped()) {
@@ -715,8 +742,12 @@ impl DhtAggregate {
     }
 
     fn node(&mut self, id: [u8; ID_LEN], addr: SocketAddr, ts: i64) -> Option<&mut NodeState> {
+        self.node_at(NodeKey::new(id, addr), ts)
+    }
+
+    fn node_at(&mut self, key: NodeKey, ts: i64) -> Option<&mut NodeState> {
         let len = self.nodes.len();
-        let n = match self.nodes.entry(NodeKey::new(id, addr)) {
+        let n = match self.nodes.entry(key) {
             AggEntry::Occupied(e) => e.into_mut(),
             AggEntry::Vacant(_) if len >= self.max_nodes => {
                 self.n_nodes_dropped += 1;
@@ -745,16 +776,19 @@ impl DhtAggregate {
 
     /// Nodes listed in a response (see [`DhtSeen::Reported`]), kept out
     /// of `apply_one` (dht-125k stage 183.2 -> 180.3 M instructions with
-    /// the loops there and here).
+    /// the loops there and here). Each entry is keyed from its bytes
+    /// ([`NodeKey::compact4`], [`NodeKey::compact6`]), in the order
+    /// `CompactNodes4::iter` and `CompactNodes6::iter` read them (a
+    /// trailing partial entry skipped): dht-125k 40.7 -> ~34.8 M.
     #[inline(never)]
     fn reported(&mut self, nodes: &[u8], nodes6: &[u8], ts: i64) {
-        for (id, addr) in CompactNodes4::new(nodes).iter() {
-            if let Some(n) = self.node(*id, SocketAddr::V4(addr), ts) {
+        for e in nodes.chunks_exact(NODE4_LEN).filter_map(|e| e.try_into().ok()) {
+            if let Some(n) = self.node_at(NodeKey::compact4(e), ts) {
                 n.n_reported += 1;
             }
         }
-        for (id, addr) in CompactNodes6::new(nodes6).iter() {
-            if let Some(n) = self.node(*id, SocketAddr::V6(addr), ts) {
+        for e in nodes6.chunks_exact(NODE6_LEN).filter_map(|e| e.try_into().ok()) {
+            if let Some(n) = self.node_at(NodeKey::compact6(e), ts) {
                 n.n_reported += 1;
             }
         }
@@ -910,6 +944,57 @@ impl DhtAggregate {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::dht::{CompactNodes4, CompactNodes6};
+
+    /// A node's key made from its `nodes` / `nodes6` bytes equals the key
+    /// of what the wire crate's iterators read from them, for every byte
+    /// position varied (IPv4, IPv6, an IPv4-mapped address in `nodes6`,
+    /// port 0 and 65535), and the entries come in the same order with a
+    /// trailing partial entry skipped.
+    #[test]
+    fn compact_node_keys_equal_the_keys_of_their_addresses() {
+        let mut seed = 0x9e37_79b9u32;
+        let mut byte = || {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) as u8
+        };
+        let mut nodes: Vec<u8> = (0..NODE4_LEN * 40).map(|_| byte()).collect();
+        let mut nodes6: Vec<u8> = (0..NODE6_LEN * 40).map(|_| byte()).collect();
+        nodes[NODE4_LEN - 2..NODE4_LEN].copy_from_slice(&[0, 0]);
+        nodes[2 * NODE4_LEN - 2..2 * NODE4_LEN].copy_from_slice(&[0xff, 0xff]);
+        // An IPv4-mapped address sent in `nodes6`: stays IPv6.
+        nodes6[ID_LEN..ID_LEN + 16].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1]);
+        nodes.extend([1, 2, 3]);
+        nodes6.extend([4; NODE6_LEN - 1]);
+        let by_addr4: Vec<NodeKey> = CompactNodes4::new(&nodes)
+            .iter()
+            .map(|(id, a)| NodeKey::new(*id, SocketAddr::V4(a)))
+            .collect();
+        let by_bytes4: Vec<NodeKey> = nodes
+            .chunks_exact(NODE4_LEN)
+            .filter_map(|e| e.try_into().ok())
+            .map(NodeKey::compact4)
+            .collect();
+        assert_eq!(by_addr4.len(), 40);
+        assert_eq!(by_bytes4, by_addr4);
+        let by_addr6: Vec<NodeKey> = CompactNodes6::new(&nodes6)
+            .iter()
+            .map(|(id, a)| NodeKey::new(*id, SocketAddr::V6(a)))
+            .collect();
+        let by_bytes6: Vec<NodeKey> = nodes6
+            .chunks_exact(NODE6_LEN)
+            .filter_map(|e| e.try_into().ok())
+            .map(NodeKey::compact6)
+            .collect();
+        assert_eq!(by_addr6.len(), 40);
+        assert_eq!(by_bytes6, by_addr6);
+        assert!(!by_bytes6[0].v4, "an IPv4-mapped address in nodes6 stays IPv6");
+        assert!(by_bytes4.iter().all(|k| k.v4));
+        // Each key reads its address back.
+        for ((id, a), k) in CompactNodes4::new(&nodes).iter().zip(&by_bytes4) {
+            assert_eq!((k.id, k.addr()), (*id, SocketAddr::V4(a)));
+        }
+    }
 
     /// A bencoded KRPC message: `y` kind, transaction id `t`, and the rest
     /// of the top-level dictionary as already-encoded `key value` pairs

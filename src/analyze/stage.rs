@@ -391,7 +391,13 @@ impl Stage {
         }
         events.sort_by_key(|e| (e.ctx.capture, e.ctx.frame));
         unattributed.sort_by_key(|e| (e.event.ctx.capture, e.event.ctx.frame));
-        dht.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+        // The shards' observations come merged in frame order (see
+        // `analyze::order`): checked, not sorted again (the stable sort's
+        // pass over a sorted run cost ~20 instructions an observation on
+        // dht-125k).
+        if !dht.is_sorted_by_key(|o| (o.ctx.capture, o.ctx.frame)) {
+            dht.sort_by_key(|o| (o.ctx.capture, o.ctx.frame));
+        }
         marks.sort_by_key(|m| (m.ctx.capture, m.ctx.frame));
         let join = self.settings.limits.metadata_join_frames;
         let (rebuilt, known) = self.meta.absorb(metadata, join, &mut self.swarm, &mut rows);
