@@ -1269,6 +1269,25 @@ mod tests {
         assert_eq!(evs.last(), Some(&Ev::Msg("Have { piece: 4 }".into(), 9)));
     }
 
+    /// A xorshift generator seeded with `x`, for test noise.
+    fn xorshift(mut x: u64) -> impl FnMut() -> u64 {
+        move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        }
+    }
+
+    /// The events of a mid-stream framer over `chunks` with the fast skip,
+    /// and without it (every offset tried).
+    fn fast_and_slow(chunks: &[Chunk<'_>]) -> (Vec<Ev>, Vec<Ev>) {
+        let fast = run(PeerWireFramer::new_midstream(PeerWireLimits::default()), chunks);
+        let mut f = PeerWireFramer::new_midstream(PeerWireLimits::default());
+        f.fast_skip = false;
+        (fast, run(f, chunks))
+    }
+
     #[test]
     fn hunting_fast_skip_changes_nothing() {
         // Random bytes (an xorshift stream, with zeros and 0x13 now and
@@ -1276,17 +1295,8 @@ mod tests {
         // noise and messages: the framer that jumps to candidate offsets
         // must give exactly the events of the one that tries every offset,
         // for any chunking.
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut noise = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x as u8
-                })
-                .collect()
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
+        let mut noise = |n: usize| -> Vec<u8> { (0..n).map(|_| next() as u8).collect() };
         let mut s = noise(5000);
         s.extend(msg(4, &7u32.to_be_bytes()));
         s.extend(piece(3, 16384, 300));
@@ -1300,10 +1310,7 @@ mod tests {
         s.extend(msg(4, &2u32.to_be_bytes()));
         for cut in [1usize, 3, 7, 64, 1500, s.len()] {
             let chunks: Vec<Chunk<'_>> = s.chunks(cut).map(Chunk::Data).collect();
-            let fast = run(PeerWireFramer::new_midstream(PeerWireLimits::default()), &chunks);
-            let mut f = PeerWireFramer::new_midstream(PeerWireLimits::default());
-            f.fast_skip = false;
-            let slow = run(f, &chunks);
+            let (fast, slow) = fast_and_slow(&chunks);
             assert_eq!(fast, slow, "chunks of {cut}");
             assert!(fast.iter().any(|e| matches!(e, Ev::Resync(_))), "{fast:?}");
         }
@@ -1316,13 +1323,11 @@ mod tests {
     /// a gap.
     #[test]
     fn hunting_fast_skip_changes_nothing_on_dense_noise() {
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = xorshift(0x2545_F491_4F6C_DD1D);
         let mut noise = |n: usize| -> Vec<u8> {
             (0..n)
                 .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let x = next();
                     match x % 8 {
                         0 | 1 => 0,
                         2 => HANDSHAKE_PREFIX[0],
@@ -1349,10 +1354,7 @@ mod tests {
             let mut chunks: Vec<Chunk<'_>> = s.chunks(cut).map(Chunk::Data).collect();
             let at = chunks.len() / 3;
             chunks.insert(at, Chunk::Gap(100));
-            let fast = run(PeerWireFramer::new_midstream(PeerWireLimits::default()), &chunks);
-            let mut f = PeerWireFramer::new_midstream(PeerWireLimits::default());
-            f.fast_skip = false;
-            let slow = run(f, &chunks);
+            let (fast, slow) = fast_and_slow(&chunks);
             assert_eq!(fast, slow, "chunks of {cut}");
             assert!(
                 fast.iter().filter(|e| matches!(e, Ev::Resync(_))).count() >= 2,
