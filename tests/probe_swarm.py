@@ -3,8 +3,9 @@
 
     tests/probe_swarm.py SWARMTAP_BIN OUT_DIR [--duration S]
 
-Builds, with the sample-pcaps generator's helpers, namespaces named swp-*
-(so it never collides with a generator run, which uses swt-*): opentracker
+Builds, with the sample-pcaps generator's helpers, namespaces named
+swp<pid>-* (so it never collides with a generator run, which uses swt-*,
+nor with another run of this script): opentracker
 (HTTP + UDP) at 10.99.0.1, a libtorrent seeder of two torrents (plaintext
 only, TCP and uTP), a Transmission leecher that *requires* encryption, a
 libtorrent leecher (plaintext, TCP only), a libtorrent leecher speaking only
@@ -39,9 +40,15 @@ sys.path.insert(0, GEN)
 
 import netns  # noqa: E402
 
-# Our own namespace names: a generator run (swt-*) may be going on.
-# SWARMTAP_PROBE_NETNS: another prefix, for two runs side by side.
-netns.PREFIX = os.environ.get("SWARMTAP_PROBE_NETNS", "swp-")
+# Our own namespace names: a generator run (swt-*) may be going on, and
+# so may another test run of this script (the suite run from a second
+# checkout on the same machine): a fixed prefix made the second run fail
+# at its first `ip netns add` ("namespace swp-br already exists") before
+# the probe started. The process id keeps runs apart; namespace names are
+# file names under /run/netns, so the length is no concern (interface
+# names, limited to 15 bytes, do not carry the prefix).
+# SWARMTAP_PROBE_NETNS: a prefix of one's own.
+netns.PREFIX = os.environ.get("SWARMTAP_PROBE_NETNS", "swp%d-" % os.getpid())
 netns.BR_NS = netns.PREFIX + "br"
 
 import swarm  # noqa: E402
