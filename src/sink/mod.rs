@@ -473,6 +473,69 @@ mod tests {
         }
     }
     #[test]
+    fn small_chunks_are_stored_and_distinct_text_keeps_its_literals_coded() {
+        use polars_parquet::parquet::compression::Compression;
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("ds");
+        let mut sink = DirSink::new(&out, "test", false).unwrap();
+        let mut w = TableWriters::open(&mut sink).unwrap();
+        // 300 rows: `kind` 40 hex digits of noise, distinct (written
+        // plain), `layer` one name (a dictionary of a few bytes).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut noise = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let b = RowBatch {
+            anomalies: (0..300u64)
+                .map(|i| AnomalyRow {
+                    frame: Some(i),
+                    layer: "test",
+                    kind: format!("{:016x}{:016x}{:08x}", noise(), noise(), noise() as u32),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let want: Vec<String> = b.anomalies.iter().map(|r| r.kind.clone()).collect();
+        w.push(&mut sink, b, usize::MAX).unwrap();
+        w.finish(&mut sink).unwrap();
+        sink.commit().unwrap();
+        let (df, meta) = read_back(&out.join("anomalies.parquet"));
+        let got: Vec<String> = df
+            .column("kind")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .map(|k| k.unwrap().to_string())
+            .collect();
+        assert_eq!(got, want);
+        assert!(df
+            .column("layer")
+            .unwrap()
+            .str()
+            .unwrap()
+            .iter()
+            .all(|l| l == Some("test")));
+        let kind = chunk(&meta, 0, "kind");
+        let layer = chunk(&meta, 0, "layer");
+        // Hex digits take 4 bits of 8 once Huffman-coded: the text
+        // (12,000 bytes and 1,200 of lengths) to about 0.55 of its size.
+        assert_eq!(kind.compression(), Compression::Zstd);
+        assert!(
+            kind.compressed_size() * 10 < kind.uncompressed_size() * 7,
+            "{} of {}",
+            kind.compressed_size(),
+            kind.uncompressed_size()
+        );
+        assert_eq!(layer.compression(), Compression::Uncompressed);
+        assert_eq!(layer.compressed_size(), layer.uncompressed_size());
+    }
+
+    #[test]
     fn growing_integers_are_written_as_deltas_and_read_back() {
         let tmp = tempfile::tempdir().unwrap();
         let out = tmp.path().join("ds");
