@@ -115,7 +115,9 @@ fn bloom_estimate(filter: &[u8]) -> Option<u64> {
 /// name is made per row instead of kept.
 #[derive(Debug, Default)]
 pub struct ClientNames {
-    map: HashMap<[u8; 4], Option<Arc<str>>, foldhash::fast::RandomState>,
+    /// Keyed by the 4 bytes as one integer: hashed as one word (a byte
+    /// array is hashed as a slice: its length, then its bytes).
+    map: HashMap<u32, Option<Arc<str>>, foldhash::fast::RandomState>,
 }
 
 impl ClientNames {
@@ -124,7 +126,7 @@ impl ClientNames {
     pub const MAX: usize = 4096;
 
     pub fn name(&mut self, v: &[u8]) -> Option<Arc<str>> {
-        let key: [u8; 4] = v.try_into().ok()?;
+        let key = u32::from_le_bytes(v.try_into().ok()?);
         if let Some(n) = self.map.get(&key) {
             return n.clone();
         }
