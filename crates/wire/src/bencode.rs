@@ -705,7 +705,7 @@ mod tests {
         let cases: &[&[u8]] = &[
             b"de",
             b"le",
-            b"d1:md11:ut_metadatai3e6:ut_pexi1ee1:pi6881e1:v5:ld e7:yourip4:\x7f\x00\x00\x01e",
+            b"d1:md11:ut_metadatai3e6:ut_pexi1ee1:pi6881e1:v4:ld e6:yourip4:\x7f\x00\x00\x01e",
             b"l4:eeeei-1eli0eedee",
             b"d1:ad1:bl1:ci99eee1:d3:lde1:ei0ee",
             b"lld1:xle1:yi-7eeee",
