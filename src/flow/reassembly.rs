@@ -1016,12 +1016,19 @@ pub fn superseded_tail_pushes(cap: u32, n: usize, seg: impl Fn(usize) -> Option<
         bytes: u64,
     }
     let mut runs: Vec<Run> = Vec::new();
+    // The run of the last segment taken: a direction's segments mostly
+    // follow one another (the other's bare ACKs are not asked about).
+    let mut last = usize::MAX;
     for pos in (0..n).rev() {
         let Some(s) = seg(pos) else { continue };
         if s.len == 0 && !s.breaks {
             continue;
         }
-        let found = runs.iter().position(|r| r.ports == s.ports && r.addrs == s.addrs);
+        let same = |r: &Run| r.ports == s.ports && r.addrs == s.addrs;
+        let found = match runs.get(last) {
+            Some(r) if same(r) => Some(last),
+            _ => runs.iter().position(same),
+        };
         let idx = match found {
             Some(i) => i,
             None if runs.len() < MAX_SUPERSEDE_DIRECTIONS => {
@@ -1036,6 +1043,7 @@ pub fn superseded_tail_pushes(cap: u32, n: usize, seg: impl Fn(usize) -> Option<
             // Not followed: every push of this direction is made.
             None => continue,
         };
+        last = idx;
         let Some(r) = runs.get_mut(idx) else { continue };
         if s.breaks {
             r.head = None;

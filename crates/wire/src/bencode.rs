@@ -349,9 +349,15 @@ impl<'a> Iterator for DictRawIter<'a> {
 pub fn parse<'a>(buf: &'a [u8], limits: &BencodeLimits) -> Result<(Value<'a>, usize), BencodeError> {
     let used = validate(buf, limits)?;
     let span = buf.get(..used).ok_or(BencodeError::Truncated)?;
-    // The span was just validated, so decoding its head cannot fail; the
+    // The span was just validated and is exactly the first value: a
+    // container is the whole span (what `decode_at` would find by walking
+    // it again to its end). A scalar is decoded, which cannot fail; the
     // error arm only exists to avoid an unwrap.
-    let (value, _) = decode_at(span, 0).ok_or(BencodeError::Truncated)?;
+    let value = match span.first() {
+        Some(b'd') => Value::Dict(Dict::validated(span)),
+        Some(b'l') => Value::List(List::validated(span)),
+        _ => decode_at(span, 0).ok_or(BencodeError::Truncated)?.0,
+    };
     Ok((value, used))
 }
 
@@ -688,6 +694,46 @@ mod tests {
             Ok((v, used)) => panic!("expected an error for {buf:?}, got {v:?} ({used} bytes)"),
             Err(e) => e,
         }
+    }
+
+    /// `parse` takes a container's span as validated, without walking it
+    /// again: the same span `decode_at` finds by walking, and the same
+    /// entries, on nested values with strings and integers holding `e`,
+    /// `l` and `d` bytes, followed by trailing bytes.
+    #[test]
+    fn parse_takes_the_validated_span_as_decode_at_finds_it() {
+        let cases: &[&[u8]] = &[
+            b"de",
+            b"le",
+            b"d1:md11:ut_metadatai3e6:ut_pexi1ee1:pi6881e1:v4:ld e6:yourip4:\x7f\x00\x00\x01e",
+            b"l4:eeeei-1eli0eedee",
+            b"d1:ad1:bl1:ci99eee1:d3:lde1:ei0ee",
+            b"lld1:xle1:yi-7eeee",
+        ];
+        let mut n = 0;
+        for case in cases {
+            for tail in [&b""[..], b"e", b"i1e", b"de"] {
+                let mut buf = case.to_vec();
+                buf.extend_from_slice(tail);
+                let (v, used) = parse(&buf, &lim()).expect("valid");
+                assert_eq!(used, case.len());
+                let (w, end) = decode_at(&buf[..used], 0).expect("validated");
+                assert_eq!(end, used);
+                assert_eq!(v.raw(), w.raw());
+                assert_eq!(v.raw(), Some(*case));
+                let entries = |v: Value<'_>| match v {
+                    Value::Dict(d) => d
+                        .iter_raw()
+                        .map(|(k, _, r)| (k.to_vec(), r.to_vec()))
+                        .collect::<Vec<_>>(),
+                    Value::List(l) => l.iter_raw().map(|(_, r)| (Vec::new(), r.to_vec())).collect(),
+                    _ => Vec::new(),
+                };
+                assert_eq!(entries(v), entries(w));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 24);
     }
 
     #[test]
