@@ -5,8 +5,9 @@
 //! stable flow hash into a fixed number of shards; shards run in parallel,
 //! each owning its flows; their rows and swarm events are merged in shard
 //! order and sorted by frame, the swarm state is updated sequentially (the
-//! stage, on the calling thread, while the worker threads already run the
-//! shards over the next step: see `Engine::shards_step`), and the rows go
+//! stage, while the shards already run over the next step: on the calling
+//! thread beside one worker, or as a job of a pool of two or more, see
+//! `Engine::shards_step`), and the rows go
 //! to the Parquet writer thread. Batch boundaries depend only on the
 //! input, the shard count is fixed, and what the stage hands back to the
 //! shards reaches them at the same step whatever the thread count, so the
