@@ -5,9 +5,8 @@
 //! stable flow hash into a fixed number of shards; shards run in parallel,
 //! each owning its flows; their rows and swarm events are merged in shard
 //! order and sorted by frame, the swarm state is updated sequentially (the
-//! stage, while the shards already run over the next step: on the calling
-//! thread beside one worker, or as a job of a pool of two or more, see
-//! `Engine::shards_step`), and the rows go
+//! stage, on the calling thread, while the worker threads already run the
+//! shards over the next step: see `Engine::shards_step`), and the rows go
 //! to the Parquet writer thread. Batch boundaries depend only on the
 //! input, the shard count is fixed, and what the stage hands back to the
 //! shards reaches them at the same step whatever the thread count, so the
@@ -390,9 +389,6 @@ pub struct Engine {
     /// Steps whose shards waited for the previous step's stage (rebuilt
     /// metadata they may need), for the tests.
     n_barrier_waits: u64,
-    /// With SWARMTAP_THREAD_STATS: each step's time (wall ns, see
-    /// `thread_stats::now_ns`) of the shards' part and of the stage's.
-    step_cpu: Option<Vec<(u64, u64)>>,
     /// Counters for the summary line.
     pub summary: RunSummary,
 }
@@ -496,7 +492,6 @@ impl Engine {
             seen_key: (0, 0),
             overlap: true,
             n_barrier_waits: 0,
-            step_cpu: thread_stats::enabled().then(Vec::new),
             summary: RunSummary::default(),
         })
     }
@@ -601,7 +596,7 @@ impl Engine {
     fn shards_step<W>(
         &mut self,
         upto: (u32, u64),
-        emit: &mut (impl FnMut(RowBatch) -> Result<(), String> + Send),
+        emit: &mut impl FnMut(RowBatch) -> Result<(), String>,
         work: W,
     ) -> Result<(), String>
     where
@@ -621,54 +616,24 @@ impl Engine {
         let mut next: Option<PendingStep> = None;
         let mut handed_back = None;
         let mut emitted = Ok(());
-        let (mut shards_ns, mut stage_ns) = (0u64, 0u64);
         {
             let (shards, counts, watermark, judge) =
                 (&mut self.shards, &mut self.counts, &mut self.watermark, &mut self.judge);
             let (stage, gate, summary, names) = (&mut self.stage, &mut self.gate, &mut self.summary, &self.names);
             let (next, handed_back, emitted) = (&mut next, &mut handed_back, &mut emitted);
             let emit = &mut *emit;
-            let timed = self.step_cpu.is_some();
-            let (shards_ns, stage_ns) = (&mut shards_ns, &mut stage_ns);
-            let shards_part = move || {
-                let t0 = timed.then(thread_stats::now_ns);
-                let rows = work(shards, counts, watermark, judge);
-                *next = Some(collect(shards, rows, *watermark, join));
-                *shards_ns = t0.map_or(0, |t| thread_stats::now_ns().saturating_sub(t));
-            };
-            let stage_part = move || {
-                let t0 = timed.then(thread_stats::now_ns);
+            self.pool.in_place_scope(move |s| {
+                s.spawn(move |_| {
+                    let rows = work(shards, counts, watermark, judge);
+                    *next = Some(collect(shards, rows, *watermark, join));
+                });
                 if let Some(p) = pending {
                     let (rows, known) = stage.step(p.input, StepKind::Batch, p.watermark);
                     let (rows, newly_full) = gate.step(p.withheld, names, rows, StepKind::Batch, summary);
                     *emitted = emit(rows);
                     *handed_back = Some((known, newly_full));
                 }
-                *stage_ns = t0.map_or(0, |t| thread_stats::now_ns().saturating_sub(t));
-            };
-            if self.pool.current_num_threads() >= 2 {
-                // Two or more workers: the stage is a job of the pool,
-                // spawned first so that an idle worker takes it (a thief
-                // takes the oldest job) while the shards' step runs on
-                // the worker that spawned it; whichever finishes first
-                // then takes a part of the other's parallel work. The
-                // calling thread only waits: the pool's threads are all
-                // the compute threads besides the reader and the writer.
-                self.pool.scope(move |s| {
-                    s.spawn(move |_| stage_part());
-                    shards_part();
-                });
-            } else {
-                // One worker: it runs the shards while this thread runs
-                // the stage.
-                self.pool.in_place_scope(move |s| {
-                    s.spawn(move |_| shards_part());
-                    stage_part();
-                });
-            }
-        }
-        if let Some(steps) = self.step_cpu.as_mut() {
-            steps.push((shards_ns, stage_ns));
+            });
         }
         if let Some((known, newly_full)) = handed_back {
             self.feed_back(known, newly_full);
@@ -686,7 +651,7 @@ impl Engine {
     pub fn batch(
         &mut self,
         batch: &FrameBatch,
-        emit: &mut (impl FnMut(RowBatch) -> Result<(), String> + Send),
+        emit: &mut impl FnMut(RowBatch) -> Result<(), String>,
     ) -> Result<(), String> {
         // A new input that does not continue the previous one in time (it
         // starts before the previous ended, or after every flow would have
@@ -801,7 +766,7 @@ impl Engine {
     /// each step's rows going to `emit` as a batch's do, so that a table
     /// full of flows (a SYN flood) does not turn into all its rows at once.
     /// [`finish`](Self::finish) then closes the swarm.
-    pub fn end_flows(&mut self, emit: &mut (impl FnMut(RowBatch) -> Result<(), String> + Send)) -> Result<(), String> {
+    pub fn end_flows(&mut self, emit: &mut impl FnMut(RowBatch) -> Result<(), String>) -> Result<(), String> {
         /// Flows ended per step, over all shards.
         const STEP: usize = 16 * 1024;
         let per_shard = (STEP / self.n_shards.max(1)).max(1);
@@ -1101,7 +1066,6 @@ fn run(
 
     // End of input: close every flow, then the swarm.
     engine.end_flows(&mut |rows| sink.send(rows))?;
-    let step_cpu = engine.step_cpu.take();
     let (mut rows, counts, mut summary) = engine.finish();
     summary.n_inputs = inputs.len();
 
@@ -1185,9 +1149,6 @@ fn run(
     sink.send(rows)?;
     sink.finish()?;
     summary.elapsed_s = started.elapsed().as_secs_f64();
-    if let Some(steps) = step_cpu {
-        eprint!("{}", thread_stats::report(&steps));
-    }
     Ok(summary)
 }
 
@@ -1955,47 +1916,5 @@ mod tests {
             }
         }
         assert!(below > 200 && above_with_true > 200, "{below} {above_with_true}");
-    }
-}
-
-/// SWARMTAP_THREAD_STATS (any value): after `analyze`, the steps' times
-/// summed on stderr, for measuring the run's thread layout. Nothing of it
-/// reaches the tables.
-mod thread_stats {
-    use std::sync::OnceLock;
-
-    pub fn enabled() -> bool {
-        static ON: OnceLock<bool> = OnceLock::new();
-        *ON.get_or_init(|| std::env::var_os("SWARMTAP_THREAD_STATS").is_some())
-    }
-
-    /// Nanoseconds since the first call. Wall time: std has no thread CPU
-    /// clock, and the crate forbids the `unsafe` a libc call needs, so a
-    /// step's parts are timed by the clock on the wall; they equal CPU
-    /// time only when each thread has a core (an idle machine).
-    pub fn now_ns() -> u64 {
-        static T0: OnceLock<std::time::Instant> = OnceLock::new();
-        u64::try_from(T0.get_or_init(std::time::Instant::now).elapsed().as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    /// The sums a model of the run's wall time on two idle cores is made
-    /// of (`steps`: the shards' part and the stage's part of each step,
-    /// ns): with one worker beside the stage a step takes the longer of
-    /// the two; with the stage a job of a pool of two, at best half of
-    /// both, and never less than the stage.
-    pub fn report(steps: &[(u64, u64)]) -> String {
-        let ms = |ns: u64| ns as f64 / 1e6;
-        let w: u64 = steps.iter().map(|s| s.0).sum();
-        let s: u64 = steps.iter().map(|s| s.1).sum();
-        let one_worker: u64 = steps.iter().map(|&(w, s)| w.max(s)).sum();
-        let shared: u64 = steps.iter().map(|&(w, s)| (w.saturating_add(s) / 2).max(s)).sum();
-        format!(
-            "steps {}: shards {:.1} ms, stage {:.1} ms; sum of max(shards, stage) {:.1} ms; sum of max((shards + stage) / 2, stage) {:.1} ms\n",
-            steps.len(),
-            ms(w),
-            ms(s),
-            ms(one_worker),
-            ms(shared),
-        )
     }
 }
